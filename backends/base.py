@@ -1,0 +1,98 @@
+"""The one protocol every upstream implements, and the errors it raises.
+
+The gateway speaks OpenAI shapes to clients; every backend receives an OpenAI-shaped request
+body (already rewritten to the deployment's own model name) and returns OpenAI-shaped
+responses or chunk dicts. Keeping one normalised shape means the router, the retry loop and
+the request log never care which provider is behind a deployment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+Kind = Literal["chat", "completion", "embedding"]
+
+
+@dataclass(slots=True)
+class UpstreamCall:
+    """One attempt against one deployment."""
+
+    kind: Kind
+    body: dict[str, Any]  # OpenAI-shaped request body; body["model"] is the upstream model name
+    timeout_s: float  # per-attempt deadline for the whole call (non-stream) or to first byte (stream)
+    stream_idle_timeout_s: float = 60.0  # max silence between two stream chunks
+    headers: dict[str, str] = field(default_factory=dict)  # extra headers to forward
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    """A complete (non-streamed) answer: the OpenAI-shaped JSON body and its usage."""
+
+    body: dict[str, Any]
+    usage: Usage
+    status: int = 200
+
+
+class UpstreamError(Exception):
+    """An upstream attempt failed. `kind` drives retries, fallbacks and the client's error.
+
+    kinds: "timeout", "rate_limit", "server_error", "connection", "context_window",
+    "content_policy", "bad_request", "auth", "not_found", "stream_cut", "malformed".
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        body: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retry_after_s = retry_after_s
+        self.body = body
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in {"timeout", "rate_limit", "server_error", "connection", "stream_cut", "malformed"}
+
+    def __repr__(self) -> str:
+        return f"UpstreamError({self.kind!r}, {self.message!r}, status={self.status})"
+
+
+class Backend(Protocol):
+    """An upstream deployment client. Implementations: litellm, direct OpenAI-compatible, local model."""
+
+    name: str
+
+    async def complete(self, call: UpstreamCall) -> UpstreamResponse:
+        """Non-streamed call. Raises UpstreamError."""
+        ...
+
+    def stream(self, call: UpstreamCall) -> AsyncIterator[dict[str, Any]]:
+        """Streamed call: yields OpenAI chunk dicts (chat.completion.chunk / text_completion) in order.
+
+        Raises UpstreamError before the first chunk (the caller may fall back) or during the
+        stream (kind "stream_cut"; the caller must not splice another answer in).
+        The final chunk carries `usage` when the upstream reports it.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        ...

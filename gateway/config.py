@@ -1,0 +1,143 @@
+"""Gateway settings: one YAML file plus environment overrides.
+
+Precedence (highest first): environment variables (`HYBRIDGATE_…`, nested with `__`), the YAML
+file (`HYBRIDGATE_CONFIG` or `./hybridgate.yaml`), then the embedded defaults below. The
+defaults are what `make run` serves: a SQLite log in the working directory, in-process state,
+and the local model on the CPU, so a first request works without any external service.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from backends.deployment import DeploymentConfig
+
+DEFAULT_CONFIG_FILE = "hybridgate.yaml"
+
+
+class LogSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bodies: Literal["full", "hashed", "none"] = Field(
+        default="hashed", description="store request/response bodies in full, only their hash, or nothing"
+    )
+    spool_dir: str = "./var/spool"
+    batch_max_rows: int = Field(default=500, gt=0)
+    batch_max_ms: int = Field(default=50, gt=0)
+
+
+class LocalModelSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=True, description="serve the shipped local model in-process")
+    checkpoint: str | None = Field(default=None, description="checkpoint dir; None = the one shipped in the repo")
+    model_name: str = "hybridgate-local"
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+class Settings(BaseSettings):
+    """Everything the app factory needs. Validated at start: a bad file fails loudly, naming the field."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HYBRIDGATE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    database_url: str = "sqlite+aiosqlite:///./hybridgate.db"
+    redis_url: str | None = Field(default=None, description="shared state; None = in-process state")
+    require_keys: bool | None = Field(
+        default=None,
+        description="None = require gateway keys unless bound to loopback; True/False to force",
+    )
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    default_model: str | None = Field(default=None, description="model used when a request names 'default'")
+    policies_dir: str | None = Field(default=None, description="extra policy YAML files to load at start")
+    admin_token: str | None = Field(default=None, description="bearer token for /admin; None = loopback only")
+    log: LogSettings = Field(default_factory=LogSettings)
+    local_model: LocalModelSettings = Field(default_factory=LocalModelSettings)
+    deployments: list[DeploymentConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_deployment_names(self) -> Settings:
+        seen: set[str] = set()
+        for d in self.deployments:
+            if d.name in seen:
+                raise ValueError(f"deployments: duplicate name {d.name!r}")
+            seen.add(d.name)
+        return self
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in {"127.0.0.1", "localhost", "::1"} or self.host.startswith("127.")
+
+    @property
+    def keys_required(self) -> bool:
+        return (not self.loopback) if self.require_keys is None else self.require_keys
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+class ConfigError(Exception):
+    """A config file or override is invalid; the message names the field."""
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        self._data = _read_yaml(Path(os.environ.get("HYBRIDGATE_CONFIG", DEFAULT_CONFIG_FILE)))
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
+    """Load settings; `config_file` wins over HYBRIDGATE_CONFIG. Raises ConfigError with field names."""
+    old = os.environ.get("HYBRIDGATE_CONFIG")
+    if config_file is not None:
+        if not Path(config_file).exists():
+            raise ConfigError(f"config file not found: {config_file}")
+        os.environ["HYBRIDGATE_CONFIG"] = config_file
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from exc
+    finally:
+        if config_file is not None:
+            if old is None:
+                os.environ.pop("HYBRIDGATE_CONFIG", None)
+            else:
+                os.environ["HYBRIDGATE_CONFIG"] = old

@@ -1,0 +1,1 @@
+"""Durable request log: tables, batched writer, disk spool and replay."""

@@ -1,0 +1,1 @@
+"""Shared state (breakers, rate limits, budgets, bandit posteriors): in-process and Redis."""

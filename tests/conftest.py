@@ -1,0 +1,77 @@
+"""Shared fixtures: real PostgreSQL and Redis on 127.0.0.1, isolated per test session.
+
+Each pytest session gets its own freshly created Postgres database (dropped at the end), so
+parallel sessions and leftovers from earlier runs never interfere. Redis tests get a key prefix
+unique to the session and their own logical DB number where they flush.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+PG_ADMIN_DSN = os.environ.get("HYBRIDGATE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("HYBRIDGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def _admin_execute(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """Name of a fresh Postgres database for this test session."""
+    name = f"hg_test_{uuid.uuid4().hex[:12]}"
+    try:
+        _admin_execute(f'CREATE DATABASE "{name}"')
+    except Exception as exc:  # pragma: no cover - environment problem, not a test failure
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {exc}")
+    yield name
+    try:
+        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except Exception:
+        pass
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_database: str) -> str:
+    """Async SQLAlchemy URL of the session database (asyncpg driver)."""
+    return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{pg_database}"
+
+
+@pytest.fixture()
+def fresh_pg_url() -> Iterator[str]:
+    """A database of its own for one test (for tests that need an empty log)."""
+    name = f"hg_test_{uuid.uuid4().hex[:12]}"
+    try:
+        _admin_execute(f'CREATE DATABASE "{name}"')
+    except Exception as exc:  # pragma: no cover
+        pytest.skip(f"PostgreSQL not reachable: {exc}")
+    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    try:
+        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except Exception:
+        pass
+
+
+@pytest.fixture()
+def redis_url() -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL).ping()
+    except Exception as exc:  # pragma: no cover
+        pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc}")
+    return REDIS_URL
+
+
+@pytest.fixture()
+def redis_prefix() -> str:
+    """A key prefix unique to one test, so tests sharing one Redis never see each other's keys."""
+    return f"hgtest:{uuid.uuid4().hex[:10]}:"
