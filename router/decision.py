@@ -1,0 +1,126 @@
+"""Inputs and output of `router.decide`: request features in, a Decision out (plain values)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from backends.deployment import DeploymentConfig
+from policies.schema import RetrySettings
+
+
+@dataclass(slots=True)
+class RequestFeatures:
+    """What the router may know about a request: cheap to compute, no I/O, loggable.
+
+    ``capabilities`` are those the request *needs* (``tools`` when it sends tools, ``json_mode``
+    for response_format json, ``vision`` for image parts); the endpoint's own capability
+    (``chat``/``completion``/``embedding``) is added by `decide` from ``endpoint``.
+    """
+
+    prompt_tokens: int
+    max_tokens: int | None = None
+    capabilities: frozenset[str] = frozenset()
+    tags: frozenset[str] = frozenset()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    key_id: str | None = None
+    user: str | None = None
+    team: str | None = None
+    prompt_text: str = ""
+    endpoint: str = "chat"
+
+
+@dataclass(slots=True, frozen=True)
+class TraceStep:
+    """One step of the pipeline, for `simulate` and debugging: what happened and who was left."""
+
+    step: str  # "filter", "breakers", "budget", "rule", "selector", "fallbacks", "escalation"
+    detail: str
+    remaining: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "detail": self.detail, "remaining": list(self.remaining)}
+
+
+@dataclass(slots=True)
+class EscalationPlan:
+    """Send to ``first``; if the confidence score (computed by the gateway as ``score``) is below
+    ``threshold``, send the same request to ``to`` (in order, first available)."""
+
+    first: DeploymentConfig
+    to: list[DeploymentConfig]
+    threshold: float
+    score: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "first": self.first.name,
+            "to": [d.name for d in self.to],
+            "threshold": self.threshold,
+            "score": self.score,
+        }
+
+
+@dataclass(slots=True)
+class Decision:
+    """Where a request goes and why.
+
+    ``candidates``: primary first, then fallbacks, open breakers already skipped; empty when
+    ``error`` is set. ``propensity``: probability that the selector chose the primary given
+    the candidate pool (1.0 for deterministic choices), logged for off-policy evaluation.
+    """
+
+    policy: str
+    candidates: list[DeploymentConfig]
+    reason: str
+    propensity: float
+    trace: list[TraceStep]
+    retry: RetrySettings
+    fallback_triggers: frozenset[str]
+    escalation: EscalationPlan | None = None
+    error: str | None = None  # "no_candidates" | "budget_exceeded"
+    selector: str = ""
+    tier: str | None = None
+    arm: str | None = None  # bandit arm, for the later bandit.update
+    scores: dict[str, float] | None = None  # classifier P(ok) per model, when one was asked
+
+    @property
+    def primary(self) -> DeploymentConfig | None:
+        return self.candidates[0] if self.candidates else None
+
+    def next_after(self, failed: str, kind: str, tried: frozenset[str] | set[str] = frozenset()) -> DeploymentConfig | None:
+        """The candidate to fall back to after ``failed`` failed with error ``kind``.
+
+        A ``context_window`` failure only moves to a deployment with a strictly larger window,
+        since any other would fail the same way. ``tried`` names deployments already attempted.
+        """
+        names = [d.name for d in self.candidates]
+        start = names.index(failed) + 1 if failed in names else 0
+        window = next((d.context_window for d in self.candidates if d.name == failed), 0)
+        for d in self.candidates[start:]:
+            if d.name in tried or d.name == failed:
+                continue
+            if kind == "context_window" and d.context_window <= window:
+                continue
+            return d
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (the `simulate` endpoint's answer)."""
+        return {
+            "policy": self.policy,
+            "candidates": [d.name for d in self.candidates],
+            "models": [d.model for d in self.candidates],
+            "reason": self.reason,
+            "propensity": self.propensity,
+            "error": self.error,
+            "selector": self.selector,
+            "tier": self.tier,
+            "arm": self.arm,
+            "scores": self.scores,
+            "fallback_triggers": sorted(self.fallback_triggers),
+            "retry": self.retry.model_dump(),
+            "escalation": self.escalation.as_dict() if self.escalation else None,
+            "trace": [t.as_dict() for t in self.trace],
+        }
