@@ -1,0 +1,205 @@
+"""Schema of the request log and of the gateway's small control tables (SQLAlchemy Core).
+
+This module is the single source of truth that Alembic autogenerate compares against; the
+migrations in ``migrations/versions`` are hand-reviewed snapshots of it. Everything here must
+work on PostgreSQL (production) and SQLite (embedded default), hence:
+
+* JSON columns use :data:`JSON_TYPE` (``JSONB`` on Postgres, ``JSON`` text elsewhere), with
+  Python ``None`` stored as SQL ``NULL`` rather than the JSON literal ``null``.
+* Timestamps use :class:`UtcDateTime`: always stored in UTC and always returned timezone-aware,
+  because SQLite has no timezone-aware type and would otherwise hand back naive datetimes.
+* Identifiers and labels are unbounded strings: a too-long value must never make a log row
+  unwritable (a rejected row would block the spool).
+* ``attempts.request_id`` deliberately has no foreign key: batches insert requests and attempts
+  independently, in either order, and replays may interleave.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+"""Deterministic constraint names, so migrations can refer to them on every backend."""
+
+JSON_TYPE = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend.
+
+    Naive datetimes written by callers are taken to be UTC already.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            # SQLite stores the text form; drop the offset so values sort lexically in UTC.
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _str(name: str, **kw: Any) -> sa.Column[Any]:
+    return sa.Column(name, sa.String(), **kw)
+
+
+requests = sa.Table(
+    "requests",
+    metadata,
+    _str("id", primary_key=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    _str("endpoint", nullable=False),
+    # who
+    _str("api_key_id"),
+    _str("user"),
+    _str("team"),
+    # what was asked and who answered
+    _str("requested_model"),
+    _str("served_model"),
+    _str("provider"),
+    _str("deployment"),
+    # why it went there (router training reads these)
+    _str("policy"),
+    sa.Column("policy_version", sa.Integer()),
+    sa.Column("route_reason", sa.Text()),
+    sa.Column("propensity", sa.Float()),
+    # outcome
+    _str("status", nullable=False, server_default="ok"),
+    sa.Column("http_status", sa.Integer(), nullable=False, server_default=sa.text("200")),
+    _str("error_type"),
+    sa.Column("error_message", sa.Text()),
+    sa.Column("prompt_tokens", sa.Integer()),
+    sa.Column("completion_tokens", sa.Integer()),
+    sa.Column("cost_usd", sa.Float()),
+    sa.Column("latency_ms", sa.Float()),
+    sa.Column("ttft_ms", sa.Float()),
+    sa.Column("streamed", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("attempts_count", sa.Integer(), nullable=False, server_default=sa.text("0")),
+    # content (optional, per config)
+    _str("prompt_hash"),
+    sa.Column("request_body", sa.Text()),
+    sa.Column("response_body", sa.Text()),
+    sa.Column("prompt_text", sa.Text()),
+    sa.Column("metadata", JSON_TYPE),
+    sa.Index(None, "created_at"),
+    sa.Index(None, "api_key_id"),
+    sa.Index(None, "served_model"),
+    sa.Index(None, "requested_model"),
+)
+"""One row per client request (see :class:`requestlog.rows.RequestRow`)."""
+
+attempts = sa.Table(
+    "attempts",
+    metadata,
+    _str("id", primary_key=True),
+    _str("request_id", nullable=False),  # no FK on purpose: see module docstring
+    sa.Column("attempt_no", sa.Integer(), nullable=False),
+    _str("deployment", nullable=False),
+    _str("provider", nullable=False),
+    _str("upstream_model", nullable=False),
+    sa.Column("started_at", UtcDateTime(), nullable=False),
+    sa.Column("latency_ms", sa.Float()),
+    sa.Column("ttft_ms", sa.Float()),
+    _str("status", nullable=False, server_default="ok"),
+    sa.Column("http_status", sa.Integer()),
+    _str("error_type"),
+    sa.Column("error_message", sa.Text()),
+    sa.Column("prompt_tokens", sa.Integer()),
+    sa.Column("completion_tokens", sa.Integer()),
+    sa.Column("cost_usd", sa.Float()),
+    sa.Index(None, "request_id"),
+    sa.Index(None, "started_at"),
+)
+"""One row per upstream try (see :class:`requestlog.rows.AttemptRow`)."""
+
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    _str("id", primary_key=True),
+    _str("request_id", nullable=False),
+    _str("source", nullable=False),  # who judged: "user", "thumbs", "judge:<model>", ...
+    sa.Column("score", sa.Float(), nullable=False),
+    sa.Column("comment", sa.Text()),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.CheckConstraint("score >= 0 AND score <= 1", name="score_range"),
+    # one judgement per source and request: re-sent feedback is idempotent
+    sa.UniqueConstraint("request_id", "source"),
+)
+"""Quality signals about a logged request, in [0, 1]."""
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    _str("id", primary_key=True),
+    _str("name", nullable=False),
+    _str("key_hash", nullable=False, unique=True),
+    _str("key_prefix", nullable=False),  # first characters of the key, for display only
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("revoked_at", UtcDateTime()),
+    sa.Column("allowed_models", JSON_TYPE),  # list of model names; NULL means all
+    sa.Column("budget_usd", sa.Float()),
+    _str("budget_period"),  # "day", "month", ...
+    sa.Column("rpm_limit", sa.Integer()),
+    sa.Column("tpm_limit", sa.Integer()),
+    sa.Column("max_concurrency", sa.Integer()),
+    _str("user"),
+    _str("team"),
+    sa.Column("metadata", JSON_TYPE),
+)
+"""Client keys (only the hash is stored) with their limits."""
+
+policies = sa.Table(
+    "policies",
+    metadata,
+    _str("name", primary_key=True),
+    sa.Column("version", sa.Integer(), primary_key=True),
+    sa.Column("spec_yaml", sa.Text(), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    _str("created_by"),
+    sa.Column("comment", sa.Text()),
+)
+"""Every version of every routing policy, immutable once written."""
+
+policy_active = sa.Table(
+    "policy_active",
+    metadata,
+    _str("name", primary_key=True),
+    sa.Column("version", sa.Integer(), nullable=False),
+)
+"""Which version of each policy is live (one row per policy name)."""
+
+router_artifacts = sa.Table(
+    "router_artifacts",
+    metadata,
+    _str("id", primary_key=True),
+    _str("version", nullable=False),
+    sa.Column("path", sa.Text(), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("manifest", JSON_TYPE),
+    sa.Column("active", sa.Boolean(), nullable=False, server_default=sa.false()),
+)
+"""Trained router models on disk and which one is active."""

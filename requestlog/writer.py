@@ -1,0 +1,208 @@
+"""Batched, idempotent inserts of log records, and the classification of write failures.
+
+Every insert is ``INSERT ... ON CONFLICT (id) DO NOTHING`` executed as one executemany per
+table and batch (asyncpg pipelines it into a single round trip), inside one transaction per
+batch. Re-sending a batch, whole or in part, therefore never duplicates a row; that is what
+makes spool replay and retries safe.
+
+A failed write is either *unavailability* (network, server down, timeouts, missing tables, ...):
+keep the rows and retry later; or a *data error* in particular records (a NUL byte in text, an
+integer out of range, ...): retrying would fail forever and block the spool, so those records are
+isolated by bisection, retried once sanitised, and otherwise handed back as rejected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from . import tables
+from .codec import Record, dumps_json, sanitize_record
+from .urls import to_async_url
+
+log = logging.getLogger("hybridgate.requestlog.writer")
+
+# SQLSTATE classes meaning "cannot write now" rather than "these values are bad": connection
+# exceptions, transaction rollbacks (deadlock, serialization), undefined table / privileges
+# (schema not migrated yet), insufficient resources, operator intervention, system errors,
+# invalid authorization or catalog.
+_UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "28", "3D", "40", "42", "53", "54", "55", "57", "58", "XX"})
+
+
+class Unavailable(Exception):
+    """The database cannot take writes right now; the caller keeps the records."""
+
+
+@dataclass(slots=True)
+class WriteResult:
+    written: int = 0  # records now in the database (including ones already there)
+    rejected: list[tuple[Record, str]] = field(default_factory=list)  # (record, error text)
+
+
+def make_engine(
+    db_url: str, *, connect_timeout_s: float = 5.0, command_timeout_s: float = 10.0, **kw: Any
+) -> AsyncEngine:
+    """An async engine suited to the log writer (small pool, pre-ping, tolerant JSON encoding)."""
+    url = to_async_url(db_url)
+    options: dict[str, Any] = {"pool_pre_ping": True, "json_serializer": dumps_json}
+    if url.get_backend_name() == "postgresql":
+        options.update(pool_size=2, max_overflow=2, pool_recycle=1800)
+        if url.get_driver_name() == "asyncpg":
+            options["connect_args"] = {
+                "timeout": connect_timeout_s,
+                "command_timeout": command_timeout_s,
+                "server_settings": {"application_name": "hybridgate-requestlog"},
+            }
+    elif url.get_backend_name() == "sqlite":
+        options["connect_args"] = {"timeout": command_timeout_s}
+    options.update(kw)
+    engine = create_async_engine(url, **options)
+    if url.get_backend_name() == "sqlite":
+        _tune_sqlite(engine)
+    return engine
+
+
+def _tune_sqlite(engine: AsyncEngine) -> None:
+    @sa.event.listens_for(engine.sync_engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        # WAL: dashboards can read while the gateway writes; NORMAL is durable across app
+        # crashes (only an OS crash can lose the last commits) and much faster than FULL.
+        cur = dbapi_conn.cursor()
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL"):
+            with contextlib.suppress(Exception):  # e.g. read-only or in-memory database
+                cur.execute(f"PRAGMA {pragma}")
+        cur.close()
+
+
+def _insert(table: sa.Table, dialect: str) -> sa.Executable:
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=["id"])
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=["id"])
+    raise ValueError(f"request log supports PostgreSQL and SQLite, not {dialect!r}")
+
+
+def _walk(exc: BaseException) -> list[BaseException]:
+    """The exception and everything it wraps (``orig``, causes, contexts)."""
+    seen: list[BaseException] = []
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        stack.extend([getattr(e, "orig", None), e.__cause__, e.__context__])
+    return seen
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True if the failure is about reaching or using the database, not about the values sent.
+
+    Errors this cannot place count as data errors; the writer double-checks with a ping
+    before believing that, so a flapping network is never mistaken for bad data.
+    """
+    chain = _walk(exc)
+    for e in chain:
+        if isinstance(e, sa.exc.DBAPIError) and e.connection_invalidated:
+            return True
+        if isinstance(e, (OSError, TimeoutError, sa.exc.DisconnectionError, sa.exc.TimeoutError)):
+            return True
+        code = getattr(e, "sqlstate", None) or getattr(e, "pgcode", None)
+        if isinstance(code, str) and len(code) == 5:
+            return code[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+        if type(e).__module__ == "sqlite3" and type(e).__name__ == "OperationalError":
+            return True  # locked, no such table, disk I/O error, ...
+    for e in chain:
+        if type(e).__module__.startswith("asyncpg") and isinstance(e, ValueError):
+            return False  # asyncpg could not encode a value (its DataError)
+        if type(e).__module__.startswith("asyncpg") and "connection" in str(e).lower():
+            return True  # e.g. ConnectionDoesNotExistError, "connection was closed"
+    return False
+
+
+class DbWriter:
+    """Writes records to the log tables; knows nothing about queues or spools."""
+
+    def __init__(
+        self, engine: AsyncEngine, *, write_timeout_s: float = 15.0, ping_timeout_s: float = 3.0
+    ) -> None:
+        self.engine = engine
+        self.write_timeout_s = write_timeout_s
+        self.ping_timeout_s = ping_timeout_s
+        dialect = engine.dialect.name
+        self._insert_requests = _insert(tables.requests, dialect)
+        self._insert_attempts = _insert(tables.attempts, dialect)
+
+    async def ping(self) -> bool:
+        """Whether the database answers a trivial query now. Never raises."""
+        try:
+            async with asyncio.timeout(self.ping_timeout_s), self.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    async def _insert(self, records: Sequence[Record]) -> None:
+        requests = [r for r, _ in records]
+        attempts = [a for _, atts in records for a in atts]
+        async with asyncio.timeout(self.write_timeout_s), self.engine.begin() as conn:
+            if requests:
+                await conn.execute(self._insert_requests, requests)
+            if attempts:
+                await conn.execute(self._insert_attempts, attempts)
+
+    async def write(self, records: Sequence[Record]) -> WriteResult:
+        """Write records idempotently.
+
+        Raises :class:`Unavailable` when the database cannot take them now (some may have been
+        written already: re-sending them is harmless). Otherwise every record is either written
+        or returned in ``rejected``.
+        """
+        if not records:
+            return WriteResult()
+        try:
+            await self._insert(records)
+            return WriteResult(written=len(records))
+        except Exception as exc:
+            if is_unavailable(exc) or not await self.ping():
+                raise Unavailable(str(exc)) from exc
+            log.warning("batch of %d records refused (%s); isolating bad records", len(records), exc)
+        result = WriteResult()
+        failed: list[tuple[Record, BaseException]] = []
+        await self._bisect(list(records), result, failed)
+        for record, _exc in failed:
+            try:
+                await self._insert([sanitize_record(record)])
+                result.written += 1
+            except Exception as exc2:
+                if is_unavailable(exc2):
+                    raise Unavailable(str(exc2)) from exc2
+                log.error("rejected log record %s: %s", record[0].get("id"), exc2)
+                result.rejected.append((record, f"{type(exc2).__name__}: {exc2}"))
+        return result
+
+    async def _bisect(
+        self, records: list[Record], result: WriteResult, failed: list[tuple[Record, BaseException]]
+    ) -> None:
+        mid = len(records) // 2
+        for half in (records[:mid], records[mid:]):
+            if not half:
+                continue
+            try:
+                await self._insert(half)
+                result.written += len(half)
+            except Exception as exc:
+                if is_unavailable(exc):
+                    raise Unavailable(str(exc)) from exc
+                if len(half) == 1:
+                    failed.append((half[0], exc))
+                else:
+                    await self._bisect(half, result, failed)
