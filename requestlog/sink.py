@@ -4,8 +4,8 @@
 costs the request path microseconds whatever the database is doing. One background task (the
 only consumer, which keeps ordering simple) moves records on:
 
-* **direct mode** (database up, spool empty): batches of up to ``batch_size`` records, or whatever
-  arrived within ``flush_interval_ms``, go to the database as idempotent multi-row inserts.
+* **direct mode** (database up, spool empty): batches of up to ``batch_max_rows`` records, or whatever
+  arrived within ``batch_max_ms``, go to the database as idempotent multi-row inserts.
 * **spool mode** (a write failed, or a spool exists): the failed batch and everything queued
   behind it are appended to the on-disk spool (fsync per batch) and the gateway keeps serving.
   The database is probed with exponential backoff; once it answers, the spool is replayed in
@@ -59,8 +59,8 @@ class LogSink:
         db_url: SQLAlchemy URL, async or sync form (``postgresql+asyncpg://...``,
             ``sqlite+aiosqlite:///./hybridgate.db``); ignored when ``engine`` is given.
         spool_dir: directory of the disk spool; may be shared by several processes.
-        batch_size: most records (requests, each with its attempts) per database write.
-        flush_interval_ms: longest a record waits in memory before a write is attempted.
+        batch_max_rows: most records (requests, each with its attempts) per database write.
+        batch_max_ms: longest a record waits in memory before a write is attempted.
         max_queue: records held in memory before spilling to the spool instead.
         probe_initial_s, probe_max_s: backoff between database probes while it is down.
         write_timeout_s: a write taking longer counts as the database being unavailable.
@@ -74,8 +74,8 @@ class LogSink:
         db_url: str = "sqlite+aiosqlite:///./hybridgate.db",
         *,
         spool_dir: str | os.PathLike[str] = "./var/spool",
-        batch_size: int = 500,
-        flush_interval_ms: float = 200.0,
+        batch_max_rows: int = 500,
+        batch_max_ms: float = 50.0,
         max_queue: int = 50_000,
         probe_initial_s: float = 0.5,
         probe_max_s: float = 30.0,
@@ -83,12 +83,12 @@ class LogSink:
         close_timeout_s: float = 10.0,
         engine: AsyncEngine | None = None,
     ) -> None:
-        if batch_size < 1 or max_queue < 1:
-            raise ValueError("batch_size and max_queue must be positive")
+        if batch_max_rows < 1 or max_queue < 1:
+            raise ValueError("batch_max_rows and max_queue must be positive")
         self._db_url = db_url
         self._spool_dir = Path(spool_dir)
-        self._batch_size = batch_size
-        self._interval = flush_interval_ms / 1000.0
+        self._batch_max_rows = batch_max_rows
+        self._interval = batch_max_ms / 1000.0
         self._max_queue = max_queue
         self._probe_initial = probe_initial_s
         self._probe_max = probe_max_s
@@ -135,7 +135,7 @@ class LogSink:
                 return
             queue = self._queue
             queue.append((request, attempts))
-            if len(queue) >= self._batch_size and not self._wake.is_set():
+            if len(queue) >= self._batch_max_rows and not self._wake.is_set():
                 self._wake_worker()
         except Exception:  # pragma: no cover - defensive: logging must never break a request
             self._dropped += 1
@@ -222,8 +222,8 @@ class LogSink:
     async def flush(self) -> None:
         """Wait until everything recorded so far is in the database, or, while the database is
         unreachable (probed once more right now), durably in the spool."""
-        if self._task is None or self._task.done():
-            raise RuntimeError("LogSink is not running")
+        if self._task is None or self._task.done() or self._closed:
+            return  # not running: nothing will move until start(); aclose() spools the rest
         fut = asyncio.get_running_loop().create_future()
         self._flush_waiters.append(fut)
         self._next_probe = min(self._next_probe, time.monotonic())
@@ -248,6 +248,7 @@ class LogSink:
             "dropped": self._dropped,
             "write_errors": self._write_errors,
             "spool_pending": bool(spool is not None and spool.pending),
+            "spooled_pending": spool.pending_records() if spool is not None else 0,
             "spool_bytes": spool.pending_bytes() if spool is not None else 0,
             "db_up": self._db_up,
             "last_error": self._last_error,
@@ -283,7 +284,7 @@ class LogSink:
             return
         if self._db_up and self._spool.pending:
             return  # replaying: keep going
-        if len(self._queue) >= self._batch_size:
+        if len(self._queue) >= self._batch_max_rows:
             return
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
@@ -318,18 +319,19 @@ class LogSink:
             return
 
         while self._queue:
-            batch = self._take(self._batch_size)
-            records = [_as_record(e) for e in batch]
+            batch = self._take(self._batch_max_rows)
+            records = await self._convert(batch)
             try:
                 result = await writer.write(records)
-            except Unavailable as exc:
+            except Exception as exc:  # Unavailable, or a bug: either way keep the rows
+                self._log_unexpected(exc)
                 self._mark_down(exc)
                 if await self._spill(records):  # the failed batch first: it is older than the queue
                     await self._spill_queue()
                 return
             self._written += result.written
             await self._reject(result.rejected)
-            if len(self._queue) < self._batch_size and not self._flush_waiters and not self._closing:
+            if len(self._queue) < self._batch_max_rows and not self._flush_waiters and not self._closing:
                 return  # a partial batch left: let it fill up for one interval
 
     def _take(self, n: int) -> list[_Entry]:
@@ -339,7 +341,7 @@ class LogSink:
     async def _replay_chunk(self) -> None:
         spool, writer = self._spool, self._writer
         assert spool is not None and writer is not None
-        lines = await asyncio.to_thread(spool.read_chunk, self._batch_size)
+        lines = await asyncio.to_thread(spool.read_chunk, self._batch_max_rows)
         if lines is None:
             return
         records: list[Record] = []
@@ -351,7 +353,8 @@ class LogSink:
                 corrupt.append((line, f"undecodable spool line: {exc}"))
         try:
             result = await writer.write(records)
-        except Unavailable as exc:
+        except Exception as exc:  # Unavailable, or a bug: either way replay again later
+            self._log_unexpected(exc)
             await asyncio.to_thread(spool.rollback)
             self._mark_down(exc)
             return
@@ -367,9 +370,26 @@ class LogSink:
     async def _spill_queue(self) -> None:
         """Move everything queued in memory to the spool, in order."""
         while self._queue:
-            batch = self._take(max(self._batch_size, 1000))
-            if not await self._spill([_as_record(e) for e in batch]):
+            batch = self._take(max(self._batch_max_rows, 1000))
+            if not await self._spill(await self._convert(batch)):
                 return
+
+    async def _convert(self, batch: list[_Entry]) -> list[Record]:
+        """Insert parameters of queued entries; entries that are not rows at all (a caller's
+        bug) are set aside as rejected instead of failing the whole batch."""
+        try:
+            return [_as_record(e) for e in batch]
+        except Exception:
+            pass
+        records: list[Record] = []
+        bad: list[tuple[bytes, str]] = []
+        for entry in batch:
+            try:
+                records.append(_as_record(entry))
+            except Exception as exc:
+                bad.append((repr(entry).encode(), f"not a RequestRow/AttemptRow record: {exc!r}"))
+        await self._reject_raw(bad)
+        return records
 
     async def _spill(self, records: list[Record]) -> bool:
         """Append records to the spool; on disk failure put them back in front of the queue."""
@@ -409,6 +429,11 @@ class LogSink:
             log.exception("cannot write rejected request log records")
 
     # ------------------------------------------------------------------ db state
+
+    @staticmethod
+    def _log_unexpected(exc: BaseException) -> None:
+        if not isinstance(exc, Unavailable):
+            log.error("unexpected error writing the request log; keeping the rows", exc_info=exc)
 
     def _mark_up(self) -> None:
         if not self._db_up:

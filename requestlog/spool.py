@@ -62,6 +62,17 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def _count_lines(path: Path) -> int:
+    count = 0
+    try:
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                count += block.count(b"\n")
+    except OSError:
+        pass
+    return count
+
+
 class _Reader:
     """A locked segment being replayed, with the offset of the chunk in flight."""
 
@@ -69,6 +80,8 @@ class _Reader:
         self.path = path
         self.f = f
         self.chunk_start = 0
+        self.chunk_records = 0
+        self.consumed = 0  # records confirmed written so far
         self.at_eof = False
 
 
@@ -83,7 +96,9 @@ class Spool:
         self._active: BinaryIO | None = None
         self._active_path: Path | None = None
         self._active_size = 0
+        self._active_records = 0
         self._backlog: list[Path] = []
+        self._counts: dict[Path, int] = {}  # records per closed segment (for metrics)
         self._reader: _Reader | None = None
         self._last_ns = 0
         self.rescan()
@@ -94,6 +109,13 @@ class Spool:
     def pending(self) -> bool:
         """True while this spool holds records not yet confirmed written."""
         return bool(self._backlog) or self._reader is not None or self._active_size > 0
+
+    def pending_records(self) -> int:
+        """Records waiting for replay (exact for this process's data, counted for found files)."""
+        total = self._active_records + sum(self._counts.get(p, 0) for p in self._backlog)
+        if self._reader is not None:
+            total += max(self._counts.get(self._reader.path, 0) - self._reader.consumed, 0)
+        return total
 
     def pending_bytes(self) -> int:
         """Approximate bytes waiting for replay (for metrics)."""
@@ -120,6 +142,7 @@ class Spool:
             if name.startswith(SEGMENT_PREFIX) and name.endswith(SEGMENT_SUFFIX):
                 if path not in known:
                     self._backlog.append(path)
+                    self._counts[path] = _count_lines(path)
             elif name.startswith(TMP_PREFIX):
                 self._remove_dead_tmp(path)
         self._backlog.sort()
@@ -156,6 +179,7 @@ class Spool:
                 os.ftruncate(f.fileno(), self._active_size)
             raise
         self._active_size += len(data)
+        self._active_records += len(lines)
 
     def _open_active(self) -> None:
         now = max(time.time_ns(), self._last_ns + 1)
@@ -173,6 +197,7 @@ class Spool:
             raise
         _fsync_dir(self.dir)
         self._active, self._active_path, self._active_size = f, final, 0
+        self._active_records = 0
 
     def _rotate(self) -> None:
         """Close the active segment (releasing its lock) and queue it for replay."""
@@ -187,6 +212,8 @@ class Spool:
                 path.unlink()
         else:
             self._backlog.append(path)
+            self._counts[path] = self._active_records
+        self._active_records = 0
 
     def write_rejected(self, lines: Sequence[bytes]) -> None:
         """Keep records the database refused as data errors, for a human to look at."""
@@ -223,14 +250,20 @@ class Spool:
             lines.append(line)
         if not reader.at_eof and not f.peek(1):
             reader.at_eof = True
+        reader.chunk_records = len(lines)
         return lines
 
     def commit(self) -> None:
         """The last chunk is in the database: move on, deleting the segment once finished."""
         reader = self._reader
-        if reader is None or not reader.at_eof:
+        if reader is None:
+            return
+        reader.consumed += reader.chunk_records
+        reader.chunk_records = 0
+        if not reader.at_eof:
             return
         self._reader = None
+        self._counts.pop(reader.path, None)
         with contextlib.suppress(FileNotFoundError):
             reader.path.unlink()
         reader.f.close()
@@ -241,6 +274,7 @@ class Spool:
         if reader is None:
             return
         reader.f.seek(reader.chunk_start)
+        reader.chunk_records = 0
         reader.at_eof = False
 
     def _open_next_reader(self) -> _Reader | None:
@@ -251,12 +285,12 @@ class Spool:
             try:
                 f = path.open("rb")
             except FileNotFoundError:  # replayed and deleted by another process
+                self._counts.pop(path, None)
                 continue
-            if not _try_lock(f):  # a live writer's segment, or another replayer has it
+            if not _try_lock(f) or not path.exists():
+                # a live writer's segment, another replayer has it, or it was just deleted
                 f.close()
-                continue
-            if not path.exists():  # deleted between our open and our lock
-                f.close()
+                self._counts.pop(path, None)
                 continue
             self._reader = _Reader(path, f)
             return self._reader
@@ -273,6 +307,8 @@ class Spool:
                     path.unlink()
             elif path is not None:
                 self._backlog.append(path)
+                self._counts[path] = self._active_records
+            self._active_records = 0
         if self._reader is not None:
             self._backlog.insert(0, self._reader.path)
             self._reader.f.close()

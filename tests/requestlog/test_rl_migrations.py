@@ -1,0 +1,150 @@
+"""Alembic migrations of the request log on PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from requestlog import migrate
+from requestlog.tables import metadata
+from requestlog.urls import to_async_url, to_sync_url
+
+EXPECTED_TABLES = {
+    "requests",
+    "attempts",
+    "feedback",
+    "api_keys",
+    "policies",
+    "policy_active",
+    "router_artifacts",
+    "alembic_version",
+}
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def empty_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgresql":
+        return request.getfixturevalue("fresh_pg_url")
+    return request.getfixturevalue("sqlite_url")
+
+
+def _inspect(url: str):
+    engine = sa.create_engine(to_sync_url(url), poolclass=sa.pool.NullPool)
+    return engine, sa.inspect(engine)
+
+
+def test_upgrade_from_empty_is_complete_and_idempotent(empty_url: str) -> None:
+    assert migrate.current(empty_url) is None
+    migrate.upgrade(empty_url)
+    assert migrate.current(empty_url) == migrate.head()
+    assert migrate.is_up_to_date(empty_url)
+    migrate.upgrade(empty_url)  # second run: nothing to do, no error
+    assert migrate.current(empty_url) == migrate.head()
+
+    engine, insp = _inspect(empty_url)
+    try:
+        assert set(insp.get_table_names()) == EXPECTED_TABLES
+        indexed = {tuple(ix["column_names"]) for ix in insp.get_indexes("requests")}
+        assert {("created_at",), ("api_key_id",), ("served_model",), ("requested_model",)} <= indexed
+        assert ("request_id",) in {tuple(ix["column_names"]) for ix in insp.get_indexes("attempts")}
+        assert insp.get_foreign_keys("attempts") == []
+        assert insp.get_pk_constraint("policies")["constrained_columns"] == ["name", "version"]
+        uniques = {tuple(u["column_names"]) for u in insp.get_unique_constraints("feedback")}
+        assert ("request_id", "source") in uniques
+        with engine.connect() as conn:
+            # the migration and the live table definitions agree (no autogenerate diff)
+            assert (
+                compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
+                == []
+            )
+    finally:
+        engine.dispose()
+
+
+def test_downgrade_to_base_and_back(empty_url: str) -> None:
+    migrate.upgrade(empty_url)
+    migrate.downgrade(empty_url, "base")
+    assert migrate.current(empty_url) is None
+    engine, insp = _inspect(empty_url)
+    try:
+        assert set(insp.get_table_names()) <= {"alembic_version"}
+    finally:
+        engine.dispose()
+    migrate.upgrade(empty_url)
+    assert migrate.current(empty_url) == migrate.head()
+
+
+def test_concurrent_upgrades_serialise(empty_url: str) -> None:
+    """Several workers running `migrate` at start-up at once: all succeed, schema built once."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            migrate.upgrade(empty_url)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert migrate.current(empty_url) == migrate.head()
+
+
+def test_works_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No alembic.ini and no repo-relative paths: the packaged migrations are found from anywhere."""
+    monkeypatch.chdir(tmp_path)
+    location = migrate.script_location()
+    assert location.is_absolute()
+    assert (location / "env.py").is_file()
+    assert (location / "script.py.mako").is_file()
+    migrate.upgrade("sqlite+aiosqlite:///./sub/dir/hybridgate.db")  # default-style relative URL
+    assert (tmp_path / "sub" / "dir" / "hybridgate.db").is_file()
+    assert migrate.current("sqlite:///./sub/dir/hybridgate.db") == migrate.head()
+
+
+def test_cli_current_and_upgrade(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    assert migrate.main(["--url", url, "current"]) == 0
+    assert "(empty)" in capsys.readouterr().out
+    assert migrate.main(["--url", url, "upgrade"]) == 0
+    assert migrate.head() in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("given", "sync", "async_"),
+    [
+        (
+            "postgresql+asyncpg://u:p@h:5/db",
+            "postgresql+psycopg://u:p@h:5/db",
+            "postgresql+asyncpg://u:p@h:5/db",
+        ),
+        ("postgresql://u@h/db", "postgresql+psycopg://u@h/db", "postgresql+asyncpg://u@h/db"),
+        (
+            "sqlite+aiosqlite:///./hybridgate.db",
+            "sqlite:///./hybridgate.db",
+            "sqlite+aiosqlite:///./hybridgate.db",
+        ),
+        ("sqlite:////abs/x.db", "sqlite:////abs/x.db", "sqlite+aiosqlite:////abs/x.db"),
+        (
+            "postgresql+asyncpg://u@h/db?ssl=require",
+            "postgresql+psycopg://u@h/db?sslmode=require",
+            "postgresql+asyncpg://u@h/db?ssl=require",
+        ),
+    ],
+)
+def test_url_translation(given: str, sync: str, async_: str) -> None:
+    assert to_sync_url(given).render_as_string(hide_password=False) == sync
+    assert to_async_url(given).render_as_string(hide_password=False) == async_
+
+
+def test_unsupported_url_is_refused() -> None:
+    with pytest.raises(ValueError, match="unsupported"):
+        to_sync_url("mysql+aiomysql://u@h/db")
