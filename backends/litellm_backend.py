@@ -1,0 +1,317 @@
+"""Backend for any provider litellm supports (Anthropic, Bedrock, Azure, Gemini, …) through its SDK.
+
+litellm is imported lazily, when the first litellm deployment is *built* (`import_litellm`): the
+import takes seconds and 100+ MB, and a gateway whose deployments are all OpenAI-compatible must
+not pay that. ``LITELLM_LOCAL_MODEL_COST_MAP=True`` is set before the import so litellm never
+fetches its cost map over the network. litellm never retries (``num_retries=0`` and
+``max_retries=0`` for the provider SDK under it): retries and fallbacks are the gateway's.
+
+Answers and chunks are litellm pydantic objects; they are converted to plain OpenAI-shaped dicts
+and stripped of litellm's extras (``provider_specific_fields``, ``citations``, None-valued
+delta keys), and litellm's usage chunk (a choice with an empty delta plus ``usage``) is rewritten
+into OpenAI's shape (``choices: []``), so callers see what the direct backend yields.
+
+Timeouts are enforced here as well as passed to litellm, so they are classified like the direct
+backend's: ``call.timeout_s`` for the whole call (non-stream) or the first chunk (stream), and
+``call.stream_idle_timeout_s`` between chunks. Any failure after the first chunk is "stream_cut".
+A stream that ends without any choice finishing is also "stream_cut": litellm drops a missing
+``[DONE]`` silently.
+
+`DeploymentConfig` mapping: ``upstream_model`` is the litellm model string (``openai/gpt-4o``,
+``anthropic/claude-3-5-haiku-20241022``); ``api_base`` as litellm wants it — for
+``anthropic/…`` that is the server root (litellm appends ``/v1/messages``), for ``openai/…`` the
+OpenAI base including ``/v1``; the key comes from the env var named by ``api_key_env``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Mapping
+from types import ModuleType
+from typing import Any
+
+from backends.base import UpstreamCall, UpstreamError, UpstreamResponse
+from backends.deployment import DeploymentConfig
+from backends.openai_compatible import classify_client_error, parse_retry_after, usage_of
+from backends.sse import with_stream_usage
+
+__all__ = ["LiteLLMBackend", "import_litellm", "map_litellm_error", "to_openai_dict"]
+
+# keys litellm adds to OpenAI objects that no OpenAI client expects
+_EXTRA_KEYS = frozenset(
+    {"provider_specific_fields", "citations", "moderation", "_hidden_params", "_response_ms"}
+)
+_GRACE_S = 0.5  # litellm's own timeout is set this much later than ours, so ours classifies first
+
+
+def import_litellm() -> ModuleType:
+    """Import litellm offline and quiet. Seconds on first call; cached by Python's import system after."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+def _clean(obj: Any) -> Any:
+    """Drop litellm-only keys and None-valued keys from a dict (one level)."""
+    return {k: v for k, v in obj.items() if v is not None and k not in _EXTRA_KEYS}
+
+
+def _clean_usage(u: Any) -> dict[str, Any] | None:
+    if not isinstance(u, dict):
+        return None
+    out: dict[str, Any] = {
+        "prompt_tokens": int(u.get("prompt_tokens") or 0),
+        "completion_tokens": int(u.get("completion_tokens") or 0),
+        "total_tokens": int(u.get("total_tokens") or 0)
+        or int(u.get("prompt_tokens") or 0) + int(u.get("completion_tokens") or 0),
+    }
+    for key in ("prompt_tokens_details", "completion_tokens_details"):
+        det = u.get(key)
+        if isinstance(det, dict):
+            det = {k: v for k, v in det.items() if v is not None}
+            if det:
+                out[key] = det
+    return out
+
+
+def to_openai_dict(obj: Any, *, chunk: bool = False) -> dict[str, Any]:
+    """A litellm response / chunk / embedding object as a plain OpenAI-shaped dict."""
+    d: dict[str, Any] = obj.model_dump() if hasattr(obj, "model_dump") else dict(obj)
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if k in _EXTRA_KEYS or (v is None and k not in ("usage", "system_fingerprint")):
+            continue
+        out[k] = v
+    if "usage" in out:
+        if out["usage"] is None and not chunk:
+            del out["usage"]
+        elif out["usage"] is not None:
+            out["usage"] = _clean_usage(out["usage"])
+    choices = out.get("choices")
+    if isinstance(choices, list):
+        cleaned = []
+        for c in choices:
+            if not isinstance(c, dict):
+                continue
+            c = {k: v for k, v in c.items() if k not in _EXTRA_KEYS}
+            for key in ("message", "delta"):
+                m = c.get(key)
+                if isinstance(m, dict):
+                    keep_content = key == "message"  # content: null is meaningful next to tool_calls
+                    c[key] = {
+                        k: v
+                        for k, v in m.items()
+                        if k not in _EXTRA_KEYS and (v is not None or (keep_content and k == "content"))
+                    }
+            c.setdefault("logprobs", None)
+            c.setdefault("finish_reason", None)
+            if c.get("reasoning_content") is None:
+                c.pop("reasoning_content", None)
+            cleaned.append(c)
+        out["choices"] = cleaned
+        if chunk and out.get("usage") is not None and all(_empty_choice(c) for c in cleaned):
+            out["choices"] = []  # litellm's usage chunk → OpenAI's shape
+    return out
+
+
+def _empty_choice(c: Mapping[str, Any]) -> bool:
+    if c.get("finish_reason") is not None:
+        return False
+    delta = c.get("delta")
+    if delta is None:  # text_completion chunks
+        return not c.get("text")
+    return not any(delta.get(k) for k in ("content", "tool_calls", "function_call", "role", "refusal"))
+
+
+def map_litellm_error(exc: BaseException, litellm: ModuleType | None = None) -> UpstreamError:
+    """Map a litellm exception (or anything the provider SDK under it raised) to an `UpstreamError`."""
+    le = (litellm or import_litellm()).exceptions
+    status = getattr(exc, "status_code", None)
+    status = status if isinstance(status, int) else None
+    message = str(getattr(exc, "message", None) or exc)
+    body = getattr(exc, "body", None)
+    if isinstance(exc, le.MidStreamFallbackError) and exc.original_exception is not None:
+        return map_litellm_error(exc.original_exception, litellm)
+    if isinstance(exc, le.ContextWindowExceededError):
+        return UpstreamError("context_window", message, status=status or 400, body=body)
+    if isinstance(exc, le.ContentPolicyViolationError):
+        return UpstreamError("content_policy", message, status=status or 400, body=body)
+    if isinstance(exc, le.RateLimitError):
+        return UpstreamError("rate_limit", message, status=429, retry_after_s=_retry_after(exc), body=body)
+    if isinstance(exc, le.Timeout):
+        return UpstreamError("timeout", message, body={"phase": "litellm"})
+    if isinstance(exc, le.APIConnectionError):
+        return UpstreamError("connection", message, status=status if status and status >= 400 else None)
+    if isinstance(exc, (le.ServiceUnavailableError, le.InternalServerError, le.BadGatewayError)):
+        return UpstreamError(
+            "server_error", message, status=status or 500, retry_after_s=_retry_after(exc), body=body
+        )
+    if isinstance(exc, (le.AuthenticationError, le.PermissionDeniedError)):
+        return UpstreamError("auth", message, status=status or 401, body=body)
+    if isinstance(exc, le.NotFoundError):
+        return UpstreamError("not_found", message, status=404, body=body)
+    if isinstance(exc, (le.BadRequestError, le.UnprocessableEntityError)):
+        return UpstreamError(
+            classify_client_error(status or 400, message), message, status=status or 400, body=body
+        )
+    if status is not None:
+        if status == 429:
+            return UpstreamError(
+                "rate_limit", message, status=status, retry_after_s=_retry_after(exc), body=body
+            )
+        if status >= 500:
+            return UpstreamError("server_error", message, status=status, body=body)
+        if status >= 400:
+            return UpstreamError(classify_client_error(status, message), message, status=status, body=body)
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return UpstreamError("timeout", message or "timeout")
+    if isinstance(exc, (ConnectionError, OSError)):
+        return UpstreamError("connection", message)
+    return UpstreamError("server_error", f"{type(exc).__name__}: {message}")
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    headers = getattr(exc, "litellm_response_headers", None)
+    if headers is None:
+        headers = getattr(getattr(exc, "response", None), "headers", None)
+    try:
+        return parse_retry_after(headers)
+    except Exception:  # exotic header containers; a missing hint is fine
+        return None
+
+
+class LiteLLMBackend:
+    """`Backend` over litellm's async SDK for one deployment."""
+
+    def __init__(
+        self,
+        cfg: DeploymentConfig,
+        *,
+        api_key: str | None = None,
+        drop_params: bool = True,
+        extra_params: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.name = cfg.name
+        self.cfg = cfg
+        self._litellm = import_litellm()
+        self._model = cfg.upstream_model
+        base: dict[str, Any] = {"num_retries": 0, "max_retries": 0, "drop_params": drop_params}
+        if cfg.api_base:
+            base["api_base"] = cfg.api_base
+        if api_key:
+            base["api_key"] = api_key
+        base.update(extra_params or {})
+        self._base = base
+
+    async def aclose(self) -> None:
+        """Nothing per deployment: litellm owns (and shares) its HTTP clients."""
+
+    def _kwargs(self, call: UpstreamCall, body: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
+        kw = {**self._base, **{k: v for k, v in body.items() if k != "model"}}
+        kw["model"] = self._model
+        kw["timeout"] = timeout_s
+        if call.headers:
+            kw["extra_headers"] = {**(body.get("extra_headers") or {}), **call.headers}
+        return kw
+
+    def _fn(self, call: UpstreamCall) -> Any:
+        ll = self._litellm
+        if call.kind == "chat":
+            return ll.acompletion
+        if call.kind == "completion":
+            return ll.atext_completion
+        if call.kind == "embedding":
+            return ll.aembedding
+        raise UpstreamError("bad_request", f"{self.name}: unsupported call kind {call.kind!r}")
+
+    async def complete(self, call: UpstreamCall) -> UpstreamResponse:
+        fn = self._fn(call)
+        body = {k: v for k, v in call.body.items() if k not in ("stream", "stream_options")}
+        kw = self._kwargs(call, body, call.timeout_s + _GRACE_S)
+        try:
+            async with asyncio.timeout(call.timeout_s):
+                resp = await fn(**kw)
+        except TimeoutError:
+            raise UpstreamError(
+                "timeout", f"upstream total timeout after {call.timeout_s:g}s", body={"phase": "total"}
+            ) from None
+        except UpstreamError:
+            raise
+        except Exception as exc:
+            raise map_litellm_error(exc, self._litellm) from exc
+        data = to_openai_dict(resp)
+        return UpstreamResponse(data, usage_of(data))
+
+    async def stream(self, call: UpstreamCall) -> AsyncIterator[dict[str, Any]]:
+        """Yield OpenAI chunk dicts; usage is always requested (see `backends.sse`)."""
+        if call.kind == "embedding":
+            raise UpstreamError("bad_request", "embeddings cannot be streamed")
+        fn = self._fn(call)
+        idle_s = call.stream_idle_timeout_s
+        kw = self._kwargs(call, with_stream_usage(call.body), max(call.timeout_s, idle_s) + _GRACE_S)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + call.timeout_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                wrapper = await fn(**kw)
+        except TimeoutError:
+            raise UpstreamError(
+                "timeout",
+                f"upstream first byte timeout after {call.timeout_s:g}s",
+                body={"phase": "first_byte"},
+            ) from None
+        except Exception as exc:
+            raise map_litellm_error(exc, self._litellm) from exc
+        it = wrapper.__aiter__()
+        n = 0
+        finished = False
+        try:
+            while True:
+                try:
+                    if n == 0:
+                        async with asyncio.timeout_at(deadline):
+                            obj = await it.__anext__()
+                    else:
+                        async with asyncio.timeout(idle_s):
+                            obj = await it.__anext__()
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    if n == 0:
+                        raise UpstreamError(
+                            "timeout",
+                            f"upstream first byte timeout after {call.timeout_s:g}s",
+                            body={"phase": "first_byte"},
+                        ) from None
+                    raise _cut(
+                        "timeout", f"no data for {idle_s:g}s (idle timeout)", n, phase="idle"
+                    ) from None
+                except Exception as exc:
+                    err = map_litellm_error(exc, self._litellm)
+                    if n == 0:
+                        raise err from exc
+                    raise _cut(err.kind, err.message, n) from exc
+                chunk = to_openai_dict(obj, chunk=True)
+                if any(c.get("finish_reason") for c in chunk.get("choices") or ()):
+                    finished = True
+                n += 1
+                yield chunk
+        finally:
+            close = getattr(it, "aclose", None)
+            if close is not None and not finished:
+                with contextlib.suppress(Exception):  # closing a broken stream must not mask the real error
+                    await close()
+        if not finished:
+            raise _cut("stream_cut", "stream ended before any choice finished", n)
+
+
+def _cut(cause: str, message: str, n: int, **extra: Any) -> UpstreamError:
+    return UpstreamError(
+        "stream_cut",
+        f"stream cut after {n} chunk(s): {message}",
+        body={"cause": cause, "chunks_yielded": n, **extra},
+    )
