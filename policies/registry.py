@@ -1,0 +1,300 @@
+"""Versioned policies in memory, with a pluggable persistent store and hot reload.
+
+Every write creates a new immutable version (validated first: an invalid policy is never stored)
+and, by default, activates it. Rollback re-activates an older version; nothing is ever edited in
+place, so the request log's ``(policy, policy_version)`` always names the exact spec that routed
+a request.
+
+The request path only calls `PolicyRegistry.active` (a dict lookup, no I/O). Hot reload: every
+process runs `run_reload_loop` (store polling, 1 s by default), so a change made through any
+process's admin API is live everywhere within the poll interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from policies.loader import PolicyValidationError, parse_policy
+from policies.schema import Policy
+
+log = logging.getLogger("hybridgate.policies")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPolicy:
+    """One row of the ``policies`` table."""
+
+    name: str
+    version: int
+    spec_yaml: str
+    created_at: datetime
+    created_by: str | None = None
+    comment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyVersion:
+    """A stored version together with its parsed policy."""
+
+    row: StoredPolicy
+    policy: Policy
+
+    @property
+    def name(self) -> str:
+        return self.row.name
+
+    @property
+    def version(self) -> int:
+        return self.row.version
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySummary:
+    name: str
+    active_version: int | None
+    latest_version: int
+    versions: int
+    description: str
+
+
+class VersionConflict(Exception):
+    """The store already has this (name, version): another process wrote concurrently."""
+
+
+class PolicyNotFound(KeyError):
+    pass
+
+
+class PolicyExists(ValueError):
+    pass
+
+
+class PolicyStore(Protocol):
+    """Persistence for the registry (the DB-backed one is `policies.db_store.DbPolicyStore`)."""
+
+    async def load(self) -> tuple[list[StoredPolicy], dict[str, int]]:
+        """Every stored version, and name → active version."""
+        ...
+
+    async def insert(self, row: StoredPolicy) -> None:
+        """Store a new version; raise `VersionConflict` if (name, version) exists."""
+        ...
+
+    async def set_active(self, name: str, version: int) -> None: ...
+
+
+class InMemoryPolicyStore:
+    """A store that forgets on restart: tests and single-process setups without a database."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, int], StoredPolicy] = {}
+        self.active: dict[str, int] = {}
+
+    async def load(self) -> tuple[list[StoredPolicy], dict[str, int]]:
+        return list(self.rows.values()), dict(self.active)
+
+    async def insert(self, row: StoredPolicy) -> None:
+        if (row.name, row.version) in self.rows:
+            raise VersionConflict(f"{row.name} v{row.version} exists")
+        self.rows[(row.name, row.version)] = row
+
+    async def set_active(self, name: str, version: int) -> None:
+        self.active[name] = version
+
+
+class PolicyRegistry:
+    def __init__(
+        self,
+        store: PolicyStore | None = None,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store: PolicyStore = store if store is not None else InMemoryPolicyStore()
+        self._clock = clock
+        self._versions: dict[str, dict[int, PolicyVersion]] = {}
+        self._active: dict[str, int] = {}
+        self._active_policy: dict[str, Policy] = {}  # the request path reads only this
+        self._lock = asyncio.Lock()
+
+    # ---- reads (no I/O) ---------------------------------------------------------------------------
+
+    def active(self, name: str) -> Policy | None:
+        """The live policy for a virtual model name, or None: the request path's one call."""
+        return self._active_policy.get(name)
+
+    def active_version(self, name: str) -> int | None:
+        return self._active.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._versions)
+
+    def get(self, name: str, version: int | None = None) -> PolicyVersion:
+        """A version (the active one by default)."""
+        versions = self._versions.get(name)
+        if not versions:
+            raise PolicyNotFound(name)
+        v = version if version is not None else self._active.get(name, max(versions))
+        if v not in versions:
+            raise PolicyNotFound(f"{name} v{v}")
+        return versions[v]
+
+    def versions(self, name: str) -> list[PolicyVersion]:
+        if name not in self._versions:
+            raise PolicyNotFound(name)
+        return [self._versions[name][v] for v in sorted(self._versions[name])]
+
+    def list(self) -> list[PolicySummary]:
+        out = []
+        for name in self.names():
+            vs = self._versions[name]
+            act = self._active.get(name)
+            shown = vs[act] if act in vs else vs[max(vs)]
+            out.append(PolicySummary(name, act, max(vs), len(vs), shown.policy.description))
+        return out
+
+    @staticmethod
+    def validate(name: str, spec_yaml: str) -> Policy:
+        """Parse and validate without storing (the admin API's dry run)."""
+        return parse_policy(spec_yaml, require_name=name, source=name)
+
+    # ---- writes ----------------------------------------------------------------------------------------
+
+    async def create(
+        self, name: str, spec_yaml: str, *, created_by: str | None = None, comment: str | None = None
+    ) -> PolicyVersion:
+        """Version 1 of a new policy, active. `PolicyExists` if the name is taken."""
+        await self.reload()
+        if name in self._versions:
+            raise PolicyExists(name)
+        return await self._write(name, spec_yaml, created_by, comment, activate=True)
+
+    async def update(
+        self,
+        name: str,
+        spec_yaml: str,
+        *,
+        created_by: str | None = None,
+        comment: str | None = None,
+        activate: bool = True,
+    ) -> PolicyVersion:
+        """A new version of an existing policy (activated unless ``activate=False``)."""
+        await self.reload()
+        if name not in self._versions:
+            raise PolicyNotFound(name)
+        return await self._write(name, spec_yaml, created_by, comment, activate=activate)
+
+    async def put(
+        self, name: str, spec_yaml: str, *, created_by: str | None = None, comment: str | None = None
+    ) -> PolicyVersion:
+        """Create or update; a spec identical to the active one writes nothing (idempotent seeding)."""
+        await self.reload()
+        if name in self._versions:
+            cur = self.get(name)
+            if cur.row.spec_yaml == spec_yaml:
+                return cur
+            return await self._write(name, spec_yaml, created_by, comment, activate=True)
+        return await self._write(name, spec_yaml, created_by, comment, activate=True)
+
+    async def activate(self, name: str, version: int) -> PolicyVersion:
+        pv = self.get(name, version)
+        await self.store.set_active(name, version)
+        self._set_active(name, version)
+        return pv
+
+    async def rollback(self, name: str, version: int | None = None) -> PolicyVersion:
+        """Re-activate ``version``, or the newest version older than the active one."""
+        await self.reload()
+        if name not in self._versions:
+            raise PolicyNotFound(name)
+        if version is None:
+            cur = self._active.get(name, max(self._versions[name]))
+            older = [v for v in self._versions[name] if v < cur]
+            if not older:
+                raise PolicyNotFound(f"{name}: no version before v{cur}")
+            version = max(older)
+        return await self.activate(name, version)
+
+    async def seed_dir(self, path: str | Path, *, created_by: str = "seed") -> list[PolicyVersion]:
+        """Store every policy file of a folder (e.g. the shipped examples) via `put`."""
+        out = []
+        for p in sorted(Path(path).glob("*.y*ml")):
+            text = p.read_text(encoding="utf-8")
+            name = parse_policy(text, default_name=p.stem, source=str(p)).name
+            out.append(await self.put(name, text, created_by=created_by, comment=f"from {p.name}"))
+        return out
+
+    async def _write(
+        self, name: str, spec_yaml: str, created_by: str | None, comment: str | None, *, activate: bool
+    ) -> PolicyVersion:
+        policy = self.validate(name, spec_yaml)  # raises PolicyValidationError: nothing stored
+        async with self._lock:
+            for _ in range(5):
+                version = max(self._versions.get(name, {}), default=0) + 1
+                row = StoredPolicy(name, version, spec_yaml, self._clock(), created_by, comment)
+                try:
+                    await self.store.insert(row)
+                except VersionConflict:
+                    await self._reload_locked()  # another process wrote this version; take the next
+                    continue
+                pv = PolicyVersion(row, policy)
+                self._versions.setdefault(name, {})[version] = pv
+                if activate:
+                    await self.store.set_active(name, version)
+                    self._set_active(name, version)
+                return pv
+        raise VersionConflict(f"{name}: could not allocate a version")
+
+    def _set_active(self, name: str, version: int) -> None:
+        self._active[name] = version
+        self._active_policy[name] = self._versions[name][version].policy
+
+    # ---- reload --------------------------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Pull the store's state; True when the set of versions or an active version changed."""
+        async with self._lock:
+            return await self._reload_locked()
+
+    async def _reload_locked(self) -> bool:
+        rows, active = await self.store.load()
+        changed = False
+        for row in rows:
+            known = self._versions.get(row.name, {})
+            if row.version in known:
+                continue
+            try:
+                policy = parse_policy(row.spec_yaml, require_name=row.name, source=f"{row.name} v{row.version}")
+            except PolicyValidationError as exc:
+                # Written by an older/newer schema, or by hand: skip it, keep serving the rest.
+                log.error("stored policy %s v%d is invalid, ignored: %s", row.name, row.version, exc)
+                continue
+            self._versions.setdefault(row.name, {})[row.version] = PolicyVersion(row, policy)
+            changed = True
+        for name, version in active.items():
+            if self._active.get(name) != version:
+                if version in self._versions.get(name, {}):
+                    self._set_active(name, version)
+                    changed = True
+                else:
+                    log.error("active version %s v%d is missing or invalid; keeping v%s", name, version, self._active.get(name))
+        return changed
+
+    async def run_reload_loop(self, interval_s: float = 1.0, stop: asyncio.Event | None = None) -> None:
+        """Poll the store until ``stop`` is set. Store errors are logged and retried: a database
+        hiccup must not take the current policies away."""
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            try:
+                if await self.reload():
+                    log.info("policies reloaded: %s", {n: self._active.get(n) for n in self.names()})
+            except Exception as exc:  # keep serving the policies we have
+                log.warning("policy reload failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval_s)

@@ -1,0 +1,197 @@
+"""Circuit breaker state machine, pure: every method takes ``now`` (seconds) explicitly.
+
+closed ──(error rate over window ≥ bound with ≥ min requests | N consecutive failures |
+          latency quantile over window > bound)──▶ open
+open ──(cooldown elapsed, next allow())──▶ half_open  (never closed → half_open directly)
+half_open: admits K probes at a time; ``successes_to_close`` successes → closed, any failure → open
+forced open / forced closed: manual override until cleared (clearing starts closed, fresh).
+
+Why pure: the same transition function backs the in-process store, is mirrored by the Redis Lua
+script (tests run both on the same event sequences and compare), and is property-tested.
+
+The sliding window is bucketed (``buckets`` slots of ``window_s / buckets``): constant memory
+and the same arithmetic in Lua. Latencies keep the last ``latency_samples`` samples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+BreakerStateName = Literal["closed", "open", "half_open"]
+ForceMode = Literal["open", "closed"]
+
+# Upstream error kinds that say something about the deployment's health (auth and not_found too:
+# our configuration of that deployment is broken). Client-caused errors (bad_request,
+# context_window, content_policy) must not open a breaker: a healthy deployment fails them too.
+FAILURE_KINDS = frozenset({"timeout", "server_error", "connection", "rate_limit", "malformed", "stream_cut", "auth", "not_found"})
+
+
+def counts_as_failure(kind: str) -> bool:
+    """Whether an UpstreamError of this kind should count against the deployment's breaker."""
+    return kind in FAILURE_KINDS
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    window_s: float = 30.0
+    buckets: int = 10
+    min_requests: int = 10
+    error_rate: float = 0.5  # trip when failures / requests ≥ this (and ≥ min_requests requests)
+    consecutive_failures: int = 5  # 0 disables
+    latency_ms: float | None = None  # trip when the latency quantile over the window exceeds this
+    latency_quantile: float = 0.95
+    latency_samples: int = 100
+    cooldown_s: float = 30.0
+    half_open_probes: int = 1  # probes admitted at the same time in half_open
+    successes_to_close: int = 1
+    probe_timeout_s: float = 60.0  # a probe whose result never arrives frees its slot after this
+
+    def __post_init__(self) -> None:
+        if self.window_s <= 0 or self.buckets < 1 or self.half_open_probes < 1 or self.successes_to_close < 1:
+            raise ValueError("window_s > 0, buckets ≥ 1, half_open_probes ≥ 1, successes_to_close ≥ 1")
+
+
+def quantile(values: list[float], q: float) -> float:
+    """Nearest-rank quantile (the Lua script computes the same)."""
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, math.ceil(q * len(s)) - 1))
+    return s[k]
+
+
+@dataclass(slots=True)
+class CircuitBreaker:
+    """State of one deployment's breaker plus the transition functions."""
+
+    config: BreakerConfig = field(default_factory=BreakerConfig)
+    state: BreakerStateName = "closed"
+    forced: ForceMode | None = None
+    opened_at: float = 0.0
+    consecutive: int = 0
+    buckets: dict[int, list[int]] = field(default_factory=dict)  # bucket index -> [requests, failures]
+    latencies: list[tuple[float, float]] = field(default_factory=list)  # (time, ms), oldest first
+    probes: int = 0
+    probe_expires: float = 0.0
+    probe_successes: int = 0
+
+    # ---- queries -----------------------------------------------------------------------------------
+
+    def state_at(self, now: float) -> BreakerStateName:
+        """The state as routing should see it: an open breaker past its cooldown reads half_open
+        (a probe would be admitted), without changing anything."""
+        if self.forced is not None:
+            return self.forced
+        if self.state == "open" and now >= self.opened_at + self.config.cooldown_s:
+            return "half_open"
+        return self.state
+
+    def window_counts(self, now: float) -> tuple[int, int]:
+        """(requests, failures) in the sliding window ending at ``now``."""
+        lo = self._bucket(now) - self.config.buckets
+        req = fail = 0
+        for idx, (r, f) in self.buckets.items():
+            if idx > lo:
+                req += r
+                fail += f
+        return req, fail
+
+    # ---- transitions ---------------------------------------------------------------------------------
+
+    def allow(self, now: float) -> bool:
+        """May a request go to this deployment now? In half_open this *takes* a probe slot, so call
+        it once per attempt, right before the attempt, and always `record` the outcome."""
+        if self.forced == "open":
+            return False
+        if self.forced == "closed" or self.state == "closed":
+            return True
+        cfg = self.config
+        if self.state == "open":
+            if now < self.opened_at + cfg.cooldown_s:
+                return False
+            self.state = "half_open"
+            self.probes = 0
+            self.probe_successes = 0
+        if self.probes >= cfg.half_open_probes and now >= self.probe_expires:
+            self.probes = 0  # the probes' results never came back: reclaim the slots
+        if self.probes < cfg.half_open_probes:
+            self.probes += 1
+            self.probe_expires = now + cfg.probe_timeout_s
+            return True
+        return False
+
+    def record(self, now: float, ok: bool, latency_ms: float | None = None) -> BreakerStateName:
+        """Account one finished attempt; returns the state after it."""
+        cfg = self.config
+        if self.state == "open":
+            return self.state_at(now)  # a straggler admitted before the breaker opened: ignore
+        if self.state == "half_open" and self.forced is None:
+            self.probes = max(0, self.probes - 1)
+            if ok:
+                self.probe_successes += 1
+                if self.probe_successes >= cfg.successes_to_close:
+                    self._close()
+            else:
+                self._open(now)
+            return self.state_at(now)
+        # closed (or forced): keep the window current
+        idx = self._bucket(now)
+        lo = idx - cfg.buckets
+        for old in [k for k in self.buckets if k <= lo]:
+            del self.buckets[old]
+        counts = self.buckets.setdefault(idx, [0, 0])
+        counts[0] += 1
+        if ok:
+            self.consecutive = 0
+        else:
+            counts[1] += 1
+            self.consecutive += 1
+        if latency_ms is not None:
+            self.latencies.append((now, latency_ms))
+            if len(self.latencies) > cfg.latency_samples:
+                del self.latencies[: len(self.latencies) - cfg.latency_samples]
+        if self.forced is None and self.state == "closed" and self._should_trip(now):
+            self._open(now)
+        return self.state_at(now)
+
+    def force(self, mode: ForceMode | None) -> None:
+        """Manual override. ``None`` returns to automatic operation, starting closed and fresh."""
+        self.forced = mode
+        if mode is None or mode == "closed":
+            self._close()
+
+    # ---- internals ------------------------------------------------------------------------------------
+
+    def _bucket(self, now: float) -> int:
+        return math.floor(now / (self.config.window_s / self.config.buckets))
+
+    def _should_trip(self, now: float) -> bool:
+        cfg = self.config
+        if cfg.consecutive_failures > 0 and self.consecutive >= cfg.consecutive_failures:
+            return True
+        req, fail = self.window_counts(now)
+        if req >= cfg.min_requests and fail >= cfg.error_rate * req:
+            return True
+        if cfg.latency_ms is not None:
+            recent = [ms for t, ms in self.latencies if t > now - cfg.window_s]
+            if recent and len(recent) >= cfg.min_requests and quantile(recent, cfg.latency_quantile) > cfg.latency_ms:
+                return True
+        return False
+
+    def _open(self, now: float) -> None:
+        self.state = "open"
+        self.opened_at = now
+        self.probes = 0
+        self.probe_successes = 0
+        self._reset_window()
+
+    def _close(self) -> None:
+        self.state = "closed"
+        self.probes = 0
+        self.probe_successes = 0
+        self._reset_window()
+
+    def _reset_window(self) -> None:
+        self.consecutive = 0
+        self.buckets.clear()
+        self.latencies.clear()

@@ -1,0 +1,193 @@
+"""Budget arithmetic: USD per period per key/user/team, reserve-then-commit.
+
+Before a call the gateway *reserves* the most the call can cost (prompt tokens × input price +
+max_tokens × output price); after it, it *commits* the actual cost, which releases the rest of the
+reservation. Admission looks at spent + reserved, so concurrent requests cannot all see the same
+"enough left": with ``strict`` admission the limit is never exceeded while actual costs stay
+within their reservations; with ``lenient`` admission (admit while anything is left) the overshoot
+is at most one request's maximum cost. Money is kept in integer nano-USD so that the in-process
+ledger and the Redis Lua script compute bit-identical results (no float drift over millions of
+small charges).
+
+Pure: `Ledger` takes ``now`` explicitly and is the reference model for the Redis store.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from backends.deployment import DeploymentConfig
+
+Period = Literal["day", "week", "month", "total"]
+Admission = Literal["strict", "lenient"]
+NANO = 1_000_000_000
+
+
+def to_nano(usd: float, *, round_up: bool = False) -> int:
+    """USD → integer nano-USD. Reservations round up so they never under-reserve."""
+    x = usd * NANO
+    return math.ceil(x - 1e-6) if round_up else round(x)
+
+
+def to_usd(nano: int) -> float:
+    return nano / NANO
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLimit:
+    """A spending cap for one scope (``"key:<id>"``, ``"user:<name>"``, ``"team:<name>"``)."""
+
+    scope: str
+    limit_usd: float
+    period: Period = "month"
+    admission: Admission = "strict"
+
+
+def period_key(period: Period, now: datetime) -> str:
+    """Calendar period ``now`` falls in (UTC): ``2024-05-15``, ``2024-W20``, ``2024-05``, ``total``."""
+    t = now.astimezone(UTC) if now.tzinfo is not None else now
+    if period == "day":
+        return t.strftime("%Y-%m-%d")
+    if period == "week":
+        y, w, _ = t.isocalendar()
+        return f"{y}-W{w:02d}"
+    if period == "month":
+        return t.strftime("%Y-%m")
+    return "total"
+
+
+def period_end(period: Period, now: datetime) -> datetime | None:
+    """When the current period ends (UTC); None for ``total``. Used to expire old accounts."""
+    t = now.astimezone(UTC) if now.tzinfo is not None else now.replace(tzinfo=UTC)
+    day = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return day + timedelta(days=1)
+    if period == "week":
+        return day + timedelta(days=7 - day.weekday())
+    if period == "month":
+        return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return None
+
+
+def account_key(limit: BudgetLimit, now: datetime) -> str:
+    return f"{limit.scope}:{limit.period}:{period_key(limit.period, now)}"
+
+
+def prices(dep: DeploymentConfig, overrides: dict[str, tuple[float, float]] | None = None) -> tuple[float, float]:
+    """USD per million tokens (input, output); missing pricing counts as free."""
+    if overrides and dep.name in overrides:
+        return overrides[dep.name]
+    return dep.pricing.input_per_mtok or 0.0, dep.pricing.output_per_mtok or 0.0
+
+
+def cost_usd(prompt_tokens: int, completion_tokens: int, price_in: float, price_out: float) -> float:
+    return (prompt_tokens * price_in + completion_tokens * price_out) / 1e6
+
+
+def max_cost_usd(prompt_tokens: int, max_tokens: int, price_in: float, price_out: float) -> float:
+    """The most a call can cost: what must be reserved before it starts."""
+    return cost_usd(prompt_tokens, max_tokens, price_in, price_out)
+
+
+class BudgetExceeded(Exception):
+    """Raised by stores when a reservation does not fit; the gateway maps it to 429 budget_exceeded."""
+
+    code = "budget_exceeded"
+
+    def __init__(self, scope: str, limit_usd: float, remaining_usd: float, period: str) -> None:
+        super().__init__(f"budget exceeded for {scope} ({period}): {remaining_usd:.6f} of {limit_usd:.6f} USD left")
+        self.scope = scope
+        self.limit_usd = limit_usd
+        self.remaining_usd = remaining_usd
+        self.period = period
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Handle returned by ``reserve``; pass it to ``commit`` or ``release``."""
+
+    id: str
+    amount_usd: float
+    accounts: tuple[str, ...]  # account keys charged
+    expires_at: float  # ledger clock seconds; an expired reservation is released automatically
+
+
+@dataclass(slots=True)
+class Account:
+    """nano-USD. ``holds`` maps reservation id → (amount, expires_at)."""
+
+    spent: int = 0
+    reserved: int = 0
+    holds: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+
+def admits(acct: Account, limit_nano: int, amount: int, admission: Admission) -> bool:
+    """The single admission rule, shared by the ledger and (transcribed) the Lua script."""
+    used = acct.spent + acct.reserved
+    if admission == "lenient":
+        return used < limit_nano
+    return used + amount <= limit_nano
+
+
+class Ledger:
+    """In-memory accounts: the reference semantics of budget storage.
+
+    ``reserve`` is all-or-nothing across the accounts of a request (key, user, team): a request
+    refused by its team budget leaves nothing reserved on its key budget.
+    """
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, Account] = {}
+
+    def _acct(self, key: str) -> Account:
+        a = self.accounts.get(key)
+        if a is None:
+            a = self.accounts[key] = Account()
+        return a
+
+    def sweep(self, key: str, now: float) -> None:
+        """Release holds whose request died without commit/release (crashed process)."""
+        a = self.accounts.get(key)
+        if a is None:
+            return
+        for rid, (amt, exp) in list(a.holds.items()):
+            if exp <= now:
+                del a.holds[rid]
+                a.reserved -= amt
+
+    def reserve(
+        self, keys: list[tuple[str, int, Admission]], amount: int, rid: str, now: float, ttl_s: float
+    ) -> int | None:
+        """Reserve ``amount`` on every (account, limit, admission); None if admitted, else the index of
+        the first account that refused."""
+        for key, _, _ in keys:
+            self.sweep(key, now)
+        for n, (key, limit, admission) in enumerate(keys):
+            if not admits(self._acct(key), limit, amount, admission):
+                return n
+        for key, _, _ in keys:
+            a = self._acct(key)
+            if rid not in a.holds:
+                a.holds[rid] = (amount, now + ttl_s)
+                a.reserved += amount
+        return None
+
+    def commit(self, keys: list[str], rid: str, actual: int) -> None:
+        """Charge the actual cost and drop the hold (which may already have expired)."""
+        for key in keys:
+            a = self._acct(key)
+            hold = a.holds.pop(rid, None)
+            if hold is not None:
+                a.reserved -= hold[0]
+            a.spent += actual
+
+    def release(self, keys: list[str], rid: str) -> None:
+        for key in keys:
+            a = self.accounts.get(key)
+            if a is not None:
+                hold = a.holds.pop(rid, None)
+                if hold is not None:
+                    a.reserved -= hold[0]

@@ -1,0 +1,263 @@
+"""Budget storage: in-process `Ledger`, and Redis with atomic Lua reserve/commit/release.
+
+Each budget account (scope × period) is a Redis hash ``spent``/``reserved``/``h:<reservation>``
+plus a sorted set of reservation expiry times, so a reservation whose process died is released
+by the next reserve on that account. Reserve checks and charges *all* accounts of a request in
+one script: all-or-nothing, and no interleaving between the check and the charge (that gap is
+exactly where concurrent requests would overspend).
+
+Redis down → the in-process ledger answers (degrade, never error). During an outage each process
+only sees its own spending, so hard limits are per-process until Redis returns.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+from router.budget import (
+    BudgetExceeded,
+    BudgetLimit,
+    Ledger,
+    Reservation,
+    account_key,
+    period_end,
+    to_nano,
+    to_usd,
+)
+from router.signals import BudgetSnapshot
+from state.redis_util import RedisGuard
+
+
+class BudgetStore(Protocol):
+    async def reserve(
+        self, limits: Sequence[BudgetLimit], amount_usd: float, *, reservation_id: str | None = None
+    ) -> Reservation:
+        """Hold ``amount_usd`` on every limit's current account, or raise `BudgetExceeded`."""
+        ...
+
+    async def commit(self, reservation: Reservation, actual_usd: float) -> None:
+        """Charge the actual cost and release the rest of the hold."""
+        ...
+
+    async def release(self, reservation: Reservation) -> None:
+        """Drop the hold without charging (the call failed before costing anything)."""
+        ...
+
+    async def charge(self, limits: Sequence[BudgetLimit], amount_usd: float) -> None:
+        """Charge without a reservation (costs known only afterwards)."""
+        ...
+
+    async def snapshot(self, limits: Sequence[BudgetLimit]) -> dict[str, BudgetSnapshot]:
+        """Per scope, the tightest of its accounts (for `router.signals.Signals.budgets`)."""
+        ...
+
+
+def _now_dt(clock: Callable[[], float]) -> tuple[float, datetime]:
+    t = clock()
+    return t, datetime.fromtimestamp(t, UTC)
+
+
+def _tightest(limits: Sequence[BudgetLimit], rows: list[tuple[int, int]]) -> dict[str, BudgetSnapshot]:
+    out: dict[str, BudgetSnapshot] = {}
+    for lim, (spent, reserved) in zip(limits, rows, strict=True):
+        snap = BudgetSnapshot(lim.limit_usd, to_usd(spent), to_usd(reserved))
+        prev = out.get(lim.scope)
+        if prev is None or snap.fraction_remaining < prev.fraction_remaining:
+            out[lim.scope] = snap
+    return out
+
+
+class InProcessBudgetStore:
+    def __init__(self, *, clock: Callable[[], float] = time.time, reservation_ttl_s: float = 900.0) -> None:
+        self.ledger = Ledger()
+        self._clock = clock
+        self._ttl = reservation_ttl_s
+
+    async def reserve(
+        self, limits: Sequence[BudgetLimit], amount_usd: float, *, reservation_id: str | None = None
+    ) -> Reservation:
+        now, dt = _now_dt(self._clock)
+        rid = reservation_id or uuid.uuid4().hex
+        amount = to_nano(amount_usd, round_up=True)
+        keys = [(account_key(lim, dt), to_nano(lim.limit_usd), lim.admission) for lim in limits]
+        refused = self.ledger.reserve(keys, amount, rid, now, self._ttl)
+        if refused is not None:
+            lim = limits[refused]
+            a = self.ledger.accounts[keys[refused][0]]
+            raise BudgetExceeded(lim.scope, lim.limit_usd, lim.limit_usd - to_usd(a.spent + a.reserved), lim.period)
+        return Reservation(rid, to_usd(amount), tuple(k for k, _, _ in keys), now + self._ttl)
+
+    async def commit(self, reservation: Reservation, actual_usd: float) -> None:
+        self.ledger.commit(list(reservation.accounts), reservation.id, to_nano(actual_usd))
+
+    async def release(self, reservation: Reservation) -> None:
+        self.ledger.release(list(reservation.accounts), reservation.id)
+
+    async def charge(self, limits: Sequence[BudgetLimit], amount_usd: float) -> None:
+        _, dt = _now_dt(self._clock)
+        self.ledger.commit([account_key(lim, dt) for lim in limits], "", to_nano(amount_usd))
+
+    async def snapshot(self, limits: Sequence[BudgetLimit]) -> dict[str, BudgetSnapshot]:
+        now, dt = _now_dt(self._clock)
+        rows = []
+        for lim in limits:
+            key = account_key(lim, dt)
+            self.ledger.sweep(key, now)
+            a = self.ledger.accounts.get(key)
+            rows.append((a.spent, a.reserved) if a else (0, 0))
+        return _tightest(limits, rows)
+
+
+# KEYS: H1, Z1, H2, Z2, ... (account hash, hold-expiry zset)
+# ARGV: now, amount, rid, expires_at, then per account: limit, admission, key_ttl_s (0: none)
+# Returns {0} when reserved, else {i (1-based account), spent, reserved}.
+RESERVE_LUA = r"""
+local now, amount, rid, exp = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local n = #KEYS / 2
+for i = 1, n do
+  local H, Z = KEYS[2 * i - 1], KEYS[2 * i]
+  for _, d in ipairs(redis.call('ZRANGEBYSCORE', Z, '-inf', now)) do
+    local amt = redis.call('HGET', H, 'h:' .. d)
+    if amt then
+      redis.call('HINCRBY', H, 'reserved', -tonumber(amt))
+      redis.call('HDEL', H, 'h:' .. d)
+    end
+    redis.call('ZREM', Z, d)
+  end
+end
+for i = 1, n do
+  local v = redis.call('HMGET', KEYS[2 * i - 1], 'spent', 'reserved')
+  local spent, reserved = tonumber(v[1] or '0'), tonumber(v[2] or '0')
+  local limit, adm = tonumber(ARGV[4 + 3 * i - 2]), ARGV[4 + 3 * i - 1]
+  local ok
+  if adm == 'lenient' then ok = spent + reserved < limit else ok = spent + reserved + amount <= limit end
+  if not ok then return {i, spent, reserved} end
+end
+for i = 1, n do
+  local H, Z = KEYS[2 * i - 1], KEYS[2 * i]
+  if redis.call('HSETNX', H, 'h:' .. rid, ARGV[2]) == 1 then
+    redis.call('HINCRBY', H, 'reserved', ARGV[2])
+    redis.call('ZADD', Z, exp, rid)
+  end
+  local ttl = tonumber(ARGV[4 + 3 * i])
+  if ttl > 0 then
+    redis.call('EXPIRE', H, ttl)
+    redis.call('EXPIRE', Z, ttl)
+  end
+end
+return {0}
+"""
+
+# KEYS: H1, Z1, ...; ARGV: rid, actual (nano; negative: release only, no charge)
+SETTLE_LUA = r"""
+local rid, actual = ARGV[1], tonumber(ARGV[2])
+for i = 1, #KEYS / 2 do
+  local H, Z = KEYS[2 * i - 1], KEYS[2 * i]
+  if rid ~= '' then
+    local amt = redis.call('HGET', H, 'h:' .. rid)
+    if amt then
+      redis.call('HINCRBY', H, 'reserved', -tonumber(amt))
+      redis.call('HDEL', H, 'h:' .. rid)
+    end
+    redis.call('ZREM', Z, rid)
+  end
+  if actual >= 0 then redis.call('HINCRBY', H, 'spent', ARGV[2]) end
+end
+return 0
+"""
+
+
+class RedisBudgetStore:
+    """Budgets shared by all gateway processes. Single Redis instance (the scripts touch several
+    accounts; on Redis Cluster they would need one hash slot)."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "hg:",
+        clock: Callable[[], float] = time.time,
+        reservation_ttl_s: float = 900.0,
+        retry_after_s: float = 2.0,
+    ) -> None:
+        self._r = client
+        self._prefix = prefix
+        self._clock = clock
+        self._ttl = reservation_ttl_s
+        self._reserve = client.register_script(RESERVE_LUA)
+        self._settle = client.register_script(SETTLE_LUA)
+        self.fallback = InProcessBudgetStore(clock=clock, reservation_ttl_s=reservation_ttl_s)
+        self.guard = RedisGuard("budgets", retry_after_s=retry_after_s)
+
+    def _redis_keys(self, accounts: Sequence[str]) -> list[str]:
+        keys = []
+        for a in accounts:
+            keys += [f"{self._prefix}budget:{a}", f"{self._prefix}budget:{a}:holds"]
+        return keys
+
+    async def reserve(
+        self, limits: Sequence[BudgetLimit], amount_usd: float, *, reservation_id: str | None = None
+    ) -> Reservation:
+        now, dt = _now_dt(self._clock)
+        rid = reservation_id or uuid.uuid4().hex
+        amount = to_nano(amount_usd, round_up=True)
+        accounts = [account_key(lim, dt) for lim in limits]
+
+        async def remote() -> Reservation:
+            args: list[str | int] = [repr(now), amount, rid, repr(now + self._ttl)]
+            for lim in limits:
+                end = period_end(lim.period, dt)
+                key_ttl = 0 if end is None else int((end - dt).total_seconds()) + 2 * 86_400
+                args += [to_nano(lim.limit_usd), lim.admission, key_ttl]
+            res = await self._reserve(keys=self._redis_keys(accounts), args=args)
+            if int(res[0]) != 0:
+                lim = limits[int(res[0]) - 1]
+                used = to_usd(int(res[1]) + int(res[2]))
+                raise BudgetExceeded(lim.scope, lim.limit_usd, lim.limit_usd - used, lim.period)
+            return Reservation(rid, to_usd(amount), tuple(accounts), now + self._ttl)
+
+        return await self.guard.run(
+            remote, lambda: self.fallback.reserve(limits, amount_usd, reservation_id=rid)
+        )
+
+    async def _settle_remote(self, accounts: Sequence[str], rid: str, actual: int) -> None:
+        await self._settle(keys=self._redis_keys(accounts), args=[rid, actual])
+
+    async def commit(self, reservation: Reservation, actual_usd: float) -> None:
+        await self.guard.run(
+            lambda: self._settle_remote(reservation.accounts, reservation.id, to_nano(actual_usd)),
+            lambda: self.fallback.commit(reservation, actual_usd),
+        )
+
+    async def release(self, reservation: Reservation) -> None:
+        await self.guard.run(
+            lambda: self._settle_remote(reservation.accounts, reservation.id, -1),
+            lambda: self.fallback.release(reservation),
+        )
+
+    async def charge(self, limits: Sequence[BudgetLimit], amount_usd: float) -> None:
+        _, dt = _now_dt(self._clock)
+        accounts = [account_key(lim, dt) for lim in limits]
+        await self.guard.run(
+            lambda: self._settle_remote(accounts, "", to_nano(amount_usd)),
+            lambda: self.fallback.charge(limits, amount_usd),
+        )
+
+    async def snapshot(self, limits: Sequence[BudgetLimit]) -> dict[str, BudgetSnapshot]:
+        _, dt = _now_dt(self._clock)
+        accounts = [account_key(lim, dt) for lim in limits]
+
+        async def remote() -> dict[str, BudgetSnapshot]:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for a in accounts:
+                    pipe.hmget(f"{self._prefix}budget:{a}", "spent", "reserved")
+                rows = await pipe.execute()
+            return _tightest(limits, [(int(s or 0), int(r or 0)) for s, r in rows])
+
+        return await self.guard.run(remote, lambda: self.fallback.snapshot(limits))
