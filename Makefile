@@ -1,0 +1,40 @@
+# hybridgate: `make run` serves the gateway with the embedded defaults; `make test` runs the whole suite.
+PY      ?= python3
+VENV    ?= .venv
+PORT    ?= 8080
+HOST    ?= 127.0.0.1
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install run test services lint bench-gateway clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/hybridgate migrate
+	$(BIN)/hybridgate serve --host $(HOST) --port $(PORT)
+
+# Postgres and Redis are real dependencies of the tests: start them if they are down.
+services:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+
+lint: install
+	$(BIN)/ruff check .
+
+test: install services lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench-gateway: install
+	$(BIN)/python bench/gateway_overhead.py
+
+clean:
+	rm -rf $(VENV) var hybridgate.db

@@ -1,0 +1,150 @@
+"""The app factory: builds every part from Settings and wires them into one Starlette app.
+
+No module-level state: tests build as many apps as they like, each with its own database,
+sink, metrics registry and backends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import orjson
+from sqlalchemy.ext.asyncio import create_async_engine
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from backends.base import Backend
+from backends.executor import Executor
+from backends.pricing import cost_usd
+from backends.registry import build_backend
+from gateway.admin_api import AdminHandlers
+from gateway.config import Settings
+from gateway.errors import APIError
+from gateway.feedback_api import FeedbackHandler
+from gateway.keys import KeyStore
+from gateway.metrics import Metrics
+from gateway.openai_api import OpenAIHandlers
+from gateway.openapi import openapi_document
+from gateway.routing import Catalog, GatewayRouter
+from gateway.services import Services
+from requestlog.sink import LogSink
+
+log = logging.getLogger("hybridgate")
+
+
+def build_services(settings: Settings, backends: dict[str, Backend] | None = None) -> Services:
+    engine = create_async_engine(settings.database_url, pool_pre_ping=True)
+    sink = LogSink(
+        engine=engine,
+        spool_dir=settings.log.spool_dir,
+        batch_max_rows=settings.log.batch_max_rows,
+        batch_max_ms=settings.log.batch_max_ms,
+    )
+    backends = dict(backends or {})
+    for d in settings.deployments:
+        if d.name not in backends:
+            backends[d.name] = build_backend(d)
+    catalog = Catalog(settings.deployments, backends)
+    metrics = Metrics()
+    return Services(
+        settings=settings,
+        engine=engine,
+        sink=sink,
+        keys=KeyStore(engine),
+        metrics=metrics,
+        router=GatewayRouter(catalog),
+        executor=Executor(pricer=cost_usd),
+        backends=backends,
+    )
+
+
+def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -> Starlette:
+    services = build_services(settings, backends)
+    oa = OpenAIHandlers(services)
+    admin = AdminHandlers(services)
+    fb = FeedbackHandler(services)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await services.sink.start()
+        if not settings.keys_required:
+            log.warning(
+                "hybridgate: accepting requests WITHOUT gateway API keys (bound to loopback %s). "
+                "Bind to another address or set require_keys: true to enforce keys.", settings.host)
+        try:
+            yield
+        finally:
+            await services.sink.aclose()
+            for b in services.backends.values():
+                with contextlib.suppress(Exception):
+                    await b.aclose()
+            await services.engine.dispose()
+
+    async def healthz(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    async def readyz(request: Request) -> Response:
+        db_ok = await services.sink.ping()
+        checks = {"database": db_ok, "log_spool": services.sink.stats()}
+        ready = True  # a dead database degrades (rows spool to disk); it does not make us unready
+        return Response(orjson.dumps({"status": "ready" if ready else "unready", "checks": checks}),
+                        status_code=200 if ready else 503, media_type="application/json")
+
+    async def metrics(request: Request) -> Response:
+        st = services.sink.stats()
+        services.metrics.log_queue.set(st.get("queued", 0))
+        services.metrics.log_spooled.set(st.get("spooled_pending", st.get("spooled", 0)))
+        services.metrics.db_up.set(1 if st.get("db_up") else 0)
+        return Response(services.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    doc = orjson.dumps(openapi_document())
+
+    async def openapi(request: Request) -> Response:
+        return Response(doc, media_type="application/json")
+
+    routes = [
+        Route("/v1/chat/completions", oa.chat, methods=["POST"]),
+        Route("/v1/completions", oa.completions, methods=["POST"]),
+        Route("/v1/embeddings", oa.embeddings, methods=["POST"]),
+        Route("/v1/models", oa.models, methods=["GET"]),
+        Route("/v1/feedback", fb.post, methods=["POST"]),
+        Route("/v1/models/{model:path}", oa.model, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        *admin.routes(),
+    ]
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, APIError)
+        return exc.response()
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return APIError(exc.status_code, str(exc.detail), code=code).response()
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", exc_info=exc)
+        return APIError(500, "The server had an error while processing your request.", type="server_error").response()
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={APIError: api_error, HTTPException: http_error, Exception: server_error},
+    )
+    app.state.services = services
+    return app
+
+
+def app_from_env() -> Starlette:
+    """Uvicorn factory (`gateway.app:app_from_env`): settings from HYBRIDGATE_CONFIG and env."""
+    from gateway.config import load_settings
+
+    return create_app(load_settings())

@@ -1,0 +1,186 @@
+"""The `hybridgate` command: serve, migrate, keys, and the router / local-model / bench tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from gateway.config import ConfigError, Settings, load_settings
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    try:
+        return load_settings(getattr(args, "config", None), **overrides)
+    except ConfigError as exc:
+        print(f"hybridgate: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from requestlog.migrate import upgrade
+
+    s = _settings(args)
+    upgrade(s.database_url)
+    print(f"database at head: {_redact(s.database_url)}")
+    return 0
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    overrides: dict[str, Any] = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    if args.workers:
+        overrides["workers"] = args.workers
+    s = _settings(args, **overrides)
+    if args.migrate:
+        from requestlog.migrate import upgrade
+
+        upgrade(s.database_url)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # workers > 1 re-import the app in each process: pass everything through the environment.
+    if args.config:
+        os.environ["HYBRIDGATE_CONFIG"] = args.config
+    for k, v in overrides.items():
+        os.environ[f"HYBRIDGATE_{k.upper()}"] = str(v)
+    uvicorn.run(
+        "gateway.app:app_from_env",
+        factory=True,
+        host=s.host,
+        port=s.port,
+        workers=s.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="info",
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+async def _with_keys(s: Settings, fn: Any) -> Any:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from gateway.keys import KeyStore
+
+    engine = create_async_engine(s.database_url)
+    try:
+        return await fn(KeyStore(engine))
+    finally:
+        await engine.dispose()
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    if args.keys_cmd == "create":
+        limits: dict[str, Any] = {}
+        if args.models:
+            limits["allowed_models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+        for f in ("budget_usd", "budget_period", "rpm_limit", "tpm_limit", "max_concurrency", "user", "team"):
+            v = getattr(args, f)
+            if v is not None:
+                limits[f] = v
+        secret, rec = asyncio.run(_with_keys(s, lambda ks: ks.create(args.name, **limits)))
+        print(json.dumps({"key": secret, **rec.public()}, indent=2))
+        print("Store this key now: it is not kept and cannot be shown again.", file=sys.stderr)
+        return 0
+    if args.keys_cmd == "list":
+        keys = asyncio.run(_with_keys(s, lambda ks: ks.list()))
+        print(json.dumps([k.public() for k in keys], indent=2))
+        return 0
+    if args.keys_cmd == "revoke":
+        ok = asyncio.run(_with_keys(s, lambda ks: ks.revoke(args.key_id)))
+        print("revoked" if ok else "no such active key", file=sys.stderr)
+        return 0 if ok else 1
+    return 2
+
+
+def _delegate(module: str, func: str) -> Any:
+    """Subcommand groups whose tools live with their package (router.offline, local_model, bench)."""
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module), func)(args.rest) or 0)
+
+    return run
+
+
+def cmd_router(args: argparse.Namespace) -> int:
+    from router.offline import cli as router_cli
+
+    verbs = {"train": router_cli.train_main, "score": router_cli.score_main, "eval": router_cli.eval_main}
+    if not args.rest or args.rest[0] not in verbs:
+        print(f"usage: hybridgate router {{{','.join(verbs)}}} ...", file=sys.stderr)
+        return 2
+    return int(verbs[args.rest[0]](args.rest[1:]) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hybridgate", description="OpenAI-compatible LLM gateway")
+    p.add_argument("--config", default=None, help="YAML config file (default: $HYBRIDGATE_CONFIG or ./hybridgate.yaml)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    sp = sub.add_parser("serve", help="run the gateway")
+    sp.add_argument("--host", default=None)
+    sp.add_argument("--port", type=int, default=None)
+    sp.add_argument("--workers", type=int, default=None)
+    sp.add_argument("--migrate", action="store_true", help="upgrade the database before serving")
+    sp.set_defaults(fn=cmd_serve)
+
+    sp = sub.add_parser("migrate", help="upgrade the log database to the latest schema")
+    sp.set_defaults(fn=cmd_migrate)
+
+    kp = sub.add_parser("keys", help="gateway API keys")
+    ksub = kp.add_subparsers(dest="keys_cmd", required=True)
+    kc = ksub.add_parser("create")
+    kc.add_argument("name")
+    kc.add_argument("--models", help="comma-separated allowed models")
+    kc.add_argument("--budget-usd", dest="budget_usd", type=float)
+    kc.add_argument("--budget-period", dest="budget_period", choices=["day", "week", "month", "total"])
+    kc.add_argument("--rpm", dest="rpm_limit", type=int)
+    kc.add_argument("--tpm", dest="tpm_limit", type=int)
+    kc.add_argument("--max-concurrency", dest="max_concurrency", type=int)
+    kc.add_argument("--user")
+    kc.add_argument("--team")
+    ksub.add_parser("list")
+    kr = ksub.add_parser("revoke")
+    kr.add_argument("key_id")
+    kp.set_defaults(fn=cmd_keys)
+
+    rp = sub.add_parser("router", help="train / score / eval the learned router")
+    rp.add_argument("rest", nargs=argparse.REMAINDER)
+    rp.set_defaults(fn=cmd_router)
+
+    for name, module, func, help_ in [
+        ("local-model", "local_model.cli", "main", "serve / train the local hybrid model"),
+        ("bench", "bench.cli", "main", "benchmarks"),
+    ]:
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("rest", nargs=argparse.REMAINDER)
+        sp.set_defaults(fn=_delegate(module, func))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""The edge of every request: body size, JSON, schema, and the caller's identity.
+
+Everything here fails fast with an OpenAI error before any routing or upstream work.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from gateway.errors import APIError, bad_request, invalid_api_key
+from gateway.keys import ApiKey, KeyStore
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The body as a JSON object, or a 413 / 400 in OpenAI's shape."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > max_bytes:
+                raise _too_large(max_bytes)
+        except ValueError:
+            raise bad_request("invalid Content-Length header") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        raise bad_request("We could not parse the JSON body of your request: the body is empty.")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"We could not parse the JSON body of your request. ({exc})") from None
+    if not isinstance(data, dict):
+        raise bad_request("The request body must be a JSON object.")
+    return data
+
+
+def _too_large(max_bytes: int) -> APIError:
+    return APIError(413, f"Request body too large: the limit is {max_bytes} bytes.", code="request_too_large")
+
+
+def validate(model: type[M], data: dict[str, Any]) -> M:
+    """Schema check; the first error names its parameter like OpenAI does ('messages[0].role')."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        param = _param_path(err["loc"])
+        msg = err["msg"]
+        if err["type"] == "missing":
+            msg = f"Missing required parameter: '{param}'."
+            code = "missing_required_parameter"
+        else:
+            msg = f"Invalid value for '{param}': {msg}." if param else f"Invalid request: {msg}."
+            code = "invalid_value"
+        raise bad_request(msg, param=param or None, code=code) from None
+
+
+def _param_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and (part.startswith(("function-after", "function-before")) or "[" in part
+                                         or part in {"str", "list", "int", "float", "bool", "dict", "union"}):
+            continue  # pydantic's union/validator branch labels are not parameters
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if not auth:
+        return None
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+async def authenticate(request: Request, keys: KeyStore, required: bool) -> ApiKey | None:
+    """The caller's key, None for an anonymous caller on a keyless loopback gateway, or 401."""
+    token = bearer(request)
+    if token is None:
+        if required:
+            raise APIError(
+                401,
+                "You didn't provide an API key. Send it in the Authorization header (Bearer <key>).",
+                code="missing_api_key",
+            )
+        return None
+    rec = await keys.authenticate(token)
+    if rec is None and required:
+        raise invalid_api_key()
+    return rec

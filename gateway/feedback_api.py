@@ -1,0 +1,64 @@
+"""POST /v1/feedback: a quality signal about a logged request, idempotent per (request id, source).
+
+The row goes to the `feedback` table (the classifier trains from it later) and, through the
+router adapter, updates the bandit of the policy that made the decision, at once. A dead
+database is reported (503, retry) rather than silently dropping the judgement.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.edge import authenticate, read_json, validate
+from gateway.errors import APIError
+from gateway.schemas import FeedbackRequest
+from gateway.services import Services
+from requestlog.tables import feedback, requests
+
+
+class FeedbackHandler:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    async def _request_known(self, conn: sa.ext.asyncio.AsyncConnection, request_id: str) -> bool:
+        if self.s.router.recent_decision(request_id) is not None:
+            return True
+        row = (await conn.execute(sa.select(requests.c.id).where(requests.c.id == request_id))).first()
+        return row is not None
+
+    async def post(self, request: Request) -> Response:
+        await authenticate(request, self.s.keys, self.s.settings.keys_required)
+        fb = validate(FeedbackRequest, await read_json(request, 64 * 1024))
+        engine = self.s.engine
+        insert = (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(feedback)
+        stmt = insert.values(
+            id=uuid.uuid4().hex, request_id=fb.request_id, source=fb.source, score=fb.value,
+            comment=fb.comment, created_at=datetime.now(UTC),
+        ).on_conflict_do_nothing(index_elements=["request_id", "source"])
+        try:
+            async with engine.begin() as conn:
+                if not await self._request_known(conn, fb.request_id):
+                    # the row may still be in the log sink's queue: flush once and look again
+                    await self.s.sink.flush()
+                    if not await self._request_known(conn, fb.request_id):
+                        raise APIError(404, f"No logged request with id {fb.request_id!r}.", param="request_id",
+                                       code="request_not_found")
+                res = await conn.execute(stmt)
+        except APIError:
+            raise
+        except (OSError, sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DBAPIError) as exc:
+            raise APIError(503, f"Feedback store unavailable, retry later ({type(exc).__name__}).",
+                           type="server_error", code="store_unavailable", headers={"retry-after": "5"}) from None
+        created = bool(res.rowcount)
+        if created:
+            self.s.router.feedback(fb.request_id, fb.value)
+        body = {"request_id": fb.request_id, "source": fb.source, "score": fb.value,
+                "status": "recorded" if created else "duplicate"}
+        return Response(orjson.dumps(body), status_code=201 if created else 200, media_type="application/json")

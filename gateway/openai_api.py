@@ -1,0 +1,303 @@
+"""The OpenAI-compatible endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models.
+
+One request = one `requests` log row (whatever happens: success, error, client cancel) plus
+one `attempts` row per upstream try. The row is built here and handed to the sink in a
+`finally`, so no path can skip or duplicate it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from backends.base import UpstreamCall, UpstreamError
+from backends.deployment import DeploymentConfig
+from backends.executor import Execution
+from gateway import sse
+from gateway.edge import authenticate, read_json, validate
+from gateway.errors import APIError, from_upstream, model_not_found
+from gateway.keys import ApiKey
+from gateway.routing import Route
+from gateway.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    estimate_prompt_tokens,
+    prompt_text,
+)
+from gateway.services import Services
+from requestlog.rows import RequestRow
+
+_JSON = "application/json"
+
+
+class _Ctx:
+    """Per-request state threaded through one handler; becomes the log row at the end."""
+
+    __slots__ = ("rid", "t0", "row", "key", "body", "route", "ex")
+
+    def __init__(self, endpoint: str) -> None:
+        self.rid = uuid.uuid4().hex
+        self.t0 = time.perf_counter()
+        self.row = RequestRow(id=self.rid, created_at=datetime.now(UTC), endpoint=endpoint)
+        self.key: ApiKey | None = None
+        self.body: dict[str, Any] | None = None
+        self.route: Route | None = None
+        self.ex: Execution | None = None
+
+    def headers(self) -> dict[str, str]:
+        h = {"x-request-id": self.rid}
+        r = self.route
+        if r is not None:
+            if self.ex is not None and self.ex.served is not None:
+                h["x-hybridgate-model"] = self.ex.served.deployment.model
+                h["x-hybridgate-deployment"] = self.ex.served.deployment.name
+            if r.policy:
+                h["x-hybridgate-policy"] = f"{r.policy}@{r.policy_version}"
+            h["x-hybridgate-route-reason"] = r.reason
+        return h
+
+
+def _served_name(ctx: _Ctx) -> str:
+    if ctx.ex is not None and ctx.ex.served is not None:
+        return ctx.ex.served.deployment.model
+    return ctx.route.public_model if ctx.route else ""
+
+
+class OpenAIHandlers:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    # ---- shared steps -------------------------------------------------------------------------
+
+    async def _begin(self, request: Request, ctx: _Ctx, schema: type) -> Any:
+        s = self.s
+        ctx.key = await authenticate(request, s.keys, s.settings.keys_required)
+        if ctx.key is not None:
+            ctx.row.api_key_id, ctx.row.user, ctx.row.team = ctx.key.id, ctx.key.user, ctx.key.team
+        ctx.body = await read_json(request, s.settings.max_body_bytes)
+        model_name = ctx.body.get("model")
+        if isinstance(model_name, str):
+            ctx.row.requested_model = model_name
+        req = validate(schema, ctx.body)
+        if getattr(req, "user", None):
+            ctx.row.user = req.user
+        meta = getattr(req, "metadata", None)
+        if meta:
+            ctx.row.metadata = dict(meta)
+        if ctx.key is not None and ctx.key.allowed_models and req.model not in ctx.key.allowed_models:
+            raise APIError(403, f"This API key may not use the model `{req.model}`.", type="permission_error",
+                           param="model", code="model_not_allowed")
+        self._log_body(ctx, req)
+        return req
+
+    def _log_body(self, ctx: _Ctx, req: Any) -> None:
+        mode = self.s.settings.log.bodies
+        if mode == "none" or ctx.body is None:
+            return
+        raw = orjson.dumps(ctx.body)
+        ctx.row.prompt_hash = hashlib.sha256(raw).hexdigest()
+        if mode == "full":
+            ctx.row.request_body = raw.decode()
+            if isinstance(req, ChatCompletionRequest | CompletionRequest):
+                ctx.row.prompt_text = prompt_text(req)
+
+    def _route(self, ctx: _Ctx, req: Any, capability: str) -> Route:
+        route = self.s.router.route(req, capability, ctx.key, prompt_tokens=estimate_prompt_tokens(req))
+        if route is None or not route.targets:
+            raise model_not_found(req.model)
+        ctx.route = route
+        r = ctx.row
+        r.policy, r.policy_version, r.route_reason, r.propensity = (
+            route.policy, route.policy_version, route.reason, route.propensity)
+        return route
+
+    def _finish(self, ctx: _Ctx, status: int, error: APIError | None = None, cancelled: bool = False) -> None:
+        """Fill the log row from what happened, record metrics, hand the row to the sink (once)."""
+        r = ctx.row
+        r.latency_ms = (time.perf_counter() - ctx.t0) * 1000
+        r.http_status = status
+        ex = ctx.ex
+        attempts = ex.attempts if ex is not None else []
+        r.attempts_count = len(attempts)
+        provider = "none"
+        if ex is not None:
+            if ex.served is not None:
+                d = ex.served.deployment
+                r.served_model, r.deployment, r.provider = d.model, d.name, d.provider
+                provider = d.provider
+            r.prompt_tokens = ex.usage.prompt_tokens if ex.served else None
+            r.completion_tokens = ex.usage.completion_tokens if ex.served else None
+            r.cost_usd = sum(a.cost_usd or 0.0 for a in attempts)
+            r.ttft_ms = ex.ttft_s * 1000 if ex.ttft_s is not None else None
+        if cancelled:
+            r.status, r.error_type = "cancelled", "client_cancelled"
+        elif error is not None:
+            r.status, r.error_type, r.error_message = "error", error.type, error.message[:1000]
+        m = self.s.metrics
+        model = r.served_model or r.requested_model or ""
+        m.requests.labels(r.endpoint, model, provider, r.status).inc()
+        m.latency.labels(r.endpoint, model).observe(r.latency_ms / 1000)
+        if r.ttft_ms is not None:
+            m.ttft.labels(model).observe(r.ttft_ms / 1000)
+        if r.prompt_tokens:
+            m.tokens.labels(model, provider, "prompt").inc(r.prompt_tokens)
+        if r.completion_tokens:
+            m.tokens.labels(model, provider, "completion").inc(r.completion_tokens)
+        if r.cost_usd:
+            m.cost.labels(model, provider).inc(r.cost_usd)
+        if error is not None or cancelled:
+            m.errors.labels(r.error_type or "error", provider).inc()
+        for a in attempts:
+            m.attempts.labels(a.deployment, a.provider, a.status).inc()
+        self.s.sink.record(r, attempts)
+        self.s.router.observe(ctx.route, r)
+
+    def _call_factory(self, ctx: _Ctx, kind: str, stream: bool):  # noqa: ANN202 - closure type
+        body = ctx.body or {}
+
+        def make(d: DeploymentConfig) -> UpstreamCall:
+            b = dict(body)
+            b["model"] = d.upstream_model
+            if stream:
+                b["stream"] = True
+            return UpstreamCall(kind=kind, body=b, timeout_s=d.timeout_s,  # type: ignore[arg-type]
+                                stream_idle_timeout_s=d.stream_idle_timeout_s)
+
+        return make
+
+    # ---- endpoints ----------------------------------------------------------------------------
+
+    async def chat(self, request: Request) -> Response:
+        return await self._generate(request, "chat", ChatCompletionRequest, "chatcmpl-", "chat.completion")
+
+    async def completions(self, request: Request) -> Response:
+        return await self._generate(request, "completion", CompletionRequest, "cmpl-", "text_completion")
+
+    async def _generate(self, request: Request, kind: str, schema: type, id_prefix: str, obj: str) -> Response:
+        ctx = _Ctx(kind)
+        try:
+            req = await self._begin(request, ctx, schema)
+            route = self._route(ctx, req, kind)
+            ctx.ex = Execution(ctx.rid)
+            if req.stream:
+                ctx.row.streamed = True
+                include_usage = bool(req.stream_options and req.stream_options.include_usage)
+                return await self._stream(ctx, kind, route, id_prefix, include_usage)
+            resp = await self.s.executor.complete(ctx.ex, route.targets, self._call_factory(ctx, kind, False),
+                                                  route.retry)
+        except APIError as err:
+            self._finish(ctx, err.status, err)
+            return err.response(ctx.headers())
+        except UpstreamError as uerr:
+            err = from_upstream(uerr)
+            self._finish(ctx, err.status, err)
+            return err.response(ctx.headers())
+        except asyncio.CancelledError:
+            self._finish(ctx, 499, cancelled=True)
+            raise
+        body = resp.body
+        body["id"] = id_prefix + ctx.rid
+        body["model"] = _served_name(ctx)
+        body.setdefault("object", obj)
+        out = orjson.dumps(body)
+        if self.s.settings.log.bodies == "full":
+            ctx.row.response_body = out.decode()
+        self._finish(ctx, 200)
+        return Response(out, media_type=_JSON, headers=ctx.headers())
+
+    async def _stream(self, ctx: _Ctx, kind: str, route: Route, id_prefix: str, include_usage: bool) -> Response:
+        """Start the stream before answering, so a failure before the first chunk is still a plain
+        HTTP error (or an invisible fallback), and headers can name the model that answers."""
+        assert ctx.ex is not None
+        chunks = self.s.executor.stream(ctx.ex, route.targets, self._call_factory(ctx, kind, True), route.retry)
+        try:
+            first = await chunks.__anext__()
+        except StopAsyncIteration:
+            raise UpstreamError("stream_cut", "empty stream") from None
+        cid = id_prefix + ctx.rid
+        served = _served_name(ctx)
+        body_log: list[bytes] | None = [] if self.s.settings.log.bodies == "full" else None
+
+        def encode(chunk: dict[str, Any]) -> bytes | None:
+            if not include_usage:
+                if not chunk.get("choices") and chunk.get("usage") is not None:
+                    return None  # the usage chunk we asked for upstream, not wanted by this client
+                chunk.pop("usage", None)
+            chunk["id"] = cid
+            chunk["model"] = served
+            data = sse.event(chunk)
+            if body_log is not None:
+                body_log.append(data)
+            return data
+
+        async def body() -> AsyncIterator[bytes]:
+            status, error, cancelled = 200, None, False
+            try:
+                data = encode(first)
+                if data:
+                    yield data
+                async for chunk in chunks:
+                    data = encode(chunk)
+                    if data:
+                        yield data
+                yield sse.DONE
+            except UpstreamError as uerr:
+                error = from_upstream(uerr)
+                yield sse.error_event(error.message, error.type, error.code)
+            except (asyncio.CancelledError, GeneratorExit):
+                cancelled = True
+                status = 499
+                raise
+            finally:
+                await chunks.aclose()
+                if body_log is not None:
+                    ctx.row.response_body = b"".join(body_log).decode()
+                self._finish(ctx, status, error, cancelled)
+
+        return StreamingResponse(body(), media_type="text/event-stream",
+                                 headers=ctx.headers() | {"cache-control": "no-cache"})
+
+    async def embeddings(self, request: Request) -> Response:
+        ctx = _Ctx("embedding")
+        try:
+            req = await self._begin(request, ctx, EmbeddingRequest)
+            route = self._route(ctx, req, "embedding")
+            ctx.ex = Execution(ctx.rid)
+            resp = await self.s.executor.complete(ctx.ex, route.targets,
+                                                  self._call_factory(ctx, "embedding", False), route.retry)
+        except APIError as err:
+            self._finish(ctx, err.status, err)
+            return err.response(ctx.headers())
+        except UpstreamError as uerr:
+            err = from_upstream(uerr)
+            self._finish(ctx, err.status, err)
+            return err.response(ctx.headers())
+        except asyncio.CancelledError:
+            self._finish(ctx, 499, cancelled=True)
+            raise
+        body = resp.body
+        body["model"] = _served_name(ctx)
+        self._finish(ctx, 200)
+        return Response(orjson.dumps(body), media_type=_JSON, headers=ctx.headers())
+
+    async def models(self, request: Request) -> Response:
+        await authenticate(request, self.s.keys, self.s.settings.keys_required)
+        return Response(orjson.dumps({"object": "list", "data": self.s.router.model_cards()}), media_type=_JSON)
+
+    async def model(self, request: Request) -> Response:
+        await authenticate(request, self.s.keys, self.s.settings.keys_required)
+        name = request.path_params["model"]
+        for card in self.s.router.model_cards():
+            if card["id"] == name:
+                return Response(orjson.dumps(card), media_type=_JSON)
+        raise model_not_found(name)

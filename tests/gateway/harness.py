@@ -1,0 +1,76 @@
+"""Run a real gateway (uvicorn, real sockets) in a background thread for SDK-level tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.config import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GatewayThread:
+    """A gateway on 127.0.0.1:<random port>, serving `settings` until stopped."""
+
+    def __init__(self, settings: Settings, **app_kwargs: Any) -> None:
+        self.port = free_port()
+        self.settings = settings.model_copy(update={"port": self.port})
+        self.app = create_app(self.settings, **app_kwargs)
+        self.server = uvicorn.Server(uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, loop="asyncio", http="httptools",
+            access_log=False, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.server.serve())
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def services(self) -> Any:
+        return self.app.state.services
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        """Run a coroutine on the gateway's loop (e.g. sink.flush())."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> GatewayThread:
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.time() > deadline:
+                raise RuntimeError("gateway did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+
+
+@contextlib.contextmanager
+def running_gateway(settings: Settings, **app_kwargs: Any) -> Iterator[GatewayThread]:
+    gw = GatewayThread(settings, **app_kwargs).start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
