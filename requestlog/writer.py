@@ -103,6 +103,13 @@ def _walk(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+def describe(exc: BaseException) -> str:
+    """A one-line reason without SQLAlchemy's echo of the statement and its parameters."""
+    root = exc.orig if isinstance(exc, sa.exc.StatementError) and exc.orig is not None else exc
+    text = str(root).strip().splitlines()[0] if str(root).strip() else ""
+    return f"{type(root).__name__}: {text}"[:300]
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """True if the failure is about reaching or using the database, not about the values sent.
 
@@ -173,8 +180,10 @@ class DbWriter:
             return WriteResult(written=len(records))
         except Exception as exc:
             if is_unavailable(exc) or not await self.ping():
-                raise Unavailable(str(exc)) from exc
-            log.warning("batch of %d records refused (%s); isolating bad records", len(records), exc)
+                raise Unavailable(describe(exc)) from exc
+            log.warning(
+                "batch of %d records refused (%s); isolating bad records", len(records), describe(exc)
+            )
         result = WriteResult()
         failed: list[tuple[Record, BaseException]] = []
         await self._bisect(list(records), result, failed)
@@ -184,9 +193,9 @@ class DbWriter:
                 result.written += 1
             except Exception as exc2:
                 if is_unavailable(exc2):
-                    raise Unavailable(str(exc2)) from exc2
-                log.error("rejected log record %s: %s", record[0].get("id"), exc2)
-                result.rejected.append((record, f"{type(exc2).__name__}: {exc2}"))
+                    raise Unavailable(describe(exc2)) from exc2
+                log.error("rejected log record %s: %s", record[0].get("id"), describe(exc2))
+                result.rejected.append((record, describe(exc2)))
         return result
 
     async def _bisect(
@@ -201,7 +210,7 @@ class DbWriter:
                 result.written += len(half)
             except Exception as exc:
                 if is_unavailable(exc):
-                    raise Unavailable(str(exc)) from exc
+                    raise Unavailable(describe(exc)) from exc
                 if len(half) == 1:
                     failed.append((half[0], exc))
                 else:
