@@ -1045,7 +1045,7 @@ class FakeProvider:
             if body.get("stream"):
                 self._streams += 1
                 events = _anthropic_stream_events(mid, model, plan, stop_reason, usage)
-                return await self._send_stream(request, events, fault)
+                return await self._send_stream(request, events, fault, "anthropic")
             if plan.tool is not None:
                 content = [
                     {
@@ -1136,7 +1136,13 @@ class FakeProvider:
 
     async def _ctl_requests(self, request: web.BaseRequest) -> web.StreamResponse:
         items = [
-            {"method": r.method, "path": r.path, "model": r.model, "body": r.body, "headers": dict(r.headers)}
+            {
+                "method": r.method,
+                "path": r.path,
+                "model": r.model,
+                "body": r.body,
+                "headers": {str(k).lower(): v for k, v in r.headers.items()},
+            }
             for r in self._recent
         ]
         return web.Response(body=orjson.dumps(items), content_type=_JSON)
@@ -1166,20 +1172,18 @@ class FakeProvider:
         return web.Response(body=payload, content_type=_JSON)
 
     async def _send_stream(
-        self, request: web.BaseRequest, events: list[bytes], fault: Fault
+        self, request: web.BaseRequest, events: list[bytes], fault: Fault, dialect: str = "openai"
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers=_SSE_HEADERS)
         await resp.prepare(request)
-        if fault.malformed:
-            self._faults_injected += 1
-            events = [b'data: {"id": "broken", "choices": [\n\n', *events]
+        if not fault.is_noop():
+            events = self._stream_faults(events, fault, dialect)
         limit = None
         if fault.cut_after is not None or fault.stall_after is not None:
             self._faults_injected += 1
             # never the terminal event: a cut stream must not look complete
-            limit = min(
-                fault.cut_after if fault.cut_after is not None else fault.stall_after or 0, len(events) - 1
-            )
+            n = fault.cut_after if fault.cut_after is not None else fault.stall_after or 0
+            limit = min(n, len(events) - 1)
             events = events[:limit]
         try:
             if fault.chunk_latency_s:
@@ -1196,6 +1200,35 @@ class FakeProvider:
         except ConnectionError:
             pass  # the client went away; nothing to tell it
         return resp
+
+    def _stream_faults(self, events: list[bytes], fault: Fault, dialect: str) -> list[bytes]:
+        """Rewrite the event list for malformed / error_event / nodone faults."""
+        if fault.malformed:
+            self._faults_injected += 1
+            events = [b'data: {"id": "broken", "choices": [\n\n', *events]
+        if fault.error_event_after is not None:
+            self._faults_injected += 1
+            n = min(fault.error_event_after, len(events) - 1)
+            if dialect == "anthropic":
+                err = _anthropic_event(
+                    {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+                )
+            else:
+                err = _sse(
+                    {
+                        "error": {
+                            "message": "upstream model crashed mid-stream (fake provider)",
+                            "type": "server_error",
+                            "param": None,
+                            "code": 500,
+                        }
+                    }
+                )
+            events = [*events[:n], err, events[-1]]
+        if fault.no_done:
+            self._faults_injected += 1
+            events = events[:-1]
+        return events
 
 
 def _abort(request: web.BaseRequest, resp: web.StreamResponse) -> web.StreamResponse:

@@ -18,6 +18,8 @@ Grammar: items separated by ``;`` (or ``,``), each ``name`` or ``name:arg``:
 ``stall:<n>``           stream: send n chunks, then go silent forever (idle-timeout tests)
 ``cut:<n>``             stream: send n chunks, then drop the connection (no ``[DONE]``);
                         non-stream: send the headers and half the body, then drop it
+``nodone``              stream: end cleanly but without the terminal event (``[DONE]`` / message_stop)
+``error_event:<n>``     stream: after n chunks send an error event (vLLM/Anthropic style), then end
 ``malformed``           200 with a body (or a stream chunk) that is not valid JSON
 ``content_filter``      400, code ``content_filter`` (OpenAI) / content-filtering message (Anthropic)
 ``context_length``      400 context-length error even for a short prompt
@@ -44,6 +46,8 @@ FAULT_NAMES = (
     "hang",
     "stall",
     "cut",
+    "nodone",
+    "error_event",
     "malformed",
     "content_filter",
     "context_length",
@@ -69,6 +73,8 @@ class Fault:
     hang: bool = False
     stall_after: int | None = None
     cut_after: int | None = None
+    no_done: bool = False
+    error_event_after: int | None = None
     malformed: bool = False
     content_filter: bool = False
     context_length: bool = False
@@ -147,6 +153,10 @@ def parse_fault(spec: str | Fault | None) -> Fault:
             out["stall_after"] = int(_num(name, arg, 0))
         elif name == "cut":
             out["cut_after"] = int(_num(name, arg, 0))
+        elif name == "nodone":
+            out["no_done"] = True
+        elif name == "error_event":
+            out["error_event_after"] = int(_num(name, arg, 0))
         elif name == "malformed":
             out["malformed"] = True
         elif name in ("content_filter", "content_policy"):

@@ -30,7 +30,9 @@ def _pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(len(xs) * p))]
 
 
-async def _measure(name: str, call: Callable[[], Awaitable[None]], n_seq: int, n_conc: int, conc: int) -> None:
+async def _measure(
+    name: str, call: Callable[[], Awaitable[None]], n_seq: int, n_conc: int, conc: int
+) -> None:
     for _ in range(200):  # warm-up: connections, caches
         await call()
     lat = []
