@@ -31,7 +31,8 @@ Interface (what `JambaForCausalLM.forward(input_ids, cache, seq_lens)` reads and
 The forward takes ``input_ids[B, T]`` right-padded with ``seq_lens[B]`` new tokens per row (``None``: all
 ``T``). After it returns, slot ``slots[b]`` of every layer holds the state after ``lengths[b] + seq_lens[b]``
 tokens and ``cache.lengths`` has been replaced by ``lengths + seq_lens`` (a new tensor; the caller's
-tensor is not mutated). Padded positions never touch any state.
+tensor is not mutated). Padded positions never touch any state; a row with ``seq_lens[b] == 0`` is idle
+(its state and KV are left as they are, its logits are meaningless).
 
 Kernels read and write the state tensors in place by slot index (``state_indices``), the convention of
 vLLM's ``causal_conv1d_update(conv_state_indices=...)`` / ``selective_state_update(state_batch_indices=...)``,

@@ -102,6 +102,16 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Any:
+    """These models are tiny: one intra-op thread is faster, and far faster on a busy 2-core machine
+    (two spinning OpenMP threads per op oversubscribe the cores). Restored after each module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def hf_config(name: str) -> Any:
     from transformers import JambaConfig
 

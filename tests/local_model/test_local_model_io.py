@@ -108,6 +108,14 @@ def test_load_in_bfloat16(moe_case: Case) -> None:
     ours, ref = lm.logits(ids).float(), moe_case.lm.logits(ids)
     assert torch.isfinite(ours).all()
     assert (ours - ref).abs().max() < 0.1 * ref.abs().max()
+    # the cached path in bf16 (fp32 SSM state) agrees with the bf16 full forward
+    cache = lm.new_cache(1, 16)
+    assert cache.mamba_states()[0].conv.dtype == torch.bfloat16
+    assert cache.mamba_states()[0].ssm.dtype == torch.float32
+    with torch.inference_mode():
+        steps = [lm.module(ids[:, :6], cache)] + [lm.module(ids[:, t : t + 1], cache) for t in range(6, 10)]
+    stepped = torch.cat(steps, 1).float()
+    assert (stepped - ours).abs().max() < 0.05 * ours.abs().max()
 
 
 def test_init_is_deterministic() -> None:

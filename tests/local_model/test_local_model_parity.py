@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from conftest import Case, assert_close_logits, random_ids
 
-from local_model.model import REFERENCE_KERNELS, JambaForCausalLM
+from local_model.model import DEFAULT_KERNELS, REFERENCE_KERNELS, JambaForCausalLM
 
 
 def full_logits(model: JambaForCausalLM, tokens: list[int]) -> torch.Tensor:
@@ -30,7 +30,7 @@ def test_sequential_reference_scan_matches_transformers(case: Case) -> None:
         model.set_kernels(REFERENCE_KERNELS)
         assert_close_logits(case.lm.logits(ids), ref)
     finally:
-        model.set_kernels(type(REFERENCE_KERNELS)())
+        model.set_kernels(DEFAULT_KERNELS)
 
 
 def test_cached_decode_matches_full_forward(case: Case) -> None:
@@ -69,14 +69,19 @@ def test_ragged_batch_decodes_like_each_sequence_alone(case: Case) -> None:
         got[0].append(out[0, :3])
         got[1].append(out[1, :1])
         assert cache.lengths.tolist() == [12, 5]
+        # a step where b is idle (0 new tokens): its state must not move
+        ids = torch.tensor([a[12:14], [0, 0]])
+        out = model(ids, cache, seq_lens=torch.tensor([2, 0]))
+        got[0].append(out[0, :2])
+        assert cache.lengths.tolist() == [14, 5]
         # then single-token steps for both at different positions
-        for s in range(7):
-            ids = torch.tensor([[a[12 + s]], [b[5 + s]]])
+        for s in range(5):
+            ids = torch.tensor([[a[14 + s]], [b[5 + s]]])
             out = model(ids, cache)
             got[0].append(out[0])
             got[1].append(out[1])
     assert_close_logits(torch.cat(got[0]), full_logits(model, a[:19]))
-    assert_close_logits(torch.cat(got[1]), full_logits(model, b[:12]))
+    assert_close_logits(torch.cat(got[1]), full_logits(model, b[:10]))
 
 
 def test_last_only_picks_each_rows_last_valid_token(case: Case) -> None:
