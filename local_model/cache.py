@@ -25,8 +25,9 @@ Interface (what `JambaForCausalLM.forward(input_ids, cache, seq_lens)` reads and
 ``[S, d_inner, d_state]`` (float32 by default: the recurrence accumulates over the whole sequence).
 
 ``KVCache(k, v)``: ``k`` and ``v`` are ``[S, num_key_value_heads, capacity, head_dim]``; positions
-``0 .. lengths[b]-1`` of slot ``slots[b]`` are valid. All access to it goes through
-`local_model.model.attention_with_kv_cache`, the one function a paged (block-table) version replaces.
+``0 .. lengths[b]-1`` of slot ``slots[b]`` are valid. The attention layer touches it only through
+``kv.attend(q, k, v, lengths, seq_lens, slots, scale)`` (-> `local_model.model.attention_with_kv_cache`),
+so a paged (block-table) cache is a `KVCache` subclass that overrides `attend` with its own tensors.
 
 The forward takes ``input_ids[B, T]`` right-padded with ``seq_lens[B]`` new tokens per row (``None``: all
 ``T``). After it returns, slot ``slots[b]`` of every layer holds the state after ``lengths[b] + seq_lens[b]``
@@ -105,6 +106,25 @@ class KVCache:
     @property
     def capacity(self) -> int:
         return self.k.shape[2]
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        lengths: torch.Tensor,
+        seq_lens: torch.Tensor,
+        slots: torch.Tensor | None,
+        scale: float,
+    ) -> torch.Tensor:
+        """Store the new K/V and attend over the cached + new positions (what `Attention` calls).
+
+        A paged cache subclasses `KVCache` and overrides this; the contiguous version is
+        `local_model.model.attention_with_kv_cache` (looked up at call time).
+        """
+        from . import model
+
+        return model.attention_with_kv_cache(q, k, v, self, lengths, seq_lens, slots, scale)
 
     @property
     def nbytes(self) -> int:

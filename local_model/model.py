@@ -13,9 +13,10 @@ parameter names, so a Hugging Face checkpoint loads with no renaming:
 * ``MLP``: dense SwiGLU.
 
 The sequence-mixing math lives in standalone functions with kernel-style signatures
-(`causal_conv1d_ref`, `causal_conv1d_update_ref`, `selective_scan_ref`, `selective_scan_chunked`,
-`selective_state_update_ref`, `moe_experts_ref`, `attention_with_kv_cache`). `MambaKernels` bundles the four
-Mamba ones; `JambaForCausalLM.set_kernels` swaps in faster implementations behind the same signatures.
+(`causal_conv1d_ref`, `causal_conv1d_update_ref`, `selective_scan_ref` / `selective_scan_chunked` /
+`selective_scan_auto`, `selective_state_update_ref`, `moe_experts_ref`, `attention_with_kv_cache`).
+`MambaKernels` bundles the four Mamba ones (called positionally, in the order of the signatures below);
+`JambaForCausalLM.set_kernels` swaps in faster implementations behind the same signatures.
 Cache semantics (slots, lengths, right-padded ``seq_lens``) are described in `local_model.cache`.
 """
 
@@ -321,7 +322,7 @@ def attention_with_kv_cache(
     slots: torch.Tensor | None,
     scale: float,
 ) -> torch.Tensor:
-    """The only code that touches a KVCache: write the new K/V, attend over each row's past + new tokens.
+    """`KVCache.attend` for the contiguous cache: write the new K/V, attend over each row's past + new tokens.
 
     q: [B, H, T, hd]; k, v: [B, Hkv, T, hd] for the (right-padded) new tokens. Row b's first seq_lens[b]
     keys/values go to positions lengths[b] .. lengths[b]+seq_lens[b]-1 of slot slots[b]; its query t
@@ -405,7 +406,7 @@ class Attention(nn.Module):
             assert isinstance(kv, KVCache), f"layer {self.layer_idx} expects a KVCache"
             if seq_lens is None:
                 seq_lens = torch.full((batch,), seqlen, dtype=torch.long, device=x.device)
-            out = attention_with_kv_cache(q, k, v, kv, cache.lengths, seq_lens, cache.slots, self.scale)
+            out = kv.attend(q, k, v, cache.lengths, seq_lens, cache.slots, self.scale)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seqlen, -1))
 
 
@@ -439,37 +440,40 @@ class MambaMixer(nn.Module):
     def forward(
         self, hidden: torch.Tensor, cache: HybridCache | None = None, seq_lens: torch.Tensor | None = None
     ) -> torch.Tensor:
-        k = self.kernels
-        seqlen = hidden.shape[1]
-        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # [B, D, T] each
-        conv_w, conv_b = self.conv1d.weight.squeeze(1), self.conv1d.bias
+        """hidden: [B, T, H] -> [B, T, H]. Three modes: no cache (fresh sequences), a chunk of tokens
+        continuing a cached state (prefill / chunked prefill / ragged), one token per row (decode)."""
+        kern = self.kernels
         state: MambaState | None = None
         if cache is not None:
             state = cache.layers[self.layer_idx]
             assert isinstance(state, MambaState), f"layer {self.layer_idx} expects a MambaState"
-        decode = state is not None and seqlen == 1 and seq_lens is None
         slots = cache.slots if cache is not None else None
+        decode = state is not None and hidden.shape[1] == 1 and seq_lens is None
 
+        # 1. input projection: x feeds the SSM, z gates its output
+        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # [B, D, T] each
+
+        # 2. causal depthwise conv + activation (the conv window is part of the recurrent state)
+        conv_w, conv_b = self.conv1d.weight.squeeze(1), self.conv1d.bias
         if decode:
-            x = k.causal_conv1d_update(x[..., 0], state.conv, conv_w, conv_b, self.activation, slots)[
-                ..., None
-            ]
+            x = kern.causal_conv1d_update(x[..., 0], state.conv, conv_w, conv_b, self.activation, slots)
+            x = x[..., None]
         elif state is not None:
-            x = k.causal_conv1d(x, conv_w, conv_b, self.activation, state.conv, slots, seq_lens)
+            x = kern.causal_conv1d(x, conv_w, conv_b, self.activation, state.conv, slots, seq_lens)
         else:
-            x = k.causal_conv1d(x, conv_w, conv_b, self.activation)
+            x = kern.causal_conv1d(x, conv_w, conv_b, self.activation)
 
+        # 3. input-dependent SSM parameters, with Jamba's RMSNorms on dt, B and C
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = self.dt_proj.weight @ self.dt_layernorm(dt).transpose(
-            1, 2
-        )  # [B, D, T]; bias added in fp32 below
+        dt = self.dt_proj.weight @ self.dt_layernorm(dt).transpose(1, 2)  # [B, D, T]; bias added in fp32
         B = self.b_layernorm(B).transpose(1, 2)  # [B, N, T]
-        C = self.c_layernorm(C).transpose(1, 2)
-        A = -torch.exp(self.A_log.float())
+        C = self.c_layernorm(C).transpose(1, 2)  # [B, N, T]
+        A = -torch.exp(self.A_log.float())  # [D, N], negative: decays
         dt_bias = self.dt_proj.bias.float()
 
+        # 4. selective scan (softplus(dt + bias), D skip and SiLU(z) gate happen inside)
         if decode:
-            y = k.selective_state_update(
+            y = kern.selective_state_update(
                 state.ssm,
                 x[..., 0],
                 dt[..., 0],
@@ -481,11 +485,14 @@ class MambaMixer(nn.Module):
                 dt_bias,
                 True,
                 slots,
-            )[..., None]
+            )
+            y = y[..., None]
         elif state is not None:
-            y = k.selective_scan(x, dt, A, B, C, self.D, z, dt_bias, True, state.ssm, slots, seq_lens)
+            y = kern.selective_scan(x, dt, A, B, C, self.D, z, dt_bias, True, state.ssm, slots, seq_lens)
         else:
-            y = k.selective_scan(x, dt, A, B, C, self.D, z, dt_bias, True)
+            y = kern.selective_scan(x, dt, A, B, C, self.D, z, dt_bias, True)
+
+        # 5. back to the residual stream
         return self.out_proj(y.transpose(1, 2).to(hidden.dtype))
 
 

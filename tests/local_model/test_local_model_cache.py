@@ -205,3 +205,20 @@ def test_causal_conv_with_state_and_update_equal_full_conv() -> None:
     )
     torch.testing.assert_close(state[2], x[0, :, 2:5])
     torch.testing.assert_close(state[0], torch.cat([torch.zeros(6, 1), x[1, :, :2]], -1))
+
+
+def test_attention_goes_through_kvcache_attend(tiny: JambaForCausalLM) -> None:
+    """A serving engine's paged cache subclasses KVCache and overrides `attend`; the model must use it."""
+    calls: list[int] = []
+
+    class CountingKV(KVCache):
+        def attend(self, q, k, v, lengths, seq_lens, slots, scale):  # type: ignore[no-untyped-def]
+            calls.append(q.shape[2])
+            return super().attend(q, k, v, lengths, seq_lens, slots, scale)
+
+    cache = tiny.allocate_cache(1, 8)
+    cache.layers = [CountingKV(c.k, c.v) if isinstance(c, KVCache) else c for c in cache.layers]
+    with torch.inference_mode():
+        tiny(ids_for(tiny, 1, 5, seed=9), cache)
+        tiny(ids_for(tiny, 1, 1, seed=10), cache)
+    assert calls == [5, 1] * 1 and len(tiny.config.attention_layer_ids) == 1
