@@ -146,6 +146,11 @@ def map_litellm_error(exc: BaseException, litellm: ModuleType | None = None) -> 
         return UpstreamError("timeout", message, body={"phase": "litellm"})
     if isinstance(exc, le.APIConnectionError):
         return UpstreamError("connection", message, status=status if status and status >= 400 else None)
+    transport = _transport_cause(exc)
+    if transport is not None:  # litellm reports refused/reset connections as InternalServerError (500)
+        return UpstreamError(
+            transport, message, body={"phase": "litellm"} if transport == "timeout" else None
+        )
     if isinstance(exc, (le.ServiceUnavailableError, le.InternalServerError, le.BadGatewayError)):
         return UpstreamError(
             "server_error", message, status=status or 500, retry_after_s=_retry_after(exc), body=body
@@ -172,6 +177,23 @@ def map_litellm_error(exc: BaseException, litellm: ModuleType | None = None) -> 
     if isinstance(exc, (ConnectionError, OSError)):
         return UpstreamError("connection", message)
     return UpstreamError("server_error", f"{type(exc).__name__}: {message}")
+
+
+def _transport_cause(exc: BaseException) -> str | None:
+    """ "timeout" / "connection" when a transport failure is somewhere in the exception's cause chain."""
+    import aiohttp
+    import httpx
+
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 12:
+        if isinstance(cur, (TimeoutError, httpx.TimeoutException)):
+            return "timeout"
+        if isinstance(cur, (ConnectionError, httpx.TransportError, aiohttp.ClientConnectionError)):
+            return "connection"
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return None
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -216,6 +238,10 @@ class LiteLLMBackend:
         kw["timeout"] = timeout_s
         if call.headers:
             kw["extra_headers"] = {**(body.get("extra_headers") or {}), **call.headers}
+        if call.kind == "chat" and body.get("tools"):
+            # litellm 1.106 routes any call with tools through its MCP bridge, which imports the
+            # optional `mcp` package (not installed) and fails; the gateway does no MCP.
+            kw["_skip_mcp_handler"] = True
         return kw
 
     def _fn(self, call: UpstreamCall) -> Any:
