@@ -1,0 +1,159 @@
+"""Pricing from config / litellm's cost map, the backend registry, and the SSE decoder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from backends.base import Usage
+from backends.deployment import DeploymentConfig, Pricing
+from backends.openai_compatible import OpenAICompatibleBackend
+from backends.pricing import (
+    context_window,
+    cost_map_path,
+    cost_usd,
+    load_cost_map,
+    lookup_model,
+    max_output_tokens,
+    price_table,
+    resolve_prices,
+)
+from backends.registry import UnsupportedProviderError, build_backend, default_factories
+from backends.sse import SSEDecoder, client_wants_usage, is_usage_chunk, with_stream_usage
+
+
+def dep(upstream: str, **kw) -> DeploymentConfig:
+    return DeploymentConfig(name=kw.pop("name", "d"), model="m", upstream_model=upstream, **kw)
+
+
+# -- pricing ----------------------------------------------------------------------------------------------
+
+
+def test_cost_map_is_loaded_without_importing_litellm() -> None:
+    code = (
+        "import sys; from backends.pricing import load_cost_map, cost_map_path; "
+        "m = load_cost_map(); assert len(m) > 1000 and 'gpt-4o' in m; "
+        "assert 'litellm' not in sys.modules, 'litellm was imported'; print(cost_map_path())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("model_prices_and_context_window_backup.json")
+    assert cost_map_path() is not None and "sample_spec" not in load_cost_map()
+
+
+def test_prices_from_cost_map_and_config() -> None:
+    entry = lookup_model("gpt-4o")
+    assert entry is not None
+    pin, pout = entry["input_cost_per_token"] * 1e6, entry["output_cost_per_token"] * 1e6
+    p = resolve_prices(dep("openai/gpt-4o"))
+    assert (p.input_per_mtok, p.output_per_mtok, p.source) == (
+        pytest.approx(pin),
+        pytest.approx(pout),
+        "cost_map",
+    )
+    assert cost_usd(dep("gpt-4o"), Usage(1_000_000, 500_000)) == pytest.approx(pin + pout / 2)
+    own = dep("gpt-4o", pricing=Pricing(input_per_mtok=1.0, output_per_mtok=2.0))
+    assert resolve_prices(own).source == "config" and cost_usd(
+        own, Usage(2_000_000, 1_000_000)
+    ) == pytest.approx(4.0)
+    half = dep("gpt-4o", pricing=Pricing(input_per_mtok=1.0))
+    assert resolve_prices(half).source == "mixed" and resolve_prices(half).output_per_mtok == pytest.approx(
+        pout
+    )
+    unknown = dep("my-own-llama")
+    assert resolve_prices(unknown).source == "none" and cost_usd(unknown, Usage(10**6, 10**6)) == 0.0
+    assert resolve_prices(unknown, {"my-own-llama": (0.5, 1.0)}).output_per_mtok == 1.0
+    # a provider prefix only matches the provider's own entry
+    assert lookup_model("hosted_vllm/gpt-4o") is None
+    assert price_table([dep("gpt-4o", name="a"), unknown]) == {
+        "a": (pytest.approx(pin), pytest.approx(pout)),
+        "d": (0.0, 0.0),
+    }
+
+
+def test_context_window_and_max_output_defaults() -> None:
+    entry = lookup_model("gpt-4o")
+    assert entry is not None
+    assert context_window(dep("gpt-4o")) == entry["max_input_tokens"]
+    assert context_window(dep("gpt-4o", context_window=1000)) == 1000  # explicit config wins
+    assert context_window(dep("my-own-llama")) == 8192  # config default
+    assert max_output_tokens(dep("gpt-4o")) == entry["max_output_tokens"]
+    assert max_output_tokens(dep("gpt-4o", max_output_tokens=10)) == 10
+    assert max_output_tokens(dep("my-own-llama")) is None
+
+
+# -- registry ------------------------------------------------------------------------------------------------
+
+
+async def test_registry_builds_and_rejects() -> None:
+    b = build_backend(dep("fake-model", api_base="http://127.0.0.1:1/v1"))
+    assert isinstance(b, OpenAICompatibleBackend) and b.name == "d"
+    with pytest.raises(UnsupportedProviderError, match="local"):
+        build_backend(dep("jamba", provider="local"))
+    sentinel = object()
+    got = build_backend(
+        dep("jamba", provider="local"), {**default_factories(), "local": lambda cfg: sentinel}
+    )
+    assert got is sentinel
+    with pytest.raises(UnsupportedProviderError, match="unknown provider"):
+        build_backend(dep("x", provider="local"), {"litellm": default_factories()["litellm"]})
+    with pytest.raises(ValueError, match="api_base"):
+        build_backend(dep("x"))
+
+
+def test_openai_compatible_build_does_not_import_litellm() -> None:
+    code = (
+        "import sys; from backends.registry import build_backend; from backends.deployment import DeploymentConfig; "
+        "build_backend(DeploymentConfig(name='a', model='m', upstream_model='x', api_base='http://h/v1')); "
+        "assert 'litellm' not in sys.modules"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def test_missing_api_key_env_is_a_warning(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HG_NOT_SET_ANYWHERE", raising=False)
+    b = build_backend(dep("x", api_base="http://h/v1", api_key_env="HG_NOT_SET_ANYWHERE"))
+    assert isinstance(b, OpenAICompatibleBackend)
+    assert "HG_NOT_SET_ANYWHERE" in caplog.text
+
+
+# -- SSE -----------------------------------------------------------------------------------------------------------
+
+
+def test_sse_decoder_handles_arbitrary_splits() -> None:
+    stream = (
+        b'data: {"a": 1}\n\n: keep-alive\n\nevent: message_start\r\ndata: {"b": 2}\r\n\r\n'
+        b"data: line1\ndata: line2\n\nid: 7\nretry: 10\ndata: [DONE]\n\n"
+    )
+    expected = [
+        (None, b'{"a": 1}'),
+        ("message_start", b'{"b": 2}'),
+        (None, b"line1\nline2"),
+        (None, b"[DONE]"),
+    ]
+    for size in (1, 2, 3, 7, len(stream)):
+        d = SSEDecoder()
+        got = []
+        for i in range(0, len(stream), size):
+            got += d.feed(stream[i : i + size])
+        got += d.flush()
+        assert got == expected, size
+    d = SSEDecoder()
+    assert d.feed(b"data: tail-without-blank-line") == [] and d.flush() == [
+        (None, b"tail-without-blank-line")
+    ]
+
+
+def test_usage_helpers() -> None:
+    body = {"model": "m", "messages": [], "stream_options": {"foo": 1}}
+    out = with_stream_usage(body)
+    assert out["stream"] is True and out["stream_options"] == {"foo": 1, "include_usage": True}
+    assert body == {"model": "m", "messages": [], "stream_options": {"foo": 1}}
+    assert not client_wants_usage(body) and client_wants_usage(out)
+    assert is_usage_chunk({"choices": [], "usage": {"prompt_tokens": 1}})
+    assert not is_usage_chunk({"choices": [{"delta": {}}], "usage": None})
