@@ -1,0 +1,669 @@
+"""The engine: a step loop on its own thread, fed by thread-safe submissions, feeding asyncio consumers.
+
+Why a thread: a forward is one long C++ call during which torch releases the GIL, so the server's event
+loop keeps accepting connections and writing SSE while the model runs. All engine state (queues,
+caches, sequences) is touched only by the engine thread; other threads talk to it through `_inbox`
+(a deque, thread-safe for append/popleft) and a wake-up `Event`, and receive events through sinks. For
+asyncio consumers the events of one step are delivered with a single ``call_soon_threadsafe`` per event
+loop, so the loop is woken once per step, not once per token.
+
+One step = schedule (scheduler.py) -> one decode forward for every decoding sequence (``T = 1``, the
+model's batched Mamba decode path) -> prefill forward(s) for the step's chunks -> one batched sampling
+call -> stop rules, detokenization, events. `step()` can also be driven by hand (no thread) in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..cache import HybridCache, MambaState
+from ..model import JambaForCausalLM
+from .config import EngineConfig, MemoryPlan, plan_memory
+from .errors import EngineClosed, EngineOverloaded, InvalidRequest, PromptTooLong, RequestCancelled
+from .kv_blocks import BlockAllocator, blocks_for
+from .paged import PagedKVCache, PagedStep, install_dispatch
+from .sampler import SampleRow, SamplingParams, TokenLogprob, make_generator, sample
+from .scheduler import Chunk, Scheduler
+from .sequence import Delta, Event, Failed, Finished, Request, Sequence, Status, TokenizerLike, Usage
+from .ssm_slots import SnapshotStore, SSMSlotPool
+
+log = logging.getLogger("local_model.engine")
+
+
+# ============================================================================ consumer side
+
+
+class _AsyncSink:
+    __slots__ = ("loop", "queue")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+
+
+class _SyncSink:
+    __slots__ = ("queue",)
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
+
+
+@dataclass
+class ChoiceResult:
+    index: int
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None
+    logprobs: list[TokenLogprob] | None
+
+
+@dataclass
+class GenerationResult:
+    request_id: str
+    choices: list[ChoiceResult]
+    usage: Usage
+
+
+class _Collector:
+    """Accumulates deltas into per-choice results."""
+
+    def __init__(self, request_id: str, n: int, logprobs: bool) -> None:
+        self.request_id = request_id
+        self.choices = [ChoiceResult(i, [], "", None, [] if logprobs else None) for i in range(n)]
+
+    def add(self, d: Delta) -> None:
+        c = self.choices[d.index]
+        c.token_ids.extend(d.token_ids)
+        c.text += d.text
+        if d.logprobs and c.logprobs is not None:
+            c.logprobs.extend(d.logprobs)
+        if d.finish_reason:
+            c.finish_reason = d.finish_reason
+
+    def result(self, usage: Usage) -> GenerationResult:
+        return GenerationResult(self.request_id, self.choices, usage)
+
+
+class RequestStream:
+    """Handle of an asyncio consumer: ``async for delta in stream``; `usage` is set at the end."""
+
+    def __init__(self, engine: Engine, request: Request, sink: _AsyncSink) -> None:
+        self.engine = engine
+        self.request_id = request.request_id
+        self.params = request.params
+        self.prompt_len = len(request.prompt_ids)
+        self._sink = sink
+        self.usage: Usage | None = None
+        self.finished = False
+
+    async def __aiter__(self) -> AsyncIterator[Delta]:
+        while not self.finished:
+            ev = await self._sink.queue.get()
+            if isinstance(ev, Delta):
+                yield ev
+            elif isinstance(ev, Finished):
+                self.usage = ev.usage
+                self.finished = True
+            else:
+                self.finished = True
+                raise ev.error
+
+    def cancel(self) -> None:
+        if not self.finished:
+            self.engine.cancel(self.request_id)
+
+    async def result(self) -> GenerationResult:
+        """Wait for the end; the accumulated choices (call once, instead of iterating)."""
+        col = _Collector(self.request_id, self.params.n, self.params.logprobs)
+        try:
+            async for d in self:
+                col.add(d)
+        finally:
+            self.cancel()
+        assert self.usage is not None
+        return col.result(self.usage)
+
+
+class SyncRequestStream:
+    """Handle of a blocking consumer (tests, benchmarks, CLI)."""
+
+    def __init__(self, engine: Engine, request: Request, sink: _SyncSink) -> None:
+        self.engine = engine
+        self.request_id = request.request_id
+        self.params = request.params
+        self._sink = sink
+        self.usage: Usage | None = None
+        self.finished = False
+        self._result: GenerationResult | None = None
+
+    def __iter__(self) -> Iterator[Delta]:
+        while not self.finished:
+            ev = self._sink.queue.get()
+            if isinstance(ev, Delta):
+                yield ev
+            elif isinstance(ev, Finished):
+                self.usage = ev.usage
+                self.finished = True
+            else:
+                self.finished = True
+                raise ev.error
+
+    def cancel(self) -> None:
+        if not self.finished:
+            self.engine.cancel(self.request_id)
+
+    def result(self) -> GenerationResult:
+        """Block until the end; the accumulated choices (cached: safe to call again)."""
+        if self._result is None:
+            col = _Collector(self.request_id, self.params.n, self.params.logprobs)
+            for d in self:
+                col.add(d)
+            assert self.usage is not None
+            self._result = col.result(self.usage)
+        return self._result
+
+
+# ============================================================================ stats
+
+
+@dataclass
+class LoadSignals:
+    """What a router needs to judge how busy this engine is."""
+
+    queue_depth: int
+    running: int
+    free_ssm_slots: int
+    total_ssm_slots: int
+    free_kv_blocks: int
+    total_kv_blocks: int
+    tokens_per_s: float
+
+
+class EngineStats:
+    """Counters updated by the engine thread; read (approximately, without locks) by metrics."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0  # prompt tokens of submitted requests
+        self.prefill_tokens = 0  # tokens actually run through prefill (after prefix-cache hits)
+        self.generated_tokens = 0
+        self.requests_finished = 0
+        self.requests_cancelled = 0
+        self.steps = 0
+        self.step_seconds = 0.0
+        self._window: collections.deque[tuple[float, int]] = collections.deque()
+
+    def record_step(self, now: float, seconds: float, generated: int) -> None:
+        self.steps += 1
+        self.step_seconds += seconds
+        self._window.append((now, generated))
+        while self._window and now - self._window[0][0] > 10.0:
+            self._window.popleft()
+
+    def tokens_per_s(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        window = [(t, n) for t, n in list(self._window) if now - t <= 10.0]
+        if not window:
+            return 0.0
+        span = max(now - window[0][0], 1e-3)
+        return sum(n for _, n in window) / span
+
+
+# ============================================================================ the engine
+
+
+class Engine:
+    """Continuous-batching inference for a `JambaForCausalLM` with paged KV and pooled Mamba state."""
+
+    def __init__(
+        self,
+        model: JambaForCausalLM,
+        tokenizer: TokenizerLike | None = None,
+        config: EngineConfig | None = None,
+        *,
+        model_name: str = "local",
+    ) -> None:
+        install_dispatch()
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = config or EngineConfig()
+        self.model_name = model_name
+        mc = model.config
+        w = model.lm_head.weight
+        self.device, self.dtype = w.device, w.dtype
+        self.plan: MemoryPlan = plan_memory(mc, self.config, self.dtype)
+        p = self.plan
+        self.allocator = BlockAllocator(p.num_blocks, p.block_size)
+        self.slots = SSMSlotPool(
+            mc, p.num_slots, device=self.device, dtype=self.dtype, ssm_dtype=self.config.ssm_dtype
+        )
+        self.snapshots = SnapshotStore(
+            mc, p.num_snapshots, device=self.device, dtype=self.dtype, ssm_dtype=self.config.ssm_dtype
+        )
+        self.scheduler = Scheduler(
+            self.allocator,
+            self.slots,
+            self.snapshots,
+            max_num_seqs=p.num_slots,
+            prefill_chunk_tokens=self.config.prefill_chunk_tokens,
+            snapshot_interval=self.config.snapshot_interval,
+            prefix_caching=self.config.prefix_caching,
+            watermark_blocks=max(1, p.num_blocks // 100),
+        )
+        # One flat K and V pool per attention layer; Mamba layers map to their slot pool.
+        kv_shape = (p.num_blocks * p.block_size, mc.num_key_value_heads, mc.attn_head_dim)
+        self._kv_pools: dict[int, tuple[torch.Tensor, torch.Tensor]] = {
+            i: (
+                torch.zeros(kv_shape, device=self.device, dtype=self.dtype),
+                torch.zeros(kv_shape, device=self.device, dtype=self.dtype),
+            )
+            for i in mc.attention_layer_ids
+        }
+        self._mamba: dict[int, MambaState] = dict(zip(mc.mamba_layer_ids, self.slots.states, strict=True))
+        eos = list(mc.eos_token_ids) + (list(tokenizer.eos_token_ids) if tokenizer is not None else [])
+        self.eos_ids = frozenset(eos)
+        self.stats = EngineStats()
+        self._requests: dict[str, Request] = {}
+        self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
+        self._wake = threading.Event()
+        self._queued = 0  # submitted requests not yet admitted (backpressure), guarded by _lock
+        self._lock = threading.Lock()
+        self._seq_ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._closed = False
+        self._outbox: list[tuple[Any, Event]] = []
+
+    # ------------------------------------------------------------------ construction helpers
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        config: EngineConfig | None = None,
+        *,
+        device: Any = "cpu",
+        dtype: torch.dtype | None = None,
+        model_name: str | None = None,
+    ) -> Engine:
+        """Load a checkpoint directory (config.json + safetensors [+ tokenizer.json]) and build an engine."""
+        import local_model
+
+        lm = local_model.load(path, device=device, dtype=dtype)
+        return cls(lm.module, lm.tokenizer, config, model_name=model_name or Path(path).name)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Engine:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="local-model-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the loop; every unfinished request gets `EngineClosed`."""
+        self._closed = True
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        for req in list(self._requests.values()):
+            self._fail(req, EngineClosed("engine shut down"))
+        while self._inbox:
+            kind, item = self._inbox.popleft()
+            if kind == "submit":
+                self._emit(item, Failed(EngineClosed("engine shut down")))
+        self._flush()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        if self.config.num_threads:
+            torch.set_num_threads(self.config.num_threads)
+        with torch.inference_mode():
+            while not self._stopping:
+                try:
+                    busy = self.step()
+                except Exception as exc:  # a bug or OOM in one step must not kill the server
+                    log.exception("engine step failed")
+                    self._fail_all(exc)
+                    busy = False
+                if not busy:
+                    self._wake.wait(0.5)
+                    self._wake.clear()
+
+    # ------------------------------------------------------------------ submission (any thread)
+
+    def _new_request(
+        self, prompt_ids: list[int], params: SamplingParams, request_id: str | None, sink: Any
+    ) -> Request:
+        if self._closed:
+            raise EngineClosed("engine is shut down")
+        try:
+            params.validate()
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        if not prompt_ids:
+            raise InvalidRequest("the prompt is empty")
+        vocab = self.model.config.vocab_size
+        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
+            raise InvalidRequest(f"prompt token ids must be in [0, {vocab})")
+        max_len = self.plan.max_model_len
+        if len(prompt_ids) >= max_len:
+            raise PromptTooLong(
+                f"This model's maximum context length is {max_len} tokens. However, your prompt has "
+                f"{len(prompt_ids)} tokens."
+            )
+        need = blocks_for(min(len(prompt_ids) + params.max_tokens, max_len), self.plan.block_size)
+        if need > self.plan.num_blocks - self.scheduler.watermark_blocks:
+            raise PromptTooLong(
+                f"prompt + max_tokens need {need} KV blocks; the engine has {self.plan.num_blocks}"
+            )
+        with self._lock:
+            if self._queued >= self.config.max_queue:
+                raise EngineOverloaded(
+                    f"local model queue is full ({self.config.max_queue} waiting requests)",
+                    self.config.retry_after_s,
+                )
+            self._queued += 1
+        rid = request_id or f"req-{uuid.uuid4().hex[:16]}"
+        return Request(rid, list(prompt_ids), params, sink)
+
+    def submit(
+        self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None
+    ) -> RequestStream:
+        """Queue a request from inside a running event loop; iterate the returned stream for its deltas.
+
+        Raises EngineOverloaded (queue full), PromptTooLong, InvalidRequest, EngineClosed at once."""
+        sink = _AsyncSink(asyncio.get_running_loop())
+        req = self._new_request(prompt_ids, params, request_id, sink)
+        self._inbox.append(("submit", req))
+        self._wake.set()
+        return RequestStream(self, req, sink)
+
+    def submit_sync(
+        self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None
+    ) -> SyncRequestStream:
+        """Like `submit`, for a blocking consumer."""
+        sink = _SyncSink()
+        req = self._new_request(prompt_ids, params, request_id, sink)
+        self._inbox.append(("submit", req))
+        self._wake.set()
+        return SyncRequestStream(self, req, sink)
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerationResult:
+        """Blocking one-shot generation (starts the loop if needed)."""
+        self.start()
+        return self.submit_sync(prompt_ids, params).result()
+
+    def cancel(self, request_id: str) -> None:
+        """Abort a request; its sequences' KV blocks and SSM slots are freed at the engine's next step."""
+        self._inbox.append(("cancel", request_id))
+        self._wake.set()
+
+    # ------------------------------------------------------------------ introspection (any thread)
+
+    def load_signals(self) -> LoadSignals:
+        return LoadSignals(
+            queue_depth=self._queued,
+            running=self.scheduler.num_running,
+            free_ssm_slots=self.slots.num_free,
+            total_ssm_slots=self.slots.num_slots,
+            free_kv_blocks=self.allocator.num_free,
+            total_kv_blocks=self.allocator.num_blocks,
+            tokens_per_s=self.stats.tokens_per_s(),
+        )
+
+    # ------------------------------------------------------------------ the step (engine thread)
+
+    def step(self) -> bool:
+        """Run one scheduling step; False when there was nothing to do."""
+        t0 = time.perf_counter()
+        had_commands = self._drain_inbox()
+        plan = self.scheduler.schedule()
+        for chunk in plan.prefill:
+            self._mark_admitted(chunk.seq.request)
+        if plan.empty:
+            self._flush()
+            return had_commands
+        to_sample: list[Sequence] = []
+        logits: list[torch.Tensor] = []
+        if plan.decode:
+            seqs = plan.decode
+            logits.append(self._forward([[s.tokens[-1]] for s in seqs], seqs))
+            for s in seqs:
+                self.scheduler.after_decode(s)
+            to_sample.extend(seqs)
+        for group in _group_chunks(plan.prefill):
+            seqs = [c.seq for c in group]
+            out = self._forward([c.seq.tokens[c.start : c.end] for c in group], seqs)
+            keep = []
+            for row, c in enumerate(group):
+                self.scheduler.after_prefill(c)
+                self.stats.prefill_tokens += c.end - c.start
+                if c.completes_prefill:
+                    keep.append(row)
+                    to_sample.append(c.seq)
+            if keep:
+                logits.append(out[keep] if len(keep) < len(group) else out)
+        generated = 0
+        if to_sample:
+            rows = [SampleRow(s.request.params, s.generator) for s in to_sample]
+            tokens, lps = sample(torch.cat(logits) if len(logits) > 1 else logits[0], rows)
+            for s, tok, lp in zip(to_sample, tokens, lps, strict=True):
+                self._append(s, tok, lp)
+            generated = len(to_sample)
+        self._flush()
+        now = time.monotonic()
+        self.stats.record_step(now, time.perf_counter() - t0, generated)
+        return True
+
+    def run_until_idle(self, max_steps: int = 1_000_000) -> None:
+        """Drive the loop by hand (no thread) until no work is left."""
+        with torch.inference_mode():
+            for _ in range(max_steps):
+                if not self.step() and not self._inbox:
+                    return
+
+    def _forward(self, inputs: list[list[int]], seqs: list[Sequence]) -> torch.Tensor:
+        """One right-padded forward over ``inputs`` (new tokens per sequence); logits at each row's last token."""
+        width = max(len(x) for x in inputs)
+        seq_lens = [len(x) for x in inputs]
+        if width == 1:
+            ids = torch.tensor(inputs, dtype=torch.long)
+        else:
+            ids = torch.zeros(len(inputs), width, dtype=torch.long)
+            for i, x in enumerate(inputs):
+                ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        lengths = [s.num_computed for s in seqs]
+        step = PagedStep.build(
+            [s.table.blocks for s in seqs], lengths, seq_lens, self.plan.block_size, width, self.device
+        )
+        layers: list[MambaState | PagedKVCache] = []
+        for i in range(self.model.config.num_hidden_layers):
+            if i in self._kv_pools:
+                k, v = self._kv_pools[i]
+                layers.append(PagedKVCache(k, v, step))
+            else:
+                layers.append(self._mamba[i])
+        cache = HybridCache(
+            layers=layers,  # type: ignore[arg-type]
+            lengths=torch.tensor(lengths, dtype=torch.long, device=self.device),
+            slots=torch.tensor([s.slot for s in seqs], dtype=torch.long, device=self.device),
+        )
+        seq_lens_t = torch.tensor(seq_lens, dtype=torch.long, device=self.device)
+        return self.model(ids.to(self.device), cache, seq_lens_t, last_only=True)[:, 0]
+
+    def _append(self, seq: Sequence, token: int, lp: TokenLogprob | None) -> None:
+        req = seq.request
+        if seq.finished:  # cancelled during this step
+            return
+        delta = seq.append(token, lp, self.eos_ids, self.plan.max_model_len)
+        self.stats.generated_tokens += 1
+        if req.first_token_at is None:
+            req.first_token_at = time.monotonic()
+        if seq.index == 0 and req.params.n > 1 and not req.spawned:
+            self._spawn_choices(req)
+        self._emit(req, delta)
+        if delta.finish_reason is not None:
+            self.scheduler.free(seq)
+            if len(req.seqs) == req.params.n and all(s.finished for s in req.seqs):
+                req.done = True
+                self.stats.requests_finished += 1
+                self._requests.pop(req.request_id, None)
+                self._emit(req, Finished(req.usage()))
+
+    def _spawn_choices(self, req: Request) -> None:
+        """Choices 1..n-1 start once choice 0 has prefilled the prompt, so their prefill is a prefix-cache
+        hit up to the last full block (a fork that reuses the cache's sharing and snapshot machinery)."""
+        req.spawned = True
+        base = req.params.seed
+        new = []
+        for i in range(1, req.params.n):
+            gen = make_generator(None if base is None else base + i, self.device)
+            seq = Sequence(next(self._seq_ids), req, i, gen, self.tokenizer)
+            req.seqs.append(seq)
+            new.append(seq)
+        for seq in reversed(new):
+            self.scheduler.add(seq, front=True)
+
+    # ------------------------------------------------------------------ commands and delivery
+
+    def _drain_inbox(self) -> bool:
+        had = False
+        while self._inbox:
+            had = True
+            kind, item = self._inbox.popleft()
+            if kind == "submit":
+                req: Request = item
+                self._requests[req.request_id] = req
+                self.stats.prompt_tokens += len(req.prompt_ids)
+                seq = Sequence(
+                    next(self._seq_ids), req, 0, make_generator(req.params.seed, self.device), self.tokenizer
+                )
+                req.seqs.append(seq)
+                self.scheduler.add(seq)
+            elif kind == "cancel":
+                req = self._requests.get(item)
+                if req is not None:
+                    self.stats.requests_cancelled += 1
+                    self._fail(req, RequestCancelled(f"request {item} was cancelled"))
+        return had
+
+    def _fail(self, req: Request, error: BaseException) -> None:
+        """End a request now: free its memory, tell its consumer."""
+        if req.done:
+            return
+        for seq in req.seqs:
+            if not seq.finished:
+                self.scheduler.free(seq)
+        self._mark_admitted(req)
+        req.done = True
+        req.cancelled = isinstance(error, RequestCancelled)
+        self._requests.pop(req.request_id, None)
+        self._emit(req, Failed(error))
+
+    def _mark_admitted(self, req: Request) -> None:
+        if not req.admitted:
+            req.admitted = True
+            with self._lock:
+                self._queued -= 1
+
+    def _fail_all(self, error: BaseException) -> None:
+        for req in list(self._requests.values()):
+            self._fail(req, error)
+        self._flush()
+
+    def _emit(self, req: Request, event: Event) -> None:
+        self._outbox.append((req.sink, event))
+
+    def _flush(self) -> None:
+        """Deliver this step's events: one wake-up per asyncio loop."""
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Event], Event]]] = {}
+        for sink, event in self._outbox:
+            if isinstance(sink, _AsyncSink):
+                by_loop.setdefault(sink.loop, []).append((sink.queue, event))
+            else:
+                sink.queue.put(event)
+        self._outbox = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the consumer's loop is gone: nobody will read, free the memory
+                for req in list(self._requests.values()):
+                    if isinstance(req.sink, _AsyncSink) and req.sink.loop is loop:
+                        self._fail(req, EngineClosed("consumer event loop closed"))
+                self._outbox = []
+
+    # ------------------------------------------------------------------ memory accounting (tests, docs)
+
+    def ssm_bytes_per_sequence(self) -> int:
+        return self.plan.ssm_bytes_per_seq
+
+    def kv_bytes_per_token(self) -> int:
+        return self.plan.kv_bytes_per_block // self.plan.block_size
+
+    def sequence_memory_bytes(self, seq: Sequence) -> tuple[int, int]:
+        """(Mamba bytes, KV bytes) a sequence holds right now."""
+        ssm = self.plan.ssm_bytes_per_seq if seq.slot is not None else 0
+        return ssm, len(seq.table) * self.plan.kv_bytes_per_block
+
+    def running_sequences(self) -> list[Sequence]:
+        return list(self.scheduler.running)
+
+    def is_idle(self) -> bool:
+        return not self._inbox and not self.scheduler.running and not self.scheduler.waiting
+
+
+def _deliver(items: list[tuple[asyncio.Queue[Event], Event]]) -> None:
+    for q, event in items:
+        q.put_nowait(event)
+
+
+def _group_chunks(chunks: list[Chunk]) -> list[list[Chunk]]:
+    """Batch prefill chunks of similar length so right-padding wastes at most ~25% of the work."""
+    if len(chunks) <= 1:
+        return [chunks] if chunks else []
+    ordered = sorted(chunks, key=lambda c: c.end - c.start, reverse=True)
+    groups: list[list[Chunk]] = []
+    for c in ordered:
+        n = c.end - c.start
+        if groups:
+            g = groups[-1]
+            width = g[0].end - g[0].start
+            real = sum(x.end - x.start for x in g) + n
+            if width * (len(g) + 1) <= 1.25 * real:
+                g.append(c)
+                continue
+        groups.append([c])
+    return groups
+
+
+__all__ = [
+    "ChoiceResult",
+    "Engine",
+    "EngineConfig",
+    "GenerationResult",
+    "LoadSignals",
+    "RequestStream",
+    "SamplingParams",
+    "Status",
+    "SyncRequestStream",
+]

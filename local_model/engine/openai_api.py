@@ -1,0 +1,468 @@
+"""OpenAI request parsing and response shapes for the local engine (shared by the HTTP server and the
+gateway's in-process backend, so both speak byte-for-byte the same dialect).
+
+`parse_chat` / `parse_completion` turn a request body into prompt token ids + `SamplingParams` (raising
+`InvalidRequest` with the offending parameter). `complete` runs a request to the end and returns the
+``chat.completion`` / ``text_completion`` body; `stream` yields the chunk dicts of a streamed answer,
+ending with a usage chunk when asked. Extensions accepted beyond OpenAI's fields (vLLM's names):
+``top_k``, ``stop_token_ids``, ``ignore_eos``, ``include_stop_str_in_output``.
+
+Unsupported here (the model has no tool or JSON-mode training): ``tools``/``tool_choice`` other than
+"none", ``response_format`` other than text, ``suffix``, ``best_of > n``. Penalties and ``logit_bias`` are
+accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .engine import Engine, RequestStream
+from .errors import InvalidRequest
+from .sampler import SamplingParams, TokenLogprob
+from .sequence import Delta, TokenizerLike, Usage
+
+Kind = Literal["chat", "completion"]
+
+# Used when a checkpoint's tokenizer has no chat template: plain role-tagged turns.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+class BadParam(InvalidRequest):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass
+class ParsedRequest:
+    kind: Kind
+    model: str
+    prompts: list[list[int]]
+    params: SamplingParams
+    stream: bool
+    include_usage: bool
+    echo_texts: list[str] | None = None  # completions with echo=true: prompt text to prepend
+
+
+# ============================================================================ parsing
+
+
+def _num(
+    body: dict[str, Any],
+    name: str,
+    kind: type,
+    default: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+) -> Any:
+    value = body.get(name)
+    if value is None:
+        return default
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise BadParam(f"'{name}' must be an integer", name)
+    if kind is float and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise BadParam(f"'{name}' must be a number", name)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise BadParam(f"'{name}' must be between {lo} and {hi}, got {value}", name)
+    return kind(value)
+
+
+def _stop(body: dict[str, Any]) -> list[str]:
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 4:
+        raise BadParam("'stop' must be a non-empty string or a list of up to 4 non-empty strings", "stop")
+    return stop
+
+
+def _common_params(
+    body: dict[str, Any], prompt_len: int, max_model_len: int, max_tokens_key: str
+) -> SamplingParams:
+    room = max(1, max_model_len - prompt_len)
+    max_tokens = _num(body, max_tokens_key, int, None, 1) or _num(body, "max_tokens", int, None, 1) or room
+    stop_ids = body.get("stop_token_ids") or []
+    if not isinstance(stop_ids, list) or not all(isinstance(i, int) for i in stop_ids):
+        raise BadParam("'stop_token_ids' must be a list of integers", "stop_token_ids")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise BadParam("'seed' must be an integer", "seed")
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=_num(body, "temperature", float, 1.0, 0.0, 2.0),
+        top_p=_num(body, "top_p", float, 1.0, 0.0, 1.0) or 1e-9,
+        top_k=max(0, _num(body, "top_k", int, 0, -1)),
+        seed=seed,
+        n=_num(body, "n", int, 1, 1, 128),
+        stop=_stop(body),
+        stop_token_ids=list(stop_ids),
+        ignore_eos=bool(body.get("ignore_eos", False)),
+        include_stop_str_in_output=bool(body.get("include_stop_str_in_output", False)),
+    )
+
+
+def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
+    stream = bool(body.get("stream", False))
+    opts = body.get("stream_options") or {}
+    if not isinstance(opts, dict):
+        raise BadParam("'stream_options' must be an object", "stream_options")
+    return stream, bool(opts.get("include_usage", False)) and stream
+
+
+def _message_text(content: Any, i: int) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise BadParam("the local model accepts text content parts only", f"messages[{i}].content")
+            parts.append(str(part.get("text", "")))
+        return "".join(parts)
+    raise BadParam("message content must be a string or a list of parts", f"messages[{i}].content")
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
+    """Prompt ids from the checkpoint's chat template (or `FALLBACK_CHAT_TEMPLATE`)."""
+    if getattr(tokenizer, "chat_template", None):
+        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    text = (
+        ImmutableSandboxedEnvironment()
+        .from_string(FALLBACK_CHAT_TEMPLATE)
+        .render(messages=messages, add_generation_prompt=True)
+    )
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def parse_chat(body: dict[str, Any], tokenizer: Any, max_model_len: int) -> ParsedRequest:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadParam("'messages' must be a non-empty list", "messages")
+    if body.get("tools") and body.get("tool_choice", "auto") != "none":
+        raise BadParam("the local model does not support tools", "tools")
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type", "text") != "text":
+        raise BadParam("the local model supports response_format 'text' only", "response_format")
+    msgs = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise BadParam("each message needs a 'role'", f"messages[{i}]")
+        msgs.append({"role": m["role"], "content": _message_text(m.get("content"), i)})
+    try:
+        prompt = render_chat(tokenizer, msgs)
+    except Exception as exc:  # template errors (e.g. raise_exception for unsupported roles)
+        raise BadParam(f"chat template failed: {exc}", "messages") from exc
+    params = _common_params(body, len(prompt), max_model_len, "max_completion_tokens")
+    if body.get("logprobs"):
+        params.logprobs = True
+        params.top_logprobs = _num(body, "top_logprobs", int, 0, 0, 20)
+    elif body.get("top_logprobs") is not None:
+        raise BadParam("top_logprobs requires logprobs=true", "top_logprobs")
+    stream, include_usage = _stream_flags(body)
+    return ParsedRequest("chat", str(body.get("model", "")), [prompt], params, stream, include_usage)
+
+
+def parse_completion(body: dict[str, Any], tokenizer: Any, max_model_len: int) -> ParsedRequest:
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        raw: list[Any] = [prompt]
+    elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        raw = [prompt]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str | list) for p in prompt):
+        raw = prompt
+    else:
+        raise BadParam("'prompt' must be a string, a list of strings, or token ids", "prompt")
+    if body.get("suffix"):
+        raise BadParam("the local model does not support 'suffix'", "suffix")
+    prompts: list[list[int]] = []
+    for p in raw:
+        if isinstance(p, str):
+            prompts.append(tokenizer.encode(p))
+        elif all(isinstance(t, int) for t in p):
+            prompts.append(list(p))
+        else:
+            raise BadParam("'prompt' token lists must contain integers", "prompt")
+    params = _common_params(body, max(len(p) for p in prompts), max_model_len, "max_tokens")
+    best_of = body.get("best_of")
+    if best_of is not None and best_of != params.n:
+        raise BadParam("the local model does not support best_of != n", "best_of")
+    lp = body.get("logprobs")
+    if lp is not None:
+        params.logprobs = True
+        params.top_logprobs = _num(body, "logprobs", int, 0, 0, 5)
+    stream, include_usage = _stream_flags(body)
+    echo = None
+    if body.get("echo"):
+        echo = [p if isinstance(p, str) else tokenizer.decode(p) for p in raw]
+    return ParsedRequest(
+        "completion", str(body.get("model", "")), prompts, params, stream, include_usage, echo
+    )
+
+
+def parse(kind: Kind, body: dict[str, Any], tokenizer: Any, max_model_len: int) -> ParsedRequest:
+    if not isinstance(body, dict):
+        raise BadParam("the request body must be a JSON object")
+    return (parse_chat if kind == "chat" else parse_completion)(body, tokenizer, max_model_len)
+
+
+# ============================================================================ response shapes
+
+
+def usage_dict(u: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    }
+
+
+def _sum_usage(usages: list[Usage]) -> Usage:
+    return Usage(
+        sum(u.prompt_tokens for u in usages),
+        sum(u.completion_tokens for u in usages),
+        sum(u.cached_tokens for u in usages),
+    )
+
+
+def _token_str(tokenizer: TokenizerLike | None, token_id: int) -> str:
+    if tokenizer is None:
+        return ""
+    return tokenizer.decode([token_id], skip_special_tokens=False)
+
+
+def chat_logprobs(tokenizer: TokenizerLike | None, lps: list[TokenLogprob]) -> dict[str, Any]:
+    def entry(tid: int, lp: float) -> dict[str, Any]:
+        s = _token_str(tokenizer, tid)
+        return {"token": s, "logprob": lp, "bytes": list(s.encode("utf-8"))}
+
+    return {
+        "content": [
+            {**entry(t.token_id, t.logprob), "top_logprobs": [entry(i, v) for i, v in t.top]} for t in lps
+        ],
+        "refusal": None,
+    }
+
+
+def completion_logprobs(
+    tokenizer: TokenizerLike | None, lps: list[TokenLogprob], offset: int
+) -> dict[str, Any]:
+    tokens = [_token_str(tokenizer, t.token_id) for t in lps]
+    offsets = []
+    for s in tokens:
+        offsets.append(offset)
+        offset += len(s)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [t.logprob for t in lps],
+        "top_logprobs": [{_token_str(tokenizer, i): v for i, v in t.top} for t in lps],
+        "text_offset": offsets,
+    }
+
+
+def new_id(kind: Kind) -> str:
+    return ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+
+
+# ============================================================================ running requests
+
+
+def submit_all(engine: Engine, req: ParsedRequest, request_id: str) -> list[RequestStream]:
+    """Submit every prompt of the request (all or none: a refusal cancels the ones already queued)."""
+    streams: list[RequestStream] = []
+    try:
+        for i, prompt in enumerate(req.prompts):
+            rid = request_id if len(req.prompts) == 1 else f"{request_id}-{i}"
+            streams.append(engine.submit(prompt, req.params, rid))
+    except BaseException:
+        for s in streams:
+            s.cancel()
+        raise
+    return streams
+
+
+async def merged(streams: list[RequestStream]) -> AsyncIterator[tuple[int, Delta]]:
+    """(prompt index, delta) from several streams as they arrive; cancels them all if abandoned."""
+    try:
+        if len(streams) == 1:
+            async for d in streams[0]:
+                yield 0, d
+            return
+        q: asyncio.Queue[tuple[int, Delta | BaseException | None]] = asyncio.Queue()
+
+        async def pump(i: int, s: RequestStream) -> None:
+            try:
+                async for d in s:
+                    q.put_nowait((i, d))
+            except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer
+                q.put_nowait((i, exc))
+            finally:
+                q.put_nowait((i, None))
+
+        tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+        try:
+            remaining = len(streams)
+            while remaining:
+                i, item = await q.get()
+                if item is None:
+                    remaining -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield i, item
+        finally:
+            for t in tasks:
+                t.cancel()
+    finally:
+        for s in streams:
+            s.cancel()
+
+
+async def complete(
+    engine: Engine,
+    req: ParsedRequest,
+    model: str,
+    request_id: str | None = None,
+    streams: list[RequestStream] | None = None,
+) -> dict[str, Any]:
+    """Run to the end; the OpenAI response body."""
+    rid = request_id or new_id(req.kind)
+    streams = streams if streams is not None else submit_all(engine, req, rid)
+    n = req.params.n
+    texts = [""] * (n * len(streams))
+    finish: list[str | None] = [None] * len(texts)
+    lps: list[list[TokenLogprob]] = [[] for _ in texts]
+    async for pi, d in merged(streams):
+        idx = pi * n + d.index
+        texts[idx] += d.text
+        if d.logprobs:
+            lps[idx].extend(d.logprobs)
+        if d.finish_reason:
+            finish[idx] = d.finish_reason
+    usage = _sum_usage([s.usage for s in streams if s.usage is not None])
+    tok = engine.tokenizer
+    choices: list[dict[str, Any]] = []
+    for idx, text in enumerate(texts):
+        logprobs = None
+        if req.kind == "chat":
+            if req.params.logprobs:
+                logprobs = chat_logprobs(tok, lps[idx])
+            choices.append(
+                {
+                    "index": idx,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": logprobs,
+                    "finish_reason": finish[idx],
+                }
+            )
+        else:
+            prefix = req.echo_texts[idx // n] if req.echo_texts else ""
+            if req.params.logprobs:
+                logprobs = completion_logprobs(tok, lps[idx], len(prefix))
+            choices.append(
+                {"index": idx, "text": prefix + text, "logprobs": logprobs, "finish_reason": finish[idx]}
+            )
+    return {
+        "id": rid,
+        "object": "chat.completion" if req.kind == "chat" else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": choices,
+        "usage": usage_dict(usage),
+    }
+
+
+async def stream(
+    engine: Engine,
+    req: ParsedRequest,
+    model: str,
+    request_id: str | None = None,
+    streams: list[RequestStream] | None = None,
+) -> AsyncIterator[dict[str, Any]]:
+    """Chunk dicts of a streamed answer (``chat.completion.chunk`` / ``text_completion``).
+
+    Pass ``streams`` (from `submit_all`) to surface submission errors before the first chunk."""
+    rid = request_id or new_id(req.kind)
+    streams = streams if streams is not None else submit_all(engine, req, rid)
+    created = int(time.time())
+    n = req.params.n
+    chat = req.kind == "chat"
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    tok = engine.tokenizer
+    offsets = [len(req.echo_texts[i // n]) if req.echo_texts else 0 for i in range(n * len(streams))]
+    extra = {"usage": None} if req.include_usage else {}
+
+    def chunk(choice: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": rid,
+            "object": obj,
+            "created": created,
+            "model": model,
+            "system_fingerprint": None,
+            "choices": [choice],
+            **extra,
+        }
+
+    if chat:
+        for idx in range(n * len(streams)):
+            yield chunk(
+                {
+                    "index": idx,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            )
+    elif req.echo_texts:
+        for idx in range(n * len(streams)):
+            yield chunk(
+                {"index": idx, "text": req.echo_texts[idx // n], "logprobs": None, "finish_reason": None}
+            )
+    async for pi, d in merged(streams):
+        idx = pi * n + d.index
+        if d.text or (req.params.logprobs and d.logprobs):
+            if chat:
+                lp = chat_logprobs(tok, d.logprobs) if (req.params.logprobs and d.logprobs) else None
+                yield chunk(
+                    {"index": idx, "delta": {"content": d.text}, "logprobs": lp, "finish_reason": None}
+                )
+            else:
+                lp = (
+                    completion_logprobs(tok, d.logprobs, offsets[idx])
+                    if (req.params.logprobs and d.logprobs)
+                    else None
+                )
+                offsets[idx] += len(d.text)
+                yield chunk({"index": idx, "text": d.text, "logprobs": lp, "finish_reason": None})
+        if d.finish_reason:
+            if chat:
+                yield chunk({"index": idx, "delta": {}, "logprobs": None, "finish_reason": d.finish_reason})
+            else:
+                yield chunk({"index": idx, "text": "", "logprobs": None, "finish_reason": d.finish_reason})
+    if req.include_usage:
+        usage = _sum_usage([s.usage for s in streams if s.usage is not None])
+        yield {
+            "id": rid,
+            "object": obj,
+            "created": created,
+            "model": model,
+            "system_fingerprint": None,
+            "choices": [],
+            "usage": usage_dict(usage),
+        }

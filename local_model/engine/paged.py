@@ -1,0 +1,140 @@
+"""Paged attention KV: block pools per attention layer and the per-step index tensors that address them.
+
+`local_model.cache.KVCache` keeps a contiguous ``[slot, head, capacity, hd]`` buffer per sequence, which
+must be sized for the longest sequence up front. The engine instead stores K/V in fixed-size blocks:
+each attention layer has a flat pool ``[num_blocks * block_size, Hkv, hd]`` where block ``b`` occupies
+rows ``b*block_size .. (b+1)*block_size - 1``, and a sequence's *block table* lists its blocks in order.
+
+The indexing work (which pool rows the new tokens go to, which pool rows each row reads, the causal mask)
+is the same for every attention layer of a forward, so `PagedStep.build` computes it once per forward
+and each layer only does two scatters, one gather and SDPA (`paged_attention`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..cache import KVCache
+from ..model import repeat_kv
+
+
+@dataclass(slots=True)
+class PagedStep:
+    """Index tensors for one forward over a right-padded batch ``[B, T]`` (shared by all attention layers).
+
+    write_index: ``[N]`` pool row of each valid new token, in (row, t) order of ``new_rows/new_cols``.
+    read_index: ``[B, total]`` pool row of every position ``0 .. total-1`` of each batch row (positions a row
+        does not have point at row 0 and are masked out).
+    mask: ``[B, 1, T, total]`` query t of row b sees position p iff ``p <= lengths[b] + t``.
+    """
+
+    write_index: torch.Tensor
+    new_rows: torch.Tensor
+    new_cols: torch.Tensor
+    read_index: torch.Tensor
+    mask: torch.Tensor
+    all_new_valid: bool
+
+    @classmethod
+    def build(
+        cls,
+        block_tables: list[list[int]],
+        lengths: list[int],
+        seq_lens: list[int],
+        block_size: int,
+        width: int,
+        device: torch.device | str = "cpu",
+    ) -> PagedStep:
+        """``lengths[b]`` tokens of row b are cached, ``seq_lens[b]`` new ones arrive (padded to ``width``)."""
+        total = max(n + s for n, s in zip(lengths, seq_lens, strict=True))
+        n_blocks = -(-total // block_size)
+        table = torch.tensor([(bt + [0] * n_blocks)[:n_blocks] for bt in block_tables], dtype=torch.long)
+        pos = torch.arange(total)
+        read_index = table[:, pos // block_size] * block_size + pos % block_size  # [B, total]
+        lengths_t = torch.tensor(lengths, dtype=torch.long)
+        t = torch.arange(width)
+        qpos = lengths_t[:, None] + t  # [B, T] absolute position of each new token
+        mask = pos[None, None, :] <= qpos[:, :, None]  # [B, T, total]
+        all_valid = all(s == width for s in seq_lens)
+        if all_valid:
+            batch = len(lengths)
+            new_rows = torch.arange(batch).repeat_interleave(width)
+            new_cols = t.repeat(batch)
+        else:
+            valid = t[None, :] < torch.tensor(seq_lens, dtype=torch.long)[:, None]
+            new_rows, new_cols = valid.nonzero(as_tuple=True)
+        write_index = read_index[new_rows, qpos[new_rows, new_cols]]
+        return cls(
+            write_index=write_index.to(device),
+            new_rows=new_rows.to(device),
+            new_cols=new_cols.to(device),
+            read_index=read_index.to(device),
+            mask=mask[:, None].to(device),
+            all_new_valid=all_valid,
+        )
+
+
+@dataclass
+class PagedKVCache(KVCache):
+    """One attention layer's K/V block pools (``k``, ``v``: ``[num_blocks * block_size, Hkv, hd]``) plus the
+    index tensors of the current forward. Built per forward by the engine; the pools are long-lived."""
+
+    step: PagedStep | None = None
+
+    @property
+    def capacity(self) -> int:  # total positions in the pool, across all sequences
+        return self.k.shape[0]
+
+
+def paged_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: PagedKVCache, scale: float
+) -> torch.Tensor:
+    """Write the new K/V into their blocks, then attend over each row's cached + new positions.
+
+    q: [B, H, T, hd]; k, v: [B, Hkv, T, hd]. Same result as `local_model.model.attention_with_kv_cache`
+    for the same tokens; padded query rows (t >= seq_lens[b]) are finite and meaningless.
+    """
+    s = kv.step
+    assert s is not None, "PagedKVCache used without a PagedStep"
+    k_new = k.transpose(1, 2)  # [B, T, Hkv, hd]
+    v_new = v.transpose(1, 2)
+    if s.all_new_valid:
+        k_new, v_new = k_new.reshape(-1, *k_new.shape[2:]), v_new.reshape(-1, *v_new.shape[2:])
+    else:
+        k_new, v_new = k_new[s.new_rows, s.new_cols], v_new[s.new_rows, s.new_cols]
+    kv.k[s.write_index] = k_new.to(kv.k.dtype)
+    kv.v[s.write_index] = v_new.to(kv.v.dtype)
+    keys = kv.k[s.read_index].transpose(1, 2)  # [B, Hkv, total, hd]
+    values = kv.v[s.read_index].transpose(1, 2)
+    n_rep = q.shape[1] // keys.shape[1]
+    return F.scaled_dot_product_attention(
+        q,
+        repeat_kv(keys, n_rep).to(q.dtype),
+        repeat_kv(values, n_rep).to(q.dtype),
+        attn_mask=s.mask,
+        scale=scale,
+    )
+
+
+def install_dispatch() -> None:
+    """Route `attention_with_kv_cache` to `paged_attention` for a `PagedKVCache` (idempotent).
+
+    Interim shim until the dispatch lives in `local_model.model` itself; Attention.forward looks the
+    function up in the module at call time, so replacing the module attribute is enough.
+    """
+    from .. import model
+
+    current = model.attention_with_kv_cache
+    if getattr(current, "_paged_dispatch", False):
+        return
+
+    def attention_with_kv_cache(q, k, v, kv, lengths, seq_lens, slots, scale):  # type: ignore[no-untyped-def]
+        if isinstance(kv, PagedKVCache):
+            return paged_attention(q, k, v, kv, scale)
+        return current(q, k, v, kv, lengths, seq_lens, slots, scale)
+
+    attention_with_kv_cache._paged_dispatch = True  # type: ignore[attr-defined]
+    model.attention_with_kv_cache = attention_with_kv_cache

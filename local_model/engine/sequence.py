@@ -1,0 +1,303 @@
+"""Requests, their sequences, incremental detokenization with stop strings, and the events consumers see.
+
+A `Request` is what a client asked for (one prompt, ``n`` choices); each choice is a `Sequence` with its
+own tokens, generator, SSM slot and KV block table. Consumers receive, per step, `Delta` events (new
+tokens / text / logprobs of one choice, possibly with its ``finish_reason``), then one `Finished` with
+the usage once every choice is done, or one `Failed`.
+
+Text is produced incrementally and never retracted: a delta only contains text that can no longer become
+part of a stop string, so a streamed answer equals the non-streamed one.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from .kv_blocks import BlockTable
+from .sampler import SamplingParams, TokenLogprob
+
+
+class TokenizerLike(Protocol):
+    eos_token_ids: list[int]
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str: ...
+
+
+# ============================================================================ events
+
+
+@dataclass(slots=True)
+class Delta:
+    """New output of one choice since the previous event."""
+
+    index: int
+    token_ids: list[int]
+    text: str
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None  # "stop" | "length" | None
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class Finished:
+    usage: Usage
+
+
+@dataclass(slots=True)
+class Failed:
+    error: BaseException
+
+
+Event = Delta | Finished | Failed
+
+
+# ============================================================================ detokenizer
+
+
+class Detokenizer:
+    """Turns a growing list of token ids into text, emitting only complete characters.
+
+    Decodes a short window (``prefix_offset .. end``) and keeps what extends the previous window's text,
+    the scheme vLLM and TGI use; a trailing U+FFFD means a multi-byte character is still incomplete.
+    """
+
+    __slots__ = ("tokenizer", "ids", "prefix_offset", "read_offset", "text")
+
+    def __init__(self, tokenizer: TokenizerLike) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix_offset = 0
+        self.read_offset = 0
+        self.text = ""
+
+    def add(self, token_id: int) -> str:
+        """Append a token; return the text it completes (possibly empty)."""
+        self.ids.append(token_id)
+        prefix = self.tokenizer.decode(self.ids[self.prefix_offset : self.read_offset])
+        full = self.tokenizer.decode(self.ids[self.prefix_offset :])
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            new = full[len(prefix) :]
+            self.text += new
+            self.prefix_offset = self.read_offset
+            self.read_offset = len(self.ids)
+            return new
+        return ""
+
+    def flush(self) -> str:
+        """At the end of a sequence: emit whatever is pending, incomplete characters included (as U+FFFD)."""
+        prefix = self.tokenizer.decode(self.ids[self.prefix_offset : self.read_offset])
+        full = self.tokenizer.decode(self.ids[self.prefix_offset :])
+        new = full[len(prefix) :] if full.startswith(prefix) else ""
+        self.text += new
+        self.prefix_offset = self.read_offset = len(self.ids)
+        return new
+
+
+def _stop_holdback(text: str, stops: list[str]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of some stop string."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+# ============================================================================ request / sequence
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Sequence:
+    """One choice of a request: its tokens and where its state lives.
+
+    ``tokens`` = prompt + generated. ``num_computed`` tokens have been absorbed into the caches; the
+    sequence is *prefilling* while more than one token is missing and *decoding* when exactly the last
+    sampled token is. After preemption ``num_computed`` drops to 0 and the whole of ``tokens`` is
+    recomputed (prompt and generated text alike) before sampling resumes.
+    """
+
+    __slots__ = (
+        "seq_id",
+        "request",
+        "index",
+        "tokens",
+        "prompt_len",
+        "num_computed",
+        "status",
+        "slot",
+        "table",
+        "generator",
+        "detok",
+        "sent_chars",
+        "logprobs",
+        "finish_reason",
+        "admit_order",
+        "hashes",
+        "num_registered",
+        "prefill_target",
+        "num_preemptions",
+    )
+
+    def __init__(
+        self,
+        seq_id: int,
+        request: Request,
+        index: int,
+        generator: torch.Generator | None,
+        tokenizer: TokenizerLike | None,
+    ) -> None:
+        self.seq_id = seq_id
+        self.request = request
+        self.index = index
+        self.tokens: list[int] = list(request.prompt_ids)
+        self.prompt_len = len(self.tokens)
+        self.num_computed = 0
+        self.status = Status.WAITING
+        self.slot: int | None = None
+        self.table = BlockTable()
+        self.generator = generator
+        self.detok = Detokenizer(tokenizer) if tokenizer is not None else None
+        self.sent_chars = 0
+        self.logprobs: list[TokenLogprob] | None = [] if request.params.logprobs else None
+        self.finish_reason: str | None = None
+        self.admit_order = -1
+        self.hashes: list[int] = []  # chained block hashes of tokens[:prefill_target] (prefix cache)
+        self.num_registered = 0  # leading blocks already published to the prefix cache
+        self.prefill_target = 0  # len(tokens) when admitted: prefill up to here, then sample
+        self.num_preemptions = 0
+
+    @property
+    def num_generated(self) -> int:
+        return len(self.tokens) - self.prompt_len
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.tokens[self.prompt_len :]
+
+    @property
+    def is_decoding(self) -> bool:
+        return self.num_computed == len(self.tokens) - 1 and self.num_computed >= self.prefill_target
+
+    @property
+    def finished(self) -> bool:
+        return self.status is Status.FINISHED
+
+    def append(
+        self, token_id: int, logprob: TokenLogprob | None, eos_ids: frozenset[int], max_model_len: int
+    ) -> Delta:
+        """Add a sampled token, apply the stop rules, and return what the consumer should receive."""
+        p = self.request.params
+        is_stop_token = (token_id in p.stop_token_ids) or (not p.ignore_eos and token_id in eos_ids)
+        self.tokens.append(token_id)
+        if logprob is not None and self.logprobs is not None:
+            self.logprobs.append(logprob)
+        finish: str | None = None
+        if is_stop_token:
+            finish = "stop"
+        elif self.detok is not None:
+            self.detok.add(token_id)
+            if p.stop and self._find_stop():
+                return self._finish("stop", token_id, logprob)
+        if finish is None and (self.num_generated >= p.max_tokens or len(self.tokens) >= max_model_len):
+            finish = "length"
+        if finish is not None and self.detok is not None:
+            self.detok.flush()  # incomplete trailing characters are emitted as U+FFFD, as decode() would
+            if p.stop and self._find_stop():
+                finish = "stop"
+        return self._finish(finish, token_id, logprob)
+
+    def _finish(self, finish: str | None, token_id: int, logprob: TokenLogprob | None) -> Delta:
+        self.finish_reason = finish
+        return Delta(
+            self.index,
+            [token_id],
+            self._take_text(finish is not None),
+            [logprob] if logprob is not None else None,
+            finish,
+        )
+
+    def _find_stop(self) -> bool:
+        """Cut the text at the first stop string (kept if include_stop_str_in_output); True if found."""
+        assert self.detok is not None
+        p = self.request.params
+        text = self.detok.text
+        longest = max(len(s) for s in p.stop)
+        start = max(0, self.sent_chars - longest)
+        hit: tuple[int, str] | None = None
+        for s in p.stop:
+            i = text.find(s, start)
+            if i != -1 and (hit is None or i < hit[0]):
+                hit = (i, s)
+        if hit is None:
+            return False
+        i, s = hit
+        self.detok.text = text[: i + (len(s) if p.include_stop_str_in_output else 0)]
+        return True
+
+    def _take_text(self, final: bool) -> str:
+        if self.detok is None:
+            return ""
+        text = self.detok.text
+        end = len(text)
+        if not final and self.request.params.stop:
+            end -= _stop_holdback(text, self.request.params.stop)
+        end = max(end, self.sent_chars)
+        out = text[self.sent_chars : end]
+        self.sent_chars = end
+        return out
+
+    @property
+    def text(self) -> str:
+        return self.detok.text if self.detok is not None else ""
+
+
+class Sink(Protocol):
+    def put(self, event: Event) -> None: ...
+
+
+@dataclass(eq=False)
+class Request:
+    """One submitted prompt and its ``params.n`` sequences."""
+
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    sink: Any  # an engine sink (see engine.py): where events go
+    arrival: float = field(default_factory=time.monotonic)
+    seqs: list[Sequence] = field(default_factory=list)
+    cancelled: bool = False
+    done: bool = False
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache (first admission of each choice)
+    first_token_at: float | None = None
+    spawned: bool = False  # choices 1..n-1 created (after choice 0's prefill)
+    admitted: bool = False  # first scheduled (no longer counts against the queue bound)
+
+    def usage(self) -> Usage:
+        return Usage(
+            prompt_tokens=len(self.prompt_ids),
+            completion_tokens=sum(s.num_generated for s in self.seqs),
+            cached_tokens=self.cached_tokens,
+        )

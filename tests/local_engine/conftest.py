@@ -1,0 +1,183 @@
+"""Fixtures for the engine/server tests: a tiny random hybrid checkpoint with a real tokenizer on disk.
+
+The model is M's "tiny" preset (3 Mamba + 1 attention layer, MoE, GQA) with a 320-token vocabulary and
+weights redrawn at O(1) scale, so logits are far from ties and greedy outputs are a sharp test. The
+tokenizer is a byte-level BPE trained in the fixture on a few sentences (any text encodes, multi-byte
+characters exercise incremental detokenization) with a chat template in tokenizer_config.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import local_model
+from local_model.config import JambaConfig
+from local_model.engine import Engine, EngineConfig
+from local_model.model import JambaForCausalLM
+from local_model.weights import save_checkpoint
+
+VOCAB = 320
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A hybrid model mixes Mamba layers with attention layers and experts.",
+    "Continuous batching lets requests join and leave between steps.",
+    "Prefix caching reuses the state of a long system prompt.",
+    "Héllo wörld, ça va? Naïve café — 日本語 テキスト.",
+    "<|system|> <|user|> <|assistant|> You are a helpful assistant.",
+] * 4
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread() -> Iterator[None]:
+    """Tiny models: one intra-op thread is faster, and robust on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(**overrides: Any) -> JambaConfig:
+    base: dict[str, Any] = dict(vocab_size=VOCAB, max_position_embeddings=16384, pad_token_id=0, bos_token_id=1,
+                                tie_word_embeddings=False,
+                                eos_token_id=2)
+    return JambaConfig.preset("tiny", **{**base, **overrides})
+
+
+@torch.no_grad()
+def randomize_(model: torch.nn.Module, seed: int) -> None:
+    """O(1)-scale weights: every part of the network matters and top logits are well separated."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("A_log"):
+            new = torch.log(torch.empty(p.shape).uniform_(0.5, 6.0, generator=g))
+        elif name.endswith(".D"):
+            new = 1.0 + 0.5 * torch.randn(p.shape, generator=g)
+        elif "layernorm" in name or name.endswith("norm.weight"):
+            new = 1.0 + 0.3 * torch.randn(p.shape, generator=g)
+        elif name.endswith("dt_proj.bias"):
+            new = torch.empty(p.shape).uniform_(-4.0, 0.0, generator=g)
+        elif p.ndim == 1:
+            new = 0.3 * torch.randn(p.shape, generator=g)
+        elif name.endswith("embed_tokens.weight"):
+            new = torch.randn(p.shape, generator=g)
+        else:
+            new = torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1])
+        p.copy_(new)
+
+
+def write_tokenizer(path: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    assert tok.get_vocab_size() <= VOCAB
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "chat_template": CHAT_TEMPLATE,
+    }))
+
+
+def build_checkpoint(path: Path, seed: int = 0, **overrides: Any) -> Path:
+    model = JambaForCausalLM(tiny_config(**overrides), seed=seed)
+    randomize_(model, seed + 1)
+    save_checkpoint(model, path)
+    write_tokenizer(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_checkpoint(tmp_path_factory.mktemp("tiny_ckpt"))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_ckpt: Path) -> local_model.LocalModel:
+    return local_model.load(tiny_ckpt)
+
+
+@pytest.fixture()
+def make_engine(tiny_lm: local_model.LocalModel) -> Iterator[Callable[..., Engine]]:
+    """Engines over the shared tiny model (weights are read-only; caches are per engine)."""
+    made: list[Engine] = []
+
+    def make(**cfg: Any) -> Engine:
+        base = dict(memory_budget_mb=16, max_num_seqs=16, block_size=8, prefill_chunk_tokens=64,
+                    snapshot_interval=32)
+        e = Engine(tiny_lm.module, tiny_lm.tokenizer, EngineConfig(**{**base, **cfg}), model_name="tiny")
+        made.append(e)
+        return e
+
+    yield make
+    for e in made:
+        e.shutdown()
+
+
+def reference_greedy(lm: local_model.LocalModel, prompt: list[int], max_tokens: int) -> list[int]:
+    """Greedy continuation computed alone, with the model's own contiguous cache (no engine code)."""
+    return lm.greedy(prompt, max_tokens, stop_ids=lm.config.eos_token_ids)
+
+
+def random_prompt(n: int, seed: int) -> list[int]:
+    return torch.randint(3, VOCAB, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+# ============================================================================ a real server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """uvicorn on 127.0.0.1:<random port> in a background thread (its own event loop)."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
