@@ -165,6 +165,8 @@ class Ledger:
         the first account that refused."""
         for key, _, _ in keys:
             self.sweep(key, now)
+        if keys and all(rid in self._acct(key).holds for key, _, _ in keys):
+            return None  # a retried reserve of a live hold: already admitted
         for n, (key, limit, admission) in enumerate(keys):
             if not admits(self._acct(key), limit, amount, admission):
                 return n

@@ -131,6 +131,11 @@ for i = 1, n do
     redis.call('ZREM', Z, d)
   end
 end
+local held = n > 0
+for i = 1, n do
+  if redis.call('HEXISTS', KEYS[2 * i - 1], 'h:' .. rid) == 0 then held = false end
+end
+if held then return {0} end
 for i = 1, n do
   local v = redis.call('HMGET', KEYS[2 * i - 1], 'spent', 'reserved')
   local spent, reserved = tonumber(v[1] or '0'), tonumber(v[2] or '0')

@@ -27,21 +27,34 @@ T = TypeVar("T")
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError, ConnectionError)
 
 
-def make_redis(url: str, *, timeout_s: float = 0.25, max_connections: int | None = 64) -> aioredis.Redis:
+def make_redis(
+    url: str,
+    *,
+    timeout_s: float = 0.25,
+    connect_timeout_s: float = 1.0,
+    max_connections: int = 64,
+    pool_wait_s: float = 1.0,
+) -> aioredis.Redis:
     """A client that fails fast: short timeouts and no client-side retries.
 
     Why: a request waiting 5 s (redis-py's default) for a breaker check is worse than a request
-    using the local breaker state; the guard handles retrying Redis later.
+    using the local breaker state; the guard handles retrying Redis later. The pool *blocks* (up to
+    ``pool_wait_s``) when all connections are busy: the default pool raises at once, which under a
+    burst of concurrent requests would needlessly push them onto local state. Connecting gets
+    longer than a command: a burst opens many connections at once on a busy event loop, and a
+    refused connection (Redis down) fails immediately anyway.
     """
-    return aioredis.Redis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=pool_wait_s,
         socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
+        socket_connect_timeout=connect_timeout_s,
         retry=Retry(NoBackoff(), 0),
         retry_on_timeout=False,
-        max_connections=max_connections,
         decode_responses=True,
     )
+    return aioredis.Redis(connection_pool=pool)
 
 
 class RedisGuard:

@@ -1,0 +1,190 @@
+"""Circuit breaker state machine: examples and hypothesis properties."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from router.breaker import BreakerConfig, CircuitBreaker, counts_as_failure, quantile
+
+CFG = BreakerConfig(
+    window_s=10, buckets=5, min_requests=4, error_rate=0.5, consecutive_failures=3, cooldown_s=5,
+    half_open_probes=2, successes_to_close=2, probe_timeout_s=20, latency_ms=500, latency_samples=20,
+)  # fmt: skip
+
+
+def test_consecutive_failures_trip() -> None:
+    b = CircuitBreaker(BreakerConfig(consecutive_failures=3, min_requests=100))
+    for t in range(2):
+        assert b.record(t, ok=False) == "closed"
+    assert b.record(2, ok=False) == "open"
+    assert not b.allow(3)
+
+
+def test_error_rate_needs_min_requests() -> None:
+    b = CircuitBreaker(BreakerConfig(consecutive_failures=0, min_requests=4, error_rate=0.5))
+    b.record(0, False)
+    b.record(0.1, True)
+    b.record(0.2, False)
+    assert b.state == "closed"  # 2/3 failed, but only 3 requests
+    assert b.record(0.3, True) == "open"  # 2/4 = 0.5
+
+
+def test_window_slides() -> None:
+    b = CircuitBreaker(BreakerConfig(window_s=10, buckets=10, consecutive_failures=0, min_requests=4, error_rate=0.5))
+    b.record(0, False)
+    b.record(0, False)
+    for t in (20, 20.1, 20.2):
+        b.record(t, True)
+    assert b.window_counts(20.2) == (3, 0)  # the failures at t=0 left the window
+    assert b.record(20.3, False) == "closed"  # 1/4
+
+
+def test_latency_quantile_trips() -> None:
+    b = CircuitBreaker(BreakerConfig(consecutive_failures=0, min_requests=5, latency_ms=1000, latency_quantile=0.8))
+    for i, ms in enumerate([100, 100, 100, 2000]):
+        b.record(i * 0.1, True, ms)
+    assert b.state == "closed"
+    assert b.record(0.5, True, 3000) == "open"  # p80 of [100,100,100,2000,3000] = 2000
+
+
+def test_cooldown_half_open_probes_and_close() -> None:
+    b = CircuitBreaker(CFG)
+    for t in (0, 0.1, 0.2):
+        b.record(t, False)
+    assert b.state == "open" and b.state_at(4.9) == "open" and b.state_at(5.2) == "half_open"
+    assert not b.allow(4.9)
+    assert b.allow(5.2) and b.allow(5.3)  # two probe slots
+    assert not b.allow(5.4)
+    assert b.record(6, True) == "half_open"  # one success of two needed
+    assert b.allow(6.1)  # slot freed by the finished probe
+    assert b.record(7, True) == "closed"
+    assert b.window_counts(7) == (0, 0)
+
+
+def test_half_open_failure_reopens() -> None:
+    b = CircuitBreaker(CFG)
+    for t in (0, 0.1, 0.2):
+        b.record(t, False)
+    assert b.allow(6)
+    assert b.record(6.5, False) == "open"
+    assert b.opened_at == 6.5 and not b.allow(10)
+    assert b.allow(11.5)
+
+
+def test_lost_probe_slot_is_reclaimed() -> None:
+    b = CircuitBreaker(CFG)
+    for t in (0, 0.1, 0.2):
+        b.record(t, False)
+    assert b.allow(6) and b.allow(6)  # both probes never report back
+    assert not b.allow(10)
+    assert b.allow(26.1)  # probe_timeout_s later
+
+
+def test_straggler_results_while_open_are_ignored() -> None:
+    b = CircuitBreaker(CFG)
+    for t in (0, 0.1, 0.2):
+        b.record(t, False)
+    assert b.record(1, True) == "open" and b.state == "open"
+
+
+def test_force() -> None:
+    b = CircuitBreaker(CFG)
+    b.force("open")
+    assert not b.allow(0) and b.state_at(0) == "open"
+    b.force("closed")
+    for t in range(10):
+        b.record(t, False)
+    assert b.allow(10) and b.state_at(10) == "closed"
+    b.force(None)
+    assert b.state == "closed" and b.forced is None and b.window_counts(10) == (0, 0)
+
+
+def test_failure_kinds() -> None:
+    assert counts_as_failure("server_error") and counts_as_failure("timeout") and counts_as_failure("auth")
+    assert not counts_as_failure("bad_request") and not counts_as_failure("context_window")
+    assert not counts_as_failure("content_policy")
+
+
+def test_quantile_nearest_rank() -> None:
+    assert quantile([5, 1, 3, 2, 4], 0.5) == 3
+    assert quantile([1, 2, 3, 4], 0.95) == 4
+    assert quantile([7], 0.0) == 7
+
+
+# ---- properties ------------------------------------------------------------------------------------------
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["allow", "ok", "fail", "slow", "force_open", "force_closed", "unforce"]),
+        st.sampled_from([0.0, 0.05, 0.5, 1.0, 2.5, 6.0, 25.0]),
+    ),
+    max_size=120,
+)
+
+LEGAL = {("closed", "open"), ("open", "half_open"), ("half_open", "closed"), ("half_open", "open")}
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops)
+def test_breaker_properties(seq: list[tuple[str, float]]) -> None:
+    b = CircuitBreaker(CFG)
+    now = 1000.0
+    run_of_failures = 0
+    for op, dt in seq:
+        now += dt
+        before = b.state
+        was_forced = b.forced
+        if op == "allow":
+            opened_at = b.opened_at
+            allowed = b.allow(now)
+            if was_forced == "open":
+                assert not allowed
+            elif was_forced == "closed":
+                assert allowed
+            elif before == "open" and now < opened_at + CFG.cooldown_s:
+                assert not allowed, "open must reject until the cooldown has passed"
+            elif before == "closed":
+                assert allowed
+        elif op in ("ok", "fail", "slow"):
+            b.record(now, op != "fail", 2000.0 if op == "slow" else 50.0)
+        elif op == "force_open":
+            b.force("open")
+        elif op == "force_closed":
+            b.force("closed")
+        else:
+            b.force(None)
+
+        if op in ("ok", "fail", "slow", "allow") and before != b.state:
+            assert (before, b.state) in LEGAL, f"illegal transition {before}→{b.state}"
+            if b.state == "half_open":
+                assert op == "allow"
+        # consistency of counters
+        req, fail = b.window_counts(now)
+        assert 0 <= fail <= req
+        assert 0 <= b.probes <= CFG.half_open_probes
+        assert b.consecutive >= 0 and len(b.latencies) <= CFG.latency_samples
+        assert 0 <= b.probe_successes < CFG.successes_to_close or b.state != "half_open"
+        if b.state == "closed" and b.forced is None:
+            assert b.consecutive < CFG.consecutive_failures
+        if b.state != "closed":
+            assert b.window_counts(now) == (0, 0) or b.forced is not None
+        # N consecutive failures while closed and unforced always trip
+        if op == "fail" and before == "closed" and was_forced is None:
+            run_of_failures += 1
+        elif op in ("ok", "slow", "force_open", "force_closed", "unforce") or b.state != "closed":
+            run_of_failures = 0
+        if op == "fail" and run_of_failures >= CFG.consecutive_failures and was_forced is None:
+            assert b.state == "open"
+            run_of_failures = 0
+        assert b.state_at(now) in ("closed", "open", "half_open")
+
+
+@pytest.mark.parametrize("probes", [1, 3])
+def test_half_open_admits_at_most_k_concurrent(probes: int) -> None:
+    cfg = BreakerConfig(consecutive_failures=1, cooldown_s=1, half_open_probes=probes, probe_timeout_s=100)
+    b = CircuitBreaker(cfg)
+    b.record(0, False)
+    admitted = sum(b.allow(2 + i * 0.01) for i in range(10))
+    assert admitted == probes
