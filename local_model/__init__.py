@@ -99,12 +99,20 @@ class LocalModel:
 
 
 def load(path: str | Path, device: Any = "cpu", dtype: Any = None) -> LocalModel:
-    """Load a Hugging Face-layout Jamba checkpoint directory. ``dtype`` defaults to torch.float32."""
+    """Load a Hugging Face-layout Jamba checkpoint directory.
+
+    ``dtype``: a torch dtype or its name ("bfloat16"); defaults to torch.float32. ``device``: anything
+    torch accepts ("cpu", "cuda:0", torch.device). The tokenizer is attached when the directory has one.
+    """
     import torch
 
     from .weights import Tokenizer, load_model
 
+    if dtype is None:
+        dtype = torch.float32
+    elif isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."))
     path = Path(path)
-    module = load_model(path, device=device, dtype=torch.float32 if dtype is None else dtype)
+    module = load_model(path, device=device, dtype=dtype)
     tokenizer = Tokenizer.from_dir(path, extra_eos_ids=module.config.eos_token_ids)
     return LocalModel(module, tokenizer, path)

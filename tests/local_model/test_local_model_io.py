@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CASES, Case, assert_close_logits, hf_config, random_ids, randomize_
+from jamba_testlib import CASES, Case, assert_close_logits, hf_config, random_ids, randomize_
 from safetensors.torch import load_file, save_file
 
 import local_model

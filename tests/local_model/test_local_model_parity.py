@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import Case, assert_close_logits, random_ids
+from jamba_testlib import Case, assert_close_logits, random_ids
 
 from local_model.model import DEFAULT_KERNELS, REFERENCE_KERNELS, JambaForCausalLM
 
