@@ -258,9 +258,13 @@ class LogSink:
 
     async def _run(self) -> None:
         while True:
+            # Only flushes requested before a step began are answered by it: a step already
+            # under way may have skipped the probe that flush() asked for.
+            served: list[asyncio.Future[None]] = []
             try:
                 if not self._closing:
                     await self._wait()
+                served = list(self._flush_waiters)
                 await self._step()
                 if self._closing and self._done_closing():
                     break
@@ -270,7 +274,7 @@ class LogSink:
                 log.exception("request log writer step failed")
                 await asyncio.sleep(self._interval)
             finally:
-                self._notify_flushers()
+                self._notify_flushers(served)
 
     def _done_closing(self) -> bool:
         assert self._spool is not None
@@ -455,13 +459,14 @@ class LogSink:
         self._next_probe = time.monotonic() + self._probe_delay
         self._probe_delay = min(self._probe_delay * 2, self._probe_max)
 
-    def _notify_flushers(self) -> None:
-        if not self._flush_waiters or self._queue:
+    def _notify_flushers(self, served: list[asyncio.Future[None]]) -> None:
+        if not served or self._queue:
             return
         assert self._spool is not None
         if self._db_up and self._spool.pending:
             return
-        waiters, self._flush_waiters = self._flush_waiters, []
-        for fut in waiters:
+        done = set(map(id, served))
+        self._flush_waiters = [f for f in self._flush_waiters if id(f) not in done]
+        for fut in served:
             if not fut.done():
                 fut.set_result(None)
