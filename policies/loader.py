@@ -98,6 +98,33 @@ def _item(root: yaml.Node | None, loc: tuple[str | int, ...], message: str) -> P
     return PolicyErrorItem(path=format_loc(shown), message=message, line=line, column=col)
 
 
+def _duplicate_keys(node: yaml.Node | None, loc: tuple[str | int, ...] = ()) -> list[PolicyErrorItem]:
+    """YAML lets a key appear twice and silently keeps the last one: a second ``selector:`` would
+    quietly replace the first. Report it instead."""
+    out: list[PolicyErrorItem] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode):
+                line = k.start_mark.line + 1
+                if k.value in first:
+                    out.append(
+                        PolicyErrorItem(
+                            path=format_loc((*loc, k.value)),
+                            message=f"duplicate key {k.value!r} (first on line {first[k.value]})",
+                            line=line,
+                            column=k.start_mark.column + 1,
+                        )
+                    )
+                else:
+                    first[k.value] = line
+                out += _duplicate_keys(v, (*loc, k.value))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out += _duplicate_keys(item, (*loc, i))
+    return out
+
+
 def _compose(text: str, source: str | None) -> tuple[Any, yaml.Node | None]:
     try:
         loader = yaml.SafeLoader(text)
@@ -138,6 +165,9 @@ def parse_policy(
     stores a policy under a name, and the two must never disagree).
     """
     data, root = _compose(text, source)
+    dups = _duplicate_keys(root)
+    if dups:
+        raise PolicyValidationError(dups, source)
     if not isinstance(data, dict):
         line = root.start_mark.line + 1 if root is not None else None
         raise PolicyValidationError(

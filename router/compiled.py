@@ -129,7 +129,9 @@ def compiled_for(policy: Policy, deployments: Sequence[DeploymentConfig]) -> Com
     if cache is None:
         cache = policy._compiled = {}
     cp = cache.get(key)
-    if cp is None:
+    # `model_copy` shares private attributes, so a copied policy may hold this very cache dict:
+    # an entry compiled for another Policy object is recompiled, never used.
+    if cp is None or cp.policy is not policy:
         if len(cache) >= 8:
             cache.clear()
         cp = cache[key] = CompiledPolicy(policy, deployments)

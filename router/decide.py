@@ -71,6 +71,7 @@ def decide(
 
     # 3. budget ------------------------------------------------------------------------------------
     tier: str | None = None
+    downgraded = False
     b = policy.budget
     frac = ctx.budget_fraction("any")
     if frac <= 0.0 and b.on_exceeded == "reject":
@@ -79,7 +80,7 @@ def decide(
     if b.on_exceeded == "downgrade" and b.downgrade_tier and frac <= b.downgrade_below:
         narrowed = pool & cp.tier_masks.get(b.downgrade_tier, 0)
         if narrowed:
-            pool, tier = narrowed, b.downgrade_tier
+            pool, tier, downgraded = narrowed, b.downgrade_tier, True
             trace.append(TraceStep("budget", f"{frac:.0%} left → tier {tier}", cp.names_of(pool)))
             reasons.append(f"budget→tier {tier}")
         elif frac <= 0.0:
@@ -91,9 +92,11 @@ def decide(
     # 4. rules ---------------------------------------------------------------------------------------
     selector: SelectorSpec = policy.selector
     picked: list[int] | None = None
+    matched = False
     for rule in cp.rules:
         if not rule.predicate(ctx):
             continue
+        matched = True
         did: list[str] = []
         if rule.forbid is not None:
             eligible &= ~rule.forbid
@@ -128,6 +131,8 @@ def decide(
         reasons.append(f"rule:{rule.name}→{did[-1]}")
         if picked is not None or rule.stop:
             break
+    if cp.rules and not matched:
+        trace.append(TraceStep("rule", f"none of {len(cp.rules)} matched", cp.names_of(pool)))
 
     if not pool:
         trace.append(TraceStep("selector", "no candidates left", ()))
@@ -155,7 +160,9 @@ def decide(
         if first is not None and first != primary:
             primary = first
             reasons.append(f"escalation first={cp.deps[first].model}")
-        to = [i for i in cp.esc_to if eligible >> i & 1 and i != primary]
+        # A budget downgrade also bounds escalation: it must not buy its way back to the strong tier.
+        scope = pool if downgraded else eligible
+        to = [i for i in cp.esc_to if scope >> i & 1 and i != primary]
         if to:
             escalation = EscalationPlan(cp.deps[primary], [cp.deps[i] for i in to], esc.threshold, esc.score)
             trace.append(

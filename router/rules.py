@@ -44,7 +44,7 @@ class RuleContext:
     def local_time(self, tz: str) -> datetime:
         t = self._local.get(tz)
         if t is None:
-            t = self.now if tz == "UTC" else self.now.astimezone(_zone(tz))
+            t = self.now.astimezone(UTC if tz == "UTC" else _zone(tz))
             self._local[tz] = t
         return t
 

@@ -65,18 +65,18 @@ def expected_costs(inp: SelectorInput, output_tokens: int) -> list[float]:
     return costs
 
 
-def _sort_by(pool: list[int], keys: list[float]) -> list[int]:
+def _sort_by(pool: list[int], keys: list[Any]) -> list[int]:
     # Stable: ties keep config order, so equal deployments are chosen predictably.
     order = sorted(range(len(pool)), key=keys.__getitem__)
     return [pool[j] for j in order]
 
 
 def select_fixed(spec: FixedSelector, inp: SelectorInput) -> Selection:
-    order = inp.cp.selector_cache.get(id(spec))
+    order: list[int] | None = inp.cp.selector_cache.get(id(spec))  # type: ignore[assignment]
     if order is None:
         order = inp.cp.selector_cache[id(spec)] = inp.cp.ordered(spec.order)
     in_pool = set(inp.pool)
-    ranking = [i for i in order if i in in_pool]  # type: ignore[attr-defined]
+    ranking = [i for i in order if i in in_pool]
     ranking += [i for i in inp.pool if i not in ranking]
     return Selection(ranking, 1.0, "fixed")
 
@@ -171,7 +171,7 @@ def select_classifier(spec: ClassifierSelector, inp: SelectorInput) -> Selection
     ok = [p >= spec.threshold for p in probs]
     any_ok = any(ok)
     # Eligible first (by utility), then the rest (by utility): the rest are still valid fallbacks.
-    keys = [(-u if (o or not any_ok) else 10.0 - u) for u, o in zip(util, ok, strict=True)]
+    keys = [(0 if (o or not any_ok) else 1, -u) for u, o in zip(util, ok, strict=True)]
     ranking = _sort_by(inp.pool, keys)
     scores = {deps[i].model: round(p, 4) for i, p in zip(inp.pool, probs, strict=True)}
     first = ranking[0]

@@ -529,3 +529,48 @@ def test_compiled_cache_follows_deployment_list() -> None:
     other = make_deployments()[::-1]
     d2 = decide(RequestFeatures(prompt_tokens=1), p, other, Signals(), random.Random(0), NOON)
     assert names(d1)[0] == "gpt-4o-openai" and names(d2)[0] == "jamba-local"
+
+
+def test_no_rule_matched_is_traced() -> None:
+    d = run(pol(RULES), RequestFeatures(prompt_tokens=10, metadata={"region": "us"}))
+    assert "none of 5 matched" not in steps(d, "rule")  # after-stop always matches
+    p = pol("name: t\nrules:\n  - name: r\n    when: {users: [x]}\n    then: {pick: jamba-local}\n")
+    assert steps(run(p), "rule") == ["none of 1 matched"]
+
+
+def test_escalation_is_bounded_by_budget_downgrade() -> None:
+    p = pol(
+        """\
+        name: t
+        tiers: {cheap: [gpt-4o-mini, claude-3-5-haiku]}
+        escalation: {to: [claude-3-5-haiku, gpt-4o], threshold: 0.5}
+        budget: {on_exceeded: downgrade, downgrade_tier: cheap, downgrade_below: 0.2}
+        """
+    )
+    req = RequestFeatures(prompt_tokens=10, key_id="k")
+    d = run(p, req, Signals(budgets={"key:k": BudgetSnapshot(1.0, spent_usd=0.9)}))
+    assert [x.name for x in d.escalation.to] == ["claude-3-5-haiku"]
+    d = run(p, req)
+    assert [x.name for x in d.escalation.to] == ["claude-3-5-haiku", "gpt-4o-azure"]  # primary excluded
+
+
+def test_classifier_large_lambda_still_prefers_eligible() -> None:
+    p = pol("name: t\nfilters: {allow: [gpt-4o-mini, gpt-4o-openai]}\nselector: {type: classifier, threshold: 0.9, lambda: 50}\n")
+    d = run(p, plugins=Plugins(scorers={"default": StubScorer({"gpt-4o-mini": 0.5, "gpt-4o": 0.95})}))
+    assert names(d)[0] == "gpt-4o-openai"  # the only one above threshold, however expensive
+
+
+def test_model_copy_does_not_reuse_compiled_policy() -> None:
+    p = pol("name: t\nselector: {type: fixed}\n")
+    assert names(run(p))[0] == "gpt-4o-openai"
+    q = p.model_copy(update={"selector": pol("name: t\nselector: {type: cheapest}\n").selector})
+    assert names(run(q))[0] == "jamba-local"
+    assert names(run(p))[0] == "gpt-4o-openai"
+
+
+def test_time_rules_convert_non_utc_now() -> None:
+    from datetime import timedelta, timezone
+
+    p = pol('name: t\nrules:\n  - name: r\n    when: {time: {from: "09:00", to: "10:00"}}\n    then: {pick: jamba-local}\n')
+    ny = datetime(2024, 5, 15, 5, 30, tzinfo=timezone(timedelta(hours=-4)))  # = 09:30 UTC
+    assert names(run(p, now=ny))[0] == "jamba-local"

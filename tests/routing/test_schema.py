@@ -137,6 +137,14 @@ def test_yaml_syntax_error_has_line() -> None:
     assert len(errs) == 1 and errs[0][1] is not None and errs[0][2].startswith("YAML syntax")
 
 
+def test_duplicate_keys_are_errors() -> None:
+    errs = errors_of("name: p\nselector: {type: cheapest}\nrules:\n  - name: a\n    then: {pick: x, pick: y}\nselector: {type: fixed}\n")
+    assert errs == [
+        ("rules[0].then.pick", 5, "duplicate key 'pick' (first on line 5)"),
+        ("selector", 6, "duplicate key 'selector' (first on line 2)"),
+    ]
+
+
 def test_not_a_mapping() -> None:
     assert errors_of("- a\n- b\n")[0][2] == "a policy must be a YAML mapping"
 
