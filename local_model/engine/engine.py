@@ -275,7 +275,7 @@ class Engine:
         eos = list(mc.eos_token_ids) + (list(tokenizer.eos_token_ids) if tokenizer is not None else [])
         self.eos_ids = frozenset(eos)
         self.stats = EngineStats()
-        self._requests: dict[str, Request] = {}
+        self._requests: dict[str, Request] = {}  # live requests (added at submit, under _lock)
         self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
         self._wake = threading.Event()
         self._queued = 0  # submitted requests not yet admitted (backpressure), guarded by _lock
@@ -322,10 +322,7 @@ class Engine:
             self._thread = None
         for req in list(self._requests.values()):
             self._fail(req, EngineClosed("engine shut down"))
-        while self._inbox:
-            kind, item = self._inbox.popleft()
-            if kind == "submit":
-                self._emit(item, Failed(EngineClosed("engine shut down")))
+        self._inbox.clear()
         self._flush()
 
     @property
@@ -381,8 +378,10 @@ class Engine:
                     self.config.retry_after_s,
                 )
             self._queued += 1
-        rid = request_id or f"req-{uuid.uuid4().hex[:16]}"
-        return Request(rid, list(prompt_ids), params, sink)
+            rid = request_id or f"req-{uuid.uuid4().hex[:16]}"
+            req = Request(rid, list(prompt_ids), params, sink)
+            self._requests[rid] = req
+        return req
 
     def submit(
         self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None
@@ -412,7 +411,11 @@ class Engine:
         return self.submit_sync(prompt_ids, params).result()
 
     def cancel(self, request_id: str) -> None:
-        """Abort a request; its sequences' KV blocks and SSM slots are freed at the engine's next step."""
+        """Abort a request: its queue place is released now, its sequences' KV blocks and SSM slots at the
+        engine's next step (the engine wakes for it)."""
+        req = self._requests.get(request_id)
+        if req is not None:
+            self._mark_admitted(req)
         self._inbox.append(("cancel", request_id))
         self._wake.set()
 
@@ -525,7 +528,7 @@ class Engine:
             if len(req.seqs) == req.params.n and all(s.finished for s in req.seqs):
                 req.done = True
                 self.stats.requests_finished += 1
-                self._requests.pop(req.request_id, None)
+                self._forget(req)
                 self._emit(req, Finished(req.usage()))
 
     def _spawn_choices(self, req: Request) -> None:
@@ -551,7 +554,8 @@ class Engine:
             kind, item = self._inbox.popleft()
             if kind == "submit":
                 req: Request = item
-                self._requests[req.request_id] = req
+                if req.done:  # cancelled or failed before the engine saw it
+                    continue
                 self.stats.prompt_tokens += len(req.prompt_ids)
                 seq = Sequence(
                     next(self._seq_ids), req, 0, make_generator(req.params.seed, self.device), self.tokenizer
@@ -575,14 +579,20 @@ class Engine:
         self._mark_admitted(req)
         req.done = True
         req.cancelled = isinstance(error, RequestCancelled)
-        self._requests.pop(req.request_id, None)
+        self._forget(req)
         self._emit(req, Failed(error))
 
     def _mark_admitted(self, req: Request) -> None:
-        if not req.admitted:
-            req.admitted = True
-            with self._lock:
+        """The request no longer counts against ``max_queue`` (admitted, cancelled or failed)."""
+        with self._lock:
+            if not req.admitted:
+                req.admitted = True
                 self._queued -= 1
+
+    def _forget(self, req: Request) -> None:
+        with self._lock:
+            if self._requests.get(req.request_id) is req:
+                del self._requests[req.request_id]
 
     def _fail_all(self, error: BaseException) -> None:
         for req in list(self._requests.values()):

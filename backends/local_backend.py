@@ -1,0 +1,160 @@
+"""In-process backend for the self-hosted hybrid model: the gateway calls the engine directly, no HTTP hop.
+
+A deployment with ``provider: local`` names its checkpoint in ``upstream_model`` (a directory, or
+"shipped"); `build_local_backend` loads it and starts the engine thread. Calls are parsed and answered
+by `local_model.engine.openai_api`, the same code the standalone server uses, so the gateway sees the
+exact shapes the local server would send. Streams always end with a usage chunk.
+
+Engine errors map to `UpstreamError` kinds the executor understands: a full queue is "rate_limit"
+(status 503, with ``retry_after_s``: retry later or fall back), a prompt that cannot fit is
+"context_window", a bad parameter "bad_request", a stopped engine "server_error"; an error after the
+first chunk is "stream_cut". Timeouts follow `UpstreamCall`: the whole call (non-streamed) or the
+first chunk, then ``stream_idle_timeout_s`` between chunks; on timeout the request is cancelled, which
+frees its memory in the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+from backends.base import Backend, UpstreamCall, UpstreamError, UpstreamResponse, Usage
+from backends.deployment import DeploymentConfig
+from local_model.engine import Engine, EngineConfig
+from local_model.engine import openai_api as oa
+from local_model.engine.errors import EngineClosed, EngineOverloaded, InvalidRequest, PromptTooLong
+
+__all__ = ["LocalBackend", "build_local_backend"]
+
+
+def _upstream_error(exc: BaseException) -> UpstreamError:
+    if isinstance(exc, UpstreamError):
+        return exc
+    if isinstance(exc, EngineOverloaded):
+        return UpstreamError("rate_limit", str(exc), status=503, retry_after_s=exc.retry_after_s)
+    if isinstance(exc, PromptTooLong):
+        return UpstreamError("context_window", str(exc), status=400)
+    if isinstance(exc, InvalidRequest):
+        return UpstreamError("bad_request", str(exc), status=400)
+    if isinstance(exc, EngineClosed):
+        return UpstreamError("server_error", str(exc), status=503)
+    return UpstreamError("server_error", f"local engine error: {exc}", status=500)
+
+
+def _usage(body: dict[str, Any] | None) -> Usage:
+    u = (body or {}).get("usage") or {}
+    return Usage(prompt_tokens=int(u.get("prompt_tokens", 0)), completion_tokens=int(u.get("completion_tokens", 0)))
+
+
+class LocalBackend:
+    """`Backend` over an in-process `Engine` (see module docstring)."""
+
+    def __init__(self, engine: Engine, *, name: str = "local", owns_engine: bool = True) -> None:
+        self.name = name
+        self.engine = engine.start()
+        self.owns_engine = owns_engine
+
+    def _parse(self, call: UpstreamCall, stream: bool) -> oa.ParsedRequest:
+        if call.kind not in ("chat", "completion"):
+            raise UpstreamError("bad_request", f"the local model does not serve {call.kind!r} calls", status=400)
+        try:
+            req = oa.parse(call.kind, call.body, self.engine.tokenizer, self.engine.plan.max_model_len)
+        except Exception as exc:
+            raise _upstream_error(exc) from exc
+        req.stream = stream
+        req.include_usage = stream  # the gateway meters tokens from the final chunk
+        return req
+
+    def _model(self, call: UpstreamCall) -> str:
+        return str(call.body.get("model") or self.engine.model_name)
+
+    async def complete(self, call: UpstreamCall) -> UpstreamResponse:
+        req = self._parse(call, stream=False)
+        rid = oa.new_id(req.kind)
+        try:
+            streams = oa.submit_all(self.engine, req, rid)
+        except Exception as exc:
+            raise _upstream_error(exc) from exc
+        try:
+            body = await asyncio.wait_for(oa.complete(self.engine, req, self._model(call), rid, streams), call.timeout_s)
+        except TimeoutError as exc:
+            raise UpstreamError("timeout", f"local model did not answer within {call.timeout_s}s") from exc
+        except UpstreamError:
+            raise
+        except Exception as exc:
+            raise _upstream_error(exc) from exc
+        finally:
+            for s in streams:
+                s.cancel()
+        return UpstreamResponse(body=body, usage=_usage(body))
+
+    async def stream(self, call: UpstreamCall) -> AsyncIterator[dict[str, Any]]:
+        req = self._parse(call, stream=True)
+        rid = oa.new_id(req.kind)
+        try:
+            streams = oa.submit_all(self.engine, req, rid)
+        except Exception as exc:
+            raise _upstream_error(exc) from exc
+        chunks = oa.stream(self.engine, req, self._model(call), rid, streams)
+        first = True
+        try:
+            while True:
+                timeout = call.timeout_s if first else call.stream_idle_timeout_s
+                try:
+                    chunk = await asyncio.wait_for(anext(chunks), timeout)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError as exc:
+                    kind = "timeout" if first else "stream_cut"
+                    raise UpstreamError(kind, f"local model stream stalled for {timeout}s") from exc
+                except UpstreamError:
+                    raise
+                except Exception as exc:
+                    err = _upstream_error(exc)
+                    if not first:
+                        err = UpstreamError("stream_cut", err.message, status=err.status)
+                    raise err from exc
+                # The role chunk comes before any compute: count the first *content* as "first byte".
+                first = first and not _has_output(chunk)
+                yield chunk
+        finally:
+            for s in streams:
+                s.cancel()
+            await chunks.aclose()
+
+    async def aclose(self) -> None:
+        if self.owns_engine:
+            await asyncio.get_running_loop().run_in_executor(None, self.engine.shutdown)
+
+    def load_signals(self) -> dict[str, Any]:
+        """Queue depth, running sequences, free SSM slots / KV blocks, tokens/s (for the router)."""
+        sig = dataclasses.asdict(self.engine.load_signals())
+        sig["free_slots"] = sig["free_ssm_slots"]  # the name router.signals.LocalLoad uses
+        return sig
+
+
+def _has_output(chunk: dict[str, Any]) -> bool:
+    for c in chunk.get("choices") or []:
+        if c.get("finish_reason") or c.get("text") or (c.get("delta") or {}).get("content"):
+            return True
+    return bool(chunk.get("usage"))
+
+
+def build_local_backend(cfg: DeploymentConfig, engine_config: EngineConfig | None = None) -> Backend:
+    """The registry factory for ``provider: local``: load ``cfg.upstream_model`` (a checkpoint directory or
+    "shipped") and serve it in-process. ``max_concurrency`` (if set) bounds the running sequences and
+    ``context_window`` the model length."""
+    from local_model.engine.checkpoint import resolve_checkpoint
+
+    if cfg.api_base is not None:
+        raise ValueError(f"deployment {cfg.name!r}: provider 'local' runs in-process; api_base must be unset")
+    path = resolve_checkpoint(cfg.upstream_model)
+    ec = engine_config or EngineConfig()
+    if engine_config is None:
+        if cfg.max_concurrency:
+            ec.max_num_seqs = cfg.max_concurrency
+        ec.max_model_len = cfg.context_window
+    engine = Engine.from_checkpoint(path, ec, model_name=cfg.upstream_model)
+    return LocalBackend(engine, name=cfg.name)
