@@ -58,11 +58,14 @@ def _litellm(cfg: DeploymentConfig) -> Backend:
     return LiteLLMBackend(cfg, api_key=api_key_for(cfg))
 
 
-def _local_not_available(cfg: DeploymentConfig) -> Backend:
-    raise UnsupportedProviderError(
-        f"deployment {cfg.name!r}: provider 'local' (in-process local model) has no backend yet; "
-        "register one with build_backend(cfg, factories={**default_factories(), 'local': factory})"
-    )
+def _local(cfg: DeploymentConfig) -> Backend:
+    """The in-process local model (backends.local_backend); torch is imported only when one is configured."""
+    from backends.local_backend import build_local_backend
+
+    try:
+        return build_local_backend(cfg)
+    except FileNotFoundError as exc:
+        raise UnsupportedProviderError(f"deployment {cfg.name!r}: provider 'local': {exc}") from exc
 
 
 def default_factories() -> dict[str, BackendFactory]:
@@ -70,7 +73,7 @@ def default_factories() -> dict[str, BackendFactory]:
     return {
         "openai_compatible": _openai_compatible,
         "litellm": _litellm,
-        "local": _local_not_available,
+        "local": _local,
     }
 
 
