@@ -49,7 +49,7 @@ def decide(
     if eligible != cp.all_mask:
         trace.append(TraceStep("filter", "allow/deny", cp.names_of(eligible)))
     caps = cp.base_caps | request.capabilities | {request.endpoint}
-    for cap in caps:
+    for cap in sorted(caps):  # sorted: the trace must not depend on string hash order
         m = cp.cap_masks.get(cap, 0)
         if eligible & ~m:
             eligible &= m

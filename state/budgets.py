@@ -117,19 +117,24 @@ class InProcessBudgetStore:
 # KEYS: H1, Z1, H2, Z2, ... (account hash, hold-expiry zset)
 # ARGV: now, amount, rid, expires_at, then per account: limit, admission, key_ttl_s (0: none)
 # Returns {0} when reserved, else {i (1-based account), spent, reserved}.
-RESERVE_LUA = r"""
+# Drop reservation ``rid``'s hold from account (H, Z), if it is still there. Shared by both scripts.
+_DROP_HOLD_LUA = r"""
+local function drop_hold(H, Z, rid)
+  local amt = redis.call('HGET', H, 'h:' .. rid)
+  if amt then
+    redis.call('HINCRBY', H, 'reserved', -tonumber(amt))
+    redis.call('HDEL', H, 'h:' .. rid)
+  end
+  redis.call('ZREM', Z, rid)
+end
+"""
+
+RESERVE_LUA = _DROP_HOLD_LUA + r"""
 local now, amount, rid, exp = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local n = #KEYS / 2
 for i = 1, n do
   local H, Z = KEYS[2 * i - 1], KEYS[2 * i]
-  for _, d in ipairs(redis.call('ZRANGEBYSCORE', Z, '-inf', now)) do
-    local amt = redis.call('HGET', H, 'h:' .. d)
-    if amt then
-      redis.call('HINCRBY', H, 'reserved', -tonumber(amt))
-      redis.call('HDEL', H, 'h:' .. d)
-    end
-    redis.call('ZREM', Z, d)
-  end
+  for _, d in ipairs(redis.call('ZRANGEBYSCORE', Z, '-inf', now)) do drop_hold(H, Z, d) end
 end
 local held = n > 0
 for i = 1, n do
@@ -160,18 +165,11 @@ return {0}
 """
 
 # KEYS: H1, Z1, ...; ARGV: rid, actual (nano; negative: release only, no charge)
-SETTLE_LUA = r"""
+SETTLE_LUA = _DROP_HOLD_LUA + r"""
 local rid, actual = ARGV[1], tonumber(ARGV[2])
 for i = 1, #KEYS / 2 do
   local H, Z = KEYS[2 * i - 1], KEYS[2 * i]
-  if rid ~= '' then
-    local amt = redis.call('HGET', H, 'h:' .. rid)
-    if amt then
-      redis.call('HINCRBY', H, 'reserved', -tonumber(amt))
-      redis.call('HDEL', H, 'h:' .. rid)
-    end
-    redis.call('ZREM', Z, rid)
-  end
+  if rid ~= '' then drop_hold(H, Z, rid) end
   if actual >= 0 then redis.call('HINCRBY', H, 'spent', ARGV[2]) end
 end
 return 0
