@@ -204,11 +204,17 @@ class LogSink:
                 self._task.cancel()
                 with contextlib.suppress(BaseException):
                     await self._task
-            if self._queue:  # only if the writer was cancelled
-                await self._spill_queue()
         elif self._queue:  # recorded, but never started
             self._spool = await asyncio.to_thread(Spool, self._spool_dir)
+        # Records that arrived after the writer's last look (or all of them, if it was cancelled
+        # or never ran). No await between the last check and _closed: later ones take the
+        # after-close path.
+        while self._queue and self._spool is not None:
+            before = len(self._queue)
             await self._spill_queue()
+            if len(self._queue) >= before:  # the disk refuses: nothing more we can do
+                self._dropped += len(self._queue)
+                self._queue.clear()
         self._closed = True
         for fut in self._flush_waiters:
             if not fut.done():
@@ -323,6 +329,11 @@ class LogSink:
             return
 
         while self._queue:
+            if len(self._queue) >= self._max_queue:
+                # the database is up but slower than the traffic: let the disk hold the backlog
+                # (replayed at the database's pace) rather than memory
+                await self._spill_queue()
+                return
             batch = self._take(self._batch_max_rows)
             records = await self._convert(batch)
             try:

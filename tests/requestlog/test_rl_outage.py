@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from _rl_support import TcpProxy, make_request, scalar
+from _rl_support import TcpProxy, fetch, make_request, scalar
 
 from requestlog import migrate
 from requestlog.sink import LogSink
@@ -77,4 +77,9 @@ async def test_outage_through_a_cut_proxy(
         "(SELECT count(*) FROM attempts a WHERE a.request_id = r.id)",
     )
     assert mismatched == 0
+    # Rows reached the database in the order they were recorded: spooled ones were replayed
+    # before anything newer was written directly (xmin = id of the inserting transaction).
+    rows = await fetch(fresh_pg_url, "SELECT id, xmin::text::bigint FROM requests")
+    xmins = [x for _, x in sorted(rows, key=lambda r: int(r[0].rsplit("-", 1)[1]))]
+    assert xmins == sorted(xmins)
     assert list(spool_dir.glob("seg-*")) == []

@@ -277,3 +277,34 @@ async def test_stats_shape(log_url: str, spool_dir: Path) -> None:
     await sink.aclose()
     await sink.aclose()  # idempotent
     await sink.flush()  # no-op once closed
+
+
+async def test_backlog_beyond_max_queue_goes_through_the_spool_when_db_is_up(
+    log_url: str, spool_dir: Path
+) -> None:
+    """A database slower than the traffic must not grow memory without bound."""
+    p = _prefix()
+    sink = LogSink(log_url, spool_dir=spool_dir, max_queue=100, **{**FAST, "batch_max_rows": 20})
+    await sink.start()
+    for i in range(1000):  # a burst without yielding: 10x max_queue
+        sink.record(*make_request(f"{p}-{i}", 1))
+    await sink.flush()
+    st = sink.stats()
+    await sink.aclose()
+    assert st["spooled"] > 0 and st["replayed"] == st["spooled"] and st["spool_pending"] is False, st
+    assert await _count(log_url, "requests", p) == 1000
+
+
+async def test_record_from_other_threads(log_url: str, spool_dir: Path) -> None:
+    p = _prefix()
+    sink = LogSink(log_url, spool_dir=spool_dir, **FAST)
+    await sink.start()
+
+    def produce(t: int) -> None:
+        for i in range(200):
+            sink.record(*make_request(f"{p}-{t}-{i}", 1))
+
+    await asyncio.gather(*(asyncio.to_thread(produce, t) for t in range(4)))
+    await sink.flush()
+    await sink.aclose()
+    assert await _count(log_url, "requests", p) == 800
