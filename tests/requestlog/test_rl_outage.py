@@ -8,10 +8,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from _rl_support import TcpProxy, fetch, make_request, scalar
 
 from requestlog import migrate
 from requestlog.sink import LogSink
+
+from ._rl_support import TcpProxy, fetch, make_request, scalar
 
 
 @pytest.mark.parametrize(

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from _rl_support import T0, dead_pg_url, fetch, make_request, scalar
 
 from requestlog import migrate, tables
 from requestlog.sink import LogSink
+
+from ._rl_support import T0, dead_pg_url, fetch, make_request, scalar
 
 REPO = Path(__file__).resolve().parents[2]
 

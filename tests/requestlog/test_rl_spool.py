@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
-from _rl_support import make_request
-
 from requestlog.codec import decode_record, encode_record, sanitize_record, to_record
 from requestlog.spool import REJECTED_FILE, Spool
+
+from ._rl_support import make_request
 
 
 def _lines(prefix: str, n: int) -> list[bytes]:
