@@ -1,0 +1,292 @@
+"""Per-candidate-model quality classifier: p(answer acceptable | prompt) for every model, and selectors.
+
+Pure (no I/O, no clock, no randomness). Everything fitted is frozen into numpy arrays so that one
+decision is a sparse dot product plus, optionally, a vectorised walk over a small tree ensemble — no
+per-call scikit-learn overhead (sklearn is only used offline, in ``router.offline.train``).
+
+Model, two levels:
+
+1. **linear heads**: one logistic regression per model over [TF-IDF | standardised dense] features.
+2. **stacker** (optional): per model, gradient-boosted trees over [dense features, the linear heads'
+   logits for all models]; trained on out-of-fold linear logits so it learns how much to trust them.
+   On RouteLLM data the structure features carry as much signal as the words, and trees capture their
+   interactions (length × options × numbers) that a linear head cannot.
+3. **pair gap** (optional, two-model data): a tree model of E[strong ok − weak ok | x] fitted directly,
+   because routing quality (APGR) depends only on ranking that difference; blended with the linear
+   heads' ``p_strong − p_weak`` with a weight chosen on out-of-fold training predictions. Reported probabilities keep
+   ``p_strong − p_weak`` exactly equal to the predicted gap (see :meth:`QualityClassifier.predict_array`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from router.features import PromptFeatures, TextFeaturizer
+
+__all__ = [
+    "CompiledTrees",
+    "compile_hist_gb",
+    "CostModel",
+    "QualityClassifier",
+    "cheapest_above",
+    "best_tradeoff",
+    "calibrate_gap_threshold",
+    "calibrate_quality_threshold",
+]
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
+
+
+@dataclass
+class CompiledTrees:
+    """A fitted tree ensemble flattened into arrays (all trees share one node table).
+
+    Prediction walks every tree at once, one numpy step per depth level, which keeps a 200-tree model at
+    a few tens of microseconds per prompt.
+    """
+
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    is_leaf: np.ndarray
+    value: np.ndarray
+    roots: np.ndarray
+    baseline: float
+    max_depth: int
+
+    def raw(self, x: np.ndarray) -> float:
+        """Sum of leaf values + baseline for one feature vector."""
+        node = self.roots
+        for _ in range(self.max_depth):
+            go_left = x[self.feature[node]] <= self.threshold[node]
+            nxt = np.where(go_left, self.left[node], self.right[node])
+            node = np.where(self.is_leaf[node], node, nxt)
+        return float(self.baseline + self.value[node].sum())
+
+    def raw_many(self, x: np.ndarray) -> np.ndarray:
+        """Row-wise :meth:`raw` for a 2-D array (offline evaluation)."""
+        node = np.broadcast_to(self.roots, (x.shape[0], len(self.roots))).copy()
+        rows = np.arange(x.shape[0])[:, None]
+        for _ in range(self.max_depth):
+            go_left = x[rows, self.feature[node]] <= self.threshold[node]
+            nxt = np.where(go_left, self.left[node], self.right[node])
+            node = np.where(self.is_leaf[node], node, nxt)
+        return self.baseline + self.value[node].sum(axis=1)
+
+
+def compile_hist_gb(est: object) -> CompiledTrees:
+    """Flatten a fitted sklearn ``HistGradientBoosting{Regressor,Classifier}`` (binary / regression).
+
+    Reads the public-by-convention node tables of its predictors; the result is checked against
+    ``est.decision_function``/``predict`` in the tests. Missing values never occur in our features.
+    """
+    predictors = est._predictors  # type: ignore[attr-defined]
+    feats, thr, lefts, rights, leaf, vals, roots = [], [], [], [], [], [], []
+    offset = 0
+    depth = 0
+    for it in predictors:
+        nodes = it[0].nodes
+        roots.append(offset)
+        feats.append(nodes["feature_idx"].astype(np.int64))
+        thr.append(nodes["num_threshold"].astype(np.float64))
+        lefts.append(nodes["left"].astype(np.int64) + offset)
+        rights.append(nodes["right"].astype(np.int64) + offset)
+        leaf.append(nodes["is_leaf"].astype(bool))
+        vals.append(np.where(nodes["is_leaf"], nodes["value"], 0.0).astype(np.float64))
+        depth = max(depth, int(nodes["depth"].max()))
+        offset += len(nodes)
+    baseline = float(np.ravel(est._baseline_prediction)[0])  # type: ignore[attr-defined]
+    return CompiledTrees(
+        feature=np.concatenate(feats),
+        threshold=np.concatenate(thr),
+        left=np.concatenate(lefts),
+        right=np.concatenate(rights),
+        is_leaf=np.concatenate(leaf),
+        value=np.concatenate(vals),
+        roots=np.array(roots, dtype=np.int64),
+        baseline=baseline,
+        max_depth=depth,
+    )
+
+
+@dataclass
+class CostModel:
+    """Expected USD per request for each model: ``base[j] + per_char[j] · prompt_chars``.
+
+    Prompt price scales with input tokens, and the answer length is roughly constant per task, so a
+    per-model affine function of the prompt length is a cheap, decent predictor.
+    """
+
+    models: list[str]
+    base: np.ndarray
+    per_char: np.ndarray
+
+    def predict(self, n_chars: int) -> np.ndarray:
+        return np.maximum(self.base + self.per_char * float(n_chars), 0.0)
+
+    def as_dict(self, n_chars: int) -> dict[str, float]:
+        return dict(zip(self.models, self.predict(n_chars).tolist(), strict=True))
+
+
+@dataclass
+class QualityClassifier:
+    """Frozen router model. ``predict(prompt)`` → ``{model: p_acceptable}``.
+
+    Attributes are plain arrays so the object pickles compactly and scores without sklearn.
+    """
+
+    featurizer: TextFeaturizer
+    models: list[str]
+    text_coef: np.ndarray  # (V, M) linear heads, text block
+    dense_coef: np.ndarray  # (K, M) linear heads, dense block
+    intercept: np.ndarray  # (M,)
+    stackers: list[CompiledTrees] | None = None  # per model, over [dense, linear logits]
+    gap: CompiledTrees | None = None  # E[strong − weak] over the same inputs (two-model only)
+    strong: str | None = None
+    weak: str | None = None
+    gap_blend: float = 0.0  # weight of the linear heads' p_s − p_w in the gap (rest: tree gap model)
+    cost_model: CostModel | None = None
+    metadata: dict[str, object] = field(default_factory=dict)
+
+    # ---- decision-time path ------------------------------------------------------------------------
+
+    def features(self, prompt: str) -> PromptFeatures:
+        return self.featurizer.featurize(prompt)
+
+    def linear_logits(self, f: PromptFeatures) -> np.ndarray:
+        """Linear heads' logits (M,): sparse rows of the coefficient matrix times the TF-IDF values."""
+        z = self.intercept + f.dense @ self.dense_coef
+        if len(f.text_idx):
+            z = z + f.text_val @ self.text_coef[f.text_idx]
+        return z
+
+    def stack_input(self, f: PromptFeatures, lin: np.ndarray) -> np.ndarray:
+        return np.concatenate([f.dense, lin])
+
+    def predict_array(self, f: PromptFeatures) -> np.ndarray:
+        """Probabilities in ``self.models`` order.
+
+        With a pair-gap model, ``p_weak`` comes from its head and ``p_strong = p_weak + gap``; if that
+        leaves [0, 1] both are shifted together so the difference (the routing signal) stays exact.
+        """
+        lin = self.linear_logits(f)
+        if self.stackers is not None:
+            z = self.stack_input(f, lin)
+            p = _sigmoid(np.array([t.raw(z) for t in self.stackers]))
+        else:
+            z = None
+            p = _sigmoid(lin)
+        if self.gap is not None and self.strong is not None and self.weak is not None:
+            if z is None:
+                z = self.stack_input(f, lin)
+            i_s, i_w = self.models.index(self.strong), self.models.index(self.weak)
+            g = self.gap.raw(z)
+            if self.gap_blend:
+                p_lin = _sigmoid(lin[[i_s, i_w]])
+                g = self.gap_blend * float(p_lin[0] - p_lin[1]) + (1.0 - self.gap_blend) * g
+            g = min(max(g, -1.0), 1.0)
+            pw = float(p[i_w])
+            ps = pw + g
+            if ps > 1.0:
+                ps, pw = 1.0, 1.0 - g
+            elif ps < 0.0:
+                ps, pw = 0.0, -g
+            p = p.copy()
+            p[i_s], p[i_w] = ps, pw
+        return p
+
+    def predict(self, prompt_or_features: str | PromptFeatures) -> dict[str, float]:
+        """``{model: p_acceptable}`` for one prompt (or precomputed features)."""
+        f = (
+            prompt_or_features
+            if isinstance(prompt_or_features, PromptFeatures)
+            else self.featurizer.featurize(prompt_or_features)
+        )
+        return dict(zip(self.models, self.predict_array(f).tolist(), strict=True))
+
+    def predict_many(self, prompts: Sequence[str]) -> np.ndarray:
+        """(n, M) probabilities; offline/batch convenience (same arithmetic as :meth:`predict`)."""
+        return np.vstack([self.predict_array(self.featurizer.featurize(p)) for p in prompts]).reshape(
+            len(prompts), len(self.models)
+        )
+
+    def gap_score(self, probs: Mapping[str, float] | np.ndarray) -> float:
+        """Two-model routing score ``p_strong − p_weak`` (higher → strong model more worth its price)."""
+        if self.strong is None or self.weak is None:
+            raise ValueError("not a two-model classifier")
+        if isinstance(probs, np.ndarray):
+            return float(probs[self.models.index(self.strong)] - probs[self.models.index(self.weak)])
+        return float(probs[self.strong] - probs[self.weak])
+
+
+# ---- selectors (pure functions over probabilities and costs) -------------------------------------
+
+
+def cheapest_above(probs: Mapping[str, float], costs: Mapping[str, float], threshold: float) -> str:
+    """Cheapest model whose predicted quality clears ``threshold``; the most likely model if none does.
+
+    Why the fallback: refusing to route is never an option for a gateway, and when nothing is predicted
+    good enough the best bet is the model most likely to be acceptable.
+    """
+    ok = [m for m, p in probs.items() if p >= threshold and m in costs]
+    if ok:
+        return min(ok, key=lambda m: (costs[m], -probs[m], m))
+    return max(probs, key=lambda m: (probs[m], -costs.get(m, math.inf), m))
+
+
+def best_tradeoff(probs: Mapping[str, float], costs: Mapping[str, float], lam: float) -> str:
+    """``argmax_m p_m − λ·cost_m`` (λ in quality points per USD); ties go to the cheaper model."""
+    return max(probs, key=lambda m: (probs[m] - lam * costs.get(m, 0.0), -costs.get(m, 0.0), m))
+
+
+def calibrate_gap_threshold(gap_scores: Sequence[float] | np.ndarray, target_strong_share: float) -> float:
+    """Threshold on ``p_strong − p_weak`` so that about ``target_strong_share`` of traffic goes strong.
+
+    Uses the empirical quantile of scores on representative (unlabeled) traffic: route strong iff
+    ``gap >= threshold``.
+    """
+    s = np.sort(np.asarray(gap_scores, dtype=float))[::-1]
+    if len(s) == 0:
+        raise ValueError("no scores")
+    k = int(round(min(max(target_strong_share, 0.0), 1.0) * len(s)))
+    if k <= 0:
+        return float(np.nextafter(s[0], np.inf))
+    return float(s[min(k, len(s)) - 1])
+
+
+def calibrate_quality_threshold(
+    probs: np.ndarray,
+    costs: np.ndarray,
+    strong_index: int,
+    target_strong_share: float,
+    iters: int = 40,
+) -> float:
+    """Threshold for :func:`cheapest_above` giving ~``target_strong_share`` of calls to the strong model.
+
+    ``probs``/``costs`` are (n, M) arrays on representative traffic. A higher threshold sends more
+    traffic to the expensive, better model; the share is monotone enough in practice for bisection.
+    """
+
+    def share(t: float) -> float:
+        ok = probs >= t
+        c = np.where(ok, costs, np.inf)
+        choice = np.argmin(c, axis=1)
+        none = ~ok.any(axis=1)
+        choice[none] = np.argmax(probs[none], axis=1)
+        return float(np.mean(choice == strong_index))
+
+    lo, hi = 0.0, 1.0
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if share(mid) < target_strong_share:
+            lo = mid
+        else:
+            hi = mid
+    return hi

@@ -1,0 +1,259 @@
+"""Prompt featurisation for the learned router: pure, deterministic and cheap at decision time.
+
+A prompt becomes two blocks:
+
+* **text**: TF-IDF over lower-cased word uni- and bigrams. The vocabulary and IDF weights are fitted at
+  training time and frozen into the artifact (a plain ``dict`` and a numpy array), so scoring one prompt
+  is a regex, a few hundred dict look-ups and a normalisation — no sklearn call per request. We use a
+  vocabulary rather than feature hashing because Python's ``hash`` is salted per process and a dict is
+  as fast as a stable hash in pure Python; no collisions either.
+* **dense**: handcrafted structure features (length, digits, multiple-choice options, negations,
+  code markers, blanks, …), standardised with means/scales frozen at training time. On the RouteLLM data
+  these carry as much signal about *which model is needed* as the words do.
+
+Only the prompt text is used (never model answers). Metadata such as the MMLU subject is not given at
+routing time by the scoring contract, so any such signal must come from the text itself.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "normalize_prompt",
+    "DENSE_FEATURE_NAMES",
+    "dense_features",
+    "PromptFeatures",
+    "TextFeaturizer",
+    "fit_featurizer",
+]
+
+# Long prompts are cut to their head and tail before featurisation: it bounds the decision-time cost
+# (p99 latency) while keeping the question and, for multiple choice, the options at the end.
+HEAD_CHARS = 3000
+TAIL_CHARS = 1000
+
+_TOKEN = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
+_NUM = re.compile(r"\d+(?:[.,]\d+)*")
+_OPTION = re.compile(r"^\s*\(?([A-Ha-h])[.)]\s", re.M)
+_MATH = re.compile(r"[=+*/^<>]|\\frac|\bsqrt\b")
+_CODE = re.compile(r"```|\bdef |\breturn\b|\bclass |[{};]|\bimport\b|\bfunction\b|=>")
+_NEG = re.compile(r"\b(not|except|least|false|incorrect|never)\b", re.I)
+_ROMAN = re.compile(r"\b(I|II|III|IV)\b(,| and| only)")
+_SENT = re.compile(r"[.!?](\s|$)")
+
+
+def normalize_prompt(text: str) -> str:
+    """Canonical prompt text: RouterBench stores prompts as a stringified Python list of turns.
+
+    Both the stringified form and the plain text featurise identically, so a caller may send either.
+    """
+    t = text.strip()
+    if len(t) >= 4 and t[0] == "[" and t[-1] == "]" and t[1] in "'\"":
+        try:
+            v = ast.literal_eval(t)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return t
+        if isinstance(v, list) and all(isinstance(x, str) for x in v):
+            return "\n".join(v).strip()
+    return t
+
+
+def _clip(text: str) -> str:
+    if len(text) <= HEAD_CHARS + TAIL_CHARS:
+        return text
+    return text[:HEAD_CHARS] + "\n" + text[-TAIL_CHARS:]
+
+
+DENSE_FEATURE_NAMES: tuple[str, ...] = (
+    "log_chars",
+    "log_words",
+    "log_lines",
+    "log_numbers",
+    "log_distinct_numbers",
+    "digit_frac",
+    "log_max_number",
+    "has_decimal",
+    "n_options",
+    "log_mean_option_len",
+    "option_len_cv",
+    "numeric_option_frac",
+    "log_stem_chars",
+    "statement_pair",
+    "negation",
+    "which_of_following",
+    "percent",
+    "money",
+    "passage",
+    "question_marks",
+    "math_ops",
+    "roman_combo",
+    "upper_frac",
+    "code_markers",
+    "blank",
+    "write_function",
+    "log_sentences",
+    "mean_word_len",
+    "few_shot_answers",
+)
+
+
+def dense_features(text: str) -> list[float]:
+    """Handcrafted structure features of one (normalised, clipped) prompt, in DENSE_FEATURE_NAMES order."""
+    n_chars = len(text)
+    words = text.split()
+    nums = _NUM.findall(text)
+    options = _OPTION.findall(text)
+    opt_lines = [ln for ln in text.split("\n") if _OPTION.match(ln)]
+    opt_lens = [len(ln) for ln in opt_lines] or [0]
+    mean_opt = sum(opt_lens) / len(opt_lens)
+    var_opt = sum((x - mean_opt) ** 2 for x in opt_lens) / len(opt_lens)
+    first_opt = _OPTION.search(text)
+    stem = text[: first_opt.start()] if first_opt else text
+    low = text.lower()
+    max_num = 0.0
+    for nm in nums:
+        with contextlib.suppress(ValueError):
+            max_num = max(max_num, float(nm.replace(",", "")))
+    upper = sum(1 for ch in text if ch.isupper())
+    return [
+        math.log1p(n_chars),
+        math.log1p(len(words)),
+        math.log1p(text.count("\n")),
+        math.log1p(len(nums)),
+        math.log1p(len(set(nums))),
+        sum(ch.isdigit() for ch in text) / max(n_chars, 1),
+        math.log1p(min(max_num, 1e12)),
+        float(any("." in nm for nm in nums)),
+        float(len(options)),
+        math.log1p(mean_opt),
+        math.sqrt(var_opt) / (mean_opt + 1.0),
+        sum(1 for ln in opt_lines if _NUM.search(ln)) / max(len(opt_lines), 1),
+        math.log1p(len(stem)),
+        float("statement 1" in low),
+        float(bool(_NEG.search(stem))),
+        float("which of the following" in low),
+        float("%" in text or "percent" in low),
+        float(text.count("$")),
+        float("refers to the following" in low or "passage" in low),
+        float(text.count("?")),
+        math.log1p(len(_MATH.findall(text))),
+        float(bool(_ROMAN.search(text))),
+        upper / max(n_chars, 1),
+        math.log1p(len(_CODE.findall(text))),
+        float(" _ " in text or "_ " in text[:1]),
+        float("write a function" in low or "write a python" in low),
+        math.log1p(len(_SENT.findall(text))),
+        sum(len(w) for w in words) / max(len(words), 1),
+        float(low.count("answer:") - 1 if "answer:" in low else 0),
+    ]
+
+
+def _terms(text: str) -> list[str]:
+    toks = _TOKEN.findall(text.lower())
+    return toks + [a + " " + b for a, b in zip(toks, toks[1:], strict=False)]
+
+
+@dataclass(frozen=True)
+class PromptFeatures:
+    """Features of one prompt: sparse TF-IDF (column indices, L2-normalised values) + standardised dense."""
+
+    text_idx: np.ndarray
+    text_val: np.ndarray
+    dense: np.ndarray
+    n_chars: int
+
+
+@dataclass
+class TextFeaturizer:
+    """Frozen featuriser (vocabulary, IDF, dense standardisation): everything needed to score offline.
+
+    Plain attributes (dict + arrays) so it pickles small and is stable across sklearn versions.
+    """
+
+    vocab: dict[str, int]
+    idf: np.ndarray
+    dense_mean: np.ndarray
+    dense_scale: np.ndarray
+    dense_names: tuple[str, ...] = DENSE_FEATURE_NAMES
+    version: int = 1
+    _empty_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), repr=False)
+
+    @property
+    def n_text(self) -> int:
+        return len(self.idf)
+
+    @property
+    def n_dense(self) -> int:
+        return len(self.dense_names)
+
+    def featurize(self, prompt: str) -> PromptFeatures:
+        """One prompt → features. The decision-time path: pure Python + tiny numpy ops."""
+        text = _clip(normalize_prompt(prompt))
+        counts: dict[int, int] = {}
+        vocab = self.vocab
+        for t in _terms(text):
+            j = vocab.get(t)
+            if j is not None:
+                counts[j] = counts.get(j, 0) + 1
+        if counts:
+            idx = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+            tf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+            val = (1.0 + np.log(tf)) * self.idf[idx]
+            norm = math.sqrt(float(val @ val))
+            if norm > 0:
+                val /= norm
+        else:
+            idx, val = self._empty_idx, np.zeros(0)
+        dense = (np.asarray(dense_features(text)) - self.dense_mean) / self.dense_scale
+        return PromptFeatures(idx, val, dense, len(prompt))
+
+    def featurize_many(self, prompts: Iterable[str]) -> list[PromptFeatures]:
+        return [self.featurize(p) for p in prompts]
+
+    def matrices(self, prompts: Sequence[str]) -> tuple[object, np.ndarray]:
+        """Batch form for training/evaluation: (CSR text matrix n×V, dense array n×K)."""
+        from scipy import sparse  # local: only offline paths need scipy
+
+        feats = self.featurize_many(prompts)
+        indptr = np.zeros(len(feats) + 1, dtype=np.int64)
+        for i, f in enumerate(feats):
+            indptr[i + 1] = indptr[i] + len(f.text_idx)
+        indices = np.concatenate([f.text_idx for f in feats]) if feats else np.zeros(0, np.int64)
+        data = np.concatenate([f.text_val for f in feats]) if feats else np.zeros(0)
+        x = sparse.csr_matrix((data, indices, indptr), shape=(len(feats), self.n_text))
+        dense = np.vstack([f.dense for f in feats]) if feats else np.zeros((0, self.n_dense))
+        return x, dense
+
+
+def fit_featurizer(prompts: Sequence[str], min_df: int = 2, max_features: int = 60000) -> TextFeaturizer:
+    """Fit vocabulary (document frequency ≥ ``min_df``, top ``max_features`` by df), IDF and dense scaling.
+
+    IDF uses sklearn's smooth formula ``ln((1+n)/(1+df)) + 1``.
+    """
+    texts = [_clip(normalize_prompt(p)) for p in prompts]
+    df: Counter[str] = Counter()
+    for t in texts:
+        df.update(set(_terms(t)))
+    kept = [(c, term) for term, c in df.items() if c >= min_df]
+    kept.sort(key=lambda x: (-x[0], x[1]))
+    kept = kept[:max_features]
+    kept.sort(key=lambda x: x[1])
+    vocab = {term: i for i, (_, term) in enumerate(kept)}
+    n = len(texts)
+    idf = np.array([math.log((1 + n) / (1 + c)) + 1.0 for c, _ in kept], dtype=np.float64)
+    dense = np.array([dense_features(t) for t in texts], dtype=np.float64).reshape(
+        n, len(DENSE_FEATURE_NAMES)
+    )
+    mean = dense.mean(axis=0) if n else np.zeros(len(DENSE_FEATURE_NAMES))
+    scale = dense.std(axis=0) if n else np.ones(len(DENSE_FEATURE_NAMES))
+    scale = np.where(scale > 1e-9, scale, 1.0)
+    return TextFeaturizer(vocab=vocab, idf=idf, dense_mean=mean, dense_scale=scale)
