@@ -53,6 +53,11 @@ class GatewayThread:
         assert self.loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    async def acall(self, coro: Any) -> Any:
+        """Like `call`, awaited from another event loop without blocking it."""
+        assert self.loop is not None
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
     def start(self) -> GatewayThread:
         self.thread.start()
         deadline = time.time() + 20

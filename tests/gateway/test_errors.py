@@ -1,0 +1,164 @@
+"""Bad input and upstream failures reach the client as OpenAI error JSON with the right status,
+and the official SDK raises its matching exception class."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from backends.fake_provider import FakeProviderThread
+from tests.gateway.conftest import gateway_settings
+from tests.gateway.harness import GatewayThread, running_gateway
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def sdk(gw: GatewayThread, key: str = "sk-unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.base_url + "/v1", api_key=key, max_retries=0, timeout=20)
+
+
+def _assert_error_shape(resp: httpx.Response, status: int) -> dict:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"}
+    assert {"message", "type", "param", "code"} <= set(body["error"])
+    assert body["error"]["message"]
+    return body["error"]
+
+
+def test_malformed_json_is_400(gateway: GatewayThread) -> None:
+    r = httpx.post(gateway.base_url + "/v1/chat/completions", content=b"{not json",
+                   headers={"content-type": "application/json"})
+    err = _assert_error_shape(r, 400)
+    assert err["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": MSG}, "model"),
+        ({"model": "fake-model"}, "messages"),
+        ({"model": "fake-model", "messages": []}, "messages"),
+        ({"model": "fake-model", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ({"model": "fake-model", "messages": MSG, "temperature": 7}, "temperature"),
+        ({"model": "fake-model", "messages": MSG, "n": 0}, "n"),
+        ({"model": "fake-model", "messages": MSG, "max_tokens": "many"}, "max_tokens"),
+    ],
+)
+def test_invalid_fields_name_the_parameter(gateway: GatewayThread, body: dict, param: str) -> None:
+    r = httpx.post(gateway.base_url + "/v1/chat/completions", json=body)
+    err = _assert_error_shape(r, 400)
+    assert err["param"] == param
+
+
+def test_sdk_raises_bad_request_for_invalid_value(gateway: GatewayThread) -> None:
+    with pytest.raises(openai.BadRequestError):
+        sdk(gateway).chat.completions.create(model="fake-model", messages=MSG, temperature=5)
+
+
+def test_non_object_body_and_empty_body(gateway: GatewayThread) -> None:
+    _assert_error_shape(httpx.post(gateway.base_url + "/v1/chat/completions", json=[1, 2]), 400)
+    _assert_error_shape(httpx.post(gateway.base_url + "/v1/chat/completions", content=b""), 400)
+
+
+def test_unknown_route_and_method_are_openai_shaped(gateway: GatewayThread) -> None:
+    _assert_error_shape(httpx.get(gateway.base_url + "/v1/nothing"), 404)
+    _assert_error_shape(httpx.get(gateway.base_url + "/v1/chat/completions"), 405)
+
+
+@pytest.fixture()
+def small_body_gateway(fake_provider: FakeProviderThread, sqlite_url: str, tmp_path: Path) -> Iterator[GatewayThread]:
+    s = gateway_settings(fake_provider.base_url, sqlite_url, tmp_path, max_body_bytes=2000)
+    with running_gateway(s) as gw:
+        yield gw
+
+
+def test_body_over_limit_is_413(small_body_gateway: GatewayThread) -> None:
+    big = [{"role": "user", "content": "x" * 5000}]
+    r = httpx.post(small_body_gateway.base_url + "/v1/chat/completions", json={"model": "fake-model", "messages": big})
+    _assert_error_shape(r, 413)
+    # also without Content-Length (chunked upload)
+    def gen() -> Iterator[bytes]:
+        yield b'{"model":"fake-model","messages":[{"role":"user","content":"'
+        yield b"y" * 5000
+        yield b'"}]}'
+
+    r = httpx.post(small_body_gateway.base_url + "/v1/chat/completions", content=gen())
+    _assert_error_shape(r, 413)
+    with pytest.raises(openai.APIStatusError) as ei:
+        sdk(small_body_gateway).chat.completions.create(model="fake-model", messages=big)  # type: ignore[arg-type]
+    assert ei.value.status_code == 413
+
+
+@pytest.fixture()
+def keyed_gateway(fake_provider: FakeProviderThread, sqlite_url: str, tmp_path: Path) -> Iterator[GatewayThread]:
+    s = gateway_settings(fake_provider.base_url, sqlite_url, tmp_path, require_keys=True)
+    with running_gateway(s) as gw:
+        yield gw
+
+
+def test_keys_required_missing_bad_and_revoked_key_are_401(keyed_gateway: GatewayThread) -> None:
+    gw = keyed_gateway
+    with pytest.raises(openai.AuthenticationError):
+        sdk(gw, key="hg-not-a-real-key").chat.completions.create(model="fake-model", messages=MSG)
+    r = httpx.post(gw.base_url + "/v1/chat/completions", json={"model": "fake-model", "messages": MSG})
+    _assert_error_shape(r, 401)
+
+    created = httpx.post(gw.base_url + "/admin/api/keys", json={"name": "ci"}).json()
+    key = created["key"]
+    assert sdk(gw, key=key).chat.completions.create(model="fake-model", messages=MSG).choices
+    listed = httpx.get(gw.base_url + "/admin/api/keys").json()["data"]
+    assert all("key" not in k and "key_hash" not in k for k in listed)
+    assert httpx.delete(gw.base_url + f"/admin/api/keys/{created['id']}").json()["revoked"] is True
+    with pytest.raises(openai.AuthenticationError):
+        sdk(gw, key=key).chat.completions.create(model="fake-model", messages=MSG)
+
+
+def test_key_allowed_models_is_enforced(keyed_gateway: GatewayThread) -> None:
+    gw = keyed_gateway
+    key = httpx.post(gw.base_url + "/admin/api/keys", json={"name": "narrow", "allowed_models": ["other"]}).json()["key"]
+    with pytest.raises(openai.PermissionDeniedError):
+        sdk(gw, key=key).chat.completions.create(model="fake-model", messages=MSG)
+
+
+@pytest.fixture()
+def fast_timeout_gateway(fake_provider: FakeProviderThread, sqlite_url: str, tmp_path: Path) -> Iterator[GatewayThread]:
+    s = gateway_settings(fake_provider.base_url, sqlite_url, tmp_path)
+    for d in s.deployments:
+        d.timeout_s = 0.5
+    with running_gateway(s) as gw:
+        yield gw
+
+
+def test_upstream_timeout_is_504_timeout(fast_timeout_gateway: GatewayThread) -> None:
+    with pytest.raises(openai.InternalServerError) as ei:
+        sdk(fast_timeout_gateway).chat.completions.create(
+            model="fake-model", messages=[{"role": "user", "content": "slow [[fault:hang]]"}])
+    assert ei.value.status_code == 504
+    assert ei.value.body["type"] == "timeout"  # type: ignore[index]
+
+
+def test_upstream_429_is_429_with_retry_after(gateway: GatewayThread) -> None:
+    with pytest.raises(openai.RateLimitError) as ei:
+        sdk(gateway).chat.completions.create(
+            model="fake-model", messages=[{"role": "user", "content": "busy [[fault:429:1]]"}])
+    assert ei.value.status_code == 429
+    assert ei.value.response.headers.get("retry-after") == "1"
+
+
+def test_upstream_500_is_502_internal_error(gateway: GatewayThread) -> None:
+    with pytest.raises(openai.InternalServerError) as ei:
+        sdk(gateway).chat.completions.create(
+            model="fake-model", messages=[{"role": "user", "content": "boom [[fault:500]]"}])
+    assert ei.value.status_code == 502
+
+
+def test_context_window_exceeded_is_400(gateway: GatewayThread) -> None:
+    with pytest.raises(openai.BadRequestError) as ei:
+        sdk(gateway).chat.completions.create(
+            model="fake-model", messages=[{"role": "user", "content": "long [[fault:context_length]]"}])
+    assert ei.value.body["code"] == "context_length_exceeded"  # type: ignore[index]

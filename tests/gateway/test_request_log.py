@@ -1,0 +1,180 @@
+"""Every request leaves exactly one `requests` row and one `attempts` row per upstream try,
+in real Postgres, with correct tokens and cost, including through a database outage."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from backends.fake_provider import FakeProviderThread
+from requestlog.migrate import upgrade
+from tests.gateway.conftest import gateway_settings
+from tests.gateway.harness import GatewayThread, running_gateway
+from tests.requestlog._rl_support import TcpProxy
+
+
+class ThreadedProxy:
+    """The TCP proxy on its own loop, so blocking calls into the gateway never stall it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.proxy = TcpProxy()
+        self._run(self.proxy.start())
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    async def cut(self) -> None:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.proxy.cut(), self.loop))
+
+    async def restore(self) -> None:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.proxy.restore(), self.loop))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._run(self.proxy.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+async def _rows(url: str, sql: str, **params: Any) -> list[Any]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return list((await conn.execute(sa.text(sql), params)).mappings())
+    finally:
+        await engine.dispose()
+
+
+def _chat(text: str, **kw: Any) -> dict[str, Any]:
+    return {"model": "fake-model", "messages": [{"role": "user", "content": text}], **kw}
+
+
+async def _cancel_stream(client: httpx.AsyncClient, url: str) -> str:
+    """Open a slow stream, read its first event, then hang up like a client that went away."""
+    async with client.stream("POST", url, json=_chat("slow [[fault:chunk_latency:200]]", stream=True)) as r:
+        rid = r.headers["x-request-id"]
+        async for line in r.aiter_lines():
+            if line.startswith("data:"):
+                break
+    return rid
+
+
+async def test_each_request_kind_leaves_one_row_with_tokens_and_cost(
+    fresh_pg_url: str, tmp_path: Path
+) -> None:
+    upgrade(fresh_pg_url)
+    with FakeProviderThread() as fp:
+        settings = gateway_settings(fp.base_url, fresh_pg_url, tmp_path)
+        with running_gateway(settings) as gw:
+            url = gw.base_url + "/v1/chat/completions"
+            async with httpx.AsyncClient(timeout=20) as c:
+                ok = await c.post(url, json=_chat("hello world"))
+                streamed = await c.post(url, json=_chat("stream it", stream=True,
+                                                          stream_options={"include_usage": True}))
+                retried = await c.post(url, json=_chat("flaky"), headers={})
+                bad = await c.post(url, json={"model": "fake-model"})
+                unknown = await c.post(url, json=_chat("x") | {"model": "nope"})
+                failed = await c.post(url, json=_chat("boom [[fault:500]]"))
+                cancelled_rid = await _cancel_stream(c, url)
+            await asyncio.sleep(0.5)  # the cancelled stream's handler notices the hang-up
+            await gw.acall(gw.services.sink.flush())
+            ids = {
+                "ok": ok.headers["x-request-id"], "streamed": streamed.headers["x-request-id"],
+                "retried": retried.headers["x-request-id"], "bad": bad.headers["x-request-id"],
+                "unknown": unknown.headers["x-request-id"], "failed": failed.headers["x-request-id"],
+                "cancelled": cancelled_rid,
+            }
+    rows = {r["id"]: r for r in await _rows(fresh_pg_url, "SELECT * FROM requests")}
+    attempts = await _rows(fresh_pg_url, "SELECT * FROM attempts")
+    assert set(rows) == set(ids.values())
+    by_req: dict[str, list[Any]] = {}
+    for a in attempts:
+        by_req.setdefault(a["request_id"], []).append(a)
+
+    r = rows[ids["ok"]]
+    body = ok.json()
+    assert r["status"] == "ok" and r["http_status"] == 200 and not r["streamed"]
+    assert r["prompt_tokens"] == body["usage"]["prompt_tokens"]
+    assert r["completion_tokens"] == body["usage"]["completion_tokens"]
+    expected_cost = (body["usage"]["prompt_tokens"] * 1.0 + body["usage"]["completion_tokens"] * 2.0) / 1e6
+    assert r["cost_usd"] == pytest.approx(expected_cost)
+    assert r["served_model"] == "fake-model" and r["deployment"] == "fake-a"
+    assert r["latency_ms"] > 0 and r["route_reason"]
+    assert len(by_req[ids["ok"]]) == 1 and by_req[ids["ok"]][0]["cost_usd"] == pytest.approx(expected_cost)
+
+    s = rows[ids["streamed"]]
+    assert s["streamed"] and s["status"] == "ok" and s["ttft_ms"] is not None and s["completion_tokens"] > 0
+
+    assert rows[ids["bad"]]["http_status"] == 400 and ids["bad"] not in by_req
+    assert rows[ids["unknown"]]["http_status"] == 404 and ids["unknown"] not in by_req
+
+    f = rows[ids["failed"]]
+    assert f["status"] == "error" and f["http_status"] == 502
+    assert len(by_req[ids["failed"]]) == f["attempts_count"] >= 2  # retried before giving up
+    assert all(a["status"] == "error" and a["error_type"] == "server_error" for a in by_req[ids["failed"]])
+
+    cx = rows[ids["cancelled"]]
+    assert cx["status"] == "cancelled" and cx["streamed"]
+    assert [a["status"] for a in by_req[ids["cancelled"]]] == ["cancelled"]
+
+
+async def test_postgres_outage_under_load_loses_and_duplicates_nothing(
+    fresh_pg_url: str, tmp_path: Path
+) -> None:
+    upgrade(fresh_pg_url)
+    database = fresh_pg_url.rsplit("/", 1)[1]
+    proxy = ThreadedProxy()
+    n_requests, concurrency = 400, 16
+    with FakeProviderThread() as fp:
+        settings = gateway_settings(fp.base_url, proxy.proxy.url(database), tmp_path,
+                                    log={"bodies": "hashed", "spool_dir": str(tmp_path / "spool"),
+                                         "batch_max_ms": 20})
+        with running_gateway(settings) as gw:
+            gw.services.sink._probe_initial = 0.1  # noqa: SLF001 - reprobe quickly in the test
+            gw.services.sink._probe_max = 0.5  # noqa: SLF001
+            url = gw.base_url + "/v1/chat/completions"
+            sent: list[str] = []
+            sem = asyncio.Semaphore(concurrency)
+
+            async def one(i: int, c: httpx.AsyncClient) -> None:
+                async with sem:
+                    stream = i % 3 == 0
+                    text = f"req {i}" + (" [[fault:503]]" if i % 17 == 0 else "")
+                    r = await c.post(url, json=_chat(text, stream=stream))
+                    sent.append(r.headers["x-request-id"])
+
+            async with httpx.AsyncClient(timeout=30) as c:
+                tasks = [asyncio.create_task(one(i, c)) for i in range(n_requests)]
+                await asyncio.sleep(0.3)
+                await proxy.cut()  # Postgres vanishes mid-load
+                await asyncio.sleep(1.5)
+                await proxy.restore()
+                await asyncio.gather(*tasks)
+            stats_mid = gw.services.sink.stats()
+            for _ in range(100):
+                await gw.acall(gw.services.sink.flush())
+                st = gw.services.sink.stats()
+                if st["db_up"] and not st.get("spool_pending_files") and st["queued"] == 0:
+                    break
+                await asyncio.sleep(0.1)
+    proxy.close()
+    assert stats_mid["spooled"] > 0, "the outage should have sent rows to the spool"
+    counts = (await _rows(fresh_pg_url, "SELECT count(*) AS n, count(DISTINCT id) AS d FROM requests"))[0]
+    assert len(sent) == n_requests
+    assert counts["n"] == counts["d"] == n_requests
+    ids = {r["id"] for r in await _rows(fresh_pg_url, "SELECT id FROM requests")}
+    assert ids == set(sent)
+    att = (await _rows(fresh_pg_url, "SELECT count(*) AS n, count(DISTINCT id) AS d FROM attempts"))[0]
+    expected_attempts = (await _rows(fresh_pg_url, "SELECT sum(attempts_count) AS s FROM requests"))[0]["s"]
+    assert att["n"] == att["d"] == expected_attempts
