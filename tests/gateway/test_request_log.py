@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from backends.fake_provider import FakeProviderThread
 from requestlog.migrate import upgrade
 from tests.gateway.conftest import gateway_settings
-from tests.gateway.harness import GatewayThread, running_gateway
+from tests.gateway.harness import running_gateway
 from tests.requestlog._rl_support import TcpProxy
 
 
