@@ -2,10 +2,15 @@
 
 All rows of a step are sampled in one call: temperature, top-k and top-p are applied as per-row tensors,
 so one request's settings never affect another's. Randomness is per *sequence*: every sequence owns a
-`torch.Generator` (seeded from the request's ``seed``, or randomly), and a token is drawn by the
-exponential-race trick ``argmax(p / E)`` with ``E ~ Exp(1)`` drawn from that generator. That is an exact
-sample from ``p``, and it makes a seeded request reproducible whatever else is in the batch, and across
-preemption (a recomputed sequence keeps its generator).
+`torch.Generator` (seeded from the request's ``seed``, or randomly) and a token is drawn by inverting the
+row's CDF at one uniform from that generator. That is an exact sample, costs one random number per
+token, and makes a seeded request reproducible whatever else is in the batch, and across preemption (a
+recomputed sequence keeps its generator).
+
+Top-k / top-p look only at the top 256 candidates (a ``topk``, not a full-vocabulary sort); a top-p
+nucleus that does not close within them (a very flat distribution) is sampled by rejection instead of
+a sort (`_nucleus_by_rejection`). Semantics as vLLM: top-k first, then top-p on the renormalised top-k
+distribution.
 
 Logprobs are those of the model's raw distribution (``log_softmax`` of the logits, before temperature
 and truncation), as vLLM reports by default.
@@ -103,32 +108,100 @@ def sample(logits: torch.Tensor, rows: list[SampleRow]) -> tuple[list[int], list
     return out, logprobs
 
 
+# Candidates kept for top-k / top-p: a nucleus that needs more (a flat distribution) falls back to a sort.
+_CANDIDATES = 256
+
+
 def _sample_random(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
-    temps = torch.tensor([r.params.temperature for r in rows], device=logits.device)[:, None]
-    logits = logits / temps
-    top_k = [r.params.top_k for r in rows]
-    top_p = [r.params.top_p for r in rows]
-    if any(k > 0 for k in top_k) or any(p < 1.0 for p in top_p):
-        logits = _truncate(logits, top_k, top_p)
-    probs = torch.softmax(logits, dim=-1)
-    noise = torch.empty_like(probs)
-    for i, r in enumerate(rows):
-        noise[i].exponential_(generator=r.generator)
-    return (probs / noise.clamp_min_(1e-20)).argmax(-1)
-
-
-def _truncate(logits: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:
-    """Mask everything outside each row's top-k and top-p nucleus (the top token always survives)."""
-    vocab = logits.shape[-1]
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
     dev = logits.device
-    k = torch.tensor([k if k > 0 else vocab for k in top_k], device=dev)[:, None]
-    ranks = torch.arange(vocab, device=dev)[None, :]
-    drop = ranks >= k
-    p = torch.tensor(top_p, device=dev)[:, None]
-    probs = torch.softmax(sorted_logits.masked_fill(drop, float("-inf")), dim=-1)
-    before = probs.cumsum(-1) - probs  # mass of strictly better tokens
-    drop |= before >= p
-    drop[:, 0] = False
-    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-    return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    temps = torch.tensor([r.params.temperature for r in rows], device=dev)[:, None]
+    probs = torch.softmax(logits / temps, dim=-1)
+    batch, vocab = probs.shape
+    u = torch.stack([torch.rand((), generator=r.generator, device=dev) for r in rows])
+    ks = [r.params.top_k if 0 < r.params.top_k < vocab else vocab for r in rows]
+    ps = [r.params.top_p for r in rows]
+    out = torch.empty(batch, dtype=torch.long, device=dev)
+    plain = [i for i in range(batch) if ks[i] == vocab and ps[i] >= 1.0]
+    if plain:
+        out[plain] = _inverse_cdf(probs[plain], u[plain], torch.full((len(plain),), vocab, device=dev))
+    trunc = [i for i in range(batch) if ks[i] < vocab or ps[i] < 1.0]
+    if trunc:
+        # Top candidates only (>= every finite top_k), unless a top-p nucleus does not close within them.
+        c = min(vocab, max([_CANDIDATES] + [ks[i] for i in trunc if ks[i] < vocab]))
+        vals, idx = probs[trunc].topk(c, dim=-1)
+        mass = vals.sum(-1).tolist()
+        wide = [j for j, i in enumerate(trunc) if ks[i] == vocab and mass[j] < ps[i]]
+        narrow = [j for j in range(len(trunc)) if j not in set(wide)]
+        if narrow:
+            rows_n = [trunc[j] for j in narrow]
+            out[rows_n] = _truncated_pick(vals[narrow], idx[narrow], [ks[i] for i in rows_n],
+                                          [ps[i] for i in rows_n], u[rows_n], vocab)
+        if wide:
+            rows_w = [trunc[j] for j in wide]
+            out[rows_w] = _nucleus_by_rejection(probs[rows_w], [ps[i] for i in rows_w], u[rows_w],
+                                                [rows[i].generator for i in rows_w])
+    return out
+
+
+def _truncated_pick(vals: torch.Tensor, idx: torch.Tensor, ks: list[int], ps: list[float], u: torch.Tensor,
+                    vocab: int) -> torch.Tensor:
+    """Sample from the top-k, then top-p (on the top-k-renormalised distribution), of sorted candidates.
+
+    vals/idx: ``[n, c]`` probabilities in descending order and their token ids. The kept tokens always
+    form a prefix (the top token is always kept)."""
+    dev = vals.device
+    c = vals.shape[-1]
+    k = torch.tensor(ks, device=dev)[:, None]
+    w = vals * (torch.arange(c, device=dev)[None, :] < k)
+    # Renormalise over the top-k when k truncates; a row without top-k is already a full distribution.
+    total = torch.where(k < vocab, w.sum(-1, keepdim=True), torch.ones_like(w[:, :1]))
+    w = w / total
+    p = torch.tensor([q if q < 1.0 else float("inf") for q in ps], device=dev)[:, None]
+    keep = (w.cumsum(-1) - w) < p  # mass of strictly better tokens below p
+    keep &= torch.arange(c, device=dev)[None, :] < k
+    keep[:, 0] = True
+    w = w * keep
+    pick = _inverse_cdf(w, u, keep.sum(-1))
+    return idx.gather(1, pick[:, None])[:, 0]
+
+
+def _nucleus_by_rejection(probs: torch.Tensor, ps: list[float], u: torch.Tensor,
+                          generators: list[torch.Generator | None], max_tries: int = 32) -> torch.Tensor:
+    """Top-p for a flat distribution without sorting the vocabulary.
+
+    Draw from the full distribution and accept the token iff the mass of strictly more likely tokens is
+    below p (i.e. it is in the nucleus); otherwise draw again from the same generator. Conditioning on
+    acceptance gives exactly the renormalised nucleus, and since the nucleus holds >= p of the mass the
+    expected number of draws is <= 1/p. Rows still unlucky after ``max_tries`` are sorted.
+    """
+    dev = probs.device
+    n, vocab = probs.shape
+    out = torch.empty(n, dtype=torch.long, device=dev)
+    p = torch.tensor(ps, device=dev)
+    full = torch.full((n,), vocab, device=dev)
+    todo = list(range(n))
+    for _ in range(max_tries):
+        tok = _inverse_cdf(probs[todo], u[todo], full[todo])
+        pt = probs[todo].gather(1, tok[:, None])
+        better = (probs[todo] * (probs[todo] > pt)).sum(-1)
+        ok = (better < p[todo]).tolist()
+        for j, i in enumerate(todo):
+            if ok[j]:
+                out[i] = tok[j]
+        todo = [i for j, i in enumerate(todo) if not ok[j]]
+        if not todo:
+            return out
+        u = u.clone()
+        for i in todo:
+            u[i] = torch.rand((), generator=generators[i], device=dev)
+    vals, idx = probs[todo].sort(dim=-1, descending=True)
+    out[todo] = _truncated_pick(vals, idx, [vocab] * len(todo), [ps[i] for i in todo], u[todo], vocab)
+    return out
+
+
+def _inverse_cdf(w: torch.Tensor, u: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
+    """Index j of each row with cdf[j-1] <= u * total < cdf[j] (an exact draw from the weights ``w``)."""
+    cdf = w.cumsum(-1)
+    x = u * cdf[:, -1]
+    j = torch.searchsorted(cdf, x[:, None], right=True)[:, 0]
+    return torch.minimum(j, n_valid - 1)

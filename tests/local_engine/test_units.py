@@ -1,0 +1,117 @@
+"""Unit tests: sampler distributions, block allocator / prefix registry, paged attention vs contiguous."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+
+from local_model.cache import KVCache
+from local_model.engine.kv_blocks import BlockAllocator, BlockTable, OutOfBlocks, block_hashes
+from local_model.engine.paged import PagedKVCache, PagedStep, paged_attention
+from local_model.engine.sampler import SampleRow, SamplingParams, make_generator, sample
+from local_model.model import attention_with_kv_cache
+
+
+def draw(logits: torch.Tensor, params: SamplingParams, n: int, seed: int = 0) -> collections.Counter[int]:
+    g = make_generator(seed)
+    rows = [SampleRow(params, g)] * 1
+    counts: collections.Counter[int] = collections.Counter()
+    for _ in range(n):
+        tokens, _ = sample(logits[None], rows)
+        counts[tokens[0]] += 1
+    return counts
+
+
+def test_top_p_and_top_k_sample_the_renormalised_set() -> None:
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log()
+    c = draw(logits, SamplingParams(temperature=1.0, top_p=0.7), 4000)
+    assert set(c) == {0, 1}  # mass before token 2 is 0.8 >= 0.7
+    assert abs(c[0] / 4000 - 0.5 / 0.8) < 0.03
+    c = draw(logits, SamplingParams(temperature=1.0, top_k=3), 4000, seed=1)
+    assert set(c) == {0, 1, 2} and abs(c[2] / 4000 - 0.15 / 0.95) < 0.03
+    c = draw(logits, SamplingParams(temperature=1.0), 4000, seed=2)
+    assert abs(c[3] / 4000 - 0.05) < 0.015
+    c = draw(logits, SamplingParams(temperature=1.0, top_k=3, top_p=0.6), 2000, seed=3)
+    assert set(c) == {0, 1}  # top-p on the top-3-renormalised distribution: 0.5/0.95 < 0.6
+
+
+def test_flat_nucleus_by_rejection_is_exact() -> None:
+    vocab = 1000
+    logits = torch.linspace(0, 1, vocab)  # flat: the 0.5-nucleus needs far more than 256 tokens
+    probs = torch.softmax(logits, -1)
+    order = probs.argsort(descending=True)
+    before = probs[order].cumsum(0) - probs[order]
+    nucleus = set(order[before < 0.5].tolist())
+    assert len(nucleus) > 256
+    c = draw(logits, SamplingParams(temperature=1.0, top_p=0.5), 3000, seed=4)
+    assert set(c) <= nucleus
+    top_half = sum(v for t, v in c.items() if t >= 750)
+    expect = probs[750:].sum() / probs[sorted(nucleus)].sum()
+    assert abs(top_half / 3000 - expect.item()) < 0.04
+
+
+def test_seeded_rows_are_independent_of_the_batch() -> None:
+    logits = torch.randn(6, 50)
+    p = SamplingParams(temperature=0.8, top_p=0.9, seed=11)
+    alone = [sample(logits[2:3], [SampleRow(p, make_generator(11))])[0][0] for _ in range(1)]
+    batch_rows = [SampleRow(SamplingParams(temperature=1.0), make_generator(i)) for i in range(6)]
+    batch_rows[2] = SampleRow(p, make_generator(11))
+    together = sample(logits, batch_rows)[0][2]
+    assert alone[0] == together
+
+
+def test_block_allocator_refcounts_cache_and_evicts_lru() -> None:
+    a = BlockAllocator(4, block_size=2)
+    toks = [5, 6, 7, 8, 9]
+    hashes = block_hashes(toks, 2)
+    assert len(hashes) == 2 and hashes != block_hashes([5, 6, 7, 9], 2)
+    t = BlockTable()
+    t.ensure(a, 5)
+    assert len(t) == 3 and a.num_free == 1
+    a.register(t.blocks[0], hashes[0], 0, toks[:2])
+    a.register(t.blocks[1], hashes[1], hashes[0], toks[2:4])
+    assert a.lookup(hashes[0], 0, [5, 6]) == t.blocks[0]
+    assert a.lookup(hashes[0], 0, [5, 7]) is None  # content is verified, not just the hash
+    cached0, cached1, plain = t.blocks
+    t.free(a)
+    assert a.num_free == 4 and a.num_cached == 2 and a.refcount(cached0) == 0
+    other = BlockTable()
+    other.append_shared(a, cached0)  # a prefix hit revives an evictable block
+    assert a.refcount(cached0) == 1 and a.num_free == 3
+    got = a.allocate_many(3)  # free blocks first, then the LRU cached one (cached1), never a referenced one
+    assert plain in got and cached1 in got and cached0 not in got
+    assert a.lookup(hashes[1], hashes[0], [7, 8]) is None and a.num_cached == 1
+    with pytest.raises(OutOfBlocks):
+        a.allocate()
+
+
+@pytest.mark.parametrize("width", [1, 5])
+def test_paged_attention_equals_contiguous(width: int) -> None:
+    torch.manual_seed(0)
+    heads, kv_heads, hd, bs = 4, 2, 8, 4
+    lengths, seq_lens = [3, 9, 0], [width, max(1, width - 2), width]
+    batch = len(lengths)
+    contiguous = KVCache(torch.zeros(batch, kv_heads, 32, hd), torch.zeros(batch, kv_heads, 32, hd))
+    pool_k, pool_v = torch.zeros(40 * bs, kv_heads, hd), torch.zeros(40 * bs, kv_heads, hd)
+    tables = [[7, 3, 12, 5], [1, 30, 2, 9], [22, 11, 4, 8]]
+    # Fill the past positions identically in both layouts.
+    for b, n in enumerate(lengths):
+        for pos in range(n):
+            kk, vv = torch.randn(kv_heads, hd), torch.randn(kv_heads, hd)
+            contiguous.k[b, :, pos], contiguous.v[b, :, pos] = kk, vv
+            row = tables[b][pos // bs] * bs + pos % bs
+            pool_k[row], pool_v[row] = kk, vv
+    q = torch.randn(batch, heads, width, hd)
+    k, v = torch.randn(batch, kv_heads, width, hd), torch.randn(batch, kv_heads, width, hd)
+    lt, st = torch.tensor(lengths), torch.tensor(seq_lens)
+    ref = attention_with_kv_cache(q, k, v, contiguous, lt, st, None, hd**-0.5)
+    step = PagedStep.build(tables, lengths, seq_lens, bs, width)
+    out = paged_attention(q, k, v, PagedKVCache(pool_k, pool_v, step), hd**-0.5)
+    for b in range(batch):
+        torch.testing.assert_close(out[b, :, : seq_lens[b]], ref[b, :, : seq_lens[b]])
+        n = lengths[b] + seq_lens[b]
+        rows = [tables[b][p // bs] * bs + p % bs for p in range(n)]
+        torch.testing.assert_close(pool_k[rows], contiguous.k[b, :, :n].transpose(0, 1))
