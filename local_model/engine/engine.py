@@ -34,7 +34,7 @@ from ..model import JambaForCausalLM
 from .config import EngineConfig, MemoryPlan, plan_memory
 from .errors import EngineClosed, EngineOverloaded, InvalidRequest, PromptTooLong, RequestCancelled
 from .kv_blocks import BlockAllocator, blocks_for
-from .paged import PagedKVCache, PagedStep, install_dispatch
+from .paged import PagedKVCache, PagedStep
 from .sampler import SampleRow, SamplingParams, TokenLogprob, make_generator, sample
 from .scheduler import Chunk, Scheduler
 from .sequence import Delta, Event, Failed, Finished, Request, Sequence, Status, TokenizerLike, Usage
@@ -235,7 +235,6 @@ class Engine:
         *,
         model_name: str = "local",
     ) -> None:
-        install_dispatch()
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config or EngineConfig()

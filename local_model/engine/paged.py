@@ -8,6 +8,9 @@ rows ``b*block_size .. (b+1)*block_size - 1``, and a sequence's *block table* li
 The indexing work (which pool rows the new tokens go to, which pool rows each row reads, the causal mask)
 is the same for every attention layer of a forward, so `PagedStep.build` computes it once per forward
 and each layer only does two scatters, one gather and SDPA (`paged_attention`).
+
+`PagedKVCache` plugs into the model through `local_model.cache.KVCache.attend`, the hook the attention
+layer calls, so the model code is the same for contiguous and paged caches.
 """
 
 from __future__ import annotations
@@ -88,6 +91,11 @@ class PagedKVCache(KVCache):
     def capacity(self) -> int:  # total positions in the pool, across all sequences
         return self.k.shape[0]
 
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
+               seq_lens: torch.Tensor | None, slots: torch.Tensor | None, scale: float) -> torch.Tensor:
+        """The `KVCache.attend` hook the attention layer calls: positions come from `step`, not slots."""
+        return paged_attention(q, k, v, self, scale)
+
 
 def paged_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: PagedKVCache, scale: float
@@ -117,24 +125,3 @@ def paged_attention(
         attn_mask=s.mask,
         scale=scale,
     )
-
-
-def install_dispatch() -> None:
-    """Route `attention_with_kv_cache` to `paged_attention` for a `PagedKVCache` (idempotent).
-
-    Interim shim until the dispatch lives in `local_model.model` itself; Attention.forward looks the
-    function up in the module at call time, so replacing the module attribute is enough.
-    """
-    from .. import model
-
-    current = model.attention_with_kv_cache
-    if getattr(current, "_paged_dispatch", False):
-        return
-
-    def attention_with_kv_cache(q, k, v, kv, lengths, seq_lens, slots, scale):  # type: ignore[no-untyped-def]
-        if isinstance(kv, PagedKVCache):
-            return paged_attention(q, k, v, kv, scale)
-        return current(q, k, v, kv, lengths, seq_lens, slots, scale)
-
-    attention_with_kv_cache._paged_dispatch = True  # type: ignore[attr-defined]
-    model.attention_with_kv_cache = attention_with_kv_cache
