@@ -39,6 +39,8 @@ __all__ = [
     "oracle_choice",
     "tradeoff_sweep",
     "cost_to_match",
+    "single_model_points",
+    "random_mix_curve",
 ]
 
 
