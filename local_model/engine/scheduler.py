@@ -13,13 +13,9 @@ Every step (see `Scheduler.schedule`):
    for their whole prompt (plus a small watermark) are available. So a long prompt delays running
    decodes by at most one chunk per step.
 
-Chunks never cross a *stop point*: multiples of ``snapshot_interval`` and ``P``, the last block boundary
-before the final prompt token. After a chunk that ends on a stop point the sequence's Mamba state is
-exactly the state after a block-aligned prefix, so it is snapshotted next to that prefix's KV blocks
-(prefix cache). Admission looks up the longest cached prefix that has both its KV blocks and a snapshot
-at its end, takes references on the blocks, copies the snapshot into the new slot, and starts the
-prefill there. Because stop points depend only on the tokens, a prompt is chunked the same way whether
-or not part of it came from the cache.
+Chunks never cross a *stop point* (`PrefixCache.next_stop`), where the prefix cache snapshots the Mamba
+state next to the prefix's KV blocks; admission attaches the longest cached prefix (`PrefixCache.attach`)
+and starts the prefill after it. See prefix_cache.py.
 """
 
 from __future__ import annotations
@@ -29,7 +25,8 @@ import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
-from .kv_blocks import BlockAllocator, OutOfBlocks, block_hashes, blocks_for
+from .kv_blocks import BlockAllocator, OutOfBlocks, blocks_for
+from .prefix_cache import PrefixCache, PrefixStats
 from .sequence import Sequence, Status
 from .ssm_slots import SnapshotStore, SSMSlotPool
 
@@ -56,14 +53,6 @@ class StepPlan:
         return not self.decode and not self.prefill
 
 
-@dataclass(slots=True)
-class PrefixStats:
-    queries: int = 0  # admissions that looked up the cache
-    hits: int = 0  # admissions that reused a cached prefix
-    query_tokens: int = 0  # prompt tokens looked up
-    hit_tokens: int = 0  # prompt tokens whose prefill was skipped
-
-
 class Scheduler:
     def __init__(
         self,
@@ -79,16 +68,14 @@ class Scheduler:
     ) -> None:
         self.allocator = allocator
         self.slots = slots
-        self.snapshots = snapshots
         self.block_size = allocator.block_size
         self.max_num_seqs = max_num_seqs
         self.prefill_chunk_tokens = prefill_chunk_tokens
-        self.snapshot_interval = snapshot_interval
-        self.prefix_caching = prefix_caching
         self.watermark_blocks = watermark_blocks
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
-        self.prefix = PrefixStats()
+        self.prefix_cache = PrefixCache(allocator, slots, snapshots, snapshot_interval=snapshot_interval,
+                                        enabled=prefix_caching)
         self.num_preemptions = 0
         self._order = itertools.count()
 
@@ -191,17 +178,7 @@ class Scheduler:
             self._preempt(victim, plan)
 
     def _next_stop(self, seq: Sequence, pos: int) -> int:
-        """First stop point after ``pos``: a snapshot_interval multiple or P (see module docstring)."""
-        nxt = (pos // self.snapshot_interval + 1) * self.snapshot_interval
-        last_boundary = self._last_boundary(seq)
-        if pos < last_boundary < nxt:
-            nxt = last_boundary
-        return nxt
-
-    def _last_boundary(self, seq: Sequence) -> int:
-        """P: the last block boundary strictly before the final prompt token (a cached prefix must leave at
-        least one token to compute, whose logits give the first sample)."""
-        return ((seq.prefill_target - 1) // self.block_size) * self.block_size
+        return self.prefix_cache.next_stop(seq, pos)
 
     def _can_admit(self, seq: Sequence) -> bool:
         if self.slots.num_free == 0 or len(self.running) >= self.max_num_seqs:
@@ -216,71 +193,26 @@ class Scheduler:
         seq.admit_order = next(self._order)
         seq.prefill_target = len(seq.tokens)
         seq.num_computed = 0
-        seq.num_registered = 0
-        seq.hashes = block_hashes(
-            seq.tokens, self.block_size, limit=self._last_boundary(seq) // self.block_size
-        )
         self.running.append(seq)
-        if self.prefix_caching:
-            hit = self._reuse_prefix(seq)
-            self.prefix.queries += 1
-            self.prefix.query_tokens += seq.prefill_target
-            if hit:
-                self.prefix.hits += 1
-                self.prefix.hit_tokens += hit
-            if seq.num_preemptions == 0 and seq.index == 0:
-                seq.request.cached_tokens = hit
-
-    def _reuse_prefix(self, seq: Sequence) -> int:
-        """Attach the longest cached prefix with a Mamba snapshot at its end; returns its length in tokens."""
-        bs = self.block_size
-        found: list[int] = []
-        best = 0
-        parent = 0
-        for i, h in enumerate(seq.hashes):
-            block = self.allocator.lookup(h, parent, seq.tokens[i * bs : (i + 1) * bs])
-            if block is None:
-                break
-            found.append(block)
-            if h in self.snapshots:
-                best = i + 1
-            parent = h
-        if best == 0:
-            return 0
-        assert seq.slot is not None
-        self.snapshots.restore(seq.hashes[best - 1], self.slots, seq.slot)
-        for block in found[:best]:
-            seq.table.append_shared(self.allocator, block)
-        seq.num_computed = best * bs
-        seq.num_registered = best
-        return best * bs
+        hit = self.prefix_cache.attach(seq)
+        if seq.num_preemptions == 0 and seq.index == 0:
+            seq.request.cached_tokens = hit
 
     # ------------------------------------------------------------------ after the forward
 
     def after_prefill(self, chunk: Chunk) -> None:
-        """Advance the sequence; publish its newly full prompt blocks and, at a stop point, its snapshot."""
-        seq = chunk.seq
-        seq.num_computed = chunk.end
-        if not self.prefix_caching:
-            return
-        bs = self.block_size
-        full = min(chunk.end // bs, len(seq.hashes))
-        for i in range(seq.num_registered, full):
-            parent = seq.hashes[i - 1] if i else 0
-            self.allocator.register(
-                seq.table.blocks[i], seq.hashes[i], parent, seq.tokens[i * bs : (i + 1) * bs]
-            )
-        seq.num_registered = max(seq.num_registered, full)
-        end = chunk.end
-        is_stop = end % self.snapshot_interval == 0 or end == self._last_boundary(seq)
-        if is_stop and end % bs == 0 and 0 < end <= self._last_boundary(seq):
-            assert seq.slot is not None
-            self.snapshots.save(seq.hashes[end // bs - 1], self.slots, seq.slot)
+        """Advance the sequence; let the prefix cache publish its full blocks / snapshot."""
+        chunk.seq.num_computed = chunk.end
+        self.prefix_cache.publish(chunk.seq, chunk.end)
 
     def after_decode(self, seq: Sequence) -> None:
         seq.num_computed += 1
 
     # ------------------------------------------------------------------ introspection
+
+    @property
+    def prefix(self) -> PrefixStats:
+        return self.prefix_cache.stats
 
     @property
     def num_waiting(self) -> int:
