@@ -1,9 +1,10 @@
 """Run a routing decision: attempts, retries, fallbacks, breaker updates.
 
-The router decides *which* deployments to try and in what order (pure); this module does the
-I/O of trying them. It owns the rules a client can observe:
+The router decides *which* deployments to try and in what order, and `router.retry.on_error`
+decides what a failure means (both pure); this module does the I/O of trying them. It owns the
+rules a client can observe:
 - a retryable failure is retried on the same deployment (backoff with jitter, honouring
-  Retry-After) up to the policy's limit, then the next deployment in the chain is tried;
+  Retry-After) while the policy allows, else the next deployment in the chain is tried;
 - a stream that fails before its first chunk falls back invisibly; after the first chunk the
   client gets an error event and never a second answer spliced onto the first;
 - every try becomes one AttemptRow, so the log shows exactly what happened.
@@ -21,45 +22,47 @@ from typing import Any, Protocol
 
 from backends.base import Backend, UpstreamCall, UpstreamError, UpstreamResponse, Usage
 from backends.deployment import DeploymentConfig
+from policies.schema import RetrySettings
 from requestlog.rows import AttemptRow
+from router.retry import attempt_timeout, on_error
 
-
-@dataclass(slots=True)
-class RetrySettings:
-    max_attempts_per_deployment: int = 2
-    backoff_base_s: float = 0.05
-    backoff_max_s: float = 2.0
-    max_retry_after_s: float = 10.0  # a Retry-After longer than this moves on to the next deployment
-    total_deadline_s: float = 120.0
-    fallback_on: frozenset[str] = frozenset(
-        {"timeout", "rate_limit", "server_error", "connection", "context_window", "content_policy", "stream_cut",
-         "malformed", "auth", "not_found"}
-    )
+DEFAULT_TRIGGERS = frozenset({"timeout", "rate_limit", "server_error", "connection", "context_window",
+                              "stream_cut", "malformed"})
 
 
 class Outcomes(Protocol):
-    """Where attempt outcomes go (breakers, latency EWMA, metrics). Implemented by the gateway."""
+    """Where attempt outcomes go (circuit breakers, latency EWMA, in-flight counts)."""
 
-    def allow(self, deployment: str) -> bool: ...
+    async def allow(self, deployment: str) -> bool: ...
 
-    def record(self, deployment: str, ok: bool, latency_s: float, error_kind: str | None) -> None: ...
+    async def record(self, deployment: str, ok: bool, latency_s: float, error_kind: str | None) -> None: ...
 
 
 class _AllowAll:
-    def allow(self, deployment: str) -> bool:
+    async def allow(self, deployment: str) -> bool:
         return True
 
-    def record(self, deployment: str, ok: bool, latency_s: float, error_kind: str | None) -> None:
+    async def record(self, deployment: str, ok: bool, latency_s: float, error_kind: str | None) -> None:
         return None
 
 
 Pricer = Callable[[DeploymentConfig, Usage], float]
+CallFactory = Callable[[DeploymentConfig, float], UpstreamCall]  # (deployment, attempt timeout) -> call
 
 
 @dataclass(slots=True)
 class Target:
     deployment: DeploymentConfig
     backend: Backend
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the executor needs from a routing decision."""
+
+    targets: list[Target]
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    triggers: frozenset[str] = DEFAULT_TRIGGERS
 
 
 @dataclass
@@ -81,6 +84,31 @@ def usage_from(obj: dict[str, Any] | None) -> Usage | None:
     return Usage(int(obj.get("prompt_tokens") or 0), int(obj.get("completion_tokens") or 0))
 
 
+class _Cursor:
+    """Walks the plan's targets: which one is next, and how many tries it has had."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.i = 0
+        self.here = 0
+
+    @property
+    def current(self) -> Target | None:
+        return self.plan.targets[self.i] if self.i < len(self.plan.targets) else None
+
+    def next_index(self, kind: str) -> int | None:
+        """Index of the next target to fall to; a context-window failure only moves to a larger window."""
+        cur = self.plan.targets[self.i].deployment
+        for j in range(self.i + 1, len(self.plan.targets)):
+            if kind != "context_window" or self.plan.targets[j].deployment.context_window > cur.context_window:
+                return j
+        return None
+
+    def advance(self, to: int | None = None) -> None:
+        self.i = self.i + 1 if to is None else to
+        self.here = 0
+
+
 class Executor:
     """Tries targets in order. One instance per app; stateless between requests."""
 
@@ -92,113 +120,99 @@ class Executor:
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         self._price = pricer
-        self._outcomes = outcomes or _AllowAll()
+        self._outcomes: Outcomes = outcomes or _AllowAll()
         self._rng = rng or random.Random()
         self._sleep = sleep
 
-    def _backoff(self, n: int, retry: RetrySettings, err: UpstreamError) -> float | None:
-        """Seconds to wait before retrying the same deployment, or None to move on."""
-        if err.retry_after_s is not None:
-            return err.retry_after_s if err.retry_after_s <= retry.max_retry_after_s else None
-        cap = min(retry.backoff_max_s, retry.backoff_base_s * (2**n))
-        return self._rng.uniform(0, cap)  # full jitter
-
-    def _attempt_row(self, ex: Execution, t: Target, started: datetime) -> AttemptRow:
+    def _attempt_row(self, ex: Execution, t: Target) -> AttemptRow:
         d = t.deployment
         row = AttemptRow(
-            id=f"{ex.request_id}-{len(ex.attempts)}",
-            request_id=ex.request_id,
-            attempt_no=len(ex.attempts),
-            deployment=d.name,
-            provider=d.provider,
-            upstream_model=d.upstream_model,
-            started_at=started,
+            id=f"{ex.request_id}-{len(ex.attempts)}", request_id=ex.request_id, attempt_no=len(ex.attempts),
+            deployment=d.name, provider=d.provider, upstream_model=d.upstream_model, started_at=datetime.now(UTC),
         )
         ex.attempts.append(row)
         return row
 
-    def _fail(self, row: AttemptRow, err: UpstreamError, t0: float, target: Target) -> None:
+    async def _fail(self, row: AttemptRow, err: UpstreamError, t0: float, target: Target) -> None:
         row.status = "error"
         row.latency_ms = (time.perf_counter() - t0) * 1000
         row.http_status = err.status
         row.error_type = err.kind
         row.error_message = err.message[:500]
-        self._outcomes.record(target.deployment.name, False, time.perf_counter() - t0, err.kind)
+        await self._outcomes.record(target.deployment.name, False, time.perf_counter() - t0, err.kind)
 
-    def _succeed(self, ex: Execution, row: AttemptRow, t: Target, usage: Usage, t0: float) -> None:
+    async def _succeed(self, ex: Execution, row: AttemptRow, t: Target, usage: Usage, t0: float) -> None:
         latency = time.perf_counter() - t0
         row.latency_ms = latency * 1000
         row.prompt_tokens = usage.prompt_tokens
         row.completion_tokens = usage.completion_tokens
         row.cost_usd = self._price(t.deployment, usage)
         ex.served, ex.usage, ex.cost_usd = t, usage, row.cost_usd
-        self._outcomes.record(t.deployment.name, True, latency, None)
+        await self._outcomes.record(t.deployment.name, True, latency, None)
 
-    async def _plan(
-        self, targets: Sequence[Target], retry: RetrySettings, ex: Execution
-    ) -> AsyncIterator[tuple[Target, int]]:
-        """Yield (target, try number) in the order to attempt, sleeping between retries."""
-        deadline = time.monotonic() + retry.total_deadline_s
-        for t in targets:
-            if not self._outcomes.allow(t.deployment.name):
+    async def _attempts(self, plan: Plan, ex: Execution, started: float) -> AsyncIterator[tuple[Target, float]]:
+        """Yield (target, attempt timeout) in the order to try; after each failed try (recorded in
+        ex.error) ask the retry policy whether to retry here, fall to the next target, or stop."""
+        cur = _Cursor(plan)
+        while (t := cur.current) is not None:
+            if cur.here == 0 and not await self._outcomes.allow(t.deployment.name):
+                cur.advance()  # breaker open (or no half-open probe slot left): skip it
                 continue
-            for n in range(retry.max_attempts_per_deployment):
-                if time.monotonic() >= deadline:
-                    return
-                yield t, n
-                err = ex.error
-                if err is None or not err.retryable:
-                    break
-                wait = self._backoff(n, retry, err)
-                if wait is None or n + 1 >= retry.max_attempts_per_deployment:
-                    break
-                if time.monotonic() + wait >= deadline:
-                    return
-                await self._sleep(wait)
-            if ex.error is not None and ex.error.kind not in retry.fallback_on:
+            elapsed = time.monotonic() - started
+            timeout = attempt_timeout(plan.retry, elapsed, t.deployment.timeout_s)
+            if timeout <= 0:
                 return
+            cur.here += 1
+            ex.error = None
+            yield t, timeout
+            err = ex.error
+            if err is None:
+                return
+            nxt = cur.next_index(err.kind)
+            action = on_error(
+                err.kind, settings=plan.retry, triggers=plan.triggers, first_token_sent=False,
+                attempts_total=len(ex.attempts), attempts_here=cur.here, has_next=nxt is not None,
+                elapsed_s=time.monotonic() - started, rng=self._rng, retry_after_s=err.retry_after_s,
+            )
+            if action.outcome == "fail":
+                return
+            if action.outcome == "fall_to_next":
+                cur.advance(nxt)
+            elif action.delay_s > 0:
+                await self._sleep(action.delay_s)
 
-    async def complete(
-        self, ex: Execution, targets: Sequence[Target], make_call: Callable[[DeploymentConfig], UpstreamCall],
-        retry: RetrySettings,
-    ) -> UpstreamResponse:
+    async def complete(self, ex: Execution, plan: Plan, make_call: CallFactory) -> UpstreamResponse:
         """Non-streamed: the first successful response, or raises the last UpstreamError."""
-        async for t, _n in self._plan(targets, retry, ex):
-            started = datetime.now(UTC)
+        async for t, timeout in self._attempts(plan, ex, time.monotonic()):
             t0 = time.perf_counter()
-            row = self._attempt_row(ex, t, started)
+            row = self._attempt_row(ex, t)
             try:
-                resp = await t.backend.complete(make_call(t.deployment))
+                resp = await t.backend.complete(make_call(t.deployment, timeout))
             except UpstreamError as err:
                 ex.error = err
-                self._fail(row, err, t0, t)
+                await self._fail(row, err, t0, t)
                 continue
             except asyncio.CancelledError:
                 row.status = "cancelled"
                 row.latency_ms = (time.perf_counter() - t0) * 1000
                 raise
-            ex.error = None
-            self._succeed(ex, row, t, resp.usage, t0)
+            await self._succeed(ex, row, t, resp.usage, t0)
             return resp
         raise ex.error or UpstreamError("connection", "no deployment available (all circuit breakers open)")
 
-    async def stream(
-        self, ex: Execution, targets: Sequence[Target], make_call: Callable[[DeploymentConfig], UpstreamCall],
-        retry: RetrySettings,
-    ) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, ex: Execution, plan: Plan, make_call: CallFactory) -> AsyncIterator[dict[str, Any]]:
         """Streamed: chunks of the first deployment that produces one.
 
         Failures before the first chunk fall through to the next try; after it, the error is raised
         to the caller (which sends an error event) with `ex.served` set to the target that failed.
         """
-        async for t, _n in self._plan(targets, retry, ex):
-            started = datetime.now(UTC)
+        async for t, timeout in self._attempts(plan, ex, time.monotonic()):
             t0 = time.perf_counter()
-            row = self._attempt_row(ex, t, started)
+            row = self._attempt_row(ex, t)
             usage: Usage | None = None
             first = True
             completion_chars = 0
-            agen = t.backend.stream(make_call(t.deployment))
+            agen = t.backend.stream(make_call(t.deployment, timeout))
             try:
                 async for chunk in agen:
                     if first:
@@ -217,25 +231,28 @@ class Executor:
                     yield chunk
             except UpstreamError as err:
                 ex.error = err
-                self._fail(row, err, t0, t)
+                await self._fail(row, err, t0, t)
                 if not first:
                     raise
                 continue
             except (asyncio.CancelledError, GeneratorExit):
                 row.status = "cancelled"
                 row.latency_ms = (time.perf_counter() - t0) * 1000
-                if usage is None:
-                    usage = Usage(0, completion_chars // 4)
-                row.completion_tokens = usage.completion_tokens
+                usage = usage or Usage(0, completion_chars // 4)
+                row.prompt_tokens, row.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+                row.cost_usd = self._price(t.deployment, usage)
                 raise
             finally:
                 await agen.aclose()
             if first:  # an empty stream is a failure: nothing was sent, so fall back
                 err = UpstreamError("stream_cut", "upstream stream ended without any chunk")
                 ex.error = err
-                self._fail(row, err, t0, t)
+                await self._fail(row, err, t0, t)
                 continue
-            ex.error = None
-            self._succeed(ex, row, t, usage or Usage(0, completion_chars // 4), t0)
+            await self._succeed(ex, row, t, usage or Usage(0, completion_chars // 4), t0)
             return
         raise ex.error or UpstreamError("connection", "no deployment available (all circuit breakers open)")
+
+
+def targets_for(deployments: Sequence[DeploymentConfig], backends: dict[str, Backend]) -> list[Target]:
+    return [Target(d, backends[d.name]) for d in deployments if d.name in backends]

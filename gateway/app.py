@@ -6,6 +6,7 @@ sink, metrics registry and backends.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -32,9 +33,30 @@ from gateway.openai_api import OpenAIHandlers
 from gateway.openapi import openapi_document
 from gateway.routing import Catalog, GatewayRouter
 from gateway.services import Services
+from policies.db_store import DbPolicyStore
+from policies.registry import PolicyRegistry
 from requestlog.sink import LogSink
+from router.breaker import BreakerConfig
+from state.breakers import BreakerStore, InProcessBreakerStore, RedisBreakerStore
+from state.budgets import BudgetStore, InProcessBudgetStore, RedisBudgetStore
+from state.ratelimits import InProcessRateLimitStore, RateLimitStore, RedisRateLimitStore
+from state.redis_util import make_redis
 
 log = logging.getLogger("hybridgate")
+
+
+def build_state(settings: Settings) -> tuple[BreakerStore, BudgetStore, RateLimitStore]:
+    """Shared state: Redis when configured (every process sees one state), else in-process."""
+    b = settings.breaker
+    cfg = BreakerConfig(window_s=b.window_s, min_requests=b.min_requests, error_rate=b.error_rate,
+                        consecutive_failures=b.consecutive_failures, latency_ms=b.latency_ms,
+                        cooldown_s=b.cooldown_s, half_open_probes=b.half_open_probes)
+    if settings.redis_url:
+        client = make_redis(settings.redis_url)
+        p = settings.redis_prefix
+        return (RedisBreakerStore(client, prefix=p, config=cfg), RedisBudgetStore(client, prefix=p),
+                RedisRateLimitStore(client, prefix=p))
+    return InProcessBreakerStore(cfg), InProcessBudgetStore(), InProcessRateLimitStore()
 
 
 def build_services(settings: Settings, backends: dict[str, Backend] | None = None) -> Services:
@@ -49,16 +71,22 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
     for d in settings.deployments:
         if d.name not in backends:
             backends[d.name] = build_backend(d)
-    catalog = Catalog(settings.deployments, backends)
     metrics = Metrics()
+    breakers, budgets, ratelimits = build_state(settings)
+    router = GatewayRouter(
+        Catalog(settings.deployments, backends),
+        PolicyRegistry(DbPolicyStore(engine)),
+        breakers, budgets, ratelimits, metrics,
+        local_load=lambda: {name: b.load_signals() for name, b in backends.items() if hasattr(b, "load_signals")},
+    )
     return Services(
         settings=settings,
         engine=engine,
         sink=sink,
         keys=KeyStore(engine),
         metrics=metrics,
-        router=GatewayRouter(catalog),
-        executor=Executor(pricer=cost_usd),
+        router=router,
+        executor=Executor(pricer=cost_usd, outcomes=router),
         backends=backends,
     )
 
@@ -72,6 +100,15 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await services.sink.start()
+        registry = services.router.registry
+        try:
+            await registry.reload()
+            if settings.policies_dir:
+                await registry.seed_dir(settings.policies_dir)
+        except Exception as exc:  # a dead database must not stop the gateway serving plain models
+            log.warning("hybridgate: policies not loaded (%s); retrying in the background", exc)
+        stop = asyncio.Event()
+        reload_task = asyncio.create_task(registry.run_reload_loop(settings.policy_reload_s, stop))
         if not settings.keys_required:
             log.warning(
                 "hybridgate: accepting requests WITHOUT gateway API keys (bound to loopback %s). "
@@ -79,6 +116,10 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
         try:
             yield
         finally:
+            stop.set()
+            reload_task.cancel()
+            with contextlib.suppress(BaseException):
+                await reload_task
             await services.sink.aclose()
             for b in services.backends.values():
                 with contextlib.suppress(Exception):

@@ -42,6 +42,20 @@ class LocalModelSettings(BaseModel):
     dtype: str = "float32"
 
 
+class BreakerSettings(BaseModel):
+    """Circuit breaker defaults for every deployment (see router/breaker.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window_s: float = Field(default=30.0, gt=0)
+    min_requests: int = Field(default=10, ge=1)
+    error_rate: float = Field(default=0.5, gt=0, le=1)
+    consecutive_failures: int = Field(default=5, ge=0)
+    latency_ms: float | None = Field(default=None, gt=0)
+    cooldown_s: float = Field(default=30.0, gt=0)
+    half_open_probes: int = Field(default=1, ge=1)
+
+
 class Settings(BaseSettings):
     """Everything the app factory needs. Validated at start: a bad file fails loudly, naming the field."""
 
@@ -54,13 +68,17 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1)
     database_url: str = "sqlite+aiosqlite:///./hybridgate.db"
     redis_url: str | None = Field(default=None, description="shared state; None = in-process state")
+    redis_prefix: str = "hg:"
     require_keys: bool | None = Field(
         default=None,
         description="None = require gateway keys unless bound to loopback; True/False to force",
     )
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     default_model: str | None = Field(default=None, description="model used when a request names 'default'")
-    policies_dir: str | None = Field(default=None, description="extra policy YAML files to load at start")
+    policies_dir: str | None = Field(
+        default=None, description="policy YAML files stored (as new versions when changed) at start")
+    policy_reload_s: float = Field(default=1.0, gt=0, description="how often policy changes are picked up")
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     admin_token: str | None = Field(default=None, description="bearer token for /admin; None = loopback only")
     log: LogSettings = Field(default_factory=LogSettings)
     local_model: LocalModelSettings = Field(default_factory=LocalModelSettings)

@@ -31,8 +31,8 @@ from gateway.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
-    estimate_prompt_tokens,
     prompt_text,
+    request_features,
 )
 from gateway.services import Services
 from requestlog.rows import RequestRow
@@ -76,6 +76,7 @@ def _served_name(ctx: _Ctx) -> str:
 class OpenAIHandlers:
     def __init__(self, services: Services) -> None:
         self.s = services
+        self._tasks: set[asyncio.Task[None]] = set()  # settling work (budget commits) in flight
 
     # ---- shared steps -------------------------------------------------------------------------
 
@@ -111,8 +112,9 @@ class OpenAIHandlers:
             if isinstance(req, ChatCompletionRequest | CompletionRequest):
                 ctx.row.prompt_text = prompt_text(req)
 
-    def _route(self, ctx: _Ctx, req: Any, capability: str) -> Route:
-        route = self.s.router.route(req, capability, ctx.key, prompt_tokens=estimate_prompt_tokens(req))
+    async def _route(self, ctx: _Ctx, req: Any, endpoint: str, request: Request) -> Route:
+        features = request_features(req, endpoint, ctx.key, request.headers.get("x-hybridgate-tags"))
+        route = await self.s.router.route(req.model, features, ctx.key)
         if route is None or not route.targets:
             raise model_not_found(req.model)
         ctx.route = route
@@ -160,17 +162,21 @@ class OpenAIHandlers:
         for a in attempts:
             m.attempts.labels(a.deployment, a.provider, a.status).inc()
         self.s.sink.record(r, attempts)
-        self.s.router.observe(ctx.route, r)
+        settle = self.s.router.finish(ctx.route, r)
+        if settle is not None:
+            task = asyncio.get_running_loop().create_task(settle)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _call_factory(self, ctx: _Ctx, kind: str, stream: bool):  # noqa: ANN202 - closure type
         body = ctx.body or {}
 
-        def make(d: DeploymentConfig) -> UpstreamCall:
+        def make(d: DeploymentConfig, timeout_s: float) -> UpstreamCall:
             b = dict(body)
             b["model"] = d.upstream_model
             if stream:
                 b["stream"] = True
-            return UpstreamCall(kind=kind, body=b, timeout_s=d.timeout_s,  # type: ignore[arg-type]
+            return UpstreamCall(kind=kind, body=b, timeout_s=timeout_s,  # type: ignore[arg-type]
                                 stream_idle_timeout_s=d.stream_idle_timeout_s)
 
         return make
@@ -187,14 +193,13 @@ class OpenAIHandlers:
         ctx = _Ctx(kind)
         try:
             req = await self._begin(request, ctx, schema)
-            route = self._route(ctx, req, kind)
+            route = await self._route(ctx, req, kind, request)
             ctx.ex = Execution(ctx.rid)
             if req.stream:
                 ctx.row.streamed = True
                 include_usage = bool(req.stream_options and req.stream_options.include_usage)
                 return await self._stream(ctx, kind, route, id_prefix, include_usage)
-            resp = await self.s.executor.complete(ctx.ex, route.targets, self._call_factory(ctx, kind, False),
-                                                  route.retry)
+            resp = await self.s.executor.complete(ctx.ex, route.plan, self._call_factory(ctx, kind, False))
         except APIError as err:
             self._finish(ctx, err.status, err)
             return err.response(ctx.headers())
@@ -219,7 +224,7 @@ class OpenAIHandlers:
         """Start the stream before answering, so a failure before the first chunk is still a plain
         HTTP error (or an invisible fallback), and headers can name the model that answers."""
         assert ctx.ex is not None
-        chunks = self.s.executor.stream(ctx.ex, route.targets, self._call_factory(ctx, kind, True), route.retry)
+        chunks = self.s.executor.stream(ctx.ex, route.plan, self._call_factory(ctx, kind, True))
         try:
             first = await chunks.__anext__()
         except StopAsyncIteration:
@@ -271,10 +276,9 @@ class OpenAIHandlers:
         ctx = _Ctx("embedding")
         try:
             req = await self._begin(request, ctx, EmbeddingRequest)
-            route = self._route(ctx, req, "embedding")
+            route = await self._route(ctx, req, "embedding", request)
             ctx.ex = Execution(ctx.rid)
-            resp = await self.s.executor.complete(ctx.ex, route.targets,
-                                                  self._call_factory(ctx, "embedding", False), route.retry)
+            resp = await self.s.executor.complete(ctx.ex, route.plan, self._call_factory(ctx, "embedding", False))
         except APIError as err:
             self._finish(ctx, err.status, err)
             return err.response(ctx.headers())

@@ -1,28 +1,61 @@
-"""From a requested model name to an ordered list of targets, with the reason and propensity.
+"""The gateway's adapter around the pure router.
 
-This is the gateway's thin adapter around the pure router: it gathers the signals snapshot,
-calls the decision function, and maps the chosen deployment names to live backends.
+Per request it: checks rate limits and concurrency caps, gathers the signals snapshot (breaker
+states, latency EWMA, in-flight counts, budgets, local-model load), calls `router.decide` for a
+policy name (or resolves a plain model name to its deployments), reserves the worst-case cost
+against the caller's budgets, and hands the executor a `Plan`. When the request ends it commits
+the real cost, releases what it held, and remembers the decision so feedback can reach bandits.
 """
 
 from __future__ import annotations
 
+import random
 from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 from backends.base import Backend
 from backends.deployment import DeploymentConfig
-from backends.executor import RetrySettings, Target
+from backends.executor import DEFAULT_TRIGGERS, Plan, Target
+from backends.pricing import resolve_prices
+from gateway.errors import APIError
+from gateway.keys import ApiKey
+from gateway.metrics import Metrics
+from policies.registry import PolicyRegistry
+from requestlog.rows import RequestRow
+from router.budget import BudgetExceeded, BudgetLimit, Reservation, max_cost_usd
+from router.decide import bandit_context, decide
+from router.decision import Decision, RequestFeatures
+from router.protocols import Plugins
+from router.ratelimit import RateLimit
+from router.signals import LocalLoad, Signals
+from state.breakers import BreakerStore
+from state.budgets import BudgetStore
+from state.live import InFlight, LatencyTracker
+from state.ratelimits import RateLimitStore
 
 
 @dataclass(slots=True)
 class Route:
-    targets: list[Target]
-    public_model: str  # the name clients asked for
+    plan: Plan
+    public_model: str  # the name the client asked for
     policy: str | None = None
     policy_version: int | None = None
     reason: str = "direct"
     propensity: float = 1.0
-    retry: RetrySettings = field(default_factory=RetrySettings)
+    decision: Decision | None = None
+    bandit_context: dict[str, Any] | None = None
+    reservation: Reservation | None = None
+    budget_limits: list[BudgetLimit] = field(default_factory=list)
+    rate_limits: list[RateLimit] = field(default_factory=list)
+    slot: tuple[str, str] | None = None  # (scope, lease id) of a concurrency cap
+    charged_tokens: int = 0  # tokens charged against tokens/min limits before the call
+
+    @property
+    def targets(self) -> list[Target]:
+        return self.plan.targets
 
 
 class Catalog:
@@ -31,54 +64,208 @@ class Catalog:
     def __init__(self, deployments: list[DeploymentConfig], backends: dict[str, Backend]) -> None:
         self.deployments = deployments
         self.backends = backends
+        self.by_name = {d.name: d for d in deployments}
         self.by_model: dict[str, list[DeploymentConfig]] = {}
         for d in deployments:
             self.by_model.setdefault(d.model, []).append(d)
+        self.prices = {d.name: resolve_prices(d) for d in deployments}
 
-    def models(self) -> list[str]:
-        return list(self.by_model)
+    def price(self, d: DeploymentConfig) -> tuple[float, float]:
+        p = self.prices.get(d.name)
+        return (p.input_per_mtok, p.output_per_mtok) if p is not None else (0.0, 0.0)
 
-    def targets_for(self, model: str, capability: str) -> list[Target]:
-        return [
-            Target(d, self.backends[d.name])
-            for d in self.by_model.get(model, ())
-            if capability in d.capabilities
-        ]
+    def targets(self, deployments: list[DeploymentConfig]) -> list[Target]:
+        return [Target(d, self.backends[d.name]) for d in deployments if d.name in self.backends]
+
+
+def limits_for(key: ApiKey | None) -> tuple[list[BudgetLimit], list[RateLimit]]:
+    if key is None:
+        return [], []
+    budgets = []
+    if key.budget_usd is not None:
+        budgets.append(BudgetLimit(f"key:{key.id}", key.budget_usd, key.budget_period or "month"))  # type: ignore[arg-type]
+    rates = []
+    if key.rpm_limit or key.tpm_limit:
+        rates.append(RateLimit(f"key:{key.id}", requests_per_min=key.rpm_limit, tokens_per_min=key.tpm_limit))
+    return budgets, rates
 
 
 class GatewayRouter:
-    """Resolves requests to routes. Direct model names map to their deployments in config order;
-    policy names (virtual models) go through the policy pipeline once it is wired in."""
+    """Routes requests and implements the executor's `Outcomes` (breakers, latency, in-flight)."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        registry: PolicyRegistry,
+        breakers: BreakerStore,
+        budgets: BudgetStore,
+        ratelimits: RateLimitStore,
+        metrics: Metrics,
+        plugins: Plugins | None = None,
+        local_load: Callable[[], Mapping[str, LocalLoad]] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.catalog = catalog
-        self._created = 1_700_000_000
+        self.registry = registry
+        self.breakers = breakers
+        self.budgets = budgets
+        self.ratelimits = ratelimits
+        self.metrics = metrics
+        self.plugins = plugins or Plugins()
+        self.local_load = local_load
+        self.latency = LatencyTracker()
+        self.in_flight = InFlight()
+        self.rng = rng or random.Random()
         self._recent: OrderedDict[str, Route] = OrderedDict()
         self._recent_max = 50_000
+        self._created = 1_700_000_000
 
-    def route(self, req, capability: str, key, prompt_tokens: int) -> Route | None:  # noqa: ANN001
-        targets = self.catalog.targets_for(req.model, capability)
-        if not targets:
-            return None
-        return Route(targets=targets, public_model=req.model, reason="direct")
+    # ---- executor Outcomes -------------------------------------------------------------------
 
-    def observe(self, route: Route | None, row) -> None:  # noqa: ANN001
-        """Remember the decision (for feedback) and feed the outcome back."""
-        if route is None:
+    async def allow(self, deployment: str) -> bool:
+        return await self.breakers.allow(deployment)
+
+    async def record(self, deployment: str, ok: bool, latency_s: float, error_kind: str | None) -> None:
+        self.latency.observe(deployment, latency_s * 1000)
+        # Client-side errors (bad request, context window) say nothing about the upstream's health.
+        if error_kind in {"bad_request", "context_window", "content_policy"}:
             return
+        state = await self.breakers.record(deployment, ok, latency_s * 1000)
+        self.metrics.breaker_open.labels(deployment).set(1 if state == "open" else 0)
+
+    # ---- routing -----------------------------------------------------------------------------
+
+    def is_known(self, model: str) -> bool:
+        return model in self.catalog.by_model or self.registry.active(model) is not None
+
+    async def signals(self, deployments: list[DeploymentConfig], budget_limits: list[BudgetLimit]) -> Signals:
+        names = [d.name for d in deployments]
+        breakers = await self.breakers.states(names)
+        budgets = await self.budgets.snapshot(budget_limits) if budget_limits else {}
+        return Signals(
+            breakers=breakers,
+            latency_ms=self.latency.snapshot(),
+            in_flight=self.in_flight.snapshot(),
+            budgets=budgets,
+            local_load=self.local_load() if self.local_load else {},
+            prices={d.name: self.catalog.price(d) for d in deployments},
+        )
+
+    async def route(self, model: str, features: RequestFeatures, key: ApiKey | None,
+                    now: datetime | None = None) -> Route | None:
+        """The route for a request, None for an unknown model; raises APIError 429 on limits."""
+        policy = self.registry.active(model)
+        direct = self.catalog.by_model.get(model)
+        if policy is None and not direct:
+            return None
+        budget_limits, rate_limits = limits_for(key)
+        charged = features.prompt_tokens + (features.max_tokens or 0)
+        if rate_limits:
+            rd = await self.ratelimits.hit(rate_limits, charged)
+            if not rd.allowed:
+                raise APIError(429, f"Rate limit reached for {rd.scope} ({rd.kind} per minute).",
+                               type="rate_limit_error", code="rate_limit_exceeded",
+                               headers={"retry-after": str(max(1, round(rd.retry_after_s + 0.5)))})
+        slot = None
+        if key is not None and key.max_concurrency:
+            scope = f"key:{key.id}"
+            lease = await self.ratelimits.acquire_slot(scope, key.max_concurrency)
+            if lease is None:
+                raise APIError(429, f"Too many concurrent requests for {scope}.", type="rate_limit_error",
+                               code="concurrency_limit_exceeded", headers={"retry-after": "1"})
+            slot = (scope, lease)
+        try:
+            if policy is not None:
+                route = await self._route_policy(model, policy, features, budget_limits, now)
+            else:
+                route = await self._route_direct(model, direct or [], features)
+            route.budget_limits, route.rate_limits, route.slot = budget_limits, rate_limits, slot
+            route.charged_tokens = charged if rate_limits else 0
+            if budget_limits and route.targets:
+                await self._reserve(route, features)
+        except BaseException:
+            if slot is not None:
+                await self.ratelimits.release_slot(*slot)
+            raise
+        return route
+
+    async def _route_direct(self, model: str, deployments: list[DeploymentConfig],
+                            features: RequestFeatures) -> Route:
+        cap = features.endpoint
+        usable = [d for d in deployments if cap in d.capabilities]
+        states = await self.breakers.states([d.name for d in usable])
+        ordered = [d for d in usable if states.get(d.name) != "open"] or usable
+        return Route(plan=Plan(self.catalog.targets(ordered)), public_model=model,
+                     reason=f"direct:{model}" + (f" ({len(ordered)} deployments)" if len(ordered) > 1 else ""))
+
+    async def _route_policy(self, name: str, policy: Any, features: RequestFeatures,
+                            budget_limits: list[BudgetLimit], now: datetime | None) -> Route:
+        deployments = self.catalog.deployments
+        now = now or datetime.now(UTC)
+        signals = await self.signals(deployments, budget_limits)
+        d = decide(features, policy, deployments, signals, self.rng, now, plugins=self.plugins)
+        if d.error == "budget_exceeded":
+            raise APIError(429, "Budget exceeded for this key.", type="insufficient_quota", code="budget_exceeded")
+        if d.error or not d.candidates:
+            raise APIError(503, f"No deployment can serve policy `{name}` right now ({d.reason}).",
+                           type="server_error", code="no_candidates", headers={"retry-after": "2"})
+        plan = Plan(self.catalog.targets(d.candidates), retry=d.retry, triggers=d.fallback_triggers or DEFAULT_TRIGGERS)
+        ctx = bandit_context(features, now, name) if d.arm is not None else None
+        return Route(plan=plan, public_model=name, policy=name, policy_version=self.registry.active_version(name),
+                     reason=d.reason, propensity=d.propensity, decision=d, bandit_context=ctx)
+
+    async def _reserve(self, route: Route, features: RequestFeatures) -> None:
+        """Hold the worst case (the priciest candidate, all of max_tokens) before any call, so
+        concurrent requests can never overspend by more than one request's maximum cost."""
+        out_tokens = features.max_tokens or 4096
+        worst = max(max_cost_usd(features.prompt_tokens, out_tokens, *self.catalog.price(t.deployment))
+                    for t in route.targets)
+        try:
+            route.reservation = await self.budgets.reserve(route.budget_limits, worst)
+        except BudgetExceeded as exc:
+            raise APIError(429, str(exc), type="insufficient_quota", code="budget_exceeded") from None
+
+    def finish(self, route: Route | None, row: RequestRow) -> Coroutine[Any, Any, None] | None:
+        """Remember the decision for feedback; return the settling work (budget commit, lease
+        release, token count correction) when there is any, for the caller to run."""
+        if route is None:
+            return None
         self._recent[row.id] = route
         if len(self._recent) > self._recent_max:
             self._recent.popitem(last=False)
+        if route.reservation is None and route.slot is None and not route.rate_limits:
+            return None
+        return self._settle(route, row)
+
+    async def _settle(self, route: Route, row: RequestRow) -> None:
+        if route.reservation is not None:
+            await self.budgets.commit(route.reservation, row.cost_usd or 0.0)
+        if route.slot is not None:
+            await self.ratelimits.release_slot(*route.slot)
+        if route.rate_limits:
+            # tokens/min were charged with the estimate up front; correct to the real count
+            estimate = (row.prompt_tokens or 0) + (row.completion_tokens or 0)
+            if route.charged_tokens and estimate != route.charged_tokens:
+                await self.ratelimits.adjust_tokens(route.rate_limits, estimate - route.charged_tokens)
 
     def recent_decision(self, request_id: str) -> Route | None:
         return self._recent.get(request_id)
 
     def feedback(self, request_id: str, score: float) -> None:
-        """A quality signal arrived for a request; bandit policies learn from it."""
-        return None
+        """A quality signal arrived: the bandit that chose this request's model learns from it."""
+        route = self._recent.get(request_id)
+        if route is None or route.decision is None or route.decision.arm is None:
+            return
+        spec = self.registry.active(route.policy or "")
+        bandit_name = getattr(getattr(spec, "selector", None), "bandit", None) if spec else None
+        bandit = self.plugins.bandits.get(bandit_name or "default")
+        if bandit is None:
+            return
+        bandit.update(route.decision.arm, score, route.bandit_context or {}, route.propensity)
 
-    def model_cards(self) -> list[dict]:
-        return [
-            {"id": m, "object": "model", "created": self._created, "owned_by": ds[0].provider}
-            for m, ds in self.catalog.by_model.items()
-        ]
+    def model_cards(self) -> list[dict[str, Any]]:
+        cards = [{"id": m, "object": "model", "created": self._created, "owned_by": ds[0].provider}
+                 for m, ds in self.catalog.by_model.items()]
+        cards += [{"id": p.name, "object": "model", "created": self._created, "owned_by": "hybridgate-policy"}
+                  for p in self.registry.list() if p.name not in self.catalog.by_model]
+        return cards

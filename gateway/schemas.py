@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from router.decision import RequestFeatures
+
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -201,3 +203,41 @@ def estimate_prompt_tokens(req: ChatCompletionRequest | CompletionRequest | Embe
         i = req.input
         chars = len(i) if isinstance(i, str) else sum(len(x) if isinstance(x, str) else 4 for x in i)
     return chars // 4 + 1
+
+
+def needed_capabilities(req: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> frozenset[str]:
+    """What a deployment must support to serve this request (the router filters on it)."""
+    caps: set[str] = set()
+    if isinstance(req, ChatCompletionRequest):
+        if req.tools:
+            caps.add("tools")
+        if req.response_format is not None and req.response_format.type != "text":
+            caps.add("json_mode")
+        if req.logprobs:
+            caps.add("logprobs")
+        for m in req.messages:
+            if isinstance(m.content, list) and any(p.type == "image_url" for p in m.content):
+                caps.add("vision")
+                break
+    return frozenset(caps)
+
+
+def request_features(
+    req: ChatCompletionRequest | CompletionRequest | EmbeddingRequest, endpoint: str, key: Any,
+    tags_header: str | None = None,
+) -> RequestFeatures:
+    """The plain values the router decides on (no I/O, cheap)."""
+    tags = frozenset(t.strip() for t in tags_header.split(",") if t.strip()) if tags_header else frozenset()
+    meta = getattr(req, "metadata", None) or {}
+    return RequestFeatures(
+        prompt_tokens=estimate_prompt_tokens(req),
+        max_tokens=getattr(req, "output_limit", None),
+        capabilities=needed_capabilities(req),
+        tags=tags,
+        metadata=meta,
+        key_id=getattr(key, "id", None),
+        user=getattr(req, "user", None) or getattr(key, "user", None),
+        team=getattr(key, "team", None),
+        prompt_text=prompt_text(req) if not isinstance(req, EmbeddingRequest) else "",
+        endpoint=endpoint,
+    )
