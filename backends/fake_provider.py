@@ -57,6 +57,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 import orjson
@@ -131,7 +132,7 @@ _LOREM = (
 )
 _NOOP = Fault()
 _JSON = "application/json"
-_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_SSE_HEADERS = MappingProxyType({"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
 
 
 def tokenize(text: str) -> list[str]:
@@ -368,49 +369,59 @@ def _anthropic_event(obj: dict[str, Any]) -> bytes:
 
 
 _SSE_DONE = b"data: [DONE]\n\n"
-_OPENAI_ERRORS: dict[int, tuple[str, str | None, str]] = {
-    400: ("invalid_request_error", None, "Bad request (fake provider)."),
-    401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided (fake provider)."),
-    403: (
-        "invalid_request_error",
-        "permission_denied",
-        "You are not allowed to use this model (fake provider).",
-    ),
-    404: (
-        "invalid_request_error",
-        "model_not_found",
-        "The model does not exist or you do not have access to it.",
-    ),
-    408: ("timeout", None, "Request timed out (fake provider)."),
-    409: ("invalid_request_error", "conflict", "Conflict (fake provider)."),
-    422: ("invalid_request_error", None, "Unprocessable request (fake provider)."),
-    429: ("requests", "rate_limit_exceeded", "Rate limit reached for requests (fake provider)."),
-    500: ("server_error", None, "The server had an error while processing your request. Sorry about that!"),
-    502: ("server_error", None, "Bad gateway (fake provider)."),
-    503: ("server_error", None, "The engine is currently overloaded, please try again later."),
-    504: ("server_error", None, "Gateway timeout (fake provider)."),
-}
-_ANTHROPIC_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    503: "overloaded_error",
-    529: "overloaded_error",
-}
-_ANTHROPIC_MESSAGES = {
-    400: "Bad request (fake provider)",
-    401: "Invalid API Key",
-    403: "Permission denied (fake provider)",
-    404: "model: not found (fake provider)",
-    429: "Number of request tokens has exceeded your rate limit (fake provider)",
-    500: "Internal server error (fake provider)",
-    503: "Overloaded",
-    529: "Overloaded",
-}
+_OPENAI_ERRORS: Mapping[int, tuple[str, str | None, str]] = MappingProxyType(
+    {
+        400: ("invalid_request_error", None, "Bad request (fake provider)."),
+        401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided (fake provider)."),
+        403: (
+            "invalid_request_error",
+            "permission_denied",
+            "You are not allowed to use this model (fake provider).",
+        ),
+        404: (
+            "invalid_request_error",
+            "model_not_found",
+            "The model does not exist or you do not have access to it.",
+        ),
+        408: ("timeout", None, "Request timed out (fake provider)."),
+        409: ("invalid_request_error", "conflict", "Conflict (fake provider)."),
+        422: ("invalid_request_error", None, "Unprocessable request (fake provider)."),
+        429: ("requests", "rate_limit_exceeded", "Rate limit reached for requests (fake provider)."),
+        500: (
+            "server_error",
+            None,
+            "The server had an error while processing your request. Sorry about that!",
+        ),
+        502: ("server_error", None, "Bad gateway (fake provider)."),
+        503: ("server_error", None, "The engine is currently overloaded, please try again later."),
+        504: ("server_error", None, "Gateway timeout (fake provider)."),
+    }
+)
+_ANTHROPIC_ERROR_TYPES: Mapping[int, str] = MappingProxyType(
+    {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+        500: "api_error",
+        503: "overloaded_error",
+        529: "overloaded_error",
+    }
+)
+_ANTHROPIC_MESSAGES: Mapping[int, str] = MappingProxyType(
+    {
+        400: "Bad request (fake provider)",
+        401: "Invalid API Key",
+        403: "Permission denied (fake provider)",
+        404: "model: not found (fake provider)",
+        429: "Number of request tokens has exceeded your rate limit (fake provider)",
+        500: "Internal server error (fake provider)",
+        503: "Overloaded",
+        529: "Overloaded",
+    }
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1481,7 +1492,12 @@ class FakeProviderThread:
         errors: list[BaseException] = []
 
         def run() -> None:
-            loop = asyncio.new_event_loop()
+            try:
+                import uvloop
+
+                loop = uvloop.new_event_loop()
+            except ImportError:  # pragma: no cover - uvloop is a dependency
+                loop = asyncio.new_event_loop()
             self._loop = loop
             asyncio.set_event_loop(loop)
             host, port, kwargs = self._args

@@ -24,6 +24,7 @@ import asyncio
 import email.utils
 import time
 from collections.abc import AsyncIterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import aiohttp
@@ -41,11 +42,9 @@ __all__ = [
     "usage_of",
 ]
 
-_PATHS: dict[str, str] = {
-    "chat": "/chat/completions",
-    "completion": "/completions",
-    "embedding": "/embeddings",
-}
+_PATHS: Mapping[str, str] = MappingProxyType(
+    {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
+)
 
 _CONTEXT_MARKERS = (
     "context_length_exceeded",

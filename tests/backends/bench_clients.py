@@ -19,7 +19,9 @@ import aiohttp
 import httpx
 import orjson
 
+from backends.base import UpstreamCall
 from backends.fake_provider import FakeProviderProcess
+from backends.openai_compatible import OpenAICompatibleBackend
 
 BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "hello there, how are you today?"}]}
 STREAM_BODY = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
@@ -50,7 +52,7 @@ async def _measure(
     await asyncio.gather(*(one() for _ in range(n_conc)))
     rps = n_conc / (time.perf_counter() - t)
     print(
-        f"{name:28s} p50 {statistics.median(lat):6.3f} ms  p99 {_pct(lat, 0.99):6.3f} ms  "
+        f"{name:36s} p50 {statistics.median(lat):6.3f} ms  p99 {_pct(lat, 0.99):6.3f} ms  "
         f"{rps:7.0f} req/s @ concurrency {conc}"
     )
 
@@ -90,6 +92,19 @@ async def bench(base_url: str, n_seq: int, n_conc: int, conc: int) -> None:
 
         await _measure("httpx non-stream", hx_call, n_seq, n_conc, conc)
         await _measure("httpx stream", hx_stream, n_seq, n_conc, conc)
+
+    backend = OpenAICompatibleBackend("bench", base_url, api_key="x")
+
+    async def be_call() -> None:
+        await backend.complete(UpstreamCall("chat", BODY, 30.0))
+
+    async def be_stream() -> None:
+        async for _ in backend.stream(UpstreamCall("chat", BODY, 30.0)):
+            pass
+
+    await _measure("OpenAICompatibleBackend non-stream", be_call, n_seq, n_conc, conc)
+    await _measure("OpenAICompatibleBackend stream", be_stream, n_seq, n_conc, conc)
+    await backend.aclose()
 
 
 def main() -> None:

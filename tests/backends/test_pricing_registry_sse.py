@@ -90,8 +90,7 @@ def test_context_window_and_max_output_defaults() -> None:
 async def test_registry_builds_and_rejects() -> None:
     b = build_backend(dep("fake-model", api_base="http://127.0.0.1:1/v1"))
     assert isinstance(b, OpenAICompatibleBackend) and b.name == "d"
-    with pytest.raises(UnsupportedProviderError, match="local"):
-        build_backend(dep("jamba", provider="local"))
+    # (the real "local" factory belongs to backends.local_backend and imports torch: not built here)
     sentinel = object()
     got = build_backend(
         dep("jamba", provider="local"), {**default_factories(), "local": lambda cfg: sentinel}
