@@ -13,6 +13,7 @@ A hybrid has two kinds of sequence memory with different shapes (see `local_mode
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -32,9 +33,17 @@ class EngineConfig:
     prefix_caching: bool = True
     snapshot_slots: int | None = None  # Mamba snapshots kept for the prefix cache; None: max_num_seqs
     max_model_len: int | None = None  # None: the model's max_position_embeddings
-    num_threads: int | None = None  # torch intra-op threads for the engine; None: leave torch's setting
+    # torch intra-op threads (process-wide). None: one core less than the machine has, at most 8, so the
+    # event loop (HTTP, SSE, tokenization) keeps a core: on 2 cores that is 1, and two spinning OpenMP
+    # threads next to a busy event loop were measured 5-10x slower per decode step. 0: leave torch alone.
+    num_threads: int | None = None
     retry_after_s: float = 1.0  # suggested client back-off when the queue is full
     ssm_dtype: torch.dtype = torch.float32  # recurrent state accumulates over the whole sequence: keep fp32
+
+    def torch_threads(self) -> int | None:
+        if self.num_threads is None:
+            return max(1, min(8, (os.cpu_count() or 2) - 1))
+        return self.num_threads or None
 
     def validate(self) -> None:
         if self.block_size < 1 or self.max_num_seqs < 1 or self.max_queue < 1:

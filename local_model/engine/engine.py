@@ -329,8 +329,9 @@ class Engine:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
-        if self.config.num_threads:
-            torch.set_num_threads(self.config.num_threads)
+        threads = self.config.torch_threads()
+        if threads:
+            torch.set_num_threads(threads)
         with torch.inference_mode():
             while not self._stopping:
                 try:
