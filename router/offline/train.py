@@ -38,15 +38,27 @@ class TrainConfig:
     seed: int = 0
 
 
+def _expand_soft(x, y: np.ndarray):  # noqa: ANN001, ANN202 - sparse or dense matrix
+    """Soft labels q ∈ [0, 1] (feedback scores) → each row twice, as 1 with weight q and 0 with weight 1 − q.
+
+    This is exactly the log-likelihood of a Bernoulli with target q, so binary data is unchanged.
+    """
+    if np.all((y == 0) | (y == 1)):
+        return x, y, None
+    stack = sparse.vstack if sparse.issparse(x) else np.vstack
+    return stack([x, x]), np.r_[np.ones(len(y)), np.zeros(len(y))], np.r_[y, 1.0 - y]
+
+
 def _logreg(x: sparse.csr_matrix, y: np.ndarray, c: float, seed: int) -> tuple[np.ndarray, float]:
     from sklearn.linear_model import LogisticRegression
 
-    if len(np.unique(y)) < 2:
+    x, y_fit, w = _expand_soft(x, y)
+    if len(np.unique(y)) < 2 or (w is not None and (w[: len(y)].sum() == 0 or w[len(y) :].sum() == 0)):
         # a model that is always right (or wrong) on the data: constant prediction
         p = float(np.clip(y.mean() if len(y) else 0.5, 1e-3, 1 - 1e-3))
         return np.zeros(x.shape[1]), float(np.log(p / (1 - p)))
     m = LogisticRegression(C=c, max_iter=3000, random_state=seed)
-    m.fit(x, y)
+    m.fit(x, y_fit, sample_weight=w)
     return m.coef_.ravel().copy(), float(m.intercept_[0])
 
 
@@ -173,7 +185,8 @@ def train_classifier(
                 if len(np.unique(y)) < 2:
                     stackers = None
                     break
-                est = _gb("clf", cfg, cfg.seed).fit(z[known], y)
+                zz, yy, ww = _expand_soft(z[known], y)
+                est = _gb("clf", cfg, cfg.seed).fit(zz, yy, sample_weight=ww)
                 stackers.append(compile_hist_gb(est))
         if want_gap:
             i_s, i_w = ds.models.index(strong), ds.models.index(weak)  # type: ignore[arg-type]

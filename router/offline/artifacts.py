@@ -1,0 +1,80 @@
+"""Versioned router artifacts on disk: ``DIR/manifest.json`` + ``DIR/model.joblib`` (file I/O lives here).
+
+The manifest records what a deployed model is and where it came from: format version, creation time,
+models (exact data column names), training-data hashes, config and metrics. ``load_artifact`` refuses an
+artifact whose format version it does not know, or whose model file does not match the manifest's hash.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import joblib
+
+from router.classifier import QualityClassifier
+
+ARTIFACT_FORMAT = 1
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.joblib"
+
+__all__ = ["ARTIFACT_FORMAT", "save_artifact", "load_artifact", "read_manifest"]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_artifact(
+    clf: QualityClassifier,
+    out_dir: str | Path,
+    data_hashes: dict[str, str] | None = None,
+    metrics: dict[str, Any] | None = None,
+    version: str | None = None,
+    created: str | None = None,
+) -> Path:
+    """Write the classifier and its manifest to ``out_dir`` (created if needed); returns the manifest path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = out / MODEL_FILE
+    joblib.dump(clf, model_path, compress=3)
+    created = created or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    manifest = {
+        "format": ARTIFACT_FORMAT,
+        "kind": "hybridgate.router.QualityClassifier",
+        "version": version or created.replace(":", "").replace("-", ""),
+        "created": created,
+        "models": list(clf.models),
+        "strong": clf.strong,
+        "weak": clf.weak,
+        "training_data": data_hashes or {},
+        "metrics": metrics or {},
+        "train": clf.metadata,
+        "model_file": MODEL_FILE,
+        "model_sha256": _sha256(model_path),
+    }
+    mpath = out / MANIFEST
+    mpath.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    return mpath
+
+
+def read_manifest(art_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(art_dir) / MANIFEST).read_text())
+
+
+def load_artifact(art_dir: str | Path) -> tuple[QualityClassifier, dict[str, Any]]:
+    """Load (classifier, manifest). Only load artifacts you trust: the model file is a pickle."""
+    d = Path(art_dir)
+    manifest = read_manifest(d)
+    if manifest.get("format") != ARTIFACT_FORMAT:
+        raise ValueError(f"unsupported artifact format {manifest.get('format')!r} in {d}")
+    model_path = d / manifest.get("model_file", MODEL_FILE)
+    if manifest.get("model_sha256") and _sha256(model_path) != manifest["model_sha256"]:
+        raise ValueError(f"{model_path} does not match the manifest hash")
+    clf = joblib.load(model_path)
+    if not isinstance(clf, QualityClassifier):
+        raise TypeError(f"{model_path} holds {type(clf).__name__}, not QualityClassifier")
+    return clf, manifest

@@ -1,0 +1,84 @@
+"""Read training rows from the gateway's feedback log (SQLAlchemy Core; file/network I/O lives here).
+
+Shape: ``requests(id, prompt_text NULL, served_model, ...)`` and ``feedback(request_id, score, ...)`` with
+``score`` in [0, 1]. One row per feedback record with a prompt; requests without prompt text (privacy
+mode) are skipped since there is nothing to featurise.
+
+The result is a :class:`LabeledDataset` whose label matrix is *partial*: each request only tells us about
+the model that served it, every other model's label is NaN (unknown) — exactly how the trainer treats
+RouterBench's missing labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sqlalchemy as sa
+
+from router.offline.datasets import LabeledDataset
+
+__all__ = ["read_feedback"]
+
+
+def _sync_url(url: str) -> str:
+    # the gateway uses async drivers; offline training reads synchronously
+    return (
+        url.replace("+aiosqlite", "")
+        .replace("+asyncpg", "+psycopg")
+        .replace("postgresql://", "postgresql+psycopg://", 1)
+        if url.startswith(("sqlite", "postgresql"))
+        else url
+    )
+
+
+def read_feedback(url: str, limit: int | None = None) -> LabeledDataset:
+    """Join ``feedback`` to ``requests`` and build a dataset with one column per served model.
+
+    Several feedback rows for the same request and model are averaged (score in [0, 1]).
+    """
+    engine = sa.create_engine(_sync_url(url))
+    try:
+        md = sa.MetaData()
+        req = sa.Table("requests", md, autoload_with=engine)
+        fb = sa.Table("feedback", md, autoload_with=engine)
+        q = (
+            sa.select(req.c.id, req.c.prompt_text, req.c.served_model, fb.c.score)
+            .select_from(fb.join(req, fb.c.request_id == req.c.id))
+            .where(req.c.prompt_text.is_not(None), fb.c.score.is_not(None), req.c.served_model.is_not(None))
+            .order_by(req.c.id)
+        )
+        if limit:
+            q = q.limit(limit)
+        with engine.connect() as conn:
+            rows = conn.execute(q).all()
+    finally:
+        engine.dispose()
+    models = sorted({str(r.served_model) for r in rows})
+    col = {m: j for j, m in enumerate(models)}
+    order: dict[str, int] = {}
+    prompts: list[str] = []
+    sums: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    for r in rows:
+        key = str(r.id)
+        if key not in order:
+            order[key] = len(prompts)
+            prompts.append(str(r.prompt_text))
+            sums.append(np.zeros(len(models)))
+            counts.append(np.zeros(len(models)))
+        i = order[key]
+        s = min(max(float(r.score), 0.0), 1.0)
+        sums[i][col[str(r.served_model)]] += s
+        counts[i][col[str(r.served_model)]] += 1
+    if prompts:
+        s_arr, c_arr = np.vstack(sums), np.vstack(counts)
+        labels = np.divide(s_arr, c_arr, out=np.full(s_arr.shape, np.nan), where=c_arr > 0)
+    else:
+        labels = np.zeros((0, len(models)))
+    return LabeledDataset(
+        name="feedback",
+        prompts=prompts,
+        models=models,
+        labels=labels,
+        ids=list(order),
+        source_hashes={"db": f"{url.split('://')[0]}:{len(rows)} rows"},
+    )
