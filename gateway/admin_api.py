@@ -7,6 +7,8 @@ are admitted (the embedded default for a developer machine).
 from __future__ import annotations
 
 import hmac
+import random
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
@@ -17,7 +19,11 @@ from starlette.routing import Route
 
 from gateway.edge import bearer, read_json, validate
 from gateway.errors import APIError
+from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, request_features
 from gateway.services import Services
+from policies.loader import PolicyValidationError
+from policies.registry import PolicyNotFound, PolicyVersion
+from router.decide import decide
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
 
@@ -86,8 +92,148 @@ class AdminHandlers:
             raise APIError(404, "No such active key.", code="key_not_found")
         return _json({"id": key_id, "revoked": True})
 
+    # ---- policies ----------------------------------------------------------------------------
+
+    def _version_json(self, v: PolicyVersion) -> dict[str, Any]:
+        r = v.row
+        reg = self.s.router.registry
+        return {"name": r.name, "version": r.version, "active": reg.active_version(r.name) == r.version,
+                "created_at": r.created_at.isoformat() if hasattr(r.created_at, "isoformat") else r.created_at,
+                "created_by": r.created_by, "comment": r.comment, "spec_yaml": r.spec_yaml}
+
+    async def _policy_text(self, request: Request) -> tuple[str, str | None]:
+        """A policy body: raw YAML (content-type yaml/text) or JSON {"spec_yaml": ..., "comment": ...}."""
+        ctype = request.headers.get("content-type", "")
+        if "yaml" in ctype or ctype.startswith("text/"):
+            raw = await request.body()
+            if len(raw) > 256 * 1024:
+                raise APIError(413, "Policy too large.", code="request_too_large")
+            return raw.decode("utf-8", errors="replace"), request.headers.get("x-comment")
+        data = await read_json(request, 256 * 1024)
+        spec = data.get("spec_yaml")
+        if not isinstance(spec, str) or not spec.strip():
+            raise APIError(400, "Body must have a non-empty string field 'spec_yaml'.", param="spec_yaml")
+        comment = data.get("comment")
+        return spec, comment if isinstance(comment, str) else None
+
+    @staticmethod
+    def _invalid(exc: PolicyValidationError) -> APIError:
+        first = exc.errors[0] if exc.errors else None
+        where = f" (line {first.line})" if first is not None and first.line else ""
+        msg = f"Invalid policy: {first.path}: {first.message}{where}" if first else "Invalid policy."
+        err = APIError(422, msg, param=first.path if first else None, code="invalid_policy")
+        err.details = exc.as_dicts()
+        return err
+
+    async def list_policies(self, request: Request) -> Response:
+        self._check(request)
+        reg = self.s.router.registry
+        await reg.reload()
+        return _json({"data": [
+            {"name": p.name, "active_version": p.active_version, "latest_version": p.latest_version,
+             "versions": p.versions, "description": p.description} for p in reg.list()]})
+
+    async def get_policy(self, request: Request) -> Response:
+        self._check(request)
+        name = request.path_params["name"]
+        reg = self.s.router.registry
+        try:
+            versions = reg.versions(name)
+        except PolicyNotFound:
+            raise APIError(404, f"No policy named {name!r}.", code="policy_not_found") from None
+        if not versions:
+            raise APIError(404, f"No policy named {name!r}.", code="policy_not_found")
+        return _json({"name": name, "active_version": reg.active_version(name),
+                      "versions": [self._version_json(v) for v in versions]})
+
+    async def put_policy(self, request: Request) -> Response:
+        """Create or update (a new version, activated). Validation errors name field and line."""
+        self._check(request)
+        name = request.path_params["name"]
+        spec, comment = await self._policy_text(request)
+        try:
+            v = await self.s.router.registry.put(name, spec, created_by="admin-api", comment=comment)
+        except PolicyValidationError as exc:
+            raise self._invalid(exc) from None
+        return _json(self._version_json(v), status=201)
+
+    async def validate_policy(self, request: Request) -> Response:
+        self._check(request)
+        spec, _ = await self._policy_text(request)
+        try:
+            self.s.router.registry.validate(request.path_params["name"], spec)
+        except PolicyValidationError as exc:
+            raise self._invalid(exc) from None
+        return _json({"valid": True})
+
+    async def activate_policy(self, request: Request) -> Response:
+        """Roll back (or forward) to a stored version: {"version": N}; no version = previous one."""
+        self._check(request)
+        name = request.path_params["name"]
+        data = await read_json(request, 4096) if int(request.headers.get("content-length") or 0) else {}
+        version = data.get("version")
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+            raise APIError(400, "'version' must be an integer.", param="version")
+        reg = self.s.router.registry
+        try:
+            v = await reg.activate(name, version) if version is not None else await reg.rollback(name)
+        except (PolicyNotFound, KeyError, ValueError) as exc:
+            raise APIError(404, f"Cannot activate {name}@{version}: {exc}", code="policy_not_found") from None
+        return _json(self._version_json(v))
+
+    async def simulate(self, request: Request) -> Response:
+        """The decision and its trace for a request body, without calling any provider."""
+        self._check(request)
+        name = request.path_params["name"]
+        body = await read_json(request, self.s.settings.max_body_bytes)
+        body.setdefault("model", name)
+        schema = EmbeddingRequest if "input" in body and "messages" not in body else (
+            CompletionRequest if "prompt" in body and "messages" not in body else ChatCompletionRequest)
+        req = validate(schema, body)
+        endpoint = {ChatCompletionRequest: "chat", CompletionRequest: "completion"}.get(schema, "embedding")
+        router = self.s.router
+        policy = router.registry.active(name)
+        if policy is None:
+            raise APIError(404, f"No active policy named {name!r}.", code="policy_not_found")
+        features = request_features(req, endpoint, None, request.headers.get("x-hybridgate-tags"))
+        signals = await router.signals(router.catalog.deployments, [])
+        d = decide(features, policy, router.catalog.deployments, signals, random.Random(0), datetime.now(UTC),
+                   plugins=router.plugins)
+        return _json({"policy": name, "version": router.registry.active_version(name), **d.as_dict()})
+
+    # ---- breakers ------------------------------------------------------------------------------
+
+    async def list_breakers(self, request: Request) -> Response:
+        self._check(request)
+        names = [d.name for d in self.s.router.catalog.deployments]
+        states = await self.s.router.breakers.states(names)
+        return _json({"data": [{"deployment": n, "state": states.get(n, "closed")} for n in names]})
+
+    async def force_breaker(self, request: Request) -> Response:
+        """Manual override: {"mode": "open" | "closed" | null} (null returns to automatic)."""
+        self._check(request)
+        name = request.path_params["deployment"]
+        if name not in self.s.router.catalog.by_name:
+            raise APIError(404, f"No deployment named {name!r}.", code="deployment_not_found")
+        data = await read_json(request, 4096)
+        mode = data.get("mode")
+        if mode not in ("open", "closed", None):
+            raise APIError(400, "'mode' must be 'open', 'closed' or null.", param="mode")
+        await self.s.router.breakers.force(name, mode)
+        state = await self.s.router.breakers.state(name)
+        self.s.metrics.breaker_open.labels(name).set(1 if state == "open" else 0)
+        return _json({"deployment": name, "state": state, "forced": mode})
+
     def routes(self) -> list[Route]:
         return [
+            Route("/admin/api/policies", self.list_policies, methods=["GET"]),
+            Route("/admin/api/policies/{name}", self.get_policy, methods=["GET"]),
+            Route("/admin/api/policies/{name}", self.put_policy, methods=["PUT", "POST"]),
+            Route("/admin/api/policies/{name}/validate", self.validate_policy, methods=["POST"]),
+            Route("/admin/api/policies/{name}/activate", self.activate_policy, methods=["POST"]),
+            Route("/admin/api/policies/{name}/simulate", self.simulate, methods=["POST"]),
+            Route("/admin/api/breakers", self.list_breakers, methods=["GET"]),
+            Route("/admin/api/breakers/{deployment}", self.force_breaker, methods=["POST"]),
             Route("/admin/api/keys", self.list_keys, methods=["GET"]),
             Route("/admin/api/keys", self.create_key, methods=["POST"]),
             Route("/admin/api/keys/{key_id}", self.update_key, methods=["PATCH"]),

@@ -36,8 +36,13 @@ class APIError(Exception):
         self.code = code
         self.headers = headers or {}
 
+    details: list[dict[str, Any]] | None = None  # e.g. every validation error of a policy
+
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        err: dict[str, Any] = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        if self.details:
+            err["details"] = self.details
+        return {"error": err}
 
     def response(self, extra_headers: dict[str, str] | None = None) -> Response:
         headers = dict(self.headers)

@@ -63,8 +63,14 @@ class _Ctx:
                 h["x-hybridgate-deployment"] = self.ex.served.deployment.name
             if r.policy:
                 h["x-hybridgate-policy"] = f"{r.policy}@{r.policy_version}"
-            h["x-hybridgate-route-reason"] = r.reason
+            h["x-hybridgate-route-reason"] = _header_safe(r.reason)
         return h
+
+
+def _header_safe(text: str) -> str:
+    """Header values are latin-1 on the wire: keep reasons readable in plain ASCII."""
+    text = text.replace("→", "->").replace("≤", "<=").replace("≥", ">=")
+    return text.encode("ascii", "replace").decode()[:512]
 
 
 def _served_name(ctx: _Ctx) -> str:

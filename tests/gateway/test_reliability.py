@@ -1,0 +1,225 @@
+"""Provider failures through the real gateway: breakers, fallbacks, Retry-After, stream rules,
+context-window escalation, shared breaker state, and budgets under concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from backends.fake_provider import FakeProviderThread
+from gateway.config import Settings
+from tests.gateway.harness import GatewayThread, running_gateway
+
+
+def dep(name: str, model: str, base_url: str, **kw: Any) -> dict[str, Any]:
+    return {"name": name, "model": model, "upstream_model": "fake-model", "api_base": base_url,
+            "timeout_s": 5, "stream_idle_timeout_s": 5, "context_window": 8192,
+            "pricing": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}, **kw}
+
+
+def settings(tmp_path: Path, db_url: str, deployments: list[dict[str, Any]], **kw: Any) -> Settings:
+    base: dict[str, Any] = {
+        "database_url": db_url, "deployments": deployments, "local_model": {"enabled": False},
+        "log": {"bodies": "none", "spool_dir": str(tmp_path / f"spool-{uuid.uuid4().hex[:6]}"), "batch_max_ms": 10},
+        "breaker": {"consecutive_failures": 3, "min_requests": 100, "cooldown_s": 0.5, "window_s": 10},
+        "policy_reload_s": 0.2,
+    }
+    base.update(kw)
+    return Settings(**base)
+
+
+@pytest.fixture()
+def two_providers() -> Iterator[tuple[FakeProviderThread, FakeProviderThread]]:
+    with FakeProviderThread() as a, FakeProviderThread() as b:
+        yield a, b
+
+
+def sdk(gw: GatewayThread, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.base_url + "/v1", api_key=key, max_retries=0, timeout=30)
+
+
+def breaker_state(gw: GatewayThread, name: str) -> str:
+    data = httpx.get(gw.base_url + "/admin/api/breakers").json()["data"]
+    return next(b["state"] for b in data if b["deployment"] == name)
+
+
+MSG = [{"role": "user", "content": "hello"}]
+
+
+def test_breaker_opens_traffic_falls_back_and_half_open_probe_closes_it(
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path
+) -> None:
+    a, b = two_providers
+    s = settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url), dep("b", "m", b.base_url)])
+    with running_gateway(s) as gw:
+        a.set_faults("500")
+        c = sdk(gw)
+        served = [c.chat.completions.with_raw_response.create(model="m", messages=MSG).headers["x-hybridgate-deployment"]
+                  for _ in range(20)]
+        assert served == ["b"] * 20  # zero client-visible errors
+        assert breaker_state(gw, "a") == "open"
+        hits_while_open = a.stats["total"]
+        for _ in range(5):
+            c.chat.completions.create(model="m", messages=MSG)
+        assert a.stats["total"] == hits_while_open  # an open breaker gets no traffic
+        metrics = httpx.get(gw.base_url + "/metrics").text
+        assert 'hybridgate_breaker_open{deployment="a"} 1.0' in metrics
+
+        a.set_faults()  # provider recovers
+        time.sleep(0.6)  # cooldown → half-open
+        r = c.chat.completions.with_raw_response.create(model="m", messages=MSG)
+        assert r.headers["x-hybridgate-deployment"] == "a"  # the probe went to a and succeeded
+        assert breaker_state(gw, "a") == "closed"
+
+
+def test_two_gateways_sharing_redis_agree_on_breaker_state(
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path,
+    redis_url: str, redis_prefix: str,
+) -> None:
+    a, b = two_providers
+    deployments = [dep("a", "m", a.base_url), dep("b", "m", b.base_url)]
+    s1 = settings(tmp_path, sqlite_url, deployments, redis_url=redis_url, redis_prefix=redis_prefix)
+    s2 = settings(tmp_path, sqlite_url, deployments, redis_url=redis_url, redis_prefix=redis_prefix)
+    with running_gateway(s1) as g1, running_gateway(s2) as g2:
+        a.set_faults("503")
+        for _ in range(6):
+            sdk(g1).chat.completions.create(model="m", messages=MSG)
+        assert breaker_state(g1, "a") == "open"
+        assert breaker_state(g2, "a") == "open"  # the other process sees it at once
+        before = a.stats["total"]
+        sdk(g2).chat.completions.create(model="m", messages=MSG)
+        assert a.stats["total"] == before
+        # manual close through one process is seen by the other
+        httpx.post(g2.base_url + "/admin/api/breakers/a", json={"mode": "closed"})
+        assert breaker_state(g1, "a") == "closed"
+
+
+def test_retry_after_is_honoured(two_providers: tuple[FakeProviderThread, FakeProviderThread],
+                                 sqlite_url: str, tmp_path: Path) -> None:
+    a, _ = two_providers
+    with running_gateway(settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url)])) as gw:
+        a.fail_next(1, "429:1")
+        t0 = time.monotonic()
+        resp = sdk(gw).chat.completions.create(model="m", messages=MSG)
+        elapsed = time.monotonic() - t0
+        assert resp.choices[0].message.content
+        assert elapsed >= 1.0  # waited as the upstream asked, then succeeded on the same deployment
+        assert a.stats["total"] == 2
+
+
+def test_stream_cut_before_first_token_falls_back_invisibly(
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path
+) -> None:
+    a, b = two_providers
+    s = settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url), dep("b", "m", b.base_url)])
+    with running_gateway(s) as gw:
+        a.set_faults("cut:0")
+        raw = sdk(gw).chat.completions.with_raw_response.create(model="m", messages=MSG, stream=True)
+        chunks = list(raw.parse())
+        assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        assert raw.headers["x-hybridgate-deployment"] == "b"
+
+
+def test_stream_cut_after_first_token_is_an_error_event_not_a_splice(
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path
+) -> None:
+    a, b = two_providers
+    s = settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url), dep("b", "m", b.base_url)])
+    with running_gateway(s) as gw:
+        a.set_faults("cut:3")
+        got: list[str] = []
+        with pytest.raises(openai.APIError):
+            for ch in sdk(gw).chat.completions.create(model="m", messages=MSG, stream=True):
+                got.extend(c.delta.content or "" for c in ch.choices)
+        assert got  # the first tokens arrived, then an error event; b never answered
+        assert b.stats["total"] == 0
+
+
+POLICY = """
+name: long
+filters: {context_fit: false}
+selector: {type: fixed, order: [small, big]}
+fallbacks:
+  chain: [big]
+  triggers: [5xx, timeout, 429, connection, context_window]
+retry: {max_attempts: 3, max_attempts_per_deployment: 1}
+"""
+
+
+def test_context_window_exceeded_moves_to_the_larger_context_model(
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path
+) -> None:
+    a, b = two_providers
+    deployments = [dep("small", "small-model", a.base_url, context_window=4096),
+                   dep("big", "big-model", b.base_url, context_window=128000)]
+    with running_gateway(settings(tmp_path, sqlite_url, deployments)) as gw:
+        r = httpx.put(gw.base_url + "/admin/api/policies/long", content=POLICY,
+                      headers={"content-type": "application/yaml"})
+        assert r.status_code == 201, r.text
+        a.set_faults("context_length")
+        raw = sdk(gw).chat.completions.with_raw_response.create(model="long", messages=MSG)
+        assert raw.headers["x-hybridgate-deployment"] == "big"
+        assert raw.headers["x-hybridgate-policy"] == "long@1"
+        assert raw.parse().model == "big-model"
+
+
+def test_policy_validation_names_field_and_line_and_simulate_explains(
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path
+) -> None:
+    a, b = two_providers
+    deployments = [dep("small", "small-model", a.base_url), dep("big", "big-model", b.base_url)]
+    with running_gateway(settings(tmp_path, sqlite_url, deployments)) as gw:
+        bad = POLICY.replace("type: fixed", "type: fancy")
+        r = httpx.put(gw.base_url + "/admin/api/policies/long", content=bad,
+                      headers={"content-type": "application/yaml"})
+        assert r.status_code == 422
+        err = r.json()["error"]
+        assert "selector" in err["message"] and "line 4" in err["message"]
+        assert httpx.put(gw.base_url + "/admin/api/policies/long", content=POLICY,
+                         headers={"content-type": "application/yaml"}).status_code == 201
+        sim = httpx.post(gw.base_url + "/admin/api/policies/long/simulate", json={"messages": MSG}).json()
+        assert sim["candidates"][0] == "small" and sim["trace"]
+        assert a.stats["total"] == 0 and b.stats["total"] == 0  # simulate calls no provider
+        ids = {m["id"] for m in httpx.get(gw.base_url + "/v1/models").json()["data"]}
+        assert "long" in ids
+
+
+async def test_budget_holds_under_50_concurrent_requests(
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path
+) -> None:
+    a, _ = two_providers
+    # 1 USD per token in and out: each request costs a few tens of USD; max_tokens=20 bounds it.
+    s = settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url,
+                                            pricing={"input_per_mtok": 1e6, "output_per_mtok": 1e6})],
+                 require_keys=True)
+    with running_gateway(s) as gw:
+        created = httpx.post(gw.base_url + "/admin/api/keys",
+                             json={"name": "budgeted", "budget_usd": 300, "budget_period": "day"}).json()
+        key = created["key"]
+        client = openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key=key, max_retries=0, timeout=30)
+
+        async def one(i: int) -> tuple[str, float]:
+            try:
+                r = await client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": f"q {i}"}], max_tokens=20)
+            except openai.RateLimitError as exc:
+                assert exc.body["code"] == "budget_exceeded"  # type: ignore[index]
+                return "rejected", 0.0
+            u = r.usage
+            assert u is not None
+            return "ok", float(u.prompt_tokens + u.completion_tokens)
+
+        results = await asyncio.gather(*(one(i) for i in range(50)))
+        spent = sum(c for _, c in results)
+        ok = sum(1 for s_, _ in results if s_ == "ok")
+        assert 0 < ok < 50
+        max_one = 30 + 20  # prompt estimate upper bound + max_tokens, in USD at these prices
+        assert spent <= 300 + max_one
