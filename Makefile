@@ -26,6 +26,9 @@ services:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
 	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+	@# `docker compose config` validates docker-compose.yml in the tests (no engine needed); best effort.
+	@command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || \
+		(timeout 300 sh -c 'apt-get update -qq && apt-get install -y -qq docker-compose' >/dev/null 2>&1 || true)
 
 lint: install
 	$(BIN)/ruff check .
