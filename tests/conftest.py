@@ -7,6 +7,7 @@ unique to the session and their own logical DB number where they flush.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -33,10 +34,8 @@ def pg_database() -> Iterator[str]:
     except Exception as exc:  # pragma: no cover - environment problem, not a test failure
         pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {exc}")
     yield name
-    try:
+    with contextlib.suppress(Exception):
         _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    except Exception:
-        pass
 
 
 @pytest.fixture(scope="session")
@@ -54,10 +53,8 @@ def fresh_pg_url() -> Iterator[str]:
     except Exception as exc:  # pragma: no cover
         pytest.skip(f"PostgreSQL not reachable: {exc}")
     yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    try:
+    with contextlib.suppress(Exception):
         _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    except Exception:
-        pass
 
 
 @pytest.fixture()
