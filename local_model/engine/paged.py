@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from ..cache import KVCache
-from ..model import repeat_kv
 
 
 @dataclass(slots=True)
@@ -115,13 +114,14 @@ def paged_attention(
         k_new, v_new = k_new[s.new_rows, s.new_cols], v_new[s.new_rows, s.new_cols]
     kv.k[s.write_index] = k_new.to(kv.k.dtype)
     kv.v[s.write_index] = v_new.to(kv.v.dtype)
-    keys = kv.k[s.read_index].transpose(1, 2)  # [B, Hkv, total, hd]
-    values = kv.v[s.read_index].transpose(1, 2)
-    n_rep = q.shape[1] // keys.shape[1]
-    return F.scaled_dot_product_attention(
-        q,
-        repeat_kv(keys, n_rep).to(q.dtype),
-        repeat_kv(values, n_rep).to(q.dtype),
-        attn_mask=s.mask,
-        scale=scale,
-    )
+    keys = kv.k[s.read_index].transpose(1, 2).to(q.dtype)  # [B, Hkv, total, hd]
+    values = kv.v[s.read_index].transpose(1, 2).to(q.dtype)
+    # GQA without copying K/V n_rep times: fold the n_rep query heads that share a KV head into the query
+    # length (query head h uses KV head h // n_rep, so heads are grouped contiguously).
+    batch, heads, width, hd = q.shape
+    kv_heads = keys.shape[1]
+    n_rep = heads // kv_heads
+    qg = q.reshape(batch, kv_heads, n_rep * width, hd)
+    mask = s.mask if width == 1 else s.mask.repeat(1, 1, n_rep, 1)  # rows ordered (rep, t)
+    out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=mask, scale=scale)
+    return out.reshape(batch, heads, width, hd)
