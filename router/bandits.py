@@ -16,7 +16,9 @@ off-policy evaluation (``router.ope``). To make that probability *exact* rather 
 * UCB1 and LinUCB are deterministic argmax rules; we mix them ε-greedily: with probability ε a uniform
   arm. The propensity of the chosen arm is ``1 − ε + ε/K`` if it is the argmax, else ``ε/K``.
 * All policies mix in ``epsilon`` uniform exploration, so every arm keeps propensity ≥ ε/K > 0 —
-  without that, off-policy estimates of other policies would be undefined.
+  without that, off-policy estimates of other policies would be undefined. A constant ε costs regret
+  linear in time (ε·gap per step); ``epsilon_decay=S`` shrinks it as ``ε/√(1 + t/S)`` so the total
+  cost is O(√T) and regret stays sublinear, at the price of slowly shrinking propensities.
 
 State. Policies are stateless objects holding configuration; all learned state lives in dataclasses
 (:class:`BanditState`, :class:`LinUCBState`) with ``to_dict``/``from_dict`` to plain JSON-able types, so
@@ -123,6 +125,13 @@ def _mix(p: np.ndarray, epsilon: float) -> np.ndarray:
     return (1.0 - epsilon) * p + epsilon / k
 
 
+def _eps(epsilon: float, decay_scale: float | None, t: int) -> float:
+    """Exploration floor at step t: constant, or ``ε/√(1 + t/scale)`` so its regret cost is O(√T)."""
+    if not decay_scale:
+        return epsilon
+    return epsilon / math.sqrt(1.0 + t / decay_scale)
+
+
 def _draw(arms: Sequence[str], probs: np.ndarray, rng: np.random.Generator) -> Choice:
     probs = probs / probs.sum()
     i = int(rng.choice(len(arms), p=probs))
@@ -142,6 +151,7 @@ class ThompsonSampling:
     lam: float = 0.0
     n_mc: int = 128
     epsilon: float = 0.02
+    epsilon_decay: float | None = None
     prior_mean: float = 0.5
     prior_n: float = 1.0
     min_var: float = 0.01
@@ -174,7 +184,7 @@ class ThompsonSampling:
     ) -> np.ndarray:
         vals = self._samples(state, arms, rng) - self.lam * _cost_vector(arms, costs)
         wins = np.bincount(np.argmax(vals, axis=1), minlength=len(arms)).astype(float)
-        return _mix(wins / wins.sum(), self.epsilon)
+        return _mix(wins / wins.sum(), _eps(self.epsilon, self.epsilon_decay, state.t))
 
     def choose(
         self, state: BanditState, rng: np.random.Generator, costs: Mapping[str, float] | None = None
@@ -194,6 +204,7 @@ class UCB1:
     lam: float = 0.0
     scale: float = 1.0
     epsilon: float = 0.02
+    epsilon_decay: float | None = None
 
     def index(self, state: BanditState, costs: Mapping[str, float] | None = None) -> dict[str, float]:
         arms = list(state.arms)
@@ -212,7 +223,10 @@ class UCB1:
         arms = list(state.arms)
         idx = self.index(state, costs)
         best = max(arms, key=lambda a: idx[a])  # first max in listed order: deterministic
-        p = _mix(np.array([1.0 if a == best else 0.0 for a in arms]), self.epsilon)
+        p = _mix(
+            np.array([1.0 if a == best else 0.0 for a in arms]),
+            _eps(self.epsilon, self.epsilon_decay, state.t),
+        )
         return dict(zip(arms, p.tolist(), strict=True))
 
     def choose(
@@ -291,6 +305,7 @@ class LinUCB:
     lam: float = 0.0
     alpha: float = 0.5
     epsilon: float = 0.02
+    epsilon_decay: float | None = None
 
     def scores(
         self, state: LinUCBState, x: np.ndarray, costs: Mapping[str, float] | None = None
@@ -312,7 +327,8 @@ class LinUCB:
         s = self.scores(state, x, costs)
         onehot = np.zeros(len(s))
         onehot[int(np.argmax(s))] = 1.0
-        return dict(zip(state.arms, _mix(onehot, self.epsilon).tolist(), strict=True))
+        eps = _eps(self.epsilon, self.epsilon_decay, sum(state.n.values()))
+        return dict(zip(state.arms, _mix(onehot, eps).tolist(), strict=True))
 
     def choose(
         self,

@@ -1,0 +1,103 @@
+"""Featuriser, classifier fast path, compiled trees, selectors, artifacts (tiny synthetic data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from router.classifier import (
+    best_tradeoff,
+    calibrate_gap_threshold,
+    calibrate_quality_threshold,
+    cheapest_above,
+    compile_hist_gb,
+)
+from router.features import fit_featurizer, normalize_prompt
+from router.offline.artifacts import load_artifact, save_artifact
+from router.offline.datasets import LabeledDataset
+from router.offline.train import TrainConfig, train_classifier
+
+
+def _toy(n: int = 400, seed: int = 0) -> LabeledDataset:
+    """Math prompts need the strong model; trivia prompts do not."""
+    rng = np.random.default_rng(seed)
+    prompts, labels = [], []
+    for i in range(n):
+        if i % 2:
+            a, b = rng.integers(10, 999, 2)
+            prompts.append(f"Compute {a} * {b} + {i} and explain each step of the calculation.")
+            labels.append([float(rng.random() < 0.9), float(rng.random() < 0.3)])
+        else:
+            prompts.append(f"What is the capital city of country number {i}? Answer briefly.")
+            labels.append([float(rng.random() < 0.9), float(rng.random() < 0.85)])
+    return LabeledDataset("toy", prompts, ["strong-m", "weak-m"], np.array(labels))
+
+
+def test_normalize_prompt_routerbench_list() -> None:
+    assert normalize_prompt("['Hello', 'world']") == "Hello\nworld"
+    assert normalize_prompt("[not a list") == "[not a list"
+
+
+def test_featurizer_fast_path_matches_batch() -> None:
+    ds = _toy(60)
+    fz = fit_featurizer(ds.prompts)
+    x, dense = fz.matrices(ds.prompts[:5])
+    f = fz.featurize(ds.prompts[3])
+    row = x.getrow(3).toarray().ravel()
+    assert np.allclose(row[f.text_idx], f.text_val)
+    assert np.allclose(dense[3], f.dense)
+    assert np.linalg.norm(f.text_val) == pytest.approx(1.0)
+
+
+def test_classifier_learns_and_gap_is_consistent(tmp_path) -> None:  # noqa: ANN001
+    ds = _toy(400)
+    clf = train_classifier(ds, TrainConfig(gb_iter=30, n_folds=3), strong="strong-m", weak="weak-m")
+    math_p = clf.predict("Compute 12 * 34 + 5 and explain each step of the calculation.")
+    triv_p = clf.predict("What is the capital city of country number 7? Answer briefly.")
+    assert set(math_p) == {"strong-m", "weak-m"}
+    assert all(0.0 <= v <= 1.0 for v in math_p.values())
+    assert clf.gap_score(math_p) > clf.gap_score(triv_p) + 0.2
+    # artifact round trip gives identical scores
+    save_artifact(clf, tmp_path / "art", data_hashes={"toy": "x"})
+    clf2, manifest = load_artifact(tmp_path / "art")
+    assert manifest["models"] == ["strong-m", "weak-m"] and manifest["format"] == 1
+    assert clf2.predict("Compute 1 * 2") == clf.predict("Compute 1 * 2")
+    (tmp_path / "art" / "model.joblib").write_bytes(b"tampered")
+    with pytest.raises(ValueError):
+        load_artifact(tmp_path / "art")
+
+
+def test_compiled_trees_match_sklearn() -> None:
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 6))
+    y = (x[:, 0] + x[:, 1] * x[:, 2] > 0).astype(float)
+    clf = HistGradientBoostingClassifier(max_iter=25, max_depth=3, random_state=0).fit(x, y)
+    reg = HistGradientBoostingRegressor(max_iter=25, max_depth=4, random_state=0).fit(x, x[:, 3] ** 2)
+    xt = rng.normal(size=(50, 6))
+    ct, rt = compile_hist_gb(clf), compile_hist_gb(reg)
+    assert np.allclose(ct.raw_many(xt), clf.decision_function(xt), atol=1e-6)
+    assert np.allclose([rt.raw(r) for r in xt], reg.predict(xt), atol=1e-6)
+
+
+def test_selectors_and_calibration() -> None:
+    probs = {"cheap": 0.6, "mid": 0.8, "big": 0.95}
+    costs = {"cheap": 1.0, "mid": 2.0, "big": 10.0}
+    assert cheapest_above(probs, costs, 0.7) == "mid"
+    assert cheapest_above(probs, costs, 0.99) == "big"  # none clears: most likely model
+    assert best_tradeoff(probs, costs, 0.0) == "big"
+    assert best_tradeoff(probs, costs, 0.1) == "mid"
+    gaps = np.linspace(-1, 1, 101)
+    t = calibrate_gap_threshold(gaps, 0.3)
+    assert np.mean(gaps >= t) == pytest.approx(0.3, abs=0.011)
+    rng = np.random.default_rng(0)
+    p = rng.random((500, 3))
+    c = np.tile([1.0, 2.0, 3.0], (500, 1))
+    th = calibrate_quality_threshold(p, c, strong_index=2, target_strong_share=0.25)
+    names = ["a", "b", "c"]
+    choice = [
+        cheapest_above(dict(zip(names, row, strict=True)), dict(zip(names, [1.0, 2.0, 3.0], strict=True)), th)
+        for row in p
+    ]
+    assert np.mean([ch == "c" for ch in choice]) == pytest.approx(0.25, abs=0.03)
