@@ -37,12 +37,12 @@ def test_fuzzed_requests_never_get_a_server_error(fuzz_gateway: GatewayThread) -
 
         @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
         @given(case=op.as_strategy())
-        def run(case: schemathesis.Case, label: str = op.label) -> None:
+        def run(case: schemathesis.Case) -> None:
             response = case.call(base_url=fuzz_gateway.base_url, timeout=20)
             # 502/503/504 are upstream outcomes (the fake provider's answer to fuzzed parameters),
             # not the gateway failing; anything else 5xx is ours.
             if response.status_code >= 500 and response.status_code not in (502, 503, 504):
-                failures.append(f"{label}: {response.status_code} {response.text[:200]}")
+                failures.append(f"{case.operation.label}: {response.status_code} {response.text[:200]}")
             if response.status_code >= 400:
                 body = response.json()
                 assert set(body) == {"error"} and "message" in body["error"], body
