@@ -110,9 +110,13 @@ def run_engine(model: JambaForCausalLM, tok: Any, args: argparse.Namespace) -> d
                 engine.submit_sync(prompt_ids(16, vocab, i), ps)
             while len(engine.running_sequences()) < n or any(s.num_generated < 1 for s in engine.running_sequences()):
                 engine.step()
-            g0, t0 = engine.stats.generated_tokens, time.perf_counter()
+            g0, f0, t0 = engine.stats.generated_tokens, timer.seconds, time.perf_counter()
+            steps0 = engine.stats.steps
             engine.run_until_idle()
-            out[f"decode_tok_s_batch{n}"] = (engine.stats.generated_tokens - g0) / (time.perf_counter() - t0)
+            dt = time.perf_counter() - t0
+            steps = max(1, engine.stats.steps - steps0)
+            out[f"decode_tok_s_batch{n}"] = (engine.stats.generated_tokens - g0) / dt
+            out[f"engine_overhead_ms_batch{n}"] = 1000 * (dt - (timer.seconds - f0)) / steps
     return out
 
 

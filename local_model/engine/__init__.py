@@ -12,9 +12,11 @@ Usage::
     engine.shutdown()
 
 Modules: `config` (settings, memory split), `kv_blocks` (block allocator, block tables, prefix hashes),
-`ssm_slots` (Mamba slot pool, snapshots), `paged` (paged attention), `scheduler` (batching, admission,
-chunking, preemption, prefix reuse), `sampler`, `sequence` (requests, detokenizer, stop rules, events),
-`engine` (the step loop and thread), `openai` (OpenAI request/response shapes for the server and backend).
+`ssm_slots` (Mamba slot pool, snapshots), `prefix_cache` (hybrid prefix reuse), `paged` (paged attention
+through `KVCache.attend`), `scheduler` (batching, admission, chunking, preemption), `sampler`, `sequence`
+(requests, detokenizer, stop rules, events), `engine` (the step loop and thread), `openai_api` (OpenAI
+request/response shapes shared by `local_model.server` and `backends.local_backend`), `checkpoint`
+(path or "shipped" resolution).
 """
 
 from __future__ import annotations

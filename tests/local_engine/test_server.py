@@ -258,3 +258,23 @@ async def test_openai_sdk_reads_our_shapes(server: ServerThread) -> None:
         assert comp.choices[0].finish_reason in ("stop", "length")
     finally:
         await client.close()
+
+
+async def test_streamed_n_and_prompt_batches_index_choices(server: ServerThread) -> None:
+    body = {"model": MODEL, "prompt": ["The quick", "Hello hybrid"], "n": 2, "max_tokens": 4, "temperature": 0.9,
+            "seed": 1, "stream": True, "echo": True}
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        async with client.stream("POST", "/v1/completions", json=body) as resp:
+            events = await sse_events(resp)
+        plain = (await client.post("/v1/completions", json={**body, "stream": False})).json()
+    texts: dict[int, str] = {}
+    finishes: dict[int, str] = {}
+    for e in events:
+        (c,) = e["choices"]
+        texts[c["index"]] = texts.get(c["index"], "") + c["text"]
+        if c["finish_reason"]:
+            finishes[c["index"]] = c["finish_reason"]
+    assert sorted(texts) == sorted(finishes) == [0, 1, 2, 3]
+    assert texts[0].startswith("The quick") and texts[3].startswith("Hello hybrid")
+    assert [c["text"] for c in plain["choices"]] == [texts[i] for i in range(4)]  # same seeds, same text
+    assert plain["usage"]["completion_tokens"] <= 16
