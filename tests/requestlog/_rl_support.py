@@ -102,6 +102,7 @@ class TcpProxy:
         self.target = (target_host, target_port)
         self.port = 0
         self.connections_seen = 0
+        self._generation = 0
         self._server: asyncio.Server | None = None
         self._transports: set[asyncio.BaseTransport] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -114,10 +115,17 @@ class TcpProxy:
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        generation = self._generation
+        self._transports.add(writer.transport)  # a cut from now on aborts it
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.transport.abort()
+            self._transports.discard(writer.transport)
+            return
+        if generation != self._generation:  # cut while we were connecting upstream
+            writer.transport.abort()
+            up_writer.transport.abort()
             return
         self.connections_seen += 1
         pair = (writer.transport, up_writer.transport)
@@ -141,6 +149,7 @@ class TcpProxy:
 
     async def cut(self) -> None:
         assert self._server is not None
+        self._generation += 1
         self._server.close()
         for transport in list(self._transports):
             transport.abort()
