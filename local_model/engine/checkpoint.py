@@ -1,7 +1,8 @@
 """Where checkpoints come from: a directory path, or ``"shipped"`` for the model this repo ships.
 
-The shipped checkpoint is looked up, in order, at ``$HYBRIDGATE_LOCAL_MODEL_DIR``, ``local_model/shipped/``
-and ``local_model/checkpoints/shipped/`` (the first that holds a ``config.json``).
+The shipped checkpoint is looked up, in order, at ``$HYBRIDGATE_LOCAL_MODEL_DIR``,
+``local_model/checkpoints/hybridgate-tiny/`` (where ``local_model.train`` exports it),
+``local_model/checkpoints/shipped/`` and ``local_model/shipped/`` (the first that holds a ``config.json``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ def shipped_candidates() -> list[Path]:
     env = os.environ.get("HYBRIDGATE_LOCAL_MODEL_DIR")
     if env:
         out.append(Path(env))
-    out += [_PACKAGE_DIR / "shipped", _PACKAGE_DIR / "checkpoints" / "shipped"]
+    ck = _PACKAGE_DIR / "checkpoints"
+    out += [ck / "hybridgate-tiny", ck / "shipped", _PACKAGE_DIR / "shipped"]
     return out
 
 
