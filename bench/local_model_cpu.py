@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/local_model_cpu.py                       # preset small-20m, random weights
     .venv/bin/python bench/local_model_cpu.py --checkpoint DIR|shipped --threads 2 --json
+    .venv/bin/python bench/local_model_cpu.py --set hidden_size=192 --set intermediate_size=512 \
+        --set num_attention_heads=6 --set expert_layer_period=2 --set vocab_size=8192   # train.py's shipped shape
 
 What it measures (greedy, ``ignore_eos``, engine driven step by step on this thread):
 
@@ -43,8 +45,10 @@ def load(args: argparse.Namespace) -> tuple[JambaForCausalLM, Any, str]:
         path = resolve_checkpoint(args.checkpoint)
         lm = local_model.load(path, dtype=getattr(torch, args.dtype))
         return lm.module, lm.tokenizer, str(path)
-    model = JambaForCausalLM(JambaConfig.preset(args.preset), seed=0).eval().to(getattr(torch, args.dtype))
-    return model, None, f"preset:{args.preset}"
+    overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    config = JambaConfig.preset(args.preset, **overrides)
+    model = JambaForCausalLM(config, seed=0).eval().to(getattr(torch, args.dtype))
+    return model, None, f"preset:{args.preset}" + "".join(f" {kv}" for kv in args.set)
 
 
 def prompt_ids(n: int, vocab: int, seed: int = 0) -> list[int]:
@@ -135,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=None, help='checkpoint directory or "shipped" (default: --preset)')
     p.add_argument("--preset", default="small-20m")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                   help="override a preset field, e.g. --set hidden_size=192 (repeatable)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--prompt-len", type=int, default=256)

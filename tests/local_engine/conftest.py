@@ -41,9 +41,10 @@ CORPUS = [
 ] * 4
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
-    """Tiny models: one intra-op thread is faster, and robust on a busy 2-core machine."""
+    """Tiny models: one intra-op thread is faster, and robust on a busy 2-core machine (restored after
+    each module, so other test folders keep their setting). Engine threads set their own (EngineConfig)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
