@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,10 @@ async def test_errors_map_to_upstream_kinds(tiny_ckpt: Path) -> None:
         long = chat({"max_tokens": 300, "ignore_eos": True})
         first, second = backend.stream(long), backend.stream(long)
         assert (await anext(first))["choices"][0]["delta"]["role"] == "assistant"
+        deadline = time.monotonic() + 10
+        while engine.load_signals().running < 1:  # admitted: no longer counts against the queue
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
         await anext(second)
         with pytest.raises(UpstreamError) as e:
             await anext(backend.stream(chat()))

@@ -209,6 +209,13 @@ async def test_errors_models_health(server: ServerThread) -> None:
         assert r.status_code == 400
 
 
+async def wait_until(cond: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
 def load_signals_keys() -> list[str]:
     return ["queue_depth", "running", "free_ssm_slots", "free_kv_blocks", "tokens_per_s"]
 
@@ -220,15 +227,17 @@ async def test_backpressure_is_503_with_retry_after(tiny_lm: local_model.LocalMo
     long = {"model": MODEL, "prompt": "hello", "max_tokens": 400, "ignore_eos": True, "stream": True}
     with ServerThread(app) as srv:
         async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
-            async with client.stream("POST", "/v1/completions", json=long) as first, \
-                    client.stream("POST", "/v1/completions", json=long) as second:
-                assert first.status_code == 200 and second.status_code == 200
-                signals = load_signals(app)
-                assert signals["queue_depth"] >= 1 and signals["running"] <= 1
-                r = await client.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2})
-                assert r.status_code == 503
-                assert r.headers["retry-after"] == "2"
-                assert r.json()["error"]["code"] == "overloaded"
+            async with client.stream("POST", "/v1/completions", json=long) as first:
+                assert first.status_code == 200
+                await wait_until(lambda: load_signals(app)["running"] == 1)  # admitted: no longer queued
+                async with client.stream("POST", "/v1/completions", json=long) as second:
+                    assert second.status_code == 200
+                    signals = load_signals(app)
+                    assert signals["queue_depth"] == 1 and signals["running"] == 1
+                    r = await client.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2})
+                    assert r.status_code == 503
+                    assert r.headers["retry-after"] == "2"
+                    assert r.json()["error"]["code"] == "overloaded"
             deadline = time.monotonic() + 10
             while load_signals(app)["running"] or load_signals(app)["queue_depth"]:
                 assert time.monotonic() < deadline
