@@ -62,7 +62,7 @@ def build_state(settings: Settings) -> tuple[BreakerStore, BudgetStore, RateLimi
 def build_services(settings: Settings, backends: dict[str, Backend] | None = None) -> Services:
     engine = create_async_engine(settings.database_url, pool_pre_ping=True)
     sink = LogSink(
-        engine=engine,
+        settings.database_url,  # its own small pool: log writes never queue behind admin queries
         spool_dir=settings.log.spool_dir,
         batch_max_rows=settings.log.batch_max_rows,
         batch_max_ms=settings.log.batch_max_ms,

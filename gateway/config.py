@@ -29,7 +29,7 @@ class LogSettings(BaseModel):
     )
     spool_dir: str = "./var/spool"
     batch_max_rows: int = Field(default=500, gt=0)
-    batch_max_ms: int = Field(default=50, gt=0)
+    batch_max_ms: int = Field(default=100, gt=0)
 
 
 class LocalModelSettings(BaseModel):

@@ -50,9 +50,13 @@ class WriteResult:
 def make_engine(
     db_url: str, *, connect_timeout_s: float = 5.0, command_timeout_s: float = 10.0, **kw: Any
 ) -> AsyncEngine:
-    """An async engine suited to the log writer (small pool, pre-ping, tolerant JSON encoding)."""
+    """An async engine suited to the log writer (small pool, tolerant JSON encoding).
+
+    No pre-ping: it costs a round trip per batch, and a stale connection after a database
+    restart already fails the batch into the spool, from where it is replayed.
+    """
     url = to_async_url(db_url)
-    options: dict[str, Any] = {"pool_pre_ping": True, "json_serializer": dumps_json}
+    options: dict[str, Any] = {"pool_pre_ping": False, "json_serializer": dumps_json}
     if url.get_backend_name() == "postgresql":
         options.update(pool_size=2, max_overflow=2, pool_recycle=1800)
         if url.get_driver_name() == "asyncpg":
