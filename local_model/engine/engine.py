@@ -217,7 +217,7 @@ class EngineStats:
         window = [(t, n) for t, n in list(self._window) if now - t <= 10.0]
         if not window:
             return 0.0
-        span = max(now - window[0][0], 1e-3)
+        span = max(now - window[0][0], 1.0)  # a lone burst does not read as a huge rate
         return sum(n for _, n in window) / span
 
 
