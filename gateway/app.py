@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import orjson
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -37,12 +38,14 @@ from policies.db_store import DbPolicyStore
 from policies.registry import PolicyRegistry
 from requestlog.sink import LogSink
 from router.breaker import BreakerConfig
+from router.signals import LocalLoad
 from state.breakers import BreakerStore, InProcessBreakerStore, RedisBreakerStore
 from state.budgets import BudgetStore, InProcessBudgetStore, RedisBudgetStore
 from state.ratelimits import InProcessRateLimitStore, RateLimitStore, RedisRateLimitStore
 from state.redis_util import make_redis
 
 log = logging.getLogger("hybridgate")
+DEFAULT_POLICIES = Path(__file__).resolve().parents[1] / "policies" / "defaults"
 
 
 def build_state(settings: Settings) -> tuple[BreakerStore, BudgetStore, RateLimitStore]:
@@ -59,6 +62,17 @@ def build_state(settings: Settings) -> tuple[BreakerStore, BudgetStore, RateLimi
     return InProcessBreakerStore(cfg), InProcessBudgetStore(), InProcessRateLimitStore()
 
 
+def _local_load(backends: dict[str, Backend]) -> dict[str, LocalLoad]:
+    """The local engines' queue depth and free slots, for the router's signals snapshot."""
+    out = {}
+    for name, b in backends.items():
+        signals = getattr(b, "load_signals", None)
+        if signals is not None:
+            sig = signals()
+            out[name] = LocalLoad(queue_depth=int(sig.get("queue_depth", 0)), free_slots=sig.get("free_slots"))
+    return out
+
+
 def build_services(settings: Settings, backends: dict[str, Backend] | None = None) -> Services:
     engine = create_async_engine(settings.database_url, pool_pre_ping=True)
     sink = LogSink(
@@ -67,17 +81,18 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         batch_max_rows=settings.log.batch_max_rows,
         batch_max_ms=settings.log.batch_max_ms,
     )
+    deployments = settings.all_deployments()
     backends = dict(backends or {})
-    for d in settings.deployments:
+    for d in deployments:
         if d.name not in backends:
             backends[d.name] = build_backend(d)
     metrics = Metrics()
     breakers, budgets, ratelimits = build_state(settings)
     router = GatewayRouter(
-        Catalog(settings.deployments, backends),
+        Catalog(deployments, backends),
         PolicyRegistry(DbPolicyStore(engine)),
         breakers, budgets, ratelimits, metrics,
-        local_load=lambda: {name: b.load_signals() for name, b in backends.items() if hasattr(b, "load_signals")},
+        local_load=lambda: _local_load(backends),
     )
     return Services(
         settings=settings,
@@ -105,6 +120,8 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
             await registry.reload()
             if settings.policies_dir:
                 await registry.seed_dir(settings.policies_dir)
+            if services.router.catalog.deployments and registry.active("auto") is None:
+                await registry.seed_dir(DEFAULT_POLICIES)  # the embedded default policy, once
         except Exception as exc:  # a dead database must not stop the gateway serving plain models
             log.warning("hybridgate: policies not loaded (%s); retrying in the background", exc)
         stop = asyncio.Event()

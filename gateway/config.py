@@ -40,6 +40,8 @@ class LocalModelSettings(BaseModel):
     model_name: str = "hybridgate-local"
     device: str = "cpu"
     dtype: str = "float32"
+    context_window: int = Field(default=2048, gt=0)
+    max_concurrency: int | None = Field(default=None, gt=0, description="running sequences; None = engine default")
 
 
 class BreakerSettings(BaseModel):
@@ -92,6 +94,18 @@ class Settings(BaseSettings):
                 raise ValueError(f"deployments: duplicate name {d.name!r}")
             seen.add(d.name)
         return self
+
+    def all_deployments(self) -> list[DeploymentConfig]:
+        """Configured deployments plus the embedded local model when it is enabled and not configured."""
+        deps = list(self.deployments)
+        lm = self.local_model
+        if lm.enabled and not any(d.provider == "local" for d in deps):
+            deps.insert(0, DeploymentConfig(
+                name="local", model=lm.model_name, provider="local", upstream_model=lm.checkpoint or "shipped",
+                context_window=lm.context_window, max_concurrency=lm.max_concurrency, timeout_s=300,
+                pricing={"input_per_mtok": 0.0, "output_per_mtok": 0.0},  # type: ignore[arg-type]
+                capabilities=["chat", "completion", "logprobs"], tags=["local"]))
+        return deps
 
     @property
     def loopback(self) -> bool:
