@@ -65,10 +65,14 @@ def run(lam: float, horizon: int, seed: int, data_paths: list[Path] | None = Non
     }
     logs = {}
     for name, pol in (
-        ("thompson_beta", ThompsonSampling(kind="beta", lam=lam, epsilon=0.05)),
-        ("thompson_gauss", ThompsonSampling(kind="gaussian", lam=lam, epsilon=0.05)),
-        ("ucb1", UCB1(lam=lam, epsilon=0.05)),
-        ("linucb_task", LinUCB(lam=lam, alpha=0.5, epsilon=0.05)),
+        # decaying exploration floor (ε/√(1+t/200)): sublinear regret, propensities stay > 0
+        ("thompson_beta", ThompsonSampling(kind="beta", lam=lam, epsilon=0.05, epsilon_decay=200)),
+        ("thompson_gauss", ThompsonSampling(kind="gaussian", lam=lam, epsilon=0.05, epsilon_decay=200)),
+        ("ucb1", UCB1(lam=lam, epsilon=0.05, epsilon_decay=200)),
+        ("ucb1_scale0.25", UCB1(lam=lam, scale=0.25, epsilon=0.05, epsilon_decay=200)),
+        ("linucb_task", LinUCB(lam=lam, alpha=0.5, epsilon=0.05, epsilon_decay=200)),
+        # constant 5% exploration: the logging policy used for the off-policy check below
+        ("thompson_beta_eps0.05_logger", ThompsonSampling(kind="beta", lam=lam, epsilon=0.05)),
     ):
         t0 = time.perf_counter()
         log = simulate(env, pol, horizon, np.random.default_rng(seed))
@@ -84,7 +88,7 @@ def run(lam: float, horizon: int, seed: int, data_paths: list[Path] | None = Non
         }
 
     # OPE from Thompson's logs
-    log = logs["thompson_beta"]
+    log = logs["thompson_beta_eps0.05_logger"]
     second = int(np.argsort(env.arm_means)[-2])
     task_names = sorted(set(tasks))
     per_task_best = {t: int(np.argmax(env.rewards[tasks == t].mean(axis=0))) for t in task_names}

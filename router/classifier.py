@@ -144,10 +144,11 @@ class QualityClassifier:
 
     featurizer: TextFeaturizer
     models: list[str]
-    text_coef: np.ndarray  # (V, M) linear heads, text block
+    text_coef: np.ndarray  # (V, M[+1]) linear heads, text block (+ optional joint "easiness" head)
     dense_coef: np.ndarray  # (K, M) linear heads, dense block
     intercept: np.ndarray  # (M,)
     stackers: list[CompiledTrees] | None = None  # per model, over [dense, linear logits]
+    stack_mask: list[bool] | None = None  # per model: use its stacker (True) or its linear head
     gap: CompiledTrees | None = None  # E[strong − weak] over the same inputs (two-model only)
     strong: str | None = None
     weak: str | None = None
@@ -179,10 +180,18 @@ class QualityClassifier:
         lin = self.linear_logits(f)
         if self.stackers is not None:
             z = self.stack_input(f, lin)
-            p = _sigmoid(np.array([t.raw(z) for t in self.stackers]))
+            mask = self.stack_mask or [True] * len(self.stackers)
+            p = _sigmoid(
+                np.array(
+                    [
+                        t.raw(z) if use else lin[j]
+                        for j, (t, use) in enumerate(zip(self.stackers, mask, strict=True))
+                    ]
+                )
+            )
         else:
             z = None
-            p = _sigmoid(lin)
+            p = _sigmoid(lin[: len(self.models)])
         if self.gap is not None and self.strong is not None and self.weak is not None:
             if z is None:
                 z = self.stack_input(f, lin)

@@ -35,6 +35,7 @@ class TrainConfig:
     gb_depth: int = 3
     gb_min_leaf: int = 40
     gb_l2: float = 1.0
+    aux_difficulty: bool = True
     seed: int = 0
 
 
@@ -126,6 +127,27 @@ def _oof_apgr(score: np.ndarray, d: np.ndarray) -> float:
     return apgr(routing_curve(score, strong, weak))
 
 
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def _stacker_beats_linear(z: np.ndarray, y: np.ndarray, oof_logit: np.ndarray, cfg: TrainConfig) -> bool:
+    """Keep a model's boosted stacker only if its out-of-fold log-loss beats the linear head's.
+
+    Why: on small or mostly-textual data (RouterBench, ~1k prompts) the trees add variance, on MMLU they
+    add signal; the training data decides, per model.
+    """
+    oof = np.zeros(len(y))
+    for te in _folds(len(y), cfg.n_folds, cfg.seed + 2):
+        tr = np.setdiff1d(np.arange(len(y)), te)
+        zz, yy, ww = _expand_soft(z[tr], y[tr])
+        if len(np.unique(yy)) < 2:
+            return False
+        oof[te] = _gb("clf", cfg, cfg.seed).fit(zz, yy, sample_weight=ww).predict_proba(z[te])[:, 1]
+    return _log_loss(y, oof) < _log_loss(y, 1.0 / (1.0 + np.exp(-oof_logit)))
+
+
 def _choose_gap_blend(z: np.ndarray, d: np.ndarray, oof_logits: np.ndarray, cfg: TrainConfig) -> float:
     """Weight of the linear p_s − p_w vs the tree gap, picked by out-of-fold APGR on the training data.
 
@@ -161,24 +183,37 @@ def train_classifier(
     x = sparse.hstack([xt, sparse.csr_matrix(xd)]).tocsr()
     labels = ds.labels
     n_text = fz.n_text
-    coef, b = _fit_heads(x, labels, cfg.C, cfg.seed)
+    m = len(ds.models)
+    if cfg.aux_difficulty and m >= 2:
+        # joint "easiness" target: share of models right on the prompt (soft label). Much less noisy than
+        # any single model's 0/1 label, it gives the stackers an IRT-like difficulty estimate.
+        known = ~np.isnan(labels)
+        easy = np.where(
+            known.any(axis=1), np.nansum(labels, axis=1) / np.maximum(known.sum(axis=1), 1), np.nan
+        )
+        head_labels = np.hstack([labels, easy[:, None]])
+    else:
+        head_labels = labels
+    coef, b = _fit_heads(x, head_labels, cfg.C, cfg.seed)
 
     if strong is None and weak is None and ds.strong_weak is not None:
         strong, weak = ds.strong_weak
     stackers: list[CompiledTrees] | None = None
     gap: CompiledTrees | None = None
     gap_blend = 0.0
+    stack_mask: list[bool] = []
     want_gap = cfg.pair_gap and strong is not None and weak is not None and len(ds.models) == 2
     if cfg.stack or want_gap:
         # out-of-fold linear logits: the stacker must see logits of the quality it will see at test time
-        oof = np.zeros(labels.shape)
+        oof = np.zeros(head_labels.shape)
         for te in _folds(len(ds), cfg.n_folds, cfg.seed):
             tr = np.setdiff1d(np.arange(len(ds)), te)
-            c_f, b_f = _fit_heads(x[tr], labels[tr], cfg.C, cfg.seed)
+            c_f, b_f = _fit_heads(x[tr], head_labels[tr], cfg.C, cfg.seed)
             oof[te] = (x[te] @ c_f) + b_f
         z = np.hstack([xd, oof])
         if cfg.stack:
             stackers = []
+            stack_mask: list[bool] = []
             for j in range(len(ds.models)):
                 known = ~np.isnan(labels[:, j])
                 y = labels[known, j]
@@ -188,6 +223,7 @@ def train_classifier(
                 zz, yy, ww = _expand_soft(z[known], y)
                 est = _gb("clf", cfg, cfg.seed).fit(zz, yy, sample_weight=ww)
                 stackers.append(compile_hist_gb(est))
+                stack_mask.append(_stacker_beats_linear(z[known], y, oof[known, j], cfg))
         if want_gap:
             i_s, i_w = ds.models.index(strong), ds.models.index(weak)  # type: ignore[arg-type]
             known = ~np.isnan(labels[:, i_s]) & ~np.isnan(labels[:, i_w])
@@ -202,6 +238,7 @@ def train_classifier(
         dense_coef=coef[n_text:].copy(),
         intercept=b,
         stackers=stackers,
+        stack_mask=stack_mask if stackers is not None else None,
         gap=gap,
         strong=strong,
         weak=weak,

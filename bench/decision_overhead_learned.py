@@ -1,0 +1,123 @@
+"""Per-request decision overhead of the learned router: featurise + classifier score + bandit choice.
+
+No I/O inside the timed loop: the classifier is trained (or loaded) first, prompts are in memory. Reports
+p50/p99/max in microseconds per stage and for the whole decision, for the two-model (MMLU) and the
+eleven-model (RouterBench) classifiers, with Thompson sampling (Beta, Monte-Carlo propensities) and
+LinUCB over the classifier context.
+
+Usage: ``python bench/decision_overhead_learned.py [--n 3000] [--artifact DIR] [--json OUT]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from router.bandits import BanditState, LinUCB, LinUCBState, ThompsonSampling, classifier_context  # noqa: E402
+from router.classifier import best_tradeoff  # noqa: E402
+from router.offline.datasets import (  # noqa: E402
+    holdout_strata,
+    read_csv,
+    read_many,
+    routellm_path,
+    routerbench_paths,
+    stratified_split,
+)
+from router.offline.train import TrainConfig, train_classifier  # noqa: E402
+
+
+def _pct(xs: list[float]) -> dict[str, float]:
+    a = np.array(xs) * 1e6
+    return {
+        "p50_us": round(float(np.percentile(a, 50)), 1),
+        "p99_us": round(float(np.percentile(a, 99)), 1),
+        "max_us": round(float(a.max()), 1),
+    }
+
+
+def measure(clf, prompts: list[str], n: int, seed: int) -> dict:  # noqa: ANN001
+    rng = np.random.default_rng(seed)
+    arms = list(clf.models)
+    ts_state = BanditState.new(arms)
+    for a in arms:  # some history so posteriors are not flat
+        for _ in range(20):
+            ts_state.update(a, float(rng.random() < 0.7))
+    ts = ThompsonSampling(kind="beta", lam=50.0, n_mc=64, epsilon=0.02)
+    dim = len(arms) + 1 + clf.featurizer.n_dense
+    lin_state = LinUCBState.new(arms, dim)
+    lin = LinUCB(lam=50.0, alpha=0.5, epsilon=0.02)
+    stages: dict[str, list[float]] = {
+        k: [] for k in ("featurize", "score", "thompson", "linucb", "total_thompson", "total_linucb")
+    }
+    order = rng.integers(0, len(prompts), n)
+    for w in range(50):  # warm-up
+        clf.predict(prompts[w % len(prompts)])
+    pc = time.perf_counter
+    for i in order:
+        p = prompts[int(i)]
+        t0 = pc()
+        f = clf.featurizer.featurize(p)
+        t1 = pc()
+        probs = clf.predict_array(f)
+        t2 = pc()
+        costs = clf.cost_model.as_dict(f.n_chars) if clf.cost_model else None
+        ts.choose(ts_state, rng, costs)
+        t3 = pc()
+        x = classifier_context(probs, f.dense)
+        lin.choose(lin_state, x, rng, costs)
+        t4 = pc()
+        if costs is not None:
+            best_tradeoff(dict(zip(arms, probs.tolist(), strict=True)), costs, 50.0)
+        stages["featurize"].append(t1 - t0)
+        stages["score"].append(t2 - t1)
+        stages["thompson"].append(t3 - t2)
+        stages["linucb"].append(t4 - t3)
+        stages["total_thompson"].append(t3 - t0)
+        stages["total_linucb"].append((t2 - t0) + (t4 - t3))
+    return {k: _pct(v) for k, v in stages.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=3000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--artifact", type=Path, default=None, help="measure this artifact instead of training")
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args(argv)
+    res: dict = {
+        "machine": f"{platform.machine()} python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d"),
+        "n": a.n,
+    }
+    if a.artifact:
+        from router.offline.artifacts import load_artifact
+
+        clf, _ = load_artifact(a.artifact)
+        prompts = [f"Sample prompt number {i}: what is {i} * 7?" for i in range(200)]
+        res["artifact"] = measure(clf, prompts, a.n, a.seed)
+    else:
+        mmlu = read_csv(routellm_path("mmlu"))
+        tr, te = stratified_split(holdout_strata(mmlu), 0.5, a.seed)
+        clf = train_classifier(mmlu.subset(tr), TrainConfig(seed=a.seed))
+        res["mmlu_two_model"] = measure(clf, [mmlu.prompts[i] for i in te], a.n, a.seed)
+        rb = read_many(routerbench_paths())
+        tr, te = stratified_split(holdout_strata(rb), 0.5, a.seed)
+        clf = train_classifier(rb.subset(tr), TrainConfig(seed=a.seed))
+        res["routerbench_eleven_model"] = measure(clf, [rb.prompts[i] for i in te], a.n, a.seed)
+    txt = json.dumps(res, indent=2)
+    print(txt)
+    if a.json:
+        a.json.write_text(txt)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
