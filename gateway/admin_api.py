@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import random
+import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -23,6 +24,7 @@ from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingR
 from gateway.services import Services
 from policies.loader import PolicyValidationError
 from policies.registry import PolicyNotFound, PolicyVersion
+from requestlog.tables import router_artifacts
 from router.decide import decide
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
@@ -201,6 +203,35 @@ class AdminHandlers:
                    plugins=router.plugins)
         return _json({"policy": name, "version": router.registry.active_version(name), **d.as_dict()})
 
+    # ---- learned router artifacts ------------------------------------------------------------
+
+    async def activate_artifact(self, request: Request) -> Response:
+        """Load a trained router artifact ({"path": DIR, "scorer": "default", "aliases": {...}}) and make
+        it the named scorer at once, without a restart; the activation is recorded in router_artifacts."""
+        self._check(request)
+        data = await read_json(request, 64 * 1024)
+        path, name = data.get("path"), data.get("scorer", "default")
+        aliases = data.get("aliases") or {}
+        if not isinstance(path, str) or not isinstance(name, str) or not isinstance(aliases, dict):
+            raise APIError(400, "Body needs 'path' (string), optional 'scorer' (string) and 'aliases' (object).")
+        from gateway.app import load_scorer
+        from router.offline.artifacts import read_manifest
+
+        try:
+            scorer = load_scorer(path, {str(k): str(v) for k, v in aliases.items()})
+            manifest = read_manifest(path)
+        except (OSError, ValueError, TypeError) as exc:
+            raise APIError(400, f"Cannot load artifact at {path!r}: {exc}", param="path",
+                           code="invalid_artifact") from None
+        self.s.router.plugins.scorers[name] = scorer  # type: ignore[index]
+        row = {"id": uuid.uuid4().hex, "version": str(manifest.get("version", "?")), "path": path,
+               "created_at": datetime.now(UTC), "manifest": manifest, "active": True}
+        async with self.s.engine.begin() as conn:
+            await conn.execute(router_artifacts.update().values(active=False))
+            await conn.execute(router_artifacts.insert().values(**row))
+        return _json({"scorer": name, "version": row["version"], "models": list(scorer.classifier.models)},
+                     status=201)
+
     # ---- breakers ------------------------------------------------------------------------------
 
     async def list_breakers(self, request: Request) -> Response:
@@ -232,6 +263,7 @@ class AdminHandlers:
             Route("/admin/api/policies/{name}/validate", self.validate_policy, methods=["POST"]),
             Route("/admin/api/policies/{name}/activate", self.activate_policy, methods=["POST"]),
             Route("/admin/api/policies/{name}/simulate", self.simulate, methods=["POST"]),
+            Route("/admin/api/router/artifacts", self.activate_artifact, methods=["POST"]),
             Route("/admin/api/breakers", self.list_breakers, methods=["GET"]),
             Route("/admin/api/breakers/{deployment}", self.force_breaker, methods=["POST"]),
             Route("/admin/api/keys", self.list_keys, methods=["GET"]),

@@ -38,6 +38,8 @@ from policies.db_store import DbPolicyStore
 from policies.registry import PolicyRegistry
 from requestlog.sink import LogSink
 from router.breaker import BreakerConfig
+from router.plugins import ClassifierScorer, ThompsonBandit
+from router.protocols import Plugins
 from router.signals import LocalLoad
 from state.breakers import BreakerStore, InProcessBreakerStore, RedisBreakerStore
 from state.budgets import BudgetStore, InProcessBudgetStore, RedisBudgetStore
@@ -60,6 +62,14 @@ def build_state(settings: Settings) -> tuple[BreakerStore, BudgetStore, RateLimi
         return (RedisBreakerStore(client, prefix=p, config=cfg), RedisBudgetStore(client, prefix=p),
                 RedisRateLimitStore(client, prefix=p))
     return InProcessBreakerStore(cfg), InProcessBudgetStore(), InProcessRateLimitStore()
+
+
+def load_scorer(artifact_dir: str, aliases: dict[str, str]) -> ClassifierScorer:
+    """A trained router artifact as the classifier selectors' scorer (reads files: gateway side)."""
+    from router.offline.artifacts import load_artifact
+
+    clf, _manifest = load_artifact(artifact_dir)
+    return ClassifierScorer(clf, aliases)
 
 
 def _local_load(backends: dict[str, Backend]) -> dict[str, LocalLoad]:
@@ -88,10 +98,14 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
             backends[d.name] = build_backend(d)
     metrics = Metrics()
     breakers, budgets, ratelimits = build_state(settings)
+    plugins = Plugins(scorers={}, bandits={"default": ThompsonBandit()})
+    if settings.router.artifact:
+        plugins.scorers["default"] = load_scorer(settings.router.artifact, settings.router.model_aliases)  # type: ignore[index]
     router = GatewayRouter(
         Catalog(deployments, backends),
         PolicyRegistry(DbPolicyStore(engine)),
         breakers, budgets, ratelimits, metrics,
+        plugins=plugins,
         local_load=lambda: _local_load(backends),
     )
     return Services(

@@ -58,6 +58,16 @@ class BreakerSettings(BaseModel):
     half_open_probes: int = Field(default=1, ge=1)
 
 
+class RouterSettings(BaseModel):
+    """Learned parts of routing: the classifier artifact policies' `classifier` selectors use."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    artifact: str | None = Field(default=None, description="trained router artifact dir (hybridgate router train)")
+    model_aliases: dict[str, str] = Field(
+        default_factory=dict, description="classifier model name -> gateway model name")
+
+
 class Settings(BaseSettings):
     """Everything the app factory needs. Validated at start: a bad file fails loudly, naming the field."""
 
@@ -81,6 +91,7 @@ class Settings(BaseSettings):
         default=None, description="policy YAML files stored (as new versions when changed) at start")
     policy_reload_s: float = Field(default=1.0, gt=0, description="how often policy changes are picked up")
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    router: RouterSettings = Field(default_factory=RouterSettings)
     admin_token: str | None = Field(default=None, description="bearer token for /admin; None = loopback only")
     log: LogSettings = Field(default_factory=LogSettings)
     local_model: LocalModelSettings = Field(default_factory=LocalModelSettings)

@@ -1,0 +1,61 @@
+"""Feedback is idempotent per (request, source) and reaches the bandit that made the decision;
+every bandit decision logs the propensity of its choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from backends.fake_provider import FakeProviderThread
+from tests.gateway.harness import running_gateway
+from tests.gateway.test_reliability import dep, settings
+
+BANDIT = """
+name: explore
+selector: {type: bandit, bandit: default, arms: models}
+fallbacks: {triggers: [5xx, timeout, connection]}
+"""
+
+
+async def test_bandit_decisions_log_propensity_and_feedback_updates_the_bandit(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    with FakeProviderThread() as fp:
+        deps = [dep("a", "model-a", fp.base_url), dep("b", "model-b", fp.base_url)]
+        with running_gateway(settings(tmp_path, sqlite_url, deps)) as gw:
+            assert httpx.put(gw.base_url + "/admin/api/policies/explore", content=BANDIT,
+                             headers={"content-type": "application/yaml"}).status_code == 201
+            rids = []
+            for i in range(12):
+                r = httpx.post(gw.base_url + "/v1/chat/completions",
+                               json={"model": "explore", "messages": [{"role": "user", "content": f"q{i}"}]})
+                assert r.status_code == 200
+                rids.append((r.headers["x-request-id"], r.json()["model"]))
+            for rid, model in rids:
+                score = 1.0 if model == "model-a" else 0.0
+                f = httpx.post(gw.base_url + "/v1/feedback", json={"request_id": rid, "score": score})
+                assert f.status_code == 201 and f.json()["status"] == "recorded"
+            again = httpx.post(gw.base_url + "/v1/feedback", json={"request_id": rids[0][0], "score": 0.3})
+            assert again.status_code == 200 and again.json()["status"] == "duplicate"
+            thumbs = httpx.post(gw.base_url + "/v1/feedback",
+                                json={"request_id": rids[0][0], "thumbs": "up", "source": "ui"})
+            assert thumbs.json()["status"] == "recorded"
+            unknown = httpx.post(gw.base_url + "/v1/feedback", json={"request_id": "nope", "score": 1})
+            assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "request_not_found"
+            bad = httpx.post(gw.base_url + "/v1/feedback", json={"request_id": "x", "score": 3})
+            assert bad.status_code == 400
+            bandit = gw.services.router.plugins.bandits["default"]
+            stats = bandit.to_dict()["arms"]
+            assert stats["model-a"]["n"] + stats["model-b"]["n"] == 13  # 12 scores + 1 thumbs (other source)
+            await gw.acall(gw.services.sink.flush())
+    engine = create_async_engine(sqlite_url)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(sa.text(
+            "SELECT propensity, policy, policy_version, route_reason FROM requests WHERE policy = 'explore'"))).all()
+        fb = (await conn.execute(sa.text("SELECT count(*) FROM feedback"))).scalar()
+    await engine.dispose()
+    assert len(rows) == 12 and fb == 13
+    assert all(0 < r[0] <= 1 for r in rows) and all(r[2] == 1 for r in rows)
