@@ -223,3 +223,31 @@ async def test_budget_holds_under_50_concurrent_requests(
         assert 0 < ok < 50
         max_one = 30 + 20  # prompt estimate upper bound + max_tokens, in USD at these prices
         assert spent <= 300 + max_one
+
+
+def test_key_rate_limit_and_concurrency_cap_return_429_with_retry_after(
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path
+) -> None:
+    a, _ = two_providers
+    with running_gateway(settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url)], require_keys=True)) as gw:
+        key = httpx.post(gw.base_url + "/admin/api/keys", json={"name": "rl", "rpm_limit": 3}).json()["key"]
+        c = sdk(gw, key)
+        for _ in range(3):
+            c.chat.completions.create(model="m", messages=MSG)
+        with pytest.raises(openai.RateLimitError) as ei:
+            c.chat.completions.create(model="m", messages=MSG)
+        assert ei.value.body["code"] == "rate_limit_exceeded"  # type: ignore[index]
+        assert int(ei.value.response.headers["retry-after"]) >= 1
+
+        key2 = httpx.post(gw.base_url + "/admin/api/keys", json={"name": "cc", "max_concurrency": 1}).json()["key"]
+
+        async def two_at_once() -> list[int]:
+            async with httpx.AsyncClient(timeout=30) as h:
+                slow = {"model": "m", "messages": [{"role": "user", "content": "slow [[fault:latency:500]]"}]}
+                rs = await asyncio.gather(*(h.post(gw.base_url + "/v1/chat/completions", json=slow,
+                                                   headers={"authorization": f"Bearer {key2}"}) for _ in range(2)))
+                return sorted(r.status_code for r in rs)
+
+        assert asyncio.run(two_at_once()) == [200, 429]
+        # the lease is released when the request ends
+        assert sdk(gw, key2).chat.completions.create(model="m", messages=MSG).choices
