@@ -41,7 +41,10 @@ async def _cleanup(url: str, prefix: str) -> None:
 @pytest.fixture()
 async def clients(redis_url: str, redis_prefix: str) -> AsyncIterator[tuple[aioredis.Redis, aioredis.Redis]]:
     """Two independent clients: what two gateway processes would hold."""
-    a, b = make_redis(redis_url), make_redis(redis_url)
+    # Generous timeouts: these tests check atomicity, not fail-fast behaviour, and a loaded CI box
+    # can take over a second to open a burst of connections (which would fall back to local state).
+    a = make_redis(redis_url, timeout_s=5.0, connect_timeout_s=10.0, pool_wait_s=10.0)
+    b = make_redis(redis_url, timeout_s=5.0, connect_timeout_s=10.0, pool_wait_s=10.0)
     yield a, b
     await a.aclose()
     await b.aclose()
