@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./hybridgate.db"
     redis_url: str | None = Field(default=None, description="shared state; None = in-process state")
     redis_prefix: str = "hg:"
+    redis_timeout_s: float = Field(default=0.25, gt=0, description="per command; slower = use local state for now")
+    redis_connect_timeout_s: float = Field(default=1.0, gt=0)
     require_keys: bool | None = Field(
         default=None,
         description="None = require gateway keys unless bound to loopback; True/False to force",

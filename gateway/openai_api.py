@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -190,22 +190,25 @@ class OpenAIHandlers:
     # ---- endpoints ----------------------------------------------------------------------------
 
     async def chat(self, request: Request) -> Response:
-        return await self._generate(request, "chat", ChatCompletionRequest, "chatcmpl-", "chat.completion")
+        return await self._serve(request, "chat", ChatCompletionRequest,
+                                 lambda ctx, req, route: self._generate(ctx, req, route, "chatcmpl-", "chat.completion"))
 
     async def completions(self, request: Request) -> Response:
-        return await self._generate(request, "completion", CompletionRequest, "cmpl-", "text_completion")
+        return await self._serve(request, "completion", CompletionRequest,
+                                 lambda ctx, req, route: self._generate(ctx, req, route, "cmpl-", "text_completion"))
 
-    async def _generate(self, request: Request, kind: str, schema: type, id_prefix: str, obj: str) -> Response:
-        ctx = _Ctx(kind)
+    async def embeddings(self, request: Request) -> Response:
+        return await self._serve(request, "embedding", EmbeddingRequest, self._embed)
+
+    async def _serve(self, request: Request, endpoint: str, schema: type,
+                     answer: Callable[[_Ctx, Any, Route], Awaitable[Response]]) -> Response:
+        """The one place where a request's failures become OpenAI errors, each with its log row."""
+        ctx = _Ctx(endpoint)
         try:
             req = await self._begin(request, ctx, schema)
-            route = await self._route(ctx, req, kind, request)
+            route = await self._route(ctx, req, endpoint, request)
             ctx.ex = Execution(ctx.rid)
-            if req.stream:
-                ctx.row.streamed = True
-                include_usage = bool(req.stream_options and req.stream_options.include_usage)
-                return await self._stream(ctx, kind, route, id_prefix, include_usage)
-            resp = await self.s.executor.complete(ctx.ex, route.plan, self._call_factory(ctx, kind, False))
+            return await answer(ctx, req, route)
         except APIError as err:
             self._finish(ctx, err.status, err)
             return err.response(ctx.headers())
@@ -216,6 +219,15 @@ class OpenAIHandlers:
         except asyncio.CancelledError:
             self._finish(ctx, 499, cancelled=True)
             raise
+
+    async def _generate(self, ctx: _Ctx, req: Any, route: Route, id_prefix: str, obj: str) -> Response:
+        assert ctx.ex is not None
+        kind = ctx.row.endpoint
+        if req.stream:
+            ctx.row.streamed = True
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return await self._stream(ctx, kind, route, id_prefix, include_usage)
+        resp = await self.s.executor.complete(ctx.ex, route.plan, self._call_factory(ctx, kind, False))
         body = resp.body
         body["id"] = id_prefix + ctx.rid
         body["model"] = _served_name(ctx)
@@ -225,6 +237,14 @@ class OpenAIHandlers:
             ctx.row.response_body = out.decode()
         self._finish(ctx, 200)
         return Response(out, media_type=_JSON, headers=ctx.headers())
+
+    async def _embed(self, ctx: _Ctx, req: Any, route: Route) -> Response:
+        assert ctx.ex is not None
+        resp = await self.s.executor.complete(ctx.ex, route.plan, self._call_factory(ctx, "embedding", False))
+        body = resp.body
+        body["model"] = _served_name(ctx)
+        self._finish(ctx, 200)
+        return Response(orjson.dumps(body), media_type=_JSON, headers=ctx.headers())
 
     async def _stream(self, ctx: _Ctx, kind: str, route: Route, id_prefix: str, include_usage: bool) -> Response:
         """Start the stream before answering, so a failure before the first chunk is still a plain
@@ -277,28 +297,6 @@ class OpenAIHandlers:
 
         return StreamingResponse(body(), media_type="text/event-stream",
                                  headers=ctx.headers() | {"cache-control": "no-cache"})
-
-    async def embeddings(self, request: Request) -> Response:
-        ctx = _Ctx("embedding")
-        try:
-            req = await self._begin(request, ctx, EmbeddingRequest)
-            route = await self._route(ctx, req, "embedding", request)
-            ctx.ex = Execution(ctx.rid)
-            resp = await self.s.executor.complete(ctx.ex, route.plan, self._call_factory(ctx, "embedding", False))
-        except APIError as err:
-            self._finish(ctx, err.status, err)
-            return err.response(ctx.headers())
-        except UpstreamError as uerr:
-            err = from_upstream(uerr)
-            self._finish(ctx, err.status, err)
-            return err.response(ctx.headers())
-        except asyncio.CancelledError:
-            self._finish(ctx, 499, cancelled=True)
-            raise
-        body = resp.body
-        body["model"] = _served_name(ctx)
-        self._finish(ctx, 200)
-        return Response(orjson.dumps(body), media_type=_JSON, headers=ctx.headers())
 
     async def models(self, request: Request) -> Response:
         await authenticate(request, self.s.keys, self.s.settings.keys_required)

@@ -58,6 +58,16 @@ class Route:
         return self.plan.targets
 
 
+@dataclass(slots=True, frozen=True)
+class PendingReward:
+    """What a bandit needs to learn from feedback on one of its decisions."""
+
+    policy: str
+    arm: str
+    context: dict[str, Any]
+    propensity: float
+
+
 class Catalog:
     """Deployments and their backends, indexed by public model name (config order = fallback order)."""
 
@@ -116,8 +126,9 @@ class GatewayRouter:
         self.latency = LatencyTracker()
         self.in_flight = InFlight()
         self.rng = rng or random.Random()
-        self._recent: OrderedDict[str, Route] = OrderedDict()
-        self._recent_max = 50_000
+        # Bandit decisions awaiting feedback: only what `update` needs, only for bandit routes, bounded.
+        self._pending: OrderedDict[str, PendingReward] = OrderedDict()
+        self._pending_max = 20_000
         self._created = 1_700_000_000
 
     # ---- executor Outcomes -------------------------------------------------------------------
@@ -230,9 +241,14 @@ class GatewayRouter:
         release, token count correction) when there is any, for the caller to run."""
         if route is None:
             return None
-        self._recent[row.id] = route
-        if len(self._recent) > self._recent_max:
-            self._recent.popitem(last=False)
+        d = route.decision
+        if d is not None and d.arm is not None:
+            ctx = dict(route.bandit_context or {})
+            if len(ctx.get("prompt_text") or "") > 1000:
+                ctx["prompt_text"] = ctx["prompt_text"][:1000]  # bounded memory per pending decision
+            self._pending[row.id] = PendingReward(route.policy or "", d.arm, ctx, route.propensity)
+            if len(self._pending) > self._pending_max:
+                self._pending.popitem(last=False)
         if route.reservation is None and route.slot is None and not route.rate_limits:
             return None
         return self._settle(route, row)
@@ -248,20 +264,19 @@ class GatewayRouter:
             if route.charged_tokens and estimate != route.charged_tokens:
                 await self.ratelimits.adjust_tokens(route.rate_limits, estimate - route.charged_tokens)
 
-    def recent_decision(self, request_id: str) -> Route | None:
-        return self._recent.get(request_id)
+    def recent_decision(self, request_id: str) -> PendingReward | None:
+        return self._pending.get(request_id)
 
     def feedback(self, request_id: str, score: float) -> None:
         """A quality signal arrived: the bandit that chose this request's model learns from it."""
-        route = self._recent.get(request_id)
-        if route is None or route.decision is None or route.decision.arm is None:
+        pending = self._pending.get(request_id)
+        if pending is None:
             return
-        spec = self.registry.active(route.policy or "")
+        spec = self.registry.active(pending.policy)
         bandit_name = getattr(getattr(spec, "selector", None), "bandit", None) if spec else None
         bandit = self.plugins.bandits.get(bandit_name or "default")
-        if bandit is None:
-            return
-        bandit.update(route.decision.arm, score, route.bandit_context or {}, route.propensity)
+        if bandit is not None:
+            bandit.update(pending.arm, score, pending.context, pending.propensity)
 
     def model_cards(self) -> list[dict[str, Any]]:
         cards = [{"id": m, "object": "model", "created": self._created, "owned_by": ds[0].provider}

@@ -86,8 +86,11 @@ def test_two_gateways_sharing_redis_agree_on_breaker_state(
 ) -> None:
     a, b = two_providers
     deployments = [dep("a", "m", a.base_url), dep("b", "m", b.base_url)]
-    s1 = settings(tmp_path, sqlite_url, deployments, redis_url=redis_url, redis_prefix=redis_prefix)
-    s2 = settings(tmp_path, sqlite_url, deployments, redis_url=redis_url, redis_prefix=redis_prefix)
+    # generous Redis timeouts: this test is about agreement, not about fail-fast on a loaded CI box
+    shared = {"redis_url": redis_url, "redis_prefix": redis_prefix, "redis_timeout_s": 5.0,
+              "redis_connect_timeout_s": 10.0}
+    s1 = settings(tmp_path, sqlite_url, deployments, **shared)
+    s2 = settings(tmp_path, sqlite_url, deployments, **shared)
     with running_gateway(s1) as g1, running_gateway(s2) as g2:
         a.set_faults("503")
         for _ in range(6):
