@@ -23,6 +23,7 @@ from backends.base import UpstreamCall, UpstreamError
 from backends.deployment import DeploymentConfig
 from backends.executor import Execution
 from gateway import sse
+from gateway.coalesce import ready_batches
 from gateway.edge import authenticate, read_json, validate
 from gateway.errors import APIError, from_upstream, model_not_found
 from gateway.keys import ApiKey
@@ -277,8 +278,8 @@ class OpenAIHandlers:
                 data = encode(first)
                 if data:
                     yield data
-                async for chunk in chunks:
-                    data = encode(chunk)
+                async for batch in ready_batches(chunks):
+                    data = b"".join(filter(None, map(encode, batch)))
                     if data:
                         yield data
                 yield sse.DONE
