@@ -12,6 +12,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -51,7 +52,7 @@ log = logging.getLogger("hybridgate")
 DEFAULT_POLICIES = Path(__file__).resolve().parents[1] / "policies" / "defaults"
 
 
-def build_state(settings: Settings) -> tuple[BreakerStore, BudgetStore, RateLimitStore]:
+def build_state(settings: Settings) -> tuple[BreakerStore, BudgetStore, RateLimitStore, Any]:
     """Shared state: Redis when configured (every process sees one state), else in-process."""
     b = settings.breaker
     cfg = BreakerConfig(window_s=b.window_s, min_requests=b.min_requests, error_rate=b.error_rate,
@@ -62,8 +63,8 @@ def build_state(settings: Settings) -> tuple[BreakerStore, BudgetStore, RateLimi
                             connect_timeout_s=settings.redis_connect_timeout_s)
         p = settings.redis_prefix
         return (RedisBreakerStore(client, prefix=p, config=cfg), RedisBudgetStore(client, prefix=p),
-                RedisRateLimitStore(client, prefix=p))
-    return InProcessBreakerStore(cfg), InProcessBudgetStore(), InProcessRateLimitStore()
+                RedisRateLimitStore(client, prefix=p), client)
+    return InProcessBreakerStore(cfg), InProcessBudgetStore(), InProcessRateLimitStore(), None
 
 
 def load_scorer(artifact_dir: str, aliases: dict[str, str]) -> ClassifierScorer:
@@ -99,7 +100,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         if d.name not in backends:
             backends[d.name] = build_backend(d)
     metrics = Metrics()
-    breakers, budgets, ratelimits = build_state(settings)
+    breakers, budgets, ratelimits, redis_client = build_state(settings)
     plugins = Plugins(scorers={}, bandits={"default": ThompsonBandit()})
     if settings.router.artifact:
         plugins.scorers["default"] = load_scorer(settings.router.artifact, settings.router.model_aliases)  # type: ignore[index]
@@ -119,6 +120,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         router=router,
         executor=Executor(pricer=cost_usd, outcomes=router),
         backends=backends,
+        extras={"redis": redis_client},
     )
 
 
@@ -167,11 +169,18 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     async def readyz(request: Request) -> Response:
-        db_ok = await services.sink.ping()
-        checks = {"database": db_ok, "log_spool": services.sink.stats()}
-        ready = True  # a dead database degrades (rows spool to disk); it does not make us unready
-        return Response(orjson.dumps({"status": "ready" if ready else "unready", "checks": checks}),
-                        status_code=200 if ready else 503, media_type="application/json")
+        """Ready = able to serve. A dead database or Redis degrades (rows spool to disk, state goes
+        local) without making the gateway unready; the body says which dependency is down."""
+        checks: dict[str, Any] = {"database": await services.sink.ping(), "log_spool": services.sink.stats()}
+        redis_client = services.extras.get("redis")
+        if redis_client is not None:
+            try:
+                checks["redis"] = bool(await asyncio.wait_for(redis_client.ping(), 1.0))
+            except Exception:
+                checks["redis"] = False
+        degraded = not checks["database"] or checks.get("redis") is False
+        return Response(orjson.dumps({"status": "degraded" if degraded else "ready", "checks": checks}),
+                        media_type="application/json")
 
     async def metrics(request: Request) -> Response:
         st = services.sink.stats()
