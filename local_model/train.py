@@ -512,6 +512,44 @@ def train(a: TrainArgs) -> dict[str, Any]:
     return summary
 
 
+# ============================================================================ samples and decode speed
+
+REPORT_COMPLETIONS = ("Alice was beginning to", "Once upon a time", "The White Rabbit")
+REPORT_CHATS = ("Hello!", "Who are you?", 'What does "harbor" mean?', "Tell me a story.")
+
+
+def report(path: Path, max_new_tokens: int = 60, bench_tokens: int = 128) -> dict[str, Any]:
+    """Greedy samples (plain completion and chat) and single-stream decode speed of a checkpoint.
+
+    Decode speed is measured the way the brief asks for it: `LocalModel.greedy` (one prefill, then one
+    token per step through the explicit caches) on a fixed prompt, ``bench_tokens`` new tokens with no
+    early stop, best of three, in the current torch thread setting.
+    """
+    import local_model
+
+    lm = local_model.load(path)
+    tok = lm.tokenizer
+    assert tok is not None
+    samples: list[dict[str, str]] = []
+    for prompt in REPORT_COMPLETIONS:
+        ids = lm.greedy(tok.encode(prompt, add_special_tokens=False), max_new_tokens)
+        samples.append({"kind": "completion", "prompt": prompt, "output": tok.decode(ids)})
+    for question in REPORT_CHATS:
+        msgs = [{"role": "user", "content": question}]
+        prompt_ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        assert isinstance(prompt_ids, list)
+        ids = lm.greedy(prompt_ids, max_new_tokens)
+        samples.append({"kind": "chat", "prompt": question, "output": tok.decode(ids)})
+    prompt_ids = tok.encode("Alice was beginning to get very tired", add_special_tokens=False)
+    lm.greedy(prompt_ids, 8, stop_ids=[])  # warm-up
+    best = 0.0
+    for _ in range(3):
+        t = time.perf_counter()
+        n = len(lm.greedy(prompt_ids, bench_tokens, stop_ids=[]))
+        best = max(best, n / (time.perf_counter() - t))
+    return {"samples": samples, "decode_tok_s": round(best, 1), "threads": torch.get_num_threads()}
+
+
 # ============================================================================ CLI
 
 
@@ -578,6 +616,12 @@ def parse_args(argv: list[str]) -> TrainArgs:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--report"]:
+        # python -m local_model.train --report CKPT_DIR [THREADS]: samples + decode speed as JSON.
+        if len(argv) > 2:
+            torch.set_num_threads(int(argv[2]))
+        print(json.dumps(report(Path(argv[1])), indent=2))
+        return 0
     args = parse_args(argv)
     summary = train(args)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
