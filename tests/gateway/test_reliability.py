@@ -254,3 +254,30 @@ def test_key_rate_limit_and_concurrency_cap_return_429_with_retry_after(
         assert asyncio.run(two_at_once()) == [200, 429]
         # the lease is released when the request ends
         assert sdk(gw, key2).chat.completions.create(model="m", messages=MSG).choices
+
+
+def test_policy_change_reaches_another_gateway_process_within_2s(
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], pg_url: str, tmp_path: Path
+) -> None:
+    from requestlog.migrate import upgrade
+
+    upgrade(pg_url)
+    a, b = two_providers
+    deployments = [dep("small", "small-model", a.base_url), dep("big", "big-model", b.base_url)]
+    name = f"hot-{uuid.uuid4().hex[:6]}"
+    with running_gateway(settings(tmp_path, pg_url, deployments)) as g1, \
+            running_gateway(settings(tmp_path, pg_url, deployments)) as g2:
+        v1 = POLICY.replace("name: long", f"name: {name}")
+        assert httpx.put(g1.base_url + f"/admin/api/policies/{name}", content=v1,
+                         headers={"content-type": "application/yaml"}).status_code == 201
+        v2 = v1.replace("order: [small, big]", "order: [big, small]")
+        t0 = time.monotonic()
+        assert httpx.put(g1.base_url + f"/admin/api/policies/{name}", content=v2,
+                         headers={"content-type": "application/yaml"}).status_code == 201
+        while True:
+            r = sdk(g2).chat.completions.with_raw_response.create(model=name, messages=MSG)
+            if r.headers["x-hybridgate-policy"] == f"{name}@2":
+                assert r.headers["x-hybridgate-deployment"] == "big"
+                break
+            assert time.monotonic() - t0 < 2.0, "the other process did not pick up the new version in 2 s"
+            time.sleep(0.05)
