@@ -81,3 +81,19 @@ def test_greedy_generation_is_decodable_text(lm: local_model.LocalModel) -> None
         text = tok.decode(out)
         assert out and text.strip(), (prompt_ids, out)
         assert all(0 <= i < lm.config.vocab_size for i in out)
+
+
+def test_transformers_reads_it_with_the_same_logits_and_prompt(lm: local_model.LocalModel) -> None:
+    """The brief's promise: the HF layout, config and tokenizer files work with transformers as well."""
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.JambaForCausalLM.from_pretrained(SHIPPED, dtype=torch.float32).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(SHIPPED)
+    tok = lm.tokenizer
+    assert tok is not None
+    msgs = [{"role": "user", "content": "Tell me a story."}]
+    prompt = hf_tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert prompt == tok.apply_chat_template(msgs, add_generation_prompt=True)
+    ids = torch.tensor([tok.encode(prompt, add_special_tokens=False)])
+    assert hf_tok(prompt, add_special_tokens=False).input_ids == ids[0].tolist()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, lm.logits(ids), rtol=1e-4, atol=1e-4)
