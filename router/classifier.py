@@ -152,6 +152,7 @@ class QualityClassifier:
     gap: CompiledTrees | None = None  # E[strong − weak] over the same inputs (two-model only)
     strong: str | None = None
     weak: str | None = None
+    svd: np.ndarray | None = None  # (V, r) LSA projection of the TF-IDF block, extra stacker input
     gap_blend: float = 0.0  # weight of the linear heads' p_s − p_w in the gap (rest: tree gap model)
     cost_model: CostModel | None = None
     metadata: dict[str, object] = field(default_factory=dict)
@@ -169,7 +170,11 @@ class QualityClassifier:
         return z
 
     def stack_input(self, f: PromptFeatures, lin: np.ndarray) -> np.ndarray:
-        return np.concatenate([f.dense, lin])
+        """Stacker input: [dense, linear logits(, LSA components of the TF-IDF vector)]."""
+        if self.svd is None:
+            return np.concatenate([f.dense, lin])
+        lsa = f.text_val @ self.svd[f.text_idx] if len(f.text_idx) else np.zeros(self.svd.shape[1])
+        return np.concatenate([f.dense, lin, lsa])
 
     def predict_array(self, f: PromptFeatures) -> np.ndarray:
         """Probabilities in ``self.models`` order.
