@@ -22,7 +22,7 @@ from backends.fake_provider import (
     count_tokens,
     tokenize,
 )
-from backends.fake_provider_faults import Fault, FaultSpecError, parse_fault
+from backends.fake_provider.faults import Fault, FaultSpecError, parse_fault
 
 MSG = [{"role": "user", "content": "hello there general kenobi"}]
 TOOLS = [

@@ -1,0 +1,419 @@
+"""The OpenAI endpoints: chat completions, legacy completions, embeddings, models.
+
+``POST /v1/chat/completions`` (stream / non-stream; n, max_tokens / max_completion_tokens →
+finish_reason "length", stop, tools/tool_choice → tool_calls, response_format json_object /
+json_schema → valid JSON text, logprobs/top_logprobs, seed, stream_options.include_usage),
+``POST /v1/completions`` (stream / non-stream, echo, logprobs), ``POST /v1/embeddings``
+(deterministic unit vectors from a hash of the input; float/base64, dimensions),
+``GET /v1/models`` and ``GET /v1/models/{id}``; plus the stream event builders. Streams are
+built as a list of SSE events, one content token per chunk, so a fault can cut them anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from backends.fake_provider.config import count_tokens, tokenize
+from backends.fake_provider.core import ProviderCore
+from backends.fake_provider.errors import Reject, error_response
+from backends.fake_provider.replies import (
+    Choice,
+    chat_logprobs_entry,
+    completion_logprobs,
+    embed,
+    last_user_text,
+    logprob,
+    plan_choices,
+    text_of,
+)
+from backends.fake_provider.wire import FINGERPRINT, JSON, SSE_DONE, sse
+
+
+class OpenAIHandlers(ProviderCore):
+    """The OpenAI-protocol handlers of `FakeProvider`."""
+
+    # -- OpenAI chat ----------------------------------------------------------------------------
+
+    async def _chat(self, request: web.BaseRequest) -> web.StreamResponse:
+        self._enter()
+        try:
+            body, model, fault = await self._begin(request, "openai")
+            assert model is not None
+            prompt_tokens = _chat_prompt_tokens(body)
+            max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+            self._check_context(model, prompt_tokens, max_tokens, fault, "openai")
+            n = int(body.get("n") or 1)
+            tools = body.get("tools")
+            tool_choice = body.get("tool_choice")
+            tool = None
+            if tools and tool_choice != "none":
+                tool = _pick_openai_tool(tools, tool_choice)
+            rf = body.get("response_format") or {}
+            json_schema = None
+            if rf.get("type") == "json_schema":
+                json_schema = (rf.get("json_schema") or {}).get("schema") or {"type": "object"}
+            plans = plan_choices(
+                self.config,
+                last_user_text(body.get("messages")),
+                n=n,
+                max_tokens=max_tokens,
+                stop=body.get("stop"),
+                seed=body.get("seed"),
+                fault=fault,
+                tool=tool,
+                json_schema=json_schema,
+                json_mode=rf.get("type") == "json_object",
+            )
+            completion_tokens = sum(p.n_tokens for p in plans)
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            }
+            top = int(body.get("top_logprobs") or 0)
+            want_lp = bool(body.get("logprobs"))
+            cid = f"chatcmpl-fake{next(self._ids):012d}"
+            created = int(time.time())
+            if body.get("stream"):
+                self._streams += 1
+                include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+                events = _chat_stream_events(
+                    cid,
+                    created,
+                    model,
+                    plans,
+                    usage if include_usage else None,
+                    want_lp,
+                    max(top, 1) if want_lp else 0,
+                )
+                return await self._send_stream(request, events, fault)
+            choices = []
+            for i, p in enumerate(plans):
+                if p.tool is not None:
+                    message: dict[str, Any] = {
+                        "role": "assistant",
+                        "content": None,
+                        "refusal": None,
+                        "tool_calls": [
+                            {
+                                "id": p.tool[0],
+                                "type": "function",
+                                "function": {"name": p.tool[1], "arguments": p.tool[2]},
+                            }
+                        ],
+                    }
+                else:
+                    message = {"role": "assistant", "content": p.text, "refusal": None}
+                lp = None
+                if want_lp and p.tool is None:
+                    lp = {
+                        "content": [chat_logprobs_entry(t, j, max(top, 1)) for j, t in enumerate(p.tokens)],
+                        "refusal": None,
+                    }
+                choices.append({"index": i, "message": message, "logprobs": lp, "finish_reason": p.finish})
+            resp = {
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "system_fingerprint": FINGERPRINT,
+                "choices": choices,
+                "usage": usage,
+            }
+            return await self._send_body(request, orjson.dumps(resp), fault)
+        except Reject as rej:
+            return error_response("openai", rej)
+        finally:
+            self._in_flight -= 1
+
+    # -- OpenAI completions ---------------------------------------------------------------------
+
+    async def _completions(self, request: web.BaseRequest) -> web.StreamResponse:
+        self._enter()
+        try:
+            body, model, fault = await self._begin(request, "openai")
+            assert model is not None
+            prompts = _completion_prompts(body.get("prompt", ""))
+            prompt_tokens = sum(c for _, c in prompts)
+            max_tokens = body.get("max_tokens")
+            if max_tokens is None:
+                max_tokens = 16  # the legacy endpoint's documented default
+            self._check_context(
+                model, max(c for _, c in prompts) if prompts else 0, max_tokens, fault, "openai"
+            )
+            n = int(body.get("n") or 1)
+            echo = bool(body.get("echo"))
+            lp_top = body.get("logprobs")
+            cid = f"cmpl-fake{next(self._ids):012d}"
+            created = int(time.time())
+            all_plans: list[tuple[int, str, Choice]] = []
+            for pi, (ptext, _) in enumerate(prompts):
+                for j, plan in enumerate(
+                    plan_choices(
+                        self.config,
+                        ptext,
+                        n=n,
+                        max_tokens=max_tokens,
+                        stop=body.get("stop"),
+                        seed=body.get("seed"),
+                        fault=fault,
+                    )
+                ):
+                    all_plans.append((pi * n + j, ptext, plan))
+            completion_tokens = sum(p.n_tokens for _, _, p in all_plans)
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            }
+            if body.get("stream"):
+                self._streams += 1
+                include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+                events = _completion_stream_events(
+                    cid, created, model, all_plans, usage if include_usage else None, echo, lp_top
+                )
+                return await self._send_stream(request, events, fault)
+            choices = []
+            for idx, ptext, p in all_plans:
+                text = (ptext + p.text) if echo else p.text
+                lp = (
+                    completion_logprobs(p.tokens, int(lp_top), len(ptext) if echo else 0)
+                    if lp_top is not None
+                    else None
+                )
+                choices.append({"text": text, "index": idx, "logprobs": lp, "finish_reason": p.finish})
+            resp = {
+                "id": cid,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "system_fingerprint": FINGERPRINT,
+                "choices": choices,
+                "usage": usage,
+            }
+            return await self._send_body(request, orjson.dumps(resp), fault)
+        except Reject as rej:
+            return error_response("openai", rej)
+        finally:
+            self._in_flight -= 1
+
+    # -- OpenAI embeddings ----------------------------------------------------------------------
+
+    async def _embeddings(self, request: web.BaseRequest) -> web.StreamResponse:
+        self._enter()
+        try:
+            body, model, fault = await self._begin(request, "openai")
+            assert model is not None
+            items = _embedding_inputs(body.get("input"))
+            dim = int(body.get("dimensions") or self.config.embedding_dim)
+            b64 = body.get("encoding_format") == "base64"
+            prompt_tokens = 0
+            data = []
+            window = self.config.models.get(model, self.config.default_context_window)
+            for i, (key, ntok) in enumerate(items):
+                if ntok > window or fault.context_length:
+                    self._check_context(model, ntok, None, fault, "openai")
+                prompt_tokens += ntok
+                vec = embed(key, dim)
+                emb: Any = base64.b64encode(struct.pack(f"<{dim}f", *vec)).decode() if b64 else vec
+                data.append({"object": "embedding", "index": i, "embedding": emb})
+            resp = {
+                "object": "list",
+                "data": data,
+                "model": model,
+                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+            }
+            return await self._send_body(request, orjson.dumps(resp), fault)
+        except Reject as rej:
+            return error_response("openai", rej)
+        finally:
+            self._in_flight -= 1
+
+    # -- OpenAI models --------------------------------------------------------------------------
+
+    async def _models(self, request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(body=self._models_body, content_type=JSON)
+
+    def _model_one(self, model: str) -> web.Response:
+        if model not in self.config.models and self.config.strict_models:
+            return error_response(
+                "openai",
+                Reject(
+                    404,
+                    f"The model `{model}` does not exist or you do not have access to it.",
+                    code="model_not_found",
+                ),
+            )
+        return web.Response(
+            body=orjson.dumps({"id": model, "object": "model", "created": 0, "owned_by": "fake-provider"}),
+            content_type=JSON,
+        )
+
+
+def _chat_prompt_tokens(body: Mapping[str, Any]) -> int:
+    """OpenAI-style accounting: 3 per message + its text + 3 priming, plus the tools' JSON."""
+    total = 3
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for msg in messages:
+            if isinstance(msg, dict):
+                total += 3 + count_tokens(text_of(msg.get("content")))
+                if msg.get("tool_calls"):
+                    total += count_tokens(orjson.dumps(msg["tool_calls"]).decode())
+    if body.get("tools"):
+        total += count_tokens(orjson.dumps(body["tools"]).decode())
+    return total
+
+
+def _pick_openai_tool(tools: Any, tool_choice: Any) -> tuple[str, dict[str, Any]] | None:
+    funcs = [t.get("function") or {} for t in tools if isinstance(t, dict)]
+    if not funcs:
+        return None
+    chosen = funcs[0]
+    if isinstance(tool_choice, dict):
+        want = (tool_choice.get("function") or {}).get("name")
+        chosen = next((f for f in funcs if f.get("name") == want), chosen)
+    return chosen.get("name", "tool"), chosen.get("parameters") or {}
+
+
+def _completion_prompts(prompt: Any) -> list[tuple[str, int]]:
+    """(text, token count) per prompt; token-id prompts count their ids and have no text."""
+    if isinstance(prompt, str):
+        return [(prompt, count_tokens(prompt))]
+    if isinstance(prompt, list):
+        if prompt and all(isinstance(x, int) for x in prompt):
+            return [("", len(prompt))]
+        out = []
+        for p in prompt:
+            if isinstance(p, str):
+                out.append((p, count_tokens(p)))
+            elif isinstance(p, list):
+                out.append(("", len(p)))
+        return out or [("", 0)]
+    return [("", 0)]
+
+
+def _embedding_inputs(inp: Any) -> list[tuple[bytes, int]]:
+    if isinstance(inp, str):
+        return [(inp.encode(), count_tokens(inp))]
+    if isinstance(inp, list):
+        if inp and all(isinstance(x, int) for x in inp):
+            return [(orjson.dumps(inp), len(inp))]
+        out = []
+        for x in inp:
+            if isinstance(x, str):
+                out.append((x.encode(), count_tokens(x)))
+            elif isinstance(x, list):
+                out.append((orjson.dumps(x), len(x)))
+        if out:
+            return out
+    raise Reject(400, "'input' must be a string, a list of strings or a list of token lists", param="input")
+
+
+def _chat_stream_events(
+    cid: str,
+    created: int,
+    model: str,
+    plans: list[Choice],
+    usage: dict[str, int] | None,
+    want_lp: bool,
+    top: int,
+) -> list[bytes]:
+    base: dict[str, Any] = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": FINGERPRINT,
+    }
+    if usage is not None:
+        base["usage"] = None
+
+    def chunk(i: int, delta: dict[str, Any], finish: str | None = None, lp: Any = None) -> bytes:
+        return sse(
+            {**base, "choices": [{"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}]}
+        )
+
+    out = []
+    for i, p in enumerate(plans):
+        if p.tool is not None:
+            cid_, name, args = p.tool
+            out.append(
+                chunk(
+                    i,
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": cid_,
+                                "type": "function",
+                                "function": {"name": name, "arguments": ""},
+                            }
+                        ],
+                    },
+                )
+            )
+            for piece in tokenize(args):
+                out.append(chunk(i, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
+        else:
+            out.append(
+                chunk(
+                    i,
+                    {"role": "assistant", "content": "", "refusal": None},
+                    lp={"content": [], "refusal": None} if want_lp else None,
+                )
+            )
+            for j, tok in enumerate(p.tokens):
+                lp = {"content": [chat_logprobs_entry(tok, j, top)], "refusal": None} if want_lp else None
+                out.append(chunk(i, {"content": tok}, lp=lp))
+        out.append(chunk(i, {}, p.finish))
+    if usage is not None:
+        out.append(sse({**base, "choices": [], "usage": usage}))
+    out.append(SSE_DONE)
+    return out
+
+
+def _completion_stream_events(
+    cid: str,
+    created: int,
+    model: str,
+    plans: list[tuple[int, str, Choice]],
+    usage: dict[str, int] | None,
+    echo: bool,
+    lp_top: Any,
+) -> list[bytes]:
+    base = {
+        "id": cid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": FINGERPRINT,
+    }
+    out = []
+    for idx, ptext, p in plans:
+        pieces = ([ptext] if echo and ptext else []) + p.tokens
+        for j, tok in enumerate(pieces):
+            lp = completion_logprobs([tok], int(lp_top), 0) if lp_top is not None else None
+            if lp is not None:
+                lp["token_logprobs"] = [logprob(j)]
+            out.append(
+                sse({**base, "choices": [{"text": tok, "index": idx, "logprobs": lp, "finish_reason": None}]})
+            )
+        out.append(
+            sse(
+                {**base, "choices": [{"text": "", "index": idx, "logprobs": None, "finish_reason": p.finish}]}
+            )
+        )
+    if usage is not None:
+        out.append(sse({**base, "choices": [], "usage": usage}))
+    out.append(SSE_DONE)
+    return out

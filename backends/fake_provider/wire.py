@@ -1,0 +1,23 @@
+"""Bytes on the wire: content types, the fingerprint, and SSE framing (OpenAI and Anthropic)."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+
+JSON = "application/json"
+SSE_HEADERS = MappingProxyType({"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+FINGERPRINT = "fp_fake"
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def anthropic_event(obj: dict[str, Any]) -> bytes:
+    return b"event: " + obj["type"].encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
