@@ -143,6 +143,17 @@ def _scan_epilogue(
     return y.to(u.dtype)
 
 
+def _initial_state(
+    ssm_state: torch.Tensor | None, state_indices: torch.Tensor | None, batch: int, dim: int, n: int,
+    like: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The scan's starting state in fp32 (zeros, or the pool rows of this batch) and those rows."""
+    if ssm_state is None:
+        return like.new_zeros(batch, dim, n, dtype=torch.float32), None
+    rows = _rows(ssm_state, state_indices, batch)
+    return ssm_state[rows].float(), rows
+
+
 def selective_scan_ref(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -168,18 +179,14 @@ def selective_scan_ref(
     batch, dim, seqlen = u.shape
     dt = _discretization_dt(delta, delta_bias, delta_softplus, seq_lens)
     A, B, C, uf = A.float(), B.float(), C.float(), u.float()
-    if ssm_state is None:
-        h = u.new_zeros(batch, dim, A.shape[-1], dtype=torch.float32)
-    else:
-        rows = _rows(ssm_state, state_indices, batch)
-        h = ssm_state[rows].float()
+    h, rows = _initial_state(ssm_state, state_indices, batch, dim, A.shape[-1], u)
     ys = []
     for t in range(seqlen):
         h = torch.exp(dt[:, :, t, None] * A) * h + (dt[:, :, t] * uf[:, :, t])[..., None] * B[:, None, :, t]
         ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, t]))
     y = torch.stack(ys, dim=-1) if ys else uf.new_zeros(batch, dim, 0)
     if ssm_state is not None:
-        ssm_state[rows] = h.to(ssm_state.dtype)
+        ssm_state[rows] = h.to(ssm_state.dtype)  # type: ignore[index]
     return _scan_epilogue(y, u, D, z)
 
 
@@ -208,11 +215,7 @@ def selective_scan_chunked(
     batch, dim, seqlen = u.shape
     dt = _discretization_dt(delta, delta_bias, delta_softplus, seq_lens)
     A, uf = A.float(), u.float()
-    if ssm_state is None:
-        h = u.new_zeros(batch, dim, A.shape[-1], dtype=torch.float32)
-    else:
-        rows = _rows(ssm_state, state_indices, batch)
-        h = ssm_state[rows].float()
+    h, rows = _initial_state(ssm_state, state_indices, batch, dim, A.shape[-1], u)
     ys = []
     for t0 in range(0, seqlen, chunk_size):
         sl = slice(t0, min(t0 + chunk_size, seqlen))
@@ -229,7 +232,7 @@ def selective_scan_chunked(
         h = hs[:, :, -1]
     y = torch.cat(ys, dim=-1) if ys else uf.new_zeros(batch, dim, 0)
     if ssm_state is not None:
-        ssm_state[rows] = h.to(ssm_state.dtype)
+        ssm_state[rows] = h.to(ssm_state.dtype)  # type: ignore[index]
     return _scan_epilogue(y, u, D, z)
 
 
