@@ -75,7 +75,8 @@ def train_main(argv: list[str]) -> int:
         cfg.pair_gap = False
         cfg.min_df = 1
     clf = train_classifier(ds, cfg)
-    save_artifact(clf, a.out, data_hashes=ds.source_hashes, metrics={"n_train": len(ds)}, version=a.version)
+    metrics = {"n_train": len(ds), **dict(clf.metadata.get("oof_metrics") or {})}  # type: ignore[arg-type]
+    save_artifact(clf, a.out, data_hashes=ds.source_hashes, metrics=metrics, version=a.version)
     print(json.dumps({"artifact": str(a.out), "models": clf.models, "n_train": len(ds)}))
     return 0
 

@@ -174,7 +174,9 @@ def _stacker_beats_linear(z: np.ndarray, y: np.ndarray, oof_logit: np.ndarray, c
     return _log_loss(y, oof) < _log_loss(y, 1.0 / (1.0 + np.exp(-oof_logit)))
 
 
-def _choose_gap_blend(z: np.ndarray, d: np.ndarray, oof_logits: np.ndarray, cfg: TrainConfig) -> float:
+def _choose_gap_blend(
+    z: np.ndarray, d: np.ndarray, oof_logits: np.ndarray, cfg: TrainConfig
+) -> tuple[float, float]:
     """Weight of the linear p_s − p_w vs the tree gap, picked by out-of-fold APGR on the training data.
 
     Why: with little data (GSM8K: a few hundred prompts) the trees overfit and the linear heads rank
@@ -192,7 +194,7 @@ def _choose_gap_blend(z: np.ndarray, d: np.ndarray, oof_logits: np.ndarray, cfg:
         v = _oof_apgr(a * lin_gap + (1 - a) * tree_oof, d)
         if v > best + 1e-9:
             best, best_a = v, a
-    return best_a
+    return best_a, best
 
 
 def train_classifier(
@@ -232,6 +234,7 @@ def train_classifier(
     gap_blend = 0.0
     stack_mask: list[bool] = []
     svd_proj: np.ndarray | None = None
+    oof_metrics: dict[str, float] = {}
     want_gap = cfg.pair_gap and strong is not None and weak is not None and len(ds.models) == 2
     if cfg.stack or want_gap:
         # out-of-fold linear logits: the stacker must see logits of the quality it will see at test time
@@ -241,6 +244,11 @@ def train_classifier(
             c_f, b_f = _fit_heads(x[tr], head_labels[tr], cfg.C, cfg.seed)
             oof[te] = (x[te] @ c_f) + b_f
         z = np.hstack([xd, oof])
+        for j, name in enumerate(ds.models):
+            known = ~np.isnan(labels[:, j])
+            if known.any():
+                p_oof = 1.0 / (1.0 + np.exp(-oof[known, j]))
+                oof_metrics[f"oof_logloss_linear[{name}]"] = round(_log_loss(labels[known, j], p_oof), 4)
         if cfg.svd_dims:
             from sklearn.decomposition import TruncatedSVD
 
@@ -267,7 +275,8 @@ def train_classifier(
             known = ~np.isnan(labels[:, i_s]) & ~np.isnan(labels[:, i_w])
             d = labels[known, i_s] - labels[known, i_w]
             gap = compile_hist_gb(_gb("reg", cfg, cfg.seed).fit(z[known], d))
-            gap_blend = _choose_gap_blend(z[known], d, oof[known][:, [i_s, i_w]], cfg)
+            gap_blend, oof_apgr = _choose_gap_blend(z[known], d, oof[known][:, [i_s, i_w]], cfg)
+            oof_metrics["oof_apgr_gap"] = round(oof_apgr, 4)
 
     clf = QualityClassifier(
         featurizer=fz,
@@ -288,6 +297,8 @@ def train_classifier(
             "n_train": len(ds),
             "train_seconds": round(time.perf_counter() - t0, 2),
             "vocab_size": n_text,
+            "oof_metrics": oof_metrics,
+            "stack_mask": stack_mask if stackers is not None else None,
         },
     )
     return clf
