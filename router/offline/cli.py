@@ -113,6 +113,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact", required=True, type=Path)
     p.add_argument("--data", nargs="+", type=Path, help="labeled CSVs: cost-quality curve, APGR, CPT, AIQ")
     p.add_argument("--logs", type=Path, help='logged traffic JSONL {"prompt","action","propensity","reward"}')
+    p.add_argument("--logs-db", help="logged traffic from the gateway DB (requests + feedback), SQLAlchemy URL")
+    p.add_argument("--policy", default=None, help="with --logs-db: only the decisions of this policy")
     p.add_argument("--lam", type=float, default=0.0, help="λ of the evaluated policy (quality per USD)")
     p.add_argument("--epsilon", type=float, default=0.0, help="uniform mixing of the evaluated policy")
     p.add_argument("--num-thresholds", type=int, default=None, help="RouteLLM-style quantile thresholds")
@@ -210,8 +212,8 @@ def eval_main(argv: list[str]) -> int:
     from router.offline.datasets import read_csv
 
     a = _eval_parser().parse_args(argv)
-    if not a.data and not a.logs:
-        print("give --data and/or --logs", file=sys.stderr)
+    if not a.data and not a.logs and not a.logs_db:
+        print("give --data and/or --logs / --logs-db", file=sys.stderr)
         return 2
     clf, manifest = load_artifact(a.artifact)
     report: dict[str, Any] = {"artifact": str(a.artifact), "version": manifest.get("version")}
@@ -223,6 +225,11 @@ def eval_main(argv: list[str]) -> int:
         with open(a.logs, encoding="utf-8") as fh:
             rows = [json.loads(ln) for ln in fh if ln.strip()]
         report["off_policy"] = evaluate_logs(clf, rows, a.lam, a.epsilon)
+    if a.logs_db:
+        from router.offline.feedback_db import read_logged_decisions
+
+        rows = read_logged_decisions(a.logs_db, a.policy)
+        report["off_policy_db"] = evaluate_logs(clf, rows, a.lam, a.epsilon)
     txt = json.dumps(report, indent=2, default=float)
     print(txt)
     if a.out:

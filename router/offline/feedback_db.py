@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from router.offline.datasets import LabeledDataset
 
-__all__ = ["read_feedback"]
+__all__ = ["read_feedback", "read_logged_decisions"]
 
 
 def _sync_url(url: str) -> str:
@@ -82,3 +82,35 @@ def read_feedback(url: str, limit: int | None = None) -> LabeledDataset:
         ids=list(order),
         source_hashes={"db": f"{url.split('://')[0]}:{len(rows)} rows"},
     )
+
+
+def read_logged_decisions(url: str, policy: str | None = None, limit: int | None = None) -> list[dict[str, object]]:
+    """Logged routing decisions with their outcome, for off-policy evaluation.
+
+    One row per request that has a prompt, a logged propensity and at least one feedback score:
+    ``{"prompt", "action" (served model), "propensity", "reward" (mean feedback score)}``.
+    ``policy`` keeps only the decisions one policy made (the logging policy being evaluated against).
+    """
+    engine = sa.create_engine(_sync_url(url))
+    try:
+        md = sa.MetaData()
+        req = sa.Table("requests", md, autoload_with=engine)
+        fb = sa.Table("feedback", md, autoload_with=engine)
+        q = (
+            sa.select(req.c.id, req.c.prompt_text, req.c.served_model, req.c.propensity,
+                      sa.func.avg(fb.c.score).label("reward"))
+            .select_from(fb.join(req, fb.c.request_id == req.c.id))
+            .where(req.c.prompt_text.is_not(None), req.c.propensity.is_not(None), req.c.served_model.is_not(None))
+            .group_by(req.c.id, req.c.prompt_text, req.c.served_model, req.c.propensity)
+            .order_by(req.c.id)
+        )
+        if policy is not None:
+            q = q.where(req.c.policy == policy)
+        if limit:
+            q = q.limit(limit)
+        with engine.connect() as conn:
+            rows = conn.execute(q).all()
+    finally:
+        engine.dispose()
+    return [{"prompt": r.prompt_text, "action": r.served_model, "propensity": float(r.propensity),
+             "reward": float(r.reward)} for r in rows]

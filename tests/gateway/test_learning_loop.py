@@ -4,6 +4,7 @@ hard ones to the strong model."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,13 @@ def test_feedback_trains_a_classifier_that_routes_by_difficulty(sqlite_url: str,
                  sqlite_url.replace("+aiosqlite", ""), "--out", str(art), "--no-stack"],
                 capture_output=True, text=True, timeout=300)
             assert train.returncode == 0, train.stderr[-2000:]
+            ev = subprocess.run(
+                [sys.executable, "-m", "gateway.cli", "router", "eval", "--artifact", str(art), "--logs-db",
+                 sqlite_url.replace("+aiosqlite", "")], capture_output=True, text=True, timeout=300)
+            assert ev.returncode == 0, ev.stderr[-2000:]
+            ope = json.loads(ev.stdout)["off_policy_db"]
+            assert ope["n"] == 96  # every logged decision with feedback, its propensity and reward
+            assert 0.0 <= ope["snips"]["value"] <= 1.0 and ope["dr"]["lo"] <= ope["dr"]["value"] <= ope["dr"]["hi"]
             act = httpx.post(gw.base_url + "/admin/api/router/artifacts", json={"path": str(art)})
             assert act.status_code == 201, act.text
             assert set(act.json()["models"]) == {"cheap-model", "strong-model"}
