@@ -43,6 +43,7 @@ from router.breaker import BreakerConfig
 from router.plugins import ClassifierScorer, ThompsonBandit
 from router.protocols import Plugins
 from router.signals import LocalLoad
+from state.bandits import BanditStore, InProcessBanditStore, RedisBanditStore
 from state.breakers import BreakerStore, InProcessBreakerStore, RedisBreakerStore
 from state.budgets import BudgetStore, InProcessBudgetStore, RedisBudgetStore
 from state.ratelimits import InProcessRateLimitStore, RateLimitStore, RedisRateLimitStore
@@ -52,7 +53,7 @@ log = logging.getLogger("hybridgate")
 DEFAULT_POLICIES = Path(__file__).resolve().parents[1] / "policies" / "defaults"
 
 
-def build_state(settings: Settings) -> tuple[BreakerStore, BudgetStore, RateLimitStore, Any]:
+def build_state(settings: Settings) -> tuple[BreakerStore, BudgetStore, RateLimitStore, BanditStore, Any]:
     """Shared state: Redis when configured (every process sees one state), else in-process."""
     b = settings.breaker
     cfg = BreakerConfig(window_s=b.window_s, min_requests=b.min_requests, error_rate=b.error_rate,
@@ -63,8 +64,8 @@ def build_state(settings: Settings) -> tuple[BreakerStore, BudgetStore, RateLimi
                             connect_timeout_s=settings.redis_connect_timeout_s)
         p = settings.redis_prefix
         return (RedisBreakerStore(client, prefix=p, config=cfg), RedisBudgetStore(client, prefix=p),
-                RedisRateLimitStore(client, prefix=p), client)
-    return InProcessBreakerStore(cfg), InProcessBudgetStore(), InProcessRateLimitStore(), None
+                RedisRateLimitStore(client, prefix=p), RedisBanditStore(client, prefix=p), client)
+    return InProcessBreakerStore(cfg), InProcessBudgetStore(), InProcessRateLimitStore(), InProcessBanditStore(), None
 
 
 def load_scorer(artifact_dir: str, aliases: dict[str, str]) -> ClassifierScorer:
@@ -73,6 +74,17 @@ def load_scorer(artifact_dir: str, aliases: dict[str, str]) -> ClassifierScorer:
 
     clf, _manifest = load_artifact(artifact_dir)
     return ClassifierScorer(clf, aliases)
+
+
+async def _sync_bandits_loop(router: GatewayRouter, interval_s: float, stop: asyncio.Event) -> None:
+    """Keep this process's bandits in step with what every process learned (shared store)."""
+    while not stop.is_set():
+        try:
+            await router.sync_bandits()
+        except Exception as exc:  # never let a store hiccup end the loop
+            log.warning("bandit sync failed: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
 
 
 def _local_load(backends: dict[str, Backend]) -> dict[str, LocalLoad]:
@@ -100,7 +112,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         if d.name not in backends:
             backends[d.name] = build_backend(d)
     metrics = Metrics()
-    breakers, budgets, ratelimits, redis_client = build_state(settings)
+    breakers, budgets, ratelimits, bandit_store, redis_client = build_state(settings)
     plugins = Plugins(scorers={}, bandits={"default": ThompsonBandit()})
     if settings.router.artifact:
         plugins.scorers["default"] = load_scorer(settings.router.artifact, settings.router.model_aliases)  # type: ignore[index]
@@ -109,6 +121,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         PolicyRegistry(DbPolicyStore(engine)),
         breakers, budgets, ratelimits, metrics,
         plugins=plugins,
+        bandit_store=bandit_store,
         local_load=lambda: _local_load(backends),
     )
     return Services(
@@ -144,6 +157,7 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
             log.warning("hybridgate: policies not loaded (%s); retrying in the background", exc)
         stop = asyncio.Event()
         reload_task = asyncio.create_task(registry.run_reload_loop(settings.policy_reload_s, stop))
+        sync_task = asyncio.create_task(_sync_bandits_loop(services.router, settings.policy_reload_s, stop))
         # Everything built so far lives as long as the process: keep it out of the cyclic GC's scans,
         # which otherwise show up as latency spikes (p99) under load.
         gc.collect()
@@ -156,9 +170,10 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
             yield
         finally:
             stop.set()
-            reload_task.cancel()
-            with contextlib.suppress(BaseException):
-                await reload_task
+            for task in (reload_task, sync_task):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
             await services.sink.aclose()
             for b in services.backends.values():
                 with contextlib.suppress(Exception):

@@ -58,7 +58,7 @@ class FeedbackHandler:
                            type="server_error", code="store_unavailable", headers={"retry-after": "5"}) from None
         created = bool(res.rowcount)
         if created:
-            self.s.router.feedback(fb.request_id, fb.value)
+            await self.s.router.feedback(fb.request_id, fb.value)
         body = {"request_id": fb.request_id, "source": fb.source, "score": fb.value,
                 "status": "recorded" if created else "duplicate"}
         return Response(orjson.dumps(body), status_code=201 if created else 200, media_type="application/json")

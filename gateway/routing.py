@@ -31,6 +31,7 @@ from router.decision import Decision, RequestFeatures
 from router.protocols import Plugins
 from router.ratelimit import RateLimit
 from router.signals import LocalLoad, Signals
+from state.bandits import BanditStore, InProcessBanditStore
 from state.breakers import BreakerStore
 from state.budgets import BudgetStore
 from state.live import InFlight, LatencyTracker
@@ -114,6 +115,7 @@ class GatewayRouter:
         plugins: Plugins | None = None,
         local_load: Callable[[], Mapping[str, LocalLoad]] | None = None,
         rng: random.Random | None = None,
+        bandit_store: BanditStore | None = None,
     ) -> None:
         self.catalog = catalog
         self.registry = registry
@@ -123,6 +125,7 @@ class GatewayRouter:
         self.metrics = metrics
         self.plugins = plugins or Plugins()
         self.local_load = local_load
+        self.bandit_store: BanditStore = bandit_store or InProcessBanditStore()
         self.latency = LatencyTracker()
         self.in_flight = InFlight()
         self.rng = rng or random.Random()
@@ -267,16 +270,29 @@ class GatewayRouter:
     def recent_decision(self, request_id: str) -> PendingReward | None:
         return self._pending.get(request_id)
 
-    def feedback(self, request_id: str, score: float) -> None:
-        """A quality signal arrived: the bandit that chose this request's model learns from it."""
+    async def feedback(self, request_id: str, score: float) -> None:
+        """A quality signal arrived: the bandit that chose this request's model learns from it, here
+        at once and, through the bandit store, in every other gateway process."""
         pending = self._pending.get(request_id)
         if pending is None:
             return
         spec = self.registry.active(pending.policy)
         bandit_name = getattr(getattr(spec, "selector", None), "bandit", None) if spec else None
-        bandit = self.plugins.bandits.get(bandit_name or "default")
+        name = bandit_name or "default"
+        bandit = self.plugins.bandits.get(name)
         if bandit is not None:
             bandit.update(pending.arm, score, pending.context, pending.propensity)
+            await self.bandit_store.add(name, pending.arm, score)
+
+    async def sync_bandits(self) -> None:
+        """Refresh every shareable bandit from the store's totals (no-op without a shared store)."""
+        for name, bandit in self.plugins.bandits.items():
+            load = getattr(bandit, "load_totals", None)
+            if load is None:
+                continue
+            totals = await self.bandit_store.load(name)
+            if totals is not None:
+                load(totals)
 
     def model_cards(self) -> list[dict[str, Any]]:
         cards = [{"id": m, "object": "model", "created": self._created, "owned_by": ds[0].provider}

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from router.bandits import BanditState, ThompsonSampling
+from router.bandits import ArmStats, BanditState, ThompsonSampling
 from router.classifier import QualityClassifier
 
 
@@ -61,3 +61,17 @@ class ThompsonBandit:
 
     def to_dict(self) -> dict[str, Any]:
         return self.state.to_dict()
+
+    def load_totals(self, totals: Mapping[str, Mapping[str, float]]) -> None:
+        """Replace the statistics with shared additive totals (see `state.bandits`): the prior
+        pseudo-counts (1, 1) plus every process's observed rewards."""
+        arms = dict(self.state.arms)
+        t = 0
+        for arm, tot in totals.items():
+            n = int(round(tot.get("n", 0.0)))
+            s, ss = tot.get("sum", 0.0), tot.get("sumsq", 0.0)
+            mean = s / n if n else 0.0
+            arms[arm] = ArmStats(alpha=1.0 + tot.get("alpha", 0.0), beta=1.0 + tot.get("beta", 0.0), n=n,
+                                 mean=mean, m2=max(0.0, ss - n * mean * mean))
+            t += n
+        self.state = BanditState(arms=arms, t=t)

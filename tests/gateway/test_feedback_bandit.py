@@ -59,3 +59,32 @@ async def test_bandit_decisions_log_propensity_and_feedback_updates_the_bandit(
     await engine.dispose()
     assert len(rows) == 12 and fb == 13
     assert all(0 < r[0] <= 1 for r in rows) and all(r[2] == 1 for r in rows)
+
+
+def test_bandit_learning_is_shared_between_gateway_processes_through_redis(
+    sqlite_url: str, tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    import time
+
+    with FakeProviderThread() as fp:
+        deps = [dep("a", "model-a", fp.base_url), dep("b", "model-b", fp.base_url)]
+        shared = {"redis_url": redis_url, "redis_prefix": redis_prefix, "redis_timeout_s": 5.0,
+                  "redis_connect_timeout_s": 10.0, "policy_reload_s": 0.2}
+        with running_gateway(settings(tmp_path, sqlite_url, deps, **shared)) as g1, \
+                running_gateway(settings(tmp_path, sqlite_url, deps, **shared)) as g2:
+            assert httpx.put(g1.base_url + "/admin/api/policies/explore", content=BANDIT,
+                             headers={"content-type": "application/yaml"}).status_code == 201
+            for i in range(6):
+                r = httpx.post(g1.base_url + "/v1/chat/completions",
+                               json={"model": "explore", "messages": [{"role": "user", "content": f"q{i}"}]})
+                assert r.status_code == 200, r.text
+                f = httpx.post(g1.base_url + "/v1/feedback",
+                               json={"request_id": r.headers["x-request-id"], "score": 1.0})
+                assert f.status_code == 201
+            deadline = time.monotonic() + 5
+            while True:
+                arms = g2.services.router.plugins.bandits["default"].to_dict()["arms"]
+                if sum(a["n"] for a in arms.values()) == 6:
+                    break  # g2 never served these requests, yet its bandit learned from them
+                assert time.monotonic() < deadline, arms
+                time.sleep(0.1)
