@@ -19,9 +19,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from backends.base import UpstreamCall, UpstreamError
+from backends.base import UpstreamCall, UpstreamError, UpstreamResponse
 from backends.deployment import DeploymentConfig
-from backends.executor import Execution
+from backends.executor import Execution, Plan
 from gateway import sse
 from gateway.coalesce import ready_batches
 from gateway.edge import authenticate, read_json, validate
@@ -37,6 +37,7 @@ from gateway.schemas import (
 )
 from gateway.services import Services
 from requestlog.rows import RequestRow
+from router.escalation import confidence
 
 _JSON = "application/json"
 
@@ -133,6 +134,8 @@ class OpenAIHandlers:
     def _finish(self, ctx: _Ctx, status: int, error: APIError | None = None, cancelled: bool = False) -> None:
         """Fill the log row from what happened, record metrics, hand the row to the sink (once)."""
         r = ctx.row
+        if ctx.route is not None:
+            r.route_reason = ctx.route.reason  # may have grown after routing (escalation)
         r.latency_ms = (time.perf_counter() - ctx.t0) * 1000
         r.http_status = status
         ex = ctx.ex
@@ -175,11 +178,14 @@ class OpenAIHandlers:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _call_factory(self, ctx: _Ctx, kind: str, stream: bool):  # noqa: ANN202 - closure type
+    def _call_factory(self, ctx: _Ctx, kind: str, stream: bool,
+                      extra: dict[str, Any] | None = None):  # noqa: ANN202 - closure type
         body = ctx.body or {}
 
         def make(d: DeploymentConfig, timeout_s: float) -> UpstreamCall:
             b = dict(body)
+            if extra and "logprobs" in d.capabilities:
+                b.update(extra)
             b["model"] = d.upstream_model
             if stream:
                 b["stream"] = True
@@ -228,7 +234,15 @@ class OpenAIHandlers:
             ctx.row.streamed = True
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return await self._stream(ctx, kind, route, id_prefix, include_usage)
-        resp = await self.s.executor.complete(ctx.ex, route.plan, self._call_factory(ctx, kind, False))
+        esc = route.decision.escalation if route.decision is not None else None
+        asked_logprobs = bool(getattr(req, "logprobs", None))
+        extra = {"logprobs": True if kind == "chat" else 1} if esc is not None and not asked_logprobs else None
+        resp = await self.s.executor.complete(ctx.ex, route.plan, self._call_factory(ctx, kind, False, extra))
+        if esc is not None:
+            resp = await self._maybe_escalate(ctx, route, resp, kind)
+            if not asked_logprobs:
+                for c in resp.body.get("choices") or ():
+                    c["logprobs"] = None  # asked for the cascade's sake, not by the client
         body = resp.body
         body["id"] = id_prefix + ctx.rid
         body["model"] = _served_name(ctx)
@@ -238,6 +252,29 @@ class OpenAIHandlers:
             ctx.row.response_body = out.decode()
         self._finish(ctx, 200)
         return Response(out, media_type=_JSON, headers=ctx.headers())
+
+    async def _maybe_escalate(self, ctx: _Ctx, route: Route, first: UpstreamResponse, kind: str) -> UpstreamResponse:
+        """Cascade: when the cheap model answered below the policy's confidence threshold, ask the
+        stronger one; both attempts are logged. If escalation itself fails, the first answer stands."""
+        esc = route.decision.escalation if route.decision is not None else None
+        ex = ctx.ex
+        if esc is None or ex is None or ex.served is None or ex.served.deployment.name != esc.first.name:
+            return first
+        conf = confidence(esc.score, first.body)
+        if conf is None or conf >= esc.threshold:
+            if conf is not None:
+                route.reason += f"; {esc.score}={conf:.2f} >= {esc.threshold:g}, kept"
+            return first
+        served_first, usage_first = ex.served, ex.usage
+        plan = Plan(self.s.router.catalog.targets(esc.to), retry=route.plan.retry, triggers=route.plan.triggers)
+        try:
+            second = await self.s.executor.complete(ex, plan, self._call_factory(ctx, kind, False))
+        except UpstreamError:
+            ex.served, ex.usage, ex.error = served_first, usage_first, None
+            route.reason += f"; {esc.score}={conf:.2f} < {esc.threshold:g}, escalation failed, kept first"
+            return first
+        route.reason += f"; {esc.score}={conf:.2f} < {esc.threshold:g}, escalated to {ex.served.deployment.model}"
+        return second
 
     async def _embed(self, ctx: _Ctx, req: Any, route: Route) -> Response:
         assert ctx.ex is not None

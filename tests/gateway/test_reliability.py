@@ -281,3 +281,45 @@ def test_policy_change_reaches_another_gateway_process_within_2s(
                 break
             assert time.monotonic() - t0 < 2.0, "the other process did not pick up the new version in 2 s"
             time.sleep(0.05)
+
+
+CASCADE = """
+name: cascade
+selector: {type: fixed, order: [cheap]}
+escalation: {first: [cheap], to: [strong], threshold: THRESHOLD, score: logprobs}
+"""
+
+
+@pytest.mark.parametrize(("threshold", "expect"), [(0.999, "strong-model"), (0.5, "cheap-model")])
+def test_cascade_escalates_low_confidence_answers_and_logs_both_attempts(
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path,
+    threshold: float, expect: str,
+) -> None:
+    a, b = two_providers
+    caps = ["chat", "completion", "logprobs"]
+    deployments = [dep("cheap", "cheap-model", a.base_url, capabilities=caps),
+                   dep("strong", "strong-model", b.base_url, capabilities=caps)]
+    with running_gateway(settings(tmp_path, sqlite_url, deployments)) as gw:
+        spec = CASCADE.replace("THRESHOLD", str(threshold))
+        assert httpx.put(gw.base_url + "/admin/api/policies/cascade", content=spec,
+                         headers={"content-type": "application/yaml"}).status_code == 201
+        r = httpx.post(gw.base_url + "/v1/chat/completions",
+                       json={"model": "cascade", "messages": MSG})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == expect and r.headers["x-hybridgate-model"] == expect
+        assert body["choices"][0]["logprobs"] is None  # the client did not ask for them
+        assert "logprobs=0.9" in r.headers["x-hybridgate-route-reason"]  # fake answers are 90-99% sure
+        assert a.stats["total"] == 1 and b.stats["total"] == (1 if expect == "strong-model" else 0)
+        rid = r.headers["x-request-id"]
+        gw.call(gw.services.sink.flush())
+
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(sqlite_url.replace("+aiosqlite", ""))
+    with engine.connect() as conn:
+        n_attempts = conn.execute(sa.text("SELECT count(*) FROM attempts WHERE request_id = :r"), {"r": rid}).scalar()
+        reason = conn.execute(sa.text("SELECT route_reason FROM requests WHERE id = :r"), {"r": rid}).scalar()
+    engine.dispose()
+    assert n_attempts == (2 if expect == "strong-model" else 1)
+    assert ("escalated" in reason) == (expect == "strong-model")
