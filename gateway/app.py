@@ -40,6 +40,7 @@ from policies.db_store import DbPolicyStore
 from policies.registry import PolicyRegistry
 from requestlog.sink import LogSink
 from router.breaker import BreakerConfig
+from router.budget import BudgetLimit
 from router.plugins import ClassifierScorer, ThompsonBandit
 from router.protocols import Plugins
 from router.signals import LocalLoad
@@ -122,6 +123,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         breakers, budgets, ratelimits, metrics,
         plugins=plugins,
         bandit_store=bandit_store,
+        scope_budgets={b.scope: BudgetLimit(b.scope, b.limit_usd, b.period) for b in settings.budgets},
         local_load=lambda: _local_load(backends),
     )
     return Services(

@@ -58,6 +58,16 @@ class BreakerSettings(BaseModel):
     half_open_probes: int = Field(default=1, ge=1)
 
 
+class BudgetSettings(BaseModel):
+    """A spending cap for a user or a team (key budgets live with the key)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scope: str = Field(pattern=r"^(user|team):.+", description="'user:<name>' or 'team:<name>'")
+    limit_usd: float = Field(ge=0)
+    period: Literal["day", "week", "month", "total"] = "month"
+
+
 class RouterSettings(BaseModel):
     """Learned parts of routing: the classifier artifact policies' `classifier` selectors use."""
 
@@ -94,6 +104,7 @@ class Settings(BaseSettings):
     policy_reload_s: float = Field(default=1.0, gt=0, description="how often policy changes are picked up")
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     router: RouterSettings = Field(default_factory=RouterSettings)
+    budgets: list[BudgetSettings] = Field(default_factory=list, description="user and team budgets")
     admin_token: str | None = Field(default=None, description="bearer token for /admin; None = loopback only")
     log: LogSettings = Field(default_factory=LogSettings)
     local_model: LocalModelSettings = Field(default_factory=LocalModelSettings)

@@ -89,10 +89,17 @@ class Catalog:
         return [Target(d, self.backends[d.name]) for d in deployments if d.name in self.backends]
 
 
-def limits_for(key: ApiKey | None) -> tuple[list[BudgetLimit], list[RateLimit]]:
+def limits_for(key: ApiKey | None, features: RequestFeatures | None = None,
+               scope_budgets: Mapping[str, BudgetLimit] | None = None) -> tuple[list[BudgetLimit], list[RateLimit]]:
+    """Budgets (key, and configured user/team ones) and rate limits that apply to a request."""
+    budgets: list[BudgetLimit] = []
+    if scope_budgets and features is not None:
+        for scope in (f"user:{features.user}" if features.user else None,
+                      f"team:{features.team}" if features.team else None):
+            if scope is not None and scope in scope_budgets:
+                budgets.append(scope_budgets[scope])
     if key is None:
-        return [], []
-    budgets = []
+        return budgets, []
     if key.budget_usd is not None:
         budgets.append(BudgetLimit(f"key:{key.id}", key.budget_usd, key.budget_period or "month"))  # type: ignore[arg-type]
     rates = []
@@ -116,6 +123,7 @@ class GatewayRouter:
         local_load: Callable[[], Mapping[str, LocalLoad]] | None = None,
         rng: random.Random | None = None,
         bandit_store: BanditStore | None = None,
+        scope_budgets: Mapping[str, BudgetLimit] | None = None,
     ) -> None:
         self.catalog = catalog
         self.registry = registry
@@ -126,6 +134,7 @@ class GatewayRouter:
         self.plugins = plugins or Plugins()
         self.local_load = local_load
         self.bandit_store: BanditStore = bandit_store or InProcessBanditStore()
+        self.scope_budgets = dict(scope_budgets or {})
         self.latency = LatencyTracker()
         self.in_flight = InFlight()
         self.rng = rng or random.Random()
@@ -172,7 +181,7 @@ class GatewayRouter:
         direct = self.catalog.by_model.get(model)
         if policy is None and not direct:
             return None
-        budget_limits, rate_limits = limits_for(key)
+        budget_limits, rate_limits = limits_for(key, features, self.scope_budgets)
         charged = features.prompt_tokens + (features.max_tokens or 0)
         if rate_limits:
             rd = await self.ratelimits.hit(rate_limits, charged)

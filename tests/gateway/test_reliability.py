@@ -323,3 +323,34 @@ def test_cascade_escalates_low_confidence_answers_and_logs_both_attempts(
     engine.dispose()
     assert n_attempts == (2 if expect == "strong-model" else 1)
     assert ("escalated" in reason) == (expect == "strong-model")
+
+
+def test_team_and_user_budgets_from_config_cut_off_with_429(
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path
+) -> None:
+    a, _ = two_providers
+    pricey = dep("a", "m", a.base_url, pricing={"input_per_mtok": 1e6, "output_per_mtok": 1e6})  # 1 USD/token
+    s = settings(tmp_path, sqlite_url, [pricey], require_keys=True,
+                 budgets=[{"scope": "team:ml", "limit_usd": 60, "period": "day"},
+                          {"scope": "user:alice", "limit_usd": 60, "period": "day"}])
+    with running_gateway(s) as gw:
+        key = httpx.post(gw.base_url + "/admin/api/keys", json={"name": "t", "team": "ml"}).json()["key"]
+        other = httpx.post(gw.base_url + "/admin/api/keys", json={"name": "o"}).json()["key"]
+        c = sdk(gw, key)
+        codes = []
+        for _ in range(12):
+            try:
+                c.chat.completions.create(model="m", messages=MSG, max_tokens=10)
+                codes.append(200)
+            except openai.RateLimitError as exc:
+                assert exc.body["code"] == "budget_exceeded"  # type: ignore[index]
+                codes.append(429)
+        assert 200 in codes and codes[-1] == 429  # the team's budget ran out
+        assert sdk(gw, other).chat.completions.create(model="m", messages=MSG, max_tokens=10).choices  # other team
+        for _ in range(12):
+            try:
+                sdk(gw, other).chat.completions.create(model="m", messages=MSG, max_tokens=10, user="alice")
+            except openai.RateLimitError:
+                break
+        else:
+            raise AssertionError("alice's user budget never cut off")
