@@ -354,3 +354,30 @@ def test_team_and_user_budgets_from_config_cut_off_with_429(
                 break
         else:
             raise AssertionError("alice's user budget never cut off")
+
+
+REFUSAL_FALLBACK = """
+name: careful
+selector: {type: fixed, order: [small, big]}
+fallbacks:
+  chain: [big]
+  triggers: [5xx, timeout, content_policy]
+retry: {max_attempts: 3, max_attempts_per_deployment: 1}
+"""
+
+
+def test_content_policy_refusal_falls_back_when_the_policy_says_so(
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path
+) -> None:
+    a, b = two_providers
+    deployments = [dep("small", "small-model", a.base_url), dep("big", "big-model", b.base_url)]
+    with running_gateway(settings(tmp_path, sqlite_url, deployments)) as gw:
+        assert httpx.put(gw.base_url + "/admin/api/policies/careful", content=REFUSAL_FALLBACK,
+                         headers={"content-type": "application/yaml"}).status_code == 201
+        a.set_faults("content_filter")
+        r = sdk(gw).chat.completions.with_raw_response.create(model="careful", messages=MSG)
+        assert r.headers["x-hybridgate-deployment"] == "big"
+        # a plain model name has no such trigger: the refusal reaches the client as a 400
+        with pytest.raises(openai.BadRequestError) as ei:
+            sdk(gw).chat.completions.create(model="small-model", messages=MSG)
+        assert ei.value.body["code"] == "content_filter"  # type: ignore[index]
