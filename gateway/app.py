@@ -41,7 +41,7 @@ from policies.registry import PolicyRegistry
 from requestlog.sink import LogSink
 from router.breaker import BreakerConfig
 from router.budget import BudgetLimit
-from router.plugins import ClassifierScorer, ThompsonBandit
+from router.plugins import ClassifierScorer, LinUCBBandit, ThompsonBandit
 from router.protocols import Plugins
 from router.signals import LocalLoad
 from state.bandits import BanditStore, InProcessBanditStore, RedisBanditStore
@@ -114,7 +114,9 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
             backends[d.name] = build_backend(d)
     metrics = Metrics()
     breakers, budgets, ratelimits, bandit_store, redis_client = build_state(settings)
-    plugins = Plugins(scorers={}, bandits={"default": ThompsonBandit()})
+    # `bandit: default` is Thompson sampling (statistics shared through Redis when configured);
+    # `bandit: linucb` is the contextual bandit over the request's shape (per process).
+    plugins = Plugins(scorers={}, bandits={"default": ThompsonBandit(), "linucb": LinUCBBandit()})
     if settings.router.artifact:
         plugins.scorers["default"] = load_scorer(settings.router.artifact, settings.router.model_aliases)  # type: ignore[index]
     router = GatewayRouter(

@@ -65,6 +65,7 @@ class _Ctx:
                 h["x-hybridgate-deployment"] = self.ex.served.deployment.name
             if r.policy:
                 h["x-hybridgate-policy"] = f"{r.policy}@{r.policy_version}"
+                h["x-hybridgate-propensity"] = f"{r.propensity:.6g}"
             h["x-hybridgate-route-reason"] = _header_safe(r.reason)
         return h
 

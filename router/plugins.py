@@ -8,13 +8,14 @@ gateway can persist or share it.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from router.bandits import ArmStats, BanditState, ThompsonSampling
+from router.bandits import ArmStats, BanditState, LinUCB, LinUCBState, ThompsonSampling
 from router.classifier import QualityClassifier
 
 
@@ -75,3 +76,57 @@ class ThompsonBandit:
                                  mean=mean, m2=max(0.0, ss - n * mean * mean))
             t += n
         self.state = BanditState(arms=arms, t=t)
+
+
+def request_context_vector(context: Mapping[str, Any]) -> np.ndarray:
+    """A small, scaled context for contextual bandits from `router.decide.bandit_context`: bias,
+    log prompt length, requested output length, needed capabilities, endpoint. Scaled to about [0, 1]
+    so LinUCB's ridge prior treats every feature alike."""
+    caps = set(context.get("capabilities") or ())
+    return np.array([
+        1.0,
+        math.log1p(float(context.get("prompt_tokens") or 0)) / 10.0,
+        min(float(context.get("max_tokens") or 0), 4096.0) / 4096.0,
+        1.0 if "tools" in caps else 0.0,
+        1.0 if "json_mode" in caps else 0.0,
+        1.0 if "vision" in caps else 0.0,
+        1.0 if context.get("endpoint") == "completion" else 0.0,
+    ])
+
+
+class LinUCBBandit:
+    """Contextual bandit (LinUCB, disjoint linear models) over `request_context_vector`.
+
+    Learns per request shape which model earns the most reward, e.g. that long prompts do better on
+    one model and short ones on another. Arms are added as decisions offer them; propensities are
+    exact (ε-mixed greedy), for off-policy evaluation.
+    """
+
+    def __init__(self, algo: LinUCB | None = None) -> None:
+        self.algo = algo or LinUCB(alpha=0.5, epsilon=0.05)
+        self.dim = len(request_context_vector({}))
+        self.state = LinUCBState.new([], self.dim)
+
+    def _ensure(self, arm: str) -> None:
+        if arm not in self.state.a_inv:
+            self.state.arms.append(arm)
+            self.state.a_inv[arm] = np.eye(self.dim)
+            self.state.b[arm] = np.zeros(self.dim)
+            self.state.n[arm] = 0
+
+    def choose(self, arms: Sequence[str], context: Mapping[str, Any], rng: random.Random) -> tuple[str, float]:
+        for a in arms:
+            self._ensure(a)
+        s = self.state
+        sub = LinUCBState(arms=list(arms), dim=self.dim, a_inv={a: s.a_inv[a] for a in arms},
+                          b={a: s.b[a] for a in arms}, n={a: s.n[a] for a in arms})
+        choice = self.algo.choose(sub, request_context_vector(context), np.random.default_rng(rng.getrandbits(64)),
+                                  costs=context.get("costs"))
+        return choice.arm, float(choice.propensity)
+
+    def update(self, arm: str, reward: float, context: Mapping[str, Any], propensity: float) -> None:
+        self._ensure(arm)
+        self.state.update(arm, request_context_vector(context), min(max(float(reward), 0.0), 1.0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.state.to_dict()

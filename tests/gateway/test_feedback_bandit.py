@@ -88,3 +88,19 @@ def test_bandit_learning_is_shared_between_gateway_processes_through_redis(
                     break  # g2 never served these requests, yet its bandit learned from them
                 assert time.monotonic() < deadline, arms
                 time.sleep(0.1)
+
+
+def test_contextual_bandit_policy_routes_and_learns(sqlite_url: str, tmp_path: Path) -> None:
+    with FakeProviderThread() as fp:
+        deps = [dep("a", "model-a", fp.base_url), dep("b", "model-b", fp.base_url)]
+        with running_gateway(settings(tmp_path, sqlite_url, deps)) as gw:
+            spec = BANDIT.replace("name: explore", "name: ctx").replace("bandit: default", "bandit: linucb")
+            assert httpx.put(gw.base_url + "/admin/api/policies/ctx", content=spec,
+                             headers={"content-type": "application/yaml"}).status_code == 201
+            for i in range(5):
+                r = httpx.post(gw.base_url + "/v1/chat/completions",
+                               json={"model": "ctx", "messages": [{"role": "user", "content": "x" * (10 ** (i % 3))}]})
+                assert r.status_code == 200 and 0 < float(r.headers["x-hybridgate-propensity"]) <= 1
+                httpx.post(gw.base_url + "/v1/feedback", json={"request_id": r.headers["x-request-id"], "score": 1})
+            state = gw.services.router.plugins.bandits["linucb"].to_dict()
+            assert sum(state["n"].values()) == 5
