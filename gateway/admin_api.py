@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.edge import bearer, read_json, validate
+from gateway.edge import bearer, read_body, read_json, validate
 from gateway.errors import APIError
 from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, request_features
 from gateway.services import Services
@@ -107,9 +107,7 @@ class AdminHandlers:
         """A policy body: raw YAML (content-type yaml/text) or JSON {"spec_yaml": ..., "comment": ...}."""
         ctype = request.headers.get("content-type", "")
         if "yaml" in ctype or ctype.startswith("text/"):
-            raw = await request.body()
-            if len(raw) > 256 * 1024:
-                raise APIError(413, "Policy too large.", code="request_too_large")
+            raw = await read_body(request, 256 * 1024)
             return raw.decode("utf-8", errors="replace"), request.headers.get("x-comment")
         data = await read_json(request, 256 * 1024)
         spec = data.get("spec_yaml")

@@ -17,8 +17,9 @@ from gateway.keys import ApiKey, KeyStore
 M = TypeVar("M", bound=BaseModel)
 
 
-async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The body as a JSON object, or a 413 / 400 in OpenAI's shape."""
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The raw body, refusing (413) as soon as it is known to exceed ``max_bytes``: by its declared
+    Content-Length, or while reading a chunked upload — never after buffering all of it."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -33,7 +34,12 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
         if size > max_bytes:
             raise _too_large(max_bytes)
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The body as a JSON object, or a 413 / 400 in OpenAI's shape."""
+    raw = await read_body(request, max_bytes)
     if not raw:
         raise bad_request("We could not parse the JSON body of your request: the body is empty.")
     try:
