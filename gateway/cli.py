@@ -131,6 +131,21 @@ def cmd_router(args: argparse.Namespace) -> int:
     return int(verbs[args.rest[0]](args.rest[1:]) or 0)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """`hybridgate bench NAME [args]` runs bench/NAME.py (dashes or underscores) with this Python."""
+    import subprocess
+    from pathlib import Path
+
+    bench_dir = Path(__file__).resolve().parents[1] / "bench"
+    scripts = sorted(p.stem for p in bench_dir.glob("*.py")) if bench_dir.is_dir() else []
+    if not args.rest or args.rest[0].replace("-", "_") not in scripts:
+        print(f"usage: hybridgate bench {{{','.join(s.replace('_', '-') for s in scripts)}}} [args]",
+              file=sys.stderr)
+        return 2
+    script = bench_dir / f"{args.rest[0].replace('-', '_')}.py"
+    return subprocess.call([sys.executable, str(script), *args.rest[1:]], cwd=bench_dir.parent)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hybridgate", description="OpenAI-compatible LLM gateway")
     p.add_argument("--config", default=None, help="YAML config file (default: $HYBRIDGATE_CONFIG or ./hybridgate.yaml)")
@@ -167,9 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("rest", nargs=argparse.REMAINDER)
     rp.set_defaults(fn=cmd_router)
 
+    bp = sub.add_parser("bench", help="run a benchmark script from bench/ (a source checkout)")
+    bp.add_argument("rest", nargs=argparse.REMAINDER)
+    bp.set_defaults(fn=cmd_bench)
+
     for name, module, func, help_ in [
         ("local-model", "local_model.cli", "main", "serve / train the local hybrid model"),
-        ("bench", "bench.cli", "main", "benchmarks"),
     ]:
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("rest", nargs=argparse.REMAINDER)

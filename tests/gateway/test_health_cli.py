@@ -53,3 +53,12 @@ def test_bad_config_fails_loudly_naming_the_field(tmp_path: Path) -> None:
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert "port" in r.stderr and "log.bodies" in r.stderr
+
+
+def test_cli_subcommand_groups_dispatch() -> None:
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "bench"], capture_output=True, text=True)
+    assert r.returncode == 2 and "gateway-overhead" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "router"], capture_output=True, text=True)
+    assert r.returncode == 2 and "train" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "local-model"], capture_output=True, text=True)
+    assert "serve" in r.stdout + r.stderr
