@@ -178,3 +178,18 @@ async def test_postgres_outage_under_load_loses_and_duplicates_nothing(
     att = (await _rows(fresh_pg_url, "SELECT count(*) AS n, count(DISTINCT id) AS d FROM attempts"))[0]
     expected_attempts = (await _rows(fresh_pg_url, "SELECT sum(attempts_count) AS s FROM requests"))[0]["s"]
     assert att["n"] == att["d"] == expected_attempts
+
+
+async def test_client_hanging_up_on_a_non_streamed_request_still_leaves_one_row(
+    fresh_pg_url: str, tmp_path: Path
+) -> None:
+    upgrade(fresh_pg_url)
+    with FakeProviderThread() as fp, running_gateway(gateway_settings(fp.base_url, fresh_pg_url, tmp_path)) as gw:
+        async with httpx.AsyncClient(timeout=0.2) as c:
+            with contextlib.suppress(httpx.TimeoutException):
+                await c.post(gw.base_url + "/v1/chat/completions", json=_chat("slow [[fault:latency:800]]"))
+        await asyncio.sleep(1.2)  # the upstream answers after the client left
+        await gw.acall(gw.services.sink.flush())
+    rows = await _rows(fresh_pg_url, "SELECT status, attempts_count FROM requests")
+    attempts = await _rows(fresh_pg_url, "SELECT count(*) AS n FROM attempts")
+    assert len(rows) == 1 and rows[0]["attempts_count"] == attempts[0]["n"] == 1
