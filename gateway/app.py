@@ -34,6 +34,7 @@ from gateway.keys import KeyStore
 from gateway.metrics import Metrics
 from gateway.openai_api import OpenAIHandlers
 from gateway.openapi import openapi_document
+from gateway.remote_load import RemoteLoadPoller
 from gateway.routing import Catalog, GatewayRouter
 from gateway.services import Services
 from policies.db_store import DbPolicyStore
@@ -114,6 +115,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
             backends[d.name] = build_backend(d)
     metrics = Metrics()
     breakers, budgets, ratelimits, bandit_store, redis_client = build_state(settings)
+    remote_load = RemoteLoadPoller(deployments)
     # `bandit: default` is Thompson sampling (statistics shared through Redis when configured);
     # `bandit: linucb` is the contextual bandit over the request's shape (per process).
     plugins = Plugins(scorers={}, bandits={"default": ThompsonBandit(), "linucb": LinUCBBandit()})
@@ -126,7 +128,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         plugins=plugins,
         bandit_store=bandit_store,
         scope_budgets={b.scope: BudgetLimit(b.scope, b.limit_usd, b.period) for b in settings.budgets},
-        local_load=lambda: _local_load(backends),
+        local_load=lambda: _local_load(backends) | remote_load.latest,
     )
     return Services(
         settings=settings,
@@ -137,7 +139,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         router=router,
         executor=Executor(pricer=cost_usd, outcomes=router),
         backends=backends,
-        extras={"redis": redis_client},
+        extras={"redis": redis_client, "remote_load": remote_load},
     )
 
 
@@ -162,6 +164,7 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
         stop = asyncio.Event()
         reload_task = asyncio.create_task(registry.run_reload_loop(settings.policy_reload_s, stop))
         sync_task = asyncio.create_task(_sync_bandits_loop(services.router, settings.policy_reload_s, stop))
+        load_task = asyncio.create_task(services.extras["remote_load"].run(settings.policy_reload_s, stop))
         # Everything built so far lives as long as the process: keep it out of the cyclic GC's scans,
         # which otherwise show up as latency spikes (p99) under load.
         gc.collect()
@@ -174,7 +177,7 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
             yield
         finally:
             stop.set()
-            for task in (reload_task, sync_task):
+            for task in (reload_task, sync_task, load_task):
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task

@@ -57,24 +57,26 @@ class RuleContext:
         return f
 
     def local_queue_depth(self) -> float | None:
-        """Smallest queue among local deployments (the one a request would join); None: no report."""
+        """Smallest queue among self-hosted deployments (the one a request would join); None: no report.
+
+        Self-hosted = reports its load (`Signals.local_load`): in-process engines and model servers
+        reached over HTTP alike."""
         if self._lq is None:
             depths = [
                 self.signals.local_load[d.name].queue_depth
                 for d in self.deployments
-                if d.provider == "local" and d.name in self.signals.local_load
+                if d.name in self.signals.local_load
             ]
             self._lq = float(min(depths)) if depths else _UNKNOWN
         return None if self._lq is _UNKNOWN else self._lq
 
     def local_free_slots(self) -> float | None:
-        """Free slots summed over local deployments; None when no local deployment reports them."""
+        """Free slots summed over self-hosted deployments; None when none reports them."""
         if self._lfree is None:
             slots = [
                 load.free_slots
                 for d in self.deployments
-                if d.provider == "local"
-                and (load := self.signals.local_load.get(d.name)) is not None
+                if (load := self.signals.local_load.get(d.name)) is not None
                 and load.free_slots is not None
             ]
             self._lfree = float(sum(slots)) if slots else _UNKNOWN
