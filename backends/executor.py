@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -253,6 +253,3 @@ class Executor:
             return
         raise ex.error or UpstreamError("connection", "no deployment available (all circuit breakers open)")
 
-
-def targets_for(deployments: Sequence[DeploymentConfig], backends: dict[str, Backend]) -> list[Target]:
-    return [Target(d, backends[d.name]) for d in deployments if d.name in backends]

@@ -24,7 +24,6 @@ from starlette.routing import Route
 
 from backends.base import Backend
 from backends.executor import Executor
-from backends.pricing import cost_usd
 from backends.registry import build_backend
 from gateway.admin_api import AdminHandlers
 from gateway.config import Settings
@@ -121,8 +120,9 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
     plugins = Plugins(scorers={}, bandits={"default": ThompsonBandit(), "linucb": LinUCBBandit()})
     if settings.router.artifact:
         plugins.scorers["default"] = load_scorer(settings.router.artifact, settings.router.model_aliases)  # type: ignore[index]
+    catalog = Catalog(deployments, backends)
     router = GatewayRouter(
-        Catalog(deployments, backends),
+        catalog,
         PolicyRegistry(DbPolicyStore(engine)),
         breakers, budgets, ratelimits, metrics,
         plugins=plugins,
@@ -137,7 +137,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         keys=KeyStore(engine),
         metrics=metrics,
         router=router,
-        executor=Executor(pricer=cost_usd, outcomes=router),
+        executor=Executor(pricer=catalog.cost, outcomes=router),
         backends=backends,
         extras={"redis": redis_client, "remote_load": remote_load},
     )

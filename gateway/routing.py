@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from backends.base import Backend
+from backends.base import Backend, Usage
 from backends.deployment import DeploymentConfig
 from backends.executor import DEFAULT_TRIGGERS, Plan, Target
 from backends.pricing import resolve_prices
@@ -84,6 +84,11 @@ class Catalog:
     def price(self, d: DeploymentConfig) -> tuple[float, float]:
         p = self.prices.get(d.name)
         return (p.input_per_mtok, p.output_per_mtok) if p is not None else (0.0, 0.0)
+
+    def cost(self, d: DeploymentConfig, usage: Usage) -> float:
+        """USD for `usage` on `d`, from the prices resolved once at start (the executor's pricer)."""
+        p = self.prices.get(d.name)
+        return p.cost(usage) if p is not None else resolve_prices(d).cost(usage)
 
     def targets(self, deployments: list[DeploymentConfig]) -> list[Target]:
         return [Target(d, self.backends[d.name]) for d in deployments if d.name in self.backends]
@@ -157,9 +162,6 @@ class GatewayRouter:
         self.metrics.breaker_open.labels(deployment).set(1 if state == "open" else 0)
 
     # ---- routing -----------------------------------------------------------------------------
-
-    def is_known(self, model: str) -> bool:
-        return model in self.catalog.by_model or self.registry.active(model) is not None
 
     async def signals(self, deployments: list[DeploymentConfig], budget_limits: list[BudgetLimit]) -> Signals:
         names = [d.name for d in deployments]
