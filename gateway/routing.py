@@ -243,8 +243,15 @@ class GatewayRouter:
         """Hold the worst case (the priciest candidate, all of max_tokens) before any call, so
         concurrent requests can never overspend by more than one request's maximum cost."""
         out_tokens = features.max_tokens or 4096
-        worst = max(max_cost_usd(features.prompt_tokens, out_tokens, *self.catalog.price(t.deployment))
-                    for t in route.targets)
+
+        def most(deployments: list[DeploymentConfig]) -> float:
+            return max((max_cost_usd(features.prompt_tokens, out_tokens, *self.catalog.price(d))
+                        for d in deployments), default=0.0)
+
+        worst = most([t.deployment for t in route.targets])
+        esc = route.decision.escalation if route.decision is not None else None
+        if esc is not None:
+            worst += most(esc.to)  # a cascade may pay for a second, stronger answer
         try:
             route.reservation = await self.budgets.reserve(route.budget_limits, worst)
         except BudgetExceeded as exc:
