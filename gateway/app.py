@@ -47,6 +47,7 @@ from router.signals import LocalLoad
 from state.bandits import BanditStore, InProcessBanditStore, RedisBanditStore
 from state.breakers import BreakerStore, InProcessBreakerStore, RedisBreakerStore
 from state.budgets import BudgetStore, InProcessBudgetStore, RedisBudgetStore
+from state.policy_events import RedisPolicyEvents
 from state.ratelimits import InProcessRateLimitStore, RateLimitStore, RedisRateLimitStore
 from state.redis_util import make_redis
 
@@ -121,9 +122,12 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
     if settings.router.artifact:
         plugins.scorers["default"] = load_scorer(settings.router.artifact, settings.router.model_aliases)  # type: ignore[index]
     catalog = Catalog(deployments, backends)
+    # With Redis, policy changes are pushed to every process (pub/sub) on top of store polling.
+    policy_events = (RedisPolicyEvents(redis_client, channel=f"{settings.redis_prefix}policies")
+                     if redis_client is not None else None)
     router = GatewayRouter(
         catalog,
-        PolicyRegistry(DbPolicyStore(engine)),
+        PolicyRegistry(DbPolicyStore(engine), notifier=policy_events),
         breakers, budgets, ratelimits, metrics,
         plugins=plugins,
         bandit_store=bandit_store,
@@ -139,7 +143,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         router=router,
         executor=Executor(pricer=catalog.cost, outcomes=router),
         backends=backends,
-        extras={"redis": redis_client, "remote_load": remote_load},
+        extras={"redis": redis_client, "remote_load": remote_load, "policy_events": policy_events},
     )
 
 
@@ -162,9 +166,15 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
         except Exception as exc:  # a dead database must not stop the gateway serving plain models
             log.warning("hybridgate: policies not loaded (%s); retrying in the background", exc)
         stop = asyncio.Event()
-        reload_task = asyncio.create_task(registry.run_reload_loop(settings.policy_reload_s, stop))
-        sync_task = asyncio.create_task(_sync_bandits_loop(services.router, settings.policy_reload_s, stop))
-        load_task = asyncio.create_task(services.extras["remote_load"].run(settings.policy_reload_s, stop))
+        events: RedisPolicyEvents | None = services.extras["policy_events"]
+        tasks: list[asyncio.Task[Any]] = []
+        if events is not None:
+            # Reload at once on another process's change; polling below relaxes while this is live.
+            tasks.append(asyncio.create_task(events.run(registry.reload, stop)))
+        tasks.append(asyncio.create_task(registry.run_reload_loop(
+            settings.policy_reload_s, stop, pushed=(lambda: events.live) if events is not None else None)))
+        tasks.append(asyncio.create_task(_sync_bandits_loop(services.router, settings.policy_reload_s, stop)))
+        tasks.append(asyncio.create_task(services.extras["remote_load"].run(settings.policy_reload_s, stop)))
         # Everything built so far lives as long as the process: keep it out of the cyclic GC's scans,
         # which otherwise show up as latency spikes (p99) under load.
         gc.collect()
@@ -177,7 +187,7 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
             yield
         finally:
             stop.set()
-            for task in (reload_task, sync_task, load_task):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task

@@ -101,7 +101,9 @@ class Settings(BaseSettings):
     default_model: str | None = Field(default=None, description="model used when a request names 'default'")
     policies_dir: str | None = Field(
         default=None, description="policy YAML files stored (as new versions when changed) at start")
-    policy_reload_s: float = Field(default=1.0, gt=0, description="how often policy changes are picked up")
+    policy_reload_s: float = Field(
+        default=1.0, gt=0,
+        description="how often the policy store is polled for changes (5x less often while Redis pub/sub pushes them)")
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     router: RouterSettings = Field(default_factory=RouterSettings)
     budgets: list[BudgetSettings] = Field(default_factory=list, description="user and team budgets")

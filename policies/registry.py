@@ -5,9 +5,12 @@ and, by default, activates it. Rollback re-activates an older version; nothing i
 place, so the request log's ``(policy, policy_version)`` always names the exact spec that routed
 a request.
 
-The request path only calls `PolicyRegistry.active` (a dict lookup, no I/O). Hot reload: every
-process runs `run_reload_loop` (store polling, 1 s by default), so a change made through any
-process's admin API is live everywhere within the poll interval.
+The request path only calls `PolicyRegistry.active` (a dict lookup, no I/O). Hot reload has two
+paths. Push: after every change the registry tells its `PolicyNotifier` (with Redis configured,
+`state.policy_events.RedisPolicyEvents` publishes it and every process reloads on the message,
+within milliseconds). Poll: every process runs `run_reload_loop` (store polling, 1 s by default),
+so a change is live everywhere within the poll interval even without Redis, or when a
+notification is lost; while the push path is live, polling relaxes to a safety net.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -90,6 +94,14 @@ class PolicyStore(Protocol):
     async def set_active(self, name: str, version: int) -> None: ...
 
 
+class PolicyNotifier(Protocol):
+    """Tells other processes that a policy changed, so they reload now instead of at their next
+    poll. Implementations must not raise: the change is already stored when they are called, and
+    polling carries it anyway (`state.policy_events.RedisPolicyEvents` is the Redis one)."""
+
+    async def changed(self, name: str, active_version: int | None) -> None: ...
+
+
 class InMemoryPolicyStore:
     """A store that forgets on restart: tests and single-process setups without a database."""
 
@@ -115,9 +127,11 @@ class PolicyRegistry:
         store: PolicyStore | None = None,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        notifier: PolicyNotifier | None = None,
     ) -> None:
         self.store: PolicyStore = store if store is not None else InMemoryPolicyStore()
         self._clock = clock
+        self.notifier = notifier
         self._versions: dict[str, dict[int, PolicyVersion]] = {}
         self._active: dict[str, int] = {}
         self._active_policy: dict[str, Policy] = {}  # the request path reads only this
@@ -206,6 +220,7 @@ class PolicyRegistry:
         pv = self.get(name, version)
         await self.store.set_active(name, version)
         self._set_active(name, version)
+        await self._notify(name)
         return pv
 
     async def rollback(self, name: str, version: int | None = None) -> PolicyVersion:
@@ -248,12 +263,26 @@ class PolicyRegistry:
                 if activate:
                     await self.store.set_active(name, version)
                     self._set_active(name, version)
-                return pv
-        raise VersionConflict(f"{name}: could not allocate a version")
+                break
+            else:
+                raise VersionConflict(f"{name}: could not allocate a version")
+        # Outside the lock: announcing is network I/O that reloads (ours included) need not wait for.
+        # A version stored without activation is announced too: other processes list versions.
+        await self._notify(name)
+        return pv
 
     def _set_active(self, name: str, version: int) -> None:
         self._active[name] = version
         self._active_policy[name] = self._versions[name][version].policy
+
+    async def _notify(self, name: str) -> None:
+        """Announce a stored change. Never fails the change: it is committed, and polling carries it."""
+        if self.notifier is None:
+            return
+        try:
+            await self.notifier.changed(name, self._active.get(name))
+        except Exception as exc:
+            log.warning("policy %s: change notification failed (%s); other processes will poll it", name, exc)
 
     # ---- reload --------------------------------------------------------------------------------------------
 
@@ -286,15 +315,37 @@ class PolicyRegistry:
                     log.error("active version %s v%d is missing or invalid; keeping v%s", name, version, self._active.get(name))
         return changed
 
-    async def run_reload_loop(self, interval_s: float = 1.0, stop: asyncio.Event | None = None) -> None:
+    async def run_reload_loop(
+        self,
+        interval_s: float = 1.0,
+        stop: asyncio.Event | None = None,
+        *,
+        pushed: Callable[[], bool] | None = None,
+        pushed_interval_s: float | None = None,
+    ) -> None:
         """Poll the store until ``stop`` is set. Store errors are logged and retried: a database
-        hiccup must not take the current policies away."""
+        hiccup must not take the current policies away.
+
+        ``pushed()`` True means change notifications are arriving right now (a live pub/sub
+        subscription reloads this registry on every change). Polling is then only a safety net for
+        a notification that was lost (pub/sub is at-most-once: a publish while Redis was
+        unreachable from the writer), so it runs every ``pushed_interval_s`` (5 × ``interval_s``
+        by default) instead of loading every policy row from every process every interval. The
+        choice is re-made every ``interval_s`` without I/O, so when the subscription drops, full
+        rate polling resumes within one interval.
+        """
         stop = stop or asyncio.Event()
+        relaxed_s = pushed_interval_s if pushed_interval_s is not None else 5 * interval_s
+        loop = asyncio.get_running_loop()
+        last = -math.inf
         while not stop.is_set():
-            try:
-                if await self.reload():
-                    log.info("policies reloaded: %s", {n: self._active.get(n) for n in self.names()})
-            except Exception as exc:  # keep serving the policies we have
-                log.warning("policy reload failed: %s", exc)
+            due_s = relaxed_s if pushed is not None and pushed() else interval_s
+            if loop.time() - last >= due_s:
+                last = loop.time()
+                try:
+                    if await self.reload():
+                        log.info("policies reloaded: %s", {n: self._active.get(n) for n in self.names()})
+                except Exception as exc:  # keep serving the policies we have
+                    log.warning("policy reload failed: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval_s)
