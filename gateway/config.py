@@ -103,7 +103,7 @@ class Settings(BaseSettings):
         default=None, description="policy YAML files stored (as new versions when changed) at start")
     policy_reload_s: float = Field(
         default=1.0, gt=0,
-        description="how often the policy store is polled for changes (5x less often while Redis pub/sub pushes them)")
+        description="how often the policy store is polled for changes (half as often while Redis pub/sub pushes them)")
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     router: RouterSettings = Field(default_factory=RouterSettings)
     budgets: list[BudgetSettings] = Field(default_factory=list, description="user and team budgets")

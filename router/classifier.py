@@ -26,12 +26,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from router.features import PromptFeatures, TextFeaturizer
+from router.group_prior import GroupPrior
 
 __all__ = [
     "CompiledTrees",
     "compile_hist_gb",
     "CostModel",
     "QualityClassifier",
+    "logit",
     "cheapest_above",
     "best_tradeoff",
     "calibrate_gap_threshold",
@@ -41,6 +43,12 @@ __all__ = [
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    """Clipped log-odds (the stackers see priors on the same scale as the heads' logits)."""
+    p = np.clip(p, 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
 
 
 @dataclass
@@ -154,6 +162,11 @@ class QualityClassifier:
     weak: str | None = None
     svd: np.ndarray | None = None  # (V, r) LSA projection of the TF-IDF block, extra stacker input
     gap_blend: float = 0.0  # weight of the linear heads' p_s − p_w in the gap (rest: tree gap model)
+    group_prior: GroupPrior | None = None  # inferred subject/task → per-model accuracy prior
+    gap_on_prior: bool = False  # tree gap model is a residual on top of the group prior's gap
+    gap_tree_scale: float = 1.0  # weight of that residual
+    gap_inputs: np.ndarray | None = None  # columns of the stack input the gap model reads (None: all)
+    prior_weight: np.ndarray | None = None  # (M,) shrinkage of each model's probability to its group prior
     cost_model: CostModel | None = None
     metadata: dict[str, object] = field(default_factory=dict)
 
@@ -169,12 +182,16 @@ class QualityClassifier:
             z = z + f.text_val @ self.text_coef[f.text_idx]
         return z
 
-    def stack_input(self, f: PromptFeatures, lin: np.ndarray) -> np.ndarray:
-        """Stacker input: [dense, linear logits(, LSA components of the TF-IDF vector)]."""
-        if self.svd is None:
-            return np.concatenate([f.dense, lin])
-        lsa = f.text_val @ self.svd[f.text_idx] if len(f.text_idx) else np.zeros(self.svd.shape[1])
-        return np.concatenate([f.dense, lin, lsa])
+    def stack_input(self, f: PromptFeatures, lin: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
+        """Stacker input: [dense, linear logits(, group-prior logits)(, LSA components of the TF-IDF)]."""
+        parts = [f.dense, lin]
+        if prior is not None:
+            parts.append(logit(prior))
+        if self.svd is not None:
+            parts.append(
+                f.text_val @ self.svd[f.text_idx] if len(f.text_idx) else np.zeros(self.svd.shape[1])
+            )
+        return np.concatenate(parts)
 
     def predict_array(self, f: PromptFeatures) -> np.ndarray:
         """Probabilities in ``self.models`` order.
@@ -183,8 +200,9 @@ class QualityClassifier:
         leaves [0, 1] both are shifted together so the difference (the routing signal) stays exact.
         """
         lin = self.linear_logits(f)
+        prior = self.group_prior.model_prior(f) if self.group_prior is not None else None
         if self.stackers is not None:
-            z = self.stack_input(f, lin)
+            z = self.stack_input(f, lin, prior)
             mask = self.stack_mask or [True] * len(self.stackers)
             p = _sigmoid(
                 np.array(
@@ -197,11 +215,16 @@ class QualityClassifier:
         else:
             z = None
             p = _sigmoid(lin[: len(self.models)])
+        if self.prior_weight is not None and prior is not None:
+            p = (1.0 - self.prior_weight) * p + self.prior_weight * prior
         if self.gap is not None and self.strong is not None and self.weak is not None:
             if z is None:
-                z = self.stack_input(f, lin)
+                z = self.stack_input(f, lin, prior)
             i_s, i_w = self.models.index(self.strong), self.models.index(self.weak)
-            g = self.gap.raw(z)
+            zg = z if self.gap_inputs is None else z[self.gap_inputs]
+            g = self.gap_tree_scale * self.gap.raw(zg)
+            if self.gap_on_prior and prior is not None:
+                g += float(prior[i_s] - prior[i_w])
             if self.gap_blend:
                 p_lin = _sigmoid(lin[[i_s, i_w]])
                 g = self.gap_blend * float(p_lin[0] - p_lin[1]) + (1.0 - self.gap_blend) * g

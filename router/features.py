@@ -7,6 +7,9 @@ A prompt becomes two blocks:
   is a regex, a few hundred dict look-ups and a normalisation — no sklearn call per request. We use a
   vocabulary rather than feature hashing because Python's ``hash`` is salted per process and a dict is
   as fast as a stable hash in pure Python; no collisions either.
+* **char** (optional): TF-IDF over character 2–5-grams inside words (sklearn's ``char_wb``). Only the
+  group prior (router/group_prior.py) reads it: subject inference gains ~4 points of accuracy on MMLU
+  from sub-word evidence (``-itis``, ``-ase``, ``stoichio``) that the word vocabulary misses.
 * **dense**: handcrafted structure features (length, digits, multiple-choice options, negations,
   code markers, blanks, …), standardised with means/scales frozen at training time. On the RouteLLM data
   these carry as much signal about *which model is needed* as the words do.
@@ -32,6 +35,8 @@ __all__ = [
     "DENSE_FEATURE_NAMES",
     "dense_features",
     "PromptFeatures",
+    "CharNgrams",
+    "fit_char_ngrams",
     "TextFeaturizer",
     "fit_featurizer",
 ]
@@ -186,6 +191,83 @@ class PromptFeatures:
     text_val: np.ndarray
     dense: np.ndarray
     n_chars: int
+    char_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    char_val: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+_WORD = re.compile(r"\w+")
+
+
+def _word_ngrams(word: str, n_min: int, n_max: int) -> list[str]:
+    """Character n-grams of one word padded with spaces, as sklearn's ``char_wb`` analyser makes them."""
+    w = " " + word + " "
+    return [w[i : i + n] for n in range(n_min, n_max + 1) for i in range(len(w) - n + 1)]
+
+
+@dataclass
+class CharNgrams:
+    """Frozen character n-gram TF-IDF (vocabulary + IDF), computed per distinct word with a word cache.
+
+    Why a cache: a prompt has a few hundred distinct words but thousands of n-grams; words repeat
+    across requests, so each word's n-gram indices are looked up once per process and a prompt costs
+    one dict hit per distinct word plus a vectorised count (~0.1 ms on a 2,500-character prompt).
+    """
+
+    vocab: dict[str, int]
+    idf: np.ndarray
+    n_min: int = 2
+    n_max: int = 5
+    cache_size: int = 200_000
+    _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state["_cache"] = {}  # a per-process memo, not part of the model
+        return state
+
+    def _word_indices(self, word: str) -> np.ndarray:
+        hit = self._cache.get(word)
+        if hit is None:
+            get = self.vocab.get
+            hit = np.array(
+                [j for j in map(get, _word_ngrams(word, self.n_min, self.n_max)) if j is not None],
+                dtype=np.int64,
+            )
+            if len(self._cache) < self.cache_size:
+                self._cache[word] = hit
+        return hit
+
+    def vector(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, L2-normalised sublinear TF-IDF values) of one normalised, clipped prompt."""
+        words = Counter(_WORD.findall(text.lower()))
+        if not words:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        parts = [self._word_indices(w) for w in words]
+        lens = np.fromiter((len(a) for a in parts), dtype=np.int64, count=len(parts))
+        if not lens.sum():
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        idx = np.concatenate(parts)
+        weight = np.repeat(np.fromiter(words.values(), dtype=np.float64, count=len(words)), lens)
+        uniq, inv = np.unique(idx, return_inverse=True)
+        tf = np.bincount(inv, weights=weight)
+        val = (1.0 + np.log(tf)) * self.idf[uniq]
+        val /= math.sqrt(float(val @ val))
+        return uniq, val
+
+
+def fit_char_ngrams(texts: Sequence[str], max_features: int, min_df: int = 2) -> CharNgrams:
+    """Vocabulary of the ``max_features`` most document-frequent in-word 2–5-grams (df ≥ ``min_df``)."""
+    df: Counter[str] = Counter()
+    for t in texts:
+        grams: set[str] = set()
+        for w in set(_WORD.findall(t.lower())):
+            grams.update(_word_ngrams(w, 2, 5))
+        df.update(grams)
+    kept = sorted(((c, g) for g, c in df.items() if c >= min_df), key=lambda x: (-x[0], x[1]))[:max_features]
+    kept.sort(key=lambda x: x[1])
+    n = len(texts)
+    idf = np.array([math.log((1 + n) / (1 + c)) + 1.0 for c, _ in kept], dtype=np.float64)
+    return CharNgrams(vocab={g: i for i, (_, g) in enumerate(kept)}, idf=idf)
 
 
 @dataclass
@@ -201,6 +283,7 @@ class TextFeaturizer:
     dense_scale: np.ndarray
     dense_names: tuple[str, ...] = DENSE_FEATURE_NAMES
     version: int = 1
+    char: CharNgrams | None = None
     _empty_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), repr=False)
 
     @property
@@ -225,28 +308,42 @@ class TextFeaturizer:
         else:
             idx, val = self._empty_idx, np.zeros(0)
         dense = (np.asarray(dense_features(text)) - self.dense_mean) / self.dense_scale
-        return PromptFeatures(idx, val, dense, len(prompt))
+        if self.char is None:
+            return PromptFeatures(idx, val, dense, len(prompt))
+        c_idx, c_val = self.char.vector(text)
+        return PromptFeatures(idx, val, dense, len(prompt), c_idx, c_val)
 
     def featurize_many(self, prompts: Iterable[str]) -> list[PromptFeatures]:
         return [self.featurize(p) for p in prompts]
 
     def matrices(self, prompts: Sequence[str]) -> tuple[object, np.ndarray]:
         """Batch form for training/evaluation: (CSR text matrix n×V, dense array n×K)."""
-        from scipy import sparse  # local: only offline paths need scipy
-
-        feats = self.featurize_many(prompts)
-        indptr = np.zeros(len(feats) + 1, dtype=np.int64)
-        for i, f in enumerate(feats):
-            indptr[i + 1] = indptr[i] + len(f.text_idx)
-        indices = np.concatenate([f.text_idx for f in feats]) if feats else np.zeros(0, np.int64)
-        data = np.concatenate([f.text_val for f in feats]) if feats else np.zeros(0)
-        x = sparse.csr_matrix((data, indices, indptr), shape=(len(feats), self.n_text))
-        dense = np.vstack([f.dense for f in feats]) if feats else np.zeros((0, self.n_dense))
+        x, _, dense = self.blocks(self.featurize_many(prompts))
         return x, dense
 
+    def blocks(self, feats: Sequence[PromptFeatures]) -> tuple[object, object, np.ndarray]:
+        """(word CSR n×V, char CSR n×C — zero columns without a char block —, dense n×K) of features."""
+        from scipy import sparse  # local: only offline paths need scipy
 
-def fit_featurizer(prompts: Sequence[str], min_df: int = 2, max_features: int = 60000) -> TextFeaturizer:
-    """Fit vocabulary (document frequency ≥ ``min_df``, top ``max_features`` by df), IDF and dense scaling.
+        def csr(idx: list[np.ndarray], val: list[np.ndarray], width: int) -> object:
+            indptr = np.zeros(len(idx) + 1, dtype=np.int64)
+            np.cumsum([len(i) for i in idx], out=indptr[1:])
+            ind = np.concatenate(idx) if idx else np.zeros(0, np.int64)
+            data = np.concatenate(val) if val else np.zeros(0)
+            return sparse.csr_matrix((data, ind, indptr), shape=(len(idx), width))
+
+        x = csr([f.text_idx for f in feats], [f.text_val for f in feats], self.n_text)
+        n_char = len(self.char.idf) if self.char is not None else 0
+        xc = csr([f.char_idx for f in feats], [f.char_val for f in feats], n_char)
+        dense = np.vstack([f.dense for f in feats]) if feats else np.zeros((0, self.n_dense))
+        return x, xc, dense
+
+
+def fit_featurizer(
+    prompts: Sequence[str], min_df: int = 2, max_features: int = 60000, char_features: int = 0
+) -> TextFeaturizer:
+    """Fit vocabulary (document frequency ≥ ``min_df``, top ``max_features`` by df), IDF and dense scaling,
+    and, when ``char_features`` > 0, a character n-gram block of that many columns.
 
     IDF uses sklearn's smooth formula ``ln((1+n)/(1+df)) + 1``.
     """
@@ -267,4 +364,5 @@ def fit_featurizer(prompts: Sequence[str], min_df: int = 2, max_features: int = 
     mean = dense.mean(axis=0) if n else np.zeros(len(DENSE_FEATURE_NAMES))
     scale = dense.std(axis=0) if n else np.ones(len(DENSE_FEATURE_NAMES))
     scale = np.where(scale > 1e-9, scale, 1.0)
-    return TextFeaturizer(vocab=vocab, idf=idf, dense_mean=mean, dense_scale=scale)
+    char = fit_char_ngrams(texts, char_features, min_df) if char_features > 0 else None
+    return TextFeaturizer(vocab=vocab, idf=idf, dense_mean=mean, dense_scale=scale, char=char)

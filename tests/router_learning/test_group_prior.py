@@ -1,0 +1,107 @@
+"""Group prior (inferred subject → per-model accuracy) and the character n-gram block it reads."""
+
+from __future__ import annotations
+
+import pickle
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from router.features import CharNgrams, _word_ngrams, fit_char_ngrams, fit_featurizer
+from router.group_prior import group_accuracy
+from router.offline.artifacts import load_artifact, save_artifact
+from router.offline.datasets import LabeledDataset
+from router.offline.train import TrainConfig, train_classifier
+
+CHEMISTRY = ["stoichiometry of the reaction", "molar mass of the compound", "oxidation state of the ion"]
+HISTORY = ["treaty signed after the war", "dynasty that ruled the empire", "revolution of the colonies"]
+
+
+def _subjects(n: int = 360, seed: int = 0) -> LabeledDataset:
+    """Two subjects: chemistry needs the strong model (weak right 30%), history does not (weak 85%)."""
+    rng = np.random.default_rng(seed)
+    prompts, labels, subjects = [], [], []
+    for i in range(n):
+        chem = i % 2 == 0
+        topic = (CHEMISTRY if chem else HISTORY)[i % 3]
+        prompts.append(f"Question {i}: what do we know about the {topic} number {rng.integers(1000)}?")
+        labels.append([float(rng.random() < 0.9), float(rng.random() < (0.3 if chem else 0.85))])
+        subjects.append("chemistry" if chem else "history")
+    return LabeledDataset("subj", prompts, ["strong-m", "weak-m"], np.array(labels), subjects=subjects)
+
+
+def test_char_ngrams_count_every_in_word_ngram_with_sublinear_tfidf() -> None:
+    cg = fit_char_ngrams(["oxidation oxidation state", "state of matter"], max_features=1000, min_df=1)
+    idx, val = cg.vector("oxidation oxidation state")
+    # brute force: every padded 2..5-gram of every word, weighted by the word's count
+    counts: Counter[str] = Counter()
+    for w in ["oxidation", "oxidation", "state"]:
+        counts.update(_word_ngrams(w, 2, 5))
+    expect = {cg.vocab[g]: (1 + np.log(c)) * cg.idf[cg.vocab[g]] for g, c in counts.items()}
+    norm = np.sqrt(sum(v * v for v in expect.values()))
+    assert dict(zip(idx.tolist(), val.tolist(), strict=True)) == pytest.approx(
+        {k: v / norm for k, v in expect.items()}
+    )
+
+
+def test_char_ngram_word_cache_is_not_pickled_and_scores_stay_identical() -> None:
+    cg = fit_char_ngrams(["alpha beta", "beta gamma"], max_features=100, min_df=1)
+    before = cg.vector("alpha beta gamma")
+    assert cg._cache
+    clone: CharNgrams = pickle.loads(pickle.dumps(cg))
+    assert clone._cache == {}
+    after = clone.vector("alpha beta gamma")
+    assert np.array_equal(before[0], after[0]) and np.allclose(before[1], after[1])
+
+
+def test_featurizer_char_block_fast_path_matches_batch() -> None:
+    ds = _subjects(40)
+    fz = fit_featurizer(ds.prompts, char_features=500)
+    _, xc, _ = fz.blocks(fz.featurize_many(ds.prompts[:4]))
+    f = fz.featurize(ds.prompts[2])
+    assert xc.shape[1] == 500
+    assert np.allclose(xc.getrow(2).toarray().ravel()[f.char_idx], f.char_val)
+
+
+def test_group_accuracy_shrinks_small_groups_toward_the_overall_rate_and_skips_unknown() -> None:
+    labels = np.array([[1.0], [1.0], [0.0], [np.nan]])
+    acc = group_accuracy(labels, ["a", "a", "b", "b"], ["a", "b"], prior_n=1.0)
+    overall = 2 / 3
+    assert acc[0, 0] == pytest.approx((2 + overall) / 3)
+    assert acc[1, 0] == pytest.approx((0 + overall) / 2)  # the NaN row counts for nothing
+
+
+def test_subject_prior_is_inferred_from_text_and_drives_the_gap(tmp_path) -> None:  # noqa: ANN001
+    ds = _subjects()
+    clf = train_classifier(ds, TrainConfig(gb_iter=30, n_folds=3, group_char_features=2000))
+    gp = clf.group_prior
+    assert gp is not None and gp.groups == ["chemistry", "history"]
+    chem = clf.features("Question 9999: what do we know about the molar mass of the compound number 5?")
+    hist = clf.features("Question 9998: what do we know about the treaty signed after the war number 5?")
+    assert gp.group_probs(chem)[0] > 0.9 and gp.group_probs(hist)[1] > 0.9
+    weak = clf.models.index("weak-m")
+    assert gp.model_prior(chem)[weak] < 0.45 < 0.75 < gp.model_prior(hist)[weak]
+    assert clf.gap_score(clf.predict(chem)) > clf.gap_score(clf.predict(hist)) + 0.3
+    # the artifact round trip keeps the prior (and its char block) and scores identically
+    save_artifact(clf, tmp_path / "art")
+    loaded, _ = load_artifact(tmp_path / "art")
+    p = "Question 5: what do we know about the oxidation state of the ion number 3?"
+    assert loaded.predict(p) == pytest.approx(clf.predict(p))
+
+
+def test_many_model_probabilities_shrink_toward_the_task_prior_by_a_learned_weight() -> None:
+    rng = np.random.default_rng(1)
+    prompts, labels, tasks = [], [], []
+    for i in range(300):
+        code = i % 2 == 0
+        prompts.append(f"Write a python function number {i}" if code else f"Pick the right option {i}: A or B")
+        # three models whose accuracy depends only on the task: per-prompt text is pure noise
+        acc = [0.8, 0.3, 0.5] if code else [0.4, 0.9, 0.5]
+        labels.append([float(rng.random() < a) for a in acc])
+        tasks.append("code" if code else "choice")
+    ds = LabeledDataset("tasks", prompts, ["m1", "m2", "m3"], np.array(labels), tasks=tasks)
+    clf = train_classifier(ds, TrainConfig(gb_iter=20, n_folds=3, group_char_features=500))
+    assert clf.prior_weight is not None and clf.prior_weight.max() > 0
+    p = clf.predict("Write a python function number 7777")
+    assert max(p, key=p.get) == "m1"
