@@ -46,11 +46,12 @@ def _pct(xs: list[float]) -> dict[str, float]:
 def measure(clf, prompts: list[str], n: int, seed: int, warm: list[str] | None = None) -> dict:  # noqa: ANN001
     """Per-stage latency over ``n`` decisions on ``prompts``.
 
-    ``warm``: prompts featurised first (the training half), so the character n-gram word cache is in
-    the state a long-running gateway reaches — it has seen the vocabulary, not these exact prompts.
+    ``warm``: prompts scored first (the training half), so the per-word caches (character n-grams and
+    their group logits) are in the state a long-running gateway reaches: it has seen the vocabulary,
+    not these exact prompts.
     """
     for p in warm or []:
-        clf.featurizer.featurize(p)
+        clf.predict_array(clf.featurizer.featurize(p))
     rng = np.random.default_rng(seed)
     arms = list(clf.models)
     ts_state = BanditState.new(arms)

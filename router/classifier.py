@@ -30,6 +30,8 @@ from router.group_prior import GroupPrior
 
 __all__ = [
     "CompiledTrees",
+    "TreeBundle",
+    "bundle_trees",
     "compile_hist_gb",
     "CostModel",
     "QualityClassifier",
@@ -69,14 +71,18 @@ class CompiledTrees:
     baseline: float
     max_depth: int
 
-    def raw(self, x: np.ndarray) -> float:
-        """Sum of leaf values + baseline for one feature vector."""
+    def leaves(self, x: np.ndarray) -> np.ndarray:
+        """The leaf each tree sends one feature vector to."""
         node = self.roots
         for _ in range(self.max_depth):
             go_left = x[self.feature[node]] <= self.threshold[node]
             nxt = np.where(go_left, self.left[node], self.right[node])
             node = np.where(self.is_leaf[node], node, nxt)
-        return float(self.baseline + self.value[node].sum())
+        return node
+
+    def raw(self, x: np.ndarray) -> float:
+        """Sum of leaf values + baseline for one feature vector."""
+        return float(self.baseline + self.value[self.leaves(x)].sum())
 
     def raw_many(self, x: np.ndarray) -> np.ndarray:
         """Row-wise :meth:`raw` for a 2-D array (offline evaluation)."""
@@ -87,6 +93,54 @@ class CompiledTrees:
             nxt = np.where(go_left, self.left[node], self.right[node])
             node = np.where(self.is_leaf[node], node, nxt)
         return self.baseline + self.value[node].sum(axis=1)
+
+
+@dataclass
+class TreeBundle:
+    """Several ensembles in one node table, walked together: one numpy step per depth level for all.
+
+    Why: a decision evaluates up to a dozen ensembles (per-model stackers, the gap model) over the same
+    input; walking them one by one pays numpy's per-call overhead a dozen times. ``feature`` indices are
+    remapped into the shared input, so an ensemble fitted on a subset of its columns joins the bundle.
+    """
+
+    trees: CompiledTrees  # concatenated; ``baseline`` unused
+    starts: np.ndarray  # index into ``trees.roots`` where each ensemble's trees begin
+    baselines: np.ndarray  # (E,)
+
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        """(E,) raw scores of every ensemble for one input vector."""
+        return self.baselines + np.add.reduceat(self.trees.value[self.trees.leaves(x)], self.starts)
+
+
+def bundle_trees(ensembles: Sequence[CompiledTrees], columns: Sequence[np.ndarray | None]) -> TreeBundle:
+    """Join ``ensembles``; ``columns[e]`` maps ensemble e's feature index to the shared input (None: same)."""
+    offset, n_trees = 0, 0
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("f", "t", "l", "r", "leaf", "v", "roots")}
+    starts = []
+    for t, cols in zip(ensembles, columns, strict=True):
+        starts.append(n_trees)
+        parts["f"].append(t.feature if cols is None else np.asarray(cols, dtype=np.int64)[t.feature])
+        parts["t"].append(t.threshold)
+        parts["l"].append(t.left + offset)
+        parts["r"].append(t.right + offset)
+        parts["leaf"].append(t.is_leaf)
+        parts["v"].append(t.value)
+        parts["roots"].append(t.roots + offset)
+        offset += len(t.feature)
+        n_trees += len(t.roots)
+    trees = CompiledTrees(
+        feature=np.concatenate(parts["f"]),
+        threshold=np.concatenate(parts["t"]),
+        left=np.concatenate(parts["l"]),
+        right=np.concatenate(parts["r"]),
+        is_leaf=np.concatenate(parts["leaf"]),
+        value=np.concatenate(parts["v"]),
+        roots=np.concatenate(parts["roots"]),
+        baseline=0.0,
+        max_depth=max(t.max_depth for t in ensembles),
+    )
+    return TreeBundle(trees, np.array(starts, dtype=np.int64), np.array([t.baseline for t in ensembles]))
 
 
 def compile_hist_gb(est: object) -> CompiledTrees:
@@ -193,6 +247,49 @@ class QualityClassifier:
             )
         return np.concatenate(parts)
 
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state.pop("_bundle", None)  # derived from the fitted trees on first use; not part of the artifact
+        return state
+
+    def _tree_bundle(self) -> tuple[TreeBundle | None, list[int]]:
+        """All ensembles a decision walks (the used stackers, then the gap model) as one bundle.
+
+        Returns the bundle and, per model, the bundle slot of its stacker (−1: its linear head is used).
+        """
+        cached = self.__dict__.get("_bundle")
+        if cached is not None:
+            return cached
+        ensembles: list[CompiledTrees] = []
+        columns: list[np.ndarray | None] = []
+        slots = [-1] * len(self.models)
+        if self.stackers is not None:
+            mask = self.stack_mask or [True] * len(self.stackers)
+            for j, (t, use) in enumerate(zip(self.stackers, mask, strict=True)):
+                if use:
+                    slots[j] = len(ensembles)
+                    ensembles.append(t)
+                    columns.append(None)
+        if self.gap is not None:
+            ensembles.append(self.gap)
+            columns.append(self.gap_inputs)
+        usable = ensembles and all(len(t.roots) for t in ensembles)
+        bundle = bundle_trees(ensembles, columns) if usable else None
+        self.__dict__["_bundle"] = (bundle, slots)
+        return bundle, slots
+
+    def _ensemble_scores(self, z: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """(raw score per used stacker, in slot order; the gap model's raw score or None)."""
+        bundle, slots = self._tree_bundle()
+        if bundle is not None:
+            raw = bundle.raw(z)
+            return (raw[:-1], float(raw[-1])) if self.gap is not None else (raw, None)
+        used = [self.stackers[j].raw(z) for j, k in enumerate(slots) if k >= 0] if self.stackers else []
+        gap = None
+        if self.gap is not None:
+            gap = self.gap.raw(z if self.gap_inputs is None else z[self.gap_inputs])
+        return np.array(used), gap
+
     def predict_array(self, f: PromptFeatures) -> np.ndarray:
         """Probabilities in ``self.models`` order.
 
@@ -201,28 +298,19 @@ class QualityClassifier:
         """
         lin = self.linear_logits(f)
         prior = self.group_prior.model_prior(f) if self.group_prior is not None else None
+        needs_trees = self.stackers is not None or self.gap is not None
+        z = self.stack_input(f, lin, prior) if needs_trees else None
+        stacked, gap_raw = self._ensemble_scores(z) if z is not None else (np.zeros(0), None)
         if self.stackers is not None:
-            z = self.stack_input(f, lin, prior)
-            mask = self.stack_mask or [True] * len(self.stackers)
-            p = _sigmoid(
-                np.array(
-                    [
-                        t.raw(z) if use else lin[j]
-                        for j, (t, use) in enumerate(zip(self.stackers, mask, strict=True))
-                    ]
-                )
-            )
+            _, slots = self._tree_bundle()
+            p = _sigmoid(np.array([stacked[k] if k >= 0 else lin[j] for j, k in enumerate(slots)]))
         else:
-            z = None
             p = _sigmoid(lin[: len(self.models)])
         if self.prior_weight is not None and prior is not None:
             p = (1.0 - self.prior_weight) * p + self.prior_weight * prior
-        if self.gap is not None and self.strong is not None and self.weak is not None:
-            if z is None:
-                z = self.stack_input(f, lin, prior)
+        if gap_raw is not None and self.strong is not None and self.weak is not None:
             i_s, i_w = self.models.index(self.strong), self.models.index(self.weak)
-            zg = z if self.gap_inputs is None else z[self.gap_inputs]
-            g = self.gap_tree_scale * self.gap.raw(zg)
+            g = self.gap_tree_scale * gap_raw
             if self.gap_on_prior and prior is not None:
                 g += float(prior[i_s] - prior[i_w])
             if self.gap_blend:

@@ -13,11 +13,11 @@ heads. Pure: numpy only at decision time (sklearn is used offline, in ``router.o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from router.features import PromptFeatures
+from router.features import CharNgrams, PromptFeatures
 
 __all__ = ["GroupPrior", "group_accuracy"]
 
@@ -50,14 +50,38 @@ class GroupPrior:
     char_coef: np.ndarray  # (C, G) over its character n-gram block (C may be 0)
     intercept: np.ndarray  # (G,)
     accuracy: np.ndarray  # (G, M) shrunk accuracy of each model on each group
+    char: CharNgrams | None = None  # the featuriser's character block, to project unseen words
+    cache_size: int = 100_000
+    _proj: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state["_proj"] = {}  # a per-process memo, not part of the model
+        return state
+
+    def _word_logits(self, word: str) -> np.ndarray:
+        """``u_w @ char_coef``: one word's contribution to the group logits before its weight (G,)."""
+        hit = self._proj.get(word)
+        if hit is None:
+            assert self.char is not None
+            idx, val, _ = self.char.word_vector(word)
+            hit = val.astype(self.char_coef.dtype) @ self.char_coef[idx]
+            if len(self._proj) < self.cache_size:
+                self._proj[word] = hit
+        return hit
 
     def group_probs(self, f: PromptFeatures) -> np.ndarray:
-        """Softmax over groups (G,)."""
+        """Softmax over groups (G,).
+
+        The character block is linear in per-word vectors (router.features.CharNgrams), so its logits
+        are a weighted sum of cached per-word logit vectors. The word-block gather stays in float32,
+        the coefficients' storage type, so numpy does not upcast the gathered rows.
+        """
         z = self.intercept.astype(np.float64)
         if len(f.text_idx):
-            z = z + f.text_val @ self.word_coef[f.text_idx]
-        if len(f.char_idx) and len(self.char_coef):
-            z = z + f.char_val @ self.char_coef[f.char_idx]
+            z = z + f.text_val.astype(self.word_coef.dtype) @ self.word_coef[f.text_idx]
+        if f.char_words and len(self.char_coef) and self.char is not None:
+            z = z + f.char_weight @ np.array([self._word_logits(w) for w in f.char_words])
         z = np.exp(z - z.max())
         return z / z.sum()
 

@@ -40,7 +40,8 @@ class TrainConfig:
     gb_l2: float = 1.0
     aux_difficulty: bool = True
     group_classifier: bool = True
-    group_char_features: int = 30000
+    group_char_features: int = 15000  # χ²-selected against the groups (router.features.fit_char_ngrams)
+    group_char_min_groups: int = 8  # a few coarse tasks are told apart by words alone: no char block
     group_C: float = 30.0
     group_prior_n: float = 10.0
     gap_iter: int = 100
@@ -237,11 +238,13 @@ def train_classifier(
     t0 = time.perf_counter()
     groups = ds.subjects if ds.subjects is not None else ds.tasks
     use_groups = cfg.group_classifier and groups is not None and len(set(groups)) > 1
+    use_char = use_groups and groups is not None and len(set(groups)) >= cfg.group_char_min_groups
     fz = fit_featurizer(
         ds.prompts,
         min_df=cfg.min_df,
         max_features=cfg.max_features,
-        char_features=cfg.group_char_features if use_groups else 0,
+        char_features=cfg.group_char_features if use_char else 0,
+        char_labels=groups if use_char else None,
     )
     xt, xc, xd = fz.blocks(fz.featurize_many(ds.prompts))
     x = sparse.hstack([xt, sparse.csr_matrix(xd)]).tocsr()
@@ -270,9 +273,11 @@ def train_classifier(
             tr = np.setdiff1d(np.arange(len(ds)), te)
             wc, cc, gb = _fit_group_classifier(xt[tr], xc[tr], g_arr[tr], names, cfg)
             acc = group_accuracy(labels[tr], g_arr[tr], names, cfg.group_prior_n)
-            prior_oof[te] = GroupPrior(names, wc, cc, gb, acc).model_prior_many(xt[te], xc[te])
+            prior_oof[te] = GroupPrior(names, wc, cc, gb, acc, fz.char).model_prior_many(xt[te], xc[te])
         wc, cc, gb = _fit_group_classifier(xt, xc, g_arr, names, cfg)
-        group_prior = GroupPrior(names, wc, cc, gb, group_accuracy(labels, g_arr, names, cfg.group_prior_n))
+        group_prior = GroupPrior(
+            names, wc, cc, gb, group_accuracy(labels, g_arr, names, cfg.group_prior_n), fz.char
+        )
     coef, b = _fit_heads(x, head_labels, cfg.C, cfg.seed)
 
     if strong is None and weak is None and ds.strong_weak is not None:

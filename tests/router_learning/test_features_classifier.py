@@ -7,12 +7,13 @@ import pytest
 
 from router.classifier import (
     best_tradeoff,
+    bundle_trees,
     calibrate_gap_threshold,
     calibrate_quality_threshold,
     cheapest_above,
     compile_hist_gb,
 )
-from router.features import fit_featurizer, normalize_prompt
+from router.features import _NUM, _numbers, _terms, fit_featurizer, normalize_prompt
 from router.offline.artifacts import load_artifact, save_artifact
 from router.offline.datasets import LabeledDataset
 from router.offline.train import TrainConfig, train_classifier
@@ -79,6 +80,43 @@ def test_compiled_trees_match_sklearn() -> None:
     ct, rt = compile_hist_gb(clf), compile_hist_gb(reg)
     assert np.allclose(ct.raw_many(xt), clf.decision_function(xt), atol=1e-6)
     assert np.allclose([rt.raw(r) for r in xt], reg.predict(xt), atol=1e-6)
+
+
+def test_tree_bundle_walks_several_ensembles_as_one_with_remapped_columns() -> None:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 6))
+    a = compile_hist_gb(HistGradientBoostingRegressor(max_iter=20, max_depth=3).fit(x, x[:, 0] * x[:, 1]))
+    b = compile_hist_gb(
+        HistGradientBoostingRegressor(max_iter=7, max_depth=4).fit(x[:, [4, 2]], x[:, 4] ** 2)
+    )
+    bundle = bundle_trees([a, b], [None, np.array([4, 2])])
+    for row in rng.normal(size=(40, 6)):
+        assert np.allclose(bundle.raw(row), [a.raw(row), b.raw(row[[4, 2]])])
+
+
+def test_term_index_finds_the_same_columns_as_string_lookup() -> None:
+    ds = _toy(80)
+    fz = fit_featurizer(ds.prompts + ["C'est déjà l'été: 3.5 % of x-y, (a) or b?"], min_df=1)
+    for p in ds.prompts[:20] + ["C'est déjà l'été: 3.5 % of x-y, (a) or b?", "", "unknown words only"]:
+        expect = sorted(j for j in map(fz.vocab.get, _terms(p)) if j is not None)
+        assert sorted(fz._index().columns(p).tolist()) == expect
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "pay $1,234.50 in 3. steps",
+        ".5 and 1..2 and 1,2,3, then 4.",
+        "no digits here",
+        "",
+        "١٢٣ and ２ and 7",
+        "x9y 10.0.1",
+    ],
+)
+def test_number_extraction_matches_the_regex_on_any_text(text: str) -> None:
+    assert _numbers(text) == _NUM.findall(text)
 
 
 def test_selectors_and_calibration() -> None:

@@ -31,18 +31,23 @@ def _subjects(n: int = 360, seed: int = 0) -> LabeledDataset:
     return LabeledDataset("subj", prompts, ["strong-m", "weak-m"], np.array(labels), subjects=subjects)
 
 
-def test_char_ngrams_count_every_in_word_ngram_with_sublinear_tfidf() -> None:
+def test_char_vector_sums_per_word_ngram_tfidf_weighted_by_sublinear_word_counts() -> None:
     cg = fit_char_ngrams(["oxidation oxidation state", "state of matter"], max_features=1000, min_df=1)
     idx, val = cg.vector("oxidation oxidation state")
-    # brute force: every padded 2..5-gram of every word, weighted by the word's count
-    counts: Counter[str] = Counter()
-    for w in ["oxidation", "oxidation", "state"]:
-        counts.update(_word_ngrams(w, 2, 5))
-    expect = {cg.vocab[g]: (1 + np.log(c)) * cg.idf[cg.vocab[g]] for g, c in counts.items()}
-    norm = np.sqrt(sum(v * v for v in expect.values()))
-    assert dict(zip(idx.tolist(), val.tolist(), strict=True)) == pytest.approx(
-        {k: v / norm for k, v in expect.items()}
-    )
+    # brute force from the definition: x = Σ_w (1 + ln count_w)·u_w / sqrt(Σ_w (1 + ln count_w)²·|u_w|²)
+    expect: dict[int, float] = {}
+    norm2 = 0.0
+    for w, count in [("oxidation", 2), ("state", 1)]:
+        u = {
+            cg.vocab[g]: (1 + np.log(m)) * cg.idf[cg.vocab[g]]
+            for g, m in Counter(_word_ngrams(w, 2, 5)).items()
+        }
+        s = 1 + np.log(count)
+        norm2 += s * s * sum(v * v for v in u.values())
+        for j, v in u.items():
+            expect[j] = expect.get(j, 0.0) + s * v
+    got = dict(zip(idx.tolist(), val.tolist(), strict=True))
+    assert got == pytest.approx({k: v / np.sqrt(norm2) for k, v in expect.items()})
 
 
 def test_char_ngram_word_cache_is_not_pickled_and_scores_stay_identical() -> None:
@@ -55,13 +60,39 @@ def test_char_ngram_word_cache_is_not_pickled_and_scores_stay_identical() -> Non
     assert np.array_equal(before[0], after[0]) and np.allclose(before[1], after[1])
 
 
+def test_chi2_selection_keeps_group_evidence_over_frequent_ngrams() -> None:
+    texts = [f"the question {i} about stoichiometry" for i in range(20)]
+    texts += [f"the question {i} about monarchy" for i in range(20)]
+    labels = ["chem"] * 20 + ["hist"] * 20
+    by_df = fit_char_ngrams(texts, max_features=20, min_df=2)
+    by_chi2 = fit_char_ngrams(texts, max_features=20, min_df=2, labels=labels)
+    assert " th" in by_df.vocab and "stoi" not in by_df.vocab  # shared by every text
+    assert all(g in " stoichiometry " or g in " monarchy " for g in by_chi2.vocab)
+
+
 def test_featurizer_char_block_fast_path_matches_batch() -> None:
     ds = _subjects(40)
     fz = fit_featurizer(ds.prompts, char_features=500)
     _, xc, _ = fz.blocks(fz.featurize_many(ds.prompts[:4]))
     f = fz.featurize(ds.prompts[2])
-    assert xc.shape[1] == 500
-    assert np.allclose(xc.getrow(2).toarray().ravel()[f.char_idx], f.char_val)
+    idx, val = fz.char.vector(ds.prompts[2])
+    assert xc.shape[1] == 500 and f.char_words
+    assert np.allclose(xc.getrow(2).toarray().ravel()[idx], val)
+
+
+def test_group_prior_per_word_cached_logits_match_the_batch_product() -> None:
+    ds = _subjects(120)
+    clf = train_classifier(
+        ds, TrainConfig(gb_iter=10, n_folds=3, group_char_features=300, group_char_min_groups=2)
+    )
+    gp = clf.group_prior
+    assert gp is not None and gp.char is clf.featurizer.char
+    feats = clf.featurizer.featurize_many(ds.prompts[:30])
+    xw, xc, _ = clf.featurizer.blocks(feats)
+    online = np.array([gp.model_prior(f) for f in feats])
+    assert np.allclose(online, gp.model_prior_many(xw, xc), atol=1e-5)
+    assert gp._proj  # the per-word logits were memoised ...
+    assert pickle.loads(pickle.dumps(gp))._proj == {}  # ... and are not part of the artifact
 
 
 def test_group_accuracy_shrinks_small_groups_toward_the_overall_rate_and_skips_unknown() -> None:
@@ -74,9 +105,11 @@ def test_group_accuracy_shrinks_small_groups_toward_the_overall_rate_and_skips_u
 
 def test_subject_prior_is_inferred_from_text_and_drives_the_gap(tmp_path) -> None:  # noqa: ANN001
     ds = _subjects()
-    clf = train_classifier(ds, TrainConfig(gb_iter=30, n_folds=3, group_char_features=2000))
+    clf = train_classifier(
+        ds, TrainConfig(gb_iter=30, n_folds=3, group_char_features=2000, group_char_min_groups=2)
+    )
     gp = clf.group_prior
-    assert gp is not None and gp.groups == ["chemistry", "history"]
+    assert gp is not None and gp.groups == ["chemistry", "history"] and len(gp.char_coef)
     chem = clf.features("Question 9999: what do we know about the molar mass of the compound number 5?")
     hist = clf.features("Question 9998: what do we know about the treaty signed after the war number 5?")
     assert gp.group_probs(chem)[0] > 0.9 and gp.group_probs(hist)[1] > 0.9
@@ -95,7 +128,9 @@ def test_many_model_probabilities_shrink_toward_the_task_prior_by_a_learned_weig
     prompts, labels, tasks = [], [], []
     for i in range(300):
         code = i % 2 == 0
-        prompts.append(f"Write a python function number {i}" if code else f"Pick the right option {i}: A or B")
+        prompts.append(
+            f"Write a python function number {i}" if code else f"Pick the right option {i}: A or B"
+        )
         # three models whose accuracy depends only on the task: per-prompt text is pure noise
         acc = [0.8, 0.3, 0.5] if code else [0.4, 0.9, 0.5]
         labels.append([float(rng.random() < a) for a in acc])
