@@ -47,6 +47,10 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
 
 
+def _scalar_sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-min(max(z, -40.0), 40.0)))
+
+
 def logit(p: np.ndarray) -> np.ndarray:
     """Clipped log-odds (the stackers see priors on the same scale as the heads' logits)."""
     p = np.clip(p, 1e-4, 1 - 1e-4)
@@ -97,50 +101,76 @@ class CompiledTrees:
 
 @dataclass
 class TreeBundle:
-    """Several ensembles in one node table, walked together: one numpy step per depth level for all.
+    """Several ensembles laid out as complete binary trees in heap order and walked together.
 
     Why: a decision evaluates up to a dozen ensembles (per-model stackers, the gap model) over the same
-    input; walking them one by one pays numpy's per-call overhead a dozen times. ``feature`` indices are
-    remapped into the shared input, so an ensemble fitted on a subset of its columns joins the bundle.
+    input. Walking them one by one pays numpy's per-call overhead a dozen times, and the node-table
+    walk of :class:`CompiledTrees` needs nine array operations per level. In heap order (children of
+    position ``k`` at ``2k+1``, ``2k+2``) a level is four: gather feature and threshold, compare,
+    step. A leaf shallower than the deepest tree is padded with always-left splits down to the bottom.
     """
 
-    trees: CompiledTrees  # concatenated; ``baseline`` unused
-    starts: np.ndarray  # index into ``trees.roots`` where each ensemble's trees begin
+    feature: np.ndarray  # (T · (2^D − 1),) split feature of every internal position, per tree
+    threshold: np.ndarray  # same shape; +inf for padding (x ≤ inf: always left)
+    leaf_value: np.ndarray  # (T · 2^D,)
+    depth: int
+    starts: np.ndarray  # index of each ensemble's first tree
     baselines: np.ndarray  # (E,)
+    _root: np.ndarray = field(init=False, repr=False)  # position of every tree's root
+    _leaf0: np.ndarray = field(init=False, repr=False)  # index of every tree's first leaf, minus 2^D − 1
+
+    def __post_init__(self) -> None:
+        n_int = (1 << self.depth) - 1
+        tree = np.arange(len(self.leaf_value) >> self.depth, dtype=np.int64)
+        self._root = tree * n_int
+        self._leaf0 = (tree << self.depth) - n_int
 
     def raw(self, x: np.ndarray) -> np.ndarray:
         """(E,) raw scores of every ensemble for one input vector."""
-        return self.baselines + np.add.reduceat(self.trees.value[self.trees.leaves(x)], self.starts)
+        pos = np.zeros(len(self._root), dtype=np.int64)
+        for _ in range(self.depth):
+            k = self._root + pos
+            pos = 2 * pos + 1 + (x[self.feature[k]] > self.threshold[k])
+        return self.baselines + np.add.reduceat(self.leaf_value[self._leaf0 + pos], self.starts)
 
 
 def bundle_trees(ensembles: Sequence[CompiledTrees], columns: Sequence[np.ndarray | None]) -> TreeBundle:
     """Join ``ensembles``; ``columns[e]`` maps ensemble e's feature index to the shared input (None: same)."""
-    offset, n_trees = 0, 0
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("f", "t", "l", "r", "leaf", "v", "roots")}
-    starts = []
+    depth = max(1, max(t.max_depth for t in ensembles))
+    n_int, n_leaf = (1 << depth) - 1, 1 << depth
+    n_trees = sum(len(t.roots) for t in ensembles)
+    feature = np.zeros(n_trees * n_int, dtype=np.int64)
+    threshold = np.full(n_trees * n_int, np.inf)
+    leaf_value = np.zeros(n_trees * n_leaf)
+    starts, tree = [], 0
+
+    def fill(t: CompiledTrees, cols: np.ndarray | None, node: int, pos: int, level: int) -> None:
+        if level == depth:
+            leaf_value[tree * n_leaf + pos - n_int] = t.value[node]
+            return
+        if t.is_leaf[node]:  # padding: both children repeat this leaf
+            fill(t, cols, node, 2 * pos + 1, level + 1)
+            fill(t, cols, node, 2 * pos + 2, level + 1)
+            return
+        f = int(t.feature[node])
+        feature[tree * n_int + pos] = f if cols is None else int(cols[f])
+        threshold[tree * n_int + pos] = t.threshold[node]
+        fill(t, cols, int(t.left[node]), 2 * pos + 1, level + 1)
+        fill(t, cols, int(t.right[node]), 2 * pos + 2, level + 1)
+
     for t, cols in zip(ensembles, columns, strict=True):
-        starts.append(n_trees)
-        parts["f"].append(t.feature if cols is None else np.asarray(cols, dtype=np.int64)[t.feature])
-        parts["t"].append(t.threshold)
-        parts["l"].append(t.left + offset)
-        parts["r"].append(t.right + offset)
-        parts["leaf"].append(t.is_leaf)
-        parts["v"].append(t.value)
-        parts["roots"].append(t.roots + offset)
-        offset += len(t.feature)
-        n_trees += len(t.roots)
-    trees = CompiledTrees(
-        feature=np.concatenate(parts["f"]),
-        threshold=np.concatenate(parts["t"]),
-        left=np.concatenate(parts["l"]),
-        right=np.concatenate(parts["r"]),
-        is_leaf=np.concatenate(parts["leaf"]),
-        value=np.concatenate(parts["v"]),
-        roots=np.concatenate(parts["roots"]),
-        baseline=0.0,
-        max_depth=max(t.max_depth for t in ensembles),
+        starts.append(tree)
+        for root in t.roots.tolist():
+            fill(t, cols, root, 0, 0)
+            tree += 1
+    return TreeBundle(
+        feature,
+        threshold,
+        leaf_value,
+        depth,
+        np.array(starts, dtype=np.int64),
+        np.array([t.baseline for t in ensembles]),
     )
-    return TreeBundle(trees, np.array(starts, dtype=np.int64), np.array([t.baseline for t in ensembles]))
 
 
 def compile_hist_gb(est: object) -> CompiledTrees:
@@ -252,7 +282,7 @@ class QualityClassifier:
         state.pop("_bundle", None)  # derived from the fitted trees on first use; not part of the artifact
         return state
 
-    def _tree_bundle(self) -> tuple[TreeBundle | None, list[int]]:
+    def _tree_bundle(self) -> tuple[TreeBundle | None, np.ndarray]:
         """All ensembles a decision walks (the used stackers, then the gap model) as one bundle.
 
         Returns the bundle and, per model, the bundle slot of its stacker (−1: its linear head is used).
@@ -275,8 +305,8 @@ class QualityClassifier:
             columns.append(self.gap_inputs)
         usable = ensembles and all(len(t.roots) for t in ensembles)
         bundle = bundle_trees(ensembles, columns) if usable else None
-        self.__dict__["_bundle"] = (bundle, slots)
-        return bundle, slots
+        self.__dict__["_bundle"] = (bundle, np.array(slots, dtype=np.int64))
+        return self.__dict__["_bundle"]
 
     def _ensemble_scores(self, z: np.ndarray) -> tuple[np.ndarray, float | None]:
         """(raw score per used stacker, in slot order; the gap model's raw score or None)."""
@@ -284,7 +314,9 @@ class QualityClassifier:
         if bundle is not None:
             raw = bundle.raw(z)
             return (raw[:-1], float(raw[-1])) if self.gap is not None else (raw, None)
-        used = [self.stackers[j].raw(z) for j, k in enumerate(slots) if k >= 0] if self.stackers else []
+        used = (
+            [self.stackers[j].raw(z) for j, k in enumerate(slots.tolist()) if k >= 0] if self.stackers else []
+        )
         gap = None
         if self.gap is not None:
             gap = self.gap.raw(z if self.gap_inputs is None else z[self.gap_inputs])
@@ -303,7 +335,12 @@ class QualityClassifier:
         stacked, gap_raw = self._ensemble_scores(z) if z is not None else (np.zeros(0), None)
         if self.stackers is not None:
             _, slots = self._tree_bundle()
-            p = _sigmoid(np.array([stacked[k] if k >= 0 else lin[j] for j, k in enumerate(slots)]))
+            use = slots >= 0
+            p = _sigmoid(
+                np.where(use, stacked[np.maximum(slots, 0)], lin[: len(slots)])
+                if len(stacked)
+                else lin[: len(slots)]
+            )
         else:
             p = _sigmoid(lin[: len(self.models)])
         if self.prior_weight is not None and prior is not None:
@@ -314,8 +351,8 @@ class QualityClassifier:
             if self.gap_on_prior and prior is not None:
                 g += float(prior[i_s] - prior[i_w])
             if self.gap_blend:
-                p_lin = _sigmoid(lin[[i_s, i_w]])
-                g = self.gap_blend * float(p_lin[0] - p_lin[1]) + (1.0 - self.gap_blend) * g
+                d = _scalar_sigmoid(float(lin[i_s])) - _scalar_sigmoid(float(lin[i_w]))
+                g = self.gap_blend * d + (1.0 - self.gap_blend) * g
             g = min(max(g, -1.0), 1.0)
             pw = float(p[i_w])
             ps = pw + g

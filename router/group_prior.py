@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from router.features import CharNgrams, PromptFeatures
+from router.char_ngrams import CharNgrams, CharWords
+from router.features import PromptFeatures
 
 __all__ = ["GroupPrior", "group_accuracy"]
 
@@ -50,38 +51,52 @@ class GroupPrior:
     char_coef: np.ndarray  # (C, G) over its character n-gram block (C may be 0)
     intercept: np.ndarray  # (G,)
     accuracy: np.ndarray  # (G, M) shrunk accuracy of each model on each group
-    char: CharNgrams | None = None  # the featuriser's character block, to project unseen words
-    cache_size: int = 100_000
-    _proj: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    char: CharNgrams | None = None  # the featuriser's character block: its word memo rows index _table
+    _table: np.ndarray = field(
+        default_factory=lambda: np.zeros((0, 0), np.float32), repr=False, compare=False
+    )
+    _filled: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False, compare=False)
+    _generation: int = field(default=-1, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, object]:
         state = dict(self.__dict__)
-        state["_proj"] = {}  # a per-process memo, not part of the model
+        state.update(_table=np.zeros((0, 0), np.float32), _filled=np.zeros(0, bool), _generation=-1)
         return state
 
+    def _char_logits(self, cw: CharWords) -> np.ndarray:
+        """``x_char @ char_coef`` as ``Σ_w weight_w · (u_w @ char_coef)``, the per-word products kept in a
+        table indexed by the character memo's rows (router/char_ngrams.py)."""
+        ch = self.char
+        assert ch is not None
+        if cw.generation != ch.generation:  # the memo started over since featurisation: no table rows
+            return cw.weight @ np.array([self._word_logits(w) for w in cw.words])
+        if self._generation != ch.generation or len(self._filled) < ch.cache_size:
+            self._table = np.zeros((ch.cache_size, len(self.groups)), dtype=np.float32)
+            self._filled = np.zeros(ch.cache_size, dtype=bool)
+            self._generation = ch.generation
+        rows = cw.rows
+        for r in rows[~self._filled[rows]].tolist():
+            idx, val = cw.fresh.get(r) or ch.word_vector(ch.word(r))
+            self._table[r] = val.astype(self.char_coef.dtype) @ self.char_coef[idx]
+            self._filled[r] = True
+        return cw.weight @ self._table[rows]
+
     def _word_logits(self, word: str) -> np.ndarray:
-        """``u_w @ char_coef``: one word's contribution to the group logits before its weight (G,)."""
-        hit = self._proj.get(word)
-        if hit is None:
-            assert self.char is not None
-            idx, val, _ = self.char.word_vector(word)
-            hit = val.astype(self.char_coef.dtype) @ self.char_coef[idx]
-            if len(self._proj) < self.cache_size:
-                self._proj[word] = hit
-        return hit
+        assert self.char is not None
+        idx, val = self.char.word_vector(word)
+        return val.astype(self.char_coef.dtype) @ self.char_coef[idx]
 
     def group_probs(self, f: PromptFeatures) -> np.ndarray:
         """Softmax over groups (G,).
 
-        The character block is linear in per-word vectors (router.features.CharNgrams), so its logits
-        are a weighted sum of cached per-word logit vectors. The word-block gather stays in float32,
-        the coefficients' storage type, so numpy does not upcast the gathered rows.
+        The word-block gather stays in float32, the coefficients' storage type, so numpy does not upcast
+        the gathered rows.
         """
         z = self.intercept.astype(np.float64)
         if len(f.text_idx):
             z = z + f.text_val.astype(self.word_coef.dtype) @ self.word_coef[f.text_idx]
-        if f.char_words and len(self.char_coef) and self.char is not None:
-            z = z + f.char_weight @ np.array([self._word_logits(w) for w in f.char_words])
+        if f.char is not None and f.char.words and len(self.char_coef) and self.char is not None:
+            z = z + self._char_logits(f.char)
         z = np.exp(z - z.max())
         return z / z.sum()
 

@@ -8,7 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from router.features import CharNgrams, _word_ngrams, fit_char_ngrams, fit_featurizer
+from router.char_ngrams import CharNgrams, _word_ngrams, fit_char_ngrams
+from router.features import fit_featurizer
 from router.group_prior import group_accuracy
 from router.offline.artifacts import load_artifact, save_artifact
 from router.offline.datasets import LabeledDataset
@@ -53,9 +54,9 @@ def test_char_vector_sums_per_word_ngram_tfidf_weighted_by_sublinear_word_counts
 def test_char_ngram_word_cache_is_not_pickled_and_scores_stay_identical() -> None:
     cg = fit_char_ngrams(["alpha beta", "beta gamma"], max_features=100, min_df=1)
     before = cg.vector("alpha beta gamma")
-    assert cg._cache
+    assert cg._rows
     clone: CharNgrams = pickle.loads(pickle.dumps(cg))
-    assert clone._cache == {}
+    assert clone._rows == {} and clone._words == []
     after = clone.vector("alpha beta gamma")
     assert np.array_equal(before[0], after[0]) and np.allclose(before[1], after[1])
 
@@ -76,7 +77,7 @@ def test_featurizer_char_block_fast_path_matches_batch() -> None:
     _, xc, _ = fz.blocks(fz.featurize_many(ds.prompts[:4]))
     f = fz.featurize(ds.prompts[2])
     idx, val = fz.char.vector(ds.prompts[2])
-    assert xc.shape[1] == 500 and f.char_words
+    assert xc.shape[1] == 500 and f.char is not None and f.char.words
     assert np.allclose(xc.getrow(2).toarray().ravel()[idx], val)
 
 
@@ -91,8 +92,26 @@ def test_group_prior_per_word_cached_logits_match_the_batch_product() -> None:
     xw, xc, _ = clf.featurizer.blocks(feats)
     online = np.array([gp.model_prior(f) for f in feats])
     assert np.allclose(online, gp.model_prior_many(xw, xc), atol=1e-5)
-    assert gp._proj  # the per-word logits were memoised ...
-    assert pickle.loads(pickle.dumps(gp))._proj == {}  # ... and are not part of the artifact
+    assert gp._filled.any()  # the per-word logits were memoised ...
+    assert not len(pickle.loads(pickle.dumps(gp))._filled)  # ... and are not part of the artifact
+
+
+def test_char_memo_starts_over_when_full_and_scores_stay_exact() -> None:
+    ds = _subjects(120)
+    clf = train_classifier(
+        ds, TrainConfig(gb_iter=10, n_folds=3, group_char_features=300, group_char_min_groups=2)
+    )
+    prompts = ds.prompts[:20]
+    expect = [clf.group_prior.model_prior(clf.features(p)) for p in prompts]
+    small = pickle.loads(pickle.dumps(clf))
+    gp, ch = small.group_prior, small.featurizer.char
+    assert gp is not None and ch is not None and gp.char is ch
+    ch.cache_size = 12  # fewer rows than the words of a few prompts: the memo restarts repeatedly
+    stale = small.features(prompts[0])
+    got = [gp.model_prior(small.features(p)) for p in prompts]
+    assert ch.generation > 0
+    assert np.allclose(got, expect, atol=1e-6)
+    assert np.allclose(gp.model_prior(stale), expect[0], atol=1e-6)  # featurised in an older generation
 
 
 def test_group_accuracy_shrinks_small_groups_toward_the_overall_rate_and_skips_unknown() -> None:
