@@ -28,8 +28,10 @@ the gateway can keep it in Redis or a database.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Literal
 
 import numpy as np
@@ -133,9 +135,14 @@ def _eps(epsilon: float, decay_scale: float | None, t: int) -> float:
 
 
 def _draw(arms: Sequence[str], probs: np.ndarray, rng: np.random.Generator) -> Choice:
+    """Draw an arm with ``probs``: the inverse-CDF step of ``rng.choice(len(arms), p=probs)`` (same
+    draws for the same generator state) without its argument checks, ~20 µs of a ~60 µs decision."""
     probs = probs / probs.sum()
-    i = int(rng.choice(len(arms), p=probs))
-    return Choice(arm=arms[i], propensity=float(probs[i]), probs=dict(zip(arms, probs.tolist(), strict=True)))
+    p = probs.tolist()
+    cdf = list(accumulate(p))
+    total = cdf[-1]
+    i = min(bisect_right([c / total for c in cdf], rng.random()), len(arms) - 1)
+    return Choice(arm=arms[i], propensity=p[i], probs=dict(zip(arms, p, strict=True)))
 
 
 @dataclass(frozen=True)

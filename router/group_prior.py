@@ -75,10 +75,14 @@ class GroupPrior:
             self._filled = np.zeros(ch.cache_size, dtype=bool)
             self._generation = ch.generation
         rows = cw.rows
-        for r in rows[~self._filled[rows]].tolist():
-            idx, val = cw.fresh.get(r) or ch.word_vector(ch.word(r))
-            self._table[r] = val.astype(self.char_coef.dtype) @ self.char_coef[idx]
-            self._filled[r] = True
+        miss = rows[~self._filled[rows]]
+        if len(miss):  # words new to this table: one gather for all of them, then per-word sums
+            vecs = [cw.fresh.get(r) or ch.word_vector(ch.word(r)) for r in miss.tolist()]
+            idx = np.concatenate([v[0] for v in vecs])
+            val = np.concatenate([v[1] for v in vecs]).astype(self.char_coef.dtype)
+            starts = np.cumsum([0] + [len(v[0]) for v in vecs[:-1]])
+            self._table[miss] = np.add.reduceat(val[:, None] * self.char_coef[idx], starts, axis=0)
+            self._filled[miss] = True
         return cw.weight @ self._table[rows]
 
     def _word_logits(self, word: str) -> np.ndarray:

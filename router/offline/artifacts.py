@@ -17,7 +17,9 @@ import joblib
 
 from router.classifier import QualityClassifier
 
-ARTIFACT_FORMAT = 1
+# 2: the character n-gram block is built word by word (router/char_ngrams.py); a format-1 model's
+# coefficients were fitted to different features, so it is refused and must be retrained.
+ARTIFACT_FORMAT = 2
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.joblib"
 
@@ -70,7 +72,10 @@ def load_artifact(art_dir: str | Path) -> tuple[QualityClassifier, dict[str, Any
     d = Path(art_dir)
     manifest = read_manifest(d)
     if manifest.get("format") != ARTIFACT_FORMAT:
-        raise ValueError(f"unsupported artifact format {manifest.get('format')!r} in {d}")
+        raise ValueError(
+            f"unsupported artifact format {manifest.get('format')!r} in {d} (this gateway reads format "
+            f"{ARTIFACT_FORMAT}); retrain it with `hybridgate router train`"
+        )
     model_path = d / manifest.get("model_file", MODEL_FILE)
     if manifest.get("model_sha256") and _sha256(model_path) != manifest["model_sha256"]:
         raise ValueError(f"{model_path} does not match the manifest hash")

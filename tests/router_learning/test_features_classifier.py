@@ -14,7 +14,7 @@ from router.classifier import (
     compile_hist_gb,
 )
 from router.features import _NUM, _numbers, _terms, fit_featurizer, normalize_prompt
-from router.offline.artifacts import load_artifact, save_artifact
+from router.offline.artifacts import ARTIFACT_FORMAT, load_artifact, save_artifact
 from router.offline.datasets import LabeledDataset
 from router.offline.train import TrainConfig, train_classifier
 
@@ -61,10 +61,22 @@ def test_classifier_learns_and_gap_is_consistent(tmp_path) -> None:  # noqa: ANN
     # artifact round trip gives identical scores
     save_artifact(clf, tmp_path / "art", data_hashes={"toy": "x"})
     clf2, manifest = load_artifact(tmp_path / "art")
-    assert manifest["models"] == ["strong-m", "weak-m"] and manifest["format"] == 1
+    assert manifest["models"] == ["strong-m", "weak-m"] and manifest["format"] == ARTIFACT_FORMAT
     assert clf2.predict("Compute 1 * 2") == clf.predict("Compute 1 * 2")
     (tmp_path / "art" / "model.joblib").write_bytes(b"tampered")
     with pytest.raises(ValueError):
+        load_artifact(tmp_path / "art")
+
+
+def test_artifact_of_an_older_format_is_refused_with_a_retrain_hint(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    clf = train_classifier(_toy(120), TrainConfig(gb_iter=5, n_folds=3), strong="strong-m", weak="weak-m")
+    save_artifact(clf, tmp_path / "art")
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    manifest["format"] = 1
+    (tmp_path / "art" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="retrain"):
         load_artifact(tmp_path / "art")
 
 
