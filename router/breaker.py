@@ -25,9 +25,7 @@ ForceMode = Literal["open", "closed"]
 # Upstream error kinds that say something about the deployment's health (auth and not_found too:
 # our configuration of that deployment is broken). Client-caused errors (bad_request,
 # context_window, content_policy) must not open a breaker: a healthy deployment fails them too.
-FAILURE_KINDS = frozenset(
-    {"timeout", "server_error", "connection", "rate_limit", "malformed", "stream_cut", "auth", "not_found"}
-)
+FAILURE_KINDS = frozenset({"timeout", "server_error", "connection", "rate_limit", "malformed", "stream_cut", "auth", "not_found"})
 
 
 def counts_as_failure(kind: str) -> bool:
@@ -176,11 +174,7 @@ class CircuitBreaker:
             return True
         if cfg.latency_ms is not None:
             recent = [ms for t, ms in self.latencies if t > now - cfg.window_s]
-            if (
-                recent
-                and len(recent) >= cfg.min_requests
-                and quantile(recent, cfg.latency_quantile) > cfg.latency_ms
-            ):
+            if recent and len(recent) >= cfg.min_requests and quantile(recent, cfg.latency_quantile) > cfg.latency_ms:
                 return True
         return False
 

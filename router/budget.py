@@ -76,9 +76,7 @@ def account_key(limit: BudgetLimit, now: datetime) -> str:
     return f"{limit.scope}:{limit.period}:{period_key(limit.period, now)}"
 
 
-def prices(
-    dep: DeploymentConfig, overrides: dict[str, tuple[float, float]] | None = None
-) -> tuple[float, float]:
+def prices(dep: DeploymentConfig, overrides: dict[str, tuple[float, float]] | None = None) -> tuple[float, float]:
     """USD per million tokens (input, output); missing pricing counts as free."""
     if overrides and dep.name in overrides:
         return overrides[dep.name]
@@ -100,9 +98,7 @@ class BudgetExceeded(Exception):
     code = "budget_exceeded"
 
     def __init__(self, scope: str, limit_usd: float, remaining_usd: float, period: str) -> None:
-        super().__init__(
-            f"budget exceeded for {scope} ({period}): {remaining_usd:.6f} of {limit_usd:.6f} USD left"
-        )
+        super().__init__(f"budget exceeded for {scope} ({period}): {remaining_usd:.6f} of {limit_usd:.6f} USD left")
         self.scope = scope
         self.limit_usd = limit_usd
         self.remaining_usd = remaining_usd

@@ -67,7 +67,9 @@ class CompiledPolicy:
         esc = policy.escalation
         self.esc_first = self.ordered(esc.first) if esc else []
         self.esc_to = self.ordered(esc.to) if esc else []
-        self.prices = [(d.pricing.input_per_mtok or 0.0, d.pricing.output_per_mtok or 0.0) for d in self.deps]
+        self.prices = [
+            (d.pricing.input_per_mtok or 0.0, d.pricing.output_per_mtok or 0.0) for d in self.deps
+        ]
         # Per-selector-spec precomputations (weights, fixed orders), keyed by id(spec): specs live
         # as long as the policy, which this object belongs to.
         self.selector_cache: dict[int, object] = {}
@@ -134,3 +136,4 @@ def compiled_for(policy: Policy, deployments: Sequence[DeploymentConfig]) -> Com
             cache.clear()
         cp = cache[key] = CompiledPolicy(policy, deployments)
     return cp
+

@@ -65,9 +65,7 @@ def decide(
                 open_mask |= 1 << i
         if open_mask:
             eligible &= ~open_mask
-            trace.append(
-                TraceStep("breakers", f"open: {','.join(cp.names_of(open_mask))}", cp.names_of(eligible))
-            )
+            trace.append(TraceStep("breakers", f"open: {','.join(cp.names_of(open_mask))}", cp.names_of(eligible)))
     pool = eligible
     ctx = RuleContext(request, signals, now, cp.deps)
 
@@ -89,9 +87,7 @@ def decide(
             trace.append(TraceStep("budget", f"exhausted, tier {b.downgrade_tier} unavailable", ()))
             return _fail(policy, "budget_exceeded", "budget:exhausted", trace)
         else:
-            trace.append(
-                TraceStep("budget", f"tier {b.downgrade_tier} unavailable, not downgraded", cp.names_of(pool))
-            )
+            trace.append(TraceStep("budget", f"tier {b.downgrade_tier} unavailable, not downgraded", cp.names_of(pool)))
 
     # 4. rules ---------------------------------------------------------------------------------------
     selector: SelectorSpec = policy.selector
@@ -153,9 +149,7 @@ def decide(
             inp.context = bandit_context(request, now, policy.name)
         sel = select(selector, inp)
     primary = sel.ranking[0]
-    trace.append(
-        TraceStep("selector", f"{sel.detail} → {cp.names[primary]}", tuple(cp.names[i] for i in sel.ranking))
-    )
+    trace.append(TraceStep("selector", f"{sel.detail} → {cp.names[primary]}", tuple(cp.names[i] for i in sel.ranking)))
     reasons.append(f"selector={sel.detail}→{cp.deps[primary].model}")
 
     # 6. escalation may put its cheap model first -------------------------------------------------
@@ -172,11 +166,7 @@ def decide(
         if to:
             escalation = EscalationPlan(cp.deps[primary], [cp.deps[i] for i in to], esc.threshold, esc.score)
             trace.append(
-                TraceStep(
-                    "escalation",
-                    f"{esc.score} < {esc.threshold} → {cp.names[to[0]]}",
-                    tuple(cp.names[i] for i in to),
-                )
+                TraceStep("escalation", f"{esc.score} < {esc.threshold} → {cp.names[to[0]]}", tuple(cp.names[i] for i in to))
             )
         else:
             trace.append(TraceStep("escalation", "no escalation target available", ()))
@@ -191,7 +181,7 @@ def decide(
         for i in sel.ranking:
             if i not in order:
                 order.append(i)
-    del order[fb.max_candidates :]
+    del order[fb.max_candidates:]
     names = tuple(cp.names[i] for i in order)
     trace.append(TraceStep("fallbacks", f"on {','.join(fb.triggers)}", names))
 
@@ -221,9 +211,7 @@ def _context_fit(
     for i in cp.members(eligible):
         d = cp.deps[i]
         if d.context_window < need or (
-            request.max_tokens is not None
-            and d.max_output_tokens is not None
-            and request.max_tokens > d.max_output_tokens
+            request.max_tokens is not None and d.max_output_tokens is not None and request.max_tokens > d.max_output_tokens
         ):
             dropped |= 1 << i
     if dropped:

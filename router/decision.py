@@ -89,9 +89,7 @@ class Decision:
     def primary(self) -> DeploymentConfig | None:
         return self.candidates[0] if self.candidates else None
 
-    def next_after(
-        self, failed: str, kind: str, tried: frozenset[str] | set[str] = frozenset()
-    ) -> DeploymentConfig | None:
+    def next_after(self, failed: str, kind: str, tried: frozenset[str] | set[str] = frozenset()) -> DeploymentConfig | None:
         """The candidate to fall back to after ``failed`` failed with error ``kind``.
 
         A ``context_window`` failure only moves to a deployment with a strictly larger window,

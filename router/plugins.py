@@ -46,9 +46,7 @@ class ThompsonBandit:
         self.algo = algo or ThompsonSampling(kind="gaussian")
         self.state = state or BanditState(arms={})
 
-    def choose(
-        self, arms: Sequence[str], context: Mapping[str, Any], rng: random.Random
-    ) -> tuple[str, float]:
+    def choose(self, arms: Sequence[str], context: Mapping[str, Any], rng: random.Random) -> tuple[str, float]:
         for a in arms:
             if a not in self.state.arms:
                 self.state.arms[a] = BanditState.new([a]).arms[a]
@@ -74,13 +72,8 @@ class ThompsonBandit:
             n = int(round(tot.get("n", 0.0)))
             s, ss = tot.get("sum", 0.0), tot.get("sumsq", 0.0)
             mean = s / n if n else 0.0
-            arms[arm] = ArmStats(
-                alpha=1.0 + tot.get("alpha", 0.0),
-                beta=1.0 + tot.get("beta", 0.0),
-                n=n,
-                mean=mean,
-                m2=max(0.0, ss - n * mean * mean),
-            )
+            arms[arm] = ArmStats(alpha=1.0 + tot.get("alpha", 0.0), beta=1.0 + tot.get("beta", 0.0), n=n,
+                                 mean=mean, m2=max(0.0, ss - n * mean * mean))
             t += n
         self.state = BanditState(arms=arms, t=t)
 
@@ -90,17 +83,15 @@ def request_context_vector(context: Mapping[str, Any]) -> np.ndarray:
     log prompt length, requested output length, needed capabilities, endpoint. Scaled to about [0, 1]
     so LinUCB's ridge prior treats every feature alike."""
     caps = set(context.get("capabilities") or ())
-    return np.array(
-        [
-            1.0,
-            math.log1p(float(context.get("prompt_tokens") or 0)) / 10.0,
-            min(float(context.get("max_tokens") or 0), 4096.0) / 4096.0,
-            1.0 if "tools" in caps else 0.0,
-            1.0 if "json_mode" in caps else 0.0,
-            1.0 if "vision" in caps else 0.0,
-            1.0 if context.get("endpoint") == "completion" else 0.0,
-        ]
-    )
+    return np.array([
+        1.0,
+        math.log1p(float(context.get("prompt_tokens") or 0)) / 10.0,
+        min(float(context.get("max_tokens") or 0), 4096.0) / 4096.0,
+        1.0 if "tools" in caps else 0.0,
+        1.0 if "json_mode" in caps else 0.0,
+        1.0 if "vision" in caps else 0.0,
+        1.0 if context.get("endpoint") == "completion" else 0.0,
+    ])
 
 
 class LinUCBBandit:
@@ -123,25 +114,14 @@ class LinUCBBandit:
             self.state.b[arm] = np.zeros(self.dim)
             self.state.n[arm] = 0
 
-    def choose(
-        self, arms: Sequence[str], context: Mapping[str, Any], rng: random.Random
-    ) -> tuple[str, float]:
+    def choose(self, arms: Sequence[str], context: Mapping[str, Any], rng: random.Random) -> tuple[str, float]:
         for a in arms:
             self._ensure(a)
         s = self.state
-        sub = LinUCBState(
-            arms=list(arms),
-            dim=self.dim,
-            a_inv={a: s.a_inv[a] for a in arms},
-            b={a: s.b[a] for a in arms},
-            n={a: s.n[a] for a in arms},
-        )
-        choice = self.algo.choose(
-            sub,
-            request_context_vector(context),
-            np.random.default_rng(rng.getrandbits(64)),
-            costs=context.get("costs"),
-        )
+        sub = LinUCBState(arms=list(arms), dim=self.dim, a_inv={a: s.a_inv[a] for a in arms},
+                          b={a: s.b[a] for a in arms}, n={a: s.n[a] for a in arms})
+        choice = self.algo.choose(sub, request_context_vector(context), np.random.default_rng(rng.getrandbits(64)),
+                                  costs=context.get("costs"))
         return choice.arm, float(choice.propensity)
 
     def update(self, arm: str, reward: float, context: Mapping[str, Any], propensity: float) -> None:

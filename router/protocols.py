@@ -28,9 +28,7 @@ class Bandit(Protocol):
     router never calls it.
     """
 
-    def choose(
-        self, arms: Sequence[str], context: Mapping[str, Any], rng: random.Random
-    ) -> tuple[str, float]: ...
+    def choose(self, arms: Sequence[str], context: Mapping[str, Any], rng: random.Random) -> tuple[str, float]: ...
 
     def update(self, arm: str, reward: float, context: Mapping[str, Any], propensity: float) -> None: ...
 

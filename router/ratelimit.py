@@ -33,9 +33,7 @@ class RateLimit:
         """(kind, units per second, burst) for each configured limit."""
         out: list[tuple[LimitKind, float, float]] = []
         if self.requests_per_min:
-            out.append(
-                ("requests", self.requests_per_min / 60.0, self.request_burst or self.requests_per_min)
-            )
+            out.append(("requests", self.requests_per_min / 60.0, self.request_burst or self.requests_per_min))
         if self.tokens_per_min:
             out.append(("tokens", self.tokens_per_min / 60.0, self.token_burst or self.tokens_per_min))
         return out

@@ -89,9 +89,7 @@ def on_error(
             if retry_after_s > settings.max_retry_after_s:
                 if can_fall:
                     return RetryAction("fall_to_next", reason=f"retry-after {retry_after_s:g}s too long")
-                return RetryAction(
-                    "fail", reason=f"retry-after {retry_after_s:g}s exceeds {settings.max_retry_after_s:g}s"
-                )
+                return RetryAction("fail", reason=f"retry-after {retry_after_s:g}s exceeds {settings.max_retry_after_s:g}s")
             delay = max(delay, retry_after_s)
         if delay < remaining:
             return RetryAction("retry_same", delay, reason=f"{kind}, retry {attempts_here}")

@@ -76,7 +76,8 @@ class RuleContext:
             slots = [
                 load.free_slots
                 for d in self.deployments
-                if (load := self.signals.local_load.get(d.name)) is not None and load.free_slots is not None
+                if (load := self.signals.local_load.get(d.name)) is not None
+                and load.free_slots is not None
             ]
             self._lfree = float(sum(slots)) if slots else _UNKNOWN
         return None if self._lfree is _UNKNOWN else self._lfree
@@ -140,10 +141,7 @@ def compile_condition(c: Condition) -> Predicate:
         tall = frozenset(c.tags_all)
         clauses.append(lambda ctx: tall <= ctx.request.tags)
     if c.metadata:
-        wanted = [
-            (k, frozenset(map(_hashable, v)) if isinstance(v, list) else None, v)
-            for k, v in c.metadata.items()
-        ]
+        wanted = [(k, frozenset(map(_hashable, v)) if isinstance(v, list) else None, v) for k, v in c.metadata.items()]
 
         def meta(ctx: RuleContext) -> bool:
             md = ctx.request.metadata
@@ -220,7 +218,5 @@ def _hashable(v: object) -> object:
 
 def describe_condition(c: Condition) -> str:
     """Short human text of a condition (for traces): the YAML keys that were set."""
-    parts = [
-        k for k, v in c.model_dump(exclude_defaults=True, by_alias=True).items() if v not in (None, [], {})
-    ]
+    parts = [k for k, v in c.model_dump(exclude_defaults=True, by_alias=True).items() if v not in (None, [], {})]
     return ",".join(parts) if parts else "always"

@@ -62,9 +62,7 @@ class Signals:
     # for deployments whose config leaves pricing empty.
     prices: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
-    def budget_fraction(
-        self, key_id: str | None, user: str | None, team: str | None, scope: str = "any"
-    ) -> float:
+    def budget_fraction(self, key_id: str | None, user: str | None, team: str | None, scope: str = "any") -> float:
         """Tightest fraction of budget left among the caller's scopes; 1.0 when none has a limit."""
         frac = 1.0
         for kind, ident in (("key", key_id), ("user", user), ("team", team)):

@@ -113,9 +113,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact", required=True, type=Path)
     p.add_argument("--data", nargs="+", type=Path, help="labeled CSVs: cost-quality curve, APGR, CPT, AIQ")
     p.add_argument("--logs", type=Path, help='logged traffic JSONL {"prompt","action","propensity","reward"}')
-    p.add_argument(
-        "--logs-db", help="logged traffic from the gateway DB (requests + feedback), SQLAlchemy URL"
-    )
+    p.add_argument("--logs-db", help="logged traffic from the gateway DB (requests + feedback), SQLAlchemy URL")
     p.add_argument("--policy", default=None, help="with --logs-db: only the decisions of this policy")
     p.add_argument("--lam", type=float, default=0.0, help="λ of the evaluated policy (quality per USD)")
     p.add_argument("--epsilon", type=float, default=0.0, help="uniform mixing of the evaluated policy")

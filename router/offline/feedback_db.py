@@ -84,9 +84,7 @@ def read_feedback(url: str, limit: int | None = None) -> LabeledDataset:
     )
 
 
-def read_logged_decisions(
-    url: str, policy: str | None = None, limit: int | None = None
-) -> list[dict[str, object]]:
+def read_logged_decisions(url: str, policy: str | None = None, limit: int | None = None) -> list[dict[str, object]]:
     """Logged routing decisions with their outcome, for off-policy evaluation.
 
     One row per request that has a prompt, a logged propensity and at least one feedback score:
@@ -99,17 +97,10 @@ def read_logged_decisions(
         req = sa.Table("requests", md, autoload_with=engine)
         fb = sa.Table("feedback", md, autoload_with=engine)
         q = (
-            sa.select(
-                req.c.id,
-                req.c.prompt_text,
-                req.c.served_model,
-                req.c.propensity,
-                sa.func.avg(fb.c.score).label("reward"),
-            )
+            sa.select(req.c.id, req.c.prompt_text, req.c.served_model, req.c.propensity,
+                      sa.func.avg(fb.c.score).label("reward"))
             .select_from(fb.join(req, fb.c.request_id == req.c.id))
-            .where(
-                req.c.prompt_text.is_not(None), req.c.propensity.is_not(None), req.c.served_model.is_not(None)
-            )
+            .where(req.c.prompt_text.is_not(None), req.c.propensity.is_not(None), req.c.served_model.is_not(None))
             .group_by(req.c.id, req.c.prompt_text, req.c.served_model, req.c.propensity)
             .order_by(req.c.id)
         )
@@ -121,12 +112,5 @@ def read_logged_decisions(
             rows = conn.execute(q).all()
     finally:
         engine.dispose()
-    return [
-        {
-            "prompt": r.prompt_text,
-            "action": r.served_model,
-            "propensity": float(r.propensity),
-            "reward": float(r.reward),
-        }
-        for r in rows
-    ]
+    return [{"prompt": r.prompt_text, "action": r.served_model, "propensity": float(r.propensity),
+             "reward": float(r.reward)} for r in rows]

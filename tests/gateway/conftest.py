@@ -20,26 +20,12 @@ def fake_provider() -> Iterator[FakeProviderThread]:
 
 def gateway_settings(fp_base_url: str, db_url: str, tmp_path: Path, **overrides: object) -> Settings:
     deployments = [
-        {
-            "name": "fake-a",
-            "model": "fake-model",
-            "upstream_model": "fake-model",
-            "api_base": fp_base_url,
-            "timeout_s": 5,
-            "stream_idle_timeout_s": 5,
-            "context_window": 4096,
-            "pricing": {"input_per_mtok": 1.0, "output_per_mtok": 2.0},
-            "capabilities": ["chat", "completion", "embedding", "tools", "json_mode", "logprobs"],
-        },
-        {
-            "name": "fake-emb",
-            "model": "fake-embed",
-            "upstream_model": "fake-embed",
-            "api_base": fp_base_url,
-            "timeout_s": 5,
-            "pricing": {"input_per_mtok": 0.1, "output_per_mtok": 0.0},
-            "capabilities": ["embedding"],
-        },
+        {"name": "fake-a", "model": "fake-model", "upstream_model": "fake-model", "api_base": fp_base_url,
+         "timeout_s": 5, "stream_idle_timeout_s": 5, "context_window": 4096,
+         "pricing": {"input_per_mtok": 1.0, "output_per_mtok": 2.0},
+         "capabilities": ["chat", "completion", "embedding", "tools", "json_mode", "logprobs"]},
+        {"name": "fake-emb", "model": "fake-embed", "upstream_model": "fake-embed", "api_base": fp_base_url,
+         "timeout_s": 5, "pricing": {"input_per_mtok": 0.1, "output_per_mtok": 0.0}, "capabilities": ["embedding"]},
     ]
     base: dict[str, object] = {
         "database_url": db_url,

@@ -29,18 +29,9 @@ class GatewayThread:
         self.port = free_port()
         self.settings = settings.model_copy(update={"port": self.port})
         self.app = create_app(self.settings, **app_kwargs)
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                self.app,
-                host="127.0.0.1",
-                port=self.port,
-                loop="asyncio",
-                http="httptools",
-                access_log=False,
-                log_level="warning",
-                lifespan="on",
-            )
-        )
+        self.server = uvicorn.Server(uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, loop="asyncio", http="httptools",
+            access_log=False, log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None
 

@@ -31,11 +31,8 @@ def _assert_error_shape(resp: httpx.Response, status: int) -> dict:
 
 
 def test_malformed_json_is_400(gateway: GatewayThread) -> None:
-    r = httpx.post(
-        gateway.base_url + "/v1/chat/completions",
-        content=b"{not json",
-        headers={"content-type": "application/json"},
-    )
+    r = httpx.post(gateway.base_url + "/v1/chat/completions", content=b"{not json",
+                   headers={"content-type": "application/json"})
     err = _assert_error_shape(r, 400)
     assert err["type"] == "invalid_request_error"
 
@@ -74,9 +71,7 @@ def test_unknown_route_and_method_are_openai_shaped(gateway: GatewayThread) -> N
 
 
 @pytest.fixture()
-def small_body_gateway(
-    fake_provider: FakeProviderThread, sqlite_url: str, tmp_path: Path
-) -> Iterator[GatewayThread]:
+def small_body_gateway(fake_provider: FakeProviderThread, sqlite_url: str, tmp_path: Path) -> Iterator[GatewayThread]:
     s = gateway_settings(fake_provider.base_url, sqlite_url, tmp_path, max_body_bytes=2000)
     with running_gateway(s) as gw:
         yield gw
@@ -84,11 +79,8 @@ def small_body_gateway(
 
 def test_body_over_limit_is_413(small_body_gateway: GatewayThread) -> None:
     big = [{"role": "user", "content": "x" * 5000}]
-    r = httpx.post(
-        small_body_gateway.base_url + "/v1/chat/completions", json={"model": "fake-model", "messages": big}
-    )
+    r = httpx.post(small_body_gateway.base_url + "/v1/chat/completions", json={"model": "fake-model", "messages": big})
     _assert_error_shape(r, 413)
-
     # also without Content-Length (chunked upload)
     def gen() -> Iterator[bytes]:
         yield b'{"model":"fake-model","messages":[{"role":"user","content":"'
@@ -103,9 +95,7 @@ def test_body_over_limit_is_413(small_body_gateway: GatewayThread) -> None:
 
 
 @pytest.fixture()
-def keyed_gateway(
-    fake_provider: FakeProviderThread, sqlite_url: str, tmp_path: Path
-) -> Iterator[GatewayThread]:
+def keyed_gateway(fake_provider: FakeProviderThread, sqlite_url: str, tmp_path: Path) -> Iterator[GatewayThread]:
     s = gateway_settings(fake_provider.base_url, sqlite_url, tmp_path, require_keys=True)
     with running_gateway(s) as gw:
         yield gw
@@ -130,17 +120,13 @@ def test_keys_required_missing_bad_and_revoked_key_are_401(keyed_gateway: Gatewa
 
 def test_key_allowed_models_is_enforced(keyed_gateway: GatewayThread) -> None:
     gw = keyed_gateway
-    key = httpx.post(
-        gw.base_url + "/admin/api/keys", json={"name": "narrow", "allowed_models": ["other"]}
-    ).json()["key"]
+    key = httpx.post(gw.base_url + "/admin/api/keys", json={"name": "narrow", "allowed_models": ["other"]}).json()["key"]
     with pytest.raises(openai.PermissionDeniedError):
         sdk(gw, key=key).chat.completions.create(model="fake-model", messages=MSG)
 
 
 @pytest.fixture()
-def fast_timeout_gateway(
-    fake_provider: FakeProviderThread, sqlite_url: str, tmp_path: Path
-) -> Iterator[GatewayThread]:
+def fast_timeout_gateway(fake_provider: FakeProviderThread, sqlite_url: str, tmp_path: Path) -> Iterator[GatewayThread]:
     s = gateway_settings(fake_provider.base_url, sqlite_url, tmp_path)
     for d in s.deployments:
         d.timeout_s = 0.5
@@ -151,8 +137,7 @@ def fast_timeout_gateway(
 def test_upstream_timeout_is_504_timeout(fast_timeout_gateway: GatewayThread) -> None:
     with pytest.raises(openai.InternalServerError) as ei:
         sdk(fast_timeout_gateway).chat.completions.create(
-            model="fake-model", messages=[{"role": "user", "content": "slow [[fault:hang]]"}]
-        )
+            model="fake-model", messages=[{"role": "user", "content": "slow [[fault:hang]]"}])
     assert ei.value.status_code == 504
     assert ei.value.body["type"] == "timeout"  # type: ignore[index]
 
@@ -160,8 +145,7 @@ def test_upstream_timeout_is_504_timeout(fast_timeout_gateway: GatewayThread) ->
 def test_upstream_429_is_429_with_retry_after(gateway: GatewayThread) -> None:
     with pytest.raises(openai.RateLimitError) as ei:
         sdk(gateway).chat.completions.create(
-            model="fake-model", messages=[{"role": "user", "content": "busy [[fault:429:1]]"}]
-        )
+            model="fake-model", messages=[{"role": "user", "content": "busy [[fault:429:1]]"}])
     assert ei.value.status_code == 429
     assert ei.value.response.headers.get("retry-after") == "1"
 
@@ -169,14 +153,12 @@ def test_upstream_429_is_429_with_retry_after(gateway: GatewayThread) -> None:
 def test_upstream_500_is_502_internal_error(gateway: GatewayThread) -> None:
     with pytest.raises(openai.InternalServerError) as ei:
         sdk(gateway).chat.completions.create(
-            model="fake-model", messages=[{"role": "user", "content": "boom [[fault:500]]"}]
-        )
+            model="fake-model", messages=[{"role": "user", "content": "boom [[fault:500]]"}])
     assert ei.value.status_code == 502
 
 
 def test_context_window_exceeded_is_400(gateway: GatewayThread) -> None:
     with pytest.raises(openai.BadRequestError) as ei:
         sdk(gateway).chat.completions.create(
-            model="fake-model", messages=[{"role": "user", "content": "long [[fault:context_length]]"}]
-        )
+            model="fake-model", messages=[{"role": "user", "content": "long [[fault:context_length]]"}])
     assert ei.value.body["code"] == "context_length_exceeded"  # type: ignore[index]

@@ -26,20 +26,12 @@ async def test_bandit_decisions_log_propensity_and_feedback_updates_the_bandit(
     with FakeProviderThread() as fp:
         deps = [dep("a", "model-a", fp.base_url), dep("b", "model-b", fp.base_url)]
         with running_gateway(settings(tmp_path, sqlite_url, deps)) as gw:
-            assert (
-                httpx.put(
-                    gw.base_url + "/admin/api/policies/explore",
-                    content=BANDIT,
-                    headers={"content-type": "application/yaml"},
-                ).status_code
-                == 201
-            )
+            assert httpx.put(gw.base_url + "/admin/api/policies/explore", content=BANDIT,
+                             headers={"content-type": "application/yaml"}).status_code == 201
             rids = []
             for i in range(12):
-                r = httpx.post(
-                    gw.base_url + "/v1/chat/completions",
-                    json={"model": "explore", "messages": [{"role": "user", "content": f"q{i}"}]},
-                )
+                r = httpx.post(gw.base_url + "/v1/chat/completions",
+                               json={"model": "explore", "messages": [{"role": "user", "content": f"q{i}"}]})
                 assert r.status_code == 200
                 rids.append((r.headers["x-request-id"], r.json()["model"]))
             for rid, model in rids:
@@ -48,9 +40,8 @@ async def test_bandit_decisions_log_propensity_and_feedback_updates_the_bandit(
                 assert f.status_code == 201 and f.json()["status"] == "recorded"
             again = httpx.post(gw.base_url + "/v1/feedback", json={"request_id": rids[0][0], "score": 0.3})
             assert again.status_code == 200 and again.json()["status"] == "duplicate"
-            thumbs = httpx.post(
-                gw.base_url + "/v1/feedback", json={"request_id": rids[0][0], "thumbs": "up", "source": "ui"}
-            )
+            thumbs = httpx.post(gw.base_url + "/v1/feedback",
+                                json={"request_id": rids[0][0], "thumbs": "up", "source": "ui"})
             assert thumbs.json()["status"] == "recorded"
             unknown = httpx.post(gw.base_url + "/v1/feedback", json={"request_id": "nope", "score": 1})
             assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "request_not_found"
@@ -62,13 +53,8 @@ async def test_bandit_decisions_log_propensity_and_feedback_updates_the_bandit(
             await gw.acall(gw.services.sink.flush())
     engine = create_async_engine(sqlite_url)
     async with engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                sa.text(
-                    "SELECT propensity, policy, policy_version, route_reason FROM requests WHERE policy = 'explore'"
-                )
-            )
-        ).all()
+        rows = (await conn.execute(sa.text(
+            "SELECT propensity, policy, policy_version, route_reason FROM requests WHERE policy = 'explore'"))).all()
         fb = (await conn.execute(sa.text("SELECT count(*) FROM feedback"))).scalar()
     await engine.dispose()
     assert len(rows) == 12 and fb == 13
@@ -82,34 +68,18 @@ def test_bandit_learning_is_shared_between_gateway_processes_through_redis(
 
     with FakeProviderThread() as fp:
         deps = [dep("a", "model-a", fp.base_url), dep("b", "model-b", fp.base_url)]
-        shared = {
-            "redis_url": redis_url,
-            "redis_prefix": redis_prefix,
-            "redis_timeout_s": 5.0,
-            "redis_connect_timeout_s": 10.0,
-            "policy_reload_s": 0.2,
-        }
-        with (
-            running_gateway(settings(tmp_path, sqlite_url, deps, **shared)) as g1,
-            running_gateway(settings(tmp_path, sqlite_url, deps, **shared)) as g2,
-        ):
-            assert (
-                httpx.put(
-                    g1.base_url + "/admin/api/policies/explore",
-                    content=BANDIT,
-                    headers={"content-type": "application/yaml"},
-                ).status_code
-                == 201
-            )
+        shared = {"redis_url": redis_url, "redis_prefix": redis_prefix, "redis_timeout_s": 5.0,
+                  "redis_connect_timeout_s": 10.0, "policy_reload_s": 0.2}
+        with running_gateway(settings(tmp_path, sqlite_url, deps, **shared)) as g1, \
+                running_gateway(settings(tmp_path, sqlite_url, deps, **shared)) as g2:
+            assert httpx.put(g1.base_url + "/admin/api/policies/explore", content=BANDIT,
+                             headers={"content-type": "application/yaml"}).status_code == 201
             for i in range(6):
-                r = httpx.post(
-                    g1.base_url + "/v1/chat/completions",
-                    json={"model": "explore", "messages": [{"role": "user", "content": f"q{i}"}]},
-                )
+                r = httpx.post(g1.base_url + "/v1/chat/completions",
+                               json={"model": "explore", "messages": [{"role": "user", "content": f"q{i}"}]})
                 assert r.status_code == 200, r.text
-                f = httpx.post(
-                    g1.base_url + "/v1/feedback", json={"request_id": r.headers["x-request-id"], "score": 1.0}
-                )
+                f = httpx.post(g1.base_url + "/v1/feedback",
+                               json={"request_id": r.headers["x-request-id"], "score": 1.0})
                 assert f.status_code == 201
             deadline = time.monotonic() + 5
             while True:
@@ -125,22 +95,12 @@ def test_contextual_bandit_policy_routes_and_learns(sqlite_url: str, tmp_path: P
         deps = [dep("a", "model-a", fp.base_url), dep("b", "model-b", fp.base_url)]
         with running_gateway(settings(tmp_path, sqlite_url, deps)) as gw:
             spec = BANDIT.replace("name: explore", "name: ctx").replace("bandit: default", "bandit: linucb")
-            assert (
-                httpx.put(
-                    gw.base_url + "/admin/api/policies/ctx",
-                    content=spec,
-                    headers={"content-type": "application/yaml"},
-                ).status_code
-                == 201
-            )
+            assert httpx.put(gw.base_url + "/admin/api/policies/ctx", content=spec,
+                             headers={"content-type": "application/yaml"}).status_code == 201
             for i in range(5):
-                r = httpx.post(
-                    gw.base_url + "/v1/chat/completions",
-                    json={"model": "ctx", "messages": [{"role": "user", "content": "x" * (10 ** (i % 3))}]},
-                )
+                r = httpx.post(gw.base_url + "/v1/chat/completions",
+                               json={"model": "ctx", "messages": [{"role": "user", "content": "x" * (10 ** (i % 3))}]})
                 assert r.status_code == 200 and 0 < float(r.headers["x-hybridgate-propensity"]) <= 1
-                httpx.post(
-                    gw.base_url + "/v1/feedback", json={"request_id": r.headers["x-request-id"], "score": 1}
-                )
+                httpx.post(gw.base_url + "/v1/feedback", json={"request_id": r.headers["x-request-id"], "score": 1})
             state = gw.services.router.plugins.bandits["linucb"].to_dict()
             assert sum(state["n"].values()) == 5

@@ -17,18 +17,11 @@ def test_healthz_readyz_metrics(gateway: GatewayThread) -> None:
     assert httpx.get(gateway.base_url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(gateway.base_url + "/readyz").json()
     assert ready["status"] == "ready" and ready["checks"]["database"] is True
-    httpx.post(
-        gateway.base_url + "/v1/chat/completions",
-        json={"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]},
-    )
+    httpx.post(gateway.base_url + "/v1/chat/completions",
+               json={"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]})
     text = httpx.get(gateway.base_url + "/metrics").text
-    for name in (
-        "hybridgate_requests_total",
-        "hybridgate_request_latency_seconds_bucket",
-        "hybridgate_tokens_total",
-        "hybridgate_cost_usd_total",
-        "hybridgate_upstream_attempts_total",
-    ):
+    for name in ("hybridgate_requests_total", "hybridgate_request_latency_seconds_bucket",
+                 "hybridgate_tokens_total", "hybridgate_cost_usd_total", "hybridgate_upstream_attempts_total"):
         assert name in text
 
 
@@ -38,17 +31,11 @@ def test_keys_cli_create_list_revoke_stores_only_hashes(tmp_path: Path) -> None:
     cfg.write_text(f"database_url: sqlite+aiosqlite:///{db}\nlocal_model: {{enabled: false}}\n")
     hg = [sys.executable, "-m", "gateway.cli", "--config", str(cfg)]
     subprocess.run([*hg, "migrate"], check=True, capture_output=True)
-    out = subprocess.run(
-        [*hg, "keys", "create", "ci", "--models", "a,b", "--rpm", "10"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    out = subprocess.run([*hg, "keys", "create", "ci", "--models", "a,b", "--rpm", "10"], check=True,
+                         capture_output=True, text=True)
     created = json.loads(out.stdout)
     assert created["key"].startswith("hg-") and created["allowed_models"] == ["a", "b"]
-    listed = json.loads(
-        subprocess.run([*hg, "keys", "list"], check=True, capture_output=True, text=True).stdout
-    )
+    listed = json.loads(subprocess.run([*hg, "keys", "list"], check=True, capture_output=True, text=True).stdout)
     assert [k["id"] for k in listed] == [created["id"]] and "key" not in listed[0]
     engine = sa.create_engine(f"sqlite:///{db}")
     with engine.connect() as conn:
@@ -62,9 +49,8 @@ def test_keys_cli_create_list_revoke_stores_only_hashes(tmp_path: Path) -> None:
 def test_bad_config_fails_loudly_naming_the_field(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("port: nope\nlog: {bodies: everything}\n")
-    r = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "--config", str(cfg), "migrate"], capture_output=True, text=True
-    )
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "--config", str(cfg), "migrate"],
+                       capture_output=True, text=True)
     assert r.returncode == 2
     assert "port" in r.stderr and "log.bodies" in r.stderr
 

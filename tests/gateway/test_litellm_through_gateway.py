@@ -15,32 +15,17 @@ from tests.gateway.test_reliability import settings
 MSG = [{"role": "user", "content": "hello from the gateway"}]
 
 
-def test_anthropic_and_openai_providers_via_litellm(
-    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_anthropic_and_openai_providers_via_litellm(sqlite_url: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HG_TEST_ANTHROPIC_KEY", "sk-ant-test")
     monkeypatch.setenv("HG_TEST_OPENAI_KEY", "sk-oai-test")
     with FakeProviderThread() as anth, FakeProviderThread() as oai:
         deployments = [
-            {
-                "name": "claude",
-                "model": "claude-fake",
-                "provider": "litellm",
-                "upstream_model": "anthropic/claude-fake",
-                "api_base": anth.url,
-                "api_key_env": "HG_TEST_ANTHROPIC_KEY",
-                "timeout_s": 20,
-                "pricing": {"input_per_mtok": 3, "output_per_mtok": 15},
-            },
-            {
-                "name": "gpt",
-                "model": "claude-fake",
-                "provider": "litellm",
-                "upstream_model": "openai/fake-model",
-                "api_base": oai.base_url,
-                "api_key_env": "HG_TEST_OPENAI_KEY",
-                "timeout_s": 20,
-            },
+            {"name": "claude", "model": "claude-fake", "provider": "litellm", "upstream_model": "anthropic/claude-fake",
+             "api_base": anth.url, "api_key_env": "HG_TEST_ANTHROPIC_KEY", "timeout_s": 20,
+             "pricing": {"input_per_mtok": 3, "output_per_mtok": 15}},
+            {"name": "gpt", "model": "claude-fake", "provider": "litellm", "upstream_model": "openai/fake-model",
+             "api_base": oai.base_url, "api_key_env": "HG_TEST_OPENAI_KEY", "timeout_s": 20},
         ]
         with running_gateway(settings(tmp_path, sqlite_url, deployments)) as gw:
             c = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0, timeout=60)
@@ -49,15 +34,8 @@ def test_anthropic_and_openai_providers_via_litellm(
             assert body.choices[0].message.content and body.usage and body.usage.completion_tokens > 0
             assert r.headers["x-hybridgate-deployment"] == "claude"
             assert anth.stats["by_path"].get("/v1/messages") == 1
-            chunks = list(
-                c.chat.completions.create(
-                    model="claude-fake",
-                    messages=MSG,
-                    max_tokens=20,
-                    stream=True,
-                    stream_options={"include_usage": True},
-                )
-            )
+            chunks = list(c.chat.completions.create(model="claude-fake", messages=MSG, max_tokens=20, stream=True,
+                                                    stream_options={"include_usage": True}))
             assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
             assert chunks[-1].usage is not None
             anth.set_faults("503")  # Anthropic unavailable: the OpenAI deployment answers instead

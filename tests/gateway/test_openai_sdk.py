@@ -14,8 +14,7 @@ def client(gw: GatewayThread, **kw: object) -> openai.OpenAI:
 
 def test_chat_completion_returns_answer_and_request_id(gateway: GatewayThread) -> None:
     raw = client(gateway).chat.completions.with_raw_response.create(
-        model="fake-model", messages=[{"role": "user", "content": "hello there"}]
-    )
+        model="fake-model", messages=[{"role": "user", "content": "hello there"}])
     resp = raw.parse()
     rid = raw.headers["x-request-id"]
     assert resp.id == f"chatcmpl-{rid}"
@@ -28,11 +27,8 @@ def test_chat_completion_returns_answer_and_request_id(gateway: GatewayThread) -
 
 def test_streamed_chat_with_include_usage(gateway: GatewayThread) -> None:
     stream = client(gateway).chat.completions.create(
-        model="fake-model",
-        messages=[{"role": "user", "content": "stream please"}],
-        stream=True,
-        stream_options={"include_usage": True},
-    )
+        model="fake-model", messages=[{"role": "user", "content": "stream please"}], stream=True,
+        stream_options={"include_usage": True})
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text
@@ -41,11 +37,8 @@ def test_streamed_chat_with_include_usage(gateway: GatewayThread) -> None:
 
 
 def test_stream_without_include_usage_has_no_usage_chunk(gateway: GatewayThread) -> None:
-    chunks = list(
-        client(gateway).chat.completions.create(
-            model="fake-model", messages=[{"role": "user", "content": "hi"}], stream=True
-        )
-    )
+    chunks = list(client(gateway).chat.completions.create(
+        model="fake-model", messages=[{"role": "user", "content": "hi"}], stream=True))
     assert all(c.choices for c in chunks)
     assert all(c.usage is None for c in chunks)
 
@@ -65,32 +58,14 @@ def test_completions_and_embeddings_and_models(gateway: GatewayThread) -> None:
 def test_tools_and_json_mode_pass_through(gateway: GatewayThread) -> None:
     c = client(gateway)
     resp = c.chat.completions.create(
-        model="fake-model",
-        messages=[{"role": "user", "content": "weather in Paris?"}],
-        tools=[
-            {
-                "type": "function",
-                "function": {
-                    "name": "get_weather",
-                    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-                },
-            }
-        ],
-        tool_choice="auto",
-        temperature=0.2,
-        top_p=0.9,
-        seed=7,
-        user="u1",
-        stop=["\n\n"],
-        n=1,
-    )
+        model="fake-model", messages=[{"role": "user", "content": "weather in Paris?"}],
+        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {
+            "type": "object", "properties": {"city": {"type": "string"}}}}}],
+        tool_choice="auto", temperature=0.2, top_p=0.9, seed=7, user="u1", stop=["\n\n"], n=1)
     assert resp.choices[0].message.tool_calls
     resp = c.chat.completions.create(
-        model="fake-model",
-        messages=[{"role": "system", "content": "json"}, {"role": "user", "content": "x"}],
-        response_format={"type": "json_object"},
-        max_completion_tokens=50,
-    )
+        model="fake-model", messages=[{"role": "system", "content": "json"}, {"role": "user", "content": "x"}],
+        response_format={"type": "json_object"}, max_completion_tokens=50)
     import json
 
     assert isinstance(json.loads(resp.choices[0].message.content or ""), dict)

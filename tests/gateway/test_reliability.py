@@ -20,29 +20,15 @@ from tests.gateway.harness import GatewayThread, running_gateway
 
 
 def dep(name: str, model: str, base_url: str, **kw: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "model": model,
-        "upstream_model": "fake-model",
-        "api_base": base_url,
-        "timeout_s": 5,
-        "stream_idle_timeout_s": 5,
-        "context_window": 8192,
-        "pricing": {"input_per_mtok": 1.0, "output_per_mtok": 2.0},
-        **kw,
-    }
+    return {"name": name, "model": model, "upstream_model": "fake-model", "api_base": base_url,
+            "timeout_s": 5, "stream_idle_timeout_s": 5, "context_window": 8192,
+            "pricing": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}, **kw}
 
 
 def settings(tmp_path: Path, db_url: str, deployments: list[dict[str, Any]], **kw: Any) -> Settings:
     base: dict[str, Any] = {
-        "database_url": db_url,
-        "deployments": deployments,
-        "local_model": {"enabled": False},
-        "log": {
-            "bodies": "none",
-            "spool_dir": str(tmp_path / f"spool-{uuid.uuid4().hex[:6]}"),
-            "batch_max_ms": 10,
-        },
+        "database_url": db_url, "deployments": deployments, "local_model": {"enabled": False},
+        "log": {"bodies": "none", "spool_dir": str(tmp_path / f"spool-{uuid.uuid4().hex[:6]}"), "batch_max_ms": 10},
         "breaker": {"consecutive_failures": 3, "min_requests": 100, "cooldown_s": 0.5, "window_s": 10},
         "policy_reload_s": 0.2,
     }
@@ -76,12 +62,8 @@ def test_breaker_opens_traffic_falls_back_and_half_open_probe_closes_it(
     with running_gateway(s) as gw:
         a.set_faults("500")
         c = sdk(gw)
-        served = [
-            c.chat.completions.with_raw_response.create(model="m", messages=MSG).headers[
-                "x-hybridgate-deployment"
-            ]
-            for _ in range(20)
-        ]
+        served = [c.chat.completions.with_raw_response.create(model="m", messages=MSG).headers["x-hybridgate-deployment"]
+                  for _ in range(20)]
         assert served == ["b"] * 20  # zero client-visible errors
         assert breaker_state(gw, "a") == "open"
         hits_while_open = a.stats["total"]
@@ -99,21 +81,14 @@ def test_breaker_opens_traffic_falls_back_and_half_open_probe_closes_it(
 
 
 def test_two_gateways_sharing_redis_agree_on_breaker_state(
-    two_providers: tuple[FakeProviderThread, FakeProviderThread],
-    sqlite_url: str,
-    tmp_path: Path,
-    redis_url: str,
-    redis_prefix: str,
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path,
+    redis_url: str, redis_prefix: str,
 ) -> None:
     a, b = two_providers
     deployments = [dep("a", "m", a.base_url), dep("b", "m", b.base_url)]
     # generous Redis timeouts: this test is about agreement, not about fail-fast on a loaded CI box
-    shared = {
-        "redis_url": redis_url,
-        "redis_prefix": redis_prefix,
-        "redis_timeout_s": 5.0,
-        "redis_connect_timeout_s": 10.0,
-    }
+    shared = {"redis_url": redis_url, "redis_prefix": redis_prefix, "redis_timeout_s": 5.0,
+              "redis_connect_timeout_s": 10.0}
     s1 = settings(tmp_path, sqlite_url, deployments, **shared)
     s2 = settings(tmp_path, sqlite_url, deployments, **shared)
     with running_gateway(s1) as g1, running_gateway(s2) as g2:
@@ -130,9 +105,8 @@ def test_two_gateways_sharing_redis_agree_on_breaker_state(
         assert breaker_state(g1, "a") == "closed"
 
 
-def test_retry_after_is_honoured(
-    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path
-) -> None:
+def test_retry_after_is_honoured(two_providers: tuple[FakeProviderThread, FakeProviderThread],
+                                 sqlite_url: str, tmp_path: Path) -> None:
     a, _ = two_providers
     with running_gateway(settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url)])) as gw:
         a.fail_next(1, "429:1")
@@ -187,16 +161,11 @@ def test_context_window_exceeded_moves_to_the_larger_context_model(
     two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path
 ) -> None:
     a, b = two_providers
-    deployments = [
-        dep("small", "small-model", a.base_url, context_window=4096),
-        dep("big", "big-model", b.base_url, context_window=128000),
-    ]
+    deployments = [dep("small", "small-model", a.base_url, context_window=4096),
+                   dep("big", "big-model", b.base_url, context_window=128000)]
     with running_gateway(settings(tmp_path, sqlite_url, deployments)) as gw:
-        r = httpx.put(
-            gw.base_url + "/admin/api/policies/long",
-            content=POLICY,
-            headers={"content-type": "application/yaml"},
-        )
+        r = httpx.put(gw.base_url + "/admin/api/policies/long", content=POLICY,
+                      headers={"content-type": "application/yaml"})
         assert r.status_code == 201, r.text
         a.set_faults("context_length")
         raw = sdk(gw).chat.completions.with_raw_response.create(model="long", messages=MSG)
@@ -212,22 +181,13 @@ def test_policy_validation_names_field_and_line_and_simulate_explains(
     deployments = [dep("small", "small-model", a.base_url), dep("big", "big-model", b.base_url)]
     with running_gateway(settings(tmp_path, sqlite_url, deployments)) as gw:
         bad = POLICY.replace("type: fixed", "type: fancy")
-        r = httpx.put(
-            gw.base_url + "/admin/api/policies/long",
-            content=bad,
-            headers={"content-type": "application/yaml"},
-        )
+        r = httpx.put(gw.base_url + "/admin/api/policies/long", content=bad,
+                      headers={"content-type": "application/yaml"})
         assert r.status_code == 422
         err = r.json()["error"]
         assert "selector" in err["message"] and "line 4" in err["message"]
-        assert (
-            httpx.put(
-                gw.base_url + "/admin/api/policies/long",
-                content=POLICY,
-                headers={"content-type": "application/yaml"},
-            ).status_code
-            == 201
-        )
+        assert httpx.put(gw.base_url + "/admin/api/policies/long", content=POLICY,
+                         headers={"content-type": "application/yaml"}).status_code == 201
         sim = httpx.post(gw.base_url + "/admin/api/policies/long/simulate", json={"messages": MSG}).json()
         assert sim["candidates"][0] == "small" and sim["trace"]
         assert a.stats["total"] == 0 and b.stats["total"] == 0  # simulate calls no provider
@@ -240,25 +200,19 @@ async def test_budget_holds_under_50_concurrent_requests(
 ) -> None:
     a, _ = two_providers
     # 1 USD per token in and out: each request costs a few tens of USD; max_tokens=20 bounds it.
-    s = settings(
-        tmp_path,
-        sqlite_url,
-        [dep("a", "m", a.base_url, pricing={"input_per_mtok": 1e6, "output_per_mtok": 1e6})],
-        require_keys=True,
-    )
+    s = settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url,
+                                            pricing={"input_per_mtok": 1e6, "output_per_mtok": 1e6})],
+                 require_keys=True)
     with running_gateway(s) as gw:
-        created = httpx.post(
-            gw.base_url + "/admin/api/keys",
-            json={"name": "budgeted", "budget_usd": 300, "budget_period": "day"},
-        ).json()
+        created = httpx.post(gw.base_url + "/admin/api/keys",
+                             json={"name": "budgeted", "budget_usd": 300, "budget_period": "day"}).json()
         key = created["key"]
         client = openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key=key, max_retries=0, timeout=30)
 
         async def one(i: int) -> tuple[str, float]:
             try:
                 r = await client.chat.completions.create(
-                    model="m", messages=[{"role": "user", "content": f"q {i}"}], max_tokens=20
-                )
+                    model="m", messages=[{"role": "user", "content": f"q {i}"}], max_tokens=20)
             except openai.RateLimitError as exc:
                 assert exc.body["code"] == "budget_exceeded"  # type: ignore[index]
                 return "rejected", 0.0
@@ -278,9 +232,7 @@ def test_key_rate_limit_and_concurrency_cap_return_429_with_retry_after(
     two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path
 ) -> None:
     a, _ = two_providers
-    with running_gateway(
-        settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url)], require_keys=True)
-    ) as gw:
+    with running_gateway(settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url)], require_keys=True)) as gw:
         key = httpx.post(gw.base_url + "/admin/api/keys", json={"name": "rl", "rpm_limit": 3}).json()["key"]
         c = sdk(gw, key)
         for _ in range(3):
@@ -290,23 +242,13 @@ def test_key_rate_limit_and_concurrency_cap_return_429_with_retry_after(
         assert ei.value.body["code"] == "rate_limit_exceeded"  # type: ignore[index]
         assert int(ei.value.response.headers["retry-after"]) >= 1
 
-        key2 = httpx.post(gw.base_url + "/admin/api/keys", json={"name": "cc", "max_concurrency": 1}).json()[
-            "key"
-        ]
+        key2 = httpx.post(gw.base_url + "/admin/api/keys", json={"name": "cc", "max_concurrency": 1}).json()["key"]
 
         async def two_at_once() -> list[int]:
             async with httpx.AsyncClient(timeout=30) as h:
                 slow = {"model": "m", "messages": [{"role": "user", "content": "slow [[fault:latency:500]]"}]}
-                rs = await asyncio.gather(
-                    *(
-                        h.post(
-                            gw.base_url + "/v1/chat/completions",
-                            json=slow,
-                            headers={"authorization": f"Bearer {key2}"},
-                        )
-                        for _ in range(2)
-                    )
-                )
+                rs = await asyncio.gather(*(h.post(gw.base_url + "/v1/chat/completions", json=slow,
+                                                   headers={"authorization": f"Bearer {key2}"}) for _ in range(2)))
                 return sorted(r.status_code for r in rs)
 
         assert asyncio.run(two_at_once()) == [200, 429]
@@ -323,29 +265,15 @@ def test_policy_change_reaches_another_gateway_process_within_2s(
     a, b = two_providers
     deployments = [dep("small", "small-model", a.base_url), dep("big", "big-model", b.base_url)]
     name = f"hot-{uuid.uuid4().hex[:6]}"
-    with (
-        running_gateway(settings(tmp_path, pg_url, deployments)) as g1,
-        running_gateway(settings(tmp_path, pg_url, deployments)) as g2,
-    ):
+    with running_gateway(settings(tmp_path, pg_url, deployments)) as g1, \
+            running_gateway(settings(tmp_path, pg_url, deployments)) as g2:
         v1 = POLICY.replace("name: long", f"name: {name}")
-        assert (
-            httpx.put(
-                g1.base_url + f"/admin/api/policies/{name}",
-                content=v1,
-                headers={"content-type": "application/yaml"},
-            ).status_code
-            == 201
-        )
+        assert httpx.put(g1.base_url + f"/admin/api/policies/{name}", content=v1,
+                         headers={"content-type": "application/yaml"}).status_code == 201
         v2 = v1.replace("order: [small, big]", "order: [big, small]")
         t0 = time.monotonic()
-        assert (
-            httpx.put(
-                g1.base_url + f"/admin/api/policies/{name}",
-                content=v2,
-                headers={"content-type": "application/yaml"},
-            ).status_code
-            == 201
-        )
+        assert httpx.put(g1.base_url + f"/admin/api/policies/{name}", content=v2,
+                         headers={"content-type": "application/yaml"}).status_code == 201
         while True:
             r = httpx.post(g2.base_url + "/v1/chat/completions", json={"model": name, "messages": MSG})
             if r.status_code == 200 and r.headers["x-hybridgate-policy"] == f"{name}@2":
@@ -364,29 +292,19 @@ escalation: {first: [cheap], to: [strong], threshold: THRESHOLD, score: logprobs
 
 @pytest.mark.parametrize(("threshold", "expect"), [(0.999, "strong-model"), (0.5, "cheap-model")])
 def test_cascade_escalates_low_confidence_answers_and_logs_both_attempts(
-    two_providers: tuple[FakeProviderThread, FakeProviderThread],
-    sqlite_url: str,
-    tmp_path: Path,
-    threshold: float,
-    expect: str,
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path,
+    threshold: float, expect: str,
 ) -> None:
     a, b = two_providers
     caps = ["chat", "completion", "logprobs"]
-    deployments = [
-        dep("cheap", "cheap-model", a.base_url, capabilities=caps),
-        dep("strong", "strong-model", b.base_url, capabilities=caps),
-    ]
+    deployments = [dep("cheap", "cheap-model", a.base_url, capabilities=caps),
+                   dep("strong", "strong-model", b.base_url, capabilities=caps)]
     with running_gateway(settings(tmp_path, sqlite_url, deployments)) as gw:
         spec = CASCADE.replace("THRESHOLD", str(threshold))
-        assert (
-            httpx.put(
-                gw.base_url + "/admin/api/policies/cascade",
-                content=spec,
-                headers={"content-type": "application/yaml"},
-            ).status_code
-            == 201
-        )
-        r = httpx.post(gw.base_url + "/v1/chat/completions", json={"model": "cascade", "messages": MSG})
+        assert httpx.put(gw.base_url + "/admin/api/policies/cascade", content=spec,
+                         headers={"content-type": "application/yaml"}).status_code == 201
+        r = httpx.post(gw.base_url + "/v1/chat/completions",
+                       json={"model": "cascade", "messages": MSG})
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["model"] == expect and r.headers["x-hybridgate-model"] == expect
@@ -400,9 +318,7 @@ def test_cascade_escalates_low_confidence_answers_and_logs_both_attempts(
 
     engine = sa.create_engine(sqlite_url.replace("+aiosqlite", ""))
     with engine.connect() as conn:
-        n_attempts = conn.execute(
-            sa.text("SELECT count(*) FROM attempts WHERE request_id = :r"), {"r": rid}
-        ).scalar()
+        n_attempts = conn.execute(sa.text("SELECT count(*) FROM attempts WHERE request_id = :r"), {"r": rid}).scalar()
         reason = conn.execute(sa.text("SELECT route_reason FROM requests WHERE id = :r"), {"r": rid}).scalar()
     engine.dispose()
     assert n_attempts == (2 if expect == "strong-model" else 1)
@@ -414,16 +330,9 @@ def test_team_and_user_budgets_from_config_cut_off_with_429(
 ) -> None:
     a, _ = two_providers
     pricey = dep("a", "m", a.base_url, pricing={"input_per_mtok": 1e6, "output_per_mtok": 1e6})  # 1 USD/token
-    s = settings(
-        tmp_path,
-        sqlite_url,
-        [pricey],
-        require_keys=True,
-        budgets=[
-            {"scope": "team:ml", "limit_usd": 60, "period": "day"},
-            {"scope": "user:alice", "limit_usd": 60, "period": "day"},
-        ],
-    )
+    s = settings(tmp_path, sqlite_url, [pricey], require_keys=True,
+                 budgets=[{"scope": "team:ml", "limit_usd": 60, "period": "day"},
+                          {"scope": "user:alice", "limit_usd": 60, "period": "day"}])
     with running_gateway(s) as gw:
         key = httpx.post(gw.base_url + "/admin/api/keys", json={"name": "t", "team": "ml"}).json()["key"]
         other = httpx.post(gw.base_url + "/admin/api/keys", json={"name": "o"}).json()["key"]
@@ -437,9 +346,7 @@ def test_team_and_user_budgets_from_config_cut_off_with_429(
                 assert exc.body["code"] == "budget_exceeded"  # type: ignore[index]
                 codes.append(429)
         assert 200 in codes and codes[-1] == 429  # the team's budget ran out
-        assert (
-            sdk(gw, other).chat.completions.create(model="m", messages=MSG, max_tokens=10).choices
-        )  # other team
+        assert sdk(gw, other).chat.completions.create(model="m", messages=MSG, max_tokens=10).choices  # other team
         for _ in range(12):
             try:
                 sdk(gw, other).chat.completions.create(model="m", messages=MSG, max_tokens=10, user="alice")
@@ -465,14 +372,8 @@ def test_content_policy_refusal_falls_back_when_the_policy_says_so(
     a, b = two_providers
     deployments = [dep("small", "small-model", a.base_url), dep("big", "big-model", b.base_url)]
     with running_gateway(settings(tmp_path, sqlite_url, deployments)) as gw:
-        assert (
-            httpx.put(
-                gw.base_url + "/admin/api/policies/careful",
-                content=REFUSAL_FALLBACK,
-                headers={"content-type": "application/yaml"},
-            ).status_code
-            == 201
-        )
+        assert httpx.put(gw.base_url + "/admin/api/policies/careful", content=REFUSAL_FALLBACK,
+                         headers={"content-type": "application/yaml"}).status_code == 201
         a.set_faults("content_filter")
         r = sdk(gw).chat.completions.with_raw_response.create(model="careful", messages=MSG)
         assert r.headers["x-hybridgate-deployment"] == "big"

@@ -69,27 +69,15 @@ def test_saturated_remote_local_model_is_routed_around(
     load_server: LoadServer, sqlite_url: str, tmp_path: Path
 ) -> None:
     with FakeProviderThread() as local, FakeProviderThread() as cloud:
-        deps = [
-            dep("local-http", "local-model", local.base_url, tags=["local"]),
-            dep("cloud", "cloud-model", cloud.base_url),
-        ]
+        deps = [dep("local-http", "local-model", local.base_url, tags=["local"]),
+                dep("cloud", "cloud-model", cloud.base_url)]
         with running_gateway(settings(tmp_path, sqlite_url, deps)) as gw:
-            gw.services.extras["remote_load"].urls["local-http"] = (
-                f"http://127.0.0.1:{load_server.port}/health"
-            )
-            assert (
-                httpx.put(
-                    gw.base_url + "/admin/api/policies/local-first",
-                    content=POLICY,
-                    headers={"content-type": "application/yaml"},
-                ).status_code
-                == 201
-            )
+            gw.services.extras["remote_load"].urls["local-http"] = f"http://127.0.0.1:{load_server.port}/health"
+            assert httpx.put(gw.base_url + "/admin/api/policies/local-first", content=POLICY,
+                             headers={"content-type": "application/yaml"}).status_code == 201
 
             def served() -> str:
-                r = httpx.post(
-                    gw.base_url + "/v1/chat/completions", json={"model": "local-first", "messages": MSG}
-                )
+                r = httpx.post(gw.base_url + "/v1/chat/completions", json={"model": "local-first", "messages": MSG})
                 assert r.status_code == 200, r.text
                 return r.headers["x-hybridgate-deployment"]
 

@@ -80,9 +80,8 @@ async def test_each_request_kind_leaves_one_row_with_tokens_and_cost(
             url = gw.base_url + "/v1/chat/completions"
             async with httpx.AsyncClient(timeout=20) as c:
                 ok = await c.post(url, json=_chat("hello world"))
-                streamed = await c.post(
-                    url, json=_chat("stream it", stream=True, stream_options={"include_usage": True})
-                )
+                streamed = await c.post(url, json=_chat("stream it", stream=True,
+                                                          stream_options={"include_usage": True}))
                 retried = await c.post(url, json=_chat("flaky"), headers={})
                 bad = await c.post(url, json={"model": "fake-model"})
                 unknown = await c.post(url, json=_chat("x") | {"model": "nope"})
@@ -91,12 +90,9 @@ async def test_each_request_kind_leaves_one_row_with_tokens_and_cost(
             await asyncio.sleep(0.5)  # the cancelled stream's handler notices the hang-up
             await gw.acall(gw.services.sink.flush())
             ids = {
-                "ok": ok.headers["x-request-id"],
-                "streamed": streamed.headers["x-request-id"],
-                "retried": retried.headers["x-request-id"],
-                "bad": bad.headers["x-request-id"],
-                "unknown": unknown.headers["x-request-id"],
-                "failed": failed.headers["x-request-id"],
+                "ok": ok.headers["x-request-id"], "streamed": streamed.headers["x-request-id"],
+                "retried": retried.headers["x-request-id"], "bad": bad.headers["x-request-id"],
+                "unknown": unknown.headers["x-request-id"], "failed": failed.headers["x-request-id"],
                 "cancelled": cancelled_rid,
             }
     rows = {r["id"]: r for r in await _rows(fresh_pg_url, "SELECT * FROM requests")}
@@ -141,12 +137,9 @@ async def test_postgres_outage_under_load_loses_and_duplicates_nothing(
     proxy = ThreadedProxy()
     n_requests, concurrency = 400, 16
     with FakeProviderThread() as fp:
-        settings = gateway_settings(
-            fp.base_url,
-            proxy.proxy.url(database),
-            tmp_path,
-            log={"bodies": "hashed", "spool_dir": str(tmp_path / "spool"), "batch_max_ms": 20},
-        )
+        settings = gateway_settings(fp.base_url, proxy.proxy.url(database), tmp_path,
+                                    log={"bodies": "hashed", "spool_dir": str(tmp_path / "spool"),
+                                         "batch_max_ms": 20})
         with running_gateway(settings) as gw:
             gw.services.sink._probe_initial = 0.1  # noqa: SLF001 - reprobe quickly in the test
             gw.services.sink._probe_max = 0.5  # noqa: SLF001
@@ -191,10 +184,7 @@ async def test_client_hanging_up_on_a_non_streamed_request_still_leaves_one_row(
     fresh_pg_url: str, tmp_path: Path
 ) -> None:
     upgrade(fresh_pg_url)
-    with (
-        FakeProviderThread() as fp,
-        running_gateway(gateway_settings(fp.base_url, fresh_pg_url, tmp_path)) as gw,
-    ):
+    with FakeProviderThread() as fp, running_gateway(gateway_settings(fp.base_url, fresh_pg_url, tmp_path)) as gw:
         async with httpx.AsyncClient(timeout=0.2) as c:
             with contextlib.suppress(httpx.TimeoutException):
                 await c.post(gw.base_url + "/v1/chat/completions", json=_chat("slow [[fault:latency:800]]"))

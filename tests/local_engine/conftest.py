@@ -52,14 +52,9 @@ def _one_thread() -> Iterator[None]:
 
 
 def tiny_config(**overrides: Any) -> JambaConfig:
-    base: dict[str, Any] = dict(
-        vocab_size=VOCAB,
-        max_position_embeddings=16384,
-        pad_token_id=0,
-        bos_token_id=1,
-        tie_word_embeddings=False,
-        eos_token_id=2,
-    )
+    base: dict[str, Any] = dict(vocab_size=VOCAB, max_position_embeddings=16384, pad_token_id=0, bos_token_id=1,
+                                tie_word_embeddings=False,
+                                eos_token_id=2)
     return JambaConfig.preset("tiny", **{**base, **overrides})
 
 
@@ -91,25 +86,14 @@ def write_tokenizer(path: Path) -> None:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
-        special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(CORPUS, trainer)
     assert tok.get_vocab_size() <= VOCAB
     tok.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "bos_token": "<s>",
-                "eos_token": "</s>",
-                "pad_token": "<pad>",
-                "chat_template": CHAT_TEMPLATE,
-            }
-        )
-    )
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "chat_template": CHAT_TEMPLATE,
+    }))
 
 
 def build_checkpoint(path: Path, seed: int = 0, **overrides: Any) -> Path:
@@ -136,9 +120,8 @@ def make_engine(tiny_lm: local_model.LocalModel) -> Iterator[Callable[..., Engin
     made: list[Engine] = []
 
     def make(**cfg: Any) -> Engine:
-        base = dict(
-            memory_budget_mb=16, max_num_seqs=16, block_size=8, prefill_chunk_tokens=64, snapshot_interval=32
-        )
+        base = dict(memory_budget_mb=16, max_num_seqs=16, block_size=8, prefill_chunk_tokens=64,
+                    snapshot_interval=32)
         e = Engine(tiny_lm.module, tiny_lm.tokenizer, EngineConfig(**{**base, **cfg}), model_name="tiny")
         made.append(e)
         return e
@@ -174,9 +157,8 @@ class ServerThread:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        )
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> ServerThread:

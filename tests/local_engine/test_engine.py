@@ -16,9 +16,7 @@ from tests.local_engine.conftest import build_checkpoint, random_prompt, referen
 GREEDY = dict(temperature=0.0)
 
 
-def test_batched_greedy_equals_each_alone(
-    make_engine: Callable[..., Engine], tiny_lm: local_model.LocalModel
-) -> None:
+def test_batched_greedy_equals_each_alone(make_engine: Callable[..., Engine], tiny_lm: local_model.LocalModel) -> None:
     engine = make_engine(prefill_chunk_tokens=48)
     prompts = [random_prompt(n, seed=i) for i, n in enumerate([1, 5, 17, 40, 63, 90, 8, 130, 3, 33, 64, 71])]
     streams = [engine.submit_sync(p, SamplingParams(max_tokens=10, **GREEDY)) for p in prompts]
@@ -30,15 +28,11 @@ def test_batched_greedy_equals_each_alone(
 
 def test_chunked_prefill_never_stalls_a_running_decode(make_engine: Callable[..., Engine]) -> None:
     engine = make_engine(prefill_chunk_tokens=32)
-    decoding = engine.submit_sync(
-        random_prompt(5, 1), SamplingParams(max_tokens=30, ignore_eos=True, **GREEDY)
-    )
+    decoding = engine.submit_sync(random_prompt(5, 1), SamplingParams(max_tokens=30, ignore_eos=True, **GREEDY))
     with torch.inference_mode():
         for _ in range(3):
             engine.step()
-        long = engine.submit_sync(
-            random_prompt(300, 2), SamplingParams(max_tokens=2, ignore_eos=True, **GREEDY)
-        )
+        long = engine.submit_sync(random_prompt(300, 2), SamplingParams(max_tokens=2, ignore_eos=True, **GREEDY))
         seq = engine.scheduler.running[0]
         for _ in range(12):  # 300 prompt tokens at <= 32 per step: the long prefill spans ~10 steps
             before = seq.num_generated
@@ -50,9 +44,8 @@ def test_chunked_prefill_never_stalls_a_running_decode(make_engine: Callable[...
     assert long.result().usage.completion_tokens == 2
 
 
-def test_prefix_cache_hit_is_identical_and_skips_prefill(
-    make_engine: Callable[..., Engine], tiny_lm: local_model.LocalModel
-) -> None:
+def test_prefix_cache_hit_is_identical_and_skips_prefill(make_engine: Callable[..., Engine],
+                                                         tiny_lm: local_model.LocalModel) -> None:
     engine = make_engine()
     system = random_prompt(150, 7)  # a long shared "system prompt"
     first = system + random_prompt(9, 8)
@@ -83,30 +76,18 @@ def test_prefix_cache_hit_is_identical_and_skips_prefill(
     assert off.scheduler.prefix.hit_tokens == 0
 
 
-def test_preemption_under_memory_pressure_keeps_outputs(
-    tiny_ckpt: Path, tiny_lm: local_model.LocalModel
-) -> None:
+def test_preemption_under_memory_pressure_keeps_outputs(tiny_ckpt: Path, tiny_lm: local_model.LocalModel) -> None:
     # 24 blocks of 8 tokens for 6 sequences that each need ~6-7 blocks: decodes must preempt.
-    plan_probe = Engine(
-        tiny_lm.module,
-        tiny_lm.tokenizer,
-        EngineConfig(memory_budget_mb=1, max_num_seqs=8, block_size=8, max_model_len=128),
-    )
+    plan_probe = Engine(tiny_lm.module, tiny_lm.tokenizer, EngineConfig(memory_budget_mb=1, max_num_seqs=8,
+                                                                        block_size=8, max_model_len=128))
     per_block = plan_probe.plan.kv_bytes_per_block
     ssm = plan_probe.plan.ssm_bytes_per_seq
     budget = (16 * ssm + 24 * per_block) / 2**20
-    engine = Engine(
-        tiny_lm.module,
-        tiny_lm.tokenizer,
-        EngineConfig(
-            memory_budget_mb=budget, max_num_seqs=8, block_size=8, max_model_len=128, prefill_chunk_tokens=64
-        ),
-    )
+    engine = Engine(tiny_lm.module, tiny_lm.tokenizer, EngineConfig(
+        memory_budget_mb=budget, max_num_seqs=8, block_size=8, max_model_len=128, prefill_chunk_tokens=64))
     assert engine.plan.num_blocks == 24
     prompts = [random_prompt(20 + 3 * i, 100 + i) for i in range(6)]
-    streams = [
-        engine.submit_sync(p, SamplingParams(max_tokens=30, ignore_eos=True, **GREEDY)) for p in prompts
-    ]
+    streams = [engine.submit_sync(p, SamplingParams(max_tokens=30, ignore_eos=True, **GREEDY)) for p in prompts]
     engine.run_until_idle()
     assert engine.scheduler.num_preemptions > 0
     for p, s in zip(prompts, streams, strict=True):
@@ -116,11 +97,8 @@ def test_preemption_under_memory_pressure_keeps_outputs(
 
 
 def test_mamba_memory_is_constant_and_kv_scales_with_attention_layers(
-    make_engine: Callable[..., Engine], tmp_path: Path
-) -> None:
-    engine = make_engine(
-        max_model_len=12000, memory_budget_mb=64, prefill_chunk_tokens=2048, snapshot_interval=2048
-    )
+        make_engine: Callable[..., Engine], tmp_path: Path) -> None:
+    engine = make_engine(max_model_len=12000, memory_budget_mb=64, prefill_chunk_tokens=2048, snapshot_interval=2048)
     seen: dict[int, tuple[int, int]] = {}
     for n in (100, 10_000):
         s = engine.submit_sync(random_prompt(n, n), SamplingParams(max_tokens=2, ignore_eos=True, **GREEDY))
@@ -162,9 +140,7 @@ def test_seeded_sampling_is_reproducible_across_batches(make_engine: Callable[..
     params = dict(temperature=0.9, top_p=0.9, top_k=50, max_tokens=16, ignore_eos=True)
     alone = engine.submit_sync(prompt, SamplingParams(seed=1234, **params))
     engine.run_until_idle()
-    crowd = [
-        engine.submit_sync(random_prompt(7 + i, 50 + i), SamplingParams(seed=i, **params)) for i in range(5)
-    ]
+    crowd = [engine.submit_sync(random_prompt(7 + i, 50 + i), SamplingParams(seed=i, **params)) for i in range(5)]
     again = engine.submit_sync(prompt, SamplingParams(seed=1234, **params))
     other = engine.submit_sync(prompt, SamplingParams(seed=99, **params))
     engine.run_until_idle()
@@ -174,14 +150,11 @@ def test_seeded_sampling_is_reproducible_across_batches(make_engine: Callable[..
     assert all(c.result().usage.completion_tokens == 16 for c in crowd)
 
 
-def test_n_choices_share_the_prompt_and_differ(
-    make_engine: Callable[..., Engine], tiny_lm: local_model.LocalModel
-) -> None:
+def test_n_choices_share_the_prompt_and_differ(make_engine: Callable[..., Engine],
+                                               tiny_lm: local_model.LocalModel) -> None:
     engine = make_engine()
     prompt = random_prompt(70, 11)
-    s = engine.submit_sync(
-        prompt, SamplingParams(n=4, temperature=1.0, seed=5, max_tokens=8, ignore_eos=True)
-    )
+    s = engine.submit_sync(prompt, SamplingParams(n=4, temperature=1.0, seed=5, max_tokens=8, ignore_eos=True))
     engine.run_until_idle()
     res = s.result()
     assert [c.index for c in res.choices] == [0, 1, 2, 3]
@@ -224,9 +197,8 @@ def test_stop_strings_and_stop_tokens(make_engine: Callable[..., Engine]) -> Non
     assert r.finish_reason == "stop" and r.token_ids == ids[: ids.index(ids[4]) + 1]
 
 
-def test_logprobs_are_the_models_distribution(
-    make_engine: Callable[..., Engine], tiny_lm: local_model.LocalModel
-) -> None:
+def test_logprobs_are_the_models_distribution(make_engine: Callable[..., Engine],
+                                              tiny_lm: local_model.LocalModel) -> None:
     engine = make_engine()
     prompt = random_prompt(9, 31)
     s = engine.submit_sync(prompt, SamplingParams(max_tokens=3, logprobs=True, top_logprobs=3, **GREEDY))
@@ -265,9 +237,7 @@ def test_cancel_frees_memory_and_backpressure(make_engine: Callable[..., Engine]
     engine.run_until_idle()
 
 
-def test_threaded_generate_and_shutdown(
-    make_engine: Callable[..., Engine], tiny_lm: local_model.LocalModel
-) -> None:
+def test_threaded_generate_and_shutdown(make_engine: Callable[..., Engine], tiny_lm: local_model.LocalModel) -> None:
     engine = make_engine().start()
     prompt = random_prompt(25, 41)
     res = engine.generate(prompt, SamplingParams(max_tokens=6, **GREEDY))

@@ -16,24 +16,13 @@ from local_model.engine import Engine, EngineConfig
 
 
 def dep(upstream: str, **kw: object) -> DeploymentConfig:
-    return DeploymentConfig(
-        name="jamba-local",
-        model="jamba",
-        provider="local",
-        upstream_model=upstream,
-        context_window=2048,
-        **kw,
-    )
+    return DeploymentConfig(name="jamba-local", model="jamba", provider="local", upstream_model=upstream,
+                            context_window=2048, **kw)
 
 
 def chat(body_extra: dict | None = None, **kw: object) -> UpstreamCall:
-    body = {
-        "model": "ignored",
-        "messages": [{"role": "user", "content": "Hello hybrid"}],
-        "max_tokens": 6,
-        "temperature": 0,
-        **(body_extra or {}),
-    }
+    body = {"model": "ignored", "messages": [{"role": "user", "content": "Hello hybrid"}], "max_tokens": 6,
+            "temperature": 0, **(body_extra or {})}
     return UpstreamCall(kind="chat", body=body, timeout_s=60, **kw)  # type: ignore[arg-type]
 
 
@@ -50,15 +39,9 @@ async def test_registry_builds_local_backend_and_it_serves(tiny_ckpt: Path) -> N
         assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
         streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
         assert streamed == text
-        assert (
-            chunks[-1]["choices"] == []
-            and chunks[-1]["usage"]["completion_tokens"] == resp.usage.completion_tokens
-        )
-        comp = await backend.complete(
-            UpstreamCall(
-                kind="completion", body={"model": "x", "prompt": "The quick", "max_tokens": 3}, timeout_s=30
-            )
-        )
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == resp.usage.completion_tokens
+        comp = await backend.complete(UpstreamCall(kind="completion", body={"model": "x", "prompt": "The quick",
+                                                                            "max_tokens": 3}, timeout_s=30))
         assert comp.body["object"] == "text_completion"
         sig = backend.load_signals()
         assert sig["running"] == 0 and sig["free_slots"] == sig["total_ssm_slots"] == 8
@@ -68,19 +51,16 @@ async def test_registry_builds_local_backend_and_it_serves(tiny_ckpt: Path) -> N
 
 
 async def test_errors_map_to_upstream_kinds(tiny_ckpt: Path) -> None:
-    engine = Engine.from_checkpoint(
-        tiny_ckpt,
-        EngineConfig(memory_budget_mb=8, max_num_seqs=1, max_queue=1, block_size=8, max_model_len=512),
-    )
+    engine = Engine.from_checkpoint(tiny_ckpt, EngineConfig(memory_budget_mb=8, max_num_seqs=1, max_queue=1,
+                                                            block_size=8, max_model_len=512))
     backend = LocalBackend(engine, name="l")
     try:
         with pytest.raises(UpstreamError) as e:
             await backend.complete(chat({"temperature": 9}))
         assert e.value.kind == "bad_request" and not e.value.retryable
         with pytest.raises(UpstreamError) as e:
-            await backend.complete(
-                UpstreamCall(kind="completion", body={"model": "x", "prompt": [5] * 600}, timeout_s=30)
-            )
+            await backend.complete(UpstreamCall(kind="completion", body={"model": "x", "prompt": [5] * 600},
+                                                timeout_s=30))
         assert e.value.kind == "context_window"
         # One running + one queued fill the engine: the third is refused before its first chunk.
         long = chat({"max_tokens": 300, "ignore_eos": True})
@@ -100,9 +80,7 @@ async def test_errors_map_to_upstream_kinds(tiny_ckpt: Path) -> None:
             await backend.complete(UpstreamCall(kind="chat", body=long.body, timeout_s=0.05))
         assert e.value.kind == "timeout"
         with pytest.raises(UpstreamError) as e:
-            await backend.complete(
-                UpstreamCall(kind="embedding", body={"model": "x", "input": "a"}, timeout_s=5)
-            )
+            await backend.complete(UpstreamCall(kind="embedding", body={"model": "x", "input": "a"}, timeout_s=5))
         assert e.value.kind == "bad_request"
     finally:
         await backend.aclose()

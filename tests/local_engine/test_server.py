@@ -21,14 +21,8 @@ MODEL = "tiny-hybrid"
 
 @pytest.fixture(scope="module")
 def server(tiny_lm: local_model.LocalModel) -> Iterator[ServerThread]:
-    cfg = EngineConfig(
-        memory_budget_mb=32,
-        max_num_seqs=64,
-        block_size=8,
-        prefill_chunk_tokens=128,
-        snapshot_interval=32,
-        max_queue=128,
-    )
+    cfg = EngineConfig(memory_budget_mb=32, max_num_seqs=64, block_size=8, prefill_chunk_tokens=128,
+                       snapshot_interval=32, max_queue=128)
     engine = Engine(tiny_lm.module, tiny_lm.tokenizer, cfg, model_name=MODEL)
     with ServerThread(create_app(engine)) as srv:
         yield srv
@@ -60,51 +54,22 @@ def expected_text(lm: local_model.LocalModel, prompt_ids: list[int], max_tokens:
     return lm.tokenizer.decode(ids), finish
 
 
-async def test_64_concurrent_streams_match_each_alone(
-    server: ServerThread, tiny_lm: local_model.LocalModel
-) -> None:
+async def test_64_concurrent_streams_match_each_alone(server: ServerThread, tiny_lm: local_model.LocalModel) -> None:
     tok = tiny_lm.tokenizer
     assert tok is not None
-    words = [
-        "the",
-        "quick",
-        "brown",
-        "fox",
-        "jumps",
-        "over",
-        "lazy",
-        "dog",
-        "hybrid",
-        "mamba",
-        "attention",
-        "experts",
-        "cache",
-        "prefix",
-    ]
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "hybrid", "mamba", "attention", "experts", "cache", "prefix"]
     jobs: list[tuple[str, dict[str, Any], list[int]]] = []
     for i in range(64):
         text = " ".join(words[(i * 7 + k) % len(words)] for k in range(1 + (i * 37) % 60))
         max_tokens = 4 + i % 13
         if i % 2:
-            body = {
-                "model": MODEL,
-                "prompt": text,
-                "max_tokens": max_tokens,
-                "temperature": 0,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            }
+            body = {"model": MODEL, "prompt": text, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+                    "stream_options": {"include_usage": True}}
             jobs.append(("/v1/completions", body, tok.encode(text)))
         else:
             msgs = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": text}]
-            body = {
-                "model": MODEL,
-                "messages": msgs,
-                "max_tokens": max_tokens,
-                "temperature": 0,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            }
+            body = {"model": MODEL, "messages": msgs, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+                    "stream_options": {"include_usage": True}}
             jobs.append(("/v1/chat/completions", body, tok.apply_chat_template(msgs, tokenize=True)))
 
     async def run(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -139,12 +104,8 @@ async def test_64_concurrent_streams_match_each_alone(
 
 async def test_prefix_cache_hits_are_counted_and_identical(server: ServerThread) -> None:
     system = "You are a careful assistant. " * 12
-    body = {
-        "model": MODEL,
-        "messages": [{"role": "system", "content": system}, {"role": "user", "content": "hi"}],
-        "max_tokens": 8,
-        "temperature": 0,
-    }
+    body = {"model": MODEL, "messages": [{"role": "system", "content": system}, {"role": "user", "content": "hi"}],
+            "max_tokens": 8, "temperature": 0}
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
         before = await metrics(client)
         first = (await client.post("/v1/chat/completions", json=body)).json()
@@ -158,21 +119,13 @@ async def test_prefix_cache_hits_are_counted_and_identical(server: ServerThread)
     assert after[hit_key] - mid[hit_key] == cached
     prefill_key = "local_model_prefill_tokens_total"
     assert after[prefill_key] - mid[prefill_key] == second["usage"]["prompt_tokens"] - cached
-    assert (
-        mid[prefill_key] - before[prefill_key]
-        == first["usage"]["prompt_tokens"] - first["usage"]["prompt_tokens_details"]["cached_tokens"]
-    )
+    assert mid[prefill_key] - before[prefill_key] == first["usage"]["prompt_tokens"] - first["usage"][
+        "prompt_tokens_details"]["cached_tokens"]
     assert after["local_model_prefix_cache_hit_rate"] > 0
 
 
 async def test_client_disconnect_frees_slot_and_blocks(server: ServerThread) -> None:
-    body = {
-        "model": MODEL,
-        "prompt": random_prompt(60, 5),
-        "max_tokens": 3000,
-        "ignore_eos": True,
-        "stream": True,
-    }
+    body = {"model": MODEL, "prompt": random_prompt(60, 5), "max_tokens": 3000, "ignore_eos": True, "stream": True}
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
         base = await metrics(client)
         async with client.stream("POST", "/v1/completions", json=body) as resp:
@@ -201,19 +154,9 @@ async def test_client_disconnect_frees_slot_and_blocks(server: ServerThread) -> 
 
 async def test_non_streamed_shapes_logprobs_n_and_stop(server: ServerThread) -> None:
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-        r = await client.post(
-            "/v1/chat/completions",
-            json={
-                "model": MODEL,
-                "messages": [{"role": "user", "content": "hello there"}],
-                "max_tokens": 5,
-                "logprobs": True,
-                "top_logprobs": 2,
-                "n": 3,
-                "temperature": 0.8,
-                "seed": 7,
-            },
-        )
+        r = await client.post("/v1/chat/completions", json={
+            "model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 5,
+            "logprobs": True, "top_logprobs": 2, "n": 3, "temperature": 0.8, "seed": 7})
         assert r.status_code == 200
         body = r.json()
         assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
@@ -226,60 +169,24 @@ async def test_non_streamed_shapes_logprobs_n_and_stop(server: ServerThread) -> 
             assert all(e["logprob"] <= 0 and isinstance(e["bytes"], list) for e in content)
         u = body["usage"]
         assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
-        again = (
-            await client.post(
-                "/v1/chat/completions",
-                json={
-                    "model": MODEL,
-                    "messages": [{"role": "user", "content": "hello there"}],
-                    "max_tokens": 5,
-                    "logprobs": True,
-                    "top_logprobs": 2,
-                    "n": 3,
-                    "temperature": 0.8,
-                    "seed": 7,
-                },
-            )
-        ).json()
+        again = (await client.post("/v1/chat/completions", json={
+            "model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 5,
+            "logprobs": True, "top_logprobs": 2, "n": 3, "temperature": 0.8, "seed": 7})).json()
         assert [c["message"] for c in again["choices"]] == [c["message"] for c in body["choices"]]
 
-        r = await client.post(
-            "/v1/completions",
-            json={
-                "model": MODEL,
-                "prompt": "The quick",
-                "max_tokens": 30,
-                "temperature": 1.0,
-                "seed": 3,
-                "logprobs": 2,
-            },
-        )
+        r = await client.post("/v1/completions", json={"model": MODEL, "prompt": "The quick", "max_tokens": 30,
+                                                        "temperature": 1.0, "seed": 3, "logprobs": 2})
         comp = r.json()
         choice = comp["choices"][0]
         assert comp["object"] == "text_completion"
         lp = choice["logprobs"]
-        assert (
-            len(lp["tokens"])
-            == len(lp["token_logprobs"])
-            == len(lp["top_logprobs"])
-            == len(lp["text_offset"])
-        )
+        assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == len(lp["text_offset"])
         text = choice["text"]
         at = next((i for i in range(3, len(text) - 1) if text[i].isascii() and text[i].isalnum()), None)
         if at is not None:
-            stopped = (
-                await client.post(
-                    "/v1/completions",
-                    json={
-                        "model": MODEL,
-                        "prompt": "The quick",
-                        "max_tokens": 30,
-                        "temperature": 1.0,
-                        "seed": 3,
-                        "stop": [text[at]],
-                    },
-                )
-            ).json()["choices"][0]
+            stopped = (await client.post("/v1/completions", json={
+                "model": MODEL, "prompt": "The quick", "max_tokens": 30, "temperature": 1.0, "seed": 3,
+                "stop": [text[at]]})).json()["choices"][0]
             assert stopped["finish_reason"] == "stop" and stopped["text"] == text[: text.index(text[at])]
 
 
@@ -296,9 +203,7 @@ async def test_errors_models_health(server: ServerThread) -> None:
         assert r.status_code == 400 and r.json()["error"]["param"] == "temperature"
         r = await client.post("/v1/completions", json={"model": "nope", "prompt": "x"})
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
-        r = await client.post(
-            "/v1/completions", json={"model": MODEL, "prompt": [5] * 20_000, "max_tokens": 1}
-        )
+        r = await client.post("/v1/completions", json={"model": MODEL, "prompt": [5] * 20_000, "max_tokens": 1})
         assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
         r = await client.post("/v1/completions", content=b"{not json")
         assert r.status_code == 400
@@ -329,9 +234,7 @@ async def test_backpressure_is_503_with_retry_after(tiny_lm: local_model.LocalMo
                     assert second.status_code == 200
                     signals = load_signals(app)
                     assert signals["queue_depth"] == 1 and signals["running"] == 1
-                    r = await client.post(
-                        "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}
-                    )
+                    r = await client.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2})
                     assert r.status_code == 503
                     assert r.headers["retry-after"] == "2"
                     assert r.json()["error"]["code"] == "overloaded"
@@ -347,23 +250,12 @@ async def test_openai_sdk_reads_our_shapes(server: ServerThread) -> None:
     openai = pytest.importorskip("openai")
     client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused")
     try:
-        resp = await client.chat.completions.create(
-            model=MODEL,
-            messages=[{"role": "user", "content": "hi"}],
-            max_tokens=4,
-            temperature=0,
-            logprobs=True,
-            top_logprobs=1,
-        )
+        resp = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                    max_tokens=4, temperature=0, logprobs=True, top_logprobs=1)
         assert resp.choices[0].logprobs is not None and resp.usage is not None
-        stream = await client.chat.completions.create(
-            model=MODEL,
-            messages=[{"role": "user", "content": "hi"}],
-            max_tokens=4,
-            temperature=0,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
+        stream = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                      max_tokens=4, temperature=0, stream=True,
+                                                      stream_options={"include_usage": True})
         text, usage = "", None
         async for chunk in stream:
             if chunk.choices:
@@ -378,16 +270,8 @@ async def test_openai_sdk_reads_our_shapes(server: ServerThread) -> None:
 
 
 async def test_streamed_n_and_prompt_batches_index_choices(server: ServerThread) -> None:
-    body = {
-        "model": MODEL,
-        "prompt": ["The quick", "Hello hybrid"],
-        "n": 2,
-        "max_tokens": 4,
-        "temperature": 0.9,
-        "seed": 1,
-        "stream": True,
-        "echo": True,
-    }
+    body = {"model": MODEL, "prompt": ["The quick", "Hello hybrid"], "n": 2, "max_tokens": 4, "temperature": 0.9,
+            "seed": 1, "stream": True, "echo": True}
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
         async with client.stream("POST", "/v1/completions", json=body) as resp:
             events = await sse_events(resp)

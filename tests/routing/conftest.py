@@ -10,28 +10,12 @@ import pytest
 from backends.deployment import DeploymentConfig, Pricing
 
 
-def dep(
-    name: str,
-    model: str | None = None,
-    *,
-    pin: float,
-    pout: float,
-    ctx: int = 128_000,
-    provider: str = "litellm",
-    caps: tuple[str, ...] = ("chat", "completion", "tools", "json_mode"),
-    tags: tuple[str, ...] = ("external",),
-    **kw,
-) -> DeploymentConfig:
+def dep(name: str, model: str | None = None, *, pin: float, pout: float, ctx: int = 128_000,
+        provider: str = "litellm", caps: tuple[str, ...] = ("chat", "completion", "tools", "json_mode"),
+        tags: tuple[str, ...] = ("external",), **kw) -> DeploymentConfig:
     return DeploymentConfig(
-        name=name,
-        model=model or name,
-        provider=provider,
-        upstream_model=f"up/{name}",
-        context_window=ctx,
-        pricing=Pricing(input_per_mtok=pin, output_per_mtok=pout),
-        capabilities=list(caps),
-        tags=list(tags),
-        **kw,
+        name=name, model=model or name, provider=provider, upstream_model=f"up/{name}", context_window=ctx,
+        pricing=Pricing(input_per_mtok=pin, output_per_mtok=pout), capabilities=list(caps), tags=list(tags), **kw,
     )
 
 
@@ -46,16 +30,8 @@ def make_deployments() -> list[DeploymentConfig]:
         dep("claude-3-5-haiku", pin=0.8, pout=4, ctx=200_000),
         dep("llama-3-70b", pin=0.6, pout=0.6, ctx=8192, provider="openai_compatible"),
         dep("mistral-large", pin=2, pout=6, ctx=32_000),
-        dep(
-            "jamba-local",
-            pin=0,
-            pout=0,
-            ctx=16_384,
-            provider="local",
-            caps=("chat", "completion"),
-            tags=("local",),
-            max_concurrency=4,
-        ),
+        dep("jamba-local", pin=0, pout=0, ctx=16_384, provider="local", caps=("chat", "completion"),
+            tags=("local",), max_concurrency=4),
     ]
 
 

@@ -32,9 +32,7 @@ def test_error_rate_needs_min_requests() -> None:
 
 
 def test_window_slides() -> None:
-    b = CircuitBreaker(
-        BreakerConfig(window_s=10, buckets=10, consecutive_failures=0, min_requests=4, error_rate=0.5)
-    )
+    b = CircuitBreaker(BreakerConfig(window_s=10, buckets=10, consecutive_failures=0, min_requests=4, error_rate=0.5))
     b.record(0, False)
     b.record(0, False)
     for t in (20, 20.1, 20.2):
@@ -44,9 +42,7 @@ def test_window_slides() -> None:
 
 
 def test_latency_quantile_trips() -> None:
-    b = CircuitBreaker(
-        BreakerConfig(consecutive_failures=0, min_requests=5, latency_ms=1000, latency_quantile=0.8)
-    )
+    b = CircuitBreaker(BreakerConfig(consecutive_failures=0, min_requests=5, latency_ms=1000, latency_quantile=0.8))
     for i, ms in enumerate([100, 100, 100, 2000]):
         b.record(i * 0.1, True, ms)
     assert b.state == "closed"

@@ -42,9 +42,7 @@ def test_periods() -> None:
 
 
 def test_costs() -> None:
-    d = DeploymentConfig(
-        name="d", model="m", upstream_model="u", pricing=Pricing(input_per_mtok=3, output_per_mtok=15)
-    )
+    d = DeploymentConfig(name="d", model="m", upstream_model="u", pricing=Pricing(input_per_mtok=3, output_per_mtok=15))
     pin, pout = prices(d)
     assert max_cost_usd(1000, 500, pin, pout) == pytest.approx(0.003 + 0.0075)
     assert cost_usd(1000, 100, pin, pout) == pytest.approx(0.003 + 0.0015)
@@ -88,11 +86,7 @@ async def test_store_reserve_commit_release() -> None:
     r1 = await store.reserve(lims, 0.6)
     with pytest.raises(BudgetExceeded) as ei:
         await store.reserve(lims, 0.5)
-    assert (
-        ei.value.scope == "key:k"
-        and ei.value.remaining_usd == pytest.approx(0.4)
-        and ei.value.code == "budget_exceeded"
-    )
+    assert ei.value.scope == "key:k" and ei.value.remaining_usd == pytest.approx(0.4) and ei.value.code == "budget_exceeded"
     await store.commit(r1, 0.1)
     r2 = await store.reserve(lims, 0.5)
     snap = await store.snapshot(lims)
@@ -117,9 +111,7 @@ requests = st.lists(
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    requests, st.integers(0, 200), st.sampled_from(["strict", "lenient"]), st.randoms(use_true_random=False)
-)
+@given(requests, st.integers(0, 200), st.sampled_from(["strict", "lenient"]), st.randoms(use_true_random=False))
 def test_interleavings_never_overspend(reqs, limit, admission, rnd) -> None:
     """Requests reserve, then later commit (actual ≤ max) or release, in a random interleaving."""
     led = Ledger()

@@ -159,12 +159,7 @@ def test_pick_unavailable_falls_through() -> None:
 
 
 def test_forbid_binds_fallbacks_too() -> None:
-    p = pol(
-        RULES.replace(
-            "selector: {type: cheapest}",
-            "selector: {type: fixed}\nfallbacks: {chain: [gpt-4o-openai], max_candidates: 8}",
-        )
-    )
+    p = pol(RULES.replace("selector: {type: cheapest}", "selector: {type: fixed}\nfallbacks: {chain: [gpt-4o-openai], max_candidates: 8}"))
     d = run(p, RequestFeatures(prompt_tokens=10, metadata={"region": "eu"}))
     assert "gpt-4o-openai" not in names(d)
     d = run(p, RequestFeatures(prompt_tokens=10, metadata={"region": "us"}))
@@ -237,26 +232,10 @@ def test_conditions(cond: str, req: dict[str, Any], match: bool) -> None:
     ("when", "now", "match"),
     [
         # 22:00-06:00 Berlin (UTC+2 in May): 21:30 UTC = 23:30 local
-        (
-            '{time: {from: "22:00", to: "06:00"}, timezone: Europe/Berlin}',
-            datetime(2024, 5, 15, 21, 30, tzinfo=UTC),
-            True,
-        ),
-        (
-            '{time: {from: "22:00", to: "06:00"}, timezone: Europe/Berlin}',
-            datetime(2024, 5, 15, 12, 0, tzinfo=UTC),
-            False,
-        ),
-        (
-            '{time: {from: "22:00", to: "06:00"}, timezone: Europe/Berlin}',
-            datetime(2024, 5, 15, 3, 59, tzinfo=UTC),
-            True,
-        ),
-        (
-            '{time: {from: "22:00", to: "06:00"}, timezone: Europe/Berlin}',
-            datetime(2024, 5, 15, 4, 0, tzinfo=UTC),
-            False,
-        ),
+        ('{time: {from: "22:00", to: "06:00"}, timezone: Europe/Berlin}', datetime(2024, 5, 15, 21, 30, tzinfo=UTC), True),
+        ('{time: {from: "22:00", to: "06:00"}, timezone: Europe/Berlin}', datetime(2024, 5, 15, 12, 0, tzinfo=UTC), False),
+        ('{time: {from: "22:00", to: "06:00"}, timezone: Europe/Berlin}', datetime(2024, 5, 15, 3, 59, tzinfo=UTC), True),
+        ('{time: {from: "22:00", to: "06:00"}, timezone: Europe/Berlin}', datetime(2024, 5, 15, 4, 0, tzinfo=UTC), False),
         ('{time: {from: "09:00", to: "17:00"}}', datetime(2024, 5, 15, 9, 0, tzinfo=UTC), True),
         ('{time: {from: "09:00", to: "17:00"}}', datetime(2024, 5, 15, 17, 0, tzinfo=UTC), False),
         ("{weekdays: [sat, sun]}", datetime(2024, 5, 18, 12, 0, tzinfo=UTC), True),  # Saturday
@@ -272,12 +251,8 @@ def test_time_conditions(when: str, now: datetime, match: bool) -> None:
 
 
 def test_budget_scope_condition() -> None:
-    p = pol(
-        "name: t\nrules:\n  - name: r\n    when: {budget_remaining: {lt: 0.5}, budget_scope: team}\n    then: {pick: jamba-local}\n"
-    )
-    sig = Signals(
-        budgets={"key:k": BudgetSnapshot(1.0, spent_usd=0.9), "team:t": BudgetSnapshot(1.0, spent_usd=0.1)}
-    )
+    p = pol("name: t\nrules:\n  - name: r\n    when: {budget_remaining: {lt: 0.5}, budget_scope: team}\n    then: {pick: jamba-local}\n")
+    sig = Signals(budgets={"key:k": BudgetSnapshot(1.0, spent_usd=0.9), "team:t": BudgetSnapshot(1.0, spent_usd=0.1)})
     req = RequestFeatures(prompt_tokens=10, key_id="k", team="t")
     assert names(run(p, req, sig))[0] != "jamba-local"  # the key is low, the team is not
     sig = Signals(budgets={"team:t": BudgetSnapshot(1.0, spent_usd=0.4, reserved_usd=0.2)})
@@ -290,9 +265,7 @@ def test_local_load_conditions_unknown_never_match() -> None:
     busy = Signals(local_load={"jamba-local": LocalLoad(queue_depth=9, free_slots=0)})
     d = run(p, signals=busy)
     assert "jamba-local" not in names(d) and names(d)[0] == "gpt-4o-mini"
-    p2 = pol(
-        "name: t\nrules:\n  - name: r\n    when: {local_free_slots: {gte: 2}}\n    then: {pick: jamba-local}\n"
-    )
+    p2 = pol("name: t\nrules:\n  - name: r\n    when: {local_free_slots: {gte: 2}}\n    then: {pick: jamba-local}\n")
     assert names(run(p2, signals=Signals(local_load={"jamba-local": LocalLoad(0, 2)})))[0] == "jamba-local"
     assert names(run(p2, signals=Signals(local_load={"jamba-local": LocalLoad(0, None)})))[0] != "jamba-local"
 
@@ -333,9 +306,7 @@ def test_budget_downgrade_threshold_and_exhausted() -> None:
 
 
 def test_cheapest_uses_expected_output_and_price_overrides() -> None:
-    p = pol(
-        "name: t\nselector: {type: cheapest}\nfilters: {deny: [jamba-local]}\nfallbacks: {max_candidates: 8}\n"
-    )
+    p = pol("name: t\nselector: {type: cheapest}\nfilters: {deny: [jamba-local]}\nfallbacks: {max_candidates: 8}\n")
     # output-heavy: llama (0.6/0.6) beats mini (0.15/0.6)? mini is cheaper on input, equal on output.
     d = run(p, RequestFeatures(prompt_tokens=1000, max_tokens=4000))
     assert names(d)[:2] == ["gpt-4o-mini", "llama-3-70b"]
@@ -349,24 +320,16 @@ def test_lowest_latency_unknown_first_then_ewma() -> None:
     p = pol("name: t\nselector: {type: lowest_latency}\nfilters: {allow: [gpt-4o, mistral-large]}\n")
     sig = Signals(latency_ms={"gpt-4o-openai": 900, "gpt-4o-azure": 400})
     assert names(run(p, signals=sig)) == ["mistral-large", "gpt-4o-azure", "gpt-4o-openai"]
-    p2 = pol(
-        "name: t\nselector: {type: lowest_latency, unknown_latency_ms: 1000}\nfilters: {allow: [gpt-4o, mistral-large]}\n"
-    )
+    p2 = pol("name: t\nselector: {type: lowest_latency, unknown_latency_ms: 1000}\nfilters: {allow: [gpt-4o, mistral-large]}\n")
     assert names(run(p2, signals=sig)) == ["gpt-4o-azure", "gpt-4o-openai", "mistral-large"]
 
 
 def test_least_busy() -> None:
     p = pol("name: t\nselector: {type: least_busy}\nfilters: {allow: [gpt-4o, jamba-local]}\n")
-    sig = Signals(
-        in_flight={"gpt-4o-openai": 5, "gpt-4o-azure": 2, "jamba-local": 1},
-        local_load={"jamba-local": LocalLoad(3, 0)},
-    )
+    sig = Signals(in_flight={"gpt-4o-openai": 5, "gpt-4o-azure": 2, "jamba-local": 1}, local_load={"jamba-local": LocalLoad(3, 0)})
     # jamba: (1+3)/max(1,1+0)=4 ; azure 2 ; openai 5
     assert names(run(p, signals=sig)) == ["gpt-4o-azure", "jamba-local", "gpt-4o-openai"]
-    sig = Signals(
-        in_flight={"gpt-4o-openai": 1, "gpt-4o-azure": 1, "jamba-local": 1},
-        local_load={"jamba-local": LocalLoad(0, 7)},
-    )
+    sig = Signals(in_flight={"gpt-4o-openai": 1, "gpt-4o-azure": 1, "jamba-local": 1}, local_load={"jamba-local": LocalLoad(0, 7)})
     assert names(run(p, signals=sig))[0] == "jamba-local"  # 1/8
 
 
@@ -420,11 +383,7 @@ selector: {type: classifier, threshold: 0.6, lambda: 0.5}
 
 def test_classifier_prefers_cheap_when_good_enough() -> None:
     s = StubScorer({"gpt-4o-mini": 0.8, "gpt-4o": 0.95})
-    d = run(
-        pol(CLS),
-        RequestFeatures(prompt_tokens=500, prompt_text="2+2?", metadata={"a": 1}),
-        plugins=Plugins(scorers={"default": s}),
-    )
+    d = run(pol(CLS), RequestFeatures(prompt_tokens=500, prompt_text="2+2?", metadata={"a": 1}), plugins=Plugins(scorers={"default": s}))
     assert names(d) == ["gpt-4o-mini", "gpt-4o-openai"]
     assert d.scores == {"gpt-4o-mini": 0.8, "gpt-4o": 0.95} and d.propensity == 1.0
     assert s.calls == [("2+2?", {"a": 1})]
@@ -455,9 +414,7 @@ class StubBandit:
     def __init__(self, arm: str | None = None, p: float = 0.4) -> None:
         self.arm, self.p, self.seen = arm, p, []
 
-    def choose(
-        self, arms: Sequence[str], context: Mapping[str, Any], rng: random.Random
-    ) -> tuple[str, float]:
+    def choose(self, arms: Sequence[str], context: Mapping[str, Any], rng: random.Random) -> tuple[str, float]:
         self.seen.append((list(arms), dict(context)))
         return (self.arm or arms[-1]), self.p
 
@@ -468,19 +425,10 @@ class StubBandit:
 def test_bandit_arms_propensity_and_context() -> None:
     p = load_policy_dir(examples_dir())["bandit"]
     b = StubBandit()
-    d = run(
-        p,
-        RequestFeatures(prompt_tokens=42, user="u", prompt_text="hi"),
-        plugins=Plugins(bandits={"default": b}),
-    )
+    d = run(p, RequestFeatures(prompt_tokens=42, user="u", prompt_text="hi"), plugins=Plugins(bandits={"default": b}))
     arms, ctx = b.seen[0]
     assert arms == ["gpt-4o", "gpt-4o-mini", "claude-3-5-haiku"]  # models, config order, deduplicated
-    assert (
-        ctx["prompt_tokens"] == 42
-        and ctx["user"] == "u"
-        and ctx["prompt_text"] == "hi"
-        and ctx["weekday"] == 2
-    )
+    assert ctx["prompt_tokens"] == 42 and ctx["user"] == "u" and ctx["prompt_text"] == "hi" and ctx["weekday"] == 2
     assert d.arm == "claude-3-5-haiku" and names(d)[0] == "claude-3-5-haiku" and d.propensity == 0.4
 
 
@@ -501,14 +449,10 @@ def test_bandit_over_deployments() -> None:
 
 
 def test_fallback_chain_order_and_max_candidates() -> None:
-    p = pol(
-        "name: t\nselector: {type: cheapest}\nfallbacks: {chain: [claude-3-5-sonnet, gpt-4o], max_candidates: 4}\n"
-    )
+    p = pol("name: t\nselector: {type: cheapest}\nfallbacks: {chain: [claude-3-5-sonnet, gpt-4o], max_candidates: 4}\n")
     d = run(p)
     assert names(d) == ["jamba-local", "claude-3-5-sonnet", "gpt-4o-openai", "gpt-4o-azure"]
-    p = pol(
-        "name: t\nselector: {type: cheapest}\nfallbacks: {chain: [claude-3-5-sonnet], include_remaining: false}\n"
-    )
+    p = pol("name: t\nselector: {type: cheapest}\nfallbacks: {chain: [claude-3-5-sonnet], include_remaining: false}\n")
     assert names(run(p)) == ["jamba-local", "claude-3-5-sonnet"]
 
 
@@ -575,9 +519,7 @@ def test_examples_route_sensibly() -> None:
 
 
 def test_unknown_targets_reported() -> None:
-    p = pol(
-        "name: t\nfilters: {allow: [gpt-4o, gpt-5]}\nselector: {type: weighted, weights: {'tag:nope': 1}}\n"
-    )
+    p = pol("name: t\nfilters: {allow: [gpt-4o, gpt-5]}\nselector: {type: weighted, weights: {'tag:nope': 1}}\n")
     assert unknown_targets(p, DEPS) == ["gpt-5", "tag:nope"]
 
 
@@ -613,9 +555,7 @@ def test_escalation_is_bounded_by_budget_downgrade() -> None:
 
 
 def test_classifier_large_lambda_still_prefers_eligible() -> None:
-    p = pol(
-        "name: t\nfilters: {allow: [gpt-4o-mini, gpt-4o-openai]}\nselector: {type: classifier, threshold: 0.9, lambda: 50}\n"
-    )
+    p = pol("name: t\nfilters: {allow: [gpt-4o-mini, gpt-4o-openai]}\nselector: {type: classifier, threshold: 0.9, lambda: 50}\n")
     d = run(p, plugins=Plugins(scorers={"default": StubScorer({"gpt-4o-mini": 0.5, "gpt-4o": 0.95})}))
     assert names(d)[0] == "gpt-4o-openai"  # the only one above threshold, however expensive
 
@@ -631,8 +571,6 @@ def test_model_copy_does_not_reuse_compiled_policy() -> None:
 def test_time_rules_convert_non_utc_now() -> None:
     from datetime import timedelta, timezone
 
-    p = pol(
-        'name: t\nrules:\n  - name: r\n    when: {time: {from: "09:00", to: "10:00"}}\n    then: {pick: jamba-local}\n'
-    )
+    p = pol('name: t\nrules:\n  - name: r\n    when: {time: {from: "09:00", to: "10:00"}}\n    then: {pick: jamba-local}\n')
     ny = datetime(2024, 5, 15, 5, 30, tzinfo=timezone(timedelta(hours=-4)))  # = 09:30 UTC
     assert names(run(p, now=ny))[0] == "jamba-local"

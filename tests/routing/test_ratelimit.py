@@ -50,11 +50,7 @@ def test_all_or_nothing_across_limits() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    st.lists(st.tuples(st.floats(0, 5), st.integers(1, 3)), max_size=80),
-    st.integers(1, 10),
-    st.floats(0.2, 5),
-)
+@given(st.lists(st.tuples(st.floats(0, 5), st.integers(1, 3)), max_size=80), st.integers(1, 10), st.floats(0.2, 5))
 def test_gcra_never_exceeds_rate_plus_burst(arrivals, burst, rate) -> None:
     """Over any prefix [t0, t], admitted units ≤ burst + rate · (t − t0) (cost ≤ burst)."""
     tat, now, t0, total = 0.0, 0.0, 0.0, 0

@@ -98,9 +98,7 @@ async def test_concurrent_records_are_atomic(clients, redis_prefix) -> None:
 
 ops = st.lists(
     st.tuples(
-        st.sampled_from(
-            ["allow", "allow", "ok", "fail", "fail", "slow", "force_open", "force_closed", "unforce"]
-        ),
+        st.sampled_from(["allow", "allow", "ok", "fail", "fail", "slow", "force_open", "force_closed", "unforce"]),
         st.sampled_from([0.0, 0.3, 1.0, 2.5, 6.0]),
     ),
     min_size=1,
@@ -132,9 +130,7 @@ def test_lua_breaker_matches_python_model(redis_url, redis_prefix, seq) -> None:
                     model.force(mode)
                 assert await store.state("d") == model.state_at(clock.t)
                 h = await client.hgetall(f"{prefix}breaker:d")
-                assert (
-                    int(h.get("consec", 0)) == model.consecutive and int(h.get("probes", 0)) == model.probes
-                )
+                assert int(h.get("consec", 0)) == model.consecutive and int(h.get("probes", 0)) == model.probes
             assert store.guard.failures == 0
         finally:
             await client.aclose()
@@ -209,10 +205,7 @@ async def test_budget_lua_matches_ledger(clients, redis_prefix) -> None:
         if r < 0.5:
             amount = rng.uniform(0.01, 0.3)
             rid = f"r{step}"
-            model_ok = (
-                led.reserve([("a", to_nano(1.0), "strict")], to_nano(amount, round_up=True), rid, clock.t, 30)
-                is None
-            )
+            model_ok = led.reserve([("a", to_nano(1.0), "strict")], to_nano(amount, round_up=True), rid, clock.t, 30) is None
             try:
                 live.append(await store.reserve([lim], amount, reservation_id=rid))
                 assert model_ok
@@ -229,9 +222,7 @@ async def test_budget_lua_matches_ledger(clients, redis_prefix) -> None:
                 led.release(["a"], res.id)
         h = await clients[0].hgetall(f"{redis_prefix}budget:user:u:total:total")
         acct = led.accounts.get("a")
-        assert (int(h.get("spent", 0)), int(h.get("reserved", 0))) == (
-            (acct.spent, acct.reserved) if acct else (0, 0)
-        )
+        assert (int(h.get("spent", 0)), int(h.get("reserved", 0))) == ((acct.spent, acct.reserved) if acct else (0, 0))
     assert store.guard.failures == 0
 
 
@@ -267,9 +258,7 @@ async def test_token_limits_all_or_nothing_and_refund(clients, redis_prefix) -> 
 async def test_concurrency_leases_shared(clients, redis_prefix) -> None:
     clock = Clock()
     a, b = (RedisRateLimitStore(c, prefix=redis_prefix, clock=clock) for c in clients)
-    got = await asyncio.gather(
-        *((a if i % 2 else b).acquire_slot("deployment:x", 5, ttl_s=60) for i in range(20))
-    )
+    got = await asyncio.gather(*((a if i % 2 else b).acquire_slot("deployment:x", 5, ttl_s=60) for i in range(20)))
     leases = [g for g in got if g]
     assert len(leases) == 5
     assert await b.in_flight(["deployment:x"]) == {"deployment:x": 5}

@@ -108,11 +108,7 @@ def test_model_validator_errors_are_located_and_clean() -> None:
           on_exceeded: downgrade
         """
     )
-    assert (
-        "rules[0].then",
-        4,
-        "a rule action needs at least one of pick, restrict, forbid, tier, selector",
-    ) in errs
+    assert ("rules[0].then", 4, "a rule action needs at least one of pick, restrict, forbid, tier, selector") in errs
     assert ("budget", 5, "on_exceeded: downgrade needs downgrade_tier") in errs
 
 
@@ -142,9 +138,7 @@ def test_yaml_syntax_error_has_line() -> None:
 
 
 def test_duplicate_keys_are_errors() -> None:
-    errs = errors_of(
-        "name: p\nselector: {type: cheapest}\nrules:\n  - name: a\n    then: {pick: x, pick: y}\nselector: {type: fixed}\n"
-    )
+    errs = errors_of("name: p\nselector: {type: cheapest}\nrules:\n  - name: a\n    then: {pick: x, pick: y}\nselector: {type: fixed}\n")
     assert errs == [
         ("rules[0].then.pick", 5, "duplicate key 'pick' (first on line 5)"),
         ("selector", 6, "duplicate key 'selector' (first on line 2)"),
@@ -182,9 +176,7 @@ def test_error_str_and_dicts() -> None:
     with pytest.raises(PolicyValidationError) as ei:
         parse_policy("name: p\nbogus: 1\n", source="p.yaml")
     assert "p.yaml" in str(ei.value) and "line 2: bogus" in str(ei.value)
-    assert ei.value.as_dicts() == [
-        {"path": "bogus", "line": 2, "column": 1, "message": "Extra inputs are not permitted"}
-    ]
+    assert ei.value.as_dicts() == [{"path": "bogus", "line": 2, "column": 1, "message": "Extra inputs are not permitted"}]
 
 
 def test_single_string_targets_become_lists() -> None:
