@@ -31,6 +31,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 
 import numpy as np
 
@@ -113,7 +114,10 @@ class CharNgrams:
         fresh: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for _ in range(2):  # a second pass only if the memo started over while this prompt filled it
             gen = self.generation
-            rows = np.fromiter((self._row(w, fresh) for w in counts), dtype=np.int64, count=len(counts))
+            got = list(map(self._rows.get, counts))  # known words: one C-level pass
+            if None in got:
+                got = [self._row(w, fresh) if r is None else r for w, r in zip(counts, got, strict=True)]
+            rows = np.array(got, dtype=np.int64)
             if gen == self.generation:
                 sq = self._sq[rows]
                 break
@@ -124,7 +128,7 @@ class CharNgrams:
         s = 1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts))[keep])
         if not len(s):
             return CharWords((), rows[:0], s, gen)
-        words = tuple(w for w, k in zip(counts, keep.tolist(), strict=True) if k)
+        words = tuple(compress(counts, keep.tolist()))
         return CharWords(words, rows[keep], s / math.sqrt(float(s * s @ sq[keep])), gen, fresh)
 
     def sparse(self, cw: CharWords | None) -> tuple[np.ndarray, np.ndarray]:
