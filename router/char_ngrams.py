@@ -35,6 +35,8 @@ from itertools import compress
 
 import numpy as np
 
+from router.tfidf import rows_to_csr, smooth_idf
+
 __all__ = ["CharNgrams", "CharWords", "fit_char_ngrams"]
 
 _WORD = re.compile(r"\w+")
@@ -171,9 +173,14 @@ def fit_char_ngrams(
         kept = _chi2_top(texts, kept, labels, max_features)
     kept = kept[:max_features]
     kept.sort(key=lambda x: x[1])
-    n = len(texts)
-    idf = np.array([math.log((1 + n) / (1 + c)) + 1.0 for c, _ in kept], dtype=np.float64)
-    return CharNgrams(vocab={g: i for i, (_, g) in enumerate(kept)}, idf=idf)
+    return _block(kept, len(texts))
+
+
+def _block(kept: Sequence[tuple[int, str]], n: int, **memo: int) -> CharNgrams:
+    """The block of ``kept`` ((document frequency, n-gram) pairs, column order) over ``n`` documents."""
+    return CharNgrams(
+        vocab={g: i for i, (_, g) in enumerate(kept)}, idf=smooth_idf([c for c, _ in kept], n), **memo
+    )
 
 
 def _chi2_top(
@@ -181,22 +188,11 @@ def _chi2_top(
 ) -> list[tuple[int, str]]:
     """The ``k`` candidates of ``kept`` ((df, n-gram) pairs) with the highest χ² against ``labels``,
     scored on the vectors the candidate vocabulary gives (sklearn's ``chi2``; offline only)."""
-    from scipy import sparse
     from sklearn.feature_selection import chi2
 
-    n = len(texts)
-    cand = CharNgrams(
-        vocab={g: i for i, (_, g) in enumerate(kept)},
-        idf=np.array([math.log((1 + n) / (1 + c)) + 1.0 for c, _ in kept], dtype=np.float64),
-        cache_size=max(100_000, 50 * n),
-    )
+    cand = _block(kept, len(texts), cache_size=max(100_000, 50 * len(texts)))
     rows = [cand.vector(t) for t in texts]
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum([len(r[0]) for r in rows], out=indptr[1:])
-    x = sparse.csr_matrix(
-        (np.concatenate([r[1] for r in rows]), np.concatenate([r[0] for r in rows]), indptr),
-        shape=(n, len(kept)),
-    )
+    x = rows_to_csr([r[0] for r in rows], [r[1] for r in rows], len(kept))
     score = np.nan_to_num(chi2(x, np.asarray(labels))[0])
     top = np.argsort(-score, kind="stable")[:k]
     return [kept[i] for i in np.sort(top)]

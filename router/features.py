@@ -7,9 +7,9 @@ A prompt becomes two blocks:
   is a regex, a few hundred dict look-ups and a normalisation — no sklearn call per request. We use a
   vocabulary rather than feature hashing because Python's ``hash`` is salted per process and a dict is
   as fast as a stable hash in pure Python; no collisions either.
-* **char** (optional): TF-IDF over character 2–5-grams inside words (sklearn's ``char_wb``). Only the
-  group prior (router/group_prior.py) reads it: subject inference gains ~4 points of accuracy on MMLU
-  from sub-word evidence (``-itis``, ``-ase``, ``stoichio``) that the word vocabulary misses.
+* **char** (optional): character 2–5-grams inside words, built word by word (router/char_ngrams.py).
+  Only the group prior (router/group_prior.py) reads it: subject inference gains ~4 points of accuracy
+  on MMLU from sub-word evidence (``-itis``, ``-ase``, ``stoichio``) that the word vocabulary misses.
 * **dense**: handcrafted structure features (length, digits, multiple-choice options, negations,
   code markers, blanks, …), standardised with means/scales frozen at training time. On the RouteLLM data
   these carry as much signal about *which model is needed* as the words do.
@@ -32,6 +32,7 @@ from itertools import repeat
 import numpy as np
 
 from router.char_ngrams import CharNgrams, CharWords, fit_char_ngrams
+from router.tfidf import rows_to_csr, smooth_idf
 
 __all__ = [
     "normalize_prompt",
@@ -340,21 +341,12 @@ class TextFeaturizer:
 
     def blocks(self, feats: Sequence[PromptFeatures]) -> tuple[object, object, np.ndarray]:
         """(word CSR n×V, char CSR n×C — zero columns without a char block —, dense n×K) of features."""
-        from scipy import sparse  # local: only offline paths need scipy
-
-        def csr(idx: list[np.ndarray], val: list[np.ndarray], width: int) -> object:
-            indptr = np.zeros(len(idx) + 1, dtype=np.int64)
-            np.cumsum([len(i) for i in idx], out=indptr[1:])
-            ind = np.concatenate(idx) if idx else np.zeros(0, np.int64)
-            data = np.concatenate(val) if val else np.zeros(0)
-            return sparse.csr_matrix((data, ind, indptr), shape=(len(idx), width))
-
-        x = csr([f.text_idx for f in feats], [f.text_val for f in feats], self.n_text)
+        x = rows_to_csr([f.text_idx for f in feats], [f.text_val for f in feats], self.n_text)
         if self.char is not None:
             chars = [self.char.sparse(f.char) for f in feats]
-            xc = csr([c[0] for c in chars], [c[1] for c in chars], len(self.char.idf))
+            xc = rows_to_csr([c[0] for c in chars], [c[1] for c in chars], len(self.char.idf))
         else:
-            xc = csr([self._empty_idx] * len(feats), [np.zeros(0)] * len(feats), 0)
+            xc = rows_to_csr([self._empty_idx] * len(feats), [np.zeros(0)] * len(feats), 0)
         dense = np.vstack([f.dense for f in feats]) if feats else np.zeros((0, self.n_dense))
         return x, xc, dense
 
@@ -382,7 +374,7 @@ def fit_featurizer(
     kept.sort(key=lambda x: x[1])
     vocab = {term: i for i, (_, term) in enumerate(kept)}
     n = len(texts)
-    idf = np.array([math.log((1 + n) / (1 + c)) + 1.0 for c, _ in kept], dtype=np.float64)
+    idf = smooth_idf([c for c, _ in kept], n)
     dense = np.array([dense_features(t) for t in texts], dtype=np.float64).reshape(
         n, len(DENSE_FEATURE_NAMES)
     )
