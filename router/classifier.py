@@ -36,6 +36,7 @@ __all__ = [
     "CostModel",
     "QualityClassifier",
     "logit",
+    "sigmoid",
     "cheapest_above",
     "best_tradeoff",
     "calibrate_gap_threshold",
@@ -43,7 +44,8 @@ __all__ = [
 ]
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """Logistic function, clipped so extreme logits neither overflow nor underflow."""
     return 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
 
 
@@ -114,7 +116,7 @@ class TreeBundle:
     threshold: np.ndarray  # same shape; +inf for padding (x ≤ inf: always left)
     leaf_value: np.ndarray  # (T · 2^D,)
     depth: int
-    starts: np.ndarray  # index of each ensemble's first tree
+    owner: np.ndarray  # (T,) the ensemble each tree belongs to
     baselines: np.ndarray  # (E,)
     _root: np.ndarray = field(init=False, repr=False)  # position of every tree's root
     _leaf0: np.ndarray = field(init=False, repr=False)  # index of every tree's first leaf, minus 2^D − 1
@@ -131,18 +133,20 @@ class TreeBundle:
         for _ in range(self.depth):
             k = self._root + pos
             pos = 2 * pos + 1 + (x[self.feature[k]] > self.threshold[k])
-        return self.baselines + np.add.reduceat(self.leaf_value[self._leaf0 + pos], self.starts)
+        leaves = self.leaf_value[self._leaf0 + pos]
+        return self.baselines + np.bincount(self.owner, weights=leaves, minlength=len(self.baselines))
 
 
 def bundle_trees(ensembles: Sequence[CompiledTrees], columns: Sequence[np.ndarray | None]) -> TreeBundle:
     """Join ``ensembles``; ``columns[e]`` maps ensemble e's feature index to the shared input (None: same)."""
-    depth = max(1, max(t.max_depth for t in ensembles))
+    depth = max([1] + [t.max_depth for t in ensembles])
     n_int, n_leaf = (1 << depth) - 1, 1 << depth
     n_trees = sum(len(t.roots) for t in ensembles)
     feature = np.zeros(n_trees * n_int, dtype=np.int64)
     threshold = np.full(n_trees * n_int, np.inf)
     leaf_value = np.zeros(n_trees * n_leaf)
-    starts, tree = [], 0
+    owner = np.zeros(n_trees, dtype=np.int64)
+    tree = 0
 
     def fill(t: CompiledTrees, cols: np.ndarray | None, node: int, pos: int, level: int) -> None:
         if level == depth:
@@ -158,9 +162,9 @@ def bundle_trees(ensembles: Sequence[CompiledTrees], columns: Sequence[np.ndarra
         fill(t, cols, int(t.left[node]), 2 * pos + 1, level + 1)
         fill(t, cols, int(t.right[node]), 2 * pos + 2, level + 1)
 
-    for t, cols in zip(ensembles, columns, strict=True):
-        starts.append(tree)
+    for e, (t, cols) in enumerate(zip(ensembles, columns, strict=True)):
         for root in t.roots.tolist():
+            owner[tree] = e
             fill(t, cols, root, 0, 0)
             tree += 1
     return TreeBundle(
@@ -168,7 +172,7 @@ def bundle_trees(ensembles: Sequence[CompiledTrees], columns: Sequence[np.ndarra
         threshold,
         leaf_value,
         depth,
-        np.array(starts, dtype=np.int64),
+        owner,
         np.array([t.baseline for t in ensembles]),
     )
 
@@ -282,11 +286,9 @@ class QualityClassifier:
         state.pop("_bundle", None)  # derived from the fitted trees on first use; not part of the artifact
         return state
 
-    def _tree_bundle(self) -> tuple[TreeBundle | None, np.ndarray]:
-        """All ensembles a decision walks (the used stackers, then the gap model) as one bundle.
-
-        Returns the bundle and, per model, the bundle slot of its stacker (−1: its linear head is used).
-        """
+    def _tree_bundle(self) -> tuple[TreeBundle, np.ndarray, np.ndarray]:
+        """All ensembles a decision walks (the used stackers, then the gap model) as one bundle, and per
+        model whether its stacker is used and its slot in the bundle's output."""
         cached = self.__dict__.get("_bundle")
         if cached is not None:
             return cached
@@ -303,24 +305,9 @@ class QualityClassifier:
         if self.gap is not None:
             ensembles.append(self.gap)
             columns.append(self.gap_inputs)
-        usable = ensembles and all(len(t.roots) for t in ensembles)
-        bundle = bundle_trees(ensembles, columns) if usable else None
-        self.__dict__["_bundle"] = (bundle, np.array(slots, dtype=np.int64))
+        slot = np.array(slots, dtype=np.int64)
+        self.__dict__["_bundle"] = (bundle_trees(ensembles, columns), slot >= 0, np.maximum(slot, 0))
         return self.__dict__["_bundle"]
-
-    def _ensemble_scores(self, z: np.ndarray) -> tuple[np.ndarray, float | None]:
-        """(raw score per used stacker, in slot order; the gap model's raw score or None)."""
-        bundle, slots = self._tree_bundle()
-        if bundle is not None:
-            raw = bundle.raw(z)
-            return (raw[:-1], float(raw[-1])) if self.gap is not None else (raw, None)
-        used = (
-            [self.stackers[j].raw(z) for j, k in enumerate(slots.tolist()) if k >= 0] if self.stackers else []
-        )
-        gap = None
-        if self.gap is not None:
-            gap = self.gap.raw(z if self.gap_inputs is None else z[self.gap_inputs])
-        return np.array(used), gap
 
     def predict_array(self, f: PromptFeatures) -> np.ndarray:
         """Probabilities in ``self.models`` order.
@@ -330,19 +317,15 @@ class QualityClassifier:
         """
         lin = self.linear_logits(f)
         prior = self.group_prior.model_prior(f) if self.group_prior is not None else None
-        needs_trees = self.stackers is not None or self.gap is not None
-        z = self.stack_input(f, lin, prior) if needs_trees else None
-        stacked, gap_raw = self._ensemble_scores(z) if z is not None else (np.zeros(0), None)
-        if self.stackers is not None:
-            _, slots = self._tree_bundle()
-            use = slots >= 0
-            p = _sigmoid(
-                np.where(use, stacked[np.maximum(slots, 0)], lin[: len(slots)])
-                if len(stacked)
-                else lin[: len(slots)]
-            )
-        else:
-            p = _sigmoid(lin[: len(self.models)])
+        logits, gap_raw = lin[: len(self.models)], None
+        if self.stackers is not None or self.gap is not None:
+            bundle, use, slot = self._tree_bundle()
+            raw = bundle.raw(self.stack_input(f, lin, prior))
+            if use.any():
+                logits = np.where(use, raw[slot], logits)
+            if self.gap is not None:
+                gap_raw = float(raw[-1])
+        p = sigmoid(logits)
         if self.prior_weight is not None and prior is not None:
             p = (1.0 - self.prior_weight) * p + self.prior_weight * prior
         if gap_raw is not None and self.strong is not None and self.weak is not None:
@@ -360,8 +343,7 @@ class QualityClassifier:
                 ps, pw = 1.0, 1.0 - g
             elif ps < 0.0:
                 ps, pw = 0.0, -g
-            p = p.copy()
-            p[i_s], p[i_w] = ps, pw
+            p[i_s], p[i_w] = ps, pw  # p is this call's own array (sigmoid and the prior mix make new ones)
         return p
 
     def predict(self, prompt_or_features: str | PromptFeatures) -> dict[str, float]:

@@ -69,26 +69,25 @@ class GroupPrior:
         ch = self.char
         assert ch is not None
         if cw.generation != ch.generation:  # the memo started over since featurisation: no table rows
-            return cw.weight @ np.array([self._word_logits(w) for w in cw.words])
+            return cw.weight @ self._word_logits([ch.word_vector(w) for w in cw.words])
         if self._generation != ch.generation or len(self._filled) < ch.cache_size:
             self._table = np.zeros((ch.cache_size, len(self.groups)), dtype=np.float32)
             self._filled = np.zeros(ch.cache_size, dtype=bool)
             self._generation = ch.generation
         rows = cw.rows
         miss = rows[~self._filled[rows]]
-        if len(miss):  # words new to this table: one gather for all of them, then per-word sums
+        if len(miss):
             vecs = [cw.fresh.get(r) or ch.word_vector(ch.word(r)) for r in miss.tolist()]
-            idx = np.concatenate([v[0] for v in vecs])
-            val = np.concatenate([v[1] for v in vecs]).astype(self.char_coef.dtype)
-            starts = np.cumsum([0] + [len(v[0]) for v in vecs[:-1]])
-            self._table[miss] = np.add.reduceat(val[:, None] * self.char_coef[idx], starts, axis=0)
+            self._table[miss] = self._word_logits(vecs)
             self._filled[miss] = True
         return cw.weight @ self._table[rows]
 
-    def _word_logits(self, word: str) -> np.ndarray:
-        assert self.char is not None
-        idx, val = self.char.word_vector(word)
-        return val.astype(self.char_coef.dtype) @ self.char_coef[idx]
+    def _word_logits(self, vecs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """``u_w @ char_coef`` for each word's (indices, values): one gather for all, then per-word sums."""
+        idx = np.concatenate([v[0] for v in vecs])
+        val = np.concatenate([v[1] for v in vecs]).astype(self.char_coef.dtype)
+        starts = np.cumsum([0] + [len(v[0]) for v in vecs[:-1]])
+        return np.add.reduceat(val[:, None] * self.char_coef[idx], starts, axis=0)
 
     def group_probs(self, f: PromptFeatures) -> np.ndarray:
         """Softmax over groups (G,).

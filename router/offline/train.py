@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import sparse
 
-from router.classifier import CompiledTrees, CostModel, QualityClassifier, compile_hist_gb, logit
+from router.classifier import CompiledTrees, CostModel, QualityClassifier, compile_hist_gb, logit, sigmoid
 from router.features import fit_featurizer
 from router.group_prior import GroupPrior, group_accuracy
 from router.offline.datasets import LabeledDataset
@@ -215,7 +215,7 @@ def _choose_gap_blend(
         tr = np.setdiff1d(np.arange(len(d)), te)
         est = _gb("gap", cfg, cfg.seed).fit(z[tr], d[tr] - base[tr])
         tree_oof[te] = est.predict(z[te])
-    p = 1.0 / (1.0 + np.exp(-oof_logits))
+    p = sigmoid(oof_logits)
     lin_gap = p[:, 0] - p[:, 1]
     scales = (0.0, 0.5, 1.0) if np.any(base) else (1.0,)
     best, best_a, best_k = -np.inf, 0.0, 1.0
@@ -303,7 +303,7 @@ def train_classifier(
         for j, name in enumerate(ds.models):
             known = ~np.isnan(labels[:, j])
             if known.any():
-                p_oof = 1.0 / (1.0 + np.exp(-oof[known, j]))
+                p_oof = sigmoid(oof[known, j])
                 oof_metrics[f"oof_logloss_linear[{name}]"] = round(_log_loss(labels[known, j], p_oof), 4)
         if cfg.svd_dims:
             from sklearn.decomposition import TruncatedSVD
@@ -325,7 +325,7 @@ def train_classifier(
                 zz, yy, ww = _expand_soft(z[known], y)
                 est = _gb("clf", cfg, cfg.seed).fit(zz, yy, sample_weight=ww)
                 stackers.append(compile_hist_gb(est))
-                p_lin = 1.0 / (1.0 + np.exp(-oof[known, j]))
+                p_lin = sigmoid(oof[known, j])
                 p_stack = _stacker_oof(z[known], y, cfg)
                 # keep a model's stacker only where it beats the linear head out-of-fold: on small or
                 # mostly-textual data the trees add variance, on MMLU they add signal

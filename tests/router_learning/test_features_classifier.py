@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from router.classifier import (
+    CompiledTrees,
     best_tradeoff,
     bundle_trees,
     calibrate_gap_threshold,
@@ -103,9 +104,12 @@ def test_tree_bundle_walks_several_ensembles_as_one_with_remapped_columns() -> N
     b = compile_hist_gb(
         HistGradientBoostingRegressor(max_iter=7, max_depth=4).fit(x[:, [4, 2]], x[:, 4] ** 2)
     )
-    bundle = bundle_trees([a, b], [None, np.array([4, 2])])
+    empty = CompiledTrees(
+        *(np.zeros(0, dtype=np.int64),) * 6, roots=np.zeros(0, dtype=np.int64), baseline=0.3, max_depth=0
+    )
+    bundle = bundle_trees([a, empty, b], [None, None, np.array([4, 2])])
     for row in rng.normal(size=(40, 6)):
-        assert np.allclose(bundle.raw(row), [a.raw(row), b.raw(row[[4, 2]])])
+        assert np.allclose(bundle.raw(row), [a.raw(row), 0.3, b.raw(row[[4, 2]])])
 
 
 def test_term_index_finds_the_same_columns_as_string_lookup() -> None:
