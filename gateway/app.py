@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -44,7 +44,7 @@ from router.budget import BudgetLimit
 from router.plugins import ClassifierScorer, LinUCBBandit, ThompsonBandit
 from router.protocols import Plugins
 from router.signals import LocalLoad
-from state.bandits import BanditStore, InProcessBanditStore, RedisBanditStore
+from state.bandits import BanditStore, DbBanditStore, InProcessBanditStore, RedisBanditStore
 from state.breakers import BreakerStore, InProcessBreakerStore, RedisBreakerStore
 from state.budgets import BudgetStore, InProcessBudgetStore, RedisBudgetStore
 from state.policy_events import RedisPolicyEvents
@@ -55,19 +55,25 @@ log = logging.getLogger("hybridgate")
 DEFAULT_POLICIES = Path(__file__).resolve().parents[1] / "policies" / "defaults"
 
 
-def build_state(settings: Settings) -> tuple[BreakerStore, BudgetStore, RateLimitStore, BanditStore, Any]:
-    """Shared state: Redis when configured (every process sees one state), else in-process."""
+def build_state(settings: Settings, engine: AsyncEngine) -> tuple[BreakerStore, BudgetStore, RateLimitStore,
+                                                                BanditStore, Any]:
+    """Shared state: Redis when configured (every process sees one state), else in-process; bandit
+    statistics, which change only on feedback, are shared through the database without Redis."""
     b = settings.breaker
     cfg = BreakerConfig(window_s=b.window_s, min_requests=b.min_requests, error_rate=b.error_rate,
                         consecutive_failures=b.consecutive_failures, latency_ms=b.latency_ms,
                         cooldown_s=b.cooldown_s, half_open_probes=b.half_open_probes)
+    where = settings.router.bandit_store
+    bandits: BanditStore = DbBanditStore(engine) if where in ("auto", "database") else InProcessBanditStore()
     if settings.redis_url:
         client = make_redis(settings.redis_url, timeout_s=settings.redis_timeout_s,
                             connect_timeout_s=settings.redis_connect_timeout_s)
         p = settings.redis_prefix
+        if where in ("auto", "redis"):
+            bandits = RedisBanditStore(client, prefix=p)
         return (RedisBreakerStore(client, prefix=p, config=cfg), RedisBudgetStore(client, prefix=p),
-                RedisRateLimitStore(client, prefix=p), RedisBanditStore(client, prefix=p), client)
-    return InProcessBreakerStore(cfg), InProcessBudgetStore(), InProcessRateLimitStore(), InProcessBanditStore(), None
+                RedisRateLimitStore(client, prefix=p), bandits, client)
+    return InProcessBreakerStore(cfg), InProcessBudgetStore(), InProcessRateLimitStore(), bandits, None
 
 
 def load_scorer(artifact_dir: str, aliases: dict[str, str]) -> ClassifierScorer:
@@ -114,10 +120,10 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         if d.name not in backends:
             backends[d.name] = build_backend(d)
     metrics = Metrics()
-    breakers, budgets, ratelimits, bandit_store, redis_client = build_state(settings)
+    breakers, budgets, ratelimits, bandit_store, redis_client = build_state(settings, engine)
     remote_load = RemoteLoadPoller(deployments)
-    # `bandit: default` is Thompson sampling (statistics shared through Redis when configured);
-    # `bandit: linucb` is the contextual bandit over the request's shape (per process).
+    # `bandit: default` is Thompson sampling, `bandit: linucb` the contextual bandit over the
+    # request's shape; both share their statistics through the bandit store (Redis or the database).
     plugins = Plugins(scorers={}, bandits={"default": ThompsonBandit(), "linucb": LinUCBBandit()})
     if settings.router.artifact:
         plugins.scorers["default"] = load_scorer(settings.router.artifact, settings.router.model_aliases)  # type: ignore[index]

@@ -76,6 +76,9 @@ class RouterSettings(BaseModel):
     artifact: str | None = Field(default=None, description="trained router artifact dir (hybridgate router train)")
     model_aliases: dict[str, str] = Field(
         default_factory=dict, description="classifier model name -> gateway model name")
+    bandit_store: Literal["auto", "redis", "database", "process"] = Field(
+        default="auto",
+        description="where bandit statistics are shared: auto = Redis when configured, else the database")
 
 
 class Settings(BaseSettings):
@@ -119,6 +122,12 @@ class Settings(BaseSettings):
             if d.name in seen:
                 raise ValueError(f"deployments: duplicate name {d.name!r}")
             seen.add(d.name)
+        return self
+
+    @model_validator(mode="after")
+    def _bandit_store_reachable(self) -> Settings:
+        if self.router.bandit_store == "redis" and not self.redis_url:
+            raise ValueError("router.bandit_store: 'redis' needs redis_url")
         return self
 
     def all_deployments(self) -> list[DeploymentConfig]:

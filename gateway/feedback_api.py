@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -27,11 +28,14 @@ class FeedbackHandler:
     def __init__(self, services: Services) -> None:
         self.s = services
 
-    async def _request_known(self, conn: sa.ext.asyncio.AsyncConnection, request_id: str) -> bool:
+    async def _logged(self, conn: sa.ext.asyncio.AsyncConnection, request_id: str) -> tuple[bool, Any]:
+        """Whether the request is known, and its row's bandit decision (None when this process
+        still holds the decision itself, or no bandit chose)."""
         if self.s.router.recent_decision(request_id) is not None:
-            return True
-        row = (await conn.execute(sa.select(requests.c.id).where(requests.c.id == request_id))).first()
-        return row is not None
+            return True, None
+        row = (await conn.execute(
+            sa.select(requests.c.id, requests.c.bandit).where(requests.c.id == request_id))).first()
+        return (row is not None), (row.bandit if row is not None else None)
 
     async def post(self, request: Request) -> Response:
         await authenticate(request, self.s.keys, self.s.settings.keys_required)
@@ -44,10 +48,12 @@ class FeedbackHandler:
         ).on_conflict_do_nothing(index_elements=["request_id", "source"])
         try:
             async with engine.begin() as conn:
-                if not await self._request_known(conn, fb.request_id):
+                known, logged = await self._logged(conn, fb.request_id)
+                if not known:
                     # the row may still be in the log sink's queue: flush once and look again
                     await self.s.sink.flush()
-                    if not await self._request_known(conn, fb.request_id):
+                    known, logged = await self._logged(conn, fb.request_id)
+                    if not known:
                         raise APIError(404, f"No logged request with id {fb.request_id!r}.", param="request_id",
                                        code="request_not_found")
                 res = await conn.execute(stmt)
@@ -58,7 +64,7 @@ class FeedbackHandler:
                            type="server_error", code="store_unavailable", headers={"retry-after": "5"}) from None
         created = bool(res.rowcount)
         if created:
-            await self.s.router.feedback(fb.request_id, fb.value)
+            await self.s.router.feedback(fb.request_id, fb.value, logged)
         body = {"request_id": fb.request_id, "source": fb.source, "score": fb.value,
                 "status": "recorded" if created else "duplicate"}
         return Response(orjson.dumps(body), status_code=201 if created else 200, media_type="application/json")

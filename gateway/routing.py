@@ -28,7 +28,7 @@ from requestlog.rows import RequestRow
 from router.budget import BudgetExceeded, BudgetLimit, Reservation, max_cost_usd
 from router.decide import bandit_context, decide
 from router.decision import Decision, RequestFeatures
-from router.protocols import Plugins
+from router.protocols import Plugins, SharedBandit
 from router.ratelimit import RateLimit
 from router.signals import LocalLoad, Signals
 from state.bandits import BanditStore, InProcessBanditStore
@@ -61,12 +61,29 @@ class Route:
 
 @dataclass(slots=True, frozen=True)
 class PendingReward:
-    """What a bandit needs to learn from feedback on one of its decisions."""
+    """What a bandit needs to learn from feedback on one of its decisions.
 
-    policy: str
+    The same values go to the request's log row (``bandit`` column, `as_logged`), so feedback that
+    reaches another process, or this one after a restart, still teaches the bandit that decided.
+    """
+
+    bandit: str
     arm: str
     context: dict[str, Any]
     propensity: float
+
+    def as_logged(self) -> dict[str, Any]:
+        return {"name": self.bandit, "arm": self.arm, "context": self.context, "propensity": self.propensity}
+
+    @classmethod
+    def from_logged(cls, logged: Any) -> PendingReward | None:
+        """Back from a log row's ``bandit`` value; None when it is missing or not ours."""
+        if not isinstance(logged, dict) or not isinstance(logged.get("name"), str) \
+                or not isinstance(logged.get("arm"), str):
+            return None
+        ctx = logged.get("context")
+        return cls(logged["name"], logged["arm"], ctx if isinstance(ctx, dict) else {},
+                   float(logged.get("propensity") or 1.0))
 
 
 class Catalog:
@@ -264,10 +281,12 @@ class GatewayRouter:
             return None
         d = route.decision
         if d is not None and d.arm is not None:
-            ctx = dict(route.bandit_context or {})
-            if len(ctx.get("prompt_text") or "") > 1000:
-                ctx["prompt_text"] = ctx["prompt_text"][:1000]  # bounded memory per pending decision
-            self._pending[row.id] = PendingReward(route.policy or "", d.arm, ctx, route.propensity)
+            # The prompt stays out: it is logged only where the log's content mode allows, and the
+            # shipped bandits learn from the request's shape, not its text.
+            ctx = {k: v for k, v in (route.bandit_context or {}).items() if k != "prompt_text"}
+            pending = PendingReward(d.bandit or "default", d.arm, ctx, route.propensity)
+            row.bandit = pending.as_logged()
+            self._pending[row.id] = pending
             if len(self._pending) > self._pending_max:
                 self._pending.popitem(last=False)
         if route.reservation is None and route.slot is None and not route.rate_limits:
@@ -288,29 +307,32 @@ class GatewayRouter:
     def recent_decision(self, request_id: str) -> PendingReward | None:
         return self._pending.get(request_id)
 
-    async def feedback(self, request_id: str, score: float) -> None:
+    async def feedback(self, request_id: str, score: float, logged: Any = None) -> None:
         """A quality signal arrived: the bandit that chose this request's model learns from it, here
-        at once and, through the bandit store, in every other gateway process."""
-        pending = self._pending.get(request_id)
+        at once and, through the bandit store, in every other gateway process.
+
+        ``logged`` is the request row's ``bandit`` value, for decisions this process does not hold
+        (made by another process, or before a restart).
+        """
+        pending = self._pending.get(request_id) or PendingReward.from_logged(logged)
         if pending is None:
             return
-        spec = self.registry.active(pending.policy)
-        bandit_name = getattr(getattr(spec, "selector", None), "bandit", None) if spec else None
-        name = bandit_name or "default"
-        bandit = self.plugins.bandits.get(name)
-        if bandit is not None:
-            bandit.update(pending.arm, score, pending.context, pending.propensity)
-            await self.bandit_store.add(name, pending.arm, score)
+        bandit = self.plugins.bandits.get(pending.bandit)
+        if bandit is None:
+            return
+        bandit.update(pending.arm, score, pending.context, pending.propensity)
+        if isinstance(bandit, SharedBandit):
+            await self.bandit_store.add(pending.bandit, pending.arm,
+                                        bandit.increments(pending.arm, score, pending.context))
 
     async def sync_bandits(self) -> None:
         """Refresh every shareable bandit from the store's totals (no-op without a shared store)."""
         for name, bandit in self.plugins.bandits.items():
-            load = getattr(bandit, "load_totals", None)
-            if load is None:
+            if not isinstance(bandit, SharedBandit):
                 continue
             totals = await self.bandit_store.load(name)
             if totals is not None:
-                load(totals)
+                bandit.load_totals(totals)
 
     def model_cards(self) -> list[dict[str, Any]]:
         cards = [{"id": m, "object": "model", "created": self._created, "owned_by": ds[0].provider}

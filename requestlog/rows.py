@@ -54,6 +54,7 @@ class RequestRow:
     policy_version: int | None = None
     route_reason: str | None = None
     propensity: float | None = None
+    bandit: dict[str, Any] | None = None  # {"name", "arm", "context"}: lets any process learn from feedback
     status: str = "ok"  # "ok" | "error" | "cancelled"
     http_status: int = 200
     error_type: str | None = None

@@ -87,6 +87,7 @@ requests = sa.Table(
     sa.Column("policy_version", sa.Integer()),
     sa.Column("route_reason", sa.Text()),
     sa.Column("propensity", sa.Float()),
+    sa.Column("bandit", JSON_TYPE),  # {"name", "arm", "context"} when a bandit chose: feedback teaches it
     # outcome
     _str("status", nullable=False, server_default="ok"),
     sa.Column("http_status", sa.Integer(), nullable=False, server_default=sa.text("200")),
@@ -203,3 +204,13 @@ router_artifacts = sa.Table(
     sa.Column("active", sa.Boolean(), nullable=False, server_default=sa.false()),
 )
 """Trained router models on disk and which one is active."""
+
+bandit_totals = sa.Table(
+    "bandit_totals",
+    metadata,
+    _str("bandit", primary_key=True),
+    _str("arm", primary_key=True),
+    _str("stat", primary_key=True),
+    sa.Column("value", sa.Float(), nullable=False),
+)
+"""Bandit statistics as additive totals, shared by every gateway process (`state.bandits`)."""

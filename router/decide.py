@@ -197,6 +197,7 @@ def decide(
         selector=selector.type if picked is None else "pick",
         tier=tier,
         arm=sel.arm,
+        bandit=sel.bandit,
         scores=sel.scores,
     )
 

@@ -83,6 +83,7 @@ class Decision:
     selector: str = ""
     tier: str | None = None
     arm: str | None = None  # bandit arm, for the later bandit.update
+    bandit: str | None = None  # which bandit plugin chose ``arm`` (a rule may switch selectors)
     scores: dict[str, float] | None = None  # classifier P(ok) per model, when one was asked
 
     @property

@@ -63,6 +63,12 @@ class ThompsonBandit:
     def to_dict(self) -> dict[str, Any]:
         return self.state.to_dict()
 
+    def increments(self, arm: str, reward: float, context: Mapping[str, Any]) -> dict[str, float]:
+        """What one reward adds to the shared totals: Beta pseudo-counts, count and moments. Sums,
+        so any number of processes can add them atomically without reading first."""
+        q = _unit(reward)
+        return {"alpha": q, "beta": 1.0 - q, "n": 1.0, "sum": q, "sumsq": q * q}
+
     def load_totals(self, totals: Mapping[str, Mapping[str, float]]) -> None:
         """Replace the statistics with shared additive totals (see `state.bandits`): the prior
         pseudo-counts (1, 1) plus every process's observed rewards."""
@@ -126,7 +132,45 @@ class LinUCBBandit:
 
     def update(self, arm: str, reward: float, context: Mapping[str, Any], propensity: float) -> None:
         self._ensure(arm)
-        self.state.update(arm, request_context_vector(context), min(max(float(reward), 0.0), 1.0))
+        self.state.update(arm, request_context_vector(context), _unit(reward))
 
     def to_dict(self) -> dict[str, Any]:
         return self.state.to_dict()
+
+    def increments(self, arm: str, reward: float, context: Mapping[str, Any]) -> dict[str, float]:
+        """What one reward adds to the shared totals: ``x xᵀ`` (upper triangle), ``r·x`` and a count.
+
+        LinUCB's state is ``A = I + Σ x xᵀ`` and ``b = Σ r x``, both sums, so processes share it the
+        way Thompson shares its counts; each rebuilds ``A⁻¹`` from the totals (`load_totals`).
+        """
+        x = request_context_vector(context)
+        r = _unit(reward)
+        out = {"n": 1.0}
+        for i in range(self.dim):
+            out[f"b.{i}"] = r * float(x[i])
+            for j in range(i, self.dim):
+                out[f"A.{i}.{j}"] = float(x[i] * x[j])
+        return out
+
+    def load_totals(self, totals: Mapping[str, Mapping[str, float]]) -> None:
+        """Replace every arm's model with the shared totals (ridge prior ``I`` plus every process's
+        observations); arms the store has not seen yet keep their local state."""
+        s = self.state
+        for arm, tot in totals.items():
+            a = np.eye(self.dim)
+            b = np.zeros(self.dim)
+            for i in range(self.dim):
+                b[i] = tot.get(f"b.{i}", 0.0)
+                for j in range(i, self.dim):
+                    a[i, j] += tot.get(f"A.{i}.{j}", 0.0)
+                    a[j, i] = a[i, j]
+            if arm not in s.a_inv:
+                s.arms.append(arm)
+            s.a_inv[arm] = np.linalg.inv(a)
+            s.b[arm] = b
+            s.n[arm] = int(round(tot.get("n", 0.0)))
+
+
+def _unit(reward: float) -> float:
+    """A reward clipped to [0, 1], the range every bandit here assumes."""
+    return min(max(float(reward), 0.0), 1.0)

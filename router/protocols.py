@@ -33,6 +33,19 @@ class Bandit(Protocol):
     def update(self, arm: str, reward: float, context: Mapping[str, Any], propensity: float) -> None: ...
 
 
+@runtime_checkable
+class SharedBandit(Bandit, Protocol):
+    """A bandit whose statistics are sums, so every gateway process can share them.
+
+    ``increments`` says what one reward adds (statistic name -> amount); a store adds those up
+    atomically across processes, and ``load_totals`` rebuilds the bandit from the sums per arm.
+    """
+
+    def increments(self, arm: str, reward: float, context: Mapping[str, Any]) -> dict[str, float]: ...
+
+    def load_totals(self, totals: Mapping[str, Mapping[str, float]]) -> None: ...
+
+
 @dataclass(slots=True)
 class Plugins:
     """Named scorers and bandits a policy's selector may refer to (``scorer: default``)."""

@@ -35,6 +35,7 @@ class Selection:
     propensity: float
     detail: str  # for trace and reason, e.g. "cheapest" or "weighted p=0.25"
     arm: str | None = None
+    bandit: str | None = None  # the plugin that chose ``arm``: its name travels to feedback
     scores: dict[str, float] | None = None
 
 
@@ -199,7 +200,8 @@ def select_bandit(spec: BanditSelector, inp: SelectorInput) -> Selection:
         return _fallback(spec.fallback, inp, f"bandit returned invalid ({arm!r}, {propensity!r})")
     chosen = [i for i in inp.pool if arm_of(i) == arm]
     ranking = chosen + [i for i in inp.pool if arm_of(i) != arm]
-    return Selection(ranking, float(propensity), f"bandit arm={arm} p={propensity:.3g}", arm=arm)
+    return Selection(ranking, float(propensity), f"bandit arm={arm} p={propensity:.3g}", arm=arm,
+                     bandit=spec.bandit)
 
 
 _FALLBACK_SPECS: dict[str, SelectorSpec] = {

@@ -12,9 +12,10 @@ built as a list of SSE events, one content token per chunk, so a fault can cut t
 from __future__ import annotations
 
 import base64
+import functools
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ from aiohttp import web
 from backends.fake_provider.config import count_tokens, tokenize
 from backends.fake_provider.core import ProviderCore
 from backends.fake_provider.errors import Reject, error_response
+from backends.fake_provider.faults import Fault
 from backends.fake_provider.replies import (
     Choice,
     chat_logprobs_entry,
@@ -35,206 +37,198 @@ from backends.fake_provider.replies import (
 )
 from backends.fake_provider.wire import FINGERPRINT, JSON, SSE_DONE, sse
 
+# what an endpoint's body is given once the request is read: (self, request, body, model, fault)
+_Answer = Callable[
+    ["OpenAIHandlers", web.BaseRequest, dict[str, Any], str, Fault], Awaitable[web.StreamResponse]
+]
+# what the routing table calls: (self, request)
+_Endpoint = Callable[["OpenAIHandlers", web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def _openai_endpoint(answer: _Answer) -> _Endpoint:
+    """Wrap an OpenAI endpoint in what every one of them does around its answer.
+
+    Count the request in flight for its whole life (``max_in_flight`` in the stats), read it through
+    `ProviderCore._begin` (auth, faults, model check), and turn any `Reject`, raised there or by the
+    answer itself, into an OpenAI-shaped error body. One place, so the endpoints cannot drift apart on
+    status codes or on the in-flight count.
+    """
+
+    @functools.wraps(answer)
+    async def endpoint(self: OpenAIHandlers, request: web.BaseRequest) -> web.StreamResponse:
+        self._enter()
+        try:
+            body, model, fault = await self._begin(request, "openai")
+            assert model is not None  # _begin rejects a request without one
+            return await answer(self, request, body, model, fault)
+        except Reject as rej:
+            return error_response("openai", rej)
+        finally:
+            self._in_flight -= 1
+
+    return endpoint
+
 
 class OpenAIHandlers(ProviderCore):
     """The OpenAI-protocol handlers of `FakeProvider`."""
 
     # -- OpenAI chat ----------------------------------------------------------------------------
 
-    async def _chat(self, request: web.BaseRequest) -> web.StreamResponse:
-        self._enter()
-        try:
-            body, model, fault = await self._begin(request, "openai")
-            assert model is not None
-            prompt_tokens = _chat_prompt_tokens(body)
-            max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-            self._check_context(model, prompt_tokens, max_tokens, fault, "openai")
-            n = int(body.get("n") or 1)
-            tools = body.get("tools")
-            tool_choice = body.get("tool_choice")
-            tool = None
-            if tools and tool_choice != "none":
-                tool = _pick_openai_tool(tools, tool_choice)
-            rf = body.get("response_format") or {}
-            json_schema = None
-            if rf.get("type") == "json_schema":
-                json_schema = (rf.get("json_schema") or {}).get("schema") or {"type": "object"}
-            plans = plan_choices(
-                self.config,
-                last_user_text(body.get("messages")),
-                n=n,
-                max_tokens=max_tokens,
-                stop=body.get("stop"),
-                seed=body.get("seed"),
-                fault=fault,
-                tool=tool,
-                json_schema=json_schema,
-                json_mode=rf.get("type") == "json_object",
+    @_openai_endpoint
+    async def _chat(
+        self, request: web.BaseRequest, body: dict[str, Any], model: str, fault: Fault
+    ) -> web.StreamResponse:
+        prompt_tokens = _chat_prompt_tokens(body)
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        self._check_context(model, prompt_tokens, max_tokens, fault, "openai")
+        n = int(body.get("n") or 1)
+        tools = body.get("tools")
+        tool_choice = body.get("tool_choice")
+        tool = None
+        if tools and tool_choice != "none":
+            tool = _pick_openai_tool(tools, tool_choice)
+        rf = body.get("response_format") or {}
+        json_schema = None
+        if rf.get("type") == "json_schema":
+            json_schema = (rf.get("json_schema") or {}).get("schema") or {"type": "object"}
+        plans = plan_choices(
+            self.config,
+            last_user_text(body.get("messages")),
+            n=n,
+            max_tokens=max_tokens,
+            stop=body.get("stop"),
+            seed=body.get("seed"),
+            fault=fault,
+            tool=tool,
+            json_schema=json_schema,
+            json_mode=rf.get("type") == "json_object",
+        )
+        completion_tokens = sum(p.n_tokens for p in plans)
+        usage = _usage(prompt_tokens, completion_tokens)
+        top = int(body.get("top_logprobs") or 0)
+        want_lp = bool(body.get("logprobs"))
+        cid = f"chatcmpl-fake{next(self._ids):012d}"
+        created = int(time.time())
+        if body.get("stream"):
+            self._streams += 1
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            events = _chat_stream_events(
+                cid,
+                created,
+                model,
+                plans,
+                usage if include_usage else None,
+                want_lp,
+                max(top, 1) if want_lp else 0,
             )
-            completion_tokens = sum(p.n_tokens for p in plans)
-            usage = {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            }
-            top = int(body.get("top_logprobs") or 0)
-            want_lp = bool(body.get("logprobs"))
-            cid = f"chatcmpl-fake{next(self._ids):012d}"
-            created = int(time.time())
-            if body.get("stream"):
-                self._streams += 1
-                include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-                events = _chat_stream_events(
-                    cid,
-                    created,
-                    model,
-                    plans,
-                    usage if include_usage else None,
-                    want_lp,
-                    max(top, 1) if want_lp else 0,
-                )
-                return await self._send_stream(request, events, fault)
-            choices = []
-            for i, p in enumerate(plans):
-                if p.tool is not None:
-                    message: dict[str, Any] = {
-                        "role": "assistant",
-                        "content": None,
-                        "refusal": None,
-                        "tool_calls": [
-                            {
-                                "id": p.tool[0],
-                                "type": "function",
-                                "function": {"name": p.tool[1], "arguments": p.tool[2]},
-                            }
-                        ],
-                    }
-                else:
-                    message = {"role": "assistant", "content": p.text, "refusal": None}
-                lp = None
-                if want_lp and p.tool is None:
-                    lp = {
-                        "content": [chat_logprobs_entry(t, j, max(top, 1)) for j, t in enumerate(p.tokens)],
-                        "refusal": None,
-                    }
-                choices.append({"index": i, "message": message, "logprobs": lp, "finish_reason": p.finish})
-            resp = {
-                "id": cid,
-                "object": "chat.completion",
-                "created": created,
-                "model": model,
-                "system_fingerprint": FINGERPRINT,
-                "choices": choices,
-                "usage": usage,
-            }
-            return await self._send_body(request, orjson.dumps(resp), fault)
-        except Reject as rej:
-            return error_response("openai", rej)
-        finally:
-            self._in_flight -= 1
+            return await self._send_stream(request, events, fault)
+        choices = []
+        for i, p in enumerate(plans):
+            if p.tool is not None:
+                message: dict[str, Any] = {
+                    "role": "assistant",
+                    "content": None,
+                    "refusal": None,
+                    "tool_calls": [
+                        {
+                            "id": p.tool[0],
+                            "type": "function",
+                            "function": {"name": p.tool[1], "arguments": p.tool[2]},
+                        }
+                    ],
+                }
+            else:
+                message = {"role": "assistant", "content": p.text, "refusal": None}
+            lp = None
+            if want_lp and p.tool is None:
+                lp = {
+                    "content": [chat_logprobs_entry(t, j, max(top, 1)) for j, t in enumerate(p.tokens)],
+                    "refusal": None,
+                }
+            choices.append({"index": i, "message": message, "logprobs": lp, "finish_reason": p.finish})
+        resp = {**_envelope(cid, "chat.completion", created, model), "choices": choices, "usage": usage}
+        return await self._send_body(request, orjson.dumps(resp), fault)
 
     # -- OpenAI completions ---------------------------------------------------------------------
 
-    async def _completions(self, request: web.BaseRequest) -> web.StreamResponse:
-        self._enter()
-        try:
-            body, model, fault = await self._begin(request, "openai")
-            assert model is not None
-            prompts = _completion_prompts(body.get("prompt", ""))
-            prompt_tokens = sum(c for _, c in prompts)
-            max_tokens = body.get("max_tokens")
-            if max_tokens is None:
-                max_tokens = 16  # the legacy endpoint's documented default
-            self._check_context(
-                model, max(c for _, c in prompts) if prompts else 0, max_tokens, fault, "openai"
+    @_openai_endpoint
+    async def _completions(
+        self, request: web.BaseRequest, body: dict[str, Any], model: str, fault: Fault
+    ) -> web.StreamResponse:
+        prompts = _completion_prompts(body.get("prompt", ""))
+        prompt_tokens = sum(c for _, c in prompts)
+        max_tokens = body.get("max_tokens")
+        if max_tokens is None:
+            max_tokens = 16  # the legacy endpoint's documented default
+        self._check_context(
+            model, max(c for _, c in prompts) if prompts else 0, max_tokens, fault, "openai"
+        )
+        n = int(body.get("n") or 1)
+        echo = bool(body.get("echo"))
+        lp_top = body.get("logprobs")
+        cid = f"cmpl-fake{next(self._ids):012d}"
+        created = int(time.time())
+        all_plans: list[tuple[int, str, Choice]] = []
+        for pi, (ptext, _) in enumerate(prompts):
+            for j, plan in enumerate(
+                plan_choices(
+                    self.config,
+                    ptext,
+                    n=n,
+                    max_tokens=max_tokens,
+                    stop=body.get("stop"),
+                    seed=body.get("seed"),
+                    fault=fault,
+                )
+            ):
+                all_plans.append((pi * n + j, ptext, plan))
+        completion_tokens = sum(p.n_tokens for _, _, p in all_plans)
+        usage = _usage(prompt_tokens, completion_tokens)
+        if body.get("stream"):
+            self._streams += 1
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            events = _completion_stream_events(
+                cid, created, model, all_plans, usage if include_usage else None, echo, lp_top
             )
-            n = int(body.get("n") or 1)
-            echo = bool(body.get("echo"))
-            lp_top = body.get("logprobs")
-            cid = f"cmpl-fake{next(self._ids):012d}"
-            created = int(time.time())
-            all_plans: list[tuple[int, str, Choice]] = []
-            for pi, (ptext, _) in enumerate(prompts):
-                for j, plan in enumerate(
-                    plan_choices(
-                        self.config,
-                        ptext,
-                        n=n,
-                        max_tokens=max_tokens,
-                        stop=body.get("stop"),
-                        seed=body.get("seed"),
-                        fault=fault,
-                    )
-                ):
-                    all_plans.append((pi * n + j, ptext, plan))
-            completion_tokens = sum(p.n_tokens for _, _, p in all_plans)
-            usage = {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            }
-            if body.get("stream"):
-                self._streams += 1
-                include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-                events = _completion_stream_events(
-                    cid, created, model, all_plans, usage if include_usage else None, echo, lp_top
-                )
-                return await self._send_stream(request, events, fault)
-            choices = []
-            for idx, ptext, p in all_plans:
-                text = (ptext + p.text) if echo else p.text
-                lp = (
-                    completion_logprobs(p.tokens, int(lp_top), len(ptext) if echo else 0)
-                    if lp_top is not None
-                    else None
-                )
-                choices.append({"text": text, "index": idx, "logprobs": lp, "finish_reason": p.finish})
-            resp = {
-                "id": cid,
-                "object": "text_completion",
-                "created": created,
-                "model": model,
-                "system_fingerprint": FINGERPRINT,
-                "choices": choices,
-                "usage": usage,
-            }
-            return await self._send_body(request, orjson.dumps(resp), fault)
-        except Reject as rej:
-            return error_response("openai", rej)
-        finally:
-            self._in_flight -= 1
+            return await self._send_stream(request, events, fault)
+        choices = []
+        for idx, ptext, p in all_plans:
+            text = (ptext + p.text) if echo else p.text
+            lp = (
+                completion_logprobs(p.tokens, int(lp_top), len(ptext) if echo else 0)
+                if lp_top is not None
+                else None
+            )
+            choices.append({"text": text, "index": idx, "logprobs": lp, "finish_reason": p.finish})
+        resp = {**_envelope(cid, "text_completion", created, model), "choices": choices, "usage": usage}
+        return await self._send_body(request, orjson.dumps(resp), fault)
 
     # -- OpenAI embeddings ----------------------------------------------------------------------
 
-    async def _embeddings(self, request: web.BaseRequest) -> web.StreamResponse:
-        self._enter()
-        try:
-            body, model, fault = await self._begin(request, "openai")
-            assert model is not None
-            items = _embedding_inputs(body.get("input"))
-            dim = int(body.get("dimensions") or self.config.embedding_dim)
-            b64 = body.get("encoding_format") == "base64"
-            prompt_tokens = 0
-            data = []
-            window = self.config.models.get(model, self.config.default_context_window)
-            for i, (key, ntok) in enumerate(items):
-                if ntok > window or fault.context_length:
-                    self._check_context(model, ntok, None, fault, "openai")
-                prompt_tokens += ntok
-                vec = embed(key, dim)
-                emb: Any = base64.b64encode(struct.pack(f"<{dim}f", *vec)).decode() if b64 else vec
-                data.append({"object": "embedding", "index": i, "embedding": emb})
-            resp = {
-                "object": "list",
-                "data": data,
-                "model": model,
-                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-            }
-            return await self._send_body(request, orjson.dumps(resp), fault)
-        except Reject as rej:
-            return error_response("openai", rej)
-        finally:
-            self._in_flight -= 1
+    @_openai_endpoint
+    async def _embeddings(
+        self, request: web.BaseRequest, body: dict[str, Any], model: str, fault: Fault
+    ) -> web.StreamResponse:
+        items = _embedding_inputs(body.get("input"))
+        dim = int(body.get("dimensions") or self.config.embedding_dim)
+        b64 = body.get("encoding_format") == "base64"
+        prompt_tokens = 0
+        data = []
+        window = self.config.models.get(model, self.config.default_context_window)
+        for i, (key, ntok) in enumerate(items):
+            if ntok > window or fault.context_length:
+                self._check_context(model, ntok, None, fault, "openai")
+            prompt_tokens += ntok
+            vec = embed(key, dim)
+            emb: Any = base64.b64encode(struct.pack(f"<{dim}f", *vec)).decode() if b64 else vec
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        resp = {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        }
+        return await self._send_body(request, orjson.dumps(resp), fault)
 
     # -- OpenAI models --------------------------------------------------------------------------
 
@@ -255,6 +249,24 @@ class OpenAIHandlers(ProviderCore):
             body=orjson.dumps({"id": model, "object": "model", "created": 0, "owned_by": "fake-provider"}),
             content_type=JSON,
         )
+
+
+def _envelope(cid: str, obj: str, created: int, model: str) -> dict[str, Any]:
+    """The fields a chat or legacy completion, body or stream chunk, opens with, in OpenAI's key order.
+
+    A fresh dict each call: callers extend it (``choices``, ``usage``) or, for streams, reuse it as the
+    base of every chunk.
+    """
+    return {"id": cid, "object": obj, "created": created, "model": model, "system_fingerprint": FINGERPRINT}
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's completion usage block, the same for chat and legacy completions."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def _chat_prompt_tokens(body: Mapping[str, Any]) -> int:
@@ -326,13 +338,7 @@ def _chat_stream_events(
     want_lp: bool,
     top: int,
 ) -> list[bytes]:
-    base: dict[str, Any] = {
-        "id": cid,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "system_fingerprint": FINGERPRINT,
-    }
+    base = _envelope(cid, "chat.completion.chunk", created, model)
     if usage is not None:
         base["usage"] = None
 
@@ -391,13 +397,7 @@ def _completion_stream_events(
     echo: bool,
     lp_top: Any,
 ) -> list[bytes]:
-    base = {
-        "id": cid,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": FINGERPRINT,
-    }
+    base = _envelope(cid, "text_completion", created, model)
     out = []
     for idx, ptext, p in plans:
         pieces = ([ptext] if echo and ptext else []) + p.tokens

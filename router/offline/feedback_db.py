@@ -11,6 +11,9 @@ RouterBench's missing labels.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
 import sqlalchemy as sa
 
@@ -30,28 +33,44 @@ def _sync_url(url: str) -> str:
     )
 
 
-def read_feedback(url: str, limit: int | None = None) -> LabeledDataset:
-    """Join ``feedback`` to ``requests`` and build a dataset with one column per served model.
+def _fetch(
+    url: str, build: Callable[[sa.Table, sa.Table], sa.Select[Any]], limit: int | None
+) -> Sequence[sa.Row[Any]]:
+    """Reflect ``requests`` and ``feedback``, run the query ``build`` makes from them, return every row.
 
-    Several feedback rows for the same request and model are averaged (score in [0, 1]).
+    Both readers differ only in their query; the engine's lifecycle lives here once. It is made per read
+    and disposed before returning: these are one-shot offline reads, so no pooled connection should stay
+    open on the gateway's database afterwards.
     """
     engine = sa.create_engine(_sync_url(url))
     try:
         md = sa.MetaData()
         req = sa.Table("requests", md, autoload_with=engine)
         fb = sa.Table("feedback", md, autoload_with=engine)
-        q = (
+        q = build(req, fb)
+        if limit:
+            q = q.limit(limit)
+        with engine.connect() as conn:
+            return conn.execute(q).all()
+    finally:
+        engine.dispose()
+
+
+def read_feedback(url: str, limit: int | None = None) -> LabeledDataset:
+    """Join ``feedback`` to ``requests`` and build a dataset with one column per served model.
+
+    Several feedback rows for the same request and model are averaged (score in [0, 1]).
+    """
+
+    def query(req: sa.Table, fb: sa.Table) -> sa.Select[Any]:
+        return (
             sa.select(req.c.id, req.c.prompt_text, req.c.served_model, fb.c.score)
             .select_from(fb.join(req, fb.c.request_id == req.c.id))
             .where(req.c.prompt_text.is_not(None), fb.c.score.is_not(None), req.c.served_model.is_not(None))
             .order_by(req.c.id)
         )
-        if limit:
-            q = q.limit(limit)
-        with engine.connect() as conn:
-            rows = conn.execute(q).all()
-    finally:
-        engine.dispose()
+
+    rows = _fetch(url, query, limit)
     models = sorted({str(r.served_model) for r in rows})
     col = {m: j for j, m in enumerate(models)}
     order: dict[str, int] = {}
@@ -91,11 +110,8 @@ def read_logged_decisions(url: str, policy: str | None = None, limit: int | None
     ``{"prompt", "action" (served model), "propensity", "reward" (mean feedback score)}``.
     ``policy`` keeps only the decisions one policy made (the logging policy being evaluated against).
     """
-    engine = sa.create_engine(_sync_url(url))
-    try:
-        md = sa.MetaData()
-        req = sa.Table("requests", md, autoload_with=engine)
-        fb = sa.Table("feedback", md, autoload_with=engine)
+
+    def query(req: sa.Table, fb: sa.Table) -> sa.Select[Any]:
         q = (
             sa.select(req.c.id, req.c.prompt_text, req.c.served_model, req.c.propensity,
                       sa.func.avg(fb.c.score).label("reward"))
@@ -104,13 +120,8 @@ def read_logged_decisions(url: str, policy: str | None = None, limit: int | None
             .group_by(req.c.id, req.c.prompt_text, req.c.served_model, req.c.propensity)
             .order_by(req.c.id)
         )
-        if policy is not None:
-            q = q.where(req.c.policy == policy)
-        if limit:
-            q = q.limit(limit)
-        with engine.connect() as conn:
-            rows = conn.execute(q).all()
-    finally:
-        engine.dispose()
+        return q if policy is None else q.where(req.c.policy == policy)
+
+    rows = _fetch(url, query, limit)
     return [{"prompt": r.prompt_text, "action": r.served_model, "propensity": float(r.propensity),
              "reward": float(r.reward)} for r in rows]

@@ -315,7 +315,6 @@ def train_classifier(
                 z = np.hstack([z, xt @ svd_proj])
         if cfg.stack:
             stackers = []
-            stack_mask: list[bool] = []
             for j in range(len(ds.models)):
                 known = ~np.isnan(labels[:, j])
                 y = labels[known, j]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -104,3 +105,74 @@ def test_contextual_bandit_policy_routes_and_learns(sqlite_url: str, tmp_path: P
                 httpx.post(gw.base_url + "/v1/feedback", json={"request_id": r.headers["x-request-id"], "score": 1})
             state = gw.services.router.plugins.bandits["linucb"].to_dict()
             assert sum(state["n"].values()) == 5
+
+
+def _serve_and_rate(gw_decides: object, gw_rates: object, policy: str, n: int) -> None:
+    """``n`` requests decided by one gateway, each rated 1.0 through the other one."""
+    for i in range(n):
+        r = httpx.post(gw_decides.base_url + "/v1/chat/completions",  # type: ignore[attr-defined]
+                       json={"model": policy, "messages": [{"role": "user", "content": f"q{i}"}]})
+        assert r.status_code == 200, r.text
+        f = httpx.post(gw_rates.base_url + "/v1/feedback",  # type: ignore[attr-defined]
+                       json={"request_id": r.headers["x-request-id"], "score": 1.0})
+        assert f.status_code == 201, f.text
+
+
+def _wait_for(check: object, timeout_s: float = 5.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.1)
+
+
+def test_without_redis_bandits_learn_together_through_the_database(sqlite_url: str, tmp_path: Path) -> None:
+    """Two processes, no Redis: feedback for a decision made by the first reaches the second, and
+    each learns what the other was taught (Thompson counts and LinUCB's linear model alike)."""
+    with FakeProviderThread() as fp:
+        deps = [dep("a", "model-a", fp.base_url), dep("b", "model-b", fp.base_url)]
+        with running_gateway(settings(tmp_path, sqlite_url, deps)) as g1, \
+                running_gateway(settings(tmp_path, sqlite_url, deps)) as g2:
+            ctx_spec = BANDIT.replace("name: explore", "name: ctx").replace("bandit: default", "bandit: linucb")
+            for name, spec in (("explore", BANDIT), ("ctx", ctx_spec)):
+                assert httpx.put(g1.base_url + f"/admin/api/policies/{name}", content=spec,
+                                 headers={"content-type": "application/yaml"}).status_code == 201
+            _wait_for(lambda: g2.services.router.registry.active("ctx") is not None)
+            _serve_and_rate(g1, g2, "explore", 4)  # decided by g1, rated at g2
+            _serve_and_rate(g1, g1, "ctx", 3)
+
+            def thompson_n(gw: object) -> float:
+                return sum(a["n"] for a in gw.services.router.plugins.bandits["default"].to_dict()["arms"].values())
+
+            def linucb_n(gw: object) -> int:
+                return sum(gw.services.router.plugins.bandits["linucb"].to_dict()["n"].values())
+
+            _wait_for(lambda: thompson_n(g1) == 4 and thompson_n(g2) == 4 and linucb_n(g2) == 3)
+            a1 = g1.services.router.plugins.bandits["linucb"].to_dict()
+            a2 = g2.services.router.plugins.bandits["linucb"].to_dict()
+            taught = [arm for arm, n in a1["n"].items() if n]
+            assert taught and all(a2["n"][arm] == a1["n"][arm] for arm in taught)
+            for arm in taught:
+                b = a1["b"][arm]
+                np.testing.assert_allclose(b, a2["b"][arm], atol=1e-12)
+                np.testing.assert_allclose(a1["a_inv"][arm], a2["a_inv"][arm], atol=1e-12)
+
+
+def test_feedback_at_another_process_teaches_the_deciding_bandit_through_redis(
+    sqlite_url: str, tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    with FakeProviderThread() as fp:
+        deps = [dep("a", "model-a", fp.base_url), dep("b", "model-b", fp.base_url)]
+        shared = {"redis_url": redis_url, "redis_prefix": redis_prefix, "redis_timeout_s": 5.0,
+                  "redis_connect_timeout_s": 10.0}
+        with running_gateway(settings(tmp_path, sqlite_url, deps, **shared)) as g1, \
+                running_gateway(settings(tmp_path, sqlite_url, deps, **shared)) as g2:
+            assert httpx.put(g1.base_url + "/admin/api/policies/explore", content=BANDIT,
+                             headers={"content-type": "application/yaml"}).status_code == 201
+            _serve_and_rate(g1, g2, "explore", 5)
+
+            def n(gw: object) -> float:
+                return sum(a["n"] for a in gw.services.router.plugins.bandits["default"].to_dict()["arms"].values())
+
+            _wait_for(lambda: n(g1) == 5 and n(g2) == 5)

@@ -22,6 +22,7 @@ EXPECTED_TABLES = {
     "policies",
     "policy_active",
     "router_artifacts",
+    "bandit_totals",
     "alembic_version",
 }
 
@@ -77,6 +78,23 @@ def test_downgrade_to_base_and_back(empty_url: str) -> None:
         engine.dispose()
     migrate.upgrade(empty_url)
     assert migrate.current(empty_url) == migrate.head()
+
+
+def test_upgrading_a_populated_log_keeps_its_rows(empty_url: str) -> None:
+    """A deployment on the first schema, with traffic logged, moves to head without losing a row."""
+    migrate.upgrade(empty_url, "0001_initial")
+    engine, _ = _inspect(empty_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO requests (id, created_at, endpoint, status, http_status, streamed, attempts_count)"
+                " VALUES ('r1', CURRENT_TIMESTAMP, 'chat', 'ok', 200, false, 1)"))
+        migrate.upgrade(empty_url)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT id, bandit FROM requests")).all()
+        assert [tuple(r) for r in rows] == [("r1", None)]
+    finally:
+        engine.dispose()
 
 
 def test_concurrent_upgrades_serialise(empty_url: str) -> None:
