@@ -190,6 +190,9 @@ class OpenAIHandlers:
             b["model"] = d.upstream_model
             if stream:
                 b["stream"] = True
+            else:  # a streamed request answered whole (cascade): ask the upstream for one body
+                b.pop("stream", None)
+                b.pop("stream_options", None)
             return UpstreamCall(kind=kind, body=b, timeout_s=timeout_s,  # type: ignore[arg-type]
                                 stream_idle_timeout_s=d.stream_idle_timeout_s)
 
@@ -231,11 +234,15 @@ class OpenAIHandlers:
     async def _generate(self, ctx: _Ctx, req: Any, route: Route, id_prefix: str, obj: str) -> Response:
         assert ctx.ex is not None
         kind = ctx.row.endpoint
+        esc = route.decision.escalation if route.decision is not None else None
+        include_usage = False
         if req.stream:
             ctx.row.streamed = True
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return await self._stream(ctx, kind, route, id_prefix, include_usage)
-        esc = route.decision.escalation if route.decision is not None else None
+            if esc is None:
+                return await self._stream(ctx, kind, route, id_prefix, include_usage)
+            # A cascade judges the cheap answer whole before anyone sees it, so it is fetched
+            # complete and then streamed; the client never gets a first answer and then a second.
         asked_logprobs = bool(getattr(req, "logprobs", None))
         extra = {"logprobs": True if kind == "chat" else 1} if esc is not None and not asked_logprobs else None
         resp = await self.s.executor.complete(ctx.ex, route.plan, self._call_factory(ctx, kind, False, extra))
@@ -248,11 +255,21 @@ class OpenAIHandlers:
         body["id"] = id_prefix + ctx.rid
         body["model"] = _served_name(ctx)
         body.setdefault("object", obj)
+        if req.stream:
+            return self._replay(ctx, body, include_usage)
         out = orjson.dumps(body)
         if self.s.settings.log.bodies == "full":
             ctx.row.response_body = out.decode()
         self._finish(ctx, 200)
         return Response(out, media_type=_JSON, headers=ctx.headers())
+
+    def _replay(self, ctx: _Ctx, body: dict[str, Any], include_usage: bool) -> Response:
+        """Stream an answer that is already complete (see `sse.replay_chunks`)."""
+        data = b"".join(map(sse.event, sse.replay_chunks(body, include_usage))) + sse.DONE
+        if self.s.settings.log.bodies == "full":
+            ctx.row.response_body = data.decode()
+        self._finish(ctx, 200)
+        return Response(data, media_type="text/event-stream", headers=ctx.headers() | {"cache-control": "no-cache"})
 
     async def _maybe_escalate(self, ctx: _Ctx, route: Route, first: UpstreamResponse, kind: str) -> UpstreamResponse:
         """Cascade: when the cheap model answered below the policy's confidence threshold, ask the

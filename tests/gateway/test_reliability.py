@@ -325,6 +325,34 @@ def test_cascade_escalates_low_confidence_answers_and_logs_both_attempts(
     assert ("escalated" in reason) == (expect == "strong-model")
 
 
+@pytest.mark.parametrize(("threshold", "expect"), [(0.999, "strong-model"), (0.5, "cheap-model")])
+def test_streamed_cascade_shows_only_the_kept_answer_to_the_sdk(
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path,
+    threshold: float, expect: str,
+) -> None:
+    """stream=true under a cascade: the cheap answer is judged whole first, then one answer streams
+    (the kept one), with usage when asked; the SDK sees an ordinary stream."""
+    a, b = two_providers
+    caps = ["chat", "completion", "logprobs"]
+    deployments = [dep("cheap", "cheap-model", a.base_url, capabilities=caps),
+                   dep("strong", "strong-model", b.base_url, capabilities=caps)]
+    with running_gateway(settings(tmp_path, sqlite_url, deployments)) as gw:
+        assert httpx.put(gw.base_url + "/admin/api/policies/cascade",
+                         content=CASCADE.replace("THRESHOLD", str(threshold)),
+                         headers={"content-type": "application/yaml"}).status_code == 201
+        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="unused", max_retries=0)
+        chunks = list(client.chat.completions.create(
+            model="cascade", messages=MSG, stream=True, stream_options={"include_usage": True}))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text and {c.model for c in chunks} == {expect}
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+        assert all(c.choices[0].logprobs is None for c in chunks if c.choices)
+        assert a.stats["total"] == 1 and b.stats["total"] == (1 if expect == "strong-model" else 0)
+        comp = list(client.completions.create(model="cascade", prompt="say hi", stream=True))
+        assert "".join(c.choices[0].text for c in comp) and {c.model for c in comp} == {expect}
+
+
 def test_team_and_user_budgets_from_config_cut_off_with_429(
     two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path
 ) -> None:
