@@ -1,4 +1,4 @@
-"""Admin API (/admin/api/...): keys now; policies, breakers and budgets as they are wired in.
+"""Admin API (/admin/api/...): keys, policies, router artifacts, breakers (budgets: `budget_admin`).
 
 Admin calls need the configured admin token; without one configured, only loopback callers
 are admitted (the embedded default for a developer machine).
@@ -48,6 +48,19 @@ class KeyCreate(KeyLimits):
     name: Annotated[str, Field(min_length=1, max_length=128)]
 
 
+def check_admin(request: Request, token: str | None) -> None:
+    """The admin token when one is configured; otherwise loopback callers only."""
+    if token:
+        given = bearer(request) or ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise APIError(401, "Admin token required.", code="invalid_admin_token")
+        return
+    host = request.client.host if request.client else ""
+    if host not in _LOOPBACK and not host.startswith("127."):
+        raise APIError(403, "Admin API is loopback-only unless admin_token is configured.",
+                       type="permission_error")
+
+
 def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
@@ -57,16 +70,7 @@ class AdminHandlers:
         self.s = services
 
     def _check(self, request: Request) -> None:
-        token = self.s.settings.admin_token
-        if token:
-            given = bearer(request) or ""
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                raise APIError(401, "Admin token required.", code="invalid_admin_token")
-            return
-        host = request.client.host if request.client else ""
-        if host not in _LOOPBACK and not host.startswith("127."):
-            raise APIError(403, "Admin API is loopback-only unless admin_token is configured.",
-                           type="permission_error")
+        check_admin(request, self.s.settings.admin_token)
 
     async def list_keys(self, request: Request) -> Response:
         self._check(request)

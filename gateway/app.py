@@ -26,6 +26,7 @@ from backends.base import Backend
 from backends.executor import Executor
 from backends.registry import build_backend
 from gateway.admin_api import AdminHandlers
+from gateway.budget_admin import BudgetAdminHandlers
 from gateway.config import Settings
 from gateway.errors import APIError
 from gateway.feedback_api import FeedbackHandler
@@ -50,6 +51,7 @@ from state.budgets import BudgetStore, InProcessBudgetStore, RedisBudgetStore
 from state.policy_events import RedisPolicyEvents
 from state.ratelimits import InProcessRateLimitStore, RateLimitStore, RedisRateLimitStore
 from state.redis_util import make_redis
+from state.scope_budgets import ScopeBudgetStore
 
 log = logging.getLogger("hybridgate")
 DEFAULT_POLICIES = Path(__file__).resolve().parents[1] / "policies" / "defaults"
@@ -84,13 +86,19 @@ def load_scorer(artifact_dir: str, aliases: dict[str, str]) -> ClassifierScorer:
     return ClassifierScorer(clf, aliases)
 
 
-async def _sync_bandits_loop(router: GatewayRouter, interval_s: float, stop: asyncio.Event) -> None:
-    """Keep this process's bandits in step with what every process learned (shared store)."""
+async def _sync_shared_loop(router: GatewayRouter, budgets: ScopeBudgetStore, interval_s: float,
+                            stop: asyncio.Event) -> None:
+    """Keep this process in step with every other one: what the bandits learned (shared store) and
+    the user and team budgets set through the admin API (database)."""
     while not stop.is_set():
         try:
             await router.sync_bandits()
         except Exception as exc:  # never let a store hiccup end the loop
             log.warning("bandit sync failed: %s", exc)
+        try:
+            router.set_admin_budgets(await budgets.load())
+        except Exception as exc:  # keep the budgets last read until the database answers again
+            log.warning("budget sync failed: %s", exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval_s)
 
@@ -149,7 +157,8 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         router=router,
         executor=Executor(pricer=catalog.cost, outcomes=router),
         backends=backends,
-        extras={"redis": redis_client, "remote_load": remote_load, "policy_events": policy_events},
+        extras={"redis": redis_client, "remote_load": remote_load, "policy_events": policy_events,
+                "scope_budgets": ScopeBudgetStore(engine)},
     )
 
 
@@ -157,6 +166,7 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
     services = build_services(settings, backends)
     oa = OpenAIHandlers(services)
     admin = AdminHandlers(services)
+    budget_admin = BudgetAdminHandlers(services)
     fb = FeedbackHandler(services)
 
     @contextlib.asynccontextmanager
@@ -179,7 +189,8 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
             tasks.append(asyncio.create_task(events.run(registry.reload, stop)))
         tasks.append(asyncio.create_task(registry.run_reload_loop(
             settings.policy_reload_s, stop, pushed=(lambda: events.live) if events is not None else None)))
-        tasks.append(asyncio.create_task(_sync_bandits_loop(services.router, settings.policy_reload_s, stop)))
+        tasks.append(asyncio.create_task(_sync_shared_loop(
+            services.router, services.extras["scope_budgets"], settings.policy_reload_s, stop)))
         tasks.append(asyncio.create_task(services.extras["remote_load"].run(settings.policy_reload_s, stop)))
         # Everything built so far lives as long as the process: keep it out of the cyclic GC's scans,
         # which otherwise show up as latency spikes (p99) under load.
@@ -244,6 +255,7 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         *admin.routes(),
+        *budget_admin.routes(),
     ]
 
     async def api_error(request: Request, exc: Exception) -> Response:

@@ -156,13 +156,16 @@ class GatewayRouter:
         self.plugins = plugins or Plugins()
         self.local_load = local_load
         self.bandit_store: BanditStore = bandit_store or InProcessBanditStore()
-        self.scope_budgets = dict(scope_budgets or {})
+        self.config_budgets = dict(scope_budgets or {})
+        self.admin_budgets: dict[str, BudgetLimit] = {}
+        self.scope_budgets = dict(self.config_budgets)
         self.latency = LatencyTracker()
         self.in_flight = InFlight()
         self.rng = rng or random.Random()
         # Bandit decisions awaiting feedback: only what `update` needs, only for bandit routes, bounded.
         self._pending: OrderedDict[str, PendingReward] = OrderedDict()
         self._pending_max = 20_000
+        self._bandit_updates: dict[str, int] = {}  # local updates per bandit, so a sync never undoes one
         self._created = 1_700_000_000
 
     # ---- executor Outcomes -------------------------------------------------------------------
@@ -321,17 +324,25 @@ class GatewayRouter:
         if bandit is None:
             return
         bandit.update(pending.arm, score, pending.context, pending.propensity)
+        self._bandit_updates[pending.bandit] = self._bandit_updates.get(pending.bandit, 0) + 1
         if isinstance(bandit, SharedBandit):
             await self.bandit_store.add(pending.bandit, pending.arm,
                                         bandit.increments(pending.arm, score, pending.context))
+
+    def set_admin_budgets(self, limits: Mapping[str, BudgetLimit]) -> None:
+        """User and team budgets from the admin API; they take precedence over the config file's."""
+        self.admin_budgets = dict(limits)
+        self.scope_budgets = self.config_budgets | self.admin_budgets
 
     async def sync_bandits(self) -> None:
         """Refresh every shareable bandit from the store's totals (no-op without a shared store)."""
         for name, bandit in self.plugins.bandits.items():
             if not isinstance(bandit, SharedBandit):
                 continue
+            seen = self._bandit_updates.get(name, 0)
             totals = await self.bandit_store.load(name)
-            if totals is not None:
+            # Totals read while this process was learning may predate that update: apply them next time.
+            if totals is not None and self._bandit_updates.get(name, 0) == seen:
                 bandit.load_totals(totals)
 
     def model_cards(self) -> list[dict[str, Any]]:

@@ -214,3 +214,13 @@ bandit_totals = sa.Table(
     sa.Column("value", sa.Float(), nullable=False),
 )
 """Bandit statistics as additive totals, shared by every gateway process (`state.bandits`)."""
+
+scope_budgets = sa.Table(
+    "scope_budgets",
+    metadata,
+    _str("scope", primary_key=True),  # "user:<name>" or "team:<name>"
+    sa.Column("limit_usd", sa.Float(), nullable=False),
+    _str("period", nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+"""User and team spending caps set through the admin API (config-file caps are not stored here)."""

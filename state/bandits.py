@@ -8,8 +8,9 @@ value + excluded.value`` in SQL. Each process then rebuilds its bandit from the 
 (`router.protocols.SharedBandit.load_totals`).
 
 Without Redis the database is the shared store, so several processes (``workers > 1``) still
-learn together. Trouble with either store keeps the process on its own state for the moment;
-the feedback rows themselves are in the request log, so nothing a bandit could learn is lost.
+learn together. Trouble with either store keeps the process on its own state for the moment and
+its unsent increments in a backlog, sent before the next read, so a sync never undoes local
+learning; the feedback rows themselves are in the request log in any case.
 """
 
 from __future__ import annotations
@@ -41,6 +42,35 @@ class BanditStore(Protocol):
         ...
 
 
+Increment = tuple[str, str, dict[str, float]]  # (bandit, arm, statistic -> amount)
+
+
+class Backlog:
+    """Increments the shared store has not taken yet (it was down), sent first once it answers.
+
+    Without it a sync after an outage would replace the local bandit with totals that miss what
+    was learned meanwhile. Bounded: past ``limit`` the oldest go (the feedback rows stay in the log).
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.items: list[Increment] = []
+        self.limit = limit
+
+    def push(self, item: Increment) -> None:
+        self.items.append(item)
+        if len(self.items) > self.limit:
+            del self.items[: len(self.items) - self.limit]
+
+    def take(self) -> list[Increment]:
+        items, self.items = self.items, []
+        return items
+
+    def put_back(self, items: list[Increment]) -> None:
+        self.items[:0] = items
+        if len(self.items) > self.limit:
+            del self.items[: len(self.items) - self.limit]
+
+
 class InProcessBanditStore:
     """No sharing: each process's bandit keeps its own statistics."""
 
@@ -58,24 +88,37 @@ class RedisBanditStore:
         self._r = client
         self._prefix = prefix
         self._guard = RedisGuard("bandits")
+        self.backlog = Backlog()
 
     def _key(self, bandit: str) -> str:
         return f"{self._prefix}bandit:{bandit}"
 
-    async def add(self, bandit: str, arm: str, increments: Mapping[str, float]) -> None:
-        async def remote() -> None:
-            pipe = self._r.pipeline(transaction=True)
+    async def _flush(self, items: list[Increment]) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        for bandit, arm, increments in items:
             for stat, v in increments.items():
                 pipe.hincrbyfloat(self._key(bandit), f"{arm}|{stat}", v)
+        try:
             await pipe.execute()
+        except BaseException:
+            self.backlog.put_back(items)
+            raise
+
+    async def add(self, bandit: str, arm: str, increments: Mapping[str, float]) -> None:
+        self.backlog.push((bandit, arm, dict(increments)))
+
+        async def remote() -> None:
+            await self._flush(self.backlog.take())
 
         async def local() -> None:
-            return None
+            return None  # kept in the backlog until Redis answers
 
         await self._guard.run(remote, local)
 
     async def load(self, bandit: str) -> dict[str, ArmTotals] | None:
         async def remote() -> dict[str, ArmTotals] | None:
+            if self.backlog.items:
+                await self._flush(self.backlog.take())
             raw = await self._r.hgetall(self._key(bandit))
             out: dict[str, ArmTotals] = {}
             for field, value in raw.items():
@@ -106,20 +149,31 @@ class DbBanditStore:
             set_={"value": bandit_totals.c.value + ins.excluded.value},
         )
         self._degraded = False
+        self.backlog = Backlog()
 
-    async def add(self, bandit: str, arm: str, increments: Mapping[str, float]) -> None:
-        rows = [{"bandit": bandit, "arm": arm, "stat": k, "value": float(v)} for k, v in increments.items()]
+    async def _flush(self) -> bool:
+        """Send the backlog in one transaction; False (and kept) when the database is away."""
+        items = self.backlog.take()
+        rows = [{"bandit": b, "arm": a, "stat": k, "value": float(v)} for b, a, inc in items for k, v in inc.items()]
         if not rows:
-            return
+            return True
         try:
             async with self._engine.begin() as conn:
                 await conn.execute(self._upsert, rows)
         except DB_ERRORS as exc:
+            self.backlog.put_back(items)
             self._trouble(exc)
-        else:
-            self._degraded = False
+            return False
+        self._degraded = False
+        return True
+
+    async def add(self, bandit: str, arm: str, increments: Mapping[str, float]) -> None:
+        self.backlog.push((bandit, arm, dict(increments)))
+        await self._flush()
 
     async def load(self, bandit: str) -> dict[str, ArmTotals] | None:
+        if not await self._flush():
+            return None  # totals without our backlog would undo what this process learned
         q = sa.select(bandit_totals.c.arm, bandit_totals.c.stat, bandit_totals.c.value).where(
             bandit_totals.c.bandit == bandit)
         try:

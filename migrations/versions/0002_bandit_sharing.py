@@ -1,5 +1,6 @@
 """Bandit learning shared through the database: the deciding bandit on each request row, and
-the additive per-arm totals every gateway process adds to and reads from.
+the additive per-arm totals every gateway process adds to and reads from. User and team budgets
+set through the admin API.
 
 Revision ID: 0002_bandit_sharing
 Revises: 0001_initial
@@ -32,9 +33,18 @@ def upgrade() -> None:
         sa.Column("value", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("bandit", "arm", "stat", name="pk_bandit_totals"),
     )
+    op.create_table(
+        "scope_budgets",
+        sa.Column("scope", sa.String(), nullable=False),
+        sa.Column("limit_usd", sa.Float(), nullable=False),
+        sa.Column("period", sa.String(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("scope", name="pk_scope_budgets"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("scope_budgets")
     op.drop_table("bandit_totals")
     with op.batch_alter_table("requests") as batch:
         batch.drop_column("bandit")

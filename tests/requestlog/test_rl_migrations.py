@@ -23,6 +23,7 @@ EXPECTED_TABLES = {
     "policy_active",
     "router_artifacts",
     "bandit_totals",
+    "scope_budgets",
     "alembic_version",
 }
 

@@ -97,3 +97,20 @@ async def test_database_store_outage_keeps_the_local_bandit() -> None:
         assert await store.load("default") is None  # None = keep the local statistics
     finally:
         await engine.dispose()
+
+
+async def test_increments_made_while_the_database_was_away_arrive_when_it_returns(tmp_path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'late.db'}"
+    engine = create_async_engine(url)
+    store = DbBanditStore(engine)
+    bandit = ThompsonBandit()
+    try:
+        await store.add("default", "a", bandit.increments("a", 1.0, {}))  # no schema yet: the write fails
+        assert await store.load("default") is None and len(store.backlog.items) == 1
+        migrate.upgrade(url)  # the database is back
+        await store.add("default", "a", bandit.increments("a", 0.0, {}))
+        totals = await store.load("default")
+    finally:
+        await engine.dispose()
+    assert totals == {"a": {"alpha": 1.0, "beta": 1.0, "n": 2.0, "sum": 1.0, "sumsq": 1.0}}
+    assert store.backlog.items == []

@@ -1,0 +1,109 @@
+"""Admin API for user and team budgets: list them with what each has spent, set, remove.
+
+Budgets from the config file are listed (``source: config``) but changed only in the file; budgets
+set here (``source: admin``) live in the database, override a config budget of the same scope,
+apply at once in this process and within `policy_reload_s` in every other one. Changing a
+budget's period starts a fresh account (accounts are per calendar period).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+import orjson
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.admin_api import check_admin
+from gateway.edge import read_json, validate
+from gateway.errors import APIError
+from gateway.services import Services
+from router.budget import BudgetLimit
+from state.scope_budgets import ScopeBudgetStore
+
+SCOPE = re.compile(r"^(user|team):\S{1,200}$")
+_DB_ERRORS = (OSError, sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DBAPIError)
+
+
+class BudgetUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit_usd: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    period: Literal["day", "week", "month", "total"] = "month"
+
+
+def _json(data: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def _unavailable(exc: BaseException) -> APIError:
+    return APIError(503, f"Budget store unavailable, retry later ({type(exc).__name__}).", type="server_error",
+                    code="store_unavailable", headers={"retry-after": "5"})
+
+
+class BudgetAdminHandlers:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        self.store: ScopeBudgetStore = services.extras["scope_budgets"]
+
+    def _scope(self, request: Request) -> str:
+        check_admin(request, self.s.settings.admin_token)
+        scope = request.path_params["scope"]
+        if not SCOPE.match(scope):
+            raise APIError(400, "Budget scope must be 'user:<name>' or 'team:<name>'.", param="scope",
+                           code="invalid_scope")
+        return scope
+
+    async def list_budgets(self, request: Request) -> Response:
+        check_admin(request, self.s.settings.admin_token)
+        router = self.s.router
+        limits = list(router.scope_budgets.values())
+        snaps = await router.budgets.snapshot(limits)
+        data = []
+        for lim in sorted(limits, key=lambda x: x.scope):
+            snap = snaps.get(lim.scope)
+            spent = snap.spent_usd if snap else 0.0
+            reserved = snap.reserved_usd if snap else 0.0
+            data.append({"scope": lim.scope, "limit_usd": lim.limit_usd, "period": lim.period,
+                         "source": "admin" if lim.scope in router.admin_budgets else "config",
+                         "spent_usd": spent, "reserved_usd": reserved,
+                         "remaining_usd": lim.limit_usd - spent - reserved})
+        return _json({"data": data})
+
+    async def put_budget(self, request: Request) -> Response:
+        scope = self._scope(request)
+        req = validate(BudgetUpdate, await read_json(request, 4096))
+        limit = BudgetLimit(scope, req.limit_usd, req.period)
+        try:
+            await self.store.put(limit)
+        except _DB_ERRORS as exc:
+            raise _unavailable(exc) from None
+        router = self.s.router
+        router.set_admin_budgets(router.admin_budgets | {scope: limit})
+        return _json({"scope": scope, "limit_usd": limit.limit_usd, "period": limit.period, "source": "admin"})
+
+    async def delete_budget(self, request: Request) -> Response:
+        scope = self._scope(request)
+        try:
+            removed = await self.store.delete(scope)
+        except _DB_ERRORS as exc:
+            raise _unavailable(exc) from None
+        router = self.s.router
+        router.set_admin_budgets({k: v for k, v in router.admin_budgets.items() if k != scope})
+        if removed:
+            return _json({"scope": scope, "deleted": True})
+        if scope in router.config_budgets:
+            raise APIError(409, f"Budget {scope!r} is set in the config file; change it there.", param="scope",
+                           code="budget_in_config")
+        raise APIError(404, f"No budget for {scope!r}.", param="scope", code="budget_not_found")
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/admin/api/budgets", self.list_budgets, methods=["GET"]),
+            Route("/admin/api/budgets/{scope}", self.put_budget, methods=["PUT"]),
+            Route("/admin/api/budgets/{scope}", self.delete_budget, methods=["DELETE"]),
+        ]

@@ -1,0 +1,79 @@
+"""User and team budgets set through the admin API: validated, listed with their spend, enforced at
+once by the process that took the change and within the reload interval by every other one."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import openai
+
+from backends.fake_provider import FakeProviderThread
+from tests.gateway.harness import running_gateway
+from tests.gateway.test_reliability import MSG, dep, sdk, settings
+
+
+def _spend_until_cut(gw: object, key: str, user: str | None = None, tries: int = 12) -> list[int]:
+    codes = []
+    for _ in range(tries):
+        try:
+            sdk(gw, key).chat.completions.create(model="m", messages=MSG, max_tokens=10,
+                                                 **({"user": user} if user else {}))
+            codes.append(200)
+        except openai.RateLimitError as exc:
+            assert exc.body["code"] == "budget_exceeded"  # type: ignore[index]
+            codes.append(429)
+    return codes
+
+
+def test_team_budget_set_at_run_time_cuts_off_in_every_process(sqlite_url: str, tmp_path: Path) -> None:
+    with FakeProviderThread() as fp:
+        pricey = dep("a", "m", fp.base_url, pricing={"input_per_mtok": 1e6, "output_per_mtok": 1e6})  # 1 USD/token
+        s = settings(tmp_path, sqlite_url, [pricey], require_keys=True,
+                     budgets=[{"scope": "user:carol", "limit_usd": 1000, "period": "day"}])
+        with running_gateway(s) as g1, running_gateway(s) as g2:
+            admin = g1.base_url + "/admin/api/budgets"
+            key = httpx.post(g1.base_url + "/admin/api/keys", json={"name": "t", "team": "ml"}).json()["key"]
+            assert _spend_until_cut(g1, key, tries=2) == [200, 200]  # no team budget yet
+
+            r = httpx.put(admin + "/team:ml", json={"limit_usd": 60, "period": "day"})
+            assert r.status_code == 200 and r.json()["source"] == "admin"
+            codes = _spend_until_cut(g1, key)
+            assert 200 in codes and codes[-1] == 429  # this process: at once
+
+            deadline = time.monotonic() + 5
+            while "team:ml" not in g2.services.router.scope_budgets:
+                assert time.monotonic() < deadline, "g2 never saw the budget"
+                time.sleep(0.1)
+            listed = {b["scope"]: b for b in httpx.get(admin).json()["data"]}
+            assert listed["team:ml"]["limit_usd"] == 60 and listed["team:ml"]["spent_usd"] > 0
+            assert listed["user:carol"]["source"] == "config"
+
+            # a week-long budget is a new account; raising it lets the team spend again
+            assert httpx.put(admin + "/team:ml", json={"limit_usd": 10_000, "period": "week"}).status_code == 200
+            assert _spend_until_cut(g1, key, tries=1) == [200]
+            assert httpx.delete(admin + "/team:ml").json() == {"scope": "team:ml", "deleted": True}
+            assert "team:ml" not in g1.services.router.scope_budgets
+
+
+def test_budget_admin_rejects_bad_scopes_and_bodies_in_openai_error_shape(sqlite_url: str, tmp_path: Path) -> None:
+    s = settings(tmp_path, sqlite_url, [], budgets=[{"scope": "team:cfg", "limit_usd": 5}])
+    with running_gateway(s) as gw:
+        admin = gw.base_url + "/admin/api/budgets"
+        cases = [
+            (httpx.put(admin + "/org:x", json={"limit_usd": 1}), 400, "invalid_scope"),
+            (httpx.put(admin + "/team:x", json={"limit_usd": -1}), 400, None),
+            (httpx.put(admin + "/team:x", json={"limit_usd": 1, "period": "year"}), 400, None),
+            (httpx.put(admin + "/team:x", json={"limit_usd": 1, "extra": 1}), 400, None),
+            (httpx.put(admin + "/team:x", content=b"{nope", headers={"content-type": "application/json"}), 400, None),
+            (httpx.delete(admin + "/team:cfg"), 409, "budget_in_config"),
+            (httpx.delete(admin + "/team:none"), 404, "budget_not_found"),
+        ]
+        for r, status, code in cases:
+            assert r.status_code == status, r.text
+            err = r.json()["error"]
+            assert err["message"] and err["type"]
+            if code:
+                assert err["code"] == code
+        assert [b["scope"] for b in httpx.get(admin).json()["data"]] == ["team:cfg"]
