@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
+import socket
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +17,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from requestlog import migrate
 from router.plugins import LinUCBBandit, ThompsonBandit
 from router.protocols import SharedBandit
-from state.bandits import DbBanditStore
+from state.bandits import DbBanditStore, RedisBanditStore
+from state.redis_util import make_redis
 
 
 def _contexts(n: int, seed: int = 0) -> list[tuple[str, float, dict]]:
@@ -113,4 +118,45 @@ async def test_increments_made_while_the_database_was_away_arrive_when_it_return
     finally:
         await engine.dispose()
     assert totals == {"a": {"alpha": 1.0, "beta": 1.0, "n": 2.0, "sum": 1.0, "sumsq": 1.0}}
+    assert store.backlog.items == []
+
+
+async def test_increments_made_while_redis_was_down_arrive_when_it_restarts(tmp_path) -> None:
+    """A real Redis on a port of its own, stopped and started again under the store."""
+    if shutil.which("redis-server") is None:  # pragma: no cover - environment, not behaviour
+        pytest.skip("redis-server not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def start() -> None:
+        subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(port),
+                        "--save", "", "--appendonly", "no", "--dir", str(tmp_path)], check=True)
+        deadline = time.monotonic() + 5
+        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() != b"PONG":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+    def stop() -> None:
+        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+
+    start()
+    client = make_redis(f"redis://127.0.0.1:{port}/0", timeout_s=0.5, connect_timeout_s=0.5)
+    store = RedisBanditStore(client, prefix="hgtest:")
+    bandit = ThompsonBandit()
+    try:
+        await store.add("default", "a", bandit.increments("a", 1.0, {}))
+        stop()
+        await store.add("default", "a", bandit.increments("a", 0.0, {}))  # Redis gone: kept
+        assert await store.load("default") is None and len(store.backlog.items) == 1
+        start()
+        deadline = time.monotonic() + 10
+        while (totals := await store.load("default")) is None:  # the guard retries after its interval
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+    finally:
+        await client.aclose()
+        stop()
+    # the first reward was lost with the unsaved Redis; the one sent while it was down was not
+    assert totals == {"a": {"alpha": 0.0, "beta": 1.0, "n": 1.0, "sum": 0.0, "sumsq": 0.0}}
     assert store.backlog.items == []
