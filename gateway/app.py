@@ -59,19 +59,20 @@ DEFAULT_POLICIES = Path(__file__).resolve().parents[1] / "policies" / "defaults"
 
 def build_state(settings: Settings, engine: AsyncEngine) -> tuple[BreakerStore, BudgetStore, RateLimitStore,
                                                                 BanditStore, Any]:
-    """Shared state: Redis when configured (every process sees one state), else in-process; bandit
-    statistics, which change only on feedback, are shared through the database without Redis."""
+    """Shared state: Redis when configured (every process sees one state), else in-process. Bandit
+    statistics change only on feedback and are worth keeping, so by default they live in the
+    database, durable across restarts of Redis and of the gateway."""
     b = settings.breaker
     cfg = BreakerConfig(window_s=b.window_s, min_requests=b.min_requests, error_rate=b.error_rate,
                         consecutive_failures=b.consecutive_failures, latency_ms=b.latency_ms,
                         cooldown_s=b.cooldown_s, half_open_probes=b.half_open_probes)
     where = settings.router.bandit_store
-    bandits: BanditStore = DbBanditStore(engine) if where in ("auto", "database") else InProcessBanditStore()
+    bandits: BanditStore = DbBanditStore(engine) if where == "database" else InProcessBanditStore()
     if settings.redis_url:
         client = make_redis(settings.redis_url, timeout_s=settings.redis_timeout_s,
                             connect_timeout_s=settings.redis_connect_timeout_s)
         p = settings.redis_prefix
-        if where in ("auto", "redis"):
+        if where == "redis":
             bandits = RedisBanditStore(client, prefix=p)
         return (RedisBreakerStore(client, prefix=p, config=cfg), RedisBudgetStore(client, prefix=p),
                 RedisRateLimitStore(client, prefix=p), bandits, client)

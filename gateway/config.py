@@ -76,9 +76,10 @@ class RouterSettings(BaseModel):
     artifact: str | None = Field(default=None, description="trained router artifact dir (hybridgate router train)")
     model_aliases: dict[str, str] = Field(
         default_factory=dict, description="classifier model name -> gateway model name")
-    bandit_store: Literal["auto", "redis", "database", "process"] = Field(
-        default="auto",
-        description="where bandit statistics are shared: auto = Redis when configured, else the database")
+    bandit_store: Literal["database", "redis", "process"] = Field(
+        default="database",
+        description="where bandit statistics are shared: the database (durable), Redis (opt-in; lost with an "
+                    "unpersisted Redis), or per process")
 
 
 class Settings(BaseSettings):

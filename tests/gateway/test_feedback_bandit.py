@@ -70,7 +70,8 @@ def test_bandit_learning_is_shared_between_gateway_processes_through_redis(
     with FakeProviderThread() as fp:
         deps = [dep("a", "model-a", fp.base_url), dep("b", "model-b", fp.base_url)]
         shared = {"redis_url": redis_url, "redis_prefix": redis_prefix, "redis_timeout_s": 5.0,
-                  "redis_connect_timeout_s": 10.0, "policy_reload_s": 0.2}
+                  "redis_connect_timeout_s": 10.0,
+                  "router": {"bandit_store": "redis"}, "policy_reload_s": 0.2}
         with running_gateway(settings(tmp_path, sqlite_url, deps, **shared)) as g1, \
                 running_gateway(settings(tmp_path, sqlite_url, deps, **shared)) as g2:
             assert httpx.put(g1.base_url + "/admin/api/policies/explore", content=BANDIT,
@@ -165,7 +166,8 @@ def test_feedback_at_another_process_teaches_the_deciding_bandit_through_redis(
     with FakeProviderThread() as fp:
         deps = [dep("a", "model-a", fp.base_url), dep("b", "model-b", fp.base_url)]
         shared = {"redis_url": redis_url, "redis_prefix": redis_prefix, "redis_timeout_s": 5.0,
-                  "redis_connect_timeout_s": 10.0}
+                  "redis_connect_timeout_s": 10.0,
+                  "router": {"bandit_store": "redis"}}
         with running_gateway(settings(tmp_path, sqlite_url, deps, **shared)) as g1, \
                 running_gateway(settings(tmp_path, sqlite_url, deps, **shared)) as g2:
             assert httpx.put(g1.base_url + "/admin/api/policies/explore", content=BANDIT,

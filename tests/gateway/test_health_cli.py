@@ -55,6 +55,14 @@ def test_bad_config_fails_loudly_naming_the_field(tmp_path: Path) -> None:
     assert "port" in r.stderr and "log.bodies" in r.stderr
 
 
+def test_redis_bandit_store_without_redis_fails_loudly_naming_the_field(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("router: {bandit_store: redis}\n")
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "--config", str(cfg), "migrate"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "router.bandit_store" in r.stderr and "redis_url" in r.stderr
+
+
 def test_cli_subcommand_groups_dispatch() -> None:
     r = subprocess.run([sys.executable, "-m", "gateway.cli", "bench"], capture_output=True, text=True)
     assert r.returncode == 2 and "gateway-overhead" in r.stderr
