@@ -11,6 +11,7 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from gateway.routing import Catalog, GatewayRouter
 from gateway.services import Services
 from policies.db_store import DbPolicyStore
 from policies.registry import PolicyRegistry
+from requestlog.retention import cutoff, prune
 from requestlog.sink import LogSink
 from router.breaker import BreakerConfig
 from router.budget import BudgetLimit
@@ -85,6 +87,20 @@ def load_scorer(artifact_dir: str, aliases: dict[str, str]) -> ClassifierScorer:
 
     clf, _manifest = load_artifact(artifact_dir)
     return ClassifierScorer(clf, aliases)
+
+
+async def _retention_loop(engine: AsyncEngine, days: float, stop: asyncio.Event, every_s: float = 3600.0) -> None:
+    """Prune the log to ``log.retention_days`` now and then every hour. Every worker runs it; the
+    deletes are idempotent and batched, so overlapping runs only repeat an empty query."""
+    while not stop.is_set():
+        try:
+            pruned = await prune(engine, cutoff(datetime.now(UTC), days))
+            if pruned.requests:
+                log.info("log retention: deleted %s", pruned.as_dict())
+        except Exception as exc:  # a dead database waits for the next round
+            log.warning("log retention failed: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every_s)
 
 
 async def _sync_shared_loop(router: GatewayRouter, budgets: ScopeBudgetStore, interval_s: float,
@@ -193,6 +209,8 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
         tasks.append(asyncio.create_task(_sync_shared_loop(
             services.router, services.extras["scope_budgets"], settings.policy_reload_s, stop)))
         tasks.append(asyncio.create_task(services.extras["remote_load"].run(settings.policy_reload_s, stop)))
+        if settings.log.retention_days is not None:
+            tasks.append(asyncio.create_task(_retention_loop(services.engine, settings.log.retention_days, stop)))
         # Everything built so far lives as long as the process: keep it out of the cyclic GC's scans,
         # which otherwise show up as latency spikes (p99) under load.
         gc.collect()

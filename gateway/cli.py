@@ -1,4 +1,4 @@
-"""The `hybridgate` command: serve, migrate, keys, and the router / local-model / bench tools."""
+"""The `hybridgate` command: serve, migrate, prune, keys, and the router / local-model / bench tools."""
 
 from __future__ import annotations
 
@@ -27,6 +27,31 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     s = _settings(args)
     upgrade(s.database_url)
     print(f"database at head: {_redact(s.database_url)}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Delete logged requests older than --days (or log.retention_days), with attempts and feedback."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from requestlog.retention import cutoff, prune
+
+    s = _settings(args)
+    days = args.days if args.days is not None else s.log.retention_days
+    if days is None or days <= 0:
+        print("hybridgate: give --days N (> 0) or set log.retention_days", file=sys.stderr)
+        return 2
+
+    async def run() -> dict[str, int]:
+        engine = create_async_engine(s.database_url)
+        try:
+            return (await prune(engine, cutoff(datetime.now(UTC), days))).as_dict()
+        finally:
+            await engine.dispose()
+
+    print(json.dumps({"older_than_days": days, "deleted": asyncio.run(run())}))
     return 0
 
 
@@ -160,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("migrate", help="upgrade the log database to the latest schema")
     sp.set_defaults(fn=cmd_migrate)
+
+    sp = sub.add_parser("prune", help="delete logged requests older than the retention period")
+    sp.add_argument("--days", type=float, default=None, help="default: log.retention_days")
+    sp.set_defaults(fn=cmd_prune)
 
     kp = sub.add_parser("keys", help="gateway API keys")
     ksub = kp.add_subparsers(dest="keys_cmd", required=True)

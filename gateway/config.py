@@ -30,6 +30,9 @@ class LogSettings(BaseModel):
     spool_dir: str = "./var/spool"
     batch_max_rows: int = Field(default=500, gt=0)
     batch_max_ms: int = Field(default=100, gt=0)
+    retention_days: float | None = Field(
+        default=None, gt=0,
+        description="delete requests (with their attempts and feedback) older than this; None = keep all")
 
 
 class LocalModelSettings(BaseModel):
