@@ -14,8 +14,9 @@ import orjson
 from aiohttp import web
 
 from backends.fake_provider.config import count_tokens, tokenize
-from backends.fake_provider.core import ProviderCore
-from backends.fake_provider.errors import Reject, error_response
+from backends.fake_provider.core import ProviderCore, endpoint
+from backends.fake_provider.errors import Reject
+from backends.fake_provider.faults import Fault
 from backends.fake_provider.replies import Choice, last_user_text, plan_choices, text_of
 from backends.fake_provider.wire import anthropic_event
 
@@ -25,79 +26,74 @@ class AnthropicHandlers(ProviderCore):
 
     # -- Anthropic messages ---------------------------------------------------------------------
 
-    async def _messages(self, request: web.BaseRequest) -> web.StreamResponse:
-        self._enter()
-        try:
-            body, model, fault = await self._begin(request, "anthropic")
-            assert model is not None
-            max_tokens = body.get("max_tokens")
-            if not isinstance(max_tokens, int) or max_tokens < 1:
-                raise Reject(400, "max_tokens: Field required")
-            prompt_tokens = _anthropic_prompt_tokens(body)
-            self._check_context(model, prompt_tokens, None, fault, "anthropic")
-            tools = body.get("tools")
-            tc = body.get("tool_choice") or {}
-            tool = None
-            if tools and tc.get("type") != "none":
-                chosen = (
-                    next((t for t in tools if t.get("name") == tc.get("name")), tools[0])
-                    if tc.get("type") == "tool"
-                    else tools[0]
-                )
-                tool = (chosen.get("name", "tool"), chosen.get("input_schema") or {})
-            plan = plan_choices(
-                self.config,
-                last_user_text(body.get("messages")),
-                n=1,
-                max_tokens=max_tokens,
-                stop=body.get("stop_sequences"),
-                seed=None,
-                fault=fault,
-                tool=tool,
-                id_prefix="toolu_",
-            )[0]
-            stop_reason = {
-                "stop": "stop_sequence" if plan.stop_hit else "end_turn",
-                "length": "max_tokens",
-                "tool_calls": "tool_use",
-            }[plan.finish]
-            mid = f"msg_fake{next(self._ids):012d}"
-            usage = {
-                "input_tokens": prompt_tokens,
-                "output_tokens": plan.n_tokens,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
-            }
-            if body.get("stream"):
-                self._streams += 1
-                events = _anthropic_stream_events(mid, model, plan, stop_reason, usage)
-                return await self._send_stream(request, events, fault, "anthropic")
-            if plan.tool is not None:
-                content = [
-                    {
-                        "type": "tool_use",
-                        "id": plan.tool[0],
-                        "name": plan.tool[1],
-                        "input": orjson.loads(plan.tool[2]),
-                    }
-                ]
-            else:
-                content = [{"type": "text", "text": plan.text}]
-            resp = {
-                "id": mid,
-                "type": "message",
-                "role": "assistant",
-                "model": model,
-                "content": content,
-                "stop_reason": stop_reason,
-                "stop_sequence": plan.stop_hit,
-                "usage": usage,
-            }
-            return await self._send_body(request, orjson.dumps(resp), fault)
-        except Reject as rej:
-            return error_response("anthropic", rej)
-        finally:
-            self._in_flight -= 1
+    @endpoint("anthropic")
+    async def _messages(
+        self, request: web.BaseRequest, body: dict[str, Any], model: str, fault: Fault
+    ) -> web.StreamResponse:
+        max_tokens = body.get("max_tokens")
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise Reject(400, "max_tokens: Field required")
+        prompt_tokens = _anthropic_prompt_tokens(body)
+        self._check_context(model, prompt_tokens, None, fault, "anthropic")
+        tools = body.get("tools")
+        tc = body.get("tool_choice") or {}
+        tool = None
+        if tools and tc.get("type") != "none":
+            chosen = (
+                next((t for t in tools if t.get("name") == tc.get("name")), tools[0])
+                if tc.get("type") == "tool"
+                else tools[0]
+            )
+            tool = (chosen.get("name", "tool"), chosen.get("input_schema") or {})
+        plan = plan_choices(
+            self.config,
+            last_user_text(body.get("messages")),
+            n=1,
+            max_tokens=max_tokens,
+            stop=body.get("stop_sequences"),
+            seed=None,
+            fault=fault,
+            tool=tool,
+            id_prefix="toolu_",
+        )[0]
+        stop_reason = {
+            "stop": "stop_sequence" if plan.stop_hit else "end_turn",
+            "length": "max_tokens",
+            "tool_calls": "tool_use",
+        }[plan.finish]
+        mid = f"msg_fake{next(self._ids):012d}"
+        usage = {
+            "input_tokens": prompt_tokens,
+            "output_tokens": plan.n_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        }
+        if body.get("stream"):
+            self._streams += 1
+            events = _anthropic_stream_events(mid, model, plan, stop_reason, usage)
+            return await self._send_stream(request, events, fault, "anthropic")
+        if plan.tool is not None:
+            content = [
+                {
+                    "type": "tool_use",
+                    "id": plan.tool[0],
+                    "name": plan.tool[1],
+                    "input": orjson.loads(plan.tool[2]),
+                }
+            ]
+        else:
+            content = [{"type": "text", "text": plan.text}]
+        resp = {
+            "id": mid,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": plan.stop_hit,
+            "usage": usage,
+        }
+        return await self._send_body(request, orjson.dumps(resp), fault)
 
 
 def _anthropic_prompt_tokens(body: Mapping[str, Any]) -> int:

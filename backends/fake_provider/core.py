@@ -12,18 +12,53 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import itertools
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 
 from backends.fake_provider.config import FakeProviderConfig, RecordedRequest
-from backends.fake_provider.errors import ANTHROPIC_MESSAGES, OPENAI_ERRORS, Reject
+from backends.fake_provider.errors import ANTHROPIC_MESSAGES, OPENAI_ERRORS, Reject, error_response
 from backends.fake_provider.faults import MAGIC_RE, Fault, FaultSpecError, FaultState, parse_fault
 from backends.fake_provider.wire import JSON, SSE_HEADERS, anthropic_event, sse
 
 _NOOP = Fault()
+
+_Core = TypeVar("_Core", bound="ProviderCore")
+# what an endpoint's body is given once the request is read: (self, request, body, model, fault)
+Answer = Callable[[_Core, web.BaseRequest, dict[str, Any], str, Fault], Awaitable[web.StreamResponse]]
+# what the routing table calls: (self, request)
+Endpoint = Callable[[_Core, web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def endpoint(dialect: str) -> Callable[[Answer[_Core]], Endpoint[_Core]]:
+    """Wrap a model endpoint of `dialect` in what every one of them does around its answer.
+
+    Count the request in flight for its whole life (``max_in_flight`` in the stats), read it through
+    `ProviderCore._begin` (auth, faults, model check), and turn any `Reject`, raised there or by the
+    answer itself, into an error body shaped for `dialect` ("openai" or "anthropic"). One place, so
+    the endpoints of both protocols cannot drift apart on status codes or on the in-flight count.
+    """
+
+    def wrap(answer: Answer[_Core]) -> Endpoint[_Core]:
+        @functools.wraps(answer)
+        async def handler(self: _Core, request: web.BaseRequest) -> web.StreamResponse:
+            self._enter()
+            try:
+                body, model, fault = await self._begin(request, dialect)
+                assert model is not None  # _begin rejects a request without one
+                return await answer(self, request, body, model, fault)
+            except Reject as rej:
+                return error_response(dialect, rej)
+            finally:
+                self._in_flight -= 1
+
+        return handler
+
+    return wrap
 
 
 class ProviderCore:

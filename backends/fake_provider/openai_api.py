@@ -12,17 +12,16 @@ built as a list of SSE events, one content token per chunk, so a fault can cut t
 from __future__ import annotations
 
 import base64
-import functools
 import struct
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from backends.fake_provider.config import count_tokens, tokenize
-from backends.fake_provider.core import ProviderCore
+from backends.fake_provider.core import ProviderCore, endpoint
 from backends.fake_provider.errors import Reject, error_response
 from backends.fake_provider.faults import Fault
 from backends.fake_provider.replies import (
@@ -37,44 +36,13 @@ from backends.fake_provider.replies import (
 )
 from backends.fake_provider.wire import FINGERPRINT, JSON, SSE_DONE, sse
 
-# what an endpoint's body is given once the request is read: (self, request, body, model, fault)
-_Answer = Callable[
-    ["OpenAIHandlers", web.BaseRequest, dict[str, Any], str, Fault], Awaitable[web.StreamResponse]
-]
-# what the routing table calls: (self, request)
-_Endpoint = Callable[["OpenAIHandlers", web.BaseRequest], Awaitable[web.StreamResponse]]
-
-
-def _openai_endpoint(answer: _Answer) -> _Endpoint:
-    """Wrap an OpenAI endpoint in what every one of them does around its answer.
-
-    Count the request in flight for its whole life (``max_in_flight`` in the stats), read it through
-    `ProviderCore._begin` (auth, faults, model check), and turn any `Reject`, raised there or by the
-    answer itself, into an OpenAI-shaped error body. One place, so the endpoints cannot drift apart on
-    status codes or on the in-flight count.
-    """
-
-    @functools.wraps(answer)
-    async def endpoint(self: OpenAIHandlers, request: web.BaseRequest) -> web.StreamResponse:
-        self._enter()
-        try:
-            body, model, fault = await self._begin(request, "openai")
-            assert model is not None  # _begin rejects a request without one
-            return await answer(self, request, body, model, fault)
-        except Reject as rej:
-            return error_response("openai", rej)
-        finally:
-            self._in_flight -= 1
-
-    return endpoint
-
 
 class OpenAIHandlers(ProviderCore):
     """The OpenAI-protocol handlers of `FakeProvider`."""
 
     # -- OpenAI chat ----------------------------------------------------------------------------
 
-    @_openai_endpoint
+    @endpoint("openai")
     async def _chat(
         self, request: web.BaseRequest, body: dict[str, Any], model: str, fault: Fault
     ) -> web.StreamResponse:
@@ -151,7 +119,7 @@ class OpenAIHandlers(ProviderCore):
 
     # -- OpenAI completions ---------------------------------------------------------------------
 
-    @_openai_endpoint
+    @endpoint("openai")
     async def _completions(
         self, request: web.BaseRequest, body: dict[str, Any], model: str, fault: Fault
     ) -> web.StreamResponse:
@@ -205,7 +173,7 @@ class OpenAIHandlers(ProviderCore):
 
     # -- OpenAI embeddings ----------------------------------------------------------------------
 
-    @_openai_endpoint
+    @endpoint("openai")
     async def _embeddings(
         self, request: web.BaseRequest, body: dict[str, Any], model: str, fault: Fault
     ) -> web.StreamResponse:
