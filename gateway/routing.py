@@ -323,11 +323,14 @@ class GatewayRouter:
         bandit = self.plugins.bandits.get(pending.bandit)
         if bandit is None:
             return
+        name = pending.bandit
         bandit.update(pending.arm, score, pending.context, pending.propensity)
-        self._bandit_updates[pending.bandit] = self._bandit_updates.get(pending.bandit, 0) + 1
+        self._bandit_updates[name] = self._bandit_updates.get(name, 0) + 1
         if isinstance(bandit, SharedBandit):
-            await self.bandit_store.add(pending.bandit, pending.arm,
-                                        bandit.increments(pending.arm, score, pending.context))
+            await self.bandit_store.add(name, pending.arm, bandit.increments(pending.arm, score, pending.context))
+            # Counted again once stored: a sync that read the totals while this add was in flight
+            # sees the count move and does not apply totals that may lack it.
+            self._bandit_updates[name] += 1
 
     def set_admin_budgets(self, limits: Mapping[str, BudgetLimit]) -> None:
         """User and team budgets from the admin API; they take precedence over the config file's."""
