@@ -61,7 +61,7 @@ def check_admin(request: Request, token: str | None) -> None:
                        type="permission_error")
 
 
-def _json(data: Any, status: int = 200) -> Response:
+def json_response(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
@@ -74,14 +74,14 @@ class AdminHandlers:
 
     async def list_keys(self, request: Request) -> Response:
         self._check(request)
-        return _json({"data": [k.public() for k in await self.s.keys.list()]})
+        return json_response({"data": [k.public() for k in await self.s.keys.list()]})
 
     async def create_key(self, request: Request) -> Response:
         self._check(request)
         req = validate(KeyCreate, await read_json(request, 64 * 1024))
         limits = req.model_dump(exclude={"name"}, exclude_none=True)
         secret, rec = await self.s.keys.create(req.name, **limits)
-        return _json({"key": secret, **rec.public()}, status=201)
+        return json_response({"key": secret, **rec.public()}, status=201)
 
     async def update_key(self, request: Request) -> Response:
         self._check(request)
@@ -89,18 +89,18 @@ class AdminHandlers:
         rec = await self.s.keys.update(request.path_params["key_id"], **req.model_dump(exclude_unset=True))
         if rec is None:
             raise APIError(404, "No such key.", code="key_not_found")
-        return _json(rec.public())
+        return json_response(rec.public())
 
     async def revoke_key(self, request: Request) -> Response:
         self._check(request)
         key_id = request.path_params["key_id"]
         if not await self.s.keys.revoke(key_id):
             raise APIError(404, "No such active key.", code="key_not_found")
-        return _json({"id": key_id, "revoked": True})
+        return json_response({"id": key_id, "revoked": True})
 
     # ---- policies ----------------------------------------------------------------------------
 
-    def _version_json(self, v: PolicyVersion) -> dict[str, Any]:
+    def _versionjson_response(self, v: PolicyVersion) -> dict[str, Any]:
         r = v.row
         reg = self.s.router.registry
         return {"name": r.name, "version": r.version, "active": reg.active_version(r.name) == r.version,
@@ -133,7 +133,7 @@ class AdminHandlers:
         self._check(request)
         reg = self.s.router.registry
         await reg.reload()
-        return _json({"data": [
+        return json_response({"data": [
             {"name": p.name, "active_version": p.active_version, "latest_version": p.latest_version,
              "versions": p.versions, "description": p.description} for p in reg.list()]})
 
@@ -147,8 +147,8 @@ class AdminHandlers:
             raise APIError(404, f"No policy named {name!r}.", code="policy_not_found") from None
         if not versions:
             raise APIError(404, f"No policy named {name!r}.", code="policy_not_found")
-        return _json({"name": name, "active_version": reg.active_version(name),
-                      "versions": [self._version_json(v) for v in versions]})
+        return json_response({"name": name, "active_version": reg.active_version(name),
+                      "versions": [self._versionjson_response(v) for v in versions]})
 
     async def put_policy(self, request: Request) -> Response:
         """Create or update (a new version, activated). Validation errors name field and line."""
@@ -159,7 +159,7 @@ class AdminHandlers:
             v = await self.s.router.registry.put(name, spec, created_by="admin-api", comment=comment)
         except PolicyValidationError as exc:
             raise self._invalid(exc) from None
-        return _json(self._version_json(v), status=201)
+        return json_response(self._versionjson_response(v), status=201)
 
     async def validate_policy(self, request: Request) -> Response:
         self._check(request)
@@ -168,7 +168,7 @@ class AdminHandlers:
             self.s.router.registry.validate(request.path_params["name"], spec)
         except PolicyValidationError as exc:
             raise self._invalid(exc) from None
-        return _json({"valid": True})
+        return json_response({"valid": True})
 
     async def activate_policy(self, request: Request) -> Response:
         """Roll back (or forward) to a stored version: {"version": N}; no version = previous one."""
@@ -183,7 +183,7 @@ class AdminHandlers:
             v = await reg.activate(name, version) if version is not None else await reg.rollback(name)
         except (PolicyNotFound, KeyError, ValueError) as exc:
             raise APIError(404, f"Cannot activate {name}@{version}: {exc}", code="policy_not_found") from None
-        return _json(self._version_json(v))
+        return json_response(self._versionjson_response(v))
 
     async def simulate(self, request: Request) -> Response:
         """The decision and its trace for a request body, without calling any provider."""
@@ -203,7 +203,7 @@ class AdminHandlers:
         signals = await router.signals(router.catalog.deployments, [])
         d = decide(features, policy, router.catalog.deployments, signals, random.Random(0), datetime.now(UTC),
                    plugins=router.plugins)
-        return _json({"policy": name, "version": router.registry.active_version(name), **d.as_dict()})
+        return json_response({"policy": name, "version": router.registry.active_version(name), **d.as_dict()})
 
     # ---- learned router artifacts ------------------------------------------------------------
 
@@ -231,7 +231,7 @@ class AdminHandlers:
         async with self.s.engine.begin() as conn:
             await conn.execute(router_artifacts.update().values(active=False))
             await conn.execute(router_artifacts.insert().values(**row))
-        return _json({"scorer": name, "version": row["version"], "models": list(scorer.classifier.models)},
+        return json_response({"scorer": name, "version": row["version"], "models": list(scorer.classifier.models)},
                      status=201)
 
     # ---- breakers ------------------------------------------------------------------------------
@@ -240,7 +240,7 @@ class AdminHandlers:
         self._check(request)
         names = [d.name for d in self.s.router.catalog.deployments]
         states = await self.s.router.breakers.states(names)
-        return _json({"data": [{"deployment": n, "state": states.get(n, "closed")} for n in names]})
+        return json_response({"data": [{"deployment": n, "state": states.get(n, "closed")} for n in names]})
 
     async def force_breaker(self, request: Request) -> Response:
         """Manual override: {"mode": "open" | "closed" | null} (null returns to automatic)."""
@@ -255,7 +255,7 @@ class AdminHandlers:
         await self.s.router.breakers.force(name, mode)
         state = await self.s.router.breakers.state(name)
         self.s.metrics.breaker_open.labels(name).set(1 if state == "open" else 0)
-        return _json({"deployment": name, "state": state, "forced": mode})
+        return json_response({"deployment": name, "state": state, "forced": mode})
 
     def routes(self) -> list[Route]:
         return [

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -89,35 +90,31 @@ def load_scorer(artifact_dir: str, aliases: dict[str, str]) -> ClassifierScorer:
     return ClassifierScorer(clf, aliases)
 
 
-async def _retention_loop(engine: AsyncEngine, days: float, stop: asyncio.Event, every_s: float = 3600.0) -> None:
-    """Prune the log to ``log.retention_days`` now and then every hour. Every worker runs it; the
-    deletes are idempotent and batched, so overlapping runs only repeat an empty query."""
+async def _every(interval_s: float, stop: asyncio.Event, *jobs: tuple[str, Callable[[], Awaitable[Any]]]) -> None:
+    """Run each job now and then every ``interval_s`` until ``stop``. A failing job is logged and
+    tried again next round (a store hiccup must never end the loop), and never stops the others."""
     while not stop.is_set():
-        try:
-            pruned = await prune(engine, cutoff(datetime.now(UTC), days))
-            if pruned.requests:
-                log.info("log retention: deleted %s", pruned.as_dict())
-        except Exception as exc:  # a dead database waits for the next round
-            log.warning("log retention failed: %s", exc)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=every_s)
-
-
-async def _sync_shared_loop(router: GatewayRouter, budgets: ScopeBudgetStore, interval_s: float,
-                            stop: asyncio.Event) -> None:
-    """Keep this process in step with every other one: what the bandits learned (shared store) and
-    the user and team budgets set through the admin API (database)."""
-    while not stop.is_set():
-        try:
-            await router.sync_bandits()
-        except Exception as exc:  # never let a store hiccup end the loop
-            log.warning("bandit sync failed: %s", exc)
-        try:
-            router.set_admin_budgets(await budgets.load())
-        except Exception as exc:  # keep the budgets last read until the database answers again
-            log.warning("budget sync failed: %s", exc)
+        for what, job in jobs:
+            try:
+                await job()
+            except Exception as exc:
+                log.warning("%s failed: %s", what, exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval_s)
+
+
+async def _sync_admin_budgets(router: GatewayRouter, budgets: ScopeBudgetStore) -> None:
+    """User and team budgets set through the admin API by any process (the last read is kept while
+    the database is away)."""
+    router.set_admin_budgets(await budgets.load())
+
+
+async def _prune_log(engine: AsyncEngine, days: float) -> None:
+    """Log retention. Every worker runs it; the deletes are idempotent and batched, so overlapping
+    runs only repeat an empty query."""
+    pruned = await prune(engine, cutoff(datetime.now(UTC), days))
+    if pruned.requests:
+        log.info("log retention: deleted %s", pruned.as_dict())
 
 
 def _local_load(backends: dict[str, Backend]) -> dict[str, LocalLoad]:
@@ -206,11 +203,15 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
             tasks.append(asyncio.create_task(events.run(registry.reload, stop)))
         tasks.append(asyncio.create_task(registry.run_reload_loop(
             settings.policy_reload_s, stop, pushed=(lambda: events.live) if events is not None else None)))
-        tasks.append(asyncio.create_task(_sync_shared_loop(
-            services.router, services.extras["scope_budgets"], settings.policy_reload_s, stop)))
+        # Keep this process in step with every other one: what the bandits learned, and budgets.
+        router = services.router
+        tasks.append(asyncio.create_task(_every(
+            settings.policy_reload_s, stop, ("bandit sync", router.sync_bandits),
+            ("budget sync", functools.partial(_sync_admin_budgets, router, services.extras["scope_budgets"])))))
         tasks.append(asyncio.create_task(services.extras["remote_load"].run(settings.policy_reload_s, stop)))
         if settings.log.retention_days is not None:
-            tasks.append(asyncio.create_task(_retention_loop(services.engine, settings.log.retention_days, stop)))
+            tasks.append(asyncio.create_task(_every(
+                3600.0, stop, ("log retention", functools.partial(_prune_log, services.engine, settings.log.retention_days)))))
         # Everything built so far lives as long as the process: keep it out of the cyclic GC's scans,
         # which otherwise show up as latency spikes (p99) under load.
         gc.collect()

@@ -11,22 +11,20 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-import orjson
-import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.admin_api import check_admin
+from gateway.admin_api import check_admin, json_response
 from gateway.edge import read_json, validate
-from gateway.errors import APIError
+from gateway.errors import APIError, store_unavailable
 from gateway.services import Services
+from requestlog.sql import DB_ERRORS
 from router.budget import BudgetLimit
 from state.scope_budgets import ScopeBudgetStore
 
 SCOPE = re.compile(r"^(user|team):\S{1,200}$")
-_DB_ERRORS = (OSError, sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DBAPIError)
 
 
 class BudgetUpdate(BaseModel):
@@ -34,15 +32,6 @@ class BudgetUpdate(BaseModel):
 
     limit_usd: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     period: Literal["day", "week", "month", "total"] = "month"
-
-
-def _json(data: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
-def _unavailable(exc: BaseException) -> APIError:
-    return APIError(503, f"Budget store unavailable, retry later ({type(exc).__name__}).", type="server_error",
-                    code="store_unavailable", headers={"retry-after": "5"})
 
 
 class BudgetAdminHandlers:
@@ -72,7 +61,7 @@ class BudgetAdminHandlers:
                          "source": "admin" if lim.scope in router.admin_budgets else "config",
                          "spent_usd": spent, "reserved_usd": reserved,
                          "remaining_usd": lim.limit_usd - spent - reserved})
-        return _json({"data": data})
+        return json_response({"data": data})
 
     async def put_budget(self, request: Request) -> Response:
         scope = self._scope(request)
@@ -80,22 +69,22 @@ class BudgetAdminHandlers:
         limit = BudgetLimit(scope, req.limit_usd, req.period)
         try:
             await self.store.put(limit)
-        except _DB_ERRORS as exc:
-            raise _unavailable(exc) from None
+        except DB_ERRORS as exc:
+            raise store_unavailable("Budget store", exc) from None
         router = self.s.router
         router.set_admin_budgets(router.admin_budgets | {scope: limit})
-        return _json({"scope": scope, "limit_usd": limit.limit_usd, "period": limit.period, "source": "admin"})
+        return json_response({"scope": scope, "limit_usd": limit.limit_usd, "period": limit.period, "source": "admin"})
 
     async def delete_budget(self, request: Request) -> Response:
         scope = self._scope(request)
         try:
             removed = await self.store.delete(scope)
-        except _DB_ERRORS as exc:
-            raise _unavailable(exc) from None
+        except DB_ERRORS as exc:
+            raise store_unavailable("Budget store", exc) from None
         router = self.s.router
         router.set_admin_budgets({k: v for k, v in router.admin_budgets.items() if k != scope})
         if removed:
-            return _json({"scope": scope, "deleted": True})
+            return json_response({"scope": scope, "deleted": True})
         if scope in router.config_budgets:
             raise APIError(409, f"Budget {scope!r} is set in the config file; change it there.", param="scope",
                            code="budget_in_config")

@@ -52,6 +52,13 @@ class APIError(Exception):
                         headers=headers)
 
 
+def store_unavailable(what: str, exc: BaseException) -> APIError:
+    """A database the request needs is away: 503 with Retry-After, so the client retries later
+    instead of the write being dropped."""
+    return APIError(503, f"{what} unavailable, retry later ({type(exc).__name__}).", type="server_error",
+                    code="store_unavailable", headers={"retry-after": "5"})
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
 

@@ -13,14 +13,14 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.edge import authenticate, read_json, validate
-from gateway.errors import APIError
+from gateway.errors import APIError, store_unavailable
 from gateway.schemas import FeedbackRequest
 from gateway.services import Services
+from requestlog.sql import DB_ERRORS, dialect_insert
 from requestlog.tables import feedback, requests
 
 
@@ -41,7 +41,7 @@ class FeedbackHandler:
         await authenticate(request, self.s.keys, self.s.settings.keys_required)
         fb = validate(FeedbackRequest, await read_json(request, 64 * 1024))
         engine = self.s.engine
-        insert = (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(feedback)
+        insert = dialect_insert(feedback, engine.dialect.name)
         stmt = insert.values(
             id=uuid.uuid4().hex, request_id=fb.request_id, source=fb.source, score=fb.value,
             comment=fb.comment, created_at=datetime.now(UTC),
@@ -59,9 +59,8 @@ class FeedbackHandler:
                 res = await conn.execute(stmt)
         except APIError:
             raise
-        except (OSError, sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DBAPIError) as exc:
-            raise APIError(503, f"Feedback store unavailable, retry later ({type(exc).__name__}).",
-                           type="server_error", code="store_unavailable", headers={"retry-after": "5"}) from None
+        except DB_ERRORS as exc:
+            raise store_unavailable("Feedback store", exc) from None
         created = bool(res.rowcount)
         if created:
             await self.s.router.feedback(fb.request_id, fb.value, logged)

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from . import tables
 from .codec import Record, dumps_json, sanitize_record
+from .sql import dialect_insert
 from .urls import to_async_url
 
 log = logging.getLogger("hybridgate.requestlog.writer")
@@ -87,11 +87,7 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
 
 
 def _insert(table: sa.Table, dialect: str) -> sa.Executable:
-    if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing(index_elements=["id"])
-    if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing(index_elements=["id"])
-    raise ValueError(f"request log supports PostgreSQL and SQLite, not {dialect!r}")
+    return dialect_insert(table, dialect).on_conflict_do_nothing(index_elements=["id"])
 
 
 def _walk(exc: BaseException) -> list[BaseException]:

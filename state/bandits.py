@@ -21,17 +21,15 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from requestlog.sql import DB_ERRORS, dialect_insert
 from requestlog.tables import bandit_totals
 from state.redis_util import RedisGuard
 
 log = logging.getLogger(__name__)
 
 ArmTotals = dict[str, float]  # statistic name -> sum over every observed reward
-
-DB_ERRORS = (OSError, sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DBAPIError)
 
 
 class BanditStore(Protocol):
@@ -142,8 +140,7 @@ class DbBanditStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-        ins = dialect.insert(bandit_totals)
+        ins = dialect_insert(bandit_totals, engine.dialect.name)
         self._upsert = ins.on_conflict_do_update(
             index_elements=["bandit", "arm", "stat"],
             set_={"value": bandit_totals.c.value + ins.excluded.value},

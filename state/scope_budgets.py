@@ -10,9 +10,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from requestlog.sql import dialect_insert
 from requestlog.tables import scope_budgets
 from router.budget import BudgetLimit
 
@@ -20,7 +20,6 @@ from router.budget import BudgetLimit
 class ScopeBudgetStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
 
     async def load(self) -> dict[str, BudgetLimit]:
         async with self._engine.connect() as conn:
@@ -30,7 +29,7 @@ class ScopeBudgetStore:
     async def put(self, limit: BudgetLimit) -> None:
         values = {"scope": limit.scope, "limit_usd": limit.limit_usd, "period": limit.period,
                   "updated_at": datetime.now(UTC)}
-        ins = self._dialect.insert(scope_budgets).values(**values)
+        ins = dialect_insert(scope_budgets, self._engine.dialect.name).values(**values)
         stmt = ins.on_conflict_do_update(index_elements=["scope"], set_={
             k: ins.excluded[k] for k in ("limit_usd", "period", "updated_at")})
         async with self._engine.begin() as conn:

@@ -62,34 +62,29 @@ async def test_bandit_decisions_log_propensity_and_feedback_updates_the_bandit(
     assert all(0 < r[0] <= 1 for r in rows) and all(r[2] == 1 for r in rows)
 
 
+def _redis_shared(redis_url: str, redis_prefix: str) -> dict[str, object]:
+    """Settings of gateway processes that share state, bandits included, through one Redis."""
+    return {"redis_url": redis_url, "redis_prefix": redis_prefix, "redis_timeout_s": 5.0,
+            "redis_connect_timeout_s": 10.0, "router": {"bandit_store": "redis"}}
+
+
+def _thompson_n(gw: object) -> float:
+    """How many rewards a gateway's Thompson bandit has seen, over every arm."""
+    return sum(a["n"] for a in gw.services.router.plugins.bandits["default"].to_dict()["arms"].values())  # type: ignore[attr-defined]
+
+
 def test_bandit_learning_is_shared_between_gateway_processes_through_redis(
     sqlite_url: str, tmp_path: Path, redis_url: str, redis_prefix: str
 ) -> None:
-    import time
-
     with FakeProviderThread() as fp:
         deps = [dep("a", "model-a", fp.base_url), dep("b", "model-b", fp.base_url)]
-        shared = {"redis_url": redis_url, "redis_prefix": redis_prefix, "redis_timeout_s": 5.0,
-                  "redis_connect_timeout_s": 10.0,
-                  "router": {"bandit_store": "redis"}, "policy_reload_s": 0.2}
+        shared = _redis_shared(redis_url, redis_prefix)
         with running_gateway(settings(tmp_path, sqlite_url, deps, **shared)) as g1, \
                 running_gateway(settings(tmp_path, sqlite_url, deps, **shared)) as g2:
             assert httpx.put(g1.base_url + "/admin/api/policies/explore", content=BANDIT,
                              headers={"content-type": "application/yaml"}).status_code == 201
-            for i in range(6):
-                r = httpx.post(g1.base_url + "/v1/chat/completions",
-                               json={"model": "explore", "messages": [{"role": "user", "content": f"q{i}"}]})
-                assert r.status_code == 200, r.text
-                f = httpx.post(g1.base_url + "/v1/feedback",
-                               json={"request_id": r.headers["x-request-id"], "score": 1.0})
-                assert f.status_code == 201
-            deadline = time.monotonic() + 5
-            while True:
-                arms = g2.services.router.plugins.bandits["default"].to_dict()["arms"]
-                if sum(a["n"] for a in arms.values()) == 6:
-                    break  # g2 never served these requests, yet its bandit learned from them
-                assert time.monotonic() < deadline, arms
-                time.sleep(0.1)
+            _serve_and_rate(g1, g1, "explore", 6)
+            _wait_for(lambda: _thompson_n(g2) == 6)  # g2 never served these requests, yet its bandit learned
 
 
 def test_contextual_bandit_policy_routes_and_learns(sqlite_url: str, tmp_path: Path) -> None:
@@ -143,13 +138,10 @@ def test_without_redis_bandits_learn_together_through_the_database(sqlite_url: s
             _serve_and_rate(g1, g2, "explore", 4)  # decided by g1, rated at g2
             _serve_and_rate(g1, g1, "ctx", 3)
 
-            def thompson_n(gw: object) -> float:
-                return sum(a["n"] for a in gw.services.router.plugins.bandits["default"].to_dict()["arms"].values())
-
             def linucb_n(gw: object) -> int:
                 return sum(gw.services.router.plugins.bandits["linucb"].to_dict()["n"].values())
 
-            _wait_for(lambda: thompson_n(g1) == 4 and thompson_n(g2) == 4 and linucb_n(g2) == 3)
+            _wait_for(lambda: _thompson_n(g1) == 4 and _thompson_n(g2) == 4 and linucb_n(g2) == 3)
             a1 = g1.services.router.plugins.bandits["linucb"].to_dict()
             a2 = g2.services.router.plugins.bandits["linucb"].to_dict()
             taught = [arm for arm, n in a1["n"].items() if n]
@@ -165,16 +157,10 @@ def test_feedback_at_another_process_teaches_the_deciding_bandit_through_redis(
 ) -> None:
     with FakeProviderThread() as fp:
         deps = [dep("a", "model-a", fp.base_url), dep("b", "model-b", fp.base_url)]
-        shared = {"redis_url": redis_url, "redis_prefix": redis_prefix, "redis_timeout_s": 5.0,
-                  "redis_connect_timeout_s": 10.0,
-                  "router": {"bandit_store": "redis"}}
+        shared = _redis_shared(redis_url, redis_prefix)
         with running_gateway(settings(tmp_path, sqlite_url, deps, **shared)) as g1, \
                 running_gateway(settings(tmp_path, sqlite_url, deps, **shared)) as g2:
             assert httpx.put(g1.base_url + "/admin/api/policies/explore", content=BANDIT,
                              headers={"content-type": "application/yaml"}).status_code == 201
             _serve_and_rate(g1, g2, "explore", 5)
-
-            def n(gw: object) -> float:
-                return sum(a["n"] for a in gw.services.router.plugins.bandits["default"].to_dict()["arms"].values())
-
-            _wait_for(lambda: n(g1) == 5 and n(g2) == 5)
+            _wait_for(lambda: _thompson_n(g1) == 5 and _thompson_n(g2) == 5)
