@@ -45,6 +45,7 @@ __all__ = [
     "LinUCBState",
     "LinUCB",
     "reward",
+    "unit_reward",
 ]
 
 
@@ -90,6 +91,11 @@ class ArmStats:
         return self.m2 / (self.n - 1) if self.n > 1 else 0.25
 
 
+def unit_reward(reward: float) -> float:
+    """A reward or feedback score clipped to [0, 1], the range every bandit here assumes."""
+    return min(max(float(reward), 0.0), 1.0)
+
+
 @dataclass
 class BanditState:
     """Per-arm statistics for the context-free policies (Thompson, UCB1)."""
@@ -103,7 +109,7 @@ class BanditState:
 
     def update(self, arm: str, quality: float) -> BanditState:
         """Record feedback ``quality`` ∈ [0, 1] for ``arm`` (in place; returns self for chaining)."""
-        q = min(max(float(quality), 0.0), 1.0)
+        q = unit_reward(quality)
         self.arms[arm].observe(q)
         self.t += 1
         return self

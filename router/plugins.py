@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from router.bandits import ArmStats, BanditState, LinUCB, LinUCBState, ThompsonSampling
+from router.bandits import ArmStats, BanditState, LinUCB, LinUCBState, ThompsonSampling, unit_reward
 from router.classifier import QualityClassifier
 
 
@@ -66,7 +66,7 @@ class ThompsonBandit:
     def increments(self, arm: str, reward: float, context: Mapping[str, Any]) -> dict[str, float]:
         """What one reward adds to the shared totals: Beta pseudo-counts, count and moments. Sums,
         so any number of processes can add them atomically without reading first."""
-        q = _unit(reward)
+        q = unit_reward(reward)
         return {"alpha": q, "beta": 1.0 - q, "n": 1.0, "sum": q, "sumsq": q * q}
 
     def load_totals(self, totals: Mapping[str, Mapping[str, float]]) -> None:
@@ -132,7 +132,7 @@ class LinUCBBandit:
 
     def update(self, arm: str, reward: float, context: Mapping[str, Any], propensity: float) -> None:
         self._ensure(arm)
-        self.state.update(arm, request_context_vector(context), _unit(reward))
+        self.state.update(arm, request_context_vector(context), unit_reward(reward))
 
     def to_dict(self) -> dict[str, Any]:
         return self.state.to_dict()
@@ -144,7 +144,7 @@ class LinUCBBandit:
         way Thompson shares its counts; each rebuilds ``A⁻¹`` from the totals (`load_totals`).
         """
         x = request_context_vector(context)
-        r = _unit(reward)
+        r = unit_reward(reward)
         out = {"n": 1.0}
         for i in range(self.dim):
             out[f"b.{i}"] = r * float(x[i])
@@ -169,8 +169,3 @@ class LinUCBBandit:
             s.a_inv[arm] = np.linalg.inv(a)
             s.b[arm] = b
             s.n[arm] = int(round(tot.get("n", 0.0)))
-
-
-def _unit(reward: float) -> float:
-    """A reward clipped to [0, 1], the range every bandit here assumes."""
-    return min(max(float(reward), 0.0), 1.0)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from router.bandits import unit_reward
 from router.offline.datasets import LabeledDataset
 
 __all__ = ["read_feedback", "read_logged_decisions"]
@@ -85,7 +86,7 @@ def read_feedback(url: str, limit: int | None = None) -> LabeledDataset:
             sums.append(np.zeros(len(models)))
             counts.append(np.zeros(len(models)))
         i = order[key]
-        s = min(max(float(r.score), 0.0), 1.0)
+        s = unit_reward(r.score)
         sums[i][col[str(r.served_model)]] += s
         counts[i][col[str(r.served_model)]] += 1
     if prompts:
