@@ -6,12 +6,18 @@ eleven-model (RouterBench) classifiers, with Thompson sampling (Beta, Monte-Carl
 LinUCB over the classifier context.
 
 Usage: ``python bench/decision_overhead_learned.py [--n 3000] [--artifact DIR] [--json OUT]``
+
+To measure on another machine (one without scikit-learn or the data): train and save here with
+``--save-cases FILE``, then run ``--cases FILE`` there. Both runs measure the same trained classifiers on
+the same held-out prompts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import pickle
 import platform
 import sys
 import time
@@ -23,15 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from router.bandits import BanditState, LinUCB, LinUCBState, ThompsonSampling, classifier_context  # noqa: E402
 from router.classifier import best_tradeoff  # noqa: E402
-from router.offline.datasets import (  # noqa: E402
-    holdout_strata,
-    read_csv,
-    read_many,
-    routellm_path,
-    routerbench_paths,
-    stratified_split,
-)
-from router.offline.train import TrainConfig, train_classifier  # noqa: E402
 
 
 def _pct(xs: list[float]) -> dict[str, float]:
@@ -93,15 +90,43 @@ def measure(clf, prompts: list[str], n: int, seed: int, warm: list[str] | None =
     return {k: _pct(v) for k, v in stages.items()}
 
 
+def train_cases(seed: int) -> dict[str, tuple]:
+    """Per data source: (classifier trained on the training half, training-half prompts, held-out prompts)."""
+    from router.offline.datasets import (
+        holdout_strata,
+        read_csv,
+        read_many,
+        routellm_path,
+        routerbench_paths,
+        stratified_split,
+    )
+    from router.offline.train import TrainConfig, train_classifier
+
+    cases = {}
+    for name, ds in (
+        ("mmlu", read_csv(routellm_path("mmlu"))),
+        ("routerbench", read_many(routerbench_paths())),
+    ):
+        tr, te = stratified_split(holdout_strata(ds), 0.5, seed)
+        clf = train_classifier(ds.subset(tr), TrainConfig(seed=seed))
+        cases[name] = (clf, [ds.prompts[i] for i in tr], [ds.prompts[i] for i in te])
+    return cases
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--artifact", type=Path, default=None, help="measure this artifact instead of training")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--save-cases", type=Path, default=None, help="pickle the trained classifiers and prompts"
+    )
+    ap.add_argument("--cases", type=Path, default=None, help="measure classifiers pickled by --save-cases")
     a = ap.parse_args(argv)
     res: dict = {
-        "machine": f"{platform.machine()} python {platform.python_version()}",
+        "machine": f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}",
+        "cpus": len(os.sched_getaffinity(0)),
         "date": time.strftime("%Y-%m-%d"),
         "n": a.n,
     }
@@ -112,19 +137,18 @@ def main(argv: list[str] | None = None) -> int:
         prompts = [f"Sample prompt number {i}: what is {i} * 7?" for i in range(200)]
         res["artifact"] = measure(clf, prompts, a.n, a.seed)
     else:
-        mmlu = read_csv(routellm_path("mmlu"))
-        tr, te = stratified_split(holdout_strata(mmlu), 0.5, a.seed)
-        clf = train_classifier(mmlu.subset(tr), TrainConfig(seed=a.seed))
-        res["mmlu_two_model_cold_cache"] = measure(clf, [mmlu.prompts[i] for i in te], a.n, a.seed)
-        res["mmlu_two_model"] = measure(
-            clf, [mmlu.prompts[i] for i in te], a.n, a.seed, warm=[mmlu.prompts[i] for i in tr]
-        )
-        rb = read_many(routerbench_paths())
-        tr, te = stratified_split(holdout_strata(rb), 0.5, a.seed)
-        clf = train_classifier(rb.subset(tr), TrainConfig(seed=a.seed))
-        res["routerbench_eleven_model"] = measure(
-            clf, [rb.prompts[i] for i in te], a.n, a.seed, warm=[rb.prompts[i] for i in tr]
-        )
+        if a.cases:
+            cases = pickle.loads(a.cases.read_bytes())
+        else:
+            cases = train_cases(a.seed)
+            if a.save_cases:
+                a.save_cases.parent.mkdir(parents=True, exist_ok=True)
+                a.save_cases.write_bytes(pickle.dumps(cases))
+        clf, tr, te = cases["mmlu"]
+        res["mmlu_two_model_cold_cache"] = measure(clf, te, a.n, a.seed)
+        res["mmlu_two_model"] = measure(clf, te, a.n, a.seed, warm=tr)
+        clf, tr, te = cases["routerbench"]
+        res["routerbench_eleven_model"] = measure(clf, te, a.n, a.seed, warm=tr)
     txt = json.dumps(res, indent=2)
     print(txt)
     if a.json:

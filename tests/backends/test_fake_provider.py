@@ -10,6 +10,7 @@ import math
 import struct
 import time
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -532,8 +533,7 @@ async def test_anthropic_messages_stream_event_sequence(fake: FakeProvider) -> N
     assert events[-2]["delta"]["stop_reason"] == "end_turn" and events[-2]["usage"]["output_tokens"] == 4
 
 
-async def test_anthropic_sdk_if_installed(fake: FakeProvider) -> None:
-    anthropic = pytest.importorskip("anthropic")
+async def test_official_anthropic_sdk_talks_to_the_fake_provider(fake: FakeProvider) -> None:
     ac = anthropic.AsyncAnthropic(base_url=fake.url, api_key="x", max_retries=0)
     msg = await ac.messages.create(model="claude-fake", max_tokens=50, messages=MSG)
     assert msg.content[0].text == MSG[0]["content"]
