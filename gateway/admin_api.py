@@ -6,6 +6,7 @@ are admitted (the embedded default for a developer machine).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import random
 import uuid
@@ -220,7 +221,8 @@ class AdminHandlers:
         from router.offline.artifacts import read_manifest
 
         try:
-            scorer = load_scorer(path, {str(k): str(v) for k, v in aliases.items()})
+            # a thread: unpickling and warming a real artifact takes ~1 s, which must not stall serving
+            scorer = await asyncio.to_thread(load_scorer, path, {str(k): str(v) for k, v in aliases.items()})
             manifest = read_manifest(path)
         except (OSError, ValueError, TypeError) as exc:
             raise APIError(400, f"Cannot load artifact at {path!r}: {exc}", param="path",

@@ -309,6 +309,15 @@ class QualityClassifier:
         self.__dict__["_bundle"] = (bundle_trees(ensembles, columns), slot >= 0, np.maximum(slot, 0))
         return self.__dict__["_bundle"]
 
+    def warm_up(self) -> None:
+        """Build now what the first decisions would otherwise build on the request path: the word-term
+        index, the tree bundle and the group prior's per-word table for the training vocabulary.
+        Called when an artifact is loaded (router.offline.artifacts.load_artifact)."""
+        self.featurizer.warm_up()
+        self._tree_bundle()
+        if self.group_prior is not None:
+            self.group_prior.prefill()
+
     def predict_array(self, f: PromptFeatures) -> np.ndarray:
         """Probabilities in ``self.models`` order.
 

@@ -306,6 +306,10 @@ class TextFeaturizer:
             index = self.__dict__["_terms"] = _TermIndex.build(self.vocab)
         return index
 
+    def warm_up(self) -> None:
+        """Build the word-term index now rather than on the first request."""
+        self._index()
+
     @property
     def n_text(self) -> int:
         return len(self.idf)

@@ -70,10 +70,7 @@ class GroupPrior:
         assert ch is not None
         if cw.generation != ch.generation:  # the memo started over since featurisation: no table rows
             return cw.weight @ self._word_logits([ch.word_vector(w) for w in cw.words])
-        if self._generation != ch.generation or len(self._filled) < ch.cache_size:
-            self._table = np.zeros((ch.cache_size, len(self.groups)), dtype=np.float32)
-            self._filled = np.zeros(ch.cache_size, dtype=bool)
-            self._generation = ch.generation
+        self._ensure_table(ch)
         rows = cw.rows
         miss = rows[~self._filled[rows]]
         if len(miss):
@@ -81,6 +78,28 @@ class GroupPrior:
             self._table[miss] = self._word_logits(vecs)
             self._filled[miss] = True
         return cw.weight @ self._table[rows]
+
+    def _ensure_table(self, ch: CharNgrams) -> None:
+        """A table for the memo's current generation (a new one when the memo started over)."""
+        if self._generation != ch.generation or len(self._filled) < ch.cache_size:
+            self._table = np.zeros((ch.cache_size, len(self.groups)), dtype=np.float32)
+            self._filled = np.zeros(ch.cache_size, dtype=bool)
+            self._generation = ch.generation
+
+    def prefill(self, chunk: int = 1000) -> int:
+        """Memoise the character block's training words and their group logits (see
+        :meth:`CharNgrams.prefill`), in batches of ``chunk`` words; returns how many table rows it filled."""
+        ch = self.char
+        if ch is None or not len(self.char_coef):
+            return 0
+        fresh = ch.prefill()
+        self._ensure_table(ch)
+        rows = sorted(r for r, (idx, _) in fresh.items() if len(idx))  # no n-gram: never read (weight 0)
+        for i in range(0, len(rows), chunk):
+            part = rows[i : i + chunk]
+            self._table[part] = self._word_logits([fresh[r] for r in part])
+            self._filled[part] = True
+        return len(rows)
 
     def _word_logits(self, vecs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
         """``u_w @ char_coef`` for each word's (indices, values): one gather for all, then per-word sums."""

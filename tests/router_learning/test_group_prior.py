@@ -114,6 +114,37 @@ def test_char_memo_starts_over_when_full_and_scores_stay_exact() -> None:
     assert np.allclose(gp.model_prior(stale), expect[0], atol=1e-6)  # featurised in an older generation
 
 
+def test_char_block_records_the_training_words_most_frequent_first() -> None:
+    cg = fit_char_ngrams(["qq oxidation state", "State of matter", "state x"], max_features=3, min_df=2)
+    assert cg.known_words[0] == "state"  # in all three prompts, lower-cased as the block reads them
+    assert set(cg.known_words) == {"qq", "oxidation", "state", "of", "matter", "x"}
+    assert pickle.loads(pickle.dumps(cg)).known_words == cg.known_words  # part of the artifact
+
+
+def test_loading_an_artifact_prefills_the_training_words_and_scores_stay_identical(tmp_path) -> None:  # noqa: ANN001
+    ds = _subjects(120)
+    clf = train_classifier(
+        ds, TrainConfig(gb_iter=10, n_folds=3, group_char_features=300, group_char_min_groups=2)
+    )
+    save_artifact(clf, tmp_path / "a", {"data": "test"})
+    warm, _ = load_artifact(tmp_path / "a")
+    cold, _ = load_artifact(tmp_path / "a", warm_up=False)
+    ch, gp = warm.featurizer.char, warm.group_prior
+    assert ch is not None and gp is not None and ch.known_words
+    assert set(ch._rows) == set(ch.known_words)
+    with_ngrams = [w for w in ch.known_words if any(g in ch.vocab for g in _word_ngrams(w, 2, 5))]
+    assert 0 < gp._filled.sum() == len(with_ngrams)
+    assert not cold.featurizer.char._rows  # type: ignore[union-attr]
+    prompts = ds.prompts[:10] + ["an unseen prompt about stoichiometry and treaties"]
+    for p in prompts:  # the prefilled rows give the same numbers as rows built on demand
+        assert np.allclose(
+            warm.predict_array(warm.features(p)), cold.predict_array(cold.features(p)), atol=1e-6
+        )
+    before = len(ch._rows)
+    warm.predict_array(warm.features(ds.prompts[0]))
+    assert len(ch._rows) == before  # a training prompt brings no new word
+
+
 def test_group_accuracy_shrinks_small_groups_toward_the_overall_rate_and_skips_unknown() -> None:
     labels = np.array([[1.0], [1.0], [0.0], [np.nan]])
     acc = group_accuracy(labels, ["a", "a", "b", "b"], ["a", "b"], prior_n=1.0)
