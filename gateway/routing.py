@@ -9,9 +9,10 @@ the real cost, releases what it held, and remembers the decision so feedback can
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -84,6 +85,41 @@ class PendingReward:
         ctx = logged.get("context")
         return cls(logged["name"], logged["arm"], ctx if isinstance(ctx, dict) else {},
                    float(logged.get("propensity") or 1.0))
+
+
+class LearningClock:
+    """Per bandit, how many times this process learned and how many store writes are in flight, so
+    a sync replaces the local bandit with shared totals only if nothing was learned while it read.
+
+    Why: totals read while a local update's store write has not landed lack that update; applying
+    them undoes it until the next sync. Counting updates alone missed the case where the write was
+    still in flight when the sync checked (a gateway test counted 12 of 13 updates under CPU load).
+    """
+
+    def __init__(self) -> None:
+        self._ticks: dict[str, int] = {}
+        self._writing: dict[str, int] = {}
+
+    def tick(self, name: str) -> None:
+        self._ticks[name] = self._ticks.get(name, 0) + 1
+
+    @contextlib.asynccontextmanager
+    async def writing(self, name: str) -> AsyncIterator[None]:
+        """Around a store write of what was learned; ends with a tick, so a sync that read meanwhile
+        sees the clock move even when the write finished before its check."""
+        self._writing[name] = self._writing.get(name, 0) + 1
+        try:
+            yield
+        finally:
+            self._writing[name] -= 1
+            self.tick(name)
+
+    def mark(self, name: str) -> int:
+        return self._ticks.get(name, 0)
+
+    def quiet_since(self, name: str, mark: int) -> bool:
+        """Nothing learned since ``mark`` and no write in flight: totals read after ``mark`` are whole."""
+        return not self._writing.get(name) and self._ticks.get(name, 0) == mark
 
 
 class Catalog:
@@ -165,7 +201,7 @@ class GatewayRouter:
         # Bandit decisions awaiting feedback: only what `update` needs, only for bandit routes, bounded.
         self._pending: OrderedDict[str, PendingReward] = OrderedDict()
         self._pending_max = 20_000
-        self._bandit_updates: dict[str, int] = {}  # local updates per bandit, so a sync never undoes one
+        self._learning = LearningClock()  # so a sync never undoes a local update
         self._created = 1_700_000_000
 
     # ---- executor Outcomes -------------------------------------------------------------------
@@ -325,12 +361,10 @@ class GatewayRouter:
             return
         name = pending.bandit
         bandit.update(pending.arm, score, pending.context, pending.propensity)
-        self._bandit_updates[name] = self._bandit_updates.get(name, 0) + 1
+        self._learning.tick(name)
         if isinstance(bandit, SharedBandit):
-            await self.bandit_store.add(name, pending.arm, bandit.increments(pending.arm, score, pending.context))
-            # Counted again once stored: a sync that read the totals while this add was in flight
-            # sees the count move and does not apply totals that may lack it.
-            self._bandit_updates[name] += 1
+            async with self._learning.writing(name):
+                await self.bandit_store.add(name, pending.arm, bandit.increments(pending.arm, score, pending.context))
 
     def set_admin_budgets(self, limits: Mapping[str, BudgetLimit]) -> None:
         """User and team budgets from the admin API; they take precedence over the config file's."""
@@ -342,10 +376,10 @@ class GatewayRouter:
         for name, bandit in self.plugins.bandits.items():
             if not isinstance(bandit, SharedBandit):
                 continue
-            seen = self._bandit_updates.get(name, 0)
+            mark = self._learning.mark(name)
             totals = await self.bandit_store.load(name)
-            # Totals read while this process was learning may predate that update: apply them next time.
-            if totals is not None and self._bandit_updates.get(name, 0) == seen:
+            # Totals read while this process was learning may lack that update: apply them next time.
+            if totals is not None and self._learning.quiet_since(name, mark):
                 bandit.load_totals(totals)
 
     def model_cards(self) -> list[dict[str, Any]]:

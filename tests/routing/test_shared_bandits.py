@@ -160,3 +160,54 @@ async def test_increments_made_while_redis_was_down_arrive_when_it_restarts(tmp_
     # the first reward was lost with the unsaved Redis; the one sent while it was down was not
     assert totals == {"a": {"alpha": 0.0, "beta": 1.0, "n": 1.0, "sum": 0.0, "sumsq": 0.0}}
     assert store.backlog.items == []
+
+
+def _rewards(n: float) -> dict[str, dict[str, float]]:
+    """Shared totals of ``n`` rewards of 1.0 on arm "a"."""
+    return {"a": {"alpha": n, "beta": 0.0, "n": n, "sum": n, "sumsq": n}}
+
+
+class _GatedStore:
+    """A bandit store whose writes wait for a gate and whose reads return ``totals`` as they are:
+    while a write waits, a read misses it, as a shared store's read does while another connection's
+    write is still in flight."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.totals = _rewards(2)
+
+    async def add(self, bandit: str, arm: str, increments: dict[str, float]) -> None:
+        await self.gate.wait()
+        self.totals = _rewards(self.totals["a"]["n"] + increments["n"])
+
+    async def load(self, bandit: str) -> dict[str, dict[str, float]] | None:
+        return self.totals
+
+
+async def test_a_sync_during_an_unfinished_store_write_does_not_undo_the_local_update() -> None:
+    from gateway.metrics import Metrics
+    from gateway.routing import Catalog, GatewayRouter
+    from policies.registry import PolicyRegistry
+    from router.protocols import Plugins
+    from state.breakers import InProcessBreakerStore
+    from state.budgets import InProcessBudgetStore
+    from state.ratelimits import InProcessRateLimitStore
+
+    bandit, store = ThompsonBandit(), _GatedStore()
+    router = GatewayRouter(Catalog([], {}), PolicyRegistry(), InProcessBreakerStore(), InProcessBudgetStore(),
+                           InProcessRateLimitStore(), Metrics(), Plugins(bandits={"default": bandit}),
+                           bandit_store=store)
+    n = lambda: bandit.to_dict()["arms"]["a"]["n"]  # noqa: E731
+    await router.sync_bandits()
+    assert n() == 2  # two rewards from other processes
+    logged = {"name": "default", "arm": "a", "context": {}, "propensity": 0.5}
+    feedback = asyncio.create_task(router.feedback("r1", 1.0, logged))
+    await asyncio.sleep(0)  # learned locally; its store write waits at the gate
+    assert n() == 3
+    await router.sync_bandits()  # reads totals that lack the update: must not apply them
+    assert n() == 3
+    store.gate.set()
+    await feedback
+    store.totals = _rewards(store.totals["a"]["n"] + 4)  # four more from other processes
+    await router.sync_bandits()  # nothing in flight now: the store's totals are applied
+    assert n() == 7
