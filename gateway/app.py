@@ -149,6 +149,10 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
     plugins = Plugins(scorers={}, bandits={"default": ThompsonBandit(), "linucb": LinUCBBandit()})
     if settings.router.artifact:
         plugins.scorers["default"] = load_scorer(settings.router.artifact, settings.router.model_aliases)  # type: ignore[index]
+    if settings.router.verifiers:
+        from router.offline.artifacts import load_verifier
+
+        plugins.verifiers = {name: load_verifier(path)[0] for name, path in settings.router.verifiers.items()}
     catalog = Catalog(deployments, backends)
     # With Redis, policy changes are pushed to every process (pub/sub) on top of store polling.
     policy_events = (RedisPolicyEvents(redis_client, channel=f"{settings.redis_prefix}policies")

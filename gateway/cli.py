@@ -149,7 +149,8 @@ def _delegate(module: str, func: str) -> Any:
 def cmd_router(args: argparse.Namespace) -> int:
     from router.offline import cli as router_cli
 
-    verbs = {"train": router_cli.train_main, "score": router_cli.score_main, "eval": router_cli.eval_main}
+    verbs = {"train": router_cli.train_main, "score": router_cli.score_main, "eval": router_cli.eval_main,
+             "train-verifier": router_cli.train_verifier_main}
     if not args.rest or args.rest[0] not in verbs:
         print(f"usage: hybridgate router {{{','.join(verbs)}}} ...", file=sys.stderr)
         return 2

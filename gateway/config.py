@@ -72,13 +72,18 @@ class BudgetSettings(BaseModel):
 
 
 class RouterSettings(BaseModel):
-    """Learned parts of routing: the classifier artifact policies' `classifier` selectors use."""
+    """Learned parts of routing: the classifier artifact policies' `classifier` selectors use, and the
+    answer verifiers cascades may judge with."""
 
     model_config = ConfigDict(extra="forbid")
 
     artifact: str | None = Field(default=None, description="trained router artifact dir (hybridgate router train)")
     model_aliases: dict[str, str] = Field(
         default_factory=dict, description="classifier model name -> gateway model name")
+    verifiers: dict[str, str] = Field(
+        default_factory=dict,
+        description="name -> answer-verifier artifact dir (hybridgate router train-verifier); a policy's "
+                    "escalation uses one with score 'verifier' (name 'default') or 'verifier:<name>'")
     bandit_store: Literal["database", "redis", "process"] = Field(
         default="database",
         description="where bandit statistics are shared: the database (durable), Redis (opt-in; lost with an "

@@ -244,10 +244,11 @@ class OpenAIHandlers:
             # A cascade judges the cheap answer whole before anyone sees it, so it is fetched
             # complete and then streamed; the client never gets a first answer and then a second.
         asked_logprobs = bool(getattr(req, "logprobs", None))
-        extra = {"logprobs": True if kind == "chat" else 1} if esc is not None and not asked_logprobs else None
+        want_logprobs = esc is not None and esc.score == "logprobs" and not asked_logprobs
+        extra = {"logprobs": True if kind == "chat" else 1} if want_logprobs else None
         resp = await self.s.executor.complete(ctx.ex, route.plan, self._call_factory(ctx, kind, False, extra))
         if esc is not None:
-            resp = await self._maybe_escalate(ctx, route, resp, kind)
+            resp = await self._maybe_escalate(ctx, route, resp, kind, prompt_text(req))
             if not asked_logprobs:
                 for c in resp.body.get("choices") or ():
                     c["logprobs"] = None  # asked for the cascade's sake, not by the client
@@ -271,17 +272,21 @@ class OpenAIHandlers:
         self._finish(ctx, 200)
         return Response(data, media_type="text/event-stream", headers=ctx.headers() | {"cache-control": "no-cache"})
 
-    async def _maybe_escalate(self, ctx: _Ctx, route: Route, first: UpstreamResponse, kind: str) -> UpstreamResponse:
+    async def _maybe_escalate(
+        self, ctx: _Ctx, route: Route, first: UpstreamResponse, kind: str, prompt: str
+    ) -> UpstreamResponse:
         """Cascade: when the cheap model answered below the policy's confidence threshold, ask the
         stronger one; both attempts are logged. If escalation itself fails, the first answer stands."""
         esc = route.decision.escalation if route.decision is not None else None
         ex = ctx.ex
         if esc is None or ex is None or ex.served is None or ex.served.deployment.name != esc.first.name:
             return first
-        conf = confidence(esc.score, first.body)
-        if conf is None or conf >= esc.threshold:
-            if conf is not None:
-                route.reason += f"; {esc.score}={conf:.2f} >= {esc.threshold:g}, kept"
+        conf = confidence(esc.score, first.body, prompt, self.s.router.plugins.verifiers)
+        if conf is None:
+            route.reason += f"; no {esc.score} confidence, kept"
+            return first
+        if conf >= esc.threshold:
+            route.reason += f"; {esc.score}={conf:.2f} >= {esc.threshold:g}, kept"
             return first
         served_first, usage_first = ex.served, ex.usage
         plan = Plan(self.s.router.catalog.targets(esc.to), retry=route.plan.retry, triggers=route.plan.triggers)

@@ -297,15 +297,21 @@ class RetrySettings(_Strict):
 class Escalation(_Strict):
     """Cheap model first; when its confidence is under ``threshold``, ask a stronger one.
 
-    ``score`` names how the gateway computes confidence (e.g. mean token ``logprobs``, or the
-    ``classifier``); the router only resolves who goes first and who is escalated to.
+    ``score`` names how the gateway computes confidence: mean token ``logprobs``, or a trained answer
+    ``verifier`` (for providers that return no log-probabilities); the router only resolves who goes
+    first and who is escalated to.
     """
 
     enabled: bool = True
     first: list[str] = Field(default_factory=list, description="empty: the decided primary")
     to: list[str] = Field(min_length=1)
     threshold: float = Field(ge=0, le=1)
-    score: str = "logprobs"
+    score: str = Field(
+        default="logprobs",
+        pattern=r"^(logprobs|verifier(:[A-Za-z0-9_.-]+)?)$",
+        description="logprobs: the answer's token probabilities; verifier[:name]: a trained answer "
+        "verifier (hybridgate router train-verifier, router.verifier in the config)",
+    )
 
 
 class Budget(_Strict):

@@ -1,4 +1,5 @@
-"""The two seams where learned components plug into the decision: a scorer and a bandit.
+"""The seams where learned components plug into routing: a scorer and a bandit (the decision), and a
+verifier (a cascade's judgement of a finished answer).
 
 The router owns only these protocols; the learning code (classifier training, bandit algorithms)
 lives elsewhere and is injected via `Plugins`, so `decide` stays pure and testable with stubs.
@@ -46,12 +47,21 @@ class SharedBandit(Bandit, Protocol):
     def load_totals(self, totals: Mapping[str, Mapping[str, float]]) -> None: ...
 
 
+@runtime_checkable
+class Verifier(Protocol):
+    """Judges a finished answer: the probability that ``answer`` to ``prompt`` is acceptable. A cascade's
+    confidence when the provider returns no log-probabilities (`router.verifier.AnswerVerifier`)."""
+
+    def p_ok(self, prompt: str, answer: str) -> float: ...
+
+
 @dataclass(slots=True)
 class Plugins:
     """Named scorers and bandits a policy's selector may refer to (``scorer: default``)."""
 
     scorers: Mapping[str, Scorer] = field(default_factory=dict)
     bandits: Mapping[str, Bandit] = field(default_factory=dict)
+    verifiers: Mapping[str, Verifier] = field(default_factory=dict)
 
 
 NO_PLUGINS = Plugins()

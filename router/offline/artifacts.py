@@ -16,14 +16,16 @@ from typing import Any
 import joblib
 
 from router.classifier import QualityClassifier
+from router.verifier import AnswerVerifier
 
 # 2: the character n-gram block is built word by word (router/char_ngrams.py); a format-1 model's
 # coefficients were fitted to different features, so it is refused and must be retrained.
 ARTIFACT_FORMAT = 2
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.joblib"
+CLASSIFIER_KIND = "hybridgate.router.QualityClassifier"
 
-__all__ = ["ARTIFACT_FORMAT", "save_artifact", "load_artifact", "read_manifest"]
+__all__ = ["ARTIFACT_FORMAT", "save_artifact", "load_artifact", "read_manifest", "save_verifier", "load_verifier"]
 
 
 def _sha256(path: Path) -> str:
@@ -46,7 +48,7 @@ def save_artifact(
     created = created or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     manifest = {
         "format": ARTIFACT_FORMAT,
-        "kind": "hybridgate.router.QualityClassifier",
+        "kind": CLASSIFIER_KIND,
         "version": version or created.replace(":", "").replace("-", ""),
         "created": created,
         "models": list(clf.models),
@@ -80,6 +82,8 @@ def load_artifact(art_dir: str | Path, *, warm_up: bool = True) -> tuple[Quality
             f"unsupported artifact format {manifest.get('format')!r} in {d} (this gateway reads format "
             f"{ARTIFACT_FORMAT}); retrain it with `hybridgate router train`"
         )
+    if manifest.get("kind", CLASSIFIER_KIND) != CLASSIFIER_KIND:
+        raise ValueError(f"{d} holds {manifest['kind']!r}, not a router classifier")
     model_path = d / manifest.get("model_file", MODEL_FILE)
     if manifest.get("model_sha256") and _sha256(model_path) != manifest["model_sha256"]:
         raise ValueError(f"{model_path} does not match the manifest hash")
@@ -89,3 +93,45 @@ def load_artifact(art_dir: str | Path, *, warm_up: bool = True) -> tuple[Quality
     if warm_up:
         clf.warm_up()
     return clf, manifest
+
+
+VERIFIER_KIND = "hybridgate.router.AnswerVerifier"
+
+
+def save_verifier(v: AnswerVerifier, out_dir: str | Path, data_hashes: dict[str, str] | None = None) -> Path:
+    """Write an answer verifier (router/verifier.py) and its manifest to ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = out / MODEL_FILE
+    joblib.dump(v, model_path, compress=3)
+    created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    manifest = {
+        "format": ARTIFACT_FORMAT,
+        "kind": VERIFIER_KIND,
+        "version": created.replace(":", "").replace("-", ""),
+        "created": created,
+        "judges_model": v.model,
+        "features": list(v.feature_names),
+        "training_data": data_hashes or {},
+        "metrics": v.metadata.get("cv", {}),
+        "model_file": MODEL_FILE,
+        "model_sha256": _sha256(model_path),
+    }
+    mpath = out / MANIFEST
+    mpath.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    return mpath
+
+
+def load_verifier(art_dir: str | Path) -> tuple[AnswerVerifier, dict[str, Any]]:
+    """Load (verifier, manifest), checking its kind and hash as :func:`load_artifact` does."""
+    d = Path(art_dir)
+    manifest = read_manifest(d)
+    if manifest.get("kind") != VERIFIER_KIND:
+        raise ValueError(f"{d} holds {manifest.get('kind')!r}, not an answer verifier")
+    model_path = d / manifest.get("model_file", MODEL_FILE)
+    if manifest.get("model_sha256") and _sha256(model_path) != manifest["model_sha256"]:
+        raise ValueError(f"{model_path} does not match the manifest hash")
+    v = joblib.load(model_path)
+    if not isinstance(v, AnswerVerifier):
+        raise TypeError(f"{model_path} holds {type(v).__name__}, not AnswerVerifier")
+    return v, manifest

@@ -11,6 +11,8 @@ can dispatch to them unchanged.
   (two-model data) / AIQ (multi-model data with costs);
   ``eval --logs LOGS.jsonl --artifact DIR``: off-policy estimate (IPS, SNIPS, DR) of the artifact's policy
   from logged traffic lines ``{"prompt", "action", "propensity", "reward"}``.
+* ``train-verifier --data CSV... --model NAME --out DIR``: a cascade's answer verifier
+  (router/verifier.py) from one model's labeled answers.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["train_main", "score_main", "eval_main", "main"]
+__all__ = ["train_main", "score_main", "eval_main", "train_verifier_main", "main"]
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -237,12 +239,42 @@ def eval_main(argv: list[str]) -> int:
     return 0
 
 
+def train_verifier_main(argv: list[str]) -> int:
+    """Train an answer verifier (router/verifier.py) on one model's logged, labeled answers and save it.
+
+    Prints the cross-validated AUC and, with ``--escalate-to``, the escalation curve's APGR / CPT.
+    """
+    from router.offline.artifacts import save_verifier
+    from router.offline.datasets import file_sha256
+    from router.offline.verifier_train import read_answers, train_verifier
+
+    p = argparse.ArgumentParser(
+        prog="hybridgate router train-verifier",
+        description="Train a cascade's answer verifier from labeled answers (*_response / |model_response columns).",
+    )
+    p.add_argument("--data", nargs="+", type=Path, required=True, help="labeled CSV files with answers")
+    p.add_argument("--model", required=True, help="the model whose answers it judges (data column name)")
+    p.add_argument("--escalate-to", default=None, help="a stronger model's column, for the escalation curve")
+    p.add_argument("--out", required=True, type=Path, help="artifact directory to write")
+    p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength")
+    a = p.parse_args(argv)
+    try:
+        data = read_answers(a.data, a.model, a.escalate_to)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    v = train_verifier(data, c=a.C)
+    save_verifier(v, a.out, {path.name: file_sha256(path) for path in a.data})
+    print(json.dumps({"out": str(a.out), "model": a.model, "cv": v.metadata["cv"]}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m router.offline.cli {train,score,eval} ...``"""
+    """``python -m router.offline.cli {train,score,eval,train-verifier} ...``"""
     argv = list(sys.argv[1:] if argv is None else argv)
-    cmds = {"train": train_main, "score": score_main, "eval": eval_main}
+    cmds = {"train": train_main, "score": score_main, "eval": eval_main, "train-verifier": train_verifier_main}
     if not argv or argv[0] not in cmds:
-        print("usage: python -m router.offline.cli {train,score,eval} [options]", file=sys.stderr)
+        print("usage: python -m router.offline.cli {train,score,eval,train-verifier} [options]", file=sys.stderr)
         return 2
     return cmds[argv[0]](argv[1:])
 
