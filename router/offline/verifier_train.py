@@ -17,7 +17,7 @@ import numpy as np
 from router.offline.datasets import _parse_label, _raise_csv_limit
 from router.verifier import AnswerVerifier
 
-__all__ = ["AnswerSet", "read_answers", "fit_verifier", "cross_validate", "train_verifier"]
+__all__ = ["AnswerSet", "read_answers", "fit_verifier", "oof_scores", "cross_validate", "train_verifier"]
 
 
 @dataclass
@@ -85,20 +85,27 @@ def fit_verifier(x: np.ndarray, y: np.ndarray, model: str, c: float = 1.0, seed:
     return AnswerVerifier(model, mean, scale, lr.coef_[0].copy(), float(lr.intercept_[0]))
 
 
-def cross_validate(data: AnswerSet, folds: int = 5, repeats: int = 3, c: float = 1.0) -> dict[str, float]:
-    """Out-of-fold AUC of the verifier and, when ``other`` labels exist, the escalation curve's
-    APGR / CPT: escalate the answers the verifier trusts least to the other model."""
-    from sklearn.metrics import roc_auc_score
+def oof_scores(data: AnswerSet, folds: int = 5, repeats: int = 3, c: float = 1.0) -> np.ndarray:
+    """Out-of-fold p(acceptable) of every answer, averaged over ``repeats`` shuffled k-fold splits."""
     from sklearn.model_selection import StratifiedKFold
-
-    from router.metrics import two_model_report
 
     x, y = _design(data), data.labels
     oof = np.zeros(len(y))
     for r in range(repeats):
         for tr, te in StratifiedKFold(folds, shuffle=True, random_state=r).split(x, y):
-            v = fit_verifier(x[tr], y[tr], data.model, c)
-            oof[te] += v.probability(x[te]) / repeats
+            oof[te] += fit_verifier(x[tr], y[tr], data.model, c).probability(x[te]) / repeats
+    return oof
+
+
+def cross_validate(data: AnswerSet, folds: int = 5, repeats: int = 3, c: float = 1.0) -> dict[str, float]:
+    """Out-of-fold AUC of the verifier and, when ``other`` labels exist, the escalation curve's
+    APGR / CPT: escalate the answers the verifier trusts least to the other model."""
+    from sklearn.metrics import roc_auc_score
+
+    from router.metrics import two_model_report
+
+    y = data.labels
+    oof = oof_scores(data, folds, repeats, c)
     out = {"n": float(len(y)), "acceptable_share": float(y.mean()), "auc": float(roc_auc_score(y, oof))}
     if not np.isnan(data.other).any():
         rep = two_model_report(-oof, data.other, y)

@@ -182,3 +182,11 @@ def test_error_str_and_dicts() -> None:
 def test_single_string_targets_become_lists() -> None:
     p = parse_policy("name: p\nrules:\n  - name: r\n    then: {pick: a, forbid: b}\n")
     assert p.rules[0].then.pick == ["a"] and p.rules[0].then.forbid == ["b"]
+
+
+def test_escalation_score_is_logprobs_or_a_named_verifier() -> None:
+    base = "name: p\nescalation: {to: [gpt-4o], threshold: 0.5, score: SCORE}\n"
+    for ok in ("logprobs", "verifier", "verifier:math-v2"):
+        assert parse_policy(base.replace("SCORE", ok)).escalation.score == ok  # type: ignore[union-attr]
+    errs = errors_of(base.replace("SCORE", "magic"))
+    assert len(errs) == 1 and errs[0][0] == "escalation.score" and errs[0][1] == 2
