@@ -6,10 +6,8 @@ are admitted (the embedded default for a developer machine).
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import random
-import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -19,13 +17,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.artifact_slots import ArtifactSlots, slot_name
 from gateway.edge import bearer, read_body, read_json, validate
 from gateway.errors import APIError
 from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, request_features
 from gateway.services import Services
 from policies.loader import PolicyValidationError
 from policies.registry import PolicyNotFound, PolicyVersion
-from requestlog.tables import router_artifacts
 from router.decide import decide
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
@@ -210,31 +208,40 @@ class AdminHandlers:
 
     async def activate_artifact(self, request: Request) -> Response:
         """Load a trained router artifact ({"path": DIR, "scorer": "default", "aliases": {...}}) and make
-        it the named scorer at once, without a restart; the activation is recorded in router_artifacts."""
+        it the named scorer at once, without a restart; recorded in router_artifacts, from where every
+        other process loads it within ``policy_reload_s`` (gateway/artifact_slots.py)."""
         self._check(request)
         data = await read_json(request, 64 * 1024)
-        path, name = data.get("path"), data.get("scorer", "default")
         aliases = data.get("aliases") or {}
-        if not isinstance(path, str) or not isinstance(name, str) or not isinstance(aliases, dict):
-            raise APIError(400, "Body needs 'path' (string), optional 'scorer' (string) and 'aliases' (object).")
-        from gateway.app import load_scorer
-        from router.offline.artifacts import read_manifest
+        if not isinstance(aliases, dict):
+            raise APIError(400, "'aliases' must be an object (classifier model name -> gateway model name).",
+                           param="aliases")
+        aliases = {str(k): str(v) for k, v in aliases.items()}
+        return await self._activate(data.get("path"), data.get("scorer", "default"), "scorer", "scorer", aliases)
 
+    async def activate_verifier(self, request: Request) -> Response:
+        """Load an answer verifier ({"path": DIR, "name": "default"}) for cascades' ``score: verifier``,
+        here at once and in every other process within ``policy_reload_s``."""
+        self._check(request)
+        data = await read_json(request, 64 * 1024)
+        return await self._activate(data.get("path"), data.get("name", "default"), "verifier", "name")
+
+    async def _activate(
+        self, path: Any, name: Any, kind: str, name_param: str, aliases: dict[str, str] | None = None
+    ) -> Response:
+        if not isinstance(path, str) or not path:
+            raise APIError(400, "Body needs 'path' (string): the artifact directory.", param="path")
+        if not isinstance(name, str) or not name or ":" in name:
+            raise APIError(400, f"'{name_param}' must be a non-empty name without ':'.", param=name_param)
+        slots: ArtifactSlots = self.s.extras["artifacts"]
         try:
-            # a thread: unpickling and warming a real artifact takes ~1 s, which must not stall serving
-            scorer = await asyncio.to_thread(load_scorer, path, {str(k): str(v) for k, v in aliases.items()})
-            manifest = read_manifest(path)
+            row = await slots.activate(slot_name(kind, name), path, aliases)
         except (OSError, ValueError, TypeError) as exc:
             raise APIError(400, f"Cannot load artifact at {path!r}: {exc}", param="path",
                            code="invalid_artifact") from None
-        self.s.router.plugins.scorers[name] = scorer  # type: ignore[index]
-        row = {"id": uuid.uuid4().hex, "version": str(manifest.get("version", "?")), "path": path,
-               "created_at": datetime.now(UTC), "manifest": manifest, "active": True}
-        async with self.s.engine.begin() as conn:
-            await conn.execute(router_artifacts.update().values(active=False))
-            await conn.execute(router_artifacts.insert().values(**row))
-        return json_response({"scorer": name, "version": row["version"], "models": list(scorer.classifier.models)},
-                     status=201)
+        manifest = row["manifest"]
+        models = manifest.get("models") if kind == "scorer" else [manifest.get("judges_model")]
+        return json_response({kind: name, "version": row["version"], "models": models}, status=201)
 
     # ---- breakers ------------------------------------------------------------------------------
 
@@ -268,6 +275,7 @@ class AdminHandlers:
             Route("/admin/api/policies/{name}/activate", self.activate_policy, methods=["POST"]),
             Route("/admin/api/policies/{name}/simulate", self.simulate, methods=["POST"]),
             Route("/admin/api/router/artifacts", self.activate_artifact, methods=["POST"]),
+            Route("/admin/api/router/verifiers", self.activate_verifier, methods=["POST"]),
             Route("/admin/api/breakers", self.list_breakers, methods=["GET"]),
             Route("/admin/api/breakers/{deployment}", self.force_breaker, methods=["POST"]),
             Route("/admin/api/keys", self.list_keys, methods=["GET"]),

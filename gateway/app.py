@@ -28,6 +28,7 @@ from backends.base import Backend
 from backends.executor import Executor
 from backends.registry import build_backend
 from gateway.admin_api import AdminHandlers
+from gateway.artifact_slots import ArtifactSlots, install, load_into_slot, slot_name
 from gateway.budget_admin import BudgetAdminHandlers
 from gateway.config import Settings
 from gateway.errors import APIError
@@ -45,7 +46,7 @@ from requestlog.retention import cutoff, prune
 from requestlog.sink import LogSink
 from router.breaker import BreakerConfig
 from router.budget import BudgetLimit
-from router.plugins import ClassifierScorer, LinUCBBandit, ThompsonBandit
+from router.plugins import LinUCBBandit, ThompsonBandit
 from router.protocols import Plugins
 from router.signals import LocalLoad
 from state.bandits import BanditStore, DbBanditStore, InProcessBanditStore, RedisBanditStore
@@ -80,14 +81,6 @@ def build_state(settings: Settings, engine: AsyncEngine) -> tuple[BreakerStore, 
         return (RedisBreakerStore(client, prefix=p, config=cfg), RedisBudgetStore(client, prefix=p),
                 RedisRateLimitStore(client, prefix=p), bandits, client)
     return InProcessBreakerStore(cfg), InProcessBudgetStore(), InProcessRateLimitStore(), bandits, None
-
-
-def load_scorer(artifact_dir: str, aliases: dict[str, str]) -> ClassifierScorer:
-    """A trained router artifact as the classifier selectors' scorer (reads files: gateway side)."""
-    from router.offline.artifacts import load_artifact
-
-    clf, _manifest = load_artifact(artifact_dir)
-    return ClassifierScorer(clf, aliases)
 
 
 async def _every(interval_s: float, stop: asyncio.Event, *jobs: tuple[str, Callable[[], Awaitable[Any]]]) -> None:
@@ -147,12 +140,14 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
     # `bandit: default` is Thompson sampling, `bandit: linucb` the contextual bandit over the
     # request's shape; both share their statistics through the bandit store (Redis or the database).
     plugins = Plugins(scorers={}, bandits={"default": ThompsonBandit(), "linucb": LinUCBBandit()})
+    # The config seeds the learned slots; an artifact activated through the admin API (any process,
+    # recorded in the database) replaces it at start and on every sync (gateway/artifact_slots.py).
+    aliases = settings.router.model_aliases
+    plugins.verifiers = {}
     if settings.router.artifact:
-        plugins.scorers["default"] = load_scorer(settings.router.artifact, settings.router.model_aliases)  # type: ignore[index]
-    if settings.router.verifiers:
-        from router.offline.artifacts import load_verifier
-
-        plugins.verifiers = {name: load_verifier(path)[0] for name, path in settings.router.verifiers.items()}
+        install(plugins, "scorer:default", load_into_slot("scorer:default", settings.router.artifact, aliases)[0])
+    for name, path in settings.router.verifiers.items():
+        install(plugins, slot_name("verifier", name), load_into_slot(slot_name("verifier", name), path, aliases)[0])
     catalog = Catalog(deployments, backends)
     # With Redis, policy changes are pushed to every process (pub/sub) on top of store polling.
     policy_events = (RedisPolicyEvents(redis_client, channel=f"{settings.redis_prefix}policies")
@@ -176,7 +171,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         executor=Executor(pricer=catalog.cost, outcomes=router),
         backends=backends,
         extras={"redis": redis_client, "remote_load": remote_load, "policy_events": policy_events,
-                "scope_budgets": ScopeBudgetStore(engine)},
+                "scope_budgets": ScopeBudgetStore(engine), "artifacts": ArtifactSlots(engine, plugins, aliases)},
     )
 
 
@@ -209,9 +204,12 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
             settings.policy_reload_s, stop, pushed=(lambda: events.live) if events is not None else None)))
         # Keep this process in step with every other one: what the bandits learned, and budgets.
         router = services.router
+        artifacts: ArtifactSlots = services.extras["artifacts"]
+        await artifacts.sync()  # what was activated before this process started
         tasks.append(asyncio.create_task(_every(
             settings.policy_reload_s, stop, ("bandit sync", router.sync_bandits),
-            ("budget sync", functools.partial(_sync_admin_budgets, router, services.extras["scope_budgets"])))))
+            ("budget sync", functools.partial(_sync_admin_budgets, router, services.extras["scope_budgets"])),
+            ("artifact sync", artifacts.sync))))
         tasks.append(asyncio.create_task(services.extras["remote_load"].run(settings.policy_reload_s, stop)))
         if settings.log.retention_days is not None:
             tasks.append(asyncio.create_task(_every(

@@ -197,13 +197,14 @@ router_artifacts = sa.Table(
     "router_artifacts",
     metadata,
     _str("id", primary_key=True),
+    _str("slot", nullable=False, server_default="scorer:default"),  # scorer:<name> | verifier:<name>
     _str("version", nullable=False),
     sa.Column("path", sa.Text(), nullable=False),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("manifest", JSON_TYPE),
     sa.Column("active", sa.Boolean(), nullable=False, server_default=sa.false()),
 )
-"""Trained router models on disk and which one is active."""
+"""Trained router artifacts on disk and which one each slot uses (gateway/artifact_slots.py)."""
 
 bandit_totals = sa.Table(
     "bandit_totals",

@@ -87,8 +87,11 @@ def test_two_gateways_sharing_redis_agree_on_breaker_state(
     a, b = two_providers
     deployments = [dep("a", "m", a.base_url), dep("b", "m", b.base_url)]
     # generous Redis timeouts: this test is about agreement, not about fail-fast on a loaded CI box
+    # and a long cooldown: on a loaded box more than the default 0.5 s can pass between opening the
+    # breaker and asking the other process, which would then rightly report half-open
     shared = {"redis_url": redis_url, "redis_prefix": redis_prefix, "redis_timeout_s": 5.0,
-              "redis_connect_timeout_s": 10.0}
+              "redis_connect_timeout_s": 10.0,
+              "breaker": {"consecutive_failures": 3, "min_requests": 100, "cooldown_s": 30, "window_s": 10}}
     s1 = settings(tmp_path, sqlite_url, deployments, **shared)
     s2 = settings(tmp_path, sqlite_url, deployments, **shared)
     with running_gateway(s1) as g1, running_gateway(s2) as g2:

@@ -1,0 +1,104 @@
+"""Which trained artifact each learned slot uses, shared by every gateway process through the database.
+
+A slot is ``scorer:<name>`` (a router classifier, `plugins.scorers[name]`) or ``verifier:<name>`` (an
+answer verifier, `plugins.verifiers[name]`). Activating an artifact through the admin API records it as
+the slot's active row in ``router_artifacts``; every process compares the active rows with what it has
+loaded, every ``policy_reload_s``, and loads what changed in a worker thread. So an activation reaches
+all workers within seconds and survives restarts: the database's active row wins over the config's
+``router.artifact`` / ``router.verifiers``, which only seed a slot nobody has activated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from requestlog.sql import DB_ERRORS
+from requestlog.tables import router_artifacts
+from router.plugins import ClassifierScorer
+from router.protocols import Plugins
+
+log = logging.getLogger("hybridgate")
+
+KINDS = ("scorer", "verifier")
+GATEWAY_ALIASES = "gateway_aliases"  # key of the row's manifest copy holding the activation's aliases
+
+
+def slot_name(kind: str, name: str) -> str:
+    if kind not in KINDS or not name:
+        raise ValueError(f"bad slot {kind}:{name}")
+    return f"{kind}:{name}"
+
+
+def load_into_slot(slot: str, path: str, aliases: dict[str, str]) -> tuple[Any, dict[str, Any]]:
+    """Load the artifact at ``path`` for ``slot`` (blocking: call it in a thread); returns (the plugin,
+    its manifest). Raises OSError / ValueError / TypeError for a missing or wrong artifact."""
+    from router.offline.artifacts import load_artifact, load_verifier
+
+    if slot.partition(":")[0] == "scorer":
+        clf, manifest = load_artifact(path)
+        return ClassifierScorer(clf, aliases), manifest
+    return load_verifier(path)
+
+
+def install(plugins: Plugins, slot: str, plugin: Any) -> None:
+    kind, _, name = slot.partition(":")
+    target = plugins.scorers if kind == "scorer" else plugins.verifiers
+    target[name] = plugin  # type: ignore[index]
+
+
+class ArtifactSlots:
+    """This process's view: the artifact row each slot has loaded (row id), and rows that failed to
+    load here (not retried every interval; a new activation has a new id)."""
+
+    def __init__(self, engine: AsyncEngine, plugins: Plugins, aliases: dict[str, str]) -> None:
+        self._engine = engine
+        self._plugins = plugins
+        self._aliases = aliases
+        self.loaded: dict[str, str] = {}
+        self._failed: set[str] = set()
+
+    async def activate(self, slot: str, path: str, aliases: dict[str, str] | None = None) -> dict[str, Any]:
+        """Load ``path`` into ``slot`` here at once, then record it as the slot's active row for the
+        other processes. ``aliases`` (classifier model name -> gateway model name) extend the config's
+        and travel with the row. Returns the row (with the manifest)."""
+        plugin, manifest = await asyncio.to_thread(load_into_slot, slot, path, self._aliases | (aliases or {}))
+        install(self._plugins, slot, plugin)
+        stored = dict(manifest) | {GATEWAY_ALIASES: aliases or {}}
+        row = {"id": uuid.uuid4().hex, "slot": slot, "version": str(manifest.get("version", "?")), "path": path,
+               "created_at": datetime.now(UTC), "manifest": stored, "active": True}
+        async with self._engine.begin() as conn:
+            await conn.execute(router_artifacts.update().where(router_artifacts.c.slot == slot).values(active=False))
+            await conn.execute(router_artifacts.insert().values(**row))
+        self.loaded[slot] = row["id"]
+        return row
+
+    async def sync(self) -> None:
+        """Load every slot whose active row changed since this process last looked."""
+        c = router_artifacts.c
+        q = sa.select(c.id, c.slot, c.path, c.manifest).where(c.active)
+        try:
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(q)).all()
+        except DB_ERRORS as exc:
+            log.debug("artifact sync: database unavailable (%s); keeping what is loaded", exc)
+            return
+        for rid, slot, path, manifest in rows:
+            if self.loaded.get(slot) == rid or rid in self._failed:
+                continue
+            extra = (manifest or {}).get(GATEWAY_ALIASES) or {}
+            try:
+                plugin, _ = await asyncio.to_thread(load_into_slot, slot, path, self._aliases | extra)
+            except (OSError, ValueError, TypeError) as exc:
+                self._failed.add(rid)
+                log.warning("artifact %s for %s cannot be loaded here (%s); keeping the current one", path, slot, exc)
+                continue
+            install(self._plugins, slot, plugin)
+            self.loaded[slot] = rid
+            log.info("artifact %s now serves %s", path, slot)
