@@ -252,19 +252,28 @@ def train_verifier_main(argv: list[str]) -> int:
         prog="hybridgate router train-verifier",
         description="Train a cascade's answer verifier from labeled answers (*_response / |model_response columns).",
     )
-    p.add_argument("--data", nargs="+", type=Path, required=True, help="labeled CSV files with answers")
-    p.add_argument("--model", required=True, help="the model whose answers it judges (data column name)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", nargs="+", type=Path, help="labeled CSV files with answers")
+    src.add_argument("--from-db", dest="from_db", help="gateway DB URL: logged answers + feedback (log.bodies: full)")
+    p.add_argument("--model", required=True, help="the model whose answers it judges (data column / served model)")
     p.add_argument("--escalate-to", default=None, help="a stronger model's column, for the escalation curve")
     p.add_argument("--out", required=True, type=Path, help="artifact directory to write")
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength")
     a = p.parse_args(argv)
     try:
-        data = read_answers(a.data, a.model, a.escalate_to)
+        if a.data:
+            data = read_answers(a.data, a.model, a.escalate_to)
+            hashes = {path.name: file_sha256(path) for path in a.data}
+        else:
+            from router.offline.feedback_db import read_answer_feedback
+
+            data = read_answer_feedback(a.from_db, a.model)
+            hashes = {"db": f"{len(data.labels)} logged answers with feedback"}
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     v = train_verifier(data, c=a.C)
-    save_verifier(v, a.out, {path.name: file_sha256(path) for path in a.data})
+    save_verifier(v, a.out, hashes)
     print(json.dumps({"out": str(a.out), "model": a.model, "cv": v.metadata["cv"]}, indent=2))
     return 0
 

@@ -11,8 +11,9 @@ RouterBench's missing labels.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -20,7 +21,10 @@ import sqlalchemy as sa
 from router.bandits import unit_reward
 from router.offline.datasets import LabeledDataset
 
-__all__ = ["read_feedback", "read_logged_decisions"]
+if TYPE_CHECKING:
+    from router.offline.verifier_train import AnswerSet
+
+__all__ = ["read_feedback", "read_logged_decisions", "read_answer_feedback", "logged_answer_text"]
 
 
 def _sync_url(url: str) -> str:
@@ -126,3 +130,66 @@ def read_logged_decisions(url: str, policy: str | None = None, limit: int | None
     rows = _fetch(url, query, limit)
     return [{"prompt": r.prompt_text, "action": r.served_model, "propensity": float(r.propensity),
              "reward": float(r.reward)} for r in rows]
+
+
+def logged_answer_text(body: str) -> str | None:
+    """The answer text of a logged response body: a JSON completion (chat or text), or a streamed one
+    (``data: {...}`` lines, deltas joined). None when there is no text (tool calls, errors)."""
+    body = body.strip()
+    if body.startswith("data:"):
+        parts: list[str] = []
+        for line in body.splitlines():
+            data = line[5:].strip() if line.startswith("data:") else ""
+            if not data or data == "[DONE]":
+                continue
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                continue
+            for c in chunk.get("choices") or ():
+                delta = c.get("delta") or {}
+                piece = delta.get("content") if isinstance(delta, dict) else None
+                piece = piece if isinstance(piece, str) else c.get("text")
+                if isinstance(piece, str):
+                    parts.append(piece)
+        return "".join(parts) or None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    from router.escalation import answer_text
+
+    return answer_text(doc) if isinstance(doc, dict) else None
+
+
+def read_answer_feedback(url: str, model: str, limit: int | None = None) -> AnswerSet:
+    """``model``'s logged answers with their feedback, for training an answer verifier from traffic.
+
+    Needs ``log.bodies: full`` (prompt text and response body on the request row). An answer counts as
+    acceptable when its mean feedback score is at least 0.5.
+    """
+    from router.offline.verifier_train import AnswerSet
+
+    def query(req: sa.Table, fb: sa.Table) -> sa.Select[Any]:
+        return (
+            sa.select(req.c.id, req.c.prompt_text, req.c.response_body, sa.func.avg(fb.c.score).label("score"))
+            .select_from(fb.join(req, fb.c.request_id == req.c.id))
+            .where(req.c.served_model == model, req.c.prompt_text.is_not(None),
+                   req.c.response_body.is_not(None), fb.c.score.is_not(None))
+            .group_by(req.c.id, req.c.prompt_text, req.c.response_body)
+            .order_by(req.c.id)
+        )
+
+    prompts: list[str] = []
+    answers: list[str] = []
+    labels: list[float] = []
+    for r in _fetch(url, query, limit):
+        text = logged_answer_text(str(r.response_body))
+        if text is None:
+            continue
+        prompts.append(str(r.prompt_text))
+        answers.append(text)
+        labels.append(1.0 if unit_reward(r.score) >= 0.5 else 0.0)
+    if not prompts:
+        raise ValueError(f"no logged answers of {model!r} with feedback and bodies (log.bodies: full) in the database")
+    return AnswerSet(model, prompts, answers, np.array(labels), np.full(len(labels), np.nan))

@@ -119,7 +119,9 @@ def cross_validate(data: AnswerSet, folds: int = 5, repeats: int = 3, c: float =
 
 def train_verifier(data: AnswerSet, c: float = 1.0, folds: int = 5) -> AnswerVerifier:
     """Cross-validated metrics (kept in ``metadata``), then the verifier fitted on all of ``data``."""
-    metrics = cross_validate(data, folds=folds, c=c) if len(set(data.labels.tolist())) > 1 else {}
+    smaller_class = int(min(data.labels.sum(), len(data.labels) - data.labels.sum()))
+    folds = min(folds, smaller_class)  # stratified folds need that many answers of each kind
+    metrics = cross_validate(data, folds=folds, c=c) if folds >= 2 else {}
     v = fit_verifier(_design(data), data.labels, data.model, c)
     v.metadata = {"cv": metrics, "n": len(data.labels), "C": c}
     return v

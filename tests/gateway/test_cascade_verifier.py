@@ -54,3 +54,46 @@ def test_cascade_escalates_answers_the_trained_verifier_distrusts(
             bad = httpx.put(gw.base_url + "/admin/api/policies/checked", content=CHECKED.replace("verifier}", "magic}"),
                             headers={"content-type": "application/yaml"})
             assert bad.status_code == 422 and "score" in bad.json()["error"]["message"]
+
+
+def test_a_verifier_learned_from_logged_answers_and_feedback_judges_the_next_ones(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """Traffic with feedback → `router train-verifier --from-db` → activation → the cascade escalates the
+    kind of answer users rated badly. The echoing fake provider answers with the prompt's own sum."""
+    import subprocess
+    import sys
+
+    with FakeProviderThread() as cheap, FakeProviderThread() as strong:
+        deployments = [dep("cheap", "cheap-model", cheap.base_url), dep("strong", "strong-model", strong.base_url)]
+        cfg = settings(tmp_path, sqlite_url, deployments,
+                       log={"bodies": "full", "spool_dir": str(tmp_path / "spool"), "batch_max_ms": 10})
+        with running_gateway(cfg) as gw:
+            for i in range(40):
+                a, b = 10 + i, 7 * i + 3
+                wrong = i % 3 == 0
+                text = f"So {a} + {b} = {a + b + (5 if wrong else 0)}.\nThe answer is {a + b}."
+                r = httpx.post(gw.base_url + "/v1/chat/completions",
+                               json={"model": "cheap-model", "messages": [{"role": "user", "content": text}]})
+                fb = httpx.post(gw.base_url + "/v1/feedback",
+                                json={"request_id": r.headers["x-request-id"], "score": 0.0 if wrong else 1.0})
+                assert fb.status_code == 201
+            gw.call(gw.services.sink.flush())
+            out = tmp_path / "learned-verifier"
+            train = subprocess.run(
+                [sys.executable, "-m", "gateway.cli", "router", "train-verifier", "--from-db",
+                 sqlite_url.replace("+aiosqlite", ""), "--model", "cheap-model", "--out", str(out)],
+                capture_output=True, text=True, timeout=300)
+            assert train.returncode == 0, train.stderr[-2000:]
+            assert httpx.post(gw.base_url + "/admin/api/router/verifiers", json={"path": str(out)}).status_code == 201
+            assert httpx.put(gw.base_url + "/admin/api/policies/checked", content=CHECKED,
+                             headers={"content-type": "application/yaml"}).status_code == 201
+
+            def served(text: str) -> str:
+                r = httpx.post(gw.base_url + "/v1/chat/completions",
+                               json={"model": "checked", "messages": [{"role": "user", "content": text}]})
+                assert r.status_code == 200, r.text
+                return r.headers["x-hybridgate-model"]
+
+            assert served("So 300 + 45 = 345.\nThe answer is 345.") == "cheap-model"
+            assert served("So 300 + 45 = 350.\nThe answer is 345.") == "strong-model"

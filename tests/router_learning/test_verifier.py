@@ -144,3 +144,14 @@ def test_cascade_confidence_from_a_named_verifier() -> None:
     assert confidence("verifier", chat, "q", None) is None
     assert verifier_name("logprobs") is None and verifier_name("verifier:") is None
     assert answer_text({"choices": [{"message": {"content": None, "tool_calls": []}}]}) is None
+
+
+def test_answer_text_is_recovered_from_logged_plain_and_streamed_bodies() -> None:
+    from router.offline.feedback_db import logged_answer_text
+
+    chat = json.dumps({"choices": [{"message": {"role": "assistant", "content": "2 + 2 = 4"}}]})
+    text = json.dumps({"choices": [{"text": "four"}]})
+    sse = "".join(f"data: {json.dumps({'choices': [{'delta': {'content': p}}]})}\n\n" for p in ("2 + ", "2 = 4"))
+    assert logged_answer_text(chat) == "2 + 2 = 4" and logged_answer_text(text) == "four"
+    assert logged_answer_text(sse + "data: [DONE]\n\n") == "2 + 2 = 4"
+    assert logged_answer_text("not json") is None and logged_answer_text("data: {broken\n\n") is None
