@@ -284,9 +284,11 @@ class OpenAIHandlers:
         conf = confidence(esc.score, first.body, prompt, self.s.router.plugins.verifiers)
         if conf is None:
             route.reason += f"; no {esc.score} confidence, kept"
+            self._count_escalation(route, esc.score, "no_confidence")
             return first
         if conf >= esc.threshold:
             route.reason += f"; {esc.score}={conf:.2f} >= {esc.threshold:g}, kept"
+            self._count_escalation(route, esc.score, "kept")
             return first
         served_first, usage_first = ex.served, ex.usage
         plan = Plan(self.s.router.catalog.targets(esc.to), retry=route.plan.retry, triggers=route.plan.triggers)
@@ -295,9 +297,14 @@ class OpenAIHandlers:
         except UpstreamError:
             ex.served, ex.usage, ex.error = served_first, usage_first, None
             route.reason += f"; {esc.score}={conf:.2f} < {esc.threshold:g}, escalation failed, kept first"
+            self._count_escalation(route, esc.score, "failed")
             return first
         route.reason += f"; {esc.score}={conf:.2f} < {esc.threshold:g}, escalated to {ex.served.deployment.model}"
+        self._count_escalation(route, esc.score, "escalated")
         return second
+
+    def _count_escalation(self, route: Route, score: str, outcome: str) -> None:
+        self.s.metrics.escalations.labels(route.policy or "", score, outcome).inc()
 
     async def _embed(self, ctx: _Ctx, req: Any, route: Route) -> Response:
         assert ctx.ex is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -284,7 +285,11 @@ class GatewayRouter:
         deployments = self.catalog.deployments
         now = now or datetime.now(UTC)
         signals = await self.signals(deployments, budget_limits)
+        t0 = time.perf_counter()
         d = decide(features, policy, deployments, signals, self.rng, now, plugins=self.plugins)
+        self.metrics.decision_time.labels(name).observe(time.perf_counter() - t0)
+        if d.primary is not None:
+            self.metrics.decisions.labels(name, d.primary.model).inc()
         if d.error == "budget_exceeded":
             raise APIError(429, "Budget exceeded for this key.", type="insufficient_quota", code="budget_exceeded")
         if d.error or not d.candidates:

@@ -50,6 +50,11 @@ def test_cascade_escalates_answers_the_trained_verifier_distrusts(
             assert "verifier=" in reason and ("escalated" in reason) == (expect == "strong-model")
             assert strong.stats["total"] == (1 if expect == "strong-model" else 0)
             assert cheap.provider is not None and "logprobs" not in cheap.provider.requests[-1].body  # none needed
+            metrics = httpx.get(gw.base_url + "/metrics").text
+            outcome = "escalated" if expect == "strong-model" else "kept"
+            assert f'hybridgate_escalations_total{{outcome="{outcome}",policy="checked",score="verifier"}} 1.0' in metrics
+            assert 'hybridgate_route_decisions_total{model="cheap-model",policy="checked"} 1.0' in metrics
+            assert 'hybridgate_decision_seconds_count{policy="checked"} 1.0' in metrics
 
             bad = httpx.put(gw.base_url + "/admin/api/policies/checked", content=CHECKED.replace("verifier}", "magic}"),
                             headers={"content-type": "application/yaml"})
