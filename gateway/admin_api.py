@@ -6,6 +6,7 @@ are admitted (the embedded default for a developer machine).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import random
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingR
 from gateway.services import Services
 from policies.loader import PolicyValidationError
 from policies.registry import PolicyNotFound, PolicyVersion
+from router.calibrate import calibrate_cost_weight, memoized
 from router.decide import decide
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
@@ -204,6 +206,43 @@ class AdminHandlers:
                    plugins=router.plugins)
         return json_response({"policy": name, "version": router.registry.active_version(name), **d.as_dict()})
 
+    async def calibrate(self, request: Request) -> Response:
+        """The classifier policy's cost weight (``lambda``) that sends about ``share`` of the given
+        prompts first to ``model``: {"prompts": [...], "model": "strong-model", "share": 0.2}. The
+        policy's own decision runs on each prompt (no provider called); apply the value with a PUT."""
+        self._check(request)
+        name = request.path_params["name"]
+        body = await read_json(request, self.s.settings.max_body_bytes)
+        prompts, model, share = body.get("prompts"), body.get("model"), body.get("share")
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts) \
+                or len(prompts) > 5000:
+            raise APIError(400, "'prompts' must be a list of 1 to 5000 strings (representative traffic).",
+                           param="prompts")
+        if not isinstance(model, str) or not model:
+            raise APIError(400, "'model' must name the model whose share is calibrated.", param="model")
+        if not isinstance(share, int | float) or isinstance(share, bool) or not 0.0 <= share <= 1.0:
+            raise APIError(400, "'share' must be a number in [0, 1].", param="share")
+        router = self.s.router
+        policy = router.registry.active(name)
+        if policy is None:
+            raise APIError(404, f"No active policy named {name!r}.", code="policy_not_found")
+        reqs = [request_features(validate(ChatCompletionRequest, {"model": name, "messages": [
+            {"role": "user", "content": p}]}), "chat", None, None) for p in prompts]
+        plugins = memoized(router.plugins)
+        for i, r in enumerate(reqs):  # the real scorer runs here, on the event loop's thread, once per prompt
+            for scorer in plugins.scorers.values():
+                scorer.predict(r.prompt_text, r.metadata)
+            if i % 64 == 63:
+                await asyncio.sleep(0)
+        signals = await router.signals(router.catalog.deployments, [])
+        try:
+            cal = await asyncio.to_thread(calibrate_cost_weight, policy, reqs, router.catalog.deployments, signals,
+                                          plugins, model, float(share), datetime.now(UTC))
+        except ValueError as exc:
+            raise APIError(400, str(exc), param="model" if "selector" not in str(exc) else None) from None
+        return json_response({"policy": name, "version": router.registry.active_version(name), "model": model,
+                              "target_share": share, **cal.as_dict()})
+
     # ---- learned router artifacts ------------------------------------------------------------
 
     async def activate_artifact(self, request: Request) -> Response:
@@ -274,6 +313,7 @@ class AdminHandlers:
             Route("/admin/api/policies/{name}/validate", self.validate_policy, methods=["POST"]),
             Route("/admin/api/policies/{name}/activate", self.activate_policy, methods=["POST"]),
             Route("/admin/api/policies/{name}/simulate", self.simulate, methods=["POST"]),
+            Route("/admin/api/policies/{name}/calibrate", self.calibrate, methods=["POST"]),
             Route("/admin/api/router/artifacts", self.activate_artifact, methods=["POST"]),
             Route("/admin/api/router/verifiers", self.activate_verifier, methods=["POST"]),
             Route("/admin/api/breakers", self.list_breakers, methods=["GET"]),
