@@ -18,9 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.artifact_slots import ArtifactSlots, slot_name
+from gateway.artifact_slots import ArtifactSlots, RegistryUnavailable, slot_name
 from gateway.edge import bearer, read_body, read_json, validate
-from gateway.errors import APIError
+from gateway.errors import APIError, store_unavailable
 from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, request_features
 from gateway.services import Services
 from policies.loader import PolicyValidationError
@@ -275,6 +275,8 @@ class AdminHandlers:
         slots: ArtifactSlots = self.s.extras["artifacts"]
         try:
             row = await slots.activate(slot_name(kind, name), path, aliases)
+        except RegistryUnavailable as exc:  # loaded here, but the other processes cannot be told: retryable
+            raise store_unavailable("Artifact registry (loaded in this process only)", exc) from None
         except (OSError, ValueError, TypeError) as exc:
             raise APIError(400, f"Cannot load artifact at {path!r}: {exc}", param="path",
                            code="invalid_artifact") from None

@@ -30,6 +30,10 @@ KINDS = ("scorer", "verifier")
 GATEWAY_ALIASES = "gateway_aliases"  # key of the row's manifest copy holding the activation's aliases
 
 
+class RegistryUnavailable(Exception):
+    """The artifact was loaded in this process, but the database that tells the others is away."""
+
+
 def slot_name(kind: str, name: str) -> str:
     if kind not in KINDS or not name:
         raise ValueError(f"bad slot {kind}:{name}")
@@ -73,9 +77,12 @@ class ArtifactSlots:
         stored = dict(manifest) | {GATEWAY_ALIASES: aliases or {}}
         row = {"id": uuid.uuid4().hex, "slot": slot, "version": str(manifest.get("version", "?")), "path": path,
                "created_at": datetime.now(UTC), "manifest": stored, "active": True}
-        async with self._engine.begin() as conn:
-            await conn.execute(router_artifacts.update().where(router_artifacts.c.slot == slot).values(active=False))
-            await conn.execute(router_artifacts.insert().values(**row))
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(router_artifacts.update().where(router_artifacts.c.slot == slot).values(active=False))
+                await conn.execute(router_artifacts.insert().values(**row))
+        except DB_ERRORS as exc:
+            raise RegistryUnavailable(str(exc)) from exc
         self.loaded[slot] = row["id"]
         return row
 

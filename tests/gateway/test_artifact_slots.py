@@ -75,3 +75,27 @@ def test_activations_reach_every_process_and_a_restarted_one(sqlite_url: str, tm
         with running_gateway(settings(tmp_path, sqlite_url, deps, **aliases)) as g3:
             plugins = g3.services.router.plugins
             assert "default" in plugins.scorers and "default" in plugins.verifiers
+
+
+async def test_an_activation_without_the_database_serves_here_and_says_the_others_were_not_told(
+    tmp_path: Path,
+) -> None:
+    import pytest
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from gateway.artifact_slots import ArtifactSlots, RegistryUnavailable
+    from router.protocols import Plugins
+
+    data = _write_routellm(tmp_path / "toy.csv", _problems(60))
+    save_verifier(train_verifier(read_answers([data], WEAK), folds=3), tmp_path / "ver")
+    engine = create_async_engine("sqlite+aiosqlite:///" + str(tmp_path / "no-such-dir" / "log.db"))
+    plugins = Plugins(scorers={}, bandits={}, verifiers={})
+    slots = ArtifactSlots(engine, plugins, {})
+    try:
+        with pytest.raises(RegistryUnavailable):
+            await slots.activate("verifier:default", str(tmp_path / "ver"))
+        assert "default" in plugins.verifiers  # this process serves it anyway
+        await slots.sync()  # an unreachable database: keeps what is loaded, no error
+        assert "default" in plugins.verifiers
+    finally:
+        await engine.dispose()
