@@ -67,6 +67,7 @@ class ArtifactSlots:
         self._aliases = aliases
         self.loaded: dict[str, str] = {}
         self._failed: set[str] = set()
+        self._activations = 0  # a sync that overlapped an activation here must not install what it read
 
     async def activate(self, slot: str, path: str, aliases: dict[str, str] | None = None) -> dict[str, Any]:
         """Load ``path`` into ``slot`` here at once, then record it as the slot's active row for the
@@ -83,6 +84,8 @@ class ArtifactSlots:
                 await conn.execute(router_artifacts.insert().values(**row))
         except DB_ERRORS as exc:
             raise RegistryUnavailable(str(exc)) from exc
+        finally:
+            self._activations += 1
         self.loaded[slot] = row["id"]
         return row
 
@@ -90,6 +93,7 @@ class ArtifactSlots:
         """Load every slot whose active row changed since this process last looked."""
         c = router_artifacts.c
         q = sa.select(c.id, c.slot, c.path, c.manifest).where(c.active)
+        seen = self._activations
         try:
             async with self._engine.connect() as conn:
                 rows = (await conn.execute(q)).all()
@@ -106,6 +110,8 @@ class ArtifactSlots:
                 self._failed.add(rid)
                 log.warning("artifact %s for %s cannot be loaded here (%s); keeping the current one", path, slot, exc)
                 continue
+            if self._activations != seen:  # rows read before an activation here: next round reads afresh
+                return
             install(self._plugins, slot, plugin)
             self.loaded[slot] = rid
             log.info("artifact %s now serves %s", path, slot)
