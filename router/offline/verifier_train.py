@@ -107,6 +107,9 @@ def cross_validate(data: AnswerSet, folds: int = 5, repeats: int = 3, c: float =
     y = data.labels
     oof = oof_scores(data, folds, repeats, c)
     out = {"n": float(len(y)), "acceptable_share": float(y.mean()), "auc": float(roc_auc_score(y, oof))}
+    # a policy's escalation threshold for a target share of escalated answers (escalate below it)
+    for share in (0.1, 0.2, 0.3, 0.5):
+        out[f"threshold_escalating_{int(share * 100)}pct"] = float(np.quantile(oof, share))
     if not np.isnan(data.other).any():
         rep = two_model_report(-oof, data.other, y)
         out |= {

@@ -118,6 +118,8 @@ def test_train_verifier_cli_writes_an_artifact_and_reports_cross_validation(tmp_
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     assert report["cv"]["auc"] > 0.9 and "escalation_apgr" in report["cv"]
+    cuts = [report["cv"][f"threshold_escalating_{p}pct"] for p in (10, 20, 30, 50)]
+    assert cuts == sorted(cuts)  # escalating more answers needs a higher threshold
     assert list(load_verifier(tmp_path / "v")[1]["training_data"]) == ["toy.csv"]
     assert train_verifier_main(["--data", str(data), "--model", "nope", "--out", str(tmp_path / "x")]) == 2
 
