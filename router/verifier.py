@@ -5,8 +5,8 @@ A cascade serves a cheap model and escalates when its answer looks wrong. Log-pr
 signal, but many providers (Anthropic, most OpenAI-compatible servers by default) do not return them.
 The answer itself carries evidence the prompt alone does not: arithmetic it states that does not hold,
 no final answer, numbers that appear from nowhere, hedging. On the RouteLLM GSM8K data a logistic
-regression over these features ranks Mixtral's answers with AUC ≈ 0.74, and escalating its least
-trusted answers to GPT-4 reaches APGR ≈ 0.77 on the escalation curve, against 0.64 for the best
+regression over these features ranks Mixtral's answers with AUC ≈ 0.75, and escalating its least
+trusted answers to GPT-4 reaches APGR ≈ 0.78 on the escalation curve, against 0.64 for the best
 prompt-only router (bench/verifier_eval.py, bench/RESULTS.md).
 
 Pure: numpy and the standard library at decision time; training lives in router/offline/verifier_train.py.
