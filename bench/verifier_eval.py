@@ -33,10 +33,23 @@ from router.offline.datasets import (  # noqa: E402
     routellm_path,
     routerbench_paths,
 )
-from router.offline.verifier_train import AnswerSet, oof_scores, read_answers  # noqa: E402
+from router.offline.verifier_train import AnswerSet, oof_scores, read_answers, train_verifier  # noqa: E402
 
 GPT4 = "gpt-4-1106-preview"
 MIXTRAL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+
+
+def judge_latency(data: AnswerSet) -> dict[str, float]:
+    """µs per ``p_ok`` call of a verifier trained on all of ``data``, over its answers (what a cascade adds
+    after the cheap answer, before deciding)."""
+    v = train_verifier(data)
+    times = []
+    for p, a in zip(data.prompts, data.answers, strict=True):
+        t0 = time.perf_counter()
+        v.p_ok(p, a)
+        times.append(time.perf_counter() - t0)
+    us = np.array(times) * 1e6
+    return {"p50_us": round(float(np.percentile(us, 50)), 1), "p99_us": round(float(np.percentile(us, 99)), 1)}
 
 
 def gsm8k() -> dict[str, dict[str, float]]:
@@ -60,7 +73,9 @@ def gsm8k() -> dict[str, dict[str, float]]:
         },
         "oracle (escalate exactly the wrong answers)": two_model_report(1.0 - weak, strong, weak),
     }
-    return {k: {m: round(float(v), 4) for m, v in r.items()} for k, r in rep.items()}
+    out = {k: {m: round(float(v), 4) for m, v in r.items()} for k, r in rep.items()}
+    out["verifier p_ok latency"] = judge_latency(data)
+    return out
 
 
 def _routerbench_pairs(cheap: str) -> tuple[AnswerSet, np.ndarray, np.ndarray]:
