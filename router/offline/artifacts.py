@@ -24,12 +24,43 @@ ARTIFACT_FORMAT = 2
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.joblib"
 CLASSIFIER_KIND = "hybridgate.router.QualityClassifier"
+VERIFIER_KIND = "hybridgate.router.AnswerVerifier"
 
 __all__ = ["ARTIFACT_FORMAT", "save_artifact", "load_artifact", "read_manifest", "save_verifier", "load_verifier"]
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write(obj: object, out_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    """Pickle ``obj`` into ``out_dir`` (created if needed) and write ``manifest`` beside it with the
+    model file's name and hash; returns the manifest path. Shared by both artifact kinds."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = out / MODEL_FILE
+    joblib.dump(obj, model_path, compress=3)
+    manifest = {**manifest, "model_file": MODEL_FILE, "model_sha256": _sha256(model_path)}
+    mpath = out / MANIFEST
+    mpath.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    return mpath
+
+
+def _stamp(created: str | None, version: str | None) -> dict[str, str]:
+    """Creation time (now unless given) and version (derived from it unless given)."""
+    created = created or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    return {"created": created, "version": version or created.replace(":", "").replace("-", "")}
+
+
+def _read(d: Path, manifest: dict[str, Any], cls: type) -> Any:
+    """The model file of artifact ``d``, after checking it against the manifest's hash, as a ``cls``."""
+    model_path = d / manifest.get("model_file", MODEL_FILE)
+    if manifest.get("model_sha256") and _sha256(model_path) != manifest["model_sha256"]:
+        raise ValueError(f"{model_path} does not match the manifest hash")
+    obj = joblib.load(model_path)
+    if not isinstance(obj, cls):
+        raise TypeError(f"{model_path} holds {type(obj).__name__}, not {cls.__name__}")
+    return obj
 
 
 def save_artifact(
@@ -41,28 +72,17 @@ def save_artifact(
     created: str | None = None,
 ) -> Path:
     """Write the classifier and its manifest to ``out_dir`` (created if needed); returns the manifest path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model_path = out / MODEL_FILE
-    joblib.dump(clf, model_path, compress=3)
-    created = created or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    manifest = {
+    return _write(clf, out_dir, {
         "format": ARTIFACT_FORMAT,
         "kind": CLASSIFIER_KIND,
-        "version": version or created.replace(":", "").replace("-", ""),
-        "created": created,
+        **_stamp(created, version),
         "models": list(clf.models),
         "strong": clf.strong,
         "weak": clf.weak,
         "training_data": data_hashes or {},
         "metrics": metrics or {},
         "train": clf.metadata,
-        "model_file": MODEL_FILE,
-        "model_sha256": _sha256(model_path),
-    }
-    mpath = out / MANIFEST
-    mpath.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-    return mpath
+    })
 
 
 def read_manifest(art_dir: str | Path) -> dict[str, Any]:
@@ -84,42 +104,23 @@ def load_artifact(art_dir: str | Path, *, warm_up: bool = True) -> tuple[Quality
         )
     if manifest.get("kind", CLASSIFIER_KIND) != CLASSIFIER_KIND:
         raise ValueError(f"{d} holds {manifest['kind']!r}, not a router classifier")
-    model_path = d / manifest.get("model_file", MODEL_FILE)
-    if manifest.get("model_sha256") and _sha256(model_path) != manifest["model_sha256"]:
-        raise ValueError(f"{model_path} does not match the manifest hash")
-    clf = joblib.load(model_path)
-    if not isinstance(clf, QualityClassifier):
-        raise TypeError(f"{model_path} holds {type(clf).__name__}, not QualityClassifier")
+    clf: QualityClassifier = _read(d, manifest, QualityClassifier)
     if warm_up:
         clf.warm_up()
     return clf, manifest
 
 
-VERIFIER_KIND = "hybridgate.router.AnswerVerifier"
-
-
 def save_verifier(v: AnswerVerifier, out_dir: str | Path, data_hashes: dict[str, str] | None = None) -> Path:
     """Write an answer verifier (router/verifier.py) and its manifest to ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model_path = out / MODEL_FILE
-    joblib.dump(v, model_path, compress=3)
-    created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    manifest = {
+    return _write(v, out_dir, {
         "format": ARTIFACT_FORMAT,
         "kind": VERIFIER_KIND,
-        "version": created.replace(":", "").replace("-", ""),
-        "created": created,
+        **_stamp(None, None),
         "judges_model": v.model,
         "features": list(v.feature_names),
         "training_data": data_hashes or {},
         "metrics": v.metadata.get("cv", {}),
-        "model_file": MODEL_FILE,
-        "model_sha256": _sha256(model_path),
-    }
-    mpath = out / MANIFEST
-    mpath.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-    return mpath
+    })
 
 
 def load_verifier(art_dir: str | Path) -> tuple[AnswerVerifier, dict[str, Any]]:
@@ -128,10 +129,4 @@ def load_verifier(art_dir: str | Path) -> tuple[AnswerVerifier, dict[str, Any]]:
     manifest = read_manifest(d)
     if manifest.get("kind") != VERIFIER_KIND:
         raise ValueError(f"{d} holds {manifest.get('kind')!r}, not an answer verifier")
-    model_path = d / manifest.get("model_file", MODEL_FILE)
-    if manifest.get("model_sha256") and _sha256(model_path) != manifest["model_sha256"]:
-        raise ValueError(f"{model_path} does not match the manifest hash")
-    v = joblib.load(model_path)
-    if not isinstance(v, AnswerVerifier):
-        raise TypeError(f"{model_path} holds {type(v).__name__}, not AnswerVerifier")
-    return v, manifest
+    return _read(d, manifest, AnswerVerifier), manifest
