@@ -137,10 +137,12 @@ def logged_answer_text(body: str) -> str | None:
     (``data: {...}`` lines, deltas joined). None when there is no text (tool calls, errors)."""
     body = body.strip()
     if body.startswith("data:"):
+        from backends.sse import DONE, SSEDecoder
+
+        decoder = SSEDecoder()
         parts: list[str] = []
-        for line in body.splitlines():
-            data = line[5:].strip() if line.startswith("data:") else ""
-            if not data or data == "[DONE]":
+        for _, data in decoder.feed(body.encode()) + decoder.flush():
+            if data == DONE:
                 continue
             try:
                 chunk = json.loads(data)
