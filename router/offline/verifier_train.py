@@ -85,11 +85,14 @@ def fit_verifier(x: np.ndarray, y: np.ndarray, model: str, c: float = 1.0, seed:
     return AnswerVerifier(model, mean, scale, lr.coef_[0].copy(), float(lr.intercept_[0]))
 
 
-def oof_scores(data: AnswerSet, folds: int = 5, repeats: int = 3, c: float = 1.0) -> np.ndarray:
-    """Out-of-fold p(acceptable) of every answer, averaged over ``repeats`` shuffled k-fold splits."""
+def oof_scores(
+    data: AnswerSet, folds: int = 5, repeats: int = 3, c: float = 1.0, x: np.ndarray | None = None
+) -> np.ndarray:
+    """Out-of-fold p(acceptable) of every answer, averaged over ``repeats`` shuffled k-fold splits.
+    ``x``: the answers' raw features when the caller already has them."""
     from sklearn.model_selection import StratifiedKFold
 
-    x, y = _design(data), data.labels
+    x, y = (_design(data) if x is None else x), data.labels
     oof = np.zeros(len(y))
     for r in range(repeats):
         for tr, te in StratifiedKFold(folds, shuffle=True, random_state=r).split(x, y):
@@ -97,7 +100,9 @@ def oof_scores(data: AnswerSet, folds: int = 5, repeats: int = 3, c: float = 1.0
     return oof
 
 
-def cross_validate(data: AnswerSet, folds: int = 5, repeats: int = 3, c: float = 1.0) -> dict[str, float]:
+def cross_validate(
+    data: AnswerSet, folds: int = 5, repeats: int = 3, c: float = 1.0, x: np.ndarray | None = None
+) -> dict[str, float]:
     """Out-of-fold AUC of the verifier and, when ``other`` labels exist, the escalation curve's
     APGR / CPT: escalate the answers the verifier trusts least to the other model."""
     from sklearn.metrics import roc_auc_score
@@ -105,7 +110,7 @@ def cross_validate(data: AnswerSet, folds: int = 5, repeats: int = 3, c: float =
     from router.metrics import two_model_report
 
     y = data.labels
-    oof = oof_scores(data, folds, repeats, c)
+    oof = oof_scores(data, folds, repeats, c, x)
     out = {"n": float(len(y)), "acceptable_share": float(y.mean()), "auc": float(roc_auc_score(y, oof))}
     # a policy's escalation threshold for a target share of escalated answers (escalate below it)
     for share in (0.1, 0.2, 0.3, 0.5):
@@ -124,7 +129,8 @@ def train_verifier(data: AnswerSet, c: float = 1.0, folds: int = 5) -> AnswerVer
     """Cross-validated metrics (kept in ``metadata``), then the verifier fitted on all of ``data``."""
     smaller_class = int(min(data.labels.sum(), len(data.labels) - data.labels.sum()))
     folds = min(folds, smaller_class)  # stratified folds need that many answers of each kind
-    metrics = cross_validate(data, folds=folds, c=c) if folds >= 2 else {}
-    v = fit_verifier(_design(data), data.labels, data.model, c)
+    x = _design(data)  # featurised once, for the folds and the final fit
+    metrics = cross_validate(data, folds=folds, c=c, x=x) if folds >= 2 else {}
+    v = fit_verifier(x, data.labels, data.model, c)
     v.metadata = {"cv": metrics, "n": len(data.labels), "C": c}
     return v
