@@ -238,8 +238,8 @@ class AdminHandlers:
         try:
             cal = await asyncio.to_thread(calibrate_cost_weight, policy, reqs, router.catalog.deployments, signals,
                                           plugins, model, float(share), datetime.now(UTC))
-        except ValueError as exc:
-            raise APIError(400, str(exc), param="model" if "selector" not in str(exc) else None) from None
+        except ValueError as exc:  # the policy's selector is not a classifier
+            raise APIError(400, str(exc)) from None
         return json_response({"policy": name, "version": router.registry.active_version(name), "model": model,
                               "target_share": share, **cal.as_dict()})
 

@@ -28,7 +28,7 @@ from backends.base import Backend
 from backends.executor import Executor
 from backends.registry import build_backend
 from gateway.admin_api import AdminHandlers
-from gateway.artifact_slots import ArtifactSlots, install, load_into_slot, slot_name
+from gateway.artifact_slots import ArtifactSlots, slot_name
 from gateway.budget_admin import BudgetAdminHandlers
 from gateway.config import Settings
 from gateway.errors import APIError
@@ -142,12 +142,12 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
     plugins = Plugins(scorers={}, bandits={"default": ThompsonBandit(), "linucb": LinUCBBandit()})
     # The config seeds the learned slots; an artifact activated through the admin API (any process,
     # recorded in the database) replaces it at start and on every sync (gateway/artifact_slots.py).
-    aliases = settings.router.model_aliases
     plugins.verifiers = {}
+    artifacts = ArtifactSlots(engine, plugins, settings.router.model_aliases)
     if settings.router.artifact:
-        install(plugins, "scorer:default", load_into_slot("scorer:default", settings.router.artifact, aliases)[0])
+        artifacts.seed(slot_name("scorer", "default"), settings.router.artifact)
     for name, path in settings.router.verifiers.items():
-        install(plugins, slot_name("verifier", name), load_into_slot(slot_name("verifier", name), path, aliases)[0])
+        artifacts.seed(slot_name("verifier", name), path)
     catalog = Catalog(deployments, backends)
     # With Redis, policy changes are pushed to every process (pub/sub) on top of store polling.
     policy_events = (RedisPolicyEvents(redis_client, channel=f"{settings.redis_prefix}policies")
@@ -171,7 +171,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         executor=Executor(pricer=catalog.cost, outcomes=router),
         backends=backends,
         extras={"redis": redis_client, "remote_load": remote_load, "policy_events": policy_events,
-                "scope_budgets": ScopeBudgetStore(engine), "artifacts": ArtifactSlots(engine, plugins, aliases)},
+                "scope_budgets": ScopeBudgetStore(engine), "artifacts": artifacts},
     )
 
 

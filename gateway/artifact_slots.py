@@ -69,6 +69,11 @@ class ArtifactSlots:
         self._failed: set[str] = set()
         self._activations = 0  # a sync that overlapped an activation here must not install what it read
 
+    def seed(self, slot: str, path: str) -> None:
+        """Load ``path`` into ``slot`` at start (the config's artifact; blocking, before serving). An
+        activated row in the database replaces it on the first :meth:`sync`."""
+        install(self._plugins, slot, load_into_slot(slot, path, self._aliases)[0])
+
     async def activate(self, slot: str, path: str, aliases: dict[str, str] | None = None) -> dict[str, Any]:
         """Load ``path`` into ``slot`` here at once, then record it as the slot's active row for the
         other processes. ``aliases`` (classifier model name -> gateway model name) extend the config's

@@ -310,7 +310,7 @@ class Escalation(_Strict):
         default="logprobs",
         pattern=r"^(logprobs|verifier(:[A-Za-z0-9_.-]+)?)$",
         description="logprobs: the answer's token probabilities; verifier[:name]: a trained answer "
-        "verifier (hybridgate router train-verifier, router.verifier in the config)",
+        "verifier (hybridgate router train-verifier, router.verifiers in the config)",
     )
 
 
