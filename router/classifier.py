@@ -27,6 +27,7 @@ import numpy as np
 
 from router.features import PromptFeatures, TextFeaturizer
 from router.group_prior import GroupPrior
+from router.native import fastfeat
 
 __all__ = [
     "CompiledTrees",
@@ -120,15 +121,23 @@ class TreeBundle:
     baselines: np.ndarray  # (E,)
     _root: np.ndarray = field(init=False, repr=False)  # position of every tree's root
     _leaf0: np.ndarray = field(init=False, repr=False)  # index of every tree's first leaf, minus 2^D − 1
+    _walker: object | None = field(init=False, repr=False, default=None)  # router._fastfeat.TreeWalker
 
     def __post_init__(self) -> None:
         n_int = (1 << self.depth) - 1
         tree = np.arange(len(self.leaf_value) >> self.depth, dtype=np.int64)
         self._root = tree * n_int
         self._leaf0 = (tree << self.depth) - n_int
+        if fastfeat is not None:
+            self._walker = fastfeat.TreeWalker(
+                self.feature, self.threshold, self.leaf_value, self.depth, self.owner, self.baselines
+            )
 
-    def raw(self, x: np.ndarray) -> np.ndarray:
-        """(E,) raw scores of every ensemble for one input vector."""
+    def raw(self, x: np.ndarray, use_native: bool = True) -> np.ndarray:
+        """(E,) raw scores of every ensemble for one input vector: walked in C when the extension is built
+        (~5 µs against ~35 for the numpy levels below; the same sums in the same order, bit-equal)."""
+        if use_native and self._walker is not None and x.dtype == np.float64 and x.flags.c_contiguous:
+            return np.frombuffer(self._walker.raw(x), dtype=np.float64)  # type: ignore[attr-defined]
         pos = np.zeros(len(self._root), dtype=np.int64)
         for _ in range(self.depth):
             k = self._root + pos

@@ -32,6 +32,7 @@ from itertools import repeat
 import numpy as np
 
 from router.char_ngrams import CharNgrams, CharWords, fit_char_ngrams
+from router.native import fastfeat
 from router.tfidf import rows_to_csr, smooth_idf
 
 __all__ = [
@@ -239,6 +240,7 @@ class _TermIndex:
     uni_col: np.ndarray  # token id → column of the unigram, −1 when only its bigrams are in the vocabulary
     bi_key: np.ndarray  # sorted id(a) · T + id(b) of the vocabulary's bigrams
     bi_col: np.ndarray  # their columns
+    table: object | None = None  # the same as C hash tables (router._fastfeat.TermTable), when built
 
     @classmethod
     def build(cls, vocab: dict[str, int]) -> _TermIndex:
@@ -257,12 +259,21 @@ class _TermIndex:
             else:
                 uni_col[token[a]] = col
         order = np.argsort(np.array(keys, dtype=np.int64), kind="stable")
-        return cls(
-            token=token,
-            uni_col=uni_col,
-            bi_key=np.array(keys, dtype=np.int64)[order],
-            bi_col=np.array(cols, dtype=np.int64)[order],
-        )
+        bi_key = np.array(keys, dtype=np.int64)[order]
+        bi_col = np.array(cols, dtype=np.int64)[order]
+        table = None
+        if fastfeat is not None:
+            with contextlib.suppress(ValueError):  # a vocabulary too large for its packed slots
+                table = fastfeat.TermTable(list(token), uni_col, bi_key, bi_col)
+        return cls(token=token, uni_col=uni_col, bi_key=bi_key, bi_col=bi_col, table=table)
+
+    def counts(self, text: str, use_native: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct columns, sorted; how often each occurs) of the terms in ``text``: from the C tables
+        when built, else ``np.unique`` of :meth:`columns` (the reference; same result)."""
+        if use_native and self.table is not None:
+            idx, tf = self.table.counts(text.lower())  # type: ignore[attr-defined]
+            return np.frombuffer(idx, dtype=np.int64), np.frombuffer(tf, dtype=np.int64)
+        return np.unique(self.columns(text), return_counts=True)
 
     def columns(self, text: str) -> np.ndarray:
         """Vocabulary column of every unigram and bigram occurrence in ``text`` (with repeats)."""
@@ -318,22 +329,25 @@ class TextFeaturizer:
     def n_dense(self) -> int:
         return len(self.dense_names)
 
-    def featurize(self, prompt: str) -> PromptFeatures:
-        """One prompt → features. The decision-time path: pure Python + tiny numpy ops."""
+    def featurize(self, prompt: str, use_native: bool = True) -> PromptFeatures:
+        """One prompt → features. The decision-time path: the C featuriser for ASCII text when built
+        (``use_native=False``: the Python reference, which gives the same features), then tiny numpy ops."""
         text = _clip(normalize_prompt(prompt))
-        cols = self._index().columns(text)
-        if len(cols):
-            idx, tf = np.unique(cols, return_counts=True)
+        idx, tf = self._index().counts(text, use_native)
+        if len(idx):
             val = (1.0 + np.log(tf)) * self.idf[idx]
             norm = math.sqrt(float(val @ val))
             if norm > 0:
                 val /= norm
         else:
             idx, val = self._empty_idx, np.zeros(0)
-        dense = (np.asarray(dense_features(text)) - self.dense_mean) / self.dense_scale
+        raw = fastfeat.dense_features(text) if use_native and fastfeat is not None else None
+        if raw is None:  # no extension, or a text it leaves to the reference
+            raw = dense_features(text)
+        dense = (np.asarray(raw) - self.dense_mean) / self.dense_scale
         if self.char is None:
             return PromptFeatures(idx, val, dense, len(prompt))
-        return PromptFeatures(idx, val, dense, len(prompt), self.char.words(text))
+        return PromptFeatures(idx, val, dense, len(prompt), self.char.words(text, use_native))
 
     def featurize_many(self, prompts: Iterable[str]) -> list[PromptFeatures]:
         return [self.featurize(p) for p in prompts]
