@@ -5,6 +5,14 @@ p50/p99/max in microseconds per stage and for the whole decision, for the two-mo
 eleven-model (RouterBench) classifiers, with Thompson sampling (Beta, Monte-Carlo propensities) and
 LinUCB over the classifier context.
 
+``decide`` is the whole routing decision as the gateway makes it: ``router.decide`` with the 10-rule,
+8-deployment policy of bench/decision_overhead.py and its classifier selector fed by the real
+classifier (``ClassifierScorer``, the classifier's models aliased onto the deployments' models);
+``total_rules_classifier_thompson`` adds a Thompson choice with Monte-Carlo propensities: rules +
+classifier + bandit, acceptance 6 of issue 3. Each prompt goes through ``decide`` first, then through
+the separately timed stages; so in the stage figures a prompt's unseen words are already memoised,
+while ``decide`` pays for them as a gateway would.
+
 Usage: ``python bench/decision_overhead_learned.py [--n 3000] [--artifact DIR] [--json OUT]``
 
 To measure on another machine (one without scikit-learn or the data): train and save here with
@@ -15,10 +23,12 @@ the same held-out prompts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pickle
 import platform
+import random
 import sys
 import time
 from pathlib import Path
@@ -26,9 +36,29 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import decision_overhead as rules_bench  # noqa: E402  (bench/decision_overhead.py: policy, deployments)
+
+from policies.loader import parse_policy  # noqa: E402
+from router import Plugins, decide  # noqa: E402
 from router.bandits import BanditState, LinUCB, LinUCBState, ThompsonSampling, classifier_context  # noqa: E402
 from router.classifier import best_tradeoff  # noqa: E402
+from router.plugins import ClassifierScorer  # noqa: E402
+
+# the bench policy's models that the classifier's models stand for (strongest first)
+BENCH_MODELS = ["gpt-4o", "claude-3-5-sonnet", "mistral-large", "llama-3-70b", "claude-3-5-haiku", "gpt-4o-mini"]
+
+
+def _aliases(clf) -> dict[str, str]:  # noqa: ANN001
+    """The classifier's models, most expensive first (by its cost model), onto the bench's models."""
+    models = list(clf.models)
+    if clf.cost_model is not None:
+        cost = dict(zip(clf.cost_model.models, clf.cost_model.predict(1000).tolist(), strict=True))
+        models.sort(key=lambda m: -cost.get(m, 0.0))
+    if len(models) == 2:
+        return {models[0]: "gpt-4o", models[1]: "gpt-4o-mini"}
+    return dict(zip(models, BENCH_MODELS, strict=False))
 
 
 def _pct(xs: list[float]) -> dict[str, float]:
@@ -62,14 +92,37 @@ def measure(clf, prompts: list[str], n: int, seed: int, warm: list[str] | None =
     lin_state = LinUCBState.new(arms, dim)
     lin = LinUCB(lam=50.0, alpha=0.5, epsilon=0.02)
     stages: dict[str, list[float]] = {
-        k: [] for k in ("featurize", "score", "thompson", "linucb", "total_thompson", "total_linucb")
-    }
+        k: []
+        for k in (
+            "featurize", "score", "thompson", "linucb", "total_thompson", "total_linucb",
+            "decide", "total_rules_classifier_thompson",
+        )
+    }  # fmt: skip
+    deps = rules_bench.deployments()
+    policy = parse_policy(
+        rules_bench.POLICY.replace("selector: {type: cheapest}", "selector: {type: classifier, threshold: 0.6}")
+    )
+    plugins = Plugins(scorers={"default": ClassifierScorer(clf, _aliases(clf))})
+    py_rng = random.Random(seed)
+    requests = rules_bench.random_inputs(py_rng, n, deps)
     order = rng.integers(0, len(prompts), n)
     for w in range(50):  # warm-up
         clf.predict(prompts[w % len(prompts)])
+        req, sig, now = requests[w]
+        decide(req, policy, deps, sig, py_rng, now, plugins=plugins)
     pc = time.perf_counter
-    for i in order:
+    for k, i in enumerate(order):
         p = prompts[int(i)]
+        req, sig, now = requests[k]
+        req = dataclasses.replace(req, prompt_text=p)
+        t = pc()
+        d = decide(req, policy, deps, sig, py_rng, now, plugins=plugins)
+        t_rules = pc()
+        ts.choose(ts_state, rng, clf.cost_model.as_dict(len(p)) if clf.cost_model else None)
+        t_bandit = pc()
+        assert d.error is not None or d.trace, "decide() returned no trace"
+        stages["decide"].append(t_rules - t)
+        stages["total_rules_classifier_thompson"].append(t_bandit - t)
         t0 = pc()
         f = clf.featurizer.featurize(p)
         t1 = pc()

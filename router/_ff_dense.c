@@ -1,8 +1,9 @@
 /* router/_ff_dense.c: router.features.dense_features in C, for ASCII text.
  *
  * Why: the Python reference makes ~35 C-level scans, four regex passes and a Python object per number
- * and option line; ~140 us on a 1,600-character prompt, on every request. Here it is one byte pass
- * plus a few short substring scans, with no Python object but the result.
+ * and option line: ~90-140 us on a 1,600-character prompt, on every request. Here it is one pass over
+ * the bytes plus short scans for the numbers, the option lines and the stem, with no Python object
+ * but the result.
  *
  * Contract: ff_dense_features(text) returns a new list of 29 floats equal (==, bit for bit) to
  * dense_features(text) when text is an ASCII str; None when it is not (the caller then runs the
@@ -12,18 +13,21 @@
  *  - every regex is replaced by a scan proved equivalent on ASCII text (the argument is next to each);
  *  - "\s" of a str pattern and str.split() both use Py_UNICODE_ISSPACE, which on ASCII is
  *    \t \n \v \f \r, space and \x1c-\x1f (bytes.split() would not include the last four);
- *  - floats are computed with the same libm calls and the same operation order as CPython
- *    (int / int is (double)a / (double)b for the small ints here; sum() of floats adds left to right;
- *    float ** 2 calls libm pow, not x * x; float(str) is PyOS_string_to_double).
+ *  - text.lower() changes only A-Z on ASCII, so patterns searched in `low` are compared
+ *    case-insensitively on the text itself;
+ *  - floats are computed with the same libm calls in the same order as CPython: int / int is
+ *    (double)a / (double)b for the small ints here, sum() of floats adds left to right, float ** 2 is
+ *    libm pow (which is not always x * x), float(str) is PyOS_string_to_double.
  *
  * This file has no module definition: router/_fastfeat.c #includes it. Every helper is static and
- * prefixed ffd_ so as not to clash with the includer's names.
+ * prefixed ffd_/FFD_ so as not to clash with the includer's names; its macros are #undef'd at the end.
  */
 #ifndef PY_SSIZE_T_CLEAN
 #define PY_SSIZE_T_CLEAN
 #endif
 #include <Python.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -51,29 +55,173 @@ static inline int ffd_is_option_letter(unsigned char c) {
     return (c >= 'A' && c <= 'H') || (c >= 'a' && c <= 'h');
 }
 
+/* The main pass reads one table entry per byte instead of branching on it: bit 0 = whitespace as
+ * above, bit 1 = a sentence end [.!?]. */
+#define FFD_SPACE 1u
+#define FFD_END 2u
+static const unsigned char ffd_class[256] = {
+    ['\t'] = FFD_SPACE, ['\n'] = FFD_SPACE, ['\v'] = FFD_SPACE, ['\f'] = FFD_SPACE, ['\r'] = FFD_SPACE,
+    [0x1c] = FFD_SPACE, [0x1d] = FFD_SPACE, [0x1e] = FFD_SPACE, [0x1f] = FFD_SPACE, [' '] = FFD_SPACE,
+    ['.'] = FFD_END,    ['!'] = FFD_END,    ['?'] = FFD_END,
+};
+
 /* ---- substrings ---------------------------------------------------------------------------------- */
 
-/* str.count(pat) (non-overlapping: the scan resumes after each hit), or, with first_only, 1 when
- * pat in s else 0. Our own loop rather than memmem, which not every platform has. m >= 1. */
-static Py_ssize_t ffd_count(const char *s, Py_ssize_t n, const char *pat, Py_ssize_t m, int first_only) {
-    Py_ssize_t count = 0, i = 0;
-    while (i <= n - m) {
-        const char *hit = memchr(s + i, pat[0], (size_t)(n - m + 1 - i));
-        if (hit == NULL) break;
-        i = hit - s;
-        if (memcmp(hit + 1, pat + 1, (size_t)(m - 1)) == 0) {
-            count++;
-            if (first_only) break;
-            i += m;
-        } else {
-            i++;
-        }
-    }
-    return count;
+/* Every substring test (`pat in text`, text.count(pat), the same on low, and the negation words of
+ * the stem) is done in the one pass. A scan per pattern cost ~12 us on 1,600 characters (~25 patterns
+ * whose first letters are common); comparing at each position the patterns starting with its letter
+ * still cost ~4 us more than this, in mispredicted branches. So a position is a candidate for pattern k only when
+ * bit k is set both in ffd_first[its byte] and in ffd_second[the next byte]: two table reads and an
+ * AND, and the slow path runs only where a pattern's first two characters are actually there. Every
+ * pattern is at least two characters long. Patterns searched in `low` have both cases of their
+ * letters in the tables, those searched in `text` only their own. */
+enum {
+    FFD_P_ANSWER = 1u << 0,     /* low.count("answer:") */
+    FFD_P_STATEMENT = 1u << 1,  /* "statement 1" in low */
+    FFD_P_SQRT = 1u << 2,       /* low.count("sqrt") */
+    FFD_P_WHICH = 1u << 3,      /* "which of the following" in low */
+    FFD_P_WRITE = 1u << 4,      /* "write a function" or "write a python" in low */
+    FFD_P_PERCENT = 1u << 5,    /* "percent" in low */
+    FFD_P_PASSAGE = 1u << 6,    /* "passage" in low */
+    FFD_P_REFERS = 1u << 7,     /* "refers to the following" in low */
+    FFD_P_FRAC = 1u << 8,       /* low.count("\\frac") */
+    FFD_P_TICKS = 1u << 9,      /* _CODE_MARKERS, counted in text: "```" */
+    FFD_P_DEF = 1u << 10,       /* "def " */
+    FFD_P_RETURN = 1u << 11,    /* "return" */
+    FFD_P_CLASS = 1u << 12,     /* "class " */
+    FFD_P_IMPORT = 1u << 13,    /* "import" */
+    FFD_P_FUNCTION = 1u << 14,  /* "function" */
+    FFD_P_ARROW = 1u << 15,     /* "=>" */
+    FFD_P_BLANK = 1u << 16,     /* " _ " in text */
+    FFD_P_ROMAN = 1u << 17,     /* any _ROMAN_MARKERS in text: all start with I then ' ', I, V or ',' */
+    FFD_P_NOT = 1u << 18,       /* the _NEG words, in the stem, lower-cased */
+    FFD_P_NEVER = 1u << 19,
+    FFD_P_EXCEPT = 1u << 20,
+    FFD_P_LEAST = 1u << 21,
+    FFD_P_FALSE = 1u << 22,
+    FFD_P_INCORRECT = 1u << 23,
+};
+#define FFD_P_NEG (FFD_P_NOT | FFD_P_NEVER | FFD_P_EXCEPT | FFD_P_LEAST | FFD_P_FALSE | FFD_P_INCORRECT)
+
+static const uint32_t ffd_first[256] = {
+    ['a'] = FFD_P_ANSWER, ['A'] = FFD_P_ANSWER,
+    ['s'] = FFD_P_STATEMENT | FFD_P_SQRT, ['S'] = FFD_P_STATEMENT | FFD_P_SQRT,
+    ['w'] = FFD_P_WHICH | FFD_P_WRITE, ['W'] = FFD_P_WHICH | FFD_P_WRITE,
+    ['p'] = FFD_P_PERCENT | FFD_P_PASSAGE, ['P'] = FFD_P_PERCENT | FFD_P_PASSAGE,
+    ['r'] = FFD_P_REFERS | FFD_P_RETURN, ['R'] = FFD_P_REFERS,
+    ['\\'] = FFD_P_FRAC,
+    ['`'] = FFD_P_TICKS,
+    ['d'] = FFD_P_DEF,
+    ['c'] = FFD_P_CLASS,
+    ['i'] = FFD_P_IMPORT | FFD_P_INCORRECT, ['I'] = FFD_P_ROMAN | FFD_P_INCORRECT,
+    ['f'] = FFD_P_FUNCTION | FFD_P_FALSE, ['F'] = FFD_P_FALSE,
+    ['='] = FFD_P_ARROW,
+    [' '] = FFD_P_BLANK,
+    ['n'] = FFD_P_NOT | FFD_P_NEVER, ['N'] = FFD_P_NOT | FFD_P_NEVER,
+    ['e'] = FFD_P_EXCEPT, ['E'] = FFD_P_EXCEPT,
+    ['l'] = FFD_P_LEAST, ['L'] = FFD_P_LEAST,
+};
+
+static const uint32_t ffd_second[256] = {
+    ['n'] = FFD_P_ANSWER | FFD_P_INCORRECT, ['N'] = FFD_P_ANSWER | FFD_P_INCORRECT,
+    ['t'] = FFD_P_STATEMENT, ['T'] = FFD_P_STATEMENT,
+    ['q'] = FFD_P_SQRT, ['Q'] = FFD_P_SQRT,
+    ['h'] = FFD_P_WHICH, ['H'] = FFD_P_WHICH,
+    ['r'] = FFD_P_WRITE, ['R'] = FFD_P_WRITE,
+    ['e'] = FFD_P_PERCENT | FFD_P_REFERS | FFD_P_NEVER | FFD_P_LEAST | FFD_P_DEF | FFD_P_RETURN,
+    ['E'] = FFD_P_PERCENT | FFD_P_REFERS | FFD_P_NEVER | FFD_P_LEAST,
+    ['a'] = FFD_P_PASSAGE | FFD_P_FALSE, ['A'] = FFD_P_PASSAGE | FFD_P_FALSE,
+    ['f'] = FFD_P_FRAC, ['F'] = FFD_P_FRAC,
+    ['o'] = FFD_P_NOT, ['O'] = FFD_P_NOT,
+    ['x'] = FFD_P_EXCEPT, ['X'] = FFD_P_EXCEPT,
+    ['`'] = FFD_P_TICKS,
+    ['l'] = FFD_P_CLASS,
+    ['m'] = FFD_P_IMPORT,
+    ['u'] = FFD_P_FUNCTION,
+    ['>'] = FFD_P_ARROW,
+    ['_'] = FFD_P_BLANK,
+    [' '] = FFD_P_ROMAN, ['I'] = FFD_P_ROMAN, ['V'] = FFD_P_ROMAN, [','] = FFD_P_ROMAN,
+};
+
+/* text.count(pat) counts non-overlapping hits (it resumes the scan after each one): a hit counts
+ * when it starts at or after the end of the last counted hit, the leftmost-first rule str.count
+ * follows. */
+typedef struct {
+    Py_ssize_t count;
+    Py_ssize_t next; /* where the next hit may start */
+} ffd_counter;
+
+typedef struct {
+    ffd_counter answer, sqrt_, frac, ticks, def, ret, klass, import, function, arrow;
+    int statement, which, write, percent, passage, refers, blank, roman, negation;
+    Py_ssize_t stem_len; /* the negation words are looked for in text[:stem_len] */
+} ffd_patterns;
+
+/* pat at s[i:] */
+static inline int ffd_at(const char *s, Py_ssize_t n, Py_ssize_t i, const char *pat, Py_ssize_t m) {
+    return n - i >= m && memcmp(s + i, pat, (size_t)m) == 0;
 }
 
-#define FFD_COUNT(s, n, lit) ffd_count((s), (n), (lit), (Py_ssize_t)(sizeof(lit) - 1), 0)
-#define FFD_HAS(s, n, lit) (ffd_count((s), (n), (lit), (Py_ssize_t)(sizeof(lit) - 1), 1) != 0)
+/* pat (lower case) at text.lower()[i:] */
+static inline int ffd_at_lower(const char *s, Py_ssize_t n, Py_ssize_t i, const char *pat, Py_ssize_t m) {
+    if (n - i < m) return 0;
+    for (Py_ssize_t j = 0; j < m; j++)
+        if (ffd_lower((unsigned char)s[i + j]) != (unsigned char)pat[j]) return 0;
+    return 1;
+}
+
+/* These read the text s, its length n and the position i. */
+#define FFD_AT(lit) ffd_at(s, n, i, (lit), (Py_ssize_t)sizeof(lit) - 1)
+#define FFD_AT_LOWER(lit) ffd_at_lower(s, n, i, (lit), (Py_ssize_t)sizeof(lit) - 1)
+#define FFD_COUNT_HIT(ctr, found, lit)                    \
+    do {                                                  \
+        if (i >= (ctr).next && (found)) {                 \
+            (ctr).count++;                                \
+            (ctr).next = i + (Py_ssize_t)sizeof(lit) - 1; \
+        }                                                 \
+    } while (0)
+#define FFD_COUNT(ctr, lit) FFD_COUNT_HIT(ctr, FFD_AT(lit), lit)
+#define FFD_COUNT_LOWER(ctr, lit) FFD_COUNT_HIT(ctr, FFD_AT_LOWER(lit), lit)
+#define FFD_FLAG(flag, found)          \
+    do {                               \
+        if (!(flag)) (flag) = (found); \
+    } while (0)
+/* _NEG = \b(?:not|except|least|false|incorrect|never)\b searched in stem.lower(): the words are all
+ * word characters, so a match is a maximal run of word characters equal to one of them, inside the
+ * stem (whose end is a boundary: the string ends there). The boundary before is checked by the caller. */
+#define FFD_NEG_WORD(lit)                                                                      \
+    (i + (Py_ssize_t)sizeof(lit) - 1 <= p->stem_len && FFD_AT_LOWER(lit) &&                    \
+     (i + (Py_ssize_t)sizeof(lit) - 1 == p->stem_len || !ffd_is_word((unsigned char)s[i + sizeof(lit) - 1])))
+
+/* The patterns flagged in cand (ffd_first & ffd_second) that start at s[i]. */
+static void ffd_patterns_at(const char *s, Py_ssize_t n, Py_ssize_t i, uint32_t cand, ffd_patterns *p) {
+    if (cand & FFD_P_ANSWER) FFD_COUNT_LOWER(p->answer, "answer:");
+    if (cand & FFD_P_STATEMENT) FFD_FLAG(p->statement, FFD_AT_LOWER("statement 1"));
+    if (cand & FFD_P_SQRT) FFD_COUNT_LOWER(p->sqrt_, "sqrt");
+    if (cand & FFD_P_WHICH) FFD_FLAG(p->which, FFD_AT_LOWER("which of the following"));
+    if (cand & FFD_P_WRITE) FFD_FLAG(p->write, FFD_AT_LOWER("write a function") || FFD_AT_LOWER("write a python"));
+    if (cand & FFD_P_PERCENT) FFD_FLAG(p->percent, FFD_AT_LOWER("percent"));
+    if (cand & FFD_P_PASSAGE) FFD_FLAG(p->passage, FFD_AT_LOWER("passage"));
+    if (cand & FFD_P_REFERS) FFD_FLAG(p->refers, FFD_AT_LOWER("refers to the following"));
+    if (cand & FFD_P_FRAC) FFD_COUNT_LOWER(p->frac, "\\frac");
+    if (cand & FFD_P_TICKS) FFD_COUNT(p->ticks, "```");
+    if (cand & FFD_P_DEF) FFD_COUNT(p->def, "def ");
+    if (cand & FFD_P_RETURN) FFD_COUNT(p->ret, "return");
+    if (cand & FFD_P_CLASS) FFD_COUNT(p->klass, "class ");
+    if (cand & FFD_P_IMPORT) FFD_COUNT(p->import, "import");
+    if (cand & FFD_P_FUNCTION) FFD_COUNT(p->function, "function");
+    if (cand & FFD_P_ARROW) FFD_COUNT(p->arrow, "=>");
+    if (cand & FFD_P_BLANK) FFD_FLAG(p->blank, FFD_AT(" _ "));
+    if (cand & FFD_P_ROMAN)
+        FFD_FLAG(p->roman, FFD_AT("I only") || FFD_AT("II only") || FFD_AT("III only") || FFD_AT("IV only") ||
+                               FFD_AT("I and II") || FFD_AT("II and III") || FFD_AT("I and III") || FFD_AT("I, II"));
+    if ((cand & FFD_P_NEG) && !p->negation && i < p->stem_len && (i == 0 || !ffd_is_word((unsigned char)s[i - 1])))
+        p->negation = ((cand & FFD_P_NOT) && FFD_NEG_WORD("not")) || ((cand & FFD_P_NEVER) && FFD_NEG_WORD("never")) ||
+                      ((cand & FFD_P_EXCEPT) && FFD_NEG_WORD("except")) ||
+                      ((cand & FFD_P_LEAST) && FFD_NEG_WORD("least")) ||
+                      ((cand & FFD_P_FALSE) && FFD_NEG_WORD("false")) ||
+                      ((cand & FFD_P_INCORRECT) && FFD_NEG_WORD("incorrect"));
+}
 
 /* ---- numbers: _numbers(text) == re.findall(r"\d+(?:[.,]\d+)*", text) ------------------------------ */
 
@@ -219,7 +367,8 @@ typedef struct {
  * after a match starts at its '\n', where "^" cannot hold, so every line is tried exactly once. */
 static void ffd_scan_option_lines(const char *s, Py_ssize_t n, int with_mean, double mean, ffd_options *out) {
     /* Python evaluates (x - mean) ** 2 as libm pow(|x - mean|, 2.0) (float_pow); a constant 2.0 would
-     * let the compiler fold it into a product, which pow need not equal in the last bit. */
+     * let the compiler fold it into a product, which glibc's pow does not always equal in the last bit
+     * (about 1 in 2,000 random deviations; the tests pin such a case). */
     volatile double two = 2.0;
     const double exponent = two;
     out->count = out->total = out->numeric = 0;
@@ -271,25 +420,6 @@ static Py_ssize_t ffd_stem_length(const char *s, Py_ssize_t n) {
     }
     return n;
 }
-
-/* _has_negation(stem.lower()): \b(?:not|except|least|false|incorrect|never)\b. The words are all
- * word characters, so with a boundary on each side a match is exactly a maximal run of word
- * characters equal to one of them (the stem's end counts as a boundary, as the string ends there). */
-static int ffd_has_negation(const char *low, Py_ssize_t n) {
-    static const char *const words[] = {"not", "except", "least", "false", "incorrect", "never"};
-    Py_ssize_t i = 0;
-    while (i < n) {
-        while (i < n && !ffd_is_word((unsigned char)low[i])) i++;
-        Py_ssize_t start = i;
-        while (i < n && ffd_is_word((unsigned char)low[i])) i++;
-        Py_ssize_t len = i - start;
-        if (len < 3 || len > 9) continue;
-        for (size_t w = 0; w < sizeof(words) / sizeof(words[0]); w++)
-            if ((Py_ssize_t)strlen(words[w]) == len && memcmp(low + start, words[w], (size_t)len) == 0) return 1;
-    }
-    return 0;
-}
-
 /* ---- the features --------------------------------------------------------------------------------- */
 
 static double ffd_ratio(Py_ssize_t a, Py_ssize_t b) { return (double)a / (double)(b > 1 ? b : 1); }
@@ -306,51 +436,47 @@ PyObject *ff_dense_features(PyObject *text) {
     const char *s = (const char *)PyUnicode_1BYTE_DATA(text);
     const Py_ssize_t n = PyUnicode_GET_LENGTH(text);
 
-    /* text.lower(): on ASCII only A-Z change. Clipped prompts fit the stack buffer. */
-    char low_small[2048];
-    char *low = n <= (Py_ssize_t)sizeof(low_small) ? low_small : PyMem_Malloc((size_t)n);
-    if (low == NULL) return PyErr_NoMemory();
-    PyObject *result = NULL;
+    /* first, since the main pass looks for the negation words in the stem */
+    ffd_patterns pat;
+    memset(&pat, 0, sizeof(pat));
+    pat.stem_len = ffd_stem_length(s, n);
 
-    /* One pass for the single-character counts, the words and the sentences. */
-    Py_ssize_t n_words = 0, n_lines = 0, n_digits = 0, n_upper = 0, n_math = 0, n_blank = 0;
-    Py_ssize_t n_dollar = 0, n_qmark = 0, n_code1 = 0, n_sent = 0;
-    int has_percent = 0, in_word = 0;
+    /* The main pass: a byte histogram (every single-character count derives from it), the words and
+     * sentences from the class of each byte and the one before (branch-free), and the candidates for
+     * the substring patterns.
+     * len(text.split()) = the number of non-space bytes after a space (or at the start).
+     * _SENT.findall, r"[.!?](\s|$)": "$" (no re.M) holds at the end or before a final '\n', which \s
+     * takes anyway. The \s a match consumes is never in [.!?], so non-overlapping matching skips no
+     * candidate: the count is that of [.!?] followed by a space or the end. */
+    Py_ssize_t hist[256] = {0};
+    Py_ssize_t n_words = 0, n_sent = 0;
+    unsigned prev = FFD_SPACE;
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        low[i] = (char)ffd_lower(c);
-        if (ffd_is_space(c)) {
-            in_word = 0;
-        } else if (!in_word) {
-            in_word = 1;
-            n_words++; /* len(text.split()): runs of non-space */
-        }
-        switch (c) {
-        case '\n': n_lines++; n_blank++; break;
-        case ' ':
-        case '\t': n_blank++; break;
-        case '=': case '+': case '*': case '/': case '^': case '<': case '>': n_math++; break;
-        case '$': n_dollar++; break;
-        case '%': has_percent = 1; break;
-        case '{': case '}': case ';': n_code1++; break;
-        case '?': /* counted, and also a sentence end */
-            n_qmark++;
-            /* fall through */
-        case '.':
-        case '!':
-            /* _SENT.findall, r"[.!?](\s|$)": "$" (no re.M) holds at the end or before a final '\n',
-             * which \s takes anyway. The \s a match consumes is never in [.!?], so non-overlapping
-             * matching skips no candidate and the count is just this test at every position. */
-            if (i + 1 == n || ffd_is_space((unsigned char)s[i + 1])) n_sent++;
-            break;
-        default:
-            if (c >= '0' && c <= '9') n_digits++;
-            else if (c >= 'A' && c <= 'Z') n_upper++;
+        unsigned cls = ffd_class[c];
+        hist[c]++;
+        n_words += prev & ~cls & FFD_SPACE;
+        n_sent += (prev >> 1) & cls & FFD_SPACE;
+        prev = cls;
+        if (i + 1 < n) {
+            uint32_t cand = ffd_first[c] & ffd_second[(unsigned char)s[i + 1]];
+            if (cand) ffd_patterns_at(s, n, i, cand, &pat);
         }
     }
+    n_sent += (prev & FFD_END) != 0;
 
-    ffd_numbers nums;
-    if (ffd_scan_numbers(s, n, &nums) < 0) goto done;
+    Py_ssize_t n_digits = 0, n_upper = 0;
+    for (int c = '0'; c <= '9'; c++) n_digits += hist[c];
+    for (int c = 'A'; c <= 'Z'; c++) n_upper += hist[c];
+    Py_ssize_t n_math = hist['='] + hist['+'] + hist['*'] + hist['/'] + hist['^'] + hist['<'] + hist['>'];
+    /* _CODE_MARKERS, each counted on its own, summed (ints: the order does not matter) */
+    Py_ssize_t n_code = pat.ticks.count + pat.def.count + pat.ret.count + pat.klass.count + hist['{'] + hist['}'] +
+                        hist[';'] + pat.import.count + pat.function.count + pat.arrow.count;
+    Py_ssize_t n_nonspace = n - hist[' '] - hist['\n'] - hist['\t'];
+
+    ffd_numbers nums = {0, 0, 0.0, 0};
+    if (n_digits > 0 && ffd_scan_numbers(s, n, &nums) < 0) return NULL; /* a number needs a digit */
+    double max_num = nums.max_num < 1e12 ? nums.max_num : 1e12; /* min(max_num, 1e12) */
 
     ffd_options opt;
     ffd_scan_option_lines(s, n, 0, 0.0, &opt);
@@ -363,24 +489,10 @@ PyObject *ff_dense_features(PyObject *text) {
         var_opt = again.sq_dev / (double)opt.count;
     }
 
-    Py_ssize_t stem_len = ffd_stem_length(s, n);
-
-    /* the code markers, in the reference's order (the sum is of ints, so order does not matter) */
-    Py_ssize_t n_code = FFD_COUNT(s, n, "```") + FFD_COUNT(s, n, "def ") + FFD_COUNT(s, n, "return") +
-                        FFD_COUNT(s, n, "class ") + n_code1 + FFD_COUNT(s, n, "import") +
-                        FFD_COUNT(s, n, "function") + FFD_COUNT(s, n, "=>");
-    int roman = FFD_HAS(s, n, "I only") || FFD_HAS(s, n, "II only") || FFD_HAS(s, n, "III only") ||
-                FFD_HAS(s, n, "IV only") || FFD_HAS(s, n, "I and II") || FFD_HAS(s, n, "II and III") ||
-                FFD_HAS(s, n, "I and III") || FFD_HAS(s, n, "I, II");
-    int blank = FFD_HAS(s, n, " _ ") || (n >= 2 && s[0] == '_' && s[1] == ' ');
-    Py_ssize_t n_answer = FFD_COUNT(low, n, "answer:");
-    Py_ssize_t n_mathops = n_math + FFD_COUNT(low, n, "\\frac") + FFD_COUNT(low, n, "sqrt");
-    double max_num = nums.max_num < 1e12 ? nums.max_num : 1e12; /* min(max_num, 1e12) */
-
     double f[FFD_N_FEATURES] = {
         log1p((double)n),
         log1p((double)n_words),
-        log1p((double)n_lines),
+        log1p((double)hist['\n']),
         log1p((double)nums.count),
         log1p((double)nums.distinct),
         ffd_ratio(n_digits, n),
@@ -390,36 +502,47 @@ PyObject *ff_dense_features(PyObject *text) {
         log1p(mean_opt),
         sqrt(var_opt) / (mean_opt + 1.0),
         ffd_ratio(opt.numeric, opt.count),
-        log1p((double)stem_len),
-        (double)FFD_HAS(low, n, "statement 1"),
-        (double)ffd_has_negation(low, stem_len),
-        (double)FFD_HAS(low, n, "which of the following"),
-        (double)(has_percent || FFD_HAS(low, n, "percent")),
-        (double)n_dollar,
-        (double)(FFD_HAS(low, n, "refers to the following") || FFD_HAS(low, n, "passage")),
-        (double)n_qmark,
-        log1p((double)n_mathops),
-        (double)roman,
+        log1p((double)pat.stem_len),
+        (double)pat.statement,
+        (double)pat.negation,
+        (double)pat.which,
+        (double)(hist['%'] > 0 || pat.percent),
+        (double)hist['$'],
+        (double)(pat.refers || pat.passage),
+        (double)hist['?'],
+        log1p((double)(n_math + pat.frac.count + pat.sqrt_.count)),
+        (double)pat.roman,
         ffd_ratio(n_upper, n),
         log1p((double)n_code),
-        (double)blank,
-        (double)(FFD_HAS(low, n, "write a function") || FFD_HAS(low, n, "write a python")),
+        (double)(pat.blank || (n >= 2 && s[0] == '_' && s[1] == ' ')), /* or text.startswith("_ ") */
+        (double)pat.write,
         log1p((double)n_sent),
-        ffd_ratio(n - n_blank, n_words), /* n_nonspace: bytes other than ' ', '\n', '\t' */
-        n_answer > 0 ? (double)(n_answer - 1) : 0.0,
+        ffd_ratio(n_nonspace, n_words),
+        pat.answer.count > 0 ? (double)(pat.answer.count - 1) : 0.0, /* low.count("answer:") - 1 if in low */
     };
 
-    result = PyList_New(FFD_N_FEATURES);
-    if (result == NULL) goto done;
+    PyObject *result = PyList_New(FFD_N_FEATURES);
+    if (result == NULL) return NULL;
     for (Py_ssize_t k = 0; k < FFD_N_FEATURES; k++) {
         PyObject *v = PyFloat_FromDouble(f[k]);
         if (v == NULL) {
-            Py_CLEAR(result);
-            goto done;
+            Py_DECREF(result); /* the items not set yet are NULL, which list_dealloc skips */
+            return NULL;
         }
         PyList_SET_ITEM(result, k, v);
     }
-done:
-    if (low != low_small) PyMem_Free(low);
     return result;
 }
+
+/* the includer (router/_fastfeat.c) need not see these */
+#undef FFD_N_FEATURES
+#undef FFD_SPACE
+#undef FFD_END
+#undef FFD_P_NEG
+#undef FFD_AT
+#undef FFD_AT_LOWER
+#undef FFD_COUNT_HIT
+#undef FFD_COUNT
+#undef FFD_COUNT_LOWER
+#undef FFD_FLAG
+#undef FFD_NEG_WORD

@@ -4,7 +4,9 @@ A prompt becomes two blocks:
 
 * **text**: TF-IDF over lower-cased word uni- and bigrams. The vocabulary and IDF weights are fitted at
   training time and frozen into the artifact (a plain ``dict`` and a numpy array), so scoring one prompt
-  is a regex, a few hundred dict look-ups and a normalisation — no sklearn call per request. We use a
+  is a tokeniser, a few hundred look-ups and a normalisation — no sklearn call per request. Where the C
+  extension is built (router/native.py) the tokeniser, look-ups and structure features run in C, with
+  results bit-equal to the Python below (tests/router_learning/test_fastfeat.py). We use a
   vocabulary rather than feature hashing because Python's ``hash`` is salted per process and a dict is
   as fast as a stable hash in pure Python; no collisions either.
 * **char** (optional): character 2–5-grams inside words, built word by word (router/char_ngrams.py).

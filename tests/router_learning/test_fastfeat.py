@@ -241,3 +241,14 @@ def test_tree_bundles_walk_to_the_same_scores() -> None:
             bundle.owner + 5,
             bundle.baselines,
         )
+
+
+def test_an_operator_can_switch_the_extension_off() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HYBRIDGATE_PURE_PYTHON_FEATURES="1")
+    code = "import router.native as n, router.features as f; print(n.fastfeat is None, f.fastfeat is None)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]
