@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import pickle
@@ -81,6 +82,8 @@ def measure(clf, prompts: list[str], n: int, seed: int, warm: list[str] | None =
     """
     for p in warm or []:
         clf.predict_array(clf.featurizer.featurize(p))
+    gc.collect()
+    gc.freeze()  # as the gateway does once its artifacts are loaded (gateway/app.py, artifact_slots.py)
     rng = np.random.default_rng(seed)
     arms = list(clf.models)
     ts_state = BanditState.new(arms)
@@ -142,6 +145,7 @@ def measure(clf, prompts: list[str], n: int, seed: int, warm: list[str] | None =
         stages["linucb"].append(t4 - t3)
         stages["total_thompson"].append(t3 - t0)
         stages["total_linucb"].append((t2 - t0) + (t4 - t3))
+    gc.unfreeze()
     return {k: _pct(v) for k, v in stages.items()}
 
 

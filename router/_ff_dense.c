@@ -1,13 +1,19 @@
-/* router/_ff_dense.c: router.features.dense_features in C, for ASCII text.
+/* router/_ff_dense.c: router.features.dense_features in C.
  *
  * Why: the Python reference makes ~35 C-level scans, four regex passes and a Python object per number
  * and option line: ~90-140 us on a 1,600-character prompt, on every request. Here it is one pass over
  * the bytes plus short scans for the numbers, the option lines and the stem, with no Python object
  * but the result.
  *
- * Contract: ff_dense_features(text) returns a new list of 29 floats equal (==, bit for bit) to
- * dense_features(text) when text is an ASCII str; None when it is not (the caller then runs the
- * reference: Unicode digits, spaces and case mapping stay Python's); NULL with TypeError for a non-str.
+ * Contract: ff_dense_features(text, low) returns a new list of 29 floats equal (==, bit for bit) to
+ * dense_features(text), where low is None or text.lower() computed by the caller:
+ *  - ASCII text: always computed (low is not read);
+ *  - other text: computed when low is given, else None. It is None too (the caller then runs the
+ *    reference) in the two cases left to Python, see ffd_narrow: a non-ASCII Unicode digit in text
+ *    (re's \d and float() give those meaning), and len(low) != len(text) (a character whose lower case
+ *    is longer, in practice only U+0130, capital I with dot above);
+ *  - NULL with TypeError when text is not a str, or low neither None nor a str.
+ * The result for a low that is not text.lower() is unspecified.
  *
  * Exactness rules followed throughout:
  *  - every regex is replaced by a scan proved equivalent on ASCII text (the argument is next to each);
@@ -15,6 +21,9 @@
  *    \t \n \v \f \r, space and \x1c-\x1f (bytes.split() would not include the last four);
  *  - text.lower() changes only A-Z on ASCII, so patterns searched in `low` are compared
  *    case-insensitively on the text itself;
+ *  - non-ASCII text is first narrowed to one byte per code point, standing for what the scans can tell
+ *    of a non-ASCII character (a space, a word character, anything else), and then takes the ASCII path;
+ *    see ffd_narrow for why no scan can tell the difference;
  *  - floats are computed with the same libm calls in the same order as CPython: int / int is
  *    (double)a / (double)b for the small ints here, sum() of floats adds left to right, float ** 2 is
  *    libm pow (which is not always x * x), float(str) is PyOS_string_to_double.
@@ -33,16 +42,32 @@
 
 #define FFD_N_FEATURES 29
 
-/* ---- character classes (ASCII) ------------------------------------------------------------------ */
+/* ---- character classes ---------------------------------------------------------------------------- */
 
-/* str.split() with no argument and re's \s on a str pattern (both Py_UNICODE_ISSPACE) */
-static inline int ffd_is_space(unsigned char c) {
-    return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f);
-}
+/* Non-ASCII text is scanned as bytes too (see ffd_narrow): each non-ASCII code point becomes one of
+ * these three bytes, none of which is ASCII, so none is in any pattern, digit or option letter. */
+#define FFD_U_OTHER 0x80 /* neither \s nor \w: punctuation, symbols, marks, lone surrogates */
+#define FFD_U_WORD 0x81  /* \w, i.e. Py_UNICODE_ISALNUM: letters, and numerics such as U+00B2 */
+#define FFD_U_SPACE 0x82 /* \s, i.e. Py_UNICODE_ISSPACE: U+0085, U+00A0, U+2028, U+3000, ... */
+
+/* The main pass reads one table entry per byte instead of branching on it: bit 0 = whitespace for
+ * str.split() and re's \s on a str pattern (both Py_UNICODE_ISSPACE: \t \n \v \f \r, space,
+ * \x1c-\x1f, and the non-ASCII spaces), bit 1 = a sentence end [.!?]. */
+#define FFD_SPACE 1u
+#define FFD_END 2u
+static const unsigned char ffd_class[256] = {
+    ['\t'] = FFD_SPACE, ['\n'] = FFD_SPACE, ['\v'] = FFD_SPACE, ['\f'] = FFD_SPACE, ['\r'] = FFD_SPACE,
+    [0x1c] = FFD_SPACE, [0x1d] = FFD_SPACE, [0x1e] = FFD_SPACE, [0x1f] = FFD_SPACE, [' '] = FFD_SPACE,
+    [FFD_U_SPACE] = FFD_SPACE,
+    ['.'] = FFD_END,    ['!'] = FFD_END,    ['?'] = FFD_END,
+};
+
+static inline int ffd_is_space(unsigned char c) { return ffd_class[c] & FFD_SPACE; }
 
 /* re's \w (hence \b) on a str pattern */
 static inline int ffd_is_word(unsigned char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == FFD_U_WORD;
 }
 
 static inline int ffd_is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
@@ -55,16 +80,6 @@ static inline int ffd_is_option_letter(unsigned char c) {
     return (c >= 'A' && c <= 'H') || (c >= 'a' && c <= 'h');
 }
 
-/* The main pass reads one table entry per byte instead of branching on it: bit 0 = whitespace as
- * above, bit 1 = a sentence end [.!?]. */
-#define FFD_SPACE 1u
-#define FFD_END 2u
-static const unsigned char ffd_class[256] = {
-    ['\t'] = FFD_SPACE, ['\n'] = FFD_SPACE, ['\v'] = FFD_SPACE, ['\f'] = FFD_SPACE, ['\r'] = FFD_SPACE,
-    [0x1c] = FFD_SPACE, [0x1d] = FFD_SPACE, [0x1e] = FFD_SPACE, [0x1f] = FFD_SPACE, [' '] = FFD_SPACE,
-    ['.'] = FFD_END,    ['!'] = FFD_END,    ['?'] = FFD_END,
-};
-
 /* ---- substrings ---------------------------------------------------------------------------------- */
 
 /* Every substring test (`pat in text`, text.count(pat), the same on low, and the negation words of
@@ -74,7 +89,10 @@ static const unsigned char ffd_class[256] = {
  * bit k is set both in ffd_first[its byte] and in ffd_second[the next byte]: two table reads and an
  * AND, and the slow path runs only where a pattern's first two characters are actually there. Every
  * pattern is at least two characters long. Patterns searched in `low` have both cases of their
- * letters in the tables, those searched in `text` only their own. */
+ * letters in the tables, those searched in `text` only their own.
+ * ASCII text is its own lower case (up to A-Z), so one string serves for both kinds of pattern. For
+ * other text the caller's low is narrowed apart (ffd_narrow) and the low patterns (FFD_P_IN_LOW) take
+ * their candidates and their matches from it, the others from the text. */
 enum {
     FFD_P_ANSWER = 1u << 0,     /* low.count("answer:") */
     FFD_P_STATEMENT = 1u << 1,  /* "statement 1" in low */
@@ -102,6 +120,9 @@ enum {
     FFD_P_INCORRECT = 1u << 23,
 };
 #define FFD_P_NEG (FFD_P_NOT | FFD_P_NEVER | FFD_P_EXCEPT | FFD_P_LEAST | FFD_P_FALSE | FFD_P_INCORRECT)
+#define FFD_P_IN_LOW                                                                                     \
+    (FFD_P_ANSWER | FFD_P_STATEMENT | FFD_P_SQRT | FFD_P_WHICH | FFD_P_WRITE | FFD_P_PERCENT | FFD_P_PASSAGE | \
+     FFD_P_REFERS | FFD_P_FRAC | FFD_P_NEG)
 
 static const uint32_t ffd_first[256] = {
     ['a'] = FFD_P_ANSWER, ['A'] = FFD_P_ANSWER,
@@ -162,7 +183,8 @@ static inline int ffd_at(const char *s, Py_ssize_t n, Py_ssize_t i, const char *
     return n - i >= m && memcmp(s + i, pat, (size_t)m) == 0;
 }
 
-/* pat (lower case) at text.lower()[i:] */
+/* pat (lower case) at text.lower()[i:], where s is the text when it is ASCII (so lowered here), else
+ * the narrowed low, which has no A-Z (no character but A-Z lowers to one) */
 static inline int ffd_at_lower(const char *s, Py_ssize_t n, Py_ssize_t i, const char *pat, Py_ssize_t m) {
     if (n - i < m) return 0;
     for (Py_ssize_t j = 0; j < m; j++)
@@ -170,9 +192,10 @@ static inline int ffd_at_lower(const char *s, Py_ssize_t n, Py_ssize_t i, const 
     return 1;
 }
 
-/* These read the text s, its length n and the position i. */
-#define FFD_AT(lit) ffd_at(s, n, i, (lit), (Py_ssize_t)sizeof(lit) - 1)
-#define FFD_AT_LOWER(lit) ffd_at_lower(s, n, i, (lit), (Py_ssize_t)sizeof(lit) - 1)
+/* These read the text t, the string l for text.lower() (see ffd_patterns_at), their length n and the
+ * position i. */
+#define FFD_AT(lit) ffd_at(t, n, i, (lit), (Py_ssize_t)sizeof(lit) - 1)
+#define FFD_AT_LOWER(lit) ffd_at_lower(l, n, i, (lit), (Py_ssize_t)sizeof(lit) - 1)
 #define FFD_COUNT_HIT(ctr, found, lit)                    \
     do {                                                  \
         if (i >= (ctr).next && (found)) {                 \
@@ -188,13 +211,16 @@ static inline int ffd_at_lower(const char *s, Py_ssize_t n, Py_ssize_t i, const 
     } while (0)
 /* _NEG = \b(?:not|except|least|false|incorrect|never)\b searched in stem.lower(): the words are all
  * word characters, so a match is a maximal run of word characters equal to one of them, inside the
- * stem (whose end is a boundary: the string ends there). The boundary before is checked by the caller. */
+ * stem (whose end is a boundary: the string ends there). The boundary before is checked by the caller.
+ * It is searched in low[:stem_len]; for non-ASCII text, ffd_narrow says why that is stem.lower(). */
 #define FFD_NEG_WORD(lit)                                                                      \
     (i + (Py_ssize_t)sizeof(lit) - 1 <= p->stem_len && FFD_AT_LOWER(lit) &&                    \
-     (i + (Py_ssize_t)sizeof(lit) - 1 == p->stem_len || !ffd_is_word((unsigned char)s[i + sizeof(lit) - 1])))
+     (i + (Py_ssize_t)sizeof(lit) - 1 == p->stem_len || !ffd_is_word((unsigned char)l[i + sizeof(lit) - 1])))
 
-/* The patterns flagged in cand (ffd_first & ffd_second) that start at s[i]. */
-static void ffd_patterns_at(const char *s, Py_ssize_t n, Py_ssize_t i, uint32_t cand, ffd_patterns *p) {
+/* The patterns flagged in cand (ffd_first & ffd_second) that start at position i: those of `text` in
+ * t, those of `low` in l (the same string as t when the text is ASCII). */
+static void ffd_patterns_at(const char *t, const char *l, Py_ssize_t n, Py_ssize_t i, uint32_t cand,
+                            ffd_patterns *p) {
     if (cand & FFD_P_ANSWER) FFD_COUNT_LOWER(p->answer, "answer:");
     if (cand & FFD_P_STATEMENT) FFD_FLAG(p->statement, FFD_AT_LOWER("statement 1"));
     if (cand & FFD_P_SQRT) FFD_COUNT_LOWER(p->sqrt_, "sqrt");
@@ -215,7 +241,7 @@ static void ffd_patterns_at(const char *s, Py_ssize_t n, Py_ssize_t i, uint32_t 
     if (cand & FFD_P_ROMAN)
         FFD_FLAG(p->roman, FFD_AT("I only") || FFD_AT("II only") || FFD_AT("III only") || FFD_AT("IV only") ||
                                FFD_AT("I and II") || FFD_AT("II and III") || FFD_AT("I and III") || FFD_AT("I, II"));
-    if ((cand & FFD_P_NEG) && !p->negation && i < p->stem_len && (i == 0 || !ffd_is_word((unsigned char)s[i - 1])))
+    if ((cand & FFD_P_NEG) && !p->negation && i < p->stem_len && (i == 0 || !ffd_is_word((unsigned char)l[i - 1])))
         p->negation = ((cand & FFD_P_NOT) && FFD_NEG_WORD("not")) || ((cand & FFD_P_NEVER) && FFD_NEG_WORD("never")) ||
                       ((cand & FFD_P_EXCEPT) && FFD_NEG_WORD("except")) ||
                       ((cand & FFD_P_LEAST) && FFD_NEG_WORD("least")) ||
@@ -424,18 +450,18 @@ static Py_ssize_t ffd_stem_length(const char *s, Py_ssize_t n) {
 
 static double ffd_ratio(Py_ssize_t a, Py_ssize_t b) { return (double)a / (double)(b > 1 ? b : 1); }
 
-PyObject *ff_dense_features(PyObject *text) {
-    if (!PyUnicode_Check(text)) {
-        PyErr_SetString(PyExc_TypeError, "dense_features() argument must be str");
-        return NULL;
-    }
-#if PY_VERSION_HEX < 0x030C0000
-    if (PyUnicode_READY(text) < 0) return NULL;
+/* Py_ALWAYS_INLINE is Python >= 3.11's (and empty in debug builds); without it, only speed is lost */
+#ifdef Py_ALWAYS_INLINE
+#define FFD_ALWAYS_INLINE Py_ALWAYS_INLINE
+#else
+#define FFD_ALWAYS_INLINE
 #endif
-    if (!PyUnicode_IS_ASCII(text)) Py_RETURN_NONE;
-    const char *s = (const char *)PyUnicode_1BYTE_DATA(text);
-    const Py_ssize_t n = PyUnicode_GET_LENGTH(text);
 
+/* The features of the text s, n bytes (one per code point), whose lower case is l: s itself when the
+ * text is ASCII, else both are narrowed (ffd_narrow). n_utf8 = len(text.encode("utf-8", "ignore")).
+ * Inlined into its two calls so that the ASCII one, where l == s, drops the test for it on every
+ * character of the main pass (which cost 0.3 us, 5%, on 1,600 characters). */
+static inline FFD_ALWAYS_INLINE PyObject *ffd_features(const char *s, const char *l, Py_ssize_t n, Py_ssize_t n_utf8) {
     /* first, since the main pass looks for the negation words in the stem */
     ffd_patterns pat;
     memset(&pat, 0, sizeof(pat));
@@ -460,7 +486,10 @@ PyObject *ff_dense_features(PyObject *text) {
         prev = cls;
         if (i + 1 < n) {
             uint32_t cand = ffd_first[c] & ffd_second[(unsigned char)s[i + 1]];
-            if (cand) ffd_patterns_at(s, n, i, cand, &pat);
+            if (l != s) /* non-ASCII text: the patterns of low are looked for in low */
+                cand = (cand & ~(uint32_t)FFD_P_IN_LOW) |
+                       (ffd_first[(unsigned char)l[i]] & ffd_second[(unsigned char)l[i + 1]] & FFD_P_IN_LOW);
+            if (cand) ffd_patterns_at(s, l, n, i, cand, &pat);
         }
     }
     n_sent += (prev & FFD_END) != 0;
@@ -472,7 +501,8 @@ PyObject *ff_dense_features(PyObject *text) {
     /* _CODE_MARKERS, each counted on its own, summed (ints: the order does not matter) */
     Py_ssize_t n_code = pat.ticks.count + pat.def.count + pat.ret.count + pat.klass.count + hist['{'] + hist['}'] +
                         hist[';'] + pat.import.count + pat.function.count + pat.arrow.count;
-    Py_ssize_t n_nonspace = n - hist[' '] - hist['\n'] - hist['\t'];
+    /* len(raw) - raw.count(b" ") - ...: those bytes only come from ASCII characters */
+    Py_ssize_t n_nonspace = n_utf8 - hist[' '] - hist['\n'] - hist['\t'];
 
     ffd_numbers nums = {0, 0, 0.0, 0};
     if (n_digits > 0 && ffd_scan_numbers(s, n, &nums) < 0) return NULL; /* a number needs a digit */
@@ -534,11 +564,128 @@ PyObject *ff_dense_features(PyObject *text) {
     return result;
 }
 
+/* ---- non-ASCII text ------------------------------------------------------------------------------- */
+
+/* Every scan above looks at a character only to compare it with ASCII characters (the patterns, the
+ * digits, [.,], [ \t], '(', [A-Ha-h], [.)], [.!?], '\n', the histogram's characters), or to ask whether
+ * it is \s (str.split(), _SENT, _OPTION) or \w (the \b of _NEG), and it counts positions in code points
+ * (len(text), the option lines' and the stem's lengths, str.count's non-overlapping hits). Re's "."
+ * and the "^"/"$" of re.M look at '\n' alone (U+2028 is no line break for them). So replacing each
+ * non-ASCII code point by one non-ASCII byte that answers those questions alike (FFD_U_SPACE,
+ * FFD_U_WORD or FFD_U_OTHER: Py_UNICODE_ISSPACE and Py_UNICODE_ISALNUM, re's own tests for \s and \w,
+ * are never both true) changes no feature, but for:
+ *  - \d, which is Py_UNICODE_ISDECIMAL: a non-ASCII decimal digit (U+0661, U+FF12, ...) would be part
+ *    of _NUM's numbers, which float() then reads, and would make an option line numeric. Such text is
+ *    left to Python (None). Other numeric characters (U+00B2, U+2153) are only \w for re.
+ *  - raw = text.encode("utf-8", "ignore"): the bytes it counts (digits, A-Z, math characters, ' ',
+ *    '\n', '\t') come from ASCII characters only, every byte of a longer UTF-8 sequence being >= 0x80;
+ *    len(raw) takes the UTF-8 length of each code point, 0 for a surrogate: a str holds surrogates as
+ *    single code points (a "pair" too), which the encoder refuses one by one and "ignore" drops.
+ *
+ * The patterns searched in low look at the caller's text.lower(), narrowed the same way (a non-ASCII
+ * character can lower to an ASCII letter: U+212A KELVIN SIGN to 'k'). No character lowers to fewer
+ * than one code point, so len(low) == len(text) means each lowered to exactly one, and low[i] is the
+ * lower case of text[i]; the other texts (U+0130 lowers to two) are left to Python (None).
+ * _has_negation(stem.lower()) is then searched in low[:len(stem)], which is stem.lower(): CPython
+ * lowers each code point alone (_PyUnicode_ToLowerFull) except U+03A3 capital sigma, whose form (final
+ * or not) depends on the characters around it up to the string's ends (handle_capital_sigma in
+ * Objects/unicodeobject.c). Cutting the text at the stem's end changes no sigma: a stem shorter than the
+ * text ends with the '\n' before the option line (_OPTION's match starts where "^" holds), and '\n'
+ * is neither cased nor case-ignorable, so the look-ahead from a sigma in the stem stops at that '\n'
+ * at the latest, in the stem as in the text. (Were it otherwise, the two forms are both \w letters
+ * and in none of the negation words, so _NEG would find the same.) */
+
+static inline int ffd_utf8_len(Py_UCS4 c) {
+    if (c < 0x80) return 1;
+    if (c < 0x800) return 2;
+    if (c < 0x10000) return Py_UNICODE_IS_SURROGATE(c) ? 0 : 3;
+    return 4;
+}
+
+/* The byte standing for the non-ASCII c; -1 for a decimal digit when in_text. */
+static inline int ffd_narrow_char(Py_UCS4 c, int in_text) {
+    if (Py_UNICODE_ISSPACE(c)) return FFD_U_SPACE;
+    if (Py_UNICODE_ISALNUM(c)) return in_text && Py_UNICODE_ISDECIMAL(c) ? -1 : FFD_U_WORD;
+    return FFD_U_OTHER;
+}
+
+/* Narrows the str s (of length n) into out[0:n]. Returns len(s.encode("utf-8", "ignore")), or -1 when
+ * in_text and s has a non-ASCII decimal digit. One loop per storage kind, so that the loop does not
+ * branch on the kind for every character. */
+static Py_ssize_t ffd_narrow(PyObject *s, Py_ssize_t n, char *out, int in_text) {
+    const void *data = PyUnicode_DATA(s);
+    Py_ssize_t n_utf8 = 0;
+#define FFD_NARROW_LOOP(T)                                   \
+    for (Py_ssize_t i = 0; i < n; i++) {                     \
+        Py_UCS4 c = ((const T *)data)[i];                    \
+        if (c < 0x80) {                                      \
+            out[i] = (char)c;                                \
+            n_utf8++;                                        \
+            continue;                                        \
+        }                                                    \
+        int b = ffd_narrow_char(c, in_text);                 \
+        if (b < 0) return -1;                                \
+        out[i] = (char)b;                                    \
+        n_utf8 += ffd_utf8_len(c);                           \
+    }
+    switch (PyUnicode_KIND(s)) {
+    case PyUnicode_1BYTE_KIND: FFD_NARROW_LOOP(Py_UCS1) break;
+    case PyUnicode_2BYTE_KIND: FFD_NARROW_LOOP(Py_UCS2) break;
+    default: FFD_NARROW_LOOP(Py_UCS4) break;
+    }
+#undef FFD_NARROW_LOOP
+    return n_utf8;
+}
+
+/* ---- entry point ------------------------------------------------------------------------------------ */
+
+PyObject *ff_dense_features(PyObject *text, PyObject *low) {
+    if (!PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "dense_features() argument 'text' must be str");
+        return NULL;
+    }
+    if (low == NULL) low = Py_None;
+    if (low != Py_None && !PyUnicode_Check(low)) {
+        PyErr_SetString(PyExc_TypeError, "dense_features() argument 'low' must be str or None");
+        return NULL;
+    }
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text) < 0 || (low != Py_None && PyUnicode_READY(low) < 0)) return NULL;
+#endif
+    const Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    if (PyUnicode_IS_ASCII(text)) {
+        const char *s = (const char *)PyUnicode_1BYTE_DATA(text);
+        return ffd_features(s, s, n, n);
+    }
+    if (low == Py_None || PyUnicode_GET_LENGTH(low) != n) Py_RETURN_NONE;
+
+    /* the narrowed text and low, side by side; a clipped prompt (1,601 characters) fits on the stack */
+    char small[4096];
+    char *buf = n <= (Py_ssize_t)sizeof(small) / 2 ? small : PyMem_Malloc((size_t)n * 2);
+    if (buf == NULL) return PyErr_NoMemory();
+    PyObject *result;
+    Py_ssize_t n_utf8 = ffd_narrow(text, n, buf, 1);
+    if (n_utf8 < 0) {
+        Py_INCREF(Py_None);
+        result = Py_None;
+    } else {
+        ffd_narrow(low, n, buf + n, 0);
+        result = ffd_features(buf, buf + n, n, n_utf8);
+    }
+    if (buf != small) PyMem_Free(buf);
+    return result;
+}
+
 /* the includer (router/_fastfeat.c) need not see these */
 #undef FFD_N_FEATURES
 #undef FFD_SPACE
 #undef FFD_END
+#undef FFD_U_OTHER
+#undef FFD_U_WORD
+#undef FFD_U_SPACE
 #undef FFD_P_NEG
+#undef FFD_P_IN_LOW
+#undef FFD_ALWAYS_INLINE
 #undef FFD_AT
 #undef FFD_AT_LOWER
 #undef FFD_COUNT_HIT
