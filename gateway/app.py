@@ -46,7 +46,7 @@ from requestlog.retention import cutoff, prune
 from requestlog.sink import LogSink
 from router.breaker import BreakerConfig
 from router.budget import BudgetLimit
-from router.plugins import LinUCBBandit, ThompsonBandit
+from router.plugins import LinUCBBandit, ScoredLinUCBBandit, ThompsonBandit
 from router.protocols import Plugins
 from router.signals import LocalLoad
 from state.bandits import BanditStore, DbBanditStore, InProcessBanditStore, RedisBanditStore
@@ -138,8 +138,10 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
     breakers, budgets, ratelimits, bandit_store, redis_client = build_state(settings, engine)
     remote_load = RemoteLoadPoller(deployments)
     # `bandit: default` is Thompson sampling, `bandit: linucb` the contextual bandit over the
-    # request's shape; both share their statistics through the bandit store (Redis or the database).
-    plugins = Plugins(scorers={}, bandits={"default": ThompsonBandit(), "linucb": LinUCBBandit()})
+    # request's shape, `bandit: linucb_scored` the same plus the classifier's P(ok) per arm (the policy
+    # names the scorer: `context_scorer`); all share their statistics through the bandit store.
+    plugins = Plugins(scorers={}, bandits={"default": ThompsonBandit(), "linucb": LinUCBBandit(),
+                                           "linucb_scored": ScoredLinUCBBandit()})
     # The config seeds the learned slots; an artifact activated through the admin API (any process,
     # recorded in the database) replaces it at start and on every sync (gateway/artifact_slots.py).
     plugins.verifiers = {}

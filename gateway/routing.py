@@ -297,6 +297,8 @@ class GatewayRouter:
                            type="server_error", code="no_candidates", headers={"retry-after": "2"})
         plan = Plan(self.catalog.targets(d.candidates), retry=d.retry, triggers=d.fallback_triggers or DEFAULT_TRIGGERS)
         ctx = bandit_context(features, now, name) if d.arm is not None else None
+        if ctx is not None and d.scores is not None:  # the classifier's view the bandit decided with
+            ctx["scores"] = dict(d.scores)
         return Route(plan=plan, public_model=name, policy=name, policy_version=self.registry.active_version(name),
                      reason=d.reason, propensity=d.propensity, decision=d, bandit_context=ctx)
 

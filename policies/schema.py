@@ -224,11 +224,17 @@ class ClassifierSelector(_SelectorBase):
 
 
 class BanditSelector(_SelectorBase):
-    """Delegates to an injected bandit; arms are model names (default) or deployment names."""
+    """Delegates to an injected bandit; arms are model names (default) or deployment names.
+
+    ``context_scorer`` names a classifier scorer (``router.artifact`` or an activated one): its P(ok) for
+    every arm joins the bandit's context as ``scores``, so a contextual bandit (``bandit: linucb_scored``)
+    learns online how far to trust the offline classifier for each arm.
+    """
 
     type: Literal["bandit"]
     bandit: str = "default"
     arms: Literal["models", "deployments"] = "models"
+    context_scorer: str | None = Field(default=None, min_length=1)
     fallback: Literal["fixed", "cheapest", "lowest_latency", "least_busy"] = "cheapest"
 
 

@@ -321,21 +321,30 @@ class LinUCB:
     epsilon_decay: float | None = None
 
     def scores(
-        self, state: LinUCBState, x: np.ndarray, costs: Mapping[str, float] | None = None
+        self,
+        state: LinUCBState,
+        x: np.ndarray | Mapping[str, np.ndarray],
+        costs: Mapping[str, float] | None = None,
     ) -> np.ndarray:
-        x = np.asarray(x, dtype=float)
+        """UCB index of every arm. ``x``: one context for all arms, or each arm's own (``{arm: x_a}``,
+        e.g. the classifier's view of that arm): the disjoint model keeps one ridge regression per arm,
+        so it only needs each arm's context to be the one it learns with."""
         c = _cost_vector(state.arms, costs)
         out = np.empty(len(state.arms))
         for i, a in enumerate(state.arms):
+            xa = np.asarray(x[a] if isinstance(x, Mapping) else x, dtype=float)
             ai = state.a_inv[a]
-            ax = ai @ x
+            ax = ai @ xa
             out[i] = (
-                float(ax @ state.b[a]) + self.alpha * math.sqrt(max(float(x @ ax), 0.0)) - self.lam * c[i]
+                float(ax @ state.b[a]) + self.alpha * math.sqrt(max(float(xa @ ax), 0.0)) - self.lam * c[i]
             )
         return out
 
     def action_probs(
-        self, state: LinUCBState, x: np.ndarray, costs: Mapping[str, float] | None = None
+        self,
+        state: LinUCBState,
+        x: np.ndarray | Mapping[str, np.ndarray],
+        costs: Mapping[str, float] | None = None,
     ) -> dict[str, float]:
         s = self.scores(state, x, costs)
         onehot = np.zeros(len(s))
@@ -346,7 +355,7 @@ class LinUCB:
     def choose(
         self,
         state: LinUCBState,
-        x: np.ndarray,
+        x: np.ndarray | Mapping[str, np.ndarray],
         rng: np.random.Generator,
         costs: Mapping[str, float] | None = None,
     ) -> Choice:

@@ -130,9 +130,13 @@ class LinUCBBandit:
                                   costs=context.get("costs"))
         return choice.arm, float(choice.propensity)
 
+    def _vector(self, context: Mapping[str, Any], arm: str) -> np.ndarray:
+        """The context ``arm`` is scored and updated with (the same for every arm here)."""
+        return request_context_vector(context)
+
     def update(self, arm: str, reward: float, context: Mapping[str, Any], propensity: float) -> None:
         self._ensure(arm)
-        self.state.update(arm, request_context_vector(context), unit_reward(reward))
+        self.state.update(arm, self._vector(context, arm), unit_reward(reward))
 
     def to_dict(self) -> dict[str, Any]:
         return self.state.to_dict()
@@ -143,7 +147,7 @@ class LinUCBBandit:
         LinUCB's state is ``A = I + Σ x xᵀ`` and ``b = Σ r x``, both sums, so processes share it the
         way Thompson shares its counts; each rebuilds ``A⁻¹`` from the totals (`load_totals`).
         """
-        x = request_context_vector(context)
+        x = self._vector(context, arm)
         r = unit_reward(reward)
         out = {"n": 1.0}
         for i in range(self.dim):
@@ -169,3 +173,42 @@ class LinUCBBandit:
             s.a_inv[arm] = np.linalg.inv(a)
             s.b[arm] = b
             s.n[arm] = int(round(tot.get("n", 0.0)))
+
+
+def scored_context_vector(context: Mapping[str, Any], arm: str) -> np.ndarray:
+    """One arm's context for :class:`ScoredLinUCBBandit`: the request's shape
+    (:func:`request_context_vector`), the classifier's P(ok) for this arm and whether it gave one
+    (0.5 and 0 when the policy's scorer was missing or silent about the arm)."""
+    p = (context.get("scores") or {}).get(arm)
+    scored = p is not None
+    return np.concatenate([request_context_vector(context), [float(p) if scored else 0.5, float(scored)]])
+
+
+class ScoredLinUCBBandit(LinUCBBandit):
+    """Contextual bandit (LinUCB, disjoint) over the request's shape *and* the learned classifier's
+    P(ok) for each arm (policy: ``{type: bandit, bandit: linucb_scored, context_scorer: default}``).
+
+    Why: the classifier is trained offline on labelled data; live traffic drifts from it and its
+    probabilities are not equally good for every model. Each arm's ridge regression learns from
+    feedback how much that arm's score predicts its reward, so the bandit follows the classifier
+    where it is right and overrides it where it is not. The scores travel in the logged context, so
+    feedback handled by any process updates with the same vector the decision used.
+    """
+
+    def __init__(self, algo: LinUCB | None = None) -> None:
+        super().__init__(algo)
+        self.dim = len(scored_context_vector({}, ""))
+        self.state = LinUCBState.new([], self.dim)
+
+    def choose(self, arms: Sequence[str], context: Mapping[str, Any], rng: random.Random) -> tuple[str, float]:
+        for a in arms:
+            self._ensure(a)
+        s = self.state
+        sub = LinUCBState(arms=list(arms), dim=self.dim, a_inv={a: s.a_inv[a] for a in arms},
+                          b={a: s.b[a] for a in arms}, n={a: s.n[a] for a in arms})
+        xs = {a: scored_context_vector(context, a) for a in arms}
+        choice = self.algo.choose(sub, xs, np.random.default_rng(rng.getrandbits(64)), costs=context.get("costs"))
+        return choice.arm, float(choice.propensity)
+
+    def _vector(self, context: Mapping[str, Any], arm: str) -> np.ndarray:
+        return scored_context_vector(context, arm)

@@ -192,16 +192,43 @@ def select_bandit(spec: BanditSelector, inp: SelectorInput) -> Selection:
         a = arm_of(i)
         if a not in arms:
             arms.append(a)
+    context = inp.context or {}
+    scores = _arm_scores(spec.context_scorer, inp, arm_of) if spec.context_scorer else None
+    if scores is not None:
+        context = {**context, "scores": scores}
     try:
-        arm, propensity = bandit.choose(arms, inp.context or {}, inp.rng)
+        arm, propensity = bandit.choose(arms, context, inp.rng)
     except Exception as exc:
         return _fallback(spec.fallback, inp, f"bandit error {type(exc).__name__}")
     if arm not in arms or not (0.0 < propensity <= 1.0):
         return _fallback(spec.fallback, inp, f"bandit returned invalid ({arm!r}, {propensity!r})")
     chosen = [i for i in inp.pool if arm_of(i) == arm]
     ranking = chosen + [i for i in inp.pool if arm_of(i) != arm]
-    return Selection(ranking, float(propensity), f"bandit arm={arm} p={propensity:.3g}", arm=arm,
-                     bandit=spec.bandit)
+    detail = f"bandit arm={arm} p={propensity:.3g}"
+    if spec.context_scorer and scores is None:
+        detail += f" (no scores from {spec.context_scorer!r})"
+    return Selection(ranking, float(propensity), detail, arm=arm, bandit=spec.bandit, scores=scores)
+
+
+def _arm_scores(name: str, inp: SelectorInput, arm_of: Any) -> dict[str, float] | None:
+    """P(ok) per arm from the scorer ``name`` (an arm's deployment name first, then its model), or None
+    when there is no such scorer or it fails: the bandit then decides without them."""
+    scorer = inp.plugins.scorers.get(name)
+    if scorer is None:
+        return None
+    try:
+        raw = scorer.predict(inp.request.prompt_text, inp.request.metadata)
+    except Exception:  # a broken model must degrade routing, never fail the request
+        return None
+    names, deps = inp.cp.names, inp.cp.deps
+    out: dict[str, float] = {}
+    for i in inp.pool:
+        p = raw.get(names[i])
+        if p is None:
+            p = raw.get(deps[i].model)
+        if p is not None:
+            out.setdefault(arm_of(i), round(float(p), 6))
+    return out
 
 
 _FALLBACK_SPECS: dict[str, SelectorSpec] = {

@@ -3,6 +3,7 @@ every bandit decision logs the propensity of its choice."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -164,3 +165,57 @@ def test_feedback_at_another_process_teaches_the_deciding_bandit_through_redis(
                              headers={"content-type": "application/yaml"}).status_code == 201
             _serve_and_rate(g1, g2, "explore", 5)
             _wait_for(lambda: _thompson_n(g1) == 5 and _thompson_n(g2) == 5)
+
+
+SCORED = """
+name: scored
+selector: {type: bandit, bandit: linucb_scored, context_scorer: default}
+"""
+
+
+async def test_scored_contextual_bandit_logs_the_classifier_view_and_learns_from_it(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    from router.offline.artifacts import save_artifact
+    from router.offline.datasets import read_csv
+    from router.offline.train import TrainConfig, train_classifier
+    from router.plugins import scored_context_vector
+    from tests.router_learning.test_verifier import STRONG, WEAK, _problems, _write_routellm
+
+    data = _write_routellm(tmp_path / "toy.csv", _problems(120))
+    save_artifact(train_classifier(read_csv(data), TrainConfig(gb_iter=5, n_folds=3)), tmp_path / "clf")
+    prompts = [p for p, *_ in _problems(8, seed=5)]
+    with FakeProviderThread() as fp:
+        deps = [dep("cheap", "cheap-model", fp.base_url), dep("strong", "strong-model", fp.base_url)]
+        cfg = settings(tmp_path, sqlite_url, deps, router={
+            "artifact": str(tmp_path / "clf"), "model_aliases": {WEAK: "cheap-model", STRONG: "strong-model"}})
+        with running_gateway(cfg) as gw:
+            assert httpx.put(gw.base_url + "/admin/api/policies/scored", content=SCORED,
+                             headers={"content-type": "application/yaml"}).status_code == 201
+            served = []
+            for p in prompts:
+                r = httpx.post(gw.base_url + "/v1/chat/completions",
+                               json={"model": "scored", "messages": [{"role": "user", "content": p}]})
+                assert r.status_code == 200 and 0 < float(r.headers["x-hybridgate-propensity"]) <= 1
+                served.append((r.headers["x-request-id"], r.headers["x-hybridgate-model"]))
+            for rid, _ in served:
+                f = httpx.post(gw.base_url + "/v1/feedback", json={"request_id": rid, "score": 1.0})
+                assert f.status_code == 201
+            bandit = gw.services.router.plugins.bandits["linucb_scored"]
+            assert sum(bandit.to_dict()["n"].values()) == len(prompts)
+            await gw.acall(gw.services.sink.flush())
+    engine = create_async_engine(sqlite_url)
+    async with engine.connect() as conn:
+        logged = (await conn.execute(sa.text("SELECT bandit FROM requests WHERE policy = 'scored'"))).scalars().all()
+    await engine.dispose()
+    assert len(logged) == len(prompts)
+    contexts = [(json.loads(b) if isinstance(b, str) else b)["context"] for b in logged]
+    assert all(set(c["scores"]) == {"cheap-model", "strong-model"} for c in contexts)
+    assert all("prompt_text" not in c for c in contexts)
+    # every reward was learned with the vector the decision saw: b sums r·x over each arm's requests
+    state = bandit.to_dict()
+    for arm in ("cheap-model", "strong-model"):
+        seen = [scored_context_vector(c, arm) for c, b in zip(contexts, logged, strict=True)
+                if (json.loads(b) if isinstance(b, str) else b)["arm"] == arm]
+        if seen:
+            assert np.allclose(state["b"][arm], np.sum(seen, axis=0))

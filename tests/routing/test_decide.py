@@ -445,6 +445,27 @@ def test_bandit_over_deployments() -> None:
     assert b.seen[0][0] == ["gpt-4o-openai", "gpt-4o-azure"] and names(d)[0] == "gpt-4o-azure"
 
 
+def test_bandit_context_carries_the_classifier_scores_of_every_arm() -> None:
+    spec = "name: t\nfilters: {allow: [gpt-4o, gpt-4o-mini]}\nselector: {type: bandit, context_scorer: default}\n"
+    b = StubBandit(arm="gpt-4o-mini", p=0.7)
+    scorer = StubScorer({"gpt-4o": 0.9, "gpt-4o-mini": 0.55, "other": 0.1})
+    req = RequestFeatures(prompt_tokens=10, prompt_text="2+2?")
+    d = run(pol(spec), req, plugins=Plugins(scorers={"default": scorer}, bandits={"default": b}))
+    arms, ctx = b.seen[0]
+    assert ctx["scores"] == {"gpt-4o": 0.9, "gpt-4o-mini": 0.55}  # the arms' only, keyed by arm
+    assert d.scores == ctx["scores"] and d.arm == "gpt-4o-mini" and d.propensity == 0.7
+    assert scorer.calls[0][0] == "2+2?"
+
+
+def test_bandit_decides_without_scores_when_the_scorer_is_missing_or_fails() -> None:
+    spec = "name: t\nfilters: {allow: [gpt-4o, gpt-4o-mini]}\nselector: {type: bandit, context_scorer: default}\n"
+    for scorers in ({}, {"default": StubScorer({}, raise_=True)}):
+        b = StubBandit()
+        d = run(pol(spec), plugins=Plugins(scorers=scorers, bandits={"default": b}))
+        assert "scores" not in b.seen[0][1] and d.scores is None and d.arm is not None
+        assert "no scores from 'default'" in steps(d, "selector")[0]
+
+
 # ---- fallbacks, escalation, next_after -----------------------------------------------------------------------
 
 
