@@ -763,18 +763,20 @@ static PyTypeObject TreeWalkerType = {
     .tp_new = PyType_GenericNew,
 };
 
-static PyObject *dense_features(PyObject *Py_UNUSED(module), PyObject *text) {
-    if (!PyUnicode_Check(text)) {
-        PyErr_SetString(PyExc_TypeError, "text must be str");
+/* dense_features(text, low=None): ``low`` is ``text.lower()``, needed for non-ASCII text only. */
+static PyObject *dense_features(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "dense_features(text, low=None) takes one or two arguments");
         return NULL;
     }
-    return ff_dense_features(text);
+    return ff_dense_features(args[0], nargs == 2 ? args[1] : Py_None);
 }
 
 static PyMethodDef module_methods[] = {
     {"word_counts", word_counts, METH_O, "word_counts(lowered_text) -> (words, float64 counts)."},
-    {"dense_features", dense_features, METH_O,
-     "dense_features(text) -> list of floats equal to router.features.dense_features, or None (non-ASCII)."},
+    {"dense_features", (PyCFunction)(void (*)(void))dense_features, METH_FASTCALL,
+     "dense_features(text, low=None) -> list of floats equal to router.features.dense_features(text), or\n"
+     "None where the reference must decide (non-ASCII text without low = text.lower(), Unicode digits)."},
     {NULL, NULL, 0, NULL},
 };
 

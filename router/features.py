@@ -343,7 +343,9 @@ class TextFeaturizer:
                 val /= norm
         else:
             idx, val = self._empty_idx, np.zeros(0)
-        raw = fastfeat.dense_features(text) if use_native and fastfeat is not None else None
+        raw = None
+        if use_native and fastfeat is not None:  # non-ASCII text needs Python's lower-casing
+            raw = fastfeat.dense_features(text) if text.isascii() else fastfeat.dense_features(text, text.lower())
         if raw is None:  # no extension, or a text it leaves to the reference
             raw = dense_features(text)
         dense = (np.asarray(raw) - self.dense_mean) / self.dense_scale
