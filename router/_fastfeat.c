@@ -13,8 +13,10 @@
  *   TermTable(tokens, uni_col, bi_key, bi_col).counts(low)  == np.unique(_TermIndex.columns(text),
  *                                                              return_counts=True)
  *   word_counts(text[:max_chars].lower())                   == Counter(re.findall(r"\w+", ...))
- *   dense_features(text)                                    == features.dense_features(text), or None
- *                                                              where it leaves a text to Python (_ff_dense.c)
+ *   dense_features(text, low)                               == features.dense_features(text), or None
+ *                                                              where it leaves a text to Python: non-ASCII
+ *                                                              text without low = text.lower(), Unicode
+ *                                                              digits, 'İ' (_ff_dense.c)
  *
  * The extension is optional: without a C compiler the package installs and runs on the Python path.
  */

@@ -269,11 +269,14 @@ class _TermIndex:
                 table = fastfeat.TermTable(list(token), uni_col, bi_key, bi_col)
         return cls(token=token, uni_col=uni_col, bi_key=bi_key, bi_col=bi_col, table=table)
 
-    def counts(self, text: str, use_native: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def counts(
+        self, text: str, use_native: bool = True, low: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(distinct columns, sorted; how often each occurs) of the terms in ``text``: from the C tables
-        when built, else ``np.unique`` of :meth:`columns` (the reference; same result)."""
+        when built, else ``np.unique`` of :meth:`columns` (the reference; same result). ``low``: the
+        caller's ``text.lower()``, if it has one."""
         if use_native and self.table is not None:
-            idx, tf = self.table.counts(text.lower())  # type: ignore[attr-defined]
+            idx, tf = self.table.counts(text.lower() if low is None else low)  # type: ignore[attr-defined]
             return np.frombuffer(idx, dtype=np.int64), np.frombuffer(tf, dtype=np.int64)
         return np.unique(self.columns(text), return_counts=True)
 
@@ -335,7 +338,9 @@ class TextFeaturizer:
         """One prompt → features. The decision-time path: the C featuriser for ASCII text when built
         (``use_native=False``: the Python reference, which gives the same features), then tiny numpy ops."""
         text = _clip(normalize_prompt(prompt))
-        idx, tf = self._index().counts(text, use_native)
+        native = use_native and fastfeat is not None
+        low = text.lower() if native else None  # shared by the C term counts and structure features
+        idx, tf = self._index().counts(text, use_native, low)
         if len(idx):
             val = (1.0 + np.log(tf)) * self.idf[idx]
             norm = math.sqrt(float(val @ val))
@@ -343,9 +348,7 @@ class TextFeaturizer:
                 val /= norm
         else:
             idx, val = self._empty_idx, np.zeros(0)
-        raw = None
-        if use_native and fastfeat is not None:  # non-ASCII text needs Python's lower-casing
-            raw = fastfeat.dense_features(text) if text.isascii() else fastfeat.dense_features(text, text.lower())
+        raw = fastfeat.dense_features(text, low) if native else None  # type: ignore[union-attr]
         if raw is None:  # no extension, or a text it leaves to the reference
             raw = dense_features(text)
         dense = (np.asarray(raw) - self.dense_mean) / self.dense_scale
