@@ -13,7 +13,8 @@ setup(
             "router._fastfeat",
             sources=["router/_fastfeat.c"],
             depends=["router/_ff_dense.c"],
-            extra_compile_args=["-O2"],
+            # no fused multiply-adds: every float result must equal numpy's, bit for bit
+            extra_compile_args=["-O2", "-ffp-contract=off"],
             optional=True,
         )
     ]

@@ -254,3 +254,33 @@ def test_an_operator_can_switch_the_extension_off() -> None:
     code = "import router.native as n, router.features as f; print(n.fastfeat is None, f.fastfeat is None)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True"]
+
+
+@needs_extension
+def test_group_prior_word_rows_are_the_same_in_c(generated_featurizer: TextFeaturizer) -> None:
+    from router.group_prior import GroupPrior
+
+    block = generated_featurizer.char
+    assert block is not None
+    rng = np.random.default_rng(4)
+    coef = rng.normal(size=(len(block.idf), 9)).astype(np.float32)
+    prior = GroupPrior([f"g{i}" for i in range(9)], np.zeros((1, 9), np.float32), coef, np.zeros(9),
+                       np.ones((9, 2)), char=block)  # fmt: skip
+    words = sorted(
+        {
+            w
+            for t in ("".join(rng.choice(list(ALPHABET), 40)) for _ in range(300))
+            for w in _WORD.findall(t.lower())
+        }
+    )
+    vecs = [v for v in map(block.word_vector, words) if len(v[0])]
+    assert len(vecs) > 100
+    for k in range(0, len(vecs), 7):  # batches of 1..7 words
+        part = vecs[k : k + 1 + k % 7]
+        assert np.array_equal(prior._word_logits(part), prior._word_logits(part, use_native=False))
+    with pytest.raises(ValueError, match="without n-grams"):
+        fastfeat.word_logits([(np.zeros(0, np.int64), np.zeros(0))], coef)
+    with pytest.raises(ValueError, match="outside coef"):
+        fastfeat.word_logits([(np.array([len(coef)]), np.ones(1))], coef)
+    with pytest.raises(TypeError):
+        fastfeat.word_logits([(np.array([1]), np.ones(1))], coef.astype(np.float64))
