@@ -491,13 +491,17 @@ static PyObject *NgramTable_vector(NgramTable *self, PyObject *word) {
             if (id >= 0) ids[n_ids++] = id;
         }
     }
+    /* Any id twice? Sorted copy, adjacent pairs: O(m log m) even for an 800-character word. */
     int repeats = 0;
-    for (Py_ssize_t a = 0; a < n_ids && !repeats; a++)
-        for (Py_ssize_t b = a + 1; b < n_ids; b++)
-            if (ids[a] == ids[b]) {
-                repeats = 1;
-                break;
-            }
+    int64_t *sorted = PyMem_Malloc((n_ids + 1) * sizeof(int64_t));
+    if (!sorted) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(sorted, ids, n_ids * sizeof(int64_t));
+    qsort(sorted, n_ids, sizeof(int64_t), sort_cmp_i64);
+    for (Py_ssize_t k = 1; k < n_ids && !repeats; k++) repeats = sorted[k] == sorted[k - 1];
+    PyMem_Free(sorted);
     if (!repeats) {
         idx = PyBytes_FromStringAndSize((const char *)ids, n_ids * 8);
         if (idx) result = PyTuple_Pack(2, idx, Py_None);
