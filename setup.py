@@ -12,7 +12,7 @@ setup(
         Extension(
             "router._fastfeat",
             sources=["router/_fastfeat.c"],
-            depends=["router/_ff_dense.c"],
+            depends=[f"router/_ff_{part}.c" for part in ("common", "terms", "chars", "trees", "dense")],
             # no fused multiply-adds: every float result must equal numpy's, bit for bit
             extra_compile_args=["-O2", "-ffp-contract=off"],
             optional=True,
