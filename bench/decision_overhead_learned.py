@@ -8,8 +8,8 @@ LinUCB over the classifier context.
 ``decide`` is the whole routing decision as the gateway makes it: ``router.decide`` with the 10-rule,
 8-deployment policy of bench/decision_overhead.py and its classifier selector fed by the real
 classifier (``ClassifierScorer``, the classifier's models aliased onto the deployments' models);
-``total_rules_classifier_thompson`` adds a Thompson choice with Monte-Carlo propensities: rules +
-classifier + bandit, acceptance 6 of issue 3. Each prompt goes through ``decide`` first, then through
+``total_rules_classifier_thompson`` adds the gateway's Thompson plugin's choice (Monte-Carlo
+propensities): rules + classifier + bandit, acceptance 6 of issue 3. Each prompt goes through ``decide`` first, then through
 the separately timed stages; so in the stage figures a prompt's unseen words are already memoised,
 while ``decide`` pays for them as a gateway would.
 
@@ -45,7 +45,7 @@ from policies.loader import parse_policy  # noqa: E402
 from router import Plugins, decide  # noqa: E402
 from router.bandits import BanditState, LinUCB, LinUCBState, ThompsonSampling, classifier_context  # noqa: E402
 from router.classifier import best_tradeoff  # noqa: E402
-from router.plugins import ClassifierScorer  # noqa: E402
+from router.plugins import ClassifierScorer, ThompsonBandit  # noqa: E402
 
 # the bench policy's models that the classifier's models stand for (strongest first)
 BENCH_MODELS = ["gpt-4o", "claude-3-5-sonnet", "mistral-large", "llama-3-70b", "claude-3-5-haiku", "gpt-4o-mini"]
@@ -106,6 +106,8 @@ def measure(clf, prompts: list[str], n: int, seed: int, warm: list[str] | None =
         rules_bench.POLICY.replace("selector: {type: cheapest}", "selector: {type: classifier, threshold: 0.6}")
     )
     plugins = Plugins(scorers={"default": ClassifierScorer(clf, _aliases(clf))})
+    # the gateway's Thompson plugin over the same posteriors (its own numpy generator derived per call)
+    thompson = ThompsonBandit(algo=ts, state=BanditState.from_dict(ts_state.to_dict()))
     py_rng = random.Random(seed)
     requests = rules_bench.random_inputs(py_rng, n, deps)
     order = rng.integers(0, len(prompts), n)
@@ -121,7 +123,7 @@ def measure(clf, prompts: list[str], n: int, seed: int, warm: list[str] | None =
         t = pc()
         d = decide(req, policy, deps, sig, py_rng, now, plugins=plugins)
         t_rules = pc()
-        ts.choose(ts_state, rng, clf.cost_model.as_dict(len(p)) if clf.cost_model else None)
+        thompson.choose(arms, {"costs": clf.cost_model.as_dict(len(p)) if clf.cost_model else None}, py_rng)
         t_bandit = pc()
         assert d.error is not None or d.trace, "decide() returned no trace"
         stages["decide"].append(t_rules - t)
