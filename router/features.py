@@ -335,8 +335,8 @@ class TextFeaturizer:
         return len(self.dense_names)
 
     def featurize(self, prompt: str, use_native: bool = True) -> PromptFeatures:
-        """One prompt → features. The decision-time path: the C featuriser for ASCII text when built
-        (``use_native=False``: the Python reference, which gives the same features), then tiny numpy ops."""
+        """One prompt → features. The decision-time path: the C featuriser when built (``use_native=False``:
+        the Python reference, which gives the same features), then a few small numpy operations."""
         text = _clip(normalize_prompt(prompt))
         native = use_native and fastfeat is not None
         low = text.lower() if native else None  # shared by the C term counts and structure features

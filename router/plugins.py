@@ -127,6 +127,8 @@ class LinUCBBandit:
     exact (ε-mixed greedy), for off-policy evaluation.
     """
 
+    per_arm = False  # whether each arm has its own context vector (see ScoredLinUCBBandit)
+
     def __init__(self, algo: LinUCB | None = None) -> None:
         self.algo = algo or LinUCB(alpha=0.5, epsilon=0.05)
         self.dim = len(request_context_vector({}))
@@ -146,8 +148,8 @@ class LinUCBBandit:
         s = self.state
         sub = LinUCBState(arms=list(arms), dim=self.dim, a_inv={a: s.a_inv[a] for a in arms},
                           b={a: s.b[a] for a in arms}, n={a: s.n[a] for a in arms})
-        choice = self.algo.choose(sub, request_context_vector(context), self._np_rng(rng),
-                                  costs=context.get("costs"))
+        x = {a: self._vector(context, a) for a in arms} if self.per_arm else self._vector(context, arms[0])
+        choice = self.algo.choose(sub, x, self._np_rng(rng), costs=context.get("costs"))
         return choice.arm, float(choice.propensity)
 
     def _vector(self, context: Mapping[str, Any], arm: str) -> np.ndarray:
@@ -215,20 +217,12 @@ class ScoredLinUCBBandit(LinUCBBandit):
     feedback handled by any process updates with the same vector the decision used.
     """
 
+    per_arm = True
+
     def __init__(self, algo: LinUCB | None = None) -> None:
         super().__init__(algo)
         self.dim = len(scored_context_vector({}, ""))
         self.state = LinUCBState.new([], self.dim)
-
-    def choose(self, arms: Sequence[str], context: Mapping[str, Any], rng: random.Random) -> tuple[str, float]:
-        for a in arms:
-            self._ensure(a)
-        s = self.state
-        sub = LinUCBState(arms=list(arms), dim=self.dim, a_inv={a: s.a_inv[a] for a in arms},
-                          b={a: s.b[a] for a in arms}, n={a: s.n[a] for a in arms})
-        xs = {a: scored_context_vector(context, a) for a in arms}
-        choice = self.algo.choose(sub, xs, self._np_rng(rng), costs=context.get("costs"))
-        return choice.arm, float(choice.propensity)
 
     def _vector(self, context: Mapping[str, Any], arm: str) -> np.ndarray:
         return scored_context_vector(context, arm)
