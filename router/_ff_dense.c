@@ -25,8 +25,10 @@
  *    of a non-ASCII character (a space, a word character, anything else), and then takes the ASCII path;
  *    see ffd_narrow for why no scan can tell the difference;
  *  - floats are computed with the same libm calls in the same order as CPython: int / int is
- *    (double)a / (double)b for the small ints here, sum() of floats adds left to right, float ** 2 is
- *    libm pow (which is not always x * x), float(str) is PyOS_string_to_double.
+ *    (double)a / (double)b for the small ints here, the squared deviations of the option lengths are
+ *    added left to right (an explicit loop in the reference: sum() compensates since Python 3.12, which
+ *    made the two differ in the last bit there), float ** 2 is libm pow (which is not always x * x),
+ *    float(str) is PyOS_string_to_double.
  *
  * This file has no module definition: router/_fastfeat.c #includes it. Every helper is static and
  * prefixed ffd_/FFD_ so as not to clash with the includer's names; its macros are #undef'd at the end.

@@ -166,7 +166,10 @@ def dense_features(text: str) -> list[float]:
     n_opt = len(opt_lines)
     opt_lens = [len(ln) for ln in opt_lines] or [0]
     mean_opt = sum(opt_lens) / len(opt_lens)
-    var_opt = sum((x - mean_opt) ** 2 for x in opt_lens) / len(opt_lens)
+    sq_dev = 0.0  # added left to right, as sum() did before Python 3.12 (3.12 compensates; C does not)
+    for x in opt_lens:
+        sq_dev += (x - mean_opt) ** 2
+    var_opt = sq_dev / len(opt_lens)
     first_opt = _OPTION.search(text)
     stem = text[: first_opt.start()] if first_opt else text
     low = text.lower()
