@@ -53,9 +53,10 @@ static PyObject *NgramTable_vector(NgramTable *self, PyObject *word) {
     unsigned char *bytes = PyMem_Malloc(4 * n);
     Py_ssize_t *off = PyMem_Malloc((n + 1) * sizeof(Py_ssize_t)); /* code point -> byte offset */
     Py_ssize_t max_ids = (Py_ssize_t)(self->n_max - self->n_min + 1) * n + 1;
-    int64_t *ids = PyMem_Malloc(max_ids * sizeof(int64_t));
-    PyObject *idx = NULL, *cnt = NULL, *result = NULL;
-    if (!bytes || !off || !ids) {
+    uint32_t *ids = PyMem_Malloc(max_ids * sizeof(uint32_t));
+    uint32_t *sorted = PyMem_Malloc(2 * max_ids * sizeof(uint32_t)); /* a sorted copy, and radix scratch */
+    PyObject *idx = NULL, *result = NULL;
+    if (!bytes || !off || !ids || !sorted) {
         PyErr_NoMemory();
         goto done;
     }
@@ -72,48 +73,30 @@ static PyObject *NgramTable_vector(NgramTable *self, PyObject *word) {
             const unsigned char *s = bytes + off[i];
             Py_ssize_t len = off[i + g] - off[i];
             int32_t id = strtable_find(&self->ngrams, s, len, hash_bytes(s, len));
-            if (id >= 0) ids[n_ids++] = id;
+            if (id >= 0) ids[n_ids++] = (uint32_t)id;
         }
     }
-    /* Any id twice? Sorted copy, adjacent pairs: O(m log m) even for an 800-character word. */
+    /* Any id twice? A sorted copy, adjacent pairs: O(m) even for an 800-character word; when there are
+     * repeats, the same copy gives the distinct ids and their counts. */
+    memcpy(sorted, ids, n_ids * sizeof(uint32_t));
+    radix_sort_u32(sorted, sorted + max_ids, n_ids);
     int repeats = 0;
-    int64_t *sorted = PyMem_Malloc((n_ids + 1) * sizeof(int64_t));
-    if (!sorted) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    memcpy(sorted, ids, n_ids * sizeof(int64_t));
-    qsort(sorted, n_ids, sizeof(int64_t), sort_cmp_i64);
     for (Py_ssize_t k = 1; k < n_ids && !repeats; k++) repeats = sorted[k] == sorted[k - 1];
-    PyMem_Free(sorted);
-    if (!repeats) {
-        idx = PyBytes_FromStringAndSize((const char *)ids, n_ids * 8);
-        if (idx) result = PyTuple_Pack(2, idx, Py_None);
+    if (repeats) {
+        result = distinct_counts(sorted, n_ids);
         goto done;
     }
-    qsort(ids, n_ids, sizeof(int64_t), sort_cmp_i64);
-    Py_ssize_t n_uniq = 0;
-    for (Py_ssize_t k = 0; k < n_ids; k++)
-        if (k == 0 || ids[k] != ids[k - 1]) n_uniq++;
-    idx = PyBytes_FromStringAndSize(NULL, n_uniq * 8);
-    cnt = PyBytes_FromStringAndSize(NULL, n_uniq * 8);
-    if (!idx || !cnt) goto done;
-    int64_t *out_idx = (int64_t *)PyBytes_AS_STRING(idx), *out_cnt = (int64_t *)PyBytes_AS_STRING(cnt);
-    Py_ssize_t u = -1;
-    for (Py_ssize_t k = 0; k < n_ids; k++) {
-        if (k == 0 || ids[k] != ids[k - 1]) {
-            out_idx[++u] = ids[k];
-            out_cnt[u] = 0;
-        }
-        out_cnt[u]++;
-    }
-    result = PyTuple_Pack(2, idx, cnt);
+    idx = PyBytes_FromStringAndSize(NULL, n_ids * 8);
+    if (!idx) goto done;
+    int64_t *out = (int64_t *)PyBytes_AS_STRING(idx);
+    for (Py_ssize_t k = 0; k < n_ids; k++) out[k] = ids[k];
+    result = PyTuple_Pack(2, idx, Py_None);
 done:
     Py_XDECREF(idx);
-    Py_XDECREF(cnt);
     PyMem_Free(bytes);
     PyMem_Free(off);
     PyMem_Free(ids);
+    PyMem_Free(sorted);
     return result;
 }
 

@@ -123,7 +123,7 @@ static PyObject *TermTable_counts(TermTable *self, PyObject *low) {
     int64_t *id = PyMem_Malloc((n + 1) * sizeof(int64_t));
     uint32_t *cols = PyMem_Malloc((2 * n + 1) * sizeof(uint32_t));
     uint32_t *tmp = PyMem_Malloc((2 * n + 1) * sizeof(uint32_t));
-    PyObject *idx = NULL, *cnt = NULL, *result = NULL;
+    PyObject *result = NULL;
     if (!bytes || !start || !hash || !id || !cols || !tmp) {
         PyErr_NoMemory();
         goto done;
@@ -166,25 +166,8 @@ static PyObject *TermTable_counts(TermTable *self, PyObject *low) {
         }
     }
     radix_sort_u32(cols, tmp, n_cols);
-    Py_ssize_t n_uniq = 0;
-    for (Py_ssize_t k = 0; k < n_cols; k++)
-        if (k == 0 || cols[k] != cols[k - 1]) n_uniq++;
-    idx = PyBytes_FromStringAndSize(NULL, n_uniq * 8);
-    cnt = PyBytes_FromStringAndSize(NULL, n_uniq * 8);
-    if (!idx || !cnt) goto done;
-    int64_t *out_idx = (int64_t *)PyBytes_AS_STRING(idx), *out_cnt = (int64_t *)PyBytes_AS_STRING(cnt);
-    Py_ssize_t u = -1;
-    for (Py_ssize_t k = 0; k < n_cols; k++) {
-        if (k == 0 || cols[k] != cols[k - 1]) {
-            out_idx[++u] = cols[k];
-            out_cnt[u] = 0;
-        }
-        out_cnt[u]++;
-    }
-    result = PyTuple_Pack(2, idx, cnt);
+    result = distinct_counts(cols, n_cols);
 done:
-    Py_XDECREF(idx);
-    Py_XDECREF(cnt);
     PyMem_Free(bytes);
     PyMem_Free(start);
     PyMem_Free(hash);

@@ -151,21 +151,33 @@ def select_least_busy(spec: LeastBusySelector, inp: SelectorInput) -> Selection:
     return Selection(_sort_by(inp.pool, keys), 1.0, "least_busy")
 
 
-def select_classifier(spec: ClassifierSelector, inp: SelectorInput) -> Selection:
-    scorer = inp.plugins.scorers.get(spec.scorer)
+def _predict(name: str, inp: SelectorInput) -> tuple[Mapping[str, float] | None, str]:
+    """The scorer ``name``'s P(ok) per deployment or model name for this request, or (None, why not):
+    no such scorer, or it failed. A broken model must degrade routing, never fail the request."""
+    scorer = inp.plugins.scorers.get(name)
     if scorer is None:
-        return _fallback(spec.fallback, inp, f"classifier: no scorer {spec.scorer!r}")
+        return None, f"classifier: no scorer {name!r}"
     try:
-        raw = scorer.predict(inp.request.prompt_text, inp.request.metadata)
-    except Exception as exc:  # a broken model must degrade routing, never fail the request
-        return _fallback(spec.fallback, inp, f"classifier error {type(exc).__name__}")
-    names, deps = inp.cp.names, inp.cp.deps
+        return scorer.predict(inp.request.prompt_text, inp.request.metadata), ""
+    except Exception as exc:
+        return None, f"classifier error {type(exc).__name__}"
+
+
+def _p_ok(raw: Mapping[str, float], inp: SelectorInput, i: int) -> float | None:
+    """Pool member ``i``'s P(ok) in a scorer's answer: by its deployment name, else by its model."""
+    p = raw.get(inp.cp.names[i])
+    return raw.get(inp.cp.deps[i].model) if p is None else p
+
+
+def select_classifier(spec: ClassifierSelector, inp: SelectorInput) -> Selection:
+    raw, why = _predict(spec.scorer, inp)
+    if raw is None:
+        return _fallback(spec.fallback, inp, why)
+    deps = inp.cp.deps
     probs = []
     for i in inp.pool:
-        p = raw.get(names[i])
-        if p is None:
-            p = raw.get(deps[i].model, spec.default_p)
-        probs.append(float(p))
+        p = _p_ok(raw, inp, i)
+        probs.append(float(spec.default_p if p is None else p))
     costs = expected_costs(inp, spec.expected_output_tokens)
     top = max(costs) if costs else 0.0
     util = [p - spec.cost_weight * (c / top if top > 0 else 0.0) for p, c in zip(probs, costs, strict=True)]
@@ -213,19 +225,12 @@ def select_bandit(spec: BanditSelector, inp: SelectorInput) -> Selection:
 def _arm_scores(name: str, inp: SelectorInput, arm_of: Any) -> dict[str, float] | None:
     """P(ok) per arm from the scorer ``name`` (an arm's deployment name first, then its model), or None
     when there is no such scorer or it fails: the bandit then decides without them."""
-    scorer = inp.plugins.scorers.get(name)
-    if scorer is None:
+    raw, _ = _predict(name, inp)
+    if raw is None:
         return None
-    try:
-        raw = scorer.predict(inp.request.prompt_text, inp.request.metadata)
-    except Exception:  # a broken model must degrade routing, never fail the request
-        return None
-    names, deps = inp.cp.names, inp.cp.deps
     out: dict[str, float] = {}
     for i in inp.pool:
-        p = raw.get(names[i])
-        if p is None:
-            p = raw.get(deps[i].model)
+        p = _p_ok(raw, inp, i)
         if p is not None:
             out.setdefault(arm_of(i), round(float(p), 6))
     return out
