@@ -127,8 +127,6 @@ class LinUCBBandit:
     exact (ε-mixed greedy), for off-policy evaluation.
     """
 
-    per_arm = False  # whether each arm has its own context vector (see ScoredLinUCBBandit)
-
     def __init__(self, algo: LinUCB | None = None) -> None:
         self.algo = algo or LinUCB(alpha=0.5, epsilon=0.05)
         self.dim = len(request_context_vector({}))
@@ -148,12 +146,15 @@ class LinUCBBandit:
         s = self.state
         sub = LinUCBState(arms=list(arms), dim=self.dim, a_inv={a: s.a_inv[a] for a in arms},
                           b={a: s.b[a] for a in arms}, n={a: s.n[a] for a in arms})
-        x = {a: self._vector(context, a) for a in arms} if self.per_arm else self._vector(context, arms[0])
-        choice = self.algo.choose(sub, x, self._np_rng(rng), costs=context.get("costs"))
+        choice = self.algo.choose(sub, self._contexts(context, arms), self._np_rng(rng), costs=context.get("costs"))
         return choice.arm, float(choice.propensity)
 
+    def _contexts(self, context: Mapping[str, Any], arms: Sequence[str]) -> np.ndarray | dict[str, np.ndarray]:
+        """What ``choose`` scores the arms with: one context for every arm here."""
+        return request_context_vector(context)
+
     def _vector(self, context: Mapping[str, Any], arm: str) -> np.ndarray:
-        """The context ``arm`` is scored and updated with (the same for every arm here)."""
+        """The context ``arm`` is updated with (the one ``_contexts`` scored it with)."""
         return request_context_vector(context)
 
     def update(self, arm: str, reward: float, context: Mapping[str, Any], propensity: float) -> None:
@@ -197,13 +198,17 @@ class LinUCBBandit:
             s.n[arm] = int(round(tot.get("n", 0.0)))
 
 
-def scored_context_vector(context: Mapping[str, Any], arm: str) -> np.ndarray:
+def scored_context_vector(
+    context: Mapping[str, Any], arm: str, shape: np.ndarray | None = None
+) -> np.ndarray:
     """One arm's context for :class:`ScoredLinUCBBandit`: the request's shape
-    (:func:`request_context_vector`), the classifier's P(ok) for this arm and whether it gave one
-    (0.5 and 0 when the policy's scorer was missing or silent about the arm)."""
+    (:func:`request_context_vector`, or ``shape`` when the caller has it already), the classifier's
+    P(ok) for this arm and whether it gave one (0.5 and 0 when the policy's scorer was missing or
+    silent about the arm)."""
     p = (context.get("scores") or {}).get(arm)
     scored = p is not None
-    return np.concatenate([request_context_vector(context), [float(p) if scored else 0.5, float(scored)]])
+    base = request_context_vector(context) if shape is None else shape
+    return np.concatenate([base, [float(p) if scored else 0.5, float(scored)]])
 
 
 class ScoredLinUCBBandit(LinUCBBandit):
@@ -217,12 +222,14 @@ class ScoredLinUCBBandit(LinUCBBandit):
     feedback handled by any process updates with the same vector the decision used.
     """
 
-    per_arm = True
-
     def __init__(self, algo: LinUCB | None = None) -> None:
         super().__init__(algo)
         self.dim = len(scored_context_vector({}, ""))
         self.state = LinUCBState.new([], self.dim)
+
+    def _contexts(self, context: Mapping[str, Any], arms: Sequence[str]) -> dict[str, np.ndarray]:
+        shape = request_context_vector(context)  # once, shared by every arm's vector
+        return {a: scored_context_vector(context, a, shape) for a in arms}
 
     def _vector(self, context: Mapping[str, Any], arm: str) -> np.ndarray:
         return scored_context_vector(context, arm)
