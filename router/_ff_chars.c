@@ -211,7 +211,7 @@ static PyObject *word_logits(PyObject *Py_UNUSED(module), PyObject *args) {
     Py_buffer coef;
     if (PyObject_GetBuffer(coef_obj, &coef, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_ND) < 0) return NULL;
     PyObject *out = NULL;
-    if (coef.ndim != 2 || coef.itemsize != 4 || !coef.format || strcmp(coef.format, "f")) {
+    if (coef.ndim != 2 || !buffer_holds(&coef, 'f')) {
         PyErr_SetString(PyExc_TypeError, "coef must be a C-contiguous 2-D float32 array");
         goto done;
     }
@@ -239,7 +239,7 @@ static PyObject *word_logits(PyObject *Py_UNUSED(module), PyObject *args) {
         }
         const char *why = NULL;
         Py_ssize_t m = idx.len / 8;
-        if (val.itemsize != 8 || !val.format || strcmp(val.format, "d") || val.len / 8 != m)
+        if (!buffer_holds(&val, 'd') || val.len / 8 != m)
             why = "values must be float64, one per index";
         else if (m == 0)
             why = "a word without n-grams has no logits";

@@ -189,9 +189,18 @@ static int strtable_init(StrTable *t, PyObject *list) {
     return 0;
 }
 
+/* Whether a buffer (asked for with PyBUF_FORMAT) holds items of ``type``: 'q' int64 (numpy reports
+ * "q" or "l"), 'd' float64 or 'f' float32. */
+static int buffer_holds(const Py_buffer *view, char type) {
+    const char *f = view->format;
+    if (!f || view->itemsize != (type == 'f' ? 4 : 8)) return 0;
+    if (type == 'q') return strcmp(f, "q") == 0 || strcmp(f, "l") == 0;
+    return f[0] == type && f[1] == '\0';
+}
+
 static int read_i64(PyObject *obj, const char *what, Py_buffer *view) {
     if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
-    if (view->itemsize != 8 || (view->format && strcmp(view->format, "q") && strcmp(view->format, "l"))) {
+    if (!buffer_holds(view, 'q')) {
         PyErr_Format(PyExc_TypeError, "%s must be a contiguous int64 buffer", what);
         PyBuffer_Release(view);
         return -1;

@@ -22,16 +22,14 @@ static void TreeWalker_dealloc(TreeWalker *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* A copy of a contiguous buffer of ``itemsize``-byte items with format ``fmt`` ("q" or "d"), and its
- * length; NULL with an exception set on a wrong buffer. */
-static void *copy_buffer(PyObject *obj, const char *fmt, const char *what, Py_ssize_t *n) {
+/* A copy of a contiguous int64 ('q') or float64 ('d') buffer, and its length; NULL with an exception set
+ * on a wrong buffer. */
+static void *copy_buffer(PyObject *obj, char type, const char *what, Py_ssize_t *n) {
     Py_buffer view;
     if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
-    int ok = view.itemsize == 8 && view.format &&
-             (strcmp(view.format, fmt) == 0 || (fmt[0] == 'q' && strcmp(view.format, "l") == 0));
     void *out = NULL;
-    if (!ok)
-        PyErr_Format(PyExc_TypeError, "%s must be a contiguous %s buffer", what, fmt[0] == 'q' ? "int64" : "float64");
+    if (!buffer_holds(&view, type))
+        PyErr_Format(PyExc_TypeError, "%s must be a contiguous %s buffer", what, type == 'q' ? "int64" : "float64");
     else if (!(out = PyMem_Malloc(view.len + 8)))
         PyErr_NoMemory();
     else {
@@ -60,11 +58,11 @@ static int TreeWalker_init(TreeWalker *self, PyObject *args, PyObject *kwds) {
     }
     Py_ssize_t n_feat, n_thr, n_leaf, n_owner, n_base;
     self->depth = depth;
-    if (!(self->feature = copy_buffer(feature, "q", "feature", &n_feat)) ||
-        !(self->threshold = copy_buffer(threshold, "d", "threshold", &n_thr)) ||
-        !(self->leaf_value = copy_buffer(leaf_value, "d", "leaf_value", &n_leaf)) ||
-        !(self->owner = copy_buffer(owner, "q", "owner", &n_owner)) ||
-        !(self->baselines = copy_buffer(baselines, "d", "baselines", &n_base)))
+    if (!(self->feature = copy_buffer(feature, 'q', "feature", &n_feat)) ||
+        !(self->threshold = copy_buffer(threshold, 'd', "threshold", &n_thr)) ||
+        !(self->leaf_value = copy_buffer(leaf_value, 'd', "leaf_value", &n_leaf)) ||
+        !(self->owner = copy_buffer(owner, 'q', "owner", &n_owner)) ||
+        !(self->baselines = copy_buffer(baselines, 'd', "baselines", &n_base)))
         return -1;
     Py_ssize_t n_int = ((Py_ssize_t)1 << depth) - 1;
     self->n_trees = n_owner;
@@ -99,7 +97,7 @@ static PyObject *TreeWalker_raw(TreeWalker *self, PyObject *x_obj) {
     }
     Py_buffer x;
     if (PyObject_GetBuffer(x_obj, &x, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
-    if (x.itemsize != 8 || !x.format || strcmp(x.format, "d") || x.len / 8 <= self->max_feature) {
+    if (!buffer_holds(&x, 'd') || x.len / 8 <= self->max_feature) {
         PyBuffer_Release(&x);
         PyErr_SetString(PyExc_ValueError, "x must be a contiguous float64 vector covering every split feature");
         return NULL;
