@@ -44,6 +44,7 @@ from policies.db_store import DbPolicyStore
 from policies.registry import PolicyRegistry
 from requestlog.retention import cutoff, prune
 from requestlog.sink import LogSink
+from requestlog.spend import LoggedSpend
 from router.breaker import BreakerConfig
 from router.budget import BudgetLimit
 from router.plugins import LinUCBBandit, ScoredLinUCBBandit, ThompsonBandit
@@ -51,6 +52,7 @@ from router.protocols import Plugins
 from router.signals import LocalLoad
 from state.bandits import BanditStore, DbBanditStore, InProcessBanditStore, RedisBanditStore
 from state.breakers import BreakerStore, InProcessBreakerStore, RedisBreakerStore
+from state.budget_reconcile import SpendReconciler
 from state.budgets import BudgetStore, InProcessBudgetStore, RedisBudgetStore
 from state.policy_events import RedisPolicyEvents
 from state.ratelimits import InProcessRateLimitStore, RateLimitStore, RedisRateLimitStore
@@ -70,6 +72,8 @@ def build_state(settings: Settings, engine: AsyncEngine) -> tuple[BreakerStore, 
     cfg = BreakerConfig(window_s=b.window_s, min_requests=b.min_requests, error_rate=b.error_rate,
                         consecutive_failures=b.consecutive_failures, latency_ms=b.latency_ms,
                         cooldown_s=b.cooldown_s, half_open_probes=b.half_open_probes)
+    # Budget accounts open from, and catch up with, the costs in the request log (state/budget_reconcile.py).
+    spend = SpendReconciler(LoggedSpend(engine))
     where = settings.router.bandit_store
     bandits: BanditStore = DbBanditStore(engine) if where == "database" else InProcessBanditStore()
     if settings.redis_url:
@@ -78,9 +82,9 @@ def build_state(settings: Settings, engine: AsyncEngine) -> tuple[BreakerStore, 
         p = settings.redis_prefix
         if where == "redis":
             bandits = RedisBanditStore(client, prefix=p)
-        return (RedisBreakerStore(client, prefix=p, config=cfg), RedisBudgetStore(client, prefix=p),
+        return (RedisBreakerStore(client, prefix=p, config=cfg), RedisBudgetStore(client, prefix=p, reconciler=spend),
                 RedisRateLimitStore(client, prefix=p), bandits, client)
-    return InProcessBreakerStore(cfg), InProcessBudgetStore(), InProcessRateLimitStore(), bandits, None
+    return InProcessBreakerStore(cfg), InProcessBudgetStore(reconciler=spend), InProcessRateLimitStore(), bandits, None
 
 
 async def _every(interval_s: float, stop: asyncio.Event, *jobs: tuple[str, Callable[[], Awaitable[Any]]]) -> None:
@@ -212,6 +216,8 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
             settings.policy_reload_s, stop, ("bandit sync", router.sync_bandits),
             ("budget sync", functools.partial(_sync_admin_budgets, router, services.extras["scope_budgets"])),
             ("artifact sync", artifacts.sync))))
+        tasks.append(asyncio.create_task(_every(
+            settings.budget_reconcile_s, stop, ("budget reconcile", router.budgets.reconcile))))
         tasks.append(asyncio.create_task(services.extras["remote_load"].run(settings.policy_reload_s, stop)))
         if settings.log.retention_days is not None:
             tasks.append(asyncio.create_task(_every(

@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     policy_reload_s: float = Field(
         default=1.0, gt=0,
         description="how often the policy store is polled for changes (half as often while Redis pub/sub pushes them)")
+    budget_reconcile_s: float = Field(
+        default=15.0, gt=0,
+        description="how often budget accounts in use are caught up with the spend in the request log "
+                    "(what other processes, or this one during a Redis outage, spent)")
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     router: RouterSettings = Field(default_factory=RouterSettings)
     budgets: list[BudgetSettings] = Field(default_factory=list, description="user and team budgets")

@@ -72,8 +72,37 @@ def period_end(period: Period, now: datetime) -> datetime | None:
     return None
 
 
+def period_start(period: Period, now: datetime) -> datetime | None:
+    """When the current period began (UTC); None for ``total`` (since the beginning). The window
+    the request log is summed over to open an account (`Ledger.reconcile`)."""
+    t = now.astimezone(UTC) if now.tzinfo is not None else now.replace(tzinfo=UTC)
+    day = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return day
+    if period == "week":
+        return day - timedelta(days=day.weekday())
+    if period == "month":
+        return day.replace(day=1)
+    return None
+
+
 def account_key(limit: BudgetLimit, now: datetime) -> str:
     return f"{limit.scope}:{limit.period}:{period_key(limit.period, now)}"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountPeriod:
+    """One budget account and the window of the request log it covers (``since`` None: all of it)."""
+
+    key: str
+    scope: str
+    since: datetime | None
+    until: datetime | None  # when the period ends (None: never); stores expire the account after it
+
+
+def account_period(limit: BudgetLimit, now: datetime) -> AccountPeriod:
+    return AccountPeriod(account_key(limit, now), limit.scope, period_start(limit.period, now),
+                         period_end(limit.period, now))
 
 
 def prices(dep: DeploymentConfig, overrides: dict[str, tuple[float, float]] | None = None) -> tuple[float, float]:
@@ -185,6 +214,17 @@ class Ledger:
             if hold is not None:
                 a.reserved -= hold[0]
             a.spent += actual
+
+    def reconcile(self, key: str, logged: int) -> None:
+        """Raise the account's spend to what the request log recorded for its period, never lower it.
+
+        Why a maximum: the log is the durable record (it survives restarts of the gateway and of
+        Redis, and holds what other processes spent), while the ledger may hold charges whose log
+        rows are still on their way. Taking the larger of the two counts each cost once whichever
+        side saw it first, and can be repeated at any time.
+        """
+        a = self._acct(key)
+        a.spent = max(a.spent, logged)
 
     def release(self, keys: list[str], rid: str) -> None:
         for key in keys:

@@ -7,7 +7,10 @@ one script: all-or-nothing, and no interleaving between the check and the charge
 exactly where concurrent requests would overspend).
 
 Redis down → the in-process ledger answers (degrade, never error). During an outage each process
-only sees its own spending, so hard limits are per-process until Redis returns.
+counts its own spending on top of what the request log says was spent; with a `SpendReconciler`
+both stores open every account from the log and catch up with it periodically
+(`state/budget_reconcile.py`), so restarts of the gateway or of Redis, and Redis outages, forget no
+logged spend.
 """
 
 from __future__ import annotations
@@ -21,16 +24,19 @@ from typing import Protocol
 import redis.asyncio as aioredis
 
 from router.budget import (
+    AccountPeriod,
     BudgetExceeded,
     BudgetLimit,
     Ledger,
     Reservation,
     account_key,
+    account_period,
     period_end,
     to_nano,
     to_usd,
 )
 from router.signals import BudgetSnapshot
+from state.budget_reconcile import SpendReconciler
 from state.redis_util import RedisGuard
 
 
@@ -57,6 +63,11 @@ class BudgetStore(Protocol):
         """Per scope, the tightest of its accounts (for `router.signals.Signals.budgets`)."""
         ...
 
+    async def reconcile(self) -> int:
+        """Catch the accounts used since the last call up with the request log (periodic job);
+        returns how many were read (0 without a reconciler or when the log is unreadable)."""
+        ...
+
 
 def _now_dt(clock: Callable[[], float]) -> tuple[float, datetime]:
     t = clock()
@@ -73,16 +84,58 @@ def _tightest(limits: Sequence[BudgetLimit], rows: list[tuple[int, int]]) -> dic
     return out
 
 
+async def _open(rec: SpendReconciler | None, limits: Sequence[BudgetLimit], dt: datetime) -> dict[str, int]:
+    """Log totals of the request's accounts this process has not opened yet ({} if none or unreadable)."""
+    if rec is None:
+        return {}
+    todo = rec.unopened([account_period(lim, dt) for lim in limits])
+    got = await rec.read(todo) if todo else None
+    if not got:
+        return {}
+    rec.opened(list(got))
+    return got
+
+
+async def _catch_up(rec: SpendReconciler | None) -> tuple[list[AccountPeriod], dict[str, int]]:
+    """The periodic round: the accounts used since the last one and their log totals."""
+    if rec is None:
+        return [], {}
+    accounts = rec.due()
+    got = await rec.read(accounts, periodic=True)
+    if got is None:
+        rec.requeue(accounts)
+        return [], {}
+    rec.opened(list(got))
+    return accounts, got
+
+
 class InProcessBudgetStore:
-    def __init__(self, *, clock: Callable[[], float] = time.time, reservation_ttl_s: float = 900.0) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        reservation_ttl_s: float = 900.0,
+        reconciler: SpendReconciler | None = None,
+    ) -> None:
         self.ledger = Ledger()
         self._clock = clock
         self._ttl = reservation_ttl_s
+        self.reconciler = reconciler
+
+    def apply_logged(self, logged: dict[str, int]) -> None:
+        for key, nano in logged.items():
+            self.ledger.reconcile(key, nano)
+
+    async def reconcile(self) -> int:
+        _, got = await _catch_up(self.reconciler)
+        self.apply_logged(got)
+        return len(got)
 
     async def reserve(
         self, limits: Sequence[BudgetLimit], amount_usd: float, *, reservation_id: str | None = None
     ) -> Reservation:
         now, dt = _now_dt(self._clock)
+        self.apply_logged(await _open(self.reconciler, limits, dt))
         rid = reservation_id or uuid.uuid4().hex
         amount = to_nano(amount_usd, round_up=True)
         keys = [(account_key(lim, dt), to_nano(lim.limit_usd), lim.admission) for lim in limits]
@@ -101,10 +154,12 @@ class InProcessBudgetStore:
 
     async def charge(self, limits: Sequence[BudgetLimit], amount_usd: float) -> None:
         _, dt = _now_dt(self._clock)
+        self.apply_logged(await _open(self.reconciler, limits, dt))
         self.ledger.commit([account_key(lim, dt) for lim in limits], "", to_nano(amount_usd))
 
     async def snapshot(self, limits: Sequence[BudgetLimit]) -> dict[str, BudgetSnapshot]:
         now, dt = _now_dt(self._clock)
+        self.apply_logged(await _open(self.reconciler, limits, dt))
         rows = []
         for lim in limits:
             key = account_key(lim, dt)
@@ -116,7 +171,8 @@ class InProcessBudgetStore:
 
 # KEYS: H1, Z1, H2, Z2, ... (account hash, hold-expiry zset)
 # ARGV: now, amount, rid, expires_at, then per account: limit, admission, key_ttl_s (0: none)
-# Returns {0} when reserved, else {i (1-based account), spent, reserved}.
+# Returns {0, spent_1, ..., spent_n} when reserved ({0} for a retried reserve of a live hold), else
+# {i (1-based account), spent, reserved}.
 # Drop reservation ``rid``'s hold from account (H, Z), if it is still there. Shared by both scripts.
 _DROP_HOLD_LUA = r"""
 local function drop_hold(H, Z, rid)
@@ -141,9 +197,11 @@ for i = 1, n do
   if redis.call('HEXISTS', KEYS[2 * i - 1], 'h:' .. rid) == 0 then held = false end
 end
 if held then return {0} end
+local out = {0}
 for i = 1, n do
   local v = redis.call('HMGET', KEYS[2 * i - 1], 'spent', 'reserved')
   local spent, reserved = tonumber(v[1] or '0'), tonumber(v[2] or '0')
+  out[i + 1] = spent
   local limit, adm = tonumber(ARGV[4 + 3 * i - 2]), ARGV[4 + 3 * i - 1]
   local ok
   if adm == 'lenient' then ok = spent + reserved < limit else ok = spent + reserved + amount <= limit end
@@ -161,19 +219,43 @@ for i = 1, n do
     redis.call('EXPIRE', Z, ttl)
   end
 end
-return {0}
+return out
 """
 
-# KEYS: H1, Z1, ...; ARGV: rid, actual (nano; negative: release only, no charge)
+# KEYS: H1, Z1, ...; ARGV: rid, actual (nano; negative: release only, no charge).
+# Returns each account's spent after the charge.
 SETTLE_LUA = _DROP_HOLD_LUA + r"""
 local rid, actual = ARGV[1], tonumber(ARGV[2])
+local out = {}
 for i = 1, #KEYS / 2 do
   local H, Z = KEYS[2 * i - 1], KEYS[2 * i]
   if rid ~= '' then drop_hold(H, Z, rid) end
-  if actual >= 0 then redis.call('HINCRBY', H, 'spent', ARGV[2]) end
+  if actual >= 0 then
+    out[i] = redis.call('HINCRBY', H, 'spent', ARGV[2])
+  else
+    out[i] = tonumber(redis.call('HGET', H, 'spent') or '0')
+  end
+end
+return out
+"""
+
+
+# KEYS: H1, H2, ...; ARGV: per account logged (nano), key_ttl_s (0: none).
+# spent = max(spent, logged): `router.budget.Ledger.reconcile`, transcribed.
+RECONCILE_LUA = r"""
+for i = 1, #KEYS do
+  local H, logged = KEYS[i], tonumber(ARGV[2 * i - 1])
+  if logged > tonumber(redis.call('HGET', H, 'spent') or '0') then redis.call('HSET', H, 'spent', ARGV[2 * i - 1]) end
+  local ttl = tonumber(ARGV[2 * i])
+  if ttl > 0 and redis.call('TTL', H) < 0 then redis.call('EXPIRE', H, ttl) end
 end
 return 0
 """
+
+
+def _key_ttl(until: datetime | None, dt: datetime) -> int:
+    """Seconds an account's keys live: its period plus two days of grace (0: forever)."""
+    return 0 if until is None else int((until - dt).total_seconds()) + 2 * 86_400
 
 
 class RedisBudgetStore:
@@ -188,6 +270,7 @@ class RedisBudgetStore:
         clock: Callable[[], float] = time.time,
         reservation_ttl_s: float = 900.0,
         retry_after_s: float = 2.0,
+        reconciler: SpendReconciler | None = None,
     ) -> None:
         self._r = client
         self._prefix = prefix
@@ -195,8 +278,41 @@ class RedisBudgetStore:
         self._ttl = reservation_ttl_s
         self._reserve = client.register_script(RESERVE_LUA)
         self._settle = client.register_script(SETTLE_LUA)
+        self._reconcile = client.register_script(RECONCILE_LUA)
         self.fallback = InProcessBudgetStore(clock=clock, reservation_ttl_s=reservation_ttl_s)
         self.guard = RedisGuard("budgets", retry_after_s=retry_after_s)
+        self.reconciler = reconciler
+
+    async def _apply_logged(self, accounts: Sequence[AccountPeriod], logged: dict[str, int]) -> None:
+        """Raise the shared accounts and the fallback ledger to the logged totals. The fallback is
+        always raised, so an outage starts from what was spent, not from zero."""
+        if not logged:
+            return
+        self.fallback.apply_logged(logged)
+        _, dt = _now_dt(self._clock)
+        todo = [a for a in accounts if a.key in logged]
+        args: list[int] = []
+        for a in todo:
+            args += [logged[a.key], _key_ttl(a.until, dt)]
+
+        async def remote() -> None:
+            await self._reconcile(keys=[f"{self._prefix}budget:{a.key}" for a in todo], args=args)
+
+        async def local() -> None:  # already applied to the fallback; the next round retries Redis
+            if self.reconciler is not None:
+                self.reconciler.requeue(todo)
+
+        await self.guard.run(remote, local)
+
+    async def _open_accounts(self, limits: Sequence[BudgetLimit], dt: datetime) -> None:
+        got = await _open(self.reconciler, limits, dt)
+        if got:
+            await self._apply_logged([account_period(lim, dt) for lim in limits], got)
+
+    async def reconcile(self) -> int:
+        accounts, got = await _catch_up(self.reconciler)
+        await self._apply_logged(accounts, got)
+        return len(got)
 
     def _redis_keys(self, accounts: Sequence[str]) -> list[str]:
         keys = []
@@ -208,6 +324,7 @@ class RedisBudgetStore:
         self, limits: Sequence[BudgetLimit], amount_usd: float, *, reservation_id: str | None = None
     ) -> Reservation:
         now, dt = _now_dt(self._clock)
+        await self._open_accounts(limits, dt)
         rid = reservation_id or uuid.uuid4().hex
         amount = to_nano(amount_usd, round_up=True)
         accounts = [account_key(lim, dt) for lim in limits]
@@ -215,22 +332,27 @@ class RedisBudgetStore:
         async def remote() -> Reservation:
             args: list[str | int] = [repr(now), amount, rid, repr(now + self._ttl)]
             for lim in limits:
-                end = period_end(lim.period, dt)
-                key_ttl = 0 if end is None else int((end - dt).total_seconds()) + 2 * 86_400
-                args += [to_nano(lim.limit_usd), lim.admission, key_ttl]
+                args += [to_nano(lim.limit_usd), lim.admission, _key_ttl(period_end(lim.period, dt), dt)]
             res = await self._reserve(keys=self._redis_keys(accounts), args=args)
             if int(res[0]) != 0:
                 lim = limits[int(res[0]) - 1]
                 used = to_usd(int(res[1]) + int(res[2]))
                 raise BudgetExceeded(lim.scope, lim.limit_usd, lim.limit_usd - used, lim.period)
+            self._mirror(accounts, res[1:])
             return Reservation(rid, to_usd(amount), tuple(accounts), now + self._ttl)
 
         return await self.guard.run(
             remote, lambda: self.fallback.reserve(limits, amount_usd, reservation_id=rid)
         )
 
+    def _mirror(self, accounts: Sequence[str], spent: Sequence[int]) -> None:
+        """Keep the fallback ledger at least at the shared spend last seen, so that an outage starts
+        from what was spent, not from zero (`Ledger.reconcile`: never lowers)."""
+        for key, nano in zip(accounts, spent, strict=False):
+            self.fallback.ledger.reconcile(key, int(nano))
+
     async def _settle_remote(self, accounts: Sequence[str], rid: str, actual: int) -> None:
-        await self._settle(keys=self._redis_keys(accounts), args=[rid, actual])
+        self._mirror(accounts, await self._settle(keys=self._redis_keys(accounts), args=[rid, actual]))
 
     async def commit(self, reservation: Reservation, actual_usd: float) -> None:
         await self.guard.run(
@@ -246,6 +368,7 @@ class RedisBudgetStore:
 
     async def charge(self, limits: Sequence[BudgetLimit], amount_usd: float) -> None:
         _, dt = _now_dt(self._clock)
+        await self._open_accounts(limits, dt)
         accounts = [account_key(lim, dt) for lim in limits]
         await self.guard.run(
             lambda: self._settle_remote(accounts, "", to_nano(amount_usd)),
@@ -254,6 +377,7 @@ class RedisBudgetStore:
 
     async def snapshot(self, limits: Sequence[BudgetLimit]) -> dict[str, BudgetSnapshot]:
         _, dt = _now_dt(self._clock)
+        await self._open_accounts(limits, dt)
         accounts = [account_key(lim, dt) for lim in limits]
 
         async def remote() -> dict[str, BudgetSnapshot]:
@@ -261,6 +385,7 @@ class RedisBudgetStore:
                 for a in accounts:
                     pipe.hmget(f"{self._prefix}budget:{a}", "spent", "reserved")
                 rows = await pipe.execute()
+            self._mirror(accounts, [int(s or 0) for s, _ in rows])
             return _tightest(limits, [(int(s or 0), int(r or 0)) for s, r in rows])
 
         return await self.guard.run(remote, lambda: self.fallback.snapshot(limits))

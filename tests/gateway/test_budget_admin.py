@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 
 from backends.fake_provider import FakeProviderThread
 from tests.gateway.harness import running_gateway
@@ -77,3 +78,42 @@ def test_budget_admin_rejects_bad_scopes_and_bodies_in_openai_error_shape(sqlite
             if code:
                 assert err["code"] == code
         assert [b["scope"] for b in httpx.get(admin).json()["data"]] == ["team:cfg"]
+
+
+
+def _team_spent(gw: object, scope: str) -> float:
+    listed = {b["scope"]: b for b in httpx.get(gw.base_url + "/admin/api/budgets").json()["data"]}  # type: ignore[attr-defined]
+    return float(listed[scope]["spent_usd"])
+
+
+def test_a_budget_spent_before_a_restart_stays_spent_and_other_processes_catch_up(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """No Redis: each process counts its own spend and reads the others' from the request log."""
+    with FakeProviderThread() as fp:
+        pricey = dep("a", "m", fp.base_url, pricing={"input_per_mtok": 1e6, "output_per_mtok": 1e6})  # 1 USD/token
+        s = settings(tmp_path, sqlite_url, [pricey], require_keys=True, budget_reconcile_s=0.2,
+                     budgets=[{"scope": "team:ml", "limit_usd": 100, "period": "day"}])
+        with running_gateway(s) as g1:
+            key = httpx.post(g1.base_url + "/admin/api/keys", json={"name": "t", "team": "ml"}).json()["key"]
+            codes = _spend_until_cut(g1, key)
+            assert 200 in codes and codes[-1] == 429
+            before = _team_spent(g1, "team:ml")
+        with running_gateway(s) as g2, running_gateway(s) as g3:
+            assert _spend_until_cut(g2, key, tries=1) == [429]  # a fresh process opens the account from the log
+            assert _team_spent(g2, "team:ml") == pytest.approx(before)
+            # the team gets more room; g3 spends it, and g2 learns of that from the log within a round
+            assert httpx.put(g2.base_url + "/admin/api/budgets/team:ml",
+                             json={"limit_usd": 1000, "period": "day"}).status_code == 200
+            deadline = time.monotonic() + 5
+            while g3.services.router.scope_budgets["team:ml"].limit_usd != 1000:
+                assert time.monotonic() < deadline, "g3 never saw the new limit"
+                time.sleep(0.1)
+            assert _spend_until_cut(g3, key, tries=2) == [200, 200]
+            spent = _team_spent(g3, "team:ml")
+            assert spent > before
+            deadline = time.monotonic() + 5
+            while _team_spent(g2, "team:ml") < spent - 1e-9:
+                assert time.monotonic() < deadline, "g2 never saw g3's spend"
+                time.sleep(0.1)
+            assert _team_spent(g2, "team:ml") == pytest.approx(spent)  # counted once, not twice

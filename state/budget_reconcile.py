@@ -1,0 +1,99 @@
+"""Budget accounts caught up with the request log: opened from it, then re-read while in use.
+
+Why: the stores count spend in memory or in Redis, which forget it (a restart) or split it (a Redis
+outage, or several processes without Redis). The log holds every request's cost durably, so a store
+that takes ``max(counted, logged)`` per account (`router.budget.Ledger.reconcile`) never forgets
+spend that was logged and never counts a cost twice.
+
+* **Opening.** The first time a process uses an account it reads the log before admitting anything
+  on it, so a budget spent before a restart stays spent. The read has a short deadline; a log
+  database that does not answer is left alone for ``retry_after_s`` (requests go on with what the
+  store has); after a failed read only the periodic job tries the log again, so a log outage costs
+  requests one deadline, not one per request.
+* **Catching up.** `due()` hands the periodic job every account used since its last round, so spend
+  that other processes logged (and spend counted during a Redis outage) reaches this store within a
+  round plus the log sink's batching delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Protocol
+
+from router.budget import AccountPeriod, to_nano
+
+log = logging.getLogger("hybridgate.state")
+
+
+class SpendSource(Protocol):
+    async def spent(self, accounts: Sequence[AccountPeriod]) -> dict[str, float]:
+        """USD logged per account key."""
+        ...
+
+
+class SpendReconciler:
+    """Which accounts this process has opened, which it used lately, and the guarded log read."""
+
+    def __init__(
+        self,
+        source: SpendSource,
+        *,
+        timeout_s: float = 1.0,
+        max_opened: int = 100_000,
+    ) -> None:
+        self.source = source
+        self.timeout_s = timeout_s
+        self._max_opened = max_opened
+        self._opened: OrderedDict[str, None] = OrderedDict()
+        self._used: dict[str, AccountPeriod] = {}
+        self.log_down = False  # the last read failed: requests stop reading until a periodic one succeeds
+        self.failures = 0  # log reads that failed or timed out (observability, tests)
+
+    def unopened(self, accounts: Sequence[AccountPeriod]) -> list[AccountPeriod]:
+        """Note the accounts as used; return those this process has not opened yet."""
+        todo = []
+        for a in accounts:
+            self._used[a.key] = a
+            if a.key not in self._opened:
+                todo.append(a)
+        return todo
+
+    def due(self) -> list[AccountPeriod]:
+        """The accounts used since the last call (what the periodic catch-up re-reads)."""
+        used, self._used = list(self._used.values()), {}
+        return used
+
+    def requeue(self, accounts: Sequence[AccountPeriod]) -> None:
+        """A periodic read failed: keep its accounts for the next round."""
+        for a in accounts:
+            self._used.setdefault(a.key, a)
+
+    def opened(self, keys: Sequence[str]) -> None:
+        for k in keys:
+            self._opened[k] = None
+            self._opened.move_to_end(k)
+        while len(self._opened) > self._max_opened:  # old periods' accounts fall out first
+            self._opened.popitem(last=False)
+
+    async def read(self, accounts: Sequence[AccountPeriod], *, periodic: bool = False) -> dict[str, int] | None:
+        """nano-USD logged per account, or None when the log cannot be read right now.
+
+        A request's read (``periodic=False``) is skipped while the log is known to be down."""
+        if not accounts or (self.log_down and not periodic):
+            return None
+        try:
+            got = await asyncio.wait_for(self.source.spent(accounts), self.timeout_s)
+        except Exception as exc:  # the log database down or slow: budgets go on with what they have
+            self.failures += 1
+            if not self.log_down:
+                log.warning("budgets: request log unreadable (%s: %s); accounts stay as counted",
+                            type(exc).__name__, exc)
+            self.log_down = True
+            return None
+        if self.log_down:
+            log.warning("budgets: request log readable again")
+        self.log_down = False
+        return {a.key: to_nano(got.get(a.key, 0.0)) for a in accounts}
