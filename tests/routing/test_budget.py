@@ -143,3 +143,28 @@ def test_interleavings_never_overspend(reqs, limit, admission, rnd) -> None:
         else:  # admitted while anything was left: at most one max cost over
             assert a.spent + a.reserved < limit + max_cost or a.spent + a.reserved == 0
     assert led.accounts["acct"].reserved == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1000), st.booleans()), max_size=40), st.randoms(use_true_random=False))
+def test_reconciling_with_the_log_counts_every_cost_once(costs, rnd) -> None:
+    """Two processes share an account through the log only; each counts its own costs, the log (which
+    lags) receives every cost, and reconciling takes the larger side. Spend never goes down, never
+    exceeds what was spent, and once the log has everything each process holds the exact total."""
+    a, b = Ledger(), Ledger()
+    log_total, unlogged, total = 0, [], 0
+    for cost, by_a in costs:
+        (a if by_a else b).commit(["acct"], "", cost)
+        total += cost
+        unlogged.append(cost)
+        while unlogged and rnd.random() < 0.5:  # the sink writes some of what is pending
+            log_total += unlogged.pop(0)
+        for led in (a, b):
+            before = led._acct("acct").spent
+            led.reconcile("acct", log_total)
+            led.reconcile("acct", log_total)  # idempotent
+            assert before <= led.accounts["acct"].spent <= total
+    log_total += sum(unlogged)
+    for led in (a, b):
+        led.reconcile("acct", log_total)
+        assert led.accounts["acct"].spent == total
