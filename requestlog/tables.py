@@ -110,6 +110,8 @@ requests = sa.Table(
     sa.Index(None, "api_key_id"),
     sa.Index(None, "served_model"),
     sa.Index(None, "requested_model"),
+    sa.Index(None, "user", "created_at"),  # budget spend sums (requestlog/spend.py)
+    sa.Index(None, "team", "created_at"),
 )
 """One row per client request (see :class:`requestlog.rows.RequestRow`)."""
 

@@ -52,7 +52,8 @@ def test_upgrade_from_empty_is_complete_and_idempotent(empty_url: str) -> None:
     try:
         assert set(insp.get_table_names()) == EXPECTED_TABLES
         indexed = {tuple(ix["column_names"]) for ix in insp.get_indexes("requests")}
-        assert {("created_at",), ("api_key_id",), ("served_model",), ("requested_model",)} <= indexed
+        assert {("created_at",), ("api_key_id",), ("served_model",), ("requested_model",),
+                ("user", "created_at"), ("team", "created_at")} <= indexed
         assert ("request_id",) in {tuple(ix["column_names"]) for ix in insp.get_indexes("attempts")}
         assert insp.get_foreign_keys("attempts") == []
         assert insp.get_pk_constraint("policies")["constrained_columns"] == ["name", "version"]
