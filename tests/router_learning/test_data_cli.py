@@ -28,14 +28,19 @@ def test_read_both_formats(data_dir: Path) -> None:
     assert len(rb.source_hashes) == 3
 
 
-def test_split_is_deterministic_and_stratified(data_dir: Path) -> None:
-    ds = read_csv(data_dir / "routellm" / "gsm8k_dev.csv")
+def test_split_is_deterministic_stratified_by_subject_and_blind_to_labels(data_dir: Path) -> None:
+    ds = read_csv(data_dir / "routellm" / "mmlu_dev.csv")
     a = stratified_split(holdout_strata(ds), 0.5, seed=0)
     b = stratified_split(holdout_strata(ds), 0.5, seed=0)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     tr, te = a
     assert len(set(tr) & set(te)) == 0 and len(tr) + len(te) == len(ds)
-    assert abs(ds.labels[tr].mean() - ds.labels[te].mean()) < 0.02
+    subjects = np.array(ds.subjects)
+    for s in set(ds.subjects):  # every subject split in half
+        assert abs((subjects[tr] == s).sum() - (subjects[te] == s).sum()) <= 1
+    flipped = ds.subset(np.arange(len(ds)))
+    flipped.labels = 1.0 - flipped.labels  # other labels, same prompts: the same split
+    assert all(np.array_equal(x, y) for x, y in zip(a, stratified_split(holdout_strata(flipped), 0.5, seed=0), strict=True))
 
 
 def _small_csv(data_dir: Path, tmp: Path, n: int) -> Path:
