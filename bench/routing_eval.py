@@ -1,7 +1,7 @@
 """Held-out evaluation of the learned router on shared/data/routing (issue 3 acceptance 4).
 
 For each source, a stratified 50/50 split with a fixed seed (``router.offline.datasets.stratified_split``
-on subject/task × label pattern) is held out; the router is trained on the other half only (all
+on the subject or task, never on labels: see ``holdout_strata``) is held out; the router is trained on the other half only (all
 hyper-parameters are defaults chosen by cross-validation on training halves; the held-out half is only
 scored). Reports:
 
