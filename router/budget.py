@@ -92,17 +92,29 @@ def account_key(limit: BudgetLimit, now: datetime) -> str:
 
 @dataclass(frozen=True, slots=True)
 class AccountPeriod:
-    """One budget account and the window of the request log it covers (``since`` None: all of it)."""
+    """One budget account and the window of the request log it covers.
+
+    The window's ends are properties: requests build one of these per budget on every call, and
+    only a read of the log needs the window."""
 
     key: str
     scope: str
-    since: datetime | None
-    until: datetime | None  # when the period ends (None: never); stores expire the account after it
+    period: Period
+    at: datetime  # a moment inside the period
+
+    @property
+    def since(self) -> datetime | None:
+        """Start of the period (None: all of the log)."""
+        return period_start(self.period, self.at)
+
+    @property
+    def until(self) -> datetime | None:
+        """End of the period (None: never); stores expire the account after it."""
+        return period_end(self.period, self.at)
 
 
 def account_period(limit: BudgetLimit, now: datetime) -> AccountPeriod:
-    return AccountPeriod(account_key(limit, now), limit.scope, period_start(limit.period, now),
-                         period_end(limit.period, now))
+    return AccountPeriod(account_key(limit, now), limit.scope, limit.period, now)
 
 
 def prices(dep: DeploymentConfig, overrides: dict[str, tuple[float, float]] | None = None) -> tuple[float, float]:
