@@ -7,7 +7,8 @@ the log, which survives all of these (its sink spools through database outages).
 here to open an account and to catch up with what they did not see (`router.budget.Ledger.reconcile`).
 
 One query per (scope kind, period start): ``SUM(cost_usd) … GROUP BY <column>`` over the accounts
-asked for, on the ``created_at`` index.
+asked for, on the ``api_key_id`` index or the ``(user, created_at)`` / ``(team, created_at)`` ones
+(migration 0004).
 """
 
 from __future__ import annotations

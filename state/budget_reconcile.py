@@ -6,10 +6,10 @@ that takes ``max(counted, logged)`` per account (`router.budget.Ledger.reconcile
 spend that was logged and never counts a cost twice.
 
 * **Opening.** The first time a process uses an account it reads the log before admitting anything
-  on it, so a budget spent before a restart stays spent. The read has a short deadline; a log
-  database that does not answer is left alone for ``retry_after_s`` (requests go on with what the
-  store has); after a failed read only the periodic job tries the log again, so a log outage costs
-  requests one deadline, not one per request.
+  on it, so a budget spent before a restart stays spent. The read has a short deadline
+  (``timeout_s``); when it fails, requests go on with what the store has, and only the periodic job
+  tries the log again until a read succeeds, so a log outage costs requests one deadline, not one
+  per request.
 * **Catching up.** `due()` hands the periodic job every account used since its last round, so spend
   that other processes logged (and spend counted during a Redis outage) reaches this store within a
   round plus the log sink's batching delay.
