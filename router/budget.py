@@ -59,10 +59,15 @@ def period_key(period: Period, now: datetime) -> str:
     return "total"
 
 
+def _utc_midnight(now: datetime) -> datetime:
+    """The start of ``now``'s UTC day (a naive ``now`` is taken as UTC)."""
+    t = now.astimezone(UTC) if now.tzinfo is not None else now.replace(tzinfo=UTC)
+    return t.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
 def period_end(period: Period, now: datetime) -> datetime | None:
     """When the current period ends (UTC); None for ``total``. Used to expire old accounts."""
-    t = now.astimezone(UTC) if now.tzinfo is not None else now.replace(tzinfo=UTC)
-    day = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    day = _utc_midnight(now)
     if period == "day":
         return day + timedelta(days=1)
     if period == "week":
@@ -75,8 +80,7 @@ def period_end(period: Period, now: datetime) -> datetime | None:
 def period_start(period: Period, now: datetime) -> datetime | None:
     """When the current period began (UTC); None for ``total`` (since the beginning). The window
     the request log is summed over to open an account (`Ledger.reconcile`)."""
-    t = now.astimezone(UTC) if now.tzinfo is not None else now.replace(tzinfo=UTC)
-    day = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    day = _utc_midnight(now)
     if period == "day":
         return day
     if period == "week":
