@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from router.budget import AccountPeriod, to_nano
@@ -49,6 +49,7 @@ class SpendReconciler:
         self._max_opened = max_opened
         self._opened: OrderedDict[str, None] = OrderedDict()
         self._used: dict[str, AccountPeriod] = {}
+        self._opening: dict[str, asyncio.Future[None]] = {}  # accounts whose opening read is in flight
         self.log_down = False  # the last read failed: requests stop reading until a periodic one succeeds
         self.failures = 0  # log reads that failed or timed out (observability, tests)
 
@@ -60,6 +61,37 @@ class SpendReconciler:
             if a.key not in self._opened:
                 todo.append(a)
         return todo
+
+    async def open(
+        self,
+        accounts: Sequence[AccountPeriod],
+        apply: Callable[[Sequence[AccountPeriod], dict[str, int]], Awaitable[None]],
+    ) -> None:
+        """Open the accounts this process has not opened yet: read the log and ``apply`` the totals.
+
+        Concurrent first requests on one account share one read (a burst after a restart would
+        otherwise send the same sum to the database once per request), and each returns only after
+        the totals are applied, so none admits anything on an account not yet opened."""
+        todo = self.unopened(accounts)
+        if not todo:
+            return
+        theirs = {id(f): f for a in todo if (f := self._opening.get(a.key)) is not None}
+        mine = [a for a in todo if a.key not in self._opening]
+        if mine:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            for a in mine:
+                self._opening[a.key] = done
+            try:
+                got = await self.read(mine)
+                if got:
+                    self.opened(list(got))
+                    await apply(mine, got)
+            finally:
+                for a in mine:
+                    self._opening.pop(a.key, None)
+                done.set_result(None)
+        for f in theirs.values():
+            await asyncio.shield(f)  # one waiter cancelled must not cancel the others' wait
 
     def due(self) -> list[AccountPeriod]:
         """The accounts used since the last call (what the periodic catch-up re-reads)."""

@@ -84,18 +84,6 @@ def _tightest(limits: Sequence[BudgetLimit], rows: list[tuple[int, int]]) -> dic
     return out
 
 
-async def _open(rec: SpendReconciler | None, limits: Sequence[BudgetLimit], dt: datetime) -> dict[str, int]:
-    """Log totals of the request's accounts this process has not opened yet ({} if none or unreadable)."""
-    if rec is None:
-        return {}
-    todo = rec.unopened([account_period(lim, dt) for lim in limits])
-    got = await rec.read(todo) if todo else None
-    if not got:
-        return {}
-    rec.opened(list(got))
-    return got
-
-
 async def _catch_up(rec: SpendReconciler | None) -> tuple[list[AccountPeriod], dict[str, int]]:
     """The periodic round: the accounts used since the last one and their log totals."""
     if rec is None:
@@ -126,6 +114,13 @@ class InProcessBudgetStore:
         for key, nano in logged.items():
             self.ledger.reconcile(key, nano)
 
+    async def _apply(self, accounts: Sequence[AccountPeriod], logged: dict[str, int]) -> None:
+        self.apply_logged(logged)
+
+    async def _open(self, limits: Sequence[BudgetLimit], dt: datetime) -> None:
+        if self.reconciler is not None:
+            await self.reconciler.open([account_period(lim, dt) for lim in limits], self._apply)
+
     async def reconcile(self) -> int:
         _, got = await _catch_up(self.reconciler)
         self.apply_logged(got)
@@ -135,7 +130,7 @@ class InProcessBudgetStore:
         self, limits: Sequence[BudgetLimit], amount_usd: float, *, reservation_id: str | None = None
     ) -> Reservation:
         now, dt = _now_dt(self._clock)
-        self.apply_logged(await _open(self.reconciler, limits, dt))
+        await self._open(limits, dt)
         rid = reservation_id or uuid.uuid4().hex
         amount = to_nano(amount_usd, round_up=True)
         keys = [(account_key(lim, dt), to_nano(lim.limit_usd), lim.admission) for lim in limits]
@@ -154,12 +149,12 @@ class InProcessBudgetStore:
 
     async def charge(self, limits: Sequence[BudgetLimit], amount_usd: float) -> None:
         _, dt = _now_dt(self._clock)
-        self.apply_logged(await _open(self.reconciler, limits, dt))
+        await self._open(limits, dt)
         self.ledger.commit([account_key(lim, dt) for lim in limits], "", to_nano(amount_usd))
 
     async def snapshot(self, limits: Sequence[BudgetLimit]) -> dict[str, BudgetSnapshot]:
         now, dt = _now_dt(self._clock)
-        self.apply_logged(await _open(self.reconciler, limits, dt))
+        await self._open(limits, dt)
         rows = []
         for lim in limits:
             key = account_key(lim, dt)
@@ -305,9 +300,8 @@ class RedisBudgetStore:
         await self.guard.run(remote, local)
 
     async def _open_accounts(self, limits: Sequence[BudgetLimit], dt: datetime) -> None:
-        got = await _open(self.reconciler, limits, dt)
-        if got:
-            await self._apply_logged([account_period(lim, dt) for lim in limits], got)
+        if self.reconciler is not None:
+            await self.reconciler.open([account_period(lim, dt) for lim in limits], self._apply_logged)
 
     async def reconcile(self) -> int:
         accounts, got = await _catch_up(self.reconciler)

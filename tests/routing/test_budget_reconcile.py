@@ -178,3 +178,36 @@ async def test_spend_counted_during_a_redis_outage_reaches_redis_when_it_returns
         await b_client.aclose()
         await proxy.close()
         await _wipe(redis_url, redis_prefix)
+
+
+class CountingSpend:
+    """The real log read, counted, and slow enough that a burst of first requests overlaps it."""
+
+    def __init__(self, inner: LoggedSpend) -> None:
+        self.inner = inner
+        self.reads = 0
+
+    async def spent(self, accounts):  # type: ignore[no-untyped-def]
+        self.reads += 1
+        await asyncio.sleep(0.05)
+        return await self.inner.spent(accounts)
+
+
+async def test_a_burst_of_first_requests_opens_an_account_with_one_read_and_admits_nothing_before_it(
+    log_engine: AsyncEngine,
+) -> None:
+    await logged(log_engine, 0.9)
+    source = CountingSpend(LoggedSpend(log_engine))
+    store = InProcessBudgetStore(clock=clock, reconciler=SpendReconciler(source))
+    lims = [BudgetLimit("key:k", 1.0, "month")]
+
+    async def one() -> bool:
+        try:
+            await store.reserve(lims, 0.04)
+            return True
+        except BudgetExceeded:
+            return False
+
+    admitted = await asyncio.gather(*(one() for _ in range(50)))
+    assert source.reads == 1
+    assert sum(admitted) == 2  # 0.9 logged + 2 × 0.04 ≤ 1.0 < 0.9 + 3 × 0.04
