@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import pytest
-import redis.asyncio as aioredis
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -25,6 +24,7 @@ from state.budget_reconcile import SpendReconciler
 from state.budgets import InProcessBudgetStore, RedisBudgetStore
 from state.redis_util import make_redis
 from tests.requestlog._rl_support import TcpProxy, dead_pg_url
+from tests.routing.test_redis_state import _cleanup
 
 NOW = datetime(2024, 5, 15, 12, 0, tzinfo=UTC)  # a Wednesday
 
@@ -106,16 +106,6 @@ async def test_a_log_database_that_is_down_never_fails_a_request() -> None:
         await engine.dispose()
 
 
-async def _wipe(url: str, prefix: str) -> None:
-    r = aioredis.Redis.from_url(url)
-    try:
-        keys = [k async for k in r.scan_iter(match=prefix + "*", count=500)]
-        if keys:
-            await r.delete(*keys)
-    finally:
-        await r.aclose()
-
-
 async def test_a_redis_that_lost_its_data_reopens_accounts_from_the_log(
     log_engine: AsyncEngine, redis_url: str, redis_prefix: str
 ) -> None:
@@ -125,11 +115,11 @@ async def test_a_redis_that_lost_its_data_reopens_accounts_from_the_log(
         lims = [BudgetLimit("key:k", 1.0, "month")]
         await a.commit(await a.reserve(lims, 0.8), 0.8)
         await logged(log_engine, 0.8)
-        await _wipe(redis_url, redis_prefix)  # Redis restarted without persistence
+        await _cleanup(redis_url, redis_prefix)  # Redis restarted without persistence
         b = RedisBudgetStore(b_client, prefix=redis_prefix, clock=clock, reconciler=SpendReconciler(LoggedSpend(log_engine)))
         with pytest.raises(BudgetExceeded):  # a new process opens the account from the log
             await b.reserve(lims, 0.3)
-        await _wipe(redis_url, redis_prefix)
+        await _cleanup(redis_url, redis_prefix)
         await a.reconcile()  # a process that had the account open restores it on its next round
         assert (await b.snapshot(lims))["key:k"].spent_usd == pytest.approx(0.8)
         ttl = await b_client.ttl(f"{redis_prefix}budget:key:k:month:2024-05")
@@ -137,7 +127,7 @@ async def test_a_redis_that_lost_its_data_reopens_accounts_from_the_log(
     finally:
         await a_client.aclose()
         await b_client.aclose()
-        await _wipe(redis_url, redis_prefix)
+        await _cleanup(redis_url, redis_prefix)
 
 
 async def test_spend_counted_during_a_redis_outage_reaches_redis_when_it_returns(
@@ -177,7 +167,7 @@ async def test_spend_counted_during_a_redis_outage_reaches_redis_when_it_returns
         await a_client.aclose()
         await b_client.aclose()
         await proxy.close()
-        await _wipe(redis_url, redis_prefix)
+        await _cleanup(redis_url, redis_prefix)
 
 
 class CountingSpend:
