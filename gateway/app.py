@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -31,10 +32,11 @@ from gateway.admin_api import AdminHandlers
 from gateway.artifact_slots import ArtifactSlots, slot_name
 from gateway.budget_admin import BudgetAdminHandlers
 from gateway.config import Settings
+from gateway.edge import bearer
 from gateway.errors import APIError
 from gateway.feedback_api import FeedbackHandler
 from gateway.keys import KeyStore
-from gateway.metrics import Metrics
+from gateway.metrics import LabelNames, Metrics
 from gateway.openai_api import OpenAIHandlers
 from gateway.openapi import openapi_document
 from gateway.remote_load import RemoteLoadPoller
@@ -82,8 +84,10 @@ def build_state(settings: Settings, engine: AsyncEngine) -> tuple[BreakerStore, 
         p = settings.redis_prefix
         if where == "redis":
             bandits = RedisBanditStore(client, prefix=p)
-        return (RedisBreakerStore(client, prefix=p, config=cfg), RedisBudgetStore(client, prefix=p, reconciler=spend),
-                RedisRateLimitStore(client, prefix=p), bandits, client)
+        ttl = settings.lease_ttl_s
+        return (RedisBreakerStore(client, prefix=p, config=cfg),
+                RedisBudgetStore(client, prefix=p, reconciler=spend, reservation_ttl_s=ttl),
+                RedisRateLimitStore(client, prefix=p, lease_ttl_s=ttl), bandits, client)
     return InProcessBreakerStore(cfg), InProcessBudgetStore(reconciler=spend), InProcessRateLimitStore(), bandits, None
 
 
@@ -123,6 +127,32 @@ def _local_load(backends: dict[str, Backend]) -> dict[str, LocalLoad]:
             sig = signals()
             out[name] = LocalLoad(queue_depth=int(sig.get("queue_depth", 0)), free_slots=sig.get("free_slots"))
     return out
+
+
+def check_observer(request: Request, settings: Settings) -> None:
+    """/metrics and /readyz describe the deployment (names, traffic, dependencies): where keys are
+    required they need the metrics token, or, with none configured, a loopback caller."""
+    if not settings.keys_required:
+        return
+    if settings.metrics_token:
+        if not hmac.compare_digest((bearer(request) or "").encode(), settings.metrics_token.encode()):
+            raise APIError(401, "Metrics token required.", code="invalid_metrics_token")
+        return
+    host = request.client.host if request.client else ""
+    if host not in {"::1", "localhost"} and not host.startswith("127."):
+        raise APIError(403, "This endpoint is loopback-only unless metrics_token is configured.",
+                       type="permission_error")
+
+
+def label_names(catalog: Catalog, registry: PolicyRegistry) -> LabelNames:
+    """Metric label values: configured models, deployments and providers, and existing policies."""
+    providers = {d.provider for d in catalog.deployments}
+    return LabelNames(
+        models=lambda n: n in catalog.by_model or registry.active(n) is not None,
+        policies=lambda n: registry.active(n) is not None,
+        deployments=catalog.by_name.__contains__,
+        providers=providers.__contains__,
+    )
 
 
 def build_services(settings: Settings, backends: dict[str, Backend] | None = None) -> Services:
@@ -167,6 +197,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         scope_budgets={b.scope: BudgetLimit(b.scope, b.limit_usd, b.period) for b in settings.budgets},
         local_load=lambda: _local_load(backends) | remote_load.latest,
     )
+    metrics.set_names(label_names(catalog, router.registry))
     return Services(
         settings=settings,
         engine=engine,
@@ -218,6 +249,9 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
             ("artifact sync", artifacts.sync))))
         tasks.append(asyncio.create_task(_every(
             settings.budget_reconcile_s, stop, ("budget reconcile", router.budgets.reconcile))))
+        # Leases and holds of running requests stay alive; releases Redis missed are retried.
+        tasks.append(asyncio.create_task(_every(
+            0.5, stop, ("lease upkeep", router.ratelimits.maintain), ("budget hold upkeep", router.budgets.maintain))))
         tasks.append(asyncio.create_task(services.extras["remote_load"].run(settings.policy_reload_s, stop)))
         if settings.log.retention_days is not None:
             tasks.append(asyncio.create_task(_every(
@@ -250,6 +284,7 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
     async def readyz(request: Request) -> Response:
         """Ready = able to serve. A dead database or Redis degrades (rows spool to disk, state goes
         local) without making the gateway unready; the body says which dependency is down."""
+        check_observer(request, settings)
         checks: dict[str, Any] = {"database": await services.sink.ping(), "log_spool": services.sink.stats()}
         redis_client = services.extras.get("redis")
         if redis_client is not None:
@@ -262,6 +297,7 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
                         media_type="application/json")
 
     async def metrics(request: Request) -> Response:
+        check_observer(request, settings)
         st = services.sink.stats()
         services.metrics.log_queue.set(st.get("queued", 0))
         services.metrics.log_spooled.set(st.get("spooled_pending", st.get("spooled", 0)))

@@ -82,19 +82,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["HYBRIDGATE_CONFIG"] = args.config
     for k, v in overrides.items():
         os.environ[f"HYBRIDGATE_{k.upper()}"] = str(v)
-    uvicorn.run(
+    from uvicorn.supervisors import Multiprocess
+
+    from gateway.http_edge import EdgeConfig, fit_open_file_limit
+
+    config = EdgeConfig(
         "gateway.app:app_from_env",
+        limits=fit_open_file_limit(s.http),
         factory=True,
         host=s.host,
         port=s.port,
         workers=s.workers,
         loop="uvloop",
-        http="httptools",
         access_log=False,
         log_level="info",
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
+    server = uvicorn.Server(config)
+    if config.workers > 1:
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+    else:
+        server.run()
+        if not server.started:
+            return 3
     return 0
 
 

@@ -71,6 +71,22 @@ class BudgetSettings(BaseModel):
     period: Literal["day", "week", "month", "total"] = "month"
 
 
+class HttpSettings(BaseModel):
+    """Limits of the HTTP edge (gateway/http_edge.py): what one connection may cost the server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="request line + headers; larger: 431")
+    max_headers: int = Field(default=100, ge=1, description="header fields per request; more: 431")
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="the request head must arrive within this (408); idle new sockets close")
+    body_timeout_s: float = Field(default=60.0, gt=0, description="the whole body must arrive within this (408)")
+    keepalive_timeout_s: float = Field(default=5.0, gt=0, description="idle keep-alive connections close after this")
+    max_connections: int = Field(
+        default=1000, ge=1,
+        description="open connections per process; at the cap the longest-idle one makes room, else 503")
+
+
 class RouterSettings(BaseModel):
     """Learned parts of routing: the classifier artifact policies' `classifier` selectors use, and the
     answer verifiers cascades may judge with."""
@@ -105,11 +121,16 @@ class Settings(BaseSettings):
     redis_prefix: str = "hg:"
     redis_timeout_s: float = Field(default=0.25, gt=0, description="per command; slower = use local state for now")
     redis_connect_timeout_s: float = Field(default=1.0, gt=0)
+    lease_ttl_s: float = Field(
+        default=10.0, ge=1,
+        description="how long a concurrency lease or budget hold in Redis lasts unless its running request renews "
+                    "it (every third of this): what a dead process or a lost release can hold up")
     require_keys: bool | None = Field(
         default=None,
         description="None = require gateway keys unless bound to loopback; True/False to force",
     )
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     default_model: str | None = Field(default=None, description="model used when a request names 'default'")
     policies_dir: str | None = Field(
         default=None, description="policy YAML files stored (as new versions when changed) at start")
@@ -124,6 +145,9 @@ class Settings(BaseSettings):
     router: RouterSettings = Field(default_factory=RouterSettings)
     budgets: list[BudgetSettings] = Field(default_factory=list, description="user and team budgets")
     admin_token: str | None = Field(default=None, description="bearer token for /admin; None = loopback only")
+    metrics_token: str | None = Field(
+        default=None,
+        description="bearer token for /metrics and /readyz when keys are required; None = loopback only then")
     log: LogSettings = Field(default_factory=LogSettings)
     local_model: LocalModelSettings = Field(default_factory=LocalModelSettings)
     deployments: list[DeploymentConfig] = Field(default_factory=list)

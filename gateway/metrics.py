@@ -1,52 +1,143 @@
-"""Prometheus metrics, one registry per app (no module-level state, so tests can build many apps)."""
+"""Prometheus metrics, one registry per app (no module-level state, so tests can build many apps).
+
+Label values come only from names the gateway knows. A model label is a configured model or an
+existing policy, a deployment label a configured deployment, a provider one of theirs; anything
+else (what a client typed as `model`, say) is counted under one ``other`` label. Labels filled
+from the gateway's own constants (endpoint, status, error type, ...) are capped at
+``MAX_VALUES_PER_LABEL`` distinct values as a backstop. So no request can add a time series, and
+`/metrics` stays the same size however many names clients invent.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.01, 0.025)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
+OTHER = "other"
+MAX_VALUES_PER_LABEL = 64
+
+
+def _anything(name: str) -> bool:
+    return True
+
+
+@dataclass(slots=True)
+class LabelNames:
+    """Which names may become label values, by label (set by the app factory from its config)."""
+
+    models: Callable[[str], bool] = _anything
+    policies: Callable[[str], bool] = _anything
+    deployments: Callable[[str], bool] = _anything
+    providers: Callable[[str], bool] = _anything
+
+    def check(self, label: str) -> Callable[[str], bool] | None:
+        return {
+            "model": self.models,
+            "policy": self.policies,
+            "deployment": self.deployments,
+            "provider": self.providers,
+        }.get(label)
+
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+@dataclass(slots=True)
+class Guarded(Generic[M]):
+    """A labelled metric whose ``labels(...)`` admits only known names (see the module docstring)."""
+
+    metric: M
+    label_names: Sequence[str]
+    names: LabelNames
+    seen: list[set[str]] = field(default_factory=list)
+
+    def labels(self, *values: Any) -> M:
+        if not self.seen:
+            self.seen = [set() for _ in self.label_names]
+        out = []
+        for label, value, seen in zip(self.label_names, values, self.seen, strict=True):
+            v = str(value)
+            check = self.names.check(label)
+            if check is not None and v and v != "none" and not check(v):
+                v = OTHER
+            elif v not in seen:
+                if len(seen) >= MAX_VALUES_PER_LABEL:
+                    v = OTHER
+                else:
+                    seen.add(v)
+            out.append(v)
+        return self.metric.labels(*out)
+
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, names: LabelNames | None = None) -> None:
+        self.names = names or LabelNames()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "hybridgate_requests_total", "Client requests", ["endpoint", "model", "provider", "status"], registry=r
+
+        def counter(name: str, doc: str, labels: list[str]) -> Guarded[Counter]:
+            return Guarded(Counter(name, doc, labels, registry=r), labels, self.names)
+
+        def histogram(name: str, doc: str, labels: list[str], buckets: Sequence[float]) -> Guarded[Histogram]:
+            return Guarded(Histogram(name, doc, labels, buckets=buckets, registry=r), labels, self.names)
+
+        self.requests = counter(
+            "hybridgate_requests_total", "Client requests", ["endpoint", "model", "provider", "status"]
         )
-        self.latency = Histogram(
-            "hybridgate_request_latency_seconds", "End-to-end request latency", ["endpoint", "model"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+        self.latency = histogram(
+            "hybridgate_request_latency_seconds",
+            "End-to-end request latency",
+            ["endpoint", "model"],
+            _LATENCY_BUCKETS,
         )
-        self.ttft = Histogram(
-            "hybridgate_ttft_seconds", "Time to first streamed token", ["model"], buckets=_LATENCY_BUCKETS, registry=r
+        self.ttft = histogram(
+            "hybridgate_ttft_seconds", "Time to first streamed token", ["model"], _LATENCY_BUCKETS
         )
-        self.tokens = Counter("hybridgate_tokens_total", "Tokens", ["model", "provider", "kind"], registry=r)
-        self.cost = Counter("hybridgate_cost_usd_total", "Upstream cost in USD", ["model", "provider"], registry=r)
-        self.errors = Counter("hybridgate_errors_total", "Errors returned to clients", ["type", "provider"], registry=r)
-        self.attempts = Counter(
-            "hybridgate_upstream_attempts_total", "Upstream attempts", ["deployment", "provider", "outcome"], registry=r
+        self.tokens = counter("hybridgate_tokens_total", "Tokens", ["model", "provider", "kind"])
+        self.cost = counter("hybridgate_cost_usd_total", "Upstream cost in USD", ["model", "provider"])
+        self.errors = counter("hybridgate_errors_total", "Errors returned to clients", ["type", "provider"])
+        self.attempts = counter(
+            "hybridgate_upstream_attempts_total", "Upstream attempts", ["deployment", "provider", "outcome"]
         )
-        self.breaker_open = Gauge(
-            "hybridgate_breaker_open", "1 when the deployment's circuit breaker is open", ["deployment"], registry=r
+        self.breaker_open = Guarded(
+            Gauge(
+                "hybridgate_breaker_open",
+                "1 when the deployment's circuit breaker is open",
+                ["deployment"],
+                registry=r,
+            ),
+            ["deployment"],
+            self.names,
         )
         # Routing: the mix each policy produces, what a decision costs in this process (the pure
         # `decide()` call, no store I/O: acceptance-style overhead measured on live traffic), and
         # what cascades did with their first answers.
-        self.decisions = Counter(
-            "hybridgate_route_decisions_total", "Policy decisions by first choice", ["policy", "model"], registry=r
+        self.decisions = counter(
+            "hybridgate_route_decisions_total", "Policy decisions by first choice", ["policy", "model"]
         )
-        self.decision_time = Histogram(
-            "hybridgate_decision_seconds", "Time of one routing decision (decide(), no I/O)", ["policy"],
-            buckets=_DECISION_BUCKETS, registry=r,
+        self.decision_time = histogram(
+            "hybridgate_decision_seconds",
+            "Time of one routing decision (decide(), no I/O)",
+            ["policy"],
+            _DECISION_BUCKETS,
         )
-        self.escalations = Counter(
-            "hybridgate_escalations_total", "Cascade outcomes", ["policy", "score", "outcome"], registry=r
+        self.escalations = counter(
+            "hybridgate_escalations_total", "Cascade outcomes", ["policy", "score", "outcome"]
         )
         self.log_queue = Gauge("hybridgate_log_queue_rows", "Log rows waiting to be written", registry=r)
         self.log_spooled = Gauge("hybridgate_log_spooled_rows", "Log rows in the disk spool", registry=r)
         self.db_up = Gauge("hybridgate_db_up", "1 when the log database answers", registry=r)
+
+    def set_names(self, names: LabelNames) -> None:
+        """Which names are known (the app factory calls this once its catalog and registry exist)."""
+        self.names.models, self.names.policies = names.models, names.policies
+        self.names.deployments, self.names.providers = names.deployments, names.providers
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -6,6 +6,12 @@ by the next reserve on that account. Reserve checks and charges *all* accounts o
 one script: all-or-nothing, and no interleaving between the check and the charge (that gap is
 exactly where concurrent requests would overspend).
 
+Holds in Redis are short-lived (``reservation_ttl_s``, seconds) and renewed by `maintain` while
+their request runs, so the hold of a request whose process died lapses within seconds. A commit
+or release that cannot reach Redis is settled in the in-process ledger, and the Redis hold is
+released by `maintain` once Redis answers (the spend reaches Redis from the request log); a
+reserve whose answer was lost is released the same way, since the script may have run.
+
 Redis down → the in-process ledger answers (degrade, never error). During an outage each process
 counts its own spending on top of what the request log says was spent; with a `SpendReconciler`
 both stores open every account from the log and catch up with it periodically
@@ -17,7 +23,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -66,6 +73,11 @@ class BudgetStore(Protocol):
     async def reconcile(self) -> int:
         """Catch the accounts used since the last call up with the request log (periodic job);
         returns how many were read (0 without a reconciler or when the log is unreadable)."""
+        ...
+
+    async def maintain(self) -> None:
+        """Renew the holds of running requests and retry releases that did not reach the shared
+        store (a periodic job, every second or so; a no-op for in-process state)."""
         ...
 
 
@@ -125,6 +137,9 @@ class InProcessBudgetStore:
         _, got = await _catch_up(self.reconciler)
         self.apply_logged(got)
         return len(got)
+
+    async def maintain(self) -> None:
+        return None  # holds live as long as the process; only forgotten ones expire
 
     async def reserve(
         self, limits: Sequence[BudgetLimit], amount_usd: float, *, reservation_id: str | None = None
@@ -248,6 +263,20 @@ return 0
 """
 
 
+# KEYS: hold-expiry zsets; ARGV: expires_at, then one reservation id per key. Extends holds that
+# are still there (XX: a hold settled meanwhile is not brought back).
+RENEW_LUA = r"""
+for i = 1, #KEYS do redis.call('ZADD', KEYS[i], 'XX', ARGV[1], ARGV[1 + i]) end
+return 0
+"""
+
+
+@dataclass(slots=True)
+class _Hold:
+    accounts: tuple[str, ...]
+    renewed_at: float  # store clock; the hold lasts until renewed_at + reservation_ttl_s
+
+
 def _key_ttl(until: datetime | None, dt: datetime) -> int:
     """Seconds an account's keys live: its period plus two days of grace (0: forever)."""
     return 0 if until is None else int((until - dt).total_seconds()) + 2 * 86_400
@@ -263,7 +292,7 @@ class RedisBudgetStore:
         *,
         prefix: str = "hg:",
         clock: Callable[[], float] = time.time,
-        reservation_ttl_s: float = 900.0,
+        reservation_ttl_s: float = 15.0,
         retry_after_s: float = 2.0,
         reconciler: SpendReconciler | None = None,
     ) -> None:
@@ -274,7 +303,11 @@ class RedisBudgetStore:
         self._reserve = client.register_script(RESERVE_LUA)
         self._settle = client.register_script(SETTLE_LUA)
         self._reconcile = client.register_script(RECONCILE_LUA)
-        self.fallback = InProcessBudgetStore(clock=clock, reservation_ttl_s=reservation_ttl_s)
+        self._renew = client.register_script(RENEW_LUA)
+        self.fallback = InProcessBudgetStore(clock=clock)
+        self._held: dict[str, _Hold] = {}  # reservation id -> a hold in Redis of a running request
+        self._unreleased: dict[str, _Hold] = {}  # reservation id -> a hold Redis may still have
+        self._local: set[str] = set()  # reservations made in the fallback ledger
         self.guard = RedisGuard("budgets", retry_after_s=retry_after_s)
         self.reconciler = reconciler
 
@@ -333,11 +366,17 @@ class RedisBudgetStore:
                 used = to_usd(int(res[1]) + int(res[2]))
                 raise BudgetExceeded(lim.scope, lim.limit_usd, lim.limit_usd - used, lim.period)
             self._mirror(accounts, res[1:])
+            self._held[rid] = _Hold(tuple(accounts), now)
             return Reservation(rid, to_usd(amount), tuple(accounts), now + self._ttl)
 
-        return await self.guard.run(
-            remote, lambda: self.fallback.reserve(limits, amount_usd, reservation_id=rid)
-        )
+        async def local() -> Reservation:
+            reservation = await self.fallback.reserve(limits, amount_usd, reservation_id=rid)
+            self._local.add(rid)
+            # The script may have run although its answer was lost: release there too, later.
+            self._unreleased[rid] = _Hold(tuple(accounts), now)
+            return reservation
+
+        return await self.guard.run(remote, local)
 
     def _mirror(self, accounts: Sequence[str], spent: Sequence[int]) -> None:
         """Keep the fallback ledger at least at the shared spend last seen, so that an outage starts
@@ -349,16 +388,65 @@ class RedisBudgetStore:
         self._mirror(accounts, await self._settle(keys=self._redis_keys(accounts), args=[rid, actual]))
 
     async def commit(self, reservation: Reservation, actual_usd: float) -> None:
-        await self.guard.run(
-            lambda: self._settle_remote(reservation.accounts, reservation.id, to_nano(actual_usd)),
-            lambda: self.fallback.commit(reservation, actual_usd),
-        )
+        await self._finish(reservation, to_nano(actual_usd),
+                           lambda: self.fallback.commit(reservation, actual_usd))
 
     async def release(self, reservation: Reservation) -> None:
-        await self.guard.run(
-            lambda: self._settle_remote(reservation.accounts, reservation.id, -1),
-            lambda: self.fallback.release(reservation),
-        )
+        await self._finish(reservation, -1, lambda: self.fallback.release(reservation))
+
+    async def _finish(self, reservation: Reservation, actual: int,
+                      settle_local: Callable[[], Awaitable[None]]) -> None:
+        """Settle in Redis (charge ``actual`` nano-USD, or only release when negative). A hold made
+        in the fallback ledger is settled there too; when Redis fails, the fallback counts the
+        cost and the Redis hold is released by `maintain` (never charged twice: the spend reaches
+        Redis from the request log)."""
+        rid = reservation.id
+        held = self._held.pop(rid, None)
+        local = rid in self._local
+        if local:
+            self._local.discard(rid)
+            await settle_local()
+
+        async def remote() -> None:
+            await self._settle_remote(reservation.accounts, rid, actual)
+            self._unreleased.pop(rid, None)
+
+        async def later() -> None:
+            if not local:
+                await settle_local()
+            self._unreleased.setdefault(rid, held or _Hold(reservation.accounts, self._clock()))
+
+        await self.guard.run(remote, later)
+
+    async def maintain(self) -> None:
+        """Renew held reservations a third of their TTL before they lapse; release the Redis holds
+        of settled ones that Redis missed, until it answers or they have expired there anyway."""
+        now = self._clock()
+        ttl = self._ttl
+        for rid in [rid for rid, h in self._unreleased.items() if h.renewed_at + ttl < now]:
+            del self._unreleased[rid]
+        due = [(rid, h) for rid, h in self._held.items() if now - h.renewed_at >= ttl / 3]
+        gone = list(self._unreleased.items())
+        if not due and not gone:
+            return
+
+        async def remote() -> None:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for rid, h in gone:
+                    await self._settle(keys=self._redis_keys(h.accounts), args=[rid, -1], client=pipe)
+                for rid, h in due:
+                    zsets = [f"{self._prefix}budget:{a}:holds" for a in h.accounts]
+                    await self._renew(keys=zsets, args=[repr(now + ttl), *([rid] * len(zsets))], client=pipe)
+                await pipe.execute()
+            for rid, _ in gone:
+                self._unreleased.pop(rid, None)
+            for _, h in due:
+                h.renewed_at = now
+
+        async def skip() -> None:
+            return None
+
+        await self.guard.run(remote, skip)
 
     async def charge(self, limits: Sequence[BudgetLimit], amount_usd: float) -> None:
         _, dt = _now_dt(self._clock)

@@ -14,6 +14,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.http_edge import EdgeConfig
 
 
 def free_port() -> int:
@@ -29,8 +30,8 @@ class GatewayThread:
         self.port = free_port()
         self.settings = settings.model_copy(update={"port": self.port})
         self.app = create_app(self.settings, **app_kwargs)
-        self.server = uvicorn.Server(uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, loop="asyncio", http="httptools",
+        self.server = uvicorn.Server(EdgeConfig(
+            self.app, limits=self.settings.http, host="127.0.0.1", port=self.port, loop="asyncio",
             access_log=False, log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -263,9 +263,15 @@ async def test_concurrency_leases_shared(clients, redis_prefix) -> None:
     assert len(leases) == 5
     assert await b.in_flight(["deployment:x"]) == {"deployment:x": 5}
     await a.release_slot("deployment:x", leases[0])
-    assert await b.acquire_slot("deployment:x", 5) is not None
-    clock.t += 61  # the 60 s leases' holders died: their slots come back
+    live = RedisRateLimitStore(clients[1], prefix=redis_prefix, clock=clock)  # a process that stays up
+    assert await live.acquire_slot("deployment:x", 5) is not None  # the default 10 s lease, renewed below
+    for _ in range(13):
+        clock.t += 5  # its request still runs: maintain() renews the lease
+        await live.maintain()
+    # the 60 s leases' holders (a, b) died: their slots came back; the renewed lease still counts
     assert await a.in_flight(["deployment:x"]) == {"deployment:x": 1}
+    clock.t += 11  # that process died too: nobody renews, the lease lapses within its TTL
+    assert await a.in_flight(["deployment:x"]) == {"deployment:x": 0}
 
 
 # ---- Redis down -------------------------------------------------------------------------------------------------------
