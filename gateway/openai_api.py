@@ -97,7 +97,7 @@ class OpenAIHandlers:
         ctx.body = await read_json(request, s.settings.max_body_bytes)
         model_name = ctx.body.get("model")
         if isinstance(model_name, str):
-            ctx.row.requested_model = model_name
+            ctx.row.requested_model = model_name[:256]  # as long as a valid name; longer ones are refused
         req = validate(schema, ctx.body)
         if getattr(req, "user", None):
             ctx.row.user = req.user
