@@ -99,8 +99,8 @@ class OpenAIHandlers:
         if isinstance(model_name, str):
             ctx.row.requested_model = model_name[:256]  # as long as a valid name; longer ones are refused
         req = validate(schema, ctx.body)
-        if getattr(req, "user", None):
-            ctx.row.user = req.user
+        if getattr(req, "user", None) and not (ctx.key is not None and ctx.key.user):
+            ctx.row.user = req.user  # a key's bound user is the one its spend is logged (and budgeted) under
         meta = getattr(req, "metadata", None)
         if meta:
             ctx.row.metadata = dict(meta)

@@ -236,8 +236,22 @@ def request_features(
         tags=tags,
         metadata=meta,
         key_id=getattr(key, "id", None),
-        user=getattr(req, "user", None) or getattr(key, "user", None),
+        # a key's bound user wins (policies and budgets see it); the body's `user` only adds a budget
+        user=getattr(key, "user", None) or getattr(req, "user", None),
         team=getattr(key, "team", None),
         prompt_text=prompt_text(req) if not isinstance(req, EmbeddingRequest) else "",
         endpoint=endpoint,
+        choices=output_choices(req),
+        end_user=getattr(req, "user", None),
     )
+
+
+def output_choices(req: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> int:
+    """How many completions one call generates, each up to the output limit (budget worst case)."""
+    if isinstance(req, EmbeddingRequest):
+        return 1
+    n = max(req.n or 1, getattr(req, "best_of", None) or 1)
+    if isinstance(req, CompletionRequest) and isinstance(req.prompt, list) and req.prompt \
+            and isinstance(req.prompt[0], str):
+        n *= len(req.prompt)  # one set of choices per prompt
+    return n

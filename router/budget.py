@@ -15,11 +15,15 @@ Pure: `Ledger` takes ``now`` explicitly and is the reference model for the Redis
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from backends.deployment import DeploymentConfig
+
+if TYPE_CHECKING:
+    from router.decision import RequestFeatures
 
 Period = Literal["day", "week", "month", "total"]
 Admission = Literal["strict", "lenient"]
@@ -135,6 +139,34 @@ def cost_usd(prompt_tokens: int, completion_tokens: int, price_in: float, price_
 def max_cost_usd(prompt_tokens: int, max_tokens: int, price_in: float, price_out: float) -> float:
     """The most a call can cost: what must be reserved before it starts."""
     return cost_usd(prompt_tokens, max_tokens, price_in, price_out)
+
+
+def worst_case_tokens(features: RequestFeatures, dep: DeploymentConfig) -> tuple[int, int]:
+    """The most (prompt, output) tokens one call of the request can use on ``dep``: the output is
+    every choice (``n``) at its cap, which is the request's max_tokens or, when it sets none, the
+    model's output limit (``max_output_tokens``, else what the context window leaves after the
+    prompt); embeddings produce none."""
+    if features.endpoint == "embedding":
+        return features.prompt_tokens, 0
+    cap = features.max_tokens or dep.max_output_tokens or max(1, dep.context_window - features.prompt_tokens)
+    return features.prompt_tokens, cap * max(1, features.choices)
+
+
+def worst_case_usd(
+    features: RequestFeatures,
+    first: Iterable[DeploymentConfig],
+    then: Iterable[DeploymentConfig] = (),
+    price: Callable[[DeploymentConfig], tuple[float, float]] = prices,
+) -> float:
+    """What a request may cost at most, to reserve before any call: the priciest deployment that may
+    answer it (``first``: the plan's candidates, one of which answers), plus the priciest second
+    answer when a cascade may escalate (``then``). Every endpoint builds `RequestFeatures` from its
+    own format, so one rule covers them all."""
+
+    def most(deployments: Iterable[DeploymentConfig]) -> float:
+        return max((max_cost_usd(*worst_case_tokens(features, d), *price(d)) for d in deployments), default=0.0)
+
+    return most(first) + most(then)
 
 
 class BudgetExceeded(Exception):

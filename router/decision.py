@@ -29,6 +29,8 @@ class RequestFeatures:
     team: str | None = None
     prompt_text: str = ""
     endpoint: str = "chat"
+    choices: int = 1  # completions one call generates (n, or best_of when larger), each up to max_tokens
+    end_user: str | None = None  # the body's `user`: its budget applies on top of the key's (never instead)
 
 
 @dataclass(slots=True, frozen=True)
