@@ -27,7 +27,6 @@ from gateway.coalesce import ready_batches
 from gateway.edge import authenticate, read_json, validate
 from gateway.errors import APIError, from_upstream, model_not_found
 from gateway.keys import ApiKey
-from gateway.routing import Route
 from gateway.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -38,6 +37,7 @@ from gateway.schemas import (
 from gateway.services import Services
 from requestlog.rows import RequestRow
 from router.escalation import confidence
+from service.routing import Route
 
 _JSON = "application/json"
 
