@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from backends.base import UpstreamCall, UpstreamError, UpstreamResponse
@@ -40,12 +41,13 @@ from router.escalation import confidence
 from service.routing import Route
 
 _JSON = "application/json"
+log = logging.getLogger("hybridgate")
 
 
 class _Ctx:
     """Per-request state threaded through one handler; becomes the log row at the end."""
 
-    __slots__ = ("rid", "t0", "row", "key", "body", "route", "ex")
+    __slots__ = ("rid", "t0", "row", "key", "body", "route", "ex", "finished")
 
     def __init__(self, endpoint: str) -> None:
         self.rid = uuid.uuid4().hex
@@ -55,6 +57,7 @@ class _Ctx:
         self.body: dict[str, Any] | None = None
         self.route: Route | None = None
         self.ex: Execution | None = None
+        self.finished = False
 
     def headers(self) -> dict[str, str]:
         h = {"x-request-id": self.rid}
@@ -68,6 +71,21 @@ class _Ctx:
                 h["x-hybridgate-propensity"] = f"{r.propensity:.6g}"
             h["x-hybridgate-route-reason"] = _header_safe(r.reason)
         return h
+
+
+class _SettledStream(StreamingResponse):
+    """A stream whose request is finished even when its body never runs (the client left before
+    the first write): ``on_close`` runs after the response, and `_finish` happens once."""
+
+    def __init__(self, on_close: Callable[[], None], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
 
 def _header_safe(text: str) -> str:
@@ -133,7 +151,21 @@ class OpenAIHandlers:
         return route
 
     def _finish(self, ctx: _Ctx, status: int, error: APIError | None = None, cancelled: bool = False) -> None:
-        """Fill the log row from what happened, record metrics, hand the row to the sink (once)."""
+        """Fill the log row from what happened, record metrics, hand the row to the sink, and settle
+        what the route holds (budget, lease): once, whichever path gets here first."""
+        if ctx.finished:
+            return
+        ctx.finished = True
+        try:
+            self._record(ctx, status, error, cancelled)
+        finally:
+            settle = self.s.router.finish(ctx.route, ctx.row)
+            if settle is not None:
+                task = asyncio.get_running_loop().create_task(settle)
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _record(self, ctx: _Ctx, status: int, error: APIError | None, cancelled: bool) -> None:
         r = ctx.row
         if ctx.route is not None:
             r.route_reason = ctx.route.reason  # may have grown after routing (escalation)
@@ -173,11 +205,6 @@ class OpenAIHandlers:
         for a in attempts:
             m.attempts.labels(a.deployment, a.provider, a.status).inc()
         self.s.sink.record(r, attempts)
-        settle = self.s.router.finish(ctx.route, r)
-        if settle is not None:
-            task = asyncio.get_running_loop().create_task(settle)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
 
     def _call_factory(self, ctx: _Ctx, kind: str, stream: bool,
                       extra: dict[str, Any] | None = None):  # noqa: ANN202 - closure type
@@ -230,6 +257,16 @@ class OpenAIHandlers:
         except asyncio.CancelledError:
             self._finish(ctx, 499, cancelled=True)
             raise
+        except ClientDisconnect:  # gone while sending its body: nobody to answer
+            self._finish(ctx, 499, cancelled=True)
+            return Response(status_code=499)
+        except Exception:
+            # A bug or an input nothing above foresaw (e.g. a body too deeply nested to forward): the
+            # request still gets its OpenAI-shaped 500, its log row, and frees what it holds.
+            log.exception("request %s failed", ctx.rid)
+            err = APIError(500, "The server had an error while processing your request.", type="server_error")
+            self._finish(ctx, 500, err)
+            return err.response(ctx.headers())
 
     async def _generate(self, ctx: _Ctx, req: Any, route: Route, id_prefix: str, obj: str) -> Response:
         assert ctx.ex is not None
@@ -363,8 +400,8 @@ class OpenAIHandlers:
                     ctx.row.response_body = b"".join(body_log).decode()
                 self._finish(ctx, status, error, cancelled)
 
-        return StreamingResponse(body(), media_type="text/event-stream",
-                                 headers=ctx.headers() | {"cache-control": "no-cache"})
+        return _SettledStream(lambda: self._finish(ctx, 499, cancelled=True), body(),
+                              media_type="text/event-stream", headers=ctx.headers() | {"cache-control": "no-cache"})
 
     async def models(self, request: Request) -> Response:
         await authenticate(request, self.s.keys, self.s.settings.keys_required)

@@ -27,7 +27,7 @@ from gateway.keys import ApiKey
 from gateway.metrics import Metrics
 from policies.registry import PolicyRegistry
 from requestlog.rows import RequestRow
-from router.budget import BudgetExceeded, BudgetLimit, Reservation, max_cost_usd
+from router.budget import BudgetExceeded, BudgetLimit, Reservation, worst_case_usd
 from router.decide import bandit_context, decide
 from router.decision import Decision, RequestFeatures
 from router.protocols import Plugins, SharedBandit
@@ -150,13 +150,18 @@ class Catalog:
 
 def limits_for(key: ApiKey | None, features: RequestFeatures | None = None,
                scope_budgets: Mapping[str, BudgetLimit] | None = None) -> tuple[list[BudgetLimit], list[RateLimit]]:
-    """Budgets (key, and configured user/team ones) and rate limits that apply to a request."""
+    """Budgets (key, and configured user/team ones) and rate limits that apply to a request.
+
+    A key's bound user and team always count; a `user` named in the body only adds its own
+    budget (it narrows what the request may spend, never replaces the key's)."""
     budgets: list[BudgetLimit] = []
-    if scope_budgets and features is not None:
-        for scope in (f"user:{features.user}" if features.user else None,
-                      f"team:{features.team}" if features.team else None):
-            if scope is not None and scope in scope_budgets:
-                budgets.append(scope_budgets[scope])
+    if scope_budgets:
+        scopes = dict.fromkeys(
+            f"{kind}:{name}" for kind, name in (
+                ("user", getattr(key, "user", None)), ("team", getattr(key, "team", None)),
+                ("user", features.user if features else None), ("team", features.team if features else None),
+                ("user", features.end_user if features else None)) if name)
+        budgets += [scope_budgets[s] for s in scopes if s in scope_budgets]
     if key is None:
         return budgets, []
     if key.budget_usd is not None:
@@ -241,7 +246,7 @@ class GatewayRouter:
         if policy is None and not direct:
             return None
         budget_limits, rate_limits = limits_for(key, features, self.scope_budgets)
-        charged = features.prompt_tokens + (features.max_tokens or 0)
+        charged = features.prompt_tokens + (features.max_tokens or 0) * max(1, features.choices)
         if rate_limits:
             rd = await self.ratelimits.hit(rate_limits, charged)
             if not rd.allowed:
@@ -303,18 +308,12 @@ class GatewayRouter:
                      reason=d.reason, propensity=d.propensity, decision=d, bandit_context=ctx)
 
     async def _reserve(self, route: Route, features: RequestFeatures) -> None:
-        """Hold the worst case (the priciest candidate, all of max_tokens) before any call, so
+        """Hold the worst case of the request as sent (`router.budget.worst_case_usd`: every choice,
+        the output limit, the priciest candidate, a cascade's second answer) before any call, so
         concurrent requests can never overspend by more than one request's maximum cost."""
-        out_tokens = features.max_tokens or 4096
-
-        def most(deployments: list[DeploymentConfig]) -> float:
-            return max((max_cost_usd(features.prompt_tokens, out_tokens, *self.catalog.price(d))
-                        for d in deployments), default=0.0)
-
-        worst = most([t.deployment for t in route.targets])
         esc = route.decision.escalation if route.decision is not None else None
-        if esc is not None:
-            worst += most(esc.to)  # a cascade may pay for a second, stronger answer
+        worst = worst_case_usd(features, [t.deployment for t in route.targets], esc.to if esc is not None else (),
+                               price=self.catalog.price)
         try:
             route.reservation = await self.budgets.reserve(route.budget_limits, worst)
         except BudgetExceeded as exc:
@@ -340,15 +339,20 @@ class GatewayRouter:
         return self._settle(route, row)
 
     async def _settle(self, route: Route, row: RequestRow) -> None:
-        if route.reservation is not None:
-            await self.budgets.commit(route.reservation, row.cost_usd or 0.0)
-        if route.slot is not None:
-            await self.ratelimits.release_slot(*route.slot)
-        if route.rate_limits:
-            # tokens/min were charged with the estimate up front; correct to the real count
-            estimate = (row.prompt_tokens or 0) + (row.completion_tokens or 0)
-            if route.charged_tokens and estimate != route.charged_tokens:
-                await self.ratelimits.adjust_tokens(route.rate_limits, estimate - route.charged_tokens)
+        """Each step runs whatever the one before did: a failing commit never keeps a lease."""
+        try:
+            if route.reservation is not None:
+                await self.budgets.commit(route.reservation, row.cost_usd or 0.0)
+        finally:
+            try:
+                if route.slot is not None:
+                    await self.ratelimits.release_slot(*route.slot)
+            finally:
+                if route.rate_limits:
+                    # tokens/min were charged with the estimate up front; correct to the real count
+                    estimate = (row.prompt_tokens or 0) + (row.completion_tokens or 0)
+                    if route.charged_tokens and estimate != route.charged_tokens:
+                        await self.ratelimits.adjust_tokens(route.rate_limits, estimate - route.charged_tokens)
 
     def recent_decision(self, request_id: str) -> PendingReward | None:
         return self._pending.get(request_id)

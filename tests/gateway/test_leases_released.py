@@ -173,10 +173,10 @@ async def test_a_redis_pause_and_failing_requests_leak_no_lease_or_hold(
     ids = [r.headers["x-request-id"] for r in rs]
     for gw in (a, b):
         await gw.acall(gw.services.sink.flush())
-    async with a.services.engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                text("SELECT id, http_status FROM requests WHERE id = ANY(:ids)"), {"ids": ids}
-            )
-        ).all()
-    assert sorted(rows) == sorted((i, 500) for i in ids)
+
+    async def logged() -> list[tuple[str, int]]:
+        async with a.services.engine.connect() as conn:
+            q = text("SELECT id, http_status FROM requests WHERE id = ANY(:ids)")
+            return [(row[0], row[1]) for row in (await conn.execute(q, {"ids": ids})).all()]
+
+    assert sorted(await a.acall(logged())) == sorted((i, 500) for i in ids)
