@@ -21,6 +21,7 @@ logged spend.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -44,7 +45,7 @@ from router.budget import (
 )
 from router.signals import BudgetSnapshot
 from state.budget_reconcile import SpendReconciler
-from state.redis_util import RedisGuard
+from state.redis_util import REDIS_ERRORS, RedisGuard
 
 
 class BudgetStore(Protocol):
@@ -443,10 +444,10 @@ class RedisBudgetStore:
             for _, h in due:
                 h.renewed_at = now
 
-        async def skip() -> None:
-            return None
-
-        await self.guard.run(remote, skip)
+        # Straight to Redis, not through the guard: the guard keeps requests off a Redis that just
+        # failed for a while, but these retries should land as soon as it answers again.
+        with contextlib.suppress(*REDIS_ERRORS):
+            await remote()
 
     async def charge(self, limits: Sequence[BudgetLimit], amount_usd: float) -> None:
         _, dt = _now_dt(self._clock)

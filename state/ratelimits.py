@@ -11,6 +11,7 @@ have taken a slot) is retried by `maintain` until Redis answers or the lease has
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
@@ -21,7 +22,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 
 from router.ratelimit import GcraTable, Leases, LimitKind, RateDecision, RateLimit
-from state.redis_util import RedisGuard
+from state.redis_util import REDIS_ERRORS, RedisGuard
 
 
 class RateLimitStore(Protocol):
@@ -273,10 +274,10 @@ class RedisRateLimitStore:
             for lease in due:
                 lease.renewed_at = now
 
-        async def skip() -> None:
-            return None
-
-        await self.guard.run(remote, skip)
+        # Straight to Redis, not through the guard: the guard keeps requests off a Redis that just
+        # failed for a while, but these retries should land as soon as it answers again.
+        with contextlib.suppress(*REDIS_ERRORS):
+            await remote()
 
     async def in_flight(self, scopes: Iterable[str]) -> dict[str, int]:
         names = list(scopes)
