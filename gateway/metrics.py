@@ -64,8 +64,9 @@ class Guarded(Generic[M]):
         for label, value, seen in zip(self.label_names, values, self.seen, strict=True):
             v = str(value)
             check = self.names.check(label)
-            if check is not None and v and v != "none" and not check(v):
-                v = OTHER
+            if check is not None:
+                if v and v != "none" and not check(v):
+                    v = OTHER
             elif v not in seen:
                 if len(seen) >= MAX_VALUES_PER_LABEL:
                     v = OTHER
