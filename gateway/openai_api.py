@@ -142,9 +142,9 @@ class OpenAIHandlers:
     async def _route(self, ctx: _Ctx, req: Any, endpoint: str, request: Request) -> Route:
         features = request_features(req, endpoint, ctx.key, request.headers.get("x-hybridgate-tags"))
         route = await self.s.router.route(req.model, features, ctx.key)
+        ctx.route = route  # from here on, what it holds is settled by `_finish` whatever happens
         if route is None or not route.targets:
             raise model_not_found(req.model)
-        ctx.route = route
         r = ctx.row
         r.policy, r.policy_version, r.route_reason, r.propensity = (
             route.policy, route.policy_version, route.reason, route.propensity)
