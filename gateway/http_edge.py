@@ -97,7 +97,7 @@ _TOO_MANY_HEADERS = _refusal(
 )
 
 
-_LINGER_S = 0.5
+_LINGER_S = 2.0
 
 
 class EdgeProtocol(HttpToolsProtocol):
