@@ -21,8 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from backends.base import Backend, UpstreamCall, UpstreamError, UpstreamResponse, Usage
-from backends.deployment import DeploymentConfig
-from policies.schema import RetrySettings
+from common.types import DeploymentConfig, RetrySettings
 from requestlog.rows import AttemptRow
 from router.retry import attempt_timeout, on_error
 
