@@ -237,6 +237,12 @@ class GatewayRouter:
         state = await self.breakers.record(deployment, ok, latency_s * 1000)
         self.metrics.breaker_open.labels(deployment).set(1 if state == "open" else 0)
 
+    def started(self, deployment: str) -> None:
+        self.in_flight.start(deployment)
+
+    def finished(self, deployment: str) -> None:
+        self.in_flight.finish(deployment)
+
     # ---- routing -----------------------------------------------------------------------------
 
     async def signals(self, deployments: list[DeploymentConfig], budget_limits: list[BudgetLimit]) -> Signals:
