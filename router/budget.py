@@ -18,12 +18,9 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from backends.deployment import DeploymentConfig
-
-if TYPE_CHECKING:
-    from router.decision import RequestFeatures
+from common.types import DeploymentConfig, RequestFeatures
 
 Period = Literal["day", "week", "month", "total"]
 Admission = Literal["strict", "lenient"]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from backends.deployment import DeploymentConfig
+from common.types import DeploymentConfig, RequestFeatures
 from router.budget import worst_case_usd
-from router.decision import RequestFeatures
 
 
 def dep(name: str, out_per_mtok: float, **kw: object) -> DeploymentConfig:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from common.types import RequestFeatures
 from gateway.keys import ApiKey
 from router.budget import BudgetLimit
-from router.decision import RequestFeatures
 from service.routing import limits_for
 
 BUDGETS = {s: BudgetLimit(s, 1.0, "day") for s in ("user:alice", "user:mallory", "team:ml")}
