@@ -45,7 +45,7 @@ from router.budget import (
 )
 from router.signals import BudgetSnapshot
 from state.budget_reconcile import SpendReconciler
-from state.redis_util import REDIS_ERRORS, RedisGuard
+from state.redis_util import MAX_RENEW_S, REDIS_ERRORS, RedisGuard
 
 
 class BudgetStore(Protocol):
@@ -276,6 +276,7 @@ return 0
 class _Hold:
     accounts: tuple[str, ...]
     renewed_at: float  # store clock; the hold lasts until renewed_at + reservation_ttl_s
+    since: float = 0.0  # when it was made: renewals stop after MAX_RENEW_S
 
 
 def _key_ttl(until: datetime | None, dt: datetime) -> int:
@@ -367,7 +368,7 @@ class RedisBudgetStore:
                 used = to_usd(int(res[1]) + int(res[2]))
                 raise BudgetExceeded(lim.scope, lim.limit_usd, lim.limit_usd - used, lim.period)
             self._mirror(accounts, res[1:])
-            self._held[rid] = _Hold(tuple(accounts), now)
+            self._held[rid] = _Hold(tuple(accounts), now, now)
             return Reservation(rid, to_usd(amount), tuple(accounts), now + self._ttl)
 
         async def local() -> Reservation:
@@ -426,6 +427,8 @@ class RedisBudgetStore:
         ttl = self._ttl
         for rid in [rid for rid, h in self._unreleased.items() if h.renewed_at + ttl < now]:
             del self._unreleased[rid]
+        for rid in [rid for rid, h in self._held.items() if now - h.since > MAX_RENEW_S]:
+            del self._held[rid]
         due = [(rid, h) for rid, h in self._held.items() if now - h.renewed_at >= ttl / 3]
         gone = list(self._unreleased.items())
         if not due and not gone:

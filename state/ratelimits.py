@@ -22,7 +22,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 
 from router.ratelimit import GcraTable, Leases, LimitKind, RateDecision, RateLimit
-from state.redis_util import REDIS_ERRORS, RedisGuard
+from state.redis_util import MAX_RENEW_S, REDIS_ERRORS, RedisGuard
 
 
 class RateLimitStore(Protocol):
@@ -151,6 +151,7 @@ class _Lease:
     lease_id: str
     renewed_at: float  # store clock; the lease lasts until renewed_at + ttl_s
     ttl_s: float
+    since: float = 0.0  # when it was taken: renewals stop after MAX_RENEW_S
 
 
 class RedisRateLimitStore:
@@ -222,7 +223,7 @@ class RedisRateLimitStore:
             args = [repr(now), lid, limit, repr(now + ttl), math.ceil(ttl * 1000) + 1000]
             if not int(await self._acquire(keys=[self._lease_key(scope)], args=args)):
                 return None
-            self._held[lid] = _Lease(scope, lid, now, ttl)
+            self._held[lid] = _Lease(scope, lid, now, ttl, now)
             return lid
 
         async def local() -> str | None:
@@ -253,6 +254,8 @@ class RedisRateLimitStore:
         now = self._clock()
         for lid in [lid for lid, lease in self._unreleased.items() if lease.renewed_at + lease.ttl_s < now]:
             del self._unreleased[lid]
+        for lid in [lid for lid, lease in self._held.items() if now - lease.since > MAX_RENEW_S]:
+            del self._held[lid]
         due = [lease for lease in self._held.values() if now - lease.renewed_at >= lease.ttl_s / 3]
         gone = list(self._unreleased.values())
         if not due and not gone:

@@ -23,6 +23,11 @@ log = logging.getLogger("hybridgate.state")
 
 T = TypeVar("T")
 
+# A request still holding a Redis lease or budget hold after this long is taken for lost (its settle
+# never ran): the stores stop renewing what it holds, which then lapses within its TTL. Longer than
+# any upstream call lasts.
+MAX_RENEW_S = 3600.0
+
 # What "Redis is not usable right now" looks like from redis-py.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError, ConnectionError)
 
