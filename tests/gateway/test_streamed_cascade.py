@@ -81,3 +81,22 @@ def test_streamed_cascade_escalates_a_wrong_cheap_answer_and_keeps_a_right_one(
             outcome = "escalated" if expect == "strong-model" else "kept"
             metrics = httpx.get(gw.base_url + "/metrics").text
             assert f'hybridgate_escalations_total{{outcome="{outcome}",policy="checked",score="{score}"}} 1.0' in metrics
+
+
+def test_a_cheap_answer_that_breaks_off_while_held_is_escalated_unseen(tmp_path: Path, sqlite_url: str) -> None:
+    cheap_cfg = FakeProviderConfig(reply_mode="fixed", reply_text=RIGHT)
+    strong_cfg = FakeProviderConfig(reply_mode="fixed", reply_text=STRONG)
+    with FakeProviderThread(config=cheap_cfg) as cheap, FakeProviderThread(config=strong_cfg) as strong:
+        cheap.set_faults("cut:3")  # three chunks, then the connection drops
+        deployments = [dep("cheap", "cheap-model", cheap.base_url, capabilities=CAPS),
+                       dep("strong", "strong-model", strong.base_url, capabilities=CAPS)]
+        with running_gateway(settings(tmp_path, sqlite_url, deployments)) as gw:
+            spec = POLICY.replace("SCORE", "logprobs").replace("BUFFER", "2000")
+            assert httpx.put(gw.base_url + "/admin/api/policies/checked", content=spec,
+                             headers={"content-type": "application/yaml"}).status_code == 201
+            client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="unused", max_retries=0)
+            raw = client.chat.completions.with_raw_response.create(model="checked", messages=QUESTION, stream=True)
+            chunks = list(raw.parse())
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == STRONG
+            assert {c.model for c in chunks} == {"strong-model"}
+            assert "first answer cut" in raw.headers["x-hybridgate-route-reason"]
