@@ -39,8 +39,9 @@ class Verdict:
         return f"; {self.score}={self.confidence:.2f} {cmp} {self.threshold:g}"
 
 
-def judge(plan: EscalationPlan, body: Mapping[str, Any], prompt: str,
-          verifiers: Mapping[str, Verifier] | None) -> Verdict:
+def judge(
+    plan: EscalationPlan, body: Mapping[str, Any], prompt: str, verifiers: Mapping[str, Verifier] | None
+) -> Verdict:
     """The verdict on a first answer (an OpenAI chat or text completion body)."""
     return Verdict(plan.score, confidence(plan.score, body, prompt, verifiers), plan.threshold)
 
@@ -81,10 +82,16 @@ class StreamedAnswer:
         """The answer so far as a completion body, the shape `router.escalation` reads."""
         text = "".join(self.text)
         if self.chat:
-            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
-                                      "logprobs": {"content": self.logprobs} if self.logprobs else None}
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": {"content": self.logprobs} if self.logprobs else None,
+            }
         else:
-            choice = {"index": 0, "text": text,
-                      "logprobs": {"token_logprobs": self.token_logprobs} if self.token_logprobs else None}
+            choice = {
+                "index": 0,
+                "text": text,
+                "logprobs": {"token_logprobs": self.token_logprobs} if self.token_logprobs else None,
+            }
         choice["finish_reason"] = self.finish_reason
         return {"choices": [choice]}
