@@ -130,6 +130,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(h, self.n_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(h, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=False)
+        self.kernels = DEFAULT_KERNELS
 
     def forward(
         self, x: torch.Tensor, cache: HybridCache | None = None, seq_lens: torch.Tensor | None = None
@@ -139,14 +140,8 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(batch, seqlen, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, seqlen, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if cache is None:
-            n_rep = self.n_heads // self.n_kv_heads
-            out = F.scaled_dot_product_attention(
-                q,
-                repeat_kv(k, n_rep),
-                repeat_kv(v, n_rep),
-                is_causal=True,
-                dropout_p=self.dropout if self.training else 0.0,
-                scale=self.scale,
+            out = self.kernels.attention_prefill(
+                q=q, k=k, v=v, scale=self.scale, dropout_p=self.dropout if self.training else 0.0
             )
         else:
             kv = cache.layers[self.layer_idx]
@@ -461,7 +456,7 @@ class JambaForCausalLM(nn.Module):
 
     def set_kernels(self, kernels: KernelBundle) -> None:
         for module in self.modules():
-            if isinstance(module, (MambaMixer, SparseMoE)):
+            if isinstance(module, (Attention, MambaMixer, SparseMoE)):
                 module.kernels = kernels
 
     @torch.no_grad()

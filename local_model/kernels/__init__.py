@@ -16,6 +16,7 @@ import torch
 
 from .reference import (
     attention_decode_ref,
+    attention_prefill_ref,
     causal_conv1d_ref,
     causal_conv1d_update_ref,
     mamba_decode_ssm_ref,
@@ -38,6 +39,7 @@ class KernelBundle:
     selective_state_update: Callable[..., torch.Tensor] = selective_state_update_ref
     rms_norm: Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = rms_norm_ref
     moe_experts: Callable[..., torch.Tensor] = moe_experts_ref
+    attention_prefill: Callable[..., torch.Tensor] = attention_prefill_ref
     attention_decode: Callable[..., torch.Tensor] = attention_decode_ref
     router_topk: Callable[..., tuple[torch.Tensor, torch.Tensor]] = router_topk_ref
     mamba_decode_ssm: Callable[..., torch.Tensor] = mamba_decode_ssm_ref
@@ -61,6 +63,7 @@ def triton_bundle() -> KernelBundle:
         selective_state_update=t.selective_state_update,
         rms_norm=t.rms_norm,
         moe_experts=t.moe_experts,
+        attention_prefill=t.attention_prefill,
         attention_decode=t.attention_decode,
         router_topk=t.router_topk,
         mamba_decode_ssm=t.mamba_decode_ssm,

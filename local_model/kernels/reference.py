@@ -370,7 +370,18 @@ def moe_experts_ref(
     return out
 
 
-# ============================================================================ attention decode
+# ============================================================================ attention
+
+
+def attention_prefill_ref(
+    *, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """Causal attention of a fresh chunk. q: [B, H, T, hd]; k, v: [B, Hkv, T, hd] (query head h uses kv
+    head h // (H // Hkv)). PyTorch SDPA with whichever backend it picks."""
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1:
+        k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, scale=scale)
 
 
 def attention_decode_ref(

@@ -292,6 +292,27 @@ def moe_experts(
     return partial.view(tokens, k, hid).sum(1)
 
 
+# ============================================================================ attention prefill (cuDNN SDPA)
+
+
+def attention_prefill(
+    *, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """`reference.attention_prefill_ref`'s contract through SDPA, preferring the cuDNN backend (then flash,
+    then memory-efficient); GQA without materialising repeated K/V where the backend supports it."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1:
+        k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
+    try:
+        with sdpa_kernel(backends, set_priority=True):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, scale=scale)
+    except RuntimeError:  # no fused backend takes these inputs (dtype, head size): the math path
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, scale=scale)
+
+
 # ============================================================================ attention decode (paged)
 
 
@@ -503,6 +524,7 @@ def _moe_align_small(
 
 __all__ = [
     "attention_decode",
+    "attention_prefill",
     "causal_conv1d",
     "causal_conv1d_update",
     "mamba_decode_ssm",

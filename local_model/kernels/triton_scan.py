@@ -64,39 +64,46 @@ def _chunk_state(
     SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
+    # Every per-step value is a [1, BLOCK_D] or [BLOCK_N, BLOCK_D] tile (B is loaded broadcast over the
+    # channels), so all of them share the state's layout and no step converts layouts through shared memory.
     pid = tl.program_id(0)
     seq = pid // n_chunks
     c = pid % n_chunks
-    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    n = tl.arange(0, BLOCK_N)
+    d = (tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D))[None, :]
+    n = tl.arange(0, BLOCK_N)[:, None]
     dmask = d < D
-    nmask = n < N
+    m = (n < N) & dmask
     start = tl.load(seq_start_ptr + seq)
     length = tl.load(seq_len_ptr + seq)
     t0 = c * chunk_len
     t1 = tl.minimum(t0 + chunk_len, length)
-    a2 = tl.load(a2_ptr + d[None, :] * N + n[:, None], mask=nmask[:, None] & dmask[None, :], other=0.0)
-    dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0) if HAS_DT_BIAS else tl.zeros([BLOCK_D], tl.float32)
+    a2 = tl.load(a2_ptr + d * N + n, mask=m, other=0.0)
+    dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0) if HAS_DT_BIAS else tl.zeros([1, BLOCK_D], tl.float32)
     h = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dts = tl.zeros([BLOCK_D], tl.float32)
+    dts = tl.zeros([1, BLOCK_D], tl.float32)
     row = seq.to(tl.int64)
     u_base = u_ptr + row * s_ub + d * s_ud
     dt_base = dt_ptr + row * s_db + d * s_dd
-    b_base = b_ptr + row * s_bb + n * s_bn
+    b_base = b_ptr + row * s_bb + n * s_bn + d * 0
     # Only chunks 0 .. n_chunks-2 feed a later chunk; the last chunk's end state is never read.
     if c < n_chunks - 1:
-        for t in range(t0, t1):
-            tt = (start + t).to(tl.int64)
-            dt = tl.load(dt_base + tt * s_dt, mask=dmask, other=0.0).to(tl.float32) + dtb
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            u = tl.load(u_base + tt * s_ut, mask=dmask, other=0.0).to(tl.float32)
-            bt = tl.load(b_base + tt * s_bt, mask=nmask, other=0.0).to(tl.float32)
-            h = tl.exp2(dt[None, :] * a2) * h + (dt * u)[None, :] * bt[:, None]
-            dts += dt
+        for tb in range(t0, t1, UNROLL):
+            for j in tl.static_range(UNROLL):
+                t = tb + j
+                ok = (d * 0 + t) < t1  # a [1, BLOCK_D] mask (scalar masks trip the interpreter)
+                tt = (start + t).to(tl.int64)
+                dt = tl.load(dt_base + tt * s_dt, mask=dmask & ok, other=0.0).to(tl.float32) + dtb
+                if SOFTPLUS:
+                    dt = _softplus(dt)
+                dt = tl.where(ok, dt, 0.0)
+                u = tl.load(u_base + tt * s_ut, mask=dmask & ok, other=0.0).to(tl.float32)
+                bt = tl.load(b_base + tt * s_bt, mask=m & ok, other=0.0).to(tl.float32)
+                h = tl.exp2(dt * a2) * h + (dt * u) * bt
+                dts += dt
     out = (row * n_chunks + c) * D
-    tl.store(end_ptr + (out + d[None, :]) * N + n[:, None], h, mask=nmask[:, None] & dmask[None, :])
+    tl.store(end_ptr + (out + d) * N + n, h, mask=m)
     tl.store(dtsum_ptr + out + d, dts, mask=dmask)
 
 
@@ -190,62 +197,61 @@ def _chunk_output(
     CHUNK_INIT: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     pid = tl.program_id(0)
     seq = pid // n_chunks
     c = pid % n_chunks
-    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    n = tl.arange(0, BLOCK_N)
+    d = (tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D))[None, :]
+    n = tl.arange(0, BLOCK_N)[:, None]
     dmask = d < D
-    nmask = n < N
-    m = nmask[:, None] & dmask[None, :]
+    m = (n < N) & dmask
     start = tl.load(seq_start_ptr + seq)
     length = tl.load(seq_len_ptr + seq)
     t0 = c * chunk_len
     t1 = tl.minimum(t0 + chunk_len, length)
-    a2 = tl.load(a2_ptr + d[None, :] * N + n[:, None], mask=m, other=0.0)
-    dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0) if HAS_DT_BIAS else tl.zeros([BLOCK_D], tl.float32)
-    dsk = tl.load(dskip_ptr + d, mask=dmask, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
+    a2 = tl.load(a2_ptr + d * N + n, mask=m, other=0.0)
+    dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0) if HAS_DT_BIAS else tl.zeros([1, BLOCK_D], tl.float32)
+    dsk = tl.load(dskip_ptr + d, mask=dmask, other=0.0) if HAS_D else tl.zeros([1, BLOCK_D], tl.float32)
     row = seq.to(tl.int64)
     h = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     slot = row * 0 - 1
     if HAS_STATE:
         slot = tl.load(state_idx_ptr + seq).to(tl.int64)
     if CHUNK_INIT:
-        h = tl.load(init_ptr + ((row * n_chunks + c) * D + d[None, :]) * N + n[:, None], mask=m, other=0.0)
+        h = tl.load(init_ptr + ((row * n_chunks + c) * D + d) * N + n, mask=m, other=0.0)
     elif HAS_STATE:
         init = tl.load(has_init_ptr + seq)
         if (init != 0) & (slot >= 0):
-            h = tl.load(state_ptr + slot * s_ss + d[None, :] * s_sd + n[:, None] * s_sn, mask=m, other=0.0)
-            h = h.to(tl.float32)
+            h = tl.load(state_ptr + slot * s_ss + d * s_sd + n * s_sn, mask=m, other=0.0).to(tl.float32)
     u_base = u_ptr + row * s_ub + d * s_ud
     dt_base = dt_ptr + row * s_db + d * s_dd
     z_base = z_ptr + row * s_zb + d * s_zd
     o_base = out_ptr + row * s_ob + d * s_od
-    b_base = b_ptr + row * s_bb + n * s_bn
-    c_base = c_ptr + row * s_cb + n * s_cn
-    for t in range(t0, t1):
-        tt = (start + t).to(tl.int64)
-        dt = tl.load(dt_base + tt * s_dt, mask=dmask, other=0.0).to(tl.float32) + dtb
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        u = tl.load(u_base + tt * s_ut, mask=dmask, other=0.0).to(tl.float32)
-        bt = tl.load(b_base + tt * s_bt, mask=nmask, other=0.0).to(tl.float32)
-        ct = tl.load(c_base + tt * s_ct, mask=nmask, other=0.0).to(tl.float32)
-        h = tl.exp2(dt[None, :] * a2) * h + (dt * u)[None, :] * bt[:, None]
-        y = tl.sum(h * ct[:, None], axis=0) + dsk * u
-        if HAS_Z:
-            zz = tl.load(z_base + tt * s_zt, mask=dmask, other=0.0).to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
-        tl.store(o_base + tt * s_ot, y.to(out_ptr.dtype.element_ty), mask=dmask)
+    b_base = b_ptr + row * s_bb + n * s_bn + d * 0
+    c_base = c_ptr + row * s_cb + n * s_cn + d * 0
+    for tb in range(t0, t1, UNROLL):
+        for j in tl.static_range(UNROLL):
+            t = tb + j
+            ok = (d * 0 + t) < t1  # a [1, BLOCK_D] mask (scalar masks trip the interpreter)
+            tt = (start + t).to(tl.int64)
+            dt = tl.load(dt_base + tt * s_dt, mask=dmask & ok, other=0.0).to(tl.float32) + dtb
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            dt = tl.where(ok, dt, 0.0)
+            u = tl.load(u_base + tt * s_ut, mask=dmask & ok, other=0.0).to(tl.float32)
+            bt = tl.load(b_base + tt * s_bt, mask=m & ok, other=0.0).to(tl.float32)
+            ct = tl.load(c_base + tt * s_ct, mask=m & ok, other=0.0).to(tl.float32)
+            h = tl.exp2(dt * a2) * h + (dt * u) * bt
+            y = tl.sum(h * ct, axis=0, keep_dims=True) + dsk * u
+            if HAS_Z:
+                zz = tl.load(z_base + tt * s_zt, mask=dmask & ok, other=0.0).to(tl.float32)
+                y = y * zz * tl.sigmoid(zz)
+            tl.store(o_base + tt * s_ot, y.to(out_ptr.dtype.element_ty), mask=dmask & ok)
     if HAS_STATE:
         last = tl.maximum(tl.cdiv(length, chunk_len) - 1, 0)
         if (c == last) & (slot >= 0):
-            tl.store(
-                state_ptr + slot * s_ss + d[None, :] * s_sd + n[:, None] * s_sn,
-                h.to(state_ptr.dtype.element_ty),
-                mask=m,
-            )
+            tl.store(state_ptr + slot * s_ss + d * s_sd + n * s_sn, h.to(state_ptr.dtype.element_ty), mask=m)
 
 
 def _pick_chunks(num_seqs: int, dim: int, max_len: int, n_chunks: int | None) -> tuple[int, int]:
@@ -279,6 +285,7 @@ def _launch_scan(
     out,
     n_chunks=None,
     block_d=None,
+    unroll=4,
 ):
     """u, delta, z, out: [R, D, T]-strided; B, C: [R, N, T]; sequence i is row i (or row 0 when packed,
     in which case the row strides passed are zero) columns seq_start[i] .. seq_start[i]+seq_len[i]-1."""
@@ -339,6 +346,7 @@ def _launch_scan(
             SOFTPLUS=delta_softplus,
             BLOCK_D=bd,
             BLOCK_N=block_n,
+            UNROLL=unroll,
             num_warps=nw,
         )
         _chunk_combine[(num_seqs, triton.cdiv(dim, bd))](
@@ -394,6 +402,7 @@ def _launch_scan(
         CHUNK_INIT=n_chunks > 1,
         BLOCK_D=bd,
         BLOCK_N=block_n,
+        UNROLL=unroll,
         num_warps=nw,
     )
     return out
@@ -421,6 +430,8 @@ def selective_scan(
     state_indices: torch.Tensor | None = None,
     seq_lens: torch.Tensor | None = None,
     n_chunks: int | None = None,
+    block_d: int | None = None,
+    unroll: int = 4,
 ) -> torch.Tensor:
     """`reference.selective_scan_ref`'s contract (right-padded [B, D, T] rows, optional seq_lens and pool).
 
@@ -453,6 +464,8 @@ def selective_scan(
         seqlen,
         out,
         n_chunks=n_chunks,
+        block_d=block_d,
+        unroll=unroll,
     )
 
 
