@@ -57,7 +57,17 @@ def copy_bandwidth() -> float:
     return round(2 * a.numel() / bench(lambda: b.copy_(a)) / 1e9, 2)
 
 
-SWEEP = [(64, 4, 1), (128, 4, 1), (128, 1, 1), (128, 8, 1), (64, 8, 2), (128, 4, 2), (32, 4, 2), (64, 4, 4)]
+# (block_d, unroll, chunk multiplier, prefetch)
+SWEEP = [
+    (128, 1, 1, True),
+    (128, 1, 1, False),
+    (64, 1, 1, True),
+    (64, 1, 2, True),
+    (128, 1, 2, True),
+    (256, 1, 1, True),
+    (32, 1, 2, True),
+    (128, 4, 1, False),
+]
 
 
 def scan_row(batch: int, dim: int, length: int, selective_scan_fn, sweep: bool = False) -> dict:  # noqa: ANN001
@@ -118,6 +128,8 @@ def scan_row(batch: int, dim: int, length: int, selective_scan_fn, sweep: bool =
             tried[f"bd{bd}_u{unroll}_c{nc}"] = round(bench(cfg), 4)
         row["sweep_token_major_ms"] = tried
         row["best_config"] = min(tried, key=tried.get)
+    state.zero_()
+    state2.zero_()
     y, y2 = ours(), ours_tm()
     row["ours_ms"] = round(bench(ours), 4)
     row["ours_token_major_ms"] = round(bench(ours_tm), 4)

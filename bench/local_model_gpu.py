@@ -30,13 +30,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def hf_config(args: argparse.Namespace, hidden: int, layers: int, experts: int):  # noqa: ANN201
+def hf_config(args: argparse.Namespace, hidden: int, layers: int, experts: int, inter: int | None = None):  # noqa: ANN201
     from transformers import JambaConfig
 
     return JambaConfig(
         vocab_size=args.vocab,
         hidden_size=hidden,
-        intermediate_size=hidden * 11 // 4,
+        intermediate_size=inter or hidden * 11 // 4,
         num_hidden_layers=layers,
         num_attention_heads=hidden // 64,
         num_key_value_heads=max(1, hidden // 256),
@@ -167,9 +167,16 @@ def main() -> int:
     ap.add_argument("--batches", default="1,64")
     ap.add_argument("--greedy-steps", type=int, default=64)
     ap.add_argument("--big", action="store_true")
+    ap.add_argument("--big-inter", type=int, default=1184, help="expert width of the --big config (~1.5B)")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument(
+        "--profile", action="store_true", help="only: per-kernel device times of eager decode steps"
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+
+    if args.profile:
+        return profile_decode(args)
 
     from transformers import JambaForCausalLM
 
@@ -284,15 +291,15 @@ def main() -> int:
     return 0
 
 
-def big_decode(args: argparse.Namespace, copy_tbps: float) -> dict:
-    """~1.5B config (hidden 2048, 16 layers, 16 experts top-2), random weights made on the GPU: decode at
-    batch 1 and its share of the bandwidth roofline."""
-    from local_model import LocalModel
+def random_gpu_model(
+    args: argparse.Namespace, hidden: int, layers: int, experts: int, inter: int | None = None
+):  # noqa: ANN201
+    """Our model with random weights made on the GPU (bf16, Triton bundle): for speed runs only."""
     from local_model.config import JambaConfig
     from local_model.kernels import triton_bundle
     from local_model.model import JambaForCausalLM
 
-    cfg = JambaConfig.from_dict(hf_config(args, 2048, 16, 16).to_dict())
+    cfg = JambaConfig.from_dict(hf_config(args, hidden, layers, experts, inter).to_dict())
     with torch.device("meta"):
         module = JambaForCausalLM(cfg)
     module = module.to_empty(device="cuda").to(torch.bfloat16)
@@ -307,6 +314,41 @@ def big_decode(args: argparse.Namespace, copy_tbps: float) -> dict:
             else:
                 p.normal_(0.0, 0.02)
     module.eval().set_kernels(triton_bundle())
+    return module
+
+
+def profile_decode(args: argparse.Namespace) -> int:
+    """Per-kernel device time of eager decode steps (what a CUDA-graph replay runs, minus launch gaps)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from local_model.decode import DecodeStep
+
+    module = random_gpu_model(args, args.hidden, args.layers, args.experts)
+    for b in [int(x) for x in args.batches.split(",")]:
+        pool = module.allocate_cache(b, 512, num_slots=b + 1)
+        step = DecodeStep(module, pool, bundle_of(module))
+        ids = torch.randint(0, args.vocab, (b,), device="cuda")
+        slots = torch.arange(b, device="cuda")
+        pos = torch.full((b,), 100, device="cuda")
+        with torch.inference_mode():
+            for _ in range(3):
+                step.forward(ids, slots, pos)
+            sync()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    step.forward(ids, slots, pos)
+                sync()
+        print(f"=== batch {b}: 5 eager decode steps ===")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
+    return 0
+
+
+def big_decode(args: argparse.Namespace, copy_tbps: float) -> dict:
+    """A bigger config (hidden 2048, 16 layers, 16 experts top-2, intermediate ``--big-inter``), random weights
+    made on the GPU: decode at batch 1 and its share of the bandwidth roofline."""
+    from local_model import LocalModel
+
+    module = random_gpu_model(args, 2048, 16, 16, args.big_inter)
     lm = LocalModel(module, None)
     res = {"params_m": round(sum(p.numel() for p in module.parameters()) / 1e6, 1)}
     prompt = torch.randint(0, args.vocab, (1, 128), device="cuda")

@@ -26,6 +26,8 @@ import triton
 import triton.language as tl
 
 LOG2E = math.log2(math.e)
+# The compiled kernels of the last prefill-scan launch (for benchmarks to read registers / spills).
+LAST_LAUNCH: dict[str, object] = {}
 
 
 @triton.jit
@@ -65,6 +67,7 @@ def _chunk_state(
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     UNROLL: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     # Every per-step value is a [1, BLOCK_D] or [BLOCK_N, BLOCK_D] tile (B is loaded broadcast over the
     # channels), so all of them share the state's layout and no step converts layouts through shared memory.
@@ -88,7 +91,25 @@ def _chunk_state(
     dt_base = dt_ptr + row * s_db + d * s_dd
     b_base = b_ptr + row * s_bb + n * s_bn + d * 0
     # Only chunks 0 .. n_chunks-2 feed a later chunk; the last chunk's end state is never read.
-    if c < n_chunks - 1:
+    if (c < n_chunks - 1) & PREFETCH:
+        ok = (d * 0 + t0) < t1
+        tt = (start + t0).to(tl.int64)
+        dt_n = tl.load(dt_base + tt * s_dt, mask=dmask & ok, other=0.0)
+        u_n = tl.load(u_base + tt * s_ut, mask=dmask & ok, other=0.0)
+        b_n = tl.load(b_base + tt * s_bt, mask=m & ok, other=0.0)
+        for t in range(t0, t1):
+            ttn = (start + t + 1).to(tl.int64)
+            okn = (d * 0 + t + 1) < t1
+            dt_c, u_c, b_c = dt_n, u_n, b_n
+            dt_n = tl.load(dt_base + ttn * s_dt, mask=dmask & okn, other=0.0)
+            u_n = tl.load(u_base + ttn * s_ut, mask=dmask & okn, other=0.0)
+            b_n = tl.load(b_base + ttn * s_bt, mask=m & okn, other=0.0)
+            dt = dt_c.to(tl.float32) + dtb
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            h = tl.exp2(dt * a2) * h + (dt * u_c.to(tl.float32)) * b_c.to(tl.float32)
+            dts += dt
+    if (c < n_chunks - 1) & (not PREFETCH):
         for tb in range(t0, t1, UNROLL):
             for j in tl.static_range(UNROLL):
                 t = tb + j
@@ -198,6 +219,7 @@ def _chunk_output(
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     UNROLL: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     pid = tl.program_id(0)
     seq = pid // n_chunks
@@ -230,24 +252,56 @@ def _chunk_output(
     o_base = out_ptr + row * s_ob + d * s_od
     b_base = b_ptr + row * s_bb + n * s_bn + d * 0
     c_base = c_ptr + row * s_cb + n * s_cn + d * 0
-    for tb in range(t0, t1, UNROLL):
-        for j in tl.static_range(UNROLL):
-            t = tb + j
-            ok = (d * 0 + t) < t1  # a [1, BLOCK_D] mask (scalar masks trip the interpreter)
+    if PREFETCH:
+        # software pipelining by hand: step t+1's inputs are loaded while step t computes, so the loads'
+        # latency overlaps a step of arithmetic instead of stalling every step
+        ok = (d * 0 + t0) < t1
+        tt = (start + t0).to(tl.int64)
+        dt_n = tl.load(dt_base + tt * s_dt, mask=dmask & ok, other=0.0)
+        u_n = tl.load(u_base + tt * s_ut, mask=dmask & ok, other=0.0)
+        b_n = tl.load(b_base + tt * s_bt, mask=m & ok, other=0.0)
+        c_n = tl.load(c_base + tt * s_ct, mask=m & ok, other=0.0)
+        z_n = tl.load(z_base + tt * s_zt, mask=dmask & ok, other=0.0) if HAS_Z else dt_n
+        for t in range(t0, t1):
             tt = (start + t).to(tl.int64)
-            dt = tl.load(dt_base + tt * s_dt, mask=dmask & ok, other=0.0).to(tl.float32) + dtb
+            dt_c, u_c, b_c, c_c, z_c = dt_n, u_n, b_n, c_n, z_n
+            okn = (d * 0 + t + 1) < t1
+            ttn = tt + 1
+            dt_n = tl.load(dt_base + ttn * s_dt, mask=dmask & okn, other=0.0)
+            u_n = tl.load(u_base + ttn * s_ut, mask=dmask & okn, other=0.0)
+            b_n = tl.load(b_base + ttn * s_bt, mask=m & okn, other=0.0)
+            c_n = tl.load(c_base + ttn * s_ct, mask=m & okn, other=0.0)
+            if HAS_Z:
+                z_n = tl.load(z_base + ttn * s_zt, mask=dmask & okn, other=0.0)
+            dt = dt_c.to(tl.float32) + dtb
             if SOFTPLUS:
                 dt = _softplus(dt)
-            dt = tl.where(ok, dt, 0.0)
-            u = tl.load(u_base + tt * s_ut, mask=dmask & ok, other=0.0).to(tl.float32)
-            bt = tl.load(b_base + tt * s_bt, mask=m & ok, other=0.0).to(tl.float32)
-            ct = tl.load(c_base + tt * s_ct, mask=m & ok, other=0.0).to(tl.float32)
-            h = tl.exp2(dt * a2) * h + (dt * u) * bt
-            y = tl.sum(h * ct, axis=0, keep_dims=True) + dsk * u
+            u = u_c.to(tl.float32)
+            h = tl.exp2(dt * a2) * h + (dt * u) * b_c.to(tl.float32)
+            y = tl.sum(h * c_c.to(tl.float32), axis=0, keep_dims=True) + dsk * u
             if HAS_Z:
-                zz = tl.load(z_base + tt * s_zt, mask=dmask & ok, other=0.0).to(tl.float32)
+                zz = z_c.to(tl.float32)
                 y = y * zz * tl.sigmoid(zz)
-            tl.store(o_base + tt * s_ot, y.to(out_ptr.dtype.element_ty), mask=dmask & ok)
+            tl.store(o_base + tt * s_ot, y.to(out_ptr.dtype.element_ty), mask=dmask)
+    else:
+        for tb in range(t0, t1, UNROLL):
+            for j in tl.static_range(UNROLL):
+                t = tb + j
+                ok = (d * 0 + t) < t1  # a [1, BLOCK_D] mask (scalar masks trip the interpreter)
+                tt = (start + t).to(tl.int64)
+                dt = tl.load(dt_base + tt * s_dt, mask=dmask & ok, other=0.0).to(tl.float32) + dtb
+                if SOFTPLUS:
+                    dt = _softplus(dt)
+                dt = tl.where(ok, dt, 0.0)
+                u = tl.load(u_base + tt * s_ut, mask=dmask & ok, other=0.0).to(tl.float32)
+                bt = tl.load(b_base + tt * s_bt, mask=m & ok, other=0.0).to(tl.float32)
+                ct = tl.load(c_base + tt * s_ct, mask=m & ok, other=0.0).to(tl.float32)
+                h = tl.exp2(dt * a2) * h + (dt * u) * bt
+                y = tl.sum(h * ct, axis=0, keep_dims=True) + dsk * u
+                if HAS_Z:
+                    zz = tl.load(z_base + tt * s_zt, mask=dmask & ok, other=0.0).to(tl.float32)
+                    y = y * zz * tl.sigmoid(zz)
+                tl.store(o_base + tt * s_ot, y.to(out_ptr.dtype.element_ty), mask=dmask & ok)
     if HAS_STATE:
         last = tl.maximum(tl.cdiv(length, chunk_len) - 1, 0)
         if (c == last) & (slot >= 0):
@@ -285,7 +339,8 @@ def _launch_scan(
     out,
     n_chunks=None,
     block_d=None,
-    unroll=4,
+    unroll=1,
+    prefetch=True,
 ):
     """u, delta, z, out: [R, D, T]-strided; B, C: [R, N, T]; sequence i is row i (or row 0 when packed,
     in which case the row strides passed are zero) columns seq_start[i] .. seq_start[i]+seq_len[i]-1."""
@@ -313,7 +368,7 @@ def _launch_scan(
         st, s_st = a2, (0, 0, 0)
     n_chunks, chunk_len = _pick_chunks(num_seqs, dim, max_len, n_chunks)
     block_n = triton.next_power_of_2(nst)
-    bd = block_d or (128 if num_seqs * dim * n_chunks >= 65536 else 64)
+    bd = block_d or 128
     nw = max(1, bd // 32)
     grid = (num_seqs * n_chunks, triton.cdiv(dim, bd))
     su = _row_strides(u, packed=u.dim() == 2)
@@ -325,7 +380,7 @@ def _launch_scan(
     if n_chunks > 1:
         end = torch.empty(num_seqs * n_chunks * dim * nst, device=dev, dtype=torch.float32)
         dts = torch.empty(num_seqs * n_chunks * dim, device=dev, dtype=torch.float32)
-        _chunk_state[grid](
+        LAST_LAUNCH["state"] = _chunk_state[grid](
             u,
             delta,
             B,
@@ -347,6 +402,7 @@ def _launch_scan(
             BLOCK_D=bd,
             BLOCK_N=block_n,
             UNROLL=unroll,
+            PREFETCH=prefetch,
             num_warps=nw,
         )
         _chunk_combine[(num_seqs, triton.cdiv(dim, bd))](
@@ -367,7 +423,7 @@ def _launch_scan(
         )
     else:
         end = a2
-    _chunk_output[grid](
+    LAST_LAUNCH["output"] = _chunk_output[grid](
         u,
         delta,
         B,
@@ -403,6 +459,7 @@ def _launch_scan(
         BLOCK_D=bd,
         BLOCK_N=block_n,
         UNROLL=unroll,
+        PREFETCH=prefetch,
         num_warps=nw,
     )
     return out
@@ -431,7 +488,8 @@ def selective_scan(
     seq_lens: torch.Tensor | None = None,
     n_chunks: int | None = None,
     block_d: int | None = None,
-    unroll: int = 4,
+    unroll: int = 1,
+    prefetch: bool = True,
 ) -> torch.Tensor:
     """`reference.selective_scan_ref`'s contract (right-padded [B, D, T] rows, optional seq_lens and pool).
 
@@ -466,6 +524,7 @@ def selective_scan(
         n_chunks=n_chunks,
         block_d=block_d,
         unroll=unroll,
+        prefetch=prefetch,
     )
 
 
