@@ -105,10 +105,12 @@ def scan_row(batch: int, dim: int, length: int, selective_scan_fn, sweep: bool =
 
         base_chunks, _ = _pick_chunks(batch, dim, length, None)
         tried = {}
-        for bd, unroll, mult in SWEEP:
+        from local_model.kernels.triton_scan import LAST_LAUNCH
+
+        for bd, unroll, mult, pf in SWEEP:
             nc = max(1, min(length // 16, base_chunks * mult))
 
-            def cfg(bd=bd, unroll=unroll, nc=nc):  # noqa: ANN202
+            def cfg(bd=bd, unroll=unroll, nc=nc, pf=pf):  # noqa: ANN202
                 return tk.selective_scan(
                     u=u2,
                     delta=d2,
@@ -123,9 +125,15 @@ def scan_row(batch: int, dim: int, length: int, selective_scan_fn, sweep: bool =
                     n_chunks=nc,
                     block_d=bd,
                     unroll=unroll,
+                    prefetch=pf,
                 )
 
-            tried[f"bd{bd}_u{unroll}_c{nc}"] = round(bench(cfg), 4)
+            key = f"bd{bd}_u{unroll}_c{nc}_pf{int(pf)}"
+            tried[key] = round(bench(cfg), 4)
+            k_out = LAST_LAUNCH.get("output")
+            if k_out is not None and batch == 1 and dim == 2048 and length == 8192:
+                regs = [getattr(k_out, "n_regs", None), getattr(k_out, "n_spills", None)]
+                row.setdefault("output_kernel_regs_spills", {})[key] = regs
         row["sweep_token_major_ms"] = tried
         row["best_config"] = min(tried, key=tried.get)
     state.zero_()
