@@ -159,12 +159,16 @@ def _chunk_combine(
             h = tl.load(state_ptr + slot * s_ss + d[None, :] * s_sd + n[:, None] * s_sn, mask=m, other=0.0)
             h = h.to(tl.float32)
     row = seq.to(tl.int64) * n_chunks
+    # chunk c+1's (end state, dt sum) are loaded while chunk c is combined (the loads never depend on h)
+    e_n = tl.load(end_ptr + (row * D + d[None, :]) * N + n[:, None], mask=m, other=0.0)
+    ds_n = tl.load(dtsum_ptr + row * D + d, mask=d < D, other=0.0)
     for c in range(n_chunks):
         off = (row + c) * D
-        ptrs = end_ptr + (off + d[None, :]) * N + n[:, None]
-        e = tl.load(ptrs, mask=m, other=0.0)
-        ds = tl.load(dtsum_ptr + off + d, mask=d < D, other=0.0)
-        tl.store(ptrs, h, mask=m)  # becomes chunk c's starting state
+        e, ds = e_n, ds_n
+        more = (d * 0 + c + 1) < n_chunks
+        e_n = tl.load(end_ptr + (off + D + d[None, :]) * N + n[:, None], mask=m & more[None, :], other=0.0)
+        ds_n = tl.load(dtsum_ptr + off + D + d, mask=(d < D) & more, other=0.0)
+        tl.store(end_ptr + (off + d[None, :]) * N + n[:, None], h, mask=m)  # chunk c's starting state
         h = tl.exp2(ds[None, :] * a2) * h + e
 
 
@@ -368,7 +372,9 @@ def _launch_scan(
         st, s_st = a2, (0, 0, 0)
     n_chunks, chunk_len = _pick_chunks(num_seqs, dim, max_len, n_chunks)
     block_n = triton.next_power_of_2(nst)
-    bd = block_d or 128
+    # Swept on an H100 (bench/kernels_gpu.py --sweep): 256 channels (8 warps) a program wins on short
+    # sequences; from 8K tokens up the block size matters by a few percent only.
+    bd = block_d or (256 if max_len <= 4096 else 64)
     nw = max(1, bd // 32)
     grid = (num_seqs * n_chunks, triton.cdiv(dim, bd))
     su = _row_strides(u, packed=u.dim() == 2)
