@@ -108,7 +108,7 @@ class DecodeStep:
         w = self._prep[i]
         mx = w.mixer
         d = mx.d_inner
-        xz = F.linear(h, mx.in_proj.weight, mx.in_proj.bias)
+        xz = self.k.linear(x=h, weight=mx.in_proj.weight, bias=mx.in_proj.bias)
         xc = self.k.causal_conv1d_update(
             x=xz[:, :d],
             conv_state=state.conv,
@@ -135,7 +135,7 @@ class DecodeStep:
             D=mx.D,
             **kw,
         )
-        return F.linear(y, mx.out_proj.weight, mx.out_proj.bias)
+        return self.k.linear(x=y, weight=mx.out_proj.weight, bias=mx.out_proj.bias)
 
     def _attention(
         self,
@@ -148,7 +148,7 @@ class DecodeStep:
     ) -> torch.Tensor:
         batch = h.shape[0]
         hd, nh, nkv = attn.head_dim, attn.n_heads, attn.n_kv_heads
-        qkv = F.linear(h, self._prep[i])
+        qkv = self.k.linear(x=h, weight=self._prep[i])
         q = qkv[:, : nh * hd].view(batch, nh, hd)
         kk = qkv[:, nh * hd : (nh + nkv) * hd].view(batch, nkv, hd)
         vv = qkv[:, (nh + nkv) * hd :].view(batch, nkv, hd)
@@ -157,11 +157,11 @@ class DecodeStep:
         o = self.k.attention_decode(
             q=q, k_cache=kv.k, v_cache=kv.v, context_lens=positions + 1, scale=attn.scale, slots=slots
         )
-        return F.linear(o.reshape(batch, nh * hd), attn.o_proj.weight)
+        return self.k.linear(x=o.reshape(batch, nh * hd), weight=attn.o_proj.weight)
 
     def _mlp(self, mlp: torch.nn.Module, i: int, h: torch.Tensor) -> torch.Tensor:
-        g, u = F.linear(h, self._prep[("mlp", i)]).chunk(2, dim=-1)
-        return F.linear(mlp.act(g) * u, mlp.down_proj.weight)
+        g, u = self.k.linear(x=h, weight=self._prep[("mlp", i)]).chunk(2, dim=-1)
+        return self.k.linear(x=mlp.act(g) * u, weight=mlp.down_proj.weight)
 
     def _moe(self, moe: SparseMoE, h: torch.Tensor) -> torch.Tensor:
         logits = F.linear(h, moe.router.weight)

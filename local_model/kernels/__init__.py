@@ -19,6 +19,7 @@ from .reference import (
     attention_prefill_ref,
     causal_conv1d_ref,
     causal_conv1d_update_ref,
+    linear_ref,
     mamba_decode_ssm_ref,
     moe_experts_ref,
     rms_norm_ref,
@@ -41,6 +42,7 @@ class KernelBundle:
     moe_experts: Callable[..., torch.Tensor] = moe_experts_ref
     attention_prefill: Callable[..., torch.Tensor] = attention_prefill_ref
     attention_decode: Callable[..., torch.Tensor] = attention_decode_ref
+    linear: Callable[..., torch.Tensor] = linear_ref
     router_topk: Callable[..., tuple[torch.Tensor, torch.Tensor]] = router_topk_ref
     mamba_decode_ssm: Callable[..., torch.Tensor] = mamba_decode_ssm_ref
     name: str = "reference"
@@ -65,6 +67,7 @@ def triton_bundle() -> KernelBundle:
         moe_experts=t.moe_experts,
         attention_prefill=t.attention_prefill,
         attention_decode=t.attention_decode,
+        linear=t.linear,
         router_topk=t.router_topk,
         mamba_decode_ssm=t.mamba_decode_ssm,
         name="triton",

@@ -423,6 +423,11 @@ def attention_decode_ref(
 # ============================================================================ decode-step pieces
 
 
+def linear_ref(*, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight.T (+ bias): the projections of the decode step."""
+    return F.linear(x, weight, bias)
+
+
 def router_topk_ref(*, logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of the fp32 softmax over experts (no renormalisation): (weights in logits.dtype, indices)."""
     probs = torch.softmax(logits, dim=-1, dtype=torch.float32)

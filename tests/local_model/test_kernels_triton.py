@@ -328,3 +328,12 @@ def test_decode_step_with_triton_bundle_matches_the_model_forward():
         step = DecodeStep(model, pool, triton_bundle())
         got = step.forward(nxt, torch.tensor([2, 0], device=DEV), torch.tensor([9, 9], device=DEV))
     assert rel(got, expect) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_skinny_linear_matches_reference(dtype, rows):
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(rows, 100, generator=gen).to(DEV).to(dtype)
+    w = torch.randn(300, 100, generator=gen).to(DEV).to(dtype)
+    assert rel(tk.linear(x=x, weight=w), ref.linear_ref(x=x, weight=w)) <= tol(dtype)
