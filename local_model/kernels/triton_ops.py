@@ -237,7 +237,8 @@ def moe_experts(
     ieee = x.dtype == torch.float32
     x = x.contiguous()
     act_out = torch.empty(pairs, inter, device=x.device, dtype=x.dtype)
-    bn = 64 if pairs > 64 else 32
+    # few pairs (decode): narrow column blocks, so enough programs stream the chosen experts' weights
+    bn = 64 if pairs > 64 else 16
     bk = 64 if ieee else 128
     _moe_gemm[(n_blocks, triton.cdiv(inter, bn))](
         x,

@@ -478,6 +478,13 @@ def _row_strides(x: torch.Tensor, packed: bool) -> tuple[int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2)
 
 
+def _token_major(x: torch.Tensor | None) -> torch.Tensor | None:
+    """The same [R, C, T] values with unit channel stride (a copy only if time is the unit stride)."""
+    if x is None or x.stride(1) == 1 or x.stride(2) != 1:
+        return x
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 def selective_scan(
     *,
     u: torch.Tensor,
@@ -502,6 +509,10 @@ def selective_scan(
     Returns y as a [B, D, T] view of a token-major [B, T, D] tensor (what the out projection reads).
     """
     batch, dim, seqlen = u.shape
+    if seqlen > 1:
+        # Time-contiguous inputs ([B, D, T] with unit time stride) make every per-step load touch one cache
+        # line per channel; one transposing copy to the token-major layout the kernel streams costs less.
+        u, delta, z, B, C = (_token_major(t) for t in (u, delta, z, B, C))
     out = torch.empty(batch, seqlen, dim, device=u.device, dtype=u.dtype).transpose(1, 2)
     starts = torch.zeros(batch, device=u.device, dtype=torch.int32)
     lens = (
