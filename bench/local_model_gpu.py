@@ -1,16 +1,19 @@
-"""Local model on a GPU: bf16 (PyTorch SDPA attention, reference PyTorch scan) vs CPU fp32, and
-tokens/s against Hugging Face transformers' JambaForCausalLM on the same random checkpoint.
+"""The local hybrid model on a GPU: ours (Triton kernel bundle, CUDA-graph decode) against Hugging Face
+transformers' JambaForCausalLM on the same random checkpoint, in one process on one card.
 
-Builds a random Jamba config with transformers, saves it, then:
-  1. parity: our CUDA bf16 logits vs our CPU fp32 logits on the same ids (and transformers' CUDA
-     bf16 vs its CPU fp32, to show what bf16 alone costs), as max |diff| / max |logit| and top-1
-     agreement;
-  2. speed (CUDA bf16): prefill tokens/s (1×PREFILL), greedy decode tokens/s (batch 1 and 8,
-     prompt 128, 128 new tokens) for ours (explicit caches) and for transformers' generate().
-This is the baseline the kernel issue beats: no Triton kernels yet, the Mamba scan is the
-PyTorch reference path in both implementations.
+Builds a random Jamba config with transformers (426M parameters by default), saves it, then measures:
+  1. parity: our CUDA bf16 logits (Triton bundle) vs our CPU fp32 logits on the same ids, as max |diff| /
+     max |logit| and top-1 agreement (transformers' CUDA bf16 vs its CPU fp32 beside it: what bf16 costs);
+  2. greedy: 64 greedy tokens from our CUDA-graph decode vs our GPU reference path (the model's own forward
+     with the PyTorch reference kernels), in bf16 and in fp32: number of leading tokens that agree;
+  3. prefill tokens/s at ``--prefill`` tokens (one sequence, no cache), ours vs transformers;
+  4. decode tokens/s at each ``--batches`` size (prompt 128, ``--new`` tokens): ours = CUDA-graph replays
+     of the decode step (prefill excluded); transformers = generate(new) - generate(1) (prefill excluded);
+  5. the decode roofline at batch 1: bytes one step must read (weights of the layers and the 2 chosen
+     experts, lm_head, Mamba state read+write, KV) over the measured copy bandwidth.
+``--big`` adds decode at batch 1 for a ~1.5B config (hidden 2048, 16 layers, 16 experts top-2; ours only).
 
-Usage: python bench/local_model_gpu.py [--hidden 1024 --layers 8 --experts 8 --prefill 2048]
+Usage: python bench/local_model_gpu.py [--json out.json] [--big]
 """
 
 from __future__ import annotations
@@ -27,21 +30,33 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def hf_config(args: argparse.Namespace):  # noqa: ANN201
+def hf_config(args: argparse.Namespace, hidden: int, layers: int, experts: int, inter: int | None = None):  # noqa: ANN201
     from transformers import JambaConfig
 
     return JambaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 11 // 4,
-        num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64, num_key_value_heads=max(1, args.hidden // 256),
-        attn_layer_period=8, attn_layer_offset=4, expert_layer_period=2, expert_layer_offset=1,
-        num_experts=args.experts, num_experts_per_tok=2, mamba_d_state=16, mamba_d_conv=4, mamba_expand=2,
-        max_position_embeddings=8192, use_mamba_kernels=False, tie_word_embeddings=False,
+        vocab_size=args.vocab,
+        hidden_size=hidden,
+        intermediate_size=inter or hidden * 11 // 4,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=max(1, hidden // 256),
+        attn_layer_period=8,
+        attn_layer_offset=4,
+        expert_layer_period=2,
+        expert_layer_offset=1,
+        num_experts=experts,
+        num_experts_per_tok=2,
+        mamba_d_state=16,
+        mamba_d_conv=4,
+        mamba_expand=2,
+        max_position_embeddings=65536,
+        use_mamba_kernels=False,
+        tie_word_embeddings=False,
     )
 
 
 def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    torch.cuda.synchronize()
 
 
 def timed(fn, reps: int = 3) -> float:  # noqa: ANN001
@@ -56,13 +71,89 @@ def timed(fn, reps: int = 3) -> float:  # noqa: ANN001
     return best
 
 
-def ours_decode(lm, ids: torch.Tensor, new: int) -> None:  # noqa: ANN001
-    b, p = ids.shape
-    cache = lm.new_cache(b, p + new)
+def copy_bandwidth() -> float:
+    a = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    t = timed(lambda: [b.copy_(a) for _ in range(10)], reps=3) / 10
+    return 2 * a.numel() / t
+
+
+def step_bytes(module, batch: int, context: int) -> int:  # noqa: ANN001
+    """Bytes one decode step must move at this batch: every weight it reads once (MoE: the distinct experts
+    the batch can hit, at most top-k per row), the embedding rows, Mamba state read + write, K/V read."""
+    from local_model.model import Experts
+
+    cfg = module.config
+    total = 0
+    for name, p in module.named_parameters():
+        if "embed_tokens" in name:
+            continue
+        total += p.numel() * p.element_size()
+    for m in module.modules():
+        if isinstance(m, Experts):
+            per = (m.gate_up_proj.numel() + m.down_proj.numel()) * m.gate_up_proj.element_size()
+            hit = min(cfg.num_experts, batch * cfg.num_experts_per_tok)
+            total -= per * (cfg.num_experts - hit) // cfg.num_experts
+    d = cfg.mamba_d_inner
+    per_row_state = (
+        len(cfg.mamba_layer_ids) * (d * cfg.mamba_d_state * 4 + d * (cfg.mamba_d_conv - 1) * 2) * 2
+    )
+    kv = len(cfg.attention_layer_ids) * 2 * cfg.num_key_value_heads * cfg.attn_head_dim * 2 * context
+    return total + batch * (per_row_state + kv + cfg.hidden_size * 2)
+
+
+def bundle_of(module):  # noqa: ANN001, ANN201
+    """The kernel bundle a model runs (every kernel-using module holds the same one)."""
+    return next(m.kernels for m in module.modules() if hasattr(m, "kernels"))
+
+
+def ours_greedy_graph(
+    lm, prompt: torch.Tensor, steps: int, graphs: bool = True
+) -> tuple[torch.Tensor, float]:  # noqa: ANN001
+    """Prefill through the model (Triton bundle), then ``steps - 1`` decode steps replayed from a CUDA graph.
+    Returns (tokens [B, steps], seconds of the decode steps alone)."""
+    from local_model.decode import DecodeStep
+
+    b, p = prompt.shape
+    pool = lm.module.allocate_cache(b, p + steps + 8, num_slots=b + 1)
+    slots = torch.arange(b, device=prompt.device)
+    step = DecodeStep(lm.module, pool, bundle_of(lm.module))
     with torch.inference_mode():
-        nxt = lm.module(ids, cache, last_only=True)[:, -1].argmax(-1, keepdim=True)
-        for _ in range(new - 1):
-            nxt = lm.module(nxt, cache, last_only=True)[:, -1].argmax(-1, keepdim=True)
+        first = lm.module(prompt, pool.view(slots, torch.zeros(b, dtype=torch.long)), last_only=True)[:, -1]
+        nxt = first.argmax(-1)
+        bucket = step.start(nxt, slots, torch.full((b,), p, device=prompt.device), graphs=graphs)
+        sync()
+        t0 = time.perf_counter()
+        hist = step.run(bucket, steps - 1, graphs=graphs)
+        sync()
+        dt = time.perf_counter() - t0
+    return torch.cat([nxt[:, None], hist[:, :b].t()], dim=1), dt
+
+
+def reference_greedy(module, prompt: torch.Tensor, steps: int) -> torch.Tensor:  # noqa: ANN001
+    """Our GPU reference path: the model's own cached forward with the PyTorch reference kernels."""
+    from local_model.kernels import DEFAULT_KERNELS
+
+    saved = bundle_of(module)
+    module.set_kernels(DEFAULT_KERNELS)
+    try:
+        b, p = prompt.shape
+        cache = module.allocate_cache(b, p + steps + 8)
+        out = []
+        with torch.inference_mode():
+            nxt = module(prompt, cache, last_only=True)[:, -1].argmax(-1, keepdim=True)
+            out.append(nxt)
+            for _ in range(steps - 1):
+                nxt = module(nxt, cache, last_only=True)[:, -1].argmax(-1, keepdim=True)
+                out.append(nxt)
+        return torch.cat(out, dim=1)
+    finally:
+        module.set_kernels(saved)
+
+
+def leading_agreement(a: torch.Tensor, b: torch.Tensor) -> list[int]:
+    eq = (a == b).cpu()
+    return [int(row.cumprod(0).sum()) for row in eq]
 
 
 def main() -> int:
@@ -71,37 +162,46 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--experts", type=int, default=8)
     ap.add_argument("--vocab", type=int, default=32000)
-    ap.add_argument("--prefill", type=int, default=2048)
+    ap.add_argument("--prefill", type=int, default=8192)
     ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--batches", default="1,64")
+    ap.add_argument("--greedy-steps", type=int, default=64)
+    ap.add_argument("--big", action="store_true")
+    ap.add_argument("--big-inter", type=int, default=1184, help="expert width of the --big config (~1.5B)")
+    ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument(
+        "--profile", action="store_true", help="only: per-kernel device times of eager decode steps"
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+
+    if args.profile:
+        return profile_decode(args)
 
     from transformers import JambaForCausalLM
 
     import local_model
 
-    out: dict = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                 "torch": torch.__version__}
+    dev = "cuda"
+    out: dict = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    out["copy_TBps"] = round(copy_bandwidth() / 1e12, 2)
     torch.manual_seed(0)
-    cfg = hf_config(args)
+    cfg = hf_config(args, args.hidden, args.layers, args.experts)
     with tempfile.TemporaryDirectory() as tmp:
         hf_cpu = JambaForCausalLM(cfg).eval()
         hf_cpu.save_pretrained(tmp)
-        n_params = sum(p.numel() for p in hf_cpu.parameters())
-        out["config"] = {k: getattr(cfg, k) for k in ("hidden_size", "num_hidden_layers", "num_experts",
-                                                         "num_attention_heads", "num_key_value_heads", "vocab_size")}
-        out["params_m"] = round(n_params / 1e6, 1)
+        out["params_m"] = round(sum(p.numel() for p in hf_cpu.parameters()) / 1e6, 1)
         ids = torch.randint(0, args.vocab, (2, 256), generator=torch.Generator().manual_seed(1))
-
         ours_cpu = local_model.load(tmp, device="cpu", dtype=torch.float32)
         ref = ours_cpu.logits(ids).float()
-        with torch.inference_mode():
-            hf_ref = hf_cpu(ids).logits.float()
-        out["cpu_fp32_ours_vs_hf_max_abs_rel"] = float((ref - hf_ref).abs().max() / hf_ref.abs().max())
         del ours_cpu
 
-        dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a smoke run of this script only
         ours = local_model.load(tmp, device=dev, dtype=torch.bfloat16)
+        out["bundle"] = bundle_of(ours.module).name
         got = ours.logits(ids.to(dev)).float().cpu()
         scale = float(ref.abs().max())
         out["parity_ours_bf16_cuda_vs_fp32_cpu"] = {
@@ -109,36 +209,158 @@ def main() -> int:
             "mean_abs_over_logit_scale": float((got - ref).abs().mean() / scale),
             "top1_agreement": float((got.argmax(-1) == ref.argmax(-1)).float().mean()),
         }
-        hf = JambaForCausalLM.from_pretrained(tmp, torch_dtype=torch.bfloat16, attn_implementation="sdpa").to(dev).eval()
-        with torch.inference_mode():
-            hf_got = hf(ids.to(dev)).logits.float().cpu()
-        out["parity_hf_bf16_cuda_vs_fp32_cpu"] = {
-            "max_abs_over_logit_scale": float((hf_got - hf_ref).abs().max() / scale),
-            "top1_agreement": float((hf_got.argmax(-1) == hf_ref.argmax(-1)).float().mean()),
-        }
-        print(json.dumps(out, indent=1), flush=True)
+        hf = None
+        if not args.skip_hf:
+            hf = (
+                JambaForCausalLM.from_pretrained(tmp, dtype=torch.bfloat16, attn_implementation="sdpa")
+                .to(dev)
+                .eval()
+            )
+            with torch.inference_mode():
+                hf_got = hf(ids.to(dev)).logits.float().cpu()
+                hf_ref = hf_cpu(ids).logits.float()
+            out["parity_hf_bf16_cuda_vs_fp32_cpu"] = {
+                "max_abs_over_logit_scale": float((hf_got - hf_ref).abs().max() / scale),
+                "top1_agreement": float((hf_got.argmax(-1) == hf_ref.argmax(-1)).float().mean()),
+            }
+        del hf_cpu
+        print(json.dumps(out), flush=True)
 
+        # greedy agreement with our own GPU reference path, bf16 and fp32
+        prompt = torch.randint(
+            0, args.vocab, (2, 32), device=dev, generator=torch.Generator(dev).manual_seed(2)
+        )
+        g_ours, _ = ours_greedy_graph(ours, prompt, args.greedy_steps)
+        g_ref = reference_greedy(ours.module, prompt, args.greedy_steps)
+        out["greedy_bf16_leading_match"] = leading_agreement(g_ours, g_ref)
+        ours32 = local_model.load(tmp, device=dev, dtype=torch.float32)
+        g32, _ = ours_greedy_graph(ours32, prompt, args.greedy_steps)
+        g32_ref = reference_greedy(ours32.module, prompt, args.greedy_steps)
+        out["greedy_fp32_leading_match"] = leading_agreement(g32, g32_ref)
+        out["greedy_steps"] = args.greedy_steps
+        del ours32
+        torch.cuda.empty_cache()
+        print(json.dumps({k: v for k, v in out.items() if "greedy" in k}), flush=True)
+
+        # prefill
         long_ids = torch.randint(0, args.vocab, (1, args.prefill), device=dev)
         t = timed(lambda: ours.logits(long_ids))
         out["ours_prefill_tok_s"] = round(args.prefill / t)
-        with torch.inference_mode():
-            t = timed(lambda: hf(long_ids, use_cache=False))
-        out["hf_prefill_tok_s"] = round(args.prefill / t)
-        print(json.dumps({k: out[k] for k in ("ours_prefill_tok_s", "hf_prefill_tok_s")}), flush=True)
-
-        for b in (1, 8):
-            prompt = torch.randint(0, args.vocab, (b, 128), device=dev)
-            t = timed(lambda prompt=prompt: ours_decode(ours, prompt, args.new), reps=2)
-            out[f"ours_decode_b{b}_tok_s"] = round(b * args.new / t)
+        if hf is not None:
             with torch.inference_mode():
-                t = timed(lambda prompt=prompt: hf.generate(prompt, max_new_tokens=args.new, min_new_tokens=args.new,
-                                                           do_sample=False, use_cache=True), reps=2)
-            out[f"hf_decode_b{b}_tok_s"] = round(b * args.new / t)
+                t = timed(lambda: hf(long_ids, use_cache=False, logits_to_keep=1), reps=1)
+            out["hf_prefill_tok_s"] = round(args.prefill / t)
+            out["prefill_speedup"] = round(out["ours_prefill_tok_s"] / out["hf_prefill_tok_s"], 1)
+        print(json.dumps({k: v for k, v in out.items() if "prefill" in k}), flush=True)
+
+        # decode
+        for b in [int(x) for x in args.batches.split(",")]:
+            prompt = torch.randint(0, args.vocab, (b, 128), device=dev)
+            ours_greedy_graph(ours, prompt, 8)  # capture this bucket's graph, warm up
+            _, t = ours_greedy_graph(ours, prompt, args.new + 1)
+            out[f"ours_decode_b{b}_tok_s"] = round(b * args.new / t)
+            if hf is not None:
+                with torch.inference_mode():
+
+                    def gen(n: int, prompt: torch.Tensor = prompt) -> None:
+                        hf.generate(
+                            prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True
+                        )
+
+                    t_all = timed(lambda: gen(args.new + 1), reps=1)
+                    t_one = timed(lambda: gen(1), reps=1)
+                out[f"hf_decode_b{b}_tok_s"] = round(b * args.new / max(t_all - t_one, 1e-9))
+                out[f"decode_b{b}_speedup"] = round(
+                    out[f"ours_decode_b{b}_tok_s"] / out[f"hf_decode_b{b}_tok_s"], 1
+                )
+            if b == 1:
+                bytes_ = step_bytes(ours.module, 1, 128 + args.new)
+                roof = out["copy_TBps"] * 1e12 / bytes_
+                out["decode_b1_bytes_per_step_mb"] = round(bytes_ / 1e6, 1)
+                out["decode_b1_roofline_tok_s"] = round(roof)
+                out["decode_b1_roofline_share"] = round(out["ours_decode_b1_tok_s"] / roof, 3)
             print(json.dumps({k: v for k, v in out.items() if "decode" in k}), flush=True)
+        hf = ours = None
+        torch.cuda.empty_cache()
+
+    if args.big:
+        out["big"] = big_decode(args, out["copy_TBps"])
     print(json.dumps(out, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
+
+
+def random_gpu_model(
+    args: argparse.Namespace, hidden: int, layers: int, experts: int, inter: int | None = None
+):  # noqa: ANN201
+    """Our model with random weights made on the GPU (bf16, Triton bundle): for speed runs only."""
+    from local_model.config import JambaConfig
+    from local_model.kernels import triton_bundle
+    from local_model.model import JambaForCausalLM
+
+    cfg = JambaConfig.from_dict(hf_config(args, hidden, layers, experts, inter).to_dict())
+    with torch.device("meta"):
+        module = JambaForCausalLM(cfg)
+    module = module.to_empty(device="cuda").to(torch.bfloat16)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("A_log"):
+                p.copy_(torch.log(torch.arange(1, cfg.mamba_d_state + 1, device="cuda").float()).expand_as(p))
+            elif name.endswith(("norm.weight", "layernorm.weight")) or name.endswith(".D"):
+                p.fill_(1.0)
+            elif name.endswith("dt_proj.bias"):
+                p.fill_(-4.0)
+            else:
+                p.normal_(0.0, 0.02)
+    module.eval().set_kernels(triton_bundle())
+    return module
+
+
+def profile_decode(args: argparse.Namespace) -> int:
+    """Per-kernel device time of eager decode steps (what a CUDA-graph replay runs, minus launch gaps)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from local_model.decode import DecodeStep
+
+    module = random_gpu_model(args, args.hidden, args.layers, args.experts)
+    for b in [int(x) for x in args.batches.split(",")]:
+        pool = module.allocate_cache(b, 512, num_slots=b + 1)
+        step = DecodeStep(module, pool, bundle_of(module))
+        ids = torch.randint(0, args.vocab, (b,), device="cuda")
+        slots = torch.arange(b, device="cuda")
+        pos = torch.full((b,), 100, device="cuda")
+        with torch.inference_mode():
+            for _ in range(3):
+                step.forward(ids, slots, pos)
+            sync()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    step.forward(ids, slots, pos)
+                sync()
+        print(f"=== batch {b}: 5 eager decode steps ===")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
+    return 0
+
+
+def big_decode(args: argparse.Namespace, copy_tbps: float) -> dict:
+    """A bigger config (hidden 2048, 16 layers, 16 experts top-2, intermediate ``--big-inter``), random weights
+    made on the GPU: decode at batch 1 and its share of the bandwidth roofline."""
+    from local_model import LocalModel
+
+    module = random_gpu_model(args, 2048, 16, 16, args.big_inter)
+    lm = LocalModel(module, None)
+    res = {"params_m": round(sum(p.numel() for p in module.parameters()) / 1e6, 1)}
+    prompt = torch.randint(0, args.vocab, (1, 128), device="cuda")
+    ours_greedy_graph(lm, prompt, 8)
+    _, t = ours_greedy_graph(lm, prompt, args.new + 1)
+    res["ours_decode_b1_tok_s"] = round(args.new / t)
+    bytes_ = step_bytes(module, 1, 128 + args.new)
+    res["bytes_per_step_mb"] = round(bytes_ / 1e6, 1)
+    res["roofline_tok_s"] = round(copy_tbps * 1e12 / bytes_)
+    res["roofline_share"] = round(res["ours_decode_b1_tok_s"] / res["roofline_tok_s"], 3)
+    print(json.dumps({"big": res}), flush=True)
+    return res
 
 
 if __name__ == "__main__":

@@ -112,7 +112,10 @@ def load(path: str | Path, device: Any = "cpu", dtype: Any = None) -> LocalModel
         dtype = torch.float32
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype.removeprefix("torch."))
+    from .kernels import bundle_for
+
     path = Path(path)
     module = load_model(path, device=device, dtype=dtype)
+    module.set_kernels(bundle_for(device))  # Triton kernels on CUDA, the PyTorch references on CPU
     tokenizer = Tokenizer.from_dir(path, extra_eos_ids=module.config.eos_token_ids)
     return LocalModel(module, tokenizer, path)

@@ -23,8 +23,6 @@ Cache semantics (slots, lengths, right-padded ``seq_lens``) are described in `lo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -32,278 +30,24 @@ from torch import nn
 
 from .cache import HybridCache, KVCache, MambaState
 from .config import JambaConfig
+from .kernels import DEFAULT_KERNELS, REFERENCE_KERNELS, KernelBundle  # noqa: F401  (re-exported)
+from .kernels.reference import (  # noqa: F401  (re-exported: the model's reference kernels)
+    ACTIVATIONS,
+    _act,
+    _discretization_dt,
+    _rows,
+    _scan_epilogue,
+    causal_conv1d_ref,
+    causal_conv1d_update_ref,
+    moe_experts_ref,
+    selective_scan_auto,
+    selective_scan_chunked,
+    selective_scan_ref,
+    selective_state_update_ref,
+)
 
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "silu": F.silu,
-    "swish": F.silu,
-    "gelu": F.gelu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-}
-
-
-def _act(name: str | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    if name is None:
-        return lambda x: x
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unsupported activation {name!r}; known: {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
-
-
-def _rows(state: torch.Tensor, state_indices: torch.Tensor | None, batch: int) -> torch.Tensor:
-    """Slot indices of the batch rows inside a state pool."""
-    if state_indices is not None:
-        return state_indices
-    return torch.arange(batch, device=state.device)
-
-
-# ============================================================================ causal depthwise conv
-
-
-def causal_conv1d_ref(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    activation: str | None = None,
-    conv_state: torch.Tensor | None = None,
-    state_indices: torch.Tensor | None = None,
-    seq_lens: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Causal depthwise conv over a sequence chunk.
-
-    x: [B, D, T]; weight: [D, W]; bias: [D]; returns activation(conv(x)) as [B, D, T] in x.dtype.
-    conv_state: optional pool [S, D, W-1]. If given, rows ``state_indices`` (default 0..B-1) are the left
-    context (the last W-1 inputs before this chunk) and are overwritten in place with the last W-1 inputs
-    of each row, counting only its first ``seq_lens[b]`` (default T) positions. Without it the left
-    context is zeros, i.e. a fresh sequence.
-    """
-    batch, dim, seqlen = x.shape
-    width = weight.shape[-1]
-    if conv_state is None:
-        prefix = x.new_zeros(batch, dim, width - 1)
-    else:
-        rows = _rows(conv_state, state_indices, batch)
-        prefix = conv_state[rows].to(x.dtype)
-    xp = torch.cat([prefix, x], dim=-1)  # [B, D, W-1+T]
-    out = F.conv1d(xp.to(weight.dtype), weight.unsqueeze(1), bias, groups=dim)
-    if conv_state is not None:
-        # Row b's new context is xp[..., n_b : n_b + W-1] where n_b is its number of valid new tokens.
-        n = torch.full((batch,), seqlen, device=x.device) if seq_lens is None else seq_lens
-        idx = n[:, None] + torch.arange(width - 1, device=x.device)
-        conv_state[rows] = xp.gather(-1, idx[:, None, :].expand(batch, dim, width - 1)).to(conv_state.dtype)
-    return _act(activation)(out).to(x.dtype)
-
-
-def causal_conv1d_update_ref(
-    x: torch.Tensor,
-    conv_state: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    activation: str | None = None,
-    state_indices: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """One decode step of the causal conv. x: [B, D]; conv_state: pool [S, D, W-1] updated in place."""
-    rows = _rows(conv_state, state_indices, x.shape[0])
-    window = torch.cat(
-        [conv_state[rows].to(weight.dtype), x.unsqueeze(-1).to(weight.dtype)], dim=-1
-    )  # [B, D, W]
-    conv_state[rows] = window[..., 1:].to(conv_state.dtype)
-    out = (window * weight).sum(-1)
-    if bias is not None:
-        out = out + bias
-    return _act(activation)(out).to(x.dtype)
-
-
-# ============================================================================ selective scan (Mamba-1)
-
-
-def _discretization_dt(
-    delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool, seq_lens: torch.Tensor | None
-) -> torch.Tensor:
-    """fp32 step sizes; zero past seq_lens so padded steps leave the state untouched (exp(0*A) = 1, dB = 0)."""
-    dt = delta.float()
-    if delta_bias is not None:
-        dt = dt + delta_bias.float()[:, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
-    if seq_lens is not None:
-        valid = torch.arange(dt.shape[-1], device=dt.device)[None, :] < seq_lens[:, None]
-        dt = dt * valid[:, None, :]
-    return dt
-
-
-def _scan_epilogue(
-    y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None
-) -> torch.Tensor:
-    if D is not None:
-        y = y + u.float() * D.float()[:, None]
-    if z is not None:
-        y = y * F.silu(z.float())
-    return y.to(u.dtype)
-
-
-def _initial_state(
-    ssm_state: torch.Tensor | None, state_indices: torch.Tensor | None, batch: int, dim: int, n: int,
-    like: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The scan's starting state in fp32 (zeros, or the pool rows of this batch) and those rows."""
-    if ssm_state is None:
-        return like.new_zeros(batch, dim, n, dtype=torch.float32), None
-    rows = _rows(ssm_state, state_indices, batch)
-    return ssm_state[rows].float(), rows
-
-
-def selective_scan_ref(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-    ssm_state: torch.Tensor | None = None,
-    state_indices: torch.Tensor | None = None,
-    seq_lens: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Mamba-1 selective scan, one time step at a time (the definition; slow on long sequences).
-
-    u, delta, z: [B, D, T]; A: [D, N] (already negative); B, C: [B, N, T]; D, delta_bias: [D].
-    h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t ;  y_t = C_t . h_t + D u_t ;  y *= silu(z).
-    ssm_state: optional pool [S, D, N]: rows ``state_indices`` give h_0 and receive the final state.
-    seq_lens: optional [B]: only the first seq_lens[b] steps of row b change its state.
-    Returns y: [B, D, T] in u.dtype.
-    """
-    batch, dim, seqlen = u.shape
-    dt = _discretization_dt(delta, delta_bias, delta_softplus, seq_lens)
-    A, B, C, uf = A.float(), B.float(), C.float(), u.float()
-    h, rows = _initial_state(ssm_state, state_indices, batch, dim, A.shape[-1], u)
-    ys = []
-    for t in range(seqlen):
-        h = torch.exp(dt[:, :, t, None] * A) * h + (dt[:, :, t] * uf[:, :, t])[..., None] * B[:, None, :, t]
-        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, t]))
-    y = torch.stack(ys, dim=-1) if ys else uf.new_zeros(batch, dim, 0)
-    if ssm_state is not None:
-        ssm_state[rows] = h.to(ssm_state.dtype)  # type: ignore[index]
-    return _scan_epilogue(y, u, D, z)
-
-
-def selective_scan_chunked(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-    ssm_state: torch.Tensor | None = None,
-    state_indices: torch.Tensor | None = None,
-    seq_lens: torch.Tensor | None = None,
-    chunk_size: int = 64,
-) -> torch.Tensor:
-    """Same contract as `selective_scan_ref`, faster on CPU.
-
-    Within a chunk of L steps the linear recurrence h_t = a_t h_{t-1} + b_t is solved by a log2(L)-step
-    Hillis-Steele scan over (a, b) pairs, combining (a1, b1), (a2, b2) -> (a2 a1, a2 b1 + b2). Only products
-    of decays in (0, 1] appear, so it is as stable as the sequential loop (unlike cumsum-of-log tricks
-    that divide by decays). Chunks are chained sequentially through h, bounding memory to [B, D, L, N].
-    """
-    batch, dim, seqlen = u.shape
-    dt = _discretization_dt(delta, delta_bias, delta_softplus, seq_lens)
-    A, uf = A.float(), u.float()
-    h, rows = _initial_state(ssm_state, state_indices, batch, dim, A.shape[-1], u)
-    ys = []
-    for t0 in range(0, seqlen, chunk_size):
-        sl = slice(t0, min(t0 + chunk_size, seqlen))
-        dtc = dt[:, :, sl]  # [B, D, L]
-        a = torch.exp(dtc[..., None] * A[:, None, :])  # [B, D, L, N]
-        b = (dtc * uf[:, :, sl])[..., None] * B[:, None, :, sl].float().transpose(-1, -2)  # [B, D, L, N]
-        step, length = 1, dtc.shape[-1]
-        while step < length:
-            b = torch.cat([b[:, :, :step], a[:, :, step:] * b[:, :, :-step] + b[:, :, step:]], dim=2)
-            a = torch.cat([a[:, :, :step], a[:, :, step:] * a[:, :, :-step]], dim=2)
-            step *= 2
-        hs = a * h[:, :, None, :] + b  # [B, D, L, N]: states after each step of the chunk
-        ys.append(torch.einsum("bdln,bnl->bdl", hs, C[:, :, sl].float()))
-        h = hs[:, :, -1]
-    y = torch.cat(ys, dim=-1) if ys else uf.new_zeros(batch, dim, 0)
-    if ssm_state is not None:
-        ssm_state[rows] = h.to(ssm_state.dtype)  # type: ignore[index]
-    return _scan_epilogue(y, u, D, z)
-
-
-def selective_state_update_ref(
-    ssm_state: torch.Tensor,
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    dt_bias: torch.Tensor | None = None,
-    dt_softplus: bool = False,
-    state_indices: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """One decode step of the selective scan. x, dt, z: [B, D]; A: [D, N]; B, C: [B, N]; D, dt_bias: [D].
-
-    ssm_state: pool [S, D, N]; rows ``state_indices`` (default 0..B-1) are updated in place. Returns [B, D].
-    """
-    rows = _rows(ssm_state, state_indices, x.shape[0])
-    dt = _discretization_dt(dt[..., None], dt_bias, dt_softplus, None)[..., 0]  # [B, D]
-    h = ssm_state[rows].float()
-    h = torch.exp(dt[..., None] * A.float()) * h + (dt * x.float())[..., None] * B.float()[:, None, :]
-    ssm_state[rows] = h.to(ssm_state.dtype)
-    y = torch.einsum("bdn,bn->bd", h, C.float())
-    return _scan_epilogue(y[..., None], x[..., None], D, None if z is None else z[..., None])[..., 0]
-
-
-_CHUNKED_SCAN_MAX_STATE = 4096  # B * D * N elements; see selective_scan_auto
-
-
-def selective_scan_auto(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-    ssm_state: torch.Tensor | None = None,
-    state_indices: torch.Tensor | None = None,
-    seq_lens: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """CPU default: the chunked scan while a step's state is small, the sequential loop otherwise.
-
-    Measured on 2 CPU cores: with B*D*N below a few thousand elements the loop is dominated by per-op
-    overhead and the chunked scan is 5-10x faster; at Jamba sizes (D*N >= 10k) each step is memory-bound
-    and the chunked scan's log2(L) extra passes make it slower than the plain loop.
-    """
-    small = u.shape[0] * u.shape[1] * A.shape[-1] <= _CHUNKED_SCAN_MAX_STATE
-    scan = selective_scan_chunked if small else selective_scan_ref
-    return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ssm_state, state_indices, seq_lens)
-
-
-@dataclass(frozen=True)
-class MambaKernels:
-    """The four Mamba sequence ops; replace any of them with a kernel of the same signature."""
-
-    causal_conv1d: Callable[..., torch.Tensor] = causal_conv1d_ref
-    causal_conv1d_update: Callable[..., torch.Tensor] = causal_conv1d_update_ref
-    selective_scan: Callable[..., torch.Tensor] = selective_scan_auto
-    selective_state_update: Callable[..., torch.Tensor] = selective_state_update_ref
-
-
-# Sequential scan everywhere: the slowest, most literal configuration (used by tests as a cross-check).
-REFERENCE_KERNELS = MambaKernels(selective_scan=selective_scan_ref)
-DEFAULT_KERNELS = MambaKernels()
-
+# The bundle type under its older name (train.py and scan_train.py build bundles through it).
+MambaKernels = KernelBundle
 
 # ============================================================================ attention
 
@@ -386,6 +130,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(h, self.n_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(h, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=False)
+        self.kernels = DEFAULT_KERNELS
 
     def forward(
         self, x: torch.Tensor, cache: HybridCache | None = None, seq_lens: torch.Tensor | None = None
@@ -395,14 +140,8 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(batch, seqlen, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, seqlen, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if cache is None:
-            n_rep = self.n_heads // self.n_kv_heads
-            out = F.scaled_dot_product_attention(
-                q,
-                repeat_kv(k, n_rep),
-                repeat_kv(v, n_rep),
-                is_causal=True,
-                dropout_p=self.dropout if self.training else 0.0,
-                scale=self.scale,
+            out = self.kernels.attention_prefill(
+                q=q, k=k, v=v, scale=self.scale, dropout_p=self.dropout if self.training else 0.0
             )
         else:
             kv = cache.layers[self.layer_idx]
@@ -459,12 +198,25 @@ class MambaMixer(nn.Module):
         # 2. causal depthwise conv + activation (the conv window is part of the recurrent state)
         conv_w, conv_b = self.conv1d.weight.squeeze(1), self.conv1d.bias
         if decode:
-            x = kern.causal_conv1d_update(x[..., 0], state.conv, conv_w, conv_b, self.activation, slots)
+            x = kern.causal_conv1d_update(
+                x=x[..., 0],
+                conv_state=state.conv,
+                weight=conv_w,
+                bias=conv_b,
+                activation=self.activation,
+                state_indices=slots,
+            )
             x = x[..., None]
-        elif state is not None:
-            x = kern.causal_conv1d(x, conv_w, conv_b, self.activation, state.conv, slots, seq_lens)
         else:
-            x = kern.causal_conv1d(x, conv_w, conv_b, self.activation)
+            x = kern.causal_conv1d(
+                x=x,
+                weight=conv_w,
+                bias=conv_b,
+                activation=self.activation,
+                conv_state=None if state is None else state.conv,
+                state_indices=slots,
+                seq_lens=seq_lens,
+            )
 
         # 3. input-dependent SSM parameters, with Jamba's RMSNorms on dt, B and C
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -477,23 +229,34 @@ class MambaMixer(nn.Module):
         # 4. selective scan (softplus(dt + bias), D skip and SiLU(z) gate happen inside)
         if decode:
             y = kern.selective_state_update(
-                state.ssm,
-                x[..., 0],
-                dt[..., 0],
-                A,
-                B[..., 0],
-                C[..., 0],
-                self.D,
-                z[..., 0],
-                dt_bias,
-                True,
-                slots,
+                ssm_state=state.ssm,
+                x=x[..., 0],
+                dt=dt[..., 0],
+                A=A,
+                B=B[..., 0],
+                C=C[..., 0],
+                D=self.D,
+                z=z[..., 0],
+                dt_bias=dt_bias,
+                dt_softplus=True,
+                state_indices=slots,
             )
             y = y[..., None]
-        elif state is not None:
-            y = kern.selective_scan(x, dt, A, B, C, self.D, z, dt_bias, True, state.ssm, slots, seq_lens)
         else:
-            y = kern.selective_scan(x, dt, A, B, C, self.D, z, dt_bias, True)
+            y = kern.selective_scan(
+                u=x,
+                delta=dt,
+                A=A,
+                B=B,
+                C=C,
+                D=self.D,
+                z=z,
+                delta_bias=dt_bias,
+                delta_softplus=True,
+                ssm_state=None if state is None else state.ssm,
+                state_indices=slots,
+                seq_lens=seq_lens,
+            )
 
         # 5. back to the residual stream
         return self.out_proj(y.transpose(1, 2).to(hidden.dtype))
@@ -517,28 +280,6 @@ class MLP(nn.Module):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
-def moe_experts_ref(
-    x: torch.Tensor,
-    top_k_index: torch.Tensor,
-    top_k_weights: torch.Tensor,
-    gate_up_proj: torch.Tensor,
-    down_proj: torch.Tensor,
-    act: Callable[[torch.Tensor], torch.Tensor],
-) -> torch.Tensor:
-    """Weighted sum of the chosen SwiGLU experts per token (loop over experts that got tokens).
-
-    x: [N, H]; top_k_index / top_k_weights: [N, k]; gate_up_proj: [E, 2I, H]; down_proj: [E, H, I].
-    A grouped-GEMM kernel can replace this behind the same signature.
-    """
-    out = torch.zeros_like(x)
-    for e in top_k_index.unique().tolist():
-        token, which = (top_k_index == e).nonzero(as_tuple=True)
-        gate, up = F.linear(x[token], gate_up_proj[e]).chunk(2, dim=-1)
-        y = F.linear(act(gate) * up, down_proj[e]) * top_k_weights[token, which, None]
-        out.index_add_(0, token, y.to(out.dtype))
-    return out
-
-
 class Experts(nn.Module):
     """Fused expert weights, laid out as transformers >= 5 keeps them in memory."""
 
@@ -558,6 +299,7 @@ class SparseMoE(nn.Module):
         self.router = nn.Linear(config.hidden_size, config.num_experts, bias=False)
         self.experts = Experts(config)
         self.act = _act(config.hidden_act)
+        self.kernels = DEFAULT_KERNELS
 
     def forward(self, x: torch.Tensor, router_logits: list[torch.Tensor] | None = None) -> torch.Tensor:
         shape = x.shape
@@ -567,8 +309,13 @@ class SparseMoE(nn.Module):
             router_logits.append(logits)
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         top_w, top_i = torch.topk(probs, self.top_k, dim=-1)
-        out = moe_experts_ref(
-            x, top_i, top_w.to(x.dtype), self.experts.gate_up_proj, self.experts.down_proj, self.act
+        out = self.kernels.moe_experts(
+            x=x,
+            top_k_index=top_i,
+            top_k_weights=top_w.to(x.dtype),
+            gate_up_proj=self.experts.gate_up_proj,
+            down_proj=self.experts.down_proj,
+            act=self.act,
         )
         return out.reshape(shape)
 
@@ -707,9 +454,9 @@ class JambaForCausalLM(nn.Module):
             ssm_dtype=ssm_dtype,
         )
 
-    def set_kernels(self, kernels: MambaKernels) -> None:
+    def set_kernels(self, kernels: KernelBundle) -> None:
         for module in self.modules():
-            if isinstance(module, MambaMixer):
+            if isinstance(module, (Attention, MambaMixer, SparseMoE)):
                 module.kernels = kernels
 
     @torch.no_grad()

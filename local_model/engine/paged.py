@@ -39,6 +39,9 @@ class PagedStep:
     read_index: torch.Tensor
     mask: torch.Tensor
     all_new_valid: bool
+    block_table: torch.Tensor | None = None  # [B, n_blocks] block ids of each row (for the decode kernel)
+    context_lens: torch.Tensor | None = None  # [B] positions each row attends to after this step
+    block_size: int = 0
 
     @classmethod
     def build(
@@ -76,6 +79,9 @@ class PagedStep:
             read_index=read_index.to(device),
             mask=mask[:, None].to(device),
             all_new_valid=all_valid,
+            block_table=table.to(device),
+            context_lens=(lengths_t + torch.tensor(seq_lens, dtype=torch.long)).to(device),
+            block_size=block_size,
         )
 
 
@@ -114,6 +120,10 @@ def paged_attention(
         k_new, v_new = k_new[s.new_rows, s.new_cols], v_new[s.new_rows, s.new_cols]
     kv.k[s.write_index] = k_new.to(kv.k.dtype)
     kv.v[s.write_index] = v_new.to(kv.v.dtype)
+    if q.shape[2] == 1 and q.is_cuda and s.block_table is not None:
+        decoded = _paged_decode_kernel(q, kv, s, scale)
+        if decoded is not None:
+            return decoded
     keys = kv.k[s.read_index].transpose(1, 2).to(q.dtype)  # [B, Hkv, total, hd]
     values = kv.v[s.read_index].transpose(1, 2).to(q.dtype)
     # GQA without copying K/V n_rep times: fold the n_rep query heads that share a KV head into the query
@@ -125,3 +135,26 @@ def paged_attention(
     mask = s.mask if width == 1 else s.mask.repeat(1, 1, n_rep, 1)  # rows ordered (rep, t)
     out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=mask, scale=scale)
     return out.reshape(batch, heads, width, hd)
+
+
+def _paged_decode_kernel(
+    q: torch.Tensor, kv: PagedKVCache, s: PagedStep, scale: float
+) -> torch.Tensor | None:
+    """Decode (one new token per row) on CUDA: the Triton paged-attention kernel reads the blocks in place
+    instead of gathering every row's context. None where it does not apply (no Triton, blocks < 16 tokens)."""
+    block_size = s.block_size
+    if block_size < 16 or kv.k.shape[0] % block_size:
+        return None
+    try:
+        from ..kernels.triton_ops import attention_decode
+    except ImportError:
+        return None
+    kv_heads, hd = kv.k.shape[1], kv.k.shape[2]
+    pool_k = kv.k.view(-1, block_size, kv_heads, hd).transpose(1, 2)  # [blocks, Hkv, block_size, hd], no copy
+    pool_v = kv.v.view(-1, block_size, kv_heads, hd).transpose(1, 2)
+    out = attention_decode(
+        q=q[:, :, 0], k_cache=pool_k, v_cache=pool_v, context_lens=s.context_lens, scale=scale,
+        block_table=s.block_table,
+    )
+    return out[:, :, None]
+

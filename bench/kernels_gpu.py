@@ -1,0 +1,246 @@
+"""Our Triton Mamba kernels beside mamba-ssm's CUDA/Triton ones, same tensors, same card, same process.
+
+Prefill: `selective_scan` against `mamba_ssm.ops.selective_scan_interface.selective_scan_fn` on the anchor
+table's shapes (u, delta, z bf16 [B, D, L]; B, C bf16 [B, 16, L]; A, D, delta_bias fp32; softplus; final
+state returned). Ours runs twice: on the anchor's L-contiguous tensors, and on token-major tensors (unit
+channel stride: the layout our model's projections produce). Both outputs are checked against mamba-ssm's
+(‖ours − theirs‖ / ‖theirs‖) on the same inputs. Decode: `selective_state_update` against mamba-ssm's Triton
+one, each captured in a CUDA graph (so launch overhead is out of both). Also the card's copy bandwidth.
+
+Needs mamba-ssm importable (see the anchor's README); without it only our timings are printed.
+Usage: python bench/kernels_gpu.py [--json out.json] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from local_model.kernels import triton_ops as tk  # noqa: E402
+
+SHAPES = [(1, 2048, 2048), (1, 2048, 8192), (1, 8192, 8192), (8, 2048, 2048), (1, 8192, 32768)]
+
+
+def bench(fn) -> float:  # noqa: ANN001
+    return triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
+
+
+def graph_bench(fn) -> float:  # noqa: ANN001
+    """Median ms of one call, replayed from a CUDA graph of 20 calls."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(20):
+            fn()
+    return bench(g.replay) / 20
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def copy_bandwidth() -> float:
+    a = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    return round(2 * a.numel() / bench(lambda: b.copy_(a)) / 1e9, 2)
+
+
+# (block_d, unroll, chunk multiplier, prefetch)
+SWEEP = [
+    (128, 1, 1, True),
+    (128, 1, 1, False),
+    (64, 1, 1, True),
+    (64, 1, 2, True),
+    (128, 1, 2, True),
+    (256, 1, 1, True),
+    (32, 1, 2, True),
+    (128, 4, 1, False),
+]
+
+
+def scan_row(batch: int, dim: int, length: int, selective_scan_fn, sweep: bool = False) -> dict:  # noqa: ANN001
+    dev, dt, n = "cuda", torch.bfloat16, 16
+    torch.manual_seed(0)
+    u = torch.randn(batch, dim, length, device=dev, dtype=dt)
+    delta = torch.randn(batch, dim, length, device=dev, dtype=dt)
+    A = -torch.rand(dim, n, device=dev) - 0.5
+    Bm = torch.randn(batch, n, length, device=dev, dtype=dt)
+    Cm = torch.randn(batch, n, length, device=dev, dtype=dt)
+    Dv = torch.randn(dim, device=dev)
+    z = torch.randn(batch, dim, length, device=dev, dtype=dt)
+    db = torch.randn(dim, device=dev)
+    state = torch.empty(batch, dim, n, device=dev)
+
+    def tm(x: torch.Tensor) -> torch.Tensor:  # same values, unit channel stride (our model's layout)
+        return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+    u2, d2, z2, B2, C2 = tm(u), tm(delta), tm(z), tm(Bm), tm(Cm)
+    state2 = torch.empty_like(state)
+
+    def ours():  # noqa: ANN202
+        return tk.selective_scan(
+            u=u, delta=delta, A=A, B=Bm, C=Cm, D=Dv, z=z, delta_bias=db, delta_softplus=True, ssm_state=state
+        )
+
+    def ours_tm():  # noqa: ANN202
+        return tk.selective_scan(
+            u=u2, delta=d2, A=A, B=B2, C=C2, D=Dv, z=z2, delta_bias=db, delta_softplus=True, ssm_state=state2
+        )
+
+    row: dict = {"shape": f"B={batch} D={dim} L={length}"}
+    if sweep:
+        from local_model.kernels.triton_scan import _pick_chunks
+
+        base_chunks, _ = _pick_chunks(batch, dim, length, None)
+        tried = {}
+        from local_model.kernels.triton_scan import LAST_LAUNCH
+
+        for bd, unroll, mult, pf in SWEEP:
+            nc = max(1, min(length // 16, base_chunks * mult))
+
+            def cfg(bd=bd, unroll=unroll, nc=nc, pf=pf):  # noqa: ANN202
+                return tk.selective_scan(
+                    u=u2,
+                    delta=d2,
+                    A=A,
+                    B=B2,
+                    C=C2,
+                    D=Dv,
+                    z=z2,
+                    delta_bias=db,
+                    delta_softplus=True,
+                    ssm_state=state2,
+                    n_chunks=nc,
+                    block_d=bd,
+                    unroll=unroll,
+                    prefetch=pf,
+                )
+
+            key = f"bd{bd}_u{unroll}_c{nc}_pf{int(pf)}"
+            tried[key] = round(bench(cfg), 4)
+            k_out = LAST_LAUNCH.get("output")
+            if k_out is not None and batch == 1 and dim == 2048 and length == 8192:
+                regs = [getattr(k_out, "n_regs", None), getattr(k_out, "n_spills", None)]
+                row.setdefault("output_kernel_regs_spills", {})[key] = regs
+        row["sweep_token_major_ms"] = tried
+        row["best_config"] = min(tried, key=tried.get)
+    state.zero_()
+    state2.zero_()
+    y, y2 = ours(), ours_tm()
+    row["ours_ms"] = round(bench(ours), 4)
+    row["ours_token_major_ms"] = round(bench(ours_tm), 4)
+    if selective_scan_fn is not None:
+
+        def theirs():  # noqa: ANN202
+            return selective_scan_fn(
+                u, delta, A, Bm, Cm, Dv, z=z, delta_bias=db, delta_softplus=True, return_last_state=True
+            )
+
+        ref_y, ref_state = theirs()
+        row["mamba_ssm_ms"] = round(bench(theirs), 4)
+        row["rel_err_y"] = rel(y, ref_y)
+        row["rel_err_y_token_major"] = rel(y2, ref_y)
+        row["rel_err_state"] = rel(state, ref_state)
+        row["speedup"] = round(row["mamba_ssm_ms"] / row["ours_ms"], 2)
+        row["speedup_token_major"] = round(row["mamba_ssm_ms"] / row["ours_token_major_ms"], 2)
+    bytes_ = 2 * (4 * batch * dim * length + 2 * batch * n * length)
+    row["ours_GBps"] = round(bytes_ / row["ours_ms"] / 1e6, 1)
+    return row
+
+
+def decode_row(batch: int, ssu_ref) -> dict:  # noqa: ANN001
+    dev, dt, dim, n = "cuda", torch.bfloat16, 2048, 16
+    st = torch.randn(batch, dim, n, device=dev)
+    st2 = st.clone()
+    x = torch.randn(batch, dim, device=dev, dtype=dt)
+    dtt = torch.randn(batch, dim, device=dev, dtype=dt)
+    A = -torch.rand(dim, n, device=dev)
+    Bm = torch.randn(batch, n, device=dev, dtype=dt)
+    Cm = torch.randn(batch, n, device=dev, dtype=dt)
+    Dv = torch.randn(dim, device=dev)
+    z = torch.randn(batch, dim, device=dev, dtype=dt)
+    db = torch.randn(dim, device=dev)
+    idx = torch.arange(batch, device=dev)
+
+    def ours_dec():  # noqa: ANN202
+        return tk.selective_state_update(
+            ssm_state=st,
+            x=x,
+            dt=dtt,
+            A=A,
+            B=Bm,
+            C=Cm,
+            D=Dv,
+            z=z,
+            dt_bias=db,
+            dt_softplus=True,
+            state_indices=idx,
+        )
+
+    row: dict = {"batch": batch, "ours_graph_us": round(graph_bench(ours_dec) * 1000, 2)}
+    if ssu_ref is not None:
+
+        def theirs_dec():  # noqa: ANN202
+            return ssu_ref(st2, x, dtt, A, Bm, Cm, Dv, z=z, dt_bias=db, dt_softplus=True)
+
+        row["mamba_ssm_graph_us"] = round(graph_bench(theirs_dec) * 1000, 2)
+        st.copy_(st2)
+        row["rel_err"] = rel(ours_dec(), theirs_dec())
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--quick", action="store_true", help="first two shapes only")
+    ap.add_argument("--sweep", action="store_true", help="also time block/unroll/chunk variants of our scan")
+    args = ap.parse_args()
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        from mamba_ssm.ops.triton.selective_state_update import selective_state_update as ssu_ref
+    except ImportError:
+        selective_scan_fn = ssu_ref = None
+    res: dict = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+    }
+    res["copy_TBps"] = copy_bandwidth()
+    rows = []
+    for batch, dim, length in SHAPES[:2] if args.quick else SHAPES:
+        rows.append(scan_row(batch, dim, length, selective_scan_fn, args.sweep))
+        print(json.dumps(rows[-1]), flush=True)
+        torch.cuda.empty_cache()
+    res["scan"] = rows
+    res["state_update"] = []
+    for batch in (1, 8, 64, 256):
+        res["state_update"].append(decode_row(batch, ssu_ref))
+        print(json.dumps(res["state_update"][-1]), flush=True)
+    print(
+        "\n| shape | mamba-ssm ms | ours ms (anchor layout) | ours ms (token-major) | speedup | rel err y |"
+    )
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['shape']} | {r.get('mamba_ssm_ms', '-')} | {r['ours_ms']} | {r['ours_token_major_ms']} | "
+            f"{r.get('speedup', '-')}x / {r.get('speedup_token_major', '-')}x | {r.get('rel_err_y', float('nan')):.2e} |"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

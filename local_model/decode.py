@@ -1,0 +1,255 @@
+"""The model's single-token decode step as flat kernel calls, captured in CUDA graphs per batch bucket.
+
+`DecodeStep` reads a `JambaForCausalLM`'s weights (no copy, except q/k/v and gate/up concatenated into one
+projection each) and runs one token per row over a slot pool (`HybridCache.allocate(num_slots=...)`):
+
+    embed -> per layer: [fused residual +] RMSNorm -> mixer step -> fused residual + RMSNorm -> FFN
+          -> final fused residual + RMSNorm -> lm_head
+
+with every op taken from a `KernelBundle` (Mamba: in_proj, conv update, x_proj, one fused dt/B/C-norm +
+dt_proj + selective-state-update kernel, out_proj; attention: one qkv projection, the new K/V written at
+each row's position, paged/contiguous decode attention; MoE: router, fused softmax/top-k, grouped
+GEMMs). Inputs are device tensors (token ids, slots, positions): nothing in the step reads a value back
+to the host, so the whole step is captured once per batch bucket and replayed. Padding rows of a bucket
+point at a scratch slot (the pool's last) that no sequence owns.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .cache import HybridCache, KVCache, MambaState
+from .kernels import KernelBundle
+from .model import Attention, JambaForCausalLM, MambaMixer, SparseMoE
+
+LOG2E = math.log2(math.e)
+
+
+@dataclass
+class _MambaWeights:
+    mixer: MambaMixer
+    conv_w: torch.Tensor
+    A: torch.Tensor
+    a2: torch.Tensor
+    dt_bias: torch.Tensor
+
+
+class DecodeStep:
+    """One greedy decode step for up to ``max_batch`` rows; `capture` records it per batch bucket."""
+
+    def __init__(
+        self,
+        model: JambaForCausalLM,
+        cache: HybridCache,
+        kernels: KernelBundle,
+        buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256),
+    ) -> None:
+        self.model = model
+        self.cache = cache
+        self.k = kernels
+        self.config = model.config
+        num_slots = (
+            cache.layers[0].k.shape[0]
+            if isinstance(cache.layers[0], KVCache)
+            else cache.layers[0].conv.shape[0]
+        )
+        self.scratch_slot = num_slots - 1
+        self.buckets = tuple(b for b in buckets if b <= num_slots - 1) or (1,)
+        self._prep = {}
+        for i, layer in enumerate(model.model.layers):
+            mixer = layer.mixer
+            if isinstance(mixer, MambaMixer):
+                A = -torch.exp(mixer.A_log.float())
+                self._prep[i] = _MambaWeights(
+                    mixer,
+                    mixer.conv1d.weight.squeeze(1).contiguous(),
+                    A,
+                    (A * LOG2E).contiguous(),
+                    mixer.dt_proj.bias.float().contiguous(),
+                )
+            else:
+                self._prep[i] = torch.cat([mixer.q_proj.weight, mixer.k_proj.weight, mixer.v_proj.weight], 0)
+            if not layer.is_moe:
+                ff = layer.feed_forward
+                self._prep[("mlp", i)] = torch.cat([ff.gate_proj.weight, ff.up_proj.weight], 0)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.static: dict[int, dict[str, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ the step, eager
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Logits [B, vocab] for token ids[b] at position positions[b] of the sequence in slot slots[b]."""
+        k, cfg = self.k, self.config
+        eps = cfg.rms_norm_eps
+        x = self.model.model.embed_tokens(ids)
+        layers = self.model.model.layers
+        f: torch.Tensor | None = None  # the previous layer's FFN output, added to x in the next norm
+        for i, layer in enumerate(layers):
+            if f is None:
+                h = k.rms_norm(x=x, weight=layer.input_layernorm.weight, eps=eps)
+            else:
+                h, x = k.rms_norm(x=f, weight=layer.input_layernorm.weight, eps=eps, residual=x)
+            state = self.cache.layers[i]
+            if isinstance(state, MambaState):
+                m = self._mamba(i, h, state, slots)
+            else:
+                m = self._attention(layer.mixer, i, h, state, slots, positions)
+            h, x = k.rms_norm(x=m, weight=layer.pre_ff_layernorm.weight, eps=eps, residual=x)
+            f = self._moe(layer.feed_forward, h) if layer.is_moe else self._mlp(layer.feed_forward, i, h)
+        h, _ = k.rms_norm(x=f, weight=self.model.model.final_layernorm.weight, eps=eps, residual=x)
+        return F.linear(h, self.model.lm_head.weight)
+
+    def _mamba(self, i: int, h: torch.Tensor, state: MambaState, slots: torch.Tensor) -> torch.Tensor:
+        w = self._prep[i]
+        mx = w.mixer
+        d = mx.d_inner
+        xz = self.k.linear(x=h, weight=mx.in_proj.weight, bias=mx.in_proj.bias)
+        xc = self.k.causal_conv1d_update(
+            x=xz[:, :d],
+            conv_state=state.conv,
+            weight=w.conv_w,
+            bias=mx.conv1d.bias,
+            activation=mx.activation,
+            state_indices=slots,
+        )
+        xp = F.linear(xc, mx.x_proj.weight)
+        kw = {"a2": w.a2} if self.k.name == "triton" else {}
+        y = self.k.mamba_decode_ssm(
+            xproj=xp,
+            x=xc,
+            z=xz[:, d:],
+            ssm_state=state.ssm,
+            state_indices=slots,
+            dt_norm_weight=mx.dt_layernorm.weight,
+            b_norm_weight=mx.b_layernorm.weight,
+            c_norm_weight=mx.c_layernorm.weight,
+            eps=mx.dt_layernorm.eps,
+            dt_proj_weight=mx.dt_proj.weight,
+            dt_bias=w.dt_bias,
+            A=w.A,
+            D=mx.D,
+            **kw,
+        )
+        return self.k.linear(x=y, weight=mx.out_proj.weight, bias=mx.out_proj.bias)
+
+    def _attention(
+        self,
+        attn: Attention,
+        i: int,
+        h: torch.Tensor,
+        kv: KVCache,
+        slots: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        batch = h.shape[0]
+        hd, nh, nkv = attn.head_dim, attn.n_heads, attn.n_kv_heads
+        qkv = self.k.linear(x=h, weight=self._prep[i])
+        q = qkv[:, : nh * hd].view(batch, nh, hd)
+        kk = qkv[:, nh * hd : (nh + nkv) * hd].view(batch, nkv, hd)
+        vv = qkv[:, (nh + nkv) * hd :].view(batch, nkv, hd)
+        kv.k[slots, :, positions] = kk.to(kv.k.dtype)
+        kv.v[slots, :, positions] = vv.to(kv.v.dtype)
+        o = self.k.attention_decode(
+            q=q, k_cache=kv.k, v_cache=kv.v, context_lens=positions + 1, scale=attn.scale, slots=slots
+        )
+        return self.k.linear(x=o.reshape(batch, nh * hd), weight=attn.o_proj.weight)
+
+    def _mlp(self, mlp: torch.nn.Module, i: int, h: torch.Tensor) -> torch.Tensor:
+        g, u = self.k.linear(x=h, weight=self._prep[("mlp", i)]).chunk(2, dim=-1)
+        return self.k.linear(x=mlp.act(g) * u, weight=mlp.down_proj.weight)
+
+    def _moe(self, moe: SparseMoE, h: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(h, moe.router.weight)
+        w, idx = self.k.router_topk(logits=logits, k=moe.top_k)
+        return self.k.moe_experts(
+            x=h,
+            top_k_index=idx,
+            top_k_weights=w,
+            gate_up_proj=moe.experts.gate_up_proj,
+            down_proj=moe.experts.down_proj,
+            act=moe.act,
+        )
+
+    # ------------------------------------------------------------------ greedy loop on device buffers
+
+    def _greedy_body(self, bufs: dict[str, torch.Tensor]) -> None:
+        """One greedy step that feeds itself: the argmax becomes the next input, positions advance and the
+        token is appended to ``history`` at the device-side step counter."""
+        logits = self.forward(bufs["ids"], bufs["slots"], bufs["positions"])
+        nxt = logits.argmax(-1)
+        bufs["logits"].copy_(logits)
+        bufs["ids"].copy_(nxt)
+        bufs["positions"].add_(1)
+        bufs["history"].index_copy_(0, bufs["counter"], nxt[None])
+        bufs["counter"].add_(1)
+
+    def bucket(self, batch: int) -> int:
+        for b in self.buckets:
+            if b >= batch:
+                return b
+        raise ValueError(f"batch {batch} exceeds the largest bucket {self.buckets[-1]}")
+
+    def _buffers(self, bucket: int, max_steps: int) -> dict[str, torch.Tensor]:
+        dev = self.model.lm_head.weight.device
+        return {
+            "ids": torch.zeros(bucket, dtype=torch.long, device=dev),
+            "slots": torch.full((bucket,), self.scratch_slot, dtype=torch.long, device=dev),
+            "positions": torch.zeros(bucket, dtype=torch.long, device=dev),
+            "logits": torch.zeros(
+                bucket, self.config.vocab_size, dtype=self.model.lm_head.weight.dtype, device=dev
+            ),
+            "history": torch.zeros(max_steps, bucket, dtype=torch.long, device=dev),
+            "counter": torch.zeros(1, dtype=torch.long, device=dev),
+        }
+
+    def capture(self, batch: int, max_steps: int = 4096) -> int:
+        """Record the greedy step for ``batch``'s bucket in a CUDA graph (warm-up runs first, on scratch
+        slots, so no sequence's state changes). Returns the bucket."""
+        bucket = self.bucket(batch)
+        if bucket in self.graphs:
+            return bucket
+        bufs = self._buffers(bucket, max_steps)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._greedy_body(bufs)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._greedy_body(bufs)
+        self.graphs[bucket], self.static[bucket] = graph, bufs
+        return bucket
+
+    def start(
+        self, ids: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, graphs: bool = True
+    ) -> int:
+        """Load the rows' next input token, slot and position into their bucket's buffers."""
+        batch = ids.shape[0]
+        bucket = self.capture(batch) if graphs else self.bucket(batch)
+        if bucket not in self.static:
+            self.static[bucket] = self._buffers(bucket, 4096)
+        bufs = self.static[bucket]
+        bufs["ids"].zero_()
+        bufs["slots"].fill_(self.scratch_slot)
+        bufs["positions"].zero_()
+        bufs["ids"][:batch] = ids
+        bufs["slots"][:batch] = slots
+        bufs["positions"][:batch] = positions
+        bufs["counter"].zero_()
+        return bucket
+
+    def run(self, bucket: int, steps: int, graphs: bool = True) -> torch.Tensor:
+        """``steps`` greedy steps from the loaded state; returns history [steps, bucket] (device)."""
+        bufs = self.static[bucket]
+        for _ in range(steps):
+            if graphs:
+                self.graphs[bucket].replay()
+            else:
+                self._greedy_body(bufs)
+        return bufs["history"][:steps]

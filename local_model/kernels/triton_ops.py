@@ -1,0 +1,584 @@
+"""The Triton kernel bundle's ops: RMSNorm (+ residual), fused top-k MoE, paged attention decode, and the
+Mamba kernels of `triton_scan` / `triton_conv` (re-exported here, so `triton_bundle` imports one module).
+
+Every op keeps the keyword signature of its reference in `local_model.kernels.reference`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .triton_conv import causal_conv1d, causal_conv1d_update
+from .triton_scan import mamba_decode_ssm, selective_scan, selective_scan_varlen, selective_state_update
+
+# ============================================================================ RMSNorm (+ residual)
+
+
+@triton.jit
+def _rms_norm(
+    x_ptr,
+    res_ptr,
+    w_ptr,
+    out_ptr,
+    res_out_ptr,
+    H,
+    eps,
+    s_x,
+    s_r,
+    s_o,
+    s_ro,
+    HAS_RES: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_H)
+    m = cols < H
+    x = tl.load(x_ptr + row * s_x + cols, mask=m, other=0.0)
+    if HAS_RES:
+        x = (x.to(tl.float32) + tl.load(res_ptr + row * s_r + cols, mask=m, other=0.0).to(tl.float32)).to(
+            x_ptr.dtype.element_ty
+        )
+        tl.store(res_out_ptr + row * s_ro + cols, x, mask=m)
+    xf = x.to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / H + eps)
+    y = (xf * rstd).to(x_ptr.dtype.element_ty).to(tl.float32)  # cast back before the weight, as the reference
+    w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * s_o + cols, (w * y).to(out_ptr.dtype.element_ty), mask=m)
+
+
+def rms_norm(
+    *, x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """`reference.rms_norm_ref`'s contract: norm(x) or (norm(x + residual), x + residual)."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    rows, hid = x2.shape
+    out_dtype = torch.promote_types(weight.dtype, x.dtype)
+    out = torch.empty(rows, hid, device=x.device, dtype=out_dtype)
+    r2 = residual.reshape(-1, hid) if residual is not None else x2
+    res_out = torch.empty_like(x2) if residual is not None else out
+    _rms_norm[(rows,)](
+        x2,
+        r2,
+        weight,
+        out,
+        res_out,
+        hid,
+        eps,
+        x2.stride(0),
+        r2.stride(0),
+        out.stride(0),
+        res_out.stride(0),
+        HAS_RES=residual is not None,
+        BLOCK_H=triton.next_power_of_2(hid),
+        num_warps=4 if hid <= 4096 else 8,
+    )
+    if residual is None:
+        return out.reshape(shape)
+    return out.reshape(shape), res_out.reshape(shape)
+
+
+# ============================================================================ fused top-k MoE
+
+
+def moe_align(top_k_index: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort the (token, k) pairs by expert into blocks of ``block_m`` rows of one expert each.
+
+    Returns sorted_ids [P] (pair index t*k + j, or the pad value M*k) and block_expert [P // block_m]
+    (the expert of each block; num_experts marks an unused block). P = M*k + E*(block_m - 1), rounded up
+    to block_m, so shapes never depend on the routing (no host sync; CUDA-graph safe).
+    """
+    flat = top_k_index.reshape(-1)
+    pairs = flat.numel()
+    dev = flat.device
+    padded_len = triton.cdiv(pairs + num_experts * (block_m - 1), block_m) * block_m
+    if pairs <= 1024 and num_experts <= 256:
+        sorted_ids = torch.empty(padded_len, dtype=torch.long, device=dev)
+        block_expert = torch.empty(padded_len // block_m, dtype=torch.long, device=dev)
+        _moe_align_small[(1,)](
+            flat,
+            sorted_ids,
+            block_expert,
+            pairs,
+            num_experts,
+            padded_len,
+            BM=block_m,
+            BLOCK_P=triton.next_power_of_2(pairs),
+            BLOCK_E=triton.next_power_of_2(num_experts),
+            BLOCK_NB=triton.next_power_of_2(padded_len // block_m),
+            num_warps=4,
+        )
+        return sorted_ids, block_expert
+    order = torch.argsort(flat, stable=True)
+    counts = torch.zeros(num_experts, dtype=torch.long, device=dev).scatter_add_(
+        0, flat, torch.ones_like(flat)
+    )
+    padded = (counts + block_m - 1) // block_m * block_m
+    pad_end = torch.cumsum(padded, 0)
+    pad_start = pad_end - padded
+    start = torch.cumsum(counts, 0) - counts
+    expert_sorted = flat[order]
+    dest = pad_start[expert_sorted] + torch.arange(pairs, device=dev) - start[expert_sorted]
+    sorted_ids = torch.full((padded_len,), pairs, dtype=torch.long, device=dev)
+    sorted_ids.scatter_(0, dest, order)
+    block_start = torch.arange(0, padded_len, block_m, device=dev)
+    block_expert = torch.searchsorted(pad_end, block_start, right=True)
+    return sorted_ids, block_expert
+
+
+@triton.jit
+def _moe_gemm(
+    a_ptr,
+    w_ptr,
+    out_ptr,
+    sorted_ptr,
+    bexp_ptr,
+    rw_ptr,
+    N,
+    K,
+    num_pairs,
+    num_experts,
+    s_am,
+    s_we,
+    s_wn,
+    s_wk,
+    s_om,
+    a_div,
+    n_half,
+    SWIGLU: tl.constexpr,
+    ROUTED: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """out[pair, n] = a[pair // a_div] . w[e, n] for the pairs of one expert block (SWIGLU: silu of the
+    gate rows n times the up rows n_half + n; ROUTED: times the pair's routing weight)."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    e = tl.load(bexp_ptr + pid_m).to(tl.int64)
+    if e < num_experts:
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        pair = tl.load(sorted_ptr + rows)
+        valid = pair < num_pairs
+        arow = (pair // a_div).to(tl.int64)
+        n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        nmask = n < N
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        wbase = w_ptr + e * s_we
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            kmask = k < K
+            a = tl.load(
+                a_ptr + arow[:, None] * s_am + k[None, :], mask=valid[:, None] & kmask[None, :], other=0.0
+            )
+            w = tl.load(
+                wbase + n[None, :] * s_wn + k[:, None] * s_wk, mask=kmask[:, None] & nmask[None, :], other=0.0
+            )
+            if IEEE:
+                acc += tl.dot(a, w, input_precision="ieee")
+            else:
+                acc += tl.dot(a, w)
+            if SWIGLU:
+                wu = tl.load(
+                    wbase + (n_half + n)[None, :] * s_wn + k[:, None] * s_wk,
+                    mask=kmask[:, None] & nmask[None, :],
+                    other=0.0,
+                )
+                if IEEE:
+                    acc_up += tl.dot(a, wu, input_precision="ieee")
+                else:
+                    acc_up += tl.dot(a, wu)
+        if SWIGLU:
+            # the reference rounds each projection to the model dtype before the activation
+            g = acc.to(out_ptr.dtype.element_ty).to(tl.float32)
+            u = acc_up.to(out_ptr.dtype.element_ty).to(tl.float32)
+            acc = (g * tl.sigmoid(g)).to(out_ptr.dtype.element_ty).to(tl.float32) * u
+        if ROUTED:
+            acc = acc.to(out_ptr.dtype.element_ty).to(tl.float32)
+            acc *= tl.load(rw_ptr + pair, mask=valid, other=0.0).to(tl.float32)[:, None]
+        tl.store(
+            out_ptr + pair[:, None].to(tl.int64) * s_om + n[None, :],
+            acc.to(out_ptr.dtype.element_ty),
+            mask=valid[:, None] & nmask[None, :],
+        )
+
+
+def moe_experts(
+    *,
+    x: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    act: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """`reference.moe_experts_ref`'s contract, as two grouped GEMMs over expert-sorted (token, k) pairs:
+    gate/up with SwiGLU fused in the epilogue, then down scaled by the routing weight; the k partial
+    outputs of each token are summed last. No host sync (shapes do not depend on the routing)."""
+    if act is not F.silu:
+        from .reference import moe_experts_ref
+
+        return moe_experts_ref(x, top_k_index, top_k_weights, gate_up_proj, down_proj, act)
+    tokens, hid = x.shape
+    k = top_k_index.shape[1]
+    num_experts, two_i, _ = gate_up_proj.shape
+    inter = two_i // 2
+    pairs = tokens * k
+    block_m = 16 if pairs <= 64 * num_experts else 64
+    sorted_ids, block_expert = moe_align(top_k_index, num_experts, block_m)
+    n_blocks = sorted_ids.numel() // block_m
+    ieee = x.dtype == torch.float32
+    x = x.contiguous()
+    act_out = torch.empty(pairs, inter, device=x.device, dtype=x.dtype)
+    bn = 64 if pairs > 64 else 32  # 16 for few pairs was 6% slower end to end at batch 1 (H100)
+    bk = 64 if ieee else 128
+    _moe_gemm[(n_blocks, triton.cdiv(inter, bn))](
+        x,
+        gate_up_proj,
+        act_out,
+        sorted_ids,
+        block_expert,
+        x,
+        inter,
+        hid,
+        pairs,
+        num_experts,
+        x.stride(0),
+        *gate_up_proj.stride(),
+        act_out.stride(0),
+        k,
+        inter,
+        SWIGLU=True,
+        ROUTED=False,
+        IEEE=ieee,
+        BLOCK_M=block_m,
+        BLOCK_N=bn,
+        BLOCK_K=bk,
+        num_warps=4,
+    )
+    rw = top_k_weights.reshape(-1).contiguous()
+    partial = torch.empty(pairs, hid, device=x.device, dtype=x.dtype)
+    _moe_gemm[(n_blocks, triton.cdiv(hid, bn))](
+        act_out,
+        down_proj,
+        partial,
+        sorted_ids,
+        block_expert,
+        rw,
+        hid,
+        inter,
+        pairs,
+        num_experts,
+        act_out.stride(0),
+        *down_proj.stride(),
+        partial.stride(0),
+        1,
+        0,
+        SWIGLU=False,
+        ROUTED=True,
+        IEEE=ieee,
+        BLOCK_M=block_m,
+        BLOCK_N=bn,
+        BLOCK_K=bk,
+        num_warps=4,
+    )
+    return partial.view(tokens, k, hid).sum(1)
+
+
+# ============================================================================ attention prefill (cuDNN SDPA)
+
+
+def attention_prefill(
+    *, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """`reference.attention_prefill_ref`'s contract through SDPA, preferring the cuDNN backend (then flash,
+    then memory-efficient); GQA without materialising repeated K/V where the backend supports it."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1:
+        k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
+    try:
+        with sdpa_kernel(backends, set_priority=True):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, scale=scale)
+    except RuntimeError:  # no fused backend takes these inputs (dtype, head size): the math path
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, scale=scale)
+
+
+# ============================================================================ attention decode (paged)
+
+
+@triton.jit
+def _attn_decode(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    out_ptr,
+    len_ptr,
+    slot_ptr,
+    bt_ptr,
+    scale,
+    s_qb,
+    s_qh,
+    s_kb,
+    s_kh,
+    s_kt,
+    s_vb,
+    s_vh,
+    s_vt,
+    s_ob,
+    s_oh,
+    s_btb,
+    N_REP: tl.constexpr,
+    HD: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    PAGE: tl.constexpr,
+    PAGED: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    """One program per (row, kv head): the N_REP query heads sharing the kv head, online softmax over
+    the row's context in tiles of BLOCK_T positions (one page when paged)."""
+    b = tl.program_id(0).to(tl.int64)
+    hk = tl.program_id(1)
+    r = tl.arange(0, BLOCK_R)
+    dd = tl.arange(0, HD)
+    rmask = r < N_REP
+    heads = hk * N_REP + r
+    q = tl.load(q_ptr + b * s_qb + heads[:, None] * s_qh + dd[None, :], mask=rmask[:, None], other=0.0)
+    q = (q.to(tl.float32) * scale).to(q_ptr.dtype.element_ty)
+    n = tl.load(len_ptr + b)
+    m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_R], tl.float32)
+    acc = tl.zeros([BLOCK_R, HD], tl.float32)
+    if not PAGED:
+        slot = tl.load(slot_ptr + b).to(tl.int64)
+    for t0 in range(0, n, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        tmask = t < n
+        if PAGED:
+            blk = tl.load(bt_ptr + b * s_btb + t0 // PAGE).to(tl.int64)
+            koff = blk * s_kb + (t - t0)[:, None] * s_kt
+            voff = blk * s_vb + (t - t0)[:, None] * s_vt
+        else:
+            koff = slot * s_kb + t[:, None] * s_kt
+            voff = slot * s_vb + t[:, None] * s_vt
+        k = tl.load(k_ptr + koff + hk * s_kh + dd[None, :], mask=tmask[:, None], other=0.0)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k).to(q.dtype), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k).to(q.dtype))
+        s = tl.where(tmask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_ptr + voff + hk * s_vh + dd[None, :], mask=tmask[:, None], other=0.0)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    out = acc / l_i[:, None]
+    tl.store(
+        out_ptr + b * s_ob + heads[:, None] * s_oh + dd[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=rmask[:, None],
+    )
+
+
+def attention_decode(
+    *,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    slots: torch.Tensor | None = None,
+    block_table: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`reference.attention_decode_ref`'s contract (contiguous per-slot cache, or paged with block_table).
+
+    Rows need context_lens >= 1 (the token being decoded is already in the cache)."""
+    batch, n_heads, hd = q.shape
+    n_kv = k_cache.shape[1]
+    n_rep = n_heads // n_kv
+    out = torch.empty_like(q) if out is None else out
+    paged = block_table is not None
+    if paged:
+        page = k_cache.shape[2]
+        block_t = page
+        bt, s_btb = block_table, block_table.stride(0)
+        sl = context_lens
+    else:
+        page = 1
+        block_t = 64
+        bt, s_btb = context_lens, 0
+        sl = torch.arange(batch, device=q.device) if slots is None else slots
+    ks = k_cache.stride()
+    vs = v_cache.stride()
+    _attn_decode[(batch, n_kv)](
+        q,
+        k_cache,
+        v_cache,
+        out,
+        context_lens,
+        sl,
+        bt,
+        scale,
+        q.stride(0),
+        q.stride(1),
+        ks[0],
+        ks[1],
+        ks[2],
+        vs[0],
+        vs[1],
+        vs[2],
+        out.stride(0),
+        out.stride(1),
+        s_btb,
+        N_REP=n_rep,
+        HD=hd,
+        BLOCK_R=max(16, triton.next_power_of_2(n_rep)),
+        BLOCK_T=block_t,
+        PAGE=page,
+        PAGED=paged,
+        IEEE=q.dtype == torch.float32,
+        num_warps=4,
+    )
+    return out
+
+
+# ============================================================================ skinny linear (decode GEMV)
+
+
+@triton.jit
+def _gemv(x_ptr, w_ptr, out_ptr, N, K, s_xm, s_wn, s_om, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out[m, n] = x[m] . w[n] for one row m a program column: the whole [BLOCK_N, K] weight slab is
+    loaded at once (many loads in flight per program), products summed in fp32."""
+    m = tl.program_id(1).to(tl.int64)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros([BLOCK_N], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        kmask = k < K
+        w = tl.load(w_ptr + n[:, None] * s_wn + k[None, :], mask=(n < N)[:, None] & kmask[None, :], other=0.0)
+        x = tl.load(x_ptr + m * s_xm + k, mask=kmask, other=0.0)
+        acc += tl.sum(w.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)
+    tl.store(out_ptr + m * s_om + n, acc.to(out_ptr.dtype.element_ty), mask=n < N)
+
+
+def linear(*, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear; for one to four rows of a large weight, a GEMV kernel that streams the weight at close
+    to copy bandwidth (cuBLAS' small-M kernels reach about a third of it on an H100)."""
+    rows, k = x.shape
+    n = weight.shape[0]
+    if rows > 4 or n < 256 or bias is not None or weight.stride(1) != 1 or x.stride(1) != 1:
+        return F.linear(x, weight, bias)
+    out = torch.empty(rows, n, device=x.device, dtype=torch.promote_types(x.dtype, weight.dtype))
+    block_k = min(triton.next_power_of_2(k), 2048)
+    block_n = max(1, 8192 // block_k)
+    _gemv[(triton.cdiv(n, block_n), rows)](
+        x,
+        weight,
+        out,
+        n,
+        k,
+        x.stride(0),
+        weight.stride(0),
+        out.stride(0),
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        num_warps=4,
+    )
+    return out
+
+
+# ============================================================================ decode-step pieces
+
+
+@triton.jit
+def _router_topk(logits_ptr, w_ptr, i_ptr, E, s_l, K: tl.constexpr, BLOCK_E: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    e = tl.arange(0, BLOCK_E)
+    x = tl.load(logits_ptr + row * s_l + e, mask=e < E, other=float("-inf")).to(tl.float32)
+    p = tl.exp(x - tl.max(x, axis=0))
+    p = p / tl.sum(p, axis=0)
+    for j in tl.static_range(K):
+        best = tl.max(p, axis=0)
+        arg = tl.min(tl.where(p == best, e, BLOCK_E), axis=0)
+        tl.store(w_ptr + row * K + j, best.to(w_ptr.dtype.element_ty))
+        tl.store(i_ptr + row * K + j, arg.to(tl.int64))
+        p = tl.where(e == arg, -1.0, p)
+
+
+def router_topk(*, logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`reference.router_topk_ref`'s contract in one launch (softmax in fp32, k rounds of argmax)."""
+    rows, experts = logits.shape
+    w = torch.empty(rows, k, device=logits.device, dtype=logits.dtype)
+    i = torch.empty(rows, k, device=logits.device, dtype=torch.long)
+    _router_topk[(rows,)](
+        logits, w, i, experts, logits.stride(0), K=k, BLOCK_E=triton.next_power_of_2(experts)
+    )
+    return w, i
+
+
+@triton.jit
+def _moe_align_small(
+    idx_ptr,
+    sorted_ptr,
+    bexp_ptr,
+    P,
+    E,
+    padded_len,
+    BM: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_NB: tl.constexpr,
+):
+    """`moe_align` in one program for up to BLOCK_P pairs: a one-hot [pairs, experts] counting sort."""
+    p = tl.arange(0, BLOCK_P)
+    e = tl.arange(0, BLOCK_E)
+    ex = tl.load(idx_ptr + p, mask=p < P, other=BLOCK_E)
+    onehot = (ex[:, None] == e[None, :]).to(tl.int32)
+    counts = tl.sum(onehot, axis=0)
+    padded = (counts + BM - 1) // BM * BM
+    pad_end = tl.cumsum(padded, axis=0)
+    pad_start = pad_end - padded
+    rank = tl.sum(tl.where(onehot != 0, tl.cumsum(onehot, axis=0) - 1, 0), axis=1)
+    start = tl.sum(tl.where(onehot != 0, pad_start[None, :], 0), axis=1)
+    for j0 in range(0, padded_len, BLOCK_P):
+        q = j0 + p
+        tl.store(sorted_ptr + q, P.to(tl.int64) + q * 0, mask=q < padded_len)
+    tl.debug_barrier()
+    tl.store(sorted_ptr + start + rank, p.to(tl.int64), mask=p < P)
+    blk = tl.arange(0, BLOCK_NB)
+    ends = tl.where(e < E, pad_end, 1 << 30)
+    bexp = tl.sum((ends[None, :] <= (blk * BM)[:, None]).to(tl.int64), axis=1)
+    tl.store(bexp_ptr + blk, bexp, mask=blk * BM < padded_len)
+
+
+__all__ = [
+    "linear",
+    "attention_decode",
+    "attention_prefill",
+    "causal_conv1d",
+    "causal_conv1d_update",
+    "mamba_decode_ssm",
+    "moe_align",
+    "moe_experts",
+    "rms_norm",
+    "router_topk",
+    "selective_scan",
+    "selective_scan_varlen",
+    "selective_state_update",
+]

@@ -1,0 +1,850 @@
+"""Triton Mamba-1 kernels: the chunked selective scan (prefill) and the selective state update (decode).
+
+Prefill scan, three launches, parallel over (sequence, time chunk, channel block):
+
+1. ``_chunk_state``: every chunk but the last runs the recurrence from a zero state and keeps its end
+   state and the sum of its step sizes (the chunk's decay is exp(A * sum dt)).
+2. ``_chunk_combine``: per sequence, walks its chunks in order and turns (decay, end state) pairs into each
+   chunk's starting state, starting from the sequence's initial state (or zeros).
+3. ``_chunk_output``: every chunk runs the recurrence again from its starting state and writes
+   y = (C . h + D u) * silu(z); the sequence's last chunk writes the final state to its pool slot.
+
+Inside a program one thread owns one channel and all d_state entries of its state (the state tile is
+[N, BLOCK_D], reduced over N in registers) and steps through time sequentially; tokens are addressed by
+strides, so the token-major layout the projections produce ([B, D, T] views with unit channel stride) is
+read without copies. The state is fp32 whatever the input dtype; decays use exp2 with A pre-scaled by
+log2(e). A sequence is (start, length) in a batch row, so right-padded batches and packed varlen batches
+(``cu_seqlens``) are the same launch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = math.log2(math.e)
+# The compiled kernels of the last prefill-scan launch (for benchmarks to read registers / spills).
+LAST_LAUNCH: dict[str, object] = {}
+
+
+@triton.jit
+def _softplus(x):
+    # F.softplus with threshold 20; log1p(e) for small e by its series (fp32 log(1 + e) loses it).
+    e = tl.exp(-tl.abs(x))
+    lp = tl.where(e < 1e-4, e - 0.5 * e * e, tl.log(1.0 + e))
+    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + lp)
+
+
+@triton.jit
+def _chunk_state(
+    u_ptr,
+    dt_ptr,
+    b_ptr,
+    a2_ptr,
+    dtb_ptr,
+    seq_start_ptr,
+    seq_len_ptr,
+    end_ptr,
+    dtsum_ptr,
+    D,
+    N,
+    n_chunks,
+    chunk_len,
+    s_ub,
+    s_ud,
+    s_ut,
+    s_db,
+    s_dd,
+    s_dt,
+    s_bb,
+    s_bn,
+    s_bt,
+    HAS_DT_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    UNROLL: tl.constexpr,
+    PREFETCH: tl.constexpr,
+):
+    # Every per-step value is a [1, BLOCK_D] or [BLOCK_N, BLOCK_D] tile (B is loaded broadcast over the
+    # channels), so all of them share the state's layout and no step converts layouts through shared memory.
+    pid = tl.program_id(0)
+    seq = pid // n_chunks
+    c = pid % n_chunks
+    d = (tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D))[None, :]
+    n = tl.arange(0, BLOCK_N)[:, None]
+    dmask = d < D
+    m = (n < N) & dmask
+    start = tl.load(seq_start_ptr + seq)
+    length = tl.load(seq_len_ptr + seq)
+    t0 = c * chunk_len
+    t1 = tl.minimum(t0 + chunk_len, length)
+    a2 = tl.load(a2_ptr + d * N + n, mask=m, other=0.0)
+    dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0) if HAS_DT_BIAS else tl.zeros([1, BLOCK_D], tl.float32)
+    h = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dts = tl.zeros([1, BLOCK_D], tl.float32)
+    row = seq.to(tl.int64)
+    u_base = u_ptr + row * s_ub + d * s_ud
+    dt_base = dt_ptr + row * s_db + d * s_dd
+    b_base = b_ptr + row * s_bb + n * s_bn + d * 0
+    # Only chunks 0 .. n_chunks-2 feed a later chunk; the last chunk's end state is never read.
+    if (c < n_chunks - 1) & PREFETCH:
+        ok = (d * 0 + t0) < t1
+        tt = (start + t0).to(tl.int64)
+        dt_n = tl.load(dt_base + tt * s_dt, mask=dmask & ok, other=0.0)
+        u_n = tl.load(u_base + tt * s_ut, mask=dmask & ok, other=0.0)
+        b_n = tl.load(b_base + tt * s_bt, mask=m & ok, other=0.0)
+        for t in range(t0, t1):
+            ttn = (start + t + 1).to(tl.int64)
+            okn = (d * 0 + t + 1) < t1
+            dt_c, u_c, b_c = dt_n, u_n, b_n
+            dt_n = tl.load(dt_base + ttn * s_dt, mask=dmask & okn, other=0.0)
+            u_n = tl.load(u_base + ttn * s_ut, mask=dmask & okn, other=0.0)
+            b_n = tl.load(b_base + ttn * s_bt, mask=m & okn, other=0.0)
+            dt = dt_c.to(tl.float32) + dtb
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            h = tl.exp2(dt * a2) * h + (dt * u_c.to(tl.float32)) * b_c.to(tl.float32)
+            dts += dt
+    if (c < n_chunks - 1) & (not PREFETCH):
+        for tb in range(t0, t1, UNROLL):
+            for j in tl.static_range(UNROLL):
+                t = tb + j
+                ok = (d * 0 + t) < t1  # a [1, BLOCK_D] mask (scalar masks trip the interpreter)
+                tt = (start + t).to(tl.int64)
+                dt = tl.load(dt_base + tt * s_dt, mask=dmask & ok, other=0.0).to(tl.float32) + dtb
+                if SOFTPLUS:
+                    dt = _softplus(dt)
+                dt = tl.where(ok, dt, 0.0)
+                u = tl.load(u_base + tt * s_ut, mask=dmask & ok, other=0.0).to(tl.float32)
+                bt = tl.load(b_base + tt * s_bt, mask=m & ok, other=0.0).to(tl.float32)
+                h = tl.exp2(dt * a2) * h + (dt * u) * bt
+                dts += dt
+    out = (row * n_chunks + c) * D
+    tl.store(end_ptr + (out + d) * N + n, h, mask=m)
+    tl.store(dtsum_ptr + out + d, dts, mask=dmask)
+
+
+@triton.jit
+def _chunk_combine(
+    end_ptr,
+    dtsum_ptr,
+    a2_ptr,
+    state_ptr,
+    state_idx_ptr,
+    has_init_ptr,
+    D,
+    N,
+    n_chunks,
+    s_ss,
+    s_sd,
+    s_sn,
+    HAS_STATE: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    m = (n < N)[:, None] & (d < D)[None, :]
+    a2 = tl.load(a2_ptr + d[None, :] * N + n[:, None], mask=m, other=0.0)
+    h = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    if HAS_STATE:
+        slot = tl.load(state_idx_ptr + seq).to(tl.int64)
+        init = tl.load(has_init_ptr + seq)
+        if (init != 0) & (slot >= 0):
+            h = tl.load(state_ptr + slot * s_ss + d[None, :] * s_sd + n[:, None] * s_sn, mask=m, other=0.0)
+            h = h.to(tl.float32)
+    row = seq.to(tl.int64) * n_chunks
+    # chunk c+1's (end state, dt sum) are loaded while chunk c is combined (the loads never depend on h)
+    e_n = tl.load(end_ptr + (row * D + d[None, :]) * N + n[:, None], mask=m, other=0.0)
+    ds_n = tl.load(dtsum_ptr + row * D + d, mask=d < D, other=0.0)
+    for c in range(n_chunks):
+        off = (row + c) * D
+        e, ds = e_n, ds_n
+        more = (d * 0 + c + 1) < n_chunks
+        e_n = tl.load(end_ptr + (off + D + d[None, :]) * N + n[:, None], mask=m & more[None, :], other=0.0)
+        ds_n = tl.load(dtsum_ptr + off + D + d, mask=(d < D) & more, other=0.0)
+        tl.store(end_ptr + (off + d[None, :]) * N + n[:, None], h, mask=m)  # chunk c's starting state
+        h = tl.exp2(ds[None, :] * a2) * h + e
+
+
+@triton.jit
+def _chunk_output(
+    u_ptr,
+    dt_ptr,
+    b_ptr,
+    c_ptr,
+    z_ptr,
+    out_ptr,
+    a2_ptr,
+    dskip_ptr,
+    dtb_ptr,
+    seq_start_ptr,
+    seq_len_ptr,
+    init_ptr,
+    state_ptr,
+    state_idx_ptr,
+    has_init_ptr,
+    D,
+    N,
+    n_chunks,
+    chunk_len,
+    s_ub,
+    s_ud,
+    s_ut,
+    s_db,
+    s_dd,
+    s_dt,
+    s_bb,
+    s_bn,
+    s_bt,
+    s_cb,
+    s_cn,
+    s_ct,
+    s_zb,
+    s_zd,
+    s_zt,
+    s_ob,
+    s_od,
+    s_ot,
+    s_ss,
+    s_sd,
+    s_sn,
+    HAS_DT_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_STATE: tl.constexpr,
+    CHUNK_INIT: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    UNROLL: tl.constexpr,
+    PREFETCH: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    seq = pid // n_chunks
+    c = pid % n_chunks
+    d = (tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D))[None, :]
+    n = tl.arange(0, BLOCK_N)[:, None]
+    dmask = d < D
+    m = (n < N) & dmask
+    start = tl.load(seq_start_ptr + seq)
+    length = tl.load(seq_len_ptr + seq)
+    t0 = c * chunk_len
+    t1 = tl.minimum(t0 + chunk_len, length)
+    a2 = tl.load(a2_ptr + d * N + n, mask=m, other=0.0)
+    dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0) if HAS_DT_BIAS else tl.zeros([1, BLOCK_D], tl.float32)
+    dsk = tl.load(dskip_ptr + d, mask=dmask, other=0.0) if HAS_D else tl.zeros([1, BLOCK_D], tl.float32)
+    row = seq.to(tl.int64)
+    h = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    slot = row * 0 - 1
+    if HAS_STATE:
+        slot = tl.load(state_idx_ptr + seq).to(tl.int64)
+    if CHUNK_INIT:
+        h = tl.load(init_ptr + ((row * n_chunks + c) * D + d) * N + n, mask=m, other=0.0)
+    elif HAS_STATE:
+        init = tl.load(has_init_ptr + seq)
+        if (init != 0) & (slot >= 0):
+            h = tl.load(state_ptr + slot * s_ss + d * s_sd + n * s_sn, mask=m, other=0.0).to(tl.float32)
+    u_base = u_ptr + row * s_ub + d * s_ud
+    dt_base = dt_ptr + row * s_db + d * s_dd
+    z_base = z_ptr + row * s_zb + d * s_zd
+    o_base = out_ptr + row * s_ob + d * s_od
+    b_base = b_ptr + row * s_bb + n * s_bn + d * 0
+    c_base = c_ptr + row * s_cb + n * s_cn + d * 0
+    if PREFETCH:
+        # software pipelining by hand: step t+1's inputs are loaded while step t computes, so the loads'
+        # latency overlaps a step of arithmetic instead of stalling every step
+        ok = (d * 0 + t0) < t1
+        tt = (start + t0).to(tl.int64)
+        dt_n = tl.load(dt_base + tt * s_dt, mask=dmask & ok, other=0.0)
+        u_n = tl.load(u_base + tt * s_ut, mask=dmask & ok, other=0.0)
+        b_n = tl.load(b_base + tt * s_bt, mask=m & ok, other=0.0)
+        c_n = tl.load(c_base + tt * s_ct, mask=m & ok, other=0.0)
+        z_n = tl.load(z_base + tt * s_zt, mask=dmask & ok, other=0.0) if HAS_Z else dt_n
+        for t in range(t0, t1):
+            tt = (start + t).to(tl.int64)
+            dt_c, u_c, b_c, c_c, z_c = dt_n, u_n, b_n, c_n, z_n
+            okn = (d * 0 + t + 1) < t1
+            ttn = tt + 1
+            dt_n = tl.load(dt_base + ttn * s_dt, mask=dmask & okn, other=0.0)
+            u_n = tl.load(u_base + ttn * s_ut, mask=dmask & okn, other=0.0)
+            b_n = tl.load(b_base + ttn * s_bt, mask=m & okn, other=0.0)
+            c_n = tl.load(c_base + ttn * s_ct, mask=m & okn, other=0.0)
+            if HAS_Z:
+                z_n = tl.load(z_base + ttn * s_zt, mask=dmask & okn, other=0.0)
+            dt = dt_c.to(tl.float32) + dtb
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            u = u_c.to(tl.float32)
+            h = tl.exp2(dt * a2) * h + (dt * u) * b_c.to(tl.float32)
+            y = tl.sum(h * c_c.to(tl.float32), axis=0, keep_dims=True) + dsk * u
+            if HAS_Z:
+                zz = z_c.to(tl.float32)
+                y = y * zz * tl.sigmoid(zz)
+            tl.store(o_base + tt * s_ot, y.to(out_ptr.dtype.element_ty), mask=dmask)
+    else:
+        for tb in range(t0, t1, UNROLL):
+            for j in tl.static_range(UNROLL):
+                t = tb + j
+                ok = (d * 0 + t) < t1  # a [1, BLOCK_D] mask (scalar masks trip the interpreter)
+                tt = (start + t).to(tl.int64)
+                dt = tl.load(dt_base + tt * s_dt, mask=dmask & ok, other=0.0).to(tl.float32) + dtb
+                if SOFTPLUS:
+                    dt = _softplus(dt)
+                dt = tl.where(ok, dt, 0.0)
+                u = tl.load(u_base + tt * s_ut, mask=dmask & ok, other=0.0).to(tl.float32)
+                bt = tl.load(b_base + tt * s_bt, mask=m & ok, other=0.0).to(tl.float32)
+                ct = tl.load(c_base + tt * s_ct, mask=m & ok, other=0.0).to(tl.float32)
+                h = tl.exp2(dt * a2) * h + (dt * u) * bt
+                y = tl.sum(h * ct, axis=0, keep_dims=True) + dsk * u
+                if HAS_Z:
+                    zz = tl.load(z_base + tt * s_zt, mask=dmask & ok, other=0.0).to(tl.float32)
+                    y = y * zz * tl.sigmoid(zz)
+                tl.store(o_base + tt * s_ot, y.to(out_ptr.dtype.element_ty), mask=dmask & ok)
+    if HAS_STATE:
+        last = tl.maximum(tl.cdiv(length, chunk_len) - 1, 0)
+        if (c == last) & (slot >= 0):
+            tl.store(state_ptr + slot * s_ss + d * s_sd + n * s_sn, h.to(state_ptr.dtype.element_ty), mask=m)
+
+
+def _pick_chunks(num_seqs: int, dim: int, max_len: int, n_chunks: int | None) -> tuple[int, int]:
+    """(chunks per sequence, chunk length): enough programs to fill the card, few enough chunks that the
+    sequential combine stays short."""
+    if max_len <= 0:
+        return 1, 1
+    if n_chunks is None:
+        n_chunks = max(1, min(32, triton.cdiv(65536, max(1, num_seqs * dim)), triton.cdiv(max_len, 64)))
+    chunk_len = triton.cdiv(max_len, n_chunks)
+    return triton.cdiv(max_len, chunk_len), chunk_len
+
+
+def _launch_scan(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D,
+    z,
+    delta_bias,
+    delta_softplus,
+    ssm_state,
+    state_indices,
+    has_initial_state,
+    seq_start,
+    seq_len,
+    num_seqs,
+    max_len,
+    out,
+    n_chunks=None,
+    block_d=None,
+    unroll=1,
+    prefetch=True,
+):
+    """u, delta, z, out: [R, D, T]-strided; B, C: [R, N, T]; sequence i is row i (or row 0 when packed,
+    in which case the row strides passed are zero) columns seq_start[i] .. seq_start[i]+seq_len[i]-1."""
+    dim, nst = A.shape
+    dev = u.device
+    a2 = (A.float() * LOG2E).contiguous()
+    dtb = delta_bias.float().contiguous() if delta_bias is not None else a2
+    dsk = D.float().contiguous() if D is not None else a2
+    zz = z if z is not None else u
+    has_state = ssm_state is not None
+    if has_state:
+        idx = (
+            torch.arange(num_seqs, device=dev, dtype=torch.int32)
+            if state_indices is None
+            else state_indices.to(torch.int32)
+        )
+        init = (
+            torch.ones(num_seqs, device=dev, dtype=torch.int32)
+            if has_initial_state is None
+            else has_initial_state.to(torch.int32)
+        )
+        st, s_st = ssm_state, ssm_state.stride()
+    else:
+        idx = init = seq_len
+        st, s_st = a2, (0, 0, 0)
+    n_chunks, chunk_len = _pick_chunks(num_seqs, dim, max_len, n_chunks)
+    block_n = triton.next_power_of_2(nst)
+    # Swept on an H100 (bench/kernels_gpu.py --sweep): 256 channels (8 warps) a program wins on short
+    # sequences; from 8K tokens up the block size matters by a few percent only.
+    bd = block_d or (256 if max_len <= 4096 else 64)
+    nw = max(1, bd // 32)
+    grid = (num_seqs * n_chunks, triton.cdiv(dim, bd))
+    su = _row_strides(u, packed=u.dim() == 2)
+    sdt = _row_strides(delta, packed=delta.dim() == 2)
+    sb = _row_strides(B, packed=B.dim() == 2)
+    sc = _row_strides(C, packed=C.dim() == 2)
+    sz = _row_strides(zz, packed=zz.dim() == 2)
+    so = _row_strides(out, packed=out.dim() == 2)
+    if n_chunks > 1:
+        end = torch.empty(num_seqs * n_chunks * dim * nst, device=dev, dtype=torch.float32)
+        dts = torch.empty(num_seqs * n_chunks * dim, device=dev, dtype=torch.float32)
+        LAST_LAUNCH["state"] = _chunk_state[grid](
+            u,
+            delta,
+            B,
+            a2,
+            dtb,
+            seq_start,
+            seq_len,
+            end,
+            dts,
+            dim,
+            nst,
+            n_chunks,
+            chunk_len,
+            *su,
+            *sdt,
+            *sb,
+            HAS_DT_BIAS=delta_bias is not None,
+            SOFTPLUS=delta_softplus,
+            BLOCK_D=bd,
+            BLOCK_N=block_n,
+            UNROLL=unroll,
+            PREFETCH=prefetch,
+            num_warps=nw,
+        )
+        _chunk_combine[(num_seqs, triton.cdiv(dim, bd))](
+            end,
+            dts,
+            a2,
+            st,
+            idx,
+            init,
+            dim,
+            nst,
+            n_chunks,
+            *s_st,
+            HAS_STATE=has_state,
+            BLOCK_D=bd,
+            BLOCK_N=block_n,
+            num_warps=nw,
+        )
+    else:
+        end = a2
+    LAST_LAUNCH["output"] = _chunk_output[grid](
+        u,
+        delta,
+        B,
+        C,
+        zz,
+        out,
+        a2,
+        dsk,
+        dtb,
+        seq_start,
+        seq_len,
+        end,
+        st,
+        idx,
+        init,
+        dim,
+        nst,
+        n_chunks,
+        chunk_len,
+        *su,
+        *sdt,
+        *sb,
+        *sc,
+        *sz,
+        *so,
+        *s_st,
+        HAS_DT_BIAS=delta_bias is not None,
+        SOFTPLUS=delta_softplus,
+        HAS_D=D is not None,
+        HAS_Z=z is not None,
+        HAS_STATE=has_state,
+        CHUNK_INIT=n_chunks > 1,
+        BLOCK_D=bd,
+        BLOCK_N=block_n,
+        UNROLL=unroll,
+        PREFETCH=prefetch,
+        num_warps=nw,
+    )
+    return out
+
+
+def _row_strides(x: torch.Tensor, packed: bool) -> tuple[int, int, int]:
+    """(row, channel, time) strides of a [R, C, T] tensor, or of a packed [C, T] one (row stride 0)."""
+    if packed:
+        return 0, x.stride(0), x.stride(1)
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _token_major(x: torch.Tensor | None) -> torch.Tensor | None:
+    """The same [R, C, T] values with unit channel stride (a copy only if time is the unit stride)."""
+    if x is None or x.stride(1) == 1 or x.stride(2) != 1:
+        return x
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def selective_scan(
+    *,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    ssm_state: torch.Tensor | None = None,
+    state_indices: torch.Tensor | None = None,
+    seq_lens: torch.Tensor | None = None,
+    n_chunks: int | None = None,
+    block_d: int | None = None,
+    unroll: int = 1,
+    prefetch: bool = True,
+) -> torch.Tensor:
+    """`reference.selective_scan_ref`'s contract (right-padded [B, D, T] rows, optional seq_lens and pool).
+
+    Returns y as a [B, D, T] view of a token-major [B, T, D] tensor (what the out projection reads).
+    """
+    batch, dim, seqlen = u.shape
+    if seqlen > 1:
+        # Time-contiguous inputs ([B, D, T] with unit time stride) make every per-step load touch one cache
+        # line per channel; one transposing copy to the token-major layout the kernel streams costs less.
+        u, delta, z, B, C = (_token_major(t) for t in (u, delta, z, B, C))
+    out = torch.empty(batch, seqlen, dim, device=u.device, dtype=u.dtype).transpose(1, 2)
+    starts = torch.zeros(batch, device=u.device, dtype=torch.int32)
+    lens = (
+        torch.full((batch,), seqlen, device=u.device, dtype=torch.int32)
+        if seq_lens is None
+        else seq_lens.to(torch.int32)
+    )
+    return _launch_scan(
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D,
+        z,
+        delta_bias,
+        delta_softplus,
+        ssm_state,
+        state_indices,
+        None,
+        starts,
+        lens,
+        batch,
+        seqlen,
+        out,
+        n_chunks=n_chunks,
+        block_d=block_d,
+        unroll=unroll,
+        prefetch=prefetch,
+    )
+
+
+def selective_scan_varlen(
+    *,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    ssm_state: torch.Tensor | None = None,
+    state_indices: torch.Tensor | None = None,
+    has_initial_state: torch.Tensor | None = None,
+    max_seqlen: int | None = None,
+    n_chunks: int | None = None,
+) -> torch.Tensor:
+    """`reference.selective_scan_varlen_ref`'s contract: sequences packed along time ([D, T_total]).
+
+    ``max_seqlen`` (a host int) avoids reading the lengths back from the device.
+    """
+    dim, total = u.shape
+    num_seqs = cu_seqlens.shape[0] - 1
+    starts = cu_seqlens[:-1].to(torch.int32)
+    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
+    if max_seqlen is None:
+        max_seqlen = int(lens.max()) if num_seqs else 0
+    out = torch.empty(total, dim, device=u.device, dtype=u.dtype).t()
+    return _launch_scan(
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D,
+        z,
+        delta_bias,
+        delta_softplus,
+        ssm_state,
+        state_indices,
+        has_initial_state,
+        starts,
+        lens,
+        num_seqs,
+        max_seqlen,
+        out,
+        n_chunks=n_chunks,
+    )
+
+
+# ============================================================================ decode: selective state update
+
+
+@triton.jit
+def _state_update(
+    state_ptr,
+    x_ptr,
+    dt_ptr,
+    a2_ptr,
+    b_ptr,
+    c_ptr,
+    dskip_ptr,
+    z_ptr,
+    dtb_ptr,
+    idx_ptr,
+    out_ptr,
+    D,
+    N,
+    s_ss,
+    s_sd,
+    s_sn,
+    s_xb,
+    s_xd,
+    s_dtb,
+    s_dtd,
+    s_bb,
+    s_bn,
+    s_cb,
+    s_cn,
+    s_zb,
+    s_zd,
+    s_ob,
+    s_od,
+    HAS_DT_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    dmask = d < D
+    nmask = n < N
+    m = nmask[:, None] & dmask[None, :]
+    slot = tl.load(idx_ptr + b).to(tl.int64)
+    if slot >= 0:  # a negative slot marks a padding row (CUDA-graph buckets): nothing to read or write
+        sp = state_ptr + slot * s_ss + d[None, :] * s_sd + n[:, None] * s_sn
+        h = tl.load(sp, mask=m, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + b * s_xb + d * s_xd, mask=dmask, other=0.0).to(tl.float32)
+        dt = tl.load(dt_ptr + b * s_dtb + d * s_dtd, mask=dmask, other=0.0).to(tl.float32)
+        if HAS_DT_BIAS:
+            dt += tl.load(dtb_ptr + d, mask=dmask, other=0.0)
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        a2 = tl.load(a2_ptr + d[None, :] * N + n[:, None], mask=m, other=0.0)
+        bv = tl.load(b_ptr + b * s_bb + n * s_bn, mask=nmask, other=0.0).to(tl.float32)
+        cv = tl.load(c_ptr + b * s_cb + n * s_cn, mask=nmask, other=0.0).to(tl.float32)
+        h = tl.exp2(dt[None, :] * a2) * h + (dt * x)[None, :] * bv[:, None]
+        tl.store(sp, h.to(state_ptr.dtype.element_ty), mask=m)
+        y = tl.sum(h * cv[:, None], axis=0)
+        if HAS_D:
+            y += x * tl.load(dskip_ptr + d, mask=dmask, other=0.0)
+        if HAS_Z:
+            zz = tl.load(z_ptr + b * s_zb + d * s_zd, mask=dmask, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(out_ptr + b * s_ob + d * s_od, y.to(out_ptr.dtype.element_ty), mask=dmask)
+
+
+def selective_state_update(
+    *,
+    ssm_state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    state_indices: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`reference.selective_state_update_ref`'s contract; a negative state index skips its row."""
+    batch, dim = x.shape
+    nst = A.shape[-1]
+    a2 = A.float() * LOG2E
+    idx = torch.arange(batch, device=x.device) if state_indices is None else state_indices
+    out = torch.empty_like(x) if out is None else out
+    zz = z if z is not None else x
+    bd = 64
+    _state_update[(batch, triton.cdiv(dim, bd))](
+        ssm_state,
+        x,
+        dt,
+        a2,
+        B,
+        C,
+        D if D is not None else a2,
+        zz,
+        dt_bias.float() if dt_bias is not None else a2,
+        idx,
+        out,
+        dim,
+        nst,
+        *ssm_state.stride(),
+        *x.stride(),
+        *dt.stride(),
+        *B.stride(),
+        *C.stride(),
+        *zz.stride(),
+        *out.stride(),
+        HAS_DT_BIAS=dt_bias is not None,
+        SOFTPLUS=dt_softplus,
+        HAS_D=D is not None,
+        HAS_Z=z is not None,
+        BLOCK_D=bd,
+        BLOCK_N=triton.next_power_of_2(nst),
+        num_warps=2,
+    )
+    return out
+
+
+# ============================================================================ decode: fused Mamba SSM step
+
+
+@triton.jit
+def _rms_vec(v, w_ptr, off, cnt, eps, BLOCK: tl.constexpr, DTYPE: tl.constexpr):
+    """Jamba's RMSNorm of a short vector (fp32 math, cast to the model dtype before the weight)."""
+    i = tl.arange(0, BLOCK)
+    vf = v.to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(vf * vf, axis=0) / cnt + eps)
+    w = tl.load(w_ptr + i, mask=i < cnt, other=0.0).to(tl.float32)
+    return (w * (vf * rstd).to(DTYPE).to(tl.float32)).to(DTYPE).to(tl.float32)
+
+
+@triton.jit
+def _mamba_decode_ssm(
+    xp_ptr,
+    x_ptr,
+    z_ptr,
+    state_ptr,
+    idx_ptr,
+    dtw_ptr,
+    bw_ptr,
+    cw_ptr,
+    wdt_ptr,
+    dtb_ptr,
+    a2_ptr,
+    dsk_ptr,
+    out_ptr,
+    D,
+    R,
+    N,
+    eps,
+    s_xp,
+    s_x,
+    s_z,
+    s_ss,
+    s_sd,
+    s_sn,
+    s_o,
+    BLOCK_D: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    r = tl.arange(0, BLOCK_R)
+    n = tl.arange(0, BLOCK_N)
+    dmask = d < D
+    nmask = n < N
+    dtype = x_ptr.dtype.element_ty
+    dt_raw = tl.load(xp_ptr + b * s_xp + r, mask=r < R, other=0.0)
+    b_raw = tl.load(xp_ptr + b * s_xp + R + n, mask=nmask, other=0.0)
+    c_raw = tl.load(xp_ptr + b * s_xp + R + N + n, mask=nmask, other=0.0)
+    dtn = _rms_vec(dt_raw, dtw_ptr, 0, R, eps, BLOCK_R, dtype)
+    bv = _rms_vec(b_raw, bw_ptr, 0, N, eps, BLOCK_N, dtype)
+    cv = _rms_vec(c_raw, cw_ptr, 0, N, eps, BLOCK_N, dtype)
+    wdt = tl.load(wdt_ptr + d[:, None] * R + r[None, :], mask=dmask[:, None] & (r < R)[None, :], other=0.0)
+    dt = tl.sum(wdt.to(tl.float32) * dtn[None, :], axis=1).to(dtype).to(tl.float32)
+    dt = _softplus(dt + tl.load(dtb_ptr + d, mask=dmask, other=0.0))
+    slot = tl.load(idx_ptr + b).to(tl.int64)
+    m = nmask[:, None] & dmask[None, :]
+    sp = state_ptr + slot * s_ss + d[None, :] * s_sd + n[:, None] * s_sn
+    h = tl.load(sp, mask=m, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + b * s_x + d, mask=dmask, other=0.0).to(tl.float32)
+    a2 = tl.load(a2_ptr + d[None, :] * N + n[:, None], mask=m, other=0.0)
+    h = tl.exp2(dt[None, :] * a2) * h + (dt * x)[None, :] * bv[:, None]
+    tl.store(sp, h.to(state_ptr.dtype.element_ty), mask=m)
+    y = tl.sum(h * cv[:, None], axis=0) + x * tl.load(dsk_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    zz = tl.load(z_ptr + b * s_z + d, mask=dmask, other=0.0).to(tl.float32)
+    y = y * zz * tl.sigmoid(zz)
+    tl.store(out_ptr + b * s_o + d, y.to(out_ptr.dtype.element_ty), mask=dmask)
+
+
+def mamba_decode_ssm(
+    *,
+    xproj: torch.Tensor,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    ssm_state: torch.Tensor,
+    state_indices: torch.Tensor,
+    dt_norm_weight: torch.Tensor,
+    b_norm_weight: torch.Tensor,
+    c_norm_weight: torch.Tensor,
+    eps: float,
+    dt_proj_weight: torch.Tensor,
+    dt_bias: torch.Tensor,
+    A: torch.Tensor,
+    D: torch.Tensor,
+    out: torch.Tensor | None = None,
+    a2: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`reference.mamba_decode_ssm_ref`'s contract in one launch (``a2``: A * log2(e), precomputable)."""
+    batch, dim = x.shape
+    rank = dt_proj_weight.shape[1]
+    nst = A.shape[-1]
+    a2 = A.float() * LOG2E if a2 is None else a2
+    out = torch.empty_like(x) if out is None else out
+    bd = 64
+    _mamba_decode_ssm[(batch, triton.cdiv(dim, bd))](
+        xproj,
+        x,
+        z,
+        ssm_state,
+        state_indices,
+        dt_norm_weight,
+        b_norm_weight,
+        c_norm_weight,
+        dt_proj_weight,
+        dt_bias,
+        a2,
+        D,
+        out,
+        dim,
+        rank,
+        nst,
+        eps,
+        xproj.stride(0),
+        x.stride(0),
+        z.stride(0),
+        *ssm_state.stride(),
+        out.stride(0),
+        BLOCK_D=bd,
+        BLOCK_R=triton.next_power_of_2(rank),
+        BLOCK_N=triton.next_power_of_2(nst),
+        num_warps=2,
+    )
+    return out
