@@ -98,8 +98,15 @@ class LocalModel:
         return out
 
 
+def _model_type(path: Path) -> str:
+    import json
+
+    return str(json.loads((path / "config.json").read_text()).get("model_type", "jamba"))
+
+
 def load(path: str | Path, device: Any = "cpu", dtype: Any = None) -> LocalModel:
-    """Load a Hugging Face-layout Jamba checkpoint directory.
+    """Load a Hugging Face-layout checkpoint directory: Jamba, or a Mamba-2 hybrid family picked by its
+    ``model_type`` (bamba, granitemoehybrid, nemotron_h, falcon_h1, zamba2; see `local_model.families`).
 
     ``dtype``: a torch dtype or its name ("bfloat16"); defaults to torch.float32. ``device``: anything
     torch accepts ("cpu", "cuda:0", torch.device). The tokenizer is attached when the directory has one.
@@ -113,6 +120,11 @@ def load(path: str | Path, device: Any = "cpu", dtype: Any = None) -> LocalModel
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype.removeprefix("torch."))
     path = Path(path)
-    module = load_model(path, device=device, dtype=dtype)
+    if _model_type(path) == "jamba":
+        module = load_model(path, device=device, dtype=dtype)
+    else:
+        from .families import load_model as load_family_model
+
+        module = load_family_model(path, device=device, dtype=dtype)
     tokenizer = Tokenizer.from_dir(path, extra_eos_ids=module.config.eos_token_ids)
     return LocalModel(module, tokenizer, path)

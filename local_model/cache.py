@@ -42,6 +42,7 @@ so a Triton/CUDA kernel can update a pool without a gather/scatter round trip.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -66,10 +67,9 @@ class MambaState:
         dtype: torch.dtype = torch.float32,
         ssm_dtype: torch.dtype = torch.float32,
     ) -> MambaState:
-        d = config.mamba_d_inner
         return cls(
-            conv=torch.zeros(num_slots, d, config.mamba_d_conv - 1, device=device, dtype=dtype),
-            ssm=torch.zeros(num_slots, d, config.mamba_d_state, device=device, dtype=ssm_dtype),
+            conv=torch.zeros(num_slots, *config.mamba_conv_state_shape, device=device, dtype=dtype),
+            ssm=torch.zeros(num_slots, *config.mamba_ssm_state_shape, device=device, dtype=ssm_dtype),
         )
 
     def zero_(self, slots: torch.Tensor) -> None:
@@ -158,8 +158,9 @@ class HybridCache:
         """
         num_slots = batch_size if num_slots is None else num_slots
         layers: list[MambaState | KVCache] = []
-        for i in range(config.num_hidden_layers):
-            if config.layer_is_attention(i):
+        attention = set(config.attention_layer_ids)
+        for i in range(config.num_cache_entries):
+            if i in attention:
                 layers.append(KVCache.zeros(config, num_slots, capacity, device=device, dtype=dtype))
             else:
                 layers.append(
@@ -220,8 +221,10 @@ def mamba_state_bytes_per_sequence(
     config: JambaConfig, dtype: torch.dtype = torch.float32, ssm_dtype: torch.dtype = torch.float32
 ) -> int:
     """Bytes of recurrent state one sequence needs across all Mamba layers (independent of its length)."""
-    d = config.mamba_d_inner
-    per_layer = d * (config.mamba_d_conv - 1) * dtype.itemsize + d * config.mamba_d_state * ssm_dtype.itemsize
+    per_layer = (
+        math.prod(config.mamba_conv_state_shape) * dtype.itemsize
+        + math.prod(config.mamba_ssm_state_shape) * ssm_dtype.itemsize
+    )
     return per_layer * len(config.mamba_layer_ids)
 
 
