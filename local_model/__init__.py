@@ -104,6 +104,22 @@ def _model_type(path: Path) -> str:
     return str(json.loads((path / "config.json").read_text()).get("model_type", "jamba"))
 
 
+def _load_family(path: Path, device: Any, dtype: Any) -> LocalModel:
+    """A Mamba-2 hybrid checkpoint (`local_model.families`), loaded like `load` loads Jamba."""
+    import torch
+
+    from .families import load_model as load_family_model
+    from .weights import Tokenizer
+
+    if dtype is None:
+        dtype = torch.float32
+    elif isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."))
+    module = load_family_model(path, device=device, dtype=dtype)
+    tokenizer = Tokenizer.from_dir(path, extra_eos_ids=module.config.eos_token_ids)
+    return LocalModel(module, tokenizer, path)  # type: ignore[arg-type]
+
+
 def load(path: str | Path, device: Any = "cpu", dtype: Any = None) -> LocalModel:
     """Load a Hugging Face-layout checkpoint directory: Jamba, or a Mamba-2 hybrid family picked by its
     ``model_type`` (bamba, granitemoehybrid, nemotron_h, falcon_h1, zamba2; see `local_model.families`).
@@ -115,16 +131,13 @@ def load(path: str | Path, device: Any = "cpu", dtype: Any = None) -> LocalModel
 
     from .weights import Tokenizer, load_model
 
+    if _model_type(Path(path)) != "jamba":
+        return _load_family(Path(path), device, dtype)
     if dtype is None:
         dtype = torch.float32
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype.removeprefix("torch."))
     path = Path(path)
-    if _model_type(path) == "jamba":
-        module = load_model(path, device=device, dtype=dtype)
-    else:
-        from .families import load_model as load_family_model
-
-        module = load_family_model(path, device=device, dtype=dtype)
+    module = load_model(path, device=device, dtype=dtype)
     tokenizer = Tokenizer.from_dir(path, extra_eos_ids=module.config.eos_token_ids)
     return LocalModel(module, tokenizer, path)

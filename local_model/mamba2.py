@@ -16,8 +16,8 @@ Numerically this follows the pure-PyTorch path of transformers' Mamba-2 hybrids 
 
 Kernel-style functions: `ssd_chunk_scan_ref` (a sequence chunk, optionally continuing pool rows of state
 and right-padded with ``seq_lens``) and `ssd_state_update_ref` (one token). `Mamba2Kernels` bundles them
-with the causal conv of `local_model.model`; `Mamba2Mixer.kernels` can be swapped for faster ones with
-the same signatures. The state per slot is ``conv [conv_dim, d_conv - 1]`` and
+with the causal conv of `local_model.model`; the mixer calls them by keyword only (the convention of the
+Mamba-1 kernel bundle), so `Mamba2Mixer.kernels` can be swapped for faster ones with the same keywords. The state per slot is ``conv [conv_dim, d_conv - 1]`` and
 ``ssm [num_heads, head_dim, d_state]`` (see `local_model.cache.MambaState`).
 """
 
@@ -297,13 +297,24 @@ class Mamba2Mixer(nn.Module):
         xbc = xbc.transpose(1, 2)
         conv_w, conv_b = self.conv1d.weight.squeeze(1), self.conv1d.bias
         if decode:
-            xbc = kern.causal_conv1d_update(xbc[..., 0], state.conv, conv_w, conv_b, o.activation, slots)[
-                ..., None
-            ]
-        elif state is not None:
-            xbc = kern.causal_conv1d(xbc, conv_w, conv_b, o.activation, state.conv, slots, seq_lens)
+            xbc = kern.causal_conv1d_update(
+                x=xbc[..., 0],
+                conv_state=state.conv,
+                weight=conv_w,
+                bias=conv_b,
+                activation=o.activation,
+                state_indices=slots,
+            )[..., None]
         else:
-            xbc = kern.causal_conv1d(xbc, conv_w, conv_b, o.activation)
+            xbc = kern.causal_conv1d(
+                x=xbc,
+                weight=conv_w,
+                bias=conv_b,
+                activation=o.activation,
+                conv_state=state.conv if state is not None else None,
+                state_indices=slots,
+                seq_lens=seq_lens,
+            )
         x, B, C = xbc.transpose(1, 2).split(
             [o.d_inner, o.n_groups * o.d_state, o.n_groups * o.d_state], dim=-1
         )
@@ -311,34 +322,32 @@ class Mamba2Mixer(nn.Module):
         A = -torch.exp(self.A_log.float())
         if decode:
             y = kern.state_update(
-                state.ssm,
-                x.reshape(batch, o.num_heads, o.head_dim),
-                dt[:, 0],
-                A,
-                B.reshape(batch, o.n_groups, o.d_state),
-                C.reshape(batch, o.n_groups, o.d_state),
-                self.D,
-                None,
-                self.dt_bias,
-                True,
-                slots,
+                ssm_state=state.ssm,
+                x=x.reshape(batch, o.num_heads, o.head_dim),
+                dt=dt[:, 0],
+                A=A,
+                B=B.reshape(batch, o.n_groups, o.d_state),
+                C=C.reshape(batch, o.n_groups, o.d_state),
+                D=self.D,
+                dt_bias=self.dt_bias,
+                dt_softplus=True,
+                state_indices=slots,
             )
         else:
             y = kern.chunk_scan(
-                x.reshape(batch, seqlen, o.num_heads, o.head_dim),
-                dt,
-                A,
-                B.reshape(batch, seqlen, o.n_groups, o.d_state),
-                C.reshape(batch, seqlen, o.n_groups, o.d_state),
-                o.chunk_size,
-                self.D,
-                None,
-                self.dt_bias,
-                True,
-                o.dt_limit,
-                state.ssm if state is not None else None,
-                slots,
-                seq_lens,
+                x=x.reshape(batch, seqlen, o.num_heads, o.head_dim),
+                dt=dt,
+                A=A,
+                B=B.reshape(batch, seqlen, o.n_groups, o.d_state),
+                C=C.reshape(batch, seqlen, o.n_groups, o.d_state),
+                chunk_size=o.chunk_size,
+                D=self.D,
+                dt_bias=self.dt_bias,
+                dt_softplus=True,
+                dt_limit=o.dt_limit,
+                ssm_state=state.ssm if state is not None else None,
+                state_indices=slots,
+                seq_lens=seq_lens,
             )
         y = y.reshape(batch, seqlen, o.d_inner)
         y = self.norm(y, z) if self.norm is not None else (y.float() * F.silu(z.float())).to(y.dtype)

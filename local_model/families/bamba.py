@@ -55,16 +55,14 @@ class BambaConfig(HybridConfig):
         common = HybridConfig.common_fields(d)
         rope = d.get("rope_parameters") or {}
         common["partial_rotary_factor"] = float(rope.get("partial_rotary_factor", 0.5))
-        mids, aids, count = layout([{t} for t in types])
+        entries = layout([[t] for t in types])
         return cls(
             **common,
             num_hidden_layers=n,
             attn_head_dim=int(d.get("head_dim") or hidden // common["num_attention_heads"]),
             rms_norm_eps=float(d.get("rms_norm_eps", 1e-5)),
             mamba=mamba,
-            mamba_layer_ids=mids,
-            attention_layer_ids=aids,
-            num_cache_entries=count,
+            layer_entries=entries,
             layer_types=types,
             intermediate_size=int(d["intermediate_size"]),
             hidden_act=d.get("hidden_act", "silu"),
@@ -76,7 +74,7 @@ class BambaConfig(HybridConfig):
 class BambaDecoderLayer(nn.Module):
     """x + mixer(norm(x)), then x + mlp(norm(x)); the mixer is ``mamba`` or ``self_attn``."""
 
-    def __init__(self, c: BambaConfig, i: int, attn_entry: int) -> None:
+    def __init__(self, c: BambaConfig, i: int) -> None:
         super().__init__()
         self.is_attention = c.layer_types[i] == "attention"
         if self.is_attention:
@@ -86,12 +84,12 @@ class BambaDecoderLayer(nn.Module):
                 c.num_key_value_heads,
                 c.attn_head_dim,
                 c.hidden_size,
-                attn_entry,
+                c.layer_entries[i]["attention"],
                 bias=c.attention_bias,
             )
         else:
             assert c.mamba is not None
-            self.mamba = Mamba2Mixer(c.mamba, i)
+            self.mamba = Mamba2Mixer(c.mamba, c.layer_entries[i]["mamba"])
         self.feed_forward = GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, bias=c.mlp_bias)
         self.input_layernorm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
         self.pre_ff_layernorm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
@@ -109,11 +107,7 @@ class BambaModel(nn.Module):
     def __init__(self, c: BambaConfig) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
-        entries = iter(c.attention_layer_ids)
-        self.layers = nn.ModuleList(
-            BambaDecoderLayer(c, i, next(entries) if t == "attention" else -1)
-            for i, t in enumerate(c.layer_types)
-        )
+        self.layers = nn.ModuleList(BambaDecoderLayer(c, i) for i, t in enumerate(c.layer_types))
         self.final_layernorm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
 
 

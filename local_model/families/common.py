@@ -1,9 +1,10 @@
 """What the Mamba-2 hybrid families share: the config base, RoPE, attention, the causal-LM wrapper and
 checkpoint loading.
 
-Cache layout. A family's layers may hold an attention layer, a Mamba-2 mixer, or both (Falcon-H1's
-parallel layers, Zamba2's hybrid layers). Every mixer gets one *cache entry*: ``HybridCache.layers[e]``
-is a `KVCache` for ``e in config.attention_layer_ids`` and a `MambaState` for
+Cache layout. A family's layers may hold an attention mixer, a Mamba-2 mixer, both (Falcon-H1's
+parallel layers, Zamba2's hybrid layers) or neither (Nemotron-H's MLP blocks). Every mixer gets one
+*cache entry*, numbered consecutively layer by layer (`layout`, ``config.layer_entries``):
+``HybridCache.layers[e]`` is a `KVCache` for ``e in config.attention_layer_ids`` and a `MambaState` for
 ``e in config.mamba_layer_ids``; ``config.num_cache_entries`` entries in all. The engine and
 `HybridCache.allocate` read only these ids and the per-entry shapes, so they serve every family (and
 Jamba, whose entries are its layers) the same way.
@@ -82,10 +83,22 @@ class HybridConfig:
     mamba: Mamba2Options | None = None
     rope_theta: float | None = None  # None: no rotary embedding
     partial_rotary_factor: float = 1.0
-    mamba_layer_ids: list[int] = field(default_factory=list)
-    attention_layer_ids: list[int] = field(default_factory=list)
-    num_cache_entries: int = 0
+    layer_entries: list[dict[str, int]] = field(default_factory=list)  # per layer: mixer kind -> cache entry
     raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mamba_layer_ids(self) -> list[int]:
+        """Cache entries holding a `MambaState` (the name is the engine's, shared with Jamba)."""
+        return [e["mamba"] for e in self.layer_entries if "mamba" in e]
+
+    @property
+    def attention_layer_ids(self) -> list[int]:
+        """Cache entries holding a `KVCache`."""
+        return [e["attention"] for e in self.layer_entries if "attention" in e]
+
+    @property
+    def num_cache_entries(self) -> int:
+        return sum(len(e) for e in self.layer_entries)
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -128,20 +141,15 @@ class HybridConfig:
         )
 
 
-def layout(kinds: list[set[str]]) -> tuple[list[int], list[int], int]:
-    """Cache entries for layers whose mixers are ``kinds[i]`` ⊆ {"mamba", "attention"}: layer i's Mamba
-    mixer uses entry i, attention mixers get entries after the layers, in layer order (see
-    `attention_entries`). Returns (mamba ids, attention ids, number of entries)."""
-    n = len(kinds)
-    mamba = [i for i, k in enumerate(kinds) if "mamba" in k]
-    attention = [n + j for j, _ in enumerate(i for i, k in enumerate(kinds) if "attention" in k)]
-    return mamba, attention, n + len(attention)
-
-
-def attention_entries(kinds: list[set[str]]) -> dict[int, int]:
-    """Layer index -> its attention cache entry (same numbering as `layout`)."""
-    n = len(kinds)
-    return {i: n + j for j, i in enumerate(i for i, k in enumerate(kinds) if "attention" in k)}
+def layout(kinds: list[list[str]]) -> list[dict[str, int]]:
+    """Consecutive cache entries for every mixer, layer by layer: ``kinds[i]`` lists layer i's mixers
+    ("mamba", "attention"; none for an MLP-only layer). Returns, per layer, mixer kind -> entry."""
+    out: list[dict[str, int]] = []
+    n = 0
+    for ks in kinds:
+        out.append({k: n + j for j, k in enumerate(ks)})
+        n += len(ks)
+    return out
 
 
 # ============================================================================ attention

@@ -20,7 +20,6 @@ from .common import (
     GatedMLP,
     HybridConfig,
     HybridForCausalLM,
-    attention_entries,
     dt_limit_of,
     layout,
 )
@@ -77,16 +76,14 @@ class FalconH1Config(HybridConfig):
             zxbcdt_multipliers=tuple(float(m) for m in (d.get("ssm_multipliers") or [1.0] * 5)),
         )
         common = HybridConfig.common_fields(d)
-        mids, aids, count = layout([{"mamba", "attention"}] * n)
+        entries = layout([["mamba", "attention"]] * n)
         return cls(
             **common,
             num_hidden_layers=n,
             attn_head_dim=int(d.get("head_dim") or hidden // common["num_attention_heads"]),
             rms_norm_eps=float(d.get("rms_norm_eps", 1e-5)),
             mamba=mamba,
-            mamba_layer_ids=mids,
-            attention_layer_ids=aids,
-            num_cache_entries=count,
+            layer_entries=entries,
             intermediate_size=int(d["intermediate_size"]),
             hidden_act=d.get("hidden_act", "silu"),
             attention_bias=bool(d.get("attention_bias", False)),
@@ -104,17 +101,17 @@ class FalconH1Config(HybridConfig):
 class FalconH1DecoderLayer(nn.Module):
     """x + ssm_out * mamba(n) + attn_out * attn(attn_in * n) with n = norm(x); then x + mlp(norm(x))."""
 
-    def __init__(self, c: FalconH1Config, i: int, attn_entry: int) -> None:
+    def __init__(self, c: FalconH1Config, i: int) -> None:
         super().__init__()
         assert c.mamba is not None
-        self.mamba = Mamba2Mixer(c.mamba, i)
+        self.mamba = Mamba2Mixer(c.mamba, c.layer_entries[i]["mamba"])
         self.self_attn = Attention(
             c.hidden_size,
             c.num_attention_heads,
             c.num_key_value_heads,
             c.attn_head_dim,
             c.hidden_size,
-            attn_entry,
+            c.layer_entries[i]["attention"],
             bias=c.attention_bias,
             key_multiplier=c.key_multiplier,
         )
@@ -148,10 +145,7 @@ class FalconH1Model(nn.Module):
     def __init__(self, c: FalconH1Config) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
-        entries = attention_entries([{"mamba", "attention"}] * c.num_hidden_layers)
-        self.layers = nn.ModuleList(
-            FalconH1DecoderLayer(c, i, entries[i]) for i in range(c.num_hidden_layers)
-        )
+        self.layers = nn.ModuleList(FalconH1DecoderLayer(c, i) for i in range(c.num_hidden_layers))
         self.final_layernorm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
 
 

@@ -72,16 +72,14 @@ class GraniteMoeHybridConfig(HybridConfig):
         common = HybridConfig.common_fields(d)
         if d.get("position_embedding_type") != "rope":
             common["rope_theta"] = None
-        mids, aids, count = layout([{t} for t in types])
+        entries = layout([[t] for t in types])
         return cls(
             **common,
             num_hidden_layers=n,
             attn_head_dim=hidden // common["num_attention_heads"],
             rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
             mamba=mamba,
-            mamba_layer_ids=mids,
-            attention_layer_ids=aids,
-            num_cache_entries=count,
+            layer_entries=entries,
             layer_types=types,
             intermediate_size=int(d["intermediate_size"]),
             shared_intermediate_size=int(d.get("shared_intermediate_size", 1024)),
@@ -152,7 +150,7 @@ class MoE(nn.Module):
 
 
 class GraniteMoeHybridDecoderLayer(nn.Module):
-    def __init__(self, c: GraniteMoeHybridConfig, i: int, attn_entry: int) -> None:
+    def __init__(self, c: GraniteMoeHybridConfig, i: int) -> None:
         super().__init__()
         self.is_attention = c.layer_types[i] == "attention"
         if self.is_attention:
@@ -162,13 +160,13 @@ class GraniteMoeHybridDecoderLayer(nn.Module):
                 c.num_key_value_heads,
                 c.attn_head_dim,
                 c.hidden_size,
-                attn_entry,
+                c.layer_entries[i]["attention"],
                 bias=c.attention_bias,
                 scale=c.attention_multiplier,
             )
         else:
             assert c.mamba is not None
-            self.mamba = Mamba2Mixer(c.mamba, i)
+            self.mamba = Mamba2Mixer(c.mamba, c.layer_entries[i]["mamba"])
         self.input_layernorm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
         self.block_sparse_moe = MoE(c) if c.num_local_experts > 0 else None
@@ -192,11 +190,7 @@ class GraniteMoeHybridModel(nn.Module):
     def __init__(self, c: GraniteMoeHybridConfig) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
-        entries = iter(c.attention_layer_ids)
-        self.layers = nn.ModuleList(
-            GraniteMoeHybridDecoderLayer(c, i, next(entries) if t == "attention" else -1)
-            for i, t in enumerate(c.layer_types)
-        )
+        self.layers = nn.ModuleList(GraniteMoeHybridDecoderLayer(c, i) for i, t in enumerate(c.layer_types))
         self.norm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
 
 

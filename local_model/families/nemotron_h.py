@@ -77,16 +77,14 @@ class NemotronHConfig(HybridConfig):
         common = HybridConfig.common_fields(d)
         common["rope_theta"] = None
         common["tie_word_embeddings"] = False  # transformers never ties Nemotron-H's lm_head
-        mids, aids, count = layout([{t} for t in types])
+        entries = layout([[t] if t in ("mamba", "attention") else [] for t in types])
         return cls(
             **common,
             num_hidden_layers=len(types),
             attn_head_dim=int(d.get("head_dim") or hidden // common["num_attention_heads"]),
             rms_norm_eps=eps,
             mamba=mamba,
-            mamba_layer_ids=mids,
-            attention_layer_ids=aids,
-            num_cache_entries=count,
+            layer_entries=entries,
             layer_types=types,
             intermediate_size=int(d["intermediate_size"]),
             mlp_hidden_act=d.get("mlp_hidden_act", "relu2"),
@@ -194,14 +192,14 @@ class MoE(nn.Module):
 
 
 class NemotronHBlock(nn.Module):
-    def __init__(self, c: NemotronHConfig, i: int, attn_entry: int) -> None:
+    def __init__(self, c: NemotronHConfig, i: int) -> None:
         super().__init__()
         self.kind = c.layer_types[i]
         self.norm = NemotronHRMSNorm(c.hidden_size, c.rms_norm_eps)
         self.mixer: nn.Module
         if self.kind == "mamba":
             assert c.mamba is not None
-            self.mixer = Mamba2Mixer(c.mamba, i)
+            self.mixer = Mamba2Mixer(c.mamba, c.layer_entries[i]["mamba"])
         elif self.kind == "attention":
             self.mixer = Attention(
                 c.hidden_size,
@@ -209,7 +207,7 @@ class NemotronHBlock(nn.Module):
                 c.num_key_value_heads,
                 c.attn_head_dim,
                 c.hidden_size,
-                attn_entry,
+                c.layer_entries[i]["attention"],
             )
         elif self.kind == "mlp":
             self.mixer = MLP(c.hidden_size, c.intermediate_size, c.mlp_hidden_act, c.mlp_bias)
@@ -233,11 +231,7 @@ class NemotronHModel(nn.Module):
     def __init__(self, c: NemotronHConfig) -> None:
         super().__init__()
         self.embeddings = nn.Embedding(c.vocab_size, c.hidden_size)
-        entries = iter(c.attention_layer_ids)
-        self.layers = nn.ModuleList(
-            NemotronHBlock(c, i, next(entries) if t == "attention" else -1)
-            for i, t in enumerate(c.layer_types)
-        )
+        self.layers = nn.ModuleList(NemotronHBlock(c, i) for i, t in enumerate(c.layer_types))
         self.norm_f = NemotronHRMSNorm(c.hidden_size, c.rms_norm_eps)
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from ..cache import HybridCache
 from ..mamba2 import Mamba2Mixer, Mamba2Options
 from ..model import RMSNorm
-from .common import Attention, HybridConfig, HybridForCausalLM, act_fn, attention_entries, layout
+from .common import Attention, HybridConfig, HybridForCausalLM, act_fn, layout
 
 _KINDS = {
     "mamba": "mamba",
@@ -46,10 +46,6 @@ class Zamba2Config(HybridConfig):
     @property
     def hybrid_layer_ids(self) -> list[int]:
         return [i for i, t in enumerate(self.layer_types) if t == "hybrid"]
-
-    @property
-    def layer_kinds(self) -> list[set[str]]:
-        return [{"mamba", "attention"} if t == "hybrid" else {"mamba"} for t in self.layer_types]
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> Zamba2Config:
@@ -84,17 +80,15 @@ class Zamba2Config(HybridConfig):
         if not d.get("use_mem_rope", False):
             common["rope_theta"] = None
         common["tie_word_embeddings"] = bool(d.get("tie_word_embeddings", True))
-        kinds = [{"mamba", "attention"} if t == "hybrid" else {"mamba"} for t in types]
-        mids, aids, count = layout(kinds)
+        kinds = [["mamba", "attention"] if t == "hybrid" else ["mamba"] for t in types]
+        entries = layout(kinds)
         return cls(
             **common,
             num_hidden_layers=len(types),
             attn_head_dim=2 * hidden // heads,
             rms_norm_eps=float(d.get("rms_norm_eps", 1e-5)),
             mamba=mamba,
-            mamba_layer_ids=mids,
-            attention_layer_ids=aids,
-            num_cache_entries=count,
+            layer_entries=entries,
             layer_types=types,
             intermediate_size=int(d.get("intermediate_size") or 4 * hidden),
             hidden_act=d.get("hidden_act", "gelu"),
@@ -198,7 +192,7 @@ class Zamba2MambaDecoderLayer(nn.Module):
     def __init__(self, c: Zamba2Config, i: int) -> None:
         super().__init__()
         assert c.mamba is not None
-        self.mamba = Mamba2Mixer(c.mamba, i)
+        self.mamba = Mamba2Mixer(c.mamba, c.layer_entries[i]["mamba"])
         self.input_layernorm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
 
     def forward(
@@ -243,7 +237,6 @@ class Zamba2Model(nn.Module):
     def __init__(self, c: Zamba2Config) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
-        entries = attention_entries(c.layer_kinds)
         blocks: list[Zamba2AttentionDecoderLayer] = []
         layers: list[nn.Module] = []
         for i, t in enumerate(c.layer_types):
@@ -254,7 +247,7 @@ class Zamba2Model(nn.Module):
             if k < c.num_mem_blocks or not c.tie_word_embeddings:
                 blocks.append(Zamba2AttentionDecoderLayer(c, block_id=k % c.num_mem_blocks))
             shared = blocks[k % c.num_mem_blocks] if c.tie_word_embeddings else blocks[k]
-            layers.append(Zamba2HybridLayer(c, i, shared, k, entries[i]))
+            layers.append(Zamba2HybridLayer(c, i, shared, k, c.layer_entries[i]["attention"]))
         self.layers = nn.ModuleList(layers)
         self.final_layernorm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
 
