@@ -116,15 +116,24 @@ class HybridConfig:
         assert self.mamba is not None
         return self.mamba.ssm_state_shape
 
-    def to_hf_dict(self) -> dict[str, Any]:
-        return dict(self.raw)
+    def __post_init__(self) -> None:
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
+        if self.mamba is not None:
+            m = self.mamba
+            if m.num_heads % m.n_groups:
+                raise ValueError("the Mamba heads must be a multiple of the Mamba groups (n_groups)")
+            if m.d_conv < 1 or m.chunk_size < 1:
+                raise ValueError("mamba d_conv and chunk_size must be >= 1")
 
     @staticmethod
     def common_fields(d: dict[str, Any]) -> dict[str, Any]:
         """The shared fields that read the same in every family's json."""
         rope = d.get("rope_parameters") or {}
-        if rope and rope.get("rope_type", "default") != "default":
-            raise ValueError(f"rope_type {rope.get('rope_type')!r} is not supported (only 'default')")
+        scaling = d.get("rope_scaling") or {}
+        kind = rope.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
+        if kind != "default":
+            raise ValueError(f"rope_type {kind!r} is not supported (only 'default')")
         return dict(
             vocab_size=int(d["vocab_size"]),
             hidden_size=int(d["hidden_size"]),

@@ -109,3 +109,33 @@ def test_unknown_model_type_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba9000"}))
     with pytest.raises(ValueError, match="unsupported model_type 'mamba9000'.*bamba"):
         local_model.load(tmp_path)
+
+
+BAMBA_MIN = dict(
+    model_type="bamba",
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    mamba_n_heads=4,
+    mamba_d_state=8,
+)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4}), "rope_type 'yarn'"),
+        (dict(num_key_value_heads=3), "multiple of num_key_value_heads"),
+        (dict(mamba_n_groups=3), "multiple of the Mamba groups"),
+        (dict(model_type="nemotron_h"), "layers_block_type or hybrid_override_pattern"),
+        (dict(model_type="zamba2", layers_block_type=["mamba", "transformer"]), "unknown zamba2 layer type"),
+    ],
+)
+def test_bad_configs_are_clear_errors(change: dict[str, object], match: str) -> None:
+    from local_model.families import config_from_dict
+
+    with pytest.raises(ValueError, match=match):
+        config_from_dict({**BAMBA_MIN, **change})
