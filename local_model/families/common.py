@@ -12,6 +12,7 @@ Jamba, whose entries are its layers) the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import HybridCache, KVCache
-from ..mamba2 import Mamba2Kernels, Mamba2Mixer, Mamba2Options
+from ..mamba2 import DEFAULT_MAMBA2_KERNELS, Mamba2Kernels, Mamba2Mixer, Mamba2Options
 from ..model import RMSNorm, repeat_kv
 from ..weights import iter_checkpoint_tensors
 
@@ -384,7 +385,15 @@ class HybridForCausalLM(nn.Module):
             ssm_dtype=ssm_dtype,
         )
 
-    def set_kernels(self, kernels: Mamba2Kernels) -> None:
+    def set_kernels(self, kernels: Any) -> None:
+        """Use ``kernels`` in every Mamba-2 mixer. A Mamba-1 kernel bundle (what the engine or loader
+        picks for Jamba) contributes its causal-conv ops, which share the Mamba-2 mixer's keywords."""
+        if not isinstance(kernels, Mamba2Kernels):
+            kernels = dataclasses.replace(
+                DEFAULT_MAMBA2_KERNELS,
+                causal_conv1d=kernels.causal_conv1d,
+                causal_conv1d_update=kernels.causal_conv1d_update,
+            )
         for module in self.modules():
             if isinstance(module, Mamba2Mixer):
                 module.kernels = kernels
