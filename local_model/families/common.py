@@ -226,8 +226,21 @@ class Attention(nn.Module):
         cache: HybridCache | None = None,
         seq_lens: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        batch, seqlen, _ = x.shape
-        q, k, v = self.qkv(x)
+        return self.attend(*self.qkv(x), rope, cache, seq_lens, self.cache_index)
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        rope: tuple[torch.Tensor, ...] | None,
+        cache: HybridCache | None,
+        seq_lens: torch.Tensor | None,
+        cache_index: int,
+    ) -> torch.Tensor:
+        """Projected q, k, v [B, T, heads * hd] -> RoPE, causal attention (through ``cache.layers[cache_index]``
+        when there is a cache) -> o_proj."""
+        batch, seqlen, _ = q.shape
         q = q.view(batch, seqlen, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(batch, seqlen, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(batch, seqlen, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -241,10 +254,10 @@ class Attention(nn.Module):
                 q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), is_causal=True, scale=self.scale
             )
         else:
-            kv = cache.layers[self.cache_index]
-            assert isinstance(kv, KVCache), f"cache entry {self.cache_index} expects a KVCache"
+            kv = cache.layers[cache_index]
+            assert isinstance(kv, KVCache), f"cache entry {cache_index} expects a KVCache"
             if seq_lens is None:
-                seq_lens = torch.full((batch,), seqlen, dtype=torch.long, device=x.device)
+                seq_lens = torch.full((batch,), seqlen, dtype=torch.long, device=q.device)
             out = kv.attend(q, k, v, cache.lengths, seq_lens, cache.slots, self.scale)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seqlen, -1))
 

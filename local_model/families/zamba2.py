@@ -135,16 +135,24 @@ class Zamba2Attention(Attention):
             self.linear_q_adapter_list = _adapters(c, block_id, width, width)
             self.linear_k_adapter_list = _adapters(c, block_id, width, width)
             self.linear_v_adapter_list = _adapters(c, block_id, width, width)
-        self.hybrid_index = 0
 
-    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        q, k, v = super().qkv(x)
+    def forward(  # type: ignore[override]
+        self,
+        x: torch.Tensor,
+        rope: Any,
+        cache: HybridCache | None,
+        seq_lens: torch.Tensor | None,
+        *,
+        hybrid_index: int,
+        cache_index: int,
+    ) -> torch.Tensor:
+        """The block serves hybrid layer ``hybrid_index``: its adapters, its KV cache entry."""
+        q, k, v = self.qkv(x)
         if self.use_adapters:
-            k_ = self.hybrid_index
-            q = q + self.linear_q_adapter_list[k_](x)
-            k = k + self.linear_k_adapter_list[k_](x)
-            v = v + self.linear_v_adapter_list[k_](x)
-        return q, k, v
+            q = q + self.linear_q_adapter_list[hybrid_index](x)
+            k = k + self.linear_k_adapter_list[hybrid_index](x)
+            v = v + self.linear_v_adapter_list[hybrid_index](x)
+        return self.attend(q, k, v, rope, cache, seq_lens, cache_index)
 
 
 class Zamba2MLP(nn.Module):
@@ -181,8 +189,7 @@ class Zamba2AttentionDecoderLayer(nn.Module):
         seq_lens: torch.Tensor | None,
     ) -> torch.Tensor:
         x = self.input_layernorm(torch.cat([h, embeddings], dim=-1))
-        self.self_attn.hybrid_index, self.self_attn.cache_index = hybrid_index, cache_index
-        x = self.self_attn(x, rope, cache, seq_lens)
+        x = self.self_attn(x, rope, cache, seq_lens, hybrid_index=hybrid_index, cache_index=cache_index)
         return self.feed_forward(self.pre_ff_layernorm(x), hybrid_index)
 
 
