@@ -1,7 +1,7 @@
-"""The serving engine over the Mamba-2 hybrid families (one checkpoint per family), in-process, through
-the OpenAI server and through `hybridgate local-model serve`: 32 batched or concurrent greedy streams
-equal each sequence alone, prefix-cache hits are identical and skip the cached prefill, and a
-sequence's SSM memory does not grow with its length."""
+"""The serving engine over the Mamba-2 hybrid families (one checkpoint per family), in-process and
+through `hybridgate local-model serve`: 32 batched or concurrent greedy streams equal each sequence
+alone, prefix-cache hits are identical and skip the cached prefill, and a sequence's SSM memory does not
+grow with its length."""
 
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ import torch
 
 import local_model
 from local_model.engine import Engine, EngineConfig, SamplingParams
-from local_model.server import create_app
-from tests.local_engine.conftest import ServerThread, free_port, parse_metrics
+from tests.local_engine.conftest import free_port, parse_metrics
 from tests.local_model.mamba2_testlib import ENGINE_CASES, VOCAB, save_case
 
 GREEDY = dict(temperature=0.0)
@@ -70,35 +69,6 @@ def test_32_batched_streams_equal_each_alone(fam: Served) -> None:
     engine.run_until_idle()
     assert [s.result().choices[0].token_ids for s in streams] == fam.alone
     assert engine.allocator.num_used == 0 and engine.slots.num_free == engine.slots.num_slots
-
-
-async def test_server_32_concurrent_streams_equal_each_alone(fam: Served) -> None:
-    """The OpenAI server over the engine (uvicorn, real sockets): 32 streamed completions at once."""
-    engine = engine_for(fam.lm)
-    tok = fam.lm.tokenizer
-
-    async def run(client: httpx.AsyncClient, ids: list[int]) -> str:
-        body = {
-            "model": "m",
-            "prompt": ids,
-            "max_tokens": 5,
-            "temperature": 0,
-            "ignore_eos": True,
-            "stream": True,
-        }
-        text = ""
-        async with client.stream("POST", "/v1/completions", json=body) as resp:
-            assert resp.status_code == 200
-            async for line in resp.aiter_lines():
-                if line.startswith("data: ") and line != "data: [DONE]":
-                    ev = json.loads(line[6:])
-                    text += "".join(c["text"] for c in ev["choices"])
-        return text
-
-    with ServerThread(create_app(engine)) as srv:
-        async with httpx.AsyncClient(base_url=srv.url, timeout=120) as client:
-            got = await asyncio.gather(*(run(client, p) for p in fam.prompts))
-    assert got == [tok.decode(a) for a in fam.alone]
 
 
 def test_prefix_cache_hit_is_identical_and_skips_prefill(fam: Served) -> None:
@@ -148,45 +118,16 @@ def test_ssm_memory_per_sequence_is_constant_in_length(fam: Served) -> None:
 
 
 @pytest.fixture(scope="module")
-def zamba2_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("cli_zamba2")
-    save_case("zamba2_shared_lora_rope", path, seed=4)
-    return path
-
-
-@pytest.fixture(scope="module")
-def cli_server(zamba2_ckpt: Path) -> Iterator[str]:
+def cli_server(fam: Served) -> Iterator[str]:
+    """`hybridgate local-model serve --checkpoint DIR` in a subprocess, on a free port."""
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "local-model",
-        "serve",
-        "--checkpoint",
-        str(zamba2_ckpt),
-        "--port",
-        str(port),
-        "--model-name",
-        "m2",
-        "--memory-mb",
-        "16",
-        "--max-num-seqs",
-        "32",
-        "--threads",
-        "1",
-        "--max-model-len",
-        "1024",
-        "--log-level",
-        "warning",
-    ]
+    cmd = [sys.executable, "-m", "gateway.cli", "local-model", "serve", "--checkpoint", str(fam.path),
+           "--port", str(port), "--model-name", "m2", "--memory-mb", "16", "--max-num-seqs", "32", "--threads",
+           "1", "--max-model-len", "1024", "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
+        cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-    )
+    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     try:
@@ -206,51 +147,55 @@ def cli_server(zamba2_ckpt: Path) -> Iterator[str]:
         proc.wait(20)
 
 
-async def test_cli_serve_mamba2_checkpoint_streams_and_prefix_hits(
-    cli_server: str, zamba2_ckpt: Path
-) -> None:
-    """`hybridgate local-model serve --checkpoint DIR` on a Zamba2 checkpoint (the family whose layers share
-    one attention block): concurrent chat streams match each alone; a repeated long prompt is a prefix
-    hit in /metrics, skips that prefill and answers the same."""
-    lm = local_model.load(zamba2_ckpt)
-    tok = lm.tokenizer
-    words = ["state", "space", "mamba", "attention", "hybrid", "cache", "prefix", "quick", "fox", "dog"]
-    texts = [" ".join(words[(i * 3 + k) % len(words)] for k in range(1 + (i * 7) % 20)) for i in range(8)]
+async def stream_completion(client: httpx.AsyncClient, ids: list[int]) -> str:
+    body = {
+        "model": "m2",
+        "prompt": ids,
+        "max_tokens": 5,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    text = ""
+    async with client.stream("POST", "/v1/completions", json=body) as resp:
+        assert resp.status_code == 200
+        async for line in resp.aiter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                text += "".join(c["text"] for c in json.loads(line[6:])["choices"])
+    return text
 
-    async def run(client: httpx.AsyncClient, text: str) -> tuple[str, dict[str, Any]]:
-        body = {
-            "model": "m2",
-            "messages": [{"role": "user", "content": text}],
-            "max_tokens": 5,
-            "temperature": 0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        out, usage = "", {}
-        async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
-            assert resp.status_code == 200
-            async for line in resp.aiter_lines():
-                if line.startswith("data: ") and line != "data: [DONE]":
-                    ev = json.loads(line[6:])
-                    if ev["choices"]:
-                        out += ev["choices"][0]["delta"].get("content") or ""
-                    if ev.get("usage"):
-                        usage = ev["usage"]
-        return out, usage
 
-    def expected(text: str) -> str:
-        ids = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=True)
-        return tok.decode(lm.greedy(ids, 5))
+async def stream_chat(client: httpx.AsyncClient, text: str) -> tuple[str, dict[str, Any]]:
+    body = {"model": "m2", "messages": [{"role": "user", "content": text}], "max_tokens": 5, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    out, usage = "", {}
+    async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+        assert resp.status_code == 200
+        async for line in resp.aiter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                ev = json.loads(line[6:])
+                if ev["choices"]:
+                    out += ev["choices"][0]["delta"].get("content") or ""
+                if ev.get("usage"):
+                    usage = ev["usage"]
+    return out, usage
 
+
+async def test_cli_serve_32_concurrent_streams_and_prefix_hits(cli_server: str, fam: Served) -> None:
+    """Through `hybridgate local-model serve`: 32 concurrent streamed completions equal each prompt's
+    greedy tokens alone; a repeated long chat prompt is a prefix hit in /metrics, skips that prefill and
+    answers the same."""
+    tok = fam.lm.tokenizer
+    long = " ".join(["state", "space", "mamba", "attention", "hybrid", "cache", "prefix", "quick", "fox"] * 6)
     async with httpx.AsyncClient(base_url=cli_server, timeout=120) as client:
-        results = await asyncio.gather(*(run(client, t) for t in texts))
-        assert [r[0] for r in results] == [expected(t) for t in texts]
-        long = " ".join(words * 6)
-        first, _ = await run(client, long)
+        got = await asyncio.gather(*(stream_completion(client, p) for p in fam.prompts))
+        assert got == [tok.decode(a) for a in fam.alone]
+        first, _ = await stream_chat(client, long)
         mid = parse_metrics((await client.get("/metrics")).text)
-        second, usage = await run(client, long)
+        second, usage = await stream_chat(client, long)
         after = parse_metrics((await client.get("/metrics")).text)
-    assert first == second == expected(long)
+    ids = tok.apply_chat_template([{"role": "user", "content": long}], tokenize=True)
+    assert first == second == tok.decode(fam.lm.greedy(ids, 5))
     hit = (
         after["local_model_prefix_cache_hit_tokens_total"] - mid["local_model_prefix_cache_hit_tokens_total"]
     )
