@@ -1,15 +1,16 @@
-"""Self-hosted Jamba-style hybrid model (Mamba + attention + MoE) in plain PyTorch.
+"""Self-hosted hybrid models in plain PyTorch: Jamba (Mamba + attention + MoE) and the Mamba-2 hybrids
+(Bamba, Granite 4.0-H, Nemotron-H, Falcon-H1, Zamba2), picked by the checkpoint's ``model_type``.
 
 Contract for outside code::
 
     lm = local_model.load("/path/to/checkpoint", device="cpu", dtype=torch.float32)
     lm.logits(input_ids)          # LongTensor[B, T] -> FloatTensor[B, T, vocab]
-    lm.module, lm.config, lm.tokenizer   # JambaForCausalLM, JambaConfig, Tokenizer | None
+    lm.module, lm.config, lm.tokenizer   # JambaForCausalLM | a family's model, its config, Tokenizer | None
 
 Submodules: `config` (JambaConfig, presets), `model` (the network and reference kernels), `cache`
 (HybridCache / MambaState / KVCache: the interface a serving engine builds on), `weights` (safetensors
-load/save in the Hugging Face layout, tokenizer). ``import local_model`` does not import torch; `load`
-and attribute access do.
+load/save in the Hugging Face layout, tokenizer), `mamba2` (the SSD mixer) and `families` (the Mamba-2
+hybrids). ``import local_model`` does not import torch; `load` and attribute access do.
 """
 
 from __future__ import annotations
