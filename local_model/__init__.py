@@ -1,15 +1,16 @@
-"""Self-hosted Jamba-style hybrid model (Mamba + attention + MoE) in plain PyTorch.
+"""Self-hosted hybrid models in plain PyTorch: Jamba (Mamba + attention + MoE) and the Mamba-2 hybrids
+(Bamba, Granite 4.0-H, Nemotron-H, Falcon-H1, Zamba2), picked by the checkpoint's ``model_type``.
 
 Contract for outside code::
 
     lm = local_model.load("/path/to/checkpoint", device="cpu", dtype=torch.float32)
     lm.logits(input_ids)          # LongTensor[B, T] -> FloatTensor[B, T, vocab]
-    lm.module, lm.config, lm.tokenizer   # JambaForCausalLM, JambaConfig, Tokenizer | None
+    lm.module, lm.config, lm.tokenizer   # JambaForCausalLM | a family's model, its config, Tokenizer | None
 
 Submodules: `config` (JambaConfig, presets), `model` (the network and reference kernels), `cache`
 (HybridCache / MambaState / KVCache: the interface a serving engine builds on), `weights` (safetensors
-load/save in the Hugging Face layout, tokenizer). ``import local_model`` does not import torch; `load`
-and attribute access do.
+load/save in the Hugging Face layout, tokenizer), `mamba2` (the SSD mixer) and `families` (the Mamba-2
+hybrids). ``import local_model`` does not import torch; `load` and attribute access do.
 """
 
 from __future__ import annotations
@@ -98,8 +99,31 @@ class LocalModel:
         return out
 
 
+def _model_type(path: Path) -> str:
+    import json
+
+    return str(json.loads((path / "config.json").read_text()).get("model_type", "jamba"))
+
+
+def _load_family(path: Path, device: Any, dtype: Any) -> LocalModel:
+    """A Mamba-2 hybrid checkpoint (`local_model.families`), loaded like `load` loads Jamba."""
+    import torch
+
+    from .families import load_model as load_family_model
+    from .weights import Tokenizer
+
+    if dtype is None:
+        dtype = torch.float32
+    elif isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."))
+    module = load_family_model(path, device=device, dtype=dtype)
+    tokenizer = Tokenizer.from_dir(path, extra_eos_ids=module.config.eos_token_ids)
+    return LocalModel(module, tokenizer, path)  # type: ignore[arg-type]
+
+
 def load(path: str | Path, device: Any = "cpu", dtype: Any = None) -> LocalModel:
-    """Load a Hugging Face-layout Jamba checkpoint directory.
+    """Load a Hugging Face-layout checkpoint directory: Jamba, or a Mamba-2 hybrid family picked by its
+    ``model_type`` (bamba, granitemoehybrid, nemotron_h, falcon_h1, zamba2; see `local_model.families`).
 
     ``dtype``: a torch dtype or its name ("bfloat16"); defaults to torch.float32. ``device``: anything
     torch accepts ("cpu", "cuda:0", torch.device). The tokenizer is attached when the directory has one.
@@ -108,6 +132,8 @@ def load(path: str | Path, device: Any = "cpu", dtype: Any = None) -> LocalModel
 
     from .weights import Tokenizer, load_model
 
+    if _model_type(Path(path)) != "jamba":
+        return _load_family(Path(path), device, dtype)
     if dtype is None:
         dtype = torch.float32
     elif isinstance(dtype, str):

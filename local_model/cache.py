@@ -12,7 +12,10 @@ Interface (what `JambaForCausalLM.forward(input_ids, cache, seq_lens)` reads and
 -------------------------------------------------------------------------------------
 ``HybridCache(layers, lengths, slots=None)``
 
-* ``layers[i]``: `MambaState` if layer ``i`` is a Mamba layer, `KVCache` if it is an attention layer.
+* ``layers[e]``: one *cache entry* per mixer: `KVCache` for ``e in config.attention_layer_ids``, `MambaState`
+  for ``e in config.mamba_layer_ids`` (``config.num_cache_entries`` in all). For Jamba entry ``i`` is layer
+  ``i``; the Mamba-2 families number their mixers consecutively, since a layer may hold both kinds (Falcon-H1,
+  Zamba2) or neither (see `local_model.families.common`).
 * ``lengths``: ``LongTensor[B]``, tokens already absorbed by batch row ``b`` (= position of its next token).
   A row with ``lengths[b] == 0`` is a fresh sequence: the forward zeroes its Mamba state before use, so a
   slot can be reused without an explicit reset.
@@ -21,8 +24,10 @@ Interface (what `JambaForCausalLM.forward(input_ids, cache, seq_lens)` reads and
   big pool (`HybridCache.allocate(config, num_slots=S, ...)`) and, per step, builds a cheap view with
   `HybridCache.view(slots, lengths)` for the sequences it batches. Slots in one batch must be distinct.
 
-``MambaState(conv, ssm)``: ``conv`` is ``[S, d_inner, d_conv - 1]`` (model dtype), ``ssm`` is
-``[S, d_inner, d_state]`` (float32 by default: the recurrence accumulates over the whole sequence).
+``MambaState(conv, ssm)``: ``conv`` is ``[S, *config.mamba_conv_state_shape]`` (model dtype), ``ssm`` is
+``[S, *config.mamba_ssm_state_shape]`` (float32 by default: the recurrence accumulates over the whole
+sequence). Mamba-1 (Jamba): ``[d_inner, d_conv - 1]`` and ``[d_inner, d_state]``; Mamba-2:
+``[d_inner + 2 * n_groups * d_state, d_conv - 1]`` and ``[num_heads, head_dim, d_state]``.
 
 ``KVCache(k, v)``: ``k`` and ``v`` are ``[S, num_key_value_heads, capacity, head_dim]``; positions
 ``0 .. lengths[b]-1`` of slot ``slots[b]`` are valid. The attention layer touches it only through
@@ -42,6 +47,7 @@ so a Triton/CUDA kernel can update a pool without a gather/scatter round trip.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -66,10 +72,9 @@ class MambaState:
         dtype: torch.dtype = torch.float32,
         ssm_dtype: torch.dtype = torch.float32,
     ) -> MambaState:
-        d = config.mamba_d_inner
         return cls(
-            conv=torch.zeros(num_slots, d, config.mamba_d_conv - 1, device=device, dtype=dtype),
-            ssm=torch.zeros(num_slots, d, config.mamba_d_state, device=device, dtype=ssm_dtype),
+            conv=torch.zeros(num_slots, *config.mamba_conv_state_shape, device=device, dtype=dtype),
+            ssm=torch.zeros(num_slots, *config.mamba_ssm_state_shape, device=device, dtype=ssm_dtype),
         )
 
     def zero_(self, slots: torch.Tensor) -> None:
@@ -158,8 +163,9 @@ class HybridCache:
         """
         num_slots = batch_size if num_slots is None else num_slots
         layers: list[MambaState | KVCache] = []
-        for i in range(config.num_hidden_layers):
-            if config.layer_is_attention(i):
+        attention = set(config.attention_layer_ids)
+        for i in range(config.num_cache_entries):
+            if i in attention:
                 layers.append(KVCache.zeros(config, num_slots, capacity, device=device, dtype=dtype))
             else:
                 layers.append(
@@ -220,8 +226,10 @@ def mamba_state_bytes_per_sequence(
     config: JambaConfig, dtype: torch.dtype = torch.float32, ssm_dtype: torch.dtype = torch.float32
 ) -> int:
     """Bytes of recurrent state one sequence needs across all Mamba layers (independent of its length)."""
-    d = config.mamba_d_inner
-    per_layer = d * (config.mamba_d_conv - 1) * dtype.itemsize + d * config.mamba_d_state * ssm_dtype.itemsize
+    per_layer = (
+        math.prod(config.mamba_conv_state_shape) * dtype.itemsize
+        + math.prod(config.mamba_ssm_state_shape) * ssm_dtype.itemsize
+    )
     return per_layer * len(config.mamba_layer_ids)
 
 

@@ -113,6 +113,21 @@ class JambaConfig:
     def mamba_d_inner(self) -> int:
         return self.mamba_expand * self.hidden_size
 
+    @property
+    def mamba_conv_state_shape(self) -> tuple[int, ...]:
+        """Per-slot shape of a Mamba layer's conv window (see `local_model.cache.MambaState`)."""
+        return (self.mamba_d_inner, self.mamba_d_conv - 1)
+
+    @property
+    def mamba_ssm_state_shape(self) -> tuple[int, ...]:
+        """Per-slot shape of a Mamba layer's SSM state."""
+        return (self.mamba_d_inner, self.mamba_d_state)
+
+    @property
+    def num_cache_entries(self) -> int:
+        """Length of `HybridCache.layers`: one entry per layer (a KV cache or a Mamba state)."""
+        return self.num_hidden_layers
+
     def layer_is_attention(self, i: int) -> bool:
         return i % self.attn_layer_period == self.attn_layer_offset
 

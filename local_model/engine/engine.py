@@ -498,7 +498,7 @@ class Engine:
             [s.table.blocks for s in seqs], lengths, seq_lens, self.plan.block_size, width, self.device
         )
         layers: list[MambaState | PagedKVCache] = []
-        for i in range(self.model.config.num_hidden_layers):
+        for i in range(self.model.config.num_cache_entries):
             if i in self._kv_pools:
                 k, v = self._kv_pools[i]
                 layers.append(PagedKVCache(k, v, step))

@@ -1,0 +1,267 @@
+"""Mamba-2 hybrid throughput: our Bamba path against transformers' BambaForCausalLM on the same random
+weights, in one run, plus our Triton SSD scan beside mamba-ssm's ``mamba_chunk_scan_combined``.
+
+    python bench/mamba2_gpu.py                  # on the GPU machine: ~400M Bamba-shaped model, bf16
+    python bench/mamba2_gpu.py --smoke          # a tiny config on CPU (checks the script, no figures)
+
+Reports prefill and decode tokens/s at batch 1 and 64 for both implementations, logit agreement and
+greedy agreement, and SSD-scan milliseconds on the anchor shapes (mamba-ssm from
+shared/bench/mamba_ssm_anchor when it is on PYTHONPATH; skipped otherwise). JSON goes to
+``$OUT/mamba2_gpu.json`` (or --json PATH) and a summary table to stdout. transformers uses mamba-ssm's
+kernels when they are importable and its PyTorch path otherwise; the JSON records which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import local_model  # noqa: E402
+from local_model.mamba2 import Mamba2Kernels  # noqa: E402
+
+BAMBA_400M = dict(
+    vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=16,
+    num_key_value_heads=4, attn_layer_indices=[5, 12, 19], mamba_n_heads=32, mamba_n_groups=1,
+    mamba_d_state=128, mamba_chunk_size=256, max_position_embeddings=16384,
+)  # fmt: skip
+BAMBA_SMOKE = dict(
+    vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+    num_key_value_heads=2, attn_layer_indices=[1], mamba_n_heads=4, mamba_n_groups=1, mamba_d_state=16,
+    mamba_chunk_size=32, max_position_embeddings=4096,
+)  # fmt: skip
+SSD_SHAPES = [
+    (1, 2048, 64, 64, 1, 128),
+    (1, 8192, 64, 64, 1, 128),
+    (8, 2048, 64, 64, 8, 128),
+    (1, 8192, 128, 64, 8, 128),
+]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device, reps: int, warmup: int = 1) -> float:
+    """Median seconds of ``fn`` over ``reps`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+def our_kernels(device: torch.device) -> tuple[Mamba2Kernels, str]:
+    if device.type != "cuda":
+        return Mamba2Kernels(), "reference (PyTorch)"
+    from local_model.kernels.ssd import ssd_chunk_scan, ssd_state_update
+
+    kernels = Mamba2Kernels(chunk_scan=ssd_chunk_scan, state_update=ssd_state_update)
+    try:  # the kernel bundle's Triton causal conv, when present (same keywords as the reference)
+        from local_model.kernels import triton_ops
+
+        kernels = Mamba2Kernels(
+            causal_conv1d=triton_ops.causal_conv1d, causal_conv1d_update=triton_ops.causal_conv1d_update,
+            chunk_scan=ssd_chunk_scan, state_update=ssd_state_update,
+        )  # fmt: skip
+        return kernels, "triton (ssd + conv)"
+    except (ImportError, AttributeError):
+        return kernels, "triton (ssd), reference conv"
+
+
+def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, tmp: Path) -> tuple[Any, Any]:
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.BambaConfig(**(BAMBA_SMOKE if args.smoke else BAMBA_400M))
+    hf_cpu = transformers.BambaForCausalLM(cfg).eval()
+    hf_cpu.to(dtype).save_pretrained(tmp)
+    del hf_cpu
+    hf = transformers.BambaForCausalLM.from_pretrained(tmp, dtype=dtype).to(device).eval()
+    ours = local_model.load(tmp, device=device, dtype=dtype)
+    return hf, ours
+
+
+@torch.inference_mode()
+def prefill_tps(
+    model: Callable[[torch.Tensor], Any], ids: torch.Tensor, device: torch.device, reps: int
+) -> float:
+    return ids.numel() / timed(lambda: model(ids), device, reps)
+
+
+@torch.inference_mode()
+def decode_tps_ours(lm: Any, batch: int, prompt: int, steps: int, device: torch.device) -> float:
+    m = lm.module
+    ids = torch.randint(3, m.config.vocab_size, (batch, prompt), device=device)
+
+    def run() -> None:
+        cache = m.allocate_cache(batch, prompt + steps + 1)
+        nxt = m(ids, cache, last_only=True)[:, -1].argmax(-1, keepdim=True)
+        sync(device)
+        run.t0 = time.perf_counter()  # type: ignore[attr-defined]
+        for _ in range(steps):
+            nxt = m(nxt, cache)[:, -1].argmax(-1, keepdim=True)
+        sync(device)
+        run.dt = time.perf_counter() - run.t0  # type: ignore[attr-defined]
+
+    run()
+    secs = []
+    for _ in range(3):
+        run()
+        secs.append(run.dt)  # type: ignore[attr-defined]
+    return batch * steps / statistics.median(secs)
+
+
+@torch.inference_mode()
+def decode_tps_hf(hf: Any, batch: int, prompt: int, steps: int, device: torch.device) -> float:
+    ids = torch.randint(3, hf.config.vocab_size, (batch, prompt), device=device)
+
+    def run() -> float:
+        out = hf(ids, use_cache=True, logits_to_keep=1)
+        cache = out.cache
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            out = hf(nxt, cache=cache, use_cache=True)
+            cache = out.cache
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        sync(device)
+        return time.perf_counter() - t0
+
+    run()
+    return batch * steps / statistics.median([run() for _ in range(3)])
+
+
+def ssd_case(
+    shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, anchor_fn: Any
+) -> dict[str, Any]:
+    """Our Triton SSD scan (and mamba-ssm's, if given) on one anchor shape (B, L, H, P, G, N), chunk 256."""
+    from local_model.kernels.ssd import ssd_chunk_scan
+
+    b, seqlen, h, p, g, n = shape
+    x = torch.randn(b, seqlen, h, p, device=device, dtype=dtype)
+    dt = torch.rand(b, seqlen, h, device=device) * 0.1
+    A = -torch.rand(h, device=device) - 0.5
+    B = torch.randn(b, seqlen, g, n, device=device, dtype=dtype)
+    C = torch.randn(b, seqlen, g, n, device=device, dtype=dtype)
+    D = torch.randn(h, device=device)
+    z = torch.randn(b, seqlen, h, p, device=device, dtype=dtype)
+    state = torch.zeros(b, h, p, n, device=device)
+    key = f"B{b}_L{seqlen}_H{h}_P{p}_G{g}_N{n}"
+
+    def ours() -> Any:
+        return ssd_chunk_scan(x=x, dt=dt, A=A, B=B, C=C, chunk_size=256, D=D, z=z, ssm_state=state)
+
+    out: dict[str, Any] = {f"ours_{key}_ms": round(1000 * timed(ours, device, 20, 3), 4)}
+    if anchor_fn is not None:
+
+        def anchor() -> Any:
+            return anchor_fn(x, dt, A, B, C, chunk_size=256, D=D, z=z, return_final_states=True)
+
+        out[f"mamba_ssm_{key}_ms"] = round(1000 * timed(anchor, device, 20, 3), 4)
+        out[f"maxdiff_{key}"] = float((ours().float() - anchor()[0].float()).abs().max())
+    return out
+
+
+def ssd_bench(device: torch.device, dtype: torch.dtype, smoke: bool) -> dict[str, Any]:
+    if device.type != "cuda":
+        return {"skipped": "needs CUDA"}
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as anchor_fn
+    except ImportError:
+        anchor_fn = None
+    out: dict[str, Any] = {}
+    for shape in SSD_SHAPES[:1] if smoke else SSD_SHAPES:
+        out.update(ssd_case(shape, device, dtype, anchor_fn))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny config on CPU: checks the script")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--dtype", default=None)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    device = torch.device(args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda"))
+    dtype = getattr(torch, args.dtype or ("float32" if device.type == "cpu" else "bfloat16"))
+    res: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                           "dtype": str(dtype), "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    try:
+        import mamba_ssm  # noqa: F401
+
+        res["transformers_kernels"] = "mamba-ssm"
+    except ImportError:
+        res["transformers_kernels"] = "pytorch (mamba-ssm not importable)"
+    with tempfile.TemporaryDirectory() as tmp:
+        print("building and saving the random Bamba checkpoint ...", flush=True)
+        hf, ours = build(args, device, dtype, Path(tmp))
+    kernels, res["our_kernels"] = our_kernels(device)
+    ours.module.set_kernels(kernels)
+    res["params_M"] = round(sum(p.numel() for p in ours.module.parameters()) / 1e6, 1)
+
+    with torch.inference_mode():
+        ids = torch.randint(3, ours.config.vocab_size, (1, 64), device=device)
+        a, b = ours.module(ids).float(), hf(ids).logits.float()
+        res["logits_max_diff_over_scale"] = float((a - b).abs().max() / b.abs().max())
+        hf_greedy = hf.generate(
+            ids[:, :16], max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0
+        )
+        res["greedy_agree_16"] = (
+            ours.greedy(ids[0, :16].tolist(), 16, stop_ids=[]) == hf_greedy[0, 16:].tolist()
+        )
+
+    long_len, short_len, steps = (64, 16, 4) if args.smoke else (2048, 256, 64)
+    for name, impl in (
+        ("ours", lambda x: ours.module(x, last_only=True)),
+        ("transformers", lambda x: hf(x, logits_to_keep=1)),
+    ):
+        print(f"prefill {name} ...", flush=True)
+        res[f"prefill_b1_L{long_len}_tps_{name}"] = round(
+            prefill_tps(impl, torch.randint(3, 200, (1, long_len), device=device), device, 3), 1
+        )
+        res[f"prefill_b64_L{short_len}_tps_{name}"] = round(
+            prefill_tps(impl, torch.randint(3, 200, (64, short_len), device=device), device, 3), 1
+        )
+    for batch in (1, 64):
+        print(f"decode batch {batch} ...", flush=True)
+        res[f"decode_b{batch}_tps_ours"] = round(
+            decode_tps_ours(ours, batch, 128 if not args.smoke else 8, steps, device), 1
+        )
+        res[f"decode_b{batch}_tps_transformers"] = round(
+            decode_tps_hf(hf, batch, 128 if not args.smoke else 8, steps, device), 1
+        )
+    res["ssd_scan"] = ssd_bench(device, dtype, args.smoke)
+
+    path = Path(args.json or os.path.join(os.environ.get("OUT", tempfile.gettempdir()), "mamba2_gpu.json"))
+    path.write_text(json.dumps(res, indent=1) + "\n")
+    print(f"\n{'metric':48s} value")
+    for k, v in res.items():
+        if k != "ssd_scan":
+            print(f"{k:48s} {v}")
+    for k, v in res["ssd_scan"].items():
+        print(f"{'ssd_' + k:48s} {v}")
+    print(f"(json: {path})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
