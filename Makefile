@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test services lint bench-gateway clean
+.PHONY: install run test services browser lint bench-gateway clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard router/_f*.c)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,10 +30,14 @@ services:
 	@command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || \
 		(timeout 300 sh -c 'apt-get update -qq && apt-get install -y -qq docker-compose' >/dev/null 2>&1 || true)
 
+# The admin console's browser tests drive Debian's Chromium through Playwright (no browser download).
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
+
 lint: install
 	$(BIN)/ruff check .
 
-test: install services lint
+test: install services browser lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench-gateway: install

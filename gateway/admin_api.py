@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.artifact_slots import ArtifactSlots, RegistryUnavailable, slot_name
+from gateway.console.auth import SAFE_METHODS, cross_site, csrf_ok, session_for
 from gateway.edge import bearer, read_body, read_json, validate
 from gateway.errors import APIError, store_unavailable
 from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, request_features
@@ -50,7 +51,18 @@ class KeyCreate(KeyLimits):
 
 
 def check_admin(request: Request, token: str | None) -> None:
-    """The admin token when one is configured; otherwise loopback callers only."""
+    """The admin token when one is configured; otherwise loopback callers only. A signed-in
+    console session (gateway/console/auth.py) also admits, with its CSRF token on every
+    state-changing request; browsers' cross-site requests are refused whatever they carry."""
+    if cross_site(request):
+        raise APIError(403, "Cross-site requests to the admin API are refused.", type="permission_error",
+                       code="cross_site")
+    session = session_for(request)
+    if session is not None:
+        if request.method not in SAFE_METHODS and not csrf_ok(request, session):
+            raise APIError(403, "Missing or invalid CSRF token (X-CSRF-Token).", type="permission_error",
+                           code="csrf_failed")
+        return
     if token:
         given = bearer(request) or ""
         if not hmac.compare_digest(given.encode(), token.encode()):
