@@ -60,14 +60,8 @@ def test_upgrade_from_empty_is_complete_and_idempotent(empty_url: str) -> None:
     try:
         assert set(insp.get_table_names()) == EXPECTED_TABLES
         indexed = {tuple(ix["column_names"]) for ix in insp.get_indexes("requests")}
-        assert {
-            ("created_at",),
-            ("api_key_id",),
-            ("served_model",),
-            ("requested_model",),
-            ("user", "created_at"),
-            ("team", "created_at"),
-        } <= indexed
+        assert {("created_at",), ("api_key_id",), ("served_model",), ("requested_model",),
+                ("user", "created_at"), ("team", "created_at")} <= indexed
         assert ("request_id",) in {tuple(ix["column_names"]) for ix in insp.get_indexes("attempts")}
         assert insp.get_foreign_keys("attempts") == []
         assert insp.get_pk_constraint("policies")["constrained_columns"] == ["name", "version"]
@@ -102,12 +96,9 @@ def test_upgrading_a_populated_log_keeps_its_rows(empty_url: str) -> None:
     engine, _ = _inspect(empty_url)
     try:
         with engine.begin() as conn:
-            conn.execute(
-                sa.text(
-                    "INSERT INTO requests (id, created_at, endpoint, status, http_status, streamed, attempts_count)"
-                    " VALUES ('r1', CURRENT_TIMESTAMP, 'chat', 'ok', 200, false, 1)"
-                )
-            )
+            conn.execute(sa.text(
+                "INSERT INTO requests (id, created_at, endpoint, status, http_status, streamed, attempts_count)"
+                " VALUES ('r1', CURRENT_TIMESTAMP, 'chat', 'ok', 200, false, 1)"))
         migrate.upgrade(empty_url)
         with engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT id, bandit FROM requests")).all()
