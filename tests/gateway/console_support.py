@@ -56,7 +56,7 @@ def console_settings(fp_base_url: str, db_url: str, tmp_path: Path, **overrides:
         {
             "name": name,
             "model": model,
-            "upstream_model": "fake-model",
+            "upstream_model": model,
             "api_base": fp_base_url,
             "timeout_s": 5,
             "api_key_env": PROVIDER_KEY_ENV,

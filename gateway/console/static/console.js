@@ -104,7 +104,7 @@ async function loadDashboards() {
                           download: `${name}.csv`, text: "CSV" });
     sec.append(el("h3", { text: d.title + " " }, csv), el("div", { class: "chart" }, canvas));
     if (d.notes) sec.append(el("p", { class: "note", text: d.notes }));
-    sec.append(table(d.columns, d.cells, { id: `table-${name}` }));
+    sec.append(el("div", { class: "scroll" }, table(d.columns, d.cells, { id: `table-${name}` })));
     if (charts[name]) charts[name].destroy();
     charts[name] = drawChart(canvas, d.chart);
     sec.setAttribute("data-rows", String(d.rows.length));
