@@ -103,7 +103,9 @@ def _pg_attempts(grain: Grain) -> str:
     INSERT INTO rollup_attempts_{grain} AS t (bucket, deployment, kind, status, n, latency_ms_sum)
     SELECT date_trunc('{grain}', a.started_at, 'UTC'), a.deployment, {_KIND_SQL}, a.status, count(*),
            coalesce(sum(a.latency_ms), 0)
-    FROM new_rows a LEFT JOIN attempts p ON p.request_id = a.request_id AND p.attempt_no = a.attempt_no - 1
+    FROM new_rows a LEFT JOIN LATERAL (
+        SELECT p.deployment, p.status FROM attempts p
+        WHERE a.attempt_no > 0 AND p.request_id = a.request_id AND p.attempt_no = a.attempt_no - 1) p ON true
     GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
     ON CONFLICT (bucket, deployment, kind, status) DO UPDATE SET {_adds(("n", "latency_ms_sum"), "t")};
     INSERT INTO rollup_latency_{grain} AS t (bucket, deployment, metric, bin, n)
