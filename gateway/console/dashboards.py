@@ -269,15 +269,18 @@ async def routing_mix(conn: AsyncConnection, q: Query) -> Table:
         for r in sorted(agg, key=lambda r: (r["bucket"], r["policy"], r["model"]))
     ]
     labels = sorted({r[0] for r in rows})
-    series: dict[str, dict[Any, float]] = defaultdict(dict)
+    series: dict[tuple[str, str], dict[Any, float]] = defaultdict(dict)
     for b, pol, model, _n, share in rows:
-        series[f"{pol} → {model}"][b] = share
+        series[(pol, model)][b] = share
     chart = {
         "type": "bar",
         "stacked": True,
         "x": q.grain,
         "labels": [cell(b) for b in labels],
-        "datasets": [{"label": k, "data": [v.get(b, 0) for b in labels]} for k, v in sorted(series.items())],
+        "datasets": [
+            {"label": f"{pol} → {model}", "stack": pol, "data": [v.get(b, 0) for b in labels]}
+            for (pol, model), v in sorted(series.items())
+        ],
     }
     return Table(
         "Routing mix per policy over time",

@@ -72,7 +72,8 @@ function drawChart(canvas, spec) {
     cfg = {
       type: spec.type,
       data: { labels: spec.labels, datasets: spec.datasets.map((d, i) => ({
-        label: d.label, data: d.data, yAxisID: d.axis || "y", borderColor: color(i), backgroundColor: color(i) })) },
+        label: d.label, data: d.data, yAxisID: d.axis || "y", stack: d.stack, borderColor: color(i),
+        backgroundColor: color(i) })) },
       options: { animation: false, maintainAspectRatio: false,
         scales: Object.assign({ x: { stacked: !!spec.stacked }, y: { stacked: !!spec.stacked, beginAtZero: true } },
           axes.has("y2") ? { y2: { position: "right", beginAtZero: true, grid: { drawOnChartArea: false } } } : {}) },
@@ -84,8 +85,10 @@ function drawChart(canvas, spec) {
 // ---- dashboards --------------------------------------------------------------------------
 
 const charts = {};
+let loadGeneration = 0;
 
 async function loadDashboards() {
+  const generation = ++loadGeneration;  // a newer load (filters applied again) supersedes this one
   const params = new URLSearchParams([...new FormData($("#filters")).entries()].filter(([, v]) => v));
   const index = await api("GET", "/admin/api/console/dashboards");
   const root = $("#dashboards");
@@ -96,6 +99,7 @@ async function loadDashboards() {
       root.append(sec);
     }
     const res = await api("GET", `/admin/api/console/dashboards/${name}?${params}`);
+    if (generation !== loadGeneration) return;
     sec.replaceChildren();
     if (!res.ok) { sec.append(el("p", { text: `${name}: ${errText(res)}` })); continue; }
     const d = res.data;
@@ -109,7 +113,7 @@ async function loadDashboards() {
     charts[name] = drawChart(canvas, d.chart);
     sec.setAttribute("data-rows", String(d.rows.length));
   }
-  document.body.setAttribute("data-loaded", "1");
+  if (generation === loadGeneration) document.body.setAttribute("data-loaded", "1");
 }
 
 // ---- policies ----------------------------------------------------------------------------
