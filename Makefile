@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test services browser lint bench-gateway clean
+.PHONY: install run demo test services browser lint bench-gateway clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard router/_f*.c)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,14 @@ install: $(STAMP)
 run: install
 	$(BIN)/hybridgate migrate
 	$(BIN)/hybridgate serve --host $(HOST) --port $(PORT)
+
+# The admin console with data in it: a gateway routing to four fake providers, and a mixed workload with
+# feedback sent through it (open http://$(HOST):$(PORT)/admin; Ctrl-C stops both).
+demo: install
+	$(BIN)/hybridgate demo-traffic --write-config var/demo.yaml --database-url sqlite+aiosqlite:///./var/demo.db
+	HYBRIDGATE_CONFIG=var/demo.yaml $(BIN)/hybridgate migrate
+	HYBRIDGATE_CONFIG=var/demo.yaml $(BIN)/hybridgate serve --host $(HOST) --port $(PORT) & GW=$$!; \
+		$(BIN)/hybridgate demo-traffic --gateway http://$(HOST):$(PORT); kill $$GW
 
 # Postgres and Redis are real dependencies of the tests: start them if they are down.
 services:
