@@ -138,7 +138,7 @@ async def probe(url: str, key: str, n: int) -> dict[str, float]:
             "ttft_p50_ms": statistics.median(ttft), "ttft_p99_ms": q(ttft, n=100)[98]}
 
 
-def start_hybridgate(tmp: Path, pg_admin: str) -> tuple[Proc, str, float]:
+def start_hybridgate(tmp: Path, pg_admin: str, rollups: bool = True) -> tuple[Proc, str, float]:
     import psycopg
 
     db = f"hg_bench_{uuid.uuid4().hex[:8]}"
@@ -158,6 +158,12 @@ def start_hybridgate(tmp: Path, pg_admin: str) -> tuple[Proc, str, float]:
     env = {"HYBRIDGATE_CONFIG": str(cfg)}
     bin_ = str(Path(PY).parent / "hybridgate")
     subprocess.run([bin_, "migrate"], env={**os.environ, **env}, check=True, capture_output=True)
+    if not rollups:  # the admin dashboards' rollup triggers off: what writing them costs
+        from requestlog.rollups import drop_triggers_sql
+
+        with psycopg.connect(f"postgresql://postgres@{host}/{db}", autocommit=True) as c:
+            for stmt in drop_triggers_sql("postgresql"):
+                c.execute(stmt)
     key_out = subprocess.run([bin_, "keys", "create", "bench"], env={**os.environ, **env}, check=True,
                              capture_output=True, text=True).stdout
     key = json.loads(key_out)["key"]
@@ -254,10 +260,12 @@ def main() -> int:
             raise RuntimeError("fake provider did not start")
         if "direct" in targets:
             results.append(measure("direct", f"http://127.0.0.1:{UP_PORT}", "none", None, args, tmp, None))
-        if "hybridgate" in targets:
-            gw, key, start_s = start_hybridgate(tmp, args.pg_admin)
+        for target in targets:  # in the order given: e.g. hybridgate,hybridgate-norollups,hybridgate
+            if not target.startswith("hybridgate"):
+                continue
+            gw, key, start_s = start_hybridgate(tmp, args.pg_admin, rollups=target != "hybridgate-norollups")
             try:
-                results.append(measure("hybridgate", f"http://127.0.0.1:{GW_PORT}", key, gw.p.pid, args, tmp,
+                results.append(measure(target, f"http://127.0.0.1:{GW_PORT}", key, gw.p.pid, args, tmp,
                                        start_s))
             finally:
                 gw.stop()

@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class DemoModel:
     name: str
-    port: int
     latency_ms: int
     input_per_mtok: float
     output_per_mtok: float
@@ -43,10 +42,10 @@ class DemoModel:
 
 
 MODELS = (
-    DemoModel("demo-mini", 9301, 60, 0.15, 0.6, 0.55),
-    DemoModel("demo-standard", 9302, 180, 1.0, 3.0, 0.72),
-    DemoModel("demo-large", 9303, 450, 5.0, 15.0, 0.86),
-    DemoModel("demo-flaky", 9304, 120, 0.5, 1.5, 0.66, flaky_every=9),
+    DemoModel("demo-mini", 60, 0.15, 0.6, 0.55),
+    DemoModel("demo-standard", 180, 1.0, 3.0, 0.72),
+    DemoModel("demo-large", 450, 5.0, 15.0, 0.86),
+    DemoModel("demo-flaky", 120, 0.5, 1.5, 0.66, flaky_every=9),
 )
 POLICIES = {
     "demo-cheapest": {
@@ -79,7 +78,7 @@ TOPICS = ("France", "Kenya", "retail", "fintech", "Kafka vs Postgres queues", "n
 ROUTES = ("demo-cheapest", "demo-bandit", "demo-bandit", "auto", "demo-mini", "demo-large")
 
 
-def gateway_config(database_url: str) -> dict[str, Any]:
+def gateway_config(database_url: str, base_port: int = 9301) -> dict[str, Any]:
     """A gateway config routing to the demo providers (local model off; policies from the admin API)."""
     return {
         "database_url": database_url,
@@ -90,12 +89,12 @@ def gateway_config(database_url: str) -> dict[str, Any]:
                 "name": f"{m.name}-1",
                 "model": m.name,
                 "upstream_model": m.name,
-                "api_base": f"http://127.0.0.1:{m.port}/v1",
+                "api_base": f"http://127.0.0.1:{base_port + i}/v1",
                 "timeout_s": 10,
                 "pricing": {"input_per_mtok": m.input_per_mtok, "output_per_mtok": m.output_per_mtok},
                 "capabilities": ["chat", "completion"],
             }
-            for m in MODELS
+            for i, m in enumerate(MODELS)
         ],
     }
 
@@ -103,15 +102,16 @@ def gateway_config(database_url: str) -> dict[str, Any]:
 class Providers:
     """The demo's fake providers, one thread each."""
 
-    def __init__(self) -> None:
+    def __init__(self, base_port: int = 9301) -> None:
+        self.base_port = base_port
         self.threads: dict[str, FakeProviderThread] = {}
         self.calls: dict[str, int] = defaultdict(int)
 
     def start(self) -> None:
         from backends.fake_provider import FakeProviderThread
 
-        for m in MODELS:
-            fp = FakeProviderThread(port=m.port, reply_mode="lorem", reply_tokens=40)
+        for i, m in enumerate(MODELS):
+            fp = FakeProviderThread(port=self.base_port + i, reply_mode="lorem", reply_tokens=40)
             fp.start()
             fp.set_faults(f"latency:{m.latency_ms}")
             self.threads[m.name] = fp
@@ -275,6 +275,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         "--admin-token", default=None, help="the gateway's admin token (none: loopback-only admin)"
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--base-port", type=int, default=9301, help="the providers listen on this port and the next three"
+    )
     ap.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the gateway to answer")
     ap.add_argument(
         "--write-config", metavar="FILE", help="write a gateway config for the demo providers and exit"
@@ -301,12 +304,14 @@ def main(argv: list[str] | None = None) -> int:
 def run_cli(args: argparse.Namespace) -> int:
     if args.write_config:
         Path(args.write_config).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.write_config).write_text(yaml.safe_dump(gateway_config(args.database_url), sort_keys=False))
+        Path(args.write_config).write_text(
+            yaml.safe_dump(gateway_config(args.database_url, args.base_port), sort_keys=False)
+        )
         print(
             f"wrote {args.write_config}: serve it with HYBRIDGATE_CONFIG={args.write_config} hybridgate serve"
         )
         return 0
-    providers = Providers()
+    providers = Providers(args.base_port)
     providers.start()
     try:
         summary = asyncio.run(run(args, providers))
