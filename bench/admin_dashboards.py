@@ -154,22 +154,30 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--pg-admin", default=PG_ADMIN)
-    ap.add_argument("--keep-db", action="store_true")
+    ap.add_argument("--keep-db", action="store_true", help="keep the seeded database (its name is printed)")
+    ap.add_argument(
+        "--reuse-db", default=None, help="time against a database seeded by an earlier --keep-db run"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    db = f"hg_bench_admin_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.pg_admin, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{db}"')
+    db = args.reuse_db or f"hg_bench_admin_{uuid.uuid4().hex[:8]}"
+    if not args.reuse_db:
+        with psycopg.connect(args.pg_admin, autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{db}"')
     host = args.pg_admin.split("@", 1)[1].split("/", 1)[0]
     url = f"postgresql+asyncpg://postgres@{host}/{db}"
     dsn = f"postgresql://postgres@{host}/{db}"
     tmp = Path(tempfile.mkdtemp(prefix="hg-bench-admin-"))
     proc = None
     try:
-        migrate.upgrade(url)
         now = datetime.now(UTC)
-        seed_s = seed(dsn, args.rows, now, args.json)
+        seed_s = 0.0
+        if not args.reuse_db:
+            migrate.upgrade(url)
+            seed_s = seed(dsn, args.rows, now, args.json)
+        if args.keep_db:
+            print(f"database kept: {db} (--reuse-db {db})", file=sys.stderr)
         with psycopg.connect(dsn) as c:
             counts = {
                 t: c.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
@@ -289,7 +297,7 @@ def main() -> int:
         if proc is not None:
             proc.terminate()
             proc.wait(10)
-        if not args.keep_db:
+        if not args.keep_db and not args.reuse_db:
             with psycopg.connect(args.pg_admin, autocommit=True) as c:
                 c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 

@@ -118,8 +118,16 @@ _Q_SUMS = ("requests", "cost_usd", "fb_n", "fb_sum", "fb_sumsq")
 async def cost_quality(conn: AsyncConnection, q: Query) -> Table:
     rows: list[list[Any]] = []
     points: dict[str, list[dict[str, Any]]] = {"model": [], "policy": []}
+    both = await aggregate(
+        conn, "requests", q.since, q.until, ["model", "policy"], _Q_SUMS, q.request_filters
+    )
     for kind in ("model", "policy"):
-        agg = await aggregate(conn, "requests", q.since, q.until, [kind], _Q_SUMS, q.request_filters)
+        totals: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(_Q_SUMS, 0))
+        for r in both:
+            acc = totals[r[kind]]
+            for s in _Q_SUMS:
+                acc[s] += r[s]
+        agg = [{kind: k, **v} for k, v in totals.items()]
         for r in sorted(agg, key=lambda r: r[kind]):
             mean, lo, hi = mean_ci(r["fb_n"], r["fb_sum"], r["fb_sumsq"])
             points[kind].append(
