@@ -211,6 +211,7 @@ async function evaluatePolicy() {
   if (res.status === 422 && res.data.errors) { showErrors(res.data.errors); flash("Invalid policy."); return; }
   if (!res.ok) { flash(errText(res)); return; }
   showErrors([]);
+  flash("");
   const sim = res.data.simulate || {};
   $("#simulate-out").replaceChildren(el("h4", { text: "Decision" }),
     el("pre", { id: "simulate-result", text: JSON.stringify(sim, null, 2) }));
