@@ -210,7 +210,7 @@ def drop_triggers_sql(dialect: str) -> list[str]:
 
 
 def backfill_sql(dialect: str) -> list[str]:
-    """Statements that fill the rollups from rows logged before the triggers existed."""
+    """Statements that fill the (empty) rollups from rows logged before the triggers existed."""
     if dialect == "postgresql":
         return [
             "CREATE TEMP TABLE new_rows AS SELECT * FROM requests",
@@ -222,7 +222,41 @@ def backfill_sql(dialect: str) -> list[str]:
             _pg_attempts("day"),
             "DROP TABLE new_rows",
         ]
-    return []  # SQLite (the embedded default): rollups count rows logged from this migration on
+    return [_lite_backfill_requests(g) for g in ("hour", "day")] + [
+        stmt for g in ("hour", "day") for stmt in _lite_backfill_attempts(g)
+    ]
+
+
+def _lite_backfill_requests(grain: Grain) -> str:
+    return f"""
+    INSERT INTO rollup_requests_{grain} ({_REQ_COLS})
+    SELECT strftime('{_SQLITE_FMT[grain]}', n.created_at), coalesce(n.api_key_id, ''), coalesce(n."user", ''),
+           coalesce(n.team, ''), coalesce(n.policy, ''), coalesce(n.served_model, n.requested_model, ''),
+           count(*), sum(n.status <> 'ok'), coalesce(sum(n.cost_usd), 0), coalesce(sum(n.prompt_tokens), 0),
+           coalesce(sum(n.completion_tokens), 0), coalesce(sum(n.latency_ms), 0), count(n.latency_ms),
+           coalesce(sum(f.n), 0), coalesce(sum(f.s), 0), coalesce(sum(f.ss), 0)
+    FROM requests n
+    LEFT JOIN (SELECT request_id, count(*) AS n, sum(score) AS s, sum(score * score) AS ss FROM feedback
+               GROUP BY request_id) f ON f.request_id = n.id
+    GROUP BY 1, 2, 3, 4, 5, 6"""
+
+
+def _lite_backfill_attempts(grain: Grain) -> list[str]:
+    fmt = _SQLITE_FMT[grain]
+    hist = f"""
+    INSERT INTO rollup_latency_{grain} (bucket, deployment, metric, bin, n)
+    SELECT strftime('{fmt}', started_at), deployment, '{{metric}}',
+           CAST(floor(ln(max({{col}}, 0.01)) / ln({BIN_RATIO})) AS INTEGER), count(*)
+    FROM attempts WHERE status = 'ok' AND {{col}} IS NOT NULL GROUP BY 1, 2, 3, 4"""
+    return [
+        f"""
+    INSERT INTO rollup_attempts_{grain} (bucket, deployment, kind, status, n, latency_ms_sum)
+    SELECT strftime('{fmt}', a.started_at), a.deployment, {_KIND_SQL}, a.status, count(*), coalesce(sum(a.latency_ms), 0)
+    FROM attempts a LEFT JOIN attempts p ON p.request_id = a.request_id AND p.attempt_no = a.attempt_no - 1
+    GROUP BY 1, 2, 3, 4""",
+        hist.format(metric="latency", col="latency_ms"),
+        hist.format(metric="ttft", col="ttft_ms"),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- reads

@@ -63,8 +63,10 @@ def _rows(n: int, now: datetime, seed: int = 3) -> list[tuple[RequestRow, list[A
     return out
 
 
-async def _check(url: str, tmp_path: Path) -> None:
-    await upgrade_async(url)
+async def _check(url: str, tmp_path: Path, backfill: bool = False) -> None:
+    """Rows written with the triggers in place, or (``backfill``) before the rollup migration ran
+    (0004), then counted by the migration's backfill."""
+    await upgrade_async(url, "0004_spend_indexes" if backfill else "head")
     engine = create_async_engine(url)
     now = datetime.now(UTC)
     rows = _rows(300, now)
@@ -91,6 +93,8 @@ async def _check(url: str, tmp_path: Path) -> None:
         await sink.aclose()
         async with engine.begin() as conn:
             await conn.execute(sa.insert(tables.feedback), fb[40:])
+        if backfill:
+            await upgrade_async(url)
 
         async with engine.connect() as conn:
             got = await aggregate(
@@ -150,6 +154,18 @@ async def test_rollups_match_raw_rows_on_postgres(fresh_pg_url: str, tmp_path: P
 
 async def test_rollups_match_raw_rows_on_sqlite(tmp_path: Path) -> None:
     await _check(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}", tmp_path)
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+async def test_migration_counts_rows_logged_before_it(
+    dialect: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = (
+        request.getfixturevalue("fresh_pg_url")
+        if dialect == "postgresql"
+        else f"sqlite+aiosqlite:///{tmp_path / 'b.db'}"
+    )
+    await _check(url, tmp_path, backfill=True)
 
 
 def test_spans_read_whole_days_from_day_tables_and_edges_from_hours() -> None:
