@@ -213,19 +213,16 @@ def measure(name: str, url: str, key: str, pid: int | None, args: argparse.Names
 
 
 def table(results: list[dict[str, Any]], concs: list[int]) -> str:
-    by = {r["target"]: r for r in results}
-    d = by["direct"]
+    d = next((r for r in results if r["target"] == "direct"), None)
     lines = ["| target | start s | RSS idle / after MB | c=1 p50 / p99 ms (added) | TTFT p50 / p99 ms (added) | "
              + " | ".join(f"chat c={c} rps" for c in concs) + " | " + " | ".join(f"stream c={c} rps" for c in concs) + " |",
              "|" + "---|" * (5 + 2 * len(concs))]
-    for name in ("direct", "hybridgate", "litellm"):
-        r = by.get(name)
-        if r is None:
-            continue
+    for r in results:  # in the order measured (a target may appear more than once)
+        name = r["target"]
         p = r["probe"]
-        added = "" if name == "direct" else (
+        added = "" if name == "direct" or d is None else (
             f" (+{p['p50_ms'] - d['probe']['p50_ms']:.2f} / +{p['p99_ms'] - d['probe']['p99_ms']:.2f})")
-        added_t = "" if name == "direct" else (
+        added_t = "" if name == "direct" or d is None else (
             f" (+{p['ttft_p50_ms'] - d['probe']['ttft_p50_ms']:.2f} / +{p['ttft_p99_ms'] - d['probe']['ttft_p99_ms']:.2f})")
         rss = f"{r.get('rss_idle_mb', 0):.0f} / {r.get('rss_after_mb', 0):.0f}" if "rss_idle_mb" in r else "-"
         start = f"{r['start_s']:.2f}" if r.get("start_s") else "-"
@@ -278,10 +275,10 @@ def main() -> int:
                 ll.stop()
     finally:
         up.stop()
-    print()
-    print(table(results, args.concs))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
+    print()
+    print(table(results, args.concs))
     return 0
 
 
