@@ -179,6 +179,16 @@ def seed(gw: GatewayThread, db_url: str, n: int = 600, days: float = 5.0, seed_:
     gw.call(gw.services.sink.flush())
     with psycopg.connect(sync_dsn(db_url), autocommit=True) as conn:
         _insert_feedback(conn, [f for f in feedback if f[0] not in early])
+        # an outage of fake-c a day ago: open, probing, closed again
+        outage = now - timedelta(days=1)
+        conn.cursor().executemany(
+            "INSERT INTO breaker_events (deployment, state, at) VALUES (%s, %s, %s)",
+            [
+                ("fake-c", "open", outage),
+                ("fake-c", "half_open", outage + timedelta(minutes=1)),
+                ("fake-c", "closed", outage + timedelta(minutes=2)),
+            ],
+        )
     return Seeded(since=since, until=now, requests=n)
 
 

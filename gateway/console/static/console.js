@@ -357,11 +357,14 @@ function initBudgets() {
 // ---- request log -------------------------------------------------------------------------
 
 let logBefore = null;
+let logGeneration = 0;
 
 async function loadLog(more) {
+  const generation = ++logGeneration;  // only the latest query's answer is shown
   const params = new URLSearchParams([...new FormData($("#log-filters")).entries()].filter(([, v]) => v));
   if (more && logBefore) params.set("before", logBefore);
   const res = await api("GET", `/admin/api/console/requests?${params}`);
+  if (generation !== logGeneration) return;
   if (!res.ok) { flash(errText(res)); return; }
   const cols = res.data.columns;
   const rows = res.data.data;
