@@ -50,6 +50,11 @@ class KeyCreate(KeyLimits):
     name: Annotated[str, Field(min_length=1, max_length=128)]
 
 
+def is_loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    return host in _LOOPBACK or host.startswith("127.")
+
+
 def check_admin(request: Request, token: str | None) -> None:
     """The admin token when one is configured; otherwise loopback callers only. A signed-in
     console session (gateway/console/auth.py) also admits, with its CSRF token on every
@@ -68,8 +73,7 @@ def check_admin(request: Request, token: str | None) -> None:
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise APIError(401, "Admin token required.", code="invalid_admin_token")
         return
-    host = request.client.host if request.client else ""
-    if host not in _LOOPBACK and not host.startswith("127."):
+    if not is_loopback(request):
         raise APIError(403, "Admin API is loopback-only unless admin_token is configured.",
                        type="permission_error")
 

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.admin_api import _LOOPBACK, check_admin
+from gateway.admin_api import check_admin, is_loopback
 from gateway.console import policy_eval
 from gateway.console.auth import COOKIE, Sessions, cross_site, csrf_ok, session_for
 from gateway.console.dashboards import DASHBOARDS, RANGES, Query
@@ -135,10 +135,6 @@ class Console:
 
     # ---- sign-in and pages --------------------------------------------------------------------
 
-    def _loopback(self, request: Request) -> bool:
-        host = request.client.host if request.client else ""
-        return host in _LOOPBACK or host.startswith("127.")
-
     async def login_page(self, request: Request) -> Response:
         return self.html("login.html", token_needed=bool(self.s.settings.admin_token))
 
@@ -148,7 +144,7 @@ class Console:
         form = parse_qs((await request.body())[:8192].decode("utf-8", "replace"))
         given = (form.get("token") or [""])[0]
         token = self.s.settings.admin_token
-        ok = hmac.compare_digest(given.encode(), token.encode()) if token else self._loopback(request)
+        ok = hmac.compare_digest(given.encode(), token.encode()) if token else is_loopback(request)
         if not ok:
             return self.html(
                 "login.html",
