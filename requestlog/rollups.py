@@ -98,14 +98,20 @@ _KIND_SQL = """CASE WHEN a.attempt_no = 0 THEN 'first'
                 WHEN p.status = 'ok' THEN 'escalation' ELSE 'fallback' END"""
 
 
+# The previous try is looked up per retry row through the attempts(request_id) index: a join lets the
+# planner scan the whole attempts table once per batch (transition tables carry no statistics).
+_PG_KIND_SQL = """CASE WHEN a.attempt_no = 0 THEN 'first' ELSE coalesce((
+        SELECT CASE WHEN p.deployment = a.deployment THEN 'retry' WHEN p.status = 'ok' THEN 'escalation'
+                    ELSE 'fallback' END
+        FROM attempts p WHERE p.request_id = a.request_id AND p.attempt_no = a.attempt_no - 1), 'retry') END"""
+
+
 def _pg_attempts(grain: Grain) -> str:
     return f"""
     INSERT INTO rollup_attempts_{grain} AS t (bucket, deployment, kind, status, n, latency_ms_sum)
-    SELECT date_trunc('{grain}', a.started_at, 'UTC'), a.deployment, {_KIND_SQL}, a.status, count(*),
+    SELECT date_trunc('{grain}', a.started_at, 'UTC'), a.deployment, {_PG_KIND_SQL}, a.status, count(*),
            coalesce(sum(a.latency_ms), 0)
-    FROM new_rows a LEFT JOIN LATERAL (
-        SELECT p.deployment, p.status FROM attempts p
-        WHERE a.attempt_no > 0 AND p.request_id = a.request_id AND p.attempt_no = a.attempt_no - 1) p ON true
+    FROM new_rows a
     GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
     ON CONFLICT (bucket, deployment, kind, status) DO UPDATE SET {_adds(("n", "latency_ms_sum"), "t")};
     INSERT INTO rollup_latency_{grain} AS t (bucket, deployment, metric, bin, n)
