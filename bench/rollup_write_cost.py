@@ -82,11 +82,6 @@ async def main() -> int:
     ap.add_argument("--records", type=int, default=5000)
     ap.add_argument("--feedback", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument(
-        "--multirow",
-        action="store_true",
-        help="the writer's engine sends each batch as multi-row INSERTs (insertmanyvalues)",
-    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     db = f"hg_bench_rollcost_{uuid.uuid4().hex[:8]}"
@@ -117,8 +112,6 @@ async def main() -> int:
                 installed = want
             recs = records(args.records, f"r{r}")
             writer_engine = make_engine(url)
-            if args.multirow:  # one multi-row INSERT per batch instead of asyncpg's per-row executemany
-                writer_engine.dialect.use_insertmanyvalues_wo_returning = True
             sink = LogSink(
                 url,
                 spool_dir=tempfile.mkdtemp(prefix="hg-rollcost-"),
