@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test services lint bench-gateway clean
+.PHONY: install run demo test services browser lint bench-gateway clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard router/_f*.c)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,14 @@ run: install
 	$(BIN)/hybridgate migrate
 	$(BIN)/hybridgate serve --host $(HOST) --port $(PORT)
 
+# The admin console with data in it: a gateway routing to four fake providers, and a mixed workload with
+# feedback sent through it (open http://$(HOST):$(PORT)/admin; Ctrl-C stops both).
+demo: install
+	$(BIN)/hybridgate demo-traffic --write-config var/demo.yaml --database-url sqlite+aiosqlite:///./var/demo.db
+	HYBRIDGATE_CONFIG=var/demo.yaml $(BIN)/hybridgate migrate
+	HYBRIDGATE_CONFIG=var/demo.yaml $(BIN)/hybridgate serve --host $(HOST) --port $(PORT) & GW=$$!; \
+		$(BIN)/hybridgate demo-traffic --gateway http://$(HOST):$(PORT); kill $$GW
+
 # Postgres and Redis are real dependencies of the tests: start them if they are down.
 services:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
@@ -30,10 +38,14 @@ services:
 	@command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || \
 		(timeout 300 sh -c 'apt-get update -qq && apt-get install -y -qq docker-compose' >/dev/null 2>&1 || true)
 
+# The admin console's browser tests drive Debian's Chromium through Playwright (no browser download).
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
+
 lint: install
 	$(BIN)/ruff check .
 
-test: install services lint
+test: install services browser lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench-gateway: install

@@ -138,7 +138,7 @@ async def probe(url: str, key: str, n: int) -> dict[str, float]:
             "ttft_p50_ms": statistics.median(ttft), "ttft_p99_ms": q(ttft, n=100)[98]}
 
 
-def start_hybridgate(tmp: Path, pg_admin: str) -> tuple[Proc, str, float]:
+def start_hybridgate(tmp: Path, pg_admin: str, rollups: bool = True) -> tuple[Proc, str, float]:
     import psycopg
 
     db = f"hg_bench_{uuid.uuid4().hex[:8]}"
@@ -158,6 +158,12 @@ def start_hybridgate(tmp: Path, pg_admin: str) -> tuple[Proc, str, float]:
     env = {"HYBRIDGATE_CONFIG": str(cfg)}
     bin_ = str(Path(PY).parent / "hybridgate")
     subprocess.run([bin_, "migrate"], env={**os.environ, **env}, check=True, capture_output=True)
+    if not rollups:  # the admin dashboards' rollup triggers off: what writing them costs
+        from requestlog.rollups import drop_triggers_sql
+
+        with psycopg.connect(f"postgresql://postgres@{host}/{db}", autocommit=True) as c:
+            for stmt in drop_triggers_sql("postgresql"):
+                c.execute(stmt)
     key_out = subprocess.run([bin_, "keys", "create", "bench"], env={**os.environ, **env}, check=True,
                              capture_output=True, text=True).stdout
     key = json.loads(key_out)["key"]
@@ -207,19 +213,16 @@ def measure(name: str, url: str, key: str, pid: int | None, args: argparse.Names
 
 
 def table(results: list[dict[str, Any]], concs: list[int]) -> str:
-    by = {r["target"]: r for r in results}
-    d = by["direct"]
+    d = next((r for r in results if r["target"] == "direct"), None)
     lines = ["| target | start s | RSS idle / after MB | c=1 p50 / p99 ms (added) | TTFT p50 / p99 ms (added) | "
              + " | ".join(f"chat c={c} rps" for c in concs) + " | " + " | ".join(f"stream c={c} rps" for c in concs) + " |",
              "|" + "---|" * (5 + 2 * len(concs))]
-    for name in ("direct", "hybridgate", "litellm"):
-        r = by.get(name)
-        if r is None:
-            continue
+    for r in results:  # in the order measured (a target may appear more than once)
+        name = r["target"]
         p = r["probe"]
-        added = "" if name == "direct" else (
+        added = "" if name == "direct" or d is None else (
             f" (+{p['p50_ms'] - d['probe']['p50_ms']:.2f} / +{p['p99_ms'] - d['probe']['p99_ms']:.2f})")
-        added_t = "" if name == "direct" else (
+        added_t = "" if name == "direct" or d is None else (
             f" (+{p['ttft_p50_ms'] - d['probe']['ttft_p50_ms']:.2f} / +{p['ttft_p99_ms'] - d['probe']['ttft_p99_ms']:.2f})")
         rss = f"{r.get('rss_idle_mb', 0):.0f} / {r.get('rss_after_mb', 0):.0f}" if "rss_idle_mb" in r else "-"
         start = f"{r['start_s']:.2f}" if r.get("start_s") else "-"
@@ -254,10 +257,12 @@ def main() -> int:
             raise RuntimeError("fake provider did not start")
         if "direct" in targets:
             results.append(measure("direct", f"http://127.0.0.1:{UP_PORT}", "none", None, args, tmp, None))
-        if "hybridgate" in targets:
-            gw, key, start_s = start_hybridgate(tmp, args.pg_admin)
+        for target in targets:  # in the order given: e.g. hybridgate,hybridgate-norollups,hybridgate
+            if not target.startswith("hybridgate"):
+                continue
+            gw, key, start_s = start_hybridgate(tmp, args.pg_admin, rollups=target != "hybridgate-norollups")
             try:
-                results.append(measure("hybridgate", f"http://127.0.0.1:{GW_PORT}", key, gw.p.pid, args, tmp,
+                results.append(measure(target, f"http://127.0.0.1:{GW_PORT}", key, gw.p.pid, args, tmp,
                                        start_s))
             finally:
                 gw.stop()
@@ -270,10 +275,10 @@ def main() -> int:
                 ll.stop()
     finally:
         up.stop()
-    print()
-    print(table(results, args.concs))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
+    print()
+    print(table(results, args.concs))
     return 0
 
 

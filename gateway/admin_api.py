@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.console.auth import SAFE_METHODS, cross_site, csrf_ok, session_for
 from gateway.edge import bearer, read_body, read_json, validate
 from gateway.errors import APIError, store_unavailable
 from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, request_features
@@ -44,15 +45,30 @@ class KeyCreate(KeyLimits):
     name: Annotated[str, Field(min_length=1, max_length=128)]
 
 
+def is_loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    return host in _LOOPBACK or host.startswith("127.")
+
+
 def check_admin(request: Request, token: str | None) -> None:
-    """The admin token when one is configured; otherwise loopback callers only."""
+    """The admin token when one is configured; otherwise loopback callers only. A signed-in
+    console session (gateway/console/auth.py) also admits, with its CSRF token on every
+    state-changing request; browsers' cross-site requests are refused whatever they carry."""
+    if cross_site(request):
+        raise APIError(403, "Cross-site requests to the admin API are refused.", type="permission_error",
+                       code="cross_site")
+    session = session_for(request)
+    if session is not None:
+        if request.method not in SAFE_METHODS and not csrf_ok(request, session):
+            raise APIError(403, "Missing or invalid CSRF token (X-CSRF-Token).", type="permission_error",
+                           code="csrf_failed")
+        return
     if token:
         given = bearer(request) or ""
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise APIError(401, "Admin token required.", code="invalid_admin_token")
         return
-    host = request.client.host if request.client else ""
-    if host not in _LOOPBACK and not host.startswith("127."):
+    if not is_loopback(request):
         raise APIError(403, "Admin API is loopback-only unless admin_token is configured.",
                        type="permission_error")
 

@@ -31,6 +31,7 @@ from gateway.admin_api import AdminHandlers
 from gateway.budget_admin import BudgetAdminHandlers
 from gateway.config import Settings
 from gateway.edge import bearer
+from gateway.console.app import Console
 from gateway.errors import APIError
 from gateway.feedback_api import FeedbackHandler
 from gateway.keys import KeyStore
@@ -52,6 +53,7 @@ from service.metrics import LabelNames, Metrics
 from service.remote_load import RemoteLoadPoller, engine_load
 from service.routing import Catalog, GatewayRouter
 from state.bandits import BanditStore, DbBanditStore, InProcessBanditStore, RedisBanditStore
+from state.breaker_log import LoggedBreakerStore
 from state.breakers import BreakerStore, InProcessBreakerStore, RedisBreakerStore
 from state.budget_reconcile import SpendReconciler
 from state.budgets import BudgetStore, InProcessBudgetStore, RedisBudgetStore
@@ -152,6 +154,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
             backends[d.name] = build_backend(d)
     metrics = Metrics()
     breakers, budgets, ratelimits, bandit_store, redis_client = build_state(settings, engine)
+    breakers = LoggedBreakerStore(breakers, engine)  # transitions, for the console's breaker history
     remote_load = RemoteLoadPoller(deployments)
     # `bandit: default` is Thompson sampling, `bandit: linucb` the contextual bandit over the
     # request's shape, `bandit: linucb_scored` the same plus the classifier's P(ok) per arm (the policy
@@ -203,6 +206,7 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
     admin = AdminHandlers(services)
     budget_admin = BudgetAdminHandlers(services)
     fb = FeedbackHandler(services)
+    console = Console(services)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -307,6 +311,7 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
         Route("/openapi.json", openapi, methods=["GET"]),
         *admin.routes(),
         *budget_admin.routes(),
+        *console.routes(),
     ]
 
     async def api_error(request: Request, exc: Exception) -> Response:
@@ -328,6 +333,7 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
         exception_handlers={APIError: api_error, HTTPException: http_error, Exception: server_error},
     )
     app.state.services = services
+    app.state.console_sessions = console.sessions
     return app
 
 

@@ -223,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("rest", nargs=argparse.REMAINDER)
     rp.set_defaults(fn=cmd_router)
 
+    from gateway import demo_traffic
+
+    dp = sub.add_parser("demo-traffic", help="fake providers + a mixed workload with feedback (console demo data)")
+    demo_traffic.add_arguments(dp)
+    dp.set_defaults(fn=demo_traffic.run_cli)
+
     bp = sub.add_parser("bench", help="run a benchmark script from bench/ (a source checkout)")
     bp.add_argument("rest", nargs=argparse.REMAINDER)
     bp.set_defaults(fn=cmd_bench)

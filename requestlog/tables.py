@@ -112,6 +112,11 @@ requests = sa.Table(
     sa.Index(None, "requested_model"),
     sa.Index(None, "user", "created_at"),  # budget spend sums (requestlog/spend.py)
     sa.Index(None, "team", "created_at"),
+    # the admin request-log page: each filter over a time range, newest first
+    sa.Index("ix_requests_api_key_id_created_at", "api_key_id", "created_at"),
+    sa.Index("ix_requests_served_model_created_at", "served_model", "created_at"),
+    sa.Index("ix_requests_policy_created_at", "policy", "created_at"),
+    sa.Index("ix_requests_status_created_at", "status", "created_at"),
 )
 """One row per client request (see :class:`requestlog.rows.RequestRow`)."""
 
@@ -227,3 +232,79 @@ scope_budgets = sa.Table(
     sa.Column("updated_at", UtcDateTime(), nullable=False),
 )
 """User and team spending caps set through the admin API (config-file caps are not stored here)."""
+
+
+def _rollup_requests(name: str) -> sa.Table:
+    """Request totals per time bucket and (key, user, team, policy, model); '' stands for none."""
+
+    def total(col: str, type_: Any = sa.Float()) -> sa.Column[Any]:
+        return sa.Column(col, type_, nullable=False, server_default=sa.text("0"))
+
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("bucket", UtcDateTime(), primary_key=True),
+        _str("api_key_id", primary_key=True),
+        _str("user", primary_key=True),
+        _str("team", primary_key=True),
+        _str("policy", primary_key=True),
+        _str("model", primary_key=True),
+        total("requests", sa.BigInteger()),
+        total("errors", sa.BigInteger()),
+        total("cost_usd"),
+        total("prompt_tokens", sa.BigInteger()),
+        total("completion_tokens", sa.BigInteger()),
+        total("latency_ms_sum"),
+        total("latency_n", sa.BigInteger()),
+        total("fb_n", sa.BigInteger()),
+        total("fb_sum"),
+        total("fb_sumsq"),
+    )
+
+
+def _rollup_attempts(name: str) -> sa.Table:
+    """Upstream tries per time bucket, deployment, kind (first/retry/fallback/escalation) and status."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("bucket", UtcDateTime(), primary_key=True),
+        _str("deployment", primary_key=True),
+        _str("kind", primary_key=True),
+        _str("status", primary_key=True),
+        sa.Column("n", sa.BigInteger(), nullable=False, server_default=sa.text("0")),
+        sa.Column("latency_ms_sum", sa.Float(), nullable=False, server_default=sa.text("0")),
+    )
+
+
+def _rollup_latency(name: str) -> sa.Table:
+    """Log-spaced histograms of successful tries' latency and TTFT per time bucket and deployment."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("bucket", UtcDateTime(), primary_key=True),
+        _str("deployment", primary_key=True),
+        _str("metric", primary_key=True),
+        sa.Column("bin", sa.Integer(), primary_key=True),
+        sa.Column("n", sa.BigInteger(), nullable=False, server_default=sa.text("0")),
+    )
+
+
+# Kept current by database triggers as rows are inserted (requestlog/rollups.py); the admin
+# dashboards read these, never the raw tables.
+rollup_requests_hour = _rollup_requests("rollup_requests_hour")
+rollup_requests_day = _rollup_requests("rollup_requests_day")
+rollup_attempts_hour = _rollup_attempts("rollup_attempts_hour")
+rollup_attempts_day = _rollup_attempts("rollup_attempts_day")
+rollup_latency_hour = _rollup_latency("rollup_latency_hour")
+rollup_latency_day = _rollup_latency("rollup_latency_day")
+
+breaker_events = sa.Table(
+    "breaker_events",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    _str("deployment", nullable=False),
+    _str("state", nullable=False),  # closed | open | half_open
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Index(None, "at"),
+)
+"""Circuit breaker transitions as each gateway process saw them (for "breaker state over time")."""

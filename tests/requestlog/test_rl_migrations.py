@@ -25,6 +25,14 @@ EXPECTED_TABLES = {
     "bandit_totals",
     "scope_budgets",
     "alembic_version",
+    # admin console rollups (requestlog/rollups.py) and breaker history
+    "rollup_requests_hour",
+    "rollup_requests_day",
+    "rollup_attempts_hour",
+    "rollup_attempts_day",
+    "rollup_latency_hour",
+    "rollup_latency_day",
+    "breaker_events",
 }
 
 

@@ -1,0 +1,451 @@
+"""The admin console's routes: sign-in, server-rendered pages, static files and its JSON API.
+
+Pages are Jinja2 templates with a little JavaScript (``static/console.js``) that calls the admin
+API (``/admin/api/...``, the same endpoints scripts use) with the session cookie and the CSRF
+token; charts are drawn by the vendored Chart.js. Everything the console sends passes through
+:class:`Redactor`, so no gateway key, admin token or provider key can leave in a page, a JSON
+body or a CSV file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import hmac
+import os
+import random
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import jinja2
+import orjson
+import sqlalchemy as sa
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.admin_api import check_admin, is_loopback
+from gateway.console import policy_eval
+from gateway.console.auth import COOKIE, Sessions, cross_site, csrf_ok, session_for
+from gateway.console.dashboards import DASHBOARDS, RANGES, Query
+from gateway.edge import read_json, validate
+from gateway.errors import APIError
+from gateway.schemas import ChatCompletionRequest, request_features
+from gateway.services import Services
+from policies.loader import PolicyValidationError
+from policies.registry import PolicyNotFound
+from requestlog import tables
+from requestlog.rollups import aggregate, quantile
+from router.budget import period_start
+from router.decide import decide
+
+HERE = Path(__file__).resolve().parent
+STATIC = {p.name: p for p in (HERE / "static").iterdir() if p.is_file()}
+PAGES = {
+    "": "dashboards",
+    "policies": "policies",
+    "deployments": "deployments",
+    "keys": "keys",
+    "budgets": "budgets",
+    "requests": "requests",
+}
+REQUEST_LOG_COLUMNS = (
+    "created_at",
+    "id",
+    "api_key_id",
+    "user",
+    "team",
+    "policy",
+    "requested_model",
+    "served_model",
+    "deployment",
+    "status",
+    "http_status",
+    "latency_ms",
+    "cost_usd",
+    "attempts_count",
+)
+
+
+class Redactor:
+    """Removes secrets from everything the console sends: the admin token, provider keys (from the
+    deployments' key environment variables) and anything shaped like a gateway or provider key."""
+
+    PATTERNS = re.compile(
+        r"hg-[A-Za-z0-9_\-]{16,}|sk-[A-Za-z0-9_\-]{16,}|(?i:bearer)\s+[A-Za-z0-9._\-~+/=]{8,}"
+    )
+
+    def __init__(self, services: Services) -> None:
+        s = services.settings
+        literal = [s.admin_token or ""] + [
+            os.environ.get(d.api_key_env, "") for d in s.all_deployments() if d.api_key_env
+        ]
+        self.literal = sorted({x for x in literal if len(x) >= 6}, key=len, reverse=True)
+
+    def text(self, text: str) -> str:
+        for secret in self.literal:
+            text = text.replace(secret, "[redacted]")
+        return self.PATTERNS.sub("[redacted]", text)
+
+
+def _time(value: str | None, default: datetime) -> datetime:
+    if not value:
+        return default
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise APIError(400, f"Not an ISO 8601 time: {value!r}.", param="since/until") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+class Console:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        self.sessions = Sessions(services.settings.admin_token)
+        self.redact = Redactor(services)
+        self.templates = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True
+        )
+
+    # ---- plumbing -----------------------------------------------------------------------------
+
+    def _check(self, request: Request) -> None:
+        check_admin(request, self.s.settings.admin_token)
+
+    def json(self, data: Any, status: int = 200) -> Response:
+        body = self.redact.text(orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS).decode())
+        return Response(
+            body, status_code=status, media_type="application/json", headers={"cache-control": "no-store"}
+        )
+
+    def html(self, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+        body = self.templates.get_template(template).render(**ctx)
+        return HTMLResponse(
+            self.redact.text(body),
+            status_code=status,
+            headers={
+                "cache-control": "no-store",
+                "x-frame-options": "DENY",
+                "content-security-policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
+            },
+        )
+
+    # ---- sign-in and pages --------------------------------------------------------------------
+
+    async def login_page(self, request: Request) -> Response:
+        return self.html("login.html", token_needed=bool(self.s.settings.admin_token))
+
+    async def login(self, request: Request) -> Response:
+        if cross_site(request):
+            raise APIError(403, "Cross-site sign-in refused.", type="permission_error", code="cross_site")
+        form = parse_qs((await request.body())[:8192].decode("utf-8", "replace"))
+        given = (form.get("token") or [""])[0]
+        token = self.s.settings.admin_token
+        ok = hmac.compare_digest(given.encode(), token.encode()) if token else is_loopback(request)
+        if not ok:
+            return self.html(
+                "login.html",
+                status=401,
+                token_needed=bool(token),
+                error="Wrong admin token." if token else "Sign-in without a token is loopback-only.",
+            )
+        cookie, _session = self.sessions.issue()
+        resp = RedirectResponse("/admin", status_code=303)
+        resp.set_cookie(
+            COOKIE,
+            cookie,
+            max_age=self.sessions.ttl_s,
+            path="/admin",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return resp
+
+    async def logout(self, request: Request) -> Response:
+        session = session_for(request)
+        form = parse_qs((await request.body())[:8192].decode("utf-8", "replace"))
+        if (
+            session is None
+            or cross_site(request)
+            or not csrf_ok(request, session, (form.get("csrf_token") or [""])[0])
+        ):
+            raise APIError(403, "Missing or invalid CSRF token.", type="permission_error", code="csrf_failed")
+        resp = RedirectResponse("/admin/login", status_code=303)
+        resp.delete_cookie(COOKIE, path="/admin")
+        return resp
+
+    async def page(self, request: Request) -> Response:
+        name = PAGES.get(request.path_params.get("page", ""))
+        if name is None:
+            raise APIError(404, "No such console page.", code="not_found")
+        session = session_for(request)
+        if session is None:
+            return self.html(
+                "login.html",
+                status=401,
+                token_needed=bool(self.s.settings.admin_token),
+                error="Sign in to open the console.",
+            )
+        return self.html(f"{name}.html", page=name, csrf=session.csrf, ranges=list(RANGES))
+
+    async def static(self, request: Request) -> Response:
+        if session_for(request) is None:
+            raise APIError(401, "Sign in to open the console.", code="not_signed_in")
+        path = STATIC.get(request.path_params["name"])
+        if path is None:
+            raise APIError(404, "No such file.", code="not_found")
+        return FileResponse(path, headers={"cache-control": "private, max-age=3600"})
+
+    # ---- dashboards ---------------------------------------------------------------------------
+
+    def _query(self, request: Request) -> Query:
+        p = request.query_params
+        now = datetime.now(UTC)
+        span = RANGES.get(p.get("range", "7d"))
+        if span is None:
+            raise APIError(400, f"'range' must be one of {', '.join(RANGES)}.", param="range")
+        until = _time(p.get("until"), now)
+        since = _time(p.get("since"), until - span)
+        if since >= until:
+            raise APIError(400, "'since' must be before 'until'.", param="since")
+        model = p.get("model") or None
+        deployments = None
+        if model:
+            deployments = tuple(d.name for d in self.s.router.catalog.deployments if d.model == model) or (
+                model,
+            )
+        return Query(
+            since=since,
+            until=until,
+            policy=p.get("policy") or None,
+            api_key_id=p.get("key") or None,
+            user=p.get("user") or None,
+            team=p.get("team") or None,
+            model=model,
+            deployments=deployments,
+        )
+
+    async def dashboard(self, request: Request) -> Response:
+        self._check(request)
+        name = request.path_params["name"]
+        fn = DASHBOARDS.get(name)
+        if fn is None:
+            raise APIError(
+                404, f"No dashboard named {name!r}; one of {', '.join(DASHBOARDS)}.", code="not_found"
+            )
+        q = self._query(request)
+        async with self.s.engine.connect() as conn:
+            table = await fn(conn, q)
+        if request.query_params.get("format") == "csv":
+            return Response(
+                self.redact.text(table.csv()),
+                media_type="text/csv",
+                headers={
+                    "content-disposition": f'attachment; filename="{name}.csv"',
+                    "cache-control": "no-store",
+                },
+            )
+        return self.json(
+            {"dashboard": name, "since": q.since.isoformat(), "until": q.until.isoformat(), **table.as_dict()}
+        )
+
+    async def dashboards_index(self, request: Request) -> Response:
+        self._check(request)
+        return self.json({"data": list(DASHBOARDS), "ranges": list(RANGES)})
+
+    # ---- request log --------------------------------------------------------------------------
+
+    async def request_log(self, request: Request) -> Response:
+        self._check(request)
+        p = request.query_params
+        r = tables.requests
+        q = self._query(request)
+        try:
+            limit = min(max(int(p.get("limit", "50")), 1), 500)
+        except ValueError:
+            raise APIError(400, "'limit' must be an integer.", param="limit") from None
+        stmt = sa.select(*[r.c[c] for c in REQUEST_LOG_COLUMNS]).where(
+            r.c.created_at >= q.since, r.c.created_at < q.until
+        )
+        for param, col in (
+            ("key", "api_key_id"),
+            ("user", "user"),
+            ("team", "team"),
+            ("policy", "policy"),
+            ("model", "served_model"),
+            ("status", "status"),
+        ):
+            if p.get(param):
+                stmt = stmt.where(r.c[col] == p[param])
+        if p.get("before"):  # keyset pagination: rows older than the last one shown
+            stmt = stmt.where(r.c.created_at < _time(p["before"], q.until))
+        stmt = stmt.order_by(r.c.created_at.desc()).limit(limit)
+        async with self.s.engine.connect() as conn:
+            rows = [dict(x._mapping) for x in await conn.execute(stmt)]
+        for row in rows:
+            row["created_at"] = row["created_at"].isoformat()
+        return self.json(
+            {
+                "columns": list(REQUEST_LOG_COLUMNS),
+                "data": rows,
+                "next_before": rows[-1]["created_at"] if len(rows) == limit else None,
+            }
+        )
+
+    async def request_detail(self, request: Request) -> Response:
+        self._check(request)
+        rid = request.path_params["request_id"]
+        r, a, f = tables.requests, tables.attempts, tables.feedback
+        async with self.s.engine.connect() as conn:
+            row = (await conn.execute(sa.select(r).where(r.c.id == rid))).mappings().first()
+            if row is None:
+                raise APIError(404, f"No logged request {rid!r}.", code="request_not_found")
+            attempts = (
+                (await conn.execute(sa.select(a).where(a.c.request_id == rid).order_by(a.c.attempt_no)))
+                .mappings()
+                .all()
+            )
+            feedback = (await conn.execute(sa.select(f).where(f.c.request_id == rid))).mappings().all()
+        return self.json(
+            {
+                "request": dict(row),
+                "attempts": [dict(x) for x in attempts],
+                "feedback": [dict(x) for x in feedback],
+                "bodies": self.s.settings.log.bodies,
+            }
+        )
+
+    # ---- deployments and keys -----------------------------------------------------------------
+
+    async def deployments(self, request: Request) -> Response:
+        self._check(request)
+        router = self.s.router
+        deps = router.catalog.deployments
+        states = await router.breakers.states([d.name for d in deps])
+        now = datetime.now(UTC)
+        async with self.s.engine.connect() as conn:
+            att = await aggregate(
+                conn, "attempts", now - timedelta(hours=1), now, ["deployment", "status"], ("n",)
+            )
+            hist = await aggregate(
+                conn, "latency", now - timedelta(hours=1), now, ["deployment", "metric", "bin"], ("n",)
+            )
+        data = []
+        for d in deps:
+            n = sum(x["n"] for x in att if x["deployment"] == d.name)
+            err = sum(x["n"] for x in att if x["deployment"] == d.name and x["status"] != "ok")
+            lat = {x["bin"]: x["n"] for x in hist if x["deployment"] == d.name and x["metric"] == "latency"}
+            data.append(
+                {
+                    "deployment": d.name,
+                    "model": d.model,
+                    "provider": d.provider,
+                    "state": states.get(d.name),
+                    "attempts_1h": n,
+                    "error_rate_1h": err / n if n else None,
+                    "latency_p50_ms_1h": quantile(lat, 0.5),
+                    "latency_p95_ms_1h": quantile(lat, 0.95),
+                }
+            )
+        return self.json({"data": data})
+
+    async def keys(self, request: Request) -> Response:
+        self._check(request)
+        keys = await self.s.keys.list()
+        now = datetime.now(UTC)
+        data = []
+        async with self.s.engine.connect() as conn:
+            for k in keys:
+                period = k.budget_period or "month"
+                since = period_start(period, now) if period != "total" else None  # type: ignore[arg-type]
+                since = since or now - timedelta(days=3650)
+                agg = await aggregate(
+                    conn, "requests", since, now, [], ("requests", "cost_usd"), {"api_key_id": k.id}
+                )
+                spent = agg[0]["cost_usd"] if agg else 0.0
+                data.append(
+                    k.public()
+                    | {
+                        "spent_usd": spent,
+                        "spend_period": period,
+                        "requests": agg[0]["requests"] if agg else 0,
+                    }
+                )
+        return self.json({"data": data})
+
+    # ---- policies -----------------------------------------------------------------------------
+
+    async def policy_diff(self, request: Request) -> Response:
+        self._check(request)
+        name = request.path_params["name"]
+        reg = self.s.router.registry
+        try:
+            a = reg.get(name, int(request.query_params["a"]))
+            b = reg.get(name, int(request.query_params["b"]))
+        except (KeyError, ValueError, PolicyNotFound):
+            raise APIError(
+                404, "Versions 'a' and 'b' must name stored versions.", code="policy_not_found"
+            ) from None
+        diff = difflib.unified_diff(
+            a.row.spec_yaml.splitlines(),
+            b.row.spec_yaml.splitlines(),
+            f"{name}@{a.row.version}",
+            f"{name}@{b.row.version}",
+            lineterm="",
+        )
+        return self.json({"diff": "\n".join(diff)})
+
+    async def policy_evaluate(self, request: Request) -> Response:
+        """A draft (unsaved) version: validation errors at their lines, its decision on a sample
+        request, and its off-policy estimate on the live version's logged traffic."""
+        self._check(request)
+        name = request.path_params["name"]
+        body = await read_json(request, 256 * 1024)
+        spec = body.get("spec_yaml")
+        if not isinstance(spec, str) or not spec.strip():
+            raise APIError(400, "Body must have a non-empty string field 'spec_yaml'.", param="spec_yaml")
+        reg = self.s.router.registry
+        try:
+            draft = reg.validate(name, spec)
+        except PolicyValidationError as exc:
+            return self.json({"valid": False, "errors": exc.as_dicts()}, status=422)
+        router = self.s.router
+        deps = router.catalog.deployments
+        signals = await router.signals(deps, [])
+        out: dict[str, Any] = {"valid": True, "live_version": reg.active_version(name)}
+        sample = body.get("request")
+        if isinstance(sample, dict):
+            req = validate(ChatCompletionRequest, {"model": name, **sample})
+            feats = request_features(req, "chat", None, request.headers.get("x-hybridgate-tags"))
+            d = decide(
+                feats, draft, deps, signals, random.Random(0), datetime.now(UTC), plugins=router.plugins
+            )
+            out["simulate"] = d.as_dict()
+        if body.get("estimate", True):
+            rows = await policy_eval.logged_traffic(self.s.engine, name)
+            out["estimate"] = await asyncio.to_thread(
+                policy_eval.estimate, draft, rows, deps, signals, router.plugins, name
+            )
+        return self.json(out)
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/admin/login", self.login_page, methods=["GET"]),
+            Route("/admin/login", self.login, methods=["POST"]),
+            Route("/admin/logout", self.logout, methods=["POST"]),
+            Route("/admin/static/{name}", self.static, methods=["GET"]),
+            Route("/admin/api/console/dashboards", self.dashboards_index, methods=["GET"]),
+            Route("/admin/api/console/dashboards/{name}", self.dashboard, methods=["GET"]),
+            Route("/admin/api/console/requests", self.request_log, methods=["GET"]),
+            Route("/admin/api/console/requests/{request_id}", self.request_detail, methods=["GET"]),
+            Route("/admin/api/console/deployments", self.deployments, methods=["GET"]),
+            Route("/admin/api/console/keys", self.keys, methods=["GET"]),
+            Route("/admin/api/console/policies/{name}/diff", self.policy_diff, methods=["GET"]),
+            Route("/admin/api/console/policies/{name}/evaluate", self.policy_evaluate, methods=["POST"]),
+            Route("/admin", self.page, methods=["GET"]),
+            Route("/admin/{page}", self.page, methods=["GET"]),
+        ]

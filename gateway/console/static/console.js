@@ -1,0 +1,411 @@
+// hybridgate admin console: every page's behaviour. Talks to /admin/api/... with the session
+// cookie and the CSRF token from the page's <meta name="csrf-token">.
+"use strict";
+
+const CSRF = document.querySelector('meta[name="csrf-token"]').content;
+const $ = (sel, root = document) => root.querySelector(sel);
+const el = (tag, attrs = {}, ...kids) => {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "text") e.textContent = v; else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const k of kids) e.append(k);
+  return e;
+};
+
+async function api(method, url, body) {
+  const opts = { method, headers: { "X-CSRF-Token": CSRF }, credentials: "same-origin" };
+  if (body !== undefined) { opts.headers["content-type"] = "application/json"; opts.body = JSON.stringify(body); }
+  const r = await fetch(url, opts);
+  let data = null;
+  try { data = await r.json(); } catch (e) { data = null; }
+  return { ok: r.ok, status: r.status, data };
+}
+
+function flash(msg) { $("#flash").textContent = msg || ""; }
+function errText(res) { return (res.data && res.data.error && res.data.error.message) || `HTTP ${res.status}`; }
+
+function fmt(v) {
+  if (v === null || v === undefined) return "";
+  if (typeof v === "number" && !Number.isInteger(v)) return v.toPrecision(4);
+  return String(v);
+}
+
+function table(columns, rows, opts = {}) {
+  const t = el("table", opts.id ? { id: opts.id } : {});
+  t.append(el("thead", {}, el("tr", {}, ...columns.map((c) => el("th", { text: c })))));
+  const tb = el("tbody");
+  rows.forEach((r, i) => {
+    const tr = el("tr", opts.onrow ? { class: "clickable" } : {}, ...r.map((c) => el("td", { text: c })));
+    if (opts.onrow) tr.addEventListener("click", () => opts.onrow(i));
+    tb.append(tr);
+  });
+  t.append(tb);
+  return t;
+}
+
+// ---- charts ------------------------------------------------------------------------------
+
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                 "#bcbd22", "#17becf"];
+
+function drawChart(canvas, spec) {
+  const color = (i) => PALETTE[i % PALETTE.length];
+  let cfg;
+  if (spec.type === "scatter" || spec.type === "step") {
+    const step = spec.type === "step";
+    cfg = {
+      type: step ? "line" : "scatter",
+      data: { datasets: spec.datasets.map((d, i) => ({
+        label: d.label, data: d.points.map((p) => step ? { x: Date.parse(p.x), y: p.y } : p),
+        showLine: step || !!d.line, stepped: step ? "before" : false, borderColor: color(i),
+        backgroundColor: color(i), pointRadius: d.line ? 0 : 5 })) },
+      options: { animation: false, maintainAspectRatio: false, parsing: step ? true : undefined,
+        scales: { x: { type: "linear", title: { display: true, text: spec.x },
+                       ticks: step ? { callback: (v) => new Date(v).toISOString().slice(5, 16) } : {} },
+                  y: { title: { display: true, text: spec.y } } },
+        plugins: { tooltip: { callbacks: { label: (c) => `${c.raw.label || c.dataset.label}: (${fmt(c.raw.x)}, ${fmt(c.raw.y)})` } } } },
+    };
+  } else {
+    const axes = new Set(spec.datasets.map((d) => d.axis || "y"));
+    cfg = {
+      type: spec.type,
+      data: { labels: spec.labels, datasets: spec.datasets.map((d, i) => ({
+        label: d.label, data: d.data, yAxisID: d.axis || "y", stack: d.stack, borderColor: color(i),
+        backgroundColor: color(i) })) },
+      options: { animation: false, maintainAspectRatio: false,
+        scales: Object.assign({ x: { stacked: !!spec.stacked }, y: { stacked: !!spec.stacked, beginAtZero: true } },
+          axes.has("y2") ? { y2: { position: "right", beginAtZero: true, grid: { drawOnChartArea: false } } } : {}) },
+    };
+  }
+  return new Chart(canvas, cfg);
+}
+
+// ---- dashboards --------------------------------------------------------------------------
+
+const charts = {};
+let loadGeneration = 0;
+
+async function loadDashboards() {
+  const generation = ++loadGeneration;  // a newer load (filters applied again) supersedes this one
+  const params = new URLSearchParams([...new FormData($("#filters")).entries()].filter(([, v]) => v));
+  const index = await api("GET", "/admin/api/console/dashboards");
+  const root = $("#dashboards");
+  for (const name of index.data.data) {
+    let sec = document.getElementById(`dash-${name}`);
+    if (!sec) {
+      sec = el("section", { class: "dash", id: `dash-${name}`, "data-dashboard": name });
+      root.append(sec);
+    }
+    const res = await api("GET", `/admin/api/console/dashboards/${name}?${params}`);
+    if (generation !== loadGeneration) return;
+    sec.replaceChildren();
+    if (!res.ok) { sec.append(el("p", { text: `${name}: ${errText(res)}` })); continue; }
+    const d = res.data;
+    const canvas = el("canvas");
+    const csv = el("a", { href: `/admin/api/console/dashboards/${name}?${params}&format=csv`, class: "csv",
+                          download: `${name}.csv`, text: "CSV" });
+    sec.append(el("h3", { text: d.title + " " }, csv), el("div", { class: "chart" }, canvas));
+    if (d.notes) sec.append(el("p", { class: "note", text: d.notes }));
+    sec.append(el("div", { class: "scroll" }, table(d.columns, d.cells, { id: `table-${name}` })));
+    if (charts[name]) charts[name].destroy();
+    charts[name] = drawChart(canvas, d.chart);
+    sec.setAttribute("data-rows", String(d.rows.length));
+  }
+  if (generation === loadGeneration) document.body.setAttribute("data-loaded", "1");
+}
+
+// ---- policies ----------------------------------------------------------------------------
+
+let current = null;  // {name, versions, active_version}
+const NEW_POLICY = (name) => `name: ${name}
+description: A new policy.
+
+selector:
+  type: cheapest
+
+fallbacks:
+  triggers: [5xx, timeout, 429, connection]
+`;
+
+function renderGutter(bad = {}) {
+  const n = $("#policy-yaml").value.split("\n").length;
+  const g = $("#gutter");
+  g.replaceChildren(...Array.from({ length: n }, (_, i) => {
+    const line = i + 1;
+    const d = el("div", { "data-line": String(line), text: String(line) });
+    if (bad[line]) { d.className = "bad"; d.title = bad[line]; }
+    return d;
+  }));
+}
+
+function showErrors(errors) {
+  const ul = $("#policy-errors");
+  const bad = {};
+  ul.replaceChildren(...errors.map((e) => {
+    if (e.line) bad[e.line] = e.message;
+    return el("li", { class: "error-line", "data-line": String(e.line || ""),
+                      text: `${e.line ? `line ${e.line}: ` : ""}${e.path || "<root>"}: ${e.message}` });
+  }));
+  renderGutter(bad);
+}
+
+async function loadPolicyList() {
+  const res = await api("GET", "/admin/api/policies");
+  $("#policy-list").replaceChildren(...res.data.data.map((p) => el("li", {},
+    el("a", { href: "#", "data-policy": p.name, text: `${p.name} (v${p.active_version ?? "-"})`,
+              onclick: (ev) => { ev.preventDefault(); openPolicy(p.name); } }))));
+}
+
+async function openPolicy(name, fresh) {
+  showErrors([]);
+  $("#simulate-out").replaceChildren();
+  $("#estimate-out").replaceChildren();
+  $("#policy-title").textContent = name;
+  if (fresh) {
+    current = { name, versions: [], active_version: null };
+    $("#policy-yaml").value = NEW_POLICY(name);
+  } else {
+    const res = await api("GET", `/admin/api/policies/${encodeURIComponent(name)}`);
+    if (!res.ok) { flash(errText(res)); return; }
+    current = { name, versions: res.data.versions, active_version: res.data.active_version };
+    const active = current.versions.find((v) => v.active) || current.versions[current.versions.length - 1];
+    $("#policy-yaml").value = active.spec_yaml;
+  }
+  $("#policy-versions").replaceChildren(table(["version", "active", "created_at", "comment"],
+    current.versions.map((v) => [String(v.version), v.active ? "yes" : "", v.created_at || "", v.comment || ""]),
+    { id: "versions-table" }));
+  $("#policy-versions").setAttribute("data-active", String(current.active_version ?? ""));
+  renderGutter();
+}
+
+async function validatePolicy() {
+  const res = await api("POST", `/admin/api/policies/${encodeURIComponent(current.name)}/validate`,
+                        { spec_yaml: $("#policy-yaml").value });
+  if (res.ok) { showErrors([]); flash("Valid."); return true; }
+  const err = res.data && res.data.error;
+  showErrors((err && err.details) || [{ message: errText(res) }]);
+  flash("Invalid policy.");
+  return false;
+}
+
+function estimateTable(est) {
+  if (!est || !est.rows) return el("p", { id: "estimate-empty", text: (est && est.note) || "No logged traffic." });
+  const rows = [];
+  for (const what of ["quality", "cost"]) {
+    for (const e of est[what]) rows.push([what, e.method, fmt(e.value), fmt(e.lo), fmt(e.hi)]);
+  }
+  rows.push(["live policy", "measured", fmt(est.live.mean_feedback), "", ""]);
+  rows.push(["live policy cost", "measured", fmt(est.live.mean_cost_usd), "", ""]);
+  return el("div", {},
+    el("h4", { text: `Off-policy estimate of the draft on ${est.rows} logged requests ` +
+                     `(effective sample size ${fmt(est.effective_sample_size)})` }),
+    table(["metric", "estimator", "value", "ci95_lo", "ci95_hi"], rows, { id: "estimate-table" }));
+}
+
+async function evaluatePolicy() {
+  const res = await api("POST", `/admin/api/console/policies/${encodeURIComponent(current.name)}/evaluate`,
+    { spec_yaml: $("#policy-yaml").value,
+      request: { messages: [{ role: "user", content: $("#sim-message").value }] } });
+  if (res.status === 422 && res.data.errors) { showErrors(res.data.errors); flash("Invalid policy."); return; }
+  if (!res.ok) { flash(errText(res)); return; }
+  showErrors([]);
+  flash("");
+  const sim = res.data.simulate || {};
+  $("#simulate-out").replaceChildren(el("h4", { text: "Decision" }),
+    el("pre", { id: "simulate-result", text: JSON.stringify(sim, null, 2) }));
+  $("#estimate-out").replaceChildren(estimateTable(res.data.estimate));
+}
+
+async function activatePolicy() {
+  if (!(await validatePolicy())) return;
+  const res = await api("PUT", `/admin/api/policies/${encodeURIComponent(current.name)}`,
+                        { spec_yaml: $("#policy-yaml").value, comment: "console" });
+  if (!res.ok) { flash(errText(res)); return; }
+  flash(`Activated ${current.name}@${res.data.version}.`);
+  await loadPolicyList();
+  await openPolicy(current.name);
+}
+
+async function rollbackPolicy() {
+  const res = await api("POST", `/admin/api/policies/${encodeURIComponent(current.name)}/activate`, {});
+  if (!res.ok) { flash(errText(res)); return; }
+  flash(`Rolled back ${current.name} to version ${res.data.version}.`);
+  await loadPolicyList();
+  await openPolicy(current.name);
+}
+
+function initPolicies() {
+  loadPolicyList();
+  $("#policy-yaml").addEventListener("input", () => renderGutter());
+  $("#new-policy").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    openPolicy(new FormData(ev.target).get("name"), true);
+  });
+  $("#btn-validate").addEventListener("click", validatePolicy);
+  $("#btn-evaluate").addEventListener("click", evaluatePolicy);
+  $("#btn-activate").addEventListener("click", activatePolicy);
+  $("#btn-rollback").addEventListener("click", rollbackPolicy);
+  $("#diff-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(ev.target);
+    const res = await api("GET", `/admin/api/console/policies/${encodeURIComponent(current.name)}/diff?a=${f.get("a")}&b=${f.get("b")}`);
+    $("#diff-out").textContent = res.ok ? res.data.diff : errText(res);
+  });
+}
+
+// ---- deployments -------------------------------------------------------------------------
+
+async function loadDeployments() {
+  const res = await api("GET", "/admin/api/console/deployments");
+  if (!res.ok) { flash(errText(res)); return; }
+  const t = el("table", { id: "deployments" });
+  t.append(el("thead", {}, el("tr", {}, ...["deployment", "model", "provider", "breaker", "attempts (1h)",
+    "error rate (1h)", "p50 ms", "p95 ms", ""].map((c) => el("th", { text: c })))));
+  const tb = el("tbody");
+  for (const d of res.data.data) {
+    const force = (mode) => el("button", { type: "button", "data-force": mode ?? "auto", text: mode ?? "auto",
+      onclick: async () => { await api("POST", `/admin/api/breakers/${encodeURIComponent(d.deployment)}`, { mode }); loadDeployments(); } });
+    tb.append(el("tr", { "data-deployment": d.deployment },
+      el("td", { text: d.deployment }), el("td", { text: d.model }), el("td", { text: d.provider }),
+      el("td", {}, el("span", { class: `state state-${d.state}`, text: d.state })),
+      el("td", { text: fmt(d.attempts_1h) }), el("td", { text: fmt(d.error_rate_1h) }),
+      el("td", { text: fmt(d.latency_p50_ms_1h) }), el("td", { text: fmt(d.latency_p95_ms_1h) }),
+      el("td", {}, force("open"), force("closed"), force(null))));
+  }
+  t.append(tb);
+  $("#deployments-table").replaceChildren(t);
+}
+
+// ---- keys and budgets --------------------------------------------------------------------
+
+async function loadKeys() {
+  const res = await api("GET", "/admin/api/console/keys");
+  if (!res.ok) { flash(errText(res)); return; }
+  const t = el("table", { id: "keys" });
+  t.append(el("thead", {}, el("tr", {}, ...["id", "name", "prefix", "models", "budget", "spent", "rpm", "tpm",
+    "user", "team", "status", ""].map((c) => el("th", { text: c })))));
+  const tb = el("tbody");
+  for (const k of res.data.data) {
+    const revoked = !!k.revoked_at;
+    tb.append(el("tr", { "data-key": k.id },
+      ...[k.id, k.name, k.key_prefix + "…", (k.allowed_models || ["all"]).join(","),
+          k.budget_usd != null ? `${fmt(k.budget_usd)} / ${k.budget_period || "total"}` : "",
+          `${fmt(k.spent_usd)} (${k.spend_period})`, fmt(k.rpm_limit), fmt(k.tpm_limit), k.user || "", k.team || "",
+          revoked ? "revoked" : "active"].map((c) => el("td", { text: c })),
+      el("td", {}, revoked ? "" : el("button", { type: "button", text: "Revoke", onclick: async () => {
+        await api("DELETE", `/admin/api/keys/${k.id}`); loadKeys(); } }))));
+  }
+  t.append(tb);
+  $("#keys-table").replaceChildren(t);
+}
+
+function initKeys() {
+  loadKeys();
+  $("#key-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const body = {};
+    for (const [k, v] of new FormData(ev.target).entries()) {
+      if (!v) continue;
+      if (k === "allowed_models") body[k] = v.split(",").map((s) => s.trim()).filter(Boolean);
+      else if (["budget_usd"].includes(k)) body[k] = parseFloat(v);
+      else if (["rpm_limit", "tpm_limit"].includes(k)) body[k] = parseInt(v, 10);
+      else body[k] = v;
+    }
+    const res = await api("POST", "/admin/api/keys", body);
+    if (!res.ok) { flash(errText(res)); return; }
+    flash("");
+    $("#new-key-secret").textContent = res.data.key;
+    $("#new-key").hidden = false;
+    ev.target.reset();
+    loadKeys();
+  });
+}
+
+async function loadBudgets() {
+  const res = await api("GET", "/admin/api/budgets");
+  if (!res.ok) { flash(errText(res)); return; }
+  const t = el("table", { id: "budgets" });
+  t.append(el("thead", {}, el("tr", {}, ...["scope", "limit", "period", "spent", "reserved", "remaining", "source", ""]
+    .map((c) => el("th", { text: c })))));
+  const tb = el("tbody");
+  for (const b of res.data.data) {
+    tb.append(el("tr", { "data-scope": b.scope },
+      ...[b.scope, fmt(b.limit_usd), b.period, fmt(b.spent_usd), fmt(b.reserved_usd), fmt(b.remaining_usd), b.source]
+        .map((c) => el("td", { text: c })),
+      el("td", {}, b.source === "admin" ? el("button", { type: "button", text: "Remove", onclick: async () => {
+        await api("DELETE", `/admin/api/budgets/${encodeURIComponent(b.scope)}`); loadBudgets(); } }) : "")));
+  }
+  t.append(tb);
+  $("#budgets-table").replaceChildren(t);
+}
+
+function initBudgets() {
+  loadBudgets();
+  $("#budget-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(ev.target);
+    const res = await api("PUT", `/admin/api/budgets/${encodeURIComponent(f.get("scope"))}`,
+                          { limit_usd: parseFloat(f.get("limit_usd")), period: f.get("period") });
+    if (!res.ok) { flash(errText(res)); return; }
+    flash("");
+    loadBudgets();
+  });
+}
+
+// ---- request log -------------------------------------------------------------------------
+
+let logBefore = null;
+let logGeneration = 0;
+
+async function loadLog(more) {
+  const generation = ++logGeneration;  // only the latest query's answer is shown
+  const params = new URLSearchParams([...new FormData($("#log-filters")).entries()].filter(([, v]) => v));
+  if (more && logBefore) params.set("before", logBefore);
+  const res = await api("GET", `/admin/api/console/requests?${params}`);
+  if (generation !== logGeneration) return;
+  if (!res.ok) { flash(errText(res)); return; }
+  const cols = res.data.columns;
+  const rows = res.data.data;
+  logBefore = res.data.next_before;
+  $("#log-more").hidden = !logBefore;
+  const t = table(cols, rows.map((r) => cols.map((c) => fmt(r[c]))),
+                  { id: "log", onrow: (i) => openRequest(rows[i].id) });
+  if (more) $("#log tbody").append(...t.querySelectorAll("tbody tr")); else $("#log-table").replaceChildren(t);
+}
+
+async function openRequest(id) {
+  const res = await api("GET", `/admin/api/console/requests/${encodeURIComponent(id)}`);
+  const sec = $("#request-detail");
+  sec.hidden = false;
+  if (!res.ok) { sec.replaceChildren(el("p", { text: errText(res) })); return; }
+  const r = res.data.request;
+  sec.replaceChildren(el("h3", { text: `Request ${r.id}` }),
+    table(["field", "value"], ["route_reason", "policy", "policy_version", "propensity", "served_model", "deployment",
+      "status", "error_type", "latency_ms", "ttft_ms", "cost_usd", "prompt_tokens", "completion_tokens"]
+      .map((k) => [k, fmt(r[k])]), { id: "detail" }),
+    el("h4", { text: "Attempts" }),
+    table(["#", "deployment", "status", "http", "latency_ms", "error"],
+      res.data.attempts.map((a) => [String(a.attempt_no), a.deployment, a.status, fmt(a.http_status), fmt(a.latency_ms),
+                                    a.error_message || ""]), { id: "detail-attempts" }),
+    el("h4", { text: "Feedback" }),
+    table(["source", "score", "comment"], res.data.feedback.map((f) => [f.source, fmt(f.score), f.comment || ""]),
+          { id: "detail-feedback" }),
+    el("h4", { text: `Bodies (log mode: ${res.data.bodies})` }),
+    el("pre", { text: r.request_body || r.prompt_text || "(not logged)" }),
+    el("pre", { text: r.response_body || "(not logged)" }));
+}
+
+// ---- start -------------------------------------------------------------------------------
+
+const PAGES = {
+  dashboards: () => { $("#filters").addEventListener("submit", (ev) => { ev.preventDefault(); loadDashboards(); }); loadDashboards(); },
+  policies: initPolicies,
+  deployments: () => { loadDeployments(); setInterval(loadDeployments, 3000); },
+  keys: initKeys,
+  budgets: initBudgets,
+  requests: () => { $("#log-filters").addEventListener("submit", (ev) => { ev.preventDefault(); loadLog(false); });
+                    $("#log-more").addEventListener("click", () => loadLog(true)); loadLog(false); },
+};
+PAGES[document.body.dataset.page]();

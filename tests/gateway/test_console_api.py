@@ -1,0 +1,284 @@
+"""The admin console over HTTP on real Postgres: who gets in (admin token, session cookie, CSRF),
+that no secret leaves in a page, JSON, CSV or log line, and that dashboard numbers equal SQL
+computed here from the raw rows."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from starlette.routing import Route
+
+from tests.gateway.console_support import (
+    ADMIN_TOKEN,
+    PROVIDER_KEY,
+    PROVIDER_KEY_ENV,
+    console_gateway,
+    seed,
+    sql,
+)
+from tests.gateway.harness import GatewayThread
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    os.environ[PROVIDER_KEY_ENV] = PROVIDER_KEY
+    capture = _Capture()
+    logging.getLogger().addHandler(capture)
+    try:
+        with console_gateway(tmp_path_factory.mktemp("console")) as (gw, fp, db_url):
+            seeded = seed(gw, db_url)
+            admin = httpx.Client(
+                base_url=gw.base_url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
+            )
+            key = admin.post("/admin/api/keys", json={"name": "tenant", "team": "team-x"}).json()["key"]
+            yield {
+                "gw": gw,
+                "fp": fp,
+                "db": db_url,
+                "seeded": seeded,
+                "admin": admin,
+                "key": key,
+                "logs": capture,
+            }
+            admin.close()
+    finally:
+        logging.getLogger().removeHandler(capture)
+        os.environ.pop(PROVIDER_KEY_ENV, None)
+
+
+def _signed_in(gw: GatewayThread) -> tuple[httpx.Client, str]:
+    c = httpx.Client(base_url=gw.base_url, timeout=30)
+    r = c.post("/admin/login", data={"token": ADMIN_TOKEN})
+    assert r.status_code == 303 and "hg_console" in r.cookies
+    page = c.get("/admin/keys")
+    assert page.status_code == 200
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page.text)
+    assert csrf
+    return c, csrf.group(1)
+
+
+def _admin_routes(gw: GatewayThread) -> list[tuple[str, str]]:
+    out = []
+    for route in gw.app.routes:
+        if isinstance(route, Route) and route.path.startswith("/admin"):
+            path = re.sub(r"\{[^}]+\}", "x", route.path).replace("/admin/x", "/admin/keys")
+            for method in sorted((route.methods or set()) - {"HEAD"}):
+                out.append((method, path))
+    return out
+
+
+def test_anonymous_and_gateway_key_calls_to_every_admin_route_are_refused(env: dict[str, Any]) -> None:
+    gw = env["gw"]
+    routes = _admin_routes(gw)
+    assert len(routes) > 30
+    for auth in ({}, {"authorization": f"Bearer {env['key']}"}, {"x-api-key": env["key"]}):
+        with httpx.Client(base_url=gw.base_url, headers=auth, timeout=30) as c:
+            for method, path in routes:
+                if path == "/admin/login":
+                    continue  # the sign-in form itself (checked below)
+                r = c.request(method, path, json={})
+                assert r.status_code in (401, 403), (auth, method, path, r.status_code)
+            signin = c.post("/admin/login", data={"token": env["key"]})
+            assert signin.status_code == 401 and "hg_console" not in signin.cookies
+
+
+def test_session_cookie_is_httponly_strict_and_post_needs_its_csrf_token(env: dict[str, Any]) -> None:
+    gw = env["gw"]
+    c = httpx.Client(base_url=gw.base_url, timeout=30)
+    r = c.post("/admin/login", data={"token": ADMIN_TOKEN})
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/admin" in cookie
+    c.close()
+    c, csrf = _signed_in(gw)
+    try:
+        assert c.get("/admin/api/console/dashboards").status_code == 200
+        # without the CSRF token, or with another session's, a state change is refused
+        assert c.post("/admin/api/keys", json={"name": "no-csrf"}).status_code == 403
+        assert (
+            c.post("/admin/api/keys", json={"name": "bad"}, headers={"x-csrf-token": "0" * 40}).status_code
+            == 403
+        )
+        # a cross-site request is refused even with the token
+        evil = {"x-csrf-token": csrf, "origin": "http://evil.example"}
+        assert c.post("/admin/api/keys", json={"name": "evil"}, headers=evil).status_code == 403
+        assert (
+            c.post(
+                "/admin/api/keys",
+                json={"name": "evil"},
+                headers={"x-csrf-token": csrf, "sec-fetch-site": "cross-site"},
+            ).status_code
+            == 403
+        )
+        ok = c.post("/admin/api/keys", json={"name": "with-csrf"}, headers={"x-csrf-token": csrf})
+        assert ok.status_code == 201
+        names = [k["name"] for k in env["admin"].get("/admin/api/keys").json()["data"]]
+        assert "with-csrf" in names and "no-csrf" not in names and "evil" not in names
+        # signing out needs the token too
+        assert c.post("/admin/logout", data={}).status_code == 403
+        assert c.post("/admin/logout", data={"csrf_token": csrf}).status_code == 303
+    finally:
+        c.close()
+
+
+def _get(c: httpx.Client, path: str, **params: str) -> Any:
+    r = c.get(path, params={"range": "7d", **params})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_dashboard_numbers_equal_sql_on_the_raw_rows(env: dict[str, Any]) -> None:
+    admin, db = env["admin"], env["db"]
+    # cost per model
+    spend = _get(admin, "/admin/api/console/dashboards/spend-by-model")
+    got = {row[0]: row[2] for row in spend["rows"]}
+    want = dict(
+        sql(db, "SELECT served_model, sum(coalesce(cost_usd, 0)) FROM requests GROUP BY served_model")
+    )
+    assert got.keys() == want.keys()
+    for m, v in want.items():
+        assert got[m] == pytest.approx(v, rel=1e-9, abs=1e-12)
+    # mean feedback per policy
+    cq = _get(admin, "/admin/api/console/dashboards/cost-quality")
+    got = {row[1]: (row[4], row[7]) for row in cq["rows"] if row[0] == "policy"}
+    want2 = {
+        p: (m, n)
+        for p, m, n in sql(
+            db,
+            "SELECT r.policy, avg(f.score), count(*) FROM feedback f "
+            "JOIN requests r ON r.id = f.request_id GROUP BY r.policy",
+        )
+    }
+    assert got.keys() == want2.keys()
+    for p, (m, n) in want2.items():
+        assert got[p][0] == pytest.approx(float(m), rel=1e-9) and got[p][1] == n
+    # p95 latency per deployment: the exact nearest-rank value lies in the reported 3% bin
+    lat = _get(admin, "/admin/api/console/dashboards/latency")
+    got = {row[0]: row[3] for row in lat["rows"]}
+    want3 = dict(
+        sql(
+            db,
+            "SELECT deployment, percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms) FROM attempts "
+            "WHERE status = 'ok' GROUP BY deployment",
+        )
+    )
+    assert got.keys() == want3.keys()
+    for d, exact in want3.items():
+        assert exact <= got[d] * (1 + 1e-9) <= exact * 1.03 * (1 + 1e-6), (d, exact, got[d])
+    # filters: one key's spend
+    k = sql(db, "SELECT api_key_id, sum(cost_usd) FROM requests GROUP BY api_key_id ORDER BY 1 LIMIT 1")[0]
+    by_key = _get(admin, "/admin/api/console/dashboards/spend-by-model", key=k[0])
+    assert sum(r[2] for r in by_key["rows"]) == pytest.approx(k[1], rel=1e-9)
+
+
+def test_csv_export_holds_exactly_the_table_cells(env: dict[str, Any]) -> None:
+    admin = env["admin"]
+    index = _get(admin, "/admin/api/console/dashboards")["data"]
+    assert len(index) >= 9
+    for name in index:
+        d = _get(admin, f"/admin/api/console/dashboards/{name}")
+        text = admin.get(
+            f"/admin/api/console/dashboards/{name}", params={"range": "7d", "format": "csv"}
+        ).text
+        rows = list(csv.reader(io.StringIO(text)))
+        assert rows[0] == d["columns"] and rows[1:] == d["cells"], name
+        assert d["rows"], f"{name} is empty on seeded data"
+
+
+def test_request_log_filters_and_detail(env: dict[str, Any]) -> None:
+    admin, db = env["admin"], env["db"]
+    page = _get(admin, "/admin/api/console/requests", policy="cheap-demo", status="ok", limit="20")
+    assert len(page["data"]) == 20 and all(
+        r["policy"] == "cheap-demo" and r["status"] == "ok" for r in page["data"]
+    )
+    older = _get(
+        admin,
+        "/admin/api/console/requests",
+        policy="cheap-demo",
+        status="ok",
+        limit="20",
+        before=page["next_before"],
+    )
+    assert not {r["id"] for r in older["data"]} & {r["id"] for r in page["data"]}
+    rid = sql(db, "SELECT request_id FROM feedback LIMIT 1")[0][0]
+    detail = _get(admin, f"/admin/api/console/requests/{rid}")
+    assert detail["request"]["route_reason"] == "seeded" and detail["attempts"] and detail["feedback"]
+
+
+def test_no_secret_in_any_page_json_csv_or_log_line(env: dict[str, Any]) -> None:
+    gw, admin, key = env["gw"], env["admin"], env["key"]
+    secrets = [key, ADMIN_TOKEN, PROVIDER_KEY]
+    # a client that pastes every secret into its prompt, and a provider error that echoes a key
+    r = httpx.post(
+        f"{gw.base_url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
+        json={"model": "fake-model", "messages": [{"role": "user", "content": " ".join(secrets)}]},
+    )
+    assert r.status_code == 200, r.text
+    gw.call(gw.services.sink.flush())
+    c, _csrf = _signed_in(gw)
+    bodies = [
+        c.get(p).text
+        for p in (
+            "/admin",
+            "/admin/policies",
+            "/admin/deployments",
+            "/admin/keys",
+            "/admin/budgets",
+            "/admin/requests",
+            "/admin/login",
+        )
+    ]
+    for name in _get(admin, "/admin/api/console/dashboards")["data"]:
+        bodies.append(admin.get(f"/admin/api/console/dashboards/{name}", params={"range": "7d"}).text)
+        bodies.append(
+            admin.get(f"/admin/api/console/dashboards/{name}", params={"range": "7d", "format": "csv"}).text
+        )
+    log_page = admin.get("/admin/api/console/requests", params={"range": "1h"}).json()
+    bodies.append(str(log_page))
+    rid = r.headers["x-request-id"]
+    bodies.append(admin.get(f"/admin/api/console/requests/{rid}").text)
+    for path in (
+        "/admin/api/console/keys",
+        "/admin/api/keys",
+        "/admin/api/console/deployments",
+        "/admin/api/breakers",
+        "/admin/api/budgets",
+        "/admin/api/policies",
+    ):
+        bodies.append(admin.get(path).text)
+    assert any("[redacted]" in b for b in bodies)  # the prompt was shown, with the secrets masked
+    for b in bodies + env["logs"].lines:
+        for s in secrets:
+            assert s not in b
+    c.close()
+
+
+def test_breaker_transitions_are_logged_for_the_history_dashboard(env: dict[str, Any]) -> None:
+    admin = env["admin"]
+    assert admin.post("/admin/api/breakers/fake-c", json={"mode": "open"}).json()["state"] == "open"
+    assert admin.post("/admin/api/breakers/fake-c", json={"mode": None}).json()["state"] == "closed"
+    svc = env["gw"].services
+    env["gw"].call(svc.router.breakers.drain())
+    d = _get(admin, "/admin/api/console/dashboards/breakers", range="1h")
+    states = [row[2] for row in d["rows"] if row[1] == "fake-c"]
+    assert states[-2:] == ["open", "closed"]
+    assert math.isclose(d["chart"]["datasets"][0]["points"][-2]["y"], 1.0)

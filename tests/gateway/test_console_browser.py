@@ -1,0 +1,226 @@
+"""The admin console in a real browser (Playwright driving Debian's Chromium) against a running
+gateway on real Postgres with seeded traffic. Screenshots go to test-artifacts/console/."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.gateway.console_support import (
+    ADMIN_TOKEN,
+    ARTIFACTS,
+    PROVIDER_KEY,
+    PROVIDER_KEY_ENV,
+    console_gateway,
+    seed,
+)
+
+CHROMIUM = "/usr/bin/chromium"
+sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make test installs it)"
+)
+
+BAD_POLICY = """name: console-draft
+description: A draft with a typo.
+
+selector:
+  type: cheapest
+  expected_output_tokens: lots
+"""
+GOOD_POLICY = BAD_POLICY.replace("lots", "256").replace("with a typo", "that picks the cheapest")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    os.environ[PROVIDER_KEY_ENV] = PROVIDER_KEY
+    try:
+        with console_gateway(tmp_path_factory.mktemp("console-browser")) as (gw, fp, db_url):
+            seed(gw, db_url)
+            with httpx.Client(
+                base_url=gw.base_url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}
+            ) as admin:
+                key = admin.post("/admin/api/keys", json={"name": "browser-tenant"}).json()["key"]
+            yield {"gw": gw, "fp": fp, "db": db_url, "key": key}
+    finally:
+        os.environ.pop(PROVIDER_KEY_ENV, None)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-background-networking"]
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(env: dict[str, Any], browser: Any) -> Iterator[Any]:
+    """A signed-in page (one browser context for the module)."""
+    ctx = browser.new_context(base_url=env["gw"].base_url, viewport={"width": 1280, "height": 900})
+    ctx.set_default_timeout(15_000)
+    pg = ctx.new_page()
+    pg.goto("/admin/login")
+    pg.fill("#token", ADMIN_TOKEN)
+    pg.click("button[type=submit]")
+    pg.wait_for_url("**/admin")
+    yield pg
+    ctx.close()
+
+
+def _shot(pg: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_sign_in_needs_the_admin_token(env: dict[str, Any], browser: Any) -> None:
+    ctx = browser.new_context(base_url=env["gw"].base_url)
+    pg = ctx.new_page()
+    resp = pg.goto("/admin/policies")
+    assert resp.status == 401 and pg.locator("#token").is_visible()
+    pg.fill("#token", env["key"])  # a gateway key never opens the console
+    pg.click("button[type=submit]")
+    assert pg.locator("#login-error").inner_text() == "Wrong admin token."
+    pg.fill("#token", ADMIN_TOKEN)
+    pg.click("button[type=submit]")
+    pg.wait_for_selector("body[data-loaded='1']")
+    cookies = {c["name"]: c for c in ctx.cookies()}
+    assert cookies["hg_console"]["httpOnly"] and cookies["hg_console"]["sameSite"] == "Strict"
+    ctx.close()
+
+
+def test_every_dashboard_draws_its_chart_from_seeded_data_and_csv_matches_table(page: Any) -> None:
+    page.goto("/admin")
+    page.wait_for_selector("body[data-loaded='1']")
+    sections = page.locator("section.dash")
+    names = [sections.nth(i).get_attribute("data-dashboard") for i in range(sections.count())]
+    assert len(names) >= 9
+    for name in names:
+        sec = page.locator(f"#dash-{name}")
+        points = page.evaluate(
+            "(n) => { const c = Chart.getChart(document.querySelector(`#dash-${n} canvas`));"
+            " return c ? c.data.datasets.reduce((s, d) => s + d.data.length, 0) : -1; }",
+            name,
+        )
+        assert int(sec.get_attribute("data-rows")) > 0, name
+        assert points > 0, name
+        cells = [[td.inner_text() for td in tr.locator("td").all()] for tr in sec.locator("tbody tr").all()]
+        href = sec.locator("a.csv").get_attribute("href")
+        text = page.request.get(href).text()
+        rows = list(csv.reader(io.StringIO(text)))
+        assert rows[0] == [th.inner_text() for th in sec.locator("thead th").all()]
+        assert [[c.strip() for c in r] for r in rows[1:]] == [[c.strip() for c in r] for r in cells], name
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        sec.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"))
+    _shot(page, "dashboards")
+
+
+def test_policy_validate_at_line_fix_simulate_estimate_activate_and_roll_back(page: Any) -> None:
+    page.goto("/admin/policies")
+    page.fill("#new-policy input[name=name]", "console-draft")
+    page.click("#new-policy button")
+    page.fill("#policy-yaml", BAD_POLICY)
+    page.click("#btn-validate")
+    err = page.locator("#policy-errors li.error-line").first
+    err.wait_for()
+    assert err.get_attribute("data-line") == "6" and "line 6" in err.inner_text()
+    assert "expected_output_tokens" in err.inner_text()
+    assert page.locator("#gutter div.bad").inner_text() == "6"
+    page.fill("#policy-yaml", GOOD_POLICY)
+    page.click("#btn-evaluate")
+    page.wait_for_selector("#simulate-result")
+    assert "fake-b" in page.locator("#simulate-result").inner_text()  # the cheapest deployment
+    table = page.locator("#estimate-table")
+    table.wait_for()
+    text = table.inner_text()
+    for method in ("ips", "snips", "dr"):
+        assert method in text
+    assert "effective sample size" in page.locator("#estimate-out h4").inner_text()
+    _shot(page, "policy-estimate")
+    page.click("#btn-activate")
+    page.wait_for_selector("#policy-versions[data-active='1']")
+    page.fill("#policy-yaml", GOOD_POLICY.replace("picks the cheapest", "picks the cheapest, v2"))
+    page.click("#btn-activate")
+    page.wait_for_selector("#policy-versions[data-active='2']")
+    page.click("#btn-rollback")
+    page.wait_for_selector("#policy-versions[data-active='1']")
+    assert "Rolled back console-draft to version 1" in page.locator("#flash").inner_text()
+
+
+def test_new_key_secret_is_shown_exactly_once(page: Any) -> None:
+    page.goto("/admin/keys")
+    page.fill("#key-form input[name=name]", "browser-key")
+    page.fill("#key-form input[name=allowed_models]", "fake-cheap")
+    page.fill("#key-form input[name=budget_usd]", "5")
+    page.select_option("#key-form select[name=budget_period]", "month")
+    page.click("#key-form button")
+    secret = page.locator("#new-key-secret")
+    secret.wait_for()
+    value = secret.inner_text()
+    assert value.startswith("hg-") and len(value) > 30
+    row = page.locator("#keys tr", has_text="browser-key")
+    row.wait_for()
+    assert (
+        "fake-cheap" in row.inner_text()
+        and value not in page.content()[: page.content().find("new-key-secret")]
+    )
+    page.reload()
+    page.locator("#keys tr", has_text="browser-key").wait_for()
+    assert value not in page.content()
+    assert page.locator("#new-key").is_hidden()
+
+
+def test_tripped_breaker_shows_open_on_deployments_page(env: dict[str, Any], page: Any) -> None:
+    env["fp"].set_faults(models={"fake-strong": "500"})
+    try:
+        with httpx.Client(
+            base_url=env["gw"].base_url, headers={"authorization": f"Bearer {env['key']}"}
+        ) as c:
+            for _ in range(4):
+                c.post(
+                    "/v1/chat/completions",
+                    json={"model": "fake-strong", "messages": [{"role": "user", "content": "hi"}]},
+                )
+    finally:
+        env["fp"].set_faults()
+    page.goto("/admin/deployments")
+    state = page.locator("tr[data-deployment='fake-c'] .state")
+    sync_api.expect(state).to_have_text("open", timeout=10_000)
+    assert page.locator("tr[data-deployment='fake-b'] .state").inner_text() == "closed"
+    _shot(page, "deployments")
+    page.click("tr[data-deployment='fake-c'] button[data-force='closed']")
+    sync_api.expect(page.locator("tr[data-deployment='fake-c'] .state")).to_have_text("closed")
+
+
+def test_request_log_filters_and_opens_a_request(page: Any) -> None:
+    page.goto("/admin/requests")
+    page.select_option("#log-filters select[name=range]", "7d")
+    page.fill("#log-filters input[name=policy]", "bandit-demo")
+    page.click("#log-filters button")
+    sync_api.expect(page.locator("#log tbody tr").first).to_contain_text("bandit-demo")
+    rows = page.locator("#log tbody tr")
+    for i in range(min(rows.count(), 10)):
+        assert "bandit-demo" in rows.nth(i).inner_text()
+    rows.first.click()
+    page.locator("#detail").wait_for()
+    assert "seeded" in page.locator("#detail").inner_text()
+    assert page.locator("#detail-attempts tbody tr").count() >= 1
+
+
+def test_budgets_page_sets_a_team_budget(page: Any) -> None:
+    page.goto("/admin/budgets")
+    page.fill("#budget-form input[name=scope]", "team:team1")
+    page.fill("#budget-form input[name=limit_usd]", "25")
+    page.click("#budget-form button")
+    row = page.locator("tr[data-scope='team:team1']")
+    row.wait_for()
+    assert "25" in row.inner_text() and "admin" in row.inner_text()
