@@ -41,6 +41,7 @@ LOGIC = (
     "state.bandits",
     "state.ratelimits",
     "state.breakers",
+    "requestlog.tables.feedback",  # feedback is stored by service.feedback
 )
 # The app factory builds the stores and plugins it wires together; nothing else in gateway/ may.
 WIRING = {"gateway/app.py", "gateway/services.py"}
