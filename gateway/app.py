@@ -48,7 +48,9 @@ from router.plugins import LinUCBBandit, ScoredLinUCBBandit, ThompsonBandit
 from router.protocols import Plugins
 from service.artifact_slots import ArtifactSlots, slot_name
 from service.budgets import config_limits
+from service.cascade import Cascades
 from service.executor import Executor
+from service.feedback import FeedbackRecorder
 from service.metrics import LabelNames, Metrics
 from service.remote_load import RemoteLoadPoller, engine_load
 from service.routing import Catalog, GatewayRouter
@@ -184,6 +186,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         local_load=lambda: engine_load(backends) | remote_load.latest,
     )
     metrics.set_names(label_names(catalog, router.registry))
+    executor = Executor(pricer=catalog.cost, outcomes=router)
     return Services(
         settings=settings,
         engine=engine,
@@ -191,12 +194,14 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         keys=KeyStore(engine),
         metrics=metrics,
         router=router,
-        executor=Executor(pricer=catalog.cost, outcomes=router),
+        executor=executor,
         backends=backends,
         redis=redis_client,
         remote_load=remote_load,
         policy_events=policy_events,
         artifacts=artifacts,
+        feedback=FeedbackRecorder(engine, sink, router),
+        cascades=Cascades(executor, catalog, plugins, metrics),
     )
 
 
