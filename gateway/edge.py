@@ -97,7 +97,8 @@ def bearer(request: Request) -> str | None:
 
 async def authenticate(request: Request, keys: KeyStore, required: bool) -> ApiKey | None:
     """The caller's key, None for an anonymous caller on a keyless loopback gateway, or 401."""
-    token = bearer(request)
+    # Anthropic's SDK sends its key as `x-api-key`; both are accepted everywhere.
+    token = bearer(request) or (request.headers.get("x-api-key") or "").strip() or None
     if token is None:
         if required:
             raise APIError(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from backends.base import Backend, Usage
+from backends.base import CLIENT_CAUSED, Backend, Usage
 from backends.deployment import DeploymentConfig
 from backends.executor import DEFAULT_TRIGGERS, Plan, Target
 from backends.pricing import resolve_prices
@@ -212,8 +212,8 @@ class GatewayRouter:
 
     async def record(self, deployment: str, ok: bool, latency_s: float, error_kind: str | None) -> None:
         self.latency.observe(deployment, latency_s * 1000)
-        # Client-side errors (bad request, context window) say nothing about the upstream's health.
-        if error_kind in {"bad_request", "context_window", "content_policy"}:
+        # Client-caused errors (bad request, unknown model, context window) say nothing about the upstream's health.
+        if error_kind in CLIENT_CAUSED:
             return
         state = await self.breakers.record(deployment, ok, latency_s * 1000)
         self.metrics.breaker_open.labels(deployment).set(1 if state == "open" else 0)
