@@ -89,7 +89,7 @@ class ResponsesWire:
             return
         history = (
             self.history
-            + wire.input_messages(self.original["input"])
+            + wire.input_messages(self.original.get("input", []))
             + wire.output_messages(response["output"])
         )
         await self.store.put(
@@ -97,7 +97,7 @@ class ResponsesWire:
             self.key_id,
             response["model"],
             response,
-            _items_with_ids(self.original["input"]),
+            _items_with_ids(self.original.get("input", [])),
             history,
         )
 

@@ -168,7 +168,7 @@ class EmbeddingRequest(_Open):
 
 class ResponsesTextFormat(_Open):
     type: Literal["text", "json_object", "json_schema"]
-    name: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    name: Annotated[str, Field(max_length=64)] | None = None
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
 
@@ -188,8 +188,7 @@ class ResponsesRequest(_Open):
     the request is translated into a chat completion (gateway/wire/responses.py)."""
 
     model: Annotated[str, Field(min_length=1, max_length=256)]
-    input: Annotated[str, Field(max_length=10_485_760)] | Annotated[list[dict[str, Any]], Field(
-        max_length=MAX_ARRAY_ITEMS)]
+    input: str | Annotated[list[dict[str, Any]], Field(max_length=MAX_ARRAY_ITEMS)] | None = None
     instructions: str | None = None
     max_output_tokens: Annotated[int, Field(ge=16, le=MAX_OUTPUT_TOKENS)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None

@@ -236,10 +236,6 @@ def to_chat(body: dict[str, Any], history: list[dict[str, Any]] | None = None) -
             param="background",
             code="unsupported_parameter",
         )
-    if "input" not in body:
-        raise bad_request(
-            "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
-        )
     messages: list[dict[str, Any]] = []
     instructions = body.get("instructions")
     if instructions is not None:
@@ -251,7 +247,13 @@ def to_chat(body: dict[str, Any], history: list[dict[str, Any]] | None = None) -
             )
         messages.append({"role": "system", "content": instructions})
     messages += history or []
-    messages += input_messages(body["input"])
+    messages += input_messages(body.get("input", []))
+    if not any(m["role"] != "system" for m in messages):
+        raise bad_request(
+            "Missing required parameter: 'input' (there is no conversation to answer).",
+            param="input",
+            code="missing_required_parameter",
+        )
     chat: dict[str, Any] = {"model": body.get("model"), "messages": messages}
     for k in _SAME:
         if body.get(k) is not None:
@@ -289,7 +291,7 @@ def usage_from_chat(usage: dict[str, Any] | None) -> dict[str, Any]:
     reasoning = int(((u.get("completion_tokens_details") or {}).get("reasoning_tokens")) or 0)
     return {
         "input_tokens": pt,
-        "input_tokens_details": {"cached_tokens": cached},
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
         "output_tokens": ct,
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": int(u.get("total_tokens") or pt + ct),
@@ -318,6 +320,12 @@ def _tools_echo(body: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _given(body: dict[str, Any], key: str, default: Any) -> Any:
+    """The request's value, or OpenAI's default when absent or null (the object never echoes null)."""
+    value = body.get(key)
+    return default if value is None else value
+
+
 def response_object(
     body: dict[str, Any],
     rid: str,
@@ -332,7 +340,7 @@ def response_object(
 ) -> dict[str, Any]:
     """The Responses `response` object, echoing the request's settings as OpenAI does."""
     reasoning = body.get("reasoning") if isinstance(body.get("reasoning"), dict) else {}
-    return {
+    out = {
         "id": rid,
         "object": "response",
         "created_at": created_at or int(time.time()),
@@ -345,22 +353,25 @@ def response_object(
         "max_tool_calls": None,
         "model": model,
         "output": output,
-        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "parallel_tool_calls": _given(body, "parallel_tool_calls", True),
         "previous_response_id": body.get("previous_response_id"),
         "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
         "service_tier": "default",
-        "store": body.get("store", True),
-        "temperature": body.get("temperature", 1.0),
+        "store": _given(body, "store", True),
+        "temperature": _given(body, "temperature", 1.0),
         "text": _text_format(body),
         "tool_choice": body.get("tool_choice") or "auto",
         "tools": _tools_echo(body),
-        "top_logprobs": body.get("top_logprobs", 0),
-        "top_p": body.get("top_p", 1.0),
+        "top_logprobs": _given(body, "top_logprobs", 0),
+        "top_p": _given(body, "top_p", 1.0),
         "truncation": body.get("truncation") or "disabled",
-        "usage": usage,
-        "user": body.get("user"),
         "metadata": body.get("metadata") or {},
     }
+    if usage is not None:  # absent until the answer is complete (the spec allows no null)
+        out["usage"] = usage
+    if isinstance(body.get("user"), str):  # the spec allows a string or no field, never null
+        out["user"] = body["user"]
+    return out
 
 
 def _message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
