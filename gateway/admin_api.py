@@ -18,7 +18,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.artifact_slots import ArtifactSlots, RegistryUnavailable, slot_name
 from gateway.edge import bearer, read_body, read_json, validate
 from gateway.errors import APIError, store_unavailable
 from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, request_features
@@ -27,6 +26,7 @@ from policies.loader import PolicyValidationError
 from policies.registry import PolicyNotFound, PolicyVersion
 from router.calibrate import calibrate_cost_weight, memoized
 from router.decide import decide
+from service.artifact_slots import ArtifactSlots, RegistryUnavailable, slot_name
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
 
@@ -248,7 +248,7 @@ class AdminHandlers:
     async def activate_artifact(self, request: Request) -> Response:
         """Load a trained router artifact ({"path": DIR, "scorer": "default", "aliases": {...}}) and make
         it the named scorer at once, without a restart; recorded in router_artifacts, from where every
-        other process loads it within ``policy_reload_s`` (gateway/artifact_slots.py)."""
+        other process loads it within ``policy_reload_s`` (service/artifact_slots.py)."""
         self._check(request)
         data = await read_json(request, 64 * 1024)
         aliases = data.get("aliases") or {}

@@ -29,7 +29,6 @@ from backends.base import Backend
 from backends.executor import Executor
 from backends.registry import build_backend
 from gateway.admin_api import AdminHandlers
-from gateway.artifact_slots import ArtifactSlots, slot_name
 from gateway.budget_admin import BudgetAdminHandlers
 from gateway.config import Settings
 from gateway.errors import APIError
@@ -38,9 +37,7 @@ from gateway.keys import KeyStore
 from gateway.metrics import Metrics
 from gateway.openai_api import OpenAIHandlers
 from gateway.openapi import openapi_document
-from gateway.remote_load import RemoteLoadPoller
 from gateway.responses_api import StoredResponseHandlers
-from gateway.routing import Catalog, GatewayRouter
 from gateway.services import Services
 from policies.db_store import DbPolicyStore
 from policies.registry import PolicyRegistry
@@ -52,6 +49,9 @@ from router.budget import BudgetLimit
 from router.plugins import LinUCBBandit, ScoredLinUCBBandit, ThompsonBandit
 from router.protocols import Plugins
 from router.signals import LocalLoad
+from service.artifact_slots import ArtifactSlots, slot_name
+from service.remote_load import RemoteLoadPoller
+from service.routing import Catalog, GatewayRouter
 from state.bandits import BanditStore, DbBanditStore, InProcessBanditStore, RedisBanditStore
 from state.breakers import BreakerStore, InProcessBreakerStore, RedisBreakerStore
 from state.budget_reconcile import SpendReconciler
@@ -149,7 +149,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
     plugins = Plugins(scorers={}, bandits={"default": ThompsonBandit(), "linucb": LinUCBBandit(),
                                            "linucb_scored": ScoredLinUCBBandit()})
     # The config seeds the learned slots; an artifact activated through the admin API (any process,
-    # recorded in the database) replaces it at start and on every sync (gateway/artifact_slots.py).
+    # recorded in the database) replaces it at start and on every sync (service/artifact_slots.py).
     plugins.verifiers = {}
     artifacts = ArtifactSlots(engine, plugins, settings.router.model_aliases)
     if settings.router.artifact:

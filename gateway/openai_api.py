@@ -29,7 +29,6 @@ from gateway.errors import APIError, from_upstream, model_not_found
 from gateway.keys import ApiKey
 from gateway.messages_api import MessagesWire, anthropic_error, count_tokens
 from gateway.responses_api import ResponsesWire
-from gateway.routing import Route
 from gateway.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -42,6 +41,7 @@ from gateway.wire.adapter import WireAdapter
 from requestlog.rows import RequestRow
 from requestlog.stored_responses import ResponseStore
 from router.escalation import confidence
+from service.routing import Route
 
 _JSON = "application/json"
 _WHAT = {"chat": "chat completions", "completion": "text completions", "embedding": "embeddings"}

@@ -12,8 +12,8 @@ from backends.executor import Executor
 from gateway.config import Settings
 from gateway.keys import KeyStore
 from gateway.metrics import Metrics
-from gateway.routing import GatewayRouter
 from requestlog.sink import LogSink
+from service.routing import GatewayRouter
 
 
 @dataclass

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from requestlog.tables import requests
 from router.budget import AccountPeriod
 
-# Budget scope kind → the request column that names it (see gateway.routing.limits_for).
+# Budget scope kind → the request column that names it (see service.routing.limits_for).
 _SCOPE_COLUMNS: dict[str, sa.Column[str]] = {
     "key": requests.c.api_key_id,
     "user": requests.c.user,

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from backends.fake_provider import FakeProviderThread
-from gateway.remote_load import health_url
+from service.remote_load import health_url
 from tests.gateway.harness import free_port, running_gateway
 from tests.gateway.test_reliability import MSG, dep, settings
 
