@@ -122,3 +122,17 @@ def test_count_tokens_estimates_the_prompt(gateway: GatewayThread) -> None:
         model="fake-model", messages=[{"role": "user", "content": "x" * 400}]
     )
     assert 90 <= n.input_tokens <= 120
+
+
+def test_a_stream_cut_after_it_began_ends_with_an_anthropic_error_event(gateway: GatewayThread) -> None:
+    import httpx
+    import orjson
+
+    body = {"model": "fake-model", "max_tokens": 50, "stream": True,
+            "messages": [{"role": "user", "content": "[[fault:cut:2]] one two three four five six"}]}
+    with httpx.Client(base_url=gateway.base_url, timeout=20) as http, http.stream("POST", "/v1/messages",
+                                                                                 json=body) as r:
+        assert r.status_code == 200
+        events = [orjson.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[0]["type"] == "message_start" and events[-1]["type"] == "error"
+    assert events[-1]["error"]["type"] == "api_error" and "message_stop" not in [e["type"] for e in events]

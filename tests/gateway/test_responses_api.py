@@ -171,3 +171,17 @@ def test_litellm_responses_as_a_client(gateway: GatewayThread) -> None:
 def chat_requests(fp: FakeProviderThread) -> list[dict]:
     """The chat completion bodies the fake provider received, oldest first."""
     return [r.body for r in fp.requests() if r.path.endswith("/chat/completions")]
+
+
+def test_a_stream_cut_after_it_began_ends_with_response_failed(gateway: GatewayThread) -> None:
+    import httpx
+    import orjson
+
+    body = {"model": "fake-model", "input": "[[fault:cut:2]] one two three four five six", "stream": True}
+    with httpx.Client(base_url=gateway.base_url, timeout=20) as http, http.stream("POST", "/v1/responses",
+                                                                                 json=body) as r:
+        assert r.status_code == 200
+        events = [orjson.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.failed"
+    assert events[-1]["response"]["status"] == "failed" and events[-1]["response"]["error"]["message"]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
