@@ -299,8 +299,8 @@ class OpenAIHandlers:
         if req.stream:
             return await self._replay(ctx, body, include_usage)
         out = await ctx.wire.whole(body, body["model"]) if ctx.wire is not None else orjson.dumps(body)
-        if self.s.settings.log.bodies == "full":
-            ctx.row.response_body = out.decode()
+        if self.s.settings.log.bodies == "full":  # the internal (chat) form whatever the wire format: one shape to learn from
+            ctx.row.response_body = (orjson.dumps(body) if ctx.wire is not None else out).decode()
         self._finish(ctx, 200)
         return Response(out, media_type=_JSON, headers=ctx.headers())
 

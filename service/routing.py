@@ -275,6 +275,12 @@ class GatewayRouter:
                             features: RequestFeatures) -> Route:
         cap = features.endpoint
         usable = [d for d in deployments if cap in d.capabilities]
+        if usable and features.max_tokens is not None:
+            # An answer longer than any deployment can give is refused here, not left to hang an upstream.
+            most = max(d.max_output_tokens or d.context_window for d in usable)
+            if features.max_tokens > most:
+                raise APIError(400, f"max_tokens is too large: {features.max_tokens}. The model `{model}` supports "
+                                    f"at most {most} output tokens.", param="max_tokens", code="invalid_value")
         states = await self.breakers.states([d.name for d in usable])
         ordered = [d for d in usable if states.get(d.name) != "open"] or usable
         return Route(plan=Plan(self.catalog.targets(ordered)), public_model=model,
