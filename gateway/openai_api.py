@@ -20,12 +20,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from backends.base import UpstreamCall, UpstreamError, UpstreamResponse
-from backends.deployment import DeploymentConfig
-from backends.executor import Execution, Plan
+from common.types import DeploymentConfig
 from gateway import sse
 from gateway.coalesce import ready_batches
 from gateway.edge import authenticate, read_json, validate
-from gateway.errors import APIError, from_upstream, model_not_found
+from gateway.errors import APIError, from_refusal, from_upstream, model_not_found
 from gateway.keys import ApiKey
 from gateway.messages_api import MessagesWire, anthropic_error, count_tokens
 from gateway.responses_api import ResponsesWire
@@ -40,7 +39,9 @@ from gateway.services import Services
 from gateway.wire.adapter import WireAdapter
 from requestlog.rows import RequestRow
 from requestlog.stored_responses import ResponseStore
-from router.escalation import confidence
+from service.cascade import judge
+from service.errors import Refused
+from service.executor import Execution, Plan
 from service.routing import Route
 
 _JSON = "application/json"
@@ -132,7 +133,10 @@ class OpenAIHandlers:
 
     async def _route(self, ctx: _Ctx, req: Any, endpoint: str, request: Request) -> Route:
         features = request_features(req, endpoint, ctx.key, request.headers.get("x-hybridgate-tags"))
-        route = await self.s.router.route(req.model, features, ctx.key)
+        try:
+            route = await self.s.router.route(req.model, features, ctx.key)
+        except Refused as refused:
+            raise from_refusal(refused) from None
         if route is None or not route.targets:
             if route is not None and req.model in self.s.router.catalog.by_model:
                 raise APIError(400, f"The model `{req.model}` does not support {_WHAT.get(endpoint, endpoint)}.",
@@ -326,14 +330,11 @@ class OpenAIHandlers:
         ex = ctx.ex
         if esc is None or ex is None or ex.served is None or ex.served.deployment.name != esc.first.name:
             return first
-        conf = confidence(esc.score, first.body, prompt, self.s.router.plugins.verifiers)
-        if conf is None:
-            route.reason += f"; no {esc.score} confidence, kept"
-            self._count_escalation(route, esc.score, "no_confidence")
-            return first
-        if conf >= esc.threshold:
-            route.reason += f"; {esc.score}={conf:.2f} >= {esc.threshold:g}, kept"
-            self._count_escalation(route, esc.score, "kept")
+        verdict = judge(esc, first.body, prompt, self.s.router.plugins.verifiers)
+        route.reason += verdict.reason()
+        if verdict.outcome != "escalate":
+            route.reason += ", kept" if verdict.outcome == "kept" else ""
+            self._count_escalation(route, esc.score, verdict.outcome)
             return first
         served_first, usage_first = ex.served, ex.usage
         plan = Plan(self.s.router.catalog.targets(esc.to), retry=route.plan.retry, triggers=route.plan.triggers)
@@ -341,10 +342,10 @@ class OpenAIHandlers:
             second = await self.s.executor.complete(ex, plan, self._call_factory(ctx, kind, False))
         except UpstreamError:
             ex.served, ex.usage, ex.error = served_first, usage_first, None
-            route.reason += f"; {esc.score}={conf:.2f} < {esc.threshold:g}, escalation failed, kept first"
+            route.reason += ", escalation failed, kept first"
             self._count_escalation(route, esc.score, "failed")
             return first
-        route.reason += f"; {esc.score}={conf:.2f} < {esc.threshold:g}, escalated to {ex.served.deployment.model}"
+        route.reason += f", escalated to {ex.served.deployment.model}"
         self._count_escalation(route, esc.score, "escalated")
         return second
 

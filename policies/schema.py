@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from common.types import RetrySettings
+
 Capability = Literal["chat", "completion", "embedding", "tools", "json_mode", "vision", "logprobs"]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 ErrorKind = Literal[
@@ -284,20 +286,6 @@ class Fallbacks(_Strict):
         if isinstance(v, list):
             return [TRIGGER_ALIASES.get(str(x), x) for x in v]
         return v
-
-
-class RetrySettings(_Strict):
-    """Retries of one request, across all its attempts."""
-
-    max_attempts: int = Field(default=4, ge=1, description="attempts in total, all deployments")
-    max_attempts_per_deployment: int = Field(default=2, ge=1)
-    backoff_base_s: float = Field(default=0.25, ge=0)
-    backoff_max_s: float = Field(default=4.0, ge=0)
-    jitter: Literal["full", "equal", "none"] = "full"
-    honor_retry_after: bool = True
-    max_retry_after_s: float = Field(default=10.0, ge=0, description="longer Retry-After: fall back instead")
-    attempt_timeout_s: float | None = Field(default=None, gt=0, description="None: the deployment's timeout")
-    deadline_s: float = Field(default=120.0, gt=0)
 
 
 class Escalation(_Strict):

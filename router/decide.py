@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from backends.deployment import DeploymentConfig
+from common.types import DeploymentConfig, RequestFeatures
 from policies.schema import Policy, SelectorSpec
 from router.compiled import CompiledPolicy, compiled_for
-from router.decision import Decision, EscalationPlan, RequestFeatures, TraceStep
+from router.decision import Decision, EscalationPlan, TraceStep
 from router.protocols import NO_PLUGINS, Plugins
 from router.rules import RuleContext
 from router.selectors import Selection, SelectorInput, prepare, select
