@@ -146,7 +146,9 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
             chat[k] = body[k]
     if body.get("stop_sequences"):
         if len(body["stop_sequences"]) > 4:
-            raise bad_request("stop_sequences: this gateway supports at most 4 stop sequences", param="stop_sequences")
+            raise bad_request(
+                "stop_sequences: this gateway supports at most 4 stop sequences", param="stop_sequences"
+            )
         chat["stop"] = body["stop_sequences"]
     meta = body.get("metadata")
     if isinstance(meta, dict) and isinstance(meta.get("user_id"), str):

@@ -51,8 +51,13 @@ def test_fuzzed_requests_never_get_a_server_error(fuzz_gateway: GatewayThread) -
     for op_result in schema.get_all_operations():
         op = op_result.ok()
 
-        @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-                  database=None)
+        @settings(
+            max_examples=12,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+            database=None,
+        )
         @given(case=op.as_strategy())
         def run(case: schemathesis.Case) -> None:
             response = case.call(base_url=fuzz_gateway.base_url, timeout=20)
@@ -74,7 +79,10 @@ def test_fuzzed_requests_never_get_a_server_error(fuzz_gateway: GatewayThread) -
 # ---- conformance to OpenAI's published spec ---------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parents[2]
-SPEC_PATHS = [ROOT.parent / "shared/specs/openai-openapi.yaml", ROOT.parents[1] / "shared/specs/openai-openapi.yaml"]
+SPEC_PATHS = [
+    ROOT.parent / "shared/specs/openai-openapi.yaml",
+    ROOT.parents[1] / "shared/specs/openai-openapi.yaml",
+]
 SPEC = next((p for p in SPEC_PATHS if p.is_file()), None)
 needs_spec = pytest.mark.skipif(
     SPEC is None,
@@ -82,8 +90,17 @@ needs_spec = pytest.mark.skipif(
     "it lives in the shared checkout beside the repository",
 )
 
-OPERATIONS = ["createChatCompletion", "createCompletion", "createEmbedding", "listModels", "retrieveModel",
-              "createResponse", "getResponse", "deleteResponse", "listInputItems"]
+OPERATIONS = [
+    "createChatCompletion",
+    "createCompletion",
+    "createEmbedding",
+    "listModels",
+    "retrieveModel",
+    "createResponse",
+    "getResponse",
+    "deleteResponse",
+    "listInputItems",
+]
 EXAMPLES_PER_MODE = 8  # per operation and mode: the whole file stays under a minute
 
 # The one list of deliberate deviations from OpenAI's spec: (operation, schemathesis failure code,
@@ -91,21 +108,41 @@ EXAMPLES_PER_MODE = 8  # per operation and mode: the whole file stays under a mi
 # Not checked at all: status-code conformance (the spec documents only 200 for most operations,
 # while OpenAI answers errors with 400/401/404/429/5xx like the gateway).
 DEVIATIONS: dict[tuple[str, str, int, str], str] = {
-    ("POST /embeddings", "ST108", 200, "/components/schemas/Embedding/properties/embedding"):
-        "With encoding_format=base64 OpenAI (and the gateway) send each embedding as a base64 string; "
-        "the spec types it as an array of floats only.",
-    ("DELETE /responses/{response_id}", "ST108", 404, ""):
-        "The spec documents deleteResponse's 404 body as a bare Error object; OpenAI (and the gateway, and "
-        "the SDKs) send it wrapped as {\"error\": Error}, like every other error.",
-    ("POST /chat/completions", "ST111", 200, ""):
-        "The spec's discriminator for a message's tool_calls maps schema names, not the `type` values "
-        "('function', 'custom') that OpenAI sends; the gateway sends OpenAI's values.",
-    ("GET /responses/{response_id}/input_items", "ST111", 200, ""):
-        "The same spec fault for input items: its discriminator maps schema names, not the item `type` "
-        "values ('message', 'function_call', ...) that OpenAI sends.",
-    ("POST /completions", "ST105", 200, ""):
-        "The spec documents createCompletion as JSON only; with `stream: true` OpenAI (and the gateway) "
-        "answer text/event-stream.",
+    (
+        "POST /embeddings",
+        "ST108",
+        200,
+        "/components/schemas/Embedding/properties/embedding",
+    ): "With encoding_format=base64 OpenAI (and the gateway) send each embedding as a base64 string; "
+    "the spec types it as an array of floats only.",
+    (
+        "DELETE /responses/{response_id}",
+        "ST108",
+        404,
+        "",
+    ): "The spec documents deleteResponse's 404 body as a bare Error object; OpenAI (and the gateway, and "
+    'the SDKs) send it wrapped as {"error": Error}, like every other error.',
+    (
+        "POST /chat/completions",
+        "ST111",
+        200,
+        "",
+    ): "The spec's discriminator for a message's tool_calls maps schema names, not the `type` values "
+    "('function', 'custom') that OpenAI sends; the gateway sends OpenAI's values.",
+    (
+        "GET /responses/{response_id}/input_items",
+        "ST111",
+        200,
+        "",
+    ): "The same spec fault for input items: its discriminator maps schema names, not the item `type` "
+    "values ('message', 'function_call', ...) that OpenAI sends.",
+    (
+        "POST /completions",
+        "ST105",
+        200,
+        "",
+    ): "The spec documents createCompletion as JSON only; with `stream: true` OpenAI (and the gateway) "
+    "answer text/event-stream.",
 }
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 
@@ -144,8 +181,13 @@ def _check(case: Any, response: Any, found: list[str]) -> None:
 
 
 def _fuzz(op: Any, operation_id: str, mode: GenerationMode, base_url: str, found: list[str]) -> None:
-    @settings(max_examples=EXAMPLES_PER_MODE, deadline=None, suppress_health_check=list(HealthCheck),
-              derandomize=True, database=None)
+    @settings(
+        max_examples=EXAMPLES_PER_MODE,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
     @given(case=op.as_strategy(generation_mode=mode))
     def run(case: Any) -> None:
         if mode == GenerationMode.POSITIVE:
@@ -157,7 +199,8 @@ def _fuzz(op: Any, operation_id: str, mode: GenerationMode, base_url: str, found
 
 @needs_spec
 def test_requests_generated_from_openais_spec_get_conforming_answers(
-        spec: dict[str, Any], fuzz_gateway: GatewayThread) -> None:
+    spec: dict[str, Any], fuzz_gateway: GatewayThread
+) -> None:
     schema = schemathesis.openapi.from_dict(spec).include(operation_id=OPERATIONS)
     found: list[str] = []
     seen: set[str] = set()
@@ -175,19 +218,51 @@ EXPLICIT: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/chat/completions", {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}),
     ("POST", "/completions", {"model": "fake-model", "prompt": "hi", "max_tokens": 5}),
     ("POST", "/embeddings", {"model": "fake-embed", "input": ["a", "b"], "dimensions": 8}),
-    ("POST", "/responses", {"model": "fake-model", "input": "one two three four five", "max_output_tokens": 16}),
-    ("POST", "/responses", {"model": "fake-model", "input": "weather?", "tools": [
-        {"type": "function", "name": "get_weather", "strict": False,
-         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]}),
-    ("POST", "/responses", {"model": "fake-model", "input": "json", "text": {"format": {
-        "type": "json_schema", "name": "x", "strict": False,
-        "schema": {"type": "object", "properties": {"ok": {"type": "boolean"}}}}}}),
+    (
+        "POST",
+        "/responses",
+        {"model": "fake-model", "input": "one two three four five", "max_output_tokens": 16},
+    ),
+    (
+        "POST",
+        "/responses",
+        {
+            "model": "fake-model",
+            "input": "weather?",
+            "tools": [
+                {
+                    "type": "function",
+                    "name": "get_weather",
+                    "strict": False,
+                    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+                }
+            ],
+        },
+    ),
+    (
+        "POST",
+        "/responses",
+        {
+            "model": "fake-model",
+            "input": "json",
+            "text": {
+                "format": {
+                    "type": "json_schema",
+                    "name": "x",
+                    "strict": False,
+                    "schema": {"type": "object", "properties": {"ok": {"type": "boolean"}}},
+                }
+            },
+        },
+    ),
     ("POST", "/responses", {"model": "fake-model", "input": "hi", "instructions": "be brief"}),
 ]
 
 
 @needs_spec
-def test_successful_answers_and_stored_responses_conform(spec: dict[str, Any], fuzz_gateway: GatewayThread) -> None:
+def test_successful_answers_and_stored_responses_conform(
+    spec: dict[str, Any], fuzz_gateway: GatewayThread
+) -> None:
     schema = schemathesis.openapi.from_dict(spec).include(operation_id=OPERATIONS)
     base_url = fuzz_gateway.base_url + "/v1"
     found: list[str] = []
@@ -200,8 +275,11 @@ def test_successful_answers_and_stored_responses_conform(spec: dict[str, Any], f
         if path == "/responses":
             stored = response.json()["id"]
     assert stored is not None
-    for method, path in [("GET", "/responses/{response_id}"), ("GET", "/responses/{response_id}/input_items"),
-                         ("DELETE", "/responses/{response_id}")]:
+    for method, path in [
+        ("GET", "/responses/{response_id}"),
+        ("GET", "/responses/{response_id}/input_items"),
+        ("DELETE", "/responses/{response_id}"),
+    ]:
         case = schema[path][method].Case(path_parameters={"response_id": stored})
         response = case.call(base_url=base_url, timeout=20)
         assert response.status_code == 200, response.text
@@ -210,7 +288,9 @@ def test_successful_answers_and_stored_responses_conform(spec: dict[str, Any], f
 
 
 @needs_spec
-def test_streamed_responses_events_conform_to_the_spec(spec: dict[str, Any], fuzz_gateway: GatewayThread) -> None:
+def test_streamed_responses_events_conform_to_the_spec(
+    spec: dict[str, Any], fuzz_gateway: GatewayThread
+) -> None:
     import jsonschema
 
     schemas = spec["components"]["schemas"]
@@ -219,13 +299,22 @@ def test_streamed_responses_events_conform_to_the_spec(spec: dict[str, Any], fuz
         name = ref["$ref"].rsplit("/", 1)[1]
         for kind in schemas[name].get("properties", {}).get("type", {}).get("enum", ()):
             by_type[kind] = jsonschema.Draft202012Validator(
-                {"$ref": f"#/components/schemas/{name}", "components": spec["components"]})
-    tools = [{"type": "function", "name": "lookup", "strict": False,
-              "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}]
+                {"$ref": f"#/components/schemas/{name}", "components": spec["components"]}
+            )
+    tools = [
+        {
+            "type": "function",
+            "name": "lookup",
+            "strict": False,
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        }
+    ]
     kinds: set[str] = set()
     with httpx.Client(base_url=fuzz_gateway.base_url, timeout=20) as http:
-        for body in ({"model": "fake-model", "input": "one two", "stream": True},
-                     {"model": "fake-model", "input": "find", "tools": tools, "stream": True}):
+        for body in (
+            {"model": "fake-model", "input": "one two", "stream": True},
+            {"model": "fake-model", "input": "find", "tools": tools, "stream": True},
+        ):
             with http.stream("POST", "/v1/responses", json=body) as r:
                 assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
                 for line in r.iter_lines():
@@ -234,7 +323,13 @@ def test_streamed_responses_events_conform_to_the_spec(spec: dict[str, Any], fuz
                     event = orjson.loads(line[6:])
                     kinds.add(event["type"])
                     errors = list(by_type[event["type"]].iter_errors(event))
-                    assert not errors, (f"{event['type']} violates the spec at {list(errors[0].absolute_path)}: "
-                                        f"{errors[0].message[:300]}")
-    assert {"response.created", "response.output_text.delta", "response.function_call_arguments.delta",
-            "response.completed"} <= kinds
+                    assert not errors, (
+                        f"{event['type']} violates the spec at {list(errors[0].absolute_path)}: "
+                        f"{errors[0].message[:300]}"
+                    )
+    assert {
+        "response.created",
+        "response.output_text.delta",
+        "response.function_call_arguments.delta",
+        "response.completed",
+    } <= kinds

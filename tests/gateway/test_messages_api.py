@@ -128,10 +128,16 @@ def test_a_stream_cut_after_it_began_ends_with_an_anthropic_error_event(gateway:
     import httpx
     import orjson
 
-    body = {"model": "fake-model", "max_tokens": 50, "stream": True,
-            "messages": [{"role": "user", "content": "[[fault:cut:2]] one two three four five six"}]}
-    with httpx.Client(base_url=gateway.base_url, timeout=20) as http, http.stream("POST", "/v1/messages",
-                                                                                 json=body) as r:
+    body = {
+        "model": "fake-model",
+        "max_tokens": 50,
+        "stream": True,
+        "messages": [{"role": "user", "content": "[[fault:cut:2]] one two three four five six"}],
+    }
+    with (
+        httpx.Client(base_url=gateway.base_url, timeout=20) as http,
+        http.stream("POST", "/v1/messages", json=body) as r,
+    ):
         assert r.status_code == 200
         events = [orjson.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
     assert events[0]["type"] == "message_start" and events[-1]["type"] == "error"

@@ -178,8 +178,10 @@ def test_a_stream_cut_after_it_began_ends_with_response_failed(gateway: GatewayT
     import orjson
 
     body = {"model": "fake-model", "input": "[[fault:cut:2]] one two three four five six", "stream": True}
-    with httpx.Client(base_url=gateway.base_url, timeout=20) as http, http.stream("POST", "/v1/responses",
-                                                                                 json=body) as r:
+    with (
+        httpx.Client(base_url=gateway.base_url, timeout=20) as http,
+        http.stream("POST", "/v1/responses", json=body) as r,
+    ):
         assert r.status_code == 200
         events = [orjson.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
     assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.failed"

@@ -43,16 +43,18 @@ def test_responses_api_from_the_local_model_plain_and_streamed(local_gateway: Ga
     assert resp.output_text and resp.usage is not None and 0 < resp.usage.output_tokens <= 16
     assert raw.headers["x-hybridgate-model"] == "hybridgate-local"
     assert raw.headers["x-hybridgate-policy"].startswith("auto@") and raw.headers["x-hybridgate-propensity"]
-    with oa.responses.stream(model="hybridgate-local", input="Hello!", max_output_tokens=16,
-                             previous_response_id=resp.id) as stream:
+    with oa.responses.stream(
+        model="hybridgate-local", input="Hello!", max_output_tokens=16, previous_response_id=resp.id
+    ) as stream:
         final = stream.get_final_response()
     assert final.output_text and final.status in ("completed", "incomplete")
 
 
 def test_messages_api_from_the_local_model_streamed(local_gateway: GatewayThread) -> None:
     client = Anthropic(base_url=local_gateway.base_url, api_key="unused", max_retries=0, timeout=120)
-    with client.messages.stream(model="hybridgate-local", max_tokens=12,
-                                messages=[{"role": "user", "content": "Hello!"}]) as stream:
+    with client.messages.stream(
+        model="hybridgate-local", max_tokens=12, messages=[{"role": "user", "content": "Hello!"}]
+    ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text and final.usage.output_tokens > 0 and final.stop_reason in ("end_turn", "max_tokens")
