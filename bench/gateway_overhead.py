@@ -13,6 +13,7 @@ What it does (all on 127.0.0.1, every process stopped on exit):
 Usage:
   python bench/gateway_overhead.py [--duration 10] [--concs 1,8,64] [--probe-n 300]
       [--litellm-venv /tmp/llvenv] [--pg-admin postgresql://postgres@127.0.0.1:5432/test] [--out FILE]
+      [--repeat N]  (hybridgate also serves the same request through the Responses API, alternating with chat)
 
 LiteLLM's venv: `VENV=/tmp/llvenv LITELLM_SPEC='litellm[proxy]==1.106.2'
 ../shared/bench/litellm_baseline/setup.sh` (from the repo root). Without it, LiteLLM is skipped.
@@ -200,23 +201,38 @@ general_settings: {{master_key: os.environ/LITELLM_MASTER_KEY}}
     return proc, key, time.monotonic() - t0
 
 
+def _best_probe(best: dict[str, float] | None, new: dict[str, float]) -> dict[str, float]:
+    return new if best is None or new["p50_ms"] < best["p50_ms"] else best
+
+
 def measure(name: str, url: str, key: str, pid: int | None, args: argparse.Namespace, tmp: Path,
             started_s: float | None) -> dict[str, Any]:
     res: dict[str, Any] = {"target": name, "start_s": started_s}
     time.sleep(1.5)
     if pid:
         res["rss_idle_mb"] = rss_mb(pid)
-    res["probe"] = asyncio.run(probe(url, key, args.probe_n))
+    responses = name == "hybridgate"  # the Responses API through the same gateway process, in the same run
+    # Probes and wrk runs alternate between the APIs and repeat `--repeat` times; the best of the repeats
+    # is kept (least disturbed by other load on the box), so both APIs see the same conditions.
+    for _ in range(args.repeat):
+        res["probe"] = _best_probe(res.get("probe"), asyncio.run(probe(url, key, args.probe_n)))
+        if responses:
+            res["probe_responses"] = _best_probe(res.get("probe_responses"),
+                                                 asyncio.run(probe(url, key, args.probe_n, RESPONSES)))
     wrk(url, BODY, 8, 3, key, tmp)  # warm-up
-    modes: list[tuple[str, dict[str, Any], str]] = [("chat", BODY, CHAT), ("chat_stream", {**BODY, "stream": True}, CHAT)]
-    if name == "hybridgate":  # the Responses API through the same gateway process, in the same run
-        res["probe_responses"] = asyncio.run(probe(url, key, args.probe_n, RESPONSES))
-        modes += [("responses", RESP_BODY, RESPONSES), ("responses_stream", {**RESP_BODY, "stream": True}, RESPONSES)]
-    for mode, body, path in modes:
+    pairs: list[list[tuple[str, dict[str, Any], str]]] = [[("chat", BODY, CHAT)], [("chat_stream", {**BODY, "stream": True}, CHAT)]]
+    if responses:
+        pairs[0].append(("responses", RESP_BODY, RESPONSES))
+        pairs[1].append(("responses_stream", {**RESP_BODY, "stream": True}, RESPONSES))
+    for pair in pairs:
         for c in args.concs:
-            r = wrk(url, body, c, args.duration, key, tmp, path)
-            res[f"{mode}_c{c}"] = r
-            print(f"  {name:10s} {mode:16s} c={c:<3d} {r}", flush=True)
+            for _ in range(args.repeat):
+                for mode, body, path in pair:
+                    r = wrk(url, body, c, args.duration, key, tmp, path)
+                    best = res.get(f"{mode}_c{c}")
+                    if best is None or r.get("rps", 0) > best.get("rps", 0):
+                        res[f"{mode}_c{c}"] = r
+                    print(f"  {name:10s} {mode:16s} c={c:<3d} {r}", flush=True)
     if pid:
         res["rss_after_mb"] = rss_mb(pid)
     return res
@@ -276,6 +292,7 @@ def main() -> int:
     ap.add_argument("--litellm-venv", default="/tmp/llvenv")
     ap.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/test")
     ap.add_argument("--targets", default="direct,hybridgate,litellm")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per measurement, alternating APIs; best kept")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     args.concs = [int(c) for c in args.concs.split(",")]
