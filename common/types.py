@@ -37,7 +37,8 @@ class DeploymentConfig(BaseModel):
     model: str = Field(min_length=1, description="public model name clients ask for")
     provider: Literal["litellm", "openai_compatible", "local"] = "openai_compatible"
     upstream_model: str = Field(
-        min_length=1, description="litellm model string (e.g. 'anthropic/claude-3-5-haiku') or upstream model id"
+        min_length=1,
+        description="litellm model string (e.g. 'anthropic/claude-3-5-haiku') or upstream model id",
     )
     api_base: str | None = None
     api_key_env: str | None = Field(default=None, description="name of the env var holding the upstream key")
@@ -46,9 +47,9 @@ class DeploymentConfig(BaseModel):
     context_window: int = Field(default=8192, gt=0)
     max_output_tokens: int | None = Field(default=None, gt=0)
     pricing: Pricing = Field(default_factory=Pricing)
-    capabilities: list[Literal["chat", "completion", "embedding", "tools", "json_mode", "vision", "logprobs"]] = Field(
-        default_factory=lambda: ["chat", "completion"]
-    )
+    capabilities: list[
+        Literal["chat", "completion", "embedding", "tools", "json_mode", "vision", "logprobs"]
+    ] = Field(default_factory=lambda: ["chat", "completion"])
     tags: list[str] = Field(default_factory=list)
     max_concurrency: int | None = Field(default=None, gt=0)
 

@@ -48,6 +48,7 @@ from router.protocols import Plugins
 from service.artifact_slots import ArtifactSlots, slot_name
 from service.budgets import config_limits
 from service.executor import Executor
+from service.feedback import FeedbackRecorder
 from service.metrics import Metrics
 from service.remote_load import RemoteLoadPoller, engine_load
 from service.routing import Catalog, GatewayRouter
@@ -165,6 +166,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         remote_load=remote_load,
         policy_events=policy_events,
         artifacts=artifacts,
+        feedback=FeedbackRecorder(engine, sink, router),
     )
 
 

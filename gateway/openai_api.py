@@ -39,7 +39,7 @@ from gateway.services import Services
 from gateway.wire.adapter import WireAdapter
 from requestlog.rows import RequestRow
 from requestlog.stored_responses import ResponseStore
-from service.cascade import judge
+from service.cascade import StreamedAnswer, judge
 from service.errors import Refused
 from service.executor import Execution, Plan
 from service.routing import Route
@@ -75,6 +75,12 @@ class _Ctx:
                 h["x-hybridgate-propensity"] = f"{r.propensity:.6g}"
             h["x-hybridgate-route-reason"] = _header_safe(r.reason)
         return h
+
+
+async def _raising(err: BaseException) -> AsyncIterator[dict[str, Any]]:
+    """A stream whose next item is ``err``: what is left of an answer that broke off."""
+    raise err
+    yield {}  # an async generator, never reached
 
 
 def _header_safe(text: str) -> str:
@@ -206,7 +212,7 @@ class OpenAIHandlers:
             b["model"] = d.upstream_model
             if stream:
                 b["stream"] = True
-            else:  # a streamed request answered whole (cascade): ask the upstream for one body
+            else:  # answered whole: ask the upstream for one body
                 b.pop("stream", None)
                 b.pop("stream_options", None)
             return UpstreamCall(kind=kind, body=b, timeout_s=timeout_s,  # type: ignore[arg-type]
@@ -285,8 +291,7 @@ class OpenAIHandlers:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             if esc is None:
                 return await self._stream(ctx, kind, route, id_prefix, include_usage)
-            # A cascade judges the cheap answer whole before anyone sees it, so it is fetched
-            # complete and then streamed; the client never gets a first answer and then a second.
+            return await self._stream_cascade(ctx, req, route, id_prefix, include_usage)
         asked_logprobs = bool(getattr(req, "logprobs", None))
         want_logprobs = esc is not None and esc.score == "logprobs" and not asked_logprobs
         extra = {"logprobs": True if kind == "chat" else 1} if want_logprobs else None
@@ -300,26 +305,11 @@ class OpenAIHandlers:
         body["id"] = id_prefix + ctx.rid
         body["model"] = _served_name(ctx)
         body.setdefault("object", obj)
-        if req.stream:
-            return await self._replay(ctx, body, include_usage)
         out = await ctx.wire.whole(body, body["model"]) if ctx.wire is not None else orjson.dumps(body)
         if self.s.settings.log.bodies == "full":  # the internal (chat) form whatever the wire format: one shape to learn from
             ctx.row.response_body = (orjson.dumps(body) if ctx.wire is not None else out).decode()
         self._finish(ctx, 200)
         return Response(out, media_type=_JSON, headers=ctx.headers())
-
-    async def _replay(self, ctx: _Ctx, body: dict[str, Any], include_usage: bool) -> Response:
-        """Stream an answer that is already complete (see `sse.replay_chunks`)."""
-        if ctx.wire is not None:
-            w = ctx.wire
-            data = (w.start(body["model"]) + b"".join(map(w.feed, sse.replay_chunks(body, True)))
-                    + await w.finish())
-        else:
-            data = b"".join(map(sse.event, sse.replay_chunks(body, include_usage))) + sse.DONE
-        if self.s.settings.log.bodies == "full":
-            ctx.row.response_body = data.decode()
-        self._finish(ctx, 200)
-        return Response(data, media_type="text/event-stream", headers=ctx.headers() | {"cache-control": "no-cache"})
 
     async def _maybe_escalate(
         self, ctx: _Ctx, route: Route, first: UpstreamResponse, kind: str, prompt: str
@@ -369,6 +359,88 @@ class OpenAIHandlers:
             first = await chunks.__anext__()
         except StopAsyncIteration:
             raise UpstreamError("stream_cut", "empty stream") from None
+        return self._sse(ctx, id_prefix, include_usage, [first], chunks, chunks)
+
+    async def _stream_cascade(self, ctx: _Ctx, req: Any, route: Route, id_prefix: str,
+                              include_usage: bool) -> Response:
+        """A cascade on a streamed request: hold back the first answer up to the policy's
+        ``stream_buffer_chars``, judge what is held (the whole answer when it is shorter), then either
+        stream it on or escalate and stream the stronger model's answer instead. The client only
+        ever sees one answer; its first token waits for the held-back part."""
+        ex = ctx.ex
+        esc = route.decision.escalation if route.decision is not None else None
+        assert ex is not None and esc is not None
+        kind = "chat" if ctx.wire is not None else ctx.row.endpoint
+        asked_logprobs = bool(getattr(req, "logprobs", None))
+        extra = ({"logprobs": True if kind == "chat" else 1}
+                 if esc.score == "logprobs" and not asked_logprobs else None)
+        first = self.s.executor.stream(ex, route.plan, self._call_factory(ctx, kind, True, extra))
+        held: list[dict[str, Any]] = []
+        answer = StreamedAnswer(chat=kind == "chat")
+        whole = False
+        cut: UpstreamError | None = None
+        try:
+            async for chunk in first:
+                held.append(chunk)
+                answer.add(chunk)
+                if answer.chars >= esc.stream_buffer_chars:
+                    break
+            else:
+                whole = True
+        except UpstreamError as err:
+            if not held:
+                await first.aclose()
+                raise  # nothing answered: a plain error, as for any request
+            cut = err  # the first answer broke off after it began; nobody has seen it
+        except BaseException:  # the client left, or the server is stopping: end the attempt now
+            await first.aclose()
+            raise
+        strip = not asked_logprobs
+        served = ex.served
+        if served is None or served.deployment.name != esc.first.name:  # a fallback answered: not judged
+            ex.ttft_s = time.perf_counter() - ctx.t0
+            rest = _raising(cut) if cut is not None else None if whole else first
+            return self._sse(ctx, id_prefix, include_usage, held, rest, first, strip)
+        if cut is not None:
+            route.reason += f"; first answer cut after {answer.chars} chars"
+            outcome = "escalate"
+        else:
+            verdict = judge(esc, answer.body(), prompt_text(req), self.s.router.plugins.verifiers)
+            route.reason += verdict.reason() + ("" if whole else f" (first {answer.chars} chars)")
+            outcome = verdict.outcome
+        if outcome != "escalate":
+            ex.ttft_s = time.perf_counter() - ctx.t0
+            route.reason += ", kept" if outcome == "kept" else ""
+            self._count_escalation(route, esc.score, outcome)
+            return self._sse(ctx, id_prefix, include_usage, held, None if whole else first, first, strip)
+        served_first, usage_first = ex.served, ex.usage
+        plan = Plan(self.s.router.catalog.targets(esc.to), retry=route.plan.retry, triggers=route.plan.triggers)
+        second = self.s.executor.stream(ex, plan, self._call_factory(ctx, kind, True))
+        try:
+            head = await second.__anext__()
+        except (asyncio.CancelledError, GeneratorExit):
+            await second.aclose()
+            await first.aclose()
+            raise
+        except (UpstreamError, StopAsyncIteration):
+            await second.aclose()
+            ex.served, ex.usage, ex.error = served_first, usage_first, None
+            if cut is not None:
+                raise cut from None
+            ex.ttft_s = time.perf_counter() - ctx.t0
+            route.reason += ", escalation failed, kept first"
+            self._count_escalation(route, esc.score, "failed")
+            return self._sse(ctx, id_prefix, include_usage, held, None if whole else first, first, strip)
+        await first.aclose()  # the held-back answer is dropped; its attempt is logged as cancelled if unfinished
+        ex.ttft_s = time.perf_counter() - ctx.t0
+        route.reason += f", escalated to {ex.served.deployment.model if ex.served else '?'}"
+        self._count_escalation(route, esc.score, "escalated")
+        return self._sse(ctx, id_prefix, include_usage, [head], second, second)
+
+    def _sse(self, ctx: _Ctx, id_prefix: str, include_usage: bool, head: list[dict[str, Any]],
+             rest: AsyncIterator[dict[str, Any]] | None, source: Any, strip_logprobs: bool = False) -> Response:
+        """The stream response: ``head`` (chunks already read), then ``rest`` as it arrives, batched
+        by readiness; ``source`` (the executor's stream) is closed at the end whatever happens."""
         cid = id_prefix + ctx.rid
         served = _served_name(ctx)
         body_log: list[bytes] | None = [] if self.s.settings.log.bodies == "full" else None
@@ -378,6 +450,9 @@ class OpenAIHandlers:
                 if not chunk.get("choices") and chunk.get("usage") is not None:
                     return None  # the usage chunk we asked for upstream, not wanted by this client
                 chunk.pop("usage", None)
+            if strip_logprobs:
+                for c in chunk.get("choices") or ():
+                    c["logprobs"] = None  # asked for the cascade's sake, not by the client
             chunk["id"] = cid
             chunk["model"] = served
             data = sse.event(chunk)
@@ -389,13 +464,14 @@ class OpenAIHandlers:
             """The same stream in another wire format: the adapter encodes chunks as its events."""
             status, error, cancelled = 200, None, False
             try:
-                yield w.start(served) + w.feed(first)
-                async for batch in ready_batches(chunks):
-                    data = b"".join(map(w.feed, batch))
-                    if data:
-                        if body_log is not None:
-                            body_log.append(data)
-                        yield data
+                yield w.start(served) + b"".join(map(w.feed, head))
+                if rest is not None:
+                    async for batch in ready_batches(rest):
+                        data = b"".join(map(w.feed, batch))
+                        if data:
+                            if body_log is not None:
+                                body_log.append(data)
+                            yield data
                 yield await w.finish()
             except UpstreamError as uerr:
                 error = from_upstream(uerr)
@@ -405,7 +481,7 @@ class OpenAIHandlers:
                 status = 499
                 raise
             finally:
-                await chunks.aclose()
+                await source.aclose()
                 if body_log is not None:
                     ctx.row.response_body = b"".join(body_log).decode()
                 self._finish(ctx, status, error, cancelled)
@@ -413,13 +489,14 @@ class OpenAIHandlers:
         async def body() -> AsyncIterator[bytes]:
             status, error, cancelled = 200, None, False
             try:
-                data = encode(first)
+                data = b"".join(filter(None, map(encode, head)))
                 if data:
                     yield data
-                async for batch in ready_batches(chunks):
-                    data = b"".join(filter(None, map(encode, batch)))
-                    if data:
-                        yield data
+                if rest is not None:
+                    async for batch in ready_batches(rest):
+                        data = b"".join(filter(None, map(encode, batch)))
+                        if data:
+                            yield data
                 yield sse.DONE
             except UpstreamError as uerr:
                 error = from_upstream(uerr)
@@ -429,7 +506,7 @@ class OpenAIHandlers:
                 status = 499
                 raise
             finally:
-                await chunks.aclose()
+                await source.aclose()
                 if body_log is not None:
                     ctx.row.response_body = b"".join(body_log).decode()
                 self._finish(ctx, status, error, cancelled)

@@ -13,6 +13,7 @@ from gateway.keys import KeyStore
 from requestlog.sink import LogSink
 from service.artifact_slots import ArtifactSlots
 from service.executor import Executor
+from service.feedback import FeedbackRecorder
 from service.metrics import Metrics
 from service.remote_load import RemoteLoadPoller
 from service.routing import GatewayRouter
@@ -33,3 +34,4 @@ class Services:
     remote_load: RemoteLoadPoller
     policy_events: RedisPolicyEvents | None
     artifacts: ArtifactSlots
+    feedback: FeedbackRecorder

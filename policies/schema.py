@@ -293,7 +293,9 @@ class Escalation(_Strict):
 
     ``score`` names how the gateway computes confidence: mean token ``logprobs``, or a trained answer
     ``verifier`` (for providers that return no log-probabilities); the router only resolves who goes
-    first and who is escalated to.
+    first and who is escalated to. A streamed request holds back up to ``stream_buffer_chars`` of the
+    first answer, judges what it holds (the whole answer when it is shorter, else its beginning), then
+    streams it on or escalates.
     """
 
     enabled: bool = True
@@ -305,6 +307,13 @@ class Escalation(_Strict):
         pattern=r"^(logprobs|verifier(:[A-Za-z0-9_.-]+)?)$",
         description="logprobs: the answer's token probabilities; verifier[:name]: a trained answer "
         "verifier (hybridgate router train-verifier, router.verifiers in the config)",
+    )
+    stream_buffer_chars: int = Field(
+        default=2000,
+        ge=1,
+        le=1_000_000,
+        description="streamed requests: characters of the first answer held back and judged before any is "
+        "sent (the whole answer when shorter); the client's first token waits for them",
     )
 
 

@@ -164,7 +164,8 @@ def decide(
         scope = pool if downgraded else eligible
         to = [i for i in cp.esc_to if scope >> i & 1 and i != primary]
         if to:
-            escalation = EscalationPlan(cp.deps[primary], [cp.deps[i] for i in to], esc.threshold, esc.score)
+            escalation = EscalationPlan(cp.deps[primary], [cp.deps[i] for i in to], esc.threshold, esc.score,
+                                        esc.stream_buffer_chars)
             trace.append(
                 TraceStep("escalation", f"{esc.score} < {esc.threshold} → {cp.names[to[0]]}", tuple(cp.names[i] for i in to))
             )

@@ -30,6 +30,7 @@ class EscalationPlan:
     to: list[DeploymentConfig]
     threshold: float
     score: str
+    stream_buffer_chars: int = 2000  # a streamed first answer: how much is held back and judged
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -37,6 +38,7 @@ class EscalationPlan:
             "to": [d.name for d in self.to],
             "threshold": self.threshold,
             "score": self.score,
+            "stream_buffer_chars": self.stream_buffer_chars,
         }
 
 

@@ -35,7 +35,9 @@ def config_limits(entries: Iterable[ConfiguredBudget]) -> dict[str, BudgetLimit]
 class ScopeBudgets:
     """The user and team limits in force in this process: config ones, overridden by admin ones."""
 
-    def __init__(self, config: Mapping[str, BudgetLimit] | None = None, store: ScopeBudgetStore | None = None) -> None:
+    def __init__(
+        self, config: Mapping[str, BudgetLimit] | None = None, store: ScopeBudgetStore | None = None
+    ) -> None:
         self.config: dict[str, BudgetLimit] = dict(config or {})
         self.admin: dict[str, BudgetLimit] = {}
         self.limits: dict[str, BudgetLimit] = dict(self.config)
@@ -76,8 +78,15 @@ class ScopeBudgets:
             snap = snaps.get(lim.scope)
             spent = snap.spent_usd if snap else 0.0
             reserved = snap.reserved_usd if snap else 0.0
-            out.append({"scope": lim.scope, "limit_usd": lim.limit_usd, "period": lim.period,
-                        "source": "admin" if lim.scope in self.admin else "config",
-                        "spent_usd": spent, "reserved_usd": reserved,
-                        "remaining_usd": lim.limit_usd - spent - reserved})
+            out.append(
+                {
+                    "scope": lim.scope,
+                    "limit_usd": lim.limit_usd,
+                    "period": lim.period,
+                    "source": "admin" if lim.scope in self.admin else "config",
+                    "spent_usd": spent,
+                    "reserved_usd": reserved,
+                    "remaining_usd": lim.limit_usd - spent - reserved,
+                }
+            )
         return out

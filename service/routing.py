@@ -1,4 +1,4 @@
-"""The gateway's adapter around the pure router.
+"""The request service around the pure router: what happens to a request between HTTP and upstreams.
 
 Per request it: checks rate limits and concurrency caps, gathers the signals snapshot (breaker
 states, latency EWMA, in-flight counts, budgets, local-model load), calls `router.decide` for a

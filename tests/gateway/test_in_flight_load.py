@@ -21,8 +21,11 @@ MSG = [{"role": "user", "content": "hello"}]
 
 
 def _put_policy(gw: GatewayThread) -> None:
-    r = httpx.put(gw.base_url + "/admin/api/policies/spread", content=SPREAD,
-                  headers={"content-type": "application/yaml"})
+    r = httpx.put(
+        gw.base_url + "/admin/api/policies/spread",
+        content=SPREAD,
+        headers={"content-type": "application/yaml"},
+    )
     assert r.status_code == 201, r.text
 
 
@@ -47,7 +50,9 @@ def test_least_busy_spreads_concurrent_slow_requests_across_external_deployments
     with FakeProviderThread() as a, FakeProviderThread() as b:
         a.set_faults("latency:1500")
         b.set_faults("latency:1500")
-        cfg = settings(tmp_path, sqlite_url, [dep("a", "model-a", a.base_url), dep("b", "model-b", b.base_url)])
+        cfg = settings(
+            tmp_path, sqlite_url, [dep("a", "model-a", a.base_url), dep("b", "model-b", b.base_url)]
+        )
         with running_gateway(cfg) as gw:
             _put_policy(gw)
             client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="unused", max_retries=0, timeout=30)
@@ -63,13 +68,17 @@ def test_least_busy_spreads_concurrent_slow_requests_across_external_deployments
             assert _wait_idle(gw) == {}
 
 
-def test_in_flight_counts_are_given_back_after_errors_and_abandoned_streams(tmp_path: Path, sqlite_url: str) -> None:
+def test_in_flight_counts_are_given_back_after_errors_and_abandoned_streams(
+    tmp_path: Path, sqlite_url: str
+) -> None:
     with FakeProviderThread() as a, FakeProviderThread() as b:
         cfg = settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url), dep("b", "m", b.base_url)])
         with running_gateway(cfg) as gw:
             a.set_faults("500")
             r = httpx.post(gw.base_url + "/v1/chat/completions", json={"model": "m", "messages": MSG})
-            assert r.status_code == 200 and r.headers["x-hybridgate-deployment"] == "b"  # a failed, b answered
+            assert (
+                r.status_code == 200 and r.headers["x-hybridgate-deployment"] == "b"
+            )  # a failed, b answered
             assert _wait_idle(gw) == {}
 
             a.set_faults("chunk_latency:200,tokens:50")

@@ -9,14 +9,40 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("common", "gateway", "service", "router", "policies", "backends", "requestlog", "state",
-            "local_model", "migrations")
+PACKAGES = (
+    "common",
+    "gateway",
+    "service",
+    "router",
+    "policies",
+    "backends",
+    "requestlog",
+    "state",
+    "local_model",
+    "migrations",
+)
 
 # Modules that decide, price, limit or learn: the request service uses them, the HTTP layer never does.
-LOGIC = ("router.decide", "router.calibrate", "router.escalation", "router.retry", "router.selectors",
-         "router.rules", "router.budget", "router.ratelimit", "router.bandits", "router.plugins",
-         "router.offline", "requestlog.spend", "state.budgets", "state.budget_reconcile", "state.bandits",
-         "state.ratelimits", "state.breakers")
+LOGIC = (
+    "router.decide",
+    "router.calibrate",
+    "router.escalation",
+    "router.retry",
+    "router.selectors",
+    "router.rules",
+    "router.budget",
+    "router.ratelimit",
+    "router.bandits",
+    "router.plugins",
+    "router.offline",
+    "requestlog.spend",
+    "state.budgets",
+    "state.budget_reconcile",
+    "state.bandits",
+    "state.ratelimits",
+    "state.breakers",
+    "requestlog.tables.feedback",  # feedback is stored by service.feedback
+)
 # The app factory builds the stores and plugins it wires together; nothing else in gateway/ may.
 WIRING = {"gateway/app.py", "gateway/services.py"}
 # The command line runs offline tools (training, evaluation); it is not part of the serving path.
@@ -64,7 +90,7 @@ def _cycle(edges: dict[str, dict[str, list[str]]]) -> list[str] | None:
         stack.append(p)
         for q in sorted(edges[p]):
             if state.get(q) == 1:
-                return stack[stack.index(q):] + [q]
+                return stack[stack.index(q) :] + [q]
             if q not in state and (found := visit(q)):
                 return found
         stack.pop()
@@ -80,7 +106,11 @@ def _cycle(edges: dict[str, dict[str, list[str]]]) -> list[str] | None:
 def test_no_top_level_package_imports_another_in_a_circle() -> None:
     edges = _edges()
     cycle = _cycle(edges)
-    where = [f"{a} -> {b}: {sorted(set(edges[a][b]))}" for a, b in zip(cycle, cycle[1:], strict=False)] if cycle else []
+    where = (
+        [f"{a} -> {b}: {sorted(set(edges[a][b]))}" for a, b in zip(cycle, cycle[1:], strict=False)]
+        if cycle
+        else []
+    )
     assert cycle is None, "import cycle " + " -> ".join(cycle or []) + "\n" + "\n".join(where)
 
 
@@ -105,7 +135,13 @@ def test_gateway_holds_no_routing_budget_or_feedback_logic() -> None:
 
 def test_serving_path_does_not_import_offline_tooling() -> None:
     loader_file, loader = ARTIFACT_LOADER
-    wrong = [f"{rel} imports {m}" for pkg, rel, mods in _sources() if pkg in ("gateway", "service")
-             for m in sorted(mods) if m.startswith("router.offline") and rel not in OFFLINE_CLI
-             and not (rel == loader_file and (m == loader or m.startswith(loader + ".")))]
+    wrong = [
+        f"{rel} imports {m}"
+        for pkg, rel, mods in _sources()
+        if pkg in ("gateway", "service")
+        for m in sorted(mods)
+        if m.startswith("router.offline")
+        and rel not in OFFLINE_CLI
+        and not (rel == loader_file and (m == loader or m.startswith(loader + ".")))
+    ]
     assert not wrong, "\n".join(wrong)
