@@ -187,3 +187,45 @@ def test_a_stream_cut_after_it_began_ends_with_response_failed(gateway: GatewayT
     assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.failed"
     assert events[-1]["response"]["status"] == "failed" and events[-1]["response"]["error"]["message"]
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
+
+CASCADE = """
+name: cascade
+selector: {type: fixed, order: [cheap]}
+escalation: {first: [cheap], to: [strong], threshold: 0.999, score: logprobs}
+"""
+
+
+def test_streamed_responses_and_messages_under_a_cascade_show_only_the_escalated_answer(
+    fake_provider: FakeProviderThread, sqlite_url: str, tmp_path: Path
+) -> None:
+    import httpx
+    from anthropic import Anthropic
+
+    caps = ["chat", "logprobs"]
+    deployments = [
+        {
+            "name": n,
+            "model": m,
+            "upstream_model": "fake-model",
+            "api_base": fake_provider.base_url,
+            "capabilities": caps,
+        }
+        for n, m in (("cheap", "cheap-model"), ("strong", "strong-model"))
+    ]
+    settings = gateway_settings(fake_provider.base_url, sqlite_url, tmp_path, deployments=deployments)
+    with running_gateway(settings) as gw:
+        put = httpx.put(
+            gw.base_url + "/admin/api/policies/cascade",
+            content=CASCADE,
+            headers={"content-type": "application/yaml"},
+        )
+        assert put.status_code == 201
+        with client(gw).responses.stream(model="cascade", input="one two three") as stream:
+            final = stream.get_final_response()
+        assert final.output_text == "one two three" and final.model == "strong-model"
+        with Anthropic(base_url=gw.base_url, api_key="x", max_retries=0).messages.stream(
+            model="cascade", max_tokens=20, messages=[{"role": "user", "content": "four five"}]
+        ) as mstream:
+            message = mstream.get_final_message()
+        assert message.content[0].text == "four five" and message.model == "strong-model"  # type: ignore[union-attr]
