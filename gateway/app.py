@@ -47,6 +47,7 @@ from router.plugins import LinUCBBandit, ScoredLinUCBBandit, ThompsonBandit
 from router.protocols import Plugins
 from service.artifact_slots import ArtifactSlots, slot_name
 from service.budgets import config_limits
+from service.cascade import Cascades
 from service.executor import Executor
 from service.feedback import FeedbackRecorder
 from service.metrics import Metrics
@@ -153,6 +154,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         scope_store=ScopeBudgetStore(engine),
         local_load=lambda: engine_load(backends) | remote_load.latest,
     )
+    executor = Executor(pricer=catalog.cost, outcomes=router)
     return Services(
         settings=settings,
         engine=engine,
@@ -160,13 +162,14 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         keys=KeyStore(engine),
         metrics=metrics,
         router=router,
-        executor=Executor(pricer=catalog.cost, outcomes=router),
+        executor=executor,
         backends=backends,
         redis=redis_client,
         remote_load=remote_load,
         policy_events=policy_events,
         artifacts=artifacts,
         feedback=FeedbackRecorder(engine, sink, router),
+        cascades=Cascades(executor, catalog, plugins, metrics),
     )
 
 

@@ -19,7 +19,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from backends.base import UpstreamCall, UpstreamError, UpstreamResponse
+from backends.base import UpstreamCall, UpstreamError
 from common.types import DeploymentConfig
 from gateway import sse
 from gateway.coalesce import ready_batches
@@ -39,9 +39,9 @@ from gateway.services import Services
 from gateway.wire.adapter import WireAdapter
 from requestlog.rows import RequestRow
 from requestlog.stored_responses import ResponseStore
-from service.cascade import StreamedAnswer, judge
+from service.cascade import MakeCall
 from service.errors import Refused
-from service.executor import Execution, Plan
+from service.executor import Execution
 from service.routing import Route
 
 _JSON = "application/json"
@@ -75,12 +75,6 @@ class _Ctx:
                 h["x-hybridgate-propensity"] = f"{r.propensity:.6g}"
             h["x-hybridgate-route-reason"] = _header_safe(r.reason)
         return h
-
-
-async def _raising(err: BaseException) -> AsyncIterator[dict[str, Any]]:
-    """A stream whose next item is ``err``: what is left of an answer that broke off."""
-    raise err
-    yield {}  # an async generator, never reached
 
 
 def _header_safe(text: str) -> str:
@@ -220,6 +214,10 @@ class OpenAIHandlers:
 
         return make
 
+    def _calls(self, ctx: _Ctx, kind: str) -> MakeCall:
+        """Call factories for the cascade: (stream, extra body fields) -> factory."""
+        return lambda stream, extra: self._call_factory(ctx, kind, stream, dict(extra) if extra else None)
+
     # ---- endpoints ----------------------------------------------------------------------------
 
     async def chat(self, request: Request) -> Response:
@@ -291,13 +289,16 @@ class OpenAIHandlers:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             if esc is None:
                 return await self._stream(ctx, kind, route, id_prefix, include_usage)
-            return await self._stream_cascade(ctx, req, route, id_prefix, include_usage)
+            streamed = await self.s.cascades.stream(
+                ctx.ex, route, esc, self._calls(ctx, kind), prompt_text(req), kind,
+                bool(getattr(req, "logprobs", None)), ctx.t0)
+            return self._sse(ctx, id_prefix, include_usage, streamed.head, streamed.rest, streamed.source,
+                             streamed.strip_logprobs)
         asked_logprobs = bool(getattr(req, "logprobs", None))
-        want_logprobs = esc is not None and esc.score == "logprobs" and not asked_logprobs
-        extra = {"logprobs": True if kind == "chat" else 1} if want_logprobs else None
+        extra = self.s.cascades.logprobs_extra(esc, kind, asked_logprobs) if esc is not None else None
         resp = await self.s.executor.complete(ctx.ex, route.plan, self._call_factory(ctx, kind, False, extra))
         if esc is not None:
-            resp = await self._maybe_escalate(ctx, route, resp, kind, prompt_text(req))
+            resp = await self.s.cascades.complete(ctx.ex, route, esc, resp, self._calls(ctx, kind), prompt_text(req))
             if not asked_logprobs:
                 for c in resp.body.get("choices") or ():
                     c["logprobs"] = None  # asked for the cascade's sake, not by the client
@@ -310,37 +311,6 @@ class OpenAIHandlers:
             ctx.row.response_body = (orjson.dumps(body) if ctx.wire is not None else out).decode()
         self._finish(ctx, 200)
         return Response(out, media_type=_JSON, headers=ctx.headers())
-
-    async def _maybe_escalate(
-        self, ctx: _Ctx, route: Route, first: UpstreamResponse, kind: str, prompt: str
-    ) -> UpstreamResponse:
-        """Cascade: when the cheap model answered below the policy's confidence threshold, ask the
-        stronger one; both attempts are logged. If escalation itself fails, the first answer stands."""
-        esc = route.decision.escalation if route.decision is not None else None
-        ex = ctx.ex
-        if esc is None or ex is None or ex.served is None or ex.served.deployment.name != esc.first.name:
-            return first
-        verdict = judge(esc, first.body, prompt, self.s.router.plugins.verifiers)
-        route.reason += verdict.reason()
-        if verdict.outcome != "escalate":
-            route.reason += ", kept" if verdict.outcome == "kept" else ""
-            self._count_escalation(route, esc.score, verdict.outcome)
-            return first
-        served_first, usage_first = ex.served, ex.usage
-        plan = Plan(self.s.router.catalog.targets(esc.to), retry=route.plan.retry, triggers=route.plan.triggers)
-        try:
-            second = await self.s.executor.complete(ex, plan, self._call_factory(ctx, kind, False))
-        except UpstreamError:
-            ex.served, ex.usage, ex.error = served_first, usage_first, None
-            route.reason += ", escalation failed, kept first"
-            self._count_escalation(route, esc.score, "failed")
-            return first
-        route.reason += f", escalated to {ex.served.deployment.model}"
-        self._count_escalation(route, esc.score, "escalated")
-        return second
-
-    def _count_escalation(self, route: Route, score: str, outcome: str) -> None:
-        self.s.metrics.escalations.labels(route.policy or "", score, outcome).inc()
 
     async def _embed(self, ctx: _Ctx, req: Any, route: Route) -> Response:
         assert ctx.ex is not None
@@ -360,82 +330,6 @@ class OpenAIHandlers:
         except StopAsyncIteration:
             raise UpstreamError("stream_cut", "empty stream") from None
         return self._sse(ctx, id_prefix, include_usage, [first], chunks, chunks)
-
-    async def _stream_cascade(self, ctx: _Ctx, req: Any, route: Route, id_prefix: str,
-                              include_usage: bool) -> Response:
-        """A cascade on a streamed request: hold back the first answer up to the policy's
-        ``stream_buffer_chars``, judge what is held (the whole answer when it is shorter), then either
-        stream it on or escalate and stream the stronger model's answer instead. The client only
-        ever sees one answer; its first token waits for the held-back part."""
-        ex = ctx.ex
-        esc = route.decision.escalation if route.decision is not None else None
-        assert ex is not None and esc is not None
-        kind = "chat" if ctx.wire is not None else ctx.row.endpoint
-        asked_logprobs = bool(getattr(req, "logprobs", None))
-        extra = ({"logprobs": True if kind == "chat" else 1}
-                 if esc.score == "logprobs" and not asked_logprobs else None)
-        first = self.s.executor.stream(ex, route.plan, self._call_factory(ctx, kind, True, extra))
-        held: list[dict[str, Any]] = []
-        answer = StreamedAnswer(chat=kind == "chat")
-        whole = False
-        cut: UpstreamError | None = None
-        try:
-            async for chunk in first:
-                held.append(chunk)
-                answer.add(chunk)
-                if answer.chars >= esc.stream_buffer_chars:
-                    break
-            else:
-                whole = True
-        except UpstreamError as err:
-            if not held:
-                await first.aclose()
-                raise  # nothing answered: a plain error, as for any request
-            cut = err  # the first answer broke off after it began; nobody has seen it
-        except BaseException:  # the client left, or the server is stopping: end the attempt now
-            await first.aclose()
-            raise
-        strip = not asked_logprobs
-        served = ex.served
-        if served is None or served.deployment.name != esc.first.name:  # a fallback answered: not judged
-            ex.ttft_s = time.perf_counter() - ctx.t0
-            rest = _raising(cut) if cut is not None else None if whole else first
-            return self._sse(ctx, id_prefix, include_usage, held, rest, first, strip)
-        if cut is not None:
-            route.reason += f"; first answer cut after {answer.chars} chars"
-            outcome = "escalate"
-        else:
-            verdict = judge(esc, answer.body(), prompt_text(req), self.s.router.plugins.verifiers)
-            route.reason += verdict.reason() + ("" if whole else f" (first {answer.chars} chars)")
-            outcome = verdict.outcome
-        if outcome != "escalate":
-            ex.ttft_s = time.perf_counter() - ctx.t0
-            route.reason += ", kept" if outcome == "kept" else ""
-            self._count_escalation(route, esc.score, outcome)
-            return self._sse(ctx, id_prefix, include_usage, held, None if whole else first, first, strip)
-        served_first, usage_first = ex.served, ex.usage
-        plan = Plan(self.s.router.catalog.targets(esc.to), retry=route.plan.retry, triggers=route.plan.triggers)
-        second = self.s.executor.stream(ex, plan, self._call_factory(ctx, kind, True))
-        try:
-            head = await second.__anext__()
-        except (asyncio.CancelledError, GeneratorExit):
-            await second.aclose()
-            await first.aclose()
-            raise
-        except (UpstreamError, StopAsyncIteration):
-            await second.aclose()
-            ex.served, ex.usage, ex.error = served_first, usage_first, None
-            if cut is not None:
-                raise cut from None
-            ex.ttft_s = time.perf_counter() - ctx.t0
-            route.reason += ", escalation failed, kept first"
-            self._count_escalation(route, esc.score, "failed")
-            return self._sse(ctx, id_prefix, include_usage, held, None if whole else first, first, strip)
-        await first.aclose()  # the held-back answer is dropped; its attempt is logged as cancelled if unfinished
-        ex.ttft_s = time.perf_counter() - ctx.t0
-        route.reason += f", escalated to {ex.served.deployment.model if ex.served else '?'}"
-        self._count_escalation(route, esc.score, "escalated")
-        return self._sse(ctx, id_prefix, include_usage, [head], second, second)
 
     def _sse(self, ctx: _Ctx, id_prefix: str, include_usage: bool, head: list[dict[str, Any]],
              rest: AsyncIterator[dict[str, Any]] | None, source: Any, strip_logprobs: bool = False) -> Response:

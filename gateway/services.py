@@ -12,6 +12,7 @@ from gateway.config import Settings
 from gateway.keys import KeyStore
 from requestlog.sink import LogSink
 from service.artifact_slots import ArtifactSlots
+from service.cascade import Cascades
 from service.executor import Executor
 from service.feedback import FeedbackRecorder
 from service.metrics import Metrics
@@ -35,3 +36,4 @@ class Services:
     policy_events: RedisPolicyEvents | None
     artifacts: ArtifactSlots
     feedback: FeedbackRecorder
+    cascades: Cascades

@@ -145,3 +145,16 @@ def test_serving_path_does_not_import_offline_tooling() -> None:
         and not (rel == loader_file and (m == loader or m.startswith(loader + ".")))
     ]
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_top_level_package_is_installed_and_copied_into_the_image() -> None:
+    import re
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"][
+        "include"
+    ]
+    copied = set(re.findall(r"^COPY (\w+) \1$", (ROOT / "Dockerfile").read_text(), re.MULTILINE))
+    for pkg in PACKAGES:
+        assert f"{pkg}*" in include, f"{pkg} is missing from pyproject's packages"
+        assert pkg in copied, f"the Dockerfile does not copy {pkg}"
