@@ -45,6 +45,11 @@ class UpstreamResponse:
     status: int = 200
 
 
+# Failures caused by the client's own request (upstream 400/404/413/422, context length, content
+# policy): they say nothing about the upstream's health, so they never count against its breaker.
+CLIENT_CAUSED = frozenset({"bad_request", "not_found", "context_window", "content_policy"})
+
+
 class UpstreamError(Exception):
     """An upstream attempt failed. `kind` drives retries, fallbacks and the client's error.
 
@@ -71,6 +76,10 @@ class UpstreamError(Exception):
     @property
     def retryable(self) -> bool:
         return self.kind in {"timeout", "rate_limit", "server_error", "connection", "stream_cut", "malformed"}
+
+    @property
+    def client_caused(self) -> bool:
+        return self.kind in CLIENT_CAUSED
 
     def __repr__(self) -> str:
         return f"UpstreamError({self.kind!r}, {self.message!r}, status={self.status})"

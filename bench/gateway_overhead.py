@@ -13,6 +13,7 @@ What it does (all on 127.0.0.1, every process stopped on exit):
 Usage:
   python bench/gateway_overhead.py [--duration 10] [--concs 1,8,64] [--probe-n 300]
       [--litellm-venv /tmp/llvenv] [--pg-admin postgresql://postgres@127.0.0.1:5432/test] [--out FILE]
+      [--repeat N]  (hybridgate also serves the same request through the Responses API, alternating with chat)
 
 LiteLLM's venv: `VENV=/tmp/llvenv LITELLM_SPEC='litellm[proxy]==1.106.2'
 ../shared/bench/litellm_baseline/setup.sh` (from the repo root). Without it, LiteLLM is skipped.
@@ -43,6 +44,9 @@ PY = sys.executable
 UP_PORT, GW_PORT, LL_PORT = 9101, 9102, 9103
 BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "Say hello in five words."}],
         "max_tokens": 16}
+# The same request in the Responses API's form, measured against hybridgate in the same run.
+RESP_BODY = {"model": "fake-model", "input": "Say hello in five words.", "max_output_tokens": 16, "store": False}
+CHAT, RESPONSES = "/v1/chat/completions", "/v1/responses"
 
 LUA = """
 wrk.method = "POST"
@@ -100,34 +104,43 @@ class Proc:
         self.log.close()
 
 
-def wrk(url: str, body: dict[str, Any], conc: int, duration: int, key: str, tmp: Path) -> dict[str, Any]:
+def wrk(url: str, body: dict[str, Any], conc: int, duration: int, key: str, tmp: Path,
+        path: str = CHAT) -> dict[str, Any]:
     script = tmp / f"s{uuid.uuid4().hex[:6]}.lua"
     script.write_text(LUA % json.dumps(body).replace("'", "\\'"))
     cmd = ["taskset", "-c", "0", "wrk", "-t1", f"-c{conc}", f"-d{duration}s", "--timeout", "10s", "-s", str(script),
-           url + "/v1/chat/completions"]
+           url + path]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "BENCH_KEY": key}).stdout
     line = next((ln for ln in out.splitlines() if ln.startswith("JSON ")), None)
     return json.loads(line[5:]) if line else {"error": out[-500:]}
 
 
-async def probe(url: str, key: str, n: int) -> dict[str, float]:
-    """Sequential requests: total latency (non-stream) and TTFT / total (stream), ms."""
+async def probe(url: str, key: str, n: int, path: str = CHAT) -> dict[str, float]:
+    """Sequential requests: total latency (non-stream) and TTFT / total (stream), ms. The first token is
+    the first content delta (chat) or `response.output_text.delta` event (Responses)."""
     import aiohttp
 
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     lat: list[float] = []
     ttft: list[float] = []
+    body = RESP_BODY if path == RESPONSES else BODY
+
+    def is_first(line: bytes) -> bool:
+        if path == RESPONSES:
+            return line.startswith(b"event: response.output_text.delta")
+        return b'"content"' in line and b'"content":""' not in line
+
     async with aiohttp.ClientSession() as s:
         for i in range(n + 30):
             t0 = time.perf_counter()
-            async with s.post(url + "/v1/chat/completions", json=BODY, headers=headers) as r:
+            async with s.post(url + path, json=body, headers=headers) as r:
                 await r.read()
                 assert r.status == 200, await r.text()
             t1 = time.perf_counter()
-            async with s.post(url + "/v1/chat/completions", json={**BODY, "stream": True}, headers=headers) as r:
+            async with s.post(url + path, json={**body, "stream": True}, headers=headers) as r:
                 first = None
                 async for line in r.content:
-                    if first is None and b'"content"' in line and b'"content":""' not in line:
+                    if first is None and is_first(line):
                         first = time.perf_counter()
                 t2 = time.perf_counter()
             if i >= 30:  # warm-up excluded
@@ -194,19 +207,38 @@ general_settings: {{master_key: os.environ/LITELLM_MASTER_KEY}}
     return proc, key, time.monotonic() - t0
 
 
+def _best_probe(best: dict[str, float] | None, new: dict[str, float]) -> dict[str, float]:
+    return new if best is None or new["p50_ms"] < best["p50_ms"] else best
+
+
 def measure(name: str, url: str, key: str, pid: int | None, args: argparse.Namespace, tmp: Path,
             started_s: float | None) -> dict[str, Any]:
     res: dict[str, Any] = {"target": name, "start_s": started_s}
     time.sleep(1.5)
     if pid:
         res["rss_idle_mb"] = rss_mb(pid)
-    res["probe"] = asyncio.run(probe(url, key, args.probe_n))
+    responses = name == "hybridgate"  # the Responses API through the same gateway process, in the same run
+    # Probes and wrk runs alternate between the APIs and repeat `--repeat` times; the best of the repeats
+    # is kept (least disturbed by other load on the box), so both APIs see the same conditions.
+    for _ in range(args.repeat):
+        res["probe"] = _best_probe(res.get("probe"), asyncio.run(probe(url, key, args.probe_n)))
+        if responses:
+            res["probe_responses"] = _best_probe(res.get("probe_responses"),
+                                                 asyncio.run(probe(url, key, args.probe_n, RESPONSES)))
     wrk(url, BODY, 8, 3, key, tmp)  # warm-up
-    for mode, body in (("chat", BODY), ("chat_stream", {**BODY, "stream": True})):
+    pairs: list[list[tuple[str, dict[str, Any], str]]] = [[("chat", BODY, CHAT)], [("chat_stream", {**BODY, "stream": True}, CHAT)]]
+    if responses:
+        pairs[0].append(("responses", RESP_BODY, RESPONSES))
+        pairs[1].append(("responses_stream", {**RESP_BODY, "stream": True}, RESPONSES))
+    for pair in pairs:
         for c in args.concs:
-            r = wrk(url, body, c, args.duration, key, tmp)
-            res[f"{mode}_c{c}"] = r
-            print(f"  {name:10s} {mode:11s} c={c:<3d} {r}", flush=True)
+            for _ in range(args.repeat):
+                for mode, body, path in pair:
+                    r = wrk(url, body, c, args.duration, key, tmp, path)
+                    best = res.get(f"{mode}_c{c}")
+                    if best is None or r.get("rps", 0) > best.get("rps", 0):
+                        res[f"{mode}_c{c}"] = r
+                    print(f"  {name:10s} {mode:16s} c={c:<3d} {r}", flush=True)
     if pid:
         res["rss_after_mb"] = rss_mb(pid)
     return res
@@ -233,6 +265,28 @@ def table(results: list[dict[str, Any]], concs: list[int]) -> str:
     return "\n".join(lines)
 
 
+def responses_table(results: list[dict[str, Any]], concs: list[int]) -> str:
+    """hybridgate's Responses API against its chat completions, both from the same run and process."""
+    by = {r["target"]: r for r in results}
+    hg, d = by.get("hybridgate"), by.get("direct")
+    if hg is None or "probe_responses" not in hg:
+        return ""
+    base = d["probe"] if d is not None else {"p50_ms": 0.0, "ttft_p50_ms": 0.0}
+    lines = ["| hybridgate API | c=1 p50 ms (added vs direct) | TTFT p50 ms (added) | "
+             + " | ".join(f"c={c} rps" for c in concs) + " | " + " | ".join(f"stream c={c} rps" for c in concs) + " |",
+             "|" + "---|" * (3 + 2 * len(concs))]
+    for label, probe_key, mode in (("chat completions", "probe", "chat"), ("Responses", "probe_responses", "responses")):
+        p = hg[probe_key]
+        cells = [f"{hg[f'{mode}_c{c}'].get('rps', 0):.0f}" for c in concs]
+        cells += [f"{hg[f'{mode}_stream_c{c}'].get('rps', 0):.0f}" for c in concs]
+        lines.append(f"| {label} | {p['p50_ms']:.2f} (+{p['p50_ms'] - base['p50_ms']:.2f}) | "
+                     f"{p['ttft_p50_ms']:.2f} (+{p['ttft_p50_ms'] - base['ttft_p50_ms']:.2f}) | " + " | ".join(cells) + " |")
+    ratios = [hg[f"responses{s}_c{c}"].get("rps", 0) / max(hg[f"chat{s}_c{c}"].get("rps", 0), 1e-9)
+              for s in ("", "_stream") for c in concs]
+    lines.append(f"\nResponses / chat throughput: {min(ratios):.2f}–{max(ratios):.2f}×")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10)
@@ -241,6 +295,7 @@ def main() -> int:
     ap.add_argument("--litellm-venv", default="/tmp/llvenv")
     ap.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/test")
     ap.add_argument("--targets", default="direct,hybridgate,litellm")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per measurement, alternating APIs; best kept")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     args.concs = [int(c) for c in args.concs.split(",")]
@@ -279,6 +334,10 @@ def main() -> int:
         Path(args.out).write_text(json.dumps(results, indent=2))
     print()
     print(table(results, args.concs))
+    extra = responses_table(results, args.concs)
+    if extra:
+        print()
+        print(extra)
     return 0
 
 

@@ -12,6 +12,7 @@ import functools
 import gc
 import hmac
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,13 +31,14 @@ from backends.registry import build_backend
 from gateway.admin_api import AdminHandlers
 from gateway.budget_admin import BudgetAdminHandlers
 from gateway.config import Settings
-from gateway.edge import bearer
 from gateway.console.app import Console
+from gateway.edge import bearer
 from gateway.errors import APIError
 from gateway.feedback_api import FeedbackHandler
 from gateway.keys import KeyStore
 from gateway.openai_api import OpenAIHandlers
 from gateway.openapi import openapi_document
+from gateway.responses_api import StoredResponseHandlers
 from gateway.services import Services
 from policies.db_store import DbPolicyStore
 from policies.registry import PolicyRegistry
@@ -212,6 +214,7 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
     budget_admin = BudgetAdminHandlers(services)
     fb = FeedbackHandler(services)
     console = Console(services)
+    stored = StoredResponseHandlers(oa.responses_store, services.keys, settings.keys_required)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -308,6 +311,12 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
         Route("/v1/completions", oa.completions, methods=["POST"]),
         Route("/v1/embeddings", oa.embeddings, methods=["POST"]),
         Route("/v1/models", oa.models, methods=["GET"]),
+        Route("/v1/responses", oa.responses, methods=["POST"]),
+        Route("/v1/responses/{response_id}", stored.get, methods=["GET"]),
+        Route("/v1/responses/{response_id}", stored.delete, methods=["DELETE"]),
+        Route("/v1/responses/{response_id}/input_items", stored.input_items, methods=["GET"]),
+        Route("/v1/messages", oa.messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", oa.count_tokens, methods=["POST"]),
         Route("/v1/feedback", fb.post, methods=["POST"]),
         Route("/v1/models/{model:path}", oa.model, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
@@ -326,7 +335,11 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return APIError(exc.status_code, str(exc.detail), code=code).response()
+        message = {404: f"Unknown request URL: {request.method} {request.url.path}. Please check the URL for "
+                        "typos, or see the API reference at /openapi.json.",
+                   405: f"Method {request.method} is not allowed on {request.url.path}."}.get(
+            exc.status_code, str(exc.detail))
+        return APIError(exc.status_code, message, code=code).response({"x-request-id": uuid.uuid4().hex})
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)

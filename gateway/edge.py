@@ -60,7 +60,10 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
+        errors = exc.errors(include_url=False)
+        # In a union (e.g. `input`: a string or a list), the first error is often "not a string";
+        # the one that says what is wrong with the value given is the one that is not a type mismatch.
+        err = next((e for e in errors if not e["type"].endswith("_type")), errors[0])
         param = _param_path(err["loc"])
         msg = err["msg"]
         if err["type"] == "missing":
@@ -77,7 +80,8 @@ def _param_path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif isinstance(part, str) and (part.startswith(("function-after", "function-before")) or "[" in part
+        elif isinstance(part, str) and (part.startswith(("function-after", "function-before", "constrained-"))
+                                         or "[" in part
                                          or part in {"str", "list", "int", "float", "bool", "dict", "union"}):
             continue  # pydantic's union/validator branch labels are not parameters
         else:
@@ -97,7 +101,8 @@ def bearer(request: Request) -> str | None:
 
 async def authenticate(request: Request, keys: KeyStore, required: bool) -> ApiKey | None:
     """The caller's key, None for an anonymous caller on a keyless loopback gateway, or 401."""
-    token = bearer(request)
+    # Anthropic's SDK sends its key as `x-api-key`; both are accepted everywhere.
+    token = bearer(request) or (request.headers.get("x-api-key") or "").strip() or None
     if token is None:
         if required:
             raise APIError(

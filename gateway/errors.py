@@ -77,29 +77,59 @@ def invalid_api_key() -> APIError:
     return APIError(401, "Incorrect API key provided.", type="invalid_request_error", code="invalid_api_key")
 
 
-# Upstream failure kind -> (status, type, code) the client sees once every attempt has failed.
-_UPSTREAM_MAP: dict[str, tuple[int, str, str | None]] = {
-    "timeout": (504, "timeout", "upstream_timeout"),
-    "rate_limit": (429, "rate_limit_error", "rate_limit_exceeded"),
-    "server_error": (502, "upstream_error", "upstream_server_error"),
-    "connection": (502, "upstream_error", "upstream_connection_error"),
-    "stream_cut": (502, "upstream_error", "upstream_stream_cut"),
-    "malformed": (502, "upstream_error", "upstream_malformed_response"),
-    "context_window": (400, "invalid_request_error", "context_length_exceeded"),
-    "content_policy": (400, "invalid_request_error", "content_filter"),
-    "bad_request": (400, "invalid_request_error", None),
-    "auth": (502, "upstream_error", "upstream_auth_error"),
-    "not_found": (404, "invalid_request_error", "model_not_found"),
+# Upstream failure kind -> (status, type, code, message) the client sees once every attempt has failed.
+# Messages are written for the client; the upstream's own words follow where they help.
+_UPSTREAM_MAP: dict[str, tuple[int, str, str | None, str]] = {
+    "timeout": (504, "timeout", "upstream_timeout", "The model did not answer in time. Please retry."),
+    "rate_limit": (429, "rate_limit_error", "rate_limit_exceeded",
+                   "The model's provider is rate limiting requests. Please retry after a short wait."),
+    "server_error": (502, "upstream_error", "upstream_server_error",
+                     "The model's provider had an error while processing your request."),
+    "connection": (502, "upstream_error", "upstream_connection_error",
+                   "The model's provider could not be reached. Please retry."),
+    "stream_cut": (502, "upstream_error", "upstream_stream_cut", "The model's answer was cut off."),
+    "malformed": (502, "upstream_error", "upstream_malformed_response",
+                  "The model's provider sent an answer that could not be read."),
+    "context_window": (400, "invalid_request_error", "context_length_exceeded",
+                       "This model's maximum context length was exceeded by your request."),
+    "content_policy": (400, "invalid_request_error", "content_filter",
+                       "Your request was rejected by the model provider's content policy."),
+    "bad_request": (400, "invalid_request_error", "invalid_request", "The model rejected your request."),
+    "auth": (502, "upstream_error", "upstream_auth_error",
+             "The gateway's credentials for the model's provider were refused (a gateway configuration "
+             "problem, not your API key)."),
+    "not_found": (404, "invalid_request_error", "model_not_found",
+                  "The model's provider does not serve the requested model."),
 }
 
 
+def _upstream_detail(err: UpstreamError) -> tuple[str | None, str | None]:
+    """The upstream's `param` and `code`, when its error body is OpenAI-shaped."""
+    body = err.body.get("error", err.body) if isinstance(err.body, dict) else None
+    if not isinstance(body, dict):
+        return None, None
+    param, code = body.get("param"), body.get("code")
+    return (param if isinstance(param, str) else None), (code if isinstance(code, str) else None)
+
+
 def from_upstream(err: UpstreamError) -> APIError:
-    """Translate the last upstream failure into the client's error."""
-    status, type_, code = _UPSTREAM_MAP.get(err.kind, (502, "upstream_error", None))
+    """Translate the last upstream failure into the client's error: a client-caused failure keeps the
+    upstream's own message, param and code (they describe the client's request); others say what
+    failed without the upstream's internals."""
+    status, type_, code, message = _UPSTREAM_MAP.get(
+        err.kind, (502, "upstream_error", None, "The model's provider failed."))
     headers: dict[str, str] = {}
     if err.kind == "rate_limit" and err.retry_after_s is not None:
         headers["retry-after"] = str(max(1, round(err.retry_after_s)))
-    return APIError(status, f"upstream {err.kind}: {err.message}", type=type_, code=code, headers=headers)
+    param = None
+    if err.client_caused:
+        param, upstream_code = _upstream_detail(err)
+        code = upstream_code or code
+        if err.message and err.kind != "not_found":
+            message = err.message
+    elif err.message:
+        message = f"{message} ({err.message})"
+    return APIError(status, message, type=type_, param=param, code=code, headers=headers)
 
 
 # Service refusal code -> (status, type) in OpenAI's shape.
@@ -108,6 +138,7 @@ _REFUSAL_MAP: dict[str, tuple[int, str]] = {
     "concurrency_limit_exceeded": (429, "rate_limit_error"),
     "budget_exceeded": (429, "insufficient_quota"),
     "no_candidates": (503, "server_error"),
+    "output_too_long": (400, "invalid_request_error"),
 }
 
 
@@ -115,4 +146,5 @@ def from_refusal(r: Refused) -> APIError:
     """The client's error for a request the service refused (limits, budgets, no deployment)."""
     status, type_ = _REFUSAL_MAP.get(r.code, (503, "server_error"))
     headers = {"retry-after": str(max(1, round(r.retry_after_s + 0.5)))} if r.retry_after_s is not None else {}
-    return APIError(status, r.message, type=type_, code=r.code, headers=headers)
+    code = "invalid_value" if r.code == "output_too_long" else r.code
+    return APIError(status, r.message, type=type_, param=r.param, code=code, headers=headers)

@@ -27,6 +27,8 @@ from gateway.coalesce import ready_batches
 from gateway.edge import authenticate, read_json, validate
 from gateway.errors import APIError, from_refusal, from_upstream, model_not_found
 from gateway.keys import ApiKey
+from gateway.messages_api import MessagesWire, anthropic_error, count_tokens
+from gateway.responses_api import ResponsesWire
 from gateway.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -35,7 +37,9 @@ from gateway.schemas import (
     request_features,
 )
 from gateway.services import Services
+from gateway.wire.adapter import WireAdapter
 from requestlog.rows import RequestRow
+from requestlog.stored_responses import ResponseStore
 from service.cascade import MakeCall
 from service.errors import Refused
 from service.executor import Execution
@@ -43,14 +47,15 @@ from service.routing import Route
 
 _JSON = "application/json"
 log = logging.getLogger("hybridgate")
+_WHAT = {"chat": "chat completions", "completion": "text completions", "embedding": "embeddings"}
 
 
 class _Ctx:
     """Per-request state threaded through one handler; becomes the log row at the end."""
 
-    __slots__ = ("rid", "t0", "row", "key", "body", "route", "ex", "finished")
+    __slots__ = ("rid", "t0", "row", "key", "body", "route", "ex", "finished", "wire")
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, wire: WireAdapter | None = None) -> None:
         self.rid = uuid.uuid4().hex
         self.t0 = time.perf_counter()
         self.row = RequestRow(id=self.rid, created_at=datetime.now(UTC), endpoint=endpoint)
@@ -59,6 +64,7 @@ class _Ctx:
         self.route: Route | None = None
         self.ex: Execution | None = None
         self.finished = False
+        self.wire = wire  # another wire format (Responses, Messages) over the chat pipeline
 
     def headers(self) -> dict[str, str]:
         h = {"x-request-id": self.rid}
@@ -105,6 +111,7 @@ class OpenAIHandlers:
     def __init__(self, services: Services) -> None:
         self.s = services
         self._tasks: set[asyncio.Task[None]] = set()  # settling work (budget commits) in flight
+        self.responses_store = ResponseStore(services.engine)
 
     # ---- shared steps -------------------------------------------------------------------------
 
@@ -114,6 +121,8 @@ class OpenAIHandlers:
         if ctx.key is not None:
             ctx.row.api_key_id, ctx.row.user, ctx.row.team = ctx.key.id, ctx.key.user, ctx.key.team
         ctx.body = await read_json(request, s.settings.max_body_bytes)
+        if ctx.wire is not None:
+            ctx.body = await ctx.wire.prepare(ctx.body, ctx.key)
         model_name = ctx.body.get("model")
         if isinstance(model_name, str):
             ctx.row.requested_model = model_name[:256]  # as long as a valid name; longer ones are refused
@@ -133,7 +142,7 @@ class OpenAIHandlers:
         mode = self.s.settings.log.bodies
         if mode == "none" or ctx.body is None:
             return
-        raw = orjson.dumps(ctx.body)
+        raw = orjson.dumps(ctx.wire.original if ctx.wire is not None else ctx.body)
         ctx.row.prompt_hash = hashlib.sha256(raw).hexdigest()
         if mode == "full":
             ctx.row.request_body = raw.decode()
@@ -148,6 +157,9 @@ class OpenAIHandlers:
             raise from_refusal(refused) from None
         ctx.route = route  # from here on, what it holds is settled by `_finish` whatever happens
         if route is None or not route.targets:
+            if route is not None and req.model in self.s.router.catalog.by_model:
+                raise APIError(400, f"The model `{req.model}` does not support {_WHAT.get(endpoint, endpoint)}.",
+                               param="model", code="model_not_supported")
             raise model_not_found(req.model)
         r = ctx.row
         r.policy, r.policy_version, r.route_reason, r.propensity = (
@@ -246,10 +258,34 @@ class OpenAIHandlers:
     async def embeddings(self, request: Request) -> Response:
         return await self._serve(request, "embedding", EmbeddingRequest, self._embed)
 
+    async def responses(self, request: Request) -> Response:
+        """OpenAI's Responses API: the chat pipeline under the Responses wire format."""
+        return await self._serve(request, "chat", ChatCompletionRequest,
+                                 lambda ctx, req, route: self._generate(ctx, req, route, "chatcmpl-", "chat.completion"),
+                                 wire=lambda rid: ResponsesWire(self.responses_store, rid))
+
+    async def messages(self, request: Request) -> Response:
+        """Anthropic's Messages API: the chat pipeline under the Messages wire format."""
+        return await self._serve(request, "chat", ChatCompletionRequest,
+                                 lambda ctx, req, route: self._generate(ctx, req, route, "chatcmpl-", "chat.completion"),
+                                 wire=MessagesWire)
+
+    async def count_tokens(self, request: Request) -> Response:
+        try:
+            await authenticate(request, self.s.keys, self.s.settings.keys_required)
+        except APIError as err:
+            return anthropic_error(err)
+        return await count_tokens(request, self.s.settings.max_body_bytes)
+
     async def _serve(self, request: Request, endpoint: str, schema: type,
-                     answer: Callable[[_Ctx, Any, Route], Awaitable[Response]]) -> Response:
-        """The one place where a request's failures become OpenAI errors, each with its log row."""
+                     answer: Callable[[_Ctx, Any, Route], Awaitable[Response]],
+                     wire: Callable[[str], WireAdapter] | None = None) -> Response:
+        """The one place where a request's failures become errors in the client's shape, each with
+        its log row. `endpoint` is the internal request kind; a wire format names its own log endpoint."""
         ctx = _Ctx(endpoint)
+        if wire is not None:
+            ctx.wire = wire(ctx.rid)
+            ctx.row.endpoint = ctx.wire.endpoint
         try:
             req = await self._begin(request, ctx, schema)
             route = await self._route(ctx, req, endpoint, request)
@@ -257,11 +293,11 @@ class OpenAIHandlers:
             return await answer(ctx, req, route)
         except APIError as err:
             self._finish(ctx, err.status, err)
-            return err.response(ctx.headers())
+            return self._error(ctx, err)
         except UpstreamError as uerr:
             err = from_upstream(uerr)
             self._finish(ctx, err.status, err)
-            return err.response(ctx.headers())
+            return self._error(ctx, err)
         except asyncio.CancelledError:
             self._finish(ctx, 499, cancelled=True)
             raise
@@ -276,9 +312,13 @@ class OpenAIHandlers:
             self._finish(ctx, 500, err)
             return err.response(ctx.headers())
 
+    @staticmethod
+    def _error(ctx: _Ctx, err: APIError) -> Response:
+        return ctx.wire.error(err, ctx.headers()) if ctx.wire is not None else err.response(ctx.headers())
+
     async def _generate(self, ctx: _Ctx, req: Any, route: Route, id_prefix: str, obj: str) -> Response:
         assert ctx.ex is not None
-        kind = ctx.row.endpoint
+        kind = "chat" if ctx.wire is not None else ctx.row.endpoint
         esc = route.decision.escalation if route.decision is not None else None
         include_usage = False
         if req.stream:
@@ -303,9 +343,9 @@ class OpenAIHandlers:
         body["id"] = id_prefix + ctx.rid
         body["model"] = _served_name(ctx)
         body.setdefault("object", obj)
-        out = orjson.dumps(body)
-        if self.s.settings.log.bodies == "full":
-            ctx.row.response_body = out.decode()
+        out = await ctx.wire.whole(body, body["model"]) if ctx.wire is not None else orjson.dumps(body)
+        if self.s.settings.log.bodies == "full":  # the internal (chat) form whatever the wire format: one shape to learn from
+            ctx.row.response_body = (orjson.dumps(body) if ctx.wire is not None else out).decode()
         self._finish(ctx, 200)
         return Response(out, media_type=_JSON, headers=ctx.headers())
 
@@ -351,6 +391,32 @@ class OpenAIHandlers:
                 body_log.append(data)
             return data
 
+        async def wire_body(w: WireAdapter) -> AsyncIterator[bytes]:
+            """The same stream in another wire format: the adapter encodes chunks as its events."""
+            status, error, cancelled = 200, None, False
+            try:
+                yield w.start(served) + b"".join(map(w.feed, head))
+                if rest is not None:
+                    async for batch in ready_batches(rest):
+                        data = b"".join(map(w.feed, batch))
+                        if data:
+                            if body_log is not None:
+                                body_log.append(data)
+                            yield data
+                yield await w.finish()
+            except UpstreamError as uerr:
+                error = from_upstream(uerr)
+                yield w.fail(error)
+            except (asyncio.CancelledError, GeneratorExit):
+                cancelled = True
+                status = 499
+                raise
+            finally:
+                await source.aclose()
+                if body_log is not None:
+                    ctx.row.response_body = b"".join(body_log).decode()
+                self._finish(ctx, status, error, cancelled)
+
         async def body() -> AsyncIterator[bytes]:
             status, error, cancelled = 200, None, False
             try:
@@ -376,17 +442,24 @@ class OpenAIHandlers:
                     ctx.row.response_body = b"".join(body_log).decode()
                 self._finish(ctx, status, error, cancelled)
 
-        return _SettledStream(lambda: self._finish(ctx, 499, cancelled=True), body(),
+        stream = wire_body(ctx.wire) if ctx.wire is not None else body()
+        return _SettledStream(lambda: self._finish(ctx, 499, cancelled=True), stream,
                               media_type="text/event-stream", headers=ctx.headers() | {"cache-control": "no-cache"})
 
+    async def _model_cards(self, request: Request) -> list[dict[str, Any]]:
+        """The models this caller may use: a key restricted to some models sees only those."""
+        key = await authenticate(request, self.s.keys, self.s.settings.keys_required)
+        cards = self.s.router.model_cards()
+        if key is not None and key.allowed_models:
+            cards = [c for c in cards if c["id"] in key.allowed_models]
+        return cards
+
     async def models(self, request: Request) -> Response:
-        await authenticate(request, self.s.keys, self.s.settings.keys_required)
-        return Response(orjson.dumps({"object": "list", "data": self.s.router.model_cards()}), media_type=_JSON)
+        return Response(orjson.dumps({"object": "list", "data": await self._model_cards(request)}), media_type=_JSON)
 
     async def model(self, request: Request) -> Response:
-        await authenticate(request, self.s.keys, self.s.settings.keys_required)
         name = request.path_params["model"]
-        for card in self.s.router.model_cards():
+        for card in await self._model_cards(request):
             if card["id"] == name:
                 return Response(orjson.dumps(card), media_type=_JSON)
         raise model_not_found(name)

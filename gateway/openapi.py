@@ -7,7 +7,14 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, FeedbackRequest
+from gateway.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    FeedbackRequest,
+    MessagesRequest,
+    ResponsesRequest,
+)
 
 _ERROR = {
     "type": "object",
@@ -53,7 +60,8 @@ def _op(schema_name: str | None, summary: str, stream: bool = False) -> dict[str
 
 
 def openapi_document() -> dict[str, Any]:
-    models = [(m, "validation") for m in (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, FeedbackRequest)]
+    models = [(m, "validation") for m in (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, FeedbackRequest,
+                                          ResponsesRequest, MessagesRequest)]
     _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
     schemas = dict(top.get("$defs", {}))
     schemas["Error"] = _ERROR
@@ -68,5 +76,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/embeddings": {"post": _op("EmbeddingRequest", "Embeddings")},
             "/v1/feedback": {"post": _op("FeedbackRequest", "Feedback on a logged request")},
             "/v1/models": {"get": _op(None, "List models")},
+            "/v1/responses": {"post": _op("ResponsesRequest", "Create a model response (Responses API)", stream=True)},
+            "/v1/messages": {"post": _op("MessagesRequest", "Create a message (Anthropic Messages API)", stream=True)},
         },
     }

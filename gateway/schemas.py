@@ -19,6 +19,19 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+# Bounds as OpenAI's API enforces them (its published spec or its error messages), so an absurd value
+# is refused here with a 400 naming the parameter instead of reaching (and hurting) an upstream.
+MAX_ARRAY_ITEMS = 2048  # messages, prompts, embedding inputs, Responses input items
+MAX_TOKEN_IDS = 16_384  # one token-id prompt or embedding input
+MAX_OUTPUT_TOKENS = 1_048_576  # no model answers more; a larger value is a mistake, not a request
+MAX_TOOLS = 128
+MAX_LOGIT_BIAS = 300
+MAX_EMBEDDING_DIMENSIONS = 8192  # larger than any embedding model's output
+INT64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+Metadata = Annotated[dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
+                     Field(max_length=16)]
+
+
 class ContentPart(_Open):
     type: Literal["text", "image_url", "input_audio", "file", "refusal"]
     text: str | None = None
@@ -83,21 +96,22 @@ class _SamplingParams(_Open):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     stop: Stop = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
-    seed: int | None = None
+    logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]],
+                          Field(max_length=MAX_LOGIT_BIAS)] | None = None
+    seed: INT64 | None = None
     user: Annotated[str, Field(max_length=512)] | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
 
 
 class ChatCompletionRequest(_SamplingParams):
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_ARRAY_ITEMS)]
+    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    tools: list[Tool] | None = None
+    tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
@@ -116,7 +130,11 @@ class ChatCompletionRequest(_SamplingParams):
 
 
 class CompletionRequest(_SamplingParams):
-    prompt: str | Annotated[list[str], Field(min_length=1)] | Annotated[list[int], Field(min_length=1)]
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=MAX_ARRAY_ITEMS)]
+        | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=MAX_TOKEN_IDS)]
+    )
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     echo: bool | None = None
     best_of: Annotated[int, Field(ge=1, le=20)] | None = None
@@ -132,12 +150,13 @@ class EmbeddingRequest(_Open):
     input: (
         Annotated[str, Field(min_length=1)]
         | Annotated[list[str], Field(min_length=1, max_length=2048)]
-        | Annotated[list[int], Field(min_length=1)]
-        | Annotated[list[list[int]], Field(min_length=1)]
+        | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=MAX_TOKEN_IDS)]
+        | Annotated[list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=MAX_TOKEN_IDS)]],
+                    Field(min_length=1, max_length=MAX_ARRAY_ITEMS)]
     )
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: Annotated[int, Field(ge=1)] | None = None
-    user: str | None = None
+    dimensions: Annotated[int, Field(ge=1, le=MAX_EMBEDDING_DIMENSIONS)] | None = None
+    user: Annotated[str, Field(max_length=512)] | None = None
 
     @field_validator("input")
     @classmethod
@@ -145,6 +164,66 @@ class EmbeddingRequest(_Open):
         if isinstance(v, list) and any(isinstance(s, str) and not s for s in v):
             raise ValueError("input strings must not be empty")
         return v
+
+
+class ResponsesTextFormat(_Open):
+    type: Literal["text", "json_object", "json_schema"]
+    name: Annotated[str, Field(max_length=64)] | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponsesText(_Open):
+    format: ResponsesTextFormat | None = None
+
+
+class ResponsesTool(_Open):
+    type: str
+    name: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ResponsesRequest(_Open):
+    """`POST /v1/responses`: the bounds are checked here, under the Responses parameter names, before
+    the request is translated into a chat completion (gateway/wire/responses.py)."""
+
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    input: str | Annotated[list[dict[str, Any]], Field(max_length=MAX_ARRAY_ITEMS)] | None = None
+    instructions: str | None = None
+    max_output_tokens: Annotated[int, Field(ge=16, le=MAX_OUTPUT_TOKENS)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    tools: Annotated[list[ResponsesTool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: ResponsesText | None = None
+    stream: bool | None = None
+    store: bool | None = None
+    previous_response_id: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    metadata: Metadata | None = None
+    user: Annotated[str, Field(max_length=512)] | None = None
+    reasoning: dict[str, Any] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    max_tool_calls: Annotated[int, Field(ge=1)] | None = None
+
+
+class MessagesRequest(_Open):
+    """Anthropic's `POST /v1/messages`, bounded as Anthropic bounds it, before translation
+    (gateway/wire/anthropic.py)."""
+
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)]
+    messages: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=100_000)]
+    system: str | list[dict[str, Any]] | None = None
+    temperature: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    stop_sequences: Annotated[list[str], Field(max_length=8191)] | None = None
+    stream: bool | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
 
 
 class FeedbackRequest(BaseModel):

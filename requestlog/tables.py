@@ -308,3 +308,16 @@ breaker_events = sa.Table(
     sa.Index(None, "at"),
 )
 """Circuit breaker transitions as each gateway process saw them (for "breaker state over time")."""
+
+stored_responses = sa.Table(
+    "stored_responses",
+    metadata,
+    _str("id", primary_key=True),  # resp_<hex>
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    _str("api_key_id"),  # the key that created it; only that key may read, continue or delete it
+    _str("model"),
+    sa.Column("response", JSON_TYPE, nullable=False),  # the Responses object as returned
+    sa.Column("input_items", JSON_TYPE, nullable=False),  # this turn's input items, with ids
+    sa.Column("history", JSON_TYPE, nullable=False),  # the conversation so far as chat messages
+)
+"""Responses kept for `previous_response_id` and GET/DELETE /v1/responses/{id} (gateway/responses_api.py)."""

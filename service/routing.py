@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from backends.base import Backend, Usage
+from backends.base import CLIENT_CAUSED, Backend, Usage
 from backends.pricing import resolve_prices
 from common.types import DeploymentConfig, RequestFeatures
 from policies.registry import PolicyRegistry
@@ -240,8 +240,8 @@ class GatewayRouter:
 
     async def record(self, deployment: str, ok: bool, latency_s: float, error_kind: str | None) -> None:
         self.latency.observe(deployment, latency_s * 1000)
-        # Client-side errors (bad request, context window) say nothing about the upstream's health.
-        if error_kind in {"bad_request", "context_window", "content_policy"}:
+        # Client-caused errors (bad request, unknown model, context window) say nothing about the upstream's health.
+        if error_kind in CLIENT_CAUSED:
             return
         state = await self.breakers.record(deployment, ok, latency_s * 1000)
         self.metrics.breaker_open.labels(deployment).set(1 if state == "open" else 0)
@@ -308,6 +308,12 @@ class GatewayRouter:
                             features: RequestFeatures) -> Route:
         cap = features.endpoint
         usable = [d for d in deployments if cap in d.capabilities]
+        if usable and features.max_tokens is not None:
+            # An answer longer than any deployment can give is refused here, not left to hang an upstream.
+            most = max(d.max_output_tokens or d.context_window for d in usable)
+            if features.max_tokens > most:
+                raise Refused("output_too_long", f"max_tokens is too large: {features.max_tokens}. The model "
+                                                 f"`{model}` supports at most {most} output tokens.", param="max_tokens")
         states = await self.breakers.states([d.name for d in usable])
         ordered = [d for d in usable if states.get(d.name) != "open"] or usable
         return Route(plan=Plan(self.catalog.targets(ordered)), public_model=model,

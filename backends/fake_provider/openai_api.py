@@ -53,7 +53,9 @@ class OpenAIHandlers(ProviderCore):
         tools = body.get("tools")
         tool_choice = body.get("tool_choice")
         tool = None
-        if tools and tool_choice != "none":
+        # Like a model: after a tool's result it answers in text, unless a call is forced.
+        answered = _last_role(body.get("messages")) == "tool" and tool_choice in (None, "auto")
+        if tools and tool_choice != "none" and not answered:
             tool = _pick_openai_tool(tools, tool_choice)
         rf = body.get("response_format") or {}
         json_schema = None
@@ -251,6 +253,12 @@ def _chat_prompt_tokens(body: Mapping[str, Any]) -> int:
     if body.get("tools"):
         total += count_tokens(orjson.dumps(body["tools"]).decode())
     return total
+
+
+def _last_role(messages: Any) -> str | None:
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        return messages[-1].get("role")
+    return None
 
 
 def _pick_openai_tool(tools: Any, tool_choice: Any) -> tuple[str, dict[str, Any]] | None:

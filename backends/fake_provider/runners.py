@@ -121,6 +121,10 @@ class FakeProviderThread:
     def reset_stats(self) -> None:
         self._call(self._p.reset_stats)
 
+    def requests(self) -> list[Any]:
+        """The recent requests as the provider saw them (`RecordedRequest`s)."""
+        return self._call(lambda: self._p.requests)
+
 
 class FakeProviderProcess:
     """The fake provider as a child process (``python -m backends.fake_provider``), driven over HTTP.

@@ -16,6 +16,7 @@ from requestlog.urls import to_async_url, to_sync_url
 
 EXPECTED_TABLES = {
     "requests",
+    "stored_responses",
     "attempts",
     "feedback",
     "api_keys",

@@ -1,0 +1,73 @@
+"""Anthropic's Messages API: `POST /v1/messages` through the chat pipeline (gateway/wire/anthropic.py),
+with Anthropic's error shape, and `POST /v1/messages/count_tokens` (the gateway's estimate)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.edge import read_json, validate
+from gateway.errors import APIError
+from gateway.keys import ApiKey
+from gateway.schemas import ChatCompletionRequest, MessagesRequest, estimate_prompt_tokens
+from gateway.wire import anthropic as wire
+
+
+class MessagesWire:
+    endpoint = "messages"
+
+    def __init__(self, rid: str) -> None:
+        self.mid = "msg_" + rid
+        self.original: dict[str, Any] = {}
+        self.stream: wire.MessageStream | None = None
+
+    async def prepare(self, body: dict[str, Any], key: ApiKey | None) -> dict[str, Any]:
+        self.original = body
+        validate(MessagesRequest, body)
+        return wire.to_chat(body)
+
+    async def whole(self, chat: dict[str, Any], model: str) -> bytes:
+        return orjson.dumps(wire.message_from_chat(chat, model, self.mid))
+
+    def start(self, model: str) -> bytes:
+        self.stream = wire.MessageStream(model, self.mid)
+        return b"".join(map(wire.sse, self.stream.start()))
+
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        assert self.stream is not None
+        return b"".join(map(wire.sse, self.stream.feed(chunk)))
+
+    async def finish(self) -> bytes:
+        assert self.stream is not None
+        return b"".join(map(wire.sse, self.stream.finish()))
+
+    def fail(self, err: APIError) -> bytes:
+        assert self.stream is not None
+        return b"".join(map(wire.sse, self.stream.fail(err)))
+
+    def error(self, err: APIError, headers: dict[str, str]) -> Response:
+        return anthropic_error(err, headers)
+
+
+def anthropic_error(err: APIError, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(wire.error_body(err)),
+        status_code=err.status,
+        media_type="application/json",
+        headers=dict(err.headers) | (headers or {}),
+    )
+
+
+async def count_tokens(request: Request, max_bytes: int) -> Response:
+    """`{"input_tokens": n}`: the same estimate the gateway routes and budgets with."""
+    try:
+        chat = wire.to_chat(await read_json(request, max_bytes) | {"max_tokens": 1})
+        req = validate(ChatCompletionRequest, chat)
+    except APIError as err:
+        return anthropic_error(err)
+    return Response(
+        orjson.dumps({"input_tokens": estimate_prompt_tokens(req)}), media_type="application/json"
+    )

@@ -1,0 +1,38 @@
+"""What the request pipeline needs from a wire format other than chat completions.
+
+The pipeline (gateway/openai_api.py) authenticates, routes and executes one internal chat request;
+a `WireAdapter` made per request translates the client's body into it (`prepare`), the answer back
+(`whole`, or `start`/`feed`/`finish`/`fail` for a stream) and errors into the client's shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from starlette.responses import Response
+
+from gateway.errors import APIError
+from gateway.keys import ApiKey
+
+
+class WireAdapter(Protocol):
+    endpoint: str  # the log row's endpoint ("responses", "messages")
+    original: dict[str, Any]  # the client's body, for the request log
+
+    async def prepare(self, body: dict[str, Any], key: ApiKey | None) -> dict[str, Any]:
+        """The chat completion body for the client's body (raises APIError naming the param)."""
+        ...
+
+    async def whole(self, chat: dict[str, Any], model: str) -> bytes:
+        """A complete chat answer as the client's JSON body."""
+        ...
+
+    def start(self, model: str) -> bytes: ...
+
+    def feed(self, chunk: dict[str, Any]) -> bytes: ...
+
+    async def finish(self) -> bytes: ...
+
+    def fail(self, err: APIError) -> bytes: ...
+
+    def error(self, err: APIError, headers: dict[str, str]) -> Response: ...

@@ -1,0 +1,231 @@
+"""The Responses API through a running gateway with the real `openai` SDK (and litellm as a client):
+plain, streamed, a function tool round trip, structured output, and conversations by
+previous_response_id that survive a gateway restart. Upstream: the fake provider (chat completions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from openai import BadRequestError, NotFoundError, OpenAI
+from pydantic import BaseModel
+
+from backends.fake_provider import FakeProviderThread
+from tests.gateway.conftest import gateway_settings
+from tests.gateway.harness import GatewayThread, running_gateway
+
+
+def client(gw: GatewayThread) -> OpenAI:
+    return OpenAI(base_url=gw.base_url + "/v1", api_key="anything", max_retries=0)
+
+
+def test_responses_create_answers_with_output_text_usage_and_gateway_headers(gateway: GatewayThread) -> None:
+    raw = client(gateway).responses.with_raw_response.create(
+        model="fake-model", input="hello there", instructions="be brief", max_output_tokens=50
+    )
+    resp = raw.parse()
+    assert resp.status == "completed" and resp.id.startswith("resp_")
+    assert resp.output_text == "hello there"
+    assert resp.usage is not None and resp.usage.output_tokens == 2 and resp.usage.total_tokens > 2
+    assert resp.instructions == "be brief" and resp.model == "fake-model"
+    assert raw.headers["x-hybridgate-deployment"] == "fake-a" and raw.headers["x-request-id"]
+
+
+def test_responses_stream_sends_the_event_sequence_with_sequence_numbers(gateway: GatewayThread) -> None:
+    with client(gateway).responses.stream(model="fake-model", input="one two three") as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == "response.completed"
+    assert "response.output_item.added" in kinds and "response.output_text.done" in kinds
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == "one two three" == final.output_text
+    assert final.usage is not None and final.usage.output_tokens == 3
+
+
+def test_function_tool_round_trip_continues_by_previous_response_id(
+    gateway: GatewayThread, fake_provider: FakeProviderThread
+) -> None:
+    oa = client(gateway)
+    tools = [
+        {
+            "type": "function",
+            "name": "get_weather",
+            "description": "weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        }
+    ]
+    first = oa.responses.create(model="fake-model", input="weather in Paris?", tools=tools)
+    call = next(item for item in first.output if item.type == "function_call")
+    assert call.name == "get_weather" and '"city"' in call.arguments
+    second = oa.responses.create(
+        model="fake-model",
+        previous_response_id=first.id,
+        tools=tools,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+    )
+    assert second.output_text and second.previous_response_id == first.id
+    # The upstream saw the whole conversation: question, the assistant's call and the tool's answer.
+    sent = chat_requests(fake_provider)[-1]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+    assert sent[1]["tool_calls"][0]["id"] == call.call_id and sent[2]["content"] == "sunny"
+
+
+def test_streamed_function_call_sends_argument_deltas(gateway: GatewayThread) -> None:
+    tools = [
+        {
+            "type": "function",
+            "name": "lookup",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        }
+    ]
+    with client(gateway).responses.stream(model="fake-model", input="find it", tools=tools) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [e.type for e in events]
+    assert (
+        "response.function_call_arguments.delta" in kinds and "response.function_call_arguments.done" in kinds
+    )
+    call = final.output[0]
+    assert call.type == "function_call" and call.name == "lookup" and call.arguments == '{"q":"fake"}'
+
+
+class Answer(BaseModel):
+    city: str
+    population: int
+
+
+def test_text_format_json_schema_and_responses_parse(gateway: GatewayThread) -> None:
+    oa = client(gateway)
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}},
+        "required": ["ok"],
+        "additionalProperties": False,
+    }
+    resp = oa.responses.create(
+        model="fake-model",
+        input="json please",
+        text={"format": {"type": "json_schema", "name": "flag", "schema": schema, "strict": True}},
+    )
+    assert resp.output_text == '{"ok":true}' and resp.text.format.type == "json_schema"
+    parsed = oa.responses.parse(model="fake-model", input="a city", text_format=Answer)
+    assert parsed.output_parsed == Answer(city="fake", population=1)
+
+
+def test_conversation_by_previous_response_id_survives_a_gateway_restart(
+    fake_provider: FakeProviderThread, sqlite_url: str, tmp_path: Path
+) -> None:
+    settings = gateway_settings(fake_provider.base_url, sqlite_url, tmp_path)
+    with running_gateway(settings) as gw:
+        first = client(gw).responses.create(model="fake-model", input="my name is Ada")
+        assert client(gw).responses.retrieve(first.id).output_text == "my name is Ada"
+    with running_gateway(settings) as gw:  # a new process over the same database
+        second = client(gw).responses.create(
+            model="fake-model", input="what is my name?", previous_response_id=first.id
+        )
+        sent = chat_requests(fake_provider)[-1]["messages"]
+        assert [m["content"] for m in sent] == ["my name is Ada", "my name is Ada", "what is my name?"]
+        items = client(gw).responses.input_items.list(second.id)
+        assert [i.content[0].text for i in items.data] == ["what is my name?"]
+        client(gw).responses.delete(second.id)
+        with pytest.raises(NotFoundError):
+            client(gw).responses.retrieve(second.id)
+        with pytest.raises(BadRequestError) as err:
+            client(gw).responses.create(model="fake-model", input="x", previous_response_id="resp_missing")
+        assert err.value.body["param"] == "previous_response_id"  # type: ignore[index]
+
+
+def test_store_false_keeps_nothing(gateway: GatewayThread) -> None:
+    resp = client(gateway).responses.create(model="fake-model", input="secret", store=False)
+    with pytest.raises(NotFoundError):
+        client(gateway).responses.retrieve(resp.id)
+
+
+def test_unsupported_tool_types_and_bad_input_get_400_naming_the_param(gateway: GatewayThread) -> None:
+    oa = client(gateway)
+    with pytest.raises(BadRequestError) as err:
+        oa.responses.create(model="fake-model", input="x", tools=[{"type": "web_search"}])  # type: ignore[list-item]
+    assert err.value.body["param"] == "tools[0].type"  # type: ignore[index]
+    with pytest.raises(BadRequestError) as err:
+        oa.responses.create(model="fake-model", input="x", max_output_tokens=0)
+    assert err.value.body["param"] == "max_tokens" or "max_output_tokens" in str(err.value)
+
+
+def test_litellm_responses_as_a_client(gateway: GatewayThread) -> None:
+    import litellm
+
+    resp = litellm.responses(
+        model="openai/fake-model", input="from litellm", api_base=gateway.base_url + "/v1", api_key="anything"
+    )
+    text = "".join(c.text for item in resp.output if item.type == "message" for c in item.content)
+    assert text == "from litellm"
+
+
+def chat_requests(fp: FakeProviderThread) -> list[dict]:
+    """The chat completion bodies the fake provider received, oldest first."""
+    return [r.body for r in fp.requests() if r.path.endswith("/chat/completions")]
+
+
+def test_a_stream_cut_after_it_began_ends_with_response_failed(gateway: GatewayThread) -> None:
+    import httpx
+    import orjson
+
+    body = {"model": "fake-model", "input": "[[fault:cut:2]] one two three four five six", "stream": True}
+    with (
+        httpx.Client(base_url=gateway.base_url, timeout=20) as http,
+        http.stream("POST", "/v1/responses", json=body) as r,
+    ):
+        assert r.status_code == 200
+        events = [orjson.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.failed"
+    assert events[-1]["response"]["status"] == "failed" and events[-1]["response"]["error"]["message"]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
+
+CASCADE = """
+name: cascade
+selector: {type: fixed, order: [cheap]}
+escalation: {first: [cheap], to: [strong], threshold: 0.999, score: logprobs}
+"""
+
+
+def test_streamed_responses_and_messages_under_a_cascade_show_only_the_escalated_answer(
+    fake_provider: FakeProviderThread, sqlite_url: str, tmp_path: Path
+) -> None:
+    import httpx
+    from anthropic import Anthropic
+
+    caps = ["chat", "logprobs"]
+    deployments = [
+        {
+            "name": n,
+            "model": m,
+            "upstream_model": "fake-model",
+            "api_base": fake_provider.base_url,
+            "capabilities": caps,
+        }
+        for n, m in (("cheap", "cheap-model"), ("strong", "strong-model"))
+    ]
+    settings = gateway_settings(fake_provider.base_url, sqlite_url, tmp_path, deployments=deployments)
+    with running_gateway(settings) as gw:
+        put = httpx.put(
+            gw.base_url + "/admin/api/policies/cascade",
+            content=CASCADE,
+            headers={"content-type": "application/yaml"},
+        )
+        assert put.status_code == 201
+        with client(gw).responses.stream(model="cascade", input="one two three") as stream:
+            final = stream.get_final_response()
+        assert final.output_text == "one two three" and final.model == "strong-model"
+        with Anthropic(base_url=gw.base_url, api_key="x", max_retries=0).messages.stream(
+            model="cascade", max_tokens=20, messages=[{"role": "user", "content": "four five"}]
+        ) as mstream:
+            message = mstream.get_final_message()
+        assert message.content[0].text == "four five" and message.model == "strong-model"  # type: ignore[union-attr]

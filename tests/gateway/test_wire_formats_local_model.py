@@ -1,0 +1,60 @@
+"""The Responses and Messages APIs served by the shipped local model (CPU) through the `auto` policy:
+the same routing core as chat completions (policy headers, usage), translated both ways."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from anthropic import Anthropic
+from openai import OpenAI
+
+from gateway.config import Settings
+from local_model.engine.checkpoint import SHIPPED, resolve_checkpoint
+from requestlog.migrate import upgrade
+from tests.gateway.harness import GatewayThread, running_gateway
+
+
+def _shipped() -> Path | None:
+    try:
+        return resolve_checkpoint(SHIPPED)
+    except FileNotFoundError:
+        return None
+
+
+pytestmark = pytest.mark.skipif(_shipped() is None, reason="no shipped local-model checkpoint in the repo")
+
+
+@pytest.fixture(scope="module")
+def local_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayThread]:
+    tmp = tmp_path_factory.mktemp("local")
+    url = f"sqlite+aiosqlite:///{tmp / 'gw.db'}"
+    upgrade(url)
+    settings = Settings(database_url=url, log={"spool_dir": str(tmp / "spool")})  # type: ignore[arg-type]
+    with running_gateway(settings) as gw:
+        yield gw
+
+
+def test_responses_api_from_the_local_model_plain_and_streamed(local_gateway: GatewayThread) -> None:
+    oa = OpenAI(base_url=local_gateway.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    raw = oa.responses.with_raw_response.create(model="auto", input="Tell me a story.", max_output_tokens=16)
+    resp = raw.parse()
+    assert resp.output_text and resp.usage is not None and 0 < resp.usage.output_tokens <= 16
+    assert raw.headers["x-hybridgate-model"] == "hybridgate-local"
+    assert raw.headers["x-hybridgate-policy"].startswith("auto@") and raw.headers["x-hybridgate-propensity"]
+    with oa.responses.stream(
+        model="hybridgate-local", input="Hello!", max_output_tokens=16, previous_response_id=resp.id
+    ) as stream:
+        final = stream.get_final_response()
+    assert final.output_text and final.status in ("completed", "incomplete")
+
+
+def test_messages_api_from_the_local_model_streamed(local_gateway: GatewayThread) -> None:
+    client = Anthropic(base_url=local_gateway.base_url, api_key="unused", max_retries=0, timeout=120)
+    with client.messages.stream(
+        model="hybridgate-local", max_tokens=12, messages=[{"role": "user", "content": "Hello!"}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text and final.usage.output_tokens > 0 and final.stop_reason in ("end_turn", "max_tokens")
