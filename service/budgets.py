@@ -10,9 +10,10 @@ accounts are `state.budgets`'.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from router.budget import BudgetLimit, Period
+from router.budget import BudgetLimit, Period, period_start
 from state.budgets import BudgetStore
 from state.scope_budgets import ScopeBudgetStore
 
@@ -90,3 +91,9 @@ class ScopeBudgets:
                 }
             )
         return out
+
+
+def spend_window_start(period: str, now: datetime) -> datetime:
+    """Where the budget period that holds ``now`` began (ten years back for a ``total`` budget)."""
+    start = period_start(period, now) if period != "total" else None  # type: ignore[arg-type]
+    return start or now - timedelta(days=3650)

@@ -23,6 +23,7 @@ from backends.base import CLIENT_CAUSED, Backend, Usage
 from backends.pricing import resolve_prices
 from common.types import DeploymentConfig, RequestFeatures
 from policies.registry import PolicyRegistry
+from policies.schema import Policy
 from requestlog.rows import RequestRow
 from router.budget import BudgetExceeded, BudgetLimit, Reservation, worst_case_usd
 from router.calibrate import Calibration, calibrate_cost_weight, memoized
@@ -440,10 +441,12 @@ class GatewayRouter:
 
     # ---- admin: what a policy would do ------------------------------------------------------------
 
-    async def simulate(self, name: str, features: RequestFeatures) -> Decision | None:
-        """The decision the active policy ``name`` makes for ``features`` now, without calling any
-        provider or holding any budget; None when no such policy is active."""
-        policy = self.registry.active(name)
+    async def simulate(
+        self, name: str, features: RequestFeatures, policy: Policy | None = None
+    ) -> Decision | None:
+        """The decision the active policy ``name`` (or the draft ``policy``) makes for ``features`` now,
+        without calling any provider or holding any budget; None when no such policy is active."""
+        policy = policy or self.registry.active(name)
         if policy is None:
             return None
         signals = await self.signals(self.catalog.deployments, [])

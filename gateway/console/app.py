@@ -13,7 +13,6 @@ import asyncio
 import difflib
 import hmac
 import os
-import random
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,8 +26,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from common.types import RequestFeatures
 from gateway.admin_api import check_admin, is_loopback
-from gateway.console import policy_eval
 from gateway.console.auth import COOKIE, Sessions, cross_site, csrf_ok, session_for
 from gateway.console.dashboards import DASHBOARDS, RANGES, Query
 from gateway.edge import read_json, validate
@@ -39,8 +38,8 @@ from policies.loader import PolicyValidationError
 from policies.registry import PolicyNotFound
 from requestlog import tables
 from requestlog.rollups import aggregate, quantile
-from router.budget import period_start
-from router.decide import decide
+from service import policy_eval
+from service.budgets import spend_window_start
 
 HERE = Path(__file__).resolve().parent
 STATIC = {p.name: p for p in (HERE / "static").iterdir() if p.is_file()}
@@ -361,8 +360,7 @@ class Console:
         async with self.s.engine.connect() as conn:
             for k in keys:
                 period = k.budget_period or "month"
-                since = period_start(period, now) if period != "total" else None  # type: ignore[arg-type]
-                since = since or now - timedelta(days=3650)
+                since = spend_window_start(period, now)
                 agg = await aggregate(
                     conn, "requests", since, now, [], ("requests", "cost_usd"), {"api_key_id": k.id}
                 )
@@ -421,14 +419,17 @@ class Console:
         if isinstance(sample, dict):
             req = validate(ChatCompletionRequest, {"model": name, **sample})
             feats = request_features(req, "chat", None, request.headers.get("x-hybridgate-tags"))
-            d = decide(
-                feats, draft, deps, signals, random.Random(0), datetime.now(UTC), plugins=router.plugins
-            )
-            out["simulate"] = d.as_dict()
+            d = await router.simulate(name, feats, policy=draft)
+            out["simulate"] = d.as_dict() if d is not None else None
         if body.get("estimate", True):
             rows = await policy_eval.logged_traffic(self.s.engine, name)
+
+            def featurize(text: str) -> RequestFeatures:
+                chat = {"model": name, "messages": [{"role": "user", "content": text}]}
+                return request_features(ChatCompletionRequest.model_validate(chat), "chat", None, None)
+
             out["estimate"] = await asyncio.to_thread(
-                policy_eval.estimate, draft, rows, deps, signals, router.plugins, name
+                policy_eval.estimate, draft, rows, deps, signals, router.plugins, featurize
             )
         return self.json(out)
 

@@ -12,6 +12,7 @@ the effective sample size of the importance weights.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,12 +21,11 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.schemas import ChatCompletionRequest, request_features
+from common.types import RequestFeatures
 from policies.schema import Policy
 from requestlog import tables
 from router import ope
 from router.decide import decide
-from router.decision import RequestFeatures
 from router.protocols import Plugins
 from router.signals import Signals
 
@@ -78,12 +78,9 @@ async def logged_traffic(
     ]
 
 
-def features_of(row: Logged, policy_name: str) -> RequestFeatures:
-    text = row.prompt_text or " ".join(["word"] * max(1, row.prompt_tokens or 1))
-    req = ChatCompletionRequest.model_validate(
-        {"model": policy_name, "messages": [{"role": "user", "content": text}]}
-    )
-    return request_features(req, "chat", None, None)
+def prompt_of(row: Logged) -> str:
+    """The logged prompt, or a stand-in of its logged length when the log keeps no bodies."""
+    return row.prompt_text or " ".join(["word"] * max(1, row.prompt_tokens or 1))
 
 
 def _estimates(
@@ -106,9 +103,10 @@ def estimate(
     deployments: list[Any],
     signals: Signals,
     plugins: Plugins,
-    policy_name: str,
+    featurize: Callable[[str], RequestFeatures],
 ) -> dict[str, Any]:
-    """The draft's off-policy estimate on ``rows`` (CPU-bound: run it in a thread)."""
+    """The draft's off-policy estimate on ``rows`` (CPU-bound: run it in a thread). ``featurize``
+    turns a logged prompt into the request features the wire format would have produced."""
     if not rows:
         return {"rows": 0, "note": "No logged requests of the live policy with feedback and propensity yet."}
     models = sorted({d.model for d in deployments} | {r.model for r in rows})
@@ -116,7 +114,7 @@ def estimate(
     pi = np.zeros((len(rows), len(models)))
     now = datetime.now(UTC)
     for i, row in enumerate(rows):
-        feats = features_of(row, policy_name)
+        feats = featurize(prompt_of(row))
         for k in range(DRAWS):
             d = decide(feats, draft, deployments, signals, random.Random(i * DRAWS + k), now, plugins=plugins)
             if d.candidates:
