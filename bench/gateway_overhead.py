@@ -10,9 +10,13 @@ What it does (all on 127.0.0.1, every process stopped on exit):
      and RSS after the load;
   3. prints a markdown table and writes JSON (`--out`).
 
+`--durability off,batch,always` runs hybridgate once per request-log durability mode (the
+write-ahead log: `log.durability`), side by side in one run, to show what crash safety costs.
+
 Usage:
   python bench/gateway_overhead.py [--duration 10] [--concs 1,8,64] [--probe-n 300]
       [--litellm-venv /tmp/llvenv] [--pg-admin postgresql://postgres@127.0.0.1:5432/test] [--out FILE]
+      [--targets direct,hybridgate,litellm] [--durability batch]
 
 LiteLLM's venv: `VENV=/tmp/llvenv LITELLM_SPEC='litellm[proxy]==1.106.2'
 ../shared/bench/litellm_baseline/setup.sh` (from the repo root). Without it, LiteLLM is skipped.
@@ -138,9 +142,10 @@ async def probe(url: str, key: str, n: int) -> dict[str, float]:
             "ttft_p50_ms": statistics.median(ttft), "ttft_p99_ms": q(ttft, n=100)[98]}
 
 
-def start_hybridgate(tmp: Path, pg_admin: str) -> tuple[Proc, str, float]:
+def start_hybridgate(tmp: Path, pg_admin: str, durability: str = "batch") -> tuple[Proc, str, float]:
     import psycopg
 
+    tmp.mkdir(parents=True, exist_ok=True)
     db = f"hg_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_admin, autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{db}"')
@@ -149,7 +154,7 @@ def start_hybridgate(tmp: Path, pg_admin: str) -> tuple[Proc, str, float]:
     cfg = tmp / "hybridgate.yaml"
     cfg.write_text(json.dumps({
         "host": "127.0.0.1", "port": GW_PORT, "database_url": db_url, "require_keys": True,
-        "log": {"bodies": "hashed", "spool_dir": str(tmp / "spool")},
+        "log": {"bodies": "hashed", "spool_dir": str(tmp / "spool"), "durability": durability},
         "local_model": {"enabled": False},
         "deployments": [{"name": "fake", "model": "fake-model", "provider": "openai_compatible",
                          "upstream_model": "fake-model", "api_base": f"http://127.0.0.1:{UP_PORT}/v1",
@@ -207,19 +212,16 @@ def measure(name: str, url: str, key: str, pid: int | None, args: argparse.Names
 
 
 def table(results: list[dict[str, Any]], concs: list[int]) -> str:
-    by = {r["target"]: r for r in results}
-    d = by["direct"]
+    d = next((r for r in results if r["target"] == "direct"), None)
     lines = ["| target | start s | RSS idle / after MB | c=1 p50 / p99 ms (added) | TTFT p50 / p99 ms (added) | "
              + " | ".join(f"chat c={c} rps" for c in concs) + " | " + " | ".join(f"stream c={c} rps" for c in concs) + " |",
              "|" + "---|" * (5 + 2 * len(concs))]
-    for name in ("direct", "hybridgate", "litellm"):
-        r = by.get(name)
-        if r is None:
-            continue
+    for r in results:
+        name = r["target"]
         p = r["probe"]
-        added = "" if name == "direct" else (
+        added = "" if d is None or name == "direct" else (
             f" (+{p['p50_ms'] - d['probe']['p50_ms']:.2f} / +{p['p99_ms'] - d['probe']['p99_ms']:.2f})")
-        added_t = "" if name == "direct" else (
+        added_t = "" if d is None or name == "direct" else (
             f" (+{p['ttft_p50_ms'] - d['probe']['ttft_p50_ms']:.2f} / +{p['ttft_p99_ms'] - d['probe']['ttft_p99_ms']:.2f})")
         rss = f"{r.get('rss_idle_mb', 0):.0f} / {r.get('rss_after_mb', 0):.0f}" if "rss_idle_mb" in r else "-"
         start = f"{r['start_s']:.2f}" if r.get("start_s") else "-"
@@ -238,6 +240,8 @@ def main() -> int:
     ap.add_argument("--litellm-venv", default="/tmp/llvenv")
     ap.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/test")
     ap.add_argument("--targets", default="direct,hybridgate,litellm")
+    ap.add_argument("--durability", default="batch",
+                    help="comma-separated log.durability modes for hybridgate (off,batch,always), one run each")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     args.concs = [int(c) for c in args.concs.split(",")]
@@ -254,11 +258,12 @@ def main() -> int:
             raise RuntimeError("fake provider did not start")
         if "direct" in targets:
             results.append(measure("direct", f"http://127.0.0.1:{UP_PORT}", "none", None, args, tmp, None))
-        if "hybridgate" in targets:
-            gw, key, start_s = start_hybridgate(tmp, args.pg_admin)
+        modes = args.durability.split(",")
+        for mode in modes if "hybridgate" in targets else ():
+            gw, key, start_s = start_hybridgate(tmp / mode, args.pg_admin, mode)
+            name = "hybridgate" if len(modes) == 1 else f"hybridgate ({mode})"
             try:
-                results.append(measure("hybridgate", f"http://127.0.0.1:{GW_PORT}", key, gw.p.pid, args, tmp,
-                                       start_s))
+                results.append(measure(name, f"http://127.0.0.1:{GW_PORT}", key, gw.p.pid, args, tmp, start_s))
             finally:
                 gw.stop()
         venv = Path(args.litellm_venv)

@@ -54,6 +54,7 @@ from state.bandits import BanditStore, DbBanditStore, InProcessBanditStore, Redi
 from state.breakers import BreakerStore, InProcessBreakerStore, RedisBreakerStore
 from state.budget_reconcile import SpendReconciler
 from state.budgets import BudgetStore, InProcessBudgetStore, RedisBudgetStore
+from state.instances import Heartbeat, warn_if_unshared_workers
 from state.policy_events import RedisPolicyEvents
 from state.ratelimits import InProcessRateLimitStore, RateLimitStore, RedisRateLimitStore
 from state.redis_util import make_redis
@@ -132,6 +133,8 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         spool_dir=settings.log.spool_dir,
         batch_max_rows=settings.log.batch_max_rows,
         batch_max_ms=settings.log.batch_max_ms,
+        durability=settings.log.durability,
+        wal_commit_ms=settings.log.wal_commit_ms,
     )
     deployments = settings.all_deployments()
     backends = dict(backends or {})
@@ -158,6 +161,9 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
     # With Redis, policy changes are pushed to every process (pub/sub) on top of store polling.
     policy_events = (RedisPolicyEvents(redis_client, channel=f"{settings.redis_prefix}policies")
                      if redis_client is not None else None)
+    # Key revocations and changes take the same path on their own channel; the cache TTL is the fallback.
+    key_events = (RedisPolicyEvents(redis_client, channel=f"{settings.redis_prefix}keys", what="api key")
+                  if redis_client is not None else None)
     router = GatewayRouter(
         catalog,
         PolicyRegistry(DbPolicyStore(engine), notifier=policy_events),
@@ -171,13 +177,14 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         settings=settings,
         engine=engine,
         sink=sink,
-        keys=KeyStore(engine),
+        keys=KeyStore(engine, notifier=key_events),
         metrics=metrics,
         router=router,
         executor=Executor(pricer=catalog.cost, outcomes=router),
         backends=backends,
         extras={"redis": redis_client, "remote_load": remote_load, "policy_events": policy_events,
-                "scope_budgets": ScopeBudgetStore(engine), "artifacts": artifacts},
+                "scope_budgets": ScopeBudgetStore(engine), "artifacts": artifacts,
+                "key_events": key_events, "heartbeat": Heartbeat(engine, shared_state=redis_client is not None)},
     )
 
 
@@ -206,6 +213,12 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
         if events is not None:
             # Reload at once on another process's change; polling below relaxes while this is live.
             tasks.append(asyncio.create_task(events.run(registry.reload, stop)))
+        key_events: RedisPolicyEvents | None = services.extras["key_events"]
+        if key_events is not None:
+            tasks.append(asyncio.create_task(key_events.run(services.keys.invalidate, stop)))
+        warn_if_unshared_workers(settings.workers, settings.redis_url)
+        heartbeat: Heartbeat = services.extras["heartbeat"]
+        tasks.append(asyncio.create_task(_every(10.0, stop, ("heartbeat", heartbeat.beat))))
         tasks.append(asyncio.create_task(registry.run_reload_loop(
             settings.policy_reload_s, stop, pushed=(lambda: events.live) if events is not None else None)))
         # Keep this process in step with every other one: what the bandits learned, and budgets.
@@ -238,6 +251,8 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+            with contextlib.suppress(Exception):
+                await heartbeat.leave()
             await services.sink.aclose()
             for b in services.backends.values():
                 with contextlib.suppress(Exception):

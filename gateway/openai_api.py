@@ -219,17 +219,20 @@ class OpenAIHandlers:
             req = await self._begin(request, ctx, schema)
             route = await self._route(ctx, req, endpoint, request)
             ctx.ex = Execution(ctx.rid)
-            return await answer(ctx, req, route)
+            resp = await answer(ctx, req, route)
         except APIError as err:
             self._finish(ctx, err.status, err)
-            return err.response(ctx.headers())
+            resp = err.response(ctx.headers())
         except UpstreamError as uerr:
             err = from_upstream(uerr)
             self._finish(ctx, err.status, err)
-            return err.response(ctx.headers())
+            resp = err.response(ctx.headers())
         except asyncio.CancelledError:
             self._finish(ctx, 499, cancelled=True)
             raise
+        if not isinstance(resp, StreamingResponse):
+            await self.s.sink.durable()  # log.durability: always: the row is on disk before the answer
+        return resp
 
     async def _generate(self, ctx: _Ctx, req: Any, route: Route, id_prefix: str, obj: str) -> Response:
         assert ctx.ex is not None
@@ -349,19 +352,21 @@ class OpenAIHandlers:
                     data = b"".join(filter(None, map(encode, batch)))
                     if data:
                         yield data
-                yield sse.DONE
             except UpstreamError as uerr:
                 error = from_upstream(uerr)
-                yield sse.error_event(error.message, error.type, error.code)
             except (asyncio.CancelledError, GeneratorExit):
                 cancelled = True
                 status = 499
                 raise
             finally:
                 await chunks.aclose()
+                last = sse.DONE if error is None else sse.error_event(error.message, error.type, error.code)
                 if body_log is not None:
                     ctx.row.response_body = b"".join(body_log).decode()
                 self._finish(ctx, status, error, cancelled)
+            # The stream's last event goes out once its row is logged (durably with `always`).
+            await self.s.sink.durable()
+            yield last
 
         return StreamingResponse(body(), media_type="text/event-stream",
                                  headers=ctx.headers() | {"cache-control": "no-cache"})

@@ -227,3 +227,15 @@ scope_budgets = sa.Table(
     sa.Column("updated_at", UtcDateTime(), nullable=False),
 )
 """User and team spending caps set through the admin API (config-file caps are not stored here)."""
+
+gateway_instances = sa.Table(
+    "gateway_instances",
+    metadata,
+    _str("id", primary_key=True),  # random per process start
+    _str("host", nullable=False),
+    sa.Column("pid", sa.Integer(), nullable=False),
+    sa.Column("shared_state", sa.Boolean(), nullable=False),  # runs with Redis
+    sa.Column("started_at", UtcDateTime(), nullable=False),
+    sa.Column("last_seen", UtcDateTime(), nullable=False),
+)
+"""One heartbeat row per running gateway process: tells a process it is not alone (state/instances.py)."""
