@@ -196,12 +196,12 @@ class Wal:
 
     async def checkpoint(self) -> None:
         """Delete closed segments, and empty the active one, whose records are all handled."""
-        handled = self._handled_seq
-        closed_done = bool(self._closed) and self._closed[0].last_seq <= handled
-        active = self._active
-        active_done = active is not None and self._active_size > 0 and active.last_seq <= handled
-        if closed_done or active_done:
-            async with self._io:
+        async with self._io:  # judged under the lock: a commit in flight may be adding to the file
+            handled = self._handled_seq
+            closed_done = bool(self._closed) and self._closed[0].last_seq <= handled
+            active = self._active
+            active_done = active is not None and self._active_size > 0 and active.last_seq <= handled
+            if closed_done or active_done:
                 await asyncio.to_thread(self._drop_handled, handled, True)
 
     # ------------------------------------------------------------------ disk (worker thread)

@@ -24,6 +24,7 @@ EXPECTED_TABLES = {
     "router_artifacts",
     "bandit_totals",
     "scope_budgets",
+    "gateway_instances",
     "alembic_version",
 }
 
