@@ -35,7 +35,9 @@ class LogSettings(BaseModel):
         description="request log write-ahead log: 'always' answers only once the row is fsynced to "
         "the local spool; 'batch' group-commits every wal_commit_ms without waiting (a crash loses at "
         "most that window); 'off' keeps rows in memory until the database has them")
-    wal_commit_ms: float = Field(default=5.0, ge=0, le=1000, description="WAL group-commit window")
+    wal_commit_ms: float = Field(
+        default=5.0, ge=0, le=1000,
+        description="WAL group-commit window of 'batch' ('always' commits back to back: no added wait)")
     retention_days: float | None = Field(
         default=None, gt=0,
         description="delete requests (with their attempts and feedback) older than this; None = keep all")

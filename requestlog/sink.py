@@ -15,7 +15,8 @@ only consumer, which keeps ordering simple) moves records on:
   (per process).
 
 Crash safety (``durability``): with ``batch`` or ``always`` every record also goes to a local
-write-ahead log (:mod:`requestlog.wal`), group-committed every ``wal_commit_ms``; the writer reports
+write-ahead log (:mod:`requestlog.wal`), group-committed (every ``wal_commit_ms`` with ``batch``;
+back to back with ``always``, where whatever arrives during one fsync shares the next); the writer reports
 how far the database (or the spill spool) has taken the queue, which lets the WAL drop what is
 safe. After a crash (``kill -9``) the next start moves the dead process's WAL segments into the
 spool and replays them. ``always`` makes :meth:`LogSink.durable` wait for the group commit that
@@ -84,7 +85,8 @@ class LogSink:
             rest in the spool.
         engine: an existing async engine to use (then not disposed by ``aclose()``).
         durability: ``off``, ``batch`` or ``always`` (see module docstring).
-        wal_commit_ms: the WAL's group-commit window (``batch``: the most a crash can lose).
+        wal_commit_ms: the WAL's group-commit window with ``batch`` (the most a crash can lose);
+            ``always`` commits without a window (whatever arrives during one fsync shares the next).
         wal_fsync: False skips the WAL's fsync (survives a process crash, not a power loss).
     """
 
@@ -123,7 +125,13 @@ class LogSink:
 
         self._queue: deque[_Entry] = deque()
         self.durability = durability
-        self._wal_options = {"commit_ms": wal_commit_ms, "fsync": wal_fsync}
+        # `always`: a commit starts as soon as the previous one ends (requests wait for it, so no
+        # added delay); records arriving during an fsync share the next one. `batch`: one commit
+        # per window at most, since nobody waits.
+        self._wal_options = {
+            "commit_ms": 0.0 if durability == "always" else wal_commit_ms,
+            "fsync": wal_fsync,
+        }
         self._wal: Wal | None = None
         self._wal_task: asyncio.Task[None] | None = None
         self._wal_stop = asyncio.Event()

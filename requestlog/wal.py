@@ -1,9 +1,9 @@
 """Write-ahead log of request-log records: on local disk before (or as) the response completes.
 
 The sink hands every recorded request to :class:`Wal` as well as to its in-memory queue. A
-background task group-commits what arrived: one ``write`` + ``fsync`` for everything recorded in
-the last ``commit_ms`` (group commit), so the disk sees a few fsyncs per second-slice however many
-requests there are. Callers that must not answer before their row is durable (``durability:
+background task group-commits what arrived: one ``write`` + ``fsync`` for everything recorded
+since the last commit, at most one commit per ``commit_ms`` window (0: back to back, so whatever
+arrives during one fsync shares the next), however many requests there are. Callers that must not answer before their row is durable (``durability:
 always``) await :meth:`Wal.durable`; with ``batch`` nobody waits and a crash loses at most the
 records of the commit window still open.
 
