@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,6 +113,9 @@ class Wal:
         self._handled_seq = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._lock = threading.Lock()  # records may come from worker threads
         self._io = asyncio.Lock()  # one disk operation at a time (commit vs. checkpoint)
         self._active: _Segment | None = None
         self._active_size = 0
@@ -123,12 +127,17 @@ class Wal:
     # ------------------------------------------------------------------ event-loop side
 
     def append(self, entry: object) -> int:
-        """Queue one record for the next group commit; returns its sequence number."""
-        self._pending.append(entry)
-        self._seq += 1
-        if len(self._pending) == 1:
-            self._wake.set()
-        return self._seq
+        """Queue one record for the next group commit; returns its sequence number. Thread-safe."""
+        with self._lock:
+            self._pending.append(entry)
+            self._seq += 1
+            seq, first = self._seq, len(self._pending) == 1
+        if first:
+            if self._loop is None or threading.get_ident() == self._loop_thread:
+                self._wake.set()
+            else:
+                self._loop.call_soon_threadsafe(self._wake.set)
+        return seq
 
     @property
     def seq(self) -> int:
@@ -152,11 +161,12 @@ class Wal:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Group-commit until ``stop`` is set and nothing is pending."""
+        self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
         while True:
+            self._wake.clear()  # before looking: a record from another thread re-sets it
             if not self._pending:
                 if stop.is_set():
                     break
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 0.25)
                 await self.checkpoint()
@@ -167,10 +177,11 @@ class Wal:
 
     async def commit(self) -> None:
         """Write and fsync everything pending now; wake whoever waits for it."""
-        batch, self._pending = self._pending, []
+        with self._lock:
+            batch, self._pending = self._pending, []
+            upto = self._seq
         if not batch:
             return
-        upto = self._seq
         # records the database (or the spill spool) already has need no crash protection
         skip = max(0, min(self._handled_seq - (upto - len(batch)), len(batch)))
         try:
