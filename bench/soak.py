@@ -48,14 +48,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gateway.config import Settings  # noqa: E402
+from requestlog.migrate import upgrade  # noqa: E402
 from tests.gateway.harness import GatewayProcess  # noqa: E402
 
 FAULTS = [
-    ("", 0.90),
-    ("[[fault:503]]", 0.03),
-    ("[[fault:429:1]]", 0.02),
-    ("[[fault:latency:200]]", 0.03),
-    ("[[fault:cut:2]]", 0.02),
+    ("", 0.95),
+    ("[[fault:503]]", 0.015),
+    ("[[fault:429:1]]", 0.01),
+    ("[[fault:latency:200]]", 0.015),
+    ("[[fault:cut:2]]", 0.01),
 ]
 
 
@@ -102,7 +103,8 @@ class PrivatePostgres:
         cmd = [str(self.bin / tool), *args]
         if self.as_postgres:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        subprocess.run(cmd, check=True, capture_output=True)
+        # no pipes: a postmaster started by pg_ctl inherits them and would keep run() waiting forever
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     @property
     def url(self) -> str:
@@ -112,7 +114,9 @@ class PrivatePostgres:
         self._run("pg_ctl", "-D", str(self.dir), "-l", str(self.dir / "server.log"), "-w", "start")
 
     def restart(self) -> None:
-        self._run("pg_ctl", "-D", str(self.dir), "-m", "fast", "-w", "restart")
+        self._run(
+            "pg_ctl", "-D", str(self.dir), "-l", str(self.dir / "server.log"), "-m", "fast", "-w", "restart"
+        )
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -205,9 +209,12 @@ def gateway_settings(db_url: str, redis_url: str, provider: str, spool: Path, du
             "redis_prefix": "soak:",
             "log": {"bodies": "hashed", "spool_dir": str(spool), "durability": durability},
             "local_model": {"enabled": False},
+            # Random faults are a few percent of requests: the breakers should ride them out
+            # (error rate, not a run of five), as they would for a real provider's blips.
+            "breaker": {"consecutive_failures": 0, "error_rate": 0.5, "min_requests": 20},
             "deployments": [
                 {
-                    "name": "fake",
+                    "name": f"fake-{n}",
                     "model": "fake-model",
                     "upstream_model": "fake-model",
                     "api_base": f"{provider}/v1",
@@ -215,6 +222,7 @@ def gateway_settings(db_url: str, redis_url: str, provider: str, spool: Path, du
                     "stream_idle_timeout_s": 5,
                     "pricing": {"input_per_mtok": 0.15, "output_per_mtok": 0.6},
                 }
+                for n in ("a", "b")
             ],
         }
     )
@@ -266,23 +274,22 @@ async def send(
         tally.failed += 1
 
 
-async def saturation(urls: list[str], seconds: float, conc: int) -> float:
+async def saturation(urls: list[str], seconds: float, conc: int, tally: Tally) -> float:
+    """Closed-loop answers per second at ``conc`` in flight (their ids count for the row check too)."""
     rng = random.Random(1)
-    tally = Tally()
     t_end = time.monotonic() + seconds
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
 
-        async def worker(w: int) -> int:
+        async def worker(w: int) -> None:
             n = 0
             while time.monotonic() < t_end:
                 await send(session, urls[w % len(urls)], body(rng, n), tally, 0.0)
                 n += 1
-            return n
 
         t0 = time.monotonic()
-        counts = await asyncio.gather(*(worker(w) for w in range(conc)))
-        return sum(counts) / (time.monotonic() - t0)
+        await asyncio.gather(*(worker(w) for w in range(conc)))
+        return len(tally.answered) / (time.monotonic() - t0)
 
 
 async def soak(
@@ -309,7 +316,10 @@ async def soak(
                 while pending_events and pending_events[0][0] <= now:
                     _, what, fn = pending_events.pop(0)
                     tqdm.write(f"[{now:7.1f}s] {what}")
-                    await asyncio.to_thread(fn)
+                    # in the background: the offered load goes on while the server is away
+                    task = asyncio.create_task(asyncio.to_thread(fn))
+                    inflight.add(task)
+                    task.add_done_callback(inflight.discard)
                 if now >= next_sample:
                     samples.append(
                         {
@@ -383,6 +393,12 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--load", type=float, default=0.7, help="fraction of the measured saturation to offer")
     ap.add_argument("--sat-seconds", type=float, default=15.0)
+    ap.add_argument(
+        "--rate", type=float, default=None, help="offer this many req/s instead of --load x saturation"
+    )
+    ap.add_argument(
+        "--max-inflight", type=int, default=256, help="client cap; arrivals beyond it are skipped"
+    )
     ap.add_argument("--sat-concurrency", type=int, default=64)
     ap.add_argument("--durability", choices=["off", "batch", "always"], default="batch")
     ap.add_argument("--sample-s", type=float, default=10.0)
@@ -390,6 +406,7 @@ def main() -> int:
     ap.add_argument("--warmup-frac", type=float, default=0.1, help="RSS flatness is judged after this part")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     ap.add_argument("--out", default=None, help="also write the JSON result here")
+    ap.add_argument("--keep-dir", action="store_true", help="keep the temporary directory (logs, configs)")
     args = ap.parse_args()
     for tool in ("redis-server",):
         if not shutil.which(tool):
@@ -405,20 +422,16 @@ def main() -> int:
         redis = PrivateRedis(base)
         redis.start()
         provider = FakeProvider(base)
-        subprocess.run(
-            [sys.executable, "-m", "requestlog.migrate", "upgrade", "--url", pg.url],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
+        upgrade(pg.url)
         for n in (1, 2):
             s = gateway_settings(pg.url, redis.url, provider.base_url, base / f"spool{n}", args.durability)
             gws.append(GatewayProcess(s, base, name=f"gw{n}").start())
         urls = [g.base_url for g in gws]
         pids = [g.proc.pid for g in gws if g.proc is not None]
 
-        sat = asyncio.run(saturation(urls, args.sat_seconds, args.sat_concurrency))
-        rate = sat * args.load
+        sat_tally = Tally()
+        sat = asyncio.run(saturation(urls, args.sat_seconds, args.sat_concurrency, sat_tally))
+        rate = args.rate if args.rate is not None else sat * args.load
         tqdm.write(
             f"saturation ~{sat:.0f} req/s over both gateways; offering {rate:.0f} req/s for {seconds:.0f} s"
         )
@@ -438,7 +451,7 @@ def main() -> int:
                 samples,
                 pids,
                 args.sample_s,
-                max_inflight=max(4 * args.sat_concurrency, 256),
+                max_inflight=args.max_inflight,
             )
         )
         wall = time.monotonic() - t0
@@ -453,7 +466,7 @@ def main() -> int:
             time.sleep(5)
             for g in gws:
                 g.stop()
-        rows = count_rows(pg.url, tally.answered)
+        rows = count_rows(pg.url, tally.answered | sat_tally.answered)
 
         warm = [s for s in samples if s["t"] >= seconds * args.warmup_frac]
         rss = []
@@ -477,6 +490,7 @@ def main() -> int:
             "offered_rps": round(rate, 1),
             "wall_s": round(wall, 1),
             "answered": len(tally.answered),
+            "answered_rps": round(len(tally.answered) / wall, 1),
             "no_answer": tally.failed,
             "client_overload_skips": tally.overload,
             "statuses": tally.statuses,
@@ -499,7 +513,10 @@ def main() -> int:
             if svc is not None:
                 with contextlib.suppress(Exception):
                     svc.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        if args.keep_dir:
+            print(f"kept {base}", file=sys.stderr)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
 
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
@@ -513,7 +530,8 @@ def main() -> int:
     )
     print(
         f"  load      saturation {result['saturation_rps']} req/s, offered {result['offered_rps']} req/s "
-        f"({args.load:.0%}), answered {result['answered']}, no answer {result['no_answer']}"
+        f"({'fixed' if args.rate is not None else f'{args.load:.0%}'}), answered {result['answered']} ({result['answered_rps']} req/s), "
+        f"no answer {result['no_answer']}, skipped at the client cap {result['client_overload_skips']}"
     )
     print(f"  statuses  {result['statuses']}")
     print(
