@@ -70,6 +70,8 @@ def recover(spool_dir: Path) -> int:
                 name = path.name if path.name.startswith(SEGMENT_PREFIX) else SEGMENT_PREFIX + path.name
                 os.rename(path, spool_dir / name)  # still locked by us: no replayer reads it half-moved
                 moved += 1
+        except FileNotFoundError:
+            continue  # renamed or deleted by its owner meanwhile
         except OSError as exc:
             log.warning("cannot recover WAL segment %s: %s", path.name, exc)
     if moved:
