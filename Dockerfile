@@ -4,6 +4,8 @@ WORKDIR /app
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 COPY pyproject.toml README.md ./
 COPY gateway gateway
+COPY service service
+COPY common common
 COPY router router
 COPY policies policies
 COPY backends backends

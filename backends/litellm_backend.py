@@ -33,9 +33,9 @@ from types import ModuleType
 from typing import Any
 
 from backends.base import UpstreamCall, UpstreamError, UpstreamResponse
-from backends.deployment import DeploymentConfig
 from backends.openai_compatible import classify_client_error, parse_retry_after, usage_of
 from backends.sse import with_stream_usage
+from common.types import DeploymentConfig
 
 __all__ = ["LiteLLMBackend", "import_litellm", "map_litellm_error", "to_openai_dict"]
 

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from backends.base import Backend, UpstreamCall, UpstreamError, UpstreamResponse, Usage
-from backends.deployment import DeploymentConfig
+from common.types import DeploymentConfig
 from local_model.engine import Engine, EngineConfig
 from local_model.engine import openai_api as oa
 from local_model.engine.errors import EngineClosed, EngineOverloaded, InvalidRequest, PromptTooLong

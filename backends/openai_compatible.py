@@ -31,8 +31,8 @@ import aiohttp
 import orjson
 
 from backends.base import Kind, UpstreamCall, UpstreamError, UpstreamResponse, Usage
-from backends.deployment import DeploymentConfig
 from backends.sse import DONE, SSEDecoder, with_stream_usage
+from common.types import DeploymentConfig
 
 __all__ = [
     "OpenAICompatibleBackend",

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import orjson
 
 from backends.base import Usage
-from backends.deployment import DeploymentConfig
+from common.types import DeploymentConfig
 
 __all__ = [
     "COST_MAP_FILENAME",

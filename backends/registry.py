@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Mapping
 
 from backends.base import Backend
-from backends.deployment import DeploymentConfig
+from common.types import DeploymentConfig
 
 __all__ = ["BackendFactory", "UnsupportedProviderError", "api_key_for", "build_backend", "default_factories"]
 

@@ -24,9 +24,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backends.deployment import DeploymentConfig, Pricing  # noqa: E402
+from common.types import DeploymentConfig, Pricing, RequestFeatures
 from policies.loader import parse_policy  # noqa: E402
-from router import BudgetSnapshot, LocalLoad, Plugins, RequestFeatures, Signals, decide  # noqa: E402
+from router import BudgetSnapshot, LocalLoad, Plugins, Signals, decide
 
 
 def deployments() -> list[DeploymentConfig]:

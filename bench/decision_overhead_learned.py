@@ -83,7 +83,7 @@ def measure(clf, prompts: list[str], n: int, seed: int, warm: list[str] | None =
     for p in warm or []:
         clf.predict_array(clf.featurizer.featurize(p))
     gc.collect()
-    gc.freeze()  # as the gateway does once its artifacts are loaded (gateway/app.py, artifact_slots.py)
+    gc.freeze()  # as the gateway does once its artifacts are loaded (gateway/app.py, service/artifact_slots.py)
     rng = np.random.default_rng(seed)
     arms = list(clf.models)
     ts_state = BanditState.new(arms)

@@ -6,10 +6,7 @@ are admitted (the embedded default for a developer machine).
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import random
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
@@ -18,15 +15,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.artifact_slots import ArtifactSlots, RegistryUnavailable, slot_name
 from gateway.edge import bearer, read_body, read_json, validate
 from gateway.errors import APIError, store_unavailable
 from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, request_features
 from gateway.services import Services
 from policies.loader import PolicyValidationError
 from policies.registry import PolicyNotFound, PolicyVersion
-from router.calibrate import calibrate_cost_weight, memoized
-from router.decide import decide
+from service.artifact_slots import RegistryUnavailable, slot_name
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
 
@@ -197,13 +192,10 @@ class AdminHandlers:
         req = validate(schema, body)
         endpoint = {ChatCompletionRequest: "chat", CompletionRequest: "completion"}.get(schema, "embedding")
         router = self.s.router
-        policy = router.registry.active(name)
-        if policy is None:
-            raise APIError(404, f"No active policy named {name!r}.", code="policy_not_found")
         features = request_features(req, endpoint, None, request.headers.get("x-hybridgate-tags"))
-        signals = await router.signals(router.catalog.deployments, [])
-        d = decide(features, policy, router.catalog.deployments, signals, random.Random(0), datetime.now(UTC),
-                   plugins=router.plugins)
+        d = await router.simulate(name, features)
+        if d is None:
+            raise APIError(404, f"No active policy named {name!r}.", code="policy_not_found")
         return json_response({"policy": name, "version": router.registry.active_version(name), **d.as_dict()})
 
     async def calibrate(self, request: Request) -> Response:
@@ -223,21 +215,12 @@ class AdminHandlers:
         if not isinstance(share, int | float) or isinstance(share, bool) or not 0.0 <= share <= 1.0:
             raise APIError(400, "'share' must be a number in [0, 1].", param="share")
         router = self.s.router
-        policy = router.registry.active(name)
-        if policy is None:
+        if router.registry.active(name) is None:
             raise APIError(404, f"No active policy named {name!r}.", code="policy_not_found")
         reqs = [request_features(validate(ChatCompletionRequest, {"model": name, "messages": [
             {"role": "user", "content": p}]}), "chat", None, None) for p in prompts]
-        plugins = memoized(router.plugins)
-        for i, r in enumerate(reqs):  # the real scorer runs here, on the event loop's thread, once per prompt
-            for scorer in plugins.scorers.values():
-                scorer.predict(r.prompt_text, r.metadata)
-            if i % 64 == 63:
-                await asyncio.sleep(0)
-        signals = await router.signals(router.catalog.deployments, [])
         try:
-            cal = await asyncio.to_thread(calibrate_cost_weight, policy, reqs, router.catalog.deployments, signals,
-                                          plugins, model, float(share), datetime.now(UTC))
+            cal = await router.calibrate(name, reqs, model, float(share))
         except ValueError as exc:  # the policy's selector is not a classifier
             raise APIError(400, str(exc)) from None
         return json_response({"policy": name, "version": router.registry.active_version(name), "model": model,
@@ -248,7 +231,7 @@ class AdminHandlers:
     async def activate_artifact(self, request: Request) -> Response:
         """Load a trained router artifact ({"path": DIR, "scorer": "default", "aliases": {...}}) and make
         it the named scorer at once, without a restart; recorded in router_artifacts, from where every
-        other process loads it within ``policy_reload_s`` (gateway/artifact_slots.py)."""
+        other process loads it within ``policy_reload_s`` (service/artifact_slots.py)."""
         self._check(request)
         data = await read_json(request, 64 * 1024)
         aliases = data.get("aliases") or {}
@@ -272,7 +255,7 @@ class AdminHandlers:
             raise APIError(400, "Body needs 'path' (string): the artifact directory.", param="path")
         if not isinstance(name, str) or not name or ":" in name:
             raise APIError(400, f"'{name_param}' must be a non-empty name without ':'.", param=name_param)
-        slots: ArtifactSlots = self.s.extras["artifacts"]
+        slots = self.s.artifacts
         try:
             row = await slots.activate(slot_name(kind, name), path, aliases)
         except RegistryUnavailable as exc:  # loaded here, but the other processes cannot be told: retryable

@@ -25,20 +25,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from backends.base import Backend
-from backends.executor import Executor
 from backends.registry import build_backend
 from gateway.admin_api import AdminHandlers
-from gateway.artifact_slots import ArtifactSlots, slot_name
 from gateway.budget_admin import BudgetAdminHandlers
 from gateway.config import Settings
 from gateway.errors import APIError
 from gateway.feedback_api import FeedbackHandler
 from gateway.keys import KeyStore
-from gateway.metrics import Metrics
 from gateway.openai_api import OpenAIHandlers
 from gateway.openapi import openapi_document
-from gateway.remote_load import RemoteLoadPoller
-from gateway.routing import Catalog, GatewayRouter
 from gateway.services import Services
 from policies.db_store import DbPolicyStore
 from policies.registry import PolicyRegistry
@@ -46,10 +41,16 @@ from requestlog.retention import cutoff, prune
 from requestlog.sink import LogSink
 from requestlog.spend import LoggedSpend
 from router.breaker import BreakerConfig
-from router.budget import BudgetLimit
 from router.plugins import LinUCBBandit, ScoredLinUCBBandit, ThompsonBandit
 from router.protocols import Plugins
-from router.signals import LocalLoad
+from service.artifact_slots import ArtifactSlots, slot_name
+from service.budgets import config_limits
+from service.cascade import Cascades
+from service.executor import Executor
+from service.feedback import FeedbackRecorder
+from service.metrics import Metrics
+from service.remote_load import RemoteLoadPoller, engine_load
+from service.routing import Catalog, GatewayRouter
 from state.bandits import BanditStore, DbBanditStore, InProcessBanditStore, RedisBanditStore
 from state.breakers import BreakerStore, InProcessBreakerStore, RedisBreakerStore
 from state.budget_reconcile import SpendReconciler
@@ -101,29 +102,12 @@ async def _every(interval_s: float, stop: asyncio.Event, *jobs: tuple[str, Calla
             await asyncio.wait_for(stop.wait(), timeout=interval_s)
 
 
-async def _sync_admin_budgets(router: GatewayRouter, budgets: ScopeBudgetStore) -> None:
-    """User and team budgets set through the admin API by any process (the last read is kept while
-    the database is away)."""
-    router.set_admin_budgets(await budgets.load())
-
-
 async def _prune_log(engine: AsyncEngine, days: float) -> None:
     """Log retention. Every worker runs it; the deletes are idempotent and batched, so overlapping
     runs only repeat an empty query."""
     pruned = await prune(engine, cutoff(datetime.now(UTC), days))
     if pruned.requests:
         log.info("log retention: deleted %s", pruned.as_dict())
-
-
-def _local_load(backends: dict[str, Backend]) -> dict[str, LocalLoad]:
-    """The local engines' queue depth and free slots, for the router's signals snapshot."""
-    out = {}
-    for name, b in backends.items():
-        signals = getattr(b, "load_signals", None)
-        if signals is not None:
-            sig = signals()
-            out[name] = LocalLoad(queue_depth=int(sig.get("queue_depth", 0)), free_slots=sig.get("free_slots"))
-    return out
 
 
 def build_services(settings: Settings, backends: dict[str, Backend] | None = None) -> Services:
@@ -150,7 +134,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
     plugins = Plugins(scorers={}, bandits={"default": ThompsonBandit(), "linucb": LinUCBBandit(),
                                            "linucb_scored": ScoredLinUCBBandit()})
     # The config seeds the learned slots; an artifact activated through the admin API (any process,
-    # recorded in the database) replaces it at start and on every sync (gateway/artifact_slots.py).
+    # recorded in the database) replaces it at start and on every sync (service/artifact_slots.py).
     plugins.verifiers = {}
     artifacts = ArtifactSlots(engine, plugins, settings.router.model_aliases)
     if settings.router.artifact:
@@ -170,9 +154,11 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         breakers, budgets, ratelimits, metrics,
         plugins=plugins,
         bandit_store=bandit_store,
-        scope_budgets={b.scope: BudgetLimit(b.scope, b.limit_usd, b.period) for b in settings.budgets},
-        local_load=lambda: _local_load(backends) | remote_load.latest,
+        scope_budgets=config_limits(settings.budgets),
+        scope_store=ScopeBudgetStore(engine),
+        local_load=lambda: engine_load(backends) | remote_load.latest,
     )
+    executor = Executor(pricer=catalog.cost, outcomes=router)
     return Services(
         settings=settings,
         engine=engine,
@@ -180,11 +166,16 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         keys=KeyStore(engine, notifier=key_events),
         metrics=metrics,
         router=router,
-        executor=Executor(pricer=catalog.cost, outcomes=router),
+        executor=executor,
         backends=backends,
-        extras={"redis": redis_client, "remote_load": remote_load, "policy_events": policy_events,
-                "scope_budgets": ScopeBudgetStore(engine), "artifacts": artifacts,
-                "key_events": key_events, "heartbeat": Heartbeat(engine, shared_state=redis_client is not None)},
+        redis=redis_client,
+        remote_load=remote_load,
+        policy_events=policy_events,
+        artifacts=artifacts,
+        feedback=FeedbackRecorder(engine, sink, router, max_sources=settings.feedback_max_sources),
+        cascades=Cascades(executor, catalog, plugins, metrics),
+        key_events=key_events,
+        heartbeat=Heartbeat(engine, shared_state=redis_client is not None),
     )
 
 
@@ -208,30 +199,30 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
         except Exception as exc:  # a dead database must not stop the gateway serving plain models
             log.warning("hybridgate: policies not loaded (%s); retrying in the background", exc)
         stop = asyncio.Event()
-        events: RedisPolicyEvents | None = services.extras["policy_events"]
+        events = services.policy_events
         tasks: list[asyncio.Task[Any]] = []
         if events is not None:
             # Reload at once on another process's change; polling below relaxes while this is live.
             tasks.append(asyncio.create_task(events.run(registry.reload, stop)))
-        key_events: RedisPolicyEvents | None = services.extras["key_events"]
+        key_events = services.key_events
         if key_events is not None:
             tasks.append(asyncio.create_task(key_events.run(services.keys.invalidate, stop)))
         warn_if_unshared_workers(settings.workers, settings.redis_url)
-        heartbeat: Heartbeat = services.extras["heartbeat"]
+        heartbeat = services.heartbeat
         tasks.append(asyncio.create_task(_every(10.0, stop, ("heartbeat", heartbeat.beat))))
         tasks.append(asyncio.create_task(registry.run_reload_loop(
             settings.policy_reload_s, stop, pushed=(lambda: events.live) if events is not None else None)))
         # Keep this process in step with every other one: what the bandits learned, and budgets.
         router = services.router
-        artifacts: ArtifactSlots = services.extras["artifacts"]
+        artifacts = services.artifacts
         await artifacts.sync()  # what was activated before this process started
         tasks.append(asyncio.create_task(_every(
             settings.policy_reload_s, stop, ("bandit sync", router.sync_bandits),
-            ("budget sync", functools.partial(_sync_admin_budgets, router, services.extras["scope_budgets"])),
+            ("budget sync", router.scopes.sync),
             ("artifact sync", artifacts.sync))))
         tasks.append(asyncio.create_task(_every(
             settings.budget_reconcile_s, stop, ("budget reconcile", router.budgets.reconcile))))
-        tasks.append(asyncio.create_task(services.extras["remote_load"].run(settings.policy_reload_s, stop)))
+        tasks.append(asyncio.create_task(services.remote_load.run(settings.policy_reload_s, stop)))
         if settings.log.retention_days is not None:
             tasks.append(asyncio.create_task(_every(
                 3600.0, stop, ("log retention", functools.partial(_prune_log, services.engine, settings.log.retention_days)))))
@@ -266,7 +257,7 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
         """Ready = able to serve. A dead database or Redis degrades (rows spool to disk, state goes
         local) without making the gateway unready; the body says which dependency is down."""
         checks: dict[str, Any] = {"database": await services.sink.ping(), "log_spool": services.sink.stats()}
-        redis_client = services.extras.get("redis")
+        redis_client = services.redis
         if redis_client is not None:
             try:
                 checks["redis"] = bool(await asyncio.wait_for(redis_client.ping(), 1.0))

@@ -21,8 +21,6 @@ from gateway.edge import read_json, validate
 from gateway.errors import APIError, store_unavailable
 from gateway.services import Services
 from requestlog.sql import DB_ERRORS
-from router.budget import BudgetLimit
-from state.scope_budgets import ScopeBudgetStore
 
 SCOPE = re.compile(r"^(user|team):\S{1,200}$")
 
@@ -37,7 +35,6 @@ class BudgetUpdate(BaseModel):
 class BudgetAdminHandlers:
     def __init__(self, services: Services) -> None:
         self.s = services
-        self.store: ScopeBudgetStore = services.extras["scope_budgets"]
 
     def _scope(self, request: Request) -> str:
         check_admin(request, self.s.settings.admin_token)
@@ -50,42 +47,26 @@ class BudgetAdminHandlers:
     async def list_budgets(self, request: Request) -> Response:
         check_admin(request, self.s.settings.admin_token)
         router = self.s.router
-        limits = list(router.scope_budgets.values())
-        snaps = await router.budgets.snapshot(limits)
-        data = []
-        for lim in sorted(limits, key=lambda x: x.scope):
-            snap = snaps.get(lim.scope)
-            spent = snap.spent_usd if snap else 0.0
-            reserved = snap.reserved_usd if snap else 0.0
-            data.append({"scope": lim.scope, "limit_usd": lim.limit_usd, "period": lim.period,
-                         "source": "admin" if lim.scope in router.admin_budgets else "config",
-                         "spent_usd": spent, "reserved_usd": reserved,
-                         "remaining_usd": lim.limit_usd - spent - reserved})
-        return json_response({"data": data})
+        return json_response({"data": await router.scopes.listing(router.budgets)})
 
     async def put_budget(self, request: Request) -> Response:
         scope = self._scope(request)
         req = validate(BudgetUpdate, await read_json(request, 4096))
-        limit = BudgetLimit(scope, req.limit_usd, req.period)
         try:
-            await self.store.put(limit)
+            limit = await self.s.router.scopes.put(scope, req.limit_usd, req.period)
         except DB_ERRORS as exc:
             raise store_unavailable("Budget store", exc) from None
-        router = self.s.router
-        router.set_admin_budgets(router.admin_budgets | {scope: limit})
         return json_response({"scope": scope, "limit_usd": limit.limit_usd, "period": limit.period, "source": "admin"})
 
     async def delete_budget(self, request: Request) -> Response:
         scope = self._scope(request)
         try:
-            removed = await self.store.delete(scope)
+            outcome = await self.s.router.scopes.delete(scope)
         except DB_ERRORS as exc:
             raise store_unavailable("Budget store", exc) from None
-        router = self.s.router
-        router.set_admin_budgets({k: v for k, v in router.admin_budgets.items() if k != scope})
-        if removed:
+        if outcome == "deleted":
             return json_response({"scope": scope, "deleted": True})
-        if scope in router.config_budgets:
+        if outcome == "in_config":
             raise APIError(409, f"Budget {scope!r} is set in the config file; change it there.", param="scope",
                            code="budget_in_config")
         raise APIError(404, f"No budget for {scope!r}.", param="scope", code="budget_not_found")

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from backends.deployment import DeploymentConfig
+from common.types import DeploymentConfig
 
 DEFAULT_CONFIG_FILE = "hybridgate.yaml"
 

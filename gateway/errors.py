@@ -13,6 +13,7 @@ import orjson
 from starlette.responses import Response
 
 from backends.base import UpstreamError
+from service.errors import Refused
 
 
 class APIError(Exception):
@@ -99,3 +100,19 @@ def from_upstream(err: UpstreamError) -> APIError:
     if err.kind == "rate_limit" and err.retry_after_s is not None:
         headers["retry-after"] = str(max(1, round(err.retry_after_s)))
     return APIError(status, f"upstream {err.kind}: {err.message}", type=type_, code=code, headers=headers)
+
+
+# Service refusal code -> (status, type) in OpenAI's shape.
+_REFUSAL_MAP: dict[str, tuple[int, str]] = {
+    "rate_limit_exceeded": (429, "rate_limit_error"),
+    "concurrency_limit_exceeded": (429, "rate_limit_error"),
+    "budget_exceeded": (429, "insufficient_quota"),
+    "no_candidates": (503, "server_error"),
+}
+
+
+def from_refusal(r: Refused) -> APIError:
+    """The client's error for a request the service refused (limits, budgets, no deployment)."""
+    status, type_ = _REFUSAL_MAP.get(r.code, (503, "server_error"))
+    headers = {"retry-after": str(max(1, round(r.retry_after_s + 0.5)))} if r.retry_after_s is not None else {}
+    return APIError(status, r.message, type=type_, code=r.code, headers=headers)

@@ -19,15 +19,13 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from backends.base import UpstreamCall, UpstreamError, UpstreamResponse
-from backends.deployment import DeploymentConfig
-from backends.executor import Execution, Plan
+from backends.base import UpstreamCall, UpstreamError
+from common.types import DeploymentConfig
 from gateway import sse
 from gateway.coalesce import ready_batches
 from gateway.edge import authenticate, read_json, validate
-from gateway.errors import APIError, from_upstream, model_not_found
+from gateway.errors import APIError, from_refusal, from_upstream, model_not_found
 from gateway.keys import ApiKey
-from gateway.routing import Route
 from gateway.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -37,7 +35,10 @@ from gateway.schemas import (
 )
 from gateway.services import Services
 from requestlog.rows import RequestRow
-from router.escalation import confidence
+from service.cascade import MakeCall
+from service.errors import Refused
+from service.executor import Execution
+from service.routing import Route
 
 _JSON = "application/json"
 
@@ -123,7 +124,10 @@ class OpenAIHandlers:
 
     async def _route(self, ctx: _Ctx, req: Any, endpoint: str, request: Request) -> Route:
         features = request_features(req, endpoint, ctx.key, request.headers.get("x-hybridgate-tags"))
-        route = await self.s.router.route(req.model, features, ctx.key)
+        try:
+            route = await self.s.router.route(req.model, features, ctx.key)
+        except Refused as refused:
+            raise from_refusal(refused) from None
         if route is None or not route.targets:
             raise model_not_found(req.model)
         ctx.route = route
@@ -190,13 +194,17 @@ class OpenAIHandlers:
             b["model"] = d.upstream_model
             if stream:
                 b["stream"] = True
-            else:  # a streamed request answered whole (cascade): ask the upstream for one body
+            else:  # answered whole: ask the upstream for one body
                 b.pop("stream", None)
                 b.pop("stream_options", None)
             return UpstreamCall(kind=kind, body=b, timeout_s=timeout_s,  # type: ignore[arg-type]
                                 stream_idle_timeout_s=d.stream_idle_timeout_s)
 
         return make
+
+    def _calls(self, ctx: _Ctx, kind: str) -> MakeCall:
+        """Call factories for the cascade: (stream, extra body fields) -> factory."""
+        return lambda stream, extra: self._call_factory(ctx, kind, stream, dict(extra) if extra else None)
 
     # ---- endpoints ----------------------------------------------------------------------------
 
@@ -244,14 +252,16 @@ class OpenAIHandlers:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             if esc is None:
                 return await self._stream(ctx, kind, route, id_prefix, include_usage)
-            # A cascade judges the cheap answer whole before anyone sees it, so it is fetched
-            # complete and then streamed; the client never gets a first answer and then a second.
+            streamed = await self.s.cascades.stream(
+                ctx.ex, route, esc, self._calls(ctx, kind), prompt_text(req), kind,
+                bool(getattr(req, "logprobs", None)), ctx.t0)
+            return self._sse(ctx, id_prefix, include_usage, streamed.head, streamed.rest, streamed.source,
+                             streamed.strip_logprobs)
         asked_logprobs = bool(getattr(req, "logprobs", None))
-        want_logprobs = esc is not None and esc.score == "logprobs" and not asked_logprobs
-        extra = {"logprobs": True if kind == "chat" else 1} if want_logprobs else None
+        extra = self.s.cascades.logprobs_extra(esc, kind, asked_logprobs) if esc is not None else None
         resp = await self.s.executor.complete(ctx.ex, route.plan, self._call_factory(ctx, kind, False, extra))
         if esc is not None:
-            resp = await self._maybe_escalate(ctx, route, resp, kind, prompt_text(req))
+            resp = await self.s.cascades.complete(ctx.ex, route, esc, resp, self._calls(ctx, kind), prompt_text(req))
             if not asked_logprobs:
                 for c in resp.body.get("choices") or ():
                     c["logprobs"] = None  # asked for the cascade's sake, not by the client
@@ -259,55 +269,11 @@ class OpenAIHandlers:
         body["id"] = id_prefix + ctx.rid
         body["model"] = _served_name(ctx)
         body.setdefault("object", obj)
-        if req.stream:
-            return self._replay(ctx, body, include_usage)
         out = orjson.dumps(body)
         if self.s.settings.log.bodies == "full":
             ctx.row.response_body = out.decode()
         self._finish(ctx, 200)
         return Response(out, media_type=_JSON, headers=ctx.headers())
-
-    def _replay(self, ctx: _Ctx, body: dict[str, Any], include_usage: bool) -> Response:
-        """Stream an answer that is already complete (see `sse.replay_chunks`)."""
-        data = b"".join(map(sse.event, sse.replay_chunks(body, include_usage))) + sse.DONE
-        if self.s.settings.log.bodies == "full":
-            ctx.row.response_body = data.decode()
-        self._finish(ctx, 200)
-        return Response(data, media_type="text/event-stream", headers=ctx.headers() | {"cache-control": "no-cache"})
-
-    async def _maybe_escalate(
-        self, ctx: _Ctx, route: Route, first: UpstreamResponse, kind: str, prompt: str
-    ) -> UpstreamResponse:
-        """Cascade: when the cheap model answered below the policy's confidence threshold, ask the
-        stronger one; both attempts are logged. If escalation itself fails, the first answer stands."""
-        esc = route.decision.escalation if route.decision is not None else None
-        ex = ctx.ex
-        if esc is None or ex is None or ex.served is None or ex.served.deployment.name != esc.first.name:
-            return first
-        conf = confidence(esc.score, first.body, prompt, self.s.router.plugins.verifiers)
-        if conf is None:
-            route.reason += f"; no {esc.score} confidence, kept"
-            self._count_escalation(route, esc.score, "no_confidence")
-            return first
-        if conf >= esc.threshold:
-            route.reason += f"; {esc.score}={conf:.2f} >= {esc.threshold:g}, kept"
-            self._count_escalation(route, esc.score, "kept")
-            return first
-        served_first, usage_first = ex.served, ex.usage
-        plan = Plan(self.s.router.catalog.targets(esc.to), retry=route.plan.retry, triggers=route.plan.triggers)
-        try:
-            second = await self.s.executor.complete(ex, plan, self._call_factory(ctx, kind, False))
-        except UpstreamError:
-            ex.served, ex.usage, ex.error = served_first, usage_first, None
-            route.reason += f"; {esc.score}={conf:.2f} < {esc.threshold:g}, escalation failed, kept first"
-            self._count_escalation(route, esc.score, "failed")
-            return first
-        route.reason += f"; {esc.score}={conf:.2f} < {esc.threshold:g}, escalated to {ex.served.deployment.model}"
-        self._count_escalation(route, esc.score, "escalated")
-        return second
-
-    def _count_escalation(self, route: Route, score: str, outcome: str) -> None:
-        self.s.metrics.escalations.labels(route.policy or "", score, outcome).inc()
 
     async def _embed(self, ctx: _Ctx, req: Any, route: Route) -> Response:
         assert ctx.ex is not None
@@ -326,6 +292,12 @@ class OpenAIHandlers:
             first = await chunks.__anext__()
         except StopAsyncIteration:
             raise UpstreamError("stream_cut", "empty stream") from None
+        return self._sse(ctx, id_prefix, include_usage, [first], chunks, chunks)
+
+    def _sse(self, ctx: _Ctx, id_prefix: str, include_usage: bool, head: list[dict[str, Any]],
+             rest: AsyncIterator[dict[str, Any]] | None, source: Any, strip_logprobs: bool = False) -> Response:
+        """The stream response: ``head`` (chunks already read), then ``rest`` as it arrives, batched
+        by readiness; ``source`` (the executor's stream) is closed at the end whatever happens."""
         cid = id_prefix + ctx.rid
         served = _served_name(ctx)
         body_log: list[bytes] | None = [] if self.s.settings.log.bodies == "full" else None
@@ -335,6 +307,9 @@ class OpenAIHandlers:
                 if not chunk.get("choices") and chunk.get("usage") is not None:
                     return None  # the usage chunk we asked for upstream, not wanted by this client
                 chunk.pop("usage", None)
+            if strip_logprobs:
+                for c in chunk.get("choices") or ():
+                    c["logprobs"] = None  # asked for the cascade's sake, not by the client
             chunk["id"] = cid
             chunk["model"] = served
             data = sse.event(chunk)
@@ -345,13 +320,14 @@ class OpenAIHandlers:
         async def body() -> AsyncIterator[bytes]:
             status, error, cancelled = 200, None, False
             try:
-                data = encode(first)
+                data = b"".join(filter(None, map(encode, head)))
                 if data:
                     yield data
-                async for batch in ready_batches(chunks):
-                    data = b"".join(filter(None, map(encode, batch)))
-                    if data:
-                        yield data
+                if rest is not None:
+                    async for batch in ready_batches(rest):
+                        data = b"".join(filter(None, map(encode, batch)))
+                        if data:
+                            yield data
             except UpstreamError as uerr:
                 error = from_upstream(uerr)
             except (asyncio.CancelledError, GeneratorExit):
@@ -359,7 +335,7 @@ class OpenAIHandlers:
                 status = 499
                 raise
             finally:
-                await chunks.aclose()
+                await source.aclose()
                 last = sse.DONE if error is None else sse.error_event(error.message, error.type, error.code)
                 if body_log is not None:
                     ctx.row.response_body = b"".join(body_log).decode()

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from router.decision import RequestFeatures
+from common.types import RequestFeatures
 
 
 class _Open(BaseModel):

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backends.base import Backend
-from backends.executor import Executor
 from gateway.config import Settings
 from gateway.keys import KeyStore
-from gateway.metrics import Metrics
-from gateway.routing import GatewayRouter
 from requestlog.sink import LogSink
+from service.artifact_slots import ArtifactSlots
+from service.cascade import Cascades
+from service.executor import Executor
+from service.feedback import FeedbackRecorder
+from service.metrics import Metrics
+from service.remote_load import RemoteLoadPoller
+from service.routing import GatewayRouter
+from state.instances import Heartbeat
+from state.policy_events import RedisPolicyEvents
 
 
 @dataclass
@@ -26,4 +32,11 @@ class Services:
     router: GatewayRouter
     executor: Executor
     backends: dict[str, Backend]
-    extras: dict[str, Any] = field(default_factory=dict)
+    redis: Redis | None  # the shared-state client, when Redis is configured
+    remote_load: RemoteLoadPoller
+    policy_events: RedisPolicyEvents | None
+    artifacts: ArtifactSlots
+    feedback: FeedbackRecorder
+    cascades: Cascades
+    key_events: RedisPolicyEvents | None  # API key changes pushed to every process (KeyStore's notifier)
+    heartbeat: Heartbeat  # this process's row in gateway_instances

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from common.types import RetrySettings
+
 Capability = Literal["chat", "completion", "embedding", "tools", "json_mode", "vision", "logprobs"]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 ErrorKind = Literal[
@@ -286,26 +288,14 @@ class Fallbacks(_Strict):
         return v
 
 
-class RetrySettings(_Strict):
-    """Retries of one request, across all its attempts."""
-
-    max_attempts: int = Field(default=4, ge=1, description="attempts in total, all deployments")
-    max_attempts_per_deployment: int = Field(default=2, ge=1)
-    backoff_base_s: float = Field(default=0.25, ge=0)
-    backoff_max_s: float = Field(default=4.0, ge=0)
-    jitter: Literal["full", "equal", "none"] = "full"
-    honor_retry_after: bool = True
-    max_retry_after_s: float = Field(default=10.0, ge=0, description="longer Retry-After: fall back instead")
-    attempt_timeout_s: float | None = Field(default=None, gt=0, description="None: the deployment's timeout")
-    deadline_s: float = Field(default=120.0, gt=0)
-
-
 class Escalation(_Strict):
     """Cheap model first; when its confidence is under ``threshold``, ask a stronger one.
 
     ``score`` names how the gateway computes confidence: mean token ``logprobs``, or a trained answer
     ``verifier`` (for providers that return no log-probabilities); the router only resolves who goes
-    first and who is escalated to.
+    first and who is escalated to. A streamed request holds back up to ``stream_buffer_chars`` of the
+    first answer, judges what it holds (the whole answer when it is shorter, else its beginning), then
+    streams it on or escalates.
     """
 
     enabled: bool = True
@@ -317,6 +307,13 @@ class Escalation(_Strict):
         pattern=r"^(logprobs|verifier(:[A-Za-z0-9_.-]+)?)$",
         description="logprobs: the answer's token probabilities; verifier[:name]: a trained answer "
         "verifier (hybridgate router train-verifier, router.verifiers in the config)",
+    )
+    stream_buffer_chars: int = Field(
+        default=2000,
+        ge=1,
+        le=1_000_000,
+        description="streamed requests: characters of the first answer held back and judged before any is "
+        "sent (the whole answer when shorter); the client's first token waits for them",
     )
 
 

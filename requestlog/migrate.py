@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,8 +36,6 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-import migrations
-
 from .urls import to_sync_url
 
 DEFAULT_URL = "sqlite+aiosqlite:///./hybridgate.db"
@@ -45,8 +44,12 @@ _PG_LOCK_KEY = 0x6879_6272_6467  # "hybrdg": arbitrary, constant advisory-lock k
 
 
 def script_location() -> Path:
-    """Directory of the installed ``migrations`` package (holds env.py and versions/)."""
-    return Path(migrations.__file__).resolve().parent
+    """Directory of the installed ``migrations`` package (holds env.py and versions/). Found, not
+    imported: Alembic runs those scripts, and they import `requestlog.tables`, not the other way."""
+    spec = importlib.util.find_spec("migrations")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the migrations package is not installed")
+    return Path(spec.origin).resolve().parent
 
 
 def make_config() -> Config:

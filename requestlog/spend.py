@@ -15,19 +15,32 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from requestlog.tables import requests
-from router.budget import AccountPeriod
 
-# Budget scope kind → the request column that names it (see gateway.routing.limits_for).
+# Budget scope kind → the request column that names it (see service.routing.limits_for).
 _SCOPE_COLUMNS: dict[str, sa.Column[str]] = {
     "key": requests.c.api_key_id,
     "user": requests.c.user,
     "team": requests.c.team,
 }
+
+
+class SpendAccount(Protocol):
+    """What a spend query needs of a budget account (`router.budget.AccountPeriod` is one)."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def scope(self) -> str: ...
+
+    @property
+    def since(self) -> datetime | None: ...
 
 
 class LoggedSpend:
@@ -36,7 +49,7 @@ class LoggedSpend:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def spent(self, accounts: Sequence[AccountPeriod]) -> dict[str, float]:
+    async def spent(self, accounts: Sequence[SpendAccount]) -> dict[str, float]:
         """USD logged per account key (0.0 for accounts with no rows; scopes of other kinds are left out)."""
         groups: dict[tuple[str, datetime | None], dict[str, list[str]]] = {}
         for acct in accounts:

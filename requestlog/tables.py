@@ -206,7 +206,7 @@ router_artifacts = sa.Table(
     sa.Column("manifest", JSON_TYPE),
     sa.Column("active", sa.Boolean(), nullable=False, server_default=sa.false()),
 )
-"""Trained router artifacts on disk and which one each slot uses (gateway/artifact_slots.py)."""
+"""Trained router artifacts on disk and which one each slot uses (service/artifact_slots.py)."""
 
 bandit_totals = sa.Table(
     "bandit_totals",

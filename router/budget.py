@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from backends.deployment import DeploymentConfig
+from common.types import DeploymentConfig
 
 Period = Literal["day", "week", "month", "total"]
 Admission = Literal["strict", "lenient"]

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from backends.deployment import DeploymentConfig
+from common.types import DeploymentConfig, RequestFeatures
 from policies.schema import ClassifierSelector, Policy
 from router.decide import decide
-from router.decision import RequestFeatures
 from router.protocols import Plugins, Scorer
 from router.signals import Signals
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from backends.deployment import DeploymentConfig
+from common.types import DeploymentConfig
 from policies.schema import Policy, SelectorSpec
 from router.rules import Predicate, compile_condition, describe_condition
 

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from backends.deployment import DeploymentConfig
+from common.types import DeploymentConfig, RequestFeatures
 from policies.schema import Policy, SelectorSpec
 from router.compiled import CompiledPolicy, compiled_for
-from router.decision import Decision, EscalationPlan, RequestFeatures, TraceStep
+from router.decision import Decision, EscalationPlan, TraceStep
 from router.protocols import NO_PLUGINS, Plugins
 from router.rules import RuleContext
 from router.selectors import Selection, SelectorInput, prepare, select
@@ -164,7 +164,8 @@ def decide(
         scope = pool if downgraded else eligible
         to = [i for i in cp.esc_to if scope >> i & 1 and i != primary]
         if to:
-            escalation = EscalationPlan(cp.deps[primary], [cp.deps[i] for i in to], esc.threshold, esc.score)
+            escalation = EscalationPlan(cp.deps[primary], [cp.deps[i] for i in to], esc.threshold, esc.score,
+                                        esc.stream_buffer_chars)
             trace.append(
                 TraceStep("escalation", f"{esc.score} < {esc.threshold} → {cp.names[to[0]]}", tuple(cp.names[i] for i in to))
             )

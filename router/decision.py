@@ -1,34 +1,12 @@
-"""Inputs and output of `router.decide`: request features in, a Decision out (plain values)."""
+"""Output of `router.decide`: a Decision (plain values). Its input, `RequestFeatures`, lives in
+`common.types` with the other shared value types."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from backends.deployment import DeploymentConfig
-from policies.schema import RetrySettings
-
-
-@dataclass(slots=True)
-class RequestFeatures:
-    """What the router may know about a request: cheap to compute, no I/O, loggable.
-
-    ``capabilities`` are those the request *needs* (``tools`` when it sends tools, ``json_mode``
-    for response_format json, ``vision`` for image parts); the endpoint's own capability
-    (``chat``/``completion``/``embedding``) is added by `decide` from ``endpoint``.
-    """
-
-    prompt_tokens: int
-    max_tokens: int | None = None
-    capabilities: frozenset[str] = frozenset()
-    tags: frozenset[str] = frozenset()
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-    key_id: str | None = None
-    user: str | None = None
-    team: str | None = None
-    prompt_text: str = ""
-    endpoint: str = "chat"
+from common.types import DeploymentConfig, RetrySettings
 
 
 @dataclass(slots=True, frozen=True)
@@ -52,6 +30,7 @@ class EscalationPlan:
     to: list[DeploymentConfig]
     threshold: float
     score: str
+    stream_buffer_chars: int = 2000  # a streamed first answer: how much is held back and judged
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +38,7 @@ class EscalationPlan:
             "to": [d.name for d in self.to],
             "threshold": self.threshold,
             "score": self.score,
+            "stream_buffer_chars": self.stream_buffer_chars,
         }
 
 

@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from policies.schema import RetrySettings
+from common.types import RetrySettings
 
 # Kinds worth repeating on the same deployment: transient by nature.
 TRANSIENT = frozenset({"timeout", "rate_limit", "server_error", "connection", "stream_cut", "malformed"})

@@ -12,9 +12,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from backends.deployment import DeploymentConfig
+from common.types import DeploymentConfig, RequestFeatures
 from policies.schema import Condition, NumRange
-from router.decision import RequestFeatures
 from router.signals import Signals
 
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

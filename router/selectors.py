@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from common.types import RequestFeatures
 from policies.schema import (
     BanditSelector,
     CheapestSelector,
@@ -24,7 +25,6 @@ from policies.schema import (
     WeightedSelector,
 )
 from router.compiled import CompiledPolicy
-from router.decision import RequestFeatures
 from router.protocols import Plugins
 from router.signals import Signals
 

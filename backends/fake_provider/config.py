@@ -49,6 +49,7 @@ class FakeProviderConfig:
     embedding_dim: int = 64
     api_key: str | None = None  # when set, requests must carry it (Bearer or x-api-key)
     record_requests: int = 200  # how many recent requests `requests` keeps
+    logprob_shift: float = 0.0  # added to every chat token's log-probability: below 0, a less sure model
 
 
 @dataclass(slots=True)

@@ -88,6 +88,7 @@ class OpenAIHandlers(ProviderCore):
                 usage if include_usage else None,
                 want_lp,
                 max(top, 1) if want_lp else 0,
+                self.config.logprob_shift,
             )
             return await self._send_stream(request, events, fault)
         choices = []
@@ -110,7 +111,7 @@ class OpenAIHandlers(ProviderCore):
             lp = None
             if want_lp and p.tool is None:
                 lp = {
-                    "content": [chat_logprobs_entry(t, j, max(top, 1)) for j, t in enumerate(p.tokens)],
+                    "content": [chat_logprobs_entry(t, j, max(top, 1), self.config.logprob_shift) for j, t in enumerate(p.tokens)],
                     "refusal": None,
                 }
             choices.append({"index": i, "message": message, "logprobs": lp, "finish_reason": p.finish})
@@ -305,6 +306,7 @@ def _chat_stream_events(
     usage: dict[str, int] | None,
     want_lp: bool,
     top: int,
+    lp_shift: float = 0.0,
 ) -> list[bytes]:
     base = _envelope(cid, "chat.completion.chunk", created, model)
     if usage is not None:
@@ -347,7 +349,7 @@ def _chat_stream_events(
                 )
             )
             for j, tok in enumerate(p.tokens):
-                lp = {"content": [chat_logprobs_entry(tok, j, top)], "refusal": None} if want_lp else None
+                lp = {"content": [chat_logprobs_entry(tok, j, top, lp_shift)], "refusal": None} if want_lp else None
                 out.append(chunk(i, {"content": tok}, lp=lp))
         out.append(chunk(i, {}, p.finish))
     if usage is not None:

@@ -165,8 +165,8 @@ def logprob(i: int) -> float:
     return -0.01 * ((i * 7) % 13 + 1)
 
 
-def chat_logprobs_entry(tok: str, i: int, top: int) -> dict[str, Any]:
-    lp = logprob(i)
+def chat_logprobs_entry(tok: str, i: int, top: int, shift: float = 0.0) -> dict[str, Any]:
+    lp = logprob(i) + shift
     tops = [{"token": tok, "logprob": lp, "bytes": list(tok.encode())}]
     tops += [
         {"token": f"alt{k}", "logprob": lp - k, "bytes": list(f"alt{k}".encode())} for k in range(1, top)

@@ -1,5 +1,5 @@
 """Router artifacts per slot: ``scorer:<name>`` (classifier) or ``verifier:<name>`` (answer verifier),
-so each slot has its own active row and every gateway process loads it (gateway/artifact_slots.py).
+so each slot has its own active row and every gateway process loads it (service/artifact_slots.py).
 
 Revision ID: 0003_artifact_slots
 Revises: 0002_bandit_sharing

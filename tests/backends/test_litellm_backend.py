@@ -16,11 +16,11 @@ import pytest
 import pytest_asyncio
 
 from backends.base import UpstreamCall, UpstreamError
-from backends.deployment import DeploymentConfig
 from backends.fake_provider import FakeProvider
 from backends.litellm_backend import LiteLLMBackend, map_litellm_error, to_openai_dict
 from backends.registry import build_backend
 from backends.sse import is_usage_chunk
+from common.types import DeploymentConfig
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

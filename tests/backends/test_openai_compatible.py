@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from backends.base import UpstreamCall, UpstreamError
-from backends.deployment import DeploymentConfig
 from backends.fake_provider import FakeProvider
 from backends.openai_compatible import OpenAICompatibleBackend, error_from_status, parse_retry_after
 from backends.sse import client_wants_usage, is_usage_chunk
+from common.types import DeploymentConfig
 
 BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "one two three four five"}]}
 

@@ -8,7 +8,6 @@ import sys
 import pytest
 
 from backends.base import Usage
-from backends.deployment import DeploymentConfig, Pricing
 from backends.openai_compatible import OpenAICompatibleBackend
 from backends.pricing import (
     context_window,
@@ -22,6 +21,7 @@ from backends.pricing import (
 )
 from backends.registry import UnsupportedProviderError, build_backend, default_factories
 from backends.sse import SSEDecoder, client_wants_usage, is_usage_chunk, with_stream_usage
+from common.types import DeploymentConfig, Pricing
 
 
 def dep(upstream: str, **kw) -> DeploymentConfig:
@@ -104,7 +104,7 @@ async def test_registry_builds_and_rejects() -> None:
 
 def test_openai_compatible_build_does_not_import_litellm() -> None:
     code = (
-        "import sys; from backends.registry import build_backend; from backends.deployment import DeploymentConfig; "
+        "import sys; from backends.registry import build_backend; from common.types import DeploymentConfig; "
         "build_backend(DeploymentConfig(name='a', model='m', upstream_model='x', api_base='http://h/v1')); "
         "assert 'litellm' not in sys.modules"
     )

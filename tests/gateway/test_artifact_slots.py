@@ -83,8 +83,8 @@ async def test_an_activation_without_the_database_serves_here_and_says_the_other
     import pytest
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from gateway.artifact_slots import ArtifactSlots, RegistryUnavailable
     from router.protocols import Plugins
+    from service.artifact_slots import ArtifactSlots, RegistryUnavailable
 
     data = _write_routellm(tmp_path / "toy.csv", _problems(60))
     save_verifier(train_verifier(read_answers([data], WEAK), folds=3), tmp_path / "ver")

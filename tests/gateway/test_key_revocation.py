@@ -32,7 +32,7 @@ def test_key_revoked_in_one_gateway_is_refused_by_the_other_within_100ms(
     admin = {"authorization": "Bearer adm-secret"}
     with running_gateway(s1) as g1, running_gateway(s2) as g2, httpx.Client(timeout=10) as client:
         deadline = time.monotonic() + 10
-        while not (g1.services.extras["key_events"].live and g2.services.extras["key_events"].live):
+        while not (g1.services.key_events.live and g2.services.key_events.live):
             assert time.monotonic() < deadline, "key change subscriptions did not come up"
             time.sleep(0.01)
         created = client.post(f"{g1.base_url}/admin/api/keys", json={"name": "k"}, headers=admin).json()

@@ -31,7 +31,7 @@ def test_policy_changed_through_one_gateway_is_live_in_another_within_2s_while_p
     with running_gateway(s1) as g1, running_gateway(s2) as g2:
         registry2 = g2.services.router.registry
         deadline = time.monotonic() + 10
-        while not (g1.services.extras["policy_events"].live and g2.services.extras["policy_events"].live):
+        while not (g1.services.policy_events.live and g2.services.policy_events.live):
             assert time.monotonic() < deadline, "policy subscriptions did not come up"
             time.sleep(0.01)
         for version, desc in [(1, "first"), (2, "second")]:

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from backends.fake_provider import FakeProviderThread
-from gateway.remote_load import health_url
+from service.remote_load import health_url
 from tests.gateway.harness import free_port, running_gateway
 from tests.gateway.test_reliability import MSG, dep, settings
 
@@ -72,7 +72,7 @@ def test_saturated_remote_local_model_is_routed_around(
         deps = [dep("local-http", "local-model", local.base_url, tags=["local"]),
                 dep("cloud", "cloud-model", cloud.base_url)]
         with running_gateway(settings(tmp_path, sqlite_url, deps)) as gw:
-            gw.services.extras["remote_load"].urls["local-http"] = f"http://127.0.0.1:{load_server.port}/health"
+            gw.services.remote_load.urls["local-http"] = f"http://127.0.0.1:{load_server.port}/health"
             assert httpx.put(gw.base_url + "/admin/api/policies/local-first", content=POLICY,
                              headers={"content-type": "application/yaml"}).status_code == 201
 

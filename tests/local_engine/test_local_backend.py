@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from backends.base import UpstreamCall, UpstreamError
-from backends.deployment import DeploymentConfig
 from backends.local_backend import LocalBackend
 from backends.registry import UnsupportedProviderError, build_backend
+from common.types import DeploymentConfig
 from local_model.engine import Engine, EngineConfig
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from backends.deployment import DeploymentConfig, Pricing
+from common.types import DeploymentConfig, Pricing
 
 
 def dep(name: str, model: str | None = None, *, pin: float, pout: float, ctx: int = 128_000,

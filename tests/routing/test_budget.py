@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backends.deployment import DeploymentConfig, Pricing
+from common.types import DeploymentConfig, Pricing
 from router.budget import (
     Account,
     BudgetExceeded,

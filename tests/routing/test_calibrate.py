@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from common.types import RequestFeatures
 from policies.loader import parse_policy
-from router import Plugins, RequestFeatures, Signals
+from router import Plugins, Signals
 from router.calibrate import calibrate_cost_weight
 from router.compiled import compiled_for
 from tests.routing.conftest import NOON, make_deployments

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from policies.schema import RetrySettings
+from common.types import RetrySettings
 from router.retry import attempt_timeout, backoff_delay, on_error
 
 S = RetrySettings(max_attempts=4, max_attempts_per_deployment=2, backoff_base_s=0.25, backoff_max_s=1.0,

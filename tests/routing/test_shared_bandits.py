@@ -185,10 +185,10 @@ class _GatedStore:
 
 
 async def test_a_sync_during_an_unfinished_store_write_does_not_undo_the_local_update() -> None:
-    from gateway.metrics import Metrics
-    from gateway.routing import Catalog, GatewayRouter
     from policies.registry import PolicyRegistry
     from router.protocols import Plugins
+    from service.metrics import Metrics
+    from service.routing import Catalog, GatewayRouter
     from state.breakers import InProcessBreakerStore
     from state.budgets import InProcessBudgetStore
     from state.ratelimits import InProcessRateLimitStore

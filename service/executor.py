@@ -21,8 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from backends.base import Backend, UpstreamCall, UpstreamError, UpstreamResponse, Usage
-from backends.deployment import DeploymentConfig
-from policies.schema import RetrySettings
+from common.types import DeploymentConfig, RetrySettings
 from requestlog.rows import AttemptRow
 from router.retry import attempt_timeout, on_error
 
@@ -31,11 +30,19 @@ DEFAULT_TRIGGERS = frozenset({"timeout", "rate_limit", "server_error", "connecti
 
 
 class Outcomes(Protocol):
-    """Where attempt outcomes go (circuit breakers, latency EWMA, in-flight counts)."""
+    """Where attempt outcomes go (circuit breakers, latency EWMA, in-flight counts).
+
+    ``started`` and ``finished`` bracket every attempt, ``finished`` on every path out of it (an
+    answer, an error, a timeout, a cancelled or abandoned stream), so in-flight counts never leak.
+    """
 
     async def allow(self, deployment: str) -> bool: ...
 
     async def record(self, deployment: str, ok: bool, latency_s: float, error_kind: str | None) -> None: ...
+
+    def started(self, deployment: str) -> None: ...
+
+    def finished(self, deployment: str) -> None: ...
 
 
 class _AllowAll:
@@ -43,6 +50,12 @@ class _AllowAll:
         return True
 
     async def record(self, deployment: str, ok: bool, latency_s: float, error_kind: str | None) -> None:
+        return None
+
+    def started(self, deployment: str) -> None:
+        return None
+
+    def finished(self, deployment: str) -> None:
         return None
 
 
@@ -186,6 +199,7 @@ class Executor:
         async for t, timeout in self._attempts(plan, ex, time.monotonic()):
             t0 = time.perf_counter()
             row = self._attempt_row(ex, t)
+            self._outcomes.started(t.deployment.name)
             try:
                 resp = await t.backend.complete(make_call(t.deployment, timeout))
             except UpstreamError as err:
@@ -196,6 +210,8 @@ class Executor:
                 row.status = "cancelled"
                 row.latency_ms = (time.perf_counter() - t0) * 1000
                 raise
+            finally:
+                self._outcomes.finished(t.deployment.name)
             await self._succeed(ex, row, t, resp.usage, t0)
             return resp
         raise ex.error or UpstreamError("connection", "no deployment available (all circuit breakers open)")
@@ -212,7 +228,12 @@ class Executor:
             usage: Usage | None = None
             first = True
             completion_chars = 0
-            agen = t.backend.stream(make_call(t.deployment, timeout))
+            self._outcomes.started(t.deployment.name)
+            try:
+                agen = t.backend.stream(make_call(t.deployment, timeout))
+            except BaseException:
+                self._outcomes.finished(t.deployment.name)
+                raise
             try:
                 async for chunk in agen:
                     if first:
@@ -243,7 +264,10 @@ class Executor:
                 row.cost_usd = self._price(t.deployment, usage)
                 raise
             finally:
-                await agen.aclose()
+                try:
+                    await agen.aclose()
+                finally:
+                    self._outcomes.finished(t.deployment.name)
             if first:  # an empty stream is a failure: nothing was sent, so fall back
                 err = UpstreamError("stream_cut", "upstream stream ended without any chunk")
                 ex.error = err

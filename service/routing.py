@@ -1,4 +1,4 @@
-"""The gateway's adapter around the pure router.
+"""The request service around the pure router: what happens to a request between HTTP and upstreams.
 
 Per request it: checks rate limits and concurrency caps, gathers the signals snapshot (breaker
 states, latency EWMA, in-flight counts, budgets, local-model load), calls `router.decide` for a
@@ -9,6 +9,7 @@ the real cost, releases what it held, and remembers the decision so feedback can
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import time
@@ -16,28 +17,47 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from backends.base import Backend, Usage
-from backends.deployment import DeploymentConfig
-from backends.executor import DEFAULT_TRIGGERS, Plan, Target
 from backends.pricing import resolve_prices
-from gateway.errors import APIError
-from gateway.keys import ApiKey
-from gateway.metrics import Metrics
+from common.types import DeploymentConfig, RequestFeatures
 from policies.registry import PolicyRegistry
 from requestlog.rows import RequestRow
 from router.budget import BudgetExceeded, BudgetLimit, Reservation, max_cost_usd
+from router.calibrate import Calibration, calibrate_cost_weight, memoized
 from router.decide import bandit_context, decide
-from router.decision import Decision, RequestFeatures
+from router.decision import Decision
 from router.protocols import Plugins, SharedBandit
 from router.ratelimit import RateLimit
 from router.signals import LocalLoad, Signals
+from service.budgets import ScopeBudgets
+from service.errors import Refused
+from service.executor import DEFAULT_TRIGGERS, Plan, Target
+from service.metrics import Metrics
 from state.bandits import BanditStore, InProcessBanditStore
 from state.breakers import BreakerStore
 from state.budgets import BudgetStore
 from state.live import InFlight, LatencyTracker
 from state.ratelimits import RateLimitStore
+from state.scope_budgets import ScopeBudgetStore
+
+
+class KeyLimits(Protocol):
+    """What the service reads of a caller's API key: its id and the limits set on it."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def budget_usd(self) -> float | None: ...
+    @property
+    def budget_period(self) -> str | None: ...
+    @property
+    def rpm_limit(self) -> int | None: ...
+    @property
+    def tpm_limit(self) -> int | None: ...
+    @property
+    def max_concurrency(self) -> int | None: ...
 
 
 @dataclass(slots=True)
@@ -148,7 +168,7 @@ class Catalog:
         return [Target(d, self.backends[d.name]) for d in deployments if d.name in self.backends]
 
 
-def limits_for(key: ApiKey | None, features: RequestFeatures | None = None,
+def limits_for(key: KeyLimits | None, features: RequestFeatures | None = None,
                scope_budgets: Mapping[str, BudgetLimit] | None = None) -> tuple[list[BudgetLimit], list[RateLimit]]:
     """Budgets (key, and configured user/team ones) and rate limits that apply to a request."""
     budgets: list[BudgetLimit] = []
@@ -183,6 +203,7 @@ class GatewayRouter:
         rng: random.Random | None = None,
         bandit_store: BanditStore | None = None,
         scope_budgets: Mapping[str, BudgetLimit] | None = None,
+        scope_store: ScopeBudgetStore | None = None,
     ) -> None:
         self.catalog = catalog
         self.registry = registry
@@ -193,9 +214,7 @@ class GatewayRouter:
         self.plugins = plugins or Plugins()
         self.local_load = local_load
         self.bandit_store: BanditStore = bandit_store or InProcessBanditStore()
-        self.config_budgets = dict(scope_budgets or {})
-        self.admin_budgets: dict[str, BudgetLimit] = {}
-        self.scope_budgets = dict(self.config_budgets)
+        self.scopes = ScopeBudgets(scope_budgets, scope_store)
         self.latency = LatencyTracker()
         self.in_flight = InFlight()
         self.rng = rng or random.Random()
@@ -218,6 +237,12 @@ class GatewayRouter:
         state = await self.breakers.record(deployment, ok, latency_s * 1000)
         self.metrics.breaker_open.labels(deployment).set(1 if state == "open" else 0)
 
+    def started(self, deployment: str) -> None:
+        self.in_flight.start(deployment)
+
+    def finished(self, deployment: str) -> None:
+        self.in_flight.finish(deployment)
+
     # ---- routing -----------------------------------------------------------------------------
 
     async def signals(self, deployments: list[DeploymentConfig], budget_limits: list[BudgetLimit]) -> Signals:
@@ -233,28 +258,27 @@ class GatewayRouter:
             prices={d.name: self.catalog.price(d) for d in deployments},
         )
 
-    async def route(self, model: str, features: RequestFeatures, key: ApiKey | None,
+    async def route(self, model: str, features: RequestFeatures, key: KeyLimits | None,
                     now: datetime | None = None) -> Route | None:
-        """The route for a request, None for an unknown model; raises APIError 429 on limits."""
+        """The route for a request, None for an unknown model; raises `Refused` on limits and budgets."""
         policy = self.registry.active(model)
         direct = self.catalog.by_model.get(model)
         if policy is None and not direct:
             return None
-        budget_limits, rate_limits = limits_for(key, features, self.scope_budgets)
+        budget_limits, rate_limits = limits_for(key, features, self.scopes.limits)
         charged = features.prompt_tokens + (features.max_tokens or 0)
         if rate_limits:
             rd = await self.ratelimits.hit(rate_limits, charged)
             if not rd.allowed:
-                raise APIError(429, f"Rate limit reached for {rd.scope} ({rd.kind} per minute).",
-                               type="rate_limit_error", code="rate_limit_exceeded",
-                               headers={"retry-after": str(max(1, round(rd.retry_after_s + 0.5)))})
+                raise Refused("rate_limit_exceeded", f"Rate limit reached for {rd.scope} ({rd.kind} per minute).",
+                              retry_after_s=rd.retry_after_s)
         slot = None
         if key is not None and key.max_concurrency:
             scope = f"key:{key.id}"
             lease = await self.ratelimits.acquire_slot(scope, key.max_concurrency)
             if lease is None:
-                raise APIError(429, f"Too many concurrent requests for {scope}.", type="rate_limit_error",
-                               code="concurrency_limit_exceeded", headers={"retry-after": "1"})
+                raise Refused("concurrency_limit_exceeded", f"Too many concurrent requests for {scope}.",
+                              retry_after_s=0.5)
             slot = (scope, lease)
         try:
             if policy is not None:
@@ -291,10 +315,10 @@ class GatewayRouter:
         if d.primary is not None:
             self.metrics.decisions.labels(name, d.primary.model).inc()
         if d.error == "budget_exceeded":
-            raise APIError(429, "Budget exceeded for this key.", type="insufficient_quota", code="budget_exceeded")
+            raise Refused("budget_exceeded", "Budget exceeded for this key.")
         if d.error or not d.candidates:
-            raise APIError(503, f"No deployment can serve policy `{name}` right now ({d.reason}).",
-                           type="server_error", code="no_candidates", headers={"retry-after": "2"})
+            raise Refused("no_candidates", f"No deployment can serve policy `{name}` right now ({d.reason}).",
+                          retry_after_s=1.5)
         plan = Plan(self.catalog.targets(d.candidates), retry=d.retry, triggers=d.fallback_triggers or DEFAULT_TRIGGERS)
         ctx = bandit_context(features, now, name) if d.arm is not None else None
         if ctx is not None and d.scores is not None:  # the classifier's view the bandit decided with
@@ -318,7 +342,7 @@ class GatewayRouter:
         try:
             route.reservation = await self.budgets.reserve(route.budget_limits, worst)
         except BudgetExceeded as exc:
-            raise APIError(429, str(exc), type="insufficient_quota", code="budget_exceeded") from None
+            raise Refused("budget_exceeded", str(exc)) from None
 
     def finish(self, route: Route | None, row: RequestRow) -> Coroutine[Any, Any, None] | None:
         """Remember the decision for feedback; return the settling work (budget commit, lease
@@ -373,10 +397,14 @@ class GatewayRouter:
             async with self._learning.writing(name):
                 await self.bandit_store.add(name, pending.arm, bandit.increments(pending.arm, score, pending.context))
 
+    @property
+    def scope_budgets(self) -> dict[str, BudgetLimit]:
+        """User and team limits in force (config and admin; `service.budgets.ScopeBudgets`)."""
+        return self.scopes.limits
+
     def set_admin_budgets(self, limits: Mapping[str, BudgetLimit]) -> None:
         """User and team budgets from the admin API; they take precedence over the config file's."""
-        self.admin_budgets = dict(limits)
-        self.scope_budgets = self.config_budgets | self.admin_budgets
+        self.scopes.set_admin(limits)
 
     async def sync_bandits(self) -> None:
         """Refresh every shareable bandit from the store's totals (no-op without a shared store)."""
@@ -395,3 +423,32 @@ class GatewayRouter:
         cards += [{"id": p.name, "object": "model", "created": self._created, "owned_by": "hybridgate-policy"}
                   for p in self.registry.list() if p.name not in self.catalog.by_model]
         return cards
+
+    # ---- admin: what a policy would do ------------------------------------------------------------
+
+    async def simulate(self, name: str, features: RequestFeatures) -> Decision | None:
+        """The decision the active policy ``name`` makes for ``features`` now, without calling any
+        provider or holding any budget; None when no such policy is active."""
+        policy = self.registry.active(name)
+        if policy is None:
+            return None
+        signals = await self.signals(self.catalog.deployments, [])
+        return decide(features, policy, self.catalog.deployments, signals, random.Random(0), datetime.now(UTC),
+                      plugins=self.plugins)
+
+    async def calibrate(self, name: str, requests: list[RequestFeatures], model: str, share: float) -> Calibration:
+        """The cost weight of classifier policy ``name`` that sends about ``share`` of ``requests`` first
+        to ``model`` (`router.calibrate`). Raises KeyError for no active policy, ValueError for a policy
+        whose selector is not a classifier."""
+        policy = self.registry.active(name)
+        if policy is None:
+            raise KeyError(name)
+        plugins = memoized(self.plugins)
+        for i, r in enumerate(requests):  # the real scorer runs here, on the event loop's thread, once per prompt
+            for scorer in plugins.scorers.values():
+                scorer.predict(r.prompt_text, r.metadata)
+            if i % 64 == 63:
+                await asyncio.sleep(0)
+        signals = await self.signals(self.catalog.deployments, [])
+        return await asyncio.to_thread(calibrate_cost_weight, policy, requests, self.catalog.deployments, signals,
+                                       plugins, model, share, datetime.now(UTC))

@@ -1,4 +1,5 @@
-"""Load of self-hosted models served over HTTP (our local-model server, in its own container).
+"""Load of self-hosted models: in-process engines, and servers reached over HTTP (our local-model
+server, in its own container).
 
 The router decides on a signals snapshot that includes each local deployment's queue depth and
 free slots. In-process engines report theirs directly; a model server reached over HTTP is polled
@@ -12,14 +13,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import aiohttp
 
-from backends.deployment import DeploymentConfig
+from common.types import DeploymentConfig
 from router.signals import LocalLoad
 
 log = logging.getLogger("hybridgate.remote_load")
+
+
+def engine_load(backends: Mapping[str, object]) -> dict[str, LocalLoad]:
+    """Queue depth and free slots of the in-process engines among ``backends`` (those that report
+    ``load_signals``), for the router's signals snapshot."""
+    out = {}
+    for name, b in backends.items():
+        signals = getattr(b, "load_signals", None)
+        if signals is not None:
+            sig = signals()
+            out[name] = LocalLoad(queue_depth=int(sig.get("queue_depth", 0)), free_slots=sig.get("free_slots"))
+    return out
 
 
 def health_url(api_base: str) -> str:

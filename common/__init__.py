@@ -1,0 +1,1 @@
+"""Value types shared by several layers (`common.types`); imports nothing else of the project."""
