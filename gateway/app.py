@@ -110,6 +110,19 @@ async def _prune_log(engine: AsyncEngine, days: float) -> None:
         log.info("log retention: deleted %s", pruned.as_dict())
 
 
+def key_change_events(settings: Settings, client: Any = None) -> RedisPolicyEvents | None:
+    """Pub/sub of API key changes (revoke, update) on ``<redis_prefix>keys``, the path policy changes
+    take, so a revocation reaches every process at once (the key cache's TTL is the fallback); None
+    without Redis. Without ``client`` (the command line) it makes a client of its own: close it
+    with ``events.client.aclose()``."""
+    if not settings.redis_url:
+        return None
+    if client is None:
+        client = make_redis(settings.redis_url, timeout_s=settings.redis_timeout_s,
+                            connect_timeout_s=settings.redis_connect_timeout_s)
+    return RedisPolicyEvents(client, channel=f"{settings.redis_prefix}keys", what="api key")
+
+
 def build_services(settings: Settings, backends: dict[str, Backend] | None = None) -> Services:
     engine = create_async_engine(settings.database_url, pool_pre_ping=True)
     sink = LogSink(
@@ -145,9 +158,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
     # With Redis, policy changes are pushed to every process (pub/sub) on top of store polling.
     policy_events = (RedisPolicyEvents(redis_client, channel=f"{settings.redis_prefix}policies")
                      if redis_client is not None else None)
-    # Key revocations and changes take the same path on their own channel; the cache TTL is the fallback.
-    key_events = (RedisPolicyEvents(redis_client, channel=f"{settings.redis_prefix}keys", what="api key")
-                  if redis_client is not None else None)
+    key_events = key_change_events(settings, redis_client) if redis_client is not None else None
     router = GatewayRouter(
         catalog,
         PolicyRegistry(DbPolicyStore(engine), notifier=policy_events),

@@ -104,20 +104,16 @@ async def _with_keys(s: Settings, fn: Any) -> Any:
     from gateway.keys import KeyStore
 
     engine = create_async_engine(s.database_url)
-    redis = None
-    notifier = None
-    if s.redis_url:  # a revocation from the CLI reaches running gateways at once, as one from the admin API
-        from state.policy_events import RedisPolicyEvents
-        from state.redis_util import make_redis
+    # with Redis, a revocation from the CLI reaches running gateways at once, as one from the admin API
+    from gateway.app import key_change_events
 
-        redis = make_redis(s.redis_url, timeout_s=s.redis_timeout_s, connect_timeout_s=s.redis_connect_timeout_s)
-        notifier = RedisPolicyEvents(redis, channel=f"{s.redis_prefix}keys", what="api key")
+    notifier = key_change_events(s)
     try:
         return await fn(KeyStore(engine, notifier=notifier))
     finally:
         await engine.dispose()
-        if redis is not None:
-            await redis.aclose()
+        if notifier is not None:
+            await notifier.client.aclose()
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
