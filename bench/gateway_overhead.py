@@ -10,10 +10,14 @@ What it does (all on 127.0.0.1, every process stopped on exit):
      and RSS after the load;
   3. prints a markdown table and writes JSON (`--out`).
 
+`--durability off,batch,always` runs hybridgate once per request-log durability mode (the
+write-ahead log: `log.durability`), side by side in one run, to show what crash safety costs.
+
 Usage:
   python bench/gateway_overhead.py [--duration 10] [--concs 1,8,64] [--probe-n 300]
       [--litellm-venv /tmp/llvenv] [--pg-admin postgresql://postgres@127.0.0.1:5432/test] [--out FILE]
       [--repeat N]  (hybridgate also serves the same request through the Responses API, alternating with chat)
+      [--targets direct,hybridgate,litellm] [--durability batch]
 
 LiteLLM's venv: `VENV=/tmp/llvenv LITELLM_SPEC='litellm[proxy]==1.106.2'
 ../shared/bench/litellm_baseline/setup.sh` (from the repo root). Without it, LiteLLM is skipped.
@@ -151,9 +155,12 @@ async def probe(url: str, key: str, n: int, path: str = CHAT) -> dict[str, float
             "ttft_p50_ms": statistics.median(ttft), "ttft_p99_ms": q(ttft, n=100)[98]}
 
 
-def start_hybridgate(tmp: Path, pg_admin: str, rollups: bool = True) -> tuple[Proc, str, float]:
+def start_hybridgate(
+    tmp: Path, pg_admin: str, rollups: bool = True, durability: str = "batch"
+) -> tuple[Proc, str, float]:
     import psycopg
 
+    tmp.mkdir(parents=True, exist_ok=True)
     db = f"hg_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_admin, autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{db}"')
@@ -162,7 +169,7 @@ def start_hybridgate(tmp: Path, pg_admin: str, rollups: bool = True) -> tuple[Pr
     cfg = tmp / "hybridgate.yaml"
     cfg.write_text(json.dumps({
         "host": "127.0.0.1", "port": GW_PORT, "database_url": db_url, "require_keys": True,
-        "log": {"bodies": "hashed", "spool_dir": str(tmp / "spool")},
+        "log": {"bodies": "hashed", "spool_dir": str(tmp / "spool"), "durability": durability},
         "local_model": {"enabled": False},
         "deployments": [{"name": "fake", "model": "fake-model", "provider": "openai_compatible",
                          "upstream_model": "fake-model", "api_base": f"http://127.0.0.1:{UP_PORT}/v1",
@@ -296,6 +303,8 @@ def main() -> int:
     ap.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/test")
     ap.add_argument("--targets", default="direct,hybridgate,litellm")
     ap.add_argument("--repeat", type=int, default=1, help="runs per measurement, alternating APIs; best kept")
+    ap.add_argument("--durability", default="batch",
+                    help="comma-separated log.durability modes for hybridgate (off,batch,always), one run each")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     args.concs = [int(c) for c in args.concs.split(",")]
@@ -312,13 +321,15 @@ def main() -> int:
             raise RuntimeError("fake provider did not start")
         if "direct" in targets:
             results.append(measure("direct", f"http://127.0.0.1:{UP_PORT}", "none", None, args, tmp, None))
-        for target in targets:  # in the order given: e.g. hybridgate,hybridgate-norollups,hybridgate
-            if not target.startswith("hybridgate"):
-                continue
-            gw, key, start_s = start_hybridgate(tmp, args.pg_admin, rollups=target != "hybridgate-norollups")
+        modes = args.durability.split(",")
+        # in the order given: e.g. hybridgate,hybridgate-norollups,hybridgate; each once per durability mode
+        runs = [(t, m) for t in targets if t.startswith("hybridgate") for m in modes]
+        for target, mode in runs:
+            rollups = target != "hybridgate-norollups"
+            gw, key, start_s = start_hybridgate(tmp / f"{target}-{mode}", args.pg_admin, rollups, mode)
+            name = target if len(modes) == 1 else f"{target} ({mode})"
             try:
-                results.append(measure(target, f"http://127.0.0.1:{GW_PORT}", key, gw.p.pid, args, tmp,
-                                       start_s))
+                results.append(measure(name, f"http://127.0.0.1:{GW_PORT}", key, gw.p.pid, args, tmp, start_s))
             finally:
                 gw.stop()
         venv = Path(args.litellm_venv)

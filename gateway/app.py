@@ -61,6 +61,7 @@ from state.breaker_log import LoggedBreakerStore
 from state.breakers import BreakerStore, InProcessBreakerStore, RedisBreakerStore
 from state.budget_reconcile import SpendReconciler
 from state.budgets import BudgetStore, InProcessBudgetStore, RedisBudgetStore
+from state.instances import Heartbeat, warn_if_unshared_workers
 from state.policy_events import RedisPolicyEvents
 from state.ratelimits import InProcessRateLimitStore, RateLimitStore, RedisRateLimitStore
 from state.redis_util import make_redis
@@ -141,6 +142,17 @@ def label_names(catalog: Catalog, registry: PolicyRegistry) -> LabelNames:
         deployments=catalog.by_name.__contains__,
         providers=providers.__contains__,
     )
+def key_change_events(settings: Settings, client: Any = None) -> RedisPolicyEvents | None:
+    """Pub/sub of API key changes (revoke, update) on ``<redis_prefix>keys``, the path policy changes
+    take, so a revocation reaches every process at once (the key cache's TTL is the fallback); None
+    without Redis. Without ``client`` (the command line) it makes a client of its own: close it
+    with ``events.client.aclose()``."""
+    if not settings.redis_url:
+        return None
+    if client is None:
+        client = make_redis(settings.redis_url, timeout_s=settings.redis_timeout_s,
+                            connect_timeout_s=settings.redis_connect_timeout_s)
+    return RedisPolicyEvents(client, channel=f"{settings.redis_prefix}keys", what="api key")
 
 
 def build_services(settings: Settings, backends: dict[str, Backend] | None = None) -> Services:
@@ -150,6 +162,8 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         spool_dir=settings.log.spool_dir,
         batch_max_rows=settings.log.batch_max_rows,
         batch_max_ms=settings.log.batch_max_ms,
+        durability=settings.log.durability,
+        wal_commit_ms=settings.log.wal_commit_ms,
     )
     deployments = settings.all_deployments()
     backends = dict(backends or {})
@@ -177,6 +191,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
     # With Redis, policy changes are pushed to every process (pub/sub) on top of store polling.
     policy_events = (RedisPolicyEvents(redis_client, channel=f"{settings.redis_prefix}policies")
                      if redis_client is not None else None)
+    key_events = key_change_events(settings, redis_client) if redis_client is not None else None
     router = GatewayRouter(
         catalog,
         PolicyRegistry(DbPolicyStore(engine), notifier=policy_events),
@@ -193,7 +208,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         settings=settings,
         engine=engine,
         sink=sink,
-        keys=KeyStore(engine),
+        keys=KeyStore(engine, notifier=key_events),
         metrics=metrics,
         router=router,
         executor=executor,
@@ -202,8 +217,10 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         remote_load=remote_load,
         policy_events=policy_events,
         artifacts=artifacts,
-        feedback=FeedbackRecorder(engine, sink, router),
+        feedback=FeedbackRecorder(engine, sink, router, max_sources=settings.feedback_max_sources),
         cascades=Cascades(executor, catalog, plugins, metrics),
+        key_events=key_events,
+        heartbeat=Heartbeat(engine, shared_state=redis_client is not None),
     )
 
 
@@ -234,6 +251,12 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
         if events is not None:
             # Reload at once on another process's change; polling below relaxes while this is live.
             tasks.append(asyncio.create_task(events.run(registry.reload, stop)))
+        key_events = services.key_events
+        if key_events is not None:
+            tasks.append(asyncio.create_task(key_events.run(services.keys.invalidate, stop)))
+        warn_if_unshared_workers(settings.workers, settings.redis_url)
+        heartbeat = services.heartbeat
+        tasks.append(asyncio.create_task(_every(10.0, stop, ("heartbeat", heartbeat.beat))))
         tasks.append(asyncio.create_task(registry.run_reload_loop(
             settings.policy_reload_s, stop, pushed=(lambda: events.live) if events is not None else None)))
         # Keep this process in step with every other one: what the bandits learned, and budgets.
@@ -269,6 +292,8 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+            with contextlib.suppress(Exception):
+                await heartbeat.leave()
             await services.sink.aclose()
             for b in services.backends.values():
                 with contextlib.suppress(Exception):

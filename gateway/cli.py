@@ -115,10 +115,16 @@ async def _with_keys(s: Settings, fn: Any) -> Any:
     from gateway.keys import KeyStore
 
     engine = create_async_engine(s.database_url)
+    # with Redis, a revocation from the CLI reaches running gateways at once, as one from the admin API
+    from gateway.app import key_change_events
+
+    notifier = key_change_events(s)
     try:
-        return await fn(KeyStore(engine))
+        return await fn(KeyStore(engine, notifier=notifier))
     finally:
         await engine.dispose()
+        if notifier is not None:
+            await notifier.client.aclose()
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

@@ -30,6 +30,14 @@ class LogSettings(BaseModel):
     spool_dir: str = "./var/spool"
     batch_max_rows: int = Field(default=500, gt=0)
     batch_max_ms: int = Field(default=100, gt=0)
+    durability: Literal["off", "batch", "always"] = Field(
+        default="batch",
+        description="request log write-ahead log: 'always' answers only once the row is fsynced to "
+        "the local spool; 'batch' group-commits every wal_commit_ms without waiting (a crash loses at "
+        "most that window); 'off' keeps rows in memory until the database has them")
+    wal_commit_ms: float = Field(
+        default=5.0, ge=0, le=1000,
+        description="WAL group-commit window of 'batch' ('always' commits back to back: no added wait)")
     retention_days: float | None = Field(
         default=None, gt=0,
         description="delete requests (with their attempts and feedback) older than this; None = keep all")
@@ -148,6 +156,8 @@ class Settings(BaseSettings):
     metrics_token: str | None = Field(
         default=None,
         description="bearer token for /metrics and /readyz when keys are required; None = loopback only then")
+    feedback_max_sources: int = Field(
+        default=8, ge=1, le=1000, description="distinct feedback sources one request accepts (/v1/feedback)")
     log: LogSettings = Field(default_factory=LogSettings)
     local_model: LocalModelSettings = Field(default_factory=LocalModelSettings)
     deployments: list[DeploymentConfig] = Field(default_factory=list)

@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,6 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from requestlog.tables import api_keys
 
 KEY_PREFIX = "hg-"
+
+
+class KeyNotifier(Protocol):
+    """Announces a key change to every other process (`state.policy_events.RedisPolicyEvents`)."""
+
+    async def changed(self, name: str, active_version: int | None) -> None: ...
 
 
 def hash_key(key: str) -> str:
@@ -79,16 +85,31 @@ def _row_to_key(row: Any) -> ApiKey:
 class KeyStore:
     """CRUD over the api_keys table, with a small cache so the request path rarely touches the DB.
 
-    Positive entries live `ttl_s` (a revocation from another process takes effect within it; one
-    made through this store takes effect at once); unknown hashes are cached briefly too, so a
-    client hammering with a bad key cannot hammer the database.
+    A change made through this store (revoke, update) takes effect here at once and is announced
+    through ``notifier`` (Redis pub/sub): every process subscribed calls :meth:`invalidate` within
+    milliseconds. Positive entries live `ttl_s`, the fallback when the announcement is lost (no
+    Redis, or Redis down). Unknown hashes are cached briefly too, so a client hammering with a bad
+    key cannot hammer the database.
     """
 
-    def __init__(self, engine: AsyncEngine, ttl_s: float = 5.0, negative_ttl_s: float = 2.0) -> None:
+    def __init__(self, engine: AsyncEngine, ttl_s: float = 5.0, negative_ttl_s: float = 2.0,
+                 notifier: KeyNotifier | None = None) -> None:
         self._engine = engine
         self._ttl = ttl_s
         self._neg_ttl = negative_ttl_s
+        self._notifier = notifier
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._generation = 0  # bumped by every invalidation: a lookup begun before one is not cached
+
+    async def invalidate(self) -> None:
+        """Forget every cached key (another process changed one); the next lookups read the database."""
+        self._generation += 1
+        self._cache.clear()
+
+    async def _changed(self, key_id: str) -> None:
+        await self.invalidate()
+        if self._notifier is not None:
+            await self._notifier.changed(key_id, None)
 
     async def create(self, name: str, **limits: Any) -> tuple[str, ApiKey]:
         """Returns (cleartext key, record). The cleartext is not stored anywhere."""
@@ -113,7 +134,7 @@ class KeyStore:
     async def update(self, key_id: str, **limits: Any) -> ApiKey | None:
         async with self._engine.begin() as conn:
             await conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(**limits))
-        self._cache.clear()
+        await self._changed(key_id)
         return await self.get(key_id)
 
     async def revoke(self, key_id: str) -> bool:
@@ -123,7 +144,7 @@ class KeyStore:
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=datetime.now(UTC))
             )
-        self._cache.clear()
+        await self._changed(key_id)
         return bool(res.rowcount)
 
     async def authenticate(self, secret: str) -> ApiKey | None:
@@ -133,11 +154,14 @@ class KeyStore:
         hit = self._cache.get(h)
         if hit is not None and hit[0] > now:
             return hit[1]
+        generation = self._generation
         async with self._engine.connect() as conn:
             row = (await conn.execute(sa.select(api_keys).where(api_keys.c.key_hash == h))).first()
         rec = _row_to_key(row) if row else None
         if rec is not None and not rec.active:
             rec = None
+        if generation != self._generation:
+            return rec  # a change was announced while we read: do not cache what may predate it
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[h] = (now + (self._ttl if rec else self._neg_ttl), rec)

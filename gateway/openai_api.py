@@ -290,14 +290,14 @@ class OpenAIHandlers:
             req = await self._begin(request, ctx, schema)
             route = await self._route(ctx, req, endpoint, request)
             ctx.ex = Execution(ctx.rid)
-            return await answer(ctx, req, route)
+            resp = await answer(ctx, req, route)
         except APIError as err:
             self._finish(ctx, err.status, err)
-            return self._error(ctx, err)
+            resp = self._error(ctx, err)
         except UpstreamError as uerr:
             err = from_upstream(uerr)
             self._finish(ctx, err.status, err)
-            return self._error(ctx, err)
+            resp = self._error(ctx, err)
         except asyncio.CancelledError:
             self._finish(ctx, 499, cancelled=True)
             raise
@@ -310,7 +310,10 @@ class OpenAIHandlers:
             log.exception("request %s failed", ctx.rid)
             err = APIError(500, "The server had an error while processing your request.", type="server_error")
             self._finish(ctx, 500, err)
-            return err.response(ctx.headers())
+            resp = self._error(ctx, err)
+        if not isinstance(resp, StreamingResponse):
+            await self.s.sink.durable()  # log.durability: always: the row is on disk before the answer
+        return resp
 
     @staticmethod
     def _error(ctx: _Ctx, err: APIError) -> Response:
@@ -403,10 +406,10 @@ class OpenAIHandlers:
                             if body_log is not None:
                                 body_log.append(data)
                             yield data
-                yield await w.finish()
+                last = await w.finish()
             except UpstreamError as uerr:
                 error = from_upstream(uerr)
-                yield w.fail(error)
+                last = w.fail(error)
             except (asyncio.CancelledError, GeneratorExit):
                 cancelled = True
                 status = 499
@@ -416,6 +419,9 @@ class OpenAIHandlers:
                 if body_log is not None:
                     ctx.row.response_body = b"".join(body_log).decode()
                 self._finish(ctx, status, error, cancelled)
+            # The stream's last event goes out once its row is logged (durably with `always`).
+            await self.s.sink.durable()
+            yield last
 
         async def body() -> AsyncIterator[bytes]:
             status, error, cancelled = 200, None, False
@@ -428,19 +434,21 @@ class OpenAIHandlers:
                         data = b"".join(filter(None, map(encode, batch)))
                         if data:
                             yield data
-                yield sse.DONE
             except UpstreamError as uerr:
                 error = from_upstream(uerr)
-                yield sse.error_event(error.message, error.type, error.code)
             except (asyncio.CancelledError, GeneratorExit):
                 cancelled = True
                 status = 499
                 raise
             finally:
                 await source.aclose()
+                last = sse.DONE if error is None else sse.error_event(error.message, error.type, error.code)
                 if body_log is not None:
                     ctx.row.response_body = b"".join(body_log).decode()
                 self._finish(ctx, status, error, cancelled)
+            # The stream's last event goes out once its row is logged (durably with `always`).
+            await self.s.sink.durable()
+            yield last
 
         stream = wire_body(ctx.wire) if ctx.wire is not None else body()
         return _SettledStream(lambda: self._finish(ctx, 499, cancelled=True), stream,

@@ -18,6 +18,7 @@ from service.feedback import FeedbackRecorder
 from service.metrics import Metrics
 from service.remote_load import RemoteLoadPoller
 from service.routing import GatewayRouter
+from state.instances import Heartbeat
 from state.policy_events import RedisPolicyEvents
 
 
@@ -37,3 +38,5 @@ class Services:
     artifacts: ArtifactSlots
     feedback: FeedbackRecorder
     cascades: Cascades
+    key_events: RedisPolicyEvents | None  # API key changes pushed to every process (KeyStore's notifier)
+    heartbeat: Heartbeat  # this process's row in gateway_instances

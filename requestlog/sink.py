@@ -14,6 +14,16 @@ only consumer, which keeps ordering simple) moves records on:
   queue outgrows ``max_queue``), so records reach the database in the order they were recorded
   (per process).
 
+Crash safety (``durability``): with ``batch`` or ``always`` every record also goes to a local
+write-ahead log (:mod:`requestlog.wal`), group-committed (every ``wal_commit_ms`` with ``batch``;
+back to back with ``always``, where whatever arrives during one fsync shares the next); the writer reports
+how far the database (or the spill spool) has taken the queue, which lets the WAL drop what is
+safe. After a crash (``kill -9``) the next start moves the dead process's WAL segments into the
+spool and replays them. ``always`` makes :meth:`LogSink.durable` wait for the group commit that
+holds the caller's record, so a response completes only once its row is on disk; ``batch`` does
+not wait, and a crash loses at most the records of the open commit window; ``off`` keeps records
+in memory only until the database (or the spool, while it is down) has them.
+
 Nothing is ever written twice (``ON CONFLICT (id) DO NOTHING``) and nothing recorded is dropped
 short of the disk failing while the database is down. Records the database refuses as data
 errors are set aside in ``<spool_dir>/rejected.jsonl`` instead of blocking the spool forever.
@@ -37,9 +47,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .codec import Record, decode_record, encode_record, to_record
 from .rows import AttemptRow, RequestRow
 from .spool import Spool
+from .wal import Wal, recover
 from .writer import DbWriter, Unavailable, make_engine
 
 log = logging.getLogger("hybridgate.requestlog")
+
+DURABILITY_MODES = ("off", "batch", "always")
 
 _Entry = tuple[RequestRow, list[AttemptRow]] | Record
 """A queued record: as recorded (dataclasses), or already converted (put back after a failed spill)."""
@@ -50,6 +63,10 @@ def _as_record(entry: _Entry) -> Record:
     if isinstance(request, dict):
         return entry  # type: ignore[return-value]
     return to_record(request, attempts)  # type: ignore[arg-type]
+
+
+def _wal_line(entry: object) -> bytes:
+    return encode_record(_as_record(entry))  # type: ignore[arg-type]
 
 
 class LogSink:
@@ -67,6 +84,10 @@ class LogSink:
         close_timeout_s: how long ``aclose()`` keeps trying the database before leaving the
             rest in the spool.
         engine: an existing async engine to use (then not disposed by ``aclose()``).
+        durability: ``off``, ``batch`` or ``always`` (see module docstring).
+        wal_commit_ms: the WAL's group-commit window with ``batch`` (the most a crash can lose);
+            ``always`` commits without a window (whatever arrives during one fsync shares the next).
+        wal_fsync: False skips the WAL's fsync (survives a process crash, not a power loss).
     """
 
     def __init__(
@@ -82,9 +103,14 @@ class LogSink:
         write_timeout_s: float = 15.0,
         close_timeout_s: float = 10.0,
         engine: AsyncEngine | None = None,
+        durability: str = "batch",
+        wal_commit_ms: float = 5.0,
+        wal_fsync: bool = True,
     ) -> None:
         if batch_max_rows < 1 or max_queue < 1:
             raise ValueError("batch_max_rows and max_queue must be positive")
+        if durability not in DURABILITY_MODES:
+            raise ValueError(f"durability must be one of {', '.join(DURABILITY_MODES)}")
         self._db_url = db_url
         self._spool_dir = Path(spool_dir)
         self._batch_max_rows = batch_max_rows
@@ -98,6 +124,18 @@ class LogSink:
         self._engine = engine
 
         self._queue: deque[_Entry] = deque()
+        self.durability = durability
+        # `always`: a commit starts as soon as the previous one ends (requests wait for it, so no
+        # added delay); records arriving during an fsync share the next one. `batch`: one commit
+        # per window at most, since nobody waits.
+        self._wal_options = {
+            "commit_ms": 0.0 if durability == "always" else wal_commit_ms,
+            "fsync": wal_fsync,
+        }
+        self._wal: Wal | None = None
+        self._wal_task: asyncio.Task[None] | None = None
+        self._wal_stop = asyncio.Event()
+        self._taken = 0  # records that left the queue for good (database, spool): a prefix of the WAL
         self._writer: DbWriter | None = None
         self._spool: Spool | None = None
         self._task: asyncio.Task[None] | None = None
@@ -135,10 +173,19 @@ class LogSink:
                 return
             queue = self._queue
             queue.append((request, attempts))
+            if self._wal is not None:
+                self._wal.append((request, attempts))
             if len(queue) >= self._batch_max_rows and not self._wake.is_set():
                 self._wake_worker()
         except Exception:  # pragma: no cover - defensive: logging must never break a request
             self._dropped += 1
+
+    async def durable(self) -> None:
+        """With ``durability: always``, wait until everything recorded so far is on local disk
+        (the WAL's next group commit); otherwise return at once. Call it before completing a
+        response whose row was just recorded."""
+        if self.durability == "always" and self._wal is not None and self._wal_task is not None:
+            await self._wal.durable()
 
     def _wake_worker(self) -> None:
         if self._loop is None:
@@ -172,7 +219,16 @@ class LogSink:
             raise RuntimeError("LogSink cannot be restarted after aclose()")
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        await asyncio.to_thread(self._spool_dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(recover, self._spool_dir)  # WALs of crashed processes: replay them
         self._spool = await asyncio.to_thread(Spool, self._spool_dir)
+        if self.durability != "off":
+            self._wal = Wal(self._spool_dir, encode=_wal_line, **self._wal_options)
+            self._wal_stop.clear()
+            # Records queued before start join the WAL now, in queue order.
+            for entry in self._queue:
+                self._wal.append(entry)
+            self._wal_task = asyncio.create_task(self._wal.run(self._wal_stop), name="requestlog-wal")
         if self._engine is None:
             self._engine = make_engine(self._db_url, command_timeout_s=self._write_timeout)
         self._writer = DbWriter(self._engine, write_timeout_s=self._write_timeout)
@@ -216,6 +272,7 @@ class LogSink:
                 self._dropped += len(self._queue)
                 self._queue.clear()
         self._closed = True
+        await self._close_wal()
         for fut in self._flush_waiters:
             if not fut.done():
                 fut.set_result(None)
@@ -224,6 +281,24 @@ class LogSink:
             await asyncio.to_thread(self._spool.close)
         if self._engine is not None and self._own_engine:
             await self._engine.dispose()
+
+    async def _close_wal(self) -> None:
+        wal, task = self._wal, self._wal_task
+        if wal is None:
+            return
+        if task is not None:
+            self._wal_stop.set()
+            with contextlib.suppress(BaseException):
+                await task
+        wal.handled(self._taken)
+        await asyncio.to_thread(wal.close)
+        self._wal_task = None
+
+    async def _report_handled(self) -> None:
+        """Tell the WAL how far the queue is safe (database or spool), so it can drop that part."""
+        if self._wal is not None:
+            self._wal.handled(self._taken)
+            await self._wal.checkpoint()
 
     async def flush(self) -> None:
         """Wait until everything recorded so far is in the database, or, while the database is
@@ -257,6 +332,9 @@ class LogSink:
             "spooled_pending": spool.pending_records() if spool is not None else 0,
             "spool_bytes": spool.pending_bytes() if spool is not None else 0,
             "db_up": self._db_up,
+            "durability": self.durability,
+            "wal_commits": self._wal.commits if self._wal is not None else 0,
+            "wal_failures": self._wal.failures if self._wal is not None else 0,
             "last_error": self._last_error,
         }
 
@@ -311,6 +389,7 @@ class LogSink:
                 self._schedule_probe()
         if now >= self._next_rescan:
             self._next_rescan = now + 30.0
+            await asyncio.to_thread(recover, self._spool_dir)  # WALs of processes that died meanwhile
             await asyncio.to_thread(spool.rescan)  # segments of processes that died meanwhile
 
         if self._closing and time.monotonic() >= self._close_deadline:
@@ -346,12 +425,15 @@ class LogSink:
                 return
             self._written += result.written
             await self._reject(result.rejected)
+            await self._report_handled()
             if len(self._queue) < self._batch_max_rows and not self._flush_waiters and not self._closing:
                 return  # a partial batch left: let it fill up for one interval
 
     def _take(self, n: int) -> list[_Entry]:
         queue = self._queue
-        return [queue.popleft() for _ in range(min(n, len(queue)))]
+        batch = [queue.popleft() for _ in range(min(n, len(queue)))]
+        self._taken += len(batch)
+        return batch
 
     async def _replay_chunk(self) -> None:
         spool, writer = self._spool, self._writer
@@ -418,6 +500,7 @@ class LogSink:
             # Disk trouble (full?) while the database is unavailable: hold the records in memory
             # up to max_queue; beyond that the newest are dropped, counted and logged loudly.
             self._queue.extendleft(reversed(records))
+            self._taken -= len(records)
             overflow = len(self._queue) - self._max_queue
             for _ in range(max(overflow, 0)):
                 self._queue.pop()
@@ -425,6 +508,7 @@ class LogSink:
             log.error("cannot write request log spool (%s); %d records dropped so far", exc, self._dropped)
             return False
         self._spooled += len(records)
+        await self._report_handled()
         return True
 
     async def _reject(self, rejected: list[tuple[Record, str]]) -> None:

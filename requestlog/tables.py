@@ -321,3 +321,15 @@ stored_responses = sa.Table(
     sa.Column("history", JSON_TYPE, nullable=False),  # the conversation so far as chat messages
 )
 """Responses kept for `previous_response_id` and GET/DELETE /v1/responses/{id} (gateway/responses_api.py)."""
+
+gateway_instances = sa.Table(
+    "gateway_instances",
+    metadata,
+    _str("id", primary_key=True),  # random per process start
+    _str("host", nullable=False),
+    sa.Column("pid", sa.Integer(), nullable=False),
+    sa.Column("shared_state", sa.Boolean(), nullable=False),  # runs with Redis
+    sa.Column("started_at", UtcDateTime(), nullable=False),
+    sa.Column("last_seen", UtcDateTime(), nullable=False),
+)
+"""One heartbeat row per running gateway process: tells a process it is not alone (state/instances.py)."""

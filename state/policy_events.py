@@ -18,7 +18,9 @@ that fails because Redis is down, is simply lost. Hence the rules:
   the push path is in doubt, including a silently dead connection that never reports an error.
 
 This module knows nothing about policies beyond a name and a version: the reload is a callback,
-so `state/` does not import `policies/` (and `policies/` does not import Redis).
+so `state/` does not import `policies/` (and `policies/` does not import Redis). The same class
+carries API key changes on their own channel (`gateway.keys.KeyStore`: revocations reach every
+process in milliseconds; ``what`` names the subject in log lines).
 """
 
 from __future__ import annotations
@@ -59,8 +61,10 @@ class RedisPolicyEvents:
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 2.0,
         rng: random.Random | None = None,
+        what: str = "policy",
     ) -> None:
         self.client = client
+        self.what = what
         self.channel = channel
         self.ping_interval_s = ping_interval_s
         self.dead_after_s = dead_after_s
@@ -94,8 +98,9 @@ class RedisPolicyEvents:
         except REDIS_ERRORS as exc:
             self.publish_failures += 1
             log.warning(
-                "policy %s v%s: change not announced (Redis: %s: %s); other processes will see it "
-                "by polling the policy store",
+                "%s %s v%s: change not announced (Redis: %s: %s); other processes will see it "
+                "by polling the store",
+                self.what,
                 name,
                 active_version,
                 type(exc).__name__,

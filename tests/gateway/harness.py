@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+import yaml
 
 from gateway.app import create_app
 from gateway.config import Settings
@@ -80,3 +87,61 @@ def running_gateway(settings: Settings, **app_kwargs: Any) -> Iterator[GatewayTh
         yield gw
     finally:
         gw.stop()
+
+
+class GatewayProcess:
+    """A gateway as its own OS process (`hybridgate serve`), for tests that kill it (``kill -9``)
+    or need several processes; `settings` are written to a YAML file in `workdir`."""
+
+    def __init__(self, settings: Settings, workdir: Path, *, name: str = "gw") -> None:
+        self.port = free_port()
+        self.settings = settings.model_copy(update={"port": self.port, "host": "127.0.0.1"})
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config = workdir / f"{name}.yaml"
+        self.config.write_text(yaml.safe_dump(self.settings.model_dump(mode="json", exclude_none=True)))
+        self.log = workdir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 30.0) -> GatewayProcess:
+        root = Path(__file__).resolve().parents[2]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDGATE_")}
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "--config", str(self.config), "serve", "--port", str(self.port)],
+                cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited ({self.proc.returncode}): {self.log.read_text()[-2000:]}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.base_url}/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return self
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"gateway did not start: {self.log.read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """``kill -9``: no shutdown handler runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM), killed after 20 s."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

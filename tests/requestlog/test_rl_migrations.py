@@ -25,6 +25,7 @@ EXPECTED_TABLES = {
     "router_artifacts",
     "bandit_totals",
     "scope_budgets",
+    "gateway_instances",
     "alembic_version",
     # admin console rollups (requestlog/rollups.py) and breaker history
     "rollup_requests_hour",
