@@ -170,13 +170,13 @@ async def test_a_redis_pause_and_failing_requests_leak_no_lease_or_hold(
     assert rs[0].json()["error"]["type"] == "server_error"
     assert await _until_free(private_redis, two_gateways, key, 1.0) < 1.0
 
-    # 3. A model that cannot serve the endpoint (no deployment embeds) answers 404 and frees its slot.
+    # 3. A model that cannot serve the endpoint (no deployment embeds) answers 400 (model_not_supported) and frees its slot.
     async with httpx.AsyncClient(timeout=10, headers=headers) as client:
         emb = [
             await client.post(gw.base_url + "/v1/embeddings", json={"model": "m", "input": "x"})
             for gw in (a, b, a)
         ]
-    assert [r.status_code for r in emb] == [404, 404, 404]
+    assert [r.status_code for r in emb] == [400, 400, 400]
     assert await _until_free(private_redis, two_gateways, key, 1.0) < 1.0
 
     ids = [r.headers["x-request-id"] for r in rs]
