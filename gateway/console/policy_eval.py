@@ -25,7 +25,7 @@ from policies.schema import Policy
 from requestlog import tables
 from router import ope
 from router.decide import decide
-from router.decision import RequestFeatures
+from common.types import RequestFeatures
 from router.protocols import Plugins
 from router.signals import Signals
 
