@@ -5,25 +5,28 @@ gives the runner's logits (what the CUDA-graph decode path replays on the GPU)."
 from __future__ import annotations
 
 import traceback
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import local_model
 from local_model.config import JambaConfig
 from local_model.decode import DecodeStep, PagedPool
 from local_model.engine import Engine, EngineConfig, SamplingParams
 from local_model.engine.model_runner import StepMetadata
 from local_model.kernels import DEFAULT_KERNELS
 from local_model.model import JambaForCausalLM
+from tests.local_model.mamba2_testlib import save_case
 
 # Ops that copy a device value to the host (``.item()``, ``bool(t)``, ``.tolist()``) or have a
 # data-dependent output shape.
 SYNC_OPS = ("_local_scalar_dense", "is_nonzero", "nonzero", "unique", "masked_select", "item")
 # The reference MoE loops over the experts that got tokens (a CPU fallback); the GPU bundle's fused MoE
 # kernel replaces it, so its syncs are not the forward's.
-CPU_ONLY_KERNELS = ("moe_experts_ref",)
+CPU_ONLY_KERNELS = ("moe_experts_ref", "experts_ref")
 
 
 class HostSyncRecorder(TorchDispatchMode):
@@ -43,11 +46,14 @@ class HostSyncRecorder(TorchDispatchMode):
         return [(n, st) for n, st in self.hits if not any(k in st for k in CPU_ONLY_KERNELS)]
 
 
-def decoding_engine(batch: int = 3) -> tuple[Engine, list[Any]]:
-    """A tiny random Jamba engine whose ``batch`` sequences are all past prefill (the next step decodes)."""
+def decoding_engine(batch: int = 3, model: torch.nn.Module | None = None) -> tuple[Engine, list[Any]]:
+    """An engine (default: a tiny random Jamba) whose ``batch`` sequences are all past prefill (the next
+    step decodes)."""
     torch.manual_seed(0)
-    cfg = JambaConfig.preset("tiny", vocab_size=320, eos_token_id=2, pad_token_id=0, bos_token_id=1)
-    engine = Engine(JambaForCausalLM(cfg), None, EngineConfig(memory_budget_mb=16, block_size=16))
+    if model is None:
+        cfg = JambaConfig.preset("tiny", vocab_size=320, eos_token_id=2, pad_token_id=0, bos_token_id=1)
+        model = JambaForCausalLM(cfg)
+    engine = Engine(model, None, EngineConfig(memory_budget_mb=16, block_size=16, max_model_len=1024))
     gen = torch.Generator().manual_seed(1)
     streams = [
         engine.submit_sync(
@@ -85,6 +91,16 @@ def test_decode_step_forward_reads_nothing_back_to_the_host() -> None:
     assert logits.shape == (meta.batch, 320)
     assert rec.forward_syncs() == [], [n for n, _ in rec.forward_syncs()]
     assert rec.hits, "the recorder saw the reference MoE's syncs (it is active)"
+
+
+@pytest.mark.parametrize("family", ["granite_moe_rope", "zamba2_shared_lora_rope"])
+def test_mamba2_family_decode_forward_reads_nothing_back_to_the_host(family: str, tmp_path: Path) -> None:
+    save_case(family, tmp_path, seed=0)
+    engine, _ = decoding_engine(model=local_model.load(tmp_path).module)
+    meta = decode_metadata(engine)
+    with torch.inference_mode(), HostSyncRecorder() as rec:
+        engine.runner.execute(meta)
+    assert rec.forward_syncs() == [], [n for n, _ in rec.forward_syncs()]
 
 
 def test_prefill_metadata_packs_tokens_and_flags_fresh_slots() -> None:
@@ -132,17 +148,26 @@ def test_decode_step_over_paged_pools_gives_the_runner_logits() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_decode_step_does_not_synchronise() -> None:  # pragma: no cover - GPU only
+    """On CUDA with the Triton bundle a decode step replays a CUDA graph; its replay, and the metadata
+    copies into the graph's buffers, run with sync debug mode set to error."""
+    from local_model.kernels import triton_bundle
+
     cfg = JambaConfig.preset("tiny", vocab_size=320)
-    engine = Engine(JambaForCausalLM(cfg).cuda(), None, EngineConfig(memory_budget_mb=16, block_size=16))
+    model = JambaForCausalLM(cfg).cuda()
+    model.set_kernels(triton_bundle())
+    engine = Engine(model, None, EngineConfig(memory_budget_mb=16, block_size=16))
+    assert engine.runner.cuda_decode is not None
     engine.submit_sync([5, 6, 7, 8, 9], SamplingParams(max_tokens=4, temperature=0.0))
     with torch.inference_mode():
         while not engine.running_sequences() or engine.running_sequences()[0].num_computed < 5:
             engine.step()
         meta = decode_metadata(engine)
-        engine.runner.execute(meta)  # warm-up (captures the bucket's graph when enabled)
+        eager = engine.runner.forward(meta).float()  # advances state: compare the graph on a copy below
+        engine.runner.execute(meta)  # captures the bucket's graph
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            engine.runner.execute(meta)
+            graphed = engine.runner.execute(meta)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+        assert graphed.shape == eager.shape and torch.isfinite(graphed).all()
