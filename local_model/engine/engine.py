@@ -39,13 +39,13 @@ from .errors import EngineClosed, EngineOverloaded, InvalidRequest, PromptTooLon
 from .kv_blocks import BlockAllocator, blocks_for
 from .model_runner import ModelRunner
 from .output import (
+    AsyncSink,
     ChoiceResult,
     GenerationResult,
     OutputDelivery,
     RequestStream,
     SyncRequestStream,
-    _AsyncSink,
-    _SyncSink,
+    SyncSink,
 )
 from .sampler import SampleRow, SamplingParams, TokenLogprob, make_generator
 from .scheduler import Chunk, Scheduler
@@ -289,7 +289,7 @@ class Engine:
         """Queue a request from inside a running event loop; iterate the returned stream for its deltas.
 
         Raises EngineOverloaded (queue full), PromptTooLong, InvalidRequest, EngineClosed at once."""
-        sink = _AsyncSink(asyncio.get_running_loop())
+        sink = AsyncSink(asyncio.get_running_loop())
         req = self._new_request(prompt_ids, params, request_id, sink)
         self._inbox.append(("submit", req))
         self._wake.set()
@@ -299,7 +299,7 @@ class Engine:
         self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None
     ) -> SyncRequestStream:
         """Like `submit`, for a blocking consumer."""
-        sink = _SyncSink()
+        sink = SyncSink()
         req = self._new_request(prompt_ids, params, request_id, sink)
         self._inbox.append(("submit", req))
         self._wake.set()
@@ -485,7 +485,7 @@ class Engine:
         requests ended, which frees their memory."""
         for loop in self.output.flush():
             for req in list(self._requests.values()):
-                if isinstance(req.sink, _AsyncSink) and req.sink.loop is loop:
+                if isinstance(req.sink, AsyncSink) and req.sink.loop is loop:
                     self._fail(req, EngineClosed("consumer event loop closed"))
             self.output.clear()
 

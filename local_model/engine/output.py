@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 
-class _AsyncSink:
+class AsyncSink:
     __slots__ = ("loop", "queue")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -30,7 +30,7 @@ class _AsyncSink:
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
 
 
-class _SyncSink:
+class SyncSink:
     __slots__ = ("queue",)
 
     def __init__(self) -> None:
@@ -76,7 +76,7 @@ class _Collector:
 class RequestStream:
     """Handle of an asyncio consumer: ``async for delta in stream``; `usage` is set at the end."""
 
-    def __init__(self, engine: Engine, request: Request, sink: _AsyncSink) -> None:
+    def __init__(self, engine: Engine, request: Request, sink: AsyncSink) -> None:
         self.engine = engine
         self.request_id = request.request_id
         self.params = request.params
@@ -116,7 +116,7 @@ class RequestStream:
 class SyncRequestStream:
     """Handle of a blocking consumer (tests, benchmarks, CLI)."""
 
-    def __init__(self, engine: Engine, request: Request, sink: _SyncSink) -> None:
+    def __init__(self, engine: Engine, request: Request, sink: SyncSink) -> None:
         self.engine = engine
         self.request_id = request.request_id
         self.params = request.params
@@ -170,7 +170,7 @@ class OutputDelivery:
             return []
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Event], Event]]] = {}
         for sink, event in self._outbox:
-            if isinstance(sink, _AsyncSink):
+            if isinstance(sink, AsyncSink):
                 by_loop.setdefault(sink.loop, []).append((sink.queue, event))
             else:
                 sink.queue.put(event)
