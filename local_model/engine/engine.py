@@ -125,13 +125,12 @@ class Engine:
         p = self.plan
         self.allocator = BlockAllocator(p.num_blocks, p.block_size)
         kernels = _kernel_bundle(model)
-        graphs = (
-            self.device.type == "cuda"
-            and self.config.cuda_graphs
-            and isinstance(model, JambaForCausalLM)
-            and getattr(kernels, "name", "") == "triton"
+        bucketed = isinstance(model, JambaForCausalLM) and (
+            self.config.decode_step
+            if self.config.decode_step is not None
+            else self.device.type == "cuda" and getattr(kernels, "name", "") == "triton"
         )
-        scratch = 1 if graphs else 0  # one SSM slot and one KV block for the padding rows of a graph bucket
+        scratch = 1 if bucketed else 0  # one SSM slot and one KV block for the padding rows of a bucket
         self.slots = SSMSlotPool(
             mc,
             p.num_slots,
@@ -164,8 +163,8 @@ class Engine:
         }
         self._mamba: dict[int, MambaState] = dict(zip(mc.mamba_layer_ids, self.slots.states, strict=True))
         self.runner = ModelRunner(model, self._kv_pools, self._mamba, p.block_size, self.device)
-        if graphs:  # pragma: no cover - GPU only
-            self.runner.enable_cuda_graphs(
+        if bucketed:
+            self.runner.enable_bucketed_decode(
                 kernels,
                 blocks_for(p.max_model_len, p.block_size),
                 scratch_slot=p.num_slots,

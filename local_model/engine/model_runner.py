@@ -19,7 +19,8 @@ index tensors are derived once per step in `PagedStep`, the fresh rows' Mamba st
 the forward, and a step whose rows all bring the same number of tokens passes ``seq_lens=None``). The
 reference model takes a right-padded ``[B, T]`` batch: `StepMetadata.padded_ids` scatters the packed
 tokens into it with an index built on the host. On CUDA a decode step of a Jamba model runs through
-`local_model.decode.DecodeStep` replayed from a CUDA graph per batch-size bucket (`CudaDecode`).
+`local_model.decode.DecodeStep` replayed from a CUDA graph per batch-size bucket (`BucketedDecode`; eager
+on the CPU when `EngineConfig.decode_step` asks for it, which is how the tests exercise it).
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class ModelRunner:
         self.block_size = block_size
         self.device = device
         self.num_entries = model.config.num_cache_entries
-        self.cuda_decode: CudaDecode | None = None  # set by `enable_cuda_graphs` (GPU only)
+        self.bucketed: BucketedDecode | None = None  # set by `enable_bucketed_decode`
 
     def prepare(
         self,
@@ -144,8 +145,8 @@ class ModelRunner:
         if meta.fresh_slots is not None:
             for state in self.mamba.values():
                 state.zero_(meta.fresh_slots)
-        if meta.is_decode and self.cuda_decode is not None and self.cuda_decode.supports(meta):
-            return self.cuda_decode(meta)  # pragma: no cover - GPU only
+        if meta.is_decode and self.bucketed is not None and self.bucketed.supports(meta):
+            return self.bucketed(meta)
         return self.forward(meta)
 
     def forward(self, meta: StepMetadata) -> torch.Tensor:
@@ -171,19 +172,20 @@ class ModelRunner:
     ) -> tuple[list[int], list[TokenLogprob | None]]:
         return sample(logits, rows)
 
-    def enable_cuda_graphs(
+    def enable_bucketed_decode(
         self, kernels: object, max_blocks_per_seq: int, scratch_slot: int, scratch_block: int
-    ) -> None:  # pragma: no cover - GPU only
-        """Decode steps of a Jamba model on CUDA replay `DecodeStep` CUDA graphs (see `CudaDecode`)."""
-        self.cuda_decode = CudaDecode(self, kernels, max_blocks_per_seq, scratch_slot, scratch_block)
+    ) -> None:
+        """Decode steps of a Jamba model run `DecodeStep` per batch bucket (see `BucketedDecode`)."""
+        self.bucketed = BucketedDecode(self, kernels, max_blocks_per_seq, scratch_slot, scratch_block)
 
 
-class CudaDecode:  # pragma: no cover - GPU only: exercised by bench/engine_gpu_check.py on a CUDA card
-    """A decode step through `local_model.decode.DecodeStep`, captured in one CUDA graph per batch bucket.
+class BucketedDecode:
+    """A decode step through `local_model.decode.DecodeStep` over static per-bucket buffers, captured in one
+    CUDA graph per batch bucket on CUDA (run eagerly on the same buffers elsewhere).
 
-    The graph's inputs are static device buffers (token ids, SSM slots, positions, block table) that each
-    step overwrites; padding rows of a bucket point at a scratch SSM slot and a scratch KV block that no
-    sequence owns, so replaying the whole bucket never touches a live sequence's state.
+    The buffers (token ids, SSM slots, positions, block table) are overwritten by each step; padding rows
+    of a bucket point at a scratch SSM slot and a scratch KV block that no sequence owns, so running the
+    whole bucket never touches a live sequence's state.
     """
 
     def __init__(
@@ -207,15 +209,16 @@ class CudaDecode:  # pragma: no cover - GPU only: exercised by bench/engine_gpu_
         self.step = DecodeStep(runner.model, cache, kernels, scratch_slot=scratch_slot)  # type: ignore[arg-type]
         self.max_blocks = max_blocks_per_seq
         self.scratch_block = scratch_block
+        self.use_graphs = runner.device.type == "cuda"
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.bufs: dict[int, dict[str, torch.Tensor]] = {}
 
     def supports(self, meta: StepMetadata) -> bool:
         return meta.batch <= self.step.buckets[-1] and meta.block_table.shape[1] <= self.max_blocks
 
-    def _capture(self, bucket: int) -> None:
+    def _buffers(self, bucket: int) -> dict[str, torch.Tensor]:
         dev = self.step.model.lm_head.weight.device
-        bufs = {
+        return {
             "ids": torch.zeros(bucket, dtype=torch.long, device=dev),
             "slots": torch.full((bucket,), self.step.scratch_slot, dtype=torch.long, device=dev),
             "positions": torch.zeros(bucket, dtype=torch.long, device=dev),
@@ -224,24 +227,27 @@ class CudaDecode:  # pragma: no cover - GPU only: exercised by bench/engine_gpu_
             ),
         }
 
-        def body() -> torch.Tensor:
-            return self.step.forward(bufs["ids"], bufs["slots"], bufs["positions"], bufs["block_table"])
+    def _body(self, bufs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.step.forward(bufs["ids"], bufs["slots"], bufs["positions"], bufs["block_table"])
 
+    def _capture(self, bucket: int, bufs: dict[str, torch.Tensor]) -> None:  # pragma: no cover - GPU only
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):  # warm-up on scratch rows only
-                body()
+                self._body(bufs)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            bufs["logits"] = body()
-        self.graphs[bucket], self.bufs[bucket] = graph, bufs
+            bufs["logits"] = self._body(bufs)
+        self.graphs[bucket] = graph
 
     def __call__(self, meta: StepMetadata) -> torch.Tensor:
         bucket = self.step.bucket(meta.batch)
-        if bucket not in self.graphs:
-            self._capture(bucket)
+        if bucket not in self.bufs:
+            self.bufs[bucket] = self._buffers(bucket)
+            if self.use_graphs:
+                self._capture(bucket, self.bufs[bucket])
         b, n = meta.batch, meta.block_table.shape[1]
         bufs = self.bufs[bucket]
         bufs["ids"][:b] = meta.input_ids
@@ -251,5 +257,7 @@ class CudaDecode:  # pragma: no cover - GPU only: exercised by bench/engine_gpu_
         bufs["positions"][:b] = meta.context_lens
         bufs["block_table"].fill_(self.scratch_block)
         bufs["block_table"][:b, :n] = meta.block_table
-        self.graphs[bucket].replay()
-        return bufs["logits"][:b]
+        if self.use_graphs:
+            self.graphs[bucket].replay()  # pragma: no cover - GPU only
+            return bufs["logits"][:b]
+        return self._body(bufs)[:b]

@@ -146,6 +146,28 @@ def test_decode_step_over_paged_pools_gives_the_runner_logits() -> None:
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_bucketed_decode_step_generates_what_the_model_forward_generates() -> None:
+    """Decode through `DecodeStep` in batch buckets (eager here, CUDA graphs on the GPU): 3 sequences fill a
+    bucket of 4 whose padding row writes only the scratch slot and block; greedy outputs are unchanged."""
+    cfg = JambaConfig.preset("tiny", vocab_size=320, eos_token_id=2, pad_token_id=0, bos_token_id=1)
+    model = JambaForCausalLM(cfg)
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, 320, (n,), generator=gen).tolist() for n in (5, 19, 40)]
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    outputs = []
+    for decode_step in (False, True):
+        engine = Engine(
+            model, None, EngineConfig(memory_budget_mb=16, block_size=16, decode_step=decode_step)
+        )
+        assert (engine.runner.bucketed is not None) == decode_step
+        streams = [engine.submit_sync(p, params) for p in prompts]
+        engine.run_until_idle()
+        outputs.append([s.result().choices[0].token_ids for s in streams])
+        if decode_step:
+            assert engine.runner.bucketed is not None and 4 in engine.runner.bucketed.bufs
+    assert outputs[0] == outputs[1]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_decode_step_does_not_synchronise() -> None:  # pragma: no cover - GPU only
     """On CUDA with the Triton bundle a decode step replays a CUDA graph; its replay, and the metadata
@@ -156,7 +178,7 @@ def test_cuda_decode_step_does_not_synchronise() -> None:  # pragma: no cover - 
     model = JambaForCausalLM(cfg).cuda()
     model.set_kernels(triton_bundle())
     engine = Engine(model, None, EngineConfig(memory_budget_mb=16, block_size=16))
-    assert engine.runner.cuda_decode is not None
+    assert engine.runner.bucketed is not None and engine.runner.bucketed.use_graphs
     engine.submit_sync([5, 6, 7, 8, 9], SamplingParams(max_tokens=4, temperature=0.0))
     with torch.inference_mode():
         while not engine.running_sequences() or engine.running_sequences()[0].num_computed < 5:
