@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -50,12 +51,12 @@ def _die_with_parent() -> None:
 class LocalServerProcess:
     """A `hybridgate local-model serve` child process on a loopback port."""
 
-    def __init__(self, argv: list[str], port: int, *, log_path: Path | None = None) -> None:
+    def __init__(self, argv: list[str], port: int) -> None:
         self.argv = argv
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        self._stderr: Any = None  # the child's stderr (warnings and errors), read back if it fails to start
 
     @classmethod
     def for_deployment(cls, cfg: DeploymentConfig, checkpoint: Path) -> LocalServerProcess:
@@ -77,37 +78,42 @@ class LocalServerProcess:
 
     def start(self, startup_timeout_s: float = 300.0) -> LocalServerProcess:
         """Start the server and block until it answers /health; raise RuntimeError if it does not."""
+        # A file, not a pipe (nobody has to keep reading it); open for the child's lifetime, closed by stop().
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
         self.proc = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self._stderr,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
         )
         deadline = time.monotonic() + startup_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = (self.proc.stderr.read() if self.proc.stderr else b"").decode(errors="replace")
-                raise RuntimeError(f"local model server exited with {self.proc.returncode}: {err[-2000:]}")
+                self._stderr.seek(0)
+                err = self._stderr.read().decode(errors="replace")
+                code = self.proc.returncode
+                self.stop()
+                raise RuntimeError(f"local model server exited with {code}: {err[-2000:]}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.base_url}/health", timeout=1.0).status_code == 200:
-                    if self.proc.stderr is not None:  # nobody reads it from now on: don't let the pipe fill
-                        self.proc.stderr.close()
                     return self
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"local model server did not become ready within {startup_timeout_s}s")
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
 
     @property
     def running(self) -> bool:

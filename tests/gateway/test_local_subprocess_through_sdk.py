@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 import openai
+import pytest
 
 import local_model
 from backends.local_backend import serves_in_subprocess
-from backends.local_subprocess import SubprocessLocalBackend
+from backends.local_subprocess import LocalServerProcess, SubprocessLocalBackend
 from common.types import DeploymentConfig
 from gateway.config import Settings
 from tests.gateway.harness import running_gateway
@@ -86,3 +87,13 @@ def test_auto_runs_the_engine_in_its_own_process_on_cuda_only(sqlite_url: str) -
     settings = Settings(database_url=sqlite_url, local_model={"process": "subprocess", "device": "cpu"})  # type: ignore[arg-type]
     (local,) = [d for d in settings.all_deployments() if d.provider == "local"]
     assert local.local_process == "subprocess" and local.local_device == "cpu"
+
+
+def test_a_server_that_cannot_start_reports_why(tmp_path: Path) -> None:
+    cfg = DeploymentConfig(
+        name="l", model="m", provider="local", upstream_model="x", local_process="subprocess"
+    )
+    server = LocalServerProcess.for_deployment(cfg, tmp_path / "missing")
+    with pytest.raises(RuntimeError, match="exited with 2.*missing"):
+        server.start(startup_timeout_s=60)
+    assert not server.running
