@@ -66,9 +66,10 @@ def test_sdk_reaches_the_local_model_in_its_own_process(tmp_path: Path, sqlite_u
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
         deadline = time.monotonic() + 10
-        while not backend.load_signals() and time.monotonic() < deadline:  # polled from /health
+        load = backend.load_signals()  # polled from /health once a second: wait for a poll after the calls
+        while load.get("free_slots") != 4 and time.monotonic() < deadline:
             time.sleep(0.05)
-        load = backend.load_signals()
+            load = backend.load_signals()
         assert load["free_slots"] == load["total_ssm_slots"] == 4 and load["queue_depth"] == 0
         proc = backend.server.proc
         assert proc is not None
