@@ -26,7 +26,7 @@ from local_model.engine import Engine, EngineConfig
 from local_model.engine import openai_api as oa
 from local_model.engine.errors import EngineClosed, EngineOverloaded, InvalidRequest, PromptTooLong
 
-__all__ = ["LocalBackend", "build_local_backend"]
+__all__ = ["LocalBackend", "build_local_backend", "serves_in_subprocess"]
 
 
 def _upstream_error(exc: BaseException) -> UpstreamError:
@@ -142,19 +142,39 @@ def _has_output(chunk: dict[str, Any]) -> bool:
     return bool(chunk.get("usage"))
 
 
+def serves_in_subprocess(cfg: DeploymentConfig) -> bool:
+    """``local_process``: "auto" runs the engine in its own server process on CUDA (the gateway's event loop
+    and the model's step loop then never share a GIL), in the gateway's process on the CPU."""
+    if cfg.local_process == "auto":
+        return cfg.local_device.startswith("cuda")
+    return cfg.local_process == "subprocess"
+
+
 def build_local_backend(cfg: DeploymentConfig, engine_config: EngineConfig | None = None) -> Backend:
     """The registry factory for ``provider: local``: load ``cfg.upstream_model`` (a checkpoint directory or
-    "shipped") and serve it in-process. ``max_concurrency`` (if set) bounds the running sequences and
+    "shipped") and serve it in-process, or in a child server process (`serves_in_subprocess`). ``max_concurrency`` (if set) bounds the running sequences and
     ``context_window`` the model length."""
     from local_model.engine.checkpoint import resolve_checkpoint
 
     if cfg.api_base is not None:
         raise ValueError(f"deployment {cfg.name!r}: provider 'local' runs in-process; api_base must be unset")
     path = resolve_checkpoint(cfg.upstream_model)
+    if serves_in_subprocess(cfg):
+        from backends.local_subprocess import LocalServerProcess, SubprocessLocalBackend
+
+        return SubprocessLocalBackend(cfg.name, LocalServerProcess.for_deployment(cfg, path).start())
     ec = engine_config or EngineConfig()
     if engine_config is None:
         if cfg.max_concurrency:
             ec.max_num_seqs = cfg.max_concurrency
         ec.max_model_len = cfg.context_window
-    engine = Engine.from_checkpoint(path, ec, model_name=cfg.upstream_model)
+    import torch
+
+    engine = Engine.from_checkpoint(
+        path,
+        ec,
+        device=cfg.local_device,
+        dtype=getattr(torch, cfg.local_dtype),
+        model_name=cfg.upstream_model,
+    )
     return LocalBackend(engine, name=cfg.name)

@@ -52,6 +52,13 @@ class DeploymentConfig(BaseModel):
     ] = Field(default_factory=lambda: ["chat", "completion"])
     tags: list[str] = Field(default_factory=list)
     max_concurrency: int | None = Field(default=None, gt=0)
+    local_process: Literal["auto", "inprocess", "subprocess"] = Field(
+        default="auto",
+        description="provider 'local': run the engine in the gateway's process or in its own server "
+        "process (auto: its own on CUDA, in-process on the CPU)",
+    )
+    local_device: str = Field(default="cpu", description="provider 'local': torch device of the model")
+    local_dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
 
 
 class RetrySettings(BaseModel):

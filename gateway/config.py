@@ -53,6 +53,11 @@ class LocalModelSettings(BaseModel):
     dtype: str = "float32"
     context_window: int = Field(default=2048, gt=0)
     max_concurrency: int | None = Field(default=None, gt=0, description="running sequences; None = engine default")
+    process: Literal["auto", "inprocess", "subprocess"] = Field(
+        default="auto",
+        description="where the engine runs: in the gateway's process, or in its own `hybridgate local-model "
+        "serve` process on a loopback port (auto: its own on CUDA, in-process on the CPU)",
+    )
 
 
 class BreakerSettings(BaseModel):
@@ -185,6 +190,7 @@ class Settings(BaseSettings):
             deps.insert(0, DeploymentConfig(
                 name="local", model=lm.model_name, provider="local", upstream_model=lm.checkpoint or "shipped",
                 context_window=lm.context_window, max_concurrency=lm.max_concurrency, timeout_s=300,
+                local_process=lm.process, local_device=lm.device, local_dtype=lm.dtype,  # type: ignore[arg-type]
                 pricing={"input_per_mtok": 0.0, "output_per_mtok": 0.0},  # type: ignore[arg-type]
                 capabilities=["chat", "completion", "logprobs"], tags=["local"]))
         return deps

@@ -143,6 +143,9 @@ class HybridCache:
     layers: list[MambaState | KVCache]
     lengths: torch.Tensor  # LongTensor[B]
     slots: torch.Tensor | None = None  # LongTensor[B]; None = arange(B)
+    # True when the caller zeroed the fresh rows' Mamba state before the forward (the engine's model
+    # runner knows them on the host), so the forward skips `zero_fresh_states` and its host sync.
+    states_prepared: bool = False
 
     @classmethod
     def allocate(
@@ -195,6 +198,8 @@ class HybridCache:
 
     def zero_fresh_states(self) -> None:
         """Zero the Mamba state of rows with ``lengths == 0`` (a reused slot must not leak old state)."""
+        if self.states_prepared:
+            return
         fresh = self.lengths == 0
         if not bool(fresh.any()):
             return

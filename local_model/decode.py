@@ -30,6 +30,16 @@ LOG2E = math.log2(math.e)
 
 
 @dataclass
+class PagedPool:
+    """An attention layer's K/V in the engine's paged layout: ``k``, ``v`` are ``[num_blocks * block_size,
+    Hkv, hd]`` and a row's positions are found through its block table (see `local_model.engine.paged`)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    block_size: int
+
+
+@dataclass
 class _MambaWeights:
     mixer: MambaMixer
     conv_w: torch.Tensor
@@ -47,17 +57,16 @@ class DecodeStep:
         cache: HybridCache,
         kernels: KernelBundle,
         buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256),
+        *,
+        scratch_slot: int | None = None,
     ) -> None:
         self.model = model
         self.cache = cache
         self.k = kernels
         self.config = model.config
-        num_slots = (
-            cache.layers[0].k.shape[0]
-            if isinstance(cache.layers[0], KVCache)
-            else cache.layers[0].conv.shape[0]
-        )
-        self.scratch_slot = num_slots - 1
+        first = next(x for x in cache.layers if not isinstance(x, PagedPool))
+        num_slots = first.k.shape[0] if isinstance(first, KVCache) else first.conv.shape[0]
+        self.scratch_slot = num_slots - 1 if scratch_slot is None else scratch_slot
         self.buckets = tuple(b for b in buckets if b <= num_slots - 1) or (1,)
         self._prep = {}
         for i, layer in enumerate(model.model.layers):
@@ -82,8 +91,15 @@ class DecodeStep:
     # ------------------------------------------------------------------ the step, eager
 
     @torch.no_grad()
-    def forward(self, ids: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Logits [B, vocab] for token ids[b] at position positions[b] of the sequence in slot slots[b]."""
+    def forward(
+        self,
+        ids: torch.Tensor,
+        slots: torch.Tensor,
+        positions: torch.Tensor,
+        block_table: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [B, vocab] for token ids[b] at position positions[b] of the sequence in slot slots[b]
+        (with paged attention pools, row b's KV blocks are ``block_table[b]``)."""
         k, cfg = self.k, self.config
         eps = cfg.rms_norm_eps
         x = self.model.model.embed_tokens(ids)
@@ -98,7 +114,7 @@ class DecodeStep:
             if isinstance(state, MambaState):
                 m = self._mamba(i, h, state, slots)
             else:
-                m = self._attention(layer.mixer, i, h, state, slots, positions)
+                m = self._attention(layer.mixer, i, h, state, slots, positions, block_table)
             h, x = k.rms_norm(x=m, weight=layer.pre_ff_layernorm.weight, eps=eps, residual=x)
             f = self._moe(layer.feed_forward, h) if layer.is_moe else self._mlp(layer.feed_forward, i, h)
         h, _ = k.rms_norm(x=f, weight=self.model.model.final_layernorm.weight, eps=eps, residual=x)
@@ -142,9 +158,10 @@ class DecodeStep:
         attn: Attention,
         i: int,
         h: torch.Tensor,
-        kv: KVCache,
+        kv: KVCache | PagedPool,
         slots: torch.Tensor,
         positions: torch.Tensor,
+        block_table: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch = h.shape[0]
         hd, nh, nkv = attn.head_dim, attn.n_heads, attn.n_kv_heads
@@ -152,6 +169,23 @@ class DecodeStep:
         q = qkv[:, : nh * hd].view(batch, nh, hd)
         kk = qkv[:, nh * hd : (nh + nkv) * hd].view(batch, nkv, hd)
         vv = qkv[:, (nh + nkv) * hd :].view(batch, nkv, hd)
+        if isinstance(kv, PagedPool):
+            assert block_table is not None, "paged attention pools need a block table"
+            bs = kv.block_size
+            row = block_table.gather(1, (positions // bs)[:, None])[:, 0] * bs + positions % bs
+            kv.k[row] = kk.to(kv.k.dtype)
+            kv.v[row] = vv.to(kv.v.dtype)
+            pool_k = kv.k.view(-1, bs, nkv, hd).transpose(1, 2)  # [blocks, Hkv, block_size, hd], no copy
+            pool_v = kv.v.view(-1, bs, nkv, hd).transpose(1, 2)
+            o = self.k.attention_decode(
+                q=q,
+                k_cache=pool_k,
+                v_cache=pool_v,
+                context_lens=positions + 1,
+                scale=attn.scale,
+                block_table=block_table,
+            )
+            return self.k.linear(x=o.reshape(batch, nh * hd), weight=attn.o_proj.weight)
         kv.k[slots, :, positions] = kk.to(kv.k.dtype)
         kv.v[slots, :, positions] = vv.to(kv.v.dtype)
         o = self.k.attention_decode(

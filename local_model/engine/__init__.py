@@ -14,7 +14,8 @@ Usage::
 Modules: `config` (settings, memory split), `kv_blocks` (block allocator, block tables, prefix hashes),
 `ssm_slots` (Mamba slot pool, snapshots), `prefix_cache` (hybrid prefix reuse), `paged` (paged attention
 through `KVCache.attend`), `scheduler` (batching, admission, chunking, preemption), `sampler`, `sequence`
-(requests, detokenizer, stop rules, events), `engine` (the step loop and thread), `openai_api` (OpenAI
+(requests, detokenizer, stop rules, events), `model_runner` (a step's flat metadata, the forward,
+sampling), `output` (event delivery, request streams), `engine` (the step loop and thread), `openai_api` (OpenAI
 request/response shapes shared by `local_model.server` and `backends.local_backend`), `checkpoint`
 (path or "shipped" resolution).
 """

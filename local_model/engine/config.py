@@ -38,6 +38,9 @@ class EngineConfig:
     # threads next to a busy event loop were measured 5-10x slower per decode step. 0: leave torch alone.
     num_threads: int | None = None
     retry_after_s: float = 1.0  # suggested client back-off when the queue is full
+    # Decode steps through `local_model.decode.DecodeStep` in batch-size buckets (CUDA graphs on CUDA).
+    # None: on CUDA with the Triton bundle, for Jamba models; True: also elsewhere (eager, reference kernels).
+    decode_step: bool | None = None
     ssm_dtype: torch.dtype = torch.float32  # recurrent state accumulates over the whole sequence: keep fp32
 
     def torch_threads(self) -> int | None:

@@ -1,4 +1,4 @@
-"""The engine: a step loop on its own thread, fed by thread-safe submissions, feeding asyncio consumers.
+"""The engine: the scheduler loop on its own thread, fed by thread-safe submissions, feeding asyncio consumers.
 
 Why a thread: a forward is one long C++ call during which torch releases the GIL, so the server's event
 loop keeps accepting connections and writing SSE while the model runs. All engine state (queues,
@@ -7,9 +7,14 @@ caches, sequences) is touched only by the engine thread; other threads talk to i
 asyncio consumers the events of one step are delivered with a single ``call_soon_threadsafe`` per event
 loop, so the loop is woken once per step, not once per token.
 
-One step = schedule (scheduler.py) -> one decode forward for every decoding sequence (``T = 1``, the
-model's batched Mamba decode path) -> prefill forward(s) for the step's chunks -> one batched sampling
-call -> stop rules, detokenization, events. `step()` can also be driven by hand (no thread) in tests.
+The parts, vLLM v1 style: the `Scheduler` (scheduler.py) decides which sequences run this step and with
+how many tokens (continuous batching, chunked prefill, paged KV blocks for the attention layers, SSM
+slots, prefix cache); the `ModelRunner` (model_runner.py) describes each forward with flat metadata, runs
+it and samples; `OutputDelivery` (output.py) hands the step's events to their consumers.
+
+One step = schedule -> one decode forward for every decoding sequence (one token each; a CUDA graph
+replay on the GPU) -> prefill forward(s) for the step's chunks -> one batched sampling call -> stop rules,
+detokenization (`Sequence.append`), events. `step()` can also be driven by hand (no thread) in tests.
 """
 
 from __future__ import annotations
@@ -18,162 +23,36 @@ import asyncio
 import collections
 import itertools
 import logging
-import queue
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..cache import HybridCache, MambaState
+from ..cache import MambaState
 from ..model import JambaForCausalLM
 from .config import EngineConfig, MemoryPlan, plan_memory
 from .errors import EngineClosed, EngineOverloaded, InvalidRequest, PromptTooLong, RequestCancelled
 from .kv_blocks import BlockAllocator, blocks_for
-from .paged import PagedKVCache, PagedStep
-from .sampler import SampleRow, SamplingParams, TokenLogprob, make_generator, sample
+from .model_runner import ModelRunner
+from .output import (
+    AsyncSink,
+    ChoiceResult,
+    GenerationResult,
+    OutputDelivery,
+    RequestStream,
+    SyncRequestStream,
+    SyncSink,
+)
+from .sampler import SampleRow, SamplingParams, TokenLogprob, make_generator
 from .scheduler import Chunk, Scheduler
-from .sequence import Delta, Event, Failed, Finished, Request, Sequence, Status, TokenizerLike, Usage
+from .sequence import Event, Failed, Finished, Request, Sequence, Status, TokenizerLike
 from .ssm_slots import SnapshotStore, SSMSlotPool
 
 log = logging.getLogger("local_model.engine")
-
-
-# ============================================================================ consumer side
-
-
-class _AsyncSink:
-    __slots__ = ("loop", "queue")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.queue: asyncio.Queue[Event] = asyncio.Queue()
-
-
-class _SyncSink:
-    __slots__ = ("queue",)
-
-    def __init__(self) -> None:
-        self.queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
-
-
-@dataclass
-class ChoiceResult:
-    index: int
-    token_ids: list[int]
-    text: str
-    finish_reason: str | None
-    logprobs: list[TokenLogprob] | None
-
-
-@dataclass
-class GenerationResult:
-    request_id: str
-    choices: list[ChoiceResult]
-    usage: Usage
-
-
-class _Collector:
-    """Accumulates deltas into per-choice results."""
-
-    def __init__(self, request_id: str, n: int, logprobs: bool) -> None:
-        self.request_id = request_id
-        self.choices = [ChoiceResult(i, [], "", None, [] if logprobs else None) for i in range(n)]
-
-    def add(self, d: Delta) -> None:
-        c = self.choices[d.index]
-        c.token_ids.extend(d.token_ids)
-        c.text += d.text
-        if d.logprobs and c.logprobs is not None:
-            c.logprobs.extend(d.logprobs)
-        if d.finish_reason:
-            c.finish_reason = d.finish_reason
-
-    def result(self, usage: Usage) -> GenerationResult:
-        return GenerationResult(self.request_id, self.choices, usage)
-
-
-class RequestStream:
-    """Handle of an asyncio consumer: ``async for delta in stream``; `usage` is set at the end."""
-
-    def __init__(self, engine: Engine, request: Request, sink: _AsyncSink) -> None:
-        self.engine = engine
-        self.request_id = request.request_id
-        self.params = request.params
-        self.prompt_len = len(request.prompt_ids)
-        self._sink = sink
-        self.usage: Usage | None = None
-        self.finished = False
-
-    async def __aiter__(self) -> AsyncIterator[Delta]:
-        while not self.finished:
-            ev = await self._sink.queue.get()
-            if isinstance(ev, Delta):
-                yield ev
-            elif isinstance(ev, Finished):
-                self.usage = ev.usage
-                self.finished = True
-            else:
-                self.finished = True
-                raise ev.error
-
-    def cancel(self) -> None:
-        if not self.finished:
-            self.engine.cancel(self.request_id)
-
-    async def result(self) -> GenerationResult:
-        """Wait for the end; the accumulated choices (call once, instead of iterating)."""
-        col = _Collector(self.request_id, self.params.n, self.params.logprobs)
-        try:
-            async for d in self:
-                col.add(d)
-        finally:
-            self.cancel()
-        assert self.usage is not None
-        return col.result(self.usage)
-
-
-class SyncRequestStream:
-    """Handle of a blocking consumer (tests, benchmarks, CLI)."""
-
-    def __init__(self, engine: Engine, request: Request, sink: _SyncSink) -> None:
-        self.engine = engine
-        self.request_id = request.request_id
-        self.params = request.params
-        self._sink = sink
-        self.usage: Usage | None = None
-        self.finished = False
-        self._result: GenerationResult | None = None
-
-    def __iter__(self) -> Iterator[Delta]:
-        while not self.finished:
-            ev = self._sink.queue.get()
-            if isinstance(ev, Delta):
-                yield ev
-            elif isinstance(ev, Finished):
-                self.usage = ev.usage
-                self.finished = True
-            else:
-                self.finished = True
-                raise ev.error
-
-    def cancel(self) -> None:
-        if not self.finished:
-            self.engine.cancel(self.request_id)
-
-    def result(self) -> GenerationResult:
-        """Block until the end; the accumulated choices (cached: safe to call again)."""
-        if self._result is None:
-            col = _Collector(self.request_id, self.params.n, self.params.logprobs)
-            for d in self:
-                col.add(d)
-            assert self.usage is not None
-            self._result = col.result(self.usage)
-        return self._result
 
 
 # ============================================================================ stats
@@ -245,8 +124,20 @@ class Engine:
         self.plan: MemoryPlan = plan_memory(mc, self.config, self.dtype)
         p = self.plan
         self.allocator = BlockAllocator(p.num_blocks, p.block_size)
+        kernels = _kernel_bundle(model)
+        bucketed = isinstance(model, JambaForCausalLM) and (
+            self.config.decode_step
+            if self.config.decode_step is not None
+            else self.device.type == "cuda" and getattr(kernels, "name", "") == "triton"
+        )
+        scratch = 1 if bucketed else 0  # one SSM slot and one KV block for the padding rows of a bucket
         self.slots = SSMSlotPool(
-            mc, p.num_slots, device=self.device, dtype=self.dtype, ssm_dtype=self.config.ssm_dtype
+            mc,
+            p.num_slots,
+            device=self.device,
+            dtype=self.dtype,
+            ssm_dtype=self.config.ssm_dtype,
+            scratch=scratch,
         )
         self.snapshots = SnapshotStore(
             mc, p.num_snapshots, device=self.device, dtype=self.dtype, ssm_dtype=self.config.ssm_dtype
@@ -262,7 +153,7 @@ class Engine:
             watermark_blocks=max(1, p.num_blocks // 100),
         )
         # One flat K and V pool per attention layer; Mamba layers map to their slot pool.
-        kv_shape = (p.num_blocks * p.block_size, mc.num_key_value_heads, mc.attn_head_dim)
+        kv_shape = ((p.num_blocks + scratch) * p.block_size, mc.num_key_value_heads, mc.attn_head_dim)
         self._kv_pools: dict[int, tuple[torch.Tensor, torch.Tensor]] = {
             i: (
                 torch.zeros(kv_shape, device=self.device, dtype=self.dtype),
@@ -271,6 +162,14 @@ class Engine:
             for i in mc.attention_layer_ids
         }
         self._mamba: dict[int, MambaState] = dict(zip(mc.mamba_layer_ids, self.slots.states, strict=True))
+        self.runner = ModelRunner(model, self._kv_pools, self._mamba, p.block_size, self.device)
+        if bucketed:
+            self.runner.enable_bucketed_decode(
+                kernels,
+                blocks_for(p.max_model_len, p.block_size),
+                scratch_slot=p.num_slots,
+                scratch_block=p.num_blocks,
+            )
         eos = list(mc.eos_token_ids) + (list(tokenizer.eos_token_ids) if tokenizer is not None else [])
         self.eos_ids = frozenset(eos)
         self.stats = EngineStats()
@@ -283,7 +182,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._closed = False
-        self._outbox: list[tuple[Any, Event]] = []
+        self.output = OutputDelivery()
 
     # ------------------------------------------------------------------ construction helpers
 
@@ -389,7 +288,7 @@ class Engine:
         """Queue a request from inside a running event loop; iterate the returned stream for its deltas.
 
         Raises EngineOverloaded (queue full), PromptTooLong, InvalidRequest, EngineClosed at once."""
-        sink = _AsyncSink(asyncio.get_running_loop())
+        sink = AsyncSink(asyncio.get_running_loop())
         req = self._new_request(prompt_ids, params, request_id, sink)
         self._inbox.append(("submit", req))
         self._wake.set()
@@ -399,7 +298,7 @@ class Engine:
         self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None
     ) -> SyncRequestStream:
         """Like `submit`, for a blocking consumer."""
-        sink = _SyncSink()
+        sink = SyncSink()
         req = self._new_request(prompt_ids, params, request_id, sink)
         self._inbox.append(("submit", req))
         self._wake.set()
@@ -467,7 +366,7 @@ class Engine:
         generated = 0
         if to_sample:
             rows = [SampleRow(s.request.params, s.generator) for s in to_sample]
-            tokens, lps = sample(torch.cat(logits) if len(logits) > 1 else logits[0], rows)
+            tokens, lps = self.runner.sample(torch.cat(logits) if len(logits) > 1 else logits[0], rows)
             for s, tok, lp in zip(to_sample, tokens, lps, strict=True):
                 self._append(s, tok, lp)
             generated = len(to_sample)
@@ -484,33 +383,11 @@ class Engine:
                     return
 
     def _forward(self, inputs: list[list[int]], seqs: list[Sequence]) -> torch.Tensor:
-        """One right-padded forward over ``inputs`` (new tokens per sequence); logits at each row's last token."""
-        width = max(len(x) for x in inputs)
-        seq_lens = [len(x) for x in inputs]
-        if width == 1:
-            ids = torch.tensor(inputs, dtype=torch.long)
-        else:
-            ids = torch.zeros(len(inputs), width, dtype=torch.long)
-            for i, x in enumerate(inputs):
-                ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
-        lengths = [s.num_computed for s in seqs]
-        step = PagedStep.build(
-            [s.table.blocks for s in seqs], lengths, seq_lens, self.plan.block_size, width, self.device
+        """One forward over ``inputs`` (new tokens per sequence); logits at each row's last token."""
+        meta = self.runner.prepare(
+            inputs, [s.table.blocks for s in seqs], [s.num_computed for s in seqs], [s.slot for s in seqs]
         )
-        layers: list[MambaState | PagedKVCache] = []
-        for i in range(self.model.config.num_cache_entries):
-            if i in self._kv_pools:
-                k, v = self._kv_pools[i]
-                layers.append(PagedKVCache(k, v, step))
-            else:
-                layers.append(self._mamba[i])
-        cache = HybridCache(
-            layers=layers,  # type: ignore[arg-type]
-            lengths=torch.tensor(lengths, dtype=torch.long, device=self.device),
-            slots=torch.tensor([s.slot for s in seqs], dtype=torch.long, device=self.device),
-        )
-        seq_lens_t = torch.tensor(seq_lens, dtype=torch.long, device=self.device)
-        return self.model(ids.to(self.device), cache, seq_lens_t, last_only=True)[:, 0]
+        return self.runner.execute(meta)
 
     def _append(self, seq: Sequence, token: int, lp: TokenLogprob | None) -> None:
         req = seq.request
@@ -600,27 +477,16 @@ class Engine:
         self._flush()
 
     def _emit(self, req: Request, event: Event) -> None:
-        self._outbox.append((req.sink, event))
+        self.output.emit(req.sink, event)
 
     def _flush(self) -> None:
-        """Deliver this step's events: one wake-up per asyncio loop."""
-        if not self._outbox:
-            return
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Event], Event]]] = {}
-        for sink, event in self._outbox:
-            if isinstance(sink, _AsyncSink):
-                by_loop.setdefault(sink.loop, []).append((sink.queue, event))
-            else:
-                sink.queue.put(event)
-        self._outbox = []
-        for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, items)
-            except RuntimeError:  # the consumer's loop is gone: nobody will read, free the memory
-                for req in list(self._requests.values()):
-                    if isinstance(req.sink, _AsyncSink) and req.sink.loop is loop:
-                        self._fail(req, EngineClosed("consumer event loop closed"))
-                self._outbox = []
+        """Deliver this step's events (one wake-up per asyncio loop); a consumer whose loop is gone has its
+        requests ended, which frees their memory."""
+        for loop in self.output.flush():
+            for req in list(self._requests.values()):
+                if isinstance(req.sink, AsyncSink) and req.sink.loop is loop:
+                    self._fail(req, EngineClosed("consumer event loop closed"))
+            self.output.clear()
 
     # ------------------------------------------------------------------ memory accounting (tests, docs)
 
@@ -642,9 +508,9 @@ class Engine:
         return not self._inbox and not self.scheduler.running and not self.scheduler.waiting
 
 
-def _deliver(items: list[tuple[asyncio.Queue[Event], Event]]) -> None:
-    for q, event in items:
-        q.put_nowait(event)
+def _kernel_bundle(model: torch.nn.Module) -> object | None:
+    """The kernel bundle the model's layers run (set at load: Triton on CUDA, the references on CPU)."""
+    return next((m.kernels for m in model.modules() if hasattr(m, "kernels")), None)
 
 
 def _group_chunks(chunks: list[Chunk]) -> list[list[Chunk]]:

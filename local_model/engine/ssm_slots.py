@@ -41,11 +41,14 @@ class SSMSlotPool:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         ssm_dtype: torch.dtype = torch.float32,
+        scratch: int = 0,
     ) -> None:
+        """``scratch`` extra slots (indices ``num_slots ..``) are never handed out: padding rows of a
+        CUDA-graph decode bucket write there."""
         if num_slots < 1:
             raise ValueError("need at least one SSM slot")
         self.num_slots = num_slots
-        self.states = _zeros(config, num_slots, device, dtype, ssm_dtype)
+        self.states = _zeros(config, num_slots + scratch, device, dtype, ssm_dtype)
         self._free: list[int] = list(range(num_slots - 1, -1, -1))
 
     @property

@@ -1,0 +1,263 @@
+"""The model runner: one step's inputs as flat metadata, the forward, sampling.
+
+The scheduler decides which sequences run and how many new tokens each brings; the runner turns that into
+`StepMetadata` once per forward, on the host, from Python lists (the sequences' block tables, slots and
+lengths), and moves it to the device in a handful of copies:
+
+    input_ids          [N]       the step's new tokens, packed sequence after sequence
+    query_start_loc    [B + 1]   row b's tokens are input_ids[query_start_loc[b] : query_start_loc[b + 1]]
+    seq_lens           [B]       new tokens per row
+    context_lens       [B]       tokens already cached per row (the position of its first new token)
+    block_table        [B, M]    the attention layers' KV blocks of each row (paged KV, shared by all
+                                 attention layers; Mamba layers keep no per-token memory)
+    state_indices      [B]       each row's SSM slot in the Mamba layers' state pools
+    has_initial_state  [B]       False for a row starting from an empty state (its slot is zeroed first)
+
+Everything the forward needs is in these tensors, so the forward reads nothing back to the host: no
+``.item()``, ``.tolist()``, ``bool(tensor)`` or data-dependent shape in a decode step (the attention
+index tensors are derived once per step in `PagedStep`, the fresh rows' Mamba state is zeroed before
+the forward, and a step whose rows all bring the same number of tokens passes ``seq_lens=None``). The
+reference model takes a right-padded ``[B, T]`` batch: `StepMetadata.padded_ids` scatters the packed
+tokens into it with an index built on the host. On CUDA a decode step of a Jamba model runs through
+`local_model.decode.DecodeStep` replayed from a CUDA graph per batch-size bucket (`BucketedDecode`; eager
+on the CPU when `EngineConfig.decode_step` asks for it, which is how the tests exercise it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..cache import HybridCache, MambaState
+from .paged import PagedKVCache, PagedStep
+from .sampler import SampleRow, TokenLogprob, sample
+
+
+@dataclass(slots=True)
+class StepMetadata:
+    """Flat description of one forward (see the module docstring)."""
+
+    input_ids: torch.Tensor
+    query_start_loc: torch.Tensor
+    seq_lens: torch.Tensor
+    context_lens: torch.Tensor
+    block_table: torch.Tensor
+    state_indices: torch.Tensor
+    has_initial_state: torch.Tensor
+    paged: PagedStep  # index tensors the attention layers share (derived from the fields above)
+    pad_index: torch.Tensor | None  # [N] flat index of each packed token in [B, width]; None when width == 1
+    fresh_slots: torch.Tensor | None  # slots of rows without initial state (zeroed before the forward)
+    batch: int
+    width: int  # longest row (the padded batch's T)
+    uniform: bool  # every row brings ``width`` tokens
+
+    @property
+    def is_decode(self) -> bool:
+        return self.width == 1
+
+    @classmethod
+    def build(
+        cls,
+        inputs: list[list[int]],
+        block_tables: list[list[int]],
+        context_lens: list[int],
+        slots: list[int],
+        block_size: int,
+        device: torch.device | str,
+    ) -> StepMetadata:
+        """Host-side construction from the sequences' lists; one transfer per tensor."""
+        seq_lens = [len(x) for x in inputs]
+        batch, width = len(inputs), max(seq_lens)
+        starts = [0]
+        for n in seq_lens:
+            starts.append(starts[-1] + n)
+        flat = [t for x in inputs for t in x]
+        uniform = all(n == width for n in seq_lens)
+        pad_index = None
+        if width > 1:
+            pad_index = torch.tensor(
+                [b * width + t for b, n in enumerate(seq_lens) for t in range(n)], dtype=torch.long
+            ).to(device)
+        paged = PagedStep.build(block_tables, context_lens, seq_lens, block_size, width, device)
+        assert paged.block_table is not None
+        fresh = [s for s, n in zip(slots, context_lens, strict=True) if n == 0]
+
+        def t(x: list[int]) -> torch.Tensor:
+            return torch.tensor(x, dtype=torch.long).to(device)
+
+        return cls(
+            input_ids=t(flat),
+            query_start_loc=t(starts),
+            seq_lens=t(seq_lens),
+            context_lens=t(context_lens),
+            block_table=paged.block_table,
+            state_indices=t(slots),
+            has_initial_state=torch.tensor([n > 0 for n in context_lens]).to(device),
+            paged=paged,
+            pad_index=pad_index,
+            fresh_slots=t(fresh) if fresh else None,
+            batch=batch,
+            width=width,
+            uniform=uniform,
+        )
+
+    def padded_ids(self) -> torch.Tensor:
+        """The packed tokens as the right-padded ``[B, width]`` batch the model takes (no host sync)."""
+        if self.pad_index is None:
+            return self.input_ids.view(self.batch, 1)
+        ids = self.input_ids.new_zeros(self.batch * self.width)
+        ids[self.pad_index] = self.input_ids
+        return ids.view(self.batch, self.width)
+
+
+class ModelRunner:
+    """Runs the model over the engine's long-lived memory: KV block pools per attention layer and SSM slot
+    pools per Mamba layer (``cache entry index -> pool``)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        kv_pools: dict[int, tuple[torch.Tensor, torch.Tensor]],
+        mamba: dict[int, MambaState],
+        block_size: int,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.kv_pools = kv_pools
+        self.mamba = mamba
+        self.block_size = block_size
+        self.device = device
+        self.num_entries = model.config.num_cache_entries
+        self.bucketed: BucketedDecode | None = None  # set by `enable_bucketed_decode`
+
+    def prepare(
+        self,
+        inputs: list[list[int]],
+        block_tables: list[list[int]],
+        context_lens: list[int],
+        slots: list[int],
+    ) -> StepMetadata:
+        return StepMetadata.build(inputs, block_tables, context_lens, slots, self.block_size, self.device)
+
+    def execute(self, meta: StepMetadata) -> torch.Tensor:
+        """Logits ``[B, vocab]`` at each row's last new token; advances the rows' KV and SSM state."""
+        if meta.fresh_slots is not None:
+            for state in self.mamba.values():
+                state.zero_(meta.fresh_slots)
+        if meta.is_decode and self.bucketed is not None and self.bucketed.supports(meta):
+            return self.bucketed(meta)
+        return self.forward(meta)
+
+    def forward(self, meta: StepMetadata) -> torch.Tensor:
+        """The model's forward over the step, reading only `meta`'s tensors (no host sync of its own)."""
+        layers: list[MambaState | PagedKVCache] = []
+        for i in range(self.num_entries):
+            if i in self.kv_pools:
+                k, v = self.kv_pools[i]
+                layers.append(PagedKVCache(k, v, meta.paged))
+            else:
+                layers.append(self.mamba[i])
+        cache = HybridCache(
+            layers=layers,  # type: ignore[arg-type]
+            lengths=meta.context_lens,
+            slots=meta.state_indices,
+            states_prepared=True,
+        )
+        seq_lens = None if meta.uniform else meta.seq_lens
+        return self.model(meta.padded_ids(), cache, seq_lens, last_only=True)[:, 0]
+
+    def sample(
+        self, logits: torch.Tensor, rows: list[SampleRow]
+    ) -> tuple[list[int], list[TokenLogprob | None]]:
+        return sample(logits, rows)
+
+    def enable_bucketed_decode(
+        self, kernels: object, max_blocks_per_seq: int, scratch_slot: int, scratch_block: int
+    ) -> None:
+        """Decode steps of a Jamba model run `DecodeStep` per batch bucket (see `BucketedDecode`)."""
+        self.bucketed = BucketedDecode(self, kernels, max_blocks_per_seq, scratch_slot, scratch_block)
+
+
+class BucketedDecode:
+    """A decode step through `local_model.decode.DecodeStep` over static per-bucket buffers, captured in one
+    CUDA graph per batch bucket on CUDA (run eagerly on the same buffers elsewhere).
+
+    The buffers (token ids, SSM slots, positions, block table) are overwritten by each step; padding rows
+    of a bucket point at a scratch SSM slot and a scratch KV block that no sequence owns, so running the
+    whole bucket never touches a live sequence's state.
+    """
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        kernels: object,
+        max_blocks_per_seq: int,
+        scratch_slot: int,
+        scratch_block: int,
+    ) -> None:
+        from ..decode import DecodeStep, PagedPool
+
+        layers: list[MambaState | PagedPool] = []
+        for i in range(runner.num_entries):
+            if i in runner.kv_pools:
+                k, v = runner.kv_pools[i]
+                layers.append(PagedPool(k, v, runner.block_size))
+            else:
+                layers.append(runner.mamba[i])
+        cache = HybridCache(layers=layers, lengths=torch.zeros(1, dtype=torch.long))  # type: ignore[arg-type]
+        self.step = DecodeStep(runner.model, cache, kernels, scratch_slot=scratch_slot)  # type: ignore[arg-type]
+        self.max_blocks = max_blocks_per_seq
+        self.scratch_block = scratch_block
+        self.use_graphs = runner.device.type == "cuda"
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.bufs: dict[int, dict[str, torch.Tensor]] = {}
+
+    def supports(self, meta: StepMetadata) -> bool:
+        return meta.batch <= self.step.buckets[-1] and meta.block_table.shape[1] <= self.max_blocks
+
+    def _buffers(self, bucket: int) -> dict[str, torch.Tensor]:
+        dev = self.step.model.lm_head.weight.device
+        return {
+            "ids": torch.zeros(bucket, dtype=torch.long, device=dev),
+            "slots": torch.full((bucket,), self.step.scratch_slot, dtype=torch.long, device=dev),
+            "positions": torch.zeros(bucket, dtype=torch.long, device=dev),
+            "block_table": torch.full(
+                (bucket, self.max_blocks), self.scratch_block, dtype=torch.long, device=dev
+            ),
+        }
+
+    def _body(self, bufs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.step.forward(bufs["ids"], bufs["slots"], bufs["positions"], bufs["block_table"])
+
+    def _capture(self, bucket: int, bufs: dict[str, torch.Tensor]) -> None:  # pragma: no cover - GPU only
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up on scratch rows only
+                self._body(bufs)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            bufs["logits"] = self._body(bufs)
+        self.graphs[bucket] = graph
+
+    def __call__(self, meta: StepMetadata) -> torch.Tensor:
+        bucket = self.step.bucket(meta.batch)
+        if bucket not in self.bufs:
+            self.bufs[bucket] = self._buffers(bucket)
+            if self.use_graphs:
+                self._capture(bucket, self.bufs[bucket])
+        b, n = meta.batch, meta.block_table.shape[1]
+        bufs = self.bufs[bucket]
+        bufs["ids"][:b] = meta.input_ids
+        bufs["slots"].fill_(self.step.scratch_slot)
+        bufs["slots"][:b] = meta.state_indices
+        bufs["positions"].zero_()
+        bufs["positions"][:b] = meta.context_lens
+        bufs["block_table"].fill_(self.scratch_block)
+        bufs["block_table"][:b, :n] = meta.block_table
+        if self.use_graphs:
+            self.graphs[bucket].replay()  # pragma: no cover - GPU only
+            return bufs["logits"][:b]
+        return self._body(bufs)[:b]
