@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.artifact_slots import ArtifactSlots, RegistryUnavailable, slot_name
+from gateway.artifact_slots import ArtifactPathRefused, ArtifactSlots, RegistryUnavailable, slot_name
 from gateway.edge import bearer, read_body, read_json, validate
 from gateway.errors import APIError, store_unavailable
 from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, request_features
@@ -275,6 +275,9 @@ class AdminHandlers:
         slots: ArtifactSlots = self.s.extras["artifacts"]
         try:
             row = await slots.activate(slot_name(kind, name), path, aliases)
+        except ArtifactPathRefused:  # one answer for absent, outside and escaping paths alike
+            raise APIError(400, "'path' does not name an artifact directory inside the configured "
+                           "router.artifacts_dir.", param="path", code="invalid_artifact") from None
         except RegistryUnavailable as exc:  # loaded here, but the other processes cannot be told: retryable
             raise store_unavailable("Artifact registry (loaded in this process only)", exc) from None
         except (OSError, ValueError, TypeError) as exc:
