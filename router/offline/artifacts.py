@@ -138,6 +138,8 @@ def _read(art_dir: str | Path, kind: str) -> tuple[dict[str, np.ndarray], dict[s
             f"{d} is a file; an artifact is a directory with {MANIFEST} (make one with `{RETRAIN[kind]}`)"
         )
     manifest = read_manifest(d)
+    files = manifest.get("files")
+    paths = {name: _data_file(d, name) for name in files} if isinstance(files, dict) else {}
     fmt = manifest.get("format")
     if fmt != ARTIFACT_FORMAT:
         old = isinstance(fmt, int) and fmt < ARTIFACT_FORMAT or "model_file" in manifest
@@ -148,12 +150,11 @@ def _read(art_dir: str | Path, kind: str) -> tuple[dict[str, np.ndarray], dict[s
         )
     if manifest.get("kind") != kind:
         raise ArtifactError(f"{d} holds {manifest.get('kind')!r}, not {KIND_NAMES[kind]}")
-    files = manifest.get("files")
     if not isinstance(files, dict) or ARRAYS not in files:
         raise ArtifactError(f"{d}/{MANIFEST} does not list {ARRAYS} with its hash")
     data: dict[str, bytes] = {}
-    for name in files:
-        data[name] = _data_file(d, name).read_bytes()  # the bytes hashed are the bytes parsed
+    for name, path in paths.items():
+        data[name] = path.read_bytes()  # the bytes hashed are the bytes parsed
         if hashlib.sha256(data[name]).hexdigest() != files[name]:
             raise ArtifactError(f"{d}/{name} does not match the hash in its manifest: refusing to load it")
     try:
