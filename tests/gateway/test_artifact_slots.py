@@ -90,7 +90,7 @@ async def test_an_activation_without_the_database_serves_here_and_says_the_other
     save_verifier(train_verifier(read_answers([data], WEAK), folds=3), tmp_path / "ver")
     engine = create_async_engine("sqlite+aiosqlite:///" + str(tmp_path / "no-such-dir" / "log.db"))
     plugins = Plugins(scorers={}, bandits={}, verifiers={})
-    slots = ArtifactSlots(engine, plugins, {})
+    slots = ArtifactSlots(engine, plugins, {}, root=tmp_path)
     try:
         with pytest.raises(RegistryUnavailable):
             await slots.activate("verifier:default", str(tmp_path / "ver"))
