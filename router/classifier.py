@@ -1,13 +1,13 @@
 """Per-candidate-model quality classifier: p(answer acceptable | prompt) for every model, and selectors.
 
 Pure (no I/O, no clock, no randomness). The model is one logistic regression per candidate model over
-[TF-IDF | standardised structure features] (router/features.py), fitted by scikit-learn offline
+word TF-IDF, optionally with standardised structure features (router/features.py), fitted by scikit-learn offline
 (``router.offline.train``) and frozen into numpy arrays, so one decision is a sparse dot product and a
 sigmoid. For two models the routing score is ``p_strong − p_weak``.
 
 Nothing heavier earned its place in cross-validation on the shared routing data: boosted stackers, a
-tree model of the strong−weak gap, an inferred-subject prior and character n-grams each moved APGR/AIQ
-by less than the fold-to-fold noise (bench/RESULTS.md, the ablation table).
+tree model of the strong−weak gap, an inferred-subject prior, character n-grams and the structure
+features each moved APGR/AIQ by less than the fold-to-fold noise (bench/RESULTS.md, the ablation table).
 """
 
 from __future__ import annotations

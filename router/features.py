@@ -6,9 +6,9 @@ A prompt (normalised, then clipped to its head and tail) becomes two blocks:
   L2-normalised. The vocabulary and IDF weights are fitted by scikit-learn's ``TfidfVectorizer`` at
   training time (with :func:`terms` as its analyzer) and frozen into the artifact as arrays, so scoring
   one prompt is a regular expression, a few hundred dictionary look-ups and a normalisation.
-* **dense**: handcrafted structure features (length, digits, multiple-choice options, negations, code
-  markers, blanks, …), standardised with means and scales frozen at training time. On the GSM8K data
-  they carry most of what a prompt says about whether the strong model is needed.
+* **dense** (optional; off in the default router): handcrafted structure features (length, digits,
+  multiple-choice options, negations, code markers, blanks, …), standardised with means and scales
+  frozen at training time. The answer verifier (router/verifier.py) reads them too.
 
 Only the prompt text is used (never model answers); metadata such as the MMLU subject is not given at
 routing time, so any such signal must come from the text itself.

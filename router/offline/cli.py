@@ -40,7 +40,7 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="artifact directory to write")
     p.add_argument("--version", default=None, help="artifact version string (default: creation time)")
     p.add_argument("--C", type=float, default=None, help="inverse L2 strength of the linear heads")
-    p.add_argument("--no-dense", action="store_true", help="TF-IDF only (no structure features)")
+    p.add_argument("--dense", action="store_true", help="add the structure-feature block to the TF-IDF")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="at most this many rows (from-db)")
     return p
@@ -65,8 +65,8 @@ def train_main(argv: list[str]) -> int:
     cfg = TrainConfig(seed=a.seed)
     if a.C is not None:
         cfg.C = a.C
-    if a.no_dense:
-        cfg.dense = False
+    if a.dense:
+        cfg.dense = True
     if len(ds) < 200:  # a term seen once is all the evidence small data has
         cfg.min_df = 1
     clf = train_classifier(ds, cfg)
