@@ -24,7 +24,9 @@ from tests.gateway.test_reliability import dep, settings
 
 def _verifier(out: Path) -> Path:
     k = len(ANSWER_FEATURE_NAMES) + len(DENSE_FEATURE_NAMES)
-    save_verifier(AnswerVerifier(model="m", mean=np.zeros(k), scale=np.ones(k), coef=np.zeros(k), intercept=0.0), out)
+    save_verifier(
+        AnswerVerifier(model="m", mean=np.zeros(k), scale=np.ones(k), coef=np.zeros(k), intercept=0.0), out
+    )
     return out
 
 
@@ -41,7 +43,9 @@ def test_confined_path_accepts_directories_inside_the_root_only(tmp_path: Path) 
             confined_path(root, bad)
 
 
-def test_admin_artifact_endpoints_refuse_every_bad_path_with_one_neutral_error(sqlite_url: str, tmp_path: Path) -> None:
+def test_admin_artifact_endpoints_refuse_every_bad_path_with_one_neutral_error(
+    sqlite_url: str, tmp_path: Path
+) -> None:
     root = tmp_path / "arts"
     _verifier(root / "good")
     _verifier(tmp_path / "outside")  # a valid artifact, but outside the artifacts directory
@@ -54,13 +58,28 @@ def test_admin_artifact_endpoints_refuse_every_bad_path_with_one_neutral_error(s
     (escaping_file / "arrays.safetensors").unlink()
     (escaping_file / "arrays.safetensors").symlink_to(tmp_path / "outside" / "arrays.safetensors")
     with FakeProviderThread() as fake:
-        cfg = settings(tmp_path, sqlite_url, [dep("cheap", "cheap-model", fake.base_url)],
-                       router={"artifacts_dir": str(root)})
+        cfg = settings(
+            tmp_path,
+            sqlite_url,
+            [dep("cheap", "cheap-model", fake.base_url)],
+            router={"artifacts_dir": str(root)},
+        )
         with running_gateway(cfg) as gw:
             bodies = []
             for endpoint in ("verifiers", "artifacts"):
-                for path in ("missing", str(root / "missing"), "../outside", str(tmp_path / "outside"), "escape",
-                             "absolute-file", "escaping-file", "/etc", "/etc/passwd", "..", "good/../../outside"):
+                for path in (
+                    "missing",
+                    str(root / "missing"),
+                    "../outside",
+                    str(tmp_path / "outside"),
+                    "escape",
+                    "absolute-file",
+                    "escaping-file",
+                    "/etc",
+                    "/etc/passwd",
+                    "..",
+                    "good/../../outside",
+                ):
                     r = httpx.post(f"{gw.base_url}/admin/api/router/{endpoint}", json={"path": path})
                     assert r.status_code == 400, (endpoint, path, r.text)
                     bodies.append(r.json())
