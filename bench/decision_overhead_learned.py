@@ -9,9 +9,8 @@ LinUCB over the classifier context.
 8-deployment policy of bench/decision_overhead.py and its classifier selector fed by the real
 classifier (``ClassifierScorer``, the classifier's models aliased onto the deployments' models);
 ``total_rules_classifier_thompson`` adds the gateway's Thompson plugin's choice (Monte-Carlo
-propensities): rules + classifier + bandit, acceptance 6 of issue 3. Each prompt goes through ``decide`` first, then through
-the separately timed stages; so in the stage figures a prompt's unseen words are already memoised,
-while ``decide`` pays for them as a gateway would.
+propensities): rules + classifier + bandit. Each prompt goes through ``decide`` first, then through the
+separately timed stages. The classifiers are loaded from artifacts, as the gateway loads them.
 
 Usage: ``python bench/decision_overhead_learned.py [--n 3000] [--artifact DIR] [--json OUT]``
 
