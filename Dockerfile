@@ -13,11 +13,7 @@ COPY requestlog requestlog
 COPY state state
 COPY local_model local_model
 COPY migrations migrations
-COPY setup.py ./
-# gcc builds the router's C featuriser (router/_fastfeat.c) and is removed again; without it the install
-# still succeeds and the router uses its pure-Python path.
-RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 && pip install . \
-    && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/*
+# no C compiler needed: every dependency installs from wheels
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 && pip install .
 EXPOSE 8080
 CMD ["hybridgate", "serve", "--host", "0.0.0.0", "--port", "8080", "--migrate"]

@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 .PHONY: install run demo test services browser lint bench-gateway clean
 
-$(STAMP): pyproject.toml setup.py $(wildcard router/_f*.c)
+$(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'

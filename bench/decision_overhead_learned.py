@@ -9,15 +9,14 @@ LinUCB over the classifier context.
 8-deployment policy of bench/decision_overhead.py and its classifier selector fed by the real
 classifier (``ClassifierScorer``, the classifier's models aliased onto the deployments' models);
 ``total_rules_classifier_thompson`` adds the gateway's Thompson plugin's choice (Monte-Carlo
-propensities): rules + classifier + bandit, acceptance 6 of issue 3. Each prompt goes through ``decide`` first, then through
-the separately timed stages; so in the stage figures a prompt's unseen words are already memoised,
-while ``decide`` pays for them as a gateway would.
+propensities): rules + classifier + bandit. Each prompt goes through ``decide`` first, then through the
+separately timed stages. The classifiers are loaded from artifacts, as the gateway loads them.
 
 Usage: ``python bench/decision_overhead_learned.py [--n 3000] [--artifact DIR] [--json OUT]``
 
-To measure on another machine (one without scikit-learn or the data): train and save here with
-``--save-cases FILE``, then run ``--cases FILE`` there. Both runs measure the same trained classifiers on
-the same held-out prompts.
+To measure on another machine (one without scikit-learn or the data), or several times without training
+again: train and save here with ``--save-cases DIR`` (an artifact and the prompts per case), then run
+``--cases DIR`` there. Both runs measure the same trained classifiers on the same held-out prompts.
 """
 
 from __future__ import annotations
@@ -27,10 +26,10 @@ import dataclasses
 import gc
 import json
 import os
-import pickle
 import platform
 import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,10 +44,18 @@ from policies.loader import parse_policy  # noqa: E402
 from router import Plugins, decide  # noqa: E402
 from router.bandits import BanditState, LinUCB, LinUCBState, ThompsonSampling, classifier_context  # noqa: E402
 from router.classifier import best_tradeoff  # noqa: E402
+from router.offline.artifacts import load_artifact, save_artifact  # noqa: E402
 from router.plugins import ClassifierScorer, ThompsonBandit  # noqa: E402
 
 # the bench policy's models that the classifier's models stand for (strongest first)
-BENCH_MODELS = ["gpt-4o", "claude-3-5-sonnet", "mistral-large", "llama-3-70b", "claude-3-5-haiku", "gpt-4o-mini"]
+BENCH_MODELS = [
+    "gpt-4o",
+    "claude-3-5-sonnet",
+    "mistral-large",
+    "llama-3-70b",
+    "claude-3-5-haiku",
+    "gpt-4o-mini",
+]
 
 
 def _aliases(clf) -> dict[str, str]:  # noqa: ANN001
@@ -71,17 +78,8 @@ def _pct(xs: list[float]) -> dict[str, float]:
     }
 
 
-def measure(clf, prompts: list[str], n: int, seed: int, warm: list[str] | None = None) -> dict:  # noqa: ANN001
-    """Per-stage latency over ``n`` decisions on ``prompts``.
-
-    ``warm``: prompts scored before measuring. Each case gets its own fresh copy of the classifier:
-    ``*_fresh_load`` is the classifier as a gateway loads it (``warm_up`` memoises the training words;
-    the held-out prompts' unseen words are built on the request path, as in production);
-    ``*_cold_cache`` skips the warm-up (every word new); ``*_all_words_seen`` has scored every
-    training and held-out prompt once first: the best case, once the memo holds every word.
-    """
-    for p in warm or []:
-        clf.predict_array(clf.featurizer.featurize(p))
+def measure(clf, prompts: list[str], n: int, seed: int) -> dict:  # noqa: ANN001
+    """Per-stage latency over ``n`` decisions on ``prompts`` by ``clf`` as the gateway loads it."""
     gc.collect()
     gc.freeze()  # as the gateway does once its artifacts are loaded (gateway/app.py, service/artifact_slots.py)
     rng = np.random.default_rng(seed)
@@ -103,7 +101,9 @@ def measure(clf, prompts: list[str], n: int, seed: int, warm: list[str] | None =
     }  # fmt: skip
     deps = rules_bench.deployments()
     policy = parse_policy(
-        rules_bench.POLICY.replace("selector: {type: cheapest}", "selector: {type: classifier, threshold: 0.6}")
+        rules_bench.POLICY.replace(
+            "selector: {type: cheapest}", "selector: {type: classifier, threshold: 0.6}"
+        )
     )
     plugins = Plugins(scorers={"default": ClassifierScorer(clf, _aliases(clf))})
     # the gateway's Thompson plugin over the same posteriors (its own numpy generator derived per call)
@@ -151,16 +151,14 @@ def measure(clf, prompts: list[str], n: int, seed: int, warm: list[str] | None =
     return {k: _pct(v) for k, v in stages.items()}
 
 
-def _copy(clf):  # noqa: ANN001, ANN202
-    """A fresh copy, as unpickled from an artifact: no memo, no derived tables."""
-    return pickle.loads(pickle.dumps(clf))
+CASES = ("mmlu", "routerbench")
 
 
-def _loaded(clf):  # noqa: ANN001, ANN202
-    """A fresh copy as the gateway loads it: ``warm_up`` builds the tables and memoises the training words."""
-    c = _copy(clf)
-    c.warm_up()
-    return c
+def save_cases(cases: dict[str, tuple], out: Path) -> None:
+    """Each case's classifier as an artifact ``out/NAME`` and its held-out prompts as ``out/NAME.prompts.json``."""
+    for name, (clf, _, te) in cases.items():
+        save_artifact(clf, out / name)
+        (out / f"{name}.prompts.json").write_text(json.dumps(te))
 
 
 def train_cases(seed: int) -> dict[str, tuple]:
@@ -193,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--artifact", type=Path, default=None, help="measure this artifact instead of training")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument(
-        "--save-cases", type=Path, default=None, help="pickle the trained classifiers and prompts"
+        "--save-cases", type=Path, default=None, help="save the trained classifiers and prompts in this dir"
     )
-    ap.add_argument("--cases", type=Path, default=None, help="measure classifiers pickled by --save-cases")
+    ap.add_argument("--cases", type=Path, default=None, help="measure the classifiers saved by --save-cases")
     a = ap.parse_args(argv)
     res: dict = {
         "machine": f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}",
@@ -204,25 +202,18 @@ def main(argv: list[str] | None = None) -> int:
         "n": a.n,
     }
     if a.artifact:
-        from router.offline.artifacts import load_artifact
-
         clf, _ = load_artifact(a.artifact)
         prompts = [f"Sample prompt number {i}: what is {i} * 7?" for i in range(200)]
         res["artifact"] = measure(clf, prompts, a.n, a.seed)
     else:
-        if a.cases:
-            cases = pickle.loads(a.cases.read_bytes())
-        else:
-            cases = train_cases(a.seed)
-            if a.save_cases:
-                a.save_cases.parent.mkdir(parents=True, exist_ok=True)
-                a.save_cases.write_bytes(pickle.dumps(cases))
-        for name, (clf, tr, te) in cases.items():
+        if not a.cases:
+            a.cases = a.save_cases or Path(tempfile.mkdtemp(prefix="decision-cases-"))
+            save_cases(train_cases(a.seed), a.cases)
+        for name in CASES:
+            clf, _ = load_artifact(a.cases / name)  # as the gateway loads it
+            prompts = json.loads((a.cases / f"{name}.prompts.json").read_text())
             label = "mmlu_two_model" if name == "mmlu" else "routerbench_eleven_model"
-            res[f"{label}_fresh_load"] = measure(_loaded(clf), te, a.n, a.seed)
-            if name == "mmlu":  # its character block has a per-word memo; RouterBench has none
-                res[f"{label}_cold_cache"] = measure(_copy(clf), te, a.n, a.seed)
-                res[f"{label}_all_words_seen"] = measure(_loaded(clf), te, a.n, a.seed, warm=tr + te)
+            res[f"{label}_fresh_load"] = measure(clf, prompts, a.n, a.seed)
     txt = json.dumps(res, indent=2)
     print(txt)
     if a.json:
@@ -231,8 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(stages, dict) and "total_rules_classifier_thompson" in stages:
             t = stages["total_rules_classifier_thompson"]
             verdict = "within" if t["p99_us"] <= 1000 else "OVER"
-            print(f"{case}: rules + classifier + Thompson p50 {t['p50_us']:.0f} µs, p99 {t['p99_us']:.0f} µs "
-                  f"({verdict} the 1,000 µs budget)")
+            print(
+                f"{case}: rules + classifier + Thompson p50 {t['p50_us']:.0f} µs, p99 {t['p99_us']:.0f} µs "
+                f"({verdict} the 1,000 µs budget)"
+            )
     return 0
 
 

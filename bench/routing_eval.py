@@ -6,8 +6,7 @@ hyper-parameters are defaults chosen by cross-validation on training halves; the
 scored). Reports:
 
 * MMLU, GSM8K (two models): APGR, CPT(50%), CPT(80%) — exact threshold sweep and RouteLLM's 10-quantile
-  variant — for the router, its linear-heads-only variant, random (mean of 20 seeds), the prompt-length
-  heuristic and the oracle.
+  variant — for the router, random (mean of 20 seeds), the prompt-length heuristic and the oracle.
 * RouterBench (eleven models with USD costs): the cost–quality curve of ``argmax p − λ·ĉ`` over a λ sweep,
   AIQ (cost range = cheapest … most expensive single model), each single model, the oracle, a random
   router, and the cost needed to match GPT-4's accuracy.
@@ -60,24 +59,18 @@ def eval_two_model(which: str, seed: int) -> dict:
     score_s = time.perf_counter() - t0
     i_s, i_w = clf.models.index(strong), clf.models.index(weak)
     router = probs[:, i_s] - probs[:, i_w]
-    # linear heads only (same fitted object, stackers and gap switched off)
-    lin_clf = train_classifier(train, TrainConfig(seed=seed, stack=False, pair_gap=False))
-    lp = lin_clf.predict_many(test.prompts)
-    linear = lp[:, i_s] - lp[:, i_w]
     rng = np.random.default_rng(seed)
     out: dict = {
         "n_train": len(train),
         "n_test": len(test),
         "weak_acc": float(wk.mean()),
         "strong_acc": float(st.mean()),
-        "gap_blend": clf.gap_blend,
         "train_seconds": round(train_s, 1),
         "score_ms_per_prompt": round(1000 * score_s / len(test), 3),
     }
     for nt_name, nt in (("exact", None), ("routellm10", 10)):
         res = {
             "router": _rnd(M.two_model_report(router, st, wk, nt)),
-            "router_linear_only": _rnd(M.two_model_report(linear, st, wk, nt)),
             "length": _rnd(M.two_model_report(M.length_scores(test.prompts), st, wk, nt)),
             "oracle": _rnd(M.two_model_report(M.oracle_scores(st, wk), st, wk, nt)),
         }
@@ -99,8 +92,6 @@ def eval_routerbench(seed: int) -> dict:
     cost_pred = np.vstack([clf.cost_model.predict(len(p)) for p in test.prompts])
     lams = np.r_[0.0, np.geomspace(1.0, 1e5, 80)]
     curve = M.tradeoff_sweep(probs, cost_pred, test.labels, test.costs, lams)
-    lin = train_classifier(train, TrainConfig(seed=seed, stack=False))
-    lcurve = M.tradeoff_sweep(lin.predict_many(test.prompts), cost_pred, test.labels, test.costs, lams)
     mc, mq = M.single_model_points(test.labels, test.costs)
     crange = (float(np.nanmin(mc)), float(np.nanmax(mc)))
     gpt4 = test.models.index("gpt-4-1106-preview")
@@ -109,7 +100,6 @@ def eval_routerbench(seed: int) -> dict:
     rnd = M.random_mix_curve(test.labels, test.costs, np.random.default_rng(seed))
     # AIQ of the "single models" frontier: the best a non-routing operator gets by picking one model
     match = M.cost_to_match(curve, float(mq[gpt4]))
-    lmatch = M.cost_to_match(lcurve, float(mq[gpt4]))
     out = {
         "n_train": len(train),
         "n_test": len(test),
@@ -120,11 +110,6 @@ def eval_routerbench(seed: int) -> dict:
             "max_quality": float(np.nanmax(curve.quality)),
             "cost_to_match_gpt4": match,
             "cost_share_of_gpt4_to_match": match / float(mc[gpt4]) if np.isfinite(match) else None,
-        },
-        "router_linear_only": {
-            "aiq": M.aiq(lcurve.cost, lcurve.quality, crange),
-            "max_quality": float(np.nanmax(lcurve.quality)),
-            "cost_share_of_gpt4_to_match": lmatch / float(mc[gpt4]) if np.isfinite(lmatch) else None,
         },
         "single_models_frontier_aiq": M.aiq(mc, mq, crange),
         "random_aiq": M.aiq(rnd.cost, rnd.quality, crange),

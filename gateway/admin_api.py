@@ -22,7 +22,7 @@ from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingR
 from gateway.services import Services
 from policies.loader import PolicyValidationError
 from policies.registry import PolicyNotFound, PolicyVersion
-from service.artifact_slots import RegistryUnavailable, slot_name
+from service.artifact_slots import ArtifactPathRefused, RegistryUnavailable, slot_name
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
 
@@ -274,6 +274,9 @@ class AdminHandlers:
         slots = self.s.artifacts
         try:
             row = await slots.activate(slot_name(kind, name), path, aliases)
+        except ArtifactPathRefused:  # one answer for absent, outside and escaping paths alike
+            raise APIError(400, "'path' does not name an artifact directory inside the configured "
+                           "router.artifacts_dir.", param="path", code="invalid_artifact") from None
         except RegistryUnavailable as exc:  # loaded here, but the other processes cannot be told: retryable
             raise store_unavailable("Artifact registry (loaded in this process only)", exc) from None
         except (OSError, ValueError, TypeError) as exc:

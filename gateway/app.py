@@ -182,7 +182,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
     # The config seeds the learned slots; an artifact activated through the admin API (any process,
     # recorded in the database) replaces it at start and on every sync (service/artifact_slots.py).
     plugins.verifiers = {}
-    artifacts = ArtifactSlots(engine, plugins, settings.router.model_aliases)
+    artifacts = ArtifactSlots(engine, plugins, settings.router.model_aliases, settings.router.artifacts_dir)
     if settings.router.artifact:
         artifacts.seed(slot_name("scorer", "default"), settings.router.artifact)
     for name, path in settings.router.verifiers.items():

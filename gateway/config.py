@@ -107,6 +107,10 @@ class RouterSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     artifact: str | None = Field(default=None, description="trained router artifact dir (hybridgate router train)")
+    artifacts_dir: str = Field(
+        default="artifacts",
+        description="the only directory (relative to the working directory, or absolute) the admin API "
+                    "loads artifacts from: POST /admin/api/router/artifacts and /verifiers refuse any other path")
     model_aliases: dict[str, str] = Field(
         default_factory=dict, description="classifier model name -> gateway model name")
     verifiers: dict[str, str] = Field(

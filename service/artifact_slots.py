@@ -6,6 +6,10 @@ the slot's active row in ``router_artifacts``; every process compares the active
 loaded, every ``policy_reload_s``, and loads what changed in a worker thread. So an activation reaches
 all workers within seconds and survives restarts: the database's active row wins over the config's
 ``router.artifact`` / ``router.verifiers``, which only seed a slot nobody has activated.
+
+A path given to the admin API must lie inside the configured ``router.artifacts_dir`` (symlinks resolved);
+any path that does not (absent, outside, escaping through a symlink, a manifest naming a file outside
+its folder) is refused with one :class:`ArtifactPathRefused`, whose message never says which.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import gc
 import logging
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,6 +38,23 @@ GATEWAY_ALIASES = "gateway_aliases"  # key of the row's manifest copy holding th
 
 class RegistryUnavailable(Exception):
     """The artifact was loaded in this process, but the database that tells the others is away."""
+
+
+class ArtifactPathRefused(Exception):
+    """The path is not an artifact directory inside the artifacts directory (deliberately unspecific)."""
+
+
+def confined_path(root: str | Path, path: str) -> str:
+    """``path`` (absolute, or relative to ``root``) as an absolute path with symlinks resolved, if it is a
+    directory strictly inside ``root``; else :class:`ArtifactPathRefused`."""
+    try:
+        base = Path(root).resolve()
+        real = (base / path).resolve(strict=True)
+    except (OSError, RuntimeError, ValueError):  # absent, a symlink loop, a NUL byte
+        raise ArtifactPathRefused() from None
+    if real == base or not real.is_relative_to(base) or not real.is_dir():
+        raise ArtifactPathRefused()
+    return str(real)
 
 
 def slot_name(kind: str, name: str) -> str:
@@ -71,8 +93,11 @@ class ArtifactSlots:
     """This process's view: the artifact row each slot has loaded (row id), and rows that failed to
     load here (not retried every interval; a new activation has a new id)."""
 
-    def __init__(self, engine: AsyncEngine, plugins: Plugins, aliases: dict[str, str]) -> None:
+    def __init__(
+        self, engine: AsyncEngine, plugins: Plugins, aliases: dict[str, str], root: str | Path = "artifacts"
+    ) -> None:
         self._engine = engine
+        self._root = root
         self._plugins = plugins
         self._aliases = aliases
         self.loaded: dict[str, str] = {}
@@ -87,8 +112,18 @@ class ArtifactSlots:
     async def activate(self, slot: str, path: str, aliases: dict[str, str] | None = None) -> dict[str, Any]:
         """Load ``path`` into ``slot`` here at once, then record it as the slot's active row for the
         other processes. ``aliases`` (classifier model name -> gateway model name) extend the config's
-        and travel with the row. Returns the row (with the manifest)."""
-        plugin, manifest = await asyncio.to_thread(load_into_slot, slot, path, self._aliases | (aliases or {}))
+        and travel with the row. Returns the row (with the manifest). ``path`` must lie inside the
+        artifacts directory (:func:`confined_path`); a manifest naming files outside the artifact's own
+        folder, or a directory that is no artifact, raises :class:`ArtifactPathRefused` too."""
+        from router.offline.artifacts import ArtifactPathError
+
+        path = confined_path(self._root, path)
+        try:
+            plugin, manifest = await asyncio.to_thread(
+                load_into_slot, slot, path, self._aliases | (aliases or {})
+            )
+        except (OSError, ArtifactPathError):
+            raise ArtifactPathRefused() from None
         install(self._plugins, slot, plugin)
         stored = dict(manifest) | {GATEWAY_ALIASES: aliases or {}}
         row = {"id": uuid.uuid4().hex, "slot": slot, "version": str(manifest.get("version", "?")), "path": path,

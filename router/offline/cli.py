@@ -40,8 +40,7 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="artifact directory to write")
     p.add_argument("--version", default=None, help="artifact version string (default: creation time)")
     p.add_argument("--C", type=float, default=None, help="inverse L2 strength of the linear heads")
-    p.add_argument("--no-stack", action="store_true", help="linear heads only (no boosted stackers)")
-    p.add_argument("--gb-iter", type=int, default=None, help="boosting iterations of the stackers")
+    p.add_argument("--dense", action="store_true", help="add the structure-feature block to the TF-IDF")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="at most this many rows (from-db)")
     return p
@@ -66,18 +65,12 @@ def train_main(argv: list[str]) -> int:
     cfg = TrainConfig(seed=a.seed)
     if a.C is not None:
         cfg.C = a.C
-    if a.no_stack:
-        cfg.stack = False
-        cfg.pair_gap = False
-    if a.gb_iter is not None:
-        cfg.gb_iter = a.gb_iter
-    if len(ds) < 200:
-        # too little data for boosted stackers to help: they only add variance
-        cfg.stack = False
-        cfg.pair_gap = False
+    if a.dense:
+        cfg.dense = True
+    if len(ds) < 200:  # a term seen once is all the evidence small data has
         cfg.min_df = 1
     clf = train_classifier(ds, cfg)
-    metrics = {"n_train": len(ds), **dict(clf.metadata.get("oof_metrics") or {})}  # type: ignore[arg-type]
+    metrics = {"n_train": len(ds)}
     save_artifact(clf, a.out, data_hashes=ds.source_hashes, metrics=metrics, version=a.version)
     print(json.dumps({"artifact": str(a.out), "models": clf.models, "n_train": len(ds)}))
     return 0
@@ -115,7 +108,9 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact", required=True, type=Path)
     p.add_argument("--data", nargs="+", type=Path, help="labeled CSVs: cost-quality curve, APGR, CPT, AIQ")
     p.add_argument("--logs", type=Path, help='logged traffic JSONL {"prompt","action","propensity","reward"}')
-    p.add_argument("--logs-db", help="logged traffic from the gateway DB (requests + feedback), SQLAlchemy URL")
+    p.add_argument(
+        "--logs-db", help="logged traffic from the gateway DB (requests + feedback), SQLAlchemy URL"
+    )
     p.add_argument("--policy", default=None, help="with --logs-db: only the decisions of this policy")
     p.add_argument("--lam", type=float, default=0.0, help="λ of the evaluated policy (quality per USD)")
     p.add_argument("--epsilon", type=float, default=0.0, help="uniform mixing of the evaluated policy")
@@ -254,8 +249,12 @@ def train_verifier_main(argv: list[str]) -> int:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", nargs="+", type=Path, help="labeled CSV files with answers")
-    src.add_argument("--from-db", dest="from_db", help="gateway DB URL: logged answers + feedback (log.bodies: full)")
-    p.add_argument("--model", required=True, help="the model whose answers it judges (data column / served model)")
+    src.add_argument(
+        "--from-db", dest="from_db", help="gateway DB URL: logged answers + feedback (log.bodies: full)"
+    )
+    p.add_argument(
+        "--model", required=True, help="the model whose answers it judges (data column / served model)"
+    )
     p.add_argument("--escalate-to", default=None, help="a stronger model's column, for the escalation curve")
     p.add_argument("--out", required=True, type=Path, help="artifact directory to write")
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength")
@@ -281,9 +280,16 @@ def train_verifier_main(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m router.offline.cli {train,score,eval,train-verifier} ...``"""
     argv = list(sys.argv[1:] if argv is None else argv)
-    cmds = {"train": train_main, "score": score_main, "eval": eval_main, "train-verifier": train_verifier_main}
+    cmds = {
+        "train": train_main,
+        "score": score_main,
+        "eval": eval_main,
+        "train-verifier": train_verifier_main,
+    }
     if not argv or argv[0] not in cmds:
-        print("usage: python -m router.offline.cli {train,score,eval,train-verifier} [options]", file=sys.stderr)
+        print(
+            "usage: python -m router.offline.cli {train,score,eval,train-verifier} [options]", file=sys.stderr
+        )
         return 2
     return cmds[argv[0]](argv[1:])
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,11 @@ _NON_MODEL_COLUMNS = {"", "subject", "prompt", "sample_id", "eval_name", "oracle
 
 
 def default_data_dir() -> Path:
-    """``<repo>/../shared/data/routing``: the shared data sits beside the repository checkout."""
+    """``$HYBRIDGATE_ROUTING_DATA`` when set, else ``<repo>/../shared/data/routing`` (the shared data
+    beside the repository checkout)."""
+    env = os.environ.get("HYBRIDGATE_ROUTING_DATA")
+    if env:
+        return Path(env)
     return Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "routing"
 
 

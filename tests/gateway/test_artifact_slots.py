@@ -39,7 +39,7 @@ def _wait_for(check, timeout_s: float = 5.0) -> None:  # noqa: ANN001
 
 def test_activations_reach_every_process_and_a_restarted_one(sqlite_url: str, tmp_path: Path) -> None:
     data = _write_routellm(tmp_path / "toy.csv", _problems(160))
-    save_artifact(train_classifier(read_csv(data), TrainConfig(gb_iter=5, n_folds=3)), tmp_path / "clf")
+    save_artifact(train_classifier(read_csv(data), TrainConfig()), tmp_path / "clf")
     save_verifier(train_verifier(read_answers([data], WEAK), folds=3), tmp_path / "ver")
     with FakeProviderThread(config=FakeProviderConfig(reply_mode="fixed", reply_text=WRONG_SUM)) as cheap, \
             FakeProviderThread() as strong:
@@ -90,7 +90,7 @@ async def test_an_activation_without_the_database_serves_here_and_says_the_other
     save_verifier(train_verifier(read_answers([data], WEAK), folds=3), tmp_path / "ver")
     engine = create_async_engine("sqlite+aiosqlite:///" + str(tmp_path / "no-such-dir" / "log.db"))
     plugins = Plugins(scorers={}, bandits={}, verifiers={})
-    slots = ArtifactSlots(engine, plugins, {})
+    slots = ArtifactSlots(engine, plugins, {}, root=tmp_path)
     try:
         with pytest.raises(RegistryUnavailable):
             await slots.activate("verifier:default", str(tmp_path / "ver"))

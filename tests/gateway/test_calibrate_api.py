@@ -23,7 +23,7 @@ selector: {type: classifier, scorer: default, threshold: 0.0, lambda: 0.5}
 
 def test_calibration_finds_the_weight_for_a_target_strong_share(sqlite_url: str, tmp_path: Path) -> None:
     data = _write_routellm(tmp_path / "toy.csv", _problems(200))
-    save_artifact(train_classifier(read_csv(data), TrainConfig(gb_iter=5, n_folds=3)), tmp_path / "clf")
+    save_artifact(train_classifier(read_csv(data), TrainConfig()), tmp_path / "clf")
     prompts = [p for p, *_ in _problems(300, seed=7)]
     with FakeProviderThread() as fp:
         deps = [dep("cheap", "cheap-model", fp.base_url, pricing={"input_per_mtok": 1, "output_per_mtok": 1}),

@@ -183,7 +183,7 @@ async def test_scored_contextual_bandit_logs_the_classifier_view_and_learns_from
     from tests.router_learning.test_verifier import STRONG, WEAK, _problems, _write_routellm
 
     data = _write_routellm(tmp_path / "toy.csv", _problems(120))
-    save_artifact(train_classifier(read_csv(data), TrainConfig(gb_iter=5, n_folds=3)), tmp_path / "clf")
+    save_artifact(train_classifier(read_csv(data), TrainConfig()), tmp_path / "clf")
     prompts = [p for p, *_ in _problems(8, seed=5)]
     with FakeProviderThread() as fp:
         deps = [dep("cheap", "cheap-model", fp.base_url), dep("strong", "strong-model", fp.base_url)]

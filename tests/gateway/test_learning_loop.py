@@ -48,7 +48,7 @@ def test_feedback_trains_a_classifier_that_routes_by_difficulty(sqlite_url: str,
             art = tmp_path / "artifact"
             train = subprocess.run(
                 [sys.executable, "-m", "gateway.cli", "router", "train", "--from-db",
-                 sqlite_url.replace("+aiosqlite", ""), "--out", str(art), "--no-stack"],
+                 sqlite_url.replace("+aiosqlite", ""), "--out", str(art)],
                 capture_output=True, text=True, timeout=300)
             assert train.returncode == 0, train.stderr[-2000:]
             ev = subprocess.run(

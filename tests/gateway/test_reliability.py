@@ -33,6 +33,7 @@ def settings(tmp_path: Path, db_url: str, deployments: list[dict[str, Any]], **k
         "policy_reload_s": 0.2,
     }
     base.update(kw)
+    base["router"] = {"artifacts_dir": str(tmp_path), **kw.get("router", {})}
     return Settings(**base)
 
 

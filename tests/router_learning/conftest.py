@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "routing"
+from router.offline.datasets import default_data_dir
+
+DATA = default_data_dir()
 
 
 @pytest.fixture(scope="session")

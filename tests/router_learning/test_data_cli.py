@@ -58,7 +58,7 @@ def _small_csv(data_dir: Path, tmp: Path, n: int) -> Path:
 def test_cli_train_score_eval(data_dir: Path, tmp_path: Path) -> None:
     data = _small_csv(data_dir, tmp_path, 300)
     art = tmp_path / "art"
-    assert cli.main(["train", "--data", str(data), "--out", str(art), "--gb-iter", "20"]) == 0
+    assert cli.main(["train", "--data", str(data), "--out", str(art)]) == 0
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["training_data"]["small.csv"] and manifest["models"]
     prompts = tmp_path / "in.jsonl"

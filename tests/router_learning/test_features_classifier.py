@@ -1,4 +1,4 @@
-"""Featuriser, classifier fast path, compiled trees, selectors, artifacts (tiny synthetic data)."""
+"""Featuriser, classifier, selectors, artifacts (tiny synthetic data)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,12 @@ import numpy as np
 import pytest
 
 from router.classifier import (
-    CompiledTrees,
     best_tradeoff,
-    bundle_trees,
     calibrate_gap_threshold,
     calibrate_quality_threshold,
     cheapest_above,
-    compile_hist_gb,
 )
-from router.features import _NUM, _numbers, _terms, fit_featurizer, normalize_prompt
+from router.features import _NUM, _numbers, fit_featurizer, normalize_prompt
 from router.offline.artifacts import ARTIFACT_FORMAT, load_artifact, save_artifact
 from router.offline.datasets import LabeledDataset
 from router.offline.train import TrainConfig, train_classifier
@@ -53,7 +50,7 @@ def test_featurizer_fast_path_matches_batch() -> None:
 
 def test_classifier_learns_and_gap_is_consistent(tmp_path) -> None:  # noqa: ANN001
     ds = _toy(400)
-    clf = train_classifier(ds, TrainConfig(gb_iter=30, n_folds=3), strong="strong-m", weak="weak-m")
+    clf = train_classifier(ds, TrainConfig(), strong="strong-m", weak="weak-m")
     math_p = clf.predict("Compute 12 * 34 + 5 and explain each step of the calculation.")
     triv_p = clf.predict("What is the capital city of country number 7? Answer briefly.")
     assert set(math_p) == {"strong-m", "weak-m"}
@@ -64,7 +61,7 @@ def test_classifier_learns_and_gap_is_consistent(tmp_path) -> None:  # noqa: ANN
     clf2, manifest = load_artifact(tmp_path / "art")
     assert manifest["models"] == ["strong-m", "weak-m"] and manifest["format"] == ARTIFACT_FORMAT
     assert clf2.predict("Compute 1 * 2") == clf.predict("Compute 1 * 2")
-    (tmp_path / "art" / "model.joblib").write_bytes(b"tampered")
+    (tmp_path / "art" / "arrays.safetensors").write_bytes(b"tampered")
     with pytest.raises(ValueError):
         load_artifact(tmp_path / "art")
 
@@ -72,52 +69,13 @@ def test_classifier_learns_and_gap_is_consistent(tmp_path) -> None:  # noqa: ANN
 def test_artifact_of_an_older_format_is_refused_with_a_retrain_hint(tmp_path) -> None:  # noqa: ANN001
     import json
 
-    clf = train_classifier(_toy(120), TrainConfig(gb_iter=5, n_folds=3), strong="strong-m", weak="weak-m")
+    clf = train_classifier(_toy(120), TrainConfig(), strong="strong-m", weak="weak-m")
     save_artifact(clf, tmp_path / "art")
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
     manifest["format"] = 1
     (tmp_path / "art" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="retrain"):
         load_artifact(tmp_path / "art")
-
-
-def test_compiled_trees_match_sklearn() -> None:
-    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(300, 6))
-    y = (x[:, 0] + x[:, 1] * x[:, 2] > 0).astype(float)
-    clf = HistGradientBoostingClassifier(max_iter=25, max_depth=3, random_state=0).fit(x, y)
-    reg = HistGradientBoostingRegressor(max_iter=25, max_depth=4, random_state=0).fit(x, x[:, 3] ** 2)
-    xt = rng.normal(size=(50, 6))
-    ct, rt = compile_hist_gb(clf), compile_hist_gb(reg)
-    assert np.allclose(ct.raw_many(xt), clf.decision_function(xt), atol=1e-6)
-    assert np.allclose([rt.raw(r) for r in xt], reg.predict(xt), atol=1e-6)
-
-
-def test_tree_bundle_walks_several_ensembles_as_one_with_remapped_columns() -> None:
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(300, 6))
-    a = compile_hist_gb(HistGradientBoostingRegressor(max_iter=20, max_depth=3).fit(x, x[:, 0] * x[:, 1]))
-    b = compile_hist_gb(
-        HistGradientBoostingRegressor(max_iter=7, max_depth=4).fit(x[:, [4, 2]], x[:, 4] ** 2)
-    )
-    empty = CompiledTrees(
-        *(np.zeros(0, dtype=np.int64),) * 6, roots=np.zeros(0, dtype=np.int64), baseline=0.3, max_depth=0
-    )
-    bundle = bundle_trees([a, empty, b], [None, None, np.array([4, 2])])
-    for row in rng.normal(size=(40, 6)):
-        assert np.allclose(bundle.raw(row), [a.raw(row), 0.3, b.raw(row[[4, 2]])])
-
-
-def test_term_index_finds_the_same_columns_as_string_lookup() -> None:
-    ds = _toy(80)
-    fz = fit_featurizer(ds.prompts + ["C'est déjà l'été: 3.5 % of x-y, (a) or b?"], min_df=1)
-    for p in ds.prompts[:20] + ["C'est déjà l'été: 3.5 % of x-y, (a) or b?", "", "unknown words only"]:
-        expect = sorted(j for j in map(fz.vocab.get, _terms(p)) if j is not None)
-        assert sorted(fz._index().columns(p).tolist()) == expect
 
 
 @pytest.mark.parametrize(

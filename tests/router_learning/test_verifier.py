@@ -87,11 +87,11 @@ def test_verifier_and_classifier_artifacts_are_not_mistaken_for_each_other(tmp_p
     from router.offline.datasets import read_csv
     from router.offline.train import TrainConfig, train_classifier
 
-    clf = train_classifier(read_csv(tmp_path / "toy.csv"), TrainConfig(gb_iter=5, n_folds=3))
+    clf = train_classifier(read_csv(tmp_path / "toy.csv"), TrainConfig())
     save_artifact(clf, tmp_path / "clf")
     with pytest.raises(ValueError, match="not an answer verifier"):
         load_verifier(tmp_path / "clf")
-    (tmp_path / "ver" / "model.joblib").write_bytes(b"tampered")
+    (tmp_path / "ver" / "arrays.safetensors").write_bytes(b"tampered")
     with pytest.raises(ValueError, match="hash"):
         load_verifier(tmp_path / "ver")
 
