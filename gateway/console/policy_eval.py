@@ -20,12 +20,12 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common.types import RequestFeatures
 from gateway.schemas import ChatCompletionRequest, request_features
 from policies.schema import Policy
 from requestlog import tables
 from router import ope
 from router.decide import decide
-from router.decision import RequestFeatures
 from router.protocols import Plugins
 from router.signals import Signals
 
