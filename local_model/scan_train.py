@@ -16,7 +16,7 @@ Here the sequential part (the recurrence and its readout) is a custom `torch.aut
 
 Discretisation, D skip and SiLU gate stay plain torch, so autograd handles them. `selective_scan_train`
 has the signature and the results of `selective_scan_ref` (tested in
-``tests/local_model_train/test_scan_train.py``), so it is a drop-in `MambaKernels.selective_scan` for
+``tests/local_model/train/test_scan_train.py``), so it is a drop-in `MambaKernels.selective_scan` for
 training; inference keeps M's kernels.
 """
 

@@ -14,15 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
-PG_ADMIN_DSN = os.environ.get("HYBRIDGATE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+from tests.support.db import PG_ADMIN_DSN, admin_execute
+
 REDIS_URL = os.environ.get("HYBRIDGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
-
-def _admin_execute(sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(sql)
 
 
 @pytest.fixture(scope="session")
@@ -30,12 +25,12 @@ def pg_database() -> Iterator[str]:
     """Name of a fresh Postgres database for this test session."""
     name = f"hg_test_{uuid.uuid4().hex[:12]}"
     try:
-        _admin_execute(f'CREATE DATABASE "{name}"')
+        admin_execute(f'CREATE DATABASE "{name}"')
     except Exception as exc:  # pragma: no cover - environment problem, not a test failure
         pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {exc}")
     yield name
     with contextlib.suppress(Exception):
-        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -49,12 +44,12 @@ def fresh_pg_url() -> Iterator[str]:
     """A database of its own for one test (for tests that need an empty log)."""
     name = f"hg_test_{uuid.uuid4().hex[:12]}"
     try:
-        _admin_execute(f'CREATE DATABASE "{name}"')
+        admin_execute(f'CREATE DATABASE "{name}"')
     except Exception as exc:  # pragma: no cover
         pytest.skip(f"PostgreSQL not reachable: {exc}")
     yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     with contextlib.suppress(Exception):
-        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture()

@@ -14,9 +14,9 @@ from router.offline.artifacts import save_artifact, save_verifier
 from router.offline.datasets import read_csv
 from router.offline.train import TrainConfig, train_classifier
 from router.offline.verifier_train import read_answers, train_verifier
-from tests.gateway.harness import running_gateway
-from tests.gateway.test_reliability import dep, settings
-from tests.router_learning.test_verifier import STRONG, WEAK, _problems, _write_routellm
+from tests.support.gateway import dep, settings
+from tests.support.harness import running_gateway
+from tests.support.verifier_data import STRONG, WEAK, arithmetic_problems, write_routellm
 
 SMART = """
 name: smart
@@ -38,7 +38,7 @@ def _wait_for(check, timeout_s: float = 5.0) -> None:  # noqa: ANN001
 
 
 def test_activations_reach_every_process_and_a_restarted_one(sqlite_url: str, tmp_path: Path) -> None:
-    data = _write_routellm(tmp_path / "toy.csv", _problems(160))
+    data = write_routellm(tmp_path / "toy.csv", arithmetic_problems(160))
     save_artifact(train_classifier(read_csv(data), TrainConfig(gb_iter=5, n_folds=3)), tmp_path / "clf")
     save_verifier(train_verifier(read_answers([data], WEAK), folds=3), tmp_path / "ver")
     with FakeProviderThread(config=FakeProviderConfig(reply_mode="fixed", reply_text=WRONG_SUM)) as cheap, \
@@ -86,7 +86,7 @@ async def test_an_activation_without_the_database_serves_here_and_says_the_other
     from router.protocols import Plugins
     from service.artifact_slots import ArtifactSlots, RegistryUnavailable
 
-    data = _write_routellm(tmp_path / "toy.csv", _problems(60))
+    data = write_routellm(tmp_path / "toy.csv", arithmetic_problems(60))
     save_verifier(train_verifier(read_answers([data], WEAK), folds=3), tmp_path / "ver")
     engine = create_async_engine("sqlite+aiosqlite:///" + str(tmp_path / "no-such-dir" / "log.db"))
     plugins = Plugins(scorers={}, bandits={}, verifiers={})

@@ -11,8 +11,8 @@ import openai
 import pytest
 
 from backends.fake_provider import FakeProviderThread
-from tests.gateway.harness import running_gateway
-from tests.gateway.test_reliability import MSG, dep, sdk, settings
+from tests.support.gateway import MSG, dep, sdk, settings
+from tests.support.harness import running_gateway
 
 
 def _spend_until_cut(gw: object, key: str, user: str | None = None, tries: int = 12) -> list[int]:

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from backends.fake_provider import FakeProviderThread
-from tests.gateway.harness import running_gateway
-from tests.gateway.test_reliability import dep, settings
+from tests.support.gateway import dep, settings
+from tests.support.harness import running_gateway
 
 BANDIT = """
 name: explore
@@ -180,11 +180,11 @@ async def test_scored_contextual_bandit_logs_the_classifier_view_and_learns_from
     from router.offline.datasets import read_csv
     from router.offline.train import TrainConfig, train_classifier
     from router.plugins import scored_context_vector
-    from tests.router_learning.test_verifier import STRONG, WEAK, _problems, _write_routellm
+    from tests.support.verifier_data import STRONG, WEAK, arithmetic_problems, write_routellm
 
-    data = _write_routellm(tmp_path / "toy.csv", _problems(120))
+    data = write_routellm(tmp_path / "toy.csv", arithmetic_problems(120))
     save_artifact(train_classifier(read_csv(data), TrainConfig(gb_iter=5, n_folds=3)), tmp_path / "clf")
-    prompts = [p for p, *_ in _problems(8, seed=5)]
+    prompts = [p for p, *_ in arithmetic_problems(8, seed=5)]
     with FakeProviderThread() as fp:
         deps = [dep("cheap", "cheap-model", fp.base_url), dep("strong", "strong-model", fp.base_url)]
         cfg = settings(tmp_path, sqlite_url, deps, router={

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 
 from backends.fake_provider import FakeProviderThread
 from requestlog.migrate import upgrade
-from tests.gateway.conftest import gateway_settings
-from tests.gateway.harness import GatewayThread
+from tests.support.gateway import gateway_settings
+from tests.support.harness import GatewayThread
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from sqlalchemy import text
 from backends.fake_provider import FakeProviderThread
 from gateway.config import Settings
 from requestlog.migrate import upgrade
-from tests.gateway.harness import GatewayThread, running_gateway
+from tests.support.harness import GatewayThread, running_gateway
 
 PREFIX = "hgtest:"
 WORDS = " ".join(f"w{i}" for i in range(30))

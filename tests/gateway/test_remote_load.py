@@ -15,8 +15,9 @@ from aiohttp import web
 
 from backends.fake_provider import FakeProviderThread
 from service.remote_load import health_url
-from tests.gateway.harness import free_port, running_gateway
-from tests.gateway.test_reliability import MSG, dep, settings
+from tests.support.gateway import MSG, dep, settings
+from tests.support.harness import running_gateway
+from tests.support.net import free_port
 
 POLICY = """
 name: local-first

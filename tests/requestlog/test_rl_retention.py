@@ -98,8 +98,8 @@ async def test_cli_prune_uses_days_or_the_configured_retention(tmp_path: Path) -
 def test_gateway_with_retention_prunes_in_the_background(tmp_path: Path) -> None:
     import asyncio
 
-    from tests.gateway.harness import running_gateway
-    from tests.gateway.test_reliability import settings
+    from tests.support.gateway import settings
+    from tests.support.harness import running_gateway
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}"
     migrate.upgrade(url)

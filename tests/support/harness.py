@@ -1,10 +1,9 @@
-"""Run a real gateway (uvicorn, real sockets) in a background thread for SDK-level tests."""
+"""Real servers (uvicorn, real sockets) in background threads: the gateway, or any ASGI app."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,12 +14,7 @@ import uvicorn
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.http_edge import EdgeConfig
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.net import free_port
 
 
 class GatewayThread:
@@ -80,3 +74,29 @@ def running_gateway(settings: Settings, **app_kwargs: Any) -> Iterator[GatewayTh
         yield gw
     finally:
         gw.stop()
+
+
+class ServerThread:
+    """uvicorn on 127.0.0.1:<random port> in a background thread (its own event loop)."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
