@@ -11,6 +11,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,14 @@ def redis_url() -> str:
 def redis_prefix() -> str:
     """A key prefix unique to one test, so tests sharing one Redis never see each other's keys."""
     return f"hgtest:{uuid.uuid4().hex[:10]}:"
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once per test run; tests copy it (tests.support.db.migrated_sqlite_url)
+    instead of running every Alembic migration again."""
+    from requestlog.migrate import upgrade
+
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    return path

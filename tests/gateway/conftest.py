@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from backends.fake_provider import FakeProviderThread
+from tests.support.db import migrated_sqlite_url
 from tests.support.gateway import gateway_settings
 from tests.support.harness import GatewayThread, running_gateway
 
@@ -20,12 +21,8 @@ def fake_provider() -> Iterator[FakeProviderThread]:
 
 
 @pytest.fixture()
-def sqlite_url(tmp_path: Path) -> str:
-    from requestlog.migrate import upgrade
-
-    url = f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}"
-    upgrade(url)
-    return url
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    return migrated_sqlite_url(sqlite_template, tmp_path / "gw.db")
 
 
 @pytest.fixture()

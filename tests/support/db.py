@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 PG_ADMIN_DSN = os.environ.get("HYBRIDGATE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -12,3 +14,9 @@ def admin_execute(sql: str) -> None:
 
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
         conn.execute(sql)
+
+
+def migrated_sqlite_url(template: Path, dest: Path) -> str:
+    """A SQLite log database at ``dest``, copied from an already migrated ``template`` file."""
+    shutil.copy(template, dest)
+    return f"sqlite+aiosqlite:///{dest}"
