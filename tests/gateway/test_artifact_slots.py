@@ -4,7 +4,6 @@ verifier activated on one judges cascades on the other. Bad activations get Open
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +16,7 @@ from router.offline.verifier_train import read_answers, train_verifier
 from tests.support.gateway import dep, settings
 from tests.support.harness import running_gateway
 from tests.support.verifier_data import STRONG, WEAK, arithmetic_problems, write_routellm
+from tests.support.wait import wait_until
 
 SMART = """
 name: smart
@@ -28,13 +28,6 @@ selector: {type: fixed, order: [cheap]}
 escalation: {first: [cheap], to: [strong], threshold: 0.5, score: verifier}
 """
 WRONG_SUM = "Step 1: 10 + 20 = 35.\nThe answer is 35."
-
-
-def _wait_for(check, timeout_s: float = 5.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "not propagated in time"
-        time.sleep(0.1)
 
 
 def test_activations_reach_every_process_and_a_restarted_one(sqlite_url: str, tmp_path: Path) -> None:
@@ -56,7 +49,7 @@ def test_activations_reach_every_process_and_a_restarted_one(sqlite_url: str, tm
             ver = httpx.post(g1.base_url + "/admin/api/router/verifiers", json={"path": str(tmp_path / "ver")})
             assert ver.status_code == 201 and ver.json() == {"verifier": "default", "version": ver.json()["version"],
                                                              "models": [WEAK]}
-            _wait_for(lambda: "default" in g2.services.router.plugins.scorers
+            wait_until(lambda: "default" in g2.services.router.plugins.scorers
                       and "default" in g2.services.router.plugins.verifiers)
             chat = {"messages": [{"role": "user", "content": "Ann has 10 shells and finds 20 more. How many?"}]}
             r = httpx.post(g2.base_url + "/v1/chat/completions", json={"model": "smart", **chat})

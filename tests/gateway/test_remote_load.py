@@ -18,6 +18,7 @@ from service.remote_load import health_url
 from tests.support.gateway import MSG, dep, settings
 from tests.support.harness import running_gateway
 from tests.support.net import free_port
+from tests.support.wait import wait_until
 
 POLICY = """
 name: local-first
@@ -85,12 +86,6 @@ def test_saturated_remote_local_model_is_routed_around(
             time.sleep(0.5)
             assert served() == "local-http"
             load_server.queue_depth = 20  # the local model's queue fills up
-            deadline = time.monotonic() + 5
-            while served() != "cloud":
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            wait_until(lambda: served() == "cloud", 5)
             load_server.queue_depth = 0
-            deadline = time.monotonic() + 5
-            while served() != "local-http":
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            wait_until(lambda: served() == "local-http", 5)

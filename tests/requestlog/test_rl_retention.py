@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from requestlog import migrate
 from requestlog.retention import prune
 from requestlog.tables import attempts, feedback, requests
+from tests.support.wait import wait_until
 
 NOW = datetime.now(UTC)
 
@@ -107,7 +107,4 @@ def test_gateway_with_retention_prunes_in_the_background(tmp_path: Path) -> None
     s = settings(tmp_path, url, [], log={"bodies": "none", "spool_dir": str(tmp_path / "spool"),
                                          "retention_days": 30})
     with running_gateway(s):
-        deadline = time.monotonic() + 10
-        while asyncio.run(_ids(url))[0] != {"r1"}:
-            assert time.monotonic() < deadline, "the old request was never pruned"
-            time.sleep(0.1)
+        wait_until(lambda: asyncio.run(_ids(url))[0] == {"r1"}, 10, what="the old request was never pruned", interval_s=0.1)
