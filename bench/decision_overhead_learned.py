@@ -9,7 +9,7 @@ LinUCB over the classifier context.
 8-deployment policy of bench/decision_overhead.py and its classifier selector fed by the real
 classifier (``ClassifierScorer``, the classifier's models aliased onto the deployments' models);
 ``total_rules_classifier_thompson`` adds the gateway's Thompson plugin's choice (Monte-Carlo
-propensities): rules + classifier + bandit, acceptance 6 of issue 3. Each prompt goes through ``decide`` first, then through
+propensities): rules + classifier + bandit, the whole decision a gateway makes. Each prompt goes through ``decide`` first, then through
 the separately timed stages; so in the stage figures a prompt's unseen words are already memoised,
 while ``decide`` pays for them as a gateway would.
 
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     print(txt)
     if a.json:
         a.json.write_text(txt)
-    for case, stages in res.items():  # the acceptance figure, last so it is what a reader sees
+    for case, stages in res.items():  # the headline figure, last so it is what a reader sees
         if isinstance(stages, dict) and "total_rules_classifier_thompson" in stages:
             t = stages["total_rules_classifier_thompson"]
             verdict = "within" if t["p99_us"] <= 1000 else "OVER"

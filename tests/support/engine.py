@@ -1,6 +1,6 @@
 """Fixtures for the engine/server tests: a tiny random hybrid checkpoint with a real tokenizer on disk.
 
-The model is M's "tiny" preset (3 Mamba + 1 attention layer, MoE, GQA) with a 320-token vocabulary and
+The model is the "tiny" preset (3 Mamba + 1 attention layer, MoE, GQA) with a 320-token vocabulary and
 weights redrawn at O(1) scale, so logits are far from ties and greedy outputs are a sharp test. The
 tokenizer is a byte-level BPE trained in the fixture on a few sentences (any text encodes, multi-byte
 characters exercise incremental detokenization) with a chat template in tokenizer_config.json.
