@@ -38,6 +38,7 @@ class LoadServer:
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self.listening = threading.Event()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -50,6 +51,7 @@ class LoadServer:
         runner = web.AppRunner(app)
         self.loop.run_until_complete(runner.setup())
         self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self.loop.call_soon(self.listening.set)
         self.loop.run_forever()
 
 
@@ -57,7 +59,7 @@ class LoadServer:
 def load_server() -> Iterator[LoadServer]:
     s = LoadServer()
     s.thread.start()
-    time.sleep(0.2)
+    assert s.listening.wait(10), "load server did not start"
     yield s
     s.loop.call_soon_threadsafe(s.loop.stop)
 
