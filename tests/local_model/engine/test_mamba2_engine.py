@@ -27,7 +27,7 @@ from tests.support.mamba2 import ENGINE_CASES, VOCAB, save_case
 from tests.support.net import free_port
 
 GREEDY = dict(temperature=0.0)
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def prompt(n: int, seed: int) -> list[int]:
