@@ -30,8 +30,8 @@ from backends.registry import build_backend
 from gateway.admin_api import AdminHandlers
 from gateway.budget_admin import BudgetAdminHandlers
 from gateway.config import Settings
-from gateway.edge import bearer
 from gateway.console.app import Console
+from gateway.edge import bearer
 from gateway.errors import APIError
 from gateway.feedback_api import FeedbackHandler
 from gateway.keys import KeyStore
