@@ -11,7 +11,7 @@ statement per table, so the statement-level triggers aggregate each chunk once).
 * the request-log page's queries (30-day range, 50 rows, newest first) with each filter, and the
   next page.
 
-Prints a table of p50/p95 per endpoint and the acceptance lines (dashboards p95 <= 300 ms,
+Prints a table of p50/p95 per endpoint and the target lines (dashboards p95 <= 300 ms,
 request log p95 <= 200 ms); ``--json`` prints the results as JSON instead.
 
 Usage: ``python bench/admin_dashboards.py [--rows 1000000] [--repeat 20] [--keep-db] [--json]``

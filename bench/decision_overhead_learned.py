@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     print(txt)
     if a.json:
         a.json.write_text(txt)
-    for case, stages in res.items():  # the acceptance figure, last so it is what a reader sees
+    for case, stages in res.items():  # the headline figure, last so it is what a reader sees
         if isinstance(stages, dict) and "total_rules_classifier_thompson" in stages:
             t = stages["total_rules_classifier_thompson"]
             verdict = "within" if t["p99_us"] <= 1000 else "OVER"

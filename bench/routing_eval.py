@@ -1,4 +1,4 @@
-"""Held-out evaluation of the learned router on shared/data/routing (issue 3 acceptance 4).
+"""Held-out evaluation of the learned router on shared/data/routing.
 
 For each source, a stratified 50/50 split with a fixed seed (``router.offline.datasets.stratified_split``
 on the subject or task, never on labels: see ``holdout_strata``) is held out; the router is trained on the other half only (all

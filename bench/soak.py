@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from gateway.config import Settings  # noqa: E402
 from requestlog.migrate import upgrade  # noqa: E402
-from tests.gateway.harness import GatewayProcess  # noqa: E402
+from tests.support.harness import GatewayProcess  # noqa: E402
 
 FAULTS = [
     ("", 0.95),

@@ -36,7 +36,7 @@ async def run(rounds: int, block: int) -> dict[str, list[float]]:
     from backends.fake_provider import FakeProviderThread
     from gateway.app import create_app
     from requestlog.migrate import upgrade
-    from tests.gateway.conftest import gateway_settings
+    from tests.support.gateway import gateway_settings
 
     tmp = Path(tempfile.mkdtemp(prefix="hg-wire-"))
     url = f"sqlite+aiosqlite:///{tmp / 'log.db'}"

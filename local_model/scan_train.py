@@ -16,8 +16,8 @@ Here the sequential part (the recurrence and its readout) is a custom `torch.aut
 
 Discretisation, D skip and SiLU gate stay plain torch, so autograd handles them. `selective_scan_train`
 has the signature and the results of `selective_scan_ref` (tested in
-``tests/local_model_train/test_scan_train.py``), so it is a drop-in `MambaKernels.selective_scan` for
-training; inference keeps M's kernels.
+``tests/local_model/train/test_scan_train.py``), so it is a drop-in `MambaKernels.selective_scan` for
+training; inference keeps the default kernels.
 """
 
 from __future__ import annotations
@@ -141,4 +141,4 @@ def selective_scan_train(
 
 
 TRAIN_KERNELS = MambaKernels(selective_scan=selective_scan_train)
-"""M's default kernels with the training scan swapped in (see `JambaForCausalLM.set_kernels`)."""
+"""The model's default kernels with the training scan swapped in (see `JambaForCausalLM.set_kernels`)."""

@@ -4,12 +4,12 @@ Pipeline: read ``train.jsonl`` / ``eval.jsonl`` written by ``local_model/data/pr
 byte-level BPE tokenizer with chat special tokens (or reuse one) -> pack documents into fixed-length
 windows, sampling sources by token share -> train `local_model.model.JambaForCausalLM` with AdamW,
 linear warm-up + cosine decay, gradient clipping, a small MoE load-balancing loss, periodic eval ->
-export an HF-layout checkpoint with M's `save_checkpoint` plus ``tokenizer.json`` /
+export an HF-layout checkpoint with `local_model.weights.save_checkpoint` plus ``tokenizer.json`` /
 ``tokenizer_config.json`` (with the chat template), loadable by `local_model.load` and by transformers'
 ``JambaForCausalLM.from_pretrained``.
 
 Runs on CPU (fp32) or CUDA (bf16 autocast), both with the training scan of `local_model.scan_train`,
-because M's default chunked scan is slow to differentiate (memory-bound on CPU, launch-bound on GPU). Every ``--save-every`` steps it
+because the model's default chunked scan is slow to differentiate (memory-bound on CPU, launch-bound on GPU). Every ``--save-every`` steps it
 writes a resumable state (model + optimizer + step + RNG) to ``--work-dir`` and exports the checkpoint,
 so a killed run loses little; ``--resume`` continues from the state. ``--max-minutes`` stops early
 (and saves) when a wall-clock budget is spent.
@@ -93,7 +93,7 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int) -> Any:
 
 
 def tokenizer_config(model_max_length: int) -> dict[str, Any]:
-    """tokenizer_config.json for transformers' PreTrainedTokenizerFast and M's `Tokenizer`."""
+    """tokenizer_config.json for transformers' PreTrainedTokenizerFast and local_model's `Tokenizer`."""
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": BOS,
@@ -316,8 +316,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 def kernels_for(scan: str, device: torch.device) -> MambaKernels:
-    """``auto`` is the training scan everywhere: measured on an H100 (batch 32 x 256, this model) a step
-    took 0.32 s with it and 1.85 s with the chunked scan, whose many small ops are launch-bound there."""
+    """``auto`` is the training scan everywhere: on a GPU the chunked scan's many small ops are
+    launch-bound, so a training step with it is several times slower (figures in bench/RESULTS.md)."""
     if scan == "auto":
         scan = "train"
     return {"train": TRAIN_KERNELS, "chunked": DEFAULT_KERNELS, "ref": REFERENCE_KERNELS}[scan]
@@ -348,7 +348,7 @@ def evaluate(model: JambaForCausalLM, batches: list[torch.Tensor], device: torch
 
 
 def export(model: JambaForCausalLM, a: TrainArgs, tok_dir: Path, summary: dict[str, Any]) -> None:
-    """HF-layout checkpoint into ``a.out``: weights + config (M's save_checkpoint), tokenizer files."""
+    """HF-layout checkpoint into ``a.out``: weights + config (local_model.weights.save_checkpoint), tokenizer files."""
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[a.save_dtype]
     a.out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, a.out, dtype=dtype)

@@ -117,7 +117,7 @@ class Metrics:
             self.names,
         )
         # Routing: the mix each policy produces, what a decision costs in this process (the pure
-        # `decide()` call, no store I/O: acceptance-style overhead measured on live traffic), and
+        # `decide()` call, no store I/O: the decision overhead as live traffic sees it), and
         # what cascades did with their first answers.
         self.decisions = counter(
             "hybridgate_route_decisions_total", "Policy decisions by first choice", ["policy", "model"]

@@ -11,18 +11,14 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-PG_ADMIN_DSN = os.environ.get("HYBRIDGATE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+from tests.support.db import PG_ADMIN_DSN, admin_execute
+
 REDIS_URL = os.environ.get("HYBRIDGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
-
-def _admin_execute(sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(sql)
 
 
 @pytest.fixture(scope="session")
@@ -30,12 +26,12 @@ def pg_database() -> Iterator[str]:
     """Name of a fresh Postgres database for this test session."""
     name = f"hg_test_{uuid.uuid4().hex[:12]}"
     try:
-        _admin_execute(f'CREATE DATABASE "{name}"')
+        admin_execute(f'CREATE DATABASE "{name}"')
     except Exception as exc:  # pragma: no cover - environment problem, not a test failure
         pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {exc}")
     yield name
     with contextlib.suppress(Exception):
-        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -49,12 +45,12 @@ def fresh_pg_url() -> Iterator[str]:
     """A database of its own for one test (for tests that need an empty log)."""
     name = f"hg_test_{uuid.uuid4().hex[:12]}"
     try:
-        _admin_execute(f'CREATE DATABASE "{name}"')
+        admin_execute(f'CREATE DATABASE "{name}"')
     except Exception as exc:  # pragma: no cover
         pytest.skip(f"PostgreSQL not reachable: {exc}")
     yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     with contextlib.suppress(Exception):
-        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture()
@@ -72,3 +68,14 @@ def redis_url() -> str:
 def redis_prefix() -> str:
     """A key prefix unique to one test, so tests sharing one Redis never see each other's keys."""
     return f"hgtest:{uuid.uuid4().hex[:10]}:"
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once per test run; tests copy it (tests.support.db.migrated_sqlite_url)
+    instead of running every Alembic migration again."""
+    from requestlog.migrate import upgrade
+
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    return path

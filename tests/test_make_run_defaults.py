@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from local_model.engine.checkpoint import SHIPPED, resolve_checkpoint
-from tests.gateway.harness import free_port
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

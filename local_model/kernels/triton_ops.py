@@ -237,7 +237,7 @@ def moe_experts(
     ieee = x.dtype == torch.float32
     x = x.contiguous()
     act_out = torch.empty(pairs, inter, device=x.device, dtype=x.dtype)
-    bn = 64 if pairs > 64 else 32  # 16 for few pairs was 6% slower end to end at batch 1 (H100)
+    bn = 64 if pairs > 64 else 32  # 16 for few pairs is slower end to end at batch 1
     bk = 64 if ieee else 128
     _moe_gemm[(n_blocks, triton.cdiv(inter, bn))](
         x,
@@ -479,7 +479,7 @@ def _gemv(x_ptr, w_ptr, out_ptr, N, K, s_xm, s_wn, s_om, BLOCK_N: tl.constexpr, 
 
 def linear(*, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear; for one to four rows of a large weight, a GEMV kernel that streams the weight at close
-    to copy bandwidth (cuBLAS' small-M kernels reach about a third of it on an H100)."""
+    to copy bandwidth (cuBLAS' small-M kernels reach about a third of it)."""
     rows, k = x.shape
     n = weight.shape[0]
     if rows > 4 or n < 256 or bias is not None or weight.stride(1) != 1 or x.stride(1) != 1:

@@ -372,7 +372,7 @@ def _launch_scan(
         st, s_st = a2, (0, 0, 0)
     n_chunks, chunk_len = _pick_chunks(num_seqs, dim, max_len, n_chunks)
     block_n = triton.next_power_of_2(nst)
-    # Swept on an H100 (bench/kernels_gpu.py --sweep): 256 channels (8 warps) a program wins on short
+    # From a sweep (bench/kernels_gpu.py --sweep): 256 channels (8 warps) a program wins on short
     # sequences; from 8K tokens up the block size matters by a few percent only.
     bd = block_d or (256 if max_len <= 4096 else 64)
     nw = max(1, bd // 32)

@@ -276,9 +276,8 @@ def stratified_split(
 def holdout_strata(ds: LabeledDataset) -> list[str]:
     """Strata for the held-out split: the subject or task only, so both halves have the same mix of them.
 
-    Never the labels. Sessions 1–6 also stratified on each prompt's label pattern, which hands the
-    held-out half's per-subject accuracies to the training half (they come out equal by construction):
-    on MMLU that alone lifted the true-subject prior's APGR from ~0.70 to 0.749 (bench/RESULTS.md,
-    session 7), so every figure measured that way was optimistic.
+    Never the labels: stratifying on each prompt's label pattern would hand the held-out half's
+    per-subject accuracies to the training half (they come out equal by construction) and make every
+    held-out figure optimistic.
     """
     return list(ds.subjects if ds.subjects is not None else (ds.tasks or [ds.name] * len(ds)))

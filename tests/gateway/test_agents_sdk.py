@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from backends.fake_provider import FakeProviderThread
-from tests.gateway.harness import GatewayThread
+from tests.support.harness import GatewayThread
 
 agents = pytest.importorskip("agents", reason="openai-agents is a dev extra (make install)")
 

@@ -18,8 +18,8 @@ from router.features import DENSE_FEATURE_NAMES
 from router.offline.artifacts import save_verifier
 from router.verifier import ANSWER_FEATURE_NAMES, AnswerVerifier
 from service.artifact_slots import ArtifactPathRefused, confined_path
-from tests.gateway.harness import running_gateway
-from tests.gateway.test_reliability import dep, settings
+from tests.support.gateway import dep, settings
+from tests.support.harness import running_gateway
 
 
 def _verifier(out: Path) -> Path:

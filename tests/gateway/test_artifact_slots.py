@@ -4,7 +4,6 @@ verifier activated on one judges cascades on the other. Bad activations get Open
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -14,9 +13,10 @@ from router.offline.artifacts import save_artifact, save_verifier
 from router.offline.datasets import read_csv
 from router.offline.train import TrainConfig, train_classifier
 from router.offline.verifier_train import read_answers, train_verifier
-from tests.gateway.harness import running_gateway
-from tests.gateway.test_reliability import dep, settings
-from tests.router_learning.test_verifier import STRONG, WEAK, _problems, _write_routellm
+from tests.support.gateway import dep, settings
+from tests.support.harness import running_gateway
+from tests.support.verifier_data import STRONG, WEAK, arithmetic_problems, write_routellm
+from tests.support.wait import wait_until
 
 SMART = """
 name: smart
@@ -30,15 +30,8 @@ escalation: {first: [cheap], to: [strong], threshold: 0.5, score: verifier}
 WRONG_SUM = "Step 1: 10 + 20 = 35.\nThe answer is 35."
 
 
-def _wait_for(check, timeout_s: float = 5.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "not propagated in time"
-        time.sleep(0.1)
-
-
 def test_activations_reach_every_process_and_a_restarted_one(sqlite_url: str, tmp_path: Path) -> None:
-    data = _write_routellm(tmp_path / "toy.csv", _problems(160))
+    data = write_routellm(tmp_path / "toy.csv", arithmetic_problems(160))
     save_artifact(train_classifier(read_csv(data), TrainConfig()), tmp_path / "clf")
     save_verifier(train_verifier(read_answers([data], WEAK), folds=3), tmp_path / "ver")
     with FakeProviderThread(config=FakeProviderConfig(reply_mode="fixed", reply_text=WRONG_SUM)) as cheap, \
@@ -56,7 +49,7 @@ def test_activations_reach_every_process_and_a_restarted_one(sqlite_url: str, tm
             ver = httpx.post(g1.base_url + "/admin/api/router/verifiers", json={"path": str(tmp_path / "ver")})
             assert ver.status_code == 201 and ver.json() == {"verifier": "default", "version": ver.json()["version"],
                                                              "models": [WEAK]}
-            _wait_for(lambda: "default" in g2.services.router.plugins.scorers
+            wait_until(lambda: "default" in g2.services.router.plugins.scorers
                       and "default" in g2.services.router.plugins.verifiers)
             chat = {"messages": [{"role": "user", "content": "Ann has 10 shells and finds 20 more. How many?"}]}
             r = httpx.post(g2.base_url + "/v1/chat/completions", json={"model": "smart", **chat})
@@ -86,7 +79,7 @@ async def test_an_activation_without_the_database_serves_here_and_says_the_other
     from router.protocols import Plugins
     from service.artifact_slots import ArtifactSlots, RegistryUnavailable
 
-    data = _write_routellm(tmp_path / "toy.csv", _problems(60))
+    data = write_routellm(tmp_path / "toy.csv", arithmetic_problems(60))
     save_verifier(train_verifier(read_answers([data], WEAK), folds=3), tmp_path / "ver")
     engine = create_async_engine("sqlite+aiosqlite:///" + str(tmp_path / "no-such-dir" / "log.db"))
     plugins = Plugins(scorers={}, bandits={}, verifiers={})

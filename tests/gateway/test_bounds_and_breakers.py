@@ -12,8 +12,8 @@ import pytest
 from openai import OpenAI
 
 from backends.fake_provider import FakeProviderThread
-from tests.gateway.conftest import gateway_settings
-from tests.gateway.harness import GatewayThread, running_gateway
+from tests.support.gateway import gateway_settings
+from tests.support.harness import GatewayThread, running_gateway
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
 RESP = {"model": "fake-model", "input": "hi"}

@@ -3,7 +3,6 @@ once by the process that took the change and within the reload interval by every
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -11,8 +10,9 @@ import openai
 import pytest
 
 from backends.fake_provider import FakeProviderThread
-from tests.gateway.harness import running_gateway
-from tests.gateway.test_reliability import MSG, dep, sdk, settings
+from tests.support.gateway import MSG, dep, sdk, settings
+from tests.support.harness import running_gateway
+from tests.support.wait import wait_until
 
 
 def _spend_until_cut(gw: object, key: str, user: str | None = None, tries: int = 12) -> list[int]:
@@ -43,10 +43,7 @@ def test_team_budget_set_at_run_time_cuts_off_in_every_process(sqlite_url: str, 
             codes = _spend_until_cut(g1, key)
             assert 200 in codes and codes[-1] == 429  # this process: at once
 
-            deadline = time.monotonic() + 5
-            while "team:ml" not in g2.services.router.scope_budgets:
-                assert time.monotonic() < deadline, "g2 never saw the budget"
-                time.sleep(0.1)
+            wait_until(lambda: "team:ml" in g2.services.router.scope_budgets, 5, what="g2 never saw the budget")
             listed = {b["scope"]: b for b in httpx.get(admin).json()["data"]}
             assert listed["team:ml"]["limit_usd"] == 60 and listed["team:ml"]["spent_usd"] > 0
             assert listed["user:carol"]["source"] == "config"
@@ -105,15 +102,9 @@ def test_a_budget_spent_before_a_restart_stays_spent_and_other_processes_catch_u
             # the team gets more room; g3 spends it, and g2 learns of that from the log within a round
             assert httpx.put(g2.base_url + "/admin/api/budgets/team:ml",
                              json={"limit_usd": 1000, "period": "day"}).status_code == 200
-            deadline = time.monotonic() + 5
-            while g3.services.router.scope_budgets["team:ml"].limit_usd != 1000:
-                assert time.monotonic() < deadline, "g3 never saw the new limit"
-                time.sleep(0.1)
+            wait_until(lambda: g3.services.router.scope_budgets["team:ml"].limit_usd == 1000, 5, what="g3 never saw the new limit")
             assert _spend_until_cut(g3, key, tries=2) == [200, 200]
             spent = _team_spent(g3, "team:ml")
             assert spent > before
-            deadline = time.monotonic() + 5
-            while _team_spent(g2, "team:ml") < spent - 1e-9:
-                assert time.monotonic() < deadline, "g2 never saw g3's spend"
-                time.sleep(0.1)
+            wait_until(lambda: _team_spent(g2, "team:ml") >= spent - 1e-9, 5, what="g2 never saw g3's spend")
             assert _team_spent(g2, "team:ml") == pytest.approx(spent)  # counted once, not twice

@@ -16,7 +16,7 @@ import pytest
 from backends.fake_provider import FakeProviderThread
 from gateway.config import Settings
 from requestlog.migrate import upgrade
-from tests.gateway.harness import GatewayThread, running_gateway
+from tests.support.harness import GatewayThread, running_gateway
 
 PRICE_PER_TOKEN = 0.0025  # USD per output token: a 20-token answer costs $0.05
 WORDS = " ".join(f"w{i}" for i in range(30))  # echoed back: every choice runs to max_tokens

@@ -11,9 +11,9 @@ from backends.fake_provider import FakeProviderThread
 from router.offline.artifacts import save_artifact
 from router.offline.datasets import read_csv
 from router.offline.train import TrainConfig, train_classifier
-from tests.gateway.harness import running_gateway
-from tests.gateway.test_reliability import dep, settings
-from tests.router_learning.test_verifier import STRONG, WEAK, _problems, _write_routellm
+from tests.support.gateway import dep, settings
+from tests.support.harness import running_gateway
+from tests.support.verifier_data import STRONG, WEAK, arithmetic_problems, write_routellm
 
 SMART = """
 name: smart
@@ -22,9 +22,9 @@ selector: {type: classifier, scorer: default, threshold: 0.0, lambda: 0.5}
 
 
 def test_calibration_finds_the_weight_for_a_target_strong_share(sqlite_url: str, tmp_path: Path) -> None:
-    data = _write_routellm(tmp_path / "toy.csv", _problems(200))
+    data = write_routellm(tmp_path / "toy.csv", arithmetic_problems(200))
     save_artifact(train_classifier(read_csv(data), TrainConfig()), tmp_path / "clf")
-    prompts = [p for p, *_ in _problems(300, seed=7)]
+    prompts = [p for p, *_ in arithmetic_problems(300, seed=7)]
     with FakeProviderThread() as fp:
         deps = [dep("cheap", "cheap-model", fp.base_url, pricing={"input_per_mtok": 1, "output_per_mtok": 1}),
                 dep("strong", "strong-model", fp.base_url, pricing={"input_per_mtok": 20, "output_per_mtok": 20})]

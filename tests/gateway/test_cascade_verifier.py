@@ -13,9 +13,9 @@ import pytest
 from backends.fake_provider import FakeProviderConfig, FakeProviderThread
 from router.offline.artifacts import save_verifier
 from router.offline.verifier_train import read_answers, train_verifier
-from tests.gateway.harness import running_gateway
-from tests.gateway.test_reliability import dep, settings
-from tests.router_learning.test_verifier import WEAK, _problems, _write_routellm
+from tests.support.gateway import dep, settings
+from tests.support.harness import running_gateway
+from tests.support.verifier_data import WEAK, arithmetic_problems, write_routellm
 
 CHECKED = """
 name: checked
@@ -33,7 +33,7 @@ QUESTION = [{"role": "user", "content": "Ann has 10 shells and finds 20 more. Ho
 def test_cascade_escalates_answers_the_trained_verifier_distrusts(
     tmp_path: Path, sqlite_url: str, cheap_answer: str, expect: str
 ) -> None:
-    verifier = train_verifier(read_answers([_write_routellm(tmp_path / "toy.csv", _problems(200))], WEAK), folds=3)
+    verifier = train_verifier(read_answers([write_routellm(tmp_path / "toy.csv", arithmetic_problems(200))], WEAK), folds=3)
     save_verifier(verifier, tmp_path / "verifier")
     cheap_cfg = FakeProviderConfig(reply_mode="fixed", reply_text=cheap_answer)
     with FakeProviderThread(config=cheap_cfg) as cheap, FakeProviderThread() as strong:

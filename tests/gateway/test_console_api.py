@@ -17,7 +17,7 @@ import httpx
 import pytest
 from starlette.routing import Route
 
-from tests.gateway.console_support import (
+from tests.support.console import (
     ADMIN_TOKEN,
     PROVIDER_KEY,
     PROVIDER_KEY_ENV,
@@ -25,7 +25,7 @@ from tests.gateway.console_support import (
     seed,
     sql,
 )
-from tests.gateway.harness import GatewayThread
+from tests.support.harness import GatewayThread
 
 
 class _Capture(logging.Handler):

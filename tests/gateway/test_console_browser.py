@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gateway.console_support import (
+from tests.support.console import (
     ADMIN_TOKEN,
     ARTIFACTS,
     PROVIDER_KEY,

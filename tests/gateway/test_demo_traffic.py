@@ -4,7 +4,6 @@ goes through, gets feedback, and the console's dashboards have data right after.
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import httpx
@@ -13,34 +12,14 @@ import yaml
 
 from gateway import demo_traffic
 from gateway.config import Settings
-from tests.gateway.harness import running_gateway
-
-
-def _free_ports(n: int) -> int:
-    """A base port with the next n-1 ports free too."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        try:
-            socks = []
-            for i in range(n):
-                sk = socket.socket()
-                socks.append(sk)
-                sk.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sk in socks:
-                sk.close()
-    raise RuntimeError("no free port range")
+from tests.support.harness import running_gateway
+from tests.support.net import free_ports
 
 
 def test_demo_traffic_fills_the_dashboards(
     sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    base = _free_ports(len(demo_traffic.MODELS))
+    base = free_ports(len(demo_traffic.MODELS))
     cfg = tmp_path / "demo.yaml"
     assert (
         demo_traffic.main(

@@ -11,8 +11,8 @@ import openai
 import pytest
 
 from backends.fake_provider import FakeProviderThread
-from tests.gateway.conftest import gateway_settings
-from tests.gateway.harness import GatewayThread, running_gateway
+from tests.support.gateway import gateway_settings
+from tests.support.harness import GatewayThread, running_gateway
 
 MSG = [{"role": "user", "content": "hi"}]
 

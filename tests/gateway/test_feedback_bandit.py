@@ -12,8 +12,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from backends.fake_provider import FakeProviderThread
-from tests.gateway.harness import running_gateway
-from tests.gateway.test_reliability import dep, settings
+from tests.support.gateway import dep, settings
+from tests.support.harness import running_gateway
+from tests.support.wait import wait_until
 
 BANDIT = """
 name: explore
@@ -85,7 +86,7 @@ def test_bandit_learning_is_shared_between_gateway_processes_through_redis(
             assert httpx.put(g1.base_url + "/admin/api/policies/explore", content=BANDIT,
                              headers={"content-type": "application/yaml"}).status_code == 201
             _serve_and_rate(g1, g1, "explore", 6)
-            _wait_for(lambda: _thompson_n(g2) == 6)  # g2 never served these requests, yet its bandit learned
+            wait_until(lambda: _thompson_n(g2) == 6)  # g2 never served these requests, yet its bandit learned
 
 
 def test_contextual_bandit_policy_routes_and_learns(sqlite_url: str, tmp_path: Path) -> None:
@@ -115,15 +116,6 @@ def _serve_and_rate(gw_decides: object, gw_rates: object, policy: str, n: int) -
         assert f.status_code == 201, f.text
 
 
-def _wait_for(check: object, timeout_s: float = 5.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "not reached in time"
-        time.sleep(0.1)
-
-
 def test_without_redis_bandits_learn_together_through_the_database(sqlite_url: str, tmp_path: Path) -> None:
     """Two processes, no Redis: feedback for a decision made by the first reaches the second, and
     each learns what the other was taught (Thompson counts and LinUCB's linear model alike)."""
@@ -135,14 +127,14 @@ def test_without_redis_bandits_learn_together_through_the_database(sqlite_url: s
             for name, spec in (("explore", BANDIT), ("ctx", ctx_spec)):
                 assert httpx.put(g1.base_url + f"/admin/api/policies/{name}", content=spec,
                                  headers={"content-type": "application/yaml"}).status_code == 201
-            _wait_for(lambda: g2.services.router.registry.active("ctx") is not None)
+            wait_until(lambda: g2.services.router.registry.active("ctx") is not None)
             _serve_and_rate(g1, g2, "explore", 4)  # decided by g1, rated at g2
             _serve_and_rate(g1, g1, "ctx", 3)
 
             def linucb_n(gw: object) -> int:
                 return sum(gw.services.router.plugins.bandits["linucb"].to_dict()["n"].values())
 
-            _wait_for(lambda: _thompson_n(g1) == 4 and _thompson_n(g2) == 4 and linucb_n(g2) == 3)
+            wait_until(lambda: _thompson_n(g1) == 4 and _thompson_n(g2) == 4 and linucb_n(g2) == 3)
             a1 = g1.services.router.plugins.bandits["linucb"].to_dict()
             a2 = g2.services.router.plugins.bandits["linucb"].to_dict()
             taught = [arm for arm, n in a1["n"].items() if n]
@@ -164,7 +156,7 @@ def test_feedback_at_another_process_teaches_the_deciding_bandit_through_redis(
             assert httpx.put(g1.base_url + "/admin/api/policies/explore", content=BANDIT,
                              headers={"content-type": "application/yaml"}).status_code == 201
             _serve_and_rate(g1, g2, "explore", 5)
-            _wait_for(lambda: _thompson_n(g1) == 5 and _thompson_n(g2) == 5)
+            wait_until(lambda: _thompson_n(g1) == 5 and _thompson_n(g2) == 5)
 
 
 SCORED = """
@@ -180,11 +172,11 @@ async def test_scored_contextual_bandit_logs_the_classifier_view_and_learns_from
     from router.offline.datasets import read_csv
     from router.offline.train import TrainConfig, train_classifier
     from router.plugins import scored_context_vector
-    from tests.router_learning.test_verifier import STRONG, WEAK, _problems, _write_routellm
+    from tests.support.verifier_data import STRONG, WEAK, arithmetic_problems, write_routellm
 
-    data = _write_routellm(tmp_path / "toy.csv", _problems(120))
+    data = write_routellm(tmp_path / "toy.csv", arithmetic_problems(120))
     save_artifact(train_classifier(read_csv(data), TrainConfig()), tmp_path / "clf")
-    prompts = [p for p, *_ in _problems(8, seed=5)]
+    prompts = [p for p, *_ in arithmetic_problems(8, seed=5)]
     with FakeProviderThread() as fp:
         deps = [dep("cheap", "cheap-model", fp.base_url), dep("strong", "strong-model", fp.base_url)]
         cfg = settings(tmp_path, sqlite_url, deps, router={

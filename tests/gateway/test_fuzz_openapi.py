@@ -27,16 +27,15 @@ from schemathesis import GenerationMode
 from schemathesis.checks import content_type_conformance, not_a_server_error, response_schema_conformance
 
 from backends.fake_provider import FakeProviderThread
-from requestlog.migrate import upgrade
-from tests.gateway.conftest import gateway_settings
-from tests.gateway.harness import GatewayThread
+from tests.support.db import migrated_sqlite_url
+from tests.support.gateway import gateway_settings
+from tests.support.harness import GatewayThread
 
 
 @pytest.fixture(scope="module")
-def fuzz_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayThread]:
+def fuzz_gateway(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[GatewayThread]:
     tmp: Path = tmp_path_factory.mktemp("fuzz")
-    url = f"sqlite+aiosqlite:///{tmp / 'fuzz.db'}"
-    upgrade(url)
+    url = migrated_sqlite_url(sqlite_template, tmp / "fuzz.db")
     with FakeProviderThread() as fp:
         gw = GatewayThread(gateway_settings(fp.base_url, url, tmp)).start()
         try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
-from tests.gateway.harness import GatewayThread
+from tests.support.harness import GatewayThread
 
 
 def test_healthz_readyz_metrics(gateway: GatewayThread) -> None:

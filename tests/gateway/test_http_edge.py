@@ -18,8 +18,8 @@ import httpx
 import orjson
 
 from backends.fake_provider import FakeProviderThread
-from tests.gateway.conftest import gateway_settings
-from tests.gateway.harness import running_gateway
+from tests.support.gateway import gateway_settings
+from tests.support.harness import running_gateway
 
 HTTP = {
     "header_timeout_s": 2.0,

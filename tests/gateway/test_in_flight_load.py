@@ -13,8 +13,8 @@ import httpx
 import openai
 
 from backends.fake_provider import FakeProviderThread
-from tests.gateway.harness import GatewayThread, running_gateway
-from tests.gateway.test_reliability import dep, settings
+from tests.support.gateway import dep, settings
+from tests.support.harness import GatewayThread, running_gateway
 
 SPREAD = "name: spread\nselector: {type: least_busy}\n"
 MSG = [{"role": "user", "content": "hello"}]

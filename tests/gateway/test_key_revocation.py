@@ -9,8 +9,8 @@ import httpx
 
 from backends.fake_provider import FakeProviderThread
 from requestlog.migrate import upgrade
-from tests.gateway.conftest import gateway_settings
-from tests.gateway.harness import running_gateway
+from tests.support.gateway import gateway_settings
+from tests.support.harness import running_gateway
 
 BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 

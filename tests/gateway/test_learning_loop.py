@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 
 from backends.fake_provider import FakeProviderThread
-from tests.gateway.harness import running_gateway
-from tests.gateway.test_reliability import dep, settings
+from tests.support.gateway import dep, settings
+from tests.support.harness import running_gateway
 
 POLICY = """
 name: smart

@@ -22,7 +22,8 @@ from sqlalchemy import text
 from backends.fake_provider import FakeProviderThread
 from gateway.config import Settings
 from requestlog.migrate import upgrade
-from tests.gateway.harness import GatewayThread, running_gateway
+from tests.support.harness import GatewayThread, running_gateway
+from tests.support.wait import await_until
 
 PREFIX = "hgtest:"
 WORDS = " ".join(f"w{i}" for i in range(30))
@@ -119,9 +120,7 @@ async def _until_free(
     """Seconds until Redis holds nothing and the key is served again; fails after ``within_s``."""
     t0 = time.monotonic()
     async with httpx.AsyncClient(timeout=10, headers={"authorization": f"Bearer {key}"}) as client:
-        while _held(r) != (0, 0):
-            assert time.monotonic() - t0 < within_s, f"still held: {_held(r)}"
-            await asyncio.sleep(0.1)
+        await await_until(lambda: _held(r) == (0, 0), within_s, what="leases released", interval_s=0.1)
         rs = await asyncio.gather(
             *(client.post(gw.base_url + "/v1/chat/completions", json=FAST) for gw in gws)
         )
@@ -152,9 +151,7 @@ async def test_a_redis_pause_and_failing_requests_leak_no_lease_or_hold(
             asyncio.create_task(client.post(gw.base_url + "/v1/chat/completions", json=SLOW)) for gw in (a, b)
         ]
         t0 = time.monotonic()
-        while _held(private_redis) != (2, 2):
-            assert time.monotonic() - t0 < 3, _held(private_redis)
-            await asyncio.sleep(0.02)
+        await await_until(lambda: _held(private_redis) == (2, 2), 3, what="both leases held")
         private_redis.execute_command("CLIENT", "PAUSE", "1500", "ALL")
         assert [r.status_code for r in await asyncio.gather(*slow)] == [200, 200]
     ended = time.monotonic()

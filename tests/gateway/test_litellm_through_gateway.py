@@ -9,8 +9,8 @@ import openai
 import pytest
 
 from backends.fake_provider import FakeProviderThread
-from tests.gateway.harness import running_gateway
-from tests.gateway.test_reliability import settings
+from tests.support.gateway import settings
+from tests.support.harness import running_gateway
 
 MSG = [{"role": "user", "content": "hello from the gateway"}]
 

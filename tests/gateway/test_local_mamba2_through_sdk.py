@@ -9,9 +9,9 @@ import openai
 
 import local_model
 from gateway.config import Settings
-from tests.gateway.harness import running_gateway
-from tests.local_engine.conftest import build_checkpoint
-from tests.local_model.mamba2_testlib import save_case
+from tests.support.engine import build_checkpoint
+from tests.support.harness import running_gateway
+from tests.support.mamba2 import save_case
 
 
 def deployment(name: str, model: str, path: Path) -> dict[str, object]:

@@ -16,8 +16,8 @@ from backends.local_backend import serves_in_subprocess
 from backends.local_subprocess import LocalServerProcess, SubprocessLocalBackend
 from common.types import DeploymentConfig
 from gateway.config import Settings
-from tests.gateway.harness import running_gateway
-from tests.local_engine.conftest import build_checkpoint
+from tests.support.engine import build_checkpoint
+from tests.support.harness import running_gateway
 
 
 def test_sdk_reaches_the_local_model_in_its_own_process(tmp_path: Path, sqlite_url: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 from anthropic import Anthropic
 
 from backends.fake_provider import FakeProviderThread
-from tests.gateway.harness import GatewayThread
+from tests.support.harness import GatewayThread
 
 
 def client(gw: GatewayThread) -> Anthropic:

@@ -13,8 +13,8 @@ import orjson
 
 from backends.fake_provider import FakeProviderThread
 from requestlog.migrate import upgrade
-from tests.gateway.conftest import gateway_settings
-from tests.gateway.harness import running_gateway
+from tests.support.gateway import gateway_settings
+from tests.support.harness import running_gateway
 
 
 def _rss_bytes() -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.gateway.harness import GatewayThread
+from tests.support.harness import GatewayThread
 
 
 def client(gw: GatewayThread, **kw: object) -> openai.OpenAI:

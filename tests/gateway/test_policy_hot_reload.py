@@ -9,8 +9,9 @@ import httpx
 
 from backends.fake_provider import FakeProviderThread
 from requestlog.migrate import upgrade
-from tests.gateway.conftest import gateway_settings
-from tests.gateway.harness import running_gateway
+from tests.support.gateway import gateway_settings
+from tests.support.harness import running_gateway
+from tests.support.wait import wait_until
 
 POLICY = "name: fast-lane\ndescription: {desc}\nselector: {{type: cheapest}}\n"
 
@@ -30,10 +31,7 @@ def test_policy_changed_through_one_gateway_is_live_in_another_within_2s_while_p
     s2 = gateway_settings(fake_provider.base_url, fresh_pg_url, tmp_path / "g2", **shared)
     with running_gateway(s1) as g1, running_gateway(s2) as g2:
         registry2 = g2.services.router.registry
-        deadline = time.monotonic() + 10
-        while not (g1.services.policy_events.live and g2.services.policy_events.live):
-            assert time.monotonic() < deadline, "policy subscriptions did not come up"
-            time.sleep(0.01)
+        wait_until(lambda: g1.services.policy_events.live and g2.services.policy_events.live, 10, what="policy subscriptions did not come up")
         for version, desc in [(1, "first"), (2, "second")]:
             r = httpx.put(
                 f"{g1.base_url}/admin/api/policies/fast-lane",

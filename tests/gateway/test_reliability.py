@@ -8,33 +8,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
 import pytest
 
 from backends.fake_provider import FakeProviderThread
-from gateway.config import Settings
-from tests.gateway.harness import GatewayThread, running_gateway
-
-
-def dep(name: str, model: str, base_url: str, **kw: Any) -> dict[str, Any]:
-    return {"name": name, "model": model, "upstream_model": "fake-model", "api_base": base_url,
-            "timeout_s": 5, "stream_idle_timeout_s": 5, "context_window": 8192,
-            "pricing": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}, **kw}
-
-
-def settings(tmp_path: Path, db_url: str, deployments: list[dict[str, Any]], **kw: Any) -> Settings:
-    base: dict[str, Any] = {
-        "database_url": db_url, "deployments": deployments, "local_model": {"enabled": False},
-        "log": {"bodies": "none", "spool_dir": str(tmp_path / f"spool-{uuid.uuid4().hex[:6]}"), "batch_max_ms": 10},
-        "breaker": {"consecutive_failures": 3, "min_requests": 100, "cooldown_s": 0.5, "window_s": 10},
-        "policy_reload_s": 0.2,
-    }
-    base.update(kw)
-    base["router"] = {"artifacts_dir": str(tmp_path), **kw.get("router", {})}
-    return Settings(**base)
+from tests.support.gateway import MSG, dep, sdk, settings
+from tests.support.harness import GatewayThread, running_gateway
 
 
 @pytest.fixture()
@@ -43,16 +24,11 @@ def two_providers() -> Iterator[tuple[FakeProviderThread, FakeProviderThread]]:
         yield a, b
 
 
-def sdk(gw: GatewayThread, key: str = "unused") -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.base_url + "/v1", api_key=key, max_retries=0, timeout=30)
-
 
 def breaker_state(gw: GatewayThread, name: str) -> str:
     data = httpx.get(gw.base_url + "/admin/api/breakers").json()["data"]
     return next(b["state"] for b in data if b["deployment"] == name)
 
-
-MSG = [{"role": "user", "content": "hello"}]
 
 
 def test_breaker_opens_traffic_falls_back_and_half_open_probe_closes_it(

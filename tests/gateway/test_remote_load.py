@@ -15,8 +15,10 @@ from aiohttp import web
 
 from backends.fake_provider import FakeProviderThread
 from service.remote_load import health_url
-from tests.gateway.harness import free_port, running_gateway
-from tests.gateway.test_reliability import MSG, dep, settings
+from tests.support.gateway import MSG, dep, settings
+from tests.support.harness import running_gateway
+from tests.support.net import free_port
+from tests.support.wait import wait_until
 
 POLICY = """
 name: local-first
@@ -36,6 +38,7 @@ class LoadServer:
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self.listening = threading.Event()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -48,6 +51,7 @@ class LoadServer:
         runner = web.AppRunner(app)
         self.loop.run_until_complete(runner.setup())
         self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self.loop.call_soon(self.listening.set)
         self.loop.run_forever()
 
 
@@ -55,7 +59,7 @@ class LoadServer:
 def load_server() -> Iterator[LoadServer]:
     s = LoadServer()
     s.thread.start()
-    time.sleep(0.2)
+    assert s.listening.wait(10), "load server did not start"
     yield s
     s.loop.call_soon_threadsafe(s.loop.stop)
 
@@ -84,12 +88,6 @@ def test_saturated_remote_local_model_is_routed_around(
             time.sleep(0.5)
             assert served() == "local-http"
             load_server.queue_depth = 20  # the local model's queue fills up
-            deadline = time.monotonic() + 5
-            while served() != "cloud":
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            wait_until(lambda: served() == "cloud", 5)
             load_server.queue_depth = 0
-            deadline = time.monotonic() + 5
-            while served() != "local-http":
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            wait_until(lambda: served() == "local-http", 5)

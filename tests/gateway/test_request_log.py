@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from backends.fake_provider import FakeProviderThread
 from requestlog.migrate import upgrade
-from tests.gateway.conftest import gateway_settings
-from tests.gateway.harness import running_gateway
-from tests.requestlog._rl_support import TcpProxy
+from tests.support.gateway import gateway_settings
+from tests.support.harness import running_gateway
+from tests.support.requestlog import TcpProxy
 
 
 class ThreadedProxy:

@@ -11,8 +11,8 @@ from openai import BadRequestError, NotFoundError, OpenAI
 from pydantic import BaseModel
 
 from backends.fake_provider import FakeProviderThread
-from tests.gateway.conftest import gateway_settings
-from tests.gateway.harness import GatewayThread, running_gateway
+from tests.support.gateway import gateway_settings
+from tests.support.harness import GatewayThread, running_gateway
 
 
 def client(gw: GatewayThread) -> OpenAI:

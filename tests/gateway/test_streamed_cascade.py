@@ -13,9 +13,9 @@ import pytest
 from backends.fake_provider import FakeProviderConfig, FakeProviderThread
 from router.offline.artifacts import save_verifier
 from router.offline.verifier_train import read_answers, train_verifier
-from tests.gateway.harness import running_gateway
-from tests.gateway.test_reliability import dep, settings
-from tests.router_learning.test_verifier import WEAK, _problems, _write_routellm
+from tests.support.gateway import dep, settings
+from tests.support.harness import running_gateway
+from tests.support.verifier_data import WEAK, arithmetic_problems, write_routellm
 
 POLICY = """
 name: checked
@@ -32,7 +32,7 @@ CAPS = ["chat", "completion", "logprobs"]
 @pytest.fixture(scope="module")
 def verifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("verifier")
-    verifier = train_verifier(read_answers([_write_routellm(tmp / "toy.csv", _problems(200))], WEAK), folds=3)
+    verifier = train_verifier(read_answers([write_routellm(tmp / "toy.csv", arithmetic_problems(200))], WEAK), folds=3)
     save_verifier(verifier, tmp / "verifier")
     return tmp / "verifier"
 

@@ -13,7 +13,7 @@ from openai import OpenAI
 from gateway.config import Settings
 from local_model.engine.checkpoint import SHIPPED, resolve_checkpoint
 from requestlog.migrate import upgrade
-from tests.gateway.harness import GatewayThread, running_gateway
+from tests.support.harness import GatewayThread, running_gateway
 
 
 def _shipped() -> Path | None:

@@ -1,5 +1,4 @@
-"""Fixtures for the local_model tests (helpers live in jamba_testlib, a uniquely named module, so test
-modules never depend on which of the repository's conftest.py files Python cached as `conftest`)."""
+"""Fixtures for the local_model tests (their helpers live in tests.support.jamba)."""
 
 from __future__ import annotations
 
@@ -7,9 +6,9 @@ from typing import Any
 
 import pytest
 import torch
-from jamba_testlib import CASES, Case, build_hf
 
 import local_model
+from tests.support.jamba import CASES, Case, build_hf
 
 
 @pytest.fixture(autouse=True, scope="module")

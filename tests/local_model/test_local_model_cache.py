@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from jamba_testlib import assert_close_logits
 
 from local_model.cache import (
     HybridCache,
@@ -23,6 +22,7 @@ from local_model.model import (
     selective_scan_ref,
     selective_state_update_ref,
 )
+from tests.support.jamba import assert_close_logits
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from jamba_testlib import CASES, Case, assert_close_logits, hf_config, random_ids, randomize_
 from safetensors.torch import load_file, save_file
 
 import local_model
 from local_model.config import PRESETS, JambaConfig
 from local_model.model import JambaForCausalLM
 from local_model.weights import Tokenizer, save_checkpoint
+from tests.support.jamba import CASES, Case, assert_close_logits, hf_config, random_ids, randomize_
 
 
 def test_import_is_cheap() -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from jamba_testlib import Case, assert_close_logits, random_ids
 
 from local_model.model import DEFAULT_KERNELS, REFERENCE_KERNELS, JambaForCausalLM
+from tests.support.jamba import Case, assert_close_logits, random_ids
 
 
 def full_logits(model: JambaForCausalLM, tokens: list[int]) -> torch.Tensor:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from mamba2_testlib import CASES, SHARDED, FamilyCase, assert_close_logits, random_ids, save_case
 
 import local_model
 from local_model.mamba2 import ssd_chunk_scan_ref, ssd_state_update_ref
+from tests.support.mamba2 import CASES, SHARDED, FamilyCase, assert_close_logits, random_ids, save_case
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))

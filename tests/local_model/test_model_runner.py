@@ -19,7 +19,7 @@ from local_model.engine import Engine, EngineConfig, SamplingParams
 from local_model.engine.model_runner import StepMetadata
 from local_model.kernels import DEFAULT_KERNELS
 from local_model.model import JambaForCausalLM
-from tests.local_model.mamba2_testlib import save_case
+from tests.support.mamba2 import save_case
 
 # Ops that copy a device value to the host (``.item()``, ``bool(t)``, ``.tolist()``) or have a
 # data-dependent output shape.

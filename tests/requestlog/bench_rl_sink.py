@@ -25,10 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from _rl_support import make_request, scalar  # noqa: E402
-
 from requestlog import migrate  # noqa: E402
 from requestlog.sink import LogSink  # noqa: E402
+from tests.support.requestlog import make_request, scalar  # noqa: E402
 
 
 async def bench(url: str, n: int, attempts: int, rate: int, seconds: float) -> None:

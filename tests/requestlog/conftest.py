@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from requestlog import migrate
+from tests.support.db import migrated_sqlite_url
 
 
 @pytest.fixture(scope="session")
@@ -24,9 +25,8 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture()
-def sqlite_log_url(sqlite_url: str) -> str:
-    migrate.upgrade(sqlite_url)
-    return sqlite_url
+def sqlite_log_url(tmp_path: Path, sqlite_template: Path) -> str:
+    return migrated_sqlite_url(sqlite_template, tmp_path / "log.db")
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

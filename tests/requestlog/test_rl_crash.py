@@ -22,8 +22,8 @@ import sqlalchemy as sa
 from backends.fake_provider import FakeProviderThread
 from requestlog.migrate import upgrade
 from requestlog.urls import to_sync_url
-from tests.gateway.conftest import gateway_settings
-from tests.gateway.harness import GatewayProcess
+from tests.support.gateway import gateway_settings
+from tests.support.harness import GatewayProcess
 
 TOTAL, KILL_AFTER, CONCURRENCY = 300, 150, 24
 

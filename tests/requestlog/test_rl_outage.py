@@ -11,8 +11,7 @@ import pytest
 
 from requestlog import migrate
 from requestlog.sink import LogSink
-
-from ._rl_support import TcpProxy, fetch, make_request, scalar
+from tests.support.requestlog import TcpProxy, fetch, make_request, scalar
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,14 +15,17 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from requestlog import migrate
 from requestlog.retention import prune
 from requestlog.tables import attempts, feedback, requests
+from tests.support.db import migrated_sqlite_url
+from tests.support.wait import wait_until
 
 NOW = datetime.now(UTC)
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
 def empty_log(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    url = (request.getfixturevalue("fresh_pg_url") if request.param == "postgresql"
-           else f"sqlite+aiosqlite:///{tmp_path / 'retention.db'}")
+    if request.param == "sqlite":
+        return migrated_sqlite_url(request.getfixturevalue("sqlite_template"), tmp_path / "retention.db")
+    url = request.getfixturevalue("fresh_pg_url")
     migrate.upgrade(url)
     return url
 
@@ -79,9 +81,8 @@ async def test_prune_refuses_a_naive_cutoff(empty_log: str) -> None:
         await engine.dispose()
 
 
-async def test_cli_prune_uses_days_or_the_configured_retention(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
-    migrate.upgrade(url)
+async def test_cli_prune_uses_days_or_the_configured_retention(tmp_path: Path, sqlite_template: Path) -> None:
+    url = migrated_sqlite_url(sqlite_template, tmp_path / "cli.db")
     await _fill(url, [10, 3, 0])
     cfg = tmp_path / "hg.yaml"
     cfg.write_text(f"database_url: {url}\nlog: {{retention_days: 5}}\n")
@@ -95,19 +96,15 @@ async def test_cli_prune_uses_days_or_the_configured_retention(tmp_path: Path) -
     assert r.returncode == 2
 
 
-def test_gateway_with_retention_prunes_in_the_background(tmp_path: Path) -> None:
+def test_gateway_with_retention_prunes_in_the_background(tmp_path: Path, sqlite_template: Path) -> None:
     import asyncio
 
-    from tests.gateway.harness import running_gateway
-    from tests.gateway.test_reliability import settings
+    from tests.support.gateway import settings
+    from tests.support.harness import running_gateway
 
-    url = f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}"
-    migrate.upgrade(url)
+    url = migrated_sqlite_url(sqlite_template, tmp_path / "gw.db")
     asyncio.run(_fill(url, [100, 0]))
     s = settings(tmp_path, url, [], log={"bodies": "none", "spool_dir": str(tmp_path / "spool"),
                                          "retention_days": 30})
     with running_gateway(s):
-        deadline = time.monotonic() + 10
-        while asyncio.run(_ids(url))[0] != {"r1"}:
-            assert time.monotonic() < deadline, "the old request was never pruned"
-            time.sleep(0.1)
+        wait_until(lambda: asyncio.run(_ids(url))[0] == {"r1"}, 10, what="the old request was never pruned", interval_s=0.1)

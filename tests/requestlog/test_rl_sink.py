@@ -16,8 +16,7 @@ import sqlalchemy as sa
 
 from requestlog import migrate, tables
 from requestlog.sink import LogSink
-
-from ._rl_support import T0, dead_pg_url, fetch, make_request, scalar
+from tests.support.requestlog import T0, dead_pg_url, fetch, make_request, scalar
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -217,7 +216,7 @@ CRASHING_SINK = """
 import asyncio, os, signal, sys
 sys.path.insert(0, {repo!r})
 sys.path.insert(0, {here!r})
-from _rl_support import make_request
+from tests.support.requestlog import make_request
 from requestlog.sink import LogSink
 
 async def main():

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from requestlog.codec import decode_record, encode_record, sanitize_record, to_record
 from requestlog.spool import REJECTED_FILE, Spool
-
-from ._rl_support import make_request
+from tests.support.requestlog import make_request
 
 
 def _lines(prefix: str, n: int) -> list[bytes]:

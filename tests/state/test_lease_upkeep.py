@@ -13,8 +13,8 @@ from router.budget import BudgetExceeded, BudgetLimit
 from state.budgets import RedisBudgetStore
 from state.ratelimits import RedisRateLimitStore
 from state.redis_util import make_redis
-from tests.requestlog._rl_support import TcpProxy
-from tests.routing.test_redis_state import Clock, _cleanup
+from tests.support.redis import Clock, delete_keys
+from tests.support.requestlog import TcpProxy
 
 LIMIT = [BudgetLimit("key:k", 1.0, "day")]
 
@@ -24,7 +24,7 @@ async def direct(redis_url: str, redis_prefix: str) -> AsyncIterator[aioredis.Re
     client = make_redis(redis_url, timeout_s=5.0, connect_timeout_s=5.0)
     yield client
     await client.aclose()
-    await _cleanup(redis_url, redis_prefix)
+    await delete_keys(redis_url, redis_prefix)
 
 
 async def test_a_running_requests_hold_is_renewed_and_a_dead_ones_lapses(

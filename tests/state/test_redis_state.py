@@ -20,6 +20,7 @@ from state.breakers import RedisBreakerStore
 from state.budgets import RedisBudgetStore
 from state.ratelimits import RedisRateLimitStore
 from state.redis_util import RedisGuard, make_redis
+from tests.support.redis import Clock, delete_keys
 
 CFG = BreakerConfig(
     window_s=10, buckets=5, min_requests=4, consecutive_failures=3, cooldown_s=5, half_open_probes=1,
@@ -27,15 +28,6 @@ CFG = BreakerConfig(
 )  # fmt: skip
 DEAD_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
-
-async def _cleanup(url: str, prefix: str) -> None:
-    r = aioredis.Redis.from_url(url)
-    try:
-        keys = [k async for k in r.scan_iter(match=prefix + "*", count=500)]
-        if keys:
-            await r.delete(*keys)
-    finally:
-        await r.aclose()
 
 
 @pytest.fixture()
@@ -48,15 +40,8 @@ async def clients(redis_url: str, redis_prefix: str) -> AsyncIterator[tuple[aior
     yield a, b
     await a.aclose()
     await b.aclose()
-    await _cleanup(redis_url, redis_prefix)
+    await delete_keys(redis_url, redis_prefix)
 
-
-class Clock:
-    def __init__(self, t: float = 1_715_774_400.0) -> None:  # 2024-05-15 12:00 UTC
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 # ---- breakers ----------------------------------------------------------------------------------------------
@@ -134,7 +119,7 @@ def test_lua_breaker_matches_python_model(redis_url, redis_prefix, seq) -> None:
             assert store.guard.failures == 0
         finally:
             await client.aclose()
-            await _cleanup(redis_url, prefix)
+            await delete_keys(redis_url, prefix)
 
     asyncio.run(body())
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from backends.local_backend import LocalBackend
 from backends.registry import UnsupportedProviderError, build_backend
 from common.types import DeploymentConfig
 from local_model.engine import Engine, EngineConfig
+from tests.support.wait import await_until
 
 
 def dep(upstream: str, **kw: object) -> DeploymentConfig:
@@ -66,10 +65,8 @@ async def test_errors_map_to_upstream_kinds(tiny_ckpt: Path) -> None:
         long = chat({"max_tokens": 300, "ignore_eos": True})
         first, second = backend.stream(long), backend.stream(long)
         assert (await anext(first))["choices"][0]["delta"]["role"] == "assistant"
-        deadline = time.monotonic() + 10
-        while engine.load_signals().running < 1:  # admitted: no longer counts against the queue
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        # admitted: no longer counts against the queue
+        await await_until(lambda: engine.load_signals().running >= 1, 10, what="the first stream admitted")
         await anext(second)
         with pytest.raises(UpstreamError) as e:
             await anext(backend.stream(chat()))

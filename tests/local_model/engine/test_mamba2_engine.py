@@ -22,11 +22,12 @@ import torch
 
 import local_model
 from local_model.engine import Engine, EngineConfig, SamplingParams
-from tests.local_engine.conftest import free_port, parse_metrics
-from tests.local_model.mamba2_testlib import ENGINE_CASES, VOCAB, save_case
+from tests.support.engine import parse_metrics
+from tests.support.mamba2 import ENGINE_CASES, VOCAB, save_case
+from tests.support.net import free_port
 
 GREEDY = dict(temperature=0.0)
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def prompt(n: int, seed: int) -> list[int]:

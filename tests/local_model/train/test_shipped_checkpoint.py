@@ -11,7 +11,7 @@ import torch
 import local_model
 from local_model.train import CHAT_TEMPLATE, SPECIAL_TOKENS
 
-SHIPPED = Path(__file__).resolve().parents[2] / "local_model" / "checkpoints" / "hybridgate-tiny"
+SHIPPED = Path(__file__).resolve().parents[3] / "local_model" / "checkpoints" / "hybridgate-tiny"
 MAX_BYTES = 50 * 1024 * 1024
 
 

@@ -21,8 +21,8 @@ from policies.db_store import DbPolicyStore
 from policies.registry import InMemoryPolicyStore, PolicyRegistry
 from state.policy_events import RedisPolicyEvents
 from state.redis_util import make_redis
-from tests.requestlog._rl_support import TcpProxy
-from tests.routing.test_registry import V1, V2
+from tests.support.policies import V1, V2
+from tests.support.requestlog import TcpProxy
 
 LONG_POLL_S = 30.0  # far longer than any wait below: whatever arrives in time came by pub/sub
 

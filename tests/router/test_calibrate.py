@@ -14,7 +14,7 @@ from policies.loader import parse_policy
 from router import Plugins, Signals
 from router.calibrate import calibrate_cost_weight
 from router.compiled import compiled_for
-from tests.routing.conftest import NOON, make_deployments
+from tests.support.deployments import NOON, make_deployments
 
 DEPS = make_deployments()
 POLICY = parse_policy(textwrap.dedent("""\

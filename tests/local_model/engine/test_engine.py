@@ -11,7 +11,7 @@ import torch
 import local_model
 from local_model.engine import Engine, EngineConfig, EngineOverloaded, PromptTooLong, SamplingParams
 from local_model.engine.sequence import Status
-from tests.local_engine.conftest import build_checkpoint, random_prompt, reference_greedy
+from tests.support.engine import build_checkpoint, random_prompt, reference_greedy
 
 GREEDY = dict(temperature=0.0)
 
@@ -128,7 +128,7 @@ class JambaConfigs:
     @staticmethod
     def per_token(**kw: int) -> int:
         from local_model.engine.config import plan_memory
-        from tests.local_engine.conftest import tiny_config
+        from tests.support.engine import tiny_config
 
         kw.setdefault("attn_layer_offset", 1)
         return plan_memory(tiny_config(**kw), EngineConfig(), torch.float32).kv_bytes_per_block // 16

@@ -19,9 +19,8 @@ from policies.registry import (
     StoredPolicy,
     VersionConflict,
 )
+from tests.support.policies import V1, V2
 
-V1 = "name: p\ndescription: first\nselector: {type: cheapest}\n"
-V2 = "name: p\ndescription: second\nselector: {type: least_busy}\n"
 BAD = "name: p\nselector: {type: cheapest, nope: 1}\n"
 
 

@@ -15,7 +15,7 @@ from common.types import RequestFeatures
 from policies.loader import examples_dir, load_policy_dir, parse_policy
 from policies.schema import Policy
 from router import BudgetSnapshot, Decision, LocalLoad, Plugins, Signals, decide, unknown_targets
-from tests.routing.conftest import NOON, make_deployments
+from tests.support.deployments import NOON, make_deployments
 
 DEPS = make_deployments()
 

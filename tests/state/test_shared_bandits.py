@@ -19,6 +19,7 @@ from router.plugins import LinUCBBandit, ThompsonBandit
 from router.protocols import SharedBandit
 from state.bandits import DbBanditStore, RedisBanditStore
 from state.redis_util import make_redis
+from tests.support.wait import wait_until
 
 
 def _contexts(n: int, seed: int = 0) -> list[tuple[str, float, dict]]:
@@ -132,10 +133,7 @@ async def test_increments_made_while_redis_was_down_arrive_when_it_restarts(tmp_
     def start() -> None:
         subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(port),
                         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)], check=True)
-        deadline = time.monotonic() + 5
-        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() != b"PONG":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() == b"PONG", 5, interval_s=0.05)
 
     def stop() -> None:
         subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)

@@ -14,7 +14,8 @@ import pytest
 import local_model
 from local_model.engine import Engine, EngineConfig
 from local_model.server import create_app, load_signals
-from tests.local_engine.conftest import ServerThread, parse_metrics, random_prompt, reference_greedy
+from tests.support.engine import parse_metrics, random_prompt, reference_greedy
+from tests.support.harness import ServerThread
 
 MODEL = "tiny-hybrid"
 

@@ -15,31 +15,7 @@ from router.offline.artifacts import load_artifact, load_verifier, save_artifact
 from router.offline.cli import train_verifier_main
 from router.offline.verifier_train import cross_validate, read_answers, train_verifier
 from router.verifier import ANSWER_FEATURE_NAMES, answer_features, arithmetic_checks, safe_arithmetic
-
-WEAK, STRONG = "weak/m", "strong-m"
-
-
-def _problems(n: int, seed: int = 0) -> list[tuple[str, str, bool, bool]]:
-    """(prompt, weak answer, weak right, strong right): a wrong weak answer states a wrong sum."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        a, b = int(rng.integers(2, 500)), int(rng.integers(2, 500))
-        right = bool(rng.random() < 0.6)
-        c = a + b if right else a + b + int(rng.integers(1, 40))
-        answer = f"Step 1: she starts with {a}.\nStep 2: {a} + {b} = {c}.\nThe answer is {c}."
-        out.append((f"Problem {i}: Ann has {a} shells and finds {b} more. How many now?", answer, right,
-                    bool(rng.random() < 0.9)))
-    return out
-
-
-def _write_routellm(path: Path, rows: list[tuple[str, str, bool, bool]]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["prompt", WEAK, STRONG, f"{WEAK}_response", f"{STRONG}_response"])
-        for p, ans, ok_w, ok_s in rows:
-            w.writerow([p, str(ok_w), str(ok_s), ans, "strong answer"])
-    return path
+from tests.support.verifier_data import STRONG, WEAK, arithmetic_problems, write_routellm
 
 
 def test_stated_arithmetic_is_rechecked_and_nothing_else_is_evaluated() -> None:
@@ -63,8 +39,8 @@ def test_answer_features_describe_the_answer_against_its_prompt() -> None:
 
 
 def test_verifier_trained_on_labeled_answers_ranks_wrong_arithmetic_low(tmp_path: Path) -> None:
-    rows = _problems(300)
-    data = read_answers([_write_routellm(tmp_path / "toy.csv", rows)], WEAK, other=STRONG)
+    rows = arithmetic_problems(300)
+    data = read_answers([write_routellm(tmp_path / "toy.csv", rows)], WEAK, other=STRONG)
     assert len(data.labels) == 300 and not np.isnan(data.other).any()
     cv = cross_validate(data, folds=3, repeats=1)
     assert cv["auc"] > 0.95 and cv["escalation_apgr"] > 0.8
@@ -79,8 +55,8 @@ def test_verifier_trained_on_labeled_answers_ranks_wrong_arithmetic_low(tmp_path
 
 
 def test_verifier_and_classifier_artifacts_are_not_mistaken_for_each_other(tmp_path: Path) -> None:
-    rows = _problems(80)
-    v = train_verifier(read_answers([_write_routellm(tmp_path / "toy.csv", rows)], WEAK), folds=3)
+    rows = arithmetic_problems(80)
+    v = train_verifier(read_answers([write_routellm(tmp_path / "toy.csv", rows)], WEAK), folds=3)
     save_verifier(v, tmp_path / "ver")
     with pytest.raises(ValueError, match="not a router classifier"):
         load_artifact(tmp_path / "ver")
@@ -104,7 +80,7 @@ def test_answers_are_read_from_both_dataset_formats_skipping_unknown_labels(tmp_
         w.writerow(["1", "p1", "arc", "1", "A", "0.001"])
         w.writerow(["2", "p2", "arc", "", "B", "0.001"])  # unknown label: skipped
         w.writerow(["3", "p3", "arc", "0", "C", "0.001"])
-    ll = _write_routellm(tmp_path / "ll.csv", _problems(4))
+    ll = write_routellm(tmp_path / "ll.csv", arithmetic_problems(4))
     data = read_answers([rb, ll], WEAK)
     assert data.prompts[:2] == ["p1", "p3"] and data.answers[:2] == ["A", "C"] and len(data.labels) == 6
     with pytest.raises(ValueError, match="no labeled answers"):
@@ -112,7 +88,7 @@ def test_answers_are_read_from_both_dataset_formats_skipping_unknown_labels(tmp_
 
 
 def test_train_verifier_cli_writes_an_artifact_and_reports_cross_validation(tmp_path: Path, capsys) -> None:  # noqa: ANN001
-    data = _write_routellm(tmp_path / "toy.csv", _problems(120))
+    data = write_routellm(tmp_path / "toy.csv", arithmetic_problems(120))
     rc = train_verifier_main(["--data", str(data), "--model", WEAK, "--escalate-to", STRONG,
                               "--out", str(tmp_path / "v")])
     assert rc == 0

@@ -1,11 +1,8 @@
-"""Deployments and helpers shared by the routing tests (pure values, no servers)."""
+"""Deployments shaped like a real setup, for router tests (pure values, no servers)."""
 
 from __future__ import annotations
 
-import random
 from datetime import UTC, datetime
-
-import pytest
 
 from common.types import DeploymentConfig, Pricing
 
@@ -35,19 +32,4 @@ def make_deployments() -> list[DeploymentConfig]:
     ]
 
 
-@pytest.fixture()
-def deployments() -> list[DeploymentConfig]:
-    return make_deployments()
-
-
-@pytest.fixture()
-def rng() -> random.Random:
-    return random.Random(1234)
-
-
 NOON = datetime(2024, 5, 15, 12, 0, tzinfo=UTC)  # a Wednesday
-
-
-@pytest.fixture()
-def now() -> datetime:
-    return NOON

@@ -1,4 +1,4 @@
-"""Run a real gateway (uvicorn, real sockets) in a background thread for SDK-level tests."""
+"""Real servers (uvicorn, real sockets) in background threads: the gateway, or any ASGI app."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 import yaml
@@ -22,24 +21,18 @@ import yaml
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.http_edge import EdgeConfig
+from tests.support.net import free_port
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class ServerThread:
+    """An ASGI app served by uvicorn on 127.0.0.1:<random port> in a background thread (its own event loop)."""
 
-
-class GatewayThread:
-    """A gateway on 127.0.0.1:<random port>, serving `settings` until stopped."""
-
-    def __init__(self, settings: Settings, **app_kwargs: Any) -> None:
-        self.port = free_port()
-        self.settings = settings.model_copy(update={"port": self.port})
-        self.app = create_app(self.settings, **app_kwargs)
-        self.server = uvicorn.Server(EdgeConfig(
-            self.app, limits=self.settings.http, host="127.0.0.1", port=self.port, loop="asyncio",
-            access_log=False, log_level="warning", lifespan="on"))
+    def __init__(self, app: Any, config: uvicorn.Config | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.app = app
+        self.server = uvicorn.Server(config or uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, loop="asyncio", access_log=False, log_level="warning",
+            lifespan="on"))
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -52,12 +45,10 @@ class GatewayThread:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def services(self) -> Any:
-        return self.app.state.services
+    url = base_url
 
     def call(self, coro: Any, timeout: float = 30) -> Any:
-        """Run a coroutine on the gateway's loop (e.g. sink.flush())."""
+        """Run a coroutine on the server's loop (e.g. sink.flush())."""
         assert self.loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
@@ -66,18 +57,40 @@ class GatewayThread:
         assert self.loop is not None
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
-    def start(self) -> GatewayThread:
+    def start(self) -> Self:
         self.thread.start()
-        deadline = time.time() + 20
+        deadline = time.monotonic() + 30
         while not self.server.started:
-            if not self.thread.is_alive() or time.time() > deadline:
-                raise RuntimeError("gateway did not start")
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"{type(self).__name__} did not start")
             time.sleep(0.01)
         return self
 
     def stop(self) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=20)
+        self.thread.join(timeout=30)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class GatewayThread(ServerThread):
+    """A gateway on 127.0.0.1:<random port>, serving `settings` (with its HTTP edge limits) until stopped."""
+
+    def __init__(self, settings: Settings, **app_kwargs: Any) -> None:
+        port = free_port()
+        self.settings = settings.model_copy(update={"port": port})
+        app = create_app(self.settings, **app_kwargs)
+        super().__init__(app, EdgeConfig(
+            app, limits=self.settings.http, host="127.0.0.1", port=port, loop="asyncio",
+            access_log=False, log_level="warning", lifespan="on"), port=port)
+
+    @property
+    def services(self) -> Any:
+        return self.app.state.services
 
 
 @contextlib.contextmanager

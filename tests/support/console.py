@@ -20,8 +20,8 @@ from backends.fake_provider import FakeProviderThread
 from gateway.config import Settings
 from requestlog.migrate import upgrade
 from requestlog.rows import AttemptRow, RequestRow
-from tests.conftest import _admin_execute
-from tests.gateway.harness import GatewayThread, running_gateway
+from tests.support.db import admin_execute
+from tests.support.harness import GatewayThread, running_gateway
 
 ADMIN_TOKEN = "admin-token-for-console-tests-7f3a9c"
 PROVIDER_KEY = "sk-provider-secret-for-console-tests-0a1b2c3d"
@@ -37,14 +37,14 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
 def fresh_database() -> Iterator[str]:
     """A Postgres database of its own (for module-scoped gateways), migrated to head."""
     name = f"hg_console_{uuid.uuid4().hex[:10]}"
-    _admin_execute(f'CREATE DATABASE "{name}"')
+    admin_execute(f'CREATE DATABASE "{name}"')
     url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     try:
         upgrade(url)
         yield url
     finally:
         with contextlib.suppress(Exception):
-            _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def sync_dsn(url: str) -> str:

@@ -23,8 +23,8 @@ from router.budget import BudgetExceeded, BudgetLimit, account_period, period_st
 from state.budget_reconcile import SpendReconciler
 from state.budgets import InProcessBudgetStore, RedisBudgetStore
 from state.redis_util import make_redis
-from tests.requestlog._rl_support import TcpProxy, dead_pg_url
-from tests.routing.test_redis_state import _cleanup
+from tests.support.redis import delete_keys
+from tests.support.requestlog import TcpProxy, dead_pg_url
 
 NOW = datetime(2024, 5, 15, 12, 0, tzinfo=UTC)  # a Wednesday
 
@@ -115,11 +115,11 @@ async def test_a_redis_that_lost_its_data_reopens_accounts_from_the_log(
         lims = [BudgetLimit("key:k", 1.0, "month")]
         await a.commit(await a.reserve(lims, 0.8), 0.8)
         await logged(log_engine, 0.8)
-        await _cleanup(redis_url, redis_prefix)  # Redis restarted without persistence
+        await delete_keys(redis_url, redis_prefix)  # Redis restarted without persistence
         b = RedisBudgetStore(b_client, prefix=redis_prefix, clock=clock, reconciler=SpendReconciler(LoggedSpend(log_engine)))
         with pytest.raises(BudgetExceeded):  # a new process opens the account from the log
             await b.reserve(lims, 0.3)
-        await _cleanup(redis_url, redis_prefix)
+        await delete_keys(redis_url, redis_prefix)
         await a.reconcile()  # a process that had the account open restores it on its next round
         assert (await b.snapshot(lims))["key:k"].spent_usd == pytest.approx(0.8)
         ttl = await b_client.ttl(f"{redis_prefix}budget:key:k:month:2024-05")
@@ -127,7 +127,7 @@ async def test_a_redis_that_lost_its_data_reopens_accounts_from_the_log(
     finally:
         await a_client.aclose()
         await b_client.aclose()
-        await _cleanup(redis_url, redis_prefix)
+        await delete_keys(redis_url, redis_prefix)
 
 
 async def test_spend_counted_during_a_redis_outage_reaches_redis_when_it_returns(
@@ -167,7 +167,7 @@ async def test_spend_counted_during_a_redis_outage_reaches_redis_when_it_returns
         await a_client.aclose()
         await b_client.aclose()
         await proxy.close()
-        await _cleanup(redis_url, redis_prefix)
+        await delete_keys(redis_url, redis_prefix)
 
 
 class CountingSpend:

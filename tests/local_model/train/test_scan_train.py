@@ -1,4 +1,4 @@
-"""The training scan must equal M's reference scan (values, final state and gradients)."""
+"""The training scan must equal the model's reference scan (values, final state and gradients)."""
 
 from __future__ import annotations
 

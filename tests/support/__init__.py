@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: servers, ports, databases, model fixtures' builders (no fixtures here)."""
