@@ -5,7 +5,7 @@ Re-sending a batch, whole or in part, therefore never duplicates a row; that is 
 replay and retries safe.
 
 On PostgreSQL each table's share of a batch is ONE statement,
-``INSERT ... SELECT ... FROM unnest($1::text[], $2::timestamptz[], ...)``, with one array
+``INSERT ... SELECT ... FROM unnest(CAST(:p0 AS VARCHAR[]), ...)``, with one array
 parameter per column: the rollup triggers (``requestlog/rollups.py``) are per statement with
 transition tables, so they run once per batch rather than once per row as they would under an
 executemany. On SQLite (per-row triggers there) it is an executemany of the dialect's insert.
@@ -99,7 +99,7 @@ def _insert(table: sa.Table, dialect: str) -> sa.Executable:
 class UnnestInsert:
     """One PostgreSQL statement inserting many rows of ``table``, idempotently.
 
-    Each column travels as one array parameter (``CAST(:p3 AS float8[])``) and ``unnest`` turns
+    Each column travels as one array parameter (``CAST(:p13 AS FLOAT[])``) and ``unnest`` turns
     the arrays back into rows, so a batch of any size is a single statement with a fixed text
     (prepared once per connection). JSON columns travel as JSON text and are cast in the SELECT;
     timestamps go through the column type's own bind processing (UTC, timezone-aware).
