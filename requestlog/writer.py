@@ -1,9 +1,14 @@
 """Batched, idempotent inserts of log records, and the classification of write failures.
 
-Every insert is ``INSERT ... ON CONFLICT (id) DO NOTHING`` executed as one executemany per
-table and batch (asyncpg pipelines it into a single round trip), inside one transaction per
-batch. Re-sending a batch, whole or in part, therefore never duplicates a row; that is what
-makes spool replay and retries safe.
+Every insert is ``INSERT ... ON CONFLICT (id) DO NOTHING``, inside one transaction per batch.
+Re-sending a batch, whole or in part, therefore never duplicates a row; that is what makes spool
+replay and retries safe.
+
+On PostgreSQL each table's share of a batch is ONE statement,
+``INSERT ... SELECT ... FROM unnest(CAST(:p0 AS VARCHAR[]), ...)``, with one array
+parameter per column: the rollup triggers (``requestlog/rollups.py``) are per statement with
+transition tables, so they run once per batch rather than once per row as they would under an
+executemany. On SQLite (per-row triggers there) it is an executemany of the dialect's insert.
 
 A failed write is either *unavailability* (network, server down, timeouts, missing tables, ...):
 keep the rows and retry later; or a *data error* in particular records (a NUL byte in text, an
@@ -21,10 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from . import tables
-from .codec import Record, dumps_json, sanitize_record
+from .codec import ATTEMPT, REQUEST, Params, Record, dumps_json, sanitize_record
 from .sql import dialect_insert
 from .urls import to_async_url
 
@@ -90,6 +96,54 @@ def _insert(table: sa.Table, dialect: str) -> sa.Executable:
     return dialect_insert(table, dialect).on_conflict_do_nothing(index_elements=["id"])
 
 
+class UnnestInsert:
+    """One PostgreSQL statement inserting many rows of ``table``, idempotently.
+
+    Each column travels as one array parameter (``CAST(:p13 AS FLOAT[])``) and ``unnest`` turns
+    the arrays back into rows, so a batch of any size is a single statement with a fixed text
+    (prepared once per connection). JSON columns travel as JSON text and are cast in the SELECT;
+    timestamps go through the column type's own bind processing (UTC, timezone-aware).
+    """
+
+    def __init__(self, table: sa.Table, defaults: Params) -> None:
+        dialect = postgresql.dialect()
+        self._columns = list(table.columns)
+        self._defaults = defaults
+        self._json = [isinstance(c.type.dialect_impl(dialect), sa.JSON) for c in self._columns]
+        self._decorators = [c.type if isinstance(c.type, sa.TypeDecorator) else None for c in self._columns]
+        self._dialect = dialect
+        names = ", ".join(dialect.identifier_preparer.quote(c.name) for c in self._columns)
+        arrays = ", ".join(
+            f"CAST(:p{i} AS {'text' if is_json else c.type.compile(dialect=dialect)}[])"
+            for i, (c, is_json) in enumerate(zip(self._columns, self._json, strict=True))
+        )
+        selected = ", ".join(
+            f"CAST(t.{dialect.identifier_preparer.quote(c.name)} AS jsonb)"
+            if is_json
+            else f"t.{dialect.identifier_preparer.quote(c.name)}"
+            for c, is_json in zip(self._columns, self._json, strict=True)
+        )
+        self.statement = sa.text(
+            f"INSERT INTO {dialect.identifier_preparer.quote(table.name)} ({names}) "
+            f"SELECT {selected} FROM unnest({arrays}) AS t({names}) "
+            "ON CONFLICT (id) DO NOTHING"
+        )
+
+    def params(self, rows: Sequence[Params]) -> dict[str, list[Any]]:
+        """The statement's parameters: one list per column, in row order."""
+        out: dict[str, list[Any]] = {}
+        for i, column in enumerate(self._columns):
+            name = column.name
+            default = self._defaults.get(name)
+            values = [row.get(name, default) for row in rows]
+            if self._json[i]:
+                values = [None if v is None else dumps_json(v) for v in values]
+            elif (decorator := self._decorators[i]) is not None:
+                values = [decorator.process_bind_param(v, self._dialect) for v in values]
+            out[f"p{i}"] = values
+        return out
+
+
 def _walk(exc: BaseException) -> list[BaseException]:
     """The exception and everything it wraps (``orig``, causes, contexts)."""
     seen: list[BaseException] = []
@@ -147,6 +201,12 @@ class DbWriter:
         dialect = engine.dialect.name
         self._insert_requests = _insert(tables.requests, dialect)
         self._insert_attempts = _insert(tables.attempts, dialect)
+        self._unnest: tuple[UnnestInsert, UnnestInsert] | None = None
+        if dialect == "postgresql":
+            self._unnest = (
+                UnnestInsert(tables.requests, REQUEST.defaults),
+                UnnestInsert(tables.attempts, ATTEMPT.defaults),
+            )
 
     async def ping(self) -> bool:
         """Whether the database answers a trivial query now. Never raises."""
@@ -161,6 +221,11 @@ class DbWriter:
         requests = [r for r, _ in records]
         attempts = [a for _, atts in records for a in atts]
         async with asyncio.timeout(self.write_timeout_s), self.engine.begin() as conn:
+            if self._unnest is not None:
+                for insert, rows in zip(self._unnest, (requests, attempts), strict=True):
+                    if rows:
+                        await conn.execute(insert.statement, insert.params(rows))
+                return
             if requests:
                 await conn.execute(self._insert_requests, requests)
             if attempts:
