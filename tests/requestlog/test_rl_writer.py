@@ -9,8 +9,7 @@ import sqlalchemy as sa
 
 from requestlog.codec import to_record
 from requestlog.writer import DbWriter, make_engine
-
-from ._rl_support import make_request, scalar
+from tests.support.requestlog import make_request, scalar
 
 _COUNTER = (
     "CREATE TABLE {name} (tbl text, fired int, rows_inserted int)",
