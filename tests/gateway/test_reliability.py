@@ -15,7 +15,9 @@ import openai
 import pytest
 
 from backends.fake_provider import FakeProviderThread
+from gateway.app import breaker_config
 from gateway.config import Settings
+from state.breakers import InProcessBreakerStore
 from tests.gateway.harness import GatewayThread, running_gateway
 
 
@@ -46,6 +48,16 @@ def sdk(gw: GatewayThread, key: str = "unused") -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.base_url + "/v1", api_key=key, max_retries=0, timeout=30)
 
 
+class ManualClock:
+    """A monotonic clock that moves only when a test moves it (``clock.t += seconds``)."""
+
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
 def breaker_state(gw: GatewayThread, name: str) -> str:
     data = httpx.get(gw.base_url + "/admin/api/breakers").json()["data"]
     return next(b["state"] for b in data if b["deployment"] == name)
@@ -59,7 +71,11 @@ def test_breaker_opens_traffic_falls_back_and_half_open_probe_closes_it(
 ) -> None:
     a, b = two_providers
     s = settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url), dep("b", "m", b.base_url)])
+    # The breakers read a clock the test moves: the cooldown ends when the test says so, never
+    # because a loaded machine took more than cooldown_s to send the requests below.
+    clock = ManualClock()
     with running_gateway(s) as gw:
+        gw.services.router.breakers.inner = InProcessBreakerStore(breaker_config(s), clock=clock)
         a.set_faults("500")
         c = sdk(gw)
         served = [c.chat.completions.with_raw_response.create(model="m", messages=MSG).headers["x-hybridgate-deployment"]
@@ -74,7 +90,10 @@ def test_breaker_opens_traffic_falls_back_and_half_open_probe_closes_it(
         assert 'hybridgate_breaker_open{deployment="a"} 1.0' in metrics
 
         a.set_faults()  # provider recovers
-        time.sleep(0.6)  # cooldown → half-open
+        clock.t += s.breaker.cooldown_s * 0.9
+        assert breaker_state(gw, "a") == "open"  # not before the cooldown has passed
+        clock.t += s.breaker.cooldown_s * 0.2
+        assert breaker_state(gw, "a") == "half_open"
         r = c.chat.completions.with_raw_response.create(model="m", messages=MSG)
         assert r.headers["x-hybridgate-deployment"] == "a"  # the probe went to a and succeeded
         assert breaker_state(gw, "a") == "closed"

@@ -241,17 +241,20 @@ async def test_polling_relaxes_while_push_is_live_and_returns_to_full_rate_when_
     store = InMemoryPolicyStore()
     writer, reader = PolicyRegistry(store), PolicyRegistry(store)  # no notifier: only polling carries changes
     push_live = True
+    await writer.create("q", V1.replace("name: p", "name: q"))
     stop = asyncio.Event()
     poll = asyncio.create_task(
         reader.run_reload_loop(0.05, stop, pushed=lambda: push_live, pushed_interval_s=LONG_POLL_S)
     )
     try:
-        await asyncio.sleep(0.1)  # the first poll runs at once
+        # the first poll runs at once: seeing "q" says it has, however slowly the machine runs
+        await wait_for(lambda: reader.active_version("q") == 1, 5.0, "the first poll")
         await writer.create("p", V1)
         await asyncio.sleep(0.5)  # ten full-rate intervals
         assert reader.active_version("p") is None  # relaxed: not polled yet
         push_live = False
-        await wait_for(lambda: reader.active_version("p") == 1, 0.5, "full-rate polling resumes")
+        # any wait far below LONG_POLL_S tells full rate from relaxed; 2 s leaves room for a slow box
+        await wait_for(lambda: reader.active_version("p") == 1, 2.0, "full-rate polling resumes")
     finally:
         stop.set()
         await poll
