@@ -17,7 +17,9 @@ async def test_a_stall_of_the_subscribers_own_loop_longer_than_dead_after_keeps_
     redis_url: str, redis_prefix: str
 ) -> None:
     client = make_redis(redis_url, timeout_s=5.0, connect_timeout_s=5.0)
-    events = RedisPolicyEvents(client, channel=f"{redis_prefix}policies", ping_interval_s=0.1, dead_after_s=0.4)
+    events = RedisPolicyEvents(
+        client, channel=f"{redis_prefix}policies", ping_interval_s=0.1, dead_after_s=0.4
+    )
     reloads = 0
 
     async def reload() -> None:
