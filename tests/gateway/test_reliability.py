@@ -268,7 +268,8 @@ def test_key_rate_limit_and_concurrency_cap_return_429_with_retry_after(
 
         async def two_at_once() -> list[int]:
             async with httpx.AsyncClient(timeout=30) as h:
-                slow = {"model": "m", "messages": [{"role": "user", "content": "slow [[fault:latency:500]]"}]}
+                # long enough that the second request arrives while the first holds the slot, loaded box or not
+                slow = {"model": "m", "messages": [{"role": "user", "content": "slow [[fault:latency:1500]]"}]}
                 rs = await asyncio.gather(*(h.post(gw.base_url + "/v1/chat/completions", json=slow,
                                                    headers={"authorization": f"Bearer {key2}"}) for _ in range(2)))
                 return sorted(r.status_code for r in rs)
