@@ -71,15 +71,20 @@ log = logging.getLogger("hybridgate")
 DEFAULT_POLICIES = Path(__file__).resolve().parents[1] / "policies" / "defaults"
 
 
+def breaker_config(settings: Settings) -> BreakerConfig:
+    """The circuit breaker settings every deployment's breaker starts from."""
+    b = settings.breaker
+    return BreakerConfig(window_s=b.window_s, min_requests=b.min_requests, error_rate=b.error_rate,
+                         consecutive_failures=b.consecutive_failures, latency_ms=b.latency_ms,
+                         cooldown_s=b.cooldown_s, half_open_probes=b.half_open_probes)
+
+
 def build_state(settings: Settings, engine: AsyncEngine) -> tuple[BreakerStore, BudgetStore, RateLimitStore,
                                                                 BanditStore, Any]:
     """Shared state: Redis when configured (every process sees one state), else in-process. Bandit
     statistics change only on feedback and are worth keeping, so by default they live in the
     database, durable across restarts of Redis and of the gateway."""
-    b = settings.breaker
-    cfg = BreakerConfig(window_s=b.window_s, min_requests=b.min_requests, error_rate=b.error_rate,
-                        consecutive_failures=b.consecutive_failures, latency_ms=b.latency_ms,
-                        cooldown_s=b.cooldown_s, half_open_probes=b.half_open_probes)
+    cfg = breaker_config(settings)
     # Budget accounts open from, and catch up with, the costs in the request log (state/budget_reconcile.py).
     spend = SpendReconciler(LoggedSpend(engine))
     where = settings.router.bandit_store

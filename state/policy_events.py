@@ -167,20 +167,32 @@ class RedisPolicyEvents:
         self, pubsub: PubSub, on_change: Callable[[], Awaitable[Any]], stop: asyncio.Event
     ) -> None:
         """Handle messages; when the channel is quiet, PING so a dead connection is noticed within
-        ``dead_after_s`` (TCP alone may take minutes to report a peer that vanished)."""
+        ``dead_after_s`` (TCP alone may take minutes to report a peer that vanished).
+
+        Silence is counted in waits for a message that came back empty, not only in time since
+        the last one: when this process is the slow party (a busy event loop, a long reload, CPU
+        starvation), a reply that arrived meanwhile is still unread in the buffer, and one wait
+        that overran by seconds is still one ``ping_interval_s`` of listening. Dead means both:
+        more than ``dead_after_s`` since anything was heard, and more than ``dead_after_s`` of
+        actual listening without a reply.
+        """
         loop = asyncio.get_running_loop()
         last_heard = loop.time()
+        empty_waits = 0
         while not stop.is_set():
             msg = await pubsub.get_message(timeout=self.ping_interval_s)
             now = loop.time()
             if msg is not None:
                 last_heard = now
+                empty_waits = 0
                 if msg["type"] == "message" and self._from_elsewhere(msg["data"]):
                     self.received += 1
                     await self._reload(on_change)
                 continue
-            if now - last_heard > self.dead_after_s:
-                raise TimeoutError(f"no reply from Redis for {now - last_heard:.1f} s")
+            empty_waits += 1
+            silent_s = now - last_heard
+            if silent_s > self.dead_after_s and empty_waits * self.ping_interval_s > self.dead_after_s:
+                raise TimeoutError(f"no reply from Redis for {silent_s:.1f} s ({empty_waits} empty waits)")
             await pubsub.ping()
 
     def _from_elsewhere(self, data: Any) -> bool:

@@ -14,6 +14,8 @@ import openai
 import pytest
 
 from backends.fake_provider import FakeProviderThread
+from gateway.app import breaker_config
+from state.breakers import InProcessBreakerStore
 from tests.support.gateway import MSG, dep, sdk, settings
 from tests.support.harness import GatewayThread, running_gateway
 
@@ -23,6 +25,16 @@ def two_providers() -> Iterator[tuple[FakeProviderThread, FakeProviderThread]]:
     with FakeProviderThread() as a, FakeProviderThread() as b:
         yield a, b
 
+
+
+class ManualClock:
+    """A monotonic clock that moves only when a test moves it (``clock.t += seconds``)."""
+
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
 
 
 def breaker_state(gw: GatewayThread, name: str) -> str:
@@ -36,7 +48,11 @@ def test_breaker_opens_traffic_falls_back_and_half_open_probe_closes_it(
 ) -> None:
     a, b = two_providers
     s = settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url), dep("b", "m", b.base_url)])
+    # The breakers read a clock the test moves: the cooldown ends when the test says so, never
+    # because a loaded machine took more than cooldown_s to send the requests below.
+    clock = ManualClock()
     with running_gateway(s) as gw:
+        gw.services.router.breakers.inner = InProcessBreakerStore(breaker_config(s), clock=clock)
         a.set_faults("500")
         c = sdk(gw)
         served = [c.chat.completions.with_raw_response.create(model="m", messages=MSG).headers["x-hybridgate-deployment"]
@@ -51,7 +67,10 @@ def test_breaker_opens_traffic_falls_back_and_half_open_probe_closes_it(
         assert 'hybridgate_breaker_open{deployment="a"} 1.0' in metrics
 
         a.set_faults()  # provider recovers
-        time.sleep(0.6)  # cooldown → half-open
+        clock.t += s.breaker.cooldown_s * 0.9
+        assert breaker_state(gw, "a") == "open"  # not before the cooldown has passed
+        clock.t += s.breaker.cooldown_s * 0.2
+        assert breaker_state(gw, "a") == "half_open"
         r = c.chat.completions.with_raw_response.create(model="m", messages=MSG)
         assert r.headers["x-hybridgate-deployment"] == "a"  # the probe went to a and succeeded
         assert breaker_state(gw, "a") == "closed"
@@ -226,7 +245,8 @@ def test_key_rate_limit_and_concurrency_cap_return_429_with_retry_after(
 
         async def two_at_once() -> list[int]:
             async with httpx.AsyncClient(timeout=30) as h:
-                slow = {"model": "m", "messages": [{"role": "user", "content": "slow [[fault:latency:500]]"}]}
+                # long enough that the second request arrives while the first holds the slot, loaded box or not
+                slow = {"model": "m", "messages": [{"role": "user", "content": "slow [[fault:latency:1500]]"}]}
                 rs = await asyncio.gather(*(h.post(gw.base_url + "/v1/chat/completions", json=slow,
                                                    headers={"authorization": f"Bearer {key2}"}) for _ in range(2)))
                 return sorted(r.status_code for r in rs)
