@@ -10,7 +10,7 @@ import time
 
 from state.policy_events import RedisPolicyEvents
 from state.redis_util import make_redis
-from tests.routing.test_policy_events import wait_for
+from tests.support.wait import await_until
 
 
 async def test_a_stall_of_the_subscribers_own_loop_longer_than_dead_after_keeps_a_healthy_subscription(
@@ -29,7 +29,7 @@ async def test_a_stall_of_the_subscribers_own_loop_longer_than_dead_after_keeps_
     stop = asyncio.Event()
     task = asyncio.create_task(events.run(reload, stop))
     try:
-        await wait_for(lambda: events.live, 5.0, "subscribed")
+        await await_until(lambda: events.live, 5.0, "subscribed")
         await asyncio.sleep(0.3)  # a few answered PINGs
         time.sleep(0.8)  # the whole loop blocked for 2 × dead_after_s: nothing read, Redis answered meanwhile
         await asyncio.sleep(0.5)  # five ping intervals to read the replies waiting in the buffer
