@@ -60,6 +60,32 @@ def dt_limit_of(d: dict[str, Any], key: str = "time_step_limit") -> tuple[float,
     return (_float(v[0]), _float(v[1]))
 
 
+def mamba_options_of(
+    d: dict[str, Any], hidden: int, d_inner: int, norm_eps: float, **overrides: Any
+) -> Mamba2Options:
+    """Mamba-2 mixer options from the ``mamba_*`` keys that Bamba, Granite 4.0-H and Falcon-H1 share;
+    ``overrides`` set the fields a family reads from keys of its own."""
+    head = d.get("mamba_d_head", "auto")
+    n_heads = int(d["mamba_n_heads"])
+    fields: dict[str, Any] = dict(
+        hidden_size=hidden,
+        num_heads=n_heads,
+        head_dim=d_inner // n_heads if head in (None, "auto") else int(head),
+        n_groups=int(d.get("mamba_n_groups", 1)),
+        d_state=int(d["mamba_d_state"]),
+        d_conv=int(d.get("mamba_d_conv", 4)),
+        chunk_size=int(d.get("mamba_chunk_size", 256)),
+        conv_bias=bool(d.get("mamba_conv_bias", True)),
+        in_proj_bias=bool(d.get("mamba_proj_bias", False)),
+        out_proj_bias=bool(d.get("mamba_proj_bias", False)),
+        activation=d.get("hidden_act", "silu"),
+        norm_eps=float(d.get("rms_norm_eps", norm_eps)),
+        dt_limit=dt_limit_of(d),
+    )
+    fields.update(overrides)
+    return Mamba2Options(**fields)
+
+
 @dataclass
 class HybridConfig:
     """Fields every family has, in one vocabulary, plus the cache layout (see module docstring).
