@@ -59,15 +59,7 @@ class BambaDecoderLayer(nn.Module):
         super().__init__()
         self.is_attention = c.layer_types[i] == "attention"
         if self.is_attention:
-            self.self_attn = Attention(
-                c.hidden_size,
-                c.num_attention_heads,
-                c.num_key_value_heads,
-                c.attn_head_dim,
-                c.hidden_size,
-                c.layer_entries[i]["attention"],
-                bias=c.attention_bias,
-            )
+            self.self_attn = Attention.for_layer(c, i, bias=c.attention_bias)
         else:
             assert c.mamba is not None
             self.mamba = Mamba2Mixer(c.mamba, c.layer_entries[i]["mamba"])

@@ -242,6 +242,19 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(in_dim, n_kv_heads * head_dim, bias=bias)
         self.o_proj = nn.Linear(n_heads * head_dim, out_dim, bias=bias)
 
+    @classmethod
+    def for_layer(cls, c: HybridConfig, i: int, **kwargs: Any) -> Attention:
+        """Layer ``i``'s attention at the model width, with the config's heads and cache entry."""
+        return cls(
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.attn_head_dim,
+            c.hidden_size,
+            c.layer_entries[i]["attention"],
+            **kwargs,
+        )
+
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 

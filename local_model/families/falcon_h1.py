@@ -95,16 +95,7 @@ class FalconH1DecoderLayer(nn.Module):
         super().__init__()
         assert c.mamba is not None
         self.mamba = Mamba2Mixer(c.mamba, c.layer_entries[i]["mamba"])
-        self.self_attn = Attention(
-            c.hidden_size,
-            c.num_attention_heads,
-            c.num_key_value_heads,
-            c.attn_head_dim,
-            c.hidden_size,
-            c.layer_entries[i]["attention"],
-            bias=c.attention_bias,
-            key_multiplier=c.key_multiplier,
-        )
+        self.self_attn = Attention.for_layer(c, i, bias=c.attention_bias, key_multiplier=c.key_multiplier)
         gate_m, down_m = c.mlp_multipliers
         self.feed_forward = GatedMLP(
             c.hidden_size,

@@ -139,16 +139,7 @@ class GraniteMoeHybridDecoderLayer(nn.Module):
         super().__init__()
         self.is_attention = c.layer_types[i] == "attention"
         if self.is_attention:
-            self.self_attn = Attention(
-                c.hidden_size,
-                c.num_attention_heads,
-                c.num_key_value_heads,
-                c.attn_head_dim,
-                c.hidden_size,
-                c.layer_entries[i]["attention"],
-                bias=c.attention_bias,
-                scale=c.attention_multiplier,
-            )
+            self.self_attn = Attention.for_layer(c, i, bias=c.attention_bias, scale=c.attention_multiplier)
         else:
             assert c.mamba is not None
             self.mamba = Mamba2Mixer(c.mamba, c.layer_entries[i]["mamba"])

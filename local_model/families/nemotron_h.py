@@ -201,14 +201,7 @@ class NemotronHBlock(nn.Module):
             assert c.mamba is not None
             self.mixer = Mamba2Mixer(c.mamba, c.layer_entries[i]["mamba"])
         elif self.kind == "attention":
-            self.mixer = Attention(
-                c.hidden_size,
-                c.num_attention_heads,
-                c.num_key_value_heads,
-                c.attn_head_dim,
-                c.hidden_size,
-                c.layer_entries[i]["attention"],
-            )
+            self.mixer = Attention.for_layer(c, i)
         elif self.kind == "mlp":
             self.mixer = MLP(c.hidden_size, c.intermediate_size, c.mlp_hidden_act, c.mlp_bias)
         else:
