@@ -348,7 +348,8 @@ def experts_ref(
 
 
 class HybridForCausalLM(nn.Module):
-    """Shared forward/cache plumbing; a family implements `embed`, `body` and (optionally) `logit_scale`.
+    """Shared forward/cache plumbing; a family implements `input_embeddings` and `decoder` (or `body`
+    when its layers take other arguments), and may override `embed` and ``logit_multiplier``.
 
     ``forward(input_ids, cache, seq_lens, last_only)`` has the contract of `JambaForCausalLM.forward`
     (see `local_model.cache`), so the engine and `LocalModel` drive every family the same way.
@@ -358,6 +359,10 @@ class HybridForCausalLM(nn.Module):
     lm_head: nn.Linear
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.input_embeddings()(input_ids)
+
+    def decoder(self) -> tuple[nn.ModuleList, nn.Module]:
+        """The decoder layers, each called as ``layer(x, rope, cache, seq_lens)``, and the final norm."""
         raise NotImplementedError
 
     def body(
@@ -368,7 +373,10 @@ class HybridForCausalLM(nn.Module):
         seq_lens: torch.Tensor | None,
     ) -> torch.Tensor:
         """Decoder layers and final norm: [B, T, H] -> [B, T, H]."""
-        raise NotImplementedError
+        layers, final_norm = self.decoder()
+        for layer in layers:
+            x = layer(x, rope, cache, seq_lens)
+        return final_norm(x)
 
     def input_embeddings(self) -> nn.Embedding:
         raise NotImplementedError

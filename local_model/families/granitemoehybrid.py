@@ -185,12 +185,8 @@ class GraniteMoeHybridForCausalLM(HybridForCausalLM):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids) * self.config.embedding_multiplier
 
-    def body(
-        self, x: torch.Tensor, rope: Any, cache: HybridCache | None, seq_lens: torch.Tensor | None
-    ) -> torch.Tensor:
-        for layer in self.model.layers:
-            x = layer(x, rope, cache, seq_lens)
-        return self.model.norm(x)
+    def decoder(self) -> tuple[nn.ModuleList, nn.Module]:
+        return self.model.layers, self.model.norm
 
 
 CONFIG = GraniteMoeHybridConfig

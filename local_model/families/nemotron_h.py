@@ -238,15 +238,8 @@ class NemotronHForCausalLM(HybridForCausalLM):
     def input_embeddings(self) -> nn.Embedding:
         return self.backbone.embeddings
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.backbone.embeddings(input_ids)
-
-    def body(
-        self, x: torch.Tensor, rope: Any, cache: HybridCache | None, seq_lens: torch.Tensor | None
-    ) -> torch.Tensor:
-        for layer in self.backbone.layers:
-            x = layer(x, rope, cache, seq_lens)
-        return self.backbone.norm_f(x)
+    def decoder(self) -> tuple[nn.ModuleList, nn.Module]:
+        return self.backbone.layers, self.backbone.norm_f
 
 
 CONFIG = NemotronHConfig
