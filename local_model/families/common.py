@@ -25,17 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import HybridCache, KVCache
+from ..kernels.reference import ACTIVATIONS as KERNEL_ACTIVATIONS
 from ..mamba2 import DEFAULT_MAMBA2_KERNELS, Mamba2Kernels, Mamba2Mixer, Mamba2Options
 from ..model import RMSNorm, repeat_kv
 from ..weights import iter_checkpoint_tensors
 
+# The kernels' activations plus Nemotron-H's squared ReLU.
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "silu": F.silu,
-    "swish": F.silu,
-    "gelu": F.gelu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
+    **KERNEL_ACTIVATIONS,
     "relu2": lambda x: torch.square(F.relu(x)),
 }
 
