@@ -100,6 +100,15 @@ def attention_with_kv_cache(
     )
 
 
+def last_positions(
+    hidden: torch.Tensor, input_ids: torch.Tensor, seq_lens: torch.Tensor | None
+) -> torch.Tensor:
+    """Each row's hidden state at its last valid input position (``seq_lens[b] - 1``, default T - 1):
+    [B, T, H] -> [B, 1, H]."""
+    last = (seq_lens if seq_lens is not None else torch.full_like(input_ids[:, 0], input_ids.shape[1])) - 1
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last][:, None]
+
+
 class RMSNorm(nn.Module):
     """RMSNorm computed in fp32, cast back before the weight (as transformers' JambaRMSNorm)."""
 
@@ -428,10 +437,7 @@ class JambaForCausalLM(nn.Module):
         """
         hidden = self.model(input_ids, cache, seq_lens, router_logits)
         if last_only:
-            last = (
-                seq_lens if seq_lens is not None else torch.full_like(input_ids[:, 0], input_ids.shape[1])
-            ) - 1
-            hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), last][:, None]
+            hidden = last_positions(hidden, input_ids, seq_lens)
         return self.lm_head(hidden)
 
     def allocate_cache(

@@ -27,7 +27,7 @@ from torch import nn
 from ..cache import HybridCache, KVCache
 from ..kernels.reference import ACTIVATIONS as KERNEL_ACTIVATIONS
 from ..mamba2 import DEFAULT_MAMBA2_KERNELS, Mamba2Kernels, Mamba2Mixer, Mamba2Options
-from ..model import RMSNorm, repeat_kv
+from ..model import RMSNorm, last_positions, repeat_kv
 from ..weights import iter_checkpoint_tensors
 
 # The kernels' activations plus Nemotron-H's squared ReLU.
@@ -418,8 +418,7 @@ class HybridForCausalLM(nn.Module):
         if cache is not None:
             cache.lengths = cache.lengths + (seqlen if seq_lens is None else seq_lens)
         if last_only:
-            last = (seq_lens if seq_lens is not None else torch.full_like(input_ids[:, 0], seqlen)) - 1
-            hidden = hidden[torch.arange(batch, device=hidden.device), last][:, None]
+            hidden = last_positions(hidden, input_ids, seq_lens)
         logits = self.lm_head(hidden)
         return logits * self.logit_multiplier if self.logit_multiplier != 1.0 else logits
 
