@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cache import HybridCache, MambaState
-from .model import _rows, causal_conv1d_ref, causal_conv1d_update_ref
+from .model import _rows, causal_conv, causal_conv1d_ref, causal_conv1d_update_ref
 
 NO_DT_LIMIT = (0.0, float("inf"))
 
@@ -295,26 +295,7 @@ class Mamba2Mixer(nn.Module):
 
         # causal depthwise conv over [x | B | C] (its window is part of the recurrent state)
         xbc = xbc.transpose(1, 2)
-        conv_w, conv_b = self.conv1d.weight.squeeze(1), self.conv1d.bias
-        if decode:
-            xbc = kern.causal_conv1d_update(
-                x=xbc[..., 0],
-                conv_state=state.conv,
-                weight=conv_w,
-                bias=conv_b,
-                activation=o.activation,
-                state_indices=slots,
-            )[..., None]
-        else:
-            xbc = kern.causal_conv1d(
-                x=xbc,
-                weight=conv_w,
-                bias=conv_b,
-                activation=o.activation,
-                conv_state=state.conv if state is not None else None,
-                state_indices=slots,
-                seq_lens=seq_lens,
-            )
+        xbc = causal_conv(kern, self.conv1d, xbc, o.activation, state, slots, seq_lens, decode)
         x, B, C = xbc.transpose(1, 2).split(
             [o.d_inner, o.n_groups * o.d_state, o.n_groups * o.d_state], dim=-1
         )

@@ -23,6 +23,7 @@ Cache semantics (slots, lengths, right-padded ``seq_lens``) are described in `lo
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +98,49 @@ def attention_with_kv_cache(
         repeat_kv(values, n_rep).to(q.dtype),
         attn_mask=mask[:, None],
         scale=scale,
+    )
+
+
+def last_positions(
+    hidden: torch.Tensor, input_ids: torch.Tensor, seq_lens: torch.Tensor | None
+) -> torch.Tensor:
+    """Each row's hidden state at its last valid input position (``seq_lens[b] - 1``, default T - 1):
+    [B, T, H] -> [B, 1, H]."""
+    last = (seq_lens if seq_lens is not None else torch.full_like(input_ids[:, 0], input_ids.shape[1])) - 1
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last][:, None]
+
+
+def causal_conv(
+    kern: Any,
+    conv1d: nn.Conv1d,
+    x: torch.Tensor,
+    activation: str,
+    state: MambaState | None,
+    slots: torch.Tensor | None,
+    seq_lens: torch.Tensor | None,
+    decode: bool,
+) -> torch.Tensor:
+    """A mixer's causal depthwise conv + activation on x [B, D, T] through its kernels: one step on the
+    cached window when ``decode`` (T == 1), else the whole chunk, continuing the cached window if any."""
+    conv_w, conv_b = conv1d.weight.squeeze(1), conv1d.bias
+    if decode:
+        out = kern.causal_conv1d_update(
+            x=x[..., 0],
+            conv_state=state.conv,  # decode implies a cached state
+            weight=conv_w,
+            bias=conv_b,
+            activation=activation,
+            state_indices=slots,
+        )
+        return out[..., None]
+    return kern.causal_conv1d(
+        x=x,
+        weight=conv_w,
+        bias=conv_b,
+        activation=activation,
+        conv_state=None if state is None else state.conv,
+        state_indices=slots,
+        seq_lens=seq_lens,
     )
 
 
@@ -196,27 +240,7 @@ class MambaMixer(nn.Module):
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # [B, D, T] each
 
         # 2. causal depthwise conv + activation (the conv window is part of the recurrent state)
-        conv_w, conv_b = self.conv1d.weight.squeeze(1), self.conv1d.bias
-        if decode:
-            x = kern.causal_conv1d_update(
-                x=x[..., 0],
-                conv_state=state.conv,
-                weight=conv_w,
-                bias=conv_b,
-                activation=self.activation,
-                state_indices=slots,
-            )
-            x = x[..., None]
-        else:
-            x = kern.causal_conv1d(
-                x=x,
-                weight=conv_w,
-                bias=conv_b,
-                activation=self.activation,
-                conv_state=None if state is None else state.conv,
-                state_indices=slots,
-                seq_lens=seq_lens,
-            )
+        x = causal_conv(kern, self.conv1d, x, self.activation, state, slots, seq_lens, decode)
 
         # 3. input-dependent SSM parameters, with Jamba's RMSNorms on dt, B and C
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -428,10 +452,7 @@ class JambaForCausalLM(nn.Module):
         """
         hidden = self.model(input_ids, cache, seq_lens, router_logits)
         if last_only:
-            last = (
-                seq_lens if seq_lens is not None else torch.full_like(input_ids[:, 0], input_ids.shape[1])
-            ) - 1
-            hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), last][:, None]
+            hidden = last_positions(hidden, input_ids, seq_lens)
         return self.lm_head(hidden)
 
     def allocate_cache(

@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from .model import MambaKernels, _discretization_dt, _rows, _scan_epilogue
+from .kernels.reference import _discretization_dt, _initial_state, _scan_epilogue
+from .model import MambaKernels
 
 
 class SelectiveRecurrence(torch.autograd.Function):
@@ -121,12 +122,7 @@ def selective_scan_train(
     dt = _discretization_dt(delta, delta_bias, delta_softplus, seq_lens)  # [B, D, T] fp32
     dt_t = dt.permute(2, 0, 1).contiguous()  # time-major [T, B, D]
     x_t = (dt * u.float()).permute(2, 0, 1).contiguous()
-    rows: torch.Tensor | None = None
-    if ssm_state is None:
-        h0 = u.new_zeros(batch, dim, A.shape[-1], dtype=torch.float32)
-    else:
-        rows = _rows(ssm_state, state_indices, batch)
-        h0 = ssm_state[rows].float()
+    h0, rows = _initial_state(ssm_state, state_indices, batch, dim, A.shape[-1], u)
     y, h_last = SelectiveRecurrence.apply(
         dt_t,
         x_t,
@@ -136,7 +132,7 @@ def selective_scan_train(
         h0,
     )
     if ssm_state is not None:
-        ssm_state[rows] = h_last.detach().to(ssm_state.dtype)
+        ssm_state[rows] = h_last.detach().to(ssm_state.dtype)  # type: ignore[index]
     return _scan_epilogue(y.permute(1, 2, 0), u, D, z)
 
 

@@ -11,14 +11,9 @@ import torch
 from torch import nn
 
 from ..cache import HybridCache
-from ..mamba2 import Mamba2Mixer, Mamba2Options
+from ..mamba2 import Mamba2Mixer
 from ..model import RMSNorm
-from .common import Attention, GatedMLP, HybridConfig, HybridForCausalLM, dt_limit_of, layout
-
-
-def mamba_d_head(d: dict[str, Any], d_inner: int) -> int:
-    v = d.get("mamba_d_head", "auto")
-    return d_inner // int(d["mamba_n_heads"]) if v in (None, "auto") else int(v)
+from .common import Attention, GatedMLP, HybridConfig, HybridForCausalLM, layout, mamba_options_of
 
 
 @dataclass
@@ -37,21 +32,7 @@ class BambaConfig(HybridConfig):
         types = ["attention" if i in attn else "mamba" for i in range(n)]
         hidden = int(d["hidden_size"])
         d_inner = int(d.get("mamba_expand", 2)) * hidden
-        mamba = Mamba2Options(
-            hidden_size=hidden,
-            num_heads=int(d["mamba_n_heads"]),
-            head_dim=mamba_d_head(d, d_inner),
-            n_groups=int(d.get("mamba_n_groups", 1)),
-            d_state=int(d["mamba_d_state"]),
-            d_conv=int(d.get("mamba_d_conv", 4)),
-            chunk_size=int(d.get("mamba_chunk_size", 256)),
-            conv_bias=bool(d.get("mamba_conv_bias", True)),
-            in_proj_bias=bool(d.get("mamba_proj_bias", False)),
-            out_proj_bias=bool(d.get("mamba_proj_bias", False)),
-            activation=d.get("hidden_act", "silu"),
-            norm_eps=float(d.get("rms_norm_eps", 1e-5)),
-            dt_limit=dt_limit_of(d),
-        )
+        mamba = mamba_options_of(d, hidden, d_inner, 1e-5)
         common = HybridConfig.common_fields(d)
         rope = d.get("rope_parameters") or {}
         common["partial_rotary_factor"] = float(rope.get("partial_rotary_factor", 0.5))
@@ -78,15 +59,7 @@ class BambaDecoderLayer(nn.Module):
         super().__init__()
         self.is_attention = c.layer_types[i] == "attention"
         if self.is_attention:
-            self.self_attn = Attention(
-                c.hidden_size,
-                c.num_attention_heads,
-                c.num_key_value_heads,
-                c.attn_head_dim,
-                c.hidden_size,
-                c.layer_entries[i]["attention"],
-                bias=c.attention_bias,
-            )
+            self.self_attn = Attention.for_layer(c, i, bias=c.attention_bias)
         else:
             assert c.mamba is not None
             self.mamba = Mamba2Mixer(c.mamba, c.layer_entries[i]["mamba"])
@@ -122,15 +95,8 @@ class BambaForCausalLM(HybridForCausalLM):
     def input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.embed_tokens(input_ids)
-
-    def body(
-        self, x: torch.Tensor, rope: Any, cache: HybridCache | None, seq_lens: torch.Tensor | None
-    ) -> torch.Tensor:
-        for layer in self.model.layers:
-            x = layer(x, rope, cache, seq_lens)
-        return self.model.final_layernorm(x)
+    def decoder(self) -> tuple[nn.ModuleList, nn.Module]:
+        return self.model.layers, self.model.final_layernorm
 
 
 CONFIG = BambaConfig

@@ -25,17 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import HybridCache, KVCache
+from ..kernels.reference import ACTIVATIONS as KERNEL_ACTIVATIONS
 from ..mamba2 import DEFAULT_MAMBA2_KERNELS, Mamba2Kernels, Mamba2Mixer, Mamba2Options
-from ..model import RMSNorm, repeat_kv
+from ..model import RMSNorm, last_positions, repeat_kv
 from ..weights import iter_checkpoint_tensors
 
+# The kernels' activations plus Nemotron-H's squared ReLU.
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "silu": F.silu,
-    "swish": F.silu,
-    "gelu": F.gelu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
+    **KERNEL_ACTIVATIONS,
     "relu2": lambda x: torch.square(F.relu(x)),
 }
 
@@ -58,6 +55,32 @@ def dt_limit_of(d: dict[str, Any], key: str = "time_step_limit") -> tuple[float,
     if v is None:
         return (0.0, float("inf"))
     return (_float(v[0]), _float(v[1]))
+
+
+def mamba_options_of(
+    d: dict[str, Any], hidden: int, d_inner: int, norm_eps: float, **overrides: Any
+) -> Mamba2Options:
+    """Mamba-2 mixer options from the ``mamba_*`` keys that Bamba, Granite 4.0-H and Falcon-H1 share;
+    ``overrides`` set the fields a family reads from keys of its own."""
+    head = d.get("mamba_d_head", "auto")
+    n_heads = int(d["mamba_n_heads"])
+    fields: dict[str, Any] = dict(
+        hidden_size=hidden,
+        num_heads=n_heads,
+        head_dim=d_inner // n_heads if head in (None, "auto") else int(head),
+        n_groups=int(d.get("mamba_n_groups", 1)),
+        d_state=int(d["mamba_d_state"]),
+        d_conv=int(d.get("mamba_d_conv", 4)),
+        chunk_size=int(d.get("mamba_chunk_size", 256)),
+        conv_bias=bool(d.get("mamba_conv_bias", True)),
+        in_proj_bias=bool(d.get("mamba_proj_bias", False)),
+        out_proj_bias=bool(d.get("mamba_proj_bias", False)),
+        activation=d.get("hidden_act", "silu"),
+        norm_eps=float(d.get("rms_norm_eps", norm_eps)),
+        dt_limit=dt_limit_of(d),
+    )
+    fields.update(overrides)
+    return Mamba2Options(**fields)
 
 
 @dataclass
@@ -216,6 +239,19 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(in_dim, n_kv_heads * head_dim, bias=bias)
         self.o_proj = nn.Linear(n_heads * head_dim, out_dim, bias=bias)
 
+    @classmethod
+    def for_layer(cls, c: HybridConfig, i: int, **kwargs: Any) -> Attention:
+        """Layer ``i``'s attention at the model width, with the config's heads and cache entry."""
+        return cls(
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.attn_head_dim,
+            c.hidden_size,
+            c.layer_entries[i]["attention"],
+            **kwargs,
+        )
+
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
@@ -309,7 +345,8 @@ def experts_ref(
 
 
 class HybridForCausalLM(nn.Module):
-    """Shared forward/cache plumbing; a family implements `embed`, `body` and (optionally) `logit_scale`.
+    """Shared forward/cache plumbing; a family implements `input_embeddings` and `decoder` (or `body`
+    when its layers take other arguments), and may override `embed` and ``logit_multiplier``.
 
     ``forward(input_ids, cache, seq_lens, last_only)`` has the contract of `JambaForCausalLM.forward`
     (see `local_model.cache`), so the engine and `LocalModel` drive every family the same way.
@@ -319,6 +356,10 @@ class HybridForCausalLM(nn.Module):
     lm_head: nn.Linear
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.input_embeddings()(input_ids)
+
+    def decoder(self) -> tuple[nn.ModuleList, nn.Module]:
+        """The decoder layers, each called as ``layer(x, rope, cache, seq_lens)``, and the final norm."""
         raise NotImplementedError
 
     def body(
@@ -329,7 +370,10 @@ class HybridForCausalLM(nn.Module):
         seq_lens: torch.Tensor | None,
     ) -> torch.Tensor:
         """Decoder layers and final norm: [B, T, H] -> [B, T, H]."""
-        raise NotImplementedError
+        layers, final_norm = self.decoder()
+        for layer in layers:
+            x = layer(x, rope, cache, seq_lens)
+        return final_norm(x)
 
     def input_embeddings(self) -> nn.Embedding:
         raise NotImplementedError
@@ -374,8 +418,7 @@ class HybridForCausalLM(nn.Module):
         if cache is not None:
             cache.lengths = cache.lengths + (seqlen if seq_lens is None else seq_lens)
         if last_only:
-            last = (seq_lens if seq_lens is not None else torch.full_like(input_ids[:, 0], seqlen)) - 1
-            hidden = hidden[torch.arange(batch, device=hidden.device), last][:, None]
+            hidden = last_positions(hidden, input_ids, seq_lens)
         logits = self.lm_head(hidden)
         return logits * self.logit_multiplier if self.logit_multiplier != 1.0 else logits
 

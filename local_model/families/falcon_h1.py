@@ -13,15 +13,15 @@ import torch
 from torch import nn
 
 from ..cache import HybridCache
-from ..mamba2 import Mamba2Mixer, Mamba2Options
+from ..mamba2 import Mamba2Mixer
 from ..model import RMSNorm
 from .common import (
     Attention,
     GatedMLP,
     HybridConfig,
     HybridForCausalLM,
-    dt_limit_of,
     layout,
+    mamba_options_of,
 )
 
 
@@ -49,29 +49,19 @@ class FalconH1Config(HybridConfig):
             if d.get("mamba_d_ssm") is not None
             else int(d.get("mamba_expand", 2)) * hidden
         )
-        n_heads = int(d["mamba_n_heads"])
-        head = d.get("mamba_d_head", "auto")
         rms = bool(d.get("mamba_rms_norm", False))
         gate_norm = (
             ("norm_then_gate" if d.get("mamba_norm_before_gate", True) else "gate_then_norm")
             if rms
             else "gate"
         )
-        mamba = Mamba2Options(
-            hidden_size=hidden,
-            num_heads=n_heads,
-            head_dim=d_inner // n_heads if head in (None, "auto") else int(head),
-            n_groups=int(d.get("mamba_n_groups", 1)),
-            d_state=int(d["mamba_d_state"]),
-            d_conv=int(d.get("mamba_d_conv", 4)),
-            chunk_size=int(d.get("mamba_chunk_size", 256)),
-            conv_bias=bool(d.get("mamba_conv_bias", True)),
-            in_proj_bias=bool(d.get("mamba_proj_bias", False)),
+        mamba = mamba_options_of(
+            d,
+            hidden,
+            d_inner,
+            1e-5,
             out_proj_bias=bool(d.get("projectors_bias", False)),
-            activation=d.get("hidden_act", "silu"),
             gate_norm=gate_norm,
-            norm_eps=float(d.get("rms_norm_eps", 1e-5)),
-            dt_limit=dt_limit_of(d),
             ssm_in_multiplier=float(d.get("ssm_in_multiplier", 1.0)),
             zxbcdt_multipliers=tuple(float(m) for m in (d.get("ssm_multipliers") or [1.0] * 5)),
         )
@@ -105,16 +95,7 @@ class FalconH1DecoderLayer(nn.Module):
         super().__init__()
         assert c.mamba is not None
         self.mamba = Mamba2Mixer(c.mamba, c.layer_entries[i]["mamba"])
-        self.self_attn = Attention(
-            c.hidden_size,
-            c.num_attention_heads,
-            c.num_key_value_heads,
-            c.attn_head_dim,
-            c.hidden_size,
-            c.layer_entries[i]["attention"],
-            bias=c.attention_bias,
-            key_multiplier=c.key_multiplier,
-        )
+        self.self_attn = Attention.for_layer(c, i, bias=c.attention_bias, key_multiplier=c.key_multiplier)
         gate_m, down_m = c.mlp_multipliers
         self.feed_forward = GatedMLP(
             c.hidden_size,
@@ -164,12 +145,8 @@ class FalconH1ForCausalLM(HybridForCausalLM):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids) * self.config.embedding_multiplier
 
-    def body(
-        self, x: torch.Tensor, rope: Any, cache: HybridCache | None, seq_lens: torch.Tensor | None
-    ) -> torch.Tensor:
-        for layer in self.model.layers:
-            x = layer(x, rope, cache, seq_lens)
-        return self.model.final_layernorm(x)
+    def decoder(self) -> tuple[nn.ModuleList, nn.Module]:
+        return self.model.layers, self.model.final_layernorm
 
 
 CONFIG = FalconH1Config

@@ -16,10 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import HybridCache
-from ..mamba2 import Mamba2Mixer, Mamba2Options
+from ..mamba2 import Mamba2Mixer
 from ..model import RMSNorm
-from .bamba import mamba_d_head
-from .common import Attention, HybridConfig, HybridForCausalLM, act_fn, dt_limit_of, experts_ref, layout
+from .common import Attention, HybridConfig, HybridForCausalLM, act_fn, experts_ref, layout, mamba_options_of
 
 _KINDS = {
     "mamba": "mamba",
@@ -54,21 +53,7 @@ class GraniteMoeHybridConfig(HybridConfig):
             raise ValueError(f"unknown granitemoehybrid layer type {exc.args[0]!r}") from None
         hidden = int(d["hidden_size"])
         d_inner = int(d.get("mamba_expand", 2)) * hidden
-        mamba = Mamba2Options(
-            hidden_size=hidden,
-            num_heads=int(d["mamba_n_heads"]),
-            head_dim=mamba_d_head(d, d_inner),
-            n_groups=int(d.get("mamba_n_groups", 1)),
-            d_state=int(d["mamba_d_state"]),
-            d_conv=int(d.get("mamba_d_conv", 4)),
-            chunk_size=int(d.get("mamba_chunk_size", 256)),
-            conv_bias=bool(d.get("mamba_conv_bias", True)),
-            in_proj_bias=bool(d.get("mamba_proj_bias", False)),
-            out_proj_bias=bool(d.get("mamba_proj_bias", False)),
-            activation=d.get("hidden_act", "silu"),
-            norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-            dt_limit=dt_limit_of(d),
-        )
+        mamba = mamba_options_of(d, hidden, d_inner, 1e-6)
         common = HybridConfig.common_fields(d)
         if d.get("position_embedding_type") != "rope":
             common["rope_theta"] = None
@@ -154,16 +139,7 @@ class GraniteMoeHybridDecoderLayer(nn.Module):
         super().__init__()
         self.is_attention = c.layer_types[i] == "attention"
         if self.is_attention:
-            self.self_attn = Attention(
-                c.hidden_size,
-                c.num_attention_heads,
-                c.num_key_value_heads,
-                c.attn_head_dim,
-                c.hidden_size,
-                c.layer_entries[i]["attention"],
-                bias=c.attention_bias,
-                scale=c.attention_multiplier,
-            )
+            self.self_attn = Attention.for_layer(c, i, bias=c.attention_bias, scale=c.attention_multiplier)
         else:
             assert c.mamba is not None
             self.mamba = Mamba2Mixer(c.mamba, c.layer_entries[i]["mamba"])
@@ -209,12 +185,8 @@ class GraniteMoeHybridForCausalLM(HybridForCausalLM):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids) * self.config.embedding_multiplier
 
-    def body(
-        self, x: torch.Tensor, rope: Any, cache: HybridCache | None, seq_lens: torch.Tensor | None
-    ) -> torch.Tensor:
-        for layer in self.model.layers:
-            x = layer(x, rope, cache, seq_lens)
-        return self.model.norm(x)
+    def decoder(self) -> tuple[nn.ModuleList, nn.Module]:
+        return self.model.layers, self.model.norm
 
 
 CONFIG = GraniteMoeHybridConfig

@@ -201,14 +201,7 @@ class NemotronHBlock(nn.Module):
             assert c.mamba is not None
             self.mixer = Mamba2Mixer(c.mamba, c.layer_entries[i]["mamba"])
         elif self.kind == "attention":
-            self.mixer = Attention(
-                c.hidden_size,
-                c.num_attention_heads,
-                c.num_key_value_heads,
-                c.attn_head_dim,
-                c.hidden_size,
-                c.layer_entries[i]["attention"],
-            )
+            self.mixer = Attention.for_layer(c, i)
         elif self.kind == "mlp":
             self.mixer = MLP(c.hidden_size, c.intermediate_size, c.mlp_hidden_act, c.mlp_bias)
         else:
@@ -245,15 +238,8 @@ class NemotronHForCausalLM(HybridForCausalLM):
     def input_embeddings(self) -> nn.Embedding:
         return self.backbone.embeddings
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.backbone.embeddings(input_ids)
-
-    def body(
-        self, x: torch.Tensor, rope: Any, cache: HybridCache | None, seq_lens: torch.Tensor | None
-    ) -> torch.Tensor:
-        for layer in self.backbone.layers:
-            x = layer(x, rope, cache, seq_lens)
-        return self.backbone.norm_f(x)
+    def decoder(self) -> tuple[nn.ModuleList, nn.Module]:
+        return self.backbone.layers, self.backbone.norm_f
 
 
 CONFIG = NemotronHConfig

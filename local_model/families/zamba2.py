@@ -270,9 +270,6 @@ class Zamba2ForCausalLM(HybridForCausalLM):
     def input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.embed_tokens(input_ids)
-
     def body(
         self, x: torch.Tensor, rope: Any, cache: HybridCache | None, seq_lens: torch.Tensor | None
     ) -> torch.Tensor:

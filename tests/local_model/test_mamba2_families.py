@@ -11,7 +11,8 @@ import torch
 
 import local_model
 from local_model.mamba2 import ssd_chunk_scan_ref, ssd_state_update_ref
-from tests.support.mamba2 import CASES, SHARDED, FamilyCase, assert_close_logits, random_ids, save_case
+from tests.support.jamba import assert_close_logits
+from tests.support.mamba2 import CASES, SHARDED, FamilyCase, random_ids, save_case
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))

@@ -68,7 +68,8 @@ def randomize_(model: torch.nn.Module, seed: int) -> None:
         p.copy_(new)
 
 
-def write_tokenizer(path: Path) -> None:
+def write_tokenizer(path: Path, corpus: list[str] = CORPUS) -> None:
+    """A byte-level BPE of VOCAB ids trained on ``corpus``, and a tokenizer_config.json with CHAT_TEMPLATE."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -76,7 +77,7 @@ def write_tokenizer(path: Path) -> None:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer)
+    tok.train_from_iterator(corpus, trainer)
     assert tok.get_vocab_size() <= VOCAB
     tok.save(str(path / "tokenizer.json"))
     (path / "tokenizer_config.json").write_text(json.dumps({

@@ -10,7 +10,6 @@ checkpoints serve the engine, server and gateway tests.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,9 @@ from typing import Any
 
 import torch
 
-VOCAB = 320
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
+from tests.support import engine, jamba
+
+VOCAB = engine.VOCAB  # the tokenizer's vocabulary
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "Mamba-2 layers keep a fixed-size state; attention layers keep keys and values.",
@@ -277,50 +274,17 @@ def build_hf(name: str, seed: int = 0) -> Any:
     return model
 
 
-def write_tokenizer(path: Path) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
-        special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    tok.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "bos_token": "<s>",
-                "eos_token": "</s>",
-                "pad_token": "<pad>",
-                "chat_template": CHAT_TEMPLATE,
-            }
-        )
-    )
-
-
 def save_case(name: str, path: Path, seed: int) -> Any:
     """Build, save (sharded for the SHARDED cases) and return the transformers model."""
     hf = build_hf(name, seed)
     hf.save_pretrained(path, max_shard_size="20KB" if name in SHARDED else "5GB")
-    write_tokenizer(path)
+    engine.write_tokenizer(path, CORPUS)
     return hf
 
 
 def random_ids(batch: int, length: int, seed: int) -> torch.Tensor:
-    return torch.randint(3, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-def assert_close_logits(ours: torch.Tensor, ref: torch.Tensor) -> None:
-    """The parity criterion: max abs diff <= 1e-4 * max(1, max |ref|)."""
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    tol = 1e-4 * max(1.0, ref.abs().max().item())
-    diff = (ours.float() - ref.float()).abs().max().item()
-    assert diff <= tol, f"max abs diff {diff:.3e} > tol {tol:.3e}"
+    """Token ids of this vocabulary avoiding pad/bos/eos (0, 1, 2)."""
+    return jamba.random_ids(batch, length, seed, VOCAB)
 
 
 @dataclass
