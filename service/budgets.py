@@ -95,5 +95,4 @@ class ScopeBudgets:
 
 def spend_window_start(period: str, now: datetime) -> datetime:
     """Where the budget period that holds ``now`` began (ten years back for a ``total`` budget)."""
-    start = period_start(period, now) if period != "total" else None  # type: ignore[arg-type]
-    return start or now - timedelta(days=3650)
+    return period_start(period, now) or now - timedelta(days=3650)  # type: ignore[arg-type]
