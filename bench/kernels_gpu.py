@@ -70,6 +70,24 @@ SWEEP = [
 ]
 
 
+def kernel_times(fn, reps: int = 5) -> dict[str, float]:  # noqa: ANN001
+    """Mean device microseconds per call of each kernel ``fn`` launches (torch profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    out = {}
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if t > 0:
+            out[e.key[:48]] = round(t / reps, 1)
+    return out
+
+
 def scan_row(batch: int, dim: int, length: int, selective_scan_fn, sweep: bool = False) -> dict:  # noqa: ANN001
     dev, dt, n = "cuda", torch.bfloat16, 16
     torch.manual_seed(0)
@@ -141,6 +159,7 @@ def scan_row(batch: int, dim: int, length: int, selective_scan_fn, sweep: bool =
     y, y2 = ours(), ours_tm()
     row["ours_ms"] = round(bench(ours), 4)
     row["ours_token_major_ms"] = round(bench(ours_tm), 4)
+    row["ours_token_major_kernels_us"] = kernel_times(ours_tm)
     if selective_scan_fn is not None:
 
         def theirs():  # noqa: ANN202
@@ -201,12 +220,58 @@ def decode_row(batch: int, ssu_ref) -> dict:  # noqa: ANN001
     return row
 
 
+# Decode-step projections (N, K) of the 426M config (in_proj, out_proj, MLP gate/up, MLP down, lm_head) and
+# of the ~1.5B one (in_proj, out_proj, lm_head).
+GEMM_SHAPES = [(4096, 1024), (1024, 2048), (5632, 1024), (1024, 2816), (32000, 1024), (8192, 2048), (2048, 4096),
+               (32000, 2048)]  # fmt: skip
+
+
+def gemm_rows(rows_list: tuple[int, ...] = (1, 4)) -> list[dict]:
+    """Our decode linear (GEMV at 1-4 rows, cuBLAS above) beside cuBLAS (F.linear), plain and with the
+    residual add + RMSNorm fused in, each in a CUDA graph; GB/s = weight bytes / time."""
+    import torch.nn.functional as F
+
+    out = []
+    for n, k in GEMM_SHAPES:
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+        for rows in rows_list:
+            x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+            nw = torch.rand(k, device="cuda", dtype=torch.bfloat16)
+            res = torch.randn_like(x)
+            t_ours = graph_bench(lambda x=x, w=w: tk.linear(x=x, weight=w))
+            t_norm = graph_bench(
+                lambda x=x, w=w, nw=nw, res=res: tk.norm_linear(x=x, weight=w, norm_weight=nw, residual=res, eps=1e-6)
+            )
+            t_cublas = graph_bench(lambda x=x, w=w: F.linear(x, w))
+            gb = n * k * 2 / 1e9
+            row = {
+                "n": n,
+                "k": k,
+                "rows": rows,
+                "ours_us": round(t_ours * 1000, 2),
+                "ours_norm_residual_us": round(t_norm * 1000, 2),
+                "cublas_us": round(t_cublas * 1000, 2),
+                "ours_GBps": round(gb / (t_ours / 1000)),
+                "cublas_GBps": round(gb / (t_cublas / 1000)),
+                "rel_err": rel(tk.linear(x=x, weight=w), F.linear(x, w)),
+            }
+            out.append(row)
+            print(json.dumps(row), flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
     ap.add_argument("--quick", action="store_true", help="first two shapes only")
     ap.add_argument("--sweep", action="store_true", help="also time block/unroll/chunk variants of our scan")
+    ap.add_argument("--gemm", action="store_true", help="only: decode projections, ours vs cuBLAS")
     args = ap.parse_args()
+    if args.gemm:
+        res_g = {"device": torch.cuda.get_device_name(), "gemm": gemm_rows()}
+        if args.json:
+            Path(args.json).write_text(json.dumps(res_g, indent=1))
+        return 0
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
         from mamba_ssm.ops.triton.selective_state_update import selective_state_update as ssu_ref
