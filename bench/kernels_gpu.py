@@ -5,10 +5,13 @@ table's shapes (u, delta, z bf16 [B, D, L]; B, C bf16 [B, 16, L]; A, D, delta_bi
 state returned). Ours runs twice: on the anchor's L-contiguous tensors, and on token-major tensors (unit
 channel stride: the layout our model's projections produce). Both outputs are checked against mamba-ssm's
 (‖ours − theirs‖ / ‖theirs‖) on the same inputs. Decode: `selective_state_update` against mamba-ssm's Triton
-one, each captured in a CUDA graph (so launch overhead is out of both). Also the card's copy bandwidth.
+one, each captured in a CUDA graph (so launch overhead is out of both). Each scan row also gives the
+device time of our kernels (profiler) and both scans replayed from a CUDA graph. Also the card's copy
+bandwidth. ``--gemm``: the decode projections, our GEMV (plain and with the residual add + RMSNorm fused)
+beside cuBLAS at 1 and 4 rows.
 
 Needs mamba-ssm importable (see the anchor's README); without it only our timings are printed.
-Usage: python bench/kernels_gpu.py [--json out.json] [--quick]
+Usage: python bench/kernels_gpu.py [--json out.json] [--quick] [--sweep] [--gemm]
 """
 
 from __future__ import annotations
@@ -68,6 +71,15 @@ SWEEP = [
     (32, 1, 2, True),
     (128, 4, 1, False),
 ]
+
+
+def _graph_ms(fn) -> float | str:  # noqa: ANN001
+    """`graph_bench` in ms, or the error's text if ``fn`` cannot be captured."""
+    try:
+        return round(graph_bench(fn), 4)
+    except RuntimeError as exc:  # capture not supported by the callee
+        torch.cuda.synchronize()
+        return f"not captured: {exc}"[:200]
 
 
 def kernel_times(fn, reps: int = 5) -> dict[str, float]:  # noqa: ANN001
@@ -160,6 +172,9 @@ def scan_row(batch: int, dim: int, length: int, selective_scan_fn, sweep: bool =
     row["ours_ms"] = round(bench(ours), 4)
     row["ours_token_major_ms"] = round(bench(ours_tm), 4)
     row["ours_token_major_kernels_us"] = kernel_times(ours_tm)
+    # the same call replayed from a CUDA graph: device time without the host's launch overhead (a slow host
+    # made the 2K-token wall medians host-bound on one machine)
+    row["ours_token_major_graph_ms"] = _graph_ms(ours_tm)
     if selective_scan_fn is not None:
 
         def theirs():  # noqa: ANN202
@@ -169,6 +184,7 @@ def scan_row(batch: int, dim: int, length: int, selective_scan_fn, sweep: bool =
 
         ref_y, ref_state = theirs()
         row["mamba_ssm_ms"] = round(bench(theirs), 4)
+        row["mamba_ssm_graph_ms"] = _graph_ms(theirs)
         row["rel_err_y"] = rel(y, ref_y)
         row["rel_err_y_token_major"] = rel(y2, ref_y)
         row["rel_err_state"] = rel(state, ref_state)
