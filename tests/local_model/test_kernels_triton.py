@@ -338,7 +338,7 @@ def test_decode_step_with_triton_bundle_matches_the_model_forward(batch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [1, 3, 7])
-def test_skinny_linear_matches_reference(dtype, rows):
+def test_decode_linear_matches_reference_at_one_and_more_rows(dtype, rows):
     gen = torch.Generator().manual_seed(13)
     x = torch.randn(rows, 100, generator=gen).to(DEV).to(dtype)
     w = torch.randn(300, 100, generator=gen).to(DEV).to(dtype)
