@@ -5,10 +5,13 @@ table's shapes (u, delta, z bf16 [B, D, L]; B, C bf16 [B, 16, L]; A, D, delta_bi
 state returned). Ours runs twice: on the anchor's L-contiguous tensors, and on token-major tensors (unit
 channel stride: the layout our model's projections produce). Both outputs are checked against mamba-ssm's
 (‖ours − theirs‖ / ‖theirs‖) on the same inputs. Decode: `selective_state_update` against mamba-ssm's Triton
-one, each captured in a CUDA graph (so launch overhead is out of both). Also the card's copy bandwidth.
+one, each captured in a CUDA graph (so launch overhead is out of both). Each scan row also gives the
+device time of our kernels (profiler) and both scans replayed from a CUDA graph. Also the card's copy
+bandwidth. ``--gemm``: the decode projections, our GEMV (plain and with the residual add + RMSNorm fused)
+beside cuBLAS at 1 and 4 rows.
 
 Needs mamba-ssm importable (see the anchor's README); without it only our timings are printed.
-Usage: python bench/kernels_gpu.py [--json out.json] [--quick]
+Usage: python bench/kernels_gpu.py [--json out.json] [--quick] [--sweep] [--gemm]
 """
 
 from __future__ import annotations
@@ -68,6 +71,33 @@ SWEEP = [
     (32, 1, 2, True),
     (128, 4, 1, False),
 ]
+
+
+def _graph_ms(fn) -> float | str:  # noqa: ANN001
+    """`graph_bench` in ms, or the error's text if ``fn`` cannot be captured."""
+    try:
+        return round(graph_bench(fn), 4)
+    except RuntimeError as exc:  # capture not supported by the callee
+        torch.cuda.synchronize()
+        return f"not captured: {exc}"[:200]
+
+
+def kernel_times(fn, reps: int = 5) -> dict[str, float]:  # noqa: ANN001
+    """Mean device microseconds per call of each kernel ``fn`` launches (torch profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    out = {}
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if t > 0:
+            out[e.key[:48]] = round(t / reps, 1)
+    return out
 
 
 def scan_row(batch: int, dim: int, length: int, selective_scan_fn, sweep: bool = False) -> dict:  # noqa: ANN001
@@ -141,6 +171,10 @@ def scan_row(batch: int, dim: int, length: int, selective_scan_fn, sweep: bool =
     y, y2 = ours(), ours_tm()
     row["ours_ms"] = round(bench(ours), 4)
     row["ours_token_major_ms"] = round(bench(ours_tm), 4)
+    row["ours_token_major_kernels_us"] = kernel_times(ours_tm)
+    # the same call replayed from a CUDA graph: device time without the host's launch overhead (a slow host
+    # made the 2K-token wall medians host-bound on one machine)
+    row["ours_token_major_graph_ms"] = _graph_ms(ours_tm)
     if selective_scan_fn is not None:
 
         def theirs():  # noqa: ANN202
@@ -150,6 +184,7 @@ def scan_row(batch: int, dim: int, length: int, selective_scan_fn, sweep: bool =
 
         ref_y, ref_state = theirs()
         row["mamba_ssm_ms"] = round(bench(theirs), 4)
+        row["mamba_ssm_graph_ms"] = _graph_ms(theirs)
         row["rel_err_y"] = rel(y, ref_y)
         row["rel_err_y_token_major"] = rel(y2, ref_y)
         row["rel_err_state"] = rel(state, ref_state)
@@ -201,12 +236,58 @@ def decode_row(batch: int, ssu_ref) -> dict:  # noqa: ANN001
     return row
 
 
+# Decode-step projections (N, K) of the 426M config (in_proj, out_proj, MLP gate/up, MLP down, lm_head) and
+# of the ~1.5B one (in_proj, out_proj, lm_head).
+GEMM_SHAPES = [(4096, 1024), (1024, 2048), (5632, 1024), (1024, 2816), (32000, 1024), (8192, 2048), (2048, 4096),
+               (32000, 2048)]  # fmt: skip
+
+
+def gemm_rows(rows_list: tuple[int, ...] = (1, 4)) -> list[dict]:
+    """Our decode linear (GEMV at 1-4 rows, cuBLAS above) beside cuBLAS (F.linear), plain and with the
+    residual add + RMSNorm fused in, each in a CUDA graph; GB/s = weight bytes / time."""
+    import torch.nn.functional as F
+
+    out = []
+    for n, k in GEMM_SHAPES:
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+        for rows in rows_list:
+            x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+            nw = torch.rand(k, device="cuda", dtype=torch.bfloat16)
+            res = torch.randn_like(x)
+            t_ours = graph_bench(lambda x=x, w=w: tk.linear(x=x, weight=w))
+            t_norm = graph_bench(
+                lambda x=x, w=w, nw=nw, res=res: tk.norm_linear(x=x, weight=w, norm_weight=nw, residual=res, eps=1e-6)
+            )
+            t_cublas = graph_bench(lambda x=x, w=w: F.linear(x, w))
+            gb = n * k * 2 / 1e9
+            row = {
+                "n": n,
+                "k": k,
+                "rows": rows,
+                "ours_us": round(t_ours * 1000, 2),
+                "ours_norm_residual_us": round(t_norm * 1000, 2),
+                "cublas_us": round(t_cublas * 1000, 2),
+                "ours_GBps": round(gb / (t_ours / 1000)),
+                "cublas_GBps": round(gb / (t_cublas / 1000)),
+                "rel_err": rel(tk.linear(x=x, weight=w), F.linear(x, w)),
+            }
+            out.append(row)
+            print(json.dumps(row), flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
     ap.add_argument("--quick", action="store_true", help="first two shapes only")
     ap.add_argument("--sweep", action="store_true", help="also time block/unroll/chunk variants of our scan")
+    ap.add_argument("--gemm", action="store_true", help="only: decode projections, ours vs cuBLAS")
     args = ap.parse_args()
+    if args.gemm:
+        res_g = {"device": torch.cuda.get_device_name(), "gemm": gemm_rows()}
+        if args.json:
+            Path(args.json).write_text(json.dumps(res_g, indent=1))
+        return 0
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
         from mamba_ssm.ops.triton.selective_state_update import selective_state_update as ssu_ref

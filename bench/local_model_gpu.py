@@ -319,15 +319,25 @@ def random_gpu_model(
 
 def profile_decode(args: argparse.Namespace) -> int:
     """Per-kernel device time of eager decode steps (what a CUDA-graph replay runs, minus launch gaps)."""
+
+
+    runs = [(random_gpu_model(args, args.hidden, args.layers, args.experts), args.batches, "")]
+    if args.big:
+        runs.append((random_gpu_model(args, 2048, 16, 16, args.big_inter), "1", " (~1.5B config)"))
+    for module, batches, label in runs:
+        _profile_one(module, batches, label, args.vocab)
+    return 0
+
+
+def _profile_one(module, batches: str, label: str, vocab: int) -> None:  # noqa: ANN001
     from torch.profiler import ProfilerActivity, profile
 
     from local_model.decode import DecodeStep
 
-    module = random_gpu_model(args, args.hidden, args.layers, args.experts)
-    for b in [int(x) for x in args.batches.split(",")]:
+    for b in [int(x) for x in batches.split(",")]:
         pool = module.allocate_cache(b, 512, num_slots=b + 1)
         step = DecodeStep(module, pool, bundle_of(module))
-        ids = torch.randint(0, args.vocab, (b,), device="cuda")
+        ids = torch.randint(0, vocab, (b,), device="cuda")
         slots = torch.arange(b, device="cuda")
         pos = torch.full((b,), 100, device="cuda")
         with torch.inference_mode():
@@ -338,9 +348,8 @@ def profile_decode(args: argparse.Namespace) -> int:
                 for _ in range(5):
                     step.forward(ids, slots, pos)
                 sync()
-        print(f"=== batch {b}: 5 eager decode steps ===")
+        print(f"=== batch {b}{label}: 5 eager decode steps ===")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
-    return 0
 
 
 def big_decode(args: argparse.Namespace, copy_tbps: float) -> dict:

@@ -6,10 +6,11 @@ projection each) and runs one token per row over a slot pool (`HybridCache.alloc
     embed -> per layer: [fused residual +] RMSNorm -> mixer step -> fused residual + RMSNorm -> FFN
           -> final fused residual + RMSNorm -> lm_head
 
-with every op taken from a `KernelBundle` (Mamba: in_proj, conv update, x_proj, one fused dt/B/C-norm +
-dt_proj + selective-state-update kernel, out_proj; attention: one qkv projection, the new K/V written at
-each row's position, paged/contiguous decode attention; MoE: router, fused softmax/top-k, grouped
-GEMMs). Inputs are device tensors (token ids, slots, positions): nothing in the step reads a value back
+with every op taken from a `KernelBundle`, each RMSNorm (+ residual add) fused into the projection after
+it (Mamba: norm + in_proj, conv window + x_proj, one dt/B/C-norm + dt_proj + conv shift + selective-state-
+update kernel, out_proj; attention: norm + qkv projection, decode attention that first writes the new K/V
+at each row's position, o_proj; MLP: norm + gate/up + SwiGLU, down; MoE: norm + router + softmax/top-k,
+then the experts; lm_head with the final norm). Inputs are device tensors (token ids, slots, positions): nothing in the step reads a value back
 to the host, so the whole step is captured once per batch bucket and replayed. Padding rows of a bucket
 point at a scratch slot (the pool's last) that no sequence owns.
 """
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from .cache import HybridCache, KVCache, MambaState
 from .kernels import KernelBundle
-from .model import Attention, JambaForCausalLM, MambaMixer, SparseMoE
+from .model import Attention, JambaForCausalLM, MambaMixer
 
 LOG2E = math.log2(math.e)
 
@@ -97,47 +98,80 @@ class DecodeStep:
         slots: torch.Tensor,
         positions: torch.Tensor,
         block_table: torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, vocab] for token ids[b] at position positions[b] of the sequence in slot slots[b]
-        (with paged attention pools, row b's KV blocks are ``block_table[b]``)."""
+        (with paged attention pools, row b's KV blocks are ``block_table[b]``); written to ``out`` if given.
+
+        Each RMSNorm (with the residual add of the previous block's output) is done by the kernel of the
+        projection that reads it: the mixer's input projection, the MLP's gate/up, the MoE router, lm_head."""
         k, cfg = self.k, self.config
         eps = cfg.rms_norm_eps
         x = self.model.model.embed_tokens(ids)
-        layers = self.model.model.layers
-        f: torch.Tensor | None = None  # the previous layer's FFN output, added to x in the next norm
-        for i, layer in enumerate(layers):
-            if f is None:
-                h = k.rms_norm(x=x, weight=layer.input_layernorm.weight, eps=eps)
-            else:
-                h, x = k.rms_norm(x=f, weight=layer.input_layernorm.weight, eps=eps, residual=x)
+        f: torch.Tensor | None = None  # the previous layer's FFN output, added to x by the next norm
+        for i, layer in enumerate(self.model.model.layers):
+            src, res = (x, None) if f is None else (f, x)
+            nw = layer.input_layernorm.weight
             state = self.cache.layers[i]
             if isinstance(state, MambaState):
-                m = self._mamba(i, h, state, slots)
+                m, x = self._mamba(i, src, res, nw, state, slots)
             else:
-                m = self._attention(layer.mixer, i, h, state, slots, positions, block_table)
-            h, x = k.rms_norm(x=m, weight=layer.pre_ff_layernorm.weight, eps=eps, residual=x)
-            f = self._moe(layer.feed_forward, h) if layer.is_moe else self._mlp(layer.feed_forward, i, h)
-        h, _ = k.rms_norm(x=f, weight=self.model.model.final_layernorm.weight, eps=eps, residual=x)
-        return F.linear(h, self.model.lm_head.weight)
+                m, x = self._attention(layer.mixer, i, src, res, nw, state, slots, positions, block_table)
+            nw = layer.pre_ff_layernorm.weight
+            if layer.is_moe:
+                moe = layer.feed_forward
+                f, x = k.moe_block(
+                    x=m,
+                    residual=x,
+                    norm_weight=nw,
+                    eps=eps,
+                    router_weight=moe.router.weight,
+                    gate_up_proj=moe.experts.gate_up_proj,
+                    down_proj=moe.experts.down_proj,
+                    top_k=moe.top_k,
+                    act=moe.act,
+                )
+            else:
+                f, x = self._mlp(layer.feed_forward, i, m, x, nw)
+        logits, _ = k.norm_linear(
+            x=f,
+            residual=x,
+            norm_weight=self.model.model.final_layernorm.weight,
+            eps=eps,
+            weight=self.model.lm_head.weight,
+            out=out,
+        )
+        return logits
 
-    def _mamba(self, i: int, h: torch.Tensor, state: MambaState, slots: torch.Tensor) -> torch.Tensor:
+    def _mamba(
+        self,
+        i: int,
+        src: torch.Tensor,
+        res: torch.Tensor | None,
+        norm_weight: torch.Tensor,
+        state: MambaState,
+        slots: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         w = self._prep[i]
         mx = w.mixer
         d = mx.d_inner
-        xz = self.k.linear(x=h, weight=mx.in_proj.weight, bias=mx.in_proj.bias)
-        xc = self.k.causal_conv1d_update(
-            x=xz[:, :d],
-            conv_state=state.conv,
-            weight=w.conv_w,
-            bias=mx.conv1d.bias,
-            activation=mx.activation,
-            state_indices=slots,
+        xz, x = self.k.norm_linear(
+            x=src, residual=res, norm_weight=norm_weight, eps=self.config.rms_norm_eps, weight=mx.in_proj.weight
         )
-        xp = F.linear(xc, mx.x_proj.weight)
+        if mx.in_proj.bias is not None:
+            xz = xz + mx.in_proj.bias
+        conv = {
+            "conv_state": state.conv,
+            "conv_weight": w.conv_w,
+            "conv_bias": mx.conv1d.bias,
+            "activation": mx.activation,
+        }
+        # x_proj reads the conv of the cached window and the new input; the SSM kernel then shifts the window
+        xp = self.k.mamba_conv_xproj(x=xz[:, :d], state_indices=slots, xproj_weight=mx.x_proj.weight, **conv)
         kw = {"a2": w.a2} if self.k.name == "triton" else {}
         y = self.k.mamba_decode_ssm(
             xproj=xp,
-            x=xc,
+            x=xz[:, :d],
             z=xz[:, d:],
             ssm_state=state.ssm,
             state_indices=slots,
@@ -149,78 +183,76 @@ class DecodeStep:
             dt_bias=w.dt_bias,
             A=w.A,
             D=mx.D,
+            **conv,
             **kw,
         )
-        return self.k.linear(x=y, weight=mx.out_proj.weight, bias=mx.out_proj.bias)
+        return self.k.linear(x=y, weight=mx.out_proj.weight, bias=mx.out_proj.bias), x
 
     def _attention(
         self,
         attn: Attention,
         i: int,
-        h: torch.Tensor,
+        src: torch.Tensor,
+        res: torch.Tensor | None,
+        norm_weight: torch.Tensor,
         kv: KVCache | PagedPool,
         slots: torch.Tensor,
         positions: torch.Tensor,
         block_table: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        batch = h.shape[0]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = src.shape[0]
         hd, nh, nkv = attn.head_dim, attn.n_heads, attn.n_kv_heads
-        qkv = self.k.linear(x=h, weight=self._prep[i])
+        qkv, x = self.k.norm_linear(
+            x=src, residual=res, norm_weight=norm_weight, eps=self.config.rms_norm_eps, weight=self._prep[i]
+        )
         q = qkv[:, : nh * hd].view(batch, nh, hd)
         kk = qkv[:, nh * hd : (nh + nkv) * hd].view(batch, nkv, hd)
         vv = qkv[:, (nh + nkv) * hd :].view(batch, nkv, hd)
+        # the attention kernel writes the new K/V at each row's position before attending
         if isinstance(kv, PagedPool):
             assert block_table is not None, "paged attention pools need a block table"
             bs = kv.block_size
-            row = block_table.gather(1, (positions // bs)[:, None])[:, 0] * bs + positions % bs
-            kv.k[row] = kk.to(kv.k.dtype)
-            kv.v[row] = vv.to(kv.v.dtype)
-            pool_k = kv.k.view(-1, bs, nkv, hd).transpose(1, 2)  # [blocks, Hkv, block_size, hd], no copy
-            pool_v = kv.v.view(-1, bs, nkv, hd).transpose(1, 2)
-            o = self.k.attention_decode(
-                q=q,
-                k_cache=pool_k,
-                v_cache=pool_v,
-                context_lens=positions + 1,
-                scale=attn.scale,
-                block_table=block_table,
-            )
-            return self.k.linear(x=o.reshape(batch, nh * hd), weight=attn.o_proj.weight)
-        kv.k[slots, :, positions] = kk.to(kv.k.dtype)
-        kv.v[slots, :, positions] = vv.to(kv.v.dtype)
+            cache = {
+                "k_cache": kv.k.view(-1, bs, nkv, hd).transpose(1, 2),  # [blocks, Hkv, block_size, hd], no copy
+                "v_cache": kv.v.view(-1, bs, nkv, hd).transpose(1, 2),
+                "block_table": block_table,
+            }
+        else:
+            cache = {"k_cache": kv.k, "v_cache": kv.v, "slots": slots}
         o = self.k.attention_decode(
-            q=q, k_cache=kv.k, v_cache=kv.v, context_lens=positions + 1, scale=attn.scale, slots=slots
+            q=q, context_lens=positions + 1, scale=attn.scale, k_new=kk, v_new=vv, **cache
         )
-        return self.k.linear(x=o.reshape(batch, nh * hd), weight=attn.o_proj.weight)
+        return self.k.linear(x=o.reshape(batch, nh * hd), weight=attn.o_proj.weight), x
 
-    def _mlp(self, mlp: torch.nn.Module, i: int, h: torch.Tensor) -> torch.Tensor:
-        g, u = self.k.linear(x=h, weight=self._prep[("mlp", i)]).chunk(2, dim=-1)
-        return self.k.linear(x=mlp.act(g) * u, weight=mlp.down_proj.weight)
-
-    def _moe(self, moe: SparseMoE, h: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(h, moe.router.weight)
-        w, idx = self.k.router_topk(logits=logits, k=moe.top_k)
-        return self.k.moe_experts(
-            x=h,
-            top_k_index=idx,
-            top_k_weights=w,
-            gate_up_proj=moe.experts.gate_up_proj,
-            down_proj=moe.experts.down_proj,
-            act=moe.act,
+    def _mlp(
+        self, mlp: torch.nn.Module, i: int, m: torch.Tensor, x: torch.Tensor, norm_weight: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        act, x = self.k.norm_linear(
+            x=m,
+            residual=x,
+            norm_weight=norm_weight,
+            eps=self.config.rms_norm_eps,
+            weight=self._prep[("mlp", i)],
+            swiglu=mlp.act is F.silu,
         )
+        if mlp.act is not F.silu:
+            g, u = act.chunk(2, dim=-1)
+            act = mlp.act(g) * u
+        return self.k.linear(x=act, weight=mlp.down_proj.weight), x
 
     # ------------------------------------------------------------------ greedy loop on device buffers
 
     def _greedy_body(self, bufs: dict[str, torch.Tensor]) -> None:
         """One greedy step that feeds itself: the argmax becomes the next input, positions advance and the
         token is appended to ``history`` at the device-side step counter."""
-        logits = self.forward(bufs["ids"], bufs["slots"], bufs["positions"])
-        nxt = logits.argmax(-1)
-        bufs["logits"].copy_(logits)
-        bufs["ids"].copy_(nxt)
-        bufs["positions"].add_(1)
-        bufs["history"].index_copy_(0, bufs["counter"], nxt[None])
-        bufs["counter"].add_(1)
+        self.forward(bufs["ids"], bufs["slots"], bufs["positions"], out=bufs["logits"])
+        self.k.greedy_advance(
+            logits=bufs["logits"],
+            ids=bufs["ids"],
+            positions=bufs["positions"],
+            history=bufs["history"],
+            counter=bufs["counter"],
+        )
 
     def bucket(self, batch: int) -> int:
         for b in self.buckets:

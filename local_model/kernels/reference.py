@@ -91,14 +91,27 @@ def causal_conv1d_update_ref(
 ) -> torch.Tensor:
     """One decode step of the causal conv. x: [B, D]; conv_state: pool [S, D, W-1] updated in place."""
     rows = _rows(conv_state, state_indices, x.shape[0])
+    out, window = _conv_window(x, conv_state, weight, bias, activation, rows)
+    conv_state[rows] = window[..., 1:].to(conv_state.dtype)
+    return out
+
+
+def _conv_window(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    activation: str | None,
+    rows: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the conv output of each row's cached window followed by x, that window [B, D, W]); no update."""
     window = torch.cat(
         [conv_state[rows].to(weight.dtype), x.unsqueeze(-1).to(weight.dtype)], dim=-1
     )  # [B, D, W]
-    conv_state[rows] = window[..., 1:].to(conv_state.dtype)
     out = (window * weight).sum(-1)
     if bias is not None:
         out = out + bias
-    return _act(activation)(out).to(x.dtype)
+    return _act(activation)(out).to(x.dtype), window
 
 
 # ============================================================================ selective scan (Mamba-1)
@@ -392,8 +405,13 @@ def attention_decode_ref(
     scale: float,
     slots: torch.Tensor | None = None,
     block_table: torch.Tensor | None = None,
+    k_new: torch.Tensor | None = None,
+    v_new: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One query token per row attending to its first context_lens[b] cached positions.
+
+    With ``k_new`` / ``v_new`` ([B, Hkv, hd]) the row's new key and value are first written at its last
+    position, context_lens[b] - 1 (the decode step's own token).
 
     q: [B, H, hd]. Contiguous cache (``block_table`` None): k_cache/v_cache [S, Hkv, capacity, hd] and row b
     reads slot slots[b] (default b). Paged cache: k_cache/v_cache [num_blocks, Hkv, block_size, hd] and row
@@ -403,6 +421,18 @@ def attention_decode_ref(
     batch, n_heads, hd = q.shape
     n_kv = k_cache.shape[1]
     out = torch.empty_like(q)
+    if k_new is not None and v_new is not None:
+        for b in range(batch):
+            p = int(context_lens[b]) - 1
+            if block_table is None:
+                slot = b if slots is None else int(slots[b])
+                k_cache[slot, :, p] = k_new[b].to(k_cache.dtype)
+                v_cache[slot, :, p] = v_new[b].to(v_cache.dtype)
+            else:
+                bs = k_cache.shape[2]
+                blk = int(block_table[b, p // bs])
+                k_cache[blk, :, p % bs] = k_new[b].to(k_cache.dtype)
+                v_cache[blk, :, p % bs] = v_new[b].to(v_cache.dtype)
     for b in range(batch):
         n = int(context_lens[b])
         if block_table is None:
@@ -450,12 +480,98 @@ def mamba_decode_ssm_ref(
     dt_bias: torch.Tensor,
     A: torch.Tensor,
     D: torch.Tensor,
+    conv_state: torch.Tensor | None = None,
+    conv_weight: torch.Tensor | None = None,
+    conv_bias: torch.Tensor | None = None,
+    activation: str | None = None,
 ) -> torch.Tensor:
     """The Mamba decode step after x_proj: Jamba's RMSNorms on (dt, B, C), dt_proj, the selective state
-    update of slot rows ``state_indices`` in place, D skip and SiLU(z) gate. xproj: [B, R + 2N]."""
+    update of slot rows ``state_indices`` in place, D skip and SiLU(z) gate. xproj: [B, R + 2N].
+    With ``conv_state``, x is the causal conv's new input: the conv window is updated first."""
     rank, n = dt_proj_weight.shape[1], A.shape[-1]
     dt, b, c = xproj.split([rank, n, n], dim=-1)
     dt = rms_norm_ref(dt, dt_norm_weight, eps) @ dt_proj_weight.t()
     b = rms_norm_ref(b, b_norm_weight, eps)
     c = rms_norm_ref(c, c_norm_weight, eps)
+    if conv_state is not None:
+        x = causal_conv1d_update_ref(x, conv_state, conv_weight, conv_bias, activation, state_indices)
     return selective_state_update_ref(ssm_state, x, dt, A, b, c, D, z, dt_bias.float(), True, state_indices)
+
+
+def mamba_conv_xproj_ref(
+    *,
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    activation: str | None,
+    state_indices: torch.Tensor,
+    xproj_weight: torch.Tensor,
+) -> torch.Tensor:
+    """x_proj of the causal conv over each row's cached window and its new input x [B, D]. The window is
+    only read: `mamba_decode_ssm_ref` (given the same conv arguments) shifts it afterwards."""
+    rows = _rows(conv_state, state_indices, x.shape[0])
+    xc, _ = _conv_window(x, conv_state, conv_weight, conv_bias, activation, rows)
+    return F.linear(xc, xproj_weight)
+
+
+def norm_linear_ref(
+    *,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    residual: torch.Tensor | None = None,
+    swiglu: bool = False,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(proj(h), s) with s = x + residual (x without one) and h = RMSNorm(s) (s without a norm weight);
+    with ``swiglu`` the projection's two halves (gate, up) become silu(gate) * up. ``out``, if given,
+    receives the result."""
+    s = x if residual is None else x + residual
+    h = s if norm_weight is None else rms_norm_ref(s, norm_weight, eps)
+    y = F.linear(h, weight)
+    if swiglu:
+        g, u = y.chunk(2, dim=-1)
+        y = F.silu(g) * u
+    if out is not None:
+        out.copy_(y)
+        y = out
+    return y, s
+
+
+def moe_block_ref(
+    *,
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    router_weight: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    top_k: int,
+    act: Callable[[torch.Tensor], torch.Tensor],
+    residual: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A MoE feed-forward at decode: (experts(RMSNorm(s)), s) with s = x + residual; routing is the top-k
+    of the fp32 softmax of the router logits, not renormalised (`router_topk_ref`)."""
+    s = x if residual is None else x + residual
+    h = rms_norm_ref(s, norm_weight, eps)
+    w, idx = router_topk_ref(logits=F.linear(h, router_weight), k=top_k)
+    return moe_experts_ref(h, idx, w, gate_up_proj, down_proj, act), s
+
+
+def greedy_advance_ref(
+    *,
+    logits: torch.Tensor,
+    ids: torch.Tensor,
+    positions: torch.Tensor,
+    history: torch.Tensor,
+    counter: torch.Tensor,
+) -> None:
+    """One greedy step's bookkeeping on device buffers: ids = argmax(logits) (first among equals),
+    positions += 1, history[counter] = ids, counter += 1."""
+    nxt = logits.argmax(-1)
+    ids.copy_(nxt)
+    positions.add_(1)
+    history.index_copy_(0, counter, nxt[None])
+    counter.add_(1)

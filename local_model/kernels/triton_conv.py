@@ -209,6 +209,7 @@ def _conv_update(
     HAS_BIAS: tl.constexpr,
     SILU: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    UPDATE: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -225,8 +226,10 @@ def _conv_update(
         for k in tl.static_range(1, W - 1):
             cur = tl.load(base + k * s_sw, mask=dmask, other=0.0)
             acc += tl.load(w_ptr + d * W + k, mask=dmask, other=0.0).to(tl.float32) * cur.to(tl.float32)
-            tl.store(base + (k - 1) * s_sw, cur, mask=dmask)
-        tl.store(base + (W - 2) * s_sw, x.to(state_ptr.dtype.element_ty), mask=dmask)
+            if UPDATE:
+                tl.store(base + (k - 1) * s_sw, cur, mask=dmask)
+        if UPDATE:
+            tl.store(base + (W - 2) * s_sw, x.to(state_ptr.dtype.element_ty), mask=dmask)
         if SILU:
             acc = acc * tl.sigmoid(acc)
         tl.store(out_ptr + b * s_ob + d * s_od, acc.to(out_ptr.dtype.element_ty), mask=dmask)
@@ -241,8 +244,10 @@ def causal_conv1d_update(
     activation: str | None = None,
     state_indices: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    update: bool = True,
 ) -> torch.Tensor:
-    """`reference.causal_conv1d_update_ref`'s contract. x: [B, D]; a negative state index skips the row."""
+    """`reference.causal_conv1d_update_ref`'s contract. x: [B, D]; a negative state index skips the row.
+    ``update=False`` only reads the window (the output is the same; the state is left as it was)."""
     if activation not in (None, "silu", "swish") or weight.shape[-1] < 2:
         from .reference import causal_conv1d_update_ref
 
@@ -267,6 +272,7 @@ def causal_conv1d_update(
         HAS_BIAS=bias is not None,
         SILU=activation is not None,
         BLOCK_D=bd,
+        UPDATE=update,
         num_warps=4,
     )
     return out

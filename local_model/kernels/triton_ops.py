@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from .triton_conv import causal_conv1d, causal_conv1d_update
+from .triton_decode import greedy_advance, linear, mamba_conv_xproj, moe_block, norm_linear
 from .triton_scan import mamba_decode_ssm, selective_scan, selective_scan_varlen, selective_state_update
 
 # ============================================================================ RMSNorm (+ residual)
@@ -231,7 +232,8 @@ def moe_experts(
     num_experts, two_i, _ = gate_up_proj.shape
     inter = two_i // 2
     pairs = tokens * k
-    block_m = 16 if pairs <= 64 * num_experts else 64
+    # about one block per expert's pairs, so each expert's weights are streamed by one row of programs
+    block_m = min(64, max(16, triton.next_power_of_2(3 * pairs // (2 * num_experts))))
     sorted_ids, block_expert = moe_align(top_k_index, num_experts, block_m)
     n_blocks = sorted_ids.numel() // block_m
     ieee = x.dtype == torch.float32
@@ -325,6 +327,8 @@ def _attn_decode(
     len_ptr,
     slot_ptr,
     bt_ptr,
+    kn_ptr,
+    vn_ptr,
     scale,
     s_qb,
     s_qh,
@@ -337,6 +341,10 @@ def _attn_decode(
     s_ob,
     s_oh,
     s_btb,
+    s_knb,
+    s_knh,
+    s_vnb,
+    s_vnh,
     N_REP: tl.constexpr,
     HD: tl.constexpr,
     BLOCK_R: tl.constexpr,
@@ -344,9 +352,11 @@ def _attn_decode(
     PAGE: tl.constexpr,
     PAGED: tl.constexpr,
     IEEE: tl.constexpr,
+    WRITE_NEW: tl.constexpr,
 ):
     """One program per (row, kv head): the N_REP query heads sharing the kv head, online softmax over
-    the row's context in tiles of BLOCK_T positions (one page when paged)."""
+    the row's context in tiles of BLOCK_T positions (one page when paged). WRITE_NEW: the row's new key
+    and value for this head are first stored at its last position (then a barrier, so the tiles see them)."""
     b = tl.program_id(0).to(tl.int64)
     hk = tl.program_id(1)
     r = tl.arange(0, BLOCK_R)
@@ -361,6 +371,20 @@ def _attn_decode(
     acc = tl.zeros([BLOCK_R, HD], tl.float32)
     if not PAGED:
         slot = tl.load(slot_ptr + b).to(tl.int64)
+    if WRITE_NEW:
+        last = (n - 1).to(tl.int64)
+        if PAGED:
+            blk_l = tl.load(bt_ptr + b * s_btb + last // PAGE).to(tl.int64)
+            kp = blk_l * s_kb + (last % PAGE) * s_kt
+            vp = blk_l * s_vb + (last % PAGE) * s_vt
+        else:
+            kp = slot * s_kb + last * s_kt
+            vp = slot * s_vb + last * s_vt
+        kn = tl.load(kn_ptr + b * s_knb + hk * s_knh + dd)
+        vn = tl.load(vn_ptr + b * s_vnb + hk * s_vnh + dd)
+        tl.store(k_ptr + kp + hk * s_kh + dd, kn.to(k_ptr.dtype.element_ty))
+        tl.store(v_ptr + vp + hk * s_vh + dd, vn.to(v_ptr.dtype.element_ty))
+        tl.debug_barrier()
     for t0 in range(0, n, BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
         tmask = t < n
@@ -405,10 +429,13 @@ def attention_decode(
     slots: torch.Tensor | None = None,
     block_table: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    k_new: torch.Tensor | None = None,
+    v_new: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`reference.attention_decode_ref`'s contract (contiguous per-slot cache, or paged with block_table).
 
-    Rows need context_lens >= 1 (the token being decoded is already in the cache)."""
+    Rows need context_lens >= 1 (the token being decoded is in the cache, or written first from
+    ``k_new`` / ``v_new``)."""
     batch, n_heads, hd = q.shape
     n_kv = k_cache.shape[1]
     n_rep = n_heads // n_kv
@@ -426,6 +453,9 @@ def attention_decode(
         sl = torch.arange(batch, device=q.device) if slots is None else slots
     ks = k_cache.stride()
     vs = v_cache.stride()
+    write = k_new is not None and v_new is not None
+    kn = k_new if write else q
+    vn = v_new if write else q
     _attn_decode[(batch, n_kv)](
         q,
         k_cache,
@@ -434,6 +464,8 @@ def attention_decode(
         context_lens,
         sl,
         bt,
+        kn,
+        vn,
         scale,
         q.stride(0),
         q.stride(1),
@@ -446,6 +478,10 @@ def attention_decode(
         out.stride(0),
         out.stride(1),
         s_btb,
+        kn.stride(0),
+        kn.stride(1),
+        vn.stride(0),
+        vn.stride(1),
         N_REP=n_rep,
         HD=hd,
         BLOCK_R=max(16, triton.next_power_of_2(n_rep)),
@@ -453,51 +489,7 @@ def attention_decode(
         PAGE=page,
         PAGED=paged,
         IEEE=q.dtype == torch.float32,
-        num_warps=4,
-    )
-    return out
-
-
-# ============================================================================ skinny linear (decode GEMV)
-
-
-@triton.jit
-def _gemv(x_ptr, w_ptr, out_ptr, N, K, s_xm, s_wn, s_om, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """out[m, n] = x[m] . w[n] for one row m a program column: the whole [BLOCK_N, K] weight slab is
-    loaded at once (many loads in flight per program), products summed in fp32."""
-    m = tl.program_id(1).to(tl.int64)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    acc = tl.zeros([BLOCK_N], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        kmask = k < K
-        w = tl.load(w_ptr + n[:, None] * s_wn + k[None, :], mask=(n < N)[:, None] & kmask[None, :], other=0.0)
-        x = tl.load(x_ptr + m * s_xm + k, mask=kmask, other=0.0)
-        acc += tl.sum(w.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)
-    tl.store(out_ptr + m * s_om + n, acc.to(out_ptr.dtype.element_ty), mask=n < N)
-
-
-def linear(*, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear; for one to four rows of a large weight, a GEMV kernel that streams the weight at close
-    to copy bandwidth (cuBLAS' small-M kernels reach about a third of it)."""
-    rows, k = x.shape
-    n = weight.shape[0]
-    if rows > 4 or n < 256 or bias is not None or weight.stride(1) != 1 or x.stride(1) != 1:
-        return F.linear(x, weight, bias)
-    out = torch.empty(rows, n, device=x.device, dtype=torch.promote_types(x.dtype, weight.dtype))
-    block_k = min(triton.next_power_of_2(k), 2048)
-    block_n = max(1, 8192 // block_k)
-    _gemv[(triton.cdiv(n, block_n), rows)](
-        x,
-        weight,
-        out,
-        n,
-        k,
-        x.stride(0),
-        weight.stride(0),
-        out.stride(0),
-        BLOCK_N=block_n,
-        BLOCK_K=block_k,
+        WRITE_NEW=write,
         num_warps=4,
     )
     return out
@@ -568,7 +560,11 @@ def _moe_align_small(
 
 
 __all__ = [
+    "greedy_advance",
     "linear",
+    "mamba_conv_xproj",
+    "moe_block",
+    "norm_linear",
     "attention_decode",
     "attention_prefill",
     "causal_conv1d",

@@ -159,17 +159,35 @@ def _chunk_combine(
             h = tl.load(state_ptr + slot * s_ss + d[None, :] * s_sd + n[:, None] * s_sn, mask=m, other=0.0)
             h = h.to(tl.float32)
     row = seq.to(tl.int64) * n_chunks
-    # chunk c+1's (end state, dt sum) are loaded while chunk c is combined (the loads never depend on h)
-    e_n = tl.load(end_ptr + (row * D + d[None, :]) * N + n[:, None], mask=m, other=0.0)
-    ds_n = tl.load(dtsum_ptr + row * D + d, mask=d < D, other=0.0)
-    for c in range(n_chunks):
-        off = (row + c) * D
-        e, ds = e_n, ds_n
-        more = (d * 0 + c + 1) < n_chunks
-        e_n = tl.load(end_ptr + (off + D + d[None, :]) * N + n[:, None], mask=m & more[None, :], other=0.0)
-        ds_n = tl.load(dtsum_ptr + off + D + d, mask=(d < D) & more, other=0.0)
-        tl.store(end_ptr + (off + d[None, :]) * N + n[:, None], h, mask=m)  # chunk c's starting state
-        h = tl.exp2(ds[None, :] * a2) * h + e
+    # four chunks' (end state, dt sum) are requested together (the loads never depend on h), so the
+    # sequential walk waits on one memory round trip per four chunks rather than per chunk
+    for c0 in range(0, n_chunks, 4):
+        e0, ds0 = _chunk_end(end_ptr, dtsum_ptr, row, c0, n_chunks, D, N, d, n, m)
+        e1, ds1 = _chunk_end(end_ptr, dtsum_ptr, row, c0 + 1, n_chunks, D, N, d, n, m)
+        e2, ds2 = _chunk_end(end_ptr, dtsum_ptr, row, c0 + 2, n_chunks, D, N, d, n, m)
+        e3, ds3 = _chunk_end(end_ptr, dtsum_ptr, row, c0 + 3, n_chunks, D, N, d, n, m)
+        h = _chunk_start(end_ptr, row, c0, n_chunks, D, N, d, n, m, h, e0, ds0, a2)
+        h = _chunk_start(end_ptr, row, c0 + 1, n_chunks, D, N, d, n, m, h, e1, ds1, a2)
+        h = _chunk_start(end_ptr, row, c0 + 2, n_chunks, D, N, d, n, m, h, e2, ds2, a2)
+        h = _chunk_start(end_ptr, row, c0 + 3, n_chunks, D, N, d, n, m, h, e3, ds3, a2)
+
+
+@triton.jit
+def _chunk_end(end_ptr, dtsum_ptr, row, c, n_chunks, D, N, d, n, m):
+    """Chunk c's end state (from a zero start) and step-size sum; zeros past the last chunk."""
+    ok = (d * 0 + c) < n_chunks
+    off = (row + c) * D
+    e = tl.load(end_ptr + (off + d[None, :]) * N + n[:, None], mask=m & ok[None, :], other=0.0)
+    ds = tl.load(dtsum_ptr + off + d, mask=(d < D) & ok, other=0.0)
+    return e, ds
+
+
+@triton.jit
+def _chunk_start(end_ptr, row, c, n_chunks, D, N, d, n, m, h, e, ds, a2):
+    """Store h as chunk c's starting state (over its end state, already read) and step over the chunk."""
+    ok = (d * 0 + c) < n_chunks
+    tl.store(end_ptr + ((row + c) * D + d[None, :]) * N + n[:, None], h, mask=m & ok[None, :])
+    return tl.exp2(ds[None, :] * a2) * h + e
 
 
 @triton.jit
@@ -411,7 +429,9 @@ def _launch_scan(
             PREFETCH=prefetch,
             num_warps=nw,
         )
-        _chunk_combine[(num_seqs, triton.cdiv(dim, bd))](
+        # the combine is a short sequential walk per channel block: narrow blocks spread it over many SMs
+        # (8 programs of 256 channels streamed their chunk states from 8 SMs only)
+        _chunk_combine[(num_seqs, triton.cdiv(dim, 32))](
             end,
             dts,
             a2,
@@ -423,9 +443,9 @@ def _launch_scan(
             n_chunks,
             *s_st,
             HAS_STATE=has_state,
-            BLOCK_D=bd,
+            BLOCK_D=32,
             BLOCK_N=block_n,
-            num_warps=nw,
+            num_warps=1,
         )
     else:
         end = a2
@@ -749,6 +769,9 @@ def _mamba_decode_ssm(
     a2_ptr,
     dsk_ptr,
     out_ptr,
+    convw_ptr,
+    cb_ptr,
+    cs_ptr,
     D,
     R,
     N,
@@ -760,9 +783,16 @@ def _mamba_decode_ssm(
     s_sd,
     s_sn,
     s_o,
+    s_css,
+    s_csd,
+    s_csw,
     BLOCK_D: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    CONV: tl.constexpr,
+    CONV_W: tl.constexpr,
+    CONV_BIAS: tl.constexpr,
+    CONV_SILU: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -771,25 +801,47 @@ def _mamba_decode_ssm(
     dmask = d < D
     nmask = n < N
     dtype = x_ptr.dtype.element_ty
+    # every load that does not depend on the dt/B/C norms is requested first, so the step waits on one
+    # memory round trip instead of a chain of them
+    slot = tl.load(idx_ptr + b).to(tl.int64)
+    m = nmask[:, None] & dmask[None, :]
+    sp = state_ptr + slot * s_ss + d[None, :] * s_sd + n[:, None] * s_sn
+    h = tl.load(sp, mask=m, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + b * s_x + d, mask=dmask, other=0.0)
+    zz = tl.load(z_ptr + b * s_z + d, mask=dmask, other=0.0).to(tl.float32)
+    a2 = tl.load(a2_ptr + d[None, :] * N + n[:, None], mask=m, other=0.0)
+    dsk = tl.load(dsk_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0)
+    wdt = tl.load(wdt_ptr + d[:, None] * R + r[None, :], mask=dmask[:, None] & (r < R)[None, :], other=0.0)
     dt_raw = tl.load(xp_ptr + b * s_xp + r, mask=r < R, other=0.0)
     b_raw = tl.load(xp_ptr + b * s_xp + R + n, mask=nmask, other=0.0)
     c_raw = tl.load(xp_ptr + b * s_xp + R + N + n, mask=nmask, other=0.0)
     dtn = _rms_vec(dt_raw, dtw_ptr, 0, R, eps, BLOCK_R, dtype)
     bv = _rms_vec(b_raw, bw_ptr, 0, N, eps, BLOCK_N, dtype)
     cv = _rms_vec(c_raw, cw_ptr, 0, N, eps, BLOCK_N, dtype)
-    wdt = tl.load(wdt_ptr + d[:, None] * R + r[None, :], mask=dmask[:, None] & (r < R)[None, :], other=0.0)
     dt = tl.sum(wdt.to(tl.float32) * dtn[None, :], axis=1).to(dtype).to(tl.float32)
-    dt = _softplus(dt + tl.load(dtb_ptr + d, mask=dmask, other=0.0))
-    slot = tl.load(idx_ptr + b).to(tl.int64)
-    m = nmask[:, None] & dmask[None, :]
-    sp = state_ptr + slot * s_ss + d[None, :] * s_sd + n[:, None] * s_sn
-    h = tl.load(sp, mask=m, other=0.0).to(tl.float32)
-    x = tl.load(x_ptr + b * s_x + d, mask=dmask, other=0.0).to(tl.float32)
-    a2 = tl.load(a2_ptr + d[None, :] * N + n[:, None], mask=m, other=0.0)
+    dt = _softplus(dt + dtb)
+    if CONV:
+        # x is the conv's new input: the conv output comes from the cached window, which is shifted here
+        acc = tl.load(convw_ptr + d * CONV_W + (CONV_W - 1), mask=dmask, other=0.0).to(tl.float32) * x.to(
+            tl.float32
+        )
+        cbase = cs_ptr + slot * s_css + d * s_csd
+        for j in tl.static_range(CONV_W - 1):
+            prev = tl.load(cbase + j * s_csw, mask=dmask, other=0.0)
+            acc += tl.load(convw_ptr + d * CONV_W + j, mask=dmask, other=0.0).to(tl.float32) * prev.to(tl.float32)
+            if j > 0:
+                tl.store(cbase + (j - 1) * s_csw, prev, mask=dmask)
+        tl.store(cbase + (CONV_W - 2) * s_csw, x.to(cs_ptr.dtype.element_ty), mask=dmask)
+        if CONV_BIAS:
+            acc += tl.load(cb_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+        if CONV_SILU:
+            acc = acc * tl.sigmoid(acc)
+        x = acc.to(dtype)
+    x = x.to(tl.float32)
     h = tl.exp2(dt[None, :] * a2) * h + (dt * x)[None, :] * bv[:, None]
     tl.store(sp, h.to(state_ptr.dtype.element_ty), mask=m)
-    y = tl.sum(h * cv[:, None], axis=0) + x * tl.load(dsk_ptr + d, mask=dmask, other=0.0).to(tl.float32)
-    zz = tl.load(z_ptr + b * s_z + d, mask=dmask, other=0.0).to(tl.float32)
+    y = tl.sum(h * cv[:, None], axis=0) + x * dsk
     y = y * zz * tl.sigmoid(zz)
     tl.store(out_ptr + b * s_o + d, y.to(out_ptr.dtype.element_ty), mask=dmask)
 
@@ -811,8 +863,19 @@ def mamba_decode_ssm(
     D: torch.Tensor,
     out: torch.Tensor | None = None,
     a2: torch.Tensor | None = None,
+    conv_state: torch.Tensor | None = None,
+    conv_weight: torch.Tensor | None = None,
+    conv_bias: torch.Tensor | None = None,
+    activation: str | None = None,
 ) -> torch.Tensor:
-    """`reference.mamba_decode_ssm_ref`'s contract in one launch (``a2``: A * log2(e), precomputable)."""
+    """`reference.mamba_decode_ssm_ref`'s contract in one launch (``a2``: A * log2(e), precomputable).
+    With ``conv_state``, x is the causal conv's new input and the conv update happens in the same launch."""
+    conv = conv_state is not None
+    if conv and (activation not in (None, "silu", "swish") or conv_weight.shape[-1] < 2):
+        from .reference import causal_conv1d_update_ref
+
+        x = causal_conv1d_update_ref(x, conv_state, conv_weight, conv_bias, activation, state_indices)
+        conv = False
     batch, dim = x.shape
     rank = dt_proj_weight.shape[1]
     nst = A.shape[-1]
@@ -833,6 +896,9 @@ def mamba_decode_ssm(
         a2,
         D,
         out,
+        conv_weight.contiguous() if conv else a2,
+        conv_bias if conv and conv_bias is not None else a2,
+        conv_state if conv else a2,
         dim,
         rank,
         nst,
@@ -842,9 +908,14 @@ def mamba_decode_ssm(
         z.stride(0),
         *ssm_state.stride(),
         out.stride(0),
+        *(conv_state.stride() if conv else (0, 0, 0)),
         BLOCK_D=bd,
         BLOCK_R=triton.next_power_of_2(rank),
         BLOCK_N=triton.next_power_of_2(nst),
+        CONV=conv,
+        CONV_W=conv_weight.shape[-1] if conv else 1,
+        CONV_BIAS=conv and conv_bias is not None,
+        CONV_SILU=conv and activation is not None,
         num_warps=2,
     )
     return out

@@ -310,30 +310,149 @@ def _tiny_model(dtype: torch.dtype):
     return JambaForCausalLM(JambaConfig.preset("tiny"), seed=3).to(DEV, dtype).eval()
 
 
-def test_decode_step_with_triton_bundle_matches_the_model_forward():
-    """The flat decode step (all Triton kernels, eager) gives the model's own cached-forward logits."""
+@pytest.mark.parametrize("batch", [1, 6])
+def test_decode_step_with_triton_bundle_matches_the_model_forward(batch):
+    """The flat decode step (all Triton kernels, eager; the fused GEMV kernels at 1 row, norm + cuBLAS and
+    the grouped MoE at 6) gives the model's own cached-forward logits, and the same cache updates."""
     from local_model.decode import DecodeStep
     from local_model.kernels import triton_bundle
 
     model = _tiny_model(torch.float32)
     gen = torch.Generator().manual_seed(12)
-    prompt = torch.randint(0, 256, (2, 9), generator=gen).to(DEV)
-    ref_cache = model.allocate_cache(2, 16)
-    pool = model.allocate_cache(2, 16, num_slots=4)
+    prompt = torch.randint(0, 256, (batch, 9), generator=gen).to(DEV)
+    ref_cache = model.allocate_cache(batch, 16)
+    pool = model.allocate_cache(batch, 16, num_slots=batch + 2)
+    slots = torch.randperm(batch + 1, generator=gen)[:batch].to(DEV)
     with torch.inference_mode():
         model(prompt, ref_cache)
-        model(prompt, pool.view([2, 0], [0, 0]))
-        nxt = torch.tensor([5, 77], device=DEV)
+        model(prompt, pool.view(slots, torch.zeros(batch, dtype=torch.long)))
+        nxt = torch.randint(0, 256, (batch,), generator=gen).to(DEV)
         expect = model(nxt[:, None], ref_cache)[:, 0]
         step = DecodeStep(model, pool, triton_bundle())
-        got = step.forward(nxt, torch.tensor([2, 0], device=DEV), torch.tensor([9, 9], device=DEV))
+        got = step.forward(nxt, slots, torch.full((batch,), 9, device=DEV))
     assert rel(got, expect) <= 1e-5
+    for mine, theirs in zip(pool.layers, ref_cache.layers, strict=True):
+        for a, b in zip(vars(mine).values(), vars(theirs).values(), strict=True):
+            assert rel(a[slots], b[:batch]) <= 1e-5
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rows", [1, 3])
-def test_skinny_linear_matches_reference(dtype, rows):
+@pytest.mark.parametrize("rows", [1, 3, 7])
+def test_decode_linear_matches_reference_at_one_and_more_rows(dtype, rows):
     gen = torch.Generator().manual_seed(13)
     x = torch.randn(rows, 100, generator=gen).to(DEV).to(dtype)
     w = torch.randn(300, 100, generator=gen).to(DEV).to(dtype)
     assert rel(tk.linear(x=x, weight=w), ref.linear_ref(x=x, weight=w)) <= tol(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 3, 7])
+@pytest.mark.parametrize("variant", ["norm", "norm+residual+swiglu", "residual"])
+def test_norm_linear_fuses_residual_norm_and_swiglu(dtype, rows, variant):
+    skip_interpreted_bf16(dtype)
+    gen = torch.Generator().manual_seed(14 + rows)
+    x, res = (torch.randn(rows, 67, generator=gen).to(DEV).to(dtype) for _ in range(2))
+    nw = (torch.rand(67, generator=gen) + 0.5).to(DEV).to(dtype)
+    w = (torch.randn(2 * 45, 67, generator=gen) * 0.2).to(DEV).to(dtype)
+    kw = {
+        "norm": {"norm_weight": nw},
+        "norm+residual+swiglu": {"norm_weight": nw, "residual": res, "swiglu": True},
+        "residual": {"residual": res},
+    }[variant]
+    out, s = tk.norm_linear(x=x, weight=w, eps=1e-6, **kw)
+    e_out, e_s = ref.norm_linear_ref(x=x, weight=w, eps=1e-6, **kw)
+    assert rel(out, e_out) <= tol(dtype)
+    assert rel(s, e_s) <= tol(dtype)
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 6])
+def test_moe_block_routes_normed_tokens_like_the_reference(tokens):
+    gen = torch.Generator().manual_seed(15 + tokens)
+    e, k, h, i = 5, 2, 48, 40
+    x, res = (torch.randn(tokens, h, generator=gen).to(DEV) for _ in range(2))
+    args = {
+        "norm_weight": (torch.rand(h, generator=gen) + 0.5).to(DEV),
+        "eps": 1e-6,
+        "router_weight": torch.randn(e, h, generator=gen).to(DEV),
+        "gate_up_proj": (torch.randn(e, 2 * i, h, generator=gen) * 0.2).to(DEV),
+        "down_proj": (torch.randn(e, h, i, generator=gen) * 0.2).to(DEV),
+        "top_k": k,
+        "act": torch.nn.functional.silu,
+    }
+    out, s = tk.moe_block(x=x, residual=res, **args)
+    e_out, e_s = ref.moe_block_ref(x=x, residual=res, **args)
+    assert rel(out, e_out) <= 1e-5
+    assert rel(s, e_s) <= 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_mamba_conv_xproj_then_ssm_step_with_conv_match_reference(dtype, batch):
+    skip_interpreted_bf16(dtype)
+    gen = torch.Generator().manual_seed(16)
+    dim, rank, n, width = 40, 7, 16, 4
+
+    def r(*s: int) -> torch.Tensor:
+        return torch.randn(*s, generator=gen).to(DEV)
+
+    x, z = r(batch, dim).to(dtype), r(batch, dim).to(dtype)
+    conv = {"conv_weight": (r(dim, width) * 0.5).to(dtype), "conv_bias": r(dim).to(dtype), "activation": "silu"}
+    conv_pool, ssm_pool = r(5, dim, width - 1).to(dtype), r(5, dim, n)
+    conv_ref, ssm_ref = conv_pool.clone(), ssm_pool.clone()
+    slots = torch.tensor([4, 0, 2], device=DEV)[:batch]
+    xw = (r(rank + 2 * n, dim) * 0.2).to(dtype)
+    xp = tk.mamba_conv_xproj(x=x, conv_state=conv_pool, state_indices=slots, xproj_weight=xw, **conv)
+    e_xp = ref.mamba_conv_xproj_ref(x=x, conv_state=conv_ref, state_indices=slots, xproj_weight=xw, **conv)
+    assert rel(xp, e_xp) <= tol(dtype)
+    assert torch.equal(conv_pool, conv_ref)  # read, not shifted
+    weights = {
+        "dt_norm_weight": r(rank).to(dtype),
+        "b_norm_weight": r(n).to(dtype),
+        "c_norm_weight": r(n).to(dtype),
+        "dt_proj_weight": (r(dim, rank) * 0.3).to(dtype),
+        "dt_bias": r(dim),
+        "D": r(dim).to(dtype),
+        "A": -(torch.rand(dim, n, generator=gen) + 0.5).to(DEV),
+        "eps": 1e-6,
+        "state_indices": slots,
+        "z": z,
+        "x": x,
+        "xproj": e_xp,
+    }
+    got = tk.mamba_decode_ssm(ssm_state=ssm_pool, conv_state=conv_pool, **conv, **weights)
+    expect = ref.mamba_decode_ssm_ref(ssm_state=ssm_ref, conv_state=conv_ref, **conv, **weights)
+    assert rel(got, expect) <= tol(dtype)
+    assert rel(ssm_pool, ssm_ref) <= tol(dtype)
+    assert torch.equal(conv_pool, conv_ref)
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_attention_decode_writes_the_new_key_and_value_first(paged):
+    gen = torch.Generator().manual_seed(17)
+    batch, heads, kv_heads, hd, page = 3, 4, 2, 16, 16
+    lens = torch.tensor([1, 9, 37], device=DEV)
+    q = torch.randn(batch, heads, hd, generator=gen).to(DEV)
+    kn, vn = (torch.randn(batch, kv_heads, hd, generator=gen).to(DEV) for _ in range(2))
+    if paged:
+        shape = (11, kv_heads, page, hd)
+        kw = {"block_table": torch.tensor([[7, 0, 0], [2, 0, 0], [9, 4, 1]], device=DEV)}
+    else:
+        shape = (4, kv_heads, 40, hd)
+        kw = {"slots": torch.tensor([3, 0, 1], device=DEV)}
+    k, v = (torch.randn(*shape, generator=gen).to(DEV) for _ in range(2))
+    k_ref, v_ref = k.clone(), v.clone()
+    expect = ref.attention_decode_ref(q, k_ref, v_ref, lens, 0.25, k_new=kn, v_new=vn, **kw)
+    got = tk.attention_decode(q=q, k_cache=k, v_cache=v, context_lens=lens, scale=0.25, k_new=kn, v_new=vn, **kw)
+    assert rel(got, expect) <= 1e-5
+    assert torch.equal(k, k_ref) and torch.equal(v, v_ref)
+
+
+def test_greedy_advance_takes_the_first_argmax_and_advances_the_buffers():
+    logits = torch.tensor([[0.0, 3.0, 3.0, 1.0], [5.0, -1.0, 5.0, 7.0]], device=DEV)
+    ids = torch.zeros(2, dtype=torch.long, device=DEV)
+    pos = torch.tensor([4, 9], device=DEV)
+    hist = torch.zeros(3, 2, dtype=torch.long, device=DEV)
+    counter = torch.ones(1, dtype=torch.long, device=DEV)
+    tk.greedy_advance(logits=logits, ids=ids, positions=pos, history=hist, counter=counter)
+    assert ids.tolist() == [1, 3] and pos.tolist() == [5, 10] and counter.tolist() == [2]
+    assert hist.tolist() == [[0, 0], [1, 3], [0, 0]]
