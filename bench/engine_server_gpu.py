@@ -98,7 +98,9 @@ class Client:
         self.http = httpx.AsyncClient(
             base_url=base_url,
             timeout=httpx.Timeout(600.0),
-            limits=httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8),
+            # A fresh loopback connection per request: a pooled one that the server closes after its
+            # keep-alive timeout, just as the client reuses it, fails the request (seen with 256 at once).
+            limits=httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=0),
         )
 
     async def one(self, prompt: list[int], max_tokens: int) -> dict[str, Any]:
@@ -315,6 +317,9 @@ def main() -> int:
         show(out, "server_start_s", round(time.perf_counter() - t, 1))
         try:
             asyncio.run(measure(args, server.base_url, "bench", out))
+        except Exception:
+            print(f"server running: {server.running}; its stderr:\n{server.stderr_tail()}", file=sys.stderr)
+            raise
         finally:
             server.stop()
     print(json.dumps(out, indent=1))

@@ -61,35 +61,39 @@ class PagedStep:
         width: int,
         device: torch.device | str = "cpu",
     ) -> PagedStep:
-        """``lengths[b]`` tokens of row b are cached, ``seq_lens[b]`` new ones arrive (padded to ``width``)."""
+        """``lengths[b]`` tokens of row b are cached, ``seq_lens[b]`` new ones arrive (padded to ``width``).
+
+        Only the block table, the lengths and the new tokens' (row, column) pairs are made on the host (their
+        size is the step's rows, blocks and new tokens); the per-position index and mask, ``B x total``
+        elements, are computed on the device, asynchronously, so a long context costs the host nothing."""
         total = max(n + s for n, s in zip(lengths, seq_lens, strict=True))
         n_blocks = -(-total // block_size)
-        table = torch.tensor([(bt + [0] * n_blocks)[:n_blocks] for bt in block_tables], dtype=torch.long)
-        pos = torch.arange(total)
-        read_index = table[:, pos // block_size] * block_size + pos % block_size  # [B, total]
-        lengths_t = torch.tensor(lengths, dtype=torch.long)
-        t = torch.arange(width)
-        qpos = lengths_t[:, None] + t  # [B, T] absolute position of each new token
         batch = len(lengths)
-        row_wise = width > 1 and (batch == 1 or batch * width * total > cls.MASK_LIMIT)
-        mask = None if row_wise else (pos[None, None, :] <= qpos[:, :, None])[:, None]  # [B, 1, T, total]
+        table = torch.tensor([(bt + [0] * n_blocks)[:n_blocks] for bt in block_tables], dtype=torch.long)
+        table = table.to(device)
         all_valid = all(s == width for s in seq_lens)
         if all_valid:
             new_rows = torch.arange(batch).repeat_interleave(width)
-            new_cols = t.repeat(batch)
+            new_cols = torch.arange(width).repeat(batch)
         else:
-            valid = t[None, :] < torch.tensor(seq_lens, dtype=torch.long)[:, None]
-            new_rows, new_cols = valid.nonzero(as_tuple=True)
-        write_index = read_index[new_rows, qpos[new_rows, new_cols]]
+            new_rows = torch.tensor([b for b, n in enumerate(seq_lens) for _ in range(n)], dtype=torch.long)
+            new_cols = torch.tensor([t for n in seq_lens for t in range(n)], dtype=torch.long)
+        new_rows, new_cols = new_rows.to(device), new_cols.to(device)
+        lengths_t = torch.tensor(lengths, dtype=torch.long).to(device)
+        pos = torch.arange(total, device=device)
+        read_index = table[:, pos // block_size] * block_size + pos % block_size  # [B, total]
+        qpos = lengths_t[:, None] + torch.arange(width, device=device)  # [B, T] absolute position of new tokens
+        row_wise = width > 1 and (batch == 1 or batch * width * total > cls.MASK_LIMIT)
+        mask = None if row_wise else (pos[None, None, :] <= qpos[:, :, None])[:, None]  # [B, 1, T, total]
         return cls(
-            write_index=write_index.to(device),
-            new_rows=new_rows.to(device),
-            new_cols=new_cols.to(device),
-            read_index=read_index.to(device),
-            mask=None if mask is None else mask.to(device),
+            write_index=read_index[new_rows, qpos[new_rows, new_cols]],
+            new_rows=new_rows,
+            new_cols=new_cols,
+            read_index=read_index,
+            mask=mask,
             all_new_valid=all_valid,
-            block_table=table.to(device),
-            context_lens=(lengths_t + torch.tensor(seq_lens, dtype=torch.long)).to(device),
+            block_table=table,
+            context_lens=torch.tensor([n + s for n, s in zip(lengths, seq_lens, strict=True)]).to(device),
             block_size=block_size,
             row_spans=list(zip(lengths, seq_lens, strict=True)) if row_wise else None,
         )
