@@ -215,7 +215,9 @@ async def measure(args: argparse.Namespace, base_url: str, model: str, out: dict
         m1 = await client.metrics()
         mixed = summarize(recs)
         mixed["prompt_tokens"] = sum(len(p) for p, _ in jobs)
-        mixed["engine_steps"] = int(m1["local_model_engine_steps_total"] - m0["local_model_engine_steps_total"])
+        mixed["engine_steps"] = int(
+            m1["local_model_engine_steps_total"] - m0["local_model_engine_steps_total"]
+        )
         mixed["preemptions"] = int(m1["local_model_preemptions_total"] - m0["local_model_preemptions_total"])
         show(out, "mixed", mixed)
 
@@ -232,7 +234,9 @@ async def measure(args: argparse.Namespace, base_url: str, model: str, out: dict
         m3 = await client.metrics()
         c, w = summarize(cold), summarize(warm)
         for d, a, b, recs_ in ((c, m0, m1, cold), (w, m2, m3, warm)):
-            d["prefill_tokens_run"] = int(b["local_model_prefill_tokens_total"] - a["local_model_prefill_tokens_total"])
+            d["prefill_tokens_run"] = int(
+                b["local_model_prefill_tokens_total"] - a["local_model_prefill_tokens_total"]
+            )
             d["cached_tokens_reported"] = sum(r["cached"] for r in recs_)
         show(out, "prefix_distinct_system", c)
         show(out, "prefix_shared_system", w)
@@ -252,8 +256,11 @@ async def measure(args: argparse.Namespace, base_url: str, model: str, out: dict
             })  # fmt: skip
         show(out, "identical_alone", same)
         show(out, "identical_all_equal", all(s["equal"] for s in same))
-        show(out, "alone_ttft_ratio_median", round(
-            statistics.median(s["cold_ttft_ms"] / max(s["hit_ttft_ms"], 1e-9) for s in same), 2))
+        show(
+            out,
+            "alone_ttft_ratio_median",
+            round(statistics.median(s["cold_ttft_ms"] / max(s["hit_ttft_ms"], 1e-9) for s in same), 2),
+        )
     finally:
         await client.close()
 
@@ -323,7 +330,9 @@ def main() -> int:
         finally:
             server.stop()
     print(json.dumps(out, indent=1))
-    path = args.json or (os.path.join(os.environ["OUT"], "engine_server.json") if os.environ.get("OUT") else None)
+    path = args.json or (
+        os.path.join(os.environ["OUT"], "engine_server.json") if os.environ.get("OUT") else None
+    )
     if path:
         Path(path).write_text(json.dumps(out, indent=1) + "\n")
     return 0

@@ -144,7 +144,9 @@ def main() -> int:
         args.blocks = 1
     if args.blocks is None:
         free = torch.cuda.mem_get_info()[0]
-        kv_block = kv_bytes_per_token(stack_config(args, 8), dtype) * args.max_len  # one block's KV at max_len
+        kv_block = (
+            kv_bytes_per_token(stack_config(args, 8), dtype) * args.max_len
+        )  # one block's KV at max_len
         args.blocks = max(1, int((free - rest - args.reserve_gib * GIB) // (per_block + kv_block)))
     layers = 8 * args.blocks
     cfg = stack_config(args, layers)
@@ -200,7 +202,9 @@ def main() -> int:
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        stream = engine.submit_sync(ids, SamplingParams(max_tokens=args.new, temperature=0.0, ignore_eos=True))
+        stream = engine.submit_sync(
+            ids, SamplingParams(max_tokens=args.new, temperature=0.0, ignore_eos=True)
+        )
         first = None
         for _ in stream:
             if first is None:
@@ -210,7 +214,9 @@ def main() -> int:
         res = {"prefill_s": round(first - t0, 3), "prefill_tok_s": round(n / (first - t0)),
                "decode_tok_s": round((args.new - 1) / max(end - first, 1e-9), 1)}  # fmt: skip
         if device == "cuda":
-            res["peak_over_load_gib"] = round((torch.cuda.max_memory_allocated() - weights_and_pools) / GIB, 2)
+            res["peak_over_load_gib"] = round(
+                (torch.cuda.max_memory_allocated() - weights_and_pools) / GIB, 2
+            )
         return res
 
     try:
@@ -227,7 +233,9 @@ def main() -> int:
     finally:
         engine.shutdown()
     print(json.dumps(out, indent=1))
-    path = args.json or (os.path.join(os.environ["OUT"], "long_context.json") if os.environ.get("OUT") else None)
+    path = args.json or (
+        os.path.join(os.environ["OUT"], "long_context.json") if os.environ.get("OUT") else None
+    )
     if path:
         Path(path).write_text(json.dumps(out, indent=1) + "\n")
     return 0

@@ -116,7 +116,11 @@ def attention_over_context(
 
     t, s = q.shape[2], keys.shape[2]
     n_rep = q.shape[1] // keys.shape[1]
-    gqa = n_rep > 1 and q.is_cuda and can_use_flash_attention(SDPAParams(q, keys, values, None, 0.0, False, True))
+    gqa = (
+        n_rep > 1
+        and q.is_cuda
+        and can_use_flash_attention(SDPAParams(q, keys, values, None, 0.0, False, True))
+    )
     bias = causal_lower_right(t, s) if t != s else None
 
     def sdpa(k: torch.Tensor, v: torch.Tensor, enable_gqa: bool) -> torch.Tensor:

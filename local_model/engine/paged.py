@@ -82,7 +82,9 @@ class PagedStep:
         lengths_t = torch.tensor(lengths, dtype=torch.long).to(device)
         pos = torch.arange(total, device=device)
         read_index = table[:, pos // block_size] * block_size + pos % block_size  # [B, total]
-        qpos = lengths_t[:, None] + torch.arange(width, device=device)  # [B, T] absolute position of new tokens
+        qpos = lengths_t[:, None] + torch.arange(
+            width, device=device
+        )  # [B, T] absolute position of new tokens
         row_wise = width > 1 and (batch == 1 or batch * width * total > cls.MASK_LIMIT)
         mask = None if row_wise else (pos[None, None, :] <= qpos[:, :, None])[:, None]  # [B, 1, T, total]
         return cls(
@@ -110,8 +112,16 @@ class PagedKVCache(KVCache):
     def capacity(self) -> int:  # total positions in the pool, across all sequences
         return self.k.shape[0]
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
-               seq_lens: torch.Tensor | None, slots: torch.Tensor | None, scale: float) -> torch.Tensor:
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        lengths: torch.Tensor,
+        seq_lens: torch.Tensor | None,
+        slots: torch.Tensor | None,
+        scale: float,
+    ) -> torch.Tensor:
         """The `KVCache.attend` hook the attention layer calls: positions come from `step`, not slots."""
         return paged_attention(q, k, v, self, scale)
 
@@ -185,8 +195,11 @@ def _paged_decode_kernel(
     pool_k = kv.k.view(-1, block_size, kv_heads, hd).transpose(1, 2)  # [blocks, Hkv, block_size, hd], no copy
     pool_v = kv.v.view(-1, block_size, kv_heads, hd).transpose(1, 2)
     out = attention_decode(
-        q=q[:, :, 0], k_cache=pool_k, v_cache=pool_v, context_lens=s.context_lens, scale=scale,
+        q=q[:, :, 0],
+        k_cache=pool_k,
+        v_cache=pool_v,
+        context_lens=s.context_lens,
+        scale=scale,
         block_table=s.block_table,
     )
     return out[:, :, None]
-
