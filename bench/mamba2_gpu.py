@@ -97,8 +97,10 @@ def transformers_path() -> str:
     from transformers.models.bamba import modeling_bamba
 
     fast = getattr(modeling_bamba, "is_fast_path_available", None)
-    if fast is None:
-        return "unknown (no is_fast_path_available in this transformers version)"
+    if fast is None:  # versions that load the kernels lazily: the packages decide
+        import importlib.util
+
+        fast = all(importlib.util.find_spec(m) is not None for m in ("mamba_ssm", "causal_conv1d"))
     return "cuda kernels (mamba-ssm + causal-conv1d)" if fast else "pytorch (torch_forward)"
 
 
