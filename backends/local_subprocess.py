@@ -115,6 +115,14 @@ class LocalServerProcess:
             self._stderr.close()
             self._stderr = None
 
+    def stderr_tail(self, chars: int = 3000) -> str:
+        """The last ``chars`` characters the child wrote to stderr (its warnings and errors) so far."""
+        if self._stderr is None:
+            return ""
+        self._stderr.flush()
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")[-chars:]
+
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -1,6 +1,7 @@
 """The serving engine on a GPU with the Triton kernel bundle (paged decode attention over the engine's KV
 blocks, Triton conv/scan/state-update/MoE) against the same engine on the CPU with the PyTorch references:
-greedy token agreement on prompts of mixed lengths, batched together by the engine's scheduler.
+greedy token agreement on prompts of mixed lengths, batched together by the engine's scheduler; then the GPU
+engine with eager decode steps (no CUDA graphs) and with each prompt alone, to locate a disagreement.
 
 Usage: python bench/engine_gpu_check.py [--new 48]
 """
@@ -33,11 +34,11 @@ def sharp_tiny_model(seed: int = 0):  # noqa: ANN201
     return model.eval()
 
 
-def run(model, prompts: list[list[int]], new: int) -> list[list[int]]:  # noqa: ANN001
+def run(model, prompts: list[list[int]], new: int, **config: object) -> list[list[int]]:  # noqa: ANN001
     from local_model.engine import Engine, EngineConfig
     from local_model.engine.sampler import SamplingParams
 
-    engine = Engine(model, None, EngineConfig())
+    engine = Engine(model, None, EngineConfig(**config))  # type: ignore[arg-type]
     streams = [
         engine.submit_sync(p, SamplingParams(max_tokens=new, temperature=0.0, ignore_eos=True))
         for p in prompts
@@ -71,11 +72,17 @@ def main() -> int:
     gpu_model.set_kernels(triton_bundle())
     gpu = run(gpu_model, prompts, args.new)
     match = [leading_equal(a, b) for a, b in zip(cpu, gpu, strict=True)]
+    # The same engine with its decode steps through the model's forward (no DecodeStep, no CUDA graphs),
+    # and each prompt alone with CUDA graphs: which part a disagreement comes from.
+    eager = run(gpu_model, prompts, args.new, decode_step=False)
+    alone = [run(gpu_model, [p], args.new)[0] for p in prompts]
     out = {
         "device": torch.cuda.get_device_name(),
         "prompt_lens": [len(p) for p in prompts],
         "new": args.new,
         "leading_tokens_equal_cpu_reference_vs_gpu_triton": match,
+        "same_gpu_eager_decode_vs_cpu": [leading_equal(a, b) for a, b in zip(cpu, eager, strict=True)],
+        "same_gpu_graphs_each_alone_vs_cpu": [leading_equal(a, b) for a, b in zip(cpu, alone, strict=True)],
     }
     print(json.dumps(out))
     return 0 if all(m == args.new for m in match) else 1

@@ -6,9 +6,9 @@ weights, in one run, plus our Triton SSD scan beside mamba-ssm's ``mamba_chunk_s
 
 Reports prefill and decode tokens/s at batch 1 and 64 for both implementations, logit agreement and
 greedy agreement, and SSD-scan milliseconds on the anchor shapes (mamba-ssm from
-shared/bench/mamba_ssm_anchor when it is on PYTHONPATH; skipped otherwise). JSON goes to
-``$OUT/mamba2_gpu.json`` (or --json PATH) and a summary table to stdout. transformers uses mamba-ssm's
-kernels when they are importable and its PyTorch path otherwise; the JSON records which.
+shared/bench/mamba_ssm_anchor, installed to the ``--anchor`` directory; skipped otherwise). JSON goes to
+``$OUT/mamba2_gpu.json`` (or --json PATH) and a summary table to stdout. transformers runs the path its own
+import chose (mamba-ssm is put on sys.path only after it ran); the JSON records which path and version.
 """
 
 from __future__ import annotations
@@ -86,6 +86,24 @@ def our_kernels(device: torch.device) -> tuple[Mamba2Kernels, str]:
         return kernels, "triton (ssd), reference conv"
 
 
+def transformers_version() -> str:
+    import transformers
+
+    return str(transformers.__version__)
+
+
+def transformers_path() -> str:
+    """Which Mamba-2 path transformers' Bamba runs: the CUDA-kernel path needs mamba-ssm and causal-conv1d."""
+    from transformers.models.bamba import modeling_bamba
+
+    fast = getattr(modeling_bamba, "is_fast_path_available", None)
+    if fast is None:  # versions that load the kernels lazily: the packages decide
+        import importlib.util
+
+        fast = all(importlib.util.find_spec(m) is not None for m in ("mamba_ssm", "causal_conv1d"))
+    return "cuda kernels (mamba-ssm + causal-conv1d)" if fast else "pytorch (torch_forward)"
+
+
 def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, tmp: Path) -> tuple[Any, Any]:
     import transformers
 
@@ -154,7 +172,7 @@ def decode_tps_hf(hf: Any, batch: int, prompt: int, steps: int, device: torch.de
         return gen(steps + 1) - gen(1)
 
     run()
-    return batch * steps / statistics.median([run() for _ in range(3)])
+    return batch * steps / statistics.median([run() for _ in range(2)])
 
 
 def ssd_case(
@@ -188,16 +206,20 @@ def ssd_case(
     return out
 
 
-def ssd_bench(device: torch.device, dtype: torch.dtype, smoke: bool) -> dict[str, Any]:
+def ssd_bench(device: torch.device, dtype: torch.dtype, smoke: bool, anchor: str | None) -> dict[str, Any]:
     if device.type != "cuda":
         return {"skipped": "needs CUDA"}
+    if anchor:  # only now: transformers' Bamba has already chosen its path without mamba-ssm
+        sys.path.insert(0, anchor)
     try:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as anchor_fn
     except ImportError:
         anchor_fn = None
     out: dict[str, Any] = {}
     for shape in SSD_SHAPES[:1] if smoke else SSD_SHAPES:
-        out.update(ssd_case(shape, device, dtype, anchor_fn))
+        case = ssd_case(shape, device, dtype, anchor_fn)
+        print(f"  ssd {json.dumps(case)}", flush=True)
+        out.update(case)
     return out
 
 
@@ -207,20 +229,20 @@ def main() -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--anchor", default=None,
+        help="directory holding mamba_ssm, put on sys.path only for the SSD-scan comparison (after transformers ran)",
+    )  # fmt: skip
     args = ap.parse_args()
     device = torch.device(args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda"))
     dtype = getattr(torch, args.dtype or ("float32" if device.type == "cpu" else "bfloat16"))
     res: dict[str, Any] = _Live({"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                            "dtype": str(dtype), "date": time.strftime("%Y-%m-%d")})  # fmt: skip
-    try:
-        import mamba_ssm  # noqa: F401
-
-        res["transformers_kernels"] = "mamba-ssm"
-    except ImportError:
-        res["transformers_kernels"] = "pytorch (mamba-ssm not importable)"
     with tempfile.TemporaryDirectory() as tmp:
         print("building and saving the random Bamba checkpoint ...", flush=True)
         hf, ours = build(args, device, dtype, Path(tmp))
+    res["transformers_version"] = transformers_version()
+    res["transformers_path"] = transformers_path()
     kernels, res["our_kernels"] = our_kernels(device)
     ours.module.set_kernels(kernels)
     res["params_M"] = round(sum(p.numel() for p in ours.module.parameters()) / 1e6, 1)
@@ -248,7 +270,8 @@ def main() -> int:
         res[f"prefill_b64_L{short_len}_tps_{name}"] = round(
             prefill_tps(impl, torch.randint(3, 200, (64, short_len), device=device), device, 3), 1
         )
-    res["ssd_scan"] = ssd_bench(device, dtype, args.smoke)
+    for key in (f"prefill_b1_L{long_len}", f"prefill_b64_L{short_len}"):
+        res[f"{key}_speedup"] = round(res[f"{key}_tps_ours"] / res[f"{key}_tps_transformers"], 2)
     for batch in (1, 64):
         print(f"decode batch {batch} ...", flush=True)
         res[f"decode_b{batch}_tps_ours"] = round(
@@ -257,6 +280,12 @@ def main() -> int:
         res[f"decode_b{batch}_tps_transformers"] = round(
             decode_tps_hf(hf, batch, 128 if not args.smoke else 8, steps, device), 1
         )
+        res[f"decode_b{batch}_speedup"] = round(
+            res[f"decode_b{batch}_tps_ours"] / res[f"decode_b{batch}_tps_transformers"], 2
+        )
+    # Last: mamba-ssm's Triton kernels autotune on first use, which takes a while.
+    print("SSD scan beside mamba_chunk_scan_combined ...", flush=True)
+    res["ssd_scan"] = ssd_bench(device, dtype, args.smoke, args.anchor)
 
     path = Path(args.json or os.path.join(os.environ.get("OUT", tempfile.gettempdir()), "mamba2_gpu.json"))
     path.write_text(json.dumps(res, indent=1) + "\n")

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -225,6 +226,34 @@ class HybridCache:
     @property
     def nbytes(self) -> int:
         return self.mamba_nbytes + self.kv_nbytes
+
+
+class AllocatesCache:
+    """`allocate_cache` for a causal LM that has a ``config`` and an ``lm_head`` (Jamba and the Mamba-2
+    families): a zeroed `HybridCache` on the model's device and dtype."""
+
+    config: Any
+    lm_head: Any
+
+    def allocate_cache(
+        self,
+        batch_size: int,
+        capacity: int,
+        *,
+        num_slots: int | None = None,
+        ssm_dtype: torch.dtype = torch.float32,
+    ) -> HybridCache:
+        """A zeroed cache on this model's device/dtype (see `HybridCache.allocate`)."""
+        w = self.lm_head.weight
+        return HybridCache.allocate(
+            self.config,
+            batch_size,
+            capacity,
+            num_slots=num_slots,
+            device=w.device,
+            dtype=w.dtype,
+            ssm_dtype=ssm_dtype,
+        )
 
 
 def mamba_state_bytes_per_sequence(

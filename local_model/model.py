@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import HybridCache, KVCache, MambaState
+from .cache import AllocatesCache, HybridCache, KVCache, MambaState
 from .config import JambaConfig
 from .kernels import DEFAULT_KERNELS, REFERENCE_KERNELS, KernelBundle  # noqa: F401  (re-exported)
 from .kernels.reference import (  # noqa: F401  (re-exported: the model's reference kernels)
@@ -99,6 +99,43 @@ def attention_with_kv_cache(
         attn_mask=mask[:, None],
         scale=scale,
     )
+
+
+def attention_over_context(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Causal attention of ``T`` new queries over ``S >= T`` keys whose last ``T`` are the queries' own
+    tokens: query t sees keys ``0 .. S - T + t``. q: [B, H, T, hd]; keys, values: [B, Hkv, S, hd].
+
+    No dense mask (a 16K-token chunk over a 256K context would need a 4G-element one): SDPA's lower-right
+    causal bias, which runs the flash kernel on CUDA in half precision. GQA reads K/V in place when flash
+    takes these inputs; otherwise K/V are repeated per query head (the CPU and fp32 paths).
+    """
+    from torch.backends.cuda import SDPAParams, can_use_flash_attention
+    from torch.nn.attention.bias import causal_lower_right
+
+    t, s = q.shape[2], keys.shape[2]
+    n_rep = q.shape[1] // keys.shape[1]
+    gqa = (
+        n_rep > 1
+        and q.is_cuda
+        and can_use_flash_attention(SDPAParams(q, keys, values, None, 0.0, False, True))
+    )
+    bias = causal_lower_right(t, s) if t != s else None
+
+    def sdpa(k: torch.Tensor, v: torch.Tensor, enable_gqa: bool) -> torch.Tensor:
+        if bias is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=enable_gqa)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=enable_gqa)
+
+    if gqa:
+        try:
+            return sdpa(keys, values, True)
+        except RuntimeError:  # a torch whose flash kernel refuses grouped K/V: repeat them below
+            pass
+    if n_rep > 1:
+        keys, values = repeat_kv(keys, n_rep), repeat_kv(values, n_rep)
+    return sdpa(keys, values, False)
 
 
 def last_positions(
@@ -416,7 +453,7 @@ class JambaModel(nn.Module):
         return self.final_layernorm(x)
 
 
-class JambaForCausalLM(nn.Module):
+class JambaForCausalLM(AllocatesCache, nn.Module):
     """The language model: `JambaModel` + lm_head (tied to the embedding if the config says so).
 
     Construction initialises weights deterministically from ``seed`` (skipped on the meta device, where
@@ -455,41 +492,25 @@ class JambaForCausalLM(nn.Module):
             hidden = last_positions(hidden, input_ids, seq_lens)
         return self.lm_head(hidden)
 
-    def allocate_cache(
-        self,
-        batch_size: int,
-        capacity: int,
-        *,
-        num_slots: int | None = None,
-        ssm_dtype: torch.dtype = torch.float32,
-    ) -> HybridCache:
-        """A zeroed cache on this model's device/dtype (see `HybridCache.allocate`)."""
-        w = self.lm_head.weight
-        return HybridCache.allocate(
-            self.config,
-            batch_size,
-            capacity,
-            num_slots=num_slots,
-            device=w.device,
-            dtype=w.dtype,
-            ssm_dtype=ssm_dtype,
-        )
-
     def set_kernels(self, kernels: KernelBundle) -> None:
         for module in self.modules():
             if isinstance(module, (Attention, MambaMixer, SparseMoE)):
                 module.kernels = kernels
 
     @torch.no_grad()
-    def reset_parameters(self, seed: int = 0) -> None:
+    def reset_parameters(self, seed: int = 0, *, on_device: bool = False) -> None:
         """Deterministic init for training from scratch (same result on any device).
+
+        ``on_device``: draw the random numbers on the parameters' device instead of the CPU (for models too
+        large to initialise through host memory in reasonable time; the values then differ from a CPU init).
 
         Linear/embedding weights ~ N(0, initializer_range) as in transformers; residual output projections
         scaled by 1/sqrt(2 * num_layers) (GPT-2 / mamba_simple) so the residual stream does not grow with
         depth; dt_proj as in mamba_simple (bias = softplus^-1 of dt ~ logUniform[1e-3, 1e-1]) so initial
         time steps span useful memory lengths; A_log = log(1..N), D = 1, norms = 1.
         """
-        g = torch.Generator().manual_seed(seed)
+        dev = self.lm_head.weight.device if on_device else torch.device("cpu")
+        g = torch.Generator(dev).manual_seed(seed)
         std = self.config.initializer_range
         out_std = std / math.sqrt(2 * self.config.num_hidden_layers)
 
@@ -497,7 +518,7 @@ class JambaForCausalLM(nn.Module):
             p.copy_(t.to(device=p.device, dtype=p.dtype))
 
         def normal(p: torch.Tensor, s: float) -> None:
-            fill(p, torch.empty(p.shape).normal_(0.0, s, generator=g))
+            fill(p, torch.empty(p.shape, device=dev).normal_(0.0, s, generator=g))
 
         for name, module in self.named_modules():
             if isinstance(module, RMSNorm):
@@ -505,7 +526,7 @@ class JambaForCausalLM(nn.Module):
             elif isinstance(module, MambaMixer):
                 fill(
                     module.A_log,
-                    torch.log(torch.arange(1, module.d_state + 1, dtype=torch.float32)).repeat(
+                    torch.log(torch.arange(1, module.d_state + 1, dtype=torch.float32, device=dev)).repeat(
                         module.d_inner, 1
                     ),
                 )
@@ -513,10 +534,10 @@ class JambaForCausalLM(nn.Module):
                 bound = module.dt_rank**-0.5
                 fill(
                     module.dt_proj.weight,
-                    torch.empty(module.dt_proj.weight.shape).uniform_(-bound, bound, generator=g),
+                    torch.empty(module.dt_proj.weight.shape, device=dev).uniform_(-bound, bound, generator=g),
                 )
                 dt = torch.exp(
-                    torch.rand(module.d_inner, generator=g) * (math.log(0.1) - math.log(1e-3))
+                    torch.rand(module.d_inner, generator=g, device=dev) * (math.log(0.1) - math.log(1e-3))
                     + math.log(1e-3)
                 )
                 dt = dt.clamp(min=1e-4)
@@ -535,6 +556,8 @@ class JambaForCausalLM(nn.Module):
                 normal(module.weight, std)
             elif isinstance(module, nn.Conv1d):
                 bound = 1.0 / math.sqrt(module.kernel_size[0])  # PyTorch's default fan-in bound for depthwise
-                fill(module.weight, torch.empty(module.weight.shape).uniform_(-bound, bound, generator=g))
+                shape = module.weight.shape
+                fill(module.weight, torch.empty(shape, device=dev).uniform_(-bound, bound, generator=g))
                 if module.bias is not None:
-                    fill(module.bias, torch.empty(module.bias.shape).uniform_(-bound, bound, generator=g))
+                    shape = module.bias.shape
+                    fill(module.bias, torch.empty(shape, device=dev).uniform_(-bound, bound, generator=g))

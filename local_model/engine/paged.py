@@ -30,18 +30,26 @@ class PagedStep:
     write_index: ``[N]`` pool row of each valid new token, in (row, t) order of ``new_rows/new_cols``.
     read_index: ``[B, total]`` pool row of every position ``0 .. total-1`` of each batch row (positions a row
         does not have point at row 0 and are masked out).
-    mask: ``[B, 1, T, total]`` query t of row b sees position p iff ``p <= lengths[b] + t``.
+    mask: ``[B, 1, T, total]`` query t of row b sees position p iff ``p <= lengths[b] + t``; None when the
+        step attends row by row instead (``row_spans``).
+    row_spans: ``(lengths[b], seq_lens[b])`` per row, set for a prefill whose dense mask would be large (a
+        long chunk or a long context: its size is B * T * total): each row then attends on its own through
+        `local_model.model.attention_over_context`, with no mask at all.
     """
 
     write_index: torch.Tensor
     new_rows: torch.Tensor
     new_cols: torch.Tensor
     read_index: torch.Tensor
-    mask: torch.Tensor
+    mask: torch.Tensor | None
     all_new_valid: bool
     block_table: torch.Tensor | None = None  # [B, n_blocks] block ids of each row (for the decode kernel)
     context_lens: torch.Tensor | None = None  # [B] positions each row attends to after this step
     block_size: int = 0
+    row_spans: list[tuple[int, int]] | None = None
+
+    # Above this many mask elements (B * T * total) a prefill attends row by row without a mask.
+    MASK_LIMIT = 1 << 22
 
     @classmethod
     def build(
@@ -53,35 +61,43 @@ class PagedStep:
         width: int,
         device: torch.device | str = "cpu",
     ) -> PagedStep:
-        """``lengths[b]`` tokens of row b are cached, ``seq_lens[b]`` new ones arrive (padded to ``width``)."""
+        """``lengths[b]`` tokens of row b are cached, ``seq_lens[b]`` new ones arrive (padded to ``width``).
+
+        Only the block table, the lengths and the new tokens' (row, column) pairs are made on the host (their
+        size is the step's rows, blocks and new tokens); the per-position index and mask, ``B x total``
+        elements, are computed on the device, asynchronously, so a long context costs the host nothing."""
         total = max(n + s for n, s in zip(lengths, seq_lens, strict=True))
         n_blocks = -(-total // block_size)
+        batch = len(lengths)
         table = torch.tensor([(bt + [0] * n_blocks)[:n_blocks] for bt in block_tables], dtype=torch.long)
-        pos = torch.arange(total)
-        read_index = table[:, pos // block_size] * block_size + pos % block_size  # [B, total]
-        lengths_t = torch.tensor(lengths, dtype=torch.long)
-        t = torch.arange(width)
-        qpos = lengths_t[:, None] + t  # [B, T] absolute position of each new token
-        mask = pos[None, None, :] <= qpos[:, :, None]  # [B, T, total]
+        table = table.to(device)
         all_valid = all(s == width for s in seq_lens)
         if all_valid:
-            batch = len(lengths)
             new_rows = torch.arange(batch).repeat_interleave(width)
-            new_cols = t.repeat(batch)
+            new_cols = torch.arange(width).repeat(batch)
         else:
-            valid = t[None, :] < torch.tensor(seq_lens, dtype=torch.long)[:, None]
-            new_rows, new_cols = valid.nonzero(as_tuple=True)
-        write_index = read_index[new_rows, qpos[new_rows, new_cols]]
+            new_rows = torch.tensor([b for b, n in enumerate(seq_lens) for _ in range(n)], dtype=torch.long)
+            new_cols = torch.tensor([t for n in seq_lens for t in range(n)], dtype=torch.long)
+        new_rows, new_cols = new_rows.to(device), new_cols.to(device)
+        lengths_t = torch.tensor(lengths, dtype=torch.long).to(device)
+        pos = torch.arange(total, device=device)
+        read_index = table[:, pos // block_size] * block_size + pos % block_size  # [B, total]
+        qpos = lengths_t[:, None] + torch.arange(
+            width, device=device
+        )  # [B, T] absolute position of new tokens
+        row_wise = width > 1 and (batch == 1 or batch * width * total > cls.MASK_LIMIT)
+        mask = None if row_wise else (pos[None, None, :] <= qpos[:, :, None])[:, None]  # [B, 1, T, total]
         return cls(
-            write_index=write_index.to(device),
-            new_rows=new_rows.to(device),
-            new_cols=new_cols.to(device),
-            read_index=read_index.to(device),
-            mask=mask[:, None].to(device),
+            write_index=read_index[new_rows, qpos[new_rows, new_cols]],
+            new_rows=new_rows,
+            new_cols=new_cols,
+            read_index=read_index,
+            mask=mask,
             all_new_valid=all_valid,
-            block_table=table.to(device),
-            context_lens=(lengths_t + torch.tensor(seq_lens, dtype=torch.long)).to(device),
+            block_table=table,
+            context_lens=torch.tensor([n + s for n, s in zip(lengths, seq_lens, strict=True)]).to(device),
             block_size=block_size,
+            row_spans=list(zip(lengths, seq_lens, strict=True)) if row_wise else None,
         )
 
 
@@ -96,8 +112,16 @@ class PagedKVCache(KVCache):
     def capacity(self) -> int:  # total positions in the pool, across all sequences
         return self.k.shape[0]
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
-               seq_lens: torch.Tensor | None, slots: torch.Tensor | None, scale: float) -> torch.Tensor:
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        lengths: torch.Tensor,
+        seq_lens: torch.Tensor | None,
+        slots: torch.Tensor | None,
+        scale: float,
+    ) -> torch.Tensor:
         """The `KVCache.attend` hook the attention layer calls: positions come from `step`, not slots."""
         return paged_attention(q, k, v, self, scale)
 
@@ -124,6 +148,9 @@ def paged_attention(
         decoded = _paged_decode_kernel(q, kv, s, scale)
         if decoded is not None:
             return decoded
+    if s.row_spans is not None:
+        return _attend_rows(q, kv, s, scale)
+    assert s.mask is not None
     keys = kv.k[s.read_index].transpose(1, 2).to(q.dtype)  # [B, Hkv, total, hd]
     values = kv.v[s.read_index].transpose(1, 2).to(q.dtype)
     # GQA without copying K/V n_rep times: fold the n_rep query heads that share a KV head into the query
@@ -135,6 +162,21 @@ def paged_attention(
     mask = s.mask if width == 1 else s.mask.repeat(1, 1, n_rep, 1)  # rows ordered (rep, t)
     out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=mask, scale=scale)
     return out.reshape(batch, heads, width, hd)
+
+
+def _attend_rows(q: torch.Tensor, kv: PagedKVCache, s: PagedStep, scale: float) -> torch.Tensor:
+    """Each row over its own cached + new positions (lengths known on the host: no sync, no mask);
+    padded query rows stay zero."""
+    from ..model import attention_over_context
+
+    assert s.row_spans is not None
+    out = torch.zeros_like(q)
+    for b, (cached, new) in enumerate(s.row_spans):
+        rows = s.read_index[b, : cached + new]
+        keys = kv.k[rows].transpose(0, 1)[None].to(q.dtype)  # [1, Hkv, cached + new, hd]
+        values = kv.v[rows].transpose(0, 1)[None].to(q.dtype)
+        out[b : b + 1, :, :new] = attention_over_context(q[b : b + 1, :, :new], keys, values, scale)
+    return out
 
 
 def _paged_decode_kernel(
@@ -153,8 +195,11 @@ def _paged_decode_kernel(
     pool_k = kv.k.view(-1, block_size, kv_heads, hd).transpose(1, 2)  # [blocks, Hkv, block_size, hd], no copy
     pool_v = kv.v.view(-1, block_size, kv_heads, hd).transpose(1, 2)
     out = attention_decode(
-        q=q[:, :, 0], k_cache=pool_k, v_cache=pool_v, context_lens=s.context_lens, scale=scale,
+        q=q[:, :, 0],
+        k_cache=pool_k,
+        v_cache=pool_v,
+        context_lens=s.context_lens,
+        scale=scale,
         block_table=s.block_table,
     )
     return out[:, :, None]
-

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cache import HybridCache, KVCache
+from ..cache import AllocatesCache, HybridCache, KVCache
 from ..kernels.reference import ACTIVATIONS as KERNEL_ACTIVATIONS
 from ..mamba2 import DEFAULT_MAMBA2_KERNELS, Mamba2Kernels, Mamba2Mixer, Mamba2Options
 from ..model import RMSNorm, last_positions, repeat_kv
@@ -344,7 +344,7 @@ def experts_ref(
 # ============================================================================ the causal LM
 
 
-class HybridForCausalLM(nn.Module):
+class HybridForCausalLM(AllocatesCache, nn.Module):
     """Shared forward/cache plumbing; a family implements `input_embeddings` and `decoder` (or `body`
     when its layers take other arguments), and may override `embed` and ``logit_multiplier``.
 
@@ -421,25 +421,6 @@ class HybridForCausalLM(nn.Module):
             hidden = last_positions(hidden, input_ids, seq_lens)
         logits = self.lm_head(hidden)
         return logits * self.logit_multiplier if self.logit_multiplier != 1.0 else logits
-
-    def allocate_cache(
-        self,
-        batch_size: int,
-        capacity: int,
-        *,
-        num_slots: int | None = None,
-        ssm_dtype: torch.dtype = torch.float32,
-    ) -> HybridCache:
-        w = self.lm_head.weight
-        return HybridCache.allocate(
-            self.config,  # type: ignore[arg-type]
-            batch_size,
-            capacity,
-            num_slots=num_slots,
-            device=w.device,
-            dtype=w.dtype,
-            ssm_dtype=ssm_dtype,
-        )
 
     def set_kernels(self, kernels: Any) -> None:
         """Use ``kernels`` in every Mamba-2 mixer. A Mamba-1 kernel bundle (what the engine or loader

@@ -11,7 +11,7 @@ from local_model.cache import KVCache
 from local_model.engine.kv_blocks import BlockAllocator, BlockTable, OutOfBlocks, block_hashes
 from local_model.engine.paged import PagedKVCache, PagedStep, paged_attention
 from local_model.engine.sampler import SampleRow, SamplingParams, make_generator, sample
-from local_model.model import attention_with_kv_cache
+from local_model.model import attention_over_context, attention_with_kv_cache, repeat_kv
 
 
 def draw(logits: torch.Tensor, params: SamplingParams, n: int, seed: int = 0) -> collections.Counter[int]:
@@ -88,8 +88,14 @@ def test_block_allocator_refcounts_cache_and_evicts_lru() -> None:
         a.allocate()
 
 
+@pytest.mark.parametrize("row_wise", [False, True])
 @pytest.mark.parametrize("width", [1, 5])
-def test_paged_attention_equals_contiguous(width: int) -> None:
+def test_paged_attention_equals_contiguous(
+    width: int, row_wise: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both prefill paths (dense mask; row by row without a mask, taken above `PagedStep.MASK_LIMIT`)."""
+    if row_wise:
+        monkeypatch.setattr(PagedStep, "MASK_LIMIT", 0)
     torch.manual_seed(0)
     heads, kv_heads, hd, bs = 4, 2, 8, 4
     lengths, seq_lens = [3, 9, 0], [width, max(1, width - 2), width]
@@ -109,9 +115,26 @@ def test_paged_attention_equals_contiguous(width: int) -> None:
     lt, st = torch.tensor(lengths), torch.tensor(seq_lens)
     ref = attention_with_kv_cache(q, k, v, contiguous, lt, st, None, hd**-0.5)
     step = PagedStep.build(tables, lengths, seq_lens, bs, width)
+    assert (step.row_spans is not None) == (row_wise and width > 1) and (step.mask is None) == (
+        step.row_spans is not None
+    )
     out = paged_attention(q, k, v, PagedKVCache(pool_k, pool_v, step), hd**-0.5)
     for b in range(batch):
         torch.testing.assert_close(out[b, :, : seq_lens[b]], ref[b, :, : seq_lens[b]])
         n = lengths[b] + seq_lens[b]
         rows = [tables[b][p // bs] * bs + p % bs for p in range(n)]
         torch.testing.assert_close(pool_k[rows], contiguous.k[b, :, :n].transpose(0, 1))
+
+
+@pytest.mark.parametrize(("t", "s", "heads", "kv_heads"), [(7, 20, 4, 2), (6, 6, 4, 4), (1, 9, 8, 2)])
+def test_attention_over_context_equals_the_dense_mask(t: int, s: int, heads: int, kv_heads: int) -> None:
+    """New queries over cached + own keys, lower-right causal, GQA: as SDPA with the explicit mask."""
+    g = torch.Generator().manual_seed(t * s)
+    q = torch.randn(2, heads, t, 8, generator=g)
+    k, v = torch.randn(2, kv_heads, s, 8, generator=g), torch.randn(2, kv_heads, s, 8, generator=g)
+    mask = torch.arange(s)[None, :] <= (s - t + torch.arange(t))[:, None]
+    rep = heads // kv_heads
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, repeat_kv(k, rep), repeat_kv(v, rep), attn_mask=mask, scale=0.3
+    )
+    torch.testing.assert_close(attention_over_context(q, k, v, 0.3), ref)
