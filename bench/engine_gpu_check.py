@@ -70,17 +70,20 @@ def main() -> int:
     cpu = run(sharp_tiny_model(), prompts, args.new)
     gpu_model = sharp_tiny_model().to("cuda")
     gpu_model.set_kernels(triton_bundle())
+    # The engine's default on CUDA: `DecodeStep` per batch bucket, run eagerly.
     gpu = run(gpu_model, prompts, args.new)
     match = [leading_equal(a, b) for a, b in zip(cpu, gpu, strict=True)]
-    # The same engine with its decode steps through the model's forward (no DecodeStep, no CUDA graphs),
-    # and each prompt alone with CUDA graphs: which part a disagreement comes from.
+    # The same with the buckets replayed from CUDA graphs (opt-in), with the decode steps through the
+    # model's forward (no DecodeStep), and each prompt alone with CUDA graphs: where a disagreement is.
+    graphs = run(gpu_model, prompts, args.new, cuda_graphs=True)
     eager = run(gpu_model, prompts, args.new, decode_step=False)
-    alone = [run(gpu_model, [p], args.new)[0] for p in prompts]
+    alone = [run(gpu_model, [p], args.new, cuda_graphs=True)[0] for p in prompts]
     out = {
         "device": torch.cuda.get_device_name(),
         "prompt_lens": [len(p) for p in prompts],
         "new": args.new,
         "leading_tokens_equal_cpu_reference_vs_gpu_triton": match,
+        "same_gpu_cuda_graphs_vs_cpu": [leading_equal(a, b) for a, b in zip(cpu, graphs, strict=True)],
         "same_gpu_eager_decode_vs_cpu": [leading_equal(a, b) for a, b in zip(cpu, eager, strict=True)],
         "same_gpu_graphs_each_alone_vs_cpu": [leading_equal(a, b) for a, b in zip(cpu, alone, strict=True)],
     }

@@ -37,6 +37,11 @@ def _serve_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
     )
     p.add_argument("--no-prefix-cache", action="store_true")
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="replay decode steps from CUDA graphs (CUDA only; off by default, see EngineConfig.cuda_graphs)",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
@@ -63,6 +68,7 @@ def serve(argv: list[str]) -> int:
         max_model_len=args.max_model_len,
         num_threads=args.threads,
         prefix_caching=not args.no_prefix_cache,
+        cuda_graphs=args.cuda_graphs,
     )
     engine = Engine.from_checkpoint(
         path,

@@ -169,6 +169,7 @@ class Engine:
                 blocks_for(p.max_model_len, p.block_size),
                 scratch_slot=p.num_slots,
                 scratch_block=p.num_blocks,
+                cuda_graphs=self.config.cuda_graphs,
             )
         eos = list(mc.eos_token_ids) + (list(tokenizer.eos_token_ids) if tokenizer is not None else [])
         self.eos_ids = frozenset(eos)

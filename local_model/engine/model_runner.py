@@ -173,15 +173,23 @@ class ModelRunner:
         return sample(logits, rows)
 
     def enable_bucketed_decode(
-        self, kernels: object, max_blocks_per_seq: int, scratch_slot: int, scratch_block: int
+        self,
+        kernels: object,
+        max_blocks_per_seq: int,
+        scratch_slot: int,
+        scratch_block: int,
+        cuda_graphs: bool = False,
     ) -> None:
         """Decode steps of a Jamba model run `DecodeStep` per batch bucket (see `BucketedDecode`)."""
-        self.bucketed = BucketedDecode(self, kernels, max_blocks_per_seq, scratch_slot, scratch_block)
+        self.bucketed = BucketedDecode(
+            self, kernels, max_blocks_per_seq, scratch_slot, scratch_block, cuda_graphs
+        )
 
 
 class BucketedDecode:
     """A decode step through `local_model.decode.DecodeStep` over static per-bucket buffers, captured in one
-    CUDA graph per batch bucket on CUDA (run eagerly on the same buffers elsewhere).
+    CUDA graph per batch bucket on CUDA when ``cuda_graphs`` is set (run eagerly on the same buffers
+    otherwise).
 
     The buffers (token ids, SSM slots, positions, block table) are overwritten by each step; padding rows
     of a bucket point at a scratch SSM slot and a scratch KV block that no sequence owns, so running the
@@ -195,6 +203,7 @@ class BucketedDecode:
         max_blocks_per_seq: int,
         scratch_slot: int,
         scratch_block: int,
+        cuda_graphs: bool = False,
     ) -> None:
         from ..decode import DecodeStep, PagedPool
 
@@ -209,7 +218,7 @@ class BucketedDecode:
         self.step = DecodeStep(runner.model, cache, kernels, scratch_slot=scratch_slot)  # type: ignore[arg-type]
         self.max_blocks = max_blocks_per_seq
         self.scratch_block = scratch_block
-        self.use_graphs = runner.device.type == "cuda"
+        self.use_graphs = cuda_graphs and runner.device.type == "cuda"
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.bufs: dict[int, dict[str, torch.Tensor]] = {}
 

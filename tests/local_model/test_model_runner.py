@@ -177,7 +177,7 @@ def test_cuda_decode_step_does_not_synchronise() -> None:  # pragma: no cover - 
     cfg = JambaConfig.preset("tiny", vocab_size=320)
     model = JambaForCausalLM(cfg).cuda()
     model.set_kernels(triton_bundle())
-    engine = Engine(model, None, EngineConfig(memory_budget_mb=16, block_size=16))
+    engine = Engine(model, None, EngineConfig(memory_budget_mb=16, block_size=16, cuda_graphs=True))
     assert engine.runner.bucketed is not None and engine.runner.bucketed.use_graphs
     engine.submit_sync([5, 6, 7, 8, 9], SamplingParams(max_tokens=4, temperature=0.0))
     with torch.inference_mode():
