@@ -42,9 +42,10 @@ import decision_overhead as rules_bench  # noqa: E402  (bench/decision_overhead.
 
 from policies.loader import parse_policy  # noqa: E402
 from router import Plugins, decide  # noqa: E402
+from router.artifacts import load_artifact  # noqa: E402
 from router.bandits import BanditState, LinUCB, LinUCBState, ThompsonSampling, classifier_context  # noqa: E402
 from router.classifier import best_tradeoff  # noqa: E402
-from router.offline.artifacts import load_artifact, save_artifact  # noqa: E402
+from router.offline.artifacts import save_artifact  # noqa: E402
 from router.plugins import ClassifierScorer, ThompsonBandit  # noqa: E402
 
 # the bench policy's models that the classifier's models stand for (strongest first)

@@ -15,17 +15,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from router.artifacts import ARRAYS, VOCAB, ArtifactError, ArtifactPathError, load_artifact, load_verifier
 from router.features import DENSE_FEATURE_NAMES
-from router.offline.artifacts import (
-    ARRAYS,
-    VOCAB,
-    ArtifactError,
-    ArtifactPathError,
-    load_artifact,
-    load_verifier,
-    save_artifact,
-    save_verifier,
-)
+from router.offline.artifacts import save_artifact, save_verifier
 from router.offline.datasets import LabeledDataset
 from router.offline.train import TrainConfig, train_classifier
 from router.verifier import ANSWER_FEATURE_NAMES, AnswerVerifier

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from router.artifacts import ARTIFACT_FORMAT, load_artifact
 from router.classifier import (
     best_tradeoff,
     calibrate_gap_threshold,
@@ -12,7 +13,7 @@ from router.classifier import (
     cheapest_above,
 )
 from router.features import _NUM, _numbers, fit_featurizer, normalize_prompt
-from router.offline.artifacts import ARTIFACT_FORMAT, load_artifact, save_artifact
+from router.offline.artifacts import save_artifact
 from router.offline.datasets import LabeledDataset
 from router.offline.train import TrainConfig, train_classifier
 
