@@ -26,7 +26,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 
-from router.classifier import CostModel, QualityClassifier
+from router.classifier import CostModel, GroupPrior, QualityClassifier
 from router.features import TextFeaturizer
 from router.verifier import AnswerVerifier
 
@@ -43,6 +43,7 @@ RETRAIN = {
     VERIFIER_KIND: "hybridgate router train-verifier --data CSV... --model NAME --out DIR",
 }
 CLASSIFIER_ARRAYS = ("idf", "dense_mean", "dense_scale", "text_coef", "dense_coef", "intercept")
+PRIOR_ARRAYS = ("group_coef", "group_intercept", "group_accuracy", "prior_coef")
 
 __all__ = [
     "ARTIFACT_FORMAT",
@@ -169,6 +170,7 @@ def load_artifact(art_dir: str | Path) -> tuple[QualityClassifier, dict[str, Any
         dense_mean=a["dense_mean"],
         dense_scale=a["dense_scale"],
     )
+    prior, prior_coef = _group_prior(a, manifest, n_text, m, str(art_dir))
     cost = None
     if "cost_base" in a and "cost_per_char" in a:
         cost = CostModel(models=list(models), base=a["cost_base"], per_char=a["cost_per_char"])
@@ -182,8 +184,42 @@ def load_artifact(art_dir: str | Path) -> tuple[QualityClassifier, dict[str, Any
         weak=manifest.get("weak"),
         cost_model=cost,
         metadata=dict(manifest.get("train") or {}),
+        prior=prior,
+        prior_coef=prior_coef,
     )
     return clf, manifest
+
+
+def _group_prior(
+    a: dict[str, np.ndarray], manifest: dict[str, Any], n_text: int, m: int, where: str
+) -> tuple[GroupPrior | None, np.ndarray | None]:
+    """The classifier's group prior and its heads' weights on it, when the artifact has one (all of
+    ``PRIOR_ARRAYS`` and the manifest's ``groups``), checked against the classifier's shapes."""
+    present = [k for k in PRIOR_ARRAYS if k in a]
+    if not present:
+        return None, None
+    groups = manifest.get("groups")
+    if len(present) != len(PRIOR_ARRAYS) or not isinstance(groups, list):
+        raise ArtifactError(
+            f"{where}: an incomplete group prior (arrays {present}, groups {type(groups).__name__})"
+        )
+    g = len(groups)
+    shapes = {
+        "group_coef": (n_text, g),
+        "group_intercept": (g,),
+        "group_accuracy": (g, m),
+        "prior_coef": (m, m),
+    }
+    bad = [k for k, s in shapes.items() if a[k].shape != s or a[k].dtype.kind != "f"]
+    if bad or not all(isinstance(x, str) for x in groups):
+        raise ArtifactError(f"{where}: group prior arrays {bad or ['groups']} do not fit its {g} groups")
+    prior = GroupPrior(
+        groups=list(groups),
+        coef=a["group_coef"],
+        intercept=a["group_intercept"],
+        accuracy=a["group_accuracy"],
+    )
+    return prior, a["prior_coef"]
 
 
 def load_verifier(art_dir: str | Path) -> tuple[AnswerVerifier, dict[str, Any]]:

@@ -103,6 +103,11 @@ def save_artifact(
     if clf.cost_model is not None:
         arrays["cost_base"] = clf.cost_model.base
         arrays["cost_per_char"] = clf.cost_model.per_char
+    if clf.prior is not None and clf.prior_coef is not None:
+        arrays["group_coef"] = clf.prior.coef
+        arrays["group_intercept"] = clf.prior.intercept
+        arrays["group_accuracy"] = clf.prior.accuracy
+        arrays["prior_coef"] = clf.prior_coef
     vocab = json.dumps(terms, ensure_ascii=False).encode("utf-8")
     return _write(
         arrays,
@@ -114,6 +119,7 @@ def save_artifact(
             "strong": clf.strong,
             "weak": clf.weak,
             "dense_features": fz.n_dense > 0,
+            **({"groups": list(clf.prior.groups)} if clf.prior is not None else {}),
             "training_data": data_hashes or {},
             "metrics": metrics or {},
             "train": clf.metadata,
