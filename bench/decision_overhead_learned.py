@@ -12,7 +12,9 @@ classifier (``ClassifierScorer``, the classifier's models aliased onto the deplo
 propensities): rules + classifier + bandit. Each prompt goes through ``decide`` first, then through the
 separately timed stages. The classifiers are loaded from artifacts, as the gateway loads them.
 
-Usage: ``python bench/decision_overhead_learned.py [--n 3000] [--artifact DIR] [--json OUT]``
+Usage: ``python bench/decision_overhead_learned.py [--n 3000] [--artifact DIR] [--json OUT]
+[--train-config JSON]`` (``--train-config``: ``TrainConfig`` overrides for the trained cases, e.g.
+``'{"group_prior": false}'`` for the classifier without its group prior).
 
 To measure on another machine (one without scikit-learn or the data), or several times without training
 again: train and save here with ``--save-cases DIR`` (an artifact and the prompts per case), then run
@@ -34,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -117,6 +120,7 @@ def measure(clf, prompts: list[str], n: int, seed: int) -> dict:  # noqa: ANN001
         req, sig, now = requests[w]
         decide(req, policy, deps, sig, py_rng, now, plugins=plugins)
     pc = time.perf_counter
+    bar = tqdm(total=n, unit="decision", mininterval=1.0, file=sys.stderr, leave=False)
     for k, i in enumerate(order):
         p = prompts[int(i)]
         req, sig, now = requests[k]
@@ -148,6 +152,9 @@ def measure(clf, prompts: list[str], n: int, seed: int) -> dict:  # noqa: ANN001
         stages["linucb"].append(t4 - t3)
         stages["total_thompson"].append(t3 - t0)
         stages["total_linucb"].append((t2 - t0) + (t4 - t3))
+        if k % 100 == 99:
+            bar.update(100)
+    bar.close()
     gc.unfreeze()
     return {k: _pct(v) for k, v in stages.items()}
 
@@ -162,7 +169,7 @@ def save_cases(cases: dict[str, tuple], out: Path) -> None:
         (out / f"{name}.prompts.json").write_text(json.dumps(te))
 
 
-def train_cases(seed: int) -> dict[str, tuple]:
+def train_cases(seed: int, overrides: dict | None = None) -> dict[str, tuple]:
     """Per data source: (classifier trained on the training half, training-half prompts, held-out prompts)."""
     from router.offline.datasets import (
         holdout_strata,
@@ -180,7 +187,7 @@ def train_cases(seed: int) -> dict[str, tuple]:
         ("routerbench", read_many(routerbench_paths())),
     ):
         tr, te = stratified_split(holdout_strata(ds), 0.5, seed)
-        clf = train_classifier(ds.subset(tr), TrainConfig(seed=seed))
+        clf = train_classifier(ds.subset(tr), TrainConfig(seed=seed, **(overrides or {})))
         cases[name] = (clf, [ds.prompts[i] for i in tr], [ds.prompts[i] for i in te])
     return cases
 
@@ -195,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         "--save-cases", type=Path, default=None, help="save the trained classifiers and prompts in this dir"
     )
     ap.add_argument("--cases", type=Path, default=None, help="measure the classifiers saved by --save-cases")
+    ap.add_argument("--train-config", default="{}", help="JSON of TrainConfig overrides for trained cases")
     a = ap.parse_args(argv)
     res: dict = {
         "machine": f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}",
@@ -209,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not a.cases:
             a.cases = a.save_cases or Path(tempfile.mkdtemp(prefix="decision-cases-"))
-            save_cases(train_cases(a.seed), a.cases)
+            save_cases(train_cases(a.seed, json.loads(a.train_config)), a.cases)
         for name in CASES:
             clf, _ = load_artifact(a.cases / name)  # as the gateway loads it
             prompts = json.loads((a.cases / f"{name}.prompts.json").read_text())

@@ -86,19 +86,31 @@ class GroupPrior:
     intercept: np.ndarray  # (G,)
     accuracy: np.ndarray  # (G, M) each model's accuracy on each group, shrunk toward its overall accuracy
 
+    def __post_init__(self) -> None:
+        # a mixture of rates inside [1e-4, 1 − 1e-4] stays inside: the logit needs no clip per decision
+        self.accuracy = np.clip(np.asarray(self.accuracy, dtype=np.float64), 1e-4, 1.0 - 1e-4)
+
     def posterior(self, f: PromptFeatures) -> np.ndarray:
         """(G,) P(group | prompt)."""
-        z = self.intercept + f.text_val @ self.coef[f.text_idx] if len(f.text_idx) else self.intercept
-        return softmax_rows(np.asarray(z, dtype=np.float64))
+        z = f.text_val @ self.coef[f.text_idx] if len(f.text_idx) else np.zeros(len(self.groups))
+        return softmax_rows(z + self.intercept)
+
+    def logits_of(self, z: np.ndarray) -> np.ndarray:
+        """(..., M) logit of each model's expected accuracy, from the group scores ``x · coef`` (..., G):
+        the softmax's normalisation is applied after the product with ``accuracy`` (fewer operations)."""
+        z = z + self.intercept
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        p = (e @ self.accuracy) / e.sum(axis=-1, keepdims=True)
+        return np.log(p / (1.0 - p))
 
     def logits(self, f: PromptFeatures) -> np.ndarray:
         """(M,) logit of each model's expected accuracy on the prompt's groups."""
-        return prob_logit(self.posterior(f) @ self.accuracy)
+        z = f.text_val @ self.coef[f.text_idx] if len(f.text_idx) else np.zeros(len(self.groups))
+        return self.logits_of(z)
 
     def logits_many(self, x: object) -> np.ndarray:
         """(n, M) :meth:`logits` of the rows of a (n, V) TF-IDF matrix (sparse or dense)."""
-        z = np.asarray(x @ self.coef, dtype=np.float64) + self.intercept  # type: ignore[operator]
-        return prob_logit(softmax_rows(z) @ self.accuracy)
+        return self.logits_of(np.asarray(x @ self.coef, dtype=np.float64))  # type: ignore[operator]
 
 
 @dataclass
@@ -116,6 +128,12 @@ class QualityClassifier:
     metadata: dict[str, object] = field(default_factory=dict)
     prior: GroupPrior | None = None
     prior_coef: np.ndarray | None = None  # (M, M): head j's weight on the prior logit of model i at [i, j]
+    # the heads' and the prior's TF-IDF coefficients side by side, (V, M + G): one gather per decision
+    _rows: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.prior is not None and self.prior_coef is not None:
+            self._rows = np.hstack([self.text_coef, self.prior.coef.astype(self.text_coef.dtype)])
 
     def features(self, prompt: str) -> PromptFeatures:
         return self.featurizer.featurize(prompt)
@@ -124,10 +142,12 @@ class QualityClassifier:
         """(M,) logits: the intercepts, the dense block's product, the prompt's TF-IDF rows and, with a
         group prior, the prior's logits."""
         z = self.intercept + f.dense @ self.dense_coef
+        if self._rows is not None and self.prior is not None and self.prior_coef is not None:
+            m = len(self.models)
+            both = f.text_val @ self._rows[f.text_idx] if len(f.text_idx) else np.zeros(self._rows.shape[1])
+            return z + both[:m] + self.prior.logits_of(both[m:]) @ self.prior_coef
         if len(f.text_idx):
             z = z + f.text_val @ self.text_coef[f.text_idx]
-        if self.prior is not None and self.prior_coef is not None:
-            z = z + self.prior.logits(f) @ self.prior_coef
         return z
 
     def predict_array(self, f: PromptFeatures) -> np.ndarray:
