@@ -111,9 +111,10 @@ def train_classifier(
     xt, xd = fz.matrices(ds.prompts)
     groups = ds.subjects if ds.subjects is not None else ds.tasks
     prior: GroupPrior | None = None
+    prior_fit: dict[str, float] = {}
     blocks = [xt, sparse.csr_matrix(xd)]
     if cfg.group_prior and groups is not None and len(set(groups)) >= 2:
-        prior, prior_oof = fit_group_prior(xt, groups, ds.labels, cfg)
+        prior, prior_oof, prior_fit = fit_group_prior(xt, groups, ds.labels, cfg)
         blocks.append(sparse.csr_matrix(prior_oof))
     x = sparse.hstack(blocks).tocsr()
     coef, b = _fit_heads(x, ds.labels, cfg.C, cfg.seed)
@@ -137,6 +138,7 @@ def train_classifier(
             "train_seconds": round(time.perf_counter() - t0, 2),
             "vocab_size": fz.n_text,
             "groups": len(prior.groups) if prior is not None else 0,
+            **prior_fit,
         },
     )
 
@@ -170,8 +172,9 @@ def _group_accuracy(labels: np.ndarray, g: np.ndarray, k: int, prior_n: float) -
 
 def fit_group_prior(
     xt: sparse.csr_matrix, groups: list[str], labels: np.ndarray, cfg: TrainConfig
-) -> tuple[GroupPrior, np.ndarray]:
-    """The group prior on all rows, and each row's cross-fitted prior logits (n, M).
+) -> tuple[GroupPrior, np.ndarray, dict[str, float]]:
+    """The group prior on all rows, each row's cross-fitted prior logits (n, M), and what was picked
+    (temperature, log-frequency weight, cross-fitted top-1 group accuracy) for the manifest.
 
     Centroid similarities and accuracy tables are computed per inner fold from the other folds; the
     softmax temperature (and whether the groups' log-frequencies enter as intercepts) is the one whose
@@ -207,4 +210,9 @@ def fit_group_prior(
         intercept=w * np.log((np.bincount(g, minlength=k) + 1.0) / (n + k)),
         accuracy=_group_accuracy(labels, g, k, cfg.group_prior_n),
     )
-    return prior, oof
+    picked = {
+        "group_temperature": temp,
+        "group_log_frequency_weight": w,
+        "group_top1_crossfit": round(float(np.mean(post.argmax(axis=1) == g)), 4),
+    }
+    return prior, oof, picked
