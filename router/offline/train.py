@@ -34,7 +34,8 @@ class TrainConfig:
     min_df: int = 2
     max_features: int = 60000
     dense: bool = False  # the structure-feature block: within noise in cross-validation, so off
-    group_prior: bool = True  # used only when the data names two or more groups
+    group_prior: bool = True  # used only when the data names 2 to max_groups groups
+    max_groups: int = 256  # bounds the prior's (vocabulary × groups) matrix
     group_prior_n: float = 10.0  # pseudo-observations at a model's overall accuracy in each group's rate
     # softmax temperatures of the centroid match; the one with the best cross-fitted group likelihood wins
     group_temperatures: tuple[float, ...] = (5.0, 10.0, 20.0, 40.0, 80.0)
@@ -113,7 +114,7 @@ def train_classifier(
     prior: GroupPrior | None = None
     prior_fit: dict[str, float] = {}
     blocks = [xt, sparse.csr_matrix(xd)]
-    if cfg.group_prior and groups is not None and len(set(groups)) >= 2:
+    if cfg.group_prior and groups is not None and 2 <= len(set(groups)) <= cfg.max_groups:
         prior, prior_oof, prior_fit = fit_group_prior(xt, groups, ds.labels, cfg)
         blocks.append(sparse.csr_matrix(prior_oof))
     x = sparse.hstack(blocks).tocsr()
