@@ -133,7 +133,9 @@ class QualityClassifier:
 
     def __post_init__(self) -> None:
         if self.prior is not None and self.prior_coef is not None:
+            m = len(self.models)
             self._rows = np.hstack([self.text_coef, self.prior.coef.astype(self.text_coef.dtype)])
+            self.prior.coef = self._rows[:, m:]  # the prior reads the same memory: no second copy
 
     def features(self, prompt: str) -> PromptFeatures:
         return self.featurizer.featurize(prompt)

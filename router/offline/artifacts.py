@@ -104,7 +104,7 @@ def save_artifact(
         arrays["cost_base"] = clf.cost_model.base
         arrays["cost_per_char"] = clf.cost_model.per_char
     if clf.prior is not None and clf.prior_coef is not None:
-        arrays["group_coef"] = clf.prior.coef
+        arrays["group_coef"] = clf.prior.coef.astype(np.float32)  # centroids x temperature: float32 is plenty
         arrays["group_intercept"] = clf.prior.intercept
         arrays["group_accuracy"] = clf.prior.accuracy
         arrays["prior_coef"] = clf.prior_coef
