@@ -12,7 +12,11 @@ classifier (``ClassifierScorer``, the classifier's models aliased onto the deplo
 propensities): rules + classifier + bandit. Each prompt goes through ``decide`` first, then through the
 separately timed stages. The classifiers are loaded from artifacts, as the gateway loads them.
 
-Usage: ``python bench/decision_overhead_learned.py [--n 3000] [--artifact DIR] [--json OUT]``
+Usage: ``python bench/decision_overhead_learned.py [--n 3000] [--artifact DIR] [--json OUT]
+[--train-config JSON] [--versus DIR]`` (``--train-config``: ``TrainConfig`` overrides for the trained
+cases, e.g. ``'{"group_prior": false}'`` for the classifier without its group prior; ``--versus DIR``:
+the cases saved from another classifier, measured in the same process with decisions interleaved, so
+two versions see the same machine at the same moments: ``*_versus`` in the output).
 
 To measure on another machine (one without scikit-learn or the data), or several times without training
 again: train and save here with ``--save-cases DIR`` (an artifact and the prompts per case), then run
@@ -34,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,9 +47,10 @@ import decision_overhead as rules_bench  # noqa: E402  (bench/decision_overhead.
 
 from policies.loader import parse_policy  # noqa: E402
 from router import Plugins, decide  # noqa: E402
+from router.artifacts import load_artifact  # noqa: E402
 from router.bandits import BanditState, LinUCB, LinUCBState, ThompsonSampling, classifier_context  # noqa: E402
 from router.classifier import best_tradeoff  # noqa: E402
-from router.offline.artifacts import load_artifact, save_artifact  # noqa: E402
+from router.offline.artifacts import save_artifact  # noqa: E402
 from router.plugins import ClassifierScorer, ThompsonBandit  # noqa: E402
 
 # the bench policy's models that the classifier's models stand for (strongest first)
@@ -78,52 +84,55 @@ def _pct(xs: list[float]) -> dict[str, float]:
     }
 
 
-def measure(clf, prompts: list[str], n: int, seed: int) -> dict:  # noqa: ANN001
-    """Per-stage latency over ``n`` decisions on ``prompts`` by ``clf`` as the gateway loads it."""
-    gc.collect()
-    gc.freeze()  # as the gateway does once its artifacts are loaded (gateway/app.py, service/artifact_slots.py)
-    rng = np.random.default_rng(seed)
-    arms = list(clf.models)
-    ts_state = BanditState.new(arms)
-    for a in arms:  # some history so posteriors are not flat
-        for _ in range(20):
-            ts_state.update(a, float(rng.random() < 0.7))
-    ts = ThompsonSampling(kind="beta", lam=50.0, n_mc=64, epsilon=0.02)
-    dim = len(arms) + 1 + clf.featurizer.n_dense
-    lin_state = LinUCBState.new(arms, dim)
-    lin = LinUCB(lam=50.0, alpha=0.5, epsilon=0.02)
-    stages: dict[str, list[float]] = {
-        k: []
-        for k in (
-            "featurize", "score", "thompson", "linucb", "total_thompson", "total_linucb",
-            "decide", "total_rules_classifier_thompson",
+STAGES = (
+    "featurize", "score", "thompson", "linucb", "total_thompson", "total_linucb",
+    "decide", "total_rules_classifier_thompson",
+)  # fmt: skip
+
+
+class _Harness:
+    """One classifier as the gateway holds it (scorer plugin, Thompson plugin, policy), and its timings."""
+
+    def __init__(self, clf, n: int, seed: int) -> None:  # noqa: ANN001
+        self.clf = clf
+        self.rng = np.random.default_rng(seed)
+        self.arms = list(clf.models)
+        self.ts_state = BanditState.new(self.arms)
+        for a in self.arms:  # some history so posteriors are not flat
+            for _ in range(20):
+                self.ts_state.update(a, float(self.rng.random() < 0.7))
+        self.ts = ThompsonSampling(kind="beta", lam=50.0, n_mc=64, epsilon=0.02)
+        self.lin_state = LinUCBState.new(self.arms, len(self.arms) + 1 + clf.featurizer.n_dense)
+        self.lin = LinUCB(lam=50.0, alpha=0.5, epsilon=0.02)
+        self.deps = rules_bench.deployments()
+        self.policy = parse_policy(
+            rules_bench.POLICY.replace(
+                "selector: {type: cheapest}", "selector: {type: classifier, threshold: 0.6}"
+            )
         )
-    }  # fmt: skip
-    deps = rules_bench.deployments()
-    policy = parse_policy(
-        rules_bench.POLICY.replace(
-            "selector: {type: cheapest}", "selector: {type: classifier, threshold: 0.6}"
-        )
-    )
-    plugins = Plugins(scorers={"default": ClassifierScorer(clf, _aliases(clf))})
-    # the gateway's Thompson plugin over the same posteriors (its own numpy generator derived per call)
-    thompson = ThompsonBandit(algo=ts, state=BanditState.from_dict(ts_state.to_dict()))
-    py_rng = random.Random(seed)
-    requests = rules_bench.random_inputs(py_rng, n, deps)
-    order = rng.integers(0, len(prompts), n)
-    for w in range(50):  # warm-up
-        clf.predict(prompts[w % len(prompts)])
-        req, sig, now = requests[w]
-        decide(req, policy, deps, sig, py_rng, now, plugins=plugins)
-    pc = time.perf_counter
-    for k, i in enumerate(order):
-        p = prompts[int(i)]
-        req, sig, now = requests[k]
+        self.plugins = Plugins(scorers={"default": ClassifierScorer(clf, _aliases(clf))})
+        # the gateway's Thompson plugin over the same posteriors (its own numpy generator derived per call)
+        self.thompson = ThompsonBandit(algo=self.ts, state=BanditState.from_dict(self.ts_state.to_dict()))
+        self.py_rng = random.Random(seed)
+        self.requests = rules_bench.random_inputs(self.py_rng, n, self.deps)
+        self.stages: dict[str, list[float]] = {k: [] for k in STAGES}
+
+    def warm_up(self, prompts: list[str]) -> None:
+        for w in range(50):
+            self.clf.predict(prompts[w % len(prompts)])
+            req, sig, now = self.requests[w]
+            decide(req, self.policy, self.deps, sig, self.py_rng, now, plugins=self.plugins)
+
+    def step(self, k: int, p: str) -> None:
+        """Decision ``k`` on prompt ``p``: the whole gateway decision, then each stage timed alone."""
+        clf, arms, stages, pc = self.clf, self.arms, self.stages, time.perf_counter
+        req, sig, now = self.requests[k]
         req = dataclasses.replace(req, prompt_text=p)
         t = pc()
-        d = decide(req, policy, deps, sig, py_rng, now, plugins=plugins)
+        d = decide(req, self.policy, self.deps, sig, self.py_rng, now, plugins=self.plugins)
         t_rules = pc()
-        thompson.choose(arms, {"costs": clf.cost_model.as_dict(len(p)) if clf.cost_model else None}, py_rng)
+        costs_p = clf.cost_model.as_dict(len(p)) if clf.cost_model else None
+        self.thompson.choose(arms, {"costs": costs_p}, self.py_rng)
         t_bandit = pc()
         assert d.error is not None or d.trace, "decide() returned no trace"
         stages["decide"].append(t_rules - t)
@@ -134,10 +143,10 @@ def measure(clf, prompts: list[str], n: int, seed: int) -> dict:  # noqa: ANN001
         probs = clf.predict_array(f)
         t2 = pc()
         costs = clf.cost_model.as_dict(f.n_chars) if clf.cost_model else None
-        ts.choose(ts_state, rng, costs)
+        self.ts.choose(self.ts_state, self.rng, costs)
         t3 = pc()
         x = classifier_context(probs, f.dense)
-        lin.choose(lin_state, x, rng, costs)
+        self.lin.choose(self.lin_state, x, self.rng, costs)
         t4 = pc()
         if costs is not None:
             best_tradeoff(dict(zip(arms, probs.tolist(), strict=True)), costs, 50.0)
@@ -147,8 +156,34 @@ def measure(clf, prompts: list[str], n: int, seed: int) -> dict:  # noqa: ANN001
         stages["linucb"].append(t4 - t3)
         stages["total_thompson"].append(t3 - t0)
         stages["total_linucb"].append((t2 - t0) + (t4 - t3))
+
+
+def measure_many(clfs: dict[str, object], prompts: list[str], n: int, seed: int) -> dict[str, dict]:
+    """Per-stage latency over ``n`` decisions on ``prompts`` for each classifier, interleaved: decision
+    ``k`` runs on every classifier back to back (the first one alternating), so a busy moment of the
+    machine falls on all of them alike. One classifier: the plain measurement."""
+    gc.collect()
+    gc.freeze()  # as the gateway does once its artifacts are loaded (gateway/app.py, service/artifact_slots.py)
+    hs = {name: _Harness(clf, n, seed) for name, clf in clfs.items()}
+    for h in hs.values():
+        h.warm_up(prompts)
+    order = np.random.default_rng(seed).integers(0, len(prompts), n)
+    turn = list(hs.values())
+    bar = tqdm(total=n, unit="decision", mininterval=1.0, file=sys.stderr, leave=False)
+    for k, i in enumerate(order):
+        p = prompts[int(i)]
+        for h in turn[k % len(turn) :] + turn[: k % len(turn)]:
+            h.step(k, p)
+        if k % 100 == 99:
+            bar.update(100)
+    bar.close()
     gc.unfreeze()
-    return {k: _pct(v) for k, v in stages.items()}
+    return {name: {k: _pct(v) for k, v in h.stages.items()} for name, h in hs.items()}
+
+
+def measure(clf, prompts: list[str], n: int, seed: int) -> dict:  # noqa: ANN001
+    """Per-stage latency over ``n`` decisions on ``prompts`` by ``clf`` as the gateway loads it."""
+    return measure_many({"only": clf}, prompts, n, seed)["only"]
 
 
 CASES = ("mmlu", "routerbench")
@@ -161,7 +196,7 @@ def save_cases(cases: dict[str, tuple], out: Path) -> None:
         (out / f"{name}.prompts.json").write_text(json.dumps(te))
 
 
-def train_cases(seed: int) -> dict[str, tuple]:
+def train_cases(seed: int, overrides: dict | None = None) -> dict[str, tuple]:
     """Per data source: (classifier trained on the training half, training-half prompts, held-out prompts)."""
     from router.offline.datasets import (
         holdout_strata,
@@ -179,7 +214,7 @@ def train_cases(seed: int) -> dict[str, tuple]:
         ("routerbench", read_many(routerbench_paths())),
     ):
         tr, te = stratified_split(holdout_strata(ds), 0.5, seed)
-        clf = train_classifier(ds.subset(tr), TrainConfig(seed=seed))
+        clf = train_classifier(ds.subset(tr), TrainConfig(seed=seed, **(overrides or {})))
         cases[name] = (clf, [ds.prompts[i] for i in tr], [ds.prompts[i] for i in te])
     return cases
 
@@ -194,6 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         "--save-cases", type=Path, default=None, help="save the trained classifiers and prompts in this dir"
     )
     ap.add_argument("--cases", type=Path, default=None, help="measure the classifiers saved by --save-cases")
+    ap.add_argument("--train-config", default="{}", help="JSON of TrainConfig overrides for trained cases")
+    ap.add_argument(
+        "--versus",
+        type=Path,
+        default=None,
+        help="cases of another classifier (--save-cases), measured interleaved with --cases in one process",
+    )
     a = ap.parse_args(argv)
     res: dict = {
         "machine": f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}",
@@ -208,12 +250,18 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not a.cases:
             a.cases = a.save_cases or Path(tempfile.mkdtemp(prefix="decision-cases-"))
-            save_cases(train_cases(a.seed), a.cases)
+            save_cases(train_cases(a.seed, json.loads(a.train_config)), a.cases)
         for name in CASES:
             clf, _ = load_artifact(a.cases / name)  # as the gateway loads it
             prompts = json.loads((a.cases / f"{name}.prompts.json").read_text())
             label = "mmlu_two_model" if name == "mmlu" else "routerbench_eleven_model"
-            res[f"{label}_fresh_load"] = measure(clf, prompts, a.n, a.seed)
+            if a.versus is None:
+                res[f"{label}_fresh_load"] = measure(clf, prompts, a.n, a.seed)
+                continue
+            other, _ = load_artifact(a.versus / name)
+            both = measure_many({"cases": clf, "versus": other}, prompts, a.n, a.seed)
+            res[f"{label}_fresh_load"] = both["cases"]
+            res[f"{label}_versus"] = both["versus"]
     txt = json.dumps(res, indent=2)
     print(txt)
     if a.json:

@@ -1,6 +1,9 @@
 """Routing decisions: pure functions of request features, a policy and a signals snapshot.
 
-Nothing in this package does I/O or reads the clock; see `router.decide.decide`.
+Nothing on the decision path does I/O or reads the clock; see `router.decide.decide`. Files are read
+only by `router.artifacts` (loading a trained artifact, which the request service does off the request
+path when a slot changes) and by the offline tools in `router.offline` (data, training, writing
+artifacts), which the serving path never imports.
 """
 
 from common.types import RequestFeatures

@@ -5,9 +5,12 @@ word TF-IDF, optionally with standardised structure features (router/features.py
 (``router.offline.train``) and frozen into numpy arrays, so one decision is a sparse dot product and a
 sigmoid. For two models the routing score is ``p_strong − p_weak``.
 
-Nothing heavier earned its place in cross-validation on the shared routing data: boosted stackers, a
-tree model of the strong−weak gap, an inferred-subject prior, character n-grams and the structure
-features each moved APGR/AIQ by less than the fold-to-fold noise (bench/RESULTS.md, the ablation table).
+Where the training data names groups (MMLU's subjects, RouterBench's tasks), a :class:`GroupPrior`
+adds one input per model to every head: the logit of that model's accuracy on the groups the prompt
+resembles. The group is not known at routing time; it is read from the prompt's TF-IDF row (nearest
+group centroids), so the prior costs one more sparse product. Heavier parts (boosted stackers, a tree
+model of the strong−weak gap, character n-grams, the structure features) moved APGR/AIQ by less than the
+fold-to-fold noise and are gone (bench/RESULTS.md, the ablation table).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from router.features import PromptFeatures, TextFeaturizer
 
 __all__ = [
     "CostModel",
+    "GroupPrior",
     "QualityClassifier",
     "sigmoid",
     "cheapest_above",
@@ -55,6 +59,60 @@ class CostModel:
         return dict(zip(self.models, self.predict(n_chars).tolist(), strict=True))
 
 
+def softmax_rows(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of a (n, G) or (G,) array."""
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def prob_logit(p: np.ndarray) -> np.ndarray:
+    """``log(p / (1 − p))`` with ``p`` clipped to [1e-4, 1 − 1e-4], so a certain prior stays finite."""
+    p = np.clip(p, 1e-4, 1.0 - 1e-4)
+    return np.log(p / (1.0 - p))
+
+
+@dataclass
+class GroupPrior:
+    """How well each model does on the groups (subjects, tasks) a prompt resembles.
+
+    ``P(group | prompt) = softmax(x · coef + intercept)`` over the prompt's L2-normalised TF-IDF row
+    ``x``; with ``coef`` the groups' centroids times a temperature, that is a soft nearest-centroid
+    match. The prior of model ``m`` is ``Σ_g P(g | prompt) · accuracy[g, m]``, its expected accuracy
+    under the group uncertainty, so confusing two groups on which the models do alike costs nothing.
+    """
+
+    groups: list[str]
+    coef: np.ndarray  # (V, G) over the featuriser's TF-IDF block
+    intercept: np.ndarray  # (G,)
+    accuracy: np.ndarray  # (G, M) each model's accuracy on each group, shrunk toward its overall accuracy
+
+    def __post_init__(self) -> None:
+        # a mixture of rates inside [1e-4, 1 − 1e-4] stays inside: the logit needs no clip per decision
+        self.accuracy = np.clip(np.asarray(self.accuracy, dtype=np.float64), 1e-4, 1.0 - 1e-4)
+
+    def posterior(self, f: PromptFeatures) -> np.ndarray:
+        """(G,) P(group | prompt)."""
+        z = f.text_val @ self.coef[f.text_idx] if len(f.text_idx) else np.zeros(len(self.groups))
+        return softmax_rows(z + self.intercept)
+
+    def logits_of(self, z: np.ndarray) -> np.ndarray:
+        """(..., M) logit of each model's expected accuracy, from the group scores ``x · coef`` (..., G):
+        the softmax's normalisation is applied after the product with ``accuracy`` (fewer operations)."""
+        z = z + self.intercept
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        p = (e @ self.accuracy) / e.sum(axis=-1, keepdims=True)
+        return np.log(p / (1.0 - p))
+
+    def logits(self, f: PromptFeatures) -> np.ndarray:
+        """(M,) logit of each model's expected accuracy on the prompt's groups."""
+        z = f.text_val @ self.coef[f.text_idx] if len(f.text_idx) else np.zeros(len(self.groups))
+        return self.logits_of(z)
+
+    def logits_many(self, x: object) -> np.ndarray:
+        """(n, M) :meth:`logits` of the rows of a (n, V) TF-IDF matrix (sparse or dense)."""
+        return self.logits_of(np.asarray(x @ self.coef, dtype=np.float64))  # type: ignore[operator]
+
+
 @dataclass
 class QualityClassifier:
     """Frozen router model. ``predict(prompt)`` → ``{model: p_acceptable}``; plain arrays, no sklearn."""
@@ -68,13 +126,28 @@ class QualityClassifier:
     weak: str | None = None
     cost_model: CostModel | None = None
     metadata: dict[str, object] = field(default_factory=dict)
+    prior: GroupPrior | None = None
+    prior_coef: np.ndarray | None = None  # (M, M): head j's weight on the prior logit of model i at [i, j]
+    # the heads' and the prior's TF-IDF coefficients side by side, (V, M + G): one gather per decision
+    _rows: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.prior is not None and self.prior_coef is not None:
+            m = len(self.models)
+            self._rows = np.hstack([self.text_coef, self.prior.coef.astype(self.text_coef.dtype)])
+            self.prior.coef = self._rows[:, m:]  # the prior reads the same memory: no second copy
 
     def features(self, prompt: str) -> PromptFeatures:
         return self.featurizer.featurize(prompt)
 
     def logits(self, f: PromptFeatures) -> np.ndarray:
-        """(M,) logits: the intercepts, the dense block's product, and the prompt's TF-IDF rows."""
+        """(M,) logits: the intercepts, the dense block's product, the prompt's TF-IDF rows and, with a
+        group prior, the prior's logits."""
         z = self.intercept + f.dense @ self.dense_coef
+        if self._rows is not None and self.prior is not None and self.prior_coef is not None:
+            m = len(self.models)
+            both = f.text_val @ self._rows[f.text_idx] if len(f.text_idx) else np.zeros(self._rows.shape[1])
+            return z + both[:m] + self.prior.logits_of(both[m:]) @ self.prior_coef
         if len(f.text_idx):
             z = z + f.text_val @ self.text_coef[f.text_idx]
         return z
@@ -96,6 +169,8 @@ class QualityClassifier:
         """(n, M) probabilities; offline/batch convenience (same arithmetic as :meth:`predict`)."""
         x, dense = self.featurizer.matrices(prompts)
         z = self.intercept + dense @ self.dense_coef + np.asarray(x @ self.text_coef)
+        if self.prior is not None and self.prior_coef is not None:
+            z = z + self.prior.logits_many(x) @ self.prior_coef
         return sigmoid(z).reshape(len(prompts), len(self.models))
 
     def gap_score(self, probs: Mapping[str, float] | np.ndarray) -> float:

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from requestlog.sql import DB_ERRORS
 from requestlog.tables import router_artifacts
+from router.artifacts import ArtifactPathError, load_artifact, load_verifier
 from router.plugins import ClassifierScorer
 from router.protocols import Plugins
 
@@ -66,8 +67,6 @@ def slot_name(kind: str, name: str) -> str:
 def load_into_slot(slot: str, path: str, aliases: dict[str, str]) -> tuple[Any, dict[str, Any]]:
     """Load the artifact at ``path`` for ``slot`` (blocking: call it in a thread); returns (the plugin,
     its manifest). Raises OSError / ValueError / TypeError for a missing or wrong artifact."""
-    from router.offline.artifacts import load_artifact, load_verifier
-
     if slot.partition(":")[0] == "scorer":
         clf, manifest = load_artifact(path)
         return ClassifierScorer(clf, aliases), manifest
@@ -115,8 +114,6 @@ class ArtifactSlots:
         and travel with the row. Returns the row (with the manifest). ``path`` must lie inside the
         artifacts directory (:func:`confined_path`); a manifest naming files outside the artifact's own
         folder, or a directory that is no artifact, raises :class:`ArtifactPathRefused` too."""
-        from router.offline.artifacts import ArtifactPathError
-
         path = confined_path(self._root, path)
         try:
             plugin, manifest = await asyncio.to_thread(

@@ -1,15 +1,9 @@
-"""Router and verifier artifacts on disk: data only, checked before use (file I/O lives here).
+"""Writing router and verifier artifacts (offline tooling; loading lives in ``router.artifacts``).
 
-An artifact is a directory holding ``manifest.json``, the numeric arrays in ``arrays.safetensors`` and,
-for a router classifier, its vocabulary in ``vocab.json`` (the terms in column order). The manifest
-records what the artifact is (format, kind, models, feature names, creation time, training data
-hashes, config, metrics) and the SHA-256 of every data file. Loading reads the manifest, checks that
-each file it names is a plain file name inside the directory, checks each file's hash, then parses the
-bytes it hashed: safetensors and JSON, formats that hold data only, so nothing in an artifact can
-execute code.
-
-Artifacts of format 2 and older stored the model as executable Python objects (``model_file``); they
-are refused, never opened, with the command that makes a new one.
+Each artifact is a directory of data files (``arrays.safetensors``, and for a router classifier its
+vocabulary ``vocab.json``) plus ``manifest.json`` recording what it is and the SHA-256 of every data
+file, which :mod:`router.artifacts` checks before parsing anything. The loaders are re-exported here so
+offline tools read and write artifacts through one import.
 """
 
 from __future__ import annotations
@@ -21,29 +15,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from router.classifier import CostModel, QualityClassifier
-from router.features import TextFeaturizer
+from router.artifacts import (
+    ARRAYS,
+    ARTIFACT_FORMAT,
+    CLASSIFIER_KIND,
+    MANIFEST,
+    VERIFIER_KIND,
+    VOCAB,
+    ArtifactError,
+    ArtifactPathError,
+    load_artifact,
+    load_verifier,
+    read_manifest,
+)
+from router.classifier import QualityClassifier
 from router.verifier import AnswerVerifier
 
-ARTIFACT_FORMAT = 3
-MANIFEST = "manifest.json"
-ARRAYS = "arrays.safetensors"
-VOCAB = "vocab.json"
-CLASSIFIER_KIND = "hybridgate.router.QualityClassifier"
-VERIFIER_KIND = "hybridgate.router.AnswerVerifier"
-MAX_MANIFEST_BYTES = 1 << 20
-KIND_NAMES = {CLASSIFIER_KIND: "a router classifier", VERIFIER_KIND: "an answer verifier"}
-RETRAIN = {
-    CLASSIFIER_KIND: "hybridgate router train --data CSV... --out DIR",
-    VERIFIER_KIND: "hybridgate router train-verifier --data CSV... --model NAME --out DIR",
-}
-
 __all__ = [
+    "ARRAYS",
     "ARTIFACT_FORMAT",
+    "VOCAB",
     "ArtifactError",
     "ArtifactPathError",
     "save_artifact",
@@ -52,14 +45,6 @@ __all__ = [
     "save_verifier",
     "load_verifier",
 ]
-
-
-class ArtifactError(ValueError):
-    """The artifact is not one this gateway loads (old format, wrong kind, hash mismatch, bad arrays)."""
-
-
-class ArtifactPathError(ArtifactError):
-    """The manifest names a file that is not a plain file inside the artifact directory."""
 
 
 def _stamp(created: str | None, version: str | None) -> dict[str, str]:
@@ -94,87 +79,6 @@ def _write(
     return mpath
 
 
-def read_manifest(art_dir: str | Path) -> dict[str, Any]:
-    """The manifest of artifact directory ``art_dir`` (OSError when there is none)."""
-    path = Path(art_dir) / MANIFEST
-    with open(path, "rb") as fh:
-        raw = fh.read(MAX_MANIFEST_BYTES + 1)
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise ArtifactError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes")
-    try:
-        manifest = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path} is not JSON ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"{path} is not a JSON object")
-    return manifest
-
-
-def _data_file(d: Path, name: object) -> Path:
-    """``d/name`` for a plain file name that stays inside ``d`` after symlinks are resolved."""
-    if (
-        not isinstance(name, str)
-        or not name
-        or name in (".", "..")
-        or "/" in name
-        or "\\" in name
-        or "\0" in name
-        or Path(name).is_absolute()
-    ):
-        raise ArtifactPathError(f"the manifest names {name!r}, which is not a plain file name")
-    path = d / name
-    real, root = path.resolve(), d.resolve()
-    if real.parent != root or not real.is_file():
-        raise ArtifactPathError(f"{name!r} is not a file inside the artifact directory")
-    return real
-
-
-def _read(art_dir: str | Path, kind: str) -> tuple[dict[str, np.ndarray], dict[str, bytes], dict[str, Any]]:
-    """(arrays, the bytes of every data file, manifest) of the artifact at ``art_dir`` after every check
-    in the module docstring."""
-    d = Path(art_dir)
-    if d.is_file():
-        raise ArtifactError(
-            f"{d} is a file; an artifact is a directory with {MANIFEST} (make one with `{RETRAIN[kind]}`)"
-        )
-    manifest = read_manifest(d)
-    files = manifest.get("files")
-    paths = {name: _data_file(d, name) for name in files} if isinstance(files, dict) else {}
-    fmt = manifest.get("format")
-    if fmt != ARTIFACT_FORMAT:
-        old = isinstance(fmt, int) and fmt < ARTIFACT_FORMAT or "model_file" in manifest
-        what = "an executable model file, which this gateway never opens" if old else "an unknown format"
-        raise ArtifactError(
-            f"{d} is format {fmt!r}, {what}; this gateway reads format {ARTIFACT_FORMAT}: "
-            f"retrain it with `{RETRAIN[kind]}`"
-        )
-    if manifest.get("kind") != kind:
-        raise ArtifactError(f"{d} holds {manifest.get('kind')!r}, not {KIND_NAMES[kind]}")
-    if not isinstance(files, dict) or ARRAYS not in files:
-        raise ArtifactError(f"{d}/{MANIFEST} does not list {ARRAYS} with its hash")
-    data: dict[str, bytes] = {}
-    for name, path in paths.items():
-        data[name] = path.read_bytes()  # the bytes hashed are the bytes parsed
-        if hashlib.sha256(data[name]).hexdigest() != files[name]:
-            raise ArtifactError(f"{d}/{name} does not match the hash in its manifest: refusing to load it")
-    try:
-        arrays = load_safetensors(data[ARRAYS])
-    except SafetensorError as exc:
-        raise ArtifactError(f"{d}/{ARRAYS} is not a safetensors file ({exc})") from None
-    return arrays, data, manifest
-
-
-def _need(arrays: dict[str, np.ndarray], names: tuple[str, ...], where: str) -> None:
-    missing = [n for n in names if n not in arrays]
-    if missing:
-        raise ArtifactError(f"{where} lacks arrays {missing}")
-
-
-# ---- router classifier ---------------------------------------------------------------------------
-
-_CLF_ARRAYS = ("idf", "dense_mean", "dense_scale", "text_coef", "dense_coef", "intercept")
-
-
 def save_artifact(
     clf: QualityClassifier,
     out_dir: str | Path,
@@ -199,6 +103,11 @@ def save_artifact(
     if clf.cost_model is not None:
         arrays["cost_base"] = clf.cost_model.base
         arrays["cost_per_char"] = clf.cost_model.per_char
+    if clf.prior is not None and clf.prior_coef is not None:
+        arrays["group_coef"] = clf.prior.coef.astype(np.float32)  # centroids x temperature: float32 is plenty
+        arrays["group_intercept"] = clf.prior.intercept
+        arrays["group_accuracy"] = clf.prior.accuracy
+        arrays["prior_coef"] = clf.prior_coef
     vocab = json.dumps(terms, ensure_ascii=False).encode("utf-8")
     return _write(
         arrays,
@@ -210,63 +119,13 @@ def save_artifact(
             "strong": clf.strong,
             "weak": clf.weak,
             "dense_features": fz.n_dense > 0,
+            **({"groups": list(clf.prior.groups)} if clf.prior is not None else {}),
             "training_data": data_hashes or {},
             "metrics": metrics or {},
             "train": clf.metadata,
         },
         {VOCAB: vocab},
     )
-
-
-def load_artifact(art_dir: str | Path) -> tuple[QualityClassifier, dict[str, Any]]:
-    """Load (classifier, manifest) from a format-3 artifact directory; raises :class:`ArtifactError`
-    (a ``ValueError``) for anything but a well-formed, untampered router classifier, OSError when the
-    directory or its manifest cannot be read."""
-    a, data, manifest = _read(art_dir, CLASSIFIER_KIND)
-    _need(a, _CLF_ARRAYS, str(art_dir))
-    try:
-        terms = json.loads(data[VOCAB]) if VOCAB in data else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        terms = None
-    if not isinstance(terms, list) or not all(isinstance(t, str) for t in terms):
-        raise ArtifactError(f"{art_dir}: its manifest lists no {VOCAB} holding a list of terms")
-    models = manifest.get("models")
-    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
-        raise ArtifactError(f"{art_dir}: the manifest's 'models' is not a list of names")
-    n_text, n_dense, m = len(a["idf"]), len(a["dense_mean"]), len(models)
-    shapes = {
-        "dense_scale": (n_dense,),
-        "text_coef": (n_text, m),
-        "dense_coef": (n_dense, m),
-        "intercept": (m,),
-    }
-    bad = [k for k, s in shapes.items() if a[k].shape != s] + (["vocab"] if len(terms) != n_text else [])
-    if bad or any(a[k].dtype.kind != "f" for k in _CLF_ARRAYS):
-        raise ArtifactError(f"{art_dir}: arrays {bad or ['dtype']} do not fit the manifest's {m} models")
-    fz = TextFeaturizer(
-        vocab={t: i for i, t in enumerate(terms)},
-        idf=a["idf"],
-        dense_mean=a["dense_mean"],
-        dense_scale=a["dense_scale"],
-    )
-    cost = None
-    if "cost_base" in a and "cost_per_char" in a:
-        cost = CostModel(models=list(models), base=a["cost_base"], per_char=a["cost_per_char"])
-    clf = QualityClassifier(
-        featurizer=fz,
-        models=list(models),
-        text_coef=a["text_coef"],
-        dense_coef=a["dense_coef"],
-        intercept=a["intercept"],
-        strong=manifest.get("strong"),
-        weak=manifest.get("weak"),
-        cost_model=cost,
-        metadata=dict(manifest.get("train") or {}),
-    )
-    return clf, manifest
-
-
-# ---- answer verifier -----------------------------------------------------------------------------
 
 
 def save_verifier(v: AnswerVerifier, out_dir: str | Path, data_hashes: dict[str, str] | None = None) -> Path:
@@ -285,31 +144,3 @@ def save_verifier(v: AnswerVerifier, out_dir: str | Path, data_hashes: dict[str,
             "train": v.metadata,
         },
     )
-
-
-def load_verifier(art_dir: str | Path) -> tuple[AnswerVerifier, dict[str, Any]]:
-    """Load (verifier, manifest), with the checks of :func:`load_artifact`. The manifest's feature names
-    must be the ones this code computes, in the same order."""
-    a, _, manifest = _read(art_dir, VERIFIER_KIND)
-    _need(a, ("mean", "scale", "coef", "intercept"), str(art_dir))
-    names = tuple(manifest.get("features") or ())
-    expected = AnswerVerifier.__dataclass_fields__["feature_names"].default
-    if names != expected:
-        raise ArtifactError(
-            f"{art_dir} was trained on other answer features; retrain it with `{RETRAIN[VERIFIER_KIND]}`"
-        )
-    k = len(names)
-    if any(a[n].shape != (k,) for n in ("mean", "scale", "coef")) or a["intercept"].shape != (1,):
-        raise ArtifactError(f"{art_dir}: arrays do not fit its {k} features")
-    judges = manifest.get("judges_model")
-    if not isinstance(judges, str):
-        raise ArtifactError(f"{art_dir}: the manifest's 'judges_model' is not a name")
-    v = AnswerVerifier(
-        model=judges,
-        mean=a["mean"],
-        scale=a["scale"],
-        coef=a["coef"],
-        intercept=float(a["intercept"][0]),
-        metadata=dict(manifest.get("train") or {}),
-    )
-    return v, manifest

@@ -86,7 +86,7 @@ def _score_parser() -> argparse.ArgumentParser:
 
 def score_main(argv: list[str]) -> int:
     """Score a JSONL of prompts; one output line per input line, same order."""
-    from router.offline.artifacts import load_artifact
+    from router.artifacts import load_artifact
 
     a = _score_parser().parse_args(argv)
     clf, _ = load_artifact(a.artifact)
@@ -205,7 +205,7 @@ def evaluate_logs(clf: Any, rows: list[dict[str, Any]], lam: float, epsilon: flo
 
 def eval_main(argv: list[str]) -> int:
     """Evaluate an artifact on labeled data and/or logged traffic; prints a JSON report."""
-    from router.offline.artifacts import load_artifact
+    from router.artifacts import load_artifact
     from router.offline.datasets import read_csv
 
     a = _eval_parser().parse_args(argv)

@@ -15,17 +15,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from router.artifacts import ARRAYS, VOCAB, ArtifactError, ArtifactPathError, load_artifact, load_verifier
 from router.features import DENSE_FEATURE_NAMES
-from router.offline.artifacts import (
-    ARRAYS,
-    VOCAB,
-    ArtifactError,
-    ArtifactPathError,
-    load_artifact,
-    load_verifier,
-    save_artifact,
-    save_verifier,
-)
+from router.offline.artifacts import save_artifact, save_verifier
 from router.offline.datasets import LabeledDataset
 from router.offline.train import TrainConfig, train_classifier
 from router.verifier import ANSWER_FEATURE_NAMES, AnswerVerifier
@@ -190,3 +182,21 @@ def test_verifier_artifacts_are_arrays_with_a_checked_hash(tmp_path: Path) -> No
     )
     with pytest.raises(ArtifactError, match="does not match the hash"):
         load_verifier(tmp_path / "ver")
+
+
+def test_an_incomplete_group_prior_is_refused(tmp_path: Path) -> None:
+    prompts = [f"{w} question {i}" for i in range(60) for w in ("algebra", "history")]
+    labels = np.array([[1.0, float(i % 3 == 0)] for i in range(len(prompts))])
+    subjects = [p.split()[0] for p in prompts]
+    ds = LabeledDataset("subj", prompts, ["strong-m", "weak-m"], labels, subjects=subjects)
+    art = tmp_path / "art"
+    save_artifact(train_classifier(ds, TrainConfig()), art)
+    arrays = load_file(art / ARRAYS)
+    assert {"group_coef", "group_intercept", "group_accuracy", "prior_coef"} <= set(arrays)
+    del arrays["prior_coef"]
+    save_file(arrays, art / ARRAYS)
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["files"][ARRAYS] = _sha256(art / ARRAYS)  # consistent hashes: the arrays themselves are wrong
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="incomplete group prior"):
+        load_artifact(art)

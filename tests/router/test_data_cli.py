@@ -140,7 +140,7 @@ def test_train_from_feedback_db(tmp_path: Path) -> None:
     assert np.all(np.isnan(ds.labels).sum(axis=1) == 1)  # one known label per request
     art = tmp_path / "art"
     assert cli.train_main(["--from-db", f"sqlite+aiosqlite:///{db}", "--out", str(art)]) == 0
-    from router.offline.artifacts import load_artifact
+    from router.artifacts import load_artifact
 
     clf, _ = load_artifact(art)
     p_math = clf.predict("Solve 500 * 17 step by step")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from router.artifacts import ARTIFACT_FORMAT, load_artifact
 from router.classifier import (
     best_tradeoff,
     calibrate_gap_threshold,
@@ -12,7 +13,7 @@ from router.classifier import (
     cheapest_above,
 )
 from router.features import _NUM, _numbers, fit_featurizer, normalize_prompt
-from router.offline.artifacts import ARTIFACT_FORMAT, load_artifact, save_artifact
+from router.offline.artifacts import save_artifact
 from router.offline.datasets import LabeledDataset
 from router.offline.train import TrainConfig, train_classifier
 
@@ -113,3 +114,41 @@ def test_selectors_and_calibration() -> None:
         for row in p
     ]
     assert np.mean([ch == "c" for ch in choice]) == pytest.approx(0.25, abs=0.03)
+
+
+def _subjects(n: int = 300, seed: int = 0) -> LabeledDataset:
+    """Three subjects with their own words; the weak model fails algebra far more often than the rest."""
+    rng = np.random.default_rng(seed)
+    rates = {"algebra": (0.9, 0.3), "history": (0.9, 0.85), "law": (0.75, 0.65)}
+    words = {
+        "algebra": "solve the equation for x",
+        "history": "in which year did the treaty",
+        "law": "under the statute a court",
+    }
+    prompts, labels, subjects = [], [], []
+    for i in range(n):
+        s = list(rates)[i % 3]
+        prompts.append(f"{words[s]} number {rng.integers(1000)} item {i}")
+        labels.append([float(rng.random() < rates[s][0]), float(rng.random() < rates[s][1])])
+        subjects.append(s)
+    return LabeledDataset("subj", prompts, ["strong-m", "weak-m"], np.array(labels), subjects=subjects)
+
+
+def test_a_group_prior_is_learned_from_the_subjects_and_round_trips(tmp_path) -> None:  # noqa: ANN001
+    ds = _subjects()
+    clf = train_classifier(ds, TrainConfig())
+    assert clf.prior is not None and clf.prior_coef is not None
+    assert clf.prior.groups == ["algebra", "history", "law"]
+    f = clf.features("solve the equation for x number 5 item 9")
+    assert int(np.argmax(clf.prior.posterior(f))) == 0  # the subject is read from the words
+    acc = clf.prior.accuracy  # (group, model): the weak model's algebra rate is the low one
+    assert acc[0, 1] < acc[1, 1] - 0.3 and acc[0, 0] > 0.8
+    assert clf.prior_coef.shape == (2, 2)
+    save_artifact(clf, tmp_path / "art")
+    clf2, manifest = load_artifact(tmp_path / "art")
+    assert manifest["groups"] == ["algebra", "history", "law"]
+    prompts = ["solve the equation for x number 1", "in which year did the treaty", "", "unrelated words"]
+    batch = clf2.predict_many(prompts)
+    assert np.allclose(batch, clf.predict_many(prompts))
+    assert np.allclose(batch, [list(clf2.predict(p).values()) for p in prompts])
+    assert train_classifier(ds, TrainConfig(group_prior=False)).prior is None

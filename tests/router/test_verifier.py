@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from router.artifacts import load_artifact, load_verifier
 from router.escalation import answer_text, confidence, verifier_name
-from router.offline.artifacts import load_artifact, load_verifier, save_artifact, save_verifier
+from router.offline.artifacts import save_artifact, save_verifier
 from router.offline.cli import train_verifier_main
 from router.offline.verifier_train import cross_validate, read_answers, train_verifier
 from router.verifier import ANSWER_FEATURE_NAMES, answer_features, arithmetic_checks, safe_arithmetic
