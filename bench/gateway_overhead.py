@@ -16,7 +16,8 @@ write-ahead log: `log.durability`), side by side in one run, to show what crash 
 Usage:
   python bench/gateway_overhead.py [--duration 10] [--concs 1,8,64] [--probe-n 300]
       [--litellm-venv /tmp/llvenv] [--pg-admin postgresql://postgres@127.0.0.1:5432/test] [--out FILE]
-      [--repeat N]  (hybridgate also serves the same request through the Responses API, alternating with chat)
+      [--repeat N]  (hybridgate also serves the same request through the Responses API, alternating with
+                     chat in ABBA order; each repeat's Responses/chat ratio is reported, and their median)
       [--targets direct,hybridgate,litellm] [--durability batch]
 
 LiteLLM's venv: `VENV=/tmp/llvenv LITELLM_SPEC='litellm[proxy]==1.106.2'
@@ -239,13 +240,22 @@ def measure(name: str, url: str, key: str, pid: int | None, args: argparse.Names
         pairs[1].append(("responses_stream", {**RESP_BODY, "stream": True}, RESPONSES))
     for pair in pairs:
         for c in args.concs:
-            for _ in range(args.repeat):
-                for mode, body, path in pair:
+            ratios: list[float] = []
+            for i in range(args.repeat):
+                got: dict[str, float] = {}
+                # ABBA order (chat first, then Responses first, …) so a drift in the box's load
+                # favours neither API; each repeat's Responses/chat ratio is kept as a pair.
+                for mode, body, path in pair if i % 2 == 0 else pair[::-1]:
                     r = wrk(url, body, c, args.duration, key, tmp, path)
+                    got[mode] = r.get("rps", 0)
                     best = res.get(f"{mode}_c{c}")
                     if best is None or r.get("rps", 0) > best.get("rps", 0):
                         res[f"{mode}_c{c}"] = r
                     print(f"  {name:10s} {mode:16s} c={c:<3d} {r}", flush=True)
+                if len(pair) == 2 and got.get(pair[0][0]):
+                    ratios.append(got[pair[1][0]] / got[pair[0][0]])
+            if ratios:
+                res[f"{pair[1][0]}_c{c}_ratios"] = ratios
     if pid:
         res["rss_after_mb"] = rss_mb(pid)
     return res
@@ -290,7 +300,16 @@ def responses_table(results: list[dict[str, Any]], concs: list[int]) -> str:
                      f"{p['ttft_p50_ms']:.2f} (+{p['ttft_p50_ms'] - base['ttft_p50_ms']:.2f}) | " + " | ".join(cells) + " |")
     ratios = [hg[f"responses{s}_c{c}"].get("rps", 0) / max(hg[f"chat{s}_c{c}"].get("rps", 0), 1e-9)
               for s in ("", "_stream") for c in concs]
-    lines.append(f"\nResponses / chat throughput: {min(ratios):.2f}–{max(ratios):.2f}×")
+    lines.append(f"\nResponses / chat throughput (best of the repeats each): {min(ratios):.2f}–{max(ratios):.2f}×")
+    paired = []
+    for s in ("", "_stream"):
+        for c in concs:
+            rs = hg.get(f"responses{s}_c{c}_ratios")
+            if rs:
+                paired.append(f"{'stream ' if s else ''}c={c}: {statistics.median(rs):.2f}× "
+                              f"({', '.join(f'{r:.2f}' for r in rs)})")
+    if paired:
+        lines.append("Responses / chat, median of the back-to-back pairs: " + "; ".join(paired))
     return "\n".join(lines)
 
 
