@@ -69,6 +69,21 @@ end
 """
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and its children: over a wrk run, divided by
+    the requests served, the gateway's CPU per request. On a shared, loaded box that moves far less
+    than its throughput (a starved gateway serves fewer requests, not cheaper ones), and on an idle
+    core throughput is 1 / (CPU per request)."""
+    pids = [pid] + [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True,
+                                                      text=True).stdout.split()]
+    ticks = 0
+    for p in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     total = 0
     pids = [pid] + [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True,
@@ -246,7 +261,11 @@ def measure(name: str, url: str, key: str, pid: int | None, args: argparse.Names
                 # ABBA order (chat first, then Responses first, …) so a drift in the box's load
                 # favours neither API; each repeat's Responses/chat ratio is kept as a pair.
                 for mode, body, path in pair if i % 2 == 0 else pair[::-1]:
+                    c0 = cpu_s(pid) if pid else 0.0
                     r = wrk(url, body, c, args.duration, key, tmp, path)
+                    if pid and r.get("requests"):
+                        r["cpu_us_per_req"] = (cpu_s(pid) - c0) / r["requests"] * 1e6
+                        res.setdefault(f"{mode}_c{c}_cpu_us", []).append(r["cpu_us_per_req"])
                     got[mode] = r.get("rps", 0)
                     best = res.get(f"{mode}_c{c}")
                     if best is None or r.get("rps", 0) > best.get("rps", 0):
@@ -310,6 +329,16 @@ def responses_table(results: list[dict[str, Any]], concs: list[int]) -> str:
                               f"({', '.join(f'{r:.2f}' for r in rs)})")
     if paired:
         lines.append("Responses / chat, median of the back-to-back pairs: " + "; ".join(paired))
+    cpu = []
+    for s in ("", "_stream"):
+        for c in concs:
+            rc, cc = hg.get(f"responses{s}_c{c}_cpu_us"), hg.get(f"chat{s}_c{c}_cpu_us")
+            if rc and cc:
+                chat_us, resp_us = statistics.median(cc), statistics.median(rc)
+                cpu.append(f"{'stream ' if s else ''}c={c}: {chat_us:.0f} / {resp_us:.0f} µs "
+                           f"(throughput capacity {chat_us / resp_us:.2f}×)")
+    if cpu:
+        lines.append("gateway CPU per request, chat / Responses (median of the repeats): " + "; ".join(cpu))
     return "\n".join(lines)
 
 

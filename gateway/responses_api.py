@@ -137,7 +137,8 @@ class ResponsesWire:
     def feed(self, chunk: dict[str, Any]) -> bytes:
         stream = self.stream
         if stream is not None:
-            return b"".join(map(wire.sse, stream.feed(chunk)))
+            events = stream.feed(chunk)
+            return wire.sse(events[0]) if len(events) == 1 else b"".join(map(wire.sse, events))
         if self.passed is not None:
             return self._pass(chunk)
         if "type" in chunk:  # the first event of a passed-through stream

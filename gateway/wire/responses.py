@@ -551,9 +551,16 @@ def passthrough_response(
 # ---- streaming: chat chunks -> Responses events ----------------------------------------------------
 
 
+_SSE_HEAD: dict[str, bytes] = {}  # event type -> its `event:` line and the `data: ` that follows
+
+
 def sse(event: dict[str, Any]) -> bytes:
     """One Responses event in SSE framing (`event:` names its type; no `[DONE]` closes the stream)."""
-    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+    kind = event["type"]
+    head = _SSE_HEAD.get(kind)
+    if head is None:
+        head = _SSE_HEAD[kind] = b"event: " + kind.encode() + b"\ndata: "
+    return head + orjson.dumps(event) + b"\n\n"
 
 
 @dataclass(slots=True)
