@@ -135,3 +135,20 @@ def test_a_litellm_deployment_passes_through_with_litellm_aresponses(
             final = stream.get_final_response()
     assert resp.output_text == "through litellm" and final.output_text == "streamed too"
     assert paths(fake_provider) == ["/v1/responses", "/v1/responses"]
+
+
+def test_a_passed_through_stream_cut_after_it_began_ends_with_response_failed(native: GatewayThread) -> None:
+    import httpx
+    import orjson
+
+    body = {"model": "fake-model", "input": "[[fault:cut:4]] one two three four five six", "stream": True}
+    with (
+        httpx.Client(base_url=native.base_url, timeout=20) as http,
+        http.stream("POST", "/v1/responses", json=body) as r,
+    ):
+        assert r.status_code == 200
+        events = [orjson.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.failed"
+    failed = events[-1]["response"]
+    assert failed["status"] == "failed" and failed["error"]["message"] and failed["id"].startswith("resp_")
+    assert "fake" not in failed["id"] and [e["sequence_number"] for e in events] == list(range(len(events)))
