@@ -8,11 +8,14 @@ the request log never care which provider is behind a deployment.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-Kind = Literal["chat", "completion", "embedding"]
+Kind = Literal["chat", "completion", "embedding", "responses"]
+# The events that end a Responses API stream (it has no `[DONE]`), and those that end it failed.
+RESPONSES_END = frozenset({"response.completed", "response.incomplete"})
+RESPONSES_FAILED = frozenset({"response.failed", "error"})
 
 
 @dataclass(slots=True)
@@ -20,7 +23,10 @@ class UpstreamCall:
     """One attempt against one deployment."""
 
     kind: Kind
-    body: dict[str, Any]  # OpenAI-shaped request body; body["model"] is the upstream model name
+    # OpenAI-shaped request body; body["model"] is the upstream model name. Kind "responses": a Responses
+    # API body, passed through to an upstream that speaks it; the answer is a Responses object and
+    # the stream yields its events (the last one response.completed / response.incomplete).
+    body: dict[str, Any]
     timeout_s: float  # per-attempt deadline for the whole call (non-stream) or to first byte (stream)
     stream_idle_timeout_s: float = 60.0  # max silence between two stream chunks
     headers: dict[str, str] = field(default_factory=dict)  # extra headers to forward
@@ -34,6 +40,14 @@ class Usage:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+def usage_fields(u: Mapping[str, Any]) -> Usage:
+    """A usage object's token counts: chat's names, else the Responses API's."""
+    return Usage(
+        int(u.get("prompt_tokens") or u.get("input_tokens") or 0),
+        int(u.get("completion_tokens") or u.get("output_tokens") or 0),
+    )
 
 
 @dataclass(slots=True)
@@ -95,7 +109,8 @@ class Backend(Protocol):
         ...
 
     def stream(self, call: UpstreamCall) -> AsyncIterator[dict[str, Any]]:
-        """Streamed call: yields OpenAI chunk dicts (chat.completion.chunk / text_completion) in order.
+        """Streamed call: yields OpenAI chunk dicts (chat.completion.chunk / text_completion, or Responses
+        events for kind "responses") in order.
 
         Raises UpstreamError before the first chunk (the caller may fall back) or during the
         stream (kind "stream_cut"; the caller must not splice another answer in).

@@ -32,8 +32,13 @@ from collections.abc import AsyncIterator, Mapping
 from types import ModuleType
 from typing import Any
 
-from backends.base import UpstreamCall, UpstreamError, UpstreamResponse
-from backends.openai_compatible import classify_client_error, parse_retry_after, usage_of
+from backends.base import RESPONSES_END, RESPONSES_FAILED, UpstreamCall, UpstreamError, UpstreamResponse
+from backends.openai_compatible import (
+    classify_client_error,
+    parse_retry_after,
+    responses_event_error,
+    usage_of,
+)
 from backends.sse import with_stream_usage
 from common.types import DeploymentConfig
 
@@ -116,6 +121,12 @@ def to_openai_dict(obj: Any, *, chunk: bool = False) -> dict[str, Any]:
         if chunk and out.get("usage") is not None and all(_empty_choice(c) for c in cleaned):
             out["choices"] = []  # litellm's usage chunk → OpenAI's shape
     return out
+
+
+def responses_dict(obj: Any) -> dict[str, Any]:
+    """A litellm Responses API object or stream event as the plain dict OpenAI sends."""
+    d: dict[str, Any] = obj.model_dump() if hasattr(obj, "model_dump") else dict(obj)
+    return {k: v for k, v in d.items() if k not in _EXTRA_KEYS}
 
 
 def _empty_choice(c: Mapping[str, Any]) -> bool:
@@ -252,6 +263,8 @@ class LiteLLMBackend:
             return ll.atext_completion
         if call.kind == "embedding":
             return ll.aembedding
+        if call.kind == "responses":
+            return ll.aresponses
         raise UpstreamError("bad_request", f"{self.name}: unsupported call kind {call.kind!r}")
 
     async def complete(self, call: UpstreamCall) -> UpstreamResponse:
@@ -269,7 +282,7 @@ class LiteLLMBackend:
             raise
         except Exception as exc:
             raise map_litellm_error(exc, self._litellm) from exc
-        data = to_openai_dict(resp)
+        data = responses_dict(resp) if call.kind == "responses" else to_openai_dict(resp)
         return UpstreamResponse(data, usage_of(data))
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[dict[str, Any]]:
@@ -278,7 +291,9 @@ class LiteLLMBackend:
             raise UpstreamError("bad_request", "embeddings cannot be streamed")
         fn = self._fn(call)
         idle_s = call.stream_idle_timeout_s
-        kw = self._kwargs(call, with_stream_usage(call.body), max(call.timeout_s, idle_s) + _GRACE_S)
+        responses = call.kind == "responses"
+        body = {**call.body, "stream": True} if responses else with_stream_usage(call.body)
+        kw = self._kwargs(call, body, max(call.timeout_s, idle_s) + _GRACE_S)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + call.timeout_s
         try:
@@ -321,9 +336,19 @@ class LiteLLMBackend:
                     if n == 0:
                         raise err from exc
                     raise _cut(err.kind, err.message, n) from exc
-                chunk = to_openai_dict(obj, chunk=True)
-                if any(c.get("finish_reason") for c in chunk.get("choices") or ()):
-                    finished = True
+                if responses:  # Responses events pass as they are; the last one names how it ended
+                    chunk = responses_dict(obj)
+                    kind = chunk.get("type")
+                    if kind in RESPONSES_FAILED:
+                        err = responses_event_error(chunk)
+                        if n == 0:
+                            raise err
+                        raise _cut(err.kind, err.message, n)
+                    finished = finished or kind in RESPONSES_END
+                else:
+                    chunk = to_openai_dict(obj, chunk=True)
+                    if any(c.get("finish_reason") for c in chunk.get("choices") or ()):
+                        finished = True
                 n += 1
                 yield chunk
         finally:

@@ -30,7 +30,16 @@ from typing import Any
 import aiohttp
 import orjson
 
-from backends.base import Kind, UpstreamCall, UpstreamError, UpstreamResponse, Usage
+from backends.base import (
+    RESPONSES_END,
+    RESPONSES_FAILED,
+    Kind,
+    UpstreamCall,
+    UpstreamError,
+    UpstreamResponse,
+    Usage,
+    usage_fields,
+)
 from backends.sse import DONE, SSEDecoder, with_stream_usage
 from common.types import DeploymentConfig
 
@@ -43,8 +52,13 @@ __all__ = [
 ]
 
 _PATHS: Mapping[str, str] = MappingProxyType(
-    {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
+    {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings", "responses": "/responses"}
 )
+# What a complete answer of each kind must hold to be an answer (not an error object or garbage).
+_ANSWER_KEY: Mapping[str, str] = MappingProxyType(
+    {"chat": "choices", "completion": "choices", "embedding": "data", "responses": "output"}
+)
+
 
 _CONTEXT_MARKERS = (
     "context_length_exceeded",
@@ -141,11 +155,21 @@ def _error_message(body: Any) -> str | None:
 
 
 def usage_of(body: Mapping[str, Any]) -> Usage:
-    """Usage from an OpenAI-shaped body (zeros when the upstream did not report it)."""
+    """Usage from an OpenAI-shaped body, chat or Responses form (zeros when the upstream did not report it)."""
     u = body.get("usage")
     if not isinstance(u, dict):
         return Usage()
-    return Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+    return usage_fields(u)
+
+
+def responses_event_error(event: Mapping[str, Any]) -> UpstreamError:
+    """A Responses stream's `error` or `response.failed` event as the error it reports."""
+    err = (event.get("response") or {}).get("error") if event.get("type") == "response.failed" else event
+    err = err if isinstance(err, Mapping) else {}
+    message = str(err.get("message") or "upstream response failed")
+    kind = classify_client_error(400, message)
+    return UpstreamError(kind if kind in ("context_window", "content_policy") else "server_error", message,
+                         status=500, body=dict(event))
 
 
 def _timeout_error(phase: str, seconds: float, **extra: Any) -> UpstreamError:
@@ -287,7 +311,7 @@ class OpenAICompatibleBackend:
                 status=status,
                 body=raw[:2000].decode("utf-8", "replace"),
             ) from None
-        if not isinstance(data, dict) or ("data" if call.kind == "embedding" else "choices") not in data:
+        if not isinstance(data, dict) or _ANSWER_KEY[call.kind] not in data:
             if isinstance(data, dict) and "error" in data:
                 raise _error_from_object(data, raw)
             raise UpstreamError(
@@ -302,7 +326,8 @@ class OpenAICompatibleBackend:
         if call.kind == "embedding":
             raise UpstreamError("bad_request", "embeddings cannot be streamed")
         url = self._url(call.kind)
-        payload = orjson.dumps(with_stream_usage(call.body))
+        responses = call.kind == "responses"
+        payload = orjson.dumps({**call.body, "stream": True} if responses else with_stream_usage(call.body))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + call.timeout_s
         connect_s = min(self.connect_timeout_s, call.timeout_s)
@@ -376,13 +401,17 @@ class OpenAICompatibleBackend:
                         if n == 0:
                             raise UpstreamError("malformed", "stream event is not a JSON object", body=chunk)
                         raise _cut("malformed", "stream event is not a JSON object", n)
-                    if "error" in chunk and not chunk.get("choices"):
-                        err = _error_from_object(chunk, payload_bytes)
+                    kind = chunk.get("type") if responses else None
+                    if (kind in RESPONSES_FAILED) if responses else ("error" in chunk and not chunk.get("choices")):
+                        err = responses_event_error(chunk) if responses else _error_from_object(chunk, payload_bytes)
                         if n == 0:
                             raise err
                         raise _cut(err.kind, err.message, n, error=err.body)
                     n += 1
                     yield chunk
+                    if kind in RESPONSES_END:  # a Responses stream ends with its last event, no [DONE]
+                        done = True
+                        break
                 if not data and not done:
                     if self.require_done:
                         raise _cut("stream_cut", "stream ended without [DONE]", n)

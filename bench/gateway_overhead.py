@@ -16,7 +16,8 @@ write-ahead log: `log.durability`), side by side in one run, to show what crash 
 Usage:
   python bench/gateway_overhead.py [--duration 10] [--concs 1,8,64] [--probe-n 300]
       [--litellm-venv /tmp/llvenv] [--pg-admin postgresql://postgres@127.0.0.1:5432/test] [--out FILE]
-      [--repeat N]  (hybridgate also serves the same request through the Responses API, alternating with chat)
+      [--repeat N]  (hybridgate also serves the same request through the Responses API, alternating with
+                     chat in ABBA order; each repeat's Responses/chat ratio is reported, and their median)
       [--targets direct,hybridgate,litellm] [--durability batch]
 
 LiteLLM's venv: `VENV=/tmp/llvenv LITELLM_SPEC='litellm[proxy]==1.106.2'
@@ -66,6 +67,21 @@ done = function(summary, latency, requests)
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
 end
 """
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and its children: over a wrk run, divided by
+    the requests served, the gateway's CPU per request. On a shared, loaded box that moves far less
+    than its throughput (a starved gateway serves fewer requests, not cheaper ones), and on an idle
+    core throughput is 1 / (CPU per request)."""
+    pids = [pid] + [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True,
+                                                      text=True).stdout.split()]
+    ticks = 0
+    for p in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -239,13 +255,26 @@ def measure(name: str, url: str, key: str, pid: int | None, args: argparse.Names
         pairs[1].append(("responses_stream", {**RESP_BODY, "stream": True}, RESPONSES))
     for pair in pairs:
         for c in args.concs:
-            for _ in range(args.repeat):
-                for mode, body, path in pair:
+            ratios: list[float] = []
+            for i in range(args.repeat):
+                got: dict[str, float] = {}
+                # ABBA order (chat first, then Responses first, …) so a drift in the box's load
+                # favours neither API; each repeat's Responses/chat ratio is kept as a pair.
+                for mode, body, path in pair if i % 2 == 0 else pair[::-1]:
+                    c0 = cpu_s(pid) if pid else 0.0
                     r = wrk(url, body, c, args.duration, key, tmp, path)
+                    if pid and r.get("requests"):
+                        r["cpu_us_per_req"] = (cpu_s(pid) - c0) / r["requests"] * 1e6
+                        res.setdefault(f"{mode}_c{c}_cpu_us", []).append(r["cpu_us_per_req"])
+                    got[mode] = r.get("rps", 0)
                     best = res.get(f"{mode}_c{c}")
                     if best is None or r.get("rps", 0) > best.get("rps", 0):
                         res[f"{mode}_c{c}"] = r
                     print(f"  {name:10s} {mode:16s} c={c:<3d} {r}", flush=True)
+                if len(pair) == 2 and got.get(pair[0][0]):
+                    ratios.append(got[pair[1][0]] / got[pair[0][0]])
+            if ratios:
+                res[f"{pair[1][0]}_c{c}_ratios"] = ratios
     if pid:
         res["rss_after_mb"] = rss_mb(pid)
     return res
@@ -290,7 +319,26 @@ def responses_table(results: list[dict[str, Any]], concs: list[int]) -> str:
                      f"{p['ttft_p50_ms']:.2f} (+{p['ttft_p50_ms'] - base['ttft_p50_ms']:.2f}) | " + " | ".join(cells) + " |")
     ratios = [hg[f"responses{s}_c{c}"].get("rps", 0) / max(hg[f"chat{s}_c{c}"].get("rps", 0), 1e-9)
               for s in ("", "_stream") for c in concs]
-    lines.append(f"\nResponses / chat throughput: {min(ratios):.2f}–{max(ratios):.2f}×")
+    lines.append(f"\nResponses / chat throughput (best of the repeats each): {min(ratios):.2f}–{max(ratios):.2f}×")
+    paired = []
+    for s in ("", "_stream"):
+        for c in concs:
+            rs = hg.get(f"responses{s}_c{c}_ratios")
+            if rs:
+                paired.append(f"{'stream ' if s else ''}c={c}: {statistics.median(rs):.2f}× "
+                              f"({', '.join(f'{r:.2f}' for r in rs)})")
+    if paired:
+        lines.append("Responses / chat, median of the back-to-back pairs: " + "; ".join(paired))
+    cpu = []
+    for s in ("", "_stream"):
+        for c in concs:
+            rc, cc = hg.get(f"responses{s}_c{c}_cpu_us"), hg.get(f"chat{s}_c{c}_cpu_us")
+            if rc and cc:
+                chat_us, resp_us = statistics.median(cc), statistics.median(rc)
+                cpu.append(f"{'stream ' if s else ''}c={c}: {chat_us:.0f} / {resp_us:.0f} µs "
+                           f"(throughput capacity {chat_us / resp_us:.2f}×)")
+    if cpu:
+        lines.append("gateway CPU per request, chat / Responses (median of the repeats): " + "; ".join(cpu))
     return "\n".join(lines)
 
 

@@ -48,8 +48,12 @@ class DeploymentConfig(BaseModel):
     max_output_tokens: int | None = Field(default=None, gt=0)
     pricing: Pricing = Field(default_factory=Pricing)
     capabilities: list[
-        Literal["chat", "completion", "embedding", "tools", "json_mode", "vision", "logprobs"]
-    ] = Field(default_factory=lambda: ["chat", "completion"])
+        Literal["chat", "completion", "embedding", "tools", "json_mode", "vision", "logprobs", "responses"]
+    ] = Field(
+        default_factory=lambda: ["chat", "completion"],
+        description="what the deployment serves; 'responses': its upstream speaks OpenAI's Responses API "
+        "(/v1/responses), so Responses requests are passed through instead of translated to chat",
+    )
     tags: list[str] = Field(default_factory=list)
     max_concurrency: int | None = Field(default=None, gt=0)
     local_process: Literal["auto", "inprocess", "subprocess"] = Field(

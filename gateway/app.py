@@ -337,15 +337,16 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
         return Response(doc, media_type="application/json")
 
     routes = [
+        # Starlette tries routes in order: the three generation endpoints come first.
         Route("/v1/chat/completions", oa.chat, methods=["POST"]),
+        Route("/v1/responses", oa.responses, methods=["POST"]),
+        Route("/v1/messages", oa.messages, methods=["POST"]),
         Route("/v1/completions", oa.completions, methods=["POST"]),
         Route("/v1/embeddings", oa.embeddings, methods=["POST"]),
         Route("/v1/models", oa.models, methods=["GET"]),
-        Route("/v1/responses", oa.responses, methods=["POST"]),
         Route("/v1/responses/{response_id}", stored.get, methods=["GET"]),
         Route("/v1/responses/{response_id}", stored.delete, methods=["DELETE"]),
         Route("/v1/responses/{response_id}/input_items", stored.input_items, methods=["GET"]),
-        Route("/v1/messages", oa.messages, methods=["POST"]),
         Route("/v1/messages/count_tokens", oa.count_tokens, methods=["POST"]),
         Route("/v1/feedback", fb.post, methods=["POST"]),
         Route("/v1/models/{model:path}", oa.model, methods=["GET"]),

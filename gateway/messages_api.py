@@ -9,6 +9,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from backends.base import Kind
+from common.types import DeploymentConfig
 from gateway.edge import read_json, validate
 from gateway.errors import APIError
 from gateway.keys import ApiKey
@@ -28,6 +30,9 @@ class MessagesWire:
         self.original = body
         validate(MessagesRequest, body)
         return wire.to_chat(body)
+
+    def native(self, d: DeploymentConfig, stream: bool) -> tuple[Kind, dict[str, Any]] | None:
+        return None  # every upstream is reached through chat completions (litellm speaks Anthropic's API)
 
     async def whole(self, chat: dict[str, Any], model: str) -> bytes:
         return orjson.dumps(wire.message_from_chat(chat, model, self.mid))

@@ -222,11 +222,18 @@ class OpenAIHandlers:
             m.attempts.labels(a.deployment, a.provider, a.status).inc()
         self.s.sink.record(r, attempts)
 
-    def _call_factory(self, ctx: _Ctx, kind: str, stream: bool,
-                      extra: dict[str, Any] | None = None):  # noqa: ANN202 - closure type
+    def _call_factory(self, ctx: _Ctx, kind: str, stream: bool, extra: dict[str, Any] | None = None,
+                      native: bool = False):  # noqa: ANN202 - closure type
+        """Per deployment, the upstream call. `native`: a deployment that speaks the client's wire format
+        (Responses) gets the client's request instead of the chat one (not under a cascade, which reads
+        the chat answer)."""
         body = ctx.body or {}
+        wire = ctx.wire if native else None
 
         def make(d: DeploymentConfig, timeout_s: float) -> UpstreamCall:
+            if wire is not None and (passed := wire.native(d, stream)) is not None:
+                return UpstreamCall(kind=passed[0], body=passed[1], timeout_s=timeout_s,
+                                    stream_idle_timeout_s=d.stream_idle_timeout_s)
             b = dict(body)
             if extra and "logprobs" in d.capabilities:
                 b.update(extra)
@@ -336,7 +343,8 @@ class OpenAIHandlers:
                              streamed.strip_logprobs)
         asked_logprobs = bool(getattr(req, "logprobs", None))
         extra = self.s.cascades.logprobs_extra(esc, kind, asked_logprobs) if esc is not None else None
-        resp = await self.s.executor.complete(ctx.ex, route.plan, self._call_factory(ctx, kind, False, extra))
+        resp = await self.s.executor.complete(ctx.ex, route.plan,
+                                              self._call_factory(ctx, kind, False, extra, native=esc is None))
         if esc is not None:
             resp = await self.s.cascades.complete(ctx.ex, route, esc, resp, self._calls(ctx, kind), prompt_text(req))
             if not asked_logprobs:
@@ -364,7 +372,7 @@ class OpenAIHandlers:
         """Start the stream before answering, so a failure before the first chunk is still a plain
         HTTP error (or an invisible fallback), and headers can name the model that answers."""
         assert ctx.ex is not None
-        chunks = self.s.executor.stream(ctx.ex, route.plan, self._call_factory(ctx, kind, True))
+        chunks = self.s.executor.stream(ctx.ex, route.plan, self._call_factory(ctx, kind, True, native=True))
         try:
             first = await chunks.__anext__()
         except StopAsyncIteration:

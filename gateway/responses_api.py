@@ -14,6 +14,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from backends.base import RESPONSES_END, Kind
+from common.types import DeploymentConfig
 from gateway.edge import authenticate, validate
 from gateway.errors import APIError, bad_request
 from gateway.keys import ApiKey
@@ -59,7 +61,12 @@ class ResponsesWire:
         self.original: dict[str, Any] = {}
         self.key_id: str | None = None
         self.history: list[dict[str, Any]] = []
-        self.stream: wire.ResponseStream | None = None
+        self.stream: wire.ResponseStream | None = None  # a translated stream
+        self.model = ""
+        self.passed: dict[str, Any] | None = None  # a passed-through stream: its latest response snapshot
+        self.last: dict[str, Any] | None = None  # … and its last event, held back until stored
+        self.settings: dict[str, Any] = {}  # the request's settings, as its response objects repeat them
+        self.seq = 0
 
     async def prepare(self, body: dict[str, Any], key: ApiKey | None) -> dict[str, Any]:
         self.original = body
@@ -101,29 +108,78 @@ class ResponsesWire:
             history,
         )
 
+    def native(self, d: DeploymentConfig, stream: bool) -> tuple[Kind, dict[str, Any]] | None:
+        """A deployment whose upstream speaks the Responses API gets the request as it is."""
+        if "responses" not in d.capabilities:
+            return None
+        return "responses", wire.passthrough_body(self.original, self.history, d.upstream_model, stream)
+
     async def whole(self, chat: dict[str, Any], model: str) -> bytes:
-        response = wire.response_from_chat(self.original, chat, self.rid, model)
+        if chat.get("object") == "response":  # passed through: already a Responses object
+            response = wire.passthrough_response(wire.echo(self.original), chat, self.rid, model)
+        else:
+            response = wire.response_from_chat(self.original, chat, self.rid, model)
         await self._keep(response)
         return orjson.dumps(response)
 
+    # A stream is translated from chat chunks (`ResponseStream`) or, from an upstream that speaks the
+    # Responses API, passed on event by event; which one is known at its first chunk.
+
     def start(self, model: str) -> bytes:
-        self.stream = wire.ResponseStream(self.original, self.rid, model)
-        return b"".join(map(wire.sse, self.stream.start()))
+        self.model = model
+        return b""
+
+    def _translated(self) -> wire.ResponseStream:
+        if self.stream is None:
+            self.stream = wire.ResponseStream(self.original, self.rid, self.model)
+        return self.stream
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
-        assert self.stream is not None
-        return b"".join(map(wire.sse, self.stream.feed(chunk)))
+        stream = self.stream
+        if stream is not None:
+            events = stream.feed(chunk)
+            return wire.sse(events[0]) if len(events) == 1 else b"".join(map(wire.sse, events))
+        if self.passed is not None:
+            return self._pass(chunk)
+        if "type" in chunk:  # the first event of a passed-through stream
+            self.passed, self.settings = {}, wire.echo(self.original)
+            return self._pass(chunk)
+        stream = self._translated()  # the first chat chunk: translated from here on
+        return b"".join(map(wire.sse, stream.start() + stream.feed(chunk)))
+
+    def _pass(self, event: dict[str, Any]) -> bytes:
+        """One upstream event as the client's: numbered in order (litellm's events come without
+        `sequence_number`), responses re-labelled, the last event held back until the response is
+        stored and logged (`finish`)."""
+        event["sequence_number"] = self.seq
+        self.seq += 1
+        response = event.get("response")
+        if isinstance(response, dict):
+            self.passed = wire.passthrough_response(self.settings, response, self.rid, self.model)
+            if event.get("type") in RESPONSES_END:
+                self.last = event
+                return b""
+        return wire.sse(event)
 
     async def finish(self) -> bytes:
-        assert self.stream is not None
-        events = self.stream.finish()
-        assert self.stream.final is not None
-        await self._keep(self.stream.final)
+        if self.passed is not None:
+            assert self.last is not None  # the backend ends a stream only after its last event
+            await self._keep(self.last["response"])
+            return wire.sse(self.last)
+        stream = self._translated()
+        events = ([] if stream.seq else stream.start()) + stream.finish()
+        assert stream.final is not None
+        await self._keep(stream.final)
         return b"".join(map(wire.sse, events))
 
     def fail(self, err: APIError) -> bytes:
-        assert self.stream is not None
-        return b"".join(map(wire.sse, self.stream.fail(err)))
+        if self.passed is not None:
+            error = {"code": err.code or "server_error", "message": err.message}
+            failed = {**self.passed, "status": "failed", "error": error} if self.passed else wire.response_object(
+                self.settings, self.rid, self.model, status="failed", output=[], usage=None, error=error)
+            return wire.sse({"type": "response.failed", "sequence_number": self.seq, "response": failed})
+        stream = self._translated()
+        return b"".join(map(wire.sse, ([] if stream.seq else stream.start()) + stream.fail(err)))
 
     def error(self, err: APIError, headers: dict[str, str]) -> Response:
         return err.response(headers)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from backends.base import Backend, UpstreamCall, UpstreamError, UpstreamResponse, Usage
+from backends.base import Backend, UpstreamCall, UpstreamError, UpstreamResponse, Usage, usage_fields
 from common.types import DeploymentConfig, RetrySettings
 from requestlog.rows import AttemptRow
 from router.retry import attempt_timeout, on_error
@@ -91,10 +91,16 @@ class Execution:
     error: UpstreamError | None = None
 
 
-def usage_from(obj: dict[str, Any] | None) -> Usage | None:
+def usage_from(chunk: dict[str, Any]) -> Usage | None:
+    """The usage a stream chunk reports: a chat chunk's `usage`, or the `response.usage` of a Responses
+    API stream's last event (streams passed through to an upstream that speaks Responses)."""
+    obj = chunk.get("usage")
     if not obj:
-        return None
-    return Usage(int(obj.get("prompt_tokens") or 0), int(obj.get("completion_tokens") or 0))
+        resp = chunk.get("response")
+        obj = resp.get("usage") if isinstance(resp, dict) else None
+        if not obj:
+            return None
+    return usage_fields(obj)
 
 
 class _Cursor:
@@ -241,7 +247,7 @@ class Executor:
                         ex.ttft_s = time.perf_counter() - t0
                         row.ttft_ms = ex.ttft_s * 1000
                         ex.served = t
-                    u = usage_from(chunk.get("usage"))
+                    u = usage_from(chunk)
                     if u is not None:
                         usage = u
                     for c in chunk.get("choices") or ():

@@ -1,6 +1,6 @@
 """`FakeProvider`: the server itself — construction, lifecycle, URLs, and routing to the handlers.
 
-The handlers live in the endpoint mixins (`openai_api`, `anthropic_api`, `control`) over the
+The handlers live in the endpoint mixins (`openai_api`, `responses_api`, `anthropic_api`, `control`) over the
 shared request pipeline (`core`); the routing table maps (method, path) straight to their bound
 methods, so a request costs one dict lookup before its handler runs.
 """
@@ -22,11 +22,12 @@ from backends.fake_provider.control import ControlHandlers
 from backends.fake_provider.errors import Reject, error_response
 from backends.fake_provider.faults import FaultState
 from backends.fake_provider.openai_api import OpenAIHandlers
+from backends.fake_provider.responses_api import ResponsesHandlers
 
 __all__ = ["FakeProvider"]
 
 
-class FakeProvider(OpenAIHandlers, AnthropicHandlers, ControlHandlers):
+class FakeProvider(OpenAIHandlers, ResponsesHandlers, AnthropicHandlers, ControlHandlers):
     """The fake provider server, in-process. Start with `async with FakeProvider() as fp:`.
 
     `fp.url` is the root (``http://127.0.0.1:PORT``, what litellm's anthropic route wants as
@@ -61,6 +62,8 @@ class FakeProvider(OpenAIHandlers, AnthropicHandlers, ControlHandlers):
             ("POST", "/completions"): self._completions,
             ("POST", "/v1/embeddings"): self._embeddings,
             ("POST", "/embeddings"): self._embeddings,
+            ("POST", "/v1/responses"): self._responses,
+            ("POST", "/responses"): self._responses,
             ("POST", "/v1/messages"): self._messages,
             ("GET", "/v1/models"): self._models,
             ("GET", "/models"): self._models,

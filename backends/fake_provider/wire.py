@@ -16,8 +16,12 @@ def sse(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-def anthropic_event(obj: dict[str, Any]) -> bytes:
+def named_event(obj: dict[str, Any]) -> bytes:
+    """An SSE event named by its `type` (Anthropic's and OpenAI Responses' framing)."""
     return b"event: " + obj["type"].encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+
+
+anthropic_event = named_event
 
 
 SSE_DONE = b"data: [DONE]\n\n"

@@ -2,7 +2,9 @@
 
 The pipeline (gateway/openai_api.py) authenticates, routes and executes one internal chat request;
 a `WireAdapter` made per request translates the client's body into it (`prepare`), the answer back
-(`whole`, or `start`/`feed`/`finish`/`fail` for a stream) and errors into the client's shape.
+(`whole`, or `start`/`feed`/`finish`/`fail` for a stream) and errors into the client's shape. A
+deployment whose upstream speaks the client's format natively gets the client's request (`native`):
+routing, budgets, retries and the log are the same; only the upstream call and the answer differ.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from typing import Any, Protocol
 
 from starlette.responses import Response
 
+from backends.base import Kind
+from common.types import DeploymentConfig
 from gateway.errors import APIError
 from gateway.keys import ApiKey
 
@@ -23,8 +27,13 @@ class WireAdapter(Protocol):
         """The chat completion body for the client's body (raises APIError naming the param)."""
         ...
 
+    def native(self, d: DeploymentConfig, stream: bool) -> tuple[Kind, dict[str, Any]] | None:
+        """The call kind and body for a deployment whose upstream speaks this wire format (passed
+        through, not translated); None to send it the chat body."""
+        ...
+
     async def whole(self, chat: dict[str, Any], model: str) -> bytes:
-        """A complete chat answer as the client's JSON body."""
+        """A complete answer (chat, or the upstream's own form when passed through) as the client's JSON body."""
         ...
 
     def start(self, model: str) -> bytes: ...

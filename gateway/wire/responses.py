@@ -298,36 +298,57 @@ def usage_from_chat(usage: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def _text_format(body: dict[str, Any]) -> dict[str, Any]:
-    text = body.get("text")
-    fmt = text.get("format") if isinstance(text, dict) else None
-    return {"format": fmt if isinstance(fmt, dict) else {"type": "text"}}
-
-
-def _tools_echo(body: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for t in body.get("tools") or ():
-        if isinstance(t, dict):
-            out.append(
-                {
-                    "type": "function",
-                    "name": t.get("name"),
-                    "description": t.get("description"),
-                    "parameters": t.get("parameters"),
-                    "strict": t.get("strict", True),
-                }
-            )
-    return out
-
-
-def _given(body: dict[str, Any], key: str, default: Any) -> Any:
+def _or(value: Any, default: Any) -> Any:
     """The request's value, or OpenAI's default when absent or null (the object never echoes null)."""
-    value = body.get(key)
     return default if value is None else value
 
 
+def echo(body: dict[str, Any]) -> dict[str, Any]:
+    """The request's settings as the response object repeats them: computed once per request and
+    shared by every snapshot of its response (a stream sends three)."""
+    get = body.get
+    reasoning = get("reasoning")
+    reasoning = reasoning if isinstance(reasoning, dict) else {}
+    text = get("text")
+    fmt = text.get("format") if isinstance(text, dict) else None
+    tools = get("tools")
+    out = {
+        "instructions": get("instructions"),
+        "max_output_tokens": get("max_output_tokens"),
+        "max_tool_calls": None,
+        "parallel_tool_calls": _or(get("parallel_tool_calls"), True),
+        "previous_response_id": get("previous_response_id"),
+        "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
+        "service_tier": "default",
+        "store": _or(get("store"), True),
+        "temperature": _or(get("temperature"), 1.0),
+        "text": {"format": fmt if isinstance(fmt, dict) else {"type": "text"}},
+        "tool_choice": get("tool_choice") or "auto",
+        "tools": [
+            {
+                "type": "function",
+                "name": t.get("name"),
+                "description": t.get("description"),
+                "parameters": t.get("parameters"),
+                "strict": t.get("strict", True),
+            }
+            for t in tools
+            if isinstance(t, dict)
+        ]
+        if tools
+        else [],
+        "top_logprobs": _or(get("top_logprobs"), 0),
+        "top_p": _or(get("top_p"), 1.0),
+        "truncation": get("truncation") or "disabled",
+        "metadata": get("metadata") or {},
+    }
+    if isinstance(get("user"), str):  # the spec allows a string or no field, never null
+        out["user"] = body["user"]
+    return out
+
+
 def response_object(
-    body: dict[str, Any],
+    settings: dict[str, Any],
     rid: str,
     model: str,
     *,
@@ -338,8 +359,7 @@ def response_object(
     created_at: int | None = None,
     error: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The Responses `response` object, echoing the request's settings as OpenAI does."""
-    reasoning = body.get("reasoning") if isinstance(body.get("reasoning"), dict) else {}
+    """The Responses `response` object; `settings` is the request's `echo`."""
     out = {
         "id": rid,
         "object": "response",
@@ -348,30 +368,29 @@ def response_object(
         "background": False,
         "error": error,
         "incomplete_details": {"reason": incomplete} if incomplete else None,
-        "instructions": body.get("instructions"),
-        "max_output_tokens": body.get("max_output_tokens"),
-        "max_tool_calls": None,
         "model": model,
         "output": output,
-        "parallel_tool_calls": _given(body, "parallel_tool_calls", True),
-        "previous_response_id": body.get("previous_response_id"),
-        "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
-        "service_tier": "default",
-        "store": _given(body, "store", True),
-        "temperature": _given(body, "temperature", 1.0),
-        "text": _text_format(body),
-        "tool_choice": body.get("tool_choice") or "auto",
-        "tools": _tools_echo(body),
-        "top_logprobs": _given(body, "top_logprobs", 0),
-        "top_p": _given(body, "top_p", 1.0),
-        "truncation": body.get("truncation") or "disabled",
-        "metadata": body.get("metadata") or {},
+        **settings,
     }
     if usage is not None:  # absent until the answer is complete (the spec allows no null)
         out["usage"] = usage
-    if isinstance(body.get("user"), str):  # the spec allows a string or no field, never null
-        out["user"] = body["user"]
     return out
+
+
+class ItemIds:
+    """Output item ids derived from the response's own id (unique per response, no random draw per
+    item): `msg_<hex>`, then `msg_<hex>_1`, … per prefix."""
+
+    __slots__ = ("hex", "counts")
+
+    def __init__(self, rid: str) -> None:
+        self.hex = rid.partition("_")[2] or rid
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, prefix: str) -> str:
+        n = self.counts.get(prefix, 0)
+        self.counts[prefix] = n + 1
+        return f"{prefix}_{self.hex}" if n == 0 else f"{prefix}_{self.hex}_{n}"
 
 
 def _message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
@@ -397,22 +416,23 @@ def _call_item(
     }
 
 
-def _incomplete(finish: str | None) -> str | None:
-    return {"length": "max_output_tokens", "content_filter": "content_filter"}.get(finish or "")
+_INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
 def response_from_chat(body: dict[str, Any], chat: dict[str, Any], rid: str, model: str) -> dict[str, Any]:
     """A whole chat completion as the Responses object (first choice: Responses has no `n`)."""
-    choice = (chat.get("choices") or [{}])[0]
+    choices = chat.get("choices")
+    choice = choices[0] if choices else {}
     msg = choice.get("message") or {}
+    ids = ItemIds(rid)
     output: list[dict[str, Any]] = []
     if msg.get("content"):
-        output.append(_message_item(new_id("msg"), msg["content"]))
+        output.append(_message_item(ids("msg"), msg["content"]))
     elif msg.get("refusal"):
         output.append(
             {
                 "type": "message",
-                "id": new_id("msg"),
+                "id": ids("msg"),
                 "status": "completed",
                 "role": "assistant",
                 "content": [{"type": "refusal", "refusal": msg["refusal"]}],
@@ -421,13 +441,11 @@ def response_from_chat(body: dict[str, Any], chat: dict[str, Any], rid: str, mod
     for tc in msg.get("tool_calls") or ():
         fn = tc.get("function") or {}
         output.append(
-            _call_item(
-                new_id("fc"), tc.get("id") or new_id("call"), fn.get("name") or "", fn.get("arguments") or ""
-            )
+            _call_item(ids("fc"), tc.get("id") or ids("call"), fn.get("name") or "", fn.get("arguments") or "")
         )
-    reason = _incomplete(choice.get("finish_reason"))
+    reason = _INCOMPLETE.get(choice.get("finish_reason") or "")
     return response_object(
-        body,
+        echo(body),
         rid,
         model,
         status="incomplete" if reason else "completed",
@@ -453,15 +471,99 @@ def output_text(output: list[dict[str, Any]]) -> str:
     )
 
 
+# ---- passthrough: a Responses request to an upstream that speaks it -------------------------------
+
+
+def _chat_parts_as_input(content: Any) -> Any:
+    """Chat message content as Responses content (a string stays a string)."""
+    if not isinstance(content, list):
+        return "" if content is None else content
+    parts = []
+    for p in content:
+        if p.get("type") == "image_url":
+            img = p.get("image_url") or {}
+            parts.append({"type": "input_image", "image_url": img.get("url"), "detail": img.get("detail") or "auto"})
+        else:
+            parts.append({"type": "input_text", "text": str(p.get("text") or "")})
+    return parts
+
+
+def history_items(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A stored conversation (chat messages) as Responses input items: the inverse of `input_messages`."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        role = m.get("role")
+        if role == "tool":
+            out.append({"type": "function_call_output", "call_id": m.get("tool_call_id"), "output": m.get("content") or ""})
+            continue
+        if m.get("content") is not None or role != "assistant":
+            out.append({"type": "message", "role": role, "content": _chat_parts_as_input(m.get("content"))})
+        for tc in m.get("tool_calls") or ():
+            fn = tc.get("function") or {}
+            out.append({"type": "function_call", "call_id": tc.get("id"), "name": fn.get("name"),
+                        "arguments": fn.get("arguments") or ""})
+    return out
+
+
+# Fields the gateway keeps for itself: the upstream stores nothing and never sees our response ids.
+_NOT_FORWARDED = frozenset({"previous_response_id", "store", "stream", "stream_options", "background"})
+
+
+def passthrough_body(
+    body: dict[str, Any], history: list[dict[str, Any]], upstream_model: str, stream: bool
+) -> dict[str, Any]:
+    """The Responses body sent to an upstream that speaks the Responses API.
+
+    A conversation continued by `previous_response_id` is sent whole (its stored turns as input
+    items, then this turn's input), with `store: false`: conversations live in the gateway's
+    database, so they continue across deployments and gateway processes alike.
+    """
+    out = {k: v for k, v in body.items() if k not in _NOT_FORWARDED}
+    out["model"] = upstream_model
+    out["store"] = False
+    if history:
+        inp = body.get("input", [])
+        turn = [{"type": "message", "role": "user", "content": inp}] if isinstance(inp, str) else list(inp)
+        out["input"] = history_items(history) + turn
+    if stream:
+        out["stream"] = True
+    return out
+
+
+def passthrough_response(
+    settings: dict[str, Any], response: dict[str, Any], rid: str, model: str
+) -> dict[str, Any]:
+    """An upstream's Responses object as the client's: the gateway's id and model name, the
+    request's own `previous_response_id` and `store` (the upstream saw neither), and the request's
+    settings (`echo`) where the upstream left a field null (litellm's objects do)."""
+    response["id"] = rid
+    response["model"] = model
+    response["previous_response_id"] = settings["previous_response_id"]
+    response["store"] = settings["store"]
+    for k, v in settings.items():
+        if response.get(k) is None:
+            response[k] = v
+    if response.get("user", "") is None:  # a string or no field, never null
+        del response["user"]
+    return response
+
+
 # ---- streaming: chat chunks -> Responses events ----------------------------------------------------
+
+
+_SSE_HEAD: dict[str, bytes] = {}  # event type -> its `event:` line and the `data: ` that follows
 
 
 def sse(event: dict[str, Any]) -> bytes:
     """One Responses event in SSE framing (`event:` names its type; no `[DONE]` closes the stream)."""
-    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+    kind = event["type"]
+    head = _SSE_HEAD.get(kind)
+    if head is None:
+        head = _SSE_HEAD[kind] = b"event: " + kind.encode() + b"\ndata: "
+    return head + orjson.dumps(event) + b"\n\n"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Call:
     item_id: str
     call_id: str
@@ -476,11 +578,14 @@ class ResponseStream:
     `start()` gives `response.created` and `response.in_progress`; `feed(chunk)` the events a chunk
     carries (an output item is opened on its first delta); `finish()` closes the open items and ends
     with `response.completed` (or `response.incomplete`); `fail()` ends a stream cut by the upstream.
-    Every event has a `sequence_number` counting from 0.
+    Every event has a `sequence_number` counting from 0. Events are built as plain dicts, each
+    encoded once by `sse`; the request's settings are worked out once (`echo`) for all snapshots.
     """
 
     def __init__(self, body: dict[str, Any], rid: str, model: str) -> None:
         self.body, self.rid, self.model = body, rid, model
+        self.settings = echo(body)
+        self.ids = ItemIds(rid)
         self.created_at = int(time.time())
         self.seq = 0
         self.output: list[dict[str, Any]] = []
@@ -492,30 +597,29 @@ class ResponseStream:
         self.finish_reason: str | None = None
         self.final: dict[str, Any] | None = None
 
-    def _ev(self, kind: str, **fields: Any) -> dict[str, Any]:
-        ev = {"type": kind, "sequence_number": self.seq, **fields}
-        self.seq += 1
-        return ev
+    def _n(self) -> int:
+        n = self.seq
+        self.seq = n + 1
+        return n
 
     def _snapshot(self, status: str, **kw: Any) -> dict[str, Any]:
         return response_object(
-            self.body,
-            self.rid,
-            self.model,
-            status=status,
-            output=list(self.output),
-            created_at=self.created_at,
-            **kw,
+            self.settings, self.rid, self.model, status=status, output=list(self.output),
+            created_at=self.created_at, **kw,
         )
 
     def start(self) -> list[dict[str, Any]]:
         snap = self._snapshot("in_progress", usage=None)
-        return [self._ev("response.created", response=snap), self._ev("response.in_progress", response=snap)]
+        return [
+            {"type": "response.created", "sequence_number": self._n(), "response": snap},
+            {"type": "response.in_progress", "sequence_number": self._n(), "response": snap},
+        ]
 
     def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
+        usage = chunk.get("usage")
+        if usage:
+            self.usage = usage
         for c in chunk.get("choices") or ():
             if c.get("index", 0) != 0:
                 continue
@@ -527,36 +631,41 @@ class ResponseStream:
                 assert self._text is not None
                 self._text.append(text)
                 out.append(
-                    self._ev(
-                        "response.output_text.delta",
-                        item_id=self._msg_id,
-                        output_index=self._msg_index,
-                        content_index=0,
-                        delta=text,
-                        logprobs=[],
-                    )
+                    {
+                        "type": "response.output_text.delta",
+                        "sequence_number": self._n(),
+                        "item_id": self._msg_id,
+                        "output_index": self._msg_index,
+                        "content_index": 0,
+                        "delta": text,
+                        "logprobs": [],
+                    }
                 )
-            for tc in delta.get("tool_calls") or ():
-                out += self._call_delta(tc)
-            if c.get("finish_reason"):
-                self.finish_reason = c["finish_reason"]
+            tool_calls = delta.get("tool_calls")
+            if tool_calls:
+                for tc in tool_calls:
+                    out += self._call_delta(tc)
+            reason = c.get("finish_reason")
+            if reason:
+                self.finish_reason = reason
         return out
 
     def _open_message(self) -> list[dict[str, Any]]:
-        self._text, self._msg_id, self._msg_index = [], new_id("msg"), len(self.output)
+        self._text, self._msg_id, self._msg_index = [], self.ids("msg"), len(self.output)
         item = _message_item(self._msg_id, "", status="in_progress")
         item["content"] = []
         self.output.append(item)
-        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
         return [
-            self._ev("response.output_item.added", output_index=self._msg_index, item=item),
-            self._ev(
-                "response.content_part.added",
-                item_id=self._msg_id,
-                output_index=self._msg_index,
-                content_index=0,
-                part=part,
-            ),
+            {"type": "response.output_item.added", "sequence_number": self._n(), "output_index": self._msg_index,
+             "item": item},
+            {
+                "type": "response.content_part.added",
+                "sequence_number": self._n(),
+                "item_id": self._msg_id,
+                "output_index": self._msg_index,
+                "content_index": 0,
+                "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []},
+            },
         ]
 
     def _close_message(self) -> list[dict[str, Any]]:
@@ -565,25 +674,27 @@ class ResponseStream:
         text = "".join(self._text)
         self._text = None
         item = _message_item(self._msg_id, text)
-        self.output[self._msg_index] = item
-        part = item["content"][0]
+        index = self._msg_index
+        self.output[index] = item
         return [
-            self._ev(
-                "response.output_text.done",
-                item_id=self._msg_id,
-                output_index=self._msg_index,
-                content_index=0,
-                text=text,
-                logprobs=[],
-            ),
-            self._ev(
-                "response.content_part.done",
-                item_id=self._msg_id,
-                output_index=self._msg_index,
-                content_index=0,
-                part=part,
-            ),
-            self._ev("response.output_item.done", output_index=self._msg_index, item=item),
+            {
+                "type": "response.output_text.done",
+                "sequence_number": self._n(),
+                "item_id": self._msg_id,
+                "output_index": index,
+                "content_index": 0,
+                "text": text,
+                "logprobs": [],
+            },
+            {
+                "type": "response.content_part.done",
+                "sequence_number": self._n(),
+                "item_id": self._msg_id,
+                "output_index": index,
+                "content_index": 0,
+                "part": item["content"][0],
+            },
+            {"type": "response.output_item.done", "sequence_number": self._n(), "output_index": index, "item": item},
         ]
 
     def _call_delta(self, tc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -593,23 +704,25 @@ class ResponseStream:
         call = self._calls.get(index)
         if call is None:
             out += self._close_message()
-            call = _Call(new_id("fc"), tc.get("id") or new_id("call"), fn.get("name") or "", len(self.output))
+            call = _Call(self.ids("fc"), tc.get("id") or self.ids("call"), fn.get("name") or "", len(self.output))
             self._calls[index] = call
             item = _call_item(call.item_id, call.call_id, call.name, "", status="in_progress")
             self.output.append(item)
-            out.append(self._ev("response.output_item.added", output_index=call.output_index, item=item))
+            out.append({"type": "response.output_item.added", "sequence_number": self._n(),
+                        "output_index": call.output_index, "item": item})
         elif fn.get("name") and not call.name:
             call.name = fn["name"]
         args = fn.get("arguments")
         if args:
             call.arguments.append(args)
             out.append(
-                self._ev(
-                    "response.function_call_arguments.delta",
-                    item_id=call.item_id,
-                    output_index=call.output_index,
-                    delta=args,
-                )
+                {
+                    "type": "response.function_call_arguments.delta",
+                    "sequence_number": self._n(),
+                    "item_id": call.item_id,
+                    "output_index": call.output_index,
+                    "delta": args,
+                }
             )
         return out
 
@@ -620,21 +733,24 @@ class ResponseStream:
             item = _call_item(call.item_id, call.call_id, call.name, args)
             self.output[call.output_index] = item
             out.append(
-                self._ev(
-                    "response.function_call_arguments.done",
-                    item_id=call.item_id,
-                    output_index=call.output_index,
-                    name=call.name,
-                    arguments=args,
-                )
+                {
+                    "type": "response.function_call_arguments.done",
+                    "sequence_number": self._n(),
+                    "item_id": call.item_id,
+                    "output_index": call.output_index,
+                    "name": call.name,
+                    "arguments": args,
+                }
             )
-            out.append(self._ev("response.output_item.done", output_index=call.output_index, item=item))
+            out.append({"type": "response.output_item.done", "sequence_number": self._n(),
+                        "output_index": call.output_index, "item": item})
         self._calls = {}
-        reason = _incomplete(self.finish_reason)
+        reason = _INCOMPLETE.get(self.finish_reason or "")
         self.final = self._snapshot(
             "incomplete" if reason else "completed", usage=usage_from_chat(self.usage), incomplete=reason
         )
-        out.append(self._ev("response.incomplete" if reason else "response.completed", response=self.final))
+        out.append({"type": "response.incomplete" if reason else "response.completed",
+                    "sequence_number": self._n(), "response": self.final})
         return out
 
     def fail(self, error: APIError) -> list[dict[str, Any]]:
@@ -644,4 +760,4 @@ class ResponseStream:
             usage=usage_from_chat(self.usage),
             error={"code": error.code or "server_error", "message": error.message},
         )
-        return [self._ev("response.failed", response=self.final)]
+        return [{"type": "response.failed", "sequence_number": self._n(), "response": self.final}]
