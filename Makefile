@@ -6,12 +6,14 @@ HOST    ?= 127.0.0.1
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The suite runs on one pytest-xdist worker per core, whole files per worker (module fixtures stay shared);
+# `make test XDIST=` runs it in one process.
+XDIST   ?= -n auto --dist loadfile
 
 .PHONY: install run demo test services browser lint bench-gateway clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
@@ -46,7 +48,7 @@ lint: install
 	$(BIN)/ruff check .
 
 test: install services browser lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(XDIST) $(PYTEST_ARGS)
 
 bench-gateway: install
 	$(BIN)/python bench/gateway_overhead.py

@@ -20,6 +20,20 @@ from tests.support.db import PG_ADMIN_DSN, admin_execute
 REDIS_URL = os.environ.get("HYBRIDGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
+def _lazy_ca_certificates() -> None:
+    """Every httpx client (the SDKs', the gateway's, the tests') builds an SSL context, and with
+    SSL_CERT_FILE set, or certifi's bundle, it parses every CA certificate up front (~75 ms per client on a
+    2-core machine; thousands of clients in a run). The system's hashed certificate directory is the same
+    trust store, read only when a TLS handshake needs a certificate, so httpx is pointed at it
+    (subprocesses inherit it). The tests themselves speak plain HTTP on 127.0.0.1."""
+    cert_dir = os.environ.get("SSL_CERT_DIR") or "/etc/ssl/certs"
+    if Path(cert_dir).is_dir() and any(Path(cert_dir).glob("*.0")):
+        os.environ["SSL_CERT_DIR"] = cert_dir
+        os.environ.pop("SSL_CERT_FILE", None)
+
+
+_lazy_ca_certificates()
+
 
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:

@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from backends.fake_provider import FakeProviderConfig, FakeProviderThread
+from gateway import cli
 from router.offline.artifacts import save_verifier
 from router.offline.verifier_train import read_answers, train_verifier
 from tests.support.gateway import dep, settings
@@ -62,13 +63,10 @@ def test_cascade_escalates_answers_the_trained_verifier_distrusts(
 
 
 def test_a_verifier_learned_from_logged_answers_and_feedback_judges_the_next_ones(
-    tmp_path: Path, sqlite_url: str
+    tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Traffic with feedback → `router train-verifier --from-db` → activation → the cascade escalates the
     kind of answer users rated badly. The echoing fake provider answers with the prompt's own sum."""
-    import subprocess
-    import sys
-
     with FakeProviderThread() as cheap, FakeProviderThread() as strong:
         deployments = [dep("cheap", "cheap-model", cheap.base_url), dep("strong", "strong-model", strong.base_url)]
         cfg = settings(tmp_path, sqlite_url, deployments,
@@ -85,11 +83,10 @@ def test_a_verifier_learned_from_logged_answers_and_feedback_judges_the_next_one
                 assert fb.status_code == 201
             gw.call(gw.services.sink.flush())
             out = tmp_path / "learned-verifier"
-            train = subprocess.run(
-                [sys.executable, "-m", "gateway.cli", "router", "train-verifier", "--from-db",
-                 sqlite_url.replace("+aiosqlite", ""), "--model", "cheap-model", "--out", str(out)],
-                capture_output=True, text=True, timeout=300)
-            assert train.returncode == 0, train.stderr[-2000:]
+            # `hybridgate router train-verifier`, run in this process (a CLI process imports everything again)
+            code = cli.main(["router", "train-verifier", "--from-db", sqlite_url.replace("+aiosqlite", ""),
+                             "--model", "cheap-model", "--out", str(out)])
+            assert code == 0, capsys.readouterr().err[-2000:]
             assert httpx.post(gw.base_url + "/admin/api/router/verifiers", json={"path": str(out)}).status_code == 201
             assert httpx.put(gw.base_url + "/admin/api/policies/checked", content=CHECKED,
                              headers={"content-type": "application/yaml"}).status_code == 201

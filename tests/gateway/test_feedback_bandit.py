@@ -111,6 +111,8 @@ def _serve_and_rate(gw_decides: object, gw_rates: object, policy: str, n: int) -
         r = httpx.post(gw_decides.base_url + "/v1/chat/completions",  # type: ignore[attr-defined]
                        json={"model": policy, "messages": [{"role": "user", "content": f"q{i}"}]})
         assert r.status_code == 200, r.text
+        # the other process finds the decision in the shared log: it is there once the sink has flushed
+        gw_decides.call(gw_decides.services.sink.flush())  # type: ignore[attr-defined]
         f = httpx.post(gw_rates.base_url + "/v1/feedback",  # type: ignore[attr-defined]
                        json={"request_id": r.headers["x-request-id"], "score": 1.0})
         assert f.status_code == 201, f.text

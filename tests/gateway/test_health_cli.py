@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
+from gateway import cli
 from tests.support.harness import GatewayThread
 
 
@@ -25,25 +27,33 @@ def test_healthz_readyz_metrics(gateway: GatewayThread) -> None:
         assert name in text
 
 
-def test_keys_cli_create_list_revoke_stores_only_hashes(tmp_path: Path) -> None:
+def hybridgate(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """The `hybridgate` command run in this process (its exit code, stdout, stderr): each CLI process
+    would import the whole gateway again; the exit path of `python -m gateway.cli` is tested below."""
+    capsys.readouterr()
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_keys_cli_create_list_revoke_stores_only_hashes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "k.db"
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"database_url: sqlite+aiosqlite:///{db}\nlocal_model: {{enabled: false}}\n")
-    hg = [sys.executable, "-m", "gateway.cli", "--config", str(cfg)]
-    subprocess.run([*hg, "migrate"], check=True, capture_output=True)
-    out = subprocess.run([*hg, "keys", "create", "ci", "--models", "a,b", "--rpm", "10"], check=True,
-                         capture_output=True, text=True)
-    created = json.loads(out.stdout)
-    assert created["key"].startswith("hg-") and created["allowed_models"] == ["a", "b"]
-    listed = json.loads(subprocess.run([*hg, "keys", "list"], check=True, capture_output=True, text=True).stdout)
+    hg = ("--config", str(cfg))
+    assert hybridgate(capsys, *hg, "migrate")[0] == 0
+    code, out, _ = hybridgate(capsys, *hg, "keys", "create", "ci", "--models", "a,b", "--rpm", "10")
+    created = json.loads(out)
+    assert code == 0 and created["key"].startswith("hg-") and created["allowed_models"] == ["a", "b"]
+    listed = json.loads(hybridgate(capsys, *hg, "keys", "list")[1])
     assert [k["id"] for k in listed] == [created["id"]] and "key" not in listed[0]
     engine = sa.create_engine(f"sqlite:///{db}")
     with engine.connect() as conn:
         dump = " ".join(str(v) for row in conn.execute(sa.text("SELECT * FROM api_keys")) for v in row)
     engine.dispose()
     assert created["key"] not in dump  # only the hash is stored
-    assert subprocess.run([*hg, "keys", "revoke", created["id"]], capture_output=True).returncode == 0
-    assert subprocess.run([*hg, "keys", "revoke", created["id"]], capture_output=True).returncode == 1
+    assert hybridgate(capsys, *hg, "keys", "revoke", created["id"])[0] == 0
+    assert hybridgate(capsys, *hg, "keys", "revoke", created["id"])[0] == 1
 
 
 def test_bad_config_fails_loudly_naming_the_field(tmp_path: Path) -> None:
@@ -63,10 +73,10 @@ def test_redis_bandit_store_without_redis_fails_loudly_naming_the_field(tmp_path
     assert r.returncode == 2 and "router.bandit_store" in r.stderr and "redis_url" in r.stderr
 
 
-def test_cli_subcommand_groups_dispatch() -> None:
-    r = subprocess.run([sys.executable, "-m", "gateway.cli", "bench"], capture_output=True, text=True)
-    assert r.returncode == 2 and "gateway-overhead" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "gateway.cli", "router"], capture_output=True, text=True)
-    assert r.returncode == 2 and "train" in r.stderr
+def test_cli_subcommand_groups_dispatch(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = hybridgate(capsys, "bench")
+    assert code == 2 and "gateway-overhead" in err
+    code, _, err = hybridgate(capsys, "router")
+    assert code == 2 and "train" in err
     r = subprocess.run([sys.executable, "-m", "gateway.cli", "local-model"], capture_output=True, text=True)
     assert "serve" in r.stdout + r.stderr

@@ -5,13 +5,13 @@ hard ones to the strong model."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from backends.fake_provider import FakeProviderThread
+from gateway import cli
 from tests.support.gateway import dep, settings
 from tests.support.harness import running_gateway
 
@@ -26,7 +26,9 @@ HARD = ["prove the riemann hypothesis", "derive the navier stokes solution", "fa
         "solve this olympiad inequality", "prove this topology theorem", "find the galois group"]
 
 
-def test_feedback_trains_a_classifier_that_routes_by_difficulty(sqlite_url: str, tmp_path: Path) -> None:
+def test_feedback_trains_a_classifier_that_routes_by_difficulty(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with FakeProviderThread() as fp:
         deps = [dep("cheap", "cheap-model", fp.base_url, pricing={"input_per_mtok": 1, "output_per_mtok": 1}),
                 dep("strong", "strong-model", fp.base_url, pricing={"input_per_mtok": 10, "output_per_mtok": 10})]
@@ -46,16 +48,14 @@ def test_feedback_trains_a_classifier_that_routes_by_difficulty(sqlite_url: str,
                             assert fb.status_code == 201
             gw.call(gw.services.sink.flush())
             art = tmp_path / "artifact"
-            train = subprocess.run(
-                [sys.executable, "-m", "gateway.cli", "router", "train", "--from-db",
-                 sqlite_url.replace("+aiosqlite", ""), "--out", str(art)],
-                capture_output=True, text=True, timeout=300)
-            assert train.returncode == 0, train.stderr[-2000:]
-            ev = subprocess.run(
-                [sys.executable, "-m", "gateway.cli", "router", "eval", "--artifact", str(art), "--logs-db",
-                 sqlite_url.replace("+aiosqlite", "")], capture_output=True, text=True, timeout=300)
-            assert ev.returncode == 0, ev.stderr[-2000:]
-            ope = json.loads(ev.stdout)["off_policy_db"]
+            # the `hybridgate router` commands, run in this process (a CLI process imports everything again)
+            code = cli.main(["router", "train", "--from-db", sqlite_url.replace("+aiosqlite", ""), "--out", str(art)])
+            assert code == 0, capsys.readouterr().err[-2000:]
+            capsys.readouterr()
+            code = cli.main(["router", "eval", "--artifact", str(art), "--logs-db", sqlite_url.replace("+aiosqlite", "")])
+            out, err = capsys.readouterr()
+            assert code == 0, err[-2000:]
+            ope = json.loads(out)["off_policy_db"]
             assert ope["n"] == 96  # every logged decision with feedback, its propensity and reward
             assert 0.0 <= ope["snips"]["value"] <= 1.0 and ope["dr"]["lo"] <= ope["dr"]["value"] <= ope["dr"]["hi"]
             act = httpx.post(gw.base_url + "/admin/api/router/artifacts", json={"path": str(art)})

@@ -19,6 +19,7 @@ from requestlog.migrate import upgrade
 from tests.support.gateway import gateway_settings
 from tests.support.harness import running_gateway
 from tests.support.requestlog import TcpProxy
+from tests.support.wait import await_until
 
 
 class ThreadedProxy:
@@ -87,8 +88,13 @@ async def test_each_request_kind_leaves_one_row_with_tokens_and_cost(
                 unknown = await c.post(url, json=_chat("x") | {"model": "nope"})
                 failed = await c.post(url, json=_chat("boom [[fault:500]]"))
                 cancelled_rid = await _cancel_stream(c, url)
-            await asyncio.sleep(0.5)  # the cancelled stream's handler notices the hang-up
-            await gw.acall(gw.services.sink.flush())
+
+            async def logged(rid: str) -> bool:
+                await gw.acall(gw.services.sink.flush())
+                return bool(await _rows(fresh_pg_url, "SELECT id FROM requests WHERE id = :rid", rid=rid))
+
+            # the cancelled stream's handler notices the hang-up, then logs its row
+            await await_until(lambda: logged(cancelled_rid), what="the cancelled stream was never logged")
             ids = {
                 "ok": ok.headers["x-request-id"], "streamed": streamed.headers["x-request-id"],
                 "retried": retried.headers["x-request-id"], "bad": bad.headers["x-request-id"],
@@ -188,8 +194,12 @@ async def test_client_hanging_up_on_a_non_streamed_request_still_leaves_one_row(
         async with httpx.AsyncClient(timeout=0.2) as c:
             with contextlib.suppress(httpx.TimeoutException):
                 await c.post(gw.base_url + "/v1/chat/completions", json=_chat("slow [[fault:latency:800]]"))
-        await asyncio.sleep(1.2)  # the upstream answers after the client left
-        await gw.acall(gw.services.sink.flush())
+
+        async def logged() -> bool:  # the upstream answers after the client left, then the row is written
+            await gw.acall(gw.services.sink.flush())
+            return bool(await _rows(fresh_pg_url, "SELECT id FROM requests"))
+
+        await await_until(logged, what="the abandoned request was never logged")
     rows = await _rows(fresh_pg_url, "SELECT status, attempts_count FROM requests")
     attempts = await _rows(fresh_pg_url, "SELECT count(*) AS n FROM attempts")
     assert len(rows) == 1 and rows[0]["attempts_count"] == attempts[0]["n"] == 1

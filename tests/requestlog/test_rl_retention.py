@@ -3,8 +3,7 @@ everything newer; from the CLI, and in the background of a gateway with `log.ret
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from gateway import cli
 from requestlog import migrate
 from requestlog.retention import prune
 from requestlog.tables import attempts, feedback, requests
@@ -81,24 +81,29 @@ async def test_prune_refuses_a_naive_cutoff(empty_log: str) -> None:
         await engine.dispose()
 
 
-async def test_cli_prune_uses_days_or_the_configured_retention(tmp_path: Path, sqlite_template: Path) -> None:
+async def test_cli_prune_uses_days_or_the_configured_retention(
+    tmp_path: Path, sqlite_template: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     url = migrated_sqlite_url(sqlite_template, tmp_path / "cli.db")
     await _fill(url, [10, 3, 0])
     cfg = tmp_path / "hg.yaml"
     cfg.write_text(f"database_url: {url}\nlog: {{retention_days: 5}}\n")
-    hg = [sys.executable, "-m", "gateway.cli", "--config", str(cfg), "prune"]
-    r = subprocess.run(hg, capture_output=True, text=True)
-    assert r.returncode == 0 and '"requests": 1' in r.stdout, r.stderr
-    r = subprocess.run([*hg, "--days", "1"], capture_output=True, text=True)
-    assert r.returncode == 0 and '"requests": 1' in r.stdout
+
+    async def hybridgate_prune(*args: str) -> tuple[int, str]:
+        """`hybridgate prune`, run in this process (on a thread: the command runs its own event loop)."""
+        capsys.readouterr()
+        code = await asyncio.to_thread(cli.main, ["--config", str(cfg), "prune", *args])
+        return code, capsys.readouterr().out
+
+    code, out = await hybridgate_prune()
+    assert code == 0 and '"requests": 1' in out
+    code, out = await hybridgate_prune("--days", "1")
+    assert code == 0 and '"requests": 1' in out
     assert (await _ids(url))[0] == {"r2"}
-    r = subprocess.run([*hg, "--days", "0"], capture_output=True, text=True)
-    assert r.returncode == 2
+    assert (await hybridgate_prune("--days", "0"))[0] == 2
 
 
 def test_gateway_with_retention_prunes_in_the_background(tmp_path: Path, sqlite_template: Path) -> None:
-    import asyncio
-
     from tests.support.gateway import settings
     from tests.support.harness import running_gateway
 

@@ -15,13 +15,10 @@ from local_model.model import attention_over_context, attention_with_kv_cache, r
 
 
 def draw(logits: torch.Tensor, params: SamplingParams, n: int, seed: int = 0) -> collections.Counter[int]:
+    """``n`` independent draws: one batch of ``n`` rows with the same logits, sharing one generator."""
     g = make_generator(seed)
-    rows = [SampleRow(params, g)] * 1
-    counts: collections.Counter[int] = collections.Counter()
-    for _ in range(n):
-        tokens, _ = sample(logits[None], rows)
-        counts[tokens[0]] += 1
-    return counts
+    tokens, _ = sample(logits[None].expand(n, -1), [SampleRow(params, g)] * n)
+    return collections.Counter(tokens)
 
 
 def test_top_p_and_top_k_sample_the_renormalised_set() -> None:
