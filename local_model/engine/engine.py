@@ -171,6 +171,8 @@ class Engine:
                 scratch_block=p.num_blocks,
                 cuda_graphs=self.config.cuda_graphs,
             )
+            if self.runner.bucketed is not None and self.runner.bucketed.use_graphs:
+                self.runner.bucketed.capture_buckets(p.num_slots)
         eos = list(mc.eos_token_ids) + (list(tokenizer.eos_token_ids) if tokenizer is not None else [])
         self.eos_ids = frozenset(eos)
         self.stats = EngineStats()

@@ -251,6 +251,16 @@ class BucketedDecode:
             bufs["logits"] = self._body(bufs)
         self.graphs[bucket] = graph
 
+    def capture_buckets(self, max_batch: int) -> None:  # pragma: no cover - GPU only
+        """Capture the graph of every bucket up to ``max_batch``'s now, before any sequence is served (as
+        the engine does at start), so that no capture happens between two steps of live sequences."""
+        for bucket in self.step.buckets:
+            if bucket > self.step.bucket(min(max_batch, self.step.buckets[-1])):
+                break
+            if bucket not in self.bufs:
+                self.bufs[bucket] = self._buffers(bucket)
+                self._capture(bucket, self.bufs[bucket])
+
     def __call__(self, meta: StepMetadata) -> torch.Tensor:
         bucket = self.step.bucket(meta.batch)
         if bucket not in self.bufs:
