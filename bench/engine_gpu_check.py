@@ -59,6 +59,19 @@ def leading_equal(a: list[int], b: list[int]) -> int:
     return n
 
 
+@torch.no_grad()
+def reference_margins(model, prompt: list[int], tokens: list[int]) -> list[float]:  # noqa: ANN001
+    """The CPU model's top-1 minus top-2 logit before each generated token: where it is small, a greedy
+    disagreement can be a near-tie flipped by rounding rather than a wrong computation."""
+    margins = []
+    for j in range(len(tokens)):
+        logits = model(torch.tensor([prompt + tokens[:j]]))
+        logits = logits.logits if hasattr(logits, "logits") else logits
+        top = torch.topk(logits[0, -1].float(), 2).values
+        margins.append(float(top[0] - top[1]))
+    return margins
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--new", type=int, default=48)
@@ -87,6 +100,20 @@ def main() -> int:
         "same_gpu_eager_decode_vs_cpu": [leading_equal(a, b) for a, b in zip(cpu, eager, strict=True)],
         "same_gpu_graphs_each_alone_vs_cpu": [leading_equal(a, b) for a, b in zip(cpu, alone, strict=True)],
     }
+    # Each disagreement beside the reference's margin at that token and its smallest margin before it.
+    ref_model = sharp_tiny_model()
+    runs = {"gpu": gpu, "cuda_graphs": graphs, "eager_forward": eager, "graphs_alone": alone}
+    out["first_disagreement"] = {}
+    for name, got in runs.items():
+        for i, (a, b) in enumerate(zip(cpu, got, strict=True)):
+            j = leading_equal(a, b)
+            if j < len(a):
+                m = reference_margins(ref_model, prompts[i], a[: j + 1])
+                out["first_disagreement"][f"{name}/prompt{i}"] = {
+                    "token": j,
+                    "reference_margin": round(m[j], 5),
+                    "smallest_margin_of_the_prompt": round(min(reference_margins(ref_model, prompts[i], a)), 5),
+                }
     print(json.dumps(out))
     return 0 if all(m == args.new for m in match) else 1
 
