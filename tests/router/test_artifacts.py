@@ -21,27 +21,13 @@ from router.offline.artifacts import save_artifact, save_verifier
 from router.offline.datasets import LabeledDataset
 from router.offline.train import TrainConfig, train_classifier
 from router.verifier import ANSWER_FEATURE_NAMES, AnswerVerifier
-
-
-def _toy(n: int = 200, seed: int = 0) -> LabeledDataset:
-    """Arithmetic prompts need the strong model; trivia prompts do not."""
-    rng = np.random.default_rng(seed)
-    prompts, labels = [], []
-    for i in range(n):
-        if i % 2:
-            a, b = rng.integers(10, 999, 2)
-            prompts.append(f"Compute {a} * {b} + {i} and explain each step of the calculation.")
-            labels.append([float(rng.random() < 0.9), float(rng.random() < 0.3)])
-        else:
-            prompts.append(f"What is the capital city of country number {i}? Answer briefly.")
-            labels.append([float(rng.random() < 0.9), float(rng.random() < 0.85)])
-    return LabeledDataset("toy", prompts, ["strong-m", "weak-m"], np.array(labels))
+from tests.support.routing_data import toy_routing_dataset
 
 
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("clf")
-    save_artifact(train_classifier(_toy(), TrainConfig()), out)
+    save_artifact(train_classifier(toy_routing_dataset(200), TrainConfig()), out)
     return out
 
 
@@ -68,7 +54,7 @@ def test_an_artifact_round_trips_as_arrays_and_a_manifest_with_its_hash(classifi
     assert set(manifest["files"]) == {ARRAYS, VOCAB}
     assert manifest["files"][ARRAYS] == _sha256(classifier_dir / ARRAYS)
     clf, _ = load_artifact(classifier_dir)
-    fresh = train_classifier(_toy(), TrainConfig())
+    fresh = train_classifier(toy_routing_dataset(200), TrainConfig())
     prompts = ["Compute 12 * 34 + 5 and explain each step.", "What is the capital city of 7?", ""]
     assert np.array_equal(clf.predict_many(prompts), fresh.predict_many(prompts))
     assert clf.predict(prompts[0]) == fresh.predict(prompts[0])

@@ -16,21 +16,7 @@ from router.features import _NUM, _numbers, fit_featurizer, normalize_prompt
 from router.offline.artifacts import save_artifact
 from router.offline.datasets import LabeledDataset
 from router.offline.train import TrainConfig, train_classifier
-
-
-def _toy(n: int = 400, seed: int = 0) -> LabeledDataset:
-    """Math prompts need the strong model; trivia prompts do not."""
-    rng = np.random.default_rng(seed)
-    prompts, labels = [], []
-    for i in range(n):
-        if i % 2:
-            a, b = rng.integers(10, 999, 2)
-            prompts.append(f"Compute {a} * {b} + {i} and explain each step of the calculation.")
-            labels.append([float(rng.random() < 0.9), float(rng.random() < 0.3)])
-        else:
-            prompts.append(f"What is the capital city of country number {i}? Answer briefly.")
-            labels.append([float(rng.random() < 0.9), float(rng.random() < 0.85)])
-    return LabeledDataset("toy", prompts, ["strong-m", "weak-m"], np.array(labels))
+from tests.support.routing_data import toy_routing_dataset
 
 
 def test_normalize_prompt_routerbench_list() -> None:
@@ -39,7 +25,7 @@ def test_normalize_prompt_routerbench_list() -> None:
 
 
 def test_featurizer_fast_path_matches_batch() -> None:
-    ds = _toy(60)
+    ds = toy_routing_dataset(60)
     fz = fit_featurizer(ds.prompts)
     x, dense = fz.matrices(ds.prompts[:5])
     f = fz.featurize(ds.prompts[3])
@@ -50,7 +36,7 @@ def test_featurizer_fast_path_matches_batch() -> None:
 
 
 def test_classifier_learns_and_gap_is_consistent(tmp_path) -> None:  # noqa: ANN001
-    ds = _toy(400)
+    ds = toy_routing_dataset(400)
     clf = train_classifier(ds, TrainConfig(), strong="strong-m", weak="weak-m")
     math_p = clf.predict("Compute 12 * 34 + 5 and explain each step of the calculation.")
     triv_p = clf.predict("What is the capital city of country number 7? Answer briefly.")
@@ -70,7 +56,7 @@ def test_classifier_learns_and_gap_is_consistent(tmp_path) -> None:  # noqa: ANN
 def test_artifact_of_an_older_format_is_refused_with_a_retrain_hint(tmp_path) -> None:  # noqa: ANN001
     import json
 
-    clf = train_classifier(_toy(120), TrainConfig(), strong="strong-m", weak="weak-m")
+    clf = train_classifier(toy_routing_dataset(120), TrainConfig(), strong="strong-m", weak="weak-m")
     save_artifact(clf, tmp_path / "art")
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
     manifest["format"] = 1
