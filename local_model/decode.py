@@ -18,7 +18,9 @@ point at a scratch slot (the pool's last) that no sequence owns.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +49,25 @@ class _MambaWeights:
     A: torch.Tensor
     a2: torch.Tensor
     dt_bias: torch.Tensor
+
+
+_T = TypeVar("_T")
+
+
+def capture_graph(body: Callable[[], _T]) -> tuple[torch.cuda.CUDAGraph, _T]:  # pragma: no cover - GPU only
+    """``body`` recorded in a CUDA graph, and what the recorded call returned (its tensors live in the
+    graph's pool and are rewritten by each replay). Two warm-up calls on a side stream first, so kernels
+    compile and autotune outside the capture; ``body`` must only touch scratch state then."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            body()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = body()
+    return graph, out
 
 
 class DecodeStep:
@@ -280,16 +301,8 @@ class DecodeStep:
         if bucket in self.graphs:
             return bucket
         bufs = self._buffers(bucket, max_steps)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._greedy_body(bufs)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._greedy_body(bufs)
-        self.graphs[bucket], self.static[bucket] = graph, bufs
+        self.graphs[bucket], _ = capture_graph(lambda: self._greedy_body(bufs))
+        self.static[bucket] = bufs
         return bucket
 
     def start(

@@ -240,16 +240,10 @@ class BucketedDecode:
         return self.step.forward(bufs["ids"], bufs["slots"], bufs["positions"], bufs["block_table"])
 
     def _capture(self, bucket: int, bufs: dict[str, torch.Tensor]) -> None:  # pragma: no cover - GPU only
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up on scratch rows only
-                self._body(bufs)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            bufs["logits"] = self._body(bufs)
-        self.graphs[bucket] = graph
+        from ..decode import capture_graph
+
+        # fresh buffers point every row at the scratch slot and block, so the warm-up touches no sequence
+        self.graphs[bucket], bufs["logits"] = capture_graph(lambda: self._body(bufs))
 
     def capture_buckets(self, max_batch: int) -> None:  # pragma: no cover - GPU only
         """Capture the graph of every bucket up to ``max_batch``'s now, before any sequence is served (as
