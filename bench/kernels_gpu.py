@@ -60,16 +60,19 @@ def copy_bandwidth() -> float:
     return round(2 * a.numel() / bench(lambda: b.copy_(a)) / 1e9, 2)
 
 
-# (block_d, unroll, chunk multiplier, prefetch)
+# (block_d, num_warps, chunk multiplier; 0: one chunk, a single pass): channels per thread = block_d / (32 * num_warps)
 SWEEP = [
-    (128, 1, 1, True),
-    (128, 1, 1, False),
-    (64, 1, 1, True),
-    (64, 1, 2, True),
-    (128, 1, 2, True),
-    (256, 1, 1, True),
-    (32, 1, 2, True),
-    (128, 4, 1, False),
+    (256, 8, 1),
+    (256, 4, 1),
+    (128, 2, 1),
+    (64, 1, 1),
+    (512, 8, 1),
+    (512, 4, 1),
+    (256, 4, 2),
+    (128, 2, 2),
+    (64, 2, 1),
+    (256, 8, 0),
+    (256, 4, 0),
 ]
 
 
@@ -137,10 +140,10 @@ def scan_row(batch: int, dim: int, length: int, selective_scan_fn, sweep: bool =
         tried = {}
         from local_model.kernels.triton_scan import LAST_LAUNCH
 
-        for bd, unroll, mult, pf in SWEEP:
+        for bd, nw, mult in SWEEP:
             nc = max(1, min(length // 16, base_chunks * mult))
 
-            def cfg(bd=bd, unroll=unroll, nc=nc, pf=pf):  # noqa: ANN202
+            def cfg(bd=bd, nw=nw, nc=nc):  # noqa: ANN202
                 return tk.selective_scan(
                     u=u2,
                     delta=d2,
@@ -154,18 +157,18 @@ def scan_row(batch: int, dim: int, length: int, selective_scan_fn, sweep: bool =
                     ssm_state=state2,
                     n_chunks=nc,
                     block_d=bd,
-                    unroll=unroll,
-                    prefetch=pf,
+                    num_warps=nw,
                 )
 
-            key = f"bd{bd}_u{unroll}_c{nc}_pf{int(pf)}"
-            tried[key] = round(bench(cfg), 4)
+            key = f"bd{bd}_w{nw}_c{nc}"
+            tried[key] = _graph_ms(cfg)
             k_out = LAST_LAUNCH.get("output")
             if k_out is not None and batch == 1 and dim == 2048 and length == 8192:
                 regs = [getattr(k_out, "n_regs", None), getattr(k_out, "n_spills", None)]
                 row.setdefault("output_kernel_regs_spills", {})[key] = regs
         row["sweep_token_major_ms"] = tried
-        row["best_config"] = min(tried, key=tried.get)
+        timed = {k: v for k, v in tried.items() if isinstance(v, float)}
+        row["best_config"] = min(timed, key=timed.get) if timed else None
     state.zero_()
     state2.zero_()
     y, y2 = ours(), ours_tm()
@@ -256,7 +259,9 @@ def gemm_rows(rows_list: tuple[int, ...] = (1, 4)) -> list[dict]:
             res = torch.randn_like(x)
             t_ours = graph_bench(lambda x=x, w=w: tk.linear(x=x, weight=w))
             t_norm = graph_bench(
-                lambda x=x, w=w, nw=nw, res=res: tk.norm_linear(x=x, weight=w, norm_weight=nw, residual=res, eps=1e-6)
+                lambda x=x, w=w, nw=nw, res=res: tk.norm_linear(
+                    x=x, weight=w, norm_weight=nw, residual=res, eps=1e-6
+                )
             )
             t_cublas = graph_bench(lambda x=x, w=w: F.linear(x, w))
             gb = n * k * 2 / 1e9
@@ -280,7 +285,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
     ap.add_argument("--quick", action="store_true", help="first two shapes only")
-    ap.add_argument("--sweep", action="store_true", help="also time block/unroll/chunk variants of our scan")
+    ap.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also time block/warp/chunk variants of our scan (graph-replayed)",
+    )
     ap.add_argument("--gemm", action="store_true", help="only: decode projections, ours vs cuBLAS")
     args = ap.parse_args()
     if args.gemm:

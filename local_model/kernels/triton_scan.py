@@ -24,6 +24,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 LOG2E = math.log2(math.e)
 # The compiled kernels of the last prefill-scan launch (for benchmarks to read registers / spills).
@@ -31,10 +32,16 @@ LAST_LAUNCH: dict[str, object] = {}
 
 
 @triton.jit
-def _softplus(x):
+def _softplus(x, FAST_LOG: tl.constexpr = False):
     # F.softplus with threshold 20; log1p(e) for small e by its series (fp32 log(1 + e) loses it).
-    e = tl.exp(-tl.abs(x))
-    lp = tl.where(e < 1e-4, e - 0.5 * e * e, tl.log(1.0 + e))
+    # FAST_LOG (GPU only: the interpreter has no libdevice) takes log2 from the special-function unit
+    # (~1e-7 relative) instead of libdevice's ~20-instruction polynomial, which sits in the scan's inner loop.
+    e = tl.exp2(-tl.abs(x) * 1.4426950408889634)
+    if FAST_LOG:  # noqa: SIM108 (a constexpr branch: the interpreter must not trace libdevice)
+        lg = libdevice.fast_log2f(1.0 + e) * 0.6931471805599453
+    else:
+        lg = tl.log(1.0 + e)
+    lp = tl.where(e < 1e-4, e - 0.5 * e * e, lg)
     return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + lp)
 
 
@@ -66,66 +73,74 @@ def _chunk_state(
     SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    UNROLL: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    FAST_LOG: tl.constexpr,
 ):
-    # Every per-step value is a [1, BLOCK_D] or [BLOCK_N, BLOCK_D] tile (B is loaded broadcast over the
-    # channels), so all of them share the state's layout and no step converts layouts through shared memory.
     pid = tl.program_id(0)
     seq = pid // n_chunks
     c = pid % n_chunks
     d = (tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D))[None, :]
-    n = tl.arange(0, BLOCK_N)[:, None]
+    n1 = tl.arange(0, BLOCK_N)
+    n = n1[:, None]
     dmask = d < D
     m = (n < N) & dmask
-    start = tl.load(seq_start_ptr + seq)
+    start = tl.load(seq_start_ptr + seq).to(tl.int64)
     length = tl.load(seq_len_ptr + seq)
-    t0 = c * chunk_len
+    # time indices are int64 so that t * stride cannot overflow on long packed batches
+    t0 = c.to(tl.int64) * chunk_len
     t1 = tl.minimum(t0 + chunk_len, length)
     a2 = tl.load(a2_ptr + d * N + n, mask=m, other=0.0)
     dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0) if HAS_DT_BIAS else tl.zeros([1, BLOCK_D], tl.float32)
     h = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dts = tl.zeros([1, BLOCK_D], tl.float32)
     row = seq.to(tl.int64)
-    u_base = u_ptr + row * s_ub + d * s_ud
-    dt_base = dt_ptr + row * s_db + d * s_dd
-    b_base = b_ptr + row * s_bb + n * s_bn + d * 0
+    u_row = u_ptr + row * s_ub + start * s_ut + d * s_ud
+    dt_row = dt_ptr + row * s_db + start * s_dt + d * s_dd
+    b_row = b_ptr + row * s_bb + start * s_bt
     # Only chunks 0 .. n_chunks-2 feed a later chunk; the last chunk's end state is never read.
-    if (c < n_chunks - 1) & PREFETCH:
-        ok = (d * 0 + t0) < t1
-        tt = (start + t0).to(tl.int64)
-        dt_n = tl.load(dt_base + tt * s_dt, mask=dmask & ok, other=0.0)
-        u_n = tl.load(u_base + tt * s_ut, mask=dmask & ok, other=0.0)
-        b_n = tl.load(b_base + tt * s_bt, mask=m & ok, other=0.0)
+    if (c < n_chunks - 1) & (t0 < t1):
+        dt_n, u_n, b_n = _step_inputs(
+            dt_row, u_row, b_row, t0, s_dt, s_ut, s_bt, s_bn, dmask, n1, N, EVEN_D, EVEN_N
+        )
         for t in range(t0, t1):
-            ttn = (start + t + 1).to(tl.int64)
-            okn = (d * 0 + t + 1) < t1
             dt_c, u_c, b_c = dt_n, u_n, b_n
-            dt_n = tl.load(dt_base + ttn * s_dt, mask=dmask & okn, other=0.0)
-            u_n = tl.load(u_base + ttn * s_ut, mask=dmask & okn, other=0.0)
-            b_n = tl.load(b_base + ttn * s_bt, mask=m & okn, other=0.0)
+            # the next step's inputs load while this step computes; the index is clamped to the chunk, so
+            # the loads need no per-step mask
+            tn = tl.minimum(t + 1, t1 - 1)
+            dt_n, u_n, b_n = _step_inputs(
+                dt_row, u_row, b_row, tn, s_dt, s_ut, s_bt, s_bn, dmask, n1, N, EVEN_D, EVEN_N
+            )
             dt = dt_c.to(tl.float32) + dtb
             if SOFTPLUS:
-                dt = _softplus(dt)
-            h = tl.exp2(dt * a2) * h + (dt * u_c.to(tl.float32)) * b_c.to(tl.float32)
+                dt = _softplus(dt, FAST_LOG)
+            h = tl.exp2(dt * a2) * h + (dt * u_c.to(tl.float32)) * b_c.to(tl.float32)[:, None]
             dts += dt
-    if (c < n_chunks - 1) & (not PREFETCH):
-        for tb in range(t0, t1, UNROLL):
-            for j in tl.static_range(UNROLL):
-                t = tb + j
-                ok = (d * 0 + t) < t1  # a [1, BLOCK_D] mask (scalar masks trip the interpreter)
-                tt = (start + t).to(tl.int64)
-                dt = tl.load(dt_base + tt * s_dt, mask=dmask & ok, other=0.0).to(tl.float32) + dtb
-                if SOFTPLUS:
-                    dt = _softplus(dt)
-                dt = tl.where(ok, dt, 0.0)
-                u = tl.load(u_base + tt * s_ut, mask=dmask & ok, other=0.0).to(tl.float32)
-                bt = tl.load(b_base + tt * s_bt, mask=m & ok, other=0.0).to(tl.float32)
-                h = tl.exp2(dt * a2) * h + (dt * u) * bt
-                dts += dt
     out = (row * n_chunks + c) * D
     tl.store(end_ptr + (out + d) * N + n, h, mask=m)
     tl.store(dtsum_ptr + out + d, dts, mask=dmask)
+
+
+@triton.jit
+def _step_inputs(dt_row, u_row, b_row, t, s_dt, s_ut, s_bt, s_bn, dmask, n1, N, EVEN_D, EVEN_N):
+    """Step t's dt and u ([1, BLOCK_D]) and B ([BLOCK_N]: one row, the same for every channel)."""
+    if EVEN_D:
+        dt = tl.load(dt_row + t * s_dt)
+        u = tl.load(u_row + t * s_ut)
+    else:
+        dt = tl.load(dt_row + t * s_dt, mask=dmask, other=0.0)
+        u = tl.load(u_row + t * s_ut, mask=dmask, other=0.0)
+    b = _vec_load(b_row + t * s_bt, n1, s_bn, N, EVEN_N)
+    return dt, u, b
+
+
+@triton.jit
+def _vec_load(row_ptr, n1, s_n, N, EVEN_N):
+    # one scalar row pointer plus compile-time offsets (s_n is specialised to 1 when unit-stride), so the
+    # per-step address is a single add rather than one 64-bit add per state entry
+    if EVEN_N:
+        return tl.load(row_ptr + n1 * s_n)
+    return tl.load(row_ptr + n1 * s_n, mask=n1 < N, other=0.0)
 
 
 @triton.jit
@@ -240,19 +255,21 @@ def _chunk_output(
     CHUNK_INIT: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    UNROLL: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    FAST_LOG: tl.constexpr,
 ):
     pid = tl.program_id(0)
     seq = pid // n_chunks
     c = pid % n_chunks
     d = (tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D))[None, :]
-    n = tl.arange(0, BLOCK_N)[:, None]
+    n1 = tl.arange(0, BLOCK_N)
+    n = n1[:, None]
     dmask = d < D
     m = (n < N) & dmask
-    start = tl.load(seq_start_ptr + seq)
+    start = tl.load(seq_start_ptr + seq).to(tl.int64)
     length = tl.load(seq_len_ptr + seq)
-    t0 = c * chunk_len
+    t0 = c.to(tl.int64) * chunk_len
     t1 = tl.minimum(t0 + chunk_len, length)
     a2 = tl.load(a2_ptr + d * N + n, mask=m, other=0.0)
     dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0) if HAS_DT_BIAS else tl.zeros([1, BLOCK_D], tl.float32)
@@ -268,66 +285,54 @@ def _chunk_output(
         init = tl.load(has_init_ptr + seq)
         if (init != 0) & (slot >= 0):
             h = tl.load(state_ptr + slot * s_ss + d * s_sd + n * s_sn, mask=m, other=0.0).to(tl.float32)
-    u_base = u_ptr + row * s_ub + d * s_ud
-    dt_base = dt_ptr + row * s_db + d * s_dd
-    z_base = z_ptr + row * s_zb + d * s_zd
-    o_base = out_ptr + row * s_ob + d * s_od
-    b_base = b_ptr + row * s_bb + n * s_bn + d * 0
-    c_base = c_ptr + row * s_cb + n * s_cn + d * 0
-    if PREFETCH:
-        # software pipelining by hand: step t+1's inputs are loaded while step t computes, so the loads'
-        # latency overlaps a step of arithmetic instead of stalling every step
-        ok = (d * 0 + t0) < t1
-        tt = (start + t0).to(tl.int64)
-        dt_n = tl.load(dt_base + tt * s_dt, mask=dmask & ok, other=0.0)
-        u_n = tl.load(u_base + tt * s_ut, mask=dmask & ok, other=0.0)
-        b_n = tl.load(b_base + tt * s_bt, mask=m & ok, other=0.0)
-        c_n = tl.load(c_base + tt * s_ct, mask=m & ok, other=0.0)
-        z_n = tl.load(z_base + tt * s_zt, mask=dmask & ok, other=0.0) if HAS_Z else dt_n
+    u_row = u_ptr + row * s_ub + start * s_ut + d * s_ud
+    dt_row = dt_ptr + row * s_db + start * s_dt + d * s_dd
+    z_row = z_ptr + row * s_zb + start * s_zt + d * s_zd
+    o_row = out_ptr + row * s_ob + start * s_ot + d * s_od
+    b_row = b_ptr + row * s_bb + start * s_bt
+    c_row = c_ptr + row * s_cb + start * s_ct
+    if t0 < t1:
+        dt_n, u_n, b_n = _step_inputs(
+            dt_row, u_row, b_row, t0, s_dt, s_ut, s_bt, s_bn, dmask, n1, N, EVEN_D, EVEN_N
+        )
+        c_n = _vec_load(c_row + t0 * s_ct, n1, s_cn, N, EVEN_N)
+        z_n = _row_load(z_row, t0, s_zt, dmask, EVEN_D) if HAS_Z else dt_n
         for t in range(t0, t1):
-            tt = (start + t).to(tl.int64)
             dt_c, u_c, b_c, c_c, z_c = dt_n, u_n, b_n, c_n, z_n
-            okn = (d * 0 + t + 1) < t1
-            ttn = tt + 1
-            dt_n = tl.load(dt_base + ttn * s_dt, mask=dmask & okn, other=0.0)
-            u_n = tl.load(u_base + ttn * s_ut, mask=dmask & okn, other=0.0)
-            b_n = tl.load(b_base + ttn * s_bt, mask=m & okn, other=0.0)
-            c_n = tl.load(c_base + ttn * s_ct, mask=m & okn, other=0.0)
+            # the next step's inputs load while this step computes (software pipelining by hand); the
+            # index is clamped to the chunk, so the loads need no per-step mask
+            tn = tl.minimum(t + 1, t1 - 1)
+            dt_n, u_n, b_n = _step_inputs(
+                dt_row, u_row, b_row, tn, s_dt, s_ut, s_bt, s_bn, dmask, n1, N, EVEN_D, EVEN_N
+            )
+            c_n = _vec_load(c_row + tn * s_ct, n1, s_cn, N, EVEN_N)
             if HAS_Z:
-                z_n = tl.load(z_base + ttn * s_zt, mask=dmask & okn, other=0.0)
+                z_n = _row_load(z_row, tn, s_zt, dmask, EVEN_D)
             dt = dt_c.to(tl.float32) + dtb
             if SOFTPLUS:
-                dt = _softplus(dt)
+                dt = _softplus(dt, FAST_LOG)
             u = u_c.to(tl.float32)
-            h = tl.exp2(dt * a2) * h + (dt * u) * b_c.to(tl.float32)
-            y = tl.sum(h * c_c.to(tl.float32), axis=0, keep_dims=True) + dsk * u
+            h = tl.exp2(dt * a2) * h + (dt * u) * b_c.to(tl.float32)[:, None]
+            y = tl.sum(h * c_c.to(tl.float32)[:, None], axis=0, keep_dims=True) + dsk * u
             if HAS_Z:
                 zz = z_c.to(tl.float32)
                 y = y * zz * tl.sigmoid(zz)
-            tl.store(o_base + tt * s_ot, y.to(out_ptr.dtype.element_ty), mask=dmask)
-    else:
-        for tb in range(t0, t1, UNROLL):
-            for j in tl.static_range(UNROLL):
-                t = tb + j
-                ok = (d * 0 + t) < t1  # a [1, BLOCK_D] mask (scalar masks trip the interpreter)
-                tt = (start + t).to(tl.int64)
-                dt = tl.load(dt_base + tt * s_dt, mask=dmask & ok, other=0.0).to(tl.float32) + dtb
-                if SOFTPLUS:
-                    dt = _softplus(dt)
-                dt = tl.where(ok, dt, 0.0)
-                u = tl.load(u_base + tt * s_ut, mask=dmask & ok, other=0.0).to(tl.float32)
-                bt = tl.load(b_base + tt * s_bt, mask=m & ok, other=0.0).to(tl.float32)
-                ct = tl.load(c_base + tt * s_ct, mask=m & ok, other=0.0).to(tl.float32)
-                h = tl.exp2(dt * a2) * h + (dt * u) * bt
-                y = tl.sum(h * ct, axis=0, keep_dims=True) + dsk * u
-                if HAS_Z:
-                    zz = tl.load(z_base + tt * s_zt, mask=dmask & ok, other=0.0).to(tl.float32)
-                    y = y * zz * tl.sigmoid(zz)
-                tl.store(o_base + tt * s_ot, y.to(out_ptr.dtype.element_ty), mask=dmask & ok)
+            op = o_row + t * s_ot
+            if EVEN_D:
+                tl.store(op, y.to(out_ptr.dtype.element_ty))
+            else:
+                tl.store(op, y.to(out_ptr.dtype.element_ty), mask=dmask)
     if HAS_STATE:
         last = tl.maximum(tl.cdiv(length, chunk_len) - 1, 0)
         if (c == last) & (slot >= 0):
             tl.store(state_ptr + slot * s_ss + d * s_sd + n * s_sn, h.to(state_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _row_load(row_ptr, t, s_t, dmask, EVEN_D):
+    if EVEN_D:
+        return tl.load(row_ptr + t * s_t)
+    return tl.load(row_ptr + t * s_t, mask=dmask, other=0.0)
 
 
 def _pick_chunks(num_seqs: int, dim: int, max_len: int, n_chunks: int | None) -> tuple[int, int]:
@@ -361,8 +366,7 @@ def _launch_scan(
     out,
     n_chunks=None,
     block_d=None,
-    unroll=1,
-    prefetch=True,
+    num_warps=None,
 ):
     """u, delta, z, out: [R, D, T]-strided; B, C: [R, N, T]; sequence i is row i (or row 0 when packed,
     in which case the row strides passed are zero) columns seq_start[i] .. seq_start[i]+seq_len[i]-1."""
@@ -393,7 +397,8 @@ def _launch_scan(
     # From a sweep (bench/kernels_gpu.py --sweep): 256 channels (8 warps) a program wins on short
     # sequences; from 8K tokens up the block size matters by a few percent only.
     bd = block_d or (256 if max_len <= 4096 else 64)
-    nw = max(1, bd // 32)
+    nw = num_warps or max(1, bd // 32)
+    even = {"EVEN_D": dim % bd == 0, "EVEN_N": nst == block_n, "FAST_LOG": dev.type == "cuda"}
     grid = (num_seqs * n_chunks, triton.cdiv(dim, bd))
     su = _row_strides(u, packed=u.dim() == 2)
     sdt = _row_strides(delta, packed=delta.dim() == 2)
@@ -425,8 +430,7 @@ def _launch_scan(
             SOFTPLUS=delta_softplus,
             BLOCK_D=bd,
             BLOCK_N=block_n,
-            UNROLL=unroll,
-            PREFETCH=prefetch,
+            **even,
             num_warps=nw,
         )
         # the combine is a short sequential walk per channel block: narrow blocks spread it over many SMs
@@ -484,8 +488,7 @@ def _launch_scan(
         CHUNK_INIT=n_chunks > 1,
         BLOCK_D=bd,
         BLOCK_N=block_n,
-        UNROLL=unroll,
-        PREFETCH=prefetch,
+        **even,
         num_warps=nw,
     )
     return out
@@ -521,8 +524,7 @@ def selective_scan(
     seq_lens: torch.Tensor | None = None,
     n_chunks: int | None = None,
     block_d: int | None = None,
-    unroll: int = 1,
-    prefetch: bool = True,
+    num_warps: int | None = None,
 ) -> torch.Tensor:
     """`reference.selective_scan_ref`'s contract (right-padded [B, D, T] rows, optional seq_lens and pool).
 
@@ -560,8 +562,7 @@ def selective_scan(
         out,
         n_chunks=n_chunks,
         block_d=block_d,
-        unroll=unroll,
-        prefetch=prefetch,
+        num_warps=num_warps,
     )
 
 
@@ -829,7 +830,9 @@ def _mamba_decode_ssm(
         cbase = cs_ptr + slot * s_css + d * s_csd
         for j in tl.static_range(CONV_W - 1):
             prev = tl.load(cbase + j * s_csw, mask=dmask, other=0.0)
-            acc += tl.load(convw_ptr + d * CONV_W + j, mask=dmask, other=0.0).to(tl.float32) * prev.to(tl.float32)
+            acc += tl.load(convw_ptr + d * CONV_W + j, mask=dmask, other=0.0).to(tl.float32) * prev.to(
+                tl.float32
+            )
             if j > 0:
                 tl.store(cbase + (j - 1) * s_csw, prev, mask=dmask)
         tl.store(cbase + (CONV_W - 2) * s_csw, x.to(cs_ptr.dtype.element_ty), mask=dmask)
