@@ -60,19 +60,17 @@ def copy_bandwidth() -> float:
     return round(2 * a.numel() / bench(lambda: b.copy_(a)) / 1e9, 2)
 
 
-# (block_d, num_warps, chunk multiplier; 0: one chunk, a single pass): channels per thread = block_d / (32 * num_warps)
+# (block_d, num_warps, chunk multiplier; 0: one chunk, a single pass); channels per thread =
+# block_d / (32 * num_warps)
 SWEEP = [
-    (256, 8, 1),
-    (256, 4, 1),
-    (128, 2, 1),
     (64, 1, 1),
-    (512, 8, 1),
-    (512, 4, 1),
-    (256, 4, 2),
-    (128, 2, 2),
+    (64, 1, 2),
+    (64, 1, 0.5),
     (64, 2, 1),
-    (256, 8, 0),
-    (256, 4, 0),
+    (128, 2, 1),
+    (256, 4, 1),
+    (256, 8, 1),
+    (64, 1, 0),
 ]
 
 
@@ -141,7 +139,7 @@ def scan_row(batch: int, dim: int, length: int, selective_scan_fn, sweep: bool =
         from local_model.kernels.triton_scan import LAST_LAUNCH
 
         for bd, nw, mult in SWEEP:
-            nc = max(1, min(length // 16, base_chunks * mult))
+            nc = max(1, min(length // 16, int(base_chunks * mult)))
 
             def cfg(bd=bd, nw=nw, nc=nc):  # noqa: ANN202
                 return tk.selective_scan(

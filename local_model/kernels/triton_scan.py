@@ -4,17 +4,20 @@ Prefill scan, three launches, parallel over (sequence, time chunk, channel block
 
 1. ``_chunk_state``: every chunk but the last runs the recurrence from a zero state and keeps its end
    state and the sum of its step sizes (the chunk's decay is exp(A * sum dt)).
-2. ``_chunk_combine``: per sequence, walks its chunks in order and turns (decay, end state) pairs into each
-   chunk's starting state, starting from the sequence's initial state (or zeros).
+2. ``_chunk_combine``: per (sequence, channel block), loads every chunk's (decay, end state) pair at once
+   and turns them into each chunk's starting state with an associative scan of the affine maps
+   h -> decay * h + end, starting from the sequence's initial state (or zeros).
 3. ``_chunk_output``: every chunk runs the recurrence again from its starting state and writes
    y = (C . h + D u) * silu(z); the sequence's last chunk writes the final state to its pool slot.
 
-Inside a program one thread owns one channel and all d_state entries of its state (the state tile is
-[N, BLOCK_D], reduced over N in registers) and steps through time sequentially; tokens are addressed by
+Inside a program a thread owns one or two channels and all d_state entries of their states (the state
+tile is [N, BLOCK_D], reduced over N in registers) and steps through time sequentially, with each step's
+inputs loaded two steps ahead. B and C of a step are one vector shared by every channel (one wide load,
+broadcast in registers), so the loop converts no layouts through shared memory. Tokens are addressed by
 strides, so the token-major layout the projections produce ([B, D, T] views with unit channel stride) is
-read without copies. The state is fp32 whatever the input dtype; decays use exp2 with A pre-scaled by
-log2(e). A sequence is (start, length) in a batch row, so right-padded batches and packed varlen batches
-(``cu_seqlens``) are the same launch.
+read without copies. The state is fp32 whatever the input dtype; decays use exp2 with A scaled by log2(e)
+in the kernels. A sequence is a batch row (all rows ``T`` long, or ``seq_lens``) or a packed range of row 0
+(``cu_seqlens``), read on the device, so no launch needs host-side index tensors.
 """
 
 from __future__ import annotations
@@ -46,37 +49,72 @@ def _softplus(x, FAST_LOG: tl.constexpr = False):
 
 
 @triton.jit
+def _seq_bounds(seq, cu_ptr, len_ptr, T, SEQ_MODE: tl.constexpr):
+    """(start, length) of sequence ``seq``: 0 = every row holds T tokens, 1 = row lengths in ``len_ptr``,
+    2 = packed along time at ``cu_ptr[seq] .. cu_ptr[seq + 1]``."""
+    if SEQ_MODE == 2:
+        start = tl.load(cu_ptr + seq).to(tl.int64)
+        length = (tl.load(cu_ptr + seq + 1).to(tl.int64) - start).to(tl.int32)
+    elif SEQ_MODE == 1:
+        start = (seq * 0).to(tl.int64)
+        length = tl.load(len_ptr + seq).to(tl.int32)
+    else:
+        start = (seq * 0).to(tl.int64)
+        length = seq * 0 + T
+    return start, length
+
+
+@triton.jit
+def _pool_slot(seq, idx_ptr, has_init_ptr, HAS_IDX: tl.constexpr, HAS_INIT: tl.constexpr):
+    """The sequence's state-pool slot (its row when no index is given) and whether to start from it."""
+    slot = tl.load(idx_ptr + seq).to(tl.int64) if HAS_IDX else seq.to(tl.int64)
+    init = (tl.load(has_init_ptr + seq) != 0) & (slot >= 0) if HAS_INIT else slot >= 0
+    return slot, init
+
+
+@triton.jit
+def _load_row(row_ptr, t, s_t, dmask, EVEN_D: tl.constexpr):
+    """Step t of a per-channel input: a [1, BLOCK_D] row."""
+    if EVEN_D:
+        return tl.load(row_ptr + t * s_t)
+    return tl.load(row_ptr + t * s_t, mask=dmask, other=0.0)
+
+
+@triton.jit
+def _load_vec(row_ptr, t, s_t, n1, s_n, N, EVEN_N: tl.constexpr):
+    """Step t of B or C: one [BLOCK_N] vector, the same for every channel. A scalar row pointer plus
+    compile-time offsets (s_n is specialised to 1 when unit-stride) makes it one wide load, broadcast over
+    the channels in registers, with no per-element address arithmetic."""
+    if EVEN_N:
+        return tl.load(row_ptr + t * s_t + n1 * s_n)
+    return tl.load(row_ptr + t * s_t + n1 * s_n, mask=n1 < N, other=0.0)
+
+
+@triton.jit
+def _step_dt(dt_raw, dtb, valid, SOFTPLUS: tl.constexpr, FAST_LOG: tl.constexpr):
+    """The discretisation step size; 0 for a step past the chunk's end (decay 1, no input: h unchanged)."""
+    dt = dt_raw.to(tl.float32) + dtb
+    if SOFTPLUS:
+        dt = _softplus(dt, FAST_LOG)
+    return tl.where(valid, dt, 0.0)
+
+
+@triton.jit
+def _state_step(h, dts, dt_raw, u_raw, b_raw, a2, dtb, valid, SOFTPLUS: tl.constexpr, FAST_LOG: tl.constexpr):
+    dt = _step_dt(dt_raw, dtb, valid, SOFTPLUS, FAST_LOG)
+    h = tl.exp2(dt * a2) * h + (dt * u_raw.to(tl.float32)) * b_raw.to(tl.float32)[:, None]
+    return h, dts + dt
+
+
+@triton.jit
 def _chunk_state(
-    u_ptr,
-    dt_ptr,
-    b_ptr,
-    a2_ptr,
-    dtb_ptr,
-    seq_start_ptr,
-    seq_len_ptr,
-    end_ptr,
-    dtsum_ptr,
-    D,
-    N,
-    n_chunks,
-    chunk_len,
-    s_ub,
-    s_ud,
-    s_ut,
-    s_db,
-    s_dd,
-    s_dt,
-    s_bb,
-    s_bn,
-    s_bt,
-    HAS_DT_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    EVEN_D: tl.constexpr,
-    EVEN_N: tl.constexpr,
+    u_ptr, dt_ptr, b_ptr, a_ptr, dtb_ptr, cu_ptr, len_ptr, end_ptr, dtsum_ptr,
+    D, N, T, n_chunks, chunk_len,
+    s_ub, s_ud, s_ut, s_db, s_dd, s_dt, s_bb, s_bn, s_bt,
+    HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SEQ_MODE: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
     FAST_LOG: tl.constexpr,
-):
+):  # fmt: skip
     pid = tl.program_id(0)
     seq = pid // n_chunks
     c = pid % n_chunks
@@ -85,12 +123,11 @@ def _chunk_state(
     n = n1[:, None]
     dmask = d < D
     m = (n < N) & dmask
-    start = tl.load(seq_start_ptr + seq).to(tl.int64)
-    length = tl.load(seq_len_ptr + seq)
+    start, length = _seq_bounds(seq, cu_ptr, len_ptr, T, SEQ_MODE)
     # time indices are int64 so that t * stride cannot overflow on long packed batches
     t0 = c.to(tl.int64) * chunk_len
     t1 = tl.minimum(t0 + chunk_len, length)
-    a2 = tl.load(a2_ptr + d * N + n, mask=m, other=0.0)
+    a2 = tl.load(a_ptr + d * N + n, mask=m, other=0.0) * 1.4426950408889634
     dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0) if HAS_DT_BIAS else tl.zeros([1, BLOCK_D], tl.float32)
     h = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dts = tl.zeros([1, BLOCK_D], tl.float32)
@@ -100,165 +137,110 @@ def _chunk_state(
     b_row = b_ptr + row * s_bb + start * s_bt
     # Only chunks 0 .. n_chunks-2 feed a later chunk; the last chunk's end state is never read.
     if (c < n_chunks - 1) & (t0 < t1):
-        dt_n, u_n, b_n = _step_inputs(
-            dt_row, u_row, b_row, t0, s_dt, s_ut, s_bt, s_bn, dmask, n1, N, EVEN_D, EVEN_N
-        )
-        for t in range(t0, t1):
-            dt_c, u_c, b_c = dt_n, u_n, b_n
-            # the next step's inputs load while this step computes; the index is clamped to the chunk, so
-            # the loads need no per-step mask
-            tn = tl.minimum(t + 1, t1 - 1)
-            dt_n, u_n, b_n = _step_inputs(
-                dt_row, u_row, b_row, tn, s_dt, s_ut, s_bt, s_bn, dmask, n1, N, EVEN_D, EVEN_N
-            )
-            dt = dt_c.to(tl.float32) + dtb
-            if SOFTPLUS:
-                dt = _softplus(dt, FAST_LOG)
-            h = tl.exp2(dt * a2) * h + (dt * u_c.to(tl.float32)) * b_c.to(tl.float32)[:, None]
-            dts += dt
+        # Inputs are loaded two steps ahead (software pipelining by hand: two register sets in flight, the
+        # loop walks two steps an iteration, the second masked past the chunk's end) so the loads' latency
+        # overlaps two steps of arithmetic; indices are clamped to the chunk, so loads need no mask.
+        last = t1 - 1
+        dt_a = _load_row(dt_row, t0, s_dt, dmask, EVEN_D)
+        u_a = _load_row(u_row, t0, s_ut, dmask, EVEN_D)
+        b_a = _load_vec(b_row, t0, s_bt, n1, s_bn, N, EVEN_N)
+        tb = tl.minimum(t0 + 1, last)
+        dt_b = _load_row(dt_row, tb, s_dt, dmask, EVEN_D)
+        u_b = _load_row(u_row, tb, s_ut, dmask, EVEN_D)
+        b_b = _load_vec(b_row, tb, s_bt, n1, s_bn, N, EVEN_N)
+        for t in range(t0, t1, 2):
+            dt_c, u_c, b_c = dt_a, u_a, b_a
+            tn = tl.minimum(t + 2, last)
+            dt_a = _load_row(dt_row, tn, s_dt, dmask, EVEN_D)
+            u_a = _load_row(u_row, tn, s_ut, dmask, EVEN_D)
+            b_a = _load_vec(b_row, tn, s_bt, n1, s_bn, N, EVEN_N)
+            h, dts = _state_step(h, dts, dt_c, u_c, b_c, a2, dtb, dmask | True, SOFTPLUS, FAST_LOG)
+            dt_c, u_c, b_c = dt_b, u_b, b_b
+            tn = tl.minimum(t + 3, last)
+            dt_b = _load_row(dt_row, tn, s_dt, dmask, EVEN_D)
+            u_b = _load_row(u_row, tn, s_ut, dmask, EVEN_D)
+            b_b = _load_vec(b_row, tn, s_bt, n1, s_bn, N, EVEN_N)
+            ok = (d * 0 + t + 1) < t1
+            h, dts = _state_step(h, dts, dt_c, u_c, b_c, a2, dtb, ok, SOFTPLUS, FAST_LOG)
     out = (row * n_chunks + c) * D
     tl.store(end_ptr + (out + d) * N + n, h, mask=m)
     tl.store(dtsum_ptr + out + d, dts, mask=dmask)
 
 
 @triton.jit
-def _step_inputs(dt_row, u_row, b_row, t, s_dt, s_ut, s_bt, s_bn, dmask, n1, N, EVEN_D, EVEN_N):
-    """Step t's dt and u ([1, BLOCK_D]) and B ([BLOCK_N]: one row, the same for every channel)."""
-    if EVEN_D:
-        dt = tl.load(dt_row + t * s_dt)
-        u = tl.load(u_row + t * s_ut)
-    else:
-        dt = tl.load(dt_row + t * s_dt, mask=dmask, other=0.0)
-        u = tl.load(u_row + t * s_ut, mask=dmask, other=0.0)
-    b = _vec_load(b_row + t * s_bt, n1, s_bn, N, EVEN_N)
-    return dt, u, b
-
-
-@triton.jit
-def _vec_load(row_ptr, n1, s_n, N, EVEN_N):
-    # one scalar row pointer plus compile-time offsets (s_n is specialised to 1 when unit-stride), so the
-    # per-step address is a single add rather than one 64-bit add per state entry
-    if EVEN_N:
-        return tl.load(row_ptr + n1 * s_n)
-    return tl.load(row_ptr + n1 * s_n, mask=n1 < N, other=0.0)
+def _combine_pairs(p1, q1, p2, q2):
+    """Compose two affine maps h -> p h + q of consecutive chunks (first, then second)."""
+    return p1 * p2, q1 * p2 + q2
 
 
 @triton.jit
 def _chunk_combine(
-    end_ptr,
-    dtsum_ptr,
-    a2_ptr,
-    state_ptr,
-    state_idx_ptr,
-    has_init_ptr,
-    D,
-    N,
-    n_chunks,
-    s_ss,
-    s_sd,
-    s_sn,
-    HAS_STATE: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
+    end_ptr, dtsum_ptr, a_ptr, state_ptr, idx_ptr, has_init_ptr,
+    D, N, n_chunks, s_ss, s_sd, s_sn,
+    HAS_STATE: tl.constexpr, HAS_IDX: tl.constexpr, HAS_INIT: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Each chunk's starting state, in place of its end state: chunk c maps a starting state h to
+    exp(A * dtsum_c) h + end_c, so the starts are an exclusive scan of those affine maps from the sequence's
+    initial state. All chunks of a (sequence, channel block) are loaded at once and scanned in registers
+    (one memory round trip instead of a walk over the chunks)."""
     seq = tl.program_id(0)
-    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    n = tl.arange(0, BLOCK_N)
-    m = (n < N)[:, None] & (d < D)[None, :]
-    a2 = tl.load(a2_ptr + d[None, :] * N + n[:, None], mask=m, other=0.0)
-    h = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    if HAS_STATE:
-        slot = tl.load(state_idx_ptr + seq).to(tl.int64)
-        init = tl.load(has_init_ptr + seq)
-        if (init != 0) & (slot >= 0):
-            h = tl.load(state_ptr + slot * s_ss + d[None, :] * s_sd + n[:, None] * s_sn, mask=m, other=0.0)
-            h = h.to(tl.float32)
+    c = tl.arange(0, BLOCK_C)[:, None, None]
+    n = tl.arange(0, BLOCK_N)[None, :, None]
+    d = (tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D))[None, None, :]
+    nd = (n < N) & (d < D)
     row = seq.to(tl.int64) * n_chunks
-    # four chunks' (end state, dt sum) are requested together (the loads never depend on h), so the
-    # sequential walk waits on one memory round trip per four chunks rather than per chunk
-    for c0 in range(0, n_chunks, 4):
-        e0, ds0 = _chunk_end(end_ptr, dtsum_ptr, row, c0, n_chunks, D, N, d, n, m)
-        e1, ds1 = _chunk_end(end_ptr, dtsum_ptr, row, c0 + 1, n_chunks, D, N, d, n, m)
-        e2, ds2 = _chunk_end(end_ptr, dtsum_ptr, row, c0 + 2, n_chunks, D, N, d, n, m)
-        e3, ds3 = _chunk_end(end_ptr, dtsum_ptr, row, c0 + 3, n_chunks, D, N, d, n, m)
-        h = _chunk_start(end_ptr, row, c0, n_chunks, D, N, d, n, m, h, e0, ds0, a2)
-        h = _chunk_start(end_ptr, row, c0 + 1, n_chunks, D, N, d, n, m, h, e1, ds1, a2)
-        h = _chunk_start(end_ptr, row, c0 + 2, n_chunks, D, N, d, n, m, h, e2, ds2, a2)
-        h = _chunk_start(end_ptr, row, c0 + 3, n_chunks, D, N, d, n, m, h, e3, ds3, a2)
+    # chunk c's map is applied by the scan to produce the state *after* c, which is chunk c+1's start;
+    # the last chunk's end state is never produced (nor needed)
+    live = (c < n_chunks - 1) & nd
+    a2 = tl.load(a_ptr + d * N + n, mask=nd, other=0.0) * 1.4426950408889634
+    e = tl.load(end_ptr + ((row + c) * D + d) * N + n, mask=live, other=0.0)
+    ds = tl.load(dtsum_ptr + (row + c) * D + d, mask=(c < n_chunks - 1) & (d < D), other=0.0)  # [C, 1, D]
+    p, q = tl.associative_scan((tl.exp2(ds * a2), e), 0, _combine_pairs)
+    h0 = tl.zeros([1, BLOCK_N, BLOCK_D], tl.float32)
+    if HAS_STATE:
+        slot, init = _pool_slot(seq, idx_ptr, has_init_ptr, HAS_IDX, HAS_INIT)
+        if init:
+            h0 = tl.load(state_ptr + slot * s_ss + d * s_sd + n * s_sn, mask=nd, other=0.0).to(tl.float32)
+    starts = p * h0 + q
+    # every thread's loads are consumed by the scan before any store overwrites an end state
+    tl.debug_barrier()
+    tl.store(end_ptr + ((row + c + 1) * D + d) * N + n, starts, mask=live)
+    tl.store(end_ptr + (row * D + d) * N + n, h0, mask=nd)
 
 
 @triton.jit
-def _chunk_end(end_ptr, dtsum_ptr, row, c, n_chunks, D, N, d, n, m):
-    """Chunk c's end state (from a zero start) and step-size sum; zeros past the last chunk."""
-    ok = (d * 0 + c) < n_chunks
-    off = (row + c) * D
-    e = tl.load(end_ptr + (off + d[None, :]) * N + n[:, None], mask=m & ok[None, :], other=0.0)
-    ds = tl.load(dtsum_ptr + off + d, mask=(d < D) & ok, other=0.0)
-    return e, ds
-
-
-@triton.jit
-def _chunk_start(end_ptr, row, c, n_chunks, D, N, d, n, m, h, e, ds, a2):
-    """Store h as chunk c's starting state (over its end state, already read) and step over the chunk."""
-    ok = (d * 0 + c) < n_chunks
-    tl.store(end_ptr + ((row + c) * D + d[None, :]) * N + n[:, None], h, mask=m & ok[None, :])
-    return tl.exp2(ds[None, :] * a2) * h + e
+def _out_step(
+    h, dt_raw, u_raw, b_raw, c_raw, z_raw, a2, dtb, dsk, valid, o_ptr, dmask,
+    HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, FAST_LOG: tl.constexpr, EVEN_D: tl.constexpr,
+):  # fmt: skip
+    """One step of the recurrence from h, storing y = (C . h + D u) * silu(z) at ``o_ptr`` where valid."""
+    dt = _step_dt(dt_raw, dtb, valid, SOFTPLUS, FAST_LOG)
+    u = u_raw.to(tl.float32)
+    h = tl.exp2(dt * a2) * h + (dt * u) * b_raw.to(tl.float32)[:, None]
+    y = tl.sum(h * c_raw.to(tl.float32)[:, None], axis=0, keep_dims=True) + dsk * u
+    if HAS_Z:
+        zz = z_raw.to(tl.float32)
+        y = y * zz * tl.sigmoid(zz)
+    if EVEN_D:
+        tl.store(o_ptr, y.to(o_ptr.dtype.element_ty), mask=valid)
+    else:
+        tl.store(o_ptr, y.to(o_ptr.dtype.element_ty), mask=valid & dmask)
+    return h
 
 
 @triton.jit
 def _chunk_output(
-    u_ptr,
-    dt_ptr,
-    b_ptr,
-    c_ptr,
-    z_ptr,
-    out_ptr,
-    a2_ptr,
-    dskip_ptr,
-    dtb_ptr,
-    seq_start_ptr,
-    seq_len_ptr,
-    init_ptr,
-    state_ptr,
-    state_idx_ptr,
-    has_init_ptr,
-    D,
-    N,
-    n_chunks,
-    chunk_len,
-    s_ub,
-    s_ud,
-    s_ut,
-    s_db,
-    s_dd,
-    s_dt,
-    s_bb,
-    s_bn,
-    s_bt,
-    s_cb,
-    s_cn,
-    s_ct,
-    s_zb,
-    s_zd,
-    s_zt,
-    s_ob,
-    s_od,
-    s_ot,
-    s_ss,
-    s_sd,
-    s_sn,
-    HAS_DT_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr,
-    HAS_D: tl.constexpr,
-    HAS_Z: tl.constexpr,
-    HAS_STATE: tl.constexpr,
-    CHUNK_INIT: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    EVEN_D: tl.constexpr,
-    EVEN_N: tl.constexpr,
-    FAST_LOG: tl.constexpr,
-):
+    u_ptr, dt_ptr, b_ptr, c_ptr, z_ptr, out_ptr, a_ptr, dskip_ptr, dtb_ptr, cu_ptr, len_ptr, init_ptr,
+    state_ptr, idx_ptr, has_init_ptr,
+    D, N, T, n_chunks, chunk_len,
+    s_ub, s_ud, s_ut, s_db, s_dd, s_dt, s_bb, s_bn, s_bt, s_cb, s_cn, s_ct, s_zb, s_zd, s_zt,
+    s_ob, s_od, s_ot, s_ss, s_sd, s_sn,
+    HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_STATE: tl.constexpr, HAS_IDX: tl.constexpr, HAS_INIT: tl.constexpr, CHUNK_INIT: tl.constexpr,
+    SEQ_MODE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
+    EVEN_N: tl.constexpr, FAST_LOG: tl.constexpr,
+):  # fmt: skip
     pid = tl.program_id(0)
     seq = pid // n_chunks
     c = pid % n_chunks
@@ -267,23 +249,21 @@ def _chunk_output(
     n = n1[:, None]
     dmask = d < D
     m = (n < N) & dmask
-    start = tl.load(seq_start_ptr + seq).to(tl.int64)
-    length = tl.load(seq_len_ptr + seq)
+    start, length = _seq_bounds(seq, cu_ptr, len_ptr, T, SEQ_MODE)
     t0 = c.to(tl.int64) * chunk_len
     t1 = tl.minimum(t0 + chunk_len, length)
-    a2 = tl.load(a2_ptr + d * N + n, mask=m, other=0.0)
+    a2 = tl.load(a_ptr + d * N + n, mask=m, other=0.0) * 1.4426950408889634
     dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0) if HAS_DT_BIAS else tl.zeros([1, BLOCK_D], tl.float32)
     dsk = tl.load(dskip_ptr + d, mask=dmask, other=0.0) if HAS_D else tl.zeros([1, BLOCK_D], tl.float32)
     row = seq.to(tl.int64)
     h = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     slot = row * 0 - 1
     if HAS_STATE:
-        slot = tl.load(state_idx_ptr + seq).to(tl.int64)
+        slot, init = _pool_slot(seq, idx_ptr, has_init_ptr, HAS_IDX, HAS_INIT)
     if CHUNK_INIT:
         h = tl.load(init_ptr + ((row * n_chunks + c) * D + d) * N + n, mask=m, other=0.0)
-    elif HAS_STATE:
-        init = tl.load(has_init_ptr + seq)
-        if (init != 0) & (slot >= 0):
+    elif HAS_STATE:  # noqa: SIM102 (HAS_STATE is a constexpr, init a device value: no `and` between them)
+        if init:
             h = tl.load(state_ptr + slot * s_ss + d * s_sd + n * s_sn, mask=m, other=0.0).to(tl.float32)
     u_row = u_ptr + row * s_ub + start * s_ut + d * s_ud
     dt_row = dt_ptr + row * s_db + start * s_dt + d * s_dd
@@ -292,58 +272,66 @@ def _chunk_output(
     b_row = b_ptr + row * s_bb + start * s_bt
     c_row = c_ptr + row * s_cb + start * s_ct
     if t0 < t1:
-        dt_n, u_n, b_n = _step_inputs(
-            dt_row, u_row, b_row, t0, s_dt, s_ut, s_bt, s_bn, dmask, n1, N, EVEN_D, EVEN_N
-        )
-        c_n = _vec_load(c_row + t0 * s_ct, n1, s_cn, N, EVEN_N)
-        z_n = _row_load(z_row, t0, s_zt, dmask, EVEN_D) if HAS_Z else dt_n
-        for t in range(t0, t1):
-            dt_c, u_c, b_c, c_c, z_c = dt_n, u_n, b_n, c_n, z_n
-            # the next step's inputs load while this step computes (software pipelining by hand); the
-            # index is clamped to the chunk, so the loads need no per-step mask
-            tn = tl.minimum(t + 1, t1 - 1)
-            dt_n, u_n, b_n = _step_inputs(
-                dt_row, u_row, b_row, tn, s_dt, s_ut, s_bt, s_bn, dmask, n1, N, EVEN_D, EVEN_N
-            )
-            c_n = _vec_load(c_row + tn * s_ct, n1, s_cn, N, EVEN_N)
+        # as in _chunk_state: inputs two steps ahead, indices clamped to the chunk
+        last = t1 - 1
+        dt_a = _load_row(dt_row, t0, s_dt, dmask, EVEN_D)
+        u_a = _load_row(u_row, t0, s_ut, dmask, EVEN_D)
+        z_a = _load_row(z_row, t0, s_zt, dmask, EVEN_D) if HAS_Z else dt_a
+        b_a = _load_vec(b_row, t0, s_bt, n1, s_bn, N, EVEN_N)
+        c_a = _load_vec(c_row, t0, s_ct, n1, s_cn, N, EVEN_N)
+        tb = tl.minimum(t0 + 1, last)
+        dt_b = _load_row(dt_row, tb, s_dt, dmask, EVEN_D)
+        u_b = _load_row(u_row, tb, s_ut, dmask, EVEN_D)
+        z_b = _load_row(z_row, tb, s_zt, dmask, EVEN_D) if HAS_Z else dt_b
+        b_b = _load_vec(b_row, tb, s_bt, n1, s_bn, N, EVEN_N)
+        c_b = _load_vec(c_row, tb, s_ct, n1, s_cn, N, EVEN_N)
+        for t in range(t0, t1, 2):
+            dt_c, u_c, z_c, b_c, c_c = dt_a, u_a, z_a, b_a, c_a
+            tn = tl.minimum(t + 2, last)
+            dt_a = _load_row(dt_row, tn, s_dt, dmask, EVEN_D)
+            u_a = _load_row(u_row, tn, s_ut, dmask, EVEN_D)
             if HAS_Z:
-                z_n = _row_load(z_row, tn, s_zt, dmask, EVEN_D)
-            dt = dt_c.to(tl.float32) + dtb
-            if SOFTPLUS:
-                dt = _softplus(dt, FAST_LOG)
-            u = u_c.to(tl.float32)
-            h = tl.exp2(dt * a2) * h + (dt * u) * b_c.to(tl.float32)[:, None]
-            y = tl.sum(h * c_c.to(tl.float32)[:, None], axis=0, keep_dims=True) + dsk * u
+                z_a = _load_row(z_row, tn, s_zt, dmask, EVEN_D)
+            b_a = _load_vec(b_row, tn, s_bt, n1, s_bn, N, EVEN_N)
+            c_a = _load_vec(c_row, tn, s_ct, n1, s_cn, N, EVEN_N)
+            h = _out_step(
+                h, dt_c, u_c, b_c, c_c, z_c, a2, dtb, dsk, dmask | True, o_row + t * s_ot, dmask,
+                HAS_Z, SOFTPLUS, FAST_LOG, EVEN_D,
+            )  # fmt: skip
+            dt_c, u_c, z_c, b_c, c_c = dt_b, u_b, z_b, b_b, c_b
+            tn = tl.minimum(t + 3, last)
+            dt_b = _load_row(dt_row, tn, s_dt, dmask, EVEN_D)
+            u_b = _load_row(u_row, tn, s_ut, dmask, EVEN_D)
             if HAS_Z:
-                zz = z_c.to(tl.float32)
-                y = y * zz * tl.sigmoid(zz)
-            op = o_row + t * s_ot
-            if EVEN_D:
-                tl.store(op, y.to(out_ptr.dtype.element_ty))
-            else:
-                tl.store(op, y.to(out_ptr.dtype.element_ty), mask=dmask)
+                z_b = _load_row(z_row, tn, s_zt, dmask, EVEN_D)
+            b_b = _load_vec(b_row, tn, s_bt, n1, s_bn, N, EVEN_N)
+            c_b = _load_vec(c_row, tn, s_ct, n1, s_cn, N, EVEN_N)
+            ok = (d * 0 + t + 1) < t1
+            h = _out_step(
+                h, dt_c, u_c, b_c, c_c, z_c, a2, dtb, dsk, ok, o_row + (t + 1) * s_ot, dmask,
+                HAS_Z, SOFTPLUS, FAST_LOG, EVEN_D,
+            )  # fmt: skip
     if HAS_STATE:
-        last = tl.maximum(tl.cdiv(length, chunk_len) - 1, 0)
-        if (c == last) & (slot >= 0):
+        last_chunk = tl.maximum(tl.cdiv(length, chunk_len) - 1, 0)
+        if (c == last_chunk) & (slot >= 0):
             tl.store(state_ptr + slot * s_ss + d * s_sd + n * s_sn, h.to(state_ptr.dtype.element_ty), mask=m)
-
-
-@triton.jit
-def _row_load(row_ptr, t, s_t, dmask, EVEN_D):
-    if EVEN_D:
-        return tl.load(row_ptr + t * s_t)
-    return tl.load(row_ptr + t * s_t, mask=dmask, other=0.0)
 
 
 def _pick_chunks(num_seqs: int, dim: int, max_len: int, n_chunks: int | None) -> tuple[int, int]:
     """(chunks per sequence, chunk length): enough programs to fill the card, few enough chunks that the
-    sequential combine stays short."""
+    state pass (which repeats the recurrence over all chunks but the last) stays a small share."""
     if max_len <= 0:
         return 1, 1
     if n_chunks is None:
-        n_chunks = max(1, min(32, triton.cdiv(65536, max(1, num_seqs * dim)), triton.cdiv(max_len, 64)))
-    chunk_len = triton.cdiv(max_len, n_chunks)
+        # ~128K (channel, chunk) pairs: from a sweep on the H100 (bench/kernels_gpu.py --sweep), 2x the chunks
+        # of a 64K target was 4-17% faster at B*D >= 8K; chunks of at least 64 steps
+        n_chunks = max(1, min(32, triton.cdiv(131072, max(1, num_seqs * dim)), triton.cdiv(max_len, 64)))
+    chunk_len = triton.cdiv(max_len, min(n_chunks, MAX_CHUNKS))
     return triton.cdiv(max_len, chunk_len), chunk_len
+
+
+# The combine holds every chunk of a channel block in registers.
+MAX_CHUNKS = 256
 
 
 def _launch_scan(
@@ -359,8 +347,8 @@ def _launch_scan(
     ssm_state,
     state_indices,
     has_initial_state,
-    seq_start,
-    seq_len,
+    cu_seqlens,
+    seq_lens,
     num_seqs,
     max_len,
     out,
@@ -368,37 +356,38 @@ def _launch_scan(
     block_d=None,
     num_warps=None,
 ):
-    """u, delta, z, out: [R, D, T]-strided; B, C: [R, N, T]; sequence i is row i (or row 0 when packed,
-    in which case the row strides passed are zero) columns seq_start[i] .. seq_start[i]+seq_len[i]-1."""
+    """u, delta, z, out: [R, D, T]-strided; B, C: [R, N, T]. Sequences are either rows (all ``max_len``
+    long, or ``seq_lens[i]``) or, with ``cu_seqlens``, packed along time in row 0 (the row strides passed are
+    then zero)."""
     dim, nst = A.shape
     dev = u.device
-    a2 = (A.float() * LOG2E).contiguous()
-    dtb = delta_bias.float().contiguous() if delta_bias is not None else a2
-    dsk = D.float().contiguous() if D is not None else a2
+    A = A if A.dtype == torch.float32 and A.is_contiguous() else A.float().contiguous()
+    dtb = delta_bias if delta_bias is None or delta_bias.dtype == torch.float32 else delta_bias.float()
+    dsk = D if D is None or D.dtype == torch.float32 else D.float()
     zz = z if z is not None else u
     has_state = ssm_state is not None
-    if has_state:
-        idx = (
-            torch.arange(num_seqs, device=dev, dtype=torch.int32)
-            if state_indices is None
-            else state_indices.to(torch.int32)
-        )
-        init = (
-            torch.ones(num_seqs, device=dev, dtype=torch.int32)
-            if has_initial_state is None
-            else has_initial_state.to(torch.int32)
-        )
-        st, s_st = ssm_state, ssm_state.stride()
-    else:
-        idx = init = seq_len
-        st, s_st = a2, (0, 0, 0)
+    st, s_st = (ssm_state, ssm_state.stride()) if has_state else (A, (0, 0, 0))
+    seq_mode = 2 if cu_seqlens is not None else (1 if seq_lens is not None else 0)
+    seq_arg = cu_seqlens if cu_seqlens is not None else (seq_lens if seq_lens is not None else A)
+    idx = state_indices if state_indices is not None else A
+    init = has_initial_state if has_initial_state is not None else A
+    flags = {
+        "HAS_IDX": state_indices is not None,
+        "HAS_INIT": has_initial_state is not None,
+    }
     n_chunks, chunk_len = _pick_chunks(num_seqs, dim, max_len, n_chunks)
     block_n = triton.next_power_of_2(nst)
-    # From a sweep (bench/kernels_gpu.py --sweep): 256 channels (8 warps) a program wins on short
-    # sequences; from 8K tokens up the block size matters by a few percent only.
-    bd = block_d or (256 if max_len <= 4096 else 64)
-    nw = num_warps or max(1, bd // 32)
-    even = {"EVEN_D": dim % bd == 0, "EVEN_N": nst == block_n, "FAST_LOG": dev.type == "cuda"}
+    # From the sweep: one-warp programs of 64 channels (two a thread) were fastest on every anchor shape
+    bd = block_d or 64
+    nw = num_warps or max(1, bd // 64)
+    common = {
+        "BLOCK_D": bd,
+        "BLOCK_N": block_n,
+        "EVEN_D": dim % bd == 0,
+        "EVEN_N": nst == block_n,
+        "FAST_LOG": dev.type == "cuda",
+        "SEQ_MODE": seq_mode,
+    }
     grid = (num_seqs * n_chunks, triton.cdiv(dim, bd))
     su = _row_strides(u, packed=u.dim() == 2)
     sdt = _row_strides(delta, packed=delta.dim() == 2)
@@ -410,87 +399,25 @@ def _launch_scan(
         end = torch.empty(num_seqs * n_chunks * dim * nst, device=dev, dtype=torch.float32)
         dts = torch.empty(num_seqs * n_chunks * dim, device=dev, dtype=torch.float32)
         LAST_LAUNCH["state"] = _chunk_state[grid](
-            u,
-            delta,
-            B,
-            a2,
-            dtb,
-            seq_start,
-            seq_len,
-            end,
-            dts,
-            dim,
-            nst,
-            n_chunks,
-            chunk_len,
-            *su,
-            *sdt,
-            *sb,
-            HAS_DT_BIAS=delta_bias is not None,
-            SOFTPLUS=delta_softplus,
-            BLOCK_D=bd,
-            BLOCK_N=block_n,
-            **even,
-            num_warps=nw,
-        )
-        # the combine is a short sequential walk per channel block: narrow blocks spread it over many SMs
-        # (8 programs of 256 channels streamed their chunk states from 8 SMs only)
-        _chunk_combine[(num_seqs, triton.cdiv(dim, 32))](
-            end,
-            dts,
-            a2,
-            st,
-            idx,
-            init,
-            dim,
-            nst,
-            n_chunks,
-            *s_st,
-            HAS_STATE=has_state,
-            BLOCK_D=32,
-            BLOCK_N=block_n,
-            num_warps=1,
-        )
+            u, delta, B, A, dtb if dtb is not None else A, seq_arg, seq_arg, end, dts,
+            dim, nst, max_len, n_chunks, chunk_len, *su, *sdt, *sb,
+            HAS_DT_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, num_warps=nw, **common,
+        )  # fmt: skip
+        block_c = triton.next_power_of_2(n_chunks)
+        cbd = max(1, min(triton.next_power_of_2(dim), 2048 // (block_c * block_n)))
+        _chunk_combine[(num_seqs, triton.cdiv(dim, cbd))](
+            end, dts, A, st, idx, init, dim, nst, n_chunks, *s_st,
+            HAS_STATE=has_state, BLOCK_C=block_c, BLOCK_D=cbd, BLOCK_N=block_n, num_warps=4, **flags,
+        )  # fmt: skip
     else:
-        end = a2
+        end = A
     LAST_LAUNCH["output"] = _chunk_output[grid](
-        u,
-        delta,
-        B,
-        C,
-        zz,
-        out,
-        a2,
-        dsk,
-        dtb,
-        seq_start,
-        seq_len,
-        end,
-        st,
-        idx,
-        init,
-        dim,
-        nst,
-        n_chunks,
-        chunk_len,
-        *su,
-        *sdt,
-        *sb,
-        *sc,
-        *sz,
-        *so,
-        *s_st,
-        HAS_DT_BIAS=delta_bias is not None,
-        SOFTPLUS=delta_softplus,
-        HAS_D=D is not None,
-        HAS_Z=z is not None,
-        HAS_STATE=has_state,
-        CHUNK_INIT=n_chunks > 1,
-        BLOCK_D=bd,
-        BLOCK_N=block_n,
-        **even,
-        num_warps=nw,
-    )
+        u, delta, B, C, zz, out, A, dsk if dsk is not None else A, dtb if dtb is not None else A,
+        seq_arg, seq_arg, end, st, idx, init,
+        dim, nst, max_len, n_chunks, chunk_len, *su, *sdt, *sb, *sc, *sz, *so, *s_st,
+        HAS_DT_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_D=D is not None, HAS_Z=z is not None,
+        HAS_STATE=has_state, CHUNK_INIT=n_chunks > 1, num_warps=nw, **flags, **common,
+    )  # fmt: skip
     return out
 
 
@@ -536,12 +463,6 @@ def selective_scan(
         # line per channel; one transposing copy to the token-major layout the kernel streams costs less.
         u, delta, z, B, C = (_token_major(t) for t in (u, delta, z, B, C))
     out = torch.empty(batch, seqlen, dim, device=u.device, dtype=u.dtype).transpose(1, 2)
-    starts = torch.zeros(batch, device=u.device, dtype=torch.int32)
-    lens = (
-        torch.full((batch,), seqlen, device=u.device, dtype=torch.int32)
-        if seq_lens is None
-        else seq_lens.to(torch.int32)
-    )
     return _launch_scan(
         u,
         delta,
@@ -555,8 +476,8 @@ def selective_scan(
         ssm_state,
         state_indices,
         None,
-        starts,
-        lens,
+        None,
+        seq_lens,
         batch,
         seqlen,
         out,
@@ -590,10 +511,8 @@ def selective_scan_varlen(
     """
     dim, total = u.shape
     num_seqs = cu_seqlens.shape[0] - 1
-    starts = cu_seqlens[:-1].to(torch.int32)
-    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
     if max_seqlen is None:
-        max_seqlen = int(lens.max()) if num_seqs else 0
+        max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) if num_seqs else 0
     out = torch.empty(total, dim, device=u.device, dtype=u.dtype).t()
     return _launch_scan(
         u,
@@ -608,8 +527,8 @@ def selective_scan_varlen(
         ssm_state,
         state_indices,
         has_initial_state,
-        starts,
-        lens,
+        cu_seqlens,
+        None,
         num_seqs,
         max_seqlen,
         out,

@@ -51,7 +51,7 @@ def scan_inputs(batch: int, dim: int, n: int, t: int, dtype: torch.dtype, gen: t
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("n_chunks", [1, 3])
+@pytest.mark.parametrize("n_chunks", [1, 3, 9])
 def test_selective_scan_matches_reference_with_ragged_rows_and_state_pool(dtype, n_chunks):
     gen = torch.Generator().manual_seed(n_chunks)
     batch, dim, n, t = 3, 37, 16, 23
@@ -396,7 +396,11 @@ def test_mamba_conv_xproj_then_ssm_step_with_conv_match_reference(dtype, batch):
         return torch.randn(*s, generator=gen).to(DEV)
 
     x, z = r(batch, dim).to(dtype), r(batch, dim).to(dtype)
-    conv = {"conv_weight": (r(dim, width) * 0.5).to(dtype), "conv_bias": r(dim).to(dtype), "activation": "silu"}
+    conv = {
+        "conv_weight": (r(dim, width) * 0.5).to(dtype),
+        "conv_bias": r(dim).to(dtype),
+        "activation": "silu",
+    }
     conv_pool, ssm_pool = r(5, dim, width - 1).to(dtype), r(5, dim, n)
     conv_ref, ssm_ref = conv_pool.clone(), ssm_pool.clone()
     slots = torch.tensor([4, 0, 2], device=DEV)[:batch]
@@ -442,7 +446,9 @@ def test_attention_decode_writes_the_new_key_and_value_first(paged):
     k, v = (torch.randn(*shape, generator=gen).to(DEV) for _ in range(2))
     k_ref, v_ref = k.clone(), v.clone()
     expect = ref.attention_decode_ref(q, k_ref, v_ref, lens, 0.25, k_new=kn, v_new=vn, **kw)
-    got = tk.attention_decode(q=q, k_cache=k, v_cache=v, context_lens=lens, scale=0.25, k_new=kn, v_new=vn, **kw)
+    got = tk.attention_decode(
+        q=q, k_cache=k, v_cache=v, context_lens=lens, scale=0.25, k_new=kn, v_new=vn, **kw
+    )
     assert rel(got, expect) <= 1e-5
     assert torch.equal(k, k_ref) and torch.equal(v, v_ref)
 
