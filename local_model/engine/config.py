@@ -41,9 +41,9 @@ class EngineConfig:
     # Decode steps through `local_model.decode.DecodeStep` in batch-size buckets (CUDA graphs on CUDA).
     # None: on CUDA with the Triton bundle, for Jamba models; True: also elsewhere (eager, reference kernels).
     decode_step: bool | None = None
-    # Replay those steps from one CUDA graph per bucket (CUDA only). Off by default: on an H100, a batch
-    # mixing a row whose context fits in one KV block with longer rows gave that row a different token from
-    # the eager step on the same buffers (`bench/engine_gpu_check.py`); eager `DecodeStep` was exact.
+    # Replay those steps from one CUDA graph per bucket (CUDA only). Off by default until
+    # `bench/engine_gpu_check.py` shows, on the GPU, graph-replayed steps equal to eager ones on the same
+    # state and the engine's tokens equal to the CPU reference's.
     cuda_graphs: bool = False
     ssm_dtype: torch.dtype = torch.float32  # recurrent state accumulates over the whole sequence: keep fp32
 

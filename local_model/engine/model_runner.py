@@ -191,9 +191,10 @@ class BucketedDecode:
     CUDA graph per batch bucket on CUDA when ``cuda_graphs`` is set (run eagerly on the same buffers
     otherwise).
 
-    The buffers (token ids, SSM slots, positions, block table) are overwritten by each step; padding rows
-    of a bucket point at a scratch SSM slot and a scratch KV block that no sequence owns, so running the
-    whole bucket never touches a live sequence's state.
+    The buffers (token ids, SSM slots, positions, block table, logits) are overwritten by each step of the
+    bucket, so a step returns a copy of its logits; padding rows of a bucket point at a scratch SSM slot
+    and a scratch KV block that no sequence owns, so running the whole bucket never touches a live
+    sequence's state.
     """
 
     def __init__(
@@ -226,7 +227,8 @@ class BucketedDecode:
         return meta.batch <= self.step.buckets[-1] and meta.block_table.shape[1] <= self.max_blocks
 
     def _buffers(self, bucket: int) -> dict[str, torch.Tensor]:
-        dev = self.step.model.lm_head.weight.device
+        w = self.step.model.lm_head.weight
+        dev = w.device
         return {
             "ids": torch.zeros(bucket, dtype=torch.long, device=dev),
             "slots": torch.full((bucket,), self.step.scratch_slot, dtype=torch.long, device=dev),
@@ -234,16 +236,19 @@ class BucketedDecode:
             "block_table": torch.full(
                 (bucket, self.max_blocks), self.scratch_block, dtype=torch.long, device=dev
             ),
+            "logits": torch.zeros(bucket, self.step.config.vocab_size, dtype=w.dtype, device=dev),
         }
 
     def _body(self, bufs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.step.forward(bufs["ids"], bufs["slots"], bufs["positions"], bufs["block_table"])
+        return self.step.forward(
+            bufs["ids"], bufs["slots"], bufs["positions"], bufs["block_table"], out=bufs["logits"]
+        )
 
     def _capture(self, bucket: int, bufs: dict[str, torch.Tensor]) -> None:  # pragma: no cover - GPU only
         from ..decode import capture_graph
 
         # fresh buffers point every row at the scratch slot and block, so the warm-up touches no sequence
-        self.graphs[bucket], bufs["logits"] = capture_graph(lambda: self._body(bufs))
+        self.graphs[bucket], _ = capture_graph(lambda: self._body(bufs))
 
     def capture_buckets(self, max_batch: int) -> None:  # pragma: no cover - GPU only
         """Capture the graph of every bucket up to ``max_batch``'s now, before any sequence is served (as
@@ -256,7 +261,18 @@ class BucketedDecode:
                 self._capture(bucket, self.bufs[bucket])
 
     def __call__(self, meta: StepMetadata) -> torch.Tensor:
+        """Logits ``[B, vocab]`` of the decode step, a copy: the bucket's output buffer is rewritten by the
+        next call for the same bucket, which can come before these logits are sampled (an engine step runs
+        its decodes, then its prefill chunks, and samples them all together; a one-token chunk is a decode
+        step of its own)."""
         bucket = self.step.bucket(meta.batch)
+        bufs = self.load(meta, bucket)
+        self.run(bucket, bufs, meta.batch)
+        return bufs["logits"][: meta.batch].clone()
+
+    def load(self, meta: StepMetadata, bucket: int) -> dict[str, torch.Tensor]:
+        """The bucket's buffers (made, and its graph captured, on first use) holding ``meta``'s rows; the
+        padding rows point at the scratch slot and block."""
         if bucket not in self.bufs:
             self.bufs[bucket] = self._buffers(bucket)
             if self.use_graphs:
@@ -270,7 +286,12 @@ class BucketedDecode:
         bufs["positions"][:b] = meta.context_lens
         bufs["block_table"].fill_(self.scratch_block)
         bufs["block_table"][:b, :n] = meta.block_table
+        return bufs
+
+    def run(self, bucket: int, bufs: dict[str, torch.Tensor], batch: int) -> None:
+        """The step over the loaded buffers (``batch`` live rows), logits into ``bufs["logits"]``: the graph
+        replayed, or the same body eagerly."""
         if self.use_graphs:
             self.graphs[bucket].replay()  # pragma: no cover - GPU only
-            return bufs["logits"][:b]
-        return self._body(bufs)[:b]
+        else:
+            self._body(bufs)

@@ -168,6 +168,48 @@ def test_bucketed_decode_step_generates_what_the_model_forward_generates() -> No
     assert outputs[0] == outputs[1]
 
 
+def test_bucketed_decode_logits_survive_the_next_step_of_their_bucket() -> None:
+    """The bucket's output buffer is rewritten by every step of that bucket (a CUDA graph replays into it);
+    the logits a step returns are the caller's until it samples them."""
+    cfg = JambaConfig.preset("tiny", vocab_size=320, eos_token_id=2, pad_token_id=0, bos_token_id=1)
+    model = JambaForCausalLM(cfg)
+    engine = Engine(model, None, EngineConfig(memory_budget_mb=16, block_size=16, decode_step=True))
+    engine.submit_sync([5, 6, 7, 8, 9], SamplingParams(max_tokens=4, temperature=0.0))
+    with torch.inference_mode():
+        while not engine.running_sequences() or engine.running_sequences()[0].num_computed < 5:
+            engine.step()
+        seq = engine.running_sequences()[0]
+        first = engine.runner.execute(decode_metadata(engine))
+        kept = first.clone()
+        meta = engine.runner.prepare([[11]], [seq.table.blocks], [seq.num_computed + 1], [seq.slot])
+        second = engine.runner.execute(meta)
+    assert engine.runner.bucketed is not None and list(engine.runner.bucketed.bufs) == [1]
+    assert not torch.equal(second, kept)
+    torch.testing.assert_close(first, kept, rtol=0, atol=0)
+
+
+def test_decode_and_one_token_prefill_chunk_in_one_step_keep_their_own_logits() -> None:
+    """A 17-token prompt prefills up to its last block boundary (16), then its last token alone: that chunk
+    runs in the step where the 5-token prompt decodes its second token, both through bucket 1, and the
+    two rows' logits are sampled together after both forwards. Greedy outputs equal the model forward's."""
+    torch.manual_seed(0)
+    cfg = JambaConfig.preset("tiny", vocab_size=320, eos_token_id=2, pad_token_id=0, bos_token_id=1)
+    model = JambaForCausalLM(cfg)
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, 320, (n,), generator=gen).tolist() for n in (5, 17)]
+    params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+    outputs = []
+    for decode_step in (False, True):
+        engine = Engine(
+            model, None, EngineConfig(memory_budget_mb=16, block_size=16, decode_step=decode_step)
+        )
+        streams = [engine.submit_sync(p, params) for p in prompts]
+        engine.run_until_idle()
+        outputs.append([s.result().choices[0].token_ids for s in streams])
+    assert outputs[0] == outputs[1]
+    assert outputs[0][0][1] != outputs[0][1][0], "the two rows' tokens differ (the test can see a mix-up)"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_decode_step_does_not_synchronise() -> None:  # pragma: no cover - GPU only
     """On CUDA with the Triton bundle a decode step replays a CUDA graph; its replay, and the metadata
