@@ -269,7 +269,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="tiny model on the CPU, few short requests")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--cuda-graphs", action="store_true", help="serve with CUDA-graph decode (the figures so far)")
+    ap.add_argument("--eager", action="store_true", help="serve with eager decode steps (no CUDA graphs)")
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--requests", type=int, default=256)
@@ -319,7 +319,7 @@ def main() -> int:
             "--memory-mb", str(args.memory_mb), "--max-num-seqs", str(args.max_num_seqs),
             "--max-queue", str(4 * args.requests), "--prefill-chunk", str(args.prefill_chunk),
             "--max-model-len", str(args.max_model_len), "--log-level", "warning",
-        ] + (["--cuda-graphs"] if args.cuda_graphs else [])  # fmt: skip
+        ] + (["--no-cuda-graphs"] if args.eager else [])  # fmt: skip
         t = time.perf_counter()
         server = LocalServerProcess(argv, port).start(startup_timeout_s=600)
         show(out, "server_start_s", round(time.perf_counter() - t, 1))

@@ -38,9 +38,9 @@ def _serve_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-prefix-cache", action="store_true")
     p.add_argument(
-        "--cuda-graphs",
+        "--no-cuda-graphs",
         action="store_true",
-        help="replay decode steps from CUDA graphs (CUDA only; off by default, see EngineConfig.cuda_graphs)",
+        help="run decode steps eagerly instead of replaying one CUDA graph per batch bucket (CUDA only)",
     )
     p.add_argument("--log-level", default="info")
     return p
@@ -68,7 +68,7 @@ def serve(argv: list[str]) -> int:
         max_model_len=args.max_model_len,
         num_threads=args.threads,
         prefix_caching=not args.no_prefix_cache,
-        cuda_graphs=args.cuda_graphs,
+        cuda_graphs=not args.no_cuda_graphs,
     )
     engine = Engine.from_checkpoint(
         path,

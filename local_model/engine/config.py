@@ -41,10 +41,10 @@ class EngineConfig:
     # Decode steps through `local_model.decode.DecodeStep` in batch-size buckets (CUDA graphs on CUDA).
     # None: on CUDA with the Triton bundle, for Jamba models; True: also elsewhere (eager, reference kernels).
     decode_step: bool | None = None
-    # Replay those steps from one CUDA graph per bucket (CUDA only). Off by default until
-    # `bench/engine_gpu_check.py` shows, on the GPU, graph-replayed steps equal to eager ones on the same
-    # state and the engine's tokens equal to the CPU reference's.
-    cuda_graphs: bool = False
+    # Replay those steps from one CUDA graph per bucket, every bucket captured at engine start (CUDA only;
+    # ignored elsewhere). `bench/engine_gpu_check.py` compares replayed steps with eager ones on the same
+    # state on the GPU (equal to the bit) and the engine's tokens with the CPU reference's.
+    cuda_graphs: bool = True
     ssm_dtype: torch.dtype = torch.float32  # recurrent state accumulates over the whole sequence: keep fp32
 
     def torch_threads(self) -> int | None:
