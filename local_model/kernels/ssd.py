@@ -86,15 +86,19 @@ def _ssd_chunk_state_kernel(
     for k0 in range(0, limit, BLOCK_K):
         k = k0 + offs_k
         km = k < limit
-        xt = tl.load(x_base + k[None, :] * sx_t + offs_p[:, None], mask=km[None, :] & (offs_p[:, None] < P), other=0.0)
-        bk = tl.load(b_base + k[:, None] * sb_t + offs_n[None, :], mask=km[:, None] & (offs_n[None, :] < N), other=0.0)
+        xt = tl.load(
+            x_base + k[None, :] * sx_t + offs_p[:, None], mask=km[None, :] & (offs_p[:, None] < P), other=0.0
+        )
+        bk = tl.load(
+            b_base + k[:, None] * sb_t + offs_n[None, :], mask=km[:, None] & (offs_n[None, :] < N), other=0.0
+        )
         dt = tl.load(dtc_ptr + c_row + k, mask=km, other=0.0)
         cs = tl.load(cs_ptr + c_row + k, mask=km, other=0.0)
-        scale = tl.exp(last - cs) * dt  # [K]
+        xs = xt.to(tl.float32) * (tl.exp(last - cs) * dt)[None, :]  # [P, K]: x^T decayed to the chunk's end
         if DOT_F32:
-            acc += tl.dot(xt.to(tl.float32), bk.to(tl.float32) * scale[:, None], input_precision="ieee")
+            acc += tl.dot(xs, bk.to(tl.float32), input_precision="ieee")
         else:
-            acc += tl.dot(xt, (bk.to(tl.float32) * scale[:, None]).to(xt.dtype))
+            acc += tl.dot(xs.to(bk.dtype), bk)
     dst = st_ptr + bi * sst_b + ci * sst_c + hi * sst_h + offs_p[:, None] * sst_p + offs_n[None, :]
     tl.store(dst, acc, mask=(offs_p[:, None] < P) & (offs_n[None, :] < N))
 
@@ -154,11 +158,15 @@ def _ssd_chunk_output_kernel(
     pm = offs_p < P
     nm = offs_n < N
     c_row = bi * sc_b + hi * sc_h + ci * sc_c
-    cs_m = tl.load(cs_ptr + c_row + offs_m, mask=mm, other=0.0)
+    # rows past the data read the chunk's flat tail of a (stored up to CH), so no exponent turns positive
+    cs_m = tl.load(cs_ptr + c_row + offs_m, mask=offs_m < CH, other=0.0)
     cm = tl.load(c_ptr + bi * scc_b + (t0 + offs_m[:, None]) * scc_t + gi * scc_g + offs_n[None, :],
                  mask=mm[:, None] & nm[None, :], other=0.0)  # fmt: skip
-    hp = tl.load(prev_ptr + bi * spv_b + ci * spv_c + hi * spv_h + offs_p[None, :] * spv_p + offs_n[:, None],
-                 mask=nm[:, None] & pm[None, :], other=0.0)  # fmt: skip  [N, P]: h_c^T
+    hp = tl.load(  # [N, P]: the chunk's incoming state, transposed
+        prev_ptr + bi * spv_b + ci * spv_c + hi * spv_h + offs_p[None, :] * spv_p + offs_n[:, None],
+        mask=nm[:, None] & pm[None, :],
+        other=0.0,
+    )
     if DOT_F32:
         cm = cm.to(tl.float32)
         acc = tl.dot(cm, hp.to(tl.float32), input_precision="ieee")
@@ -190,7 +198,9 @@ def _ssd_chunk_output_kernel(
         zm = tl.load(z_ptr + bi * sz_b + (t0 + offs_m[:, None]) * sz_t + hi * sz_h + offs_p[None, :],
                      mask=xm_mask, other=0.0).to(tl.float32)  # fmt: skip
         acc = acc * (zm * tl.sigmoid(zm))
-    tl.store(y_ptr + bi * sy_b + (t0 + offs_m[:, None]) * sy_t + hi * sy_h + offs_p[None, :], acc, mask=xm_mask)
+    tl.store(
+        y_ptr + bi * sy_b + (t0 + offs_m[:, None]) * sy_t + hi * sy_h + offs_p[None, :], acc, mask=xm_mask
+    )
 
 
 @triton.jit
@@ -282,8 +292,10 @@ def ssd_chunk_scan(
 
     # 2. each chunk's own contribution to the state: [B, chunks, H, P, N] fp32
     states = torch.empty(batch, nc, heads, hd, n, device=dev, dtype=torch.float32)
-    bp, bn = min(_block(hd), 64), min(_block(n), 128)
-    bk = min(_block(ch), 64)
+    # Block sizes checked for sm_90 (Triton 3.6): bf16 tiles use wgmma without register spills; the fp32
+    # (IEEE, FMA-based) dots need smaller tiles to stay out of local memory.
+    wide = 32 if dot_f32 else 64
+    bp, bn, bk = min(_block(hd), wide), min(_block(n), 2 * wide), min(_block(ch), wide)
     grid = (triton.cdiv(hd, bp) * triton.cdiv(n, bn), batch * nc, heads)
     _ssd_chunk_state_kernel[grid](
         xc, Bc, dtc, cs, states, seqlen, hd, n, ch, nc, heads // groups,
@@ -310,8 +322,7 @@ def ssd_chunk_scan(
 
     # 4. outputs: intra-chunk scores, incoming state, D skip, z gate
     zc = _unit_last(z) if z is not None else xc
-    bm, bpo = min(_block(ch), 64), min(_block(hd), 64)
-    bk = min(_block(ch), 64)
+    bm, bpo, bk = min(_block(ch), wide), min(_block(hd), wide), min(_block(ch), wide)
     grid = (triton.cdiv(ch, bm) * triton.cdiv(hd, bpo), batch * nc, heads)
     _ssd_chunk_output_kernel[grid](
         xc, Bc, Cc, zc, (D if D is not None else A).float().contiguous(), dtc, cs, prev, y,
@@ -321,7 +332,7 @@ def ssd_chunk_scan(
         y.stride(0), y.stride(1), y.stride(2), cs.stride(0), cs.stride(1), cs.stride(2),
         prev.stride(0), prev.stride(1), prev.stride(2), prev.stride(3),
         HAS_D=D is not None, HAS_Z=z is not None, DOT_F32=dot_f32,
-        BLOCK_M=bm, BLOCK_P=bpo, BLOCK_K=bk, BLOCK_N=_block(n), num_warps=4,
+        BLOCK_M=bm, BLOCK_P=bpo, BLOCK_K=bk, BLOCK_N=_block(n), num_warps=4 if dot_f32 else 8,
     )  # fmt: skip
     return y
 
