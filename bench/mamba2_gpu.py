@@ -4,6 +4,7 @@ weights, in one run, plus our Triton SSD scan beside mamba-ssm's ``mamba_chunk_s
     python bench/mamba2_gpu.py                  # on the GPU machine: ~400M Bamba-shaped model, bf16
     python bench/mamba2_gpu.py --smoke          # a tiny config on CPU (checks the script, no figures)
     python bench/mamba2_gpu.py --ssd-only --anchor DIR   # only the SSD scan beside mamba-ssm (~1 min)
+    python bench/mamba2_gpu.py --ssd-only --ssd-sweep --anchor DIR   # and our launch alternatives
 
 Reports prefill and decode tokens/s at batch 1 and 64 for both implementations, logit agreement and
 greedy agreement, and SSD-scan milliseconds (device time, median) on the anchor shapes (mamba-ssm from
@@ -317,6 +318,57 @@ def ssd_bench(device: torch.device, dtype: torch.dtype, smoke: bool, anchor: str
     return out
 
 
+SSD_SWEEP: dict[str, dict[str, int]] = {
+    "default": {},
+    "inline_cb": dict(shared_cb=0),
+    "out_stages2": dict(out_stages=2),
+    "out_k32": dict(out_k=32),
+    "out_m128": dict(out_m=128),
+    "state_n64": dict(state_n=64),
+    "state_warps8": dict(state_warps=8),
+    "pass_block512": dict(pass_block=512),
+    "pass_block2048": dict(pass_block=2048),
+}
+
+
+def ssd_sweep(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Graph-replayed ms of our scan per shape with single launch choices changed from the defaults
+    (``local_model.kernels.ssd.SCAN_TUNING``), to pick the defaults on the card."""
+    from local_model.kernels import ssd
+
+    kind = "half" if dtype in (torch.bfloat16, torch.float16) else "f32"
+    base = dict(ssd.SCAN_TUNING[kind])
+    out: dict[str, Any] = {"tuning_default": base}
+    try:
+        for shape in SSD_SHAPES:
+            b, seqlen, h, p, g, n = shape
+            kw = dict(
+                x=torch.randn(b, seqlen, h, p, device=device, dtype=dtype),
+                dt=torch.rand(b, seqlen, h, device=device) * 0.1,
+                A=-torch.rand(h, device=device) - 0.5,
+                B=torch.randn(b, seqlen, g, n, device=device, dtype=dtype),
+                C=torch.randn(b, seqlen, g, n, device=device, dtype=dtype),
+                D=torch.randn(h, device=device),
+                z=torch.randn(b, seqlen, h, p, device=device, dtype=dtype),
+                ssm_state=torch.zeros(b, h, p, n, device=device),
+                chunk_size=256,
+            )
+            row: dict[str, float | None] = {}
+            for name, change in SSD_SWEEP.items():
+                ssd.SCAN_TUNING[kind] = {**base, **change}
+                try:
+                    row[name] = _ms(device_ms(lambda kw=kw: ssd.ssd_chunk_scan(**kw))[1])
+                except Exception as exc:  # noqa: BLE001 - a config that fails to compile is a result
+                    print(f"  sweep {name} {shape}: {type(exc).__name__}: {exc}", flush=True)
+                    row[name] = None
+            key = "B{}_L{}_H{}_P{}_G{}_N{}".format(*shape)
+            print(f"  sweep {key} {json.dumps(row)}", flush=True)
+            out[key] = row
+    finally:
+        ssd.SCAN_TUNING[kind] = base
+    return out
+
+
 def ssd_summary(res: dict[str, Any]) -> None:
     """One line per SSD shape: graph-replayed and eager ms for both, speedup, agreement."""
     print(
@@ -343,6 +395,13 @@ def ssd_summary(res: dict[str, Any]) -> None:
             f"{num(res.get(f'mamba_ssm_{key}_eager_ms'))} {num(res.get(f'speedup_vs_mamba_ssm_{key}_eager'), 6, 2)}"
             f"  {rel('ours_vs_fp32ref_y'):>15s} {rel('mamba_ssm_vs_fp32ref_y'):>15s} {rel('ours_vs_mamba_ssm_y'):>15s}"
         )
+    sweep = res.get("sweep")
+    if sweep:
+        names = list(SSD_SWEEP)
+        print(f"\nsweep, graph-replayed ms  {' '.join(f'{nm:>14s}' for nm in names)}")
+        for key, row in sweep.items():
+            if key != "tuning_default":
+                print(f"{key:26s} {' '.join(f'{num(row.get(nm), 14, 4)}' for nm in names)}")
     for k, v in res.items():
         if k.startswith("kernel_us_"):
             print(f"our kernels, us per call ({k[10:]}): " + ", ".join(f"{n} {t}" for n, t in v.items()))
@@ -362,6 +421,7 @@ def main() -> int:
         "--ssd-only", action="store_true",
         help="only the SSD-scan comparison with mamba-ssm (no model build, about a minute)",
     )  # fmt: skip
+    ap.add_argument("--ssd-sweep", action="store_true", help="with --ssd-only: also time launch alternatives")
     args = ap.parse_args()
     device = torch.device(args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda"))
     dtype = getattr(torch, args.dtype or ("float32" if device.type == "cpu" else "bfloat16"))
@@ -370,6 +430,8 @@ def main() -> int:
     path = Path(args.json or os.path.join(os.environ.get("OUT", tempfile.gettempdir()), "mamba2_gpu.json"))
     if args.ssd_only:
         res["ssd_scan"] = ssd_bench(device, dtype, args.smoke, args.anchor)
+        if args.ssd_sweep and device.type == "cuda":
+            res["ssd_scan"]["sweep"] = ssd_sweep(device, dtype)
         path.write_text(json.dumps(res, indent=1) + "\n")
         ssd_summary(res["ssd_scan"])
         print(f"(json: {path})")

@@ -131,12 +131,44 @@ def _ssd_state_passing_kernel(
 
 
 @triton.jit
+def _ssd_chunk_cb_kernel(
+    b_ptr, c_ptr, cb_ptr,
+    T, N, CH, NC, sb_b, sb_t, sb_g, scc_b, scc_t, scc_g, scb_b, scb_c, scb_g, scb_m,
+    DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    k_blocks = tl.cdiv(CH, BLOCK_K)
+    mi = tl.program_id(0) // k_blocks
+    ki = tl.program_id(0) % k_blocks
+    bi = tl.program_id(1) // NC
+    ci = tl.program_id(1) % NC
+    gi = tl.program_id(2)
+    if ki * BLOCK_K >= (mi + 1) * BLOCK_M:  # above the diagonal: never read
+        return
+    t0 = ci * CH
+    limit = tl.minimum(CH, T - t0)
+    offs_m = mi * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = ki * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_n = tl.arange(0, BLOCK_N)
+    nm = offs_n < N
+    cm = tl.load(c_ptr + bi * scc_b + (t0 + offs_m[:, None]) * scc_t + gi * scc_g + offs_n[None, :],
+                 mask=(offs_m[:, None] < limit) & nm[None, :], other=0.0)  # fmt: skip
+    bk = tl.load(b_ptr + bi * sb_b + (t0 + offs_k[:, None]) * sb_t + gi * sb_g + offs_n[None, :],
+                 mask=(offs_k[:, None] < limit) & nm[None, :], other=0.0)  # fmt: skip
+    if DOT_F32:
+        cb = tl.dot(cm.to(tl.float32), tl.trans(bk.to(tl.float32)), input_precision="ieee")
+    else:
+        cb = tl.dot(cm, tl.trans(bk.to(cm.dtype)))
+    dst = cb_ptr + bi * scb_b + ci * scb_c + gi * scb_g + offs_m[:, None] * scb_m + offs_k[None, :]
+    tl.store(dst, cb, mask=(offs_m[:, None] < CH) & (offs_k[None, :] < CH))
+
+
+@triton.jit
 def _ssd_chunk_output_kernel(
-    x_ptr, b_ptr, c_ptr, z_ptr, d_ptr, dtc_ptr, cs_ptr, prev_ptr, y_ptr,
+    x_ptr, b_ptr, c_ptr, z_ptr, d_ptr, dtc_ptr, cs_ptr, prev_ptr, cb_ptr, y_ptr,
     T, P, N, CH, NC, heads_per_group,
     sx_b, sx_t, sx_h, sb_b, sb_t, sb_g, scc_b, scc_t, scc_g, sz_b, sz_t, sz_h, sy_b, sy_t, sy_h,
-    sc_b, sc_h, sc_c, spv_b, spv_c, spv_h, spv_p,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, DOT_F32: tl.constexpr,
+    sc_b, sc_h, sc_c, spv_b, spv_c, spv_h, spv_p, scb_b, scb_c, scb_g, scb_m,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, DOT_F32: tl.constexpr, SHARED_CB: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     p_blocks = tl.cdiv(P, BLOCK_P)
@@ -175,20 +207,29 @@ def _ssd_chunk_output_kernel(
     acc = acc * tl.exp(cs_m)[:, None]
     x_base = x_ptr + bi * sx_b + t0 * sx_t + hi * sx_h
     b_base = b_ptr + bi * sb_b + t0 * sb_t + gi * sb_g
+    cb_base = cb_ptr + bi * scb_b + ci * scb_c + gi * scb_g + offs_m[:, None] * scb_m
     for k0 in range(0, tl.minimum((mi + 1) * BLOCK_M, limit), BLOCK_K):
         k = k0 + offs_k
         km = k < limit
-        bk = tl.load(b_base + k[:, None] * sb_t + offs_n[None, :], mask=km[:, None] & nm[None, :], other=0.0)
         xk = tl.load(x_base + k[:, None] * sx_t + offs_p[None, :], mask=km[:, None] & pm[None, :], other=0.0)
         dt = tl.load(dtc_ptr + c_row + k, mask=km, other=0.0)
         cs_k = tl.load(cs_ptr + c_row + k, mask=km, other=0.0)
+        if SHARED_CB:  # C_l . B_s of the head's group, computed once per chunk by _ssd_chunk_cb_kernel
+            cb = tl.load(cb_base + k[None, :], mask=(offs_m[:, None] < CH) & km[None, :], other=0.0)
+        else:
+            bk = tl.load(
+                b_base + k[:, None] * sb_t + offs_n[None, :], mask=km[:, None] & nm[None, :], other=0.0
+            )
+            if DOT_F32:
+                cb = tl.dot(cm, tl.trans(bk.to(tl.float32)), input_precision="ieee")
+            else:
+                cb = tl.dot(cm, tl.trans(bk.to(cm.dtype)))
         causal = offs_m[:, None] >= k[None, :]
         w = tl.exp(tl.where(causal, cs_m[:, None] - cs_k[None, :], float("-inf"))) * dt[None, :]  # [M, K]
+        cb = tl.where(causal, cb * w, 0.0)
         if DOT_F32:
-            cb = tl.dot(cm, tl.trans(bk.to(tl.float32)), input_precision="ieee") * w
             acc += tl.dot(cb, xk.to(tl.float32), input_precision="ieee")
         else:
-            cb = tl.dot(cm, tl.trans(bk.to(cm.dtype))) * w
             acc += tl.dot(cb.to(xk.dtype), xk)
     xm_mask = mm[:, None] & pm[None, :]
     if HAS_D:
@@ -229,6 +270,17 @@ def _ssd_state_update_kernel(
     if HAS_D:
         y += x * tl.load(d_ptr + hi).to(tl.float32)
     tl.store(y_ptr + bi * sy_b + hi * sy_h + offs_p, y, mask=pm)
+
+
+# Launch choices of the chunked scan, per input kind ("half": bf16/fp16 dots, "f32": IEEE fp32 dots).
+# Checked for sm_90 with Triton 3.6 (no register spills). bench/mamba2_gpu.py --ssd-sweep times
+# alternatives by overriding entries here.
+SCAN_TUNING: dict[str, dict[str, int]] = {
+    "half": dict(state_p=64, state_n=128, state_k=64, state_warps=4, pass_block=1024, shared_cb=1, cb_warps=4,
+                 out_m=64, out_p=64, out_k=64, out_warps=8, out_stages=3),
+    "f32": dict(state_p=32, state_n=64, state_k=32, state_warps=4, pass_block=1024, shared_cb=1, cb_warps=8,
+                out_m=32, out_p=32, out_k=32, out_warps=4, out_stages=3),
+}  # fmt: skip
 
 
 def _block(n: int) -> int:
@@ -291,18 +343,20 @@ def ssd_chunk_scan(
     )  # fmt: skip
 
     # 2. each chunk's own contribution to the state: [B, chunks, H, P, N] fp32
+    tune = SCAN_TUNING["f32" if dot_f32 else "half"]
     states = torch.empty(batch, nc, heads, hd, n, device=dev, dtype=torch.float32)
-    # Block sizes checked for sm_90 (Triton 3.6): bf16 tiles use wgmma without register spills; the fp32
-    # (IEEE, FMA-based) dots need smaller tiles to stay out of local memory.
-    wide = 32 if dot_f32 else 64
-    bp, bn, bk = min(_block(hd), wide), min(_block(n), 2 * wide), min(_block(ch), wide)
+    bp, bn, bk = (
+        min(_block(hd), tune["state_p"]),
+        min(_block(n), tune["state_n"]),
+        min(_block(ch), tune["state_k"]),
+    )
     grid = (triton.cdiv(hd, bp) * triton.cdiv(n, bn), batch * nc, heads)
     _ssd_chunk_state_kernel[grid](
         xc, Bc, dtc, cs, states, seqlen, hd, n, ch, nc, heads // groups,
         xc.stride(0), xc.stride(1), xc.stride(2), Bc.stride(0), Bc.stride(1), Bc.stride(2),
         cs.stride(0), cs.stride(1), cs.stride(2), states.stride(0), states.stride(1), states.stride(2),
         states.stride(3),
-        DOT_F32=dot_f32, BLOCK_P=bp, BLOCK_N=bn, BLOCK_K=bk, num_warps=4,
+        DOT_F32=dot_f32, BLOCK_P=bp, BLOCK_N=bn, BLOCK_K=bk, num_warps=tune["state_warps"],
     )  # fmt: skip
 
     # 3. the incoming state of every chunk (in the dots' dtype), final state into the pool
@@ -311,7 +365,7 @@ def ssd_chunk_scan(
     if pool is not None:
         assert pool.is_contiguous()
         rows = _rows_of(pool, state_indices, batch)
-    block = min(triton.next_power_of_2(hd * n), 1024)
+    block = min(triton.next_power_of_2(hd * n), tune["pass_block"])
     _ssd_state_passing_kernel[(triton.cdiv(hd * n, block), batch, heads)](
         states, prev, cs, pool if pool is not None else states, rows if rows is not None else cs,
         hd * n, nc, ch, states.stride(0), states.stride(1), states.stride(2), prev.stride(0), prev.stride(1),
@@ -320,19 +374,38 @@ def ssd_chunk_scan(
         HAS_POOL=pool is not None, BLOCK=block, num_warps=4,
     )  # fmt: skip
 
-    # 4. outputs: intra-chunk scores, incoming state, D skip, z gate
+    # 4. outputs: intra-chunk scores, incoming state, D skip, z gate. C_l . B_s is shared by the heads of a
+    # group: with several heads per group it is computed once per (chunk, group) into a [chunk, chunk] fp32
+    # buffer (lower block triangle only), else inside the output kernel.
+    bm, bpo, bk = (
+        min(_block(ch), tune["out_m"]),
+        min(_block(hd), tune["out_p"]),
+        min(_block(ch), tune["out_k"]),
+    )
+    shared_cb = bool(tune["shared_cb"]) and heads > groups
+    if shared_cb:
+        cb = torch.empty(batch, nc, groups, ch, ch, device=dev, dtype=torch.float32)
+        grid = (triton.cdiv(ch, bm) * triton.cdiv(ch, bk), batch * nc, groups)
+        _ssd_chunk_cb_kernel[grid](
+            Bc, Cc, cb, seqlen, n, ch, nc, Bc.stride(0), Bc.stride(1), Bc.stride(2), Cc.stride(0), Cc.stride(1),
+            Cc.stride(2), cb.stride(0), cb.stride(1), cb.stride(2), cb.stride(3),
+            DOT_F32=dot_f32, BLOCK_M=bm, BLOCK_K=bk, BLOCK_N=_block(n), num_warps=tune["cb_warps"],
+        )  # fmt: skip
+    else:
+        cb = cs  # not read
     zc = _unit_last(z) if z is not None else xc
-    bm, bpo, bk = min(_block(ch), wide), min(_block(hd), wide), min(_block(ch), wide)
     grid = (triton.cdiv(ch, bm) * triton.cdiv(hd, bpo), batch * nc, heads)
     _ssd_chunk_output_kernel[grid](
-        xc, Bc, Cc, zc, (D if D is not None else A).float().contiguous(), dtc, cs, prev, y,
+        xc, Bc, Cc, zc, (D if D is not None else A).float().contiguous(), dtc, cs, prev, cb, y,
         seqlen, hd, n, ch, nc, heads // groups,
         xc.stride(0), xc.stride(1), xc.stride(2), Bc.stride(0), Bc.stride(1), Bc.stride(2),
         Cc.stride(0), Cc.stride(1), Cc.stride(2), zc.stride(0), zc.stride(1), zc.stride(2),
         y.stride(0), y.stride(1), y.stride(2), cs.stride(0), cs.stride(1), cs.stride(2),
         prev.stride(0), prev.stride(1), prev.stride(2), prev.stride(3),
-        HAS_D=D is not None, HAS_Z=z is not None, DOT_F32=dot_f32,
-        BLOCK_M=bm, BLOCK_P=bpo, BLOCK_K=bk, BLOCK_N=_block(n), num_warps=4 if dot_f32 else 8,
+        *(cb.stride()[:4] if shared_cb else (0, 0, 0, 0)),
+        HAS_D=D is not None, HAS_Z=z is not None, DOT_F32=dot_f32, SHARED_CB=shared_cb,
+        BLOCK_M=bm, BLOCK_P=bpo, BLOCK_K=bk, BLOCK_N=_block(n), num_warps=tune["out_warps"],
+        num_stages=tune["out_stages"],
     )  # fmt: skip
     return y
 

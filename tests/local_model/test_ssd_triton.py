@@ -105,15 +105,18 @@ def test_chunk_scan_takes_strided_views_of_one_projection() -> None:
     )
 
 
+@pytest.mark.parametrize("groups", [2, 4])  # C B^T shared by two heads, or computed per head
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_chunk_scan_half_precision_within_one_percent_of_fp32_reference(dtype: torch.dtype) -> None:
+def test_chunk_scan_half_precision_within_one_percent_of_fp32_reference(
+    dtype: torch.dtype, groups: int
+) -> None:
     """16-bit inputs (dot operands rounded to the input dtype, fp32 accumulation and state) against the fp32
     reference on the same rounded inputs: relative L2 error <= 1e-2 for outputs and final states, no NaN.
     fp16 takes the same kernel path as bf16; Triton's CPU interpreter multiplies bf16 tl.dot operands
     wrongly, so bf16 runs only on CUDA."""
     if dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("the Triton interpreter's bf16 tl.dot is wrong; fp16 covers the path on CPU")
-    b, t, h, p, n, g = 2, 75, 4, 16, 32, 2
+    b, t, h, p, n, g = 2, 75, 4, 16, 32, groups
     a = inputs(b, t, h, p, n, g, seed=9)
     low = {k: (v.to(dtype) if k in ("x", "B", "C", "z") else v) for k, v in a.items()}
     high = {k: (v.float() if k in ("x", "B", "C", "z") else v) for k, v in low.items()}
