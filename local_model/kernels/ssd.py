@@ -40,7 +40,7 @@ def _ssd_chunk_cumsum_kernel(
     T, H, CH, sdt_b, sdt_t, sc_b, sc_h, sc_c,
     HAS_LENS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    bi = tl.program_id(0)
+    bi = tl.program_id(0).to(tl.int64)
     ci = tl.program_id(1)
     offs_h = tl.program_id(2) * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_c = tl.arange(0, BLOCK_C)
@@ -69,15 +69,15 @@ def _ssd_chunk_state_kernel(
     n_blocks = tl.cdiv(N, BLOCK_N)
     pi = tl.program_id(0) // n_blocks
     ni = tl.program_id(0) % n_blocks
-    bi = tl.program_id(1) // NC
-    ci = tl.program_id(1) % NC
+    bi = (tl.program_id(1) // NC).to(tl.int64)  # 64-bit offsets: long sequences pass 2**31 elements
+    ci = (tl.program_id(1) % NC).to(tl.int64)
     hi = tl.program_id(2)
     gi = hi // heads_per_group
     offs_p = pi * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_n = ni * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     t0 = ci * CH
-    limit = tl.minimum(CH, T - t0)
+    limit = tl.minimum(CH, T - t0).to(tl.int32)
     c_row = bi * sc_b + hi * sc_h + ci * sc_c
     last = tl.load(cs_ptr + c_row + CH - 1)  # masked steps add 0, so this is the chunk's total decay
     x_base = x_ptr + bi * sx_b + t0 * sx_t + hi * sx_h
@@ -99,7 +99,7 @@ def _ssd_chunk_state_kernel(
             acc += tl.dot(xs, bk.to(tl.float32), input_precision="ieee")
         else:
             acc += tl.dot(xs.to(bk.dtype), bk)
-    dst = st_ptr + bi * sst_b + ci * sst_c + hi * sst_h + offs_p[:, None] * sst_p + offs_n[None, :]
+    dst = (st_ptr + bi * sst_b + ci * sst_c + hi * sst_h) + offs_p[:, None] * sst_p + offs_n[None, :]
     tl.store(dst, acc, mask=(offs_p[:, None] < P) & (offs_n[None, :] < N))
 
 
@@ -110,7 +110,7 @@ def _ssd_state_passing_kernel(
     HAS_POOL: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    bi = tl.program_id(1)
+    bi = tl.program_id(1).to(tl.int64)
     hi = tl.program_id(2)
     m = offs < PN
     if HAS_POOL:
@@ -118,14 +118,17 @@ def _ssd_state_passing_kernel(
         h = tl.load(pool_ptr + row * sp_s + hi * sp_h + offs, mask=m, other=0.0).to(tl.float32)
     else:
         h = tl.zeros((BLOCK,), dtype=tl.float32)
-    st = st_ptr + bi * sst_b + hi * sst_h + offs
-    prev = prev_ptr + bi * spv_b + hi * spv_h + offs
+    st = (st_ptr + bi * sst_b + hi * sst_h) + offs
+    prev = (prev_ptr + bi * spv_b + hi * spv_h) + offs
     cs = cs_ptr + bi * sc_b + hi * sc_h + CH - 1
-    for ci in range(NC):
-        s = tl.load(st + ci * sst_c, mask=m, other=0.0)
-        decay = tl.exp(tl.load(cs + ci * sc_c))
-        tl.store(prev + ci * spv_c, h, mask=m)
+    for _ in range(NC):
+        s = tl.load(st, mask=m, other=0.0)
+        decay = tl.exp(tl.load(cs))
+        tl.store(prev, h, mask=m)
         h = h * decay + s
+        st += sst_c
+        prev += spv_c
+        cs += sc_c
     if HAS_POOL:
         tl.store(pool_ptr + row * sp_s + hi * sp_h + offs, h, mask=m)
 
@@ -139,26 +142,28 @@ def _ssd_chunk_cb_kernel(
     k_blocks = tl.cdiv(CH, BLOCK_K)
     mi = tl.program_id(0) // k_blocks
     ki = tl.program_id(0) % k_blocks
-    bi = tl.program_id(1) // NC
-    ci = tl.program_id(1) % NC
+    bi = (tl.program_id(1) // NC).to(tl.int64)  # 64-bit offsets: long sequences pass 2**31 elements
+    ci = (tl.program_id(1) % NC).to(tl.int64)
     gi = tl.program_id(2)
     if ki * BLOCK_K >= (mi + 1) * BLOCK_M:  # above the diagonal: never read
         return
     t0 = ci * CH
-    limit = tl.minimum(CH, T - t0)
+    limit = tl.minimum(CH, T - t0).to(tl.int32)
     offs_m = mi * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = ki * BLOCK_K + tl.arange(0, BLOCK_K)
     offs_n = tl.arange(0, BLOCK_N)
     nm = offs_n < N
-    cm = tl.load(c_ptr + bi * scc_b + (t0 + offs_m[:, None]) * scc_t + gi * scc_g + offs_n[None, :],
-                 mask=(offs_m[:, None] < limit) & nm[None, :], other=0.0)  # fmt: skip
-    bk = tl.load(b_ptr + bi * sb_b + (t0 + offs_k[:, None]) * sb_t + gi * sb_g + offs_n[None, :],
-                 mask=(offs_k[:, None] < limit) & nm[None, :], other=0.0)  # fmt: skip
+    c_base = c_ptr + bi * scc_b + t0 * scc_t + gi * scc_g
+    b_base = b_ptr + bi * sb_b + t0 * sb_t + gi * sb_g
+    cm = tl.load(c_base + offs_m[:, None] * scc_t + offs_n[None, :], mask=(offs_m[:, None] < limit) & nm[None, :],
+                 other=0.0)  # fmt: skip
+    bk = tl.load(b_base + offs_k[:, None] * sb_t + offs_n[None, :], mask=(offs_k[:, None] < limit) & nm[None, :],
+                 other=0.0)  # fmt: skip
     if DOT_F32:
         cb = tl.dot(cm.to(tl.float32), tl.trans(bk.to(tl.float32)), input_precision="ieee")
     else:
         cb = tl.dot(cm, tl.trans(bk.to(cm.dtype)))
-    dst = cb_ptr + bi * scb_b + ci * scb_c + gi * scb_g + offs_m[:, None] * scb_m + offs_k[None, :]
+    dst = (cb_ptr + bi * scb_b + ci * scb_c + gi * scb_g) + offs_m[:, None] * scb_m + offs_k[None, :]
     tl.store(dst, cb, mask=(offs_m[:, None] < CH) & (offs_k[None, :] < CH))
 
 
@@ -174,12 +179,12 @@ def _ssd_chunk_output_kernel(
     p_blocks = tl.cdiv(P, BLOCK_P)
     mi = tl.program_id(0) // p_blocks
     pi = tl.program_id(0) % p_blocks
-    bi = tl.program_id(1) // NC
-    ci = tl.program_id(1) % NC
+    bi = (tl.program_id(1) // NC).to(tl.int64)  # 64-bit offsets: long sequences pass 2**31 elements
+    ci = (tl.program_id(1) % NC).to(tl.int64)
     hi = tl.program_id(2)
     gi = hi // heads_per_group
     t0 = ci * CH
-    limit = tl.minimum(CH, T - t0)
+    limit = tl.minimum(CH, T - t0).to(tl.int32)
     if mi * BLOCK_M >= limit:
         return
     offs_m = mi * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -192,10 +197,12 @@ def _ssd_chunk_output_kernel(
     c_row = bi * sc_b + hi * sc_h + ci * sc_c
     # rows past the data read the chunk's flat tail of a (stored up to CH), so no exponent turns positive
     cs_m = tl.load(cs_ptr + c_row + offs_m, mask=offs_m < CH, other=0.0)
-    cm = tl.load(c_ptr + bi * scc_b + (t0 + offs_m[:, None]) * scc_t + gi * scc_g + offs_n[None, :],
-                 mask=mm[:, None] & nm[None, :], other=0.0)  # fmt: skip
+    c_base = c_ptr + bi * scc_b + t0 * scc_t + gi * scc_g
+    cm = tl.load(
+        c_base + offs_m[:, None] * scc_t + offs_n[None, :], mask=mm[:, None] & nm[None, :], other=0.0
+    )
     hp = tl.load(  # [N, P]: the chunk's incoming state, transposed
-        prev_ptr + bi * spv_b + ci * spv_c + hi * spv_h + offs_p[None, :] * spv_p + offs_n[:, None],
+        (prev_ptr + bi * spv_b + ci * spv_c + hi * spv_h) + offs_p[None, :] * spv_p + offs_n[:, None],
         mask=nm[:, None] & pm[None, :],
         other=0.0,
     )
@@ -207,7 +214,7 @@ def _ssd_chunk_output_kernel(
     acc = acc * tl.exp(cs_m)[:, None]
     x_base = x_ptr + bi * sx_b + t0 * sx_t + hi * sx_h
     b_base = b_ptr + bi * sb_b + t0 * sb_t + gi * sb_g
-    cb_base = cb_ptr + bi * scb_b + ci * scb_c + gi * scb_g + offs_m[:, None] * scb_m
+    cb_base = (cb_ptr + bi * scb_b + ci * scb_c + gi * scb_g) + offs_m[:, None] * scb_m
     for k0 in range(0, tl.minimum((mi + 1) * BLOCK_M, limit), BLOCK_K):
         k = k0 + offs_k
         km = k < limit
@@ -236,11 +243,15 @@ def _ssd_chunk_output_kernel(
         xm = tl.load(x_base + offs_m[:, None] * sx_t + offs_p[None, :], mask=xm_mask, other=0.0)
         acc += xm.to(tl.float32) * tl.load(d_ptr + hi)
     if HAS_Z:
-        zm = tl.load(z_ptr + bi * sz_b + (t0 + offs_m[:, None]) * sz_t + hi * sz_h + offs_p[None, :],
-                     mask=xm_mask, other=0.0).to(tl.float32)  # fmt: skip
+        z_base = z_ptr + bi * sz_b + t0 * sz_t + hi * sz_h
+        zm = tl.load(z_base + offs_m[:, None] * sz_t + offs_p[None, :], mask=xm_mask, other=0.0).to(
+            tl.float32
+        )
         acc = acc * (zm * tl.sigmoid(zm))
     tl.store(
-        y_ptr + bi * sy_b + (t0 + offs_m[:, None]) * sy_t + hi * sy_h + offs_p[None, :], acc, mask=xm_mask
+        (y_ptr + bi * sy_b + t0 * sy_t + hi * sy_h) + offs_m[:, None] * sy_t + offs_p[None, :],
+        acc,
+        mask=xm_mask,
     )
 
 
