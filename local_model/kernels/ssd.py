@@ -206,13 +206,22 @@ def _ssd_chunk_output_kernel(
         mask=nm[:, None] & pm[None, :],
         other=0.0,
     )
+    x_base = x_ptr + bi * sx_b + t0 * sx_t + hi * sx_h
+    xm_mask = mm[:, None] & pm[None, :]
+    # the epilogue's inputs are loaded up front so their latency hides behind the dots
+    if HAS_D:
+        xm = tl.load(x_base + offs_m[:, None] * sx_t + offs_p[None, :], mask=xm_mask, other=0.0)
+    if HAS_Z:
+        z_base = z_ptr + bi * sz_b + t0 * sz_t + hi * sz_h
+        zm = tl.load(z_base + offs_m[:, None] * sz_t + offs_p[None, :], mask=xm_mask, other=0.0)
     if DOT_F32:
         cm = cm.to(tl.float32)
         acc = tl.dot(cm, hp.to(tl.float32), input_precision="ieee")
     else:
         acc = tl.dot(cm, hp.to(cm.dtype))
     acc = acc * tl.exp(cs_m)[:, None]
-    x_base = x_ptr + bi * sx_b + t0 * sx_t + hi * sx_h
+    if HAS_D:
+        acc += xm.to(tl.float32) * tl.load(d_ptr + hi)
     b_base = b_ptr + bi * sb_b + t0 * sb_t + gi * sb_g
     cb_base = (cb_ptr + bi * scb_b + ci * scb_c + gi * scb_g) + offs_m[:, None] * scb_m
     for k0 in range(0, tl.minimum((mi + 1) * BLOCK_M, limit), BLOCK_K):
@@ -238,15 +247,8 @@ def _ssd_chunk_output_kernel(
             acc += tl.dot(cb, xk.to(tl.float32), input_precision="ieee")
         else:
             acc += tl.dot(cb.to(xk.dtype), xk)
-    xm_mask = mm[:, None] & pm[None, :]
-    if HAS_D:
-        xm = tl.load(x_base + offs_m[:, None] * sx_t + offs_p[None, :], mask=xm_mask, other=0.0)
-        acc += xm.to(tl.float32) * tl.load(d_ptr + hi)
     if HAS_Z:
-        z_base = z_ptr + bi * sz_b + t0 * sz_t + hi * sz_h
-        zm = tl.load(z_base + offs_m[:, None] * sz_t + offs_p[None, :], mask=xm_mask, other=0.0).to(
-            tl.float32
-        )
+        zm = zm.to(tl.float32)
         acc = acc * (zm * tl.sigmoid(zm))
     tl.store(
         (y_ptr + bi * sy_b + t0 * sy_t + hi * sy_h) + offs_m[:, None] * sy_t + offs_p[None, :],
