@@ -2,26 +2,30 @@
 
 Same keyword signatures and results as `local_model.mamba2.ssd_chunk_scan_ref` / `ssd_state_update_ref`,
 so `Mamba2Kernels(chunk_scan=ssd_chunk_scan, state_update=ssd_state_update)` swaps them in. dt is
-discretised (bias, softplus, limit) in PyTorch first, so the kernels see plain fp32 step sizes.
+discretised (bias, softplus, limit) inside the kernels, in fp32, and the z gate is fused: the scan is five
+launches and the single-token update one, with no elementwise PyTorch passes around them.
 
-Chunked scan, the chunk-parallel SSD decomposition in four launches (chunks of ``chunk_size`` tokens,
-cumulative log-decays a_l = sum_{i<=l} dt_i A inside a chunk):
+Chunked scan, the chunk-parallel SSD decomposition (chunks of ``chunk_size`` tokens, cumulative
+log-decays a_l = sum_{i<=l} dt_i A inside a chunk):
 
-1. ``_ssd_chunk_cumsum_kernel`` (batch, chunk, head-block): dt with the ``seq_lens``/tail mask applied
-   (masked steps get dt = 0: no input, decay exp(0) = 1) and a_l, laid out [B, H, chunks, chunk_size].
+1. ``_ssd_chunk_cumsum_kernel`` (batch, chunk, head-block): dt + bias, softplus, clamp, then the
+   ``seq_lens``/tail mask (masked steps get dt = 0: no input, decay exp(0) = 1) and a_l, laid out
+   [B, H, chunks, chunk_size].
 2. ``_ssd_chunk_state_kernel`` (P x N block, batch x chunk, head): the state a chunk adds,
    ``S_c = sum_s exp(a_L - a_s) dt_s x_s^T B_s``, as one ``tl.dot`` per key block (operands in the input
    dtype, fp32 accumulation).
 3. ``_ssd_state_passing_kernel`` (P*N block, batch, head): the only sequential part, over chunks:
    ``h_c = exp(a_L(c-1)) h_{c-1} + S_{c-1}`` from the pool row's initial state; writes each chunk's
    incoming state and the final state back to the pool row (``ssm_state[state_indices[b]]``).
-4. ``_ssd_chunk_output_kernel`` (row block x P block, batch x chunk, head):
+4. ``_ssd_chunk_cb_kernel`` (row x key block, batch x chunk, group), only when a group has several heads:
+   ``C_l . B_s`` once per chunk and group instead of once per head (fp32, lower block triangle).
+5. ``_ssd_chunk_output_kernel`` (row block x P block, batch x chunk, head):
    ``y_l = sum_{s<=l} (C_l . B_s) exp(a_l - a_s) dt_s x_s + exp(a_l) C_l . h_c + D x_l``, times
    ``silu(z_l)`` when z is given.
 
 Every exponent is non-positive (dt >= 0, A < 0), as in the reference. With fp32 inputs every ``tl.dot``
-runs in IEEE fp32; with bf16/fp16 inputs the dot operands (decayed scores, scaled B, incoming states) are
-rounded to the input dtype and accumulated in fp32. Runs on CPU tensors under ``TRITON_INTERPRET=1`` (the
+runs in IEEE fp32; with bf16/fp16 inputs the dot operands (decayed scores, decayed x, incoming states) are
+rounded to the input dtype and accumulated in fp32; the state itself stays fp32. Runs on CPU tensors under ``TRITON_INTERPRET=1`` (the
 tests do this).
 """
 
@@ -31,14 +35,24 @@ import torch
 import triton
 import triton.language as tl
 
-from ..mamba2 import _discretize_dt
+from ..mamba2 import NO_DT_LIMIT
+
+
+@triton.jit
+def _softplus(v):
+    """torch's softplus (threshold 20): log1p(exp(v)), accurate where exp(v) is tiny."""
+    u = tl.exp(tl.minimum(v, 20.0))
+    w = 1.0 + u
+    log1p = tl.where(w == 1.0, u, tl.log(w) * (u / tl.where(w == 1.0, 1.0, w - 1.0)))
+    return tl.where(v > 20.0, v, log1p)
 
 
 @triton.jit
 def _ssd_chunk_cumsum_kernel(
-    dt_ptr, a_ptr, len_ptr, dtc_ptr, cs_ptr,
-    T, H, CH, sdt_b, sdt_t, sc_b, sc_h, sc_c,
-    HAS_LENS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
+    dt_ptr, bias_ptr, a_ptr, len_ptr, dtc_ptr, cs_ptr,
+    T, H, CH, sdt_b, sdt_t, sc_b, sc_h, sc_c, dt_lo, dt_hi,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_LENS: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     bi = tl.program_id(0).to(tl.int64)
     ci = tl.program_id(1)
@@ -51,6 +65,14 @@ def _ssd_chunk_cumsum_kernel(
     hm = offs_h < H
     live = hm[:, None] & (offs_c[None, :] < CH) & (t[None, :] < limit)
     dt = tl.load(dt_ptr + bi * sdt_b + t[None, :] * sdt_t + offs_h[:, None], mask=live, other=0.0)  # [H, C]
+    dt = dt.to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + offs_h, mask=hm, other=0.0).to(tl.float32)[:, None]
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    if HAS_LIMIT:
+        dt = tl.minimum(tl.maximum(dt, dt_lo), dt_hi)
+    dt = tl.where(live, dt, 0.0)  # padding and rows past seq_lens: no input, no decay
     a = tl.load(a_ptr + offs_h, mask=hm, other=0.0)
     cs = tl.cumsum(dt * a[:, None], axis=1)
     out = bi * sc_b + offs_h[:, None] * sc_h + ci * sc_c + offs_c[None, :]
@@ -221,7 +243,7 @@ def _ssd_chunk_output_kernel(
         acc = tl.dot(cm, hp.to(cm.dtype))
     acc = acc * tl.exp(cs_m)[:, None]
     if HAS_D:
-        acc += xm.to(tl.float32) * tl.load(d_ptr + hi)
+        acc += xm.to(tl.float32) * tl.load(d_ptr + hi).to(tl.float32)
     b_base = b_ptr + bi * sb_b + t0 * sb_t + gi * sb_g
     cb_base = (cb_ptr + bi * scb_b + ci * scb_c + gi * scb_g) + offs_m[:, None] * scb_m
     for k0 in range(0, tl.minimum((mi + 1) * BLOCK_M, limit), BLOCK_K):
@@ -259,9 +281,10 @@ def _ssd_chunk_output_kernel(
 
 @triton.jit
 def _ssd_state_update_kernel(
-    x_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, y_ptr, state_ptr, rows_ptr,
-    P, N, heads_per_group, sx_b, sx_h, sdt_b, sb_b, sb_g, sy_b, sy_h, ss_s, ss_h, ss_p,
-    HAS_D: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    x_ptr, dt_ptr, bias_ptr, a_ptr, b_ptr, c_ptr, d_ptr, z_ptr, y_ptr, state_ptr, rows_ptr,
+    P, N, heads_per_group, sx_b, sx_h, sdt_b, sb_b, sb_g, scc_b, scc_g, sz_b, sz_h, sy_b, sy_h, ss_s, ss_h, ss_p,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     bi = tl.program_id(0)
     hi = tl.program_id(1)
@@ -272,16 +295,23 @@ def _ssd_state_update_kernel(
     pm, nm = offs_p < P, offs_n < N
     s_ptrs = state_ptr + row * ss_s + hi * ss_h + offs_p[:, None] * ss_p + offs_n[None, :]
     h = tl.load(s_ptrs, mask=pm[:, None] & nm[None, :], other=0.0).to(tl.float32)
-    dt = tl.load(dt_ptr + bi * sdt_b + hi)
+    dt = tl.load(dt_ptr + bi * sdt_b + hi).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + hi).to(tl.float32)
+    if SOFTPLUS:
+        dt = _softplus(dt)
     a = tl.load(a_ptr + hi).to(tl.float32)
     x = tl.load(x_ptr + bi * sx_b + hi * sx_h + offs_p, mask=pm, other=0.0).to(tl.float32)
     bv = tl.load(b_ptr + bi * sb_b + gi * sb_g + offs_n, mask=nm, other=0.0).to(tl.float32)
-    cv = tl.load(c_ptr + bi * sb_b + gi * sb_g + offs_n, mask=nm, other=0.0).to(tl.float32)
+    cv = tl.load(c_ptr + bi * scc_b + gi * scc_g + offs_n, mask=nm, other=0.0).to(tl.float32)
     h = h * tl.exp(dt * a) + (x * dt)[:, None] * bv[None, :]
     tl.store(s_ptrs, h, mask=pm[:, None] & nm[None, :])
     y = tl.sum(h * cv[None, :], axis=1)
     if HAS_D:
         y += x * tl.load(d_ptr + hi).to(tl.float32)
+    if HAS_Z:
+        zv = tl.load(z_ptr + bi * sz_b + hi * sz_h + offs_p, mask=pm, other=0.0).to(tl.float32)
+        y = y * (zv * tl.sigmoid(zv))
     tl.store(y_ptr + bi * sy_b + hi * sy_h + offs_p, y, mask=pm)
 
 
@@ -336,8 +366,9 @@ def ssd_chunk_scan(
     dev = x.device
     ch = int(chunk_size)
     nc = triton.cdiv(seqlen, ch)
-    dtf = _discretize_dt(dt, dt_bias, dt_softplus, dt_limit)
-    dtf = dtf if dtf.stride(-1) == 1 else dtf.contiguous()
+    dtc_in = _unit_last(dt)
+    has_limit = dt_limit is not None and tuple(dt_limit) != NO_DT_LIMIT
+    lo, hi = (float(dt_limit[0]), float(dt_limit[1])) if has_limit and dt_limit is not None else (0.0, 0.0)
     xc, Bc, Cc = _unit_last(x), _unit_last(B), _unit_last(C)
     af = A.float().contiguous()
     dot_f32 = not (x.dtype in (torch.bfloat16, torch.float16) and B.dtype == C.dtype == x.dtype)
@@ -350,9 +381,10 @@ def ssd_chunk_scan(
     block_c = triton.next_power_of_2(ch)
     block_h = max(1, min(triton.next_power_of_2(heads), 4096 // block_c))
     _ssd_chunk_cumsum_kernel[(batch, nc, triton.cdiv(heads, block_h))](
-        dtf, af, lens, dtc, cs, seqlen, heads, ch, dtf.stride(0), dtf.stride(1),
-        cs.stride(0), cs.stride(1), cs.stride(2),
-        HAS_LENS=seq_lens is not None, BLOCK_H=block_h, BLOCK_C=block_c,
+        dtc_in, dt_bias if dt_bias is not None else af, af, lens, dtc, cs, seqlen, heads, ch,
+        dtc_in.stride(0), dtc_in.stride(1), cs.stride(0), cs.stride(1), cs.stride(2), lo, hi,
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit, HAS_LENS=seq_lens is not None,
+        BLOCK_H=block_h, BLOCK_C=block_c,
     )  # fmt: skip
 
     # 2. each chunk's own contribution to the state: [B, chunks, H, P, N] fp32
@@ -409,7 +441,7 @@ def ssd_chunk_scan(
     zc = _unit_last(z) if z is not None else xc
     grid = (triton.cdiv(ch, bm) * triton.cdiv(hd, bpo), batch * nc, heads)
     _ssd_chunk_output_kernel[grid](
-        xc, Bc, Cc, zc, (D if D is not None else A).float().contiguous(), dtc, cs, prev, cb, y,
+        xc, Bc, Cc, zc, D if D is not None else af, dtc, cs, prev, cb, y,
         seqlen, hd, n, ch, nc, heads // groups,
         xc.stride(0), xc.stride(1), xc.stride(2), Bc.stride(0), Bc.stride(1), Bc.stride(2),
         Cc.stride(0), Cc.stride(1), Cc.stride(2), zc.stride(0), zc.stride(1), zc.stride(2),
@@ -440,18 +472,19 @@ def ssd_state_update(
     """Triton version of `local_model.mamba2.ssd_state_update_ref` (same arguments, same result)."""
     batch, heads, hd = x.shape
     groups, n = B.shape[1], B.shape[2]
-    dtf = _discretize_dt(dt, dt_bias, dt_softplus, None).contiguous()
-    xc, Bc, Cc = x.contiguous(), B.contiguous(), C.contiguous()
-    y = torch.empty(batch, heads, hd, device=x.device, dtype=torch.float32)
+    xc, Bc, Cc, dtc = _unit_last(x), _unit_last(B), _unit_last(C), _unit_last(dt)
+    zc = _unit_last(z) if z is not None else xc
+    y = torch.empty(batch, heads, hd, device=x.device, dtype=x.dtype)
     rows = _rows_of(ssm_state, state_indices, batch)
     assert ssm_state.is_contiguous()
+    af = A if A.dtype == torch.float32 and A.is_contiguous() else A.float().contiguous()
     block_p = min(_block(hd), 16)  # P split over programs: batch x heads alone is too few to fill the card
     _ssd_state_update_kernel[(batch, heads, triton.cdiv(hd, block_p))](
-        xc, dtf, A.float().contiguous(), Bc, Cc, (D if D is not None else A).float().contiguous(), y, ssm_state,
-        rows, hd, n, heads // groups, xc.stride(0), xc.stride(1), dtf.stride(0), Bc.stride(0), Bc.stride(1),
-        y.stride(0), y.stride(1), ssm_state.stride(0), ssm_state.stride(1), ssm_state.stride(2),
-        HAS_D=D is not None, BLOCK_P=block_p, BLOCK_N=_block(n),
+        xc, dtc, dt_bias if dt_bias is not None else af, af, Bc, Cc, D if D is not None else af, zc, y,
+        ssm_state, rows, hd, n, heads // groups, xc.stride(0), xc.stride(1), dtc.stride(0), Bc.stride(0),
+        Bc.stride(1), Cc.stride(0), Cc.stride(1), zc.stride(0), zc.stride(1), y.stride(0), y.stride(1),
+        ssm_state.stride(0), ssm_state.stride(1), ssm_state.stride(2),
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_D=D is not None, HAS_Z=z is not None,
+        BLOCK_P=block_p, BLOCK_N=_block(n),
     )  # fmt: skip
-    if z is not None:
-        y = y * torch.nn.functional.silu(z.float())
-    return y.to(x.dtype)
+    return y

@@ -192,3 +192,51 @@ def test_family_model_with_triton_kernels_matches_reference_kernels() -> None:
         )
         model.set_kernels(DEFAULT_MAMBA2_KERNELS)
     torch.testing.assert_close(got, ref, atol=2e-4, rtol=2e-4)
+
+
+def test_softplus_of_dt_matches_torch_across_its_range() -> None:
+    """dt discretised inside the kernels: tiny softplus values (exp(v) below fp32's epsilon) and the
+    threshold at 20, where softplus is the identity, give the reference's steps."""
+    b, t, h, p, n, g = 1, 24, 4, 8, 16, 2
+    a = inputs(b, t, h, p, n, g, seed=17)
+    levels = torch.tensor([-40.0, -12.0, -1.0, 0.5, 19.5, 25.0], device=DEVICE)
+    a["dt"] = levels[torch.arange(b * t * h, device=DEVICE) % len(levels)].reshape(b, t, h)
+    a["dt_bias"] = torch.zeros(h, device=DEVICE)
+    a["A"] = -torch.rand(h, device=DEVICE) * 0.05  # keeps exp(dt A) away from 0 for dt ~ 25
+    kw = dict(chunk_size=8, dt_softplus=True)
+    torch.testing.assert_close(ssd_chunk_scan(**a, **kw), ssd_chunk_scan_ref(**a, **kw), atol=1e-5, rtol=1e-5)
+    one = {k: (v[:, 0] if v.dim() > 1 and v.shape[1] == t else v) for k, v in a.items()}
+    start = torch.randn(b, h, p, n, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    ref_state, got_state = start.clone(), start.clone()
+    for t_dt in levels.tolist():
+        one["dt"] = torch.full((b, h), t_dt, device=DEVICE)
+        ref = ssd_state_update_ref(ssm_state=ref_state, **one, dt_softplus=True)
+        got = ssd_state_update(ssm_state=got_state, **one, dt_softplus=True)
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_state, ref_state, atol=1e-5, rtol=1e-5)
+
+
+def test_state_update_takes_strided_views_and_half_precision() -> None:
+    """x, z, B, C as column slices of one decode projection; fp16 in, fp16 out, fp32 state."""
+    b, h, p, g, n = 3, 4, 8, 2, 16
+    gen = torch.Generator().manual_seed(19)
+    packed = torch.randn(b, 2 * h * p + 2 * g * n + h, generator=gen).to(DEVICE)
+    z, x, B, C, dt = packed.split([h * p, h * p, g * n, g * n, h], dim=-1)
+    a = dict(
+        x=x.reshape(b, h, p), z=z.reshape(b, h, p), B=B.reshape(b, g, n), C=C.reshape(b, g, n), dt=dt,
+        A=-torch.rand(h, generator=gen).to(DEVICE), D=torch.randn(h, generator=gen).to(DEVICE),
+        dt_bias=torch.randn(h, generator=gen).to(DEVICE),
+    )  # fmt: skip
+    start = torch.randn(b, h, p, n, generator=gen).to(DEVICE)
+    ref_state, got_state = start.clone(), start.clone()
+    ref = ssd_state_update_ref(ssm_state=ref_state, **a, dt_softplus=True)
+    got = ssd_state_update(ssm_state=got_state, **a, dt_softplus=True)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_state, ref_state, atol=1e-5, rtol=1e-5)
+    half = {k: (v.half() if k in ("x", "z", "B", "C") else v) for k, v in a.items()}
+    ref_state, got_state = start.clone(), start.clone()
+    ref = ssd_state_update_ref(ssm_state=ref_state, **half, dt_softplus=True)
+    got = ssd_state_update(ssm_state=got_state, **half, dt_softplus=True)
+    assert got.dtype == torch.float16
+    torch.testing.assert_close(got, ref, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(got_state, ref_state, atol=1e-5, rtol=1e-5)
