@@ -143,11 +143,16 @@ def _ssd_state_passing_kernel(
     st = (st_ptr + bi * sst_b + hi * sst_h) + offs
     prev = (prev_ptr + bi * spv_b + hi * spv_h) + offs
     cs = cs_ptr + bi * sc_b + hi * sc_h + CH - 1
-    for _ in range(NC):
-        s = tl.load(st, mask=m, other=0.0)
-        decay = tl.exp(tl.load(cs))
+    # one chunk ahead: the next chunk's loads are in flight while this one's update runs
+    s = tl.load(st, mask=m, other=0.0)
+    decay = tl.exp(tl.load(cs))
+    for ci in range(NC):
+        more = tl.minimum(NC - 1 - ci, 1)  # 0 on the last chunk: re-read it rather than past the end
+        s_next = tl.load(st + more * sst_c, mask=m, other=0.0)
+        decay_next = tl.exp(tl.load(cs + more * sc_c))
         tl.store(prev, h, mask=m)
         h = h * decay + s
+        s, decay = s_next, decay_next
         st += sst_c
         prev += spv_c
         cs += sc_c
