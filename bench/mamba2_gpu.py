@@ -328,6 +328,7 @@ SSD_SWEEP: dict[str, dict[str, int]] = {
     "inline_cb": dict(shared_cb=0),
     "out_stages2": dict(out_stages=2),
     "out_k32": dict(out_k=32),
+    "out_w4": dict(out_warps=4),
     "out_w4_k32": dict(out_warps=4, out_k=32),
     "out_w4_k32_s2": dict(out_warps=4, out_k=32, out_stages=2),
     "state_n64": dict(state_n=64),
