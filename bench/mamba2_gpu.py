@@ -239,8 +239,8 @@ def ssd_case(
     ours_state = h0.clone()
     y_ours = ssd_chunk_scan(**common, ssm_state=ours_state)
     ref_state = h0.clone()
-    y_ref = ssd_chunk_scan_ref(**common, ssm_state=ref_state).float()  # fp32 math on the same inputs
-    ref_state = ref_state.float()
+    wide = {k: (v.float() if isinstance(v, torch.Tensor) else v) for k, v in common.items()}
+    y_ref = ssd_chunk_scan_ref(**wide, ssm_state=ref_state)  # fp32 math and output on the same inputs
     out[f"ours_vs_fp32ref_y_{key}"] = _rel(y_ours, y_ref)
     out[f"ours_vs_fp32ref_state_{key}"] = _rel(ours_state, ref_state)
     out[f"nan_{key}"] = bool(y_ours.isnan().any())
