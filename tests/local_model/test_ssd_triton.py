@@ -240,3 +240,32 @@ def test_state_update_takes_strided_views_and_half_precision() -> None:
     assert got.dtype == torch.float16
     torch.testing.assert_close(got, ref, atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(got_state, ref_state, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(state_p=16, state_n=16, out_p=16, pass_block=128),  # several P, N and state-element blocks
+        dict(out_m=32, out_k=16),  # key blocks narrower than row blocks
+        dict(out_m=16, out_k=32),  # and wider
+        dict(shared_cb=0),  # C B^T per head
+    ],
+)
+def test_chunk_scan_launch_variants_match_reference(
+    change: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The launch choices `bench/mamba2_gpu.py --ssd-sweep` tries compute the same scan."""
+    from local_model.kernels import ssd
+
+    monkeypatch.setitem(ssd.SCAN_TUNING, "f32", {**ssd.SCAN_TUNING["f32"], **change})
+    b, t, h, p, n, g = 2, 75, 4, 32, 32, 2
+    a = inputs(b, t, h, p, n, g, seed=23)
+    start = torch.randn(b, h, p, n, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    seq_lens = torch.tensor([t, t - 30], device=DEVICE)
+    kw = dict(chunk_size=64, dt_softplus=True, seq_lens=seq_lens)
+    ref_state, got_state = start.clone(), start.clone()
+    ref = ssd_chunk_scan_ref(**a, ssm_state=ref_state, **kw)
+    got = ssd_chunk_scan(**a, ssm_state=got_state, **kw)
+    for i, length in enumerate(seq_lens.tolist()):
+        torch.testing.assert_close(got[i, :length], ref[i, :length], atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(got_state, ref_state, atol=2e-4, rtol=2e-4)
