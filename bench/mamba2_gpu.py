@@ -3,9 +3,11 @@ weights, in one run, plus our Triton SSD scan beside mamba-ssm's ``mamba_chunk_s
 
     python bench/mamba2_gpu.py                  # on the GPU machine: ~400M Bamba-shaped model, bf16
     python bench/mamba2_gpu.py --smoke          # a tiny config on CPU (checks the script, no figures)
+    python bench/mamba2_gpu.py --ssd-only --anchor DIR   # only the SSD scan beside mamba-ssm (~1 min)
+    python bench/mamba2_gpu.py --ssd-only --ssd-sweep --anchor DIR   # and our launch alternatives
 
 Reports prefill and decode tokens/s at batch 1 and 64 for both implementations, logit agreement and
-greedy agreement, and SSD-scan milliseconds on the anchor shapes (mamba-ssm from
+greedy agreement, and SSD-scan milliseconds (device time, median) on the anchor shapes (mamba-ssm from
 shared/bench/mamba_ssm_anchor, installed to the ``--anchor`` directory; skipped otherwise). JSON goes to
 ``$OUT/mamba2_gpu.json`` (or --json PATH) and a summary table to stdout. transformers runs the path its own
 import chose (mamba-ssm is put on sys.path only after it ran); the JSON records which path and version.
@@ -175,35 +177,128 @@ def decode_tps_hf(hf: Any, batch: int, prompt: int, steps: int, device: torch.de
     return batch * steps / statistics.median([run() for _ in range(2)])
 
 
+def device_ms(fn: Callable[[], Any]) -> tuple[float, float | None]:
+    """Median milliseconds of ``fn``: eagerly with triton.testing.do_bench (CUDA events around each call, L2
+    flushed between calls; a host-bound call shows its launch overhead) and replayed from a CUDA graph
+    with do_bench_cudagraph (device time only; None if the capture fails)."""
+    import triton.testing
+
+    eager = float(triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median"))
+    try:
+        graph: float | None = float(triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median"))
+    except Exception as exc:  # noqa: BLE001 - a capture failure is a result to report, not a crash
+        print(f"  (CUDA-graph timing failed: {type(exc).__name__}: {exc})", flush=True)
+        graph = None
+    return eager, graph
+
+
+def _ms(v: float | None) -> float | None:
+    return None if v is None else round(v, 4)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """Disagreement of ``a`` with ``b``: max |a-b| over max |b|, and ||a-b|| / ||b||."""
+    a, b = a.float(), b.float()
+    return {
+        "max_over_scale": round(float((a - b).abs().max() / b.abs().max()), 6),
+        "rel_l2": round(float((a - b).norm() / b.norm()), 6),
+    }
+
+
 def ssd_case(
     shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, anchor_fn: Any
 ) -> dict[str, Any]:
-    """Our Triton SSD scan (and mamba-ssm's, if given) on one anchor shape (B, L, H, P, G, N), chunk 256."""
+    """Our Triton SSD scan (and mamba-ssm's, if given) on one anchor shape (B, L, H, P, G, N), chunk 256.
+
+    Both sides compute the same thing: y = (SSD(x, dt, A, B, C) from the initial state h0 + D x) * silu(z)
+    with dt used as given (no bias, no softplus; mamba-ssm's default dt_limit (0, inf) leaves dt >= 0
+    alone), and both return the final state. Ours reads h0 from and writes the final state to a pool row,
+    so the comparison runs on a fresh copy of h0 (the timing loop keeps feeding the pool back in, which
+    does not change the work). Agreement is reported against mamba-ssm and, for both, against our fp32
+    PyTorch reference on the same (bf16-rounded) inputs.
+    """
     from local_model.kernels.ssd import ssd_chunk_scan
+    from local_model.mamba2 import ssd_chunk_scan_ref
 
     b, seqlen, h, p, g, n = shape
-    x = torch.randn(b, seqlen, h, p, device=device, dtype=dtype)
-    dt = torch.rand(b, seqlen, h, device=device) * 0.1
-    A = -torch.rand(h, device=device) - 0.5
-    B = torch.randn(b, seqlen, g, n, device=device, dtype=dtype)
-    C = torch.randn(b, seqlen, g, n, device=device, dtype=dtype)
-    D = torch.randn(h, device=device)
-    z = torch.randn(b, seqlen, h, p, device=device, dtype=dtype)
-    state = torch.zeros(b, h, p, n, device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(b, seqlen, h, p, device=device, dtype=dtype, generator=gen)
+    dt = torch.rand(b, seqlen, h, device=device, generator=gen) * 0.1
+    A = -torch.rand(h, device=device, generator=gen) - 0.5
+    B = torch.randn(b, seqlen, g, n, device=device, dtype=dtype, generator=gen)
+    C = torch.randn(b, seqlen, g, n, device=device, dtype=dtype, generator=gen)
+    D = torch.randn(h, device=device, generator=gen)
+    z = torch.randn(b, seqlen, h, p, device=device, dtype=dtype, generator=gen)
+    h0 = torch.randn(b, h, p, n, device=device, generator=gen) * 0.5
     key = f"B{b}_L{seqlen}_H{h}_P{p}_G{g}_N{n}"
+    common = dict(x=x, dt=dt, A=A, B=B, C=C, chunk_size=256, D=D, z=z)
 
-    def ours() -> Any:
-        return ssd_chunk_scan(x=x, dt=dt, A=A, B=B, C=C, chunk_size=256, D=D, z=z, ssm_state=state)
-
-    out: dict[str, Any] = {f"ours_{key}_ms": round(1000 * timed(ours, device, 20, 3), 4)}
+    pool = h0.clone()
+    ours_eager, ours_graph = device_ms(lambda: ssd_chunk_scan(**common, ssm_state=pool))
+    out: dict[str, Any] = {f"ours_{key}_ms": _ms(ours_graph), f"ours_{key}_eager_ms": _ms(ours_eager)}
+    ours_state = h0.clone()
+    y_ours = ssd_chunk_scan(**common, ssm_state=ours_state)
+    ref_state = h0.clone()
+    wide = {k: (v.float() if isinstance(v, torch.Tensor) else v) for k, v in common.items()}
+    y_ref = ssd_chunk_scan_ref(**wide, ssm_state=ref_state)  # fp32 math and output on the same inputs
+    out[f"ours_vs_fp32ref_y_{key}"] = _rel(y_ours, y_ref)
+    out[f"ours_vs_fp32ref_state_{key}"] = _rel(ours_state, ref_state)
+    out[f"nan_{key}"] = bool(y_ours.isnan().any())
     if anchor_fn is not None:
 
         def anchor() -> Any:
-            return anchor_fn(x, dt, A, B, C, chunk_size=256, D=D, z=z, return_final_states=True)
+            return anchor_fn(
+                x, dt, A, B, C, chunk_size=256, D=D, z=z, initial_states=h0, return_final_states=True
+            )
 
-        out[f"mamba_ssm_{key}_ms"] = round(1000 * timed(anchor, device, 20, 3), 4)
-        out[f"maxdiff_{key}"] = float((ours().float() - anchor()[0].float()).abs().max())
+        y_anchor, anchor_state = anchor()  # autotunes on first use
+        anchor_eager, anchor_graph = device_ms(anchor)
+        out[f"mamba_ssm_{key}_ms"] = _ms(anchor_graph)
+        out[f"mamba_ssm_{key}_eager_ms"] = _ms(anchor_eager)
+        if ours_graph and anchor_graph:
+            out[f"speedup_vs_mamba_ssm_{key}"] = round(anchor_graph / ours_graph, 3)
+        out[f"speedup_vs_mamba_ssm_{key}_eager"] = round(anchor_eager / ours_eager, 3)
+        out[f"ours_vs_mamba_ssm_y_{key}"] = _rel(y_ours, y_anchor)
+        out[f"ours_vs_mamba_ssm_state_{key}"] = _rel(ours_state, anchor_state)
+        out[f"mamba_ssm_vs_fp32ref_y_{key}"] = _rel(y_anchor, y_ref)
     return out
+
+
+def ssd_kernel_breakdown(
+    shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> dict[str, float]:
+    """Device microseconds per launch of our scan's kernels on one shape (torch.profiler, 20 calls)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from local_model.kernels.ssd import ssd_chunk_scan
+
+    b, seqlen, h, p, g, n = shape
+    kw = dict(
+        x=torch.randn(b, seqlen, h, p, device=device, dtype=dtype),
+        dt=torch.rand(b, seqlen, h, device=device) * 0.1,
+        A=-torch.rand(h, device=device) - 0.5,
+        B=torch.randn(b, seqlen, g, n, device=device, dtype=dtype),
+        C=torch.randn(b, seqlen, g, n, device=device, dtype=dtype),
+        D=torch.randn(h, device=device),
+        z=torch.randn(b, seqlen, h, p, device=device, dtype=dtype),
+        ssm_state=torch.zeros(b, h, p, n, device=device),
+        chunk_size=256,
+    )
+    for _ in range(3):
+        ssd_chunk_scan(**kw)
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(20):
+            ssd_chunk_scan(**kw)
+        sync(device)
+    us: dict[str, float] = {}
+    for ev in prof.key_averages():
+        own = getattr(ev, "self_device_time_total", None)
+        if own is None:
+            own = getattr(ev, "self_cuda_time_total", 0.0)
+        if own > 0:  # kernels (and copies) themselves, not the host ops that launched them
+            us[ev.key[:60]] = round(own / 20, 2)
+    return dict(sorted(us.items(), key=lambda kv: -kv[1]))
 
 
 def ssd_bench(device: torch.device, dtype: torch.dtype, smoke: bool, anchor: str | None) -> dict[str, Any]:
@@ -220,7 +315,103 @@ def ssd_bench(device: torch.device, dtype: torch.dtype, smoke: bool, anchor: str
         case = ssd_case(shape, device, dtype, anchor_fn)
         print(f"  ssd {json.dumps(case)}", flush=True)
         out.update(case)
+    shape = SSD_SHAPES[1]
+    try:
+        out[f"kernel_us_B{shape[0]}_L{shape[1]}_H{shape[2]}"] = ssd_kernel_breakdown(shape, device, dtype)
+    except Exception as exc:  # noqa: BLE001 - the breakdown is a diagnostic; the figures above stand
+        print(f"  (kernel breakdown failed: {type(exc).__name__}: {exc})", flush=True)
     return out
+
+
+SSD_SWEEP: dict[str, dict[str, int]] = {
+    "default": {},
+    "inline_cb": dict(shared_cb=0),
+    "out_stages2": dict(out_stages=2),
+    "out_k32": dict(out_k=32),
+    "out_w4": dict(out_warps=4),
+    "out_w4_k32": dict(out_warps=4, out_k=32),
+    "out_w4_k32_s2": dict(out_warps=4, out_k=32, out_stages=2),
+    "state_n64": dict(state_n=64),
+    "state_warps8": dict(state_warps=8),
+    "pass_block512": dict(pass_block=512),
+    "pass_block2048": dict(pass_block=2048),
+}
+
+
+def ssd_sweep(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Graph-replayed ms of our scan per shape with single launch choices changed from the defaults
+    (``local_model.kernels.ssd.SCAN_TUNING``), to pick the defaults on the card."""
+    from local_model.kernels import ssd
+
+    kind = "half" if dtype in (torch.bfloat16, torch.float16) else "f32"
+    base = dict(ssd.SCAN_TUNING[kind])
+    out: dict[str, Any] = {"tuning_default": base}
+    try:
+        for shape in SSD_SHAPES:
+            b, seqlen, h, p, g, n = shape
+            kw = dict(
+                x=torch.randn(b, seqlen, h, p, device=device, dtype=dtype),
+                dt=torch.rand(b, seqlen, h, device=device) * 0.1,
+                A=-torch.rand(h, device=device) - 0.5,
+                B=torch.randn(b, seqlen, g, n, device=device, dtype=dtype),
+                C=torch.randn(b, seqlen, g, n, device=device, dtype=dtype),
+                D=torch.randn(h, device=device),
+                z=torch.randn(b, seqlen, h, p, device=device, dtype=dtype),
+                ssm_state=torch.zeros(b, h, p, n, device=device),
+                chunk_size=256,
+            )
+            row: dict[str, float | None] = {}
+            for name, change in SSD_SWEEP.items():
+                ssd.SCAN_TUNING[kind] = {**base, **change}
+                try:
+                    row[name] = _ms(device_ms(lambda kw=kw: ssd.ssd_chunk_scan(**kw))[1])
+                except Exception as exc:  # noqa: BLE001 - a config that fails to compile is a result
+                    print(f"  sweep {name} {shape}: {type(exc).__name__}: {exc}", flush=True)
+                    row[name] = None
+            key = "B{}_L{}_H{}_P{}_G{}_N{}".format(*shape)
+            print(f"  sweep {key} {json.dumps(row)}", flush=True)
+            out[key] = row
+    finally:
+        ssd.SCAN_TUNING[kind] = base
+    return out
+
+
+def ssd_summary(res: dict[str, Any]) -> None:
+    """One line per SSD shape: graph-replayed and eager ms for both, speedup, agreement."""
+    print(
+        f"\n{'ssd shape (B,L,H,P,G,N)':24s} {'ours':>7s} {'mssm':>7s} {'x':>6s} | {'ours':>7s} {'mssm':>7s} {'x':>6s}"
+        "  y rel L2 / max-over-scale: ours~fp32ref  mssm~fp32ref  ours~mssm"
+    )
+    print(f"{'':24s} {'graph-replayed ms':^22s} | {'eager ms (do_bench)':^22s}")
+
+    def num(v: Any, width: int = 7, prec: int = 3) -> str:
+        return f"{v:{width}.{prec}f}" if isinstance(v, (int, float)) else f"{'-':>{width}s}"
+
+    for shape in SSD_SHAPES:
+        key = "B{}_L{}_H{}_P{}_G{}_N{}".format(*shape)
+        if f"ours_{key}_eager_ms" not in res:
+            continue
+
+        def rel(name: str, key: str = key) -> str:
+            r = res.get(f"{name}_{key}")
+            return f"{r['rel_l2']:.1e}/{r['max_over_scale']:.1e}" if r else "-"
+
+        print(
+            f"{str(shape):24s} {num(res[f'ours_{key}_ms'])} {num(res.get(f'mamba_ssm_{key}_ms'))} "
+            f"{num(res.get(f'speedup_vs_mamba_ssm_{key}'), 6, 2)} | {num(res[f'ours_{key}_eager_ms'])} "
+            f"{num(res.get(f'mamba_ssm_{key}_eager_ms'))} {num(res.get(f'speedup_vs_mamba_ssm_{key}_eager'), 6, 2)}"
+            f"  {rel('ours_vs_fp32ref_y'):>15s} {rel('mamba_ssm_vs_fp32ref_y'):>15s} {rel('ours_vs_mamba_ssm_y'):>15s}"
+        )
+    sweep = res.get("sweep")
+    if sweep:
+        names = list(SSD_SWEEP)
+        print(f"\nsweep, graph-replayed ms  {' '.join(f'{nm:>14s}' for nm in names)}")
+        for key, row in sweep.items():
+            if key != "tuning_default":
+                print(f"{key:26s} {' '.join(f'{num(row.get(nm), 14, 4)}' for nm in names)}")
+    for k, v in res.items():
+        if k.startswith("kernel_us_"):
+            print(f"our kernels, us per call ({k[10:]}): " + ", ".join(f"{n} {t}" for n, t in v.items()))
 
 
 def main() -> int:
@@ -233,11 +424,25 @@ def main() -> int:
         "--anchor", default=None,
         help="directory holding mamba_ssm, put on sys.path only for the SSD-scan comparison (after transformers ran)",
     )  # fmt: skip
+    ap.add_argument(
+        "--ssd-only", action="store_true",
+        help="only the SSD-scan comparison with mamba-ssm (no model build, about a minute)",
+    )  # fmt: skip
+    ap.add_argument("--ssd-sweep", action="store_true", help="with --ssd-only: also time launch alternatives")
     args = ap.parse_args()
     device = torch.device(args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda"))
     dtype = getattr(torch, args.dtype or ("float32" if device.type == "cpu" else "bfloat16"))
     res: dict[str, Any] = _Live({"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                            "dtype": str(dtype), "date": time.strftime("%Y-%m-%d")})  # fmt: skip
+    path = Path(args.json or os.path.join(os.environ.get("OUT", tempfile.gettempdir()), "mamba2_gpu.json"))
+    if args.ssd_only:
+        res["ssd_scan"] = ssd_bench(device, dtype, args.smoke, args.anchor)
+        if args.ssd_sweep and device.type == "cuda":
+            res["ssd_scan"]["sweep"] = ssd_sweep(device, dtype)
+        path.write_text(json.dumps(res, indent=1) + "\n")
+        ssd_summary(res["ssd_scan"])
+        print(f"(json: {path})")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         print("building and saving the random Bamba checkpoint ...", flush=True)
         hf, ours = build(args, device, dtype, Path(tmp))
@@ -287,14 +492,12 @@ def main() -> int:
     print("SSD scan beside mamba_chunk_scan_combined ...", flush=True)
     res["ssd_scan"] = ssd_bench(device, dtype, args.smoke, args.anchor)
 
-    path = Path(args.json or os.path.join(os.environ.get("OUT", tempfile.gettempdir()), "mamba2_gpu.json"))
     path.write_text(json.dumps(res, indent=1) + "\n")
     print(f"\n{'metric':48s} value")
     for k, v in res.items():
         if k != "ssd_scan":
             print(f"{k:48s} {v}")
-    for k, v in res["ssd_scan"].items():
-        print(f"{'ssd_' + k:48s} {v}")
+    ssd_summary(res["ssd_scan"])
     print(f"(json: {path})")
     return 0
 
