@@ -279,6 +279,37 @@ def gemm_rows(rows_list: tuple[int, ...] = (1, 4)) -> list[dict]:
     return out
 
 
+def attn_rows() -> list[dict]:
+    """Paged decode attention at long contexts (Jamba-1.5-Mini's attention: 32 query / 8 kv heads, head 128,
+    16-token pages, bf16), one row: the context walked by one program per kv head vs split over more
+    (flash-decoding), each in a CUDA graph."""
+    out = []
+    heads, kv, hd, page = 32, 8, 128, 16
+    for ctx in (32768, 262144):
+        blocks = ctx // page
+        k = torch.randn(blocks, kv, page, hd, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        table = torch.arange(blocks, device="cuda")[None, :]
+        q = torch.randn(1, heads, hd, device="cuda", dtype=torch.bfloat16)
+        lens = torch.tensor([ctx], device="cuda")
+        row: dict = {"context": ctx, "default_splits": tk.decode_splits(kv, ctx)}
+        kw = {"q": q, "k_cache": k, "v_cache": v, "context_lens": lens, "scale": 0.088, "block_table": table}
+        ref = tk.attention_decode(num_splits=1, **kw)
+        for splits in (1, 4, 8, 16):
+
+            def fn(splits=splits, kw=kw):  # noqa: ANN202
+                return tk.attention_decode(num_splits=splits, **kw)
+
+            row[f"splits{splits}_us"] = round(graph_bench(fn) * 1000, 1)
+            row[f"splits{splits}_rel_err"] = rel(fn(), ref)
+        row["kv_GBps_best"] = round(
+            2 * ctx * kv * hd * 2 / (min(row[f"splits{s}_us"] for s in (1, 4, 8, 16)) * 1e3), 1
+        )
+        out.append(row)
+        print(json.dumps(row), flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
@@ -289,7 +320,15 @@ def main() -> int:
         help="also time block/warp/chunk variants of our scan (graph-replayed)",
     )
     ap.add_argument("--gemm", action="store_true", help="only: decode projections, ours vs cuBLAS")
+    ap.add_argument(
+        "--attn", action="store_true", help="only: paged decode attention at 32K/256K, split or not"
+    )
     args = ap.parse_args()
+    if args.attn:
+        res_a = {"device": torch.cuda.get_device_name(), "attn": attn_rows()}
+        if args.json:
+            Path(args.json).write_text(json.dumps(res_a, indent=1))
+        return 0
     if args.gemm:
         res_g = {"device": torch.cuda.get_device_name(), "gemm": gemm_rows()}
         if args.json:

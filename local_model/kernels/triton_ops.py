@@ -345,6 +345,8 @@ def _attn_decode(
     s_knh,
     s_vnb,
     s_vnh,
+    part_ptr,
+    ml_ptr,
     N_REP: tl.constexpr,
     HD: tl.constexpr,
     BLOCK_R: tl.constexpr,
@@ -353,12 +355,17 @@ def _attn_decode(
     PAGED: tl.constexpr,
     IEEE: tl.constexpr,
     WRITE_NEW: tl.constexpr,
+    SPLITS: tl.constexpr,
 ):
-    """One program per (row, kv head): the N_REP query heads sharing the kv head, online softmax over
-    the row's context in tiles of BLOCK_T positions (one page when paged). WRITE_NEW: the row's new key
-    and value for this head are first stored at its last position (then a barrier, so the tiles see them)."""
+    """One program per (row, kv head, context split): the N_REP query heads sharing the kv head, online
+    softmax over the split's share of the row's context in tiles of BLOCK_T positions (one page when paged).
+    WRITE_NEW: the row's new key and value for this head are first stored at its last position by the
+    split that reads it (then a barrier, so the tiles see them). With SPLITS > 1 (flash-decoding: a long
+    context is read by several programs, not one) each split stores its unnormalised output, running max
+    and sum for `_attn_decode_combine`."""
     b = tl.program_id(0).to(tl.int64)
     hk = tl.program_id(1)
+    sp = tl.program_id(2)
     r = tl.arange(0, BLOCK_R)
     dd = tl.arange(0, HD)
     rmask = r < N_REP
@@ -366,28 +373,34 @@ def _attn_decode(
     q = tl.load(q_ptr + b * s_qb + heads[:, None] * s_qh + dd[None, :], mask=rmask[:, None], other=0.0)
     q = (q.to(tl.float32) * scale).to(q_ptr.dtype.element_ty)
     n = tl.load(len_ptr + b)
+    # this split's positions [t_lo, t_hi): whole tiles (pages), so a tile never straddles two splits
+    per = tl.cdiv(tl.cdiv(n, SPLITS), BLOCK_T) * BLOCK_T
+    t_lo = sp * per
+    t_hi = tl.minimum(t_lo + per, n)
     m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_R], tl.float32)
     acc = tl.zeros([BLOCK_R, HD], tl.float32)
     if not PAGED:
         slot = tl.load(slot_ptr + b).to(tl.int64)
-    if WRITE_NEW:
-        last = (n - 1).to(tl.int64)
-        if PAGED:
-            blk_l = tl.load(bt_ptr + b * s_btb + last // PAGE).to(tl.int64)
-            kp = blk_l * s_kb + (last % PAGE) * s_kt
-            vp = blk_l * s_vb + (last % PAGE) * s_vt
-        else:
-            kp = slot * s_kb + last * s_kt
-            vp = slot * s_vb + last * s_vt
-        kn = tl.load(kn_ptr + b * s_knb + hk * s_knh + dd)
-        vn = tl.load(vn_ptr + b * s_vnb + hk * s_vnh + dd)
-        tl.store(k_ptr + kp + hk * s_kh + dd, kn.to(k_ptr.dtype.element_ty))
-        tl.store(v_ptr + vp + hk * s_vh + dd, vn.to(v_ptr.dtype.element_ty))
-        tl.debug_barrier()
-    for t0 in range(0, n, BLOCK_T):
+    if WRITE_NEW:  # noqa: SIM102 (a constexpr around a device condition: no `and` between them)
+        # only the split that reads the last position writes it (an empty split has t_lo >= n)
+        if (t_lo < n) & (t_hi >= n):
+            last = (n - 1).to(tl.int64)
+            if PAGED:
+                blk_l = tl.load(bt_ptr + b * s_btb + last // PAGE).to(tl.int64)
+                kp = blk_l * s_kb + (last % PAGE) * s_kt
+                vp = blk_l * s_vb + (last % PAGE) * s_vt
+            else:
+                kp = slot * s_kb + last * s_kt
+                vp = slot * s_vb + last * s_vt
+            kn = tl.load(kn_ptr + b * s_knb + hk * s_knh + dd)
+            vn = tl.load(vn_ptr + b * s_vnb + hk * s_vnh + dd)
+            tl.store(k_ptr + kp + hk * s_kh + dd, kn.to(k_ptr.dtype.element_ty))
+            tl.store(v_ptr + vp + hk * s_vh + dd, vn.to(v_ptr.dtype.element_ty))
+            tl.debug_barrier()
+    for t0 in range(t_lo, t_hi, BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
-        tmask = t < n
+        tmask = t < t_hi
         if PAGED:
             blk = tl.load(bt_ptr + b * s_btb + t0 // PAGE).to(tl.int64)
             koff = blk * s_kb + (t - t0)[:, None] * s_kt
@@ -411,12 +424,38 @@ def _attn_decode(
         else:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
-    out = acc / l_i[:, None]
-    tl.store(
-        out_ptr + b * s_ob + heads[:, None] * s_oh + dd[None, :],
-        out.to(out_ptr.dtype.element_ty),
-        mask=rmask[:, None],
-    )
+    if SPLITS == 1:
+        out = acc / l_i[:, None]
+        tl.store(
+            out_ptr + b * s_ob + heads[:, None] * s_oh + dd[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=rmask[:, None],
+        )
+    else:
+        # partials laid out [B, H, SPLITS, HD] and [B, H, SPLITS, 2] (max, sum); an empty split leaves
+        # max -inf and sum 0, which the combine weighs by zero
+        row = (b * (tl.num_programs(1) * N_REP) + heads) * SPLITS + sp
+        tl.store(part_ptr + row[:, None] * HD + dd[None, :], acc, mask=rmask[:, None])
+        tl.store(ml_ptr + row * 2, m_i, mask=rmask)
+        tl.store(ml_ptr + row * 2 + 1, l_i, mask=rmask)
+
+
+@triton.jit
+def _attn_decode_combine(
+    part_ptr, ml_ptr, out_ptr, s_ob, s_oh, H, HD: tl.constexpr, SPLITS: tl.constexpr
+):  # fmt: skip
+    """One program per (row, query head): the splits' partial softmax outputs rescaled to their common max."""
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    s = tl.arange(0, SPLITS)
+    dd = tl.arange(0, HD)
+    row = (b * H + h) * SPLITS + s
+    m = tl.load(ml_ptr + row * 2)
+    lsum = tl.load(ml_ptr + row * 2 + 1)
+    w = tl.exp(m - tl.max(m, axis=0))  # split 0 is never empty (context >= 1), so the max is finite
+    acc = tl.load(part_ptr + row[:, None] * HD + dd[None, :])
+    out = tl.sum(acc * w[:, None], axis=0) / tl.sum(lsum * w, axis=0)
+    tl.store(out_ptr + b * s_ob + h * s_oh + dd, out.to(out_ptr.dtype.element_ty))
 
 
 def attention_decode(
@@ -431,11 +470,13 @@ def attention_decode(
     out: torch.Tensor | None = None,
     k_new: torch.Tensor | None = None,
     v_new: torch.Tensor | None = None,
+    num_splits: int | None = None,
 ) -> torch.Tensor:
     """`reference.attention_decode_ref`'s contract (contiguous per-slot cache, or paged with block_table).
 
     Rows need context_lens >= 1 (the token being decoded is in the cache, or written first from
-    ``k_new`` / ``v_new``)."""
+    ``k_new`` / ``v_new``). ``num_splits`` (a power of two) splits each row's context over that many
+    programs; None chooses from the cache's capacity (`decode_splits`)."""
     batch, n_heads, hd = q.shape
     n_kv = k_cache.shape[1]
     n_rep = n_heads // n_kv
@@ -456,7 +497,14 @@ def attention_decode(
     write = k_new is not None and v_new is not None
     kn = k_new if write else q
     vn = v_new if write else q
-    _attn_decode[(batch, n_kv)](
+    capacity = (block_table.shape[1] * page) if paged else k_cache.shape[2]
+    splits = decode_splits(batch * n_kv, capacity) if num_splits is None else num_splits
+    if splits > 1:
+        part = torch.empty(batch, n_heads, splits, hd, device=q.device, dtype=torch.float32)
+        ml = torch.empty(batch, n_heads, splits, 2, device=q.device, dtype=torch.float32)
+    else:
+        part = ml = out
+    _attn_decode[(batch, n_kv, splits)](
         q,
         k_cache,
         v_cache,
@@ -482,6 +530,8 @@ def attention_decode(
         kn.stride(1),
         vn.stride(0),
         vn.stride(1),
+        part,
+        ml,
         N_REP=n_rep,
         HD=hd,
         BLOCK_R=max(16, triton.next_power_of_2(n_rep)),
@@ -490,9 +540,29 @@ def attention_decode(
         PAGED=paged,
         IEEE=q.dtype == torch.float32,
         WRITE_NEW=write,
+        SPLITS=splits,
         num_warps=4,
     )
+    if splits > 1:
+        _attn_decode_combine[(batch, n_heads)](
+            part, ml, out, out.stride(0), out.stride(1), n_heads, HD=hd, SPLITS=splits, num_warps=1
+        )
     return out
+
+
+# Flash-decoding: with few (row, kv head) programs a long context is walked by one program each (decode at
+# a 256K context ran at ~21 tokens/s on the H100), so long-context caches split it over more programs.
+# Only caches that can hold >= 32K tokens split (the split costs a second launch per attention layer).
+DECODE_SPLIT_MIN_CAPACITY = 32768
+
+
+def decode_splits(programs: int, capacity: int, sms: int = 132) -> int:
+    """Context splits for paged decode: enough (row, kv head, split) programs for ~2 per SM, at most 16,
+    each split at least 4K positions of the cache's capacity (a static shape, so graphs can capture it)."""
+    if capacity < DECODE_SPLIT_MIN_CAPACITY or programs >= 2 * sms:
+        return 1
+    want = min(16, triton.cdiv(2 * sms, programs), capacity // 4096)
+    return 1 << (max(1, want).bit_length() - 1)  # a power of two (the combine's tile)
 
 
 # ============================================================================ decode-step pieces

@@ -229,7 +229,8 @@ def test_moe_align_groups_pairs_by_expert_in_padded_blocks():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("paged", [False, True])
-def test_attention_decode_matches_reference_on_contiguous_and_paged_caches(dtype, paged):
+@pytest.mark.parametrize("splits", [1, 4])
+def test_attention_decode_matches_reference_on_contiguous_and_paged_caches(dtype, paged, splits):
     skip_interpreted_bf16(dtype)
     gen = torch.Generator().manual_seed(8)
     batch, heads, kv_heads, hd, page = 3, 4, 2, 16, 16
@@ -245,8 +246,20 @@ def test_attention_decode_matches_reference_on_contiguous_and_paged_caches(dtype
         v = torch.randn(4, kv_heads, 40, hd, generator=gen).to(DEV).to(dtype)
         kw = {"slots": torch.tensor([3, 0, 1], device=DEV)}
     expect = ref.attention_decode_ref(q, k, v, lens, 0.25, **kw)
-    got = tk.attention_decode(q=q, k_cache=k, v_cache=v, context_lens=lens, scale=0.25, **kw)
+    got = tk.attention_decode(
+        q=q, k_cache=k, v_cache=v, context_lens=lens, scale=0.25, num_splits=splits, **kw
+    )
     assert rel(got, expect) <= tol(dtype)
+
+
+def test_decode_splits_only_for_long_caches_with_few_programs():
+    from local_model.kernels.triton_ops import decode_splits
+
+    assert decode_splits(8, 16384) == 1  # short cache: one program per (row, kv head)
+    assert decode_splits(8, 32768) == 8  # 32K positions: splits of at least 4K
+    assert decode_splits(8, 262144) == 16
+    assert decode_splits(512, 262144) == 1  # enough programs already
+    assert decode_splits(40, 262144) == 4  # ~2 programs per SM, a power of two
 
 
 @gpu
@@ -431,7 +444,8 @@ def test_mamba_conv_xproj_then_ssm_step_with_conv_match_reference(dtype, batch):
 
 
 @pytest.mark.parametrize("paged", [False, True])
-def test_attention_decode_writes_the_new_key_and_value_first(paged):
+@pytest.mark.parametrize("splits", [1, 2, 8])
+def test_attention_decode_writes_the_new_key_and_value_first(paged, splits):
     gen = torch.Generator().manual_seed(17)
     batch, heads, kv_heads, hd, page = 3, 4, 2, 16, 16
     lens = torch.tensor([1, 9, 37], device=DEV)
@@ -447,7 +461,7 @@ def test_attention_decode_writes_the_new_key_and_value_first(paged):
     k_ref, v_ref = k.clone(), v.clone()
     expect = ref.attention_decode_ref(q, k_ref, v_ref, lens, 0.25, k_new=kn, v_new=vn, **kw)
     got = tk.attention_decode(
-        q=q, k_cache=k, v_cache=v, context_lens=lens, scale=0.25, k_new=kn, v_new=vn, **kw
+        q=q, k_cache=k, v_cache=v, context_lens=lens, scale=0.25, k_new=kn, v_new=vn, num_splits=splits, **kw
     )
     assert rel(got, expect) <= 1e-5
     assert torch.equal(k, k_ref) and torch.equal(v, v_ref)
