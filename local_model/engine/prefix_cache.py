@@ -36,15 +36,8 @@ class PrefixStats:
 
 
 class PrefixCache:
-    def __init__(
-        self,
-        allocator: BlockAllocator,
-        slots: SSMSlotPool,
-        snapshots: SnapshotStore,
-        *,
-        snapshot_interval: int,
-        enabled: bool = True,
-    ) -> None:
+    def __init__(self, allocator: BlockAllocator, slots: SSMSlotPool, snapshots: SnapshotStore, *,
+                 snapshot_interval: int, enabled: bool = True) -> None:
         self.allocator = allocator
         self.slots = slots
         self.snapshots = snapshots
@@ -111,9 +104,7 @@ class PrefixCache:
         full = min(end // bs, len(seq.hashes))
         for i in range(seq.num_registered, full):
             parent = seq.hashes[i - 1] if i else 0
-            self.allocator.register(
-                seq.table.blocks[i], seq.hashes[i], parent, seq.tokens[i * bs : (i + 1) * bs]
-            )
+            self.allocator.register(seq.table.blocks[i], seq.hashes[i], parent, seq.tokens[i * bs : (i + 1) * bs])
         seq.num_registered = max(seq.num_registered, full)
         p = self.last_boundary(seq)
         at_stop = end % self.snapshot_interval == 0 or end == p

@@ -134,20 +134,17 @@ def _sample_random(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
         narrow = [j for j in range(len(trunc)) if j not in set(wide)]
         if narrow:
             rows_n = [trunc[j] for j in narrow]
-            out[rows_n] = _truncated_pick(
-                vals[narrow], idx[narrow], [ks[i] for i in rows_n], [ps[i] for i in rows_n], u[rows_n], vocab
-            )
+            out[rows_n] = _truncated_pick(vals[narrow], idx[narrow], [ks[i] for i in rows_n],
+                                          [ps[i] for i in rows_n], u[rows_n], vocab)
         if wide:
             rows_w = [trunc[j] for j in wide]
-            out[rows_w] = _nucleus_by_rejection(
-                probs[rows_w], [ps[i] for i in rows_w], u[rows_w], [rows[i].generator for i in rows_w]
-            )
+            out[rows_w] = _nucleus_by_rejection(probs[rows_w], [ps[i] for i in rows_w], u[rows_w],
+                                                [rows[i].generator for i in rows_w])
     return out
 
 
-def _truncated_pick(
-    vals: torch.Tensor, idx: torch.Tensor, ks: list[int], ps: list[float], u: torch.Tensor, vocab: int
-) -> torch.Tensor:
+def _truncated_pick(vals: torch.Tensor, idx: torch.Tensor, ks: list[int], ps: list[float], u: torch.Tensor,
+                    vocab: int) -> torch.Tensor:
     """Sample from the top-k, then top-p (on the top-k-renormalised distribution), of sorted candidates.
 
     vals/idx: ``[n, c]`` probabilities in descending order and their token ids. The kept tokens always
@@ -168,13 +165,8 @@ def _truncated_pick(
     return idx.gather(1, pick[:, None])[:, 0]
 
 
-def _nucleus_by_rejection(
-    probs: torch.Tensor,
-    ps: list[float],
-    u: torch.Tensor,
-    generators: list[torch.Generator | None],
-    max_tries: int = 32,
-) -> torch.Tensor:
+def _nucleus_by_rejection(probs: torch.Tensor, ps: list[float], u: torch.Tensor,
+                          generators: list[torch.Generator | None], max_tries: int = 32) -> torch.Tensor:
     """Top-p for a flat distribution without sorting the vocabulary.
 
     Draw from the full distribution and accept the token iff the mass of strictly more likely tokens is

@@ -74,9 +74,8 @@ class Scheduler:
         self.watermark_blocks = watermark_blocks
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
-        self.prefix_cache = PrefixCache(
-            allocator, slots, snapshots, snapshot_interval=snapshot_interval, enabled=prefix_caching
-        )
+        self.prefix_cache = PrefixCache(allocator, slots, snapshots, snapshot_interval=snapshot_interval,
+                                        enabled=prefix_caching)
         self.num_preemptions = 0
         self._order = itertools.count()
 
