@@ -396,11 +396,12 @@ def experts_sync_free(
     num_experts: int,
 ) -> torch.Tensor:
     """`experts_ref`'s result with shapes that do not depend on the routing (no host sync). With few
-    (token, choice) pairs (N * k <= E, small decode batches) each pair runs its expert's gathered weights,
-    reading only the chosen experts; otherwise every expert runs every token and the dense routing matrix
-    (zero for experts not chosen) weights the sum, reading each expert once."""
+    (token, choice) pairs (3 N k <= E, small decode batches) each pair runs its expert's weights gathered
+    into a copy (read, written, read again: about 3 N k experts' worth of traffic); otherwise every expert
+    runs every token and the dense routing matrix (zero for experts not chosen) weights the sum, reading
+    each expert once."""
     n, k = top_k_index.shape
-    if n * k <= num_experts:
+    if 3 * n * k <= num_experts:
         y = expert(top_k_index.reshape(-1), x.repeat_interleave(k, dim=0))  # [N * k, H]
         return (y.view(n, k, -1) * top_k_weights[..., None].to(x.dtype)).sum(1).to(x.dtype)
     dense = x.new_zeros(n, num_experts, dtype=top_k_weights.dtype).scatter_add_(1, top_k_index, top_k_weights)

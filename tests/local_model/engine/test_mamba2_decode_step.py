@@ -130,11 +130,11 @@ def test_family_decode_step_reads_nothing_back_to_the_host(lm: Any) -> None:
     assert rec.hits == [], [n for n, _ in rec.hits]
 
 
-@pytest.mark.parametrize("tokens", [1, 2, 7])
+@pytest.mark.parametrize("tokens", [1, 2, 3, 7])
 def test_sync_free_experts_equal_the_reference_loop(tokens: int) -> None:
-    """Gathered per-(token, choice) weights (N * k <= E) and every expert densely weighted (N * k > E)."""
+    """Gathered per-(token, choice) weights (3 N k <= E) and every expert densely weighted (3 N k > E)."""
     gen = torch.Generator().manual_seed(tokens)
-    e, k, h, i = 6, 2, 8, 5
+    e, k, h, i = 12, 2, 8, 5
     x = torch.randn(tokens, h, generator=gen)
     w_in = torch.randn(e, 2 * i, h, generator=gen)
     w_out = torch.randn(e, h, i, generator=gen)
