@@ -20,7 +20,9 @@ the forward, and a step whose rows all bring the same number of tokens passes ``
 reference model takes a right-padded ``[B, T]`` batch: `StepMetadata.padded_ids` scatters the packed
 tokens into it with an index built on the host. On CUDA a decode step of a Jamba model runs through
 `local_model.decode.DecodeStep` replayed from a CUDA graph per batch-size bucket (`BucketedDecode`; eager
-on the CPU when `EngineConfig.decode_step` asks for it, which is how the tests exercise it).
+on the CPU when `EngineConfig.decode_step` asks for it, which is how the tests exercise it); a Mamba-2
+family model's runs its own forward through `local_model.engine.family_decode.FamilyDecodeStep` the same
+way, when `EngineConfig.decode_step` is True (not yet by default).
 """
 
 from __future__ import annotations
