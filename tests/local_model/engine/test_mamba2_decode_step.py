@@ -158,3 +158,33 @@ def test_families_are_bucketed_by_default_only_after_the_gpu_check(tmp_path: Pat
     assert not _bucketed_decode(model, None, cuda, triton_like)
     assert _bucketed_decode(model, True, torch.device("cpu"), None)
     assert not _bucketed_decode(model, False, cuda, triton_like)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_family_decode_replays_graphs_without_syncing(tmp_path: Path) -> None:  # pragma: no cover - GPU
+    """On CUDA the family buckets replay CUDA graphs: the replay and the copies into the graph's buffers run
+    with sync debug mode set to error, and the greedy tokens equal the plain forward's."""
+    save_case("bamba_gqa", tmp_path, seed=0)
+    gpu = local_model.load(tmp_path, device="cuda")
+    ps = prompts(5, 17, 30)
+    outputs = []
+    for decode_step in (False, True):
+        engine = make_engine(gpu, decode_step, cuda_graphs=True)
+        outputs.append(generate(engine, ps))
+    assert outputs[0] == outputs[1]
+    engine = make_engine(gpu, True, cuda_graphs=True)
+    bd = engine.runner.bucketed
+    assert bd is not None and bd.use_graphs and 1 in bd.graphs
+    engine.submit_sync(ps[0], SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
+    with torch.inference_mode():
+        while not engine.running_sequences() or engine.running_sequences()[0].num_computed < 5:
+            engine.step()
+        seq = engine.running_sequences()[0]
+        meta = engine.runner.prepare([[seq.tokens[-1]]], [seq.table.blocks], [seq.num_computed], [seq.slot])
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            logits = engine.runner.execute(meta)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert torch.isfinite(logits).all()
