@@ -161,18 +161,24 @@ def test_families_are_bucketed_by_default_only_after_the_gpu_check(tmp_path: Pat
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_family_decode_replays_graphs_without_syncing(tmp_path: Path) -> None:  # pragma: no cover - GPU
-    """On CUDA the family buckets replay CUDA graphs: the replay and the copies into the graph's buffers run
-    with sync debug mode set to error, and the greedy tokens equal the plain forward's."""
-    save_case("bamba_gqa", tmp_path, seed=0)
+@pytest.mark.parametrize("block_size", [16, 8])
+def test_cuda_family_decode_replays_graphs_without_syncing(
+    block_size: int, tmp_path: Path
+) -> None:  # pragma: no cover - GPU only
+    """On CUDA the family buckets replay CUDA graphs (attention through the Triton paged decode kernel with
+    16-token blocks, through the masked gather with 8): the replay and the copies into the graph's buffers
+    run with sync debug mode set to error, and the greedy tokens equal the plain forward's."""
+    save_case("bamba_mha_tied_bias", tmp_path, seed=0)  # head_dim 16: the paged kernel's smallest
     gpu = local_model.load(tmp_path, device="cuda")
     ps = prompts(5, 17, 30)
     outputs = []
     for decode_step in (False, True):
-        engine = make_engine(gpu, decode_step, cuda_graphs=True)
+        engine = make_engine(gpu, decode_step, cuda_graphs=True, block_size=block_size)
         outputs.append(generate(engine, ps))
     assert outputs[0] == outputs[1]
-    engine = make_engine(gpu, True, cuda_graphs=True)
+    engine = make_engine(gpu, True, cuda_graphs=True, block_size=block_size)
+    assert engine.runner.bucketed is not None
+    assert engine.runner.bucketed.step.gather == (block_size < 16)  # type: ignore[attr-defined]
     bd = engine.runner.bucketed
     assert bd is not None and bd.use_graphs and 1 in bd.graphs
     engine.submit_sync(ps[0], SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
