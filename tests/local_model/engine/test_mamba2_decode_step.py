@@ -18,7 +18,7 @@ from local_model.engine.engine import _bucketed_decode
 from local_model.engine.family_decode import FamilyDecodeStep
 from local_model.families.common import expert_linear, experts_ref, experts_sync_free
 from tests.support.host_sync import HostSyncRecorder
-from tests.support.mamba2 import VOCAB, save_case
+from tests.support.mamba2 import ENGINE_CASES, VOCAB, save_case
 
 # Bamba (Mamba-2 + attention), Granite 4.0-H (attention + MoE with a shared MLP, RoPE), Falcon-H1 (parallel
 # attention and Mamba-2 in every layer, µP multipliers)
@@ -106,8 +106,12 @@ def test_one_token_prefill_chunk_beside_decode_rows_keeps_its_own_logits(lm: Any
     assert outputs[0][0][1] != outputs[0][1][0], "the two rows' tokens differ (the test can see a mix-up)"
 
 
-def test_family_decode_step_reads_nothing_back_to_the_host(lm: Any) -> None:
-    """The whole bucketed step, MoE routing included (no CPU-only exemption), records no host sync."""
+@pytest.mark.parametrize("case", ENGINE_CASES)
+def test_family_decode_step_reads_nothing_back_to_the_host(case: str, tmp_path: Path) -> None:
+    """The whole bucketed step, MoE routing included (no CPU-only exemption), records no host sync; every
+    family."""
+    save_case(case, tmp_path, seed=0)
+    lm = local_model.load(tmp_path)
     engine = make_engine(lm, True)
     for p in prompts(5, 12, 26):
         engine.submit_sync(p, SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True))
