@@ -48,8 +48,9 @@ class FamilyDecodeStep:
         self.buckets = tuple(b for b in buckets if b <= cover)
         first = next(iter(kv_pools.values()), None)
         # the Triton paged kernel reads the block table in place; elsewhere attention gathers each row's
-        # context through an index over the table's positions
-        self.gather = first is None or not decode_kernel_applies(first[0], block_size)
+        # context through an index over all of the table's positions (B x max_model_len elements per step:
+        # fine for the CPU tests, costly on a GPU with blocks under 16 tokens and a long max_model_len)
+        self.gather = first is not None and not decode_kernel_applies(first[0], block_size)
 
     def bucket(self, batch: int) -> int:
         for b in self.buckets:
@@ -69,7 +70,11 @@ class FamilyDecodeStep:
         """Logits [B, vocab] for token ids[b] at position positions[b] of the sequence in slot slots[b] whose
         KV blocks are ``block_table[b]``; written to ``out`` if given. Advances the rows' SSM state and
         writes their new K/V."""
-        step = PagedStep.for_decode(block_table, positions, self.block_size, gather=self.gather)
+        step = (
+            PagedStep.for_decode(block_table, positions, self.block_size, gather=self.gather)
+            if self.kv_pools
+            else None
+        )
         layers: list[MambaState | PagedKVCache] = []
         for i in range(self.config.num_cache_entries):
             if i in self.kv_pools:
