@@ -5,8 +5,11 @@ weights, in one run, plus our Triton SSD scan beside mamba-ssm's ``mamba_chunk_s
     python bench/mamba2_gpu.py --smoke          # a tiny config on CPU (checks the script, no figures)
     python bench/mamba2_gpu.py --ssd-only --anchor DIR   # only the SSD scan beside mamba-ssm (~1 min)
     python bench/mamba2_gpu.py --ssd-only --ssd-sweep --anchor DIR   # and our launch alternatives
+    python bench/mamba2_gpu.py --engine-decode-only   # only the serving engine's decode, forward vs CUDA graphs
 
-Reports prefill and decode tokens/s at batch 1 and 64 for both implementations, logit agreement and
+Reports prefill and decode tokens/s at batch 1 and 64 for both implementations, our decode also through the
+serving engine (each decode step the model's forward, or `FamilyDecodeStep` replayed from a CUDA graph per batch
+bucket), logit agreement and
 greedy agreement, and SSD-scan milliseconds (device time, median) on the anchor shapes (mamba-ssm from
 shared/bench/mamba_ssm_anchor, installed to the ``--anchor`` directory; skipped otherwise). JSON goes to
 ``$OUT/mamba2_gpu.json`` (or --json PATH) and a summary table to stdout. transformers runs the path its own
@@ -146,6 +149,35 @@ def decode_tps_ours(lm: Any, batch: int, prompt: int, steps: int, device: torch.
     for _ in range(3):
         run()
         secs.append(run.dt)  # type: ignore[attr-defined]
+    return batch * steps / statistics.median(secs)
+
+
+def decode_tps_engine(lm: Any, batch: int, prompt: int, steps: int, graphs: bool) -> float:
+    """The serving engine's decode tokens/s: ``batch`` prompts of ``prompt`` tokens, greedy, each decode step
+    the model's forward (``graphs=False``) or the bucketed `FamilyDecodeStep` replayed from CUDA graphs
+    (captured at engine start, outside the time). Two runs of 16 and 16 + ``steps`` tokens; their time
+    difference leaves the prefill and the first tokens out."""
+    from local_model.engine import Engine, EngineConfig, SamplingParams
+
+    m = lm.module
+    cfg = EngineConfig(
+        memory_budget_mb=4096, max_num_seqs=max(batch, 1), prefix_caching=False, max_model_len=2048,
+        prefill_chunk_tokens=max(batch * prompt, 256), decode_step=graphs, cuda_graphs=graphs,
+    )  # fmt: skip
+    engine = Engine(m, None, cfg)
+    ids = torch.randint(3, m.config.vocab_size, (batch, prompt)).tolist()
+
+    def timed_run(new: int) -> float:
+        params = SamplingParams(max_tokens=new, temperature=0.0, ignore_eos=True)
+        sync(m.lm_head.weight.device)
+        t0 = time.perf_counter()
+        streams = [engine.submit_sync(p, params) for p in ids]
+        engine.run_until_idle()
+        assert all(len(s.result().choices[0].token_ids) == new for s in streams)
+        return time.perf_counter() - t0
+
+    timed_run(4)  # warm-up
+    secs = [timed_run(16 + steps) - timed_run(16) for _ in range(2)]
     return batch * steps / statistics.median(secs)
 
 
@@ -414,6 +446,20 @@ def ssd_summary(res: dict[str, Any]) -> None:
             print(f"our kernels, us per call ({k[10:]}): " + ", ".join(f"{n} {t}" for n, t in v.items()))
 
 
+def engine_decode(res: dict[str, Any], ours: Any, smoke: bool) -> None:
+    """Engine decode tokens/s at batch 1 and 64: forward vs CUDA-graph buckets (eager buckets on the CPU)."""
+    prompt, steps = (8, 4) if smoke else (128, 64)
+    for batch in (1, 64):
+        print(f"engine decode batch {batch} ...", flush=True)
+        for name, graphs in (("forward", False), ("graphs", True)):
+            res[f"engine_decode_b{batch}_tps_{name}"] = round(
+                decode_tps_engine(ours, batch, prompt, steps, graphs), 1
+            )
+        res[f"engine_decode_b{batch}_graphs_speedup"] = round(
+            res[f"engine_decode_b{batch}_tps_graphs"] / res[f"engine_decode_b{batch}_tps_forward"], 2
+        )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny config on CPU: checks the script")
@@ -429,6 +475,10 @@ def main() -> int:
         help="only the SSD-scan comparison with mamba-ssm (no model build, about a minute)",
     )  # fmt: skip
     ap.add_argument("--ssd-sweep", action="store_true", help="with --ssd-only: also time launch alternatives")
+    ap.add_argument(
+        "--engine-decode-only", action="store_true",
+        help="only the engine's decode tokens/s (forward vs CUDA-graph buckets) at batch 1 and 64",
+    )  # fmt: skip
     args = ap.parse_args()
     device = torch.device(args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda"))
     dtype = getattr(torch, args.dtype or ("float32" if device.type == "cpu" else "bfloat16"))
@@ -451,6 +501,12 @@ def main() -> int:
     kernels, res["our_kernels"] = our_kernels(device)
     ours.module.set_kernels(kernels)
     res["params_M"] = round(sum(p.numel() for p in ours.module.parameters()) / 1e6, 1)
+    if args.engine_decode_only:
+        del hf
+        engine_decode(res, ours, args.smoke)
+        path.write_text(json.dumps(res, indent=1) + "\n")
+        print(f"(json: {path})")
+        return 0
 
     with torch.inference_mode():
         ids = torch.randint(3, ours.config.vocab_size, (1, 64), device=device)
@@ -488,6 +544,7 @@ def main() -> int:
         res[f"decode_b{batch}_speedup"] = round(
             res[f"decode_b{batch}_tps_ours"] / res[f"decode_b{batch}_tps_transformers"], 2
         )
+    engine_decode(res, ours, args.smoke)
     # Last: mamba-ssm's Triton kernels autotune on first use, which takes a while.
     print("SSD scan beside mamba_chunk_scan_combined ...", flush=True)
     res["ssd_scan"] = ssd_bench(device, dtype, args.smoke, args.anchor)

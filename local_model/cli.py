@@ -42,6 +42,13 @@ def _serve_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run decode steps eagerly instead of replaying one CUDA graph per batch bucket (CUDA only)",
     )
+    p.add_argument(
+        "--decode-step",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="decode steps per batch bucket (CUDA graphs on CUDA); auto: Jamba on CUDA with Triton only, "
+        "on: also the Mamba-2 families (see EngineConfig.decode_step)",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
@@ -69,6 +76,7 @@ def serve(argv: list[str]) -> int:
         num_threads=args.threads,
         prefix_caching=not args.no_prefix_cache,
         cuda_graphs=not args.no_cuda_graphs,
+        decode_step={"auto": None, "on": True, "off": False}[args.decode_step],
     )
     engine = Engine.from_checkpoint(
         path,

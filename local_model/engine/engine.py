@@ -125,11 +125,7 @@ class Engine:
         p = self.plan
         self.allocator = BlockAllocator(p.num_blocks, p.block_size)
         kernels = _kernel_bundle(model)
-        bucketed = isinstance(model, JambaForCausalLM) and (
-            self.config.decode_step
-            if self.config.decode_step is not None
-            else self.device.type == "cuda" and getattr(kernels, "name", "") == "triton"
-        )
+        bucketed = _bucketed_decode(model, self.config.decode_step, self.device, kernels)
         scratch = 1 if bucketed else 0  # one SSM slot and one KV block for the padding rows of a bucket
         self.slots = SSMSlotPool(
             mc,
@@ -509,6 +505,23 @@ class Engine:
 
     def is_idle(self) -> bool:
         return not self._inbox and not self.scheduler.running and not self.scheduler.waiting
+
+
+def _bucketed_decode(
+    model: torch.nn.Module, decode_step: bool | None, device: torch.device, kernels: object | None
+) -> bool:
+    """Whether decode steps run per batch bucket (`ModelRunner.enable_bucketed_decode`): on request
+    (``decode_step=True``) for Jamba and the Mamba-2 families; by default (None) for Jamba on CUDA with the
+    Triton bundle only (see `EngineConfig.decode_step`)."""
+    from ..families.common import HybridForCausalLM
+
+    if decode_step is not None:
+        return decode_step and isinstance(model, (JambaForCausalLM, HybridForCausalLM))
+    return (
+        isinstance(model, JambaForCausalLM)
+        and device.type == "cuda"
+        and getattr(kernels, "name", "") == "triton"
+    )
 
 
 def _kernel_bundle(model: torch.nn.Module) -> object | None:

@@ -20,12 +20,15 @@ the forward, and a step whose rows all bring the same number of tokens passes ``
 reference model takes a right-padded ``[B, T]`` batch: `StepMetadata.padded_ids` scatters the packed
 tokens into it with an index built on the host. On CUDA a decode step of a Jamba model runs through
 `local_model.decode.DecodeStep` replayed from a CUDA graph per batch-size bucket (`BucketedDecode`; eager
-on the CPU when `EngineConfig.decode_step` asks for it, which is how the tests exercise it).
+on the CPU when `EngineConfig.decode_step` asks for it, which is how the tests exercise it); a Mamba-2
+family model's runs its own forward through `local_model.engine.family_decode.FamilyDecodeStep` the same
+way, when `EngineConfig.decode_step` is True (not yet by default).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
@@ -180,16 +183,56 @@ class ModelRunner:
         scratch_block: int,
         cuda_graphs: bool = False,
     ) -> None:
-        """Decode steps of a Jamba model run `DecodeStep` per batch bucket (see `BucketedDecode`)."""
-        self.bucketed = BucketedDecode(
-            self, kernels, max_blocks_per_seq, scratch_slot, scratch_block, cuda_graphs
-        )
+        """Decode steps run per batch bucket (see `BucketedDecode`): a Jamba model's through
+        `local_model.decode.DecodeStep` (flat calls of ``kernels``), a Mamba-2 family model's through
+        `FamilyDecodeStep` (its own forward over static buffers)."""
+        from ..families.common import HybridForCausalLM
+
+        step: DecodeStepLike
+        if isinstance(self.model, HybridForCausalLM):
+            from .family_decode import FamilyDecodeStep
+
+            step = FamilyDecodeStep(self.model, self.kv_pools, self.mamba, self.block_size, scratch_slot)
+        else:
+            from ..decode import DecodeStep, PagedPool
+
+            layers: list[MambaState | PagedPool] = []
+            for i in range(self.num_entries):
+                if i in self.kv_pools:
+                    k, v = self.kv_pools[i]
+                    layers.append(PagedPool(k, v, self.block_size))
+                else:
+                    layers.append(self.mamba[i])
+            cache = HybridCache(layers=layers, lengths=torch.zeros(1, dtype=torch.long))  # type: ignore[arg-type]
+            step = DecodeStep(self.model, cache, kernels, scratch_slot=scratch_slot)  # type: ignore[arg-type]
+        use_graphs = cuda_graphs and self.device.type == "cuda"
+        self.bucketed = BucketedDecode(step, max_blocks_per_seq, scratch_block, use_graphs)
+
+
+class DecodeStepLike(Protocol):
+    """What `BucketedDecode` runs: a decode step over static buffers, one token per row
+    (`local_model.decode.DecodeStep`, `local_model.engine.family_decode.FamilyDecodeStep`)."""
+
+    model: Any  # has ``lm_head`` (the logits' device and dtype)
+    config: Any  # has ``vocab_size``
+    scratch_slot: int
+    buckets: tuple[int, ...]
+
+    def bucket(self, batch: int) -> int: ...
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        slots: torch.Tensor,
+        positions: torch.Tensor,
+        block_table: torch.Tensor,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
 
 
 class BucketedDecode:
-    """A decode step through `local_model.decode.DecodeStep` over static per-bucket buffers, captured in one
-    CUDA graph per batch bucket on CUDA when ``cuda_graphs`` is set (run eagerly on the same buffers
-    otherwise).
+    """A decode step (any `DecodeStepLike`) over static per-bucket buffers, captured in one CUDA graph per
+    batch bucket when ``use_graphs`` is set (run eagerly on the same buffers otherwise).
 
     The buffers (token ids, SSM slots, positions, block table, logits) are overwritten by each step of the
     bucket, so a step returns a copy of its logits; padding rows of a bucket point at a scratch SSM slot
@@ -199,27 +242,15 @@ class BucketedDecode:
 
     def __init__(
         self,
-        runner: ModelRunner,
-        kernels: object,
+        step: DecodeStepLike,
         max_blocks_per_seq: int,
-        scratch_slot: int,
         scratch_block: int,
-        cuda_graphs: bool = False,
+        use_graphs: bool = False,
     ) -> None:
-        from ..decode import DecodeStep, PagedPool
-
-        layers: list[MambaState | PagedPool] = []
-        for i in range(runner.num_entries):
-            if i in runner.kv_pools:
-                k, v = runner.kv_pools[i]
-                layers.append(PagedPool(k, v, runner.block_size))
-            else:
-                layers.append(runner.mamba[i])
-        cache = HybridCache(layers=layers, lengths=torch.zeros(1, dtype=torch.long))  # type: ignore[arg-type]
-        self.step = DecodeStep(runner.model, cache, kernels, scratch_slot=scratch_slot)  # type: ignore[arg-type]
+        self.step = step
         self.max_blocks = max_blocks_per_seq
         self.scratch_block = scratch_block
-        self.use_graphs = cuda_graphs and runner.device.type == "cuda"
+        self.use_graphs = use_graphs
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.bufs: dict[int, dict[str, torch.Tensor]] = {}
 

@@ -100,6 +100,36 @@ class PagedStep:
             row_spans=list(zip(lengths, seq_lens, strict=True)) if row_wise else None,
         )
 
+    @classmethod
+    def for_decode(
+        cls, block_table: torch.Tensor, positions: torch.Tensor, block_size: int, gather: bool = True
+    ) -> PagedStep:
+        """A decode step (one new token per row, at ``positions[b]``) from device tensors alone: no host
+        value, and shapes fixed by ``block_table`` ([B, max_blocks]), so it can be recorded in a CUDA graph.
+        Every row attends over its table's ``max_blocks * block_size`` positions, masked beyond its own;
+        ``gather=False`` leaves out that gather's index and mask (``B x max_blocks * block_size``) for the
+        paged decode kernel, which reads the block table in place."""
+        batch = block_table.shape[0]
+        dev = block_table.device
+        rows = torch.arange(batch, device=dev)
+        write = block_table[rows, positions // block_size] * block_size + positions % block_size
+        read_index, mask = write[:, None], None
+        if gather:
+            pos = torch.arange(block_table.shape[1] * block_size, device=dev)
+            read_index = block_table[:, pos // block_size] * block_size + pos % block_size  # [B, total]
+            mask = (pos[None, None, :] <= positions[:, None, None])[:, None]  # [B, 1, 1, total]
+        return cls(
+            write_index=write,
+            new_rows=rows,
+            new_cols=torch.zeros_like(rows),
+            read_index=read_index,
+            mask=mask,
+            all_new_valid=True,
+            block_table=block_table,
+            context_lens=positions + 1,
+            block_size=block_size,
+        )
+
 
 @dataclass
 class PagedKVCache(KVCache):
@@ -185,12 +215,10 @@ def _paged_decode_kernel(
     """Decode (one new token per row) on CUDA: the Triton paged-attention kernel reads the blocks in place
     instead of gathering every row's context. None where it does not apply (no Triton, blocks < 16 tokens)."""
     block_size = s.block_size
-    if block_size < 16 or kv.k.shape[0] % block_size:
+    if not decode_kernel_applies(kv.k, block_size):
         return None
-    try:
-        from ..kernels.triton_ops import attention_decode
-    except ImportError:
-        return None
+    from ..kernels.triton_ops import attention_decode
+
     kv_heads, hd = kv.k.shape[1], kv.k.shape[2]
     pool_k = kv.k.view(-1, block_size, kv_heads, hd).transpose(1, 2)  # [blocks, Hkv, block_size, hd], no copy
     pool_v = kv.v.view(-1, block_size, kv_heads, hd).transpose(1, 2)
@@ -203,3 +231,15 @@ def _paged_decode_kernel(
         block_table=s.block_table,
     )
     return out[:, :, None]
+
+
+def decode_kernel_applies(pool: torch.Tensor, block_size: int) -> bool:
+    """Whether a decode step over K/V ``pool`` runs the Triton paged-attention kernel (CUDA, Triton
+    importable, blocks of >= 16 tokens) rather than gathering every row's context."""
+    if not pool.is_cuda or block_size < 16 or pool.shape[0] % block_size:
+        return False
+    try:
+        from ..kernels.triton_ops import attention_decode  # noqa: F401
+    except ImportError:
+        return False
+    return True

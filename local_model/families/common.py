@@ -12,10 +12,12 @@ Jamba, whose entries are its layers) the same way.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -326,11 +328,56 @@ class GatedMLP(nn.Module):
         return y * self.down_multiplier if self.down_multiplier != 1.0 else y
 
 
+# An expert callable ``expert(e, xs)`` maps xs [M, in] through expert ``e``: an int (every row through that
+# expert), a LongTensor [M] (row m through expert e[m], weights gathered per row) or None (every row through
+# every expert: [E, M, out]). `expert_linear` is the projection that serves all three.
+ExpertFn = Callable[[Any, torch.Tensor], torch.Tensor]
+
+# Set (by `sync_free_experts`) while a decode step that must not read back to the host runs: `experts` then
+# takes the routing-independent paths of `experts_sync_free` instead of `experts_ref`'s loop over the
+# experts that got tokens.
+_SYNC_FREE_EXPERTS: contextvars.ContextVar[bool] = contextvars.ContextVar("sync_free_experts", default=False)
+
+
+@contextlib.contextmanager
+def sync_free_experts() -> Iterator[None]:
+    """Within the block, the families' MoE layers route without a host sync (CUDA-graph capturable)."""
+    token = _SYNC_FREE_EXPERTS.set(True)
+    try:
+        yield
+    finally:
+        _SYNC_FREE_EXPERTS.reset(token)
+
+
+def expert_linear(xs: torch.Tensor, w: torch.Tensor, e: int | torch.Tensor | None) -> torch.Tensor:
+    """xs through expert weight ``w[e]`` ([E, out, in] stacked); see `ExpertFn` for the three kinds of ``e``.
+    With ``e`` None, xs may already be per expert ([E, M, in])."""
+    if isinstance(e, int):
+        return F.linear(xs, w[e])
+    if e is None:
+        return torch.einsum("mi,eoi->emo" if xs.dim() == 2 else "emi,eoi->emo", xs, w)
+    return torch.bmm(w[e], xs[:, :, None])[:, :, 0]
+
+
+def experts(
+    x: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    expert: ExpertFn,
+    num_experts: int,
+) -> torch.Tensor:
+    """Weighted sum of the chosen experts per token (x [N, H], index/weights [N, k]): `experts_ref`, or
+    `experts_sync_free` inside `sync_free_experts`."""
+    if _SYNC_FREE_EXPERTS.get():
+        return experts_sync_free(x, top_k_index, top_k_weights, expert, num_experts)
+    return experts_ref(x, top_k_index, top_k_weights, expert)
+
+
 def experts_ref(
     x: torch.Tensor,
     top_k_index: torch.Tensor,
     top_k_weights: torch.Tensor,
-    expert: Callable[[int, torch.Tensor], torch.Tensor],
+    expert: ExpertFn,
 ) -> torch.Tensor:
     """Weighted sum of the chosen experts per token: x [N, H], index/weights [N, k]; ``expert(e, xs)``."""
     out = torch.zeros_like(x)
@@ -339,6 +386,27 @@ def experts_ref(
         y = expert(e, x[token]) * top_k_weights[token, which, None].to(x.dtype)
         out.index_add_(0, token, y.to(out.dtype))
     return out
+
+
+def experts_sync_free(
+    x: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    expert: ExpertFn,
+    num_experts: int,
+) -> torch.Tensor:
+    """`experts_ref`'s result with shapes that do not depend on the routing (no host sync). With few
+    (token, choice) pairs (3 N k <= E, small decode batches) each pair runs its expert's weights gathered
+    into a copy (read, written, read again: about 3 N k experts' worth of traffic); otherwise every expert
+    runs every token and the dense routing matrix (zero for experts not chosen) weights the sum, reading
+    each expert once."""
+    n, k = top_k_index.shape
+    if 3 * n * k <= num_experts:
+        y = expert(top_k_index.reshape(-1), x.repeat_interleave(k, dim=0))  # [N * k, H]
+        return (y.view(n, k, -1) * top_k_weights[..., None].to(x.dtype)).sum(1).to(x.dtype)
+    dense = x.new_zeros(n, num_experts, dtype=top_k_weights.dtype).scatter_add_(1, top_k_index, top_k_weights)
+    y = expert(None, x)  # [E, N, H]
+    return torch.einsum("enh,ne->nh", y, dense.to(y.dtype)).to(x.dtype)
 
 
 # ============================================================================ the causal LM
@@ -573,5 +641,8 @@ __all__ = [
     "RMSNorm",
     "StackedExperts",
     "act_fn",
+    "expert_linear",
+    "experts",
     "load_weights",
+    "sync_free_experts",
 ]

@@ -12,13 +12,21 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..cache import HybridCache
 from ..mamba2 import Mamba2Mixer
 from ..model import RMSNorm
-from .common import Attention, HybridConfig, HybridForCausalLM, act_fn, experts_ref, layout, mamba_options_of
+from .common import (
+    Attention,
+    HybridConfig,
+    HybridForCausalLM,
+    act_fn,
+    expert_linear,
+    experts,
+    layout,
+    mamba_options_of,
+)
 
 _KINDS = {
     "mamba": "mamba",
@@ -127,11 +135,11 @@ class MoE(nn.Module):
         top_w = torch.softmax(top_logits, dim=-1).to(x.dtype)
         w_in, w_out = self.input_linear.weight, self.output_linear.weight
 
-        def expert(e: int, xs: torch.Tensor) -> torch.Tensor:
-            a, b = F.linear(xs, w_in[e]).chunk(2, dim=-1)
-            return F.linear(self.act(a) * b, w_out[e])
+        def expert(e: int | torch.Tensor | None, xs: torch.Tensor) -> torch.Tensor:
+            a, b = expert_linear(xs, w_in, e).chunk(2, dim=-1)
+            return expert_linear(self.act(a) * b, w_out, e)
 
-        return experts_ref(x, top_i, top_w, expert).reshape(shape)
+        return experts(x, top_i, top_w, expert, w_in.shape[0]).reshape(shape)
 
 
 class GraniteMoeHybridDecoderLayer(nn.Module):

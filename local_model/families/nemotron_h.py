@@ -17,7 +17,16 @@ from torch import nn
 
 from ..cache import HybridCache
 from ..mamba2 import Mamba2Mixer, Mamba2Options
-from .common import Attention, HybridConfig, HybridForCausalLM, StackedExperts, act_fn, experts_ref, layout
+from .common import (
+    Attention,
+    HybridConfig,
+    HybridForCausalLM,
+    StackedExperts,
+    act_fn,
+    expert_linear,
+    experts,
+    layout,
+)
 
 _PATTERN = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe"}
 _KINDS = {
@@ -185,7 +194,13 @@ class MoE(nn.Module):
         top_i, top_w = self.gate(flat)
         h = self.fc1_latent_proj(flat) if self.fc1_latent_proj is not None else flat
         up, down = self.experts.up_proj, self.experts.down_proj
-        h = experts_ref(h, top_i, top_w, lambda e, xs: F.linear(self.act(F.linear(xs, up[e])), down[e]))
+        h = experts(
+            h,
+            top_i,
+            top_w,
+            lambda e, xs: expert_linear(self.act(expert_linear(xs, up, e)), down, e),
+            up.shape[0],
+        )
         if self.fc2_latent_proj is not None:
             h = self.fc2_latent_proj(h)
         return h.reshape(shape) + self.shared_experts(x)

@@ -4,13 +4,11 @@ gives the runner's logits (what the CUDA-graph decode path replays on the GPU)."
 
 from __future__ import annotations
 
-import traceback
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import local_model
 from local_model.config import JambaConfig
@@ -19,31 +17,8 @@ from local_model.engine import Engine, EngineConfig, SamplingParams
 from local_model.engine.model_runner import StepMetadata
 from local_model.kernels import DEFAULT_KERNELS
 from local_model.model import JambaForCausalLM
+from tests.support.host_sync import HostSyncRecorder
 from tests.support.mamba2 import save_case
-
-# Ops that copy a device value to the host (``.item()``, ``bool(t)``, ``.tolist()``) or have a
-# data-dependent output shape.
-SYNC_OPS = ("_local_scalar_dense", "is_nonzero", "nonzero", "unique", "masked_select", "item")
-# The reference MoE loops over the experts that got tokens (a CPU fallback); the GPU bundle's fused MoE
-# kernel replaces it, so its syncs are not the forward's.
-CPU_ONLY_KERNELS = ("moe_experts_ref", "experts_ref")
-
-
-class HostSyncRecorder(TorchDispatchMode):
-    """Records every host-syncing op dispatched inside the block, with the Python frames that called it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hits: list[tuple[str, list[str]]] = []
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        name = func._schema.name.split("::")[-1]
-        if any(op in name for op in SYNC_OPS):
-            self.hits.append((name, [f.name for f in traceback.extract_stack()]))
-        return func(*args, **(kwargs or {}))
-
-    def forward_syncs(self) -> list[tuple[str, list[str]]]:
-        return [(n, st) for n, st in self.hits if not any(k in st for k in CPU_ONLY_KERNELS)]
 
 
 def decoding_engine(batch: int = 3, model: torch.nn.Module | None = None) -> tuple[Engine, list[Any]]:
