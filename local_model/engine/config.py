@@ -40,10 +40,10 @@ class EngineConfig:
     retry_after_s: float = 1.0  # suggested client back-off when the queue is full
     # Decode steps per batch-size bucket over static buffers (CUDA graphs on CUDA; `BucketedDecode`):
     # Jamba through `local_model.decode.DecodeStep`, the Mamba-2 families (Bamba, Granite 4.0-H,
-    # Nemotron-H, Falcon-H1, Zamba2) through `FamilyDecodeStep`. None: on for Jamba on CUDA with the Triton
-    # bundle; OFF for the Mamba-2 families until `bench/engine_gpu_check.py --family` has passed on a GPU
-    # (graph replay vs eager vs the CPU engine, equal tokens). True: on for every supported model, on any
-    # device (eager off CUDA, which is how the CPU tests compare it with the plain forward); False: off.
+    # Nemotron-H, Falcon-H1, Zamba2) through `FamilyDecodeStep`. None: on CUDA (Jamba with the Triton
+    # bundle; `bench/engine_gpu_check.py [--family F]` compares graph replay with eager steps and the CPU
+    # engine). True: on for every supported model, on any device (eager off CUDA, which is how the CPU tests
+    # compare it with the plain forward); False: off.
     decode_step: bool | None = None
     # Replay those steps from one CUDA graph per bucket, every bucket captured at engine start (CUDA only;
     # ignored elsewhere). `bench/engine_gpu_check.py` compares replayed steps with eager ones on the same

@@ -511,17 +511,18 @@ def _bucketed_decode(
     model: torch.nn.Module, decode_step: bool | None, device: torch.device, kernels: object | None
 ) -> bool:
     """Whether decode steps run per batch bucket (`ModelRunner.enable_bucketed_decode`): on request
-    (``decode_step=True``) for Jamba and the Mamba-2 families; by default (None) for Jamba on CUDA with the
-    Triton bundle only (see `EngineConfig.decode_step`)."""
+    (``decode_step=True``) for Jamba and the Mamba-2 families; by default (None) on CUDA for the Mamba-2
+    families and for Jamba with the Triton bundle (`DecodeStep` calls the bundle's kernels directly; the
+    families' step runs their own forward). See `EngineConfig.decode_step`."""
     from ..families.common import HybridForCausalLM
 
     if decode_step is not None:
         return decode_step and isinstance(model, (JambaForCausalLM, HybridForCausalLM))
-    return (
-        isinstance(model, JambaForCausalLM)
-        and device.type == "cuda"
-        and getattr(kernels, "name", "") == "triton"
-    )
+    if device.type != "cuda":
+        return False
+    if isinstance(model, JambaForCausalLM):
+        return getattr(kernels, "name", "") == "triton"
+    return isinstance(model, HybridForCausalLM)
 
 
 def _kernel_bundle(model: torch.nn.Module) -> object | None:

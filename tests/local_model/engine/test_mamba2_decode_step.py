@@ -1,7 +1,7 @@
 """Bucketed decode steps for the Mamba-2 families (`FamilyDecodeStep` in `BucketedDecode`, eager on the CPU;
 one CUDA graph per bucket on the GPU): the engine's greedy outputs equal its plain forward's, a one-token
 prefill chunk beside decode rows in one engine step keeps its own logits, the step reads nothing back to
-the host (MoE routing included), and the families stay off by default until the GPU check has run."""
+the host (MoE routing included), and the families are bucketed by default on CUDA only."""
 
 from __future__ import annotations
 
@@ -152,16 +152,16 @@ def test_sync_free_experts_equal_the_reference_loop(tokens: int) -> None:
     torch.testing.assert_close(experts_sync_free(x, top_i, top_w, expert, e), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_families_are_bucketed_by_default_only_after_the_gpu_check(tmp_path: Path) -> None:
-    """``decode_step=None`` keeps a family on the plain forward even on CUDA with the Triton bundle (Jamba is
-    bucketed there); ``True`` turns it on anywhere."""
+def test_families_are_bucketed_by_default_on_cuda_only(tmp_path: Path) -> None:
+    """``decode_step=None`` buckets a family on CUDA (whatever its kernels: the step runs the family's own
+    forward) and keeps the plain forward on the CPU; ``True`` / ``False`` force it anywhere."""
     save_case("bamba_gqa", tmp_path, seed=0)
     model = local_model.load(tmp_path).module
-    triton_like = type("Bundle", (), {"name": "triton"})()
-    cuda = torch.device("cuda")
-    assert not _bucketed_decode(model, None, cuda, triton_like)
-    assert _bucketed_decode(model, True, torch.device("cpu"), None)
-    assert not _bucketed_decode(model, False, cuda, triton_like)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert _bucketed_decode(model, None, cuda, None)
+    assert not _bucketed_decode(model, None, cpu, None)
+    assert _bucketed_decode(model, True, cpu, None)
+    assert not _bucketed_decode(model, False, cuda, None)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
