@@ -46,8 +46,8 @@ def _serve_parser() -> argparse.ArgumentParser:
         "--decode-step",
         choices=["auto", "on", "off"],
         default="auto",
-        help="decode steps per batch bucket (CUDA graphs on CUDA); auto: Jamba on CUDA with Triton only, "
-        "on: also the Mamba-2 families (see EngineConfig.decode_step)",
+        help="decode steps per batch bucket (CUDA graphs on CUDA); auto: on CUDA (Jamba with the Triton "
+        "kernels, the Mamba-2 families), on: also on the CPU, eagerly (see EngineConfig.decode_step)",
     )
     p.add_argument("--log-level", default="info")
     return p
