@@ -36,14 +36,14 @@ NUM_SMS = 132
 
 @dataclass(frozen=True)
 class SplitKConfig:
-    """One launch configuration; ``split_k`` None: chosen from the shape (see `splitk_config`)."""
+    """One launch configuration; a field left None is chosen from the shape (`splitk_config`)."""
 
-    block_n: int = 64
-    block_k: int = 128
+    block_n: int | None = None
+    block_k: int | None = None
     split_k: int | None = None
-    num_warps: int = 4
-    num_stages: int = 3
-    reduce: str = "fixup"
+    num_warps: int | None = None
+    num_stages: int | None = None
+    reduce: str | None = None
 
 
 # (N, K) of a weight -> the configuration its projection runs with through the bundle's `linear` /
@@ -221,7 +221,13 @@ def splitk_config(rows: int, n: int, k: int, *, fp32: bool = False, sms: int = N
     k_blocks = triton.cdiv(k, block_k)
     split = max(1, min(16, (2 * sms) // tiles, k_blocks // 2 if k_blocks >= 4 else k_blocks))
     num_warps = 8 if block_m_for(rows) * block_n >= 8192 else 4
-    return SplitKConfig(block_n=block_n, block_k=block_k, split_k=split, num_warps=num_warps)
+    return SplitKConfig(
+        block_n=block_n, block_k=block_k, split_k=split, num_warps=num_warps, num_stages=3, reduce="fixup"
+    )
+
+
+# shared memory the software pipeline may take (the H100 allows 227 KB a block)
+SMEM_LIMIT = 200 * 1024
 
 
 def linear_splitk(
@@ -241,8 +247,8 @@ def linear_splitk(
     """`reference.linear_ref`'s contract without bias (x @ weight.T; with ``swiglu``, silu of the first
     half of the outputs times the second half), fp32 accumulation, output in the inputs' dtype (fp32 dots
     in IEEE precision). x [M, K] and weight [N, K] with unit inner stride; ``out`` [M, N or N/2] (unit
-    column stride) receives the result. Launch parameters default to ``config`` or `splitk_config`'s;
-    explicit arguments override them."""
+    column stride) receives the result. Launch parameters: explicit arguments, else ``config``'s fields,
+    else `splitk_config`'s; stages (then the K block) are cut until the pipeline fits SMEM_LIMIT."""
     rows, k = x.shape
     n_w, k_w = weight.shape
     if k_w != k or x.dtype != weight.dtype or x.stride(-1) != 1 or weight.stride(-1) != 1:
@@ -256,17 +262,31 @@ def linear_splitk(
         return y
     n_out = n_w // 2 if swiglu else n_w
     fp32 = x.dtype == torch.float32
-    base = config or splitk_config(rows, n_out, k, fp32=fp32)
-    block_n = block_n or base.block_n
-    block_k = block_k or base.block_k
-    if fp32:
-        block_k = min(block_k, 64)  # shared memory: fp32 tiles are twice the bytes
+    heur = splitk_config(rows, n_out, k, fp32=fp32)
+    cfg = config or SplitKConfig()
+
+    def pick(arg: int | str | None, field: str) -> int | str:
+        return arg or getattr(cfg, field) or getattr(heur, field)
+
+    block_n, block_k, split = pick(block_n, "block_n"), pick(block_k, "block_k"), pick(split_k, "split_k")
+    num_warps, num_stages, reduce = (
+        pick(num_warps, "num_warps"),
+        pick(num_stages, "num_stages"),
+        pick(reduce, "reduce"),
+    )
+    assert reduce in ("fixup", "launch"), f"unknown reduction {reduce!r}"
     block_m = block_m_for(rows)
-    split = split_k or base.split_k or splitk_config(rows, n_out, k, fp32=fp32).split_k or 1
+
+    def smem(stages: int, bk: int) -> int:
+        return stages * (block_m * bk + bk * block_n * (2 if swiglu else 1)) * x.element_size()
+
+    while num_stages > 2 and smem(num_stages, block_k) > SMEM_LIMIT:
+        num_stages -= 1
+    while block_k > 32 and smem(num_stages, block_k) > SMEM_LIMIT:
+        block_k //= 2
     # whole K blocks per split, and no empty split
     k_per_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
     split = triton.cdiv(k, k_per_split)
-    reduce = reduce or base.reduce
     if out is None:
         out = torch.empty(rows, n_out, device=x.device, dtype=x.dtype)
     assert out.shape == (rows, n_out) and out.stride(-1) == 1, (
@@ -306,8 +326,8 @@ def linear_splitk(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
-        num_warps=num_warps or base.num_warps,
-        num_stages=num_stages or base.num_stages,
+        num_warps=num_warps,
+        num_stages=num_stages,
     )
     if split > 1 and not fixup:
         sum_n = 128
