@@ -320,9 +320,10 @@ def _split_facts(x: torch.Tensor, w: torch.Tensor, swiglu: bool, kw: dict) -> di
     }
 
 
-def gemm_rows(rows_list: tuple[int, ...] = (1, 16, 64)) -> list[dict]:
-    """Per projection and row count, CUDA-graph-replayed over rotating weight copies (cold L2), µs per call
-    and GB/s of weight: cuBLAS (F.linear); at 1-4 rows our GEMV (plain and with residual + RMSNorm); above,
+def gemm_rows(rows_list: tuple[int, ...] = (1, 16, 64), save=None) -> list[dict]:  # noqa: ANN001
+    """Per projection and row count (``save(rows so far)`` after each), CUDA-graph-replayed over rotating
+    weight copies (cold L2), µs per call and GB/s of weight: cuBLAS (F.linear); at 1-4 rows our GEMV (plain
+    and with residual + RMSNorm); above,
     the split-K GEMM with its default launch (one-launch fixup and two-pass reductions), at half and twice
     the default split, and with one split (plain dot tiles, no reduction). The MLP gate/up shape is also
     timed with SwiGLU (cuBLAS + PyTorch silu * up vs the fused epilogue)."""
@@ -366,6 +367,8 @@ def gemm_rows(rows_list: tuple[int, ...] = (1, 16, 64)) -> list[dict]:
                 row[key.replace("_us", "_GBps")] = _gbps(nbytes, row[key])
             out.append(row)
             print(json.dumps(row), flush=True)
+            if save:
+                save(out)
         del ws
         torch.cuda.empty_cache()
     return out
@@ -428,9 +431,10 @@ def _sweep_tried(x: torch.Tensor, ws: list[torch.Tensor], swiglu: bool, cands: l
     return tried
 
 
-def gemm_sweep(rows_list: tuple[int, ...] = (64,)) -> list[dict]:
-    """Best split-K launch per 426M projection (SWEEP_SHAPES) and row count, against cuBLAS, same timing as
-    `gemm_rows`. Stage two tries warps {4, 8} x stages {2, 3, 4} x both reductions on stage one's best 2."""
+def gemm_sweep(rows_list: tuple[int, ...] = (64,), save=None) -> list[dict]:  # noqa: ANN001
+    """Best split-K launch per 426M projection (SWEEP_SHAPES) and row count (``save`` as in `gemm_rows`),
+    against cuBLAS, timed as `gemm_rows`. Stage two tries warps {4, 8} x stages {2, 3, 4} x both reductions
+    on stage one's best 2."""
     from local_model.kernels.triton_gemm import splitk_config
 
     out = []
@@ -479,6 +483,8 @@ def gemm_sweep(rows_list: tuple[int, ...] = (64,)) -> list[dict]:
             }
             out.append(row)
             print(json.dumps({key: v for key, v in row.items() if key != "tried_us"}), flush=True)
+            if save:
+                save(out)
         del ws
         torch.cuda.empty_cache()
     return out
@@ -539,8 +545,17 @@ def main() -> int:
             "torch": torch.__version__,
             "triton": triton.__version__,
         }
-        res_g["gemm"] = gemm_rows(rows_arg or (1, 16, 64)) if args.gemm else []
-        res_g["gemm_sweep"] = gemm_sweep(rows_arg or (64,)) if args.gemm_sweep else []
+
+        def saver(key: str):  # noqa: ANN202 - rows so far reach the JSON even if the run is cut short
+            def save(rows: list[dict]) -> None:
+                res_g[key] = rows
+                if args.json:
+                    Path(args.json).write_text(json.dumps(res_g, indent=1))
+
+            return save
+
+        res_g["gemm"] = gemm_rows(rows_arg or (1, 16, 64), saver("gemm")) if args.gemm else []
+        res_g["gemm_sweep"] = gemm_sweep(rows_arg or (64,), saver("gemm_sweep")) if args.gemm_sweep else []
         print_gemm_tables(res_g["gemm"], res_g["gemm_sweep"])
         if args.json:
             Path(args.json).write_text(json.dumps(res_g, indent=1))
