@@ -73,6 +73,35 @@ def _tile_epilogue(acc, acc_up, dtype, SWIGLU: tl.constexpr):
 
 
 @triton.jit
+def _partial(p_tile, s_ps, s, split_k):
+    """Split s's partial tile, zeros past the last split (the load itself is unmasked: the workspace
+    holds whole tiles, and a split past the last reads the last one's)."""
+    p = tl.load(p_tile + tl.minimum(s, split_k - 1) * s_ps)
+    return tl.where(s < split_k, p, 0.0)
+
+
+@triton.jit
+def _sum_partials(p_tile, s_ps, split_k, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
+    """Sum over splits of the partial tiles at p_tile + s * s_ps, added in split order. GROUP (1, 2 or 4)
+    tiles are loaded before they are added, so a group costs one L2 round trip, not one per split."""
+    tot = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for s0 in range(0, split_k, GROUP):
+        p0 = _partial(p_tile, s_ps, s0, split_k)
+        if GROUP >= 2:
+            p1 = _partial(p_tile, s_ps, s0 + 1, split_k)
+        if GROUP >= 4:
+            p2 = _partial(p_tile, s_ps, s0 + 2, split_k)
+            p3 = _partial(p_tile, s_ps, s0 + 3, split_k)
+        tot += p0
+        if GROUP >= 2:
+            tot += p1
+        if GROUP >= 4:
+            tot += p2
+            tot += p3
+    return tot
+
+
+@triton.jit
 def _splitk_gemm(
     x_ptr,
     w_ptr,
@@ -90,6 +119,7 @@ def _splitk_gemm(
     s_om,
     s_ps,
     s_pm,
+    s_up,
     SPLIT: tl.constexpr,
     FIXUP: tl.constexpr,
     SWIGLU: tl.constexpr,
@@ -97,11 +127,12 @@ def _splitk_gemm(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    GROUP: tl.constexpr,
 ):
     """Program (n block, split, m block): acc = x[rows, ks] @ w[n, ks]^T over its split ks of K.
 
     N is the number of output columns (n_half with SWIGLU, whose up rows start at weight row n_half).
-    Partials live at part[split, row, col] (SWIGLU: gate at col, up at N + col)."""
+    Partials are whole tiles at part[split, row, col] (SWIGLU: gate at col, up at s_up + col)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -140,21 +171,20 @@ def _splitk_gemm(
         tl.store(out_ptr + rows[:, None].to(tl.int64) * s_om + n[None, :], val.to(dtype), mask=omask)
     else:
         p_tile = part_ptr + rows[:, None].to(tl.int64) * s_pm + n[None, :]
-        tl.store(p_tile + pid_k * s_ps, acc, mask=omask)
+        tl.store(p_tile + pid_k * s_ps, acc)
         if SWIGLU:
-            tl.store(p_tile + pid_k * s_ps + N, acc_up, mask=omask)
+            tl.store(p_tile + pid_k * s_ps + s_up, acc_up)
         if FIXUP:
             # every thread's partial stores precede the counter's release (barrier, then an acq_rel atomic)
             tl.debug_barrier()
             lock = lock_ptr + pid_m * tl.num_programs(0) + pid_n
             arrived = tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu")
             if arrived == split_k - 1:
-                tot = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-                tot_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-                for s in range(split_k):  # split order, whichever program arrived last
-                    tot += tl.load(p_tile + s * s_ps, mask=omask, other=0.0, cache_modifier=".cg")
-                    if SWIGLU:
-                        tot_up += tl.load(p_tile + s * s_ps + N, mask=omask, other=0.0, cache_modifier=".cg")
+                # split order, whichever program arrived last
+                tot = _sum_partials(p_tile, s_ps, split_k, BLOCK_M, BLOCK_N, GROUP)
+                tot_up = tot
+                if SWIGLU:
+                    tot_up = _sum_partials(p_tile + s_up, s_ps, split_k, BLOCK_M, BLOCK_N, GROUP)
                 val = _tile_epilogue(tot, tot_up, dtype, SWIGLU)
                 tl.store(out_ptr + rows[:, None].to(tl.int64) * s_om + n[None, :], val.to(dtype), mask=omask)
                 tl.atomic_xchg(lock, 0)
@@ -169,22 +199,23 @@ def _splitk_sum(
     split_k,
     s_ps,
     s_pm,
+    s_up,
     s_om,
     SWIGLU: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    GROUP: tl.constexpr,
 ):
-    """out = epilogue(sum over splits of the partials, in split order)."""
+    """out = epilogue(sum over splits of the partials, in split order); the grid covers the workspace's
+    whole tiles."""
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = (rows < M)[:, None] & (n < N)[None, :]
     p_tile = part_ptr + rows[:, None].to(tl.int64) * s_pm + n[None, :]
-    tot = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    tot_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for s in range(split_k):
-        tot += tl.load(p_tile + s * s_ps, mask=mask, other=0.0)
-        if SWIGLU:
-            tot_up += tl.load(p_tile + s * s_ps + N, mask=mask, other=0.0)
+    tot = _sum_partials(p_tile, s_ps, split_k, BLOCK_M, BLOCK_N, GROUP)
+    tot_up = tot
+    if SWIGLU:
+        tot_up = _sum_partials(p_tile + s_up, s_ps, split_k, BLOCK_M, BLOCK_N, GROUP)
     val = _tile_epilogue(tot, tot_up, out_ptr.dtype.element_ty, SWIGLU)
     tl.store(
         out_ptr + rows[:, None].to(tl.int64) * s_om + n[None, :], val.to(out_ptr.dtype.element_ty), mask=mask
@@ -204,6 +235,12 @@ def _locks(device: torch.device, count: int) -> torch.Tensor:
         buf = torch.zeros(max(4096, triton.next_power_of_2(count)), dtype=torch.int32, device=device)
         _LOCKS[key] = buf
     return buf
+
+
+def _group(per_thread: int) -> int:
+    """Partial tiles loaded at a time (1, 2 or 4) by a reduction whose threads hold ``per_thread`` values of
+    a tile, within ~128 registers."""
+    return 4 if 4 * per_thread <= 128 else (2 if 2 * per_thread <= 128 else 1)
 
 
 def block_m_for(rows: int) -> int:
@@ -294,9 +331,11 @@ def linear_splitk(
     )
     n_tiles = triton.cdiv(n_out, block_n)
     m_tiles = triton.cdiv(rows, block_m)
+    n_pad = n_tiles * block_n
     if split > 1:
-        cols = 2 * n_out if swiglu else n_out
-        part = torch.empty(split, rows, cols, device=x.device, dtype=torch.float32)
+        # whole tiles (unmasked stores and loads); SwiGLU's up partials after the gate ones
+        cols = 2 * n_pad if swiglu else n_pad
+        part = torch.empty(split, m_tiles * block_m, cols, device=x.device, dtype=torch.float32)
         s_ps, s_pm = part.stride(0), part.stride(1)
     else:
         part, s_ps, s_pm = out, 0, 0
@@ -319,6 +358,7 @@ def linear_splitk(
         out.stride(0),
         s_ps,
         s_pm,
+        n_pad,
         SPLIT=split > 1,
         FIXUP=fixup,
         SWIGLU=swiglu,
@@ -326,13 +366,15 @@ def linear_splitk(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
+        GROUP=_group(block_m * block_n // (32 * num_warps)),
         num_warps=num_warps,
         num_stages=num_stages,
     )
     if split > 1 and not fixup:
-        sum_n = 128
-        sum_m = min(block_m, 32)
-        _splitk_sum[(triton.cdiv(n_out, sum_n), triton.cdiv(rows, sum_m))](
+        # small tiles: many programs share the reduction's reads
+        sum_n = min(64, block_n)
+        sum_m = 16
+        _splitk_sum[(n_pad // sum_n, m_tiles * block_m // sum_m)](
             part,
             out,
             rows,
@@ -340,11 +382,13 @@ def linear_splitk(
             split,
             s_ps,
             s_pm,
+            n_pad,
             out.stride(0),
             SWIGLU=swiglu,
             BLOCK_M=sum_m,
             BLOCK_N=sum_n,
-            num_warps=4,
+            GROUP=_group(sum_m * sum_n // 64),
+            num_warps=2,
         )
     return out
 
