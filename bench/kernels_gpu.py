@@ -390,13 +390,18 @@ def _sweep_candidates(rows: int, n_out: int, k: int, swiglu: bool = False) -> li
 
     cands = []
     splits = sorted({1, 2, 4, 8, 16, splitk_config(rows, n_out, k).split_k or 1})
-    for bn in (32, 64, 128):
+    for bn in (32, 64, 128, 256):
         for bk in (64, 128, 256):
             for split in splits:
-                if bk * split > triton.cdiv(k, bk) * bk or (bn == 128 and bk == 256):
+                if (
+                    bk * split > triton.cdiv(k, bk) * bk
+                    or (bn >= 128 and bk == 256)
+                    or (bn == 256 and n_out < 4096)
+                ):
                     continue
                 programs = triton.cdiv(n_out, bn) * split * triton.cdiv(rows, block_m_for(rows))
-                cfg = {"block_n": bn, "block_k": bk, "split_k": split, "num_warps": 4, "num_stages": 3}
+                nw = 8 if bn == 256 else 4
+                cfg = {"block_n": bn, "block_k": bk, "split_k": split, "num_warps": nw, "num_stages": 3}
                 few = split == 1 and programs < NUM_SMS // 2
                 if (NUM_SMS // 2 <= programs <= 8 * NUM_SMS or few) and _smem_fits(rows, cfg, swiglu):
                     cands.append(cfg)

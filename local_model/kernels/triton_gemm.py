@@ -250,13 +250,15 @@ def block_m_for(rows: int) -> int:
 
 def splitk_config(rows: int, n: int, k: int, *, fp32: bool = False, sms: int = NUM_SMS) -> SplitKConfig:
     """A default launch for [rows, k] @ [n, k]^T: 64-wide output blocks (32 for narrow outputs), K blocks
-    of 128 (64 in fp32), and as many splits of K as give ~2 programs per SM (at most 16, at least two K
-    blocks a split where K allows)."""
+    of 128 (64 in fp32), and as many splits of K (at most 16) as give about one program per SM. Each split
+    costs a [rows, 64] fp32 partial per tile and each output block re-reads x, so more programs than SMs
+    mostly add L2 traffic; the 3-stage pipeline keeps ~2 tiles of loads in flight per program."""
     block_n = 64 if n > 256 else 32
     block_k = 64 if fp32 else 128
     tiles = triton.cdiv(n, block_n) * triton.cdiv(rows, block_m_for(rows))
     k_blocks = triton.cdiv(k, block_k)
-    split = max(1, min(16, (2 * sms) // tiles, k_blocks // 2 if k_blocks >= 4 else k_blocks))
+    split = max(1, min(16, round(sms / tiles), k_blocks))
+    split = triton.cdiv(k_blocks, triton.cdiv(k_blocks, split))  # whole K blocks a split, none empty
     num_warps = 8 if block_m_for(rows) * block_n >= 8192 else 4
     return SplitKConfig(
         block_n=block_n, block_k=block_k, split_k=split, num_warps=num_warps, num_stages=3, reduce="fixup"
