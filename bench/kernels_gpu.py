@@ -415,31 +415,37 @@ def _cfg_key(cfg: dict) -> str:
 
 
 def _sweep_tried(x: torch.Tensor, ws: list[torch.Tensor], swiglu: bool, cands: list[dict]) -> dict:
-    """µs per launch configuration (key `_cfg_key`): the candidates, then warps {4, 8} x stages {2, 3, 4}
-    x both reductions on the best 2 of them."""
+    """µs per launch configuration (key `_cfg_key`): the candidates; warps {4, 8} x stages {2, 3, 4} on the
+    best 2 of them; then the best so far with the other reduction (two-pass)."""
     tried: dict[str, float | str] = {}
+    configs: dict[str, dict] = {}
 
     def run(cfg: dict) -> None:
-        if _cfg_key(cfg) not in tried:
+        if _cfg_key(cfg) not in tried and _smem_fits(x.shape[0], cfg, swiglu):
+            configs[_cfg_key(cfg)] = cfg
             tried[_cfg_key(cfg)] = rotating_us(lambda w: _splitk(swiglu, **cfg)(x, w), ws, rep=40)
+
+    def best(count: int) -> list[dict]:
+        return [
+            configs[key]
+            for _, key in sorted((v, key) for key, v in tried.items() if isinstance(v, float))[:count]
+        ]
 
     for cfg in cands:
         run(cfg)
-    by_key = {_cfg_key(c): c for c in cands}
-    for _, key in sorted((v, key) for key, v in tried.items() if isinstance(v, float))[:2]:
+    for base in best(2):
         for nw in (4, 8):
             for st in (2, 3, 4):
-                for red in ("fixup", "launch"):
-                    cfg = {**by_key[key], "num_warps": nw, "num_stages": st, "reduce": red}
-                    if _smem_fits(x.shape[0], cfg, swiglu):
-                        run(cfg)
+                run({**base, "num_warps": nw, "num_stages": st})
+    for base in best(1):
+        if base["split_k"] > 1:
+            run({**base, "reduce": "launch"})
     return tried
 
 
 def gemm_sweep(rows_list: tuple[int, ...] = (64,), save=None) -> list[dict]:  # noqa: ANN001
     """Best split-K launch per 426M projection (SWEEP_SHAPES) and row count (``save`` as in `gemm_rows`),
-    against cuBLAS, timed as `gemm_rows`. Stage two tries warps {4, 8} x stages {2, 3, 4} x both reductions
-    on stage one's best 2."""
+    against cuBLAS, timed as `gemm_rows` (the launches tried: `_sweep_candidates`, then `_sweep_tried`)."""
     from local_model.kernels.triton_gemm import splitk_config
 
     out = []
