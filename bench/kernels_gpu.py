@@ -532,7 +532,8 @@ def print_gemm_tables(rows: list[dict], sweep: list[dict]) -> None:
                 c = r["best_config"]
                 print(f"    ({r['n']}, {r['k']}): SplitKConfig(block_n={c['block_n']}, block_k={c['block_k']}, "
                       f"split_k={c['split_k']}, num_warps={c['num_warps']}, num_stages={c['num_stages']}, "
-                      f"reduce={c['reduce']!r}),  # {r['rows']} rows: {r['best_us']} vs cuBLAS {r['cublas_us']} µs")  # fmt: skip
+                      f"reduce={c['reduce']!r}),  # {r['rows']} rows: {r['best_us']} vs cuBLAS "
+                      f"{r['cublas_us']} µs")  # fmt: skip
         print("}")
 
 
