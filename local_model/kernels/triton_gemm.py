@@ -4,7 +4,7 @@ At 16-128 rows a projection is a weight stream: 64 rows of a [1024, 2048] bf16 w
 against 4.2 MB of reads. cuBLAS tiles the output only, so a 1024-wide output gives it 8-16 tiles, i.e.
 8-16 SMs streaming the weight. Here one program covers every row (BLOCK_M >= rows) and a [BLOCK_N,
 K / split_k] slab of the weight, so the weight is read once and ``cdiv(N, BLOCK_N) * split_k`` programs
-stream it (~2-4 per SM).
+stream it (about one per SM by default; `splitk_config`).
 
 The split partial sums are reduced deterministically (the engine compares CUDA-graph and eager logits
 bit for bit, and fp32 atomics would make the result depend on the order programs finish):
@@ -222,19 +222,18 @@ def _splitk_sum(
     )
 
 
-# Tile counters of the fixup reduction, per (device, stream): every launch leaves them at zero, so
-# launches in one stream (or one CUDA graph) share them; launches that may overlap must not.
-_LOCKS: dict[tuple[str, int | None, int], torch.Tensor] = {}
+# Tile counters of the fixup reduction, one buffer per device, allocated once and never replaced (captured
+# CUDA graphs keep its address). Every launch leaves its counters at zero, so launches in one stream (or
+# one graph) share them; launches that may run at the same time on different streams must not.
+LOCK_COUNT = 1 << 16
+_LOCKS: dict[tuple[str, int | None], torch.Tensor] = {}
 
 
-def _locks(device: torch.device, count: int) -> torch.Tensor:
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (device.type, device.index, stream)
-    buf = _LOCKS.get(key)
-    if buf is None or buf.numel() < count:
-        buf = torch.zeros(max(4096, triton.next_power_of_2(count)), dtype=torch.int32, device=device)
-        _LOCKS[key] = buf
-    return buf
+def _locks(device: torch.device) -> torch.Tensor:
+    key = (device.type, device.index)
+    if key not in _LOCKS:
+        _LOCKS[key] = torch.zeros(LOCK_COUNT, dtype=torch.int32, device=device)
+    return _LOCKS[key]
 
 
 def _group(per_thread: int) -> int:
@@ -341,8 +340,8 @@ def linear_splitk(
         s_ps, s_pm = part.stride(0), part.stride(1)
     else:
         part, s_ps, s_pm = out, 0, 0
-    fixup = split > 1 and reduce == "fixup"
-    lock = _locks(x.device, n_tiles * m_tiles) if fixup else out
+    fixup = split > 1 and reduce == "fixup" and n_tiles * m_tiles <= LOCK_COUNT
+    lock = _locks(x.device) if fixup else out
     _splitk_gemm[(n_tiles, split, m_tiles)](
         x,
         weight,
