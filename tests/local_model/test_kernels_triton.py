@@ -573,3 +573,24 @@ def test_decode_step_with_every_projection_on_split_k_matches_the_model_forward(
             nxt, slots, torch.full((batch,), 9, device=DEV)
         )
     assert rel(got, expect) <= 1e-5
+
+
+@gpu
+@pytest.mark.parametrize("rows", [16, 64])
+@pytest.mark.parametrize("split_k", [4, 16])
+@pytest.mark.parametrize("swiglu", [False, True])
+def test_linear_splitk_at_model_size_is_repeatable_to_the_bit(rows, split_k, swiglu):
+    """Programs of a tile finish in any order on the card: the last one must still see every partial and sum
+    them in split order (50 launches identical, and identical to the two-pass sum), near cuBLAS in bf16."""
+    from local_model.kernels.triton_gemm import linear_splitk
+
+    gen = torch.Generator(device="cuda").manual_seed(70)
+    x = torch.randn(rows, 2048, device="cuda", dtype=torch.bfloat16, generator=gen)
+    w = torch.randn(2048 if swiglu else 1024, 2048, device="cuda", dtype=torch.bfloat16, generator=gen) * 0.02
+    first = linear_splitk(x=x, weight=w, swiglu=swiglu, split_k=split_k)
+    assert all(
+        torch.equal(first, linear_splitk(x=x, weight=w, swiglu=swiglu, split_k=split_k)) for _ in range(50)
+    )
+    assert torch.equal(first, linear_splitk(x=x, weight=w, swiglu=swiglu, split_k=split_k, reduce="launch"))
+    expect, _ = ref.norm_linear_ref(x=x, weight=w, swiglu=swiglu)
+    assert rel(first, expect) <= 1e-2
