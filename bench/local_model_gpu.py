@@ -187,11 +187,15 @@ def splitk_ab(args: argparse.Namespace) -> int:
 
     module = random_gpu_model(args, args.hidden, args.layers, args.experts)
     lm = SimpleNamespace(module=module)
-    out: dict = {"device": torch.cuda.get_device_name(), "splitk": args.splitk}
+    dev = next(module.parameters()).device
+    out: dict = {
+        "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+        "splitk": args.splitk,
+    }
     out["splitk_shapes"] = apply_splitk(args.splitk, module)
     for b in [int(x) for x in args.batches.split(",")]:
         prompt = torch.randint(
-            0, args.vocab, (b, 128), device="cuda", generator=torch.Generator("cuda").manual_seed(b)
+            0, args.vocab, (b, 128), device=dev, generator=torch.Generator(dev).manual_seed(b)
         )
         toks = {}
         for _ in range(2):
@@ -208,7 +212,7 @@ def splitk_ab(args: argparse.Namespace) -> int:
     apply_splitk(args.splitk, module)
     for b in (2, 16):
         prompt = torch.randint(
-            0, args.vocab, (b, 32), device="cuda", generator=torch.Generator("cuda").manual_seed(7)
+            0, args.vocab, (b, 32), device=dev, generator=torch.Generator(dev).manual_seed(7)
         )
         g, _ = ours_greedy_graph(lm, prompt, args.greedy_steps)
         g_ref = reference_greedy(module, prompt, args.greedy_steps)
