@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-# H100 SXM; the launch heuristic aims at a few programs per SM
+# H100 SXM; the launch heuristic aims at about one program per SM
 NUM_SMS = 132
 
 
