@@ -7,11 +7,12 @@ channel stride: the layout our model's projections produce). Both outputs are ch
 (‖ours − theirs‖ / ‖theirs‖) on the same inputs. Decode: `selective_state_update` against mamba-ssm's Triton
 one, each captured in a CUDA graph (so launch overhead is out of both). Each scan row also gives the
 device time of our kernels (profiler) and both scans replayed from a CUDA graph. Also the card's copy
-bandwidth. ``--gemm``: the decode projections, our GEMV (plain and with the residual add + RMSNorm fused)
-beside cuBLAS at 1 and 4 rows.
+bandwidth. ``--gemm``: the decode projections beside cuBLAS at 1, 16 and 64 rows (``--gemm-rows``): our GEMV
+(plain and with the residual add + RMSNorm fused) at 1-4 rows, the split-K GEMM above; ``--gemm-sweep``: the
+best split-K launch per projection of the 426M step (prints a ready `SPLITK_SHAPES`).
 
 Needs mamba-ssm importable (see the anchor's README); without it only our timings are printed.
-Usage: python bench/kernels_gpu.py [--json out.json] [--quick] [--sweep] [--gemm]
+Usage: python bench/kernels_gpu.py [--json out.json] [--quick] [--sweep] [--gemm] [--gemm-sweep] [--gemm-rows 16,64]
 """
 
 from __future__ import annotations
@@ -237,45 +238,266 @@ def decode_row(batch: int, ssu_ref) -> dict:  # noqa: ANN001
     return row
 
 
-# Decode-step projections (N, K) of the 426M config (in_proj, out_proj, MLP gate/up, MLP down, lm_head) and
-# of the ~1.5B one (in_proj, out_proj, lm_head).
+# Decode-step projections (N, K) of the 426M config (in_proj, out_proj, MLP gate/up, MLP down, lm_head, then
+# x_proj, attention qkv and o) and of the ~1.5B one (in_proj, out_proj, lm_head).
 GEMM_SHAPES = [(4096, 1024), (1024, 2048), (5632, 1024), (1024, 2816), (32000, 1024), (8192, 2048), (2048, 4096),
-               (32000, 2048)]  # fmt: skip
+               (32000, 2048), (96, 2048), (1536, 1024), (1024, 1024)]  # fmt: skip
+# The 426M step's projections above one row, as the step calls them (MLP gate/up with SwiGLU fused).
+SWEEP_SHAPES = [(4096, 1024, False), (96, 2048, False), (1024, 2048, False), (1536, 1024, False),
+                (1024, 1024, False), (5632, 1024, True), (1024, 2816, False), (32000, 1024, False)]  # fmt: skip
+# In the decode step every weight is read once between ~550 MB of other weights, so the timed calls cycle
+# through copies of the weight totalling more than the 50 MB L2 (a replay of one weight would be L2-served).
+ROTATE_BYTES = 160e6
+GRAPH_CALLS = 20
 
 
-def gemm_rows(rows_list: tuple[int, ...] = (1, 4)) -> list[dict]:
-    """Our decode linear (GEMV at 1-4 rows, cuBLAS above) beside cuBLAS (F.linear), plain and with the
-    residual add + RMSNorm fused in, each in a CUDA graph; GB/s = weight bytes / time."""
+def weight_copies(n: int, k: int) -> list[torch.Tensor]:
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+    copies = min(GRAPH_CALLS, max(1, int(ROTATE_BYTES // w.nbytes) + 1))
+    return [w] + [w.clone() for _ in range(copies - 1)]
+
+
+def rotating_us(call, weights: list[torch.Tensor], rep: int = 200) -> float | str:  # noqa: ANN001
+    """Median µs of ``call(w)``, replayed from a CUDA graph of GRAPH_CALLS calls cycling through
+    ``weights``; an error text if the call fails or cannot be captured."""
+    try:
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for w in weights[:3]:
+                call(w)
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for i in range(GRAPH_CALLS):
+                call(weights[i % len(weights)])
+        ms = triton.testing.do_bench(g.replay, warmup=max(10, rep // 10), rep=rep, return_mode="median")
+        return round(ms / GRAPH_CALLS * 1000, 2)
+    except Exception as exc:  # noqa: BLE001 - a config that fails to compile or launch is reported, not fatal
+        torch.cuda.synchronize()
+        return f"failed: {type(exc).__name__}: {exc}"[:200]
+
+
+def _gbps(nbytes: int, us: float | str) -> int | None:
+    return round(nbytes / (us * 1e-6) / 1e9) if isinstance(us, float) else None
+
+
+def _cublas(swiglu: bool):  # noqa: ANN202
     import torch.nn.functional as F
+
+    def call(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, w)
+        if swiglu:
+            g, u = y.chunk(2, dim=-1)
+            y = F.silu(g) * u
+        return y
+
+    return call
+
+
+def _splitk(swiglu: bool, **kw):  # noqa: ANN003, ANN202
+    def call(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return tk.linear_splitk(x=x, weight=w, swiglu=swiglu, **kw)
+
+    return call
+
+
+def _split_facts(x: torch.Tensor, w: torch.Tensor, swiglu: bool, kw: dict) -> dict:
+    """Correctness and determinism of one split-K launch: rel error against cuBLAS (+ SwiGLU in PyTorch),
+    bit-identical over 10 repeats, fixup and two-pass reductions bit-identical, and the split it ran."""
+    from local_model.kernels.triton_gemm import splitk_config
+
+    ref = _cublas(swiglu)(x, w)
+    first = tk.linear_splitk(x=x, weight=w, swiglu=swiglu, **kw)
+    same = all(torch.equal(first, tk.linear_splitk(x=x, weight=w, swiglu=swiglu, **kw)) for _ in range(10))
+    other = {**kw, "reduce": "launch" if kw.get("reduce", "fixup") == "fixup" else "fixup"}
+    n_out = w.shape[0] // 2 if swiglu else w.shape[0]
+    return {
+        "rel_err_vs_cublas": rel(first, ref),
+        "bitwise_repeatable": same,
+        "fixup_equals_two_pass": torch.equal(first, tk.linear_splitk(x=x, weight=w, swiglu=swiglu, **other)),
+        "default_split_k": splitk_config(x.shape[0], n_out, x.shape[1]).split_k,
+    }
+
+
+def gemm_rows(rows_list: tuple[int, ...] = (1, 16, 64), save=None) -> list[dict]:  # noqa: ANN001
+    """Per projection and row count (``save(rows so far)`` after each), CUDA-graph-replayed over rotating
+    weight copies (cold L2), µs per call and GB/s of weight: cuBLAS (F.linear); at 1-4 rows our GEMV (plain
+    and with residual + RMSNorm); above,
+    the split-K GEMM with its default launch (one-launch fixup and two-pass reductions), at half and twice
+    the default split, and with one split (plain dot tiles, no reduction). The MLP gate/up shape is also
+    timed with SwiGLU (cuBLAS + PyTorch silu * up vs the fused epilogue)."""
+    from local_model.kernels.triton_gemm import splitk_config
 
     out = []
     for n, k in GEMM_SHAPES:
-        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+        ws = weight_copies(n, k)
+        nbytes = ws[0].nbytes
         for rows in rows_list:
             x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
-            nw = torch.rand(k, device="cuda", dtype=torch.bfloat16)
-            res = torch.randn_like(x)
-            t_ours = graph_bench(lambda x=x, w=w: tk.linear(x=x, weight=w))
-            t_norm = graph_bench(
-                lambda x=x, w=w, nw=nw, res=res: tk.norm_linear(
-                    x=x, weight=w, norm_weight=nw, residual=res, eps=1e-6
+            row: dict = {"n": n, "k": k, "rows": rows, "weight_copies": len(ws)}
+            row["cublas_us"] = rotating_us(lambda w, x=x: _cublas(False)(x, w), ws)
+            if rows <= 4:
+                nw = torch.rand(k, device="cuda", dtype=torch.bfloat16)
+                res = torch.randn_like(x)
+                row["ours_gemv_us"] = rotating_us(lambda w, x=x: tk.linear(x=x, weight=w), ws)
+                row["ours_gemv_norm_residual_us"] = rotating_us(
+                    lambda w, x=x, nw=nw, res=res: tk.norm_linear(
+                        x=x, weight=w, norm_weight=nw, residual=res
+                    ),
+                    ws,
                 )
+            if rows > 1:
+                split = splitk_config(rows, n, k).split_k or 1
+                variants = {
+                    "splitk_us": {},
+                    "splitk_two_pass_us": {"reduce": "launch"},
+                    "splitk_half_split_us": {"split_k": max(1, split // 2)},
+                    "splitk_double_split_us": {"split_k": min(32, 2 * split)},
+                    "dot_split1_us": {"split_k": 1},
+                }
+                for name, kw in variants.items():
+                    row[name] = rotating_us(lambda w, x=x, kw=kw: _splitk(False, **kw)(x, w), ws)
+                row.update(_split_facts(x, ws[0], False, {}))
+                if (n, k) == (5632, 1024):
+                    row["cublas_swiglu_us"] = rotating_us(lambda w, x=x: _cublas(True)(x, w), ws)
+                    row["splitk_swiglu_us"] = rotating_us(lambda w, x=x: _splitk(True)(x, w), ws)
+                    row["swiglu_rel_err_vs_cublas"] = _split_facts(x, ws[0], True, {})["rel_err_vs_cublas"]
+            for key in [key for key in row if key.endswith("_us")]:
+                row[key.replace("_us", "_GBps")] = _gbps(nbytes, row[key])
+            out.append(row)
+            print(json.dumps(row), flush=True)
+            if save:
+                save(out)
+        del ws
+        torch.cuda.empty_cache()
+    return out
+
+
+def _smem_fits(rows: int, cfg: dict, swiglu: bool) -> bool:
+    """The pipeline's shared memory (stages x (x tile + weight tile(s)), bf16) within the H100's 227 KB."""
+    from local_model.kernels.triton_gemm import block_m_for
+
+    tile = block_m_for(rows) * cfg["block_k"] + cfg["block_k"] * cfg["block_n"] * (2 if swiglu else 1)
+    return cfg["num_stages"] * tile * 2 <= 220 * 1024
+
+
+def _sweep_candidates(rows: int, n_out: int, k: int, swiglu: bool = False) -> list[dict]:
+    """Stage one of the sweep: output block x K block x split, 4 warps, 3 stages, one-launch reduction;
+    only launches with 0.5-8 programs per SM whose splits hold at least one K block and whose pipeline
+    fits in shared memory."""
+    from local_model.kernels.triton_gemm import NUM_SMS, block_m_for, splitk_config
+
+    cands = []
+    splits = sorted({1, 2, 4, 8, 16, splitk_config(rows, n_out, k).split_k or 1})
+    for bn in (32, 64, 128, 256):
+        for bk in (64, 128, 256):
+            for split in splits:
+                if (
+                    bk * split > triton.cdiv(k, bk) * bk
+                    or (bn >= 128 and bk == 256)
+                    or (bn == 256 and n_out < 4096)
+                ):
+                    continue
+                programs = triton.cdiv(n_out, bn) * split * triton.cdiv(rows, block_m_for(rows))
+                nw = 8 if bn == 256 else 4
+                cfg = {"block_n": bn, "block_k": bk, "split_k": split, "num_warps": nw, "num_stages": 3}
+                few = split == 1 and programs < NUM_SMS // 2
+                if (NUM_SMS // 2 <= programs <= 8 * NUM_SMS or few) and _smem_fits(rows, cfg, swiglu):
+                    cands.append(cfg)
+    return cands
+
+
+def _cfg_key(cfg: dict) -> str:
+    return "bn{block_n}_bk{block_k}_s{split_k}_w{num_warps}_st{num_stages}_".format(**cfg) + cfg.get(
+        "reduce", "fixup"
+    )
+
+
+def _sweep_tried(x: torch.Tensor, ws: list[torch.Tensor], swiglu: bool, cands: list[dict]) -> dict:
+    """µs per launch configuration (key `_cfg_key`): the candidates; warps {4, 8} x stages {2, 3, 4} on the
+    best 2 of them; then the best so far with the other reduction (two-pass)."""
+    tried: dict[str, float | str] = {}
+    configs: dict[str, dict] = {}
+
+    def run(cfg: dict) -> None:
+        if _cfg_key(cfg) not in tried and _smem_fits(x.shape[0], cfg, swiglu):
+            configs[_cfg_key(cfg)] = cfg
+            tried[_cfg_key(cfg)] = rotating_us(lambda w: _splitk(swiglu, **cfg)(x, w), ws, rep=40)
+
+    def best(count: int) -> list[dict]:
+        return [
+            configs[key]
+            for _, key in sorted((v, key) for key, v in tried.items() if isinstance(v, float))[:count]
+        ]
+
+    for cfg in cands:
+        run(cfg)
+    for base in best(2):
+        for nw in (4, 8):
+            for st in (2, 3, 4):
+                run({**base, "num_warps": nw, "num_stages": st})
+    for base in best(1):
+        if base["split_k"] > 1:
+            run({**base, "reduce": "launch"})
+    return tried
+
+
+def gemm_sweep(rows_list: tuple[int, ...] = (64,), save=None) -> list[dict]:  # noqa: ANN001
+    """Best split-K launch per 426M projection (SWEEP_SHAPES) and row count (``save`` as in `gemm_rows`),
+    against cuBLAS, timed as `gemm_rows` (the launches tried: `_sweep_candidates`, then `_sweep_tried`)."""
+    from local_model.kernels.triton_gemm import splitk_config
+
+    out = []
+    for n, k, swiglu in SWEEP_SHAPES:
+        ws = weight_copies(n, k)
+        nbytes = ws[0].nbytes
+        n_out = n // 2 if swiglu else n
+        for rows in rows_list:
+            x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+            cublas = rotating_us(lambda w, x=x, sw=swiglu: _cublas(sw)(x, w), ws)
+            default = rotating_us(lambda w, x=x, sw=swiglu: _splitk(sw)(x, w), ws)
+            tried = _sweep_tried(x, ws, swiglu, _sweep_candidates(rows, n_out, k, swiglu))
+            timed = sorted((v, key) for key, v in tried.items() if isinstance(v, float))
+            best_us, best_key = timed[0] if timed else (None, None)
+            parts = best_key.split("_") if best_key else []
+            best_cfg = (
+                {
+                    "block_n": int(parts[0][2:]),
+                    "block_k": int(parts[1][2:]),
+                    "split_k": int(parts[2][1:]),
+                    "num_warps": int(parts[3][1:]),
+                    "num_stages": int(parts[4][2:]),
+                    "reduce": parts[5],
+                }
+                if parts
+                else None
             )
-            t_cublas = graph_bench(lambda x=x, w=w: F.linear(x, w))
-            gb = n * k * 2 / 1e9
+            facts = _split_facts(x, ws[0], swiglu, best_cfg) if best_cfg else {}
             row = {
                 "n": n,
                 "k": k,
+                "swiglu": swiglu,
                 "rows": rows,
-                "ours_us": round(t_ours * 1000, 2),
-                "ours_norm_residual_us": round(t_norm * 1000, 2),
-                "cublas_us": round(t_cublas * 1000, 2),
-                "ours_GBps": round(gb / (t_ours / 1000)),
-                "cublas_GBps": round(gb / (t_cublas / 1000)),
-                "rel_err": rel(tk.linear(x=x, weight=w), F.linear(x, w)),
+                "cublas_us": cublas,
+                "default_us": default,
+                "default_config": vars(splitk_config(rows, n_out, k)),
+                "best_us": best_us,
+                "best_config": best_cfg,
+                "cublas_GBps": _gbps(nbytes, cublas),
+                "best_GBps": _gbps(nbytes, best_us) if best_us else None,
+                "speedup_vs_cublas": round(cublas / best_us, 2)
+                if best_us and isinstance(cublas, float)
+                else None,
+                **facts,
+                "tried_us": tried,
             }
             out.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps({key: v for key, v in row.items() if key != "tried_us"}), flush=True)
+            if save:
+                save(out)
+        del ws
+        torch.cuda.empty_cache()
     return out
 
 
@@ -310,6 +532,42 @@ def attn_rows() -> list[dict]:
     return out
 
 
+def print_gemm_tables(rows: list[dict], sweep: list[dict]) -> None:
+    if rows:
+        print("\n| N x K | rows | cuBLAS µs | split-K µs (default / two-pass / half / double split) | dot, 1 split |"
+              " GEMV µs | best GB/s | exact repeats |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            ours = [r.get(key, "-") for key in ("splitk_us", "splitk_two_pass_us", "splitk_half_split_us",
+                                                "splitk_double_split_us")]  # fmt: skip
+            best = max(
+                (v for key, v in r.items() if key.endswith("_GBps") and isinstance(v, int)), default="-"
+            )
+            print(f"| {r['n']}x{r['k']} | {r['rows']} | {r['cublas_us']} | {' / '.join(map(str, ours))} | "
+                  f"{r.get('dot_split1_us', '-')} | {r.get('ours_gemv_us', '-')} | {best} | "
+                  f"{r.get('bitwise_repeatable', '-')} |")  # fmt: skip
+            if "splitk_swiglu_us" in r:
+                print(f"| {r['n']}x{r['k']} +SwiGLU | {r['rows']} | {r['cublas_swiglu_us']} (+silu*up) | "
+                      f"{r['splitk_swiglu_us']} (fused) | | | | |")  # fmt: skip
+    if sweep:
+        print("\n| N x K | rows | cuBLAS µs | default µs | best µs | best GB/s | x cuBLAS | best config |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in sweep:
+            name = f"{r['n']}x{r['k']}" + (" +SwiGLU" if r["swiglu"] else "")
+            print(f"| {name} | {r['rows']} | {r['cublas_us']} | {r['default_us']} | {r['best_us']} | "
+                  f"{r['best_GBps']} | {r['speedup_vs_cublas']} | {r['best_config']} |")  # fmt: skip
+        print("\n# triton_gemm.SPLITK_SHAPES from this sweep (best launch where it beats cuBLAS by >= 5%):")
+        print("SPLITK_SHAPES = {")
+        for r in sweep:
+            if r["best_config"] and (r["speedup_vs_cublas"] or 0) >= 1.05:
+                c = r["best_config"]
+                print(f"    ({r['n']}, {r['k']}): SplitKConfig(block_n={c['block_n']}, block_k={c['block_k']}, "
+                      f"split_k={c['split_k']}, num_warps={c['num_warps']}, num_stages={c['num_stages']}, "
+                      f"reduce={c['reduce']!r}),  # {r['rows']} rows: {r['best_us']} vs cuBLAS "
+                      f"{r['cublas_us']} µs")  # fmt: skip
+        print("}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
@@ -323,14 +581,33 @@ def main() -> int:
     ap.add_argument(
         "--attn", action="store_true", help="only: paged decode attention at 32K/256K, split or not"
     )
+    ap.add_argument("--gemm-sweep", action="store_true", help="only: best split-K launch per 426M projection")
+    ap.add_argument("--gemm-rows", default=None, help="comma-separated rows (--gemm: 1,16,64; sweep: 64)")
     args = ap.parse_args()
     if args.attn:
         res_a = {"device": torch.cuda.get_device_name(), "attn": attn_rows()}
         if args.json:
             Path(args.json).write_text(json.dumps(res_a, indent=1))
         return 0
-    if args.gemm:
-        res_g = {"device": torch.cuda.get_device_name(), "gemm": gemm_rows()}
+    if args.gemm or args.gemm_sweep:
+        rows_arg = tuple(int(r) for r in args.gemm_rows.split(",")) if args.gemm_rows else None
+        res_g: dict = {
+            "device": torch.cuda.get_device_name(),
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+        }
+
+        def saver(key: str):  # noqa: ANN202 - rows so far reach the JSON even if the run is cut short
+            def save(rows: list[dict]) -> None:
+                res_g[key] = rows
+                if args.json:
+                    Path(args.json).write_text(json.dumps(res_g, indent=1))
+
+            return save
+
+        res_g["gemm"] = gemm_rows(rows_arg or (1, 16, 64), saver("gemm")) if args.gemm else []
+        res_g["gemm_sweep"] = gemm_sweep(rows_arg or (64,), saver("gemm_sweep")) if args.gemm_sweep else []
+        print_gemm_tables(res_g["gemm"], res_g["gemm_sweep"])
         if args.json:
             Path(args.json).write_text(json.dumps(res_g, indent=1))
         return 0

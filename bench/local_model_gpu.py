@@ -12,8 +12,12 @@ Builds a random Jamba config with transformers (426M parameters by default), sav
   5. the decode roofline at batch 1: bytes one step must read (weights of the layers and the 2 chosen
      experts, lm_head, Mamba state read+write, KV) over the measured copy bandwidth.
 ``--big`` adds decode at batch 1 for a ~1.5B config (hidden 2048, 16 layers, 16 experts top-2; ours only).
+``--splitk SPEC`` routes the projections above one row through the split-K GEMM (SPEC: ``default`` = every
+weight with the shape heuristic's launch, or the JSON of ``bench/kernels_gpu.py --gemm-sweep`` = its best
+launches that beat cuBLAS by >= 5%); with ``--splitk-ab`` only our decode is timed, cuBLAS and split-K
+alternately on one random model (no transformers), plus greedy agreement in bf16 and fp32.
 
-Usage: python bench/local_model_gpu.py [--json out.json] [--big]
+Usage: python bench/local_model_gpu.py [--json out.json] [--big] [--splitk SPEC [--splitk-ab]] [--profile]
 """
 
 from __future__ import annotations
@@ -156,6 +160,69 @@ def leading_agreement(a: torch.Tensor, b: torch.Tensor) -> list[int]:
     return [int(row.cumprod(0).sum()) for row in eq]
 
 
+def apply_splitk(spec: str | None, module) -> dict:  # noqa: ANN001
+    """Fill `triton_gemm.SPLITK_SHAPES` from ``spec`` (None/"off": empty; "default": every 2-D weight of
+    ``module`` with the heuristic launch; a path: the sweep JSON's best launches beating cuBLAS by 5%)."""
+    from local_model.kernels import triton_gemm as tg
+
+    tg.SPLITK_SHAPES.clear()
+    if spec in (None, "off"):
+        return {}
+    if spec == "default":
+        for p in module.parameters():
+            if p.dim() == 2:
+                tg.SPLITK_SHAPES[tuple(p.shape)] = tg.SplitKConfig()
+    else:
+        for r in json.loads(Path(spec).read_text()).get("gemm_sweep", []):
+            if r.get("best_config") and (r.get("speedup_vs_cublas") or 0) >= 1.05:
+                tg.SPLITK_SHAPES[(r["n"], r["k"])] = tg.SplitKConfig(**r["best_config"])
+    return {f"{n}x{k}": str(c) for (n, k), c in tg.SPLITK_SHAPES.items()}
+
+
+def splitk_ab(args: argparse.Namespace) -> int:
+    """Decode tok/s of one random model (our bundle, CUDA graphs) with the projections on cuBLAS and on the
+    split-K GEMM, alternating (two rounds); greedy tokens of the two paths and, in fp32, of the split-K path
+    against our GPU reference path."""
+    from types import SimpleNamespace
+
+    module = random_gpu_model(args, args.hidden, args.layers, args.experts)
+    lm = SimpleNamespace(module=module)
+    dev = next(module.parameters()).device
+    out: dict = {
+        "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+        "splitk": args.splitk,
+    }
+    out["splitk_shapes"] = apply_splitk(args.splitk, module)
+    for b in [int(x) for x in args.batches.split(",")]:
+        prompt = torch.randint(
+            0, args.vocab, (b, 128), device=dev, generator=torch.Generator(dev).manual_seed(b)
+        )
+        toks = {}
+        for _ in range(2):
+            for mode in ("cublas", "splitk"):
+                apply_splitk(args.splitk if mode == "splitk" else None, module)
+                ours_greedy_graph(lm, prompt, 8)  # capture this bucket's graph, warm up
+                toks[mode], t = ours_greedy_graph(lm, prompt, args.new + 1)
+                out.setdefault(f"b{b}_{mode}_tok_s", []).append(round(b * args.new / t))
+        out[f"b{b}_greedy_splitk_vs_cublas_bf16_leading_match_min"] = min(
+            leading_agreement(toks["splitk"], toks["cublas"])
+        )
+        print(json.dumps({k: v for k, v in out.items() if k.startswith(f"b{b}_")}), flush=True)
+    module.float()
+    apply_splitk(args.splitk, module)
+    for b in (2, 16):
+        prompt = torch.randint(
+            0, args.vocab, (b, 32), device=dev, generator=torch.Generator(dev).manual_seed(7)
+        )
+        g, _ = ours_greedy_graph(lm, prompt, args.greedy_steps)
+        g_ref = reference_greedy(module, prompt, args.greedy_steps)
+        out[f"greedy_fp32_b{b}_splitk_vs_reference_leading_match"] = leading_agreement(g, g_ref)
+    print(json.dumps(out, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--hidden", type=int, default=1024)
@@ -172,9 +239,15 @@ def main() -> int:
     ap.add_argument(
         "--profile", action="store_true", help="only: per-kernel device times of eager decode steps"
     )
+    ap.add_argument("--splitk", default=None, help="'default' or a --gemm-sweep JSON (see the docstring)")
+    ap.add_argument(
+        "--splitk-ab", action="store_true", help="only: our decode, cuBLAS vs split-K projections"
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
+    if args.splitk_ab:
+        return splitk_ab(args)
     if args.profile:
         return profile_decode(args)
 
@@ -202,6 +275,7 @@ def main() -> int:
 
         ours = local_model.load(tmp, device=dev, dtype=torch.bfloat16)
         out["bundle"] = bundle_of(ours.module).name
+        out["splitk_shapes"] = apply_splitk(args.splitk, ours.module)
         got = ours.logits(ids.to(dev)).float().cpu()
         scale = float(ref.abs().max())
         out["parity_ours_bf16_cuda_vs_fp32_cpu"] = {
@@ -320,11 +394,11 @@ def random_gpu_model(
 def profile_decode(args: argparse.Namespace) -> int:
     """Per-kernel device time of eager decode steps (what a CUDA-graph replay runs, minus launch gaps)."""
 
-
     runs = [(random_gpu_model(args, args.hidden, args.layers, args.experts), args.batches, "")]
     if args.big:
         runs.append((random_gpu_model(args, 2048, 16, 16, args.big_inter), "1", " (~1.5B config)"))
     for module, batches, label in runs:
+        apply_splitk(args.splitk, module)
         _profile_one(module, batches, label, args.vocab)
     return 0
 

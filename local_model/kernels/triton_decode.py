@@ -25,6 +25,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .triton_gemm import linear_splitk, splitk_for
+
 # Rows served by the GEMV kernels (one program per row and output block: each row re-reads the weight, so
 # from 2 rows cuBLAS, which reads it once, is as fast or faster; measured in bench/GPU_NOTES.md).
 GEMV_MAX_ROWS = 1
@@ -288,20 +290,26 @@ def norm_linear(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`reference.norm_linear_ref`'s contract: (proj(RMSNorm(x + residual)), x + residual), the projection
     optionally followed by SwiGLU over its two halves. One row: one GEMV launch; more: the RMSNorm kernel
-    and cuBLAS (which streams the weight as fast as a dot-tile kernel at 64 rows, and 3-5x faster than one
-    whose A operand passes through a normalising prologue)."""
+    and cuBLAS (3-5x faster at 64 rows than a dot-tile kernel whose A operand passes through a normalising
+    prologue), or for the weights listed in `triton_gemm.SPLITK_SHAPES` the split-K GEMM (SwiGLU in its
+    epilogue)."""
     from .reference import norm_linear_ref
     from .triton_ops import rms_norm
 
     rows, k = x.shape
     plain = _plain(x, weight) and (residual is None or residual.stride(-1) == 1)
     if rows > GEMV_MAX_ROWS or not plain:
-        if norm_weight is None:
+        if norm_weight is None and residual is not None:
             return norm_linear_ref(x=x, weight=weight, residual=residual, swiglu=swiglu, out=out)
-        if residual is not None:
+        if norm_weight is None:
+            h, s = x, x
+        elif residual is not None:
             h, s = rms_norm(x=x, weight=norm_weight, eps=eps, residual=residual)
         else:
             h, s = rms_norm(x=x, weight=norm_weight, eps=eps), x
+        cfg = splitk_for(rows, *weight.shape) if _plain(h, weight) else None
+        if cfg is not None:
+            return linear_splitk(x=h, weight=weight, swiglu=swiglu, out=out, config=cfg), s
         return norm_linear_ref(x=h, weight=weight, swiglu=swiglu, out=out)[0], s
     n_out = weight.shape[0] // 2 if swiglu else weight.shape[0]
     dt = torch.promote_types(x.dtype, weight.dtype)
@@ -316,10 +324,16 @@ def norm_linear(
 
 def linear(*, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear; for one row a GEMV kernel that streams the weight at close to copy bandwidth (cuBLAS'
-    single-row kernels reach 0.6-0.9 of it on the decode step's shapes)."""
-    if bias is not None or x.dim() != 2 or x.shape[0] > GEMV_MAX_ROWS or weight.shape[0] < 16 or not _plain(x, weight):
+    single-row kernels reach 0.6-0.9 of it on the decode step's shapes); for the weights listed in
+    `triton_gemm.SPLITK_SHAPES`, a split-K GEMM at a few dozen rows."""
+    if bias is not None or x.dim() != 2 or not _plain(x, weight):
         return F.linear(x, weight, bias)
-    return norm_linear(x=x, weight=weight)[0]
+    if x.shape[0] <= GEMV_MAX_ROWS and weight.shape[0] >= 16:
+        return norm_linear(x=x, weight=weight)[0]
+    cfg = splitk_for(x.shape[0], *weight.shape)
+    if cfg is not None:
+        return linear_splitk(x=x, weight=weight, config=cfg)
+    return F.linear(x, weight)
 
 
 # ============================================================================ MoE block at decode
@@ -458,7 +472,12 @@ def moe_block(
 
     tokens, hid = x.shape
     num_experts = router_weight.shape[0]
-    if act is not F.silu or x.stride(-1) != 1 or router_weight.stride(-1) != 1 or router_weight.shape[1] != hid:
+    if (
+        act is not F.silu
+        or x.stride(-1) != 1
+        or router_weight.stride(-1) != 1
+        or router_weight.shape[1] != hid
+    ):
         from .reference import moe_block_ref
 
         return moe_block_ref(

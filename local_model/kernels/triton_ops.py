@@ -15,6 +15,7 @@ import triton.language as tl
 
 from .triton_conv import causal_conv1d, causal_conv1d_update
 from .triton_decode import greedy_advance, linear, mamba_conv_xproj, moe_block, norm_linear
+from .triton_gemm import linear_splitk
 from .triton_scan import mamba_decode_ssm, selective_scan, selective_scan_varlen, selective_state_update
 
 # ============================================================================ RMSNorm (+ residual)
@@ -634,6 +635,7 @@ def _moe_align_small(
 __all__ = [
     "greedy_advance",
     "linear",
+    "linear_splitk",
     "mamba_conv_xproj",
     "moe_block",
     "norm_linear",

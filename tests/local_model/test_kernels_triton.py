@@ -476,3 +476,135 @@ def test_greedy_advance_takes_the_first_argmax_and_advances_the_buffers():
     tk.greedy_advance(logits=logits, ids=ids, positions=pos, history=hist, counter=counter)
     assert ids.tolist() == [1, 3] and pos.tolist() == [5, 10] and counter.tolist() == [2]
     assert hist.tolist() == [[0, 0], [1, 3], [0, 0]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("split_k", [1, 3, 4])
+@pytest.mark.parametrize("reduce", ["fixup", "launch"])
+@pytest.mark.parametrize("swiglu", [False, True])
+def test_linear_splitk_matches_reference_on_ragged_shapes(dtype, split_k, reduce, swiglu):
+    """Odd rows, outputs and K not multiples of the blocks; SwiGLU over the weight's two halves."""
+    skip_interpreted_bf16(dtype)
+    from local_model.kernels.triton_gemm import linear_splitk
+
+    gen = torch.Generator().manual_seed(20 + split_k)
+    rows, n, k = 5, 37, 333
+    x = torch.randn(rows, k, generator=gen).to(DEV).to(dtype)
+    w = (torch.randn(2 * n if swiglu else n, k, generator=gen) * 0.1).to(DEV).to(dtype)
+    got = linear_splitk(x=x, weight=w, swiglu=swiglu, split_k=split_k, reduce=reduce, block_n=32, block_k=32)
+    expect, _ = ref.norm_linear_ref(x=x, weight=w, swiglu=swiglu)
+    assert got.dtype == dtype and got.shape == expect.shape
+    assert rel(got, expect) <= tol(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [16, 130])
+def test_linear_splitk_writes_into_out_rows_of_a_wider_buffer(dtype, rows):
+    """``out`` may be a column slice of a wider buffer (the step's logits); more than 128 rows take
+    several row blocks; the default launch configuration."""
+    skip_interpreted_bf16(dtype)
+    from local_model.kernels.triton_gemm import linear_splitk
+
+    gen = torch.Generator().manual_seed(30 + rows)
+    x = torch.randn(rows, 96, generator=gen).to(DEV).to(dtype)
+    w = torch.randn(70, 96, generator=gen).to(DEV).to(dtype)
+    buf = torch.full((rows, 80), 7.0, device=DEV, dtype=dtype)
+    got = linear_splitk(x=x, weight=w, out=buf[:, 3:73], split_k=2)
+    assert got.data_ptr() == buf[:, 3:73].data_ptr()
+    assert rel(buf[:, 3:73], ref.linear_ref(x=x, weight=w)) <= tol(dtype)
+    assert (buf[:, :3] == 7).all() and (buf[:, 73:] == 7).all()
+
+
+def test_linear_splitk_reductions_give_the_same_bits_and_leave_counters_at_zero():
+    """Both reductions sum the partials in split order: identical results, run after run; the fixup's
+    tile counters are back at zero after each launch (so the next launch, or graph replay, starts clean)."""
+    from local_model.kernels import triton_gemm as tg
+
+    gen = torch.Generator().manual_seed(40)
+    x = torch.randn(7, 200, generator=gen).to(DEV)
+    w = torch.randn(90, 200, generator=gen).to(DEV)
+    kw = {"split_k": 4, "block_n": 32, "block_k": 32}
+    fix = tg.linear_splitk(x=x, weight=w, reduce="fixup", **kw)
+    assert torch.equal(fix, tg.linear_splitk(x=x, weight=w, reduce="launch", **kw))
+    assert torch.equal(fix, tg.linear_splitk(x=x, weight=w, reduce="fixup", **kw))
+    assert all(int(buf.abs().sum()) == 0 for buf in tg._LOCKS.values())
+
+
+@pytest.mark.parametrize("rows", [1, 6])
+def test_bundle_projections_take_split_k_only_for_listed_weights(monkeypatch, rows):
+    """`linear` / `norm_linear` above one row run the split-K GEMM for weights in SPLITK_SHAPES (SwiGLU
+    and ``out`` included) and cuBLAS otherwise; one row stays on the GEMV."""
+    from local_model.kernels import triton_decode as td
+    from local_model.kernels import triton_gemm as tg
+
+    calls = []
+
+    def spy(**kw):  # noqa: ANN003, ANN202
+        calls.append(tuple(kw["weight"].shape))
+        return tg.linear_splitk(**kw)
+
+    monkeypatch.setattr(td, "linear_splitk", spy)
+    monkeypatch.setitem(tg.SPLITK_SHAPES, (90, 67), tg.SplitKConfig(block_n=32, block_k=32, split_k=3))
+    gen = torch.Generator().manual_seed(50)
+    x, res = (torch.randn(rows, 67, generator=gen).to(DEV) for _ in range(2))
+    nw = (torch.rand(67, generator=gen) + 0.5).to(DEV)
+    w, w_other = torch.randn(90, 67, generator=gen).to(DEV), torch.randn(80, 67, generator=gen).to(DEV)
+    assert rel(tk.linear(x=x, weight=w), ref.linear_ref(x=x, weight=w)) <= 1e-5
+    out = torch.empty(rows, 45, device=DEV)
+    got, s = tk.norm_linear(x=x, weight=w, norm_weight=nw, residual=res, swiglu=True, out=out, eps=1e-6)
+    e_out, e_s = ref.norm_linear_ref(x=x, weight=w, norm_weight=nw, residual=res, swiglu=True, eps=1e-6)
+    assert got.data_ptr() == out.data_ptr()
+    assert rel(got, e_out) <= 1e-5 and rel(s, e_s) <= 1e-5
+    assert rel(tk.linear(x=x, weight=w_other), ref.linear_ref(x=x, weight=w_other)) <= 1e-5
+    assert calls == ([] if rows == 1 else [(90, 67), (90, 67)])
+
+
+def test_decode_step_with_every_projection_on_split_k_matches_the_model_forward(monkeypatch):
+    """The flat decode step at 6 rows with every 2-D weight listed for the split-K GEMM (in_proj, x_proj,
+    out_proj, qkv/o, MLP gate/up with SwiGLU and down, lm_head into the logits buffer)."""
+    from local_model.decode import DecodeStep
+    from local_model.kernels import triton_bundle
+    from local_model.kernels import triton_gemm as tg
+
+    model = _tiny_model(torch.float32)
+    for p in model.parameters():
+        if p.dim() == 2:
+            monkeypatch.setitem(
+                tg.SPLITK_SHAPES, tuple(p.shape), tg.SplitKConfig(block_n=32, block_k=32, split_k=2)
+            )
+    batch = 6
+    gen = torch.Generator().manual_seed(60)
+    prompt = torch.randint(0, 256, (batch, 9), generator=gen).to(DEV)
+    ref_cache = model.allocate_cache(batch, 16)
+    pool = model.allocate_cache(batch, 16, num_slots=batch)
+    slots = torch.arange(batch, device=DEV)
+    with torch.inference_mode():
+        model(prompt, ref_cache)
+        model(prompt, pool.view(slots, torch.zeros(batch, dtype=torch.long)))
+        nxt = torch.randint(0, 256, (batch,), generator=gen).to(DEV)
+        expect = model(nxt[:, None], ref_cache)[:, 0]
+        got = DecodeStep(model, pool, triton_bundle()).forward(
+            nxt, slots, torch.full((batch,), 9, device=DEV)
+        )
+    assert rel(got, expect) <= 1e-5
+
+
+@gpu
+@pytest.mark.parametrize("rows", [16, 64])
+@pytest.mark.parametrize("split_k", [4, 16])
+@pytest.mark.parametrize("swiglu", [False, True])
+def test_linear_splitk_at_model_size_is_repeatable_to_the_bit(rows, split_k, swiglu):
+    """Programs of a tile finish in any order on the card: the last one must still see every partial and sum
+    them in split order (50 launches identical, and identical to the two-pass sum), near cuBLAS in bf16."""
+    from local_model.kernels.triton_gemm import linear_splitk
+
+    gen = torch.Generator(device="cuda").manual_seed(70)
+    x = torch.randn(rows, 2048, device="cuda", dtype=torch.bfloat16, generator=gen)
+    w = torch.randn(2048 if swiglu else 1024, 2048, device="cuda", dtype=torch.bfloat16, generator=gen) * 0.02
+    first = linear_splitk(x=x, weight=w, swiglu=swiglu, split_k=split_k)
+    assert all(
+        torch.equal(first, linear_splitk(x=x, weight=w, swiglu=swiglu, split_k=split_k)) for _ in range(50)
+    )
+    assert torch.equal(first, linear_splitk(x=x, weight=w, swiglu=swiglu, split_k=split_k, reduce="launch"))
+    expect, _ = ref.norm_linear_ref(x=x, weight=w, swiglu=swiglu)
+    assert rel(first, expect) <= 1e-2
