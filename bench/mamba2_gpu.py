@@ -237,6 +237,22 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     }
 
 
+def ssd_timing_inputs(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Keyword inputs of `ssd_chunk_scan` on one anchor shape (B, L, H, P, G, N), chunk 256, zero state."""
+    b, seqlen, h, p, g, n = shape
+    return dict(
+        x=torch.randn(b, seqlen, h, p, device=device, dtype=dtype),
+        dt=torch.rand(b, seqlen, h, device=device) * 0.1,
+        A=-torch.rand(h, device=device) - 0.5,
+        B=torch.randn(b, seqlen, g, n, device=device, dtype=dtype),
+        C=torch.randn(b, seqlen, g, n, device=device, dtype=dtype),
+        D=torch.randn(h, device=device),
+        z=torch.randn(b, seqlen, h, p, device=device, dtype=dtype),
+        ssm_state=torch.zeros(b, h, p, n, device=device),
+        chunk_size=256,
+    )
+
+
 def ssd_case(
     shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, anchor_fn: Any
 ) -> dict[str, Any]:
@@ -304,18 +320,7 @@ def ssd_kernel_breakdown(
 
     from local_model.kernels.ssd import ssd_chunk_scan
 
-    b, seqlen, h, p, g, n = shape
-    kw = dict(
-        x=torch.randn(b, seqlen, h, p, device=device, dtype=dtype),
-        dt=torch.rand(b, seqlen, h, device=device) * 0.1,
-        A=-torch.rand(h, device=device) - 0.5,
-        B=torch.randn(b, seqlen, g, n, device=device, dtype=dtype),
-        C=torch.randn(b, seqlen, g, n, device=device, dtype=dtype),
-        D=torch.randn(h, device=device),
-        z=torch.randn(b, seqlen, h, p, device=device, dtype=dtype),
-        ssm_state=torch.zeros(b, h, p, n, device=device),
-        chunk_size=256,
-    )
+    kw = ssd_timing_inputs(shape, device, dtype)
     for _ in range(3):
         ssd_chunk_scan(**kw)
     sync(device)
@@ -380,18 +385,7 @@ def ssd_sweep(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     out: dict[str, Any] = {"tuning_default": base}
     try:
         for shape in SSD_SHAPES:
-            b, seqlen, h, p, g, n = shape
-            kw = dict(
-                x=torch.randn(b, seqlen, h, p, device=device, dtype=dtype),
-                dt=torch.rand(b, seqlen, h, device=device) * 0.1,
-                A=-torch.rand(h, device=device) - 0.5,
-                B=torch.randn(b, seqlen, g, n, device=device, dtype=dtype),
-                C=torch.randn(b, seqlen, g, n, device=device, dtype=dtype),
-                D=torch.randn(h, device=device),
-                z=torch.randn(b, seqlen, h, p, device=device, dtype=dtype),
-                ssm_state=torch.zeros(b, h, p, n, device=device),
-                chunk_size=256,
-            )
+            kw = ssd_timing_inputs(shape, device, dtype)
             row: dict[str, float | None] = {}
             for name, change in SSD_SWEEP.items():
                 ssd.SCAN_TUNING[kind] = {**base, **change}

@@ -70,6 +70,14 @@ def capture_graph(body: Callable[[], _T]) -> tuple[torch.cuda.CUDAGraph, _T]:  #
     return graph, out
 
 
+def pick_bucket(buckets: tuple[int, ...], batch: int) -> int:
+    """The smallest bucket (batch size a step is captured for) that holds ``batch`` rows."""
+    for b in buckets:
+        if b >= batch:
+            return b
+    raise ValueError(f"batch {batch} exceeds the largest bucket {buckets[-1]}")
+
+
 class DecodeStep:
     """One greedy decode step for up to ``max_batch`` rows; `capture` records it per batch bucket."""
 
@@ -276,10 +284,7 @@ class DecodeStep:
         )
 
     def bucket(self, batch: int) -> int:
-        for b in self.buckets:
-            if b >= batch:
-                return b
-        raise ValueError(f"batch {batch} exceeds the largest bucket {self.buckets[-1]}")
+        return pick_bucket(self.buckets, batch)
 
     def _buffers(self, bucket: int, max_steps: int) -> dict[str, torch.Tensor]:
         dev = self.model.lm_head.weight.device

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..cache import HybridCache, MambaState
+from ..decode import pick_bucket
 from ..families.common import HybridForCausalLM, sync_free_experts
 from .paged import PagedKVCache, PagedStep, decode_kernel_applies
 
@@ -53,10 +54,7 @@ class FamilyDecodeStep:
         self.gather = first is not None and not decode_kernel_applies(first[0], block_size)
 
     def bucket(self, batch: int) -> int:
-        for b in self.buckets:
-            if b >= batch:
-                return b
-        raise ValueError(f"batch {batch} exceeds the largest bucket {self.buckets[-1]}")
+        return pick_bucket(self.buckets, batch)
 
     @torch.no_grad()
     def forward(
