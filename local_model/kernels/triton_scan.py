@@ -49,15 +49,15 @@ def _softplus(x, FAST_LOG: tl.constexpr = False):
 
 
 @triton.jit
-def _seq_bounds(seq, cu_ptr, len_ptr, T, SEQ_MODE: tl.constexpr):
-    """(start, length) of sequence ``seq``: 0 = every row holds T tokens, 1 = row lengths in ``len_ptr``,
-    2 = packed along time at ``cu_ptr[seq] .. cu_ptr[seq + 1]``."""
+def _seq_bounds(seq, seq_ptr, T, SEQ_MODE: tl.constexpr):
+    """(start, length) of sequence ``seq``: 0 = every row holds T tokens (``seq_ptr`` unused), 1 = row
+    lengths in ``seq_ptr``, 2 = packed along time at ``seq_ptr[seq] .. seq_ptr[seq + 1]`` (cu_seqlens)."""
     if SEQ_MODE == 2:
-        start = tl.load(cu_ptr + seq).to(tl.int64)
-        length = (tl.load(cu_ptr + seq + 1).to(tl.int64) - start).to(tl.int32)
+        start = tl.load(seq_ptr + seq).to(tl.int64)
+        length = (tl.load(seq_ptr + seq + 1).to(tl.int64) - start).to(tl.int32)
     elif SEQ_MODE == 1:
         start = (seq * 0).to(tl.int64)
-        length = tl.load(len_ptr + seq).to(tl.int32)
+        length = tl.load(seq_ptr + seq).to(tl.int32)
     else:
         start = (seq * 0).to(tl.int64)
         length = seq * 0 + T
@@ -108,7 +108,7 @@ def _state_step(h, dts, dt_raw, u_raw, b_raw, a2, dtb, valid, SOFTPLUS: tl.const
 
 @triton.jit
 def _chunk_state(
-    u_ptr, dt_ptr, b_ptr, a_ptr, dtb_ptr, cu_ptr, len_ptr, end_ptr, dtsum_ptr,
+    u_ptr, dt_ptr, b_ptr, a_ptr, dtb_ptr, seq_ptr, end_ptr, dtsum_ptr,
     D, N, T, n_chunks, chunk_len,
     s_ub, s_ud, s_ut, s_db, s_dd, s_dt, s_bb, s_bn, s_bt,
     HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SEQ_MODE: tl.constexpr,
@@ -123,7 +123,7 @@ def _chunk_state(
     n = n1[:, None]
     dmask = d < D
     m = (n < N) & dmask
-    start, length = _seq_bounds(seq, cu_ptr, len_ptr, T, SEQ_MODE)
+    start, length = _seq_bounds(seq, seq_ptr, T, SEQ_MODE)
     # time indices are int64 so that t * stride cannot overflow on long packed batches
     t0 = c.to(tl.int64) * chunk_len
     t1 = tl.minimum(t0 + chunk_len, length)
@@ -231,7 +231,7 @@ def _out_step(
 
 @triton.jit
 def _chunk_output(
-    u_ptr, dt_ptr, b_ptr, c_ptr, z_ptr, out_ptr, a_ptr, dskip_ptr, dtb_ptr, cu_ptr, len_ptr, init_ptr,
+    u_ptr, dt_ptr, b_ptr, c_ptr, z_ptr, out_ptr, a_ptr, dskip_ptr, dtb_ptr, seq_ptr, init_ptr,
     state_ptr, idx_ptr, has_init_ptr,
     D, N, T, n_chunks, chunk_len,
     s_ub, s_ud, s_ut, s_db, s_dd, s_dt, s_bb, s_bn, s_bt, s_cb, s_cn, s_ct, s_zb, s_zd, s_zt,
@@ -249,7 +249,7 @@ def _chunk_output(
     n = n1[:, None]
     dmask = d < D
     m = (n < N) & dmask
-    start, length = _seq_bounds(seq, cu_ptr, len_ptr, T, SEQ_MODE)
+    start, length = _seq_bounds(seq, seq_ptr, T, SEQ_MODE)
     t0 = c.to(tl.int64) * chunk_len
     t1 = tl.minimum(t0 + chunk_len, length)
     a2 = tl.load(a_ptr + d * N + n, mask=m, other=0.0) * 1.4426950408889634
@@ -399,7 +399,7 @@ def _launch_scan(
         end = torch.empty(num_seqs * n_chunks * dim * nst, device=dev, dtype=torch.float32)
         dts = torch.empty(num_seqs * n_chunks * dim, device=dev, dtype=torch.float32)
         LAST_LAUNCH["state"] = _chunk_state[grid](
-            u, delta, B, A, dtb if dtb is not None else A, seq_arg, seq_arg, end, dts,
+            u, delta, B, A, dtb if dtb is not None else A, seq_arg, end, dts,
             dim, nst, max_len, n_chunks, chunk_len, *su, *sdt, *sb,
             HAS_DT_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, num_warps=nw, **common,
         )  # fmt: skip
@@ -413,7 +413,7 @@ def _launch_scan(
         end = A
     LAST_LAUNCH["output"] = _chunk_output[grid](
         u, delta, B, C, zz, out, A, dsk if dsk is not None else A, dtb if dtb is not None else A,
-        seq_arg, seq_arg, end, st, idx, init,
+        seq_arg, end, st, idx, init,
         dim, nst, max_len, n_chunks, chunk_len, *su, *sdt, *sb, *sc, *sz, *so, *s_st,
         HAS_DT_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_D=D is not None, HAS_Z=z is not None,
         HAS_STATE=has_state, CHUNK_INIT=n_chunks > 1, num_warps=nw, **flags, **common,
