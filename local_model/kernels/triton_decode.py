@@ -390,13 +390,20 @@ def _moe_route(
             HAS_RES, BLOCK_E, BLOCK_H,
         )  # fmt: skip
     logit = tl.where(emask, logit.to(dtype).to(tl.float32), float("-inf"))
+    softmax_topk(logit, e, w_out_ptr, i_out_ptr, row, K, BLOCK_E)
+
+
+@triton.jit
+def softmax_topk(logit, e, w_ptr, i_ptr, row, K: tl.constexpr, BLOCK_E: tl.constexpr):
+    """The router's softmax over one row's expert logits (fp32, masked experts at -inf) and its K largest
+    weights and expert indices (the first index on ties), stored at ``row * K`` onwards."""
     p = tl.exp(logit - tl.max(logit, axis=0))
     p = p / tl.sum(p, axis=0)
     for j in tl.static_range(K):
         best = tl.max(p, axis=0)
         arg = tl.min(tl.where(p == best, e, BLOCK_E), axis=0)
-        tl.store(w_out_ptr + row * K + j, best.to(w_out_ptr.dtype.element_ty))
-        tl.store(i_out_ptr + row * K + j, arg.to(tl.int64))
+        tl.store(w_ptr + row * K + j, best.to(w_ptr.dtype.element_ty))
+        tl.store(i_ptr + row * K + j, arg.to(tl.int64))
         p = tl.where(e == arg, -1.0, p)
 
 

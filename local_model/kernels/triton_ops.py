@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .triton_conv import causal_conv1d, causal_conv1d_update
-from .triton_decode import greedy_advance, linear, mamba_conv_xproj, moe_block, norm_linear
+from .triton_decode import greedy_advance, linear, mamba_conv_xproj, moe_block, norm_linear, softmax_topk
 from .triton_gemm import linear_splitk
 from .triton_scan import mamba_decode_ssm, selective_scan, selective_scan_varlen, selective_state_update
 
@@ -576,14 +576,7 @@ def _router_topk(logits_ptr, w_ptr, i_ptr, E, s_l, K: tl.constexpr, BLOCK_E: tl.
     row = tl.program_id(0).to(tl.int64)
     e = tl.arange(0, BLOCK_E)
     x = tl.load(logits_ptr + row * s_l + e, mask=e < E, other=float("-inf")).to(tl.float32)
-    p = tl.exp(x - tl.max(x, axis=0))
-    p = p / tl.sum(p, axis=0)
-    for j in tl.static_range(K):
-        best = tl.max(p, axis=0)
-        arg = tl.min(tl.where(p == best, e, BLOCK_E), axis=0)
-        tl.store(w_ptr + row * K + j, best.to(w_ptr.dtype.element_ty))
-        tl.store(i_ptr + row * K + j, arg.to(tl.int64))
-        p = tl.where(e == arg, -1.0, p)
+    softmax_topk(x, e, w_ptr, i_ptr, row, K, BLOCK_E)
 
 
 def router_topk(*, logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
