@@ -27,6 +27,7 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from local_model.decode import capture_graph  # noqa: E402
 from local_model.kernels import triton_ops as tk  # noqa: E402
 
 SHAPES = [(1, 2048, 2048), (1, 2048, 8192), (1, 8192, 8192), (8, 2048, 2048), (1, 8192, 32768)]
@@ -38,16 +39,7 @@ def bench(fn) -> float:  # noqa: ANN001
 
 def graph_bench(fn) -> float:  # noqa: ANN001
     """Median ms of one call, replayed from a CUDA graph of 20 calls."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(20):
-            fn()
+    g, _ = capture_graph(lambda: [fn() for _ in range(20)])
     return bench(g.replay) / 20
 
 
@@ -261,16 +253,7 @@ def rotating_us(call, weights: list[torch.Tensor], rep: int = 200) -> float | st
     """Median µs of ``call(w)``, replayed from a CUDA graph of GRAPH_CALLS calls cycling through
     ``weights``; an error text if the call fails or cannot be captured."""
     try:
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for w in weights[:3]:
-                call(w)
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for i in range(GRAPH_CALLS):
-                call(weights[i % len(weights)])
+        g, _ = capture_graph(lambda: [call(weights[i % len(weights)]) for i in range(GRAPH_CALLS)])
         ms = triton.testing.do_bench(g.replay, warmup=max(10, rep // 10), rep=rep, return_mode="median")
         return round(ms / GRAPH_CALLS * 1000, 2)
     except Exception as exc:  # noqa: BLE001 - a config that fails to compile or launch is reported, not fatal
