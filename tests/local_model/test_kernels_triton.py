@@ -286,6 +286,23 @@ def test_router_topk_matches_reference():
     assert rel(w, ew) <= 1e-6
 
 
+def ssm_step_weights(gen: torch.Generator, dim: int, rank: int, n: int, dtype: torch.dtype) -> dict:
+    """The fused Mamba SSM step's per-layer weights (dt/B/C norms, dt_proj, dt bias, D, A), drawn from ``gen``."""
+
+    def r(*s: int) -> torch.Tensor:
+        return torch.randn(*s, generator=gen).to(DEV)
+
+    return {
+        "dt_norm_weight": r(rank).to(dtype),
+        "b_norm_weight": r(n).to(dtype),
+        "c_norm_weight": r(n).to(dtype),
+        "dt_proj_weight": (r(dim, rank) * 0.3).to(dtype),
+        "dt_bias": r(dim),
+        "D": r(dim).to(dtype),
+        "A": -(torch.rand(dim, n, generator=gen) + 0.5).to(DEV),
+    }
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_mamba_decode_ssm_matches_reference(dtype):
     skip_interpreted_bf16(dtype)
@@ -296,15 +313,7 @@ def test_fused_mamba_decode_ssm_matches_reference(dtype):
         return torch.randn(*s, generator=gen).to(DEV)
 
     xproj, x, z = r(batch, rank + 2 * n).to(dtype), r(batch, dim).to(dtype), r(batch, dim).to(dtype)
-    weights = {
-        "dt_norm_weight": r(rank).to(dtype),
-        "b_norm_weight": r(n).to(dtype),
-        "c_norm_weight": r(n).to(dtype),
-        "dt_proj_weight": (r(dim, rank) * 0.3).to(dtype),
-        "dt_bias": r(dim),
-        "D": r(dim).to(dtype),
-        "A": -(torch.rand(dim, n, generator=gen) + 0.5).to(DEV),
-    }
+    weights = ssm_step_weights(gen, dim, rank, n, dtype)
     pool = r(5, dim, n)
     slots = torch.tensor([4, 0, 2], device=DEV)
     pool_ref = pool.clone()
@@ -423,13 +432,7 @@ def test_mamba_conv_xproj_then_ssm_step_with_conv_match_reference(dtype, batch):
     assert rel(xp, e_xp) <= tol(dtype)
     assert torch.equal(conv_pool, conv_ref)  # read, not shifted
     weights = {
-        "dt_norm_weight": r(rank).to(dtype),
-        "b_norm_weight": r(n).to(dtype),
-        "c_norm_weight": r(n).to(dtype),
-        "dt_proj_weight": (r(dim, rank) * 0.3).to(dtype),
-        "dt_bias": r(dim),
-        "D": r(dim).to(dtype),
-        "A": -(torch.rand(dim, n, generator=gen) + 0.5).to(DEV),
+        **ssm_step_weights(gen, dim, rank, n, dtype),
         "eps": 1e-6,
         "state_indices": slots,
         "z": z,
