@@ -17,7 +17,7 @@ import torch
 from ..cache import HybridCache, MambaState
 from ..decode import pick_bucket
 from ..families.common import HybridForCausalLM, sync_free_experts
-from .paged import PagedKVCache, PagedStep, decode_kernel_applies
+from .paged import PagedKVCache, PagedStep, decode_kernel_applies, hybrid_layers
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -73,13 +73,9 @@ class FamilyDecodeStep:
             if self.kv_pools
             else None
         )
-        layers: list[MambaState | PagedKVCache] = []
-        for i in range(self.config.num_cache_entries):
-            if i in self.kv_pools:
-                k, v = self.kv_pools[i]
-                layers.append(PagedKVCache(k, v, step))
-            else:
-                layers.append(self.mamba[i])
+        layers = hybrid_layers(
+            self.config.num_cache_entries, self.kv_pools, self.mamba, lambda k, v: PagedKVCache(k, v, step)
+        )
         cache = HybridCache(
             layers=layers,  # type: ignore[arg-type]
             lengths=positions,

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import torch
 
 from ..cache import HybridCache, MambaState
-from .paged import PagedKVCache, PagedStep
+from .paged import PagedKVCache, PagedStep, hybrid_layers
 from .sampler import SampleRow, TokenLogprob, sample
 
 
@@ -154,13 +154,9 @@ class ModelRunner:
 
     def forward(self, meta: StepMetadata) -> torch.Tensor:
         """The model's forward over the step, reading only `meta`'s tensors (no host sync of its own)."""
-        layers: list[MambaState | PagedKVCache] = []
-        for i in range(self.num_entries):
-            if i in self.kv_pools:
-                k, v = self.kv_pools[i]
-                layers.append(PagedKVCache(k, v, meta.paged))
-            else:
-                layers.append(self.mamba[i])
+        layers = hybrid_layers(
+            self.num_entries, self.kv_pools, self.mamba, lambda k, v: PagedKVCache(k, v, meta.paged)
+        )
         cache = HybridCache(
             layers=layers,  # type: ignore[arg-type]
             lengths=meta.context_lens,
@@ -196,13 +192,9 @@ class ModelRunner:
         else:
             from ..decode import DecodeStep, PagedPool
 
-            layers: list[MambaState | PagedPool] = []
-            for i in range(self.num_entries):
-                if i in self.kv_pools:
-                    k, v = self.kv_pools[i]
-                    layers.append(PagedPool(k, v, self.block_size))
-                else:
-                    layers.append(self.mamba[i])
+            layers = hybrid_layers(
+                self.num_entries, self.kv_pools, self.mamba, lambda k, v: PagedPool(k, v, self.block_size)
+            )
             cache = HybridCache(layers=layers, lengths=torch.zeros(1, dtype=torch.long))  # type: ignore[arg-type]
             step = DecodeStep(self.model, cache, kernels, scratch_slot=scratch_slot)  # type: ignore[arg-type]
         use_graphs = cuda_graphs and self.device.type == "cuda"

@@ -15,12 +15,16 @@ layer calls, so the model code is the same for contiguous and paged caches.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 
-from ..cache import KVCache
+from ..cache import KVCache, MambaState
+
+_L = TypeVar("_L")
 
 
 @dataclass(slots=True)
@@ -243,3 +247,15 @@ def decode_kernel_applies(pool: torch.Tensor, block_size: int) -> bool:
     except ImportError:
         return False
     return True
+
+
+def hybrid_layers(
+    num_entries: int,
+    kv_pools: dict[int, tuple[torch.Tensor, torch.Tensor]],
+    mamba: dict[int, MambaState],
+    wrap: Callable[[torch.Tensor, torch.Tensor], _L],
+) -> list[MambaState | _L]:
+    """The per-entry cache layers of a step: each attention entry's flat K/V pool wrapped by ``wrap`` (a
+    paged view for this step's metadata, or the pool layout a decode step reads), each Mamba entry its slot
+    pool's state."""
+    return [wrap(*kv_pools[i]) if i in kv_pools else mamba[i] for i in range(num_entries)]
