@@ -9,6 +9,7 @@ import pytest
 from anthropic import Anthropic
 
 from backends.fake_provider import FakeProviderThread
+from tests.support.gateway import streamed_events
 from tests.support.harness import GatewayThread
 
 
@@ -125,20 +126,12 @@ def test_count_tokens_estimates_the_prompt(gateway: GatewayThread) -> None:
 
 
 def test_a_stream_cut_after_it_began_ends_with_an_anthropic_error_event(gateway: GatewayThread) -> None:
-    import httpx
-    import orjson
-
     body = {
         "model": "fake-model",
         "max_tokens": 50,
         "stream": True,
         "messages": [{"role": "user", "content": "[[fault:cut:2]] one two three four five six"}],
     }
-    with (
-        httpx.Client(base_url=gateway.base_url, timeout=20) as http,
-        http.stream("POST", "/v1/messages", json=body) as r,
-    ):
-        assert r.status_code == 200
-        events = [orjson.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    events = streamed_events(gateway, "/v1/messages", body)
     assert events[0]["type"] == "message_start" and events[-1]["type"] == "error"
     assert events[-1]["error"]["type"] == "api_error" and "message_stop" not in [e["type"] for e in events]

@@ -11,7 +11,7 @@ from openai import BadRequestError, NotFoundError, OpenAI
 from pydantic import BaseModel
 
 from backends.fake_provider import FakeProviderThread
-from tests.support.gateway import gateway_settings
+from tests.support.gateway import gateway_settings, streamed_events
 from tests.support.harness import GatewayThread, running_gateway
 
 
@@ -174,16 +174,8 @@ def chat_requests(fp: FakeProviderThread) -> list[dict]:
 
 
 def test_a_stream_cut_after_it_began_ends_with_response_failed(gateway: GatewayThread) -> None:
-    import httpx
-    import orjson
-
     body = {"model": "fake-model", "input": "[[fault:cut:2]] one two three four five six", "stream": True}
-    with (
-        httpx.Client(base_url=gateway.base_url, timeout=20) as http,
-        http.stream("POST", "/v1/responses", json=body) as r,
-    ):
-        assert r.status_code == 200
-        events = [orjson.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    events = streamed_events(gateway, "/v1/responses", body)
     assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.failed"
     assert events[-1]["response"]["status"] == "failed" and events[-1]["response"]["error"]["message"]
     assert [e["sequence_number"] for e in events] == list(range(len(events)))

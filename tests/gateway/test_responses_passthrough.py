@@ -13,7 +13,7 @@ from openai import OpenAI
 from sqlalchemy import text
 
 from backends.fake_provider import FakeProviderThread
-from tests.support.gateway import gateway_settings
+from tests.support.gateway import gateway_settings, streamed_events
 from tests.support.harness import GatewayThread, running_gateway
 
 NATIVE = ["chat", "tools", "json_mode", "responses"]
@@ -138,16 +138,8 @@ def test_a_litellm_deployment_passes_through_with_litellm_aresponses(
 
 
 def test_a_passed_through_stream_cut_after_it_began_ends_with_response_failed(native: GatewayThread) -> None:
-    import httpx
-    import orjson
-
     body = {"model": "fake-model", "input": "[[fault:cut:4]] one two three four five six", "stream": True}
-    with (
-        httpx.Client(base_url=native.base_url, timeout=20) as http,
-        http.stream("POST", "/v1/responses", json=body) as r,
-    ):
-        assert r.status_code == 200
-        events = [orjson.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    events = streamed_events(native, "/v1/responses", body)
     assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.failed"
     failed = events[-1]["response"]
     assert failed["status"] == "failed" and failed["error"]["message"] and failed["id"].startswith("resp_")

@@ -55,3 +55,17 @@ def gateway_settings(fp_base_url: str, db_url: str, tmp_path: Path, **overrides:
     }
     base.update(overrides)
     return Settings(**base)  # type: ignore[arg-type]
+
+
+def streamed_events(gw: GatewayThread, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """POST ``body`` to the gateway's ``path`` as a stream and return its SSE ``data:`` payloads, decoded
+    (the response must be a 200: a stream cut mid-way is reported inside it)."""
+    import httpx
+    import orjson
+
+    with (
+        httpx.Client(base_url=gw.base_url, timeout=20) as http,
+        http.stream("POST", path, json=body) as r,
+    ):
+        assert r.status_code == 200
+        return [orjson.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
