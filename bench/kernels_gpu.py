@@ -551,6 +551,85 @@ def print_gemm_tables(rows: list[dict], sweep: list[dict]) -> None:
         print("}")
 
 
+# one Mamba-layer-like chain of the 426M step's projections at a few dozen rows (N, K, SwiGLU)
+PDL_CHAIN = [(4096, 1024, False), (1024, 2048, False), (5632, 1024, True), (1024, 2816, False)]
+
+
+def pdl_chain(
+    rows_list: tuple[int, ...] = (64, 16), repeats: int = 8, sweep_json: str | None = None
+) -> list[dict]:
+    """``repeats`` x PDL_CHAIN projections (each repeat its own weights: ~240 MB in all, so every read is
+    cold), captured in one CUDA graph and replayed: cuBLAS (+ PyTorch SwiGLU) against the split-K GEMM
+    without PDL, with the L2 prefetch of each program's weight slab, with programmatic dependent launch,
+    and with both. Reports µs per projection and the weight bytes' rate; the split-K variants must agree
+    to the bit (PDL and prefetch change when loads happen, not what is computed)."""
+    import torch.nn.functional as F
+
+    from local_model.kernels.triton_gemm import SplitKConfig
+
+    best: dict[tuple[int, int], SplitKConfig] = {}
+    if sweep_json and Path(sweep_json).exists():
+        for r in json.loads(Path(sweep_json).read_text()).get("gemm_sweep", []):
+            if r.get("best_config"):
+                best[(r["n"], r["k"])] = SplitKConfig(**r["best_config"])
+    weights = [
+        [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5 for n, k, _ in PDL_CHAIN]
+        for _ in range(repeats)
+    ]
+    nbytes = sum(w.nbytes for ws in weights for w in ws)
+    out = []
+    for rows in rows_list:
+        x0 = torch.randn(rows, 1024, device="cuda", dtype=torch.bfloat16)
+
+        def run(mode: str, x0: torch.Tensor = x0) -> torch.Tensor:
+            h = x0
+            for ws in weights:
+                for (n, k, swiglu), w in zip(PDL_CHAIN, ws, strict=True):
+                    a = h[:, :k]
+                    if mode == "cublas":
+                        h = F.linear(a, w)
+                        if swiglu:
+                            g, u = h.chunk(2, dim=-1)
+                            h = F.silu(g) * u
+                    else:
+                        h = tk.linear_splitk(
+                            x=a,
+                            weight=w,
+                            swiglu=swiglu,
+                            config=best.get((n, k)),
+                            pdl="pdl" in mode,
+                            prefetch="prefetch" in mode,
+                        )
+            return h
+
+        row: dict = {
+            "rows": rows,
+            "projections": repeats * len(PDL_CHAIN),
+            "weight_mb": round(nbytes / 1e6, 1),
+        }
+        results = {}
+        for mode in ("cublas", "splitk", "splitk+prefetch", "splitk+pdl", "splitk+pdl+prefetch"):
+            try:
+                g, res = capture_graph(lambda mode=mode: run(mode))
+                us = bench(g.replay) * 1e3
+                results[mode] = res.clone()
+                row[f"{mode}_us_per_proj"] = round(us / row["projections"], 2)
+                row[f"{mode}_TBps"] = round(nbytes / (us * 1e-6) / 1e12, 2)
+            except Exception as exc:  # noqa: BLE001 - a variant that cannot run is reported, not fatal
+                torch.cuda.synchronize()
+                row[f"{mode}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        base = results.get("splitk")
+        if base is not None:
+            row["splitk_variants_bitwise_equal"] = all(
+                torch.equal(base, v) for m, v in results.items() if m != "cublas"
+            )
+            if "cublas" in results:
+                row["rel_err_splitk_vs_cublas"] = rel(base, results["cublas"])
+        print(json.dumps(row), flush=True)
+        out.append(row)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
@@ -566,7 +645,16 @@ def main() -> int:
     )
     ap.add_argument("--gemm-sweep", action="store_true", help="only: best split-K launch per 426M projection")
     ap.add_argument("--gemm-rows", default=None, help="comma-separated rows (--gemm: 1,16,64; sweep: 64)")
+    ap.add_argument(
+        "--pdl", action="store_true", help="only: a chain of projections with/without PDL, prefetch"
+    )
+    ap.add_argument("--sweep-json", default="bench/results_gemm_h100.json", help="--pdl: split-K launches")
     args = ap.parse_args()
+    if args.pdl:
+        res_p = {"device": torch.cuda.get_device_name(), "pdl_chain": pdl_chain(sweep_json=args.sweep_json)}
+        if args.json:
+            Path(args.json).write_text(json.dumps(res_p, indent=1))
+        return 0
     if args.attn:
         res_a = {"device": torch.cuda.get_device_name(), "attn": attn_rows()}
         if args.json:

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .pdl import launch_kwargs, lines_for, pdl_begin, pdl_enabled, prefetch_rows
+
 # H100 SXM; the launch heuristic aims at about one program per SM
 NUM_SMS = 132
 
@@ -128,14 +130,27 @@ def _splitk_gemm(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP: tl.constexpr,
+    PDL: tl.constexpr = False,
+    PREFETCH_LINES: tl.constexpr = 0,
+    ELEM_BYTES: tl.constexpr = 2,
 ):
     """Program (n block, split, m block): acc = x[rows, ks] @ w[n, ks]^T over its split ks of K.
 
     N is the number of output columns (n_half with SWIGLU, whose up rows start at weight row n_half).
-    Partials are whole tiles at part[split, row, col] (SWIGLU: gate at col, up at s_up + col)."""
+    Partials are whole tiles at part[split, row, col] (SWIGLU: gate at col, up at s_up + col).
+    PREFETCH_LINES > 0: the program's weight slab is requested into L2 first; PDL: then `pdl_begin`."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
+    if PREFETCH_LINES > 0:
+        kp0 = pid_k * k_per_split
+        kp1 = tl.minimum(kp0 + k_per_split, K)
+        prefetch_rows(w_ptr, pid_n * BLOCK_N, N, s_wn, kp0, kp1, BLOCK_N, PREFETCH_LINES, ELEM_BYTES)
+        if SWIGLU:
+            prefetch_rows(
+                w_ptr + n_half * s_wn, pid_n * BLOCK_N, N, s_wn, kp0, kp1, BLOCK_N, PREFETCH_LINES, ELEM_BYTES
+            )
+    pdl_begin(PDL)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < M
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -281,6 +296,8 @@ def linear_splitk(
     num_stages: int | None = None,
     reduce: str | None = None,
     config: SplitKConfig | None = None,
+    pdl: bool | None = None,
+    prefetch: bool | None = None,
 ) -> torch.Tensor:
     """`reference.linear_ref`'s contract without bias (x @ weight.T; with ``swiglu``, silu of the first
     half of the outputs times the second half), fp32 accumulation, output in the inputs' dtype (fp32 dots
@@ -342,6 +359,9 @@ def linear_splitk(
         part, s_ps, s_pm = out, 0, 0
     fixup = split > 1 and reduce == "fixup" and n_tiles * m_tiles <= LOCK_COUNT
     lock = _locks(x.device) if fixup else out
+    on = pdl_enabled(x.device)
+    pdl = on if pdl is None else pdl and on
+    prefetch = on if prefetch is None else prefetch and on
     _splitk_gemm[(n_tiles, split, m_tiles)](
         x,
         weight,
@@ -368,8 +388,12 @@ def linear_splitk(
         BLOCK_N=block_n,
         BLOCK_K=block_k,
         GROUP=_group(block_m * block_n // (32 * num_warps)),
+        PDL=pdl,
+        PREFETCH_LINES=lines_for(k_per_split, weight.element_size()) if prefetch else 0,
+        ELEM_BYTES=weight.element_size(),
         num_warps=num_warps,
         num_stages=num_stages,
+        **launch_kwargs(pdl),
     )
     if split > 1 and not fixup:
         # small tiles: many programs share the reduction's reads
