@@ -162,7 +162,8 @@ def leading_agreement(a: torch.Tensor, b: torch.Tensor) -> list[int]:
 
 def apply_splitk(spec: str | None, module) -> dict:  # noqa: ANN001
     """Fill `triton_gemm.SPLITK_SHAPES` from ``spec`` (None/"off": empty; "default": every 2-D weight of
-    ``module`` with the heuristic launch; a path: the sweep JSON's best launches beating cuBLAS by 5%)."""
+    ``module`` with the heuristic launch; a path: the sweep JSON's best launches beating cuBLAS by 5%;
+    "all:PATH": every swept shape at its best launch)."""
     from local_model.kernels import triton_gemm as tg
 
     tg.SPLITK_SHAPES.clear()
@@ -173,8 +174,10 @@ def apply_splitk(spec: str | None, module) -> dict:  # noqa: ANN001
             if p.dim() == 2:
                 tg.SPLITK_SHAPES[tuple(p.shape)] = tg.SplitKConfig()
     else:
-        for r in json.loads(Path(spec).read_text()).get("gemm_sweep", []):
-            if r.get("best_config") and (r.get("speedup_vs_cublas") or 0) >= 1.05:
+        # "all:PATH": every swept shape at its best launch, faster than cuBLAS or not
+        every = spec.startswith("all:")
+        for r in json.loads(Path(spec.removeprefix("all:")).read_text()).get("gemm_sweep", []):
+            if r.get("best_config") and (every or (r.get("speedup_vs_cublas") or 0) >= 1.05):
                 tg.SPLITK_SHAPES[(r["n"], r["k"])] = tg.SplitKConfig(**r["best_config"])
     return {f"{n}x{k}": str(c) for (n, k), c in tg.SPLITK_SHAPES.items()}
 
