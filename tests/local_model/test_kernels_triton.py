@@ -611,3 +611,33 @@ def test_linear_splitk_at_model_size_is_repeatable_to_the_bit(rows, split_k, swi
     assert torch.equal(first, linear_splitk(x=x, weight=w, swiglu=swiglu, split_k=split_k, reduce="launch"))
     expect, _ = ref.norm_linear_ref(x=x, weight=w, swiglu=swiglu)
     assert rel(first, expect) <= 1e-2
+
+
+@gpu
+@pytest.mark.parametrize("split_k", [1, 4])
+def test_split_k_chain_with_programmatic_dependent_launch_equals_the_plain_chain(split_k):
+    """Each launch of a dependent chain starts before the previous one ends and prefetches its weights, eager
+    and replayed from a CUDA graph: it must still read the previous output only once that is complete (the
+    same bits as launches that wait the usual way), with the fixup counters shared along the chain."""
+    from local_model.decode import capture_graph
+    from local_model.kernels.pdl import pdl_enabled
+    from local_model.kernels.triton_gemm import linear_splitk
+
+    if not pdl_enabled(torch.device("cuda")):
+        pytest.skip("programmatic dependent launch needs compute capability 9.0+")
+    gen = torch.Generator(device="cuda").manual_seed(71)
+    ws = [torch.randn(1024, 1024, device="cuda", dtype=torch.bfloat16, generator=gen) / 32 for _ in range(24)]
+    x0 = torch.randn(64, 1024, device="cuda", dtype=torch.bfloat16, generator=gen)
+
+    def chain(pdl: bool) -> torch.Tensor:
+        h = x0
+        for w in ws:
+            h = linear_splitk(x=h, weight=w, split_k=split_k, pdl=pdl, prefetch=pdl)
+        return h
+
+    plain = chain(False)
+    assert torch.equal(chain(True), plain)
+    graph, out = capture_graph(lambda: chain(True))
+    for _ in range(20):
+        graph.replay()
+        assert torch.equal(out, plain)
