@@ -16,6 +16,7 @@ prefetch is skipped (both are PTX).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -34,12 +35,24 @@ def pdl_enabled(device: torch.device) -> bool:
         return False
     if os.environ.get("HYBRIDGATE_PDL", "1") == "0":
         return False
-    return torch.cuda.get_device_capability(device)[0] >= 9
+    return _hopper_or_newer(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _hopper_or_newer(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
 
 
 def launch_kwargs(enabled: bool) -> dict[str, bool]:
     """The launch option that turns PDL on (nothing when off, so the interpreter never sees it)."""
     return {"launch_pdl": True} if enabled else {}
+
+
+def pdl_args(device: torch.device) -> dict[str, bool]:
+    """Keyword arguments of a launch whose kernel takes a ``PDL`` constexpr: the constexpr and the launch
+    option, both on where `pdl_enabled`."""
+    on = pdl_enabled(device)
+    return {"PDL": on, **launch_kwargs(on)}
 
 
 @triton.jit
@@ -81,4 +94,12 @@ def lines_for(cols: int, elem_bytes: int) -> int:
     return triton.next_power_of_2(max(1, triton.cdiv(cols * elem_bytes, LINE_BYTES)))
 
 
-__all__ = ["launch_kwargs", "lines_for", "pdl_begin", "pdl_enabled", "prefetch_l2", "prefetch_rows"]
+__all__ = [
+    "launch_kwargs",
+    "lines_for",
+    "pdl_args",
+    "pdl_begin",
+    "pdl_enabled",
+    "prefetch_l2",
+    "prefetch_rows",
+]

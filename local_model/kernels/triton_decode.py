@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .pdl import launch_kwargs, lines_for, pdl_args, pdl_begin, pdl_enabled, prefetch_rows
 from .triton_gemm import linear_splitk, splitk_for
 
 # Rows served by the GEMV kernels (one program per row and output block: each row re-reads the weight, so
@@ -90,12 +91,24 @@ def _gemv(
     ONE_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr = False,
+    PREFETCH_LINES: tl.constexpr = 0,
+    ELEM_BYTES: tl.constexpr = 2,
 ):
-    """out[m, n] = sum over j < TOPK of row(m*TOPK + j) . w[e_j, n] (see the module docstring)."""
+    """out[m, n] = sum over j < TOPK of row(m*TOPK + j) . w[e_j, n] (see the module docstring).
+    PREFETCH_LINES > 0 (dense weights only: an expert's index is the previous kernel's output): the
+    program's weight rows are requested into L2 before `pdl_begin`."""
     pid_n = tl.program_id(0)
     m = tl.program_id(1).to(tl.int64)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < N
+    if PREFETCH_LINES > 0:
+        prefetch_rows(w_ptr, pid_n * BLOCK_N, N, s_wn, 0, K, BLOCK_N, PREFETCH_LINES, ELEM_BYTES)
+        if SWIGLU:
+            prefetch_rows(
+                w_ptr + n_half * s_wn, pid_n * BLOCK_N, N, s_wn, 0, K, BLOCK_N, PREFETCH_LINES, ELEM_BYTES
+            )
+    pdl_begin(PDL)
     dtype = out_ptr.dtype.element_ty
     total = tl.zeros([BLOCK_N], tl.float32)
     for j in tl.static_range(TOPK):
@@ -240,6 +253,7 @@ def _launch_gemv(
         block_n //= 2
     idx = expert_index if expert_index is not None else x
     s_we = weight.stride(0) if weight.dim() == 3 else 0
+    pdl = pdl_enabled(x.device)
     _gemv[(triton.cdiv(n, block_n), grid_rows)](
         x,
         residual if residual is not None else x,
@@ -269,7 +283,11 @@ def _launch_gemv(
         ONE_TILE=k <= block_k,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
+        PDL=pdl,
+        PREFETCH_LINES=lines_for(k, weight.element_size()) if pdl and expert_index is None else 0,
+        ELEM_BYTES=weight.element_size(),
         num_warps=4,
+        **launch_kwargs(pdl),
     )
     return out
 
@@ -582,8 +600,10 @@ def _greedy_advance(
     s_l,
     s_h,
     BLOCK_V: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     row = tl.program_id(0).to(tl.int64)
+    pdl_begin(PDL)
     best = tl.full([BLOCK_V], float("-inf"), tl.float32)
     arg = tl.zeros([BLOCK_V], tl.int32)
     for v0 in range(0, V, BLOCK_V):
@@ -622,6 +642,7 @@ def greedy_advance(
         history.stride(0),
         BLOCK_V=min(4096, triton.next_power_of_2(vocab)),
         num_warps=8,
+        **pdl_args(logits.device),
     )
     counter.add_(1)
 

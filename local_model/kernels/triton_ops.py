@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .pdl import pdl_args, pdl_begin
 from .triton_conv import causal_conv1d, causal_conv1d_update
 from .triton_decode import greedy_advance, linear, mamba_conv_xproj, moe_block, norm_linear, softmax_topk
 from .triton_gemm import linear_splitk
@@ -36,10 +37,13 @@ def _rms_norm(
     s_ro,
     HAS_RES: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_H)
     m = cols < H
+    w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
+    pdl_begin(PDL)
     x = tl.load(x_ptr + row * s_x + cols, mask=m, other=0.0)
     if HAS_RES:
         x = (x.to(tl.float32) + tl.load(res_ptr + row * s_r + cols, mask=m, other=0.0).to(tl.float32)).to(
@@ -49,7 +53,6 @@ def _rms_norm(
     xf = x.to(tl.float32)
     rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / H + eps)
     y = (xf * rstd).to(x_ptr.dtype.element_ty).to(tl.float32)  # cast back before the weight, as the reference
-    w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * s_o + cols, (w * y).to(out_ptr.dtype.element_ty), mask=m)
 
 
@@ -79,6 +82,7 @@ def rms_norm(
         HAS_RES=residual is not None,
         BLOCK_H=triton.next_power_of_2(hid),
         num_warps=4 if hid <= 4096 else 8,
+        **pdl_args(x.device),
     )
     if residual is None:
         return out.reshape(shape)
@@ -357,6 +361,7 @@ def _attn_decode(
     IEEE: tl.constexpr,
     WRITE_NEW: tl.constexpr,
     SPLITS: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """One program per (row, kv head, context split): the N_REP query heads sharing the kv head, online
     softmax over the split's share of the row's context in tiles of BLOCK_T positions (one page when paged).
@@ -367,6 +372,7 @@ def _attn_decode(
     b = tl.program_id(0).to(tl.int64)
     hk = tl.program_id(1)
     sp = tl.program_id(2)
+    pdl_begin(PDL)
     r = tl.arange(0, BLOCK_R)
     dd = tl.arange(0, HD)
     rmask = r < N_REP
@@ -443,11 +449,12 @@ def _attn_decode(
 
 @triton.jit
 def _attn_decode_combine(
-    part_ptr, ml_ptr, out_ptr, s_ob, s_oh, H, HD: tl.constexpr, SPLITS: tl.constexpr
+    part_ptr, ml_ptr, out_ptr, s_ob, s_oh, H, HD: tl.constexpr, SPLITS: tl.constexpr, PDL: tl.constexpr = False
 ):  # fmt: skip
     """One program per (row, query head): the splits' partial softmax outputs rescaled to their common max."""
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
+    pdl_begin(PDL)
     s = tl.arange(0, SPLITS)
     dd = tl.arange(0, HD)
     row = (b * H + h) * SPLITS + s
@@ -543,11 +550,13 @@ def attention_decode(
         WRITE_NEW=write,
         SPLITS=splits,
         num_warps=4,
+        **pdl_args(q.device),
     )
     if splits > 1:
         _attn_decode_combine[(batch, n_heads)](
-            part, ml, out, out.stride(0), out.stride(1), n_heads, HD=hd, SPLITS=splits, num_warps=1
-        )
+            part, ml, out, out.stride(0), out.stride(1), n_heads, HD=hd, SPLITS=splits, num_warps=1,
+            **pdl_args(q.device),
+        )  # fmt: skip
     return out
 
 
