@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -202,14 +203,18 @@ def splitk_ab(args: argparse.Namespace) -> int:
         )
         toks = {}
         for _ in range(2):
-            for mode in ("cublas", "splitk"):
-                apply_splitk(args.splitk if mode == "splitk" else None, module)
+            for mode in args.modes.split(","):
+                # "-nopdl": every kernel launched without programmatic dependent launch (read at capture)
+                os.environ["HYBRIDGATE_PDL"] = "0" if mode.endswith("-nopdl") else "1"
+                apply_splitk(args.splitk if mode.startswith("splitk") else None, module)
                 ours_greedy_graph(lm, prompt, 8)  # capture this bucket's graph, warm up
                 toks[mode], t = ours_greedy_graph(lm, prompt, args.new + 1)
                 out.setdefault(f"b{b}_{mode}_tok_s", []).append(round(b * args.new / t))
-        out[f"b{b}_greedy_splitk_vs_cublas_bf16_leading_match_min"] = min(
-            leading_agreement(toks["splitk"], toks["cublas"])
-        )
+        os.environ["HYBRIDGATE_PDL"] = "1"
+        if "splitk" in toks and "cublas" in toks:
+            out[f"b{b}_greedy_splitk_vs_cublas_bf16_leading_match_min"] = min(
+                leading_agreement(toks["splitk"], toks["cublas"])
+            )
         print(json.dumps({k: v for k, v in out.items() if k.startswith(f"b{b}_")}), flush=True)
     module.float()
     apply_splitk(args.splitk, module)
@@ -245,6 +250,11 @@ def main() -> int:
     ap.add_argument("--splitk", default=None, help="'default' or a --gemm-sweep JSON (see the docstring)")
     ap.add_argument(
         "--splitk-ab", action="store_true", help="only: our decode, cuBLAS vs split-K projections"
+    )
+    ap.add_argument(
+        "--modes",
+        default="cublas,splitk",
+        help="--splitk-ab: modes to alternate (cublas, splitk; '-nopdl' suffix: without programmatic launch)",
     )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
