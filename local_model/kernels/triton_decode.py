@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from .triton_gemm import linear_splitk, splitk_for
+from .triton_moe import moe_experts
 
 # Rows served by the GEMV kernels (one program per row and output block: each row re-reads the weight, so
 # from 2 rows cuBLAS, which reads it once, is as fast or faster; measured in bench/GPU_NOTES.md).
@@ -475,8 +476,6 @@ def moe_block(
     """`reference.moe_block_ref`'s contract: norm, route and run the experts of x [T, H]. Returns
     (experts' weighted sum, x + residual). Up to 4 tokens: three launches (route; per-pair gate/up GEMV
     with SwiGLU; down GEMV over each token's k experts, weighted and summed); more: the grouped GEMMs."""
-    from .triton_ops import moe_experts
-
     tokens, hid = x.shape
     num_experts = router_weight.shape[0]
     if (
