@@ -227,6 +227,121 @@ def test_moe_align_groups_pairs_by_expert_in_padded_blocks():
     assert sorted(p for p in sorted_ids.tolist() if p < flat.numel()) == list(range(flat.numel()))
 
 
+def _moe_case(
+    seed: int, tokens: int, k: int, dtype: torch.dtype, e: int = 6, h: int = 40, i: int = 56
+) -> dict:
+    """Random experts and routing (top-k of a softmax) for `moe_experts`."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, h, generator=gen).to(DEV).to(dtype)
+    w, idx = torch.topk(torch.softmax(torch.randn(tokens, e, generator=gen), -1), k, dim=-1)
+    return {
+        "x": x,
+        "top_k_index": idx.to(DEV),
+        "top_k_weights": w.to(DEV).to(dtype),
+        "gate_up_proj": (torch.randn(e, 2 * i, h, generator=gen) * 0.2).to(DEV).to(dtype),
+        "down_proj": (torch.randn(e, h, i, generator=gen) * 0.2).to(DEV).to(dtype),
+        "act": torch.nn.functional.silu,
+    }
+
+
+def _moe_expect(case: dict) -> torch.Tensor:
+    return ref.moe_experts_ref(
+        case["x"],
+        case["top_k_index"],
+        case["top_k_weights"],
+        case["gate_up_proj"],
+        case["down_proj"],
+        case["act"],
+    )
+
+
+def _locks_at_zero() -> bool:
+    from local_model.kernels import triton_gemm as tg
+
+    return all(int(buf.abs().sum()) == 0 for buf in tg._LOCKS.values())
+
+
+# (gate/up, down) launches: the heuristic's; gate/up on half blocks of the alignment; down on half blocks
+MOE_LAUNCHES = {
+    "default": None,
+    "gate_up_sub_blocks": ((16, 32, 32), (32, 16, 16)),
+    "down_sub_blocks": ((32, 32, 32), (16, 16, 16)),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens", [5, 13])
+@pytest.mark.parametrize("top_k", [1, 2, 4])
+@pytest.mark.parametrize("launch", list(MOE_LAUNCHES))
+def test_moe_experts_token_sum_in_the_down_gemm_gives_the_separate_sums_bits(dtype, tokens, top_k, launch):
+    """The down GEMM's own k-order sum of each token's routed rows is bit for bit `.sum(1)` over the same
+    rows, on every launch shape; repeatable; its column counters are back at zero after each launch."""
+    skip_interpreted_bf16(dtype)
+    from local_model.kernels import triton_moe as tm
+
+    case = _moe_case(50 + tokens + top_k, tokens, top_k, dtype)
+    blocks = MOE_LAUNCHES[launch]
+    cfg = blocks and tm.MoeConfig(tm.MoeGemmConfig(*blocks[0]), tm.MoeGemmConfig(*blocks[1]))
+    assert tm.fused_sum_applies(tokens, top_k)
+    fused = tk.moe_experts(**case, config=cfg)
+    assert _locks_at_zero()
+    assert torch.equal(fused, tk.moe_experts(**case, config=cfg, fused_sum=False))
+    assert torch.equal(fused, tk.moe_experts(**case, config=cfg))
+    assert _locks_at_zero()
+    assert rel(fused, _moe_expect(case)) <= tol(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("split_k", [2, 3])
+def test_moe_experts_down_projection_split_over_k_matches_reference_and_repeats(dtype, split_k):
+    """Splits of the down projection's K: the last program of a column block sums the splits in order,
+    then the routed rows in k order; the same bits run after run, counters back at zero."""
+    skip_interpreted_bf16(dtype)
+    from local_model.kernels import triton_moe as tm
+
+    case = _moe_case(60 + split_k, 7, 2, dtype)
+    cfg = tm.MoeConfig(tm.MoeGemmConfig(16, 32, 32), tm.MoeGemmConfig(16, 16, 16, split_k=split_k))
+    got = tk.moe_experts(**case, config=cfg)
+    assert _locks_at_zero()
+    assert torch.equal(got, tk.moe_experts(**case, config=cfg))
+    assert rel(got, _moe_expect(case)) <= tol(dtype)
+
+
+def test_moe_experts_sums_outside_the_gemm_past_four_experts_a_token():
+    """Past k = 4 PyTorch's sum no longer adds in k order: the rows are summed by `.sum(1)` after."""
+    from local_model.kernels import triton_moe as tm
+
+    case = _moe_case(70, 5, 5, torch.float32)
+    assert not tm.fused_sum_applies(5, 5)
+    assert rel(tk.moe_experts(**case), _moe_expect(case)) <= 1e-5
+
+
+def test_moe_config_takes_the_measured_launch_of_the_shape_and_token_bucket(monkeypatch):
+    from local_model.kernels import triton_moe as tm
+
+    measured = tm.MoeConfig(tm.MoeGemmConfig(16, 32, 32, 8, 4), tm.MoeGemmConfig(32, 16, 64, 4, 2, split_k=2))
+    monkeypatch.setitem(tm.MOE_SHAPES, (6, 40, 56, 2, 16), measured)
+    assert tm.moe_config(9, 2, 6, 40, 56) == measured
+    assert tm.moe_config(16, 2, 6, 40, 56) == measured
+    assert tm.moe_config(17, 2, 6, 40, 56) != measured
+    assert tm.moe_config(9, 2, 6, 40, 56, fp32=True) != measured
+    case = _moe_case(71, 9, 2, torch.float32)
+    assert rel(tk.moe_experts(**case), _moe_expect(case)) <= 1e-5
+    assert _locks_at_zero()
+
+
+@gpu
+@pytest.mark.parametrize("tokens", [16, 64])
+def test_moe_experts_token_sum_in_the_down_gemm_gives_the_separate_sums_bits_at_model_size(tokens):
+    """The 426M model's experts (8 x [5632, 1024] gate/up, 8 x [1024, 2816] down, top-2) in bf16."""
+    case = _moe_case(72, tokens, 2, torch.bfloat16, e=8, h=1024, i=2816)
+    fused = tk.moe_experts(**case)
+    assert torch.equal(fused, tk.moe_experts(**case, fused_sum=False))
+    assert torch.equal(fused, tk.moe_experts(**case))
+    assert _locks_at_zero()
+    assert rel(fused, _moe_expect(case)) <= 1e-2
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("paged", [False, True])
 @pytest.mark.parametrize("splits", [1, 4])
