@@ -346,6 +346,78 @@ def fused_sum_applies(tokens: int, top_k: int) -> bool:
     return top_k <= FUSED_SUM_MAX_K and tokens <= FUSED_SUM_MAX_TOKENS
 
 
+def moe_gate_up(
+    x: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    sorted_ids: torch.Tensor,
+    block_expert: torch.Tensor,
+    top_k: int,
+    cfg: MoeGemmConfig,
+    align_m: int,
+    pdl: bool,
+) -> torch.Tensor:
+    """The gate/up grouped GEMM with SwiGLU: [pairs, I] rows for the pairs `moe_align` sorted into blocks of
+    ``align_m`` (x [tokens, H] contiguous; gate_up_proj [E, 2I, H])."""
+    tokens, hid = x.shape
+    num_experts, two_i, _ = gate_up_proj.shape
+    inter = two_i // 2
+    pairs = tokens * top_k
+    act_out = torch.empty(pairs, inter, device=x.device, dtype=x.dtype)
+    stages, bk = _fit_smem(cfg, cfg.block_m, True, x.element_size())
+    _moe_gemm[(sorted_ids.numel() // cfg.block_m, triton.cdiv(inter, cfg.block_n), 1)](
+        x, gate_up_proj, act_out, act_out, act_out, sorted_ids, block_expert, x,
+        inter, hid, pairs, num_experts, tokens, hid, 1,
+        x.stride(0), *gate_up_proj.stride(), act_out.stride(0), 0, 0, top_k, inter,
+        SWIGLU=True, ROUTED=False, SPLIT=False, SUM=False, IEEE=x.dtype == torch.float32, TOP_K=top_k,
+        SUB=align_m // cfg.block_m, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, BLOCK_T=16, PDL=pdl,
+        num_warps=cfg.num_warps, num_stages=stages, **launch_kwargs(pdl),
+    )  # fmt: skip
+    return act_out
+
+
+def moe_down(
+    act_out: torch.Tensor,
+    down_proj: torch.Tensor,
+    sorted_ids: torch.Tensor,
+    block_expert: torch.Tensor,
+    routing_weights: torch.Tensor,
+    tokens: int,
+    cfg: MoeGemmConfig,
+    align_m: int,
+    fused: bool,
+    pdl: bool,
+) -> torch.Tensor:
+    """The down grouped GEMM times the routing weights (flat [pairs]): with ``fused`` each token's k rows
+    summed in the kernel ([tokens, H]; cfg.split_k honoured), else the [pairs, H] rows (one split)."""
+    pairs, inter = act_out.shape
+    top_k = pairs // tokens
+    num_experts, hid, _ = down_proj.shape
+    stages, bk = _fit_smem(cfg, cfg.block_m, False, act_out.element_size())
+    n_cols = triton.cdiv(hid, cfg.block_n)
+    fused = fused and n_cols <= LOCK_COUNT
+    split = cfg.split_k if fused else 1
+    k_per_split = triton.cdiv(triton.cdiv(inter, split), bk) * bk  # whole K blocks, no empty split
+    split = triton.cdiv(inter, k_per_split)
+    dev, dtype = act_out.device, act_out.dtype
+    out = torch.empty(tokens, hid, device=dev, dtype=dtype) if fused else None
+    if split > 1:
+        partial = torch.empty(split, pairs, hid, device=dev, dtype=torch.float32)
+    else:
+        partial = torch.empty(pairs, hid, device=dev, dtype=dtype)
+    sums = out if fused else partial
+    _moe_gemm[(sorted_ids.numel() // cfg.block_m, n_cols, split)](
+        act_out, down_proj, partial, sums, _locks(dev) if fused else partial, sorted_ids, block_expert,
+        routing_weights, hid, inter, pairs, num_experts, tokens, k_per_split, split,
+        act_out.stride(0), *down_proj.stride(), partial.stride(-2), partial.stride(0) if split > 1 else 0,
+        sums.stride(0), 1, 0,
+        SWIGLU=False, ROUTED=True, SPLIT=split > 1, SUM=fused, IEEE=dtype == torch.float32, TOP_K=top_k,
+        SUB=align_m // cfg.block_m, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk,
+        BLOCK_T=min(triton.next_power_of_2(tokens), max(16, 4096 // cfg.block_n)), PDL=pdl,
+        num_warps=cfg.num_warps, num_stages=stages, **launch_kwargs(pdl),
+    )  # fmt: skip
+    return out if fused else partial
+
+
 def moe_experts(
     *,
     x: torch.Tensor,
@@ -361,8 +433,8 @@ def moe_experts(
     """`reference.moe_experts_ref`'s contract, as two grouped GEMMs over expert-sorted (token, k) pairs:
     gate/up with SwiGLU fused in the epilogue, then down scaled by the routing weight, each token's k rows
     summed by the down GEMM (`fused_sum_applies`; ``fused_sum=False`` sums them with ``.sum(1)`` after,
-    the same bits). Launches: ``config``, else `moe_config`'s. No host sync (shapes do not depend on the
-    routing)."""
+    the same bits). Launches: ``config``, else `moe_config`'s; ``pdl`` as `pdl_enabled` unless False. No
+    host sync (shapes do not depend on the routing)."""
     if act is not F.silu:
         from .reference import moe_experts_ref
 
@@ -370,55 +442,20 @@ def moe_experts(
     tokens, hid = x.shape
     k = top_k_index.shape[1]
     num_experts, two_i, _ = gate_up_proj.shape
-    inter = two_i // 2
-    pairs = tokens * k
-    ieee = x.dtype == torch.float32
-    cfg = config or moe_config(tokens, k, num_experts, hid, inter, fp32=ieee)
-    gu, dn = cfg.gate_up, cfg.down
-    align_m = max(gu.block_m, dn.block_m)
-    assert align_m % gu.block_m == 0 and align_m % dn.block_m == 0 and gu.split_k == 1, cfg
-    fused = fused_sum_applies(tokens, k) if fused_sum is None else fused_sum and fused_sum_applies(tokens, k)
-    sorted_ids, block_expert = moe_align(top_k_index, num_experts, align_m)
-    padded = sorted_ids.numel()
+    cfg = config or moe_config(tokens, k, num_experts, hid, two_i // 2, fp32=x.dtype == torch.float32)
+    align_m = max(cfg.gate_up.block_m, cfg.down.block_m)
+    assert align_m % cfg.gate_up.block_m == 0 and align_m % cfg.down.block_m == 0, cfg
+    assert cfg.gate_up.split_k == 1, cfg
+    fused = fused_sum_applies(tokens, k) and fused_sum is not False
     on = pdl_enabled(x.device)
     pdl = on if pdl is None else pdl and on
-    x = x.contiguous()
-    act_out = torch.empty(pairs, inter, device=x.device, dtype=x.dtype)
-    stages, bk = _fit_smem(gu, gu.block_m, True, x.element_size())
-    _moe_gemm[(padded // gu.block_m, triton.cdiv(inter, gu.block_n), 1)](
-        x, gate_up_proj, act_out, act_out, act_out, sorted_ids, block_expert, x,
-        inter, hid, pairs, num_experts, tokens, hid, 1,
-        x.stride(0), *gate_up_proj.stride(), act_out.stride(0), 0, 0, k, inter,
-        SWIGLU=True, ROUTED=False, SPLIT=False, SUM=False, IEEE=ieee, TOP_K=k, SUB=align_m // gu.block_m,
-        BLOCK_M=gu.block_m, BLOCK_N=gu.block_n, BLOCK_K=bk, BLOCK_T=16, PDL=pdl,
-        num_warps=gu.num_warps, num_stages=stages, **launch_kwargs(pdl),
-    )  # fmt: skip
+    sorted_ids, block_expert = moe_align(top_k_index, num_experts, align_m)
+    act_out = moe_gate_up(
+        x.contiguous(), gate_up_proj, sorted_ids, block_expert, k, cfg.gate_up, align_m, pdl
+    )
     rw = top_k_weights.reshape(-1).contiguous()
-    stages, bk = _fit_smem(dn, dn.block_m, False, x.element_size())
-    n_cols = triton.cdiv(hid, dn.block_n)
-    fused = fused and n_cols <= LOCK_COUNT
-    split = dn.split_k if fused else 1
-    k_per_split = triton.cdiv(triton.cdiv(inter, split), bk) * bk  # whole K blocks, no empty split
-    split = triton.cdiv(inter, k_per_split)
-    out = torch.empty(tokens, hid, device=x.device, dtype=x.dtype)
-    if split > 1:
-        partial = torch.empty(split, pairs, hid, device=x.device, dtype=torch.float32)
-        s_ps = partial.stride(0)
-    else:
-        partial = torch.empty(pairs, hid, device=x.device, dtype=x.dtype)
-        s_ps = 0
-    _moe_gemm[(padded // dn.block_m, n_cols, split)](
-        act_out, down_proj, partial, out, _locks(x.device) if fused else out, sorted_ids, block_expert, rw,
-        hid, inter, pairs, num_experts, tokens, k_per_split, split,
-        act_out.stride(0), *down_proj.stride(), partial.stride(-2), s_ps, out.stride(0), 1, 0,
-        SWIGLU=False, ROUTED=True, SPLIT=split > 1, SUM=fused, IEEE=ieee, TOP_K=k,
-        SUB=align_m // dn.block_m, BLOCK_M=dn.block_m, BLOCK_N=dn.block_n, BLOCK_K=bk,
-        BLOCK_T=min(triton.next_power_of_2(tokens), max(16, 4096 // dn.block_n)), PDL=pdl,
-        num_warps=dn.num_warps, num_stages=stages, **launch_kwargs(pdl),
-    )  # fmt: skip
-    if fused:
-        return out
-    return partial.view(tokens, k, hid).sum(1)
+    out = moe_down(act_out, down_proj, sorted_ids, block_expert, rw, tokens, cfg.down, align_m, fused, pdl)
+    return out if fused else out.view(tokens, k, hid).sum(1)
 
 
 __all__ = [
@@ -428,6 +465,8 @@ __all__ = [
     "fused_sum_applies",
     "moe_align",
     "moe_config",
+    "moe_down",
     "moe_experts",
+    "moe_gate_up",
     "token_bucket",
 ]
