@@ -88,6 +88,28 @@ def moe_config(
     return MoeConfig(gate_up=cfg, down=cfg)
 
 
+# pairs up to which `moe_align` runs in one program (`align_pairs`)
+ALIGN_SMALL_PAIRS = 1024
+
+
+def align_buffers(
+    pairs: int, num_experts: int, block_m: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+    """`moe_align`'s outputs (empty) and `align_pairs`' sizes for ``pairs`` pairs: padded_len and the
+    block constexprs."""
+    padded_len = triton.cdiv(pairs + num_experts * (block_m - 1), block_m) * block_m
+    sorted_ids = torch.empty(padded_len, dtype=torch.long, device=device)
+    block_expert = torch.empty(padded_len // block_m, dtype=torch.long, device=device)
+    sizes = {
+        "padded_len": padded_len,
+        "BM": block_m,
+        "BLOCK_P": triton.next_power_of_2(pairs),
+        "BLOCK_E": triton.next_power_of_2(num_experts),
+        "BLOCK_NB": triton.next_power_of_2(padded_len // block_m),
+    }
+    return sorted_ids, block_expert, sizes
+
+
 def moe_align(top_k_index: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Sort the (token, k) pairs by expert into blocks of ``block_m`` rows of one expert each.
 
@@ -100,21 +122,11 @@ def moe_align(top_k_index: torch.Tensor, num_experts: int, block_m: int) -> tupl
     pairs = flat.numel()
     dev = flat.device
     padded_len = triton.cdiv(pairs + num_experts * (block_m - 1), block_m) * block_m
-    if pairs <= 1024 and num_experts <= 256:
-        sorted_ids = torch.empty(padded_len, dtype=torch.long, device=dev)
-        block_expert = torch.empty(padded_len // block_m, dtype=torch.long, device=dev)
+    if pairs <= ALIGN_SMALL_PAIRS and num_experts <= 256:
+        sorted_ids, block_expert, sizes = align_buffers(pairs, num_experts, block_m, dev)
+        padded_len = sizes.pop("padded_len")
         _moe_align_small[(1,)](
-            flat,
-            sorted_ids,
-            block_expert,
-            pairs,
-            num_experts,
-            padded_len,
-            BM=block_m,
-            BLOCK_P=triton.next_power_of_2(pairs),
-            BLOCK_E=triton.next_power_of_2(num_experts),
-            BLOCK_NB=triton.next_power_of_2(padded_len // block_m),
-            num_warps=4,
+            flat, sorted_ids, block_expert, pairs, num_experts, padded_len, **sizes, num_warps=4
         )
         return sorted_ids, block_expert
     order = torch.argsort(flat, stable=True)
@@ -135,7 +147,7 @@ def moe_align(top_k_index: torch.Tensor, num_experts: int, block_m: int) -> tupl
 
 
 @triton.jit
-def _moe_align_small(
+def align_pairs(
     idx_ptr,
     sorted_ptr,
     bexp_ptr,
@@ -147,7 +159,8 @@ def _moe_align_small(
     BLOCK_E: tl.constexpr,
     BLOCK_NB: tl.constexpr,
 ):
-    """`moe_align` in one program for up to BLOCK_P pairs: a one-hot [pairs, experts] counting sort."""
+    """`moe_align` of the P <= BLOCK_P expert indices at idx_ptr by the calling program: a one-hot
+    [pairs, experts] counting sort."""
     p = tl.arange(0, BLOCK_P)
     e = tl.arange(0, BLOCK_E)
     ex = tl.load(idx_ptr + p, mask=p < P, other=BLOCK_E)
@@ -167,6 +180,23 @@ def _moe_align_small(
     ends = tl.where(e < E, pad_end, 1 << 30)
     bexp = tl.sum((ends[None, :] <= (blk * BM)[:, None]).to(tl.int64), axis=1)
     tl.store(bexp_ptr + blk, bexp, mask=blk * BM < padded_len)
+
+
+@triton.jit
+def _moe_align_small(
+    idx_ptr,
+    sorted_ptr,
+    bexp_ptr,
+    P,
+    E,
+    padded_len,
+    BM: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_NB: tl.constexpr,
+):
+    """`moe_align` in one program for up to BLOCK_P pairs."""
+    align_pairs(idx_ptr, sorted_ptr, bexp_ptr, P, E, padded_len, BM, BLOCK_P, BLOCK_E, BLOCK_NB)
 
 
 @triton.jit
@@ -429,12 +459,14 @@ def moe_experts(
     config: MoeConfig | None = None,
     fused_sum: bool | None = None,
     pdl: bool | None = None,
+    aligned: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """`reference.moe_experts_ref`'s contract, as two grouped GEMMs over expert-sorted (token, k) pairs:
     gate/up with SwiGLU fused in the epilogue, then down scaled by the routing weight, each token's k rows
     summed by the down GEMM (`fused_sum_applies`; ``fused_sum=False`` sums them with ``.sum(1)`` after,
-    the same bits). Launches: ``config``, else `moe_config`'s; ``pdl`` as `pdl_enabled` unless False. No
-    host sync (shapes do not depend on the routing)."""
+    the same bits). Launches: ``config``, else `moe_config`'s; ``pdl`` as `pdl_enabled` unless False;
+    ``aligned``: `moe_align`'s output for these pairs and the launches' larger block_m, if already made.
+    No host sync (shapes do not depend on the routing)."""
     if act is not F.silu:
         from .reference import moe_experts_ref
 
@@ -449,7 +481,7 @@ def moe_experts(
     fused = fused_sum_applies(tokens, k) and fused_sum is not False
     on = pdl_enabled(x.device)
     pdl = on if pdl is None else pdl and on
-    sorted_ids, block_expert = moe_align(top_k_index, num_experts, align_m)
+    sorted_ids, block_expert = aligned or moe_align(top_k_index, num_experts, align_m)
     act_out = moe_gate_up(
         x.contiguous(), gate_up_proj, sorted_ids, block_expert, k, cfg.gate_up, align_m, pdl
     )
@@ -459,9 +491,12 @@ def moe_experts(
 
 
 __all__ = [
+    "ALIGN_SMALL_PAIRS",
     "MOE_SHAPES",
     "MoeConfig",
     "MoeGemmConfig",
+    "align_buffers",
+    "align_pairs",
     "fused_sum_applies",
     "moe_align",
     "moe_config",

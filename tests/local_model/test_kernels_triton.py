@@ -502,10 +502,12 @@ def test_norm_linear_fuses_residual_norm_and_swiglu(dtype, rows, variant):
     assert rel(s, e_s) <= tol(dtype)
 
 
-@pytest.mark.parametrize("tokens", [1, 3, 6])
-def test_moe_block_routes_normed_tokens_like_the_reference(tokens):
+@pytest.mark.parametrize(("tokens", "k"), [(1, 2), (3, 2), (6, 2), (13, 1), (9, 4)])
+def test_moe_block_routes_normed_tokens_like_the_reference(tokens, k):
+    """From 5 tokens the route launch also sorts the pairs by expert for the grouped GEMMs (its counter
+    back at zero after)."""
     gen = torch.Generator().manual_seed(15 + tokens)
-    e, k, h, i = 5, 2, 48, 40
+    e, h, i = 5, 48, 40
     x, res = (torch.randn(tokens, h, generator=gen).to(DEV) for _ in range(2))
     args = {
         "norm_weight": (torch.rand(h, generator=gen) + 0.5).to(DEV),
@@ -520,6 +522,8 @@ def test_moe_block_routes_normed_tokens_like_the_reference(tokens):
     e_out, e_s = ref.moe_block_ref(x=x, residual=res, **args)
     assert rel(out, e_out) <= 1e-5
     assert rel(s, e_s) <= 1e-6
+    assert _locks_at_zero()
+    assert torch.equal(out, tk.moe_block(x=x, residual=res, **args)[0])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
