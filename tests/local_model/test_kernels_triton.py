@@ -217,6 +217,25 @@ def test_moe_experts_grouped_gemm_matches_reference(dtype, tokens):
     assert rel(got, expect) <= tol(dtype)
 
 
+@pytest.mark.parametrize("tokens", [7, 600])
+def test_moe_align_in_expert_slots_puts_each_experts_pairs_at_its_slot(tokens):
+    """With ``cap`` expert e's pairs are slots e * cap onwards, ascending, padding after (one program up to
+    1024 pairs, PyTorch ops above)."""
+    gen = torch.Generator().manual_seed(tokens)
+    e, k, bm = 5, 2, 16
+    idx = torch.stack([torch.randperm(e, generator=gen)[:k] for _ in range(tokens)]).to(DEV)
+    cap = triton.cdiv(tokens, bm) * bm
+    sorted_ids, block_expert = tk.moe_align(idx, e, bm, cap)
+    assert sorted_ids.numel() == e * cap
+    assert block_expert.tolist() == [b * bm // cap for b in range(e * cap // bm)]
+    flat = idx.reshape(-1).cpu()
+    slots = sorted_ids.view(e, cap).cpu()
+    for ex in range(e):
+        mine = (flat == ex).nonzero().flatten()
+        assert torch.equal(slots[ex, : mine.numel()], mine)
+        assert bool((slots[ex, mine.numel() :] == flat.numel()).all())
+
+
 def test_moe_align_groups_pairs_by_expert_in_padded_blocks():
     idx = torch.tensor([[2, 0], [2, 3], [0, 2]], device=DEV)
     sorted_ids, block_expert = tk.moe_align(idx, 4, 4)
@@ -261,11 +280,13 @@ def _locks_at_zero() -> bool:
     return all(int(buf.abs().sum()) == 0 for buf in tg._LOCKS.values())
 
 
-# (gate/up, down) launches: the heuristic's; gate/up on half blocks of the alignment; down on half blocks
+# (gate/up, down) launches: the heuristic's; gate/up on half blocks of the alignment; down on half blocks;
+# per-expert slots (the prefetching launches' layout; the prefetch itself is GPU-only)
 MOE_LAUNCHES = {
     "default": None,
     "gate_up_sub_blocks": ((16, 32, 32), (32, 16, 16)),
     "down_sub_blocks": ((32, 32, 32), (16, 16, 16)),
+    "expert_slots": ((16, 32, 32, 4, 3, 1, True), (16, 16, 16, 4, 3, 1, True)),
 }
 
 
@@ -324,7 +345,6 @@ def test_moe_config_takes_the_measured_launch_of_the_shape_and_token_bucket(monk
     assert tm.moe_config(9, 2, 6, 40, 56) == measured
     assert tm.moe_config(16, 2, 6, 40, 56) == measured
     assert tm.moe_config(17, 2, 6, 40, 56) != measured
-    assert tm.moe_config(9, 2, 6, 40, 56, fp32=True) != measured
     case = _moe_case(71, 9, 2, torch.float32)
     assert rel(tk.moe_experts(**case), _moe_expect(case)) <= 1e-5
     assert _locks_at_zero()
@@ -524,6 +544,32 @@ def test_moe_block_routes_normed_tokens_like_the_reference(tokens, k):
     assert rel(s, e_s) <= 1e-6
     assert _locks_at_zero()
     assert torch.equal(out, tk.moe_block(x=x, residual=res, **args)[0])
+
+
+def test_moe_block_sorts_pairs_into_expert_slots_for_prefetching_launches(monkeypatch):
+    """A measured launch that prefetches: the route launch's sort puts the pairs in per-expert slots."""
+    from local_model.kernels import triton_moe as tm
+
+    gen = torch.Generator().manual_seed(19)
+    tokens, e, k, h, i = 11, 5, 2, 48, 40
+    slots = tm.MoeConfig(
+        tm.MoeGemmConfig(16, 32, 32, prefetch=True), tm.MoeGemmConfig(16, 16, 32, prefetch=True)
+    )
+    monkeypatch.setitem(tm.MOE_SHAPES, (e, h, i, k, 16), slots)
+    assert tm.static_cap(tokens, slots) == 16
+    x, res = (torch.randn(tokens, h, generator=gen).to(DEV) for _ in range(2))
+    args = {
+        "norm_weight": (torch.rand(h, generator=gen) + 0.5).to(DEV),
+        "eps": 1e-6,
+        "router_weight": torch.randn(e, h, generator=gen).to(DEV),
+        "gate_up_proj": (torch.randn(e, 2 * i, h, generator=gen) * 0.2).to(DEV),
+        "down_proj": (torch.randn(e, h, i, generator=gen) * 0.2).to(DEV),
+        "top_k": k,
+        "act": torch.nn.functional.silu,
+    }
+    out, _ = tk.moe_block(x=x, residual=res, **args)
+    assert rel(out, ref.moe_block_ref(x=x, residual=res, **args)[0]) <= 1e-5
+    assert _locks_at_zero()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
