@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .pdl import launch_kwargs, pdl_begin, pdl_enabled
 from .triton_gemm import _locks, linear_splitk, splitk_for
 from .triton_moe import ALIGN_SMALL_PAIRS, align_buffers, align_pairs, moe_config, moe_experts, static_cap
 
@@ -371,13 +372,16 @@ def _moe_route(
     BM: tl.constexpr = 16,
     BLOCK_P: tl.constexpr = 16,
     BLOCK_NB: tl.constexpr = 16,
+    PDL: tl.constexpr = False,
 ):
     """h = RMSNorm(x + residual); logits = router . h (rounded to the model dtype, as a linear layer's
     output); top-k of the fp32 softmax (first index among equals), weights in the model dtype.
 
     ALIGN: the program that finishes last (a counter at lock_ptr: barrier, acq_rel atomic; reset to zero
     after) also sorts the P = rows * K pairs by expert (`align_pairs` into sorted_ptr / bexp_ptr), which
-    saves the grouped GEMMs a launch."""
+    saves the grouped GEMMs a launch. PDL: launched with programmatic dependent launch (`pdl_begin` first:
+    everything it reads is the previous kernels' output but the router weights, which are small)."""
+    pdl_begin(PDL)
     row = tl.program_id(0).to(tl.int64)
     dtype = x_ptr.dtype.element_ty
     e = tl.arange(0, BLOCK_E)
@@ -533,6 +537,7 @@ def moe_block(
             aligned = (sorted_ids, block_expert)
             align.pop("BLOCK_E")  # the router's (at least as wide)
     padded_len, cap = align.pop("padded_len", 0), align.pop("cap", 0)
+    pdl = pdl_enabled(x.device)
     _moe_route[(tokens,)](
         x,
         r,
@@ -561,7 +566,9 @@ def moe_block(
         BLOCK_H=block_h,
         ALIGN=aligned is not None,
         **align,
+        PDL=pdl,
         num_warps=4 if block_e * block_h <= 8192 else (8 if block_e * block_h <= 16384 else 16),
+        **launch_kwargs(pdl),
     )
     if tokens > 4:
         out = moe_experts(

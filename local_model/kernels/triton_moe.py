@@ -121,7 +121,7 @@ def align_buffers(
 
 
 def moe_align(
-    top_k_index: torch.Tensor, num_experts: int, block_m: int, cap: int = 0
+    top_k_index: torch.Tensor, num_experts: int, block_m: int, cap: int = 0, pdl: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sort the (token, k) pairs by expert into blocks of ``block_m`` rows of one expert each.
 
@@ -131,13 +131,24 @@ def moe_align(
     most pairs an expert can get: the token count) expert e's pairs start at slot e * cap, so a block's
     expert is known from its index alone. Within an expert the pairs come first (ascending), the padding
     after them. Lengths `align_len`: shapes never depend on the routing (no host sync; CUDA-graph safe).
+    ``pdl``: the one-program sort is launched with PDL (the GEMM after it may then start its prefetch).
     """
     flat = top_k_index.reshape(-1)
     pairs = flat.numel()
     dev = flat.device
     if pairs <= ALIGN_SMALL_PAIRS and num_experts <= 256:
         sorted_ids, block_expert, sizes = align_buffers(pairs, num_experts, block_m, dev, cap)
-        _moe_align_small[(1,)](flat, sorted_ids, block_expert, pairs, num_experts, **sizes, num_warps=4)
+        _moe_align_small[(1,)](
+            flat,
+            sorted_ids,
+            block_expert,
+            pairs,
+            num_experts,
+            **sizes,
+            PDL=pdl,
+            num_warps=4,
+            **launch_kwargs(pdl),
+        )
         return sorted_ids, block_expert
     padded_len = align_len(pairs, num_experts, block_m, cap)
     order = torch.argsort(flat, stable=True)
@@ -212,8 +223,10 @@ def _moe_align_small(
     BLOCK_P: tl.constexpr,
     BLOCK_E: tl.constexpr,
     BLOCK_NB: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """`moe_align` in one program for up to BLOCK_P pairs."""
+    pdl_begin(PDL)
     align_pairs(idx_ptr, sorted_ptr, bexp_ptr, P, E, padded_len, cap, BM, BLOCK_P, BLOCK_E, BLOCK_NB)
 
 
@@ -540,7 +553,7 @@ def moe_experts(
     on = pdl_enabled(x.device)
     pdl = on if pdl is None else pdl and on
     cap = static_cap(tokens, cfg)
-    sorted_ids, block_expert = aligned or moe_align(top_k_index, num_experts, align_m, cap)
+    sorted_ids, block_expert = aligned or moe_align(top_k_index, num_experts, align_m, cap, pdl)
     act_out = moe_gate_up(
         x.contiguous(), gate_up_proj, sorted_ids, block_expert, k, cfg.gate_up, align_m, pdl, cap
     )
