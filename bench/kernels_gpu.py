@@ -651,6 +651,13 @@ def _moe_bits(case: MoeCase, best_cfg) -> dict:  # noqa: ANN001
             # informational: other K blocks add the fp32 products in another order
             out["best_same_bits_as_heuristic"] = torch.equal(b, fused)
         out["best_rel_err_vs_reference"] = rel(b, expect)
+        slots = tm.MoeConfig(
+            dataclasses.replace(best_cfg.gate_up, prefetch=True),
+            dataclasses.replace(best_cfg.down, prefetch=True),
+        )
+        out["best_prefetch_pdl_equals_best_bitwise"] = torch.equal(
+            b, tm.moe_experts(**kw, config=slots, pdl=True)
+        )
     torch.cuda.synchronize()
     out["counters_at_zero"] = all(int(buf.abs().sum()) == 0 for buf in tg._LOCKS.values())
     return out

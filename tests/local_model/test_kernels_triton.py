@@ -353,11 +353,20 @@ def test_moe_config_takes_the_measured_launch_of_the_shape_and_token_bucket(monk
 @gpu
 @pytest.mark.parametrize("tokens", [16, 64])
 def test_moe_experts_token_sum_in_the_down_gemm_gives_the_separate_sums_bits_at_model_size(tokens):
-    """The 426M model's experts (8 x [5632, 1024] gate/up, 8 x [1024, 2816] down, top-2) in bf16."""
+    """The 426M model's experts (8 x [5632, 1024] gate/up, 8 x [1024, 2816] down, top-2) in bf16; with PDL
+    and the weight-slab prefetch (per-expert slots) too: the same bits."""
+    import dataclasses
+
+    from local_model.kernels import triton_moe as tm
+
     case = _moe_case(72, tokens, 2, torch.bfloat16, e=8, h=1024, i=2816)
     fused = tk.moe_experts(**case)
     assert torch.equal(fused, tk.moe_experts(**case, fused_sum=False))
     assert torch.equal(fused, tk.moe_experts(**case))
+    heur = tm.moe_config(tokens, 2, 8, 1024, 2816)
+    slots = tm.MoeConfig(*(dataclasses.replace(c, prefetch=True) for c in (heur.gate_up, heur.down)))
+    assert torch.equal(fused, tk.moe_experts(**case, config=heur, pdl=False))
+    assert torch.equal(fused, tk.moe_experts(**case, config=slots, pdl=True))
     assert _locks_at_zero()
     assert rel(fused, _moe_expect(case)) <= 1e-2
 
