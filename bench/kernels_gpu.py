@@ -490,7 +490,7 @@ def gemm_sweep(rows_list: tuple[int, ...] = (64,), save=None) -> list[dict]:  # 
 # (experts, hidden, expert width, top_k): the 426M random Jamba's MoE layers and a ~1.5B model's
 MOE_SWEEP_SHAPES = [(8, 1024, 2816, 2), (16, 2048, 1184, 2)]
 # the sweep stops trying new launches after this many seconds (the rows so far are reported)
-MOE_SWEEP_SECONDS = 130.0
+MOE_SWEEP_SECONDS = 110.0
 
 
 def moe_weight_copies(e: int, h: int, i: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -502,14 +502,15 @@ def moe_weight_copies(e: int, h: int, i: int) -> list[tuple[torch.Tensor, torch.
     return [(gu, dn)] + [(gu.clone(), dn.clone()) for _ in range(copies - 1)]
 
 
-def _moe_candidates(stage: int, base: dict | None = None, down: bool = False) -> list[dict]:
-    """Stage 1: rows per program x output block x K block at 4 warps, 3 stages (K blocks of 256 only
-    with 32-wide outputs). Stage 2 around ``base``: warps {4, 8} x stages {2, 3, 4}; for the down
-    projection also 2 and 4 splits of K."""
+def _moe_candidates(stage: int, base: dict | None = None, down: bool = False, tokens: int = 64) -> list[dict]:
+    """Stage 1: rows per program (up to the most pairs an expert can get, the token count) x output block
+    x K block at 4 warps, 3 stages (K blocks of 256 only with 32-wide outputs). Stage 2 around ``base``:
+    warps {4, 8} x stages {2, 3, 4}; for the down projection also 2 and 4 splits of K."""
     if stage == 1:
         return [
             {"block_m": bm, "block_n": bn, "block_k": bk, "num_warps": 4, "num_stages": 3, "split_k": 1}
             for bm in (16, 32, 64)
+            if bm <= max(16, triton.next_power_of_2(tokens))
             for bn in (32, 64, 128)
             for bk in (64, 128, 256)
             if bk < 256 or bn == 32
@@ -607,7 +608,7 @@ def _moe_gemm_sweep(case: MoeCase, down: bool, deadline: float) -> dict:
         return configs[timed[0][1]] if timed else None
 
     run(heur)
-    for c in _moe_candidates(1):
+    for c in _moe_candidates(1, tokens=case.tokens):
         run(c)
     base = best()
     for c in _moe_candidates(2, base, down) if base else []:
