@@ -16,7 +16,10 @@ last program also sums the splits (in split order) and applies the routing weigh
 the unsplit path's bits.
 
 Launches are tunable per shape and token bucket (`MOE_SHAPES`, filled from ``bench/kernels_gpu.py
---moe-sweep``); the defaults are `moe_config`'s heuristic.
+--moe-sweep``); the defaults are `moe_config`'s heuristic. On Hopper every launch takes programmatic
+dependent launch (`pdl`); a launch with ``prefetch`` also requests its weight slab into L2 before the wait,
+which needs the pairs aligned in per-expert slots (`moe_align`'s ``cap``) so that a program's expert is
+known from its index, not from the routing the previous kernel is still writing.
 """
 
 from __future__ import annotations
@@ -64,8 +67,9 @@ class MoeConfig:
     down: MoeGemmConfig
 
 
-# (experts, hidden, expert width, top_k, token bucket) -> launches (measured in bf16; any dtype takes
-# them, the pipeline cut to fit shared memory). Filled from `bench/kernels_gpu.py --moe-sweep` (it prints the dict) once measured on the card.
+# (experts, hidden, expert width, top_k, token bucket) -> launches (measured in bf16; any dtype takes them,
+# the pipeline cut to fit shared memory). Filled from `bench/kernels_gpu.py --moe-sweep` (it prints the
+# dict) once measured on the card.
 MOE_SHAPES: dict[tuple[int, int, int, int, int], MoeConfig] = {}
 
 
