@@ -13,13 +13,16 @@ best split-K launch per projection of the 426M step (prints a ready `SPLITK_SHAP
 
 Needs mamba-ssm importable (see the anchor's README); without it only our timings are printed.
 Usage: python bench/kernels_gpu.py [--json out.json] [--quick] [--sweep] [--gemm] [--gemm-sweep] [--gemm-rows 16,64]
+       [--moe-sweep] [--moe-tokens 64,16]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -484,6 +487,307 @@ def gemm_sweep(rows_list: tuple[int, ...] = (64,), save=None) -> list[dict]:  # 
     return out
 
 
+# (experts, hidden, expert width, top_k): the 426M random Jamba's MoE layers and a ~1.5B model's
+MOE_SWEEP_SHAPES = [(8, 1024, 2816, 2), (16, 2048, 1184, 2)]
+# the sweep stops trying new launches after this many seconds (the rows so far are reported)
+MOE_SWEEP_SECONDS = 110.0
+
+
+def moe_weight_copies(e: int, h: int, i: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Copies of one layer's experts (gate/up [E, 2I, H], down [E, H, I], bf16), enough that the down
+    weights alone total ROTATE_BYTES (so a launch timed alone also reads cold weights)."""
+    gu = torch.randn(e, 2 * i, h, device="cuda", dtype=torch.bfloat16) * 0.02
+    dn = torch.randn(e, h, i, device="cuda", dtype=torch.bfloat16) * 0.02
+    copies = min(GRAPH_CALLS, max(2, int(ROTATE_BYTES // min(gu.nbytes, dn.nbytes)) + 1))
+    return [(gu, dn)] + [(gu.clone(), dn.clone()) for _ in range(copies - 1)]
+
+
+def _moe_candidates(stage: int, base: dict | None = None, down: bool = False, tokens: int = 64) -> list[dict]:
+    """Stage 1: rows per program (up to the most pairs an expert can get, the token count) x output block
+    x K block at 4 warps, 3 stages (K blocks of 256 only with 32-wide outputs). Stage 2 around ``base``:
+    warps {4, 8} x stages {2, 3, 4}; for the down projection also 2 and 4 splits of K."""
+    if stage == 1:
+        return [
+            {"block_m": bm, "block_n": bn, "block_k": bk, "num_warps": 4, "num_stages": 3, "split_k": 1}
+            for bm in (16, 32, 64)
+            if bm <= max(16, triton.next_power_of_2(tokens))
+            for bn in (32, 64, 128)
+            for bk in (64, 128, 256)
+            if bk < 256 or bn == 32
+        ]
+    assert base is not None
+    out = [{**base, "num_warps": nw, "num_stages": st} for nw in (4, 8) for st in (2, 3, 4)]
+    if down:
+        out += [{**base, "split_k": sp} for sp in (2, 4)]
+    return out
+
+
+def _moe_key(cfg: dict) -> str:
+    return "m{block_m}_n{block_n}_k{block_k}_w{num_warps}_st{num_stages}_s{split_k}".format(**cfg)
+
+
+@dataclass
+class MoeCase:
+    """One sweep case: a shape, its weight copies, tokens with random top-k routing, the heuristic launch."""
+
+    e: int
+    h: int
+    i: int
+    k: int
+    tokens: int
+    copies: list[tuple[torch.Tensor, torch.Tensor]]
+    x: torch.Tensor
+    idx: torch.Tensor
+    w: torch.Tensor
+    act: torch.Tensor  # the down projection's input when it is timed alone
+    heur: object  # triton_moe.MoeConfig
+
+    @classmethod
+    def make(cls, e: int, h: int, i: int, k: int, tokens: int, copies: list) -> MoeCase:
+        from local_model.kernels import triton_moe as tm
+
+        gen = torch.Generator(device="cuda").manual_seed(tokens + e)
+        x = torch.randn(tokens, h, device="cuda", dtype=torch.bfloat16, generator=gen)
+        w, idx = torch.topk(
+            torch.softmax(torch.randn(tokens, e, device="cuda", generator=gen), -1), k, dim=-1
+        )
+        act = torch.randn(tokens * k, i, device="cuda", dtype=torch.bfloat16, generator=gen)
+        return cls(
+            e, h, i, k, tokens, copies, x, idx, w.to(torch.bfloat16), act, tm.moe_config(tokens, k, e, h, i)
+        )
+
+    def kw(self, ws: tuple[torch.Tensor, torch.Tensor]) -> dict:
+        import torch.nn.functional as F
+
+        return {"x": self.x, "top_k_index": self.idx, "top_k_weights": self.w, "gate_up_proj": ws[0],
+                "down_proj": ws[1], "act": F.silu}  # fmt: skip
+
+    def whole_us(self, cfg, fused: bool, pdl: bool) -> float | str:  # noqa: ANN001
+        """µs of one `moe_experts` call (align, both GEMMs, the token sum)."""
+        from local_model.kernels import triton_moe as tm
+
+        return rotating_us(
+            lambda ws: tm.moe_experts(**self.kw(ws), config=cfg, fused_sum=fused, pdl=pdl), self.copies
+        )
+
+    def gemm_us(self, down: bool, c: dict) -> float | str:
+        """µs of one grouped GEMM alone (no PDL; aligned to its own block_m; down with its token sum)."""
+        from local_model.kernels import triton_moe as tm
+
+        g = tm.MoeGemmConfig(**c)
+        bm = g.block_m
+        sid, bexp = tm.moe_align(self.idx, self.e, bm)
+        rw = self.w.reshape(-1).contiguous()
+        if down:
+            return rotating_us(
+                lambda ws: tm.moe_down(self.act, ws[1], sid, bexp, rw, self.tokens, g, bm, True, False),
+                self.copies,
+                rep=40,
+            )
+        return rotating_us(
+            lambda ws: tm.moe_gate_up(self.x, ws[0], sid, bexp, self.k, g, bm, False), self.copies, rep=40
+        )
+
+
+def _moe_gemm_sweep(case: MoeCase, down: bool, deadline: float) -> dict:
+    """The heuristic launch and the candidates of one grouped GEMM (stage 2 around stage 1's best); no new
+    launch is tried past ``deadline`` (time.monotonic())."""
+    import time
+
+    heur = vars(case.heur.down if down else case.heur.gate_up)
+    tried: dict[str, float | str] = {}
+    configs: dict[str, dict] = {}
+
+    def run(c: dict) -> None:
+        if _moe_key(c) not in tried and time.monotonic() < deadline:
+            configs[_moe_key(c)] = c
+            tried[_moe_key(c)] = case.gemm_us(down, c)
+
+    def best() -> dict | None:
+        timed = sorted((v, key) for key, v in tried.items() if isinstance(v, float))
+        return configs[timed[0][1]] if timed else None
+
+    run(heur)
+    for c in _moe_candidates(1, tokens=case.tokens):
+        run(c)
+    base = best()
+    for c in _moe_candidates(2, base, down) if base else []:
+        run(c)
+    top = best()
+    return {
+        "default_us": tried.get(_moe_key(heur)),
+        "best_us": tried[_moe_key(top)] if top else None,
+        "best_config": top,
+        "tried": len(tried),
+        "tried_us": tried,
+    }
+
+
+def _moe_bits(case: MoeCase, best_cfg) -> dict:  # noqa: ANN001
+    """The token sum in the down GEMM against ``.sum(1)`` over the same rows (heuristic and best launches),
+    PDL on/off, repeats, counters at zero, error against the reference."""
+    import torch.nn.functional as F
+
+    from local_model.kernels import reference as ref
+    from local_model.kernels import triton_gemm as tg
+    from local_model.kernels import triton_moe as tm
+
+    kw = case.kw(case.copies[0])
+    expect = ref.moe_experts_ref(case.x, case.idx, case.w, kw["gate_up_proj"], kw["down_proj"], F.silu)
+    fused = tm.moe_experts(**kw)
+    out = {
+        "fused_equals_sum1_bitwise": torch.equal(fused, tm.moe_experts(**kw, fused_sum=False)),
+        "fused_pdl_equals_fused_bitwise": torch.equal(fused, tm.moe_experts(**kw, pdl=True)),
+        "rel_err_vs_reference": rel(fused, expect),
+    }
+    if best_cfg is not None:
+        b = tm.moe_experts(**kw, config=best_cfg)
+        out["best_repeatable_bitwise"] = all(
+            torch.equal(b, tm.moe_experts(**kw, config=best_cfg)) for _ in range(5)
+        )
+        if best_cfg.down.split_k == 1:
+            out["best_equals_sum1_bitwise"] = torch.equal(
+                b, tm.moe_experts(**kw, config=best_cfg, fused_sum=False)
+            )
+            # informational: other K blocks add the fp32 products in another order
+            out["best_same_bits_as_heuristic"] = torch.equal(b, fused)
+        out["best_rel_err_vs_reference"] = rel(b, expect)
+        slots = tm.MoeConfig(
+            dataclasses.replace(best_cfg.gate_up, prefetch=True),
+            dataclasses.replace(best_cfg.down, prefetch=True),
+        )
+        out["best_prefetch_pdl_equals_best_bitwise"] = torch.equal(
+            b, tm.moe_experts(**kw, config=slots, pdl=True)
+        )
+    torch.cuda.synchronize()
+    out["counters_at_zero"] = all(int(buf.abs().sum()) == 0 for buf in tg._LOCKS.values())
+    return out
+
+
+def moe_sweep(tokens_list: tuple[int, ...] = (64, 16), save=None) -> list[dict]:  # noqa: ANN001
+    """Per MOE_SWEEP_SHAPES shape and token count (``save`` as in `gemm_rows`), random top-k routing, cold
+    weights (`moe_weight_copies`), CUDA-graph replayed, µs per call: the whole `moe_experts` (today's path:
+    heuristic launches, k rows summed by ``.sum(1)``, no PDL; the heuristic launches with the down GEMM's
+    own token sum, without and with PDL; the best launches found, without and with PDL); each grouped GEMM
+    alone (`_moe_gemm_sweep`); the bit checks (`_moe_bits`). Prints one JSON row per case;
+    `print_moe_table` prints the table and a ready MOE_SHAPES."""
+    import time
+
+    from local_model.kernels import triton_moe as tm
+    from local_model.kernels.pdl import pdl_enabled
+
+    t_start = time.monotonic()
+    out = []
+    for e, h, i, k in MOE_SWEEP_SHAPES:
+        copies = moe_weight_copies(e, h, i)
+        nbytes = copies[0][0].nbytes + copies[0][1].nbytes
+        for tokens in tokens_list:
+            case = MoeCase.make(e, h, i, k, tokens, copies)
+            row: dict = {
+                "experts": e, "hidden": h, "inter": i, "top_k": k, "tokens": tokens,
+                "weight_mb": round(nbytes / 1e6, 1), "weight_copies": len(copies),
+                "pdl_available": pdl_enabled(case.x.device),
+                "heuristic": {"gate_up": vars(case.heur.gate_up), "down": vars(case.heur.down)},
+            }  # fmt: skip
+            row["today_us"] = case.whole_us(None, False, False)
+            row["fused_us"] = case.whole_us(None, True, False)
+            row["fused_pdl_us"] = case.whole_us(None, True, True)
+            # each case gets an equal share of what is left of the sweep's time
+            left = len(MOE_SWEEP_SHAPES) * len(tokens_list) - len(out)
+            share = (MOE_SWEEP_SECONDS - (time.monotonic() - t_start)) / left
+            row["gate_up"] = _moe_gemm_sweep(case, False, time.monotonic() + share / 2)
+            row["down"] = _moe_gemm_sweep(case, True, time.monotonic() + share / 2)
+            bg, bd = row["gate_up"]["best_config"], row["down"]["best_config"]
+            best_cfg = None
+            if bg and bd:
+                if max(bg["block_m"], bd["block_m"]) % min(bg["block_m"], bd["block_m"]):
+                    bd = {**bd, "block_m": bg["block_m"]}
+                best_cfg = tm.MoeConfig(tm.MoeGemmConfig(**bg), tm.MoeGemmConfig(**bd))
+                row["best_config"] = {"gate_up": bg, "down": bd}
+                row["best_us"] = case.whole_us(best_cfg, True, False)
+                row["best_pdl_us"] = case.whole_us(best_cfg, True, True)
+                # the weight-slab prefetch before the PDL wait (per-expert slots), per GEMM and both
+                for name, on in (("gate_up", (True, False)), ("down", (False, True)), ("both", (True, True))):
+                    pf = tm.MoeConfig(
+                        dataclasses.replace(best_cfg.gate_up, prefetch=on[0]),
+                        dataclasses.replace(best_cfg.down, prefetch=on[1]),
+                    )
+                    row[f"best_pdl_prefetch_{name}_us"] = case.whole_us(pf, True, True)
+            row.update(_moe_bits(case, best_cfg))
+            for key in (
+                "today_us",
+                "fused_us",
+                "fused_pdl_us",
+                "best_us",
+                "best_pdl_us",
+                "best_pdl_prefetch_both_us",
+            ):
+                us = row.get(key)
+                row[key.replace("_us", "_TBps")] = (
+                    round(nbytes / us / 1e6, 2) if isinstance(us, float) else None
+                )
+            row["elapsed_s"] = round(time.monotonic() - t_start, 1)
+            out.append(row)
+            print(
+                json.dumps({key: v for key, v in row.items() if key not in ("gate_up", "down")}), flush=True
+            )
+            for name in ("gate_up", "down"):
+                print(
+                    name,
+                    json.dumps({key: v for key, v in row[name].items() if key != "tried_us"}),
+                    flush=True,
+                )
+            if save:
+                save(out)
+        del copies
+        torch.cuda.empty_cache()
+    return out
+
+
+def _moe_shapes_entry(r: dict) -> tuple[float, dict[str, dict]] | None:
+    """The launches a sweep row recommends (with PDL where the card has it), if they beat the heuristic's
+    by >= 3%; prefetch set where the slab prefetch won by >= 2% more."""
+    pdl = r["pdl_available"]
+    best, base = r.get("best_pdl_us" if pdl else "best_us"), r.get("fused_pdl_us" if pdl else "fused_us")
+    if not (isinstance(best, float) and isinstance(base, float) and best <= 0.97 * base):
+        return None
+    pf = {"gate_up": False, "down": False}
+    timed = [(r.get(f"best_pdl_prefetch_{n}_us"), n) for n in ("gate_up", "down", "both")] if pdl else []
+    timed = sorted((us, n) for us, n in timed if isinstance(us, float))
+    if timed and timed[0][0] <= 0.98 * best:
+        best = timed[0][0]
+        pf = {"gate_up": timed[0][1] != "down", "down": timed[0][1] != "gate_up"}
+    return best, {n: {**r["best_config"][n], "prefetch": pf[n]} for n in ("gate_up", "down")}
+
+
+def print_moe_table(rows: list[dict]) -> None:
+    from local_model.kernels.triton_moe import token_bucket
+
+    print("\n| E x H x I, top-k | tokens | today µs | fused sum µs | +PDL µs | best µs | best+PDL µs | + prefetch"
+          " gate/up / down / both µs | gate/up µs default -> best | down µs default -> best | fused == .sum(1) |"
+          " counters 0 |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        pf = " / ".join(str(r.get(f"best_pdl_prefetch_{n}_us")) for n in ("gate_up", "down", "both"))
+        print(f"| {r['experts']}x{r['hidden']}x{r['inter']}, {r['top_k']} | {r['tokens']} | {r['today_us']} | "
+              f"{r['fused_us']} | {r['fused_pdl_us']} | {r.get('best_us')} | {r.get('best_pdl_us')} | {pf} | "
+              f"{r['gate_up']['default_us']} -> {r['gate_up']['best_us']} | "
+              f"{r['down']['default_us']} -> {r['down']['best_us']} | {r['fused_equals_sum1_bitwise']} | "
+              f"{r['counters_at_zero']} |")  # fmt: skip
+    print("\n# triton_moe.MOE_SHAPES from this sweep (`_moe_shapes_entry`):")
+    print("MOE_SHAPES = {")
+    for r in rows:
+        entry = _moe_shapes_entry(r)
+        if entry:
+            us, cfg = entry
+            g, d = (", ".join(f"{key}={v}" for key, v in cfg[n].items()) for n in ("gate_up", "down"))
+            base = r["fused_pdl_us"] if r["pdl_available"] else r["fused_us"]
+            print(f"    ({r['experts']}, {r['hidden']}, {r['inter']}, {r['top_k']}, {token_bucket(r['tokens'])}): "
+                  f"MoeConfig(\n        gate_up=MoeGemmConfig({g}),\n        down=MoeGemmConfig({d}),\n"
+                  f"    ),  # {r['tokens']} tokens: {us} vs {base} µs (heuristic launches, fused sum)")  # fmt: skip
+    print("}")
+
+
 def attn_rows() -> list[dict]:
     """Paged decode attention at long contexts (Jamba-1.5-Mini's attention: 32 query / 8 kv heads, head 128,
     16-token pages, bf16), one row: the context walked by one program per kv head vs split over more
@@ -649,7 +953,27 @@ def main() -> int:
         "--pdl", action="store_true", help="only: a chain of projections with/without PDL, prefetch"
     )
     ap.add_argument("--sweep-json", default="bench/results_gemm_h100.json", help="--pdl: split-K launches")
+    ap.add_argument(
+        "--moe-sweep", action="store_true", help="only: MoE grouped-GEMM launches at 64, 16 tokens"
+    )
+    ap.add_argument("--moe-tokens", default="64,16", help="--moe-sweep: comma-separated token counts")
     args = ap.parse_args()
+    if args.moe_sweep:
+        res_m: dict = {
+            "device": torch.cuda.get_device_name(),
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+        }
+
+        def save_moe(rows: list[dict]) -> None:
+            res_m["moe_sweep"] = rows
+            if args.json:
+                Path(args.json).write_text(json.dumps(res_m, indent=1))
+
+        rows_m = moe_sweep(tuple(int(t) for t in args.moe_tokens.split(",")), save_moe)
+        print_moe_table(rows_m)
+        save_moe(rows_m)
+        return 0
     if args.pdl:
         res_p = {"device": torch.cuda.get_device_name(), "pdl_chain": pdl_chain(sweep_json=args.sweep_json)}
         if args.json:

@@ -26,7 +26,8 @@ import triton
 import triton.language as tl
 
 from .pdl import launch_kwargs, lines_for, pdl_args, pdl_begin, pdl_enabled, prefetch_rows
-from .triton_gemm import linear_splitk, splitk_for
+from .triton_gemm import _locks, linear_splitk, splitk_for
+from .triton_moe import ALIGN_SMALL_PAIRS, align_buffers, align_pairs, moe_config, moe_experts, static_cap
 
 # Rows served by the GEMV kernels (one program per row and output block: each row re-reads the weight, so
 # from 2 rows cuBLAS, which reads it once, is as fast or faster; measured in bench/GPU_NOTES.md).
@@ -374,13 +375,30 @@ def _moe_route(
     s_r,
     s_h,
     s_ro,
+    sorted_ptr,
+    bexp_ptr,
+    lock_ptr,
+    P,
+    padded_len,
+    cap,
     HAS_RES: tl.constexpr,
     K: tl.constexpr,
     BLOCK_E: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    ALIGN: tl.constexpr = False,
+    BM: tl.constexpr = 16,
+    BLOCK_P: tl.constexpr = 16,
+    BLOCK_NB: tl.constexpr = 16,
+    PDL: tl.constexpr = False,
 ):
     """h = RMSNorm(x + residual); logits = router . h (rounded to the model dtype, as a linear layer's
-    output); top-k of the fp32 softmax (first index among equals), weights in the model dtype."""
+    output); top-k of the fp32 softmax (first index among equals), weights in the model dtype.
+
+    ALIGN: the program that finishes last (a counter at lock_ptr: barrier, acq_rel atomic; reset to zero
+    after) also sorts the P = rows * K pairs by expert (`align_pairs` into sorted_ptr / bexp_ptr), which
+    saves the grouped GEMMs a launch. PDL: launched with programmatic dependent launch (`pdl_begin` first:
+    everything it reads is the previous kernels' output but the router weights, which are small)."""
+    pdl_begin(PDL)
     row = tl.program_id(0).to(tl.int64)
     dtype = x_ptr.dtype.element_ty
     e = tl.arange(0, BLOCK_E)
@@ -409,6 +427,14 @@ def _moe_route(
         )  # fmt: skip
     logit = tl.where(emask, logit.to(dtype).to(tl.float32), float("-inf"))
     softmax_topk(logit, e, w_out_ptr, i_out_ptr, row, K, BLOCK_E)
+    if ALIGN:
+        # every thread's index stores precede the counter's release (barrier, then an acq_rel atomic)
+        tl.debug_barrier()
+        if tl.atomic_add(lock_ptr, 1, sem="acq_rel", scope="gpu") == tl.num_programs(0) - 1:
+            align_pairs(
+                i_out_ptr, sorted_ptr, bexp_ptr, P, E, padded_len, cap, BM, BLOCK_P, BLOCK_E, BLOCK_NB
+            )
+            tl.atomic_xchg(lock_ptr, 0)
 
 
 @triton.jit
@@ -492,9 +518,8 @@ def moe_block(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`reference.moe_block_ref`'s contract: norm, route and run the experts of x [T, H]. Returns
     (experts' weighted sum, x + residual). Up to 4 tokens: three launches (route; per-pair gate/up GEMV
-    with SwiGLU; down GEMV over each token's k experts, weighted and summed); more: the grouped GEMMs."""
-    from .triton_ops import moe_experts
-
+    with SwiGLU; down GEMV over each token's k experts, weighted and summed); more: the route launch also
+    sorts the pairs by expert (`align_pairs`), then the grouped GEMMs (`moe_experts`)."""
     tokens, hid = x.shape
     num_experts = router_weight.shape[0]
     if (
@@ -516,6 +541,20 @@ def moe_block(
     r = residual if residual is not None else x
     block_e = max(2, triton.next_power_of_2(num_experts))
     block_h = min(triton.next_power_of_2(hid), max(16, 32768 // block_e))  # one tile up to 32K router weights
+    pairs = tokens * top_k
+    cfg = aligned = None
+    align: dict[str, int] = {}
+    if tokens > 4:
+        inter = gate_up_proj.shape[1] // 2
+        cfg = moe_config(tokens, top_k, num_experts, hid, inter, fp32=x.dtype == torch.float32)
+        if pairs <= ALIGN_SMALL_PAIRS and num_experts <= 256:
+            align_m = max(cfg.gate_up.block_m, cfg.down.block_m)
+            cap = static_cap(tokens, cfg)
+            sorted_ids, block_expert, align = align_buffers(pairs, num_experts, align_m, x.device, cap)
+            aligned = (sorted_ids, block_expert)
+            align.pop("BLOCK_E")  # the router's (at least as wide)
+    padded_len, cap = align.pop("padded_len", 0), align.pop("cap", 0)
+    pdl = pdl_enabled(x.device)
     _moe_route[(tokens,)](
         x,
         r,
@@ -532,16 +571,27 @@ def moe_block(
         r.stride(0),
         h.stride(0),
         res_out.stride(0),
+        aligned[0] if aligned else idx,
+        aligned[1] if aligned else idx,
+        _locks(x.device) if aligned else idx,
+        pairs,
+        padded_len,
+        cap,
         HAS_RES=residual is not None,
         K=top_k,
         BLOCK_E=block_e,
         BLOCK_H=block_h,
+        ALIGN=aligned is not None,
+        **align,
+        PDL=pdl,
         num_warps=4 if block_e * block_h <= 8192 else (8 if block_e * block_h <= 16384 else 16),
+        **launch_kwargs(pdl),
     )
     if tokens > 4:
         out = moe_experts(
-            x=h, top_k_index=idx, top_k_weights=w, gate_up_proj=gate_up_proj, down_proj=down_proj, act=act
-        )
+            x=h, top_k_index=idx, top_k_weights=w, gate_up_proj=gate_up_proj, down_proj=down_proj, act=act,
+            config=cfg, aligned=aligned,
+        )  # fmt: skip
         return out, res_out
     inter = gate_up_proj.shape[1] // 2
     act_out = torch.empty(tokens * top_k, inter, device=x.device, dtype=x.dtype)

@@ -1,12 +1,11 @@
-"""The Triton kernel bundle's ops: RMSNorm (+ residual), fused top-k MoE, paged attention decode, and the
-Mamba kernels of `triton_scan` / `triton_conv` (re-exported here, so `triton_bundle` imports one module).
+"""The Triton kernel bundle's ops: RMSNorm (+ residual), paged attention decode, and the kernels of
+`triton_moe` (fused top-k MoE), `triton_scan` / `triton_conv` (Mamba) and `triton_decode` (re-exported
+here, so `triton_bundle` imports one module).
 
 Every op keeps the keyword signature of its reference in `local_model.kernels.reference`.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +16,7 @@ from .pdl import pdl_args, pdl_begin
 from .triton_conv import causal_conv1d, causal_conv1d_update
 from .triton_decode import greedy_advance, linear, mamba_conv_xproj, moe_block, norm_linear, softmax_topk
 from .triton_gemm import linear_splitk
+from .triton_moe import moe_align, moe_experts
 from .triton_scan import mamba_decode_ssm, selective_scan, selective_scan_varlen, selective_state_update
 
 # ============================================================================ RMSNorm (+ residual)
@@ -87,216 +87,6 @@ def rms_norm(
     if residual is None:
         return out.reshape(shape)
     return out.reshape(shape), res_out.reshape(shape)
-
-
-# ============================================================================ fused top-k MoE
-
-
-def moe_align(top_k_index: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sort the (token, k) pairs by expert into blocks of ``block_m`` rows of one expert each.
-
-    Returns sorted_ids [P] (pair index t*k + j, or the pad value M*k) and block_expert [P // block_m]
-    (the expert of each block; num_experts marks an unused block). P = M*k + E*(block_m - 1), rounded up
-    to block_m, so shapes never depend on the routing (no host sync; CUDA-graph safe).
-    """
-    flat = top_k_index.reshape(-1)
-    pairs = flat.numel()
-    dev = flat.device
-    padded_len = triton.cdiv(pairs + num_experts * (block_m - 1), block_m) * block_m
-    if pairs <= 1024 and num_experts <= 256:
-        sorted_ids = torch.empty(padded_len, dtype=torch.long, device=dev)
-        block_expert = torch.empty(padded_len // block_m, dtype=torch.long, device=dev)
-        _moe_align_small[(1,)](
-            flat,
-            sorted_ids,
-            block_expert,
-            pairs,
-            num_experts,
-            padded_len,
-            BM=block_m,
-            BLOCK_P=triton.next_power_of_2(pairs),
-            BLOCK_E=triton.next_power_of_2(num_experts),
-            BLOCK_NB=triton.next_power_of_2(padded_len // block_m),
-            num_warps=4,
-        )
-        return sorted_ids, block_expert
-    order = torch.argsort(flat, stable=True)
-    counts = torch.zeros(num_experts, dtype=torch.long, device=dev).scatter_add_(
-        0, flat, torch.ones_like(flat)
-    )
-    padded = (counts + block_m - 1) // block_m * block_m
-    pad_end = torch.cumsum(padded, 0)
-    pad_start = pad_end - padded
-    start = torch.cumsum(counts, 0) - counts
-    expert_sorted = flat[order]
-    dest = pad_start[expert_sorted] + torch.arange(pairs, device=dev) - start[expert_sorted]
-    sorted_ids = torch.full((padded_len,), pairs, dtype=torch.long, device=dev)
-    sorted_ids.scatter_(0, dest, order)
-    block_start = torch.arange(0, padded_len, block_m, device=dev)
-    block_expert = torch.searchsorted(pad_end, block_start, right=True)
-    return sorted_ids, block_expert
-
-
-@triton.jit
-def _moe_gemm(
-    a_ptr,
-    w_ptr,
-    out_ptr,
-    sorted_ptr,
-    bexp_ptr,
-    rw_ptr,
-    N,
-    K,
-    num_pairs,
-    num_experts,
-    s_am,
-    s_we,
-    s_wn,
-    s_wk,
-    s_om,
-    a_div,
-    n_half,
-    SWIGLU: tl.constexpr,
-    ROUTED: tl.constexpr,
-    IEEE: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    """out[pair, n] = a[pair // a_div] . w[e, n] for the pairs of one expert block (SWIGLU: silu of the
-    gate rows n times the up rows n_half + n; ROUTED: times the pair's routing weight)."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    e = tl.load(bexp_ptr + pid_m).to(tl.int64)
-    if e < num_experts:
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        pair = tl.load(sorted_ptr + rows)
-        valid = pair < num_pairs
-        arow = (pair // a_div).to(tl.int64)
-        n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        nmask = n < N
-        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        wbase = w_ptr + e * s_we
-        for k0 in range(0, K, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            kmask = k < K
-            a = tl.load(
-                a_ptr + arow[:, None] * s_am + k[None, :], mask=valid[:, None] & kmask[None, :], other=0.0
-            )
-            w = tl.load(
-                wbase + n[None, :] * s_wn + k[:, None] * s_wk, mask=kmask[:, None] & nmask[None, :], other=0.0
-            )
-            if IEEE:
-                acc += tl.dot(a, w, input_precision="ieee")
-            else:
-                acc += tl.dot(a, w)
-            if SWIGLU:
-                wu = tl.load(
-                    wbase + (n_half + n)[None, :] * s_wn + k[:, None] * s_wk,
-                    mask=kmask[:, None] & nmask[None, :],
-                    other=0.0,
-                )
-                if IEEE:
-                    acc_up += tl.dot(a, wu, input_precision="ieee")
-                else:
-                    acc_up += tl.dot(a, wu)
-        if SWIGLU:
-            # the reference rounds each projection to the model dtype before the activation
-            g = acc.to(out_ptr.dtype.element_ty).to(tl.float32)
-            u = acc_up.to(out_ptr.dtype.element_ty).to(tl.float32)
-            acc = (g * tl.sigmoid(g)).to(out_ptr.dtype.element_ty).to(tl.float32) * u
-        if ROUTED:
-            acc = acc.to(out_ptr.dtype.element_ty).to(tl.float32)
-            acc *= tl.load(rw_ptr + pair, mask=valid, other=0.0).to(tl.float32)[:, None]
-        tl.store(
-            out_ptr + pair[:, None].to(tl.int64) * s_om + n[None, :],
-            acc.to(out_ptr.dtype.element_ty),
-            mask=valid[:, None] & nmask[None, :],
-        )
-
-
-def moe_experts(
-    *,
-    x: torch.Tensor,
-    top_k_index: torch.Tensor,
-    top_k_weights: torch.Tensor,
-    gate_up_proj: torch.Tensor,
-    down_proj: torch.Tensor,
-    act: Callable[[torch.Tensor], torch.Tensor],
-) -> torch.Tensor:
-    """`reference.moe_experts_ref`'s contract, as two grouped GEMMs over expert-sorted (token, k) pairs:
-    gate/up with SwiGLU fused in the epilogue, then down scaled by the routing weight; the k partial
-    outputs of each token are summed last. No host sync (shapes do not depend on the routing)."""
-    if act is not F.silu:
-        from .reference import moe_experts_ref
-
-        return moe_experts_ref(x, top_k_index, top_k_weights, gate_up_proj, down_proj, act)
-    tokens, hid = x.shape
-    k = top_k_index.shape[1]
-    num_experts, two_i, _ = gate_up_proj.shape
-    inter = two_i // 2
-    pairs = tokens * k
-    # about one block per expert's pairs, so each expert's weights are streamed by one row of programs
-    block_m = min(64, max(16, triton.next_power_of_2(3 * pairs // (2 * num_experts))))
-    sorted_ids, block_expert = moe_align(top_k_index, num_experts, block_m)
-    n_blocks = sorted_ids.numel() // block_m
-    ieee = x.dtype == torch.float32
-    x = x.contiguous()
-    act_out = torch.empty(pairs, inter, device=x.device, dtype=x.dtype)
-    bn = 64 if pairs > 64 else 32  # 16 for few pairs is slower end to end at batch 1
-    bk = 64 if ieee else 128
-    _moe_gemm[(n_blocks, triton.cdiv(inter, bn))](
-        x,
-        gate_up_proj,
-        act_out,
-        sorted_ids,
-        block_expert,
-        x,
-        inter,
-        hid,
-        pairs,
-        num_experts,
-        x.stride(0),
-        *gate_up_proj.stride(),
-        act_out.stride(0),
-        k,
-        inter,
-        SWIGLU=True,
-        ROUTED=False,
-        IEEE=ieee,
-        BLOCK_M=block_m,
-        BLOCK_N=bn,
-        BLOCK_K=bk,
-        num_warps=4,
-    )
-    rw = top_k_weights.reshape(-1).contiguous()
-    partial = torch.empty(pairs, hid, device=x.device, dtype=x.dtype)
-    _moe_gemm[(n_blocks, triton.cdiv(hid, bn))](
-        act_out,
-        down_proj,
-        partial,
-        sorted_ids,
-        block_expert,
-        rw,
-        hid,
-        inter,
-        pairs,
-        num_experts,
-        act_out.stride(0),
-        *down_proj.stride(),
-        partial.stride(0),
-        1,
-        0,
-        SWIGLU=False,
-        ROUTED=True,
-        IEEE=ieee,
-        BLOCK_M=block_m,
-        BLOCK_N=bn,
-        BLOCK_K=bk,
-        num_warps=4,
-    )
-    return partial.view(tokens, k, hid).sum(1)
 
 
 # ============================================================================ attention prefill (cuDNN SDPA)
@@ -597,41 +387,6 @@ def router_topk(*, logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
         logits, w, i, experts, logits.stride(0), K=k, BLOCK_E=triton.next_power_of_2(experts)
     )
     return w, i
-
-
-@triton.jit
-def _moe_align_small(
-    idx_ptr,
-    sorted_ptr,
-    bexp_ptr,
-    P,
-    E,
-    padded_len,
-    BM: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BLOCK_E: tl.constexpr,
-    BLOCK_NB: tl.constexpr,
-):
-    """`moe_align` in one program for up to BLOCK_P pairs: a one-hot [pairs, experts] counting sort."""
-    p = tl.arange(0, BLOCK_P)
-    e = tl.arange(0, BLOCK_E)
-    ex = tl.load(idx_ptr + p, mask=p < P, other=BLOCK_E)
-    onehot = (ex[:, None] == e[None, :]).to(tl.int32)
-    counts = tl.sum(onehot, axis=0)
-    padded = (counts + BM - 1) // BM * BM
-    pad_end = tl.cumsum(padded, axis=0)
-    pad_start = pad_end - padded
-    rank = tl.sum(tl.where(onehot != 0, tl.cumsum(onehot, axis=0) - 1, 0), axis=1)
-    start = tl.sum(tl.where(onehot != 0, pad_start[None, :], 0), axis=1)
-    for j0 in range(0, padded_len, BLOCK_P):
-        q = j0 + p
-        tl.store(sorted_ptr + q, P.to(tl.int64) + q * 0, mask=q < padded_len)
-    tl.debug_barrier()
-    tl.store(sorted_ptr + start + rank, p.to(tl.int64), mask=p < P)
-    blk = tl.arange(0, BLOCK_NB)
-    ends = tl.where(e < E, pad_end, 1 << 30)
-    bexp = tl.sum((ends[None, :] <= (blk * BM)[:, None]).to(tl.int64), axis=1)
-    tl.store(bexp_ptr + blk, bexp, mask=blk * BM < padded_len)
 
 
 __all__ = [

@@ -217,6 +217,25 @@ def test_moe_experts_grouped_gemm_matches_reference(dtype, tokens):
     assert rel(got, expect) <= tol(dtype)
 
 
+@pytest.mark.parametrize("tokens", [7, 600])
+def test_moe_align_in_expert_slots_puts_each_experts_pairs_at_its_slot(tokens):
+    """With ``cap`` expert e's pairs are slots e * cap onwards, ascending, padding after (one program up to
+    1024 pairs, PyTorch ops above)."""
+    gen = torch.Generator().manual_seed(tokens)
+    e, k, bm = 5, 2, 16
+    idx = torch.stack([torch.randperm(e, generator=gen)[:k] for _ in range(tokens)]).to(DEV)
+    cap = triton.cdiv(tokens, bm) * bm
+    sorted_ids, block_expert = tk.moe_align(idx, e, bm, cap)
+    assert sorted_ids.numel() == e * cap
+    assert block_expert.tolist() == [b * bm // cap for b in range(e * cap // bm)]
+    flat = idx.reshape(-1).cpu()
+    slots = sorted_ids.view(e, cap).cpu()
+    for ex in range(e):
+        mine = (flat == ex).nonzero().flatten()
+        assert torch.equal(slots[ex, : mine.numel()], mine)
+        assert bool((slots[ex, mine.numel() :] == flat.numel()).all())
+
+
 def test_moe_align_groups_pairs_by_expert_in_padded_blocks():
     idx = torch.tensor([[2, 0], [2, 3], [0, 2]], device=DEV)
     sorted_ids, block_expert = tk.moe_align(idx, 4, 4)
@@ -225,6 +244,131 @@ def test_moe_align_groups_pairs_by_expert_in_padded_blocks():
         ids = [p for p in sorted_ids[blk * 4 : blk * 4 + 4].tolist() if p < flat.numel()]
         assert all(int(flat[p]) == expert for p in ids)
     assert sorted(p for p in sorted_ids.tolist() if p < flat.numel()) == list(range(flat.numel()))
+
+
+def _moe_case(
+    seed: int, tokens: int, k: int, dtype: torch.dtype, e: int = 6, h: int = 40, i: int = 56
+) -> dict:
+    """Random experts and routing (top-k of a softmax) for `moe_experts`."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, h, generator=gen).to(DEV).to(dtype)
+    w, idx = torch.topk(torch.softmax(torch.randn(tokens, e, generator=gen), -1), k, dim=-1)
+    return {
+        "x": x,
+        "top_k_index": idx.to(DEV),
+        "top_k_weights": w.to(DEV).to(dtype),
+        "gate_up_proj": (torch.randn(e, 2 * i, h, generator=gen) * 0.2).to(DEV).to(dtype),
+        "down_proj": (torch.randn(e, h, i, generator=gen) * 0.2).to(DEV).to(dtype),
+        "act": torch.nn.functional.silu,
+    }
+
+
+def _moe_expect(case: dict) -> torch.Tensor:
+    return ref.moe_experts_ref(
+        case["x"],
+        case["top_k_index"],
+        case["top_k_weights"],
+        case["gate_up_proj"],
+        case["down_proj"],
+        case["act"],
+    )
+
+
+def _locks_at_zero() -> bool:
+    from local_model.kernels import triton_gemm as tg
+
+    return all(int(buf.abs().sum()) == 0 for buf in tg._LOCKS.values())
+
+
+# (gate/up, down) launches: the heuristic's; gate/up on half blocks of the alignment; down on half blocks;
+# per-expert slots (the prefetching launches' layout; the prefetch itself is GPU-only)
+MOE_LAUNCHES = {
+    "default": None,
+    "gate_up_sub_blocks": ((16, 32, 32), (32, 16, 16)),
+    "down_sub_blocks": ((32, 32, 32), (16, 16, 16)),
+    "expert_slots": ((16, 32, 32, 4, 3, 1, True), (16, 16, 16, 4, 3, 1, True)),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens", [5, 13])
+@pytest.mark.parametrize("top_k", [1, 2, 4])
+@pytest.mark.parametrize("launch", list(MOE_LAUNCHES))
+def test_moe_experts_token_sum_in_the_down_gemm_gives_the_separate_sums_bits(dtype, tokens, top_k, launch):
+    """The down GEMM's own k-order sum of each token's routed rows is bit for bit `.sum(1)` over the same
+    rows, on every launch shape; repeatable; its column counters are back at zero after each launch."""
+    skip_interpreted_bf16(dtype)
+    from local_model.kernels import triton_moe as tm
+
+    case = _moe_case(50 + tokens + top_k, tokens, top_k, dtype)
+    blocks = MOE_LAUNCHES[launch]
+    cfg = blocks and tm.MoeConfig(tm.MoeGemmConfig(*blocks[0]), tm.MoeGemmConfig(*blocks[1]))
+    assert tm.fused_sum_applies(tokens, top_k)
+    fused = tk.moe_experts(**case, config=cfg)
+    assert _locks_at_zero()
+    assert torch.equal(fused, tk.moe_experts(**case, config=cfg, fused_sum=False))
+    assert torch.equal(fused, tk.moe_experts(**case, config=cfg))
+    assert _locks_at_zero()
+    assert rel(fused, _moe_expect(case)) <= tol(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("split_k", [2, 3])
+def test_moe_experts_down_projection_split_over_k_matches_reference_and_repeats(dtype, split_k):
+    """Splits of the down projection's K: the last program of a column block sums the splits in order,
+    then the routed rows in k order; the same bits run after run, counters back at zero."""
+    skip_interpreted_bf16(dtype)
+    from local_model.kernels import triton_moe as tm
+
+    case = _moe_case(60 + split_k, 7, 2, dtype)
+    cfg = tm.MoeConfig(tm.MoeGemmConfig(16, 32, 32), tm.MoeGemmConfig(16, 16, 16, split_k=split_k))
+    got = tk.moe_experts(**case, config=cfg)
+    assert _locks_at_zero()
+    assert torch.equal(got, tk.moe_experts(**case, config=cfg))
+    assert rel(got, _moe_expect(case)) <= tol(dtype)
+
+
+def test_moe_experts_sums_outside_the_gemm_past_four_experts_a_token():
+    """Past k = 4 PyTorch's sum no longer adds in k order: the rows are summed by `.sum(1)` after."""
+    from local_model.kernels import triton_moe as tm
+
+    case = _moe_case(70, 5, 5, torch.float32)
+    assert not tm.fused_sum_applies(5, 5)
+    assert rel(tk.moe_experts(**case), _moe_expect(case)) <= 1e-5
+
+
+def test_moe_config_takes_the_measured_launch_of_the_shape_and_token_bucket(monkeypatch):
+    from local_model.kernels import triton_moe as tm
+
+    measured = tm.MoeConfig(tm.MoeGemmConfig(16, 32, 32, 8, 4), tm.MoeGemmConfig(32, 16, 64, 4, 2, split_k=2))
+    monkeypatch.setitem(tm.MOE_SHAPES, (6, 40, 56, 2, 16), measured)
+    assert tm.moe_config(9, 2, 6, 40, 56) == measured
+    assert tm.moe_config(16, 2, 6, 40, 56) == measured
+    assert tm.moe_config(17, 2, 6, 40, 56) != measured
+    case = _moe_case(71, 9, 2, torch.float32)
+    assert rel(tk.moe_experts(**case), _moe_expect(case)) <= 1e-5
+    assert _locks_at_zero()
+
+
+@gpu
+@pytest.mark.parametrize("tokens", [16, 64])
+def test_moe_experts_token_sum_in_the_down_gemm_gives_the_separate_sums_bits_at_model_size(tokens):
+    """The 426M model's experts (8 x [5632, 1024] gate/up, 8 x [1024, 2816] down, top-2) in bf16; with PDL
+    and the weight-slab prefetch (per-expert slots) too: the same bits."""
+    import dataclasses
+
+    from local_model.kernels import triton_moe as tm
+
+    case = _moe_case(72, tokens, 2, torch.bfloat16, e=8, h=1024, i=2816)
+    fused = tk.moe_experts(**case)
+    assert torch.equal(fused, tk.moe_experts(**case, fused_sum=False))
+    assert torch.equal(fused, tk.moe_experts(**case))
+    heur = tm.moe_config(tokens, 2, 8, 1024, 2816)
+    slots = tm.MoeConfig(*(dataclasses.replace(c, prefetch=True) for c in (heur.gate_up, heur.down)))
+    assert torch.equal(fused, tk.moe_experts(**case, config=heur, pdl=False))
+    assert torch.equal(fused, tk.moe_experts(**case, config=slots, pdl=True))
+    assert _locks_at_zero()
+    assert rel(fused, _moe_expect(case)) <= 1e-2
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -387,10 +531,12 @@ def test_norm_linear_fuses_residual_norm_and_swiglu(dtype, rows, variant):
     assert rel(s, e_s) <= tol(dtype)
 
 
-@pytest.mark.parametrize("tokens", [1, 3, 6])
-def test_moe_block_routes_normed_tokens_like_the_reference(tokens):
+@pytest.mark.parametrize(("tokens", "k"), [(1, 2), (3, 2), (6, 2), (13, 1), (9, 4)])
+def test_moe_block_routes_normed_tokens_like_the_reference(tokens, k):
+    """From 5 tokens the route launch also sorts the pairs by expert for the grouped GEMMs (its counter
+    back at zero after)."""
     gen = torch.Generator().manual_seed(15 + tokens)
-    e, k, h, i = 5, 2, 48, 40
+    e, h, i = 5, 48, 40
     x, res = (torch.randn(tokens, h, generator=gen).to(DEV) for _ in range(2))
     args = {
         "norm_weight": (torch.rand(h, generator=gen) + 0.5).to(DEV),
@@ -405,6 +551,34 @@ def test_moe_block_routes_normed_tokens_like_the_reference(tokens):
     e_out, e_s = ref.moe_block_ref(x=x, residual=res, **args)
     assert rel(out, e_out) <= 1e-5
     assert rel(s, e_s) <= 1e-6
+    assert _locks_at_zero()
+    assert torch.equal(out, tk.moe_block(x=x, residual=res, **args)[0])
+
+
+def test_moe_block_sorts_pairs_into_expert_slots_for_prefetching_launches(monkeypatch):
+    """A measured launch that prefetches: the route launch's sort puts the pairs in per-expert slots."""
+    from local_model.kernels import triton_moe as tm
+
+    gen = torch.Generator().manual_seed(19)
+    tokens, e, k, h, i = 11, 5, 2, 48, 40
+    slots = tm.MoeConfig(
+        tm.MoeGemmConfig(16, 32, 32, prefetch=True), tm.MoeGemmConfig(16, 16, 32, prefetch=True)
+    )
+    monkeypatch.setitem(tm.MOE_SHAPES, (e, h, i, k, 16), slots)
+    assert tm.static_cap(tokens, slots) == 16
+    x, res = (torch.randn(tokens, h, generator=gen).to(DEV) for _ in range(2))
+    args = {
+        "norm_weight": (torch.rand(h, generator=gen) + 0.5).to(DEV),
+        "eps": 1e-6,
+        "router_weight": torch.randn(e, h, generator=gen).to(DEV),
+        "gate_up_proj": (torch.randn(e, 2 * i, h, generator=gen) * 0.2).to(DEV),
+        "down_proj": (torch.randn(e, h, i, generator=gen) * 0.2).to(DEV),
+        "top_k": k,
+        "act": torch.nn.functional.silu,
+    }
+    out, _ = tk.moe_block(x=x, residual=res, **args)
+    assert rel(out, ref.moe_block_ref(x=x, residual=res, **args)[0]) <= 1e-5
+    assert _locks_at_zero()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
