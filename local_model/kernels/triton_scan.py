@@ -29,6 +29,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from .pdl import launch_kwargs, pdl_begin, pdl_enabled
+
 LOG2E = math.log2(math.e)
 # The compiled kernels of the last prefill-scan launch (for benchmarks to read registers / spills).
 LAST_LAUNCH: dict[str, object] = {}
@@ -665,13 +667,12 @@ def selective_state_update(
 
 
 @triton.jit
-def _rms_vec(v, w_ptr, off, cnt, eps, BLOCK: tl.constexpr, DTYPE: tl.constexpr):
-    """Jamba's RMSNorm of a short vector (fp32 math, cast to the model dtype before the weight)."""
-    i = tl.arange(0, BLOCK)
+def _rms_rows(v, w, cnt, eps, DTYPE: tl.constexpr):
+    """Jamba's RMSNorm of each row of a short [rows, cols] tile (fp32 math, cast to the model dtype before
+    the fp32 weight ``w`` [cols]); columns past ``cnt`` must hold zeros."""
     vf = v.to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(vf * vf, axis=0) / cnt + eps)
-    w = tl.load(w_ptr + i, mask=i < cnt, other=0.0).to(tl.float32)
-    return (w * (vf * rstd).to(DTYPE).to(tl.float32)).to(DTYPE).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(vf * vf, axis=1) / cnt + eps)
+    return (w[None, :] * (vf * rstd[:, None]).to(DTYPE).to(tl.float32)).to(DTYPE)
 
 
 @triton.jit
@@ -692,6 +693,7 @@ def _mamba_decode_ssm(
     convw_ptr,
     cb_ptr,
     cs_ptr,
+    M,
     D,
     R,
     N,
@@ -706,66 +708,123 @@ def _mamba_decode_ssm(
     s_css,
     s_csd,
     s_csw,
+    ROWS: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    DOT: tl.constexpr,
+    IEEE: tl.constexpr,
     CONV: tl.constexpr,
     CONV_W: tl.constexpr,
     CONV_BIAS: tl.constexpr,
     CONV_SILU: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    """Program (channel block, row block): the step of ROWS rows x BLOCK_D channels.
+
+    Every weight of the channel block (dt_proj slab, A, D, dt bias, conv taps, the norms' weights) is
+    loaded once for ROWS rows, before `pdl_begin`; then the rows' loads (slot, state tile [ROWS, BLOCK_D,
+    N], conv window, x, z, x_proj row) are all issued before the first store, so a program waits on one
+    memory round trip. dt_proj is a [ROWS, R] x [R, BLOCK_D] tensor-core dot when DOT (ROWS >= 16), a
+    broadcast product summed in registers otherwise. A row past M or with a negative slot reads zeros and
+    writes no state."""
+    d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
     r = tl.arange(0, BLOCK_R)
     n = tl.arange(0, BLOCK_N)
     dmask = d < D
+    rkmask = r < R
     nmask = n < N
     dtype = x_ptr.dtype.element_ty
-    # every load that does not depend on the dt/B/C norms is requested first, so the step waits on one
-    # memory round trip instead of a chain of them
-    slot = tl.load(idx_ptr + b).to(tl.int64)
-    m = nmask[:, None] & dmask[None, :]
-    sp = state_ptr + slot * s_ss + d[None, :] * s_sd + n[:, None] * s_sn
-    h = tl.load(sp, mask=m, other=0.0).to(tl.float32)
-    x = tl.load(x_ptr + b * s_x + d, mask=dmask, other=0.0)
-    zz = tl.load(z_ptr + b * s_z + d, mask=dmask, other=0.0).to(tl.float32)
-    a2 = tl.load(a2_ptr + d[None, :] * N + n[:, None], mask=m, other=0.0)
+    # weights (never written by the step)
+    if DOT:
+        wdt = tl.load(wdt_ptr + d[None, :] * R + r[:, None], mask=rkmask[:, None] & dmask[None, :], other=0.0)
+    else:
+        wdt = tl.load(wdt_ptr + d[:, None] * R + r[None, :], mask=dmask[:, None] & rkmask[None, :], other=0.0)
+    a2 = tl.load(a2_ptr + d[:, None] * N + n[None, :], mask=dmask[:, None] & nmask[None, :], other=0.0)
     dsk = tl.load(dsk_ptr + d, mask=dmask, other=0.0).to(tl.float32)
-    dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0)
-    wdt = tl.load(wdt_ptr + d[:, None] * R + r[None, :], mask=dmask[:, None] & (r < R)[None, :], other=0.0)
-    dt_raw = tl.load(xp_ptr + b * s_xp + r, mask=r < R, other=0.0)
-    b_raw = tl.load(xp_ptr + b * s_xp + R + n, mask=nmask, other=0.0)
-    c_raw = tl.load(xp_ptr + b * s_xp + R + N + n, mask=nmask, other=0.0)
-    dtn = _rms_vec(dt_raw, dtw_ptr, 0, R, eps, BLOCK_R, dtype)
-    bv = _rms_vec(b_raw, bw_ptr, 0, N, eps, BLOCK_N, dtype)
-    cv = _rms_vec(c_raw, cw_ptr, 0, N, eps, BLOCK_N, dtype)
-    dt = tl.sum(wdt.to(tl.float32) * dtn[None, :], axis=1).to(dtype).to(tl.float32)
-    dt = _softplus(dt + dtb)
+    dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    dtw = tl.load(dtw_ptr + r, mask=rkmask, other=0.0).to(tl.float32)
+    bw = tl.load(bw_ptr + n, mask=nmask, other=0.0).to(tl.float32)
+    cw = tl.load(cw_ptr + n, mask=nmask, other=0.0).to(tl.float32)
     if CONV:
-        # x is the conv's new input: the conv output comes from the cached window, which is shifted here
-        acc = tl.load(convw_ptr + d * CONV_W + (CONV_W - 1), mask=dmask, other=0.0).to(tl.float32) * x.to(
-            tl.float32
-        )
-        cbase = cs_ptr + slot * s_css + d * s_csd
-        for j in tl.static_range(CONV_W - 1):
-            prev = tl.load(cbase + j * s_csw, mask=dmask, other=0.0)
-            acc += tl.load(convw_ptr + d * CONV_W + j, mask=dmask, other=0.0).to(tl.float32) * prev.to(
-                tl.float32
-            )
-            if j > 0:
-                tl.store(cbase + (j - 1) * s_csw, prev, mask=dmask)
-        tl.store(cbase + (CONV_W - 2) * s_csw, x.to(cs_ptr.dtype.element_ty), mask=dmask)
+        j = tl.arange(0, BLOCK_W)
+        # taps over the cached window (j < W-1) and the tap of the new input
+        taps = tl.load(
+            convw_ptr + d[:, None] * CONV_W + j[None, :],
+            mask=dmask[:, None] & (j < CONV_W - 1)[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        tap_x = tl.load(convw_ptr + d * CONV_W + (CONV_W - 1), mask=dmask, other=0.0).to(tl.float32)
         if CONV_BIAS:
-            acc += tl.load(cb_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+            cbias = tl.load(cb_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    pdl_begin(PDL)
+    rmask = rows < M
+    slot = tl.load(idx_ptr + rows, mask=rmask, other=-1).to(tl.int64)
+    live = rmask & (slot >= 0)
+    slot = tl.maximum(slot, 0)
+    m2 = live[:, None] & dmask[None, :]
+    m3 = m2[:, :, None] & nmask[None, None, :]
+    sp = state_ptr + slot[:, None, None] * s_ss + d[None, :, None] * s_sd + n[None, None, :] * s_sn
+    h = tl.load(sp, mask=m3, other=0.0).to(tl.float32)
+    rows64 = rows.to(tl.int64)
+    x = tl.load(x_ptr + rows64[:, None] * s_x + d[None, :], mask=m2, other=0.0)
+    zz = tl.load(z_ptr + rows64[:, None] * s_z + d[None, :], mask=m2, other=0.0).to(tl.float32)
+    xp_row = xp_ptr + rows64[:, None] * s_xp
+    dt_raw = tl.load(xp_row + r[None, :], mask=rmask[:, None] & rkmask[None, :], other=0.0)
+    b_raw = tl.load(xp_row + R + n[None, :], mask=rmask[:, None] & nmask[None, :], other=0.0)
+    c_raw = tl.load(xp_row + R + N + n[None, :], mask=rmask[:, None] & nmask[None, :], other=0.0)
+    if CONV:
+        # the cached window and the same window one step on, both read before the shifted one is written
+        cbase = cs_ptr + slot[:, None, None] * s_css + d[None, :, None] * s_csd + j[None, None, :] * s_csw
+        win = tl.load(cbase, mask=m2[:, :, None] & (j < CONV_W - 1)[None, None, :], other=0.0)
+        nxt = tl.load(cbase + s_csw, mask=m2[:, :, None] & (j < CONV_W - 2)[None, None, :], other=0.0)
+    dtn = _rms_rows(dt_raw, dtw, R, eps, dtype)
+    bv = _rms_rows(b_raw, bw, N, eps, dtype).to(tl.float32)
+    cv = _rms_rows(c_raw, cw, N, eps, dtype).to(tl.float32)
+    if DOT:
+        if IEEE:  # noqa: SIM108 (a constexpr branch)
+            dt = tl.dot(dtn, wdt, input_precision="ieee")
+        else:
+            dt = tl.dot(dtn, wdt)
+    else:
+        dt = tl.sum(wdt.to(tl.float32)[None, :, :] * dtn.to(tl.float32)[:, None, :], axis=2)
+    dt = _softplus(dt.to(dtype).to(tl.float32) + dtb[None, :])
+    if CONV:
+        # x is the conv's new input: the output comes from the cached window, which is shifted here
+        acc = tl.sum(win.to(tl.float32) * taps[None, :, :], axis=2) + tap_x[None, :] * x.to(tl.float32)
+        shifted = tl.where((j == CONV_W - 2)[None, None, :], x.to(cs_ptr.dtype.element_ty)[:, :, None], nxt)
+        tl.store(cbase, shifted, mask=m2[:, :, None] & (j < CONV_W - 1)[None, None, :])
+        if CONV_BIAS:
+            acc += cbias[None, :]
         if CONV_SILU:
             acc = acc * tl.sigmoid(acc)
         x = acc.to(dtype)
     x = x.to(tl.float32)
-    h = tl.exp2(dt[None, :] * a2) * h + (dt * x)[None, :] * bv[:, None]
-    tl.store(sp, h.to(state_ptr.dtype.element_ty), mask=m)
-    y = tl.sum(h * cv[:, None], axis=0) + x * dsk
+    h = tl.exp2(dt[:, :, None] * a2[None, :, :]) * h + (dt * x)[:, :, None] * bv[:, None, :]
+    tl.store(sp, h.to(state_ptr.dtype.element_ty), mask=m3)
+    y = tl.sum(h * cv[:, None, :], axis=2) + x * dsk[None, :]
     y = y * zz * tl.sigmoid(zz)
-    tl.store(out_ptr + b * s_o + d, y.to(out_ptr.dtype.element_ty), mask=dmask)
+    tl.store(
+        out_ptr + rows64[:, None] * s_o + d[None, :],
+        y.to(out_ptr.dtype.element_ty),
+        mask=rmask[:, None] & dmask[None, :],
+    )
+
+
+def ssm_step_launch(rows: int) -> tuple[int, int, int]:
+    """(ROWS, BLOCK_D, num_warps) of `mamba_decode_ssm` at ``rows`` rows. One row: 32-channel programs of
+    2 warps (64 programs at d_inner 2048). From 16 rows: 16 rows x 16 channels a program, 8 warps (512
+    programs at 64 rows and d_inner 2048, two resident an SM: ~122 registers a thread; the channel block's
+    weights are read once per 16 rows instead of once a row). Between: the rows rounded up to a power of
+    two and 64 / ROWS channels (at least 16), 4 warps."""
+    if rows >= 16:
+        return 16, 16, 8
+    if rows == 1:
+        return 1, 32, 2
+    rows_p = triton.next_power_of_2(rows)
+    return rows_p, max(16, 64 // rows_p), 4
 
 
 def mamba_decode_ssm(
@@ -789,9 +848,12 @@ def mamba_decode_ssm(
     conv_weight: torch.Tensor | None = None,
     conv_bias: torch.Tensor | None = None,
     activation: str | None = None,
+    launch: tuple[int, int, int] | None = None,
+    pdl: bool | None = None,
 ) -> torch.Tensor:
     """`reference.mamba_decode_ssm_ref`'s contract in one launch (``a2``: A * log2(e), precomputable).
-    With ``conv_state``, x is the causal conv's new input and the conv update happens in the same launch."""
+    With ``conv_state``, x is the causal conv's new input and the conv update happens in the same launch.
+    ``launch``: (ROWS, BLOCK_D, num_warps), default `ssm_step_launch`; ``pdl``: default `pdl_enabled`."""
     conv = conv_state is not None
     if conv and (activation not in (None, "silu", "swish") or conv_weight.shape[-1] < 2):
         from .reference import causal_conv1d_update_ref
@@ -803,8 +865,11 @@ def mamba_decode_ssm(
     nst = A.shape[-1]
     a2 = A.float() * LOG2E if a2 is None else a2
     out = torch.empty_like(x) if out is None else out
-    bd = 64
-    _mamba_decode_ssm[(batch, triton.cdiv(dim, bd))](
+    rows_per, bd, warps = launch or ssm_step_launch(batch)
+    dot = rows_per >= 16
+    on = pdl_enabled(x.device)
+    pdl = on if pdl is None else pdl and on
+    _mamba_decode_ssm[(triton.cdiv(dim, bd), triton.cdiv(batch, rows_per))](
         xproj,
         x,
         z,
@@ -821,6 +886,7 @@ def mamba_decode_ssm(
         conv_weight.contiguous() if conv else a2,
         conv_bias if conv and conv_bias is not None else a2,
         conv_state if conv else a2,
+        batch,
         dim,
         rank,
         nst,
@@ -831,13 +897,19 @@ def mamba_decode_ssm(
         *ssm_state.stride(),
         out.stride(0),
         *(conv_state.stride() if conv else (0, 0, 0)),
+        ROWS=rows_per,
         BLOCK_D=bd,
-        BLOCK_R=triton.next_power_of_2(rank),
+        BLOCK_R=max(16, triton.next_power_of_2(rank)) if dot else triton.next_power_of_2(rank),
         BLOCK_N=triton.next_power_of_2(nst),
+        DOT=dot,
+        IEEE=x.dtype == torch.float32,
         CONV=conv,
         CONV_W=conv_weight.shape[-1] if conv else 1,
         CONV_BIAS=conv and conv_bias is not None,
         CONV_SILU=conv and activation is not None,
-        num_warps=2,
+        BLOCK_W=triton.next_power_of_2(conv_weight.shape[-1]) if conv else 1,
+        PDL=pdl,
+        num_warps=warps,
+        **launch_kwargs(pdl),
     )
     return out
