@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .pdl import launch_kwargs, lines_for, pdl_begin, pdl_enabled, prefetch_rows
-from .triton_gemm import LOCK_COUNT, _group, _locks, _sum_partials, block_m_for, linear_splitk, splitk_for
+from .triton_gemm import LOCK_COUNT, _group, _locks, _sum_partials, linear_splitk, splitk_for
 
 # Rows served by the GEMV kernels (one program per row and output block: each row re-reads the weight, so
 # from 2 rows cuBLAS, which reads it once, is as fast or faster; measured in bench/GPU_NOTES.md).
@@ -542,22 +542,28 @@ def moe_block(
 
 @dataclass(frozen=True)
 class ConvXprojConfig:
-    """Launch of `_conv_xproj`: tiles of BLOCK_M rows x BLOCK_N x_proj outputs, each split over the
-    channels (the GEMM's K) into ``split_k`` slabs of ``block_k``; None: chosen from the shape."""
+    """Launch of `_conv_xproj`: tiles of ``block_m`` rows x ``block_n`` x_proj outputs, each split over the
+    channels (the GEMM's K) into ``split_k`` slabs, walked ``block_k`` channels at a time; a field left
+    None is `conv_xproj_config`'s."""
 
+    block_m: int | None = None
     block_n: int | None = None
     block_k: int | None = None
     split_k: int | None = None
     num_warps: int | None = None
+    num_stages: int | None = None
 
 
-def conv_xproj_config(rows: int, n: int, k: int) -> ConvXprojConfig:
-    """Default launch: 32-wide output blocks and K split into at most 8 slabs of at most 256 channels, one
-    K block a program, so each program issues all of its loads (the conv window and the weight slab) at
-    once and the last of a tile's programs sums at most 8 partials (two rounds of 4 loads). At 64 rows and
-    [96, 2048]: 4 row blocks x 3 output blocks x 8 slabs = 96 programs."""
+def conv_xproj_config(n: int, k: int) -> ConvXprojConfig:
+    """Default launch for an x_proj weight [n, k]: 16-row x 32-output tiles and K split into at most 8
+    slabs of at most 256 channels, one K block a program, so each program issues all of its loads (conv
+    window, inputs, weight slab) at once and a tile's last program sums at most 8 partials (two rounds of
+    4 loads). At 64 rows and [96, 2048]: 4 x 3 tiles x 8 slabs = 96 programs of 8 warps (~183 registers a
+    thread: one an SM, one wave)."""
     block_k = max(16, min(256, triton.next_power_of_2(triton.cdiv(k, 8))))
-    return ConvXprojConfig(block_n=32, block_k=block_k, split_k=triton.cdiv(k, block_k), num_warps=4)
+    return ConvXprojConfig(
+        block_m=16, block_n=32, block_k=block_k, split_k=triton.cdiv(k, block_k), num_warps=8, num_stages=3
+    )
 
 
 @triton.jit
@@ -594,6 +600,7 @@ def _conv_xproj(
     GROUP: tl.constexpr,
     PDL: tl.constexpr = False,
     PREFETCH_LINES: tl.constexpr = 0,
+    CONV_LINES: tl.constexpr = 1,
     ELEM_BYTES: tl.constexpr = 2,
 ):
     """Program (n block, split, m block): out[rows, n] = conv(rows, ks) @ w[n, ks]^T over its channel
@@ -608,9 +615,7 @@ def _conv_xproj(
     k_end = tl.minimum(k_start + k_per_split, K)
     if PREFETCH_LINES > 0:
         prefetch_rows(w_ptr, pid_n * BLOCK_N, N, s_wn, k_start, k_end, BLOCK_N, PREFETCH_LINES, ELEM_BYTES)
-        prefetch_rows(
-            cw_ptr, 0, 1, 0, k_start * CONV_W, k_end * CONV_W, 1, PREFETCH_LINES * CONV_W, ELEM_BYTES
-        )
+        prefetch_rows(cw_ptr, 0, 1, 0, k_start * CONV_W, k_end * CONV_W, 1, CONV_LINES, ELEM_BYTES)
     pdl_begin(PDL)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < M
@@ -705,15 +710,15 @@ def mamba_conv_xproj(
             state_indices=state_indices, update=False,
         )  # fmt: skip
         return linear(x=xc, weight=xproj_weight)
-    heur = conv_xproj_config(rows, n_out, dim)
+    heur = conv_xproj_config(n_out, dim)
     cfg = config or heur
-    block_n = cfg.block_n or heur.block_n
-    block_k = cfg.block_k or heur.block_k
-    split = cfg.split_k or heur.split_k
-    num_warps = cfg.num_warps or heur.num_warps
+
+    def pick(field: str) -> int:
+        return getattr(cfg, field) or getattr(heur, field)
+
+    block_m, block_n, block_k, split = pick("block_m"), pick("block_n"), pick("block_k"), pick("split_k")
     k_per_split = triton.cdiv(triton.cdiv(dim, split), block_k) * block_k
     split = triton.cdiv(dim, k_per_split)
-    block_m = block_m_for(rows)
     n_tiles, m_tiles = triton.cdiv(n_out, block_n), triton.cdiv(rows, block_m)
     assert n_tiles * m_tiles <= LOCK_COUNT, "too many output tiles for the fixup counters"
     out = torch.empty(rows, n_out, device=x.device, dtype=x.dtype)
@@ -753,11 +758,13 @@ def mamba_conv_xproj(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
-        GROUP=_group(block_m * block_n // (32 * num_warps)),
+        GROUP=_group(block_m * block_n // (32 * pick("num_warps"))),
         PDL=pdl,
         PREFETCH_LINES=lines_for(k_per_split, xproj_weight.element_size()) if on else 0,
+        CONV_LINES=lines_for(k_per_split * width, w.element_size()),
         ELEM_BYTES=xproj_weight.element_size(),
-        num_warps=num_warps,
+        num_warps=pick("num_warps"),
+        num_stages=pick("num_stages"),
         **launch_kwargs(pdl),
     )
     return out

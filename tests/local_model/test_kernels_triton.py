@@ -471,7 +471,7 @@ def _conv_inputs(
     [
         (5, None),
         (17, None),
-        (33, {"block_n": 16, "block_k": 16, "split_k": 1}),
+        (33, {"block_m": 32, "block_n": 16, "block_k": 16, "split_k": 1}),
         (7, {"block_n": 32, "block_k": 16, "split_k": 2}),
         (7, {"block_n": 16, "block_k": 16, "split_k": 3, "num_warps": 2}),
     ],
