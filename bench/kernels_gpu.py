@@ -638,7 +638,16 @@ def pdl_chain(
 MAMBA = {"dim": 2048, "n": 16, "rank": 64, "width": 4}
 # (ROWS, BLOCK_D, num_warps) of the SSM step tried beside the default; (1, 64, 2) is the row-per-program
 # decomposition the step had before its row blocks (one program per row and 64 channels)
-SSM_LAUNCHES = [(1, 64, 2), (1, 32, 2), (1, 16, 1), (16, 16, 4), (16, 16, 8), (16, 32, 8), (32, 16, 8)]
+SSM_LAUNCHES = [
+    (1, 64, 2),
+    (1, 32, 2),
+    (1, 16, 1),
+    (16, 16, 4),
+    (16, 16, 8),
+    (16, 32, 4),
+    (16, 32, 8),
+    (32, 16, 8),
+]
 CONV_XPROJ_CONFIGS = [
     {"block_k": 128, "split_k": 16},
     {"block_k": 256, "split_k": 8, "num_warps": 4},

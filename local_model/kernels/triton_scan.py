@@ -718,7 +718,7 @@ def _mamba_decode_ssm(
     CONV_W: tl.constexpr,
     CONV_BIAS: tl.constexpr,
     CONV_SILU: tl.constexpr,
-    BLOCK_W: tl.constexpr,
+    EVEN: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
     """Program (channel block, row block): the step of ROWS rows x BLOCK_D channels.
@@ -733,9 +733,13 @@ def _mamba_decode_ssm(
     rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
     r = tl.arange(0, BLOCK_R)
     n = tl.arange(0, BLOCK_N)
-    dmask = d < D
+    if EVEN:  # whole channel blocks and d_state a power of two: only rows are masked
+        dmask = tl.full([BLOCK_D], True, tl.int1)
+        nmask = tl.full([BLOCK_N], True, tl.int1)
+    else:
+        dmask = d < D
+        nmask = n < N
     rkmask = r < R
-    nmask = n < N
     dtype = x_ptr.dtype.element_ty
     # weights (never written by the step)
     if DOT:
@@ -749,13 +753,6 @@ def _mamba_decode_ssm(
     bw = tl.load(bw_ptr + n, mask=nmask, other=0.0).to(tl.float32)
     cw = tl.load(cw_ptr + n, mask=nmask, other=0.0).to(tl.float32)
     if CONV:
-        j = tl.arange(0, BLOCK_W)
-        # taps over the cached window (j < W-1) and the tap of the new input
-        taps = tl.load(
-            convw_ptr + d[:, None] * CONV_W + j[None, :],
-            mask=dmask[:, None] & (j < CONV_W - 1)[None, :],
-            other=0.0,
-        ).to(tl.float32)
         tap_x = tl.load(convw_ptr + d * CONV_W + (CONV_W - 1), mask=dmask, other=0.0).to(tl.float32)
         if CONV_BIAS:
             cbias = tl.load(cb_ptr + d, mask=dmask, other=0.0).to(tl.float32)
@@ -776,10 +773,12 @@ def _mamba_decode_ssm(
     b_raw = tl.load(xp_row + R + n[None, :], mask=rmask[:, None] & nmask[None, :], other=0.0)
     c_raw = tl.load(xp_row + R + N + n[None, :], mask=rmask[:, None] & nmask[None, :], other=0.0)
     if CONV:
-        # the cached window and the same window one step on, both read before the shifted one is written
-        cbase = cs_ptr + slot[:, None, None] * s_css + d[None, :, None] * s_csd + j[None, None, :] * s_csw
-        win = tl.load(cbase, mask=m2[:, :, None] & (j < CONV_W - 1)[None, None, :], other=0.0)
-        nxt = tl.load(cbase + s_csw, mask=m2[:, :, None] & (j < CONV_W - 2)[None, None, :], other=0.0)
+        # x is the conv's new input: the output comes from the cached window (shifted once all is read)
+        cbase = cs_ptr + slot[:, None] * s_css + d[None, :] * s_csd
+        acc = tap_x[None, :] * x.to(tl.float32)
+        for j in tl.static_range(CONV_W - 1):
+            tap = tl.load(convw_ptr + d * CONV_W + j, mask=dmask, other=0.0).to(tl.float32)
+            acc += tap[None, :] * tl.load(cbase + j * s_csw, mask=m2, other=0.0).to(tl.float32)
     dtn = _rms_rows(dt_raw, dtw, R, eps, dtype)
     bv = _rms_rows(b_raw, bw, N, eps, dtype).to(tl.float32)
     cv = _rms_rows(c_raw, cw, N, eps, dtype).to(tl.float32)
@@ -792,10 +791,10 @@ def _mamba_decode_ssm(
         dt = tl.sum(wdt.to(tl.float32)[None, :, :] * dtn.to(tl.float32)[:, None, :], axis=2)
     dt = _softplus(dt.to(dtype).to(tl.float32) + dtb[None, :])
     if CONV:
-        # x is the conv's new input: the output comes from the cached window, which is shifted here
-        acc = tl.sum(win.to(tl.float32) * taps[None, :, :], axis=2) + tap_x[None, :] * x.to(tl.float32)
-        shifted = tl.where((j == CONV_W - 2)[None, None, :], x.to(cs_ptr.dtype.element_ty)[:, :, None], nxt)
-        tl.store(cbase, shifted, mask=m2[:, :, None] & (j < CONV_W - 1)[None, None, :])
+        # the window moves one step (its entries were read above; these loads hit L1)
+        for j in tl.static_range(CONV_W - 2):
+            tl.store(cbase + j * s_csw, tl.load(cbase + (j + 1) * s_csw, mask=m2, other=0.0), mask=m2)
+        tl.store(cbase + (CONV_W - 2) * s_csw, x.to(cs_ptr.dtype.element_ty), mask=m2)
         if CONV_BIAS:
             acc += cbias[None, :]
         if CONV_SILU:
@@ -815,12 +814,14 @@ def _mamba_decode_ssm(
 
 def ssm_step_launch(rows: int) -> tuple[int, int, int]:
     """(ROWS, BLOCK_D, num_warps) of `mamba_decode_ssm` at ``rows`` rows. One row: 32-channel programs of
-    2 warps (64 programs at d_inner 2048). From 16 rows: 16 rows x 16 channels a program, 8 warps (512
-    programs at 64 rows and d_inner 2048, two resident an SM: ~122 registers a thread; the channel block's
-    weights are read once per 16 rows instead of once a row). Between: the rows rounded up to a power of
-    two and 64 / ROWS channels (at least 16), 4 warps."""
+    2 warps (64 programs at d_inner 2048). From 16 rows: 16 rows x 16 channels a program, 4 warps (512
+    programs at 64 rows and d_inner 2048; ~122 registers a thread, so four are resident an SM and all run
+    in one wave; the channel block's weights are read once per 16 rows instead of once a row). Between:
+    the rows rounded up to a power of two and 64 / ROWS channels (at least 16), 4 warps. Sized offline
+    from sm_90 SASS (registers, instructions per state element); `bench/kernels_gpu.py --mamba-step` times
+    the alternatives."""
     if rows >= 16:
-        return 16, 16, 8
+        return 16, 16, 4
     if rows == 1:
         return 1, 32, 2
     rows_p = triton.next_power_of_2(rows)
@@ -907,7 +908,7 @@ def mamba_decode_ssm(
         CONV_W=conv_weight.shape[-1] if conv else 1,
         CONV_BIAS=conv and conv_bias is not None,
         CONV_SILU=conv and activation is not None,
-        BLOCK_W=triton.next_power_of_2(conv_weight.shape[-1]) if conv else 1,
+        EVEN=dim % bd == 0 and nst == triton.next_power_of_2(nst),
         PDL=pdl,
         num_warps=warps,
         **launch_kwargs(pdl),

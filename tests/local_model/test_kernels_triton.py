@@ -500,16 +500,25 @@ def test_fused_conv_xproj_matches_reference_reads_window_only_and_repeats_bitwis
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
-    ("rows", "launch"),
-    [(1, None), (3, None), (17, None), (33, None), (5, (1, 16, 1)), (6, (2, 32, 2)), (9, (16, 32, 4))],
+    ("rows", "dim", "launch"),
+    [
+        (1, 40, None),
+        (3, 48, None),
+        (17, 40, None),
+        (33, 48, None),
+        (5, 48, (1, 16, 1)),
+        (6, 40, (2, 32, 2)),
+        (9, 64, (16, 32, 4)),
+    ],
 )
-def test_ssm_step_row_blocks_match_reference_and_update_state_in_place(dtype, rows, launch):
-    """The SSM step with its conv at 1 to 33 rows and several (rows, channels, warps) program shapes: the
-    output, the SSM state rows and the shifted conv windows match the reference; slots no row uses are
-    untouched; rerun from the same state, it gives the same bits."""
+def test_ssm_step_row_blocks_match_reference_and_update_state_in_place(dtype, rows, dim, launch):
+    """The SSM step with its conv at 1 to 33 rows, channel counts that do and do not fill whole channel
+    blocks, and several (rows, channels, warps) program shapes: the output, the SSM state rows and the
+    shifted conv windows match the reference; slots no row uses are untouched; rerun from the same state,
+    it gives the same bits."""
     skip_interpreted_bf16(dtype)
     gen = torch.Generator().manual_seed(60 + rows)
-    dim, rank, n, width, slots = 40, 7, 16, 4, rows + 3
+    rank, n, width, slots = 7, 16, 4, rows + 3
     conv = _conv_inputs(gen, rows, dim, width, slots, dtype)
     x = conv.pop("x")
     idx = conv.pop("state_indices")
