@@ -650,6 +650,7 @@ SSM_LAUNCHES = [
 ]
 CONV_XPROJ_CONFIGS = [
     {"block_k": 128, "split_k": 16},
+    {"block_k": 256, "split_k": 8},
     {"block_k": 256, "split_k": 8, "num_warps": 4},
     {"block_n": 64, "block_k": 256, "split_k": 8},
     {"block_n": 128, "block_k": 256, "split_k": 8},
@@ -807,7 +808,7 @@ def mamba_row(rows: int) -> dict:
         "mb_touched_per_layer": round(per / 1e6, 2),
         "floor_us_at_3TBps": round(per / 3.0e6, 2),
         "ssm_launch_default": list(ssm_step_launch(rows)),
-        "conv_xproj_default": vars(conv_xproj_config(MAMBA["rank"] + 2 * MAMBA["n"], MAMBA["dim"]))
+        "conv_xproj_default": vars(conv_xproj_config(rows, MAMBA["rank"] + 2 * MAMBA["n"], MAMBA["dim"]))
         if rows > 1
         else "conv kernel + GEMV",
     }

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .pdl import launch_kwargs, lines_for, pdl_begin, pdl_enabled, prefetch_rows
-from .triton_gemm import LOCK_COUNT, _group, _locks, _sum_partials, linear_splitk, splitk_for
+from .triton_gemm import LOCK_COUNT, NUM_SMS, _group, _locks, _sum_partials, linear_splitk, splitk_for
 
 # Rows served by the GEMV kernels (one program per row and output block: each row re-reads the weight, so
 # from 2 rows cuBLAS, which reads it once, is as fast or faster; measured in bench/GPU_NOTES.md).
@@ -554,13 +554,15 @@ class ConvXprojConfig:
     num_stages: int | None = None
 
 
-def conv_xproj_config(n: int, k: int) -> ConvXprojConfig:
-    """Default launch for an x_proj weight [n, k]: 16-row x 32-output tiles and K split into at most 8
-    slabs of at most 256 channels, one K block a program, so each program issues all of its loads (conv
-    window, inputs, weight slab) at once and a tile's last program sums at most 8 partials (two rounds of
-    4 loads). At 64 rows and [96, 2048]: 4 x 3 tiles x 8 slabs = 96 programs of 8 warps (~183 registers a
-    thread: one an SM, one wave)."""
-    block_k = max(16, min(256, triton.next_power_of_2(triton.cdiv(k, 8))))
+def conv_xproj_config(rows: int, n: int, k: int) -> ConvXprojConfig:
+    """Default launch for ``rows`` rows and an x_proj weight [n, k]: 16-row x 32-output tiles, and K split
+    into the power of two (at most 16) of slabs that brings the programs closest under one an SM, one K
+    block a program: each program issues all of its loads (conv window, inputs, weight slab) at once, and a
+    tile's last program sums the partials 8 at a time (one or two L2 round trips). At [96, 2048]: 64 rows,
+    4 x 3 tiles x 8 slabs of 256 channels = 96 programs; 16 rows, 3 tiles x 16 slabs of 128 = 48."""
+    tiles = triton.cdiv(rows, 16) * triton.cdiv(n, 32)
+    split = min(16, 1 << max(0, (NUM_SMS // tiles).bit_length() - 1))
+    block_k = max(16, triton.next_power_of_2(triton.cdiv(k, split)))
     return ConvXprojConfig(
         block_m=16, block_n=32, block_k=block_k, split_k=triton.cdiv(k, block_k), num_warps=8, num_stages=3
     )
@@ -710,7 +712,7 @@ def mamba_conv_xproj(
             state_indices=state_indices, update=False,
         )  # fmt: skip
         return linear(x=xc, weight=xproj_weight)
-    heur = conv_xproj_config(n_out, dim)
+    heur = conv_xproj_config(rows, n_out, dim)
     cfg = config or heur
 
     def pick(field: str) -> int:
@@ -730,6 +732,7 @@ def mamba_conv_xproj(
     on = pdl_enabled(x.device)
     pdl = on if pdl is None else pdl and on
     w = conv_weight.contiguous()
+    per_thread = block_m * block_n // (32 * pick("num_warps"))  # partial values a thread sums
     _conv_xproj[(n_tiles, split, m_tiles)](
         x,
         conv_state,
@@ -758,7 +761,7 @@ def mamba_conv_xproj(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
-        GROUP=_group(block_m * block_n // (32 * pick("num_warps"))),
+        GROUP=8 if 8 * per_thread <= 128 else _group(per_thread),
         PDL=pdl,
         PREFETCH_LINES=lines_for(k_per_split, xproj_weight.element_size()) if on else 0,
         CONV_LINES=lines_for(k_per_split * width, w.element_size()),
