@@ -793,7 +793,7 @@ def mamba_row(rows: int) -> dict:
     read is cold. µs per layer: old path (conv kernel + `linear`, SSM step in row-per-program launches)
     against the new (one conv + x_proj launch above one row, SSM row blocks, PDL), each kernel alone and
     the pair; other launches of each kernel; correctness and graph/eager bit equality."""
-    from local_model.kernels.triton_decode import conv_xproj_config
+    from local_model.kernels import triton_decode as td
     from local_model.kernels.triton_scan import ssm_step_launch
 
     gen = torch.Generator().manual_seed(rows)
@@ -808,9 +808,9 @@ def mamba_row(rows: int) -> dict:
         "mb_touched_per_layer": round(per / 1e6, 2),
         "floor_us_at_3TBps": round(per / 3.0e6, 2),
         "ssm_launch_default": list(ssm_step_launch(rows)),
-        "conv_xproj_default": vars(conv_xproj_config(rows, MAMBA["rank"] + 2 * MAMBA["n"], MAMBA["dim"]))
-        if rows > 1
-        else "conv kernel + GEMV",
+        "conv_xproj_default": vars(td.conv_xproj_config(rows, MAMBA["rank"] + 2 * MAMBA["n"], MAMBA["dim"]))
+        if rows >= td.CONV_XPROJ_MIN_ROWS
+        else "conv kernel + linear",
     }
     row.update(_mamba_checks(first))
 
@@ -821,6 +821,12 @@ def mamba_row(rows: int) -> dict:
     row["old_conv_xproj_us"] = over(lambda i, lay: _conv_xproj(lay, "old"))
     row["new_conv_xproj_us"] = over(lambda i, lay: _conv_xproj(lay, "new"))
     row["new_conv_xproj_nopdl_us"] = over(lambda i, lay: _conv_xproj(lay, "new", pdl=False))
+    if rows < td.CONV_XPROJ_MIN_ROWS:  # the one-launch kernel where the pair is the default
+        saved, td.CONV_XPROJ_MIN_ROWS = td.CONV_XPROJ_MIN_ROWS, rows
+        try:
+            row["fused_conv_xproj_us"] = over(lambda i, lay: _conv_xproj(lay, "new"))
+        finally:
+            td.CONV_XPROJ_MIN_ROWS = saved
     row["old_ssm_us"] = over(lambda i, lay: _ssm(lay, xps[i], **old_ssm))
     row["new_ssm_us"] = over(lambda i, lay: _ssm(lay, xps[i]))
     row["new_ssm_nopdl_us"] = over(lambda i, lay: _ssm(lay, xps[i], pdl=False))

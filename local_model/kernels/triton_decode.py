@@ -539,6 +539,11 @@ def moe_block(
 
 # ============================================================================ Mamba: conv window + x_proj
 
+# Rows from which `mamba_conv_xproj` runs the one-launch conv + x_proj; below, the conv kernel and the
+# x_proj GEMV (at one row the split reduction's second L2 round trip is not repaid: ~4 µs predicted for the
+# fused launch against ~5 for the pair; `bench/kernels_gpu.py --mamba-step` times both).
+CONV_XPROJ_MIN_ROWS = 2
+
 
 @dataclass(frozen=True)
 class ConvXprojConfig:
@@ -683,8 +688,8 @@ def mamba_conv_xproj(
     pdl: bool | None = None,
 ) -> torch.Tensor:
     """`reference.mamba_conv_xproj_ref`'s contract: x_proj of the causal conv of each row's cached window
-    and its new input x [B, D], the window read but not shifted (the SSM step shifts it). One row: the
-    conv kernel, then the x_proj GEMV. More: one launch (`_conv_xproj`) whose programs convolve their
+    and its new input x [B, D], the window read but not shifted (the SSM step shifts it). Below
+    CONV_XPROJ_MIN_ROWS rows: the conv kernel, then `linear` (the GEMV at one row). From there: one launch (`_conv_xproj`) whose programs convolve their
     channel slab for a block of rows and multiply it by the matching slab of the weight, the split partial
     sums reduced deterministically; the conv output never goes to memory. ``config``: its launch
     (default `conv_xproj_config`); ``pdl``: default `pdl_enabled`."""
@@ -704,7 +709,7 @@ def mamba_conv_xproj(
             x=x, conv_state=conv_state, conv_weight=conv_weight, conv_bias=conv_bias, activation=activation,
             state_indices=state_indices, xproj_weight=xproj_weight,
         )  # fmt: skip
-    if rows <= GEMV_MAX_ROWS:
+    if rows < CONV_XPROJ_MIN_ROWS:
         from .triton_conv import causal_conv1d_update
 
         xc = causal_conv1d_update(
