@@ -818,6 +818,11 @@ def mamba_row(rows: int) -> dict:
         return _graph_us(lambda: [fn(i, lay) for i, lay in enumerate(layers)], count)
 
     old_ssm = {"launch": (1, 64, 2), "pdl": False}
+    row["old_ssm_is"] = (
+        "this SSM kernel in the old launch shape (a program per row and 64 channels, 2 warps, no PDL); the "
+        "old kernel itself (245 registers, 3016 instructions a warp) took 10.3 us a layer at 64 rows in the "
+        "session-11 step profile"
+    )
     row["old_conv_xproj_us"] = over(lambda i, lay: _conv_xproj(lay, "old"))
     row["new_conv_xproj_us"] = over(lambda i, lay: _conv_xproj(lay, "new"))
     row["new_conv_xproj_nopdl_us"] = over(lambda i, lay: _conv_xproj(lay, "new", pdl=False))
