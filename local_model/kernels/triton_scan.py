@@ -719,6 +719,7 @@ def _mamba_decode_ssm(
     CONV_BIAS: tl.constexpr,
     CONV_SILU: tl.constexpr,
     EVEN: tl.constexpr,
+    FAST_LOG: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
     """Program (channel block, row block): the step of ROWS rows x BLOCK_D channels.
@@ -789,7 +790,7 @@ def _mamba_decode_ssm(
             dt = tl.dot(dtn, wdt)
     else:
         dt = tl.sum(wdt.to(tl.float32)[None, :, :] * dtn.to(tl.float32)[:, None, :], axis=2)
-    dt = _softplus(dt.to(dtype).to(tl.float32) + dtb[None, :])
+    dt = _softplus(dt.to(dtype).to(tl.float32) + dtb[None, :], FAST_LOG)
     if CONV:
         # the window moves one step (its entries were read above; these loads hit L1)
         for j in tl.static_range(CONV_W - 2):
@@ -909,6 +910,7 @@ def mamba_decode_ssm(
         CONV_BIAS=conv and conv_bias is not None,
         CONV_SILU=conv and activation is not None,
         EVEN=dim % bd == 0 and nst == triton.next_power_of_2(nst),
+        FAST_LOG=x.device.type == "cuda",
         PDL=pdl,
         num_warps=warps,
         **launch_kwargs(pdl),
