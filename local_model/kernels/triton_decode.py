@@ -27,7 +27,16 @@ import triton
 import triton.language as tl
 
 from .pdl import launch_kwargs, lines_for, pdl_begin, pdl_enabled, prefetch_rows
-from .triton_gemm import LOCK_COUNT, NUM_SMS, _group, _locks, _sum_partials, linear_splitk, splitk_for
+from .triton_gemm import (
+    LOCK_COUNT,
+    NUM_SMS,
+    SMEM_LIMIT,
+    _group,
+    _locks,
+    _sum_partials,
+    linear_splitk,
+    splitk_for,
+)
 
 # Rows served by the GEMV kernels (one program per row and output block: each row re-reads the weight, so
 # from 2 rows cuBLAS, which reads it once, is as fast or faster; measured in bench/GPU_NOTES.md).
@@ -569,7 +578,7 @@ def conv_xproj_config(rows: int, n: int, k: int) -> ConvXprojConfig:
     split = min(16, 1 << max(0, (NUM_SMS // tiles).bit_length() - 1))
     block_k = max(16, triton.next_power_of_2(triton.cdiv(k, split)))
     return ConvXprojConfig(
-        block_m=16, block_n=32, block_k=block_k, split_k=triton.cdiv(k, block_k), num_warps=8, num_stages=3
+        block_m=16, block_n=32, block_k=block_k, split_k=triton.cdiv(k, block_k), num_warps=8, num_stages=2
     )
 
 
@@ -605,6 +614,7 @@ def _conv_xproj(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP: tl.constexpr,
+    EVEN_K: tl.constexpr,
     PDL: tl.constexpr = False,
     PREFETCH_LINES: tl.constexpr = 0,
     CONV_LINES: tl.constexpr = 1,
@@ -637,7 +647,10 @@ def _conv_xproj(
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        kmask = k < K
+        if EVEN_K:  # noqa: SIM108 (a constexpr branch) - whole K blocks: only rows and outputs are masked
+            kmask = tl.full([BLOCK_K], True, tl.int1)
+        else:
+            kmask = k < K
         m2 = live[:, None] & kmask[None, :]
         w = tl.load(w_cols + k[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
         xv = tl.load(x_rows + k[None, :], mask=m2, other=0.0)
@@ -738,6 +751,10 @@ def mamba_conv_xproj(
     pdl = on if pdl is None else pdl and on
     w = conv_weight.contiguous()
     per_thread = block_m * block_n // (32 * pick("num_warps"))  # partial values a thread sums
+    stages = pick("num_stages")
+    # the pipeline keeps x and weight tiles in shared memory; fewer stages until they fit
+    while stages > 1 and stages * (block_m + block_n) * block_k * x.element_size() > SMEM_LIMIT:
+        stages -= 1
     _conv_xproj[(n_tiles, split, m_tiles)](
         x,
         conv_state,
@@ -767,12 +784,13 @@ def mamba_conv_xproj(
         BLOCK_N=block_n,
         BLOCK_K=block_k,
         GROUP=8 if 8 * per_thread <= 128 else _group(per_thread),
+        EVEN_K=dim % block_k == 0,
         PDL=pdl,
         PREFETCH_LINES=lines_for(k_per_split, xproj_weight.element_size()) if on else 0,
         CONV_LINES=lines_for(k_per_split * width, w.element_size()),
         ELEM_BYTES=xproj_weight.element_size(),
         num_warps=pick("num_warps"),
-        num_stages=pick("num_stages"),
+        num_stages=stages,
         **launch_kwargs(pdl),
     )
     return out
