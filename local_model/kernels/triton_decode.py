@@ -10,6 +10,9 @@ by the projection's own kernel:
   expert's, chosen by the row's top-k index, and the k routed outputs of a token are weighted and summed
   in the epilogue.
 * ``_moe_route``: RMSNorm (+ residual), router projection, fp32 softmax and top-k, one program per row.
+* ``_conv_xproj`` (Mamba, from 2 rows): the causal conv of each row's cached window and new input, computed
+  per channel slab in registers and multiplied by the matching x_proj slab (split-K, deterministic fixup
+  reduction): the conv output never goes to memory.
 * ``_greedy_advance``: argmax of the logits, written as the next input token, the position advanced and
   the token appended to a device-side history.
 

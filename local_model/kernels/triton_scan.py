@@ -18,6 +18,10 @@ strides, so the token-major layout the projections produce ([B, D, T] views with
 read without copies. The state is fp32 whatever the input dtype; decays use exp2 with A scaled by log2(e)
 in the kernels. A sequence is a batch row (all rows ``T`` long, or ``seq_lens``) or a packed range of row 0
 (``cu_seqlens``), read on the device, so no launch needs host-side index tensors.
+
+Decode: ``_state_update`` (one token per row) and ``_mamba_decode_ssm``, the whole Mamba step after x_proj
+(dt/B/C norms, dt_proj, conv window shift, state update, D skip, z gate) in programs of several rows x a
+channel block, so the block's weights are read once for all its rows (`ssm_step_launch`).
 """
 
 from __future__ import annotations
