@@ -304,18 +304,19 @@ def ssm_step_weights(gen: torch.Generator, dim: int, rank: int, n: int, dtype: t
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_mamba_decode_ssm_matches_reference(dtype):
+@pytest.mark.parametrize("batch", [3, 18])
+def test_fused_mamba_decode_ssm_matches_reference(dtype, batch):
     skip_interpreted_bf16(dtype)
     gen = torch.Generator().manual_seed(11)
-    batch, dim, rank, n = 3, 40, 7, 16
+    dim, rank, n = 40, 7, 16
 
     def r(*s: int) -> torch.Tensor:
         return torch.randn(*s, generator=gen).to(DEV)
 
     xproj, x, z = r(batch, rank + 2 * n).to(dtype), r(batch, dim).to(dtype), r(batch, dim).to(dtype)
     weights = ssm_step_weights(gen, dim, rank, n, dtype)
-    pool = r(5, dim, n)
-    slots = torch.tensor([4, 0, 2], device=DEV)
+    pool = r(batch + 2, dim, n)
+    slots = torch.randperm(batch + 2, generator=gen)[:batch].to(DEV)
     pool_ref = pool.clone()
     expect = ref.mamba_decode_ssm_ref(
         xproj=xproj, x=x, z=z, ssm_state=pool_ref, state_indices=slots, eps=1e-6, **weights
