@@ -728,12 +728,12 @@ def _mamba_decode_ssm(
 ):
     """Program (channel block, row block): the step of ROWS rows x BLOCK_D channels.
 
-    Every weight of the channel block (dt_proj slab, A, D, dt bias, conv taps, the norms' weights) is
-    loaded once for ROWS rows, before `pdl_begin`; then the rows' loads (slot, state tile [ROWS, BLOCK_D,
-    N], conv window, x, z, x_proj row) are all issued before the first store, so a program waits on one
-    memory round trip. dt_proj is a [ROWS, R] x [R, BLOCK_D] tensor-core dot when DOT (ROWS >= 16), a
-    broadcast product summed in registers otherwise. A row past M or with a negative slot reads zeros and
-    writes no state."""
+    The channel block's weights (dt_proj slab, A, D, dt bias, the norms' weights, the conv's input tap and
+    bias) are loaded once for ROWS rows, before `pdl_begin`; then the rows' loads (slot, state tile [ROWS,
+    BLOCK_D, N], conv window and taps, x, z, x_proj row) are all issued before the first store, so a
+    program waits on one memory round trip. dt_proj is a [ROWS, R] x [R, BLOCK_D] tensor-core dot when DOT
+    (ROWS >= 16), a broadcast product summed in registers otherwise. A row past M writes nothing; a row
+    with a negative slot reads zeros, writes no state and outputs zeros."""
     d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
     r = tl.arange(0, BLOCK_R)
