@@ -554,6 +554,42 @@ def test_ssm_step_row_blocks_match_reference_and_update_state_in_place(dtype, ro
     assert torch.equal(again_conv, conv["conv_state"])
 
 
+@pytest.mark.parametrize("rows", [5, 17])
+def test_mamba_step_kernels_skip_rows_with_a_negative_slot(rows):
+    """A padding row (slot -1) leaves every pool slot as it was and outputs zeros from the SSM step; the
+    other rows get the reference's results, in the conv + x_proj launch and in the SSM step."""
+    gen = torch.Generator().manual_seed(90 + rows)
+    dim, rank, n, width, slots = 48, 7, 16, 4, rows + 3
+    conv = _conv_inputs(gen, rows, dim, width, slots, torch.float32)
+    x = conv.pop("x")
+    idx = conv.pop("state_indices")
+    idx[2] = -1
+    keep = torch.arange(rows, device=DEV) != 2
+    xw = (torch.randn(rank + 2 * n, dim, generator=gen) * 0.2).to(DEV)
+    xp = tk.mamba_conv_xproj(x=x, xproj_weight=xw, state_indices=idx, **conv)
+    e_xp = ref.mamba_conv_xproj_ref(x=x[keep], xproj_weight=xw, state_indices=idx[keep], **conv)
+    assert rel(xp[keep], e_xp) <= 1e-5
+    weights = {
+        **ssm_step_weights(gen, dim, rank, n, torch.float32),
+        "eps": 1e-6,
+        "z": torch.randn(rows, dim, generator=gen).to(DEV),
+    }
+    pool = torch.randn(slots, dim, n, generator=gen).to(DEV)
+    e_pool, e_window = pool.clone(), conv["conv_state"].clone()
+    rest = {k: v for k, v in conv.items() if k != "conv_state"}
+    y = tk.mamba_decode_ssm(
+        xproj=xp, x=x, state_indices=idx, ssm_state=pool, **conv, **weights
+    )  # fmt: skip
+    e_y = ref.mamba_decode_ssm_ref(
+        xproj=xp[keep], x=x[keep], state_indices=idx[keep], ssm_state=e_pool, conv_state=e_window, **rest,
+        **{**weights, "z": weights["z"][keep]},
+    )  # fmt: skip
+    assert not y[2].any()
+    assert rel(y[keep], e_y) <= 1e-5
+    assert rel(pool, e_pool) <= 1e-5
+    assert torch.equal(conv["conv_state"], e_window)
+
+
 @pytest.mark.parametrize("paged", [False, True])
 @pytest.mark.parametrize("splits", [1, 2, 8])
 def test_attention_decode_writes_the_new_key_and_value_first(paged, splits):
