@@ -9,11 +9,14 @@ one, each captured in a CUDA graph (so launch overhead is out of both). Each sca
 device time of our kernels (profiler) and both scans replayed from a CUDA graph. Also the card's copy
 bandwidth. ``--gemm``: the decode projections beside cuBLAS at 1, 16 and 64 rows (``--gemm-rows``): our GEMV
 (plain and with the residual add + RMSNorm fused) at 1-4 rows, the split-K GEMM above; ``--gemm-sweep``: the
-best split-K launch per projection of the 426M step (prints a ready `SPLITK_SHAPES`).
+best split-K launch per projection of the 426M step (prints a ready `SPLITK_SHAPES`). ``--mamba-step``: the
+Mamba decode sublayer between in_proj and out_proj (conv window + x_proj, SSM step) at 1, 16 and 64 rows,
+old path against new, cold state and weights (`mamba_step`).
 
 Needs mamba-ssm importable (see the anchor's README); without it only our timings are printed.
 Usage: python bench/kernels_gpu.py [--json out.json] [--quick] [--sweep] [--gemm] [--gemm-sweep] [--gemm-rows 16,64]
        [--moe-sweep] [--moe-tokens 64,16]
+       [--mamba-step [--mamba-rows 1,16,64]]
 """
 
 from __future__ import annotations
@@ -934,6 +937,233 @@ def pdl_chain(
     return out
 
 
+# The Mamba decode sublayer between in_proj and out_proj of the 426M Jamba (d_inner 2048, d_state 16,
+# d_conv 4, dt_rank 64; bf16 weights, fp32 SSM state).
+MAMBA = {"dim": 2048, "n": 16, "rank": 64, "width": 4}
+# (ROWS, BLOCK_D, num_warps) of the SSM step tried beside the default; (1, 64, 2) is the row-per-program
+# decomposition the step had before its row blocks (one program per row and 64 channels)
+SSM_LAUNCHES = [
+    (1, 64, 2),
+    (1, 32, 2),
+    (1, 16, 1),
+    (16, 16, 4),
+    (16, 16, 8),
+    (16, 32, 4),
+    (16, 32, 8),
+    (32, 16, 8),
+]
+CONV_XPROJ_CONFIGS = [
+    {"block_k": 128, "split_k": 16},
+    {"block_k": 256, "split_k": 8},
+    {"block_k": 256, "split_k": 8, "num_warps": 4},
+    {"block_n": 64, "block_k": 256, "split_k": 8},
+    {"block_n": 128, "block_k": 256, "split_k": 8},
+    {"block_m": 32, "block_k": 256, "split_k": 8},
+    {"block_k": 512, "split_k": 4},
+]
+
+
+def _mamba_layer(rows: int, gen: torch.Generator) -> dict:
+    """One Mamba layer's decode-step tensors at ``rows`` rows: weights, a conv/SSM state pool of rows + 1
+    slots (the rows on a random permutation of them), and the in_proj output x|z [rows, 2 * d_inner]."""
+    from local_model.kernels.triton_scan import LOG2E
+
+    d, n, r, w = MAMBA["dim"], MAMBA["n"], MAMBA["rank"], MAMBA["width"]
+    bf = torch.bfloat16
+
+    def rn(*s: int, scale: float = 1.0, dtype: torch.dtype = bf) -> torch.Tensor:
+        return (torch.randn(*s, generator=gen) * scale).to("cuda", dtype)
+
+    a = -torch.exp(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).expand(d, n)).contiguous().cuda()
+    xz = rn(rows, 2 * d)
+    return {
+        "xproj_weight": rn(r + 2 * n, d, scale=d**-0.5),
+        "conv_weight": rn(d, w, scale=0.5),
+        "conv_bias": rn(d, scale=0.1),
+        "dt_norm_weight": rn(r, scale=0.1) + 1,
+        "b_norm_weight": rn(n, scale=0.1) + 1,
+        "c_norm_weight": rn(n, scale=0.1) + 1,
+        "dt_proj_weight": rn(d, r, scale=r**-0.5),
+        "dt_bias": rn(d, scale=0.5, dtype=torch.float32) - 4,
+        "A": a,
+        "a2": (a * LOG2E).contiguous(),
+        "D": rn(d),
+        "conv_state": rn(rows + 1, d, w - 1),
+        "ssm_state": rn(rows + 1, d, n, scale=0.1, dtype=torch.float32),
+        "state_indices": torch.randperm(rows + 1, generator=gen)[:rows].cuda(),
+        "x": xz[:, :d],
+        "z": xz[:, d:],
+    }
+
+
+def _layer_bytes(layer: dict, rows: int) -> int:
+    """Bytes one sublayer step touches: weights, the rows' state (read and written), inputs."""
+    rw = ("ssm_state", "conv_state")
+    total = sum(v.nbytes for k, v in layer.items() if k not in rw and k not in ("x", "z", "state_indices"))
+    total += sum(2 * layer[k][0].nbytes * rows for k in rw)
+    return total + 2 * layer["x"].nbytes
+
+
+_CONV_KEYS = ("conv_state", "conv_weight", "conv_bias", "state_indices")
+_SSM_KEYS = (
+    "x", "z", "ssm_state", "state_indices", "dt_norm_weight", "b_norm_weight", "c_norm_weight", "dt_proj_weight",
+    "dt_bias", "A", "D", "conv_state", "conv_weight", "conv_bias",
+)  # fmt: skip
+
+
+def _conv_xproj(layer: dict, path: str, config=None, pdl=None) -> torch.Tensor:  # noqa: ANN001
+    """x_proj of the conv window: ``old`` the conv kernel then `linear` (cuBLAS above one row), ``new`` the
+    bundle's `mamba_conv_xproj` (one launch above one row)."""
+    from local_model.kernels.triton_conv import causal_conv1d_update
+    from local_model.kernels.triton_decode import ConvXprojConfig
+
+    conv = {k: layer[k] for k in _CONV_KEYS}
+    if path == "old":
+        xc = causal_conv1d_update(
+            x=layer["x"], conv_state=conv["conv_state"], weight=conv["conv_weight"], bias=conv["conv_bias"],
+            activation="silu", state_indices=conv["state_indices"], update=False,
+        )  # fmt: skip
+        return tk.linear(x=xc, weight=layer["xproj_weight"])
+    cfg = ConvXprojConfig(**config) if config else None
+    return tk.mamba_conv_xproj(
+        x=layer["x"], xproj_weight=layer["xproj_weight"], activation="silu", config=cfg, pdl=pdl, **conv
+    )
+
+
+def _ssm(layer: dict, xp: torch.Tensor, launch=None, pdl=None) -> torch.Tensor:  # noqa: ANN001
+    args = {k: layer[k] for k in _SSM_KEYS}
+    return tk.mamba_decode_ssm(
+        xproj=xp, eps=1e-6, activation="silu", a2=layer["a2"], launch=launch, pdl=pdl, **args
+    )
+
+
+def _graph_us(body, calls: int) -> float | str:  # noqa: ANN001
+    """Median µs per call of ``body`` (which makes ``calls`` calls), replayed from one CUDA graph."""
+    try:
+        g, _ = capture_graph(body)
+        return round(bench(g.replay) * 1e3 / calls, 2)
+    except Exception as exc:  # noqa: BLE001 - a variant that fails to compile or capture is reported
+        torch.cuda.synchronize()
+        return f"failed: {type(exc).__name__}: {exc}"[:200]
+
+
+def _mamba_checks(layer: dict) -> dict:
+    """The new path against the references from the same state (rel errors, conv window equal), and its
+    CUDA-graph replay against an eager call from the same state, bit for bit (output and both states)."""
+    from local_model.kernels import reference as ref
+
+    start = (layer["ssm_state"].clone(), layer["conv_state"].clone())
+
+    def restore() -> None:
+        layer["ssm_state"].copy_(start[0])
+        layer["conv_state"].copy_(start[1])
+
+    conv = {k: layer[k] for k in _CONV_KEYS}
+    e_xp = ref.mamba_conv_xproj_ref(
+        x=layer["x"], xproj_weight=layer["xproj_weight"], activation="silu", **conv
+    )
+    ssm_kw = {k: layer[k] for k in _SSM_KEYS if k not in ("ssm_state", "conv_state")}
+    e_ssm, e_conv = start[0].clone(), start[1].clone()
+    e_y = ref.mamba_decode_ssm_ref(
+        xproj=e_xp, eps=1e-6, activation="silu", ssm_state=e_ssm, **{**ssm_kw, "conv_state": e_conv}
+    )
+    xp = _conv_xproj(layer, "new")
+    y = _ssm(layer, e_xp)
+    out = {
+        "rel_err_xproj": rel(xp, e_xp),
+        "rel_err_y": rel(y, e_y),
+        "rel_err_ssm_state": rel(layer["ssm_state"], e_ssm),
+        "conv_window_equal": torch.equal(layer["conv_state"], e_conv),
+    }
+    restore()
+    eager_y = _ssm(layer, _conv_xproj(layer, "new")).clone()
+    eager_state = (layer["ssm_state"].clone(), layer["conv_state"].clone())
+    g, res = capture_graph(lambda: _ssm(layer, _conv_xproj(layer, "new")))
+    restore()
+    g.replay()
+    torch.cuda.synchronize()
+    out["graph_equals_eager_bitwise"] = (
+        torch.equal(res, eager_y)
+        and torch.equal(layer["ssm_state"], eager_state[0])
+        and torch.equal(layer["conv_state"], eager_state[1])
+    )
+    restore()
+    return out
+
+
+def mamba_row(rows: int) -> dict:
+    """The Mamba decode sublayer (conv window + x_proj, then the fused SSM step) of the 426M Jamba at
+    ``rows`` rows, CUDA-graph replayed over enough layers' state and weights (>= ROTATE_BYTES) that every
+    read is cold. µs per layer: old path (conv kernel + `linear`, SSM step in row-per-program launches)
+    against the new (one conv + x_proj launch above one row, SSM row blocks, PDL), each kernel alone and
+    the pair; other launches of each kernel; correctness and graph/eager bit equality."""
+    from local_model.kernels import triton_decode as td
+    from local_model.kernels.triton_scan import ssm_step_launch
+
+    gen = torch.Generator().manual_seed(rows)
+    first = _mamba_layer(rows, gen)
+    per = _layer_bytes(first, rows)
+    count = max(4, min(256, int(ROTATE_BYTES // per) + 1))
+    layers = [first] + [_mamba_layer(rows, gen) for _ in range(count - 1)]
+    xps = [_conv_xproj(lay, "old") for lay in layers]
+    row: dict = {
+        "rows": rows,
+        "layers_rotated": count,
+        "mb_touched_per_layer": round(per / 1e6, 2),
+        "floor_us_at_3TBps": round(per / 3.0e6, 2),
+        "ssm_launch_default": list(ssm_step_launch(rows)),
+        "conv_xproj_default": vars(td.conv_xproj_config(rows, MAMBA["rank"] + 2 * MAMBA["n"], MAMBA["dim"]))
+        if rows >= td.CONV_XPROJ_MIN_ROWS
+        else "conv kernel + linear",
+    }
+    row.update(_mamba_checks(first))
+
+    def over(fn) -> float | str:  # noqa: ANN001
+        return _graph_us(lambda: [fn(i, lay) for i, lay in enumerate(layers)], count)
+
+    old_ssm = {"launch": (1, 64, 2), "pdl": False}
+    row["old_ssm_is"] = (
+        "this SSM kernel in the old launch shape (a program per row and 64 channels, 2 warps, no PDL); the "
+        "old kernel itself (245 registers, 3016 instructions a warp) took 10.3 us a layer at 64 rows in the "
+        "session-11 step profile"
+    )
+    row["old_conv_xproj_us"] = over(lambda i, lay: _conv_xproj(lay, "old"))
+    row["new_conv_xproj_us"] = over(lambda i, lay: _conv_xproj(lay, "new"))
+    row["new_conv_xproj_nopdl_us"] = over(lambda i, lay: _conv_xproj(lay, "new", pdl=False))
+    if rows < td.CONV_XPROJ_MIN_ROWS:  # the one-launch kernel where the pair is the default
+        saved, td.CONV_XPROJ_MIN_ROWS = td.CONV_XPROJ_MIN_ROWS, rows
+        try:
+            row["fused_conv_xproj_us"] = over(lambda i, lay: _conv_xproj(lay, "new"))
+        finally:
+            td.CONV_XPROJ_MIN_ROWS = saved
+    row["old_ssm_us"] = over(lambda i, lay: _ssm(lay, xps[i], **old_ssm))
+    row["new_ssm_us"] = over(lambda i, lay: _ssm(lay, xps[i]))
+    row["new_ssm_nopdl_us"] = over(lambda i, lay: _ssm(lay, xps[i], pdl=False))
+    row["old_sublayer_us"] = over(lambda i, lay: _ssm(lay, _conv_xproj(lay, "old"), **old_ssm))
+    row["new_sublayer_us"] = over(lambda i, lay: _ssm(lay, _conv_xproj(lay, "new")))
+    row["ssm_launch_us"] = {
+        str(lc): over(lambda i, lay, lc=lc: _ssm(lay, xps[i], launch=lc)) for lc in SSM_LAUNCHES
+    }
+    if rows > 1:
+        row["conv_xproj_config_us"] = {
+            json.dumps(c): over(lambda i, lay, c=c: _conv_xproj(lay, "new", config=c))
+            for c in CONV_XPROJ_CONFIGS
+        }
+    return row
+
+
+def mamba_step(rows_list: tuple[int, ...] = (1, 16, 64), save=None) -> list[dict]:  # noqa: ANN001
+    """`mamba_row` at each row count (printed, and ``save(rows so far)`` after each)."""
+    out = []
+    for rows in rows_list:
+        out.append(mamba_row(rows))
+        print(json.dumps(out[-1]), flush=True)
+        if save:
+            save(out)
+        torch.cuda.empty_cache()
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
@@ -957,18 +1187,34 @@ def main() -> int:
         "--moe-sweep", action="store_true", help="only: MoE grouped-GEMM launches at 64, 16 tokens"
     )
     ap.add_argument("--moe-tokens", default="64,16", help="--moe-sweep: comma-separated token counts")
+    ap.add_argument(
+        "--mamba-step",
+        action="store_true",
+        help="only: Mamba decode sublayer (conv + x_proj, SSM), old vs new",
+    )
+    ap.add_argument("--mamba-rows", default="1,16,64", help="--mamba-step: comma-separated rows")
     args = ap.parse_args()
+    if args.mamba_step:
+        res_m: dict = {"device": torch.cuda.get_device_name(), "triton": triton.__version__}
+
+        def save_m(rows: list[dict]) -> None:
+            res_m["mamba_step"] = rows
+            if args.json:
+                Path(args.json).write_text(json.dumps(res_m, indent=1))
+
+        mamba_step(tuple(int(r) for r in args.mamba_rows.split(",")), save_m)
+        return 0
     if args.moe_sweep:
-        res_m: dict = {
+        res_moe: dict = {
             "device": torch.cuda.get_device_name(),
             "torch": torch.__version__,
             "triton": triton.__version__,
         }
 
         def save_moe(rows: list[dict]) -> None:
-            res_m["moe_sweep"] = rows
+            res_moe["moe_sweep"] = rows
             if args.json:
-                Path(args.json).write_text(json.dumps(res_m, indent=1))
+                Path(args.json).write_text(json.dumps(res_moe, indent=1))
 
         rows_m = moe_sweep(tuple(int(t) for t in args.moe_tokens.split(",")), save_moe)
         print_moe_table(rows_m)

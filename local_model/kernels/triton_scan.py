@@ -18,6 +18,10 @@ strides, so the token-major layout the projections produce ([B, D, T] views with
 read without copies. The state is fp32 whatever the input dtype; decays use exp2 with A scaled by log2(e)
 in the kernels. A sequence is a batch row (all rows ``T`` long, or ``seq_lens``) or a packed range of row 0
 (``cu_seqlens``), read on the device, so no launch needs host-side index tensors.
+
+Decode: ``_state_update`` (one token per row) and ``_mamba_decode_ssm``, the whole Mamba step after x_proj
+(dt/B/C norms, dt_proj, conv window shift, state update, D skip, z gate) in programs of several rows x a
+channel block, so the block's weights are read once for all its rows (`ssm_step_launch`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
+
+from .pdl import launch_kwargs, pdl_begin, pdl_enabled
 
 LOG2E = math.log2(math.e)
 # The compiled kernels of the last prefill-scan launch (for benchmarks to read registers / spills).
@@ -665,13 +671,12 @@ def selective_state_update(
 
 
 @triton.jit
-def _rms_vec(v, w_ptr, off, cnt, eps, BLOCK: tl.constexpr, DTYPE: tl.constexpr):
-    """Jamba's RMSNorm of a short vector (fp32 math, cast to the model dtype before the weight)."""
-    i = tl.arange(0, BLOCK)
+def _rms_rows(v, w, cnt, eps, DTYPE: tl.constexpr):
+    """Jamba's RMSNorm of each row of a short [rows, cols] tile (fp32 math, cast to the model dtype before
+    the fp32 weight ``w`` [cols]); columns past ``cnt`` must hold zeros."""
     vf = v.to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(vf * vf, axis=0) / cnt + eps)
-    w = tl.load(w_ptr + i, mask=i < cnt, other=0.0).to(tl.float32)
-    return (w * (vf * rstd).to(DTYPE).to(tl.float32)).to(DTYPE).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(vf * vf, axis=1) / cnt + eps)
+    return (w[None, :] * (vf * rstd[:, None]).to(DTYPE).to(tl.float32)).to(DTYPE)
 
 
 @triton.jit
@@ -692,6 +697,7 @@ def _mamba_decode_ssm(
     convw_ptr,
     cb_ptr,
     cs_ptr,
+    M,
     D,
     R,
     N,
@@ -706,66 +712,125 @@ def _mamba_decode_ssm(
     s_css,
     s_csd,
     s_csw,
+    ROWS: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    DOT: tl.constexpr,
+    IEEE: tl.constexpr,
     CONV: tl.constexpr,
     CONV_W: tl.constexpr,
     CONV_BIAS: tl.constexpr,
     CONV_SILU: tl.constexpr,
+    EVEN: tl.constexpr,
+    FAST_LOG: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    """Program (channel block, row block): the step of ROWS rows x BLOCK_D channels.
+
+    The channel block's weights (dt_proj slab, A, D, dt bias, the norms' weights, the conv's input tap and
+    bias) are loaded once for ROWS rows, before `pdl_begin`; then the rows' loads (slot, state tile [ROWS,
+    BLOCK_D, N], conv window and taps, x, z, x_proj row) are all issued before the first store, so a
+    program waits on one memory round trip. dt_proj is a [ROWS, R] x [R, BLOCK_D] tensor-core dot when DOT
+    (ROWS >= 16), a broadcast product summed in registers otherwise. A row past M writes nothing; a row
+    with a negative slot reads zeros, writes no state and outputs zeros."""
+    d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
     r = tl.arange(0, BLOCK_R)
     n = tl.arange(0, BLOCK_N)
-    dmask = d < D
-    nmask = n < N
+    if EVEN:  # whole channel blocks and d_state a power of two: only rows are masked
+        dmask = tl.full([BLOCK_D], True, tl.int1)
+        nmask = tl.full([BLOCK_N], True, tl.int1)
+    else:
+        dmask = d < D
+        nmask = n < N
+    rkmask = r < R
     dtype = x_ptr.dtype.element_ty
-    # every load that does not depend on the dt/B/C norms is requested first, so the step waits on one
-    # memory round trip instead of a chain of them
-    slot = tl.load(idx_ptr + b).to(tl.int64)
-    m = nmask[:, None] & dmask[None, :]
-    sp = state_ptr + slot * s_ss + d[None, :] * s_sd + n[:, None] * s_sn
-    h = tl.load(sp, mask=m, other=0.0).to(tl.float32)
-    x = tl.load(x_ptr + b * s_x + d, mask=dmask, other=0.0)
-    zz = tl.load(z_ptr + b * s_z + d, mask=dmask, other=0.0).to(tl.float32)
-    a2 = tl.load(a2_ptr + d[None, :] * N + n[:, None], mask=m, other=0.0)
+    # weights (never written by the step)
+    if DOT:
+        wdt = tl.load(wdt_ptr + d[None, :] * R + r[:, None], mask=rkmask[:, None] & dmask[None, :], other=0.0)
+    else:
+        wdt = tl.load(wdt_ptr + d[:, None] * R + r[None, :], mask=dmask[:, None] & rkmask[None, :], other=0.0)
+    a2 = tl.load(a2_ptr + d[:, None] * N + n[None, :], mask=dmask[:, None] & nmask[None, :], other=0.0)
     dsk = tl.load(dsk_ptr + d, mask=dmask, other=0.0).to(tl.float32)
-    dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0)
-    wdt = tl.load(wdt_ptr + d[:, None] * R + r[None, :], mask=dmask[:, None] & (r < R)[None, :], other=0.0)
-    dt_raw = tl.load(xp_ptr + b * s_xp + r, mask=r < R, other=0.0)
-    b_raw = tl.load(xp_ptr + b * s_xp + R + n, mask=nmask, other=0.0)
-    c_raw = tl.load(xp_ptr + b * s_xp + R + N + n, mask=nmask, other=0.0)
-    dtn = _rms_vec(dt_raw, dtw_ptr, 0, R, eps, BLOCK_R, dtype)
-    bv = _rms_vec(b_raw, bw_ptr, 0, N, eps, BLOCK_N, dtype)
-    cv = _rms_vec(c_raw, cw_ptr, 0, N, eps, BLOCK_N, dtype)
-    dt = tl.sum(wdt.to(tl.float32) * dtn[None, :], axis=1).to(dtype).to(tl.float32)
-    dt = _softplus(dt + dtb)
+    dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    dtw = tl.load(dtw_ptr + r, mask=rkmask, other=0.0).to(tl.float32)
+    bw = tl.load(bw_ptr + n, mask=nmask, other=0.0).to(tl.float32)
+    cw = tl.load(cw_ptr + n, mask=nmask, other=0.0).to(tl.float32)
     if CONV:
-        # x is the conv's new input: the conv output comes from the cached window, which is shifted here
-        acc = tl.load(convw_ptr + d * CONV_W + (CONV_W - 1), mask=dmask, other=0.0).to(tl.float32) * x.to(
-            tl.float32
-        )
-        cbase = cs_ptr + slot * s_css + d * s_csd
-        for j in tl.static_range(CONV_W - 1):
-            prev = tl.load(cbase + j * s_csw, mask=dmask, other=0.0)
-            acc += tl.load(convw_ptr + d * CONV_W + j, mask=dmask, other=0.0).to(tl.float32) * prev.to(
-                tl.float32
-            )
-            if j > 0:
-                tl.store(cbase + (j - 1) * s_csw, prev, mask=dmask)
-        tl.store(cbase + (CONV_W - 2) * s_csw, x.to(cs_ptr.dtype.element_ty), mask=dmask)
+        tap_x = tl.load(convw_ptr + d * CONV_W + (CONV_W - 1), mask=dmask, other=0.0).to(tl.float32)
         if CONV_BIAS:
-            acc += tl.load(cb_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+            cbias = tl.load(cb_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    pdl_begin(PDL)
+    rmask = rows < M
+    slot = tl.load(idx_ptr + rows, mask=rmask, other=-1).to(tl.int64)
+    live = rmask & (slot >= 0)
+    slot = tl.maximum(slot, 0)
+    m2 = live[:, None] & dmask[None, :]
+    m3 = m2[:, :, None] & nmask[None, None, :]
+    sp = state_ptr + slot[:, None, None] * s_ss + d[None, :, None] * s_sd + n[None, None, :] * s_sn
+    h = tl.load(sp, mask=m3, other=0.0).to(tl.float32)
+    rows64 = rows.to(tl.int64)
+    x = tl.load(x_ptr + rows64[:, None] * s_x + d[None, :], mask=m2, other=0.0)
+    zz = tl.load(z_ptr + rows64[:, None] * s_z + d[None, :], mask=m2, other=0.0).to(tl.float32)
+    xp_row = xp_ptr + rows64[:, None] * s_xp
+    dt_raw = tl.load(xp_row + r[None, :], mask=rmask[:, None] & rkmask[None, :], other=0.0)
+    b_raw = tl.load(xp_row + R + n[None, :], mask=rmask[:, None] & nmask[None, :], other=0.0)
+    c_raw = tl.load(xp_row + R + N + n[None, :], mask=rmask[:, None] & nmask[None, :], other=0.0)
+    if CONV:
+        # x is the conv's new input: the output comes from the cached window (shifted once all is read)
+        cbase = cs_ptr + slot[:, None] * s_css + d[None, :] * s_csd
+        acc = tap_x[None, :] * x.to(tl.float32)
+        for j in tl.static_range(CONV_W - 1):
+            tap = tl.load(convw_ptr + d * CONV_W + j, mask=dmask, other=0.0).to(tl.float32)
+            acc += tap[None, :] * tl.load(cbase + j * s_csw, mask=m2, other=0.0).to(tl.float32)
+    dtn = _rms_rows(dt_raw, dtw, R, eps, dtype)
+    bv = _rms_rows(b_raw, bw, N, eps, dtype).to(tl.float32)
+    cv = _rms_rows(c_raw, cw, N, eps, dtype).to(tl.float32)
+    if DOT:
+        if IEEE:  # noqa: SIM108 (a constexpr branch)
+            dt = tl.dot(dtn, wdt, input_precision="ieee")
+        else:
+            dt = tl.dot(dtn, wdt)
+    else:
+        dt = tl.sum(wdt.to(tl.float32)[None, :, :] * dtn.to(tl.float32)[:, None, :], axis=2)
+    dt = _softplus(dt.to(dtype).to(tl.float32) + dtb[None, :], FAST_LOG)
+    if CONV:
+        # the window moves one step (its entries were read above; these loads hit L1)
+        for j in tl.static_range(CONV_W - 2):
+            tl.store(cbase + j * s_csw, tl.load(cbase + (j + 1) * s_csw, mask=m2, other=0.0), mask=m2)
+        tl.store(cbase + (CONV_W - 2) * s_csw, x.to(cs_ptr.dtype.element_ty), mask=m2)
+        if CONV_BIAS:
+            acc += cbias[None, :]
         if CONV_SILU:
             acc = acc * tl.sigmoid(acc)
         x = acc.to(dtype)
     x = x.to(tl.float32)
-    h = tl.exp2(dt[None, :] * a2) * h + (dt * x)[None, :] * bv[:, None]
-    tl.store(sp, h.to(state_ptr.dtype.element_ty), mask=m)
-    y = tl.sum(h * cv[:, None], axis=0) + x * dsk
+    h = tl.exp2(dt[:, :, None] * a2[None, :, :]) * h + (dt * x)[:, :, None] * bv[:, None, :]
+    tl.store(sp, h.to(state_ptr.dtype.element_ty), mask=m3)
+    y = tl.sum(h * cv[:, None, :], axis=2) + x * dsk[None, :]
     y = y * zz * tl.sigmoid(zz)
-    tl.store(out_ptr + b * s_o + d, y.to(out_ptr.dtype.element_ty), mask=dmask)
+    tl.store(
+        out_ptr + rows64[:, None] * s_o + d[None, :],
+        y.to(out_ptr.dtype.element_ty),
+        mask=rmask[:, None] & dmask[None, :],
+    )
+
+
+def ssm_step_launch(rows: int) -> tuple[int, int, int]:
+    """(ROWS, BLOCK_D, num_warps) of `mamba_decode_ssm` at ``rows`` rows. One row: 32-channel programs of
+    2 warps (64 programs at d_inner 2048). From 16 rows: 16 rows x 16 channels a program, 4 warps (512
+    programs at 64 rows and d_inner 2048; ~122 registers a thread, so four are resident an SM and all run
+    in one wave; the channel block's weights are read once per 16 rows instead of once a row). Between:
+    the rows rounded up to a power of two and 64 / ROWS channels (at least 16), 4 warps. Sized offline
+    from sm_90 SASS (registers, instructions per state element); `bench/kernels_gpu.py --mamba-step` times
+    the alternatives."""
+    if rows >= 16:
+        return 16, 16, 4
+    if rows == 1:
+        return 1, 32, 2
+    rows_p = triton.next_power_of_2(rows)
+    return rows_p, max(16, 64 // rows_p), 4
 
 
 def mamba_decode_ssm(
@@ -789,9 +854,12 @@ def mamba_decode_ssm(
     conv_weight: torch.Tensor | None = None,
     conv_bias: torch.Tensor | None = None,
     activation: str | None = None,
+    launch: tuple[int, int, int] | None = None,
+    pdl: bool | None = None,
 ) -> torch.Tensor:
     """`reference.mamba_decode_ssm_ref`'s contract in one launch (``a2``: A * log2(e), precomputable).
-    With ``conv_state``, x is the causal conv's new input and the conv update happens in the same launch."""
+    With ``conv_state``, x is the causal conv's new input and the conv update happens in the same launch.
+    ``launch``: (ROWS, BLOCK_D, num_warps), default `ssm_step_launch`; ``pdl``: default `pdl_enabled`."""
     conv = conv_state is not None
     if conv and (activation not in (None, "silu", "swish") or conv_weight.shape[-1] < 2):
         from .reference import causal_conv1d_update_ref
@@ -803,8 +871,11 @@ def mamba_decode_ssm(
     nst = A.shape[-1]
     a2 = A.float() * LOG2E if a2 is None else a2
     out = torch.empty_like(x) if out is None else out
-    bd = 64
-    _mamba_decode_ssm[(batch, triton.cdiv(dim, bd))](
+    rows_per, bd, warps = launch or ssm_step_launch(batch)
+    dot = rows_per >= 16
+    on = pdl_enabled(x.device)
+    pdl = on if pdl is None else pdl and on
+    _mamba_decode_ssm[(triton.cdiv(dim, bd), triton.cdiv(batch, rows_per))](
         xproj,
         x,
         z,
@@ -821,6 +892,7 @@ def mamba_decode_ssm(
         conv_weight.contiguous() if conv else a2,
         conv_bias if conv and conv_bias is not None else a2,
         conv_state if conv else a2,
+        batch,
         dim,
         rank,
         nst,
@@ -831,13 +903,20 @@ def mamba_decode_ssm(
         *ssm_state.stride(),
         out.stride(0),
         *(conv_state.stride() if conv else (0, 0, 0)),
+        ROWS=rows_per,
         BLOCK_D=bd,
-        BLOCK_R=triton.next_power_of_2(rank),
+        BLOCK_R=max(16, triton.next_power_of_2(rank)) if dot else triton.next_power_of_2(rank),
         BLOCK_N=triton.next_power_of_2(nst),
+        DOT=dot,
+        IEEE=x.dtype == torch.float32,
         CONV=conv,
         CONV_W=conv_weight.shape[-1] if conv else 1,
         CONV_BIAS=conv and conv_bias is not None,
         CONV_SILU=conv and activation is not None,
-        num_warps=2,
+        EVEN=dim % bd == 0 and nst == triton.next_power_of_2(nst),
+        FAST_LOG=x.device.type == "cuda",
+        PDL=pdl,
+        num_warps=warps,
+        **launch_kwargs(pdl),
     )
     return out

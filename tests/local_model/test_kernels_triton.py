@@ -448,18 +448,19 @@ def ssm_step_weights(gen: torch.Generator, dim: int, rank: int, n: int, dtype: t
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_mamba_decode_ssm_matches_reference(dtype):
+@pytest.mark.parametrize("batch", [3, 18])
+def test_fused_mamba_decode_ssm_matches_reference(dtype, batch):
     skip_interpreted_bf16(dtype)
     gen = torch.Generator().manual_seed(11)
-    batch, dim, rank, n = 3, 40, 7, 16
+    dim, rank, n = 40, 7, 16
 
     def r(*s: int) -> torch.Tensor:
         return torch.randn(*s, generator=gen).to(DEV)
 
     xproj, x, z = r(batch, rank + 2 * n).to(dtype), r(batch, dim).to(dtype), r(batch, dim).to(dtype)
     weights = ssm_step_weights(gen, dim, rank, n, dtype)
-    pool = r(5, dim, n)
-    slots = torch.tensor([4, 0, 2], device=DEV)
+    pool = r(batch + 2, dim, n)
+    slots = torch.randperm(batch + 2, generator=gen)[:batch].to(DEV)
     pool_ref = pool.clone()
     expect = ref.mamba_decode_ssm_ref(
         xproj=xproj, x=x, z=z, ssm_state=pool_ref, state_indices=slots, eps=1e-6, **weights
@@ -618,6 +619,149 @@ def test_mamba_conv_xproj_then_ssm_step_with_conv_match_reference(dtype, batch):
     assert rel(got, expect) <= tol(dtype)
     assert rel(ssm_pool, ssm_ref) <= tol(dtype)
     assert torch.equal(conv_pool, conv_ref)
+
+
+def _conv_inputs(
+    gen: torch.Generator, rows: int, dim: int, width: int, slots: int, dtype: torch.dtype
+) -> dict:
+    """A decode step's conv arguments: new inputs x [rows, dim], a conv-state pool of ``slots`` windows and
+    a permutation of distinct slots for the rows."""
+
+    def r(*s: int) -> torch.Tensor:
+        return torch.randn(*s, generator=gen).to(DEV)
+
+    return {
+        "x": r(rows, dim).to(dtype),
+        "conv_state": r(slots, dim, width - 1).to(dtype),
+        "conv_weight": (r(dim, width) * 0.5).to(dtype),
+        "conv_bias": r(dim).to(dtype),
+        "activation": "silu",
+        "state_indices": torch.randperm(slots, generator=gen)[:rows].to(DEV),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("rows", "dim", "config"),
+    [
+        (5, 40, None),
+        (17, 40, None),
+        (33, 40, {"block_m": 32, "block_n": 16, "block_k": 16, "split_k": 1}),
+        (7, 40, {"block_n": 32, "block_k": 16, "split_k": 2}),
+        (7, 40, {"block_n": 16, "block_k": 16, "split_k": 3, "num_warps": 2}),
+        (9, 160, {"block_k": 16, "split_k": 10}),
+    ],
+)
+def test_fused_conv_xproj_matches_reference_reads_window_only_and_repeats_bitwise(dtype, rows, dim, config):
+    """The one-launch conv + x_proj at several rows (one K block a split, several, no split; partials
+    summed in one group and in two; output blocks wider and narrower than x_proj's 39 outputs) against
+    the reference; the window is left as it was, a second call gives the same bits, and the split
+    reduction's counters are back at zero."""
+    from local_model.kernels.triton_decode import ConvXprojConfig
+    from local_model.kernels.triton_gemm import _locks
+
+    skip_interpreted_bf16(dtype)
+    gen = torch.Generator().manual_seed(40 + rows)
+    rank, n, width = 7, 16, 4
+    conv = _conv_inputs(gen, rows, dim, width, rows + 3, dtype)
+    xw = (torch.randn(rank + 2 * n, dim, generator=gen) * 0.2).to(DEV).to(dtype)
+    window = conv["conv_state"].clone()
+    cfg = ConvXprojConfig(**config) if config else None
+    got = tk.mamba_conv_xproj(xproj_weight=xw, config=cfg, **conv)
+    expect = ref.mamba_conv_xproj_ref(xproj_weight=xw, **conv)
+    assert rel(got, expect) <= tol(dtype)
+    assert torch.equal(conv["conv_state"], window)
+    assert torch.equal(tk.mamba_conv_xproj(xproj_weight=xw, config=cfg, **conv), got)
+    assert not _locks(got.device)[:64].any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("rows", "dim", "launch"),
+    [
+        (1, 40, None),
+        (3, 48, None),
+        (17, 40, None),
+        (33, 48, None),
+        (5, 48, (1, 16, 1)),
+        (6, 40, (2, 32, 2)),
+        (9, 64, (16, 32, 4)),
+    ],
+)
+def test_ssm_step_row_blocks_match_reference_and_update_state_in_place(dtype, rows, dim, launch):
+    """The SSM step with its conv at 1 to 33 rows, channel counts that do and do not fill whole channel
+    blocks, and several (rows, channels, warps) program shapes: the output, the SSM state rows and the
+    shifted conv windows match the reference; slots no row uses are untouched; rerun from the same state,
+    it gives the same bits."""
+    skip_interpreted_bf16(dtype)
+    gen = torch.Generator().manual_seed(60 + rows)
+    rank, n, width, slots = 7, 16, 4, rows + 3
+    conv = _conv_inputs(gen, rows, dim, width, slots, dtype)
+    x = conv.pop("x")
+    idx = conv.pop("state_indices")
+    weights = {
+        **ssm_step_weights(gen, dim, rank, n, dtype),
+        "eps": 1e-6,
+        "state_indices": idx,
+        "z": torch.randn(rows, dim, generator=gen).to(DEV).to(dtype),
+        "x": x,
+        "xproj": torch.randn(rows, rank + 2 * n, generator=gen).to(DEV).to(dtype),
+    }
+    ssm_pool = torch.randn(slots, dim, n, generator=gen).to(DEV)
+    start = (ssm_pool.clone(), conv["conv_state"].clone())
+    ssm_ref, conv_ref = ssm_pool.clone(), conv["conv_state"].clone()
+    expect = ref.mamba_decode_ssm_ref(ssm_state=ssm_ref, **{**conv, "conv_state": conv_ref}, **weights)
+    got = tk.mamba_decode_ssm(ssm_state=ssm_pool, launch=launch, **conv, **weights)
+    assert rel(got, expect) <= tol(dtype)
+    assert rel(ssm_pool, ssm_ref) <= tol(dtype)
+    assert torch.equal(conv["conv_state"], conv_ref)
+    unused = torch.ones(slots, dtype=torch.bool, device=DEV)
+    unused[idx] = False
+    assert torch.equal(ssm_pool[unused], start[0][unused])
+    assert torch.equal(conv["conv_state"][unused], start[1][unused])
+    again_ssm, again_conv = start[0].clone(), start[1].clone()
+    again = tk.mamba_decode_ssm(
+        ssm_state=again_ssm, launch=launch, **{**conv, "conv_state": again_conv}, **weights
+    )
+    assert torch.equal(again, got)
+    assert torch.equal(again_ssm, ssm_pool)
+    assert torch.equal(again_conv, conv["conv_state"])
+
+
+@pytest.mark.parametrize("rows", [5, 17])
+def test_mamba_step_kernels_skip_rows_with_a_negative_slot(rows):
+    """A padding row (slot -1) leaves every pool slot as it was and outputs zeros from the SSM step; the
+    other rows get the reference's results, in the conv + x_proj launch and in the SSM step."""
+    gen = torch.Generator().manual_seed(90 + rows)
+    dim, rank, n, width, slots = 48, 7, 16, 4, rows + 3
+    conv = _conv_inputs(gen, rows, dim, width, slots, torch.float32)
+    x = conv.pop("x")
+    idx = conv.pop("state_indices")
+    idx[2] = -1
+    keep = torch.arange(rows, device=DEV) != 2
+    xw = (torch.randn(rank + 2 * n, dim, generator=gen) * 0.2).to(DEV)
+    xp = tk.mamba_conv_xproj(x=x, xproj_weight=xw, state_indices=idx, **conv)
+    e_xp = ref.mamba_conv_xproj_ref(x=x[keep], xproj_weight=xw, state_indices=idx[keep], **conv)
+    assert rel(xp[keep], e_xp) <= 1e-5
+    weights = {
+        **ssm_step_weights(gen, dim, rank, n, torch.float32),
+        "eps": 1e-6,
+        "z": torch.randn(rows, dim, generator=gen).to(DEV),
+    }
+    pool = torch.randn(slots, dim, n, generator=gen).to(DEV)
+    e_pool, e_window = pool.clone(), conv["conv_state"].clone()
+    rest = {k: v for k, v in conv.items() if k != "conv_state"}
+    y = tk.mamba_decode_ssm(
+        xproj=xp, x=x, state_indices=idx, ssm_state=pool, **conv, **weights
+    )  # fmt: skip
+    e_y = ref.mamba_decode_ssm_ref(
+        xproj=xp[keep], x=x[keep], state_indices=idx[keep], ssm_state=e_pool, conv_state=e_window, **rest,
+        **{**weights, "z": weights["z"][keep]},
+    )  # fmt: skip
+    assert not y[2].any()
+    assert rel(y[keep], e_y) <= 1e-5
+    assert rel(pool, e_pool) <= 1e-5
+    assert torch.equal(conv["conv_state"], e_window)
 
 
 @pytest.mark.parametrize("paged", [False, True])
@@ -815,3 +959,51 @@ def test_split_k_chain_with_programmatic_dependent_launch_equals_the_plain_chain
     for _ in range(20):
         graph.replay()
         assert torch.equal(out, plain)
+
+
+@gpu
+@pytest.mark.parametrize("rows", [1, 16, 64])
+def test_mamba_sublayer_at_model_size_in_bf16_repeats_to_the_bit(rows):
+    """The 426M model's Mamba sublayer kernels (d_inner 2048, dt_rank 64, d_state 16, bf16 weights, fp32
+    state) near the references; the split conv + x_proj identical over 20 launches; the SSM step identical
+    with and without programmatic dependent launch, and replayed from a CUDA graph."""
+    from local_model.decode import capture_graph
+
+    gen = torch.Generator().manual_seed(80 + rows)
+    dim, rank, n, width, slots = 2048, 64, 16, 4, rows + 5
+    conv = _conv_inputs(gen, rows, dim, width, slots, torch.bfloat16)
+    x = conv.pop("x")
+    xw = (torch.randn(rank + 2 * n, dim, generator=gen) * dim**-0.5).to(DEV, torch.bfloat16)
+    xp = tk.mamba_conv_xproj(x=x, xproj_weight=xw, **conv)
+    assert rel(xp, ref.mamba_conv_xproj_ref(x=x, xproj_weight=xw, **conv)) <= 1e-2
+    assert all(torch.equal(tk.mamba_conv_xproj(x=x, xproj_weight=xw, **conv), xp) for _ in range(20))
+    idx = conv.pop("state_indices")
+    weights = {
+        **ssm_step_weights(gen, dim, rank, n, torch.bfloat16),
+        "eps": 1e-6,
+        "state_indices": idx,
+        "z": torch.randn(rows, dim, generator=gen).to(DEV, torch.bfloat16),
+        "x": x,
+        "xproj": xp,
+    }
+    start = (torch.randn(slots, dim, n, generator=gen).to(DEV) * 0.1, conv.pop("conv_state"))
+
+    def run(pdl: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ssm, window = start[0].clone(), start[1].clone()
+        y = tk.mamba_decode_ssm(ssm_state=ssm, conv_state=window, pdl=pdl, **conv, **weights)
+        return y, ssm, window
+
+    got = run()
+    e_ssm, e_window = start[0].clone(), start[1].clone()
+    expect = ref.mamba_decode_ssm_ref(ssm_state=e_ssm, conv_state=e_window, **conv, **weights)
+    assert rel(got[0], expect) <= 1e-2
+    assert rel(got[1], e_ssm) <= 1e-2
+    assert torch.equal(got[2], e_window)
+    assert all(torch.equal(a, b) for a, b in zip(run(pdl=False), got, strict=True))
+    ssm, window = start[0].clone(), start[1].clone()
+    graph, y = capture_graph(lambda: tk.mamba_decode_ssm(ssm_state=ssm, conv_state=window, **conv, **weights))
+    ssm.copy_(start[0])
+    window.copy_(start[1])
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, got[0]) and torch.equal(ssm, got[1]) and torch.equal(window, got[2])
