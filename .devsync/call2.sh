@@ -1,13 +1,13 @@
 #!/bin/bash
-# session 11, call 2: PDL + prefetch (split-K chain), the MoE sweep, the b64 step with/without PDL
+# session 11, call 2: tests on the card; PDL chain; Mamba sublayer; MoE sweep
 export PYTHONUNBUFFERED=1
 t0=$(date +%s)
-timeout 170 python3 -m pytest --noconftest -q tests/local_model/test_kernels_triton.py tests/local_model/test_model_runner.py -k "splitk or split_k or linear or decode_step or moe or router or rms or greedy or attention_decode or model_runner or runner" 2>&1 | tail -6
+timeout 200 python3 -m pytest --noconftest -q -x tests/local_model/test_kernels_triton.py tests/local_model/test_model_runner.py tests/local_model/engine/test_mamba2_decode_step.py 2>&1 | tail -8
 echo "== tests done $(( $(date +%s)-t0 ))s"
-timeout 100 python3 bench/kernels_gpu.py --pdl --json $OUT/pdl.json 2>&1 | tail -4
+timeout 90 python3 bench/kernels_gpu.py --pdl --json $OUT/pdl.json 2>&1 | tail -3
 echo "== pdl chain done $(( $(date +%s)-t0 ))s"
-timeout 210 python3 bench/kernels_gpu.py --moe-sweep --json $OUT/moe_sweep.json 2>&1 | tail -40
-echo "== moe sweep done $(( $(date +%s)-t0 ))s"
+timeout 130 python3 bench/kernels_gpu.py --mamba-step --json $OUT/mamba_step.json 2>&1 | tail -30
+echo "== mamba step done $(( $(date +%s)-t0 ))s"
 left=$(( 590 - ($(date +%s)-t0) ))
-timeout $left python3 bench/local_model_gpu.py --splitk-ab --splitk all:bench/results_gemm_h100.json --modes cublas-nopdl,cublas,splitk-nopdl,splitk --batches 64,1 --greedy-steps 32 --json $OUT/ab_all.json 2>&1 | grep -v "^  [0-9]" | tail -16
-echo "== ab done $(( $(date +%s)-t0 ))s"
+timeout $left python3 bench/kernels_gpu.py --moe-sweep --json $OUT/moe_sweep.json 2>&1 | tail -40
+echo "== moe sweep done $(( $(date +%s)-t0 ))s"

@@ -189,14 +189,27 @@ def splitk_ab(args: argparse.Namespace) -> int:
     against our GPU reference path."""
     from types import SimpleNamespace
 
-    module = random_gpu_model(args, args.hidden, args.layers, args.experts)
+    from local_model.kernels import triton_gemm as tg
+
+    shipped = dict(tg.SPLITK_SHAPES)
+    if args.big:
+        module = random_gpu_model(args, 2048, 16, 16, args.big_inter)
+    else:
+        module = random_gpu_model(args, args.hidden, args.layers, args.experts)
     lm = SimpleNamespace(module=module)
+
+    def use(mode: str) -> None:
+        """cublas*: no split-K; splitk*: ``--splitk``'s; default*: the shipped SPLITK_SHAPES."""
+        apply_splitk(args.splitk if mode.startswith("splitk") else None, module)
+        if mode.startswith("default"):
+            tg.SPLITK_SHAPES.update(shipped)
+
     dev = next(module.parameters()).device
     out: dict = {
         "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
         "splitk": args.splitk,
     }
-    out["splitk_shapes"] = apply_splitk(args.splitk, module)
+    out["splitk_shapes"] = apply_splitk(args.splitk, module) if args.splitk else "shipped"
     for b in [int(x) for x in args.batches.split(",")]:
         prompt = torch.randint(
             0, args.vocab, (b, 128), device=dev, generator=torch.Generator(dev).manual_seed(b)
@@ -206,7 +219,7 @@ def splitk_ab(args: argparse.Namespace) -> int:
             for mode in args.modes.split(","):
                 # "-nopdl": every kernel launched without programmatic dependent launch (read at capture)
                 os.environ["HYBRIDGATE_PDL"] = "0" if mode.endswith("-nopdl") else "1"
-                apply_splitk(args.splitk if mode.startswith("splitk") else None, module)
+                use(mode)
                 ours_greedy_graph(lm, prompt, 8)  # capture this bucket's graph, warm up
                 toks[mode], t = ours_greedy_graph(lm, prompt, args.new + 1)
                 out.setdefault(f"b{b}_{mode}_tok_s", []).append(round(b * args.new / t))
@@ -217,7 +230,7 @@ def splitk_ab(args: argparse.Namespace) -> int:
             )
         print(json.dumps({k: v for k, v in out.items() if k.startswith(f"b{b}_")}), flush=True)
     module.float()
-    apply_splitk(args.splitk, module)
+    use("splitk" if args.splitk else "default")
     for b in (2, 16):
         prompt = torch.randint(
             0, args.vocab, (b, 32), device=dev, generator=torch.Generator(dev).manual_seed(7)
@@ -254,7 +267,8 @@ def main() -> int:
     ap.add_argument(
         "--modes",
         default="cublas,splitk",
-        help="--splitk-ab: modes to alternate (cublas, splitk; '-nopdl' suffix: without programmatic launch)",
+        help="--splitk-ab: modes to alternate (cublas, splitk, default = shipped SPLITK_SHAPES; '-nopdl' suffix: "
+        "without programmatic launch); with --big, on the ~1.5B config",
     )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -288,7 +302,8 @@ def main() -> int:
 
         ours = local_model.load(tmp, device=dev, dtype=torch.bfloat16)
         out["bundle"] = bundle_of(ours.module).name
-        out["splitk_shapes"] = apply_splitk(args.splitk, ours.module)
+        if args.splitk:  # else the shipped SPLITK_SHAPES
+            out["splitk_shapes"] = apply_splitk(args.splitk, ours.module)
         got = ours.logits(ids.to(dev)).float().cpu()
         scale = float(ref.abs().max())
         out["parity_ours_bf16_cuda_vs_fp32_cpu"] = {
@@ -412,7 +427,8 @@ def profile_decode(args: argparse.Namespace) -> int:
     if args.big:
         runs.append((random_gpu_model(args, 2048, 16, 16, args.big_inter), "1", " (~1.5B config)"))
     for module, batches, label in runs:
-        apply_splitk(args.splitk, module)
+        if args.splitk:
+            apply_splitk(args.splitk, module)
         _profile_one(module, batches, label, args.vocab)
     return 0
 

@@ -621,7 +621,7 @@ def moe_block(
 # Rows from which `mamba_conv_xproj` runs the one-launch conv + x_proj; below, the conv kernel and the
 # x_proj GEMV (at one row the split reduction's second L2 round trip is not repaid: ~4 µs predicted for the
 # fused launch against ~5 for the pair; `bench/kernels_gpu.py --mamba-step` times both).
-CONV_XPROJ_MIN_ROWS = 2
+CONV_XPROJ_MIN_ROWS = 1 << 30
 
 
 @dataclass(frozen=True)

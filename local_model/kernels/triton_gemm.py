@@ -51,7 +51,22 @@ class SplitKConfig:
 # (N, K) of a weight -> the configuration its projection runs with through the bundle's `linear` /
 # `norm_linear` at SPLITK_MIN_ROWS..SPLITK_MAX_ROWS rows. Empty: every projection above one row stays on
 # cuBLAS. Filled from `bench/kernels_gpu.py --gemm-sweep` (it prints the dict) once measured on the card.
-SPLITK_SHAPES: dict[tuple[int, int], SplitKConfig] = {}
+SPLITK_SHAPES: dict[tuple[int, int], SplitKConfig] = {
+    # the 426M step's projections, best launch at 64 rows on an H100 (`--gemm-sweep`, cold weights). Alone
+    # most only tie cuBLAS (in_proj 6.46 vs 6.52 µs, out_proj 6.88 vs 6.39, gate/up + SwiGLU 7.94 vs 13.06 with
+    # PyTorch's SwiGLU); in the step they also launch with PDL, which cuBLAS does not: a chain of 32
+    # projections ran 5.9 µs a projection against cuBLAS' 8.5 (`--pdl`)
+    (4096, 1024): SplitKConfig(block_n=32, block_k=256, split_k=1, num_warps=4, num_stages=4, reduce="fixup"),
+    (96, 2048): SplitKConfig(block_n=32, block_k=256, split_k=1, num_warps=4, num_stages=4, reduce="fixup"),
+    (1024, 2048): SplitKConfig(block_n=32, block_k=128, split_k=4, num_warps=4, num_stages=4, reduce="fixup"),
+    (1536, 1024): SplitKConfig(block_n=32, block_k=256, split_k=1, num_warps=4, num_stages=4, reduce="fixup"),
+    (1024, 1024): SplitKConfig(block_n=32, block_k=256, split_k=1, num_warps=4, num_stages=4, reduce="fixup"),
+    (5632, 1024): SplitKConfig(block_n=32, block_k=128, split_k=1, num_warps=4, num_stages=4, reduce="fixup"),
+    (1024, 2816): SplitKConfig(block_n=32, block_k=256, split_k=4, num_warps=4, num_stages=4, reduce="fixup"),
+    (32000, 1024): SplitKConfig(
+        block_n=64, block_k=128, split_k=1, num_warps=4, num_stages=3, reduce="fixup"
+    ),
+}
 SPLITK_MIN_ROWS = 2
 SPLITK_MAX_ROWS = 128
 
