@@ -11,7 +11,7 @@ bandwidth. ``--gemm``: the decode projections beside cuBLAS at 1, 16 and 64 rows
 (plain and with the residual add + RMSNorm fused) at 1-4 rows, the split-K GEMM above; ``--gemm-sweep``: the
 best split-K launch per projection of the 426M step (prints a ready `SPLITK_SHAPES`). ``--mamba-step``: the
 Mamba decode sublayer between in_proj and out_proj (conv window + x_proj, SSM step) at 1, 16 and 64 rows,
-old path against new, cold state and weights (`mamba_step`).
+the SSM step's launch shapes with and without PDL, cold state and weights (`mamba_step`).
 
 Needs mamba-ssm importable (see the anchor's README); without it only our timings are printed.
 Usage: python bench/kernels_gpu.py [--json out.json] [--quick] [--sweep] [--gemm] [--gemm-sweep] [--gemm-rows 16,64]
@@ -952,17 +952,6 @@ SSM_LAUNCHES = [
     (16, 32, 8),
     (32, 16, 8),
 ]
-CONV_XPROJ_CONFIGS = [
-    {"block_k": 128, "split_k": 16},
-    {"block_k": 256, "split_k": 8},
-    {"block_k": 256, "split_k": 8, "num_warps": 4},
-    {"block_n": 64, "block_k": 256, "split_k": 8},
-    {"block_n": 128, "block_k": 256, "split_k": 8},
-    {"block_m": 32, "block_k": 256, "split_k": 8},
-    {"block_k": 512, "split_k": 4},
-]
-
-
 def _mamba_layer(rows: int, gen: torch.Generator) -> dict:
     """One Mamba layer's decode-step tensors at ``rows`` rows: weights, a conv/SSM state pool of rows + 1
     slots (the rows on a random permutation of them), and the in_proj output x|z [rows, 2 * d_inner]."""
@@ -1011,23 +1000,10 @@ _SSM_KEYS = (
 )  # fmt: skip
 
 
-def _conv_xproj(layer: dict, path: str, config=None, pdl=None) -> torch.Tensor:  # noqa: ANN001
-    """x_proj of the conv window: ``old`` the conv kernel then `linear` (cuBLAS above one row), ``new`` the
-    bundle's `mamba_conv_xproj` (one launch above one row)."""
-    from local_model.kernels.triton_conv import causal_conv1d_update
-    from local_model.kernels.triton_decode import ConvXprojConfig
-
+def _conv_xproj(layer: dict) -> torch.Tensor:
+    """x_proj of the conv window through the bundle (the conv kernel, then the projection)."""
     conv = {k: layer[k] for k in _CONV_KEYS}
-    if path == "old":
-        xc = causal_conv1d_update(
-            x=layer["x"], conv_state=conv["conv_state"], weight=conv["conv_weight"], bias=conv["conv_bias"],
-            activation="silu", state_indices=conv["state_indices"], update=False,
-        )  # fmt: skip
-        return tk.linear(x=xc, weight=layer["xproj_weight"])
-    cfg = ConvXprojConfig(**config) if config else None
-    return tk.mamba_conv_xproj(
-        x=layer["x"], xproj_weight=layer["xproj_weight"], activation="silu", config=cfg, pdl=pdl, **conv
-    )
+    return tk.mamba_conv_xproj(x=layer["x"], xproj_weight=layer["xproj_weight"], activation="silu", **conv)
 
 
 def _ssm(layer: dict, xp: torch.Tensor, launch=None, pdl=None) -> torch.Tensor:  # noqa: ANN001
@@ -1067,7 +1043,7 @@ def _mamba_checks(layer: dict) -> dict:
     e_y = ref.mamba_decode_ssm_ref(
         xproj=e_xp, eps=1e-6, activation="silu", ssm_state=e_ssm, **{**ssm_kw, "conv_state": e_conv}
     )
-    xp = _conv_xproj(layer, "new")
+    xp = _conv_xproj(layer)
     y = _ssm(layer, e_xp)
     out = {
         "rel_err_xproj": rel(xp, e_xp),
@@ -1076,9 +1052,9 @@ def _mamba_checks(layer: dict) -> dict:
         "conv_window_equal": torch.equal(layer["conv_state"], e_conv),
     }
     restore()
-    eager_y = _ssm(layer, _conv_xproj(layer, "new")).clone()
+    eager_y = _ssm(layer, _conv_xproj(layer)).clone()
     eager_state = (layer["ssm_state"].clone(), layer["conv_state"].clone())
-    g, res = capture_graph(lambda: _ssm(layer, _conv_xproj(layer, "new")))
+    g, res = capture_graph(lambda: _ssm(layer, _conv_xproj(layer)))
     restore()
     g.replay()
     torch.cuda.synchronize()
@@ -1094,10 +1070,9 @@ def _mamba_checks(layer: dict) -> dict:
 def mamba_row(rows: int) -> dict:
     """The Mamba decode sublayer (conv window + x_proj, then the fused SSM step) of the 426M Jamba at
     ``rows`` rows, CUDA-graph replayed over enough layers' state and weights (>= ROTATE_BYTES) that every
-    read is cold. µs per layer: old path (conv kernel + `linear`, SSM step in row-per-program launches)
-    against the new (one conv + x_proj launch above one row, SSM row blocks, PDL), each kernel alone and
-    the pair; other launches of each kernel; correctness and graph/eager bit equality."""
-    from local_model.kernels import triton_decode as td
+    read is cold. µs per layer: conv + x_proj (the conv kernel, then the projection), the SSM step in its
+    shipped launch with and without PDL and in the older 64-channel launch, the pair, the SSM step in
+    other launch shapes; correctness and graph/eager bit equality."""
     from local_model.kernels.triton_scan import ssm_step_launch
 
     gen = torch.Generator().manual_seed(rows)
@@ -1105,16 +1080,13 @@ def mamba_row(rows: int) -> dict:
     per = _layer_bytes(first, rows)
     count = max(4, min(256, int(ROTATE_BYTES // per) + 1))
     layers = [first] + [_mamba_layer(rows, gen) for _ in range(count - 1)]
-    xps = [_conv_xproj(lay, "old") for lay in layers]
+    xps = [_conv_xproj(lay) for lay in layers]
     row: dict = {
         "rows": rows,
         "layers_rotated": count,
         "mb_touched_per_layer": round(per / 1e6, 2),
         "floor_us_at_3TBps": round(per / 3.0e6, 2),
         "ssm_launch_default": list(ssm_step_launch(rows)),
-        "conv_xproj_default": vars(td.conv_xproj_config(rows, MAMBA["rank"] + 2 * MAMBA["n"], MAMBA["dim"]))
-        if rows >= td.CONV_XPROJ_MIN_ROWS
-        else "conv kernel + linear",
     }
     row.update(_mamba_checks(first))
 
@@ -1127,28 +1099,15 @@ def mamba_row(rows: int) -> dict:
         "old kernel itself (245 registers, 3016 instructions a warp) took 10.3 us a layer at 64 rows in the "
         "session-11 step profile"
     )
-    row["old_conv_xproj_us"] = over(lambda i, lay: _conv_xproj(lay, "old"))
-    row["new_conv_xproj_us"] = over(lambda i, lay: _conv_xproj(lay, "new"))
-    row["new_conv_xproj_nopdl_us"] = over(lambda i, lay: _conv_xproj(lay, "new", pdl=False))
-    if rows < td.CONV_XPROJ_MIN_ROWS:  # the one-launch kernel where the pair is the default
-        saved, td.CONV_XPROJ_MIN_ROWS = td.CONV_XPROJ_MIN_ROWS, rows
-        try:
-            row["fused_conv_xproj_us"] = over(lambda i, lay: _conv_xproj(lay, "new"))
-        finally:
-            td.CONV_XPROJ_MIN_ROWS = saved
+    row["conv_xproj_us"] = over(lambda i, lay: _conv_xproj(lay))
     row["old_ssm_us"] = over(lambda i, lay: _ssm(lay, xps[i], **old_ssm))
     row["new_ssm_us"] = over(lambda i, lay: _ssm(lay, xps[i]))
     row["new_ssm_nopdl_us"] = over(lambda i, lay: _ssm(lay, xps[i], pdl=False))
-    row["old_sublayer_us"] = over(lambda i, lay: _ssm(lay, _conv_xproj(lay, "old"), **old_ssm))
-    row["new_sublayer_us"] = over(lambda i, lay: _ssm(lay, _conv_xproj(lay, "new")))
+    row["old_sublayer_us"] = over(lambda i, lay: _ssm(lay, _conv_xproj(lay), **old_ssm))
+    row["new_sublayer_us"] = over(lambda i, lay: _ssm(lay, _conv_xproj(lay)))
     row["ssm_launch_us"] = {
         str(lc): over(lambda i, lay, lc=lc: _ssm(lay, xps[i], launch=lc)) for lc in SSM_LAUNCHES
     }
-    if rows > 1:
-        row["conv_xproj_config_us"] = {
-            json.dumps(c): over(lambda i, lay, c=c: _conv_xproj(lay, "new", config=c))
-            for c in CONV_XPROJ_CONFIGS
-        }
     return row
 
 

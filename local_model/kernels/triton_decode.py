@@ -10,9 +10,6 @@ by the projection's own kernel:
   expert's, chosen by the row's top-k index, and the k routed outputs of a token are weighted and summed
   in the epilogue.
 * ``_moe_route``: RMSNorm (+ residual), router projection, fp32 softmax and top-k, one program per row.
-* ``_conv_xproj`` (Mamba, from 2 rows): the causal conv of each row's cached window and new input, computed
-  per channel slab in registers and multiplied by the matching x_proj slab (split-K, deterministic fixup
-  reduction): the conv output never goes to memory.
 * ``_greedy_advance``: argmax of the logits, written as the next input token, the position advanced and
   the token appended to a device-side history.
 
@@ -22,7 +19,6 @@ Every op keeps the keyword contract of its reference in `local_model.kernels.ref
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,12 +27,7 @@ import triton.language as tl
 
 from .pdl import launch_kwargs, lines_for, pdl_args, pdl_begin, pdl_enabled, prefetch_rows
 from .triton_gemm import (
-    LOCK_COUNT,
-    NUM_SMS,
-    SMEM_LIMIT,
-    _group,
     _locks,
-    _sum_partials,
     linear_splitk,
     splitk_for,
 )
@@ -618,146 +609,6 @@ def moe_block(
 
 # ============================================================================ Mamba: conv window + x_proj
 
-# Rows from which `mamba_conv_xproj` runs the one-launch conv + x_proj; below, the conv kernel and the
-# x_proj GEMV (at one row the split reduction's second L2 round trip is not repaid: ~4 µs predicted for the
-# fused launch against ~5 for the pair; `bench/kernels_gpu.py --mamba-step` times both).
-CONV_XPROJ_MIN_ROWS = 1 << 30
-
-
-@dataclass(frozen=True)
-class ConvXprojConfig:
-    """Launch of `_conv_xproj`: tiles of ``block_m`` rows x ``block_n`` x_proj outputs, each split over the
-    channels (the GEMM's K) into ``split_k`` slabs, walked ``block_k`` channels at a time; a field left
-    None is `conv_xproj_config`'s."""
-
-    block_m: int | None = None
-    block_n: int | None = None
-    block_k: int | None = None
-    split_k: int | None = None
-    num_warps: int | None = None
-    num_stages: int | None = None
-
-
-def conv_xproj_config(rows: int, n: int, k: int) -> ConvXprojConfig:
-    """Default launch for ``rows`` rows and an x_proj weight [n, k]: 16-row x 32-output tiles, and K split
-    into the power of two (at most 16) of slabs that brings the programs closest under one an SM, one K
-    block a program: each program issues all of its loads (conv window, inputs, weight slab) at once, and a
-    tile's last program sums the partials 8 at a time (one or two L2 round trips). At [96, 2048]: 64 rows,
-    4 x 3 tiles x 8 slabs of 256 channels = 96 programs; 16 rows, 3 tiles x 16 slabs of 128 = 48."""
-    tiles = triton.cdiv(rows, 16) * triton.cdiv(n, 32)
-    split = min(16, 1 << max(0, (NUM_SMS // tiles).bit_length() - 1))
-    block_k = max(16, triton.next_power_of_2(triton.cdiv(k, split)))
-    return ConvXprojConfig(
-        block_m=16, block_n=32, block_k=block_k, split_k=triton.cdiv(k, block_k), num_warps=8, num_stages=2
-    )
-
-
-@triton.jit
-def _conv_xproj(
-    x_ptr,
-    cs_ptr,
-    idx_ptr,
-    cw_ptr,
-    cb_ptr,
-    w_ptr,
-    out_ptr,
-    part_ptr,
-    lock_ptr,
-    M,
-    N,
-    K,
-    k_per_split,
-    split_k,
-    s_x,
-    s_css,
-    s_csd,
-    s_csw,
-    s_wn,
-    s_om,
-    s_ps,
-    s_pm,
-    CONV_W: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    SILU: tl.constexpr,
-    IEEE: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP: tl.constexpr,
-    EVEN_K: tl.constexpr,
-    PDL: tl.constexpr = False,
-    PREFETCH_LINES: tl.constexpr = 0,
-    CONV_LINES: tl.constexpr = 1,
-    ELEM_BYTES: tl.constexpr = 2,
-):
-    """Program (n block, split, m block): out[rows, n] = conv(rows, ks) @ w[n, ks]^T over its channel
-    slab ks, where conv(row, c) is the causal conv of row's cached window [W-1] and its new input x[row, c]
-    (read, not shifted; bias and SiLU applied, rounded to the model dtype as the conv kernel's output).
-    Partials are reduced as in `triton_gemm._splitk_gemm`'s fixup: the tile's last program sums them in
-    split order. A row with a negative slot convolves a zero window."""
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    pid_m = tl.program_id(2)
-    k_start = pid_k * k_per_split
-    k_end = tl.minimum(k_start + k_per_split, K)
-    if PREFETCH_LINES > 0:
-        prefetch_rows(w_ptr, pid_n * BLOCK_N, N, s_wn, k_start, k_end, BLOCK_N, PREFETCH_LINES, ELEM_BYTES)
-        prefetch_rows(cw_ptr, 0, 1, 0, k_start * CONV_W, k_end * CONV_W, 1, CONV_LINES, ELEM_BYTES)
-    pdl_begin(PDL)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = rows < M
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    nmask = n < N
-    dtype = out_ptr.dtype.element_ty
-    slot = tl.load(idx_ptr + rows, mask=rmask, other=-1).to(tl.int64)
-    live = rmask & (slot >= 0)
-    win_rows = cs_ptr + tl.maximum(slot, 0)[:, None] * s_css
-    x_rows = x_ptr + rows[:, None].to(tl.int64) * s_x
-    w_cols = w_ptr + n[None, :].to(tl.int64) * s_wn
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(k_start, k_end, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        if EVEN_K:  # noqa: SIM108 (a constexpr branch) - whole K blocks: only rows and outputs are masked
-            kmask = tl.full([BLOCK_K], True, tl.int1)
-        else:
-            kmask = k < K
-        m2 = live[:, None] & kmask[None, :]
-        w = tl.load(w_cols + k[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
-        xv = tl.load(x_rows + k[None, :], mask=m2, other=0.0)
-        conv = tl.load(cw_ptr + k * CONV_W + (CONV_W - 1), mask=kmask, other=0.0).to(tl.float32)[
-            None, :
-        ] * xv.to(tl.float32)
-        for j in tl.static_range(CONV_W - 1):
-            prev = tl.load(win_rows + k[None, :] * s_csd + j * s_csw, mask=m2, other=0.0)
-            conv += tl.load(cw_ptr + k * CONV_W + j, mask=kmask, other=0.0).to(tl.float32)[None, :] * prev.to(
-                tl.float32
-            )
-        if HAS_BIAS:
-            conv += tl.load(cb_ptr + k, mask=kmask, other=0.0).to(tl.float32)[None, :]
-        if SILU:
-            conv = conv * tl.sigmoid(conv)
-        a = conv.to(dtype)
-        if IEEE:
-            acc += tl.dot(a, w, input_precision="ieee")
-        else:
-            acc += tl.dot(a, w)
-    omask = rmask[:, None] & nmask[None, :]
-    out_tile = out_ptr + rows[:, None].to(tl.int64) * s_om + n[None, :]
-    if split_k == 1:
-        tl.store(out_tile, acc.to(dtype), mask=omask)
-    else:
-        p_tile = part_ptr + rows[:, None].to(tl.int64) * s_pm + n[None, :]
-        tl.store(p_tile + pid_k * s_ps, acc)
-        # every thread's partial stores precede the counter's release (barrier, then an acq_rel atomic)
-        tl.debug_barrier()
-        lock = lock_ptr + pid_m * tl.num_programs(0) + pid_n
-        arrived = tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu")
-        if arrived == split_k - 1:
-            tot = _sum_partials(p_tile, s_ps, split_k, BLOCK_M, BLOCK_N, GROUP)
-            tl.store(out_tile, tot.to(dtype), mask=omask)
-            tl.atomic_xchg(lock, 0)
-
-
 def mamba_conv_xproj(
     *,
     x: torch.Tensor,
@@ -767,103 +618,28 @@ def mamba_conv_xproj(
     activation: str | None,
     state_indices: torch.Tensor,
     xproj_weight: torch.Tensor,
-    config: ConvXprojConfig | None = None,
-    pdl: bool | None = None,
 ) -> torch.Tensor:
     """`reference.mamba_conv_xproj_ref`'s contract: x_proj of the causal conv of each row's cached window
-    and its new input x [B, D], the window read but not shifted (the SSM step shifts it). Below
-    CONV_XPROJ_MIN_ROWS rows: the conv kernel, then `linear` (the GEMV at one row). From there: one launch (`_conv_xproj`) whose programs convolve their
-    channel slab for a block of rows and multiply it by the matching slab of the weight, the split partial
-    sums reduced deterministically; the conv output never goes to memory. ``config``: its launch
-    (default `conv_xproj_config`); ``pdl``: default `pdl_enabled`."""
-    rows, dim = x.shape
-    n_out = xproj_weight.shape[0]
-    width = conv_weight.shape[-1]
-    if (
-        activation not in (None, "silu", "swish")
-        or width < 2
-        or xproj_weight.shape[1] != dim
-        or x.stride(-1) != 1
-        or xproj_weight.stride(-1) != 1
-    ):
+    and its new input x [B, D], the window read but not shifted (the SSM step shifts it)."""
+    if activation not in (None, "silu", "swish") or conv_weight.shape[-1] < 2:
         from .reference import mamba_conv_xproj_ref
 
         return mamba_conv_xproj_ref(
             x=x, conv_state=conv_state, conv_weight=conv_weight, conv_bias=conv_bias, activation=activation,
             state_indices=state_indices, xproj_weight=xproj_weight,
         )  # fmt: skip
-    if rows < CONV_XPROJ_MIN_ROWS:
-        from .triton_conv import causal_conv1d_update
+    from .triton_conv import causal_conv1d_update
 
-        xc = causal_conv1d_update(
-            x=x, conv_state=conv_state, weight=conv_weight, bias=conv_bias, activation=activation,
-            state_indices=state_indices, update=False,
-        )  # fmt: skip
-        return linear(x=xc, weight=xproj_weight)
-    heur = conv_xproj_config(rows, n_out, dim)
-    cfg = config or heur
+    # Two launches: recomputing the conv inside the x_proj GEMV made each of its few programs redo the conv
+    # over every channel (~20 µs a layer at d_inner 4096, against ~6 µs for the pair); a split-K kernel that
+    # convolves its channel slab in registers and multiplies it by the matching x_proj slab measured 10-13 µs
+    # at 64 rows against 8.9 for the pair (H100, cold), 8.2 against 7.9 at 16 rows.
+    xc = causal_conv1d_update(
+        x=x, conv_state=conv_state, weight=conv_weight, bias=conv_bias, activation=activation,
+        state_indices=state_indices, update=False,
+    )  # fmt: skip
+    return linear(x=xc, weight=xproj_weight)
 
-    def pick(field: str) -> int:
-        return getattr(cfg, field) or getattr(heur, field)
-
-    block_m, block_n, block_k, split = pick("block_m"), pick("block_n"), pick("block_k"), pick("split_k")
-    k_per_split = triton.cdiv(triton.cdiv(dim, split), block_k) * block_k
-    split = triton.cdiv(dim, k_per_split)
-    n_tiles, m_tiles = triton.cdiv(n_out, block_n), triton.cdiv(rows, block_m)
-    assert n_tiles * m_tiles <= LOCK_COUNT, "too many output tiles for the fixup counters"
-    out = torch.empty(rows, n_out, device=x.device, dtype=x.dtype)
-    if split > 1:
-        part = torch.empty(split, m_tiles * block_m, n_tiles * block_n, device=x.device, dtype=torch.float32)
-        s_ps, s_pm = part.stride(0), part.stride(1)
-    else:
-        part, s_ps, s_pm = out, 0, 0
-    on = pdl_enabled(x.device)
-    pdl = on if pdl is None else pdl and on
-    w = conv_weight.contiguous()
-    per_thread = block_m * block_n // (32 * pick("num_warps"))  # partial values a thread sums
-    stages = pick("num_stages")
-    # the pipeline keeps x and weight tiles in shared memory; fewer stages until they fit
-    while stages > 1 and stages * (block_m + block_n) * block_k * x.element_size() > SMEM_LIMIT:
-        stages -= 1
-    _conv_xproj[(n_tiles, split, m_tiles)](
-        x,
-        conv_state,
-        state_indices,
-        w,
-        conv_bias if conv_bias is not None else w,
-        xproj_weight,
-        out,
-        part,
-        _locks(x.device),
-        rows,
-        n_out,
-        dim,
-        k_per_split,
-        split,
-        x.stride(0),
-        *conv_state.stride(),
-        xproj_weight.stride(0),
-        out.stride(0),
-        s_ps,
-        s_pm,
-        CONV_W=width,
-        HAS_BIAS=conv_bias is not None,
-        SILU=activation is not None,
-        IEEE=x.dtype == torch.float32,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        BLOCK_K=block_k,
-        GROUP=8 if 8 * per_thread <= 128 else _group(per_thread),
-        EVEN_K=dim % block_k == 0,
-        PDL=pdl,
-        PREFETCH_LINES=lines_for(k_per_split, xproj_weight.element_size()) if on else 0,
-        CONV_LINES=lines_for(k_per_split * width, w.element_size()),
-        ELEM_BYTES=xproj_weight.element_size(),
-        num_warps=pick("num_warps"),
-        num_stages=stages,
-        **launch_kwargs(pdl),
-    )
-    return out
 
 
 # ============================================================================ greedy sampling on device
@@ -928,8 +704,6 @@ def greedy_advance(
 
 
 __all__ = [
-    "ConvXprojConfig",
-    "conv_xproj_config",
     "greedy_advance",
     "linear",
     "mamba_conv_xproj",
