@@ -532,14 +532,9 @@ def test_norm_linear_fuses_residual_norm_and_swiglu(dtype, rows, variant):
     assert rel(s, e_s) <= tol(dtype)
 
 
-@pytest.mark.parametrize(("tokens", "k"), [(1, 2), (3, 2), (6, 2), (13, 1), (9, 4)])
-def test_moe_block_routes_normed_tokens_like_the_reference(tokens, k):
-    """From 5 tokens the route launch also sorts the pairs by expert for the grouped GEMMs (its counter
-    back at zero after)."""
-    gen = torch.Generator().manual_seed(15 + tokens)
-    e, h, i = 5, 48, 40
-    x, res = (torch.randn(tokens, h, generator=gen).to(DEV) for _ in range(2))
-    args = {
+def _moe_block_args(gen: torch.Generator, e: int, h: int, i: int, k: int) -> dict:
+    """`moe_block`'s weights and options for e experts of width i over hidden h, top-k."""
+    return {
         "norm_weight": (torch.rand(h, generator=gen) + 0.5).to(DEV),
         "eps": 1e-6,
         "router_weight": torch.randn(e, h, generator=gen).to(DEV),
@@ -548,6 +543,16 @@ def test_moe_block_routes_normed_tokens_like_the_reference(tokens, k):
         "top_k": k,
         "act": torch.nn.functional.silu,
     }
+
+
+@pytest.mark.parametrize(("tokens", "k"), [(1, 2), (3, 2), (6, 2), (13, 1), (9, 4)])
+def test_moe_block_routes_normed_tokens_like_the_reference(tokens, k):
+    """From 5 tokens the route launch also sorts the pairs by expert for the grouped GEMMs (its counter
+    back at zero after)."""
+    gen = torch.Generator().manual_seed(15 + tokens)
+    e, h, i = 5, 48, 40
+    x, res = (torch.randn(tokens, h, generator=gen).to(DEV) for _ in range(2))
+    args = _moe_block_args(gen, e, h, i, k)
     out, s = tk.moe_block(x=x, residual=res, **args)
     e_out, e_s = ref.moe_block_ref(x=x, residual=res, **args)
     assert rel(out, e_out) <= 1e-5
@@ -568,15 +573,7 @@ def test_moe_block_sorts_pairs_into_expert_slots_for_prefetching_launches(monkey
     monkeypatch.setitem(tm.MOE_SHAPES, (e, h, i, k, 16), slots)
     assert tm.static_cap(tokens, slots) == 16
     x, res = (torch.randn(tokens, h, generator=gen).to(DEV) for _ in range(2))
-    args = {
-        "norm_weight": (torch.rand(h, generator=gen) + 0.5).to(DEV),
-        "eps": 1e-6,
-        "router_weight": torch.randn(e, h, generator=gen).to(DEV),
-        "gate_up_proj": (torch.randn(e, 2 * i, h, generator=gen) * 0.2).to(DEV),
-        "down_proj": (torch.randn(e, h, i, generator=gen) * 0.2).to(DEV),
-        "top_k": k,
-        "act": torch.nn.functional.silu,
-    }
+    args = _moe_block_args(gen, e, h, i, k)
     out, _ = tk.moe_block(x=x, residual=res, **args)
     assert rel(out, ref.moe_block_ref(x=x, residual=res, **args)[0]) <= 1e-5
     assert _locks_at_zero()
