@@ -987,3 +987,16 @@ def test_mamba_sublayer_at_model_size_in_bf16_repeats_to_the_bit(rows):
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(y, got[0]) and torch.equal(ssm, got[1]) and torch.equal(window, got[2])
+
+
+def test_programmatic_dependent_launch_is_off_on_the_cpu_and_when_switched_off(monkeypatch):
+    """Only CUDA launches of compute capability 9.0+ take PDL, never the interpreter, and HYBRIDGATE_PDL=0
+    turns it off; off, a launch gets no `launch_pdl` option at all."""
+    from local_model.kernels.pdl import launch_kwargs, pdl_args, pdl_enabled
+
+    assert not pdl_enabled(torch.device("cpu"))
+    assert pdl_args(torch.device("cpu")) == {"PDL": False}
+    assert launch_kwargs(False) == {}
+    if CUDA:
+        monkeypatch.setenv("HYBRIDGATE_PDL", "0")
+        assert not pdl_enabled(torch.device("cuda"))
