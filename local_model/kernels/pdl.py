@@ -23,17 +23,22 @@ import torch
 import triton
 import triton.language as tl
 
+# Rows from which a launch that states its rows takes PDL: a chain of the decode step's projections
+# (`bench/kernels_gpu.py --pdl`, H100) ran 5.9 µs a projection with PDL and the weight prefetch against 6.9
+# without at 64 rows, but 7.7 against 6.5 at 16 rows (one row: not measured).
+PDL_MIN_ROWS = 32
 # bytes per L2 line the prefetch requests
 LINE_BYTES = 128
 _LINE = tl.constexpr(LINE_BYTES)
 
 
-def pdl_enabled(device: torch.device) -> bool:
+def pdl_enabled(device: torch.device, rows: int | None = None) -> bool:
     """PDL for kernels launched on ``device``: CUDA with compute capability 9.0 or newer, not the Triton
-    interpreter, and not switched off by ``HYBRIDGATE_PDL=0``."""
+    interpreter, not switched off by ``HYBRIDGATE_PDL=0``, and (when the launch says how many rows it
+    serves) from PDL_MIN_ROWS rows."""
     if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return False
-    if os.environ.get("HYBRIDGATE_PDL", "1") == "0":
+    if os.environ.get("HYBRIDGATE_PDL", "1") == "0" or (rows is not None and rows < PDL_MIN_ROWS):
         return False
     return _hopper_or_newer(device.index if device.index is not None else torch.cuda.current_device())
 
@@ -48,10 +53,10 @@ def launch_kwargs(enabled: bool) -> dict[str, bool]:
     return {"launch_pdl": True} if enabled else {}
 
 
-def pdl_args(device: torch.device) -> dict[str, bool]:
+def pdl_args(device: torch.device, rows: int | None = None) -> dict[str, bool]:
     """Keyword arguments of a launch whose kernel takes a ``PDL`` constexpr: the constexpr and the launch
     option, both on where `pdl_enabled`."""
-    on = pdl_enabled(device)
+    on = pdl_enabled(device, rows)
     return {"PDL": on, **launch_kwargs(on)}
 
 

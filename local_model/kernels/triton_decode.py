@@ -258,7 +258,7 @@ def _launch_gemv(
         block_n //= 2
     idx = expert_index if expert_index is not None else x
     s_we = weight.stride(0) if weight.dim() == 3 else 0
-    pdl = pdl_enabled(x.device)
+    pdl = pdl_enabled(x.device, grid_rows)
     _gemv[(triton.cdiv(n, block_n), grid_rows)](
         x,
         residual if residual is not None else x,
@@ -558,7 +558,7 @@ def moe_block(
             aligned = (sorted_ids, block_expert)
             align.pop("BLOCK_E")  # the router's (at least as wide)
     padded_len, cap = align.pop("padded_len", 0), align.pop("cap", 0)
-    pdl = pdl_enabled(x.device)
+    pdl = pdl_enabled(x.device, tokens)
     _moe_route[(tokens,)](
         x,
         r,
@@ -609,6 +609,7 @@ def moe_block(
 
 # ============================================================================ Mamba: conv window + x_proj
 
+
 def mamba_conv_xproj(
     *,
     x: torch.Tensor,
@@ -639,7 +640,6 @@ def mamba_conv_xproj(
         state_indices=state_indices, update=False,
     )  # fmt: skip
     return linear(x=xc, weight=xproj_weight)
-
 
 
 # ============================================================================ greedy sampling on device
@@ -698,7 +698,7 @@ def greedy_advance(
         history.stride(0),
         BLOCK_V=min(4096, triton.next_power_of_2(vocab)),
         num_warps=8,
-        **pdl_args(logits.device),
+        **pdl_args(logits.device, rows),
     )
     counter.add_(1)
 

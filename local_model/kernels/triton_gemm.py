@@ -69,10 +69,6 @@ SPLITK_SHAPES: dict[tuple[int, int], SplitKConfig] = {
 }
 SPLITK_MIN_ROWS = 2
 SPLITK_MAX_ROWS = 128
-# Rows from which a launch takes PDL and the weight prefetch by default: a chain of the step's projections
-# (`bench/kernels_gpu.py --pdl`, H100) ran 5.9 µs a projection with both against 6.9 without at 64 rows,
-# but 7.7 against 6.5 at 16 rows.
-PDL_MIN_ROWS = 32
 
 
 def splitk_for(rows: int, n: int, k: int) -> SplitKConfig | None:
@@ -389,7 +385,7 @@ def linear_splitk(
     fixup = split > 1 and reduce == "fixup" and n_tiles * m_tiles <= LOCK_COUNT
     lock = _locks(x.device) if fixup else out
     on = pdl_enabled(x.device)
-    pdl = on and rows >= PDL_MIN_ROWS if pdl is None else pdl and on
+    pdl = pdl_enabled(x.device, rows) if pdl is None else pdl and on
     prefetch = pdl if prefetch is None else prefetch and on
     _splitk_gemm[(n_tiles, split, m_tiles)](
         x,

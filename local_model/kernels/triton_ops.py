@@ -82,7 +82,7 @@ def rms_norm(
         HAS_RES=residual is not None,
         BLOCK_H=triton.next_power_of_2(hid),
         num_warps=4 if hid <= 4096 else 8,
-        **pdl_args(x.device),
+        **pdl_args(x.device, rows),
     )
     if residual is None:
         return out.reshape(shape)
@@ -340,12 +340,12 @@ def attention_decode(
         WRITE_NEW=write,
         SPLITS=splits,
         num_warps=4,
-        **pdl_args(q.device),
+        **pdl_args(q.device, batch),
     )
     if splits > 1:
         _attn_decode_combine[(batch, n_heads)](
             part, ml, out, out.stride(0), out.stride(1), n_heads, HD=hd, SPLITS=splits, num_warps=1,
-            **pdl_args(q.device),
+            **pdl_args(q.device, batch),
         )  # fmt: skip
     return out
 
