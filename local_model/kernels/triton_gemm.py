@@ -308,6 +308,23 @@ def splitk_config(rows: int, n: int, k: int, *, fp32: bool = False, sms: int = N
 SMEM_LIMIT = 200 * 1024
 
 
+def fit_pipeline(
+    stages: int, block_k: int, block_m: int, block_n: int, swiglu: bool, elem: int
+) -> tuple[int, int]:
+    """(stages, block_k) of a dot-tile pipeline with [block_m, block_k] activation and [block_k, block_n]
+    weight tiles (two weight tiles with SwiGLU), cut (stages first, down to 2; then the K block) until its
+    shared memory fits SMEM_LIMIT."""
+
+    def smem(st: int, bk: int) -> int:
+        return st * (block_m * bk + bk * block_n * (2 if swiglu else 1)) * elem
+
+    while stages > 2 and smem(stages, block_k) > SMEM_LIMIT:
+        stages -= 1
+    while block_k > 32 and smem(stages, block_k) > SMEM_LIMIT:
+        block_k //= 2
+    return stages, block_k
+
+
 def linear_splitk(
     *,
     x: torch.Tensor,
@@ -357,13 +374,7 @@ def linear_splitk(
     assert reduce in ("fixup", "launch"), f"unknown reduction {reduce!r}"
     block_m = block_m_for(rows)
 
-    def smem(stages: int, bk: int) -> int:
-        return stages * (block_m * bk + bk * block_n * (2 if swiglu else 1)) * x.element_size()
-
-    while num_stages > 2 and smem(num_stages, block_k) > SMEM_LIMIT:
-        num_stages -= 1
-    while block_k > 32 and smem(num_stages, block_k) > SMEM_LIMIT:
-        block_k //= 2
+    num_stages, block_k = fit_pipeline(num_stages, block_k, block_m, block_n, swiglu, x.element_size())
     # whole K blocks per split, and no empty split
     k_per_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
     split = triton.cdiv(k, k_per_split)

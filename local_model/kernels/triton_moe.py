@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from .pdl import launch_kwargs, lines_for, pdl_begin, pdl_enabled, prefetch_rows
-from .triton_gemm import LOCK_COUNT, SMEM_LIMIT, _locks
+from .triton_gemm import LOCK_COUNT, _locks, fit_pipeline
 
 # k up to which PyTorch's ``.sum(1)`` over [tokens, k, hid] adds the k rows in k order (its reduction keeps
 # 4 accumulators per thread), so the fused sum can give its bits
@@ -422,20 +422,6 @@ def _moe_gemm(
             tl.atomic_xchg(lock, 0)
 
 
-def _fit_smem(cfg: MoeGemmConfig, rows: int, swiglu: bool, elem: int) -> tuple[int, int]:
-    """(num_stages, block_k) cut (stages first) until the pipeline's tiles fit SMEM_LIMIT."""
-    stages, bk = cfg.num_stages, cfg.block_k
-
-    def smem(st: int, b: int) -> int:
-        return st * (rows * b + b * cfg.block_n * (2 if swiglu else 1)) * elem
-
-    while stages > 2 and smem(stages, bk) > SMEM_LIMIT:
-        stages -= 1
-    while bk > 32 and smem(stages, bk) > SMEM_LIMIT:
-        bk //= 2
-    return stages, bk
-
-
 def fused_sum_applies(tokens: int, top_k: int) -> bool:
     """Whether the down GEMM sums each token's k rows itself (else ``.sum(1)`` afterwards)."""
     return top_k <= FUSED_SUM_MAX_K and tokens <= FUSED_SUM_MAX_TOKENS
@@ -476,7 +462,7 @@ def moe_gate_up(
     inter = two_i // 2
     pairs = tokens * top_k
     act_out = torch.empty(pairs, inter, device=x.device, dtype=x.dtype)
-    stages, bk = _fit_smem(cfg, cfg.block_m, True, x.element_size())
+    stages, bk = fit_pipeline(cfg.num_stages, cfg.block_k, cfg.block_m, cfg.block_n, True, x.element_size())
     _moe_gemm[(sorted_ids.numel() // cfg.block_m, triton.cdiv(inter, cfg.block_n), 1)](
         x, gate_up_proj, act_out, act_out, act_out, sorted_ids, block_expert, x,
         inter, hid, pairs, num_experts, tokens, hid, 1,
@@ -507,7 +493,9 @@ def moe_down(
     pairs, inter = act_out.shape
     top_k = pairs // tokens
     num_experts, hid, _ = down_proj.shape
-    stages, bk = _fit_smem(cfg, cfg.block_m, False, act_out.element_size())
+    stages, bk = fit_pipeline(
+        cfg.num_stages, cfg.block_k, cfg.block_m, cfg.block_n, False, act_out.element_size()
+    )
     n_cols = triton.cdiv(hid, cfg.block_n)
     fused = fused and n_cols <= LOCK_COUNT
     split = cfg.split_k if fused else 1
