@@ -6,7 +6,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -110,17 +109,19 @@ async def test_duplicate_ids_are_written_once(log_url: str, spool_dir: Path) -> 
     assert await scalar(log_url, "SELECT prompt_tokens FROM requests WHERE id = :i", i=f"{p}-dup") == 12
 
 
-async def test_record_is_cheap_and_never_raises(log_url: str, spool_dir: Path) -> None:
+async def test_record_only_queues_and_never_raises(log_url: str, spool_dir: Path) -> None:
+    """record() on the request path only queues (no database or disk write happens inside it: what it
+    costs is measured in bench/, see RESULTS.md "Request log durability"); garbage is set aside."""
     p = _prefix()
     sink = LogSink(log_url, spool_dir=spool_dir, batch_max_rows=10_000, batch_max_ms=1000)
     rows = [make_request(f"{p}-{i}", 1 + i % 3) for i in range(5000)]
     sink.record(*rows[0])  # before start(): queued, written after start
     await sink.start()
-    t = time.perf_counter()
+    written = sink.stats()["written"]
     for row in rows[1:]:
         sink.record(*row)
-    per_call = (time.perf_counter() - t) / (len(rows) - 1)
-    assert per_call < 50e-6, f"record() took {per_call * 1e6:.1f} µs"
+    after = sink.stats()
+    assert after["written"] == written and after["queued"] >= len(rows) - 1
     sink.record(None, None)  # type: ignore[arg-type]  # garbage in: no exception on the request path
     await sink.flush()
     await sink.aclose()
