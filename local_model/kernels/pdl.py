@@ -83,15 +83,29 @@ def prefetch_l2(ptrs):
 
 @triton.jit
 def prefetch_rows(
-    base, row0, n_rows, s_row, col0, col1, ROWS: tl.constexpr, LINES: tl.constexpr, ELEM_BYTES: tl.constexpr
+    base,
+    row0,
+    n_rows,
+    s_row,
+    col0,
+    col1,
+    up_row,
+    ROWS: tl.constexpr,
+    LINES: tl.constexpr,
+    ELEM_BYTES: tl.constexpr,
+    GATE_UP: tl.constexpr = False,
 ):
     """Prefetch rows [row0, row0 + ROWS) (clamped to n_rows) of a row-major matrix at ``base`` (row stride
     ``s_row`` elements), columns [col0, col1), one request per 128-byte line; LINES >= the lines a row
-    covers (extra requests repeat the last line)."""
+    covers (extra requests repeat the last line). GATE_UP: the same rows of the block starting at row
+    ``up_row`` too (a gate/up weight's up rows)."""
     per_line: tl.constexpr = _LINE // ELEM_BYTES
     r = tl.minimum(row0 + tl.arange(0, ROWS), n_rows - 1)
     c = tl.minimum(col0 + tl.arange(0, LINES) * per_line, col1 - 1)
-    prefetch_l2(base + r[:, None].to(tl.int64) * s_row + c[None, :])
+    ptrs = base + r[:, None].to(tl.int64) * s_row + c[None, :]
+    prefetch_l2(ptrs)
+    if GATE_UP:
+        prefetch_l2(ptrs + up_row * s_row)
 
 
 def lines_for(cols: int, elem_bytes: int) -> int:

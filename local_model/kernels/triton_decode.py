@@ -108,11 +108,9 @@ def _gemv(
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < N
     if PREFETCH_LINES > 0:
-        prefetch_rows(w_ptr, pid_n * BLOCK_N, N, s_wn, 0, K, BLOCK_N, PREFETCH_LINES, ELEM_BYTES)
-        if SWIGLU:
-            prefetch_rows(
-                w_ptr + n_half * s_wn, pid_n * BLOCK_N, N, s_wn, 0, K, BLOCK_N, PREFETCH_LINES, ELEM_BYTES
-            )
+        prefetch_rows(
+            w_ptr, pid_n * BLOCK_N, N, s_wn, 0, K, n_half, BLOCK_N, PREFETCH_LINES, ELEM_BYTES, SWIGLU
+        )
     pdl_begin(PDL)
     dtype = out_ptr.dtype.element_ty
     total = tl.zeros([BLOCK_N], tl.float32)

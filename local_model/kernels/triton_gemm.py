@@ -170,11 +170,9 @@ def _splitk_gemm(
     if PREFETCH_LINES > 0:
         kp0 = pid_k * k_per_split
         kp1 = tl.minimum(kp0 + k_per_split, K)
-        prefetch_rows(w_ptr, pid_n * BLOCK_N, N, s_wn, kp0, kp1, BLOCK_N, PREFETCH_LINES, ELEM_BYTES)
-        if SWIGLU:
-            prefetch_rows(
-                w_ptr + n_half * s_wn, pid_n * BLOCK_N, N, s_wn, kp0, kp1, BLOCK_N, PREFETCH_LINES, ELEM_BYTES
-            )
+        prefetch_rows(
+            w_ptr, pid_n * BLOCK_N, N, s_wn, kp0, kp1, n_half, BLOCK_N, PREFETCH_LINES, ELEM_BYTES, SWIGLU
+        )
     pdl_begin(PDL)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < M

@@ -356,12 +356,10 @@ def _moe_gemm(
         e = (pid_m * BLOCK_M // cap).to(tl.int64)
         if PREFETCH_LINES > 0:
             slab = w_ptr + e * s_we
-            prefetch_rows(slab, pid_n * BLOCK_N, N, s_wn, k_start, k_end, BLOCK_N, PREFETCH_LINES, ELEM_BYTES)
-            if SWIGLU:
-                prefetch_rows(
-                    slab + n_half * s_wn, pid_n * BLOCK_N, N, s_wn, k_start, k_end, BLOCK_N, PREFETCH_LINES,
-                    ELEM_BYTES,
-                )  # fmt: skip
+            prefetch_rows(
+                slab, pid_n * BLOCK_N, N, s_wn, k_start, k_end, n_half, BLOCK_N, PREFETCH_LINES, ELEM_BYTES,
+                SWIGLU,
+            )  # fmt: skip
     pdl_begin(PDL)
     if not STATIC:
         e = tl.load(bexp_ptr + pid_m // SUB).to(tl.int64)
