@@ -43,6 +43,14 @@ def pdl_enabled(device: torch.device, rows: int | None = None) -> bool:
     return _hopper_or_newer(device.index if device.index is not None else torch.cuda.current_device())
 
 
+def pdl_choice(device: torch.device, requested: bool | None, rows: int | None = None) -> bool:
+    """A launch's PDL: the caller's ``requested`` choice where PDL is available at all, else (None) the
+    default `pdl_enabled` for this many rows."""
+    if requested is None:
+        return pdl_enabled(device, rows)
+    return requested and pdl_enabled(device)
+
+
 @functools.cache
 def _hopper_or_newer(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9
@@ -114,10 +122,12 @@ def lines_for(cols: int, elem_bytes: int) -> int:
 
 
 __all__ = [
+    "PDL_MIN_ROWS",
     "launch_kwargs",
     "lines_for",
     "pdl_args",
     "pdl_begin",
+    "pdl_choice",
     "pdl_enabled",
     "prefetch_l2",
     "prefetch_rows",

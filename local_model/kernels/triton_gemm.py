@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .pdl import launch_kwargs, lines_for, pdl_begin, pdl_enabled, prefetch_rows
+from .pdl import launch_kwargs, lines_for, pdl_begin, pdl_choice, prefetch_rows
 
 # H100 SXM; the launch heuristic aims at about one program per SM
 NUM_SMS = 132
@@ -393,9 +393,8 @@ def linear_splitk(
         part, s_ps, s_pm = out, 0, 0
     fixup = split > 1 and reduce == "fixup" and n_tiles * m_tiles <= LOCK_COUNT
     lock = _locks(x.device) if fixup else out
-    on = pdl_enabled(x.device)
-    pdl = pdl_enabled(x.device, rows) if pdl is None else pdl and on
-    prefetch = pdl if prefetch is None else prefetch and on
+    pdl = pdl_choice(x.device, pdl, rows)
+    prefetch = pdl if prefetch is None else pdl_choice(x.device, prefetch)
     _splitk_gemm[(n_tiles, split, m_tiles)](
         x,
         weight,

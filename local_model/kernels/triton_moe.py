@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .pdl import launch_kwargs, lines_for, pdl_begin, pdl_enabled, prefetch_rows
+from .pdl import launch_kwargs, lines_for, pdl_begin, pdl_choice, prefetch_rows
 from .triton_gemm import LOCK_COUNT, _locks, fit_pipeline
 
 # k up to which PyTorch's ``.sum(1)`` over [tokens, k, hid] adds the k rows in k order (its reduction keeps
@@ -551,8 +551,7 @@ def moe_experts(
     assert align_m % cfg.gate_up.block_m == 0 and align_m % cfg.down.block_m == 0, cfg
     assert cfg.gate_up.split_k == 1, cfg
     fused = fused_sum_applies(tokens, k) and fused_sum is not False
-    on = pdl_enabled(x.device)
-    pdl = on if pdl is None else pdl and on
+    pdl = pdl_choice(x.device, pdl)
     cap = static_cap(tokens, cfg)
     sorted_ids, block_expert = aligned or moe_align(top_k_index, num_experts, align_m, cap, pdl)
     act_out = moe_gate_up(

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from .pdl import launch_kwargs, pdl_begin, pdl_enabled
+from .pdl import launch_kwargs, pdl_begin, pdl_choice
 
 LOG2E = math.log2(math.e)
 # The compiled kernels of the last prefill-scan launch (for benchmarks to read registers / spills).
@@ -866,8 +866,7 @@ def mamba_decode_ssm(
     out = torch.empty_like(x) if out is None else out
     rows_per, bd, warps = launch or ssm_step_launch(batch)
     dot = rows_per >= 16
-    on = pdl_enabled(x.device)
-    pdl = on if pdl is None else pdl and on
+    pdl = pdl_choice(x.device, pdl)
     _mamba_decode_ssm[(triton.cdiv(dim, bd), triton.cdiv(batch, rows_per))](
         xproj,
         x,
