@@ -26,11 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from .pdl import launch_kwargs, lines_for, pdl_begin, pdl_choice, prefetch_rows
+from .reference import norm_linear_ref
 
 # H100 SXM; the launch heuristic aims at about one program per SM
 NUM_SMS = 132
@@ -347,14 +347,7 @@ def linear_splitk(
     rows, k = x.shape
     n_w, k_w = weight.shape
     if k_w != k or x.dtype != weight.dtype or x.stride(-1) != 1 or weight.stride(-1) != 1:
-        y = F.linear(x, weight)
-        if swiglu:
-            g, u = y.chunk(2, dim=-1)
-            y = F.silu(g) * u
-        if out is not None:
-            out.copy_(y)
-            return out
-        return y
+        return norm_linear_ref(x=x, weight=weight, swiglu=swiglu, out=out)[0]
     n_out = n_w // 2 if swiglu else n_w
     fp32 = x.dtype == torch.float32
     heur = splitk_config(rows, n_out, k, fp32=fp32)
