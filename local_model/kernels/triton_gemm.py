@@ -99,8 +99,8 @@ def _partial(p_tile, s_ps, s, split_k):
 
 @triton.jit
 def _sum_partials(p_tile, s_ps, split_k, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
-    """Sum over splits of the partial tiles at p_tile + s * s_ps, added in split order. GROUP (1, 2, 4 or
-    8) tiles are loaded before they are added, so a group costs one L2 round trip, not one per split."""
+    """Sum over splits of the partial tiles at p_tile + s * s_ps, added in split order. GROUP (1, 2 or 4)
+    tiles are loaded before they are added, so a group costs one L2 round trip, not one per split."""
     tot = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for s0 in range(0, split_k, GROUP):
         p0 = _partial(p_tile, s_ps, s0, split_k)
@@ -109,22 +109,12 @@ def _sum_partials(p_tile, s_ps, split_k, BLOCK_M: tl.constexpr, BLOCK_N: tl.cons
         if GROUP >= 4:
             p2 = _partial(p_tile, s_ps, s0 + 2, split_k)
             p3 = _partial(p_tile, s_ps, s0 + 3, split_k)
-        if GROUP >= 8:
-            p4 = _partial(p_tile, s_ps, s0 + 4, split_k)
-            p5 = _partial(p_tile, s_ps, s0 + 5, split_k)
-            p6 = _partial(p_tile, s_ps, s0 + 6, split_k)
-            p7 = _partial(p_tile, s_ps, s0 + 7, split_k)
         tot += p0
         if GROUP >= 2:
             tot += p1
         if GROUP >= 4:
             tot += p2
             tot += p3
-        if GROUP >= 8:
-            tot += p4
-            tot += p5
-            tot += p6
-            tot += p7
     return tot
 
 
