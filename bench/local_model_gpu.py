@@ -210,6 +210,7 @@ def splitk_ab(args: argparse.Namespace) -> int:
         "splitk": args.splitk,
     }
     out["splitk_shapes"] = apply_splitk(args.splitk, module) if args.splitk else "shipped"
+    pdl_env = os.environ.get("HYBRIDGATE_PDL", "1")  # what the greedy checks below run with
     for b in [int(x) for x in args.batches.split(",")]:
         prompt = torch.randint(
             0, args.vocab, (b, 128), device=dev, generator=torch.Generator(dev).manual_seed(b)
@@ -223,7 +224,7 @@ def splitk_ab(args: argparse.Namespace) -> int:
                 ours_greedy_graph(lm, prompt, 8)  # capture this bucket's graph, warm up
                 toks[mode], t = ours_greedy_graph(lm, prompt, args.new + 1)
                 out.setdefault(f"b{b}_{mode}_tok_s", []).append(round(b * args.new / t))
-        os.environ["HYBRIDGATE_PDL"] = "1"
+        os.environ["HYBRIDGATE_PDL"] = pdl_env
         if "splitk" in toks and "cublas" in toks:
             out[f"b{b}_greedy_splitk_vs_cublas_bf16_leading_match_min"] = min(
                 leading_agreement(toks["splitk"], toks["cublas"])
