@@ -199,8 +199,7 @@ def splitk_ab(args: argparse.Namespace) -> int:
     lm = SimpleNamespace(module=module)
 
     def use(mode: str) -> None:
-        """cublas*: no split-K; splitk*: ``--splitk``'s; default*: the shipped SPLITK_SHAPES (a mode may add
-        "-nopdl" and "+pfSPEC", read where the step is built)."""
+        """cublas*: no split-K; splitk*: ``--splitk``'s; default*: the shipped SPLITK_SHAPES."""
         apply_splitk(args.splitk if mode.startswith("splitk") else None, module)
         if mode.startswith("default"):
             tg.SPLITK_SHAPES.update(shipped)
@@ -211,8 +210,7 @@ def splitk_ab(args: argparse.Namespace) -> int:
         "splitk": args.splitk,
     }
     out["splitk_shapes"] = apply_splitk(args.splitk, module) if args.splitk else "shipped"
-    # what the greedy checks below run with
-    saved_env = {k: os.environ.get(k) for k in ("HYBRIDGATE_PDL", "HYBRIDGATE_L2_PREFETCH")}
+    pdl_env = os.environ.get("HYBRIDGATE_PDL", "1")  # what the greedy checks below run with
     for b in [int(x) for x in args.batches.split(",")]:
         prompt = torch.randint(
             0, args.vocab, (b, 128), device=dev, generator=torch.Generator(dev).manual_seed(b)
@@ -220,20 +218,13 @@ def splitk_ab(args: argparse.Namespace) -> int:
         toks = {}
         for _ in range(2):
             for mode in args.modes.split(","):
-                # "-nopdl": every kernel launched without programmatic dependent launch (read at capture);
-                # "+pfSPEC": the step's L2 prefetch, SPEC as HYBRIDGATE_L2_PREFETCH with "_" for ":"
-                os.environ["HYBRIDGATE_PDL"] = "0" if "-nopdl" in mode else "1"
-                pf = next((m[2:] for m in mode.split("+")[1:] if m.startswith("pf")), "0")
-                os.environ["HYBRIDGATE_L2_PREFETCH"] = pf.replace("_", ":")
+                # "-nopdl": every kernel launched without programmatic dependent launch (read at capture)
+                os.environ["HYBRIDGATE_PDL"] = "0" if mode.endswith("-nopdl") else "1"
                 use(mode)
                 ours_greedy_graph(lm, prompt, 8)  # capture this bucket's graph, warm up
                 toks[mode], t = ours_greedy_graph(lm, prompt, args.new + 1)
                 out.setdefault(f"b{b}_{mode}_tok_s", []).append(round(b * args.new / t))
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        os.environ["HYBRIDGATE_PDL"] = pdl_env
         if "splitk" in toks and "cublas" in toks:
             out[f"b{b}_greedy_splitk_vs_cublas_bf16_leading_match_min"] = min(
                 leading_agreement(toks["splitk"], toks["cublas"])

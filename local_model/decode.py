@@ -10,9 +10,7 @@ with every op taken from a `KernelBundle`, each RMSNorm (+ residual add) fused i
 it (Mamba: norm + in_proj, conv window + x_proj, one dt/B/C-norm + dt_proj + conv shift + selective-state-
 update kernel, out_proj; attention: norm + qkv projection, decode attention that first writes the new K/V
 at each row's position, o_proj; MLP: norm + gate/up + SwiGLU, down; MoE: norm + router + softmax/top-k,
-then the experts; lm_head with the final norm). On a CUDA device the step can also warm L2 from a side
-stream (`L2Prefetch`): at each mixer it requests the rest of that layer's weights, at each FFN the next
-layer's (or lm_head), so the chain's short, latency-bound kernels find their weights in L2. Inputs are device tensors (token ids, slots, positions): nothing in the step reads a value back
+then the experts; lm_head with the final norm). Inputs are device tensors (token ids, slots, positions): nothing in the step reads a value back
 to the host, so the whole step is captured once per batch bucket and replayed. Padding rows of a bucket
 point at a scratch slot (the pool's last) that no sequence owns.
 """
@@ -20,7 +18,6 @@ point at a scratch slot (the pool's last) that no sequence owns.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -55,43 +52,6 @@ class _MambaWeights:
 
 
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class L2Prefetch:
-    """What the decode step requests into L2 from its side stream, and when.
-
-    ``max_bytes`` a request (0: off); ``evict_last``: the lines' L2 priority (kept over lines loaded at the
-    normal one, so the experts streamed in between do not push them out); ``at``: the requests made, "mixer"
-    (at each mixer: the rest of its layer) and/or "ffn" (at each FFN: the next layer's first projection
-    onward); MoE experts are requested only from ``experts_min_rows`` rows, where nearly every expert is
-    hit (below, the chosen ones are not known ahead)."""
-
-    max_bytes: int = 0
-    evict_last: bool = True
-    at: tuple[str, ...] = ("mixer", "ffn")
-    experts_min_rows: int = 16
-
-    @classmethod
-    def from_env(cls, default_mb: float = 0.0) -> L2Prefetch:
-        """From ``HYBRIDGATE_L2_PREFETCH``: "MB[:normal][:mixer|:ffn]" ("0" off; unset: ``default_mb``)."""
-        spec = os.environ.get("HYBRIDGATE_L2_PREFETCH", "").strip()
-        if not spec:
-            return cls(max_bytes=int(default_mb * 2**20))
-        mb, *opts = spec.split(":")
-        try:
-            size = int(float(mb) * 2**20)
-        except ValueError:
-            raise ValueError(f"HYBRIDGATE_L2_PREFETCH: {spec!r} is not MB[:normal][:mixer|:ffn]") from None
-        unknown = set(opts) - {"normal", "last", "mixer", "ffn"}
-        if unknown or size < 0:
-            raise ValueError(f"HYBRIDGATE_L2_PREFETCH: {spec!r} is not MB[:normal][:mixer|:ffn]")
-        at = tuple(o for o in opts if o in ("mixer", "ffn")) or ("mixer", "ffn")
-        return cls(max_bytes=size, evict_last="normal" not in opts, at=at)
-
-
-# MB the decode step requests into L2 at a time by default (0: off)
-DEFAULT_L2_PREFETCH_MB = 0.0
 
 
 def capture_graph(body: Callable[[], _T]) -> tuple[torch.cuda.CUDAGraph, _T]:  # pragma: no cover - GPU only
@@ -129,7 +89,6 @@ class DecodeStep:
         buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256),
         *,
         scratch_slot: int | None = None,
-        prefetch: L2Prefetch | None = None,
     ) -> None:
         self.model = model
         self.cache = cache
@@ -158,10 +117,6 @@ class DecodeStep:
                 self._prep[("mlp", i)] = torch.cat([ff.gate_proj.weight, ff.up_proj.weight], 0)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.static: dict[int, dict[str, torch.Tensor]] = {}
-        self.prefetch = prefetch if prefetch is not None else L2Prefetch.from_env(DEFAULT_L2_PREFETCH_MB)
-        dev = model.lm_head.weight.device
-        self._side = torch.cuda.Stream(dev) if self.prefetch.max_bytes > 0 and dev.type == "cuda" else None
-        self._ahead = self._prefetch_lists() if self._side is not None else {}
 
     # ------------------------------------------------------------------ the step, eager
 
@@ -183,10 +138,8 @@ class DecodeStep:
         eps = cfg.rms_norm_eps
         x = self.model.model.embed_tokens(ids)
         f: torch.Tensor | None = None  # the previous layer's FFN output, added to x by the next norm
-        rows = ids.shape[0]
         for i, layer in enumerate(self.model.model.layers):
             src, res = (x, None) if f is None else (f, x)
-            self._prefetch("mixer", i, rows)
             nw = layer.input_layernorm.weight
             state = self.cache.layers[i]
             if isinstance(state, MambaState):
@@ -194,7 +147,6 @@ class DecodeStep:
             else:
                 m, x = self._attention(layer.mixer, i, src, res, nw, state, slots, positions, block_table)
             nw = layer.pre_ff_layernorm.weight
-            self._prefetch("ffn", i, rows)
             if layer.is_moe:
                 moe = layer.feed_forward
                 f, x = k.moe_block(
@@ -218,54 +170,7 @@ class DecodeStep:
             weight=self.model.lm_head.weight,
             out=out,
         )
-        if self._side is not None:
-            torch.cuda.current_stream().wait_stream(self._side)
         return logits
-
-    # ------------------------------------------------------------------ L2 prefetch from a side stream
-
-    def _prefetch_lists(self) -> dict[tuple[str, int], tuple[list[torch.Tensor], list[torch.Tensor]]]:
-        """Per request point, the weights to request in the order the chain reads them: (always, experts
-        only from ``experts_min_rows``). "mixer" i: layer i's mixer after its first projection, then its FFN;
-        "ffn" i: layer i+1's mixer (lm_head after the last layer)."""
-        layers = self.model.model.layers
-
-        def mixer(i: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-            m = layers[i].mixer
-            if isinstance(m, MambaMixer):
-                return m.in_proj.weight, [m.x_proj.weight, m.dt_proj.weight, m.out_proj.weight]
-            return self._prep[i], [m.o_proj.weight]
-
-        def ffn(i: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-            ff = layers[i].feed_forward
-            if layers[i].is_moe:
-                return [ff.router.weight], [ff.experts.gate_up_proj, ff.experts.down_proj]
-            return [self._prep[("mlp", i)], ff.down_proj.weight], []
-
-        plan = {}
-        for i in range(len(layers)):
-            first, rest = mixer(i)
-            always, experts = ffn(i)
-            plan[("mixer", i)] = (rest + always, experts)
-            if i + 1 < len(layers):
-                nxt_first, nxt_rest = mixer(i + 1)
-                plan[("ffn", i)] = ([nxt_first, *nxt_rest], [])
-            else:
-                plan[("ffn", i)] = ([self.model.lm_head.weight], [])
-        return plan
-
-    def _prefetch(self, at: str, i: int, rows: int) -> None:
-        """Request the weights planned for point (``at``, ``i``) into L2 from the side stream, once the
-        work queued so far on the current stream is done (never waited on, except at the step's end)."""
-        if self._side is None or at not in self.prefetch.at:
-            return
-        always, experts = self._ahead[(at, i)]
-        tensors = always + experts if rows >= self.prefetch.experts_min_rows else always
-        self._side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self._side):
-            self.k.prefetch_weights(
-                tensors=tensors, max_bytes=self.prefetch.max_bytes, evict_last=self.prefetch.evict_last
-            )
 
     def _mamba(
         self,

@@ -26,7 +26,6 @@ from .reference import (
     moe_block_ref,
     moe_experts_ref,
     norm_linear_ref,
-    prefetch_weights_ref,
     rms_norm_ref,
     router_topk_ref,
     selective_scan_auto,
@@ -54,7 +53,6 @@ class KernelBundle:
     norm_linear: Callable[..., tuple[torch.Tensor, torch.Tensor]] = norm_linear_ref
     moe_block: Callable[..., tuple[torch.Tensor, torch.Tensor]] = moe_block_ref
     greedy_advance: Callable[..., None] = greedy_advance_ref
-    prefetch_weights: Callable[..., int] = prefetch_weights_ref
     name: str = "reference"
 
 
@@ -84,7 +82,6 @@ def triton_bundle() -> KernelBundle:
         norm_linear=t.norm_linear,
         moe_block=t.moe_block,
         greedy_advance=t.greedy_advance,
-        prefetch_weights=t.prefetch_weights,
         name="triton",
     )
 

@@ -12,10 +12,6 @@ Rules for a kernel that takes ``PDL``: before `pdl_begin`, touch only weights (p
 everything else. Launched without PDL (``launch_pdl`` off, or another kernel in between) the wait returns
 at once, so the same binary is correct either way. Under the CPU interpreter ``PDL`` is False and the
 prefetch is skipped (both are PTX).
-
-`prefetch_weights` is the other half: a small kernel, launched on a side stream of the step, that requests
-whole weight tensors of kernels further down the chain into L2 while the chain is busy with kernels that
-leave the card's DRAM bandwidth idle (the step's short projections run at ~1 TB/s of its ~3).
 """
 
 from __future__ import annotations
@@ -120,87 +116,6 @@ def prefetch_rows(
         prefetch_l2(ptrs + up_row * s_row)
 
 
-@triton.jit
-def prefetch_l2_normal(ptrs):
-    """`prefetch_l2` at the normal eviction priority (LRU among the other lines)."""
-    tl.inline_asm_elementwise(
-        "prefetch.global.L2 [$1]; // dummy $0", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
-    )
-
-
-@triton.jit
-def _prefetch_range(base, n_lines, BLOCK: tl.constexpr, EVICT_LAST: tl.constexpr):
-    """This program's share of ``n_lines`` 128-byte lines from byte pointer ``base`` (programs stride by
-    BLOCK lines; the last block repeats the last line)."""
-    offs = tl.arange(0, BLOCK)
-    step = tl.num_programs(0) * BLOCK
-    for start in range(tl.program_id(0) * BLOCK, n_lines, step):
-        ptrs = base + tl.minimum(start + offs, n_lines - 1).to(tl.int64) * _LINE
-        if EVICT_LAST:
-            prefetch_l2(ptrs)
-        else:
-            prefetch_l2_normal(ptrs)
-
-
-@triton.jit
-def _prefetch_weights(
-    p0, n0, p1, n1, p2, n2, p3, n3, p4, n4, p5, n5, p6, n6, p7, n7,
-    SEGMENTS: tl.constexpr, BLOCK: tl.constexpr, EVICT_LAST: tl.constexpr,
-):  # fmt: skip
-    """Up to 8 byte ranges (pointer, lines) requested into L2, spread over the grid's programs."""
-    _prefetch_range(p0, n0, BLOCK, EVICT_LAST)
-    if SEGMENTS > 1:
-        _prefetch_range(p1, n1, BLOCK, EVICT_LAST)
-    if SEGMENTS > 2:
-        _prefetch_range(p2, n2, BLOCK, EVICT_LAST)
-    if SEGMENTS > 3:
-        _prefetch_range(p3, n3, BLOCK, EVICT_LAST)
-    if SEGMENTS > 4:
-        _prefetch_range(p4, n4, BLOCK, EVICT_LAST)
-    if SEGMENTS > 5:
-        _prefetch_range(p5, n5, BLOCK, EVICT_LAST)
-    if SEGMENTS > 6:
-        _prefetch_range(p6, n6, BLOCK, EVICT_LAST)
-    if SEGMENTS > 7:
-        _prefetch_range(p7, n7, BLOCK, EVICT_LAST)
-
-
-MAX_PREFETCH_SEGMENTS = 8
-# programs of a prefetch launch: enough SMs issuing that the requests keep up with DRAM, few enough that
-# the chain's kernels keep theirs
-PREFETCH_PROGRAMS = 16
-_PREFETCH_BLOCK = 256
-
-
-def prefetch_weights(*, tensors: list[torch.Tensor], max_bytes: int, evict_last: bool = True) -> int:
-    """Request the first ``max_bytes`` of ``tensors`` (in order; contiguous, each whole until the budget
-    runs out) into L2, on the current stream, without waiting for them. Reads and writes nothing the
-    caller can see. Returns the bytes requested (0 where there is nothing to do: empty budget, the CPU or
-    the interpreter, whose L2 is not ours to fill)."""
-    if max_bytes <= 0 or not tensors or tensors[0].device.type != "cuda":
-        return 0
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return 0
-    args: list[torch.Tensor | int] = []
-    left = max_bytes
-    for t in tensors[:MAX_PREFETCH_SEGMENTS]:
-        if left <= 0:
-            break
-        if not t.is_contiguous():
-            raise ValueError("prefetch_weights: tensors must be contiguous")
-        take = min(t.nbytes, left)
-        args += [t.reshape(-1).view(torch.uint8), triton.cdiv(take, LINE_BYTES)]
-        left -= take
-    segments = len(args) // 2
-    args += [args[0], 0] * (MAX_PREFETCH_SEGMENTS - segments)
-    lines = sum(n for n in args[1::2] if isinstance(n, int))
-    grid = (max(1, min(PREFETCH_PROGRAMS, triton.cdiv(lines, _PREFETCH_BLOCK))),)
-    _prefetch_weights[grid](
-        *args, SEGMENTS=segments, BLOCK=_PREFETCH_BLOCK, EVICT_LAST=evict_last, num_warps=4
-    )
-    return max_bytes - left
-
-
 def lines_for(cols: int, elem_bytes: int) -> int:
     """LINES for `prefetch_rows` over ``cols`` columns (a power of two)."""
     return triton.next_power_of_2(max(1, triton.cdiv(cols * elem_bytes, LINE_BYTES)))
@@ -215,7 +130,5 @@ __all__ = [
     "pdl_choice",
     "pdl_enabled",
     "prefetch_l2",
-    "prefetch_l2_normal",
     "prefetch_rows",
-    "prefetch_weights",
 ]

@@ -560,11 +560,6 @@ def moe_block_ref(
     return moe_experts_ref(h, idx, w, gate_up_proj, down_proj, act), s
 
 
-def prefetch_weights_ref(*, tensors: list[torch.Tensor], max_bytes: int, evict_last: bool = True) -> int:
-    """Warming a GPU's L2 with weights has no effect on any result; off the GPU there is nothing to do."""
-    return 0
-
-
 def greedy_advance_ref(
     *,
     logits: torch.Tensor,

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .pdl import pdl_args, pdl_begin, prefetch_weights
+from .pdl import pdl_args, pdl_begin
 from .triton_conv import causal_conv1d, causal_conv1d_update
 from .triton_decode import greedy_advance, linear, mamba_conv_xproj, moe_block, norm_linear, softmax_topk
 from .triton_gemm import linear_splitk
@@ -391,7 +391,6 @@ def router_topk(*, logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
 
 __all__ = [
     "greedy_advance",
-    "prefetch_weights",
     "linear",
     "linear_splitk",
     "mamba_conv_xproj",
