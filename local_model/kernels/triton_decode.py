@@ -27,7 +27,7 @@ import triton.language as tl
 
 from .pdl import launch_kwargs, lines_for, pdl_args, pdl_begin, pdl_enabled, prefetch_rows
 from .triton_gemm import (
-    _locks,
+    fixup_locks,
     linear_splitk,
     splitk_for,
 )
@@ -575,7 +575,7 @@ def moe_block(
         res_out.stride(0),
         aligned[0] if aligned else idx,
         aligned[1] if aligned else idx,
-        _locks(x.device) if aligned else idx,
+        fixup_locks(x.device) if aligned else idx,
         pairs,
         padded_len,
         cap,

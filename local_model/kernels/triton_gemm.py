@@ -257,7 +257,7 @@ LOCK_COUNT = 1 << 16
 _LOCKS: dict[tuple[str, int | None], torch.Tensor] = {}
 
 
-def _locks(device: torch.device) -> torch.Tensor:
+def fixup_locks(device: torch.device) -> torch.Tensor:
     key = (device.type, device.index)
     if key not in _LOCKS:
         _LOCKS[key] = torch.zeros(LOCK_COUNT, dtype=torch.int32, device=device)
@@ -375,7 +375,7 @@ def linear_splitk(
     else:
         part, s_ps, s_pm = out, 0, 0
     fixup = split > 1 and reduce == "fixup" and n_tiles * m_tiles <= LOCK_COUNT
-    lock = _locks(x.device) if fixup else out
+    lock = fixup_locks(x.device) if fixup else out
     pdl = pdl_choice(x.device, pdl, rows)
     prefetch = pdl if prefetch is None else pdl_choice(x.device, prefetch)
     _splitk_gemm[(n_tiles, split, m_tiles)](
@@ -434,4 +434,4 @@ def linear_splitk(
     return out
 
 
-__all__ = ["SPLITK_SHAPES", "SplitKConfig", "linear_splitk", "splitk_config", "splitk_for"]
+__all__ = ["SPLITK_SHAPES", "SplitKConfig", "fixup_locks", "linear_splitk", "splitk_config", "splitk_for"]

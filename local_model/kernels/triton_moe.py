@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from .pdl import launch_kwargs, lines_for, pdl_begin, pdl_choice, prefetch_rows
-from .triton_gemm import LOCK_COUNT, _locks, fit_pipeline
+from .triton_gemm import LOCK_COUNT, fit_pipeline, fixup_locks
 
 # k up to which PyTorch's ``.sum(1)`` over [tokens, k, hid] adds the k rows in k order (its reduction keeps
 # 4 accumulators per thread), so the fused sum can give its bits
@@ -507,7 +507,7 @@ def moe_down(
         partial = torch.empty(pairs, hid, device=dev, dtype=dtype)
     sums = out if fused else partial
     _moe_gemm[(sorted_ids.numel() // cfg.block_m, n_cols, split)](
-        act_out, down_proj, partial, sums, _locks(dev) if fused else partial, sorted_ids, block_expert,
+        act_out, down_proj, partial, sums, fixup_locks(dev) if fused else partial, sorted_ids, block_expert,
         routing_weights, hid, inter, pairs, num_experts, tokens, k_per_split, split,
         act_out.stride(0), *down_proj.stride(), partial.stride(-2), partial.stride(0) if split > 1 else 0,
         sums.stride(0), 1, 0, cap,
