@@ -31,7 +31,7 @@ from .triton_gemm import (
     linear_splitk,
     splitk_for,
 )
-from .triton_moe import ALIGN_SMALL_PAIRS, align_buffers, align_pairs, moe_config, moe_experts, static_cap
+from .triton_moe import ALIGN_SMALL_PAIRS, align_buffers, align_pairs, moe_config, moe_experts
 
 # Rows served by the GEMV kernels (one program per row and output block: each row re-reads the weight, so
 # from 2 rows cuBLAS, which reads it once, is as fast or faster; measured in bench/GPU_NOTES.md).
@@ -382,7 +382,6 @@ def _moe_route(
     lock_ptr,
     P,
     padded_len,
-    cap,
     HAS_RES: tl.constexpr,
     K: tl.constexpr,
     BLOCK_E: tl.constexpr,
@@ -433,9 +432,7 @@ def _moe_route(
         # every thread's index stores precede the counter's release (barrier, then an acq_rel atomic)
         tl.debug_barrier()
         if tl.atomic_add(lock_ptr, 1, sem="acq_rel", scope="gpu") == tl.num_programs(0) - 1:
-            align_pairs(
-                i_out_ptr, sorted_ptr, bexp_ptr, P, E, padded_len, cap, BM, BLOCK_P, BLOCK_E, BLOCK_NB
-            )
+            align_pairs(i_out_ptr, sorted_ptr, bexp_ptr, P, E, padded_len, BM, BLOCK_P, BLOCK_E, BLOCK_NB)
             tl.atomic_xchg(lock_ptr, 0)
 
 
@@ -551,11 +548,10 @@ def moe_block(
         cfg = moe_config(tokens, top_k, num_experts, hid, inter, fp32=x.dtype == torch.float32)
         if pairs <= ALIGN_SMALL_PAIRS and num_experts <= 256:
             align_m = max(cfg.gate_up.block_m, cfg.down.block_m)
-            cap = static_cap(tokens, cfg)
-            sorted_ids, block_expert, align = align_buffers(pairs, num_experts, align_m, x.device, cap)
+            sorted_ids, block_expert, align = align_buffers(pairs, num_experts, align_m, x.device)
             aligned = (sorted_ids, block_expert)
             align.pop("BLOCK_E")  # the router's (at least as wide)
-    padded_len, cap = align.pop("padded_len", 0), align.pop("cap", 0)
+    padded_len = align.pop("padded_len", 0)
     pdl = pdl_enabled(x.device, tokens)
     _moe_route[(tokens,)](
         x,
@@ -578,7 +574,6 @@ def moe_block(
         fixup_locks(x.device) if aligned else idx,
         pairs,
         padded_len,
-        cap,
         HAS_RES=residual is not None,
         K=top_k,
         BLOCK_E=block_e,
