@@ -910,18 +910,15 @@ def pdl_chain(
 # The Mamba decode sublayer between in_proj and out_proj of the 426M Jamba (d_inner 2048, d_state 16,
 # d_conv 4, dt_rank 64; bf16 weights, fp32 SSM state).
 MAMBA = {"dim": 2048, "n": 16, "rank": 64, "width": 4}
-# (ROWS, BLOCK_D, num_warps) of the SSM step tried beside the default; (1, 64, 2) is the row-per-program
-# decomposition the step had before its row blocks (one program per row and 64 channels)
+# (BLOCK_D, num_warps) of the SSM step (one row a program) tried beside the default; (64, 2) is the launch
+# shape of the step before session 11 (one program per row and 64 channels)
 SSM_LAUNCHES = [
-    (1, 64, 2),
-    (1, 32, 2),
-    (1, 16, 1),
-    (16, 16, 4),
-    (16, 16, 8),
-    (16, 32, 4),
-    (16, 32, 8),
-    (32, 16, 8),
+    (64, 2),
+    (32, 2),
+    (16, 1),
 ]
+
+
 def _mamba_layer(rows: int, gen: torch.Generator) -> dict:
     """One Mamba layer's decode-step tensors at ``rows`` rows: weights, a conv/SSM state pool of rows + 1
     slots (the rows on a random permutation of them), and the in_proj output x|z [rows, 2 * d_inner]."""
@@ -1063,7 +1060,7 @@ def mamba_row(rows: int) -> dict:
     def over(fn) -> float | str:  # noqa: ANN001
         return _graph_us(lambda: [fn(i, lay) for i, lay in enumerate(layers)], count)
 
-    old_ssm = {"launch": (1, 64, 2), "pdl": False}
+    old_ssm = {"launch": (64, 2), "pdl": False}
     row["old_ssm_is"] = (
         "this SSM kernel in the old launch shape (a program per row and 64 channels, 2 warps, no PDL); the "
         "old kernel itself (245 registers, 3016 instructions a warp) took 10.3 us a layer at 64 rows in the "
