@@ -22,7 +22,6 @@ Usage: python bench/kernels_gpu.py [--json out.json] [--quick] [--sweep] [--gemm
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -655,13 +654,6 @@ def _moe_bits(case: MoeCase, best_cfg) -> dict:  # noqa: ANN001
             # informational: other K blocks add the fp32 products in another order
             out["best_same_bits_as_heuristic"] = torch.equal(b, fused)
         out["best_rel_err_vs_reference"] = rel(b, expect)
-        slots = tm.MoeConfig(
-            dataclasses.replace(best_cfg.gate_up, prefetch=True),
-            dataclasses.replace(best_cfg.down, prefetch=True),
-        )
-        out["best_prefetch_pdl_equals_best_bitwise"] = torch.equal(
-            b, tm.moe_experts(**kw, config=slots, pdl=True)
-        )
     torch.cuda.synchronize()
     out["counters_at_zero"] = all(int(buf.abs().sum()) == 0 for buf in tg._LOCKS.values())
     return out
@@ -709,22 +701,8 @@ def moe_sweep(tokens_list: tuple[int, ...] = (64, 16), save=None) -> list[dict]:
                 row["best_config"] = {"gate_up": bg, "down": bd}
                 row["best_us"] = case.whole_us(best_cfg, True, False)
                 row["best_pdl_us"] = case.whole_us(best_cfg, True, True)
-                # the weight-slab prefetch before the PDL wait (per-expert slots), per GEMM and both
-                for name, on in (("gate_up", (True, False)), ("down", (False, True)), ("both", (True, True))):
-                    pf = tm.MoeConfig(
-                        dataclasses.replace(best_cfg.gate_up, prefetch=on[0]),
-                        dataclasses.replace(best_cfg.down, prefetch=on[1]),
-                    )
-                    row[f"best_pdl_prefetch_{name}_us"] = case.whole_us(pf, True, True)
             row.update(_moe_bits(case, best_cfg))
-            for key in (
-                "today_us",
-                "fused_us",
-                "fused_pdl_us",
-                "best_us",
-                "best_pdl_us",
-                "best_pdl_prefetch_both_us",
-            ):
+            for key in ("today_us", "fused_us", "fused_pdl_us", "best_us", "best_pdl_us"):
                 us = row.get(key)
                 row[key.replace("_us", "_TBps")] = (
                     round(nbytes / us / 1e6, 2) if isinstance(us, float) else None
@@ -749,31 +727,23 @@ def moe_sweep(tokens_list: tuple[int, ...] = (64, 16), save=None) -> list[dict]:
 
 def _moe_shapes_entry(r: dict) -> tuple[float, dict[str, dict]] | None:
     """The launches a sweep row recommends (with PDL where the card has it), if they beat the heuristic's
-    by >= 3%; prefetch set where the slab prefetch won by >= 2% more."""
+    by >= 3%."""
     pdl = r["pdl_available"]
     best, base = r.get("best_pdl_us" if pdl else "best_us"), r.get("fused_pdl_us" if pdl else "fused_us")
     if not (isinstance(best, float) and isinstance(base, float) and best <= 0.97 * base):
         return None
-    pf = {"gate_up": False, "down": False}
-    timed = [(r.get(f"best_pdl_prefetch_{n}_us"), n) for n in ("gate_up", "down", "both")] if pdl else []
-    timed = sorted((us, n) for us, n in timed if isinstance(us, float))
-    if timed and timed[0][0] <= 0.98 * best:
-        best = timed[0][0]
-        pf = {"gate_up": timed[0][1] != "down", "down": timed[0][1] != "gate_up"}
-    return best, {n: {**r["best_config"][n], "prefetch": pf[n]} for n in ("gate_up", "down")}
+    return best, {n: r["best_config"][n] for n in ("gate_up", "down")}
 
 
 def print_moe_table(rows: list[dict]) -> None:
     from local_model.kernels.triton_moe import token_bucket
 
-    print("\n| E x H x I, top-k | tokens | today µs | fused sum µs | +PDL µs | best µs | best+PDL µs | + prefetch"
-          " gate/up / down / both µs | gate/up µs default -> best | down µs default -> best | fused == .sum(1) |"
-          " counters 0 |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| E x H x I, top-k | tokens | today µs | fused sum µs | +PDL µs | best µs | best+PDL µs |"
+          " gate/up µs default -> best | down µs default -> best | fused == .sum(1) | counters 0 |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        pf = " / ".join(str(r.get(f"best_pdl_prefetch_{n}_us")) for n in ("gate_up", "down", "both"))
         print(f"| {r['experts']}x{r['hidden']}x{r['inter']}, {r['top_k']} | {r['tokens']} | {r['today_us']} | "
-              f"{r['fused_us']} | {r['fused_pdl_us']} | {r.get('best_us')} | {r.get('best_pdl_us')} | {pf} | "
+              f"{r['fused_us']} | {r['fused_pdl_us']} | {r.get('best_us')} | {r.get('best_pdl_us')} | "
               f"{r['gate_up']['default_us']} -> {r['gate_up']['best_us']} | "
               f"{r['down']['default_us']} -> {r['down']['best_us']} | {r['fused_equals_sum1_bitwise']} | "
               f"{r['counters_at_zero']} |")  # fmt: skip
@@ -940,18 +910,15 @@ def pdl_chain(
 # The Mamba decode sublayer between in_proj and out_proj of the 426M Jamba (d_inner 2048, d_state 16,
 # d_conv 4, dt_rank 64; bf16 weights, fp32 SSM state).
 MAMBA = {"dim": 2048, "n": 16, "rank": 64, "width": 4}
-# (ROWS, BLOCK_D, num_warps) of the SSM step tried beside the default; (1, 64, 2) is the row-per-program
-# decomposition the step had before its row blocks (one program per row and 64 channels)
+# (BLOCK_D, num_warps) of the SSM step (one row a program) tried beside the default; (64, 2) is the launch
+# shape of the step before session 11 (one program per row and 64 channels)
 SSM_LAUNCHES = [
-    (1, 64, 2),
-    (1, 32, 2),
-    (1, 16, 1),
-    (16, 16, 4),
-    (16, 16, 8),
-    (16, 32, 4),
-    (16, 32, 8),
-    (32, 16, 8),
+    (64, 2),
+    (32, 2),
+    (16, 1),
 ]
+
+
 def _mamba_layer(rows: int, gen: torch.Generator) -> dict:
     """One Mamba layer's decode-step tensors at ``rows`` rows: weights, a conv/SSM state pool of rows + 1
     slots (the rows on a random permutation of them), and the in_proj output x|z [rows, 2 * d_inner]."""
@@ -1096,7 +1063,7 @@ def mamba_row(rows: int) -> dict:
     def over(fn) -> float | str:  # noqa: ANN001
         return _graph_us(lambda: [fn(i, lay) for i, lay in enumerate(layers)], count)
 
-    old_ssm = {"launch": (1, 64, 2), "pdl": False}
+    old_ssm = {"launch": (64, 2), "pdl": False}
     row["old_ssm_is"] = (
         "this SSM kernel in the old launch shape (a program per row and 64 channels, 2 warps, no PDL); the "
         "old kernel itself (245 registers, 3016 instructions a warp) took 10.3 us a layer at 64 rows in the "

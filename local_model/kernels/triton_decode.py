@@ -28,12 +28,12 @@ import triton.language as tl
 from .pdl import launch_kwargs, lines_for, pdl_args, pdl_begin, pdl_enabled, prefetch_rows
 from .triton_gemm import (
     ConvEpilogue,
-    _conv_after,
-    _locks,
+    conv_epilogue_launch,
+    fixup_locks,
     linear_splitk,
     splitk_for,
 )
-from .triton_moe import ALIGN_SMALL_PAIRS, align_buffers, align_pairs, moe_config, moe_experts, static_cap
+from .triton_moe import ALIGN_SMALL_PAIRS, align_buffers, align_pairs, moe_config, moe_experts
 
 # Rows served by the GEMV kernels (one program per row and output block: each row re-reads the weight, so
 # from 2 rows cuBLAS, which reads it once, is as fast or faster; measured in bench/GPU_NOTES.md).
@@ -323,7 +323,7 @@ def _norm_then_project(
 
     if norm_weight is None and residual is not None:
         h, s = norm_linear_ref(x=x, weight=weight, residual=residual, swiglu=swiglu, out=out)
-        return _conv_after(h, conv), s
+        return conv_epilogue_launch(h, conv), s
     if norm_weight is None:
         h, s = x, x
     elif residual is not None:
@@ -333,7 +333,7 @@ def _norm_then_project(
     cfg = splitk_for(x.shape[0], *weight.shape) if _plain(h, weight) else None
     if cfg is not None:
         return linear_splitk(x=h, weight=weight, swiglu=swiglu, out=out, config=cfg, conv=conv), s
-    return _conv_after(norm_linear_ref(x=h, weight=weight, swiglu=swiglu, out=out)[0], conv), s
+    return conv_epilogue_launch(norm_linear_ref(x=h, weight=weight, swiglu=swiglu, out=out)[0], conv), s
 
 
 def norm_linear(
@@ -404,7 +404,6 @@ def _moe_route(
     lock_ptr,
     P,
     padded_len,
-    cap,
     HAS_RES: tl.constexpr,
     K: tl.constexpr,
     BLOCK_E: tl.constexpr,
@@ -455,9 +454,7 @@ def _moe_route(
         # every thread's index stores precede the counter's release (barrier, then an acq_rel atomic)
         tl.debug_barrier()
         if tl.atomic_add(lock_ptr, 1, sem="acq_rel", scope="gpu") == tl.num_programs(0) - 1:
-            align_pairs(
-                i_out_ptr, sorted_ptr, bexp_ptr, P, E, padded_len, cap, BM, BLOCK_P, BLOCK_E, BLOCK_NB
-            )
+            align_pairs(i_out_ptr, sorted_ptr, bexp_ptr, P, E, padded_len, BM, BLOCK_P, BLOCK_E, BLOCK_NB)
             tl.atomic_xchg(lock_ptr, 0)
 
 
@@ -573,11 +570,10 @@ def moe_block(
         cfg = moe_config(tokens, top_k, num_experts, hid, inter, fp32=x.dtype == torch.float32)
         if pairs <= ALIGN_SMALL_PAIRS and num_experts <= 256:
             align_m = max(cfg.gate_up.block_m, cfg.down.block_m)
-            cap = static_cap(tokens, cfg)
-            sorted_ids, block_expert, align = align_buffers(pairs, num_experts, align_m, x.device, cap)
+            sorted_ids, block_expert, align = align_buffers(pairs, num_experts, align_m, x.device)
             aligned = (sorted_ids, block_expert)
             align.pop("BLOCK_E")  # the router's (at least as wide)
-    padded_len, cap = align.pop("padded_len", 0), align.pop("cap", 0)
+    padded_len = align.pop("padded_len", 0)
     pdl = pdl_enabled(x.device, tokens)
     _moe_route[(tokens,)](
         x,
@@ -597,10 +593,9 @@ def moe_block(
         res_out.stride(0),
         aligned[0] if aligned else idx,
         aligned[1] if aligned else idx,
-        _locks(x.device) if aligned else idx,
+        fixup_locks(x.device) if aligned else idx,
         pairs,
         padded_len,
-        cap,
         HAS_RES=residual is not None,
         K=top_k,
         BLOCK_E=block_e,
@@ -627,7 +622,7 @@ def moe_block(
     return out, res_out
 
 
-# ============================================================================ Mamba: conv window + x_proj
+# ============================================================================ Mamba: norm + in_proj + conv
 
 
 def mamba_in_proj(
@@ -672,7 +667,7 @@ def mamba_in_proj(
     xz, s = norm_linear(x=x, weight=weight, norm_weight=norm_weight, eps=eps, residual=residual)
     if bias is not None:
         xz = xz + bias
-    _conv_after(xz, conv)
+    conv_epilogue_launch(xz, conv)
     return xz, xc, s
 
 

@@ -324,7 +324,7 @@ LOCK_COUNT = 1 << 16
 _LOCKS: dict[tuple[str, int | None], torch.Tensor] = {}
 
 
-def _locks(device: torch.device) -> torch.Tensor:
+def fixup_locks(device: torch.device) -> torch.Tensor:
     key = (device.type, device.index)
     if key not in _LOCKS:
         _LOCKS[key] = torch.zeros(LOCK_COUNT, dtype=torch.int32, device=device)
@@ -407,7 +407,7 @@ def linear_splitk(
     n_w, k_w = weight.shape
     if k_w != k or x.dtype != weight.dtype or x.stride(-1) != 1 or weight.stride(-1) != 1:
         out = norm_linear_ref(x=x, weight=weight, swiglu=swiglu, out=out)[0]
-        return _conv_after(out, conv)
+        return conv_epilogue_launch(out, conv)
     assert conv is None or not swiglu, "the conv epilogue follows a plain projection"
     n_out = n_w // 2 if swiglu else n_w
     fp32 = x.dtype == torch.float32
@@ -446,7 +446,7 @@ def linear_splitk(
     else:
         part, s_ps, s_pm = out, 0, 0
     fixup = split > 1 and (reduce == "fixup" or conv is not None) and n_tiles * m_tiles <= LOCK_COUNT
-    lock = _locks(x.device) if fixup else out
+    lock = fixup_locks(x.device) if fixup else out
     # the conv runs in the epilogue where every tile ends in this launch (else after it)
     conv_here = conv if conv is not None and (split == 1 or fixup) else None
     cv = conv_here
@@ -517,10 +517,10 @@ def linear_splitk(
             GROUP=_group(sum_m * sum_n // 64),
             num_warps=2,
         )
-    return out if conv_here is not None else _conv_after(out, conv)
+    return out if conv_here is not None else conv_epilogue_launch(out, conv)
 
 
-def _conv_after(out: torch.Tensor, conv: ConvEpilogue | None) -> torch.Tensor:
+def conv_epilogue_launch(out: torch.Tensor, conv: ConvEpilogue | None) -> torch.Tensor:
     """`ConvEpilogue` as its own launch, for the projections that cannot end in it."""
     if conv is not None:
         from .triton_conv import causal_conv1d_update
@@ -533,4 +533,13 @@ def _conv_after(out: torch.Tensor, conv: ConvEpilogue | None) -> torch.Tensor:
     return out
 
 
-__all__ = ["SPLITK_SHAPES", "ConvEpilogue", "SplitKConfig", "linear_splitk", "splitk_config", "splitk_for"]
+__all__ = [
+    "SPLITK_SHAPES",
+    "ConvEpilogue",
+    "SplitKConfig",
+    "conv_epilogue_launch",
+    "fixup_locks",
+    "linear_splitk",
+    "splitk_config",
+    "splitk_for",
+]

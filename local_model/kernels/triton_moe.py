@@ -17,9 +17,9 @@ the unsplit path's bits.
 
 Launches are tunable per shape and token bucket (`MOE_SHAPES`, filled from ``bench/kernels_gpu.py
 --moe-sweep``); the defaults are `moe_config`'s heuristic. On Hopper every launch takes programmatic
-dependent launch (`pdl`); a launch with ``prefetch`` also requests its weight slab into L2 before the wait,
-which needs the pairs aligned in per-expert slots (`moe_align`'s ``cap``) so that a program's expert is
-known from its index, not from the routing the previous kernel is still writing.
+dependent launch (`pdl`). (Requesting each program's expert weight slab into L2 before the PDL wait, with
+the pairs in per-expert slots, cost 20-35 µs a call on the H100 and was removed: bench/GPU_NOTES.md,
+"Session 11, call 2 seen".)
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .pdl import launch_kwargs, lines_for, pdl_begin, pdl_choice, prefetch_rows
-from .triton_gemm import LOCK_COUNT, _locks, fit_pipeline
+from .pdl import launch_kwargs, pdl_begin, pdl_choice
+from .triton_gemm import LOCK_COUNT, fit_pipeline, fixup_locks
 
 # k up to which PyTorch's ``.sum(1)`` over [tokens, k, hid] adds the k rows in k order (its reduction keeps
 # 4 accumulators per thread), so the fused sum can give its bits
@@ -45,9 +45,7 @@ FUSED_SUM_MAX_TOKENS = 256
 @dataclass(frozen=True)
 class MoeGemmConfig:
     """One grouped GEMM's launch: rows (pairs) per program, output columns per program, K block, warps,
-    pipeline stages, splits of K (down projection only; the fused sum then reduces the splits), and
-    ``prefetch``: each program requests its weight slab into L2 before the PDL wait (the pairs are then
-    aligned in per-expert slots, `static_cap`, so a program's expert does not depend on the routing)."""
+    pipeline stages, splits of K (down projection only; the fused sum then reduces the splits)."""
 
     block_m: int
     block_n: int
@@ -55,7 +53,6 @@ class MoeGemmConfig:
     num_warps: int = 4
     num_stages: int = 3
     split_k: int = 1
-    prefetch: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,24 +106,21 @@ def moe_config(
 ALIGN_SMALL_PAIRS = 1024
 
 
-def align_len(pairs: int, num_experts: int, block_m: int, cap: int = 0) -> int:
-    """Length of `moe_align`'s sorted_ids: packed, every expert's pairs padded to whole blocks (at most
-    pairs + E * (block_m - 1), rounded up to block_m); with ``cap``, E slots of ``cap`` rows."""
-    if cap:
-        return num_experts * cap
+def align_len(pairs: int, num_experts: int, block_m: int) -> int:
+    """Length of `moe_align`'s sorted_ids: every expert's pairs padded to whole blocks (at most
+    pairs + E * (block_m - 1), rounded up to block_m)."""
     return triton.cdiv(pairs + num_experts * (block_m - 1), block_m) * block_m
 
 
 def align_buffers(
-    pairs: int, num_experts: int, block_m: int, device: torch.device, cap: int = 0
+    pairs: int, num_experts: int, block_m: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
     """`moe_align`'s outputs (empty) and `align_pairs`' sizes and block constexprs for ``pairs`` pairs."""
-    padded_len = align_len(pairs, num_experts, block_m, cap)
+    padded_len = align_len(pairs, num_experts, block_m)
     sorted_ids = torch.empty(padded_len, dtype=torch.long, device=device)
     block_expert = torch.empty(padded_len // block_m, dtype=torch.long, device=device)
     sizes = {
         "padded_len": padded_len,
-        "cap": cap,
         "BM": block_m,
         "BLOCK_P": triton.next_power_of_2(pairs),
         "BLOCK_E": triton.next_power_of_2(num_experts),
@@ -136,23 +130,21 @@ def align_buffers(
 
 
 def moe_align(
-    top_k_index: torch.Tensor, num_experts: int, block_m: int, cap: int = 0, pdl: bool = False
+    top_k_index: torch.Tensor, num_experts: int, block_m: int, pdl: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sort the (token, k) pairs by expert into blocks of ``block_m`` rows of one expert each.
 
     Returns sorted_ids (pair index t*k + j, or the pad value M*k) and block_expert (the expert of each
-    block; num_experts marks an unused block). Packed (``cap`` 0): each expert's pairs padded to whole
-    blocks, one after the other, then unused blocks. With ``cap`` (a multiple of block_m, at least the
-    most pairs an expert can get: the token count) expert e's pairs start at slot e * cap, so a block's
-    expert is known from its index alone. Within an expert the pairs come first (ascending), the padding
-    after them. Lengths `align_len`: shapes never depend on the routing (no host sync; CUDA-graph safe).
-    ``pdl``: the one-program sort is launched with PDL (the GEMM after it may then start its prefetch).
+    block; num_experts marks an unused block): each expert's pairs padded to whole blocks, one after the
+    other, then unused blocks. Within an expert the pairs come first (ascending), the padding after them.
+    Lengths `align_len`: shapes never depend on the routing (no host sync; CUDA-graph safe).
+    ``pdl``: the one-program sort is launched with PDL.
     """
     flat = top_k_index.reshape(-1)
     pairs = flat.numel()
     dev = flat.device
     if pairs <= ALIGN_SMALL_PAIRS and num_experts <= 256:
-        sorted_ids, block_expert, sizes = align_buffers(pairs, num_experts, block_m, dev, cap)
+        sorted_ids, block_expert, sizes = align_buffers(pairs, num_experts, block_m, dev)
         _moe_align_small[(1,)](
             flat,
             sorted_ids,
@@ -165,25 +157,20 @@ def moe_align(
             **launch_kwargs(pdl),
         )
         return sorted_ids, block_expert
-    padded_len = align_len(pairs, num_experts, block_m, cap)
+    padded_len = align_len(pairs, num_experts, block_m)
     order = torch.argsort(flat, stable=True)
     counts = torch.zeros(num_experts, dtype=torch.long, device=dev).scatter_add_(
         0, flat, torch.ones_like(flat)
     )
-    if cap:
-        pad_start = torch.arange(num_experts, device=dev) * cap
-    else:
-        padded = (counts + block_m - 1) // block_m * block_m
-        pad_end = torch.cumsum(padded, 0)
-        pad_start = pad_end - padded
+    padded = (counts + block_m - 1) // block_m * block_m
+    pad_end = torch.cumsum(padded, 0)
+    pad_start = pad_end - padded
     start = torch.cumsum(counts, 0) - counts
     expert_sorted = flat[order]
     dest = pad_start[expert_sorted] + torch.arange(pairs, device=dev) - start[expert_sorted]
     sorted_ids = torch.full((padded_len,), pairs, dtype=torch.long, device=dev)
     sorted_ids.scatter_(0, dest, order)
     block_start = torch.arange(0, padded_len, block_m, device=dev)
-    if cap:
-        return sorted_ids, block_start // cap
     return sorted_ids, torch.searchsorted(pad_end, block_start, right=True)
 
 
@@ -195,14 +182,13 @@ def align_pairs(
     P,
     E,
     padded_len,
-    cap,
     BM: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_E: tl.constexpr,
     BLOCK_NB: tl.constexpr,
 ):
     """`moe_align` of the P <= BLOCK_P expert indices at idx_ptr by the calling program: a one-hot
-    [pairs, experts] counting sort (``cap`` > 0: expert e's slots start at e * cap)."""
+    [pairs, experts] counting sort."""
     p = tl.arange(0, BLOCK_P)
     e = tl.arange(0, BLOCK_E)
     ex = tl.load(idx_ptr + p, mask=p < P, other=BLOCK_E)
@@ -210,7 +196,7 @@ def align_pairs(
     counts = tl.sum(onehot, axis=0)
     padded = (counts + BM - 1) // BM * BM
     pad_end = tl.cumsum(padded, axis=0)
-    pad_start = tl.where(cap > 0, e * cap, pad_end - padded)
+    pad_start = pad_end - padded
     rank = tl.sum(tl.where(onehot != 0, tl.cumsum(onehot, axis=0) - 1, 0), axis=1)
     start = tl.sum(tl.where(onehot != 0, pad_start[None, :], 0), axis=1)
     for j0 in range(0, padded_len, BLOCK_P):
@@ -221,7 +207,6 @@ def align_pairs(
     blk = tl.arange(0, BLOCK_NB)
     ends = tl.where(e < E, pad_end, 1 << 30)
     bexp = tl.sum((ends[None, :] <= (blk * BM)[:, None]).to(tl.int64), axis=1)
-    bexp = tl.where(cap > 0, (blk * BM) // tl.maximum(cap, 1), bexp)
     tl.store(bexp_ptr + blk, bexp, mask=blk * BM < padded_len)
 
 
@@ -233,7 +218,6 @@ def _moe_align_small(
     P,
     E,
     padded_len,
-    cap,
     BM: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_E: tl.constexpr,
@@ -242,7 +226,7 @@ def _moe_align_small(
 ):
     """`moe_align` in one program for up to BLOCK_P pairs."""
     pdl_begin(PDL)
-    align_pairs(idx_ptr, sorted_ptr, bexp_ptr, P, E, padded_len, cap, BM, BLOCK_P, BLOCK_E, BLOCK_NB)
+    align_pairs(idx_ptr, sorted_ptr, bexp_ptr, P, E, padded_len, BM, BLOCK_P, BLOCK_E, BLOCK_NB)
 
 
 @triton.jit
@@ -317,7 +301,6 @@ def _moe_gemm(
     s_so,
     a_div,
     n_half,
-    cap,
     SWIGLU: tl.constexpr,
     ROUTED: tl.constexpr,
     SPLIT: tl.constexpr,
@@ -330,9 +313,6 @@ def _moe_gemm(
     BLOCK_K: tl.constexpr,
     BLOCK_T: tl.constexpr,
     PDL: tl.constexpr = False,
-    STATIC: tl.constexpr = False,
-    PREFETCH_LINES: tl.constexpr = 0,
-    ELEM_BYTES: tl.constexpr = 2,
 ):
     """Program (pair block, column block, split): acc[pair, n] = a[pair // a_div] . w[e, n] over the
     split's K range, for the BLOCK_M sorted pairs at pid_m * BLOCK_M (sub-block pid_m % SUB of alignment
@@ -341,28 +321,15 @@ def _moe_gemm(
 
     SWIGLU: out[pair] = silu(gate rows n) * (up rows n_half + n). ROUTED: out[pair] = `_routed` row;
     with SPLIT, out + split * s_ps receives the fp32 dot instead. SUM: the column block's last program
-    writes sum[token] = `_token_sums`. The model dtype is sum_ptr's.
-
-    STATIC: the pairs are aligned in per-expert slots of ``cap`` rows (`moe_align`), so the program's
-    expert is pid_m * BLOCK_M // cap, known before the routing is: with PREFETCH_LINES > 0 its weight
-    slab is requested into L2 before `pdl_begin` (packed, the expert is read from the routing's output,
-    so nothing is touched before the wait)."""
+    writes sum[token] = `_token_sums`. The model dtype is sum_ptr's. PDL: nothing is read before
+    `pdl_begin` (the block's expert comes from the routing the previous kernel writes)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
     k_start = pid_k * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
-    if STATIC:
-        e = (pid_m * BLOCK_M // cap).to(tl.int64)
-        if PREFETCH_LINES > 0:
-            slab = w_ptr + e * s_we
-            prefetch_rows(
-                slab, pid_n * BLOCK_N, N, s_wn, k_start, k_end, n_half, BLOCK_N, PREFETCH_LINES, ELEM_BYTES,
-                SWIGLU,
-            )  # fmt: skip
     pdl_begin(PDL)
-    if not STATIC:
-        e = tl.load(bexp_ptr + pid_m // SUB).to(tl.int64)
+    e = tl.load(bexp_ptr + pid_m // SUB).to(tl.int64)
     dtype = sum_ptr.dtype.element_ty
     first = tl.load(sorted_ptr + pid_m * BLOCK_M)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -425,22 +392,6 @@ def fused_sum_applies(tokens: int, top_k: int) -> bool:
     return top_k <= FUSED_SUM_MAX_K and tokens <= FUSED_SUM_MAX_TOKENS
 
 
-def static_cap(tokens: int, cfg: MoeConfig) -> int:
-    """`moe_align`'s per-expert slots for ``cfg`` (0: packed): with a prefetching launch, the token count
-    rounded up to the larger block_m (an expert gets at most one pair a token)."""
-    if not (cfg.gate_up.prefetch or cfg.down.prefetch):
-        return 0
-    align_m = max(cfg.gate_up.block_m, cfg.down.block_m)
-    return triton.cdiv(tokens, align_m) * align_m
-
-
-def _prefetch(cfg: MoeGemmConfig, cap: int, k_span: int, w: torch.Tensor, pdl: bool) -> dict[str, int | bool]:
-    """The kernel's STATIC / PREFETCH_LINES / ELEM_BYTES: the slab prefetch only on a device where PDL
-    runs (it is PTX) and for weights with unit inner stride."""
-    lines = lines_for(k_span, w.element_size()) if cfg.prefetch and pdl and w.stride(-1) == 1 else 0
-    return {"STATIC": cap > 0, "PREFETCH_LINES": lines, "ELEM_BYTES": w.element_size()}
-
-
 def moe_gate_up(
     x: torch.Tensor,
     gate_up_proj: torch.Tensor,
@@ -450,11 +401,9 @@ def moe_gate_up(
     cfg: MoeGemmConfig,
     align_m: int,
     pdl: bool,
-    cap: int = 0,
 ) -> torch.Tensor:
     """The gate/up grouped GEMM with SwiGLU: [pairs, I] rows for the pairs `moe_align` sorted into blocks of
-    ``align_m`` (per-expert slots of ``cap`` rows if > 0) (x [tokens, H] contiguous; gate_up_proj
-    [E, 2I, H])."""
+    ``align_m`` (x [tokens, H] contiguous; gate_up_proj [E, 2I, H])."""
     tokens, hid = x.shape
     num_experts, two_i, _ = gate_up_proj.shape
     inter = two_i // 2
@@ -464,10 +413,9 @@ def moe_gate_up(
     _moe_gemm[(sorted_ids.numel() // cfg.block_m, triton.cdiv(inter, cfg.block_n), 1)](
         x, gate_up_proj, act_out, act_out, act_out, sorted_ids, block_expert, x,
         inter, hid, pairs, num_experts, tokens, hid, 1,
-        x.stride(0), *gate_up_proj.stride(), act_out.stride(0), 0, 0, top_k, inter, cap,
+        x.stride(0), *gate_up_proj.stride(), act_out.stride(0), 0, 0, top_k, inter,
         SWIGLU=True, ROUTED=False, SPLIT=False, SUM=False, IEEE=x.dtype == torch.float32, TOP_K=top_k,
         SUB=align_m // cfg.block_m, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, BLOCK_T=16, PDL=pdl,
-        **_prefetch(cfg, cap, hid, gate_up_proj, pdl),
         num_warps=cfg.num_warps, num_stages=stages, **launch_kwargs(pdl),
     )  # fmt: skip
     return act_out
@@ -484,7 +432,6 @@ def moe_down(
     align_m: int,
     fused: bool,
     pdl: bool,
-    cap: int = 0,
 ) -> torch.Tensor:
     """The down grouped GEMM times the routing weights (flat [pairs]): with ``fused`` each token's k rows
     summed in the kernel ([tokens, H]; cfg.split_k honoured), else the [pairs, H] rows (one split)."""
@@ -507,14 +454,13 @@ def moe_down(
         partial = torch.empty(pairs, hid, device=dev, dtype=dtype)
     sums = out if fused else partial
     _moe_gemm[(sorted_ids.numel() // cfg.block_m, n_cols, split)](
-        act_out, down_proj, partial, sums, _locks(dev) if fused else partial, sorted_ids, block_expert,
+        act_out, down_proj, partial, sums, fixup_locks(dev) if fused else partial, sorted_ids, block_expert,
         routing_weights, hid, inter, pairs, num_experts, tokens, k_per_split, split,
         act_out.stride(0), *down_proj.stride(), partial.stride(-2), partial.stride(0) if split > 1 else 0,
-        sums.stride(0), 1, 0, cap,
+        sums.stride(0), 1, 0,
         SWIGLU=False, ROUTED=True, SPLIT=split > 1, SUM=fused, IEEE=dtype == torch.float32, TOP_K=top_k,
         SUB=align_m // cfg.block_m, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk,
         BLOCK_T=min(triton.next_power_of_2(tokens), max(16, 4096 // cfg.block_n)), PDL=pdl,
-        **_prefetch(cfg, cap, k_per_split, down_proj, pdl),
         num_warps=cfg.num_warps, num_stages=stages, **launch_kwargs(pdl),
     )  # fmt: skip
     return out if fused else partial
@@ -537,8 +483,8 @@ def moe_experts(
     gate/up with SwiGLU fused in the epilogue, then down scaled by the routing weight, each token's k rows
     summed by the down GEMM (`fused_sum_applies`; ``fused_sum=False`` sums them with ``.sum(1)`` after,
     the same bits). Launches: ``config``, else `moe_config`'s; ``pdl`` as `pdl_enabled` unless False;
-    ``aligned``: `moe_align`'s output for these pairs, the launches' larger block_m and `static_cap`, if
-    already made. No host sync (shapes do not depend on the routing)."""
+    ``aligned``: `moe_align`'s output for these pairs and the launches' larger block_m, if already made.
+    No host sync (shapes do not depend on the routing)."""
     if act is not F.silu:
         from .reference import moe_experts_ref
 
@@ -552,15 +498,12 @@ def moe_experts(
     assert cfg.gate_up.split_k == 1, cfg
     fused = fused_sum_applies(tokens, k) and fused_sum is not False
     pdl = pdl_choice(x.device, pdl)
-    cap = static_cap(tokens, cfg)
-    sorted_ids, block_expert = aligned or moe_align(top_k_index, num_experts, align_m, cap, pdl)
+    sorted_ids, block_expert = aligned or moe_align(top_k_index, num_experts, align_m, pdl)
     act_out = moe_gate_up(
-        x.contiguous(), gate_up_proj, sorted_ids, block_expert, k, cfg.gate_up, align_m, pdl, cap
+        x.contiguous(), gate_up_proj, sorted_ids, block_expert, k, cfg.gate_up, align_m, pdl
     )
     rw = top_k_weights.reshape(-1).contiguous()
-    out = moe_down(
-        act_out, down_proj, sorted_ids, block_expert, rw, tokens, cfg.down, align_m, fused, pdl, cap
-    )
+    out = moe_down(act_out, down_proj, sorted_ids, block_expert, rw, tokens, cfg.down, align_m, fused, pdl)
     return out if fused else out.view(tokens, k, hid).sum(1)
 
 
@@ -578,6 +521,5 @@ __all__ = [
     "moe_down",
     "moe_experts",
     "moe_gate_up",
-    "static_cap",
     "token_bucket",
 ]

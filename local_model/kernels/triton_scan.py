@@ -20,8 +20,10 @@ in the kernels. A sequence is a batch row (all rows ``T`` long, or ``seq_lens``)
 (``cu_seqlens``), read on the device, so no launch needs host-side index tensors.
 
 Decode: ``_state_update`` (one token per row) and ``_mamba_decode_ssm``, the whole Mamba step after x_proj
-(dt/B/C norms, dt_proj, conv window shift, state update, D skip, z gate) in programs of several rows x a
-channel block, so the block's weights are read once for all its rows (`ssm_step_launch`).
+(dt/B/C norms, dt_proj, conv window shift, state update, D skip, z gate), one program per row and channel
+block (`ssm_step_launch`). Programs of several rows, which read a channel block's weights once for all
+their rows (dt_proj a tensor-core dot from 16 rows), ran slower on the H100 at 16 and 64 rows (as fast at
+one) and were removed (bench/GPU_NOTES.md, "mamba, session 11" and "Session 11, call 2 seen").
 """
 
 from __future__ import annotations
@@ -697,7 +699,6 @@ def _mamba_decode_ssm(
     convw_ptr,
     cb_ptr,
     cs_ptr,
-    M,
     D,
     R,
     N,
@@ -712,12 +713,9 @@ def _mamba_decode_ssm(
     s_css,
     s_csd,
     s_csw,
-    ROWS: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    DOT: tl.constexpr,
-    IEEE: tl.constexpr,
     CONV: tl.constexpr,
     CONV_W: tl.constexpr,
     CONV_BIAS: tl.constexpr,
@@ -726,16 +724,16 @@ def _mamba_decode_ssm(
     FAST_LOG: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
-    """Program (channel block, row block): the step of ROWS rows x BLOCK_D channels.
+    """Program (channel block, row): the step of one row x BLOCK_D channels.
 
     The channel block's weights (dt_proj slab, A, D, dt bias, the norms' weights, the conv's input tap and
-    bias) are loaded once for ROWS rows, before `pdl_begin`; then the rows' loads (slot, state tile [ROWS,
-    BLOCK_D, N], conv window and taps, x, z, x_proj row) are all issued before the first store, so a
-    program waits on one memory round trip. dt_proj is a [ROWS, R] x [R, BLOCK_D] tensor-core dot when DOT
-    (ROWS >= 16), a broadcast product summed in registers otherwise. A row past M writes nothing; a row
-    with a negative slot reads zeros, writes no state and outputs zeros."""
+    bias) are loaded before `pdl_begin`; then the row's loads (slot, state tile [BLOCK_D, N], conv window
+    and taps, x, z, x_proj row) are all issued before the first store, so a program waits on one memory
+    round trip. dt_proj is a broadcast product summed in registers. The tiles keep a leading row axis of
+    length one (``rows``), the shapes the launch was measured and shipped with. A row with a negative slot
+    reads zeros, writes no state and outputs zeros."""
     d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-    rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
+    rows = tl.program_id(1) + tl.arange(0, 1)
     r = tl.arange(0, BLOCK_R)
     n = tl.arange(0, BLOCK_N)
     if EVEN:  # whole channel blocks and d_state a power of two: only rows are masked
@@ -747,10 +745,7 @@ def _mamba_decode_ssm(
     rkmask = r < R
     dtype = x_ptr.dtype.element_ty
     # weights (never written by the step)
-    if DOT:
-        wdt = tl.load(wdt_ptr + d[None, :] * R + r[:, None], mask=rkmask[:, None] & dmask[None, :], other=0.0)
-    else:
-        wdt = tl.load(wdt_ptr + d[:, None] * R + r[None, :], mask=dmask[:, None] & rkmask[None, :], other=0.0)
+    wdt = tl.load(wdt_ptr + d[:, None] * R + r[None, :], mask=dmask[:, None] & rkmask[None, :], other=0.0)
     a2 = tl.load(a2_ptr + d[:, None] * N + n[None, :], mask=dmask[:, None] & nmask[None, :], other=0.0)
     dsk = tl.load(dsk_ptr + d, mask=dmask, other=0.0).to(tl.float32)
     dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0).to(tl.float32)
@@ -762,9 +757,8 @@ def _mamba_decode_ssm(
         if CONV_BIAS:
             cbias = tl.load(cb_ptr + d, mask=dmask, other=0.0).to(tl.float32)
     pdl_begin(PDL)
-    rmask = rows < M
-    slot = tl.load(idx_ptr + rows, mask=rmask, other=-1).to(tl.int64)
-    live = rmask & (slot >= 0)
+    slot = tl.load(idx_ptr + rows).to(tl.int64)
+    live = slot >= 0
     slot = tl.maximum(slot, 0)
     m2 = live[:, None] & dmask[None, :]
     m3 = m2[:, :, None] & nmask[None, None, :]
@@ -774,9 +768,9 @@ def _mamba_decode_ssm(
     x = tl.load(x_ptr + rows64[:, None] * s_x + d[None, :], mask=m2, other=0.0)
     zz = tl.load(z_ptr + rows64[:, None] * s_z + d[None, :], mask=m2, other=0.0).to(tl.float32)
     xp_row = xp_ptr + rows64[:, None] * s_xp
-    dt_raw = tl.load(xp_row + r[None, :], mask=rmask[:, None] & rkmask[None, :], other=0.0)
-    b_raw = tl.load(xp_row + R + n[None, :], mask=rmask[:, None] & nmask[None, :], other=0.0)
-    c_raw = tl.load(xp_row + R + N + n[None, :], mask=rmask[:, None] & nmask[None, :], other=0.0)
+    dt_raw = tl.load(xp_row + r[None, :], mask=rkmask[None, :], other=0.0)
+    b_raw = tl.load(xp_row + R + n[None, :], mask=nmask[None, :], other=0.0)
+    c_raw = tl.load(xp_row + R + N + n[None, :], mask=nmask[None, :], other=0.0)
     if CONV:
         # x is the conv's new input: the output comes from the cached window (shifted once all is read)
         cbase = cs_ptr + slot[:, None] * s_css + d[None, :] * s_csd
@@ -787,13 +781,7 @@ def _mamba_decode_ssm(
     dtn = _rms_rows(dt_raw, dtw, R, eps, dtype)
     bv = _rms_rows(b_raw, bw, N, eps, dtype).to(tl.float32)
     cv = _rms_rows(c_raw, cw, N, eps, dtype).to(tl.float32)
-    if DOT:
-        if IEEE:  # noqa: SIM108 (a constexpr branch)
-            dt = tl.dot(dtn, wdt, input_precision="ieee")
-        else:
-            dt = tl.dot(dtn, wdt)
-    else:
-        dt = tl.sum(wdt.to(tl.float32)[None, :, :] * dtn.to(tl.float32)[:, None, :], axis=2)
+    dt = tl.sum(wdt.to(tl.float32)[None, :, :] * dtn.to(tl.float32)[:, None, :], axis=2)
     dt = _softplus(dt.to(dtype).to(tl.float32) + dtb[None, :], FAST_LOG)
     if CONV:
         # the window moves one step (its entries were read above; these loads hit L1)
@@ -811,19 +799,17 @@ def _mamba_decode_ssm(
     y = tl.sum(h * cv[:, None, :], axis=2) + x * dsk[None, :]
     y = y * zz * tl.sigmoid(zz)
     tl.store(
-        out_ptr + rows64[:, None] * s_o + d[None, :],
-        y.to(out_ptr.dtype.element_ty),
-        mask=rmask[:, None] & dmask[None, :],
+        out_ptr + rows64[:, None] * s_o + d[None, :], y.to(out_ptr.dtype.element_ty), mask=dmask[None, :]
     )
 
 
-def ssm_step_launch(rows: int) -> tuple[int, int, int]:
-    """(ROWS, BLOCK_D, num_warps) of `mamba_decode_ssm` at ``rows`` rows: one row and 32 channels a program,
+def ssm_step_launch(rows: int) -> tuple[int, int]:
+    """(BLOCK_D, num_warps) of `mamba_decode_ssm` at ``rows`` rows: 32 channels a program (one row each),
     2 warps, at every batch size. Measured on an H100 (`bench/kernels_gpu.py --mamba-step`, cold state,
     d_inner 2048): at 64 rows 11.4 µs against 14.7-19.7 for programs of 16-32 rows (which read a channel
     block's weights once for all their rows but run fewer, heavier programs), at 16 rows 4.1 against 7.3-8.9,
     at one row 2.3 (2.2 with 16 channels on one warp)."""
-    return 1, 32, 2
+    return 32, 2
 
 
 def mamba_decode_ssm(
@@ -847,12 +833,13 @@ def mamba_decode_ssm(
     conv_weight: torch.Tensor | None = None,
     conv_bias: torch.Tensor | None = None,
     activation: str | None = None,
-    launch: tuple[int, int, int] | None = None,
+    launch: tuple[int, int] | None = None,
     pdl: bool | None = None,
 ) -> torch.Tensor:
     """`reference.mamba_decode_ssm_ref`'s contract in one launch (``a2``: A * log2(e), precomputable).
     With ``conv_state``, x is the causal conv's new input and the conv update happens in the same launch.
-    ``launch``: (ROWS, BLOCK_D, num_warps), default `ssm_step_launch`; ``pdl``: default `pdl_enabled`."""
+    ``launch``: (BLOCK_D, num_warps), default `ssm_step_launch`; ``pdl``: default `pdl_enabled` for ``batch``
+    rows (a batch-1 step measured 1% faster without it)."""
     conv = conv_state is not None
     if conv and (activation not in (None, "silu", "swish") or conv_weight.shape[-1] < 2):
         from .reference import causal_conv1d_update_ref
@@ -864,10 +851,9 @@ def mamba_decode_ssm(
     nst = A.shape[-1]
     a2 = A.float() * LOG2E if a2 is None else a2
     out = torch.empty_like(x) if out is None else out
-    rows_per, bd, warps = launch or ssm_step_launch(batch)
-    dot = rows_per >= 16
-    pdl = pdl_choice(x.device, pdl)
-    _mamba_decode_ssm[(triton.cdiv(dim, bd), triton.cdiv(batch, rows_per))](
+    bd, warps = launch or ssm_step_launch(batch)
+    pdl = pdl_choice(x.device, pdl, batch)
+    _mamba_decode_ssm[(triton.cdiv(dim, bd), batch)](
         xproj,
         x,
         z,
@@ -884,7 +870,6 @@ def mamba_decode_ssm(
         conv_weight.contiguous() if conv else a2,
         conv_bias if conv and conv_bias is not None else a2,
         conv_state if conv else a2,
-        batch,
         dim,
         rank,
         nst,
@@ -895,12 +880,9 @@ def mamba_decode_ssm(
         *ssm_state.stride(),
         out.stride(0),
         *(conv_state.stride() if conv else (0, 0, 0)),
-        ROWS=rows_per,
         BLOCK_D=bd,
-        BLOCK_R=max(16, triton.next_power_of_2(rank)) if dot else triton.next_power_of_2(rank),
+        BLOCK_R=triton.next_power_of_2(rank),
         BLOCK_N=triton.next_power_of_2(nst),
-        DOT=dot,
-        IEEE=x.dtype == torch.float32,
         CONV=conv,
         CONV_W=conv_weight.shape[-1] if conv else 1,
         CONV_BIAS=conv and conv_bias is not None,

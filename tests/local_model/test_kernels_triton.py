@@ -217,25 +217,6 @@ def test_moe_experts_grouped_gemm_matches_reference(dtype, tokens):
     assert rel(got, expect) <= tol(dtype)
 
 
-@pytest.mark.parametrize("tokens", [7, 600])
-def test_moe_align_in_expert_slots_puts_each_experts_pairs_at_its_slot(tokens):
-    """With ``cap`` expert e's pairs are slots e * cap onwards, ascending, padding after (one program up to
-    1024 pairs, PyTorch ops above)."""
-    gen = torch.Generator().manual_seed(tokens)
-    e, k, bm = 5, 2, 16
-    idx = torch.stack([torch.randperm(e, generator=gen)[:k] for _ in range(tokens)]).to(DEV)
-    cap = triton.cdiv(tokens, bm) * bm
-    sorted_ids, block_expert = tk.moe_align(idx, e, bm, cap)
-    assert sorted_ids.numel() == e * cap
-    assert block_expert.tolist() == [b * bm // cap for b in range(e * cap // bm)]
-    flat = idx.reshape(-1).cpu()
-    slots = sorted_ids.view(e, cap).cpu()
-    for ex in range(e):
-        mine = (flat == ex).nonzero().flatten()
-        assert torch.equal(slots[ex, : mine.numel()], mine)
-        assert bool((slots[ex, mine.numel() :] == flat.numel()).all())
-
-
 def test_moe_align_groups_pairs_by_expert_in_padded_blocks():
     idx = torch.tensor([[2, 0], [2, 3], [0, 2]], device=DEV)
     sorted_ids, block_expert = tk.moe_align(idx, 4, 4)
@@ -280,13 +261,11 @@ def _locks_at_zero() -> bool:
     return all(int(buf.abs().sum()) == 0 for buf in tg._LOCKS.values())
 
 
-# (gate/up, down) launches: the heuristic's; gate/up on half blocks of the alignment; down on half blocks;
-# per-expert slots (the prefetching launches' layout; the prefetch itself is GPU-only)
+# (gate/up, down) launches: the heuristic's; gate/up on half blocks of the alignment; down on half blocks
 MOE_LAUNCHES = {
     "default": None,
     "gate_up_sub_blocks": ((16, 32, 32), (32, 16, 16)),
     "down_sub_blocks": ((32, 32, 32), (16, 16, 16)),
-    "expert_slots": ((16, 32, 32, 4, 3, 1, True), (16, 16, 16, 4, 3, 1, True)),
 }
 
 
@@ -353,10 +332,8 @@ def test_moe_config_takes_the_measured_launch_of_the_shape_and_token_bucket(monk
 @gpu
 @pytest.mark.parametrize("tokens", [16, 64])
 def test_moe_experts_token_sum_in_the_down_gemm_gives_the_separate_sums_bits_at_model_size(tokens):
-    """The 426M model's experts (8 x [5632, 1024] gate/up, 8 x [1024, 2816] down, top-2) in bf16; with PDL
-    and the weight-slab prefetch (per-expert slots) too: the same bits."""
-    import dataclasses
-
+    """The 426M model's experts (8 x [5632, 1024] gate/up, 8 x [1024, 2816] down, top-2) in bf16; with and
+    without PDL: the same bits."""
     from local_model.kernels import triton_moe as tm
 
     case = _moe_case(72, tokens, 2, torch.bfloat16, e=8, h=1024, i=2816)
@@ -364,9 +341,8 @@ def test_moe_experts_token_sum_in_the_down_gemm_gives_the_separate_sums_bits_at_
     assert torch.equal(fused, tk.moe_experts(**case, fused_sum=False))
     assert torch.equal(fused, tk.moe_experts(**case))
     heur = tm.moe_config(tokens, 2, 8, 1024, 2816)
-    slots = tm.MoeConfig(*(dataclasses.replace(c, prefetch=True) for c in (heur.gate_up, heur.down)))
     assert torch.equal(fused, tk.moe_experts(**case, config=heur, pdl=False))
-    assert torch.equal(fused, tk.moe_experts(**case, config=slots, pdl=True))
+    assert torch.equal(fused, tk.moe_experts(**case, config=heur, pdl=True))
     assert _locks_at_zero()
     assert rel(fused, _moe_expect(case)) <= 1e-2
 
@@ -561,17 +537,16 @@ def test_moe_block_routes_normed_tokens_like_the_reference(tokens, k):
     assert torch.equal(out, tk.moe_block(x=x, residual=res, **args)[0])
 
 
-def test_moe_block_sorts_pairs_into_expert_slots_for_prefetching_launches(monkeypatch):
-    """A measured launch that prefetches: the route launch's sort puts the pairs in per-expert slots."""
+def test_moe_block_sorts_pairs_for_a_measured_launch(monkeypatch):
+    """A measured launch (MOE_SHAPES) aligned to a larger block_m than the heuristic's, gate/up on half
+    blocks: the route launch's sort feeds it, results as the reference, counter back at zero."""
     from local_model.kernels import triton_moe as tm
 
     gen = torch.Generator().manual_seed(19)
     tokens, e, k, h, i = 11, 5, 2, 48, 40
-    slots = tm.MoeConfig(
-        tm.MoeGemmConfig(16, 32, 32, prefetch=True), tm.MoeGemmConfig(16, 16, 32, prefetch=True)
-    )
-    monkeypatch.setitem(tm.MOE_SHAPES, (e, h, i, k, 16), slots)
-    assert tm.static_cap(tokens, slots) == 16
+    measured = tm.MoeConfig(tm.MoeGemmConfig(16, 32, 32), tm.MoeGemmConfig(32, 16, 32))
+    monkeypatch.setitem(tm.MOE_SHAPES, (e, h, i, k, 16), measured)
+    assert tm.moe_config(tokens, k, e, h, i) == measured
     x, res = (torch.randn(tokens, h, generator=gen).to(DEV) for _ in range(2))
     args = _moe_block_args(gen, e, h, i, k)
     out, _ = tk.moe_block(x=x, residual=res, **args)
@@ -711,14 +686,14 @@ def test_in_proj_conv_epilogue_matches_reference_reads_window_only_and_repeats_b
         (3, 48, None),
         (17, 40, None),
         (33, 48, None),
-        (5, 48, (1, 16, 1)),
-        (6, 40, (2, 32, 2)),
-        (9, 64, (16, 32, 4)),
+        (5, 48, (16, 1)),
+        (6, 40, (64, 2)),
+        (9, 64, (16, 4)),
     ],
 )
-def test_ssm_step_row_blocks_match_reference_and_update_state_in_place(dtype, rows, dim, launch):
+def test_ssm_step_matches_reference_and_updates_state_in_place(dtype, rows, dim, launch):
     """The SSM step with its conv at 1 to 33 rows, channel counts that do and do not fill whole channel
-    blocks, and several (rows, channels, warps) program shapes: the output, the SSM state rows and the
+    blocks, and several (channels, warps) program shapes: the output, the SSM state rows and the
     shifted conv windows match the reference; slots no row uses are untouched; rerun from the same state,
     it gives the same bits."""
     skip_interpreted_bf16(dtype)
