@@ -107,33 +107,24 @@ def _tile_epilogue(acc, acc_up, dtype, SWIGLU: tl.constexpr):
 
 
 @triton.jit
-def _conv_window_sum(
-    rows, rmask, n, cs_ptr, s_cs, s_cd, s_cw, idx_ptr, cw_ptr, cb_ptr, channels,
-    W: tl.constexpr, HAS_BIAS: tl.constexpr,
+def _conv_tile(
+    val, rows, rmask, n, xc_ptr, s_xc, cs_ptr, s_cs, s_cd, s_cw, idx_ptr, cw_ptr, cb_ptr, channels,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
 ):  # fmt: skip
-    """`ConvEpilogue`'s part that does not need the tile: bias + the W-1 cached taps times their weights
-    (fp32 [rows, columns n]), and the mask of the tile's live entries (columns below ``channels``, rows
-    with a slot). Loaded before the K loop, so these loads wait behind the GEMM's, not after it."""
+    """`ConvEpilogue` for an output tile ``val`` (fp32, rows x columns n): the conv of each row's window and
+    the tile's value as stored (model dtype), summed in fp32 in the order of `triton_conv`'s update kernel."""
+    dtype = xc_ptr.dtype.element_ty
     cmask = n < channels
     slot = tl.load(idx_ptr + rows, mask=rmask, other=-1).to(tl.int64)
     m = (rmask & (slot >= 0))[:, None] & cmask[None, :]
-    acc = tl.zeros(m.shape, tl.float32)
+    x_new = val.to(dtype).to(tl.float32)
+    acc = tl.load(cw_ptr + n * W + (W - 1), mask=cmask, other=0.0).to(tl.float32)[None, :] * x_new
     if HAS_BIAS:
         acc += tl.load(cb_ptr + n, mask=cmask, other=0.0).to(tl.float32)[None, :]
     base = cs_ptr + slot[:, None] * s_cs + n[None, :].to(tl.int64) * s_cd
     for j in tl.static_range(W - 1):
         tap = tl.load(base + j * s_cw, mask=m, other=0.0).to(tl.float32)
         acc += tl.load(cw_ptr + n * W + j, mask=cmask, other=0.0).to(tl.float32)[None, :] * tap
-    return acc, m
-
-
-@triton.jit
-def _conv_store(window_sum, m, val, rows, n, xc_ptr, s_xc, cw_ptr, channels, W: tl.constexpr, SILU: tl.constexpr):
-    """`ConvEpilogue` of an output tile ``val`` (fp32): its value as stored (model dtype) times the newest
-    tap's weight, added to `_conv_window_sum`'s, then SiLU, stored to the conv output."""
-    dtype = xc_ptr.dtype.element_ty
-    w_new = tl.load(cw_ptr + n * W + (W - 1), mask=n < channels, other=0.0).to(tl.float32)
-    acc = window_sum + w_new[None, :] * val.to(dtype).to(tl.float32)
     if SILU:
         acc = acc * tl.sigmoid(acc)
     tl.store(xc_ptr + rows[:, None].to(tl.int64) * s_xc + n[None, :], acc.to(dtype), mask=m)
@@ -235,10 +226,6 @@ def _splitk_gemm(
     dtype = out_ptr.dtype.element_ty
     k_start = pid_k * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
-    if CONV_W > 0:
-        window_sum, conv_mask = _conv_window_sum(
-            rows, rmask, n, cs_ptr, s_cs, s_cd, s_cw, idx_ptr, cw_ptr, cb_ptr, channels, CONV_W, CONV_BIAS
-        )
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     x_rows = x_ptr + rows[:, None].to(tl.int64) * s_xm
@@ -265,8 +252,12 @@ def _splitk_gemm(
     if not SPLIT:
         val = _tile_epilogue(acc, acc_up, dtype, SWIGLU)
         tl.store(out_ptr + rows[:, None].to(tl.int64) * s_om + n[None, :], val.to(dtype), mask=omask)
-        if CONV_W > 0:
-            _conv_store(window_sum, conv_mask, val, rows, n, xc_ptr, s_xc, cw_ptr, channels, CONV_W, CONV_SILU)
+        if CONV_W > 0:  # noqa: SIM102 - a constexpr branch: no conv code without it
+            if pid_n * BLOCK_N < channels:
+                _conv_tile(
+                    val, rows, rmask, n, xc_ptr, s_xc, cs_ptr, s_cs, s_cd, s_cw, idx_ptr, cw_ptr, cb_ptr,
+                    channels, CONV_W, CONV_BIAS, CONV_SILU,
+                )  # fmt: skip
     else:
         p_tile = part_ptr + rows[:, None].to(tl.int64) * s_pm + n[None, :]
         tl.store(p_tile + pid_k * s_ps, acc)
@@ -285,10 +276,12 @@ def _splitk_gemm(
                     tot_up = _sum_partials(p_tile + s_up, s_ps, split_k, BLOCK_M, BLOCK_N, GROUP)
                 val = _tile_epilogue(tot, tot_up, dtype, SWIGLU)
                 tl.store(out_ptr + rows[:, None].to(tl.int64) * s_om + n[None, :], val.to(dtype), mask=omask)
-                if CONV_W > 0:
-                    _conv_store(
-                        window_sum, conv_mask, val, rows, n, xc_ptr, s_xc, cw_ptr, channels, CONV_W, CONV_SILU
-                    )
+                if CONV_W > 0:  # noqa: SIM102 - a constexpr branch: no conv code without it
+                    if pid_n * BLOCK_N < channels:
+                        _conv_tile(
+                            val, rows, rmask, n, xc_ptr, s_xc, cs_ptr, s_cs, s_cd, s_cw, idx_ptr, cw_ptr,
+                            cb_ptr, channels, CONV_W, CONV_BIAS, CONV_SILU,
+                        )  # fmt: skip
                 tl.atomic_xchg(lock, 0)
 
 
