@@ -960,6 +960,7 @@ def _layer_bytes(layer: dict, rows: int) -> int:
     return total + 2 * layer["x"].nbytes
 
 
+_CONV_KEYS = ("conv_state", "conv_weight", "conv_bias", "state_indices")
 _SSM_KEYS = (
     "x", "z", "ssm_state", "state_indices", "dt_norm_weight", "b_norm_weight", "c_norm_weight", "dt_proj_weight",
     "dt_bias", "A", "D", "conv_state", "conv_weight", "conv_bias",
@@ -967,13 +968,9 @@ _SSM_KEYS = (
 
 
 def _conv_xproj(layer: dict) -> torch.Tensor:
-    """x_proj of the conv window: the conv kernel reading the window, then the projection (the step's path
-    at one row; above one row in_proj's epilogue convolves, outside this sublayer)."""
-    xc = tk.causal_conv1d_update(
-        x=layer["x"], conv_state=layer["conv_state"], weight=layer["conv_weight"], bias=layer["conv_bias"],
-        activation="silu", state_indices=layer["state_indices"], update=False,
-    )  # fmt: skip
-    return tk.linear(x=xc, weight=layer["xproj_weight"])
+    """x_proj of the conv window through the bundle (the conv kernel, then the projection)."""
+    conv = {k: layer[k] for k in _CONV_KEYS}
+    return tk.mamba_conv_xproj(x=layer["x"], xproj_weight=layer["xproj_weight"], activation="silu", **conv)
 
 
 def _ssm(layer: dict, xp: torch.Tensor, launch=None, pdl=None) -> torch.Tensor:  # noqa: ANN001
@@ -1004,10 +1001,10 @@ def _mamba_checks(layer: dict) -> dict:
         layer["ssm_state"].copy_(start[0])
         layer["conv_state"].copy_(start[1])
 
-    e_xc = ref.causal_conv1d_update_ref(
-        layer["x"], start[1].clone(), layer["conv_weight"], layer["conv_bias"], "silu", layer["state_indices"]
+    conv = {k: layer[k] for k in _CONV_KEYS}
+    e_xp = ref.mamba_conv_xproj_ref(
+        x=layer["x"], xproj_weight=layer["xproj_weight"], activation="silu", **conv
     )
-    e_xp = ref.linear_ref(x=e_xc, weight=layer["xproj_weight"])
     ssm_kw = {k: layer[k] for k in _SSM_KEYS if k not in ("ssm_state", "conv_state")}
     e_ssm, e_conv = start[0].clone(), start[1].clone()
     e_y = ref.mamba_decode_ssm_ref(

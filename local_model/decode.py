@@ -7,7 +7,7 @@ projection each) and runs one token per row over a slot pool (`HybridCache.alloc
           -> final fused residual + RMSNorm -> lm_head
 
 with every op taken from a `KernelBundle`, each RMSNorm (+ residual add) fused into the projection after
-it (Mamba: norm + in_proj with the conv of the window in its epilogue, x_proj, one dt/B/C-norm + dt_proj + conv shift + selective-state-
+it (Mamba: norm + in_proj, conv window + x_proj, one dt/B/C-norm + dt_proj + conv shift + selective-state-
 update kernel, out_proj; attention: norm + qkv projection, decode attention that first writes the new K/V
 at each row's position, o_proj; MLP: norm + gate/up + SwiGLU, down; MoE: norm + router + softmax/top-k,
 then the experts; lm_head with the final norm). Inputs are device tensors (token ids, slots, positions): nothing in the step reads a value back
@@ -184,24 +184,19 @@ class DecodeStep:
         w = self._prep[i]
         mx = w.mixer
         d = mx.d_inner
+        xz, x = self.k.norm_linear(
+            x=src, residual=res, norm_weight=norm_weight, eps=self.config.rms_norm_eps, weight=mx.in_proj.weight
+        )
+        if mx.in_proj.bias is not None:
+            xz = xz + mx.in_proj.bias
         conv = {
             "conv_state": state.conv,
             "conv_weight": w.conv_w,
             "conv_bias": mx.conv1d.bias,
             "activation": mx.activation,
         }
-        # in_proj also convolves the cached window with the new x (read only: the SSM kernel shifts it)
-        xz, xc, x = self.k.mamba_in_proj(
-            x=src,
-            residual=res,
-            norm_weight=norm_weight,
-            eps=self.config.rms_norm_eps,
-            weight=mx.in_proj.weight,
-            bias=mx.in_proj.bias,
-            state_indices=slots,
-            **conv,
-        )
-        xp = self.k.linear(x=xc, weight=mx.x_proj.weight)
+        # x_proj reads the conv of the cached window and the new input; the SSM kernel then shifts the window
+        xp = self.k.mamba_conv_xproj(x=xz[:, :d], state_indices=slots, xproj_weight=mx.x_proj.weight, **conv)
         kw = {"a2": w.a2} if self.k.name == "triton" else {}
         y = self.k.mamba_decode_ssm(
             xproj=xp,

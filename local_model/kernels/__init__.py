@@ -21,8 +21,8 @@ from .reference import (
     causal_conv1d_update_ref,
     greedy_advance_ref,
     linear_ref,
+    mamba_conv_xproj_ref,
     mamba_decode_ssm_ref,
-    mamba_in_proj_ref,
     moe_block_ref,
     moe_experts_ref,
     norm_linear_ref,
@@ -49,7 +49,7 @@ class KernelBundle:
     linear: Callable[..., torch.Tensor] = linear_ref
     router_topk: Callable[..., tuple[torch.Tensor, torch.Tensor]] = router_topk_ref
     mamba_decode_ssm: Callable[..., torch.Tensor] = mamba_decode_ssm_ref
-    mamba_in_proj: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = mamba_in_proj_ref
+    mamba_conv_xproj: Callable[..., torch.Tensor] = mamba_conv_xproj_ref
     norm_linear: Callable[..., tuple[torch.Tensor, torch.Tensor]] = norm_linear_ref
     moe_block: Callable[..., tuple[torch.Tensor, torch.Tensor]] = moe_block_ref
     greedy_advance: Callable[..., None] = greedy_advance_ref
@@ -78,7 +78,7 @@ def triton_bundle() -> KernelBundle:
         linear=t.linear,
         router_topk=t.router_topk,
         mamba_decode_ssm=t.mamba_decode_ssm,
-        mamba_in_proj=t.mamba_in_proj,
+        mamba_conv_xproj=t.mamba_conv_xproj,
         norm_linear=t.norm_linear,
         moe_block=t.moe_block,
         greedy_advance=t.greedy_advance,

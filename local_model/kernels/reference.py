@@ -498,6 +498,23 @@ def mamba_decode_ssm_ref(
     return selective_state_update_ref(ssm_state, x, dt, A, b, c, D, z, dt_bias.float(), True, state_indices)
 
 
+def mamba_conv_xproj_ref(
+    *,
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    activation: str | None,
+    state_indices: torch.Tensor,
+    xproj_weight: torch.Tensor,
+) -> torch.Tensor:
+    """x_proj of the causal conv over each row's cached window and its new input x [B, D]. The window is
+    only read: `mamba_decode_ssm_ref` (given the same conv arguments) shifts it afterwards."""
+    rows = _rows(conv_state, state_indices, x.shape[0])
+    xc, _ = _conv_window(x, conv_state, conv_weight, conv_bias, activation, rows)
+    return F.linear(xc, xproj_weight)
+
+
 def norm_linear_ref(
     *,
     x: torch.Tensor,
@@ -541,32 +558,6 @@ def moe_block_ref(
     h = rms_norm_ref(s, norm_weight, eps)
     w, idx = router_topk_ref(logits=F.linear(h, router_weight), k=top_k)
     return moe_experts_ref(h, idx, w, gate_up_proj, down_proj, act), s
-
-
-def mamba_in_proj_ref(
-    *,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    norm_weight: torch.Tensor | None,
-    eps: float,
-    residual: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    conv_state: torch.Tensor,
-    conv_weight: torch.Tensor,
-    conv_bias: torch.Tensor | None,
-    activation: str | None,
-    state_indices: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A Mamba mixer's decode input: (xz, xc, s) with xz = in_proj(RMSNorm(s)) (+ bias) and s = x + residual
-    (`norm_linear_ref`), and xc the causal conv of each row's cached window followed by its x half
-    xz[:, :D] (D = conv_weight's channels). The window is only read: `mamba_decode_ssm_ref` (given the same
-    conv arguments) shifts it afterwards."""
-    xz, s = norm_linear_ref(x=x, weight=weight, norm_weight=norm_weight, eps=eps, residual=residual)
-    if bias is not None:
-        xz = xz + bias
-    rows = _rows(conv_state, state_indices, x.shape[0])
-    xc, _ = _conv_window(xz[:, : conv_weight.shape[0]], conv_state, conv_weight, conv_bias, activation, rows)
-    return xz, xc, s
 
 
 def greedy_advance_ref(

@@ -27,8 +27,6 @@ import triton.language as tl
 
 from .pdl import launch_kwargs, lines_for, pdl_args, pdl_begin, pdl_enabled, prefetch_rows
 from .triton_gemm import (
-    ConvEpilogue,
-    conv_epilogue_launch,
     fixup_locks,
     linear_splitk,
     splitk_for,
@@ -301,41 +299,6 @@ def _plain(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return weight.stride(-1) == 1 and x.stride(-1) == 1 and x.dim() == 2
 
 
-def _plain_rows(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None) -> bool:
-    return _plain(x, weight) and (residual is None or residual.stride(-1) == 1)
-
-
-def _norm_then_project(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    norm_weight: torch.Tensor | None,
-    eps: float,
-    residual: torch.Tensor | None,
-    swiglu: bool = False,
-    out: torch.Tensor | None = None,
-    conv: ConvEpilogue | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`norm_linear` above one row: the RMSNorm kernel, then the split-K GEMM for the weights listed in
-    `triton_gemm.SPLITK_SHAPES` (SwiGLU or ``conv`` in its epilogue), else cuBLAS (3-5x faster at 64 rows
-    than a dot-tile kernel whose A operand passes through a normalising prologue)."""
-    from .reference import norm_linear_ref
-    from .triton_ops import rms_norm
-
-    if norm_weight is None and residual is not None:
-        h, s = norm_linear_ref(x=x, weight=weight, residual=residual, swiglu=swiglu, out=out)
-        return conv_epilogue_launch(h, conv), s
-    if norm_weight is None:
-        h, s = x, x
-    elif residual is not None:
-        h, s = rms_norm(x=x, weight=norm_weight, eps=eps, residual=residual)
-    else:
-        h, s = rms_norm(x=x, weight=norm_weight, eps=eps), x
-    cfg = splitk_for(x.shape[0], *weight.shape) if _plain(h, weight) else None
-    if cfg is not None:
-        return linear_splitk(x=h, weight=weight, swiglu=swiglu, out=out, config=cfg, conv=conv), s
-    return conv_epilogue_launch(norm_linear_ref(x=h, weight=weight, swiglu=swiglu, out=out)[0], conv), s
-
-
 def norm_linear(
     *,
     x: torch.Tensor,
@@ -351,9 +314,24 @@ def norm_linear(
     and cuBLAS (3-5x faster at 64 rows than a dot-tile kernel whose A operand passes through a normalising
     prologue), or for the weights listed in `triton_gemm.SPLITK_SHAPES` the split-K GEMM (SwiGLU in its
     epilogue)."""
+    from .reference import norm_linear_ref
+    from .triton_ops import rms_norm
+
     rows, k = x.shape
-    if rows > GEMV_MAX_ROWS or not _plain_rows(x, weight, residual):
-        return _norm_then_project(x, weight, norm_weight, eps, residual, swiglu, out)
+    plain = _plain(x, weight) and (residual is None or residual.stride(-1) == 1)
+    if rows > GEMV_MAX_ROWS or not plain:
+        if norm_weight is None and residual is not None:
+            return norm_linear_ref(x=x, weight=weight, residual=residual, swiglu=swiglu, out=out)
+        if norm_weight is None:
+            h, s = x, x
+        elif residual is not None:
+            h, s = rms_norm(x=x, weight=norm_weight, eps=eps, residual=residual)
+        else:
+            h, s = rms_norm(x=x, weight=norm_weight, eps=eps), x
+        cfg = splitk_for(rows, *weight.shape) if _plain(h, weight) else None
+        if cfg is not None:
+            return linear_splitk(x=h, weight=weight, swiglu=swiglu, out=out, config=cfg), s
+        return norm_linear_ref(x=h, weight=weight, swiglu=swiglu, out=out)[0], s
     n_out = weight.shape[0] // 2 if swiglu else weight.shape[0]
     dt = torch.promote_types(x.dtype, weight.dtype)
     out = torch.empty(rows, n_out, device=x.device, dtype=dt) if out is None else out
@@ -622,53 +600,40 @@ def moe_block(
     return out, res_out
 
 
-# ============================================================================ Mamba: norm + in_proj + conv
+# ============================================================================ Mamba: conv window + x_proj
 
 
-def mamba_in_proj(
+def mamba_conv_xproj(
     *,
     x: torch.Tensor,
-    weight: torch.Tensor,
-    norm_weight: torch.Tensor | None,
-    eps: float,
-    residual: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
     conv_state: torch.Tensor,
     conv_weight: torch.Tensor,
     conv_bias: torch.Tensor | None,
     activation: str | None,
     state_indices: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`reference.mamba_in_proj_ref`'s contract: (xz, xc, s). Above one row, for an in_proj listed in
-    `triton_gemm.SPLITK_SHAPES`, the conv runs in the split-K GEMM's epilogue (no conv launch between
-    in_proj and x_proj); otherwise `norm_linear` (one GEMV launch at one row) and the conv update kernel."""
+    xproj_weight: torch.Tensor,
+) -> torch.Tensor:
+    """`reference.mamba_conv_xproj_ref`'s contract: x_proj of the causal conv of each row's cached window
+    and its new input x [B, D], the window read but not shifted (the SSM step shifts it)."""
     if activation not in (None, "silu", "swish") or conv_weight.shape[-1] < 2:
-        from .reference import mamba_in_proj_ref
+        from .reference import mamba_conv_xproj_ref
 
-        return mamba_in_proj_ref(
-            x=x, weight=weight, norm_weight=norm_weight, eps=eps, residual=residual, bias=bias,
-            conv_state=conv_state, conv_weight=conv_weight, conv_bias=conv_bias, activation=activation,
-            state_indices=state_indices,
+        return mamba_conv_xproj_ref(
+            x=x, conv_state=conv_state, conv_weight=conv_weight, conv_bias=conv_bias, activation=activation,
+            state_indices=state_indices, xproj_weight=xproj_weight,
         )  # fmt: skip
-    d = conv_weight.shape[0]
-    rows = x.shape[0]
-    xc = torch.empty(rows, d, device=x.device, dtype=torch.promote_types(x.dtype, weight.dtype))
-    conv = ConvEpilogue(
-        state=conv_state,
-        weight=conv_weight,
-        bias=conv_bias,
-        state_indices=state_indices,
-        silu=activation is not None,
-        out=xc,
-    )
-    if bias is None and rows > GEMV_MAX_ROWS and _plain_rows(x, weight, residual):
-        xz, s = _norm_then_project(x, weight, norm_weight, eps, residual, conv=conv)
-        return xz, xc, s
-    xz, s = norm_linear(x=x, weight=weight, norm_weight=norm_weight, eps=eps, residual=residual)
-    if bias is not None:
-        xz = xz + bias
-    conv_epilogue_launch(xz, conv)
-    return xz, xc, s
+    from .triton_conv import causal_conv1d_update
+
+    # Two launches: recomputing the conv inside the x_proj GEMV made each of its few programs redo the conv
+    # over every channel (~20 µs a layer at d_inner 4096, against ~6 µs for the pair); a split-K kernel that
+    # convolves its channel slab in registers and multiplies it by the matching x_proj slab measured 10-13 µs
+    # at 64 rows against 8.9 for the pair (H100, cold), 8.2 against 7.9 at 16 rows; the conv in in_proj's
+    # split-K epilogue slowed each in_proj by ~5 µs at 64 rows, what the conv launch costs.
+    xc = causal_conv1d_update(
+        x=x, conv_state=conv_state, weight=conv_weight, bias=conv_bias, activation=activation,
+        state_indices=state_indices, update=False,
+    )  # fmt: skip
+    return linear(x=xc, weight=xproj_weight)
 
 
 # ============================================================================ greedy sampling on device
@@ -735,7 +700,7 @@ def greedy_advance(
 __all__ = [
     "greedy_advance",
     "linear",
-    "mamba_in_proj",
+    "mamba_conv_xproj",
     "moe_block",
     "norm_linear",
 ]

@@ -18,10 +18,7 @@ bit for bit, and fp32 atomics would make the result depend on the order programs
 Both give the same bits for the same configuration. With ``split_k == 1`` the program writes its tile
 directly. ``swiglu``: the weight holds gate rows [0, N/2) then up rows [N/2, N); each program computes a
 gate block and the matching up block and the output is silu(gate) * up ([rows, N/2]), rounded like
-`reference.norm_linear_ref` (each projection to the model dtype first). ``conv`` (`ConvEpilogue`, a Mamba
-in_proj): the tiles of the first ``channels`` output columns (the mixer's x half) also run the causal
-depthwise conv of each row's cached window followed by the tile's new value, and write it (+ SiLU) to a
-second output, so the decode step needs no conv launch between in_proj and x_proj.
+`reference.norm_linear_ref` (each projection to the model dtype first).
 """
 
 from __future__ import annotations
@@ -74,20 +71,6 @@ SPLITK_MIN_ROWS = 2
 SPLITK_MAX_ROWS = 128
 
 
-@dataclass(frozen=True)
-class ConvEpilogue:
-    """The Mamba conv a split-K in_proj runs on its x columns [0, channels): out[r, c] = act(sum_j
-    weight[c, j] * window_j + bias[c]) over the W-1 cached inputs of row r's slot (``state[slot, c, :]``,
-    oldest first; read, not shifted) and the row's new value; a negative slot skips the row."""
-
-    state: torch.Tensor  # [slots, channels, W - 1]
-    weight: torch.Tensor  # [channels, W]
-    bias: torch.Tensor | None  # [channels]
-    state_indices: torch.Tensor  # [rows]
-    silu: bool
-    out: torch.Tensor  # [rows, channels]
-
-
 def splitk_for(rows: int, n: int, k: int) -> SplitKConfig | None:
     """The configuration a projection of ``rows`` rows and weight [n, k] takes, or None (cuBLAS)."""
     if not SPLITK_MIN_ROWS <= rows <= SPLITK_MAX_ROWS:
@@ -104,30 +87,6 @@ def _tile_epilogue(acc, acc_up, dtype, SWIGLU: tl.constexpr):
         u = acc_up.to(dtype).to(tl.float32)
         return (g * tl.sigmoid(g)).to(dtype).to(tl.float32) * u
     return acc
-
-
-@triton.jit
-def _conv_tile(
-    val, rows, rmask, n, xc_ptr, s_xc, cs_ptr, s_cs, s_cd, s_cw, idx_ptr, cw_ptr, cb_ptr, channels,
-    W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-):  # fmt: skip
-    """`ConvEpilogue` for an output tile ``val`` (fp32, rows x columns n): the conv of each row's window and
-    the tile's value as stored (model dtype), summed in fp32 in the order of `triton_conv`'s update kernel."""
-    dtype = xc_ptr.dtype.element_ty
-    cmask = n < channels
-    slot = tl.load(idx_ptr + rows, mask=rmask, other=-1).to(tl.int64)
-    m = (rmask & (slot >= 0))[:, None] & cmask[None, :]
-    x_new = val.to(dtype).to(tl.float32)
-    acc = tl.load(cw_ptr + n * W + (W - 1), mask=cmask, other=0.0).to(tl.float32)[None, :] * x_new
-    if HAS_BIAS:
-        acc += tl.load(cb_ptr + n, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    base = cs_ptr + slot[:, None] * s_cs + n[None, :].to(tl.int64) * s_cd
-    for j in tl.static_range(W - 1):
-        tap = tl.load(base + j * s_cw, mask=m, other=0.0).to(tl.float32)
-        acc += tl.load(cw_ptr + n * W + j, mask=cmask, other=0.0).to(tl.float32)[None, :] * tap
-    if SILU:
-        acc = acc * tl.sigmoid(acc)
-    tl.store(xc_ptr + rows[:, None].to(tl.int64) * s_xc + n[None, :], acc.to(dtype), mask=m)
 
 
 @triton.jit
@@ -178,16 +137,6 @@ def _splitk_gemm(
     s_ps,
     s_pm,
     s_up,
-    xc_ptr,
-    s_xc,
-    cs_ptr,
-    s_cs,
-    s_cd,
-    s_cw,
-    idx_ptr,
-    cw_ptr,
-    cb_ptr,
-    channels,
     SPLIT: tl.constexpr,
     FIXUP: tl.constexpr,
     SWIGLU: tl.constexpr,
@@ -196,9 +145,6 @@ def _splitk_gemm(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP: tl.constexpr,
-    CONV_W: tl.constexpr = 0,
-    CONV_BIAS: tl.constexpr = False,
-    CONV_SILU: tl.constexpr = False,
     PDL: tl.constexpr = False,
     PREFETCH_LINES: tl.constexpr = 0,
     ELEM_BYTES: tl.constexpr = 2,
@@ -207,8 +153,7 @@ def _splitk_gemm(
 
     N is the number of output columns (n_half with SWIGLU, whose up rows start at weight row n_half).
     Partials are whole tiles at part[split, row, col] (SWIGLU: gate at col, up at s_up + col).
-    PREFETCH_LINES > 0: the program's weight slab is requested into L2 first; PDL: then `pdl_begin`.
-    CONV_W > 0: `ConvEpilogue` of width CONV_W on the tiles holding columns below ``channels``."""
+    PREFETCH_LINES > 0: the program's weight slab is requested into L2 first; PDL: then `pdl_begin`."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -252,12 +197,6 @@ def _splitk_gemm(
     if not SPLIT:
         val = _tile_epilogue(acc, acc_up, dtype, SWIGLU)
         tl.store(out_ptr + rows[:, None].to(tl.int64) * s_om + n[None, :], val.to(dtype), mask=omask)
-        if CONV_W > 0:  # noqa: SIM102 - a constexpr branch: no conv code without it
-            if pid_n * BLOCK_N < channels:
-                _conv_tile(
-                    val, rows, rmask, n, xc_ptr, s_xc, cs_ptr, s_cs, s_cd, s_cw, idx_ptr, cw_ptr, cb_ptr,
-                    channels, CONV_W, CONV_BIAS, CONV_SILU,
-                )  # fmt: skip
     else:
         p_tile = part_ptr + rows[:, None].to(tl.int64) * s_pm + n[None, :]
         tl.store(p_tile + pid_k * s_ps, acc)
@@ -276,12 +215,6 @@ def _splitk_gemm(
                     tot_up = _sum_partials(p_tile + s_up, s_ps, split_k, BLOCK_M, BLOCK_N, GROUP)
                 val = _tile_epilogue(tot, tot_up, dtype, SWIGLU)
                 tl.store(out_ptr + rows[:, None].to(tl.int64) * s_om + n[None, :], val.to(dtype), mask=omask)
-                if CONV_W > 0:  # noqa: SIM102 - a constexpr branch: no conv code without it
-                    if pid_n * BLOCK_N < channels:
-                        _conv_tile(
-                            val, rows, rmask, n, xc_ptr, s_xc, cs_ptr, s_cs, s_cd, s_cw, idx_ptr, cw_ptr,
-                            cb_ptr, channels, CONV_W, CONV_BIAS, CONV_SILU,
-                        )  # fmt: skip
                 tl.atomic_xchg(lock, 0)
 
 
@@ -395,20 +328,16 @@ def linear_splitk(
     config: SplitKConfig | None = None,
     pdl: bool | None = None,
     prefetch: bool | None = None,
-    conv: ConvEpilogue | None = None,
 ) -> torch.Tensor:
     """`reference.linear_ref`'s contract without bias (x @ weight.T; with ``swiglu``, silu of the first
     half of the outputs times the second half), fp32 accumulation, output in the inputs' dtype (fp32 dots
     in IEEE precision). x [M, K] and weight [N, K] with unit inner stride; ``out`` [M, N or N/2] (unit
     column stride) receives the result. Launch parameters: explicit arguments, else ``config``'s fields,
-    else `splitk_config`'s; stages (then the K block) are cut until the pipeline fits SMEM_LIMIT.
-    ``conv`` (no SwiGLU): `ConvEpilogue` of the first ``conv.out.shape[1]`` output columns into conv.out."""
+    else `splitk_config`'s; stages (then the K block) are cut until the pipeline fits SMEM_LIMIT."""
     rows, k = x.shape
     n_w, k_w = weight.shape
     if k_w != k or x.dtype != weight.dtype or x.stride(-1) != 1 or weight.stride(-1) != 1:
-        out = norm_linear_ref(x=x, weight=weight, swiglu=swiglu, out=out)[0]
-        return conv_epilogue_launch(out, conv)
-    assert conv is None or not swiglu, "the conv epilogue follows a plain projection"
+        return norm_linear_ref(x=x, weight=weight, swiglu=swiglu, out=out)[0]
     n_out = n_w // 2 if swiglu else n_w
     fp32 = x.dtype == torch.float32
     heur = splitk_config(rows, n_out, k, fp32=fp32)
@@ -445,12 +374,8 @@ def linear_splitk(
         s_ps, s_pm = part.stride(0), part.stride(1)
     else:
         part, s_ps, s_pm = out, 0, 0
-    fixup = split > 1 and (reduce == "fixup" or conv is not None) and n_tiles * m_tiles <= LOCK_COUNT
+    fixup = split > 1 and reduce == "fixup" and n_tiles * m_tiles <= LOCK_COUNT
     lock = fixup_locks(x.device) if fixup else out
-    # the conv runs in the epilogue where every tile ends in this launch (else after it)
-    conv_here = conv if conv is not None and (split == 1 or fixup) else None
-    cv = conv_here
-    cw = conv_here.weight if cv is not None else out
     pdl = pdl_choice(x.device, pdl, rows)
     prefetch = pdl if prefetch is None else pdl_choice(x.device, prefetch)
     _splitk_gemm[(n_tiles, split, m_tiles)](
@@ -471,14 +396,6 @@ def linear_splitk(
         s_ps,
         s_pm,
         n_pad,
-        cv.out if cv is not None else out,
-        cv.out.stride(0) if cv is not None else 0,
-        cv.state if cv is not None else out,
-        *(cv.state.stride() if cv is not None else (0, 0, 0)),
-        cv.state_indices if cv is not None else out,
-        cw,
-        cv.bias if cv is not None and cv.bias is not None else cw,
-        cv.out.shape[1] if cv is not None else 0,
         SPLIT=split > 1,
         FIXUP=fixup,
         SWIGLU=swiglu,
@@ -487,9 +404,6 @@ def linear_splitk(
         BLOCK_N=block_n,
         BLOCK_K=block_k,
         GROUP=_group(block_m * block_n // (32 * num_warps)),
-        CONV_W=cv.weight.shape[1] if cv is not None else 0,
-        CONV_BIAS=cv is not None and cv.bias is not None,
-        CONV_SILU=cv is not None and cv.silu,
         PDL=pdl,
         PREFETCH_LINES=lines_for(k_per_split, weight.element_size()) if prefetch else 0,
         ELEM_BYTES=weight.element_size(),
@@ -517,29 +431,7 @@ def linear_splitk(
             GROUP=_group(sum_m * sum_n // 64),
             num_warps=2,
         )
-    return out if conv_here is not None else conv_epilogue_launch(out, conv)
-
-
-def conv_epilogue_launch(out: torch.Tensor, conv: ConvEpilogue | None) -> torch.Tensor:
-    """`ConvEpilogue` as its own launch, for the projections that cannot end in it."""
-    if conv is not None:
-        from .triton_conv import causal_conv1d_update
-
-        causal_conv1d_update(
-            x=out[:, : conv.out.shape[1]], conv_state=conv.state, weight=conv.weight, bias=conv.bias,
-            activation="silu" if conv.silu else None, state_indices=conv.state_indices, out=conv.out,
-            update=False,
-        )  # fmt: skip
     return out
 
 
-__all__ = [
-    "SPLITK_SHAPES",
-    "ConvEpilogue",
-    "SplitKConfig",
-    "conv_epilogue_launch",
-    "fixup_locks",
-    "linear_splitk",
-    "splitk_config",
-    "splitk_for",
-]
+__all__ = ["SPLITK_SHAPES", "SplitKConfig", "fixup_locks", "linear_splitk", "splitk_config", "splitk_for"]

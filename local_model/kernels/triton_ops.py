@@ -14,7 +14,7 @@ import triton.language as tl
 
 from .pdl import pdl_args, pdl_begin
 from .triton_conv import causal_conv1d, causal_conv1d_update
-from .triton_decode import greedy_advance, linear, mamba_in_proj, moe_block, norm_linear, softmax_topk
+from .triton_decode import greedy_advance, linear, mamba_conv_xproj, moe_block, norm_linear, softmax_topk
 from .triton_gemm import linear_splitk
 from .triton_moe import moe_align, moe_experts
 from .triton_scan import mamba_decode_ssm, selective_scan, selective_scan_varlen, selective_state_update
@@ -393,7 +393,7 @@ __all__ = [
     "greedy_advance",
     "linear",
     "linear_splitk",
-    "mamba_in_proj",
+    "mamba_conv_xproj",
     "moe_block",
     "norm_linear",
     "attention_decode",

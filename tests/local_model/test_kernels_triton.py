@@ -554,64 +554,43 @@ def test_moe_block_sorts_pairs_for_a_measured_launch(monkeypatch):
     assert _locks_at_zero()
 
 
-def _in_proj_inputs(gen: torch.Generator, rows: int, hidden: int, dim: int, slots: int, dtype: torch.dtype) -> dict:
-    """A Mamba mixer's decode input: x and the residual [rows, hidden], norm and in_proj weights (x|z halves
-    of ``dim`` channels), the conv's weights and a pool of ``slots`` windows, distinct slots for the rows."""
-
-    def r(*s: int, scale: float = 1.0) -> torch.Tensor:
-        return (torch.randn(*s, generator=gen) * scale).to(DEV).to(dtype)
-
-    width = 4
-    return {
-        "x": r(rows, hidden),
-        "residual": r(rows, hidden),
-        "norm_weight": (torch.rand(hidden, generator=gen) + 0.5).to(DEV).to(dtype),
-        "eps": 1e-6,
-        "weight": r(2 * dim, hidden, scale=hidden**-0.5),
-        "conv_state": r(slots, dim, width - 1),
-        "conv_weight": r(dim, width, scale=0.5),
-        "conv_bias": r(dim),
-        "activation": "silu",
-        "state_indices": torch.randperm(slots, generator=gen)[:rows].to(DEV),
-    }
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_mamba_in_proj_then_ssm_step_match_reference(dtype, batch, monkeypatch):
-    """norm + in_proj with the conv (GEMV + conv kernel at one row, the split-K GEMM's conv epilogue above),
-    x_proj, then the SSM step that shifts the window: each output against the reference chain."""
-    from local_model.kernels import triton_gemm as tg
-
+def test_mamba_conv_xproj_then_ssm_step_with_conv_match_reference(dtype, batch):
     skip_interpreted_bf16(dtype)
     gen = torch.Generator().manual_seed(16)
-    hidden, dim, rank, n = 24, 40, 7, 16
-    monkeypatch.setitem(tg.SPLITK_SHAPES, (2 * dim, hidden), tg.SplitKConfig(block_n=16, block_k=16, split_k=1))
-    inp = _in_proj_inputs(gen, batch, hidden, dim, 5, dtype)
-    conv_ref = inp["conv_state"].clone()
-    xz, xc, s = tk.mamba_in_proj(**inp)
-    e_xz, e_xc, e_s = ref.mamba_in_proj_ref(**{**inp, "conv_state": conv_ref})
-    assert rel(xz, e_xz) <= tol(dtype) and rel(xc, e_xc) <= tol(dtype) and rel(s, e_s) <= tol(dtype)
-    assert torch.equal(inp["conv_state"], conv_ref)  # read, not shifted
-    xw = (torch.randn(rank + 2 * n, dim, generator=gen) * 0.2).to(DEV).to(dtype)
-    xp = tk.linear(x=xc, weight=xw)
-    assert rel(xp, ref.linear_ref(x=e_xc, weight=xw)) <= tol(dtype)
-    conv = {k: inp[k] for k in ("conv_weight", "conv_bias", "activation")}
-    ssm_pool = torch.randn(5, dim, n, generator=gen).to(DEV)
-    ssm_ref = ssm_pool.clone()
+    dim, rank, n, width = 40, 7, 16, 4
+
+    def r(*s: int) -> torch.Tensor:
+        return torch.randn(*s, generator=gen).to(DEV)
+
+    x, z = r(batch, dim).to(dtype), r(batch, dim).to(dtype)
+    conv = {
+        "conv_weight": (r(dim, width) * 0.5).to(dtype),
+        "conv_bias": r(dim).to(dtype),
+        "activation": "silu",
+    }
+    conv_pool, ssm_pool = r(5, dim, width - 1).to(dtype), r(5, dim, n)
+    conv_ref, ssm_ref = conv_pool.clone(), ssm_pool.clone()
+    slots = torch.tensor([4, 0, 2], device=DEV)[:batch]
+    xw = (r(rank + 2 * n, dim) * 0.2).to(dtype)
+    xp = tk.mamba_conv_xproj(x=x, conv_state=conv_pool, state_indices=slots, xproj_weight=xw, **conv)
+    e_xp = ref.mamba_conv_xproj_ref(x=x, conv_state=conv_ref, state_indices=slots, xproj_weight=xw, **conv)
+    assert rel(xp, e_xp) <= tol(dtype)
+    assert torch.equal(conv_pool, conv_ref)  # read, not shifted
     weights = {
         **ssm_step_weights(gen, dim, rank, n, dtype),
         "eps": 1e-6,
-        "state_indices": inp["state_indices"],
-        "z": xz[:, dim:],
-        "x": xz[:, :dim],
-        "xproj": xp,
+        "state_indices": slots,
+        "z": z,
+        "x": x,
+        "xproj": e_xp,
     }
-    got = tk.mamba_decode_ssm(ssm_state=ssm_pool, conv_state=inp["conv_state"], **conv, **weights)
+    got = tk.mamba_decode_ssm(ssm_state=ssm_pool, conv_state=conv_pool, **conv, **weights)
     expect = ref.mamba_decode_ssm_ref(ssm_state=ssm_ref, conv_state=conv_ref, **conv, **weights)
     assert rel(got, expect) <= tol(dtype)
     assert rel(ssm_pool, ssm_ref) <= tol(dtype)
-    assert torch.equal(inp["conv_state"], conv_ref)
+    assert torch.equal(conv_pool, conv_ref)
 
 
 def _conv_inputs(
@@ -634,48 +613,21 @@ def _conv_inputs(
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(
-    ("rows", "dim", "split_k", "reduce", "variant"),
-    [
-        (5, 40, 1, "fixup", "residual"),
-        (17, 48, 2, "fixup", "residual"),
-        (33, 40, 3, "launch", "no-residual"),
-        (9, 64, 1, "fixup", "no-conv-bias"),
-        (6, 32, 2, "fixup", "in_proj-bias"),
-    ],
-)
-def test_in_proj_conv_epilogue_matches_reference_reads_window_only_and_repeats_bitwise(
-    dtype, rows, dim, split_k, reduce, variant, monkeypatch
-):
-    """The split-K in_proj's conv epilogue (one split, or the last program of a tile after the fixup; the
-    two-pass reduction also takes the fixup so the conv can end the launch; an in_proj bias or a missing
-    norm take the separate conv kernel) against the reference; the window is left as it was and a second
+@pytest.mark.parametrize(("rows", "dim"), [(5, 40), (17, 40), (33, 40), (9, 160)])
+def test_conv_xproj_matches_reference_reads_window_only_and_repeats_bitwise(dtype, rows, dim):
+    """conv + x_proj at several rows against the reference; the window is left as it was and a second
     call gives the same bits."""
-    from local_model.kernels import triton_gemm as tg
-
     skip_interpreted_bf16(dtype)
-    hidden = 40
-    monkeypatch.setitem(
-        tg.SPLITK_SHAPES,
-        (2 * dim, hidden),
-        tg.SplitKConfig(block_n=16, block_k=16, split_k=split_k, reduce=reduce),
-    )
     gen = torch.Generator().manual_seed(40 + rows)
-    inp = _in_proj_inputs(gen, rows, hidden, dim, rows + 3, dtype)
-    if variant == "no-residual":
-        inp["residual"] = None
-    if variant == "no-conv-bias":
-        inp["conv_bias"] = None
-    if variant == "in_proj-bias":
-        inp["bias"] = torch.randn(2 * dim, generator=gen).to(DEV).to(dtype)
-    window = inp["conv_state"].clone()
-    xz, xc, s = tk.mamba_in_proj(**inp)
-    e_xz, e_xc, e_s = ref.mamba_in_proj_ref(**inp)
-    assert rel(xz, e_xz) <= tol(dtype) and rel(xc, e_xc) <= tol(dtype) and rel(s, e_s) <= tol(dtype)
-    assert torch.equal(inp["conv_state"], window)
-    again = tk.mamba_in_proj(**inp)
-    assert torch.equal(again[0], xz) and torch.equal(again[1], xc)
-    assert _locks_at_zero()
+    rank, n, width = 7, 16, 4
+    conv = _conv_inputs(gen, rows, dim, width, rows + 3, dtype)
+    xw = (torch.randn(rank + 2 * n, dim, generator=gen) * 0.2).to(DEV).to(dtype)
+    window = conv["conv_state"].clone()
+    got = tk.mamba_conv_xproj(xproj_weight=xw, **conv)
+    expect = ref.mamba_conv_xproj_ref(xproj_weight=xw, **conv)
+    assert rel(got, expect) <= tol(dtype)
+    assert torch.equal(conv["conv_state"], window)
+    assert torch.equal(tk.mamba_conv_xproj(xproj_weight=xw, **conv), got)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -732,26 +684,20 @@ def test_ssm_step_matches_reference_and_updates_state_in_place(dtype, rows, dim,
 
 
 @pytest.mark.parametrize("rows", [5, 17])
-def test_mamba_step_kernels_skip_rows_with_a_negative_slot(rows, monkeypatch):
+def test_mamba_step_kernels_skip_rows_with_a_negative_slot(rows):
     """A padding row (slot -1) leaves every pool slot as it was and outputs zeros from the SSM step; the
-    other rows get the reference's results, from in_proj's conv epilogue, x_proj and the SSM step."""
-    from local_model.kernels import triton_gemm as tg
-
+    other rows get the reference's results, in the conv + x_proj launch and in the SSM step."""
     gen = torch.Generator().manual_seed(90 + rows)
-    hidden, dim, rank, n, slots = 24, 48, 7, 16, rows + 3
-    monkeypatch.setitem(tg.SPLITK_SHAPES, (2 * dim, hidden), tg.SplitKConfig(block_n=16, block_k=16, split_k=2))
-    inp = _in_proj_inputs(gen, rows, hidden, dim, slots, torch.float32)
-    idx = inp["state_indices"]
+    dim, rank, n, width, slots = 48, 7, 16, 4, rows + 3
+    conv = _conv_inputs(gen, rows, dim, width, slots, torch.float32)
+    x = conv.pop("x")
+    idx = conv.pop("state_indices")
     idx[2] = -1
     keep = torch.arange(rows, device=DEV) != 2
-    xz, xc, _ = tk.mamba_in_proj(**inp)
-    x = xz[:, :dim]
-    kept = {**inp, "x": inp["x"][keep], "residual": inp["residual"][keep], "state_indices": idx[keep]}
-    _, e_xc, _ = ref.mamba_in_proj_ref(**kept)
-    assert rel(xc[keep], e_xc) <= 1e-5
     xw = (torch.randn(rank + 2 * n, dim, generator=gen) * 0.2).to(DEV)
-    xp = tk.linear(x=torch.where(keep[:, None], xc, 0.0), weight=xw)
-    conv = {k: inp[k] for k in ("conv_state", "conv_weight", "conv_bias", "activation")}
+    xp = tk.mamba_conv_xproj(x=x, xproj_weight=xw, state_indices=idx, **conv)
+    e_xp = ref.mamba_conv_xproj_ref(x=x[keep], xproj_weight=xw, state_indices=idx[keep], **conv)
+    assert rel(xp[keep], e_xp) <= 1e-5
     weights = {
         **ssm_step_weights(gen, dim, rank, n, torch.float32),
         "eps": 1e-6,
@@ -974,21 +920,18 @@ def test_split_k_chain_with_programmatic_dependent_launch_equals_the_plain_chain
 @pytest.mark.parametrize("rows", [1, 16, 64])
 def test_mamba_sublayer_at_model_size_in_bf16_repeats_to_the_bit(rows):
     """The 426M model's Mamba sublayer kernels (d_inner 2048, dt_rank 64, d_state 16, bf16 weights, fp32
-    state) near the references; in_proj with its conv epilogue identical over 20 launches; the SSM step identical
+    state) near the references; the split conv + x_proj identical over 20 launches; the SSM step identical
     with and without programmatic dependent launch, and replayed from a CUDA graph."""
     from local_model.decode import capture_graph
 
     gen = torch.Generator().manual_seed(80 + rows)
-    hidden, dim, rank, n, slots = 1024, 2048, 64, 16, rows + 5
-    inp = _in_proj_inputs(gen, rows, hidden, dim, slots, torch.bfloat16)
-    xz, xc, _ = tk.mamba_in_proj(**inp)
-    e_xz, e_xc, _ = ref.mamba_in_proj_ref(**inp)
-    assert rel(xz, e_xz) <= 1e-2 and rel(xc, e_xc) <= 1e-2
-    assert all(torch.equal(tk.mamba_in_proj(**inp)[1], xc) for _ in range(20))
-    x = xz[:, :dim]
+    dim, rank, n, width, slots = 2048, 64, 16, 4, rows + 5
+    conv = _conv_inputs(gen, rows, dim, width, slots, torch.bfloat16)
+    x = conv.pop("x")
     xw = (torch.randn(rank + 2 * n, dim, generator=gen) * dim**-0.5).to(DEV, torch.bfloat16)
-    xp = tk.linear(x=xc, weight=xw)
-    conv = {k: inp[k] for k in ("conv_state", "conv_weight", "conv_bias", "activation", "state_indices")}
+    xp = tk.mamba_conv_xproj(x=x, xproj_weight=xw, **conv)
+    assert rel(xp, ref.mamba_conv_xproj_ref(x=x, xproj_weight=xw, **conv)) <= 1e-2
+    assert all(torch.equal(tk.mamba_conv_xproj(x=x, xproj_weight=xw, **conv), xp) for _ in range(20))
     idx = conv.pop("state_indices")
     weights = {
         **ssm_step_weights(gen, dim, rank, n, torch.bfloat16),
