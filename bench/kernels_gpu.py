@@ -911,7 +911,7 @@ def pdl_chain(
 # d_conv 4, dt_rank 64; bf16 weights, fp32 SSM state).
 MAMBA = {"dim": 2048, "n": 16, "rank": 64, "width": 4}
 # (BLOCK_D, num_warps) of the SSM step (one row a program) tried beside the default; (64, 2) is the launch
-# shape of the step before session 11 (one program per row and 64 channels)
+# shape of the step's first fused SSM kernel (one program per row and 64 channels)
 SSM_LAUNCHES = [
     (64, 2),
     (32, 2),

@@ -18,8 +18,8 @@ the unsplit path's bits.
 Launches are tunable per shape and token bucket (`MOE_SHAPES`, filled from ``bench/kernels_gpu.py
 --moe-sweep``); the defaults are `moe_config`'s heuristic. On Hopper every launch takes programmatic
 dependent launch (`pdl`). (Requesting each program's expert weight slab into L2 before the PDL wait, with
-the pairs in per-expert slots, cost 20-35 µs a call on the H100 and was removed: bench/GPU_NOTES.md,
-"Session 11, call 2 seen".)
+the pairs in per-expert slots, cost 20-35 µs a call on the H100: bench/RESULTS.md, "MoE experts and the
+Mamba sublayer".)
 """
 
 from __future__ import annotations

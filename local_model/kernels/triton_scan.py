@@ -23,7 +23,7 @@ Decode: ``_state_update`` (one token per row) and ``_mamba_decode_ssm``, the who
 (dt/B/C norms, dt_proj, conv window shift, state update, D skip, z gate), one program per row and channel
 block (`ssm_step_launch`). Programs of several rows, which read a channel block's weights once for all
 their rows (dt_proj a tensor-core dot from 16 rows), ran slower on the H100 at 16 and 64 rows (as fast at
-one) and were removed (bench/GPU_NOTES.md, "mamba, session 11" and "Session 11, call 2 seen").
+one): bench/RESULTS.md, "MoE experts and the Mamba sublayer".
 """
 
 from __future__ import annotations
