@@ -26,12 +26,8 @@ import triton
 import triton.language as tl
 
 from .pdl import launch_kwargs, lines_for, pdl_args, pdl_begin, pdl_enabled, prefetch_rows
-from .triton_gemm import (
-    fixup_locks,
-    linear_splitk,
-    splitk_for,
-)
-from .triton_moe import ALIGN_SMALL_PAIRS, align_buffers, align_pairs, moe_config, moe_experts
+from .triton_gemm import fixup_locks, linear_splitk, splitk_for
+from .triton_moe import align_buffers, align_in_one_program, align_pairs, moe_config, moe_experts
 
 # Rows served by the GEMV kernels (one program per row and output block: each row re-reads the weight, so
 # from 2 rows cuBLAS, which reads it once, is as fast or faster; measured in bench/GPU_NOTES.md).
@@ -546,7 +542,7 @@ def moe_block(
     if tokens > 4:
         inter = gate_up_proj.shape[1] // 2
         cfg = moe_config(tokens, top_k, num_experts, hid, inter, fp32=x.dtype == torch.float32)
-        if pairs <= ALIGN_SMALL_PAIRS and num_experts <= 256:
+        if align_in_one_program(pairs, num_experts):
             align_m = max(cfg.gate_up.block_m, cfg.down.block_m)
             sorted_ids, block_expert, align = align_buffers(pairs, num_experts, align_m, x.device)
             aligned = (sorted_ids, block_expert)
@@ -697,10 +693,4 @@ def greedy_advance(
     counter.add_(1)
 
 
-__all__ = [
-    "greedy_advance",
-    "linear",
-    "mamba_conv_xproj",
-    "moe_block",
-    "norm_linear",
-]
+__all__ = ["greedy_advance", "linear", "mamba_conv_xproj", "moe_block", "norm_linear"]

@@ -102,8 +102,14 @@ def moe_config(
     return MoeConfig(gate_up=cfg, down=cfg)
 
 
-# pairs up to which `moe_align` runs in one program (`align_pairs`)
+# pairs (and experts) up to which `moe_align` runs in one program (`align_pairs`)
 ALIGN_SMALL_PAIRS = 1024
+ALIGN_SMALL_EXPERTS = 256
+
+
+def align_in_one_program(pairs: int, num_experts: int) -> bool:
+    """Whether `align_pairs` sorts these pairs in one program (else `moe_align` sorts them with PyTorch)."""
+    return pairs <= ALIGN_SMALL_PAIRS and num_experts <= ALIGN_SMALL_EXPERTS
 
 
 def align_len(pairs: int, num_experts: int, block_m: int) -> int:
@@ -143,7 +149,7 @@ def moe_align(
     flat = top_k_index.reshape(-1)
     pairs = flat.numel()
     dev = flat.device
-    if pairs <= ALIGN_SMALL_PAIRS and num_experts <= 256:
+    if align_in_one_program(pairs, num_experts):
         sorted_ids, block_expert, sizes = align_buffers(pairs, num_experts, block_m, dev)
         _moe_align_small[(1,)](
             flat,
@@ -508,11 +514,13 @@ def moe_experts(
 
 
 __all__ = [
+    "ALIGN_SMALL_EXPERTS",
     "ALIGN_SMALL_PAIRS",
     "MOE_SHAPES",
     "MoeConfig",
     "MoeGemmConfig",
     "align_buffers",
+    "align_in_one_program",
     "align_len",
     "align_pairs",
     "fused_sum_applies",
