@@ -448,7 +448,7 @@ def moe_down(
         cfg.num_stages, cfg.block_k, cfg.block_m, cfg.block_n, False, act_out.element_size()
     )
     n_cols = triton.cdiv(hid, cfg.block_n)
-    fused = fused and n_cols <= LOCK_COUNT
+    assert not fused or n_cols <= LOCK_COUNT, "the fused sum takes one fixup counter per column block"
     split = cfg.split_k if fused else 1
     k_per_split = triton.cdiv(triton.cdiv(inter, split), bk) * bk  # whole K blocks, no empty split
     split = triton.cdiv(inter, k_per_split)
@@ -502,7 +502,11 @@ def moe_experts(
     align_m = max(cfg.gate_up.block_m, cfg.down.block_m)
     assert align_m % cfg.gate_up.block_m == 0 and align_m % cfg.down.block_m == 0, cfg
     assert cfg.gate_up.split_k == 1, cfg
-    fused = fused_sum_applies(tokens, k) and fused_sum is not False
+    fused = (
+        fused_sum_applies(tokens, k)
+        and fused_sum is not False
+        and triton.cdiv(hid, cfg.down.block_n) <= LOCK_COUNT  # one fixup counter per column block
+    )
     pdl = pdl_choice(x.device, pdl)
     sorted_ids, block_expert = aligned or moe_align(top_k_index, num_experts, align_m, pdl)
     act_out = moe_gate_up(
