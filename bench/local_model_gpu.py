@@ -28,6 +28,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -194,6 +195,60 @@ def apply_splitk(spec: str | None, module) -> dict:  # noqa: ANN001
     return {f"{n}x{k}": str(c) for (n, k), c in tg.SPLITK_SHAPES.items()}
 
 
+_OVERRIDE_FIELDS = {
+    "bn": "block_n",
+    "bk": "block_k",
+    "split": "split_k",
+    "stages": "num_stages",
+    "warps": "num_warps",
+}
+
+
+def mode_overrides(spec: str) -> dict[str, int]:
+    """The ``key=value+...`` tail of a --splitk-ab mode: ``smem`` (KB), ``wide``, ``moestages`` and
+    SplitKConfig fields by their short names (`_OVERRIDE_FIELDS`)."""
+    out = {}
+    for item in filter(None, spec.split("+")):
+        key, _, value = item.partition("=")
+        if key not in ("smem", "wide", "moestages", *_OVERRIDE_FIELDS):
+            raise SystemExit(f"unknown mode override {key!r}")
+        out[key] = int(value)
+    return out
+
+
+def override_launches(over: dict[str, int], rows: int = 64) -> None:
+    """Apply `mode_overrides` to `triton_gemm.SPLITK_SHAPES` and `triton_moe.MOE_SHAPES` in place: ``wide=F``
+    multiplies every split-K launch's block_n and split_k by F (the same program count, F x fewer re-reads
+    of the activations); ``smem=KB`` cuts each split-K launch's stages (then its K block) until its pipeline
+    fits KB at ``rows`` rows, so the next kernel's programs fit beside it under PDL; ``moestages=N`` caps the
+    MoE GEMMs' stages."""
+    from local_model.kernels import triton_gemm as tg
+    from local_model.kernels import triton_moe as tm
+
+    fields = {_OVERRIDE_FIELDS[k]: v for k, v in over.items() if k in _OVERRIDE_FIELDS}
+    for (n, k), cfg in tg.SPLITK_SHAPES.items():
+        cfg = replace(cfg, **fields)
+        if "wide" in over:
+            cfg = replace(cfg, block_n=cfg.block_n * over["wide"], split_k=cfg.split_k * over["wide"])
+        if "smem" in over:
+            swiglu = n == 5632  # the MLP's gate/up weight (the only SwiGLU split-K launch of this model)
+            saved, tg.SMEM_LIMIT = tg.SMEM_LIMIT, over["smem"] * 1024
+            stages, bk = tg.fit_pipeline(
+                cfg.num_stages, cfg.block_k, tg.block_m_for(rows), cfg.block_n, swiglu, 2
+            )
+            tg.SMEM_LIMIT = saved
+            cfg = replace(cfg, num_stages=stages, block_k=bk)
+        tg.SPLITK_SHAPES[(n, k)] = cfg
+    if "moestages" in over:
+        for key, mc in tm.MOE_SHAPES.items():
+            cap = over["moestages"]
+            tm.MOE_SHAPES[key] = replace(
+                mc,
+                gate_up=replace(mc.gate_up, num_stages=min(mc.gate_up.num_stages, cap)),
+                down=replace(mc.down, num_stages=min(mc.down.num_stages, cap)),
+            )
+
+
 def splitk_ab(args: argparse.Namespace) -> int:
     """Decode tok/s of one random model (our bundle, CUDA graphs) with the projections on cuBLAS and on the
     split-K GEMM, alternating (two rounds); greedy tokens of the two paths and, in fp32, of the split-K path
@@ -209,11 +264,20 @@ def splitk_ab(args: argparse.Namespace) -> int:
         module = random_gpu_model(args, args.hidden, args.layers, args.experts)
     lm = SimpleNamespace(module=module)
 
+    from local_model.kernels import triton_moe as tm
+
+    moe_shipped = dict(tm.MOE_SHAPES)
+
     def use(mode: str) -> None:
-        """cublas*: no split-K; splitk*: ``--splitk``'s; default*: the shipped SPLITK_SHAPES."""
-        apply_splitk(args.splitk if mode.startswith("splitk") else None, module)
-        if mode.startswith("default"):
+        """cublas*: no split-K; splitk*: ``--splitk``'s; default*: the shipped SPLITK_SHAPES; a ``:key=value+...``
+        tail overrides launches (`override_launches`)."""
+        base, _, spec = mode.partition(":")
+        apply_splitk(args.splitk if base.startswith("splitk") else None, module)
+        if base.startswith("default"):
             tg.SPLITK_SHAPES.update(shipped)
+        tm.MOE_SHAPES.clear()
+        tm.MOE_SHAPES.update(moe_shipped)
+        override_launches(mode_overrides(spec))
 
     dev = next(module.parameters()).device
     out: dict = {
@@ -230,7 +294,7 @@ def splitk_ab(args: argparse.Namespace) -> int:
         for _ in range(2):
             for mode in args.modes.split(","):
                 # "-nopdl": every kernel launched without programmatic dependent launch (read at capture)
-                os.environ["HYBRIDGATE_PDL"] = "0" if mode.endswith("-nopdl") else "1"
+                os.environ["HYBRIDGATE_PDL"] = "0" if mode.partition(":")[0].endswith("-nopdl") else "1"
                 use(mode)
                 ours_greedy_graph(lm, prompt, 8)  # capture this bucket's graph, warm up
                 toks[mode], t = ours_greedy_graph(lm, prompt, args.new + 1)
@@ -280,7 +344,8 @@ def main() -> int:
         "--modes",
         default="cublas,splitk",
         help="--splitk-ab: modes to alternate (cublas, splitk, default = shipped SPLITK_SHAPES; '-nopdl' suffix: "
-        "without programmatic launch); with --big, on the ~1.5B config",
+        "without programmatic launch; ':key=value+...' launch overrides, see override_launches); with --big, "
+        "on the ~1.5B config",
     )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
