@@ -366,45 +366,74 @@ def _smem_fits(rows: int, cfg: dict, swiglu: bool) -> bool:
     """The pipeline's shared memory (stages x (x tile + weight tile(s)), bf16) within the H100's 227 KB."""
     from local_model.kernels.triton_gemm import block_m_for
 
-    tile = block_m_for(rows) * cfg["block_k"] + cfg["block_k"] * cfg["block_n"] * (2 if swiglu else 1)
+    bm = cfg.get("block_m") or block_m_for(rows)
+    tile = bm * cfg["block_k"] + cfg["block_k"] * cfg["block_n"] * (2 if swiglu else 1)
     return cfg["num_stages"] * tile * 2 <= 220 * 1024
 
 
-def _sweep_candidates(rows: int, n_out: int, k: int, swiglu: bool = False) -> list[dict]:
-    """Stage one of the sweep: output block x K block x split, 4 warps, 3 stages, one-launch reduction;
-    only launches with 0.5-8 programs per SM whose splits hold at least one K block and whose pipeline
-    fits in shared memory."""
+def _sweep_candidates(
+    rows: int, n_out: int, k: int, swiglu: bool = False, m_tiles_only: bool = False
+) -> list[dict]:
+    """Stage one of the sweep: rows a program (every row, or 16 / 32 of them) x output block x K block x
+    split, 4 warps, 3 stages, one-launch reduction; only launches with 0.5-8 programs per SM whose splits
+    hold at least one K block and whose pipeline fits in shared memory. ``m_tiles_only``: only launches of
+    16 or 32 rows a program, with 32-64 output columns, K blocks of 128-256 and at most 4 splits."""
     from local_model.kernels.triton_gemm import NUM_SMS, block_m_for, splitk_config
 
     cands = []
     splits = sorted({1, 2, 4, 8, 16, splitk_config(rows, n_out, k).split_k or 1})
-    for bn in (32, 64, 128, 256):
-        for bk in (64, 128, 256):
-            for split in splits:
-                if (
-                    bk * split > triton.cdiv(k, bk) * bk
-                    or (bn >= 128 and bk == 256)
-                    or (bn == 256 and n_out < 4096)
-                ):
-                    continue
-                programs = triton.cdiv(n_out, bn) * split * triton.cdiv(rows, block_m_for(rows))
-                nw = 8 if bn == 256 else 4
-                cfg = {"block_n": bn, "block_k": bk, "split_k": split, "num_warps": nw, "num_stages": 3}
-                few = split == 1 and programs < NUM_SMS // 2
-                if (NUM_SMS // 2 <= programs <= 8 * NUM_SMS or few) and _smem_fits(rows, cfg, swiglu):
-                    cands.append(cfg)
+    all_rows = block_m_for(rows)
+    for bm in sorted({all_rows, *(b for b in (16, 32) if b < all_rows)}, reverse=True):
+        for bn in (32, 64, 128, 256):
+            for bk in (64, 128, 256):
+                for split in splits:
+                    if (
+                        bk * split > triton.cdiv(k, bk) * bk
+                        or (bn >= 128 and bk == 256)
+                        or (bn == 256 and n_out < 4096)
+                        or (bm < all_rows and (bn == 256 or split > 4))
+                        or (m_tiles_only and (bm == all_rows or bn > 64 or bk < 128))
+                    ):
+                        continue
+                    programs = triton.cdiv(n_out, bn) * split * triton.cdiv(rows, bm)
+                    nw = 8 if bn == 256 else 4
+                    cfg = {"block_n": bn, "block_k": bk, "split_k": split, "num_warps": nw, "num_stages": 3}
+                    if bm < all_rows:
+                        cfg["block_m"] = bm
+                    few = (split == 1 or m_tiles_only) and programs < NUM_SMS // 2
+                    if (NUM_SMS // 2 <= programs <= 8 * NUM_SMS or few) and _smem_fits(rows, cfg, swiglu):
+                        cands.append(cfg)
     return cands
 
 
 def _cfg_key(cfg: dict) -> str:
-    return "bn{block_n}_bk{block_k}_s{split_k}_w{num_warps}_st{num_stages}_".format(**cfg) + cfg.get(
+    key = "bn{block_n}_bk{block_k}_s{split_k}_w{num_warps}_st{num_stages}_".format(**cfg) + cfg.get(
         "reduce", "fixup"
     )
+    return key + (f"_bm{cfg['block_m']}" if cfg.get("block_m") else "")
 
 
-def _sweep_tried(x: torch.Tensor, ws: list[torch.Tensor], swiglu: bool, cands: list[dict]) -> dict:
+def _cfg_of_key(key: str) -> dict:
+    """The launch configuration `_cfg_key` names."""
+    parts = key.split("_")
+    cfg = {
+        "block_n": int(parts[0][2:]),
+        "block_k": int(parts[1][2:]),
+        "split_k": int(parts[2][1:]),
+        "num_warps": int(parts[3][1:]),
+        "num_stages": int(parts[4][2:]),
+        "reduce": parts[5],
+    }
+    if len(parts) > 6:
+        cfg["block_m"] = int(parts[6][2:])
+    return cfg
+
+
+def _sweep_tried(
+    x: torch.Tensor, ws: list[torch.Tensor], swiglu: bool, cands: list[dict], refine: int = 2
+) -> dict:
     """µs per launch configuration (key `_cfg_key`): the candidates; warps {4, 8} x stages {2, 3, 4} on the
-    best 2 of them; then the best so far with the other reduction (two-pass)."""
+    best ``refine`` of them; then the best so far with the other reduction (two-pass)."""
     tried: dict[str, float | str] = {}
     configs: dict[str, dict] = {}
 
@@ -421,7 +450,7 @@ def _sweep_tried(x: torch.Tensor, ws: list[torch.Tensor], swiglu: bool, cands: l
 
     for cfg in cands:
         run(cfg)
-    for base in best(2):
+    for base in best(refine):
         for nw in (4, 8):
             for st in (2, 3, 4):
                 run({**base, "num_warps": nw, "num_stages": st})
@@ -431,10 +460,10 @@ def _sweep_tried(x: torch.Tensor, ws: list[torch.Tensor], swiglu: bool, cands: l
     return tried
 
 
-def gemm_sweep(rows_list: tuple[int, ...] = (64,), save=None) -> list[dict]:  # noqa: ANN001
+def gemm_sweep(rows_list: tuple[int, ...] = (64,), save=None, m_tiles_only: bool = False) -> list[dict]:  # noqa: ANN001
     """Best split-K launch per 426M projection (SWEEP_SHAPES) and row count (``save`` as in `gemm_rows`),
     against cuBLAS, timed as `gemm_rows` (the launches tried: `_sweep_candidates`, then `_sweep_tried`)."""
-    from local_model.kernels.triton_gemm import splitk_config
+    from local_model.kernels.triton_gemm import SPLITK_SHAPES, splitk_config
 
     out = []
     for n, k, swiglu in SWEEP_SHAPES:
@@ -445,22 +474,17 @@ def gemm_sweep(rows_list: tuple[int, ...] = (64,), save=None) -> list[dict]:  # 
             x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
             cublas = rotating_us(lambda w, x=x, sw=swiglu: _cublas(sw)(x, w), ws)
             default = rotating_us(lambda w, x=x, sw=swiglu: _splitk(sw)(x, w), ws)
-            tried = _sweep_tried(x, ws, swiglu, _sweep_candidates(rows, n_out, k, swiglu))
-            timed = sorted((v, key) for key, v in tried.items() if isinstance(v, float))
-            best_us, best_key = timed[0] if timed else (None, None)
-            parts = best_key.split("_") if best_key else []
-            best_cfg = (
-                {
-                    "block_n": int(parts[0][2:]),
-                    "block_k": int(parts[1][2:]),
-                    "split_k": int(parts[2][1:]),
-                    "num_warps": int(parts[3][1:]),
-                    "num_stages": int(parts[4][2:]),
-                    "reduce": parts[5],
-                }
-                if parts
+            ship = SPLITK_SHAPES.get((n, k))
+            shipped = (
+                rotating_us(lambda w, x=x, sw=swiglu, c=ship: _splitk(sw, config=c)(x, w), ws)
+                if ship
                 else None
             )
+            cands = _sweep_candidates(rows, n_out, k, swiglu, m_tiles_only)
+            tried = _sweep_tried(x, ws, swiglu, cands, refine=1 if m_tiles_only else 2)
+            timed = sorted((v, key) for key, v in tried.items() if isinstance(v, float))
+            best_us, best_key = timed[0] if timed else (None, None)
+            best_cfg = _cfg_of_key(best_key) if best_key else None
             facts = _split_facts(x, ws[0], swiglu, best_cfg) if best_cfg else {}
             row = {
                 "n": n,
@@ -472,6 +496,9 @@ def gemm_sweep(rows_list: tuple[int, ...] = (64,), save=None) -> list[dict]:  # 
                 "default_config": vars(splitk_config(rows, n_out, k)),
                 "best_us": best_us,
                 "best_config": best_cfg,
+                "shipped_us": shipped,
+                "shipped_config": vars(ship) if ship else None,
+                "speedup_vs_shipped": round(shipped / best_us, 2) if shipped and best_us else None,
                 "cublas_GBps": _gbps(nbytes, cublas),
                 "best_GBps": _gbps(nbytes, best_us) if best_us else None,
                 "speedup_vs_cublas": round(cublas / best_us, 2)
@@ -810,12 +837,14 @@ def print_gemm_tables(rows: list[dict], sweep: list[dict]) -> None:
                 print(f"| {r['n']}x{r['k']} +SwiGLU | {r['rows']} | {r['cublas_swiglu_us']} (+silu*up) | "
                       f"{r['splitk_swiglu_us']} (fused) | | | | |")  # fmt: skip
     if sweep:
-        print("\n| N x K | rows | cuBLAS µs | default µs | best µs | best GB/s | x cuBLAS | best config |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("\n| N x K | rows | cuBLAS µs | default µs | shipped µs | best µs | best GB/s | x cuBLAS | x shipped "
+              "| best config |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in sweep:
             name = f"{r['n']}x{r['k']}" + (" +SwiGLU" if r["swiglu"] else "")
-            print(f"| {name} | {r['rows']} | {r['cublas_us']} | {r['default_us']} | {r['best_us']} | "
-                  f"{r['best_GBps']} | {r['speedup_vs_cublas']} | {r['best_config']} |")  # fmt: skip
+            print(f"| {name} | {r['rows']} | {r['cublas_us']} | {r['default_us']} | {r.get('shipped_us')} | "
+                  f"{r['best_us']} | {r['best_GBps']} | {r['speedup_vs_cublas']} | {r.get('speedup_vs_shipped')} "
+                  f"| {r['best_config']} |")  # fmt: skip
         print("\n# triton_gemm.SPLITK_SHAPES from this sweep (best launch where it beats cuBLAS by >= 5%):")
         print("SPLITK_SHAPES = {")
         for r in sweep:
@@ -823,7 +852,8 @@ def print_gemm_tables(rows: list[dict], sweep: list[dict]) -> None:
                 c = r["best_config"]
                 print(f"    ({r['n']}, {r['k']}): SplitKConfig(block_n={c['block_n']}, block_k={c['block_k']}, "
                       f"split_k={c['split_k']}, num_warps={c['num_warps']}, num_stages={c['num_stages']}, "
-                      f"reduce={c['reduce']!r}),  # {r['rows']} rows: {r['best_us']} vs cuBLAS "
+                      f"reduce={c['reduce']!r}" + (f", block_m={c['block_m']}" if c.get("block_m") else "") +
+                      f"),  # {r['rows']} rows: {r['best_us']} vs cuBLAS "
                       f"{r['cublas_us']} µs")  # fmt: skip
         print("}")
 
@@ -1104,6 +1134,11 @@ def main() -> int:
         "--attn", action="store_true", help="only: paged decode attention at 32K/256K, split or not"
     )
     ap.add_argument("--gemm-sweep", action="store_true", help="only: best split-K launch per 426M projection")
+    ap.add_argument(
+        "--gemm-sweep-mtiles",
+        action="store_true",
+        help="with --gemm-sweep: only launches of 16-32 rows a program (the shipped launch timed beside them)",
+    )
     ap.add_argument("--gemm-rows", default=None, help="comma-separated rows (--gemm: 1,16,64; sweep: 64)")
     ap.add_argument(
         "--pdl", action="store_true", help="only: a chain of projections with/without PDL, prefetch"
@@ -1173,7 +1208,11 @@ def main() -> int:
             return save
 
         res_g["gemm"] = gemm_rows(rows_arg or (1, 16, 64), saver("gemm")) if args.gemm else []
-        res_g["gemm_sweep"] = gemm_sweep(rows_arg or (64,), saver("gemm_sweep")) if args.gemm_sweep else []
+        res_g["gemm_sweep"] = (
+            gemm_sweep(rows_arg or (64,), saver("gemm_sweep"), args.gemm_sweep_mtiles)
+            if args.gemm_sweep
+            else []
+        )
         print_gemm_tables(res_g["gemm"], res_g["gemm_sweep"])
         if args.json:
             Path(args.json).write_text(json.dumps(res_g, indent=1))

@@ -173,12 +173,19 @@ def leading_agreement(a: torch.Tensor, b: torch.Tensor) -> list[int]:
     return [int(row.cumprod(0).sum()) for row in eq]
 
 
+_SHIPPED_SPLITK: dict = {}
+
+
 def apply_splitk(spec: str | None, module) -> dict:  # noqa: ANN001
     """Fill `triton_gemm.SPLITK_SHAPES` from ``spec`` (None/"off": empty; "default": every 2-D weight of
     ``module`` with the heuristic launch; a path: the sweep JSON's best launches beating cuBLAS by 5%;
-    "all:PATH": every swept shape at its best launch)."""
+    "all:PATH": every swept shape at its best launch; "better:PATH": the shipped launches, each replaced by
+    the sweep's best where it beat the shipped one in the sweep's run)."""
     from local_model.kernels import triton_gemm as tg
 
+    if not _SHIPPED_SPLITK:
+        _SHIPPED_SPLITK.update(tg.SPLITK_SHAPES)
+    shipped = dict(_SHIPPED_SPLITK)
     tg.SPLITK_SHAPES.clear()
     if spec in (None, "off"):
         return {}
@@ -186,6 +193,12 @@ def apply_splitk(spec: str | None, module) -> dict:  # noqa: ANN001
         for p in module.parameters():
             if p.dim() == 2:
                 tg.SPLITK_SHAPES[tuple(p.shape)] = tg.SplitKConfig()
+    elif spec.startswith("better:"):
+        # the shipped launches, each replaced by the sweep's best where that was faster in the same run
+        tg.SPLITK_SHAPES.update(shipped)
+        for r in json.loads(Path(spec.removeprefix("better:")).read_text()).get("gemm_sweep", []):
+            if r.get("best_config") and (r.get("speedup_vs_shipped") or 0) > 1.0:
+                tg.SPLITK_SHAPES[(r["n"], r["k"])] = tg.SplitKConfig(**r["best_config"])
     else:
         # "all:PATH": every swept shape at its best launch, faster than cuBLAS or not
         every = spec.startswith("all:")

@@ -46,6 +46,10 @@ class SplitKConfig:
     num_warps: int | None = None
     num_stages: int | None = None
     reduce: str | None = None
+    # rows a program covers; None: every row up to 128 (`block_m_for`), so the weight is read once. Fewer
+    # rows a program gives a narrow output more programs without splitting K (each weight tile is then
+    # read by several programs, from L2 after the first)
+    block_m: int | None = None
 
 
 # (N, K) of a weight -> the configuration its projection runs with through the bundle's `linear` /
@@ -325,6 +329,7 @@ def linear_splitk(
     num_warps: int | None = None,
     num_stages: int | None = None,
     reduce: str | None = None,
+    block_m: int | None = None,
     config: SplitKConfig | None = None,
     pdl: bool | None = None,
     prefetch: bool | None = None,
@@ -353,7 +358,8 @@ def linear_splitk(
         pick(reduce, "reduce"),
     )
     assert reduce in ("fixup", "launch"), f"unknown reduction {reduce!r}"
-    block_m = block_m_for(rows)
+    block_m = block_m or cfg.block_m or block_m_for(rows)
+    assert block_m >= 16 and block_m & (block_m - 1) == 0, "block_m: a power of two from 16"
 
     num_stages, block_k = fit_pipeline(num_stages, block_k, block_m, block_n, swiglu, x.element_size())
     # whole K blocks per split, and no empty split

@@ -791,6 +791,23 @@ def test_linear_splitk_writes_into_out_rows_of_a_wider_buffer(dtype, rows):
     assert (buf[:, :3] == 7).all() and (buf[:, 73:] == 7).all()
 
 
+@pytest.mark.parametrize("split_k", [1, 3])
+@pytest.mark.parametrize("swiglu", [False, True])
+def test_linear_splitk_with_row_blocks_smaller_than_the_rows_matches_reference(split_k, swiglu):
+    """block_m below the row count: several row blocks share each weight tile (40 rows in blocks of 16,
+    the last one ragged), every row's output as the reference's."""
+    from local_model.kernels.triton_gemm import SplitKConfig, linear_splitk
+
+    gen = torch.Generator().manual_seed(50 + split_k)
+    rows, n, k = 40, 45, 160
+    x = torch.randn(rows, k, generator=gen).to(DEV)
+    w = (torch.randn(2 * n if swiglu else n, k, generator=gen) * 0.1).to(DEV)
+    cfg = SplitKConfig(block_m=16, block_n=32, block_k=32, split_k=split_k)
+    got = linear_splitk(x=x, weight=w, swiglu=swiglu, config=cfg)
+    expect, _ = ref.norm_linear_ref(x=x, weight=w, swiglu=swiglu)
+    assert rel(got, expect) <= tol(torch.float32)
+
+
 def test_linear_splitk_reductions_give_the_same_bits_and_leave_counters_at_zero():
     """Both reductions sum the partials in split order: identical results, run after run; the fixup's
     tile counters are back at zero after each launch (so the next launch, or graph replay, starts clean)."""
