@@ -913,7 +913,9 @@ MAMBA = {"dim": 2048, "n": 16, "rank": 64, "width": 4}
 # (BLOCK_D, num_warps) of the SSM step (one row a program) tried beside the default; (64, 2) is the launch
 # shape of the step's first fused SSM kernel (one program per row and 64 channels)
 SSM_LAUNCHES = [  # (channels, warps, rows a program) of the SSM step; the shipped default is timed as new_ssm_us
+    (32, 4, 1),
     (32, 2, 1),
+    (16, 2, 1),
     (64, 2, 1),
     (64, 4, 1),
     (128, 4, 1),
@@ -1085,7 +1087,6 @@ def mamba_row(rows: int) -> dict:
         "the previous SSM kernel (tiles with a length-one row axis) in its shipped launch (one row x 32 "
         "channels, 2 warps, PDL as shipped): 11.42 us a layer at 64 rows, 4.12 at 16, 2.28 at 1 in session 11"
     )
-    row["ssm_launch_new_default"] = list(ssm_step_launch(rows))
     row["old_ssm_equals_new_bitwise"] = _old_new_equal(first, xps[0])
     row["conv_xproj_us"] = over(lambda i, lay: _conv_xproj(lay))
     row["old_ssm_us"] = over(lambda i, lay: _ssm(lay, xps[i], **old_ssm))
