@@ -816,17 +816,31 @@ def _mamba_decode_ssm(
         rkmask = tl.full([1, BLOCK_R], True, tl.int1)
         inv_r = 1.0 / BLOCK_R
         inv_n = 1.0 / BLOCK_N
+        # row strides known at compile time (EVEN also means dense weights and state rows): one base
+        # address a tile, immediate offsets
+        w_rs: tl.constexpr = BLOCK_R
+        a_rs: tl.constexpr = BLOCK_N
+        sd: tl.constexpr = BLOCK_N
+        sn: tl.constexpr = 1
+        csd: tl.constexpr = CONV_W - 1
+        csw: tl.constexpr = 1
     else:
         dmask = d < D
         nmask = n < N
         rkmask = rk < R
         inv_r = 1.0 / R
         inv_n = 1.0 / N
+        w_rs = R
+        a_rs = N
+        sd = s_sd
+        sn = s_sn
+        csd = s_csd
+        csw = s_csw
     dtype = x_ptr.dtype.element_ty
     # weights (never written by the step), once for all the program's rows
-    wdt = tl.load(wdt_ptr + d[:, None] * R + rk, mask=dmask[:, None] & rkmask, other=0.0).to(tl.float32)
+    wdt = tl.load(wdt_ptr + d[:, None] * w_rs + rk, mask=dmask[:, None] & rkmask, other=0.0).to(tl.float32)
     wdt_e, wdt_o = tl.split(tl.reshape(wdt, [BLOCK_D, BLOCK_R // 2, 2]))
-    a2 = tl.load(a2_ptr + d[:, None] * N + n[None, :], mask=dmask[:, None] & nmask[None, :], other=0.0)
+    a2 = tl.load(a2_ptr + d[:, None] * a_rs + n[None, :], mask=dmask[:, None] & nmask[None, :], other=0.0)
     dsk = tl.load(dsk_ptr + d, mask=dmask, other=0.0).to(tl.float32)
     dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0).to(tl.float32)
     dtw = tl.load(dtw_ptr + rk, mask=rkmask, other=0.0).to(tl.float32)
@@ -846,14 +860,14 @@ def _mamba_decode_ssm(
     pdl_begin(PDL)
     nxt = _ssm_row_loads(
         row0, nrows, xp_ptr, x_ptr, z_ptr, state_ptr, idx_ptr, cs_ptr, d, n, rk, dmask, nmask, rkmask, R, N,
-        s_xp, s_x, s_z, s_ss, s_sd, s_sn, s_css, s_csd, s_csw, CONV, CONV_W,
+        s_xp, s_x, s_z, s_ss, sd, sn, s_css, csd, csw, CONV, CONV_W,
     )  # fmt: skip
     for i in tl.static_range(ROWS):
         m1, sp, h, x, zz, row64, dt_raw, b_raw, c_raw, cbase, w0, w1, w2 = nxt
         if i + 1 < ROWS:  # the next row's loads go out before this row's stores
             nxt = _ssm_row_loads(
                 row0 + i + 1, nrows, xp_ptr, x_ptr, z_ptr, state_ptr, idx_ptr, cs_ptr, d, n, rk, dmask,
-                nmask, rkmask, R, N, s_xp, s_x, s_z, s_ss, s_sd, s_sn, s_css, s_csd, s_csw, CONV, CONV_W,
+                nmask, rkmask, R, N, s_xp, s_x, s_z, s_ss, sd, sn, s_css, csd, csw, CONV, CONV_W,
             )  # fmt: skip
         # Jamba's RMSNorms of dt, B, C (fp32 math, cast to the model dtype before the weight)
         dtf = dt_raw.to(tl.float32)
@@ -877,8 +891,8 @@ def _mamba_decode_ssm(
                 tl.store(cbase, w1, mask=m1)
             if CONV_W > 3:
                 acc += tap2 * w2.to(tl.float32)
-                tl.store(cbase + s_csw, w2, mask=m1)
-            tl.store(cbase + (CONV_W - 2) * s_csw, x.to(cs_ptr.dtype.element_ty), mask=m1)
+                tl.store(cbase + csw, w2, mask=m1)
+            tl.store(cbase + (CONV_W - 2) * csw, x.to(cs_ptr.dtype.element_ty), mask=m1)
             if CONV_BIAS:
                 acc += cbias
             if CONV_SILU:
@@ -1127,7 +1141,12 @@ def mamba_decode_ssm(
         BLOCK_R=block_r,
         BLOCK_N=block_n,
         ROWS=rows,
-        EVEN=dim % bd == 0 and nst == block_n and rank == block_r,
+        EVEN=dim % bd == 0
+        and nst == block_n
+        and rank == block_r
+        and dt_proj_weight.stride(0) == rank
+        and ssm_state.stride()[1:] == (nst, 1)
+        and (not conv or conv_state.stride()[1:] == (conv_weight.shape[-1] - 1, 1)),
         num_warps=warps,
         **conv_kw,
         **launch_kwargs(pdl),
