@@ -1034,9 +1034,9 @@ def _mamba_decode_ssm_rowaxis(
 def ssm_step_launch(rows: int) -> tuple[int, int, int]:
     """(BLOCK_D, num_warps, rows a program) of `mamba_decode_ssm` at ``rows`` rows, one row a program. At
     one row the step is a latency chain, so 32 channels on 4 warps (64 programs, the fewest instructions a
-    warp: 484 in offline sm_90 SASS, Triton 3.6); from 2 rows 64 channels on 2 warps (each thread owns four
+    warp: 481 in offline sm_90 SASS, Triton 3.6); from 2 rows 64 channels on 2 warps (each thread owns four
     channels, so a program's fixed work, the row's norms and the weight loads, is spread over twice the
-    channels: 126 registers, 782 instructions a warp, 3.2M warp-instructions a layer at 64 rows against 6.1M
+    channels: 126 registers, 727 instructions a warp, 3.0M warp-instructions a layer at 64 rows against 6.1M
     for the previous kernel's launch). Programs of several rows share the weights in registers but save only
     ~20% of a row's instructions and take more registers; `bench/kernels_gpu.py --mamba-step` times them."""
     return (32, 4, 1) if rows <= 1 else (64, 2, 1)
