@@ -910,9 +910,9 @@ def pdl_chain(
 # The Mamba decode sublayer between in_proj and out_proj of the 426M Jamba (d_inner 2048, d_state 16,
 # d_conv 4, dt_rank 64; bf16 weights, fp32 SSM state).
 MAMBA = {"dim": 2048, "n": 16, "rank": 64, "width": 4}
-# (BLOCK_D, num_warps) of the SSM step (one row a program) tried beside the default; (64, 2) is the launch
-# shape of the step's first fused SSM kernel (one program per row and 64 channels)
-SSM_LAUNCHES = [  # (channels, warps, rows a program) of the SSM step; the shipped default is timed as new_ssm_us
+# (BLOCK_D, num_warps, rows a program) of the SSM step tried beside the default (timed as new_ssm_us); the
+# previous kernel in its shipped launch is timed as old_ssm_us
+SSM_LAUNCHES = [
     (32, 4, 1),
     (32, 2, 1),
     (16, 2, 1),
@@ -1060,8 +1060,8 @@ def mamba_row(rows: int) -> dict:
     """The Mamba decode sublayer (conv window + x_proj, then the fused SSM step) of the 426M Jamba at
     ``rows`` rows, CUDA-graph replayed over enough layers' state and weights (>= ROTATE_BYTES) that every
     read is cold. µs per layer: conv + x_proj (the conv kernel, then the projection), the SSM step in its
-    shipped launch with and without PDL and the previous kernel in its shipped launch (A/B), the pair, the SSM step in
-    other launch shapes; correctness and graph/eager bit equality."""
+    shipped launch with and without PDL, the previous SSM kernel in its shipped launch (A/B), the pairs, the
+    SSM step in other launch shapes; correctness and graph/eager bit equality."""
     from local_model.kernels.triton_scan import ssm_step_launch
 
     gen = torch.Generator().manual_seed(rows)
