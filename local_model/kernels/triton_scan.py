@@ -800,17 +800,17 @@ def _mamba_decode_ssm(
 
     The channel block's weights (dt_proj slab, split into even and odd rank columns in fp32; A, D, dt bias,
     the norms' weights, the conv taps and bias) are loaded once, before `pdl_begin`, and serve every row of
-    the program. A row's loads (slot, state tile [BLOCK_D, N], conv window, x, z, x_proj row) are issued
-    together, and the next row's before this row's stores, so each row costs one memory round trip that
-    overlaps the previous row's arithmetic. Tiles are [BLOCK_D, N] (state, A, the dt_proj halves) and
-    [BLOCK_D] (channels); the rank and d_state vectors of a row are [1, R] / [1, N] tiles broadcast over the
-    channels. A row with a negative slot reads zeros, writes no state and outputs zeros; rows past ``nrows``
+    the program. A row's loads (the slot, then the state tile [BLOCK_D, N], conv window, x, z and x_proj row
+    at once) are all issued before its first store, and the next row's before this row's stores, so a row's
+    memory latency overlaps the previous row's arithmetic. Tiles are [BLOCK_D, N] (state, A), [BLOCK_D, R/2]
+    (the dt_proj halves) and [BLOCK_D] (channels); the rank and d_state vectors of a row are [1, R] / [1, N]
+    tiles broadcast over the channels. A row with a negative slot reads zeros, writes no state and outputs zeros; rows past ``nrows``
     write nothing."""
     d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     row0 = tl.program_id(1) * ROWS
     n = tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_R)[None, :]
-    if EVEN:  # whole channel blocks, d_state and dt_rank powers of two: nothing is masked but rows
+    if EVEN:  # whole channel blocks, d_state and dt_rank powers of two, dense rows: only rows are masked
         dmask = tl.full([BLOCK_D], True, tl.int1)
         nmask = tl.full([BLOCK_N], True, tl.int1)
         rkmask = tl.full([1, BLOCK_R], True, tl.int1)
