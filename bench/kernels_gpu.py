@@ -940,12 +940,18 @@ def pdl_chain(
 # The Mamba decode sublayer between in_proj and out_proj of the 426M Jamba (d_inner 2048, d_state 16,
 # d_conv 4, dt_rank 64; bf16 weights, fp32 SSM state).
 MAMBA = {"dim": 2048, "n": 16, "rank": 64, "width": 4}
-# (BLOCK_D, num_warps) of the SSM step (one row a program) tried beside the default; (64, 2) is the launch
-# shape of the step's first fused SSM kernel (one program per row and 64 channels)
+# (BLOCK_D, num_warps, rows a program) of the SSM step tried beside the default (timed as new_ssm_us); the
+# previous kernel in its shipped launch is timed as old_ssm_us
 SSM_LAUNCHES = [
-    (64, 2),
-    (32, 2),
-    (16, 1),
+    (32, 4, 1),
+    (32, 2, 1),
+    (16, 2, 1),
+    (64, 2, 1),
+    (64, 4, 1),
+    (128, 4, 1),
+    (32, 2, 2),
+    (32, 2, 4),
+    (64, 2, 2),
 ]
 
 
@@ -1003,10 +1009,11 @@ def _conv_xproj(layer: dict) -> torch.Tensor:
     return tk.mamba_conv_xproj(x=layer["x"], xproj_weight=layer["xproj_weight"], activation="silu", **conv)
 
 
-def _ssm(layer: dict, xp: torch.Tensor, launch=None, pdl=None) -> torch.Tensor:  # noqa: ANN001
+def _ssm(layer: dict, xp: torch.Tensor, launch=None, pdl=None, rowaxis_kernel=False) -> torch.Tensor:  # noqa: ANN001
     args = {k: layer[k] for k in _SSM_KEYS}
+    extra = {"rowaxis_kernel": True} if rowaxis_kernel else {}  # the previous kernel, for the A/B only
     return tk.mamba_decode_ssm(
-        xproj=xp, eps=1e-6, activation="silu", a2=layer["a2"], launch=launch, pdl=pdl, **args
+        xproj=xp, eps=1e-6, activation="silu", a2=layer["a2"], launch=launch, pdl=pdl, **args, **extra
     )
 
 
@@ -1064,12 +1071,27 @@ def _mamba_checks(layer: dict) -> dict:
     return out
 
 
+def _old_new_equal(layer: dict, xp: torch.Tensor) -> bool:
+    """The previous and the new SSM kernel from the same state: output and both states bit for bit (not
+    required: the new one sums dt_proj's rank in another order; reported for the A/B)."""
+    start = (layer["ssm_state"].clone(), layer["conv_state"].clone())
+    outs = []
+    for old in (True, False):
+        layer["ssm_state"].copy_(start[0])
+        layer["conv_state"].copy_(start[1])
+        y = _ssm(layer, xp, launch=(32, 2) if old else None, rowaxis_kernel=old).clone()
+        outs.append((y, layer["ssm_state"].clone(), layer["conv_state"].clone()))
+    layer["ssm_state"].copy_(start[0])
+    layer["conv_state"].copy_(start[1])
+    return all(torch.equal(a, b) for a, b in zip(*outs, strict=True))
+
+
 def mamba_row(rows: int) -> dict:
     """The Mamba decode sublayer (conv window + x_proj, then the fused SSM step) of the 426M Jamba at
     ``rows`` rows, CUDA-graph replayed over enough layers' state and weights (>= ROTATE_BYTES) that every
     read is cold. µs per layer: conv + x_proj (the conv kernel, then the projection), the SSM step in its
-    shipped launch with and without PDL and in the older 64-channel launch, the pair, the SSM step in
-    other launch shapes; correctness and graph/eager bit equality."""
+    shipped launch with and without PDL, the previous SSM kernel in its shipped launch (A/B), the pairs, the
+    SSM step in other launch shapes; correctness and graph/eager bit equality."""
     from local_model.kernels.triton_scan import ssm_step_launch
 
     gen = torch.Generator().manual_seed(rows)
@@ -1090,12 +1112,12 @@ def mamba_row(rows: int) -> dict:
     def over(fn) -> float | str:  # noqa: ANN001
         return _graph_us(lambda: [fn(i, lay) for i, lay in enumerate(layers)], count)
 
-    old_ssm = {"launch": (64, 2), "pdl": False}
+    old_ssm = {"launch": (32, 2), "rowaxis_kernel": True}
     row["old_ssm_is"] = (
-        "this SSM kernel in the old launch shape (a program per row and 64 channels, 2 warps, no PDL); the "
-        "old kernel itself (245 registers, 3016 instructions a warp) took 10.3 us a layer at 64 rows in the "
-        "session-11 step profile"
+        "the previous SSM kernel (tiles with a length-one row axis) in its shipped launch (one row x 32 "
+        "channels, 2 warps, PDL as shipped): 11.42 us a layer at 64 rows, 4.12 at 16, 2.28 at 1 in session 11"
     )
+    row["old_ssm_equals_new_bitwise"] = _old_new_equal(first, xps[0])
     row["conv_xproj_us"] = over(lambda i, lay: _conv_xproj(lay))
     row["old_ssm_us"] = over(lambda i, lay: _ssm(lay, xps[i], **old_ssm))
     row["new_ssm_us"] = over(lambda i, lay: _ssm(lay, xps[i]))
@@ -1105,6 +1127,7 @@ def mamba_row(rows: int) -> dict:
     row["ssm_launch_us"] = {
         str(lc): over(lambda i, lay, lc=lc: _ssm(lay, xps[i], launch=lc)) for lc in SSM_LAUNCHES
     }
+    row["ssm_launch_us"]["rowaxis (32, 2)"] = row["old_ssm_us"]
     return row
 
 

@@ -20,9 +20,10 @@ in the kernels. A sequence is a batch row (all rows ``T`` long, or ``seq_lens``)
 (``cu_seqlens``), read on the device, so no launch needs host-side index tensors.
 
 Decode: ``_state_update`` (one token per row) and ``_mamba_decode_ssm``, the whole Mamba step after x_proj
-(dt/B/C norms, dt_proj, conv window shift, state update, D skip, z gate), one program per row and channel
-block (`ssm_step_launch`). Programs of several rows, which read a channel block's weights once for all
-their rows (dt_proj a tensor-core dot from 16 rows), ran slower on the H100 at 16 and 64 rows (as fast at
+(dt/B/C norms, dt_proj, conv window shift, state update, D skip, z gate), one program per channel block
+and row block (`ssm_step_launch`: one row a program by default). Its tiles are [BLOCK_D, N] and [BLOCK_D];
+dt_proj's slab is split into even and odd rank columns (each pair stays in one thread).
+Programs of 16 rows with dt_proj as a tensor-core dot ran slower on the H100 at 16 and 64 rows (as fast at
 one): bench/RESULTS.md, "MoE experts and the Mamba sublayer".
 """
 
@@ -682,7 +683,231 @@ def _rms_rows(v, w, cnt, eps, DTYPE: tl.constexpr):
 
 
 @triton.jit
+def _silu(v, FAST: tl.constexpr):
+    """v * sigmoid(v); FAST (GPU only) takes exp and the division from the special-function unit (no range
+    fix-ups around MUFU.EX2 / MUFU.RCP)."""
+    if FAST:
+        return libdevice.fast_dividef(v, 1.0 + libdevice.fast_expf(-v))
+    else:
+        return v * tl.sigmoid(v)
+
+
+@triton.jit
+def _ssm_row_loads(
+    row,
+    nrows,
+    xp_ptr,
+    x_ptr,
+    z_ptr,
+    state_ptr,
+    idx_ptr,
+    cs_ptr,
+    d,
+    n,
+    rk,
+    dmask,
+    nmask,
+    rkmask,
+    R,
+    N,
+    s_xp,
+    s_x,
+    s_z,
+    s_ss,
+    s_sd,
+    s_sn,
+    s_css,
+    s_csd,
+    s_csw,
+    CONV: tl.constexpr,
+    CONV_W: tl.constexpr,
+):
+    """Every load of one row of `_mamba_decode_ssm` (the slot, then everything else at once). A row past
+    ``nrows`` or with a negative slot reads zeros (its inputs from row ``nrows - 1``, in bounds)."""
+    row64 = tl.minimum(row, nrows - 1).to(tl.int64)
+    slot = tl.where(row < nrows, tl.load(idx_ptr + row64).to(tl.int64), -1)
+    # (a vector comparison: the interpreter's vector & scalar is not boolean)
+    m1 = dmask & (slot + 0 * d >= 0)
+    slot = tl.maximum(slot, 0)
+    sp = state_ptr + slot * s_ss + d[:, None] * s_sd + n[None, :] * s_sn
+    h = tl.load(sp, mask=m1[:, None] & nmask[None, :], other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + row64 * s_x + d, mask=m1, other=0.0)
+    zz = tl.load(z_ptr + row64 * s_z + d, mask=m1, other=0.0).to(tl.float32)
+    xp_row = xp_ptr + row64 * s_xp
+    dt_raw = tl.load(xp_row + rk, mask=rkmask, other=0.0)
+    b_raw = tl.load(xp_row + R + n[None, :], mask=nmask[None, :], other=0.0)
+    c_raw = tl.load(xp_row + R + N + n[None, :], mask=nmask[None, :], other=0.0)
+    cbase = cs_ptr + slot * s_css + d * s_csd
+    # the conv window (width <= 4: at most three cached inputs), read before anything is written
+    w0 = tl.zeros([d.shape[0]], cs_ptr.dtype.element_ty)
+    w1 = w0
+    w2 = w0
+    if CONV:
+        w0 = tl.load(cbase, mask=m1, other=0.0)
+        if CONV_W > 2:
+            w1 = tl.load(cbase + s_csw, mask=m1, other=0.0)
+        if CONV_W > 3:
+            w2 = tl.load(cbase + 2 * s_csw, mask=m1, other=0.0)
+    return m1, sp, h, x, zz, row64, dt_raw, b_raw, c_raw, cbase, w0, w1, w2
+
+
+@triton.jit
 def _mamba_decode_ssm(
+    xp_ptr,
+    x_ptr,
+    z_ptr,
+    state_ptr,
+    idx_ptr,
+    dtw_ptr,
+    bw_ptr,
+    cw_ptr,
+    wdt_ptr,
+    dtb_ptr,
+    a2_ptr,
+    dsk_ptr,
+    out_ptr,
+    convw_ptr,
+    cb_ptr,
+    cs_ptr,
+    nrows,
+    D,
+    R,
+    N,
+    eps,
+    s_xp,
+    s_x,
+    s_z,
+    s_ss,
+    s_sd,
+    s_sn,
+    s_o,
+    s_css,
+    s_csd,
+    s_csw,
+    BLOCK_D: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    ROWS: tl.constexpr,
+    CONV: tl.constexpr,
+    CONV_W: tl.constexpr,
+    CONV_BIAS: tl.constexpr,
+    CONV_SILU: tl.constexpr,
+    EVEN: tl.constexpr,
+    FAST_LOG: tl.constexpr,
+    PDL: tl.constexpr = False,
+):
+    """Program (channel block, row block): the step of ROWS consecutive rows x BLOCK_D channels.
+
+    The channel block's weights (dt_proj slab, split into even and odd rank columns in fp32; A, D, dt bias,
+    the norms' weights, the conv taps and bias) are loaded once, before `pdl_begin`, and serve every row of
+    the program. A row's loads (the slot, then the state tile [BLOCK_D, N], conv window, x, z and x_proj row
+    at once) are all issued before its first store, and the next row's before this row's stores, so a row's
+    memory latency overlaps the previous row's arithmetic. Tiles are [BLOCK_D, N] (state, A), [BLOCK_D, R/2]
+    (the dt_proj halves) and [BLOCK_D] (channels); the rank and d_state vectors of a row are [1, R] / [1, N]
+    tiles broadcast over the channels. A row with a negative slot reads zeros, writes no state and outputs zeros; rows past ``nrows``
+    write nothing."""
+    d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    row0 = tl.program_id(1) * ROWS
+    n = tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_R)[None, :]
+    if EVEN:  # whole channel blocks, d_state and dt_rank powers of two, dense rows: only rows are masked
+        dmask = tl.full([BLOCK_D], True, tl.int1)
+        nmask = tl.full([BLOCK_N], True, tl.int1)
+        rkmask = tl.full([1, BLOCK_R], True, tl.int1)
+        inv_r = 1.0 / BLOCK_R
+        inv_n = 1.0 / BLOCK_N
+        # row strides known at compile time (EVEN also means dense weights and state rows): one base
+        # address a tile, immediate offsets
+        w_rs: tl.constexpr = BLOCK_R
+        a_rs: tl.constexpr = BLOCK_N
+        sd: tl.constexpr = BLOCK_N
+        sn: tl.constexpr = 1
+        csd: tl.constexpr = CONV_W - 1
+        csw: tl.constexpr = 1
+    else:
+        dmask = d < D
+        nmask = n < N
+        rkmask = rk < R
+        inv_r = 1.0 / R
+        inv_n = 1.0 / N
+        w_rs = R
+        a_rs = N
+        sd = s_sd
+        sn = s_sn
+        csd = s_csd
+        csw = s_csw
+    dtype = x_ptr.dtype.element_ty
+    # weights (never written by the step), once for all the program's rows
+    wdt = tl.load(wdt_ptr + d[:, None] * w_rs + rk, mask=dmask[:, None] & rkmask, other=0.0).to(tl.float32)
+    wdt_e, wdt_o = tl.split(tl.reshape(wdt, [BLOCK_D, BLOCK_R // 2, 2]))
+    a2 = tl.load(a2_ptr + d[:, None] * a_rs + n[None, :], mask=dmask[:, None] & nmask[None, :], other=0.0)
+    dsk = tl.load(dsk_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    dtw = tl.load(dtw_ptr + rk, mask=rkmask, other=0.0).to(tl.float32)
+    bw = tl.load(bw_ptr + n[None, :], mask=nmask[None, :], other=0.0).to(tl.float32)
+    cw = tl.load(cw_ptr + n[None, :], mask=nmask[None, :], other=0.0).to(tl.float32)
+    if CONV:
+        tap_x = tl.load(convw_ptr + d * CONV_W + (CONV_W - 1), mask=dmask, other=0.0).to(tl.float32)
+        tap0 = tl.load(convw_ptr + d * CONV_W, mask=dmask, other=0.0).to(tl.float32)
+        tap1 = tap0
+        tap2 = tap0
+        if CONV_W > 2:
+            tap1 = tl.load(convw_ptr + d * CONV_W + 1, mask=dmask, other=0.0).to(tl.float32)
+        if CONV_W > 3:
+            tap2 = tl.load(convw_ptr + d * CONV_W + 2, mask=dmask, other=0.0).to(tl.float32)
+        if CONV_BIAS:
+            cbias = tl.load(cb_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    pdl_begin(PDL)
+    nxt = _ssm_row_loads(
+        row0, nrows, xp_ptr, x_ptr, z_ptr, state_ptr, idx_ptr, cs_ptr, d, n, rk, dmask, nmask, rkmask, R, N,
+        s_xp, s_x, s_z, s_ss, sd, sn, s_css, csd, csw, CONV, CONV_W,
+    )  # fmt: skip
+    for i in tl.static_range(ROWS):
+        m1, sp, h, x, zz, row64, dt_raw, b_raw, c_raw, cbase, w0, w1, w2 = nxt
+        if i + 1 < ROWS:  # the next row's loads go out before this row's stores
+            nxt = _ssm_row_loads(
+                row0 + i + 1, nrows, xp_ptr, x_ptr, z_ptr, state_ptr, idx_ptr, cs_ptr, d, n, rk, dmask,
+                nmask, rkmask, R, N, s_xp, s_x, s_z, s_ss, sd, sn, s_css, csd, csw, CONV, CONV_W,
+            )  # fmt: skip
+        # Jamba's RMSNorms of dt, B, C (fp32 math, cast to the model dtype before the weight)
+        dtf = dt_raw.to(tl.float32)
+        rstd = tl.math.rsqrt(tl.sum(dtf * dtf, axis=1) * inv_r + eps)
+        dtn = (dtw * (dtf * rstd[:, None]).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+        dtn_e, dtn_o = tl.split(tl.reshape(dtn, [1, BLOCK_R // 2, 2]))
+        bf = b_raw.to(tl.float32)
+        bstd = tl.math.rsqrt(tl.sum(bf * bf, axis=1) * inv_n + eps)
+        bv = (bw * (bf * bstd[:, None]).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+        cf = c_raw.to(tl.float32)
+        cstd = tl.math.rsqrt(tl.sum(cf * cf, axis=1) * inv_n + eps)
+        cv = (cw * (cf * cstd[:, None]).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+        # dt_proj: each channel's rank sum, even and odd columns in the same registers
+        dt = tl.sum(wdt_e * dtn_e + wdt_o * dtn_o, axis=1)
+        dt = _softplus(dt.to(dtype).to(tl.float32) + dtb, FAST_LOG)
+        if CONV:
+            # x is the conv's new input; the window moves one step (all its entries were read above)
+            acc = tap_x * x.to(tl.float32) + tap0 * w0.to(tl.float32)
+            if CONV_W > 2:
+                acc += tap1 * w1.to(tl.float32)
+                tl.store(cbase, w1, mask=m1)
+            if CONV_W > 3:
+                acc += tap2 * w2.to(tl.float32)
+                tl.store(cbase + csw, w2, mask=m1)
+            tl.store(cbase + (CONV_W - 2) * csw, x.to(cs_ptr.dtype.element_ty), mask=m1)
+            if CONV_BIAS:
+                acc += cbias
+            if CONV_SILU:
+                acc = _silu(acc, FAST_LOG)
+            x = acc.to(dtype)
+        x = x.to(tl.float32)
+        h = tl.exp2(dt[:, None] * a2) * h + (dt * x)[:, None] * bv
+        tl.store(sp, h.to(state_ptr.dtype.element_ty), mask=m1[:, None] & nmask[None, :])
+        y = (tl.sum(h * cv, axis=1) + x * dsk) * _silu(zz, FAST_LOG)
+        in_batch = d * 0 + row0 + i < nrows
+        tl.store(out_ptr + row64 * s_o + d, y.to(out_ptr.dtype.element_ty), mask=dmask & in_batch)
+
+
+@triton.jit
+def _mamba_decode_ssm_rowaxis(
     xp_ptr,
     x_ptr,
     z_ptr,
@@ -724,7 +949,10 @@ def _mamba_decode_ssm(
     FAST_LOG: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
-    """Program (channel block, row): the step of one row x BLOCK_D channels.
+    """BENCHMARK A/B ONLY, to be removed after the card run: the previous one-row kernel (tiles with a
+    leading row axis of length one), reachable through ``mamba_decode_ssm(..., rowaxis_kernel=True)``.
+
+    Program (channel block, row): the step of one row x BLOCK_D channels.
 
     The channel block's weights (dt_proj slab, A, D, dt bias, the norms' weights, the conv's input tap and
     bias) are loaded before `pdl_begin`; then the row's loads (slot, state tile [BLOCK_D, N], conv window
@@ -803,13 +1031,15 @@ def _mamba_decode_ssm(
     )
 
 
-def ssm_step_launch(rows: int) -> tuple[int, int]:
-    """(BLOCK_D, num_warps) of `mamba_decode_ssm` at ``rows`` rows: 32 channels a program (one row each),
-    2 warps, at every batch size. Measured on an H100 (`bench/kernels_gpu.py --mamba-step`, cold state,
-    d_inner 2048): at 64 rows 11.4 µs against 14.7-19.7 for programs of 16-32 rows (which read a channel
-    block's weights once for all their rows but run fewer, heavier programs), at 16 rows 4.1 against 7.3-8.9,
-    at one row 2.3 (2.2 with 16 channels on one warp)."""
-    return 32, 2
+def ssm_step_launch(rows: int) -> tuple[int, int, int]:
+    """(BLOCK_D, num_warps, rows a program) of `mamba_decode_ssm` at ``rows`` rows, one row a program. At
+    one row the step is a latency chain, so 32 channels on 4 warps (64 programs, the fewest instructions a
+    warp: 481 in offline sm_90 SASS, Triton 3.6); from 2 rows 64 channels on 2 warps (each thread owns four
+    channels, so a program's fixed work, the row's norms and the weight loads, is spread over twice the
+    channels: 126 registers, 727 instructions a warp, 3.0M warp-instructions a layer at 64 rows against 6.1M
+    for the previous kernel's launch). Programs of several rows share the weights in registers but save only
+    ~20% of a row's instructions and take more registers; `bench/kernels_gpu.py --mamba-step` times them."""
+    return (32, 4, 1) if rows <= 1 else (64, 2, 1)
 
 
 def mamba_decode_ssm(
@@ -833,15 +1063,18 @@ def mamba_decode_ssm(
     conv_weight: torch.Tensor | None = None,
     conv_bias: torch.Tensor | None = None,
     activation: str | None = None,
-    launch: tuple[int, int] | None = None,
+    launch: tuple[int, ...] | None = None,
     pdl: bool | None = None,
+    rowaxis_kernel: bool = False,
 ) -> torch.Tensor:
     """`reference.mamba_decode_ssm_ref`'s contract in one launch (``a2``: A * log2(e), precomputable).
     With ``conv_state``, x is the causal conv's new input and the conv update happens in the same launch.
-    ``launch``: (BLOCK_D, num_warps), default `ssm_step_launch`; ``pdl``: default `pdl_enabled` for ``batch``
-    rows (a batch-1 step measured 1% faster without it)."""
+    ``launch``: (BLOCK_D, num_warps[, rows a program]), default `ssm_step_launch`; ``pdl``: default
+    `pdl_enabled` for ``batch`` rows (a batch-1 step measured 1% faster without it). ``rowaxis_kernel``:
+    benchmark A/B only, the previous kernel (one row a program, ``launch`` = (BLOCK_D, num_warps)); to be
+    removed with it once the card has compared the two."""
     conv = conv_state is not None
-    if conv and (activation not in (None, "silu", "swish") or conv_weight.shape[-1] < 2):
+    if conv and (activation not in (None, "silu", "swish") or not 2 <= conv_weight.shape[-1] <= 4):
         from .reference import causal_conv1d_update_ref
 
         x = causal_conv1d_update_ref(x, conv_state, conv_weight, conv_bias, activation, state_indices)
@@ -851,9 +1084,11 @@ def mamba_decode_ssm(
     nst = A.shape[-1]
     a2 = A.float() * LOG2E if a2 is None else a2
     out = torch.empty_like(x) if out is None else out
-    bd, warps = launch or ssm_step_launch(batch)
+    bd, warps, rows = (tuple(launch) + (1,))[:3] if launch else ssm_step_launch(batch)
     pdl = pdl_choice(x.device, pdl, batch)
-    _mamba_decode_ssm[(triton.cdiv(dim, bd), batch)](
+    block_r = max(2, triton.next_power_of_2(rank))
+    block_n = triton.next_power_of_2(nst)
+    args = [
         xproj,
         x,
         z,
@@ -870,27 +1105,50 @@ def mamba_decode_ssm(
         conv_weight.contiguous() if conv else a2,
         conv_bias if conv and conv_bias is not None else a2,
         conv_state if conv else a2,
-        dim,
-        rank,
-        nst,
-        eps,
+    ]
+    strides = [
         xproj.stride(0),
         x.stride(0),
         z.stride(0),
         *ssm_state.stride(),
         out.stride(0),
         *(conv_state.stride() if conv else (0, 0, 0)),
+    ]
+    conv_kw = {
+        "CONV": conv,
+        "CONV_W": conv_weight.shape[-1] if conv else 1,
+        "CONV_BIAS": conv and conv_bias is not None,
+        "CONV_SILU": conv and activation is not None,
+        "FAST_LOG": x.device.type == "cuda",
+        "PDL": pdl,
+    }
+    if rowaxis_kernel:  # BENCHMARK A/B ONLY (remove with `_mamba_decode_ssm_rowaxis` after the card run)
+        _mamba_decode_ssm_rowaxis[(triton.cdiv(dim, bd), batch)](
+            *args, dim, rank, nst, eps, *strides, BLOCK_D=bd, BLOCK_R=triton.next_power_of_2(rank),
+            BLOCK_N=block_n, EVEN=dim % bd == 0 and nst == block_n, num_warps=warps, **conv_kw,
+            **launch_kwargs(pdl),
+        )  # fmt: skip
+        return out
+    _mamba_decode_ssm[(triton.cdiv(dim, bd), triton.cdiv(batch, rows))](
+        *args,
+        batch,
+        dim,
+        rank,
+        nst,
+        eps,
+        *strides,
         BLOCK_D=bd,
-        BLOCK_R=triton.next_power_of_2(rank),
-        BLOCK_N=triton.next_power_of_2(nst),
-        CONV=conv,
-        CONV_W=conv_weight.shape[-1] if conv else 1,
-        CONV_BIAS=conv and conv_bias is not None,
-        CONV_SILU=conv and activation is not None,
-        EVEN=dim % bd == 0 and nst == triton.next_power_of_2(nst),
-        FAST_LOG=x.device.type == "cuda",
-        PDL=pdl,
+        BLOCK_R=block_r,
+        BLOCK_N=block_n,
+        ROWS=rows,
+        EVEN=dim % bd == 0
+        and nst == block_n
+        and rank == block_r
+        and dt_proj_weight.stride(0) == rank
+        and ssm_state.stride()[1:] == (nst, 1)
+        and (not conv or conv_state.stride()[1:] == (conv_weight.shape[-1] - 1, 1)),
         num_warps=warps,
+        **conv_kw,
         **launch_kwargs(pdl),
     )
     return out

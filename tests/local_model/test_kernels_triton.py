@@ -683,6 +683,43 @@ def test_ssm_step_matches_reference_and_updates_state_in_place(dtype, rows, dim,
     assert torch.equal(again_conv, conv["conv_state"])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("rows", "launch"), [(2, None), (7, (32, 2, 1)), (7, (16, 1, 3)), (6, (32, 2, 2)), (5, (64, 2, 4))]
+)
+def test_ssm_step_in_whole_blocks_and_row_blocks_matches_reference(dtype, rows, launch):
+    """Whole channel blocks, dt_rank and d_state powers of two (nothing masked but rows), one row a program
+    and programs of several rows (row counts that leave the last block short), a padding row (slot -1): the
+    output, the state rows and the conv windows match the reference; the padding row's slot is untouched and
+    it outputs zeros."""
+    skip_interpreted_bf16(dtype)
+    gen = torch.Generator().manual_seed(70 + rows)
+    dim, rank, n, width, slots = 128, 16, 16, 4, rows + 3
+    conv = _conv_inputs(gen, rows, dim, width, slots, dtype)
+    x = conv.pop("x")
+    idx = conv.pop("state_indices")
+    idx[rows // 2] = -1
+    keep = idx >= 0
+    weights = {
+        **ssm_step_weights(gen, dim, rank, n, dtype),
+        "eps": 1e-6,
+        "z": torch.randn(rows, dim, generator=gen).to(DEV).to(dtype),
+        "xproj": torch.randn(rows, rank + 2 * n, generator=gen).to(DEV).to(dtype),
+    }
+    pool = torch.randn(slots, dim, n, generator=gen).to(DEV)
+    e_pool, e_window = pool.clone(), conv["conv_state"].clone()
+    rest = {k: v for k, v in conv.items() if k != "conv_state"}
+    y = tk.mamba_decode_ssm(x=x, state_indices=idx, ssm_state=pool, launch=launch, **conv, **weights)
+    e_y = ref.mamba_decode_ssm_ref(
+        x=x[keep], state_indices=idx[keep], ssm_state=e_pool, conv_state=e_window, **rest,
+        **{**weights, "z": weights["z"][keep], "xproj": weights["xproj"][keep]},
+    )  # fmt: skip
+    assert not y[rows // 2].any()
+    assert rel(y[keep], e_y) <= tol(dtype)
+    assert rel(pool, e_pool) <= tol(dtype)
+    assert torch.equal(conv["conv_state"], e_window)
+
+
 @pytest.mark.parametrize("rows", [5, 17])
 def test_mamba_step_kernels_skip_rows_with_a_negative_slot(rows):
     """A padding row (slot -1) leaves every pool slot as it was and outputs zeros from the SSM step; the
