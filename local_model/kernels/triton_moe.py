@@ -25,6 +25,7 @@ Mamba sublayer".)
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -74,10 +75,8 @@ class MoeConfig:
 # Overrides every MoeConfig's ``fused`` when not None (an A/B switch for a whole decode step; CUDA graphs
 # keep the path they were captured with).
 FUSED_EXPERTS: bool | None = None
-# the persistent launch's programs an SM at most (4 warps each) when MoeConfig.programs_per_sm is 0
+# the persistent launch's programs an SM at most when MoeConfig.programs_per_sm is 0
 FUSED_MAX_PROGRAMS_PER_SM = 4
-# shared memory an SM gives its blocks (H100: 228 KB, 1 KB of it reserved per block)
-SM_SHARED_BYTES = 228 * 1024
 
 
 # (experts, hidden, expert width, top_k, token bucket) -> launches (measured in bf16; any dtype takes them,
@@ -553,9 +552,9 @@ def _moe_fused(
     while t < total:
         if t < total_gu:
             e, mb, nb = _expert_tiles(t, gu_end, gu_tiles, first * SUB_GU, blocks * SUB_GU, BLOCK_E)
-            n = nb * BN_GU + tl.arange(0, BN_GU)
+            n_gu = nb * BN_GU + tl.arange(0, BN_GU)
             _pair_tile(
-                x_ptr, gu_ptr, act_ptr, rw_ptr, sorted_ptr, e.to(tl.int64), mb, n, n < inter, 0, hid, 0, hid,
+                x_ptr, gu_ptr, act_ptr, rw_ptr, sorted_ptr, e.to(tl.int64), mb, n_gu, n_gu < inter, 0, hid, 0, hid,
                 num_pairs, s_xm, s_ge, s_gn, s_gk, s_am, 0, TOP_K, inter, dtype, True, False, False, IEEE,
                 BM_GU, BK_GU, STAGES_GU,
             )  # fmt: skip
@@ -571,6 +570,7 @@ def _moe_fused(
                 pass
             # (the acquire is one thread's: the barrier orders every thread's loads after it)
             tl.debug_barrier()
+            # (the two branches' column vectors differ in shape: distinct names)
             n = nb * BN_DN + tl.arange(0, BN_DN)
             nmask = n < hid
             _pair_tile(
@@ -676,28 +676,21 @@ def moe_down(
     return out if fused else partial
 
 
-def _pipeline_bytes(cfg: MoeGemmConfig, stages: int, block_k: int, swiglu: bool, elem: int) -> int:
-    """Shared memory of one GEMM's K-loop pipeline (`fit_pipeline`'s count)."""
-    return stages * (cfg.block_m * block_k + block_k * cfg.block_n * (2 if swiglu else 1)) * elem
+# SM limits the persistent launch is sized by (H100: 228 KB of shared memory, 1 KB of it reserved per block;
+# 64K registers)
+SM_SHARED_BYTES = 228 * 1024
+SM_REGISTERS = 64 * 1024
+# (grid key) -> programs an SM, from the compiled kernel's registers and shared memory
+_PER_SM: dict[tuple, int] = {}
 
 
-def fused_programs(cfg: MoeConfig, elem: int, device: torch.device) -> int:
-    """Programs of the persistent launch: SMs x programs an SM (``cfg.programs_per_sm``, else as many as
-    the larger of the two pipelines' shared memory lets an SM hold, at most FUSED_MAX_PROGRAMS_PER_SM).
-    One under the interpreter (its programs run one after another)."""
-    if device.type != "cuda":
-        return 1
-    per_sm = cfg.programs_per_sm
-    if per_sm <= 0:
-        smem = max(
-            _pipeline_bytes(
-                g, *fit_pipeline(g.num_stages, g.block_k, g.block_m, g.block_n, sw, elem), sw, elem
-            )
-            for g, sw in ((cfg.gate_up, True), (cfg.down, False))
-        )
-        # + the epilogue's layout conversions and the block's reserved KB
-        per_sm = max(1, min(FUSED_MAX_PROGRAMS_PER_SM, SM_SHARED_BYTES // (smem + 4096)))
-    return per_sm * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+def _programs_per_sm(kernel: object, num_warps: int) -> int:
+    """Programs of ``kernel`` (a compiled Triton kernel) an SM holds at once, by its shared memory and
+    registers, at most FUSED_MAX_PROGRAMS_PER_SM."""
+    kernel._init_handles()  # loads the binary: fills n_regs
+    smem = kernel.metadata.shared + 1024
+    regs = max(1, kernel.n_regs) * 32 * num_warps
+    return max(1, min(FUSED_MAX_PROGRAMS_PER_SM, SM_SHARED_BYTES // smem, SM_REGISTERS // regs))
 
 
 @functools.cache
@@ -727,8 +720,9 @@ def moe_fused(
     programs: int | None = None,
 ) -> torch.Tensor:
     """`moe_gate_up` then `moe_down` (one split) in one persistent launch (`_moe_fused`): with ``fused_sum``
-    each token's k rows summed ([tokens, H]), else the [pairs, H] routed rows. ``programs``: the grid
-    (default `fused_programs`)."""
+    each token's k rows summed ([tokens, H]), else the [pairs, H] routed rows. ``programs``: the grid;
+    default SMs x ``cfg.programs_per_sm``, else x as many programs as an SM holds by the compiled kernel's
+    shared memory and registers (at most FUSED_MAX_PROGRAMS_PER_SM); one under the interpreter."""
     tokens, hid = x.shape
     num_experts, two_i, _ = gate_up_proj.shape
     inter = two_i // 2
@@ -742,19 +736,33 @@ def moe_fused(
     partial = torch.empty(pairs, hid, device=dev, dtype=dtype)
     out = torch.empty(tokens, hid, device=dev, dtype=dtype) if fused_sum else partial
     num_blocks = sorted_ids.numel() // align_m
-    grid = programs or fused_programs(cfg, elem, dev)
-    _moe_fused[(grid,)](
+    args = (
         x, gate_up_proj, down_proj, act_out, partial, out, fixup_locks(dev), sorted_ids, block_expert,
         routing_weights, hid, inter, pairs, num_experts, num_blocks, tokens,
         x.stride(0), *gate_up_proj.stride(), *down_proj.stride(), act_out.stride(0), partial.stride(0),
         out.stride(0),
+    )  # fmt: skip
+    consts = dict(
         SUM=fused_sum, IEEE=dtype == torch.float32, TOP_K=top_k, SUB_GU=align_m // gu.block_m,
         SUB_DN=align_m // dn.block_m, BM_GU=gu.block_m, BN_GU=gu.block_n, BK_GU=bk_gu, STAGES_GU=st_gu,
         BM_DN=dn.block_m, BN_DN=dn.block_n, BK_DN=bk_dn, STAGES_DN=st_dn,
         BLOCK_T=min(triton.next_power_of_2(tokens), max(16, 4096 // dn.block_n)),
         BLOCK_E=max(2, triton.next_power_of_2(num_experts)), BLOCK_NB=max(2, triton.next_power_of_2(num_blocks)),
-        PDL=pdl, num_warps=gu.num_warps, num_stages=max(st_gu, st_dn), **launch_kwargs(pdl),
+        PDL=pdl, num_warps=gu.num_warps, num_stages=max(st_gu, st_dn),
     )  # fmt: skip
+    if programs is None:
+        if dev.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+            programs = 1  # the interpreter runs programs one after another: one takes every ticket
+        else:
+            per_sm = cfg.programs_per_sm
+            if per_sm <= 0:
+                key = (dev.index, dtype, *sorted(consts.items()))
+                if key not in _PER_SM:
+                    kernel = _moe_fused.warmup(*args, grid=(1,), **consts, **launch_kwargs(pdl))
+                    _PER_SM[key] = _programs_per_sm(kernel, gu.num_warps)
+                per_sm = _PER_SM[key]
+            programs = per_sm * _sm_count(dev.index if dev.index is not None else torch.cuda.current_device())
+    _moe_fused[(programs,)](*args, **consts, **launch_kwargs(pdl))
     return out
 
 
@@ -821,7 +829,6 @@ __all__ = [
     "align_pairs",
     "FUSED_EXPERTS",
     "fused_applies",
-    "fused_programs",
     "fused_sum_applies",
     "moe_align",
     "moe_config",
