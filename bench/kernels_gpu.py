@@ -15,7 +15,7 @@ the SSM step's launch shapes with and without PDL, cold state and weights (`mamb
 
 Needs mamba-ssm importable (see the anchor's README); without it only our timings are printed.
 Usage: python bench/kernels_gpu.py [--json out.json] [--quick] [--sweep] [--gemm] [--gemm-sweep] [--gemm-rows 16,64]
-       [--moe-sweep] [--moe-tokens 64,16]
+       [--moe-sweep | --moe-fused] [--moe-tokens 64,16]
        [--mamba-step [--mamba-rows 1,16,64]]
 """
 
@@ -761,6 +761,109 @@ def print_moe_table(rows: list[dict]) -> None:
     print("}")
 
 
+def _fused_variants(cfg) -> dict:  # noqa: ANN001 - cfg: triton_moe.MoeConfig
+    """The persistent launch around ``cfg`` (the shipped launches): as they are (programs an SM from the
+    compiled kernel), with 1-4 programs an SM, gate/up on 32- or 64-wide blocks at 3 stages, down with
+    K blocks of 128 at 4 stages."""
+    from dataclasses import replace
+
+    gu, dn = cfg.gate_up, cfg.down
+    out = {"fused": replace(cfg, fused=True)}
+    out.update({f"fused_p{p}": replace(cfg, fused=True, programs_per_sm=p) for p in (1, 2, 3, 4)})
+    for bn in (32, 64):
+        g = replace(gu, block_n=bn, num_stages=3)
+        if g != gu:
+            out[f"fused_gu_n{bn}_st3"] = replace(cfg, gate_up=g, fused=True)
+    out["fused_dn_k128_st4"] = replace(cfg, down=replace(dn, block_k=128, num_stages=4), fused=True)
+    return out
+
+
+def moe_fused_ab(tokens_list: tuple[int, ...] = (64, 16), save=None) -> list[dict]:  # noqa: ANN001
+    """The MoE experts of one layer as two launches (the shipped `moe_config`: gate/up, then down with the
+    token sum) against one persistent launch (`triton_moe.moe_fused`) and its variants (`_fused_variants`),
+    per MOE_SWEEP_SHAPES shape and token count: µs per `moe_experts` call (align included, the same in
+    both), CUDA-graph replayed over cold weight copies, PDL on (as the decode step) and off. Checks: each
+    variant's bits against the two launches of the same tiles, repeatable, counters at zero; and how many
+    down tiles found their expert's gate/up tiles unfinished (``stats``), over 20 back-to-back calls."""
+    from dataclasses import replace
+
+    from local_model.kernels import triton_gemm as tg
+    from local_model.kernels import triton_moe as tm
+    from local_model.kernels.pdl import pdl_enabled
+
+    out = []
+    for e, h, i, k in MOE_SWEEP_SHAPES:
+        copies = moe_weight_copies(e, h, i)
+        nbytes = copies[0][0].nbytes + copies[0][1].nbytes
+        for tokens in tokens_list:
+            case = MoeCase.make(e, h, i, k, tokens, copies)
+            cfg = tm.moe_config(tokens, k, e, h, i)
+            row: dict = {
+                "experts": e, "hidden": h, "inter": i, "top_k": k, "tokens": tokens,
+                "weight_mb": round(nbytes / 1e6, 1), "weight_copies": len(copies),
+                "experts_hit": int(case.idx.unique().numel()),
+                "config": {"gate_up": vars(cfg.gate_up), "down": vars(cfg.down)},
+            }  # fmt: skip
+            row["two_launch_pdl_us"] = case.whole_us(cfg, True, True)
+            row["two_launch_us"] = case.whole_us(cfg, True, False)
+            kw = case.kw(copies[0])
+            variants = _fused_variants(replace(cfg, fused=False))
+            row["programs_per_sm"] = {}
+            for name, v in variants.items():
+                known = set(tm._PER_SM)
+                row[f"{name}_pdl_us"] = case.whole_us(v, True, True)
+                new = [tm._PER_SM[key] for key in tm._PER_SM if key not in known]
+                row["programs_per_sm"][name] = v.programs_per_sm or (new[0] if new else None)
+                two = tm.moe_experts(**kw, config=replace(v, fused=False))
+                one = tm.moe_experts(**kw, config=v)
+                row[f"{name}_bits_equal_two_launch"] = torch.equal(one, two)
+                row[f"{name}_repeatable"] = all(
+                    torch.equal(one, tm.moe_experts(**kw, config=v)) for _ in range(3)
+                )
+            row["fused_us"] = case.whole_us(variants["fused"], True, False)
+            torch.cuda.synchronize()
+            row["counters_at_zero"] = all(int(buf.abs().sum()) == 0 for buf in tg._LOCKS.values())
+            # down tiles that waited for their expert, over 20 back-to-back calls of the shipped tiles
+            stats = torch.zeros(2, dtype=torch.int32, device="cuda")
+            align_m = max(cfg.gate_up.block_m, cfg.down.block_m)
+            sid, bexp = tm.moe_align(case.idx, e, align_m)
+            rw = case.w.reshape(-1).contiguous()
+            for c in range(20):
+                ws = copies[c % len(copies)]
+                tm.moe_fused(
+                    case.x, ws[0], ws[1], sid, bexp, rw, k, variants["fused"], align_m, True,
+                    pdl_enabled(case.x.device), stats=stats,
+                )  # fmt: skip
+            torch.cuda.synchronize()
+            row["down_tiles_waited_per_call"] = round(int(stats[0]) / 20, 1)
+            row["spin_reads_per_call"] = round(int(stats[1]) / 20, 1)
+            for key in [x for x in row if x.endswith("_us")]:
+                us = row[key]
+                row[key.replace("_us", "_TBps")] = (
+                    round(nbytes / us / 1e6, 2) if isinstance(us, float) else None
+                )
+            out.append(row)
+            print(json.dumps(row), flush=True)
+            if save:
+                save(out)
+        del copies
+        torch.cuda.empty_cache()
+    return out
+
+
+def print_moe_fused_table(rows: list[dict]) -> None:
+    print("\n| E x H x I, top-k | tokens | two launches +PDL µs | one launch +PDL µs | best variant µs |"
+          " bits equal | down tiles waited | counters 0 |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        timed = {key: v for key, v in r.items() if key.startswith("fused") and key.endswith("_pdl_us")}
+        best = min(((v, key) for key, v in timed.items() if isinstance(v, float)), default=(None, None))
+        bits = all(v for key, v in r.items() if key.endswith("_bits_equal_two_launch"))
+        print(f"| {r['experts']}x{r['hidden']}x{r['inter']}, {r['top_k']} | {r['tokens']} | "
+              f"{r['two_launch_pdl_us']} | {r.get('fused_pdl_us')} | {best[0]} ({best[1]}) | {bits} | "
+              f"{r['down_tiles_waited_per_call']} | {r['counters_at_zero']} |")  # fmt: skip
+
+
 def attn_rows() -> list[dict]:
     """Paged decode attention at long contexts (Jamba-1.5-Mini's attention: 32 query / 8 kv heads, head 128,
     16-token pages, bf16), one row: the context walked by one program per kv head vs split over more
@@ -1112,7 +1215,12 @@ def main() -> int:
     ap.add_argument(
         "--moe-sweep", action="store_true", help="only: MoE grouped-GEMM launches at 64, 16 tokens"
     )
-    ap.add_argument("--moe-tokens", default="64,16", help="--moe-sweep: comma-separated token counts")
+    ap.add_argument(
+        "--moe-fused", action="store_true", help="only: MoE experts as two launches vs one persistent launch"
+    )
+    ap.add_argument(
+        "--moe-tokens", default="64,16", help="--moe-sweep/--moe-fused: comma-separated token counts"
+    )
     ap.add_argument(
         "--mamba-step",
         action="store_true",
@@ -1129,6 +1237,22 @@ def main() -> int:
                 Path(args.json).write_text(json.dumps(res_m, indent=1))
 
         mamba_step(tuple(int(r) for r in args.mamba_rows.split(",")), save_m)
+        return 0
+    if args.moe_fused:
+        res_f: dict = {
+            "device": torch.cuda.get_device_name(),
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+        }
+
+        def save_f(rows: list[dict]) -> None:
+            res_f["moe_fused"] = rows
+            if args.json:
+                Path(args.json).write_text(json.dumps(res_f, indent=1))
+
+        rows_f = moe_fused_ab(tuple(int(t) for t in args.moe_tokens.split(",")), save_f)
+        print_moe_fused_table(rows_f)
+        save_f(rows_f)
         return 0
     if args.moe_sweep:
         res_moe: dict = {

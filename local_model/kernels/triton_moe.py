@@ -494,6 +494,7 @@ def _moe_fused(
     s_am,
     s_pm,
     s_so,
+    stats_ptr,
     SUM: tl.constexpr,
     IEEE: tl.constexpr,
     TOP_K: tl.constexpr,
@@ -511,6 +512,7 @@ def _moe_fused(
     BLOCK_E: tl.constexpr,
     BLOCK_NB: tl.constexpr,
     PDL: tl.constexpr = False,
+    STATS: tl.constexpr = False,
 ):
     """Both grouped GEMMs of `moe_experts` in one persistent launch: every program takes tickets from one
     counter until none are left; tickets [0, gate/up tiles) are `moe_gate_up`'s tiles, the rest
@@ -525,7 +527,8 @@ def _moe_fused(
     two-launch path). The last program to leave resets the ticket, exit and expert counters to zero.
 
     lock_ptr layout: [column counters of the token sum (cdiv(hid, BN_DN))], ticket, exit count, then one
-    counter per expert."""
+    counter per expert. STATS: stats_ptr[0] += down tiles that found their expert unfinished, stats_ptr[1]
+    += their re-reads of the counter (a measurement aid)."""
     pdl_begin(PDL)
     nc_gu = tl.cdiv(inter, BN_GU)
     nc_dn = tl.cdiv(hid, BN_DN)
@@ -566,8 +569,12 @@ def _moe_fused(
                 t - total_gu, dn_end, dn_tiles, first * SUB_DN, blocks * SUB_DN, BLOCK_E
             )
             need = tl.sum(tl.where(ev == e, gu_tiles, 0), axis=0)
+            spins = 0
             while tl.atomic_add(expert_ptr + e, 0, sem="acquire", scope="gpu") < need:
-                pass
+                spins += 1
+            if STATS:
+                tl.atomic_add(stats_ptr, (spins > 0).to(tl.int32), sem="relaxed", scope="gpu")
+                tl.atomic_add(stats_ptr + 1, spins, sem="relaxed", scope="gpu")
             # (the acquire is one thread's: the barrier orders every thread's loads after it)
             tl.debug_barrier()
             # (the two branches' column vectors differ in shape: distinct names)
@@ -718,11 +725,14 @@ def moe_fused(
     fused_sum: bool,
     pdl: bool,
     programs: int | None = None,
+    stats: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`moe_gate_up` then `moe_down` (one split) in one persistent launch (`_moe_fused`): with ``fused_sum``
     each token's k rows summed ([tokens, H]), else the [pairs, H] routed rows. ``programs``: the grid;
     default SMs x ``cfg.programs_per_sm``, else x as many programs as an SM holds by the compiled kernel's
-    shared memory and registers (at most FUSED_MAX_PROGRAMS_PER_SM); one under the interpreter."""
+    shared memory and registers (at most FUSED_MAX_PROGRAMS_PER_SM); one under the interpreter. ``stats``
+    (int32 [2]): adds the down tiles that waited for their expert's gate/up tiles, and their counter
+    re-reads."""
     tokens, hid = x.shape
     num_experts, two_i, _ = gate_up_proj.shape
     inter = two_i // 2
@@ -740,7 +750,7 @@ def moe_fused(
         x, gate_up_proj, down_proj, act_out, partial, out, fixup_locks(dev), sorted_ids, block_expert,
         routing_weights, hid, inter, pairs, num_experts, num_blocks, tokens,
         x.stride(0), *gate_up_proj.stride(), *down_proj.stride(), act_out.stride(0), partial.stride(0),
-        out.stride(0),
+        out.stride(0), stats if stats is not None else sorted_ids,
     )  # fmt: skip
     consts = dict(
         SUM=fused_sum, IEEE=dtype == torch.float32, TOP_K=top_k, SUB_GU=align_m // gu.block_m,
@@ -748,7 +758,7 @@ def moe_fused(
         BM_DN=dn.block_m, BN_DN=dn.block_n, BK_DN=bk_dn, STAGES_DN=st_dn,
         BLOCK_T=min(triton.next_power_of_2(tokens), max(16, 4096 // dn.block_n)),
         BLOCK_E=max(2, triton.next_power_of_2(num_experts)), BLOCK_NB=max(2, triton.next_power_of_2(num_blocks)),
-        PDL=pdl, num_warps=gu.num_warps, num_stages=max(st_gu, st_dn),
+        PDL=pdl, STATS=stats is not None, num_warps=gu.num_warps, num_stages=max(st_gu, st_dn),
     )  # fmt: skip
     if programs is None:
         if dev.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
