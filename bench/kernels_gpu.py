@@ -764,7 +764,8 @@ def print_moe_table(rows: list[dict]) -> None:
 def _fused_variants(cfg) -> dict:  # noqa: ANN001 - cfg: triton_moe.MoeConfig
     """The persistent launch around ``cfg`` (the shipped launches): as they are (programs an SM from the
     compiled kernel), with 1-4 programs an SM, gate/up on 32- or 64-wide blocks at 3 stages, down with
-    K blocks of 128 at 4 stages."""
+    K blocks of 128 at 4 stages, down on 16-wide blocks (twice the tiles, half the bytes each: a shorter
+    tail). Output blocks and K blocks change no bits (each output element adds its K products in order)."""
     from dataclasses import replace
 
     gu, dn = cfg.gate_up, cfg.down
@@ -775,6 +776,10 @@ def _fused_variants(cfg) -> dict:  # noqa: ANN001 - cfg: triton_moe.MoeConfig
         if g != gu:
             out[f"fused_gu_n{bn}_st3"] = replace(cfg, gate_up=g, fused=True)
     out["fused_dn_k128_st4"] = replace(cfg, down=replace(dn, block_k=128, num_stages=4), fused=True)
+    out["fused_dn_n16"] = replace(cfg, down=replace(dn, block_n=16), fused=True)
+    out["fused_gu_n32_st3_dn_n16"] = replace(
+        cfg, gate_up=replace(gu, block_n=32, num_stages=3), down=replace(dn, block_n=16), fused=True
+    )
     return out
 
 
@@ -820,6 +825,8 @@ def moe_fused_ab(tokens_list: tuple[int, ...] = (64, 16), save=None) -> list[dic
                 row[f"{name}_repeatable"] = all(
                     torch.equal(one, tm.moe_experts(**kw, config=v)) for _ in range(3)
                 )
+                # informational: other output / K blocks than the shipped launches'
+                row[f"{name}_bits_equal_shipped"] = torch.equal(one, tm.moe_experts(**kw, config=cfg))
             row["fused_us"] = case.whole_us(variants["fused"], True, False)
             torch.cuda.synchronize()
             row["counters_at_zero"] = all(int(buf.abs().sum()) == 0 for buf in tg._LOCKS.values())

@@ -705,11 +705,17 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def fused_applies(cfg: MoeConfig, hid: int, num_experts: int) -> bool:
+def fused_applies(cfg: MoeConfig, pairs: int, hid: int, num_experts: int) -> bool:
     """Whether `moe_experts` runs ``cfg`` as one persistent launch: ``cfg.fused`` (or FUSED_EXPERTS when
-    set), one split of the down GEMM, and its counters fit the fixup buffer."""
+    set), one split of the down GEMM, its counters fit the fixup buffer, and the pairs are few enough that
+    `align_in_one_program` would sort them (every program reads all the blocks' experts: decode sizes)."""
     on = cfg.fused if FUSED_EXPERTS is None else FUSED_EXPERTS
-    return on and cfg.down.split_k == 1 and triton.cdiv(hid, cfg.down.block_n) + 2 + num_experts <= LOCK_COUNT
+    return (
+        on
+        and cfg.down.split_k == 1
+        and triton.cdiv(hid, cfg.down.block_n) + 2 + num_experts <= LOCK_COUNT
+        and align_in_one_program(pairs, num_experts)
+    )
 
 
 def moe_fused(
@@ -813,7 +819,7 @@ def moe_experts(
     )
     pdl = pdl_choice(x.device, pdl)
     sorted_ids, block_expert = aligned or moe_align(top_k_index, num_experts, align_m, pdl)
-    if fused_applies(cfg, hid, num_experts):
+    if fused_applies(cfg, tokens * k, hid, num_experts):
         rw = top_k_weights.reshape(-1).contiguous()
         out = moe_fused(
             x.contiguous(), gate_up_proj, down_proj, sorted_ids, block_expert, rw, k, cfg, align_m, fused, pdl

@@ -394,17 +394,18 @@ def test_moe_experts_in_one_launch_with_more_programs_than_tiles_reset_their_cou
 
 def test_moe_experts_one_launch_switch_overrides_the_config(monkeypatch):
     """FUSED_EXPERTS forces the persistent launch on (or off) whatever the config says; a down GEMM split
-    over K stays on two launches."""
+    over K, or more pairs than one program sorts (prefill), stays on two launches."""
     from local_model.kernels import triton_moe as tm
 
     cfg = tm.MoeConfig(tm.MoeGemmConfig(16, 32, 32), tm.MoeGemmConfig(16, 16, 16))
-    assert not tm.fused_applies(cfg, 40, 6)
+    assert not tm.fused_applies(cfg, 18, 40, 6)
     monkeypatch.setattr(tm, "FUSED_EXPERTS", True)
-    assert tm.fused_applies(cfg, 40, 6)
+    assert tm.fused_applies(cfg, 18, 40, 6)
+    assert not tm.fused_applies(cfg, tm.ALIGN_SMALL_PAIRS + 1, 40, 6)  # prefill-sized: two launches
     split = tm.MoeConfig(tm.MoeGemmConfig(16, 32, 32), tm.MoeGemmConfig(16, 16, 16, split_k=2), fused=True)
-    assert not tm.fused_applies(split, 40, 6)
+    assert not tm.fused_applies(split, 18, 40, 6)
     monkeypatch.setattr(tm, "FUSED_EXPERTS", False)
-    assert not tm.fused_applies(_fused_cfg(cfg), 40, 6)
+    assert not tm.fused_applies(_fused_cfg(cfg), 18, 40, 6)
 
 
 @gpu
