@@ -73,8 +73,8 @@ class MoeConfig:
 
 
 # Overrides every MoeConfig's ``fused`` when not None (an A/B switch for a whole decode step; CUDA graphs
-# keep the path they were captured with).
-FUSED_EXPERTS: bool | None = None
+# keep the path they were captured with). Initially from HYBRIDGATE_MOE_FUSED ("1" on, "0" off, unset: None).
+FUSED_EXPERTS: bool | None = {"1": True, "0": False}.get(os.environ.get("HYBRIDGATE_MOE_FUSED", ""))
 # the persistent launch's programs an SM at most when MoeConfig.programs_per_sm is 0
 FUSED_MAX_PROGRAMS_PER_SM = 4
 
