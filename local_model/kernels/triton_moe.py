@@ -15,6 +15,12 @@ both paths give the same bits. With ``split_k`` > 1 the programs store fp32 part
 last program also sums the splits (in split order) and applies the routing weight: deterministic, but not
 the unsplit path's bits.
 
+With ``MoeConfig.fused`` (or `FUSED_EXPERTS`) both GEMMs run in one persistent launch (`_moe_fused`): about
+one wave of programs takes tickets from one counter, first every gate/up tile, then every down tile, each
+in expert-major order; a down tile of expert e waits (acquire) on e's counter, which each of e's gate/up tiles
+bumps (release) once stored. So down's programs start on expert 0 while gate/up streams the last experts,
+instead of waiting for the whole gate/up launch to drain. Same tiles, same bits as the two launches.
+
 Launches are tunable per shape and token bucket (`MOE_SHAPES`, filled from ``bench/kernels_gpu.py
 --moe-sweep``); the defaults are `moe_config`'s heuristic. On Hopper every launch takes programmatic
 dependent launch (`pdl`). (Requesting each program's expert weight slab into L2 before the PDL wait, with
