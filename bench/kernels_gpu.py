@@ -765,7 +765,8 @@ def _fused_variants(cfg) -> dict:  # noqa: ANN001 - cfg: triton_moe.MoeConfig
     """The persistent launch around ``cfg`` (the shipped launches): as they are (programs an SM from the
     compiled kernel), with 1-4 programs an SM, gate/up on 32- or 64-wide blocks at 3 stages, down with
     K blocks of 128 at 4 stages, down on 16-wide blocks (twice the tiles, half the bytes each: a shorter
-    tail). Output blocks and K blocks change no bits (each output element adds its K products in order)."""
+    tail); with the L2 request of a waiting down tile's weights (``prefetch_wait``). Output blocks and K
+    blocks change no bits (each output element adds its K products in order)."""
     from dataclasses import replace
 
     gu, dn = cfg.gate_up, cfg.down
@@ -779,6 +780,11 @@ def _fused_variants(cfg) -> dict:  # noqa: ANN001 - cfg: triton_moe.MoeConfig
     out["fused_dn_n16"] = replace(cfg, down=replace(dn, block_n=16), fused=True)
     out["fused_gu_n32_st3_dn_n16"] = replace(
         cfg, gate_up=replace(gu, block_n=32, num_stages=3), down=replace(dn, block_n=16), fused=True
+    )
+    # a down tile that has to wait requests its weight slab into L2 first
+    out["fused_prefetch_wait"] = replace(cfg, fused=True, prefetch_wait=True)
+    out["fused_gu_n32_st3_prefetch_wait"] = replace(
+        cfg, gate_up=replace(gu, block_n=32, num_stages=3), fused=True, prefetch_wait=True
     )
     return out
 

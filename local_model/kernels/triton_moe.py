@@ -40,7 +40,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .pdl import launch_kwargs, pdl_begin, pdl_choice
+from .pdl import launch_kwargs, lines_for, pdl_begin, pdl_choice, prefetch_rows
 from .triton_gemm import LOCK_COUNT, fit_pipeline, fixup_locks
 
 # k up to which PyTorch's ``.sum(1)`` over [tokens, k, hid] adds the k rows in k order (its reduction keeps
@@ -69,13 +69,16 @@ class MoeConfig:
     (programs then cover sub-blocks, and a sub-block of padding only returns).
 
     ``fused``: both GEMMs in one persistent launch (`moe_fused`, same tiles and bits; the down GEMM's
-    split_k must be 1, and each GEMM's num_stages is its own K loop's), with ``programs_per_sm`` programs an
-    SM (0: as many as the larger pipeline's shared memory allows, at most FUSED_MAX_PROGRAMS_PER_SM)."""
+    split_k must be 1, the gate/up's num_warps is both's, and each GEMM's num_stages is its own K loop's),
+    with ``programs_per_sm`` programs an SM (0: as many as the compiled kernel's shared memory and registers
+    allow, at most FUSED_MAX_PROGRAMS_PER_SM); ``prefetch_wait``: a down tile that has to wait for its
+    expert's gate/up tiles requests its weight slab into L2 first (GPU only)."""
 
     gate_up: MoeGemmConfig
     down: MoeGemmConfig
     fused: bool = False
     programs_per_sm: int = 0
+    prefetch_wait: bool = False
 
 
 # Overrides every MoeConfig's ``fused`` when not None (an A/B switch for a whole decode step; CUDA graphs
@@ -519,6 +522,8 @@ def _moe_fused(
     BLOCK_NB: tl.constexpr,
     PDL: tl.constexpr = False,
     STATS: tl.constexpr = False,
+    PREFETCH_LINES: tl.constexpr = 0,
+    ELEM_BYTES: tl.constexpr = 2,
 ):
     """Both grouped GEMMs of `moe_experts` in one persistent launch: every program takes tickets from one
     counter until none are left; tickets [0, gate/up tiles) are `moe_gate_up`'s tiles, the rest
@@ -534,7 +539,8 @@ def _moe_fused(
 
     lock_ptr layout: [column counters of the token sum (cdiv(hid, BN_DN))], ticket, exit count, then one
     counter per expert. STATS: stats_ptr[0] += down tiles that found their expert unfinished, stats_ptr[1]
-    += their re-reads of the counter (a measurement aid)."""
+    += their reads of the counter (a measurement aid). PREFETCH_LINES > 0: a down tile that has to wait
+    first requests its weight slab into L2 (`prefetch_rows`, PREFETCH_LINES lines a row)."""
     pdl_begin(PDL)
     nc_gu = tl.cdiv(inter, BN_GU)
     nc_dn = tl.cdiv(hid, BN_DN)
@@ -576,8 +582,16 @@ def _moe_fused(
             )
             need = tl.sum(tl.where(ev == e, gu_tiles, 0), axis=0)
             spins = 0
-            while tl.atomic_add(expert_ptr + e, 0, sem="acquire", scope="gpu") < need:
-                spins += 1
+            if tl.atomic_add(expert_ptr + e, 0, sem="acquire", scope="gpu") < need:
+                if PREFETCH_LINES > 0:
+                    # the tile's weight slab is never written: request it into L2 while the wait lasts
+                    prefetch_rows(
+                        dn_ptr + e.to(tl.int64) * s_de, nb * BN_DN, hid, s_dn, 0, inter, 0, BN_DN, PREFETCH_LINES,
+                        ELEM_BYTES,
+                    )  # fmt: skip
+                spins = 1
+                while tl.atomic_add(expert_ptr + e, 0, sem="acquire", scope="gpu") < need:
+                    spins += 1
             if STATS:
                 tl.atomic_add(stats_ptr, (spins > 0).to(tl.int32), sem="relaxed", scope="gpu")
                 tl.atomic_add(stats_ptr + 1, spins, sem="relaxed", scope="gpu")
@@ -758,6 +772,7 @@ def moe_fused(
     partial = torch.empty(pairs, hid, device=dev, dtype=dtype)
     out = torch.empty(tokens, hid, device=dev, dtype=dtype) if fused_sum else partial
     num_blocks = sorted_ids.numel() // align_m
+    interpreted = dev.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
     args = (
         x, gate_up_proj, down_proj, act_out, partial, out, fixup_locks(dev), sorted_ids, block_expert,
         routing_weights, hid, inter, pairs, num_experts, num_blocks, tokens,
@@ -771,9 +786,10 @@ def moe_fused(
         BLOCK_T=min(triton.next_power_of_2(tokens), max(16, 4096 // dn.block_n)),
         BLOCK_E=max(2, triton.next_power_of_2(num_experts)), BLOCK_NB=max(2, triton.next_power_of_2(num_blocks)),
         PDL=pdl, STATS=stats is not None, num_warps=gu.num_warps, num_stages=max(st_gu, st_dn),
+        PREFETCH_LINES=lines_for(inter, elem) if cfg.prefetch_wait and not interpreted else 0, ELEM_BYTES=elem,
     )  # fmt: skip
     if programs is None:
-        if dev.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        if interpreted:
             programs = 1  # the interpreter runs programs one after another: one takes every ticket
         else:
             per_sm = cfg.programs_per_sm

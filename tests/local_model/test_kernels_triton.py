@@ -430,8 +430,8 @@ def test_moe_experts_token_sum_in_the_down_gemm_gives_the_separate_sums_bits_at_
 @pytest.mark.parametrize("tokens", [16, 64])
 @pytest.mark.parametrize("pdl", [False, True])
 def test_moe_experts_in_one_persistent_launch_give_the_two_launch_bits_at_model_size(tokens, pdl):
-    """The 426M model's experts in bf16, the shipped launches (MOE_SHAPES) as one persistent launch: the
-    two launches' bits, repeatable (graph-free), counters at zero."""
+    """The 426M model's experts in bf16, the shipped launches (MOE_SHAPES) as one persistent launch, with
+    and without the waiting down tiles' L2 requests: the two launches' bits, repeatable, counters at zero."""
     from local_model.kernels import triton_moe as tm
 
     case = _moe_case(73, tokens, 2, torch.bfloat16, e=8, h=1024, i=2816)
@@ -440,6 +440,7 @@ def test_moe_experts_in_one_persistent_launch_give_the_two_launch_bits_at_model_
     one = tk.moe_experts(**case, config=_fused_cfg(cfg), pdl=pdl)
     assert torch.equal(one, two)
     assert all(torch.equal(one, tk.moe_experts(**case, config=_fused_cfg(cfg), pdl=pdl)) for _ in range(5))
+    assert torch.equal(one, tk.moe_experts(**case, config=_fused_cfg(cfg, prefetch_wait=True), pdl=pdl))
     torch.cuda.synchronize()
     assert _locks_at_zero()
 
