@@ -12,10 +12,12 @@ bandwidth. ``--gemm``: the decode projections beside cuBLAS at 1, 16 and 64 rows
 best split-K launch per projection of the 426M step (prints a ready `SPLITK_SHAPES`). ``--mamba-step``: the
 Mamba decode sublayer between in_proj and out_proj (conv window + x_proj, SSM step) at 1, 16 and 64 rows,
 the SSM step's launch shapes with and without PDL, cold state and weights (`mamba_step`).
+``--moe-fused``: the MoE experts of one layer as two launches against one persistent launch and its variants
+(`moe_fused_ab`; prints ready MOE_SHAPES entries).
 
 Needs mamba-ssm importable (see the anchor's README); without it only our timings are printed.
 Usage: python bench/kernels_gpu.py [--json out.json] [--quick] [--sweep] [--gemm] [--gemm-sweep] [--gemm-rows 16,64]
-       [--moe-sweep | --moe-fused] [--moe-tokens 64,16]
+       [--moe-sweep | --moe-fused [--moe-all-shapes]] [--moe-tokens 64,16]
        [--mamba-step [--mamba-rows 1,16,64]]
 """
 
@@ -789,13 +791,14 @@ def _fused_variants(cfg) -> dict:  # noqa: ANN001 - cfg: triton_moe.MoeConfig
     return out
 
 
-def moe_fused_ab(tokens_list: tuple[int, ...] = (64, 16), save=None) -> list[dict]:  # noqa: ANN001
+def moe_fused_ab(tokens_list: tuple[int, ...] = (64, 16), save=None, shapes=None) -> list[dict]:  # noqa: ANN001
     """The MoE experts of one layer as two launches (the shipped `moe_config`: gate/up, then down with the
     token sum) against one persistent launch (`triton_moe.moe_fused`) and its variants (`_fused_variants`),
     per MOE_SWEEP_SHAPES shape and token count: µs per `moe_experts` call (align included, the same in
     both), CUDA-graph replayed over cold weight copies, PDL on (as the decode step) and off. Checks: each
     variant's bits against the two launches of the same tiles, repeatable, counters at zero; and how many
-    down tiles found their expert's gate/up tiles unfinished (``stats``), over 20 back-to-back calls."""
+    down tiles found their expert's gate/up tiles unfinished (``stats``), over 20 back-to-back calls.
+    ``shapes``: (experts, hidden, width, top_k) tuples, default the 426M model's."""
     from dataclasses import replace
 
     from local_model.kernels import triton_gemm as tg
@@ -803,7 +806,7 @@ def moe_fused_ab(tokens_list: tuple[int, ...] = (64, 16), save=None) -> list[dic
     from local_model.kernels.pdl import pdl_enabled
 
     out = []
-    for e, h, i, k in MOE_SWEEP_SHAPES:
+    for e, h, i, k in shapes or MOE_SWEEP_SHAPES[:1]:
         copies = moe_weight_copies(e, h, i)
         nbytes = copies[0][0].nbytes + copies[0][1].nbytes
         for tokens in tokens_list:
@@ -820,6 +823,11 @@ def moe_fused_ab(tokens_list: tuple[int, ...] = (64, 16), save=None) -> list[dic
             kw = case.kw(copies[0])
             variants = _fused_variants(replace(cfg, fused=False))
             row["programs_per_sm"] = {}
+            row["variants"] = {
+                name: {"gate_up": vars(v.gate_up), "down": vars(v.down), "programs_per_sm": v.programs_per_sm,
+                       "prefetch_wait": v.prefetch_wait}
+                for name, v in variants.items()
+            }  # fmt: skip
             for name, v in variants.items():
                 known = set(tm._PER_SM)
                 row[f"{name}_pdl_us"] = case.whole_us(v, True, True)
@@ -865,16 +873,37 @@ def moe_fused_ab(tokens_list: tuple[int, ...] = (64, 16), save=None) -> list[dic
 
 
 def print_moe_fused_table(rows: list[dict]) -> None:
+    """The A/B table, and a ready MOE_SHAPES entry per case whose best persistent variant (bits equal to
+    the two launches) beats the two launches (PDL on) by >= 3%."""
+    from local_model.kernels.triton_moe import token_bucket
+
     print("\n| E x H x I, top-k | tokens | two launches +PDL µs | one launch +PDL µs | best variant µs |"
           " bits equal | down tiles waited | counters 0 |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
+    entries = []
     for r in rows:
-        timed = {key: v for key, v in r.items() if key.startswith("fused") and key.endswith("_pdl_us")}
-        best = min(((v, key) for key, v in timed.items() if isinstance(v, float)), default=(None, None))
+        timed = {
+            key.removesuffix("_pdl_us"): v
+            for key, v in r.items()
+            if key.startswith("fused") and key.endswith("_pdl_us") and isinstance(v, float)
+            and r.get(key.replace("_pdl_us", "_bits_equal_two_launch"))
+        }  # fmt: skip
+        best = min(((v, key) for key, v in timed.items()), default=(None, None))
         bits = all(v for key, v in r.items() if key.endswith("_bits_equal_two_launch"))
         print(f"| {r['experts']}x{r['hidden']}x{r['inter']}, {r['top_k']} | {r['tokens']} | "
               f"{r['two_launch_pdl_us']} | {r.get('fused_pdl_us')} | {best[0]} ({best[1]}) | {bits} | "
               f"{r['down_tiles_waited_per_call']} | {r['counters_at_zero']} |")  # fmt: skip
+        base = r["two_launch_pdl_us"]
+        if best[0] is not None and isinstance(base, float) and best[0] <= 0.97 * base:
+            entries.append((r, best))
+    print("\n# triton_moe.MOE_SHAPES entries with the persistent launch (best variant, >= 3% faster):")
+    for r, (us, name) in entries:
+        v = r["variants"][name]
+        g, d = (", ".join(f"{key}={val}" for key, val in v[n].items()) for n in ("gate_up", "down"))
+        print(f"    ({r['experts']}, {r['hidden']}, {r['inter']}, {r['top_k']}, {token_bucket(r['tokens'])}): "
+              f"MoeConfig(\n        gate_up=MoeGemmConfig({g}),\n        down=MoeGemmConfig({d}),\n"
+              f"        fused=True, programs_per_sm={v['programs_per_sm']}, prefetch_wait={v['prefetch_wait']},\n"
+              f"    ),  # {r['tokens']} tokens: {us} vs {r['two_launch_pdl_us']} µs (two launches, PDL)")  # fmt: skip
 
 
 def attn_rows() -> list[dict]:
@@ -1232,6 +1261,9 @@ def main() -> int:
         "--moe-fused", action="store_true", help="only: MoE experts as two launches vs one persistent launch"
     )
     ap.add_argument(
+        "--moe-all-shapes", action="store_true", help="--moe-fused: also the ~1.5B model's experts"
+    )
+    ap.add_argument(
         "--moe-tokens", default="64,16", help="--moe-sweep/--moe-fused: comma-separated token counts"
     )
     ap.add_argument(
@@ -1263,7 +1295,11 @@ def main() -> int:
             if args.json:
                 Path(args.json).write_text(json.dumps(res_f, indent=1))
 
-        rows_f = moe_fused_ab(tuple(int(t) for t in args.moe_tokens.split(",")), save_f)
+        rows_f = moe_fused_ab(
+            tuple(int(t) for t in args.moe_tokens.split(",")),
+            save_f,
+            MOE_SWEEP_SHAPES if args.moe_all_shapes else None,
+        )
         print_moe_fused_table(rows_f)
         save_f(rows_f)
         return 0
