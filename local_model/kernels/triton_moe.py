@@ -797,6 +797,7 @@ def moe_fused(
                 key = (dev.index, dtype, *sorted(consts.items()))
                 if key not in _PER_SM:
                     kernel = _moe_fused.warmup(*args, grid=(1,), **consts, **launch_kwargs(pdl))
+                    kernel = kernel.result() if hasattr(kernel, "result") else kernel  # an async compile
                     _PER_SM[key] = _programs_per_sm(kernel, gu.num_warps)
                 per_sm = _PER_SM[key]
             programs = per_sm * _sm_count(dev.index if dev.index is not None else torch.cuda.current_device())
