@@ -652,6 +652,23 @@ def test_moe_block_sorts_pairs_for_a_measured_launch(monkeypatch):
     assert _locks_at_zero()
 
 
+@pytest.mark.parametrize(("tokens", "k"), [(6, 2), (13, 1)])
+def test_moe_block_with_the_experts_in_one_launch_gives_the_two_launch_bits(monkeypatch, tokens, k):
+    """The decode step's MoE block (route + sort in one launch, then the experts) with FUSED_EXPERTS on: the
+    two launches' bits, every counter back at zero."""
+    from local_model.kernels import triton_moe as tm
+
+    gen = torch.Generator().manual_seed(21 + tokens)
+    e, h, i = 5, 48, 40
+    x, res = (torch.randn(tokens, h, generator=gen).to(DEV) for _ in range(2))
+    args = _moe_block_args(gen, e, h, i, k)
+    two, _ = tk.moe_block(x=x, residual=res, **args)
+    monkeypatch.setattr(tm, "FUSED_EXPERTS", True)
+    one, _ = tk.moe_block(x=x, residual=res, **args)
+    assert torch.equal(one, two)
+    assert _locks_at_zero()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_mamba_conv_xproj_then_ssm_step_with_conv_match_reference(dtype, batch):
