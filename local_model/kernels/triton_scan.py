@@ -1042,6 +1042,11 @@ def ssm_step_launch(rows: int) -> tuple[int, int, int]:
     return (32, 4, 1) if rows <= 1 else (64, 2, 1)
 
 
+# BENCHMARK A/B ONLY: every `mamba_decode_ssm` call takes the previous kernel in its shipped launch
+# (`bench/local_model_gpu.py --splitk-ab` mode suffix ``-ssmold``); removed with that kernel
+SSM_ROWAXIS_KERNEL = False
+
+
 def mamba_decode_ssm(
     *,
     xproj: torch.Tensor,
@@ -1122,7 +1127,8 @@ def mamba_decode_ssm(
         "FAST_LOG": x.device.type == "cuda",
         "PDL": pdl,
     }
-    if rowaxis_kernel:  # BENCHMARK A/B ONLY (remove with `_mamba_decode_ssm_rowaxis` after the card run)
+    if rowaxis_kernel or SSM_ROWAXIS_KERNEL:  # BENCHMARK A/B ONLY (removed with `_mamba_decode_ssm_rowaxis`)
+        bd, warps = tuple(launch[:2]) if launch else (32, 2)
         _mamba_decode_ssm_rowaxis[(triton.cdiv(dim, bd), batch)](
             *args, dim, rank, nst, eps, *strides, BLOCK_D=bd, BLOCK_R=triton.next_power_of_2(rank),
             BLOCK_N=block_n, EVEN=dim % bd == 0 and nst == block_n, num_warps=warps, **conv_kw,
