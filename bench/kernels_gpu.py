@@ -12,12 +12,10 @@ bandwidth. ``--gemm``: the decode projections beside cuBLAS at 1, 16 and 64 rows
 best split-K launch per projection of the 426M step (prints a ready `SPLITK_SHAPES`). ``--mamba-step``: the
 Mamba decode sublayer between in_proj and out_proj (conv window + x_proj, SSM step) at 1, 16 and 64 rows,
 the SSM step's launch shapes with and without PDL, cold state and weights (`mamba_step`).
-``--moe-fused``: the MoE experts of one layer as two launches against one persistent launch and its variants
-(`moe_fused_ab`; prints ready MOE_SHAPES entries).
 
 Needs mamba-ssm importable (see the anchor's README); without it only our timings are printed.
 Usage: python bench/kernels_gpu.py [--json out.json] [--quick] [--sweep] [--gemm] [--gemm-sweep] [--gemm-rows 16,64]
-       [--moe-sweep | --moe-fused [--moe-all-shapes]] [--moe-tokens 64,16]
+       [--moe-sweep] [--moe-tokens 64,16]
        [--mamba-step [--mamba-rows 1,16,64]]
 """
 
@@ -790,149 +788,6 @@ def print_moe_table(rows: list[dict]) -> None:
     print("}")
 
 
-def _fused_variants(cfg) -> dict:  # noqa: ANN001 - cfg: triton_moe.MoeConfig
-    """The persistent launch around ``cfg`` (the shipped launches): as they are (programs an SM from the
-    compiled kernel), with 1-4 programs an SM, gate/up on 32- or 64-wide blocks at 3 stages, down with
-    K blocks of 128 at 4 stages, down on 16-wide blocks (twice the tiles, half the bytes each: a shorter
-    tail); with the L2 request of a waiting down tile's weights (``prefetch_wait``). Output blocks and K
-    blocks change no bits (each output element adds its K products in order)."""
-    from dataclasses import replace
-
-    gu, dn = cfg.gate_up, cfg.down
-    out = {"fused": replace(cfg, fused=True)}
-    out.update({f"fused_p{p}": replace(cfg, fused=True, programs_per_sm=p) for p in (1, 2, 3, 4)})
-    for bn in (32, 64):
-        g = replace(gu, block_n=bn, num_stages=3)
-        if g != gu:
-            out[f"fused_gu_n{bn}_st3"] = replace(cfg, gate_up=g, fused=True)
-    out["fused_dn_k128_st4"] = replace(cfg, down=replace(dn, block_k=128, num_stages=4), fused=True)
-    out["fused_dn_n16"] = replace(cfg, down=replace(dn, block_n=16), fused=True)
-    out["fused_gu_n32_st3_dn_n16"] = replace(
-        cfg, gate_up=replace(gu, block_n=32, num_stages=3), down=replace(dn, block_n=16), fused=True
-    )
-    # a down tile that has to wait requests its weight slab into L2 first
-    out["fused_prefetch_wait"] = replace(cfg, fused=True, prefetch_wait=True)
-    out["fused_gu_n32_st3_prefetch_wait"] = replace(
-        cfg, gate_up=replace(gu, block_n=32, num_stages=3), fused=True, prefetch_wait=True
-    )
-    return out
-
-
-def moe_fused_ab(tokens_list: tuple[int, ...] = (64, 16), save=None, shapes=None) -> list[dict]:  # noqa: ANN001
-    """The MoE experts of one layer as two launches (the shipped `moe_config`: gate/up, then down with the
-    token sum) against one persistent launch (`triton_moe.moe_fused`) and its variants (`_fused_variants`),
-    per MOE_SWEEP_SHAPES shape and token count: µs per `moe_experts` call (align included, the same in
-    both), CUDA-graph replayed over cold weight copies, PDL on (as the decode step) and off. Checks: each
-    variant's bits against the two launches of the same tiles, repeatable, counters at zero; and how many
-    down tiles found their expert's gate/up tiles unfinished (``stats``), over 20 back-to-back calls.
-    ``shapes``: (experts, hidden, width, top_k) tuples, default the 426M model's."""
-    from dataclasses import replace
-
-    from local_model.kernels import triton_gemm as tg
-    from local_model.kernels import triton_moe as tm
-    from local_model.kernels.pdl import pdl_enabled
-
-    out = []
-    for e, h, i, k in shapes or MOE_SWEEP_SHAPES[:1]:
-        copies = moe_weight_copies(e, h, i)
-        nbytes = copies[0][0].nbytes + copies[0][1].nbytes
-        for tokens in tokens_list:
-            case = MoeCase.make(e, h, i, k, tokens, copies)
-            cfg = tm.moe_config(tokens, k, e, h, i)
-            row: dict = {
-                "experts": e, "hidden": h, "inter": i, "top_k": k, "tokens": tokens,
-                "weight_mb": round(nbytes / 1e6, 1), "weight_copies": len(copies),
-                "experts_hit": int(case.idx.unique().numel()),
-                "config": {"gate_up": vars(cfg.gate_up), "down": vars(cfg.down)},
-            }  # fmt: skip
-            row["two_launch_pdl_us"] = case.whole_us(cfg, True, True)
-            row["two_launch_us"] = case.whole_us(cfg, True, False)
-            kw = case.kw(copies[0])
-            variants = _fused_variants(replace(cfg, fused=False))
-            row["programs_per_sm"] = {}
-            row["variants"] = {
-                name: {"gate_up": vars(v.gate_up), "down": vars(v.down), "programs_per_sm": v.programs_per_sm,
-                       "prefetch_wait": v.prefetch_wait}
-                for name, v in variants.items()
-            }  # fmt: skip
-            for name, v in variants.items():
-                known = set(tm._PER_SM)
-                row[f"{name}_pdl_us"] = case.whole_us(v, True, True)
-                new = [tm._PER_SM[key] for key in tm._PER_SM if key not in known]
-                row["programs_per_sm"][name] = v.programs_per_sm or (new[0] if new else None)
-                two = tm.moe_experts(**kw, config=replace(v, fused=False))
-                one = tm.moe_experts(**kw, config=v)
-                row[f"{name}_bits_equal_two_launch"] = torch.equal(one, two)
-                row[f"{name}_repeatable"] = all(
-                    torch.equal(one, tm.moe_experts(**kw, config=v)) for _ in range(3)
-                )
-                # informational: other output / K blocks than the shipped launches'
-                row[f"{name}_bits_equal_shipped"] = torch.equal(one, tm.moe_experts(**kw, config=cfg))
-            row["fused_us"] = case.whole_us(variants["fused"], True, False)
-            torch.cuda.synchronize()
-            row["counters_at_zero"] = all(int(buf.abs().sum()) == 0 for buf in tg._LOCKS.values())
-            # down tiles that waited for their expert, over 20 back-to-back calls of the shipped tiles
-            stats = torch.zeros(2, dtype=torch.int32, device="cuda")
-            align_m = max(cfg.gate_up.block_m, cfg.down.block_m)
-            sid, bexp = tm.moe_align(case.idx, e, align_m)
-            rw = case.w.reshape(-1).contiguous()
-            for c in range(20):
-                ws = copies[c % len(copies)]
-                tm.moe_fused(
-                    case.x, ws[0], ws[1], sid, bexp, rw, k, variants["fused"], align_m, True,
-                    pdl_enabled(case.x.device), stats=stats,
-                )  # fmt: skip
-            torch.cuda.synchronize()
-            row["down_tiles_waited_per_call"] = round(int(stats[0]) / 20, 1)
-            row["spin_reads_per_call"] = round(int(stats[1]) / 20, 1)
-            for key in [x for x in row if x.endswith("_us")]:
-                us = row[key]
-                row[key.replace("_us", "_TBps")] = (
-                    round(nbytes / us / 1e6, 2) if isinstance(us, float) else None
-                )
-            out.append(row)
-            print(json.dumps(row), flush=True)
-            if save:
-                save(out)
-        del copies
-        torch.cuda.empty_cache()
-    return out
-
-
-def print_moe_fused_table(rows: list[dict]) -> None:
-    """The A/B table, and a ready MOE_SHAPES entry per case whose best persistent variant (bits equal to
-    the two launches) beats the two launches (PDL on) by >= 3%."""
-    from local_model.kernels.triton_moe import token_bucket
-
-    print("\n| E x H x I, top-k | tokens | two launches +PDL µs | one launch +PDL µs | best variant µs |"
-          " bits equal | down tiles waited | counters 0 |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
-    entries = []
-    for r in rows:
-        timed = {
-            key.removesuffix("_pdl_us"): v
-            for key, v in r.items()
-            if key.startswith("fused") and key.endswith("_pdl_us") and isinstance(v, float)
-            and r.get(key.replace("_pdl_us", "_bits_equal_two_launch"))
-        }  # fmt: skip
-        best = min(((v, key) for key, v in timed.items()), default=(None, None))
-        bits = all(v for key, v in r.items() if key.endswith("_bits_equal_two_launch"))
-        print(f"| {r['experts']}x{r['hidden']}x{r['inter']}, {r['top_k']} | {r['tokens']} | "
-              f"{r['two_launch_pdl_us']} | {r.get('fused_pdl_us')} | {best[0]} ({best[1]}) | {bits} | "
-              f"{r['down_tiles_waited_per_call']} | {r['counters_at_zero']} |")  # fmt: skip
-        base = r["two_launch_pdl_us"]
-        if best[0] is not None and isinstance(base, float) and best[0] <= 0.97 * base:
-            entries.append((r, best))
-    print("\n# triton_moe.MOE_SHAPES entries with the persistent launch (best variant, >= 3% faster):")
-    for r, (us, name) in entries:
-        v = r["variants"][name]
-        g, d = (", ".join(f"{key}={val}" for key, val in v[n].items()) for n in ("gate_up", "down"))
-        print(f"    ({r['experts']}, {r['hidden']}, {r['inter']}, {r['top_k']}, {token_bucket(r['tokens'])}): "
-              f"MoeConfig(\n        gate_up=MoeGemmConfig({g}),\n        down=MoeGemmConfig({d}),\n"
-              f"        fused=True, programs_per_sm={v['programs_per_sm']}, prefetch_wait={v['prefetch_wait']},\n"
-              f"    ),  # {r['tokens']} tokens: {us} vs {r['two_launch_pdl_us']} µs (two launches, PDL)")  # fmt: skip
-
-
 def attn_rows() -> list[dict]:
     """Paged decode attention at long contexts (Jamba-1.5-Mini's attention: 32 query / 8 kv heads, head 128,
     16-token pages, bf16), one row: the context walked by one program per kv head vs split over more
@@ -1085,8 +940,7 @@ def pdl_chain(
 # The Mamba decode sublayer between in_proj and out_proj of the 426M Jamba (d_inner 2048, d_state 16,
 # d_conv 4, dt_rank 64; bf16 weights, fp32 SSM state).
 MAMBA = {"dim": 2048, "n": 16, "rank": 64, "width": 4}
-# (BLOCK_D, num_warps, rows a program) of the SSM step tried beside the default (timed as new_ssm_us); the
-# previous kernel in its shipped launch is timed as old_ssm_us
+# (BLOCK_D, num_warps, rows a program) of the SSM step tried beside the default (timed as ssm_us)
 SSM_LAUNCHES = [
     (32, 4, 1),
     (32, 2, 1),
@@ -1154,11 +1008,10 @@ def _conv_xproj(layer: dict) -> torch.Tensor:
     return tk.mamba_conv_xproj(x=layer["x"], xproj_weight=layer["xproj_weight"], activation="silu", **conv)
 
 
-def _ssm(layer: dict, xp: torch.Tensor, launch=None, pdl=None, rowaxis_kernel=False) -> torch.Tensor:  # noqa: ANN001
+def _ssm(layer: dict, xp: torch.Tensor, launch=None, pdl=None) -> torch.Tensor:  # noqa: ANN001
     args = {k: layer[k] for k in _SSM_KEYS}
-    extra = {"rowaxis_kernel": True} if rowaxis_kernel else {}  # the previous kernel, for the A/B only
     return tk.mamba_decode_ssm(
-        xproj=xp, eps=1e-6, activation="silu", a2=layer["a2"], launch=launch, pdl=pdl, **args, **extra
+        xproj=xp, eps=1e-6, activation="silu", a2=layer["a2"], launch=launch, pdl=pdl, **args
     )
 
 
@@ -1216,27 +1069,12 @@ def _mamba_checks(layer: dict) -> dict:
     return out
 
 
-def _old_new_equal(layer: dict, xp: torch.Tensor) -> bool:
-    """The previous and the new SSM kernel from the same state: output and both states bit for bit (not
-    required: the new one sums dt_proj's rank in another order; reported for the A/B)."""
-    start = (layer["ssm_state"].clone(), layer["conv_state"].clone())
-    outs = []
-    for old in (True, False):
-        layer["ssm_state"].copy_(start[0])
-        layer["conv_state"].copy_(start[1])
-        y = _ssm(layer, xp, launch=(32, 2) if old else None, rowaxis_kernel=old).clone()
-        outs.append((y, layer["ssm_state"].clone(), layer["conv_state"].clone()))
-    layer["ssm_state"].copy_(start[0])
-    layer["conv_state"].copy_(start[1])
-    return all(torch.equal(a, b) for a, b in zip(*outs, strict=True))
-
-
 def mamba_row(rows: int) -> dict:
     """The Mamba decode sublayer (conv window + x_proj, then the fused SSM step) of the 426M Jamba at
     ``rows`` rows, CUDA-graph replayed over enough layers' state and weights (>= ROTATE_BYTES) that every
     read is cold. µs per layer: conv + x_proj (the conv kernel, then the projection), the SSM step in its
-    shipped launch with and without PDL, the previous SSM kernel in its shipped launch (A/B), the pairs, the
-    SSM step in other launch shapes; correctness and graph/eager bit equality."""
+    shipped launch with and without PDL, the pair, the SSM step in other launch shapes; correctness and
+    graph/eager bit equality."""
     from local_model.kernels.triton_scan import ssm_step_launch
 
     gen = torch.Generator().manual_seed(rows)
@@ -1257,22 +1095,13 @@ def mamba_row(rows: int) -> dict:
     def over(fn) -> float | str:  # noqa: ANN001
         return _graph_us(lambda: [fn(i, lay) for i, lay in enumerate(layers)], count)
 
-    old_ssm = {"launch": (32, 2), "rowaxis_kernel": True}
-    row["old_ssm_is"] = (
-        "the previous SSM kernel (tiles with a length-one row axis) in its shipped launch (one row x 32 "
-        "channels, 2 warps, PDL as shipped): 11.42 us a layer at 64 rows, 4.12 at 16, 2.28 at 1 in session 11"
-    )
-    row["old_ssm_equals_new_bitwise"] = _old_new_equal(first, xps[0])
     row["conv_xproj_us"] = over(lambda i, lay: _conv_xproj(lay))
-    row["old_ssm_us"] = over(lambda i, lay: _ssm(lay, xps[i], **old_ssm))
-    row["new_ssm_us"] = over(lambda i, lay: _ssm(lay, xps[i]))
-    row["new_ssm_nopdl_us"] = over(lambda i, lay: _ssm(lay, xps[i], pdl=False))
-    row["old_sublayer_us"] = over(lambda i, lay: _ssm(lay, _conv_xproj(lay), **old_ssm))
-    row["new_sublayer_us"] = over(lambda i, lay: _ssm(lay, _conv_xproj(lay)))
+    row["ssm_us"] = over(lambda i, lay: _ssm(lay, xps[i]))
+    row["ssm_nopdl_us"] = over(lambda i, lay: _ssm(lay, xps[i], pdl=False))
+    row["sublayer_us"] = over(lambda i, lay: _ssm(lay, _conv_xproj(lay)))
     row["ssm_launch_us"] = {
         str(lc): over(lambda i, lay, lc=lc: _ssm(lay, xps[i], launch=lc)) for lc in SSM_LAUNCHES
     }
-    row["ssm_launch_us"]["rowaxis (32, 2)"] = row["old_ssm_us"]
     return row
 
 
@@ -1315,15 +1144,7 @@ def main() -> int:
     ap.add_argument(
         "--moe-sweep", action="store_true", help="only: MoE grouped-GEMM launches at 64, 16 tokens"
     )
-    ap.add_argument(
-        "--moe-fused", action="store_true", help="only: MoE experts as two launches vs one persistent launch"
-    )
-    ap.add_argument(
-        "--moe-all-shapes", action="store_true", help="--moe-fused: also the ~1.5B model's experts"
-    )
-    ap.add_argument(
-        "--moe-tokens", default="64,16", help="--moe-sweep/--moe-fused: comma-separated token counts"
-    )
+    ap.add_argument("--moe-tokens", default="64,16", help="--moe-sweep: comma-separated token counts")
     ap.add_argument(
         "--mamba-step",
         action="store_true",
@@ -1340,26 +1161,6 @@ def main() -> int:
                 Path(args.json).write_text(json.dumps(res_m, indent=1))
 
         mamba_step(tuple(int(r) for r in args.mamba_rows.split(",")), save_m)
-        return 0
-    if args.moe_fused:
-        res_f: dict = {
-            "device": torch.cuda.get_device_name(),
-            "torch": torch.__version__,
-            "triton": triton.__version__,
-        }
-
-        def save_f(rows: list[dict]) -> None:
-            res_f["moe_fused"] = rows
-            if args.json:
-                Path(args.json).write_text(json.dumps(res_f, indent=1))
-
-        rows_f = moe_fused_ab(
-            tuple(int(t) for t in args.moe_tokens.split(",")),
-            save_f,
-            MOE_SWEEP_SHAPES if args.moe_all_shapes else None,
-        )
-        print_moe_fused_table(rows_f)
-        save_f(rows_f)
         return 0
     if args.moe_sweep:
         res_moe: dict = {

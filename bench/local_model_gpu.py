@@ -269,8 +269,6 @@ def splitk_ab(args: argparse.Namespace) -> int:
     from types import SimpleNamespace
 
     from local_model.kernels import triton_gemm as tg
-    from local_model.kernels import triton_moe as tm
-    from local_model.kernels import triton_scan as ts
 
     shipped = dict(tg.SPLITK_SHAPES)
     if args.big:
@@ -278,6 +276,9 @@ def splitk_ab(args: argparse.Namespace) -> int:
     else:
         module = random_gpu_model(args, args.hidden, args.layers, args.experts)
     lm = SimpleNamespace(module=module)
+
+    from local_model.kernels import triton_moe as tm
+
     moe_shipped = dict(tm.MOE_SHAPES)
 
     def use(mode: str) -> None:
@@ -306,25 +307,12 @@ def splitk_ab(args: argparse.Namespace) -> int:
         for _ in range(2):
             for mode in args.modes.split(","):
                 # "-nopdl": every kernel launched without programmatic dependent launch (read at capture)
-                base = mode.partition(":")[0]
-                os.environ["HYBRIDGATE_PDL"] = "0" if base.endswith("-nopdl") else "1"
-                # "-moefused": the MoE experts as one persistent launch (`triton_moe.FUSED_EXPERTS`)
-                tm.FUSED_EXPERTS = True if "-moefused" in base else None
-                # "-ssmold": the SSM step's previous kernel (kept for this comparison only)
-                ts.SSM_ROWAXIS_KERNEL = "-ssmold" in base
+                os.environ["HYBRIDGATE_PDL"] = "0" if mode.partition(":")[0].endswith("-nopdl") else "1"
                 use(mode)
                 ours_greedy_graph(lm, prompt, 8)  # capture this bucket's graph, warm up
                 toks[mode], t = ours_greedy_graph(lm, prompt, args.new + 1)
                 out.setdefault(f"b{b}_{mode}_tok_s", []).append(round(b * args.new / t))
         os.environ["HYBRIDGATE_PDL"] = pdl_env
-        tm.FUSED_EXPERTS = None
-        ts.SSM_ROWAXIS_KERNEL = False
-        for mode in toks:
-            if mode.endswith("-moefused") and mode.removesuffix("-moefused") in toks:
-                # the persistent launch gives the two launches' bits: the same greedy tokens
-                out[f"b{b}_greedy_{mode}_same_tokens"] = torch.equal(
-                    toks[mode], toks[mode.removesuffix("-moefused")]
-                )
         if "splitk" in toks and "cublas" in toks:
             out[f"b{b}_greedy_splitk_vs_cublas_bf16_leading_match_min"] = min(
                 leading_agreement(toks["splitk"], toks["cublas"])
@@ -369,9 +357,8 @@ def main() -> int:
         "--modes",
         default="cublas,splitk",
         help="--splitk-ab: modes to alternate (cublas, splitk, default = shipped SPLITK_SHAPES; '-nopdl' suffix: "
-        "without programmatic launch; '-moefused' (before '-nopdl'): MoE experts in one persistent launch; "
-        "'-ssmold': the SSM step's previous kernel; ':key=value+...' launch overrides, see override_launches); "
-        "with --big, on the ~1.5B config",
+        "without programmatic launch; ':key=value+...' launch overrides, see override_launches); with --big, "
+        "on the ~1.5B config",
     )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()

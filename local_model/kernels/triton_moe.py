@@ -15,12 +15,6 @@ both paths give the same bits. With ``split_k`` > 1 the programs store fp32 part
 last program also sums the splits (in split order) and applies the routing weight: deterministic, but not
 the unsplit path's bits.
 
-With ``MoeConfig.fused`` (or `FUSED_EXPERTS`) both GEMMs run in one persistent launch (`_moe_fused`): about
-one wave of programs takes tickets from one counter, first every gate/up tile, then every down tile, each
-in expert-major order; a down tile of expert e waits (acquire) on e's counter, which each of e's gate/up tiles
-bumps (release) once stored. So down's programs start on expert 0 while gate/up streams the last experts,
-instead of waiting for the whole gate/up launch to drain. Same tiles, same bits as the two launches.
-
 Launches are tunable per shape and token bucket (`MOE_SHAPES`, filled from ``bench/kernels_gpu.py
 --moe-sweep``); the defaults are `moe_config`'s heuristic. On Hopper every launch takes programmatic
 dependent launch (`pdl`). (Requesting each program's expert weight slab into L2 before the PDL wait, with
@@ -30,8 +24,6 @@ Mamba sublayer".)
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,7 +32,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .pdl import launch_kwargs, lines_for, pdl_begin, pdl_choice, prefetch_rows
+from .pdl import launch_kwargs, pdl_begin, pdl_choice
 from .triton_gemm import LOCK_COUNT, fit_pipeline, fixup_locks
 
 # k up to which PyTorch's ``.sum(1)`` over [tokens, k, hid] adds the k rows in k order (its reduction keeps
@@ -66,26 +58,10 @@ class MoeGemmConfig:
 @dataclass(frozen=True)
 class MoeConfig:
     """Both GEMMs' launches. The pairs are aligned to the larger block_m; the other GEMM's block_m divides it
-    (programs then cover sub-blocks, and a sub-block of padding only returns).
-
-    ``fused``: both GEMMs in one persistent launch (`moe_fused`, same tiles and bits; the down GEMM's
-    split_k must be 1, the gate/up's num_warps is both's, and each GEMM's num_stages is its own K loop's),
-    with ``programs_per_sm`` programs an SM (0: as many as the compiled kernel's shared memory and registers
-    allow, at most FUSED_MAX_PROGRAMS_PER_SM); ``prefetch_wait``: a down tile that has to wait for its
-    expert's gate/up tiles requests its weight slab into L2 first (GPU only)."""
+    (programs then cover sub-blocks, and a sub-block of padding only returns)."""
 
     gate_up: MoeGemmConfig
     down: MoeGemmConfig
-    fused: bool = False
-    programs_per_sm: int = 0
-    prefetch_wait: bool = False
-
-
-# Overrides every MoeConfig's ``fused`` when not None (an A/B switch for a whole decode step; CUDA graphs
-# keep the path they were captured with). Initially from HYBRIDGATE_MOE_FUSED ("1" on, "0" off, unset: None).
-FUSED_EXPERTS: bool | None = {"1": True, "0": False}.get(os.environ.get("HYBRIDGATE_MOE_FUSED", ""))
-# the persistent launch's programs an SM at most when MoeConfig.programs_per_sm is 0
-FUSED_MAX_PROGRAMS_PER_SM = 4
 
 
 # (experts, hidden, expert width, top_k, token bucket) -> launches (measured in bf16; any dtype takes them,
@@ -306,85 +282,6 @@ def _token_sums(
 
 
 @triton.jit
-def _pair_tile(
-    a_ptr,
-    w_ptr,
-    out_ptr,
-    rw_ptr,
-    sorted_ptr,
-    e,
-    mb,
-    n,
-    nmask,
-    k_start,
-    k_end,
-    pid_k,
-    K,
-    num_pairs,
-    s_am,
-    s_we,
-    s_wn,
-    s_wk,
-    s_om,
-    s_ps,
-    a_div,
-    n_half,
-    dtype,
-    SWIGLU: tl.constexpr,
-    ROUTED: tl.constexpr,
-    SPLIT: tl.constexpr,
-    IEEE: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    STAGES: tl.constexpr,
-):
-    """One output tile of `_moe_gemm`: the BLOCK_M sorted pairs of block ``mb`` (expert e) x columns n over
-    K range [k_start, k_end), epilogue and store (see `_moe_gemm`). A block that starts with padding is all
-    padding: nothing is read or written. STAGES: the K loop's pipeline depth (None: the kernel's)."""
-    first = tl.load(sorted_ptr + mb * BLOCK_M)
-    if first < num_pairs:
-        rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
-        pair = tl.load(sorted_ptr + rows)
-        valid = pair < num_pairs
-        a_rows = a_ptr + (pair // a_div).to(tl.int64)[:, None] * s_am
-        w_cols = w_ptr + e * s_we + n[None, :].to(tl.int64) * s_wn
-        acc = tl.zeros([BLOCK_M, n.shape[0]], tl.float32)
-        acc_up = tl.zeros([BLOCK_M, n.shape[0]], tl.float32)
-        for k0 in tl.range(k_start, k_end, BLOCK_K, num_stages=STAGES):
-            k = k0 + tl.arange(0, BLOCK_K)
-            kmask = k < K
-            a = tl.load(a_rows + k[None, :], mask=valid[:, None] & kmask[None, :], other=0.0)
-            w = tl.load(w_cols + k[:, None] * s_wk, mask=kmask[:, None] & nmask[None, :], other=0.0)
-            if IEEE:
-                acc += tl.dot(a, w, input_precision="ieee")
-            else:
-                acc += tl.dot(a, w)
-            if SWIGLU:
-                wu = tl.load(
-                    w_cols + n_half * s_wn + k[:, None] * s_wk,
-                    mask=kmask[:, None] & nmask[None, :],
-                    other=0.0,
-                )
-                if IEEE:
-                    acc_up += tl.dot(a, wu, input_precision="ieee")
-                else:
-                    acc_up += tl.dot(a, wu)
-        omask = valid[:, None] & nmask[None, :]
-        o_rows = out_ptr + pair[:, None].to(tl.int64) * s_om + n[None, :]
-        if SWIGLU:
-            # the reference rounds each projection to the model dtype before the activation
-            g = acc.to(dtype).to(tl.float32)
-            u = acc_up.to(dtype).to(tl.float32)
-            acc = (g * tl.sigmoid(g)).to(dtype).to(tl.float32) * u
-        if SPLIT:
-            tl.store(o_rows + pid_k * s_ps, acc, mask=omask)
-        else:
-            if ROUTED:
-                acc = _routed(acc, tl.load(rw_ptr + pair, mask=valid, other=0.0).to(tl.float32), dtype)
-            tl.store(o_rows, acc.to(out_ptr.dtype.element_ty), mask=omask)
-
-
-@triton.jit
 def _moe_gemm(
     a_ptr,
     w_ptr,
@@ -439,14 +336,50 @@ def _moe_gemm(
     k_end = tl.minimum(k_start + k_per_split, K)
     pdl_begin(PDL)
     e = tl.load(bexp_ptr + pid_m // SUB).to(tl.int64)
+    dtype = sum_ptr.dtype.element_ty
+    first = tl.load(sorted_ptr + pid_m * BLOCK_M)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < N
-    if e < num_experts:
-        _pair_tile(
-            a_ptr, w_ptr, out_ptr, rw_ptr, sorted_ptr, e, pid_m, n, nmask, k_start, k_end, pid_k, K, num_pairs,
-            s_am, s_we, s_wn, s_wk, s_om, s_ps, a_div, n_half, sum_ptr.dtype.element_ty, SWIGLU, ROUTED, SPLIT,
-            IEEE, BLOCK_M, BLOCK_K, None,
-        )  # fmt: skip
+    if (e < num_experts) & (first < num_pairs):
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        pair = tl.load(sorted_ptr + rows)
+        valid = pair < num_pairs
+        a_rows = a_ptr + (pair // a_div).to(tl.int64)[:, None] * s_am
+        w_cols = w_ptr + e * s_we + n[None, :].to(tl.int64) * s_wn
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in range(k_start, k_end, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            kmask = k < K
+            a = tl.load(a_rows + k[None, :], mask=valid[:, None] & kmask[None, :], other=0.0)
+            w = tl.load(w_cols + k[:, None] * s_wk, mask=kmask[:, None] & nmask[None, :], other=0.0)
+            if IEEE:
+                acc += tl.dot(a, w, input_precision="ieee")
+            else:
+                acc += tl.dot(a, w)
+            if SWIGLU:
+                wu = tl.load(
+                    w_cols + n_half * s_wn + k[:, None] * s_wk,
+                    mask=kmask[:, None] & nmask[None, :],
+                    other=0.0,
+                )
+                if IEEE:
+                    acc_up += tl.dot(a, wu, input_precision="ieee")
+                else:
+                    acc_up += tl.dot(a, wu)
+        omask = valid[:, None] & nmask[None, :]
+        o_rows = out_ptr + pair[:, None].to(tl.int64) * s_om + n[None, :]
+        if SWIGLU:
+            # the reference rounds each projection to the model dtype before the activation
+            g = acc.to(dtype).to(tl.float32)
+            u = acc_up.to(dtype).to(tl.float32)
+            acc = (g * tl.sigmoid(g)).to(dtype).to(tl.float32) * u
+        if SPLIT:
+            tl.store(o_rows + pid_k * s_ps, acc, mask=omask)
+        else:
+            if ROUTED:
+                acc = _routed(acc, tl.load(rw_ptr + pair, mask=valid, other=0.0).to(tl.float32), dtype)
+            tl.store(o_rows, acc.to(out_ptr.dtype.element_ty), mask=omask)
     if SUM:
         # every thread's row stores precede the counter's release (barrier, then an acq_rel atomic)
         tl.debug_barrier()
@@ -458,170 +391,6 @@ def _moe_gemm(
                 BLOCK_N,
             )  # fmt: skip
             tl.atomic_xchg(lock, 0)
-
-
-@triton.jit
-def _expert_tiles(ticket, end, tiles, first, blocks, BLOCK_E: tl.constexpr):
-    """The tile of ``ticket`` in one GEMM's expert-major tile order (experts in order; within an expert, the
-    column blocks in order, the expert's pair blocks fastest, so the programs that read one weight slab
-    run side by side). Per expert (vectors over BLOCK_E): end = cumulative tiles, tiles, first pair block,
-    pair blocks. Returns (expert, pair block, column block)."""
-    ev = tl.arange(0, BLOCK_E)
-    e = tl.sum((end <= ticket).to(tl.int32), axis=0)
-    mine = ev == e
-    r = ticket - tl.sum(tl.where(mine, end - tiles, 0), axis=0)
-    nb_e = tl.sum(tl.where(mine, blocks, 0), axis=0)
-    mb = tl.sum(tl.where(mine, first, 0), axis=0) + r % nb_e
-    return e, mb, r // nb_e
-
-
-@triton.jit
-def _moe_fused(
-    x_ptr,
-    gu_ptr,
-    dn_ptr,
-    act_ptr,
-    part_ptr,
-    sum_ptr,
-    lock_ptr,
-    sorted_ptr,
-    bexp_ptr,
-    rw_ptr,
-    hid,
-    inter,
-    num_pairs,
-    num_experts,
-    num_blocks,
-    tokens,
-    s_xm,
-    s_ge,
-    s_gn,
-    s_gk,
-    s_de,
-    s_dn,
-    s_dk,
-    s_am,
-    s_pm,
-    s_so,
-    stats_ptr,
-    SUM: tl.constexpr,
-    IEEE: tl.constexpr,
-    TOP_K: tl.constexpr,
-    SUB_GU: tl.constexpr,
-    SUB_DN: tl.constexpr,
-    BM_GU: tl.constexpr,
-    BN_GU: tl.constexpr,
-    BK_GU: tl.constexpr,
-    STAGES_GU: tl.constexpr,
-    BM_DN: tl.constexpr,
-    BN_DN: tl.constexpr,
-    BK_DN: tl.constexpr,
-    STAGES_DN: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    BLOCK_E: tl.constexpr,
-    BLOCK_NB: tl.constexpr,
-    PDL: tl.constexpr = False,
-    STATS: tl.constexpr = False,
-    PREFETCH_LINES: tl.constexpr = 0,
-    ELEM_BYTES: tl.constexpr = 2,
-):
-    """Both grouped GEMMs of `moe_experts` in one persistent launch: every program takes tickets from one
-    counter until none are left; tickets [0, gate/up tiles) are `moe_gate_up`'s tiles, the rest
-    `moe_down`'s (one split, SUM as there), each GEMM's tiles in expert-major order (`_expert_tiles`).
-    Only the blocks of experts that got pairs have tiles.
-
-    A gate/up tile of expert e, once stored, counts itself in on e's counter (barrier, then a release
-    atomic); a down tile of expert e first waits (acquire) until that counter holds all of e's gate/up
-    tiles. A program only takes a ticket while it runs, and every tile a down tile waits for has a smaller
-    ticket, so it is held by a running program that finishes it without waiting: no deadlock, whatever the
-    number of programs or the order they are scheduled in. The tiles are `_pair_tile`'s (the bits of the
-    two-launch path). The last program to leave resets the ticket, exit and expert counters to zero.
-
-    lock_ptr layout: [column counters of the token sum (cdiv(hid, BN_DN))], ticket, exit count, then one
-    counter per expert. STATS: stats_ptr[0] += down tiles that found their expert unfinished, stats_ptr[1]
-    += their reads of the counter (a measurement aid). PREFETCH_LINES > 0: a down tile that has to wait
-    first requests its weight slab into L2 (`prefetch_rows`, PREFETCH_LINES lines a row)."""
-    pdl_begin(PDL)
-    nc_gu = tl.cdiv(inter, BN_GU)
-    nc_dn = tl.cdiv(hid, BN_DN)
-    ticket_ptr = lock_ptr + nc_dn
-    exit_ptr = ticket_ptr + 1
-    expert_ptr = ticket_ptr + 2
-    dtype = sum_ptr.dtype.element_ty
-    # pair blocks per expert (the alignment's blocks are each one expert's, in expert order)
-    blk = tl.arange(0, BLOCK_NB)
-    bexp = tl.load(bexp_ptr + blk, mask=blk < num_blocks, other=num_experts)
-    ev = tl.arange(0, BLOCK_E)
-    blocks = tl.sum((bexp[:, None] == ev[None, :]).to(tl.int32), axis=0)
-    blocks = tl.where(ev < num_experts, blocks, 0)
-    first = tl.cumsum(blocks, axis=0) - blocks
-    gu_tiles = blocks * (SUB_GU * nc_gu)
-    gu_end = tl.cumsum(gu_tiles, axis=0)
-    dn_tiles = blocks * (SUB_DN * nc_dn)
-    dn_end = tl.cumsum(dn_tiles, axis=0)
-    total_gu = tl.sum(gu_tiles, axis=0)
-    total = total_gu + tl.sum(dn_tiles, axis=0)
-    # down tiles a column block's token sum waits for
-    dn_rows = tl.sum(blocks, axis=0) * SUB_DN
-    t = tl.atomic_add(ticket_ptr, 1, sem="relaxed", scope="gpu")
-    while t < total:
-        if t < total_gu:
-            e, mb, nb = _expert_tiles(t, gu_end, gu_tiles, first * SUB_GU, blocks * SUB_GU, BLOCK_E)
-            n_gu = nb * BN_GU + tl.arange(0, BN_GU)
-            _pair_tile(
-                x_ptr, gu_ptr, act_ptr, rw_ptr, sorted_ptr, e.to(tl.int64), mb, n_gu, n_gu < inter, 0, hid, 0, hid,
-                num_pairs, s_xm, s_ge, s_gn, s_gk, s_am, 0, TOP_K, inter, dtype, True, False, False, IEEE,
-                BM_GU, BK_GU, STAGES_GU,
-            )  # fmt: skip
-            # every thread's stores precede the expert counter's release
-            tl.debug_barrier()
-            tl.atomic_add(expert_ptr + e, 1, sem="release", scope="gpu")
-        else:
-            e, mb, nb = _expert_tiles(
-                t - total_gu, dn_end, dn_tiles, first * SUB_DN, blocks * SUB_DN, BLOCK_E
-            )
-            need = tl.sum(tl.where(ev == e, gu_tiles, 0), axis=0)
-            spins = 0
-            if tl.atomic_add(expert_ptr + e, 0, sem="acquire", scope="gpu") < need:
-                if PREFETCH_LINES > 0:
-                    # the tile's weight slab is never written: request it into L2 while the wait lasts
-                    prefetch_rows(
-                        dn_ptr + e.to(tl.int64) * s_de, nb * BN_DN, hid, s_dn, 0, inter, 0, BN_DN, PREFETCH_LINES,
-                        ELEM_BYTES,
-                    )  # fmt: skip
-                spins = 1
-                while tl.atomic_add(expert_ptr + e, 0, sem="acquire", scope="gpu") < need:
-                    spins += 1
-            if STATS:
-                tl.atomic_add(stats_ptr, (spins > 0).to(tl.int32), sem="relaxed", scope="gpu")
-                tl.atomic_add(stats_ptr + 1, spins, sem="relaxed", scope="gpu")
-            # (the acquire is one thread's: the barrier orders every thread's loads after it)
-            tl.debug_barrier()
-            # (the two branches' column vectors differ in shape: distinct names)
-            n = nb * BN_DN + tl.arange(0, BN_DN)
-            nmask = n < hid
-            _pair_tile(
-                act_ptr, dn_ptr, part_ptr, rw_ptr, sorted_ptr, e.to(tl.int64), mb, n, nmask, 0, inter, 0, inter,
-                num_pairs, s_am, s_de, s_dn, s_dk, s_pm, 0, 1, 0, dtype, False, True, False, IEEE, BM_DN, BK_DN,
-                STAGES_DN,
-            )  # fmt: skip
-            if SUM:
-                tl.debug_barrier()
-                lock = lock_ptr + nb
-                arrived = tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu")
-                if arrived == dn_rows - 1:
-                    _token_sums(
-                        part_ptr, sum_ptr, rw_ptr, n, nmask, tokens, 1, s_pm, 0, s_so, False, TOP_K, BLOCK_T,
-                        BN_DN,
-                    )  # fmt: skip
-                    tl.atomic_xchg(lock, 0)
-        t = tl.atomic_add(ticket_ptr, 1, sem="relaxed", scope="gpu")
-    # the last program out: every other program has taken its last ticket and passed its waits
-    left = tl.atomic_add(exit_ptr, 1, sem="acq_rel", scope="gpu")
-    if left == tl.num_programs(0) - 1:
-        tl.atomic_xchg(ticket_ptr, 0)
-        tl.store(expert_ptr + ev, tl.zeros([BLOCK_E], tl.int32), mask=ev < num_experts)
-        tl.atomic_xchg(exit_ptr, 0)
 
 
 def fused_sum_applies(tokens: int, top_k: int) -> bool:
@@ -703,108 +472,6 @@ def moe_down(
     return out if fused else partial
 
 
-# SM limits the persistent launch is sized by (H100: 228 KB of shared memory, 1 KB of it reserved per block;
-# 64K registers)
-SM_SHARED_BYTES = 228 * 1024
-SM_REGISTERS = 64 * 1024
-# (grid key) -> programs an SM, from the compiled kernel's registers and shared memory
-_PER_SM: dict[tuple, int] = {}
-
-
-def _programs_per_sm(kernel: object, num_warps: int) -> int:
-    """Programs of ``kernel`` (a compiled Triton kernel) an SM holds at once, by its shared memory and
-    registers, at most FUSED_MAX_PROGRAMS_PER_SM."""
-    kernel._init_handles()  # loads the binary: fills n_regs
-    smem = kernel.metadata.shared + 1024
-    regs = max(1, kernel.n_regs) * 32 * num_warps
-    return max(1, min(FUSED_MAX_PROGRAMS_PER_SM, SM_SHARED_BYTES // smem, SM_REGISTERS // regs))
-
-
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def fused_applies(cfg: MoeConfig, pairs: int, hid: int, num_experts: int) -> bool:
-    """Whether `moe_experts` runs ``cfg`` as one persistent launch: ``cfg.fused`` (or FUSED_EXPERTS when
-    set), one split of the down GEMM, its counters fit the fixup buffer, and the pairs are few enough that
-    `align_in_one_program` would sort them (every program reads all the blocks' experts: decode sizes)."""
-    on = cfg.fused if FUSED_EXPERTS is None else FUSED_EXPERTS
-    return (
-        on
-        and cfg.down.split_k == 1
-        and triton.cdiv(hid, cfg.down.block_n) + 2 + num_experts <= LOCK_COUNT
-        and align_in_one_program(pairs, num_experts)
-    )
-
-
-def moe_fused(
-    x: torch.Tensor,
-    gate_up_proj: torch.Tensor,
-    down_proj: torch.Tensor,
-    sorted_ids: torch.Tensor,
-    block_expert: torch.Tensor,
-    routing_weights: torch.Tensor,
-    top_k: int,
-    cfg: MoeConfig,
-    align_m: int,
-    fused_sum: bool,
-    pdl: bool,
-    programs: int | None = None,
-    stats: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """`moe_gate_up` then `moe_down` (one split) in one persistent launch (`_moe_fused`): with ``fused_sum``
-    each token's k rows summed ([tokens, H]), else the [pairs, H] routed rows. ``programs``: the grid;
-    default SMs x ``cfg.programs_per_sm``, else x as many programs as an SM holds by the compiled kernel's
-    shared memory and registers (at most FUSED_MAX_PROGRAMS_PER_SM); one under the interpreter. ``stats``
-    (int32 [2]): adds the down tiles that waited for their expert's gate/up tiles, and their counter
-    re-reads."""
-    tokens, hid = x.shape
-    num_experts, two_i, _ = gate_up_proj.shape
-    inter = two_i // 2
-    pairs = tokens * top_k
-    dev, dtype = x.device, x.dtype
-    elem = x.element_size()
-    gu, dn = cfg.gate_up, cfg.down
-    st_gu, bk_gu = fit_pipeline(gu.num_stages, gu.block_k, gu.block_m, gu.block_n, True, elem)
-    st_dn, bk_dn = fit_pipeline(dn.num_stages, dn.block_k, dn.block_m, dn.block_n, False, elem)
-    act_out = torch.empty(pairs, inter, device=dev, dtype=dtype)
-    partial = torch.empty(pairs, hid, device=dev, dtype=dtype)
-    out = torch.empty(tokens, hid, device=dev, dtype=dtype) if fused_sum else partial
-    num_blocks = sorted_ids.numel() // align_m
-    interpreted = dev.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
-    args = (
-        x, gate_up_proj, down_proj, act_out, partial, out, fixup_locks(dev), sorted_ids, block_expert,
-        routing_weights, hid, inter, pairs, num_experts, num_blocks, tokens,
-        x.stride(0), *gate_up_proj.stride(), *down_proj.stride(), act_out.stride(0), partial.stride(0),
-        out.stride(0), stats if stats is not None else sorted_ids,
-    )  # fmt: skip
-    consts = dict(
-        SUM=fused_sum, IEEE=dtype == torch.float32, TOP_K=top_k, SUB_GU=align_m // gu.block_m,
-        SUB_DN=align_m // dn.block_m, BM_GU=gu.block_m, BN_GU=gu.block_n, BK_GU=bk_gu, STAGES_GU=st_gu,
-        BM_DN=dn.block_m, BN_DN=dn.block_n, BK_DN=bk_dn, STAGES_DN=st_dn,
-        BLOCK_T=min(triton.next_power_of_2(tokens), max(16, 4096 // dn.block_n)),
-        BLOCK_E=max(2, triton.next_power_of_2(num_experts)), BLOCK_NB=max(2, triton.next_power_of_2(num_blocks)),
-        PDL=pdl, STATS=stats is not None, num_warps=gu.num_warps, num_stages=max(st_gu, st_dn),
-        PREFETCH_LINES=lines_for(inter, elem) if cfg.prefetch_wait and not interpreted else 0, ELEM_BYTES=elem,
-    )  # fmt: skip
-    if programs is None:
-        if interpreted:
-            programs = 1  # the interpreter runs programs one after another: one takes every ticket
-        else:
-            per_sm = cfg.programs_per_sm
-            if per_sm <= 0:
-                key = (dev.index, dtype, *sorted(consts.items()))
-                if key not in _PER_SM:
-                    kernel = _moe_fused.warmup(*args, grid=(1,), **consts, **launch_kwargs(pdl))
-                    kernel = kernel.result() if hasattr(kernel, "result") else kernel  # an async compile
-                    _PER_SM[key] = _programs_per_sm(kernel, gu.num_warps)
-                per_sm = _PER_SM[key]
-            programs = per_sm * _sm_count(dev.index if dev.index is not None else torch.cuda.current_device())
-    _moe_fused[(programs,)](*args, **consts, **launch_kwargs(pdl))
-    return out
-
-
 def moe_experts(
     *,
     x: torch.Tensor,
@@ -842,12 +509,6 @@ def moe_experts(
     )
     pdl = pdl_choice(x.device, pdl)
     sorted_ids, block_expert = aligned or moe_align(top_k_index, num_experts, align_m, pdl)
-    if fused_applies(cfg, tokens * k, hid, num_experts):
-        rw = top_k_weights.reshape(-1).contiguous()
-        out = moe_fused(
-            x.contiguous(), gate_up_proj, down_proj, sorted_ids, block_expert, rw, k, cfg, align_m, fused, pdl
-        )
-        return out if fused else out.view(tokens, k, hid).sum(1)
     act_out = moe_gate_up(
         x.contiguous(), gate_up_proj, sorted_ids, block_expert, k, cfg.gate_up, align_m, pdl
     )
@@ -866,14 +527,11 @@ __all__ = [
     "align_in_one_program",
     "align_len",
     "align_pairs",
-    "FUSED_EXPERTS",
-    "fused_applies",
     "fused_sum_applies",
     "moe_align",
     "moe_config",
     "moe_down",
     "moe_experts",
-    "moe_fused",
     "moe_gate_up",
     "token_bucket",
 ]

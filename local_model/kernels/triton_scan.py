@@ -906,131 +906,6 @@ def _mamba_decode_ssm(
         tl.store(out_ptr + row64 * s_o + d, y.to(out_ptr.dtype.element_ty), mask=dmask & in_batch)
 
 
-@triton.jit
-def _mamba_decode_ssm_rowaxis(
-    xp_ptr,
-    x_ptr,
-    z_ptr,
-    state_ptr,
-    idx_ptr,
-    dtw_ptr,
-    bw_ptr,
-    cw_ptr,
-    wdt_ptr,
-    dtb_ptr,
-    a2_ptr,
-    dsk_ptr,
-    out_ptr,
-    convw_ptr,
-    cb_ptr,
-    cs_ptr,
-    D,
-    R,
-    N,
-    eps,
-    s_xp,
-    s_x,
-    s_z,
-    s_ss,
-    s_sd,
-    s_sn,
-    s_o,
-    s_css,
-    s_csd,
-    s_csw,
-    BLOCK_D: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    CONV: tl.constexpr,
-    CONV_W: tl.constexpr,
-    CONV_BIAS: tl.constexpr,
-    CONV_SILU: tl.constexpr,
-    EVEN: tl.constexpr,
-    FAST_LOG: tl.constexpr,
-    PDL: tl.constexpr = False,
-):
-    """BENCHMARK A/B ONLY, to be removed after the card run: the previous one-row kernel (tiles with a
-    leading row axis of length one), reachable through ``mamba_decode_ssm(..., rowaxis_kernel=True)``.
-
-    Program (channel block, row): the step of one row x BLOCK_D channels.
-
-    The channel block's weights (dt_proj slab, A, D, dt bias, the norms' weights, the conv's input tap and
-    bias) are loaded before `pdl_begin`; then the row's loads (slot, state tile [BLOCK_D, N], conv window
-    and taps, x, z, x_proj row) are all issued before the first store, so a program waits on one memory
-    round trip. dt_proj is a broadcast product summed in registers. The tiles keep a leading row axis of
-    length one (``rows``), the shapes the launch was measured and shipped with. A row with a negative slot
-    reads zeros, writes no state and outputs zeros."""
-    d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-    rows = tl.program_id(1) + tl.arange(0, 1)
-    r = tl.arange(0, BLOCK_R)
-    n = tl.arange(0, BLOCK_N)
-    if EVEN:  # whole channel blocks and d_state a power of two: only rows are masked
-        dmask = tl.full([BLOCK_D], True, tl.int1)
-        nmask = tl.full([BLOCK_N], True, tl.int1)
-    else:
-        dmask = d < D
-        nmask = n < N
-    rkmask = r < R
-    dtype = x_ptr.dtype.element_ty
-    # weights (never written by the step)
-    wdt = tl.load(wdt_ptr + d[:, None] * R + r[None, :], mask=dmask[:, None] & rkmask[None, :], other=0.0)
-    a2 = tl.load(a2_ptr + d[:, None] * N + n[None, :], mask=dmask[:, None] & nmask[None, :], other=0.0)
-    dsk = tl.load(dsk_ptr + d, mask=dmask, other=0.0).to(tl.float32)
-    dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0).to(tl.float32)
-    dtw = tl.load(dtw_ptr + r, mask=rkmask, other=0.0).to(tl.float32)
-    bw = tl.load(bw_ptr + n, mask=nmask, other=0.0).to(tl.float32)
-    cw = tl.load(cw_ptr + n, mask=nmask, other=0.0).to(tl.float32)
-    if CONV:
-        tap_x = tl.load(convw_ptr + d * CONV_W + (CONV_W - 1), mask=dmask, other=0.0).to(tl.float32)
-        if CONV_BIAS:
-            cbias = tl.load(cb_ptr + d, mask=dmask, other=0.0).to(tl.float32)
-    pdl_begin(PDL)
-    slot = tl.load(idx_ptr + rows).to(tl.int64)
-    live = slot >= 0
-    slot = tl.maximum(slot, 0)
-    m2 = live[:, None] & dmask[None, :]
-    m3 = m2[:, :, None] & nmask[None, None, :]
-    sp = state_ptr + slot[:, None, None] * s_ss + d[None, :, None] * s_sd + n[None, None, :] * s_sn
-    h = tl.load(sp, mask=m3, other=0.0).to(tl.float32)
-    rows64 = rows.to(tl.int64)
-    x = tl.load(x_ptr + rows64[:, None] * s_x + d[None, :], mask=m2, other=0.0)
-    zz = tl.load(z_ptr + rows64[:, None] * s_z + d[None, :], mask=m2, other=0.0).to(tl.float32)
-    xp_row = xp_ptr + rows64[:, None] * s_xp
-    dt_raw = tl.load(xp_row + r[None, :], mask=rkmask[None, :], other=0.0)
-    b_raw = tl.load(xp_row + R + n[None, :], mask=nmask[None, :], other=0.0)
-    c_raw = tl.load(xp_row + R + N + n[None, :], mask=nmask[None, :], other=0.0)
-    if CONV:
-        # x is the conv's new input: the output comes from the cached window (shifted once all is read)
-        cbase = cs_ptr + slot[:, None] * s_css + d[None, :] * s_csd
-        acc = tap_x[None, :] * x.to(tl.float32)
-        for j in tl.static_range(CONV_W - 1):
-            tap = tl.load(convw_ptr + d * CONV_W + j, mask=dmask, other=0.0).to(tl.float32)
-            acc += tap[None, :] * tl.load(cbase + j * s_csw, mask=m2, other=0.0).to(tl.float32)
-    dtn = _rms_rows(dt_raw, dtw, R, eps, dtype)
-    bv = _rms_rows(b_raw, bw, N, eps, dtype).to(tl.float32)
-    cv = _rms_rows(c_raw, cw, N, eps, dtype).to(tl.float32)
-    dt = tl.sum(wdt.to(tl.float32)[None, :, :] * dtn.to(tl.float32)[:, None, :], axis=2)
-    dt = _softplus(dt.to(dtype).to(tl.float32) + dtb[None, :], FAST_LOG)
-    if CONV:
-        # the window moves one step (its entries were read above; these loads hit L1)
-        for j in tl.static_range(CONV_W - 2):
-            tl.store(cbase + j * s_csw, tl.load(cbase + (j + 1) * s_csw, mask=m2, other=0.0), mask=m2)
-        tl.store(cbase + (CONV_W - 2) * s_csw, x.to(cs_ptr.dtype.element_ty), mask=m2)
-        if CONV_BIAS:
-            acc += cbias[None, :]
-        if CONV_SILU:
-            acc = acc * tl.sigmoid(acc)
-        x = acc.to(dtype)
-    x = x.to(tl.float32)
-    h = tl.exp2(dt[:, :, None] * a2[None, :, :]) * h + (dt * x)[:, :, None] * bv[:, None, :]
-    tl.store(sp, h.to(state_ptr.dtype.element_ty), mask=m3)
-    y = tl.sum(h * cv[:, None, :], axis=2) + x * dsk[None, :]
-    y = y * zz * tl.sigmoid(zz)
-    tl.store(
-        out_ptr + rows64[:, None] * s_o + d[None, :], y.to(out_ptr.dtype.element_ty), mask=dmask[None, :]
-    )
-
-
 def ssm_step_launch(rows: int) -> tuple[int, int, int]:
     """(BLOCK_D, num_warps, rows a program) of `mamba_decode_ssm` at ``rows`` rows, one row a program. At
     one row the step is a latency chain, so 32 channels on 4 warps (64 programs, the fewest instructions a
@@ -1038,13 +913,10 @@ def ssm_step_launch(rows: int) -> tuple[int, int, int]:
     channels, so a program's fixed work, the row's norms and the weight loads, is spread over twice the
     channels: 126 registers, 727 instructions a warp, 3.0M warp-instructions a layer at 64 rows against 6.1M
     for the previous kernel's launch). Programs of several rows share the weights in registers but save only
-    ~20% of a row's instructions and take more registers; `bench/kernels_gpu.py --mamba-step` times them."""
+    ~20% of a row's instructions and take more registers; `bench/kernels_gpu.py --mamba-step` times them.
+    In the 426M decode step on an H100 this kernel and launch made batch 64 1% faster than the previous
+    one-row kernel (109.5K against 108.4K tok/s, `bench/local_model_gpu.py --splitk-ab`)."""
     return (32, 4, 1) if rows <= 1 else (64, 2, 1)
-
-
-# BENCHMARK A/B ONLY: every `mamba_decode_ssm` call takes the previous kernel in its shipped launch
-# (`bench/local_model_gpu.py --splitk-ab` mode suffix ``-ssmold``); removed with that kernel
-SSM_ROWAXIS_KERNEL = False
 
 
 def mamba_decode_ssm(
@@ -1070,14 +942,11 @@ def mamba_decode_ssm(
     activation: str | None = None,
     launch: tuple[int, ...] | None = None,
     pdl: bool | None = None,
-    rowaxis_kernel: bool = False,
 ) -> torch.Tensor:
     """`reference.mamba_decode_ssm_ref`'s contract in one launch (``a2``: A * log2(e), precomputable).
     With ``conv_state``, x is the causal conv's new input and the conv update happens in the same launch.
     ``launch``: (BLOCK_D, num_warps[, rows a program]), default `ssm_step_launch`; ``pdl``: default
-    `pdl_enabled` for ``batch`` rows (a batch-1 step measured 1% faster without it). ``rowaxis_kernel``:
-    benchmark A/B only, the previous kernel (one row a program, ``launch`` = (BLOCK_D, num_warps)); to be
-    removed with it once the card has compared the two."""
+    `pdl_enabled` for ``batch`` rows (a batch-1 step measured 1% faster without it)."""
     conv = conv_state is not None
     if conv and (activation not in (None, "silu", "swish") or not 2 <= conv_weight.shape[-1] <= 4):
         from .reference import causal_conv1d_update_ref
@@ -1127,14 +996,6 @@ def mamba_decode_ssm(
         "FAST_LOG": x.device.type == "cuda",
         "PDL": pdl,
     }
-    if rowaxis_kernel or SSM_ROWAXIS_KERNEL:  # BENCHMARK A/B ONLY (removed with `_mamba_decode_ssm_rowaxis`)
-        bd, warps = tuple(launch[:2]) if launch else (32, 2)
-        _mamba_decode_ssm_rowaxis[(triton.cdiv(dim, bd), batch)](
-            *args, dim, rank, nst, eps, *strides, BLOCK_D=bd, BLOCK_R=triton.next_power_of_2(rank),
-            BLOCK_N=block_n, EVEN=dim % bd == 0 and nst == block_n, num_warps=warps, **conv_kw,
-            **launch_kwargs(pdl),
-        )  # fmt: skip
-        return out
     _mamba_decode_ssm[(triton.cdiv(dim, bd), triton.cdiv(batch, rows))](
         *args,
         batch,

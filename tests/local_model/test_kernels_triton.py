@@ -329,85 +329,6 @@ def test_moe_config_takes_the_measured_launch_of_the_shape_and_token_bucket(monk
     assert _locks_at_zero()
 
 
-def _fused_cfg(cfg, **kw):  # noqa: ANN001, ANN202
-    """``cfg`` (a MoeConfig) as one persistent launch."""
-    from dataclasses import replace
-
-    return replace(cfg, fused=True, **kw)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("tokens", [1, 5, 13])
-@pytest.mark.parametrize("top_k", [1, 2])
-@pytest.mark.parametrize("launch", ["gate_up_sub_blocks", "down_sub_blocks", "same_blocks"])
-def test_moe_experts_in_one_persistent_launch_give_the_two_launch_bits(dtype, tokens, top_k, launch):
-    """Gate/up and down tiles taken from one ticket counter (down tiles after their expert's gate/up tiles)
-    give the two launches' bits, token sum in the kernel or after; repeatable; every counter (ticket, exit,
-    experts, column sums) back at zero."""
-    skip_interpreted_bf16(dtype)
-    from local_model.kernels import triton_moe as tm
-
-    blocks = {**MOE_LAUNCHES, "same_blocks": ((16, 32, 32), (16, 16, 16))}[launch]
-    cfg = tm.MoeConfig(tm.MoeGemmConfig(*blocks[0]), tm.MoeGemmConfig(*blocks[1]))
-    case = _moe_case(80 + tokens + top_k, tokens, top_k, dtype)
-    two = tk.moe_experts(**case, config=cfg)
-    one = tk.moe_experts(**case, config=_fused_cfg(cfg))
-    assert _locks_at_zero()
-    assert torch.equal(one, two)
-    assert torch.equal(one, tk.moe_experts(**case, config=_fused_cfg(cfg)))
-    assert torch.equal(tk.moe_experts(**case, config=_fused_cfg(cfg), fused_sum=False), one)
-    assert _locks_at_zero()
-    assert rel(one, _moe_expect(case)) <= tol(dtype)
-
-
-@pytest.mark.parametrize("top_k", [1, 2])
-def test_moe_experts_in_one_launch_skip_experts_without_tokens(top_k):
-    """Only the experts that got pairs have tiles (here experts 0, 3 and 5 of 6: none for 1, 2 and 4): the
-    expert-major tile order, the per-expert counters and the column sums' counts still add up."""
-    from local_model.kernels import triton_moe as tm
-
-    case = _moe_case(90 + top_k, 9, top_k, torch.float32)
-    idx = torch.tensor([[0, 5], [5, 0], [3, 5], [0, 3], [5, 3], [3, 0], [0, 5], [5, 3], [3, 0]], device=DEV)
-    case["top_k_index"] = idx[:, :top_k].contiguous()
-    cfg = tm.MoeConfig(tm.MoeGemmConfig(16, 32, 32), tm.MoeGemmConfig(16, 16, 16))
-    one = tk.moe_experts(**case, config=_fused_cfg(cfg))
-    assert torch.equal(one, tk.moe_experts(**case, config=cfg))
-    assert _locks_at_zero()
-    assert rel(one, _moe_expect(case)) <= 1e-5
-
-
-def test_moe_experts_in_one_launch_with_more_programs_than_tiles_reset_their_counters():
-    """Programs that find no ticket left only count themselves out; the last one out resets the ticket,
-    exit and expert counters (the next launch starts from zero)."""
-    from local_model.kernels import triton_moe as tm
-
-    case = _moe_case(95, 6, 2, torch.float32)
-    cfg = tm.MoeConfig(tm.MoeGemmConfig(16, 32, 32), tm.MoeGemmConfig(16, 16, 16), fused=True)
-    aligned = tm.moe_align(case["top_k_index"], 6, 16)
-    rw = case["top_k_weights"].reshape(-1).contiguous()
-    args = (case["x"], case["gate_up_proj"], case["down_proj"], *aligned, rw, 2, cfg, 16, True, False)
-    many = tm.moe_fused(*args, programs=3)
-    assert _locks_at_zero()
-    assert torch.equal(many, tm.moe_fused(*args, programs=1))
-    assert torch.equal(many, tk.moe_experts(**case, config=cfg))
-
-
-def test_moe_experts_one_launch_switch_overrides_the_config(monkeypatch):
-    """FUSED_EXPERTS forces the persistent launch on (or off) whatever the config says; a down GEMM split
-    over K, or more pairs than one program sorts (prefill), stays on two launches."""
-    from local_model.kernels import triton_moe as tm
-
-    cfg = tm.MoeConfig(tm.MoeGemmConfig(16, 32, 32), tm.MoeGemmConfig(16, 16, 16))
-    assert not tm.fused_applies(cfg, 18, 40, 6)
-    monkeypatch.setattr(tm, "FUSED_EXPERTS", True)
-    assert tm.fused_applies(cfg, 18, 40, 6)
-    assert not tm.fused_applies(cfg, tm.ALIGN_SMALL_PAIRS + 1, 40, 6)  # prefill-sized: two launches
-    split = tm.MoeConfig(tm.MoeGemmConfig(16, 32, 32), tm.MoeGemmConfig(16, 16, 16, split_k=2), fused=True)
-    assert not tm.fused_applies(split, 18, 40, 6)
-    monkeypatch.setattr(tm, "FUSED_EXPERTS", False)
-    assert not tm.fused_applies(_fused_cfg(cfg), 18, 40, 6)
-
-
 @gpu
 @pytest.mark.parametrize("tokens", [16, 64])
 def test_moe_experts_token_sum_in_the_down_gemm_gives_the_separate_sums_bits_at_model_size(tokens):
@@ -424,25 +345,6 @@ def test_moe_experts_token_sum_in_the_down_gemm_gives_the_separate_sums_bits_at_
     assert torch.equal(fused, tk.moe_experts(**case, config=heur, pdl=True))
     assert _locks_at_zero()
     assert rel(fused, _moe_expect(case)) <= 1e-2
-
-
-@gpu
-@pytest.mark.parametrize("tokens", [16, 64])
-@pytest.mark.parametrize("pdl", [False, True])
-def test_moe_experts_in_one_persistent_launch_give_the_two_launch_bits_at_model_size(tokens, pdl):
-    """The 426M model's experts in bf16, the shipped launches (MOE_SHAPES) as one persistent launch, with
-    and without the waiting down tiles' L2 requests: the two launches' bits, repeatable, counters at zero."""
-    from local_model.kernels import triton_moe as tm
-
-    case = _moe_case(73, tokens, 2, torch.bfloat16, e=8, h=1024, i=2816)
-    cfg = tm.moe_config(tokens, 2, 8, 1024, 2816)
-    two = tk.moe_experts(**case, config=cfg, pdl=pdl)
-    one = tk.moe_experts(**case, config=_fused_cfg(cfg), pdl=pdl)
-    assert torch.equal(one, two)
-    assert all(torch.equal(one, tk.moe_experts(**case, config=_fused_cfg(cfg), pdl=pdl)) for _ in range(5))
-    assert torch.equal(one, tk.moe_experts(**case, config=_fused_cfg(cfg, prefetch_wait=True), pdl=pdl))
-    torch.cuda.synchronize()
-    assert _locks_at_zero()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -649,23 +551,6 @@ def test_moe_block_sorts_pairs_for_a_measured_launch(monkeypatch):
     args = _moe_block_args(gen, e, h, i, k)
     out, _ = tk.moe_block(x=x, residual=res, **args)
     assert rel(out, ref.moe_block_ref(x=x, residual=res, **args)[0]) <= 1e-5
-    assert _locks_at_zero()
-
-
-@pytest.mark.parametrize(("tokens", "k"), [(6, 2), (13, 1)])
-def test_moe_block_with_the_experts_in_one_launch_gives_the_two_launch_bits(monkeypatch, tokens, k):
-    """The decode step's MoE block (route + sort in one launch, then the experts) with FUSED_EXPERTS on: the
-    two launches' bits, every counter back at zero."""
-    from local_model.kernels import triton_moe as tm
-
-    gen = torch.Generator().manual_seed(21 + tokens)
-    e, h, i = 5, 48, 40
-    x, res = (torch.randn(tokens, h, generator=gen).to(DEV) for _ in range(2))
-    args = _moe_block_args(gen, e, h, i, k)
-    two, _ = tk.moe_block(x=x, residual=res, **args)
-    monkeypatch.setattr(tm, "FUSED_EXPERTS", True)
-    one, _ = tk.moe_block(x=x, residual=res, **args)
-    assert torch.equal(one, two)
     assert _locks_at_zero()
 
 
