@@ -207,7 +207,7 @@ def align_pairs(
     start = tl.sum(tl.where(onehot != 0, pad_start[None, :], 0), axis=1)
     for j0 in range(0, padded_len, BLOCK_P):
         q = j0 + p
-        tl.store(sorted_ptr + q, P.to(tl.int64) + q * 0, mask=q < padded_len)
+        tl.store(sorted_ptr + q, (q * 0 + P).to(tl.int64), mask=q < padded_len)
     tl.debug_barrier()
     tl.store(sorted_ptr + start + rank, p.to(tl.int64), mask=p < P)
     blk = tl.arange(0, BLOCK_NB)

@@ -227,6 +227,15 @@ def test_moe_align_groups_pairs_by_expert_in_padded_blocks():
     assert sorted(p for p in sorted_ids.tolist() if p < flat.numel()) == list(range(flat.numel()))
 
 
+def test_moe_experts_of_a_single_routed_pair_match_reference():
+    """One token routed to one expert: the pair count is 1, which the GPU compiler specialises to a
+    constant (the sort must not treat it as a tensor)."""
+    case = _moe_case(60, 1, 1, torch.float32)
+    assert rel(tk.moe_experts(**case), _moe_expect(case)) <= tol(torch.float32)
+    sorted_ids, block_expert = tk.moe_align(case["top_k_index"], 6, 16)
+    assert sorted_ids.tolist().count(0) == 1 and int(block_expert[0]) == int(case["top_k_index"][0, 0])
+
+
 def _moe_case(
     seed: int, tokens: int, k: int, dtype: torch.dtype, e: int = 6, h: int = 40, i: int = 56
 ) -> dict:
