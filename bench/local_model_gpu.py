@@ -218,12 +218,13 @@ _OVERRIDE_FIELDS = {
 
 
 def mode_overrides(spec: str) -> dict[str, int]:
-    """The ``key=value+...`` tail of a --splitk-ab mode: ``smem`` (KB), ``wide``, ``moestages`` and
-    SplitKConfig fields by their short names (`_OVERRIDE_FIELDS`)."""
+    """The ``key=value+...`` tail of a --splitk-ab mode: ``smem`` (KB), ``wide``, ``moestages``, ``cublas``
+    (a weight's row count N: that projection back on cuBLAS) and SplitKConfig fields by their short names
+    (`_OVERRIDE_FIELDS`)."""
     out = {}
     for item in filter(None, spec.split("+")):
         key, _, value = item.partition("=")
-        if key not in ("smem", "wide", "moestages", *_OVERRIDE_FIELDS):
+        if key not in ("smem", "wide", "moestages", "cublas", *_OVERRIDE_FIELDS):
             raise SystemExit(f"unknown mode override {key!r}")
         out[key] = int(value)
     return out
@@ -239,6 +240,8 @@ def override_launches(over: dict[str, int], rows: int = 64) -> None:
     from local_model.kernels import triton_moe as tm
 
     fields = {_OVERRIDE_FIELDS[k]: v for k, v in over.items() if k in _OVERRIDE_FIELDS}
+    for shape in [s for s in tg.SPLITK_SHAPES if s[0] == over.get("cublas")]:
+        del tg.SPLITK_SHAPES[shape]
     for (n, k), cfg in tg.SPLITK_SHAPES.items():
         cfg = replace(cfg, **fields)
         if "wide" in over:
