@@ -586,6 +586,7 @@ def graph_timeline(prof, steps: int, wall_us: float) -> dict:  # noqa: ANN001
     span = (kern[-1]["ts"] + kern[-1]["dur"] - kern[0]["ts"]) / steps
     busy = sum(e["dur"] for e in kern) / steps
     top = sorted(by_name.items(), key=lambda kv: -kv[1])[:25]
+    exclusive, idle = critical_time(kern, steps)
     return {
         "wall_us_per_step": round(wall_us, 1),
         "kernels_per_step": round(len(kern) / steps, 1),
@@ -594,7 +595,29 @@ def graph_timeline(prof, steps: int, wall_us: float) -> dict:  # noqa: ANN001
         "gap_us_median": round(gaps[len(gaps) // 2], 2) if gaps else 0.0,
         "gap_us_p90": round(gaps[int(len(gaps) * 0.9)], 2) if gaps else 0.0,
         "top_kernels_us_per_step": {k: round(v, 1) for k, v in top},
+        # what each kernel adds to the step's end (its end past every earlier kernel's end): under PDL
+        # kernels overlap, so these, not the durations, add up to the span (with the idle time)
+        "idle_us_per_step": round(idle, 1),
+        "exclusive_us_per_step": {
+            k: round(v, 1) for k, v in sorted(exclusive.items(), key=lambda kv: -kv[1])[:25]
+        },
     }
+
+
+def critical_time(kern: list[dict], steps: int) -> tuple[dict[str, float], float]:
+    """Per kernel name, the time (µs per step) by which its kernels pushed the timeline's end out beyond
+    every kernel that started before them; and the time no kernel ran. Kernels are trace events (``ts``,
+    ``dur``, ``name``) sorted by start."""
+    exclusive: dict[str, float] = {}
+    idle = 0.0
+    end = kern[0]["ts"]
+    for e in kern:
+        idle += max(0.0, e["ts"] - end)
+        stop = e["ts"] + e["dur"]
+        name = e["name"][:80]
+        exclusive[name] = exclusive.get(name, 0.0) + max(0.0, stop - max(end, e["ts"])) / steps
+        end = max(end, stop)
+    return exclusive, idle / steps
 
 
 def big_decode(args: argparse.Namespace, copy_tbps: float) -> dict:
