@@ -176,6 +176,15 @@ def leading_agreement(a: torch.Tensor, b: torch.Tensor) -> list[int]:
 _SHIPPED_SPLITK: dict = {}
 
 
+def shipped_splitk() -> dict:
+    """`triton_gemm.SPLITK_SHAPES` as the module ships it (snapshot taken before the bench first changes it)."""
+    from local_model.kernels import triton_gemm as tg
+
+    if not _SHIPPED_SPLITK:
+        _SHIPPED_SPLITK.update(tg.SPLITK_SHAPES)
+    return dict(_SHIPPED_SPLITK)
+
+
 def apply_splitk(spec: str | None, module) -> dict:  # noqa: ANN001
     """Fill `triton_gemm.SPLITK_SHAPES` from ``spec`` (None/"off": empty; "default": every 2-D weight of
     ``module`` with the heuristic launch; a path: the sweep JSON's best launches beating cuBLAS by 5%;
@@ -183,9 +192,7 @@ def apply_splitk(spec: str | None, module) -> dict:  # noqa: ANN001
     the sweep's best where it beat the shipped one in the sweep's run)."""
     from local_model.kernels import triton_gemm as tg
 
-    if not _SHIPPED_SPLITK:
-        _SHIPPED_SPLITK.update(tg.SPLITK_SHAPES)
-    shipped = dict(_SHIPPED_SPLITK)
+    shipped = shipped_splitk()
     tg.SPLITK_SHAPES.clear()
     if spec in (None, "off"):
         return {}
@@ -230,12 +237,12 @@ def mode_overrides(spec: str) -> dict[str, int]:
     return out
 
 
-def override_launches(over: dict[str, int], rows: int = 64) -> None:
+def override_launches(over: dict[str, int], swiglu: set[tuple[int, int]], rows: int = 64) -> None:
     """Apply `mode_overrides` to `triton_gemm.SPLITK_SHAPES` and `triton_moe.MOE_SHAPES` in place: ``wide=F``
     multiplies every split-K launch's block_n and split_k by F (the same program count, F x fewer re-reads
     of the activations); ``smem=KB`` cuts each split-K launch's stages (then its K block) until its pipeline
-    fits KB at ``rows`` rows, so the next kernel's programs fit beside it under PDL; ``moestages=N`` caps the
-    MoE GEMMs' stages."""
+    fits KB at ``rows`` rows (``swiglu``: the weight shapes whose launch computes gate and up tiles), so the
+    next kernel's programs fit beside it under PDL; ``moestages=N`` caps the MoE GEMMs' stages."""
     from local_model.kernels import triton_gemm as tg
     from local_model.kernels import triton_moe as tm
 
@@ -247,12 +254,10 @@ def override_launches(over: dict[str, int], rows: int = 64) -> None:
         if "wide" in over:
             cfg = replace(cfg, block_n=cfg.block_n * over["wide"], split_k=cfg.split_k * over["wide"])
         if "smem" in over:
-            swiglu = n == 5632  # the MLP's gate/up weight (the only SwiGLU split-K launch of this model)
-            saved, tg.SMEM_LIMIT = tg.SMEM_LIMIT, over["smem"] * 1024
+            bm = cfg.block_m or tg.block_m_for(rows)
             stages, bk = tg.fit_pipeline(
-                cfg.num_stages, cfg.block_k, tg.block_m_for(rows), cfg.block_n, swiglu, 2
+                cfg.num_stages, cfg.block_k, bm, cfg.block_n, (n, k) in swiglu, 2, limit=over["smem"] * 1024
             )
-            tg.SMEM_LIMIT = saved
             cfg = replace(cfg, num_stages=stages, block_k=bk)
         tg.SPLITK_SHAPES[(n, k)] = cfg
     if "moestages" in over:
@@ -272,17 +277,21 @@ def splitk_ab(args: argparse.Namespace) -> int:
     from types import SimpleNamespace
 
     from local_model.kernels import triton_gemm as tg
+    from local_model.kernels import triton_moe as tm
 
-    shipped = dict(tg.SPLITK_SHAPES)
+    shipped = shipped_splitk()
+    moe_shipped = dict(tm.MOE_SHAPES)
     if args.big:
         module = random_gpu_model(args, 2048, 16, 16, args.big_inter)
     else:
         module = random_gpu_model(args, args.hidden, args.layers, args.experts)
     lm = SimpleNamespace(module=module)
-
-    from local_model.kernels import triton_moe as tm
-
-    moe_shipped = dict(tm.MOE_SHAPES)
+    # the dense MLPs' gate/up weights, which the decode step runs as one SwiGLU projection of 2 x intermediate
+    swiglu = {
+        (2 * layer.feed_forward.gate_proj.out_features, layer.feed_forward.gate_proj.in_features)
+        for layer in module.model.layers
+        if not layer.is_moe
+    }
 
     def use(mode: str) -> None:
         """cublas*: no split-K; splitk*: ``--splitk``'s; default*: the shipped SPLITK_SHAPES; a ``:key=value+...``
@@ -293,7 +302,7 @@ def splitk_ab(args: argparse.Namespace) -> int:
             tg.SPLITK_SHAPES.update(shipped)
         tm.MOE_SHAPES.clear()
         tm.MOE_SHAPES.update(moe_shipped)
-        override_launches(mode_overrides(spec))
+        override_launches(mode_overrides(spec), swiglu)
 
     dev = next(module.parameters()).device
     out: dict = {

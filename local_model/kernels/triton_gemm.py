@@ -300,7 +300,13 @@ def splitk_config(rows: int, n: int, k: int, *, fp32: bool = False, sms: int = N
     split = triton.cdiv(k_blocks, triton.cdiv(k_blocks, split))  # whole K blocks a split, none empty
     num_warps = 8 if block_m_for(rows) * block_n >= 8192 else 4
     return SplitKConfig(
-        block_n=block_n, block_k=block_k, split_k=split, num_warps=num_warps, num_stages=3, reduce="fixup"
+        block_n=block_n,
+        block_k=block_k,
+        split_k=split,
+        num_warps=num_warps,
+        num_stages=3,
+        reduce="fixup",
+        block_m=block_m_for(rows),
     )
 
 
@@ -309,18 +315,18 @@ SMEM_LIMIT = 200 * 1024
 
 
 def fit_pipeline(
-    stages: int, block_k: int, block_m: int, block_n: int, swiglu: bool, elem: int
+    stages: int, block_k: int, block_m: int, block_n: int, swiglu: bool, elem: int, *, limit: int = SMEM_LIMIT
 ) -> tuple[int, int]:
     """(stages, block_k) of a dot-tile pipeline with [block_m, block_k] activation and [block_k, block_n]
     weight tiles (two weight tiles with SwiGLU), cut (stages first, down to 2; then the K block) until its
-    shared memory fits SMEM_LIMIT."""
+    shared memory fits ``limit`` bytes."""
 
     def smem(st: int, bk: int) -> int:
         return st * (block_m * bk + bk * block_n * (2 if swiglu else 1)) * elem
 
-    while stages > 2 and smem(stages, block_k) > SMEM_LIMIT:
+    while stages > 2 and smem(stages, block_k) > limit:
         stages -= 1
-    while block_k > 32 and smem(stages, block_k) > SMEM_LIMIT:
+    while block_k > 32 and smem(stages, block_k) > limit:
         block_k //= 2
     return stages, block_k
 
@@ -360,13 +366,13 @@ def linear_splitk(
         return arg or getattr(cfg, field) or getattr(heur, field)
 
     block_n, block_k, split = pick(block_n, "block_n"), pick(block_k, "block_k"), pick(split_k, "split_k")
+    block_m = pick(block_m, "block_m")
     num_warps, num_stages, reduce = (
         pick(num_warps, "num_warps"),
         pick(num_stages, "num_stages"),
         pick(reduce, "reduce"),
     )
     assert reduce in ("fixup", "launch"), f"unknown reduction {reduce!r}"
-    block_m = block_m or cfg.block_m or block_m_for(rows)
     assert block_m >= 16 and block_m & (block_m - 1) == 0, "block_m: a power of two from 16"
 
     num_stages, block_k = fit_pipeline(num_stages, block_k, block_m, block_n, swiglu, x.element_size())

@@ -674,12 +674,13 @@ def selective_state_update(
 
 
 @triton.jit
-def _rms_rows(v, w, cnt, eps, DTYPE: tl.constexpr):
+def _rms_rows(v, w, inv_cnt, eps, DTYPE: tl.constexpr):
     """Jamba's RMSNorm of each row of a short [rows, cols] tile (fp32 math, cast to the model dtype before
-    the fp32 weight ``w`` [cols]); columns past ``cnt`` must hold zeros."""
+    the fp32 weight ``w`` [1, cols], the result rounded to the model dtype and returned in fp32);
+    ``inv_cnt`` is 1 / the real column count, and columns past it must hold zeros."""
     vf = v.to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(vf * vf, axis=1) / cnt + eps)
-    return (w[None, :] * (vf * rstd[:, None]).to(DTYPE).to(tl.float32)).to(DTYPE)
+    rstd = tl.math.rsqrt(tl.sum(vf * vf, axis=1) * inv_cnt + eps)
+    return (w * (vf * rstd[:, None]).to(DTYPE).to(tl.float32)).to(DTYPE).to(tl.float32)
 
 
 @triton.jit
@@ -869,17 +870,10 @@ def _mamba_decode_ssm(
                 row0 + i + 1, nrows, xp_ptr, x_ptr, z_ptr, state_ptr, idx_ptr, cs_ptr, d, n, rk, dmask,
                 nmask, rkmask, R, N, s_xp, s_x, s_z, s_ss, sd, sn, s_css, csd, csw, CONV, CONV_W,
             )  # fmt: skip
-        # Jamba's RMSNorms of dt, B, C (fp32 math, cast to the model dtype before the weight)
-        dtf = dt_raw.to(tl.float32)
-        rstd = tl.math.rsqrt(tl.sum(dtf * dtf, axis=1) * inv_r + eps)
-        dtn = (dtw * (dtf * rstd[:, None]).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+        dtn = _rms_rows(dt_raw, dtw, inv_r, eps, dtype)
         dtn_e, dtn_o = tl.split(tl.reshape(dtn, [1, BLOCK_R // 2, 2]))
-        bf = b_raw.to(tl.float32)
-        bstd = tl.math.rsqrt(tl.sum(bf * bf, axis=1) * inv_n + eps)
-        bv = (bw * (bf * bstd[:, None]).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
-        cf = c_raw.to(tl.float32)
-        cstd = tl.math.rsqrt(tl.sum(cf * cf, axis=1) * inv_n + eps)
-        cv = (cw * (cf * cstd[:, None]).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+        bv = _rms_rows(b_raw, bw, inv_n, eps, dtype)
+        cv = _rms_rows(c_raw, cw, inv_n, eps, dtype)
         # dt_proj: each channel's rank sum, even and odd columns in the same registers
         dt = tl.sum(wdt_e * dtn_e + wdt_o * dtn_o, axis=1)
         dt = _softplus(dt.to(dtype).to(tl.float32) + dtb, FAST_LOG)
@@ -962,7 +956,7 @@ def mamba_decode_ssm(
     pdl = pdl_choice(x.device, pdl, batch)
     block_r = max(2, triton.next_power_of_2(rank))
     block_n = triton.next_power_of_2(nst)
-    args = [
+    _mamba_decode_ssm[(triton.cdiv(dim, bd), triton.cdiv(batch, rows))](
         xproj,
         x,
         z,
@@ -979,43 +973,34 @@ def mamba_decode_ssm(
         conv_weight.contiguous() if conv else a2,
         conv_bias if conv and conv_bias is not None else a2,
         conv_state if conv else a2,
-    ]
-    strides = [
+        batch,
+        dim,
+        rank,
+        nst,
+        eps,
         xproj.stride(0),
         x.stride(0),
         z.stride(0),
         *ssm_state.stride(),
         out.stride(0),
         *(conv_state.stride() if conv else (0, 0, 0)),
-    ]
-    conv_kw = {
-        "CONV": conv,
-        "CONV_W": conv_weight.shape[-1] if conv else 1,
-        "CONV_BIAS": conv and conv_bias is not None,
-        "CONV_SILU": conv and activation is not None,
-        "FAST_LOG": x.device.type == "cuda",
-        "PDL": pdl,
-    }
-    _mamba_decode_ssm[(triton.cdiv(dim, bd), triton.cdiv(batch, rows))](
-        *args,
-        batch,
-        dim,
-        rank,
-        nst,
-        eps,
-        *strides,
         BLOCK_D=bd,
         BLOCK_R=block_r,
         BLOCK_N=block_n,
         ROWS=rows,
+        CONV=conv,
+        CONV_W=conv_weight.shape[-1] if conv else 1,
+        CONV_BIAS=conv and conv_bias is not None,
+        CONV_SILU=conv and activation is not None,
         EVEN=dim % bd == 0
         and nst == block_n
         and rank == block_r
         and dt_proj_weight.stride(0) == rank
         and ssm_state.stride()[1:] == (nst, 1)
         and (not conv or conv_state.stride()[1:] == (conv_weight.shape[-1] - 1, 1)),
+        FAST_LOG=x.device.type == "cuda",
+        PDL=pdl,
         num_warps=warps,
-        **conv_kw,
         **launch_kwargs(pdl),
     )
     return out
