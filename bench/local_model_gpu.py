@@ -124,6 +124,11 @@ def bundle_of(module):  # noqa: ANN001, ANN201
     return next(m.kernels for m in module.modules() if hasattr(m, "kernels"))
 
 
+# the Mamba state's dtype in `ours_greedy_graph`'s cache: float32 (the engine's) unless a --splitk-ab mode
+# asks for the model dtype (``ssm16=1``: what transformers' and mamba-ssm's decode caches hold)
+SSM_STATE_DTYPE = [torch.float32]
+
+
 def ours_greedy_graph(
     lm, prompt: torch.Tensor, steps: int, graphs: bool = True
 ) -> tuple[torch.Tensor, float]:  # noqa: ANN001
@@ -132,7 +137,7 @@ def ours_greedy_graph(
     from local_model.decode import DecodeStep
 
     b, p = prompt.shape
-    pool = lm.module.allocate_cache(b, p + steps + 8, num_slots=b + 1)
+    pool = lm.module.allocate_cache(b, p + steps + 8, num_slots=b + 1, ssm_dtype=SSM_STATE_DTYPE[0])
     slots = torch.arange(b, device=prompt.device)
     step = DecodeStep(lm.module, pool, bundle_of(lm.module))
     with torch.inference_mode():
@@ -221,17 +226,23 @@ _OVERRIDE_FIELDS = {
     "split": "split_k",
     "stages": "num_stages",
     "warps": "num_warps",
+    "bm": "block_m",
 }
 
 
 def mode_overrides(spec: str) -> dict[str, int]:
     """The ``key=value+...`` tail of a --splitk-ab mode: ``smem`` (KB), ``wide``, ``moestages``, ``cublas``
-    (a weight's row count N: that projection back on cuBLAS) and SplitKConfig fields by their short names
-    (`_OVERRIDE_FIELDS`)."""
+    (a weight's row count N: that projection back on cuBLAS), ``xpp`` (rows from which the Mamba conv +
+    x_proj leaves partial sums to the SSM step), ``ssm16`` (1: the Mamba state in bf16, not fp32) and
+    SplitKConfig fields by their short names
+    (`_OVERRIDE_FIELDS`), for every launch or, as ``NxK.field``, for one weight shape's."""
     out = {}
     for item in filter(None, spec.split("+")):
         key, _, value = item.partition("=")
-        if key not in ("smem", "wide", "moestages", "cublas", *_OVERRIDE_FIELDS):
+        field = key.rpartition(".")[2]
+        if field not in ("smem", "wide", "moestages", "cublas", "xpp", "ssm16", *_OVERRIDE_FIELDS) or (
+            "." in key and field not in _OVERRIDE_FIELDS
+        ):
             raise SystemExit(f"unknown mode override {key!r}")
         out[key] = int(value)
     return out
@@ -243,14 +254,24 @@ def override_launches(over: dict[str, int], swiglu: set[tuple[int, int]], rows: 
     of the activations); ``smem=KB`` cuts each split-K launch's stages (then its K block) until its pipeline
     fits KB at ``rows`` rows (``swiglu``: the weight shapes whose launch computes gate and up tiles), so the
     next kernel's programs fit beside it under PDL; ``moestages=N`` caps the MoE GEMMs' stages."""
+    from local_model.kernels import triton_decode as td
     from local_model.kernels import triton_gemm as tg
     from local_model.kernels import triton_moe as tm
 
+    if "xpp" in over:
+        td.CONV_XPROJ_PARTIAL_MIN_ROWS = over["xpp"]
+    SSM_STATE_DTYPE[0] = torch.bfloat16 if over.get("ssm16") else torch.float32
     fields = {_OVERRIDE_FIELDS[k]: v for k, v in over.items() if k in _OVERRIDE_FIELDS}
     for shape in [s for s in tg.SPLITK_SHAPES if s[0] == over.get("cublas")]:
         del tg.SPLITK_SHAPES[shape]
     for (n, k), cfg in tg.SPLITK_SHAPES.items():
         cfg = replace(cfg, **fields)
+        own = {
+            _OVERRIDE_FIELDS[key.rpartition(".")[2]]: v
+            for key, v in over.items()
+            if key.partition(".")[0] == f"{n}x{k}" and "." in key
+        }
+        cfg = replace(cfg, **own)
         if "wide" in over:
             cfg = replace(cfg, block_n=cfg.block_n * over["wide"], split_k=cfg.split_k * over["wide"])
         if "smem" in over:
@@ -276,11 +297,13 @@ def splitk_ab(args: argparse.Namespace) -> int:
     against our GPU reference path."""
     from types import SimpleNamespace
 
+    from local_model.kernels import triton_decode as td
     from local_model.kernels import triton_gemm as tg
     from local_model.kernels import triton_moe as tm
 
     shipped = shipped_splitk()
     moe_shipped = dict(tm.MOE_SHAPES)
+    xpp_shipped = td.CONV_XPROJ_PARTIAL_MIN_ROWS
     if args.big:
         module = random_gpu_model(args, 2048, 16, 16, args.big_inter)
     else:
@@ -302,6 +325,7 @@ def splitk_ab(args: argparse.Namespace) -> int:
             tg.SPLITK_SHAPES.update(shipped)
         tm.MOE_SHAPES.clear()
         tm.MOE_SHAPES.update(moe_shipped)
+        td.CONV_XPROJ_PARTIAL_MIN_ROWS = xpp_shipped
         override_launches(mode_overrides(spec), swiglu)
 
     dev = next(module.parameters()).device
@@ -321,8 +345,12 @@ def splitk_ab(args: argparse.Namespace) -> int:
                 # "-nopdl": every kernel launched without programmatic dependent launch (read at capture)
                 os.environ["HYBRIDGATE_PDL"] = "0" if mode.partition(":")[0].endswith("-nopdl") else "1"
                 use(mode)
-                ours_greedy_graph(lm, prompt, 8)  # capture this bucket's graph, warm up
-                toks[mode], t = ours_greedy_graph(lm, prompt, args.new + 1)
+                try:
+                    ours_greedy_graph(lm, prompt, 8)  # capture this bucket's graph, warm up
+                    toks[mode], t = ours_greedy_graph(lm, prompt, args.new + 1)
+                except Exception as exc:  # noqa: BLE001 - a mode that cannot run is reported, not fatal
+                    out[f"b{b}_{mode}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+                    continue
                 out.setdefault(f"b{b}_{mode}_tok_s", []).append(round(b * args.new / t))
         os.environ["HYBRIDGATE_PDL"] = pdl_env
         if "splitk" in toks and "cublas" in toks:
@@ -596,6 +624,23 @@ def graph_timeline(prof, steps: int, wall_us: float) -> dict:  # noqa: ANN001
     busy = sum(e["dur"] for e in kern) / steps
     top = sorted(by_name.items(), key=lambda kv: -kv[1])[:25]
     exclusive, idle = critical_time(kern, steps)
+    # one whole step in launch order (the middle replay): start offset, duration and what each kernel
+    # added to the step's end, to attribute the span to layers
+    per = len(kern) // steps
+    one = kern[per * (steps // 2) : per * (steps // 2 + 1)]
+    ends = one[0]["ts"]
+    order = []
+    for e in one:
+        stop = e["ts"] + e["dur"]
+        order.append(
+            [
+                e["name"][:48],
+                round(e["ts"] - one[0]["ts"], 1),
+                round(e["dur"], 1),
+                round(max(0.0, stop - max(ends, e["ts"])), 1),
+            ]
+        )
+        ends = max(ends, stop)
     return {
         "wall_us_per_step": round(wall_us, 1),
         "kernels_per_step": round(len(kern) / steps, 1),
@@ -610,6 +655,7 @@ def graph_timeline(prof, steps: int, wall_us: float) -> dict:  # noqa: ANN001
         "exclusive_us_per_step": {
             k: round(v, 1) for k, v in sorted(exclusive.items(), key=lambda kv: -kv[1])[:25]
         },
+        "one_step_in_order": order if len(kern) % steps == 0 else "kernel count differs between steps",
     }
 
 

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import launch_kwargs, pdl_begin
+
 
 @triton.jit
 def _conv_fwd(
@@ -276,3 +278,110 @@ def causal_conv1d_update(
         num_warps=4,
     )
     return out
+
+
+@triton.jit
+def _conv_xproj_partial(
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    state_ptr,
+    idx_ptr,
+    xw_ptr,
+    part_ptr,
+    nrows,
+    D,
+    N,
+    s_xb,
+    s_ss,
+    s_sd,
+    s_sw,
+    s_xwn,
+    s_pp,
+    s_pb,
+    W: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PDL: tl.constexpr = False,
+):
+    """Program (channel block, row block): the causal conv of BLOCK_B rows' cached windows and new inputs
+    over BLOCK_D channels (as `_conv_update` without the shift, rounded to the model dtype), times those
+    channels' columns of x_proj's weight [N, D]: the fp32 partial x_proj of the channel block, stored at
+    part[channel block, row]. The window is only read (the SSM step shifts it). Rows with a negative slot
+    convolve zeros. PDL: the weights are loaded before `pdl_begin`, everything else after."""
+    cb = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    d = cb * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    dmask = d < D
+    xw = tl.load(
+        xw_ptr + n[None, :].to(tl.int64) * s_xwn + d[:, None],
+        mask=dmask[:, None] & (n < N)[None, :],
+        other=0.0,
+    )
+    w_last = tl.load(w_ptr + d * W + (W - 1), mask=dmask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    pdl_begin(PDL)
+    rmask = rows < nrows
+    slot = tl.load(idx_ptr + rows, mask=rmask, other=-1).to(tl.int64)
+    valid = rmask & (slot >= 0)
+    m = valid[:, None] & dmask[None, :]
+    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * s_xb + d[None, :], mask=m, other=0.0)
+    dtype = x.dtype
+    acc = w_last[None, :] * x.to(tl.float32)
+    if HAS_BIAS:
+        acc += bias[None, :]
+    base = state_ptr + tl.maximum(slot, 0)[:, None] * s_ss + d[None, :] * s_sd
+    for k in tl.static_range(W - 1):
+        tap = tl.load(w_ptr + d * W + k, mask=dmask, other=0.0).to(tl.float32)
+        acc += tap[None, :] * tl.load(base + k * s_sw, mask=m, other=0.0).to(tl.float32)
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    xc = tl.where(m, acc, 0.0).to(dtype)
+    part = tl.dot(xc, xw, input_precision="ieee") if IEEE else tl.dot(xc, xw)
+    tl.store(
+        part_ptr + cb * s_pp + rows[:, None].to(tl.int64) * s_pb + n[None, :],
+        part,
+        mask=rmask[:, None] & (n < N)[None, :],
+    )
+
+
+# channels a program of `conv_xproj_partial` convolves (the partial sums the SSM step adds up: D / this)
+CONV_XPROJ_BLOCK_D = 128
+
+
+def conv_xproj_partial(
+    *,
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    activation: str | None,
+    state_indices: torch.Tensor,
+    xproj_weight: torch.Tensor,
+    pdl: bool = False,
+) -> torch.Tensor:
+    """x_proj of the causal conv of each row's cached window and new input x [B, D] (the window read, not
+    shifted), as fp32 partial sums over channel blocks: [cdiv(D, CONV_XPROJ_BLOCK_D), B, N] for
+    xproj_weight [N, D]. Their sum in block order, rounded to the model dtype, is x_proj's output."""
+    batch, dim = x.shape
+    n_out = xproj_weight.shape[0]
+    w = weight.contiguous()
+    bd = CONV_XPROJ_BLOCK_D
+    parts = triton.cdiv(dim, bd)
+    part = torch.empty(parts, batch, n_out, device=x.device, dtype=torch.float32)
+    bb = 16
+    _conv_xproj_partial[(parts, triton.cdiv(batch, bb))](
+        x, w, bias if bias is not None else w, conv_state, state_indices, xproj_weight, part,
+        batch, dim, n_out, x.stride(0), *conv_state.stride(), xproj_weight.stride(0), part.stride(0),
+        part.stride(1),
+        W=w.shape[-1], HAS_BIAS=bias is not None, SILU=activation is not None,
+        IEEE=x.dtype == torch.float32, BLOCK_B=bb, BLOCK_D=bd,
+        BLOCK_N=max(16, triton.next_power_of_2(n_out)), PDL=pdl, num_warps=4, **launch_kwargs(pdl),
+    )  # fmt: skip
+    return part

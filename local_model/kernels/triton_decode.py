@@ -32,6 +32,8 @@ from .triton_moe import align_buffers, align_in_one_program, align_pairs, moe_co
 # Rows served by the GEMV kernels (one program per row and output block: each row re-reads the weight, so
 # from 2 rows cuBLAS, which reads it once, is as fast or faster; measured in bench/GPU_NOTES.md).
 GEMV_MAX_ROWS = 1
+# rows from which `mamba_conv_xproj(partial=True)` runs the conv + x_proj partial launch
+CONV_XPROJ_PARTIAL_MIN_ROWS = 2
 
 
 @triton.jit
@@ -608,17 +610,35 @@ def mamba_conv_xproj(
     activation: str | None,
     state_indices: torch.Tensor,
     xproj_weight: torch.Tensor,
+    partial: bool = False,
 ) -> torch.Tensor:
     """`reference.mamba_conv_xproj_ref`'s contract: x_proj of the causal conv of each row's cached window
-    and its new input x [B, D], the window read but not shifted (the SSM step shifts it)."""
-    if activation not in (None, "silu", "swish") or conv_weight.shape[-1] < 2:
+    and its new input x [B, D], the window read but not shifted (the SSM step shifts it). With ``partial``
+    from CONV_XPROJ_PARTIAL_MIN_ROWS rows: one launch that convolves a channel block and multiplies it by
+    the matching x_proj columns, leaving fp32 partial sums [D / block, B, N] that the SSM step adds up (the
+    x_proj launch and its split-K reduction are gone from the chain)."""
+    from .triton_conv import causal_conv1d_update, conv_xproj_partial
+
+    supported = activation in (None, "silu", "swish") and conv_weight.shape[-1] >= 2
+    if (
+        partial
+        and supported
+        and x.shape[0] >= CONV_XPROJ_PARTIAL_MIN_ROWS
+        and x.stride(-1) == 1
+        and xproj_weight.stride(-1) == 1
+        and x.dtype == xproj_weight.dtype
+    ):
+        return conv_xproj_partial(
+            x=x, conv_state=conv_state, weight=conv_weight, bias=conv_bias, activation=activation,
+            state_indices=state_indices, xproj_weight=xproj_weight, pdl=pdl_enabled(x.device, x.shape[0]),
+        )  # fmt: skip
+    if not supported:
         from .reference import mamba_conv_xproj_ref
 
         return mamba_conv_xproj_ref(
             x=x, conv_state=conv_state, conv_weight=conv_weight, conv_bias=conv_bias, activation=activation,
-            state_indices=state_indices, xproj_weight=xproj_weight,
+            state_indices=state_indices, xproj_weight=xproj_weight, partial=partial,
         )  # fmt: skip
-    from .triton_conv import causal_conv1d_update
 
     # Two launches: recomputing the conv inside the x_proj GEMV made each of its few programs redo the conv
     # over every channel (~20 µs a layer at d_inner 4096, against ~6 µs for the pair); a split-K kernel that
@@ -629,7 +649,8 @@ def mamba_conv_xproj(
         x=x, conv_state=conv_state, weight=conv_weight, bias=conv_bias, activation=activation,
         state_indices=state_indices, update=False,
     )  # fmt: skip
-    return linear(x=xc, weight=xproj_weight)
+    xp = linear(x=xc, weight=xproj_weight)
+    return xp.float()[None] if partial else xp
 
 
 # ============================================================================ greedy sampling on device
@@ -642,28 +663,54 @@ def _greedy_advance(
     pos_ptr,
     hist_ptr,
     counter_ptr,
+    part_v_ptr,
+    part_i_ptr,
+    lock_ptr,
     V,
+    chunk,
     s_l,
     s_h,
+    CHUNKS: tl.constexpr,
     BLOCK_V: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
+    """Program (row, chunk): the first argmax of the row's logits in [chunk * c, chunk * (c + 1)), stored as
+    a partial; the chunk that finishes last for its row (a counter per row: barrier, acq_rel atomic) takes
+    the first argmax over the partials in chunk order, writes the row's next id, advances its position and
+    records the token at history[counter]; the row that finishes last advances the counter (a counter past
+    the rows' ones). Counters are left at zero."""
     row = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1)
     pdl_begin(PDL)
     best = tl.full([BLOCK_V], float("-inf"), tl.float32)
     arg = tl.zeros([BLOCK_V], tl.int32)
-    for v0 in range(0, V, BLOCK_V):
+    end = tl.minimum(c * chunk + chunk, V)
+    for v0 in range(c * chunk, end, BLOCK_V):
         v = v0 + tl.arange(0, BLOCK_V)
-        x = tl.load(logits_ptr + row * s_l + v, mask=v < V, other=float("-inf")).to(tl.float32)
+        x = tl.load(logits_ptr + row * s_l + v, mask=v < end, other=float("-inf")).to(tl.float32)
         better = x > best  # strict: the first index among equals wins, as torch.argmax
         arg = tl.where(better, v, arg)
         best = tl.where(better, x, best)
     top = tl.max(best, axis=0)
-    tok = tl.min(tl.where(best == top, arg, V), axis=0).to(tl.int64)
-    tl.store(ids_ptr + row, tok)
-    tl.store(pos_ptr + row, tl.load(pos_ptr + row) + 1)
-    step = tl.load(counter_ptr)
-    tl.store(hist_ptr + step * s_h + row, tok)
+    tl.store(part_v_ptr + row * CHUNKS + c, top)
+    tl.store(part_i_ptr + row * CHUNKS + c, tl.min(tl.where(best == top, arg, V), axis=0))
+    # the partial's stores precede the counter's release (barrier, then an acq_rel atomic)
+    tl.debug_barrier()
+    if tl.atomic_add(lock_ptr + row, 1, sem="acq_rel", scope="gpu") == CHUNKS - 1:
+        ch = tl.arange(0, CHUNKS)
+        vals = tl.load(part_v_ptr + row * CHUNKS + ch)
+        idxs = tl.load(part_i_ptr + row * CHUNKS + ch)
+        top = tl.max(vals, axis=0)
+        tok = tl.min(tl.where(vals == top, idxs, V), axis=0).to(tl.int64)
+        tl.store(ids_ptr + row, tok)
+        tl.store(pos_ptr + row, tl.load(pos_ptr + row) + 1)
+        step = tl.load(counter_ptr)
+        tl.store(hist_ptr + step * s_h + row, tok)
+        tl.atomic_xchg(lock_ptr + row, 0)
+        rows_lock = lock_ptr + tl.num_programs(0)
+        if tl.atomic_add(rows_lock, 1, sem="acq_rel", scope="gpu") == tl.num_programs(0) - 1:
+            tl.store(counter_ptr, step + 1)
+            tl.atomic_xchg(rows_lock, 0)
 
 
 def greedy_advance(
@@ -675,22 +722,35 @@ def greedy_advance(
     counter: torch.Tensor,
 ) -> None:
     """`reference.greedy_advance_ref`'s contract: ids = argmax(logits), positions += 1,
-    history[counter] = ids, counter += 1 (all on device)."""
+    history[counter] = ids, counter += 1 (all on device, one launch). Each row's vocabulary is cut into
+    chunks of at least 2K logits, so that rows x chunks fill the card a few times over."""
     rows, vocab = logits.shape
-    _greedy_advance[(rows,)](
+    chunks = min(
+        triton.next_power_of_2(triton.cdiv(vocab, 2048)), triton.next_power_of_2(triton.cdiv(4 * 132, rows))
+    )
+    chunk = triton.cdiv(vocab, chunks)
+    part_v = torch.empty(rows * chunks, device=logits.device, dtype=torch.float32)
+    part_i = torch.empty(rows * chunks, device=logits.device, dtype=torch.int32)
+    locks = fixup_locks(logits.device)
+    assert rows + 1 <= locks.numel(), "one counter a row, and one for the rows"
+    _greedy_advance[(rows, chunks)](
         logits,
         ids,
         positions,
         history,
         counter,
+        part_v,
+        part_i,
+        locks,
         vocab,
+        chunk,
         logits.stride(0),
         history.stride(0),
-        BLOCK_V=min(4096, triton.next_power_of_2(vocab)),
-        num_warps=8,
+        CHUNKS=chunks,
+        BLOCK_V=min(2048, triton.next_power_of_2(chunk)),
+        num_warps=4,
         **pdl_args(logits.device, rows),
     )
-    counter.add_(1)
 
 
 __all__ = ["greedy_advance", "linear", "mamba_conv_xproj", "moe_block", "norm_linear"]
