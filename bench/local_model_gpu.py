@@ -232,15 +232,15 @@ _OVERRIDE_FIELDS = {
 
 def mode_overrides(spec: str) -> dict[str, int]:
     """The ``key=value+...`` tail of a --splitk-ab mode: ``smem`` (KB), ``wide``, ``moestages``, ``cublas``
-    (a weight's row count N: that projection back on cuBLAS), ``xpp`` (rows from which the Mamba conv +
-    x_proj leaves partial sums to the SSM step), ``ssm16`` (1: the Mamba state in bf16, not fp32) and
+    (a weight's row count N: that projection back on cuBLAS), ``gch`` (at most this many vocabulary
+    chunks a row in the greedy argmax), ``ssm16`` (1: the Mamba state in bf16, not fp32) and
     SplitKConfig fields by their short names
     (`_OVERRIDE_FIELDS`), for every launch or, as ``NxK.field``, for one weight shape's."""
     out = {}
     for item in filter(None, spec.split("+")):
         key, _, value = item.partition("=")
         field = key.rpartition(".")[2]
-        if field not in ("smem", "wide", "moestages", "cublas", "xpp", "ssm16", *_OVERRIDE_FIELDS) or (
+        if field not in ("smem", "wide", "moestages", "cublas", "gch", "ssm16", *_OVERRIDE_FIELDS) or (
             "." in key and field not in _OVERRIDE_FIELDS
         ):
             raise SystemExit(f"unknown mode override {key!r}")
@@ -258,8 +258,8 @@ def override_launches(over: dict[str, int], swiglu: set[tuple[int, int]], rows: 
     from local_model.kernels import triton_gemm as tg
     from local_model.kernels import triton_moe as tm
 
-    if "xpp" in over:
-        td.CONV_XPROJ_PARTIAL_MIN_ROWS = over["xpp"]
+    if "gch" in over:
+        td.GREEDY_MAX_CHUNKS = over["gch"]
     SSM_STATE_DTYPE[0] = torch.bfloat16 if over.get("ssm16") else torch.float32
     fields = {_OVERRIDE_FIELDS[k]: v for k, v in over.items() if k in _OVERRIDE_FIELDS}
     for shape in [s for s in tg.SPLITK_SHAPES if s[0] == over.get("cublas")]:
@@ -303,7 +303,7 @@ def splitk_ab(args: argparse.Namespace) -> int:
 
     shipped = shipped_splitk()
     moe_shipped = dict(tm.MOE_SHAPES)
-    xpp_shipped = td.CONV_XPROJ_PARTIAL_MIN_ROWS
+    gch_shipped = td.GREEDY_MAX_CHUNKS
     if args.big:
         module = random_gpu_model(args, 2048, 16, 16, args.big_inter)
     else:
@@ -325,7 +325,7 @@ def splitk_ab(args: argparse.Namespace) -> int:
             tg.SPLITK_SHAPES.update(shipped)
         tm.MOE_SHAPES.clear()
         tm.MOE_SHAPES.update(moe_shipped)
-        td.CONV_XPROJ_PARTIAL_MIN_ROWS = xpp_shipped
+        td.GREEDY_MAX_CHUNKS = gch_shipped
         override_launches(mode_overrides(spec), swiglu)
 
     dev = next(module.parameters()).device

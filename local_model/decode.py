@@ -196,9 +196,7 @@ class DecodeStep:
             "activation": mx.activation,
         }
         # x_proj reads the conv of the cached window and the new input; the SSM kernel then shifts the window
-        xp = self.k.mamba_conv_xproj(
-            x=xz[:, :d], state_indices=slots, xproj_weight=mx.x_proj.weight, partial=True, **conv
-        )
+        xp = self.k.mamba_conv_xproj(x=xz[:, :d], state_indices=slots, xproj_weight=mx.x_proj.weight, **conv)
         kw = {"a2": w.a2} if self.k.name == "triton" else {}
         y = self.k.mamba_decode_ssm(
             xproj=xp,

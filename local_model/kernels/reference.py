@@ -486,11 +486,8 @@ def mamba_decode_ssm_ref(
     activation: str | None = None,
 ) -> torch.Tensor:
     """The Mamba decode step after x_proj: Jamba's RMSNorms on (dt, B, C), dt_proj, the selective state
-    update of slot rows ``state_indices`` in place, D skip and SiLU(z) gate. xproj: [B, R + 2N], or fp32
-    partial sums [P, B, R + 2N] whose sum, rounded to x's dtype, is it (`mamba_conv_xproj_ref`'s
-    ``partial``). With ``conv_state``, x is the causal conv's new input: the conv window is updated first."""
-    if xproj.dim() == 3:
-        xproj = xproj.sum(0).to(x.dtype)
+    update of slot rows ``state_indices`` in place, D skip and SiLU(z) gate. xproj: [B, R + 2N].
+    With ``conv_state``, x is the causal conv's new input: the conv window is updated first."""
     rank, n = dt_proj_weight.shape[1], A.shape[-1]
     dt, b, c = xproj.split([rank, n, n], dim=-1)
     dt = rms_norm_ref(dt, dt_norm_weight, eps) @ dt_proj_weight.t()
@@ -510,15 +507,12 @@ def mamba_conv_xproj_ref(
     activation: str | None,
     state_indices: torch.Tensor,
     xproj_weight: torch.Tensor,
-    partial: bool = False,
 ) -> torch.Tensor:
     """x_proj of the causal conv over each row's cached window and its new input x [B, D]. The window is
-    only read: `mamba_decode_ssm_ref` (given the same conv arguments) shifts it afterwards. ``partial``: the
-    result as fp32 partial sums [P, B, N] (here P = 1) that `mamba_decode_ssm_ref` adds up."""
+    only read: `mamba_decode_ssm_ref` (given the same conv arguments) shifts it afterwards."""
     rows = _rows(conv_state, state_indices, x.shape[0])
     xc, _ = _conv_window(x, conv_state, conv_weight, conv_bias, activation, rows)
-    xp = F.linear(xc, xproj_weight)
-    return xp.float()[None] if partial else xp
+    return F.linear(xc, xproj_weight)
 
 
 def norm_linear_ref(

@@ -26,14 +26,14 @@ import triton
 import triton.language as tl
 
 from .pdl import launch_kwargs, lines_for, pdl_args, pdl_begin, pdl_enabled, prefetch_rows
-from .triton_gemm import fixup_locks, linear_splitk, splitk_for
+from .triton_gemm import NUM_SMS, fixup_locks, linear_splitk, splitk_for
 from .triton_moe import align_buffers, align_in_one_program, align_pairs, moe_config, moe_experts
 
 # Rows served by the GEMV kernels (one program per row and output block: each row re-reads the weight, so
 # from 2 rows cuBLAS, which reads it once, is as fast or faster; measured in bench/GPU_NOTES.md).
 GEMV_MAX_ROWS = 1
-# rows from which `mamba_conv_xproj(partial=True)` runs the conv + x_proj partial launch
-CONV_XPROJ_PARTIAL_MIN_ROWS = 2
+# at most this many vocabulary chunks a row in `greedy_advance` (a power of two)
+GREEDY_MAX_CHUNKS = 16
 
 
 @triton.jit
@@ -610,35 +610,17 @@ def mamba_conv_xproj(
     activation: str | None,
     state_indices: torch.Tensor,
     xproj_weight: torch.Tensor,
-    partial: bool = False,
 ) -> torch.Tensor:
     """`reference.mamba_conv_xproj_ref`'s contract: x_proj of the causal conv of each row's cached window
-    and its new input x [B, D], the window read but not shifted (the SSM step shifts it). With ``partial``
-    from CONV_XPROJ_PARTIAL_MIN_ROWS rows: one launch that convolves a channel block and multiplies it by
-    the matching x_proj columns, leaving fp32 partial sums [D / block, B, N] that the SSM step adds up (the
-    x_proj launch and its split-K reduction are gone from the chain)."""
-    from .triton_conv import causal_conv1d_update, conv_xproj_partial
-
-    supported = activation in (None, "silu", "swish") and conv_weight.shape[-1] >= 2
-    if (
-        partial
-        and supported
-        and x.shape[0] >= CONV_XPROJ_PARTIAL_MIN_ROWS
-        and x.stride(-1) == 1
-        and xproj_weight.stride(-1) == 1
-        and x.dtype == xproj_weight.dtype
-    ):
-        return conv_xproj_partial(
-            x=x, conv_state=conv_state, weight=conv_weight, bias=conv_bias, activation=activation,
-            state_indices=state_indices, xproj_weight=xproj_weight, pdl=pdl_enabled(x.device, x.shape[0]),
-        )  # fmt: skip
-    if not supported:
+    and its new input x [B, D], the window read but not shifted (the SSM step shifts it)."""
+    if activation not in (None, "silu", "swish") or conv_weight.shape[-1] < 2:
         from .reference import mamba_conv_xproj_ref
 
         return mamba_conv_xproj_ref(
             x=x, conv_state=conv_state, conv_weight=conv_weight, conv_bias=conv_bias, activation=activation,
-            state_indices=state_indices, xproj_weight=xproj_weight, partial=partial,
+            state_indices=state_indices, xproj_weight=xproj_weight,
         )  # fmt: skip
+    from .triton_conv import causal_conv1d_update
 
     # Two launches: recomputing the conv inside the x_proj GEMV made each of its few programs redo the conv
     # over every channel (~20 µs a layer at d_inner 4096, against ~6 µs for the pair); a split-K kernel that
@@ -649,8 +631,7 @@ def mamba_conv_xproj(
         x=x, conv_state=conv_state, weight=conv_weight, bias=conv_bias, activation=activation,
         state_indices=state_indices, update=False,
     )  # fmt: skip
-    xp = linear(x=xc, weight=xproj_weight)
-    return xp.float()[None] if partial else xp
+    return linear(x=xc, weight=xproj_weight)
 
 
 # ============================================================================ greedy sampling on device
@@ -722,11 +703,14 @@ def greedy_advance(
     counter: torch.Tensor,
 ) -> None:
     """`reference.greedy_advance_ref`'s contract: ids = argmax(logits), positions += 1,
-    history[counter] = ids, counter += 1 (all on device, one launch). Each row's vocabulary is cut into
-    chunks of at least 2K logits, so that rows x chunks fill the card a few times over."""
+    history[counter] = ids, counter += 1 (all on device, one launch). Each row's vocabulary is cut into up to
+    GREEDY_MAX_CHUNKS chunks of about 2K logits or more, as many as make rows x chunks fill the card about
+    four times over."""
     rows, vocab = logits.shape
     chunks = min(
-        triton.next_power_of_2(triton.cdiv(vocab, 2048)), triton.next_power_of_2(triton.cdiv(4 * 132, rows))
+        GREEDY_MAX_CHUNKS,
+        triton.next_power_of_2(triton.cdiv(vocab, 2048)),
+        triton.next_power_of_2(triton.cdiv(4 * NUM_SMS, rows)),
     )
     chunk = triton.cdiv(vocab, chunks)
     part_v = torch.empty(rows * chunks, device=logits.device, dtype=torch.float32)

@@ -720,16 +720,11 @@ def _ssm_row_loads(
     s_css,
     s_csd,
     s_csw,
-    n_parts,
-    s_xpp,
     CONV: tl.constexpr,
     CONV_W: tl.constexpr,
-    XP_PARTS: tl.constexpr,
 ):
     """Every load of one row of `_mamba_decode_ssm` (the slot, then everything else at once). A row past
-    ``nrows`` or with a negative slot reads zeros (its inputs from row ``nrows - 1``, in bounds).
-    XP_PARTS > 0: the x_proj row is the sum of ``n_parts`` <= XP_PARTS fp32 partial rows ``s_xpp`` apart,
-    rounded to the model dtype."""
+    ``nrows`` or with a negative slot reads zeros (its inputs from row ``nrows - 1``, in bounds)."""
     row64 = tl.minimum(row, nrows - 1).to(tl.int64)
     slot = tl.where(row < nrows, tl.load(idx_ptr + row64).to(tl.int64), -1)
     # (a vector comparison: the interpreter's vector & scalar is not boolean)
@@ -740,22 +735,9 @@ def _ssm_row_loads(
     x = tl.load(x_ptr + row64 * s_x + d, mask=m1, other=0.0)
     zz = tl.load(z_ptr + row64 * s_z + d, mask=m1, other=0.0).to(tl.float32)
     xp_row = xp_ptr + row64 * s_xp
-    if XP_PARTS > 0:
-        dtype = x_ptr.dtype.element_ty
-        pp = tl.arange(0, XP_PARTS)[:, None]
-        pm = pp < n_parts
-        xp_row = xp_row + pp * s_xpp
-        dt_raw = tl.sum(tl.load(xp_row + rk, mask=pm & rkmask, other=0.0), axis=0, keep_dims=True).to(dtype)
-        b_raw = tl.sum(
-            tl.load(xp_row + R + n[None, :], mask=pm & nmask[None, :], other=0.0), axis=0, keep_dims=True
-        ).to(dtype)
-        c_raw = tl.sum(
-            tl.load(xp_row + R + N + n[None, :], mask=pm & nmask[None, :], other=0.0), axis=0, keep_dims=True
-        ).to(dtype)
-    else:
-        dt_raw = tl.load(xp_row + rk, mask=rkmask, other=0.0)
-        b_raw = tl.load(xp_row + R + n[None, :], mask=nmask[None, :], other=0.0)
-        c_raw = tl.load(xp_row + R + N + n[None, :], mask=nmask[None, :], other=0.0)
+    dt_raw = tl.load(xp_row + rk, mask=rkmask, other=0.0)
+    b_raw = tl.load(xp_row + R + n[None, :], mask=nmask[None, :], other=0.0)
+    c_raw = tl.load(xp_row + R + N + n[None, :], mask=nmask[None, :], other=0.0)
     cbase = cs_ptr + slot * s_css + d * s_csd
     # the conv window (width <= 4: at most three cached inputs), read before anything is written
     w0 = tl.zeros([d.shape[0]], cs_ptr.dtype.element_ty)
@@ -803,8 +785,6 @@ def _mamba_decode_ssm(
     s_css,
     s_csd,
     s_csw,
-    n_parts,
-    s_xpp,
     BLOCK_D: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -815,7 +795,6 @@ def _mamba_decode_ssm(
     CONV_SILU: tl.constexpr,
     EVEN: tl.constexpr,
     FAST_LOG: tl.constexpr,
-    XP_PARTS: tl.constexpr = 0,
     PDL: tl.constexpr = False,
 ):
     """Program (channel block, row block): the step of ROWS consecutive rows x BLOCK_D channels.
@@ -827,7 +806,7 @@ def _mamba_decode_ssm(
     memory latency overlaps the previous row's arithmetic. Tiles are [BLOCK_D, N] (state, A), [BLOCK_D, R/2]
     (the dt_proj halves) and [BLOCK_D] (channels); the rank and d_state vectors of a row are [1, R] / [1, N]
     tiles broadcast over the channels. A row with a negative slot reads zeros, writes no state and outputs zeros; rows past ``nrows``
-    write nothing. XP_PARTS > 0: x_proj's rows come as ``n_parts`` fp32 partial sums (`_ssm_row_loads`)."""
+    write nothing."""
     d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     row0 = tl.program_id(1) * ROWS
     n = tl.arange(0, BLOCK_N)
@@ -882,15 +861,14 @@ def _mamba_decode_ssm(
     pdl_begin(PDL)
     nxt = _ssm_row_loads(
         row0, nrows, xp_ptr, x_ptr, z_ptr, state_ptr, idx_ptr, cs_ptr, d, n, rk, dmask, nmask, rkmask, R, N,
-        s_xp, s_x, s_z, s_ss, sd, sn, s_css, csd, csw, n_parts, s_xpp, CONV, CONV_W, XP_PARTS,
+        s_xp, s_x, s_z, s_ss, sd, sn, s_css, csd, csw, CONV, CONV_W,
     )  # fmt: skip
     for i in tl.static_range(ROWS):
         m1, sp, h, x, zz, row64, dt_raw, b_raw, c_raw, cbase, w0, w1, w2 = nxt
         if i + 1 < ROWS:  # the next row's loads go out before this row's stores
             nxt = _ssm_row_loads(
                 row0 + i + 1, nrows, xp_ptr, x_ptr, z_ptr, state_ptr, idx_ptr, cs_ptr, d, n, rk, dmask,
-                nmask, rkmask, R, N, s_xp, s_x, s_z, s_ss, sd, sn, s_css, csd, csw, n_parts, s_xpp, CONV,
-                CONV_W, XP_PARTS,
+                nmask, rkmask, R, N, s_xp, s_x, s_z, s_ss, sd, sn, s_css, csd, csw, CONV, CONV_W,
             )  # fmt: skip
         dtn = _rms_rows(dt_raw, dtw, inv_r, eps, dtype)
         dtn_e, dtn_o = tl.split(tl.reshape(dtn, [1, BLOCK_R // 2, 2]))
@@ -972,9 +950,6 @@ def mamba_decode_ssm(
     batch, dim = x.shape
     rank = dt_proj_weight.shape[1]
     nst = A.shape[-1]
-    # x_proj's output, or its fp32 partial sums over channel blocks ([parts, B, R + 2N])
-    parts = xproj.shape[0] if xproj.dim() == 3 else 0
-    s_xp = xproj.stride(-2)
     a2 = A.float() * LOG2E if a2 is None else a2
     out = torch.empty_like(x) if out is None else out
     bd, warps, rows = (tuple(launch) + (1,))[:3] if launch else ssm_step_launch(batch)
@@ -1003,14 +978,12 @@ def mamba_decode_ssm(
         rank,
         nst,
         eps,
-        s_xp,
+        xproj.stride(0),
         x.stride(0),
         z.stride(0),
         *ssm_state.stride(),
         out.stride(0),
         *(conv_state.stride() if conv else (0, 0, 0)),
-        parts,
-        xproj.stride(0) if parts else 0,
         BLOCK_D=bd,
         BLOCK_R=block_r,
         BLOCK_N=block_n,
@@ -1026,7 +999,6 @@ def mamba_decode_ssm(
         and ssm_state.stride()[1:] == (nst, 1)
         and (not conv or conv_state.stride()[1:] == (conv_weight.shape[-1] - 1, 1)),
         FAST_LOG=x.device.type == "cuda",
-        XP_PARTS=triton.next_power_of_2(parts) if parts else 0,
         PDL=pdl,
         num_warps=warps,
         **launch_kwargs(pdl),

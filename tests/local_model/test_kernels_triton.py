@@ -19,7 +19,6 @@ triton = pytest.importorskip("triton")
 
 from local_model.kernels import reference as ref  # noqa: E402
 from local_model.kernels import triton_ops as tk  # noqa: E402
-from local_model.kernels.triton_conv import CONV_XPROJ_BLOCK_D  # noqa: E402
 
 DEV = "cuda" if CUDA else "cpu"
 gpu = pytest.mark.skipif(not CUDA, reason="needs CUDA")
@@ -564,16 +563,12 @@ def test_moe_block_sorts_pairs_for_a_measured_launch(monkeypatch):
     assert _locks_at_zero()
 
 
-@pytest.mark.parametrize("partial", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_mamba_conv_xproj_then_ssm_step_with_conv_match_reference(dtype, batch, partial):
-    """conv + x_proj, then the SSM step on its output (with ``partial``: on its fp32 partial sums, which the
-    SSM step adds up) against the reference pair."""
+def test_mamba_conv_xproj_then_ssm_step_with_conv_match_reference(dtype, batch):
     skip_interpreted_bf16(dtype)
     gen = torch.Generator().manual_seed(16)
-    # with partials, three channel blocks (the SSM step adds a non-power-of-two count)
-    dim, rank, n, width = (2 * CONV_XPROJ_BLOCK_D + 44 if partial else 40), 7, 16, 4
+    dim, rank, n, width = 40, 7, 16, 4
 
     def r(*s: int) -> torch.Tensor:
         return torch.randn(*s, generator=gen).to(DEV)
@@ -588,11 +583,9 @@ def test_mamba_conv_xproj_then_ssm_step_with_conv_match_reference(dtype, batch, 
     conv_ref, ssm_ref = conv_pool.clone(), ssm_pool.clone()
     slots = torch.tensor([4, 0, 2], device=DEV)[:batch]
     xw = (r(rank + 2 * n, dim) * 0.2).to(dtype)
-    xp = tk.mamba_conv_xproj(
-        x=x, conv_state=conv_pool, state_indices=slots, xproj_weight=xw, partial=partial, **conv
-    )
+    xp = tk.mamba_conv_xproj(x=x, conv_state=conv_pool, state_indices=slots, xproj_weight=xw, **conv)
     e_xp = ref.mamba_conv_xproj_ref(x=x, conv_state=conv_ref, state_indices=slots, xproj_weight=xw, **conv)
-    assert rel(xp.sum(0).to(dtype) if partial else xp, e_xp) <= tol(dtype)
+    assert rel(xp, e_xp) <= tol(dtype)
     assert torch.equal(conv_pool, conv_ref)  # read, not shifted
     weights = {
         **ssm_step_weights(gen, dim, rank, n, dtype),
@@ -600,9 +593,10 @@ def test_mamba_conv_xproj_then_ssm_step_with_conv_match_reference(dtype, batch, 
         "state_indices": slots,
         "z": z,
         "x": x,
+        "xproj": e_xp,
     }
-    got = tk.mamba_decode_ssm(ssm_state=ssm_pool, conv_state=conv_pool, xproj=xp, **conv, **weights)
-    expect = ref.mamba_decode_ssm_ref(ssm_state=ssm_ref, conv_state=conv_ref, xproj=e_xp, **conv, **weights)
+    got = tk.mamba_decode_ssm(ssm_state=ssm_pool, conv_state=conv_pool, **conv, **weights)
+    expect = ref.mamba_decode_ssm_ref(ssm_state=ssm_ref, conv_state=conv_ref, **conv, **weights)
     assert rel(got, expect) <= tol(dtype)
     assert rel(ssm_pool, ssm_ref) <= tol(dtype)
     assert torch.equal(conv_pool, conv_ref)
@@ -627,26 +621,22 @@ def _conv_inputs(
     }
 
 
-@pytest.mark.parametrize("partial", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(("rows", "dim"), [(5, 40), (17, 40), (33, 40), (9, 300)])
-def test_conv_xproj_matches_reference_reads_window_only_and_repeats_bitwise(dtype, rows, dim, partial):
-    """conv + x_proj at several rows against the reference (``partial``: its fp32 partial sums over channel
-    blocks, one a block, added up); the window is left as it was and a second call gives the same bits."""
+@pytest.mark.parametrize(("rows", "dim"), [(5, 40), (17, 40), (33, 40), (9, 160)])
+def test_conv_xproj_matches_reference_reads_window_only_and_repeats_bitwise(dtype, rows, dim):
+    """conv + x_proj at several rows against the reference; the window is left as it was and a second
+    call gives the same bits."""
     skip_interpreted_bf16(dtype)
     gen = torch.Generator().manual_seed(40 + rows)
     rank, n, width = 7, 16, 4
     conv = _conv_inputs(gen, rows, dim, width, rows + 3, dtype)
     xw = (torch.randn(rank + 2 * n, dim, generator=gen) * 0.2).to(DEV).to(dtype)
     window = conv["conv_state"].clone()
-    got = tk.mamba_conv_xproj(xproj_weight=xw, partial=partial, **conv)
+    got = tk.mamba_conv_xproj(xproj_weight=xw, **conv)
     expect = ref.mamba_conv_xproj_ref(xproj_weight=xw, **conv)
-    if partial:
-        assert got.dtype == torch.float32 and got.shape[1:] == expect.shape
-        assert got.shape[0] == -(-dim // CONV_XPROJ_BLOCK_D)
-    assert rel(got.sum(0).to(dtype) if partial else got, expect) <= tol(dtype)
+    assert rel(got, expect) <= tol(dtype)
     assert torch.equal(conv["conv_state"], window)
-    assert torch.equal(tk.mamba_conv_xproj(xproj_weight=xw, partial=partial, **conv), got)
+    assert torch.equal(tk.mamba_conv_xproj(xproj_weight=xw, **conv), got)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
