@@ -233,9 +233,9 @@ _OVERRIDE_FIELDS = {
 def mode_overrides(spec: str) -> dict[str, int]:
     """The ``key=value+...`` tail of a --splitk-ab mode: ``smem`` (KB), ``wide``, ``moestages``, ``cublas``
     (a weight's row count N: that projection back on cuBLAS), ``gch`` (at most this many vocabulary
-    chunks a row in the greedy argmax), ``ssm16`` (1: the Mamba state in bf16, not fp32) and
-    SplitKConfig fields by their short names
-    (`_OVERRIDE_FIELDS`), for every launch or, as ``NxK.field``, for one weight shape's."""
+    chunks a row in the greedy argmax), ``ssm16`` (1: the Mamba state in bf16, not fp32) and SplitKConfig
+    fields by their short names (`_OVERRIDE_FIELDS`), for every launch or, as ``NxK.field``, for one weight
+    shape's."""
     out = {}
     for item in filter(None, spec.split("+")):
         key, _, value = item.partition("=")
