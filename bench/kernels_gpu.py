@@ -762,6 +762,59 @@ def _moe_shapes_entry(r: dict) -> tuple[float, dict[str, dict]] | None:
     return best, {n: r["best_config"][n] for n in ("gate_up", "down")}
 
 
+def moe_tiled(tokens_list: tuple[int, ...] = (64, 16)) -> list[dict]:
+    """The 426M MoE layer's grouped GEMMs on row-major expert weights against `TiledExperts` copies of the
+    same weights (each [block_n, block_k] tile contiguous), on the shipped launch (`moe_config`), cold
+    weights (rotating copies), graph-replayed: µs and TB/s of gate/up alone, down alone and the whole
+    `moe_experts`, and whether the tiled call gives the row-major call's bits."""
+    e, h, i, k = 8, 1024, 2816, 2
+    copies = moe_weight_copies(e, h, i)
+    out = []
+    for tokens in tokens_list:
+        row = _moe_tiled_row(MoeCase.make(e, h, i, k, tokens, copies))
+        print(json.dumps(row), flush=True)
+        out.append(row)
+    return out
+
+
+def _moe_tiled_row(case: MoeCase) -> dict:
+    from local_model.kernels import triton_moe as tm
+
+    cfg = case.heur
+    tiled = [
+        (
+            tm.TiledExperts.of(gu, cfg.gate_up.block_n, cfg.gate_up.block_k),
+            tm.TiledExperts.of(dn, cfg.down.block_n, cfg.down.block_k),
+        )
+        for gu, dn in case.copies
+    ]
+    bm = max(cfg.gate_up.block_m, cfg.down.block_m)
+    sid, bexp = tm.moe_align(case.idx, case.e, bm)
+    rw = case.w.reshape(-1).contiguous()
+    gu_bytes, dn_bytes = case.copies[0][0].nbytes, case.copies[0][1].nbytes
+
+    def gate_up(w: tuple) -> torch.Tensor:
+        return tm.moe_gate_up(case.x, w[0], sid, bexp, case.k, cfg.gate_up, bm, True)
+
+    def down(w: tuple) -> torch.Tensor:
+        return tm.moe_down(case.act, w[1], sid, bexp, rw, case.tokens, cfg.down, bm, True, True)
+
+    def whole(w: tuple) -> torch.Tensor:
+        return tm.moe_experts(**case.kw(w), config=cfg)
+
+    row: dict = {"tokens": case.tokens, "gate_up_launch": str(cfg.gate_up), "down_launch": str(cfg.down)}
+    for name, ws in (("row_major", case.copies), ("tiled", tiled)):
+        for part, fn, nbytes in (("gate_up", gate_up, gu_bytes), ("down", down, dn_bytes), ("whole", whole, gu_bytes + dn_bytes)):
+            us = rotating_us(fn, ws, rep=40)
+            row[f"{name}_{part}_us"], row[f"{name}_{part}_TBps"] = us, _tbps(nbytes, us)
+    row["tiled_same_bits"] = torch.equal(whole(case.copies[0]), whole(tiled[0]))
+    return row
+
+
+def _tbps(nbytes: int, us: float | str) -> float | None:
+    return round(nbytes / (us * 1e-6) / 1e12, 2) if isinstance(us, float) else None
+
+
 def print_moe_table(rows: list[dict]) -> None:
     from local_model.kernels.triton_moe import token_bucket
 
@@ -1146,6 +1199,11 @@ def main() -> int:
     )
     ap.add_argument("--moe-tokens", default="64,16", help="--moe-sweep: comma-separated token counts")
     ap.add_argument(
+        "--moe-tiled",
+        action="store_true",
+        help="only: the MoE GEMMs on row-major against tiled expert weights, same launch",
+    )
+    ap.add_argument(
         "--mamba-step",
         action="store_true",
         help="only: Mamba decode sublayer (conv + x_proj, SSM), old vs new",
@@ -1161,6 +1219,14 @@ def main() -> int:
                 Path(args.json).write_text(json.dumps(res_m, indent=1))
 
         mamba_step(tuple(int(r) for r in args.mamba_rows.split(",")), save_m)
+        return 0
+    if args.moe_tiled:
+        res_t = {
+            "device": torch.cuda.get_device_name(),
+            "moe_tiled": moe_tiled(tuple(int(t) for t in args.moe_tokens.split(","))),
+        }
+        if args.json:
+            Path(args.json).write_text(json.dumps(res_t, indent=1))
         return 0
     if args.moe_sweep:
         res_moe: dict = {

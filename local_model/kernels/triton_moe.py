@@ -25,7 +25,7 @@ Mamba sublayer".)
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +79,44 @@ MOE_SHAPES: dict[tuple[int, int, int, int, int], MoeConfig] = {
         down=MoeGemmConfig(block_m=16, block_n=32, block_k=256, num_warps=4, num_stages=3),
     ),
 }
+
+
+@dataclass(frozen=True)
+class TiledExperts:
+    """Expert weights [E, N, K] stored a [tile_n, tile_k] tile at a time: per expert, tiles in (column block,
+    K block) order, each row-major and contiguous, zero-padded to whole tiles. A grouped GEMM launched with
+    the tile as its block reads each K step's weight as one contiguous run; from row-major weights the same
+    step reads tile_n runs of tile_k elements, one per row. Same values, another order in memory, the same
+    bits out. (The model keeps its experts row-major; `bench/kernels_gpu.py --moe-tiled` times both.)"""
+
+    data: torch.Tensor  # [E, column blocks * K blocks * tile_n * tile_k]
+    shape: tuple[int, int, int]  # (E, N, K) of the weight held
+    tile_n: int
+    tile_k: int
+
+    @classmethod
+    def of(cls, weight: torch.Tensor, tile_n: int, tile_k: int) -> TiledExperts:
+        e, n, k = weight.shape
+        nb, kb = triton.cdiv(n, tile_n), triton.cdiv(k, tile_k)
+        padded = weight.new_zeros(e, nb * tile_n, kb * tile_k)
+        padded[:, :n, :k] = weight
+        data = padded.view(e, nb, tile_n, kb, tile_k).permute(0, 1, 3, 2, 4).reshape(e, -1).contiguous()
+        return cls(data, (e, n, k), tile_n, tile_k)
+
+    def column_block_stride(self) -> int:
+        """Elements from one column block's tiles to the next's."""
+        return triton.cdiv(self.shape[2], self.tile_k) * self.tile_n * self.tile_k
+
+
+def _weight_operand(
+    weight: torch.Tensor | TiledExperts, cfg: MoeGemmConfig
+) -> tuple[torch.Tensor, tuple[int, int, int], MoeGemmConfig]:
+    """(tensor, (expert, column, K) strides, launch) of a grouped GEMM's weight: a tiled weight's launch
+    takes its tile as the block (the kernel's TILED addressing; the column stride is a column block's)."""
+    if isinstance(weight, TiledExperts):
+        cfg = replace(cfg, block_n=weight.tile_n, block_k=weight.tile_k)
+        return weight.data, (weight.data.stride(0), weight.column_block_stride(), 1), cfg
+    return weight, tuple(weight.stride()), cfg
 
 
 def token_bucket(tokens: int) -> int:
@@ -319,6 +357,7 @@ def _moe_gemm(
     BLOCK_K: tl.constexpr,
     BLOCK_T: tl.constexpr,
     PDL: tl.constexpr = False,
+    TILED: tl.constexpr = False,
 ):
     """Program (pair block, column block, split): acc[pair, n] = a[pair // a_div] . w[e, n] over the
     split's K range, for the BLOCK_M sorted pairs at pid_m * BLOCK_M (sub-block pid_m % SUB of alignment
@@ -328,7 +367,9 @@ def _moe_gemm(
     SWIGLU: out[pair] = silu(gate rows n) * (up rows n_half + n). ROUTED: out[pair] = `_routed` row;
     with SPLIT, out + split * s_ps receives the fp32 dot instead. SUM: the column block's last program
     writes sum[token] = `_token_sums`. The model dtype is sum_ptr's. PDL: nothing is read before
-    `pdl_begin` (the block's expert comes from the routing the previous kernel writes)."""
+    `pdl_begin` (the block's expert comes from the routing the previous kernel writes). TILED: the weight
+    is a `TiledExperts` of [BLOCK_N, BLOCK_K] tiles (s_wn: one column block's stride; up rows from tile row
+    n_half / BLOCK_N), each K step one contiguous tile, no mask (tiles are zero-padded)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -345,24 +386,33 @@ def _moe_gemm(
         pair = tl.load(sorted_ptr + rows)
         valid = pair < num_pairs
         a_rows = a_ptr + (pair // a_div).to(tl.int64)[:, None] * s_am
-        w_cols = w_ptr + e * s_we + n[None, :].to(tl.int64) * s_wn
+        if TILED:
+            tile: tl.constexpr = BLOCK_N * BLOCK_K
+            inner = tl.arange(0, BLOCK_N)[None, :] * BLOCK_K + tl.arange(0, BLOCK_K)[:, None]
+            w_cols = w_ptr + e * s_we + pid_n.to(tl.int64) * s_wn + inner
+            wu_cols = w_cols + (n_half // BLOCK_N) * s_wn
+        else:
+            w_cols = w_ptr + e * s_we + n[None, :].to(tl.int64) * s_wn
+            wu_cols = w_cols + n_half * s_wn
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in range(k_start, k_end, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             kmask = k < K
             a = tl.load(a_rows + k[None, :], mask=valid[:, None] & kmask[None, :], other=0.0)
-            w = tl.load(w_cols + k[:, None] * s_wk, mask=kmask[:, None] & nmask[None, :], other=0.0)
+            if TILED:
+                w = tl.load(w_cols + (k0 // BLOCK_K) * tile)
+            else:
+                w = tl.load(w_cols + k[:, None] * s_wk, mask=kmask[:, None] & nmask[None, :], other=0.0)
             if IEEE:
                 acc += tl.dot(a, w, input_precision="ieee")
             else:
                 acc += tl.dot(a, w)
             if SWIGLU:
-                wu = tl.load(
-                    w_cols + n_half * s_wn + k[:, None] * s_wk,
-                    mask=kmask[:, None] & nmask[None, :],
-                    other=0.0,
-                )
+                if TILED:
+                    wu = tl.load(wu_cols + (k0 // BLOCK_K) * tile)
+                else:
+                    wu = tl.load(wu_cols + k[:, None] * s_wk, mask=kmask[:, None] & nmask[None, :], other=0.0)
                 if IEEE:
                     acc_up += tl.dot(a, wu, input_precision="ieee")
                 else:
@@ -400,7 +450,7 @@ def fused_sum_applies(tokens: int, top_k: int) -> bool:
 
 def moe_gate_up(
     x: torch.Tensor,
-    gate_up_proj: torch.Tensor,
+    gate_up_proj: torch.Tensor | TiledExperts,
     sorted_ids: torch.Tensor,
     block_expert: torch.Tensor,
     top_k: int,
@@ -409,27 +459,32 @@ def moe_gate_up(
     pdl: bool,
 ) -> torch.Tensor:
     """The gate/up grouped GEMM with SwiGLU: [pairs, I] rows for the pairs `moe_align` sorted into blocks of
-    ``align_m`` (x [tokens, H] contiguous; gate_up_proj [E, 2I, H])."""
+    ``align_m`` (x [tokens, H] contiguous; gate_up_proj [E, 2I, H], row-major or tiled: a tiled weight's
+    tile is the launch's block, and I must be whole tiles so the up rows start on a tile)."""
     tokens, hid = x.shape
     num_experts, two_i, _ = gate_up_proj.shape
     inter = two_i // 2
+    tiled = isinstance(gate_up_proj, TiledExperts)
+    w, w_strides, cfg = _weight_operand(gate_up_proj, cfg)
+    assert not tiled or inter % cfg.block_n == 0, "tiled gate/up: the up rows must start on a tile"
     pairs = tokens * top_k
     act_out = torch.empty(pairs, inter, device=x.device, dtype=x.dtype)
     stages, bk = fit_pipeline(cfg.num_stages, cfg.block_k, cfg.block_m, cfg.block_n, True, x.element_size())
+    assert not tiled or bk == cfg.block_k, "a tiled weight's K tile must fit the pipeline"
     _moe_gemm[(sorted_ids.numel() // cfg.block_m, triton.cdiv(inter, cfg.block_n), 1)](
-        x, gate_up_proj, act_out, act_out, act_out, sorted_ids, block_expert, x,
+        x, w, act_out, act_out, act_out, sorted_ids, block_expert, x,
         inter, hid, pairs, num_experts, tokens, hid, 1,
-        x.stride(0), *gate_up_proj.stride(), act_out.stride(0), 0, 0, top_k, inter,
+        x.stride(0), *w_strides, act_out.stride(0), 0, 0, top_k, inter,
         SWIGLU=True, ROUTED=False, SPLIT=False, SUM=False, IEEE=x.dtype == torch.float32, TOP_K=top_k,
         SUB=align_m // cfg.block_m, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, BLOCK_T=16, PDL=pdl,
-        num_warps=cfg.num_warps, num_stages=stages, **launch_kwargs(pdl),
+        TILED=tiled, num_warps=cfg.num_warps, num_stages=stages, **launch_kwargs(pdl),
     )  # fmt: skip
     return act_out
 
 
 def moe_down(
     act_out: torch.Tensor,
-    down_proj: torch.Tensor,
+    down_proj: torch.Tensor | TiledExperts,
     sorted_ids: torch.Tensor,
     block_expert: torch.Tensor,
     routing_weights: torch.Tensor,
@@ -440,13 +495,17 @@ def moe_down(
     pdl: bool,
 ) -> torch.Tensor:
     """The down grouped GEMM times the routing weights (flat [pairs]): with ``fused`` each token's k rows
-    summed in the kernel ([tokens, H]; cfg.split_k honoured), else the [pairs, H] rows (one split)."""
+    summed in the kernel ([tokens, H]; cfg.split_k honoured), else the [pairs, H] rows (one split).
+    down_proj [E, H, I], row-major or tiled (its tile is the launch's block)."""
     pairs, inter = act_out.shape
     top_k = pairs // tokens
     num_experts, hid, _ = down_proj.shape
+    tiled = isinstance(down_proj, TiledExperts)
+    w, w_strides, cfg = _weight_operand(down_proj, cfg)
     stages, bk = fit_pipeline(
         cfg.num_stages, cfg.block_k, cfg.block_m, cfg.block_n, False, act_out.element_size()
     )
+    assert not tiled or bk == cfg.block_k, "a tiled weight's K tile must fit the pipeline"
     n_cols = triton.cdiv(hid, cfg.block_n)
     assert not fused or n_cols <= LOCK_COUNT, "the fused sum takes one fixup counter per column block"
     split = cfg.split_k if fused else 1
@@ -460,14 +519,14 @@ def moe_down(
         partial = torch.empty(pairs, hid, device=dev, dtype=dtype)
     sums = out if fused else partial
     _moe_gemm[(sorted_ids.numel() // cfg.block_m, n_cols, split)](
-        act_out, down_proj, partial, sums, fixup_locks(dev) if fused else partial, sorted_ids, block_expert,
+        act_out, w, partial, sums, fixup_locks(dev) if fused else partial, sorted_ids, block_expert,
         routing_weights, hid, inter, pairs, num_experts, tokens, k_per_split, split,
-        act_out.stride(0), *down_proj.stride(), partial.stride(-2), partial.stride(0) if split > 1 else 0,
+        act_out.stride(0), *w_strides, partial.stride(-2), partial.stride(0) if split > 1 else 0,
         sums.stride(0), 1, 0,
         SWIGLU=False, ROUTED=True, SPLIT=split > 1, SUM=fused, IEEE=dtype == torch.float32, TOP_K=top_k,
         SUB=align_m // cfg.block_m, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk,
         BLOCK_T=min(triton.next_power_of_2(tokens), max(16, 4096 // cfg.block_n)), PDL=pdl,
-        num_warps=cfg.num_warps, num_stages=stages, **launch_kwargs(pdl),
+        TILED=tiled, num_warps=cfg.num_warps, num_stages=stages, **launch_kwargs(pdl),
     )  # fmt: skip
     return out if fused else partial
 
@@ -477,8 +536,8 @@ def moe_experts(
     x: torch.Tensor,
     top_k_index: torch.Tensor,
     top_k_weights: torch.Tensor,
-    gate_up_proj: torch.Tensor,
-    down_proj: torch.Tensor,
+    gate_up_proj: torch.Tensor | TiledExperts,
+    down_proj: torch.Tensor | TiledExperts,
     act: Callable[[torch.Tensor], torch.Tensor],
     config: MoeConfig | None = None,
     fused_sum: bool | None = None,
@@ -490,8 +549,10 @@ def moe_experts(
     summed by the down GEMM (`fused_sum_applies`; ``fused_sum=False`` sums them with ``.sum(1)`` after,
     the same bits). Launches: ``config``, else `moe_config`'s; ``pdl`` as `pdl_enabled` unless False;
     ``aligned``: `moe_align`'s output for these pairs and the launches' larger block_m, if already made.
-    No host sync (shapes do not depend on the routing)."""
+    Either weight may be a `TiledExperts` (its tile then sets that GEMM's block_n / block_k). No host sync
+    (shapes do not depend on the routing)."""
     if act is not F.silu:
+        assert not isinstance(gate_up_proj, TiledExperts) and not isinstance(down_proj, TiledExperts)
         from .reference import moe_experts_ref
 
         return moe_experts_ref(x, top_k_index, top_k_weights, gate_up_proj, down_proj, act)
@@ -523,6 +584,7 @@ __all__ = [
     "MOE_SHAPES",
     "MoeConfig",
     "MoeGemmConfig",
+    "TiledExperts",
     "align_buffers",
     "align_in_one_program",
     "align_len",

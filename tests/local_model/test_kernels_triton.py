@@ -316,6 +316,41 @@ def test_moe_experts_down_projection_split_over_k_matches_reference_and_repeats(
     assert rel(got, _moe_expect(case)) <= tol(dtype)
 
 
+def test_tiled_experts_hold_each_tile_contiguous_and_zero_padded():
+    from local_model.kernels.triton_moe import TiledExperts
+
+    w = torch.arange(2 * 5 * 7, dtype=torch.float32).view(2, 5, 7)
+    t = TiledExperts.of(w, 2, 4)
+    assert t.shape == (2, 5, 7) and t.data.shape == (2, 3 * 2 * 2 * 4)
+    tiles = t.data.view(2, 3, 2, 2, 4)  # expert, column block, K block, tile row, tile column
+    assert torch.equal(tiles[1, 1, 0], w[1, 2:4, 0:4])
+    assert torch.equal(tiles[0, 2, 1, 0, :3], w[0, 4, 4:7])
+    assert tiles[0, 2, 1, 1].abs().sum() == 0 and tiles[0, 2, 1, 0, 3] == 0  # padding
+    assert t.column_block_stride() == 2 * 2 * 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("split_k", [1, 2])
+def test_moe_experts_on_tiled_weights_give_the_row_major_bits(dtype, split_k):
+    """The same launch over tiled copies of both weights (ragged K and columns padded inside the tiles)
+    gives the row-major weights' bits, with the fused token sum and with the down GEMM split over K."""
+    skip_interpreted_bf16(dtype)
+    from local_model.kernels import triton_moe as tm
+
+    case = _moe_case(70 + split_k, 9, 2, dtype, i=64)
+    cfg = tm.MoeConfig(tm.MoeGemmConfig(16, 16, 32), tm.MoeGemmConfig(16, 16, 32, split_k=split_k))
+    expect = tk.moe_experts(**case, config=cfg)
+    tiled = {
+        **case,
+        "gate_up_proj": tm.TiledExperts.of(case["gate_up_proj"], 16, 32),
+        "down_proj": tm.TiledExperts.of(case["down_proj"], 16, 32),
+    }
+    got = tk.moe_experts(**tiled, config=cfg)
+    assert torch.equal(got, expect)
+    assert _locks_at_zero()
+    assert rel(got, _moe_expect(case)) <= tol(dtype)
+
+
 def test_moe_experts_sums_outside_the_gemm_past_four_experts_a_token():
     """Past k = 4 PyTorch's sum no longer adds in k order: the rows are summed by `.sum(1)` after."""
     from local_model.kernels import triton_moe as tm
