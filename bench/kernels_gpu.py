@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import triton
+import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -762,6 +763,63 @@ def _moe_shapes_entry(r: dict) -> tuple[float, dict[str, dict]] | None:
     return best, {n: r["best_config"][n] for n in ("gate_up", "down")}
 
 
+@triton.jit
+def _tile_read(w_ptr, out_ptr, k_blocks, s_n, TILED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Program n: the sum of a [BLOCK_N, K] weight slab read a [BLOCK_N, BLOCK_K] tile a step, as the
+    grouped GEMMs read it (TILED: tiles stored contiguously, else rows of a row-major matrix)."""
+    pid = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)[None, :]
+    ks = tl.arange(0, BLOCK_K)[:, None]
+    if TILED:
+        base = w_ptr + pid * k_blocks * BLOCK_N * BLOCK_K + cols * BLOCK_K + ks
+    else:
+        base = w_ptr + (pid * BLOCK_N + cols) * s_n + ks
+    acc = tl.zeros([BLOCK_K, BLOCK_N], tl.float32)
+    for kb in range(k_blocks):
+        if TILED:
+            acc += tl.load(base + kb * BLOCK_N * BLOCK_K).to(tl.float32)
+        else:
+            acc += tl.load(base + kb * BLOCK_K).to(tl.float32)
+    tl.store(out_ptr + pid, tl.sum(acc))
+
+
+def read_pattern() -> list[dict]:
+    """Read bandwidth of the MoE gate/up weights' bytes ([8 x 5632, 1024] bf16, 92 MB, cold: two copies
+    alternate) streamed a [block_n, block_k] tile a step by one program per column block, from row-major
+    rows (block_n runs of block_k elements a step) and from contiguous tiles, beside torch's sum."""
+    n, k = 8 * 5632, 1024
+    copies = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+    nbytes = copies[0].nbytes
+    torch_us = rotating_us(lambda w: w.sum(dtype=torch.float32), copies)
+    out = [
+        {"weight_mb": round(nbytes / 1e6, 1), "torch_sum_us": torch_us, "torch_sum_TBps": _tbps(nbytes, torch_us)}
+    ]
+    for bn, bk in ((32, 128), (32, 256), (64, 128)):
+        tiled = [c.view(n // bn, bn, k // bk, bk).transpose(1, 2).contiguous() for c in copies]
+        sums = torch.empty(n // bn, device="cuda", dtype=torch.float32)
+        for stages in (2, 3, 4):
+            row: dict = {"block_n": bn, "block_k": bk, "stages": stages}
+            for name, ws, is_tiled in (("row_major", copies, False), ("tiled", tiled, True)):
+
+                def call(
+                    w: torch.Tensor,
+                    is_tiled: bool = is_tiled,
+                    stages: int = stages,
+                    bn: int = bn,
+                    bk: int = bk,
+                    sums: torch.Tensor = sums,
+                ) -> None:
+                    _tile_read[(n // bn,)](
+                        w, sums, k // bk, k, TILED=is_tiled, BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=stages
+                    )
+
+                us = rotating_us(call, ws)
+                row[f"{name}_us"], row[f"{name}_TBps"] = us, _tbps(nbytes, us)
+            print(json.dumps(row), flush=True)
+            out.append(row)
+    return out
+
+
 def moe_tiled(tokens_list: tuple[int, ...] = (64, 16)) -> list[dict]:
     """The 426M MoE layer's grouped GEMMs on row-major expert weights against `TiledExperts` copies of the
     same weights (each [block_n, block_k] tile contiguous), on the shipped launch (`moe_config`), cold
@@ -1199,6 +1257,11 @@ def main() -> int:
     )
     ap.add_argument("--moe-tokens", default="64,16", help="--moe-sweep: comma-separated token counts")
     ap.add_argument(
+        "--read-pattern",
+        action="store_true",
+        help="only: read bandwidth of row-major against tiled weight tiles (the MoE GEMMs' access pattern)",
+    )
+    ap.add_argument(
         "--moe-tiled",
         action="store_true",
         help="only: the MoE GEMMs on row-major against tiled expert weights, same launch",
@@ -1219,6 +1282,11 @@ def main() -> int:
                 Path(args.json).write_text(json.dumps(res_m, indent=1))
 
         mamba_step(tuple(int(r) for r in args.mamba_rows.split(",")), save_m)
+        return 0
+    if args.read_pattern:
+        res_r = {"device": torch.cuda.get_device_name(), "read_pattern": read_pattern()}
+        if args.json:
+            Path(args.json).write_text(json.dumps(res_r, indent=1))
         return 0
     if args.moe_tiled:
         res_t = {
