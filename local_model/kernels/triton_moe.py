@@ -393,7 +393,6 @@ def _moe_gemm(
             wu_cols = w_cols + (n_half // BLOCK_N) * s_wn
         else:
             w_cols = w_ptr + e * s_we + n[None, :].to(tl.int64) * s_wn
-            wu_cols = w_cols + n_half * s_wn
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in range(k_start, k_end, BLOCK_K):
@@ -412,7 +411,11 @@ def _moe_gemm(
                 if TILED:
                     wu = tl.load(wu_cols + (k0 // BLOCK_K) * tile)
                 else:
-                    wu = tl.load(wu_cols + k[:, None] * s_wk, mask=kmask[:, None] & nmask[None, :], other=0.0)
+                    wu = tl.load(
+                        w_cols + n_half * s_wn + k[:, None] * s_wk,
+                        mask=kmask[:, None] & nmask[None, :],
+                        other=0.0,
+                    )
                 if IEEE:
                     acc_up += tl.dot(a, wu, input_precision="ieee")
                 else:
