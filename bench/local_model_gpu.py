@@ -628,19 +628,10 @@ def graph_timeline(prof, steps: int, wall_us: float) -> dict:  # noqa: ANN001
     # added to the step's end, to attribute the span to layers
     per = len(kern) // steps
     one = kern[per * (steps // 2) : per * (steps // 2 + 1)]
-    ends = one[0]["ts"]
-    order = []
-    for e in one:
-        stop = e["ts"] + e["dur"]
-        order.append(
-            [
-                e["name"][:48],
-                round(e["ts"] - one[0]["ts"], 1),
-                round(e["dur"], 1),
-                round(max(0.0, stop - max(ends, e["ts"])), 1),
-            ]
-        )
-        ends = max(ends, stop)
+    order = [
+        [e["name"][:48], round(e["ts"] - one[0]["ts"], 1), round(e["dur"], 1), round(added, 1)]
+        for e, added in zip(one, added_times(one)[0], strict=True)
+    ]
     return {
         "wall_us_per_step": round(wall_us, 1),
         "kernels_per_step": round(len(kern) / steps, 1),
@@ -659,19 +650,26 @@ def graph_timeline(prof, steps: int, wall_us: float) -> dict:  # noqa: ANN001
     }
 
 
-def critical_time(kern: list[dict], steps: int) -> tuple[dict[str, float], float]:
-    """Per kernel name, the time (µs per step) by which its kernels pushed the timeline's end out beyond
-    every kernel that started before them; and the time no kernel ran. Kernels are trace events (``ts``,
-    ``dur``, ``name``) sorted by start."""
-    exclusive: dict[str, float] = {}
+def added_times(kern: list[dict]) -> tuple[list[float], float]:
+    """For each kernel, the time by which it pushed the timeline's end out beyond every kernel that started
+    before it; and the time no kernel ran. Kernels are trace events (``ts``, ``dur``) sorted by start."""
+    added = []
     idle = 0.0
     end = kern[0]["ts"]
     for e in kern:
         idle += max(0.0, e["ts"] - end)
         stop = e["ts"] + e["dur"]
-        name = e["name"][:80]
-        exclusive[name] = exclusive.get(name, 0.0) + max(0.0, stop - max(end, e["ts"])) / steps
+        added.append(max(0.0, stop - max(end, e["ts"])))
         end = max(end, stop)
+    return added, idle
+
+
+def critical_time(kern: list[dict], steps: int) -> tuple[dict[str, float], float]:
+    """Per kernel name, `added_times` summed (µs per step), and the time no kernel ran (µs per step)."""
+    added, idle = added_times(kern)
+    exclusive: dict[str, float] = {}
+    for e, t in zip(kern, added, strict=True):
+        exclusive[e["name"][:80]] = exclusive.get(e["name"][:80], 0.0) + t / steps
     return exclusive, idle / steps
 
 
