@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from .pdl import launch_kwargs, lines_for, pdl_args, pdl_begin, pdl_enabled, prefetch_rows
-from .triton_gemm import NUM_SMS, fixup_locks, linear_splitk, splitk_for
+from .triton_gemm import NUM_SMS, fixup_locks, last_to_arrive, linear_splitk, splitk_for
 from .triton_moe import align_buffers, align_in_one_program, align_pairs, moe_config, moe_experts
 
 # Rows served by the GEMV kernels (one program per row and output block: each row re-reads the weight, so
@@ -426,10 +426,8 @@ def _moe_route(
         )  # fmt: skip
     logit = tl.where(emask, logit.to(dtype).to(tl.float32), float("-inf"))
     softmax_topk(logit, e, w_out_ptr, i_out_ptr, row, K, BLOCK_E)
-    if ALIGN:
-        # every thread's index stores precede the counter's release (barrier, then an acq_rel atomic)
-        tl.debug_barrier()
-        if tl.atomic_add(lock_ptr, 1, sem="acq_rel", scope="gpu") == tl.num_programs(0) - 1:
+    if ALIGN:  # noqa: SIM102 - a compile-time switch, kept apart from the runtime test
+        if last_to_arrive(lock_ptr, tl.num_programs(0)):
             align_pairs(i_out_ptr, sorted_ptr, bexp_ptr, P, E, padded_len, BM, BLOCK_P, BLOCK_E, BLOCK_NB)
             tl.atomic_xchg(lock_ptr, 0)
 
@@ -675,9 +673,7 @@ def _greedy_advance(
     top = tl.max(best, axis=0)
     tl.store(part_v_ptr + row * CHUNKS + c, top)
     tl.store(part_i_ptr + row * CHUNKS + c, tl.min(tl.where(best == top, arg, V), axis=0))
-    # the partial's stores precede the counter's release (barrier, then an acq_rel atomic)
-    tl.debug_barrier()
-    if tl.atomic_add(lock_ptr + row, 1, sem="acq_rel", scope="gpu") == CHUNKS - 1:
+    if last_to_arrive(lock_ptr + row, CHUNKS):
         ch = tl.arange(0, CHUNKS)
         vals = tl.load(part_v_ptr + row * CHUNKS + ch)
         idxs = tl.load(part_i_ptr + row * CHUNKS + ch)
@@ -689,7 +685,7 @@ def _greedy_advance(
         tl.store(hist_ptr + step * s_h + row, tok)
         tl.atomic_xchg(lock_ptr + row, 0)
         rows_lock = lock_ptr + tl.num_programs(0)
-        if tl.atomic_add(rows_lock, 1, sem="acq_rel", scope="gpu") == tl.num_programs(0) - 1:
+        if last_to_arrive(rows_lock, tl.num_programs(0)):
             tl.store(counter_ptr, step + 1)
             tl.atomic_xchg(rows_lock, 0)
 

@@ -131,6 +131,16 @@ def _sum_partials(p_tile, s_ps, split_k, BLOCK_M: tl.constexpr, BLOCK_N: tl.cons
 
 
 @triton.jit
+def last_to_arrive(lock, count):
+    """Count this program in on the counter at ``lock``; true in the program that arrives last of ``count``.
+    Every thread's earlier stores precede the count (a barrier, then an acq_rel atomic), so the last
+    program sees all of them. That program resets the counter (``tl.atomic_xchg(lock, 0)``) when done, so
+    counters rest at zero between launches (`fixup_locks`)."""
+    tl.debug_barrier()
+    return tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu") == count - 1
+
+
+@triton.jit
 def _splitk_gemm(
     x_ptr,
     w_ptr,
@@ -215,11 +225,8 @@ def _splitk_gemm(
         if SWIGLU:
             tl.store(p_tile + pid_k * s_ps + s_up, acc_up)
         if FIXUP:
-            # every thread's partial stores precede the counter's release (barrier, then an acq_rel atomic)
-            tl.debug_barrier()
             lock = lock_ptr + pid_m * tl.num_programs(0) + pid_n
-            arrived = tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu")
-            if arrived == split_k - 1:
+            if last_to_arrive(lock, split_k):
                 # split order, whichever program arrived last
                 tot = _sum_partials(p_tile, s_ps, split_k, BLOCK_M, BLOCK_N, GROUP)
                 tot_up = tot
@@ -454,4 +461,12 @@ def linear_splitk(
     return out
 
 
-__all__ = ["SPLITK_SHAPES", "SplitKConfig", "fixup_locks", "linear_splitk", "splitk_config", "splitk_for"]
+__all__ = [
+    "SPLITK_SHAPES",
+    "SplitKConfig",
+    "fixup_locks",
+    "last_to_arrive",
+    "linear_splitk",
+    "splitk_config",
+    "splitk_for",
+]

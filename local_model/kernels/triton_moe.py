@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from .pdl import launch_kwargs, pdl_begin, pdl_choice
-from .triton_gemm import LOCK_COUNT, fit_pipeline, fixup_locks
+from .triton_gemm import LOCK_COUNT, fit_pipeline, fixup_locks, last_to_arrive
 
 # k up to which PyTorch's ``.sum(1)`` over [tokens, k, hid] adds the k rows in k order (its reduction keeps
 # 4 accumulators per thread), so the fused sum can give its bits
@@ -434,11 +434,8 @@ def _moe_gemm(
                 acc = _routed(acc, tl.load(rw_ptr + pair, mask=valid, other=0.0).to(tl.float32), dtype)
             tl.store(o_rows, acc.to(out_ptr.dtype.element_ty), mask=omask)
     if SUM:
-        # every thread's row stores precede the counter's release (barrier, then an acq_rel atomic)
-        tl.debug_barrier()
         lock = lock_ptr + pid_n
-        arrived = tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu")
-        if arrived == tl.num_programs(0) * tl.num_programs(2) - 1:
+        if last_to_arrive(lock, tl.num_programs(0) * tl.num_programs(2)):
             _token_sums(
                 out_ptr, sum_ptr, rw_ptr, n, nmask, tokens, split_k, s_om, s_ps, s_so, SPLIT, TOP_K, BLOCK_T,
                 BLOCK_N,
