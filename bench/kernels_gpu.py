@@ -271,6 +271,10 @@ def _gbps(nbytes: int, us: float | str) -> int | None:
     return round(nbytes / (us * 1e-6) / 1e9) if isinstance(us, float) else None
 
 
+def _tbps(nbytes: int, us: float | str) -> float | None:
+    return round(nbytes / (us * 1e-6) / 1e12, 2) if isinstance(us, float) else None
+
+
 def _cublas(swiglu: bool):  # noqa: ANN202
     import torch.nn.functional as F
 
@@ -732,9 +736,7 @@ def moe_sweep(tokens_list: tuple[int, ...] = (64, 16), save=None) -> list[dict]:
             row.update(_moe_bits(case, best_cfg))
             for key in ("today_us", "fused_us", "fused_pdl_us", "best_us", "best_pdl_us"):
                 us = row.get(key)
-                row[key.replace("_us", "_TBps")] = (
-                    round(nbytes / us / 1e6, 2) if isinstance(us, float) else None
-                )
+                row[key.replace("_us", "_TBps")] = _tbps(nbytes, us)
             row["elapsed_s"] = round(time.monotonic() - t_start, 1)
             out.append(row)
             print(
@@ -867,10 +869,6 @@ def _moe_tiled_row(case: MoeCase) -> dict:
             row[f"{name}_{part}_us"], row[f"{name}_{part}_TBps"] = us, _tbps(nbytes, us)
     row["tiled_same_bits"] = torch.equal(whole(case.copies[0]), whole(tiled[0]))
     return row
-
-
-def _tbps(nbytes: int, us: float | str) -> float | None:
-    return round(nbytes / (us * 1e-6) / 1e12, 2) if isinstance(us, float) else None
 
 
 def print_moe_table(rows: list[dict]) -> None:
@@ -1032,7 +1030,7 @@ def pdl_chain(
                 us = bench(g.replay) * 1e3
                 results[mode] = res.clone()
                 row[f"{mode}_us_per_proj"] = round(us / row["projections"], 2)
-                row[f"{mode}_TBps"] = round(nbytes / (us * 1e-6) / 1e12, 2)
+                row[f"{mode}_TBps"] = _tbps(nbytes, us)
             except Exception as exc:  # noqa: BLE001 - a variant that cannot run is reported, not fatal
                 torch.cuda.synchronize()
                 row[f"{mode}_error"] = f"{type(exc).__name__}: {exc}"[:300]
