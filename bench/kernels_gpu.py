@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -766,7 +767,9 @@ def _moe_shapes_entry(r: dict) -> tuple[float, dict[str, dict]] | None:
 
 
 @triton.jit
-def _tile_read(w_ptr, out_ptr, k_blocks, s_n, TILED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _tile_read(
+    w_ptr, out_ptr, k_blocks, s_n, TILED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
+):
     """Program n: the sum of a [BLOCK_N, K] weight slab read a [BLOCK_N, BLOCK_K] tile a step, as the
     grouped GEMMs read it (TILED: tiles stored contiguously, else rows of a row-major matrix)."""
     pid = tl.program_id(0).to(tl.int64)
@@ -785,6 +788,89 @@ def _tile_read(w_ptr, out_ptr, k_blocks, s_n, TILED: tl.constexpr, BLOCK_N: tl.c
     tl.store(out_ptr + pid, tl.sum(acc))
 
 
+@triton.jit
+def _tile_read_tma(desc, out_ptr, k_blocks, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """`_tile_read` of a row-major weight through a TMA descriptor with a [BLOCK_N, BLOCK_K] box."""
+    pid = tl.program_id(0)
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    for kb in range(k_blocks):
+        acc += desc.load([pid * BLOCK_N, kb * BLOCK_K]).to(tl.float32)
+    tl.store(out_ptr + pid, tl.sum(acc))
+
+
+@triton.jit
+def _hop(buf_ptr, r, P, BLOCK: tl.constexpr):
+    """One round's work of a program: read its neighbour's BLOCK values of the last round, write its own."""
+    pid = tl.program_id(0)
+    i = tl.arange(0, BLOCK)
+    src = buf_ptr + ((pid + 1) % P) * BLOCK + (r % 2) * P * BLOCK
+    v = tl.load(src + i)
+    tl.store(buf_ptr + pid * BLOCK + ((r + 1) % 2) * P * BLOCK + i, v + 1)
+
+
+@triton.jit
+def _barrier_rounds(buf_ptr, count_ptr, rounds, P, BLOCK: tl.constexpr, SPIN_MAX: tl.constexpr):
+    """A persistent grid of P co-resident programs: `rounds` times, a `_hop` then a grid barrier (arrive
+    with a release atomic, spin on acquire loads of the counter; SPIN_MAX bounds the spin so a grid that is
+    not co-resident ends instead of hanging)."""
+    for r in range(rounds):
+        _hop(buf_ptr, r, P, BLOCK)
+        # every thread's stores before the one arriving thread's release (cumulative at gpu scope)
+        tl.debug_barrier()
+        tl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
+        target = (r + 1) * P
+        seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
+        spins = 0
+        while (seen < target) & (spins < SPIN_MAX):
+            seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
+            spins += 1
+
+
+@triton.jit
+def _hop_kernel(buf_ptr, r, P, BLOCK: tl.constexpr):
+    tl.extra.cuda.gdc_launch_dependents()
+    tl.extra.cuda.gdc_wait()
+    _hop(buf_ptr, r, P, BLOCK)
+
+
+def grid_barrier() -> list[dict]:
+    """µs a dependency hand-off costs: a grid-wide barrier inside one persistent launch against one PDL
+    launch per round, for 132-528 programs doing a `_hop` (read a neighbour's 16 KB... 64 B, write own)."""
+    out = []
+    for per_sm in (1, 2, 4):
+        p = 132 * per_sm
+        for block in (16, 4096):
+            buf = torch.zeros(2 * p * block, device="cuda", dtype=torch.float32)
+            count = torch.zeros(1, device="cuda", dtype=torch.int32)
+            row: dict = {"programs": p, "values_a_program": block}
+            for rounds in (1, 65):
+
+                def persistent(
+                    buf: torch.Tensor,
+                    rounds: int = rounds,
+                    p: int = p,
+                    block: int = block,
+                    count: torch.Tensor = count,
+                ) -> None:
+                    count.zero_()
+                    _barrier_rounds[(p,)](buf, count, rounds, p, BLOCK=block, SPIN_MAX=1 << 22, num_warps=4)
+
+                def chain(buf: torch.Tensor, rounds: int = rounds, p: int = p, block: int = block) -> None:
+                    for r in range(rounds):
+                        _hop_kernel[(p,)](buf, r, p, BLOCK=block, num_warps=4, launch_pdl=True)
+
+                row[f"persistent_{rounds}_us"] = rotating_us(persistent, [buf], rep=50)
+                row[f"pdl_chain_{rounds}_us"] = rotating_us(chain, [buf], rep=50)
+            for kind in ("persistent", "pdl_chain"):
+                a, b = row[f"{kind}_1_us"], row[f"{kind}_65_us"]
+                row[f"{kind}_us_a_round"] = (
+                    round((b - a) / 64, 3) if isinstance(a, float) and isinstance(b, float) else None
+                )
+            print(json.dumps(row), flush=True)
+            out.append(row)
+    return out
+
+
 def read_pattern() -> list[dict]:
     """Read bandwidth of the MoE gate/up weights' bytes ([8 x 5632, 1024] bf16, 92 MB, cold: two copies
     alternate) streamed a [block_n, block_k] tile a step by one program per column block, from row-major
@@ -794,7 +880,11 @@ def read_pattern() -> list[dict]:
     nbytes = copies[0].nbytes
     torch_us = rotating_us(lambda w: w.sum(dtype=torch.float32), copies)
     out = [
-        {"weight_mb": round(nbytes / 1e6, 1), "torch_sum_us": torch_us, "torch_sum_TBps": _tbps(nbytes, torch_us)}
+        {
+            "weight_mb": round(nbytes / 1e6, 1),
+            "torch_sum_us": torch_us,
+            "torch_sum_TBps": _tbps(nbytes, torch_us),
+        }
     ]
     for bn, bk in ((32, 128), (32, 256), (64, 128)):
         tiled = [c.view(n // bn, bn, k // bk, bk).transpose(1, 2).contiguous() for c in copies]
@@ -812,11 +902,30 @@ def read_pattern() -> list[dict]:
                     sums: torch.Tensor = sums,
                 ) -> None:
                     _tile_read[(n // bn,)](
-                        w, sums, k // bk, k, TILED=is_tiled, BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=stages
+                        w,
+                        sums,
+                        k // bk,
+                        k,
+                        TILED=is_tiled,
+                        BLOCK_N=bn,
+                        BLOCK_K=bk,
+                        num_warps=4,
+                        num_stages=stages,
                     )
 
                 us = rotating_us(call, ws)
                 row[f"{name}_us"], row[f"{name}_TBps"] = us, _tbps(nbytes, us)
+            descs = [TensorDescriptor.from_tensor(c, [bn, bk]) for c in copies]
+
+            def call_tma(
+                d, stages: int = stages, bn: int = bn, bk: int = bk, sums: torch.Tensor = sums
+            ) -> None:  # noqa: ANN001
+                _tile_read_tma[(n // bn,)](
+                    d, sums, k // bk, BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=stages
+                )
+
+            us = rotating_us(call_tma, descs)
+            row["tma_us"], row["tma_TBps"] = us, _tbps(nbytes, us)
             print(json.dumps(row), flush=True)
             out.append(row)
     return out
@@ -863,11 +972,26 @@ def _moe_tiled_row(case: MoeCase) -> dict:
         return tm.moe_experts(**case.kw(w), config=cfg)
 
     row: dict = {"tokens": case.tokens, "gate_up_launch": str(cfg.gate_up), "down_launch": str(cfg.down)}
-    for name, ws in (("row_major", case.copies), ("tiled", tiled)):
-        for part, fn, nbytes in (("gate_up", gate_up, gu_bytes), ("down", down, dn_bytes), ("whole", whole, gu_bytes + dn_bytes)):
+    descs = [
+        (
+            tm.DescExperts(gu, cfg.gate_up.block_n, cfg.gate_up.block_k),
+            tm.DescExperts(dn, cfg.down.block_n, cfg.down.block_k),
+        )
+        for gu, dn in case.copies
+    ]
+    for name, ws in (("row_major", case.copies), ("tiled", tiled), ("tma", descs)):
+        for part, fn, nbytes in (
+            ("gate_up", gate_up, gu_bytes),
+            ("down", down, dn_bytes),
+            ("whole", whole, gu_bytes + dn_bytes),
+        ):
             us = rotating_us(fn, ws, rep=40)
             row[f"{name}_{part}_us"], row[f"{name}_{part}_TBps"] = us, _tbps(nbytes, us)
     row["tiled_same_bits"] = torch.equal(whole(case.copies[0]), whole(tiled[0]))
+    try:
+        row["tma_same_bits"] = torch.equal(whole(case.copies[0]), whole(descs[0]))
+    except Exception as exc:  # noqa: BLE001 - reported, not fatal
+        row["tma_same_bits"] = f"failed: {type(exc).__name__}: {exc}"[:200]
     return row
 
 
@@ -1260,6 +1384,11 @@ def main() -> int:
         help="only: read bandwidth of row-major against tiled weight tiles (the MoE GEMMs' access pattern)",
     )
     ap.add_argument(
+        "--grid-barrier",
+        action="store_true",
+        help="only: µs of a grid barrier in a persistent launch against a PDL launch a round",
+    )
+    ap.add_argument(
         "--moe-tiled",
         action="store_true",
         help="only: the MoE GEMMs on row-major against tiled expert weights, same launch",
@@ -1280,6 +1409,11 @@ def main() -> int:
                 Path(args.json).write_text(json.dumps(res_m, indent=1))
 
         mamba_step(tuple(int(r) for r in args.mamba_rows.split(",")), save_m)
+        return 0
+    if args.grid_barrier:
+        res_b = {"device": torch.cuda.get_device_name(), "grid_barrier": grid_barrier()}
+        if args.json:
+            Path(args.json).write_text(json.dumps(res_b, indent=1))
         return 0
     if args.read_pattern:
         res_r = {"device": torch.cuda.get_device_name(), "read_pattern": read_pattern()}

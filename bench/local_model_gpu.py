@@ -227,22 +227,41 @@ _OVERRIDE_FIELDS = {
     "stages": "num_stages",
     "warps": "num_warps",
     "bm": "block_m",
+    "tma": "tma",
+}
+
+
+_MOE_FIELDS = {
+    "bm": "block_m",
+    "bn": "block_n",
+    "bk": "block_k",
+    "warps": "num_warps",
+    "stages": "num_stages",
+    "split": "split_k",
+    "tma": "tma",
+    "pf": "prefetch_lines",
 }
 
 
 def mode_overrides(spec: str) -> dict[str, int]:
     """The ``key=value+...`` tail of a --splitk-ab mode: ``smem`` (KB), ``wide``, ``moestages``, ``cublas``
     (a weight's row count N: that projection back on cuBLAS), ``gch`` (at most this many vocabulary
-    chunks a row in the greedy argmax), ``ssm16`` (1: the Mamba state in bf16, not fp32) and SplitKConfig
-    fields by their short names (`_OVERRIDE_FIELDS`), for every launch or, as ``NxK.field``, for one weight
-    shape's."""
+    chunks a row in the greedy argmax), ``ssm16`` (1: the Mamba state in bf16, not fp32), ``moetma`` (1: the
+    MoE GEMMs read their weights through TMA descriptors; 2: gate/up only; 3: down only), MoeGemmConfig
+    fields of every MoE launch as ``gu.field`` / ``dn.field`` (`_MOE_FIELDS`; ``pf``: prefetch lines) and
+    SplitKConfig fields by their short names (`_OVERRIDE_FIELDS`), for every launch or, as ``NxK.field``,
+    for one weight shape's."""
     out = {}
     for item in filter(None, spec.split("+")):
         key, _, value = item.partition("=")
-        field = key.rpartition(".")[2]
-        if field not in ("smem", "wide", "moestages", "cublas", "gch", "ssm16", *_OVERRIDE_FIELDS) or (
-            "." in key and field not in _OVERRIDE_FIELDS
-        ):
+        head, dot, field = key.rpartition(".")
+        if head in ("gu", "dn"):
+            ok = field in _MOE_FIELDS
+        elif dot:
+            ok = field in _OVERRIDE_FIELDS
+        else:
+            ok = field in ("smem", "wide", "moestages", "moetma", "cublas", "gch", "ssm16", *_OVERRIDE_FIELDS)
+        if not ok:
             raise SystemExit(f"unknown mode override {key!r}")
         out[key] = int(value)
     return out
@@ -264,6 +283,15 @@ def override_launches(over: dict[str, int], swiglu: set[tuple[int, int]], rows: 
     fields = {_OVERRIDE_FIELDS[k]: v for k, v in over.items() if k in _OVERRIDE_FIELDS}
     for shape in [s for s in tg.SPLITK_SHAPES if s[0] == over.get("cublas")]:
         del tg.SPLITK_SHAPES[shape]
+    moe = {
+        part: {_MOE_FIELDS[key[3:]]: v for key, v in over.items() if key.startswith(part + ".")}
+        for part in ("gu", "dn")
+    }
+    if moe["gu"] or moe["dn"]:
+        for key, mc in tm.MOE_SHAPES.items():
+            tm.MOE_SHAPES[key] = replace(
+                mc, gate_up=replace(mc.gate_up, **moe["gu"]), down=replace(mc.down, **moe["dn"])
+            )
     for (n, k), cfg in tg.SPLITK_SHAPES.items():
         cfg = replace(cfg, **fields)
         own = {
@@ -281,6 +309,12 @@ def override_launches(over: dict[str, int], swiglu: set[tuple[int, int]], rows: 
             )
             cfg = replace(cfg, num_stages=stages, block_k=bk)
         tg.SPLITK_SHAPES[(n, k)] = cfg
+    if over.get("moetma"):
+        gu, dn = over["moetma"] in (1, 2), over["moetma"] in (1, 3)
+        for key, mc in tm.MOE_SHAPES.items():
+            tm.MOE_SHAPES[key] = replace(
+                mc, gate_up=replace(mc.gate_up, tma=gu), down=replace(mc.down, tma=dn)
+            )
     if "moestages" in over:
         for key, mc in tm.MOE_SHAPES.items():
             cap = over["moestages"]
