@@ -931,70 +931,6 @@ def read_pattern() -> list[dict]:
     return out
 
 
-def moe_tiled(tokens_list: tuple[int, ...] = (64, 16)) -> list[dict]:
-    """The 426M MoE layer's grouped GEMMs on row-major expert weights against `TiledExperts` copies of the
-    same weights (each [block_n, block_k] tile contiguous), on the shipped launch (`moe_config`), cold
-    weights (rotating copies), graph-replayed: µs and TB/s of gate/up alone, down alone and the whole
-    `moe_experts`, and whether the tiled call gives the row-major call's bits."""
-    e, h, i, k = 8, 1024, 2816, 2
-    copies = moe_weight_copies(e, h, i)
-    out = []
-    for tokens in tokens_list:
-        row = _moe_tiled_row(MoeCase.make(e, h, i, k, tokens, copies))
-        print(json.dumps(row), flush=True)
-        out.append(row)
-    return out
-
-
-def _moe_tiled_row(case: MoeCase) -> dict:
-    from local_model.kernels import triton_moe as tm
-
-    cfg = case.heur
-    tiled = [
-        (
-            tm.TiledExperts.of(gu, cfg.gate_up.block_n, cfg.gate_up.block_k),
-            tm.TiledExperts.of(dn, cfg.down.block_n, cfg.down.block_k),
-        )
-        for gu, dn in case.copies
-    ]
-    bm = max(cfg.gate_up.block_m, cfg.down.block_m)
-    sid, bexp = tm.moe_align(case.idx, case.e, bm)
-    rw = case.w.reshape(-1).contiguous()
-    gu_bytes, dn_bytes = case.copies[0][0].nbytes, case.copies[0][1].nbytes
-
-    def gate_up(w: tuple) -> torch.Tensor:
-        return tm.moe_gate_up(case.x, w[0], sid, bexp, case.k, cfg.gate_up, bm, True)
-
-    def down(w: tuple) -> torch.Tensor:
-        return tm.moe_down(case.act, w[1], sid, bexp, rw, case.tokens, cfg.down, bm, True, True)
-
-    def whole(w: tuple) -> torch.Tensor:
-        return tm.moe_experts(**case.kw(w), config=cfg)
-
-    row: dict = {"tokens": case.tokens, "gate_up_launch": str(cfg.gate_up), "down_launch": str(cfg.down)}
-    descs = [
-        (
-            tm.DescExperts(gu, cfg.gate_up.block_n, cfg.gate_up.block_k),
-            tm.DescExperts(dn, cfg.down.block_n, cfg.down.block_k),
-        )
-        for gu, dn in case.copies
-    ]
-    for name, ws in (("row_major", case.copies), ("tiled", tiled), ("tma", descs)):
-        for part, fn, nbytes in (
-            ("gate_up", gate_up, gu_bytes),
-            ("down", down, dn_bytes),
-            ("whole", whole, gu_bytes + dn_bytes),
-        ):
-            us = rotating_us(fn, ws, rep=40)
-            row[f"{name}_{part}_us"], row[f"{name}_{part}_TBps"] = us, _tbps(nbytes, us)
-    row["tiled_same_bits"] = torch.equal(whole(case.copies[0]), whole(tiled[0]))
-    try:
-        row["tma_same_bits"] = torch.equal(whole(case.copies[0]), whole(descs[0]))
-    except Exception as exc:  # noqa: BLE001 - reported, not fatal
-        row["tma_same_bits"] = f"failed: {type(exc).__name__}: {exc}"[:200]
-    return row
-
-
 def print_moe_table(rows: list[dict]) -> None:
     from local_model.kernels.triton_moe import token_bucket
 
@@ -1389,11 +1325,6 @@ def main() -> int:
         help="only: µs of a grid barrier in a persistent launch against a PDL launch a round",
     )
     ap.add_argument(
-        "--moe-tiled",
-        action="store_true",
-        help="only: the MoE GEMMs on row-major against tiled expert weights, same launch",
-    )
-    ap.add_argument(
         "--mamba-step",
         action="store_true",
         help="only: Mamba decode sublayer (conv + x_proj, SSM), old vs new",
@@ -1419,14 +1350,6 @@ def main() -> int:
         res_r = {"device": torch.cuda.get_device_name(), "read_pattern": read_pattern()}
         if args.json:
             Path(args.json).write_text(json.dumps(res_r, indent=1))
-        return 0
-    if args.moe_tiled:
-        res_t = {
-            "device": torch.cuda.get_device_name(),
-            "moe_tiled": moe_tiled(tuple(int(t) for t in args.moe_tokens.split(","))),
-        }
-        if args.json:
-            Path(args.json).write_text(json.dumps(res_t, indent=1))
         return 0
     if args.moe_sweep:
         res_moe: dict = {

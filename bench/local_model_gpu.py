@@ -227,7 +227,6 @@ _OVERRIDE_FIELDS = {
     "stages": "num_stages",
     "warps": "num_warps",
     "bm": "block_m",
-    "tma": "tma",
 }
 
 
@@ -238,7 +237,6 @@ _MOE_FIELDS = {
     "warps": "num_warps",
     "stages": "num_stages",
     "split": "split_k",
-    "tma": "tma",
     "pf": "prefetch_lines",
 }
 
@@ -246,8 +244,7 @@ _MOE_FIELDS = {
 def mode_overrides(spec: str) -> dict[str, int]:
     """The ``key=value+...`` tail of a --splitk-ab mode: ``smem`` (KB), ``wide``, ``moestages``, ``cublas``
     (a weight's row count N: that projection back on cuBLAS), ``gch`` (at most this many vocabulary
-    chunks a row in the greedy argmax), ``ssm16`` (1: the Mamba state in bf16, not fp32), ``moetma`` (1: the
-    MoE GEMMs read their weights through TMA descriptors; 2: gate/up only; 3: down only), MoeGemmConfig
+    chunks a row in the greedy argmax), ``ssm16`` (1: the Mamba state in bf16, not fp32), MoeGemmConfig
     fields of every MoE launch as ``gu.field`` / ``dn.field`` (`_MOE_FIELDS`; ``pf``: prefetch lines) and
     SplitKConfig fields by their short names (`_OVERRIDE_FIELDS`), for every launch or, as ``NxK.field``,
     for one weight shape's."""
@@ -260,7 +257,7 @@ def mode_overrides(spec: str) -> dict[str, int]:
         elif dot:
             ok = field in _OVERRIDE_FIELDS
         else:
-            ok = field in ("smem", "wide", "moestages", "moetma", "cublas", "gch", "ssm16", *_OVERRIDE_FIELDS)
+            ok = field in ("smem", "wide", "moestages", "cublas", "gch", "ssm16", *_OVERRIDE_FIELDS)
         if not ok:
             raise SystemExit(f"unknown mode override {key!r}")
         out[key] = int(value)
@@ -309,12 +306,6 @@ def override_launches(over: dict[str, int], swiglu: set[tuple[int, int]], rows: 
             )
             cfg = replace(cfg, num_stages=stages, block_k=bk)
         tg.SPLITK_SHAPES[(n, k)] = cfg
-    if over.get("moetma"):
-        gu, dn = over["moetma"] in (1, 2), over["moetma"] in (1, 3)
-        for key, mc in tm.MOE_SHAPES.items():
-            tm.MOE_SHAPES[key] = replace(
-                mc, gate_up=replace(mc.gate_up, tma=gu), down=replace(mc.down, tma=dn)
-            )
     if "moestages" in over:
         for key, mc in tm.MOE_SHAPES.items():
             cap = over["moestages"]

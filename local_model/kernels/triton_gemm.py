@@ -25,7 +25,6 @@ gate block and the matching up block and the output is silu(gate) * up ([rows, N
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -53,9 +52,6 @@ class SplitKConfig:
     # rows a program gives a narrow output more programs without splitting K (each weight tile is then
     # read by several programs, from L2 after the first)
     block_m: int | None = None
-    # the weight read through a TMA descriptor (`tma_weight_ok`): each K step's [block_n, block_k] tile one
-    # bulk copy into shared memory instead of 16-byte loads a thread
-    tma: bool | None = None
 
 
 # (N, K) of a weight -> the configuration its projection runs with through the bundle's `linear` /
@@ -144,28 +140,10 @@ def last_to_arrive(lock, count):
     return tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu") == count - 1
 
 
-def tma_weight_ok(weight: torch.Tensor) -> bool:
-    """Whether a weight can be read through a TMA descriptor: Hopper or newer (or the interpreter), rows
-    16-byte aligned, unit inner stride."""
-    if weight.stride(-1) != 1 or (weight.stride(-2) * weight.element_size()) % 16 or weight.data_ptr() % 16:
-        return False
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return True
-    return weight.is_cuda and torch.cuda.get_device_capability(weight.device)[0] >= 9
-
-
-def weight_descriptor(weight: torch.Tensor, block_n: int, block_k: int):  # noqa: ANN201 - triton's type
-    """A TMA descriptor over a [rows, K] weight with a [block_n, block_k] box (zeros past either end)."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    return TensorDescriptor.from_tensor(weight, [block_n, block_k])
-
-
 @triton.jit
 def _splitk_gemm(
     x_ptr,
     w_ptr,
-    w_desc,
     out_ptr,
     part_ptr,
     lock_ptr,
@@ -192,15 +170,12 @@ def _splitk_gemm(
     PDL: tl.constexpr = False,
     PREFETCH_LINES: tl.constexpr = 0,
     ELEM_BYTES: tl.constexpr = 2,
-    TMA: tl.constexpr = False,
 ):
     """Program (n block, split, m block): acc = x[rows, ks] @ w[n, ks]^T over its split ks of K.
 
     N is the number of output columns (n_half with SWIGLU, whose up rows start at weight row n_half).
     Partials are whole tiles at part[split, row, col] (SWIGLU: gate at col, up at s_up + col).
-    PREFETCH_LINES > 0: the program's weight slab is requested into L2 first; PDL: then `pdl_begin`. TMA:
-    the weight tiles come through ``w_desc`` (a [BLOCK_N, BLOCK_K] box over the weight's rows; columns past
-    N read later rows or zeros and are masked at the store)."""
+    PREFETCH_LINES > 0: the program's weight slab is requested into L2 first; PDL: then `pdl_begin`."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -229,21 +204,13 @@ def _splitk_gemm(
         kmask = k < K
         a = tl.load(x_rows + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
         # [BLOCK_K, BLOCK_N] view of the weight's rows n: contiguous along k (16-byte loads)
-        if TMA:
-            w = w_desc.load([pid_n * BLOCK_N, k0]).T
-        else:
-            w = tl.load(w_cols + k[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
+        w = tl.load(w_cols + k[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
         if IEEE:
             acc += tl.dot(a, w, input_precision="ieee")
         else:
             acc += tl.dot(a, w)
         if SWIGLU:
-            if TMA:
-                wu = w_desc.load([n_half + pid_n * BLOCK_N, k0]).T
-            else:
-                wu = tl.load(
-                    w_cols + n_half * s_wn + k[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0
-                )
+            wu = tl.load(w_cols + n_half * s_wn + k[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
             if IEEE:
                 acc_up += tl.dot(a, wu, input_precision="ieee")
             else:
@@ -387,14 +354,12 @@ def linear_splitk(
     config: SplitKConfig | None = None,
     pdl: bool | None = None,
     prefetch: bool | None = None,
-    tma: bool | None = None,
 ) -> torch.Tensor:
     """`reference.linear_ref`'s contract without bias (x @ weight.T; with ``swiglu``, silu of the first
     half of the outputs times the second half), fp32 accumulation, output in the inputs' dtype (fp32 dots
     in IEEE precision). x [M, K] and weight [N, K] with unit inner stride; ``out`` [M, N or N/2] (unit
     column stride) receives the result. Launch parameters: explicit arguments, else ``config``'s fields,
-    else `splitk_config`'s; stages (then the K block) are cut until the pipeline fits SMEM_LIMIT. ``tma``
-    (or the config's): the weight through a TMA descriptor where `tma_weight_ok`."""
+    else `splitk_config`'s; stages (then the K block) are cut until the pipeline fits SMEM_LIMIT."""
     rows, k = x.shape
     n_w, k_w = weight.shape
     if k_w != k or x.dtype != weight.dtype or x.stride(-1) != 1 or weight.stride(-1) != 1:
@@ -418,8 +383,6 @@ def linear_splitk(
     assert block_m >= 16 and block_m & (block_m - 1) == 0, "block_m: a power of two from 16"
 
     num_stages, block_k = fit_pipeline(num_stages, block_k, block_m, block_n, swiglu, x.element_size())
-    tma = bool(tma if tma is not None else cfg.tma) and tma_weight_ok(weight)
-    w_desc = weight_descriptor(weight, block_n, block_k) if tma else None
     # whole K blocks per split, and no empty split
     k_per_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
     split = triton.cdiv(k, k_per_split)
@@ -445,7 +408,6 @@ def linear_splitk(
     _splitk_gemm[(n_tiles, split, m_tiles)](
         x,
         weight,
-        w_desc,
         out,
         part,
         lock,
@@ -472,7 +434,6 @@ def linear_splitk(
         PDL=pdl,
         PREFETCH_LINES=lines_for(k_per_split, weight.element_size()) if prefetch else 0,
         ELEM_BYTES=weight.element_size(),
-        TMA=tma,
         num_warps=num_warps,
         num_stages=num_stages,
         **launch_kwargs(pdl),
@@ -508,6 +469,4 @@ __all__ = [
     "linear_splitk",
     "splitk_config",
     "splitk_for",
-    "tma_weight_ok",
-    "weight_descriptor",
 ]

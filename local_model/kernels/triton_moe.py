@@ -25,7 +25,7 @@ Mamba sublayer".)
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,14 +33,7 @@ import triton
 import triton.language as tl
 
 from .pdl import launch_kwargs, pdl_begin, pdl_choice, prefetch_rows
-from .triton_gemm import (
-    LOCK_COUNT,
-    fit_pipeline,
-    fixup_locks,
-    last_to_arrive,
-    tma_weight_ok,
-    weight_descriptor,
-)
+from .triton_gemm import LOCK_COUNT, fit_pipeline, fixup_locks, last_to_arrive
 
 # k up to which PyTorch's ``.sum(1)`` over [tokens, k, hid] adds the k rows in k order (its reduction keeps
 # 4 accumulators per thread), so the fused sum can give its bits
@@ -60,8 +53,6 @@ class MoeGemmConfig:
     num_warps: int = 4
     num_stages: int = 3
     split_k: int = 1
-    # a row-major weight read through a TMA descriptor (`DescExperts`) where `tma_weight_ok`
-    tma: bool = False
     # 128-byte lines a weight row that the programs of the first num_experts pair blocks request into L2
     # for expert pid_m's column block before the PDL wait (the first K steps of every expert's tiles: the
     # routing is not known yet, so each expert's are requested once); 0: none
@@ -86,7 +77,9 @@ MOE_SHAPES: dict[tuple[int, int, int, int, int], MoeConfig] = {
     # The first 4 lines (256 elements of K) of each expert's tiles requested into L2 before the wait: the
     # batch-64 step 113.8K against 112.7K tok/s without (`bench/local_model_gpu.py --splitk-ab`, H100)
     (8, 1024, 2816, 2, 64): MoeConfig(
-        gate_up=MoeGemmConfig(block_m=16, block_n=32, block_k=128, num_warps=4, num_stages=2, prefetch_lines=4),
+        gate_up=MoeGemmConfig(
+            block_m=16, block_n=32, block_k=128, num_warps=4, num_stages=2, prefetch_lines=4
+        ),
         down=MoeGemmConfig(block_m=16, block_n=32, block_k=256, num_warps=4, num_stages=3, prefetch_lines=4),
     ),
     (8, 1024, 2816, 2, 16): MoeConfig(
@@ -96,77 +89,10 @@ MOE_SHAPES: dict[tuple[int, int, int, int, int], MoeConfig] = {
 }
 
 
-@dataclass(frozen=True)
-class TiledExperts:
-    """Expert weights [E, N, K] stored a [tile_n, tile_k] tile at a time: per expert, tiles in (column block,
-    K block) order, each row-major and contiguous, zero-padded to whole tiles. A grouped GEMM launched with
-    the tile as its block reads each K step's weight as one contiguous run; from row-major weights the same
-    step reads tile_n runs of tile_k elements, one per row. Same values, another order in memory, the same
-    bits out. (The model keeps its experts row-major; `bench/kernels_gpu.py --moe-tiled` times both.)"""
-
-    data: torch.Tensor  # [E, column blocks * K blocks * tile_n * tile_k]
-    shape: tuple[int, int, int]  # (E, N, K) of the weight held
-    tile_n: int
-    tile_k: int
-
-    @classmethod
-    def of(cls, weight: torch.Tensor, tile_n: int, tile_k: int) -> TiledExperts:
-        e, n, k = weight.shape
-        nb, kb = triton.cdiv(n, tile_n), triton.cdiv(k, tile_k)
-        padded = weight.new_zeros(e, nb * tile_n, kb * tile_k)
-        padded[:, :n, :k] = weight
-        data = padded.view(e, nb, tile_n, kb, tile_k).permute(0, 1, 3, 2, 4).reshape(e, -1).contiguous()
-        return cls(data, (e, n, k), tile_n, tile_k)
-
-    def column_block_stride(self) -> int:
-        """Elements from one column block's tiles to the next's."""
-        return triton.cdiv(self.shape[2], self.tile_k) * self.tile_n * self.tile_k
-
-
-@dataclass(frozen=True)
-class DescExperts:
-    """Row-major expert weights [E, N, K] read through a TMA tensor descriptor over their [E * N, K] rows
-    with a [block_n, block_k] box: each K step's weight tile is one bulk copy into shared memory instead of
-    block_n 16-byte loads a thread (Hopper+). Same tensor, same bits out."""
-
-    weight: torch.Tensor
-    block_n: int
-    block_k: int
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.weight.shape
-
-    def descriptor(self):  # noqa: ANN201 - triton's TensorDescriptor
-        e, n, k = self.weight.shape
-        return weight_descriptor(self.weight.view(e * n, k), self.block_n, self.block_k)
-
-
-ExpertWeight = torch.Tensor | TiledExperts | DescExperts
-
-
-def _weight_operand(
-    weight: ExpertWeight, cfg: MoeGemmConfig, block_k: int
-) -> tuple[object, tuple[int, int, int], MoeGemmConfig]:
-    """(operand, (expert, column, K) strides, launch) of a grouped GEMM's weight: a tiled weight's launch
-    takes its tile as the block (the kernel's TILED addressing; the column stride is a column block's); a
-    descriptor's launch takes its box (expert stride: rows an expert). A row-major weight whose launch asks
-    for ``tma`` is read through a descriptor with the launch's block (K block ``block_k``)."""
-    if cfg.tma and isinstance(weight, torch.Tensor) and tma_weight_ok(weight):
-        weight = DescExperts(weight, cfg.block_n, block_k)
-    if isinstance(weight, TiledExperts):
-        cfg = replace(cfg, block_n=weight.tile_n, block_k=weight.tile_k)
-        return weight.data, (weight.data.stride(0), weight.column_block_stride(), 1), cfg
-    if isinstance(weight, DescExperts):
-        cfg = replace(cfg, block_n=weight.block_n, block_k=weight.block_k)
-        return weight.descriptor(), (weight.shape[1], 0, 0), cfg
-    return weight, tuple(weight.stride()), cfg
-
-
-def _prefetch_lines(cfg: MoeGemmConfig, row_major: bool, pdl: bool) -> int:
-    """The launch's PREFETCH_LINES: the config's (a power of two) for a row-major weight under PDL (the
-    prefetch is PTX: not in the interpreter), else 0."""
-    if not (pdl and cfg.prefetch_lines and row_major):
+def _prefetch_lines(cfg: MoeGemmConfig, pdl: bool) -> int:
+    """The launch's PREFETCH_LINES: the config's (a power of two) under PDL (the prefetch is PTX: not in
+    the interpreter), else 0."""
+    if not (pdl and cfg.prefetch_lines):
         return 0
     return triton.next_power_of_2(cfg.prefetch_lines)
 
@@ -409,8 +335,6 @@ def _moe_gemm(
     BLOCK_K: tl.constexpr,
     BLOCK_T: tl.constexpr,
     PDL: tl.constexpr = False,
-    TILED: tl.constexpr = False,
-    TMA: tl.constexpr = False,
     PREFETCH_LINES: tl.constexpr = 0,
     ELEM_BYTES: tl.constexpr = 2,
 ):
@@ -422,12 +346,8 @@ def _moe_gemm(
     SWIGLU: out[pair] = silu(gate rows n) * (up rows n_half + n). ROUTED: out[pair] = `_routed` row;
     with SPLIT, out + split * s_ps receives the fp32 dot instead. SUM: the column block's last program
     writes sum[token] = `_token_sums`. The model dtype is sum_ptr's. PDL: nothing is read before
-    `pdl_begin` (the block's expert comes from the routing the previous kernel writes). TILED: the weight
-    is a `TiledExperts` of [BLOCK_N, BLOCK_K] tiles (s_wn: one column block's stride; up rows from tile row
-    n_half / BLOCK_N), each K step one contiguous tile, no mask (tiles are zero-padded). TMA: w_ptr is a
-    `DescExperts` descriptor over [E * s_we, K] rows with a [BLOCK_N, BLOCK_K] box (columns past N read the
-    next expert's rows and are masked at the store; K past the end reads zeros). PREFETCH_LINES > 0
-    (row-major weights): before the wait, program (pid_m < num_experts, n, split) requests expert pid_m's
+    `pdl_begin` (the block's expert comes from the routing the previous kernel writes), except that with
+    PREFETCH_LINES > 0, before the wait, program (pid_m < num_experts, n, split) requests expert pid_m's
     rows of column block n (gate and up), PREFETCH_LINES lines each from its split's start, into L2."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -451,42 +371,24 @@ def _moe_gemm(
         pair = tl.load(sorted_ptr + rows)
         valid = pair < num_pairs
         a_rows = a_ptr + (pair // a_div).to(tl.int64)[:, None] * s_am
-        if TMA:
-            w_row = (e * s_we + pid_n * BLOCK_N).to(tl.int32)
-        elif TILED:
-            tile: tl.constexpr = BLOCK_N * BLOCK_K
-            inner = tl.arange(0, BLOCK_N)[None, :] * BLOCK_K + tl.arange(0, BLOCK_K)[:, None]
-            w_cols = w_ptr + e * s_we + pid_n.to(tl.int64) * s_wn + inner
-            wu_cols = w_cols + (n_half // BLOCK_N) * s_wn
-        else:
-            w_cols = w_ptr + e * s_we + n[None, :].to(tl.int64) * s_wn
+        w_cols = w_ptr + e * s_we + n[None, :].to(tl.int64) * s_wn
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in range(k_start, k_end, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             kmask = k < K
             a = tl.load(a_rows + k[None, :], mask=valid[:, None] & kmask[None, :], other=0.0)
-            if TMA:
-                w = w_ptr.load([w_row, k0]).T
-            elif TILED:
-                w = tl.load(w_cols + (k0 // BLOCK_K) * tile)
-            else:
-                w = tl.load(w_cols + k[:, None] * s_wk, mask=kmask[:, None] & nmask[None, :], other=0.0)
+            w = tl.load(w_cols + k[:, None] * s_wk, mask=kmask[:, None] & nmask[None, :], other=0.0)
             if IEEE:
                 acc += tl.dot(a, w, input_precision="ieee")
             else:
                 acc += tl.dot(a, w)
             if SWIGLU:
-                if TMA:
-                    wu = w_ptr.load([w_row + n_half, k0]).T
-                elif TILED:
-                    wu = tl.load(wu_cols + (k0 // BLOCK_K) * tile)
-                else:
-                    wu = tl.load(
-                        w_cols + n_half * s_wn + k[:, None] * s_wk,
-                        mask=kmask[:, None] & nmask[None, :],
-                        other=0.0,
-                    )
+                wu = tl.load(
+                    w_cols + n_half * s_wn + k[:, None] * s_wk,
+                    mask=kmask[:, None] & nmask[None, :],
+                    other=0.0,
+                )
                 if IEEE:
                     acc_up += tl.dot(a, wu, input_precision="ieee")
                 else:
@@ -521,7 +423,7 @@ def fused_sum_applies(tokens: int, top_k: int) -> bool:
 
 def moe_gate_up(
     x: torch.Tensor,
-    gate_up_proj: ExpertWeight,
+    gate_up_proj: torch.Tensor,
     sorted_ids: torch.Tensor,
     block_expert: torch.Tensor,
     top_k: int,
@@ -530,27 +432,20 @@ def moe_gate_up(
     pdl: bool,
 ) -> torch.Tensor:
     """The gate/up grouped GEMM with SwiGLU: [pairs, I] rows for the pairs `moe_align` sorted into blocks of
-    ``align_m`` (x [tokens, H] contiguous; gate_up_proj [E, 2I, H], row-major or tiled: a tiled weight's
-    tile is the launch's block, and I must be whole tiles so the up rows start on a tile)."""
+    ``align_m`` (x [tokens, H] contiguous; gate_up_proj [E, 2I, H])."""
     tokens, hid = x.shape
     num_experts, two_i, _ = gate_up_proj.shape
     inter = two_i // 2
-    tiled = isinstance(gate_up_proj, TiledExperts)
-    _, bk = fit_pipeline(cfg.num_stages, cfg.block_k, cfg.block_m, cfg.block_n, True, x.element_size())
-    w, w_strides, cfg = _weight_operand(gate_up_proj, cfg, bk)
-    tma = not isinstance(w, torch.Tensor)
-    assert not tiled or inter % cfg.block_n == 0, "tiled gate/up: the up rows must start on a tile"
     pairs = tokens * top_k
     act_out = torch.empty(pairs, inter, device=x.device, dtype=x.dtype)
     stages, bk = fit_pipeline(cfg.num_stages, cfg.block_k, cfg.block_m, cfg.block_n, True, x.element_size())
-    assert not (tiled or tma) or bk == cfg.block_k, "a tiled weight's K tile must fit the pipeline"
     _moe_gemm[(sorted_ids.numel() // cfg.block_m, triton.cdiv(inter, cfg.block_n), 1)](
-        x, w, act_out, act_out, act_out, sorted_ids, block_expert, x,
+        x, gate_up_proj, act_out, act_out, act_out, sorted_ids, block_expert, x,
         inter, hid, pairs, num_experts, tokens, hid, 1,
-        x.stride(0), *w_strides, act_out.stride(0), 0, 0, top_k, inter,
+        x.stride(0), *gate_up_proj.stride(), act_out.stride(0), 0, 0, top_k, inter,
         SWIGLU=True, ROUTED=False, SPLIT=False, SUM=False, IEEE=x.dtype == torch.float32, TOP_K=top_k,
         SUB=align_m // cfg.block_m, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, BLOCK_T=16, PDL=pdl,
-        TILED=tiled, TMA=tma, PREFETCH_LINES=_prefetch_lines(cfg, not (tiled or tma), pdl), ELEM_BYTES=x.element_size(),
+        PREFETCH_LINES=_prefetch_lines(cfg, pdl), ELEM_BYTES=x.element_size(),
         num_warps=cfg.num_warps, num_stages=stages, **launch_kwargs(pdl),
     )  # fmt: skip
     return act_out
@@ -558,7 +453,7 @@ def moe_gate_up(
 
 def moe_down(
     act_out: torch.Tensor,
-    down_proj: ExpertWeight,
+    down_proj: torch.Tensor,
     sorted_ids: torch.Tensor,
     block_expert: torch.Tensor,
     routing_weights: torch.Tensor,
@@ -569,18 +464,13 @@ def moe_down(
     pdl: bool,
 ) -> torch.Tensor:
     """The down grouped GEMM times the routing weights (flat [pairs]): with ``fused`` each token's k rows
-    summed in the kernel ([tokens, H]; cfg.split_k honoured), else the [pairs, H] rows (one split).
-    down_proj [E, H, I], row-major or tiled (its tile is the launch's block)."""
+    summed in the kernel ([tokens, H]; cfg.split_k honoured), else the [pairs, H] rows (one split)."""
     pairs, inter = act_out.shape
     top_k = pairs // tokens
     num_experts, hid, _ = down_proj.shape
-    tiled = isinstance(down_proj, TiledExperts)
-    elem = act_out.element_size()
-    _, bk = fit_pipeline(cfg.num_stages, cfg.block_k, cfg.block_m, cfg.block_n, False, elem)
-    w, w_strides, cfg = _weight_operand(down_proj, cfg, bk)
-    tma = not isinstance(w, torch.Tensor)
-    stages, bk = fit_pipeline(cfg.num_stages, cfg.block_k, cfg.block_m, cfg.block_n, False, elem)
-    assert not (tiled or tma) or bk == cfg.block_k, "a tiled weight's K tile must fit the pipeline"
+    stages, bk = fit_pipeline(
+        cfg.num_stages, cfg.block_k, cfg.block_m, cfg.block_n, False, act_out.element_size()
+    )
     n_cols = triton.cdiv(hid, cfg.block_n)
     assert not fused or n_cols <= LOCK_COUNT, "the fused sum takes one fixup counter per column block"
     split = cfg.split_k if fused else 1
@@ -594,14 +484,14 @@ def moe_down(
         partial = torch.empty(pairs, hid, device=dev, dtype=dtype)
     sums = out if fused else partial
     _moe_gemm[(sorted_ids.numel() // cfg.block_m, n_cols, split)](
-        act_out, w, partial, sums, fixup_locks(dev) if fused else partial, sorted_ids, block_expert,
+        act_out, down_proj, partial, sums, fixup_locks(dev) if fused else partial, sorted_ids, block_expert,
         routing_weights, hid, inter, pairs, num_experts, tokens, k_per_split, split,
-        act_out.stride(0), *w_strides, partial.stride(-2), partial.stride(0) if split > 1 else 0,
+        act_out.stride(0), *down_proj.stride(), partial.stride(-2), partial.stride(0) if split > 1 else 0,
         sums.stride(0), 1, 0,
         SWIGLU=False, ROUTED=True, SPLIT=split > 1, SUM=fused, IEEE=dtype == torch.float32, TOP_K=top_k,
         SUB=align_m // cfg.block_m, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk,
         BLOCK_T=min(triton.next_power_of_2(tokens), max(16, 4096 // cfg.block_n)), PDL=pdl,
-        TILED=tiled, TMA=tma, PREFETCH_LINES=_prefetch_lines(cfg, not (tiled or tma), pdl), ELEM_BYTES=dtype.itemsize,
+        PREFETCH_LINES=_prefetch_lines(cfg, pdl), ELEM_BYTES=dtype.itemsize,
         num_warps=cfg.num_warps, num_stages=stages, **launch_kwargs(pdl),
     )  # fmt: skip
     return out if fused else partial
@@ -612,8 +502,8 @@ def moe_experts(
     x: torch.Tensor,
     top_k_index: torch.Tensor,
     top_k_weights: torch.Tensor,
-    gate_up_proj: ExpertWeight,
-    down_proj: ExpertWeight,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
     act: Callable[[torch.Tensor], torch.Tensor],
     config: MoeConfig | None = None,
     fused_sum: bool | None = None,
@@ -625,10 +515,8 @@ def moe_experts(
     summed by the down GEMM (`fused_sum_applies`; ``fused_sum=False`` sums them with ``.sum(1)`` after,
     the same bits). Launches: ``config``, else `moe_config`'s; ``pdl`` as `pdl_enabled` unless False;
     ``aligned``: `moe_align`'s output for these pairs and the launches' larger block_m, if already made.
-    Either weight may be a `TiledExperts` (its tile then sets that GEMM's block_n / block_k). No host sync
-    (shapes do not depend on the routing)."""
+    No host sync (shapes do not depend on the routing)."""
     if act is not F.silu:
-        assert isinstance(gate_up_proj, torch.Tensor) and isinstance(down_proj, torch.Tensor)
         from .reference import moe_experts_ref
 
         return moe_experts_ref(x, top_k_index, top_k_weights, gate_up_proj, down_proj, act)
@@ -657,12 +545,9 @@ def moe_experts(
 __all__ = [
     "ALIGN_SMALL_EXPERTS",
     "ALIGN_SMALL_PAIRS",
-    "DescExperts",
-    "ExpertWeight",
     "MOE_SHAPES",
     "MoeConfig",
     "MoeGemmConfig",
-    "TiledExperts",
     "align_buffers",
     "align_in_one_program",
     "align_len",

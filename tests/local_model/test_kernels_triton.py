@@ -316,41 +316,6 @@ def test_moe_experts_down_projection_split_over_k_matches_reference_and_repeats(
     assert rel(got, _moe_expect(case)) <= tol(dtype)
 
 
-def test_tiled_experts_hold_each_tile_contiguous_and_zero_padded():
-    from local_model.kernels.triton_moe import TiledExperts
-
-    w = torch.arange(2 * 5 * 7, dtype=torch.float32).view(2, 5, 7)
-    t = TiledExperts.of(w, 2, 4)
-    assert t.shape == (2, 5, 7) and t.data.shape == (2, 3 * 2 * 2 * 4)
-    tiles = t.data.view(2, 3, 2, 2, 4)  # expert, column block, K block, tile row, tile column
-    assert torch.equal(tiles[1, 1, 0], w[1, 2:4, 0:4])
-    assert torch.equal(tiles[0, 2, 1, 0, :3], w[0, 4, 4:7])
-    assert tiles[0, 2, 1, 1].abs().sum() == 0 and tiles[0, 2, 1, 0, 3] == 0  # padding
-    assert t.column_block_stride() == 2 * 2 * 4
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("split_k", [1, 2])
-def test_moe_experts_on_tiled_weights_give_the_row_major_bits(dtype, split_k):
-    """The same launch over tiled copies of both weights (ragged K and columns padded inside the tiles)
-    gives the row-major weights' bits, with the fused token sum and with the down GEMM split over K."""
-    skip_interpreted_bf16(dtype)
-    from local_model.kernels import triton_moe as tm
-
-    case = _moe_case(70 + split_k, 9, 2, dtype, i=64)
-    cfg = tm.MoeConfig(tm.MoeGemmConfig(16, 16, 32), tm.MoeGemmConfig(16, 16, 32, split_k=split_k))
-    expect = tk.moe_experts(**case, config=cfg)
-    tiled = {
-        **case,
-        "gate_up_proj": tm.TiledExperts.of(case["gate_up_proj"], 16, 32),
-        "down_proj": tm.TiledExperts.of(case["down_proj"], 16, 32),
-    }
-    got = tk.moe_experts(**tiled, config=cfg)
-    assert torch.equal(got, expect)
-    assert _locks_at_zero()
-    assert rel(got, _moe_expect(case)) <= tol(dtype)
-
-
 @pytest.mark.parametrize("split_k", [1, 2])
 def test_moe_experts_with_the_pre_wait_weight_prefetch_give_the_same_bits(split_k):
     """Requesting the experts' first K steps into L2 before the PDL wait (GPU only: the prefetch is PTX)
@@ -366,25 +331,6 @@ def test_moe_experts_with_the_pre_wait_weight_prefetch_give_the_same_bits(split_
     got = tk.moe_experts(**case, config=pf)
     assert torch.equal(got, tk.moe_experts(**case, config=plain))
     assert _locks_at_zero()
-
-
-@pytest.mark.parametrize("split_k", [1, 2])
-def test_moe_experts_through_weight_descriptors_match_the_reference(split_k):
-    """Both weights read through TMA descriptors (a ragged last column block reads the next expert's rows,
-    masked at the store; K past the end reads zeros) match the reference; counters back at zero."""
-    from local_model.kernels import triton_moe as tm
-
-    case = _moe_case(80 + split_k, 9, 2, torch.float32, i=40)
-    cfg = tm.MoeConfig(tm.MoeGemmConfig(16, 16, 32), tm.MoeGemmConfig(16, 16, 32, split_k=split_k))
-    desc = {
-        **case,
-        "gate_up_proj": tm.DescExperts(case["gate_up_proj"], 16, 32),
-        "down_proj": tm.DescExperts(case["down_proj"], 16, 32),
-    }
-    got = tk.moe_experts(**desc, config=cfg)
-    assert _locks_at_zero()
-    assert rel(got, tk.moe_experts(**case, config=cfg)) <= 1e-6
-    assert rel(got, _moe_expect(case)) <= tol(torch.float32)
 
 
 def test_moe_experts_sums_outside_the_gemm_past_four_experts_a_token():
@@ -911,25 +857,6 @@ def test_linear_splitk_matches_reference_on_ragged_shapes(dtype, split_k, reduce
     expect, _ = ref.norm_linear_ref(x=x, weight=w, swiglu=swiglu)
     assert got.dtype == dtype and got.shape == expect.shape
     assert rel(got, expect) <= tol(dtype)
-
-
-@pytest.mark.parametrize("split_k", [1, 3])
-@pytest.mark.parametrize("swiglu", [False, True])
-def test_linear_splitk_through_a_weight_descriptor_matches_the_pointer_path(split_k, swiglu):
-    """The weight read through a TMA descriptor (ragged outputs read the up half's or no rows and are
-    masked; K past the end reads zeros) gives the pointer path's result."""
-    from local_model.kernels.triton_gemm import linear_splitk, tma_weight_ok
-
-    gen = torch.Generator().manual_seed(40 + split_k)
-    rows, n, k = 5, 37, 332
-    x = torch.randn(rows, k, generator=gen).to(DEV)
-    w = (torch.randn(2 * n if swiglu else n, k, generator=gen) * 0.1).to(DEV)
-    if not tma_weight_ok(w):
-        pytest.skip("no TMA on this device")
-    launch = {"swiglu": swiglu, "split_k": split_k, "block_n": 16, "block_k": 32}
-    got = linear_splitk(x=x, weight=w, tma=True, **launch)
-    assert rel(got, linear_splitk(x=x, weight=w, tma=False, **launch)) <= 1e-6
-    assert rel(got, ref.norm_linear_ref(x=x, weight=w, swiglu=swiglu)[0]) <= tol(torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
