@@ -75,7 +75,7 @@ MOE_SHAPES: dict[tuple[int, int, int, int, int], MoeConfig] = {
     # H100, `bench/kernels_gpu.py --moe-sweep` (cold weights, graph-replayed): 64 tokens 59.2 µs against 65.9
     # for the heuristic launches, 16 tokens 57.0 against 66.8 (both with the fused sum and PDL)
     # The first 4 lines (256 elements of K) of each expert's tiles requested into L2 before the wait: the
-    # batch-64 step 113.8K against 112.7K tok/s without (`bench/local_model_gpu.py --splitk-ab`, H100)
+    # batch-64 step +1.0% and +2.7% in two A/Bs against none (`bench/local_model_gpu.py --splitk-ab`, H100)
     (8, 1024, 2816, 2, 64): MoeConfig(
         gate_up=MoeGemmConfig(
             block_m=16, block_n=32, block_k=128, num_warps=4, num_stages=2, prefetch_lines=4
