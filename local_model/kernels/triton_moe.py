@@ -17,9 +17,10 @@ the unsplit path's bits.
 
 Launches are tunable per shape and token bucket (`MOE_SHAPES`, filled from ``bench/kernels_gpu.py
 --moe-sweep``); the defaults are `moe_config`'s heuristic. On Hopper every launch takes programmatic
-dependent launch (`pdl`). (Requesting each program's expert weight slab into L2 before the PDL wait, with
-the pairs in per-expert slots, cost 20-35 µs a call on the H100: bench/RESULTS.md, "MoE experts and the
-Mamba sublayer".)
+dependent launch (`pdl`). A launch may request the first K steps of every expert's tiles into L2 before
+the PDL wait (``MoeGemmConfig.prefetch_lines``; the pair blocks' experts are only known after it): a few
+lines a row fit L2 beside the previous kernel's traffic, where each program's whole expert slab (92 MB at
+the 426M shape) did not and cost 20-35 µs a call (bench/RESULTS.md, "MoE experts and the Mamba sublayer").
 """
 
 from __future__ import annotations
