@@ -244,7 +244,8 @@ _MOE_FIELDS = {
 def mode_overrides(spec: str) -> dict[str, int]:
     """The ``key=value+...`` tail of a --splitk-ab mode: ``smem`` (KB), ``wide``, ``moestages``, ``cublas``
     (a weight's row count N: that projection back on cuBLAS), ``gch`` (at most this many vocabulary
-    chunks a row in the greedy argmax), ``ssm16`` (1: the Mamba state in bf16, not fp32), MoeGemmConfig
+    chunks a row in the greedy argmax), ``ssm16`` (1: the Mamba state in bf16, not fp32), ``fold`` (1: the
+    decode step folds its RMSNorms into the neighbouring projections, `DecodeStep.FOLD_NORMS`), MoeGemmConfig
     fields of every MoE launch as ``gu.field`` / ``dn.field`` (`_MOE_FIELDS`; ``pf``: prefetch lines) and
     SplitKConfig fields by their short names (`_OVERRIDE_FIELDS`), for every launch or, as ``NxK.field``,
     for one weight shape's."""
@@ -257,7 +258,7 @@ def mode_overrides(spec: str) -> dict[str, int]:
         elif dot:
             ok = field in _OVERRIDE_FIELDS
         else:
-            ok = field in ("smem", "wide", "moestages", "cublas", "gch", "ssm16", *_OVERRIDE_FIELDS)
+            ok = field in ("smem", "wide", "moestages", "cublas", "gch", "ssm16", "fold", *_OVERRIDE_FIELDS)
         if not ok:
             raise SystemExit(f"unknown mode override {key!r}")
         out[key] = int(value)
@@ -270,10 +271,12 @@ def override_launches(over: dict[str, int], swiglu: set[tuple[int, int]], rows: 
     of the activations); ``smem=KB`` cuts each split-K launch's stages (then its K block) until its pipeline
     fits KB at ``rows`` rows (``swiglu``: the weight shapes whose launch computes gate and up tiles), so the
     next kernel's programs fit beside it under PDL; ``moestages=N`` caps the MoE GEMMs' stages."""
+    from local_model.decode import DecodeStep
     from local_model.kernels import triton_decode as td
     from local_model.kernels import triton_gemm as tg
     from local_model.kernels import triton_moe as tm
 
+    DecodeStep.FOLD_NORMS = bool(over.get("fold"))
     if "gch" in over:
         td.GREEDY_MAX_CHUNKS = over["gch"]
     SSM_STATE_DTYPE[0] = torch.bfloat16 if over.get("ssm16") else torch.float32
@@ -381,6 +384,12 @@ def splitk_ab(args: argparse.Namespace) -> int:
         if "splitk" in toks and "cublas" in toks:
             out[f"b{b}_greedy_splitk_vs_cublas_bf16_leading_match_min"] = min(
                 leading_agreement(toks["splitk"], toks["cublas"])
+            )
+        modes = [m for m in args.modes.split(",") if m in toks]
+        for mode in modes[1:]:
+            # bf16 rounding differs between launch variants, so rows may part after a few dozen tokens
+            out[f"b{b}_greedy_{mode}_vs_{modes[0]}_bf16_leading_match_min"] = min(
+                leading_agreement(toks[mode], toks[modes[0]])
             )
         print(json.dumps({k: v for k, v in out.items() if k.startswith(f"b{b}_")}), flush=True)
     module.float()

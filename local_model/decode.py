@@ -81,6 +81,10 @@ def pick_bucket(buckets: tuple[int, ...], batch: int) -> int:
 class DecodeStep:
     """One greedy decode step for up to ``max_batch`` rows; `capture` records it per batch bucket."""
 
+    # Steps whose every projection runs the split-K GEMM fold each RMSNorm into its neighbours
+    # (`_forward_folded`); an experiment measured with `bench/local_model_gpu.py --splitk-ab` (``fold=1``)
+    FOLD_NORMS = False
+
     def __init__(
         self,
         model: JambaForCausalLM,
@@ -115,6 +119,7 @@ class DecodeStep:
             if not layer.is_moe:
                 ff = layer.feed_forward
                 self._prep[("mlp", i)] = torch.cat([ff.gate_proj.weight, ff.up_proj.weight], 0)
+        self._folded = self._fold_weights() if self.FOLD_NORMS and kernels.name == "triton" else None
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.static: dict[int, dict[str, torch.Tensor]] = {}
 
@@ -134,6 +139,8 @@ class DecodeStep:
 
         Each RMSNorm (with the residual add of the previous block's output) is done by the kernel of the
         projection that reads it: the mixer's input projection, the MLP's gate/up, the MoE router, lm_head."""
+        if self._folded is not None and self._folds_apply(ids.shape[0]):
+            return self._forward_folded(ids, slots, positions, block_table, out)
         k, cfg = self.k, self.config
         eps = cfg.rms_norm_eps
         x = self.model.model.embed_tokens(ids)
@@ -172,6 +179,122 @@ class DecodeStep:
         )
         return logits
 
+    # ------------------------------------------------------------------ the step with the norms folded
+
+    def _fold_weights(self) -> dict[object, torch.Tensor]:
+        """Each weight that reads a normalised residual stream times its RMSNorm weight along K (rounded to
+        the model dtype): the mixers' input projections, the dense MLPs' gate/up and lm_head."""
+        out: dict[object, torch.Tensor] = {}
+
+        def fold(w: torch.Tensor, nw: torch.Tensor) -> torch.Tensor:
+            return (w.float() * nw.float()[None, :]).to(w.dtype).contiguous()
+
+        for i, layer in enumerate(self.model.model.layers):
+            nw = layer.input_layernorm.weight
+            w = self._prep[i]
+            out[i] = fold(w.mixer.in_proj.weight if isinstance(w, _MambaWeights) else w, nw)
+            if not layer.is_moe:
+                out[("mlp", i)] = fold(self._prep[("mlp", i)], layer.pre_ff_layernorm.weight)
+        out["lm_head"] = fold(self.model.lm_head.weight, self.model.model.final_layernorm.weight)
+        return out
+
+    def _folds_apply(self, rows: int) -> bool:
+        """Whether a step of ``rows`` rows can fold its norms: every projection on the split-K GEMM (rows
+        within its range, each weight listed), no Mamba projection bias, MoE layers on SwiGLU experts with
+        the fused token sum."""
+        from .kernels.triton_gemm import splitk_for
+        from .kernels.triton_moe import fused_sum_applies
+
+        def listed(w: torch.Tensor) -> bool:
+            return splitk_for(rows, *w.shape) is not None
+
+        if rows <= 4:
+            return False
+        for i, layer in enumerate(self.model.model.layers):
+            w = self._prep[i]
+            if isinstance(w, _MambaWeights):
+                mx = w.mixer
+                if mx.in_proj.bias is not None or mx.out_proj.bias is not None:
+                    return False
+                w_in, w_out = mx.in_proj.weight, mx.out_proj.weight
+            else:
+                w_in, w_out = w, layer.mixer.o_proj.weight
+            if not (listed(w_in) and listed(w_out)):
+                return False
+            ff = layer.feed_forward
+            if layer.is_moe:
+                if ff.act is not F.silu or not fused_sum_applies(rows, ff.top_k):
+                    return False
+            elif ff.act is not F.silu or not (listed(self._prep[("mlp", i)]) and listed(ff.down_proj.weight)):
+                return False
+        return listed(self.model.lm_head.weight)
+
+    def _forward_folded(
+        self,
+        ids: torch.Tensor,
+        slots: torch.Tensor,
+        positions: torch.Tensor,
+        block_table: torch.Tensor | None,
+        out: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """`forward` without RMSNorm launches: each block's last projection adds its output to the residual
+        stream s in its epilogue and leaves each row's partial sums of squares of s; the next projection that
+        reads norm(s) runs on s with the norm weight folded into its weight (`_fold_weights`) and scales its
+        rows by rsqrt(mean square + eps) in its epilogue. The first layer's norm stays a kernel (the
+        embedding gather leaves no sums of squares); the MoE route normalises s itself."""
+        from .kernels.triton_gemm import linear_residual_splitk, linear_splitk, splitk_for
+
+        k, cfg = self.k, self.config
+        eps = cfg.rms_norm_eps
+        assert self._folded is not None
+        s = self.model.model.embed_tokens(ids)
+        ssq: torch.Tensor | None = None
+        rows = s.shape[0]
+        for i, layer in enumerate(self.model.model.layers):
+            w = self._prep[i]
+            state = self.cache.layers[i]
+            wf = self._folded[i]
+            if ssq is None:
+                h, s = k.norm_linear(
+                    x=s, norm_weight=layer.input_layernorm.weight, eps=eps,
+                    weight=w.mixer.in_proj.weight if isinstance(w, _MambaWeights) else w,
+                )  # fmt: skip
+            else:
+                h = linear_splitk(x=s, weight=wf, config=splitk_for(rows, *wf.shape), norm_ssq=ssq, eps=eps)
+            if isinstance(w, _MambaWeights):
+                y, w_out = self._mamba_ssm(w, h, state, slots), w.mixer.out_proj.weight
+            else:
+                mixer = layer.mixer
+                y, w_out = self._attend(mixer, h, state, slots, positions, block_table), mixer.o_proj.weight
+            ff = layer.feed_forward
+            s, ssq = linear_residual_splitk(
+                x=y, weight=w_out, residual=s, config=splitk_for(rows, *w_out.shape), ssq=not layer.is_moe
+            )
+            if layer.is_moe:
+                s, ssq = k.moe_block(
+                    x=s,
+                    norm_weight=layer.pre_ff_layernorm.weight,
+                    eps=eps,
+                    router_weight=ff.router.weight,
+                    gate_up_proj=ff.experts.gate_up_proj,
+                    down_proj=ff.experts.down_proj,
+                    top_k=ff.top_k,
+                    act=ff.act,
+                    add_to_stream=True,
+                )
+            else:
+                wf = self._folded[("mlp", i)]
+                act = linear_splitk(
+                    x=s, weight=wf, swiglu=True, config=splitk_for(rows, *wf.shape), norm_ssq=ssq, eps=eps
+                )
+                s, ssq = linear_residual_splitk(
+                    x=act, weight=ff.down_proj.weight, residual=s, config=splitk_for(rows, *ff.down_proj.weight.shape)
+                )  # fmt: skip
+        wf = self._folded["lm_head"]
+        return linear_splitk(
+            x=s, weight=wf, out=out, config=splitk_for(rows, *wf.shape), norm_ssq=ssq, eps=eps
+        )
+
     def _mamba(
         self,
         i: int,
@@ -183,12 +306,21 @@ class DecodeStep:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         w = self._prep[i]
         mx = w.mixer
-        d = mx.d_inner
         xz, x = self.k.norm_linear(
             x=src, residual=res, norm_weight=norm_weight, eps=self.config.rms_norm_eps, weight=mx.in_proj.weight
         )
         if mx.in_proj.bias is not None:
             xz = xz + mx.in_proj.bias
+        y = self._mamba_ssm(w, xz, state, slots)
+        return self.k.linear(x=y, weight=mx.out_proj.weight, bias=mx.out_proj.bias), x
+
+    def _mamba_ssm(
+        self, w: _MambaWeights, xz: torch.Tensor, state: MambaState, slots: torch.Tensor
+    ) -> torch.Tensor:
+        """The Mamba mixer between its projections: conv window, x_proj and the selective state update of
+        the in_proj output xz; returns y for out_proj."""
+        mx = w.mixer
+        d = mx.d_inner
         conv = {
             "conv_state": state.conv,
             "conv_weight": w.conv_w,
@@ -215,7 +347,7 @@ class DecodeStep:
             **conv,
             **kw,
         )
-        return self.k.linear(x=y, weight=mx.out_proj.weight, bias=mx.out_proj.bias), x
+        return y
 
     def _attention(
         self,
@@ -229,11 +361,25 @@ class DecodeStep:
         positions: torch.Tensor,
         block_table: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = src.shape[0]
-        hd, nh, nkv = attn.head_dim, attn.n_heads, attn.n_kv_heads
         qkv, x = self.k.norm_linear(
             x=src, residual=res, norm_weight=norm_weight, eps=self.config.rms_norm_eps, weight=self._prep[i]
         )
+        o = self._attend(attn, qkv, kv, slots, positions, block_table)
+        return self.k.linear(x=o, weight=attn.o_proj.weight), x
+
+    def _attend(
+        self,
+        attn: Attention,
+        qkv: torch.Tensor,
+        kv: KVCache | PagedPool,
+        slots: torch.Tensor,
+        positions: torch.Tensor,
+        block_table: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Attention of the step's q over each row's cached K/V plus the new k, v (written at the row's
+        position first), from the fused q/k/v projection; returns [B, heads * head_dim] for o_proj."""
+        batch = qkv.shape[0]
+        hd, nh, nkv = attn.head_dim, attn.n_heads, attn.n_kv_heads
         q = qkv[:, : nh * hd].view(batch, nh, hd)
         kk = qkv[:, nh * hd : (nh + nkv) * hd].view(batch, nkv, hd)
         vv = qkv[:, (nh + nkv) * hd :].view(batch, nkv, hd)
@@ -251,7 +397,7 @@ class DecodeStep:
         o = self.k.attention_decode(
             q=q, context_lens=positions + 1, scale=attn.scale, k_new=kk, v_new=vv, **cache
         )
-        return self.k.linear(x=o.reshape(batch, nh * hd), weight=attn.o_proj.weight), x
+        return o.reshape(batch, nh * hd)
 
     def _mlp(
         self, mlp: torch.nn.Module, i: int, m: torch.Tensor, x: torch.Tensor, norm_weight: torch.Tensor

@@ -27,7 +27,14 @@ import triton.language as tl
 
 from .pdl import launch_kwargs, lines_for, pdl_args, pdl_begin, pdl_enabled, prefetch_rows
 from .triton_gemm import NUM_SMS, fixup_locks, last_to_arrive, linear_splitk, splitk_for
-from .triton_moe import align_buffers, align_in_one_program, align_pairs, moe_config, moe_experts
+from .triton_moe import (
+    align_buffers,
+    align_in_one_program,
+    align_pairs,
+    moe_config,
+    moe_experts,
+    moe_experts_residual,
+)
 
 # Rows served by the GEMV kernels (one program per row and output block: each row re-reads the weight, so
 # from 2 rows cuBLAS, which reads it once, is as fast or faster; measured in bench/GPU_NOTES.md).
@@ -510,9 +517,12 @@ def moe_block(
     top_k: int,
     act: Callable[[torch.Tensor], torch.Tensor],
     residual: torch.Tensor | None = None,
+    add_to_stream: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`reference.moe_block_ref`'s contract: norm, route and run the experts of x [T, H]. Returns
-    (experts' weighted sum, x + residual). Up to 4 tokens: three launches (route; per-pair gate/up GEMV
+    (experts' weighted sum, x + residual); with ``add_to_stream`` (more than 4 tokens, no ``residual``, the
+    fused token sum) instead (x + experts' weighted sum, its rows' sums of squares as
+    `moe_experts_residual` returns them). Up to 4 tokens: three launches (route; per-pair gate/up GEMV
     with SwiGLU; down GEMV over each token's k experts, weighted and summed); more: the route launch also
     sorts the pairs by expert (`align_pairs`), then the grouped GEMMs (`moe_experts`)."""
     tokens, hid = x.shape
@@ -580,6 +590,12 @@ def moe_block(
         num_warps=4 if block_e * block_h <= 8192 else (8 if block_e * block_h <= 16384 else 16),
         **launch_kwargs(pdl),
     )
+    if add_to_stream:
+        assert tokens > 4 and residual is None and act is F.silu, "the stream add runs in the grouped GEMM"
+        return moe_experts_residual(
+            x=h, residual=x, top_k_index=idx, top_k_weights=w, gate_up_proj=gate_up_proj, down_proj=down_proj,
+            config=cfg, aligned=aligned,
+        )  # fmt: skip
     if tokens > 4:
         out = moe_experts(
             x=h, top_k_index=idx, top_k_weights=w, gate_up_proj=gate_up_proj, down_proj=down_proj, act=act,

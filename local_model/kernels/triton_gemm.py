@@ -141,6 +141,30 @@ def last_to_arrive(lock, count):
 
 
 @triton.jit
+def _norm_scale(ssq_ptr, rows, rmask, n_parts, s_ssq, K, eps, PARTS: tl.constexpr):
+    """Each row's RMSNorm scale rsqrt(mean square + eps) from its ``n_parts`` partial sums of squares at
+    ssq[part, row] (summed in one fixed order, so the same bits every launch)."""
+    p = tl.arange(0, PARTS)
+    ss = tl.load(
+        ssq_ptr + p[:, None] * s_ssq + rows[None, :], mask=(p < n_parts)[:, None] & rmask[None, :], other=0.0
+    )
+    return tl.rsqrt(tl.sum(ss, axis=0) / K + eps)
+
+
+@triton.jit
+def residual_out(val, res_ptr, out_ptr, ssq_ptr, rows, n, rmask, omask, part, s_res, s_om, s_ssq, SSQ: tl.constexpr):
+    """Store out = (val rounded to the model dtype) + residual, rounded (the reference's residual add), and
+    with SSQ each row's sum of squares of the stored values over this column block at ssq[part, row]."""
+    dtype = out_ptr.dtype.element_ty
+    r = tl.load(res_ptr + rows[:, None].to(tl.int64) * s_res + n[None, :], mask=omask, other=0.0)
+    s = (val.to(dtype).to(tl.float32) + r.to(tl.float32)).to(dtype)
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * s_om + n[None, :], s, mask=omask)
+    if SSQ:
+        sf = tl.where(omask, s.to(tl.float32), 0.0)
+        tl.store(ssq_ptr + part * s_ssq + rows, tl.sum(sf * sf, axis=1), mask=rmask)
+
+
+@triton.jit
 def _splitk_gemm(
     x_ptr,
     w_ptr,
@@ -159,6 +183,13 @@ def _splitk_gemm(
     s_ps,
     s_pm,
     s_up,
+    res_ptr,
+    ssq_out_ptr,
+    ssq_in_ptr,
+    n_parts,
+    s_res,
+    s_ssq,
+    eps,
     SPLIT: tl.constexpr,
     FIXUP: tl.constexpr,
     SWIGLU: tl.constexpr,
@@ -170,12 +201,18 @@ def _splitk_gemm(
     PDL: tl.constexpr = False,
     PREFETCH_LINES: tl.constexpr = 0,
     ELEM_BYTES: tl.constexpr = 2,
+    RES: tl.constexpr = False,
+    SSQ: tl.constexpr = False,
+    RSTD_PARTS: tl.constexpr = 0,
 ):
     """Program (n block, split, m block): acc = x[rows, ks] @ w[n, ks]^T over its split ks of K.
 
     N is the number of output columns (n_half with SWIGLU, whose up rows start at weight row n_half).
     Partials are whole tiles at part[split, row, col] (SWIGLU: gate at col, up at s_up + col).
-    PREFETCH_LINES > 0: the program's weight slab is requested into L2 first; PDL: then `pdl_begin`."""
+    PREFETCH_LINES > 0: the program's weight slab is requested into L2 first; PDL: then `pdl_begin`.
+    RSTD_PARTS > 0: the output rows are scaled by their RMSNorm scale (`_norm_scale` over K of the
+    ``n_parts`` <= RSTD_PARTS partial sums of squares at ssq_in), the norm weight being folded into w. RES:
+    the output is `residual_out` (with SSQ its row sums of squares at ssq_out[n block])."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -191,6 +228,9 @@ def _splitk_gemm(
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < N
     dtype = out_ptr.dtype.element_ty
+    if RSTD_PARTS > 0:
+        # issued before the K loop, so the scale's loads overlap the weight stream
+        rstd = _norm_scale(ssq_in_ptr, rows, rmask, n_parts, s_ssq, K, eps, RSTD_PARTS)
     k_start = pid_k * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
@@ -217,8 +257,14 @@ def _splitk_gemm(
                 acc_up += tl.dot(a, wu)
     omask = rmask[:, None] & nmask[None, :]
     if not SPLIT:
+        if RSTD_PARTS > 0:
+            acc = acc * rstd[:, None]
+            acc_up = acc_up * rstd[:, None]
         val = _tile_epilogue(acc, acc_up, dtype, SWIGLU)
-        tl.store(out_ptr + rows[:, None].to(tl.int64) * s_om + n[None, :], val.to(dtype), mask=omask)
+        if RES:
+            residual_out(val, res_ptr, out_ptr, ssq_out_ptr, rows, n, rmask, omask, pid_n, s_res, s_om, s_ssq, SSQ)
+        else:
+            tl.store(out_ptr + rows[:, None].to(tl.int64) * s_om + n[None, :], val.to(dtype), mask=omask)
     else:
         p_tile = part_ptr + rows[:, None].to(tl.int64) * s_pm + n[None, :]
         tl.store(p_tile + pid_k * s_ps, acc)
@@ -232,8 +278,18 @@ def _splitk_gemm(
                 tot_up = tot
                 if SWIGLU:
                     tot_up = _sum_partials(p_tile + s_up, s_ps, split_k, BLOCK_M, BLOCK_N, GROUP)
+                if RSTD_PARTS > 0:
+                    tot = tot * rstd[:, None]
+                    tot_up = tot_up * rstd[:, None]
                 val = _tile_epilogue(tot, tot_up, dtype, SWIGLU)
-                tl.store(out_ptr + rows[:, None].to(tl.int64) * s_om + n[None, :], val.to(dtype), mask=omask)
+                if RES:
+                    residual_out(
+                        val, res_ptr, out_ptr, ssq_out_ptr, rows, n, rmask, omask, pid_n, s_res, s_om, s_ssq, SSQ
+                    )
+                else:
+                    tl.store(
+                        out_ptr + rows[:, None].to(tl.int64) * s_om + n[None, :], val.to(dtype), mask=omask
+                    )
                 tl.atomic_xchg(lock, 0)
 
 
@@ -354,16 +410,66 @@ def linear_splitk(
     config: SplitKConfig | None = None,
     pdl: bool | None = None,
     prefetch: bool | None = None,
+    norm_ssq: torch.Tensor | None = None,
+    eps: float = 1e-6,
 ) -> torch.Tensor:
     """`reference.linear_ref`'s contract without bias (x @ weight.T; with ``swiglu``, silu of the first
     half of the outputs times the second half), fp32 accumulation, output in the inputs' dtype (fp32 dots
     in IEEE precision). x [M, K] and weight [N, K] with unit inner stride; ``out`` [M, N or N/2] (unit
     column stride) receives the result. Launch parameters: explicit arguments, else ``config``'s fields,
-    else `splitk_config`'s; stages (then the K block) are cut until the pipeline fits SMEM_LIMIT."""
+    else `splitk_config`'s; stages (then the K block) are cut until the pipeline fits SMEM_LIMIT.
+
+    ``norm_ssq`` [parts, rows] (fp32 partial sums of squares of x's rows, `linear_residual_splitk`'s): the
+    result is RMSNorm(x) @ weight.T for a weight with the norm weight folded in (weight * norm_weight along
+    K), each row scaled by rsqrt(mean square + ``eps``) in the epilogue."""
+    return _splitk(
+        x=x, weight=weight, out=out, swiglu=swiglu, config=config, pdl=pdl, prefetch=prefetch,
+        norm_ssq=norm_ssq, eps=eps,
+        launch=SplitKConfig(block_n, block_k, split_k, num_warps, num_stages, reduce, block_m),
+    )[0]  # fmt: skip
+
+
+def linear_residual_splitk(
+    *,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    residual: torch.Tensor,
+    config: SplitKConfig | None = None,
+    ssq: bool = True,
+    pdl: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(residual + x @ weight.T, each in the model dtype as the reference rounds them; with ``ssq`` each
+    row's fp32 sums of squares of that result, one partial per output column block [parts, rows], for a
+    following `linear_splitk`'s ``norm_ssq``)."""
+    return _splitk(x=x, weight=weight, out=None, swiglu=False, config=config, pdl=pdl, prefetch=None,
+                   residual=residual, want_ssq=ssq)  # fmt: skip
+
+
+def _splitk(
+    *,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    out: torch.Tensor | None,
+    swiglu: bool,
+    config: SplitKConfig | None,
+    pdl: bool | None,
+    prefetch: bool | None,
+    launch: SplitKConfig = SplitKConfig(),
+    norm_ssq: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    residual: torch.Tensor | None = None,
+    want_ssq: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One split-K launch (`linear_splitk`, `linear_residual_splitk`): ``launch``'s fields, else ``config``'s,
+    else `splitk_config`'s."""
+    split_k, block_n, block_k, block_m = launch.split_k, launch.block_n, launch.block_k, launch.block_m
+    num_warps, num_stages, reduce = launch.num_warps, launch.num_stages, launch.reduce
     rows, k = x.shape
     n_w, k_w = weight.shape
+    fused = norm_ssq is not None or residual is not None
     if k_w != k or x.dtype != weight.dtype or x.stride(-1) != 1 or weight.stride(-1) != 1:
-        return norm_linear_ref(x=x, weight=weight, swiglu=swiglu, out=out)[0]
+        assert not fused, "the norm scale and residual add need the kernel's operands"
+        return norm_linear_ref(x=x, weight=weight, swiglu=swiglu, out=out)[0], None
     n_out = n_w // 2 if swiglu else n_w
     fp32 = x.dtype == torch.float32
     heur = splitk_config(rows, n_out, k, fp32=fp32)
@@ -402,7 +508,13 @@ def linear_splitk(
     else:
         part, s_ps, s_pm = out, 0, 0
     fixup = split > 1 and reduce == "fixup" and n_tiles * m_tiles <= LOCK_COUNT
+    assert not fused or split == 1 or fixup, "the norm scale and residual add run in the one-launch epilogue"
+    assert residual is None or (not swiglu and residual.shape == out.shape and residual.stride(-1) == 1)
     lock = fixup_locks(x.device) if fixup else out
+    ssq = torch.empty(n_tiles, rows, device=x.device, dtype=torch.float32) if want_ssq else None
+    assert norm_ssq is None or (norm_ssq.shape[1] == rows and norm_ssq.stride(1) == 1)
+    n_parts = norm_ssq.shape[0] if norm_ssq is not None else 0
+    assert ssq is None or norm_ssq is None or ssq.stride(0) == norm_ssq.stride(0), "one stride for both"
     pdl = pdl_choice(x.device, pdl, rows)
     prefetch = pdl if prefetch is None else pdl_choice(x.device, prefetch)
     _splitk_gemm[(n_tiles, split, m_tiles)](
@@ -423,6 +535,13 @@ def linear_splitk(
         s_ps,
         s_pm,
         n_pad,
+        residual if residual is not None else out,
+        ssq if ssq is not None else part,
+        norm_ssq if norm_ssq is not None else part,
+        n_parts,
+        residual.stride(0) if residual is not None else 0,
+        ssq.stride(0) if ssq is not None else (norm_ssq.stride(0) if norm_ssq is not None else 0),
+        eps,
         SPLIT=split > 1,
         FIXUP=fixup,
         SWIGLU=swiglu,
@@ -434,6 +553,9 @@ def linear_splitk(
         PDL=pdl,
         PREFETCH_LINES=lines_for(k_per_split, weight.element_size()) if prefetch else 0,
         ELEM_BYTES=weight.element_size(),
+        RES=residual is not None,
+        SSQ=ssq is not None,
+        RSTD_PARTS=triton.next_power_of_2(n_parts) if n_parts else 0,
         num_warps=num_warps,
         num_stages=num_stages,
         **launch_kwargs(pdl),
@@ -458,7 +580,7 @@ def linear_splitk(
             GROUP=_group(sum_m * sum_n // 64),
             num_warps=2,
         )
-    return out
+    return out, ssq
 
 
 __all__ = [
@@ -466,6 +588,8 @@ __all__ = [
     "SplitKConfig",
     "fixup_locks",
     "last_to_arrive",
+    "linear_residual_splitk",
+    "residual_out",
     "linear_splitk",
     "splitk_config",
     "splitk_for",

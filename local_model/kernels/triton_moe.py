@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .pdl import launch_kwargs, pdl_begin, pdl_choice, prefetch_rows
-from .triton_gemm import LOCK_COUNT, fit_pipeline, fixup_locks, last_to_arrive
+from .triton_gemm import LOCK_COUNT, fit_pipeline, fixup_locks, last_to_arrive, residual_out
 
 # k up to which PyTorch's ``.sum(1)`` over [tokens, k, hid] adds the k rows in k order (its reduction keeps
 # 4 accumulators per thread), so the fused sum can give its bits
@@ -271,14 +271,22 @@ def _token_sums(
     s_om,
     s_ps,
     s_so,
+    res_ptr,
+    ssq_ptr,
+    part,
+    s_res,
+    s_ssq,
     SPLIT: tl.constexpr,
     TOP_K: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    RES: tl.constexpr = False,
+    SSQ: tl.constexpr = False,
 ):
     """sum[t, n] = the k routed rows of token t (pairs t*k .. t*k + k-1) added in k order from zero in fp32,
     rounded to the model dtype once. The rows: stored ones (out), or with SPLIT the fp32 split partials at
-    out + s * s_ps summed in split order, then `_routed`."""
+    out + s * s_ps summed in split order, then `_routed`. RES: the residual added (`residual_out`, with SSQ
+    each token's sum of squares over this column block at ssq[part, token])."""
     dtype = sum_ptr.dtype.element_ty
     for t0 in range(0, tokens, BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
@@ -295,7 +303,10 @@ def _token_sums(
                 tot += _routed(acc, rw, dtype)
             else:
                 tot += tl.load(rows, mask=m, other=0.0).to(tl.float32)
-        tl.store(sum_ptr + t[:, None].to(tl.int64) * s_so + n[None, :], tot.to(dtype), mask=m)
+        if RES:
+            residual_out(tot, res_ptr, sum_ptr, ssq_ptr, t, n, t < tokens, m, part, s_res, s_so, s_ssq, SSQ)
+        else:
+            tl.store(sum_ptr + t[:, None].to(tl.int64) * s_so + n[None, :], tot.to(dtype), mask=m)
 
 
 @triton.jit
@@ -324,6 +335,10 @@ def _moe_gemm(
     s_so,
     a_div,
     n_half,
+    res_ptr,
+    ssq_ptr,
+    s_res,
+    s_ssq,
     SWIGLU: tl.constexpr,
     ROUTED: tl.constexpr,
     SPLIT: tl.constexpr,
@@ -338,6 +353,8 @@ def _moe_gemm(
     PDL: tl.constexpr = False,
     PREFETCH_LINES: tl.constexpr = 0,
     ELEM_BYTES: tl.constexpr = 2,
+    RES: tl.constexpr = False,
+    SSQ: tl.constexpr = False,
 ):
     """Program (pair block, column block, split): acc[pair, n] = a[pair // a_div] . w[e, n] over the
     split's K range, for the BLOCK_M sorted pairs at pid_m * BLOCK_M (sub-block pid_m % SUB of alignment
@@ -346,7 +363,8 @@ def _moe_gemm(
 
     SWIGLU: out[pair] = silu(gate rows n) * (up rows n_half + n). ROUTED: out[pair] = `_routed` row;
     with SPLIT, out + split * s_ps receives the fp32 dot instead. SUM: the column block's last program
-    writes sum[token] = `_token_sums`. The model dtype is sum_ptr's. PDL: nothing is read before
+    writes sum[token] = `_token_sums` (RES: plus the residual, SSQ: with row sums of squares). The model
+    dtype is sum_ptr's. PDL: nothing is read before
     `pdl_begin` (the block's expert comes from the routing the previous kernel writes), except that with
     PREFETCH_LINES > 0, before the wait, program (pid_m < num_experts, n, split) requests expert pid_m's
     rows of column block n (gate and up), PREFETCH_LINES lines each from its split's start, into L2."""
@@ -411,8 +429,8 @@ def _moe_gemm(
         lock = lock_ptr + pid_n
         if last_to_arrive(lock, tl.num_programs(0) * tl.num_programs(2)):
             _token_sums(
-                out_ptr, sum_ptr, rw_ptr, n, nmask, tokens, split_k, s_om, s_ps, s_so, SPLIT, TOP_K, BLOCK_T,
-                BLOCK_N,
+                out_ptr, sum_ptr, rw_ptr, n, nmask, tokens, split_k, s_om, s_ps, s_so, res_ptr, ssq_ptr, pid_n,
+                s_res, s_ssq, SPLIT, TOP_K, BLOCK_T, BLOCK_N, RES, SSQ,
             )  # fmt: skip
             tl.atomic_xchg(lock, 0)
 
@@ -443,7 +461,7 @@ def moe_gate_up(
     _moe_gemm[(sorted_ids.numel() // cfg.block_m, triton.cdiv(inter, cfg.block_n), 1)](
         x, gate_up_proj, act_out, act_out, act_out, sorted_ids, block_expert, x,
         inter, hid, pairs, num_experts, tokens, hid, 1,
-        x.stride(0), *gate_up_proj.stride(), act_out.stride(0), 0, 0, top_k, inter,
+        x.stride(0), *gate_up_proj.stride(), act_out.stride(0), 0, 0, top_k, inter, act_out, act_out, 0, 0,
         SWIGLU=True, ROUTED=False, SPLIT=False, SUM=False, IEEE=x.dtype == torch.float32, TOP_K=top_k,
         SUB=align_m // cfg.block_m, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, BLOCK_T=16, PDL=pdl,
         PREFETCH_LINES=_prefetch_lines(cfg, pdl), ELEM_BYTES=x.element_size(),
@@ -463,9 +481,15 @@ def moe_down(
     align_m: int,
     fused: bool,
     pdl: bool,
-) -> torch.Tensor:
+    residual: torch.Tensor | None = None,
+    want_ssq: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The down grouped GEMM times the routing weights (flat [pairs]): with ``fused`` each token's k rows
-    summed in the kernel ([tokens, H]; cfg.split_k honoured), else the [pairs, H] rows (one split)."""
+    summed in the kernel ([tokens, H]; cfg.split_k honoured), else the [pairs, H] rows (one split).
+    ``residual`` [tokens, H] (fused only): added to the sums as the reference's residual add rounds it;
+    ``want_ssq``: also each token's fp32 sums of squares of the result, one partial per output column
+    block ([blocks, tokens], for `triton_gemm.linear_splitk`'s ``norm_ssq``). Returns (out, sums of squares
+    or None)."""
     pairs, inter = act_out.shape
     top_k = pairs // tokens
     num_experts, hid, _ = down_proj.shape
@@ -484,18 +508,21 @@ def moe_down(
     else:
         partial = torch.empty(pairs, hid, device=dev, dtype=dtype)
     sums = out if fused else partial
+    assert (residual is None and not want_ssq) or (fused and residual is not None and residual.shape == out.shape)
+    ssq = torch.empty(n_cols, tokens, device=dev, dtype=torch.float32) if want_ssq else None
     _moe_gemm[(sorted_ids.numel() // cfg.block_m, n_cols, split)](
         act_out, down_proj, partial, sums, fixup_locks(dev) if fused else partial, sorted_ids, block_expert,
         routing_weights, hid, inter, pairs, num_experts, tokens, k_per_split, split,
         act_out.stride(0), *down_proj.stride(), partial.stride(-2), partial.stride(0) if split > 1 else 0,
-        sums.stride(0), 1, 0,
+        sums.stride(0), 1, 0, residual if residual is not None else sums, ssq if ssq is not None else sums,
+        residual.stride(0) if residual is not None else 0, ssq.stride(0) if ssq is not None else 0,
         SWIGLU=False, ROUTED=True, SPLIT=split > 1, SUM=fused, IEEE=dtype == torch.float32, TOP_K=top_k,
         SUB=align_m // cfg.block_m, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk,
         BLOCK_T=min(triton.next_power_of_2(tokens), max(16, 4096 // cfg.block_n)), PDL=pdl,
-        PREFETCH_LINES=_prefetch_lines(cfg, pdl), ELEM_BYTES=dtype.itemsize,
-        num_warps=cfg.num_warps, num_stages=stages, **launch_kwargs(pdl),
+        PREFETCH_LINES=_prefetch_lines(cfg, pdl), ELEM_BYTES=dtype.itemsize, RES=residual is not None,
+        SSQ=want_ssq, num_warps=cfg.num_warps, num_stages=stages, **launch_kwargs(pdl),
     )  # fmt: skip
-    return out if fused else partial
+    return (out if fused else partial), ssq
 
 
 def moe_experts(
@@ -517,10 +544,56 @@ def moe_experts(
     the same bits). Launches: ``config``, else `moe_config`'s; ``pdl`` as `pdl_enabled` unless False;
     ``aligned``: `moe_align`'s output for these pairs and the launches' larger block_m, if already made.
     No host sync (shapes do not depend on the routing)."""
+    return _moe_run(
+        x=x, top_k_index=top_k_index, top_k_weights=top_k_weights, gate_up_proj=gate_up_proj,
+        down_proj=down_proj, act=act, config=config, fused_sum=fused_sum, pdl=pdl, aligned=aligned,
+    )[0]  # fmt: skip
+
+
+def moe_experts_residual(
+    *,
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    config: MoeConfig | None = None,
+    pdl: bool | None = None,
+    aligned: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(residual + `moe_experts`(x, ...), each token's sums of squares of it in partials [blocks, tokens]):
+    the layer's residual add in the down GEMM's token sum (SwiGLU experts whose token sum is fused,
+    `fused_sum_applies`), for a following `triton_gemm.linear_splitk` with ``norm_ssq``."""
+    out, ssq = _moe_run(
+        x=x, top_k_index=top_k_index, top_k_weights=top_k_weights, gate_up_proj=gate_up_proj,
+        down_proj=down_proj, act=F.silu, config=config, fused_sum=True, pdl=pdl, aligned=aligned,
+        residual=residual,
+    )  # fmt: skip
+    assert ssq is not None, "the residual add needs the fused token sum"
+    return out, ssq
+
+
+def _moe_run(
+    *,
+    x: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    act: Callable[[torch.Tensor], torch.Tensor],
+    config: MoeConfig | None,
+    fused_sum: bool | None,
+    pdl: bool | None,
+    aligned: tuple[torch.Tensor, torch.Tensor] | None,
+    residual: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`moe_experts` and `moe_experts_residual`: (out, sums of squares when ``residual`` is given)."""
     if act is not F.silu:
+        assert residual is None, "the residual add runs in the SwiGLU path's token sum"
         from .reference import moe_experts_ref
 
-        return moe_experts_ref(x, top_k_index, top_k_weights, gate_up_proj, down_proj, act)
+        return moe_experts_ref(x, top_k_index, top_k_weights, gate_up_proj, down_proj, act), None
     tokens, hid = x.shape
     k = top_k_index.shape[1]
     num_experts, two_i, _ = gate_up_proj.shape
@@ -539,8 +612,11 @@ def moe_experts(
         x.contiguous(), gate_up_proj, sorted_ids, block_expert, k, cfg.gate_up, align_m, pdl
     )
     rw = top_k_weights.reshape(-1).contiguous()
-    out = moe_down(act_out, down_proj, sorted_ids, block_expert, rw, tokens, cfg.down, align_m, fused, pdl)
-    return out if fused else out.view(tokens, k, hid).sum(1)
+    out, ssq = moe_down(
+        act_out, down_proj, sorted_ids, block_expert, rw, tokens, cfg.down, align_m, fused, pdl,
+        residual=residual if fused else None, want_ssq=residual is not None and fused,
+    )  # fmt: skip
+    return (out if fused else out.view(tokens, k, hid).sum(1)), ssq
 
 
 __all__ = [
@@ -558,6 +634,7 @@ __all__ = [
     "moe_config",
     "moe_down",
     "moe_experts",
+    "moe_experts_residual",
     "moe_gate_up",
     "token_bucket",
 ]

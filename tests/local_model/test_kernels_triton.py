@@ -333,6 +333,23 @@ def test_moe_experts_with_the_pre_wait_weight_prefetch_give_the_same_bits(split_
     assert _locks_at_zero()
 
 
+def test_moe_experts_residual_adds_the_stream_and_leaves_its_sums_of_squares():
+    """The experts' token sum with the layer's residual add in it: the rows `moe_experts` + residual gives,
+    and per-column-block sums of squares whose total is each row's."""
+    from local_model.kernels import triton_moe as tm
+
+    case = _moe_case(95, 9, 2, torch.float32)
+    cfg = tm.MoeConfig(tm.MoeGemmConfig(16, 16, 32), tm.MoeGemmConfig(16, 16, 32))
+    res = torch.randn(case["x"].shape, generator=torch.Generator().manual_seed(5)).to(DEV)
+    kw = {key: v for key, v in case.items() if key != "act"}
+    s, ssq = tm.moe_experts_residual(**kw, residual=res, config=cfg)
+    expect = tk.moe_experts(**case, config=cfg) + res
+    assert rel(s, expect) <= 1e-6
+    assert ssq.shape == (-(-res.shape[1] // 16), res.shape[0])
+    assert rel(ssq.sum(0), (s * s).sum(1)) <= 1e-6
+    assert _locks_at_zero()
+
+
 def test_moe_experts_sums_outside_the_gemm_past_four_experts_a_token():
     """Past k = 4 PyTorch's sum no longer adds in k order: the rows are summed by `.sum(1)` after."""
     from local_model.kernels import triton_moe as tm
@@ -965,6 +982,66 @@ def test_decode_step_with_every_projection_on_split_k_matches_the_model_forward(
         got = DecodeStep(model, pool, triton_bundle()).forward(
             nxt, slots, torch.full((batch,), 9, device=DEV)
         )
+    assert rel(got, expect) <= 1e-5
+
+
+@pytest.mark.parametrize("split_k", [1, 3])
+@pytest.mark.parametrize("swiglu", [False, True])
+def test_split_k_residual_add_then_norm_scaled_projection_match_rmsnorm_then_linear(split_k, swiglu):
+    """`linear_residual_splitk` gives residual + x @ w.T and its rows' sums of squares per column block;
+    `linear_splitk` with those sums and the norm weight folded into its weight gives linear(RMSNorm(.))."""
+    from local_model.kernels.triton_gemm import SplitKConfig, linear_residual_splitk, linear_splitk
+
+    gen = torch.Generator().manual_seed(50 + split_k)
+    rows, k, n, n2 = 6, 96, 80, 36
+    x = torch.randn(rows, k, generator=gen).to(DEV)
+    w = (torch.randn(n, k, generator=gen) * 0.1).to(DEV)
+    res = torch.randn(rows, n, generator=gen).to(DEV)
+    norm_w = (torch.rand(n, generator=gen) + 0.5).to(DEV)
+    w2 = (torch.randn(2 * n2 if swiglu else n2, n, generator=gen) * 0.1).to(DEV)
+    cfg = SplitKConfig(block_n=32, block_k=32, split_k=split_k)
+    s, ssq = linear_residual_splitk(x=x, weight=w, residual=res, config=cfg)
+    s_ref = x @ w.T + res
+    assert rel(s, s_ref) <= 1e-6 and ssq.shape == (3, rows)
+    assert rel(ssq.sum(0), (s_ref * s_ref).sum(1)) <= 1e-6
+    got = linear_splitk(x=s, weight=w2 * norm_w, swiglu=swiglu, config=cfg, norm_ssq=ssq, eps=1e-6)
+    h = ref.rms_norm_ref(x=s_ref, weight=norm_w, eps=1e-6)
+    assert rel(got, ref.norm_linear_ref(x=h, weight=w2, swiglu=swiglu)[0]) <= 1e-5
+    assert _locks_at_zero()
+
+
+@pytest.mark.parametrize("split_k", [1, 2])
+def test_decode_step_with_norms_folded_into_the_projections_matches_the_model_forward(monkeypatch, split_k):
+    """`DecodeStep.FOLD_NORMS`: no RMSNorm launches after the first layer's; each block's last projection
+    (out_proj, o_proj, MLP down, the experts' token sum) adds the residual and leaves row sums of squares,
+    the next projection scales its rows (in_proj, qkv, MLP gate/up, lm_head with the norm weights folded in);
+    the logits match the model's own cached forward, split over K or not."""
+    from local_model.decode import DecodeStep
+    from local_model.kernels import triton_bundle
+    from local_model.kernels import triton_gemm as tg
+
+    model = _tiny_model(torch.float32)
+    for p in model.parameters():
+        if p.dim() == 2:
+            monkeypatch.setitem(
+                tg.SPLITK_SHAPES, tuple(p.shape), tg.SplitKConfig(block_n=16, block_k=32, split_k=split_k)
+            )
+    monkeypatch.setattr(DecodeStep, "FOLD_NORMS", True)
+    batch = 6
+    gen = torch.Generator().manual_seed(61)
+    prompt = torch.randint(0, 256, (batch, 9), generator=gen).to(DEV)
+    ref_cache = model.allocate_cache(batch, 16)
+    pool = model.allocate_cache(batch, 16, num_slots=batch)
+    slots = torch.arange(batch, device=DEV)
+    with torch.inference_mode():
+        model(prompt, ref_cache)
+        model(prompt, pool.view(slots, torch.zeros(batch, dtype=torch.long)))
+        nxt = torch.randint(0, 256, (batch,), generator=gen).to(DEV)
+        expect = model(nxt[:, None], ref_cache)[:, 0]
+        step = DecodeStep(model, pool, triton_bundle())
+        assert step._folds_apply(batch) and not step._folds_apply(4)
+        got = step.forward(nxt, slots, torch.full((batch,), 9, device=DEV))
+    assert _locks_at_zero()
     assert rel(got, expect) <= 1e-5
 
 
