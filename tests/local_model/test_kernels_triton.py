@@ -955,9 +955,14 @@ def test_bundle_projections_take_split_k_only_for_listed_weights(monkeypatch, ro
     assert calls == ([] if rows == 1 else [(90, 67), (90, 67)])
 
 
-def test_decode_step_with_every_projection_on_split_k_matches_the_model_forward(monkeypatch):
+@pytest.mark.parametrize("split_k", [1, 2])
+@pytest.mark.parametrize("fold", [False, True])
+def test_decode_step_with_every_projection_on_split_k_matches_the_model_forward(monkeypatch, split_k, fold):
     """The flat decode step at 6 rows with every 2-D weight listed for the split-K GEMM (in_proj, x_proj,
-    out_proj, qkv/o, MLP gate/up with SwiGLU and down, lm_head into the logits buffer)."""
+    out_proj, qkv/o, MLP gate/up with SwiGLU and down, lm_head into the logits buffer), split over K or not.
+    ``fold`` (`DecodeStep.FOLD_NORMS`): no RMSNorm launches after the first layer's; each block's last
+    projection (out_proj, o_proj, MLP down, the experts' token sum) adds the residual and leaves row sums of
+    squares, the next (in_proj, qkv, MLP gate/up, lm_head, norm weights folded in) scales its rows."""
     from local_model.decode import DecodeStep
     from local_model.kernels import triton_bundle
     from local_model.kernels import triton_gemm as tg
@@ -966,8 +971,9 @@ def test_decode_step_with_every_projection_on_split_k_matches_the_model_forward(
     for p in model.parameters():
         if p.dim() == 2:
             monkeypatch.setitem(
-                tg.SPLITK_SHAPES, tuple(p.shape), tg.SplitKConfig(block_n=32, block_k=32, split_k=2)
+                tg.SPLITK_SHAPES, tuple(p.shape), tg.SplitKConfig(block_n=16, block_k=32, split_k=split_k)
             )
+    monkeypatch.setattr(DecodeStep, "FOLD_NORMS", fold)
     batch = 6
     gen = torch.Generator().manual_seed(60)
     prompt = torch.randint(0, 256, (batch, 9), generator=gen).to(DEV)
@@ -979,9 +985,11 @@ def test_decode_step_with_every_projection_on_split_k_matches_the_model_forward(
         model(prompt, pool.view(slots, torch.zeros(batch, dtype=torch.long)))
         nxt = torch.randint(0, 256, (batch,), generator=gen).to(DEV)
         expect = model(nxt[:, None], ref_cache)[:, 0]
-        got = DecodeStep(model, pool, triton_bundle()).forward(
-            nxt, slots, torch.full((batch,), 9, device=DEV)
-        )
+        step = DecodeStep(model, pool, triton_bundle())
+        assert (step._folded is not None and step._folds_apply(batch)) is fold
+        assert step._folded is None or not step._folds_apply(4)
+        got = step.forward(nxt, slots, torch.full((batch,), 9, device=DEV))
+    assert _locks_at_zero()
     assert rel(got, expect) <= 1e-5
 
 
@@ -1008,41 +1016,6 @@ def test_split_k_residual_add_then_norm_scaled_projection_match_rmsnorm_then_lin
     h = ref.rms_norm_ref(x=s_ref, weight=norm_w, eps=1e-6)
     assert rel(got, ref.norm_linear_ref(x=h, weight=w2, swiglu=swiglu)[0]) <= 1e-5
     assert _locks_at_zero()
-
-
-@pytest.mark.parametrize("split_k", [1, 2])
-def test_decode_step_with_norms_folded_into_the_projections_matches_the_model_forward(monkeypatch, split_k):
-    """`DecodeStep.FOLD_NORMS`: no RMSNorm launches after the first layer's; each block's last projection
-    (out_proj, o_proj, MLP down, the experts' token sum) adds the residual and leaves row sums of squares,
-    the next projection scales its rows (in_proj, qkv, MLP gate/up, lm_head with the norm weights folded in);
-    the logits match the model's own cached forward, split over K or not."""
-    from local_model.decode import DecodeStep
-    from local_model.kernels import triton_bundle
-    from local_model.kernels import triton_gemm as tg
-
-    model = _tiny_model(torch.float32)
-    for p in model.parameters():
-        if p.dim() == 2:
-            monkeypatch.setitem(
-                tg.SPLITK_SHAPES, tuple(p.shape), tg.SplitKConfig(block_n=16, block_k=32, split_k=split_k)
-            )
-    monkeypatch.setattr(DecodeStep, "FOLD_NORMS", True)
-    batch = 6
-    gen = torch.Generator().manual_seed(61)
-    prompt = torch.randint(0, 256, (batch, 9), generator=gen).to(DEV)
-    ref_cache = model.allocate_cache(batch, 16)
-    pool = model.allocate_cache(batch, 16, num_slots=batch)
-    slots = torch.arange(batch, device=DEV)
-    with torch.inference_mode():
-        model(prompt, ref_cache)
-        model(prompt, pool.view(slots, torch.zeros(batch, dtype=torch.long)))
-        nxt = torch.randint(0, 256, (batch,), generator=gen).to(DEV)
-        expect = model(nxt[:, None], ref_cache)[:, 0]
-        step = DecodeStep(model, pool, triton_bundle())
-        assert step._folds_apply(batch) and not step._folds_apply(4)
-        got = step.forward(nxt, slots, torch.full((batch,), 9, device=DEV))
-    assert _locks_at_zero()
-    assert rel(got, expect) <= 1e-5
 
 
 @gpu
