@@ -434,8 +434,18 @@ def main() -> int:
         "without programmatic launch; ':key=value+...' launch overrides, see override_launches); with --big, "
         "on the ~1.5B config",
     )
+    ap.add_argument(
+        "--fold-norms",
+        action="store_true",
+        help="our decode step folds its RMSNorms into the split-K projections (DecodeStep.FOLD_NORMS; with "
+        "--splitk-ab each mode's fold=1 decides)",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.fold_norms:
+        from local_model.decode import DecodeStep
+
+        DecodeStep.FOLD_NORMS = True
 
     if args.splitk_ab:
         return splitk_ab(args)
