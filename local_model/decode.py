@@ -240,27 +240,21 @@ class DecodeStep:
         """`forward` without RMSNorm launches: each block's last projection adds its output to the residual
         stream s in its epilogue and leaves each row's partial sums of squares of s; the next projection that
         reads norm(s) runs on s with the norm weight folded into its weight (`_fold_weights`) and scales its
-        rows by rsqrt(mean square + eps) in its epilogue. The first layer's norm stays a kernel (the
-        embedding gather leaves no sums of squares); the MoE route normalises s itself."""
+        rows by rsqrt(mean square + eps) in its epilogue. The embedding gather leaves the first sums of
+        squares (`embed_with_ssq`); the MoE route normalises s itself."""
+        from .kernels.triton_decode import embed_with_ssq
         from .kernels.triton_gemm import linear_residual_splitk, linear_splitk, splitk_for
 
         k, cfg = self.k, self.config
         eps = cfg.rms_norm_eps
         assert self._folded is not None
-        s = self.model.model.embed_tokens(ids)
-        ssq: torch.Tensor | None = None
+        s, ssq = embed_with_ssq(ids=ids, table=self.model.model.embed_tokens.weight)
         rows = s.shape[0]
         for i, layer in enumerate(self.model.model.layers):
             w = self._prep[i]
             state = self.cache.layers[i]
             wf = self._folded[i]
-            if ssq is None:
-                h, s = k.norm_linear(
-                    x=s, norm_weight=layer.input_layernorm.weight, eps=eps,
-                    weight=w.mixer.in_proj.weight if isinstance(w, _MambaWeights) else w,
-                )  # fmt: skip
-            else:
-                h = linear_splitk(x=s, weight=wf, config=splitk_for(rows, *wf.shape), norm_ssq=ssq, eps=eps)
+            h = linear_splitk(x=s, weight=wf, config=splitk_for(rows, *wf.shape), norm_ssq=ssq, eps=eps)
             if isinstance(w, _MambaWeights):
                 y, w_out = self._mamba_ssm(w, h, state, slots), w.mixer.out_proj.weight
             else:

@@ -749,4 +749,40 @@ def greedy_advance(
     )
 
 
-__all__ = ["greedy_advance", "linear", "mamba_conv_xproj", "moe_block", "norm_linear"]
+# ============================================================================ embedding rows + sums of squares
+
+
+@triton.jit
+def _embed_ssq(
+    ids_ptr, table_ptr, out_ptr, ssq_ptr, H, s_t, s_o, BLOCK_H: tl.constexpr, PDL: tl.constexpr = False
+):
+    """Program r: out[r] = table[ids[r]] and ssq[0, r] = its fp32 sum of squares (the ids come from the
+    previous kernel: read after `pdl_begin`)."""
+    pdl_begin(PDL)
+    r = tl.program_id(0)
+    tok = tl.load(ids_ptr + r).to(tl.int64)
+    acc = tl.zeros([BLOCK_H], tl.float32)
+    for h0 in range(0, H, BLOCK_H):
+        h = h0 + tl.arange(0, BLOCK_H)
+        v = tl.load(table_ptr + tok * s_t + h, mask=h < H, other=0.0)
+        tl.store(out_ptr + r.to(tl.int64) * s_o + h, v, mask=h < H)
+        vf = v.to(tl.float32)
+        acc += vf * vf
+    tl.store(ssq_ptr + r, tl.sum(acc))
+
+
+def embed_with_ssq(*, ids: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(table[ids], each row's fp32 sum of squares as one partial [1, rows]): the residual stream's first
+    value and what a following `triton_gemm.linear_splitk` takes as ``norm_ssq``, in one launch."""
+    rows, hid = ids.shape[0], table.shape[1]
+    assert table.stride(1) == 1
+    out = torch.empty(rows, hid, device=table.device, dtype=table.dtype)
+    ssq = torch.empty(1, rows, device=table.device, dtype=torch.float32)
+    _embed_ssq[(rows,)](
+        ids, table, out, ssq, hid, table.stride(0), out.stride(0), BLOCK_H=min(1024, triton.next_power_of_2(hid)),
+        num_warps=4, **pdl_args(table.device, rows),
+    )  # fmt: skip
+    return out, ssq
+
+
+__all__ = ["embed_with_ssq", "greedy_advance", "linear", "mamba_conv_xproj", "moe_block", "norm_linear"]

@@ -333,6 +333,16 @@ def test_moe_experts_with_the_pre_wait_weight_prefetch_give_the_same_bits(split_
     assert _locks_at_zero()
 
 
+def test_embedding_gather_leaves_its_rows_sums_of_squares():
+    from local_model.kernels.triton_decode import embed_with_ssq
+
+    table = torch.randn(50, 72, generator=torch.Generator().manual_seed(8)).to(DEV)
+    ids = torch.tensor([3, 49, 0, 3, 17], device=DEV)
+    rows, ssq = embed_with_ssq(ids=ids, table=table)
+    assert torch.equal(rows, table[ids]) and ssq.shape == (1, 5)
+    assert rel(ssq[0], (table[ids] ** 2).sum(1)) <= 1e-6
+
+
 def test_moe_experts_residual_adds_the_stream_and_leaves_its_sums_of_squares():
     """The experts' token sum with the layer's residual add in it: the rows `moe_experts` + residual gives,
     and per-column-block sums of squares whose total is each row's."""
@@ -960,9 +970,9 @@ def test_bundle_projections_take_split_k_only_for_listed_weights(monkeypatch, ro
 def test_decode_step_with_every_projection_on_split_k_matches_the_model_forward(monkeypatch, split_k, fold):
     """The flat decode step at 6 rows with every 2-D weight listed for the split-K GEMM (in_proj, x_proj,
     out_proj, qkv/o, MLP gate/up with SwiGLU and down, lm_head into the logits buffer), split over K or not.
-    ``fold`` (`DecodeStep.FOLD_NORMS`): no RMSNorm launches after the first layer's; each block's last
-    projection (out_proj, o_proj, MLP down, the experts' token sum) adds the residual and leaves row sums of
-    squares, the next (in_proj, qkv, MLP gate/up, lm_head, norm weights folded in) scales its rows."""
+    ``fold`` (`DecodeStep.FOLD_NORMS`): no RMSNorm launches; the embedding gather and each block's last
+    projection (out_proj, o_proj, MLP down, the experts' token sum, which also add the residual) leave row
+    sums of squares, the next (in_proj, qkv, MLP gate/up, lm_head, norm weights folded in) scales its rows."""
     from local_model.decode import DecodeStep
     from local_model.kernels import triton_bundle
     from local_model.kernels import triton_gemm as tg
