@@ -141,27 +141,51 @@ def last_to_arrive(lock, count):
 
 
 @triton.jit
-def _norm_scale(ssq_ptr, rows, rmask, n_parts, s_ssq, K, eps, PARTS: tl.constexpr):
+def _norm_scale(ssq_ptr, rows, rmask, n_parts, M, K, eps, PARTS: tl.constexpr):
     """Each row's RMSNorm scale rsqrt(mean square + eps) from its ``n_parts`` partial sums of squares at
-    ssq[part, row] (summed in one fixed order, so the same bits every launch)."""
+    ssq[part, row] (contiguous [parts, M]; summed in one fixed order, so the same bits every launch)."""
     p = tl.arange(0, PARTS)
     ss = tl.load(
-        ssq_ptr + p[:, None] * s_ssq + rows[None, :], mask=(p < n_parts)[:, None] & rmask[None, :], other=0.0
+        ssq_ptr + p[:, None] * M + rows[None, :], mask=(p < n_parts)[:, None] & rmask[None, :], other=0.0
     )
     return tl.rsqrt(tl.sum(ss, axis=0) / K + eps)
 
 
 @triton.jit
-def residual_out(val, res_ptr, out_ptr, ssq_ptr, rows, n, rmask, omask, part, s_res, s_om, s_ssq, SSQ: tl.constexpr):
+def residual_out(
+    val, res_ptr, out_ptr, ssq_ptr, rows, n, rmask, omask, part, M, s_res, s_om, SSQ: tl.constexpr
+):
     """Store out = (val rounded to the model dtype) + residual, rounded (the reference's residual add), and
-    with SSQ each row's sum of squares of the stored values over this column block at ssq[part, row]."""
+    with SSQ each row's sum of squares of the stored values over this column block at ssq[part, row]
+    (contiguous [parts, M])."""
     dtype = out_ptr.dtype.element_ty
     r = tl.load(res_ptr + rows[:, None].to(tl.int64) * s_res + n[None, :], mask=omask, other=0.0)
     s = (val.to(dtype).to(tl.float32) + r.to(tl.float32)).to(dtype)
     tl.store(out_ptr + rows[:, None].to(tl.int64) * s_om + n[None, :], s, mask=omask)
     if SSQ:
         sf = tl.where(omask, s.to(tl.float32), 0.0)
-        tl.store(ssq_ptr + part * s_ssq + rows, tl.sum(sf * sf, axis=1), mask=rmask)
+        tl.store(ssq_ptr + part * M + rows, tl.sum(sf * sf, axis=1), mask=rmask)
+
+
+@triton.jit
+def _write_tile(
+    acc, acc_up, rstd, out_ptr, res_ptr, ssq_ptr, rows, n, rmask, omask, part, M, s_res, s_om,
+    SWIGLU: tl.constexpr, RSTD: tl.constexpr, RES: tl.constexpr, SSQ: tl.constexpr,
+):  # fmt: skip
+    """A finished fp32 tile to the output: with RSTD its rows scaled by ``rstd`` first, then
+    `_tile_epilogue`, then stored, or with RES stored through `residual_out`."""
+    if RSTD:
+        acc = acc * rstd[:, None]
+        acc_up = acc_up * rstd[:, None]
+    val = _tile_epilogue(acc, acc_up, out_ptr.dtype.element_ty, SWIGLU)
+    if RES:
+        residual_out(val, res_ptr, out_ptr, ssq_ptr, rows, n, rmask, omask, part, M, s_res, s_om, SSQ)
+    else:
+        tl.store(
+            out_ptr + rows[:, None].to(tl.int64) * s_om + n[None, :],
+            val.to(out_ptr.dtype.element_ty),
+            mask=omask,
+        )
 
 
 @triton.jit
@@ -188,7 +212,6 @@ def _splitk_gemm(
     ssq_in_ptr,
     n_parts,
     s_res,
-    s_ssq,
     eps,
     SPLIT: tl.constexpr,
     FIXUP: tl.constexpr,
@@ -212,7 +235,8 @@ def _splitk_gemm(
     PREFETCH_LINES > 0: the program's weight slab is requested into L2 first; PDL: then `pdl_begin`.
     RSTD_PARTS > 0: the output rows are scaled by their RMSNorm scale (`_norm_scale` over K of the
     ``n_parts`` <= RSTD_PARTS partial sums of squares at ssq_in), the norm weight being folded into w. RES:
-    the output is `residual_out` (with SSQ its row sums of squares at ssq_out[n block])."""
+    the output is `residual_out` (with SSQ its row sums of squares at ssq_out[n block]). Both sums-of-squares
+    buffers are contiguous [parts, M]."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -227,10 +251,8 @@ def _splitk_gemm(
     rmask = rows < M
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < N
-    dtype = out_ptr.dtype.element_ty
-    if RSTD_PARTS > 0:
-        # issued before the K loop, so the scale's loads overlap the weight stream
-        rstd = _norm_scale(ssq_in_ptr, rows, rmask, n_parts, s_ssq, K, eps, RSTD_PARTS)
+    # issued before the K loop, so the scale's loads overlap the weight stream (1.0: unused)
+    rstd = _norm_scale(ssq_in_ptr, rows, rmask, n_parts, M, K, eps, RSTD_PARTS) if RSTD_PARTS > 0 else 1.0
     k_start = pid_k * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
@@ -257,14 +279,10 @@ def _splitk_gemm(
                 acc_up += tl.dot(a, wu)
     omask = rmask[:, None] & nmask[None, :]
     if not SPLIT:
-        if RSTD_PARTS > 0:
-            acc = acc * rstd[:, None]
-            acc_up = acc_up * rstd[:, None]
-        val = _tile_epilogue(acc, acc_up, dtype, SWIGLU)
-        if RES:
-            residual_out(val, res_ptr, out_ptr, ssq_out_ptr, rows, n, rmask, omask, pid_n, s_res, s_om, s_ssq, SSQ)
-        else:
-            tl.store(out_ptr + rows[:, None].to(tl.int64) * s_om + n[None, :], val.to(dtype), mask=omask)
+        _write_tile(
+            acc, acc_up, rstd, out_ptr, res_ptr, ssq_out_ptr, rows, n, rmask, omask, pid_n, M, s_res, s_om,
+            SWIGLU, RSTD_PARTS > 0, RES, SSQ,
+        )  # fmt: skip
     else:
         p_tile = part_ptr + rows[:, None].to(tl.int64) * s_pm + n[None, :]
         tl.store(p_tile + pid_k * s_ps, acc)
@@ -278,18 +296,10 @@ def _splitk_gemm(
                 tot_up = tot
                 if SWIGLU:
                     tot_up = _sum_partials(p_tile + s_up, s_ps, split_k, BLOCK_M, BLOCK_N, GROUP)
-                if RSTD_PARTS > 0:
-                    tot = tot * rstd[:, None]
-                    tot_up = tot_up * rstd[:, None]
-                val = _tile_epilogue(tot, tot_up, dtype, SWIGLU)
-                if RES:
-                    residual_out(
-                        val, res_ptr, out_ptr, ssq_out_ptr, rows, n, rmask, omask, pid_n, s_res, s_om, s_ssq, SSQ
-                    )
-                else:
-                    tl.store(
-                        out_ptr + rows[:, None].to(tl.int64) * s_om + n[None, :], val.to(dtype), mask=omask
-                    )
+                _write_tile(
+                    tot, tot_up, rstd, out_ptr, res_ptr, ssq_out_ptr, rows, n, rmask, omask, pid_n, M, s_res, s_om,
+                    SWIGLU, RSTD_PARTS > 0, RES, SSQ,
+                )  # fmt: skip
                 tl.atomic_xchg(lock, 0)
 
 
@@ -512,9 +522,8 @@ def _splitk(
     assert residual is None or (not swiglu and residual.shape == out.shape and residual.stride(-1) == 1)
     lock = fixup_locks(x.device) if fixup else out
     ssq = torch.empty(n_tiles, rows, device=x.device, dtype=torch.float32) if want_ssq else None
-    assert norm_ssq is None or (norm_ssq.shape[1] == rows and norm_ssq.stride(1) == 1)
+    assert norm_ssq is None or (norm_ssq.shape[1] == rows and norm_ssq.is_contiguous())
     n_parts = norm_ssq.shape[0] if norm_ssq is not None else 0
-    assert ssq is None or norm_ssq is None or ssq.stride(0) == norm_ssq.stride(0), "one stride for both"
     pdl = pdl_choice(x.device, pdl, rows)
     prefetch = pdl if prefetch is None else pdl_choice(x.device, prefetch)
     _splitk_gemm[(n_tiles, split, m_tiles)](
@@ -540,7 +549,6 @@ def _splitk(
         norm_ssq if norm_ssq is not None else part,
         n_parts,
         residual.stride(0) if residual is not None else 0,
-        ssq.stride(0) if ssq is not None else (norm_ssq.stride(0) if norm_ssq is not None else 0),
         eps,
         SPLIT=split > 1,
         FIXUP=fixup,

@@ -275,7 +275,6 @@ def _token_sums(
     ssq_ptr,
     part,
     s_res,
-    s_ssq,
     SPLIT: tl.constexpr,
     TOP_K: tl.constexpr,
     BLOCK_T: tl.constexpr,
@@ -286,7 +285,7 @@ def _token_sums(
     """sum[t, n] = the k routed rows of token t (pairs t*k .. t*k + k-1) added in k order from zero in fp32,
     rounded to the model dtype once. The rows: stored ones (out), or with SPLIT the fp32 split partials at
     out + s * s_ps summed in split order, then `_routed`. RES: the residual added (`residual_out`, with SSQ
-    each token's sum of squares over this column block at ssq[part, token])."""
+    each token's sum of squares over this column block at ssq[part, token], contiguous [parts, tokens])."""
     dtype = sum_ptr.dtype.element_ty
     for t0 in range(0, tokens, BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
@@ -304,7 +303,7 @@ def _token_sums(
             else:
                 tot += tl.load(rows, mask=m, other=0.0).to(tl.float32)
         if RES:
-            residual_out(tot, res_ptr, sum_ptr, ssq_ptr, t, n, t < tokens, m, part, s_res, s_so, s_ssq, SSQ)
+            residual_out(tot, res_ptr, sum_ptr, ssq_ptr, t, n, t < tokens, m, part, tokens, s_res, s_so, SSQ)
         else:
             tl.store(sum_ptr + t[:, None].to(tl.int64) * s_so + n[None, :], tot.to(dtype), mask=m)
 
@@ -338,7 +337,6 @@ def _moe_gemm(
     res_ptr,
     ssq_ptr,
     s_res,
-    s_ssq,
     SWIGLU: tl.constexpr,
     ROUTED: tl.constexpr,
     SPLIT: tl.constexpr,
@@ -430,7 +428,7 @@ def _moe_gemm(
         if last_to_arrive(lock, tl.num_programs(0) * tl.num_programs(2)):
             _token_sums(
                 out_ptr, sum_ptr, rw_ptr, n, nmask, tokens, split_k, s_om, s_ps, s_so, res_ptr, ssq_ptr, pid_n,
-                s_res, s_ssq, SPLIT, TOP_K, BLOCK_T, BLOCK_N, RES, SSQ,
+                s_res, SPLIT, TOP_K, BLOCK_T, BLOCK_N, RES, SSQ,
             )  # fmt: skip
             tl.atomic_xchg(lock, 0)
 
@@ -461,7 +459,7 @@ def moe_gate_up(
     _moe_gemm[(sorted_ids.numel() // cfg.block_m, triton.cdiv(inter, cfg.block_n), 1)](
         x, gate_up_proj, act_out, act_out, act_out, sorted_ids, block_expert, x,
         inter, hid, pairs, num_experts, tokens, hid, 1,
-        x.stride(0), *gate_up_proj.stride(), act_out.stride(0), 0, 0, top_k, inter, act_out, act_out, 0, 0,
+        x.stride(0), *gate_up_proj.stride(), act_out.stride(0), 0, 0, top_k, inter, act_out, act_out, 0,
         SWIGLU=True, ROUTED=False, SPLIT=False, SUM=False, IEEE=x.dtype == torch.float32, TOP_K=top_k,
         SUB=align_m // cfg.block_m, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, BLOCK_T=16, PDL=pdl,
         PREFETCH_LINES=_prefetch_lines(cfg, pdl), ELEM_BYTES=x.element_size(),
@@ -508,14 +506,16 @@ def moe_down(
     else:
         partial = torch.empty(pairs, hid, device=dev, dtype=dtype)
     sums = out if fused else partial
-    assert (residual is None and not want_ssq) or (fused and residual is not None and residual.shape == out.shape)
+    assert (residual is None and not want_ssq) or (
+        fused and residual is not None and residual.shape == out.shape
+    )
     ssq = torch.empty(n_cols, tokens, device=dev, dtype=torch.float32) if want_ssq else None
     _moe_gemm[(sorted_ids.numel() // cfg.block_m, n_cols, split)](
         act_out, down_proj, partial, sums, fixup_locks(dev) if fused else partial, sorted_ids, block_expert,
         routing_weights, hid, inter, pairs, num_experts, tokens, k_per_split, split,
         act_out.stride(0), *down_proj.stride(), partial.stride(-2), partial.stride(0) if split > 1 else 0,
         sums.stride(0), 1, 0, residual if residual is not None else sums, ssq if ssq is not None else sums,
-        residual.stride(0) if residual is not None else 0, ssq.stride(0) if ssq is not None else 0,
+        residual.stride(0) if residual is not None else 0,
         SWIGLU=False, ROUTED=True, SPLIT=split > 1, SUM=fused, IEEE=dtype == torch.float32, TOP_K=top_k,
         SUB=align_m // cfg.block_m, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk,
         BLOCK_T=min(triton.next_power_of_2(tokens), max(16, 4096 // cfg.block_n)), PDL=pdl,
