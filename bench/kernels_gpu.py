@@ -1286,6 +1286,13 @@ def mamba_step(rows_list: tuple[int, ...] = (1, 16, 64), save=None) -> list[dict
     return out
 
 
+def save_only(path: str | None, key: str, rows: list[dict]) -> int:
+    """The result of a single-measurement run, {"device", key: rows}, written to ``path`` if given; 0."""
+    if path:
+        Path(path).write_text(json.dumps({"device": torch.cuda.get_device_name(), key: rows}, indent=1))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
@@ -1342,15 +1349,9 @@ def main() -> int:
         mamba_step(tuple(int(r) for r in args.mamba_rows.split(",")), save_m)
         return 0
     if args.grid_barrier:
-        res_b = {"device": torch.cuda.get_device_name(), "grid_barrier": grid_barrier()}
-        if args.json:
-            Path(args.json).write_text(json.dumps(res_b, indent=1))
-        return 0
+        return save_only(args.json, "grid_barrier", grid_barrier())
     if args.read_pattern:
-        res_r = {"device": torch.cuda.get_device_name(), "read_pattern": read_pattern()}
-        if args.json:
-            Path(args.json).write_text(json.dumps(res_r, indent=1))
-        return 0
+        return save_only(args.json, "read_pattern", read_pattern())
     if args.moe_sweep:
         res_moe: dict = {
             "device": torch.cuda.get_device_name(),
@@ -1368,15 +1369,9 @@ def main() -> int:
         save_moe(rows_m)
         return 0
     if args.pdl:
-        res_p = {"device": torch.cuda.get_device_name(), "pdl_chain": pdl_chain(sweep_json=args.sweep_json)}
-        if args.json:
-            Path(args.json).write_text(json.dumps(res_p, indent=1))
-        return 0
+        return save_only(args.json, "pdl_chain", pdl_chain(sweep_json=args.sweep_json))
     if args.attn:
-        res_a = {"device": torch.cuda.get_device_name(), "attn": attn_rows()}
-        if args.json:
-            Path(args.json).write_text(json.dumps(res_a, indent=1))
-        return 0
+        return save_only(args.json, "attn", attn_rows())
     if args.gemm or args.gemm_sweep:
         rows_arg = tuple(int(r) for r in args.gemm_rows.split(",")) if args.gemm_rows else None
         res_g: dict = {
