@@ -127,6 +127,9 @@ def bundle_of(module):  # noqa: ANN001, ANN201
 # the Mamba state's dtype in `ours_greedy_graph`'s cache: float32 (the engine's) unless a --splitk-ab mode
 # asks for the model dtype (``ssm16=1``: what transformers' and mamba-ssm's decode caches hold)
 SSM_STATE_DTYPE = [torch.float32]
+# `DecodeStep.FOLD_MAX_ROWS` of the --splitk-ab modes without a ``fold`` override (recorded on first use, after
+# --fold-max-rows)
+FOLD_BASE: dict[str, int] = {}
 
 
 def ours_greedy_graph(
@@ -244,8 +247,9 @@ _MOE_FIELDS = {
 def mode_overrides(spec: str) -> dict[str, int]:
     """The ``key=value+...`` tail of a --splitk-ab mode: ``smem`` (KB), ``wide``, ``moestages``, ``cublas``
     (a weight's row count N: that projection back on cuBLAS), ``gch`` (at most this many vocabulary
-    chunks a row in the greedy argmax), ``ssm16`` (1: the Mamba state in bf16, not fp32), ``fold`` (1: the
-    decode step folds its RMSNorms into the neighbouring projections, `DecodeStep.FOLD_NORMS`), MoeGemmConfig
+    chunks a row in the greedy argmax), ``ssm16`` (1: the Mamba state in bf16, not fp32), ``fold`` (the
+    decode step folds its RMSNorms into the neighbouring projections up to this many rows, 0: never;
+    `DecodeStep.FOLD_MAX_ROWS`), MoeGemmConfig
     fields of every MoE launch as ``gu.field`` / ``dn.field`` (`_MOE_FIELDS`; ``pf``: prefetch lines) and
     SplitKConfig fields by their short names (`_OVERRIDE_FIELDS`), for every launch or, as ``NxK.field``,
     for one weight shape's."""
@@ -276,7 +280,7 @@ def override_launches(over: dict[str, int], swiglu: set[tuple[int, int]], rows: 
     from local_model.kernels import triton_gemm as tg
     from local_model.kernels import triton_moe as tm
 
-    DecodeStep.FOLD_NORMS = bool(over.get("fold"))
+    DecodeStep.FOLD_MAX_ROWS = over.get("fold", FOLD_BASE.setdefault("rows", DecodeStep.FOLD_MAX_ROWS))
     if "gch" in over:
         td.GREEDY_MAX_CHUNKS = over["gch"]
     SSM_STATE_DTYPE[0] = torch.bfloat16 if over.get("ssm16") else torch.float32
@@ -393,14 +397,17 @@ def splitk_ab(args: argparse.Namespace) -> int:
             )
         print(json.dumps({k: v for k, v in out.items() if k.startswith(f"b{b}_")}), flush=True)
     module.float()
-    use("splitk" if args.splitk else "default")
+    # fp32 greedy tokens of every split-K mode (launch overrides included) against our GPU reference path
+    checked = [m for m in args.modes.split(",") if not m.startswith("cublas")]
     for b in (2, 16):
         prompt = torch.randint(
             0, args.vocab, (b, 32), device=dev, generator=torch.Generator(dev).manual_seed(7)
         )
-        g, _ = ours_greedy_graph(lm, prompt, args.greedy_steps)
         g_ref = reference_greedy(module, prompt, args.greedy_steps)
-        out[f"greedy_fp32_b{b}_splitk_vs_reference_leading_match"] = leading_agreement(g, g_ref)
+        for mode in checked:
+            use(mode)
+            g, _ = ours_greedy_graph(lm, prompt, args.greedy_steps)
+            out[f"greedy_fp32_b{b}_{mode}_vs_reference_leading_match"] = leading_agreement(g, g_ref)
     print(json.dumps(out, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
@@ -435,17 +442,18 @@ def main() -> int:
         "on the ~1.5B config",
     )
     ap.add_argument(
-        "--fold-norms",
-        action="store_true",
-        help="our decode step folds its RMSNorms into the split-K projections (DecodeStep.FOLD_NORMS; with "
-        "--splitk-ab each mode's fold=1 decides)",
+        "--fold-max-rows",
+        type=int,
+        default=None,
+        help="our decode step folds its RMSNorms into the split-K projections up to this many rows (0: never; "
+        "default: the shipped DecodeStep.FOLD_MAX_ROWS; with --splitk-ab a mode's fold=N overrides it)",
     )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    if args.fold_norms:
+    if args.fold_max_rows is not None:
         from local_model.decode import DecodeStep
 
-        DecodeStep.FOLD_NORMS = True
+        DecodeStep.FOLD_MAX_ROWS = args.fold_max_rows
 
     if args.splitk_ab:
         return splitk_ab(args)

@@ -81,9 +81,11 @@ def pick_bucket(buckets: tuple[int, ...], batch: int) -> int:
 class DecodeStep:
     """One greedy decode step for up to ``max_batch`` rows; `capture` records it per batch bucket."""
 
-    # Steps whose every projection runs the split-K GEMM fold each RMSNorm into its neighbours
-    # (`_forward_folded`); an experiment measured with `bench/local_model_gpu.py --splitk-ab` (``fold=1``)
-    FOLD_NORMS = False
+    # Steps of 5 to this many rows whose every projection runs the split-K GEMM fold each RMSNorm into its
+    # neighbours (`_forward_folded`; 0: never). H100, 426M shape (`bench/local_model_gpu.py --splitk-ab`,
+    # ``fold``): +3.5% tok/s at 8 rows, +4.0% at 16, +1.2% at 32, none at 64 (-0.4%, inside the run-to-run
+    # spread), where the PDL hand-offs the norms cost are cheap and the fold's epilogue work is not
+    FOLD_MAX_ROWS = 32
 
     def __init__(
         self,
@@ -119,7 +121,11 @@ class DecodeStep:
             if not layer.is_moe:
                 ff = layer.feed_forward
                 self._prep[("mlp", i)] = torch.cat([ff.gate_proj.weight, ff.up_proj.weight], 0)
-        self._folded = self._fold_weights() if self.FOLD_NORMS and kernels.name == "triton" else None
+        # rows -> whether a step of that many rows folds its norms (`_folds_apply`, asked once per size)
+        self._fold_rows: dict[int, bool] = {}
+        # the norm-folded copies of the weights, only where a step of some size folds
+        fold = kernels.name == "triton" and any(self._folds(r) for r in range(5, self.FOLD_MAX_ROWS + 1))
+        self._folded = self._fold_weights() if fold else None
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.static: dict[int, dict[str, torch.Tensor]] = {}
 
@@ -139,7 +145,7 @@ class DecodeStep:
 
         Each RMSNorm (with the residual add of the previous block's output) is done by the kernel of the
         projection that reads it: the mixer's input projection, the MLP's gate/up, the MoE router, lm_head."""
-        if self._folded is not None and self._folds_apply(ids.shape[0]):
+        if self._folded is not None and self._folds(ids.shape[0]):
             return self._forward_folded(ids, slots, positions, block_table, out)
         k, cfg = self.k, self.config
         eps = cfg.rms_norm_eps
@@ -198,17 +204,24 @@ class DecodeStep:
         out["lm_head"] = fold(self.model.lm_head.weight, self.model.model.final_layernorm.weight)
         return out
 
+    def _folds(self, rows: int) -> bool:
+        """`_folds_apply`, remembered per row count (the launch tables are fixed once steps run)."""
+        got = self._fold_rows.get(rows)
+        if got is None:
+            got = self._fold_rows[rows] = self._folds_apply(rows)
+        return got
+
     def _folds_apply(self, rows: int) -> bool:
-        """Whether a step of ``rows`` rows can fold its norms: every projection on the split-K GEMM (rows
-        within its range, each weight listed), no Mamba projection bias, MoE layers on SwiGLU experts with
-        the fused token sum."""
+        """Whether a step of ``rows`` rows folds its norms: 5 to FOLD_MAX_ROWS rows, every projection on the
+        split-K GEMM (rows within its range, each weight listed), no Mamba projection bias, MoE layers on
+        SwiGLU experts with the fused token sum."""
         from .kernels.triton_gemm import splitk_for
         from .kernels.triton_moe import fused_sum_applies
 
         def listed(w: torch.Tensor) -> bool:
             return splitk_for(rows, *w.shape) is not None
 
-        if rows <= 4:
+        if not 4 < rows <= self.FOLD_MAX_ROWS:
             return False
         for i, layer in enumerate(self.model.model.layers):
             w = self._prep[i]

@@ -152,14 +152,11 @@ def _norm_scale(ssq_ptr, rows, rmask, n_parts, M, K, eps, PARTS: tl.constexpr):
 
 
 @triton.jit
-def residual_out(
-    val, res_ptr, out_ptr, ssq_ptr, rows, n, rmask, omask, part, M, s_res, s_om, SSQ: tl.constexpr
-):
-    """Store out = (val rounded to the model dtype) + residual, rounded (the reference's residual add), and
-    with SSQ each row's sum of squares of the stored values over this column block at ssq[part, row]
-    (contiguous [parts, M])."""
+def residual_out(val, r, out_ptr, ssq_ptr, rows, n, rmask, omask, part, M, s_om, SSQ: tl.constexpr):
+    """Store out = (val rounded to the model dtype) + the residual tile r, rounded (the reference's residual
+    add), and with SSQ each row's sum of squares of the stored values over this column block at
+    ssq[part, row] (contiguous [parts, M])."""
     dtype = out_ptr.dtype.element_ty
-    r = tl.load(res_ptr + rows[:, None].to(tl.int64) * s_res + n[None, :], mask=omask, other=0.0)
     s = (val.to(dtype).to(tl.float32) + r.to(tl.float32)).to(dtype)
     tl.store(out_ptr + rows[:, None].to(tl.int64) * s_om + n[None, :], s, mask=omask)
     if SSQ:
@@ -169,17 +166,17 @@ def residual_out(
 
 @triton.jit
 def _write_tile(
-    acc, acc_up, rstd, out_ptr, res_ptr, ssq_ptr, rows, n, rmask, omask, part, M, s_res, s_om,
+    acc, acc_up, rstd, out_ptr, res, ssq_ptr, rows, n, rmask, omask, part, M, s_om,
     SWIGLU: tl.constexpr, RSTD: tl.constexpr, RES: tl.constexpr, SSQ: tl.constexpr,
 ):  # fmt: skip
     """A finished fp32 tile to the output: with RSTD its rows scaled by ``rstd`` first, then
-    `_tile_epilogue`, then stored, or with RES stored through `residual_out`."""
+    `_tile_epilogue`, then stored, or with RES stored through `residual_out` (``res``: the residual tile)."""
     if RSTD:
         acc = acc * rstd[:, None]
         acc_up = acc_up * rstd[:, None]
     val = _tile_epilogue(acc, acc_up, out_ptr.dtype.element_ty, SWIGLU)
     if RES:
-        residual_out(val, res_ptr, out_ptr, ssq_ptr, rows, n, rmask, omask, part, M, s_res, s_om, SSQ)
+        residual_out(val, res, out_ptr, ssq_ptr, rows, n, rmask, omask, part, M, s_om, SSQ)
     else:
         tl.store(
             out_ptr + rows[:, None].to(tl.int64) * s_om + n[None, :],
@@ -251,8 +248,14 @@ def _splitk_gemm(
     rmask = rows < M
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < N
-    # issued before the K loop, so the scale's loads overlap the weight stream (1.0: unused)
+    omask = rmask[:, None] & nmask[None, :]
+    # issued before the K loop, so their loads overlap the weight stream instead of adding to the tail:
+    # the rows' norm scale (1.0: unused) and the residual tile (every split's program loads it, only the
+    # one that writes the tile uses it; 0.0: unused)
     rstd = _norm_scale(ssq_in_ptr, rows, rmask, n_parts, M, K, eps, RSTD_PARTS) if RSTD_PARTS > 0 else 1.0
+    res = 0.0
+    if RES:
+        res = tl.load(res_ptr + rows[:, None].to(tl.int64) * s_res + n[None, :], mask=omask, other=0.0)
     k_start = pid_k * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
@@ -277,10 +280,9 @@ def _splitk_gemm(
                 acc_up += tl.dot(a, wu, input_precision="ieee")
             else:
                 acc_up += tl.dot(a, wu)
-    omask = rmask[:, None] & nmask[None, :]
     if not SPLIT:
         _write_tile(
-            acc, acc_up, rstd, out_ptr, res_ptr, ssq_out_ptr, rows, n, rmask, omask, pid_n, M, s_res, s_om,
+            acc, acc_up, rstd, out_ptr, res, ssq_out_ptr, rows, n, rmask, omask, pid_n, M, s_om,
             SWIGLU, RSTD_PARTS > 0, RES, SSQ,
         )  # fmt: skip
     else:
@@ -297,7 +299,7 @@ def _splitk_gemm(
                 if SWIGLU:
                     tot_up = _sum_partials(p_tile + s_up, s_ps, split_k, BLOCK_M, BLOCK_N, GROUP)
                 _write_tile(
-                    tot, tot_up, rstd, out_ptr, res_ptr, ssq_out_ptr, rows, n, rmask, omask, pid_n, M, s_res, s_om,
+                    tot, tot_up, rstd, out_ptr, res, ssq_out_ptr, rows, n, rmask, omask, pid_n, M, s_om,
                     SWIGLU, RSTD_PARTS > 0, RES, SSQ,
                 )  # fmt: skip
                 tl.atomic_xchg(lock, 0)

@@ -290,6 +290,8 @@ def _token_sums(
     for t0 in range(0, tokens, BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
         m = (t < tokens)[:, None] & nmask[None, :]
+        if RES:  # requested with the rows' loads below, not after their sum
+            r = tl.load(res_ptr + t[:, None].to(tl.int64) * s_res + n[None, :], mask=m, other=0.0)
         tot = tl.zeros([BLOCK_T, BLOCK_N], tl.float32)
         for j in tl.static_range(TOP_K):
             pair = t.to(tl.int64) * TOP_K + j
@@ -303,7 +305,7 @@ def _token_sums(
             else:
                 tot += tl.load(rows, mask=m, other=0.0).to(tl.float32)
         if RES:
-            residual_out(tot, res_ptr, sum_ptr, ssq_ptr, t, n, t < tokens, m, part, tokens, s_res, s_so, SSQ)
+            residual_out(tot, r, sum_ptr, ssq_ptr, t, n, t < tokens, m, part, tokens, s_so, SSQ)
         else:
             tl.store(sum_ptr + t[:, None].to(tl.int64) * s_so + n[None, :], tot.to(dtype), mask=m)
 

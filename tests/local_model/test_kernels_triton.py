@@ -970,9 +970,10 @@ def test_bundle_projections_take_split_k_only_for_listed_weights(monkeypatch, ro
 def test_decode_step_with_every_projection_on_split_k_matches_the_model_forward(monkeypatch, split_k, fold):
     """The flat decode step at 6 rows with every 2-D weight listed for the split-K GEMM (in_proj, x_proj,
     out_proj, qkv/o, MLP gate/up with SwiGLU and down, lm_head into the logits buffer), split over K or not.
-    ``fold`` (`DecodeStep.FOLD_NORMS`): no RMSNorm launches; the embedding gather and each block's last
-    projection (out_proj, o_proj, MLP down, the experts' token sum, which also add the residual) leave row
-    sums of squares, the next (in_proj, qkv, MLP gate/up, lm_head, norm weights folded in) scales its rows."""
+    ``fold`` (`DecodeStep.FOLD_MAX_ROWS` 6, else 0): no RMSNorm launches; the embedding gather and each
+    block's last projection (out_proj, o_proj, MLP down, the experts' token sum, which also add the residual)
+    leave row sums of squares, the next (in_proj, qkv, MLP gate/up, lm_head, norm weights folded in) scales
+    its rows."""
     from local_model.decode import DecodeStep
     from local_model.kernels import triton_bundle
     from local_model.kernels import triton_gemm as tg
@@ -983,7 +984,7 @@ def test_decode_step_with_every_projection_on_split_k_matches_the_model_forward(
             monkeypatch.setitem(
                 tg.SPLITK_SHAPES, tuple(p.shape), tg.SplitKConfig(block_n=16, block_k=32, split_k=split_k)
             )
-    monkeypatch.setattr(DecodeStep, "FOLD_NORMS", fold)
+    monkeypatch.setattr(DecodeStep, "FOLD_MAX_ROWS", 6 if fold else 0)
     batch = 6
     gen = torch.Generator().manual_seed(60)
     prompt = torch.randint(0, 256, (batch, 9), generator=gen).to(DEV)
@@ -996,8 +997,9 @@ def test_decode_step_with_every_projection_on_split_k_matches_the_model_forward(
         nxt = torch.randint(0, 256, (batch,), generator=gen).to(DEV)
         expect = model(nxt[:, None], ref_cache)[:, 0]
         step = DecodeStep(model, pool, triton_bundle())
-        assert (step._folded is not None and step._folds_apply(batch)) is fold
-        assert step._folded is None or not step._folds_apply(4)
+        assert (step._folded is not None and step._folds(batch)) is fold
+        # never under 5 rows (the MoE's small-batch path) or past FOLD_MAX_ROWS
+        assert not (step._folds_apply(4) or step._folds_apply(7))
         got = step.forward(nxt, slots, torch.full((batch,), 9, device=DEV))
     assert _locks_at_zero()
     assert rel(got, expect) <= 1e-5
