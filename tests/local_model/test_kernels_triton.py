@@ -1005,6 +1005,60 @@ def test_decode_step_with_every_projection_on_split_k_matches_the_model_forward(
     assert rel(got, expect) <= 1e-5
 
 
+def test_folded_decode_step_over_paged_attention_pools_matches_the_model_forward(monkeypatch):
+    """The engine's layout: the folded step (every projection on split-K, `DecodeStep.FOLD_MAX_ROWS`) with the
+    attention layers' K/V in paged pools, each row's blocks scattered through its block table, gives the
+    model's cached-forward logits and leaves the new token's K/V in the row's block."""
+    from local_model.cache import HybridCache, KVCache
+    from local_model.decode import DecodeStep, PagedPool
+    from local_model.kernels import triton_bundle
+    from local_model.kernels import triton_gemm as tg
+
+    model = _tiny_model(torch.float32)
+    for p in model.parameters():
+        if p.dim() == 2:
+            monkeypatch.setitem(
+                tg.SPLITK_SHAPES, tuple(p.shape), tg.SplitKConfig(block_n=16, block_k=32, split_k=2)
+            )
+    monkeypatch.setattr(DecodeStep, "FOLD_MAX_ROWS", 32)
+    batch, plen, bs, blocks_per_row = 7, 9, 4, 4
+    gen = torch.Generator().manual_seed(61)
+    prompt = torch.randint(0, 256, (batch, plen), generator=gen).to(DEV)
+    ref_cache = model.allocate_cache(batch, 16)
+    pool = model.allocate_cache(batch, 16, num_slots=batch + 1)
+    slots = torch.arange(batch, device=DEV)
+    with torch.inference_mode():
+        model(prompt, ref_cache)
+        model(prompt, pool.view(slots, torch.zeros(batch, dtype=torch.long)))
+        # every row's blocks, shuffled over the pool (one spare block for the scratch row)
+        perm = torch.randperm(batch * blocks_per_row + 1, generator=gen).to(DEV)
+        table = perm[: batch * blocks_per_row].view(batch, blocks_per_row)
+        layers = []
+        for state in pool.layers:
+            if not isinstance(state, KVCache):
+                layers.append(state)
+                continue
+            nkv, hd = state.k.shape[1], state.k.shape[3]
+            k = torch.zeros(perm.numel() * bs, nkv, hd, device=DEV)
+            v = torch.zeros_like(k)
+            for b in range(batch):
+                for p in range(plen):
+                    at = int(table[b, p // bs]) * bs + p % bs
+                    k[at], v[at] = state.k[b, :, p], state.v[b, :, p]
+            layers.append(PagedPool(k, v, bs))
+        nxt = torch.randint(0, 256, (batch,), generator=gen).to(DEV)
+        expect = model(nxt[:, None], ref_cache)[:, 0]
+        step = DecodeStep(model, HybridCache(layers, torch.zeros(1, dtype=torch.long)), triton_bundle())
+        assert step._folded is not None and step._folds(batch)
+        got = step.forward(nxt, slots, torch.full((batch,), plen, device=DEV), table)
+    assert _locks_at_zero()
+    assert rel(got, expect) <= 1e-5
+    kv_layer = next(i for i, x in enumerate(layers) if isinstance(x, PagedPool))
+    new_k = ref_cache.layers[kv_layer].k[:, :, plen]
+    at = table[:, plen // bs] * bs + plen % bs
+    assert rel(layers[kv_layer].k[at], new_k) <= 1e-5
+
+
 @pytest.mark.parametrize("split_k", [1, 3])
 @pytest.mark.parametrize("swiglu", [False, True])
 def test_split_k_residual_add_then_norm_scaled_projection_match_rmsnorm_then_linear(split_k, swiglu):
