@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from backends.base import Backend, UpstreamCall, UpstreamError, UpstreamResponse, Usage
@@ -29,15 +30,19 @@ from local_model.engine.errors import EngineClosed, EngineOverloaded, InvalidReq
 __all__ = ["LocalBackend", "build_local_backend", "serves_in_subprocess"]
 
 
-def _upstream_error(exc: BaseException) -> UpstreamError:
+def _upstream_error(exc: BaseException, kind: str = "chat") -> UpstreamError:
+    """The engine's exception as an `UpstreamError`; a client's bad request keeps the parameter it names
+    (an OpenAI-shaped error body, which `gateway.errors` passes on) for a ``kind`` ("chat"/"completion") call."""
     if isinstance(exc, UpstreamError):
         return exc
     if isinstance(exc, EngineOverloaded):
         return UpstreamError("rate_limit", str(exc), status=503, retry_after_s=exc.retry_after_s)
     if isinstance(exc, PromptTooLong):
-        return UpstreamError("context_window", str(exc), status=400)
+        prompt = "messages" if kind == "chat" else "prompt"
+        return UpstreamError("context_window", str(exc), status=400, body={"error": {"param": prompt}})
     if isinstance(exc, InvalidRequest):
-        return UpstreamError("bad_request", str(exc), status=400)
+        param = getattr(exc, "param", None)
+        return UpstreamError("bad_request", str(exc), status=400, body={"error": {"param": param}})
     if isinstance(exc, EngineClosed):
         return UpstreamError("server_error", str(exc), status=503)
     return UpstreamError("server_error", f"local engine error: {exc}", status=500)
@@ -55,14 +60,20 @@ class LocalBackend:
         self.name = name
         self.engine = engine.start()
         self.owns_engine = owns_engine
+        # chat templating and tokenisation run here, off the event loop (a multi-MB prompt takes seconds),
+        # one request at a time (the tokenizer is shared with the engine thread, not made for many callers)
+        self._parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-parse")
 
-    def _parse(self, call: UpstreamCall, stream: bool) -> oa.ParsedRequest:
+    async def _parse(self, call: UpstreamCall, stream: bool) -> oa.ParsedRequest:
         if call.kind not in ("chat", "completion"):
             raise UpstreamError("bad_request", f"the local model does not serve {call.kind!r} calls", status=400)
+        loop = asyncio.get_running_loop()
         try:
-            req = oa.parse(call.kind, call.body, self.engine.tokenizer, self.engine.plan.max_model_len)
+            req = await loop.run_in_executor(
+                self._parser, oa.parse, call.kind, call.body, self.engine.tokenizer, self.engine.plan.max_model_len
+            )
         except Exception as exc:
-            raise _upstream_error(exc) from exc
+            raise _upstream_error(exc, call.kind) from exc
         req.stream = stream
         req.include_usage = stream  # the gateway meters tokens from the final chunk
         return req
@@ -71,12 +82,12 @@ class LocalBackend:
         return str(call.body.get("model") or self.engine.model_name)
 
     async def complete(self, call: UpstreamCall) -> UpstreamResponse:
-        req = self._parse(call, stream=False)
+        req = await self._parse(call, stream=False)
         rid = oa.new_id(req.kind)
         try:
             streams = oa.submit_all(self.engine, req, rid)
         except Exception as exc:
-            raise _upstream_error(exc) from exc
+            raise _upstream_error(exc, call.kind) from exc
         try:
             body = await asyncio.wait_for(oa.complete(self.engine, req, self._model(call), rid, streams), call.timeout_s)
         except TimeoutError as exc:
@@ -84,19 +95,19 @@ class LocalBackend:
         except UpstreamError:
             raise
         except Exception as exc:
-            raise _upstream_error(exc) from exc
+            raise _upstream_error(exc, call.kind) from exc
         finally:
             for s in streams:
                 s.cancel()
         return UpstreamResponse(body=body, usage=_usage(body))
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[dict[str, Any]]:
-        req = self._parse(call, stream=True)
+        req = await self._parse(call, stream=True)
         rid = oa.new_id(req.kind)
         try:
             streams = oa.submit_all(self.engine, req, rid)
         except Exception as exc:
-            raise _upstream_error(exc) from exc
+            raise _upstream_error(exc, call.kind) from exc
         chunks = oa.stream(self.engine, req, self._model(call), rid, streams)
         first = True
         try:
@@ -112,7 +123,7 @@ class LocalBackend:
                 except UpstreamError:
                     raise
                 except Exception as exc:
-                    err = _upstream_error(exc)
+                    err = _upstream_error(exc, call.kind)
                     if not first:
                         err = UpstreamError("stream_cut", err.message, status=err.status)
                     raise err from exc
@@ -125,6 +136,7 @@ class LocalBackend:
             await chunks.aclose()
 
     async def aclose(self) -> None:
+        self._parser.shutdown(wait=False, cancel_futures=True)
         if self.owns_engine:
             await asyncio.get_running_loop().run_in_executor(None, self.engine.shutdown)
 

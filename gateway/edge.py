@@ -16,6 +16,11 @@ from gateway.keys import ApiKey, KeyStore
 
 M = TypeVar("M", bound=BaseModel)
 
+# Deepest nesting of objects and arrays a body may have. orjson reads 1,024 levels but writes only 255, and a
+# body is written again (the request log, upstream calls, translated into another API's shape, which nests
+# it a few levels further), so the limit sits well below what the writer takes.
+MAX_JSON_DEPTH = 128
+
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """The raw body, refusing (413) as soon as it is known to exceed ``max_bytes``: by its declared
@@ -48,7 +53,30 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
         raise bad_request(f"We could not parse the JSON body of your request. ({exc})") from None
     if not isinstance(data, dict):
         raise bad_request("The request body must be a JSON object.")
+    # only a body with that many brackets can nest that deep (a C-level count keeps the walk off small bodies)
+    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and _nested_deeper(data, MAX_JSON_DEPTH):
+        raise bad_request(
+            f"The JSON body of your request is nested too deeply: at most {MAX_JSON_DEPTH} levels of objects "
+            "and arrays are accepted."
+        )
     return data
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests objects/arrays more than ``limit`` levels deep (iterative: no recursion limit)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _too_large(max_bytes: int) -> APIError:

@@ -139,6 +139,7 @@ _REFUSAL_MAP: dict[str, tuple[int, str]] = {
     "budget_exceeded": (429, "insufficient_quota"),
     "no_candidates": (503, "server_error"),
     "output_too_long": (400, "invalid_request_error"),
+    "unsupported_request": (400, "invalid_request_error"),
 }
 
 

@@ -38,7 +38,9 @@ def decide(
     plugins: Plugins = NO_PLUGINS,
 ) -> Decision:
     """Route one request. Never raises for routing reasons: an impossible request comes back as a
-    Decision with ``error`` set ("no_candidates" → 503, "budget_exceeded" → 429) and no candidates.
+    Decision with ``error`` set and no candidates: "unsupported" (the policy's deployments lack a capability
+    the request needs, or none fits its context: the reason says which; a client error), "no_candidates"
+    (none available now, e.g. every breaker open) or "budget_exceeded".
     """
     cp = compiled_for(policy, deployments)
     trace: list[TraceStep] = []
@@ -52,10 +54,16 @@ def decide(
     for cap in sorted(caps):  # sorted: the trace must not depend on string hash order
         m = cp.cap_masks.get(cap, 0)
         if eligible & ~m:
+            had = eligible
             eligible &= m
             trace.append(TraceStep("filter", f"capability {cap}", cp.names_of(eligible)))
+            if had and not eligible:  # no member of the policy can ever serve this request as sent
+                return _fail(policy, "unsupported", f"capability:{cap}", trace)
     if policy.filters.context_fit:
+        had = eligible
         eligible = _context_fit(cp, eligible, request, policy, trace)
+        if had and not eligible:
+            return _fail(policy, "unsupported", "context", trace)
 
     # 2. open breakers ---------------------------------------------------------------------------
     if signals.breakers:

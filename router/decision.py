@@ -59,7 +59,7 @@ class Decision:
     retry: RetrySettings
     fallback_triggers: frozenset[str]
     escalation: EscalationPlan | None = None
-    error: str | None = None  # "no_candidates" | "budget_exceeded"
+    error: str | None = None  # "unsupported" | "no_candidates" | "budget_exceeded"
     selector: str = ""
     tier: str | None = None
     arm: str | None = None  # bandit arm, for the later bandit.update

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 RefusalCode = Literal["rate_limit_exceeded", "concurrency_limit_exceeded", "budget_exceeded", "no_candidates",
-                      "output_too_long"]
+                      "output_too_long", "unsupported_request"]
 
 
 class Refused(Exception):

@@ -332,6 +332,8 @@ class GatewayRouter:
             self.metrics.decisions.labels(name, d.primary.model).inc()
         if d.error == "budget_exceeded":
             raise Refused("budget_exceeded", "Budget exceeded for this key.")
+        if d.error == "unsupported":
+            raise _unsupported(name, d.reason, features)
         if d.error or not d.candidates:
             raise Refused("no_candidates", f"No deployment can serve policy `{name}` right now ({d.reason}).",
                           retry_after_s=1.5)
@@ -469,3 +471,28 @@ class GatewayRouter:
         signals = await self.signals(self.catalog.deployments, [])
         return await asyncio.to_thread(calibrate_cost_weight, policy, requests, self.catalog.deployments, signals,
                                        plugins, model, share, datetime.now(UTC))
+
+
+# request capability -> (what a deployment lacks, the request parameter that asks for it)
+_CAPABILITY_PARAM: dict[str, tuple[str, str]] = {
+    "tools": ("supports tools", "tools"),
+    "json_mode": ("supports structured output (response_format)", "response_format"),
+    "logprobs": ("returns logprobs", "logprobs"),
+    "vision": ("accepts images", "messages"),
+}
+
+
+def _unsupported(policy: str, reason: str, features: RequestFeatures) -> Refused:
+    """The client's error for a request no deployment of ``policy`` can serve as sent (`decide`'s
+    "unsupported": reason "capability:<cap>" or "context"): it names the parameter that asks too much."""
+    if reason == "context":
+        param = "max_tokens" if features.max_tokens is not None else "messages"
+        return Refused(
+            "unsupported_request",
+            f"No deployment of `{policy}` has a context window for this request "
+            f"(~{features.prompt_tokens} prompt tokens plus the output limit).",
+            param=param,
+        )
+    cap = reason.partition(":")[2]
+    what, param = _CAPABILITY_PARAM.get(cap, (f"serves {cap} requests", "model"))
+    return Refused("unsupported_request", f"No deployment of `{policy}` {what}.", param=param)

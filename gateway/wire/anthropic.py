@@ -54,11 +54,12 @@ def _text(content: Any, where: str) -> str:
 
 
 def _image_url(block: dict[str, Any], where: str) -> str:
-    src = block.get("source") or {}
-    if src.get("type") == "base64":
-        return f"data:{src.get('media_type')};base64,{src.get('data')}"
-    if src.get("type") == "url" and isinstance(src.get("url"), str):
-        return src["url"]
+    src = block.get("source")
+    if isinstance(src, dict):
+        if src.get("type") == "base64" and isinstance(src.get("media_type"), str) and isinstance(src.get("data"), str):
+            return f"data:{src['media_type']};base64,{src['data']}"
+        if src.get("type") == "url" and isinstance(src.get("url"), str):
+            return src["url"]
     raise bad_request(
         f"Invalid value for '{where}.source': expected a base64 or url image source.", param=f"{where}.source"
     )
@@ -74,8 +75,13 @@ def _message(msg: Any, i: int) -> list[dict[str, Any]]:
     role, content = msg["role"], msg.get("content")
     if isinstance(content, str):
         return [{"role": role, "content": content}]
-    if not isinstance(content, list):
+    if content is None:
         raise bad_request(f"Missing required parameter: '{where}.content'.", param=f"{where}.content")
+    if not isinstance(content, list):
+        raise bad_request(
+            f"Invalid value for '{where}.content': expected a string or a list of content blocks.",
+            param=f"{where}.content",
+        )
     parts: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
@@ -170,8 +176,20 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
             if isinstance(t, dict)
         ]
         choice = body.get("tool_choice")
+        if choice is not None and not isinstance(choice, dict):
+            raise bad_request("Invalid value for 'tool_choice': expected an object.", param="tool_choice")
         if isinstance(choice, dict):
             kind = choice.get("type")
+            if kind not in ("auto", "any", "tool", "none"):
+                raise bad_request(
+                    "Invalid value for 'tool_choice.type': expected 'auto', 'any', 'tool' or 'none'.",
+                    param="tool_choice.type",
+                )
+            if kind == "tool" and not isinstance(choice.get("name"), str):
+                raise bad_request(
+                    "Missing required parameter: 'tool_choice.name' (a string naming one of the tools).",
+                    param="tool_choice.name",
+                )
             chat["tool_choice"] = (
                 {"type": "function", "function": {"name": choice.get("name")}}
                 if kind == "tool"

@@ -57,10 +57,15 @@ async def test_errors_map_to_upstream_kinds(tiny_ckpt: Path) -> None:
         with pytest.raises(UpstreamError) as e:
             await backend.complete(chat({"temperature": 9}))
         assert e.value.kind == "bad_request" and not e.value.retryable
+        # the parameter at fault travels in an OpenAI-shaped body, which the gateway's error keeps
+        assert e.value.body == {"error": {"param": "temperature"}}
+        with pytest.raises(UpstreamError) as e:
+            await backend.complete(chat({"stop": ""}))
+        assert e.value.body == {"error": {"param": "stop"}}
         with pytest.raises(UpstreamError) as e:
             await backend.complete(UpstreamCall(kind="completion", body={"model": "x", "prompt": [5] * 600},
                                                 timeout_s=30))
-        assert e.value.kind == "context_window"
+        assert e.value.kind == "context_window" and e.value.body == {"error": {"param": "prompt"}}
         # One running + one queued fill the engine: the third is refused before its first chunk.
         long = chat({"max_tokens": 300, "ignore_eos": True})
         first, second = backend.stream(long), backend.stream(long)

@@ -162,3 +162,45 @@ def test_context_window_exceeded_is_400(gateway: GatewayThread) -> None:
         sdk(gateway).chat.completions.create(
             model="fake-model", messages=[{"role": "user", "content": "long [[fault:context_length]]"}])
     assert ei.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
+
+
+def _with_nested(body: dict, depth: int) -> bytes:
+    """``body`` as JSON with a tool whose parameter schema nests ``depth`` objects, four levels below the
+    body's top (written by hand: Python's and orjson's encoders stop short of the depths tested)."""
+    import orjson
+
+    nested = '{"a":' * (depth - 1) + "{}" + "}" * (depth - 1)
+    tools = '[{"type":"function","function":{"name":"f","parameters":' + nested + "}}]"
+    return orjson.dumps(body)[:-1] + b',"tools":' + tools.encode() + b"}"
+
+
+def test_json_nested_deeper_than_the_limit_is_400_not_500(gateway: GatewayThread) -> None:
+    """orjson reads 1,024 levels but writes 255; a body between the two used to fail when the request log
+    wrote it back (a 500). Past `MAX_JSON_DEPTH` it is refused up front; a deep but allowed body is served."""
+    from gateway.edge import MAX_JSON_DEPTH
+
+    body = {"model": "fake-model", "messages": MSG, "max_tokens": 4}
+    url, headers = gateway.base_url + "/v1/chat/completions", {"content-type": "application/json"}
+    for depth in (MAX_JSON_DEPTH, 300, 1000):  # the body itself is one more level
+        r = httpx.post(url, content=_with_nested(body, depth), headers=headers)
+        err = _assert_error_shape(r, 400)
+        assert "nested too deeply" in err["message"]
+    ok = httpx.post(url, content=_with_nested(body, 100), headers=headers)
+    assert ok.status_code == 200, ok.text
+
+
+def test_a_request_no_deployment_of_the_policy_can_serve_is_400_naming_the_parameter(gateway: GatewayThread) -> None:
+    """No deployment behind `auto` accepts images or a 100K-token prompt: that is the caller's request, not a
+    passing outage, so it is a 400 that names the parameter (not a retryable 503)."""
+    image = [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                          {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}]}]
+    r = httpx.post(gateway.base_url + "/v1/chat/completions", json={"model": "auto", "messages": image})
+    err = _assert_error_shape(r, 400)
+    assert err["param"] == "messages" and err["code"] == "unsupported_request" and "images" in err["message"]
+    assert "retry-after" not in r.headers
+    huge = [{"role": "user", "content": "word " * 100_000}]
+    r = httpx.post(gateway.base_url + "/v1/chat/completions", json={"model": "auto", "messages": huge, "max_tokens": 5})
+    err = _assert_error_shape(r, 400)
+    assert err["param"] == "max_tokens" and "context window" in err["message"]
+    with pytest.raises(openai.BadRequestError):
+        sdk(gateway).chat.completions.create(model="auto", messages=image)  # type: ignore[arg-type]

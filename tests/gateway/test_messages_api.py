@@ -118,6 +118,35 @@ def test_errors_come_in_anthropics_shape(gateway: GatewayThread) -> None:
     assert nf.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
 
 
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"tool_choice": {"type": ["tool"]}}, "tool_choice.type"),
+        ({"tool_choice": {"type": {"a": 1}}}, "tool_choice.type"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"tool_choice": {"type": "tool"}}, "tool_choice.name"),
+        ({"messages": [{"role": "user", "content": [{"type": "image", "source": "https://x.test/a.png"}]}]},
+         "messages[0].content[0].source"),
+        ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64"}}]}]},
+         "messages[0].content[0].source"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+    ],
+)
+def test_malformed_tool_choice_and_blocks_are_400s_naming_the_field(
+    gateway: GatewayThread, extra: dict, named: str
+) -> None:
+    """Values of the wrong type where the translation reads into them were 500s."""
+    import httpx
+
+    body = {"model": "fake-model", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"name": "f", "input_schema": {"type": "object"}}], **extra}
+    r = httpx.post(gateway.base_url + "/v1/messages", json=body)
+    assert r.status_code == 400, r.text
+    err = r.json()
+    assert err["type"] == "error" and err["error"]["type"] == "invalid_request_error"
+    assert f"'{named}'" in err["error"]["message"]
+
+
 def test_count_tokens_estimates_the_prompt(gateway: GatewayThread) -> None:
     n = client(gateway).messages.count_tokens(
         model="fake-model", messages=[{"role": "user", "content": "x" * 400}]

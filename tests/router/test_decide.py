@@ -71,7 +71,8 @@ def test_policy_level_capabilities_and_endpoint() -> None:
     d = run(pol("name: t\nfilters: {capabilities: [tools]}\nfallbacks: {max_candidates: 8}\n"))
     assert "jamba-local" not in names(d)
     d = run(pol("name: t\n"), RequestFeatures(prompt_tokens=10, endpoint="embedding"))
-    assert d.error == "no_candidates" and d.candidates == []
+    # no member of the policy can ever serve it: a client error, not "try again later"
+    assert d.error == "unsupported" and d.reason == "capability:embedding" and d.candidates == []
 
 
 def test_context_window_filter_counts_max_tokens_and_margin() -> None:
@@ -82,6 +83,13 @@ def test_context_window_filter_counts_max_tokens_and_margin() -> None:
     d = run(p, RequestFeatures(prompt_tokens=150_000, max_tokens=1000))
     assert set(names(d)) == {"claude-3-5-sonnet", "claude-3-5-haiku"}
     assert steps(d, "filter") == ["context 151100 tokens"]
+
+
+def test_a_request_no_deployment_fits_is_unsupported_not_unavailable() -> None:
+    p = pol("name: t\nfallbacks: {max_candidates: 8}\n")
+    d = run(p, RequestFeatures(prompt_tokens=5_000_000, max_tokens=10))
+    assert d.error == "unsupported" and d.reason == "context" and d.candidates == []
+    assert steps(d, "filter")[-1] == "context 5000010 tokens"
 
 
 def test_default_max_tokens_used_when_request_has_none() -> None:
