@@ -8,6 +8,7 @@ one `attempts` row per upstream try. The row is built here and handed to the sin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -297,7 +298,7 @@ class OpenAIHandlers:
             req = await self._begin(request, ctx, schema)
             route = await self._route(ctx, req, endpoint, request)
             ctx.ex = Execution(ctx.rid)
-            resp = await answer(ctx, req, route)
+            resp = await _unless_disconnected(request, answer(ctx, req, route))
         except APIError as err:
             self._finish(ctx, err.status, err)
             resp = self._error(ctx, err)
@@ -308,7 +309,7 @@ class OpenAIHandlers:
         except asyncio.CancelledError:
             self._finish(ctx, 499, cancelled=True)
             raise
-        except ClientDisconnect:  # gone while sending its body: nobody to answer
+        except ClientDisconnect:  # gone while sending its body or waiting for the answer: nobody to answer
             self._finish(ctx, 499, cancelled=True)
             return Response(status_code=499)
         except Exception:
@@ -479,3 +480,32 @@ class OpenAIHandlers:
             if card["id"] == name:
                 return Response(orjson.dumps(card), media_type=_JSON)
         raise model_not_found(name)
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has hung up (its body is read by then, so the next ASGI message it sends is
+    the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[Response]) -> Response:
+    """``work``'s response, or `ClientDisconnect` once the client hangs up first, with ``work`` cancelled: an
+    answer nobody waits for is not generated (the local engine frees the sequence, a provider call is
+    dropped). A stream's answer returns at once with its `StreamingResponse`, which watches for the hang-up
+    itself from then on."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    raise ClientDisconnect()

@@ -12,7 +12,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -128,13 +127,6 @@ async def _until_free(
     return time.monotonic() - t0
 
 
-def _nested(depth: int) -> Any:
-    v: Any = 1
-    for _ in range(depth):
-        v = [v]
-    return v
-
-
 async def test_a_redis_pause_and_failing_requests_leak_no_lease_or_hold(
     two_gateways: tuple[GatewayThread, GatewayThread], private_redis: redis.Redis
 ) -> None:
@@ -158,13 +150,13 @@ async def test_a_redis_pause_and_failing_requests_leak_no_lease_or_hold(
     await asyncio.sleep(max(0.0, t0 + 1.6 - time.monotonic()))  # the pause is over
     assert time.monotonic() - ended + await _until_free(private_redis, two_gateways, key, 5.0) < 5.0
 
-    # 2. Requests that fail after routing (their body cannot be serialised for the upstream) free
-    #    their slots and holds at once, answer 500 in OpenAI's shape and leave one log row each.
-    deep = FAST | {"extra": _nested(300)}
+    # 2. Requests that fail after routing (every attempt upstream answers 500) free their slots and
+    #    holds at once, answer 502 in OpenAI's shape and leave one log row each.
+    failing = FAST | {"messages": [{"role": "user", "content": WORDS + " [[fault:500]]"}]}
     async with httpx.AsyncClient(timeout=10, headers=headers) as client:
-        rs = [await client.post(gw.base_url + "/v1/chat/completions", json=deep) for gw in (a, b, a)]
-    assert [r.status_code for r in rs] == [500, 500, 500]
-    assert rs[0].json()["error"]["type"] == "server_error"
+        rs = [await client.post(gw.base_url + "/v1/chat/completions", json=failing) for gw in (a, b, a)]
+    assert [r.status_code for r in rs] == [502, 502, 502]
+    assert rs[0].json()["error"]["type"] == "upstream_error"
     assert await _until_free(private_redis, two_gateways, key, 1.0) < 1.0
 
     # 3. A model that cannot serve the endpoint (no deployment embeds) answers 400 (model_not_supported) and frees its slot.
@@ -185,4 +177,4 @@ async def test_a_redis_pause_and_failing_requests_leak_no_lease_or_hold(
             q = text("SELECT id, http_status FROM requests WHERE id = ANY(:ids)")
             return [(row[0], row[1]) for row in (await conn.execute(q, {"ids": ids})).all()]
 
-    assert sorted(await a.acall(logged())) == sorted((i, 500) for i in ids)
+    assert sorted(await a.acall(logged())) == sorted((i, 502) for i in ids)

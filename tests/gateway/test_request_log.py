@@ -135,6 +135,30 @@ async def test_each_request_kind_leaves_one_row_with_tokens_and_cost(
     assert [a["status"] for a in by_req[ids["cancelled"]]] == ["cancelled"]
 
 
+async def test_a_non_streamed_request_whose_client_hangs_up_is_cancelled_then_not_later(
+    fresh_pg_url: str, tmp_path: Path
+) -> None:
+    """The client gives up 0.3 s into a 5 s upstream answer: the gateway drops the upstream call when it
+    notices the hang-up and logs a cancelled row then, instead of waiting out (and billing) the answer."""
+    upgrade(fresh_pg_url)
+    with FakeProviderThread() as fp:
+        settings = gateway_settings(fp.base_url, fresh_pg_url, tmp_path)
+        with running_gateway(settings) as gw:
+            async with httpx.AsyncClient(timeout=0.3) as c:
+                with pytest.raises(httpx.ReadTimeout):
+                    await c.post(gw.base_url + "/v1/chat/completions", json=_chat("slow [[fault:latency:5000]]"))
+
+            async def cancelled_rows() -> list[Any]:
+                await gw.acall(gw.services.sink.flush())
+                return await _rows(fresh_pg_url, "SELECT * FROM requests WHERE status = 'cancelled'")
+
+            await await_until(cancelled_rows, timeout_s=3, what="the abandoned request logged as cancelled")
+            (row,) = await cancelled_rows()
+            attempts = await _rows(fresh_pg_url, "SELECT * FROM attempts WHERE request_id = :rid", rid=row["id"])
+    assert row["http_status"] == 499 and not row["streamed"] and row["latency_ms"] < 3000
+    assert [a["status"] for a in attempts] == ["cancelled"]
+
+
 async def test_postgres_outage_under_load_loses_and_duplicates_nothing(
     fresh_pg_url: str, tmp_path: Path
 ) -> None:
