@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .engine import Engine, RequestStream
-from .errors import InvalidRequest
+from .errors import InvalidRequest, PromptTooLong
 from .sampler import SamplingParams, TokenLogprob
 from .sequence import Delta, TokenizerLike, Usage
 
@@ -71,7 +71,10 @@ def _num(
     if kind is float and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise BadParam(f"'{name}' must be a number", name)
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise BadParam(f"'{name}' must be between {lo} and {hi}, got {value}", name)
+        bounds = f"between {lo} and {hi}" if lo is not None and hi is not None else (
+            f"at least {lo}" if lo is not None else f"at most {hi}"
+        )
+        raise BadParam(f"'{name}' must be {bounds}, got {value}", name)
     return kind(value)
 
 
@@ -90,7 +93,15 @@ def _common_params(
     body: dict[str, Any], prompt_len: int, max_model_len: int, max_tokens_key: str
 ) -> SamplingParams:
     room = max(1, max_model_len - prompt_len)
-    max_tokens = _num(body, max_tokens_key, int, None, 1) or _num(body, "max_tokens", int, None, 1) or room
+    asked = _num(body, max_tokens_key, int, None, 1) or _num(body, "max_tokens", int, None, 1)
+    if asked is not None and prompt_len < max_model_len and prompt_len + asked > max_model_len:
+        # an explicit output limit past the context is refused (as OpenAI and vLLM do), not cut short
+        raise PromptTooLong(
+            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+            f"{prompt_len + asked} tokens ({prompt_len} in the prompt, {asked} in the completion). Please "
+            "reduce the length of the prompt or of the completion."
+        )
+    max_tokens = asked or room
     stop_ids = body.get("stop_token_ids") or []
     if not isinstance(stop_ids, list) or not all(isinstance(i, int) for i in stop_ids):
         raise BadParam("'stop_token_ids' must be a list of integers", "stop_token_ids")

@@ -23,10 +23,15 @@ from typing import NamedTuple
 
 import torch
 
+# Temperatures below this sample greedily: dividing logits by a few 1e-38 overflows the softmax to NaN (and
+# the sample to an arbitrary token), and any temperature this small already puts all mass on the argmax.
+GREEDY_BELOW_TEMPERATURE = 1e-5
+
 
 @dataclass(slots=True)
 class SamplingParams:
-    """What to generate for one request (OpenAI names; ``temperature == 0`` means greedy)."""
+    """What to generate for one request (OpenAI names; ``temperature`` below GREEDY_BELOW_TEMPERATURE, 0
+    included, means greedy)."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -59,7 +64,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
 
 
 class TokenLogprob(NamedTuple):

@@ -66,6 +66,10 @@ async def test_errors_map_to_upstream_kinds(tiny_ckpt: Path) -> None:
             await backend.complete(UpstreamCall(kind="completion", body={"model": "x", "prompt": [5] * 600},
                                                 timeout_s=30))
         assert e.value.kind == "context_window" and e.value.body == {"error": {"param": "prompt"}}
+        # a prompt that fits, with an explicit output limit past the context: refused, not cut short
+        with pytest.raises(UpstreamError) as e:
+            await backend.complete(chat({"max_tokens": 600}))
+        assert e.value.kind == "context_window" and "600 in the completion" in e.value.message
         # One running + one queued fill the engine: the third is refused before its first chunk.
         long = chat({"max_tokens": 300, "ignore_eos": True})
         first, second = backend.stream(long), backend.stream(long)

@@ -135,3 +135,12 @@ def test_attention_over_context_equals_the_dense_mask(t: int, s: int, heads: int
         q, repeat_kv(k, rep), repeat_kv(v, rep), attn_mask=mask, scale=0.3
     )
     torch.testing.assert_close(attention_over_context(q, k, v, 0.3), ref)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 5e-324, 1e-45, 1e-38, 1e-6])
+def test_a_vanishing_temperature_samples_the_argmax(temperature: float) -> None:
+    """logits / 1e-38 overflows the softmax to NaN; below `GREEDY_BELOW_TEMPERATURE` the row is greedy."""
+    logits = torch.randn(3, 500, generator=torch.Generator().manual_seed(5)) * 8
+    rows = [SampleRow(SamplingParams(temperature=temperature), make_generator(i)) for i in range(3)]
+    tokens, _ = sample(logits, rows)
+    assert tokens == logits.argmax(-1).tolist()
