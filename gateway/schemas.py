@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from common.types import RequestFeatures
 
@@ -19,6 +19,9 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+# Numbers and flags are strict (the string "5" is not an integer, "yes" and 1 are not booleans), as in
+# OpenAI's API: the body forwarded upstream is the one sent, not the validated model, so a value coerced here
+# would pass this check and then reach the upstream as sent (a stream opened for "stream": "yes").
 # Bounds as OpenAI's API enforces them (its published spec or its error messages), so an absurd value
 # is refused here with a 400 naming the parameter instead of reaching (and hurting) an upstream.
 MAX_ARRAY_ITEMS = 2048  # messages, prompts, embedding inputs, Responses input items
@@ -27,7 +30,7 @@ MAX_OUTPUT_TOKENS = 1_048_576  # no model answers more; a larger value is a mist
 MAX_TOOLS = 128
 MAX_LOGIT_BIAS = 300
 MAX_EMBEDDING_DIMENSIONS = 8192  # larger than any embedding model's output
-INT64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+INT64 = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
 Metadata = Annotated[dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
                      Field(max_length=16)]
 
@@ -82,7 +85,7 @@ class ResponseFormat(_Open):
 
 
 class StreamOptions(_Open):
-    include_usage: bool | None = None
+    include_usage: StrictBool | None = None
 
 
 Stop = str | Annotated[list[str], Field(max_length=4)] | None
@@ -90,16 +93,16 @@ Stop = str | Annotated[list[str], Field(max_length=4)] | None
 
 class _SamplingParams(_Open):
     model: Annotated[str, Field(min_length=1, max_length=256)]
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    n: Annotated[int, Field(ge=1, le=128)] | None = None
-    stream: bool | None = None
+    temperature: Annotated[float, Field(strict=True, ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(strict=True, ge=0, le=1)] | None = None
+    n: Annotated[int, Field(strict=True, ge=1, le=128)] | None = None
+    stream: StrictBool | None = None
     stream_options: StreamOptions | None = None
     stop: Stop = None
-    max_tokens: Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]],
+    max_tokens: Annotated[int, Field(strict=True, ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
+    presence_penalty: Annotated[float, Field(strict=True, ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(strict=True, ge=-2, le=2)] | None = None
+    logit_bias: Annotated[dict[str, Annotated[float, Field(strict=True, ge=-100, le=100)]],
                           Field(max_length=MAX_LOGIT_BIAS)] | None = None
     seed: INT64 | None = None
     user: Annotated[str, Field(max_length=512)] | None = None
@@ -108,12 +111,12 @@ class _SamplingParams(_Open):
 
 class ChatCompletionRequest(_SamplingParams):
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_ARRAY_ITEMS)]
-    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
-    logprobs: bool | None = None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    max_completion_tokens: Annotated[int, Field(strict=True, ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: Annotated[int, Field(strict=True, ge=0, le=20)] | None = None
     tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: StrictBool | None = None
     response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
@@ -133,11 +136,11 @@ class CompletionRequest(_SamplingParams):
     prompt: (
         str
         | Annotated[list[str], Field(min_length=1, max_length=MAX_ARRAY_ITEMS)]
-        | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=MAX_TOKEN_IDS)]
+        | Annotated[list[Annotated[int, Field(strict=True, ge=0)]], Field(min_length=1, max_length=MAX_TOKEN_IDS)]
     )
-    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
-    echo: bool | None = None
-    best_of: Annotated[int, Field(ge=1, le=20)] | None = None
+    logprobs: Annotated[int, Field(strict=True, ge=0, le=5)] | None = None
+    echo: StrictBool | None = None
+    best_of: Annotated[int, Field(strict=True, ge=1, le=20)] | None = None
     suffix: str | None = None
 
     @property
@@ -150,12 +153,12 @@ class EmbeddingRequest(_Open):
     input: (
         Annotated[str, Field(min_length=1)]
         | Annotated[list[str], Field(min_length=1, max_length=2048)]
-        | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=MAX_TOKEN_IDS)]
-        | Annotated[list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=MAX_TOKEN_IDS)]],
+        | Annotated[list[Annotated[int, Field(strict=True, ge=0)]], Field(min_length=1, max_length=MAX_TOKEN_IDS)]
+        | Annotated[list[Annotated[list[Annotated[int, Field(strict=True, ge=0)]], Field(min_length=1, max_length=MAX_TOKEN_IDS)]],
                     Field(min_length=1, max_length=MAX_ARRAY_ITEMS)]
     )
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: Annotated[int, Field(ge=1, le=MAX_EMBEDDING_DIMENSIONS)] | None = None
+    dimensions: Annotated[int, Field(strict=True, ge=1, le=MAX_EMBEDDING_DIMENSIONS)] | None = None
     user: Annotated[str, Field(max_length=512)] | None = None
 
     @field_validator("input")
@@ -170,7 +173,7 @@ class ResponsesTextFormat(_Open):
     type: Literal["text", "json_object", "json_schema"]
     name: Annotated[str, Field(max_length=64)] | None = None
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
-    strict: bool | None = None
+    strict: StrictBool | None = None
 
 
 class ResponsesText(_Open):
@@ -190,22 +193,22 @@ class ResponsesRequest(_Open):
     model: Annotated[str, Field(min_length=1, max_length=256)]
     input: str | Annotated[list[dict[str, Any]], Field(max_length=MAX_ARRAY_ITEMS)] | None = None
     instructions: str | None = None
-    max_output_tokens: Annotated[int, Field(ge=16, le=MAX_OUTPUT_TOKENS)] | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    max_output_tokens: Annotated[int, Field(strict=True, ge=16, le=MAX_OUTPUT_TOKENS)] | None = None
+    temperature: Annotated[float, Field(strict=True, ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(strict=True, ge=0, le=1)] | None = None
+    top_logprobs: Annotated[int, Field(strict=True, ge=0, le=20)] | None = None
     tools: Annotated[list[ResponsesTool], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: StrictBool | None = None
     text: ResponsesText | None = None
-    stream: bool | None = None
-    store: bool | None = None
+    stream: StrictBool | None = None
+    store: StrictBool | None = None
     previous_response_id: Annotated[str, Field(min_length=1, max_length=256)] | None = None
     metadata: Metadata | None = None
     user: Annotated[str, Field(max_length=512)] | None = None
     reasoning: dict[str, Any] | None = None
     truncation: Literal["auto", "disabled"] | None = None
-    max_tool_calls: Annotated[int, Field(ge=1)] | None = None
+    max_tool_calls: Annotated[int, Field(strict=True, ge=1)] | None = None
 
 
 class MessagesRequest(_Open):
@@ -213,14 +216,14 @@ class MessagesRequest(_Open):
     (gateway/wire/anthropic.py)."""
 
     model: Annotated[str, Field(min_length=1, max_length=256)]
-    max_tokens: Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)]
+    max_tokens: Annotated[int, Field(strict=True, ge=1, le=MAX_OUTPUT_TOKENS)]
     messages: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=100_000)]
     system: str | list[dict[str, Any]] | None = None
-    temperature: Annotated[float, Field(ge=0, le=1)] | None = None
-    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    top_k: Annotated[int, Field(ge=0)] | None = None
+    temperature: Annotated[float, Field(strict=True, ge=0, le=1)] | None = None
+    top_p: Annotated[float, Field(strict=True, ge=0, le=1)] | None = None
+    top_k: Annotated[int, Field(strict=True, ge=0)] | None = None
     stop_sequences: Annotated[list[str], Field(max_length=8191)] | None = None
-    stream: bool | None = None
+    stream: StrictBool | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
@@ -230,7 +233,7 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     request_id: Annotated[str, Field(min_length=1, max_length=128)]
-    score: Annotated[float, Field(ge=0, le=1)] | None = None
+    score: Annotated[float, Field(strict=True, ge=0, le=1)] | None = None
     thumbs: Literal["up", "down"] | None = None
     source: Annotated[str, Field(min_length=1, max_length=64)] = "user"
     comment: Annotated[str, Field(max_length=4000)] | None = None

@@ -204,3 +204,27 @@ def test_a_request_no_deployment_of_the_policy_can_serve_is_400_naming_the_param
     assert err["param"] == "max_tokens" and "context window" in err["message"]
     with pytest.raises(openai.BadRequestError):
         sdk(gateway).chat.completions.create(model="auto", messages=image)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"stream": "yes"}, "stream"),
+        ({"stream": 1}, "stream"),
+        ({"max_tokens": "5"}, "max_tokens"),
+        ({"temperature": "0.5"}, "temperature"),
+        ({"temperature": True}, "temperature"),
+        ({"n": 2.0}, "n"),
+        ({"logprobs": "yes"}, "logprobs"),
+    ],
+)
+def test_numbers_and_flags_of_the_wrong_type_are_400s_not_coerced(
+    gateway: GatewayThread, extra: dict, param: str
+) -> None:
+    """The forwarded body is the one sent, so a coerced "stream": "yes" used to open a stream."""
+    r = httpx.post(gateway.base_url + "/v1/chat/completions", json={"model": "fake-model", "messages": MSG, **extra})
+    err = _assert_error_shape(r, 400)
+    assert err["param"] == param
+    ok = httpx.post(gateway.base_url + "/v1/chat/completions",
+                    json={"model": "fake-model", "messages": MSG, "temperature": 1, "max_tokens": 3})
+    assert ok.status_code == 200  # an integer is a number
