@@ -182,7 +182,7 @@ class ResponsesWire:
         return b"".join(map(wire.sse, ([] if stream.seq else stream.start()) + stream.fail(err)))
 
     def error(self, err: APIError, headers: dict[str, str]) -> Response:
-        return err.response(headers)
+        return wire.caller_error(err).response(headers)
 
 
 class StoredResponseHandlers:

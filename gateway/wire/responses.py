@@ -284,6 +284,39 @@ def to_chat(body: dict[str, Any], history: list[dict[str, Any]] | None = None) -
 # ---- answer: chat -> Responses -------------------------------------------------------------------
 
 
+# a chat request's parameter -> the Responses parameter it was translated from (by prefix); errors raised on
+# the translated chat request name what the caller sent
+_CALLER_PARAM = (
+    ("max_completion_tokens", "max_output_tokens"),
+    ("max_tokens", "max_output_tokens"),
+    ("response_format", "text.format"),
+    ("messages", "input"),
+)
+
+
+def caller_error(err: APIError) -> APIError:
+    """``err`` with its parameter (and the message's quoted mention of it) under the Responses name:
+    ``max_tokens`` -> ``max_output_tokens``, ``tools[i].function.name`` -> ``tools[i].name``, a message
+    path -> ``input`` (instructions and history shift the indices), ``response_format`` -> ``text.format``."""
+    param = err.param
+    if not param:
+        return err
+    new = param
+    if param.startswith("tools[") and ".function." in param:
+        new = param.replace(".function.", ".", 1)
+    else:
+        for chat, caller in _CALLER_PARAM:
+            if param == chat or param.startswith((chat + ".", chat + "[")):
+                new = caller
+                break
+    if new == param:
+        return err
+    out = APIError(err.status, err.message.replace(f"'{param}'", f"'{new}'"), type=err.type, param=new,
+                   code=err.code, headers=err.headers)
+    out.details = err.details
+    return out
+
+
 def usage_from_chat(usage: dict[str, Any] | None) -> dict[str, Any]:
     u = usage or {}
     pt, ct = int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)

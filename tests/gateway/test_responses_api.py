@@ -221,3 +221,17 @@ def test_streamed_responses_and_messages_under_a_cascade_show_only_the_escalated
         ) as mstream:
             message = mstream.get_final_message()
         assert message.content[0].text == "four five" and message.model == "strong-model"  # type: ignore[union-attr]
+
+
+def test_errors_name_the_responses_parameters_the_caller_sent(gateway: GatewayThread) -> None:
+    """Checks that run on the translated chat request name the Responses parameter, not the chat one."""
+    import httpx
+
+    url = gateway.base_url + "/v1/responses"
+    r = httpx.post(url, json={"model": "auto", "input": "hi", "max_output_tokens": 100_000})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "max_output_tokens"
+    r = httpx.post(url, json={"model": "fake-model", "input": "hi", "tools": [{"type": "function", "name": ""}]})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"].startswith("tools[0]") and ".function." not in err["param"]
