@@ -127,9 +127,6 @@ def bundle_of(module):  # noqa: ANN001, ANN201
 # the Mamba state's dtype in `ours_greedy_graph`'s cache: float32 (the engine's) unless a --splitk-ab mode
 # asks for the model dtype (``ssm16=1``: what transformers' and mamba-ssm's decode caches hold)
 SSM_STATE_DTYPE = [torch.float32]
-# `DecodeStep.FOLD_MAX_ROWS` of the --splitk-ab modes without a ``fold`` override (recorded on first use, after
-# --fold-max-rows)
-FOLD_BASE: dict[str, int] = {}
 
 
 def ours_greedy_graph(
@@ -280,7 +277,8 @@ def override_launches(over: dict[str, int], swiglu: set[tuple[int, int]], rows: 
     from local_model.kernels import triton_gemm as tg
     from local_model.kernels import triton_moe as tm
 
-    DecodeStep.FOLD_MAX_ROWS = over.get("fold", FOLD_BASE.setdefault("rows", DecodeStep.FOLD_MAX_ROWS))
+    if "fold" in over:
+        DecodeStep.FOLD_MAX_ROWS = over["fold"]
     if "gch" in over:
         td.GREEDY_MAX_CHUNKS = over["gch"]
     SSM_STATE_DTYPE[0] = torch.bfloat16 if over.get("ssm16") else torch.float32
@@ -329,6 +327,7 @@ def splitk_ab(args: argparse.Namespace) -> int:
     against our GPU reference path."""
     from types import SimpleNamespace
 
+    from local_model.decode import DecodeStep
     from local_model.kernels import triton_decode as td
     from local_model.kernels import triton_gemm as tg
     from local_model.kernels import triton_moe as tm
@@ -336,6 +335,7 @@ def splitk_ab(args: argparse.Namespace) -> int:
     shipped = shipped_splitk()
     moe_shipped = dict(tm.MOE_SHAPES)
     gch_shipped = td.GREEDY_MAX_CHUNKS
+    fold_shipped = DecodeStep.FOLD_MAX_ROWS  # after --fold-max-rows
     if args.big:
         module = random_gpu_model(args, 2048, 16, 16, args.big_inter)
     else:
@@ -358,6 +358,7 @@ def splitk_ab(args: argparse.Namespace) -> int:
         tm.MOE_SHAPES.clear()
         tm.MOE_SHAPES.update(moe_shipped)
         td.GREEDY_MAX_CHUNKS = gch_shipped
+        DecodeStep.FOLD_MAX_ROWS = fold_shipped
         override_launches(mode_overrides(spec), swiglu)
 
     dev = next(module.parameters()).device
