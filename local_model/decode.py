@@ -81,10 +81,11 @@ def pick_bucket(buckets: tuple[int, ...], batch: int) -> int:
 class DecodeStep:
     """One greedy decode step for up to ``max_batch`` rows; `capture` records it per batch bucket."""
 
-    # Steps of 5 to this many rows whose every projection runs the split-K GEMM fold each RMSNorm into its
-    # neighbours (`_forward_folded`; 0: never). H100, 426M shape (`bench/local_model_gpu.py --splitk-ab`,
-    # ``fold``): +3.5% tok/s at 8 rows, +4.0% at 16, +1.2% at 32, none at 64 (-0.4%, inside the run-to-run
-    # spread), where the PDL hand-offs the norms cost are cheap and the fold's epilogue work is not
+    # Steps of more than `triton_decode.MOE_GEMV_MAX_TOKENS` (4) and at most this many rows whose every
+    # projection runs the split-K GEMM fold each RMSNorm into its neighbours (`_forward_folded`; 0: never).
+    # H100, 426M shape (`bench/local_model_gpu.py --splitk-ab`, ``fold``): +3.5% tok/s at 8 rows, +4.0% at 16,
+    # +1.2% at 32, none at 64 (-0.4%, inside the run-to-run spread), where the PDL hand-offs the norms cost
+    # are cheap and the fold's epilogue work is not
     FOLD_MAX_ROWS = 32
 
     def __init__(
@@ -124,7 +125,7 @@ class DecodeStep:
         # rows -> whether a step of that many rows folds its norms (`_folds_apply`, asked once per size)
         self._fold_rows: dict[int, bool] = {}
         # the norm-folded copies of the weights, only where a step of some size folds
-        fold = kernels.name == "triton" and any(self._folds(r) for r in range(5, self.FOLD_MAX_ROWS + 1))
+        fold = kernels.name == "triton" and any(self._folds(r) for r in range(1, self.FOLD_MAX_ROWS + 1))
         self._folded = self._fold_weights() if fold else None
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.static: dict[int, dict[str, torch.Tensor]] = {}
@@ -159,22 +160,10 @@ class DecodeStep:
                 m, x = self._mamba(i, src, res, nw, state, slots)
             else:
                 m, x = self._attention(layer.mixer, i, src, res, nw, state, slots, positions, block_table)
-            nw = layer.pre_ff_layernorm.weight
             if layer.is_moe:
-                moe = layer.feed_forward
-                f, x = k.moe_block(
-                    x=m,
-                    residual=x,
-                    norm_weight=nw,
-                    eps=eps,
-                    router_weight=moe.router.weight,
-                    gate_up_proj=moe.experts.gate_up_proj,
-                    down_proj=moe.experts.down_proj,
-                    top_k=moe.top_k,
-                    act=moe.act,
-                )
+                f, x = self._moe(layer, m, eps, residual=x)
             else:
-                f, x = self._mlp(layer.feed_forward, i, m, x, nw)
+                f, x = self._mlp(layer.feed_forward, i, m, x, layer.pre_ff_layernorm.weight)
         logits, _ = k.norm_linear(
             x=f,
             residual=x,
@@ -212,16 +201,18 @@ class DecodeStep:
         return got
 
     def _folds_apply(self, rows: int) -> bool:
-        """Whether a step of ``rows`` rows folds its norms: 5 to FOLD_MAX_ROWS rows, every projection on the
-        split-K GEMM (rows within its range, each weight listed), no Mamba projection bias, MoE layers on
-        SwiGLU experts with the fused token sum."""
+        """Whether a step of ``rows`` rows folds its norms: more than MOE_GEMV_MAX_TOKENS (the MoE's per-pair
+        GEMV path has no residual add) and at most FOLD_MAX_ROWS rows, every projection on the split-K GEMM
+        (rows within its range, each weight listed), no Mamba projection bias, MoE layers on SwiGLU experts
+        with the fused token sum."""
+        from .kernels.triton_decode import MOE_GEMV_MAX_TOKENS
         from .kernels.triton_gemm import splitk_for
         from .kernels.triton_moe import fused_sum_applies
 
         def listed(w: torch.Tensor) -> bool:
             return splitk_for(rows, *w.shape) is not None
 
-        if not 4 < rows <= self.FOLD_MAX_ROWS:
+        if not MOE_GEMV_MAX_TOKENS < rows <= self.FOLD_MAX_ROWS:
             return False
         for i, layer in enumerate(self.model.model.layers):
             w = self._prep[i]
@@ -258,8 +249,7 @@ class DecodeStep:
         from .kernels.triton_decode import embed_with_ssq
         from .kernels.triton_gemm import linear_residual_splitk, linear_splitk, splitk_for
 
-        k, cfg = self.k, self.config
-        eps = cfg.rms_norm_eps
+        eps = self.config.rms_norm_eps
         assert self._folded is not None
         s, ssq = embed_with_ssq(ids=ids, table=self.model.model.embed_tokens.weight)
         rows = s.shape[0]
@@ -278,17 +268,7 @@ class DecodeStep:
                 x=y, weight=w_out, residual=s, config=splitk_for(rows, *w_out.shape), ssq=not layer.is_moe
             )
             if layer.is_moe:
-                s, ssq = k.moe_block(
-                    x=s,
-                    norm_weight=layer.pre_ff_layernorm.weight,
-                    eps=eps,
-                    router_weight=ff.router.weight,
-                    gate_up_proj=ff.experts.gate_up_proj,
-                    down_proj=ff.experts.down_proj,
-                    top_k=ff.top_k,
-                    act=ff.act,
-                    add_to_stream=True,
-                )
+                s, ssq = self._moe(layer, s, eps, add_to_stream=True)
             else:
                 wf = self._folded[("mlp", i)]
                 act = linear_splitk(
@@ -300,6 +280,28 @@ class DecodeStep:
         wf = self._folded["lm_head"]
         return linear_splitk(
             x=s, weight=wf, out=out, config=splitk_for(rows, *wf.shape), norm_ssq=ssq, eps=eps
+        )
+
+    def _moe(
+        self,
+        layer: torch.nn.Module,
+        x: torch.Tensor,
+        eps: float,
+        **how: torch.Tensor | bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's MoE block (its norm, route and experts) on x; ``how``: ``residual=`` (every bundle's
+        `moe_block`) or ``add_to_stream=True`` (the Triton bundle's, for the folded step)."""
+        ff = layer.feed_forward
+        return self.k.moe_block(
+            x=x,
+            norm_weight=layer.pre_ff_layernorm.weight,
+            eps=eps,
+            router_weight=ff.router.weight,
+            gate_up_proj=ff.experts.gate_up_proj,
+            down_proj=ff.experts.down_proj,
+            top_k=ff.top_k,
+            act=ff.act,
+            **how,
         )
 
     def _mamba(

@@ -41,6 +41,8 @@ from .triton_moe import (
 GEMV_MAX_ROWS = 1
 # at most this many vocabulary chunks a row in `greedy_advance` (a power of two)
 GREEDY_MAX_CHUNKS = 16
+# tokens up to which `moe_block` runs each (token, expert) pair as a GEMV; more: the grouped GEMMs
+MOE_GEMV_MAX_TOKENS = 4
 
 
 @triton.jit
@@ -520,11 +522,11 @@ def moe_block(
     add_to_stream: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`reference.moe_block_ref`'s contract: norm, route and run the experts of x [T, H]. Returns
-    (experts' weighted sum, x + residual); with ``add_to_stream`` (more than 4 tokens, no ``residual``, the
-    fused token sum) instead (x + experts' weighted sum, its rows' sums of squares as
-    `moe_experts_residual` returns them). Up to 4 tokens: three launches (route; per-pair gate/up GEMV
-    with SwiGLU; down GEMV over each token's k experts, weighted and summed); more: the route launch also
-    sorts the pairs by expert (`align_pairs`), then the grouped GEMMs (`moe_experts`)."""
+    (experts' weighted sum, x + residual); with ``add_to_stream`` (more than MOE_GEMV_MAX_TOKENS tokens, no
+    ``residual``, the fused token sum) instead (x + experts' weighted sum, its rows' sums of squares as
+    `moe_experts_residual` returns them). Up to MOE_GEMV_MAX_TOKENS tokens: three launches (route; per-pair
+    gate/up GEMV with SwiGLU; down GEMV over each token's k experts, weighted and summed); more: the route
+    launch also sorts the pairs by expert (`align_pairs`), then the grouped GEMMs (`moe_experts`)."""
     tokens, hid = x.shape
     num_experts = router_weight.shape[0]
     if (
@@ -549,7 +551,7 @@ def moe_block(
     pairs = tokens * top_k
     cfg = aligned = None
     align: dict[str, int] = {}
-    if tokens > 4:
+    if tokens > MOE_GEMV_MAX_TOKENS:
         inter = gate_up_proj.shape[1] // 2
         cfg = moe_config(tokens, top_k, num_experts, hid, inter, fp32=x.dtype == torch.float32)
         if align_in_one_program(pairs, num_experts):
@@ -591,12 +593,14 @@ def moe_block(
         **launch_kwargs(pdl),
     )
     if add_to_stream:
-        assert tokens > 4 and residual is None and act is F.silu, "the stream add runs in the grouped GEMM"
+        assert tokens > MOE_GEMV_MAX_TOKENS and residual is None and act is F.silu, (
+            "the stream add runs in the grouped GEMM"
+        )
         return moe_experts_residual(
             x=h, residual=x, top_k_index=idx, top_k_weights=w, gate_up_proj=gate_up_proj, down_proj=down_proj,
             config=cfg, aligned=aligned,
         )  # fmt: skip
-    if tokens > 4:
+    if tokens > MOE_GEMV_MAX_TOKENS:
         out = moe_experts(
             x=h, top_k_index=idx, top_k_weights=w, gate_up_proj=gate_up_proj, down_proj=down_proj, act=act,
             config=cfg, aligned=aligned,
