@@ -30,7 +30,7 @@ from local_model.engine.errors import EngineClosed, EngineOverloaded, InvalidReq
 __all__ = ["LocalBackend", "build_local_backend", "serves_in_subprocess"]
 
 
-def _upstream_error(exc: BaseException, kind: str = "chat") -> UpstreamError:
+def _upstream_error(exc: BaseException, kind: str) -> UpstreamError:
     """The engine's exception as an `UpstreamError`; a client's bad request keeps the parameter it names
     (an OpenAI-shaped error body, which `gateway.errors` passes on) for a ``kind`` ("chat"/"completion") call."""
     if isinstance(exc, UpstreamError):
