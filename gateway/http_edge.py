@@ -17,6 +17,9 @@ gets the limits a public server needs (the ``http:`` settings, `gateway.config.H
   never-used sockets, the cheapest kind of attack); when none is idle it is answered with 503
   ``too_many_connections`` and closed.
 
+- malformed HTTP (a garbage request line, a bad Content-Length or chunk size): 400
+  ``malformed_http_request``, then close.
+
 Refusals are OpenAI-shaped JSON errors with ``connection: close``. The limits travel inside the
 uvicorn config (`EdgeConfig`), so workers started by uvicorn's process manager get them too.
 """
@@ -88,6 +91,12 @@ _HEADERS_TOO_LARGE = _refusal(
     b"Request Header Fields Too Large",
     "The request headers are too large.",
     "request_header_fields_too_large",
+)
+_MALFORMED = _refusal(
+    400,
+    b"Bad Request",
+    "The request is not valid HTTP/1.1 (its request line, a header or the body's framing could not be parsed).",
+    "malformed_http_request",
 )
 _TOO_MANY_HEADERS = _refusal(
     431,
@@ -199,6 +208,13 @@ class EdgeProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse(_HEADERS_TOO_LARGE)
+
+    def send_400_response(self, msg: str) -> None:
+        """The parser's "invalid HTTP" answer: JSON in the API's error shape instead of uvicorn's
+        plain text (SDKs parse the body of every error), sent by `data_received` once the parser
+        returns."""
+        if self._refusal is None:
+            self._refusal = _MALFORMED
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -182,3 +182,33 @@ async def test_connection_cap_displaces_idle_sockets_and_refuses_clearly_when_no
         assert b"retry-after: 1" in head and orjson.loads(body)["error"]["code"] == "too_many_connections"
         for _, w in [*busy, (reader, writer)]:
             w.close()
+
+
+async def _raw(port: int, request: bytes) -> bytes:
+    reader, writer = await _connect(port)
+    writer.write(request)
+    await writer.drain()
+    got = await _closed_within(reader, 5)
+    writer.close()
+    return got or b""
+
+
+async def test_malformed_http_gets_a_json_400_in_the_api_error_shape(
+    fake_provider: FakeProviderThread, sqlite_url: str, tmp_path: Path
+) -> None:
+    malformed = [
+        b"\x16\x03\x01garbage\r\n\r\n",  # TLS to a plain port
+        b"GET /v1/models HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n{}",
+    ]
+    with running_gateway(gateway_settings(fake_provider.base_url, sqlite_url, tmp_path, http=HTTP)) as gw:
+        for request in malformed:
+            got = await _raw(gw.port, request)
+            head, _, body = got.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400"), (request, got[:200])
+            assert b"content-type: application/json" in head.lower()
+            error = orjson.loads(body)["error"]
+            assert error["code"] == "malformed_http_request"
+            assert error["type"] == "invalid_request_error"
+        await _legit_request(gw.port)  # the server is unharmed
