@@ -154,7 +154,8 @@ def _attn_decode(
     PDL: tl.constexpr = False,
 ):
     """One program per (row, kv head, context split): the N_REP query heads sharing the kv head, online
-    softmax over the split's share of the row's context in tiles of BLOCK_T positions (one page when paged).
+    softmax over the split's share of the row's context in tiles of BLOCK_T positions (paged: one page, or
+    several small pages gathered by position).
     WRITE_NEW: the row's new key and value for this head are first stored at its last position by the
     split that reads it (then a barrier, so the tiles see them). With SPLITS > 1 (flash-decoding: a long
     context is read by several programs, not one) each split stores its unnormalised output, running max
@@ -198,10 +199,14 @@ def _attn_decode(
     for t0 in range(t_lo, t_hi, BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
         tmask = t < t_hi
-        if PAGED:
+        if PAGED and PAGE == BLOCK_T:  # the tile is one page: one block-table entry
             blk = tl.load(bt_ptr + b * s_btb + t0 // PAGE).to(tl.int64)
             koff = blk * s_kb + (t - t0)[:, None] * s_kt
             voff = blk * s_vb + (t - t0)[:, None] * s_vt
+        elif PAGED:  # pages smaller than a tile (or not a power of two): each position's own block
+            blk = tl.load(bt_ptr + b * s_btb + t // PAGE, mask=tmask, other=0).to(tl.int64)
+            koff = blk[:, None] * s_kb + (t % PAGE)[:, None] * s_kt
+            voff = blk[:, None] * s_vb + (t % PAGE)[:, None] * s_vt
         else:
             koff = slot * s_kb + t[:, None] * s_kt
             voff = slot * s_vb + t[:, None] * s_vt
@@ -282,7 +287,9 @@ def attention_decode(
     paged = block_table is not None
     if paged:
         page = k_cache.shape[2]
-        block_t = page
+        # a tile is one page when the page is a power of two the tensor cores take (>= 16 positions);
+        # smaller or odd pages are gathered position by position into 16-position (or wider) tiles
+        block_t = max(16, triton.next_power_of_2(page))
         bt, s_btb = block_table, block_table.stride(0)
         sl = context_lens
     else:

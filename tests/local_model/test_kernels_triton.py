@@ -401,18 +401,22 @@ def test_moe_experts_token_sum_in_the_down_gemm_gives_the_separate_sums_bits_at_
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("paged", [False, True])
+@pytest.mark.parametrize("page", [0, 16, 4, 12])  # 0: a contiguous per-slot cache
 @pytest.mark.parametrize("splits", [1, 4])
-def test_attention_decode_matches_reference_on_contiguous_and_paged_caches(dtype, paged, splits):
+def test_attention_decode_matches_reference_on_contiguous_and_paged_caches(dtype, page, splits):
+    """Pages of 16 are one tile; pages smaller than the tensor cores' 16 positions or not a power of two
+    (an engine `block_size` of 4 or 12) are gathered into tiles position by position."""
     skip_interpreted_bf16(dtype)
     gen = torch.Generator().manual_seed(8)
-    batch, heads, kv_heads, hd, page = 3, 4, 2, 16, 16
+    batch, heads, kv_heads, hd = 3, 4, 2, 16
     lens = torch.tensor([1, 9, 37], device=DEV)
     q = torch.randn(batch, heads, hd, generator=gen).to(DEV).to(dtype)
-    if paged:
-        k = torch.randn(11, kv_heads, page, hd, generator=gen).to(DEV).to(dtype)
-        v = torch.randn(11, kv_heads, page, hd, generator=gen).to(DEV).to(dtype)
-        table = torch.tensor([[7, 0, 0], [2, 0, 0], [9, 4, 1]], device=DEV)
+    if page:
+        per_row = -(-40 // page)
+        blocks = batch * per_row + 2
+        k = torch.randn(blocks, kv_heads, page, hd, generator=gen).to(DEV).to(dtype)
+        v = torch.randn(blocks, kv_heads, page, hd, generator=gen).to(DEV).to(dtype)
+        table = torch.randperm(blocks, generator=gen)[: batch * per_row].view(batch, per_row).to(DEV)
         kw = {"block_table": table}
     else:
         k = torch.randn(4, kv_heads, 40, hd, generator=gen).to(DEV).to(dtype)
