@@ -7,9 +7,10 @@ fetches its cost map over the network. litellm never retries (``num_retries=0`` 
 ``max_retries=0`` for the provider SDK under it): retries and fallbacks are the gateway's.
 
 Answers and chunks are litellm pydantic objects; they are converted to plain OpenAI-shaped dicts
-and stripped of litellm's extras (``provider_specific_fields``, ``citations``, None-valued
-delta keys), and litellm's usage chunk (a choice with an empty delta plus ``usage``) is rewritten
-into OpenAI's shape (``choices: []``), so callers see what the direct backend yields.
+and stripped of litellm's extras (``provider_specific_fields`` but for a choice's ``stop_reason``,
+``citations``, None-valued delta keys), and litellm's usage chunk (a choice with an empty delta plus
+``usage``) is rewritten into OpenAI's shape (``choices: []``), so callers see what the direct backend
+yields.
 
 Timeouts are enforced here as well as passed to litellm, so they are classified like the direct
 backend's: ``call.timeout_s`` for the whole call (non-stream) or the first chunk (stream), and
@@ -44,6 +45,11 @@ from common.types import DeploymentConfig
 
 __all__ = ["LiteLLMBackend", "import_litellm", "map_litellm_error", "to_openai_dict"]
 
+# A choice's `stop_reason` from an OpenAI-compatible upstream (vLLM, SGLang: the stop string that ended
+# it) reaches litellm's non-streamed answers as `provider_specific_fields.stop_reason`; it is put back on
+# the choice as the direct backend passes it. litellm's streamed chunks and its Anthropic translation
+# (whose `stop_sequence` it maps to finish_reason "stop") drop it.
+_STOP_REASON = "stop_reason"
 # keys litellm adds to OpenAI objects that no OpenAI client expects
 _EXTRA_KEYS = frozenset(
     {"provider_specific_fields", "citations", "moderation", "_hidden_params", "_response_ms"}
@@ -102,7 +108,10 @@ def to_openai_dict(obj: Any, *, chunk: bool = False) -> dict[str, Any]:
         for c in choices:
             if not isinstance(c, dict):
                 continue
+            extra = c.get("provider_specific_fields")
             c = {k: v for k, v in c.items() if k not in _EXTRA_KEYS}
+            if isinstance(extra, dict) and isinstance(extra.get(_STOP_REASON), str):
+                c[_STOP_REASON] = extra[_STOP_REASON]
             for key in ("message", "delta"):
                 m = c.get(key)
                 if isinstance(m, dict):

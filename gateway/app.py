@@ -36,6 +36,7 @@ from gateway.edge import bearer
 from gateway.errors import APIError
 from gateway.feedback_api import FeedbackHandler
 from gateway.keys import KeyStore
+from gateway.messages_api import anthropic_error, is_messages_path
 from gateway.openai_api import OpenAIHandlers
 from gateway.openapi import openapi_document
 from gateway.responses_api import StoredResponseHandlers
@@ -364,13 +365,19 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
         return exc.response()
 
     async def http_error(request: Request, exc: Exception) -> Response:
+        """Unknown paths and wrong methods, in the error shape of the API the path belongs to (a 405
+        keeps the router's `Allow` header)."""
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         message = {404: f"Unknown request URL: {request.method} {request.url.path}. Please check the URL for "
                         "typos, or see the API reference at /openapi.json.",
                    405: f"Method {request.method} is not allowed on {request.url.path}."}.get(
             exc.status_code, str(exc.detail))
-        return APIError(exc.status_code, message, code=code).response({"x-request-id": uuid.uuid4().hex})
+        err = APIError(exc.status_code, message, code=code, headers=dict(exc.headers or {}))
+        headers = {"x-request-id": uuid.uuid4().hex}
+        if is_messages_path(request.url.path):
+            return anthropic_error(err, headers)
+        return err.response(headers)
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)

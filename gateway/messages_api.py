@@ -1,5 +1,6 @@
 """Anthropic's Messages API: `POST /v1/messages` through the chat pipeline (gateway/wire/anthropic.py),
-with Anthropic's error shape, and `POST /v1/messages/count_tokens` (the gateway's estimate)."""
+with Anthropic's error shape (for every path under /v1/messages: wrong methods and unknown paths too),
+and `POST /v1/messages/count_tokens` (the gateway's estimate)."""
 
 from __future__ import annotations
 
@@ -25,20 +26,26 @@ class MessagesWire:
         self.mid = "msg_" + rid
         self.original: dict[str, Any] = {}
         self.stream: wire.MessageStream | None = None
+        self.stop_sequences: list[str] = []
+        # where each message of the translated chat request came from; None until translated (errors
+        # found before then already name the Anthropic fields)
+        self.origins: list[wire.Origin] | None = None
 
     async def prepare(self, body: dict[str, Any], key: ApiKey | None) -> dict[str, Any]:
         self.original = body
-        validate(MessagesRequest, body)
-        return wire.to_chat(body)
+        req = validate(MessagesRequest, body)
+        self.stop_sequences = req.stop_sequences or []
+        chat, self.origins = wire.translate(body)
+        return chat
 
     def native(self, d: DeploymentConfig, stream: bool) -> tuple[Kind, dict[str, Any]] | None:
         return None  # every upstream is reached through chat completions (litellm speaks Anthropic's API)
 
     async def whole(self, chat: dict[str, Any], model: str) -> bytes:
-        return orjson.dumps(wire.message_from_chat(chat, model, self.mid))
+        return orjson.dumps(wire.message_from_chat(chat, model, self.mid, self.stop_sequences))
 
     def start(self, model: str) -> bytes:
-        self.stream = wire.MessageStream(model, self.mid)
+        self.stream = wire.MessageStream(model, self.mid, self.stop_sequences)
         return b"".join(map(wire.sse, self.stream.start()))
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
@@ -54,6 +61,10 @@ class MessagesWire:
         return b"".join(map(wire.sse, self.stream.fail(err)))
 
     def error(self, err: APIError, headers: dict[str, str]) -> Response:
+        """Anthropic's error shape; an error found in the translated chat request (its schema, the
+        router's refusals, an upstream's client error) names the field of the caller's request."""
+        if self.origins is not None:
+            err = wire.caller_error(err, self.origins)
         return anthropic_error(err, headers)
 
 
@@ -69,10 +80,18 @@ def anthropic_error(err: APIError, headers: dict[str, str] | None = None) -> Res
 async def count_tokens(request: Request, max_bytes: int) -> Response:
     """`{"input_tokens": n}`: the same estimate the gateway routes and budgets with."""
     try:
-        chat = wire.to_chat(await read_json(request, max_bytes) | {"max_tokens": 1})
-        req = validate(ChatCompletionRequest, chat)
+        chat, origins = wire.translate(await read_json(request, max_bytes) | {"max_tokens": 1})
     except APIError as err:
         return anthropic_error(err)
+    try:
+        req = validate(ChatCompletionRequest, chat)
+    except APIError as err:
+        return anthropic_error(wire.caller_error(err, origins))
     return Response(
         orjson.dumps({"input_tokens": estimate_prompt_tokens(req)}), media_type="application/json"
     )
+
+
+def is_messages_path(path: str) -> bool:
+    """Whether ``path`` is Anthropic's Messages API (or under it), whose callers read Anthropic's errors."""
+    return path == "/v1/messages" or path.startswith("/v1/messages/")

@@ -47,7 +47,9 @@ from service.routing import Route
 
 _JSON = "application/json"
 log = logging.getLogger("hybridgate")
-_WHAT = {"chat": "chat completions", "completion": "text completions", "embedding": "embeddings"}
+# the log row's endpoint -> what a model that cannot serve it does not support (a wire format names its own)
+_WHAT = {"chat": "chat completions", "completion": "text completions", "embedding": "embeddings",
+         "responses": "the Responses API", "messages": "the Messages API"}
 
 
 class _Ctx:
@@ -158,7 +160,8 @@ class OpenAIHandlers:
         ctx.route = route  # from here on, what it holds is settled by `_finish` whatever happens
         if route is None or not route.targets:
             if route is not None and req.model in self.s.router.catalog.by_model:
-                raise APIError(400, f"The model `{req.model}` does not support {_WHAT.get(endpoint, endpoint)}.",
+                what = _WHAT.get(ctx.row.endpoint, ctx.row.endpoint)
+                raise APIError(400, f"The model `{req.model}` does not support {what}.",
                                param="model", code="model_not_supported")
             raise model_not_found(req.model)
         r = ctx.row

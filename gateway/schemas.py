@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from common.types import RequestFeatures
 
@@ -33,6 +42,40 @@ MAX_EMBEDDING_DIMENSIONS = 8192  # larger than any embedding model's output
 INT64 = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
 Metadata = Annotated[dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
                      Field(max_length=16)]
+
+
+# What is wrong with a `tool_choice`, worded as OpenAI words it after "Invalid value for 'tool_choice': ".
+TOOL_CHOICE_WITHOUT_TOOLS = "'tool_choice' is only allowed when 'tools' are specified"
+
+
+def unknown_tool(name: str) -> str:
+    """What is wrong with a `tool_choice` that names a tool the request does not give."""
+    return f"tool '{name}' not found in 'tools'"
+
+
+def _tool_choice_error(message: str) -> PydanticCustomError:
+    """An error `edge.validate` reports as "Invalid value for 'tool_choice': <message>." (a custom error
+    type, so pydantic adds no "Value error, " prefix and the message is taken literally)."""
+    return PydanticCustomError("invalid_tool_choice", "{message}", {"message": message})
+
+
+def check_tool_choice(choice: Any, names: list[str] | None, *, auto_needs_tools: bool) -> Any:
+    """``choice`` when it can be served with the request's tools (``names``; None or empty: no tools),
+    else the error saying what is wrong: a choice other than "none" without tools ("auto" is allowed
+    without tools only where ``auto_needs_tools`` is false), or a function choice naming no tool of the
+    request. A choice that reached an upstream unchecked would be refused there, or silently ignored."""
+    if choice is None or choice == "none" or (choice == "auto" and not auto_needs_tools):
+        return choice
+    if not names:
+        raise _tool_choice_error(TOOL_CHOICE_WITHOUT_TOOLS)
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        fn = choice.get("function")  # chat's shape; the Responses API puts the name beside the type
+        name = fn.get("name") if isinstance(fn, dict) else choice.get("name")
+        if not isinstance(name, str):
+            raise _tool_choice_error("a function choice names one of the tools")
+        if name not in names:
+            raise _tool_choice_error(unknown_tool(name))
+    return choice
 
 
 class ContentPart(_Open):
@@ -119,12 +162,18 @@ class ChatCompletionRequest(_SamplingParams):
     parallel_tool_calls: StrictBool | None = None
     response_format: ResponseFormat | None = None
 
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_names_a_tool(cls, v: Any, info: ValidationInfo) -> Any:
+        if "tools" not in info.data:  # the tools were invalid: that is the error reported
+            return v
+        tools: list[Tool] | None = info.data["tools"]
+        return check_tool_choice(v, [t.function.name for t in tools or ()], auto_needs_tools=True)
+
     @model_validator(mode="after")
     def _logprob_rules(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs=true")
-        if self.tool_choice not in (None, "none") and not self.tools and self.tool_choice != "auto":
-            raise ValueError("tool_choice is set but no tools were given")
         return self
 
     @property
@@ -209,6 +258,19 @@ class ResponsesRequest(_Open):
     reasoning: dict[str, Any] | None = None
     truncation: Literal["auto", "disabled"] | None = None
     max_tool_calls: Annotated[int, Field(strict=True, ge=1)] | None = None
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_names_a_tool(cls, v: Any, info: ValidationInfo) -> Any:
+        """As for chat, except that "auto" needs no tools: it is what a response shows when the request
+        gave no tool_choice, so clients send it back with or without tools."""
+        if "tools" not in info.data:
+            return v
+        tools: list[ResponsesTool] | None = info.data["tools"]
+        if any(t.type != "function" for t in tools or ()):
+            return v  # the translation refuses the tool itself, naming it
+        names = [t.name for t in tools or () if t.name is not None]
+        return check_tool_choice(v, names, auto_needs_tools=False)
 
 
 class MessagesRequest(_Open):

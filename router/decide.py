@@ -269,3 +269,22 @@ def unknown_targets(policy: Policy, deployments: Sequence[DeploymentConfig]) -> 
     for spec in [policy.selector, *(r.then.selector for r in policy.rules if r.then.selector)]:
         prepare(spec, cp)
     return sorted(cp.unknown_targets)
+
+
+def largest_context_window(deployments: Sequence[DeploymentConfig]) -> int | None:
+    """The largest context window among ``deployments`` that serve chat (all of them when none does: an
+    embedding model's window bounds its input); None for no deployments. The largest, because a request
+    that fits it is served: one too long for a smaller window moves on to a larger one (the
+    ``context_window`` fallback), and a policy routes it to a deployment it fits."""
+    chat = [d for d in deployments if "chat" in d.capabilities] or deployments
+    return max((d.context_window for d in chat), default=None)
+
+
+def policy_context_window(policy: Policy, deployments: Sequence[DeploymentConfig]) -> int | None:
+    """`largest_context_window` of the deployments ``policy`` may route to at all: its allow/deny
+    filters and the capabilities it requires."""
+    cp = compiled_for(policy, deployments)
+    eligible = cp.allow_mask & ~cp.deny_mask
+    for cap in cp.base_caps:
+        eligible &= cp.cap_masks.get(cap, 0)
+    return largest_context_window([cp.deps[i] for i in cp.members(eligible)])

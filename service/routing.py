@@ -27,7 +27,7 @@ from policies.schema import Policy
 from requestlog.rows import RequestRow
 from router.budget import BudgetExceeded, BudgetLimit, Reservation, worst_case_usd
 from router.calibrate import Calibration, calibrate_cost_weight, memoized
-from router.decide import bandit_context, decide
+from router.decide import bandit_context, decide, largest_context_window, policy_context_window
 from router.decision import Decision
 from router.protocols import Plugins, SharedBandit
 from router.ratelimit import RateLimit
@@ -435,10 +435,15 @@ class GatewayRouter:
                 bandit.load_totals(totals)
 
     def model_cards(self) -> list[dict[str, Any]]:
-        cards = [{"id": m, "object": "model", "created": self._created, "owned_by": ds[0].provider}
+        """OpenAI's model objects for every configured model and policy, each with the context window it
+        serves (`_card`)."""
+        cards = [_card(m, self._created, ds[0].provider, largest_context_window(ds))
                  for m, ds in self.catalog.by_model.items()]
-        cards += [{"id": p.name, "object": "model", "created": self._created, "owned_by": "hybridgate-policy"}
-                  for p in self.registry.list() if p.name not in self.catalog.by_model]
+        for p in self.registry.list():
+            if p.name not in self.catalog.by_model:
+                policy = self.registry.active(p.name)
+                window = policy_context_window(policy, self.catalog.deployments) if policy is not None else None
+                cards.append(_card(p.name, self._created, "hybridgate-policy", window))
         return cards
 
     # ---- admin: what a policy would do ------------------------------------------------------------
@@ -471,6 +476,15 @@ class GatewayRouter:
         signals = await self.signals(self.catalog.deployments, [])
         return await asyncio.to_thread(calibrate_cost_weight, policy, requests, self.catalog.deployments, signals,
                                        plugins, model, share, datetime.now(UTC))
+
+
+def _card(model: str, created: int, owned_by: str, context_window: int | None) -> dict[str, Any]:
+    """One OpenAI model object. OpenAI's has no context length; the window is added under the names
+    clients read it by (vLLM's ``max_model_len``, and ``context_window``): extra fields OpenAI's SDK keeps."""
+    card: dict[str, Any] = {"id": model, "object": "model", "created": created, "owned_by": owned_by}
+    if context_window is not None:
+        card["max_model_len"] = card["context_window"] = context_window
+    return card
 
 
 # request capability -> (what a deployment lacks, the request parameter that asks for it)

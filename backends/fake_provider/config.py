@@ -50,6 +50,8 @@ class FakeProviderConfig:
     api_key: str | None = None  # when set, requests must carry it (Bearer or x-api-key)
     record_requests: int = 200  # how many recent requests `requests` keeps
     logprob_shift: float = 0.0  # added to every chat token's log-probability: below 0, a less sure model
+    # vLLM's convention: every choice carries `stop_reason`, the stop string that ended it (else null)
+    vllm_stop_reason: bool = False
 
 
 @dataclass(slots=True)

@@ -1,7 +1,8 @@
 """The OpenAI endpoints: chat completions, legacy completions, embeddings, models.
 
 ``POST /v1/chat/completions`` (stream / non-stream; n, max_tokens / max_completion_tokens →
-finish_reason "length", stop, tools/tool_choice → tool_calls, response_format json_object /
+finish_reason "length", stop (with ``vllm_stop_reason``, each choice's ``stop_reason`` names the stop
+string that ended it, as vLLM's do), tools/tool_choice → tool_calls, response_format json_object /
 json_schema → valid JSON text, logprobs/top_logprobs, seed, stream_options.include_usage),
 ``POST /v1/completions`` (stream / non-stream, echo, logprobs), ``POST /v1/embeddings``
 (deterministic unit vectors from a hash of the input; float/base64, dimensions),
@@ -91,6 +92,7 @@ class OpenAIHandlers(ProviderCore):
                 want_lp,
                 max(top, 1) if want_lp else 0,
                 self.config.logprob_shift,
+                self.config.vllm_stop_reason,
             )
             return await self._send_stream(request, events, fault)
         choices = []
@@ -116,7 +118,10 @@ class OpenAIHandlers(ProviderCore):
                     "content": [chat_logprobs_entry(t, j, max(top, 1), self.config.logprob_shift) for j, t in enumerate(p.tokens)],
                     "refusal": None,
                 }
-            choices.append({"index": i, "message": message, "logprobs": lp, "finish_reason": p.finish})
+            choice = {"index": i, "message": message, "logprobs": lp, "finish_reason": p.finish}
+            if self.config.vllm_stop_reason:
+                choice["stop_reason"] = p.stop_hit
+            choices.append(choice)
         resp = {**_envelope(cid, "chat.completion", created, model), "choices": choices, "usage": usage}
         return await self._send_body(request, orjson.dumps(resp), fault)
 
@@ -315,14 +320,18 @@ def _chat_stream_events(
     want_lp: bool,
     top: int,
     lp_shift: float = 0.0,
+    stop_reason: bool = False,
 ) -> list[bytes]:
+    """The chunks of a streamed chat completion; with ``stop_reason`` (vLLM's convention) each choice's
+    last chunk names the stop string that ended it."""
     base = _envelope(cid, "chat.completion.chunk", created, model)
     if usage is not None:
         base["usage"] = None
 
-    def chunk(i: int, delta: dict[str, Any], finish: str | None = None, lp: Any = None) -> bytes:
+    def chunk(i: int, delta: dict[str, Any], finish: str | None = None, lp: Any = None,
+              **extra: Any) -> bytes:
         return sse(
-            {**base, "choices": [{"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}]}
+            {**base, "choices": [{"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish, **extra}]}
         )
 
     out = []
@@ -359,7 +368,7 @@ def _chat_stream_events(
             for j, tok in enumerate(p.tokens):
                 lp = {"content": [chat_logprobs_entry(tok, j, top, lp_shift)], "refusal": None} if want_lp else None
                 out.append(chunk(i, {"content": tok}, lp=lp))
-        out.append(chunk(i, {}, p.finish))
+        out.append(chunk(i, {}, p.finish, **({"stop_reason": p.stop_hit} if stop_reason else {})))
     if usage is not None:
         out.append(sse({**base, "choices": [], "usage": usage}))
     out.append(SSE_DONE)

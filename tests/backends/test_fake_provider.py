@@ -119,6 +119,21 @@ async def test_chat_stream_without_usage_has_no_usage_chunk(fake: FakeProvider) 
         assert "usage" not in obj and obj["choices"]
 
 
+async def test_vllm_stop_reason_names_the_stop_string_that_ended_a_choice() -> None:
+    body = {"model": "fake-model", "messages": MSG, "stop": ["general", "zzz"]}
+    async with FakeProvider(vllm_stop_reason=True) as fp, httpx.AsyncClient(base_url=fp.base_url) as http:
+        choice = (await http.post("/chat/completions", json=body)).json()["choices"][0]
+        assert choice["finish_reason"] == "stop" and choice["stop_reason"] == "general"
+        r = await http.post("/chat/completions", json={**body, "stream": True})
+        chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+        last = chunks[-1]["choices"][0]
+        assert last["finish_reason"] == "stop" and last["stop_reason"] == "general"
+        unstopped = (await http.post("/chat/completions", json={**body, "stop": ["zzz"]})).json()["choices"][0]
+        assert "stop_reason" in unstopped and unstopped["stop_reason"] is None
+    async with FakeProvider() as fp, httpx.AsyncClient(base_url=fp.base_url) as http:  # OpenAI's shape: no such key
+        assert "stop_reason" not in (await http.post("/chat/completions", json=body)).json()["choices"][0]
+
+
 async def test_chat_n_max_tokens_stop_seed(fake: FakeProvider) -> None:
     c = client(fake)
     r = await c.chat.completions.create(model="fake-model", messages=MSG, n=2, max_tokens=2)

@@ -41,3 +41,22 @@ def test_anthropic_and_openai_providers_via_litellm(sqlite_url: str, tmp_path: P
             anth.set_faults("503")  # Anthropic unavailable: the OpenAI deployment answers instead
             r = c.chat.completions.with_raw_response.create(model="claude-fake", messages=MSG, max_tokens=20)
             assert r.headers["x-hybridgate-deployment"] == "gpt"
+
+
+def test_the_stop_string_an_openai_compatible_upstream_names_reaches_messages_through_litellm(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM names the stop string that ended a choice in its `stop_reason`; litellm keeps it (in a
+    non-streamed answer) among the choice's provider-specific fields, and /v1/messages reports it."""
+    from anthropic import Anthropic
+
+    monkeypatch.setenv("HG_TEST_OPENAI_KEY", "sk-oai-test")
+    with FakeProviderThread(vllm_stop_reason=True) as vllm:
+        deployments = [{"name": "vllm", "model": "vllm-model", "provider": "litellm",
+                        "upstream_model": "openai/fake-model", "api_base": vllm.base_url,
+                        "api_key_env": "HG_TEST_OPENAI_KEY", "timeout_s": 20}]
+        with running_gateway(settings(tmp_path, sqlite_url, deployments)) as gw:
+            msg = Anthropic(base_url=gw.base_url, api_key="x", max_retries=0).messages.create(
+                model="vllm-model", max_tokens=50, stop_sequences=["three"],
+                messages=[{"role": "user", "content": "one two three four"}])
+    assert msg.stop_reason == "stop_sequence" and msg.stop_sequence == "three"

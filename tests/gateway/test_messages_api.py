@@ -4,13 +4,17 @@ Anthropic's shape. Upstream: the fake provider's chat completions."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import anthropic
+import httpx
 import pytest
 from anthropic import Anthropic
 
 from backends.fake_provider import FakeProviderThread
-from tests.support.gateway import streamed_events
-from tests.support.harness import GatewayThread
+from tests.support.gateway import gateway_settings, streamed_events
+from tests.support.harness import GatewayThread, running_gateway
 
 
 def client(gw: GatewayThread) -> Anthropic:
@@ -136,8 +140,6 @@ def test_malformed_tool_choice_and_blocks_are_400s_naming_the_field(
     gateway: GatewayThread, extra: dict, named: str
 ) -> None:
     """Values of the wrong type where the translation reads into them were 500s."""
-    import httpx
-
     body = {"model": "fake-model", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}],
             "tools": [{"name": "f", "input_schema": {"type": "object"}}], **extra}
     r = httpx.post(gateway.base_url + "/v1/messages", json=body)
@@ -164,3 +166,125 @@ def test_a_stream_cut_after_it_began_ends_with_an_anthropic_error_event(gateway:
     events = streamed_events(gateway, "/v1/messages", body)
     assert events[0]["type"] == "message_start" and events[-1]["type"] == "error"
     assert events[-1]["error"]["type"] == "api_error" and "message_stop" not in [e["type"] for e in events]
+
+
+TOOL = {"name": "get_weather", "input_schema": {"type": "object"}}
+
+
+def post_messages(gw: GatewayThread, **fields: object) -> httpx.Response:
+    body = {"model": "fake-model", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}], **fields}
+    return httpx.post(gw.base_url + "/v1/messages", json=body, timeout=20)
+
+
+def anthropic_error_message(r: httpx.Response, status: int = 400) -> str:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body
+    return body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"tools": [TOOL, {"name": "", "input_schema": {"type": "object"}}]}, "tools[1].name"),
+        ({"system": "be brief", "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": [{"type": "text", "text": "let me see"},
+                                              {"type": "tool_use", "id": 7, "name": "get_weather", "input": {}}]},
+        ]}, "messages[1].content[1].id"),
+        ({"system": [{"type": "text", "text": "be brief"}], "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "get_weather", "input": {}}]},
+            {"role": "user", "content": [{"type": "text", "text": "here"}, {"type": "tool_result", "content": "sun"}]},
+        ]}, "messages[2].content[1].tool_use_id"),
+    ],
+)
+def test_errors_found_after_translation_name_the_anthropic_field(
+    gateway: GatewayThread, fields: dict, named: str
+) -> None:
+    """Checks that run on the translated chat request name the field of the Anthropic request the
+    caller sent, not the chat one (tools[i].function.name, indices shifted by the system message)."""
+    message = anthropic_error_message(post_messages(gateway, **fields))
+    assert f"'{named}'" in message and ".function." not in message and "tool_call" not in message, message
+
+
+def test_a_context_length_error_from_the_upstream_names_max_tokens(gateway: GatewayThread) -> None:
+    message = anthropic_error_message(
+        post_messages(gateway, messages=[{"role": "user", "content": "[[fault:context_length]] hi"}]))
+    assert "max_tokens" in message and "completion" not in message, message
+
+
+def test_a_request_no_deployment_of_the_policy_can_serve_names_max_tokens(gateway: GatewayThread) -> None:
+    message = anthropic_error_message(post_messages(gateway, model="auto", max_tokens=100_000))
+    assert message.startswith("max_tokens: ") and "context window" in message, message
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"tools": [TOOL], "tool_choice": {"type": "tool", "name": "get_time"}}, "tool_choice"),
+        ({"tool_choice": {"type": "tool", "name": "get_weather"}}, "tool_choice"),
+        ({"tool_choice": {"type": "any"}}, "tool_choice"),
+    ],
+)
+def test_tool_choice_must_name_one_of_the_tools(gateway: GatewayThread, fields: dict, named: str) -> None:
+    message = anthropic_error_message(post_messages(gateway, **fields))
+    assert f"'{named}'" in message and "'tools'" in message, message
+
+
+def test_tool_choice_none_needs_no_tools(gateway: GatewayThread) -> None:
+    r = post_messages(gateway, tool_choice={"type": "none"})
+    assert r.status_code == 200 and r.json()["stop_reason"] == "end_turn", r.text
+
+
+def test_wrong_methods_and_unknown_paths_under_messages_answer_in_anthropics_shape(
+    gateway: GatewayThread,
+) -> None:
+    r = httpx.get(gateway.base_url + "/v1/messages")
+    assert "GET" in anthropic_error_message(r, 405) and r.headers["allow"] == "POST"
+    assert r.json()["error"]["type"] == "invalid_request_error" and r.headers["x-request-id"]
+    r = httpx.get(gateway.base_url + "/v1/messages/count_tokens")
+    anthropic_error_message(r, 405)
+    r = httpx.post(gateway.base_url + "/v1/messages/batches", json={})
+    assert "/v1/messages/batches" in anthropic_error_message(r, 404)
+    assert r.json()["error"]["type"] == "not_found_error"
+    r = httpx.get(gateway.base_url + "/v1/chat/completions")  # OpenAI's routes keep OpenAI's shape
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+@pytest.fixture()
+def vllm_like_gateway(sqlite_url: str, tmp_path: Path) -> Iterator[GatewayThread]:
+    """A gateway over an OpenAI-compatible upstream that names the stop string that ended a choice in
+    the choice's `stop_reason`, as vLLM does."""
+    with (
+        FakeProviderThread(vllm_stop_reason=True) as fp,
+        running_gateway(gateway_settings(fp.base_url, sqlite_url, tmp_path)) as gw,
+    ):
+        yield gw
+
+
+def test_a_stop_sequence_that_ended_the_answer_is_reported(vllm_like_gateway: GatewayThread) -> None:
+    c = client(vllm_like_gateway)
+    ask = {"model": "fake-model", "max_tokens": 50, "stop_sequences": ["nine", "three"],
+           "messages": [{"role": "user", "content": "one two three four"}]}
+    msg = c.messages.create(**ask)  # type: ignore[arg-type]
+    assert msg.stop_reason == "stop_sequence" and msg.stop_sequence == "three"
+    assert msg.content[0].text == "one two "  # type: ignore[union-attr]
+    with c.messages.stream(**ask) as stream:  # type: ignore[arg-type]
+        final = stream.get_final_message()
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence == "three"
+    events = streamed_events(vllm_like_gateway, "/v1/messages", {**ask, "stream": True})
+    delta = next(e for e in events if e["type"] == "message_delta")["delta"]
+    assert delta == {"stop_reason": "stop_sequence", "stop_sequence": "three"}
+
+
+def test_an_answer_no_stop_sequence_ended_keeps_end_turn(vllm_like_gateway: GatewayThread) -> None:
+    msg = client(vllm_like_gateway).messages.create(
+        model="fake-model", max_tokens=50, stop_sequences=["nine"],
+        messages=[{"role": "user", "content": "one two three"}])
+    assert msg.stop_reason == "end_turn" and msg.stop_sequence is None
+
+
+def test_a_model_that_cannot_answer_messages_says_so(gateway: GatewayThread) -> None:
+    message = anthropic_error_message(post_messages(gateway, model="fake-embed"))
+    assert message == "The model `fake-embed` does not support the Messages API.", message

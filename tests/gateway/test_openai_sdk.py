@@ -75,3 +75,46 @@ def test_unknown_model_is_404_not_found_error(gateway: GatewayThread) -> None:
     with pytest.raises(openai.NotFoundError) as ei:
         client(gateway).chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     assert ei.value.body["code"] == "model_not_found"  # type: ignore[index]
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_time"}}},
+         "tool 'get_time' not found in 'tools'"),
+        ({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+         "'tool_choice' is only allowed when 'tools' are specified"),
+        ({"tool_choice": "required"}, "'tool_choice' is only allowed when 'tools' are specified"),
+        ({"tools": [], "tool_choice": "auto"}, "'tool_choice' is only allowed when 'tools' are specified"),
+    ],
+)
+def test_tool_choice_must_name_one_of_the_tools(gateway: GatewayThread, fields: dict, says: str) -> None:
+    with pytest.raises(openai.BadRequestError) as ei:
+        client(gateway).chat.completions.create(
+            model="fake-model", messages=[{"role": "user", "content": "x"}], **fields)
+    err = ei.value.body
+    assert err["param"] == "tool_choice"  # type: ignore[index]
+    assert err["message"] == f"Invalid value for 'tool_choice': {says}."  # type: ignore[index]
+
+
+def test_tool_choice_none_needs_no_tools(gateway: GatewayThread) -> None:
+    resp = client(gateway).chat.completions.create(
+        model="fake-model", messages=[{"role": "user", "content": "x"}], tool_choice="none")
+    assert resp.choices[0].message.content == "x"
+
+
+def test_models_show_their_context_window(gateway: GatewayThread) -> None:
+    """Each model object carries the largest context window its deployments serve chat with, as vLLM's
+    `max_model_len` and as `context_window`; a policy, that of the deployments it may route to."""
+    c = client(gateway)
+    listed = {m.id: m.model_dump() for m in c.models.list()}
+    card = c.models.retrieve("fake-model").model_dump()
+    assert card == listed["fake-model"]
+    assert card["max_model_len"] == card["context_window"] == 4096
+    assert {k: card[k] for k in ("id", "object", "owned_by")} == {
+        "id": "fake-model", "object": "model", "owned_by": "openai_compatible"}
+    assert listed["fake-embed"]["context_window"] == 8192  # an embedding model: the window of what it serves
+    assert listed["auto"]["max_model_len"] == listed["auto"]["context_window"] == 4096  # fake-a serves its chat

@@ -235,3 +235,26 @@ def test_errors_name_the_responses_parameters_the_caller_sent(gateway: GatewayTh
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["param"].startswith("tools[0]") and ".function." not in err["param"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"tools": [{"type": "function", "name": "get_weather"}],
+          "tool_choice": {"type": "function", "name": "get_time"}}, "tool 'get_time' not found in 'tools'"),
+        ({"tool_choice": {"type": "function", "name": "get_weather"}},
+         "'tool_choice' is only allowed when 'tools' are specified"),
+        ({"tool_choice": "required"}, "'tool_choice' is only allowed when 'tools' are specified"),
+    ],
+)
+def test_tool_choice_must_name_one_of_the_tools(gateway: GatewayThread, fields: dict, says: str) -> None:
+    with pytest.raises(BadRequestError) as err:
+        client(gateway).responses.create(model="fake-model", input="x", **fields)
+    assert err.value.body["param"] == "tool_choice"  # type: ignore[index]
+    assert err.value.body["message"] == f"Invalid value for 'tool_choice': {says}."  # type: ignore[index]
+
+
+def test_tool_choice_auto_needs_no_tools(gateway: GatewayThread) -> None:
+    """`auto` is what a Responses object shows when no tool_choice was given, tools or not."""
+    resp = client(gateway).responses.create(model="fake-model", input="x", tool_choice="auto")
+    assert resp.output_text == "x" and resp.tool_choice == "auto"

@@ -151,3 +151,92 @@ def test_anthropic_stream_events_in_order_with_usage() -> None:
         ("message_stop", None),
     ]
     assert events[-2]["delta"]["stop_reason"] == "tool_use" and events[-2]["usage"]["output_tokens"] == 4
+
+
+MIXED = {
+    "model": "m",
+    "max_tokens": 9,
+    "system": "sys",
+    "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+    "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "look"},
+                                     {"type": "image", "source": {"type": "url", "url": "https://x.test/a.png"}}]},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm"}, {"type": "text", "text": "ok"},
+                                          {"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
+        {"role": "user", "content": [{"type": "text", "text": "and"},
+                                     {"type": "tool_result", "tool_use_id": "t1", "content": "r"}]},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("chat_param", "field"),
+    [
+        ("messages[0]", "system"),
+        ("messages[0].content", "system"),
+        ("messages[1].content[1].image_url.url", "messages[0].content[1].source"),
+        ("messages[1].content[0].text", "messages[0].content[0].text"),
+        ("messages[2].content", "messages[1].content"),
+        ("messages[2].tool_calls[0].function.name", "messages[1].content[2].name"),
+        ("messages[2].tool_calls[0].function.arguments", "messages[1].content[2].input"),
+        ("messages[3].tool_call_id", "messages[2].content[1].tool_use_id"),
+        ("messages[3].content", "messages[2].content[1].content"),
+        ("messages[4]", "messages[2]"),
+        ("messages[9]", "messages"),
+        ("tools[0].function.name", "tools[0].name"),
+        ("tools[0].function.parameters", "tools[0].input_schema"),
+        ("tool_choice.function.name", "tool_choice.name"),
+        ("stop", "stop_sequences"),
+        ("max_tokens", "max_tokens"),
+        ("stream_options.include_usage", "stream"),
+    ],
+)
+def test_anthropic_caller_field_maps_a_chat_parameter_back(chat_param: str, field: str) -> None:
+    chat, origins = anthropic.translate(MIXED)
+    assert [m["role"] for m in chat["messages"]] == ["system", "user", "assistant", "tool", "user"]
+    assert anthropic.caller_field(chat_param, origins) == field
+
+
+def test_anthropic_caller_error_renames_the_param_in_the_message_too() -> None:
+    _, origins = anthropic.translate(MIXED)
+    err = anthropic.caller_error(
+        APIError(400, "Invalid value for 'tools[0].function.name': too long.", param="tools[0].function.name"),
+        origins)
+    assert (err.param, err.message) == ("tools[0].name", "Invalid value for 'tools[0].name': too long.")
+    err = anthropic.caller_error(APIError(400, "No deployment fits.", param="max_tokens"), origins)
+    assert err.message == "max_tokens: No deployment fits."
+
+
+@pytest.mark.parametrize(
+    ("upstream", "says"),
+    [
+        ("This model's maximum context length is 100 tokens. However, you requested 130 tokens "
+         "(90 in the messages, 40 in the completion).",
+         "input length and `max_tokens` exceed context limit: 90 + 40 > 100"),
+        ("This model's maximum context length is 100 tokens. However, you requested 130 tokens "
+         "(130 in the messages, 0 in the completion).", "prompt is too long: 130 tokens > 100 maximum"),
+        ("'max_tokens' or 'max_completion_tokens' is too large: 40. This model's maximum context length is 100 "
+         "tokens and your request has 90 input tokens (40 > 100 - 90).",
+         "input length and `max_tokens` exceed context limit: 90 + 40 > 100"),
+        ("This model's maximum context length is 100 tokens. However, your request has 130 input tokens. "
+         "Please reduce the length of the input messages.", "prompt is too long: 130 tokens > 100 maximum"),
+        ("too long", "input length and `max_tokens` exceed this model's context limit"),
+    ],
+)
+def test_anthropic_context_length_errors_in_anthropics_words(upstream: str, says: str) -> None:
+    err = anthropic.caller_error(APIError(400, upstream, code="context_length_exceeded"), [])
+    assert err.message.startswith(says) and "completion" not in err.message
+
+
+def test_anthropic_stop_sequence_only_when_the_upstream_names_one_of_the_requests() -> None:
+    stops = ["END", "STOP"]
+    assert anthropic.stop_of("stop", "END", stops) == ("stop_sequence", "END")
+    assert anthropic.stop_of("stop", "OTHER", stops) == ("end_turn", None)
+    assert anthropic.stop_of("stop", None, stops) == ("end_turn", None)
+    assert anthropic.stop_of("stop", 128001, stops) == ("end_turn", None)  # vLLM: a stop token's id
+    assert anthropic.stop_of("length", "END", stops) == ("max_tokens", None)
+    s = anthropic.MessageStream("m", "msg_1", stops)
+    s.start()
+    s.feed(_chunk({"content": "a"}))
+    s.feed({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "STOP"}]})
+    assert s.finish()[-2]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "STOP"}
