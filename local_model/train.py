@@ -53,13 +53,15 @@ SPECIAL_TOKENS = [PAD, BOS, EOS, SYSTEM, USER, ASSISTANT, END]  # ids 0..6, in t
 
 # One turn is "<|role|>\ncontent<|end|>\n"; the prompt for a reply is "<|assistant|>\n". Content may be
 # a string or a list of OpenAI-style parts ({"type": "text", "text": ...}); other part types are skipped.
+# OpenAI's "developer" role (its newer name for "system") is written as the system turn.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('Only system, user and assistant roles are supported') }}"
+    "{% set role = 'system' if message['role'] == 'developer' else message['role'] %}"
+    "{% if role not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('Only system (or developer), user and assistant roles are supported') }}"
     "{% endif %}"
-    "{{ '<|' + message['role'] + '|>\n' }}"
+    "{{ '<|' + role + '|>\n' }}"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"

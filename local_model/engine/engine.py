@@ -47,7 +47,7 @@ from .output import (
     SyncRequestStream,
     SyncSink,
 )
-from .sampler import SampleRow, SamplingParams, TokenLogprob, make_generator
+from .sampler import SampleRow, SamplingParams, TokenLogprob, choice_seed, make_generator
 from .scheduler import Chunk, Scheduler
 from .sequence import Event, Failed, Finished, Request, Sequence, Status, TokenizerLike
 from .ssm_slots import SnapshotStore, SSMSlotPool
@@ -249,13 +249,10 @@ class Engine:
     ) -> Request:
         if self._closed:
             raise EngineClosed("engine is shut down")
-        try:
-            params.validate()
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from exc
+        vocab = self.model.config.vocab_size
+        params.validate(vocab)
         if not prompt_ids:
             raise InvalidRequest("the prompt is empty")
-        vocab = self.model.config.vocab_size
         if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
             raise InvalidRequest(f"prompt token ids must be in [0, {vocab})")
         max_len = self.plan.max_model_len
@@ -364,7 +361,10 @@ class Engine:
                 logits.append(out[keep] if len(keep) < len(group) else out)
         generated = 0
         if to_sample:
-            rows = [SampleRow(s.request.params, s.generator) for s in to_sample]
+            rows = [
+                SampleRow(s.request.params, s.generator, s.output_ids if s.request.params.adjusts_logits else ())
+                for s in to_sample
+            ]
             tokens, lps = self.runner.sample(torch.cat(logits) if len(logits) > 1 else logits[0], rows)
             for s, tok, lp in zip(to_sample, tokens, lps, strict=True):
                 self._append(s, tok, lp)
@@ -409,12 +409,13 @@ class Engine:
 
     def _spawn_choices(self, req: Request) -> None:
         """Choices 1..n-1 start once choice 0 has prefilled the prompt, so their prefill is a prefix-cache
-        hit up to the last full block (a fork that reuses the cache's sharing and snapshot machinery)."""
+        hit up to the last full block (a fork that reuses the cache's sharing and snapshot machinery). A
+        seeded request's choice i draws from `choice_seed` (seed, i)."""
         req.spawned = True
         base = req.params.seed
         new = []
         for i in range(1, req.params.n):
-            gen = make_generator(None if base is None else base + i, self.device)
+            gen = make_generator(None if base is None else choice_seed(base, i), self.device)
             seq = Sequence(next(self._seq_ids), req, i, gen, self.tokenizer)
             req.seqs.append(seq)
             new.append(seq)

@@ -20,7 +20,12 @@ class PromptTooLong(EngineError):
 
 
 class InvalidRequest(EngineError):
-    """Bad sampling parameters or prompt (HTTP 400)."""
+    """Bad sampling parameters or prompt (HTTP 400). ``param`` names the request field at fault (OpenAI's
+    error ``param``), or is None when no single field is."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class EngineClosed(EngineError):

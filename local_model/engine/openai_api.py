@@ -5,16 +5,20 @@ gateway's in-process backend, so both speak byte-for-byte the same dialect).
 `InvalidRequest` with the offending parameter). `complete` runs a request to the end and returns the
 ``chat.completion`` / ``text_completion`` body; `stream` yields the chunk dicts of a streamed answer,
 ending with a usage chunk when asked. Extensions accepted beyond OpenAI's fields (vLLM's names):
-``top_k``, ``stop_token_ids``, ``ignore_eos``, ``include_stop_str_in_output``.
+``top_k``, ``stop_token_ids``, ``ignore_eos``, ``include_stop_str_in_output``; every choice also carries
+vLLM's ``stop_reason`` (the matched stop string, or the stop token id; null for EOS and length), in the
+response and on a stream's finishing chunk. ``presence_penalty``, ``frequency_penalty`` and
+``logit_bias`` apply as OpenAI defines them (see `sampler.adjust_logits`); the ``developer`` role is the
+``system`` role for a chat template that does not name it.
 
 Unsupported here (the model has no tool or JSON-mode training): ``tools``/``tool_choice`` other than
-"none", ``response_format`` other than text, ``suffix``, ``best_of > n``. Penalties and ``logit_bias`` are
-accepted and ignored.
+"none", ``response_format`` other than text, ``suffix``, ``best_of > n``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -35,10 +39,13 @@ FALLBACK_CHAT_TEMPLATE = (
 )
 
 
+# OpenAI's bound on logit_bias entries (the gateway's schema bounds it the same way), and its keys' form.
+MAX_LOGIT_BIAS = 300
+_TOKEN_ID = re.compile(r"-?[0-9]+")
+
+
 class BadParam(InvalidRequest):
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
+    """A request field the parser refuses (``param`` names it)."""
 
 
 @dataclass
@@ -89,6 +96,27 @@ def _stop(body: dict[str, Any]) -> list[str]:
     return stop
 
 
+def _logit_bias(body: dict[str, Any]) -> dict[int, float]:
+    """``logit_bias`` as token id -> bias: JSON object keys are token ids written as decimal strings, values
+    numbers in [-100, 100]. Ids outside the model's vocabulary are refused by the engine, which knows it."""
+    raw = body.get("logit_bias")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or len(raw) > MAX_LOGIT_BIAS:
+        raise BadParam(
+            f"'logit_bias' must be an object of at most {MAX_LOGIT_BIAS} token ids (as strings) to numbers",
+            "logit_bias",
+        )
+    out: dict[int, float] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or not _TOKEN_ID.fullmatch(key):
+            raise BadParam(f"'logit_bias' keys must be token ids, got {key!r}", "logit_bias")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not -100 <= value <= 100:
+            raise BadParam(f"'logit_bias' values must be numbers between -100 and 100, got {value!r}", "logit_bias")
+        out[int(key)] = float(value)
+    return out
+
+
 def _common_params(
     body: dict[str, Any], prompt_len: int, max_model_len: int, max_tokens_key: str
 ) -> SamplingParams:
@@ -119,6 +147,9 @@ def _common_params(
         stop_token_ids=list(stop_ids),
         ignore_eos=bool(body.get("ignore_eos", False)),
         include_stop_str_in_output=bool(body.get("include_stop_str_in_output", False)),
+        presence_penalty=_num(body, "presence_penalty", float, 0.0, -2.0, 2.0),
+        frequency_penalty=_num(body, "frequency_penalty", float, 0.0, -2.0, 2.0),
+        logit_bias=_logit_bias(body),
     )
 
 
@@ -145,6 +176,14 @@ def _message_text(content: Any, i: int) -> str:
     raise BadParam("message content must be a string or a list of parts", f"messages[{i}].content")
 
 
+def _developer_as_system(tokenizer: Any) -> bool:
+    """Whether ``developer`` messages reach the template as ``system``: OpenAI's newer name for the system
+    role, which most checkpoints' templates (and `FALLBACK_CHAT_TEMPLATE`) do not know. A template that
+    names the developer role gets it as is."""
+    template = getattr(tokenizer, "chat_template", None)
+    return not (isinstance(template, str) and "developer" in template)
+
+
 def render_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
     """Prompt ids from the checkpoint's chat template (or `FALLBACK_CHAT_TEMPLATE`)."""
     if getattr(tokenizer, "chat_template", None):
@@ -169,10 +208,12 @@ def parse_chat(body: dict[str, Any], tokenizer: Any, max_model_len: int) -> Pars
     if isinstance(fmt, dict) and fmt.get("type", "text") != "text":
         raise BadParam("the local model supports response_format 'text' only", "response_format")
     msgs = []
+    developer_as_system = _developer_as_system(tokenizer)
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise BadParam("each message needs a 'role'", f"messages[{i}]")
-        msgs.append({"role": m["role"], "content": _message_text(m.get("content"), i)})
+        role = "system" if m["role"] == "developer" and developer_as_system else m["role"]
+        msgs.append({"role": role, "content": _message_text(m.get("content"), i)})
     try:
         prompt = render_chat(tokenizer, msgs)
     except Exception as exc:  # template errors (e.g. raise_exception for unsupported roles)
@@ -357,6 +398,7 @@ async def complete(
     n = req.params.n
     texts = [""] * (n * len(streams))
     finish: list[str | None] = [None] * len(texts)
+    stop_reason: list[str | int | None] = [None] * len(texts)
     lps: list[list[TokenLogprob]] = [[] for _ in texts]
     async for pi, d in merged(streams):
         idx = pi * n + d.index
@@ -365,6 +407,7 @@ async def complete(
             lps[idx].extend(d.logprobs)
         if d.finish_reason:
             finish[idx] = d.finish_reason
+            stop_reason[idx] = d.stop_reason
     usage = _sum_usage([s.usage for s in streams if s.usage is not None])
     tok = engine.tokenizer
     choices: list[dict[str, Any]] = []
@@ -379,6 +422,7 @@ async def complete(
                     "message": {"role": "assistant", "content": text, "refusal": None},
                     "logprobs": logprobs,
                     "finish_reason": finish[idx],
+                    "stop_reason": stop_reason[idx],
                 }
             )
         else:
@@ -386,7 +430,13 @@ async def complete(
             if req.params.logprobs:
                 logprobs = completion_logprobs(tok, lps[idx], len(prefix))
             choices.append(
-                {"index": idx, "text": prefix + text, "logprobs": logprobs, "finish_reason": finish[idx]}
+                {
+                    "index": idx,
+                    "text": prefix + text,
+                    "logprobs": logprobs,
+                    "finish_reason": finish[idx],
+                    "stop_reason": stop_reason[idx],
+                }
             )
     return {
         "id": rid,
@@ -462,10 +512,11 @@ async def stream(
                 offsets[idx] += len(d.text)
                 yield chunk({"index": idx, "text": d.text, "logprobs": lp, "finish_reason": None})
         if d.finish_reason:
+            end = {"logprobs": None, "finish_reason": d.finish_reason, "stop_reason": d.stop_reason}
             if chat:
-                yield chunk({"index": idx, "delta": {}, "logprobs": None, "finish_reason": d.finish_reason})
+                yield chunk({"index": idx, "delta": {}, **end})
             else:
-                yield chunk({"index": idx, "text": "", "logprobs": None, "finish_reason": d.finish_reason})
+                yield chunk({"index": idx, "text": "", **end})
     if req.include_usage:
         usage = _sum_usage([s.usage for s in streams if s.usage is not None])
         yield {

@@ -44,6 +44,7 @@ class ChoiceResult:
     text: str
     finish_reason: str | None
     logprobs: list[TokenLogprob] | None
+    stop_reason: str | int | None = None  # as `Delta.stop_reason`
 
 
 @dataclass
@@ -68,6 +69,7 @@ class _Collector:
             c.logprobs.extend(d.logprobs)
         if d.finish_reason:
             c.finish_reason = d.finish_reason
+            c.stop_reason = d.stop_reason
 
     def result(self, usage: Usage) -> GenerationResult:
         return GenerationResult(self.request_id, self.choices, usage)

@@ -12,16 +12,24 @@ nucleus that does not close within them (a very flat distribution) is sampled by
 a sort (`_nucleus_by_rejection`). Semantics as vLLM: top-k first, then top-p on the renormalised top-k
 distribution.
 
-Logprobs are those of the model's raw distribution (``log_softmax`` of the logits, before temperature
-and truncation), as vLLM reports by default.
+Presence/frequency penalties and ``logit_bias`` (OpenAI's definitions, vLLM's implementation) change the
+logits of the rows that ask for them before greedy or random picking (`adjust_logits`); a step whose rows
+ask for none skips that work entirely.
+
+Logprobs are those of the model's raw distribution (``log_softmax`` of the logits, before penalties,
+logit_bias, temperature and truncation), as vLLM reports by default.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
+
+from .errors import InvalidRequest
 
 # Temperatures below this sample greedily: dividing logits by a few 1e-38 overflows the softmax to NaN (and
 # the sample to an arbitrary token), and any temperature this small already puts all mass on the argmax.
@@ -45,26 +53,45 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     logprobs: bool = False
     top_logprobs: int = 0
+    presence_penalty: float = 0.0  # subtracted once from each token this choice has generated
+    frequency_penalty: float = 0.0  # subtracted per time this choice has generated the token
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
 
-    def validate(self) -> None:
+    def validate(self, vocab_size: int | None = None) -> None:
+        """Raise `InvalidRequest` naming the field at fault; ``vocab_size`` bounds logit_bias's token ids."""
         if self.max_tokens < 1:
-            raise ValueError("max_tokens must be >= 1")
+            raise InvalidRequest("max_tokens must be >= 1", "max_tokens")
         if self.temperature < 0.0:
-            raise ValueError("temperature must be >= 0")
+            raise InvalidRequest("temperature must be >= 0", "temperature")
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError("top_p must be in (0, 1]")
+            raise InvalidRequest("top_p must be in (0, 1]", "top_p")
         if self.top_k < 0:
-            raise ValueError("top_k must be >= 0")
+            raise InvalidRequest("top_k must be >= 0", "top_k")
         if self.n < 1:
-            raise ValueError("n must be >= 1")
+            raise InvalidRequest("n must be >= 1", "n")
         if not 0 <= self.top_logprobs <= 20:
-            raise ValueError("top_logprobs must be in [0, 20]")
+            raise InvalidRequest("top_logprobs must be in [0, 20]", "top_logprobs")
         if any(not s for s in self.stop):
-            raise ValueError("stop strings must not be empty")
+            raise InvalidRequest("stop strings must not be empty", "stop")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:  # NaN fails too
+                raise InvalidRequest(f"{name} must be in [-2, 2], got {getattr(self, name)}", name)
+        for token, bias in self.logit_bias.items():
+            if not -100.0 <= bias <= 100.0:
+                raise InvalidRequest(f"logit_bias values must be in [-100, 100], got {bias} for token {token}",
+                                     "logit_bias")
+            if vocab_size is not None and not 0 <= token < vocab_size:
+                raise InvalidRequest(f"logit_bias token id {token} is outside the vocabulary [0, {vocab_size})",
+                                     "logit_bias")
 
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW_TEMPERATURE
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether sampling must change the logits first (penalties or logit_bias)."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
 
 
 class TokenLogprob(NamedTuple):
@@ -75,10 +102,12 @@ class TokenLogprob(NamedTuple):
 
 @dataclass(slots=True)
 class SampleRow:
-    """One row to sample: its params and its sequence's generator."""
+    """One row to sample: its params, its sequence's generator, and the tokens its sequence has generated so
+    far (read only when ``params.adjusts_logits``; the engine leaves it empty otherwise)."""
 
     params: SamplingParams
     generator: torch.Generator | None
+    output_ids: Sequence[int] = ()
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
@@ -90,14 +119,28 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     return g
 
 
+def choice_seed(seed: int, index: int) -> int:
+    """The generator seed of choice ``index`` of a request seeded with ``seed``.
+
+    Choice 0 draws from the seed itself, so a seeded single-choice request is what it always was. Choice
+    i > 0 draws from a 64-bit hash of (seed, i): ``seed + i`` would make choice i of seed s replay the
+    single choice of seed s + i (a client stepping its seed would get earlier answers again), while the
+    hash keeps the n choices reproducible for one seed and unrelated to every other seed's choices."""
+    if index == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8, person=b"choice-seed").digest()
+    return int.from_bytes(digest, "little")
+
+
 def sample(logits: torch.Tensor, rows: list[SampleRow]) -> tuple[list[int], list[TokenLogprob | None]]:
-    """Pick one token per row of ``logits [B, V]``; logprobs for rows that asked for them."""
+    """Pick one token per row of ``logits [B, V]``; logprobs (of the raw logits) for rows that asked."""
     logits = logits.float()
     batch, vocab = logits.shape
+    scores = adjust_logits(logits, rows) if any(r.params.adjusts_logits for r in rows) else logits
     random_rows = [i for i, r in enumerate(rows) if not r.params.greedy]
-    tokens = logits.argmax(-1)
+    tokens = scores.argmax(-1)
     if random_rows:
-        tokens[random_rows] = _sample_random(logits[random_rows], [rows[i] for i in random_rows])
+        tokens[random_rows] = _sample_random(scores[random_rows], [rows[i] for i in random_rows])
     out = tokens.tolist()
     logprobs: list[TokenLogprob | None] = [None] * batch
     want = [i for i, r in enumerate(rows) if r.params.logprobs]
@@ -111,6 +154,43 @@ def sample(logits: torch.Tensor, rows: list[SampleRow]) -> tuple[list[int], list
             n = rows[i].params.top_logprobs
             logprobs[i] = TokenLogprob(out[i], chosen[j], list(zip(top_i[j][:n], top_v[j][:n], strict=True)))
     return out, logprobs
+
+
+def adjust_logits(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
+    """``logits [B, V]`` with each row's penalties and logit_bias applied, as a new tensor (the raw logits
+    stay as they are: logprobs are read from them).
+
+    As OpenAI defines them and vLLM applies them, the penalties count the tokens this choice has generated,
+    never the prompt: ``logit[t] -= frequency_penalty * count[t] + presence_penalty * (count[t] > 0)``;
+    ``logit_bias`` adds its value to its token's logit. The counts come from one ``scatter_add`` over the
+    penalised rows' generated tokens (padded with an id past the vocabulary, whose column is dropped) and
+    the biases from one ``index_put``, so the work is per generated token and per bias entry, never per
+    vocabulary entry in Python."""
+    out = logits.clone()
+    dev = logits.device
+    vocab = logits.shape[1]
+    penalised = [
+        i for i, r in enumerate(rows) if r.output_ids and (r.params.presence_penalty or r.params.frequency_penalty)
+    ]
+    if penalised:
+        width = max(len(rows[i].output_ids) for i in penalised)
+        padded = [[*rows[i].output_ids, *[vocab] * (width - len(rows[i].output_ids))] for i in penalised]
+        ids = torch.tensor(padded, dtype=torch.long, device=dev)
+        counts = torch.zeros(len(penalised), vocab + 1, device=dev)
+        counts.scatter_add_(1, ids, torch.ones(ids.shape, device=dev))
+        counts = counts[:, :vocab]
+        frequency = torch.tensor([rows[i].params.frequency_penalty for i in penalised], device=dev)[:, None]
+        presence = torch.tensor([rows[i].params.presence_penalty for i in penalised], device=dev)[:, None]
+        penalty = frequency * counts + presence * (counts > 0)
+        out.index_add_(0, torch.tensor(penalised, device=dev), -penalty)
+    biased = [i for i, r in enumerate(rows) if r.params.logit_bias]
+    if biased:
+        row_ids = [i for i in biased for _ in rows[i].params.logit_bias]
+        token_ids = [t for i in biased for t in rows[i].params.logit_bias]
+        values = [b for i in biased for b in rows[i].params.logit_bias.values()]
+        index = (torch.tensor(row_ids, device=dev), torch.tensor(token_ids, device=dev))
+        out.index_put_(index, torch.tensor(values, device=dev), accumulate=True)
+    return out
 
 
 # Candidates kept for top-k / top-p: a nucleus that needs more (a flat distribution) falls back to a sort.

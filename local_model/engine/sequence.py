@@ -42,6 +42,9 @@ class Delta:
     text: str
     logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None  # "stop" | "length" | None
+    # With finish_reason "stop": the stop string that matched, or the id of the stop_token_ids entry that
+    # ended the choice; None when it stopped on EOS (vLLM's ``stop_reason``).
+    stop_reason: str | int | None = None
 
 
 @dataclass(slots=True)
@@ -154,6 +157,7 @@ class Sequence:
         "sent_chars",
         "logprobs",
         "finish_reason",
+        "stop_reason",
         "admit_order",
         "hashes",
         "num_registered",
@@ -183,6 +187,7 @@ class Sequence:
         self.sent_chars = 0
         self.logprobs: list[TokenLogprob] | None = [] if request.params.logprobs else None
         self.finish_reason: str | None = None
+        self.stop_reason: str | int | None = None
         self.admit_order = -1
         self.hashes: list[int] = []  # chained block hashes of tokens[:prefill_target] (prefix cache)
         self.num_registered = 0  # leading blocks already published to the prefix cache
@@ -208,25 +213,35 @@ class Sequence:
     def append(
         self, token_id: int, logprob: TokenLogprob | None, eos_ids: frozenset[int], max_model_len: int
     ) -> Delta:
-        """Add a sampled token, apply the stop rules, and return what the consumer should receive."""
+        """Add a sampled token, apply the stop rules, and return what the consumer should receive.
+
+        A stop token (EOS, or one of ``stop_token_ids``) ends the choice without showing: its text is not
+        in the output, so its logprob is not either (OpenAI returns neither for the end-of-text token). It
+        is still a generated token: ``token_ids`` and the usage count it, as vLLM does."""
         p = self.request.params
-        is_stop_token = (token_id in p.stop_token_ids) or (not p.ignore_eos and token_id in eos_ids)
+        is_eos = not p.ignore_eos and token_id in eos_ids
+        is_stop_token = is_eos or token_id in p.stop_token_ids
         self.tokens.append(token_id)
+        if is_stop_token:
+            logprob = None
         if logprob is not None and self.logprobs is not None:
             self.logprobs.append(logprob)
         finish: str | None = None
         if is_stop_token:
             finish = "stop"
+            self.stop_reason = None if is_eos else token_id
         elif self.detok is not None:
             self.detok.add(token_id)
-            if p.stop and self._find_stop():
+            if p.stop and (matched := self._find_stop()) is not None:
+                self.stop_reason = matched
                 return self._finish("stop", token_id, logprob)
         if finish is None and (self.num_generated >= p.max_tokens or len(self.tokens) >= max_model_len):
             finish = "length"
         if finish is not None and self.detok is not None:
             self.detok.flush()  # incomplete trailing characters are emitted as U+FFFD, as decode() would
-            if p.stop and self._find_stop():
+            if p.stop and (matched := self._find_stop()) is not None:
                 finish = "stop"
+                self.stop_reason = matched
         return self._finish(finish, token_id, logprob)
 
     def _finish(self, finish: str | None, token_id: int, logprob: TokenLogprob | None) -> Delta:
@@ -237,10 +252,11 @@ class Sequence:
             self._take_text(finish is not None),
             [logprob] if logprob is not None else None,
             finish,
+            self.stop_reason if finish is not None else None,
         )
 
-    def _find_stop(self) -> bool:
-        """Cut the text at the first stop string (kept if include_stop_str_in_output); True if found."""
+    def _find_stop(self) -> str | None:
+        """Cut the text at the first stop string (kept if include_stop_str_in_output); the string, if found."""
         assert self.detok is not None
         p = self.request.params
         text = self.detok.text
@@ -252,10 +268,10 @@ class Sequence:
             if i != -1 and (hit is None or i < hit[0]):
                 hit = (i, s)
         if hit is None:
-            return False
+            return None
         i, s = hit
         self.detok.text = text[: i + (len(s) if p.include_stop_str_in_output else 0)]
-        return True
+        return s
 
     def _take_text(self, final: bool) -> str:
         if self.detok is None:

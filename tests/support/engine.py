@@ -98,6 +98,43 @@ def reference_greedy(lm: local_model.LocalModel, prompt: list[int], max_tokens: 
     return lm.greedy(prompt, max_tokens, stop_ids=lm.config.eos_token_ids)
 
 
+def reference_adjusted_greedy(
+    lm: local_model.LocalModel,
+    prompt: list[int],
+    max_tokens: int,
+    *,
+    presence: float = 0.0,
+    frequency: float = 0.0,
+    bias: dict[int, float] | None = None,
+    count_prompt: bool = False,
+) -> list[int]:
+    """Greedy continuation under OpenAI's presence/frequency penalties and ``logit_bias``, computed with one
+    full forward per token (no engine code). Penalties count the generated tokens only (OpenAI, vLLM);
+    ``count_prompt`` counts the prompt too, to show that a test tells the two readings apart."""
+    out: list[int] = []
+    for _ in range(max_tokens):
+        logits = lm.logits(torch.tensor([prompt + out]))[0, -1].float()
+        counted = (prompt + out) if count_prompt else out
+        counts = torch.bincount(torch.tensor(counted, dtype=torch.long), minlength=logits.shape[-1]).float()
+        logits = logits - frequency * counts - presence * (counts > 0).float()
+        for token, b in (bias or {}).items():
+            logits[token] += b
+        out.append(int(logits.argmax()))
+    return out
+
+
+def greedy_stop_token(lm: local_model.LocalModel, after: int, max_seed: int = 50) -> tuple[list[int], list[int]]:
+    """A prompt and its greedy continuation whose token at index ``after`` appears there for the first time
+    (and is no special token): made the EOS of a checkpoint with the same weights, generation stops on it
+    after ``after`` visible tokens."""
+    for seed in range(max_seed):
+        prompt = random_prompt(10, seed)
+        cont = lm.greedy(prompt, after + 1, stop_ids=[])
+        if cont[after] not in cont[:after] and cont[after] > 2:
+            return prompt, cont
+    raise AssertionError("no prompt whose greedy continuation has a fresh token there")
+
+
 def random_prompt(n: int, seed: int) -> list[int]:
     return torch.randint(3, VOCAB, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 

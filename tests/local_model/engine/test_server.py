@@ -210,6 +210,20 @@ async def test_errors_models_health(server: ServerThread) -> None:
         assert r.status_code == 400
 
 
+async def test_out_of_range_penalties_and_bias_are_400_naming_the_field(server: ServerThread) -> None:
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        for extra, field in (({"presence_penalty": -2.5}, "presence_penalty"),
+                             ({"frequency_penalty": 3}, "frequency_penalty"),
+                             ({"logit_bias": {"7": 150}}, "logit_bias"),
+                             ({"logit_bias": {"99999": 1}}, "logit_bias")):
+            r = await client.post("/v1/chat/completions", json={**chat, **extra})
+            assert r.status_code == 400 and r.json()["error"]["param"] == field, (extra, r.text)
+        r = await client.post("/v1/chat/completions", json={**chat, "presence_penalty": 1.0,
+                                                              "logit_bias": {"7": -100}})
+        assert r.status_code == 200
+
+
 async def wait_until(cond: Any, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():

@@ -10,7 +10,7 @@ import torch
 from local_model.cache import KVCache
 from local_model.engine.kv_blocks import BlockAllocator, BlockTable, OutOfBlocks, block_hashes
 from local_model.engine.paged import PagedKVCache, PagedStep, paged_attention
-from local_model.engine.sampler import SampleRow, SamplingParams, make_generator, sample
+from local_model.engine.sampler import SampleRow, SamplingParams, adjust_logits, make_generator, sample
 from local_model.model import attention_over_context, attention_with_kv_cache, repeat_kv
 
 
@@ -58,6 +58,24 @@ def test_seeded_rows_are_independent_of_the_batch() -> None:
     batch_rows[2] = SampleRow(p, make_generator(11))
     together = sample(logits, batch_rows)[0][2]
     assert alone[0] == together
+
+
+def test_bias_and_penalties_change_the_pick_not_the_reported_logprobs() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]] * 3)
+    rows = [
+        SampleRow(SamplingParams(temperature=0.0, logprobs=True, logit_bias={3: 10.0}), None),
+        # generated [0, 0, 1]: token 0 -> 2 - 1.5 - 2 * 0.5 = -0.5, token 1 -> 1 - 1.5 - 0.5 = -1, token 2 stays 0
+        SampleRow(SamplingParams(temperature=0.0, logprobs=True, presence_penalty=1.5, frequency_penalty=0.5),
+                  None, [0, 0, 1]),
+        SampleRow(SamplingParams(temperature=0.0, logprobs=True), None, [0, 0]),
+    ]
+    tokens, lps = sample(logits, rows)
+    assert tokens == [3, 2, 0]
+    raw = torch.log_softmax(logits[0], -1)
+    assert [lp.logprob for lp in lps if lp is not None] == pytest.approx([raw[3].item(), raw[2].item(), raw[0].item()])
+    adjusted = adjust_logits(logits, rows)
+    assert adjusted[1].tolist() == pytest.approx([-0.5, -1.0, 0.0, -1.0])
+    assert torch.equal(adjusted[2], logits[2]) and torch.equal(logits[0], torch.tensor([2.0, 1.0, 0.0, -1.0]))
 
 
 def test_block_allocator_refcounts_cache_and_evicts_lru() -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import local_model
+from local_model.engine import openai_api as oa
 from local_model.train import CHAT_TEMPLATE, SPECIAL_TOKENS
 
 SHIPPED = Path(__file__).resolve().parents[3] / "local_model" / "checkpoints" / "hybridgate-tiny"
@@ -66,6 +67,19 @@ def test_chat_template(lm: local_model.LocalModel) -> None:
     # OpenAI-style content parts render as their text.
     parts = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
     assert tok.apply_chat_template(parts, add_generation_prompt=False) == "<|bos|><|user|>\nHi<|end|>\n"
+
+
+def test_developer_role_is_the_system_role(lm: local_model.LocalModel) -> None:
+    """OpenAI's newer name for the system role renders as the system turn the model was trained on."""
+    tok = lm.tokenizer
+    assert tok is not None
+    user = {"role": "user", "content": "Hi"}
+    system = [{"role": "system", "content": "Be brief."}, user]
+    developer = [{"role": "developer", "content": "Be brief."}, user]
+    assert tok.apply_chat_template(developer) == tok.apply_chat_template(system)
+    body = {"model": "m", "max_tokens": 4}
+    assert (oa.parse("chat", {**body, "messages": developer}, tok, 2048).prompts
+            == oa.parse("chat", {**body, "messages": system}, tok, 2048).prompts)
 
 
 def test_greedy_generation_is_decodable_text(lm: local_model.LocalModel) -> None:
