@@ -63,3 +63,21 @@ def test_messages_api_from_the_local_model_streamed(local_gateway: GatewayThread
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text and final.usage.output_tokens > 0 and final.stop_reason in ("end_turn", "max_tokens")
+
+
+def test_messages_api_reports_the_stop_sequence_the_local_model_stopped_on(local_gateway: GatewayThread) -> None:
+    """The local engine names the stop string that ended a choice (vLLM's `stop_reason`); the Messages
+    translation turns it into Anthropic's stop_reason "stop_sequence" and `stop_sequence`."""
+    client = Anthropic(base_url=local_gateway.base_url, api_key="unused", max_retries=0, timeout=120)
+    ask = {"model": "hybridgate-local", "max_tokens": 24, "extra_body": {"temperature": 0.0},
+           "messages": [{"role": "user", "content": "Tell me a story."}]}
+    free = client.messages.create(**ask)  # type: ignore[call-overload]
+    text = "".join(b.text for b in free.content if b.type == "text")
+    assert len(text) >= 6, text
+    stop = text[3:6]
+    got = client.messages.create(**ask, stop_sequences=["\u00a7never\u00a7", stop])  # type: ignore[call-overload]
+    assert got.stop_reason == "stop_sequence" and got.stop_sequence == stop
+    assert "".join(b.text for b in got.content if b.type == "text") == text[: text.index(stop)]
+    with client.messages.stream(**ask, stop_sequences=[stop]) as stream:  # type: ignore[call-overload]
+        final = stream.get_final_message()
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence == stop
