@@ -19,6 +19,7 @@ import orjson
 
 from gateway.errors import APIError, bad_request
 from gateway.schemas import TOOL_CHOICE_WITHOUT_TOOLS, unknown_tool
+from gateway.wire.context_errors import parse_context_overflow
 
 _STOP = {
     "stop": "end_turn",
@@ -349,38 +350,16 @@ def caller_error(err: APIError, origins: Sequence[Origin]) -> APIError:
     return out
 
 
-# Context-length messages of OpenAI and vLLM: the window (w), the tokens asked for in all (r), or the
-# prompt (p) and the output limit (c).
-_CONTEXT_MESSAGES = (
-    # OpenAI, older vLLM: "… maximum context length is W tokens. However, you requested R tokens (P in the
-    # messages, C in the completion)."
-    re.compile(r"maximum context length is (?P<w>\d+) tokens\. However, you requested (?P<r>\d+) tokens"
-               r"(?: \((?P<p>\d+) in the messages, (?P<c>\d+) in the completion\))?"),
-    # vLLM: "'max_tokens' or 'max_completion_tokens' is too large: C. This model's maximum context length is
-    # W tokens and your request has P input tokens"
-    re.compile(r"is too large: (?P<c>\d+)\. This model's maximum context length is (?P<w>\d+) tokens "
-               r"and your request has (?P<p>\d+) input tokens"),
-    # vLLM: "… maximum context length is W tokens. However, your request has R input tokens."
-    re.compile(r"maximum context length is (?P<w>\d+) tokens\. However, your request has (?P<r>\d+) input tokens"),
-)
-
-
 def _context_message(message: str) -> str:
     """A context-length error in Anthropic's words: "prompt is too long: R tokens > W maximum", or, when
     the output limit is what tips it over, "input length and `max_tokens` exceed context limit: P + C > W"."""
-    for pattern in _CONTEXT_MESSAGES:
-        m = pattern.search(message)
-        if m is None:
-            continue
-        found = {k: int(v) for k, v in m.groupdict().items() if v is not None}
-        window, prompt, out = found["w"], found.get("p"), found.get("c")
-        if prompt is not None and out and prompt <= window < prompt + out:
-            return (f"input length and `max_tokens` exceed context limit: {prompt} + {out} > {window}, "
-                    "decrease input length or `max_tokens` and try again")
-        requested = found.get("r", prompt)
-        if requested is not None:
-            return (f"prompt is too long: {requested} tokens > {window} maximum "
-                    "(decrease input length or `max_tokens` and try again)")
+    found = parse_context_overflow(message)
+    if found is not None and found.output_tips_it:
+        return (f"input length and `max_tokens` exceed context limit: {found.prompt} + {found.completion} > "
+                f"{found.window}, decrease input length or `max_tokens` and try again")
+    if found is not None and found.requested is not None:
+        return (f"prompt is too long: {found.requested} tokens > {found.window} maximum "
+                "(decrease input length or `max_tokens` and try again)")
     return ("input length and `max_tokens` exceed this model's context limit; decrease input length or "
             "`max_tokens` and try again")
 

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import APIError, bad_request
+from gateway.wire.context_errors import parse_context_overflow
 
 # Request fields passed on to the chat body unchanged (same name, same meaning).
 _SAME = ("temperature", "top_p", "parallel_tool_calls", "user", "metadata", "top_logprobs", "seed")
@@ -297,7 +298,10 @@ _CALLER_PARAM = (
 def caller_error(err: APIError) -> APIError:
     """``err`` with its parameter (and the message's quoted mention of it) under the Responses name:
     ``max_tokens`` -> ``max_output_tokens``, ``tools[i].function.name`` -> ``tools[i].name``, a message
-    path -> ``input`` (instructions and history shift the indices), ``response_format`` -> ``text.format``."""
+    path -> ``input`` (instructions and history shift the indices), ``response_format`` -> ``text.format``;
+    a context-length error restated as the Responses API words it (`_context_error`)."""
+    if err.code == "context_length_exceeded":
+        return _context_error(err)
     param = err.param
     if not param:
         return err
@@ -313,6 +317,26 @@ def caller_error(err: APIError) -> APIError:
         return err
     out = APIError(err.status, err.message.replace(f"'{param}'", f"'{new}'"), type=err.type, param=new,
                    code=err.code, headers=err.headers)
+    out.details = err.details
+    return out
+
+
+def _context_error(err: APIError) -> APIError:
+    """A context-length error in the Responses API's words, naming ``input``, or ``max_output_tokens`` when
+    the input fits and the output limit is what overflows the window (chat's wording speaks of messages and
+    a completion, which this caller never sent)."""
+    found = parse_context_overflow(err.message)
+    if found is not None and found.output_tips_it:
+        message = (f"Your input ({found.prompt} tokens) and max_output_tokens ({found.completion}) exceed the "
+                   f"context window of this model ({found.window} tokens). Please reduce max_output_tokens or "
+                   "your input and try again.")
+        param = "max_output_tokens"
+    else:
+        size = f" ({found.requested} tokens > {found.window})" if found and found.requested is not None else ""
+        message = (f"Your input exceeds the context window of this model{size}. Please adjust your input and "
+                   "try again.")
+        param = "input"
+    out = APIError(err.status, message, type=err.type, param=param, code=err.code, headers=err.headers)
     out.details = err.details
     return out
 

@@ -240,3 +240,35 @@ def test_anthropic_stop_sequence_only_when_the_upstream_names_one_of_the_request
     s.feed(_chunk({"content": "a"}))
     s.feed({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "STOP"}]})
     assert s.finish()[-2]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "STOP"}
+
+
+@pytest.mark.parametrize(
+    ("upstream", "param", "says"),
+    [
+        ("This model's maximum context length is 100 tokens. However, you requested 130 tokens "
+         "(90 in the messages, 40 in the completion).", "max_output_tokens",
+         "Your input (90 tokens) and max_output_tokens (40) exceed the context window of this model (100 tokens)"),
+        ("This model's maximum context length is 100 tokens. However, you requested 130 tokens "
+         "(90 in the prompt, 40 in the completion). Please reduce the length of the prompt or of the completion.",
+         "max_output_tokens", "Your input (90 tokens) and max_output_tokens (40)"),
+        ("This model's maximum context length is 100 tokens. However, your prompt has 130 tokens.", "input",
+         "Your input exceeds the context window of this model (130 tokens > 100)"),
+        ("This model's maximum context length is 100 tokens. However, your request has 130 input tokens. "
+         "Please reduce the length of the input messages.", "input",
+         "Your input exceeds the context window of this model (130 tokens > 100)"),
+        ("too long", "input", "Your input exceeds the context window of this model. Please adjust your input"),
+    ],
+)
+def test_responses_context_length_errors_name_input_or_max_output_tokens(
+    upstream: str, param: str, says: str
+) -> None:
+    err = responses.caller_error(APIError(400, upstream, param="messages", code="context_length_exceeded"))
+    assert err.param == param and err.message.startswith(says), err.message
+    assert "completion" not in err.message and "messages" not in err.message
+    assert err.code == "context_length_exceeded" and err.status == 400
+
+
+def test_anthropic_context_length_errors_of_the_local_engine_in_anthropics_words() -> None:
+    says = anthropic.caller_error(APIError(400, "This model's maximum context length is 100 tokens. However, "
+                                                "your prompt has 130 tokens.", code="context_length_exceeded"), [])
+    assert says.message.startswith("prompt is too long: 130 tokens > 100 maximum")
