@@ -119,6 +119,17 @@ def _message(msg: Any, i: int) -> list[tuple[dict[str, Any], Origin]]:
             parts.append({"type": "image_url", "image_url": {"url": _image_url(b, bw)}})
             part_blocks.append(j)
         elif kind == "tool_use" and role == "assistant":
+            for key in ("id", "name"):
+                if not isinstance(b.get(key), str) or not b[key]:
+                    raise bad_request(
+                        f"Missing required parameter: '{bw}.{key}'."
+                        if b.get(key) is None
+                        else f"Invalid value for '{bw}.{key}': expected a non-empty string.",
+                        param=f"{bw}.{key}",
+                        code="missing_required_parameter" if b.get(key) is None else None,
+                    )
+            if b.get("input") is not None and not isinstance(b["input"], dict):
+                raise bad_request(f"Invalid value for '{bw}.input': expected an object.", param=f"{bw}.input")
             calls.append(
                 {
                     "id": b.get("id"),

@@ -252,9 +252,9 @@ class Engine:
         vocab = self.model.config.vocab_size
         params.validate(vocab)
         if not prompt_ids:
-            raise InvalidRequest("the prompt is empty")
+            raise InvalidRequest("the prompt is empty", "prompt")
         if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
-            raise InvalidRequest(f"prompt token ids must be in [0, {vocab})")
+            raise InvalidRequest(f"prompt token ids must be in [0, {vocab})", "prompt")
         max_len = self.plan.max_model_len
         if len(prompt_ids) >= max_len:
             raise PromptTooLong(

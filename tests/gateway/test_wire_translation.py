@@ -272,3 +272,23 @@ def test_anthropic_context_length_errors_of_the_local_engine_in_anthropics_words
     says = anthropic.caller_error(APIError(400, "This model's maximum context length is 100 tokens. However, "
                                                 "your prompt has 130 tokens.", code="context_length_exceeded"), [])
     assert says.message.startswith("prompt is too long: 130 tokens > 100 maximum")
+
+
+@pytest.mark.parametrize(
+    ("block", "param"),
+    [
+        ({"type": "tool_use", "id": "t1", "input": {}}, "messages[1].content[0].name"),
+        ({"type": "tool_use", "id": "t1", "name": "", "input": {}}, "messages[1].content[0].name"),
+        ({"type": "tool_use", "name": "f", "input": {}}, "messages[1].content[0].id"),
+        ({"type": "tool_use", "id": "t1", "name": "f", "input": [1]}, "messages[1].content[0].input"),
+    ],
+)
+def test_anthropic_tool_use_blocks_without_id_name_or_object_input_are_refused(
+    block: dict, param: str
+) -> None:
+    body = {"model": "m", "max_tokens": 5, "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": [block]},
+        {"role": "user", "content": "go on"}]}
+    with pytest.raises(APIError) as caught:
+        anthropic.translate(body)
+    assert caught.value.status == 400 and caught.value.param == param and param in caught.value.message

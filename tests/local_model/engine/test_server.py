@@ -224,6 +224,13 @@ async def test_out_of_range_penalties_and_bias_are_400_naming_the_field(server: 
         assert r.status_code == 200
 
 
+async def test_prompt_token_ids_outside_the_vocabulary_are_400_naming_the_prompt(server: ServerThread) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        for prompt in ([5, 10**9], [-1]):
+            r = await client.post("/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 2})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", (prompt, r.text)
+
+
 async def wait_until(cond: Any, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
