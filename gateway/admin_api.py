@@ -1,13 +1,16 @@
 """Admin API (/admin/api/...): keys, policies, router artifacts, breakers (budgets: `budget_admin`).
 
 Admin calls need the configured admin token; without one configured, only loopback callers
-are admitted (the embedded default for a developer machine).
+are admitted (the embedded default for a developer machine). Bodies are checked like the OpenAI
+ones (gateway/schemas.py): unknown fields are refused and numbers and flags are strict ("10" is not a
+number, true is not 1), so a script's mistake is a 400 naming the field, never a change nobody asked
+for (a misspelt field read as "not given" would roll a policy back or un-force a breaker).
 """
 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +23,7 @@ from gateway.edge import bearer, read_body, read_json, validate
 from gateway.errors import APIError, store_unavailable
 from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, request_features
 from gateway.services import Services
+from gateway.storable import read_storable_json, refuse_nul_in_url
 from policies.loader import PolicyValidationError
 from policies.registry import PolicyNotFound, PolicyVersion
 from service.artifact_slots import ArtifactPathRefused, RegistryUnavailable, slot_name
@@ -28,10 +32,10 @@ _LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
 
 
 class KeyLimits(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     allowed_models: list[str] | None = None
-    budget_usd: Annotated[float, Field(ge=0)] | None = None
+    budget_usd: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     budget_period: str | None = Field(default=None, pattern="^(day|week|month|total)$")
     rpm_limit: Annotated[int, Field(ge=1)] | None = None
     tpm_limit: Annotated[int, Field(ge=1)] | None = None
@@ -45,6 +49,37 @@ class KeyCreate(KeyLimits):
     name: Annotated[str, Field(min_length=1, max_length=128)]
 
 
+class PolicyActivation(BaseModel):
+    """POST /policies/{name}/activate: the version to make live; none (or an empty body) rolls back."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    version: Annotated[int, Field(ge=1)] | None = None
+
+
+class BreakerForce(BaseModel):
+    """POST /breakers/{deployment}: ``mode`` is required, so a misspelt field never clears a forced state."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    mode: Literal["open", "closed"] | None
+
+
+class ArtifactActivation(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    path: Annotated[str, Field(min_length=1)]
+    scorer: str = "default"
+    aliases: dict[str, str] = Field(default_factory=dict)
+
+
+class VerifierActivation(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    path: Annotated[str, Field(min_length=1)]
+    name: str = "default"
+
+
 def is_loopback(request: Request) -> bool:
     host = request.client.host if request.client else ""
     return host in _LOOPBACK or host.startswith("127.")
@@ -53,7 +88,9 @@ def is_loopback(request: Request) -> bool:
 def check_admin(request: Request, token: str | None) -> None:
     """The admin token when one is configured; otherwise loopback callers only. A signed-in
     console session (gateway/console/auth.py) also admits, with its CSRF token on every
-    state-changing request; browsers' cross-site requests are refused whatever they carry."""
+    state-changing request; browsers' cross-site requests are refused whatever they carry. An
+    admitted request with a NUL in its path or query parameters gets a 400 naming the parameter
+    (`gateway.storable`): every admin endpoint passes here before it touches the database."""
     if cross_site(request):
         raise APIError(403, "Cross-site requests to the admin API are refused.", type="permission_error",
                        code="cross_site")
@@ -62,15 +99,16 @@ def check_admin(request: Request, token: str | None) -> None:
         if request.method not in SAFE_METHODS and not csrf_ok(request, session):
             raise APIError(403, "Missing or invalid CSRF token (X-CSRF-Token).", type="permission_error",
                            code="csrf_failed")
+        refuse_nul_in_url(request)
         return
     if token:
         given = bearer(request) or ""
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise APIError(401, "Admin token required.", code="invalid_admin_token")
-        return
-    if not is_loopback(request):
+    elif not is_loopback(request):
         raise APIError(403, "Admin API is loopback-only unless admin_token is configured.",
                        type="permission_error")
+    refuse_nul_in_url(request)
 
 
 def json_response(data: Any, status: int = 200) -> Response:
@@ -90,14 +128,14 @@ class AdminHandlers:
 
     async def create_key(self, request: Request) -> Response:
         self._check(request)
-        req = validate(KeyCreate, await read_json(request, 64 * 1024))
+        req = validate(KeyCreate, await read_storable_json(request, 64 * 1024))
         limits = req.model_dump(exclude={"name"}, exclude_none=True)
         secret, rec = await self.s.keys.create(req.name, **limits)
         return json_response({"key": secret, **rec.public()}, status=201)
 
     async def update_key(self, request: Request) -> Response:
         self._check(request)
-        req = validate(KeyLimits, await read_json(request, 64 * 1024))
+        req = validate(KeyLimits, await read_storable_json(request, 64 * 1024))
         rec = await self.s.keys.update(request.path_params["key_id"], **req.model_dump(exclude_unset=True))
         if rec is None:
             raise APIError(404, "No such key.", code="key_not_found")
@@ -125,19 +163,25 @@ class AdminHandlers:
         if "yaml" in ctype or ctype.startswith("text/"):
             raw = await read_body(request, 256 * 1024)
             return raw.decode("utf-8", errors="replace"), request.headers.get("x-comment")
-        data = await read_json(request, 256 * 1024)
+        data = await read_storable_json(request, 256 * 1024)
         spec = data.get("spec_yaml")
         if not isinstance(spec, str) or not spec.strip():
             raise APIError(400, "Body must have a non-empty string field 'spec_yaml'.", param="spec_yaml")
         comment = data.get("comment")
-        return spec, comment if isinstance(comment, str) else None
+        if comment is not None and not isinstance(comment, str):
+            raise APIError(400, "'comment' must be a string.", param="comment")
+        unknown = sorted(set(data) - {"spec_yaml", "comment"})
+        if unknown:
+            raise APIError(400, f"Unknown field {unknown[0]!r}: expected spec_yaml, comment.", param=unknown[0])
+        return spec, comment
 
     @staticmethod
     def _invalid(exc: PolicyValidationError) -> APIError:
         first = exc.errors[0] if exc.errors else None
         where = f" (line {first.line})" if first is not None and first.line else ""
-        msg = f"Invalid policy: {first.path}: {first.message}{where}" if first else "Invalid policy."
-        err = APIError(422, msg, param=first.path if first else None, code="invalid_policy")
+        field = f"{first.path}: " if first is not None and first.path else ""
+        msg = f"Invalid policy: {field}{first.message}{where}" if first else "Invalid policy."
+        err = APIError(422, msg, param=(first.path or None) if first else None, code="invalid_policy")
         err.details = exc.as_dicts()
         return err
 
@@ -171,30 +215,32 @@ class AdminHandlers:
             v = await self.s.router.registry.put(name, spec, created_by="admin-api", comment=comment)
         except PolicyValidationError as exc:
             raise self._invalid(exc) from None
-        return json_response(self._versionjson_response(v), status=201)
+        return json_response(self._versionjson_response(v) | {"warnings": self.s.router.policy_warnings(v.policy)},
+                             status=201)
 
     async def validate_policy(self, request: Request) -> Response:
         self._check(request)
         spec, _ = await self._policy_text(request)
         try:
-            self.s.router.registry.validate(request.path_params["name"], spec)
+            policy = self.s.router.registry.validate(request.path_params["name"], spec)
         except PolicyValidationError as exc:
             raise self._invalid(exc) from None
-        return json_response({"valid": True})
+        return json_response({"valid": True, "warnings": self.s.router.policy_warnings(policy)})
 
     async def activate_policy(self, request: Request) -> Response:
-        """Roll back (or forward) to a stored version: {"version": N}; no version = previous one."""
+        """Roll back (or forward) to a stored version: {"version": N}; no version (or no body, however
+        framed) = the one before the active one."""
         self._check(request)
         name = request.path_params["name"]
-        data = await read_json(request, 4096) if int(request.headers.get("content-length") or 0) else {}
-        version = data.get("version")
-        if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
-            raise APIError(400, "'version' must be an integer.", param="version")
+        version = validate(PolicyActivation, await read_json(request, 4096, allow_empty=True)).version
         reg = self.s.router.registry
         try:
             v = await reg.activate(name, version) if version is not None else await reg.rollback(name)
         except (PolicyNotFound, KeyError, ValueError) as exc:
-            raise APIError(404, f"Cannot activate {name}@{version}: {exc}", code="policy_not_found") from None
+            what = f"{name}@{version}" if version is not None else f"the version of {name} before the active one"
+            detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise APIError(404, f"Cannot activate {what}: no such stored version ({detail}).",
+                           param="version" if version is not None else None, code="policy_not_found") from None
         return json_response(self._versionjson_response(v))
 
     async def simulate(self, request: Request) -> Response:
@@ -249,27 +295,20 @@ class AdminHandlers:
         it the named scorer at once, without a restart; recorded in router_artifacts, from where every
         other process loads it within ``policy_reload_s`` (service/artifact_slots.py)."""
         self._check(request)
-        data = await read_json(request, 64 * 1024)
-        aliases = data.get("aliases") or {}
-        if not isinstance(aliases, dict):
-            raise APIError(400, "'aliases' must be an object (classifier model name -> gateway model name).",
-                           param="aliases")
-        aliases = {str(k): str(v) for k, v in aliases.items()}
-        return await self._activate(data.get("path"), data.get("scorer", "default"), "scorer", "scorer", aliases)
+        req = validate(ArtifactActivation, await read_storable_json(request, 64 * 1024))
+        return await self._activate(req.path, req.scorer, "scorer", "scorer", req.aliases)
 
     async def activate_verifier(self, request: Request) -> Response:
         """Load an answer verifier ({"path": DIR, "name": "default"}) for cascades' ``score: verifier``,
         here at once and in every other process within ``policy_reload_s``."""
         self._check(request)
-        data = await read_json(request, 64 * 1024)
-        return await self._activate(data.get("path"), data.get("name", "default"), "verifier", "name")
+        req = validate(VerifierActivation, await read_storable_json(request, 64 * 1024))
+        return await self._activate(req.path, req.name, "verifier", "name")
 
     async def _activate(
-        self, path: Any, name: Any, kind: str, name_param: str, aliases: dict[str, str] | None = None
+        self, path: str, name: str, kind: str, name_param: str, aliases: dict[str, str] | None = None
     ) -> Response:
-        if not isinstance(path, str) or not path:
-            raise APIError(400, "Body needs 'path' (string): the artifact directory.", param="path")
-        if not isinstance(name, str) or not name or ":" in name:
+        if not name or ":" in name:
             raise APIError(400, f"'{name_param}' must be a non-empty name without ':'.", param=name_param)
         slots = self.s.artifacts
         try:
@@ -300,10 +339,7 @@ class AdminHandlers:
         name = request.path_params["deployment"]
         if name not in self.s.router.catalog.by_name:
             raise APIError(404, f"No deployment named {name!r}.", code="deployment_not_found")
-        data = await read_json(request, 4096)
-        mode = data.get("mode")
-        if mode not in ("open", "closed", None):
-            raise APIError(400, "'mode' must be 'open', 'closed' or null.", param="mode")
+        mode = validate(BreakerForce, await read_json(request, 4096)).mode
         await self.s.router.breakers.force(name, mode)
         state = await self.s.router.breakers.state(name)
         self.s.metrics.breaker_open.labels(name).set(1 if state == "open" else 0)

@@ -17,16 +17,19 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.admin_api import check_admin, json_response
-from gateway.edge import read_json, validate
+from gateway.edge import validate
 from gateway.errors import APIError, store_unavailable
 from gateway.services import Services
+from gateway.storable import read_storable_json
 from requestlog.sql import DB_ERRORS
 
 SCOPE = re.compile(r"^(user|team):\S{1,200}$")
 
 
 class BudgetUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A budget's new limit: numbers are strict, as in every admin body (true is not 1 USD)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     limit_usd: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     period: Literal["day", "week", "month", "total"] = "month"
@@ -51,7 +54,7 @@ class BudgetAdminHandlers:
 
     async def put_budget(self, request: Request) -> Response:
         scope = self._scope(request)
-        req = validate(BudgetUpdate, await read_json(request, 4096))
+        req = validate(BudgetUpdate, await read_storable_json(request, 4096))
         try:
             limit = await self.s.router.scopes.put(scope, req.limit_usd, req.period)
         except DB_ERRORS as exc:

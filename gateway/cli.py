@@ -130,6 +130,10 @@ async def _with_keys(s: Settings, fn: Any) -> Any:
 def cmd_keys(args: argparse.Namespace) -> int:
     s = _settings(args)
     if args.keys_cmd == "create":
+        from pydantic import ValidationError
+
+        from gateway.admin_api import KeyCreate
+
         limits: dict[str, Any] = {}
         if args.models:
             limits["allowed_models"] = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -137,7 +141,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
             v = getattr(args, f)
             if v is not None:
                 limits[f] = v
-        secret, rec = asyncio.run(_with_keys(s, lambda ks: ks.create(args.name, **limits)))
+        try:  # the admin API's own checks: argparse's float() takes "nan", and no type refuses -3
+            req = KeyCreate.model_validate({"name": args.name, **limits})
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            print(f"invalid {'.'.join(str(p) for p in err['loc'])}: {err['msg']}", file=sys.stderr)
+            return 2
+        limits = req.model_dump(exclude={"name"}, exclude_none=True)
+        secret, rec = asyncio.run(_with_keys(s, lambda ks: ks.create(req.name, **limits)))
         print(json.dumps({"key": secret, **rec.public()}, indent=2))
         print("Store this key now: it is not kept and cannot be shown again.", file=sys.stderr)
         return 0

@@ -42,9 +42,13 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The body as a JSON object, or a 413 / 400 in OpenAI's shape."""
+async def read_json(request: Request, max_bytes: int, *, allow_empty: bool = False) -> dict[str, Any]:
+    """The body as a JSON object, or a 413 / 400 in OpenAI's shape. ``allow_empty``: an empty body
+    (however it was framed: a Content-Length of 0, or a chunked upload with no bytes) reads as ``{}``,
+    for endpoints whose every field is optional."""
     raw = await read_body(request, max_bytes)
+    if not raw.strip() and allow_empty:
+        return {}
     if not raw:
         raise bad_request("We could not parse the JSON body of your request: the body is empty.")
     try:

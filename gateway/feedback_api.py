@@ -4,7 +4,7 @@
 validated and answered, and the caller identified: only the key that made the request (or the
 admin token) may judge it (403 otherwise), and a request takes at most ``feedback_max_sources``
 distinct sources (409 beyond; a known source stays idempotent). A dead database is reported (503, retry) rather than silently dropping
-the judgement.
+the judgement; text the database cannot hold (a NUL character) is the caller's 400, never a 503 to retry.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.edge import authenticate, bearer, read_json, validate
+from gateway.edge import authenticate, bearer, validate
 from gateway.errors import APIError, store_unavailable
 from gateway.schemas import FeedbackRequest
 from gateway.services import Services
+from gateway.storable import read_storable_json
 from requestlog.sql import DB_ERRORS
 from service.feedback import Judge, NotRequestOwner, TooManySources, UnknownRequest
 
@@ -38,7 +39,7 @@ class FeedbackHandler:
         else:
             key = await authenticate(request, self.s.keys, self.s.settings.keys_required)
             judge = Judge(key_id=key.id if key is not None else None)
-        fb = validate(FeedbackRequest, await read_json(request, 64 * 1024))
+        fb = validate(FeedbackRequest, await read_storable_json(request, 64 * 1024))
         try:
             created = await self.s.feedback.record(fb.request_id, fb.source, fb.value, fb.comment, judge)
         except UnknownRequest:

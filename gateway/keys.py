@@ -132,6 +132,10 @@ class KeyStore:
         return _row_to_key(row) if row else None
 
     async def update(self, key_id: str, **limits: Any) -> ApiKey | None:
+        """Change the given limits; the record as it is now, None for an unknown key. No limits
+        given changes nothing (and announces nothing)."""
+        if not limits:
+            return await self.get(key_id)
         async with self._engine.begin() as conn:
             await conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(**limits))
         await self._changed(key_id)

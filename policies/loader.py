@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from pydantic import ValidationError
@@ -125,14 +125,52 @@ def _duplicate_keys(node: yaml.Node | None, loc: tuple[str | int, ...] = ()) -> 
     return out
 
 
+# How many values a policy may expand to once YAML aliases are followed (or the text's length, when that
+# is larger: a document without aliases never has more values than characters). Aliases let a few
+# hundred bytes name millions of values ("billion laughs"), and validation walks every one of them on
+# the event loop of a gateway that is serving traffic.
+MAX_VALUES = 100_000
+
+
+def _expands_beyond(root: yaml.Node | None, limit: int) -> bool:
+    """Whether walking ``root`` with its aliases followed visits more than ``limit`` nodes (stops there)."""
+    seen = 0
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                stack += (k, v)
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+    return False
+
+
+def _refuse(message: str, source: str | None, line: int | None = None, column: int | None = None) -> NoReturn:
+    raise PolicyValidationError([PolicyErrorItem(path="", message=message, line=line, column=column)], source)
+
+
 def _compose(text: str, source: str | None) -> tuple[Any, yaml.Node | None]:
+    nul = text.find("\x00")
+    if nul >= 0:  # YAML ends a document at a NUL and keeps what came before, which a database cannot store
+        before = text[:nul]
+        _refuse("a NUL character (U+0000) is not allowed", source, before.count("\n") + 1,
+                nul - (before.rfind("\n") + 1) + 1)
+    limit = max(MAX_VALUES, len(text))
     try:
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
+            if _expands_beyond(node, limit):
+                _refuse(f"the policy expands to more than {limit} values (YAML aliases)", source)
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
+    except RecursionError:  # PyYAML composes nested collections recursively
+        _refuse("collections are nested too deeply", source)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         raise PolicyValidationError(

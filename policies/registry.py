@@ -136,6 +136,10 @@ class PolicyRegistry:
         self._active: dict[str, int] = {}
         self._active_policy: dict[str, Policy] = {}  # the request path reads only this
         self._lock = asyncio.Lock()
+        # Stored rows this schema refuses, and active versions that name no usable row: each is logged
+        # once, not again on every poll (a row never changes, and polling runs every second).
+        self._unusable: set[tuple[str, int]] = set()
+        self._reported_active: set[tuple[str, int]] = set()
 
     # ---- reads (no I/O) ---------------------------------------------------------------------------
 
@@ -251,7 +255,9 @@ class PolicyRegistry:
         policy = self.validate(name, spec_yaml)  # raises PolicyValidationError: nothing stored
         async with self._lock:
             for _ in range(5):
-                version = max(self._versions.get(name, {}), default=0) + 1
+                # stored rows this schema refuses keep their numbers: a new version goes after them
+                taken = [*self._versions.get(name, {}), *(v for n, v in self._unusable if n == name)]
+                version = max(taken, default=0) + 1
                 row = StoredPolicy(name, version, spec_yaml, self._clock(), created_by, comment)
                 try:
                     await self.store.insert(row)
@@ -296,12 +302,13 @@ class PolicyRegistry:
         changed = False
         for row in rows:
             known = self._versions.get(row.name, {})
-            if row.version in known:
+            if row.version in known or (row.name, row.version) in self._unusable:
                 continue
             try:
                 policy = parse_policy(row.spec_yaml, require_name=row.name, source=f"{row.name} v{row.version}")
             except PolicyValidationError as exc:
                 # Written by an older/newer schema, or by hand: skip it, keep serving the rest.
+                self._unusable.add((row.name, row.version))
                 log.error("stored policy %s v%d is invalid, ignored: %s", row.name, row.version, exc)
                 continue
             self._versions.setdefault(row.name, {})[row.version] = PolicyVersion(row, policy)
@@ -311,7 +318,8 @@ class PolicyRegistry:
                 if version in self._versions.get(name, {}):
                     self._set_active(name, version)
                     changed = True
-                else:
+                elif (name, version) not in self._reported_active:
+                    self._reported_active.add((name, version))
                     log.error("active version %s v%d is missing or invalid; keeping v%s", name, version, self._active.get(name))
         return changed
 

@@ -50,7 +50,9 @@ _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # Numbers are finite: a NaN bound never matches and a NaN or infinite weight never wins, so either
+    # would quietly turn a rule or a split off instead of saying what is wrong.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class NumRange(_Strict):
@@ -334,7 +336,8 @@ class Budget(_Strict):
 class Policy(_Strict):
     """A virtual model. Evaluated as: filters → rules → selector → fallback chain."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    # a model name clients send, and a key of the policies table: bounded like an API key's name
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
     description: str = ""
     filters: Filters = Field(default_factory=Filters)
     tiers: dict[str, list[str]] = Field(default_factory=dict, description="tier name -> targets")

@@ -27,7 +27,13 @@ from policies.schema import Policy
 from requestlog.rows import RequestRow
 from router.budget import BudgetExceeded, BudgetLimit, Reservation, worst_case_usd
 from router.calibrate import Calibration, calibrate_cost_weight, memoized
-from router.decide import bandit_context, decide, largest_context_window, policy_context_window
+from router.decide import (
+    bandit_context,
+    decide,
+    largest_context_window,
+    policy_context_window,
+    unknown_targets,
+)
 from router.decision import Decision
 from router.protocols import Plugins, SharedBandit
 from router.ratelimit import RateLimit
@@ -447,6 +453,19 @@ class GatewayRouter:
         return cards
 
     # ---- admin: what a policy would do ------------------------------------------------------------
+
+    def policy_warnings(self, policy: Policy) -> list[str]:
+        """What an admin should hear about a valid ``policy`` before traffic follows it: targets that
+        name no configured deployment, model or tag (allowed: a deployment may be added later, and a
+        policy shared by environments may name another's), and a policy name that is also a configured
+        model's, whose requests the policy then routes instead of the model's own deployments."""
+        out: list[str] = []
+        unknown = unknown_targets(policy, self.catalog.deployments)
+        if unknown:
+            out.append(f"no configured deployment, model or tag matches: {', '.join(unknown)}")
+        if policy.name in self.catalog.by_model:
+            out.append(f"{policy.name!r} is also a configured model: its requests follow this policy")
+        return out
 
     async def simulate(
         self, name: str, features: RequestFeatures, policy: Policy | None = None

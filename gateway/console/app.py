@@ -90,14 +90,31 @@ class Redactor:
         return self.PATTERNS.sub("[redacted]", text)
 
 
-def _time(value: str | None, default: datetime) -> datetime:
+# Times a query may name: wide enough for any log, narrow enough that a range's arithmetic (a default
+# `since` a month before `until`, a day rounded up) and the conversion to UTC can never leave
+# datetime's years 1 to 9999.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _time(param: str, value: str | None, default: datetime) -> datetime:
+    """The query parameter ``param`` as an aware UTC time (naive = UTC), ``default`` when absent, or a
+    400 naming it: not ISO 8601, or outside 1970..9000."""
     if not value:
         return default
     try:
         t = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise APIError(400, f"Not an ISO 8601 time: {value!r}.", param="since/until") from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
+        raise APIError(400, f"'{param}' is not an ISO 8601 time: {value!r}.", param=param) from None
+    try:
+        t = (t if t.tzinfo else t.replace(tzinfo=UTC)).astimezone(UTC)
+        within = EARLIEST <= t < LATEST
+    except OverflowError:  # near year 1 or 9999, its UTC offset moves it out of datetime's range
+        within = False
+    if not within:
+        raise APIError(400, f"'{param}' must lie between {EARLIEST.date()} and {LATEST.date()}: {value!r}.",
+                       param=param)
+    return t
 
 
 class Console:
@@ -207,8 +224,8 @@ class Console:
         span = RANGES.get(p.get("range", "7d"))
         if span is None:
             raise APIError(400, f"'range' must be one of {', '.join(RANGES)}.", param="range")
-        until = _time(p.get("until"), now)
-        since = _time(p.get("since"), until - span)
+        until = _time("until", p.get("until"), now)
+        since = _time("since", p.get("since"), max(until - span, EARLIEST))
         if since >= until:
             raise APIError(400, "'since' must be before 'until'.", param="since")
         model = p.get("model") or None
@@ -281,7 +298,7 @@ class Console:
             if p.get(param):
                 stmt = stmt.where(r.c[col] == p[param])
         if p.get("before"):  # keyset pagination: rows older than the last one shown
-            stmt = stmt.where(r.c.created_at < _time(p["before"], q.until))
+            stmt = stmt.where(r.c.created_at < _time("before", p["before"], q.until))
         stmt = stmt.order_by(r.c.created_at.desc()).limit(limit)
         async with self.s.engine.connect() as conn:
             rows = [dict(x._mapping) for x in await conn.execute(stmt)]
@@ -381,10 +398,15 @@ class Console:
         self._check(request)
         name = request.path_params["name"]
         reg = self.s.router.registry
+        versions = []
+        for param in ("a", "b"):
+            value = request.query_params.get(param, "")
+            if not value.isascii() or not value.isdigit() or len(value) > 9:
+                raise APIError(400, f"'{param}' must be a version number: {value[:20]!r}.", param=param)
+            versions.append(int(value))
         try:
-            a = reg.get(name, int(request.query_params["a"]))
-            b = reg.get(name, int(request.query_params["b"]))
-        except (KeyError, ValueError, PolicyNotFound):
+            a, b = (reg.get(name, v) for v in versions)
+        except PolicyNotFound:
             raise APIError(
                 404, "Versions 'a' and 'b' must name stored versions.", code="policy_not_found"
             ) from None
@@ -406,6 +428,15 @@ class Console:
         spec = body.get("spec_yaml")
         if not isinstance(spec, str) or not spec.strip():
             raise APIError(400, "Body must have a non-empty string field 'spec_yaml'.", param="spec_yaml")
+        sample, estimate = body.get("request"), body.get("estimate", True)
+        if sample is not None and not isinstance(sample, dict):
+            raise APIError(400, "'request' must be an object: a chat request's body.", param="request")
+        if not isinstance(estimate, bool):
+            raise APIError(400, "'estimate' must be true or false.", param="estimate")
+        unknown = sorted(set(body) - {"spec_yaml", "request", "estimate"})
+        if unknown:
+            raise APIError(400, f"Unknown field {unknown[0]!r}: expected spec_yaml, request, estimate.",
+                           param=unknown[0])
         reg = self.s.router.registry
         try:
             draft = reg.validate(name, spec)
@@ -414,14 +445,14 @@ class Console:
         router = self.s.router
         deps = router.catalog.deployments
         signals = await router.signals(deps, [])
-        out: dict[str, Any] = {"valid": True, "live_version": reg.active_version(name)}
-        sample = body.get("request")
-        if isinstance(sample, dict):
+        out: dict[str, Any] = {"valid": True, "live_version": reg.active_version(name),
+                               "warnings": router.policy_warnings(draft)}
+        if sample is not None:
             req = validate(ChatCompletionRequest, {"model": name, **sample})
             feats = request_features(req, "chat", None, request.headers.get("x-hybridgate-tags"))
             d = await router.simulate(name, feats, policy=draft)
             out["simulate"] = d.as_dict() if d is not None else None
-        if body.get("estimate", True):
+        if estimate:
             rows = await policy_eval.logged_traffic(self.s.engine, name)
 
             def featurize(text: str) -> RequestFeatures:

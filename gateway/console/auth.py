@@ -53,7 +53,8 @@ class Sessions:
         if not cookie or cookie.count(".") != 2:
             return None
         sid, exp, sig = cookie.split(".")
-        if not hmac.compare_digest(sig, self._sign(f"{sid}.{exp}")):
+        # bytes, not str: compare_digest refuses a str with non-ASCII characters (a forged cookie may hold any)
+        if not hmac.compare_digest(sig.encode(), self._sign(f"{sid}.{exp}").encode()):
             return None
         try:
             expires = int(exp)

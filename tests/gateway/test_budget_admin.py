@@ -64,6 +64,9 @@ def test_budget_admin_rejects_bad_scopes_and_bodies_in_openai_error_shape(sqlite
             (httpx.put(admin + "/team:x", json={"limit_usd": -1}), 400, None),
             (httpx.put(admin + "/team:x", json={"limit_usd": 1, "period": "year"}), 400, None),
             (httpx.put(admin + "/team:x", json={"limit_usd": 1, "extra": 1}), 400, None),
+            (httpx.put(admin + "/team:x", json={"limit_usd": True}), 400, "invalid_value"),  # not 1 USD
+            (httpx.put(admin + "/team:x", json={"limit_usd": "5"}), 400, "invalid_value"),
+            (httpx.put(admin + "/team:a%00b", json={"limit_usd": 1}), 400, "invalid_value"),  # Postgres refuses NUL
             (httpx.put(admin + "/team:x", content=b"{nope", headers={"content-type": "application/json"}), 400, None),
             (httpx.delete(admin + "/team:cfg"), 409, "budget_in_config"),
             (httpx.delete(admin + "/team:none"), 404, "budget_not_found"),

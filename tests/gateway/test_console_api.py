@@ -282,3 +282,54 @@ def test_breaker_transitions_are_logged_for_the_history_dashboard(env: dict[str,
     states = [row[2] for row in d["rows"] if row[1] == "fake-c"]
     assert states[-2:] == ["open", "closed"]
     assert math.isclose(d["chart"]["datasets"][0]["points"][-2]["y"], 1.0)
+
+
+def test_a_time_filter_out_of_range_is_a_400_naming_it(env: dict[str, Any]) -> None:
+    """Near datetime's ends a range's arithmetic or the UTC conversion overflowed into a 500."""
+    admin = env["admin"]
+    cases = [
+        ("/admin/api/console/requests", {"until": "0001-01-01T01:00:00"}, "until"),
+        ("/admin/api/console/requests", {"since": "0001-01-01T00:00:00+14:00"}, "since"),
+        ("/admin/api/console/requests", {"until": "9999-12-31T23:59:59-05:00"}, "until"),
+        ("/admin/api/console/requests", {"before": "0001-01-01T00:00:00+01:00"}, "before"),
+        ("/admin/api/console/requests", {"before": "last tuesday"}, "before"),
+        ("/admin/api/console/dashboards/over-time", {"until": "0001-01-02"}, "until"),
+        ("/admin/api/console/dashboards/latency", {"since": "yesterday"}, "since"),
+    ]
+    for path, params, param in cases:
+        r = admin.get(path, params=params)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (params, r.text)
+    assert admin.get("/admin/api/console/requests", params={"since": "1970-01-01T00:00:00Z"}).status_code == 200
+
+
+def test_policy_diff_and_draft_evaluation_name_the_bad_parameter(env: dict[str, Any]) -> None:
+    admin = env["admin"]
+    spec = "name: diff-demo\nselector: {type: cheapest}\n"
+    for text in (spec, spec + "description: second\n"):
+        assert admin.put("/admin/api/policies/diff-demo", json={"spec_yaml": text}).status_code == 201
+    diff = "/admin/api/console/policies/diff-demo/diff"
+    assert "+description: second" in admin.get(diff, params={"a": "1", "b": "2"}).json()["diff"]
+    r = admin.get(diff, params={"a": "x", "b": "1"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "a", r.text
+    r = admin.get(diff, params={"a": "1"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "b", r.text
+    r = admin.get(diff, params={"a": "1", "b": "1" * 5000})  # more digits than int() converts
+    assert r.status_code == 400 and r.json()["error"]["param"] == "b", r.text
+    assert admin.get(diff, params={"a": "1", "b": "99"}).status_code == 404
+
+    url = "/admin/api/console/policies/diff-demo/evaluate"
+    for body, param in (({"spec_yaml": spec, "request": "hello"}, "request"),  # was silently skipped
+                        ({"spec_yaml": spec, "estimate": "no"}, "estimate"),  # "no" was read as yes
+                        ({"spec_yaml": spec, "sample": {}}, "sample")):
+        r = admin.post(url, json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    ok = admin.post(url, json={"spec_yaml": spec, "estimate": False})
+    assert ok.status_code == 200 and ok.json()["warnings"] == [] and "estimate" not in ok.json()
+
+
+def test_a_forged_session_cookie_with_non_ascii_bytes_is_refused_not_a_500(env: dict[str, Any]) -> None:
+    gw = env["gw"]
+    forged = {"cookie": "hg_console=a.1.\xe9".encode("latin-1")}
+    with httpx.Client(base_url=gw.base_url, timeout=30) as c:
+        assert c.get("/admin", headers=forged).status_code == 401
+        assert c.get("/admin/api/keys", headers=forged).status_code == 401

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from tests.support.console import (
@@ -224,3 +225,84 @@ def test_budgets_page_sets_a_team_budget(page: Any) -> None:
     row = page.locator("tr[data-scope='team:team1']")
     row.wait_for()
     assert "25" in row.inner_text() and "admin" in row.inner_text()
+
+
+PAGES = ("", "policies", "deployments", "keys", "budgets", "requests")
+
+
+@pytest.fixture()
+def fresh(env: dict[str, Any], browser: Any) -> Iterator[dict[str, Any]]:
+    """A page signed in on a browser context of its own, with every script error, console error,
+    failed request and HTTP error response it sees from the sign-in page on."""
+    ctx = browser.new_context(base_url=env["gw"].base_url)
+    ctx.set_default_timeout(15_000)
+    pg = ctx.new_page()
+    seen: dict[str, Any] = {"page": pg, "ctx": ctx, "pageerror": [], "console": [], "failed": []}
+    pg.on("pageerror", lambda e: seen["pageerror"].append(str(e)))
+    pg.on("console", lambda m: seen["console"].append(m.text) if m.type == "error" else None)
+    pg.on("requestfailed", lambda r: seen["failed"].append(f"{r.url} {r.failure}"))
+    pg.on("response", lambda r: seen["failed"].append(f"{r.url} {r.status}") if r.status >= 400 else None)
+    pg.goto("/admin/login")
+    pg.fill("#token", ADMIN_TOKEN)
+    pg.click("button[type=submit]")
+    pg.wait_for_url("**/admin")
+    pg.wait_for_selector("body[data-loaded='1']")
+    yield seen
+    ctx.close()
+
+
+def test_every_page_loads_without_a_script_error_or_a_failed_request(fresh: dict[str, Any]) -> None:
+    pg = fresh["page"]
+    for name in PAGES:
+        pg.goto(f"/admin/{name}")
+        pg.wait_for_load_state("networkidle")
+        assert pg.locator("#flash").inner_text() == "", name
+    assert (fresh["pageerror"], fresh["console"], fresh["failed"]) == ([], [], [])
+
+
+def test_an_api_failure_is_shown_on_every_page_not_a_blank_one(fresh: dict[str, Any]) -> None:
+    """The gateway's answer fails (an error status, or no answer at all): each page says so in its
+    status line instead of dying in an uncaught exception with nothing on screen."""
+    pg = fresh["page"]
+    down = orjson.dumps({"error": {"message": "Log database unavailable, retry later.", "type": "server_error"}})
+    for fault, shown in (
+        (lambda route: route.fulfill(status=503, body=down, content_type="application/json"),
+         "Log database unavailable, retry later."),
+        (lambda route: route.abort(), "The gateway could not be reached"),
+    ):
+        pg.route("**/admin/api/**", fault)
+        for name in PAGES:
+            pg.goto(f"/admin/{name}")
+            sync_api.expect(pg.locator("#flash")).to_contain_text(shown)
+        pg.unroute("**/admin/api/**")
+    assert fresh["pageerror"] == []
+
+
+def test_an_ended_session_is_reported_where_the_operator_acts(fresh: dict[str, Any]) -> None:
+    pg = fresh["page"]
+    fresh["ctx"].clear_cookies()  # signed out elsewhere, or the session expired, with the page still open
+    pg.click("#filters button[type=submit]")
+    sync_api.expect(pg.locator("#flash")).to_have_text("Admin token required.")
+    assert fresh["pageerror"] == []
+
+
+def test_policy_buttons_without_an_open_policy_ask_for_one(fresh: dict[str, Any]) -> None:
+    pg = fresh["page"]
+    pg.goto("/admin/policies")
+    for button in ("#btn-validate", "#btn-evaluate", "#btn-activate", "#btn-rollback", "#diff-form button"):
+        pg.evaluate("() => { document.querySelector('#flash').textContent = ''; }")
+        pg.click(button)
+        sync_api.expect(pg.locator("#flash")).to_contain_text("Open a policy", timeout=5_000)
+    assert fresh["pageerror"] == []
+
+
+def test_a_key_budget_without_a_period_shows_the_period_it_is_enforced_over(
+    env: dict[str, Any], fresh: dict[str, Any]
+) -> None:
+    with httpx.Client(base_url=env["gw"].base_url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+        key = admin.post("/admin/api/keys", json={"name": "no-period", "budget_usd": 5}).json()
+    pg = fresh["page"]
+    pg.goto("/admin/keys")
+    row = pg.locator(f"tr[data-key='{key['id']}']")
+    row.wait_for()
+    assert "5 / month" in row.inner_text()  # a key budget's period defaults to a month, not "total"

@@ -71,3 +71,19 @@ def test_feedback_from_another_key_is_403_and_new_sources_are_bounded(
         ).scalar_one()
     engine.dispose()
     assert n == 3
+
+
+def test_feedback_text_postgres_cannot_store_is_the_callers_400_not_a_503_to_retry(
+    fake_provider: FakeProviderThread, pg_url: str, tmp_path: Path
+) -> None:
+    upgrade(pg_url)
+    settings = gateway_settings(fake_provider.base_url, pg_url, tmp_path, admin_token="adm-secret")
+    admin = {"authorization": "Bearer adm-secret"}
+    with running_gateway(settings) as gw, httpx.Client(base_url=gw.base_url, timeout=10, headers=admin) as client:
+        rid = client.post("/v1/chat/completions", json=BODY).headers["x-request-id"]
+        for body, param in (({"request_id": rid, "score": 1.0, "source": "a\x00b"}, "source"),
+                            ({"request_id": rid, "score": 1.0, "comment": "\x00"}, "comment"),
+                            ({"request_id": "x\x00", "score": 1.0}, "request_id")):
+            r = client.post("/v1/feedback", json=body)
+            assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+        assert client.post("/v1/feedback", json={"request_id": rid, "score": 1.0}).status_code == 201

@@ -56,6 +56,18 @@ def test_keys_cli_create_list_revoke_stores_only_hashes(tmp_path: Path, capsys: 
     assert hybridgate(capsys, *hg, "keys", "revoke", created["id"])[0] == 1
 
 
+def test_keys_cli_refuses_the_limits_the_admin_api_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse's float() reads "nan" and no type refuses -3: the admin API's own checks apply."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"database_url: sqlite+aiosqlite:///{tmp_path / 'k.db'}\nlocal_model: {{enabled: false}}\n")
+    hg = ("--config", str(cfg))
+    assert hybridgate(capsys, *hg, "migrate")[0] == 0
+    for flag, value, field in (("--budget-usd", "nan", "budget_usd"), ("--rpm", "-3", "rpm_limit")):
+        code, out, err = hybridgate(capsys, *hg, "keys", "create", "ci", flag, value)
+        assert code == 2 and out == "" and err.startswith(f"invalid {field}:"), (code, out, err)
+    assert json.loads(hybridgate(capsys, *hg, "keys", "list")[1]) == []
+
+
 def test_bad_config_fails_loudly_naming_the_field(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("port: nope\nlog: {bodies: everything}\n")

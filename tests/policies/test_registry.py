@@ -121,6 +121,38 @@ async def test_reload_skips_invalid_stored_rows() -> None:
         await store.insert(StoredPolicy("p", 2, V2, datetime.now(UTC)))
 
 
+async def test_an_unusable_stored_row_is_logged_once_not_on_every_poll(caplog: pytest.LogCaptureFixture) -> None:
+    """A row this schema refuses (written by hand, or valid under an older release's) never becomes
+    usable: re-reading it every second would only repeat the same error lines."""
+    from datetime import UTC, datetime
+
+    store = InMemoryPolicyStore()
+    reg = PolicyRegistry(store)
+    await reg.create("p", V1)
+    await store.insert(StoredPolicy("p", 2, BAD, datetime.now(UTC)))
+    await store.set_active("p", 2)
+    with caplog.at_level("ERROR", logger="hybridgate.policies"):
+        for _ in range(5):
+            await reg.reload()
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "stored policy p v2 is invalid, ignored",
+        "active version p v2 is missing or invalid; keeping v1",
+    ]
+    assert reg.active_version("p") == 1
+
+
+async def test_a_new_version_goes_after_an_unusable_stored_one() -> None:
+    from datetime import UTC, datetime
+
+    store = InMemoryPolicyStore()
+    reg = PolicyRegistry(store)
+    await reg.create("p", V1)
+    await store.insert(StoredPolicy("p", 2, BAD, datetime.now(UTC)))
+    v3 = await reg.update("p", V2)
+    assert (v3.version, reg.active_version("p")) == (3, 3)
+    assert [v.version for v in reg.versions("p")] == [1, 3]
+
+
 # ---- the database store ---------------------------------------------------------------------------------
 
 

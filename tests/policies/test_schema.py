@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import time
 
 import pytest
 
@@ -190,3 +191,51 @@ def test_escalation_score_is_logprobs_or_a_named_verifier() -> None:
         assert parse_policy(base.replace("SCORE", ok)).escalation.score == ok  # type: ignore[union-attr]
     errs = errors_of(base.replace("SCORE", "magic"))
     assert len(errs) == 1 and errs[0][0] == "escalation.score" and errs[0][1] == 2
+
+
+def test_numbers_must_be_finite() -> None:
+    # a NaN bound never matches and a NaN or infinite weight never wins: each would switch a rule or a
+    # split off without a word
+    errs = errors_of(
+        """\
+        name: p
+        rules:
+          - name: r
+            when: {prompt_tokens: {gt: .nan}}
+            then: {forbid: a}
+        selector: {type: weighted, weights: {a: .inf, b: 1}}
+        """
+    )
+    assert [(p, ln) for p, ln, _ in errs] == [("rules[0].when.prompt_tokens.gt", 4), ("selector.weights.a", 6)]
+    assert all("finite" in m for _, _, m in errs)
+    errs = errors_of("name: p\nselector: {type: classifier, lambda: .inf}\n")
+    assert errs[0][:2] == ("selector.lambda", 2)
+
+
+def test_policy_name_is_bounded() -> None:
+    errs = errors_of(f"name: {'p' * 129}\n")
+    assert errs == [("name", 1, "String should have at most 128 characters")]
+    assert parse_policy(f"name: {'p' * 128}\n").name == "p" * 128
+
+
+def test_yaml_aliases_cannot_expand_a_small_text_into_millions_of_values() -> None:
+    lines = ["name: p", "rules:", "  - name: r", "    then: {forbid: a}", "    when:", "      metadata:"]
+    lines.append("        x0: &x0 [" + ", ".join(["a"] * 10) + "]")
+    lines += [f"        x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * 10) + "]" for i in range(1, 6)]  # 10^6 values
+    start = time.perf_counter()
+    errs = errors_of("\n".join(lines) + "\n")
+    assert errs == [("", None, "the policy expands to more than 100000 values (YAML aliases)")]
+    assert time.perf_counter() - start < 0.5
+    # aliases that stay small are fine
+    assert parse_policy("name: p\nfilters: {allow: &t [a, b], deny: []}\ntiers: {x: *t}\n").tiers == {"x": ["a", "b"]}
+
+
+def test_deep_nesting_is_a_validation_error() -> None:
+    errs = errors_of("name: p\ndescription: " + "[" * 3000 + "]" * 3000 + "\n")
+    assert errs == [("", None, "collections are nested too deeply")]
+
+
+def test_a_nul_character_is_refused_at_its_line() -> None:
+    # YAML stops reading at a NUL and keeps what came before it, which a database cannot store
+    errs = errors_of("name: p\ndescription: x\n\x00selector: {type: bogus}\n")
+    assert errs == [("", 3, "a NUL character (U+0000) is not allowed")]

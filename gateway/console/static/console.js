@@ -14,10 +14,15 @@ const el = (tag, attrs = {}, ...kids) => {
   return e;
 };
 
+// Never throws: a request that could not be made (network down, gateway gone) comes back as status 0
+// with an error message, like any API error, so every caller shows it instead of dying silently.
 async function api(method, url, body) {
   const opts = { method, headers: { "X-CSRF-Token": CSRF }, credentials: "same-origin" };
   if (body !== undefined) { opts.headers["content-type"] = "application/json"; opts.body = JSON.stringify(body); }
-  const r = await fetch(url, opts);
+  let r;
+  try { r = await fetch(url, opts); } catch (e) {
+    return { ok: false, status: 0, data: { error: { message: `The gateway could not be reached (${e.message}).` } } };
+  }
   let data = null;
   try { data = await r.json(); } catch (e) { data = null; }
   return { ok: r.ok, status: r.status, data };
@@ -25,6 +30,13 @@ async function api(method, url, body) {
 
 function flash(msg) { $("#flash").textContent = msg || ""; }
 function errText(res) { return (res.data && res.data.error && res.data.error.message) || `HTTP ${res.status}`; }
+function warningsText(data) {
+  const w = (data && data.warnings) || [];
+  return w.length ? ` Warning: ${w.join("; ")}.` : "";
+}
+// A last resort: whatever a page's code did not expect still reaches the operator, not only the JS console.
+window.addEventListener("unhandledrejection", (ev) => flash(`Console error: ${ev.reason && ev.reason.message || ev.reason}`));
+window.addEventListener("error", (ev) => flash(`Console error: ${ev.message}`));
 
 function fmt(v) {
   if (v === null || v === undefined) return "";
@@ -91,6 +103,9 @@ async function loadDashboards() {
   const generation = ++loadGeneration;  // a newer load (filters applied again) supersedes this one
   const params = new URLSearchParams([...new FormData($("#filters")).entries()].filter(([, v]) => v));
   const index = await api("GET", "/admin/api/console/dashboards");
+  if (generation !== loadGeneration) return;
+  if (!index.ok) { flash(errText(index)); return; }
+  flash("");
   const root = $("#dashboards");
   for (const name of index.data.data) {
     let sec = document.getElementById(`dash-${name}`);
@@ -153,6 +168,7 @@ function showErrors(errors) {
 
 async function loadPolicyList() {
   const res = await api("GET", "/admin/api/policies");
+  if (!res.ok) { flash(errText(res)); return; }
   $("#policy-list").replaceChildren(...res.data.data.map((p) => el("li", {},
     el("a", { href: "#", "data-policy": p.name, text: `${p.name} (v${p.active_version ?? "-"})`,
               onclick: (ev) => { ev.preventDefault(); openPolicy(p.name); } }))));
@@ -180,10 +196,18 @@ async function openPolicy(name, fresh) {
   renderGutter();
 }
 
+// The editor's buttons act on the open policy: none open yet is the operator's to fix, not a crash.
+function policyOpen() {
+  if (current) return true;
+  flash("Open a policy from the list, or create a new one, first.");
+  return false;
+}
+
 async function validatePolicy() {
+  if (!policyOpen()) return false;
   const res = await api("POST", `/admin/api/policies/${encodeURIComponent(current.name)}/validate`,
                         { spec_yaml: $("#policy-yaml").value });
-  if (res.ok) { showErrors([]); flash("Valid."); return true; }
+  if (res.ok) { showErrors([]); flash("Valid." + warningsText(res.data)); return true; }
   const err = res.data && res.data.error;
   showErrors((err && err.details) || [{ message: errText(res) }]);
   flash("Invalid policy.");
@@ -205,13 +229,14 @@ function estimateTable(est) {
 }
 
 async function evaluatePolicy() {
+  if (!policyOpen()) return;
   const res = await api("POST", `/admin/api/console/policies/${encodeURIComponent(current.name)}/evaluate`,
     { spec_yaml: $("#policy-yaml").value,
       request: { messages: [{ role: "user", content: $("#sim-message").value }] } });
-  if (res.status === 422 && res.data.errors) { showErrors(res.data.errors); flash("Invalid policy."); return; }
+  if (res.status === 422 && res.data && res.data.errors) { showErrors(res.data.errors); flash("Invalid policy."); return; }
   if (!res.ok) { flash(errText(res)); return; }
   showErrors([]);
-  flash("");
+  flash(warningsText(res.data).trim());
   const sim = res.data.simulate || {};
   $("#simulate-out").replaceChildren(el("h4", { text: "Decision" }),
     el("pre", { id: "simulate-result", text: JSON.stringify(sim, null, 2) }));
@@ -219,21 +244,24 @@ async function evaluatePolicy() {
 }
 
 async function activatePolicy() {
-  if (!(await validatePolicy())) return;
+  if (!policyOpen() || !(await validatePolicy())) return;
   const res = await api("PUT", `/admin/api/policies/${encodeURIComponent(current.name)}`,
                         { spec_yaml: $("#policy-yaml").value, comment: "console" });
   if (!res.ok) { flash(errText(res)); return; }
-  flash(`Activated ${current.name}@${res.data.version}.`);
+  const activated = `Activated ${current.name}@${res.data.version}.${warningsText(res.data)}`;
   await loadPolicyList();
   await openPolicy(current.name);
+  flash(activated);
 }
 
 async function rollbackPolicy() {
+  if (!policyOpen()) return;
   const res = await api("POST", `/admin/api/policies/${encodeURIComponent(current.name)}/activate`, {});
   if (!res.ok) { flash(errText(res)); return; }
-  flash(`Rolled back ${current.name} to version ${res.data.version}.`);
+  const rolled = `Rolled back ${current.name} to version ${res.data.version}.`;
   await loadPolicyList();
   await openPolicy(current.name);
+  flash(rolled);
 }
 
 function initPolicies() {
@@ -249,24 +277,33 @@ function initPolicies() {
   $("#btn-rollback").addEventListener("click", rollbackPolicy);
   $("#diff-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    const f = new FormData(ev.target);
-    const res = await api("GET", `/admin/api/console/policies/${encodeURIComponent(current.name)}/diff?a=${f.get("a")}&b=${f.get("b")}`);
+    if (!policyOpen()) return;
+    const f = new URLSearchParams([["a", new FormData(ev.target).get("a")], ["b", new FormData(ev.target).get("b")]]);
+    const res = await api("GET", `/admin/api/console/policies/${encodeURIComponent(current.name)}/diff?${f}`);
     $("#diff-out").textContent = res.ok ? res.data.diff : errText(res);
   });
 }
 
 // ---- deployments -------------------------------------------------------------------------
 
+let pollError = null;  // the message the last failed refresh showed: the next good one takes it away
+
 async function loadDeployments() {
   const res = await api("GET", "/admin/api/console/deployments");
-  if (!res.ok) { flash(errText(res)); return; }
+  if (!res.ok) { pollError = errText(res); flash(pollError); return; }
+  if (pollError !== null && $("#flash").textContent === pollError) flash("");
+  pollError = null;
   const t = el("table", { id: "deployments" });
   t.append(el("thead", {}, el("tr", {}, ...["deployment", "model", "provider", "breaker", "attempts (1h)",
     "error rate (1h)", "p50 ms", "p95 ms", ""].map((c) => el("th", { text: c })))));
   const tb = el("tbody");
   for (const d of res.data.data) {
     const force = (mode) => el("button", { type: "button", "data-force": mode ?? "auto", text: mode ?? "auto",
-      onclick: async () => { await api("POST", `/admin/api/breakers/${encodeURIComponent(d.deployment)}`, { mode }); loadDeployments(); } });
+      onclick: async () => {
+        const res = await api("POST", `/admin/api/breakers/${encodeURIComponent(d.deployment)}`, { mode });
+        if (!res.ok) { flash(errText(res)); return; }
+        loadDeployments();
+      } });
     tb.append(el("tr", { "data-deployment": d.deployment },
       el("td", { text: d.deployment }), el("td", { text: d.model }), el("td", { text: d.provider }),
       el("td", {}, el("span", { class: `state state-${d.state}`, text: d.state })),
@@ -291,11 +328,13 @@ async function loadKeys() {
     const revoked = !!k.revoked_at;
     tb.append(el("tr", { "data-key": k.id },
       ...[k.id, k.name, k.key_prefix + "…", (k.allowed_models || ["all"]).join(","),
-          k.budget_usd != null ? `${fmt(k.budget_usd)} / ${k.budget_period || "total"}` : "",
+          k.budget_usd != null ? `${fmt(k.budget_usd)} / ${k.spend_period}` : "",
           `${fmt(k.spent_usd)} (${k.spend_period})`, fmt(k.rpm_limit), fmt(k.tpm_limit), k.user || "", k.team || "",
           revoked ? "revoked" : "active"].map((c) => el("td", { text: c })),
       el("td", {}, revoked ? "" : el("button", { type: "button", text: "Revoke", onclick: async () => {
-        await api("DELETE", `/admin/api/keys/${k.id}`); loadKeys(); } }))));
+        const res = await api("DELETE", `/admin/api/keys/${encodeURIComponent(k.id)}`);
+        if (!res.ok) { flash(errText(res)); return; }
+        loadKeys(); } }))));
   }
   t.append(tb);
   $("#keys-table").replaceChildren(t);
@@ -335,7 +374,9 @@ async function loadBudgets() {
       ...[b.scope, fmt(b.limit_usd), b.period, fmt(b.spent_usd), fmt(b.reserved_usd), fmt(b.remaining_usd), b.source]
         .map((c) => el("td", { text: c })),
       el("td", {}, b.source === "admin" ? el("button", { type: "button", text: "Remove", onclick: async () => {
-        await api("DELETE", `/admin/api/budgets/${encodeURIComponent(b.scope)}`); loadBudgets(); } }) : "")));
+        const res = await api("DELETE", `/admin/api/budgets/${encodeURIComponent(b.scope)}`);
+        if (!res.ok) { flash(errText(res)); return; }
+        loadBudgets(); } }) : "")));
   }
   t.append(tb);
   $("#budgets-table").replaceChildren(t);

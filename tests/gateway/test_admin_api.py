@@ -1,0 +1,158 @@
+"""The admin API as an operator's script uses it, on real Postgres: a malformed body is a 400 naming the
+field (an invalid policy, a 422) and changes nothing; text Postgres cannot store is refused the same way
+instead of failing inside the database driver; a valid policy that names nothing configured says so."""
+
+from __future__ import annotations
+
+import random
+import string
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.console import ADMIN_TOKEN, console_gateway
+from tests.support.harness import GatewayThread
+
+YAML = {"content-type": "application/yaml"}
+
+
+@pytest.fixture(scope="module")
+def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayThread, httpx.Client]]:
+    with (
+        console_gateway(tmp_path_factory.mktemp("admin-api")) as (gw, _fp, _db),
+        httpx.Client(base_url=gw.base_url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30) as c,
+    ):
+        yield gw, c
+
+
+def _error(r: httpx.Response, status: int, param: str | None) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    err: dict[str, Any] = r.json()["error"]
+    assert err["param"] == param and err["message"], err
+    return err
+
+
+def _chunked(body: bytes) -> Iterator[bytes]:
+    yield body  # an iterator body goes out with Transfer-Encoding: chunked and no Content-Length
+
+
+def test_activate_takes_only_a_version_however_the_body_is_framed(admin: tuple[GatewayThread, httpx.Client]) -> None:
+    gw, c = admin
+    for order in ("fake-a", "fake-b", "fake-c"):
+        spec = f"name: pin\nselector: {{type: fixed, order: [{order}]}}\n"
+        assert c.put("/admin/api/policies/pin", content=spec, headers=YAML).status_code == 201
+    assert c.post("/admin/api/policies/pin/activate", json={"version": 1}).json()["version"] == 1
+
+    # a misspelt field was read as "no version": a rollback nobody asked for
+    _error(c.post("/admin/api/policies/pin/activate", json={"versoin": 3}), 400, "versoin")
+    _error(c.post("/admin/api/policies/pin/activate", json={"version": True}), 400, "version")
+    _error(c.post("/admin/api/policies/pin/activate", json={"version": "3"}), 400, "version")
+    assert gw.services.router.registry.active_version("pin") == 1
+
+    # a chunked body (no Content-Length) was ignored: the same rollback
+    r = c.post("/admin/api/policies/pin/activate", content=_chunked(b'{"version": 3}'),
+               headers={"content-type": "application/json"})
+    assert r.status_code == 200 and r.json()["version"] == 3, r.text
+    r = c.post("/admin/api/policies/pin/activate", content=_chunked(b""))
+    assert r.status_code == 200 and r.json()["version"] == 2  # an empty body still rolls back
+    err = _error(c.post("/admin/api/policies/pin/activate", json={"version": 9}), 404, "version")
+    assert err["code"] == "policy_not_found" and "pin@9" in err["message"]
+
+
+def test_forcing_a_breaker_needs_its_mode(admin: tuple[GatewayThread, httpx.Client]) -> None:
+    _, c = admin
+    assert c.post("/admin/api/breakers/fake-c", json={"mode": "open"}).json()["state"] == "open"
+    # a misspelt field read as mode null: the forced state was silently handed back to automatic
+    _error(c.post("/admin/api/breakers/fake-c", json={"mod": "closed"}), 400, "mode")
+    _error(c.post("/admin/api/breakers/fake-c", json={}), 400, "mode")
+    _error(c.post("/admin/api/breakers/fake-c", json={"mode": "half"}), 400, "mode")
+    assert {b["deployment"]: b["state"] for b in c.get("/admin/api/breakers").json()["data"]}["fake-c"] == "open"
+    assert c.post("/admin/api/breakers/fake-c", json={"mode": None}).json()["state"] == "closed"
+
+
+def test_artifact_activation_names_an_unknown_field(admin: tuple[GatewayThread, httpx.Client]) -> None:
+    _, c = admin
+    # "scorer_name" was ignored: a valid path would have replaced the default scorer
+    _error(c.post("/admin/api/router/artifacts", json={"path": "clf", "scorer_name": "math"}), 400, "scorer_name")
+    _error(c.post("/admin/api/router/artifacts", json={"path": "clf", "aliases": {"a": 1}}), 400, "aliases.a")
+    _error(c.post("/admin/api/router/verifiers", json={"path": 5}), 400, "path")
+
+
+def test_key_limits_are_strict_and_an_empty_patch_changes_nothing(admin: tuple[GatewayThread, httpx.Client]) -> None:
+    _, c = admin
+    before = c.get("/admin/api/keys").json()["data"]
+    for body, param in (({"name": "k", "budget_usd": "10"}, "budget_usd"),
+                        ({"name": "k", "rpm_limit": True}, "rpm_limit"),
+                        ({"name": "k", "max_concurrency": 2.0}, "max_concurrency")):
+        _error(c.post("/admin/api/keys", json=body), 400, param)
+    assert c.get("/admin/api/keys").json()["data"] == before
+
+    key = c.post("/admin/api/keys", json={"name": "patched", "rpm_limit": 5}).json()
+    r = c.patch(f"/admin/api/keys/{key['id']}", json={})
+    assert r.status_code == 200 and r.json()["rpm_limit"] == 5, r.text
+    assert c.patch("/admin/api/keys/no-such-key", json={}).status_code == 404
+
+
+def test_text_postgres_cannot_store_is_a_400_naming_the_field(admin: tuple[GatewayThread, httpx.Client]) -> None:
+    _, c = admin
+    keys_before = c.get("/admin/api/keys").json()["data"]
+    cases = [
+        (c.post("/admin/api/keys", json={"name": "a\x00b"}), "name"),
+        (c.post("/admin/api/keys", json={"name": "k", "metadata": {"team": "x\x00"}}), "metadata.team"),
+        (c.post("/admin/api/keys", json={"name": "k", "allowed_models": ["fake-model", "\x00"]}),
+         "allowed_models[1]"),
+        (c.patch("/admin/api/keys/a%00b", json={"rpm_limit": 5}), "key_id"),
+        (c.delete("/admin/api/keys/a%00b"), "key_id"),
+        (c.put("/admin/api/budgets/team:a%00b", json={"limit_usd": 1}), "scope"),
+        (c.put("/admin/api/policies/nul", json={"spec_yaml": "name: nul\n", "comment": "a\x00"}), "comment"),
+        (c.get("/admin/api/console/requests", params={"user": "a\x00b"}), "user"),
+        (c.get("/admin/api/console/requests/a%00b"), "request_id"),
+        (c.get("/admin/api/console/dashboards/spend-by-key", params={"team": "\x00"}), "team"),
+    ]
+    for r, param in cases:
+        assert _error(r, 400, param)["code"] == "invalid_value"
+    assert c.get("/admin/api/keys").json()["data"] == keys_before
+    assert "nul" not in [p["name"] for p in c.get("/admin/api/policies").json()["data"]]
+    assert c.get("/admin/api/budgets").json()["data"] == []
+
+
+def test_a_policy_name_too_long_for_the_index_is_a_422(admin: tuple[GatewayThread, httpx.Client]) -> None:
+    _, c = admin
+    rng = random.Random(1)  # incompressible: Postgres refuses the index entry (a repeated letter compresses)
+    name = "".join(rng.choice(string.ascii_letters) for _ in range(9000))
+    r = c.put(f"/admin/api/policies/{name}", content="selector: {type: fixed}\n", headers=YAML)
+    assert _error(r, 422, "name")["code"] == "invalid_policy"
+
+
+def test_a_policy_that_names_nothing_configured_is_stored_with_a_warning(
+    admin: tuple[GatewayThread, httpx.Client],
+) -> None:
+    _, c = admin
+    spec = "name: ghostly\nselector: {type: fixed, order: [ghost, 'tag:nope', fake-a]}\n"
+    checked = c.post("/admin/api/policies/ghostly/validate", content=spec, headers=YAML).json()
+    assert checked == {"valid": True, "warnings": ["no configured deployment, model or tag matches: ghost, tag:nope"]}
+    stored = c.put("/admin/api/policies/ghostly", content=spec, headers=YAML)
+    assert stored.status_code == 201 and stored.json()["warnings"] == checked["warnings"]
+    shadow = c.put("/admin/api/policies/fake-model", content="selector: {type: fixed}\n", headers=YAML).json()
+    assert shadow["warnings"] == ["'fake-model' is also a configured model: its requests follow this policy"]
+    clean = c.put("/admin/api/policies/plain", content="selector: {type: fixed}\n", headers=YAML).json()
+    assert clean["warnings"] == []
+
+
+def test_a_json_policy_body_names_a_misspelt_or_mistyped_field(admin: tuple[GatewayThread, httpx.Client]) -> None:
+    _, c = admin
+    spec = "name: commented\nselector: {type: fixed}\n"
+    _error(c.put("/admin/api/policies/commented", json={"spec_yaml": spec, "commnet": "why"}), 400, "commnet")
+    _error(c.put("/admin/api/policies/commented", json={"spec_yaml": spec, "comment": 5}), 400, "comment")
+    assert "commented" not in [p["name"] for p in c.get("/admin/api/policies").json()["data"]]
+    r = c.put("/admin/api/policies/commented", json={"spec_yaml": spec, "comment": "why"})
+    assert r.status_code == 201 and r.json()["comment"] == "why"
+
+
+def test_a_policy_error_without_a_field_has_no_empty_param(admin: tuple[GatewayThread, httpx.Client]) -> None:
+    _, c = admin
+    err = _error(c.put("/admin/api/policies/broken", content="::: : [\n", headers=YAML), 422, None)
+    assert err["message"].startswith("Invalid policy: YAML syntax:") and err["details"][0]["line"] == 1
+
