@@ -51,6 +51,7 @@ PAGES = {
     "budgets": "budgets",
     "requests": "requests",
 }
+MAX_LOG_PAGE = 500  # rows a request-log page may ask for
 REQUEST_LOG_COLUMNS = (
     "created_at",
     "id",
@@ -281,9 +282,11 @@ class Console:
         r = tables.requests
         q = self._query(request)
         try:
-            limit = min(max(int(p.get("limit", "50")), 1), 500)
+            limit = int(p.get("limit", "50"))
         except ValueError:
             raise APIError(400, "'limit' must be an integer.", param="limit") from None
+        if not 1 <= limit <= MAX_LOG_PAGE:
+            raise APIError(400, f"'limit' must be between 1 and {MAX_LOG_PAGE}, got {limit}.", param="limit")
         stmt = sa.select(*[r.c[c] for c in REQUEST_LOG_COLUMNS]).where(
             r.c.created_at >= q.since, r.c.created_at < q.until
         )
@@ -297,9 +300,15 @@ class Console:
         ):
             if p.get(param):
                 stmt = stmt.where(r.c[col] == p[param])
-        if p.get("before"):  # keyset pagination: rows older than the last one shown
-            stmt = stmt.where(r.c.created_at < _time("before", p["before"], q.until))
-        stmt = stmt.order_by(r.c.created_at.desc()).limit(limit)
+        if p.get("before"):
+            # keyset pagination on (created_at, id): rows after the last one shown, in the order shown
+            # (created_at alone would skip the rows that share the last one's timestamp)
+            before = _time("before", p["before"], q.until)
+            older = r.c.created_at < before
+            if p.get("before_id"):
+                older = sa.or_(older, sa.and_(r.c.created_at == before, r.c.id < p["before_id"]))
+            stmt = stmt.where(older)
+        stmt = stmt.order_by(r.c.created_at.desc(), r.c.id.desc()).limit(limit)
         async with self.s.engine.connect() as conn:
             rows = [dict(x._mapping) for x in await conn.execute(stmt)]
         for row in rows:
@@ -309,6 +318,7 @@ class Console:
                 "columns": list(REQUEST_LOG_COLUMNS),
                 "data": rows,
                 "next_before": rows[-1]["created_at"] if len(rows) == limit else None,
+                "next_before_id": rows[-1]["id"] if len(rows) == limit else None,
             }
         )
 

@@ -11,9 +11,11 @@ import math
 import os
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from starlette.routing import Route
 
@@ -24,6 +26,7 @@ from tests.support.console import (
     console_gateway,
     seed,
     sql,
+    sync_dsn,
 )
 from tests.support.harness import GatewayThread
 
@@ -220,6 +223,33 @@ def test_request_log_filters_and_detail(env: dict[str, Any]) -> None:
     rid = sql(db, "SELECT request_id FROM feedback LIMIT 1")[0][0]
     detail = _get(admin, f"/admin/api/console/requests/{rid}")
     assert detail["request"]["route_reason"] == "seeded" and detail["attempts"] and detail["feedback"]
+
+
+def test_request_log_pages_every_row_once_when_rows_share_a_timestamp(env: dict[str, Any]) -> None:
+    """Keyset pagination on (created_at, id): five rows logged in the same microsecond, two a page, all
+    come back once (a created_at-only cursor skipped the rest of a page boundary's timestamp)."""
+    admin, db = env["admin"], env["db"]
+    at = datetime.now(UTC) - timedelta(hours=1)
+    with psycopg.connect(sync_dsn(db), autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE tied AS SELECT * FROM requests WHERE id = 'r0'")
+        for i in range(5):
+            conn.execute("UPDATE tied SET id = %s, policy = 'tied-ts', created_at = %s", (f"tied-{i}", at))
+            conn.execute("INSERT INTO requests SELECT * FROM tied")
+    seen: list[str] = []
+    cursor: dict[str, str] = {}
+    for _ in range(5):
+        page = _get(admin, "/admin/api/console/requests", policy="tied-ts", limit="2", **cursor)
+        seen += [r["id"] for r in page["data"]]
+        if not page["next_before"]:
+            break
+        cursor = {"before": page["next_before"], "before_id": page["next_before_id"]}
+    assert sorted(seen) == [f"tied-{i}" for i in range(5)] and len(seen) == 5, seen
+
+
+@pytest.mark.parametrize("limit", ["0", "-5", "501", "1000000000"])
+def test_request_log_limit_out_of_range_is_a_400_naming_it(env: dict[str, Any], limit: str) -> None:
+    r = env["admin"].get("/admin/api/console/requests", params={"limit": limit})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "limit", r.text
 
 
 def test_no_secret_in_any_page_json_csv_or_log_line(env: dict[str, Any]) -> None:

@@ -397,19 +397,21 @@ function initBudgets() {
 
 // ---- request log -------------------------------------------------------------------------
 
-let logBefore = null;
+let logBefore = null;  // the last row shown: (created_at, id), the next page's keyset cursor
+let logBeforeId = null;
 let logGeneration = 0;
 
 async function loadLog(more) {
   const generation = ++logGeneration;  // only the latest query's answer is shown
   const params = new URLSearchParams([...new FormData($("#log-filters")).entries()].filter(([, v]) => v));
-  if (more && logBefore) params.set("before", logBefore);
+  if (more && logBefore) { params.set("before", logBefore); params.set("before_id", logBeforeId); }
   const res = await api("GET", `/admin/api/console/requests?${params}`);
   if (generation !== logGeneration) return;
   if (!res.ok) { flash(errText(res)); return; }
   const cols = res.data.columns;
   const rows = res.data.data;
   logBefore = res.data.next_before;
+  logBeforeId = res.data.next_before_id;
   $("#log-more").hidden = !logBefore;
   const t = table(cols, rows.map((r) => cols.map((c) => fmt(r[c]))),
                   { id: "log", onrow: (i) => openRequest(rows[i].id) });
