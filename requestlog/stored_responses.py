@@ -56,6 +56,8 @@ class ResponseStore:
         return sa.and_(t.c.id == rid, owner)
 
     async def get(self, rid: str, key_id: str | None) -> StoredResponse | None:
+        if "\x00" in rid:  # never stored (ids are generated), and Postgres refuses NUL in a query's text
+            return None
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -69,6 +71,8 @@ class ResponseStore:
         return StoredResponse(row.id, row.response, list(row.input_items), list(row.history))
 
     async def delete(self, rid: str, key_id: str | None) -> bool:
+        if "\x00" in rid:
+            return False
         async with self.engine.begin() as conn:
             result = await conn.execute(t.delete().where(self._owned(rid, key_id)))
         return bool(result.rowcount)

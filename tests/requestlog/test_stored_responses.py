@@ -38,3 +38,15 @@ async def test_a_stored_response_is_read_and_deleted_only_by_its_key(db_url: str
         assert await store.delete("resp_1", "key-a") and await store.get("resp_1", "key-a") is None
     finally:
         await engine.dispose()
+
+
+async def test_an_id_with_a_nul_is_not_found_on_either_database(db_url: str) -> None:
+    """No stored id holds a NUL (ids are generated); Postgres refuses one in a query, which was a 500."""
+    engine = create_async_engine(db_url)
+    try:
+        store = ResponseStore(engine)
+        assert await store.get("resp_\x00", None) is None
+        assert await store.get("resp_\x00", "key-a") is None
+        assert not await store.delete("resp_\x00", None)
+    finally:
+        await engine.dispose()
