@@ -9,6 +9,7 @@ for (a misspelt field read as "not given" would roll a policy back or un-force a
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Annotated, Any, Literal
 
@@ -222,7 +223,8 @@ class AdminHandlers:
         self._check(request)
         spec, _ = await self._policy_text(request)
         try:
-            policy = self.s.router.registry.validate(request.path_params["name"], spec)
+            # a worker thread: a large policy parses for seconds, which traffic would otherwise wait for
+            policy = await asyncio.to_thread(self.s.router.registry.validate, request.path_params["name"], spec)
         except PolicyValidationError as exc:
             raise self._invalid(exc) from None
         return json_response({"valid": True, "warnings": self.s.router.policy_warnings(policy)})

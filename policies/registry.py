@@ -252,7 +252,9 @@ class PolicyRegistry:
     async def _write(
         self, name: str, spec_yaml: str, created_by: str | None, comment: str | None, *, activate: bool
     ) -> PolicyVersion:
-        policy = self.validate(name, spec_yaml)  # raises PolicyValidationError: nothing stored
+        # raises PolicyValidationError: nothing stored. Parsed on a worker thread: a large policy takes
+        # seconds, which the event loop serving traffic would otherwise wait for.
+        policy = await asyncio.to_thread(self.validate, name, spec_yaml)
         async with self._lock:
             for _ in range(5):
                 # stored rows this schema refuses keep their numbers: a new version goes after them

@@ -449,7 +449,7 @@ class Console:
                            param=unknown[0])
         reg = self.s.router.registry
         try:
-            draft = reg.validate(name, spec)
+            draft = await asyncio.to_thread(reg.validate, name, spec)  # seconds for a large policy: off the loop
         except PolicyValidationError as exc:
             return self.json({"valid": False, "errors": exc.as_dicts()}, status=422)
         router = self.s.router

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import random
 import string
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -156,3 +158,28 @@ def test_a_policy_error_without_a_field_has_no_empty_param(admin: tuple[GatewayT
     err = _error(c.put("/admin/api/policies/broken", content="::: : [\n", headers=YAML), 422, None)
     assert err["message"].startswith("Invalid policy: YAML syntax:") and err["details"][0]["line"] == 1
 
+
+
+def test_a_large_policy_is_parsed_while_the_gateway_keeps_answering(
+    admin: tuple[GatewayThread, httpx.Client],
+) -> None:
+    """A policy of a few thousand rules parses for most of a second; it is parsed off the event loop, so a
+    request that arrives meanwhile is answered in a fraction of that (on the loop, it waited it out)."""
+    gw, c = admin
+    rules = "\n".join(f"  - {{name: r{i}, when: {{teams: [t{i}]}}, then: {{forbid: [d{i}]}}}}" for i in range(3500))
+    done: dict[str, float] = {}
+
+    def put() -> None:
+        r = c.put("/admin/api/policies/big-one", content=f"name: big-one\nrules:\n{rules}\n", headers=YAML)
+        done["put"] = time.monotonic()
+        assert r.status_code == 201, r.text
+
+    t0 = time.monotonic()
+    worker = threading.Thread(target=put)
+    worker.start()
+    time.sleep(0.15)
+    asked = time.monotonic()
+    assert httpx.get(gw.base_url + "/healthz", timeout=30).status_code == 200
+    waited = time.monotonic() - asked
+    worker.join()
+    assert "put" in done and waited < (done["put"] - t0) / 2, (waited, done["put"] - t0)

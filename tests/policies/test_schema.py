@@ -232,7 +232,9 @@ def test_yaml_aliases_cannot_expand_a_small_text_into_millions_of_values() -> No
 
 def test_deep_nesting_is_a_validation_error() -> None:
     errs = errors_of("name: p\ndescription: " + "[" * 3000 + "]" * 3000 + "\n")
-    assert errs == [("", None, "collections are nested too deeply")]
+    # libyaml refuses it while parsing, with its line; the pure-Python loader recurses until Python stops it
+    assert errs in ([("", 2, "YAML syntax: exceeded maximum nesting depth")],
+                    [("", None, "collections are nested too deeply")])
 
 
 def test_a_nul_character_is_refused_at_its_line() -> None:
