@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -26,13 +29,50 @@ from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingR
 from gateway.services import Services
 from gateway.storable import read_storable_json, refuse_nul_in_url
 from policies.loader import PolicyValidationError
-from policies.registry import PolicyNotFound, PolicyVersion
+from policies.registry import PolicyNotFound, PolicyRetired, PolicyVersion, Retirement
 from service.artifact_slots import ArtifactPathRefused, RegistryUnavailable, slot_name
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
 
+# RFC 3339's date-time: a full date, a time to the second, and an offset (Z or +hh:mm) that says which
+# instant it is. ISO 8601 shapes Python would also read (no offset, a date alone, week dates) are refused.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+_NAIVE = re.compile(r"\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?")
+MAX_KEY_LIFETIME_S = 100 * 366 * 86400  # expires_in_s bound: far beyond any key's use, far from datetime's end
+
+
+def _expiry(value: Any) -> datetime:
+    """``expires_at`` as given: an RFC 3339 timestamp with its offset, later than now, as UTC."""
+    if not isinstance(value, str):
+        raise PydanticCustomError("rfc3339", "expected an RFC 3339 timestamp string such as 2027-01-31T18:00:00Z")
+    if _NAIVE.fullmatch(value):
+        raise PydanticCustomError(
+            "rfc3339", "the timestamp has no timezone offset: add Z for UTC (2027-01-31T18:00:00Z) or +hh:mm")
+    if not _RFC3339.fullmatch(value):
+        raise PydanticCustomError("rfc3339", "expected an RFC 3339 timestamp such as 2027-01-31T18:00:00Z")
+    frac = re.search(r"\.(\d+)", value)
+    if frac and len(frac.group(1)) > 6:  # Python keeps microseconds: nanoseconds are cut, not refused
+        value = value.replace(frac.group(0), frac.group(0)[:7], 1)
+    try:
+        when = datetime.fromisoformat(value.upper().replace(" ", "T")).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise PydanticCustomError("rfc3339", "not a valid date and time (out of range)") from None
+    if when <= datetime.now(UTC):
+        raise PydanticCustomError(
+            "past_expiry", "must be in the future: {when} has passed (revoke a key to end it now)",
+            {"when": when.isoformat().replace("+00:00", "Z")})
+    return when
+
 
 class KeyLimits(BaseModel):
+    """A key's limits and expiry (POST creates with them; PATCH changes the fields given, null clears one).
+
+    Expiry is given one of two ways, never both: ``expires_at``, an RFC 3339 timestamp with an offset
+    that lies in the future, or ``expires_in_s``, whole seconds from now (as OpenAI's Files API counts
+    ``expires_after.seconds``; the CLI reads durations such as ``7d`` into it). Either is stored as
+    ``expires_at``, the one field key listings show; null for either (on PATCH) removes the expiry.
+    """
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
     allowed_models: list[str] | None = None
@@ -44,6 +84,25 @@ class KeyLimits(BaseModel):
     user: str | None = None
     team: str | None = None
     metadata: dict[str, Any] | None = None
+    expires_at: Annotated[datetime, BeforeValidator(_expiry)] | None = None
+    expires_in_s: Annotated[int, Field(ge=1, le=MAX_KEY_LIFETIME_S)] | None = None
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> KeyLimits:
+        if {"expires_at", "expires_in_s"} <= self.model_fields_set:  # the error names the second field
+            raise ValidationError.from_exception_data(type(self).__name__, [InitErrorDetails(
+                type=PydanticCustomError("expiry_conflict", "give either expires_at or expires_in_s, not both"),
+                loc=("expires_in_s",), input=self.expires_in_s)])
+        return self
+
+    def stored(self, **dump: Any) -> dict[str, Any]:
+        """The fields (``model_dump(**dump)``) as the key store takes them: ``expires_in_s`` becomes
+        ``expires_at``, counted from now."""
+        out = self.model_dump(**dump)
+        if "expires_in_s" in out:
+            seconds = out.pop("expires_in_s")
+            out["expires_at"] = None if seconds is None else datetime.now(UTC) + timedelta(seconds=seconds)
+        return out
 
 
 class KeyCreate(KeyLimits):
@@ -130,14 +189,14 @@ class AdminHandlers:
     async def create_key(self, request: Request) -> Response:
         self._check(request)
         req = validate(KeyCreate, await read_storable_json(request, 64 * 1024))
-        limits = req.model_dump(exclude={"name"}, exclude_none=True)
+        limits = req.stored(exclude={"name"}, exclude_none=True)
         secret, rec = await self.s.keys.create(req.name, **limits)
         return json_response({"key": secret, **rec.public()}, status=201)
 
     async def update_key(self, request: Request) -> Response:
         self._check(request)
         req = validate(KeyLimits, await read_storable_json(request, 64 * 1024))
-        rec = await self.s.keys.update(request.path_params["key_id"], **req.model_dump(exclude_unset=True))
+        rec = await self.s.keys.update(request.path_params["key_id"], **req.stored(exclude_unset=True))
         if rec is None:
             raise APIError(404, "No such key.", code="key_not_found")
         return json_response(rec.public())
@@ -186,13 +245,21 @@ class AdminHandlers:
         err.details = exc.as_dicts()
         return err
 
+    @staticmethod
+    def _retirement_json(r: Retirement | None) -> dict[str, Any] | None:
+        if r is None:
+            return None
+        return {"version": r.version, "retired_at": r.retired_at.isoformat(), "retired_by": r.retired_by}
+
     async def list_policies(self, request: Request) -> Response:
+        """Every stored policy, retired ones too (``retired`` says when and by whom; null while live)."""
         self._check(request)
         reg = self.s.router.registry
         await reg.reload()
         return json_response({"data": [
             {"name": p.name, "active_version": p.active_version, "latest_version": p.latest_version,
-             "versions": p.versions, "description": p.description} for p in reg.list()]})
+             "versions": p.versions, "description": p.description, "retired": self._retirement_json(p.retired)}
+            for p in reg.list()]})
 
     async def get_policy(self, request: Request) -> Response:
         self._check(request)
@@ -205,7 +272,9 @@ class AdminHandlers:
         if not versions:
             raise APIError(404, f"No policy named {name!r}.", code="policy_not_found")
         return json_response({"name": name, "active_version": reg.active_version(name),
-                      "versions": [self._versionjson_response(v) for v in versions]})
+                      "versions": [self._versionjson_response(v) for v in versions],
+                      "retired": self._retirement_json(reg.retired(name)),
+                      "retirements": [self._retirement_json(r) for r in reg.retirements(name)]})
 
     async def put_policy(self, request: Request) -> Response:
         """Create or update (a new version, activated). Validation errors name field and line."""
@@ -238,12 +307,42 @@ class AdminHandlers:
         reg = self.s.router.registry
         try:
             v = await reg.activate(name, version) if version is not None else await reg.rollback(name)
+        except PolicyRetired:
+            raise APIError(409, f"Policy {name!r} is not live, so there is no version to roll back from: name the "
+                           "version to restore ({\"version\": N}) or PUT a new one.", code="policy_retired") from None
         except (PolicyNotFound, KeyError, ValueError) as exc:
             what = f"{name}@{version}" if version is not None else f"the version of {name} before the active one"
             detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             raise APIError(404, f"Cannot activate {what}: no such stored version ({detail}).",
                            param="version" if version is not None else None, code="policy_not_found") from None
         return json_response(self._versionjson_response(v))
+
+    async def retire_policy(self, request: Request) -> Response:
+        """Retire a policy: it stops routing in every gateway process (its name is then an unknown model,
+        404, and leaves /v1/models) and its versions stay stored as history, with who retired it and when.
+        A later PUT routes it again as a new version; activating a stored version restores that one.
+        Refused (409) for the policy the configuration names as ``default_model``."""
+        self._check(request)
+        name = request.path_params["name"]
+        reg = self.s.router.registry
+        await reg.reload()
+        if name not in reg.names():
+            raise APIError(404, f"No policy named {name!r}.", code="policy_not_found")
+        if name == self.s.settings.default_model:
+            raise APIError(409, f"Policy {name!r} is the configured default_model: change default_model in the "
+                           "configuration before retiring it.", code="policy_in_use")
+        who = "console" if session_for(request) is not None else "admin-api"
+        try:
+            r = await reg.retire(name, retired_by=who)
+        except PolicyNotFound:
+            raise APIError(404, f"No policy named {name!r}.", code="policy_not_found") from None
+        except PolicyRetired as exc:
+            when = (f" (retired {exc.retirement.retired_at.isoformat()} by {exc.retirement.retired_by})"
+                    if exc.retirement is not None else "")
+            raise APIError(404, f"No live policy named {name!r}{when}.", code="policy_not_found") from None
+        return json_response({"name": name, "retired": True, "version": r.version,
+                              "retired_at": r.retired_at.isoformat(), "retired_by": r.retired_by,
+                              "versions": len(reg.versions(name))})
 
     async def simulate(self, request: Request) -> Response:
         """The decision and its trace for a request body, without calling any provider."""
@@ -352,6 +451,7 @@ class AdminHandlers:
             Route("/admin/api/policies", self.list_policies, methods=["GET"]),
             Route("/admin/api/policies/{name}", self.get_policy, methods=["GET"]),
             Route("/admin/api/policies/{name}", self.put_policy, methods=["PUT", "POST"]),
+            Route("/admin/api/policies/{name}", self.retire_policy, methods=["DELETE"]),
             Route("/admin/api/policies/{name}/validate", self.validate_policy, methods=["POST"]),
             Route("/admin/api/policies/{name}/activate", self.activate_policy, methods=["POST"]),
             Route("/admin/api/policies/{name}/simulate", self.simulate, methods=["POST"]),

@@ -109,6 +109,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration_s(text: str) -> int | None:
+    """``--expires-in``: whole seconds, or a count with one unit as LiteLLM's ``duration`` takes it
+    (``90s``, ``30m``, ``12h``, ``7d``, ``2w``); None when it is neither."""
+    import re
+
+    m = re.fullmatch(r"([0-9]+)([smhdw]?)", text.strip().lower())
+    return int(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"] if m else None
+
+
 async def _with_keys(s: Settings, fn: Any) -> Any:
     from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -141,13 +153,21 @@ def cmd_keys(args: argparse.Namespace) -> int:
             v = getattr(args, f)
             if v is not None:
                 limits[f] = v
+        if args.expires_at is not None:
+            limits["expires_at"] = args.expires_at
+        if args.expires_in is not None:
+            limits["expires_in_s"] = _duration_s(args.expires_in)
+            if limits["expires_in_s"] is None:
+                print(f"invalid expires_in: {args.expires_in!r} is not a duration such as 3600, 90m, 12h or 7d",
+                      file=sys.stderr)
+                return 2
         try:  # the admin API's own checks: argparse's float() takes "nan", and no type refuses -3
             req = KeyCreate.model_validate({"name": args.name, **limits})
         except ValidationError as exc:
             err = exc.errors(include_url=False)[0]
             print(f"invalid {'.'.join(str(p) for p in err['loc'])}: {err['msg']}", file=sys.stderr)
             return 2
-        limits = req.model_dump(exclude={"name"}, exclude_none=True)
+        limits = req.stored(exclude={"name"}, exclude_none=True)
         secret, rec = asyncio.run(_with_keys(s, lambda ks: ks.create(req.name, **limits)))
         print(json.dumps({"key": secret, **rec.public()}, indent=2))
         print("Store this key now: it is not kept and cannot be shown again.", file=sys.stderr)
@@ -231,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("--max-concurrency", dest="max_concurrency", type=int)
     kc.add_argument("--user")
     kc.add_argument("--team")
+    expiry = kc.add_mutually_exclusive_group()
+    expiry.add_argument("--expires-in", dest="expires_in", metavar="DURATION",
+                        help="refuse the key after this long: seconds, or 30m, 12h, 7d, 2w")
+    expiry.add_argument("--expires-at", dest="expires_at", metavar="TIMESTAMP",
+                        help="refuse the key from this RFC 3339 time on, with its offset: 2027-01-31T18:00:00Z")
     ksub.add_parser("list")
     kr = ksub.add_parser("revoke")
     kr.add_argument("key_id")

@@ -11,8 +11,8 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from gateway.errors import APIError, bad_request, invalid_api_key
-from gateway.keys import ApiKey, KeyStore
+from gateway.errors import APIError, bad_request, expired_api_key, invalid_api_key
+from gateway.keys import ApiKey, KeyExpired, KeyStore
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -132,7 +132,8 @@ def bearer(request: Request) -> str | None:
 
 
 async def authenticate(request: Request, keys: KeyStore, required: bool) -> ApiKey | None:
-    """The caller's key, None for an anonymous caller on a keyless loopback gateway, or 401."""
+    """The caller's key, None for an anonymous caller on a keyless loopback gateway, or 401 (an expired
+    key: 401 ``expired_api_key``, refused where and as a revoked one is)."""
     # Anthropic's SDK sends its key as `x-api-key`; both are accepted everywhere.
     token = bearer(request) or (request.headers.get("x-api-key") or "").strip() or None
     if token is None:
@@ -143,7 +144,12 @@ async def authenticate(request: Request, keys: KeyStore, required: bool) -> ApiK
                 code="missing_api_key",
             )
         return None
-    rec = await keys.authenticate(token)
+    try:
+        rec = await keys.authenticate(token)
+    except KeyExpired as exc:
+        if required:
+            raise expired_api_key(exc.expires_at) from None
+        rec = None
     if rec is None and required:
         raise invalid_api_key()
     return rec

@@ -7,6 +7,7 @@ gateway as exactly that JSON with the matching status.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -75,6 +76,14 @@ def model_not_found(model: str) -> APIError:
 
 def invalid_api_key() -> APIError:
     return APIError(401, "Incorrect API key provided.", type="invalid_request_error", code="invalid_api_key")
+
+
+def expired_api_key(expires_at: datetime) -> APIError:
+    """A key past its expiry: refused as an invalid key is (401, same shape), with its own code and a
+    message that says so, so the caller asks for a new key or an extension instead of checking the key."""
+    when = expires_at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return APIError(401, f"The API key provided expired at {when}. Ask the gateway's administrator to extend "
+                    "it or issue a new one.", type="invalid_request_error", code="expired_api_key")
 
 
 # Upstream failure kind -> (status, type, code, message) the client sees once every attempt has failed.

@@ -3,6 +3,10 @@
 Keys are 256 random bits, so a fast hash is enough (no password stretching needed: there is
 nothing to brute-force); the hash is what the database holds and what lookups use. The
 cleartext key exists only in the create call's return value.
+
+A key may carry an expiry (``expires_at``, UTC): from that instant on it is refused like a revoked
+key, but with its own error, so its holder knows why. The row stays (as a revoked one does), and so
+do its limits and the request log's rows that name it; an admin may extend the expiry later.
 """
 
 from __future__ import annotations
@@ -29,6 +33,15 @@ class KeyNotifier(Protocol):
     async def changed(self, name: str, active_version: int | None) -> None: ...
 
 
+class KeyExpired(Exception):
+    """The key exists and is not revoked, but its ``expires_at`` has passed."""
+
+    def __init__(self, key_id: str, expires_at: datetime) -> None:
+        super().__init__(f"key {key_id} expired at {expires_at.isoformat()}")
+        self.key_id = key_id
+        self.expires_at = expires_at
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -51,16 +64,30 @@ class ApiKey:
     user: str | None = None
     team: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    expires_at: datetime | None = None  # UTC; None: never expires
 
     @property
     def active(self) -> bool:
+        """Not revoked (an expired key is still active in this sense: an admin may extend it)."""
         return self.revoked_at is None
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or datetime.now(UTC))
+
+    @property
+    def status(self) -> str:
+        """``revoked`` (final), ``expired`` (until an admin extends it) or ``active``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.expired() else "active"
 
     def public(self) -> dict[str, Any]:
         return {
             "id": self.id, "name": self.name, "key_prefix": self.key_prefix,
             "created_at": self.created_at.isoformat(),
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "status": self.status,
             "allowed_models": self.allowed_models, "budget_usd": self.budget_usd,
             "budget_period": self.budget_period, "rpm_limit": self.rpm_limit, "tpm_limit": self.tpm_limit,
             "max_concurrency": self.max_concurrency, "user": self.user, "team": self.team,
@@ -68,14 +95,17 @@ class ApiKey:
         }
 
 
+def _utc(value: Any) -> Any:
+    """A stored timestamp as an aware UTC datetime (None stays None)."""
+    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def _row_to_key(row: Any) -> ApiKey:
     m = row._mapping
-    created = m["created_at"]
-    revoked = m["revoked_at"]
     return ApiKey(
         id=m["id"], name=m["name"], key_prefix=m["key_prefix"],
-        created_at=created if created.tzinfo else created.replace(tzinfo=UTC),
-        revoked_at=(revoked if revoked is None or revoked.tzinfo else revoked.replace(tzinfo=UTC)),
+        created_at=_utc(m["created_at"]), revoked_at=_utc(m["revoked_at"]),
+        expires_at=_utc(m["expires_at"]),
         allowed_models=m["allowed_models"], budget_usd=m["budget_usd"], budget_period=m["budget_period"],
         rpm_limit=m["rpm_limit"], tpm_limit=m["tpm_limit"], max_concurrency=m["max_concurrency"],
         user=m["user"], team=m["team"], metadata=m["metadata"] or {},
@@ -88,8 +118,11 @@ class KeyStore:
     A change made through this store (revoke, update) takes effect here at once and is announced
     through ``notifier`` (Redis pub/sub): every process subscribed calls :meth:`invalidate` within
     milliseconds. Positive entries live `ttl_s`, the fallback when the announcement is lost (no
-    Redis, or Redis down). Unknown hashes are cached briefly too, so a client hammering with a bad
-    key cannot hammer the database.
+    Redis, or Redis down), and never past the key's expiry: the next lookup after it reads the
+    database, so an expiry extended by another process without Redis is seen then. Expiry needs no
+    announcement: every lookup, cached or not, compares it with this process's clock. Unknown (and
+    expired) hashes are cached briefly too, so a client hammering with a bad key cannot hammer the
+    database.
     """
 
     def __init__(self, engine: AsyncEngine, ttl_s: float = 5.0, negative_ttl_s: float = 2.0,
@@ -116,7 +149,9 @@ class KeyStore:
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         rec = ApiKey(id=uuid.uuid4().hex[:16], name=name, key_prefix=secret[:10], created_at=datetime.now(UTC),
                      **limits)
-        values = rec.public() | {"key_hash": hash_key(secret), "created_at": rec.created_at, "revoked_at": None}
+        values = {k: v for k, v in rec.public().items() if k != "status"} | {
+            "key_hash": hash_key(secret), "created_at": rec.created_at, "revoked_at": None,
+            "expires_at": rec.expires_at}
         async with self._engine.begin() as conn:
             await conn.execute(api_keys.insert().values(**values))
         return secret, rec
@@ -152,12 +187,13 @@ class KeyStore:
         return bool(res.rowcount)
 
     async def authenticate(self, secret: str) -> ApiKey | None:
-        """The active key for this cleartext, or None (unknown or revoked)."""
+        """The usable key for this cleartext, or None (unknown or revoked). Raises
+        :class:`KeyExpired` for a key past its ``expires_at``."""
         h = hash_key(secret)
         now = time.monotonic()
         hit = self._cache.get(h)
         if hit is not None and hit[0] > now:
-            return hit[1]
+            return _unexpired(hit[1])
         generation = self._generation
         async with self._engine.connect() as conn:
             row = (await conn.execute(sa.select(api_keys).where(api_keys.c.key_hash == h))).first()
@@ -165,8 +201,19 @@ class KeyStore:
         if rec is not None and not rec.active:
             rec = None
         if generation != self._generation:
-            return rec  # a change was announced while we read: do not cache what may predate it
+            return _unexpired(rec)  # a change was announced while we read: do not cache what may predate it
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[h] = (now + (self._ttl if rec else self._neg_ttl), rec)
-        return rec
+        ttl = self._ttl if rec is not None else self._neg_ttl
+        if rec is not None and rec.expires_at is not None:
+            left = (rec.expires_at - datetime.now(UTC)).total_seconds()
+            ttl = min(ttl, left) if left > 0 else self._neg_ttl  # a usable key's entry ends at its expiry
+        self._cache[h] = (now + ttl, rec)
+        return _unexpired(rec)
+
+
+def _unexpired(rec: ApiKey | None) -> ApiKey | None:
+    """``rec``, unless it has expired by now: then :class:`KeyExpired`."""
+    if rec is not None and rec.expires_at is not None and rec.expired():
+        raise KeyExpired(rec.id, rec.expires_at)
+    return rec

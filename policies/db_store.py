@@ -1,29 +1,38 @@
-"""`PolicyStore` over the ``policies`` / ``policy_active`` tables (SQLAlchemy async Core).
+"""`PolicyStore` over the ``policies`` / ``policy_active`` / ``policy_retirements`` tables
+(SQLAlchemy async Core).
 
 Works on PostgreSQL and SQLite (the tables come from `requestlog.tables`; migrations create
 them). The ``(name, version)`` primary key is what turns two processes writing the same version
-at once into a `VersionConflict` for one of them instead of a lost update.
+at once into a `VersionConflict` for one of them instead of a lost update. A retirement deletes
+the ``policy_active`` row and records itself in one transaction, so every process that polls sees
+both or neither.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from policies.registry import StoredPolicy, VersionConflict
+from policies.registry import Retirement, StoredPolicy, VersionConflict
 from requestlog.tables import policies as policies_table
 from requestlog.tables import policy_active as active_table
+from requestlog.tables import policy_retirements as retirements_table
 
 
 class DbPolicyStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def load(self) -> tuple[list[StoredPolicy], dict[str, int]]:
+    async def load(self) -> tuple[list[StoredPolicy], dict[str, int], list[Retirement]]:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(sa.select(policies_table))).mappings().all()
             active = (await conn.execute(sa.select(active_table.c.name, active_table.c.version))).all()
+            retired = (await conn.execute(
+                sa.select(retirements_table).order_by(retirements_table.c.retired_at, retirements_table.c.id)
+            )).mappings().all()
         stored = [
             StoredPolicy(
                 name=r["name"],
@@ -35,7 +44,8 @@ class DbPolicyStore:
             )
             for r in rows
         ]
-        return stored, {name: version for name, version in active}
+        retirements = [Retirement(r["name"], r["version"], r["retired_at"], r["retired_by"]) for r in retired]
+        return stored, {name: version for name, version in active}, retirements
 
     async def insert(self, row: StoredPolicy) -> None:
         try:
@@ -68,3 +78,14 @@ class DbPolicyStore:
             except IntegrityError:
                 continue
         raise RuntimeError(f"could not set active version of {name}")
+
+    async def retire(self, name: str, retired_at: datetime, retired_by: str | None) -> Retirement | None:
+        async with self._engine.begin() as conn:
+            version = (await conn.execute(
+                active_table.delete().where(active_table.c.name == name).returning(active_table.c.version)
+            )).scalar_one_or_none()
+            if version is None:
+                return None
+            await conn.execute(retirements_table.insert().values(
+                name=name, version=version, retired_at=retired_at, retired_by=retired_by))
+        return Retirement(name, version, retired_at, retired_by)

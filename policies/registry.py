@@ -5,6 +5,12 @@ and, by default, activates it. Rollback re-activates an older version; nothing i
 place, so the request log's ``(policy, policy_version)`` always names the exact spec that routed
 a request.
 
+Retiring a policy takes its active pointer away (it stops routing everywhere, like an unknown model)
+and records who retired it and when; its versions stay stored as history. A later write of the same
+name continues the numbering and routes again, and activating a stored version restores it. Seeding
+from a folder at start does not bring a retired policy back unless its file holds text no stored
+version has (`seed_dir`).
+
 The request path only calls `PolicyRegistry.active` (a dict lookup, no I/O). Hot reload has two
 paths. Push: after every change the registry tells its `PolicyNotifier` (with Redis configured,
 `state.policy_events.RedisPolicyEvents` publishes it and every process reloads on the message,
@@ -60,12 +66,23 @@ class PolicyVersion:
 
 
 @dataclass(frozen=True, slots=True)
+class Retirement:
+    """One retirement of a policy: the version that was live, when, and by whom (kept as history)."""
+
+    name: str
+    version: int | None
+    retired_at: datetime
+    retired_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PolicySummary:
     name: str
     active_version: int | None
     latest_version: int
     versions: int
     description: str
+    retired: Retirement | None = None
 
 
 class VersionConflict(Exception):
@@ -80,11 +97,21 @@ class PolicyExists(ValueError):
     pass
 
 
+class PolicyRetired(LookupError):
+    """The policy is stored but not live (retired: ``retirement`` says when and by whom), so there
+    is nothing to retire again or to roll back from."""
+
+    def __init__(self, name: str, retirement: Retirement | None) -> None:
+        super().__init__(f"{name} is not live")
+        self.name = name
+        self.retirement = retirement
+
+
 class PolicyStore(Protocol):
     """Persistence for the registry (the DB-backed one is `policies.db_store.DbPolicyStore`)."""
 
-    async def load(self) -> tuple[list[StoredPolicy], dict[str, int]]:
-        """Every stored version, and name → active version."""
+    async def load(self) -> tuple[list[StoredPolicy], dict[str, int], list[Retirement]]:
+        """Every stored version, name → active version, and every retirement (oldest first)."""
         ...
 
     async def insert(self, row: StoredPolicy) -> None:
@@ -92,6 +119,12 @@ class PolicyStore(Protocol):
         ...
 
     async def set_active(self, name: str, version: int) -> None: ...
+
+    async def retire(self, name: str, retired_at: datetime, retired_by: str | None) -> Retirement | None:
+        """Remove ``name``'s active pointer and record the retirement, atomically; the recorded
+        `Retirement` names the version that was live. None (nothing recorded) when the name has no
+        active pointer: another process retired it first."""
+        ...
 
 
 class PolicyNotifier(Protocol):
@@ -108,9 +141,10 @@ class InMemoryPolicyStore:
     def __init__(self) -> None:
         self.rows: dict[tuple[str, int], StoredPolicy] = {}
         self.active: dict[str, int] = {}
+        self.retirements: list[Retirement] = []
 
-    async def load(self) -> tuple[list[StoredPolicy], dict[str, int]]:
-        return list(self.rows.values()), dict(self.active)
+    async def load(self) -> tuple[list[StoredPolicy], dict[str, int], list[Retirement]]:
+        return list(self.rows.values()), dict(self.active), list(self.retirements)
 
     async def insert(self, row: StoredPolicy) -> None:
         if (row.name, row.version) in self.rows:
@@ -119,6 +153,14 @@ class InMemoryPolicyStore:
 
     async def set_active(self, name: str, version: int) -> None:
         self.active[name] = version
+
+    async def retire(self, name: str, retired_at: datetime, retired_by: str | None) -> Retirement | None:
+        version = self.active.pop(name, None)
+        if version is None:
+            return None
+        r = Retirement(name, version, retired_at, retired_by)
+        self.retirements.append(r)
+        return r
 
 
 class PolicyRegistry:
@@ -135,6 +177,7 @@ class PolicyRegistry:
         self._versions: dict[str, dict[int, PolicyVersion]] = {}
         self._active: dict[str, int] = {}
         self._active_policy: dict[str, Policy] = {}  # the request path reads only this
+        self._retirements: dict[str, list[Retirement]] = {}  # oldest first, per name
         self._lock = asyncio.Lock()
         # Stored rows this schema refuses, and active versions that name no usable row: each is logged
         # once, not again on every poll (a row never changes, and polling runs every second).
@@ -151,7 +194,20 @@ class PolicyRegistry:
         return self._active.get(name)
 
     def names(self) -> list[str]:
+        """Every stored policy, retired ones included."""
         return sorted(self._versions)
+
+    def retired(self, name: str) -> Retirement | None:
+        """The retirement that took ``name`` out of routing, or None while it is live (or unknown)."""
+        if name in self._active or name not in self._versions:
+            return None
+        history = self._retirements.get(name)
+        return history[-1] if history else None
+
+    def retirements(self, name: str) -> list[Retirement]:
+        """Every retirement of ``name``, oldest first (a policy retired, written again and retired
+        again has two)."""
+        return list(self._retirements.get(name, ()))
 
     def get(self, name: str, version: int | None = None) -> PolicyVersion:
         """A version (the active one by default)."""
@@ -174,7 +230,7 @@ class PolicyRegistry:
             vs = self._versions[name]
             act = self._active.get(name)
             shown = vs[act] if act in vs else vs[max(vs)]
-            out.append(PolicySummary(name, act, max(vs), len(vs), shown.policy.description))
+            out.append(PolicySummary(name, act, max(vs), len(vs), shown.policy.description, self.retired(name)))
         return out
 
     @staticmethod
@@ -211,29 +267,55 @@ class PolicyRegistry:
     async def put(
         self, name: str, spec_yaml: str, *, created_by: str | None = None, comment: str | None = None
     ) -> PolicyVersion:
-        """Create or update; a spec identical to the active one writes nothing (idempotent seeding)."""
+        """Create or update; a spec identical to the active one writes nothing (idempotent seeding).
+        A retired policy gets a new version whatever its text, and routes again."""
         await self.reload()
-        if name in self._versions:
+        if name in self._active:
             cur = self.get(name)
             if cur.row.spec_yaml == spec_yaml:
                 return cur
-            return await self._write(name, spec_yaml, created_by, comment, activate=True)
         return await self._write(name, spec_yaml, created_by, comment, activate=True)
 
     async def activate(self, name: str, version: int) -> PolicyVersion:
-        pv = self.get(name, version)
-        await self.store.set_active(name, version)
-        self._set_active(name, version)
+        """Make a stored version live (a retired policy routes again). Under the lock, so a reload
+        that read the store before this write cannot undo it here until the next poll."""
+        async with self._lock:
+            pv = self.get(name, version)
+            await self.store.set_active(name, version)
+            self._set_active(name, version)
         await self._notify(name)
         return pv
 
+    async def retire(self, name: str, *, retired_by: str | None = None) -> Retirement:
+        """Take a live policy out of routing in every process; its versions stay stored.
+
+        `PolicyNotFound` for a name never stored, `PolicyRetired` when it is not live (retired here
+        or by another process)."""
+        async with self._lock:
+            await self._reload_locked()
+            if name not in self._versions:
+                raise PolicyNotFound(name)
+            if name not in self._active:
+                raise PolicyRetired(name, self.retired(name))
+            r = await self.store.retire(name, self._clock(), retired_by)
+            if r is None:  # another process retired it between our reload and the write
+                await self._reload_locked()
+                raise PolicyRetired(name, self.retired(name))
+            self._retirements.setdefault(name, []).append(r)
+            self._drop_active(name)
+        await self._notify(name)
+        return r
+
     async def rollback(self, name: str, version: int | None = None) -> PolicyVersion:
-        """Re-activate ``version``, or the newest version older than the active one."""
+        """Re-activate ``version``, or the newest version older than the active one (`PolicyRetired`
+        for a retired policy: there is no active one to go back from)."""
         await self.reload()
         if name not in self._versions:
             raise PolicyNotFound(name)
+        if version is None and name not in self._active:
+            raise PolicyRetired(name, self.retired(name))
         if version is None:
-            cur = self._active.get(name, max(self._versions[name]))
+            cur = self._active[name]
             older = [v for v in self._versions[name] if v < cur]
             if not older:
                 raise PolicyNotFound(f"{name}: no version before v{cur}")
@@ -241,11 +323,22 @@ class PolicyRegistry:
         return await self.activate(name, version)
 
     async def seed_dir(self, path: str | Path, *, created_by: str = "seed") -> list[PolicyVersion]:
-        """Store every policy file of a folder (e.g. the shipped examples) via `put`."""
+        """Store every policy file of a folder (e.g. the shipped examples) via `put`.
+
+        A retired policy stays retired while its file holds text already stored as one of its
+        versions (the file is unchanged since it was seeded, or since an admin wrote that text), so
+        a restart never undoes a retirement; a file with new text is stored and routes again, as
+        any new version would. Returns the versions now live from these files."""
         out = []
+        await self.reload()
         for p in sorted(Path(path).glob("*.y*ml")):
             text = p.read_text(encoding="utf-8")
             name = parse_policy(text, default_name=p.stem, source=str(p)).name
+            retired = self.retired(name)
+            if retired is not None and any(v.row.spec_yaml == text for v in self._versions[name].values()):
+                log.info("policy %s is retired (%s by %s) and %s is unchanged: not seeded again",
+                         name, retired.retired_at.isoformat(), retired.retired_by, p.name)
+                continue
             out.append(await self.put(name, text, created_by=created_by, comment=f"from {p.name}"))
         return out
 
@@ -283,6 +376,10 @@ class PolicyRegistry:
         self._active[name] = version
         self._active_policy[name] = self._versions[name][version].policy
 
+    def _drop_active(self, name: str) -> None:
+        self._active.pop(name, None)
+        self._active_policy.pop(name, None)
+
     async def _notify(self, name: str) -> None:
         """Announce a stored change. Never fails the change: it is committed, and polling carries it."""
         if self.notifier is None:
@@ -300,8 +397,12 @@ class PolicyRegistry:
             return await self._reload_locked()
 
     async def _reload_locked(self) -> bool:
-        rows, active = await self.store.load()
+        rows, active, retirements = await self.store.load()
         changed = False
+        history: dict[str, list[Retirement]] = {}
+        for r in retirements:
+            history.setdefault(r.name, []).append(r)
+        self._retirements = history
         for row in rows:
             known = self._versions.get(row.name, {})
             if row.version in known or (row.name, row.version) in self._unusable:
@@ -323,6 +424,10 @@ class PolicyRegistry:
                 elif (name, version) not in self._reported_active:
                     self._reported_active.add((name, version))
                     log.error("active version %s v%d is missing or invalid; keeping v%s", name, version, self._active.get(name))
+        # An active pointer gone from the store is a retirement (the only write that removes one).
+        for name in [n for n in self._active if n not in active]:
+            self._drop_active(name)
+            changed = True
         return changed
 
     async def run_reload_loop(

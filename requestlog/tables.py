@@ -177,8 +177,9 @@ api_keys = sa.Table(
     _str("user"),
     _str("team"),
     sa.Column("metadata", JSON_TYPE),
+    sa.Column("expires_at", UtcDateTime()),  # NULL: never expires
 )
-"""Client keys (only the hash is stored) with their limits."""
+"""Client keys (only the hash is stored) with their limits and expiry."""
 
 policies = sa.Table(
     "policies",
@@ -198,7 +199,18 @@ policy_active = sa.Table(
     _str("name", primary_key=True),
     sa.Column("version", sa.Integer(), nullable=False),
 )
-"""Which version of each policy is live (one row per policy name)."""
+"""Which version of each policy is live (one row per policy name; none while it is retired)."""
+
+policy_retirements = sa.Table(
+    "policy_retirements",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    _str("name", nullable=False, index=True),
+    sa.Column("version", sa.Integer()),  # the version that was live
+    sa.Column("retired_at", UtcDateTime(), nullable=False),
+    _str("retired_by"),
+)
+"""Every retirement of a policy (who, when, which version was live): history that outlives it."""
 
 router_artifacts = sa.Table(
     "router_artifacts",

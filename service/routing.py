@@ -441,14 +441,14 @@ class GatewayRouter:
                 bandit.load_totals(totals)
 
     def model_cards(self) -> list[dict[str, Any]]:
-        """OpenAI's model objects for every configured model and policy, each with the context window it
+        """OpenAI's model objects for every configured model and live policy, each with the context window it
         serves (`_card`)."""
         cards = [_card(m, self._created, ds[0].provider, largest_context_window(ds))
                  for m, ds in self.catalog.by_model.items()]
         for p in self.registry.list():
-            if p.name not in self.catalog.by_model:
-                policy = self.registry.active(p.name)
-                window = policy_context_window(policy, self.catalog.deployments) if policy is not None else None
+            policy = self.registry.active(p.name)
+            if p.name not in self.catalog.by_model and policy is not None:  # a retired policy is not offered
+                window = policy_context_window(policy, self.catalog.deployments)
                 cards.append(_card(p.name, self._created, "hybridgate-policy", window))
         return cards
 

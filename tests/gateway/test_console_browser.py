@@ -7,6 +7,7 @@ import csv
 import io
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from tests.support.console import (
     console_gateway,
     seed,
 )
+from tests.support.wait import wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -157,6 +159,52 @@ def test_policy_validate_at_line_fix_simulate_estimate_activate_and_roll_back(pa
     assert "Rolled back console-draft to version 1" in page.locator("#flash").inner_text()
 
 
+def test_policy_retire_asks_first_stops_routing_and_saving_brings_it_back(env: dict[str, Any], page: Any) -> None:
+    base, key = env["gw"].base_url, env["key"]
+    spec = GOOD_POLICY.replace("console-draft", "retire-me")
+    with httpx.Client(base_url=base, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+        assert admin.put("/admin/api/policies/retire-me", json={"spec_yaml": spec}).status_code == 201
+
+        def chat() -> int:
+            return httpx.post(f"{base}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                              json={"model": "retire-me", "messages": [{"role": "user", "content": "hi"}]}).status_code
+
+        assert chat() == 200
+        page.goto("/admin/policies")
+        page.click("a[data-policy='retire-me']")
+        page.wait_for_selector("#policy-versions[data-active='1']")
+        asked: list[str] = []
+
+        def answer(accept: bool) -> Any:
+            def handle(dialog: Any) -> None:
+                asked.append(dialog.message)
+                dialog.accept() if accept else dialog.dismiss()
+            return handle
+
+        page.once("dialog", answer(False))  # cancelled: nothing changes
+        page.click("#btn-retire")
+        assert len(asked) == 1 and "Retire policy retire-me?" in asked[0]
+        assert admin.get("/admin/api/policies/retire-me").json()["active_version"] == 1
+
+        page.once("dialog", answer(True))
+        page.click("#btn-retire")
+        page.wait_for_selector("#policy-versions[data-retired='1'][data-active='']")
+        sync_api.expect(page.locator("#flash")).to_have_text("Retired retire-me (was version 1).")
+        assert "(retired)" in page.locator("a[data-policy='retire-me']").inner_text()
+        assert "retired" in page.locator("#policy-title").inner_text()
+        assert chat() == 404
+        assert admin.get("/admin/api/policies/retire-me").json()["retired"]["retired_by"] == "console"
+        _shot(page, "policy-retired")
+
+        page.once("dialog", answer(True))  # retiring it again: the API's error, shown like the other actions'
+        page.click("#btn-retire")
+        sync_api.expect(page.locator("#flash")).to_contain_text("No live policy named 'retire-me'")
+
+        page.click("#btn-activate")  # saving the open text makes it live again, as the next version
+        page.wait_for_selector("#policy-versions[data-active='2'][data-retired='']")
+        assert chat() == 200
+
+
 def test_new_key_secret_is_shown_exactly_once(page: Any) -> None:
     page.goto("/admin/keys")
     page.fill("#key-form input[name=name]", "browser-key")
@@ -289,7 +337,8 @@ def test_an_ended_session_is_reported_where_the_operator_acts(fresh: dict[str, A
 def test_policy_buttons_without_an_open_policy_ask_for_one(fresh: dict[str, Any]) -> None:
     pg = fresh["page"]
     pg.goto("/admin/policies")
-    for button in ("#btn-validate", "#btn-evaluate", "#btn-activate", "#btn-rollback", "#diff-form button"):
+    for button in ("#btn-validate", "#btn-evaluate", "#btn-activate", "#btn-rollback", "#btn-retire",
+                   "#diff-form button"):
         pg.evaluate("() => { document.querySelector('#flash').textContent = ''; }")
         pg.click(button)
         sync_api.expect(pg.locator("#flash")).to_contain_text("Open a policy", timeout=5_000)
@@ -306,3 +355,27 @@ def test_a_key_budget_without_a_period_shows_the_period_it_is_enforced_over(
     row = pg.locator(f"tr[data-key='{key['id']}']")
     row.wait_for()
     assert "5 / month" in row.inner_text()  # a key budget's period defaults to a month, not "total"
+
+
+def test_the_keys_page_shows_each_keys_expiry_and_sets_one(env: dict[str, Any], fresh: dict[str, Any]) -> None:
+    with httpx.Client(base_url=env["gw"].base_url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+        lapsed = admin.post("/admin/api/keys", json={"name": "lapsed-demo", "expires_in_s": 1}).json()
+    when = datetime.fromisoformat(lapsed["expires_at"])
+    wait_until(lambda: datetime.now(UTC) > when, what="the demo key's expiry")
+    pg = fresh["page"]
+    pg.goto("/admin/keys")
+    row = pg.locator(f"tr[data-key='{lapsed['id']}']")
+    row.wait_for()
+    cells = row.locator("td").all_inner_texts()
+    assert cells[-2] == "expired" and cells[-3] == f"{lapsed['expires_at'][:19].replace('T', ' ')} UTC", cells
+    assert row.locator("button", has_text="Revoke").count() == 1  # an expired key can still be revoked
+
+    pg.fill("#key-form input[name=name]", "contractor-until-2099")
+    pg.fill("#key-form input[name=expires_at]", "2099-01-31T18:00")
+    pg.click("#key-form button")
+    made = pg.locator("#keys tr", has_text="contractor-until-2099")
+    made.wait_for()
+    utc = pg.evaluate("() => new Date('2099-01-31T18:00').toISOString()")  # the browser's local time, in UTC
+    cells = made.locator("td").all_inner_texts()
+    assert cells[-2] == "active" and cells[-3] == f"{utc[:19].replace('T', ' ')} UTC", cells
+    assert fresh["pageerror"] == []

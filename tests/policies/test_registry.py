@@ -158,7 +158,7 @@ async def test_a_new_version_goes_after_an_unusable_stored_one() -> None:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def db_engine(request, tmp_path) -> AsyncIterator:
-    from requestlog.tables import policies, policy_active
+    from requestlog.tables import policies, policy_active, policy_retirements
 
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"
@@ -166,7 +166,7 @@ async def db_engine(request, tmp_path) -> AsyncIterator:
         url = request.getfixturevalue("fresh_pg_url")
     engine = create_async_engine(url)
     async with engine.begin() as conn:
-        await conn.run_sync(lambda c: sa.MetaData().create_all(c, tables=[policies, policy_active]))
+        await conn.run_sync(lambda c: sa.MetaData().create_all(c, tables=[policies, policy_active, policy_retirements]))
     yield engine
     await engine.dispose()
 

@@ -22,6 +22,7 @@ EXPECTED_TABLES = {
     "api_keys",
     "policies",
     "policy_active",
+    "policy_retirements",
     "router_artifacts",
     "bandit_totals",
     "scope_budgets",

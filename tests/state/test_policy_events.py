@@ -29,11 +29,11 @@ LONG_POLL_S = 30.0  # far longer than any wait below: whatever arrives in time c
 
 @pytest.fixture()
 async def pg_engine(fresh_pg_url: str) -> AsyncIterator[AsyncEngine]:
-    from requestlog.tables import policies, policy_active
+    from requestlog.tables import policies, policy_active, policy_retirements
 
     engine = create_async_engine(fresh_pg_url)
     async with engine.begin() as conn:
-        await conn.run_sync(lambda c: sa.MetaData().create_all(c, tables=[policies, policy_active]))
+        await conn.run_sync(lambda c: sa.MetaData().create_all(c, tables=[policies, policy_active, policy_retirements]))
     yield engine
     await engine.dispose()
 

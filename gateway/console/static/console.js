@@ -170,7 +170,7 @@ async function loadPolicyList() {
   const res = await api("GET", "/admin/api/policies");
   if (!res.ok) { flash(errText(res)); return; }
   $("#policy-list").replaceChildren(...res.data.data.map((p) => el("li", {},
-    el("a", { href: "#", "data-policy": p.name, text: `${p.name} (v${p.active_version ?? "-"})`,
+    el("a", { href: "#", "data-policy": p.name, text: `${p.name} (${p.retired ? "retired" : `v${p.active_version ?? "-"}`})`,
               onclick: (ev) => { ev.preventDefault(); openPolicy(p.name); } }))));
 }
 
@@ -180,12 +180,14 @@ async function openPolicy(name, fresh) {
   $("#estimate-out").replaceChildren();
   $("#policy-title").textContent = name;
   if (fresh) {
-    current = { name, versions: [], active_version: null };
+    current = { name, versions: [], active_version: null, retired: null };
     $("#policy-yaml").value = NEW_POLICY(name);
   } else {
     const res = await api("GET", `/admin/api/policies/${encodeURIComponent(name)}`);
     if (!res.ok) { flash(errText(res)); return; }
-    current = { name, versions: res.data.versions, active_version: res.data.active_version };
+    current = { name, versions: res.data.versions, active_version: res.data.active_version, retired: res.data.retired };
+    const r = current.retired;
+    if (r) $("#policy-title").textContent = `${name} (retired ${r.retired_at} by ${r.retired_by || "unknown"}; was v${r.version ?? "-"})`;
     const active = current.versions.find((v) => v.active) || current.versions[current.versions.length - 1];
     $("#policy-yaml").value = active.spec_yaml;
   }
@@ -193,6 +195,7 @@ async function openPolicy(name, fresh) {
     current.versions.map((v) => [String(v.version), v.active ? "yes" : "", v.created_at || "", v.comment || ""]),
     { id: "versions-table" }));
   $("#policy-versions").setAttribute("data-active", String(current.active_version ?? ""));
+  $("#policy-versions").setAttribute("data-retired", current.retired ? "1" : "");
   renderGutter();
 }
 
@@ -264,6 +267,21 @@ async function rollbackPolicy() {
   flash(rolled);
 }
 
+// Retiring stops the policy routing in every gateway process (its name becomes an unknown model); its
+// versions stay as history, and saving it again makes it live as a new version.
+async function retirePolicy() {
+  if (!policyOpen()) return;
+  const name = current.name;
+  if (!window.confirm(`Retire policy ${name}? Requests naming it will get "model not found" in every ` +
+                      "gateway process. Its versions are kept; saving it again makes it live.")) return;
+  const res = await api("DELETE", `/admin/api/policies/${encodeURIComponent(name)}`);
+  if (!res.ok) { flash(errText(res)); return; }
+  const retired = `Retired ${name} (was version ${res.data.version}).`;
+  await loadPolicyList();
+  await openPolicy(name);
+  flash(retired);
+}
+
 function initPolicies() {
   loadPolicyList();
   $("#policy-yaml").addEventListener("input", () => renderGutter());
@@ -275,6 +293,7 @@ function initPolicies() {
   $("#btn-evaluate").addEventListener("click", evaluatePolicy);
   $("#btn-activate").addEventListener("click", activatePolicy);
   $("#btn-rollback").addEventListener("click", rollbackPolicy);
+  $("#btn-retire").addEventListener("click", retirePolicy);
   $("#diff-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     if (!policyOpen()) return;
@@ -322,15 +341,18 @@ async function loadKeys() {
   if (!res.ok) { flash(errText(res)); return; }
   const t = el("table", { id: "keys" });
   t.append(el("thead", {}, el("tr", {}, ...["id", "name", "prefix", "models", "budget", "spent", "rpm", "tpm",
-    "user", "team", "status", ""].map((c) => el("th", { text: c })))));
+    "user", "team", "expires", "status", ""].map((c) => el("th", { text: c })))));
   const tb = el("tbody");
   for (const k of res.data.data) {
     const revoked = !!k.revoked_at;
+    // the server's status, or "expired" when the expiry passed while the page was open
+    const expired = !revoked && k.expires_at && Date.parse(k.expires_at) <= Date.now();
     tb.append(el("tr", { "data-key": k.id },
       ...[k.id, k.name, k.key_prefix + "…", (k.allowed_models || ["all"]).join(","),
           k.budget_usd != null ? `${fmt(k.budget_usd)} / ${k.spend_period}` : "",
           `${fmt(k.spent_usd)} (${k.spend_period})`, fmt(k.rpm_limit), fmt(k.tpm_limit), k.user || "", k.team || "",
-          revoked ? "revoked" : "active"].map((c) => el("td", { text: c })),
+          k.expires_at ? `${k.expires_at.slice(0, 19).replace("T", " ")} UTC` : "never",
+          expired ? "expired" : k.status].map((c) => el("td", { text: c })),
       el("td", {}, revoked ? "" : el("button", { type: "button", text: "Revoke", onclick: async () => {
         const res = await api("DELETE", `/admin/api/keys/${encodeURIComponent(k.id)}`);
         if (!res.ok) { flash(errText(res)); return; }
@@ -350,6 +372,11 @@ function initKeys() {
       if (k === "allowed_models") body[k] = v.split(",").map((s) => s.trim()).filter(Boolean);
       else if (["budget_usd"].includes(k)) body[k] = parseFloat(v);
       else if (["rpm_limit", "tpm_limit"].includes(k)) body[k] = parseInt(v, 10);
+      else if (k === "expires_at") {  // the browser's local date and time, sent as the UTC instant it names
+        const when = new Date(v);
+        if (isNaN(when)) { flash(`Invalid expiry: ${v}`); return; }
+        body[k] = when.toISOString();
+      }
       else body[k] = v;
     }
     const res = await api("POST", "/admin/api/keys", body);
