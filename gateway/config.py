@@ -148,7 +148,8 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     http: HttpSettings = Field(default_factory=HttpSettings)
-    default_model: str | None = Field(default=None, description="model used when a request names 'default'")
+    default_model: str | None = Field(
+        default=None, description="model or policy that serves a request for the model `default` (None: `default` is unknown)")
     policies_dir: str | None = Field(
         default=None, description="policy YAML files stored (as new versions when changed) at start")
     policy_reload_s: float = Field(

@@ -46,6 +46,8 @@ from service.executor import Execution
 from service.routing import Route
 
 _JSON = "application/json"
+# a request for this model is served by the configured `default_model` (a model or policy name), if any
+DEFAULT_MODEL_ALIAS = "default"
 log = logging.getLogger("hybridgate")
 # the log row's endpoint -> what a model that cannot serve it does not support (a wire format names its own)
 _WHAT = {"chat": "chat completions", "completion": "text completions", "embedding": "embeddings",
@@ -129,6 +131,10 @@ class OpenAIHandlers:
         if isinstance(model_name, str):
             ctx.row.requested_model = model_name[:256]  # as long as a valid name; longer ones are refused
         req = validate(schema, ctx.body)
+        if req.model == DEFAULT_MODEL_ALIAS and s.settings.default_model:
+            # the alias is resolved before anything reads the model (key restrictions, routing); the log row
+            # keeps what was asked for
+            req.model = s.settings.default_model
         if getattr(req, "user", None) and not (ctx.key is not None and ctx.key.user):
             ctx.row.user = req.user  # a key's bound user is the one its spend is logged (and budgeted) under
         meta = getattr(req, "metadata", None)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from gateway.config import load_settings
+from gateway.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,6 +26,27 @@ def test_compose_file_has_the_four_services_and_valid_gateway_config() -> None:
 def test_example_config_loads() -> None:
     s = load_settings(str(ROOT / "hybridgate.example.yaml"))
     assert s.deployments and s.log.bodies == "hashed"
+
+
+def _setting_names(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every key of ``model`` (nested settings sections as ``section.key``), deployments' aside: their keys
+    are per deployment and documented with the deployments."""
+    names = []
+    for name, f in model.model_fields.items():
+        if name == "deployments":
+            continue
+        names.append(prefix + name)
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            names += _setting_names(f.annotation, f"{prefix}{name}.")
+    return names
+
+
+def test_example_config_documents_every_setting() -> None:
+    """The README promises every key in `hybridgate.example.yaml` (set or commented out)."""
+    text = (ROOT / "hybridgate.example.yaml").read_text()
+    missing = [n for n in _setting_names(Settings)
+               if not re.search(rf"(^|[\s{{,#]){re.escape(n.rpartition('.')[2])}:", text, re.M)]
+    assert not missing, f"not in hybridgate.example.yaml: {missing}"
 
 
 def _compose_command() -> list[str] | None:
