@@ -323,21 +323,23 @@ class PolicyRegistry:
         return await self.activate(name, version)
 
     async def seed_dir(self, path: str | Path, *, created_by: str = "seed") -> list[PolicyVersion]:
-        """Store every policy file of a folder (e.g. the shipped examples) via `put`.
+        """Store every policy file of a folder (e.g. the shipped examples) as a new, active version, unless
+        the file's text is already stored as one of that policy's versions.
 
-        A retired policy stays retired while its file holds text already stored as one of its
-        versions (the file is unchanged since it was seeded, or since an admin wrote that text), so
-        a restart never undoes a retirement; a file with new text is stored and routes again, as
-        any new version would. Returns the versions now live from these files."""
+        So a restart changes nothing an admin did since the file was last seeded: a version written or
+        rolled back to through the admin API stays live, and a retired policy stays retired, while the
+        file is unchanged; a file with new text is stored and goes live, as any new version would.
+        Returns the versions these files made live."""
         out = []
         await self.reload()
         for p in sorted(Path(path).glob("*.y*ml")):
             text = p.read_text(encoding="utf-8")
             name = parse_policy(text, default_name=p.stem, source=str(p)).name
-            retired = self.retired(name)
-            if retired is not None and any(v.row.spec_yaml == text for v in self._versions[name].values()):
-                log.info("policy %s is retired (%s by %s) and %s is unchanged: not seeded again",
-                         name, retired.retired_at.isoformat(), retired.retired_by, p.name)
+            if any(v.row.spec_yaml == text for v in self._versions.get(name, {}).values()):
+                retired = self.retired(name)
+                state = (f"retired ({retired.retired_at.isoformat()} by {retired.retired_by})" if retired
+                         else f"live at v{self._active.get(name)}")
+                log.info("policy %s is %s and %s is already stored: not seeded again", name, state, p.name)
                 continue
             out.append(await self.put(name, text, created_by=created_by, comment=f"from {p.name}"))
         return out

@@ -4,7 +4,7 @@ A process that runs without Redis keeps its limits per process; the heartbeat ro
 second gateway on the same database and warn that its limits are not shared.
 
 Revision ID: 0007_hardening
-Revises: 0004_spend_indexes
+Revises: 0006_stored_responses
 Create Date: 2026-12-06 05:40:00
 """
 

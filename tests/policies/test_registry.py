@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -75,7 +76,26 @@ async def test_seed_examples_is_idempotent() -> None:
     first = await reg.seed_dir(examples_dir())
     again = await reg.seed_dir(examples_dir())
     assert {v.name for v in first} >= {"auto", "cheap-first", "local-first", "bandit"}
-    assert [v.version for v in again] == [1] * len(again)
+    assert again == [] and all(reg.active_version(v.name) == 1 for v in first)
+
+
+async def test_a_restart_keeps_what_an_admin_changed_until_the_seed_file_changes(tmp_path: Path) -> None:
+    """Seeding stores a file's text only when no version of its policy holds it: a version an admin wrote
+    (or rolled back to) stays live across restarts; an edited file becomes the next live version."""
+    store = InMemoryPolicyStore()
+    (tmp_path / "p.yaml").write_text(V1)
+    await PolicyRegistry(store).seed_dir(tmp_path)
+    admin = PolicyRegistry(store)
+    await admin.update("p", V2)
+    assert await PolicyRegistry(store).seed_dir(tmp_path) == []  # a restart
+    restarted = PolicyRegistry(store)
+    await restarted.reload()
+    assert restarted.active_version("p") == 2
+    await restarted.rollback("p")  # v1, the file's text, live again: a restart leaves it so
+    assert await PolicyRegistry(store).seed_dir(tmp_path) == []
+    (tmp_path / "p.yaml").write_text(V1 + "# edited\n")
+    [v3] = await PolicyRegistry(store).seed_dir(tmp_path)
+    assert v3.version == 3
 
 
 async def test_two_processes_hot_reload_and_version_conflicts() -> None:
