@@ -896,6 +896,9 @@ def _mamba_decode_ssm(
         h = tl.exp2(dt[:, None] * a2) * h + (dt * x)[:, None] * bv
         tl.store(sp, h.to(state_ptr.dtype.element_ty), mask=m1[:, None] & nmask[None, :])
         y = (tl.sum(h * cv, axis=1) + x * dsk) * _silu(zz, FAST_LOG)
+        # a row with a negative slot outputs exact zeros: its x_proj row is whatever the buffer held (the
+        # conv + x_proj launch skips it), which may be inf or NaN and would survive a multiply by zero
+        y = tl.where(m1, y, 0.0)
         in_batch = d * 0 + row0 + i < nrows
         tl.store(out_ptr + row64 * s_o + d, y.to(out_ptr.dtype.element_ty), mask=dmask & in_batch)
 
