@@ -163,8 +163,13 @@ def usage_of(body: Mapping[str, Any]) -> Usage:
 
 
 def responses_event_error(event: Mapping[str, Any]) -> UpstreamError:
-    """A Responses stream's `error` or `response.failed` event as the error it reports."""
-    err = (event.get("response") or {}).get("error") if event.get("type") == "response.failed" else event
+    """A Responses stream's `error` or `response.failed` event as the error it reports. An `error` event
+    carries its fields flat (the API reference) or nested under `error` (the live API, and a server that
+    sends chat's `{"error": {...}}` shape in a Responses stream)."""
+    if event.get("type") == "response.failed":
+        err = (event.get("response") or {}).get("error")
+    else:
+        err = event.get("error") if isinstance(event.get("error"), Mapping) else event
     err = err if isinstance(err, Mapping) else {}
     message = str(err.get("message") or "upstream response failed")
     kind = classify_client_error(400, message)
@@ -402,6 +407,13 @@ class OpenAICompatibleBackend:
                             raise UpstreamError("malformed", "stream event is not a JSON object", body=chunk)
                         raise _cut("malformed", "stream event is not a JSON object", n)
                     kind = chunk.get("type") if responses else None
+                    if responses and not isinstance(kind, str):
+                        # every Responses event names its type; one without is an error in chat's shape, or garbage
+                        if "error" not in chunk:
+                            if n == 0:
+                                raise UpstreamError("malformed", "stream event has no type", body=chunk)
+                            raise _cut("malformed", "stream event has no type", n)
+                        kind = "error"
                     if (kind in RESPONSES_FAILED) if responses else ("error" in chunk and not chunk.get("choices")):
                         err = responses_event_error(chunk) if responses else _error_from_object(chunk, payload_bytes)
                         if n == 0:

@@ -439,6 +439,12 @@ class OpenAIHandlers:
                 cancelled = True
                 status = 499
                 raise
+            except Exception:
+                # A bug, or an upstream event nothing above foresaw: the stream still ends in the wire
+                # format's failure events and the row says error, instead of a connection cut logged ok.
+                log.exception("stream of request %s failed", ctx.rid)
+                error = APIError(500, "The server had an error while processing your request.", type="server_error")
+                last = w.fail(error)
             finally:
                 await source.aclose()
                 if body_log is not None:
@@ -465,6 +471,10 @@ class OpenAIHandlers:
                 cancelled = True
                 status = 499
                 raise
+            except Exception:
+                # as in `wire_body`: the stream ends with an error event and the row says error
+                log.exception("stream of request %s failed", ctx.rid)
+                error = APIError(500, "The server had an error while processing your request.", type="server_error")
             finally:
                 await source.aclose()
                 last = sse.DONE if error is None else sse.error_event(error.message, error.type, error.code)

@@ -174,10 +174,12 @@ class ResponsesWire:
 
     def fail(self, err: APIError) -> bytes:
         if self.passed is not None:
-            error = {"code": err.code or "server_error", "message": err.message}
+            error = wire.response_error(err)
             failed = {**self.passed, "status": "failed", "error": error} if self.passed else wire.response_object(
                 self.settings, self.rid, self.model, status="failed", output=[], usage=None, error=error)
-            return wire.sse({"type": "response.failed", "sequence_number": self.seq, "response": failed})
+            events = wire.failure_events(err, self.seq, failed)
+            self.seq += len(events)
+            return b"".join(map(wire.sse, events))
         stream = self._translated()
         return b"".join(map(wire.sse, ([] if stream.seq else stream.start()) + stream.fail(err)))
 

@@ -29,7 +29,7 @@ _STOP = {
     "content_filter": "refusal",
 }
 
-# HTTP status -> Anthropic's error type.
+# HTTP status -> Anthropic's error type (its errors reference: a 504 is `timeout_error`).
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -41,7 +41,7 @@ _ERROR_TYPES = {
     500: "api_error",
     502: "api_error",
     503: "overloaded_error",
-    504: "api_error",
+    504: "timeout_error",
 }
 
 
@@ -184,6 +184,11 @@ def translate(body: dict[str, Any]) -> tuple[dict[str, Any], list[Origin]]:
             raise bad_request(
                 f"{required}: Field required", param=required, code="missing_required_parameter"
             )
+    n = body.get("n")
+    if n is not None and not (type(n) is int and n == 1):
+        # Not a Messages parameter: refused, as Anthropic refuses it, rather than answered once and ignored.
+        raise bad_request("n: the Messages API answers with one message per request; send one request per answer",
+                          param="n")
     msgs = body["messages"]
     if not isinstance(msgs, list) or not msgs:
         raise bad_request("messages: at least one message is required", param="messages")

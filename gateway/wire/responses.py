@@ -43,6 +43,7 @@ _LOCAL = {
     "max_tool_calls",
     "conversation",
     "prompt",
+    "n",
 }
 
 
@@ -235,6 +236,14 @@ def to_chat(body: dict[str, Any], history: list[dict[str, Any]] | None = None) -
         raise bad_request(
             "Background responses are not supported by this gateway.",
             param="background",
+            code="unsupported_parameter",
+        )
+    n = body.get("n")
+    if n is not None and not (type(n) is int and n == 1):
+        # A response has one output; forwarded, `n` would have the upstream make (and bill) answers nobody sees.
+        raise bad_request(
+            "Unsupported parameter: 'n'. A response has one answer; send one request per answer.",
+            param="n",
             code="unsupported_parameter",
         )
     messages: list[dict[str, Any]] = []
@@ -434,6 +443,27 @@ def response_object(
     return out
 
 
+def response_error(err: APIError) -> dict[str, Any]:
+    """The `error` of a failed response object. Its `code` is one of those the API reference enumerates
+    (clients and SDKs type it so): `rate_limit_exceeded` for a rate limit, `server_error` for any other
+    upstream failure; the gateway's own code goes in the `error` event before it (`failure_events`)."""
+    return {"code": "rate_limit_exceeded" if err.status == 429 else "server_error", "message": err.message}
+
+
+def failure_events(err: APIError, seq: int, failed: dict[str, Any]) -> list[dict[str, Any]]:
+    """How a stream that has begun ends when the answer fails: an `error` event, then `response.failed`
+    with the ``failed`` response object. The `error` event has the reference's flat fields (`code`,
+    `message`, `param`) and the same nested under `error`, as the live API sends it: the official SDKs
+    raise their API error on the nested form, so the caller's `for event in stream` fails there instead
+    of ending quietly."""
+    nested = {"type": err.type, "code": err.code, "message": err.message, "param": err.param}
+    return [
+        {"type": "error", "sequence_number": seq, "code": err.code or err.type, "message": err.message,
+         "param": err.param, "error": nested},
+        {"type": "response.failed", "sequence_number": seq + 1, "response": failed},
+    ]
+
+
 class ItemIds:
     """Output item ids derived from the response's own id (unique per response, no random draw per
     item): `msg_<hex>`, then `msg_<hex>_1`, … per prefix."""
@@ -563,7 +593,7 @@ def history_items(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # Fields the gateway keeps for itself: the upstream stores nothing and never sees our response ids.
-_NOT_FORWARDED = frozenset({"previous_response_id", "store", "stream", "stream_options", "background"})
+_NOT_FORWARDED = frozenset({"previous_response_id", "store", "stream", "stream_options", "background", "n"})
 
 
 def passthrough_body(
@@ -811,10 +841,17 @@ class ResponseStream:
         return out
 
     def fail(self, error: APIError) -> list[dict[str, Any]]:
-        """The upstream failed after the stream began: a `response.failed` with the error, no more output."""
+        """The upstream failed after the stream began: `failure_events`, no more output. The failed
+        response's output holds what was streamed (text, a call's arguments so far) as `incomplete`
+        items; its usage only where the upstream reported it before failing."""
+        if self._text is not None:
+            self.output[self._msg_index] = _message_item(self._msg_id, "".join(self._text), status="incomplete")
+        for call in self._calls.values():
+            self.output[call.output_index] = _call_item(
+                call.item_id, call.call_id, call.name, "".join(call.arguments), status="incomplete")
         self.final = self._snapshot(
-            "failed",
-            usage=usage_from_chat(self.usage),
-            error={"code": error.code or "server_error", "message": error.message},
+            "failed", usage=usage_from_chat(self.usage) if self.usage else None, error=response_error(error)
         )
-        return [{"type": "response.failed", "sequence_number": self._n(), "response": self.final}]
+        events = failure_events(error, self.seq, self.final)
+        self.seq += len(events)
+        return events
