@@ -164,6 +164,7 @@ class OpenAIHandlers:
         except Refused as refused:
             raise from_refusal(refused) from None
         ctx.route = route  # from here on, what it holds is settled by `_finish` whatever happens
+        ctx.ex = Execution(ctx.rid, prompt_estimate=features.prompt_tokens)
         if route is None or not route.targets:
             if route is not None and req.model in self.s.router.catalog.by_model:
                 what = _WHAT.get(ctx.row.endpoint, ctx.row.endpoint)
@@ -306,7 +307,6 @@ class OpenAIHandlers:
         try:
             req = await self._begin(request, ctx, schema)
             route = await self._route(ctx, req, endpoint, request)
-            ctx.ex = Execution(ctx.rid)
             hang_up = _HangUp(request)
             try:
                 resp = await answer(ctx, req, route)

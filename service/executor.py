@@ -89,6 +89,7 @@ class Execution:
     cost_usd: float = 0.0
     ttft_s: float | None = None
     error: UpstreamError | None = None
+    prompt_estimate: int = 0  # the gateway's count of the prompt, for a partial answer the upstream never sized
 
 
 def usage_from(chunk: dict[str, Any]) -> Usage | None:
@@ -168,6 +169,16 @@ class Executor:
         row.cost_usd = self._price(t.deployment, usage)
         ex.served, ex.usage, ex.cost_usd = t, usage, row.cost_usd
         await self._outcomes.record(t.deployment.name, True, latency, None)
+
+    def _bill_partial(self, ex: Execution, row: AttemptRow, t: Target, usage: Usage | None, chars: int) -> None:
+        """A stream that ended after its first chunk (cut upstream, or the client left) was produced, and
+        is billed by its provider: the usage the upstream reported, else the gateway's prompt count and
+        about four characters a token of the text sent. The attempt and the request (its row, its budget
+        settlement) carry it."""
+        usage = usage or Usage(ex.prompt_estimate, chars // 4)
+        row.prompt_tokens, row.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        row.cost_usd = self._price(t.deployment, usage)
+        ex.usage, ex.cost_usd = usage, row.cost_usd
 
     async def _attempts(self, plan: Plan, ex: Execution, started: float) -> AsyncIterator[tuple[Target, float]]:
         """Yield (target, attempt timeout) in the order to try; after each failed try (recorded in
@@ -260,14 +271,14 @@ class Executor:
                 ex.error = err
                 await self._fail(row, err, t0, t)
                 if not first:
+                    self._bill_partial(ex, row, t, usage, completion_chars)
                     raise
                 continue
             except (asyncio.CancelledError, GeneratorExit):
                 row.status = "cancelled"
                 row.latency_ms = (time.perf_counter() - t0) * 1000
-                usage = usage or Usage(0, completion_chars // 4)
-                row.prompt_tokens, row.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-                row.cost_usd = self._price(t.deployment, usage)
+                if not first:
+                    self._bill_partial(ex, row, t, usage, completion_chars)
                 raise
             finally:
                 try:

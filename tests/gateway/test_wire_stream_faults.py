@@ -345,3 +345,24 @@ def test_a_stream_the_gateway_cannot_translate_ends_with_failure_events_and_an_e
     assert events[-1][1]["response"]["error"]["code"] == "server_error"
     row, _ = log_rows(scripted, rid)
     assert row is not None and row["status"] == "error" and row["error_type"] == "server_error"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "[[fault:cut:3]] one two three four"}]}),
+        ("/v1/responses", {"input": "[[fault:cut:3]] one two three four"}),
+        ("/v1/messages", {"max_tokens": 50, "messages": [{"role": "user", "content": "[[fault:cut:3]] one two"}]}),
+    ],
+    ids=["chat", "responses", "messages"],
+)
+def test_a_stream_cut_part_way_is_billed_for_what_it_streamed(
+    gateway: GatewayThread, path: str, body: dict[str, Any]
+) -> None:
+    """The provider bills a stream that broke after output: the attempt and the request (row and budget)
+    carry the prompt and the text sent, not zero tokens at $0."""
+    rid, _ = sse_events(gateway, path, {"model": "fake-model", "stream": True, **body})
+    row, attempts = log_rows(gateway, rid)
+    assert row is not None and row["status"] == "error"
+    assert row["prompt_tokens"] and row["completion_tokens"] and row["cost_usd"], row
+    assert [a["cost_usd"] for a in attempts] == [row["cost_usd"]]
