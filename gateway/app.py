@@ -11,7 +11,9 @@ import contextlib
 import functools
 import gc
 import hmac
+import json
 import logging
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -28,9 +30,10 @@ from starlette.routing import Route
 
 from backends.base import Backend
 from backends.registry import build_backend
+from common.types import DeploymentConfig
 from gateway.admin_api import AdminHandlers
 from gateway.budget_admin import BudgetAdminHandlers
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 from gateway.console.app import Console
 from gateway.edge import bearer
 from gateway.errors import APIError
@@ -161,6 +164,20 @@ def key_change_events(settings: Settings, client: Any = None) -> RedisPolicyEven
     return RedisPolicyEvents(client, channel=f"{settings.redis_prefix}keys", what="api key")
 
 
+def _build_backend(settings: Settings, d: DeploymentConfig) -> Backend:
+    """A deployment's backend; a deployment its backend refuses (no api_base, a checkpoint that is not
+    one, a device torch does not know) is a ConfigError naming where the config sets it."""
+    try:
+        return build_backend(d)
+    except (ValueError, OSError) as exc:
+        i = next((i for i, c in enumerate(settings.deployments) if c is d), None)
+        where = "local_model.checkpoint" if i is None else f"deployments[{i}] ({d.name!r})"
+        reason = str(exc).removeprefix(f"deployment {d.name!r}: ").removeprefix("provider 'local': ")
+        if isinstance(exc, json.JSONDecodeError):
+            reason = f"{d.upstream_model}/config.json is not valid JSON ({exc})"
+        raise ConfigError(f"{where}: {reason}") from exc
+
+
 def build_services(settings: Settings, backends: dict[str, Backend] | None = None) -> Services:
     engine = create_async_engine(settings.database_url, pool_pre_ping=True)
     sink = LogSink(
@@ -175,7 +192,7 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
     backends = dict(backends or {})
     for d in deployments:
         if d.name not in backends:
-            backends[d.name] = build_backend(d)
+            backends[d.name] = _build_backend(settings, d)
     metrics = Metrics()
     breakers, budgets, ratelimits, bandit_store, redis_client = build_state(settings, engine)
     breakers = LoggedBreakerStore(breakers, engine)  # transitions, for the console's breaker history
@@ -397,4 +414,10 @@ def app_from_env() -> Starlette:
     """Uvicorn factory (`gateway.app:app_from_env`): settings from HYBRIDGATE_CONFIG and env."""
     from gateway.config import load_settings
 
-    return create_app(load_settings())
+    try:
+        return create_app(load_settings())
+    except ConfigError as exc:
+        # uvicorn calls this factory in each worker: a configuration mistake is one line and
+        # uvicorn's startup-failure status (which also stops a multi-worker parent), not a traceback.
+        print(f"hybridgate: {exc}", file=sys.stderr)
+        raise SystemExit(3) from None

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from gateway.config import ConfigError, Settings, load_settings
@@ -21,11 +23,27 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
         raise SystemExit(2) from None
 
 
+@contextlib.contextmanager
+def _database_errors(s: Settings, doing: str) -> Iterator[None]:
+    """A command's database failure (unreachable, wrong name, unwritable SQLite folder, unmigrated) as
+    one line naming the URL without its password, exit status 1, instead of the driver's traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.preflight import db_failure
+
+    try:
+        yield
+    except (SQLAlchemyError, OSError) as exc:
+        print(f"hybridgate: {doing}: {db_failure(s.database_url, exc)}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from requestlog.migrate import upgrade
 
     s = _settings(args)
-    upgrade(s.database_url)
+    with _database_errors(s, "migrate"):
+        upgrade(s.database_url)
     print(f"database at head: {_redact(s.database_url)}")
     return 0
 
@@ -51,7 +69,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         finally:
             await engine.dispose()
 
-    print(json.dumps({"older_than_days": days, "deleted": asyncio.run(run())}))
+    with _database_errors(s, "prune"):
+        deleted = asyncio.run(run())
+    print(json.dumps({"older_than_days": days, "deleted": deleted}))
     return 0
 
 
@@ -69,19 +89,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["host"] = args.host
     if args.port is not None:
         overrides["port"] = args.port
-    if args.workers:
+    if args.workers is not None:
         overrides["workers"] = args.workers
     s = _settings(args, **overrides)
     if args.migrate:
         from requestlog.migrate import upgrade
 
-        upgrade(s.database_url)
+        with _database_errors(s, "serve --migrate"):
+            upgrade(s.database_url)
+    from gateway.preflight import check_serve
+
+    try:
+        for warning in check_serve(s):
+            print(f"hybridgate: warning: {warning}", file=sys.stderr)
+    except ConfigError as exc:
+        print(f"hybridgate: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # workers > 1 re-import the app in each process: pass everything through the environment.
     if args.config:
         os.environ["HYBRIDGATE_CONFIG"] = args.config
     for k, v in overrides.items():
         os.environ[f"HYBRIDGATE_{k.upper()}"] = str(v)
+    from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
     from gateway.http_edge import EdgeConfig, fit_open_file_limit
@@ -101,11 +131,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     server = uvicorn.Server(config)
     if config.workers > 1:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        supervisor.run()
+        if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+            return STARTUP_FAILURE  # a worker could not start (app_from_env said why); uvicorn stopped the rest
     else:
         server.run()
         if not server.started:
-            return 3
+            return STARTUP_FAILURE
     return 0
 
 
@@ -141,6 +174,11 @@ async def _with_keys(s: Settings, fn: Any) -> Any:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     s = _settings(args)
+    with _database_errors(s, f"keys {args.keys_cmd}"):
+        return _keys(args, s)
+
+
+def _keys(args: argparse.Namespace, s: Settings) -> int:
     if args.keys_cmd == "create":
         from pydantic import ValidationError
 

@@ -8,15 +8,21 @@ and the local model on the CPU, so a first request works without any external se
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from common.types import DeploymentConfig
+from requestlog.urls import to_async_url
 
 DEFAULT_CONFIG_FILE = "hybridgate.yaml"
 
@@ -49,8 +55,8 @@ class LocalModelSettings(BaseModel):
     enabled: bool = Field(default=True, description="serve the shipped local model in-process")
     checkpoint: str | None = Field(default=None, description="checkpoint dir; None = the one shipped in the repo")
     model_name: str = "hybridgate-local"
-    device: str = "cpu"
-    dtype: str = "float32"
+    device: str = Field(default="cpu", description="torch device: cpu, cuda, cuda:N, mps, xpu or xpu:N")
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
     context_window: int = Field(default=2048, gt=0)
     max_concurrency: int | None = Field(default=None, gt=0, description="running sequences; None = engine default")
     process: Literal["auto", "inprocess", "subprocess"] = Field(
@@ -58,6 +64,14 @@ class LocalModelSettings(BaseModel):
         description="where the engine runs: in the gateway's process, or in its own `hybridgate local-model "
         "serve` process on a loopback port (auto: its own on CUDA, in-process on the CPU)",
     )
+
+    @field_validator("device")
+    @classmethod
+    def _torch_device(cls, v: str) -> str:
+        """Checked here: torch would refuse another name only once the weights are being loaded."""
+        if not re.fullmatch(r"cpu|mps|(cuda|xpu)(:[0-9]+)?", v):
+            raise ValueError("expected cpu, cuda, cuda:N, mps, xpu or xpu:N")
+        return v
 
 
 class BreakerSettings(BaseModel):
@@ -172,13 +186,49 @@ class Settings(BaseSettings):
     local_model: LocalModelSettings = Field(default_factory=LocalModelSettings)
     deployments: list[DeploymentConfig] = Field(default_factory=list)
 
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, v: str) -> str:
+        """A URL of a database the request log runs on, checked here so a wrong one is a configuration
+        error at start, not a traceback from the driver import. The blocking spellings (``sqlite:///``,
+        ``postgres://``) that `hybridgate migrate` accepts become their async drivers, which the gateway
+        needs. Messages never repeat the URL: it may hold a password."""
+        try:
+            url = make_url(v)
+        except ArgumentError:
+            raise ValueError("not a database URL: expected postgresql+asyncpg://USER:PASSWORD@HOST:5432/DB "
+                             "or sqlite+aiosqlite:///PATH/TO/FILE.db") from None
+        try:
+            async_url = to_async_url(url)
+        except ValueError:
+            raise ValueError(f"unsupported database driver {url.drivername!r}: the request log runs on PostgreSQL "
+                             "(postgresql+asyncpg://, postgresql+psycopg://) or SQLite (sqlite+aiosqlite:///)") from None
+        if url.drivername in ("sqlite", "sqlite+pysqlite", "postgres"):
+            return async_url.render_as_string(hide_password=False)
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        """A URL the Redis client can parse (the client itself fails only when the app is built)."""
+        if v:
+            from redis.connection import parse_url
+
+            try:
+                parse_url(v)
+            except ValueError:
+                raise ValueError("not a Redis URL: expected redis://[:PASSWORD@]HOST:6379/0, rediss://... "
+                                 "or unix:///PATH/TO/redis.sock") from None
+        return v
+
     @model_validator(mode="after")
     def _unique_deployment_names(self) -> Settings:
-        seen: set[str] = set()
-        for d in self.deployments:
+        seen: dict[str, int] = {}
+        for i, d in enumerate(self.deployments):
             if d.name in seen:
-                raise ValueError(f"deployments: duplicate name {d.name!r}")
-            seen.add(d.name)
+                raise ValueError(f"deployments[{i}].name: duplicate name {d.name!r} (deployments[{seen[d.name]}] "
+                                 "has it too); each deployment needs its own name")
+            seen[d.name] = i
         return self
 
     @model_validator(mode="after")
@@ -224,10 +274,17 @@ class ConfigError(Exception):
     """A config file or override is invalid; the message names the field."""
 
 
+_log = logging.getLogger("hybridgate.config")
+
+# HYBRIDGATE_* variables that other parts read; they are not settings.
+_NOT_SETTINGS = {"config", "local_model_dir", "pdl", "moe_fused", "pure_python_features", "routing_data"}
+
+
 class _YamlSource(PydanticBaseSettingsSource):
     def __init__(self, settings_cls: type[BaseSettings]) -> None:
         super().__init__(settings_cls)
-        self._data = _read_yaml(Path(os.environ.get("HYBRIDGATE_CONFIG", DEFAULT_CONFIG_FILE)))
+        named = os.environ.get("HYBRIDGATE_CONFIG")
+        self._data = _read_yaml(Path(named or DEFAULT_CONFIG_FILE), required=bool(named))
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return self._data.get(field_name), field_name, False
@@ -236,16 +293,117 @@ class _YamlSource(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, *, required: bool = False) -> dict[str, Any]:
+    """The file's settings; {} for a missing default file. A file named explicitly must exist, and
+    YAML errors say where, not what the line holds (it may hold a secret)."""
     if not path.exists():
+        if required:
+            raise ConfigError(f"config file not found: {path} (named by HYBRIDGATE_CONFIG)")
         return {}
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML config file (not UTF-8 text)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+        raise ConfigError(f"{path}: the top level must be a mapping of settings (key: value lines), "
+                          f"not a {'list' if isinstance(data, list) else type(data).__name__}")
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Line, column and problem of a YAML error, without the snippet of the line PyYAML quotes."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or "cannot parse"
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context = getattr(exc, "context", None)
+    cmark = getattr(exc, "context_mark", None)
+    if context and cmark is not None:
+        problem += f" ({context} at line {cmark.line + 1}, column {cmark.column + 1})"
+    return where + problem
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The settings model that holds the keys at ``loc`` (list indexes skipped), None below a leaf."""
+    model: type[BaseModel] = Settings
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        inner = _inner_model(field.annotation) if field is not None else None
+        if inner is None:
+            return None
+        model = inner
+    return model
+
+
+def _inner_model(tp: Any) -> type[BaseModel] | None:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    for arg in get_args(tp):
+        if (found := _inner_model(arg)) is not None:
+            return found
+    return None
+
+
+_SECRETISH = ("token", "url", "key", "secret", "password")
+
+
+def _describe(err: Any, overrides: dict[str, Any]) -> str:
+    """One line per problem: the key (``deployments[1].timeout_s``), what is wrong, the value given
+    where it is a plain one and cannot be a secret, and where it came from when not from the file."""
+    loc = tuple(err["loc"])
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1) if model else []
+        msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else
+                               " (hybridgate.example.yaml lists every key)")
+    elif err["type"] == "missing":
+        msg = "required key missing"
+    else:
+        value = err.get("input")
+        leaf = next((str(p) for p in reversed(loc) if not isinstance(p, int)), "")
+        if value is None:
+            msg += "; got nothing (an empty value)"
+        elif isinstance(value, str | int | float | bool) and not any(w in leaf for w in _SECRETISH) \
+                and len(repr(value)) <= 80:
+            msg += f"; got {value!r}"
+    line = f"{key}: {msg}" if key else msg
+    names = [str(p) for p in loc if not isinstance(p, int)]
+    if loc and loc[0] in overrides:
+        return line + " (from the command line)"
+    env = {k.upper() for k in os.environ}
+    for i in range(len(loc), 0, -1):
+        if all(isinstance(p, str) for p in loc[:i]):
+            var = "HYBRIDGATE_" + "__".join(names[:i]).upper()
+            if var in env:
+                return f"{line} (from ${var})"
+    return line
+
+
+def _warn_unknown_env() -> None:
+    """A HYBRIDGATE_ variable one typo away from a setting is ignored by pydantic-settings: say so.
+    (The prefix is shared with a few switches of other parts, so unknown names are not errors.)"""
+    for var in os.environ:
+        if not var.upper().startswith("HYBRIDGATE_"):
+            continue
+        name = var[len("HYBRIDGATE_"):].lower()
+        top = name.split("__")[0]
+        if top in Settings.model_fields or name in _NOT_SETTINGS or name.startswith("test_"):
+            continue
+        close = difflib.get_close_matches(top, list(Settings.model_fields), n=1, cutoff=0.8)
+        if close:
+            _log.warning("hybridgate: %s is not a setting and is ignored; did you mean HYBRIDGATE_%s?",
+                        var, close[0].upper())
 
 
 def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
@@ -255,11 +413,26 @@ def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
         if not Path(config_file).exists():
             raise ConfigError(f"config file not found: {config_file}")
         os.environ["HYBRIDGATE_CONFIG"] = config_file
+    _warn_unknown_env()
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from exc
+        lines = [_describe(e, overrides) for e in exc.errors()]
+        named = os.environ.get("HYBRIDGATE_CONFIG")
+        path = Path(named or DEFAULT_CONFIG_FILE)
+        where = f" ({path})" if path.exists() else ""
+        raise ConfigError(f"invalid configuration{where}:\n  " + "\n  ".join(lines)) from None
+    except SettingsError as exc:
+        # a HYBRIDGATE_<SECTION> variable whose value is not JSON; the value is not repeated (secrets)
+        m = re.search(r'field "([^"]+)"', str(exc))
+        field = m.group(1) if m else "?"
+        var = f"HYBRIDGATE_{field.upper()}"
+        info = Settings.model_fields.get(field)
+        if info is not None and _inner_model(info.annotation) is not None and "list" not in str(info.annotation):
+            hint = f"a JSON object, or set one key at a time: {var}__<KEY>=value"
+        else:
+            hint = "a JSON list"
+        raise ConfigError(f"{var}: not valid JSON; {field} takes {hint}") from None
     finally:
         if config_file is not None:
             if old is None:

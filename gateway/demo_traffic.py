@@ -308,7 +308,7 @@ def run_cli(args: argparse.Namespace) -> int:
             yaml.safe_dump(gateway_config(args.database_url, args.base_port), sort_keys=False)
         )
         print(
-            f"wrote {args.write_config}: serve it with HYBRIDGATE_CONFIG={args.write_config} hybridgate serve"
+            f"wrote {args.write_config}: serve it with HYBRIDGATE_CONFIG={args.write_config} hybridgate serve --migrate"
         )
         return 0
     providers = Providers(args.base_port)

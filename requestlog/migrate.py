@@ -40,6 +40,8 @@ from .urls import to_sync_url
 
 DEFAULT_URL = "sqlite+aiosqlite:///./hybridgate.db"
 
+CONNECT_TIMEOUT_S = 10  # Postgres connection establishment, per attempt
+
 _PG_LOCK_KEY = 0x6879_6272_6467  # "hybrdg": arbitrary, constant advisory-lock key
 
 
@@ -84,7 +86,10 @@ def _sync_engine(db_url: str) -> sa.Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return sa.create_engine(url, poolclass=sa.pool.NullPool)
+    # libpq waits for ever on a host that takes the connection and never answers (or drops packets
+    # for the kernel's minutes): bound it, unless the URL sets its own.
+    connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": CONNECT_TIMEOUT_S}
+    return sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args)
 
 
 @contextmanager

@@ -1,0 +1,143 @@
+"""What `hybridgate serve` checks before it starts the server, and how the command line words a
+database failure.
+
+Configuration mistakes that the settings' own validation cannot see (they need the file system or
+the database) would otherwise surface as a traceback in every worker, or as a gateway that starts
+and quietly cannot do what it was configured to do: an unmigrated log database (every row refused,
+a wall of SQL warnings), a `policies_dir` that does not exist or holds an invalid policy (nothing
+seeded, not even the shipped `auto`), a `default_model` that names nothing. Each is one
+`ConfigError` line naming the key and what to do. A log database that cannot be reached is not a
+mistake here: the gateway degrades (rows spool to disk) as DESIGN.md says, with one warning line.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from gateway.config import ConfigError, Settings
+from policies.loader import PolicyValidationError, parse_policy
+from requestlog.urls import to_sync_url
+
+CONNECT_TIMEOUT_S = 5
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def db_failure(url: str, exc: BaseException) -> str:
+    """One line for a database error: the URL (no password), the driver's own reason (not
+    SQLAlchemy's statement and parameters), and what to do where that is clear."""
+    orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    if isinstance(orig, OSError) and orig.strerror:
+        reason = orig.strerror + (f": {orig.filename}" if orig.filename else "")
+    else:
+        reason = str(orig) or type(orig).__name__
+    reason = re.sub(r"\s+", " ", reason).strip()
+    low = reason.lower()
+    hint = ""
+    if "no such table" in low or ("relation" in low and "does not exist" in low):
+        hint = "; run `hybridgate migrate` first"
+    elif "unable to open database file" in low or (isinstance(orig, OSError) and "sqlite" in url):
+        hint = "; check that the SQLite file's directory exists and is writable"
+    return f"the log database at {redact(url)}: {reason}{hint}"
+
+
+def check_serve(settings: Settings) -> list[str]:
+    """Raise ConfigError for a configuration `serve` cannot work with; return warnings to print."""
+    warnings: list[str] = []
+    seeded = _policy_files(settings, warnings)
+    reachable, live = _log_database(settings, warnings)
+    name = settings.default_model
+    if name:
+        models = {d.model for d in settings.all_deployments()}
+        policies = seeded | live
+        if settings.all_deployments():
+            from gateway.app import DEFAULT_POLICIES  # seeded at start when there is any deployment
+
+            policies |= _policy_names(DEFAULT_POLICIES)
+        if name not in models | policies:
+            what = (f"default_model: {name!r} is neither a configured model ({', '.join(sorted(models)) or 'none'}) "
+                    f"nor a policy ({', '.join(sorted(policies)) or 'none'})")
+            if reachable:
+                raise ConfigError(what + "; requests for the model `default` would get 404")
+            warnings.append(what + " that this process can see (the log database is unreachable)")
+    return warnings
+
+
+def _policy_names(folder: Path) -> set[str]:
+    return {parse_policy(p.read_text(encoding="utf-8"), default_name=p.stem, source=str(p)).name
+            for p in sorted(folder.glob("*.y*ml"))}
+
+
+def _policy_files(settings: Settings, warnings: list[str]) -> set[str]:
+    """Names of the policies `policies_dir` seeds; ConfigError for a missing folder or a bad file
+    (as the admin API refuses one: nothing of it would be stored)."""
+    if not settings.policies_dir:
+        return set()
+    folder = Path(settings.policies_dir)
+    if not folder.is_dir():
+        state = "is not a directory" if folder.exists() else "does not exist"
+        raise ConfigError(f"policies_dir: {folder} {state} (resolved from {Path.cwd()}); "
+                          "give the folder that holds the policy YAML files, or remove the key")
+    files = sorted(folder.glob("*.y*ml"))
+    if not files:
+        warnings.append(f"policies_dir: {folder} holds no *.yaml or *.yml files; no policy is seeded from it")
+    names = set()
+    for p in files:
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"policies_dir: cannot read {p}: {getattr(exc, 'strerror', None) or exc}") from None
+        try:
+            names.add(parse_policy(text, default_name=p.stem, source=str(p)).name)
+        except PolicyValidationError as exc:
+            raise ConfigError(f"policies_dir: {exc}") from None
+    return names
+
+
+def _log_database(settings: Settings, warnings: list[str]) -> tuple[bool, set[str]]:
+    """(reachable, names of the live stored policies). ConfigError when the database answers but its
+    schema is not the one this code needs; a warning when it does not answer."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from requestlog.migrate import make_config
+    from requestlog.tables import policy_active
+
+    url = to_sync_url(settings.database_url)
+    migrate = "run `hybridgate migrate` (or start with `hybridgate serve --migrate`)"
+    connect_args: dict[str, object] = {}
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:" and not Path(url.database).expanduser().exists():
+            raise ConfigError(f"database_url: the SQLite log {url.database} does not exist yet: {migrate}")
+    elif "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args)
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+            scripts = ScriptDirectory.from_config(make_config())
+            head = scripts.get_current_head()
+            if current != head:
+                known = {s.revision for s in scripts.walk_revisions()}
+                if current is None or current in known:
+                    state = "has no hybridgate tables" if current is None else f"is at schema revision {current}"
+                    raise ConfigError(f"database_url: the log database at {redact(settings.database_url)} {state}; "
+                                      f"this gateway needs {head}: {migrate}")
+                warnings.append(f"the log database is at schema revision {current}, which this gateway does not "
+                                "know (a newer release migrated it?)")
+            live = set(conn.execute(sa.select(policy_active.c.name)).scalars())
+    except SQLAlchemyError as exc:
+        warnings.append(f"{db_failure(settings.database_url, exc)}; starting anyway: request rows spool to "
+                        f"{settings.log.spool_dir} and policies load once it answers")
+        return False, set()
+    finally:
+        engine.dispose()
+    return True, live

@@ -1,0 +1,256 @@
+"""An operator's configuration mistakes, through the `hybridgate` command as they would meet them:
+each is a non-zero exit with a line or a few naming the key, file or value and what is expected, no
+Python traceback and no secret. A log database or Redis that is down is not a mistake: the gateway
+starts degraded, saying so."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_settings
+from tests.support.net import free_port
+
+SECRET = "hunter2-secret"
+FAKE_UPSTREAM = "deployments: [{name: a, model: m, upstream_model: u, api_base: 'http://127.0.0.1:9/v1'}]\n"
+
+
+def hybridgate(cwd: Path, *argv: str, config: str | None = None, env: dict[str, str] | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`python -m gateway.cli [--config cwd/c.yaml] ARGV` in ``cwd``, with no HYBRIDGATE_ variable but ``env``'s."""
+    cmd = [sys.executable, "-m", "gateway.cli"]
+    if config is not None:
+        (cwd / "c.yaml").write_text(config)
+        cmd += ["--config", str(cwd / "c.yaml")]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDGATE_")}
+    return subprocess.run([*cmd, *argv], cwd=cwd, env={**clean, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def refused(r: subprocess.CompletedProcess[str], code: int, *expected: str) -> None:
+    """Exit ``code``, every ``expected`` text on stderr, no traceback, the secret nowhere."""
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    for text in expected:
+        assert text in r.stderr, (text, r.stderr)
+    assert SECRET not in r.stderr + r.stdout
+
+
+# ---------------------------------------------------------------------------------------------- the file
+
+
+def test_a_config_path_that_cannot_be_read_is_named(tmp_path: Path) -> None:
+    refused(hybridgate(tmp_path, "--config", str(tmp_path), "migrate"), 2,
+            f"hybridgate: {tmp_path}: cannot read the config file: Is a directory")
+    (tmp_path / "weights.yaml").write_bytes(b"\xff\xfe\x00port: 1")
+    refused(hybridgate(tmp_path, "--config", str(tmp_path / "weights.yaml"), "migrate"), 2,
+            "weights.yaml: not a YAML config file (not UTF-8 text)")
+
+
+def test_a_missing_file_named_by_hybridgate_config_is_an_error_not_the_defaults(tmp_path: Path) -> None:
+    r = hybridgate(tmp_path, "migrate", env={"HYBRIDGATE_CONFIG": str(tmp_path / "nope.yaml")})
+    refused(r, 2, f"config file not found: {tmp_path / 'nope.yaml'} (named by HYBRIDGATE_CONFIG)")
+    assert not (tmp_path / "hybridgate.db").exists()
+
+
+def test_invalid_yaml_says_where_without_quoting_the_line(tmp_path: Path) -> None:
+    r = hybridgate(tmp_path, "migrate", config=f"port: 8080\nadmin_token: '{SECRET}\n")
+    refused(r, 2, "c.yaml: not valid YAML: line 3, column 1:")
+
+
+# ---------------------------------------------------------------------------------------------- keys and values
+
+
+def test_an_unknown_key_is_named_with_the_key_it_probably_meant(tmp_path: Path) -> None:
+    r = hybridgate(tmp_path, "migrate", config=(
+        "databse_url: sqlite+aiosqlite:///x.db\n"
+        f"admin_tokn: {SECRET}\n"
+        "log: {bodys: none}\n"
+        "deployments: [{name: a, model: m, upstream_model: u, api_bse: 'http://h/v1'}]\n"))
+    refused(r, 2, "invalid configuration (", "c.yaml):",
+            "databse_url: unknown key (did you mean 'database_url'?)",
+            "admin_tokn: unknown key (did you mean 'admin_token'?)",
+            "log.bodys: unknown key (did you mean 'bodies'?)",
+            "deployments[0].api_bse: unknown key (did you mean 'api_base'?)")
+
+
+def test_a_wrong_value_is_shown_with_where_it_came_from(tmp_path: Path) -> None:
+    r = hybridgate(tmp_path, "migrate", env={"HYBRIDGATE_LOG__BODIES": "maybe"}, config=(
+        "port: abc\nworkers: 0\nhttp: {body_timeout_s: -5}\nbreaker: {error_rate: 2}\n"
+        "deployments:\n  - {name: a, model: m, upstream_model: u, pricing: {input_per_mtok: -1}}\n"))
+    refused(r, 2, "port: Input should be a valid integer, unable to parse string as an integer; got 'abc'",
+            "workers: Input should be greater than or equal to 1; got 0",
+            "http.body_timeout_s: Input should be greater than 0; got -5",
+            "breaker.error_rate: Input should be less than or equal to 1; got 2",
+            "deployments[0].pricing.input_per_mtok: Input should be greater than or equal to 0; got -1",
+            "log.bodies: Input should be 'full', 'hashed' or 'none'; got 'maybe' (from $HYBRIDGATE_LOG__BODIES)")
+
+
+def test_a_secret_setting_of_the_wrong_type_is_named_without_its_value(tmp_path: Path) -> None:
+    r = hybridgate(tmp_path, "migrate", config=f"admin_token: [{SECRET}]\nmetrics_token: {{a: {SECRET}}}\n")
+    refused(r, 2, "admin_token: Input should be a valid string\n", "metrics_token: Input should be a valid string")
+
+
+def test_a_workers_count_of_zero_on_the_command_line_is_refused(tmp_path: Path) -> None:
+    r = hybridgate(tmp_path, "serve", "--workers", "0", config="local_model: {enabled: false}\n", timeout=30)
+    refused(r, 2, "workers: Input should be greater than or equal to 1; got 0 (from the command line)")
+
+
+def test_an_environment_override_that_is_not_json_is_named(tmp_path: Path) -> None:
+    r = hybridgate(tmp_path, "migrate", env={"HYBRIDGATE_DEPLOYMENTS": '[{"name": "a"', "HYBRIDGATE_BREAKER": "x"})
+    refused(r, 2, "HYBRIDGATE_")
+    assert "not valid JSON" in r.stderr
+
+
+def test_a_misspelt_environment_setting_is_reported(tmp_path: Path) -> None:
+    r = hybridgate(tmp_path, "migrate", env={"HYBRIDGATE_DATABSE_URL": f"postgresql://u:{SECRET}@h/db"})
+    assert r.returncode == 0, r.stderr  # the prefix is shared with other switches: a warning, not an error
+    assert "HYBRIDGATE_DATABSE_URL is not a setting and is ignored; did you mean HYBRIDGATE_DATABASE_URL?" in r.stderr
+    assert SECRET not in r.stderr
+
+
+def test_duplicate_deployment_names_name_both_entries(tmp_path: Path) -> None:
+    r = hybridgate(tmp_path, "migrate", config=(
+        "deployments:\n  - {name: a, model: m, upstream_model: u}\n  - {name: a, model: m2, upstream_model: u}\n"))
+    refused(r, 2, "\n  deployments[1].name: duplicate name 'a' (deployments[0] has it too)")
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    (f"mysql+aiomysql://u:{SECRET}@127.0.0.1/db", "database_url: unsupported database driver 'mysql+aiomysql'"),
+    (f"not a url {SECRET}", "database_url: not a database URL: expected postgresql+asyncpg://"),
+])
+def test_a_database_url_the_log_cannot_use_is_refused_at_load(tmp_path: Path, url: str, expected: str) -> None:
+    refused(hybridgate(tmp_path, "migrate", config=f"database_url: '{url}'\n"), 2, expected)
+
+
+def test_the_blocking_database_url_spellings_that_migrate_takes_also_serve() -> None:
+    """`sqlite:///` and `postgres://` reach the app as the async drivers it needs."""
+    assert load_settings(database_url="sqlite:///./x.db").database_url == "sqlite+aiosqlite:///./x.db"
+    assert load_settings(database_url="postgres://u:pw@h:5432/db").database_url == \
+        "postgresql+asyncpg://u:pw@h:5432/db"
+    kept = "postgresql+asyncpg://u:p%40w@h:5432/db?ssl=require"
+    assert load_settings(database_url=kept).database_url == kept
+
+
+def test_a_malformed_redis_url_is_refused_at_load(tmp_path: Path) -> None:
+    r = hybridgate(tmp_path, "migrate", config=f"redis_url: 'http://u:{SECRET}@127.0.0.1:6379'\n")
+    refused(r, 2, "redis_url: not a Redis URL: expected redis://")
+
+
+def test_a_local_model_device_or_dtype_torch_does_not_know_is_refused_at_load(tmp_path: Path) -> None:
+    r = hybridgate(tmp_path, "migrate", config="local_model: {device: tpu, dtype: fp16}\n")
+    refused(r, 2, "local_model.device: expected cpu, cuda, cuda:N, mps, xpu or xpu:N; got 'tpu'",
+            "local_model.dtype: Input should be 'float32', 'bfloat16', 'float16' or 'float64'; got 'fp16'")
+
+
+# ---------------------------------------------------------------------------------------------- the database
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A port that takes TCP connections and never answers (a Postgres behind a dead proxy)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield s.getsockname()[1]
+
+
+def _missing_pg_database() -> str:
+    return f"postgresql+asyncpg://postgres:{SECRET}@127.0.0.1:5432/hg_missing_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.mark.parametrize("case", ["refused", "no such database", "sqlite under a file", "silent"])
+def test_migrate_against_a_database_it_cannot_open_says_which_and_why(tmp_path: Path, case: str) -> None:
+    with silent_server() as silent_port:
+        url, why = {
+            "refused": (f"postgresql+asyncpg://u:{SECRET}@127.0.0.1:{free_port()}/db", "Connection refused"),
+            "no such database": (_missing_pg_database(), "does not exist"),
+            "sqlite under a file": (f"sqlite+aiosqlite:///{tmp_path / 'c.yaml' / 'x.db'}", "directory exists"),
+            "silent": (f"postgresql+asyncpg://u:{SECRET}@127.0.0.1:{silent_port}/db", "timeout"),
+        }[case]
+        started = time.monotonic()
+        r = hybridgate(tmp_path, "migrate", config=f"database_url: '{url}'\n", timeout=45)
+    refused(r, 1, "hybridgate: migrate: the log database at ", why)
+    assert ":***@" in r.stderr or "sqlite" in url
+    assert time.monotonic() - started < 30  # a silent server costs the connect timeout, not the kernel's minutes
+
+
+def test_keys_and_prune_on_an_unmigrated_database_say_to_migrate(tmp_path: Path) -> None:
+    cfg = f"database_url: sqlite+aiosqlite:///{tmp_path / 'fresh.db'}\n"
+    refused(hybridgate(tmp_path, "keys", "list", config=cfg), 1, "keys list: the log database at",
+            "no such table: api_keys; run `hybridgate migrate` first")
+    refused(hybridgate(tmp_path, "prune", "--days", "3", config=cfg), 1, "prune: the log database at",
+            "run `hybridgate migrate` first")
+
+
+# ---------------------------------------------------------------------------------------------- serve
+
+
+def test_serve_on_a_database_that_was_never_migrated_says_to_migrate(tmp_path: Path, fresh_pg_url: str) -> None:
+    base = "local_model: {enabled: false}\n" + FAKE_UPSTREAM
+    r = hybridgate(tmp_path, "serve", config=base + f"database_url: sqlite+aiosqlite:///{tmp_path / 'new.db'}\n")
+    refused(r, 2, "database_url: the SQLite log", "does not exist yet: run `hybridgate migrate`")
+    assert not (tmp_path / "new.db").exists()
+    r = hybridgate(tmp_path, "serve", config=base + f"database_url: {fresh_pg_url}\n")
+    refused(r, 2, "has no hybridgate tables; this gateway needs", "run `hybridgate migrate`")
+
+
+@pytest.mark.parametrize("case", ["missing folder", "invalid policy", "unknown default_model"])
+def test_serve_refuses_policies_and_a_default_model_it_cannot_use(tmp_path: Path, sqlite_url: str, case: str) -> None:
+    bad = tmp_path / "policies"
+    bad.mkdir()
+    (bad / "cheap.yaml").write_text("name: cheap\nselector: nonsense\n")
+    extra, expected = {
+        "missing folder": (f"policies_dir: {tmp_path / 'nope'}\n", f"policies_dir: {tmp_path / 'nope'} does not exist"),
+        "invalid policy": (f"policies_dir: {bad}\n", f"policies_dir: {bad / 'cheap.yaml'}: invalid policy:\n  line 2: selector"),
+        "unknown default_model": ("default_model: nosuch\n",
+                                  "default_model: 'nosuch' is neither a configured model (m) nor a policy (auto)"),
+    }[case]
+    cfg = f"database_url: {sqlite_url}\nlocal_model: {{enabled: false}}\n" + FAKE_UPSTREAM + extra
+    refused(hybridgate(tmp_path, "serve", "--port", str(free_port()), config=cfg), 2, expected)
+
+
+@pytest.mark.parametrize("case", ["no checkpoint", "no api_base"])
+def test_serve_names_the_deployment_its_backend_refuses(tmp_path: Path, sqlite_url: str, case: str) -> None:
+    extra, expected = {
+        "no checkpoint": (f"local_model: {{checkpoint: {tmp_path}}}\n",
+                          f"hybridgate: local_model.checkpoint: {tmp_path} is not a checkpoint directory (no config.json)"),
+        "no api_base": ("local_model: {enabled: false}\ndeployments: [{name: a, model: m, upstream_model: u}]\n",
+                        "hybridgate: deployments[0] ('a'): provider openai_compatible needs api_base"),
+    }[case]
+    r = hybridgate(tmp_path, "serve", "--port", str(free_port()), config=f"database_url: {sqlite_url}\n" + extra)
+    refused(r, 3, expected)
+
+
+def test_serve_with_the_log_database_down_starts_degraded_and_says_why(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"postgresql+asyncpg://postgres:{SECRET}@127.0.0.1:{free_port()}/db"
+    (tmp_path / "c.yaml").write_text(f"database_url: '{url}'\nlocal_model: {{enabled: false}}\n" + FAKE_UPSTREAM)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDGATE_")}
+    with (tmp_path / "serve.log").open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "--config", str(tmp_path / "c.yaml"), "serve",
+                                 "--port", str(port)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    out = (tmp_path / "serve.log").read_text()
+    assert "hybridgate: warning: the log database at postgresql+asyncpg://postgres:***@127.0.0.1:" in out, out
+    assert "Connection refused" in out and "starting anyway: request rows spool to" in out
+    assert SECRET not in out
