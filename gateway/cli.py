@@ -39,12 +39,13 @@ def _database_errors(s: Settings, doing: str) -> Iterator[None]:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from gateway.preflight import redact
     from requestlog.migrate import upgrade
 
     s = _settings(args)
     with _database_errors(s, "migrate"):
         upgrade(s.database_url)
-    print(f"database at head: {_redact(s.database_url)}")
+    print(f"database at head: {redact(s.database_url)}")
     return 0
 
 
@@ -73,12 +74,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
         deleted = asyncio.run(run())
     print(json.dumps({"older_than_days": days, "deleted": deleted}))
     return 0
-
-
-def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
