@@ -98,6 +98,10 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
         err = next((e for e in errors if not e["type"].endswith("_type")), errors[0])
         param = _param_path(err["loc"])
         msg = err["msg"]
+        expected = _union_expected(errors)
+        if expected is not None:
+            raise bad_request(f"Invalid type for '{param}': expected {expected}.", param=param or None,
+                              code="invalid_type") from None
         if err["type"] == "missing":
             msg = f"Missing required parameter: '{param}'."
             code = "missing_required_parameter"
@@ -107,14 +111,50 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
         raise bad_request(msg, param=param or None, code=code) from None
 
 
+def _union_expected(errors: list[Any]) -> str | None:
+    """"a string or an array of integers" when every error is a type mismatch in the branches of one
+    union (the value is none of the union's types), else None."""
+    if not all(e["type"].endswith("_type") for e in errors):
+        return None
+    loc = errors[0]["loc"]
+    at = next((i for i, part in enumerate(loc) if isinstance(part, str) and _is_branch(part)), None)
+    if at is None:
+        return None
+    labels: list[str] = []
+    for e in errors:
+        if tuple(e["loc"][:at]) != tuple(loc[:at]) or len(e["loc"]) <= at or not isinstance(e["loc"][at], str):
+            return None
+        if e["loc"][at] not in labels:
+            labels.append(e["loc"][at])
+    if len(labels) < 2:
+        return None
+    words = [_type_words(label, plural=False) for label in labels]
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _type_words(label: str, plural: bool) -> str:
+    """A pydantic branch label ('str', 'list[constrained-int]', 'list[list[str]]') in words."""
+    if label.startswith("list[") and label.endswith("]"):
+        inner = _type_words(label[5:-1], plural=True)
+        return f"arrays of {inner}" if plural else f"an array of {inner}"
+    base = label.removeprefix("constrained-")
+    noun = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(base, "object")
+    if plural:
+        return noun + "s"
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
+def _is_branch(part: str) -> bool:
+    return part.startswith(("function-after", "function-before", "constrained-")) or "[" in part \
+        or part in {"str", "list", "int", "float", "bool", "dict", "union"}
+
+
 def _param_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif isinstance(part, str) and (part.startswith(("function-after", "function-before", "constrained-"))
-                                         or "[" in part
-                                         or part in {"str", "list", "int", "float", "bool", "dict", "union"}):
+        elif isinstance(part, str) and _is_branch(part):
             continue  # pydantic's union/validator branch labels are not parameters
         else:
             out += ("." if out else "") + part

@@ -186,6 +186,8 @@ class CompletionRequest(_SamplingParams):
         str
         | Annotated[list[str], Field(min_length=1, max_length=MAX_ARRAY_ITEMS)]
         | Annotated[list[Annotated[int, Field(strict=True, ge=0)]], Field(min_length=1, max_length=MAX_TOKEN_IDS)]
+        | Annotated[list[Annotated[list[Annotated[int, Field(strict=True, ge=0)]], Field(min_length=1, max_length=MAX_TOKEN_IDS)]],
+                    Field(min_length=1, max_length=MAX_ARRAY_ITEMS)]
     )
     logprobs: Annotated[int, Field(strict=True, ge=0, le=5)] | None = None
     echo: StrictBool | None = None
@@ -319,7 +321,7 @@ def prompt_text(req: ChatCompletionRequest | CompletionRequest) -> str:
         p = req.prompt
         if isinstance(p, str):
             return p
-        return "\n".join(x for x in p if isinstance(x, str))
+        return "\n".join(x for x in p if isinstance(x, str))  # token ids carry no text to featurise
     for m in reversed(req.messages):
         if m.role == "user":
             return _content_text(m.content)
@@ -341,12 +343,17 @@ def estimate_prompt_tokens(req: ChatCompletionRequest | CompletionRequest | Embe
         if req.tools:
             chars += sum(len(str(t.function.parameters or "")) + len(t.function.name) for t in req.tools)
     elif isinstance(req, CompletionRequest):
-        p = req.prompt
-        chars = len(p) if isinstance(p, str) else sum(len(x) if isinstance(x, str) else 4 for x in p)
+        chars = _input_chars(req.prompt)
     else:
-        i = req.input
-        chars = len(i) if isinstance(i, str) else sum(len(x) if isinstance(x, str) else 4 for x in i)
+        chars = _input_chars(req.input)
     return chars // 4 + 1
+
+
+def _input_chars(value: str | list[str] | list[int] | list[list[int]]) -> int:
+    """Characters of a prompt or embedding input, a token id counted as 4."""
+    if isinstance(value, str):
+        return len(value)
+    return sum(len(x) if isinstance(x, str) else 4 * len(x) if isinstance(x, list) else 4 for x in value)
 
 
 def needed_capabilities(req: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> frozenset[str]:
@@ -396,6 +403,6 @@ def output_choices(req: ChatCompletionRequest | CompletionRequest | EmbeddingReq
         return 1
     n = max(req.n or 1, getattr(req, "best_of", None) or 1)
     if isinstance(req, CompletionRequest) and isinstance(req.prompt, list) and req.prompt \
-            and isinstance(req.prompt[0], str):
-        n *= len(req.prompt)  # one set of choices per prompt
+            and isinstance(req.prompt[0], str | list):
+        n *= len(req.prompt)  # one set of choices per prompt (text or token ids)
     return n

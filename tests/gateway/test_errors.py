@@ -228,3 +228,24 @@ def test_numbers_and_flags_of_the_wrong_type_are_400s_not_coerced(
     ok = httpx.post(gateway.base_url + "/v1/chat/completions",
                     json={"model": "fake-model", "messages": MSG, "temperature": 1, "max_tokens": 3})
     assert ok.status_code == 200  # an integer is a number
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param", "expected"),
+    [
+        ("/v1/completions", {"model": "fake-model", "prompt": 5},
+         "prompt", "a string, an array of strings, an array of integers or an array of arrays of integers"),
+        ("/v1/completions", {"model": "fake-model", "prompt": [[1, "a"]]},
+         "prompt", "a string, an array of strings, an array of integers or an array of arrays of integers"),
+        ("/v1/chat/completions", {"model": "fake-model", "messages": [{"role": "user", "content": 5}]},
+         "messages[0].content", "a string or an array of objects"),
+        ("/v1/chat/completions", {"model": "fake-model", "messages": MSG, "stop": 5},
+         "stop", "a string or an array of strings"),
+    ],
+)
+def test_a_value_of_none_of_a_fields_types_says_which_types_it_takes(
+    gateway: GatewayThread, path: str, body: dict, param: str, expected: str
+) -> None:
+    err = _assert_error_shape(httpx.post(gateway.base_url + path, json=body), 400)
+    assert err["param"] == param and err["code"] == "invalid_type"
+    assert err["message"] == f"Invalid type for '{param}': expected {expected}."

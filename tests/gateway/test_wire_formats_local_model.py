@@ -81,3 +81,11 @@ def test_messages_api_reports_the_stop_sequence_the_local_model_stopped_on(local
     with client.messages.stream(**ask, stop_sequences=[stop]) as stream:  # type: ignore[call-overload]
         final = stream.get_final_message()
     assert final.stop_reason == "stop_sequence" and final.stop_sequence == stop
+
+
+def test_completions_take_a_batch_of_token_id_prompts(local_gateway: GatewayThread) -> None:
+    """OpenAI's `prompt` may be an array of token-id arrays: one set of choices per prompt."""
+    oa = OpenAI(base_url=local_gateway.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    resp = oa.completions.create(model="hybridgate-local", prompt=[[1, 2, 3], [4, 5]], max_tokens=3, n=2)
+    assert [c.index for c in resp.choices] == [0, 1, 2, 3]
+    assert resp.usage is not None and resp.usage.prompt_tokens == 3 + 2  # each prompt once, whatever n
