@@ -8,6 +8,9 @@ the request log never care which provider is behind a deployment.
 
 from __future__ import annotations
 
+import errno
+import socket
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -69,6 +72,11 @@ class UpstreamError(Exception):
 
     kinds: "timeout", "rate_limit", "server_error", "connection", "context_window",
     "content_policy", "bad_request", "auth", "not_found", "stream_cut", "malformed".
+
+    ``message`` is the whole story, for the request log (the attempt row's error_message): the URL, the
+    HTTP library's own words. ``reason``, set for a transport failure, is what the client may see in
+    its place: a short phrase that does not change with the library or its version (`transport_reason`).
+    ``deployment`` is the deployment that failed; the executor fills it in.
     """
 
     def __init__(
@@ -79,6 +87,8 @@ class UpstreamError(Exception):
         status: int | None = None,
         retry_after_s: float | None = None,
         body: Any = None,
+        reason: str | None = None,
+        deployment: str | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -86,6 +96,8 @@ class UpstreamError(Exception):
         self.status = status
         self.retry_after_s = retry_after_s
         self.body = body
+        self.reason = reason
+        self.deployment = deployment
 
     @property
     def retryable(self) -> bool:
@@ -97,6 +109,45 @@ class UpstreamError(Exception):
 
     def __repr__(self) -> str:
         return f"UpstreamError({self.kind!r}, {self.message!r}, status={self.status})"
+
+
+_ERRNO_REASONS = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.ECONNABORTED: "connection aborted",
+    errno.EPIPE: "connection closed",
+    errno.ETIMEDOUT: "connection timed out",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+    errno.EADDRNOTAVAIL: "address not available",
+}
+
+
+def transport_reason(exc: BaseException) -> str:
+    """What went wrong with the connection behind ``exc`` (followed along its causes), in words that
+    name no library, class, socket address or errno: "connection refused", "host name not resolved",
+    "TLS handshake failed" ... "connection failed" when nothing more is known."""
+    cur: BaseException | None = exc
+    for _ in range(12):
+        if cur is None:
+            break
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            return "TLS certificate not trusted"
+        if isinstance(cur, ssl.SSLError):
+            return "TLS handshake failed"
+        if isinstance(cur, socket.gaierror):
+            return "host name not resolved"
+        if isinstance(cur, OSError) and cur.errno in _ERRNO_REASONS:
+            return _ERRNO_REASONS[cur.errno]
+        if isinstance(cur, TimeoutError):
+            return "connection timed out"
+        if isinstance(cur, OSError):  # an HTTP library's own (aiohttp's ClientConnectorError) wraps the socket's
+            inner = getattr(cur, "os_error", None) or getattr(cur, "certificate_error", None)
+            if isinstance(inner, BaseException) and inner is not cur:
+                cur = inner
+                continue
+        cur = cur.__cause__ or cur.__context__
+    return "connection failed"
 
 
 class Backend(Protocol):

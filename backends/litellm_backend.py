@@ -33,7 +33,14 @@ from collections.abc import AsyncIterator, Mapping
 from types import ModuleType
 from typing import Any
 
-from backends.base import RESPONSES_END, RESPONSES_FAILED, UpstreamCall, UpstreamError, UpstreamResponse
+from backends.base import (
+    RESPONSES_END,
+    RESPONSES_FAILED,
+    UpstreamCall,
+    UpstreamError,
+    UpstreamResponse,
+    transport_reason,
+)
 from backends.openai_compatible import (
     classify_client_error,
     parse_retry_after,
@@ -163,13 +170,15 @@ def map_litellm_error(exc: BaseException, litellm: ModuleType | None = None) -> 
     if isinstance(exc, le.RateLimitError):
         return UpstreamError("rate_limit", message, status=429, retry_after_s=_retry_after(exc), body=body)
     if isinstance(exc, le.Timeout):
-        return UpstreamError("timeout", message, body={"phase": "litellm"})
+        return UpstreamError("timeout", message, body={"phase": "litellm"}, reason="timed out")
     if isinstance(exc, le.APIConnectionError):
-        return UpstreamError("connection", message, status=status if status and status >= 400 else None)
+        return UpstreamError("connection", message, status=status if status and status >= 400 else None,
+                             reason=transport_reason(exc))
     transport = _transport_cause(exc)
     if transport is not None:  # litellm reports refused/reset connections as InternalServerError (500)
         return UpstreamError(
-            transport, message, body={"phase": "litellm"} if transport == "timeout" else None
+            transport, message, body={"phase": "litellm"} if transport == "timeout" else None,
+            reason="timed out" if transport == "timeout" else transport_reason(exc),
         )
     if isinstance(exc, (le.ServiceUnavailableError, le.InternalServerError, le.BadGatewayError)):
         return UpstreamError(
@@ -193,9 +202,9 @@ def map_litellm_error(exc: BaseException, litellm: ModuleType | None = None) -> 
         if status >= 400:
             return UpstreamError(classify_client_error(status, message), message, status=status, body=body)
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
-        return UpstreamError("timeout", message or "timeout")
+        return UpstreamError("timeout", message or "timeout", reason="timed out")
     if isinstance(exc, (ConnectionError, OSError)):
-        return UpstreamError("connection", message)
+        return UpstreamError("connection", message, reason=transport_reason(exc))
     return UpstreamError("server_error", f"{type(exc).__name__}: {message}")
 
 
@@ -344,7 +353,7 @@ class LiteLLMBackend:
                     err = map_litellm_error(exc, self._litellm)
                     if n == 0:
                         raise err from exc
-                    raise _cut(err.kind, err.message, n) from exc
+                    raise _cut(err.kind, err.message, n, reason=err.reason) from exc
                 if responses:  # Responses events pass as they are; the last one names how it ended
                     chunk = responses_dict(obj)
                     kind = chunk.get("type")
@@ -369,9 +378,10 @@ class LiteLLMBackend:
             raise _cut("stream_cut", "stream ended before any choice finished", n)
 
 
-def _cut(cause: str, message: str, n: int, **extra: Any) -> UpstreamError:
+def _cut(cause: str, message: str, n: int, reason: str | None = None, **extra: Any) -> UpstreamError:
     return UpstreamError(
         "stream_cut",
         f"stream cut after {n} chunk(s): {message}",
         body={"cause": cause, "chunks_yielded": n, **extra},
+        reason=None if reason is None else f"{reason} after {n} chunk(s)",
     )

@@ -166,11 +166,16 @@ def build_local_backend(cfg: DeploymentConfig, engine_config: EngineConfig | Non
     """The registry factory for ``provider: local``: load ``cfg.upstream_model`` (a checkpoint directory or
     "shipped") and serve it in-process, or in a child server process (`serves_in_subprocess`). ``max_concurrency`` (if set) bounds the running sequences and
     ``context_window`` the model length."""
+    from local_model.device import DeviceUnavailableError, device_problem
     from local_model.engine.checkpoint import resolve_checkpoint
 
     if cfg.api_base is not None:
         raise ValueError(f"deployment {cfg.name!r}: provider 'local' runs in-process; api_base must be unset")
     path = resolve_checkpoint(cfg.upstream_model)
+    # before the weights load (or a child server starts): torch's own refusal comes late, as a traceback
+    problem = device_problem(cfg.local_device)
+    if problem is not None:
+        raise DeviceUnavailableError(f"deployment {cfg.name!r}: {cfg.local_device!r} cannot be used: {problem}")
     if serves_in_subprocess(cfg):
         from backends.local_subprocess import LocalServerProcess, SubprocessLocalBackend
 

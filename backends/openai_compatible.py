@@ -38,6 +38,7 @@ from backends.base import (
     UpstreamError,
     UpstreamResponse,
     Usage,
+    transport_reason,
     usage_fields,
 )
 from backends.sse import DONE, SSEDecoder, with_stream_usage
@@ -185,12 +186,29 @@ def _timeout_error(phase: str, seconds: float, **extra: Any) -> UpstreamError:
     )
 
 
-def _cut(cause: str, message: str, n: int, **extra: Any) -> UpstreamError:
+def _cut(cause: str, message: str, n: int, reason: str | None = None, **extra: Any) -> UpstreamError:
     return UpstreamError(
         "stream_cut",
         f"stream cut after {n} chunk(s): {message}",
         body={"cause": cause, "chunks_yielded": n, **extra},
+        reason=None if reason is None else f"{reason} after {n} chunk(s)",
     )
+
+
+def _client_error_reason(exc: aiohttp.ClientError) -> str:
+    """`transport_reason` with aiohttp's own failures that have no socket error under them."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server disconnected"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "connection closed"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return "invalid HTTP response"
+    return transport_reason(exc)
+
+
+def _connection_error(message: str, exc: aiohttp.ClientError) -> UpstreamError:
+    """A transport failure: aiohttp's words (and the URL) for the request log, a plain reason for the client."""
+    return UpstreamError("connection", message, reason=_client_error_reason(exc))
 
 
 class OpenAICompatibleBackend:
@@ -302,11 +320,11 @@ class OpenAICompatibleBackend:
         except TimeoutError:
             raise _timeout_error("total", call.timeout_s) from None
         except aiohttp.ClientPayloadError as exc:
-            raise UpstreamError("connection", f"upstream answer cut: {exc}") from None
+            raise _connection_error(f"upstream answer cut: {exc}", exc) from None
         except aiohttp.ClientConnectorError as exc:
-            raise UpstreamError("connection", f"cannot connect to {self.base_url}: {exc.os_error}") from None
+            raise _connection_error(f"cannot connect to {self.base_url}: {exc.os_error}", exc) from None
         except aiohttp.ClientError as exc:  # disconnected, reset, invalid HTTP
-            raise UpstreamError("connection", f"upstream connection failed: {exc!r}") from None
+            raise _connection_error(f"upstream connection failed: {exc!r}", exc) from None
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -351,9 +369,9 @@ class OpenAICompatibleBackend:
         except TimeoutError:
             raise _timeout_error("first_byte", call.timeout_s) from None
         except aiohttp.ClientConnectorError as exc:
-            raise UpstreamError("connection", f"cannot connect to {self.base_url}: {exc.os_error}") from None
+            raise _connection_error(f"cannot connect to {self.base_url}: {exc.os_error}", exc) from None
         except aiohttp.ClientError as exc:
-            raise UpstreamError("connection", f"upstream connection failed: {exc!r}") from None
+            raise _connection_error(f"upstream connection failed: {exc!r}", exc) from None
 
         done = False
         try:
@@ -385,8 +403,9 @@ class OpenAICompatibleBackend:
                             "stream_cut",
                             f"stream cut before the first chunk: {exc!r}",
                             body={"cause": "connection", "chunks_yielded": 0},
+                            reason=f"{_client_error_reason(exc)} before the first chunk",
                         ) from None
-                    raise _cut("connection", repr(exc), n) from None
+                    raise _cut("connection", repr(exc), n, reason=_client_error_reason(exc)) from None
                 events = decoder.feed(data) if data else decoder.flush()
                 for _event, payload_bytes in events:
                     if payload_bytes == DONE:
@@ -448,7 +467,7 @@ class OpenAICompatibleBackend:
         except TimeoutError:
             raise _timeout_error("first_byte", timeout_s) from None
         except aiohttp.ClientError as exc:
-            raise UpstreamError("connection", f"upstream answer cut: {exc!r}") from None
+            raise _connection_error(f"upstream answer cut: {exc!r}", exc) from None
 
     @staticmethod
     def _non_sse_answer(raw: bytes) -> UpstreamError:

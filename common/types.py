@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Pricing(BaseModel):
@@ -63,6 +64,24 @@ class DeploymentConfig(BaseModel):
     )
     local_device: str = Field(default="cpu", description="provider 'local': torch device of the model")
     local_dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
+
+    @field_validator("api_base")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        """Checked here, at start: both upstream clients (aiohttp for openai_compatible, litellm's
+        HTTP clients) only speak HTTP(S) to a host, so anything else would fail every request."""
+        if v is None:
+            return v
+        try:
+            parts = urlsplit(v)
+            # reading .port raises ValueError for a port that is not a number from 0 to 65535
+            valid = (parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+                     and not any(c.isspace() for c in v))
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ValueError("expected an http:// or https:// URL with a host, e.g. http://HOST:8000/v1")
+        return v
 
 
 class RetrySettings(BaseModel):

@@ -42,8 +42,10 @@ from gateway.keys import KeyStore
 from gateway.messages_api import anthropic_error, is_messages_path
 from gateway.openai_api import OpenAIHandlers
 from gateway.openapi import openapi_document
+from gateway.preflight import check_app
 from gateway.responses_api import StoredResponseHandlers
 from gateway.services import Services
+from local_model.device import DeviceUnavailableError
 from policies.db_store import DbPolicyStore
 from policies.registry import PolicyRegistry
 from requestlog.retention import cutoff, prune
@@ -166,12 +168,15 @@ def key_change_events(settings: Settings, client: Any = None) -> RedisPolicyEven
 
 def _build_backend(settings: Settings, d: DeploymentConfig) -> Backend:
     """A deployment's backend; a deployment its backend refuses (no api_base, a checkpoint that is not
-    one, a device torch does not know) is a ConfigError naming where the config sets it."""
+    one, a device this machine's torch cannot use) is a ConfigError naming where the config sets it."""
     try:
         return build_backend(d)
     except (ValueError, OSError) as exc:
         i = next((i for i, c in enumerate(settings.deployments) if c is d), None)
-        where = "local_model.checkpoint" if i is None else f"deployments[{i}] ({d.name!r})"
+        if isinstance(exc, DeviceUnavailableError):
+            where = "local_model.device" if i is None else f"deployments[{i}].local_device ({d.name!r})"
+        else:
+            where = "local_model.checkpoint" if i is None else f"deployments[{i}] ({d.name!r})"
         reason = str(exc).removeprefix(f"deployment {d.name!r}: ").removeprefix("provider 'local': ")
         if isinstance(exc, json.JSONDecodeError):
             reason = f"{d.upstream_model}/config.json is not valid JSON ({exc})"
@@ -247,7 +252,25 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
     )
 
 
+async def _close_backends(services: Services) -> None:
+    """Close every backend (a local model's engine or server process) and the database engine."""
+    for b in services.backends.values():
+        with contextlib.suppress(Exception):
+            await b.aclose()
+    await services.engine.dispose()
+
+
 def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -> Starlette:
+    """The gateway as an ASGI app, for `hybridgate serve` (through `app_from_env`) or for embedding.
+
+    Embedding it is as safe as `serve`: a deployment no backend can be built from (no api_base, a
+    checkpoint that is not one, a local-model device this machine's torch cannot use) is a ConfigError
+    here, and the app's startup (its lifespan, before anything is served or seeded) runs serve's
+    preflight (`gateway.preflight.check_app`): a `policies_dir` that is missing or holds an invalid
+    policy, a log database that answers but is not migrated, a `default_model` that names nothing are
+    a ConfigError that fails the startup; its warnings (an unreachable database: the app starts
+    degraded) go to the ``hybridgate`` logger. Those checks read only what startup reads anyway (the
+    policy files, the log database), on the app's own engine."""
     services = build_services(settings, backends)
     oa = OpenAIHandlers(services)
     admin = AdminHandlers(services)
@@ -258,6 +281,12 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            for warning in await check_app(settings, services.engine):
+                log.warning("hybridgate: %s", warning)
+        except BaseException:
+            await _close_backends(services)  # nothing else is running yet
+            raise
         await services.sink.start()
         registry = services.router.registry
         try:
@@ -318,10 +347,7 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
             with contextlib.suppress(Exception):
                 await heartbeat.leave()
             await services.sink.aclose()
-            for b in services.backends.values():
-                with contextlib.suppress(Exception):
-                    await b.aclose()
-            await services.engine.dispose()
+            await _close_backends(services)
 
     async def healthz(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")

@@ -10,9 +10,12 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -38,6 +41,16 @@ def _database_errors(s: Settings, doing: str) -> Iterator[None]:
         raise SystemExit(1) from None
 
 
+def _command_engine(s: Settings) -> AsyncEngine:
+    """The log database's engine for a command (keys, prune): opening a connection gives up after
+    migrate's bound (requestlog.urls.connect_timeout_args), not the driver's 60 s or more."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from requestlog.urls import connect_timeout_args
+
+    return create_async_engine(s.database_url, connect_args=connect_timeout_args(s.database_url))
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from gateway.preflight import redact
     from requestlog.migrate import upgrade
@@ -53,8 +66,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
     """Delete logged requests older than --days (or log.retention_days), with attempts and feedback."""
     from datetime import UTC, datetime
 
-    from sqlalchemy.ext.asyncio import create_async_engine
-
     from requestlog.retention import cutoff, prune
 
     s = _settings(args)
@@ -64,7 +75,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         return 2
 
     async def run() -> dict[str, int]:
-        engine = create_async_engine(s.database_url)
+        engine = _command_engine(s)
         try:
             return (await prune(engine, cutoff(datetime.now(UTC), days))).as_dict()
         finally:
@@ -150,11 +161,9 @@ def _duration_s(text: str) -> int | None:
 
 
 async def _with_keys(s: Settings, fn: Any) -> Any:
-    from sqlalchemy.ext.asyncio import create_async_engine
-
     from gateway.keys import KeyStore
 
-    engine = create_async_engine(s.database_url)
+    engine = _command_engine(s)
     # with Redis, a revocation from the CLI reaches running gateways at once, as one from the admin API
     from gateway.app import key_change_events
 

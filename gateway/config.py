@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from common.types import DeploymentConfig
+from common.yamldoc import SafeLoader, duplicate_keys
 from requestlog.urls import to_async_url
 
 DEFAULT_CONFIG_FILE = "hybridgate.yaml"
@@ -307,7 +308,18 @@ def _read_yaml(path: Path, *, required: bool = False) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
     try:
-        data = yaml.safe_load(text)
+        loader = SafeLoader(text)
+        try:
+            root = loader.get_single_node()
+            # YAML keeps the last of a repeated key: the first `database_url:` would be ignored silently
+            dups = duplicate_keys(root)
+            if dups:
+                d = dups[0]
+                raise ConfigError(f"{path}: not valid YAML: line {d.line}, column {d.column}: duplicate key "
+                                  f"{d.path!r} (first on line {d.first_line}); keep one of them")
+            data = loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     if data is None:
@@ -375,7 +387,7 @@ def _describe(err: Any, overrides: dict[str, Any]) -> str:
         if value is None:
             msg += "; got nothing (an empty value)"
         elif isinstance(value, str | int | float | bool) and not any(w in leaf for w in _SECRETISH) \
-                and len(repr(value)) <= 80:
+                and len(repr(value)) <= 80 and not (isinstance(value, str) and "@" in value):  # a URL's USER:PASSWORD@
             msg += f"; got {value!r}"
     line = f"{key}: {msg}" if key else msg
     names = [str(p) for p in loc if not isinstance(p, int)]

@@ -39,6 +39,9 @@ class APIError(Exception):
         self.headers = headers or {}
 
     details: list[dict[str, Any]] | None = None  # e.g. every validation error of a policy
+    # the upstream failure this error restates (`from_upstream`), for a wire format that can repeat the
+    # upstream's own report of it (a Responses upstream's error code)
+    upstream: UpstreamError | None = None
 
     def body(self) -> dict[str, Any]:
         err: dict[str, Any] = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
@@ -124,7 +127,10 @@ def _upstream_detail(err: UpstreamError) -> tuple[str | None, str | None]:
 def from_upstream(err: UpstreamError) -> APIError:
     """Translate the last upstream failure into the client's error: a client-caused failure keeps the
     upstream's own message, param and code (they describe the client's request); others say what
-    failed without the upstream's internals."""
+    failed without the upstream's internals. A transport failure says so in fixed words (its
+    ``reason``: "upstream 'eu-vllm' unreachable: connection refused"), never the HTTP library's
+    message, which names its classes, socket addresses and errno and changes between versions; the
+    whole message stays in the attempt's row of the request log."""
     status, type_, code, message = _UPSTREAM_MAP.get(
         err.kind, (502, "upstream_error", None, "The model's provider failed."))
     headers: dict[str, str] = {}
@@ -136,9 +142,16 @@ def from_upstream(err: UpstreamError) -> APIError:
         code = upstream_code or code
         if err.message and err.kind != "not_found":
             message = err.message
+    elif err.kind == "connection":
+        detail = err.reason or "connection failed"
+        message = f"{message} ({f'upstream {err.deployment!r} unreachable: ' if err.deployment else ''}{detail})"
+    elif err.reason:
+        message = f"{message} ({err.reason})"
     elif err.message:
         message = f"{message} ({err.message})"
-    return APIError(status, message, type=type_, param=param, code=code, headers=headers)
+    out = APIError(status, message, type=type_, param=param, code=code, headers=headers)
+    out.upstream = err
+    return out
 
 
 # Service refusal code -> (status, type) in OpenAI's shape.

@@ -1,5 +1,6 @@
-"""What `hybridgate serve` checks before it starts the server, and how the command line words a
-database failure.
+"""What `hybridgate serve` checks before it starts the server (`check_serve`), what every app built
+with `gateway.app.create_app` checks as it starts (`check_app`: the same checks, for an embedded app
+that never went through `serve`), and how the command line words a database failure.
 
 Configuration mistakes that the settings' own validation cannot see (they need the file system or
 the database) would otherwise surface as a traceback in every worker, or as a gateway that starts
@@ -12,18 +13,20 @@ mistake here: the gateway degrades (rows spool to disk) as DESIGN.md says, with 
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import ConfigError, Settings
 from policies.loader import PolicyValidationError, parse_policy
-from requestlog.urls import to_sync_url
+from requestlog.urls import connect_timeout_args, to_sync_url
 
-CONNECT_TIMEOUT_S = 5
+CONNECT_TIMEOUT_S = 5  # serve's look at the log database: it starts degraded when that does not answer
 
 
 def redact(url: str) -> str:
@@ -35,7 +38,9 @@ def db_failure(url: str, exc: BaseException) -> str:
     """One line for a database error: the URL (no password), the driver's own reason (not
     SQLAlchemy's statement and parameters), and what to do where that is clear."""
     orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    if isinstance(orig, OSError) and orig.strerror:
+    if isinstance(orig, TimeoutError) and not str(orig):  # asyncpg's connect timeout says nothing itself
+        reason = "connection timeout expired"
+    elif isinstance(orig, OSError) and orig.strerror:
         reason = orig.strerror + (f": {orig.filename}" if orig.filename else "")
     else:
         reason = str(orig) or type(orig).__name__
@@ -54,21 +59,39 @@ def check_serve(settings: Settings) -> list[str]:
     warnings: list[str] = []
     seeded = _policy_files(settings, warnings)
     reachable, live = _log_database(settings, warnings)
-    name = settings.default_model
-    if name:
-        models = {d.model for d in settings.all_deployments()}
-        policies = seeded | live
-        if settings.all_deployments():
-            from gateway.app import DEFAULT_POLICIES  # seeded at start when there is any deployment
-
-            policies |= _policy_names(DEFAULT_POLICIES)
-        if name not in models | policies:
-            what = (f"default_model: {name!r} is neither a configured model ({', '.join(sorted(models)) or 'none'}) "
-                    f"nor a policy ({', '.join(sorted(policies)) or 'none'})")
-            if reachable:
-                raise ConfigError(what + "; requests for the model `default` would get 404")
-            warnings.append(what + " that this process can see (the log database is unreachable)")
+    _default_model(settings, seeded | live, reachable, warnings)
     return warnings
+
+
+async def check_app(settings: Settings, engine: AsyncEngine) -> list[str]:
+    """`check_serve`'s checks from inside an app's startup (`gateway.app.create_app`'s lifespan), on the
+    app's own database engine: the policy files it is about to seed, the log database's schema and
+    live policies (the database startup reads anyway), `default_model`. Raise ConfigError; return warnings."""
+    warnings: list[str] = []
+    seeded = await asyncio.to_thread(_policy_files, settings, warnings)
+    reachable, live = await _log_database_async(settings, engine, warnings)
+    _default_model(settings, seeded | live, reachable, warnings)
+    return warnings
+
+
+def _default_model(settings: Settings, policies: set[str], reachable: bool, warnings: list[str]) -> None:
+    """ConfigError when `default_model` names neither a configured model nor a policy (``policies``: the
+    seeded and stored ones, as far as the log database tells; the shipped default); a warning only
+    while the database, which may hold it, does not answer."""
+    name = settings.default_model
+    if not name:
+        return
+    models = {d.model for d in settings.all_deployments()}
+    if settings.all_deployments():
+        from gateway.app import DEFAULT_POLICIES  # seeded at start when there is any deployment
+
+        policies = policies | _policy_names(DEFAULT_POLICIES)
+    if name not in models | policies:
+        what = (f"default_model: {name!r} is neither a configured model ({', '.join(sorted(models)) or 'none'}) "
+                f"nor a policy ({', '.join(sorted(policies)) or 'none'})")
+        if reachable:
+            raise ConfigError(what + "; requests for the model `default` would get 404")
+        warnings.append(what + " that this process can see (the log database is unreachable)")
 
 
 def _policy_names(folder: Path) -> set[str]:
@@ -102,42 +125,75 @@ def _policy_files(settings: Settings, warnings: list[str]) -> set[str]:
     return names
 
 
+_MIGRATE = "run `hybridgate migrate` (or start with `hybridgate serve --migrate`)"
+
+
 def _log_database(settings: Settings, warnings: list[str]) -> tuple[bool, set[str]]:
     """(reachable, names of the live stored policies). ConfigError when the database answers but its
     schema is not the one this code needs; a warning when it does not answer."""
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    from requestlog.migrate import make_config
-    from requestlog.tables import policy_active
-
     url = to_sync_url(settings.database_url)
-    migrate = "run `hybridgate migrate` (or start with `hybridgate serve --migrate`)"
-    connect_args: dict[str, object] = {}
-    if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:" and not Path(url.database).expanduser().exists():
-            raise ConfigError(f"database_url: the SQLite log {url.database} does not exist yet: {migrate}")
-    elif "connect_timeout" not in url.query:
-        connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args)
+    _sqlite_file_exists(url)
+    revisions = _revisions()
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool,
+                              connect_args=connect_timeout_args(url, CONNECT_TIMEOUT_S))
     try:
         with engine.connect() as conn:
-            current = MigrationContext.configure(conn).get_current_revision()
-            scripts = ScriptDirectory.from_config(make_config())
-            head = scripts.get_current_head()
-            if current != head:
-                known = {s.revision for s in scripts.walk_revisions()}
-                if current is None or current in known:
-                    state = "has no hybridgate tables" if current is None else f"is at schema revision {current}"
-                    raise ConfigError(f"database_url: the log database at {redact(settings.database_url)} {state}; "
-                                      f"this gateway needs {head}: {migrate}")
-                warnings.append(f"the log database is at schema revision {current}, which this gateway does not "
-                                "know (a newer release migrated it?)")
-            live = set(conn.execute(sa.select(policy_active.c.name)).scalars())
+            return True, _schema(conn, settings, revisions, warnings)
     except SQLAlchemyError as exc:
-        warnings.append(f"{db_failure(settings.database_url, exc)}; starting anyway: request rows spool to "
-                        f"{settings.log.spool_dir} and policies load once it answers")
+        warnings.append(_unreachable(settings, exc))
         return False, set()
     finally:
         engine.dispose()
-    return True, live
+
+
+async def _log_database_async(settings: Settings, engine: AsyncEngine, warnings: list[str]) -> tuple[bool, set[str]]:
+    """`_log_database` on an app's async engine, bounded as serve's connection is."""
+    _sqlite_file_exists(to_sync_url(settings.database_url))
+    revisions = await asyncio.to_thread(_revisions)  # reads every migration script
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT_S), engine.connect() as conn:
+            return True, await conn.run_sync(_schema, settings, revisions, warnings)
+    except (SQLAlchemyError, OSError) as exc:  # TimeoutError is an OSError
+        warnings.append(_unreachable(settings, exc))
+        return False, set()
+
+
+def _sqlite_file_exists(url: sa.URL) -> None:
+    """A SQLite log that is not there is a mistake, not an outage (and opening it would create it empty)."""
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" \
+            and not Path(url.database).expanduser().exists():
+        raise ConfigError(f"database_url: the SQLite log {url.database} does not exist yet: {_MIGRATE}")
+
+
+def _revisions() -> tuple[str | None, set[str]]:
+    """(head, every revision) of the migrations this code ships."""
+    from alembic.script import ScriptDirectory
+
+    from requestlog.migrate import make_config
+
+    scripts = ScriptDirectory.from_config(make_config())
+    return scripts.get_current_head(), {s.revision for s in scripts.walk_revisions()}
+
+
+def _schema(conn: sa.Connection, settings: Settings, revisions: tuple[str | None, set[str]],
+            warnings: list[str]) -> set[str]:
+    """Names of the live stored policies; ConfigError when the schema is not the one this code needs."""
+    from alembic.runtime.migration import MigrationContext
+
+    from requestlog.tables import policy_active
+
+    head, known = revisions
+    current = MigrationContext.configure(conn).get_current_revision()
+    if current != head:
+        if current is None or current in known:
+            state = "has no hybridgate tables" if current is None else f"is at schema revision {current}"
+            raise ConfigError(f"database_url: the log database at {redact(settings.database_url)} {state}; "
+                              f"this gateway needs {head}: {_MIGRATE}")
+        warnings.append(f"the log database is at schema revision {current}, which this gateway does not "
+                        "know (a newer release migrated it?)")
+    return set(conn.execute(sa.select(policy_active.c.name)).scalars())
+
+
+def _unreachable(settings: Settings, exc: BaseException) -> str:
+    return (f"{db_failure(settings.database_url, exc)}; starting anyway: request rows spool to "
+            f"{settings.log.spool_dir} and policies load once it answers")

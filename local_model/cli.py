@@ -58,6 +58,7 @@ def serve(argv: list[str]) -> int:
     import torch
     import uvicorn
 
+    from .device import device_problem
     from .engine import Engine, EngineConfig
     from .engine.checkpoint import resolve_checkpoint
     from .server import create_app
@@ -66,6 +67,10 @@ def serve(argv: list[str]) -> int:
         path = resolve_checkpoint(args.checkpoint)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    problem = device_problem(args.device)
+    if problem is not None:
+        print(f"error: --device {args.device}: {problem}", file=sys.stderr)
         return 2
     cfg = EngineConfig(
         memory_budget_mb=args.memory_mb,

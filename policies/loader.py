@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import yaml
 from pydantic import ValidationError
 
+from common.yamldoc import SafeLoader, duplicate_keys, key_path
 from policies.schema import Policy, reference_errors
 
 
@@ -47,13 +48,7 @@ class PolicyValidationError(ValueError):
 
 
 def format_loc(loc: Iterable[str | int]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int) and not isinstance(part, bool):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
+    return key_path(loc)
 
 
 def _locate(root: yaml.Node | None, loc: tuple[str | int, ...]) -> tuple[yaml.Node | None, list[int]]:
@@ -98,33 +93,6 @@ def _item(root: yaml.Node | None, loc: tuple[str | int, ...], message: str) -> P
     return PolicyErrorItem(path=format_loc(shown), message=message, line=line, column=col)
 
 
-def _duplicate_keys(node: yaml.Node | None, loc: tuple[str | int, ...] = ()) -> list[PolicyErrorItem]:
-    """YAML lets a key appear twice and silently keeps the last one: a second ``selector:`` would
-    quietly replace the first. Report it instead."""
-    out: list[PolicyErrorItem] = []
-    if isinstance(node, yaml.MappingNode):
-        first: dict[str, int] = {}
-        for k, v in node.value:
-            if isinstance(k, yaml.ScalarNode):
-                line = k.start_mark.line + 1
-                if k.value in first:
-                    out.append(
-                        PolicyErrorItem(
-                            path=format_loc((*loc, k.value)),
-                            message=f"duplicate key {k.value!r} (first on line {first[k.value]})",
-                            line=line,
-                            column=k.start_mark.column + 1,
-                        )
-                    )
-                else:
-                    first[k.value] = line
-                out += _duplicate_keys(v, (*loc, k.value))
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            out += _duplicate_keys(item, (*loc, i))
-    return out
-
-
 # How many values a policy may expand to once YAML aliases are followed (or the text's length, when that
 # is larger: a document without aliases never has more values than characters). Aliases let a few
 # hundred bytes name millions of values ("billion laughs"), and validation walks every one of them on
@@ -153,11 +121,6 @@ def _refuse(message: str, source: str | None, line: int | None = None, column: i
     raise PolicyValidationError([PolicyErrorItem(path="", message=message, line=line, column=column)], source)
 
 
-# libyaml's loader where PyYAML was built with it: the same nodes, marks and errors, composed about three
-# times faster than the pure-Python one (a policy is parsed on the admin API's request path and at reload).
-_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 def _compose(text: str, source: str | None) -> tuple[Any, yaml.Node | None]:
     nul = text.find("\x00")
     if nul >= 0:  # YAML ends a document at a NUL and keeps what came before, which a database cannot store
@@ -166,7 +129,7 @@ def _compose(text: str, source: str | None) -> tuple[Any, yaml.Node | None]:
                 nul - (before.rfind("\n") + 1) + 1)
     limit = max(MAX_VALUES, len(text))
     try:
-        loader = _SafeLoader(text)
+        loader = SafeLoader(text)  # libyaml's: a policy is parsed on the admin API's request path and at reload
         try:
             node = loader.get_single_node()
             if _expands_beyond(node, limit):
@@ -208,9 +171,11 @@ def parse_policy(
     stores a policy under a name, and the two must never disagree).
     """
     data, root = _compose(text, source)
-    dups = _duplicate_keys(root)
+    dups = duplicate_keys(root)  # YAML would keep the last of them silently
     if dups:
-        raise PolicyValidationError(dups, source)
+        items = [PolicyErrorItem(path=d.path, message=f"duplicate key {d.key!r} (first on line {d.first_line})",
+                                 line=d.line, column=d.column) for d in dups]
+        raise PolicyValidationError(items, source)
     if not isinstance(data, dict):
         line = root.start_mark.line + 1 if root is not None else None
         raise PolicyValidationError(

@@ -36,11 +36,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from .urls import to_sync_url
+from .urls import connect_timeout_args, to_sync_url
 
 DEFAULT_URL = "sqlite+aiosqlite:///./hybridgate.db"
-
-CONNECT_TIMEOUT_S = 10  # Postgres connection establishment, per attempt
 
 _PG_LOCK_KEY = 0x6879_6272_6467  # "hybrdg": arbitrary, constant advisory-lock key
 
@@ -86,10 +84,8 @@ def _sync_engine(db_url: str) -> sa.Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    # libpq waits for ever on a host that takes the connection and never answers (or drops packets
-    # for the kernel's minutes): bound it, unless the URL sets its own.
-    connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": CONNECT_TIMEOUT_S}
-    return sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args)
+    # libpq waits for ever on a host that takes the connection and never answers: bound it
+    return sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_timeout_args(url))
 
 
 @contextmanager

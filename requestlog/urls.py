@@ -8,7 +8,13 @@ are accepted.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.engine import URL, make_url
+
+# How long opening a Postgres connection may take (the commands that use the database: migrate, keys,
+# prune; serve's preflight passes its own, shorter bound).
+CONNECT_TIMEOUT_S = 10
 
 _ASYNC_DRIVERS = {
     "postgresql": "postgresql+asyncpg",
@@ -60,3 +66,16 @@ def to_async_url(url: str | URL) -> URL:
 def to_sync_url(url: str | URL) -> URL:
     """The URL to use with a blocking engine (psycopg 3 / sqlite3)."""
     return _convert(url, _SYNC_DRIVERS, "sync")
+
+
+def connect_timeout_args(url: str | URL, timeout_s: int = CONNECT_TIMEOUT_S) -> dict[str, Any]:
+    """``connect_args`` for ``create_engine`` / ``create_async_engine`` that bound how long opening a
+    Postgres connection may take, in the spelling of the URL's driver. Without one, a host that
+    accepts the connection and never answers (a dead proxy, a firewall that drops packets) costs
+    asyncpg's 60 s default, and libpq's (psycopg) wait has no end. {} for SQLite, and for a URL that
+    sets its own (``timeout`` for asyncpg, ``connect_timeout`` for psycopg)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return {}
+    name = "timeout" if parsed.get_driver_name() == "asyncpg" else "connect_timeout"
+    return {} if name in parsed.query else {name: timeout_s}

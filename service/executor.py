@@ -129,6 +129,11 @@ class _Cursor:
         self.here = 0
 
 
+def _no_deployment() -> UpstreamError:
+    why = "no deployment available (all circuit breakers open)"
+    return UpstreamError("connection", why, reason=why)
+
+
 class Executor:
     """Tries targets in order. One instance per app; stateless between requests."""
 
@@ -154,6 +159,8 @@ class Executor:
         return row
 
     async def _fail(self, row: AttemptRow, err: UpstreamError, t0: float, target: Target) -> None:
+        if err.deployment is None:
+            err.deployment = target.deployment.name  # the client's error names it (gateway.errors.from_upstream)
         row.status = "error"
         row.latency_ms = (time.perf_counter() - t0) * 1000
         row.http_status = err.status
@@ -231,7 +238,7 @@ class Executor:
                 self._outcomes.finished(t.deployment.name)
             await self._succeed(ex, row, t, resp.usage, t0)
             return resp
-        raise ex.error or UpstreamError("connection", "no deployment available (all circuit breakers open)")
+        raise ex.error or _no_deployment()
 
     async def stream(self, ex: Execution, plan: Plan, make_call: CallFactory) -> AsyncIterator[dict[str, Any]]:
         """Streamed: chunks of the first deployment that produces one.
@@ -292,5 +299,5 @@ class Executor:
                 continue
             await self._succeed(ex, row, t, usage or Usage(0, completion_chars // 4), t0)
             return
-        raise ex.error or UpstreamError("connection", "no deployment available (all circuit breakers open)")
+        raise ex.error or _no_deployment()
 

@@ -153,6 +153,20 @@ def test_a_json_policy_body_names_a_misspelt_or_mistyped_field(admin: tuple[Gate
     assert r.status_code == 201 and r.json()["comment"] == "why"
 
 
+def test_a_policy_that_repeats_a_key_is_refused_naming_the_key_and_its_line(
+    admin: tuple[GatewayThread, httpx.Client],
+) -> None:
+    """YAML keeps the last of a repeated key: the first `selector` would be dropped without a word."""
+    _, c = admin
+    spec = "name: twice\nselector: {type: fixed, order: [fake-a]}\nrules: []\nselector: {type: cheapest}\n"
+    for r in (c.put("/admin/api/policies/twice", content=spec, headers=YAML),
+              c.post("/admin/api/policies/twice/validate", content=spec, headers=YAML)):
+        err = _error(r, 422, "selector")
+        assert err["code"] == "invalid_policy"
+        assert err["message"] == "Invalid policy: selector: duplicate key 'selector' (first on line 2) (line 4)"
+    assert "twice" not in [p["name"] for p in c.get("/admin/api/policies").json()["data"]]
+
+
 def test_a_policy_error_without_a_field_has_no_empty_param(admin: tuple[GatewayThread, httpx.Client]) -> None:
     _, c = admin
     err = _error(c.put("/admin/api/policies/broken", content="::: : [\n", headers=YAML), 422, None)

@@ -5,8 +5,11 @@ starts degraded, saying so."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,11 +17,14 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from gateway.config import load_settings
+from gateway.app import create_app
+from gateway.config import ConfigError, Settings, load_settings
+from tests.support.gateway import gateway_settings
 from tests.support.net import free_port
 
 SECRET = "hunter2-secret"
@@ -147,6 +153,46 @@ def test_a_malformed_redis_url_is_refused_at_load(tmp_path: Path) -> None:
     refused(r, 2, "redis_url: not a Redis URL: expected redis://")
 
 
+def test_an_api_base_that_is_not_an_http_url_is_refused_at_load(tmp_path: Path) -> None:
+    r = hybridgate(tmp_path, "migrate", config=(
+        "deployments:\n  - {name: a, model: m, upstream_model: u, api_base: 'not a url'}\n"
+        "  - {name: b, model: m, upstream_model: u, api_base: 'localhost:8000/v1'}\n"
+        f"  - {{name: c, model: m, upstream_model: u, api_base: 'ftp://u:{SECRET}@host/v1'}}\n"))
+    expected = "api_base: expected an http:// or https:// URL with a host, e.g. http://HOST:8000/v1"
+    refused(r, 2, "invalid configuration (", f"deployments[0].{expected}; got 'not a url'\n",
+            f"deployments[1].{expected}; got 'localhost:8000/v1'\n", f"deployments[2].{expected}\n")
+    r = hybridgate(tmp_path, "migrate", env={"HYBRIDGATE_DEPLOYMENTS": (
+        '[{"name": "a", "model": "m", "upstream_model": "u", "api_base": "http://"}]')})
+    refused(r, 2, f"deployments[0].{expected}; got 'http://' (from $HYBRIDGATE_DEPLOYMENTS)")
+
+
+@pytest.mark.parametrize("api_base", ["http://127.0.0.1:8000/v1", "https://api.openai.com/v1", "http://[::1]:8000",
+                                      "HTTPS://gateway.internal", "http://vllm/v1/"])
+def test_http_and_https_api_bases_with_a_host_are_accepted(api_base: str) -> None:
+    s = load_settings(deployments=[{"name": "a", "model": "m", "upstream_model": "u", "api_base": api_base}])
+    assert s.deployments[0].api_base == api_base
+
+
+def test_a_key_written_twice_in_the_config_file_is_refused_naming_it_and_its_line(tmp_path: Path) -> None:
+    r = hybridgate(tmp_path, "migrate", config=(
+        f"admin_token: {SECRET}\nlog:\n  bodies: none\n  spool_dir: ./s\n  bodies: full\nport: 1\nport: 2\n"))
+    refused(r, 2, "c.yaml: not valid YAML: line 5, column 3: duplicate key 'log.bodies' (first on line 3)")
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = hybridgate(tmp_path, "migrate", config=(
+        "deployments:\n  - {name: a, model: m, upstream_model: u, api_base: 'http://h/v1'}\n"
+        "  - name: b\n    model: m\n    upstream_model: u\n    model: m2\n"))
+    refused(r, 2, "c.yaml: not valid YAML: line 6, column 5: duplicate key 'deployments[1].model' (first on line 4)")
+
+
+def test_a_merge_key_that_a_mapping_then_overrides_is_not_a_duplicate(tmp_path: Path) -> None:
+    """`<<: *anchor` then a key the anchor has: an override, as YAML means it, not a repeat."""
+    (tmp_path / "c.yaml").write_text(
+        "deployments:\n  - &up {name: a, model: m, upstream_model: u, api_base: 'http://h/v1', timeout_s: 5}\n"
+        "  - {<<: *up, name: b, timeout_s: 9}\n")
+    s = load_settings(str(tmp_path / "c.yaml"))
+    assert [(d.name, d.timeout_s, d.api_base) for d in s.deployments] == [("a", 5, "http://h/v1"), ("b", 9, "http://h/v1")]
+
+
 def test_a_local_model_device_or_dtype_torch_does_not_know_is_refused_at_load(tmp_path: Path) -> None:
     r = hybridgate(tmp_path, "migrate", config="local_model: {device: tpu, dtype: fp16}\n")
     refused(r, 2, "local_model.device: expected cpu, cuda, cuda:N, mps, xpu or xpu:N; got 'tpu'",
@@ -193,6 +239,23 @@ def test_keys_and_prune_on_an_unmigrated_database_say_to_migrate(tmp_path: Path)
             "run `hybridgate migrate` first")
 
 
+def test_keys_and_prune_give_up_on_a_database_that_never_answers(tmp_path: Path) -> None:
+    """The connect bound migrate has (requestlog.urls.connect_timeout_args), not asyncpg's 60 s."""
+    commands = [("keys", "list"), ("keys", "revoke", "k1"), ("prune", "--days", "3")]
+    with silent_server() as port, ThreadPoolExecutor(len(commands)) as pool:
+        cfg = f"database_url: 'postgresql+asyncpg://u:{SECRET}@127.0.0.1:{port}/db'\n"
+        (tmp_path / "c.yaml").write_text(cfg)
+        started = time.monotonic()
+        runs = list(pool.map(lambda argv: hybridgate(tmp_path, "--config", str(tmp_path / "c.yaml"), *argv,
+                                                     timeout=50), commands))
+        took = time.monotonic() - started
+    for argv, r in zip(commands, runs, strict=True):
+        refused(r, 1, f"hybridgate: {' '.join(argv[:2]) if argv[0] == 'keys' else 'prune'}: the log database at "
+                f"postgresql+asyncpg://u:***@127.0.0.1:{port}/db: connection timeout expired\n")
+        assert len(r.stderr.splitlines()) == 1, r.stderr
+    assert took < 30, took
+
+
 # ---------------------------------------------------------------------------------------------- serve
 
 
@@ -205,14 +268,19 @@ def test_serve_on_a_database_that_was_never_migrated_says_to_migrate(tmp_path: P
     refused(r, 2, "has no hybridgate tables; this gateway needs", "run `hybridgate migrate`")
 
 
-@pytest.mark.parametrize("case", ["missing folder", "invalid policy", "unknown default_model"])
+@pytest.mark.parametrize("case", ["missing folder", "invalid policy", "repeated key", "unknown default_model"])
 def test_serve_refuses_policies_and_a_default_model_it_cannot_use(tmp_path: Path, sqlite_url: str, case: str) -> None:
     bad = tmp_path / "policies"
     bad.mkdir()
     (bad / "cheap.yaml").write_text("name: cheap\nselector: nonsense\n")
+    twice = tmp_path / "twice"
+    twice.mkdir()
+    (twice / "pin.yaml").write_text("name: pin\nselector: {type: fixed}\nselector: {type: cheapest}\n")
     extra, expected = {
         "missing folder": (f"policies_dir: {tmp_path / 'nope'}\n", f"policies_dir: {tmp_path / 'nope'} does not exist"),
         "invalid policy": (f"policies_dir: {bad}\n", f"policies_dir: {bad / 'cheap.yaml'}: invalid policy:\n  line 2: selector"),
+        "repeated key": (f"policies_dir: {twice}\n", f"policies_dir: {twice / 'pin.yaml'}: invalid policy:\n"
+                                                       "  line 3: selector: duplicate key 'selector' (first on line 2)"),
         "unknown default_model": ("default_model: nosuch\n",
                                   "default_model: 'nosuch' is neither a configured model (m) nor a policy (auto)"),
     }[case]
@@ -230,6 +298,26 @@ def test_serve_names_the_deployment_its_backend_refuses(tmp_path: Path, sqlite_u
     }[case]
     r = hybridgate(tmp_path, "serve", "--port", str(free_port()), config=f"database_url: {sqlite_url}\n" + extra)
     refused(r, 3, expected)
+
+
+@pytest.mark.parametrize("case", ["local_model", "a local deployment"])
+def test_serve_refuses_a_local_model_device_this_machine_cannot_use(tmp_path: Path, sqlite_url: str,
+                                                                    case: str) -> None:
+    """Before any weights load (or the child server starts): one line, not the child's traceback."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine where torch sees no CUDA device")
+    extra, expected = {
+        "local_model": ("local_model: {device: cuda}\n", "hybridgate: local_model.device: 'cuda' cannot be used: "),
+        "a local deployment": (
+            "local_model: {enabled: false}\n"
+            "deployments: [{name: gpu, model: m, provider: local, upstream_model: shipped, local_device: 'cuda:1'}]\n",
+            "hybridgate: deployments[0].local_device ('gpu'): 'cuda:1' cannot be used: "),
+    }[case]
+    r = hybridgate(tmp_path, "serve", "--port", str(free_port()), config=f"database_url: {sqlite_url}\n" + extra)
+    refused(r, 3, expected)
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_serve_with_the_log_database_down_starts_degraded_and_says_why(tmp_path: Path) -> None:
@@ -254,3 +342,53 @@ def test_serve_with_the_log_database_down_starts_degraded_and_says_why(tmp_path:
     assert "hybridgate: warning: the log database at postgresql+asyncpg://postgres:***@127.0.0.1:" in out, out
     assert "Connection refused" in out and "starting anyway: request rows spool to" in out
     assert SECRET not in out
+
+
+# ---------------------------------------------------------------------------------------------- create_app
+
+
+def _start_and_stop(settings: Settings) -> None:
+    """An embedding server's part: build the app, run its startup, then its shutdown."""
+    app = create_app(settings)
+
+    async def lifespan() -> None:
+        async with app.router.lifespan_context(app):
+            pass
+
+    asyncio.run(lifespan())
+
+
+@pytest.mark.parametrize("case", ["missing policies_dir", "invalid policy", "unknown default_model",
+                                  "unmigrated database", "missing SQLite file"])
+def test_an_app_built_with_create_app_refuses_at_startup_what_serve_refuses(
+        tmp_path: Path, sqlite_url: str, case: str) -> None:
+    """create_app's startup runs serve's preflight: an embedded gateway does not start quietly broken
+    (nothing seeded, every log row refused, `default` a 404)."""
+    bad = tmp_path / "policies"
+    bad.mkdir()
+    (bad / "cheap.yaml").write_text("name: cheap\nselector: nonsense\n")
+    (tmp_path / "empty.db").touch()
+    overrides, expected = {
+        "missing policies_dir": ({"policies_dir": str(tmp_path / "nope")}, f"policies_dir: {tmp_path / 'nope'} does not exist"),
+        "invalid policy": ({"policies_dir": str(bad)}, f"policies_dir: {bad / 'cheap.yaml'}: invalid policy:\n  line 2: selector"),
+        "unknown default_model": ({"default_model": "nosuch"}, "default_model: 'nosuch' is neither a configured model"),
+        "unmigrated database": ({"database_url": f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"},
+                                "has no hybridgate tables; this gateway needs"),
+        "missing SQLite file": ({"database_url": f"sqlite+aiosqlite:///{tmp_path / 'new.db'}"},
+                                "database_url: the SQLite log"),
+    }[case]
+    settings = gateway_settings("http://127.0.0.1:9/v1", sqlite_url, tmp_path, **overrides)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        _start_and_stop(settings)
+    assert not (tmp_path / "new.db").exists()
+
+
+def test_an_app_built_with_create_app_starts_degraded_when_the_log_database_is_down(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    url = f"postgresql+asyncpg://postgres:{SECRET}@127.0.0.1:{free_port()}/db"
+    with caplog.at_level(logging.WARNING, logger="hybridgate"):
+        _start_and_stop(gateway_settings("http://127.0.0.1:9/v1", url, tmp_path, default_model="maybe-stored"))
+    text = caplog.text
+    assert "the log database at postgresql+asyncpg://postgres:***@127.0.0.1:" in text and "starting anyway" in text
+    assert "default_model: 'maybe-stored' is neither" in text and "(the log database is unreachable)" in text
+    assert SECRET not in text

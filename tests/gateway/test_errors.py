@@ -3,6 +3,9 @@ and the official SDK raises its matching exception class."""
 
 from __future__ import annotations
 
+import json
+import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,8 +14,9 @@ import openai
 import pytest
 
 from backends.fake_provider import FakeProviderThread
-from tests.support.gateway import gateway_settings
+from tests.support.gateway import dep, gateway_settings, settings
 from tests.support.harness import GatewayThread, running_gateway
+from tests.support.net import free_port
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -249,3 +253,52 @@ def test_a_value_of_none_of_a_fields_types_says_which_types_it_takes(
     err = _assert_error_shape(httpx.post(gateway.base_url + path, json=body), 400)
     assert err["param"] == param and err["code"] == "invalid_type"
     assert err["message"] == f"Invalid type for '{param}': expected {expected}."
+
+
+# What the HTTP client libraries say about a failed connection ("Cannot connect to host 127.0.0.1:9
+# ssl:default [Connect call failed ('127.0.0.1', 9)]", "ClientPayloadError(...)", litellm's
+# "litellm.InternalServerError: OpenAIException - Connection error.") must never reach the client.
+_INTERNALS = re.compile(r"aiohttp|httpx|httpcore|litellm|ssl:default|Connect call failed|Errno|127\.0\.0\.1|"
+                        r"\b[A-Z][A-Za-z]*(Error|Exception)\b")
+
+
+def _attempt_errors(gw: GatewayThread, db: Path) -> list[str]:
+    gw.call(gw.services.sink.flush())
+    with sqlite3.connect(db) as conn:
+        return [m for (m,) in conn.execute("SELECT error_message FROM attempts WHERE status = 'error'")]
+
+
+@pytest.mark.parametrize("provider", ["openai_compatible", "litellm"])
+def test_an_unreachable_upstream_is_named_in_plain_words_not_the_http_librarys(
+    provider: str, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HG_TEST_CLOSED_KEY", "sk-unused")
+    port = free_port()  # nothing listens there: connection refused
+    closed = dep("closed", "m", f"http://127.0.0.1:{port}/v1", provider=provider, api_key_env="HG_TEST_CLOSED_KEY",
+                 upstream_model="openai/m" if provider == "litellm" else "m")
+    expected = "The model's provider could not be reached. Please retry. (upstream 'closed' unreachable: connection refused)"
+    no_breaker = {"consecutive_failures": 0, "min_requests": 100}  # every request reaches the closed port
+    with running_gateway(settings(tmp_path, sqlite_url, [closed], breaker=no_breaker)) as gw, \
+            httpx.Client(base_url=gw.base_url, timeout=30) as c:
+        chat = {"model": "m", "messages": MSG}
+        messages = [_assert_error_shape(c.post("/v1/chat/completions", json=chat), 502)["message"],
+                    _assert_error_shape(c.post("/v1/chat/completions", json={**chat, "stream": True}), 502)["message"]]
+        assert messages == [expected, expected]
+        anthropic = c.post("/v1/messages", json={**chat, "max_tokens": 5})
+        assert anthropic.status_code == 502 and anthropic.json()["error"]["message"] == expected, anthropic.text
+        # the request log keeps what the library said, for whoever looks into it
+        logged = _attempt_errors(gw, Path(sqlite_url.removeprefix("sqlite+aiosqlite:///")))
+    assert logged and all(
+        (f"127.0.0.1:{port}" if provider == "openai_compatible" else "Connection error") in m for m in logged), logged
+    for m in messages:
+        assert not _INTERNALS.search(m), m
+
+
+def test_a_stream_cut_by_the_upstream_is_reported_without_the_http_librarys_words(gateway: GatewayThread) -> None:
+    body = {"model": "fake-model", "stream": True, "messages": [{"role": "user", "content": "hi [[fault:cut:2]]"}]}
+    with httpx.Client(timeout=30) as c, c.stream("POST", gateway.base_url + "/v1/chat/completions", json=body) as r:
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    error = json.loads(events[-1])["error"]
+    assert error["code"] == "upstream_stream_cut"
+    assert error["message"].startswith("The model's answer was cut off. ("), error
+    assert "after 2 chunk(s)" in error["message"] and not _INTERNALS.search(error["message"]), error

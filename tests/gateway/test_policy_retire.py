@@ -95,9 +95,11 @@ def test_retiring_an_unknown_policy_is_a_404_naming_it(gateway: GatewayThread) -
 def test_the_configured_default_model_policy_cannot_be_retired(
     fake_provider: FakeProviderThread, sqlite_url: str, tmp_path: Path
 ) -> None:
+    seed = tmp_path / "policies"  # default_model must name a policy at start (serve's preflight)
+    seed.mkdir()
+    (seed / "fast-lane.yaml").write_text(POLICY.format(desc="first"))
     with running_gateway(gateway_settings(fake_provider.base_url, sqlite_url, tmp_path,
-                                          default_model="fast-lane")) as gw:
-        _put(gw.base_url, "first")
+                                          default_model="fast-lane", policies_dir=str(seed))) as gw:
         r = httpx.delete(f"{gw.base_url}/admin/api/policies/fast-lane")
         assert r.status_code == 409, r.text
         err = r.json()["error"]
