@@ -44,9 +44,11 @@ class MessagesWire:
     async def whole(self, chat: dict[str, Any], model: str) -> bytes:
         return orjson.dumps(wire.message_from_chat(chat, model, self.mid, self.stop_sequences))
 
-    def start(self, model: str) -> bytes:
-        self.stream = wire.MessageStream(model, self.mid, self.stop_sequences)
-        return b"".join(map(wire.sse, self.stream.start()))
+    def start(self, model: str, prompt_tokens: int = 0) -> bytes:
+        """Nothing yet: `message_start` goes out with the first chunk, whose usage may size the prompt
+        (`wire.MessageStream.start`)."""
+        self.stream = wire.MessageStream(model, self.mid, self.stop_sequences, prompt_tokens or None)
+        return b""
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
         assert self.stream is not None

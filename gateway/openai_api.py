@@ -8,6 +8,7 @@ one `attempts` row per upstream try. The row is built here and handed to the sin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -423,14 +424,18 @@ class OpenAIHandlers:
             """The same stream in another wire format: the adapter encodes chunks as its events."""
             status, error, cancelled = 200, None, False
             try:
-                yield w.start(served) + b"".join(map(w.feed, head))
+                yield w.start(served, ctx.ex.prompt_estimate if ctx.ex is not None else 0) + b"".join(
+                    map(w.feed, head))
                 if rest is not None:
-                    async for batch in ready_batches(rest):
-                        data = b"".join(map(w.feed, batch))
-                        if data:
-                            if body_log is not None:
-                                body_log.append(data)
-                            yield data
+                    # aclosing: a chunk `feed` cannot translate stops the pump (and its pending read of
+                    # `source`) here, so `source.aclose()` below does not meet a generator still running
+                    async with contextlib.aclosing(ready_batches(rest)) as batches:
+                        async for batch in batches:
+                            data = b"".join(map(w.feed, batch))
+                            if data:
+                                if body_log is not None:
+                                    body_log.append(data)
+                                yield data
                 last = await w.finish()
             except UpstreamError as uerr:
                 error = from_upstream(uerr)
@@ -461,10 +466,11 @@ class OpenAIHandlers:
                 if data:
                     yield data
                 if rest is not None:
-                    async for batch in ready_batches(rest):
-                        data = b"".join(filter(None, map(encode, batch)))
-                        if data:
-                            yield data
+                    async with contextlib.aclosing(ready_batches(rest)) as batches:  # as in `wire_body`
+                        async for batch in batches:
+                            data = b"".join(filter(None, map(encode, batch)))
+                            if data:
+                                yield data
             except UpstreamError as uerr:
                 error = from_upstream(uerr)
             except (asyncio.CancelledError, GeneratorExit):

@@ -125,7 +125,7 @@ class ResponsesWire:
     # A stream is translated from chat chunks (`ResponseStream`) or, from an upstream that speaks the
     # Responses API, passed on event by event; which one is known at its first chunk.
 
-    def start(self, model: str) -> bytes:
+    def start(self, model: str, prompt_tokens: int = 0) -> bytes:
         self.model = model
         return b""
 

@@ -9,6 +9,7 @@ sequence: message_start, content_block_start/delta/stop, message_delta with usag
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from collections.abc import Sequence
@@ -205,6 +206,15 @@ def translate(body: dict[str, Any]) -> tuple[dict[str, Any], list[Origin]]:
     for k in ("temperature", "top_p"):
         if body.get(k) is not None:
             chat[k] = body[k]
+    # top_k is no chat completions parameter, but vLLM, SGLang and the local engine take it in the chat
+    # body, where the chat endpoint forwards it too: each backend passes it on as it passes any field
+    # beyond OpenAI's (the direct backend as is; litellm natively to providers that have it, such as
+    # Anthropic, and in `extra_body` to OpenAI-compatible ones). An upstream that does not know it
+    # (OpenAI's own API) refuses the request with a 400 that names `top_k`, as it would refuse a chat
+    # request carrying it, rather than the gateway sampling differently than asked without a word.
+    # top_k 0 is no cut-off, the same as none (and vLLM refuses 0), so it is not sent.
+    if isinstance(body.get("top_k"), int) and body["top_k"] > 0:
+        chat["top_k"] = body["top_k"]
     if body.get("stop_sequences"):
         if len(body["stop_sequences"]) > 4:
             raise bad_request(
@@ -381,12 +391,17 @@ def _context_message(message: str) -> str:
 
 
 def _usage(usage: dict[str, Any] | None) -> dict[str, Any]:
+    """Chat usage in Anthropic's terms: the prompt tokens read from the upstream's cache
+    (`prompt_tokens_details.cached_tokens`) are `cache_read_input_tokens`, the rest `input_tokens`
+    (Anthropic's total input is their sum, where chat's `prompt_tokens` counts both)."""
     u = usage or {}
+    details = u.get("prompt_tokens_details")
+    cached = int((details.get("cached_tokens") if isinstance(details, dict) else 0) or 0)
     return {
-        "input_tokens": int(u.get("prompt_tokens") or 0),
+        "input_tokens": max(0, int(u.get("prompt_tokens") or 0) - cached),
         "output_tokens": int(u.get("completion_tokens") or 0),
         "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "cache_read_input_tokens": cached,
     }
 
 
@@ -451,25 +466,87 @@ def sse(event: dict[str, Any]) -> bytes:
     return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
+@dataclass(slots=True, eq=False)
+class _ToolCall:
+    """One tool call of the chat stream: its block's id and name, and its argument fragments (`sent`
+    of them have gone out as `input_json_delta`s)."""
+
+    id: str
+    name: str
+    args: list[str]
+    sent: int = 0
+    closed: bool = False
+    complete: bool = False
+
+    def done(self) -> bool:
+        """Whether the arguments received form a whole JSON object: nothing valid can follow one, so the
+        call's block may be stopped. Parsed only when the last fragment ends in ``}`` (cheap otherwise)."""
+        if not self.complete:
+            last = next((a for a in reversed(self.args) if a.strip()), "")
+            if last.rstrip().endswith("}"):
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    self.complete = isinstance(orjson.loads("".join(self.args)), dict)
+        return self.complete
+
+
+_TEXT: Literal["text"] = "text"
+
+
 class MessageStream:
     """Chat completion chunks (choice 0) in, Anthropic stream events out.
 
-    A text block is opened on the first text delta; each tool call gets its own `tool_use` block
-    whose arguments arrive as `input_json_delta`s. `finish()` closes the open block and sends
-    `message_delta` (stop reason and stop sequence as `stop_of` finds them, output usage) and
-    `message_stop`.
+    Anthropic's stream is a sequence of content blocks: each started once, given deltas while it is the
+    open block, and stopped, one at a time. A chat stream may interleave the argument fragments of its
+    tool calls (call 0, call 1, call 0 again…), so a tool call's block is stopped only once the call is
+    known to be complete: its arguments form a whole JSON object (nothing valid can follow one), or the
+    answer has ended. While a tool call's block is open and incomplete, fragments of anything else (other
+    calls, text) are held, in order of arrival; when the open call completes they go out, each held call
+    as its block with all its arguments so far (a call still incomplete then stays open and streams on).
+    Every tool call thus gets exactly one `tool_use` block whose `input_json_delta`s concatenate to its
+    whole arguments. Fragments for a call whose block was stopped because its arguments were complete can
+    only be whitespace in a valid stream, and are dropped. Consecutive text shares one text block; text
+    after a tool block opens a new one.
+
+    `message_start` goes out with the first chunk (`start`, see there for its usage). `finish()` stops the
+    open block, sends what is still held, then `message_delta` (stop reason and stop sequence as `stop_of`
+    finds them, and the usage) and `message_stop`.
     """
 
-    def __init__(self, model: str, mid: str, stop_sequences: Sequence[str] = ()) -> None:
+    def __init__(
+        self, model: str, mid: str, stop_sequences: Sequence[str] = (), prompt_tokens: int | None = None
+    ) -> None:
         self.model, self.mid = model, mid
         self.stop_sequences = stop_sequences
+        self.prompt_tokens = prompt_tokens  # the gateway's estimate of the prompt's tokens, if any
+        self._started = False
         self._index = -1
-        self._open: str | None = None  # "text" or the chat index of the open tool call, as "tool:<i>"
+        self._open: _ToolCall | Literal["text"] | None = None
+        self._calls: dict[Any, _ToolCall] = {}  # by the chat tool call's index
+        self._held: list[_ToolCall | Literal["text"]] = []  # waiting for the open call to complete
+        self._held_text: list[str] = []
         self.usage: dict[str, Any] | None = None
         self.finish_reason: str | None = None
         self.matched: Any = None  # the finishing chunk's `stop_reason` (`stop_of`)
 
-    def start(self) -> list[dict[str, Any]]:
+    def start(self, first: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """`message_start`, once (later calls give nothing; `feed` calls it with the first chunk).
+
+        Its `usage.input_tokens` is the prompt's size as far as it is known before the answer: the
+        upstream's own count when the first chunk carries usage (vLLM's continuous usage stats), else
+        the gateway's estimate of the prompt (``prompt_tokens``: about 4 characters a token, the number
+        `/v1/messages/count_tokens` answers and the gateway routes and budgets with), else 0. The estimate
+        is reported rather than 0 because clients read this field to track the context they use, and 0
+        says the prompt is empty; it is no more than an estimate, and `message_delta` replaces it with
+        the upstream's count once the upstream reports one (the SDKs take the delta's counts as final).
+        """
+        if self._started:
+            return []
+        self._started = True
+        reported = first.get("usage") if first else None
+        if isinstance(reported, dict) and reported.get("prompt_tokens"):
+            usage = _usage(reported)
+        else:
+            usage = _usage({"prompt_tokens": self.prompt_tokens or 0})
         msg = {
             "id": self.mid,
             "type": "message",
@@ -478,18 +555,84 @@ class MessageStream:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": _usage(None),
+            "usage": usage,
         }
         return [{"type": "message_start", "message": msg}]
+
+    # ---- content blocks ----
+
+    def _begin(self, block: dict[str, Any]) -> dict[str, Any]:
+        self._index += 1
+        return {"type": "content_block_start", "index": self._index, "content_block": block}
+
+    def _delta(self, delta: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "content_block_delta", "index": self._index, "delta": delta}
 
     def _close(self) -> list[dict[str, Any]]:
         if self._open is None:
             return []
+        if isinstance(self._open, _ToolCall):
+            self._open.closed = True
         self._open = None
         return [{"type": "content_block_stop", "index": self._index}]
 
-    def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
+    def _open_item(self, item: _ToolCall | Literal["text"]) -> list[dict[str, Any]]:
+        """Start ``item``'s block (the open one must be closed) with everything it holds."""
+        self._open = item
+        if item == _TEXT:
+            text, self._held_text = "".join(self._held_text), []
+            return [self._begin({"type": "text", "text": ""}), self._delta({"type": "text_delta", "text": text})]
+        assert isinstance(item, _ToolCall)
+        out = [self._begin({"type": "tool_use", "id": item.id, "name": item.name, "input": {}})]
+        pending = "".join(item.args[item.sent:])
+        item.sent = len(item.args)
+        if pending:
+            out.append(self._delta({"type": "input_json_delta", "partial_json": pending}))
+        return out
+
+    def _busy(self) -> bool:
+        """Whether the open block is a tool call that may still get arguments (and so must stay open)."""
+        return isinstance(self._open, _ToolCall) and not self._open.done()
+
+    def _release(self) -> list[dict[str, Any]]:
+        """Unless the open block must stay open, stop it and open the held items in order, each stopped
+        in turn until one must stay open (an incomplete call) or none is left (the last stays open)."""
         out: list[dict[str, Any]] = []
+        while self._held and not self._busy():
+            out += self._close()
+            out += self._open_item(self._held.pop(0))
+        return out
+
+    def _text(self, text: str) -> list[dict[str, Any]]:
+        if self._open == _TEXT:
+            return [self._delta({"type": "text_delta", "text": text})]
+        self._held_text.append(text)
+        if _TEXT not in self._held:
+            self._held.append(_TEXT)
+        return self._release()
+
+    def _tool(self, tc: dict[str, Any]) -> list[dict[str, Any]]:
+        fn = tc.get("function") or {}
+        key = tc.get("index", 0)
+        call = self._calls.get(key)
+        if call is None:
+            call = self._calls[key] = _ToolCall(tc.get("id") or f"toolu_{uuid.uuid4().hex}", fn.get("name") or "", [])
+        if call.closed:
+            return []  # after its complete arguments (see the class docstring)
+        if fn.get("arguments"):
+            call.args.append(fn["arguments"])
+        if self._open is call:
+            out = []
+            if call.sent < len(call.args):
+                out.append(self._delta({"type": "input_json_delta", "partial_json": call.args[-1]}))
+                call.sent = len(call.args)
+            return out + (self._release() if self._held else [])
+        if call not in self._held:
+            self._held.append(call)
+        return self._release()
+
+    def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
+        out = self.start(chunk)
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         for c in chunk.get("choices") or ():
@@ -497,68 +640,39 @@ class MessageStream:
                 continue
             delta = c.get("delta") or {}
             if delta.get("content"):
-                if self._open != "text":
-                    out += self._close()
-                    self._index += 1
-                    self._open = "text"
-                    out.append(
-                        {
-                            "type": "content_block_start",
-                            "index": self._index,
-                            "content_block": {"type": "text", "text": ""},
-                        }
-                    )
-                out.append(
-                    {
-                        "type": "content_block_delta",
-                        "index": self._index,
-                        "delta": {"type": "text_delta", "text": delta["content"]},
-                    }
-                )
+                out += self._text(delta["content"])
             for tc in delta.get("tool_calls") or ():
-                key = f"tool:{tc.get('index', 0)}"
-                fn = tc.get("function") or {}
-                if self._open != key:
-                    out += self._close()
-                    self._index += 1
-                    self._open = key
-                    out.append(
-                        {
-                            "type": "content_block_start",
-                            "index": self._index,
-                            "content_block": {
-                                "type": "tool_use",
-                                "id": tc.get("id") or f"toolu_{uuid.uuid4().hex}",
-                                "name": fn.get("name") or "",
-                                "input": {},
-                            },
-                        }
-                    )
-                if fn.get("arguments"):
-                    out.append(
-                        {
-                            "type": "content_block_delta",
-                            "index": self._index,
-                            "delta": {"type": "input_json_delta", "partial_json": fn["arguments"]},
-                        }
-                    )
+                out += self._tool(tc)
             if c.get("finish_reason"):
                 self.finish_reason = c["finish_reason"]
                 self.matched = c.get("stop_reason")
         return out
 
     def finish(self) -> list[dict[str, Any]]:
-        usage = _usage(self.usage)
+        """The answer is over: every block is complete. `message_delta`'s usage has the upstream's counts
+        where it reported them (`input_tokens` and `cache_read_input_tokens` replace message_start's);
+        without them only `output_tokens` (0) is sent, and message_start's input count stands."""
+        out = self.start()
+        while True:
+            out += self._close()
+            if not self._held:
+                break
+            out += self._open_item(self._held.pop(0))
         stop_reason, stop_sequence = stop_of(self.finish_reason, self.matched, self.stop_sequences)
+        usage = _usage(self.usage)
+        final: dict[str, Any] = {"output_tokens": usage["output_tokens"]}
+        if self.usage is not None:
+            final = {"input_tokens": usage["input_tokens"], "cache_read_input_tokens": usage["cache_read_input_tokens"],
+                     **final}
         return [
-            *self._close(),
+            *out,
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
-                "usage": {"input_tokens": usage["input_tokens"], "output_tokens": usage["output_tokens"]},
+                "usage": final,
             },
             {"type": "message_stop"},
         ]
 
     def fail(self, err: APIError) -> list[dict[str, Any]]:
-        return [error_body(err)]
+        return [*self.start(), error_body(err)]

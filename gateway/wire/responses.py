@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from backends.base import UpstreamError
 from gateway.errors import APIError, bad_request
 from gateway.wire.context_errors import parse_context_overflow
 
@@ -443,11 +444,43 @@ def response_object(
     return out
 
 
+# The codes a failed response's `error.code` may take (the API reference's `ResponseErrorCode`).
+RESPONSE_ERROR_CODES = frozenset({
+    "server_error", "rate_limit_exceeded", "invalid_prompt", "data_residency_mismatch", "bio_policy",
+    "vector_store_timeout", "invalid_image", "invalid_image_format", "invalid_base64_image", "invalid_image_url",
+    "image_too_large", "image_too_small", "image_parse_error", "image_content_policy_violation",
+    "invalid_image_mode", "image_file_too_large", "unsupported_image_media_type", "empty_image_file",
+    "failed_to_download_image", "image_file_not_found",
+})
+
+
+def upstream_response_code(err: UpstreamError | None) -> str | None:
+    """The code a Responses upstream gave its own failure, when it is one the reference enumerates: the
+    `response.error.code` of its `response.failed` event, or the code of its `error` event (flat, or
+    nested under `error`), which the backend keeps as the failure's body (under `error` when the event
+    cut a stream that had begun)."""
+    if err is None or not isinstance(err.body, dict):
+        return None
+    event = err.body.get("error") if err.kind == "stream_cut" else err.body
+    if not isinstance(event, dict):
+        return None
+    report: Any = None
+    if event.get("type") == "response.failed":
+        response = event.get("response")
+        report = response.get("error") if isinstance(response, dict) else None
+    elif event.get("type") == "error":
+        report = event.get("error") if isinstance(event.get("error"), dict) else event
+    code = report.get("code") if isinstance(report, dict) else None
+    return code if isinstance(code, str) and code in RESPONSE_ERROR_CODES else None
+
+
 def response_error(err: APIError) -> dict[str, Any]:
     """The `error` of a failed response object. Its `code` is one of those the API reference enumerates
-    (clients and SDKs type it so): `rate_limit_exceeded` for a rate limit, `server_error` for any other
-    upstream failure; the gateway's own code goes in the `error` event before it (`failure_events`)."""
-    return {"code": "rate_limit_exceeded" if err.status == 429 else "server_error", "message": err.message}
+    (clients and SDKs type it so): a Responses upstream's own code for its failure where it is one of
+    them (`upstream_response_code`), else `rate_limit_exceeded` for a rate limit and `server_error` for
+    any other failure; the gateway's own code goes in the `error` event before it (`failure_events`)."""
+    code = upstream_response_code(err.upstream) or ("rate_limit_exceeded" if err.status == 429 else "server_error")
+    return {"code": code, "message": err.message}
 
 
 def failure_events(err: APIError, seq: int, failed: dict[str, Any]) -> list[dict[str, Any]]:

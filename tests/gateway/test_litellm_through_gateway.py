@@ -60,3 +60,28 @@ def test_the_stop_string_an_openai_compatible_upstream_names_reaches_messages_th
                 model="vllm-model", max_tokens=50, stop_sequences=["three"],
                 messages=[{"role": "user", "content": "one two three four"}])
     assert msg.stop_reason == "stop_sequence" and msg.stop_sequence == "three"
+
+
+def test_messages_top_k_reaches_upstreams_through_litellm(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Messages request's `top_k` reaches an Anthropic upstream as Anthropic's `top_k` and an
+    OpenAI-compatible one (vLLM) as the chat body's `top_k` (litellm's `extra_body`)."""
+    from anthropic import Anthropic
+
+    monkeypatch.setenv("HG_TEST_ANTHROPIC_KEY", "sk-ant-test")
+    monkeypatch.setenv("HG_TEST_OPENAI_KEY", "sk-oai-test")
+    with FakeProviderThread() as anth, FakeProviderThread() as vllm:
+        deployments = [
+            {"name": "claude", "model": "claude-fake", "provider": "litellm", "upstream_model": "anthropic/claude-fake",
+             "api_base": anth.url, "api_key_env": "HG_TEST_ANTHROPIC_KEY", "timeout_s": 20},
+            {"name": "vllm", "model": "vllm-model", "provider": "litellm", "upstream_model": "openai/fake-model",
+             "api_base": vllm.base_url, "api_key_env": "HG_TEST_OPENAI_KEY", "timeout_s": 20},
+        ]
+        with running_gateway(settings(tmp_path, sqlite_url, deployments)) as gw:
+            c = Anthropic(base_url=gw.base_url, api_key="x", max_retries=0)
+            for model in ("claude-fake", "vllm-model"):
+                c.messages.create(model=model, max_tokens=20, messages=[{"role": "user", "content": "hi"}],
+                                  extra_body={"top_k": 5})
+        assert [r.body.get("top_k") for r in anth.requests() if r.path == "/v1/messages"] == [5]
+        assert [r.body.get("top_k") for r in vllm.requests() if r.path.endswith("/chat/completions")] == [5]

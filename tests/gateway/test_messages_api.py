@@ -52,6 +52,25 @@ def test_stream_helper_gives_text_final_message_and_usage(gateway: GatewayThread
     assert final.usage.output_tokens == 3 and final.stop_reason == "end_turn"
 
 
+def test_message_start_reports_the_prompt_estimate_and_message_delta_the_upstreams_count(
+    gateway: GatewayThread,
+) -> None:
+    """Before the answer only the gateway's estimate of the prompt is known (the upstream reports usage
+    at the end): message_start carries it, as count_tokens gives it, not 0; message_delta then carries
+    the upstream's own count, which the SDK's final message keeps."""
+    ask = {"model": "fake-model", "max_tokens": 50, "messages": [{"role": "user", "content": "one two three"}]}
+    c = client(gateway)
+    estimate = c.messages.count_tokens(model="fake-model", messages=ask["messages"]).input_tokens  # type: ignore[arg-type]
+    counted = c.messages.create(**ask).usage.input_tokens  # type: ignore[call-overload]
+    assert 0 < estimate != counted
+    events = streamed_events(gateway, "/v1/messages", {**ask, "stream": True})
+    assert events[0]["type"] == "message_start" and events[0]["message"]["usage"]["input_tokens"] == estimate
+    delta = next(e for e in events if e["type"] == "message_delta")
+    assert delta["usage"]["input_tokens"] == counted and delta["usage"]["output_tokens"] == 3
+    with c.messages.stream(**ask) as stream:  # type: ignore[call-overload]
+        assert stream.get_final_message().usage.input_tokens == counted
+
+
 def test_raw_stream_follows_anthropics_event_sequence(gateway: GatewayThread) -> None:
     events = list(
         client(gateway).messages.create(
@@ -108,6 +127,19 @@ def test_tools_tool_use_and_tool_result_round_trip(
     ) as stream:
         final = stream.get_final_message()
     assert final.content[0].type == "tool_use" and final.content[0].input == {"city": "fake"}
+
+
+def test_top_k_reaches_the_upstream(gateway: GatewayThread, fake_provider: FakeProviderThread) -> None:
+    """`top_k` goes in the chat body (vLLM's and the local engine's field), streamed or not; 0 (no
+    cut-off) is not sent. (This SDK's methods have no `top_k` argument: it goes in `extra_body`.)"""
+    c = client(gateway)
+    ask = {"model": "fake-model", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
+    c.messages.create(**ask, extra_body={"top_k": 5})  # type: ignore[call-overload]
+    with c.messages.stream(**ask, extra_body={"top_k": 7}) as stream:  # type: ignore[call-overload]
+        stream.get_final_message()
+    c.messages.create(**ask, extra_body={"top_k": 0})  # type: ignore[call-overload]
+    sent = [r.body for r in fake_provider.requests() if r.path.endswith("/chat/completions")]
+    assert [b.get("top_k") for b in sent] == [5, 7, None]
 
 
 def test_errors_come_in_anthropics_shape(gateway: GatewayThread) -> None:

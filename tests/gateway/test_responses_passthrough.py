@@ -5,16 +5,22 @@ conversation and the `x-hybridgate-*` headers are those of a translated request.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from openai import OpenAI
 from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
 
 from backends.fake_provider import FakeProviderThread
 from tests.support.gateway import gateway_settings, streamed_events
-from tests.support.harness import GatewayThread, running_gateway
+from tests.support.harness import GatewayThread, ServerThread, running_gateway
 
 NATIVE = ["chat", "tools", "json_mode", "responses"]
 
@@ -144,3 +150,62 @@ def test_a_passed_through_stream_cut_after_it_began_ends_with_response_failed(na
     failed = events[-1]["response"]
     assert failed["status"] == "failed" and failed["error"]["message"] and failed["id"].startswith("resp_")
     assert "fake" not in failed["id"] and [e["sequence_number"] for e in events] == list(range(len(events)))
+
+
+def _failing_responses_stream(code: str | None) -> list[dict[str, Any]]:
+    """A Responses stream that begins an answer, then fails with error ``code`` (none: no code)."""
+    head = {"id": "resp_up", "object": "response", "created_at": 1, "model": "up", "status": "in_progress",
+            "output": [], "error": None}
+    item = {"type": "message", "id": "msg_up", "status": "in_progress", "role": "assistant", "content": []}
+    error = {"message": "the upstream gave up"} | ({"code": code} if code is not None else {})
+    events = [
+        {"type": "response.created", "response": head},
+        {"type": "response.in_progress", "response": head},
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+        {"type": "response.output_text.delta", "item_id": "msg_up", "output_index": 0, "content_index": 0,
+         "delta": "Hel"},
+        {"type": "response.failed", "response": {**head, "status": "failed", "error": error}},
+    ]
+    return [{**e, "sequence_number": i} for i, e in enumerate(events)]
+
+
+@pytest.fixture()
+def failing_upstream() -> Iterator[ServerThread]:
+    """A Responses upstream whose stream fails part-way with the error code the request's input names
+    ("code:<code>"; "code:" for a failure without one)."""
+
+    async def responses(request: Request) -> StreamingResponse:
+        code = str((await request.json())["input"]).removeprefix("code:") or None
+
+        async def events() -> AsyncIterator[bytes]:
+            for event in _failing_responses_stream(code):
+                yield b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    with ServerThread(Starlette(routes=[Route("/v1/responses", responses, methods=["POST"])])) as upstream:
+        yield upstream
+
+
+@pytest.mark.parametrize(
+    ("upstream_code", "code"),
+    [("rate_limit_exceeded", "rate_limit_exceeded"), ("invalid_prompt", "invalid_prompt"),
+     ("vector_store_timeout", "vector_store_timeout"), ("server_error", "server_error"),
+     ("quota_exploded", "server_error"), (None, "server_error")],
+)
+def test_a_passed_through_stream_that_fails_keeps_the_upstreams_documented_error_code(
+    failing_upstream: ServerThread, sqlite_url: str, tmp_path: Path, upstream_code: str | None, code: str,
+) -> None:
+    """The upstream's own `response.failed` says why it failed: its error code reaches the client's
+    `response.failed` when it is one the Responses API documents; one it does not document, or none,
+    is `server_error`."""
+    dep = {"name": "native", "model": "fake-model", "upstream_model": "up", "api_base": failing_upstream.base_url + "/v1",
+           "timeout_s": 10, "stream_idle_timeout_s": 10, "capabilities": NATIVE}
+    settings = gateway_settings(failing_upstream.base_url, sqlite_url, tmp_path, deployments=[dep])
+    with running_gateway(settings) as gw:
+        events = streamed_events(gw, "/v1/responses", {"model": "fake-model", "stream": True,
+                                                       "input": f"code:{upstream_code or ''}"})
+    assert [e["type"] for e in events][-2:] == ["error", "response.failed"], events
+    failed = events[-1]["response"]
+    assert failed["status"] == "failed" and failed["error"]["code"] == code
+    assert "the upstream gave up" in failed["error"]["message"]

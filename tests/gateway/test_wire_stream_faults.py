@@ -5,6 +5,7 @@ that hangs up mid-stream, and parameters the two APIs do not have (`n`). Upstrea
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -247,7 +248,7 @@ def _call(index: Any, **fields: Any) -> dict[str, Any]:
 
 
 # Chat completion streams an upstream may send, by the prompt that asks for them.
-SCRIPTS: dict[str, list[dict[str, Any]]] = {
+SCRIPTS: dict[str, list[dict[str, Any] | float]] = {
     # text, then two parallel tool calls one after the other, as OpenAI and vLLM stream them
     "parallel": [
         _chunk({"role": "assistant", "content": "Checking."}),
@@ -261,10 +262,31 @@ SCRIPTS: dict[str, list[dict[str, Any]]] = {
         {"id": "chatcmpl-scripted", "object": "chat.completion.chunk", "created": 1, "model": "scripted",
          "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16}},
     ],
+    # two tool calls whose argument fragments interleave (0, 1, 0, 1, 0), as some upstreams stream
+    # parallel calls; call 1 completes while call 0 is still open
+    "interleaved": [
+        _chunk(_call(0, id="call_a", type="function", function={"name": "get_weather", "arguments": ""})),
+        _chunk(_call(0, function={"arguments": '{"city":'})),
+        _chunk(_call(1, id="call_b", type="function", function={"name": "get_time", "arguments": '{"tz":'})),
+        _chunk(_call(0, function={"arguments": ' "Par'})),
+        _chunk(_call(1, function={"arguments": '"CET"}'})),
+        _chunk(_call(0, function={"arguments": 'is"}'})),
+        _chunk({}, "tool_calls"),
+        {"id": "chatcmpl-scripted", "object": "chat.completion.chunk", "created": 1, "model": "scripted",
+         "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16}},
+    ],
+    # usage on every chunk, the first included (vLLM's continuous usage stats), some of the prompt cached
+    "continuous_usage": [
+        {**_chunk({"role": "assistant", "content": "Hi"}), "usage": {
+            "prompt_tokens": 42, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 30}}},
+        {**_chunk({"content": " there"}, "stop"), "usage": {
+            "prompt_tokens": 42, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 30}}},
+    ],
     # a tool call whose index is not a number: nothing can translate it
     "garbled": [
         _chunk({"role": "assistant", "content": "Checking."}),
         _chunk(_call("first", id="call_a", type="function", function={"name": "get_weather", "arguments": "{}"})),
+        0.3,  # a pause (seconds): the gateway is still reading the upstream when the bad chunk fails
         _chunk({}, "tool_calls"),
     ],
 }
@@ -281,6 +303,9 @@ def scripted(sqlite_url: str, tmp_path: Path) -> Iterator[GatewayThread]:
 
         async def events() -> AsyncIterator[bytes]:
             for chunk in script:
+                if isinstance(chunk, float):
+                    await asyncio.sleep(chunk)
+                    continue
                 yield b"data: " + orjson.dumps(chunk) + b"\n\n"
             yield b"data: [DONE]\n\n"
 
@@ -331,6 +356,58 @@ def test_parallel_tool_calls_stream_in_order_with_their_own_indices(scripted: Ga
     uses = [(b.id, b.name, b.input) for b in message.content if b.type == "tool_use"]
     assert uses == [("call_a", "get_weather", {"city": "Paris"}), ("call_b", "get_time", {"tz": "CET"})]
     assert message.stop_reason == "tool_use" and message.usage.output_tokens == 7
+
+
+def test_interleaved_tool_call_fragments_give_one_tool_use_block_per_call(scripted: GatewayThread) -> None:
+    """An upstream that interleaves the argument fragments of two tool calls: the Messages stream still
+    starts each content block once, sends deltas only to the open block and stops it, with one
+    `tool_use` block per call whose `input_json_delta`s make its whole arguments; the SDK's final
+    message holds both calls with their inputs."""
+    tools_m = [{"name": t["name"], "input_schema": t["schema"]} for t in TOOLS]
+    ask = {"model": "scripted", "max_tokens": 50, "tools": tools_m,
+           "messages": [{"role": "user", "content": "interleaved"}]}
+    _, events = sse_events(scripted, "/v1/messages", {**ask, "stream": True})
+    open_block: int | None = None
+    started: list[dict[str, Any]] = []
+    args: dict[int, str] = {}
+    for name, e in events:
+        if name == "content_block_start":
+            assert open_block is None and e["index"] == len(started), events
+            open_block = e["index"]
+            started.append(e["content_block"])
+            args[open_block] = ""
+        elif name == "content_block_delta":
+            assert e["index"] == open_block, events
+            args[open_block] += e["delta"]["partial_json"]
+        elif name == "content_block_stop":
+            assert e["index"] == open_block, events
+            open_block = None
+    assert open_block is None
+    assert [(b["type"], b["id"], b["name"]) for b in started] == [
+        ("tool_use", "call_a", "get_weather"), ("tool_use", "call_b", "get_time")]
+    assert [orjson.loads(a) for a in args.values()] == [{"city": "Paris"}, {"tz": "CET"}]
+
+    with messages_client(scripted).messages.stream(**ask) as stream:  # type: ignore[arg-type]
+        message = stream.get_final_message()
+    uses = [(b.id, b.name, b.input) for b in message.content if b.type == "tool_use"]
+    assert uses == [("call_a", "get_weather", {"city": "Paris"}), ("call_b", "get_time", {"tz": "CET"})]
+    assert len(message.content) == 2 and message.stop_reason == "tool_use"
+
+
+def test_message_start_reports_the_input_tokens_an_upstreams_first_chunk_carries(scripted: GatewayThread) -> None:
+    """An upstream that reports usage from its first chunk on (vLLM's continuous usage stats): message_start
+    has its prompt count, not 0 nor the gateway's estimate; the prompt tokens it read from its cache are
+    Anthropic's `cache_read_input_tokens`, the rest `input_tokens`, there and in message_delta."""
+    ask = {"model": "scripted", "max_tokens": 50, "messages": [{"role": "user", "content": "continuous_usage"}]}
+    _, events = sse_events(scripted, "/v1/messages", {**ask, "stream": True})
+    start = events[0][1]["message"]["usage"]
+    assert events[0][0] == "message_start"
+    assert (start["input_tokens"], start["cache_read_input_tokens"]) == (12, 30)
+    delta = next(e for name, e in events if name == "message_delta")["usage"]
+    assert delta == {"input_tokens": 12, "cache_read_input_tokens": 30, "output_tokens": 2}
+    with messages_client(scripted).messages.stream(**ask) as stream:  # type: ignore[arg-type]
+        usage = stream.get_final_message().usage
+    assert (usage.input_tokens, usage.cache_read_input_tokens, usage.output_tokens) == (12, 30, 2)
 
 
 def test_a_stream_the_gateway_cannot_translate_ends_with_failure_events_and_an_error_row(

@@ -153,6 +153,30 @@ def test_anthropic_stream_events_in_order_with_usage() -> None:
     assert events[-2]["delta"]["stop_reason"] == "tool_use" and events[-2]["usage"]["output_tokens"] == 4
 
 
+def test_anthropic_stream_holds_what_arrives_while_a_tool_call_is_unfinished() -> None:
+    """Text and another call's fragments that arrive inside a tool call's unfinished arguments wait for
+    it to complete; a call the answer leaves unfinished is still sent whole, each in one block."""
+    s = anthropic.MessageStream("m", "msg_1")
+    events = s.feed(_chunk({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f", "arguments": '{"x":'}}]}))
+    events += s.feed(_chunk({"content": "hel"}))
+    events += s.feed(_chunk({"tool_calls": [{"index": 1, "id": "b", "function": {"name": "g", "arguments": '{"y"'}}]}))
+    events += s.feed(_chunk({"content": "lo"}))
+    events += s.feed(_chunk({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}))
+    events += s.feed(_chunk({"tool_calls": [{"index": 1, "function": {"arguments": ":2"}}]}, "tool_calls"))
+    events += s.finish()
+    blocks: list[tuple[str, str]] = []
+    for e in events:
+        if e["type"] == "content_block_start":
+            assert e["index"] == len(blocks)
+            blocks.append((e["content_block"]["type"], ""))
+        elif e["type"] == "content_block_delta":
+            assert e["index"] == len(blocks) - 1
+            kind, text = blocks[-1]
+            blocks[-1] = (kind, text + (e["delta"].get("text") or e["delta"].get("partial_json") or ""))
+    assert blocks == [("tool_use", '{"x":1}'), ("text", "hello"), ("tool_use", '{"y":2')]
+    assert [e["type"] for e in events].count("content_block_stop") == 3
+
+
 MIXED = {
     "model": "m",
     "max_tokens": 9,
