@@ -15,11 +15,12 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from common.types import RequestFeatures
 
@@ -189,10 +190,21 @@ class CompletionRequest(_SamplingParams):
         | Annotated[list[Annotated[list[Annotated[int, Field(strict=True, ge=0)]], Field(min_length=1, max_length=MAX_TOKEN_IDS)]],
                     Field(min_length=1, max_length=MAX_ARRAY_ITEMS)]
     )
+    # 0 only with echo: the prompt is scored (its logprobs echoed), nothing is generated, as OpenAI allows
+    max_tokens: Annotated[int, Field(strict=True, ge=0, le=MAX_OUTPUT_TOKENS)] | None = None
     logprobs: Annotated[int, Field(strict=True, ge=0, le=5)] | None = None
     echo: StrictBool | None = None
     best_of: Annotated[int, Field(strict=True, ge=1, le=20)] | None = None
     suffix: str | None = None
+
+    @model_validator(mode="after")
+    def _nothing_to_generate_needs_echo(self) -> CompletionRequest:
+        if self.max_tokens == 0 and not self.echo:
+            raise ValidationError.from_exception_data(type(self).__name__, [InitErrorDetails(
+                type=PydanticCustomError("greater_than_equal", "0 is accepted only with echo=true (to score the "
+                                         "prompt); otherwise it must be at least 1"),
+                loc=("max_tokens",), input=self.max_tokens)])
+        return self
 
     @property
     def output_limit(self) -> int | None:

@@ -15,6 +15,12 @@ it and samples; `OutputDelivery` (output.py) hands the step's events to their co
 One step = schedule -> one decode forward for every decoding sequence (one token each; a CUDA graph
 replay on the GPU) -> prefill forward(s) for the step's chunks -> one batched sampling call -> stop rules,
 detokenization (`Sequence.append`), events. `step()` can also be driven by hand (no thread) in tests.
+
+Prompt logprobs (``SamplingParams.prompt_logprobs``): choice 0 of such a request prefills its whole prompt
+(no prefix-cache hit while they are missing), in prefill groups of their own whose forward keeps the logits
+of every position (`ModelRunner.execute_prefill`); each chunk's logprobs are stored on the `Request`, and
+each choice's first delta carries them. A ``max_tokens`` 0 request ends when its prompt is prefilled,
+without sampling (at once when it asks for no prompt logprobs).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from ..model import JambaForCausalLM
 from .config import EngineConfig, MemoryPlan, plan_memory
 from .errors import EngineClosed, EngineOverloaded, InvalidRequest, PromptTooLong, RequestCancelled
 from .kv_blocks import BlockAllocator, blocks_for
-from .model_runner import ModelRunner
+from .model_runner import ModelRunner, PromptLogprobsRow
 from .output import (
     AsyncSink,
     ChoiceResult,
@@ -49,7 +55,7 @@ from .output import (
 )
 from .sampler import SampleRow, SamplingParams, TokenLogprob, choice_seed, make_generator
 from .scheduler import Chunk, Scheduler
-from .sequence import Event, Failed, Finished, Request, Sequence, Status, TokenizerLike
+from .sequence import Delta, Event, Failed, Finished, Request, Sequence, Status, TokenizerLike
 from .ssm_slots import SnapshotStore, SSMSlotPool
 
 log = logging.getLogger("local_model.engine")
@@ -347,18 +353,22 @@ class Engine:
             for s in seqs:
                 self.scheduler.after_decode(s)
             to_sample.extend(seqs)
+        prefilled_only: list[Request] = []  # max_tokens 0: done once the prompt is in
         for group in _group_chunks(plan.prefill):
-            seqs = [c.seq for c in group]
-            out = self._forward([c.seq.tokens[c.start : c.end] for c in group], seqs)
+            out = self._prefill(group)
             keep = []
             for row, c in enumerate(group):
                 self.scheduler.after_prefill(c)
                 self.stats.prefill_tokens += c.end - c.start
-                if c.completes_prefill:
+                if c.completes_prefill and c.seq.request.params.max_tokens == 0:
+                    prefilled_only.append(c.seq.request)
+                elif c.completes_prefill:
                     keep.append(row)
                     to_sample.append(c.seq)
             if keep:
                 logits.append(out[keep] if len(keep) < len(group) else out)
+        for req in prefilled_only:
+            self._finish_unsampled(req)
         generated = 0
         if to_sample:
             rows = [
@@ -388,6 +398,27 @@ class Engine:
         )
         return self.runner.execute(meta)
 
+    def _prefill(self, group: list[Chunk]) -> torch.Tensor:
+        """One forward over a group of prefill chunks; logits at each row's last token. The prompt logprobs
+        the group's chunks compute (`Chunk.prompt_targets`) are stored on their requests."""
+        seqs = [c.seq for c in group]
+        wanted = tuple(
+            PromptLogprobsRow(row, targets, c.seq.request.params.prompt_logprobs or 0)
+            for row, c in enumerate(group)
+            if (targets := c.prompt_targets)
+        )
+        meta = self.runner.prepare(
+            [c.seq.tokens[c.start : c.end] for c in group],
+            [s.table.blocks for s in seqs],
+            [s.num_computed for s in seqs],
+            [s.slot for s in seqs],
+            wanted,
+        )
+        logits, scored = self.runner.execute_prefill(meta)
+        for row, lps in scored.items():
+            group[row].seq.request.record_prompt_logprobs(group[row].start, lps)
+        return logits
+
     def _append(self, seq: Sequence, token: int, lp: TokenLogprob | None) -> None:
         req = seq.request
         if seq.finished:  # cancelled during this step
@@ -396,6 +427,8 @@ class Engine:
         self.stats.generated_tokens += 1
         if req.first_token_at is None:
             req.first_token_at = time.monotonic()
+        if seq.num_generated == 1:  # the choice's first delta carries the request's prompt logprobs
+            delta.prompt_logprobs = req.prompt_logprobs
         if seq.index == 0 and req.params.n > 1 and not req.spawned:
             self._spawn_choices(req)
         self._emit(req, delta)
@@ -406,6 +439,24 @@ class Engine:
                 self.stats.requests_finished += 1
                 self._forget(req)
                 self._emit(req, Finished(req.usage()))
+
+    def _finish_unsampled(self, req: Request) -> None:
+        """End a ``max_tokens`` 0 request: each choice finishes with "length", no tokens, and the prompt
+        logprobs if asked for (one delta per choice). Called once choice 0 has prefilled the prompt, or at
+        submission when there is nothing to compute."""
+        if req.done:  # cancelled during this step
+            return
+        for seq in req.seqs:
+            if not seq.finished:
+                self.scheduler.free(seq)
+                seq.finish_reason = "length"
+        self._mark_admitted(req)
+        for i in range(req.params.n):
+            self._emit(req, Delta(i, [], "", None, "length", prompt_logprobs=req.prompt_logprobs))
+        req.done = True
+        self.stats.requests_finished += 1
+        self._forget(req)
+        self._emit(req, Finished(req.usage()))
 
     def _spawn_choices(self, req: Request) -> None:
         """Choices 1..n-1 start once choice 0 has prefilled the prompt, so their prefill is a prefix-cache
@@ -434,6 +485,9 @@ class Engine:
                 if req.done:  # cancelled or failed before the engine saw it
                     continue
                 self.stats.prompt_tokens += len(req.prompt_ids)
+                if req.params.max_tokens == 0 and not req.scores_prompt:  # nothing to compute
+                    self._finish_unsampled(req)
+                    continue
                 seq = Sequence(
                     next(self._seq_ids), req, 0, make_generator(req.params.seed, self.device), self.tokenizer
                 )
@@ -532,6 +586,15 @@ def _kernel_bundle(model: torch.nn.Module) -> object | None:
 
 
 def _group_chunks(chunks: list[Chunk]) -> list[list[Chunk]]:
+    """Prefill groups: chunks that compute prompt logprobs (logits at every position) apart from the others
+    (logits at the last position only), each batched by length (`_group_by_length`)."""
+    scoring = [bool(c.prompt_targets) for c in chunks]
+    plain = [c for c, s in zip(chunks, scoring, strict=True) if not s]
+    scored = [c for c, s in zip(chunks, scoring, strict=True) if s]
+    return _group_by_length(plain) + _group_by_length(scored)
+
+
+def _group_by_length(chunks: list[Chunk]) -> list[list[Chunk]]:
     """Batch prefill chunks of similar length so right-padding wastes at most ~25% of the work."""
     if len(chunks) <= 1:
         return [chunks] if chunks else []

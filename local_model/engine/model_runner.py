@@ -12,6 +12,8 @@ lengths), and moves it to the device in a handful of copies:
                                  attention layers; Mamba layers keep no per-token memory)
     state_indices      [B]       each row's SSM slot in the Mamba layers' state pools
     has_initial_state  [B]       False for a row starting from an empty state (its slot is zeroed first)
+    prompt_logprobs    (host)    the rows that want the logprob of the next prompt token at each of their
+                                 positions (`PromptLogprobsRow`); empty for most steps
 
 Everything the forward needs is in these tensors, so the forward reads nothing back to the host: no
 ``.item()``, ``.tolist()``, ``bool(tensor)`` or data-dependent shape in a decode step (the attention
@@ -23,6 +25,11 @@ tokens into it with an index built on the host. On CUDA a decode step of a Jamba
 on the CPU when `EngineConfig.decode_step` asks for it, which is how the tests exercise it); a Mamba-2
 family model's runs its own forward through `local_model.engine.family_decode.FamilyDecodeStep` the same
 way, when `EngineConfig.decode_step` is True (not yet by default).
+
+Prompt logprobs: a prefill step whose metadata names `PromptLogprobsRow`s runs the model with logits at
+every position instead of each row's last (`ModelRunner.execute_prefill`) and reads each named row's
+logprobs from them (`sampler.position_logprobs`); a step naming none does exactly the work it did
+before. The engine puts such rows in prefill groups of their own, so no other row pays for them.
 """
 
 from __future__ import annotations
@@ -34,7 +41,17 @@ import torch
 
 from ..cache import HybridCache, MambaState
 from .paged import PagedKVCache, PagedStep, hybrid_layers
-from .sampler import SampleRow, TokenLogprob, sample
+from .sampler import SampleRow, TokenLogprob, position_logprobs, sample
+
+
+@dataclass(frozen=True, slots=True)
+class PromptLogprobsRow:
+    """A row of a prefill step that wants prompt logprobs: its position t (t < len(targets)) predicts the
+    prompt token ``targets[t]``, whose logprob and ``top`` best alternatives are read there."""
+
+    row: int
+    targets: list[int]
+    top: int
 
 
 @dataclass(slots=True)
@@ -54,6 +71,7 @@ class StepMetadata:
     batch: int
     width: int  # longest row (the padded batch's T)
     uniform: bool  # every row brings ``width`` tokens
+    prompt_logprobs: tuple[PromptLogprobsRow, ...] = ()  # rows scoring their prompt (prefill only)
 
     @property
     def is_decode(self) -> bool:
@@ -68,6 +86,7 @@ class StepMetadata:
         slots: list[int],
         block_size: int,
         device: torch.device | str,
+        prompt_logprobs: tuple[PromptLogprobsRow, ...] = (),
     ) -> StepMetadata:
         """Host-side construction from the sequences' lists; one transfer per tensor."""
         seq_lens = [len(x) for x in inputs]
@@ -103,6 +122,7 @@ class StepMetadata:
             batch=batch,
             width=width,
             uniform=uniform,
+            prompt_logprobs=prompt_logprobs,
         )
 
     def padded_ids(self) -> torch.Tensor:
@@ -140,20 +160,39 @@ class ModelRunner:
         block_tables: list[list[int]],
         context_lens: list[int],
         slots: list[int],
+        prompt_logprobs: tuple[PromptLogprobsRow, ...] = (),
     ) -> StepMetadata:
-        return StepMetadata.build(inputs, block_tables, context_lens, slots, self.block_size, self.device)
+        return StepMetadata.build(
+            inputs, block_tables, context_lens, slots, self.block_size, self.device, prompt_logprobs
+        )
 
     def execute(self, meta: StepMetadata) -> torch.Tensor:
         """Logits ``[B, vocab]`` at each row's last new token; advances the rows' KV and SSM state."""
-        if meta.fresh_slots is not None:
-            for state in self.mamba.values():
-                state.zero_(meta.fresh_slots)
+        self._zero_fresh_states(meta)
         if meta.is_decode and self.bucketed is not None and self.bucketed.supports(meta):
             return self.bucketed(meta)
         return self.forward(meta)
 
-    def forward(self, meta: StepMetadata) -> torch.Tensor:
-        """The model's forward over the step, reading only `meta`'s tensors (no host sync of its own)."""
+    def execute_prefill(self, meta: StepMetadata) -> tuple[torch.Tensor, dict[int, list[TokenLogprob]]]:
+        """`execute` for a prefill step, plus the prompt logprobs of the rows ``meta.prompt_logprobs``
+        names (row -> one `TokenLogprob` per target). Without such rows: `execute`'s logits and ``{}``."""
+        if not meta.prompt_logprobs:
+            return self.execute(meta), {}
+        self._zero_fresh_states(meta)
+        logits = self.forward(meta, last_only=False)  # [B, width, vocab]
+        scored = {r.row: position_logprobs(logits[r.row], r.targets, r.top) for r in meta.prompt_logprobs}
+        return _last_valid(logits, meta), scored
+
+    def _zero_fresh_states(self, meta: StepMetadata) -> None:
+        """Rows starting from an empty state get their SSM slot zeroed before the forward."""
+        if meta.fresh_slots is not None:
+            for state in self.mamba.values():
+                state.zero_(meta.fresh_slots)
+
+    def forward(self, meta: StepMetadata, last_only: bool = True) -> torch.Tensor:
+        """The model's forward over the step, reading only `meta`'s tensors (no host sync of its own):
+        logits ``[B, vocab]`` at each row's last new token, or ``[B, width, vocab]`` at every position
+        (padding included) without ``last_only``."""
         layers = hybrid_layers(
             self.num_entries, self.kv_pools, self.mamba, lambda k, v: PagedKVCache(k, v, meta.paged)
         )
@@ -164,7 +203,8 @@ class ModelRunner:
             states_prepared=True,
         )
         seq_lens = None if meta.uniform else meta.seq_lens
-        return self.model(meta.padded_ids(), cache, seq_lens, last_only=True)[:, 0]
+        logits = self.model(meta.padded_ids(), cache, seq_lens, last_only=last_only)
+        return logits[:, 0] if last_only else logits
 
     def sample(
         self, logits: torch.Tensor, rows: list[SampleRow]
@@ -199,6 +239,12 @@ class ModelRunner:
             step = DecodeStep(self.model, cache, kernels, scratch_slot=scratch_slot)  # type: ignore[arg-type]
         use_graphs = cuda_graphs and self.device.type == "cuda"
         self.bucketed = BucketedDecode(step, max_blocks_per_seq, scratch_block, use_graphs)
+
+
+def _last_valid(logits: torch.Tensor, meta: StepMetadata) -> torch.Tensor:
+    """``[B, width, vocab]`` -> ``[B, vocab]`` at each row's last new token (``seq_lens - 1``)."""
+    rows = torch.arange(meta.batch, device=logits.device)
+    return logits[rows, meta.seq_lens - 1]
 
 
 class DecodeStepLike(Protocol):

@@ -11,6 +11,11 @@ response and on a stream's finishing chunk. ``presence_penalty``, ``frequency_pe
 ``logit_bias`` apply as OpenAI defines them (see `sampler.adjust_logits`); the ``developer`` role is the
 ``system`` role for a chat template that does not name it.
 
+Legacy completions with ``echo`` and ``logprobs: N`` return logprobs for the echoed prompt's tokens too
+(the first one's null), as OpenAI and vLLM do: what lm-evaluation-harness scores loglikelihoods with.
+Streamed, the echoed prompt and its logprobs come in each choice's first chunk. With ``echo``,
+``max_tokens`` may be 0: the prompt is scored and nothing is generated.
+
 Unsupported here (the model has no tool or JSON-mode training): ``tools``/``tool_choice`` other than
 "none", ``response_format`` other than text, ``suffix``, ``best_of > n``.
 """
@@ -118,10 +123,14 @@ def _logit_bias(body: dict[str, Any]) -> dict[int, float]:
 
 
 def _common_params(
-    body: dict[str, Any], prompt_len: int, max_model_len: int, max_tokens_key: str
+    body: dict[str, Any], prompt_len: int, max_model_len: int, max_tokens_key: str, least_tokens: int = 1
 ) -> SamplingParams:
+    """The sampling fields; an output limit below ``least_tokens`` is refused (0 is allowed for legacy
+    completions with echo: the prompt is scored, nothing generated)."""
     room = max(1, max_model_len - prompt_len)
-    asked = _num(body, max_tokens_key, int, None, 1) or _num(body, "max_tokens", int, None, 1)
+    asked = _num(body, max_tokens_key, int, None, least_tokens)
+    if asked is None:
+        asked = _num(body, "max_tokens", int, None, least_tokens)
     if asked is not None and prompt_len < max_model_len and prompt_len + asked > max_model_len:
         # an explicit output limit past the context is refused (as OpenAI and vLLM do), not cut short
         raise PromptTooLong(
@@ -129,7 +138,7 @@ def _common_params(
             f"{prompt_len + asked} tokens ({prompt_len} in the prompt, {asked} in the completion). Please "
             "reduce the length of the prompt or of the completion."
         )
-    max_tokens = asked or room
+    max_tokens = room if asked is None else asked
     stop_ids = body.get("stop_token_ids") or []
     if not isinstance(stop_ids, list) or not all(isinstance(i, int) for i in stop_ids):
         raise BadParam("'stop_token_ids' must be a list of integers", "stop_token_ids")
@@ -248,7 +257,10 @@ def parse_completion(body: dict[str, Any], tokenizer: Any, max_model_len: int) -
             prompts.append(list(p))
         else:
             raise BadParam("'prompt' token lists must contain integers", "prompt")
-    params = _common_params(body, max(len(p) for p in prompts), max_model_len, "max_tokens")
+    echoed = bool(body.get("echo"))
+    params = _common_params(
+        body, max(len(p) for p in prompts), max_model_len, "max_tokens", least_tokens=0 if echoed else 1
+    )
     best_of = body.get("best_of")
     if best_of is not None and best_of != params.n:
         raise BadParam("the local model does not support best_of != n", "best_of")
@@ -256,9 +268,11 @@ def parse_completion(body: dict[str, Any], tokenizer: Any, max_model_len: int) -
     if lp is not None:
         params.logprobs = True
         params.top_logprobs = _num(body, "logprobs", int, 0, 0, 5)
+        if echoed:  # the echoed prompt's tokens get logprobs too (OpenAI, vLLM)
+            params.prompt_logprobs = params.top_logprobs
     stream, include_usage = _stream_flags(body)
     echo = None
-    if body.get("echo"):
+    if echoed:
         echo = [p if isinstance(p, str) else tokenizer.decode(p) for p in raw]
     return ParsedRequest(
         "completion", str(body.get("model", "")), prompts, params, stream, include_usage, echo
@@ -312,19 +326,56 @@ def chat_logprobs(tokenizer: TokenizerLike | None, lps: list[TokenLogprob]) -> d
 
 
 def completion_logprobs(
-    tokenizer: TokenizerLike | None, lps: list[TokenLogprob], offset: int
+    tokenizer: TokenizerLike | None,
+    lps: list[TokenLogprob],
+    offset: int,
+    prompt: tuple[list[int], list[TokenLogprob | None]] | None = None,
 ) -> dict[str, Any]:
-    tokens = [_token_str(tokenizer, t.token_id) for t in lps]
-    offsets = []
-    for s in tokens:
-        offsets.append(offset)
-        offset += len(s)
-    return {
-        "tokens": tokens,
-        "token_logprobs": [t.logprob for t in lps],
-        "top_logprobs": [{_token_str(tokenizer, i): v for i, v in t.top} for t in lps],
-        "text_offset": offsets,
-    }
+    """The legacy ``logprobs`` object of generated tokens (``lps``, text offsets from ``offset``), after
+    the echoed prompt's when ``prompt`` (its token ids and `Delta.prompt_logprobs`) is given: those offsets
+    start at 0, and the first prompt token's logprob and top_logprobs are null (nothing precedes it).
+
+    Each top_logprobs dict holds the token itself, then its top N (OpenAI: "the API will always return the
+    logprob of the sampled token, so there may be up to logprobs+1 elements"; vLLM orders them so)."""
+    out: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    if prompt is not None:
+        _add_logprobs(out, tokenizer, list(zip(prompt[0], prompt[1], strict=True)), 0)
+    _add_logprobs(out, tokenizer, [(t.token_id, t) for t in lps], offset)
+    return out
+
+
+def _add_logprobs(
+    out: dict[str, list[Any]],
+    tokenizer: TokenizerLike | None,
+    entries: list[tuple[int, TokenLogprob | None]],
+    offset: int,
+) -> None:
+    """Append (token id, its logprob or None) entries to a legacy ``logprobs`` object, text offsets
+    counted from ``offset``."""
+    for tid, lp in entries:
+        text = _token_str(tokenizer, tid)
+        out["tokens"].append(text)
+        out["token_logprobs"].append(None if lp is None else lp.logprob)
+        out["top_logprobs"].append(None if lp is None else _top_dict(tokenizer, text, lp))
+        out["text_offset"].append(offset)
+        offset += len(text)
+
+
+def _top_dict(tokenizer: TokenizerLike | None, text: str, lp: TokenLogprob) -> dict[str, float]:
+    top = {text: lp.logprob}
+    for tid, value in lp.top:
+        top.setdefault(_token_str(tokenizer, tid), value)
+    return top
+
+
+def _echoed(
+    req: ParsedRequest, prompt_index: int, prompt_logprobs: list[TokenLogprob | None] | None
+) -> tuple[list[int], list[TokenLogprob | None]] | None:
+    """The echoed prompt's (token ids, logprobs) for `completion_logprobs`; None without echo or prompt
+    logprobs."""
+    if not req.echo_texts or prompt_logprobs is None:
+        return None
+    return req.prompts[prompt_index], prompt_logprobs
 
 
 def new_id(kind: Kind) -> str:
@@ -400,11 +451,14 @@ async def complete(
     finish: list[str | None] = [None] * len(texts)
     stop_reason: list[str | int | None] = [None] * len(texts)
     lps: list[list[TokenLogprob]] = [[] for _ in texts]
+    prompt_lps: list[list[TokenLogprob | None] | None] = [None] * len(texts)
     async for pi, d in merged(streams):
         idx = pi * n + d.index
         texts[idx] += d.text
         if d.logprobs:
             lps[idx].extend(d.logprobs)
+        if d.prompt_logprobs is not None:
+            prompt_lps[idx] = d.prompt_logprobs
         if d.finish_reason:
             finish[idx] = d.finish_reason
             stop_reason[idx] = d.stop_reason
@@ -428,7 +482,7 @@ async def complete(
         else:
             prefix = req.echo_texts[idx // n] if req.echo_texts else ""
             if req.params.logprobs:
-                logprobs = completion_logprobs(tok, lps[idx], len(prefix))
+                logprobs = completion_logprobs(tok, lps[idx], len(prefix), _echoed(req, idx // n, prompt_lps[idx]))
             choices.append(
                 {
                     "index": idx,
@@ -490,14 +544,21 @@ async def stream(
                     "finish_reason": None,
                 }
             )
-    elif req.echo_texts:
+    elif req.echo_texts and req.params.prompt_logprobs is None:
         for idx in range(n * len(streams)):
             yield chunk(
                 {"index": idx, "text": req.echo_texts[idx // n], "logprobs": None, "finish_reason": None}
             )
+    # With prompt logprobs, a choice's echoed prompt waits for them: it is sent with the choice's first
+    # delta, in one chunk (as vLLM streams it).
+    echo_pending = [req.params.prompt_logprobs is not None and bool(req.echo_texts)] * (n * len(streams))
     async for pi, d in merged(streams):
         idx = pi * n + d.index
-        if d.text or (req.params.logprobs and d.logprobs):
+        head, prompt = "", None  # the echoed prompt's text and (ids, logprobs), on its first chunk
+        if echo_pending[idx] and req.echo_texts:
+            echo_pending[idx] = False
+            head, prompt = req.echo_texts[pi], _echoed(req, pi, d.prompt_logprobs)
+        if head or d.text or (req.params.logprobs and d.logprobs):
             if chat:
                 lp = chat_logprobs(tok, d.logprobs) if (req.params.logprobs and d.logprobs) else None
                 yield chunk(
@@ -505,12 +566,12 @@ async def stream(
                 )
             else:
                 lp = (
-                    completion_logprobs(tok, d.logprobs, offsets[idx])
-                    if (req.params.logprobs and d.logprobs)
+                    completion_logprobs(tok, d.logprobs or [], offsets[idx], prompt)
+                    if req.params.logprobs and (d.logprobs or prompt)
                     else None
                 )
                 offsets[idx] += len(d.text)
-                yield chunk({"index": idx, "text": d.text, "logprobs": lp, "finish_reason": None})
+                yield chunk({"index": idx, "text": head + d.text, "logprobs": lp, "finish_reason": None})
         if d.finish_reason:
             end = {"logprobs": None, "finish_reason": d.finish_reason, "stop_reason": d.stop_reason}
             if chat:

@@ -45,6 +45,7 @@ class ChoiceResult:
     finish_reason: str | None
     logprobs: list[TokenLogprob] | None
     stop_reason: str | int | None = None  # as `Delta.stop_reason`
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # as `Delta.prompt_logprobs`
 
 
 @dataclass
@@ -67,6 +68,8 @@ class _Collector:
         c.text += d.text
         if d.logprobs and c.logprobs is not None:
             c.logprobs.extend(d.logprobs)
+        if d.prompt_logprobs is not None:
+            c.prompt_logprobs = d.prompt_logprobs
         if d.finish_reason:
             c.finish_reason = d.finish_reason
             c.stop_reason = d.stop_reason

@@ -60,13 +60,17 @@ class PrefixCache:
 
     # ------------------------------------------------------------------ admission: reuse
 
-    def attach(self, seq: Sequence) -> int:
+    def attach(self, seq: Sequence, reuse: bool = True) -> int:
         """At admission (slot allocated, table empty): hash the prefill target, attach the longest cached
-        prefix that has a snapshot at its end, and return its length in tokens (0 on a miss)."""
+        prefix that has a snapshot at its end, and return its length in tokens (0 on a miss).
+
+        ``reuse=False`` looks nothing up (the sequence prefills from its first token, as vLLM does for a
+        request that wants prompt logprobs: a skipped prefill has no logits); its blocks are still
+        published as it computes them."""
         bs = self.block_size
         seq.hashes = block_hashes(seq.tokens[: seq.prefill_target], bs, limit=self.last_boundary(seq) // bs)
         seq.num_registered = 0
-        if not self.enabled:
+        if not self.enabled or not reuse:
             return 0
         found: list[int] = []
         best = 0

@@ -17,7 +17,8 @@ logits of the rows that ask for them before greedy or random picking (`adjust_lo
 ask for none skips that work entirely.
 
 Logprobs are those of the model's raw distribution (``log_softmax`` of the logits, before penalties,
-logit_bias, temperature and truncation), as vLLM reports by default.
+logit_bias, temperature and truncation), as vLLM reports by default. Prompt logprobs (`position_logprobs`)
+are read the same way from a prefill's logits at every position.
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ GREEDY_BELOW_TEMPERATURE = 1e-5
 @dataclass(slots=True)
 class SamplingParams:
     """What to generate for one request (OpenAI names; ``temperature`` below GREEDY_BELOW_TEMPERATURE, 0
-    included, means greedy)."""
+    included, means greedy).
+
+    ``max_tokens`` 0 generates nothing: the prompt is prefilled (and scored, with ``prompt_logprobs``) and
+    every choice finishes with "length". ``prompt_logprobs`` (vLLM's name) asks for the logprob of every
+    prompt token after the first, given the tokens before it, with that many top alternatives."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -56,11 +61,12 @@ class SamplingParams:
     presence_penalty: float = 0.0  # subtracted once from each token this choice has generated
     frequency_penalty: float = 0.0  # subtracted per time this choice has generated the token
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    prompt_logprobs: int | None = None  # None: none; N: each prompt token's logprob and its top N
 
     def validate(self, vocab_size: int | None = None) -> None:
         """Raise `InvalidRequest` naming the field at fault; ``vocab_size`` bounds logit_bias's token ids."""
-        if self.max_tokens < 1:
-            raise InvalidRequest("max_tokens must be >= 1", "max_tokens")
+        if self.max_tokens < 0:
+            raise InvalidRequest("max_tokens must be >= 0", "max_tokens")
         if self.temperature < 0.0:
             raise InvalidRequest("temperature must be >= 0", "temperature")
         if not 0.0 < self.top_p <= 1.0:
@@ -71,6 +77,8 @@ class SamplingParams:
             raise InvalidRequest("n must be >= 1", "n")
         if not 0 <= self.top_logprobs <= 20:
             raise InvalidRequest("top_logprobs must be in [0, 20]", "top_logprobs")
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= 20:
+            raise InvalidRequest("prompt_logprobs must be in [0, 20]", "prompt_logprobs")
         if any(not s for s in self.stop):
             raise InvalidRequest("stop strings must not be empty", "stop")
         for name in ("presence_penalty", "frequency_penalty"):
@@ -154,6 +162,36 @@ def sample(logits: torch.Tensor, rows: list[SampleRow]) -> tuple[list[int], list
             n = rows[i].params.top_logprobs
             logprobs[i] = TokenLogprob(out[i], chosen[j], list(zip(top_i[j][:n], top_v[j][:n], strict=True)))
     return out, logprobs
+
+
+# Positions whose log_softmax is taken at once by `position_logprobs`: bounds its float32 working memory to
+# this many rows of the vocabulary, whatever the prefill chunk's length.
+LOGPROB_SLAB_POSITIONS = 64
+
+
+def position_logprobs(logits: torch.Tensor, targets: list[int], top: int) -> list[TokenLogprob]:
+    """Logprob of ``targets[t]`` under ``logits[t]`` (``[T, V]``, T >= len(targets)) and the ``top`` best
+    tokens there, for t < len(targets): the raw distribution, as `sample` reports it. ``log_softmax`` runs
+    over slabs of `LOGPROB_SLAB_POSITIONS` positions, so only (token logprob, top-N) per position is
+    kept, never a float32 copy of the whole ``[T, V]``; one host transfer at the end."""
+    n = len(targets)
+    ids = torch.tensor(targets, dtype=torch.long, device=logits.device)
+    chosen, top_v, top_i = [], [], []
+    for s in range(0, n, LOGPROB_SLAB_POSITIONS):
+        e = min(n, s + LOGPROB_SLAB_POSITIONS)
+        lp = torch.log_softmax(logits[s:e].float(), dim=-1)
+        chosen.append(lp.gather(1, ids[s:e, None])[:, 0])
+        if top:
+            v, i = lp.topk(top, dim=-1)
+            top_v.append(v)
+            top_i.append(i)
+    values = torch.cat(chosen).tolist() if chosen else []
+    tv = torch.cat(top_v).tolist() if top_v else [[] for _ in range(n)]
+    ti = torch.cat(top_i).tolist() if top_i else [[] for _ in range(n)]
+    return [
+        TokenLogprob(tok, lp, list(zip(ti[t], tv[t], strict=True)))
+        for t, (tok, lp) in enumerate(zip(targets, values, strict=True))
+    ]
 
 
 def adjust_logits(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:

@@ -15,7 +15,8 @@ Every step (see `Scheduler.schedule`):
 
 Chunks never cross a *stop point* (`PrefixCache.next_stop`), where the prefix cache snapshots the Mamba
 state next to the prefix's KV blocks; admission attaches the longest cached prefix (`PrefixCache.attach`)
-and starts the prefill after it. See prefix_cache.py.
+and starts the prefill after it, except for a request whose prompt logprobs are still to be computed: it
+prefills its whole prompt (the logits of a cached prefix were never kept). See prefix_cache.py.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ class Chunk:
     @property
     def completes_prefill(self) -> bool:
         return self.end == self.seq.prefill_target
+
+    @property
+    def prompt_targets(self) -> list[int]:
+        """The prompt tokens whose logprobs this chunk computes (choice 0 of a request asking for prompt
+        logprobs; the other choices share choice 0's)."""
+        return self.seq.request.prompt_targets(self.start, self.end) if self.seq.index == 0 else []
 
 
 @dataclass(slots=True)
@@ -194,7 +201,7 @@ class Scheduler:
         seq.prefill_target = len(seq.tokens)
         seq.num_computed = 0
         self.running.append(seq)
-        hit = self.prefix_cache.attach(seq)
+        hit = self.prefix_cache.attach(seq, reuse=not (seq.index == 0 and seq.request.scores_prompt))
         if seq.num_preemptions == 0 and seq.index == 0:
             seq.request.cached_tokens = hit
 

@@ -45,6 +45,9 @@ class Delta:
     # With finish_reason "stop": the stop string that matched, or the id of the stop_token_ids entry that
     # ended the choice; None when it stopped on EOS (vLLM's ``stop_reason``).
     stop_reason: str | int | None = None
+    # On each choice's first delta, when the request asked for ``prompt_logprobs``: one entry per prompt
+    # token, None for the first (nothing precedes it), shared by all choices of the request.
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 @dataclass(slots=True)
@@ -310,6 +313,33 @@ class Request:
     first_token_at: float | None = None
     spawned: bool = False  # choices 1..n-1 created (after choice 0's prefill)
     admitted: bool = False  # first scheduled (no longer counts against the queue bound)
+    # With ``params.prompt_logprobs``: the prompt's logprobs, filled by choice 0's prefill chunks (entry 0
+    # stays None); ``prompt_scored`` leading entries are final.
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    prompt_scored: int = 1
+
+    def __post_init__(self) -> None:
+        if self.params.prompt_logprobs is not None:
+            self.prompt_logprobs = [None] * len(self.prompt_ids)
+
+    @property
+    def scores_prompt(self) -> bool:
+        """Whether prompt logprobs are still to be computed (so choice 0 must prefill the whole prompt
+        itself, not take it from the prefix cache)."""
+        return self.prompt_logprobs is not None and self.prompt_scored < len(self.prompt_ids)
+
+    def prompt_targets(self, start: int, end: int) -> list[int]:
+        """The prompt tokens that a prefill chunk over positions [start, end) predicts (position p predicts
+        token p + 1, for p + 1 < len(prompt)); none once the whole prompt is scored."""
+        if not self.scores_prompt:
+            return []
+        return self.prompt_ids[start + 1 : min(end + 1, len(self.prompt_ids))]
+
+    def record_prompt_logprobs(self, start: int, scored: list[TokenLogprob]) -> None:
+        """Store what a chunk starting at ``start`` scored (`prompt_targets`' tokens, in order)."""
+        assert self.prompt_logprobs is not None
+        self.prompt_logprobs[start + 1 : start + 1 + len(scored)] = scored
+        self.prompt_scored = max(self.prompt_scored, start + 1 + len(scored))
 
     def usage(self) -> Usage:
         return Usage(

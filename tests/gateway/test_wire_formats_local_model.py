@@ -89,3 +89,48 @@ def test_completions_take_a_batch_of_token_id_prompts(local_gateway: GatewayThre
     resp = oa.completions.create(model="hybridgate-local", prompt=[[1, 2, 3], [4, 5]], max_tokens=3, n=2)
     assert [c.index for c in resp.choices] == [0, 1, 2, 3]
     assert resp.usage is not None and resp.usage.prompt_tokens == 3 + 2  # each prompt once, whatever n
+
+
+def test_completions_echo_the_prompt_with_its_logprobs(local_gateway: GatewayThread) -> None:
+    """lm-evaluation-harness's loglikelihood request (token-id prompt, echo, logprobs 1, max_tokens 1,
+    temperature 0): the echoed prompt's tokens carry logprobs, the first one null, each later one equal
+    to log P(token | tokens before it) of a full forward of the same checkpoint; max_tokens 0 with echo
+    scores the prompt only, and without echo is refused, naming max_tokens."""
+    import openai
+    import torch
+
+    import local_model
+
+    path = _shipped()
+    assert path is not None
+    lm = local_model.load(path)
+    prompt = lm.tokenizer.encode("Alice was beginning to get very tired of sitting by her sister")
+    ctx = 4  # lm-eval reads token_logprobs[ctxlen:-1]: the continuation's tokens
+    with torch.inference_mode():
+        full = torch.log_softmax(lm.logits(torch.tensor([prompt]))[0].float(), dim=-1)
+    want = [float(full[i - 1, prompt[i]]) for i in range(1, len(prompt))]
+
+    oa = OpenAI(base_url=local_gateway.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    resp = oa.completions.create(model="hybridgate-local", prompt=prompt, max_tokens=1, echo=True, logprobs=1,
+                                 temperature=0)
+    (choice,) = resp.choices
+    lp = choice.logprobs
+    assert lp is not None and lp.tokens is not None and lp.token_logprobs is not None
+    assert lp.top_logprobs is not None and lp.text_offset is not None
+    assert choice.text.startswith(lm.tokenizer.decode(prompt))
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(prompt) + 1
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None and lp.text_offset[0] == 0
+    assert lp.token_logprobs[1:-1] == pytest.approx(want, abs=1e-3)
+    assert sum(lp.token_logprobs[ctx:-1]) == pytest.approx(sum(want[ctx - 1 :]), abs=1e-2)
+    assert all(top[tok] == value for tok, value, top in
+               zip(lp.tokens[1:], lp.token_logprobs[1:], lp.top_logprobs[1:], strict=True))
+
+    scored = oa.completions.create(model="hybridgate-local", prompt=prompt, max_tokens=0, echo=True, logprobs=1,
+                                   temperature=0)
+    assert scored.choices[0].text == lm.tokenizer.decode(prompt) and scored.choices[0].finish_reason == "length"
+    assert scored.choices[0].logprobs is not None
+    assert scored.choices[0].logprobs.token_logprobs == lp.token_logprobs[:-1]
+    assert scored.usage is not None and scored.usage.completion_tokens == 0
+    with pytest.raises(openai.BadRequestError) as refused:
+        oa.completions.create(model="hybridgate-local", prompt=prompt, max_tokens=0, logprobs=1)
+    assert refused.value.body["param"] == "max_tokens"  # type: ignore[index]
