@@ -145,7 +145,10 @@ def worst_case_tokens(features: RequestFeatures, dep: DeploymentConfig) -> tuple
     prompt); embeddings produce none."""
     if features.endpoint == "embedding":
         return features.prompt_tokens, 0
-    cap = features.max_tokens or dep.max_output_tokens or max(1, dep.context_window - features.prompt_tokens)
+    if features.max_tokens is not None:  # 0 (a completions echo that scores the prompt) generates nothing
+        cap = features.max_tokens
+    else:
+        cap = dep.max_output_tokens or max(1, dep.context_window - features.prompt_tokens)
     return features.prompt_tokens, cap * max(1, features.choices)
 
 

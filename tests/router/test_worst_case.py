@@ -30,6 +30,11 @@ def test_without_max_tokens_the_models_output_limit_counts() -> None:
     assert worst_case_usd(f, [dep("b", 1e6, context_window=1000)]) == pytest.approx(1e-4 + 900)
 
 
+def test_max_tokens_zero_reserves_the_prompt_only() -> None:
+    f = RequestFeatures(prompt_tokens=1000, max_tokens=0, choices=2)
+    assert worst_case_usd(f, [dep("a", 1e6, max_output_tokens=500)]) == pytest.approx(0.001)
+
+
 def test_the_priciest_candidate_and_a_cascades_second_answer_count() -> None:
     f = RequestFeatures(prompt_tokens=0, max_tokens=10)
     cheap, dear = dep("cheap", 1e6), dep("dear", 3e6)
