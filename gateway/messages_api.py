@@ -4,6 +4,7 @@ and `POST /v1/messages/count_tokens` (the gateway's estimate)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -13,7 +14,7 @@ from starlette.responses import Response
 from backends.base import Kind
 from common.types import DeploymentConfig
 from gateway.edge import read_json, validate
-from gateway.errors import APIError
+from gateway.errors import APIError, model_not_found
 from gateway.keys import ApiKey
 from gateway.schemas import ChatCompletionRequest, MessagesRequest, estimate_prompt_tokens
 from gateway.wire import anthropic as wire
@@ -79,8 +80,9 @@ def anthropic_error(err: APIError, headers: dict[str, str] | None = None) -> Res
     )
 
 
-async def count_tokens(request: Request, max_bytes: int) -> Response:
-    """`{"input_tokens": n}`: the same estimate the gateway routes and budgets with."""
+async def count_tokens(request: Request, max_bytes: int, known: Callable[[str], bool]) -> Response:
+    """`{"input_tokens": n}`: the same estimate the gateway routes and budgets with; a model the caller
+    may not use (`known` says) is a 404, as `POST /v1/messages` answers it."""
     try:
         chat, origins = wire.translate(await read_json(request, max_bytes) | {"max_tokens": 1})
     except APIError as err:
@@ -89,6 +91,8 @@ async def count_tokens(request: Request, max_bytes: int) -> Response:
         req = validate(ChatCompletionRequest, chat)
     except APIError as err:
         return anthropic_error(wire.caller_error(err, origins))
+    if not known(req.model):
+        return anthropic_error(model_not_found(req.model))
     return Response(
         orjson.dumps({"input_tokens": estimate_prompt_tokens(req)}), media_type="application/json"
     )

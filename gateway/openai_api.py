@@ -290,10 +290,17 @@ class OpenAIHandlers:
 
     async def count_tokens(self, request: Request) -> Response:
         try:
-            await authenticate(request, self.s.keys, self.s.settings.keys_required)
+            key = await authenticate(request, self.s.keys, self.s.settings.keys_required)
         except APIError as err:
             return anthropic_error(err)
-        return await count_tokens(request, self.s.settings.max_body_bytes)
+
+        def known(model: str) -> bool:
+            """Whether this caller may use `model` (the `default` alias resolved), as GET /v1/models lists."""
+            if model == DEFAULT_MODEL_ALIAS and self.s.settings.default_model:
+                model = self.s.settings.default_model
+            return any(card["id"] == model for card in self._cards_for(key))
+
+        return await count_tokens(request, self.s.settings.max_body_bytes, known)
 
     async def _serve(self, request: Request, endpoint: str, schema: type,
                      answer: Callable[[_Ctx, Any, Route], Awaitable[Response]],
@@ -497,7 +504,9 @@ class OpenAIHandlers:
 
     async def _model_cards(self, request: Request) -> list[dict[str, Any]]:
         """The models this caller may use: a key restricted to some models sees only those."""
-        key = await authenticate(request, self.s.keys, self.s.settings.keys_required)
+        return self._cards_for(await authenticate(request, self.s.keys, self.s.settings.keys_required))
+
+    def _cards_for(self, key: ApiKey | None) -> list[dict[str, Any]]:
         cards = self.s.router.model_cards()
         if key is not None and key.allowed_models:
             cards = [c for c in cards if c["id"] in key.allowed_models]

@@ -202,6 +202,16 @@ class StoredResponseHandlers:
         stored = await self.store.get(rid, await self._key_id(request))
         if stored is None:
             raise not_found(rid)
+        if request.query_params.get("stream", "").lower() in ("true", "1"):
+            # `stream=true` resumes the event stream of a response created with background=true (OpenAI
+            # replays its events); every stored response here was answered in its request. The SDKs read
+            # the answer as SSE, in which a JSON body holds no event: an empty stream, no error.
+            raise bad_request(
+                "Invalid value for 'stream': only a background response can be streamed again, and this "
+                "gateway does not run background responses; retrieve the response without 'stream'.",
+                param="stream",
+                code="unsupported_parameter",
+            )
         return Response(orjson.dumps(stored.response), media_type=_JSON)
 
     async def delete(self, request: Request) -> Response:

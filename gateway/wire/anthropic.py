@@ -224,6 +224,8 @@ def translate(body: dict[str, Any]) -> tuple[dict[str, Any], list[Origin]]:
     meta = body.get("metadata")
     if isinstance(meta, dict) and isinstance(meta.get("user_id"), str):
         chat["user"] = meta["user_id"]
+    if (fmt := _output_format(body)) is not None:
+        chat["response_format"] = fmt
     tools = body.get("tools")
     if tools:
         if not isinstance(tools, list):
@@ -231,6 +233,16 @@ def translate(body: dict[str, Any]) -> tuple[dict[str, Any], list[Origin]]:
         for i, t in enumerate(tools):
             if not isinstance(t, dict):
                 raise bad_request(f"Invalid value for 'tools[{i}]': expected an object.", param=f"tools[{i}]")
+            # A typed tool other than "custom" is one Anthropic defines: run on its servers (web_search,
+            # code_execution…) or with a schema only its models know (bash, text_editor…). There is no
+            # input_schema to give a chat upstream, whose model would then 'call' a tool nobody runs.
+            kind = t.get("type")
+            if kind is not None and kind != "custom":
+                raise bad_request(
+                    f"Invalid value for 'tools[{i}].type': only custom tools (with an input_schema) are "
+                    f"supported, not {kind!r}.",
+                    param=f"tools[{i}].type",
+                )
         chat["tools"] = [
             {
                 "type": "function",
@@ -247,6 +259,37 @@ def translate(body: dict[str, Any]) -> tuple[dict[str, Any], list[Origin]]:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
     return chat, origins
+
+
+def _output_format(body: dict[str, Any]) -> dict[str, Any] | None:
+    """Anthropic's structured output (`output_config.format`, or the beta's top-level `output_format`;
+    what the SDK's `messages.parse(output_format=Model)` sends) as chat's `response_format`: a JSON schema
+    the answer's text follows, strictly, as Anthropic guarantees it. `output_config.effort` has no chat
+    counterpart every upstream takes, and is not sent (as `thinking` is not)."""
+    config, where = body.get("output_config"), "output_config.format"
+    fmt = None
+    if config is not None:
+        if not isinstance(config, dict):
+            raise bad_request("Invalid value for 'output_config': expected an object.", param="output_config")
+        fmt = config.get("format")
+    if fmt is None and body.get("output_format") is not None:
+        fmt, where = body["output_format"], "output_format"
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        raise bad_request(f"Invalid value for '{where}': expected an object.", param=where)
+    if fmt.get("type") != "json_schema":
+        raise bad_request(f"Invalid value for '{where}.type': expected 'json_schema'.", param=f"{where}.type")
+    schema = fmt.get("schema")
+    if not isinstance(schema, dict):
+        raise bad_request(
+            f"Missing required parameter: '{where}.schema' (a JSON schema object)."
+            if schema is None
+            else f"Invalid value for '{where}.schema': expected a JSON schema object.",
+            param=f"{where}.schema",
+            code="missing_required_parameter" if schema is None else None,
+        )
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": True}}
 
 
 def to_chat(body: dict[str, Any]) -> dict[str, Any]:
@@ -299,6 +342,7 @@ _CALLER_FIELD = {
     "parallel_tool_calls": "tool_choice.disable_parallel_tool_use",
     "stream_options": "stream",
     "tool_choice": "tool_choice",
+    "response_format": "output_config.format",
 }
 _MESSAGE_PARAM = re.compile(r"messages\[(\d+)\](.*)")
 _INDEXED = re.compile(r"\[(\d+)\](.*)")

@@ -11,6 +11,7 @@ import anthropic
 import httpx
 import pytest
 from anthropic import Anthropic
+from pydantic import BaseModel
 
 from backends.fake_provider import FakeProviderThread
 from tests.support.gateway import gateway_settings, streamed_events
@@ -181,11 +182,66 @@ def test_malformed_tool_choice_and_blocks_are_400s_naming_the_field(
     assert f"'{named}'" in err["error"]["message"]
 
 
+class Weather(BaseModel):
+    city: str
+    temp_c: float
+
+
+def test_structured_output_format_reaches_the_upstream_and_parses(
+    gateway: GatewayThread, fake_provider: FakeProviderThread
+) -> None:
+    """`messages.parse(output_format=Model)` sends `output_config.format` (a JSON schema) and parses the
+    answer's text with the model: it is the chat request's `response_format` (json_schema, strict, as
+    Anthropic's structured outputs are guaranteed), whole and streamed, where it was dropped and the SDK
+    failed on a plain-text answer. The beta's top-level `output_format` is read the same way."""
+    c = client(gateway)
+    ask = {"model": "fake-model", "max_tokens": 100, "messages": [{"role": "user", "content": "weather in Paris"}]}
+    parsed = c.messages.parse(**ask, output_format=Weather)  # type: ignore[arg-type]
+    assert parsed.parsed_output == Weather(city="fake", temp_c=1.5)
+    with c.messages.stream(**ask, output_format=Weather) as stream:  # type: ignore[arg-type]
+        assert stream.get_final_message().parsed_output == Weather(city="fake", temp_c=1.5)
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    r = post_messages(gateway, output_format={"type": "json_schema", "schema": schema})
+    assert r.status_code == 200 and r.json()["content"][0]["text"] == '{"ok":true}', r.text
+    sent = [r.body for r in fake_provider.requests() if r.path.endswith("/chat/completions")]
+    assert sent[0]["response_format"]["type"] == "json_schema"
+    assert sent[0]["response_format"]["json_schema"]["schema"]["properties"].keys() == {"city", "temp_c"}
+    assert sent[-1]["response_format"] == {"type": "json_schema",
+                                           "json_schema": {"name": "output", "schema": schema, "strict": True}}
+
+
+@pytest.mark.parametrize(
+    ("output_config", "named"),
+    [
+        ({"format": {"type": "json_object"}}, "output_config.format.type"),
+        ({"format": {"type": "json_schema"}}, "output_config.format.schema"),
+        ({"format": "json"}, "output_config.format"),
+        ("json", "output_config"),
+    ],
+)
+def test_a_malformed_output_format_is_a_400_naming_it(
+    gateway: GatewayThread, output_config: object, named: str
+) -> None:
+    message = anthropic_error_message(post_messages(gateway, output_config=output_config))
+    assert f"'{named}'" in message, message
+
+
 def test_count_tokens_estimates_the_prompt(gateway: GatewayThread) -> None:
     n = client(gateway).messages.count_tokens(
         model="fake-model", messages=[{"role": "user", "content": "x" * 400}]
     )
     assert 90 <= n.input_tokens <= 120
+
+
+def test_count_tokens_for_a_model_that_does_not_exist_is_not_found(gateway: GatewayThread) -> None:
+    """As `messages.create` answers it (and Anthropic's count_tokens): a 404 `not_found_error`, not a count
+    for a model nothing serves."""
+    with pytest.raises(anthropic.NotFoundError) as nf:
+        client(gateway).messages.count_tokens(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    assert nf.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    assert "no-such-model" in nf.value.body["error"]["message"]  # type: ignore[index]
+    assert client(gateway).messages.count_tokens(model="auto", messages=[{"role": "user", "content": "x"}])
 
 
 def test_a_stream_cut_after_it_began_ends_with_an_anthropic_error_event(gateway: GatewayThread) -> None:
@@ -267,6 +323,36 @@ def test_tool_choice_must_name_one_of_the_tools(gateway: GatewayThread, fields: 
 def test_tool_choice_none_needs_no_tools(gateway: GatewayThread) -> None:
     r = post_messages(gateway, tool_choice={"type": "none"})
     assert r.status_code == 200 and r.json()["stop_reason"] == "end_turn", r.text
+
+
+@pytest.mark.parametrize(
+    "tool",
+    [
+        {"type": "web_search_20250305", "name": "web_search", "max_uses": 2},  # run by Anthropic's servers
+        {"type": "bash_20250124", "name": "bash"},  # schema defined by Anthropic, not sent
+        {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
+    ],
+)
+def test_tools_anthropic_defines_are_refused_naming_their_type(
+    gateway: GatewayThread, fake_provider: FakeProviderThread, tool: dict
+) -> None:
+    """A server tool (or one whose schema only Anthropic knows) has no input_schema a chat upstream could
+    be given: it is a 400 naming `tools[i].type`, as /v1/responses refuses hosted tools, not a function
+    tool without parameters that the model then 'calls' and the client cannot run."""
+    c = client(gateway)
+    ask = {"model": "fake-model", "max_tokens": 50, "messages": [{"role": "user", "content": "look it up"}],
+           "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}, tool]}
+    counted = {k: v for k, v in ask.items() if k != "max_tokens"}
+    for call, fields in ((c.messages.create, ask), (c.messages.count_tokens, counted)):
+        with pytest.raises(anthropic.BadRequestError) as err:
+            call(**fields)  # type: ignore[operator]
+        message = err.value.body["error"]["message"]  # type: ignore[index]
+        assert "'tools[1].type'" in message and repr(tool["type"]) in message, message
+    assert not [r for r in fake_provider.requests() if r.path.endswith("/chat/completions")]
+    # a custom tool may say so
+    msg = c.messages.create(**{**ask, "tools": [{"type": "custom", "name": "get_weather",  # type: ignore[arg-type]
+                                                 "input_schema": {"type": "object"}}]})
+    assert msg.stop_reason == "tool_use"
 
 
 def test_wrong_methods_and_unknown_paths_under_messages_answer_in_anthropics_shape(

@@ -148,6 +148,22 @@ def test_store_false_keeps_nothing(gateway: GatewayThread) -> None:
         client(gateway).responses.retrieve(resp.id)
 
 
+def test_retrieving_a_stored_response_as_a_stream_is_a_400_naming_stream(gateway: GatewayThread) -> None:
+    """`responses.retrieve(id, stream=True)` (and `responses.stream(response_id=…)`) resume the event stream
+    of a background response, which this gateway does not run: a 400 naming `stream`, where a JSON body
+    under 200 gave the SDK's SSE reader no event and an empty stream without any error."""
+    oa = client(gateway)
+    resp = oa.responses.create(model="fake-model", input="kept")
+    with pytest.raises(BadRequestError) as err:
+        list(oa.responses.retrieve(resp.id, stream=True))
+    assert err.value.body["param"] == "stream"  # type: ignore[index]
+    with pytest.raises(BadRequestError), oa.responses.stream(response_id=resp.id) as stream:
+        list(stream)
+    with pytest.raises(NotFoundError):  # an unknown id is still a 404
+        oa.responses.retrieve("resp_missing", stream=True)
+    assert oa.responses.retrieve(resp.id, extra_query={"stream": "false"}).output_text == "kept"
+
+
 def test_unsupported_tool_types_and_bad_input_get_400_naming_the_param(gateway: GatewayThread) -> None:
     oa = client(gateway)
     with pytest.raises(BadRequestError) as err:
