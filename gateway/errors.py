@@ -7,6 +7,7 @@ gateway as exactly that JSON with the matching status.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -112,7 +113,17 @@ _UPSTREAM_MAP: dict[str, tuple[int, str, str | None, str]] = {
              "problem, not your API key)."),
     "not_found": (404, "invalid_request_error", "model_not_found",
                   "The model's provider does not serve the requested model."),
+    # no attempt was made: every deployment's circuit breaker is open (service/executor.py)
+    "no_deployment": (503, "server_error", "no_candidates",
+                      "No deployment can serve this model right now. Please retry after a short wait."),
 }
+# failure kinds whose client error carries Retry-After (when the failure says how long)
+_RETRY_AFTER_KINDS = frozenset({"rate_limit", "no_deployment"})
+
+
+def retry_after_header(seconds: float) -> str:
+    """Retry-After in whole seconds, rounded up: a client that waits what it says is never early."""
+    return str(max(1, math.ceil(seconds - 1e-9)))
 
 
 def _upstream_detail(err: UpstreamError) -> tuple[str | None, str | None]:
@@ -134,8 +145,8 @@ def from_upstream(err: UpstreamError) -> APIError:
     status, type_, code, message = _UPSTREAM_MAP.get(
         err.kind, (502, "upstream_error", None, "The model's provider failed."))
     headers: dict[str, str] = {}
-    if err.kind == "rate_limit" and err.retry_after_s is not None:
-        headers["retry-after"] = str(max(1, round(err.retry_after_s)))
+    if err.kind in _RETRY_AFTER_KINDS and err.retry_after_s is not None:
+        headers["retry-after"] = retry_after_header(err.retry_after_s)
     param = None
     if err.client_caused:
         param, upstream_code = _upstream_detail(err)
@@ -168,6 +179,6 @@ _REFUSAL_MAP: dict[str, tuple[int, str]] = {
 def from_refusal(r: Refused) -> APIError:
     """The client's error for a request the service refused (limits, budgets, no deployment)."""
     status, type_ = _REFUSAL_MAP.get(r.code, (503, "server_error"))
-    headers = {"retry-after": str(max(1, round(r.retry_after_s + 0.5)))} if r.retry_after_s is not None else {}
+    headers = {"retry-after": retry_after_header(r.retry_after_s)} if r.retry_after_s is not None else {}
     code = "invalid_value" if r.code == "output_too_long" else r.code
     return APIError(status, r.message, type=type_, param=r.param, code=code, headers=headers)

@@ -5,6 +5,8 @@ closed ──(error rate over window ≥ bound with ≥ min requests | N consecu
 open ──(cooldown elapsed, next allow())──▶ half_open  (never closed → half_open directly)
 half_open: admits K probes at a time; ``successes_to_close`` successes → closed, any failure → open
 forced open / forced closed: manual override until cleared (clearing starts closed, fresh).
+An attempt that says nothing about the deployment's health (a client-caused failure, a client that
+left) is ``release``d instead of recorded: a half-open probe slot it took is given back, nothing else.
 
 Why pure: the same transition function backs the in-process store, is mirrored by the Redis Lua
 script (tests run both on the same event sequences and compare), and is property-tested.
@@ -152,6 +154,16 @@ class CircuitBreaker:
                 del self.latencies[: len(self.latencies) - cfg.latency_samples]
         if self.forced is None and self.state == "closed" and self._should_trip(now):
             self._open(now)
+        return self.state_at(now)
+
+    def release(self, now: float) -> BreakerStateName:
+        """An attempt admitted by `allow` ended with no verdict on the deployment's health (the
+        upstream refused the client's request as invalid, or the client left): give back the
+        half-open probe slot it took, so the next request can probe, and change nothing else.
+        Without this the slot stays taken until ``probe_timeout_s`` and the breaker stays half-open,
+        admitting nothing, however healthy the deployment is."""
+        if self.state == "half_open" and self.forced is None:
+            self.probes = max(0, self.probes - 1)
         return self.state_at(now)
 
     def force(self, mode: ForceMode | None) -> None:

@@ -52,7 +52,8 @@ def gcra(tat: float, now: float, cost: float, rate_per_s: float, burst: float) -
 
     A request costing more than the whole burst can never fit; it is admitted only when the
     limiter is idle (``tat <= now``), and then pushes later requests back accordingly, so an
-    oversized prompt is slowed down rather than rejected forever.
+    oversized prompt is slowed down rather than rejected forever. Its retry_after_s is therefore
+    the time until the limiter is idle (``tat``), not until a fit that never comes.
     """
     interval = 1.0 / rate_per_s
     base = max(tat, now)
@@ -60,7 +61,7 @@ def gcra(tat: float, now: float, cost: float, rate_per_s: float, burst: float) -
     allow_at = new_tat - burst * interval
     if allow_at <= now or (cost > burst and tat <= now):
         return True, new_tat, 0.0
-    return False, tat, allow_at - now
+    return False, tat, (tat if cost > burst else allow_at) - now
 
 
 def adjust(tat: float, now: float, delta: float, rate_per_s: float) -> float:

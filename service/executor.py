@@ -4,7 +4,9 @@ The router decides *which* deployments to try and in what order, and `router.ret
 decides what a failure means (both pure); this module does the I/O of trying them. It owns the
 rules a client can observe:
 - a retryable failure is retried on the same deployment (backoff with jitter, honouring
-  Retry-After) while the policy allows, else the next deployment in the chain is tried;
+  Retry-After) while the policy allows and its breaker admits (asked before every attempt), else
+  the next deployment in the chain is tried; with none admitted at all the client gets a 503
+  ("no_deployment") with Retry-After;
 - a stream that fails before its first chunk falls back invisibly; after the first chunk the
   client gets an error event and never a second answer spliced onto the first;
 - every try becomes one AttemptRow, so the log shows exactly what happened.
@@ -13,6 +15,7 @@ rules a client can observe:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -40,6 +43,10 @@ class Outcomes(Protocol):
 
     async def record(self, deployment: str, ok: bool, latency_s: float, error_kind: str | None) -> None: ...
 
+    async def release(self, deployment: str) -> None:
+        """An attempt `allow` admitted ended with no outcome (cancelled): give back what it took."""
+        ...
+
     def started(self, deployment: str) -> None: ...
 
     def finished(self, deployment: str) -> None: ...
@@ -50,6 +57,9 @@ class _AllowAll:
         return True
 
     async def record(self, deployment: str, ok: bool, latency_s: float, error_kind: str | None) -> None:
+        return None
+
+    async def release(self, deployment: str) -> None:
         return None
 
     def started(self, deployment: str) -> None:
@@ -129,9 +139,17 @@ class _Cursor:
         self.here = 0
 
 
+# How long a client refused for want of a deployment is told to wait (Retry-After): about what a
+# policy's "no candidates" refusal says, long enough for a half-open probe to report.
+NO_DEPLOYMENT_RETRY_S = 1.5
+
+
 def _no_deployment() -> UpstreamError:
+    """No attempt was made: every target's breaker refused (open, or half-open with its probe slots
+    taken). The client's 503 with Retry-After (`gateway.errors.from_upstream`), as for a policy whose
+    candidates are all open; never a 502 that blames an upstream nobody called."""
     why = "no deployment available (all circuit breakers open)"
-    return UpstreamError("connection", why, reason=why)
+    return UpstreamError("no_deployment", why, reason=why, retry_after_s=NO_DEPLOYMENT_RETRY_S)
 
 
 class Executor:
@@ -187,13 +205,25 @@ class Executor:
         row.cost_usd = self._price(t.deployment, usage)
         ex.usage, ex.cost_usd = usage, row.cost_usd
 
+    async def _release(self, target: Target) -> None:
+        """A cancelled attempt has no outcome for the breaker: it only gives back a half-open probe
+        slot it took (else held until the probe timeout). Best effort: the cancellation goes on."""
+        with contextlib.suppress(Exception):
+            await self._outcomes.release(target.deployment.name)
+
     async def _attempts(self, plan: Plan, ex: Execution, started: float) -> AsyncIterator[tuple[Target, float]]:
         """Yield (target, attempt timeout) in the order to try; after each failed try (recorded in
         ex.error) ask the retry policy whether to retry here, fall to the next target, or stop."""
         cur = _Cursor(plan)
+        retrying: str | None = None  # the kind of failure a retry on the current target follows
         while (t := cur.current) is not None:
-            if cur.here == 0 and not await self._outcomes.allow(t.deployment.name):
+            # The breaker is asked before every attempt, retries included: failures here may just
+            # have opened it (or a half-open probe failed), and an open breaker gets no traffic.
+            if not await self._outcomes.allow(t.deployment.name):
+                if cur.here and retrying not in plan.triggers:
+                    return  # the policy does not fall back on this kind of failure: the client gets it
                 cur.advance()  # breaker open (or no half-open probe slot left): skip it
+                retrying = None
                 continue
             elapsed = time.monotonic() - started
             timeout = attempt_timeout(plan.retry, elapsed, t.deployment.timeout_s)
@@ -215,8 +245,11 @@ class Executor:
                 return
             if action.outcome == "fall_to_next":
                 cur.advance(nxt)
-            elif action.delay_s > 0:
-                await self._sleep(action.delay_s)
+                retrying = None
+            else:
+                retrying = err.kind
+                if action.delay_s > 0:
+                    await self._sleep(action.delay_s)
 
     async def complete(self, ex: Execution, plan: Plan, make_call: CallFactory) -> UpstreamResponse:
         """Non-streamed: the first successful response, or raises the last UpstreamError."""
@@ -233,6 +266,7 @@ class Executor:
             except asyncio.CancelledError:
                 row.status = "cancelled"
                 row.latency_ms = (time.perf_counter() - t0) * 1000
+                await self._release(t)
                 raise
             finally:
                 self._outcomes.finished(t.deployment.name)
@@ -286,6 +320,7 @@ class Executor:
                 row.latency_ms = (time.perf_counter() - t0) * 1000
                 if not first:
                     self._bill_partial(ex, row, t, usage, completion_chars)
+                await self._release(t)
                 raise
             finally:
                 try:

@@ -247,11 +247,16 @@ class GatewayRouter:
 
     async def record(self, deployment: str, ok: bool, latency_s: float, error_kind: str | None) -> None:
         self.latency.observe(deployment, latency_s * 1000)
-        # Client-caused errors (bad request, unknown model, context window) say nothing about the upstream's health.
+        # Client-caused errors (bad request, unknown model, context window) say nothing about the
+        # upstream's health: not counted, but a half-open probe slot the attempt took is given back.
         if error_kind in CLIENT_CAUSED:
+            await self.breakers.release(deployment)
             return
         state = await self.breakers.record(deployment, ok, latency_s * 1000)
         self.metrics.breaker_open.labels(deployment).set(1 if state == "open" else 0)
+
+    async def release(self, deployment: str) -> None:
+        await self.breakers.release(deployment)
 
     def started(self, deployment: str) -> None:
         self.in_flight.start(deployment)
@@ -306,8 +311,15 @@ class GatewayRouter:
             if budget_limits and route.targets:
                 await self._reserve(route, features)
         except BaseException:
-            if slot is not None:
-                await self.ratelimits.release_slot(*slot)
+            # Refused after the limits were charged (budget, no candidates, unsupported): nothing goes
+            # upstream, so the lease is freed and the tokens/min estimate refunded; the request itself
+            # still counts against requests/min.
+            try:
+                if slot is not None:
+                    await self.ratelimits.release_slot(*slot)
+            finally:
+                if rate_limits and charged:
+                    await self.ratelimits.adjust_tokens(rate_limits, -charged)
             raise
         return route
 
@@ -368,7 +380,7 @@ class GatewayRouter:
         if route is None:
             return None
         d = route.decision
-        if d is not None and d.arm is not None:
+        if d is not None and d.arm is not None and _arm_answered(d.arm, row):
             # The prompt stays out: it is logged only where the log's content mode allows, and the
             # shipped bandits learn from the request's shape, not its text.
             ctx = {k: v for k, v in (route.bandit_context or {}).items() if k != "prompt_text"}
@@ -495,6 +507,15 @@ class GatewayRouter:
         signals = await self.signals(self.catalog.deployments, [])
         return await asyncio.to_thread(calibrate_cost_weight, policy, requests, self.catalog.deployments, signals,
                                        plugins, model, share, datetime.now(UTC))
+
+
+def _arm_answered(arm: str, row: RequestRow) -> bool:
+    """Whether feedback on this request may teach the bandit about ``arm`` (a model or deployment
+    name): yes when the arm's deployment answered, or nothing did; no when a fallback (or a
+    cascade's escalation) answered instead. Crediting the chosen arm with another model's answer
+    would reward a failing deployment for every answer its fallback gave, and the bandit would
+    send ever more traffic to it."""
+    return row.deployment is None or arm in (row.served_model, row.deployment)
 
 
 def _card(model: str, created: int, owned_by: str, context_window: int | None) -> dict[str, Any]:

@@ -52,6 +52,9 @@ class LoggedBreakerStore:
         self._seen(deployment, state)
         return state
 
+    async def release(self, deployment: str) -> None:
+        await self.inner.release(deployment)  # frees a probe slot: never a transition
+
     async def state(self, deployment: str) -> BreakerStateName:
         state = await self.inner.state(deployment)
         self._seen(deployment, state)

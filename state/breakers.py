@@ -26,6 +26,11 @@ class BreakerStore(Protocol):
 
     async def record(self, deployment: str, ok: bool, latency_ms: float | None = None) -> BreakerStateName: ...
 
+    async def release(self, deployment: str) -> None:
+        """Instead of ``record``, for an attempt that says nothing about the deployment's health
+        (a client-caused failure, a cancelled attempt): gives back a half-open probe slot it took."""
+        ...
+
     async def state(self, deployment: str) -> BreakerStateName: ...
 
     async def states(self, deployments: Iterable[str]) -> dict[str, BreakerStateName]: ...
@@ -66,6 +71,11 @@ class InProcessBreakerStore:
 
     async def record(self, deployment: str, ok: bool, latency_ms: float | None = None) -> BreakerStateName:
         return self.breaker(deployment).record(self._clock(), ok, latency_ms)
+
+    async def release(self, deployment: str) -> None:
+        b = self._breakers.get(deployment)
+        if b is not None:
+            b.release(self._clock())
 
     async def state(self, deployment: str) -> BreakerStateName:
         b = self._breakers.get(deployment)
@@ -213,6 +223,12 @@ elseif op == 'record' then
   if forced == '' and state == 'closed' and should_trip() then open_() end
   save()
   return {view(), 0}
+elseif op == 'release' then
+  if state == 'half_open' and forced == '' then
+    probes = math.max(0, probes - 1)
+    save()
+  end
+  return {view(), 0}
 elseif op == 'force' then
   forced = a1
   if forced == '' or forced == 'closed' then close_() end
@@ -276,6 +292,12 @@ class RedisBreakerStore:
             return (await self._call(deployment, "record", "1" if ok else "0", lat))[0]
 
         return await self.guard.run(remote, lambda: self.fallback.record(deployment, ok, latency_ms))
+
+    async def release(self, deployment: str) -> None:
+        async def remote() -> None:
+            await self._call(deployment, "release")
+
+        await self.guard.run(remote, lambda: self.fallback.release(deployment))
 
     async def state(self, deployment: str) -> BreakerStateName:
         return (await self.states([deployment]))[deployment]

@@ -181,7 +181,8 @@ class InProcessBudgetStore:
 
 
 # KEYS: H1, Z1, H2, Z2, ... (account hash, hold-expiry zset)
-# ARGV: now, amount, rid, expires_at, then per account: limit, admission, key_ttl_s (0: none)
+# ARGV: now, amount, rid, expires_at, then per account: limit, admission, key_ttl_s (0: none), known
+# (nano-USD this process knows was spent: the account's spend is raised to it before the check)
 # Returns {0, spent_1, ..., spent_n} when reserved ({0} for a retried reserve of a live hold), else
 # {i (1-based account), spent, reserved}.
 # Drop reservation ``rid``'s hold from account (H, Z), if it is still there. Shared by both scripts.
@@ -212,8 +213,13 @@ local out = {0}
 for i = 1, n do
   local v = redis.call('HMGET', KEYS[2 * i - 1], 'spent', 'reserved')
   local spent, reserved = tonumber(v[1] or '0'), tonumber(v[2] or '0')
+  local known = tonumber(ARGV[4 + 4 * i])
+  if known > spent then  -- Redis lost spend (restarted without its data): never admit below what is known
+    redis.call('HSET', KEYS[2 * i - 1], 'spent', ARGV[4 + 4 * i])
+    spent = known
+  end
   out[i + 1] = spent
-  local limit, adm = tonumber(ARGV[4 + 3 * i - 2]), ARGV[4 + 3 * i - 1]
+  local limit, adm = tonumber(ARGV[4 + 4 * i - 3]), ARGV[4 + 4 * i - 2]
   local ok
   if adm == 'lenient' then ok = spent + reserved < limit else ok = spent + reserved + amount <= limit end
   if not ok then return {i, spent, reserved} end
@@ -224,7 +230,7 @@ for i = 1, n do
     redis.call('HINCRBY', H, 'reserved', ARGV[2])
     redis.call('ZADD', Z, exp, rid)
   end
-  local ttl = tonumber(ARGV[4 + 3 * i])
+  local ttl = tonumber(ARGV[4 + 4 * i - 1])
   if ttl > 0 then
     redis.call('EXPIRE', H, ttl)
     redis.call('EXPIRE', Z, ttl)
@@ -360,8 +366,9 @@ class RedisBudgetStore:
 
         async def remote() -> Reservation:
             args: list[str | int] = [repr(now), amount, rid, repr(now + self._ttl)]
-            for lim in limits:
-                args += [to_nano(lim.limit_usd), lim.admission, _key_ttl(period_end(lim.period, dt), dt)]
+            for lim, account in zip(limits, accounts, strict=True):
+                args += [to_nano(lim.limit_usd), lim.admission, _key_ttl(period_end(lim.period, dt), dt),
+                         self._known_spent(account)]
             res = await self._reserve(keys=self._redis_keys(accounts), args=args)
             if int(res[0]) != 0:
                 lim = limits[int(res[0]) - 1]
@@ -379,6 +386,14 @@ class RedisBudgetStore:
             return reservation
 
         return await self.guard.run(remote, local)
+
+    def _known_spent(self, account: str) -> int:
+        """nano-USD this process knows ``account`` has spent: the shared spend it last saw, what the
+        log said, and what it counted itself while Redis was away (the fallback ledger keeps all
+        three). A reserve raises Redis to it, so a Redis that restarted without its data (or missed
+        an outage's spend) does not admit the budget afresh until the next reconcile round."""
+        a = self.fallback.ledger.accounts.get(account)
+        return a.spent if a is not None else 0
 
     def _mirror(self, accounts: Sequence[str], spent: Sequence[int]) -> None:
         """Keep the fallback ledger at least at the shared spend last seen, so that an outage starts
@@ -472,6 +487,8 @@ class RedisBudgetStore:
                     pipe.hmget(f"{self._prefix}budget:{a}", "spent", "reserved")
                 rows = await pipe.execute()
             self._mirror(accounts, [int(s or 0) for s, _ in rows])
-            return _tightest(limits, [(int(s or 0), int(r or 0)) for s, r in rows])
+            # spend as the next reserve will count it: at least what this process knows (`_known_spent`)
+            counted = [(self._known_spent(a), int(r or 0)) for a, (_, r) in zip(accounts, rows, strict=True)]
+            return _tightest(limits, counted)
 
         return await self.guard.run(remote, lambda: self.fallback.snapshot(limits))

@@ -99,6 +99,7 @@ for i = 1, #KEYS do
   local nt = math.max(tat, now) + cost * interval
   local allow_at = nt - burst * interval
   if not (allow_at <= now or (cost > burst and tat <= now)) then
+    if cost > burst then allow_at = tat end  -- admitted once the limiter is idle (router.ratelimit.gcra)
     return {i, string.format('%.17g', allow_at - now)}
   end
   new[i] = nt

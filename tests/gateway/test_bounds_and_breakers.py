@@ -107,7 +107,9 @@ def test_client_caused_upstream_failures_never_open_the_breaker_but_5xx_do(
                 "/v1/chat/completions",
                 json=CHAT | {"messages": [{"role": "user", "content": "[[fault:500]] hi"}]},
             )
-        assert r.status_code == 502 and _breaker(gw) == "open"
+        # the 5xx opened the breaker: the last request reaches no upstream and is told to come back
+        assert _breaker(gw) == "open"
+        assert r.status_code == 503 and r.json()["error"]["code"] == "no_candidates" and "retry-after" in r.headers
 
 
 def test_errors_are_openai_shaped_and_written_for_the_client(

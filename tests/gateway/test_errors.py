@@ -154,6 +154,20 @@ def test_upstream_429_is_429_with_retry_after(gateway: GatewayThread) -> None:
     assert ei.value.response.headers.get("retry-after") == "1"
 
 
+def test_retry_after_is_rounded_up_so_a_client_that_waits_it_is_never_early() -> None:
+    """Retry-After has whole seconds: an upstream's 1.4 s (retry-after-ms), or a limiter's, becomes 2,
+    not 1, and an exact number of seconds stays that number."""
+    from backends.base import UpstreamError
+    from gateway.errors import from_refusal, from_upstream
+    from service.errors import Refused
+
+    assert from_upstream(UpstreamError("rate_limit", "slow down", retry_after_s=1.4)).headers["retry-after"] == "2"
+    assert from_upstream(UpstreamError("rate_limit", "slow down", retry_after_s=3.0)).headers["retry-after"] == "3"
+    assert from_upstream(UpstreamError("rate_limit", "slow down", retry_after_s=0.2)).headers["retry-after"] == "1"
+    assert from_refusal(Refused("rate_limit_exceeded", "x", retry_after_s=1.0)).headers["retry-after"] == "1"
+    assert from_refusal(Refused("rate_limit_exceeded", "x", retry_after_s=29.2)).headers["retry-after"] == "30"
+
+
 def test_upstream_500_is_502_internal_error(gateway: GatewayThread) -> None:
     with pytest.raises(openai.InternalServerError) as ei:
         sdk(gateway).chat.completions.create(

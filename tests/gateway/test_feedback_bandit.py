@@ -4,6 +4,7 @@ every bandit decision logs the propensity of its choice."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import httpx
@@ -62,6 +63,51 @@ async def test_bandit_decisions_log_propensity_and_feedback_updates_the_bandit(
     await engine.dispose()
     assert len(rows) == 12 and fb == 13
     assert all(0 < r[0] <= 1 for r in rows) and all(r[2] == 1 for r in rows)
+
+
+async def test_feedback_on_a_fallbacks_answer_never_rewards_the_arm_that_failed(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The bandit chose model-a, model-a failed and model-b's answer reached the user: the user's
+    feedback is about model-b's answer, so model-a learns nothing from it (crediting it would reward a
+    broken deployment for its fallback's answers, and route ever more traffic to it). The row does not
+    name a bandit decision that did not answer; rows whose chosen arm answered do."""
+    with FakeProviderThread() as fa, FakeProviderThread() as fb:
+        deps = [dep("a", "model-a", fa.base_url), dep("b", "model-b", fb.base_url)]
+        no_breaker = {"consecutive_failures": 0, "min_requests": 10_000, "cooldown_s": 0.5, "window_s": 10}
+        with running_gateway(settings(tmp_path, sqlite_url, deps, breaker=no_breaker)) as gw:
+            assert httpx.put(gw.base_url + "/admin/api/policies/explore", content=BANDIT,
+                             headers={"content-type": "application/yaml"}).status_code == 201
+            fa.set_faults("500")  # every answer comes from model-b
+            gw.services.router.rng = random.Random(4)  # the bandit's draws: model-a is chosen now and then
+            arms: dict[str, str] = {}
+            for i in range(40):
+                r = httpx.post(gw.base_url + "/v1/chat/completions",
+                               json={"model": "explore", "messages": [{"role": "user", "content": f"q{i}"}]})
+                assert r.status_code == 200 and r.headers["x-hybridgate-deployment"] == "b"
+                reason = r.headers["x-hybridgate-route-reason"]
+                arms[r.headers["x-request-id"]] = reason.split("arm=")[1].split()[0]
+                f = httpx.post(gw.base_url + "/v1/feedback", json={"request_id": r.headers["x-request-id"],
+                                                                    "score": 1.0})
+                assert f.status_code == 201
+                if sum(a == "model-a" for a in arms.values()) >= 3:
+                    break
+            chose_a = sum(a == "model-a" for a in arms.values())
+            assert chose_a >= 3
+            stats = gw.services.router.plugins.bandits["default"].to_dict()["arms"]
+            assert stats.get("model-a", {}).get("n", 0) == 0
+            assert stats["model-b"]["n"] == len(arms) - chose_a
+            await gw.acall(gw.services.sink.flush())
+    engine = create_async_engine(sqlite_url)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(sa.text(
+            "SELECT id, bandit, propensity FROM requests WHERE policy = 'explore'"))).all()
+    await engine.dispose()
+    for rid, bandit, propensity in rows:
+        logged = json.loads(bandit) if isinstance(bandit, str) else bandit
+        assert 0 < propensity <= 1
+        assert (logged is None) == (arms[rid] == "model-a")
+        assert logged is None or logged["arm"] == "model-b"
 
 
 def _redis_shared(redis_url: str, redis_prefix: str) -> dict[str, object]:

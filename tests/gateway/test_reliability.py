@@ -18,6 +18,8 @@ from gateway.app import breaker_config
 from state.breakers import InProcessBreakerStore
 from tests.support.gateway import MSG, dep, sdk, settings
 from tests.support.harness import GatewayThread, running_gateway
+from tests.support.redis import delete_keys
+from tests.support.wait import wait_until
 
 
 @pytest.fixture()
@@ -74,6 +76,124 @@ def test_breaker_opens_traffic_falls_back_and_half_open_probe_closes_it(
         r = c.chat.completions.with_raw_response.create(model="m", messages=MSG)
         assert r.headers["x-hybridgate-deployment"] == "a"  # the probe went to a and succeeded
         assert breaker_state(gw, "a") == "closed"
+
+
+RETRYING = """
+name: retrying
+selector: {type: fixed, order: [a, b]}
+retry: {max_attempts: 6, max_attempts_per_deployment: 4, jitter: none, backoff_base_s: 0.01}
+"""
+
+
+def _post(gw: GatewayThread, content: str, model: str = "retrying", timeout: float = 30) -> httpx.Response:
+    return httpx.post(gw.base_url + "/v1/chat/completions", timeout=timeout,
+                      json={"model": model, "messages": [{"role": "user", "content": content}]})
+
+
+def test_retries_stop_at_a_breaker_that_opened_and_a_failed_half_open_probe_is_not_retried(
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path
+) -> None:
+    """The breaker is asked before every attempt, retries included: once the failures of a request
+    open it (or its half-open probe fails), that deployment gets no more of the request's retries."""
+    a, b = two_providers
+    s = settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url), dep("b", "m", b.base_url)])
+    clock = ManualClock()
+    with running_gateway(s) as gw:
+        gw.services.router.breakers.inner = InProcessBreakerStore(breaker_config(s), clock=clock)
+        assert httpx.put(gw.base_url + "/admin/api/policies/retrying", content=RETRYING,
+                         headers={"content-type": "application/yaml"}).status_code == 201
+        a.set_faults("500")
+        r = _post(gw, "hello")
+        assert r.status_code == 200 and r.headers["x-hybridgate-deployment"] == "b"
+        assert a.stats["total"] == s.breaker.consecutive_failures  # 3 of the 4 tries the policy allows here
+        assert breaker_state(gw, "a") == "open"
+        clock.t += s.breaker.cooldown_s * 1.1
+        assert breaker_state(gw, "a") == "half_open"
+        r = _post(gw, "hello again")
+        assert r.status_code == 200 and r.headers["x-hybridgate-deployment"] == "b"
+        assert a.stats["total"] == s.breaker.consecutive_failures + 1  # the failed probe, not retried
+        assert breaker_state(gw, "a") == "open"
+        rid = r.headers["x-request-id"]
+        gw.call(gw.services.sink.flush())
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(sqlite_url.replace("+aiosqlite", ""))
+    with engine.connect() as conn:
+        tried = conn.execute(sa.text("SELECT deployment, status FROM attempts WHERE request_id = :r "
+                                     "ORDER BY attempt_no"), {"r": rid}).all()
+        logged = conn.execute(sa.text("SELECT deployment, attempts_count FROM requests WHERE id = :r"),
+                              {"r": rid}).one()
+    engine.dispose()
+    assert [tuple(t) for t in tried] == [("a", "error"), ("b", "ok")] and tuple(logged) == ("b", 2)
+
+
+def test_a_half_open_probe_without_a_verdict_frees_its_slot_for_the_next_request(
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path
+) -> None:
+    """A probe the upstream refuses as the client's mistake (a 400), or whose client hangs up, says
+    nothing about the deployment's health: the next request probes at once, instead of the deployment
+    staying half-open and unused until the probe timeout."""
+    a, b = two_providers
+    s = settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url), dep("b", "m", b.base_url)])
+    clock = ManualClock()
+    with running_gateway(s) as gw:
+        gw.services.router.breakers.inner = InProcessBreakerStore(breaker_config(s), clock=clock)
+        assert httpx.put(gw.base_url + "/admin/api/policies/retrying", content=RETRYING,
+                         headers={"content-type": "application/yaml"}).status_code == 201
+        for probe in ("client error", "client hangs up"):
+            a.set_faults("500")
+            assert _post(gw, "trip").headers["x-hybridgate-deployment"] == "b"
+            assert breaker_state(gw, "a") == "open"
+            a.set_faults()
+            clock.t += s.breaker.cooldown_s * 1.1
+            before = a.stats["total"]
+            if probe == "client error":
+                r = _post(gw, "[[fault:error:400]] bad")
+                assert r.status_code == 400  # the probe went to a, which refused the request itself
+            else:
+                with pytest.raises(httpx.ReadTimeout):
+                    _post(gw, "[[fault:latency:3000]] slow", timeout=1.0)
+                wait_until(lambda n=before + 1: a.stats["total"] == n
+                           and gw.services.router.in_flight.snapshot().get("a", 0) == 0,
+                           what="the probe reached a, then ended cancelled")
+            assert a.stats["total"] == before + 1 and breaker_state(gw, "a") == "half_open"
+            r = _post(gw, "next")
+            assert r.headers["x-hybridgate-deployment"] == "a", probe  # probed at once, and it answered
+            assert breaker_state(gw, "a") == "closed"
+
+
+def test_every_breaker_open_is_a_503_with_retry_after_for_a_model_as_for_a_policy(
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path
+) -> None:
+    """No deployment may be tried (every breaker open, or half-open with its probe taken): the client
+    gets 503 no_candidates with Retry-After, in its API's shape, for a plain model name as for a policy;
+    not a 502 that blames an upstream nobody called."""
+    a, b = two_providers
+    s = settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url), dep("b", "m", b.base_url)])
+    with running_gateway(s) as gw:
+        for d in ("a", "b"):
+            gw.call(gw.services.router.breakers.force(d, "open"))
+        r = _post(gw, "hi", model="m")
+        assert r.status_code == 503 and r.headers["retry-after"] == "2"
+        err = r.json()["error"]
+        assert err["code"] == "no_candidates" and err["type"] == "server_error"
+        m = httpx.post(gw.base_url + "/v1/messages", json={"model": "m", "max_tokens": 5, "messages": MSG})
+        assert m.status_code == 503 and m.headers["retry-after"] == "2"
+        assert m.json()["type"] == "error" and m.json()["error"]["type"] == "overloaded_error"
+        with pytest.raises(openai.InternalServerError) as ei:
+            sdk(gw).chat.completions.create(model="m", messages=MSG, stream=True)
+        assert ei.value.status_code == 503
+        assert a.stats["total"] == 0 and b.stats["total"] == 0
+        rid = r.headers["x-request-id"]
+        gw.call(gw.services.sink.flush())
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(sqlite_url.replace("+aiosqlite", ""))
+    with engine.connect() as conn:
+        row = conn.execute(sa.text(
+            "SELECT http_status, error_type, attempts_count FROM requests WHERE id = :r"), {"r": rid}).one()
+    engine.dispose()
+    assert tuple(row) == (503, "server_error", 0)
 
 
 def test_two_gateways_sharing_redis_agree_on_breaker_state(
@@ -256,6 +376,25 @@ def test_key_rate_limit_and_concurrency_cap_return_429_with_retry_after(
         assert sdk(gw, key2).chat.completions.create(model="m", messages=MSG).choices
 
 
+def test_a_request_refused_for_its_budget_spends_none_of_the_keys_tokens_per_minute(
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path
+) -> None:
+    """Tokens/min are charged with the request's estimate before routing; a request then refused (its
+    budget cannot cover it) sends nothing upstream, so the estimate is refunded: a request the key can
+    afford right after it is admitted, not refused by a token limit nothing used."""
+    a, _ = two_providers
+    pricey = dep("a", "m", a.base_url, pricing={"input_per_mtok": 1e6, "output_per_mtok": 1e6})  # 1 USD/token
+    with running_gateway(settings(tmp_path, sqlite_url, [pricey], require_keys=True)) as gw:
+        key = httpx.post(gw.base_url + "/admin/api/keys", json={
+            "name": "t", "tpm_limit": 1000, "budget_usd": 600, "budget_period": "day"}).json()["key"]
+        c = sdk(gw, key)
+        with pytest.raises(openai.RateLimitError) as ei:
+            c.chat.completions.create(model="m", messages=MSG, max_tokens=900)  # ~905 USD worst case
+        assert ei.value.body["code"] == "budget_exceeded"  # type: ignore[index]
+        assert c.chat.completions.create(model="m", messages=MSG, max_tokens=500).choices
+        assert a.stats["total"] == 1
+
+
 def test_policy_change_reaches_another_gateway_process_within_2s(
     two_providers: tuple[FakeProviderThread, FakeProviderThread], pg_url: str, tmp_path: Path
 ) -> None:
@@ -382,6 +521,38 @@ def test_team_and_user_budgets_from_config_cut_off_with_429(
                 break
         else:
             raise AssertionError("alice's user budget never cut off")
+
+
+def test_a_budget_spent_before_redis_lost_its_data_stays_spent(
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path,
+    redis_url: str, redis_prefix: str,
+) -> None:
+    """Redis restarted without persistence forgets every account; the gateway still knows what it saw
+    spent and raises Redis to it on the next reserve, so the key's budget is not admitted afresh while
+    waiting for the next reconcile round with the log (long here, so only that path can refuse)."""
+    a, _ = two_providers
+    pricey = dep("a", "m", a.base_url, pricing={"input_per_mtok": 1e6, "output_per_mtok": 1e6})  # 1 USD/token
+    s = settings(tmp_path, sqlite_url, [pricey], require_keys=True, redis_url=redis_url,
+                 redis_prefix=redis_prefix, redis_timeout_s=5.0, redis_connect_timeout_s=10.0,
+                 budget_reconcile_s=3600)
+    with running_gateway(s) as gw:
+        key = httpx.post(gw.base_url + "/admin/api/keys",
+                         json={"name": "k", "budget_usd": 50, "budget_period": "day"}).json()["key"]
+        c = sdk(gw, key)
+
+        def spend_until_refused() -> int:
+            for n in range(20):
+                try:
+                    c.chat.completions.create(model="m", messages=MSG, max_tokens=10)
+                except openai.RateLimitError as exc:
+                    assert exc.body["code"] == "budget_exceeded"  # type: ignore[index]
+                    return n
+            raise AssertionError("the budget never ran out")
+
+        assert spend_until_refused() > 0
+        asyncio.run(delete_keys(redis_url, redis_prefix))  # Redis restarted without its data
+        assert spend_until_refused() == 0
+        assert not gw.services.router.budgets.guard.degraded  # Redis answered all along
 
 
 REFUSAL_FALLBACK = """

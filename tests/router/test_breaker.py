@@ -82,6 +82,25 @@ def test_lost_probe_slot_is_reclaimed() -> None:
     assert b.allow(26.1)  # probe_timeout_s later
 
 
+def test_release_gives_back_a_half_open_probe_slot_and_nothing_else() -> None:
+    """A probe that ends with no verdict (the upstream refused the client's request as invalid, or the
+    client left) frees its slot at once: the next request probes, and the breaker's state is unchanged."""
+    b = CircuitBreaker(CFG)
+    for t in (0, 0.1, 0.2):
+        b.record(t, False)
+    assert b.allow(6) and b.allow(6) and not b.allow(6)  # both probe slots taken
+    assert b.release(6.1) == "half_open" and b.probes == 1 and b.probe_successes == 0
+    assert b.allow(6.2)  # well before probe_timeout_s
+    b.release(6.3)
+    b.release(6.3)
+    b.release(6.3)
+    assert b.probes == 0  # never below zero
+    closed = CircuitBreaker(CFG)
+    closed.record(0, False)
+    assert closed.release(1) == "closed" and closed.consecutive == 1 and closed.window_counts(1) == (1, 1)
+    assert b.record(7, True) == "half_open" and b.record(7.1, True) == "closed"
+
+
 def test_straggler_results_while_open_are_ignored() -> None:
     b = CircuitBreaker(CFG)
     for t in (0, 0.1, 0.2):
@@ -117,7 +136,7 @@ def test_quantile_nearest_rank() -> None:
 
 ops = st.lists(
     st.tuples(
-        st.sampled_from(["allow", "ok", "fail", "slow", "force_open", "force_closed", "unforce"]),
+        st.sampled_from(["allow", "ok", "fail", "slow", "release", "force_open", "force_closed", "unforce"]),
         st.sampled_from([0.0, 0.05, 0.5, 1.0, 2.5, 6.0, 25.0]),
     ),
     max_size=120,
@@ -149,6 +168,9 @@ def test_breaker_properties(seq: list[tuple[str, float]]) -> None:
                 assert allowed
         elif op in ("ok", "fail", "slow"):
             b.record(now, op != "fail", 2000.0 if op == "slow" else 50.0)
+        elif op == "release":
+            b.release(now)
+            assert b.state == before  # a release never changes the state
         elif op == "force_open":
             b.force("open")
         elif op == "force_closed":

@@ -32,6 +32,17 @@ def test_oversized_cost_only_when_idle() -> None:
     assert not ok and retry == pytest.approx(510 + 1 - 100 - 11)
 
 
+def test_an_oversized_request_is_told_to_wait_until_the_limiter_is_idle() -> None:
+    """Costing more than the whole burst, it is admitted as soon as the limiter is idle (tat ≤ now), so
+    that, not a fit that never comes, is its Retry-After."""
+    ok, tat, _ = gcra(0.0, 10.0, 30, 1.0, 100)
+    assert ok and tat == 40.0
+    ok, _, retry = gcra(tat, 11.0, 500, 1.0, 100)
+    assert not ok and retry == pytest.approx(29.0)  # not 40 + 500 - 100 - 11 = 429
+    ok, _, _ = gcra(tat, 11.0 + retry, 500, 1.0, 100)
+    assert ok  # admitted after exactly that wait
+
+
 def test_adjust_refund_never_below_now() -> None:
     assert adjust(50.0, 10.0, -100, 1.0) == 10.0
     assert adjust(50.0, 10.0, -10, 1.0) == 40.0

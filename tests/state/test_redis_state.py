@@ -81,9 +81,29 @@ async def test_concurrent_records_are_atomic(clients, redis_prefix) -> None:
     assert sum(int(v) for k, v in counts.items() if k.startswith("f")) == 200
 
 
+async def test_a_probe_slot_released_in_one_process_lets_the_other_probe(clients, redis_prefix) -> None:
+    """A half-open probe that ends with no verdict (client-caused failure, cancelled) gives its slot back
+    for every process at once, not after probe_timeout_s; nothing else about the breaker changes."""
+    clock = Clock()
+    a = RedisBreakerStore(clients[0], prefix=redis_prefix, config=CFG, clock=clock)
+    b = RedisBreakerStore(clients[1], prefix=redis_prefix, config=CFG, clock=clock)
+    for _ in range(3):
+        await a.record("d1", False)
+    clock.t += 5
+    assert await a.allow("d1") and not await b.allow("d1")  # a holds the single probe slot
+    await a.release("d1")
+    assert await b.state("d1") == "half_open"
+    assert await b.allow("d1")  # b may probe now
+    assert await b.record("d1", True) == "closed"
+    await b.release("d1")  # a release while closed changes nothing
+    assert await a.state("d1") == "closed" and await a.allow("d1")
+    assert not a.guard.degraded and not b.guard.degraded
+
+
 ops = st.lists(
     st.tuples(
-        st.sampled_from(["allow", "allow", "ok", "fail", "fail", "slow", "force_open", "force_closed", "unforce"]),
+        st.sampled_from(["allow", "allow", "ok", "fail", "fail", "slow", "release", "force_open",
+                         "force_closed", "unforce"]),
         st.sampled_from([0.0, 0.3, 1.0, 2.5, 6.0]),
     ),
     min_size=1,
@@ -109,6 +129,9 @@ def test_lua_breaker_matches_python_model(redis_url, redis_prefix, seq) -> None:
                     lat = 500.0 if op == "slow" else 20.0
                     got = await store.record("d", op != "fail", lat)
                     assert got == model.record(clock.t, op != "fail", lat)
+                elif op == "release":
+                    await store.release("d")
+                    model.release(clock.t)
                 else:
                     mode = {"force_open": "open", "force_closed": "closed", "unforce": None}[op]
                     await store.force("d", mode)
@@ -176,6 +199,30 @@ async def test_fifty_concurrent_reservations_never_overspend(clients, redis_pref
     assert not stores[0].guard.degraded and not stores[1].guard.degraded
 
 
+async def test_a_redis_restarted_without_its_data_does_not_admit_a_spent_budget_afresh(
+    clients, redis_prefix, redis_url
+) -> None:
+    """What a process knows was spent (the shared spend it last saw, what it counted during an outage)
+    goes with every reserve: a Redis that lost its accounts is raised to it before anything is admitted,
+    instead of admitting the whole budget again until the next reconcile round."""
+    clock = Clock()
+    a = RedisBudgetStore(clients[0], prefix=redis_prefix, clock=clock)
+    lims = [BudgetLimit("key:k", 1.0, "day")]
+    await a.commit(await a.reserve(lims, 0.5), 0.5)
+    b = RedisBudgetStore(clients[1], prefix=redis_prefix, clock=clock)
+    await b.commit(await b.reserve(lims, 0.4), 0.4)
+    await delete_keys(redis_url, redis_prefix)  # Redis restarted without persistence
+    assert (await b.snapshot(lims))["key:k"].spent_usd == pytest.approx(0.9)  # routing sees what b knows
+    with pytest.raises(BudgetExceeded):
+        await b.reserve(lims, 0.3)  # 0.9 known spent + 0.3 > 1.0
+    fresh = RedisBudgetStore(clients[0], prefix=redis_prefix, clock=clock)  # knows nothing itself
+    with pytest.raises(BudgetExceeded):
+        await fresh.reserve(lims, 0.3)  # b's refused reserve put the known spend back into Redis
+    await fresh.commit(await fresh.reserve(lims, 0.05), 0.05)
+    assert (await a.snapshot(lims))["key:k"].spent_usd == pytest.approx(0.95)
+    assert not a.guard.degraded and not b.guard.degraded and not fresh.guard.degraded
+
+
 async def test_budget_lua_matches_ledger(clients, redis_prefix) -> None:
     """Random reserve/commit/release/expiry sequence: Redis accounts equal the pure Ledger's."""
     clock = Clock()
@@ -225,6 +272,19 @@ async def test_rate_limits_shared_between_processes(clients, redis_prefix) -> No
     clock.t += 1.0
     assert (await a.hit(lims, 100)).allowed
     assert not (await b.hit(lims, 100)).allowed
+
+
+async def test_an_oversized_request_waits_until_the_shared_limiter_is_idle(clients, redis_prefix) -> None:
+    """The Lua mirror of `router.ratelimit.gcra`: a request above the whole burst is told to retry when
+    the limiter is idle, and is admitted then."""
+    clock = Clock()
+    a, b = (RedisRateLimitStore(c, prefix=redis_prefix, clock=clock) for c in clients)
+    lims = [RateLimit("key:k", tokens_per_min=600)]  # 10 tokens/s, burst 600
+    assert (await a.hit(lims, 300)).allowed
+    d = await b.hit(lims, 1000)
+    assert not d.allowed and d.retry_after_s == pytest.approx(30.0)  # not (300 + 1000 - 600) / 10 = 70
+    clock.t += d.retry_after_s
+    assert (await b.hit(lims, 1000)).allowed
 
 
 async def test_token_limits_all_or_nothing_and_refund(clients, redis_prefix) -> None:
