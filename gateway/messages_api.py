@@ -42,6 +42,9 @@ class MessagesWire:
     def native(self, d: DeploymentConfig, stream: bool) -> tuple[Kind, dict[str, Any]] | None:
         return None  # every upstream is reached through chat completions (litellm speaks Anthropic's API)
 
+    def native_only(self) -> APIError | None:
+        return None  # what the translation cannot serve is refused in `wire.translate`
+
     async def whole(self, chat: dict[str, Any], model: str) -> bytes:
         return orjson.dumps(wire.message_from_chat(chat, model, self.mid, self.stop_sequences))
 

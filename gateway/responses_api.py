@@ -73,6 +73,14 @@ class ResponsesWire:
         self.key_id = key.id if key is not None else None
         validate(ResponsesRequest, body)
         prev = body.get("previous_response_id")
+        if prev is not None and body.get("conversation") is not None:
+            # as OpenAI: a conversation is continued by one or the other, never both
+            raise bad_request(
+                "Mutually exclusive parameters: Ensure you are only providing one of: 'previous_response_id' "
+                "or 'conversation'.",
+                param="conversation",
+                code="mutually_exclusive_parameters",
+            )
         if prev is not None:
             if not isinstance(prev, str):
                 raise bad_request(
@@ -90,6 +98,31 @@ class ResponsesWire:
                 )
             self.history = stored.history
         return wire.to_chat(body, self.history)
+
+    def native_only(self) -> APIError | None:
+        """The error for a request only an upstream speaking the Responses API can answer: a `conversation`
+        (OpenAI's Conversations API) or a stored `prompt` template lives at the upstream, and this gateway
+        has neither to translate from. Answered without it, the request would lose its conversation or
+        its prompt and get a wrong answer; passed through, it goes as sent."""
+        fields = wire.upstream_state(self.original)
+        if not fields:
+            return None
+        field = fields[0]
+        model = self.original.get("model")
+        what, instead = {
+            "conversation": ("the Conversations API (a conversation kept by the upstream)",
+                             "continue a conversation with 'previous_response_id', or send its items in 'input'"),
+            "prompt": ("stored prompt templates",
+                       "send the prompt's text in 'instructions' and 'input'"),
+        }[field]
+        return bad_request(
+            f"Unsupported parameter: '{field}'. This gateway does not support {what} on this deployment: "
+            f"model `{model}` is served by translating the Responses API to chat completions, where "
+            f"'{field}' has no equivalent. Use a deployment that passes the Responses API through, or "
+            f"{instead}.",
+            param=field,
+            code="unsupported_parameter",
+        )
 
     async def _keep(self, response: dict[str, Any]) -> None:
         if self.original.get("store") is False or response.get("status") == "failed":

@@ -32,6 +32,12 @@ class WireAdapter(Protocol):
         through, not translated); None to send it the chat body."""
         ...
 
+    def native_only(self) -> APIError | None:
+        """The client's error when its request can only be answered where the upstream speaks its wire
+        format natively (`native` gives a call) and no such deployment serves it; None for a request the
+        translation serves as well."""
+        ...
+
     async def whole(self, chat: dict[str, Any], model: str) -> bytes:
         """A complete answer (chat, or the upstream's own form when passed through) as the client's JSON body."""
         ...

@@ -190,6 +190,7 @@ def translate(body: dict[str, Any]) -> tuple[dict[str, Any], list[Origin]]:
         # Not a Messages parameter: refused, as Anthropic refuses it, rather than answered once and ignored.
         raise bad_request("n: the Messages API answers with one message per request; send one request per answer",
                           param="n")
+    _refuse_anthropic_only(body)
     msgs = body["messages"]
     if not isinstance(msgs, list) or not msgs:
         raise bad_request("messages: at least one message is required", param="messages")
@@ -243,22 +244,48 @@ def translate(body: dict[str, Any]) -> tuple[dict[str, Any], list[Origin]]:
                     f"supported, not {kind!r}.",
                     param=f"tools[{i}].type",
                 )
-        chat["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": t.get("name"),
-                    "description": t.get("description"),
-                    "parameters": t.get("input_schema") or {"type": "object"},
-                },
-            }
-            for t in tools
-        ]
+        chat["tools"] = [_tool(t) for t in tools]
     _tool_choice(body.get("tool_choice"), tools or [], chat)
     if body.get("stream"):
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
     return chat, origins
+
+
+def _tool(t: dict[str, Any]) -> dict[str, Any]:
+    """A custom tool as a chat function; `strict` (the call's input follows the schema exactly) is chat's
+    structured tool calling, the function's own `strict`."""
+    fn: dict[str, Any] = {
+        "name": t.get("name"),
+        "description": t.get("description"),
+        "parameters": t.get("input_schema") or {"type": "object"},
+    }
+    if t.get("strict") is not None:
+        fn["strict"] = t["strict"]
+    return {"type": "function", "function": fn}
+
+
+# Request fields whose work happens inside Anthropic's API, which the chat translation cannot do: answered
+# without it, the request would get an answer that silently lacks what it asked for.
+# field -> (what it is, what to do instead)
+_ANTHROPIC_ONLY = {
+    "mcp_servers": ("MCP servers (whose tools Anthropic's API calls)",
+                    "call the server's tools yourself, given to the model as custom tools"),
+    "container": ("containers (the code execution state Anthropic's API keeps between requests)",
+                  "send the request without one"),
+}
+
+
+def _refuse_anthropic_only(body: dict[str, Any]) -> None:
+    for field, (what, instead) in _ANTHROPIC_ONLY.items():
+        value = body.get(field)
+        if value is not None and value != []:
+            raise bad_request(
+                f"{field}: this gateway does not support {what}: its upstreams are reached through chat "
+                f"completions, which have no such thing; {instead}",
+                param=field,
+                code="unsupported_parameter",
+            )
 
 
 def _output_format(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -347,7 +374,7 @@ _CALLER_FIELD = {
 _MESSAGE_PARAM = re.compile(r"messages\[(\d+)\](.*)")
 _INDEXED = re.compile(r"\[(\d+)\](.*)")
 _TOOL_FIELDS = {".function.name": ".name", ".function.description": ".description",
-                ".function.parameters": ".input_schema"}
+                ".function.parameters": ".input_schema", ".function.strict": ".strict"}
 _CALL_FIELDS = {".id": ".id", ".function.name": ".name", ".function.arguments": ".input"}
 
 

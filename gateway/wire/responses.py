@@ -19,14 +19,17 @@ from backends.base import UpstreamError
 from gateway.errors import APIError, bad_request
 from gateway.wire.context_errors import parse_context_overflow
 
-# Request fields passed on to the chat body unchanged (same name, same meaning).
-_SAME = ("temperature", "top_p", "parallel_tool_calls", "user", "metadata", "top_logprobs", "seed")
-# Request fields that only shape the Responses object or the gateway's storage; never sent upstream.
+# Request fields passed on to the chat body unchanged (same name, same meaning in chat completions).
+_SAME = ("temperature", "top_p", "user", "metadata", "seed", "service_tier", "safety_identifier",
+         "prompt_cache_key")
+# Request fields that only shape the Responses object or the gateway's storage, or are translated into
+# another chat field; never sent upstream as they are.
 _LOCAL = {
     "input",
     "instructions",
     "tools",
     "tool_choice",
+    "parallel_tool_calls",
     "text",
     "max_output_tokens",
     "reasoning",
@@ -35,10 +38,8 @@ _LOCAL = {
     "previous_response_id",
     "truncation",
     "include",
+    "top_logprobs",
     "background",
-    "service_tier",
-    "prompt_cache_key",
-    "safety_identifier",
     "model",
     "stream_options",
     "max_tool_calls",
@@ -46,6 +47,11 @@ _LOCAL = {
     "prompt",
     "n",
 }
+# `include` value that asks for the answer's token logprobs on its output_text parts
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
+# Fields whose state lives at the upstream (OpenAI's Conversations API, stored prompt templates): only a
+# deployment that passes the Responses API through can honour them; the chat translation has neither.
+UPSTREAM_STATE = ("conversation", "prompt")
 
 
 def new_id(prefix: str) -> str:
@@ -227,6 +233,19 @@ def _response_format(text: Any) -> dict[str, Any] | None:
     )
 
 
+def wants_logprobs(body: dict[str, Any]) -> bool:
+    """Whether the request asks for the answer's token logprobs (`include`; `top_logprobs` only sizes
+    each token's alternatives, as in OpenAI's API)."""
+    include = body.get("include")
+    return isinstance(include, list) and LOGPROBS_INCLUDE in include
+
+
+def upstream_state(body: dict[str, Any]) -> list[str]:
+    """The request's fields (of `UPSTREAM_STATE`) that only an upstream speaking the Responses API can
+    honour."""
+    return [k for k in UPSTREAM_STATE if body.get(k) is not None]
+
+
 def to_chat(body: dict[str, Any], history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The chat completion body that answers a Responses request.
 
@@ -260,25 +279,38 @@ def to_chat(body: dict[str, Any], history: list[dict[str, Any]] | None = None) -
     messages += history or []
     messages += input_messages(body.get("input", []))
     if not any(m["role"] != "system" for m in messages):
-        raise bad_request(
-            "Missing required parameter: 'input' (there is no conversation to answer).",
-            param="input",
-            code="missing_required_parameter",
-        )
+        if not upstream_state(body):
+            raise bad_request(
+                "Missing required parameter: 'input' (there is no conversation to answer).",
+                param="input",
+                code="missing_required_parameter",
+            )
+        # The conversation (or the prompt template) is the upstream's: such a request is only ever passed
+        # through (`ResponsesWire.native_only`), and this chat body only routes it.
+        messages.append({"role": "user", "content": ""})
     chat: dict[str, Any] = {"model": body.get("model"), "messages": messages}
     for k in _SAME:
         if body.get(k) is not None:
             chat[k] = body[k]
-    if body.get("top_logprobs") is not None:
+    if wants_logprobs(body):
+        # Also what routes the request to a deployment with the `logprobs` capability (`needed_capabilities`).
         chat["logprobs"] = True
+        if body.get("top_logprobs") is not None:
+            chat["top_logprobs"] = body["top_logprobs"]
     if body.get("max_output_tokens") is not None:
         chat["max_tokens"] = body["max_output_tokens"]
     if (tools := _tools(body.get("tools"))) is not None:
         chat["tools"] = tools
+        # chat completions refuses parallel_tool_calls without tools; the Responses API takes it either way
+        if body.get("parallel_tool_calls") is not None:
+            chat["parallel_tool_calls"] = body["parallel_tool_calls"]
     if (choice := _tool_choice(body.get("tool_choice"))) is not None and tools:
         chat["tool_choice"] = choice
-    if (fmt := _response_format(body.get("text"))) is not None:
+    text = body.get("text")
+    if (fmt := _response_format(text)) is not None:
         chat["response_format"] = fmt
+    if isinstance(text, dict) and text.get("verbosity") is not None:
+        chat["verbosity"] = text["verbosity"]
     reasoning = body.get("reasoning")
     if isinstance(reasoning, dict) and reasoning.get("effort"):
         chat["reasoning_effort"] = reasoning["effort"]
@@ -301,6 +333,9 @@ _CALLER_PARAM = (
     ("max_completion_tokens", "max_output_tokens"),
     ("max_tokens", "max_output_tokens"),
     ("response_format", "text.format"),
+    ("verbosity", "text.verbosity"),
+    ("reasoning_effort", "reasoning.effort"),
+    ("logprobs", "include"),
     ("messages", "input"),
 )
 
@@ -378,18 +413,19 @@ def echo(body: dict[str, Any]) -> dict[str, Any]:
     reasoning = reasoning if isinstance(reasoning, dict) else {}
     text = get("text")
     fmt = text.get("format") if isinstance(text, dict) else None
+    verbosity = text.get("verbosity") if isinstance(text, dict) else None
     tools = get("tools")
     out = {
         "instructions": get("instructions"),
         "max_output_tokens": get("max_output_tokens"),
-        "max_tool_calls": None,
+        "max_tool_calls": get("max_tool_calls"),
         "parallel_tool_calls": _or(get("parallel_tool_calls"), True),
         "previous_response_id": get("previous_response_id"),
         "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
-        "service_tier": "default",
+        "service_tier": "default",  # the tier that served it, where the upstream says (`served_tier`)
         "store": _or(get("store"), True),
         "temperature": _or(get("temperature"), 1.0),
-        "text": {"format": fmt if isinstance(fmt, dict) else {"type": "text"}},
+        "text": {"format": fmt if isinstance(fmt, dict) else {"type": "text"}, "verbosity": _or(verbosity, "medium")},
         "tool_choice": get("tool_choice") or "auto",
         "tools": [
             {
@@ -409,8 +445,9 @@ def echo(body: dict[str, Any]) -> dict[str, Any]:
         "truncation": get("truncation") or "disabled",
         "metadata": get("metadata") or {},
     }
-    if isinstance(get("user"), str):  # the spec allows a string or no field, never null
-        out["user"] = body["user"]
+    for k in ("user", "safety_identifier", "prompt_cache_key"):
+        if isinstance(get(k), str):  # a string or no field, never null
+            out[k] = body[k]
     return out
 
 
@@ -513,14 +550,53 @@ class ItemIds:
         return f"{prefix}_{self.hex}" if n == 0 else f"{prefix}_{self.hex}_{n}"
 
 
-def _message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+def _message_item(
+    item_id: str, text: str, status: str = "completed", logprobs: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     return {
         "type": "message",
         "id": item_id,
         "status": status,
         "role": "assistant",
-        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}],
     }
+
+
+def _token_bytes(entry: dict[str, Any]) -> list[int]:
+    """A chat logprob entry's UTF-8 bytes (chat allows null; the Responses API requires the list)."""
+    raw = entry.get("bytes")
+    if isinstance(raw, list):
+        return raw
+    return list(str(entry.get("token") or "").encode())
+
+
+def logprobs_from_chat(chat_logprobs: Any, top: int) -> list[dict[str, Any]]:
+    """A chat choice's (or chunk delta's) `logprobs.content` as the Responses API's `LogProb` list: each
+    token with its `bytes` and at most ``top`` alternatives (the request's `top_logprobs`; an upstream
+    may return more, as vLLM returns the chosen token for 0)."""
+    content = chat_logprobs.get("content") if isinstance(chat_logprobs, dict) else None
+    out: list[dict[str, Any]] = []
+    for entry in content or ():
+        if not isinstance(entry, dict):
+            continue
+        alternatives = entry.get("top_logprobs") or ()
+        out.append({
+            "token": str(entry.get("token") or ""),
+            "logprob": entry.get("logprob"),
+            "bytes": _token_bytes(entry),
+            "top_logprobs": [
+                {"token": str(t.get("token") or ""), "logprob": t.get("logprob"), "bytes": _token_bytes(t)}
+                for t in list(alternatives)[:top]
+                if isinstance(t, dict)
+            ],
+        })
+    return out
+
+
+def _top(body: dict[str, Any]) -> int:
+    """How many alternatives each logprob carries: the request's `top_logprobs` (OpenAI's default 0)."""
+    n = body.get("top_logprobs")
+    return n if type(n) is int else 0
 
 
 def _call_item(
@@ -547,7 +623,8 @@ def response_from_chat(body: dict[str, Any], chat: dict[str, Any], rid: str, mod
     ids = ItemIds(rid)
     output: list[dict[str, Any]] = []
     if msg.get("content"):
-        output.append(_message_item(ids("msg"), msg["content"]))
+        lp = logprobs_from_chat(choice.get("logprobs"), _top(body)) if wants_logprobs(body) else None
+        output.append(_message_item(ids("msg"), msg["content"], logprobs=lp))
     elif msg.get("refusal"):
         output.append(
             {
@@ -564,7 +641,7 @@ def response_from_chat(body: dict[str, Any], chat: dict[str, Any], rid: str, mod
             _call_item(ids("fc"), tc.get("id") or ids("call"), fn.get("name") or "", fn.get("arguments") or "")
         )
     reason = _INCOMPLETE.get(choice.get("finish_reason") or "")
-    return response_object(
+    response = response_object(
         echo(body),
         rid,
         model,
@@ -574,6 +651,16 @@ def response_from_chat(body: dict[str, Any], chat: dict[str, Any], rid: str, mod
         incomplete=reason,
         created_at=chat.get("created"),
     )
+    served_tier(response, chat)
+    return response
+
+
+def served_tier(response: dict[str, Any], chat: dict[str, Any]) -> None:
+    """The service tier that served the answer, where the chat upstream reports it (OpenAI does): the
+    Responses object names the tier used, which may differ from the one asked for."""
+    tier = chat.get("service_tier")
+    if isinstance(tier, str) and tier:
+        response["service_tier"] = tier
 
 
 def output_messages(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -636,11 +723,16 @@ def passthrough_body(
 
     A conversation continued by `previous_response_id` is sent whole (its stored turns as input
     items, then this turn's input), with `store: false`: conversations live in the gateway's
-    database, so they continue across deployments and gateway processes alike.
+    database, so they continue across deployments and gateway processes alike. A conversation of the
+    upstream's own (`conversation`) is the exception: the caller's `store` goes as sent, since the
+    upstream keeps that conversation's items.
     """
     out = {k: v for k, v in body.items() if k not in _NOT_FORWARDED}
     out["model"] = upstream_model
-    out["store"] = False
+    if body.get("conversation") is None:
+        out["store"] = False
+    elif body.get("store") is not None:
+        out["store"] = body["store"]
     if history:
         inp = body.get("input", [])
         turn = [{"type": "message", "role": "user", "content": inp}] if isinstance(inp, str) else list(inp)
@@ -710,6 +802,9 @@ class ResponseStream:
         self.seq = 0
         self.output: list[dict[str, Any]] = []
         self._text: list[str] | None = None
+        self._logprobs: list[dict[str, Any]] = []  # the open message's token logprobs so far
+        self._want_logprobs, self._top = wants_logprobs(body), _top(body)
+        self.tier: str | None = None  # the service tier the upstream reports
         self._msg_id = ""
         self._msg_index = -1
         self._calls: dict[int, _Call] = {}
@@ -740,16 +835,20 @@ class ResponseStream:
         usage = chunk.get("usage")
         if usage:
             self.usage = usage
+        if chunk.get("service_tier"):
+            self.tier = chunk["service_tier"]
         for c in chunk.get("choices") or ():
             if c.get("index", 0) != 0:
                 continue
             delta = c.get("delta") or {}
             text = delta.get("content")
+            lp = logprobs_from_chat(c.get("logprobs"), self._top) if self._want_logprobs else []
             if text:
                 if self._text is None:
                     out += self._open_message()
                 assert self._text is not None
                 self._text.append(text)
+                self._logprobs += lp
                 out.append(
                     {
                         "type": "response.output_text.delta",
@@ -758,9 +857,11 @@ class ResponseStream:
                         "output_index": self._msg_index,
                         "content_index": 0,
                         "delta": text,
-                        "logprobs": [],
+                        "logprobs": lp,
                     }
                 )
+            elif lp and self._text is not None:  # tokens that decoded to no text yet
+                self._logprobs += lp
             tool_calls = delta.get("tool_calls")
             if tool_calls:
                 for tc in tool_calls:
@@ -772,6 +873,7 @@ class ResponseStream:
 
     def _open_message(self) -> list[dict[str, Any]]:
         self._text, self._msg_id, self._msg_index = [], self.ids("msg"), len(self.output)
+        self._logprobs = []
         item = _message_item(self._msg_id, "", status="in_progress")
         item["content"] = []
         self.output.append(item)
@@ -793,7 +895,7 @@ class ResponseStream:
             return []
         text = "".join(self._text)
         self._text = None
-        item = _message_item(self._msg_id, text)
+        item = _message_item(self._msg_id, text, logprobs=self._logprobs)
         index = self._msg_index
         self.output[index] = item
         return [
@@ -804,7 +906,7 @@ class ResponseStream:
                 "output_index": index,
                 "content_index": 0,
                 "text": text,
-                "logprobs": [],
+                "logprobs": self._logprobs,
             },
             {
                 "type": "response.content_part.done",
@@ -869,6 +971,7 @@ class ResponseStream:
         self.final = self._snapshot(
             "incomplete" if reason else "completed", usage=usage_from_chat(self.usage), incomplete=reason
         )
+        served_tier(self.final, {"service_tier": self.tier})
         out.append({"type": "response.incomplete" if reason else "response.completed",
                     "sequence_number": self._n(), "response": self.final})
         return out
@@ -878,7 +981,8 @@ class ResponseStream:
         response's output holds what was streamed (text, a call's arguments so far) as `incomplete`
         items; its usage only where the upstream reported it before failing."""
         if self._text is not None:
-            self.output[self._msg_index] = _message_item(self._msg_id, "".join(self._text), status="incomplete")
+            self.output[self._msg_index] = _message_item(
+                self._msg_id, "".join(self._text), status="incomplete", logprobs=self._logprobs)
         for call in self._calls.values():
             self.output[call.output_index] = _call_item(
                 call.item_id, call.call_id, call.name, "".join(call.arguments), status="incomplete")

@@ -143,6 +143,48 @@ def test_top_k_reaches_the_upstream(gateway: GatewayThread, fake_provider: FakeP
     assert [b.get("top_k") for b in sent] == [5, 7, None]
 
 
+def test_a_strict_tool_reaches_the_upstream_as_a_strict_function(
+    gateway: GatewayThread, fake_provider: FakeProviderThread
+) -> None:
+    """Anthropic's `tools[].strict` (the call's input follows the schema exactly) is chat's structured tool
+    calling: the function's own `strict`, sent only where the caller set it."""
+    c = client(gateway)
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+              "additionalProperties": False}
+    msg = c.messages.create(model="fake-model", max_tokens=50, messages=[{"role": "user", "content": "weather?"}],
+                            tools=[{"name": "get_weather", "input_schema": schema, "strict": True},
+                                   {"name": "get_time", "input_schema": {"type": "object"}}])
+    assert msg.stop_reason == "tool_use"
+    sent = [r.body for r in fake_provider.requests() if r.path.endswith("/chat/completions")][-1]
+    strict, loose = (t["function"] for t in sent["tools"])
+    assert strict["strict"] is True and strict["parameters"] == schema and "strict" not in loose
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("mcp_servers", [{"type": "url", "url": "https://mcp.example.test/sse", "name": "example"}]),
+        ("container", "container_123"),
+        ("container", {"id": "container_123"}),
+    ],
+)
+def test_work_anthropics_api_does_itself_is_a_400_naming_it(
+    gateway: GatewayThread, fake_provider: FakeProviderThread, field: str, value: object
+) -> None:
+    """MCP servers (tools Anthropic's API calls) and containers (its code execution state) have nothing to
+    translate to in chat completions: answered without them the answer would silently lack what they do."""
+    body = {"model": "fake-model", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}], field: value}
+    for stream in (False, True):
+        r = httpx.post(gateway.base_url + "/v1/messages", json=body | {"stream": stream})
+        assert r.status_code == 400, r.text
+        err = r.json()
+        assert err["type"] == "error" and err["error"]["type"] == "invalid_request_error"
+        assert err["error"]["message"].startswith(f"{field}: this gateway does not support")
+    assert not [r for r in fake_provider.requests() if r.path.endswith("/chat/completions")]
+    ok = httpx.post(gateway.base_url + "/v1/messages", json=body | {field: None})  # null: nothing asked
+    assert ok.status_code == 200, ok.text
+
+
 def test_errors_come_in_anthropics_shape(gateway: GatewayThread) -> None:
     c = client(gateway)
     with pytest.raises(anthropic.BadRequestError) as err:

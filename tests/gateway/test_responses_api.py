@@ -237,6 +237,9 @@ def test_streamed_responses_and_messages_under_a_cascade_show_only_the_escalated
         ) as mstream:
             message = mstream.get_final_message()
         assert message.content[0].text == "four five" and message.model == "strong-model"  # type: ignore[union-attr]
+        with pytest.raises(BadRequestError) as err:  # a cascade translates: no conversation kept upstream
+            client(gw).responses.create(model="cascade", input="go on", conversation="conv_1")
+        assert err.value.body["param"] == "conversation"  # type: ignore[index]
 
 
 def test_errors_name_the_responses_parameters_the_caller_sent(gateway: GatewayThread) -> None:
@@ -274,3 +277,120 @@ def test_tool_choice_auto_needs_no_tools(gateway: GatewayThread) -> None:
     """`auto` is what a Responses object shows when no tool_choice was given, tools or not."""
     resp = client(gateway).responses.create(model="fake-model", input="x", tool_choice="auto")
     assert resp.output_text == "x" and resp.tool_choice == "auto"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("conversation", "conv_123", "Conversations API"),
+        ("conversation", {"id": "conv_123"}, "Conversations API"),
+        ("prompt", {"id": "pmpt_123", "variables": {"city": "Paris"}}, "stored prompt templates"),
+    ],
+)
+def test_state_kept_upstream_is_a_400_naming_it_on_a_translated_deployment(
+    gateway: GatewayThread, fake_provider: FakeProviderThread, field: str, value: object, says: str
+) -> None:
+    """A conversation (OpenAI's Conversations API) or a stored prompt template lives at an upstream that
+    speaks the Responses API; translated to chat, the request would be answered without it. Plain and
+    streamed, it is a 400 naming the field, and no upstream is called."""
+    oa = client(gateway)
+    for stream in (False, True):
+        with pytest.raises(BadRequestError) as err:
+            oa.responses.create(model="fake-model", input="what did I say before?", stream=stream,
+                                **{field: value})  # type: ignore[call-overload]
+        body = err.value.body
+        assert body["param"] == field and body["code"] == "unsupported_parameter"  # type: ignore[index]
+        assert says in body["message"] and "does not support" in body["message"]  # type: ignore[index]
+    assert chat_requests(fake_provider) == []
+
+
+def test_conversation_with_previous_response_id_is_a_400(gateway: GatewayThread) -> None:
+    oa = client(gateway)
+    first = oa.responses.create(model="fake-model", input="hello")
+    with pytest.raises(BadRequestError) as err:
+        oa.responses.create(model="fake-model", input="again", previous_response_id=first.id, conversation="conv_1")
+    assert err.value.body["code"] == "mutually_exclusive_parameters"  # type: ignore[index]
+
+
+LOGPROBS = "message.output_text.logprobs"
+
+
+def test_included_logprobs_come_on_the_output_text_plain_and_streamed(
+    gateway: GatewayThread, fake_provider: FakeProviderThread
+) -> None:
+    """`include: ["message.output_text.logprobs"]` asks the chat upstream for logprobs (and `top_logprobs`
+    alternatives); they come on the output_text part as the Responses API shapes them, and streamed on
+    each `response.output_text.delta` and the `done` event too."""
+    oa = client(gateway)
+    resp = oa.responses.create(model="fake-model", input="one two three", include=[LOGPROBS], top_logprobs=2)
+    sent = chat_requests(fake_provider)[-1]
+    assert sent["logprobs"] is True and sent["top_logprobs"] == 2
+    part = resp.output[0].content[0]  # type: ignore[union-attr]
+    assert part.type == "output_text" and part.logprobs  # type: ignore[union-attr]
+    lps = part.logprobs  # type: ignore[union-attr]
+    assert "".join(lp.token for lp in lps) == resp.output_text == "one two three"
+    for lp in lps:
+        assert lp.logprob <= 0 and bytes(lp.bytes) == lp.token.encode()
+        assert len(lp.top_logprobs) == 2 and lp.top_logprobs[0].token == lp.token
+
+    with oa.responses.stream(model="fake-model", input="four five", include=[LOGPROBS]) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert deltas and all("".join(lp.token for lp in e.logprobs) == e.delta for e in deltas)
+    done = next(e for e in events if e.type == "response.output_text.done")
+    assert [lp.token for lp in done.logprobs] == [lp.token for e in deltas for lp in e.logprobs]
+    streamed = final.output[0].content[0].logprobs  # type: ignore[union-attr]
+    assert [lp.token for lp in streamed] == [lp.token for lp in done.logprobs]  # type: ignore[union-attr]
+    assert all(lp.top_logprobs == [] for lp in streamed)  # type: ignore[union-attr]  # top_logprobs 0
+
+    # Not included: none asked for (top_logprobs alone only sizes the alternatives), none given.
+    plain = oa.responses.create(model="fake-model", input="six", top_logprobs=3)
+    assert "logprobs" not in chat_requests(fake_provider)[-1] and "top_logprobs" not in chat_requests(fake_provider)[-1]
+    assert plain.output[0].content[0].logprobs == []  # type: ignore[union-attr]
+
+
+def test_included_logprobs_need_a_deployment_that_returns_them(
+    fake_provider: FakeProviderThread, sqlite_url: str, tmp_path: Path
+) -> None:
+    """The router filters a policy's deployments on the capabilities a request needs: included logprobs
+    need `logprobs`, and a policy with no such deployment is a 400 naming `include`."""
+    import httpx
+
+    deployments = [{"name": "plain", "model": "plain-model", "upstream_model": "fake-model",
+                    "api_base": fake_provider.base_url, "capabilities": ["chat"]}]
+    settings = gateway_settings(fake_provider.base_url, sqlite_url, tmp_path, deployments=deployments)
+    with running_gateway(settings) as gw:
+        put = httpx.put(gw.base_url + "/admin/api/policies/nolp",
+                        content="name: nolp\nselector: {type: fixed, order: [plain]}\n",
+                        headers={"content-type": "application/yaml"})
+        assert put.status_code == 201, put.text
+        assert client(gw).responses.create(model="nolp", input="fine").output_text == "fine"
+        with pytest.raises(BadRequestError) as err:
+            client(gw).responses.create(model="nolp", input="x", include=[LOGPROBS])
+        assert err.value.body["param"] == "include"  # type: ignore[index]
+    assert len(chat_requests(fake_provider)) == 1
+
+
+def test_settings_that_chat_completions_share_reach_the_upstream(
+    gateway: GatewayThread, fake_provider: FakeProviderThread
+) -> None:
+    """`text.verbosity`, `reasoning.effort`, `service_tier`, `safety_identifier` and `prompt_cache_key` mean
+    the same in chat completions and go there; `parallel_tool_calls` only with tools (chat refuses it
+    without); the response repeats what was asked, `max_tool_calls` included."""
+    oa = client(gateway)
+    tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}]
+    resp = oa.responses.create(
+        model="fake-model", input="hi", text={"verbosity": "low"}, reasoning={"effort": "low"},
+        service_tier="flex", safety_identifier="user-hash-1", prompt_cache_key="k1", parallel_tool_calls=False,
+        max_tool_calls=3,
+    )
+    sent = chat_requests(fake_provider)[-1]
+    assert sent["verbosity"] == "low" and sent["reasoning_effort"] == "low" and sent["service_tier"] == "flex"
+    assert sent["safety_identifier"] == "user-hash-1" and sent["prompt_cache_key"] == "k1"
+    assert "parallel_tool_calls" not in sent and "max_tool_calls" not in sent and "text" not in sent
+    assert resp.text.verbosity == "low" and resp.max_tool_calls == 3  # type: ignore[union-attr]
+    assert resp.safety_identifier == "user-hash-1" and resp.prompt_cache_key == "k1"
+    assert resp.service_tier == "default"  # the fake upstream names no tier: the one that served it
+    oa.responses.create(model="fake-model", input="weather?", tools=tools, parallel_tool_calls=False)  # type: ignore[arg-type]
+    assert chat_requests(fake_provider)[-1]["parallel_tool_calls"] is False

@@ -129,6 +129,35 @@ def test_a_failing_native_upstream_falls_back_to_a_translated_one(
     assert "/v1/responses" in paths(fake_provider) and paths(fake_provider)[-1] == "/v1/chat/completions"
 
 
+def test_conversation_and_prompt_go_only_to_a_native_upstream_unchanged(
+    fake_provider: FakeProviderThread, sqlite_url: str, tmp_path: Path
+) -> None:
+    """A `conversation` or a stored `prompt` lives at the upstream: passed through as sent (with the
+    caller's own `store` for a conversation, which the upstream keeps), and only to a deployment that
+    passes the Responses API through, even where the model's first deployment translates to chat."""
+    deployments = [_dep("chat-only", fake_provider, ["chat"]), _dep("native", fake_provider, NATIVE)]
+    settings = gateway_settings(fake_provider.base_url, sqlite_url, tmp_path, deployments=deployments)
+    prompt = {"id": "pmpt_123", "version": "2", "variables": {"city": "Paris"}}
+    with running_gateway(settings) as gw:
+        oa = client(gw)
+        assert oa.responses.create(model="fake-model", input="plain").output_text == "plain"
+        assert paths(fake_provider) == ["/v1/chat/completions"]  # the first deployment, translated
+        raw = oa.responses.with_raw_response.create(model="fake-model", input="go on", conversation="conv_1")
+        with oa.responses.stream(model="fake-model", input="more", conversation={"id": "conv_1"},
+                                 store=True) as stream:
+            stream.get_final_response()
+        oa.responses.create(model="fake-model", input="about Paris", prompt=prompt)  # type: ignore[arg-type]
+        alone = oa.responses.create(model="fake-model", prompt=prompt)  # type: ignore[arg-type]  # the template has the input
+    assert raw.headers["x-hybridgate-deployment"] == "native" and raw.parse().output_text == "go on"
+    assert alone.status == "completed"
+    assert paths(fake_provider)[1:] == ["/v1/responses"] * 4
+    first, streamed, templated, bare = upstream_bodies(fake_provider)
+    assert first["conversation"] == "conv_1" and "store" not in first
+    assert streamed["conversation"] == {"id": "conv_1"} and streamed["store"] is True
+    assert templated["prompt"] == prompt and templated["store"] is False
+    assert bare["prompt"] == prompt and "input" not in bare
+
+
 def test_a_litellm_deployment_passes_through_with_litellm_aresponses(
     fake_provider: FakeProviderThread, sqlite_url: str, tmp_path: Path
 ) -> None:

@@ -134,3 +134,23 @@ def test_completions_echo_the_prompt_with_its_logprobs(local_gateway: GatewayThr
     with pytest.raises(openai.BadRequestError) as refused:
         oa.completions.create(model="hybridgate-local", prompt=prompt, max_tokens=0, logprobs=1)
     assert refused.value.body["param"] == "max_tokens"  # type: ignore[index]
+
+
+def test_responses_api_includes_the_local_models_logprobs(local_gateway: GatewayThread) -> None:
+    """`include: ["message.output_text.logprobs"]`: the local engine's chat logprobs on the output_text part,
+    one per generated token with `top_logprobs` alternatives (most likely first), plain and streamed."""
+    oa = OpenAI(base_url=local_gateway.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    ask = {"model": "hybridgate-local", "input": "Tell me a story.", "max_output_tokens": 16,
+           "include": ["message.output_text.logprobs"], "top_logprobs": 3}
+    resp = oa.responses.create(**ask)  # type: ignore[call-overload]
+    part = resp.output[0].content[0]  # type: ignore[union-attr]
+    assert resp.usage is not None and len(part.logprobs) == resp.usage.output_tokens  # type: ignore[union-attr]
+    for lp in part.logprobs:  # type: ignore[union-attr]
+        assert lp.logprob <= 0 and len(lp.top_logprobs) == 3
+        assert lp.top_logprobs[0].logprob >= lp.logprob - 1e-4
+        assert [t.logprob for t in lp.top_logprobs] == sorted((t.logprob for t in lp.top_logprobs), reverse=True)
+    with oa.responses.stream(**ask) as stream:  # type: ignore[arg-type]
+        events = list(stream)
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    done = next(e for e in events if e.type == "response.output_text.done")
+    assert sum(len(e.logprobs) for e in deltas) == len(done.logprobs) > 0
