@@ -175,6 +175,9 @@ class OpenAIHandlers:
         r = ctx.row
         r.policy, r.policy_version, r.route_reason, r.propensity = (
             route.policy, route.policy_version, route.reason, route.propensity)
+        chosen = route.chosen
+        if chosen is not None:  # the action `propensity` belongs to, even when a fallback answers
+            r.chosen_model, r.chosen_deployment = chosen.model, chosen.name
         return route
 
     def _finish(self, ctx: _Ctx, status: int, error: APIError | None = None, cancelled: bool = False) -> None:
@@ -355,6 +358,8 @@ class OpenAIHandlers:
         assert ctx.ex is not None
         kind = "chat" if ctx.wire is not None else ctx.row.endpoint
         esc = route.decision.escalation if route.decision is not None else None
+        if ctx.wire is not None:
+            self._native_only(ctx.wire, route, esc is not None)
         include_usage = False
         if req.stream:
             ctx.row.streamed = True
@@ -384,6 +389,19 @@ class OpenAIHandlers:
             ctx.row.response_body = (orjson.dumps(body) if ctx.wire is not None else out).decode()
         self._finish(ctx, 200)
         return Response(out, media_type=_JSON, headers=ctx.headers())
+
+    @staticmethod
+    def _native_only(wire: WireAdapter, route: Route, cascade: bool) -> None:
+        """A request only an upstream speaking the client's wire format can answer (`native_only`) goes
+        only to the route's deployments that speak it; with none (or under a cascade, which translates
+        to read the chat answer) it is the wire's 400, before any upstream call."""
+        err = wire.native_only()
+        if err is None:
+            return
+        speaking = [] if cascade else [t for t in route.plan.targets if wire.native(t.deployment, False) is not None]
+        if not speaking:
+            raise err
+        route.plan.targets = speaking
 
     async def _embed(self, ctx: _Ctx, req: Any, route: Route) -> Response:
         assert ctx.ex is not None

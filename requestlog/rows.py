@@ -53,7 +53,12 @@ class RequestRow:
     policy: str | None = None
     policy_version: int | None = None
     route_reason: str | None = None
-    propensity: float | None = None
+    # The router's first choice (a policy's primary candidate, or a model's first deployment): the
+    # action off-policy evaluation credits, and the one ``propensity`` is the probability of. It differs
+    # from ``served_model``/``deployment`` when a fallback (or a cascade's escalation) answered.
+    chosen_model: str | None = None
+    chosen_deployment: str | None = None
+    propensity: float | None = None  # the probability the policy had of choosing ``chosen_model``
     bandit: dict[str, Any] | None = None  # {"name", "arm", "context"}: lets any process learn from feedback
     status: str = "ok"  # "ok" | "error" | "cancelled"
     http_status: int = 200

@@ -86,7 +86,9 @@ requests = sa.Table(
     _str("policy"),
     sa.Column("policy_version", sa.Integer()),
     sa.Column("route_reason", sa.Text()),
-    sa.Column("propensity", sa.Float()),
+    _str("chosen_model"),  # the router's first choice: NULL on rows logged before it was recorded
+    _str("chosen_deployment"),
+    sa.Column("propensity", sa.Float()),  # of choosing ``chosen_model``
     sa.Column("bandit", JSON_TYPE),  # {"name", "arm", "context"} when a bandit chose: feedback teaches it
     # outcome
     _str("status", nullable=False, server_default="ok"),

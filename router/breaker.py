@@ -62,6 +62,19 @@ def quantile(values: list[float], q: float) -> float:
     return s[k]
 
 
+def seconds_until_half_open(
+    state: BreakerStateName, forced: ForceMode | None, opened_at: float, cooldown_s: float, now: float
+) -> float | None:
+    """How long until a breaker in ``state`` (opened at ``opened_at``) admits a half-open probe: 0 when it
+    would admit traffic now (closed, half-open, or open past its cooldown), None when it never will on its
+    own (forced open: only an operator reopens it). Shared by the in-process and Redis stores."""
+    if forced == "open":
+        return None
+    if forced == "closed" or state != "open":
+        return 0.0
+    return max(0.0, opened_at + cooldown_s - now)
+
+
 @dataclass(slots=True)
 class CircuitBreaker:
     """State of one deployment's breaker plus the transition functions."""
@@ -87,6 +100,11 @@ class CircuitBreaker:
         if self.state == "open" and now >= self.opened_at + self.config.cooldown_s:
             return "half_open"
         return self.state
+
+    def seconds_until_half_open(self, now: float) -> float | None:
+        """Seconds until this breaker goes half-open (`seconds_until_half_open`): what a client refused
+        because it is open should wait before trying again."""
+        return seconds_until_half_open(self.state, self.forced, self.opened_at, self.config.cooldown_s, now)
 
     def window_counts(self, now: float) -> tuple[int, int]:
         """(requests, failures) in the sliding window ending at ``now``."""

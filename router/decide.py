@@ -66,8 +66,8 @@ def decide(
             return _fail(policy, "unsupported", "context", trace)
 
     # 2. open breakers ---------------------------------------------------------------------------
+    open_mask = 0
     if signals.breakers:
-        open_mask = 0
         for i in cp.members(eligible):
             if signals.breakers.get(cp.names[i]) == "open":
                 open_mask |= 1 << i
@@ -144,7 +144,7 @@ def decide(
 
     if not pool:
         trace.append(TraceStep("selector", "no candidates left", ()))
-        return _fail(policy, "no_candidates", "no candidates", trace)
+        return _fail(policy, "no_candidates", "no candidates", trace, open_breakers=cp.names_of(open_mask))
 
     # 5. selector ----------------------------------------------------------------------------------
     pool_list = cp.members(pool)
@@ -230,7 +230,9 @@ def _context_fit(
     return eligible
 
 
-def _fail(policy: Policy, error: str, reason: str, trace: list[TraceStep]) -> Decision:
+def _fail(
+    policy: Policy, error: str, reason: str, trace: list[TraceStep], open_breakers: tuple[str, ...] = ()
+) -> Decision:
     return Decision(
         policy=policy.name,
         candidates=[],
@@ -240,6 +242,7 @@ def _fail(policy: Policy, error: str, reason: str, trace: list[TraceStep]) -> De
         retry=policy.retry,
         fallback_triggers=frozenset(policy.fallbacks.triggers),
         error=error,
+        open_breakers=open_breakers,
     )
 
 

@@ -65,6 +65,9 @@ class Decision:
     arm: str | None = None  # bandit arm, for the later bandit.update
     bandit: str | None = None  # which bandit plugin chose ``arm`` (a rule may switch selectors)
     scores: dict[str, float] | None = None  # classifier P(ok) per model, when one was asked
+    # On a "no_candidates" error: the deployments left out because their breaker is open (the service
+    # tells the client to come back when the first of them goes half-open).
+    open_breakers: tuple[str, ...] = ()
 
     @property
     def primary(self) -> DeploymentConfig | None:

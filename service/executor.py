@@ -47,6 +47,11 @@ class Outcomes(Protocol):
         """An attempt `allow` admitted ended with no outcome (cancelled): give back what it took."""
         ...
 
+    async def retry_after_s(self, deployments: list[str]) -> float:
+        """How long a client refused because none of ``deployments`` admitted an attempt should wait:
+        until the first of their breakers goes half-open."""
+        ...
+
     def started(self, deployment: str) -> None: ...
 
     def finished(self, deployment: str) -> None: ...
@@ -61,6 +66,9 @@ class _AllowAll:
 
     async def release(self, deployment: str) -> None:
         return None
+
+    async def retry_after_s(self, deployments: list[str]) -> float:
+        return NO_DEPLOYMENT_RETRY_S
 
     def started(self, deployment: str) -> None:
         return None
@@ -139,17 +147,10 @@ class _Cursor:
         self.here = 0
 
 
-# How long a client refused for want of a deployment is told to wait (Retry-After): about what a
-# policy's "no candidates" refusal says, long enough for a half-open probe to report.
+# How long a client refused for want of a deployment is told to wait (Retry-After) when no breaker
+# says how long (every one forced open, or no breaker involved): long enough for a half-open probe to
+# report.
 NO_DEPLOYMENT_RETRY_S = 1.5
-
-
-def _no_deployment() -> UpstreamError:
-    """No attempt was made: every target's breaker refused (open, or half-open with its probe slots
-    taken). The client's 503 with Retry-After (`gateway.errors.from_upstream`), as for a policy whose
-    candidates are all open; never a 502 that blames an upstream nobody called."""
-    why = "no deployment available (all circuit breakers open)"
-    return UpstreamError("no_deployment", why, reason=why, retry_after_s=NO_DEPLOYMENT_RETRY_S)
 
 
 class Executor:
@@ -204,6 +205,15 @@ class Executor:
         row.prompt_tokens, row.completion_tokens = usage.prompt_tokens, usage.completion_tokens
         row.cost_usd = self._price(t.deployment, usage)
         ex.usage, ex.cost_usd = usage, row.cost_usd
+
+    async def _no_deployment(self, plan: Plan) -> UpstreamError:
+        """No attempt was made: every target's breaker refused (open, or half-open with its probe slots
+        taken). The client's 503 with Retry-After (`gateway.errors.from_upstream`) until the first of
+        their breakers goes half-open, as for a policy whose candidates are all open; never a 502 that
+        blames an upstream nobody called."""
+        why = "no deployment available (all circuit breakers open)"
+        wait = await self._outcomes.retry_after_s([t.deployment.name for t in plan.targets])
+        return UpstreamError("no_deployment", why, reason=why, retry_after_s=wait)
 
     async def _release(self, target: Target) -> None:
         """A cancelled attempt has no outcome for the breaker: it only gives back a half-open probe
@@ -272,7 +282,7 @@ class Executor:
                 self._outcomes.finished(t.deployment.name)
             await self._succeed(ex, row, t, resp.usage, t0)
             return resp
-        raise ex.error or _no_deployment()
+        raise ex.error or await self._no_deployment(plan)
 
     async def stream(self, ex: Execution, plan: Plan, make_call: CallFactory) -> AsyncIterator[dict[str, Any]]:
         """Streamed: chunks of the first deployment that produces one.
@@ -334,5 +344,5 @@ class Executor:
                 continue
             await self._succeed(ex, row, t, usage or Usage(0, completion_chars // 4), t0)
             return
-        raise ex.error or _no_deployment()
+        raise ex.error or await self._no_deployment(plan)
 

@@ -2,8 +2,11 @@
 estimate on the live policy's logged traffic.
 
 The logged rows are the live policy's requests with feedback and a logged propensity (the
-probability the live policy had of its choice). The draft's own ``decide()`` runs on each row's
-features (its prompt text when the log keeps it, else a stand-in of the logged length); where the
+probability the live policy had of its choice). A row's action is the model the live policy chose
+(``chosen_model``), not the one that answered: after a fallback they differ, and the propensity is
+the chosen one's; the reward is the feedback the request got, whoever answered. Rows logged before
+the chosen model was recorded count the answering model as chosen. The draft's own ``decide()`` runs
+on each row's features (its prompt text when the log keeps it, else a stand-in of the logged length); where the
 draft is randomised (a bandit), a few seeded draws give its probabilities. ``router/ope.py`` turns
 that into IPS, SNIPS and doubly robust estimates of mean feedback and cost, with 95% intervals and
 the effective sample size of the importance weights.
@@ -35,7 +38,7 @@ DRAWS = 8
 
 @dataclass
 class Logged:
-    model: str
+    model: str  # the logged action: the model the live policy chose (what ``propensity`` is of)
     propensity: float
     prompt_text: str | None
     prompt_tokens: int | None
@@ -48,11 +51,10 @@ async def logged_traffic(
 ) -> list[Logged]:
     r, f = tables.requests, tables.feedback
     since = datetime.now(UTC) - timedelta(days=days)
+    action = sa.func.coalesce(r.c.chosen_model, r.c.served_model)  # older rows: the answering model
     recent = (
-        sa.select(r.c.id, r.c.served_model, r.c.propensity, r.c.prompt_text, r.c.prompt_tokens, r.c.cost_usd)
-        .where(
-            r.c.policy == policy, r.c.created_at >= since, r.c.propensity > 0, r.c.served_model.is_not(None)
-        )
+        sa.select(r.c.id, action.label("action"), r.c.propensity, r.c.prompt_text, r.c.prompt_tokens, r.c.cost_usd)
+        .where(r.c.policy == policy, r.c.created_at >= since, r.c.propensity > 0, action.is_not(None))
         .where(sa.exists().where(f.c.request_id == r.c.id))
         .order_by(r.c.created_at.desc())
         .limit(limit)
@@ -67,7 +69,7 @@ async def logged_traffic(
         rows = (await conn.execute(stmt)).all()
     return [
         Logged(
-            x.served_model,
+            x.action,
             float(x.propensity),
             x.prompt_text,
             x.prompt_tokens,

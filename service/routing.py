@@ -40,7 +40,7 @@ from router.ratelimit import RateLimit
 from router.signals import LocalLoad, Signals
 from service.budgets import ScopeBudgets
 from service.errors import Refused
-from service.executor import DEFAULT_TRIGGERS, Plan, Target
+from service.executor import DEFAULT_TRIGGERS, NO_DEPLOYMENT_RETRY_S, Plan, Target
 from service.metrics import Metrics
 from state.bandits import BanditStore, InProcessBanditStore
 from state.breakers import BreakerStore
@@ -90,6 +90,15 @@ class Route:
     @property
     def targets(self) -> list[Target]:
         return self.plan.targets
+
+    @property
+    def chosen(self) -> DeploymentConfig | None:
+        """The router's first choice: the policy's primary candidate (what ``propensity`` is the
+        probability of), or a plain model's first deployment. Logged as the request's action for
+        off-policy evaluation, whichever deployment ends up answering."""
+        if self.decision is not None and self.decision.primary is not None:
+            return self.decision.primary
+        return self.plan.targets[0].deployment if self.plan.targets else None
 
 
 @dataclass(slots=True, frozen=True)
@@ -258,6 +267,14 @@ class GatewayRouter:
     async def release(self, deployment: str) -> None:
         await self.breakers.release(deployment)
 
+    async def retry_after_s(self, deployments: list[str]) -> float:
+        """Retry-After for a request refused because none of ``deployments`` admits traffic: the time
+        until the first of their breakers goes half-open, at least 1 s (a breaker stays open for its whole
+        cooldown, so an earlier retry is refused again; the header rounds up to whole seconds). When none
+        of them will on its own (forced open) or none is named, the default wait."""
+        waits = [w for w in (await self.breakers.seconds_until_half_open(deployments)).values() if w is not None]
+        return max(1.0, min(waits)) if waits else NO_DEPLOYMENT_RETRY_S
+
     def started(self, deployment: str) -> None:
         self.in_flight.start(deployment)
 
@@ -354,7 +371,7 @@ class GatewayRouter:
             raise _unsupported(name, d.reason, features)
         if d.error or not d.candidates:
             raise Refused("no_candidates", f"No deployment can serve policy `{name}` right now ({d.reason}).",
-                          retry_after_s=1.5)
+                          retry_after_s=await self.retry_after_s(list(d.open_breakers)))
         plan = Plan(self.catalog.targets(d.candidates), retry=d.retry, triggers=d.fallback_triggers or DEFAULT_TRIGGERS)
         ctx = bandit_context(features, now, name) if d.arm is not None else None
         if ctx is not None and d.scores is not None:  # the classifier's view the bandit decided with

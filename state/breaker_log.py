@@ -66,6 +66,9 @@ class LoggedBreakerStore:
             self._seen(d, s)
         return out
 
+    async def seconds_until_half_open(self, deployments: Iterable[str]) -> dict[str, float | None]:
+        return await self.inner.seconds_until_half_open(deployments)  # a read: never a transition
+
     async def force(self, deployment: str, mode: ForceMode | None) -> None:
         await self.inner.force(deployment, mode)
         self._seen(deployment, await self.inner.state(deployment))

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
-from router.breaker import BreakerConfig, BreakerStateName, CircuitBreaker, ForceMode
+from router.breaker import BreakerConfig, BreakerStateName, CircuitBreaker, ForceMode, seconds_until_half_open
 from state.redis_util import RedisGuard
 
 
@@ -34,6 +34,11 @@ class BreakerStore(Protocol):
     async def state(self, deployment: str) -> BreakerStateName: ...
 
     async def states(self, deployments: Iterable[str]) -> dict[str, BreakerStateName]: ...
+
+    async def seconds_until_half_open(self, deployments: Iterable[str]) -> dict[str, float | None]:
+        """Per deployment, seconds until its breaker admits a half-open probe
+        (`router.breaker.seconds_until_half_open`): 0 when it admits traffic now, None when forced open."""
+        ...
 
     async def force(self, deployment: str, mode: ForceMode | None) -> None: ...
 
@@ -87,6 +92,14 @@ class InProcessBreakerStore:
         for d in deployments:
             b = self._breakers.get(d)
             out[d] = b.state_at(now) if b is not None else "closed"
+        return out
+
+    async def seconds_until_half_open(self, deployments: Iterable[str]) -> dict[str, float | None]:
+        now = self._clock()
+        out: dict[str, float | None] = {}
+        for d in deployments:
+            b = self._breakers.get(d)
+            out[d] = b.seconds_until_half_open(now) if b is not None else 0.0
         return out
 
     async def force(self, deployment: str, mode: ForceMode | None) -> None:
@@ -322,6 +335,23 @@ class RedisBreakerStore:
             return out
 
         return await self.guard.run(remote, lambda: self.fallback.states(names))
+
+    async def seconds_until_half_open(self, deployments: Iterable[str]) -> dict[str, float | None]:
+        names = list(deployments)
+
+        async def remote() -> dict[str, float | None]:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for d in names:
+                    pipe.hmget(self._keys(d)[0], "state", "forced", "opened_at")
+                rows = await pipe.execute()
+            now = self._clock()
+            return {
+                d: seconds_until_half_open(state or "closed", forced or None, float(opened_at or 0),
+                                           self._config(d).cooldown_s, now)
+                for d, (state, forced, opened_at) in zip(names, rows, strict=True)
+            }
+
+        return await self.guard.run(remote, lambda: self.fallback.seconds_until_half_open(names))
 
     async def force(self, deployment: str, mode: ForceMode | None) -> None:
         async def remote() -> None:

@@ -62,6 +62,7 @@ REQUEST_LOG_COLUMNS = (
     "requested_model",
     "served_model",
     "deployment",
+    "chosen_model",  # the router's first choice: differs from served_model when a fallback answered
     "status",
     "http_status",
     "latency_ms",

@@ -10,7 +10,9 @@ can dispatch to them unchanged.
 * ``eval --artifact DIR --data CSV...``: labeled data → cost–quality curve, APGR, CPT(50%), CPT(80%)
   (two-model data) / AIQ (multi-model data with costs);
   ``eval --logs LOGS.jsonl --artifact DIR``: off-policy estimate (IPS, SNIPS, DR) of the artifact's policy
-  from logged traffic lines ``{"prompt", "action", "propensity", "reward"}``.
+  from logged traffic lines ``{"prompt", "action", "propensity", "reward"}``: ``action`` is the model the
+  logging policy chose and ``propensity`` its probability of choosing it, ``reward`` what the request got
+  (after a fallback the answer came from another model; the credit still goes to the chosen one).
 * ``train-verifier --data CSV... --model NAME --out DIR``: a cascade's answer verifier
   (router/verifier.py) from one model's labeled answers.
 """
@@ -107,9 +109,10 @@ def _eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hybridgate router eval", description="Evaluate an artifact.")
     p.add_argument("--artifact", required=True, type=Path)
     p.add_argument("--data", nargs="+", type=Path, help="labeled CSVs: cost-quality curve, APGR, CPT, AIQ")
-    p.add_argument("--logs", type=Path, help='logged traffic JSONL {"prompt","action","propensity","reward"}')
+    p.add_argument("--logs", type=Path, help='logged traffic JSONL {"prompt","action" (the chosen model),"propensity","reward"}')
     p.add_argument(
-        "--logs-db", help="logged traffic from the gateway DB (requests + feedback), SQLAlchemy URL"
+        "--logs-db", help="logged traffic from the gateway DB (requests + feedback; the action is each row's "
+        "chosen_model), SQLAlchemy URL"
     )
     p.add_argument("--policy", default=None, help="with --logs-db: only the decisions of this policy")
     p.add_argument("--lam", type=float, default=0.0, help="λ of the evaluated policy (quality per USD)")

@@ -112,24 +112,30 @@ def read_logged_decisions(url: str, policy: str | None = None, limit: int | None
     """Logged routing decisions with their outcome, for off-policy evaluation.
 
     One row per request that has a prompt, a logged propensity and at least one feedback score:
-    ``{"prompt", "action" (served model), "propensity", "reward" (mean feedback score)}``.
+    ``{"prompt", "action", "served", "propensity", "reward" (mean feedback score)}``. ``action`` is the
+    model the logging policy chose (``chosen_model``), the one ``propensity`` is the probability of;
+    ``served`` is the model that answered, which differs after a fallback. The reward is the request's,
+    whoever answered. Rows logged before the chosen model was recorded (NULL, or a database not yet
+    migrated) take the answering model as the action.
     ``policy`` keeps only the decisions one policy made (the logging policy being evaluated against).
     """
 
     def query(req: sa.Table, fb: sa.Table) -> sa.Select[Any]:
+        chosen = req.c.chosen_model if "chosen_model" in req.c else sa.null()
+        action = sa.func.coalesce(chosen, req.c.served_model)
         q = (
-            sa.select(req.c.id, req.c.prompt_text, req.c.served_model, req.c.propensity,
+            sa.select(req.c.id, req.c.prompt_text, action.label("action"), req.c.served_model, req.c.propensity,
                       sa.func.avg(fb.c.score).label("reward"))
             .select_from(fb.join(req, fb.c.request_id == req.c.id))
-            .where(req.c.prompt_text.is_not(None), req.c.propensity.is_not(None), req.c.served_model.is_not(None))
-            .group_by(req.c.id, req.c.prompt_text, req.c.served_model, req.c.propensity)
+            .where(req.c.prompt_text.is_not(None), req.c.propensity.is_not(None), action.is_not(None))
+            .group_by(req.c.id, req.c.prompt_text, action, req.c.served_model, req.c.propensity)
             .order_by(req.c.id)
         )
         return q if policy is None else q.where(req.c.policy == policy)
 
     rows = _fetch(url, query, limit)
-    return [{"prompt": r.prompt_text, "action": r.served_model, "propensity": float(r.propensity),
-             "reward": float(r.reward)} for r in rows]
+    return [{"prompt": r.prompt_text, "action": r.action, "served": r.served_model,
+             "propensity": float(r.propensity), "reward": float(r.reward)} for r in rows]
 
 
 def logged_answer_text(body: str) -> str | None:

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from backends.fake_provider import FakeProviderThread
+from router import ope
+from router.offline.feedback_db import read_logged_decisions
 from tests.support.gateway import dep, settings
 from tests.support.harness import running_gateway
 from tests.support.wait import wait_until
@@ -108,6 +111,72 @@ async def test_feedback_on_a_fallbacks_answer_never_rewards_the_arm_that_failed(
         assert 0 < propensity <= 1
         assert (logged is None) == (arms[rid] == "model-a")
         assert logged is None or logged["arm"] == "model-b"
+
+
+async def test_a_fallbacks_answer_is_logged_and_evaluated_under_the_arm_the_bandit_chose(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The bandit chose model-a with probability p, model-a failed and model-b answered. The row logs
+    model-a as the chosen arm, with p, beside model-b as the answering model; off-policy evaluation
+    (the console's draft estimate, and the `router eval --logs-db` reader) takes model-a as the logged
+    action and credits it with the request's reward. Taking the answering model as the action, with the
+    chosen one's propensity, credits model-b instead: a draft that always picks model-a then scores 0."""
+    with FakeProviderThread() as fa, FakeProviderThread() as fb:
+        deps = [dep("a", "model-a", fa.base_url), dep("b", "model-b", fb.base_url)]
+        no_breaker = {"consecutive_failures": 0, "min_requests": 10_000, "cooldown_s": 0.5, "window_s": 10}
+        log = {"bodies": "full", "spool_dir": str(tmp_path / "spool"), "batch_max_ms": 10}  # prompts, for OPE
+        with running_gateway(settings(tmp_path, sqlite_url, deps, breaker=no_breaker, log=log)) as gw:
+            assert httpx.put(gw.base_url + "/admin/api/policies/explore", content=BANDIT,
+                             headers={"content-type": "application/yaml"}).status_code == 201
+            fa.set_faults("500")  # every answer comes from model-b
+            gw.services.router.rng = random.Random(4)  # the bandit's draws: model-a is chosen now and then
+            chosen: dict[str, tuple[str, float]] = {}  # request id -> (arm, propensity) the client was told
+            for i in range(40):
+                r = httpx.post(gw.base_url + "/v1/chat/completions",
+                               json={"model": "explore", "messages": [{"role": "user", "content": f"q{i}"}]})
+                assert r.status_code == 200 and r.headers["x-hybridgate-deployment"] == "b"
+                arm = r.headers["x-hybridgate-route-reason"].split("arm=")[1].split()[0]
+                chosen[r.headers["x-request-id"]] = (arm, float(r.headers["x-hybridgate-propensity"]))
+                assert httpx.post(gw.base_url + "/v1/feedback", json={"request_id": r.headers["x-request-id"],
+                                                                       "score": 1.0}).status_code == 201
+                if sum(a == "model-a" for a, _ in chosen.values()) >= 3:
+                    break
+            assert sum(a == "model-a" for a, _ in chosen.values()) >= 3
+            await gw.acall(gw.services.sink.flush())
+            always_a = "name: explore\nselector: {type: fixed, order: [a, b]}\n"
+            ev = httpx.post(gw.base_url + "/admin/api/console/policies/explore/evaluate",
+                            json={"spec_yaml": always_a}, timeout=30)
+            assert ev.status_code == 200, ev.text
+            estimate = ev.json()["estimate"]
+    engine = create_async_engine(sqlite_url)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(sa.text(
+            "SELECT id, chosen_model, chosen_deployment, propensity, served_model, deployment FROM requests "
+            "WHERE policy = 'explore'"))).all()
+    await engine.dispose()
+    assert len(rows) == len(chosen)
+    for rid, chosen_model, chosen_deployment, propensity, served, deployment in rows:
+        arm, p = chosen[rid]
+        assert (chosen_model, chosen_deployment) == (arm, {"model-a": "a", "model-b": "b"}[arm])
+        assert propensity == pytest.approx(p, rel=1e-5) and 0 < propensity < 1
+        assert (served, deployment) == ("model-b", "b")
+
+    # The draft always picks model-a: IPS = mean over rows of 1{the bandit chose model-a} · reward / p.
+    expected = sum(1.0 / p for a, p in chosen.values() if a == "model-a") / len(chosen)
+    ips = next(e for e in estimate["quality"] if e["method"] == "ips")
+    assert estimate["rows"] == len(chosen)
+    assert ips["value"] == pytest.approx(expected) and expected > 0  # the answering model's view gives 0
+    assert estimate["support"] == pytest.approx(sum(a == "model-a" for a, _ in chosen.values()) / len(chosen))
+
+    logged = read_logged_decisions(sqlite_url, "explore")  # what `router eval --logs-db` evaluates on
+    assert sorted((d["action"], d["served"]) for d in logged) == sorted((a, "model-b") for a, _ in chosen.values())
+    models = ["model-a", "model-b"]
+    target = np.tile([1.0, 0.0], (len(logged), 1))  # always model-a
+    props = [d["propensity"] for d in logged]
+    rewards = [d["reward"] for d in logged]
+    new = ope.ips([models.index(str(d["action"])) for d in logged], props, rewards, target)
+    old = ope.ips([models.index(str(d["served"])) for d in logged], props, rewards, target)
+    assert new.value == pytest.approx(expected) and old.value == 0.0
 
 
 def _redis_shared(redis_url: str, redis_prefix: str) -> dict[str, object]:

@@ -196,6 +196,55 @@ def test_every_breaker_open_is_a_503_with_retry_after_for_a_model_as_for_a_polic
     assert tuple(row) == (503, "server_error", 0)
 
 
+FIXED_AB = """
+name: fixed-ab
+selector: {type: fixed, order: [a, b]}
+"""
+
+
+def test_retry_after_of_a_503_is_the_time_until_the_first_breaker_goes_half_open(
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path
+) -> None:
+    """A breaker stays open for its whole cooldown, so a 503 for want of a deployment says to come back
+    when the first of the request's breakers goes half-open (rounded up, at least 1 s): for a plain model
+    name (the executor finds every breaker shut) and a policy (no candidates left), in OpenAI's error
+    shape and in Anthropic's (overloaded_error)."""
+    a, b = two_providers
+    s = settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url), dep("b", "m", b.base_url)],
+                 breaker={"consecutive_failures": 1, "min_requests": 100, "cooldown_s": 7, "window_s": 10})
+    clock = ManualClock()
+    with running_gateway(s) as gw:
+        gw.services.router.breakers.inner = InProcessBreakerStore(breaker_config(s), clock=clock)
+        assert httpx.put(gw.base_url + "/admin/api/policies/fixed-ab", content=FIXED_AB,
+                         headers={"content-type": "application/yaml"}).status_code == 201
+        a.set_faults("500")
+        assert _post(gw, "trip a", model="m").headers["x-hybridgate-deployment"] == "b"  # a opens at t=0
+        clock.t += 2
+        b.set_faults("500")
+        assert _post(gw, "trip b", model="m").status_code == 502  # b opens at t=2
+        assert (breaker_state(gw, "a"), breaker_state(gw, "b")) == ("open", "open")
+        hits = a.stats["total"] + b.stats["total"]
+
+        def refused(model: str) -> tuple[str, str]:
+            """The Retry-After of the OpenAI-shaped and of the Anthropic-shaped 503."""
+            r = _post(gw, "hi", model=model)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "no_candidates", r.text
+            m = httpx.post(gw.base_url + "/v1/messages", json={"model": model, "max_tokens": 5, "messages": MSG})
+            assert m.status_code == 503 and m.json()["error"]["type"] == "overloaded_error", m.text
+            return r.headers["retry-after"], m.headers["retry-after"]
+
+        clock.t += 1.5  # a half-opens in 3.5 s, b in 5.5 s
+        assert refused("m") == ("4", "4")
+        assert refused("fixed-ab") == ("4", "4")
+        clock.t += 3  # a in 0.5 s: never less than 1 s
+        assert refused("m") == ("1", "1")
+        assert refused("fixed-ab") == ("1", "1")
+        assert a.stats["total"] + b.stats["total"] == hits  # no refused request reached an upstream
+        clock.t += 0.5
+        a.set_faults()
+        assert _post(gw, "again", model="fixed-ab").headers["x-hybridgate-deployment"] == "a"  # as told
+
+
 def test_two_gateways_sharing_redis_agree_on_breaker_state(
     two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path,
     redis_url: str, redis_prefix: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 
@@ -9,10 +10,13 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from requestlog import migrate
 from requestlog.tables import metadata
 from requestlog.urls import to_async_url, to_sync_url
+from router.offline.feedback_db import read_logged_decisions
+from service import policy_eval
 
 EXPECTED_TABLES = {
     "requests",
@@ -106,6 +110,54 @@ def test_upgrading_a_populated_log_keeps_its_rows(empty_url: str) -> None:
         with engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT id, bandit FROM requests")).all()
         assert [tuple(r) for r in rows] == [("r1", None)]
+    finally:
+        engine.dispose()
+
+
+def _log(conn: sa.Connection, rid: str, served: str, chosen: str | None = None) -> None:
+    """A request of policy `p` with a prompt, propensity 0.5 and one feedback score of 1."""
+    chosen_cols = ", chosen_model" if chosen is not None else ""
+    conn.execute(sa.text(
+        "INSERT INTO requests (id, created_at, endpoint, status, http_status, streamed, attempts_count, policy,"
+        f" served_model, propensity, prompt_text{chosen_cols}) VALUES (:id, CURRENT_TIMESTAMP, 'chat', 'ok',"
+        f" 200, false, 1, 'p', :served, 0.5, 'q'{', :chosen' if chosen is not None else ''})"),
+        {"id": rid, "served": served, "chosen": chosen})
+    conn.execute(sa.text("INSERT INTO feedback (id, request_id, source, score, created_at)"
+                         " VALUES (:id, :id, 'user', 1.0, CURRENT_TIMESTAMP)"), {"id": rid})
+
+
+def test_rows_logged_before_the_chosen_arm_count_the_answering_model_as_chosen(empty_url: str) -> None:
+    """Off-policy evaluation reads each row's chosen model as its action; rows logged before 0010 (no
+    column yet, or NULL after the upgrade) take the answering model. The downgrade keeps the table, so
+    the rollup triggers on it still count what is logged afterwards."""
+    migrate.upgrade(empty_url, "0009_policy_retirements")
+    engine, _ = _inspect(empty_url)
+    try:
+        with engine.begin() as conn:
+            _log(conn, "old", "model-b")
+        assert [(d["action"], d["served"]) for d in read_logged_decisions(empty_url, "p")] == [("model-b", "model-b")]
+        migrate.upgrade(empty_url)
+        with engine.begin() as conn:
+            _log(conn, "new", "model-b", chosen="model-a")  # model-a was chosen, a fallback answered
+        assert sorted((d["action"], d["served"]) for d in read_logged_decisions(empty_url, "p")) == [
+            ("model-a", "model-b"), ("model-b", "model-b")]
+
+        async def console_rows() -> list[str]:
+            async_engine = create_async_engine(to_async_url(empty_url), poolclass=sa.pool.NullPool)
+            try:
+                return sorted(x.model for x in await policy_eval.logged_traffic(async_engine, "p"))
+            finally:
+                await async_engine.dispose()
+
+        assert asyncio.run(console_rows()) == ["model-a", "model-b"]
+
+        migrate.downgrade(empty_url, "0009_policy_retirements")
+        assert "chosen_model" not in {c["name"] for c in sa.inspect(engine).get_columns("requests")}
+        with engine.begin() as conn:
+            before = conn.execute(sa.text("SELECT coalesce(sum(requests), 0) FROM rollup_requests_hour")).scalar()
+            _log(conn, "after", "model-b")
+            after = conn.execute(sa.text("SELECT coalesce(sum(requests), 0) FROM rollup_requests_hour")).scalar()
+        assert (before, after) == (2, 3)
     finally:
         engine.dispose()
 

@@ -120,6 +120,24 @@ def test_force() -> None:
     assert b.state == "closed" and b.forced is None and b.window_counts(10) == (0, 0)
 
 
+def test_seconds_until_half_open_counts_down_the_cooldown() -> None:
+    """What a client refused by an open breaker is told to wait: the rest of the cooldown, 0 once a
+    probe would be admitted (or while closed), None while forced open (it never reopens by itself)."""
+    b = CircuitBreaker(CFG)
+    assert b.seconds_until_half_open(0) == 0.0
+    for t in (10.0, 10.1, 10.2):
+        b.record(t, False)
+    assert b.state == "open"
+    assert b.seconds_until_half_open(10.2) == pytest.approx(5.0)
+    assert b.seconds_until_half_open(13.7) == pytest.approx(1.5)
+    assert b.seconds_until_half_open(15.2) == 0.0 and b.state_at(15.2) == "half_open"
+    assert b.allow(15.2) and b.seconds_until_half_open(15.3) == 0.0  # half-open, a probe out
+    b.force("open")
+    assert b.seconds_until_half_open(100) is None
+    b.force("closed")
+    assert b.seconds_until_half_open(100) == 0.0
+
+
 def test_failure_kinds() -> None:
     assert counts_as_failure("server_error") and counts_as_failure("timeout") and counts_as_failure("auth")
     assert not counts_as_failure("bad_request") and not counts_as_failure("context_window")
@@ -201,6 +219,14 @@ def test_breaker_properties(seq: list[tuple[str, float]]) -> None:
             assert b.state == "open"
             run_of_failures = 0
         assert b.state_at(now) in ("closed", "open", "half_open")
+        # the wait until half-open agrees with what routing sees now and after the wait
+        wait = b.seconds_until_half_open(now)
+        if b.forced == "open":
+            assert wait is None
+        else:
+            assert wait is not None and (wait > 0) == (b.state_at(now) == "open")
+            if wait > 0:
+                assert b.state_at(now + wait + 1e-9) == "half_open"  # (1e-9: float rounding of the sum)
 
 
 @pytest.mark.parametrize("probes", [1, 3])

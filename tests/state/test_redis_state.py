@@ -70,6 +70,27 @@ async def test_two_processes_share_breaker_state(clients, redis_prefix) -> None:
     assert not a.guard.degraded and not b.guard.degraded and a.guard.failures == 0
 
 
+async def test_every_process_reads_the_same_time_until_half_open(clients, redis_prefix) -> None:
+    """The wait a refused client is told (Retry-After) comes from the shared breaker state: a breaker
+    opened by one process counts down the same cooldown in the other."""
+    clock = Clock()
+    a = RedisBreakerStore(clients[0], prefix=redis_prefix, config=CFG, clock=clock)
+    b = RedisBreakerStore(clients[1], prefix=redis_prefix, config=CFG, clock=clock)
+    for _ in range(3):
+        await a.record("d1", False)
+    clock.t += 2
+    for _ in range(3):
+        await a.record("d2", False)
+    clock.t += 1.5
+    assert await b.seconds_until_half_open(["d1", "d2", "d3"]) == {
+        "d1": pytest.approx(1.5), "d2": pytest.approx(3.5), "d3": 0.0}
+    await a.force("d3", "open")
+    clock.t += 2
+    assert await b.seconds_until_half_open(["d1", "d2", "d3"]) == {
+        "d1": 0.0, "d2": pytest.approx(1.5), "d3": None}
+    assert not a.guard.degraded and not b.guard.degraded
+
+
 async def test_concurrent_records_are_atomic(clients, redis_prefix) -> None:
     cfg = BreakerConfig(consecutive_failures=0, min_requests=10_000, window_s=60)
     clock = Clock()
@@ -137,6 +158,7 @@ def test_lua_breaker_matches_python_model(redis_url, redis_prefix, seq) -> None:
                     await store.force("d", mode)
                     model.force(mode)
                 assert await store.state("d") == model.state_at(clock.t)
+                assert (await store.seconds_until_half_open(["d"]))["d"] == model.seconds_until_half_open(clock.t)
                 h = await client.hgetall(f"{prefix}breaker:d")
                 assert int(h.get("consec", 0)) == model.consecutive and int(h.get("probes", 0)) == model.probes
             assert store.guard.failures == 0

@@ -452,7 +452,8 @@ async function openRequest(id) {
   if (!res.ok) { sec.replaceChildren(el("p", { text: errText(res) })); return; }
   const r = res.data.request;
   sec.replaceChildren(el("h3", { text: `Request ${r.id}` }),
-    table(["field", "value"], ["route_reason", "policy", "policy_version", "propensity", "served_model", "deployment",
+    table(["field", "value"], ["route_reason", "policy", "policy_version", "chosen_model", "chosen_deployment", "propensity",
+      "served_model", "deployment",
       "status", "error_type", "latency_ms", "ttft_ms", "cost_usd", "prompt_tokens", "completion_tokens"]
       .map((k) => [k, fmt(r[k])]), { id: "detail" }),
     el("h4", { text: "Attempts" }),
