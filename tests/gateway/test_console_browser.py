@@ -379,3 +379,89 @@ def test_the_keys_page_shows_each_keys_expiry_and_sets_one(env: dict[str, Any], 
     cells = made.locator("td").all_inner_texts()
     assert cells[-2] == "active" and cells[-3] == f"{utc[:19].replace('T', ' ')} UTC", cells
     assert fresh["pageerror"] == []
+
+
+def _page_width(pg: Any) -> tuple[int, int]:
+    w = pg.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+    return w[0], w[1]
+
+
+def test_a_new_policy_name_is_checked_in_the_browser_without_a_script_error(fresh: dict[str, Any]) -> None:
+    """The name field's pattern compiles (Chromium compiles `pattern` with the `v` flag, where an
+    unescaped `-` in a class is an error that silently turns the check off)."""
+    pg = fresh["page"]
+    pg.goto("/admin/policies")
+    pg.fill("#new-policy input[name=name]", "bad name!")
+    pg.click("#new-policy button")
+    assert pg.evaluate("() => document.querySelector('#new-policy input[name=name]').validity.patternMismatch")
+    assert pg.locator("#policy-title").inner_text() == "Select a policy"
+    pg.fill("#new-policy input[name=name]", "team:ok_name-1.2")  # every character a policy name may have
+    pg.click("#new-policy button")
+    sync_api.expect(pg.locator("#policy-title")).to_have_text("team:ok_name-1.2")
+    assert (fresh["pageerror"], fresh["console"]) == ([], [])
+
+
+def test_a_logged_request_opens_from_the_keyboard_into_view_and_an_empty_log_says_so(
+    fresh: dict[str, Any],
+) -> None:
+    pg = fresh["page"]
+    pg.goto("/admin/requests")
+    pg.select_option("#log-filters select[name=range]", "7d")
+    pg.click("#log-filters button")
+    last = pg.locator("#log tbody tr").last
+    sync_api.expect(pg.locator("#log tbody tr")).to_have_count(50)
+    last.focus()  # Tab reaches a row; Enter opens it, and the detail (below the page of rows) is scrolled to
+    pg.keyboard.press("Enter")
+    pg.locator("#detail").wait_for()
+    top = pg.evaluate("() => document.querySelector('#request-detail').getBoundingClientRect().top")
+    assert 0 <= top < pg.viewport_size["height"], top
+    pg.fill("#log-filters input[name=model]", "no-such-model")
+    pg.click("#log-filters button")
+    sync_api.expect(pg.locator("#log-table .empty")).to_have_text("No requests match these filters in this range.")
+    assert pg.locator("#request-detail").is_hidden()  # the detail of a row no longer listed goes away
+    assert (fresh["pageerror"], fresh["console"]) == ([], [])
+
+
+def test_an_empty_dashboard_says_it_has_no_data(fresh: dict[str, Any]) -> None:
+    pg = fresh["page"]
+    pg.fill("#filters input[name=policy]", "no-such-policy")
+    pg.click("#filters button")
+    sync_api.expect(pg.locator("#dash-cost-quality .empty")).to_have_text("No data for this range and these filters.")
+    assert pg.locator("#dash-cost-quality").get_attribute("data-rows") == "0"
+
+
+def test_a_narrow_window_and_long_values_keep_every_control_on_screen(fresh: dict[str, Any]) -> None:
+    """At 800 px the wide tables (request log, keys) scroll in their own box; a 128-character policy
+    name wraps: the page never grows wider than the window, so no button ends up off screen."""
+    pg = fresh["page"]
+    pg.set_viewport_size({"width": 800, "height": 900})
+    for name, ready in (("requests", "#log tbody tr"), ("keys", "#keys tbody tr"), ("deployments", "#deployments")):
+        pg.goto(f"/admin/{name}")
+        pg.locator(ready).first.wait_for()
+        assert _page_width(pg) == (800, 800), name
+    pg.goto("/admin/policies")
+    long = "n" * 128
+    pg.fill("#new-policy input[name=name]", long)
+    pg.click("#new-policy button")
+    sync_api.expect(pg.locator("#policy-title")).to_have_text(long)
+    assert _page_width(pg) == (800, 800)
+    box = pg.locator("#btn-retire").bounding_box()
+    assert box is not None and box["x"] + box["width"] <= 800
+    _shot(pg, "narrow-long-policy")
+
+
+def test_revoking_a_key_asks_first(env: dict[str, Any], fresh: dict[str, Any]) -> None:
+    with httpx.Client(base_url=env["gw"].base_url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+        key = admin.post("/admin/api/keys", json={"name": "revoke-asks"}).json()
+    pg = fresh["page"]
+    pg.goto("/admin/keys")
+    row = pg.locator(f"tr[data-key='{key['id']}']")
+    asked: list[str] = []
+    pg.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
+    row.locator("button", has_text="Revoke").click()
+    assert asked and "Revoke key revoke-asks" in asked[0]
+    pg.wait_for_timeout(300)
+    assert row.locator("td").all_inner_texts()[-2] == "active"  # cancelled: nothing changed
+    pg.once("dialog", lambda d: d.accept())
+    row.locator("button", has_text="Revoke").click()
+    sync_api.expect(row.locator("td").nth(-2)).to_have_text("revoked")

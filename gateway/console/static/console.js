@@ -49,8 +49,14 @@ function table(columns, rows, opts = {}) {
   t.append(el("thead", {}, el("tr", {}, ...columns.map((c) => el("th", { text: c })))));
   const tb = el("tbody");
   rows.forEach((r, i) => {
-    const tr = el("tr", opts.onrow ? { class: "clickable" } : {}, ...r.map((c) => el("td", { text: c })));
-    if (opts.onrow) tr.addEventListener("click", () => opts.onrow(i));
+    // a clickable row is a control: reachable with Tab and opened with Enter or Space, like a button
+    const tr = el("tr", opts.onrow ? { class: "clickable", tabindex: "0" } : {}, ...r.map((c) => el("td", { text: c })));
+    if (opts.onrow) {
+      tr.addEventListener("click", () => opts.onrow(i));
+      tr.addEventListener("keydown", (ev) => {
+        if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); opts.onrow(i); }
+      });
+    }
     tb.append(tr);
   });
   t.append(tb);
@@ -124,6 +130,7 @@ async function loadDashboards() {
     sec.append(el("h3", { text: d.title + " " }, csv), el("div", { class: "chart" }, canvas));
     if (d.notes) sec.append(el("p", { class: "note", text: d.notes }));
     sec.append(el("div", { class: "scroll" }, table(d.columns, d.cells, { id: `table-${name}` })));
+    if (!d.rows.length) sec.append(el("p", { class: "empty", text: "No data for this range and these filters." }));
     if (charts[name]) charts[name].destroy();
     charts[name] = drawChart(canvas, d.chart);
     sec.setAttribute("data-rows", String(d.rows.length));
@@ -354,6 +361,9 @@ async function loadKeys() {
           k.expires_at ? `${k.expires_at.slice(0, 19).replace("T", " ")} UTC` : "never",
           expired ? "expired" : k.status].map((c) => el("td", { text: c })),
       el("td", {}, revoked ? "" : el("button", { type: "button", text: "Revoke", onclick: async () => {
+        // irreversible, and every client holding the key starts failing: asked first, like Retire
+        if (!window.confirm(`Revoke key ${k.name} (${k.key_prefix}…)? Requests with it are refused from now on; ` +
+                            "this cannot be undone.")) return;
         const res = await api("DELETE", `/admin/api/keys/${encodeURIComponent(k.id)}`);
         if (!res.ok) { flash(errText(res)); return; }
         loadKeys(); } }))));
@@ -442,14 +452,17 @@ async function loadLog(more) {
   $("#log-more").hidden = !logBefore;
   const t = table(cols, rows.map((r) => cols.map((c) => fmt(r[c]))),
                   { id: "log", onrow: (i) => openRequest(rows[i].id) });
-  if (more) $("#log tbody").append(...t.querySelectorAll("tbody tr")); else $("#log-table").replaceChildren(t);
+  if (more) { $("#log tbody").append(...t.querySelectorAll("tbody tr")); return; }
+  $("#log-table").replaceChildren(t);
+  if (!rows.length) $("#log-table").append(el("p", { class: "empty", text: "No requests match these filters in this range." }));
+  $("#request-detail").hidden = true;  // a new query: the request opened from the old one goes away
 }
 
 async function openRequest(id) {
   const res = await api("GET", `/admin/api/console/requests/${encodeURIComponent(id)}`);
   const sec = $("#request-detail");
   sec.hidden = false;
-  if (!res.ok) { sec.replaceChildren(el("p", { text: errText(res) })); return; }
+  if (!res.ok) { sec.replaceChildren(el("p", { text: errText(res) })); sec.scrollIntoView({ block: "start" }); return; }
   const r = res.data.request;
   sec.replaceChildren(el("h3", { text: `Request ${r.id}` }),
     table(["field", "value"], ["route_reason", "policy", "policy_version", "chosen_model", "chosen_deployment", "propensity",
@@ -466,6 +479,7 @@ async function openRequest(id) {
     el("h4", { text: `Bodies (log mode: ${res.data.bodies})` }),
     el("pre", { text: r.request_body || r.prompt_text || "(not logged)" }),
     el("pre", { text: r.response_body || "(not logged)" }));
+  sec.scrollIntoView({ block: "start" });  // below the page of rows: bring it to the operator
 }
 
 // ---- start -------------------------------------------------------------------------------
