@@ -187,8 +187,13 @@ class Executor:
         row.error_message = err.message[:500]
         await self._outcomes.record(target.deployment.name, False, time.perf_counter() - t0, err.kind)
 
-    async def _succeed(self, ex: Execution, row: AttemptRow, t: Target, usage: Usage, t0: float) -> None:
+    async def _succeed(
+        self, ex: Execution, row: AttemptRow, t: Target, usage: Usage, t0: float, status: int = 200
+    ) -> None:
+        """The attempt answered: its row gets the upstream's HTTP status (a stream's is 200: it began),
+        latency, usage and price, and the breaker a success."""
         latency = time.perf_counter() - t0
+        row.http_status = status
         row.latency_ms = latency * 1000
         row.prompt_tokens = usage.prompt_tokens
         row.completion_tokens = usage.completion_tokens
@@ -280,7 +285,7 @@ class Executor:
                 raise
             finally:
                 self._outcomes.finished(t.deployment.name)
-            await self._succeed(ex, row, t, resp.usage, t0)
+            await self._succeed(ex, row, t, resp.usage, t0, resp.status)
             return resp
         raise ex.error or await self._no_deployment(plan)
 

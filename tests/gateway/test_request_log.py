@@ -118,9 +118,11 @@ async def test_each_request_kind_leaves_one_row_with_tokens_and_cost(
     assert r["served_model"] == "fake-model" and r["deployment"] == "fake-a"
     assert r["latency_ms"] > 0 and r["route_reason"]
     assert len(by_req[ids["ok"]]) == 1 and by_req[ids["ok"]][0]["cost_usd"] == pytest.approx(expected_cost)
+    assert by_req[ids["ok"]][0]["http_status"] == 200  # a successful attempt keeps the upstream's status
 
     s = rows[ids["streamed"]]
     assert s["streamed"] and s["status"] == "ok" and s["ttft_ms"] is not None and s["completion_tokens"] > 0
+    assert [a["http_status"] for a in by_req[ids["streamed"]]] == [200]
 
     assert rows[ids["bad"]]["http_status"] == 400 and ids["bad"] not in by_req
     assert rows[ids["unknown"]]["http_status"] == 404 and ids["unknown"] not in by_req
