@@ -350,6 +350,10 @@ class GatewayRouter:
             if features.max_tokens > most:
                 raise Refused("output_too_long", f"max_tokens is too large: {features.max_tokens}. The model "
                                                  f"`{model}` supports at most {most} output tokens.", param="max_tokens")
+        # The caller named the model, so a deployment that does not declare a capability the request
+        # needs (tools, response_format, logprobs, images) may still serve it (capabilities default to
+        # chat and completion; the upstream decides); those that declare every one are tried first.
+        usable.sort(key=lambda d: not features.capabilities <= set(d.capabilities))
         states = await self.breakers.states([d.name for d in usable])
         ordered = [d for d in usable if states.get(d.name) != "open"] or usable
         return Route(plan=Plan(self.catalog.targets(ordered)), public_model=model,

@@ -629,3 +629,24 @@ def test_content_policy_refusal_falls_back_when_the_policy_says_so(
         with pytest.raises(openai.BadRequestError) as ei:
             sdk(gw).chat.completions.create(model="small-model", messages=MSG)
         assert ei.value.body["code"] == "content_filter"  # type: ignore[index]
+
+
+def test_a_model_named_directly_tries_first_the_deployments_that_declare_what_the_request_needs(
+    two_providers: tuple[FakeProviderThread, FakeProviderThread], sqlite_url: str, tmp_path: Path
+) -> None:
+    """Of a model's deployments, a request with tools goes first to one declaring `tools`; one without
+    keeps the configured order, and a deployment declaring nothing extra still serves when it is alone."""
+    a, b = two_providers
+    s = settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url),
+                                        dep("b", "m", b.base_url, capabilities=["chat", "tools"]),
+                                        dep("c", "solo", a.base_url)])
+    tools = [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
+    with running_gateway(s) as gw:
+        plain = httpx.post(gw.base_url + "/v1/chat/completions", json={"model": "m", "messages": MSG})
+        with_tools = httpx.post(gw.base_url + "/v1/chat/completions",
+                                json={"model": "m", "messages": MSG, "tools": tools})
+        solo = httpx.post(gw.base_url + "/v1/chat/completions",
+                          json={"model": "solo", "messages": MSG, "tools": tools})
+    assert plain.headers["x-hybridgate-deployment"] == "a"
+    assert with_tools.status_code == 200 and with_tools.headers["x-hybridgate-deployment"] == "b"
+    assert solo.status_code == 200 and solo.headers["x-hybridgate-deployment"] == "c"
