@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import sqlalchemy as sa
 
 from backends.fake_provider import FakeProviderThread
 from gateway.app import breaker_config
@@ -115,7 +116,6 @@ def test_retries_stop_at_a_breaker_that_opened_and_a_failed_half_open_probe_is_n
         assert breaker_state(gw, "a") == "open"
         rid = r.headers["x-request-id"]
         gw.call(gw.services.sink.flush())
-    import sqlalchemy as sa
 
     engine = sa.create_engine(sqlite_url.replace("+aiosqlite", ""))
     with engine.connect() as conn:
@@ -186,7 +186,6 @@ def test_every_breaker_open_is_a_503_with_retry_after_for_a_model_as_for_a_polic
         assert a.stats["total"] == 0 and b.stats["total"] == 0
         rid = r.headers["x-request-id"]
         gw.call(gw.services.sink.flush())
-    import sqlalchemy as sa
 
     engine = sa.create_engine(sqlite_url.replace("+aiosqlite", ""))
     with engine.connect() as conn:
@@ -502,7 +501,6 @@ def test_cascade_escalates_low_confidence_answers_and_logs_both_attempts(
         rid = r.headers["x-request-id"]
         gw.call(gw.services.sink.flush())
 
-    import sqlalchemy as sa
 
     engine = sa.create_engine(sqlite_url.replace("+aiosqlite", ""))
     with engine.connect() as conn:
