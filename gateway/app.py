@@ -36,7 +36,7 @@ from gateway.budget_admin import BudgetAdminHandlers
 from gateway.config import ConfigError, Settings
 from gateway.console.app import Console
 from gateway.edge import bearer
-from gateway.errors import APIError
+from gateway.errors import APIError, internal_error
 from gateway.feedback_api import FeedbackHandler
 from gateway.keys import KeyStore
 from gateway.messages_api import anthropic_error, is_messages_path
@@ -424,7 +424,7 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
-        return APIError(500, "The server had an error while processing your request.", type="server_error").response()
+        return internal_error().response()
 
     app = Starlette(
         routes=routes,

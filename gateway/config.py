@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from common.types import DeploymentConfig
-from common.yamldoc import SafeLoader, duplicate_keys
+from common.yamldoc import SafeLoader, duplicate_keys, key_path
 from requestlog.urls import to_async_url
 
 DEFAULT_CONFIG_FILE = "hybridgate.yaml"
@@ -372,7 +372,7 @@ def _describe(err: Any, overrides: dict[str, Any]) -> str:
     """One line per problem: the key (``deployments[1].timeout_s``), what is wrong, the value given
     where it is a plain one and cannot be a secret, and where it came from when not from the file."""
     loc = tuple(err["loc"])
-    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    key = key_path(loc)
     msg = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         model = _model_at(loc[:-1])

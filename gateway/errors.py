@@ -78,6 +78,12 @@ def model_not_found(model: str) -> APIError:
     )
 
 
+def internal_error() -> APIError:
+    """The client's error for a failure of the gateway itself (a bug, an input nothing foresaw): 500
+    in OpenAI's words, never the exception's text; the caller logs the exception."""
+    return APIError(500, "The server had an error while processing your request.", type="server_error")
+
+
 def invalid_api_key() -> APIError:
     return APIError(401, "Incorrect API key provided.", type="invalid_request_error", code="invalid_api_key")
 

@@ -26,7 +26,7 @@ from common.types import DeploymentConfig
 from gateway import sse
 from gateway.coalesce import ready_batches
 from gateway.edge import authenticate, read_json, validate
-from gateway.errors import APIError, from_refusal, from_upstream, model_not_found
+from gateway.errors import APIError, from_refusal, from_upstream, internal_error, model_not_found
 from gateway.keys import ApiKey
 from gateway.messages_api import MessagesWire, anthropic_error, count_tokens
 from gateway.responses_api import ResponsesWire
@@ -343,7 +343,7 @@ class OpenAIHandlers:
             # A bug or an input nothing above foresaw (e.g. a body too deeply nested to forward): the
             # request still gets its OpenAI-shaped 500, its log row, and frees what it holds.
             log.exception("request %s failed", ctx.rid)
-            err = APIError(500, "The server had an error while processing your request.", type="server_error")
+            err = internal_error()
             self._finish(ctx, 500, err)
             resp = self._error(ctx, err)
         if not isinstance(resp, StreamingResponse):
@@ -473,7 +473,7 @@ class OpenAIHandlers:
                 # A bug, or an upstream event nothing above foresaw: the stream still ends in the wire
                 # format's failure events and the row says error, instead of a connection cut logged ok.
                 log.exception("stream of request %s failed", ctx.rid)
-                error = APIError(500, "The server had an error while processing your request.", type="server_error")
+                error = internal_error()
                 last = w.fail(error)
             finally:
                 await source.aclose()
@@ -505,7 +505,7 @@ class OpenAIHandlers:
             except Exception:
                 # as in `wire_body`: the stream ends with an error event and the row says error
                 log.exception("stream of request %s failed", ctx.rid)
-                error = APIError(500, "The server had an error while processing your request.", type="server_error")
+                error = internal_error()
             finally:
                 await source.aclose()
                 last = sse.DONE if error is None else sse.error_event(error.message, error.type, error.code)
