@@ -31,16 +31,32 @@ class MessagesWire:
         # where each message of the translated chat request came from; None until translated (errors
         # found before then already name the Anthropic fields)
         self.origins: list[wire.Origin] | None = None
+        # the translation with the request's prompt-caching markers, where it has any (for litellm's
+        # deployments: see `native`)
+        self.cached: dict[str, Any] | None = None
 
     async def prepare(self, body: dict[str, Any], key: ApiKey | None) -> dict[str, Any]:
         self.original = body
         req = validate(MessagesRequest, body)
         self.stop_sequences = req.stop_sequences or []
-        chat, self.origins = wire.translate(body)
+        cached, self.origins = wire.translate(body)
+        chat = wire.without_cache_control(cached)
+        self.cached = cached if chat is not cached else None
         return chat
 
     def native(self, d: DeploymentConfig, stream: bool) -> tuple[Kind, dict[str, Any]] | None:
-        return None  # every upstream is reached through chat completions (litellm speaks Anthropic's API)
+        """Every upstream is reached through chat completions (litellm speaks Anthropic's API). A deployment
+        reached through litellm gets the request's prompt-caching markers on the chat request, where
+        litellm reads them; the others get the chat request without them (gateway/wire/anthropic.py)."""
+        if self.cached is None or d.provider != "litellm":
+            return None
+        body = {**self.cached, "model": d.upstream_model}
+        if stream:
+            body["stream"] = True
+        else:  # answered whole, as the chat request would be
+            body.pop("stream", None)
+            body.pop("stream_options", None)
+        return "chat", body
 
     def native_only(self) -> APIError | None:
         return None  # what the translation cannot serve is refused in `wire.translate`

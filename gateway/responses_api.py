@@ -102,9 +102,11 @@ class ResponsesWire:
     def native_only(self) -> APIError | None:
         """The error for a request only an upstream speaking the Responses API can answer: a `conversation`
         (OpenAI's Conversations API) or a stored `prompt` template lives at the upstream, and this gateway
-        has neither to translate from. Answered without it, the request would lose its conversation or
-        its prompt and get a wrong answer; passed through, it goes as sent."""
-        fields = wire.upstream_state(self.original)
+        has neither to translate from; `moderation` and `context_management` (compaction) are work the
+        upstream's Responses API does itself, which a chat upstream cannot. Answered without it, the request
+        would lose its conversation or its prompt and get a wrong answer, or an answer nobody moderated or
+        compacted as asked; passed through, it goes as sent."""
+        fields = wire.native_fields(self.original)
         if not fields:
             return None
         field = fields[0]
@@ -114,6 +116,12 @@ class ResponsesWire:
                              "continue a conversation with 'previous_response_id', or send its items in 'input'"),
             "prompt": ("stored prompt templates",
                        "send the prompt's text in 'instructions' and 'input'"),
+            "moderation": ("moderating a response's input and output in the upstream's Responses API",
+                           "moderate the input and the answer yourself, or send the request without "
+                           "'moderation'"),
+            "context_management": ("compacting the context in the upstream's Responses API",
+                                   "keep the input within the model's context window yourself, and send the "
+                                   "request without 'context_management'"),
         }[field]
         return bad_request(
             f"Unsupported parameter: '{field}'. This gateway does not support {what} on this deployment: "

@@ -28,8 +28,10 @@ class WireAdapter(Protocol):
         ...
 
     def native(self, d: DeploymentConfig, stream: bool) -> tuple[Kind, dict[str, Any]] | None:
-        """The call kind and body for a deployment whose upstream speaks this wire format (passed
-        through, not translated); None to send it the chat body."""
+        """The call kind and body for a deployment that gets something other than the plain chat body:
+        one whose upstream speaks this wire format (passed through, not translated), or a chat body that
+        keeps hints only that deployment's client reads (Messages' `cache_control` for litellm); None to
+        send it the chat body."""
         ...
 
     def native_only(self) -> APIError | None:

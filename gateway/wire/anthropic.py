@@ -5,6 +5,14 @@
 sequence: message_start, content_block_start/delta/stop, message_delta with usage, message_stop);
 `caller_error` restates an error found in the chat request in terms of the Anthropic request, and
 `error_body` gives Anthropic's error shape. Pure: no I/O.
+
+Prompt caching: `cache_control` (the request's, and that of its system blocks, content blocks and tools)
+marks where the upstream may cache the prompt; it never changes the answer. The translation keeps each
+marker where litellm reads it in a chat request (the request; a content part, a tool call, a tool
+message, a tool) and carries it to Anthropic's API, so a deployment reached through litellm caches as
+asked (litellm drops the markers for providers that have none). Every other upstream (OpenAI-compatible
+servers, the local engine) gets the chat request without them (`without_cache_control`): some such
+servers refuse keys they do not know, and none of them caches on a marker.
 """
 
 from __future__ import annotations
@@ -114,10 +122,10 @@ def _message(msg: Any, i: int) -> list[tuple[dict[str, Any], Origin]]:
         bw = f"{where}.content[{j}]"
         kind = b.get("type") if isinstance(b, dict) else None
         if kind == "text":
-            parts.append({"type": "text", "text": str(b.get("text") or "")})
+            parts.append(_cached(b, {"type": "text", "text": str(b.get("text") or "")}))
             part_blocks.append(j)
         elif kind == "image":
-            parts.append({"type": "image_url", "image_url": {"url": _image_url(b, bw)}})
+            parts.append(_cached(b, {"type": "image_url", "image_url": {"url": _image_url(b, bw)}}))
             part_blocks.append(j)
         elif kind == "tool_use" and role == "assistant":
             for key in ("id", "name"):
@@ -132,14 +140,14 @@ def _message(msg: Any, i: int) -> list[tuple[dict[str, Any], Origin]]:
             if b.get("input") is not None and not isinstance(b["input"], dict):
                 raise bad_request(f"Invalid value for '{bw}.input': expected an object.", param=f"{bw}.input")
             calls.append(
-                {
+                _cached(b, {
                     "id": b.get("id"),
                     "type": "function",
                     "function": {
                         "name": b.get("name"),
                         "arguments": orjson.dumps(b.get("input") or {}).decode(),
                     },
-                }
+                })
             )
             call_blocks.append(j)
         elif kind == "tool_result" and role == "user":
@@ -154,7 +162,8 @@ def _message(msg: Any, i: int) -> list[tuple[dict[str, Any], Origin]]:
             if b.get("is_error"):
                 text = f"Error: {text}"
             out.append(
-                ({"role": "tool", "tool_call_id": b["tool_use_id"], "content": text}, Origin(bw, "tool_result"))
+                (_cached(b, {"role": "tool", "tool_call_id": b["tool_use_id"], "content": text}),
+                 Origin(bw, "tool_result"))
             )
         elif kind in ("thinking", "redacted_thinking"):
             continue
@@ -163,14 +172,7 @@ def _message(msg: Any, i: int) -> list[tuple[dict[str, Any], Origin]]:
                 f"Invalid value for '{bw}.type': {kind!r} is not supported here.", param=f"{bw}.type"
             )
     if parts or calls:
-        body: str | list[dict[str, Any]] | None
-        if not parts:
-            body = None
-        elif all(p["type"] == "text" for p in parts):
-            body = "".join(p["text"] for p in parts)
-        else:
-            body = parts
-        m: dict[str, Any] = {"role": role, "content": body}
+        m: dict[str, Any] = {"role": role, "content": _collapsed(parts) if parts else None}
         if calls:
             m["tool_calls"] = calls
         out.append((m, Origin(where, "message", True, tuple(part_blocks), tuple(call_blocks))))
@@ -197,7 +199,7 @@ def translate(body: dict[str, Any]) -> tuple[dict[str, Any], list[Origin]]:
     messages: list[dict[str, Any]] = []
     origins: list[Origin] = []
     if body.get("system") is not None:
-        messages.append({"role": "system", "content": _text(body["system"], "system")})
+        messages.append({"role": "system", "content": _system(body["system"])})
         origins.append(Origin("system", "system"))
     for i, m in enumerate(msgs):
         for message, origin in _message(m, i):
@@ -227,6 +229,7 @@ def translate(body: dict[str, Any]) -> tuple[dict[str, Any], list[Origin]]:
         chat["user"] = meta["user_id"]
     if (fmt := _output_format(body)) is not None:
         chat["response_format"] = fmt
+    _cached(body, chat)  # the request's own marker: litellm has Anthropic put it on the last cacheable block
     tools = body.get("tools")
     if tools:
         if not isinstance(tools, list):
@@ -262,7 +265,64 @@ def _tool(t: dict[str, Any]) -> dict[str, Any]:
     }
     if t.get("strict") is not None:
         fn["strict"] = t["strict"]
-    return {"type": "function", "function": fn}
+    return _cached(t, {"type": "function", "function": fn})
+
+
+def _cached(block: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+    """``out`` (the chat form of ``block``) with ``block``'s prompt-caching marker, if it has one."""
+    if block.get("cache_control") is not None:
+        out["cache_control"] = block["cache_control"]
+    return out
+
+
+def _collapsed(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """Chat content for ``parts``: text parts without a caching marker as one string (what every chat
+    upstream takes), anything else as the parts."""
+    if all(p["type"] == "text" and "cache_control" not in p for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
+
+
+def _system(system: Any) -> str | list[dict[str, Any]]:
+    """The system prompt as chat content: a string, or its text blocks as text parts where one of them
+    has a caching marker."""
+    text = _text(system, "system")
+    if isinstance(system, str):
+        return text
+    return _collapsed([_cached(b, {"type": "text", "text": str(b.get("text") or "")}) for b in system])
+
+
+def without_cache_control(chat: dict[str, Any]) -> dict[str, Any]:
+    """``chat`` without prompt-caching markers, each content that then holds only text parts as one
+    string: the translation as every upstream but litellm's gets it (see the module's docstring).
+    ``chat`` itself is returned where it has no marker."""
+    if not _has_marker(chat):
+        return chat
+    out = {k: v for k, v in chat.items() if k != "cache_control"}
+    messages = []
+    for m in chat["messages"]:
+        m = {k: v for k, v in m.items() if k != "cache_control"}
+        if isinstance(m.get("content"), list):
+            m["content"] = _collapsed([_plain(p) for p in m["content"]])
+        if m.get("tool_calls"):
+            m["tool_calls"] = [_plain(c) for c in m["tool_calls"]]
+        messages.append(m)
+    out["messages"] = messages
+    if chat.get("tools"):
+        out["tools"] = [_plain(t) for t in chat["tools"]]
+    return out
+
+
+def _has_marker(chat: dict[str, Any]) -> bool:
+    def marked(items: Any) -> bool:
+        return isinstance(items, list) and any(isinstance(i, dict) and "cache_control" in i for i in items)
+
+    return ("cache_control" in chat or marked(chat["messages"]) or marked(chat.get("tools"))
+            or any(marked(m.get("content")) or marked(m.get("tool_calls")) for m in chat["messages"]))
+
+
+def _plain(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if k != "cache_control"}
 
 
 # Request fields whose work happens inside Anthropic's API, which the chat translation cannot do: answered
@@ -273,13 +333,21 @@ _ANTHROPIC_ONLY = {
                     "call the server's tools yourself, given to the model as custom tools"),
     "container": ("containers (the code execution state Anthropic's API keeps between requests)",
                   "send the request without one"),
+    "context_management": ("context management (the context editing Anthropic's API does between turns)",
+                           "keep the conversation within the model's context window yourself"),
+    "speed": ("speed modes (Anthropic's fast inference)", "send the request without one, or 'standard'"),
+    "inference_geo": ("choosing where Anthropic's API runs inference",
+                      "send the request without one, or 'global'"),
 }
+# The value of a field above that asks for what every deployment does anyway (beyond null and []): sent
+# by clients that spell out the default, it is answered.
+_ASKS_NOTHING = {"speed": "standard", "inference_geo": "global"}
 
 
 def _refuse_anthropic_only(body: dict[str, Any]) -> None:
     for field, (what, instead) in _ANTHROPIC_ONLY.items():
         value = body.get(field)
-        if value is not None and value != []:
+        if value is not None and value != [] and value != _ASKS_NOTHING.get(field):
             raise bad_request(
                 f"{field}: this gateway does not support {what}: its upstreams are reached through chat "
                 f"completions, which have no such thing; {instead}",

@@ -45,6 +45,8 @@ _LOCAL = {
     "max_tool_calls",
     "conversation",
     "prompt",
+    "moderation",
+    "context_management",
     "n",
 }
 # `include` value that asks for the answer's token logprobs on its output_text parts
@@ -52,6 +54,11 @@ LOGPROBS_INCLUDE = "message.output_text.logprobs"
 # Fields whose state lives at the upstream (OpenAI's Conversations API, stored prompt templates): only a
 # deployment that passes the Responses API through can honour them; the chat translation has neither.
 UPSTREAM_STATE = ("conversation", "prompt")
+# Fields asking for work the upstream's Responses API does itself (OpenAI's moderation of the input and
+# output, server-side compaction of the context): likewise only a pass-through deployment can honour them,
+# and the chat translation cannot do them (a chat upstream would get unknown fields, or none, and the
+# answer would silently lack what was asked for).
+UPSTREAM_WORK = ("moderation", "context_management")
 
 
 def new_id(prefix: str) -> str:
@@ -241,9 +248,15 @@ def wants_logprobs(body: dict[str, Any]) -> bool:
 
 
 def upstream_state(body: dict[str, Any]) -> list[str]:
-    """The request's fields (of `UPSTREAM_STATE`) that only an upstream speaking the Responses API can
-    honour."""
+    """The request's fields (of `UPSTREAM_STATE`) whose state only an upstream speaking the Responses API
+    has."""
     return [k for k in UPSTREAM_STATE if body.get(k) is not None]
+
+
+def native_fields(body: dict[str, Any]) -> list[str]:
+    """The request's fields (of `UPSTREAM_STATE` and `UPSTREAM_WORK`) that only an upstream speaking the
+    Responses API can honour; null asks for nothing."""
+    return upstream_state(body) + [k for k in UPSTREAM_WORK if body.get(k) is not None]
 
 
 def to_chat(body: dict[str, Any], history: list[dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import httpx
+import orjson
 import pytest
 from anthropic import Anthropic
 from pydantic import BaseModel
 
 from backends.fake_provider import FakeProviderThread
-from tests.support.gateway import gateway_settings, streamed_events
+from tests.support.gateway import gateway_settings, settings, streamed_events
 from tests.support.harness import GatewayThread, running_gateway
 
 
@@ -166,13 +168,17 @@ def test_a_strict_tool_reaches_the_upstream_as_a_strict_function(
         ("mcp_servers", [{"type": "url", "url": "https://mcp.example.test/sse", "name": "example"}]),
         ("container", "container_123"),
         ("container", {"id": "container_123"}),
+        ("context_management", {"edits": [{"type": "clear_tool_uses_20250919"}]}),
+        ("speed", "fast"),
+        ("inference_geo", "us"),
     ],
 )
 def test_work_anthropics_api_does_itself_is_a_400_naming_it(
     gateway: GatewayThread, fake_provider: FakeProviderThread, field: str, value: object
 ) -> None:
-    """MCP servers (tools Anthropic's API calls) and containers (its code execution state) have nothing to
-    translate to in chat completions: answered without them the answer would silently lack what they do."""
+    """MCP servers (tools Anthropic's API calls), containers (its code execution state), context editing,
+    fast mode and the region of inference have nothing to translate to in chat completions: answered
+    without them the answer would silently lack what they do."""
     body = {"model": "fake-model", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}], field: value}
     for stream in (False, True):
         r = httpx.post(gateway.base_url + "/v1/messages", json=body | {"stream": stream})
@@ -183,6 +189,78 @@ def test_work_anthropics_api_does_itself_is_a_400_naming_it(
     assert not [r for r in fake_provider.requests() if r.path.endswith("/chat/completions")]
     ok = httpx.post(gateway.base_url + "/v1/messages", json=body | {field: None})  # null: nothing asked
     assert ok.status_code == 200, ok.text
+
+
+def test_speed_and_inference_geo_that_ask_for_the_default_are_answered(
+    gateway: GatewayThread, fake_provider: FakeProviderThread
+) -> None:
+    """'standard' speed and 'global' inference ask for what every deployment does: answered, and not sent
+    to the chat upstream."""
+    msg = client(gateway).messages.create(model="fake-model", max_tokens=8, speed="standard", inference_geo="global",
+                                          messages=[{"role": "user", "content": "hi"}])
+    assert msg.content[0].text == "hi"  # type: ignore[union-attr]
+    sent = [r.body for r in fake_provider.requests() if r.path.endswith("/chat/completions")][-1]
+    assert "speed" not in sent and "inference_geo" not in sent
+
+
+EPHEMERAL = {"type": "ephemeral"}
+HOUR = {"type": "ephemeral", "ttl": "1h"}
+
+
+def cached_conversation() -> dict[str, Any]:
+    """A Messages request with prompt-caching markers on the request, a system block, a tool, a text
+    block, a tool_use block and a tool_result block."""
+    return {
+        "model": "claude-fake",
+        "max_tokens": 50,
+        "cache_control": EPHEMERAL,
+        "system": [{"type": "text", "text": "be brief", "cache_control": HOUR}, {"type": "text", "text": "."}],
+        "tools": [{"name": "get_weather", "input_schema": {"type": "object"}, "cache_control": EPHEMERAL}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "weather?", "cache_control": EPHEMERAL}]},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                                               "input": {}, "cache_control": EPHEMERAL}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny",
+                                          "cache_control": EPHEMERAL}]},
+        ],
+    }
+
+
+def test_prompt_caching_markers_reach_anthropic_through_litellm_and_no_chat_server(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cache_control` never changes the answer, but it is what makes Anthropic cache a long prompt: a
+    deployment reached through litellm gets each marker where the request put it (litellm carries the
+    chat request's markers into Anthropic's API), streamed or not; an OpenAI-compatible server, which
+    may refuse keys it does not know, gets the chat request without them."""
+    monkeypatch.setenv("HG_TEST_ANTHROPIC_KEY", "sk-ant-test")
+    with FakeProviderThread() as anth, FakeProviderThread() as chat_server:
+        deployments = [
+            {"name": "claude", "model": "claude-fake", "provider": "litellm", "upstream_model": "anthropic/claude-fake",
+             "api_base": anth.url, "api_key_env": "HG_TEST_ANTHROPIC_KEY", "timeout_s": 20},
+            {"name": "chat-server", "model": "chat-model", "upstream_model": "fake-model",
+             "api_base": chat_server.base_url, "timeout_s": 20, "capabilities": ["chat", "tools"]},
+        ]
+        with running_gateway(settings(tmp_path, sqlite_url, deployments)) as gw:
+            c = client(gw)
+            ask = cached_conversation()
+            assert c.messages.create(**ask).content  # type: ignore[arg-type]
+            with c.messages.stream(**ask) as stream:  # type: ignore[arg-type]
+                stream.get_final_message()
+            c.messages.create(**ask | {"model": "chat-model"})  # type: ignore[arg-type]
+        sent = [r.body for r in anth.requests() if r.path == "/v1/messages"]
+        (plain,) = [r.body for r in chat_server.requests() if r.path.endswith("/chat/completions")]
+    assert len(sent) == 2
+    for body in sent:
+        assert body["cache_control"] == EPHEMERAL
+        assert body["system"][0]["cache_control"] == HOUR and "cache_control" not in body["system"][1]
+        assert body["tools"][0]["cache_control"] == EPHEMERAL
+        question, call, result = (m["content"][0] for m in body["messages"])
+        assert question["type"] == "text" and question["cache_control"] == EPHEMERAL
+        assert call["type"] == "tool_use" and call["cache_control"] == EPHEMERAL
+        assert result["type"] == "tool_result" and result["cache_control"] == EPHEMERAL
+    assert "cache_control" not in orjson.dumps(plain).decode()
+    assert [m["content"] for m in plain["messages"][:2]] == ["be brief.", "weather?"]
 
 
 def test_errors_come_in_anthropics_shape(gateway: GatewayThread) -> None:

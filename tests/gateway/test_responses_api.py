@@ -285,14 +285,17 @@ def test_tool_choice_auto_needs_no_tools(gateway: GatewayThread) -> None:
         ("conversation", "conv_123", "Conversations API"),
         ("conversation", {"id": "conv_123"}, "Conversations API"),
         ("prompt", {"id": "pmpt_123", "variables": {"city": "Paris"}}, "stored prompt templates"),
+        ("moderation", {"model": "omni-moderation-latest"}, "moderating a response's input and output"),
+        ("context_management", [{"type": "compaction", "compact_threshold": 20000}], "compacting the context"),
     ],
 )
 def test_state_kept_upstream_is_a_400_naming_it_on_a_translated_deployment(
     gateway: GatewayThread, fake_provider: FakeProviderThread, field: str, value: object, says: str
 ) -> None:
     """A conversation (OpenAI's Conversations API) or a stored prompt template lives at an upstream that
-    speaks the Responses API; translated to chat, the request would be answered without it. Plain and
-    streamed, it is a 400 naming the field, and no upstream is called."""
+    speaks the Responses API, and moderation and compaction are work that API does itself; translated to
+    chat, the request would be answered without it. Plain and streamed, it is a 400 naming the field, and
+    no upstream is called."""
     oa = client(gateway)
     for stream in (False, True):
         with pytest.raises(BadRequestError) as err:
@@ -302,6 +305,18 @@ def test_state_kept_upstream_is_a_400_naming_it_on_a_translated_deployment(
         assert body["param"] == field and body["code"] == "unsupported_parameter"  # type: ignore[index]
         assert says in body["message"] and "does not support" in body["message"]  # type: ignore[index]
     assert chat_requests(fake_provider) == []
+
+
+def test_null_moderation_and_context_management_ask_for_nothing(
+    gateway: GatewayThread, fake_provider: FakeProviderThread
+) -> None:
+    """null is no moderation and no compaction: answered through the chat translation, and neither field
+    reaches the chat upstream (where it would be an unknown parameter)."""
+    oa = client(gateway)
+    resp = oa.responses.create(model="fake-model", input="hello", moderation=None, context_management=None)
+    assert resp.output_text == "hello"
+    sent = chat_requests(fake_provider)[-1]
+    assert "moderation" not in sent and "context_management" not in sent
 
 
 def test_conversation_with_previous_response_id_is_a_400(gateway: GatewayThread) -> None:

@@ -158,6 +158,26 @@ def test_conversation_and_prompt_go_only_to_a_native_upstream_unchanged(
     assert bare["prompt"] == prompt and "input" not in bare
 
 
+def test_moderation_and_context_management_go_only_to_a_native_upstream_unchanged(
+    fake_provider: FakeProviderThread, sqlite_url: str, tmp_path: Path
+) -> None:
+    """Moderation and compaction are work the upstream's Responses API does: a request asking for either
+    goes, as sent, only to a deployment that passes the Responses API through."""
+    deployments = [_dep("chat-only", fake_provider, ["chat"]), _dep("native", fake_provider, NATIVE)]
+    settings = gateway_settings(fake_provider.base_url, sqlite_url, tmp_path, deployments=deployments)
+    moderation = {"model": "omni-moderation-latest"}
+    compaction = [{"type": "compaction", "compact_threshold": 20000}]
+    with running_gateway(settings) as gw:
+        oa = client(gw)
+        raw = oa.responses.with_raw_response.create(model="fake-model", input="moderated", moderation=moderation)
+        with oa.responses.stream(model="fake-model", input="compacted", context_management=compaction) as stream:
+            stream.get_final_response()
+    assert raw.headers["x-hybridgate-deployment"] == "native" and raw.parse().output_text == "moderated"
+    assert paths(fake_provider) == ["/v1/responses"] * 2
+    moderated, compacted = upstream_bodies(fake_provider)
+    assert moderated["moderation"] == moderation and compacted["context_management"] == compaction
+
+
 def test_a_litellm_deployment_passes_through_with_litellm_aresponses(
     fake_provider: FakeProviderThread, sqlite_url: str, tmp_path: Path
 ) -> None:

@@ -128,6 +128,46 @@ def test_anthropic_messages_become_chat_with_tool_results_first() -> None:
     assert chat["stop"] == ["END"] and chat["tool_choice"] == "required"
 
 
+def test_anthropic_cache_markers_go_where_litellm_reads_them_and_come_off_whole() -> None:
+    """Each `cache_control` lands on the chat element made from its block (litellm's reading of a chat
+    request); without them the translation is the one a request without markers gets, text as strings."""
+    mark = {"type": "ephemeral"}
+    body = {
+        "model": "m", "max_tokens": 9, "cache_control": mark,
+        "system": [{"type": "text", "text": "sys", "cache_control": mark}],
+        "tools": [{"name": "f", "input_schema": {"type": "object"}, "cache_control": mark}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "q", "cache_control": mark},
+                                         {"type": "image", "cache_control": mark,
+                                          "source": {"type": "url", "url": "https://x.test/a.png"}}]},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {},
+                                               "cache_control": mark}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "r",
+                                          "cache_control": mark}, {"type": "text", "text": "and?"}]},
+        ],
+    }
+    chat = anthropic.to_chat(body)
+    system, user, assistant, tool, last = chat["messages"]
+    assert chat["cache_control"] == chat["tools"][0]["cache_control"] == mark
+    assert system["content"] == [{"type": "text", "text": "sys", "cache_control": mark}]
+    assert [p["cache_control"] for p in user["content"]] == [mark, mark]
+    assert assistant["tool_calls"][0]["cache_control"] == tool["cache_control"] == mark
+    assert last["content"] == "and?"  # no marker: a string, as before
+    plain = anthropic.without_cache_control(chat)
+    unmarked = {k: v for k, v in body.items() if k != "cache_control"}
+    unmarked["system"] = "sys"
+    unmarked["tools"] = [{"name": "f", "input_schema": {"type": "object"}}]
+    unmarked["messages"] = [
+        {"role": "user", "content": [{"type": "text", "text": "q"},
+                                     {"type": "image", "source": {"type": "url", "url": "https://x.test/a.png"}}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "r"},
+                                     {"type": "text", "text": "and?"}]},
+    ]
+    assert plain == anthropic.to_chat(unmarked) and "cache_control" not in str(plain)
+    assert anthropic.without_cache_control(plain) is plain
+
+
 def test_anthropic_stream_events_in_order_with_usage() -> None:
     s = anthropic.MessageStream("m", "msg_1")
     events = s.start()
