@@ -41,7 +41,7 @@ from gateway.services import Services
 from gateway.wire.adapter import WireAdapter
 from requestlog.rows import RequestRow
 from requestlog.stored_responses import ResponseStore
-from service.cascade import MakeCall
+from service.cascade import Asked, MakeCall
 from service.errors import Refused
 from service.executor import Execution
 from service.routing import Route
@@ -110,6 +110,13 @@ def _served_name(ctx: _Ctx) -> str:
     if ctx.ex is not None and ctx.ex.served is not None:
         return ctx.ex.served.deployment.model
     return ctx.route.public_model if ctx.route else ""
+
+
+def _asked(req: ChatCompletionRequest | CompletionRequest, kind: str) -> Asked:
+    """What a cascade judging this request's first answer must know of the request."""
+    if isinstance(req, CompletionRequest):
+        return Asked.completion(prompt_text(req), req.prompt, req.logprobs, req.echo, req.max_tokens)
+    return Asked(prompt_text(req), kind, bool(req.logprobs))
 
 
 class OpenAIHandlers:
@@ -366,18 +373,17 @@ class OpenAIHandlers:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             if esc is None:
                 return await self._stream(ctx, kind, route, id_prefix, include_usage)
-            streamed = await self.s.cascades.stream(
-                ctx.ex, route, esc, self._calls(ctx, kind), prompt_text(req), kind,
-                bool(getattr(req, "logprobs", None)), ctx.t0)
+            streamed = await self.s.cascades.stream(ctx.ex, route, esc, self._calls(ctx, kind), _asked(req, kind),
+                                                    ctx.t0)
             return self._sse(ctx, id_prefix, include_usage, streamed.head, streamed.rest, streamed.source,
                              streamed.strip_logprobs)
-        asked_logprobs = bool(getattr(req, "logprobs", None))
-        extra = self.s.cascades.logprobs_extra(esc, kind, asked_logprobs) if esc is not None else None
+        asked = _asked(req, kind)
+        extra = self.s.cascades.logprobs_extra(esc, asked) if esc is not None else None
         resp = await self.s.executor.complete(ctx.ex, route.plan,
                                               self._call_factory(ctx, kind, False, extra, native=esc is None))
         if esc is not None:
-            resp = await self.s.cascades.complete(ctx.ex, route, esc, resp, self._calls(ctx, kind), prompt_text(req))
-            if not asked_logprobs:
+            resp = await self.s.cascades.complete(ctx.ex, route, esc, resp, self._calls(ctx, kind), asked)
+            if not asked.logprobs:
                 for c in resp.body.get("choices") or ():
                     c["logprobs"] = None  # asked for the cascade's sake, not by the client
         body = resp.body

@@ -2,13 +2,16 @@
 
 Pure functions over the OpenAI-shaped response body (and, for a trained verifier, the prompt); the
 gateway decides when to call them and what to do with the number (`policies.schema.Escalation`:
-threshold, score).
+threshold, score). A legacy completion with ``echo`` repeats its prompt before the answer (and, with
+``logprobs``, the prompt tokens' log-probabilities before the answer's): `without_echo` keeps what the
+model generated, the only part a score judges.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from router.protocols import Verifier
@@ -45,6 +48,89 @@ def answer_text(body: Mapping[str, Any]) -> str | None:
     msg = c.get("message")
     text = msg.get("content") if isinstance(msg, Mapping) else c.get("text")
     return text if isinstance(text, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Echo:
+    """The prompt a legacy completion with ``echo: true`` repeats before its first choice's completion: its
+    text, or, for a prompt of token ids (whose text only the upstream's tokenizer knows), its token count."""
+
+    text: str | None = None
+    tokens: int | None = None
+
+
+def token_offsets(lp: Mapping[str, Any], start: int, chars: int) -> list[int] | None:
+    """Where each token of a legacy ``logprobs`` object starts in the choice's text, for an object that
+    describes the ``chars`` characters from ``start`` (the whole text, or one streamed chunk): its
+    ``text_offset`` when every value lies there (absolute offsets, as OpenAI, vLLM and the local engine
+    send them), else counted from ``start`` over its ``tokens``; None when neither is usable."""
+    values = lp.get("token_logprobs")
+    n = len(values) if isinstance(values, list) else 0
+    offsets = lp.get("text_offset")
+    if (
+        isinstance(offsets, list)
+        and len(offsets) == n
+        and all(isinstance(o, int) and start <= o <= start + chars for o in offsets)
+    ):
+        return list(offsets)
+    tokens = lp.get("tokens")
+    if not isinstance(tokens, list) or len(tokens) != n or not all(isinstance(t, str) for t in tokens):
+        return None
+    out = []
+    for t in tokens:
+        out.append(start)
+        start += len(t)
+    return out
+
+
+def echo_split(
+    text: str, values: Sequence[Any] | None, offsets: Sequence[int] | None, echo: Echo
+) -> tuple[int | None, int | None]:
+    """(where the completion starts in ``text``, where its entries start in ``values``, the choice's
+    token_logprobs), each None when it cannot be known.
+
+    A text prompt is echoed as itself (an upstream that did not echo it leaves the text without it): its
+    length places the completion, and the token offsets place its entries. A token-id prompt's text is the
+    upstream's: when its tokens' logprobs came back (the first is null, nothing precedes it) the completion
+    is what follows its ``tokens`` entries, else every entry is the completion's; the offset of the
+    completion's first entry places its text."""
+    if echo.text is not None:
+        cut = len(echo.text) if text.startswith(echo.text) else 0
+        if values is None:
+            return cut, None
+        if offsets is None:
+            return cut, 0 if cut == 0 else None
+        return cut, next((i for i, o in enumerate(offsets) if o >= cut), len(values))
+    if values is None or echo.tokens is None:
+        return None, None
+    skip = echo.tokens if 0 < echo.tokens <= len(values) and values[0] is None else 0
+    if offsets is None:
+        return None, skip
+    return (offsets[skip] if skip < len(values) else len(text)), skip
+
+
+def without_echo(body: Mapping[str, Any], echo: Echo | None) -> Mapping[str, Any]:
+    """``body`` with its first choice reduced to what the model generated, for a legacy completion that
+    echoes ``echo``: the text after the prompt, the log-probabilities of those tokens only. What cannot be
+    placed (a token-id prompt echoed without logprobs) is left out: no text, no logprobs, no confidence."""
+    if echo is None:
+        return body
+    choices = body.get("choices") or []
+    if not choices or not isinstance(choices[0], Mapping):
+        return body
+    c = choices[0]
+    text = c["text"] if isinstance(c.get("text"), str) else ""
+    lp = c.get("logprobs")
+    values = lp.get("token_logprobs") if isinstance(lp, Mapping) else None
+    values = values if isinstance(values, list) else None
+    offsets = token_offsets(lp, 0, len(text)) if values is not None and isinstance(lp, Mapping) else None
+    cut, first = echo_split(text, values, offsets, echo)
+    choice = {
+        **c,
+        "text": text[cut:] if cut is not None else None,
+        "logprobs": {"token_logprobs": values[first:]} if values is not None and first is not None else None,
+    }
+    return {**body, "choices": [choice, *choices[1:]]}
 
 
 def verifier_name(score: str) -> str | None:

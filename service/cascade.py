@@ -5,7 +5,9 @@ score itself is `router.escalation.confidence` (mean token log-probability, or a
 verifier). Here the two meet: a `Verdict` per first answer, and `Cascades` runs the attempts, for
 whole answers (`complete`) and for streamed ones (`stream`: the first answer is held back up to the
 policy's ``stream_buffer_chars`` and judged before anything reaches the client). For streamed requests, `StreamedAnswer`
-collects the first answer's chunks into the body the score reads.
+collects the first answer's chunks into the body the score reads. What is judged is what the model
+generated: a legacy completion's echoed prompt is left out (`router.escalation.without_echo`), and a
+request that generates nothing (``max_tokens: 0`` with ``echo``, scoring the prompt) is not judged.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Literal
 
 from backends.base import UpstreamError, UpstreamResponse
 from router.decision import EscalationPlan
-from router.escalation import confidence
+from router.escalation import Echo, confidence, echo_split, token_offsets, without_echo
 from router.protocols import Plugins, Verifier
 from service.executor import CallFactory, Execution, Executor, Plan
 from service.metrics import Metrics
@@ -46,24 +48,55 @@ class Verdict:
         return f"; {self.score}={self.confidence:.2f} {cmp} {self.threshold:g}"
 
 
+@dataclass(slots=True, frozen=True)
+class Asked:
+    """What the client's request asks that judging its first answer depends on."""
+
+    prompt: str  # the text a verifier reads as the question
+    kind: str = "chat"  # the upstream call: "chat" or "completion" (legacy)
+    logprobs: bool = False  # the client asked for log-probabilities (else those the cascade asks for are dropped)
+    echo: Echo | None = None  # a legacy completion with echo: the prompt its text starts with
+    generates: bool = True  # False for max_tokens 0 (with echo: the prompt is scored): nothing to judge
+
+    @classmethod
+    def completion(
+        cls, prompt: str, prompt_field: Any, logprobs: int | None, echo: bool | None, max_tokens: int | None
+    ) -> Asked:
+        """A legacy text completion's (``prompt_field``: the request's ``prompt``, text or token ids, one or
+        several; the first choice answers the first). ``logprobs: 0`` asks for them too."""
+        several = isinstance(prompt_field, list) and bool(prompt_field) and not isinstance(prompt_field[0], int)
+        first = prompt_field[0] if several else prompt_field
+        echoed = None
+        if echo and isinstance(first, str):
+            echoed = Echo(text=first)
+        elif echo:
+            echoed = Echo(tokens=len(first) if isinstance(first, list) else 0)
+        return cls(prompt, "completion", logprobs is not None, echoed, max_tokens != 0)
+
+
 def judge(
-    plan: EscalationPlan, body: Mapping[str, Any], prompt: str, verifiers: Mapping[str, Verifier] | None
+    plan: EscalationPlan, body: Mapping[str, Any], asked: Asked, verifiers: Mapping[str, Verifier] | None
 ) -> Verdict:
-    """The verdict on a first answer (an OpenAI chat or text completion body)."""
-    return Verdict(plan.score, confidence(plan.score, body, prompt, verifiers), plan.threshold)
+    """The verdict on a first answer (an OpenAI chat or text completion body), on what the model generated."""
+    body = without_echo(body, asked.echo)
+    return Verdict(plan.score, confidence(plan.score, body, asked.prompt, verifiers), plan.threshold)
 
 
 @dataclass(slots=True)
 class StreamedAnswer:
     """The first choice of a streamed answer, as far as it has arrived: its text, its token
-    log-probabilities (when the upstream sent them) and whether it has finished."""
+    log-probabilities (when the upstream sent them; legacy ones with where each token starts in the text)
+    and whether it has finished. ``echo``: the prompt a legacy completion repeats first."""
 
     chat: bool = True
+    echo: Echo | None = None
     text: list[str] = field(default_factory=list)
     chars: int = 0
     logprobs: list[Any] = field(default_factory=list)
     token_logprobs: list[float] = field(default_factory=list)
+    text_offset: list[int] = field(default_factory=list)
     finish_reason: str | None = None
+    echo_chars: int | None = None  # the echoed prompt's length, once known
 
     def add(self, chunk: Mapping[str, Any]) -> None:
         for c in chunk.get("choices") or ():
@@ -74,6 +107,7 @@ class StreamedAnswer:
             else:
                 self.chat = False
                 piece = c.get("text")
+            start = self.chars
             if piece:
                 self.text.append(piece)
                 self.chars += len(piece)
@@ -81,9 +115,26 @@ class StreamedAnswer:
             if isinstance(lp.get("content"), list):
                 self.logprobs.extend(lp["content"])
             elif isinstance(lp.get("token_logprobs"), list):
-                self.token_logprobs.extend(lp["token_logprobs"])
+                values = lp["token_logprobs"]
+                self.token_logprobs.extend(values)
+                # a chunk without usable offsets: its tokens are placed where its text starts
+                offsets = token_offsets(lp, start, len(piece) if isinstance(piece, str) else 0)
+                self.text_offset.extend(offsets if offsets is not None else [start] * len(values))
             if c.get("finish_reason"):
                 self.finish_reason = c["finish_reason"]
+
+    def generated_chars(self) -> int:
+        """How much of the text held so far the model generated: an echoed prompt does not count (a
+        token-id prompt's echo, whose length only the upstream knows, counts until its logprobs place it)."""
+        if self.echo is None:
+            return self.chars
+        if self.echo.text is not None:
+            return max(0, self.chars - len(self.echo.text))
+        if self.echo_chars is None and self.token_logprobs:
+            cut, first = echo_split("".join(self.text), self.token_logprobs, self.text_offset, self.echo)
+            if first is not None and first < len(self.token_logprobs):  # the completion's first token is here
+                self.echo_chars = cut
+        return self.chars - self.echo_chars if self.echo_chars is not None else self.chars
 
     def body(self) -> dict[str, Any]:
         """The answer so far as a completion body, the shape `router.escalation` reads."""
@@ -98,7 +149,9 @@ class StreamedAnswer:
             choice = {
                 "index": 0,
                 "text": text,
-                "logprobs": {"token_logprobs": self.token_logprobs} if self.token_logprobs else None,
+                "logprobs": {"token_logprobs": self.token_logprobs, "text_offset": self.text_offset}
+                if self.token_logprobs
+                else None,
             }
         choice["finish_reason"] = self.finish_reason
         return {"choices": [choice]}
@@ -135,11 +188,11 @@ class Cascades:
         self._metrics = metrics
 
     @staticmethod
-    def logprobs_extra(plan: EscalationPlan, kind: str, asked: bool) -> dict[str, Any] | None:
+    def logprobs_extra(plan: EscalationPlan, asked: Asked) -> dict[str, Any] | None:
         """Body fields that ask the first model for token log-probabilities when the score needs them."""
-        if plan.score != "logprobs" or asked:
+        if plan.score != "logprobs" or asked.logprobs or not asked.generates:
             return None
-        return {"logprobs": True if kind == "chat" else 1}
+        return {"logprobs": True if asked.kind == "chat" else 1}
 
     def _count(self, route: Route, score: str, outcome: str) -> None:
         self._metrics.escalations.labels(route.policy or "", score, outcome).inc()
@@ -154,13 +207,16 @@ class Cascades:
         plan: EscalationPlan,
         first: UpstreamResponse,
         make_call: MakeCall,
-        prompt: str,
+        asked: Asked,
     ) -> UpstreamResponse:
         """The answer to return for a whole (non-streamed) request: ``first``, or the stronger
         model's when ``first`` is judged below the threshold. A failed escalation keeps ``first``."""
         if ex.served is None or ex.served.deployment.name != plan.first.name:
             return first  # a fallback answered: not judged
-        verdict = judge(plan, first.body, prompt, self._plugins.verifiers)
+        if not asked.generates:
+            route.reason += "; nothing generated, not judged"
+            return first
+        verdict = judge(plan, first.body, asked, self._plugins.verifiers)
         route.reason += verdict.reason()
         if verdict.outcome != "escalate":
             route.reason += ", kept" if verdict.outcome == "kept" else ""
@@ -184,28 +240,26 @@ class Cascades:
         route: Route,
         plan: EscalationPlan,
         make_call: MakeCall,
-        prompt: str,
-        kind: str,
-        asked_logprobs: bool,
+        asked: Asked,
         started: float,
     ) -> Streamed:
         """What to stream for a streamed request: hold back the first answer up to
-        ``plan.stream_buffer_chars``, judge what is held (the whole answer when it is shorter), then
-        stream it on, or drop it and stream the stronger model's answer. Raises the upstream error
-        when nothing answered at all. ``started`` (perf_counter at the request's start) dates the
-        client's first token for the log row."""
-        first = self._executor.stream(
-            ex, route.plan, make_call(True, self.logprobs_extra(plan, kind, asked_logprobs))
-        )
+        ``plan.stream_buffer_chars`` of generated text (an echoed prompt not counted), judge what is
+        held (the whole answer when it is shorter), then stream it on, or drop it and stream the
+        stronger model's answer. A request that generates nothing is streamed on unjudged. Raises the
+        upstream error when nothing answered at all. ``started`` (perf_counter at the request's start)
+        dates the client's first token for the log row."""
+        first = self._executor.stream(ex, route.plan, make_call(True, self.logprobs_extra(plan, asked)))
         held: list[dict[str, Any]] = []
-        answer = StreamedAnswer(chat=kind == "chat")
+        answer = StreamedAnswer(chat=asked.kind == "chat", echo=asked.echo)
+        hold = plan.stream_buffer_chars if asked.generates else 0  # nothing to judge: the first chunk suffices
         whole = False
         cut: UpstreamError | None = None
         try:
             async for chunk in first:
                 held.append(chunk)
                 answer.add(chunk)
-                if answer.chars >= plan.stream_buffer_chars:
+                if answer.generated_chars() >= hold:
                     break
             else:
                 whole = True
@@ -217,19 +271,23 @@ class Cascades:
         except BaseException:  # the client left, or the server is stopping: end the attempt now
             await first.aclose()
             raise
-        strip = not asked_logprobs
+        strip = not asked.logprobs
         rest_of_first = None if whole else first
         if (
             ex.served is None or ex.served.deployment.name != plan.first.name
         ):  # a fallback answered: not judged
             ex.ttft_s = time.perf_counter() - started
             return Streamed(held, _raising(cut) if cut is not None else rest_of_first, first, strip)
+        if not asked.generates:
+            ex.ttft_s = time.perf_counter() - started
+            route.reason += "; nothing generated, not judged"
+            return Streamed(held, rest_of_first, first, strip)
         if cut is not None:
-            route.reason += f"; first answer cut after {answer.chars} chars"
+            route.reason += f"; first answer cut after {answer.generated_chars()} chars"
             outcome: Outcome = "escalate"
         else:
-            verdict = judge(plan, answer.body(), prompt, self._plugins.verifiers)
-            route.reason += verdict.reason() + ("" if whole else f" (first {answer.chars} chars)")
+            verdict = judge(plan, answer.body(), asked, self._plugins.verifiers)
+            route.reason += verdict.reason() + ("" if whole else f" (first {answer.generated_chars()} chars)")
             outcome = verdict.outcome
         if outcome != "escalate":
             ex.ttft_s = time.perf_counter() - started
