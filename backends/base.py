@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import socket
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -109,6 +109,49 @@ class UpstreamError(Exception):
 
     def __repr__(self) -> str:
         return f"UpstreamError({self.kind!r}, {self.message!r}, status={self.status})"
+
+
+REDACTED = "[redacted]"
+MIN_SECRET_CHARS = 6  # shorter "keys" (a local server's "EMPTY") are placeholders: replacing them would garble text
+
+
+def secret_values(candidates: Iterable[str | None]) -> tuple[str, ...]:
+    """The secrets worth redacting among ``candidates``: long enough to be one, longest first (so a key
+    that contains another is replaced whole)."""
+    return tuple(sorted({c for c in candidates if c and len(c) >= MIN_SECRET_CHARS}, key=len, reverse=True))
+
+
+def redact_text(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every occurrence of each secret (from `secret_values`) replaced by ``[redacted]``."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def _redact_value(value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        return redact_text(value, secrets)
+    if isinstance(value, bytes):
+        return redact_text(value.decode("utf-8", "replace"), secrets)
+    if isinstance(value, Mapping):
+        return {_redact_value(k, secrets): _redact_value(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(v, secrets) for v in value]
+    return value
+
+
+def redact_error(err: UpstreamError, secrets: tuple[str, ...]) -> UpstreamError:
+    """``err`` (changed in place) without the backend's own secrets: an upstream may echo the key it was
+    sent (a 401 naming the Authorization header, a proxy's error page), and an error's message and body
+    reach the request log, the client's error and the console."""
+    if secrets:
+        err.message = redact_text(err.message, secrets)
+        err.args = (err.message,)
+        err.body = _redact_value(err.body, secrets)
+        if err.reason is not None:
+            err.reason = redact_text(err.reason, secrets)
+    return err
 
 
 _ERRNO_REASONS = {

@@ -32,6 +32,7 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 from backends.base import (
     RESPONSES_END,
@@ -39,6 +40,8 @@ from backends.base import (
     UpstreamCall,
     UpstreamError,
     UpstreamResponse,
+    redact_error,
+    secret_values,
     transport_reason,
 )
 from backends.openai_compatible import (
@@ -257,6 +260,8 @@ class LiteLLMBackend:
             base["api_key"] = api_key
         base.update(extra_params or {})
         self._base = base
+        # what an error must never carry: the key, and a password written into the URL
+        self._secrets = secret_values((api_key, urlsplit(cfg.api_base).password if cfg.api_base else None))
 
     async def aclose(self) -> None:
         """Nothing per deployment: litellm owns (and shares) its HTTP clients."""
@@ -286,6 +291,13 @@ class LiteLLMBackend:
         raise UpstreamError("bad_request", f"{self.name}: unsupported call kind {call.kind!r}")
 
     async def complete(self, call: UpstreamCall) -> UpstreamResponse:
+        try:
+            return await self._complete(call)
+        except UpstreamError as err:
+            redact_error(err, self._secrets)
+            raise
+
+    async def _complete(self, call: UpstreamCall) -> UpstreamResponse:
         fn = self._fn(call)
         body = {k: v for k, v in call.body.items() if k not in ("stream", "stream_options")}
         kw = self._kwargs(call, body, call.timeout_s + _GRACE_S)
@@ -305,6 +317,17 @@ class LiteLLMBackend:
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[dict[str, Any]]:
         """Yield OpenAI chunk dicts; usage is always requested (see `backends.sse`)."""
+        chunks = self._stream(call)
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except UpstreamError as err:
+            redact_error(err, self._secrets)
+            raise
+        finally:
+            await chunks.aclose()  # at once, not when collected: it closes the provider's stream
+
+    async def _stream(self, call: UpstreamCall) -> AsyncIterator[dict[str, Any]]:
         if call.kind == "embedding":
             raise UpstreamError("bad_request", "embeddings cannot be streamed")
         fn = self._fn(call)

@@ -26,6 +26,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -38,6 +39,8 @@ from backends.base import (
     UpstreamError,
     UpstreamResponse,
     Usage,
+    redact_error,
+    secret_values,
     transport_reason,
     usage_fields,
 )
@@ -233,6 +236,8 @@ class OpenAICompatibleBackend:
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
+        # what an error must never carry: the key, and a password written into the URL
+        self._secrets = secret_values((api_key, urlsplit(self.base_url).password))
         self._urls = {k: self.base_url + p for k, p in _PATHS.items()}
         hdrs = {"Content-Type": "application/json", "Accept": "application/json"}
         if api_key:
@@ -297,6 +302,13 @@ class OpenAICompatibleBackend:
     # -- non-streamed ---------------------------------------------------------------------------
 
     async def complete(self, call: UpstreamCall) -> UpstreamResponse:
+        try:
+            return await self._complete(call)
+        except UpstreamError as err:
+            redact_error(err, self._secrets)
+            raise
+
+    async def _complete(self, call: UpstreamCall) -> UpstreamResponse:
         url = self._url(call.kind)
         body = call.body
         if body.get("stream") or "stream_options" in body:
@@ -346,6 +358,17 @@ class OpenAICompatibleBackend:
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[dict[str, Any]]:
         """Yield OpenAI chunk dicts; the usage chunk is always requested (see `backends.sse`)."""
+        chunks = self._stream(call)
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except UpstreamError as err:
+            redact_error(err, self._secrets)
+            raise
+        finally:
+            await chunks.aclose()  # at once, not when collected: it releases the connection
+
+    async def _stream(self, call: UpstreamCall) -> AsyncIterator[dict[str, Any]]:
         if call.kind == "embedding":
             raise UpstreamError("bad_request", "embeddings cannot be streamed")
         url = self._url(call.kind)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -22,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.console.auth import SAFE_METHODS, cross_site, csrf_ok, session_for
+from gateway.console.auth import ADMIN_HEADERS, SAFE_METHODS, cross_site, csrf_ok, session_for
 from gateway.edge import bearer, read_body, read_json, validate
 from gateway.errors import APIError, store_unavailable
 from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, request_features
@@ -140,9 +142,27 @@ class VerifierActivation(BaseModel):
     name: str = "default"
 
 
+def _loopback_name(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def is_loopback(request: Request) -> bool:
-    host = request.client.host if request.client else ""
-    return host in _LOOPBACK or host.startswith("127.")
+    """Whether the caller is on this machine and addressed it by a loopback name. Both: a web page on
+    another site whose DNS name was rebound to 127.0.0.1 reaches the gateway from a loopback address
+    and as its own origin (so no cross-site check stops it), but its ``Host`` header names its site."""
+    peer = request.client.host if request.client else ""
+    if not (peer in _LOOPBACK or peer.startswith("127.")):
+        return False
+    try:
+        name = urlsplit("//" + request.headers.get("host", "")).hostname or ""
+    except ValueError:  # a Host header that is no host[:port] at all
+        return False
+    return _loopback_name(name)
 
 
 def check_admin(request: Request, token: str | None) -> None:
@@ -166,13 +186,13 @@ def check_admin(request: Request, token: str | None) -> None:
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise APIError(401, "Admin token required.", code="invalid_admin_token")
     elif not is_loopback(request):
-        raise APIError(403, "Admin API is loopback-only unless admin_token is configured.",
-                       type="permission_error")
+        raise APIError(403, "Admin API is loopback-only unless admin_token is configured: call it from this "
+                       "machine, addressed as localhost, 127.0.0.1 or [::1].", type="permission_error")
     refuse_nul_in_url(request)
 
 
 def json_response(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=ADMIN_HEADERS)
 
 
 class AdminHandlers:

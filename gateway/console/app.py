@@ -26,9 +26,18 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from backends.base import REDACTED, redact_text, secret_values
 from common.types import RequestFeatures
 from gateway.admin_api import check_admin, is_loopback
-from gateway.console.auth import COOKIE, Sessions, cross_site, csrf_ok, session_for
+from gateway.console.auth import (
+    ADMIN_HEADERS,
+    COOKIE,
+    PAGE_HEADERS,
+    Sessions,
+    cross_site,
+    csrf_ok,
+    session_for,
+)
 from gateway.console.dashboards import DASHBOARDS, RANGES, Query
 from gateway.edge import read_json, validate
 from gateway.errors import APIError
@@ -81,15 +90,12 @@ class Redactor:
 
     def __init__(self, services: Services) -> None:
         s = services.settings
-        literal = [s.admin_token or ""] + [
-            os.environ.get(d.api_key_env, "") for d in s.all_deployments() if d.api_key_env
-        ]
-        self.literal = sorted({x for x in literal if len(x) >= 6}, key=len, reverse=True)
+        self.literal = secret_values(
+            [s.admin_token] + [os.environ.get(d.api_key_env) for d in s.all_deployments() if d.api_key_env]
+        )
 
     def text(self, text: str) -> str:
-        for secret in self.literal:
-            text = text.replace(secret, "[redacted]")
-        return self.PATTERNS.sub("[redacted]", text)
+        return self.PATTERNS.sub(REDACTED, redact_text(text, self.literal))
 
 
 # Times a query may name: wide enough for any log, narrow enough that a range's arithmetic (a default
@@ -135,20 +141,14 @@ class Console:
 
     def json(self, data: Any, status: int = 200) -> Response:
         body = self.redact.text(orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS).decode())
-        return Response(
-            body, status_code=status, media_type="application/json", headers={"cache-control": "no-store"}
-        )
+        return Response(body, status_code=status, media_type="application/json", headers=ADMIN_HEADERS)
 
     def html(self, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         body = self.templates.get_template(template).render(**ctx)
         return HTMLResponse(
             self.redact.text(body),
             status_code=status,
-            headers={
-                "cache-control": "no-store",
-                "x-frame-options": "DENY",
-                "content-security-policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
-            },
+            headers=PAGE_HEADERS,
         )
 
     # ---- sign-in and pages --------------------------------------------------------------------
@@ -216,7 +216,7 @@ class Console:
         path = STATIC.get(request.path_params["name"])
         if path is None:
             raise APIError(404, "No such file.", code="not_found")
-        return FileResponse(path, headers={"cache-control": "private, max-age=3600"})
+        return FileResponse(path, headers=ADMIN_HEADERS | {"cache-control": "private, max-age=3600"})
 
     # ---- dashboards ---------------------------------------------------------------------------
 
@@ -262,10 +262,7 @@ class Console:
             return Response(
                 self.redact.text(table.csv()),
                 media_type="text/csv",
-                headers={
-                    "content-disposition": f'attachment; filename="{name}.csv"',
-                    "cache-control": "no-store",
-                },
+                headers=ADMIN_HEADERS | {"content-disposition": f'attachment; filename="{name}.csv"'},
             )
         return self.json(
             {"dashboard": name, "since": q.since.isoformat(), "until": q.until.isoformat(), **table.as_dict()}

@@ -22,6 +22,17 @@ from starlette.requests import Request
 
 COOKIE = "hg_console"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Every admin answer (console pages and files, admin API JSON): never stored by a cache (a listing, a new
+# key's one showing), never sniffed into another type, sending no Referer to another site ("same-origin":
+# "no-referrer" makes a browser send `Origin: null` on the sign-in form, which `cross_site` refuses).
+ADMIN_HEADERS = {"cache-control": "no-store", "x-content-type-options": "nosniff", "referrer-policy": "same-origin"}
+# A console page, also: never framed (clickjacking), scripts and everything else from the gateway only, no
+# <base> or form target elsewhere, no plugins.
+PAGE_HEADERS = ADMIN_HEADERS | {
+    "x-frame-options": "DENY",
+    "content-security-policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+}
 
 
 @dataclass(frozen=True)
