@@ -58,6 +58,19 @@ class Echo:
     text: str | None = None
     tokens: int | None = None
 
+    @classmethod
+    def of(cls, prompt: Any) -> Echo:
+        """What a legacy completion with ``echo`` repeats before its first choice, for the request's ``prompt``."""
+        first = first_prompt(prompt)
+        return cls(text=first) if isinstance(first, str) else cls(tokens=len(first) if isinstance(first, list) else 0)
+
+
+def first_prompt(prompt: Any) -> Any:
+    """The prompt a legacy completion's first choice answers: the request's ``prompt`` when it is one (text or
+    token ids), else the first of several (choice ``i * n + j`` answers prompt ``i``)."""
+    several = isinstance(prompt, list) and bool(prompt) and not isinstance(prompt[0], int)
+    return prompt[0] if several else prompt
+
 
 def token_offsets(lp: Mapping[str, Any], start: int, chars: int) -> list[int] | None:
     """Where each token of a legacy ``logprobs`` object starts in the choice's text, for an object that

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from backends.base import UpstreamError, UpstreamResponse
 from router.decision import EscalationPlan
-from router.escalation import Echo, confidence, echo_split, token_offsets, without_echo
+from router.escalation import Echo, confidence, echo_split, first_prompt, token_offsets, without_echo
 from router.protocols import Plugins, Verifier
 from service.executor import CallFactory, Execution, Executor, Plan
 from service.metrics import Metrics
@@ -63,15 +63,11 @@ class Asked:
         cls, prompt: str, prompt_field: Any, logprobs: int | None, echo: bool | None, max_tokens: int | None
     ) -> Asked:
         """A legacy text completion's (``prompt_field``: the request's ``prompt``, text or token ids, one or
-        several; the first choice answers the first). ``logprobs: 0`` asks for them too."""
-        several = isinstance(prompt_field, list) and bool(prompt_field) and not isinstance(prompt_field[0], int)
-        first = prompt_field[0] if several else prompt_field
-        echoed = None
-        if echo and isinstance(first, str):
-            echoed = Echo(text=first)
-        elif echo:
-            echoed = Echo(tokens=len(first) if isinstance(first, list) else 0)
-        return cls(prompt, "completion", logprobs is not None, echoed, max_tokens != 0)
+        several; the first choice answers the first, and is judged against it, not against ``prompt``, every
+        prompt's text). ``logprobs: 0`` asks for them too."""
+        first = first_prompt(prompt_field)
+        question = first if isinstance(first, str) else prompt
+        return cls(question, "completion", logprobs is not None, Echo.of(prompt_field) if echo else None, max_tokens != 0)
 
 
 def judge(

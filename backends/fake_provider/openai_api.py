@@ -7,7 +7,8 @@ json_schema → valid JSON text, logprobs/top_logprobs, seed, stream_options.inc
 ``POST /v1/completions`` (stream / non-stream, echo, logprobs), ``POST /v1/embeddings``
 (deterministic unit vectors from a hash of the input; float/base64, dimensions),
 ``GET /v1/models`` and ``GET /v1/models/{id}``; plus the stream event builders. Streams are
-built as a list of SSE events, one content token per chunk, so a fault can cut them anywhere.
+built as a list of SSE events, one content token per chunk (a legacy completion's echoed prompt comes
+with its first token, as vLLM sends it), so a fault can cut them anywhere.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from backends.fake_provider.errors import Reject, error_response
 from backends.fake_provider.faults import Fault
 from backends.fake_provider.replies import (
     Choice,
+    answer_entries,
     chat_logprobs_entry,
     completion_logprobs,
     embed,
     last_user_text,
-    logprob,
     plan_choices,
+    prompt_entries,
     text_of,
 )
 from backends.fake_provider.wire import FINGERPRINT, JSON, SSE_DONE, sse
@@ -132,20 +134,20 @@ class OpenAIHandlers(ProviderCore):
         self, request: web.BaseRequest, body: dict[str, Any], model: str, fault: Fault
     ) -> web.StreamResponse:
         prompts = _completion_prompts(body.get("prompt", ""))
-        prompt_tokens = sum(c for _, c in prompts)
+        prompt_tokens = sum(c for _, c, _ in prompts)
         max_tokens = body.get("max_tokens")
         if max_tokens is None:
             max_tokens = 16  # the legacy endpoint's documented default
         self._check_context(
-            model, max(c for _, c in prompts) if prompts else 0, max_tokens, fault, "openai"
+            model, max(c for _, c, _ in prompts) if prompts else 0, max_tokens, fault, "openai"
         )
         n = int(body.get("n") or 1)
         echo = bool(body.get("echo"))
         lp_top = body.get("logprobs")
         cid = f"cmpl-fake{next(self._ids):012d}"
         created = int(time.time())
-        all_plans: list[tuple[int, str, Choice]] = []
-        for pi, (ptext, _) in enumerate(prompts):
+        all_plans: list[tuple[int, list[str], Choice]] = []
+        for pi, (ptext, _, ptoks) in enumerate(prompts):
             for j, plan in enumerate(
                 plan_choices(
                     self.config,
@@ -157,24 +159,21 @@ class OpenAIHandlers(ProviderCore):
                     fault=fault,
                 )
             ):
-                all_plans.append((pi * n + j, ptext, plan))
+                all_plans.append((pi * n + j, ptoks if echo else [], plan))
         completion_tokens = sum(p.n_tokens for _, _, p in all_plans)
         usage = _usage(prompt_tokens, completion_tokens)
         if body.get("stream"):
             self._streams += 1
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             events = _completion_stream_events(
-                cid, created, model, all_plans, usage if include_usage else None, echo, lp_top
+                cid, created, model, all_plans, usage if include_usage else None, lp_top
             )
             return await self._send_stream(request, events, fault)
         choices = []
-        for idx, ptext, p in all_plans:
-            text = (ptext + p.text) if echo else p.text
-            lp = (
-                completion_logprobs(p.tokens, int(lp_top), len(ptext) if echo else 0)
-                if lp_top is not None
-                else None
-            )
+        for idx, echoed, p in all_plans:
+            text = "".join(echoed) + p.text
+            entries = prompt_entries(echoed) + answer_entries(p.tokens)
+            lp = completion_logprobs(entries, int(lp_top), 0) if lp_top is not None else None
             choices.append({"text": text, "index": idx, "logprobs": lp, "finish_reason": p.finish})
         resp = {**_envelope(cid, "text_completion", created, model), "choices": choices, "usage": usage}
         return await self._send_body(request, orjson.dumps(resp), fault)
@@ -277,21 +276,32 @@ def _pick_openai_tool(tools: Any, tool_choice: Any) -> tuple[str, dict[str, Any]
     return chosen.get("name", "tool"), chosen.get("parameters") or {}
 
 
-def _completion_prompts(prompt: Any) -> list[tuple[str, int]]:
-    """(text, token count) per prompt; token-id prompts count their ids and have no text."""
+def _completion_prompts(prompt: Any) -> list[tuple[str, int, list[str]]]:
+    """(text, token count, the tokens an echo repeats) per prompt; token-id prompts count their ids and have no
+    text to answer, but echo as text (`_id_token`), one token per id."""
     if isinstance(prompt, str):
-        return [(prompt, count_tokens(prompt))]
+        return [_text_prompt(prompt)]
     if isinstance(prompt, list):
         if prompt and all(isinstance(x, int) for x in prompt):
-            return [("", len(prompt))]
+            return [("", len(prompt), [_id_token(x) for x in prompt])]
         out = []
         for p in prompt:
             if isinstance(p, str):
-                out.append((p, count_tokens(p)))
+                out.append(_text_prompt(p))
             elif isinstance(p, list):
-                out.append(("", len(p)))
-        return out or [("", 0)]
-    return [("", 0)]
+                out.append(("", len(p), [_id_token(x) for x in p]))
+        return out or [("", 0, [])]
+    return [("", 0, [])]
+
+
+def _text_prompt(text: str) -> tuple[str, int, list[str]]:
+    toks = tokenize(text)
+    return text, len(toks), toks
+
+
+def _id_token(token_id: Any) -> str:
+    """The fake text of a prompt's token id (what detokenizing it gives)."""
+    return f" t{token_id}"
 
 
 def _embedding_inputs(inp: Any) -> list[tuple[bytes, int]]:
@@ -379,21 +389,28 @@ def _completion_stream_events(
     cid: str,
     created: int,
     model: str,
-    plans: list[tuple[int, str, Choice]],
+    plans: list[tuple[int, list[str], Choice]],
     usage: dict[str, int] | None,
-    echo: bool,
     lp_top: Any,
 ) -> list[bytes]:
+    """The chunks of a streamed legacy completion, as vLLM sends them: one token per chunk, the echoed prompt
+    (``plans``' token lists, empty without echo) with the first generated token; logprobs' ``text_offset``
+    count in the choice's whole text."""
     base = _envelope(cid, "text_completion", created, model)
     out = []
-    for idx, ptext, p in plans:
-        pieces = ([ptext] if echo and ptext else []) + p.tokens
-        for j, tok in enumerate(pieces):
-            lp = completion_logprobs([tok], int(lp_top), 0) if lp_top is not None else None
-            if lp is not None:
-                lp["token_logprobs"] = [logprob(j)]
+    for idx, echoed, p in plans:
+        entries = prompt_entries(echoed) + answer_entries(p.tokens)
+        head = len(echoed) + (1 if p.tokens else 0)
+        groups = [entries[:head], *([e] for e in entries[head:])]
+        pos = 0
+        for group in groups:
+            if not group:
+                continue
+            text = "".join(t for t, _ in group)
+            lp = completion_logprobs(group, int(lp_top), pos) if lp_top is not None else None
+            pos += len(text)
             out.append(
-                sse({**base, "choices": [{"text": tok, "index": idx, "logprobs": lp, "finish_reason": None}]})
+                sse({**base, "choices": [{"text": text, "index": idx, "logprobs": lp, "finish_reason": None}]})
             )
         out.append(
             sse(

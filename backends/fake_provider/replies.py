@@ -174,23 +174,46 @@ def chat_logprobs_entry(tok: str, i: int, top: int, shift: float = 0.0) -> dict[
     return {"token": tok, "logprob": lp, "bytes": list(tok.encode()), "top_logprobs": tops[:top]}
 
 
-def completion_logprobs(tokens: Sequence[str], top: int, offset: int) -> dict[str, Any]:
+# The echoed prompt's tokens are less likely than the model's own answer (a random prompt surprises a model
+# more than its own greedy tokens do): a score that reads them by mistake comes out lower.
+PROMPT_LOGPROB_SHIFT = -2.0
+
+LegacyEntry = tuple[str, float | None]  # a token of a legacy ``logprobs`` object and its log-probability
+
+
+def prompt_entries(tokens: Sequence[str]) -> list[LegacyEntry]:
+    """An echoed prompt's tokens with their log-probabilities; the first has none (nothing precedes it)."""
+    return [(t, None if i == 0 else logprob(i) + PROMPT_LOGPROB_SHIFT) for i, t in enumerate(tokens)]
+
+
+def answer_entries(tokens: Sequence[str]) -> list[LegacyEntry]:
+    """A generated answer's tokens with their log-probabilities."""
+    return [(t, logprob(i)) for i, t in enumerate(tokens)]
+
+
+def completion_logprobs(entries: Sequence[LegacyEntry], top: int, offset: int) -> dict[str, Any]:
+    """The legacy ``logprobs`` object of ``entries`` (a whole choice's, or one streamed chunk's), as OpenAI
+    and vLLM send it: ``text_offset`` where each token starts in the choice's whole text (from ``offset``),
+    and each ``top_logprobs`` dict holds the token itself with its ``token_logprobs`` value, then ``top - 1``
+    less likely alternatives (null where the token's logprob is null: an echoed prompt's first)."""
     offsets = []
     pos = offset
-    for t in tokens:
+    for t, _ in entries:
         offsets.append(pos)
         pos += len(t)
     return {
-        "tokens": list(tokens),
-        "token_logprobs": [logprob(i) for i in range(len(tokens))],
-        "top_logprobs": [
-            {t: logprob(i), **{f"alt{k}": logprob(i) - k for k in range(1, top)}}
-            for i, t in enumerate(tokens)
-        ]
-        if top
-        else None,
+        "tokens": [t for t, _ in entries],
+        "token_logprobs": [lp for _, lp in entries],
+        "top_logprobs": [None if lp is None else _top_dict(t, lp, top) for t, lp in entries],
         "text_offset": offsets,
     }
+
+
+def _top_dict(token: str, lp: float, top: int) -> dict[str, float]:
+    out = {token: lp}
+    for k in range(1, top):
+        out.setdefault(f"alt{k}", lp - k)
+    return out
 
 
 def embed(key: bytes, dim: int) -> list[float]:

@@ -19,12 +19,13 @@ import numpy as np
 import sqlalchemy as sa
 
 from router.bandits import unit_reward
+from router.escalation import Echo, answer_text, first_prompt, token_offsets, without_echo
 from router.offline.datasets import LabeledDataset
 
 if TYPE_CHECKING:
     from router.offline.verifier_train import AnswerSet
 
-__all__ = ["read_feedback", "read_logged_decisions", "read_answer_feedback", "logged_answer_text"]
+__all__ = ["read_feedback", "read_logged_decisions", "read_answer_feedback", "logged_answer", "logged_answer_text"]
 
 
 def _sync_url(url: str) -> str:
@@ -138,53 +139,103 @@ def read_logged_decisions(url: str, policy: str | None = None, limit: int | None
              "propensity": float(r.propensity), "reward": float(r.reward)} for r in rows]
 
 
-def logged_answer_text(body: str) -> str | None:
-    """The answer text of a logged response body: a JSON completion (chat or text), or a streamed one
-    (``data: {...}`` lines, deltas joined). None when there is no text (tool calls, errors)."""
+def logged_answer(body: str) -> dict[str, Any] | None:
+    """The first choice of a logged response body as a completion body (the shape `router.escalation` reads):
+    a JSON completion (chat or text) as it is, a streamed one (``data: {...}`` lines) with its deltas joined and,
+    for a legacy completion, its token log-probabilities placed in the joined text. None when unreadable."""
     body = body.strip()
-    if body.startswith("data:"):
-        from backends.sse import DONE, SSEDecoder
+    if not body.startswith("data:"):
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+    from backends.sse import DONE, SSEDecoder
 
-        decoder = SSEDecoder()
-        parts: list[str] = []
-        for _, data in decoder.feed(body.encode()) + decoder.flush():
-            if data == DONE:
+    decoder = SSEDecoder()
+    parts: list[str] = []
+    chars, chat = 0, False
+    values: list[Any] = []
+    offsets: list[int] = []
+    for _, data in decoder.feed(body.encode()) + decoder.flush():
+        if data == DONE:
+            continue
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            continue
+        choices = chunk.get("choices") if isinstance(chunk, dict) else None
+        for c in choices if isinstance(choices, list) else ():
+            if not isinstance(c, dict) or c.get("index", 0) != 0:
                 continue
-            try:
-                chunk = json.loads(data)
-            except ValueError:
-                continue
-            for c in chunk.get("choices") or ():
-                delta = c.get("delta") or {}
-                piece = delta.get("content") if isinstance(delta, dict) else None
-                piece = piece if isinstance(piece, str) else c.get("text")
-                if isinstance(piece, str):
-                    parts.append(piece)
-        return "".join(parts) or None
-    try:
-        doc = json.loads(body)
-    except ValueError:
+            delta = c.get("delta")
+            chat = chat or isinstance(delta, dict)
+            piece = delta.get("content") if isinstance(delta, dict) else c.get("text")
+            start = chars
+            if isinstance(piece, str):
+                parts.append(piece)
+                chars += len(piece)
+            lp = c.get("logprobs")
+            if isinstance(lp, dict) and isinstance(lp.get("token_logprobs"), list):
+                # as the cascade places a streamed chunk's tokens: its offsets, else where its text starts
+                placed = token_offsets(lp, start, chars - start)
+                values.extend(lp["token_logprobs"])
+                offsets.extend(placed if placed is not None else [start] * len(lp["token_logprobs"]))
+    text = "".join(parts)
+    if not text and not chat:
         return None
-    from router.escalation import answer_text
+    if chat:
+        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text or None}}]}
+    lps = {"token_logprobs": values, "text_offset": offsets} if values else None
+    return {"choices": [{"index": 0, "text": text, "logprobs": lps}]}
 
-    return answer_text(doc) if isinstance(doc, dict) else None
+
+def logged_answer_text(body: str, echo: Echo | None = None) -> str | None:
+    """The answer text of a logged response body (see `logged_answer`): what the model generated, the text a
+    cascade judges (a legacy completion's ``echo``, the prompt it repeats, cut off as the cascade cuts it). None
+    when there is no text (tool calls, errors, an echoed token-id prompt that cannot be placed)."""
+    doc = logged_answer(body)
+    return None if doc is None else answer_text(without_echo(doc, echo))
+
+
+def _judged(row: Any) -> tuple[str, Echo | None] | None:
+    """The prompt text a cascade judges the row's answer against, and the prompt its answer echoes, read from
+    the logged request body (a legacy completion's first choice answers its first prompt, after that prompt
+    when ``echo``); the row's ``prompt_text`` and no echo for other endpoints. None for a legacy completion
+    that generated nothing (``max_tokens: 0``), which a cascade does not judge."""
+    request = None
+    if row.endpoint == "completion" and row.request_body is not None:
+        try:
+            request = json.loads(str(row.request_body))
+        except ValueError:
+            request = None
+    if not isinstance(request, dict) or "prompt" not in request:
+        return str(row.prompt_text), None
+    if request.get("max_tokens") == 0:
+        return None
+    first = first_prompt(request["prompt"])
+    prompt = first if isinstance(first, str) else str(row.prompt_text)
+    return prompt, Echo.of(request["prompt"]) if request.get("echo") is True else None
 
 
 def read_answer_feedback(url: str, model: str, limit: int | None = None) -> AnswerSet:
     """``model``'s logged answers with their feedback, for training an answer verifier from traffic.
 
-    Needs ``log.bodies: full`` (prompt text and response body on the request row). An answer counts as
-    acceptable when its mean feedback score is at least 0.5.
+    Needs ``log.bodies: full`` (prompt text, request and response bodies on the request row). Each pair is
+    the one a cascade judges (`_judged`): a legacy completion's generated text, without the prompt it echoes,
+    against the prompt its first choice answers. An answer counts as acceptable when its mean feedback score
+    is at least 0.5.
     """
     from router.offline.verifier_train import AnswerSet
 
     def query(req: sa.Table, fb: sa.Table) -> sa.Select[Any]:
         return (
-            sa.select(req.c.id, req.c.prompt_text, req.c.response_body, sa.func.avg(fb.c.score).label("score"))
+            sa.select(req.c.id, req.c.endpoint, req.c.prompt_text, req.c.request_body, req.c.response_body,
+                      sa.func.avg(fb.c.score).label("score"))
             .select_from(fb.join(req, fb.c.request_id == req.c.id))
             .where(req.c.served_model == model, req.c.prompt_text.is_not(None),
                    req.c.response_body.is_not(None), fb.c.score.is_not(None))
-            .group_by(req.c.id, req.c.prompt_text, req.c.response_body)
+            .group_by(req.c.id, req.c.endpoint, req.c.prompt_text, req.c.request_body, req.c.response_body)
             .order_by(req.c.id)
         )
 
@@ -192,10 +243,11 @@ def read_answer_feedback(url: str, model: str, limit: int | None = None) -> Answ
     answers: list[str] = []
     labels: list[float] = []
     for r in _fetch(url, query, limit):
-        text = logged_answer_text(str(r.response_body))
-        if text is None:
+        judged = _judged(r)
+        text = None if judged is None else logged_answer_text(str(r.response_body), judged[1])
+        if judged is None or text is None:
             continue
-        prompts.append(str(r.prompt_text))
+        prompts.append(judged[0])
         answers.append(text)
         labels.append(1.0 if unit_reward(r.score) >= 0.5 else 0.0)
     if not prompts:

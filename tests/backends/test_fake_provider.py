@@ -217,13 +217,57 @@ async def test_completions(fake: FakeProvider) -> None:
     )
     assert [ch.text for ch in r.choices] == ["one twoone", "threethree"]
     assert all(ch.finish_reason == "length" for ch in r.choices[:1])
-    assert r.choices[0].logprobs.tokens == ["one"]
+    assert r.choices[0].logprobs.tokens == ["one", " two", "one"]  # the echoed prompt's tokens first
     stream = await c.completions.create(
         model="fake-model", prompt="a b c", stream=True, stream_options={"include_usage": True}
     )
     chunks = [x async for x in stream]
     assert "".join(x.choices[0].text for x in chunks if x.choices) == "a b c"
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 3
+
+
+async def _legacy_choice(fake: FakeProvider, body: dict, stream: bool) -> dict:
+    """Choice 0 of a legacy completion; a stream's chunks folded as a client folds them (text joined, each
+    logprobs list concatenated), with the number of chunks that carried text."""
+    body = {"model": "fake-model", **body}
+    async with httpx.AsyncClient(base_url=fake.base_url) as http:
+        if not stream:
+            return (await http.post("/completions", json=body)).json()["choices"][0]
+        async with http.stream("POST", "/completions", json={**body, "stream": True}) as r:
+            events = [json.loads(line[6:]) async for line in r.aiter_lines() if line.startswith("data: {")]
+    parts = [c for e in events for c in e["choices"] if c["index"] == 0 and c["text"]]
+    keys = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+    lps = [c["logprobs"] for c in parts]
+    return {"text": "".join(c["text"] for c in parts), "chunks": len(parts),
+            "logprobs": {k: [v for lp in lps for v in lp[k]] for k in keys}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_legacy_logprobs_have_openais_shape(fake: FakeProvider, stream: bool) -> None:
+    """Legacy completion logprobs as OpenAI and vLLM send them, whole or streamed: ``text_offset`` is where each
+    token starts in the choice's whole text (a stream's advance chunk by chunk), ``top_logprobs`` holds the
+    sampled token with its ``token_logprobs`` value, and with ``echo`` the prompt's tokens come first, the first
+    with a null logprob (a token-id prompt echoed as its tokens' text); ``logprobs: 0`` gives the tokens' own."""
+    for prompt, echoed in (("Add 2 and 3", "Add 2 and 3"), ([7, 8, 9], " t7 t8 t9")):
+        for echo in (False, True):
+            c = await _legacy_choice(fake, {"prompt": prompt, "max_tokens": 8, "logprobs": 2, "echo": echo}, stream)
+            lp, text = c["logprobs"], c["text"]
+            assert "".join(lp["tokens"]) == text
+            assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(len(lp["tokens"]))]
+            assert lp["token_logprobs"][0] is None if echo else lp["token_logprobs"][0] < 0
+            for tok, value, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"], strict=True):
+                assert top is None if value is None else (top[tok] == value and len(top) == 2)
+            assert all(v is not None for v in lp["token_logprobs"][1:])
+            if echo:
+                prompt_count = len(tokenize(echoed))
+                assert text.startswith(echoed) and lp["text_offset"][prompt_count] == len(echoed)
+                if stream:  # vLLM's framing: the prompt comes with the first generated token, then one a chunk
+                    assert c["chunks"] == len(lp["tokens"]) - prompt_count
+    zero = (await _legacy_choice(fake, {"prompt": "Add 2 and 3", "max_tokens": 2, "logprobs": 0}, stream))["logprobs"]
+    assert [list(top.items()) for top in zero["top_logprobs"]] == [
+        [(tok, value)] for tok, value in zip(zero["tokens"], zero["token_logprobs"], strict=True)]
+    scored = await _legacy_choice(fake, {"prompt": "Add 2 and 3", "max_tokens": 0, "echo": True, "logprobs": 1}, stream)
+    assert scored["text"] == "Add 2 and 3" and scored["logprobs"]["tokens"] == tokenize("Add 2 and 3")
 
 
 async def test_embeddings_float_and_base64(fake: FakeProvider) -> None:
