@@ -27,7 +27,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from . import tables
 from .codec import ATTEMPT, REQUEST, Params, Record, dumps_json, sanitize_record
@@ -37,10 +37,13 @@ from .urls import to_async_url
 log = logging.getLogger("hybridgate.requestlog.writer")
 
 # SQLSTATE classes meaning "cannot write now" rather than "these values are bad": connection
-# exceptions, transaction rollbacks (deadlock, serialization), undefined table / privileges
-# (schema not migrated yet), insufficient resources, operator intervention, system errors,
-# invalid authorization or catalog.
-_UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "28", "3D", "40", "42", "53", "54", "55", "57", "58", "XX"})
+# exceptions, invalid transaction state (25006: a read-only database, e.g. a standby after a
+# failover, refuses every write while SELECT 1 still answers), transaction rollbacks (deadlock,
+# serialization), undefined table / privileges (schema not migrated yet), insufficient resources,
+# operator intervention, system errors, invalid authorization or catalog.
+_UNAVAILABLE_SQLSTATE_CLASSES = frozenset(
+    {"08", "25", "28", "3D", "40", "42", "53", "54", "55", "57", "58", "XX"}
+)
 
 
 class Unavailable(Exception):
@@ -221,15 +224,26 @@ class DbWriter:
         requests = [r for r, _ in records]
         attempts = [a for _, atts in records for a in atts]
         async with asyncio.timeout(self.write_timeout_s), self.engine.begin() as conn:
-            if self._unnest is not None:
-                for insert, rows in zip(self._unnest, (requests, attempts), strict=True):
-                    if rows:
-                        await conn.execute(insert.statement, insert.params(rows))
-                return
-            if requests:
-                await conn.execute(self._insert_requests, requests)
-            if attempts:
-                await conn.execute(self._insert_attempts, attempts)
+            try:
+                await self._execute(conn, requests, attempts)
+            except Exception as exc:
+                if is_unavailable(exc):
+                    # Not back into the pool: a connection that cannot write (to a standby, a read-only
+                    # session, a broken socket) would fail every later batch the same way.
+                    with contextlib.suppress(Exception):
+                        await conn.invalidate()
+                raise
+
+    async def _execute(self, conn: AsyncConnection, requests: list[Params], attempts: list[Params]) -> None:
+        if self._unnest is not None:
+            for insert, rows in zip(self._unnest, (requests, attempts), strict=True):
+                if rows:
+                    await conn.execute(insert.statement, insert.params(rows))
+            return
+        if requests:
+            await conn.execute(self._insert_requests, requests)
+        if attempts:
+            await conn.execute(self._insert_attempts, attempts)
 
     async def write(self, records: Sequence[Record]) -> WriteResult:
         """Write records idempotently.

@@ -8,6 +8,7 @@ configured, or another live heartbeat row in the database (a second gateway star
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -43,6 +44,10 @@ class Heartbeat:
     ``beat()`` upserts the row and returns how many *other* processes beat within ``stale_after_s``;
     the first time it sees one while this process has no shared state, it logs the warning. Rows
     of processes gone for ``forget_after_s`` are deleted by whoever beats next.
+
+    Each call gives up after ``timeout_s`` (``TimeoutError``): a database that hangs (accepts, never
+    answers) must neither stall the heartbeat loop for good nor keep a stopping gateway from reaching
+    the request log's shutdown, which runs after :meth:`leave`.
     """
 
     def __init__(
@@ -52,8 +57,10 @@ class Heartbeat:
         shared_state: bool,
         stale_after_s: float = 30.0,
         forget_after_s: float = 3600.0,
+        timeout_s: float = 5.0,
     ) -> None:
         self.engine = engine
+        self.timeout_s = timeout_s
         self.shared_state = shared_state
         self.id = uuid.uuid4().hex
         self.stale_after = timedelta(seconds=stale_after_s)
@@ -74,7 +81,7 @@ class Heartbeat:
             last_seen=now,
         ).on_conflict_do_update(index_elements=["id"], set_={"last_seen": now})
         t = gateway_instances.c
-        async with self.engine.begin() as conn:
+        async with asyncio.timeout(self.timeout_s), self.engine.begin() as conn:
             await conn.execute(stmt)
             await conn.execute(gateway_instances.delete().where(t.last_seen < now - self.forget_after))
             others = (
@@ -92,5 +99,5 @@ class Heartbeat:
 
     async def leave(self) -> None:
         """Delete this process's row (clean shutdown), so others stop counting it at once."""
-        async with self.engine.begin() as conn:
+        async with asyncio.timeout(self.timeout_s), self.engine.begin() as conn:
             await conn.execute(gateway_instances.delete().where(gateway_instances.c.id == self.id))

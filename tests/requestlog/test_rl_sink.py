@@ -309,3 +309,30 @@ async def test_record_from_other_threads(log_url: str, spool_dir: Path) -> None:
     await sink.flush()
     await sink.aclose()
     assert await _count(log_url, "requests", p) == 800
+
+
+async def test_read_only_database_is_an_outage_not_bad_data(fresh_pg_url: str, spool_dir: Path) -> None:
+    """A database that refuses writes as a whole (a failover left the URL on a standby, or
+    ``default_transaction_read_only``) while ``SELECT 1`` still answers: the rows wait in the spool and
+    reach the database once it takes writes again, instead of being set aside as rejected."""
+    from tests.support.db import admin_execute
+
+    await migrate.upgrade_async(fresh_pg_url)
+    name = fresh_pg_url.rsplit("/", 1)[1]
+    p = _prefix()
+    admin_execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    sink = LogSink(fresh_pg_url, spool_dir=spool_dir, **FAST)
+    try:
+        await sink.start()
+        for i in range(10):
+            sink.record(*make_request(f"{p}-{i}", 2))
+        await sink.flush()
+        st = sink.stats()
+        assert st["rejected"] == 0 and st["spooled"] == 10 and st["db_up"] is False, st
+        assert not (spool_dir / "rejected.jsonl").exists()
+    finally:
+        admin_execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+    await sink.flush()
+    await sink.aclose()
+    assert await _count(fresh_pg_url, "requests", p) == 10
+    assert await _count(fresh_pg_url, "attempts", p) == 20

@@ -91,7 +91,11 @@ async def scalar(url: str, sql: str, **params: Any) -> Any:
 
 class TcpProxy:
     """A TCP forwarder that can be cut (listener closed, every connection aborted) and restored
-    on the same port, to simulate the database vanishing from the network."""
+    on the same port, to simulate the database vanishing from the network; or frozen (``frozen =
+    True``): connections, old and new, stay open but bytes are swallowed both ways, as when a peer
+    hangs or vanishes and TCP has not noticed yet (the nastier outage: nothing fails, nothing answers)."""
+
+    frozen = False
 
     def __init__(self, target_host: str = "127.0.0.1", target_port: int = 5432) -> None:
         self.target = (target_host, target_port)
@@ -130,12 +134,12 @@ class TcpProxy:
         finally:
             self._transports.difference_update(pair)
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
+                if not self.frozen:
+                    writer.write(data)
+                    await writer.drain()
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
