@@ -48,7 +48,7 @@ async def run(rounds: int, block: int) -> tuple[dict[str, list[float]], dict[str
     with FakeProviderThread() as fp:
         app = create_app(gateway_settings(fp.base_url, url, tmp, log={"bodies": "hashed", "spool_dir": str(tmp)}))
         async with app.router.lifespan_context(app), httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+                transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
             for i in range(rounds):
                 for name, path, body in CASES:
                     t0, c0 = time.perf_counter(), time.thread_time()

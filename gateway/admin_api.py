@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -25,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.console.auth import ADMIN_HEADERS, SAFE_METHODS, cross_site, csrf_ok, session_for
-from gateway.edge import bearer, read_body, read_json, validate
+from gateway.edge import bearer, host_name, loopback_name, loopback_peer, read_body, read_json, validate
 from gateway.errors import APIError, store_unavailable
 from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, request_features
 from gateway.services import Services
@@ -33,8 +31,6 @@ from gateway.storable import read_storable_json, refuse_nul_in_url
 from policies.loader import PolicyValidationError
 from policies.registry import PolicyNotFound, PolicyRetired, PolicyVersion, Retirement
 from service.artifact_slots import ArtifactPathRefused, RegistryUnavailable, slot_name
-
-_LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
 
 # RFC 3339's date-time: a full date, a time to the second, and an offset (Z or +hh:mm) that says which
 # instant it is. ISO 8601 shapes Python would also read (no offset, a date alone, week dates) are refused.
@@ -142,27 +138,12 @@ class VerifierActivation(BaseModel):
     name: str = "default"
 
 
-def _loopback_name(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def is_loopback(request: Request) -> bool:
     """Whether the caller is on this machine and addressed it by a loopback name. Both: a web page on
     another site whose DNS name was rebound to 127.0.0.1 reaches the gateway from a loopback address
     and as its own origin (so no cross-site check stops it), but its ``Host`` header names its site."""
-    peer = request.client.host if request.client else ""
-    if not (peer in _LOOPBACK or peer.startswith("127.")):
-        return False
-    try:
-        name = urlsplit("//" + request.headers.get("host", "")).hostname or ""
-    except ValueError:  # a Host header that is no host[:port] at all
-        return False
-    return _loopback_name(name)
+    name = host_name(request)
+    return loopback_peer(request) and name is not None and loopback_name(name)
 
 
 def check_admin(request: Request, token: str | None) -> None:

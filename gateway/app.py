@@ -35,7 +35,8 @@ from gateway.admin_api import AdminHandlers
 from gateway.budget_admin import BudgetAdminHandlers
 from gateway.config import ConfigError, Settings
 from gateway.console.app import Console
-from gateway.edge import bearer
+from gateway.console.auth import ADMIN_HEADERS, cross_site
+from gateway.edge import authenticate, bearer, host_allowed, host_not_allowed, loopback_peer
 from gateway.errors import APIError, internal_error
 from gateway.feedback_api import FeedbackHandler
 from gateway.keys import KeyStore
@@ -131,17 +132,51 @@ async def _prune_log(engine: AsyncEngine, days: float) -> None:
 
 def check_observer(request: Request, settings: Settings) -> None:
     """/metrics and /readyz describe the deployment (names, traffic, dependencies): where keys are
-    required they need the metrics token, or, with none configured, a loopback caller."""
-    if not settings.keys_required:
-        return
-    if settings.metrics_token:
-        if not hmac.compare_digest((bearer(request) or "").encode(), settings.metrics_token.encode()):
-            raise APIError(401, "Metrics token required.", code="invalid_metrics_token")
-        return
-    host = request.client.host if request.client else ""
-    if host not in {"::1", "localhost"} and not host.startswith("127."):
-        raise APIError(403, "This endpoint is loopback-only unless metrics_token is configured.",
-                       type="permission_error")
+    required they need the metrics token, or, with none configured, a loopback caller. A loopback
+    caller without the token must address the gateway by a loopback name or one of `allowed_hosts`
+    (`edge.host_allowed`: a web page whose DNS name was rebound to 127.0.0.1 comes from loopback too),
+    keys required or not."""
+    token = settings.metrics_token
+    given = bool(token) and hmac.compare_digest((bearer(request) or "").encode(), (token or "").encode())
+    if settings.keys_required:
+        if token:
+            if not given:
+                raise APIError(401, "Metrics token required.", code="invalid_metrics_token")
+            return
+        if not loopback_peer(request):
+            raise APIError(403, "This endpoint is loopback-only unless metrics_token is configured.",
+                           type="permission_error")
+    if not given and not host_allowed(request, settings.allowed_hosts):
+        raise host_not_allowed(request, "Requests for this endpoint", "the metrics_token")
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+_CROSS_SITE = APIError(403, "Cross-site requests from a web browser are refused by a gateway that does not "
+                           "require keys: call it from a program, or send a gateway API key.",
+                      type="permission_error", code="cross_site")
+
+
+def host_checked(endpoint: Endpoint, services: Services) -> Endpoint:
+    """``endpoint`` (a /v1 route's) on a gateway that does not require keys, refusing what only a web page
+    sends without a valid key, in the error shape of the route's API: a caller on this machine that
+    addresses the gateway by a name neither loopback nor in `allowed_hosts` (`edge.host_allowed`: a page
+    whose DNS name was rebound to 127.0.0.1), and a browser's cross-site request (a page that posts a
+    "simple" text/plain request to http://127.0.0.1:8080 cannot read the answer, but would spend the
+    provider credit; the gateway sends no CORS headers, so no cross-site page can use it anyway). Where
+    keys are required the key already keeps pages out and the routes are not wrapped; here the check is a
+    few header reads unless one of them is a page's."""
+    allowed = frozenset(services.settings.allowed_hosts)
+
+    async def checked(request: Request) -> Response:
+        host_ok = host_allowed(request, allowed)
+        if (not host_ok or cross_site(request)) and await authenticate(request, services.keys, False) is None:
+            err = _CROSS_SITE if host_ok else host_not_allowed(request)
+            return anthropic_error(err) if is_messages_path(request.url.path) else err.response()
+        return await endpoint(request)
+
+    return checked
 
 
 def label_names(catalog: Catalog, registry: PolicyRegistry) -> LabelNames:
@@ -380,20 +415,23 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
     async def openapi(request: Request) -> Response:
         return Response(doc, media_type="application/json")
 
+    def v1(endpoint: Endpoint) -> Endpoint:
+        return endpoint if settings.keys_required else host_checked(endpoint, services)
+
     routes = [
         # Starlette tries routes in order: the three generation endpoints come first.
-        Route("/v1/chat/completions", oa.chat, methods=["POST"]),
-        Route("/v1/responses", oa.responses, methods=["POST"]),
-        Route("/v1/messages", oa.messages, methods=["POST"]),
-        Route("/v1/completions", oa.completions, methods=["POST"]),
-        Route("/v1/embeddings", oa.embeddings, methods=["POST"]),
-        Route("/v1/models", oa.models, methods=["GET"]),
-        Route("/v1/responses/{response_id}", stored.get, methods=["GET"]),
-        Route("/v1/responses/{response_id}", stored.delete, methods=["DELETE"]),
-        Route("/v1/responses/{response_id}/input_items", stored.input_items, methods=["GET"]),
-        Route("/v1/messages/count_tokens", oa.count_tokens, methods=["POST"]),
-        Route("/v1/feedback", fb.post, methods=["POST"]),
-        Route("/v1/models/{model:path}", oa.model, methods=["GET"]),
+        Route("/v1/chat/completions", v1(oa.chat), methods=["POST"]),
+        Route("/v1/responses", v1(oa.responses), methods=["POST"]),
+        Route("/v1/messages", v1(oa.messages), methods=["POST"]),
+        Route("/v1/completions", v1(oa.completions), methods=["POST"]),
+        Route("/v1/embeddings", v1(oa.embeddings), methods=["POST"]),
+        Route("/v1/models", v1(oa.models), methods=["GET"]),
+        Route("/v1/responses/{response_id}", v1(stored.get), methods=["GET"]),
+        Route("/v1/responses/{response_id}", v1(stored.delete), methods=["DELETE"]),
+        Route("/v1/responses/{response_id}/input_items", v1(stored.input_items), methods=["GET"]),
+        Route("/v1/messages/count_tokens", v1(oa.count_tokens), methods=["POST"]),
+        Route("/v1/feedback", v1(fb.post), methods=["POST"]),
+        Route("/v1/models/{model:path}", v1(oa.model), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -403,9 +441,15 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
         *console.routes(),
     ]
 
+    def admin_headers(request: Request) -> dict[str, str] | None:
+        """An error under /admin is an admin answer: not cached, not sniffed, as the answers themselves
+        (`ADMIN_HEADERS`). Decided per error, so the data plane's answers pass through nothing more."""
+        path = request.url.path
+        return ADMIN_HEADERS if path == "/admin" or path.startswith("/admin/") else None
+
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, APIError)
-        return exc.response()
+        return exc.response(admin_headers(request))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         """Unknown paths and wrong methods, in the error shape of the API the path belongs to (a 405
@@ -417,14 +461,14 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
                    405: f"Method {request.method} is not allowed on {request.url.path}."}.get(
             exc.status_code, str(exc.detail))
         err = APIError(exc.status_code, message, code=code, headers=dict(exc.headers or {}))
-        headers = {"x-request-id": uuid.uuid4().hex}
+        headers = {"x-request-id": uuid.uuid4().hex} | (admin_headers(request) or {})
         if is_messages_path(request.url.path):
             return anthropic_error(err, headers)
         return err.response(headers)
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
-        return internal_error().response()
+        return internal_error().response(admin_headers(request))
 
     app = Starlette(
         routes=routes,

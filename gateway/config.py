@@ -9,11 +9,13 @@ and the local model on the CPU, so a first request works without any external se
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import logging
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,6 +28,8 @@ from common.yamldoc import SafeLoader, duplicate_keys, key_path
 from requestlog.urls import to_async_url
 
 DEFAULT_CONFIG_FILE = "hybridgate.yaml"
+# a DNS name or IPv4 address as a Host header carries it (lowercased)
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
 
 
 class LogSettings(BaseModel):
@@ -161,6 +165,11 @@ class Settings(BaseSettings):
         default=None,
         description="None = require gateway keys unless bound to loopback; True/False to force",
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names (besides localhost, *.localhost, 127.x and [::1]) that callers on this machine "
+                    "may address the gateway by when keys are not required (a page whose DNS name was rebound to "
+                    "127.0.0.1 uses its own); '*' = any name")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     http: HttpSettings = Field(default_factory=HttpSettings)
     default_model: str | None = Field(
@@ -221,6 +230,39 @@ class Settings(BaseSettings):
                 raise ValueError("not a Redis URL: expected redis://[:PASSWORD@]HOST:6379/0, rediss://... "
                                  "or unix:///PATH/TO/redis.sock") from None
         return v
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, v: list[str]) -> list[str]:
+        """Names as the Host header carries them, compared lowercased and without port or brackets: a URL,
+        a port or a pattern would silently never match."""
+        out = []
+        for i, name in enumerate(v):
+            host = name.strip().lower()
+            bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+            if host == "*" or _HOST_NAME.fullmatch(host):
+                out.append(host)
+                continue
+            try:
+                out.append(str(ipaddress.IPv6Address(bare)))
+            except ValueError:
+                raise ValueError(f"entry {i} ({name!r}) is not a host name or IP address: give the name alone, "
+                                 "without scheme, port or path (e.g. gateway.internal), or '*' for any") from None
+        return out
+
+    @model_validator(mode="after")
+    def _one_upstream_credential(self) -> Settings:
+        """A deployment that sends its key (``api_key_env``) cannot also carry a user and password in its
+        ``api_base``: both are the Authorization header, and the HTTP client refuses every request that
+        has both."""
+        for i, d in enumerate(self.deployments):
+            parts = urlsplit(d.api_base) if d.api_base else None
+            if parts is not None and d.api_key_env and (parts.username or parts.password):
+                where = key_path(("deployments", i, "api_base"))
+                raise ValueError(f"{where}: carries credentials (USER:PASSWORD@) and the deployment has "
+                                 f"api_key_env ({d.api_key_env!r}); both would be the Authorization header: "
+                                 "keep one of them")
+        return self
 
     @model_validator(mode="after")
     def _unique_deployment_names(self) -> Settings:

@@ -5,7 +5,10 @@ Everything here fails fast with an OpenAI error before any routing or upstream w
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Collection
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -159,6 +162,65 @@ def _param_path(loc: tuple[Any, ...]) -> str:
         else:
             out += ("." if out else "") + part
     return out
+
+
+# Peers on this machine: loopback addresses, and the peer name Starlette's test client gives.
+LOOPBACK_PEERS = frozenset({"127.0.0.1", "::1", "localhost", "testclient"})
+
+
+def loopback_peer(request: Request) -> bool:
+    """Whether the request's peer (the TCP connection's other end) is on this machine."""
+    peer = request.client.host if request.client else ""
+    return peer in LOOPBACK_PEERS or peer.startswith("127.")
+
+
+def loopback_name(host: str) -> bool:
+    """Whether ``host`` (a Host header's name, without port or brackets) names this machine's loopback
+    interface: localhost, a name under .localhost (RFC 6761: never resolved elsewhere), 127.x or ::1."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(request: Request) -> str | None:
+    """The name the client addressed the gateway by (the Host header, lowercased, without the port and
+    the brackets of an IPv6 address); "" without a Host header, None for one that is no host[:port]."""
+    try:
+        return urlsplit("//" + request.headers.get("host", "")).hostname or ""
+    except ValueError:
+        return None
+
+
+def host_allowed(request: Request, allowed: Collection[str]) -> bool:
+    """Whether a request that no key vouches for may be served under the name it used. A web page on any
+    site can have its DNS name rebound to 127.0.0.1: the browser then sends its requests to the gateway
+    from a loopback peer, as the page's own origin (no cross-site check stops it, and it reads the
+    answers), but with the page's name in ``Host``. So a loopback peer must address the gateway by a
+    loopback name or one the operator allows (``allowed``: lowercased names; "*" allows any). A request
+    without a Host header (HTTP/1.0) comes from no browser, and peers on other machines never reach a
+    loopback-bound gateway through a rebound name."""
+    if "*" in allowed or not loopback_peer(request):
+        return True
+    name = host_name(request)
+    return name is not None and (name == "" or loopback_name(name) or name in allowed)
+
+
+def host_not_allowed(request: Request, what: str = "Requests without a gateway API key",
+                     credential: str = "a gateway API key") -> APIError:
+    """The 403 for a request `host_allowed` refuses: what was wrong, and the two ways to be served."""
+    name = host_name(request)
+    named = f"the host name {name!r}" if name else "no usable host name"
+    return APIError(
+        403,
+        f"{what} from this machine must address the gateway as localhost, 127.0.0.1 or [::1], not by "
+        f"{named} (as a web page whose DNS name was rebound to this machine would). If that name is "
+        f"yours, add it to allowed_hosts in the gateway's config, or send {credential}.",
+        type="permission_error",
+        code="host_not_allowed",
+    )
 
 
 def bearer(request: Request) -> str | None:

@@ -97,7 +97,7 @@ def expired_api_key(expires_at: datetime) -> APIError:
 
 
 # Upstream failure kind -> (status, type, code, message) the client sees once every attempt has failed.
-# Messages are written for the client; the upstream's own words follow where they help.
+# Messages are written for the client; only a client-caused failure's carries the upstream's own words.
 _UPSTREAM_MAP: dict[str, tuple[int, str, str | None, str]] = {
     "timeout": (504, "timeout", "upstream_timeout", "The model did not answer in time. Please retry."),
     "rate_limit": (429, "rate_limit_error", "rate_limit_exceeded",
@@ -143,11 +143,12 @@ def _upstream_detail(err: UpstreamError) -> tuple[str | None, str | None]:
 
 def from_upstream(err: UpstreamError) -> APIError:
     """Translate the last upstream failure into the client's error: a client-caused failure keeps the
-    upstream's own message, param and code (they describe the client's request); others say what
-    failed without the upstream's internals. A transport failure says so in fixed words (its
-    ``reason``: "upstream 'eu-vllm' unreachable: connection refused"), never the HTTP library's
-    message, which names its classes, socket addresses and errno and changes between versions; the
-    whole message stays in the attempt's row of the request log."""
+    upstream's own message, param and code (they describe the client's request); any other says what
+    failed in the gateway's fixed words, with the gateway-authored ``reason`` where the failure has one
+    ("upstream 'eu-vllm' unreachable: connection refused"), never the upstream's or the HTTP library's
+    message: those name the provider's account (a masked key, an organization id), its proxies' error
+    pages, the library's classes, socket addresses and errno. The whole message stays in the attempt's
+    row of the request log (`service.executor`), for the operator."""
     status, type_, code, message = _UPSTREAM_MAP.get(
         err.kind, (502, "upstream_error", None, "The model's provider failed."))
     headers: dict[str, str] = {}
@@ -164,8 +165,6 @@ def from_upstream(err: UpstreamError) -> APIError:
         message = f"{message} ({f'upstream {err.deployment!r} unreachable: ' if err.deployment else ''}{detail})"
     elif err.reason:
         message = f"{message} ({err.reason})"
-    elif err.message:
-        message = f"{message} ({err.message})"
     out = APIError(status, message, type=type_, param=param, code=code, headers=headers)
     out.upstream = err
     return out

@@ -103,7 +103,7 @@ class _SettledStream(StreamingResponse):
 def _header_safe(text: str) -> str:
     """Header values are latin-1 on the wire: keep reasons readable in plain ASCII."""
     text = text.replace("→", "->").replace("≤", "<=").replace("≥", ">=")
-    return text.encode("ascii", "replace").decode()[:512]
+    return text.encode("ascii", "replace").translate(None, bytes(range(32)) + b"\x7f").decode()[:512]  # no CR, LF, NUL
 
 
 def _served_name(ctx: _Ctx) -> str:

@@ -91,3 +91,24 @@ def test_every_admin_answer_is_not_cached_sniffed_or_framed(
             for directive in ("default-src 'self'", "frame-ancestors 'none'", "base-uri 'none'",
                               "form-action 'self'", "object-src 'none'"):
                 assert directive in csp, (what, directive)
+
+
+def test_every_admin_error_is_not_cached_or_sniffed_either(
+    fake_provider: FakeProviderThread, sqlite_url: str, tmp_path: Path
+) -> None:
+    """An admin error (a refused token, a bad body, an unknown path or method under /admin) is an admin
+    answer too; the data plane's errors are left as they were."""
+    with (running_gateway(gateway_settings(fake_provider.base_url, sqlite_url, tmp_path, admin_token=ADMIN)) as gw,
+          httpx.Client(base_url=gw.base_url, timeout=30) as c):
+        admin = {"authorization": f"Bearer {ADMIN}"}
+        errors = {"no token": c.get("/admin/api/keys"),
+                  "bad body": c.post("/admin/api/keys", headers=admin, json={"name": "x", "rpm": "ten"}),
+                  "unknown path": c.get("/admin/api/nothing-here", headers=admin),
+                  "wrong method": c.put("/admin/api/keys", headers=admin)}
+        for what, r in errors.items():
+            assert r.status_code in (400, 401, 404, 405), (what, r.status_code)
+            assert r.json()["error"]["message"], what
+            assert r.headers.get("x-content-type-options") == "nosniff", what
+            assert r.headers.get("cache-control") == "no-store", what
+        for r in (c.get("/v1/nothing-here"), c.post("/v1/chat/completions", json={"model": "fake-model"})):
+            assert r.status_code in (400, 404) and "cache-control" not in r.headers, r.headers

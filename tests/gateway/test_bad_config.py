@@ -166,6 +166,25 @@ def test_an_api_base_that_is_not_an_http_url_is_refused_at_load(tmp_path: Path) 
     refused(r, 2, f"deployments[0].{expected}; got 'http://' (from $HYBRIDGATE_DEPLOYMENTS)")
 
 
+def test_an_api_base_with_a_password_and_an_api_key_env_is_refused_at_load(tmp_path: Path) -> None:
+    """Both would be the request's Authorization header: aiohttp refuses every such request (a 500 each),
+    an SDK over httpx sends one and drops the other. Either alone is served."""
+    r = hybridgate(tmp_path, "migrate", config=(
+        "deployments:\n  - {name: a, model: m, upstream_model: u, api_base: 'http://127.0.0.1:9/v1'}\n"
+        f"  - {{name: b, model: m, upstream_model: u, api_base: 'https://proxy:{SECRET}@llm.internal/v1', "
+        "api_key_env: OPENAI_API_KEY}\n"))
+    refused(r, 2, "invalid configuration (", "\n  deployments[1].api_base: carries credentials (USER:PASSWORD@) "
+            "and the deployment has api_key_env ('OPENAI_API_KEY'); both would be the Authorization header: keep "
+            "one of them\n")
+    assert r.stderr.count("\n  ") == 1  # one line
+    for fields in ({"api_base": "https://proxy:pw@llm.internal/v1"}, {"api_base": "https://u@llm.internal/v1"},
+                   {"api_base": "https://llm.internal/v1", "api_key_env": "OPENAI_API_KEY"}):
+        load_settings(deployments=[{"name": "a", "model": "m", "upstream_model": "u", **fields}])
+    with pytest.raises(ConfigError, match=r"deployments\[0\].api_base: carries credentials"):
+        load_settings(deployments=[{"name": "a", "model": "m", "upstream_model": "u", "provider": "litellm",
+                                    "api_base": "https://u@llm.internal/v1", "api_key_env": "K"}])
+
+
 @pytest.mark.parametrize("api_base", ["http://127.0.0.1:8000/v1", "https://api.openai.com/v1", "http://[::1]:8000",
                                       "HTTPS://gateway.internal", "http://vllm/v1/"])
 def test_http_and_https_api_bases_with_a_host_are_accepted(api_base: str) -> None:

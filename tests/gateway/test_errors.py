@@ -316,3 +316,77 @@ def test_a_stream_cut_by_the_upstream_is_reported_without_the_http_librarys_word
     assert error["code"] == "upstream_stream_cut"
     assert error["message"].startswith("The model's answer was cut off. ("), error
     assert "after 2 chunk(s)" in error["message"] and not _INTERNALS.search(error["message"]), error
+
+
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [("auth", "The gateway's credentials for the model's provider were refused (a gateway configuration problem, "
+              "not your API key)."),
+     ("rate_limit", "The model's provider is rate limiting requests. Please retry after a short wait."),
+     ("server_error", "The model's provider had an error while processing your request."),
+     ("malformed", "The model's provider sent an answer that could not be read."),
+     ("stream_cut", "The model's answer was cut off."),
+     ("timeout", "The model did not answer in time. Please retry."),
+     ("something_new", "The model's provider failed.")],
+)
+def test_a_failure_the_client_did_not_cause_is_told_in_the_gateways_words_only(kind: str, says: str) -> None:
+    """What an upstream says about its own failure (a masked key, the organization a rate limit counts, a
+    proxy's error page) is for the operator, in the request log: the client gets the gateway's fixed words."""
+    from backends.base import UpstreamError
+    from gateway.errors import from_upstream
+
+    leaky = "Incorrect API key provided: sk-ab***yz. Rate limit reached for org-4f2a in organization <html>proxy"
+    err = from_upstream(UpstreamError(kind, leaky, status=500, body={"error": {"message": leaky, "code": "org-4f2a",
+                                                                              "param": "org"}}))
+    assert (err.message, err.param) == (says, None)
+    assert err.code != "org-4f2a"
+    # a gateway-authored reason (transport failures, a cut stream) still says what happened
+    cut = from_upstream(UpstreamError("stream_cut", leaky, reason="server disconnected after 3 chunk(s)"))
+    assert cut.message == "The model's answer was cut off. (server disconnected after 3 chunk(s))"
+
+
+@pytest.mark.parametrize("kind", ["bad_request", "context_window", "content_policy"])
+def test_a_client_caused_failure_keeps_the_upstreams_message_param_and_code(kind: str) -> None:
+    from backends.base import UpstreamError
+    from gateway.errors import from_upstream
+
+    says = "'temperature' must be at most 2 for this model."
+    err = from_upstream(UpstreamError(kind, says, status=400,
+                                      body={"error": {"message": says, "param": "temperature", "code": "too_hot"}}))
+    assert (err.status, err.message, err.param, err.code) == (400, says, "temperature", "too_hot")
+
+
+_UPSTREAM_WORDS = ("Incorrect API key provided", "proxy error", "sk-echo")
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "says"),
+    [("echo-401", 502, "The gateway's credentials for the model's provider were refused (a gateway configuration "
+                       "problem, not your API key)."),
+     ("echo-429", 429, "The model's provider is rate limiting requests. Please retry after a short wait."),
+     ("echo-500", 502, "The model's provider had an error while processing your request."),
+     ("echo-text500", 502, "The model's provider had an error while processing your request."),
+     ("echo-200err", 502, "The model's provider had an error while processing your request.")],
+)
+def test_an_upstreams_own_report_of_its_failure_reaches_the_log_not_the_client(
+    model: str, status: int, says: str, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upstream's words (here: the Authorization header it was sent, in its error message or a plain-text
+    error page) are in the failed attempt's row; every wire format's client error has the gateway's words."""
+    from tests.support.echo_upstream import KeyEchoUpstream
+
+    monkeypatch.setenv("HG_TEST_ECHO_KEY", "sk-echo-0123456789")
+    with KeyEchoUpstream() as up, running_gateway(settings(tmp_path, sqlite_url, [
+            dep("echo", model, up.api_base, upstream_model=model, api_key_env="HG_TEST_ECHO_KEY")],
+            breaker={"consecutive_failures": 0, "min_requests": 100})) as gw, \
+            httpx.Client(base_url=gw.base_url, timeout=30) as c:
+        chat = {"model": model, "messages": MSG}
+        got = {"chat": c.post("/v1/chat/completions", json=chat),
+               "messages": c.post("/v1/messages", json={**chat, "max_tokens": 5}),
+               "responses": c.post("/v1/responses", json={"model": model, "input": "hi"})}
+        logged = _attempt_errors(gw, Path(sqlite_url.removeprefix("sqlite+aiosqlite:///")))
+    for wire, r in got.items():
+        assert r.status_code == status, (wire, r.text)
+        message = r.json()["error"]["message"]
+        assert message == says, (wire, message)
+    assert len(logged) >= 3 and all(any(w in m for w in _UPSTREAM_WORDS) for m in logged), logged

@@ -70,7 +70,7 @@ async def _huge_header(port: int) -> bytes:
     reader, writer = await _connect(port)
     chunk = b"a" * (1 << 20)
     try:
-        writer.write(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: ")
+        writer.write(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nx-big: ")
         for _ in range(64):
             writer.write(chunk)
             await writer.drain()
@@ -87,7 +87,7 @@ async def _legit_request(port: int) -> float:
     t0 = time.perf_counter()
     reader, writer = await _connect(port)
     writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n"
         b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
     )
     got = await asyncio.wait_for(reader.read(-1), 5)
@@ -107,9 +107,9 @@ async def test_slow_and_idle_clients_are_cut_off_while_a_real_request_is_served_
         await _legit_request(port)  # warm the path once
         idle = await asyncio.gather(*(_connect(port) for _ in range(1000)))
         t_attack = time.monotonic()
-        partial_head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+        partial_head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n"
         chunked_head = (
-            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n"
             b"content-type: application/json\r\n\r\n"
         )
         partial = await asyncio.gather(*(_connect(port) for _ in range(100)))
@@ -150,7 +150,7 @@ async def test_slow_and_idle_clients_are_cut_off_while_a_real_request_is_served_
         r = httpx.get(gw.base_url + "/healthz", headers={f"x-h{i}": "1" for i in range(60)})
         assert r.status_code == 431 and r.json()["error"]["code"] == "request_header_fields_too_large"
         reader, writer = await _connect(port)
-        writer.write(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        writer.write(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
         first = await asyncio.wait_for(reader.readuntil(b'{"status":"ok"}'), 5)
         assert first.startswith(b"HTTP/1.1 200")
         assert await _closed_within(reader, 3.0) == b""  # closed after ~1 s idle
@@ -198,9 +198,9 @@ async def test_malformed_http_gets_a_json_400_in_the_api_error_shape(
 ) -> None:
     malformed = [
         b"\x16\x03\x01garbage\r\n\r\n",  # TLS to a plain port
-        b"GET /v1/models HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n",
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
-        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n{}",
+        b"GET /v1/models HTTP/1.1\r\nhost: localhost\r\ncontent-length: abc\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /v1/messages HTTP/1.1\r\nhost: localhost\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n{}",
     ]
     with running_gateway(gateway_settings(fake_provider.base_url, sqlite_url, tmp_path, http=HTTP)) as gw:
         for request in malformed:

@@ -247,7 +247,8 @@ def test_a_passed_through_stream_that_fails_keeps_the_upstreams_documented_error
 ) -> None:
     """The upstream's own `response.failed` says why it failed: its error code reaches the client's
     `response.failed` when it is one the Responses API documents; one it does not document, or none,
-    is `server_error`."""
+    is `server_error`. Its message, the upstream's account of its own failure, stays in the request log:
+    the client reads the gateway's words."""
     dep = {"name": "native", "model": "fake-model", "upstream_model": "up", "api_base": failing_upstream.base_url + "/v1",
            "timeout_s": 10, "stream_idle_timeout_s": 10, "capabilities": NATIVE}
     settings = gateway_settings(failing_upstream.base_url, sqlite_url, tmp_path, deployments=[dep])
@@ -257,4 +258,4 @@ def test_a_passed_through_stream_that_fails_keeps_the_upstreams_documented_error
     assert [e["type"] for e in events][-2:] == ["error", "response.failed"], events
     failed = events[-1]["response"]
     assert failed["status"] == "failed" and failed["error"]["code"] == code
-    assert "the upstream gave up" in failed["error"]["message"]
+    assert failed["error"]["message"] == "The model's answer was cut off."

@@ -159,7 +159,8 @@ def test_a_passed_through_responses_stream_whose_upstream_sends_an_error_event_f
 ) -> None:
     """A Responses upstream (passthrough) that sends an error event without a Responses `type` mid-stream
     (chat's `{"error": {...}}` shape, as OpenAI-compatible servers send it) ends the client's stream with
-    `error` and `response.failed`, and the log row says error, not ok."""
+    `error` and `response.failed` in the gateway's words, and the log row says error, not ok; the upstream's
+    own report of its failure is in the attempt row."""
     dep = {"name": "native", "model": "fake-model", "upstream_model": "fake-model", "api_base": fake_provider.base_url,
            "timeout_s": 5, "stream_idle_timeout_s": 5, "capabilities": ["chat", "tools", "responses"]}
     settings = gateway_settings(fake_provider.base_url, sqlite_url, tmp_path, deployments=[dep])
@@ -168,10 +169,11 @@ def test_a_passed_through_responses_stream_whose_upstream_sends_an_error_event_f
             "model": "fake-model", "stream": True, "input": "[[fault:error_event:4]] one two three four five"})
         row, attempts = log_rows(gw, rid)
     assert [name for name, _ in events][-2:] == ["error", "response.failed"]
-    assert "crashed mid-stream" in events[-2][1]["message"]
+    assert events[-2][1]["message"] == "The model's answer was cut off."
     assert events[-1][1]["response"]["error"]["code"] == "server_error"
     assert row is not None and row["status"] == "error"
     assert [(a["status"], a["error_type"]) for a in attempts] == [("error", "stream_cut")]
+    assert "crashed mid-stream" in attempts[0]["error_message"]
 
 
 def test_a_messages_upstream_timeout_before_the_first_chunk_is_anthropics_timeout_error(
