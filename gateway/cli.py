@@ -303,8 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     kr.add_argument("key_id")
     kp.set_defaults(fn=cmd_keys)
 
-    rp = sub.add_parser("router", help="train / score / eval the learned router")
-    rp.add_argument("rest", nargs=argparse.REMAINDER)
+    rp = sub.add_parser("router", help="train / score / eval the learned router, train a cascade's verifier",
+                        description="hybridgate router VERB --help: that verb's options")
+    rp.add_argument("rest", nargs=argparse.REMAINDER, metavar="{train,score,eval,train-verifier} ...")
     rp.set_defaults(fn=cmd_router)
 
     from gateway import demo_traffic
@@ -313,15 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo_traffic.add_arguments(dp)
     dp.set_defaults(fn=demo_traffic.run_cli)
 
-    bp = sub.add_parser("bench", help="run a benchmark script from bench/ (a source checkout)")
-    bp.add_argument("rest", nargs=argparse.REMAINDER)
+    bp = sub.add_parser("bench", help="run a benchmark script from bench/ (a source checkout)",
+                        description="hybridgate bench NAME [args] runs bench/NAME.py; without NAME: the list")
+    bp.add_argument("rest", nargs=argparse.REMAINDER, metavar="NAME [args]")
     bp.set_defaults(fn=cmd_bench)
 
     for name, module, func, help_ in [
         ("local-model", "local_model.cli", "main", "serve / train the local hybrid model"),
     ]:
-        sp = sub.add_parser(name, help=help_)
-        sp.add_argument("rest", nargs=argparse.REMAINDER)
+        sp = sub.add_parser(name, help=help_, description="hybridgate local-model VERB --help: that verb's options")
+        sp.add_argument("rest", nargs=argparse.REMAINDER, metavar="{serve,train} ...")
         sp.set_defaults(fn=_delegate(module, func))
     return p
 
