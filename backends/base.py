@@ -193,6 +193,32 @@ def transport_reason(exc: BaseException) -> str:
     return "connection failed"
 
 
+def timeout_error(phase: Literal["connect", "first_byte", "total"], seconds: float, message: str | None = None,
+                  **extra: Any) -> UpstreamError:
+    """A deadline the gateway set ran out before any answer: kind "timeout", ``body["phase"]`` naming it,
+    and a ``reason`` for the client that says which deadline and its configured seconds, in fixed words
+    ("first byte timeout after 30s"). ``message`` replaces the request log's text."""
+    text = f"{phase.replace('_', ' ')} timeout after {seconds:g}s"
+    return UpstreamError("timeout", message or f"upstream {text}", body={"phase": phase, **extra}, reason=text)
+
+
+def stream_cut(cause: str, message: str, n: int, reason: str | None = None, **extra: Any) -> UpstreamError:
+    """A stream that failed after ``n`` chunks (kind "stream_cut"; ``cause`` the underlying kind): the
+    client's ``reason`` (when the failure has one) says after how many."""
+    return UpstreamError(
+        "stream_cut",
+        f"stream cut after {n} chunk(s): {message}",
+        body={"cause": cause, "chunks_yielded": n, **extra},
+        reason=None if reason is None else f"{reason} after {n} chunk(s)",
+    )
+
+
+def idle_cut(idle_s: float, n: int, message: str | None = None) -> UpstreamError:
+    """No chunk for the stream's idle deadline (``stream_idle_timeout_s``) after ``n`` chunks."""
+    return stream_cut("timeout", message or f"no data for {idle_s:g}s (idle timeout)", n,
+                      reason=f"no data for {idle_s:g}s between chunks", phase="idle")
+
+
 class Backend(Protocol):
     """An upstream deployment client. Implementations: litellm, direct OpenAI-compatible, local model."""
 

@@ -40,8 +40,11 @@ from backends.base import (
     UpstreamCall,
     UpstreamError,
     UpstreamResponse,
+    idle_cut,
     redact_error,
     secret_values,
+    stream_cut,
+    timeout_error,
     transport_reason,
 )
 from backends.openai_compatible import (
@@ -305,9 +308,7 @@ class LiteLLMBackend:
             async with asyncio.timeout(call.timeout_s):
                 resp = await fn(**kw)
         except TimeoutError:
-            raise UpstreamError(
-                "timeout", f"upstream total timeout after {call.timeout_s:g}s", body={"phase": "total"}
-            ) from None
+            raise timeout_error("total", call.timeout_s) from None
         except UpstreamError:
             raise
         except Exception as exc:
@@ -341,11 +342,7 @@ class LiteLLMBackend:
             async with asyncio.timeout_at(deadline):
                 wrapper = await fn(**kw)
         except TimeoutError:
-            raise UpstreamError(
-                "timeout",
-                f"upstream first byte timeout after {call.timeout_s:g}s",
-                body={"phase": "first_byte"},
-            ) from None
+            raise timeout_error("first_byte", call.timeout_s) from None
         except Exception as exc:
             raise map_litellm_error(exc, self._litellm) from exc
         it = wrapper.__aiter__()
@@ -364,19 +361,13 @@ class LiteLLMBackend:
                     break
                 except TimeoutError:
                     if n == 0:
-                        raise UpstreamError(
-                            "timeout",
-                            f"upstream first byte timeout after {call.timeout_s:g}s",
-                            body={"phase": "first_byte"},
-                        ) from None
-                    raise _cut(
-                        "timeout", f"no data for {idle_s:g}s (idle timeout)", n, phase="idle"
-                    ) from None
+                        raise timeout_error("first_byte", call.timeout_s) from None
+                    raise idle_cut(idle_s, n) from None
                 except Exception as exc:
                     err = map_litellm_error(exc, self._litellm)
                     if n == 0:
                         raise err from exc
-                    raise _cut(err.kind, err.message, n, reason=err.reason) from exc
+                    raise stream_cut(err.kind, err.message, n, reason=err.reason) from exc
                 if responses:  # Responses events pass as they are; the last one names how it ended
                     chunk = responses_dict(obj)
                     kind = chunk.get("type")
@@ -384,7 +375,7 @@ class LiteLLMBackend:
                         err = responses_event_error(chunk)
                         if n == 0:
                             raise err
-                        raise _cut(err.kind, err.message, n)
+                        raise stream_cut(err.kind, err.message, n)
                     finished = finished or kind in RESPONSES_END
                 else:
                     chunk = to_openai_dict(obj, chunk=True)
@@ -398,13 +389,6 @@ class LiteLLMBackend:
                 with contextlib.suppress(Exception):  # closing a broken stream must not mask the real error
                     await close()
         if not finished:
-            raise _cut("stream_cut", "stream ended before any choice finished", n)
+            raise stream_cut("stream_cut", "stream ended before any choice finished", n)
 
 
-def _cut(cause: str, message: str, n: int, reason: str | None = None, **extra: Any) -> UpstreamError:
-    return UpstreamError(
-        "stream_cut",
-        f"stream cut after {n} chunk(s): {message}",
-        body={"cause": cause, "chunks_yielded": n, **extra},
-        reason=None if reason is None else f"{reason} after {n} chunk(s)",
-    )

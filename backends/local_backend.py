@@ -21,7 +21,15 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from backends.base import Backend, UpstreamCall, UpstreamError, UpstreamResponse, Usage
+from backends.base import (
+    Backend,
+    UpstreamCall,
+    UpstreamError,
+    UpstreamResponse,
+    Usage,
+    idle_cut,
+    timeout_error,
+)
 from common.types import DeploymentConfig
 from local_model.engine import Engine, EngineConfig
 from local_model.engine import openai_api as oa
@@ -91,7 +99,7 @@ class LocalBackend:
         try:
             body = await asyncio.wait_for(oa.complete(self.engine, req, self._model(call), rid, streams), call.timeout_s)
         except TimeoutError as exc:
-            raise UpstreamError("timeout", f"local model did not answer within {call.timeout_s}s") from exc
+            raise timeout_error("total", call.timeout_s, f"local model did not answer within {call.timeout_s}s") from exc
         except UpstreamError:
             raise
         except Exception as exc:
@@ -110,6 +118,7 @@ class LocalBackend:
             raise _upstream_error(exc, call.kind) from exc
         chunks = oa.stream(self.engine, req, self._model(call), rid, streams)
         first = True
+        n = 0
         try:
             while True:
                 timeout = call.timeout_s if first else call.stream_idle_timeout_s
@@ -118,8 +127,10 @@ class LocalBackend:
                 except StopAsyncIteration:
                     return
                 except TimeoutError as exc:
-                    kind = "timeout" if first else "stream_cut"
-                    raise UpstreamError(kind, f"local model stream stalled for {timeout}s") from exc
+                    message = f"local model stream stalled for {timeout}s"
+                    if first:
+                        raise timeout_error("first_byte", timeout, message) from exc
+                    raise idle_cut(timeout, n, message) from exc
                 except UpstreamError:
                     raise
                 except Exception as exc:
@@ -129,6 +140,7 @@ class LocalBackend:
                     raise err from exc
                 # The role chunk comes before any compute: count the first *content* as "first byte".
                 first = first and not _has_output(chunk)
+                n += 1
                 yield chunk
         finally:
             for s in streams:

@@ -39,8 +39,11 @@ from backends.base import (
     UpstreamError,
     UpstreamResponse,
     Usage,
+    idle_cut,
     redact_error,
     secret_values,
+    stream_cut,
+    timeout_error,
     transport_reason,
     usage_fields,
 )
@@ -181,23 +184,6 @@ def responses_event_error(event: Mapping[str, Any]) -> UpstreamError:
                          status=500, body=dict(event))
 
 
-def _timeout_error(phase: str, seconds: float, **extra: Any) -> UpstreamError:
-    return UpstreamError(
-        "timeout",
-        f"upstream {phase.replace('_', ' ')} timeout after {seconds:g}s",
-        body={"phase": phase, **extra},
-    )
-
-
-def _cut(cause: str, message: str, n: int, reason: str | None = None, **extra: Any) -> UpstreamError:
-    return UpstreamError(
-        "stream_cut",
-        f"stream cut after {n} chunk(s): {message}",
-        body={"cause": cause, "chunks_yielded": n, **extra},
-        reason=None if reason is None else f"{reason} after {n} chunk(s)",
-    )
-
-
 def _client_error_reason(exc: aiohttp.ClientError) -> str:
     """`transport_reason` with aiohttp's own failures that have no socket error under them."""
     if isinstance(exc, aiohttp.ServerDisconnectedError):
@@ -328,9 +314,9 @@ class OpenAICompatibleBackend:
                 if status >= 400:
                     raise error_from_status(status, raw, resp.headers)
         except aiohttp.ConnectionTimeoutError:
-            raise _timeout_error("connect", connect_s) from None
+            raise timeout_error("connect", connect_s) from None
         except TimeoutError:
-            raise _timeout_error("total", call.timeout_s) from None
+            raise timeout_error("total", call.timeout_s) from None
         except aiohttp.ClientPayloadError as exc:
             raise _connection_error(f"upstream answer cut: {exc}", exc) from None
         except aiohttp.ClientConnectorError as exc:
@@ -388,9 +374,9 @@ class OpenAICompatibleBackend:
                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_s),
                 )
         except aiohttp.ConnectionTimeoutError:
-            raise _timeout_error("connect", connect_s) from None
+            raise timeout_error("connect", connect_s) from None
         except TimeoutError:
-            raise _timeout_error("first_byte", call.timeout_s) from None
+            raise timeout_error("first_byte", call.timeout_s) from None
         except aiohttp.ClientConnectorError as exc:
             raise _connection_error(f"cannot connect to {self.base_url}: {exc.os_error}", exc) from None
         except aiohttp.ClientError as exc:
@@ -416,10 +402,8 @@ class OpenAICompatibleBackend:
                             data = await content.readany()
                 except TimeoutError:
                     if n == 0:
-                        raise _timeout_error("first_byte", call.timeout_s) from None
-                    raise _cut(
-                        "timeout", f"no data for {idle_s:g}s (idle timeout)", n, phase="idle"
-                    ) from None
+                        raise timeout_error("first_byte", call.timeout_s) from None
+                    raise idle_cut(idle_s, n) from None
                 except aiohttp.ClientError as exc:  # payload error (connection cut), reset
                     if n == 0:
                         raise UpstreamError(
@@ -428,7 +412,7 @@ class OpenAICompatibleBackend:
                             body={"cause": "connection", "chunks_yielded": 0},
                             reason=f"{_client_error_reason(exc)} before the first chunk",
                         ) from None
-                    raise _cut("connection", repr(exc), n, reason=_client_error_reason(exc)) from None
+                    raise stream_cut("connection", repr(exc), n, reason=_client_error_reason(exc)) from None
                 events = decoder.feed(data) if data else decoder.flush()
                 for _event, payload_bytes in events:
                     if payload_bytes == DONE:
@@ -443,24 +427,24 @@ class OpenAICompatibleBackend:
                                 f"stream event is not valid JSON: {exc}",
                                 body=payload_bytes[:2000].decode("utf-8", "replace"),
                             ) from None
-                        raise _cut("malformed", f"stream event is not valid JSON: {exc}", n) from None
+                        raise stream_cut("malformed", f"stream event is not valid JSON: {exc}", n) from None
                     if not isinstance(chunk, dict):
                         if n == 0:
                             raise UpstreamError("malformed", "stream event is not a JSON object", body=chunk)
-                        raise _cut("malformed", "stream event is not a JSON object", n)
+                        raise stream_cut("malformed", "stream event is not a JSON object", n)
                     kind = chunk.get("type") if responses else None
                     if responses and not isinstance(kind, str):
                         # every Responses event names its type; one without is an error in chat's shape, or garbage
                         if "error" not in chunk:
                             if n == 0:
                                 raise UpstreamError("malformed", "stream event has no type", body=chunk)
-                            raise _cut("malformed", "stream event has no type", n)
+                            raise stream_cut("malformed", "stream event has no type", n)
                         kind = "error"
                     if (kind in RESPONSES_FAILED) if responses else ("error" in chunk and not chunk.get("choices")):
                         err = responses_event_error(chunk) if responses else _error_from_object(chunk, payload_bytes)
                         if n == 0:
                             raise err
-                        raise _cut(err.kind, err.message, n, error=err.body)
+                        raise stream_cut(err.kind, err.message, n, error=err.body)
                     n += 1
                     yield chunk
                     if kind in RESPONSES_END:  # a Responses stream ends with its last event, no [DONE]
@@ -468,7 +452,7 @@ class OpenAICompatibleBackend:
                         break
                 if not data and not done:
                     if self.require_done:
-                        raise _cut("stream_cut", "stream ended without [DONE]", n)
+                        raise stream_cut("stream_cut", "stream ended without [DONE]", n)
                     break
             if done and not content.at_eof():
                 # read the chunked terminator so the connection goes back to the pool
@@ -488,7 +472,7 @@ class OpenAICompatibleBackend:
             async with asyncio.timeout_at(deadline):
                 return await resp.read()
         except TimeoutError:
-            raise _timeout_error("first_byte", timeout_s) from None
+            raise timeout_error("first_byte", timeout_s) from None
         except aiohttp.ClientError as exc:
             raise _connection_error(f"upstream answer cut: {exc!r}", exc) from None
 

@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from backends.base import Backend
 from backends.registry import build_backend
+from common.errors import error_text
 from common.types import DeploymentConfig
 from gateway.admin_api import AdminHandlers
 from gateway.budget_admin import BudgetAdminHandlers
@@ -52,6 +53,7 @@ from policies.registry import PolicyRegistry
 from requestlog.retention import cutoff, prune
 from requestlog.sink import LogSink
 from requestlog.spend import LoggedSpend
+from requestlog.urls import connect_timeout_args
 from router.breaker import BreakerConfig
 from router.plugins import LinUCBBandit, ScoredLinUCBBandit, ThompsonBandit
 from router.protocols import Plugins
@@ -117,7 +119,7 @@ async def _every(interval_s: float, stop: asyncio.Event, *jobs: tuple[str, Calla
             try:
                 await job()
             except Exception as exc:
-                log.warning("%s failed: %s", what, exc)
+                log.warning("%s failed: %s", what, error_text(exc))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval_s)
 
@@ -218,10 +220,21 @@ def _build_backend(settings: Settings, d: DeploymentConfig) -> Backend:
         raise ConfigError(f"{where}: {reason}") from exc
 
 
+def gateway_engine(settings: Settings) -> AsyncEngine:
+    """The engine of the gateway's own queries (keys, policies, feedback, bandit totals, admin): a
+    pooled connection is pinged before use, and opening a connection and each statement are bounded
+    (`database_connect_timeout_s`, `database_timeout_s`), so a database that stops answering (a hung
+    server, a proxy that swallows packets) fails the call like a refused one instead of holding it."""
+    url = settings.database_url
+    return create_async_engine(url, pool_pre_ping=True, connect_args=connect_timeout_args(
+        url, settings.database_connect_timeout_s, command_timeout_s=settings.database_timeout_s))
+
+
 def build_services(settings: Settings, backends: dict[str, Backend] | None = None) -> Services:
-    engine = create_async_engine(settings.database_url, pool_pre_ping=True)
+    engine = gateway_engine(settings)
     sink = LogSink(
         settings.database_url,  # its own small pool: log writes never queue behind admin queries
+        connect_timeout_s=settings.database_connect_timeout_s,
         spool_dir=settings.log.spool_dir,
         batch_max_rows=settings.log.batch_max_rows,
         batch_max_ms=settings.log.batch_max_ms,
@@ -317,21 +330,28 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
-            for warning in await check_app(settings, services.engine):
-                log.warning("hybridgate: %s", warning)
+            checks = await check_app(settings, services.engine)
         except BaseException:
             await _close_backends(services)  # nothing else is running yet
             raise
+        for warning in checks.warnings:
+            log.warning("hybridgate: %s", warning)
         await services.sink.start()
         registry = services.router.registry
-        try:
-            await registry.reload()
-            if settings.policies_dir:
-                await registry.seed_dir(settings.policies_dir)
-            if services.router.catalog.deployments and registry.active("auto") is None:
-                await registry.seed_dir(DEFAULT_POLICIES)  # the embedded default policy, once
-        except Exception as exc:  # a dead database must not stop the gateway serving plain models
-            log.warning("hybridgate: policies not loaded (%s); retrying in the background", exc)
+        router = services.router
+        artifacts = services.artifacts
+        # A database the checks could not reach is not asked again here (each try would wait out its
+        # timeout): the check's warning said so, and the background jobs below load it once it answers.
+        if checks.database_reachable:
+            try:
+                await registry.reload()
+                if settings.policies_dir:
+                    await registry.seed_dir(settings.policies_dir)
+                if services.router.catalog.deployments and registry.active("auto") is None:
+                    await registry.seed_dir(DEFAULT_POLICIES)  # the embedded default policy, once
+            except Exception as exc:  # a dead database must not stop the gateway serving plain models
+                log.warning("hybridgate: policies not loaded (%s); retrying in the background", error_text(exc))
+            await artifacts.sync()  # what was activated before this process started
         stop = asyncio.Event()
         events = services.policy_events
         tasks: list[asyncio.Task[Any]] = []
@@ -347,9 +367,6 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
         tasks.append(asyncio.create_task(registry.run_reload_loop(
             settings.policy_reload_s, stop, pushed=(lambda: events.live) if events is not None else None)))
         # Keep this process in step with every other one: what the bandits learned, and budgets.
-        router = services.router
-        artifacts = services.artifacts
-        await artifacts.sync()  # what was activated before this process started
         tasks.append(asyncio.create_task(_every(
             settings.policy_reload_s, stop, ("bandit sync", router.sync_bandits),
             ("budget sync", router.scopes.sync),
@@ -408,6 +425,7 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
         services.metrics.log_queue.set(st.get("queued", 0))
         services.metrics.log_spooled.set(st.get("spooled_pending", st.get("spooled", 0)))
         services.metrics.db_up.set(1 if st.get("db_up") else 0)
+        services.metrics.log_totals.set(st)
         return Response(services.metrics.render(), media_type="text/plain; version=0.0.4")
 
     doc = orjson.dumps(openapi_document())

@@ -153,6 +153,15 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
     database_url: str = "sqlite+aiosqlite:///./hybridgate.db"
+    database_connect_timeout_s: float = Field(
+        default=5.0, gt=0,
+        description="opening a connection to the log database may take this long (libpq: whole seconds, "
+                    "at least 2); a database that does not answer in time counts as down")
+    database_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="per statement of the gateway's own queries (asyncpg; SQLite: how long one waits for a "
+                    "lock); slower = the database counts as down for that call (feedback answers 503, "
+                    "background syncs skip a round)")
     redis_url: str | None = Field(default=None, description="shared state; None = in-process state")
     redis_prefix: str = "hg:"
     redis_timeout_s: float = Field(default=0.25, gt=0, description="per command; slower = use local state for now")

@@ -6,15 +6,18 @@ Configuration mistakes that the settings' own validation cannot see (they need t
 the database) would otherwise surface as a traceback in every worker, or as a gateway that starts
 and quietly cannot do what it was configured to do: an unmigrated log database (every row refused,
 a wall of SQL warnings), a `policies_dir` that does not exist or holds an invalid policy (nothing
-seeded, not even the shipped `auto`), a `default_model` that names nothing. Each is one
-`ConfigError` line naming the key and what to do. A log database that cannot be reached is not a
+seeded, not even the shipped `auto`), a `default_model` that names nothing, a `log.spool_dir` that is a
+file or not writable (the request log cannot start). Each is one `ConfigError` line naming the key and
+what to do. A log database that cannot be reached is not a
 mistake here: the gateway degrades (rows spool to disk) as DESIGN.md says, with one warning line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -22,11 +25,19 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common.errors import error_text
 from gateway.config import ConfigError, Settings
 from policies.loader import PolicyValidationError, parse_policy
 from requestlog.urls import connect_timeout_args, to_sync_url
 
-CONNECT_TIMEOUT_S = 5  # serve's look at the log database: it starts degraded when that does not answer
+
+@dataclass(frozen=True, slots=True)
+class AppChecks:
+    """What `check_app` found: warnings to log, and whether the log database answered (when it did not,
+    startup loads nothing more from it: the background jobs do once it answers)."""
+
+    warnings: list[str]
+    database_reachable: bool
 
 
 def redact(url: str) -> str:
@@ -43,7 +54,7 @@ def db_failure(url: str, exc: BaseException) -> str:
     elif isinstance(orig, OSError) and orig.strerror:
         reason = orig.strerror + (f": {orig.filename}" if orig.filename else "")
     else:
-        reason = str(orig) or type(orig).__name__
+        reason = error_text(orig)
     reason = re.sub(r"\s+", " ", reason).strip()
     low = reason.lower()
     hint = ""
@@ -57,21 +68,41 @@ def db_failure(url: str, exc: BaseException) -> str:
 def check_serve(settings: Settings) -> list[str]:
     """Raise ConfigError for a configuration `serve` cannot work with; return warnings to print."""
     warnings: list[str] = []
+    _spool_dir(settings)
     seeded = _policy_files(settings, warnings)
     reachable, live = _log_database(settings, warnings)
     _default_model(settings, seeded | live, reachable, warnings)
     return warnings
 
 
-async def check_app(settings: Settings, engine: AsyncEngine) -> list[str]:
+async def check_app(settings: Settings, engine: AsyncEngine) -> AppChecks:
     """`check_serve`'s checks from inside an app's startup (`gateway.app.create_app`'s lifespan), on the
-    app's own database engine: the policy files it is about to seed, the log database's schema and
-    live policies (the database startup reads anyway), `default_model`. Raise ConfigError; return warnings."""
+    app's own database engine: the spool folder, the policy files it is about to seed, the log database's
+    schema and live policies (the database startup reads anyway), `default_model`. Raise ConfigError."""
     warnings: list[str] = []
+    await asyncio.to_thread(_spool_dir, settings)
     seeded = await asyncio.to_thread(_policy_files, settings, warnings)
     reachable, live = await _log_database_async(settings, engine, warnings)
     _default_model(settings, seeded | live, reachable, warnings)
-    return warnings
+    return AppChecks(warnings, reachable)
+
+
+def _spool_dir(settings: Settings) -> None:
+    """ConfigError when `log.spool_dir` cannot be the spool: a file in its place (or in place of a folder
+    above it), or a folder this process may not write in (the request log would fail at start with a
+    traceback, or later lose every row the database does not take). A folder not there yet is made at
+    start, so the nearest existing folder above it must be writable."""
+    folder = Path(settings.log.spool_dir).expanduser()
+    where = f"log.spool_dir: {folder} (resolved from {Path.cwd()})"
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file" if existing == folder else f"cannot be made: {existing} is a file"
+        raise ConfigError(f"{where} {what}; give a folder this gateway may write in")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "" if existing == folder else f"cannot be made: {existing} "
+        raise ConfigError(f"{where} {what}is not writable by this process; give a folder it may write in")
 
 
 def _default_model(settings: Settings, policies: set[str], reachable: bool, warnings: list[str]) -> None:
@@ -135,7 +166,7 @@ def _log_database(settings: Settings, warnings: list[str]) -> tuple[bool, set[st
     _sqlite_file_exists(url)
     revisions = _revisions()
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool,
-                              connect_args=connect_timeout_args(url, CONNECT_TIMEOUT_S))
+                              connect_args=connect_timeout_args(url, settings.database_connect_timeout_s))
     try:
         with engine.connect() as conn:
             return True, _schema(conn, settings, revisions, warnings)
@@ -147,11 +178,13 @@ def _log_database(settings: Settings, warnings: list[str]) -> tuple[bool, set[st
 
 
 async def _log_database_async(settings: Settings, engine: AsyncEngine, warnings: list[str]) -> tuple[bool, set[str]]:
-    """`_log_database` on an app's async engine, bounded as serve's connection is."""
+    """`_log_database` on an app's async engine (bounded by its own timeouts, `gateway.app.gateway_engine`;
+    the whole look by both together)."""
     _sqlite_file_exists(to_sync_url(settings.database_url))
     revisions = await asyncio.to_thread(_revisions)  # reads every migration script
+    bound_s = settings.database_connect_timeout_s + settings.database_timeout_s
     try:
-        async with asyncio.timeout(CONNECT_TIMEOUT_S), engine.connect() as conn:
+        async with asyncio.timeout(bound_s), engine.connect() as conn:
             return True, await conn.run_sync(_schema, settings, revisions, warnings)
     except (SQLAlchemyError, OSError) as exc:  # TimeoutError is an OSError
         warnings.append(_unreachable(settings, exc))

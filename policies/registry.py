@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from common.errors import error_text
 from policies.loader import PolicyValidationError, parse_policy
 from policies.schema import Policy
 
@@ -389,7 +390,8 @@ class PolicyRegistry:
         try:
             await self.notifier.changed(name, self._active.get(name))
         except Exception as exc:
-            log.warning("policy %s: change notification failed (%s); other processes will poll it", name, exc)
+            log.warning("policy %s: change notification failed (%s); other processes will poll it", name,
+                        error_text(exc))
 
     # ---- reload --------------------------------------------------------------------------------------------
 
@@ -464,6 +466,6 @@ class PolicyRegistry:
                     if await self.reload():
                         log.info("policies reloaded: %s", {n: self._active.get(n) for n in self.names()})
                 except Exception as exc:  # keep serving the policies we have
-                    log.warning("policy reload failed: %s", exc)
+                    log.warning("policy reload failed: %s", error_text(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval_s)

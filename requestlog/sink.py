@@ -44,6 +44,8 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common.errors import error_text
+
 from .codec import Record, decode_record, encode_record, to_record
 from .rows import AttemptRow, RequestRow
 from .spool import Spool
@@ -81,6 +83,7 @@ class LogSink:
         max_queue: records held in memory before spilling to the spool instead.
         probe_initial_s, probe_max_s: backoff between database probes while it is down.
         write_timeout_s: a write taking longer counts as the database being unavailable.
+        connect_timeout_s: opening a database connection taking longer counts the same.
         close_timeout_s: how long ``aclose()`` keeps trying the database before leaving the
             rest in the spool.
         engine: an existing async engine to use (then not disposed by ``aclose()``).
@@ -101,6 +104,7 @@ class LogSink:
         probe_initial_s: float = 0.5,
         probe_max_s: float = 30.0,
         write_timeout_s: float = 15.0,
+        connect_timeout_s: float = 5.0,
         close_timeout_s: float = 10.0,
         engine: AsyncEngine | None = None,
         durability: str = "batch",
@@ -119,6 +123,7 @@ class LogSink:
         self._probe_initial = probe_initial_s
         self._probe_max = probe_max_s
         self._write_timeout = write_timeout_s
+        self._connect_timeout = connect_timeout_s
         self._close_timeout = close_timeout_s
         self._own_engine = engine is None
         self._engine = engine
@@ -230,7 +235,8 @@ class LogSink:
                 self._wal.append(entry)
             self._wal_task = asyncio.create_task(self._wal.run(self._wal_stop), name="requestlog-wal")
         if self._engine is None:
-            self._engine = make_engine(self._db_url, command_timeout_s=self._write_timeout)
+            self._engine = make_engine(
+                self._db_url, connect_timeout_s=self._connect_timeout, command_timeout_s=self._write_timeout)
         self._writer = DbWriter(self._engine, write_timeout_s=self._write_timeout)
         self._db_up = await self._writer.ping()
         if not self._db_up:
@@ -505,7 +511,7 @@ class LogSink:
             for _ in range(max(overflow, 0)):
                 self._queue.pop()
             self._dropped += max(overflow, 0)
-            log.error("cannot write request log spool (%s); %d records dropped so far", exc, self._dropped)
+            log.error("cannot write request log spool (%s); %d records dropped so far", error_text(exc), self._dropped)
             return False
         self._spooled += len(records)
         await self._report_handled()
@@ -542,7 +548,7 @@ class LogSink:
 
     def _mark_down(self, exc: BaseException) -> None:
         self._write_errors += 1
-        self._last_error = str(exc)[:500]
+        self._last_error = error_text(exc)[:500]
         if self._db_up:
             log.warning(
                 "request log database unavailable (%s); spooling to %s", self._last_error, self._spool_dir

@@ -8,6 +8,7 @@ are accepted.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sqlalchemy.engine import URL, make_url
@@ -68,14 +69,34 @@ def to_sync_url(url: str | URL) -> URL:
     return _convert(url, _SYNC_DRIVERS, "sync")
 
 
-def connect_timeout_args(url: str | URL, timeout_s: int = CONNECT_TIMEOUT_S) -> dict[str, Any]:
+def connect_timeout_args(
+    url: str | URL, timeout_s: float = CONNECT_TIMEOUT_S, *, command_timeout_s: float | None = None
+) -> dict[str, Any]:
     """``connect_args`` for ``create_engine`` / ``create_async_engine`` that bound how long opening a
     Postgres connection may take, in the spelling of the URL's driver. Without one, a host that
     accepts the connection and never answers (a dead proxy, a firewall that drops packets) costs
-    asyncpg's 60 s default, and libpq's (psycopg) wait has no end. {} for SQLite, and for a URL that
-    sets its own (``timeout`` for asyncpg, ``connect_timeout`` for psycopg)."""
+    asyncpg's 60 s default, and libpq's (psycopg) wait has no end.
+
+    With ``command_timeout_s``, also how long one statement may take: asyncpg's ``command_timeout``
+    (its pool pre-ping too, so a pooled connection to a database that stopped answering fails instead
+    of waiting for ever), and SQLite's ``timeout`` (how long a statement waits for another writer's
+    lock). psycopg has no client-side statement bound; it gets the connect bound only.
+
+    A bound the URL sets itself (``timeout`` / ``command_timeout`` for asyncpg, ``connect_timeout``
+    for psycopg, ``timeout`` for SQLite) is left to the URL."""
     parsed = make_url(url)
-    if parsed.get_backend_name() != "postgresql":
-        return {}
-    name = "timeout" if parsed.get_driver_name() == "asyncpg" else "connect_timeout"
-    return {} if name in parsed.query else {name: timeout_s}
+    query = parsed.query
+    args: dict[str, Any] = {}
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if command_timeout_s is not None and "timeout" not in query:
+            args["timeout"] = command_timeout_s
+    elif backend == "postgresql":
+        if parsed.get_driver_name() == "asyncpg":
+            if "timeout" not in query:
+                args["timeout"] = timeout_s
+            if command_timeout_s is not None and "command_timeout" not in query:
+                args["command_timeout"] = command_timeout_s
+        elif "connect_timeout" not in query:
+            args["connect_timeout"] = max(2, math.ceil(timeout_s))  # libpq: whole seconds, at least 2
+    return args

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from common.errors import error_text
+
 from .spool import SEGMENT_PREFIX, SEGMENT_SUFFIX, TMP_PREFIX, _fsync_dir, _try_lock
 
 log = logging.getLogger("hybridgate.requestlog.wal")
@@ -73,7 +75,7 @@ def recover(spool_dir: Path) -> int:
         except FileNotFoundError:
             continue  # renamed or deleted by its owner meanwhile
         except OSError as exc:
-            log.warning("cannot recover WAL segment %s: %s", path.name, exc)
+            log.warning("cannot recover WAL segment %s: %s", path.name, error_text(exc))
     if moved:
         _fsync_dir(spool_dir)
         _fsync_dir(wal_dir)
@@ -195,7 +197,7 @@ class Wal:
             # A full or failing disk: the records are still in the sink's queue and go to the
             # database as usual; only crash protection is missing for them.
             self.failures += 1
-            log.error("request log WAL write failed (%s); %d records not crash-protected", exc, len(batch))
+            log.error("request log WAL write failed (%s); %d records not crash-protected", error_text(exc), len(batch))
         self._durable_seq = upto
         waiting = []
         for seq, fut in self._waiters:

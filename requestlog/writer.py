@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from . import tables
 from .codec import ATTEMPT, REQUEST, Params, Record, dumps_json, sanitize_record
 from .sql import dialect_insert
-from .urls import to_async_url
+from .urls import connect_timeout_args, to_async_url
 
 log = logging.getLogger("hybridgate.requestlog.writer")
 
@@ -65,17 +65,12 @@ def make_engine(
     restart already fails the batch into the spool, from where it is replayed.
     """
     url = to_async_url(db_url)
-    options: dict[str, Any] = {"pool_pre_ping": False, "json_serializer": dumps_json}
+    connect_args = connect_timeout_args(url, connect_timeout_s, command_timeout_s=command_timeout_s)
+    options: dict[str, Any] = {"pool_pre_ping": False, "json_serializer": dumps_json, "connect_args": connect_args}
     if url.get_backend_name() == "postgresql":
         options.update(pool_size=2, max_overflow=2, pool_recycle=1800)
         if url.get_driver_name() == "asyncpg":
-            options["connect_args"] = {
-                "timeout": connect_timeout_s,
-                "command_timeout": command_timeout_s,
-                "server_settings": {"application_name": "hybridgate-requestlog"},
-            }
-    elif url.get_backend_name() == "sqlite":
-        options["connect_args"] = {"timeout": command_timeout_s}
+            connect_args["server_settings"] = {"application_name": "hybridgate-requestlog"}
     options.update(kw)
     engine = create_async_engine(url, **options)
     if url.get_backend_name() == "sqlite":

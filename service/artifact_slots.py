@@ -25,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common.errors import error_text
 from requestlog.sql import DB_ERRORS
 from requestlog.tables import router_artifacts
 from router.artifacts import ArtifactPathError, load_artifact, load_verifier
@@ -145,7 +146,7 @@ class ArtifactSlots:
             async with self._engine.connect() as conn:
                 rows = (await conn.execute(q)).all()
         except DB_ERRORS as exc:
-            log.debug("artifact sync: database unavailable (%s); keeping what is loaded", exc)
+            log.debug("artifact sync: database unavailable (%s); keeping what is loaded", error_text(exc))
             return
         for rid, slot, path, manifest in rows:
             if self.loaded.get(slot) == rid or rid in self._failed:
@@ -155,7 +156,8 @@ class ArtifactSlots:
                 plugin, _ = await asyncio.to_thread(load_into_slot, slot, path, self._aliases | extra)
             except (OSError, ValueError, TypeError) as exc:
                 self._failed.add(rid)
-                log.warning("artifact %s for %s cannot be loaded here (%s); keeping the current one", path, slot, exc)
+                log.warning("artifact %s for %s cannot be loaded here (%s); keeping the current one", path, slot,
+                            error_text(exc))
                 continue
             if self._activations != seen:  # rows read before an activation here: next round reads afresh
                 return

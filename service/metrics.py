@@ -10,11 +10,12 @@ from the gateway's own constants (endpoint, status, error type, ...) are capped 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 _DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.01, 0.025)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -76,6 +77,28 @@ class Guarded(Generic[M]):
         return self.metric.labels(*out)
 
 
+class Totals:
+    """Counters whose totals another part of the process keeps (the request log's): ``set`` copies them in,
+    and a scrape exports them as counters (``<name>_total``). A ``Counter`` can only be increased, and the
+    total here is already counted."""
+
+    def __init__(self, registry: CollectorRegistry, metrics: dict[str, tuple[str, str]]) -> None:
+        self.metrics = metrics  # key in the source's totals -> (metric name, help)
+        self.values = dict.fromkeys(metrics, 0.0)
+        registry.register(self)
+
+    def set(self, totals: Mapping[str, Any]) -> None:
+        for key in self.metrics:
+            self.values[key] = float(totals.get(key) or 0)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for key, (name, doc) in self.metrics.items():
+            yield CounterMetricFamily(name, doc, value=self.values[key])
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return self.collect()
+
+
 class Metrics:
     def __init__(self, names: LabelNames | None = None) -> None:
         self.names = names or LabelNames()
@@ -134,6 +157,12 @@ class Metrics:
         self.log_queue = Gauge("hybridgate_log_queue_rows", "Log rows waiting to be written", registry=r)
         self.log_spooled = Gauge("hybridgate_log_spooled_rows", "Log rows in the disk spool", registry=r)
         self.db_up = Gauge("hybridgate_db_up", "1 when the log database answers", registry=r)
+        # Counts the request log keeps itself (`LogSink.stats()`): exported as counters at their value.
+        self.log_totals = Totals(r, {
+            "dropped": ("hybridgate_log_dropped_rows", "Log rows lost: neither the database nor the spool took them"),
+            "rejected": ("hybridgate_log_rejected_rows", "Log rows the database refused (kept in the spool's rejected file)"),
+            "write_errors": ("hybridgate_log_write_errors", "Failed writes to the log database (rows went to the spool)"),
+        })
 
     def set_names(self, names: LabelNames) -> None:
         """Which names are known (the app factory calls this once its catalog and registry exist)."""

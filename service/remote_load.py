@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import aiohttp
 
+from common.errors import error_text
 from common.types import DeploymentConfig
 from router.signals import LocalLoad
 
@@ -68,6 +69,6 @@ class RemoteLoadPoller:
                 try:
                     await self.poll_once(session)
                 except Exception as exc:  # keep polling whatever happens
-                    log.warning("remote load poll failed: %s", exc)
+                    log.warning("remote load poll failed: %s", error_text(exc))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=interval_s)

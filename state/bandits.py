@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common.errors import error_text
 from requestlog.sql import DB_ERRORS, dialect_insert
 from requestlog.tables import bandit_totals
 from state.redis_util import RedisGuard
@@ -187,6 +188,6 @@ class DbBanditStore:
 
     def _trouble(self, exc: BaseException) -> None:
         if not self._degraded:
-            log.warning("bandits: database unavailable (%s: %s); learning locally until it returns",
-                        type(exc).__name__, exc)
+            log.warning("bandits: database unavailable (%s); learning locally until it returns",
+                        error_text(exc, with_type=True))
         self._degraded = True

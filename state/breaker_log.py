@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common.errors import error_text
 from requestlog.rollups import record_breaker_event
 from router.breaker import BreakerStateName, ForceMode
 from state.breakers import BreakerStore
@@ -42,7 +43,7 @@ class LoggedBreakerStore:
             async with self._engine.begin() as conn:
                 await record_breaker_event(conn, deployment, state, at)
         except Exception as exc:
-            log.warning("breaker transition %s -> %s not recorded: %s", deployment, state, exc)
+            log.warning("breaker transition %s -> %s not recorded: %s", deployment, state, error_text(exc))
 
     async def allow(self, deployment: str) -> bool:
         return await self.inner.allow(deployment)

@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from common.errors import error_text
 from router.budget import AccountPeriod, to_nano
 
 log = logging.getLogger("hybridgate.state")
@@ -121,8 +122,8 @@ class SpendReconciler:
         except Exception as exc:  # the log database down or slow: budgets go on with what they have
             self.failures += 1
             if not self.log_down:
-                log.warning("budgets: request log unreadable (%s: %s); accounts stay as counted",
-                            type(exc).__name__, exc)
+                log.warning("budgets: request log unreadable (%s); accounts stay as counted",
+                            error_text(exc, with_type=True))
             self.log_down = True
             return None
         if self.log_down:

@@ -37,6 +37,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
+from common.errors import error_text
 from state.redis_util import REDIS_ERRORS
 
 log = logging.getLogger("hybridgate.state")
@@ -207,4 +208,4 @@ class RedisPolicyEvents:
         try:
             await on_change()
         except Exception as exc:  # the database may be down; the poll loop retries
-            log.warning("policy events: reload after a change notification failed: %s", exc)
+            log.warning("policy events: reload after a change notification failed: %s", error_text(exc))

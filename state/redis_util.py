@@ -19,6 +19,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from common.errors import error_text
+
 log = logging.getLogger("hybridgate.state")
 
 T = TypeVar("T")
@@ -94,5 +96,6 @@ class RedisGuard:
         self.failures += 1
         self._down_until = self._clock() + self.retry_after_s
         if not self.degraded:
-            log.warning("%s: Redis unavailable (%s: %s); using in-process state", self.name, type(exc).__name__, exc)
+            log.warning("%s: Redis unavailable (%s); using in-process state", self.name,
+                        error_text(exc, with_type=True))
         self.degraded = True

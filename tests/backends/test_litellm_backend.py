@@ -190,11 +190,13 @@ async def test_timeouts(request: pytest.FixtureRequest, route: str) -> None:
     b: LiteLLMBackend = request.getfixturevalue(route)
     with pytest.raises(UpstreamError) as ei:
         await b.complete(call("hang", timeout=0.3))
-    assert ei.value.kind == "timeout"
+    assert ei.value.kind == "timeout" and ei.value.reason == "total timeout after 0.3s"
     chunks, err = await collect(b, call("hang", timeout=0.3))
     assert chunks == [] and err is not None and err.kind == "timeout"
+    assert err.reason == "first byte timeout after 0.3s"
     chunks, err = await collect(b, call("stall:4", timeout=2, idle=0.3))
     assert chunks and err is not None and err.kind == "stream_cut"
+    assert err.reason == f"no data for 0.3s between chunks after {len(chunks)} chunk(s)"
 
 
 @pytest.mark.parametrize("route", ["oai", "anth"])

@@ -84,7 +84,7 @@ async def test_errors_map_to_upstream_kinds(tiny_ckpt: Path) -> None:
         await second.aclose()
         with pytest.raises(UpstreamError) as e:
             await backend.complete(UpstreamCall(kind="chat", body=long.body, timeout_s=0.05))
-        assert e.value.kind == "timeout"
+        assert e.value.kind == "timeout" and e.value.reason == "total timeout after 0.05s"
         with pytest.raises(UpstreamError) as e:
             await backend.complete(UpstreamCall(kind="embedding", body={"model": "x", "input": "a"}, timeout_s=5))
         assert e.value.kind == "bad_request"

@@ -16,6 +16,7 @@ from backends.fake_provider import FakeProvider
 from backends.openai_compatible import OpenAICompatibleBackend, error_from_status, parse_retry_after
 from backends.sse import client_wants_usage, is_usage_chunk
 from common.types import DeploymentConfig
+from gateway.errors import from_upstream
 
 BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "one two three four five"}]}
 
@@ -175,20 +176,26 @@ async def test_non_stream_body_cut_is_connection(backend: OpenAICompatibleBacken
 
 
 async def test_total_and_first_byte_timeouts(backend: OpenAICompatibleBackend) -> None:
+    """Each says, in the gateway's fixed words the client sees (``reason``), which deadline ran out and
+    its configured seconds."""
     with pytest.raises(UpstreamError) as ei:
         await backend.complete(call("hang", timeout=0.2))
     assert ei.value.kind == "timeout" and ei.value.body == {"phase": "total"}
+    assert ei.value.reason == "total timeout after 0.2s"
+    assert from_upstream(ei.value).message == "The model did not answer in time. Please retry. (total timeout after 0.2s)"
     with pytest.raises(UpstreamError) as ei:
         await backend.complete(call("latency:400", timeout=0.2))
     assert ei.value.kind == "timeout"
     chunks, err = await collect(backend, call("hang", timeout=0.2))
     assert chunks == [] and err is not None and err.kind == "timeout" and err.body == {"phase": "first_byte"}
+    assert err.reason == "first byte timeout after 0.2s"
 
 
 async def test_idle_timeout_mid_stream_is_stream_cut(backend: OpenAICompatibleBackend) -> None:
     chunks, err = await collect(backend, call("stall:3", timeout=2, idle=0.2))
     assert len(chunks) == 3 and err is not None
     assert err.kind == "stream_cut" and err.body["cause"] == "timeout" and err.body["phase"] == "idle"
+    assert err.reason == "no data for 0.2s between chunks after 3 chunk(s)"
     # slow chunks under the idle limit are fine
     chunks, err = await collect(backend, call("chunk_latency:30", timeout=2, idle=0.2))
     assert err is None and len(chunks) == 8
@@ -214,6 +221,7 @@ async def test_connect_timeout() -> None:
         if ei.value.kind == "connection":  # pragma: no cover - kernels that refuse instead of dropping
             pytest.skip("this kernel refuses connections to a full backlog")
         assert ei.value.kind == "timeout" and ei.value.body == {"phase": "connect"}
+        assert ei.value.reason == "connect timeout after 0.2s"
     finally:
         await b.aclose()
         for s in fillers:

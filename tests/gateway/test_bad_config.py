@@ -339,6 +339,31 @@ def test_serve_refuses_a_local_model_device_this_machine_cannot_use(tmp_path: Pa
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+def _spool_dir_case(tmp_path: Path, case: str) -> tuple[Path, str]:
+    """A `log.spool_dir` the request log cannot use, and what the refusal says about it."""
+    (tmp_path / "afile").write_text("x")
+    if case == "a file":
+        return tmp_path / "afile", f"log.spool_dir: {tmp_path / 'afile'} (resolved from {tmp_path}) is a file; "
+    if case == "below a file":
+        return (tmp_path / "afile" / "spool", f"log.spool_dir: {tmp_path / 'afile' / 'spool'} (resolved from "
+                f"{tmp_path}) cannot be made: {tmp_path / 'afile'} is a file; ")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    if os.access(locked, os.W_OK):
+        pytest.skip("this user may write in a read-only folder (root)")
+    return locked, f"log.spool_dir: {locked} (resolved from {tmp_path}) is not writable by this process"
+
+
+@pytest.mark.parametrize("case", ["a file", "below a file", "not writable"])
+def test_serve_refuses_a_spool_dir_the_request_log_cannot_use(tmp_path: Path, sqlite_url: str, case: str) -> None:
+    """One line naming the setting, exit 2, before the port opens: not the request log's traceback at start."""
+    spool, expected = _spool_dir_case(tmp_path, case)
+    cfg = f"database_url: {sqlite_url}\nlocal_model: {{enabled: false}}\nlog: {{spool_dir: '{spool}'}}\n" + FAKE_UPSTREAM
+    r = hybridgate(tmp_path, "serve", "--port", str(free_port()), config=cfg)
+    refused(r, 2, "hybridgate: " + expected, "give a folder")
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
 def test_serve_with_the_log_database_down_starts_degraded_and_says_why(tmp_path: Path) -> None:
     port = free_port()
     url = f"postgresql+asyncpg://postgres:{SECRET}@127.0.0.1:{free_port()}/db"
@@ -378,7 +403,7 @@ def _start_and_stop(settings: Settings) -> None:
 
 
 @pytest.mark.parametrize("case", ["missing policies_dir", "invalid policy", "unknown default_model",
-                                  "unmigrated database", "missing SQLite file"])
+                                  "unmigrated database", "missing SQLite file", "spool_dir a file"])
 def test_an_app_built_with_create_app_refuses_at_startup_what_serve_refuses(
         tmp_path: Path, sqlite_url: str, case: str) -> None:
     """create_app's startup runs serve's preflight: an embedded gateway does not start quietly broken
@@ -395,6 +420,8 @@ def test_an_app_built_with_create_app_refuses_at_startup_what_serve_refuses(
                                 "has no hybridgate tables; this gateway needs"),
         "missing SQLite file": ({"database_url": f"sqlite+aiosqlite:///{tmp_path / 'new.db'}"},
                                 "database_url: the SQLite log"),
+        "spool_dir a file": ({"log": {"spool_dir": str(tmp_path / "empty.db")}},
+                             f"log.spool_dir: {tmp_path / 'empty.db'} (resolved from {Path.cwd()}) is a file"),
     }[case]
     settings = gateway_settings("http://127.0.0.1:9/v1", sqlite_url, tmp_path, **overrides)
     with pytest.raises(ConfigError, match=re.escape(expected)):

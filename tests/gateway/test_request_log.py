@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,34 +17,8 @@ from backends.fake_provider import FakeProviderThread
 from requestlog.migrate import upgrade
 from tests.support.gateway import gateway_settings
 from tests.support.harness import running_gateway
-from tests.support.requestlog import TcpProxy
+from tests.support.requestlog import ThreadedProxy
 from tests.support.wait import await_until
-
-
-class ThreadedProxy:
-    """The TCP proxy on its own loop, so blocking calls into the gateway never stall it."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.proxy = TcpProxy()
-        self._run(self.proxy.start())
-
-    def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
-
-    async def cut(self) -> None:
-        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.proxy.cut(), self.loop))
-
-    async def restore(self) -> None:
-        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.proxy.restore(), self.loop))
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._run(self.proxy.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 async def _rows(url: str, sql: str, **params: Any) -> list[Any]:
@@ -229,3 +202,28 @@ async def test_client_hanging_up_on_a_non_streamed_request_still_leaves_one_row(
     rows = await _rows(fresh_pg_url, "SELECT status, attempts_count FROM requests")
     attempts = await _rows(fresh_pg_url, "SELECT count(*) AS n FROM attempts")
     assert len(rows) == 1 and rows[0]["attempts_count"] == attempts[0]["n"] == 1
+
+
+async def test_failed_log_writes_and_lost_rows_are_counters_in_metrics(fresh_pg_url: str, tmp_path: Path) -> None:
+    """What the request log could not do is in /metrics as counters an operator can alert on: writes the
+    database failed (the rows went to the spool), rows it refused, rows lost altogether."""
+    upgrade(fresh_pg_url)
+    proxy = ThreadedProxy()
+    try:
+        with FakeProviderThread() as fp:
+            settings = gateway_settings(fp.base_url, proxy.url(fresh_pg_url.rsplit("/", 1)[1]), tmp_path)
+            with running_gateway(settings) as gw:
+                async with httpx.AsyncClient(base_url=gw.base_url, timeout=20) as c:
+                    assert (await c.post("/v1/chat/completions", json=_chat("before"))).status_code == 200
+                    await gw.acall(gw.services.sink.flush())
+                    await proxy.cut()  # the database vanishes: the next write fails into the spool
+                    assert (await c.post("/v1/chat/completions", json=_chat("during"))).status_code == 200
+                    await gw.acall(gw.services.sink.flush())
+                    text = (await c.get("/metrics")).text
+                    stats = gw.services.sink.stats()
+    finally:
+        proxy.close()
+    assert stats["write_errors"] >= 1 and stats["spooled"] >= 1
+    assert f"\nhybridgate_log_write_errors_total {float(stats['write_errors'])}\n" in text, text
+    assert "\n# TYPE hybridgate_log_write_errors_total counter\n" in text
+    assert "\nhybridgate_log_rejected_rows_total 0.0\n" in text and "\nhybridgate_log_dropped_rows_total 0.0\n" in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -162,3 +163,41 @@ class TcpProxy:
     async def close(self) -> None:
         if self._server is not None:
             await self.cut()
+
+
+class ThreadedProxy:
+    """`TcpProxy` on its own loop in a thread, so blocking calls into a gateway (a `GatewayThread` starting,
+    a synchronous HTTP client) never stall it."""
+
+    def __init__(self, target_host: str = "127.0.0.1", target_port: int = 5432) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.proxy = TcpProxy(target_host, target_port)
+        self._run(self.proxy.start())
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def url(self, database: str) -> str:
+        return self.proxy.url(database)
+
+    @property
+    def frozen(self) -> bool:
+        return self.proxy.frozen
+
+    @frozen.setter
+    def frozen(self, value: bool) -> None:
+        self.proxy.frozen = value  # read by the proxy's pipes on their next chunk
+
+    async def cut(self) -> None:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.proxy.cut(), self.loop))
+
+    async def restore(self) -> None:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.proxy.restore(), self.loop))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._run(self.proxy.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)

@@ -1,0 +1,84 @@
+"""A log database that accepts connections and never answers (a hung server, a proxy that swallows
+packets: the nastier outage, where nothing fails and nothing answers) costs the gateway its bounds
+(`database_connect_timeout_s`, `database_timeout_s`), never a hang: it starts degraded, feedback is
+a prompt 503 to retry, and the background syncs skip a round."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from backends.fake_provider import FakeProviderThread
+from requestlog.migrate import upgrade
+from tests.support.gateway import gateway_settings
+from tests.support.harness import running_gateway
+from tests.support.requestlog import ThreadedProxy
+
+CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hello"}]}
+
+
+@pytest.fixture()
+def proxy() -> Iterator[ThreadedProxy]:
+    p = ThreadedProxy()
+    try:
+        yield p
+    finally:
+        p.frozen = False
+        p.close()
+
+
+def _settings(fp: FakeProviderThread, proxy: ThreadedProxy, pg_url: str, tmp_path: Path) -> object:
+    return gateway_settings(fp.base_url, proxy.url(pg_url.rsplit("/", 1)[1]), tmp_path,
+                            database_connect_timeout_s=1.0, database_timeout_s=1.0, policy_reload_s=0.2)
+
+
+def test_a_gateway_whose_database_hangs_starts_degraded_within_its_connect_timeout(
+        fresh_pg_url: str, tmp_path: Path, proxy: ThreadedProxy, caplog: pytest.LogCaptureFixture) -> None:
+    """Startup asks the hung database once (the preflight, bounded by the connect timeout), says so in one
+    warning, and serves plain models; loading policies does not wait out the driver's 60 s."""
+    upgrade(fresh_pg_url)
+    proxy.frozen = True
+    with FakeProviderThread() as fp, caplog.at_level(logging.WARNING):
+        started = time.monotonic()
+        with running_gateway(_settings(fp, proxy, fresh_pg_url, tmp_path)) as gw:
+            took = time.monotonic() - started
+            r = httpx.post(gw.base_url + "/v1/chat/completions", json=CHAT, timeout=10)
+            assert r.status_code == 200, r.text
+            time.sleep(1.5)  # the background jobs try the database a few times meanwhile
+    assert took < 8, took
+    lines = [rec.getMessage() for rec in caplog.records]
+    startup = [line for line in lines if "starting anyway" in line]
+    assert len(startup) == 1 and "connection timeout expired" in startup[0], lines
+    # every failure line says what failed, a timeout included (its own text is empty)
+    assert not [line for line in lines if re.search(r"\(\)|: \)|: $", line)], lines
+
+
+def test_feedback_and_bandit_sync_on_a_database_that_hangs_give_up_within_the_timeouts(
+        fresh_pg_url: str, tmp_path: Path, proxy: ThreadedProxy) -> None:
+    """A pooled connection to a database that stopped answering: feedback is the usual 503 to retry (not a
+    request held until the client gives up), a bandit sync round ends (skipped), and both work again once
+    the database answers."""
+    upgrade(fresh_pg_url)
+    with FakeProviderThread() as fp, running_gateway(_settings(fp, proxy, fresh_pg_url, tmp_path)) as gw, \
+            httpx.Client(base_url=gw.base_url, timeout=15) as http:
+        rid = http.post("/v1/chat/completions", json=CHAT).headers["x-request-id"]
+        gw.call(gw.services.sink.flush())
+        gw.call(gw.services.router.sync_bandits())  # the engine's pool now holds a connection
+        proxy.frozen = True
+        started = time.monotonic()
+        r = http.post("/v1/feedback", json={"request_id": rid, "score": 1.0})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable", r.text
+        assert r.headers["retry-after"] == "5"
+        assert time.monotonic() - started < 6
+        started = time.monotonic()
+        gw.call(gw.services.router.sync_bandits(), timeout=10)  # skipped, not hung
+        assert time.monotonic() - started < 6
+        proxy.frozen = False
+        r = http.post("/v1/feedback", json={"request_id": rid, "score": 1.0})
+        assert r.status_code == 201, r.text
