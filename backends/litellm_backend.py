@@ -180,6 +180,8 @@ def map_litellm_error(exc: BaseException, litellm: ModuleType | None = None) -> 
     if isinstance(exc, le.APIConnectionError):
         return UpstreamError("connection", message, status=status if status and status >= 400 else None,
                              reason=transport_reason(exc))
+    if _missing_credentials(exc):  # litellm reports the SDK's refusal to start without a key as a 500
+        return UpstreamError("auth", message, status=401, body=body)
     transport = _transport_cause(exc)
     if transport is not None:  # litellm reports refused/reset connections as InternalServerError (500)
         return UpstreamError(
@@ -212,6 +214,26 @@ def map_litellm_error(exc: BaseException, litellm: ModuleType | None = None) -> 
     if isinstance(exc, (ConnectionError, OSError)):
         return UpstreamError("connection", message, reason=transport_reason(exc))
     return UpstreamError("server_error", f"{type(exc).__name__}: {message}")
+
+
+def _missing_credentials(exc: BaseException) -> bool:
+    """Whether the provider SDK under litellm refused to make a client for want of a key (``api_key_env``
+    names an unset or empty variable, or none is named and the provider's own variable is unset).
+
+    That refusal is the SDK's bare ``OpenAIError`` (no HTTP status: raised before any request) somewhere in
+    the cause chain, which litellm maps to InternalServerError unless its text is the one litellm knows:
+    a configuration fault ("auth"), not an outage to retry or fall back from."""
+    import openai
+
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 12:
+        if type(cur) is openai.OpenAIError:
+            text = str(cur).lower()
+            return "credentials" in text or "api_key" in text
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return False
 
 
 def _transport_cause(exc: BaseException) -> str | None:

@@ -8,12 +8,16 @@ answers (or the process exits, or ``startup_timeout_s`` passes), and stops it wh
 its backends; on Linux the child also gets SIGTERM if the gateway dies without closing. The gateway talks
 to it through `OpenAICompatibleBackend`, exactly as to any other OpenAI-shaped upstream. The router's load
 signals (queue depth, free SSM slots) come from the server's ``/health``, polled on a background thread
-off the request path; while it does not answer the backend reports nothing (unknown load).
+off the request path; while it does not answer the backend reports nothing (unknown load). Those polls go
+through the standard library's `http.client` (`_health`): no proxy from the environment for a loopback
+server, and no per-request log line (httpx logs every request at INFO, a line a second in the gateway's
+log).
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import signal
 import socket
 import subprocess
@@ -25,7 +29,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import orjson
 
 from backends.base import UpstreamCall, UpstreamResponse
 from backends.openai_compatible import OpenAICompatibleBackend
@@ -38,6 +42,21 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _health(port: int, timeout_s: float = 1.0) -> tuple[int, dict[str, Any]] | None:
+    """``GET /health`` of the server on 127.0.0.1:``port``: its status and JSON object, None while it does not
+    answer with one."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    try:
+        conn.request("GET", "/health")
+        resp = conn.getresponse()
+        data = orjson.loads(resp.read())
+    except (OSError, http.client.HTTPException, orjson.JSONDecodeError):
+        return None
+    finally:
+        conn.close()
+    return (resp.status, data) if isinstance(data, dict) else None
 
 
 def _die_with_parent() -> None:
@@ -95,9 +114,9 @@ class LocalServerProcess:
                 code = self.proc.returncode
                 self.stop()
                 raise RuntimeError(f"local model server exited with {code}: {err[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base_url}/health", timeout=1.0).status_code == 200:
-                    return self
+            health = _health(self.port)
+            if health is not None and health[0] == 200:
+                return self
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"local model server did not become ready within {startup_timeout_s}s")
@@ -153,15 +172,15 @@ class SubprocessLocalBackend:
         return dict(self._load)
 
     def _poll_load(self, interval_s: float) -> None:
-        with httpx.Client(timeout=1.0) as client:
-            while not self._stop.is_set():
-                try:
-                    data = client.get(f"{self.server.base_url}/health").json()
-                    data["free_slots"] = data.get("free_ssm_slots")
-                    self._load = data
-                except (httpx.HTTPError, ValueError):
-                    self._load = {}
-                self._stop.wait(interval_s)
+        while not self._stop.is_set():
+            health = _health(self.server.port)
+            if health is None:
+                self._load = {}
+            else:
+                data = health[1]
+                data["free_slots"] = data.get("free_ssm_slots")
+                self._load = data
+            self._stop.wait(interval_s)
 
     async def aclose(self) -> None:
         self._stop.set()

@@ -8,7 +8,8 @@ because importing litellm costs seconds and 100+ MB, and a gateway without litel
 must not pay that just to price OpenAI-compatible calls. It is loaded lazily, once (~3 MB of
 JSON), and every lookup is cached, so `cost_usd` is cheap enough for the per-request path.
 
-`cost_usd(cfg, usage)` has the executor's `Pricer` signature.
+`cost_usd(cfg, usage)` has the executor's `Pricer` signature; `with_cost_map_limits(cfg)` is the
+deployment as the gateway serves it, with the context window and output limit the config leaves unset.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "max_output_tokens",
     "price_table",
     "resolve_prices",
+    "with_cost_map_limits",
 ]
 
 COST_MAP_FILENAME = "model_prices_and_context_window_backup.json"
@@ -167,3 +169,19 @@ def max_output_tokens(cfg: DeploymentConfig) -> int | None:
         if isinstance(v, int) and v > 0:
             return v
     return None
+
+
+def with_cost_map_limits(cfg: DeploymentConfig) -> DeploymentConfig:
+    """The deployment with its context window and output limit from the cost map where the config leaves them
+    unset (`context_window`, `max_output_tokens`); ``cfg`` itself when nothing changes.
+
+    The output limit comes along with the window: without it, the budget's worst case of a request without
+    ``max_tokens`` is the whole (now larger) window, and a direct request may ask for more than the model
+    can write. A cost-map output limit never exceeds the window in force (an explicit smaller one)."""
+    window = context_window(cfg)
+    out = cfg.max_output_tokens
+    if out is None and (mapped := max_output_tokens(cfg)) is not None:
+        out = min(mapped, window)
+    if window == cfg.context_window and out == cfg.max_output_tokens:
+        return cfg
+    return cfg.model_copy(update={"context_window": window, "max_output_tokens": out})

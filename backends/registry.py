@@ -11,7 +11,6 @@ add it in `default_factories()`, or pass ``factories={**default_factories(), "lo
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Mapping
 
@@ -22,28 +21,22 @@ __all__ = ["BackendFactory", "UnsupportedProviderError", "api_key_for", "build_b
 
 BackendFactory = Callable[[DeploymentConfig], Backend]
 
-_log = logging.getLogger(__name__)
-
 
 class UnsupportedProviderError(ValueError):
     """No factory is registered for a deployment's provider."""
 
 
 def api_key_for(cfg: DeploymentConfig) -> str | None:
-    """The upstream key from the env var named by ``api_key_env`` (None when the config names none).
+    """The upstream key from the env var named by ``api_key_env`` (None when the config names none, or
+    the variable is unset or empty).
 
-    A named but unset variable is logged as a warning, not raised: one deployment missing its
-    key must not stop the gateway from serving the others (its calls fail as kind "auth").
+    A named but unset variable is not raised: one deployment missing its key must not stop the gateway
+    from serving the others (its calls fail as kind "auth"); the gateway warns about it at start
+    (`gateway.preflight`).
     """
     if not cfg.api_key_env:
         return None
-    key = os.environ.get(cfg.api_key_env)
-    if not key:
-        _log.warning(
-            "deployment %r: environment variable %r (api_key_env) is not set", cfg.name, cfg.api_key_env
-        )
-        return None
-    return key
+    return os.environ.get(cfg.api_key_env) or None
 
 
 def _openai_compatible(cfg: DeploymentConfig) -> Backend:

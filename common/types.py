@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class Pricing(BaseModel):
@@ -41,8 +41,9 @@ class DeploymentConfig(BaseModel):
         min_length=1,
         description="litellm model string (e.g. 'anthropic/claude-3-5-haiku') or upstream model id",
     )
-    api_base: str | None = None
+    # api_key_env comes before api_base: the api_base check reads it (`_http_url`)
     api_key_env: str | None = Field(default=None, description="name of the env var holding the upstream key")
+    api_base: str | None = None
     timeout_s: float = Field(default=60.0, gt=0)
     stream_idle_timeout_s: float = Field(default=60.0, gt=0)
     context_window: int = Field(default=8192, gt=0)
@@ -67,9 +68,12 @@ class DeploymentConfig(BaseModel):
 
     @field_validator("api_base")
     @classmethod
-    def _http_url(cls, v: str | None) -> str | None:
+    def _http_url(cls, v: str | None, info: ValidationInfo) -> str | None:
         """Checked here, at start: both upstream clients (aiohttp for openai_compatible, litellm's
-        HTTP clients) only speak HTTP(S) to a host, so anything else would fail every request."""
+        HTTP clients) only speak HTTP(S) to a host, so anything else would fail every request. A
+        deployment that sends its key (``api_key_env``) cannot also carry a user and password in its
+        ``api_base``: both are the Authorization header, and the HTTP client refuses every request that
+        has both. (A field check, not a model one, so it is reported beside every other field's error.)"""
         if v is None:
             return v
         try:
@@ -81,6 +85,10 @@ class DeploymentConfig(BaseModel):
             valid = False
         if not valid:
             raise ValueError("expected an http:// or https:// URL with a host, e.g. http://HOST:8000/v1")
+        key_env = info.data.get("api_key_env")
+        if key_env and (parts.username or parts.password):
+            raise ValueError(f"carries credentials (USER:PASSWORD@) and the deployment has api_key_env ({key_env!r}); "
+                             "both would be the Authorization header: keep one of them")
         return v
 
 

@@ -466,7 +466,11 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
         return ADMIN_HEADERS if path == "/admin" or path.startswith("/admin/") else None
 
     async def api_error(request: Request, exc: Exception) -> Response:
+        """An error no handler shaped itself (e.g. a key lookup's 503 in `host_checked`), in the shape of
+        the API the path belongs to."""
         assert isinstance(exc, APIError)
+        if is_messages_path(request.url.path):
+            return anthropic_error(exc)
         return exc.response(admin_headers(request))
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -15,7 +15,6 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal, get_args
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -258,20 +257,6 @@ class Settings(BaseSettings):
                 raise ValueError(f"entry {i} ({name!r}) is not a host name or IP address: give the name alone, "
                                  "without scheme, port or path (e.g. gateway.internal), or '*' for any") from None
         return out
-
-    @model_validator(mode="after")
-    def _one_upstream_credential(self) -> Settings:
-        """A deployment that sends its key (``api_key_env``) cannot also carry a user and password in its
-        ``api_base``: both are the Authorization header, and the HTTP client refuses every request that
-        has both."""
-        for i, d in enumerate(self.deployments):
-            parts = urlsplit(d.api_base) if d.api_base else None
-            if parts is not None and d.api_key_env and (parts.username or parts.password):
-                where = key_path(("deployments", i, "api_base"))
-                raise ValueError(f"{where}: carries credentials (USER:PASSWORD@) and the deployment has "
-                                 f"api_key_env ({d.api_key_env!r}); both would be the Authorization header: "
-                                 "keep one of them")
-        return self
 
     @model_validator(mode="after")
     def _unique_deployment_names(self) -> Settings:

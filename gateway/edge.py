@@ -14,8 +14,9 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from gateway.errors import APIError, bad_request, expired_api_key, invalid_api_key
+from gateway.errors import APIError, bad_request, expired_api_key, invalid_api_key, store_unavailable
 from gateway.keys import ApiKey, KeyExpired, KeyStore
+from requestlog.sql import DB_ERRORS
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -235,7 +236,9 @@ def bearer(request: Request) -> str | None:
 
 async def authenticate(request: Request, keys: KeyStore, required: bool) -> ApiKey | None:
     """The caller's key, None for an anonymous caller on a keyless loopback gateway, or 401 (an expired
-    key: 401 ``expired_api_key``, refused where and as a revoked one is)."""
+    key: 401 ``expired_api_key``, refused where and as a revoked one is). A key that is not cached while
+    the database is away (down, or hung past the engine's timeouts) is 503 ``store_unavailable`` with
+    Retry-After: the key may be valid, so neither a 401 nor a 500."""
     # Anthropic's SDK sends its key as `x-api-key`; both are accepted everywhere.
     token = bearer(request) or (request.headers.get("x-api-key") or "").strip() or None
     if token is None:
@@ -252,6 +255,8 @@ async def authenticate(request: Request, keys: KeyStore, required: bool) -> ApiK
         if required:
             raise expired_api_key(exc.expires_at) from None
         rec = None
+    except DB_ERRORS as exc:
+        raise store_unavailable("API key store", exc) from None
     if rec is None and required:
         raise invalid_api_key()
     return rec

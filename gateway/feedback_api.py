@@ -3,7 +3,7 @@
 `service.feedback.FeedbackRecorder` stores it and teaches the bandit that decided; here it is
 validated and answered, and the caller identified: only the key that made the request (or the
 admin token) may judge it (403 otherwise), and a request takes at most ``feedback_max_sources``
-distinct sources (409 beyond; a known source stays idempotent). A dead database is reported (503, retry) rather than silently dropping
+distinct sources (409 beyond; a known source stays idempotent, answered with the score it stored). A dead database is reported (503, retry) rather than silently dropping
 the judgement; text the database cannot hold (a NUL character) is the caller's 400, never a 503 to retry.
 """
 
@@ -41,7 +41,7 @@ class FeedbackHandler:
             judge = Judge(key_id=key.id if key is not None else None)
         fb = validate(FeedbackRequest, await read_storable_json(request, 64 * 1024))
         try:
-            created = await self.s.feedback.record(fb.request_id, fb.source, fb.value, fb.comment, judge)
+            recorded = await self.s.feedback.record(fb.request_id, fb.source, fb.value, fb.comment, judge)
         except UnknownRequest:
             raise APIError(404, f"No logged request with id {fb.request_id!r}.", param="request_id",
                            code="request_not_found") from None
@@ -54,6 +54,8 @@ class FeedbackHandler:
                            code="feedback_sources_exceeded") from None
         except DB_ERRORS as exc:
             raise store_unavailable("Feedback store", exc) from None
-        body = {"request_id": fb.request_id, "source": fb.source, "score": fb.value,
-                "status": "recorded" if created else "duplicate"}
-        return Response(orjson.dumps(body), status_code=201 if created else 200, media_type="application/json")
+        # a duplicate changes nothing: its answer is the score stored, not the one just sent
+        body = {"request_id": fb.request_id, "source": fb.source, "score": recorded.score,
+                "status": "recorded" if recorded.created else "duplicate"}
+        return Response(orjson.dumps(body), status_code=201 if recorded.created else 200,
+                        media_type="application/json")

@@ -9,7 +9,8 @@ a wall of SQL warnings), a `policies_dir` that does not exist or holds an invali
 seeded, not even the shipped `auto`), a `default_model` that names nothing, a `log.spool_dir` that is a
 file or not writable (the request log cannot start). Each is one `ConfigError` line naming the key and
 what to do. A log database that cannot be reached is not a
-mistake here: the gateway degrades (rows spool to disk) as DESIGN.md says, with one warning line.
+mistake here: the gateway degrades (rows spool to disk) as DESIGN.md says, with one warning line; so
+is a deployment whose ``api_key_env`` names an unset or empty variable (the others are served).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def check_serve(settings: Settings) -> list[str]:
     """Raise ConfigError for a configuration `serve` cannot work with; return warnings to print."""
     warnings: list[str] = []
     _spool_dir(settings)
+    _provider_keys(settings, warnings)
     seeded = _policy_files(settings, warnings)
     reachable, live = _log_database(settings, warnings)
     _default_model(settings, seeded | live, reachable, warnings)
@@ -81,6 +83,7 @@ async def check_app(settings: Settings, engine: AsyncEngine) -> AppChecks:
     schema and live policies (the database startup reads anyway), `default_model`. Raise ConfigError."""
     warnings: list[str] = []
     await asyncio.to_thread(_spool_dir, settings)
+    _provider_keys(settings, warnings)
     seeded = await asyncio.to_thread(_policy_files, settings, warnings)
     reachable, live = await _log_database_async(settings, engine, warnings)
     _default_model(settings, seeded | live, reachable, warnings)
@@ -103,6 +106,17 @@ def _spool_dir(settings: Settings) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         what = "" if existing == folder else f"cannot be made: {existing} "
         raise ConfigError(f"{where} {what}is not writable by this process; give a folder it may write in")
+
+
+def _provider_keys(settings: Settings, warnings: list[str]) -> None:
+    """One warning per deployment whose ``api_key_env`` names a variable that is unset or empty here: it
+    fails every request (an upstream auth error) until the variable is set and the gateway restarted. Not
+    an error: the other deployments are served."""
+    for i, d in enumerate(settings.deployments):
+        if d.api_key_env and not os.environ.get(d.api_key_env):
+            state = "empty" if d.api_key_env in os.environ else "not set"
+            warnings.append(f"deployments[{i}].api_key_env: the environment variable {d.api_key_env!r} is {state}; "
+                            f"deployment {d.name!r} fails every request (upstream auth error) until it is set")
 
 
 def _default_model(settings: Settings, policies: set[str], reachable: bool, warnings: list[str]) -> None:

@@ -48,6 +48,15 @@ class Judge:
     admin: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What a judgement left stored: ``created`` False when this (request, source) was judged before, and
+    ``score`` the stored score then (the first judgement's, not the one just sent)."""
+
+    created: bool
+    score: float
+
+
 class FeedbackRecorder:
     def __init__(
         self, engine: AsyncEngine, sink: LogSink, router: GatewayRouter, *, max_sources: int = 8
@@ -71,11 +80,11 @@ class FeedbackRecorder:
 
     async def record(
         self, request_id: str, source: str, score: float, comment: str | None, judge: Judge
-    ) -> bool:
-        """Store the judgement; True when it is new, False when this (request, source) was already
-        judged (nothing changes then). Raises `UnknownRequest`, `NotRequestOwner`, `TooManySources`,
-        or the database's errors (`requestlog.sql.DB_ERRORS`) when it is away, so the caller can ask
-        for a retry."""
+    ) -> Recorded:
+        """Store the judgement; `Recorded.created` is False when this (request, source) was already
+        judged (nothing changes then, and `Recorded.score` is the score stored before). Raises
+        `UnknownRequest`, `NotRequestOwner`, `TooManySources`, or the database's errors
+        (`requestlog.sql.DB_ERRORS`) when it is away, so the caller can ask for a retry."""
         stmt = (
             dialect_insert(feedback, self._engine.dialect.name)
             .values(
@@ -108,8 +117,12 @@ class FeedbackRecorder:
             if source not in sources and len(sources) >= self._max_sources:
                 raise TooManySources(self._max_sources)
             created = bool((await conn.execute(stmt)).rowcount)
+            if not created:
+                score = (await conn.execute(
+                    sa.select(feedback.c.score).where(feedback.c.request_id == request_id, feedback.c.source == source)
+                )).scalar_one()
         if created:
             # this process may still hold the decision itself (then it teaches the bandit from that)
             logged = None if self._router.recent_decision(request_id) is not None else row.bandit
             await self._router.feedback(request_id, score, logged)
-        return created
+        return Recorded(created, score)

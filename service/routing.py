@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from backends.base import CLIENT_CAUSED, Backend, Usage
-from backends.pricing import resolve_prices
+from backends.pricing import resolve_prices, with_cost_map_limits
 from common.types import DeploymentConfig, RequestFeatures
 from policies.registry import PolicyRegistry
 from policies.schema import Policy
@@ -164,9 +164,14 @@ class LearningClock:
 
 
 class Catalog:
-    """Deployments and their backends, indexed by public model name (config order = fallback order)."""
+    """Deployments and their backends, indexed by public model name (config order = fallback order).
+
+    A deployment's context window and output limit that its config leaves unset come from litellm's cost
+    map (`with_cost_map_limits`), resolved here once, like its prices, so routing, budgets, fallbacks and
+    /v1/models all read the same numbers."""
 
     def __init__(self, deployments: list[DeploymentConfig], backends: dict[str, Backend]) -> None:
+        deployments = [with_cost_map_limits(d) for d in deployments]
         self.deployments = deployments
         self.backends = backends
         self.by_name = {d.name: d for d in deployments}

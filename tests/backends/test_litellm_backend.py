@@ -244,6 +244,30 @@ async def test_registry_reads_api_key_env(monkeypatch: pytest.MonkeyPatch) -> No
         assert ei.value.kind == "auth"
 
 
+@pytest.mark.parametrize("value", [None, ""])
+async def test_a_key_variable_that_is_unset_or_empty_is_an_auth_failure_not_an_outage(
+    fp: FakeProvider, monkeypatch: pytest.MonkeyPatch, value: str | None
+) -> None:
+    """The OpenAI SDK under litellm refuses to start without a key ("Missing credentials"), which litellm
+    reports as a 500: that is the deployment's configuration, so kind "auth" (not retried), and no request
+    reaches the upstream."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    if value is None:
+        monkeypatch.delenv("HG_TEST_UNSET_KEY", raising=False)
+    else:
+        monkeypatch.setenv("HG_TEST_UNSET_KEY", value)
+    cfg = DeploymentConfig(name="nokey", model="m", provider="litellm", upstream_model="openai/fake-model",
+                           api_base=fp.base_url, api_key_env="HG_TEST_UNSET_KEY")
+    b = build_backend(cfg)
+    before = fp.stats["total"]
+    with pytest.raises(UpstreamError) as ei:
+        await b.complete(call())
+    assert ei.value.kind == "auth" and not ei.value.retryable, ei.value
+    _, err = await collect(b, call())
+    assert err is not None and err.kind == "auth", err
+    assert fp.stats["total"] == before
+
+
 async def test_to_openai_dict_usage_chunk_shape() -> None:
     raw = {
         "id": "x",

@@ -18,8 +18,9 @@ from backends.pricing import (
     max_output_tokens,
     price_table,
     resolve_prices,
+    with_cost_map_limits,
 )
-from backends.registry import UnsupportedProviderError, build_backend, default_factories
+from backends.registry import UnsupportedProviderError, api_key_for, build_backend, default_factories
 from backends.sse import SSEDecoder, client_wants_usage, is_usage_chunk, with_stream_usage
 from common.types import DeploymentConfig, Pricing
 
@@ -84,6 +85,19 @@ def test_context_window_and_max_output_defaults() -> None:
     assert max_output_tokens(dep("my-own-llama")) is None
 
 
+def test_a_served_deployment_takes_the_limits_its_config_leaves_unset_from_the_cost_map() -> None:
+    entry = lookup_model("gpt-4o")
+    assert entry is not None
+    served = with_cost_map_limits(dep("gpt-4o"))
+    assert (served.context_window, served.max_output_tokens) == (entry["max_input_tokens"], entry["max_output_tokens"])
+    pinned = with_cost_map_limits(dep("gpt-4o", context_window=1000))  # explicit window wins; output fits in it
+    assert (pinned.context_window, pinned.max_output_tokens) == (1000, 1000)
+    both = dep("gpt-4o", context_window=1000, max_output_tokens=10)
+    unknown = dep("my-own-llama")
+    assert with_cost_map_limits(both) is both and with_cost_map_limits(unknown) is unknown
+    assert unknown.context_window == 8192 and unknown.max_output_tokens is None
+
+
 # -- registry ------------------------------------------------------------------------------------------------
 
 
@@ -112,13 +126,14 @@ def test_openai_compatible_build_does_not_import_litellm() -> None:
     assert out.returncode == 0, out.stderr
 
 
-def test_missing_api_key_env_is_a_warning(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_missing_api_key_env_does_not_stop_the_backend_from_being_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other deployments are served; the gateway's start warns (tests/gateway/test_bad_config.py)."""
     monkeypatch.delenv("HG_NOT_SET_ANYWHERE", raising=False)
-    b = build_backend(dep("x", api_base="http://h/v1", api_key_env="HG_NOT_SET_ANYWHERE"))
-    assert isinstance(b, OpenAICompatibleBackend)
-    assert "HG_NOT_SET_ANYWHERE" in caplog.text
+    monkeypatch.setenv("HG_EMPTY", "")
+    for var in ("HG_NOT_SET_ANYWHERE", "HG_EMPTY"):
+        d = dep("x", api_base="http://h/v1", api_key_env=var)
+        assert api_key_for(d) is None
+        assert isinstance(build_backend(d), OpenAICompatibleBackend)
 
 
 # -- SSE -----------------------------------------------------------------------------------------------------------

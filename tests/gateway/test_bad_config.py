@@ -185,6 +185,18 @@ def test_an_api_base_with_a_password_and_an_api_key_env_is_refused_at_load(tmp_p
                                     "api_base": "https://u@llm.internal/v1", "api_key_env": "K"}])
 
 
+def test_every_deployments_api_base_mistake_is_reported_in_one_go(tmp_path: Path) -> None:
+    """A bad URL in one deployment does not hide another's credentials clash: one line each."""
+    r = hybridgate(tmp_path, "migrate", config=(
+        f"deployments:\n  - {{name: a, model: m, upstream_model: u, api_base: 'ftp://u:{SECRET}@host/v1'}}\n"
+        f"  - {{name: b, model: m, upstream_model: u, api_base: 'https://proxy:{SECRET}@llm.internal/v1', "
+        "api_key_env: OPENAI_API_KEY}\n"))
+    refused(r, 2, "\n  deployments[0].api_base: expected an http:// or https:// URL with a host",
+            "\n  deployments[1].api_base: carries credentials (USER:PASSWORD@) and the deployment has api_key_env "
+            "('OPENAI_API_KEY')")
+    assert r.stderr.count("\n  ") == 2, r.stderr
+
+
 @pytest.mark.parametrize("api_base", ["http://127.0.0.1:8000/v1", "https://api.openai.com/v1", "http://[::1]:8000",
                                       "HTTPS://gateway.internal", "http://vllm/v1/"])
 def test_http_and_https_api_bases_with_a_host_are_accepted(api_base: str) -> None:
@@ -386,6 +398,40 @@ def test_serve_with_the_log_database_down_starts_degraded_and_says_why(tmp_path:
     assert "hybridgate: warning: the log database at postgresql+asyncpg://postgres:***@127.0.0.1:" in out, out
     assert "Connection refused" in out and "starting anyway: request rows spool to" in out
     assert SECRET not in out
+
+
+def test_a_deployment_whose_key_variable_is_unset_or_empty_is_one_warning_line_at_start(
+        tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not an error (the other deployments are served), but the operator hears it before the first request
+    fails: one line per such deployment, from `serve`'s checks and from an embedded app's."""
+    from gateway.app import gateway_engine
+    from gateway.preflight import check_app, check_serve
+
+    monkeypatch.delenv("HG_TEST_UNSET_KEY", raising=False)
+    monkeypatch.setenv("HG_TEST_EMPTY_KEY", "")
+    monkeypatch.setenv("HG_TEST_SET_KEY", SECRET)
+    up = {"model": "m", "upstream_model": "u", "api_base": "http://127.0.0.1:9/v1"}
+    settings = gateway_settings("http://127.0.0.1:9/v1", sqlite_url, tmp_path, deployments=[
+        {"name": "a", "api_key_env": "HG_TEST_UNSET_KEY", **up}, {"name": "b", "api_key_env": "HG_TEST_SET_KEY", **up},
+        {"name": "c", **up}, {"name": "d", "api_key_env": "HG_TEST_EMPTY_KEY", **up}])
+    expected = [
+        "deployments[0].api_key_env: the environment variable 'HG_TEST_UNSET_KEY' is not set; deployment 'a' fails "
+        "every request (upstream auth error) until it is set",
+        "deployments[3].api_key_env: the environment variable 'HG_TEST_EMPTY_KEY' is empty; deployment 'd' fails "
+        "every request (upstream auth error) until it is set",
+    ]
+    assert [w for w in check_serve(settings) if "api_key_env" in w] == expected
+
+    async def embedded() -> list[str]:
+        engine = gateway_engine(settings)
+        try:
+            return (await check_app(settings, engine)).warnings
+        finally:
+            await engine.dispose()
+
+    warnings = asyncio.run(embedded())
+    assert [w for w in warnings if "api_key_env" in w] == expected
+    assert SECRET not in "".join(warnings)
 
 
 # ---------------------------------------------------------------------------------------------- create_app

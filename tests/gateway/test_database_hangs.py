@@ -82,3 +82,58 @@ def test_feedback_and_bandit_sync_on_a_database_that_hangs_give_up_within_the_ti
         proxy.frozen = False
         r = http.post("/v1/feedback", json={"request_id": rid, "score": 1.0})
         assert r.status_code == 201, r.text
+
+
+def test_a_key_that_is_not_cached_while_the_database_hangs_is_a_503_to_retry_in_the_callers_shape(
+        fresh_pg_url: str, tmp_path: Path, proxy: ThreadedProxy) -> None:
+    """With keys required, a key the gateway has not looked up yet cannot be checked while the database hangs:
+    the key may be valid, so not a 401, and not a 500 either: a 503 `store_unavailable` with Retry-After, in
+    OpenAI's shape on /v1/chat/completions and Anthropic's on /v1/messages (where the key may come as
+    x-api-key); a key looked up before is still served from the cache."""
+    upgrade(fresh_pg_url)
+    with FakeProviderThread() as fp:
+        settings = gateway_settings(fp.base_url, proxy.url(fresh_pg_url.rsplit("/", 1)[1]), tmp_path,
+                                    database_connect_timeout_s=1.0, database_timeout_s=1.0, policy_reload_s=0.2,
+                                    require_keys=True, admin_token="adm-secret")
+        with running_gateway(settings) as gw, httpx.Client(base_url=gw.base_url, timeout=15) as http:
+            admin = {"authorization": "Bearer adm-secret"}
+            used, fresh = (http.post("/admin/api/keys", json={"name": n}, headers=admin).json()["key"]
+                           for n in ("used", "fresh"))
+            assert http.post("/v1/chat/completions", json=CHAT,
+                             headers={"authorization": f"Bearer {used}"}).status_code == 200
+            proxy.frozen = True
+            started = time.monotonic()
+            r = http.post("/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {fresh}"})
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "store_unavailable" and r.headers["retry-after"] == "5", r.text
+            assert time.monotonic() - started < 6
+            r = http.post("/v1/messages", headers={"x-api-key": fresh, "anthropic-version": "2023-06-01"},
+                          json={"model": "fake-model", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+            body = r.json()
+            assert body["type"] == "error" and "unavailable, retry later" in body["error"]["message"], body
+            r = http.post("/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {used}"})
+            assert r.status_code == 200, r.text  # cached: the hung database is not asked
+            proxy.frozen = False
+            r = http.post("/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {fresh}"})
+            assert r.status_code == 200, r.text
+
+
+def test_a_key_sent_to_a_keyless_gateway_from_a_foreign_host_while_the_database_is_down_is_a_503_in_the_callers_shape(
+        tmp_path: Path) -> None:
+    """Where keys are not required, a request by a name outside `allowed_hosts` passes only with a valid key;
+    a database that refuses connections cannot tell, so it is the same 503 to retry, in Anthropic's shape
+    on /v1/messages."""
+    from tests.support.net import free_port
+
+    down = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/db"
+    with FakeProviderThread() as fp, running_gateway(gateway_settings(
+            fp.base_url, down, tmp_path, database_connect_timeout_s=1.0, database_timeout_s=1.0)) as gw:
+        headers = {"x-api-key": "sk-anything", "anthropic-version": "2023-06-01", "host": "rebound.example"}
+        r = httpx.post(gw.base_url + "/v1/messages", headers=headers, timeout=15,
+                       json={"model": "fake-model", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+        assert r.json()["type"] == "error" and "unavailable, retry later" in r.json()["error"]["message"], r.text
+        r = httpx.post(gw.base_url + "/v1/chat/completions", json=CHAT, timeout=15,
+                       headers={"authorization": "Bearer sk-anything", "host": "rebound.example"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable", r.text

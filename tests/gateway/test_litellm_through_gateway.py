@@ -85,3 +85,41 @@ def test_messages_top_k_reaches_upstreams_through_litellm(
                                   extra_body={"top_k": 5})
         assert [r.body.get("top_k") for r in anth.requests() if r.path == "/v1/messages"] == [5]
         assert [r.body.get("top_k") for r in vllm.requests() if r.path.endswith("/chat/completions")] == [5]
+
+
+def test_a_deployment_without_a_context_window_serves_the_cost_maps(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """litellm's cost map knows gpt-4o-mini's window (128K input, 16K output): a deployment that sets no
+    `context_window` serves that, in /v1/models and in routing (a 15K-token prompt to a policy is routed, not
+    refused as too long for a default 8192). An explicit window wins; a model the map does not know keeps 8192."""
+    import httpx
+
+    from backends.pricing import lookup_model
+
+    entry = lookup_model("openai/gpt-4o-mini")
+    assert entry is not None
+    monkeypatch.setenv("HG_TEST_OPENAI_KEY", "sk-oai-test")
+    with FakeProviderThread(default_context_window=200_000) as oai:
+        common = {"provider": "litellm", "api_base": oai.base_url, "api_key_env": "HG_TEST_OPENAI_KEY", "timeout_s": 20}
+        deployments = [
+            {"name": "mini", "model": "gpt-mini", "upstream_model": "openai/gpt-4o-mini", **common},
+            {"name": "mini-pinned", "model": "gpt-mini-pinned", "upstream_model": "openai/gpt-4o-mini",
+             "context_window": 4000, **common},
+            {"name": "own", "model": "own-model", "upstream_model": "openai/my-own-llama", **common},
+        ]
+        with running_gateway(settings(tmp_path, sqlite_url, deployments, default_model="gpt-mini")) as gw:
+            c = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0, timeout=60)
+            cards = {m.id: m.model_dump() for m in c.models.list()}
+            assert cards["gpt-mini"]["context_window"] == entry["max_input_tokens"] == 128_000
+            assert cards["gpt-mini-pinned"]["context_window"] == 4000
+            assert cards["own-model"]["context_window"] == 8192
+            prompt = [{"role": "user", "content": "word " * 15_000}]
+            r = httpx.post(gw.base_url + "/v1/chat/completions", timeout=60,
+                           json={"model": "auto", "messages": prompt, "max_tokens": 5})
+            assert r.status_code == 200, r.text
+            assert r.headers["x-hybridgate-deployment"] == "mini"
+            # the output limit comes with the window: more than the model can write is refused up front
+            r = httpx.post(gw.base_url + "/v1/chat/completions", timeout=60,
+                           json={"model": "gpt-mini", "messages": MSG, "max_tokens": 20_000})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens", r.text
