@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -152,6 +152,22 @@ def redact_error(err: UpstreamError, secrets: tuple[str, ...]) -> UpstreamError:
         if err.reason is not None:
             err.reason = redact_text(err.reason, secrets)
     return err
+
+
+async def redacted_stream(
+    chunks: AsyncGenerator[dict[str, Any], None], secrets: tuple[str, ...]
+) -> AsyncGenerator[dict[str, Any], None]:
+    """``chunks`` (a backend's own stream) with `redact_error` applied to the error that ends it; closes
+    ``chunks`` as soon as this stream ends or is closed, not when it is collected (that releases the
+    upstream connection)."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except UpstreamError as err:
+        redact_error(err, secrets)
+        raise
+    finally:
+        await chunks.aclose()
 
 
 _ERRNO_REASONS = {

@@ -42,6 +42,7 @@ from backends.base import (
     UpstreamResponse,
     idle_cut,
     redact_error,
+    redacted_stream,
     secret_values,
     stream_cut,
     timeout_error,
@@ -338,17 +339,9 @@ class LiteLLMBackend:
         data = responses_dict(resp) if call.kind == "responses" else to_openai_dict(resp)
         return UpstreamResponse(data, usage_of(data))
 
-    async def stream(self, call: UpstreamCall) -> AsyncIterator[dict[str, Any]]:
+    def stream(self, call: UpstreamCall) -> AsyncIterator[dict[str, Any]]:
         """Yield OpenAI chunk dicts; usage is always requested (see `backends.sse`)."""
-        chunks = self._stream(call)
-        try:
-            async for chunk in chunks:
-                yield chunk
-        except UpstreamError as err:
-            redact_error(err, self._secrets)
-            raise
-        finally:
-            await chunks.aclose()  # at once, not when collected: it closes the provider's stream
+        return redacted_stream(self._stream(call), self._secrets)
 
     async def _stream(self, call: UpstreamCall) -> AsyncIterator[dict[str, Any]]:
         if call.kind == "embedding":

@@ -41,6 +41,7 @@ from backends.base import (
     Usage,
     idle_cut,
     redact_error,
+    redacted_stream,
     secret_values,
     stream_cut,
     timeout_error,
@@ -342,17 +343,9 @@ class OpenAICompatibleBackend:
 
     # -- streamed -------------------------------------------------------------------------------
 
-    async def stream(self, call: UpstreamCall) -> AsyncIterator[dict[str, Any]]:
+    def stream(self, call: UpstreamCall) -> AsyncIterator[dict[str, Any]]:
         """Yield OpenAI chunk dicts; the usage chunk is always requested (see `backends.sse`)."""
-        chunks = self._stream(call)
-        try:
-            async for chunk in chunks:
-                yield chunk
-        except UpstreamError as err:
-            redact_error(err, self._secrets)
-            raise
-        finally:
-            await chunks.aclose()  # at once, not when collected: it releases the connection
+        return redacted_stream(self._stream(call), self._secrets)
 
     async def _stream(self, call: UpstreamCall) -> AsyncIterator[dict[str, Any]]:
         if call.kind == "embedding":
