@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from router.protocols import Verifier
@@ -144,6 +144,86 @@ def without_echo(body: Mapping[str, Any], echo: Echo | None) -> Mapping[str, Any
         "logprobs": {"token_logprobs": values[first:]} if values is not None and first is not None else None,
     }
     return {**body, "choices": [choice, *choices[1:]]}
+
+
+@dataclass(slots=True)
+class StreamedAnswer:
+    """The first choice of a streamed answer, as far as it has arrived: its text, its token
+    log-probabilities (when the upstream sent them; legacy ones with where each token starts in the text)
+    and whether it has finished. ``echo``: the prompt a legacy completion repeats first."""
+
+    chat: bool = True
+    echo: Echo | None = None
+    text: list[str] = field(default_factory=list)
+    chars: int = 0
+    logprobs: list[Any] = field(default_factory=list)
+    token_logprobs: list[float] = field(default_factory=list)
+    text_offset: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    echo_chars: int | None = None  # the echoed prompt's length, once known
+
+    def add(self, chunk: Mapping[str, Any]) -> None:
+        """Take in one chunk (an OpenAI chat or legacy completion chunk; anything else in it is skipped)."""
+        choices = chunk.get("choices")
+        for c in choices if isinstance(choices, list) else ():
+            if not isinstance(c, Mapping) or c.get("index", 0) != 0:
+                continue
+            if "delta" in c:
+                delta = c.get("delta")
+                piece = delta.get("content") if isinstance(delta, Mapping) else None
+            else:
+                self.chat = False
+                piece = c.get("text")
+            start = self.chars
+            if isinstance(piece, str) and piece:
+                self.text.append(piece)
+                self.chars += len(piece)
+            lp = c.get("logprobs")
+            lp = lp if isinstance(lp, Mapping) else {}
+            if isinstance(lp.get("content"), list):
+                self.logprobs.extend(lp["content"])
+            elif isinstance(lp.get("token_logprobs"), list):
+                values = lp["token_logprobs"]
+                self.token_logprobs.extend(values)
+                # a chunk without usable offsets: its tokens are placed where its text starts
+                offsets = token_offsets(lp, start, len(piece) if isinstance(piece, str) else 0)
+                self.text_offset.extend(offsets if offsets is not None else [start] * len(values))
+            if c.get("finish_reason"):
+                self.finish_reason = c["finish_reason"]
+
+    def generated_chars(self) -> int:
+        """How much of the text held so far the model generated: an echoed prompt does not count (a
+        token-id prompt's echo, whose length only the upstream knows, counts until its logprobs place it)."""
+        if self.echo is None:
+            return self.chars
+        if self.echo.text is not None:
+            return max(0, self.chars - len(self.echo.text))
+        if self.echo_chars is None and self.token_logprobs:
+            cut, first = echo_split("".join(self.text), self.token_logprobs, self.text_offset, self.echo)
+            if first is not None and first < len(self.token_logprobs):  # the completion's first token is here
+                self.echo_chars = cut
+        return self.chars - self.echo_chars if self.echo_chars is not None else self.chars
+
+    def body(self) -> dict[str, Any]:
+        """The answer so far as a completion body, the shape `router.escalation` reads."""
+        text = "".join(self.text)
+        if self.chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": {"content": self.logprobs} if self.logprobs else None,
+            }
+        else:
+            choice = {
+                "index": 0,
+                "text": text,
+                "logprobs": {"token_logprobs": self.token_logprobs, "text_offset": self.text_offset}
+                if self.token_logprobs
+                else None,
+            }
+        choice["finish_reason"] = self.finish_reason
+        return {"choices": [choice]}
+
 
 
 def verifier_name(score: str) -> str | None:

@@ -4,8 +4,8 @@ The router decides who answers first, who next, the score and the threshold (`Es
 score itself is `router.escalation.confidence` (mean token log-probability, or a trained answer
 verifier). Here the two meet: a `Verdict` per first answer, and `Cascades` runs the attempts, for
 whole answers (`complete`) and for streamed ones (`stream`: the first answer is held back up to the
-policy's ``stream_buffer_chars`` and judged before anything reaches the client). For streamed requests, `StreamedAnswer`
-collects the first answer's chunks into the body the score reads. What is judged is what the model
+policy's ``stream_buffer_chars`` and judged before anything reaches the client). For streamed requests,
+`router.escalation.StreamedAnswer` collects the first answer's chunks into the body the score reads. What is judged is what the model
 generated: a legacy completion's echoed prompt is left out (`router.escalation.without_echo`), and a
 request that generates nothing (``max_tokens: 0`` with ``echo``, scoring the prompt) is not judged.
 """
@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from backends.base import UpstreamError, UpstreamResponse
 from router.decision import EscalationPlan
-from router.escalation import Echo, confidence, echo_split, first_prompt, token_offsets, without_echo
+from router.escalation import Echo, StreamedAnswer, confidence, first_prompt, without_echo
 from router.protocols import Plugins, Verifier
 from service.executor import CallFactory, Execution, Executor, Plan
 from service.metrics import Metrics
@@ -76,81 +76,6 @@ def judge(
     """The verdict on a first answer (an OpenAI chat or text completion body), on what the model generated."""
     body = without_echo(body, asked.echo)
     return Verdict(plan.score, confidence(plan.score, body, asked.prompt, verifiers), plan.threshold)
-
-
-@dataclass(slots=True)
-class StreamedAnswer:
-    """The first choice of a streamed answer, as far as it has arrived: its text, its token
-    log-probabilities (when the upstream sent them; legacy ones with where each token starts in the text)
-    and whether it has finished. ``echo``: the prompt a legacy completion repeats first."""
-
-    chat: bool = True
-    echo: Echo | None = None
-    text: list[str] = field(default_factory=list)
-    chars: int = 0
-    logprobs: list[Any] = field(default_factory=list)
-    token_logprobs: list[float] = field(default_factory=list)
-    text_offset: list[int] = field(default_factory=list)
-    finish_reason: str | None = None
-    echo_chars: int | None = None  # the echoed prompt's length, once known
-
-    def add(self, chunk: Mapping[str, Any]) -> None:
-        for c in chunk.get("choices") or ():
-            if c.get("index", 0) != 0:
-                continue
-            if "delta" in c:
-                piece = (c.get("delta") or {}).get("content")
-            else:
-                self.chat = False
-                piece = c.get("text")
-            start = self.chars
-            if piece:
-                self.text.append(piece)
-                self.chars += len(piece)
-            lp = c.get("logprobs") or {}
-            if isinstance(lp.get("content"), list):
-                self.logprobs.extend(lp["content"])
-            elif isinstance(lp.get("token_logprobs"), list):
-                values = lp["token_logprobs"]
-                self.token_logprobs.extend(values)
-                # a chunk without usable offsets: its tokens are placed where its text starts
-                offsets = token_offsets(lp, start, len(piece) if isinstance(piece, str) else 0)
-                self.text_offset.extend(offsets if offsets is not None else [start] * len(values))
-            if c.get("finish_reason"):
-                self.finish_reason = c["finish_reason"]
-
-    def generated_chars(self) -> int:
-        """How much of the text held so far the model generated: an echoed prompt does not count (a
-        token-id prompt's echo, whose length only the upstream knows, counts until its logprobs place it)."""
-        if self.echo is None:
-            return self.chars
-        if self.echo.text is not None:
-            return max(0, self.chars - len(self.echo.text))
-        if self.echo_chars is None and self.token_logprobs:
-            cut, first = echo_split("".join(self.text), self.token_logprobs, self.text_offset, self.echo)
-            if first is not None and first < len(self.token_logprobs):  # the completion's first token is here
-                self.echo_chars = cut
-        return self.chars - self.echo_chars if self.echo_chars is not None else self.chars
-
-    def body(self) -> dict[str, Any]:
-        """The answer so far as a completion body, the shape `router.escalation` reads."""
-        text = "".join(self.text)
-        if self.chat:
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": {"content": self.logprobs} if self.logprobs else None,
-            }
-        else:
-            choice = {
-                "index": 0,
-                "text": text,
-                "logprobs": {"token_logprobs": self.token_logprobs, "text_offset": self.text_offset}
-                if self.token_logprobs
-                else None,
-            }
-        choice["finish_reason"] = self.finish_reason
-        return {"choices": [choice]}
 
 
 MakeCall = Callable[[bool, Mapping[str, Any] | None], CallFactory]  # (stream, extra body fields) -> calls

@@ -19,7 +19,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from router.bandits import unit_reward
-from router.escalation import Echo, answer_text, first_prompt, token_offsets, without_echo
+from router.escalation import Echo, StreamedAnswer, answer_text, first_prompt, without_echo
 from router.offline.datasets import LabeledDataset
 
 if TYPE_CHECKING:
@@ -153,10 +153,7 @@ def logged_answer(body: str) -> dict[str, Any] | None:
     from backends.sse import DONE, SSEDecoder
 
     decoder = SSEDecoder()
-    parts: list[str] = []
-    chars, chat = 0, False
-    values: list[Any] = []
-    offsets: list[int] = []
+    answer = StreamedAnswer()  # what the cascade collects of a streamed first answer, the same way
     for _, data in decoder.feed(body.encode()) + decoder.flush():
         if data == DONE:
             continue
@@ -164,30 +161,14 @@ def logged_answer(body: str) -> dict[str, Any] | None:
             chunk = json.loads(data)
         except ValueError:
             continue
-        choices = chunk.get("choices") if isinstance(chunk, dict) else None
-        for c in choices if isinstance(choices, list) else ():
-            if not isinstance(c, dict) or c.get("index", 0) != 0:
-                continue
-            delta = c.get("delta")
-            chat = chat or isinstance(delta, dict)
-            piece = delta.get("content") if isinstance(delta, dict) else c.get("text")
-            start = chars
-            if isinstance(piece, str):
-                parts.append(piece)
-                chars += len(piece)
-            lp = c.get("logprobs")
-            if isinstance(lp, dict) and isinstance(lp.get("token_logprobs"), list):
-                # as the cascade places a streamed chunk's tokens: its offsets, else where its text starts
-                placed = token_offsets(lp, start, chars - start)
-                values.extend(lp["token_logprobs"])
-                offsets.extend(placed if placed is not None else [start] * len(lp["token_logprobs"]))
-    text = "".join(parts)
-    if not text and not chat:
-        return None
-    if chat:
-        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text or None}}]}
-    lps = {"token_logprobs": values, "text_offset": offsets} if values else None
-    return {"choices": [{"index": 0, "text": text, "logprobs": lps}]}
+        if isinstance(chunk, dict):
+            answer.add(chunk)
+    doc = answer.body()
+    if not answer.chars:  # nothing generated: no text to judge (tool calls), or no answer at all
+        if not answer.chat:
+            return None
+        doc["choices"][0]["message"]["content"] = None
+    return doc
 
 
 def logged_answer_text(body: str, echo: Echo | None = None) -> str | None:

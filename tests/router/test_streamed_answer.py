@@ -6,8 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from router.escalation import Echo, without_echo
-from service.cascade import StreamedAnswer
+from router.escalation import Echo, StreamedAnswer, without_echo
 
 
 def test_a_streamed_echo_is_placed_by_where_each_chunk_starts() -> None:
