@@ -11,14 +11,16 @@ from __future__ import annotations
 import errno
 import socket
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 Kind = Literal["chat", "completion", "embedding", "responses"]
 # The events that end a Responses API stream (it has no `[DONE]`), and those that end it failed.
 RESPONSES_END = frozenset({"response.completed", "response.incomplete"})
 RESPONSES_FAILED = frozenset({"response.failed", "error"})
+
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -152,6 +154,15 @@ def redact_error(err: UpstreamError, secrets: tuple[str, ...]) -> UpstreamError:
         if err.reason is not None:
             err.reason = redact_text(err.reason, secrets)
     return err
+
+
+async def redacted(call: Awaitable[_T], secrets: tuple[str, ...]) -> _T:
+    """The result of ``call`` (a backend's own request), with `redact_error` applied to the error it raises."""
+    try:
+        return await call
+    except UpstreamError as err:
+        redact_error(err, secrets)
+        raise
 
 
 async def redacted_stream(

@@ -41,7 +41,7 @@ from backends.base import (
     UpstreamError,
     UpstreamResponse,
     idle_cut,
-    redact_error,
+    redacted,
     redacted_stream,
     secret_values,
     stream_cut,
@@ -317,11 +317,7 @@ class LiteLLMBackend:
         raise UpstreamError("bad_request", f"{self.name}: unsupported call kind {call.kind!r}")
 
     async def complete(self, call: UpstreamCall) -> UpstreamResponse:
-        try:
-            return await self._complete(call)
-        except UpstreamError as err:
-            redact_error(err, self._secrets)
-            raise
+        return await redacted(self._complete(call), self._secrets)
 
     async def _complete(self, call: UpstreamCall) -> UpstreamResponse:
         fn = self._fn(call)

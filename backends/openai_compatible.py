@@ -40,7 +40,7 @@ from backends.base import (
     UpstreamResponse,
     Usage,
     idle_cut,
-    redact_error,
+    redacted,
     redacted_stream,
     secret_values,
     stream_cut,
@@ -289,11 +289,7 @@ class OpenAICompatibleBackend:
     # -- non-streamed ---------------------------------------------------------------------------
 
     async def complete(self, call: UpstreamCall) -> UpstreamResponse:
-        try:
-            return await self._complete(call)
-        except UpstreamError as err:
-            redact_error(err, self._secrets)
-            raise
+        return await redacted(self._complete(call), self._secrets)
 
     async def _complete(self, call: UpstreamCall) -> UpstreamResponse:
         url = self._url(call.kind)
