@@ -40,6 +40,14 @@ class ManualClock:
         return self.t
 
 
+def manual_breaker_clock(gw: GatewayThread) -> ManualClock:
+    """Give the gateway's breakers a clock the test moves (``clock.t += seconds``): a cooldown ends when the
+    test says so, never because a loaded machine took longer than cooldown_s to send the requests."""
+    clock = ManualClock()
+    gw.services.router.breakers.inner = InProcessBreakerStore(breaker_config(gw.services.settings), clock=clock)
+    return clock
+
+
 def breaker_state(gw: GatewayThread, name: str) -> str:
     data = httpx.get(gw.base_url + "/admin/api/breakers").json()["data"]
     return next(b["state"] for b in data if b["deployment"] == name)
@@ -51,11 +59,8 @@ def test_breaker_opens_traffic_falls_back_and_half_open_probe_closes_it(
 ) -> None:
     a, b = two_providers
     s = settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url), dep("b", "m", b.base_url)])
-    # The breakers read a clock the test moves: the cooldown ends when the test says so, never
-    # because a loaded machine took more than cooldown_s to send the requests below.
-    clock = ManualClock()
     with running_gateway(s) as gw:
-        gw.services.router.breakers.inner = InProcessBreakerStore(breaker_config(s), clock=clock)
+        clock = manual_breaker_clock(gw)
         a.set_faults("500")
         c = sdk(gw)
         served = [c.chat.completions.with_raw_response.create(model="m", messages=MSG).headers["x-hybridgate-deployment"]
@@ -98,9 +103,8 @@ def test_retries_stop_at_a_breaker_that_opened_and_a_failed_half_open_probe_is_n
     open it (or its half-open probe fails), that deployment gets no more of the request's retries."""
     a, b = two_providers
     s = settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url), dep("b", "m", b.base_url)])
-    clock = ManualClock()
     with running_gateway(s) as gw:
-        gw.services.router.breakers.inner = InProcessBreakerStore(breaker_config(s), clock=clock)
+        clock = manual_breaker_clock(gw)
         assert httpx.put(gw.base_url + "/admin/api/policies/retrying", content=RETRYING,
                          headers={"content-type": "application/yaml"}).status_code == 201
         a.set_faults("500")
@@ -135,9 +139,8 @@ def test_a_half_open_probe_without_a_verdict_frees_its_slot_for_the_next_request
     staying half-open and unused until the probe timeout."""
     a, b = two_providers
     s = settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url), dep("b", "m", b.base_url)])
-    clock = ManualClock()
     with running_gateway(s) as gw:
-        gw.services.router.breakers.inner = InProcessBreakerStore(breaker_config(s), clock=clock)
+        clock = manual_breaker_clock(gw)
         assert httpx.put(gw.base_url + "/admin/api/policies/retrying", content=RETRYING,
                          headers={"content-type": "application/yaml"}).status_code == 201
         for probe in ("client error", "client hangs up"):
@@ -211,9 +214,8 @@ def test_retry_after_of_a_503_is_the_time_until_the_first_breaker_goes_half_open
     a, b = two_providers
     s = settings(tmp_path, sqlite_url, [dep("a", "m", a.base_url), dep("b", "m", b.base_url)],
                  breaker={"consecutive_failures": 1, "min_requests": 100, "cooldown_s": 7, "window_s": 10})
-    clock = ManualClock()
     with running_gateway(s) as gw:
-        gw.services.router.breakers.inner = InProcessBreakerStore(breaker_config(s), clock=clock)
+        clock = manual_breaker_clock(gw)
         assert httpx.put(gw.base_url + "/admin/api/policies/fixed-ab", content=FIXED_AB,
                          headers={"content-type": "application/yaml"}).status_code == 201
         a.set_faults("500")
