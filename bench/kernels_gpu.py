@@ -34,6 +34,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.step_skeleton import arrive_and_wait  # noqa: E402
 from local_model.decode import capture_graph  # noqa: E402
 from local_model.kernels import triton_ops as tk  # noqa: E402
 
@@ -815,15 +816,7 @@ def _barrier_rounds(buf_ptr, count_ptr, rounds, P, BLOCK: tl.constexpr, SPIN_MAX
     not co-resident ends instead of hanging)."""
     for r in range(rounds):
         _hop(buf_ptr, r, P, BLOCK)
-        # every thread's stores before the one arriving thread's release (cumulative at gpu scope)
-        tl.debug_barrier()
-        tl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
-        target = (r + 1) * P
-        seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
-        spins = 0
-        while (seen < target) & (spins < SPIN_MAX):
-            seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
-            spins += 1
+        arrive_and_wait(count_ptr, (r + 1) * P, SPIN_MAX)
 
 
 @triton.jit

@@ -2,8 +2,8 @@
 Triton launch stream the batch-64 decode step's bytes, phase by dependent phase, with a grid barrier between
 phases?
 
-A decode "megakernel" (one persistent launch for the whole step) is the remaining route to acceptance 3's
-batch-64 ratio in issue 16. Before writing one, this measures its floor on the card: a persistent grid reads
+A decode "megakernel" (one persistent launch for the whole step) streams the next operation's weights while the
+current one finishes. Before writing one, this measures its floor on the card: a persistent grid reads
 the 426M config's step bytes in the step's order (in_proj, conv + x_proj with the conv state, the SSM state
 read and written, out_proj, the FFN or the MoE's router, gate/up and down, ..., lm_head), one phase at a time,
 each program a grid-stride share of the phase's blocks, and
@@ -16,7 +16,7 @@ each program a grid-stride share of the phase's blocks, and
 The bytes are read as bf16 and summed (kept live), not multiplied: the arithmetic a real step adds is small at
 64 rows, but its latency after each barrier is not, so ``preload`` is a lower bound on the megakernel's step,
 not a prediction of it. The SSM state's write is read a second time instead (same bytes). Attention's K/V is
-left out (its bytes depend on the context; the bench's acceptance figure counts them).
+left out (its bytes depend on the context; `bench/local_model_gpu.py`'s step bytes count them).
 
     python3 bench/step_skeleton.py [--json out.json]
 
@@ -93,9 +93,10 @@ def step_phases(
 
 
 @triton.jit
-def _grid_barrier(count_ptr, target, SPIN_MAX: tl.constexpr):
+def arrive_and_wait(count_ptr, target, SPIN_MAX: tl.constexpr):
     """Arrive (release) and spin (acquire) until ``target`` programs have arrived in total; SPIN_MAX bounds
     the spin so a grid that is not co-resident (or the interpreter) ends instead of hanging."""
+    # every thread's stores before the one arriving thread's release (cumulative at gpu scope)
     tl.debug_barrier()
     tl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
     seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
@@ -144,7 +145,7 @@ def _skeleton(
                 if pid < tl.load(blocks_ptr + p + 1):
                     nxt = tl.load(w_ptr + tl.load(start_ptr + p + 1) + pid * BLOCK + offs).to(tl.float32)
         if BARRIER:
-            _grid_barrier(count_ptr, (p + 1) * P, SPIN_MAX)
+            arrive_and_wait(count_ptr, (p + 1) * P, SPIN_MAX)
     tl.store(out_ptr + pid, tl.sum(acc))
 
 
