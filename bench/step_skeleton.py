@@ -11,7 +11,9 @@ each program a grid-stride share of the phase's blocks, and
 - ``stream``: no barrier (the phases run into each other: the pure read rate of this access pattern),
 - ``barrier``: a grid barrier after every phase (each phase pays its ramp and its tail, as separate kernels do),
 - ``preload``: the barrier, with each program's first block of the next phase loaded *before* it (weights do
-  not depend on the phase before, so a megakernel can request them while it waits): the ramp is hidden.
+  not depend on the phase before, so a megakernel can request them while it waits): the ramp is hidden;
+- ``preload2``: the same with the program's first two blocks of the next phase (most phases of a few MB are
+  one or two blocks a program, so the whole phase is in flight across the barrier).
 
 The bytes are read as bf16 and summed (kept live), not multiplied: the arithmetic a real step adds is small at
 64 rows, but its latency after each barrier is not, so ``preload`` is a lower bound on the megakernel's step,
@@ -121,35 +123,49 @@ def _skeleton(
     SPIN_MAX: tl.constexpr,
 ):
     """Program pid of P: for each phase, sum blocks pid, pid + P, ... of its BLOCK-element blocks (the phase
-    starts at element start[p] and has blocks[p] blocks); BARRIER: a grid barrier after each phase; PRELOAD:
-    the next phase's first block is loaded before that barrier. Writes the program's sum to out[pid]."""
+    starts at element start[p] and has blocks[p] blocks); BARRIER: a grid barrier after each phase; PRELOAD
+    (0, 1 or 2): the program's first PRELOAD blocks of the next phase are loaded before that barrier. Writes
+    the program's sum to out[pid]."""
     pid = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     acc = tl.zeros([BLOCK], tl.float32)
-    nxt = tl.zeros([BLOCK], tl.float32)
-    if PRELOAD:  # noqa: SIM102 - a constexpr branch around a runtime one (Triton's `and` needs both runtime)
-        if pid < tl.load(blocks_ptr):
-            nxt = tl.load(w_ptr + tl.load(start_ptr) + pid * BLOCK + offs).to(tl.float32)
+    nxt0 = tl.zeros([BLOCK], tl.float32)
+    nxt1 = tl.zeros([BLOCK], tl.float32)
+    if PRELOAD >= 1:
+        nb0 = tl.load(blocks_ptr)
+        start0 = tl.load(start_ptr)
+        if pid < nb0:
+            nxt0 = tl.load(w_ptr + start0 + pid * BLOCK + offs).to(tl.float32)
+        if PRELOAD >= 2:  # noqa: SIM102 - a constexpr branch around a runtime one
+            if pid + P < nb0:
+                nxt1 = tl.load(w_ptr + start0 + (pid + P) * BLOCK + offs).to(tl.float32)
     for p in range(n_phases):
         start = tl.load(start_ptr + p)
         nb = tl.load(blocks_ptr + p)
-        first = pid
-        if PRELOAD:
-            acc += nxt  # zeros where this program has no block of the phase
-            first = pid + P
+        first = pid + PRELOAD * P
+        if PRELOAD >= 1:
+            acc += nxt0  # zeros where this program has no such block of the phase
+        if PRELOAD >= 2:
+            acc += nxt1
         for b in range(first, nb, P):
             acc += tl.load(w_ptr + start + b * BLOCK + offs).to(tl.float32)  # start is int64
-        if PRELOAD:
-            nxt = tl.zeros([BLOCK], tl.float32)
-            if p + 1 < n_phases:  # noqa: SIM102 - the load of blocks[p + 1] only inside the table
-                if pid < tl.load(blocks_ptr + p + 1):
-                    nxt = tl.load(w_ptr + tl.load(start_ptr + p + 1) + pid * BLOCK + offs).to(tl.float32)
+        if PRELOAD >= 1:
+            nxt0 = tl.zeros([BLOCK], tl.float32)
+            nxt1 = tl.zeros([BLOCK], tl.float32)
+            if p + 1 < n_phases:
+                nb1 = tl.load(blocks_ptr + p + 1)
+                start1 = tl.load(start_ptr + p + 1)
+                if pid < nb1:
+                    nxt0 = tl.load(w_ptr + start1 + pid * BLOCK + offs).to(tl.float32)
+                if PRELOAD >= 2:  # noqa: SIM102 - a constexpr branch around a runtime one
+                    if pid + P < nb1:
+                        nxt1 = tl.load(w_ptr + start1 + (pid + P) * BLOCK + offs).to(tl.float32)
         if BARRIER:
             arrive_and_wait(count_ptr, (p + 1) * P, SPIN_MAX)
     tl.store(out_ptr + pid, tl.sum(acc))
 
 
-VARIANTS = {"stream": (False, False), "barrier": (True, False), "preload": (True, True)}
+VARIANTS = {"stream": (False, 0), "barrier": (True, 0), "preload": (True, 1), "preload2": (True, 2)}
 
 
 class Schedule:
@@ -172,14 +188,23 @@ class Schedule:
         self.count = torch.zeros(1, dtype=torch.int32, device=device)
         self.nbytes = sum(ph.nbytes for ph in phases)
 
-    def launch(self, programs: int, variant: str, out: torch.Tensor, num_warps: int, spin_max: int):  # noqa: ANN201
-        """Run the variant; returns Triton's compiled kernel (its ``n_regs`` say how many programs fit an SM)."""
+    def _args(self, programs: int, variant: str, out: torch.Tensor, num_warps: int, spin_max: int) -> tuple:
         barrier, preload = VARIANTS[variant]
+        args = (self.weights, self.starts, self.blocks, self.count, out, len(self.phases), programs)
+        meta = {"BLOCK": self.block, "BARRIER": barrier, "PRELOAD": preload, "SPIN_MAX": spin_max}
+        return args, {**meta, "num_warps": num_warps}
+
+    def compile(self, programs: int, variant: str, out: torch.Tensor, num_warps: int, spin_max: int):  # noqa: ANN201
+        """The variant's compiled kernel without running it (its ``n_regs`` say how many programs fit an SM:
+        a barrier over programs that cannot all be resident would spin until SPIN_MAX)."""
+        args, kw = self._args(programs, variant, out, num_warps, spin_max)
+        return _skeleton.warmup(*args, grid=(programs,), **kw)
+
+    def launch(self, programs: int, variant: str, out: torch.Tensor, num_warps: int, spin_max: int) -> None:
+        """Run the variant once."""
+        args, kw = self._args(programs, variant, out, num_warps, spin_max)
         self.count.zero_()
-        return _skeleton[(programs,)](
-            self.weights, self.starts, self.blocks, self.count, out, len(self.phases), programs,
-            BLOCK=self.block, BARRIER=barrier, PRELOAD=preload, SPIN_MAX=spin_max, num_warps=num_warps,
-        )  # fmt: skip
+        _skeleton[(programs,)](*args, **kw)
 
 
 def check() -> int:
@@ -222,11 +247,10 @@ def measure(args: argparse.Namespace) -> dict:
         for per_sm in (int(p) for p in args.per_sm.split(",")):
             programs = sms * per_sm
             out = torch.zeros(programs, dtype=torch.float32, device=dev)
-            for variant in VARIANTS:
+            for variant in args.variants.split(","):
                 row: dict = {"block": block, "programs": programs, "variant": variant}
                 try:
-                    kernel = sched.launch(programs, variant, out, warps, 1 << 24)
-                    torch.cuda.synchronize()
+                    kernel = sched.compile(programs, variant, out, warps, 1 << 24)
                     row["regs"] = kernel.n_regs
                     fit = 65536 // max(1, kernel.n_regs * warps * 32)
                     if fit < per_sm:  # a barrier over programs that cannot all be resident would only spin
@@ -234,6 +258,8 @@ def measure(args: argparse.Namespace) -> dict:
                         res["rows"].append(row)
                         print(json.dumps(row), flush=True)
                         continue
+                    sched.launch(programs, variant, out, warps, 1 << 24)
+                    torch.cuda.synchronize()
                     row["sum_ok"] = abs(out.sum().item() - want) <= 1e-3 * max(1.0, abs(want))
                     g, _ = capture_graph(
                         lambda s=sched, o=out, v=variant, p=programs, w=warps: s.launch(p, v, o, w, 1 << 24)
@@ -266,6 +292,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--blocks", default="4096,8192,16384", help="elements a program loads at a time")
     ap.add_argument("--per-sm", default="1,2", help="programs an SM")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="which of " + ", ".join(VARIANTS))
     ap.add_argument("--warps", type=int, default=0, help="warps a program (0: a warp per 1,024 elements, 4-16)")
     args = ap.parse_args()
     if args.check:
