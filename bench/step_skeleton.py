@@ -198,7 +198,9 @@ class Schedule:
         """The variant's compiled kernel without running it (its ``n_regs`` say how many programs fit an SM:
         a barrier over programs that cannot all be resident would spin until SPIN_MAX)."""
         args, kw = self._args(programs, variant, out, num_warps, spin_max)
-        return _skeleton.warmup(*args, grid=(programs,), **kw)
+        kernel = _skeleton.warmup(*args, grid=(programs,), **kw)
+        kernel._init_handles()  # loads the module: n_regs is set then
+        return kernel
 
     def launch(self, programs: int, variant: str, out: torch.Tensor, num_warps: int, spin_max: int) -> None:
         """Run the variant once."""
