@@ -8,6 +8,12 @@ forced open / forced closed: manual override until cleared (clearing starts clos
 An attempt that says nothing about the deployment's health (a client-caused failure, a client that
 left) is ``release``d instead of recorded: a half-open probe slot it took is given back, nothing else.
 
+Each half-open probe slot is held under a token (`Admission.probe`) until its attempt is recorded or
+released with that token, or ``probe_timeout_s`` passes. Giving back a token that no longer holds a slot
+(expired, or already given back) changes nothing, so a give-back may be repeated safely: one that a
+store could not deliver at the time (shared state unreachable) is retried later, and can never free
+another attempt's slot.
+
 Why pure: the same transition function backs the in-process store, is mirrored by the Redis Lua
 script (tests run both on the same event sequences and compare), and is property-tested.
 
@@ -55,6 +61,28 @@ class BreakerConfig:
             raise ValueError("window_s > 0, buckets ≥ 1, half_open_probes ≥ 1, successes_to_close ≥ 1")
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What `CircuitBreaker.allow` (and every breaker store) answers for one attempt: whether it may go,
+    and the token of the half-open probe slot it took (None when it took none: closed, forced closed,
+    refused). The attempt hands the token back to ``record``/``release``; truthy when admitted."""
+
+    allowed: bool
+    probe: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerStatus:
+    """What the breaker stores report of one deployment's breaker for operators: its state as routing
+    sees it and the manual override holding it there, if any (None: automatic operation)."""
+
+    state: BreakerStateName
+    forced: ForceMode | None = None
+
+
 def quantile(values: list[float], q: float) -> float:
     """Nearest-rank quantile (the Lua script computes the same)."""
     s = sorted(values)
@@ -86,9 +114,9 @@ class CircuitBreaker:
     consecutive: int = 0
     buckets: dict[int, list[int]] = field(default_factory=dict)  # bucket index -> [requests, failures]
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (time, ms), oldest first
-    probes: int = 0
-    probe_expires: float = 0.0
+    probes: dict[str, float] = field(default_factory=dict)  # half-open probe slots held: token -> expiry
     probe_successes: int = 0
+    probes_issued: int = 0  # probe tokens this breaker numbered itself so far
 
     # ---- queries -----------------------------------------------------------------------------------
 
@@ -100,6 +128,10 @@ class CircuitBreaker:
         if self.state == "open" and now >= self.opened_at + self.config.cooldown_s:
             return "half_open"
         return self.state
+
+    def status(self, now: float) -> BreakerStatus:
+        """The state as routing sees it (`state_at`) and the manual override, if any."""
+        return BreakerStatus(self.state_at(now), self.forced)
 
     def seconds_until_half_open(self, now: float) -> float | None:
         """Seconds until this breaker goes half-open (`seconds_until_half_open`): what a client refused
@@ -118,35 +150,43 @@ class CircuitBreaker:
 
     # ---- transitions ---------------------------------------------------------------------------------
 
-    def allow(self, now: float) -> bool:
-        """May a request go to this deployment now? In half_open this *takes* a probe slot, so call
-        it once per attempt, right before the attempt, and always `record` the outcome."""
+    def allow(self, now: float, token: str | None = None) -> Admission:
+        """May a request go to this deployment now? In half_open this *takes* a probe slot, held under
+        ``token`` (default: the next of this breaker's own numbered tokens), so call it once per attempt,
+        right before the attempt, and always `record` (or `release`) the outcome with the admission's
+        ``probe``."""
         if self.forced == "open":
-            return False
+            return Admission(False)
         if self.forced == "closed" or self.state == "closed":
-            return True
+            return Admission(True)
         cfg = self.config
         if self.state == "open":
             if now < self.opened_at + cfg.cooldown_s:
-                return False
+                return Admission(False)
             self.state = "half_open"
-            self.probes = 0
+            self.probes.clear()
             self.probe_successes = 0
-        if self.probes >= cfg.half_open_probes and now >= self.probe_expires:
-            self.probes = 0  # the probes' results never came back: reclaim the slots
-        if self.probes < cfg.half_open_probes:
-            self.probes += 1
-            self.probe_expires = now + cfg.probe_timeout_s
-            return True
-        return False
+        # a probe whose result never came back frees its slot when its timeout passes
+        self.probes = {t: exp for t, exp in self.probes.items() if now < exp}
+        if len(self.probes) >= cfg.half_open_probes:
+            return Admission(False)
+        if token is None:
+            self.probes_issued += 1
+            token = f"p{self.probes_issued}"
+        self.probes[token] = now + cfg.probe_timeout_s
+        return Admission(True, token)
 
-    def record(self, now: float, ok: bool, latency_ms: float | None = None) -> BreakerStateName:
-        """Account one finished attempt; returns the state after it."""
+    def record(
+        self, now: float, ok: bool, latency_ms: float | None = None, probe: str | None = None
+    ) -> BreakerStateName:
+        """Account one finished attempt; returns the state after it. ``probe``: the token of the
+        half-open slot the attempt took (`Admission.probe`), given back if it still holds one."""
         cfg = self.config
+        if probe is not None:
+            self.probes.pop(probe, None)
         if self.state == "open":
             return self.state_at(now)  # a straggler admitted before the breaker opened: ignore
         if self.state == "half_open" and self.forced is None:
-            self.probes = max(0, self.probes - 1)
             if ok:
                 self.probe_successes += 1
                 if self.probe_successes >= cfg.successes_to_close:
@@ -174,14 +214,15 @@ class CircuitBreaker:
             self._open(now)
         return self.state_at(now)
 
-    def release(self, now: float) -> BreakerStateName:
+    def release(self, now: float, probe: str | None) -> BreakerStateName:
         """An attempt admitted by `allow` ended with no verdict on the deployment's health (the
         upstream refused the client's request as invalid, or the client left): give back the
-        half-open probe slot it took, so the next request can probe, and change nothing else.
-        Without this the slot stays taken until ``probe_timeout_s`` and the breaker stays half-open,
-        admitting nothing, however healthy the deployment is."""
-        if self.state == "half_open" and self.forced is None:
-            self.probes = max(0, self.probes - 1)
+        half-open probe slot it took (``probe``, its `Admission.probe`), so the next request can
+        probe, and change nothing else. Without this the slot stays taken until ``probe_timeout_s``
+        and the breaker stays half-open, admitting nothing, however healthy the deployment is. A
+        token that holds no slot (already given back, expired, None) changes nothing."""
+        if probe is not None:
+            self.probes.pop(probe, None)
         return self.state_at(now)
 
     def force(self, mode: ForceMode | None) -> None:
@@ -211,13 +252,13 @@ class CircuitBreaker:
     def _open(self, now: float) -> None:
         self.state = "open"
         self.opened_at = now
-        self.probes = 0
+        self.probes.clear()
         self.probe_successes = 0
         self._reset_window()
 
     def _close(self) -> None:
         self.state = "closed"
-        self.probes = 0
+        self.probes.clear()
         self.probe_successes = 0
         self._reset_window()
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from backends.base import Backend, UpstreamCall, UpstreamError, UpstreamResponse, Usage, usage_fields
 from common.types import DeploymentConfig, RetrySettings
 from requestlog.rows import AttemptRow
+from router.breaker import Admission
 from router.retry import attempt_timeout, on_error
 
 DEFAULT_TRIGGERS = frozenset({"timeout", "rate_limit", "server_error", "connection", "context_window",
@@ -37,13 +38,17 @@ class Outcomes(Protocol):
 
     ``started`` and ``finished`` bracket every attempt, ``finished`` on every path out of it (an
     answer, an error, a timeout, a cancelled or abandoned stream), so in-flight counts never leak.
+    ``record`` and ``release`` get the ``probe`` of the attempt's `Admission` (the half-open probe
+    slot it took, if any), so they give back that slot and no other.
     """
 
-    async def allow(self, deployment: str) -> bool: ...
+    async def allow(self, deployment: str) -> Admission: ...
 
-    async def record(self, deployment: str, ok: bool, latency_s: float, error_kind: str | None) -> None: ...
+    async def record(
+        self, deployment: str, ok: bool, latency_s: float, error_kind: str | None, probe: str | None
+    ) -> None: ...
 
-    async def release(self, deployment: str) -> None:
+    async def release(self, deployment: str, probe: str | None) -> None:
         """An attempt `allow` admitted ended with no outcome (cancelled): give back what it took."""
         ...
 
@@ -58,13 +63,15 @@ class Outcomes(Protocol):
 
 
 class _AllowAll:
-    async def allow(self, deployment: str) -> bool:
-        return True
+    async def allow(self, deployment: str) -> Admission:
+        return Admission(True)
 
-    async def record(self, deployment: str, ok: bool, latency_s: float, error_kind: str | None) -> None:
+    async def record(
+        self, deployment: str, ok: bool, latency_s: float, error_kind: str | None, probe: str | None
+    ) -> None:
         return None
 
-    async def release(self, deployment: str) -> None:
+    async def release(self, deployment: str, probe: str | None) -> None:
         return None
 
     async def retry_after_s(self, deployments: list[str]) -> float:
@@ -85,6 +92,16 @@ CallFactory = Callable[[DeploymentConfig, float], UpstreamCall]  # (deployment, 
 class Target:
     deployment: DeploymentConfig
     backend: Backend
+
+
+@dataclass(frozen=True, slots=True)
+class _Try:
+    """One attempt the executor makes: where, within what time, and what its breaker admitted
+    (the half-open probe slot it took is given back with the attempt's outcome)."""
+
+    target: Target
+    timeout_s: float
+    admission: Admission
 
 
 @dataclass(slots=True)
@@ -177,7 +194,8 @@ class Executor:
         ex.attempts.append(row)
         return row
 
-    async def _fail(self, row: AttemptRow, err: UpstreamError, t0: float, target: Target) -> None:
+    async def _fail(self, row: AttemptRow, err: UpstreamError, t0: float, attempt: _Try) -> None:
+        target = attempt.target
         if err.deployment is None:
             err.deployment = target.deployment.name  # the client's error names it (gateway.errors.from_upstream)
         row.status = "error"
@@ -185,13 +203,15 @@ class Executor:
         row.http_status = err.status
         row.error_type = err.kind
         row.error_message = err.message[:500]
-        await self._outcomes.record(target.deployment.name, False, time.perf_counter() - t0, err.kind)
+        await self._outcomes.record(target.deployment.name, False, time.perf_counter() - t0, err.kind,
+                                    attempt.admission.probe)
 
     async def _succeed(
-        self, ex: Execution, row: AttemptRow, t: Target, usage: Usage, t0: float, status: int = 200
+        self, ex: Execution, row: AttemptRow, attempt: _Try, usage: Usage, t0: float, status: int = 200
     ) -> None:
         """The attempt answered: its row gets the upstream's HTTP status (a stream's is 200: it began),
         latency, usage and price, and the breaker a success."""
+        t = attempt.target
         latency = time.perf_counter() - t0
         row.http_status = status
         row.latency_ms = latency * 1000
@@ -199,7 +219,7 @@ class Executor:
         row.completion_tokens = usage.completion_tokens
         row.cost_usd = self._price(t.deployment, usage)
         ex.served, ex.usage, ex.cost_usd = t, usage, row.cost_usd
-        await self._outcomes.record(t.deployment.name, True, latency, None)
+        await self._outcomes.record(t.deployment.name, True, latency, None, attempt.admission.probe)
 
     def _bill_partial(self, ex: Execution, row: AttemptRow, t: Target, usage: Usage | None, chars: int) -> None:
         """A stream that ended after its first chunk (cut upstream, or the client left) was produced, and
@@ -220,33 +240,35 @@ class Executor:
         wait = await self._outcomes.retry_after_s([t.deployment.name for t in plan.targets])
         return UpstreamError("no_deployment", why, reason=why, retry_after_s=wait)
 
-    async def _release(self, target: Target) -> None:
+    async def _release(self, attempt: _Try) -> None:
         """A cancelled attempt has no outcome for the breaker: it only gives back a half-open probe
         slot it took (else held until the probe timeout). Best effort: the cancellation goes on."""
         with contextlib.suppress(Exception):
-            await self._outcomes.release(target.deployment.name)
+            await self._outcomes.release(attempt.target.deployment.name, attempt.admission.probe)
 
-    async def _attempts(self, plan: Plan, ex: Execution, started: float) -> AsyncIterator[tuple[Target, float]]:
-        """Yield (target, attempt timeout) in the order to try; after each failed try (recorded in
-        ex.error) ask the retry policy whether to retry here, fall to the next target, or stop."""
+    async def _attempts(self, plan: Plan, ex: Execution, started: float) -> AsyncIterator[_Try]:
+        """Yield the attempts in the order to make them; after each failed try (recorded in ex.error)
+        ask the retry policy whether to retry here, fall to the next target, or stop."""
         cur = _Cursor(plan)
         retrying: str | None = None  # the kind of failure a retry on the current target follows
         while (t := cur.current) is not None:
+            # The request's time left is checked first, so an attempt that cannot be made never takes
+            # a half-open probe slot it would not give back.
+            timeout = attempt_timeout(plan.retry, time.monotonic() - started, t.deployment.timeout_s)
+            if timeout <= 0:
+                return
             # The breaker is asked before every attempt, retries included: failures here may just
             # have opened it (or a half-open probe failed), and an open breaker gets no traffic.
-            if not await self._outcomes.allow(t.deployment.name):
+            admission = await self._outcomes.allow(t.deployment.name)
+            if not admission.allowed:
                 if cur.here and retrying not in plan.triggers:
                     return  # the policy does not fall back on this kind of failure: the client gets it
                 cur.advance()  # breaker open (or no half-open probe slot left): skip it
                 retrying = None
                 continue
-            elapsed = time.monotonic() - started
-            timeout = attempt_timeout(plan.retry, elapsed, t.deployment.timeout_s)
-            if timeout <= 0:
-                return
             cur.here += 1
             ex.error = None
-            yield t, timeout
+            yield _Try(t, timeout, admission)
             err = ex.error
             if err is None:
                 return
@@ -268,24 +290,25 @@ class Executor:
 
     async def complete(self, ex: Execution, plan: Plan, make_call: CallFactory) -> UpstreamResponse:
         """Non-streamed: the first successful response, or raises the last UpstreamError."""
-        async for t, timeout in self._attempts(plan, ex, time.monotonic()):
+        async for attempt in self._attempts(plan, ex, time.monotonic()):
+            t = attempt.target
             t0 = time.perf_counter()
             row = self._attempt_row(ex, t)
             self._outcomes.started(t.deployment.name)
             try:
-                resp = await t.backend.complete(make_call(t.deployment, timeout))
+                resp = await t.backend.complete(make_call(t.deployment, attempt.timeout_s))
             except UpstreamError as err:
                 ex.error = err
-                await self._fail(row, err, t0, t)
+                await self._fail(row, err, t0, attempt)
                 continue
             except asyncio.CancelledError:
                 row.status = "cancelled"
                 row.latency_ms = (time.perf_counter() - t0) * 1000
-                await self._release(t)
+                await self._release(attempt)
                 raise
             finally:
                 self._outcomes.finished(t.deployment.name)
-            await self._succeed(ex, row, t, resp.usage, t0, resp.status)
+            await self._succeed(ex, row, attempt, resp.usage, t0, resp.status)
             return resp
         raise ex.error or await self._no_deployment(plan)
 
@@ -295,7 +318,8 @@ class Executor:
         Failures before the first chunk fall through to the next try; after it, the error is raised
         to the caller (which sends an error event) with `ex.served` set to the target that failed.
         """
-        async for t, timeout in self._attempts(plan, ex, time.monotonic()):
+        async for attempt in self._attempts(plan, ex, time.monotonic()):
+            t = attempt.target
             t0 = time.perf_counter()
             row = self._attempt_row(ex, t)
             usage: Usage | None = None
@@ -303,7 +327,7 @@ class Executor:
             completion_chars = 0
             self._outcomes.started(t.deployment.name)
             try:
-                agen = t.backend.stream(make_call(t.deployment, timeout))
+                agen = t.backend.stream(make_call(t.deployment, attempt.timeout_s))
             except BaseException:
                 self._outcomes.finished(t.deployment.name)
                 raise
@@ -325,7 +349,7 @@ class Executor:
                     yield chunk
             except UpstreamError as err:
                 ex.error = err
-                await self._fail(row, err, t0, t)
+                await self._fail(row, err, t0, attempt)
                 if not first:
                     self._bill_partial(ex, row, t, usage, completion_chars)
                     raise
@@ -335,7 +359,7 @@ class Executor:
                 row.latency_ms = (time.perf_counter() - t0) * 1000
                 if not first:
                     self._bill_partial(ex, row, t, usage, completion_chars)
-                await self._release(t)
+                await self._release(attempt)
                 raise
             finally:
                 try:
@@ -345,9 +369,9 @@ class Executor:
             if first:  # an empty stream is a failure: nothing was sent, so fall back
                 err = UpstreamError("stream_cut", "upstream stream ended without any chunk")
                 ex.error = err
-                await self._fail(row, err, t0, t)
+                await self._fail(row, err, t0, attempt)
                 continue
-            await self._succeed(ex, row, t, usage or Usage(0, completion_chars // 4), t0)
+            await self._succeed(ex, row, attempt, usage or Usage(0, completion_chars // 4), t0)
             return
         raise ex.error or await self._no_deployment(plan)
 

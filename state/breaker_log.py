@@ -1,7 +1,7 @@
 """A breaker store that also writes each state change it sees to ``breaker_events``.
 
 Wraps any :class:`~state.breakers.BreakerStore`. A transition is a state different from the last
-one this process saw for the deployment (from ``record``, ``force``, ``state``/``states``); its
+one this process saw for the deployment (from ``record``, ``force``, ``state``/``states``/``statuses``); its
 row is written in the background, so the request path never waits on the database, and a failed
 write is logged and dropped (the history is for dashboards, the breaker itself is unaffected).
 """
@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.errors import error_text
 from requestlog.rollups import record_breaker_event
-from router.breaker import BreakerStateName, ForceMode
+from router.breaker import Admission, BreakerStateName, BreakerStatus, ForceMode
 from state.breakers import BreakerStore
 
 log = logging.getLogger("hybridgate.breakers")
@@ -45,16 +45,18 @@ class LoggedBreakerStore:
         except Exception as exc:
             log.warning("breaker transition %s -> %s not recorded: %s", deployment, state, error_text(exc))
 
-    async def allow(self, deployment: str) -> bool:
+    async def allow(self, deployment: str) -> Admission:
         return await self.inner.allow(deployment)
 
-    async def record(self, deployment: str, ok: bool, latency_ms: float | None = None) -> BreakerStateName:
-        state = await self.inner.record(deployment, ok, latency_ms)
+    async def record(
+        self, deployment: str, ok: bool, latency_ms: float | None = None, probe: str | None = None
+    ) -> BreakerStateName:
+        state = await self.inner.record(deployment, ok, latency_ms, probe)
         self._seen(deployment, state)
         return state
 
-    async def release(self, deployment: str) -> None:
-        await self.inner.release(deployment)  # frees a probe slot: never a transition
+    async def release(self, deployment: str, probe: str | None) -> None:
+        await self.inner.release(deployment, probe)  # frees a probe slot: never a transition
 
     async def state(self, deployment: str) -> BreakerStateName:
         state = await self.inner.state(deployment)
@@ -67,12 +69,21 @@ class LoggedBreakerStore:
             self._seen(d, s)
         return out
 
+    async def statuses(self, deployments: Iterable[str]) -> dict[str, BreakerStatus]:
+        out = await self.inner.statuses(deployments)
+        for d, s in out.items():
+            self._seen(d, s.state)
+        return out
+
     async def seconds_until_half_open(self, deployments: Iterable[str]) -> dict[str, float | None]:
         return await self.inner.seconds_until_half_open(deployments)  # a read: never a transition
 
     async def force(self, deployment: str, mode: ForceMode | None) -> None:
         await self.inner.force(deployment, mode)
         self._seen(deployment, await self.inner.state(deployment))
+
+    async def maintain(self) -> None:
+        await self.inner.maintain()  # retried give-backs of probe slots: never a transition
 
     async def drain(self) -> None:
         """Wait for the transitions written in the background (tests, shutdown)."""

@@ -55,12 +55,14 @@ def test_cooldown_half_open_probes_and_close() -> None:
         b.record(t, False)
     assert b.state == "open" and b.state_at(4.9) == "open" and b.state_at(5.2) == "half_open"
     assert not b.allow(4.9)
-    assert b.allow(5.2) and b.allow(5.3)  # two probe slots
+    first, second = b.allow(5.2), b.allow(5.3)
+    assert first and second and first.probe != second.probe  # two probe slots, each under its own token
     assert not b.allow(5.4)
-    assert b.record(6, True) == "half_open"  # one success of two needed
-    assert b.allow(6.1)  # slot freed by the finished probe
-    assert b.record(7, True) == "closed"
-    assert b.window_counts(7) == (0, 0)
+    assert b.record(6, True, probe=first.probe) == "half_open"  # one success of two needed
+    third = b.allow(6.1)  # slot freed by the finished probe
+    assert third and third.probe not in (first.probe, second.probe)
+    assert b.record(7, True, probe=second.probe) == "closed"
+    assert b.window_counts(7) == (0, 0) and b.probes == {}
 
 
 def test_half_open_failure_reopens() -> None:
@@ -84,21 +86,43 @@ def test_lost_probe_slot_is_reclaimed() -> None:
 
 def test_release_gives_back_a_half_open_probe_slot_and_nothing_else() -> None:
     """A probe that ends with no verdict (the upstream refused the client's request as invalid, or the
-    client left) frees its slot at once: the next request probes, and the breaker's state is unchanged."""
+    client left) frees its slot at once: the next request probes, and the breaker's state is unchanged.
+    Giving the same slot back again frees nothing: another probe keeps its slot."""
     b = CircuitBreaker(CFG)
     for t in (0, 0.1, 0.2):
         b.record(t, False)
-    assert b.allow(6) and b.allow(6) and not b.allow(6)  # both probe slots taken
-    assert b.release(6.1) == "half_open" and b.probes == 1 and b.probe_successes == 0
-    assert b.allow(6.2)  # well before probe_timeout_s
-    b.release(6.3)
-    b.release(6.3)
-    b.release(6.3)
-    assert b.probes == 0  # never below zero
+    first, second = b.allow(6), b.allow(6)
+    assert first and second and not b.allow(6)  # both probe slots taken
+    assert b.release(6.1, first.probe) == "half_open" and list(b.probes) == [second.probe]
+    assert b.probe_successes == 0
+    third = b.allow(6.2)  # well before probe_timeout_s
+    assert third
+    for _ in range(3):
+        b.release(6.3, first.probe)  # a give-back repeated: its slot is no longer there to free
+    b.release(6.3, None)  # an attempt that took no slot
+    assert set(b.probes) == {second.probe, third.probe} and not b.allow(6.4)
     closed = CircuitBreaker(CFG)
     closed.record(0, False)
-    assert closed.release(1) == "closed" and closed.consecutive == 1 and closed.window_counts(1) == (1, 1)
-    assert b.record(7, True) == "half_open" and b.record(7.1, True) == "closed"
+    assert closed.release(1, None) == "closed" and closed.consecutive == 1 and closed.window_counts(1) == (1, 1)
+    assert b.record(7, True, probe=second.probe) == "half_open" and b.record(7.1, True, probe=third.probe) == "closed"
+
+
+def test_a_late_give_back_never_frees_the_slot_of_the_probe_that_replaced_it() -> None:
+    """A probe whose slot expired (its result took longer than probe_timeout_s, or its give-back was
+    lost and is retried late) gives back nothing when it does report: the slot now belongs to the
+    probe admitted after the timeout, and no third request probes beside it. Its verdict still counts."""
+    b = CircuitBreaker(BreakerConfig(consecutive_failures=1, cooldown_s=5, half_open_probes=1,
+                                     successes_to_close=2, probe_timeout_s=20))
+    b.record(0, False)
+    late = b.allow(6)
+    assert late and not b.allow(25.9)
+    fresh = b.allow(26.1)  # late's slot expired: reclaimed for a new probe
+    assert fresh and fresh.probe != late.probe
+    b.release(26.2, late.probe)
+    assert not b.allow(26.3)
+    assert b.record(26.4, True, probe=late.probe) == "half_open" and b.probe_successes == 1
+    assert not b.allow(26.5) and list(b.probes) == [fresh.probe]
+    assert b.record(27, True, probe=fresh.probe) == "closed"
 
 
 def test_straggler_results_while_open_are_ignored() -> None:
@@ -154,7 +178,8 @@ def test_quantile_nearest_rank() -> None:
 
 ops = st.lists(
     st.tuples(
-        st.sampled_from(["allow", "ok", "fail", "slow", "release", "force_open", "force_closed", "unforce"]),
+        st.sampled_from(["allow", "ok", "fail", "slow", "release", "replay", "force_open", "force_closed",
+                         "unforce"]),
         st.sampled_from([0.0, 0.05, 0.5, 1.0, 2.5, 6.0, 25.0]),
     ),
     max_size=120,
@@ -169,13 +194,19 @@ def test_breaker_properties(seq: list[tuple[str, float]]) -> None:
     b = CircuitBreaker(CFG)
     now = 1000.0
     run_of_failures = 0
+    held: list[str] = []  # probe tokens admitted and not yet given back, oldest first
+    given: list[str] = []  # probe tokens given back already
     for op, dt in seq:
         now += dt
         before = b.state
         was_forced = b.forced
         if op == "allow":
             opened_at = b.opened_at
-            allowed = b.allow(now)
+            admission = b.allow(now)
+            allowed = admission.allowed
+            if admission.probe is not None:
+                assert allowed and admission.probe in b.probes and admission.probe not in held + given
+                held.append(admission.probe)
             if was_forced == "open":
                 assert not allowed
             elif was_forced == "closed":
@@ -185,10 +216,19 @@ def test_breaker_properties(seq: list[tuple[str, float]]) -> None:
             elif before == "closed":
                 assert allowed
         elif op in ("ok", "fail", "slow"):
-            b.record(now, op != "fail", 2000.0 if op == "slow" else 50.0)
+            probe = held.pop(0) if held else None
+            b.record(now, op != "fail", 2000.0 if op == "slow" else 50.0, probe)
+            given += [probe] if probe is not None else []
+            assert probe not in b.probes
         elif op == "release":
-            b.release(now)
-            assert b.state == before  # a release never changes the state
+            probe = held.pop(0) if held else None
+            b.release(now, probe)
+            given += [probe] if probe is not None else []
+            assert b.state == before and probe not in b.probes  # a release never changes the state
+        elif op == "replay":
+            slots = dict(b.probes)
+            b.release(now, given[-1] if given else None)  # a give-back repeated frees no other slot
+            assert b.state == before and b.probes == slots
         elif op == "force_open":
             b.force("open")
         elif op == "force_closed":
@@ -203,7 +243,7 @@ def test_breaker_properties(seq: list[tuple[str, float]]) -> None:
         # consistency of counters
         req, fail = b.window_counts(now)
         assert 0 <= fail <= req
-        assert 0 <= b.probes <= CFG.half_open_probes
+        assert len(b.probes) <= CFG.half_open_probes and set(b.probes) <= set(held)
         assert b.consecutive >= 0 and len(b.latencies) <= CFG.latency_samples
         assert 0 <= b.probe_successes < CFG.successes_to_close or b.state != "half_open"
         if b.state == "closed" and b.forced is None:
@@ -234,5 +274,5 @@ def test_half_open_admits_at_most_k_concurrent(probes: int) -> None:
     cfg = BreakerConfig(consecutive_failures=1, cooldown_s=1, half_open_probes=probes, probe_timeout_s=100)
     b = CircuitBreaker(cfg)
     b.record(0, False)
-    admitted = sum(b.allow(2 + i * 0.01) for i in range(10))
+    admitted = sum(b.allow(2 + i * 0.01).allowed for i in range(10))
     assert admitted == probes

@@ -13,10 +13,10 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.breaker import BreakerConfig, CircuitBreaker
+from router.breaker import BreakerConfig, BreakerStatus, CircuitBreaker
 from router.budget import BudgetExceeded, BudgetLimit, Ledger, to_nano
 from router.ratelimit import RateLimit
-from state.breakers import RedisBreakerStore
+from state.breakers import InProcessBreakerStore, RedisBreakerStore
 from state.budgets import RedisBudgetStore
 from state.ratelimits import RedisRateLimitStore
 from state.redis_util import RedisGuard, make_redis
@@ -70,6 +70,29 @@ async def test_two_processes_share_breaker_state(clients, redis_prefix) -> None:
     assert not a.guard.degraded and not b.guard.degraded and a.guard.failures == 0
 
 
+async def test_every_store_reports_a_forced_breaker_as_forced(clients, redis_prefix) -> None:
+    """A breaker an operator forced reads as forced (and which way) in every process, told apart from one
+    the traffic opened or closed; handed back to automatic, it reads as not forced."""
+    clock = Clock()
+    a = RedisBreakerStore(clients[0], prefix=redis_prefix, config=CFG, clock=clock)
+    b = RedisBreakerStore(clients[1], prefix=redis_prefix, config=CFG, clock=clock)
+    local = InProcessBreakerStore(CFG, clock=clock)
+    for store in (a, local):
+        for _ in range(3):
+            await store.record("tripped", False)
+        await store.force("held-open", "open")
+        await store.force("held-closed", "closed")
+    names = ["tripped", "held-open", "held-closed", "untouched"]
+    want = {"tripped": BreakerStatus("open"), "held-open": BreakerStatus("open", "open"),
+            "held-closed": BreakerStatus("closed", "closed"), "untouched": BreakerStatus("closed")}
+    assert await b.statuses(names) == want == await local.statuses(names)
+    assert await b.states(names) == {n: s.state for n, s in want.items()} == await local.states(names)
+    await b.force("held-open", None)
+    await local.force("held-open", None)
+    assert (await a.statuses(["held-open"]))["held-open"] == BreakerStatus("closed") == (
+        await local.statuses(["held-open"]))["held-open"]
+
+
 async def test_every_process_reads_the_same_time_until_half_open(clients, redis_prefix) -> None:
     """The wait a refused client is told (Retry-After) comes from the shared breaker state: a breaker
     opened by one process counts down the same cooldown in the other."""
@@ -111,19 +134,25 @@ async def test_a_probe_slot_released_in_one_process_lets_the_other_probe(clients
     for _ in range(3):
         await a.record("d1", False)
     clock.t += 5
-    assert await a.allow("d1") and not await b.allow("d1")  # a holds the single probe slot
-    await a.release("d1")
+    probe = await a.allow("d1")
+    assert probe and probe.probe is not None and not await b.allow("d1")  # a holds the single probe slot
+    await a.release("d1", probe.probe)
     assert await b.state("d1") == "half_open"
-    assert await b.allow("d1")  # b may probe now
-    assert await b.record("d1", True) == "closed"
-    await b.release("d1")  # a release while closed changes nothing
+    other = await b.allow("d1")  # b may probe now
+    assert other
+    await a.release("d1", probe.probe)  # the same slot given back again: b keeps its own
+    assert not await a.allow("d1")
+    assert await b.record("d1", True, probe=other.probe) == "closed"
+    closed = await b.allow("d1")
+    assert closed and closed.probe is None  # no probe slot while closed
+    await b.release("d1", closed.probe)  # a release while closed changes nothing
     assert await a.state("d1") == "closed" and await a.allow("d1")
     assert not a.guard.degraded and not b.guard.degraded
 
 
 ops = st.lists(
     st.tuples(
-        st.sampled_from(["allow", "allow", "ok", "fail", "fail", "slow", "release", "force_open",
+        st.sampled_from(["allow", "allow", "ok", "fail", "fail", "slow", "release", "replay", "force_open",
                          "force_closed", "unforce"]),
         st.sampled_from([0.0, 0.3, 1.0, 2.5, 6.0]),
     ),
@@ -141,18 +170,32 @@ def test_lua_breaker_matches_python_model(redis_url, redis_prefix, seq) -> None:
         prefix = f"{redis_prefix}{random.getrandbits(40):x}:"
         store = RedisBreakerStore(client, prefix=prefix, config=CFG, clock=clock)
         model = CircuitBreaker(CFG)
+        held: list[tuple[str, str]] = []  # probe tokens (store's, model's) admitted, not given back yet
+        given: list[tuple[str, str]] = []  # probe tokens given back already
         try:
             for op, dt in seq:
                 clock.t += dt
                 if op == "allow":
-                    assert await store.allow("d") == model.allow(clock.t)
-                elif op in ("ok", "fail", "slow"):
-                    lat = 500.0 if op == "slow" else 20.0
-                    got = await store.record("d", op != "fail", lat)
-                    assert got == model.record(clock.t, op != "fail", lat)
-                elif op == "release":
-                    await store.release("d")
-                    model.release(clock.t)
+                    got_admission, want = await store.allow("d"), model.allow(clock.t)
+                    assert got_admission.allowed == want.allowed
+                    assert (got_admission.probe is None) == (want.probe is None)
+                    if got_admission.probe is not None and want.probe is not None:
+                        held.append((got_admission.probe, want.probe))
+                elif op in ("ok", "fail", "slow", "release"):
+                    pair = held.pop(0) if held else None
+                    ours, theirs = pair or (None, None)
+                    given += [pair] if pair else []
+                    if op == "release":
+                        await store.release("d", ours)
+                        model.release(clock.t, theirs)
+                    else:
+                        lat = 500.0 if op == "slow" else 20.0
+                        got = await store.record("d", op != "fail", lat, ours)
+                        assert got == model.record(clock.t, op != "fail", lat, theirs)
+                elif op == "replay":
+                    ours, theirs = given[-1] if given else (None, None)
+                    await store.release("d", ours)
+                    model.release(clock.t, theirs)
                 else:
                     mode = {"force_open": "open", "force_closed": "closed", "unforce": None}[op]
                     await store.force("d", mode)
@@ -160,7 +203,10 @@ def test_lua_breaker_matches_python_model(redis_url, redis_prefix, seq) -> None:
                 assert await store.state("d") == model.state_at(clock.t)
                 assert (await store.seconds_until_half_open(["d"]))["d"] == model.seconds_until_half_open(clock.t)
                 h = await client.hgetall(f"{prefix}breaker:d")
-                assert int(h.get("consec", 0)) == model.consecutive and int(h.get("probes", 0)) == model.probes
+                slots = await client.hgetall(f"{prefix}breaker:d:p")
+                assert int(h.get("consec", 0)) == model.consecutive
+                assert sorted(float(e) for e in slots.values()) == sorted(model.probes.values())
+                assert {mine for mine, _ in held} >= set(slots)
             assert store.guard.failures == 0
         finally:
             await client.aclose()
@@ -357,6 +403,7 @@ async def test_redis_down_degrades_to_in_process() -> None:
         assert await br.state("d") == "open" and not await br.allow("d")
         assert await br.states(["d", "e"]) == {"d": "open", "e": "closed"}
         await br.force("e", "open")
+        assert (await br.statuses(["e"]))["e"] == BreakerStatus("open", "open")  # the override, kept locally
         lims = [BudgetLimit("key:k", 0.01, "day")]
         res = await bu.reserve(lims, 0.008)
         with pytest.raises(BudgetExceeded):

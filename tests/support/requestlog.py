@@ -94,9 +94,13 @@ class TcpProxy:
     """A TCP forwarder that can be cut (listener closed, every connection aborted) and restored
     on the same port, to simulate the database vanishing from the network; or frozen (``frozen =
     True``): connections, old and new, stay open but bytes are swallowed both ways, as when a peer
-    hangs or vanishes and TCP has not noticed yet (the nastier outage: nothing fails, nothing answers)."""
+    hangs or vanishes and TCP has not noticed yet (the nastier outage: nothing fails, nothing answers);
+    or deaf (``replies_dropped = True``): what the client sends still reaches the server, but its
+    answers are swallowed, as when a connection dies after the server acted but before its reply
+    arrived (the client cannot tell whether its command ran)."""
 
     frozen = False
+    replies_dropped = False
 
     def __init__(self, target_host: str = "127.0.0.1", target_port: int = 5432) -> None:
         self.target = (target_host, target_port)
@@ -131,14 +135,14 @@ class TcpProxy:
         pair = (writer.transport, up_writer.transport)
         self._transports.update(pair)
         try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer, reply=True))
         finally:
             self._transports.difference_update(pair)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply: bool = False) -> None:
         try:
             while data := await reader.read(65536):
-                if not self.frozen:
+                if not self.frozen and not (reply and self.replies_dropped):
                     writer.write(data)
                     await writer.drain()
         except (OSError, asyncio.IncompleteReadError):
