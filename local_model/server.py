@@ -53,8 +53,9 @@ def error_response(
     )
 
 
-def engine_error_response(exc: Exception) -> Response:
-    """Map engine errors to OpenAI-shaped HTTP errors."""
+def engine_error_response(exc: Exception, kind: oa.Kind = "chat") -> Response:
+    """Map engine errors to OpenAI-shaped HTTP errors; a prompt too long for the context names the field
+    that holds the prompt in a ``kind`` request (``messages``, or ``prompt`` for legacy completions)."""
     if isinstance(exc, EngineOverloaded):
         retry = str(max(1, math.ceil(exc.retry_after_s)))
         return error_response(
@@ -65,7 +66,8 @@ def engine_error_response(exc: Exception) -> Response:
             503, str(exc), type_="server_error", code="unavailable", headers={"Retry-After": "5"}
         )
     if isinstance(exc, PromptTooLong):
-        return error_response(400, str(exc), param="messages", code="context_length_exceeded")
+        prompt = "messages" if kind == "chat" else "prompt"
+        return error_response(400, str(exc), param=prompt, code="context_length_exceeded")
     if isinstance(exc, InvalidRequest):
         return error_response(400, str(exc), param=getattr(exc, "param", None))
     return error_response(500, f"internal error: {exc}", type_="server_error")
@@ -173,7 +175,7 @@ def create_app(engine: Engine, *, model_name: str | None = None, owns_engine: bo
             rid = oa.new_id(kind)
             streams = oa.submit_all(engine, req, rid)
         except Exception as exc:
-            return engine_error_response(exc)
+            return engine_error_response(exc, kind)
         if req.stream:
             return StreamingResponse(
                 _sse(oa.stream(engine, req, name, rid, streams)),
@@ -196,7 +198,7 @@ def create_app(engine: Engine, *, model_name: str | None = None, owns_engine: bo
         try:
             return _json(work.result())
         except Exception as exc:
-            return engine_error_response(exc)
+            return engine_error_response(exc, kind)
 
     async def chat(request: Request) -> Response:
         return await generate(request, "chat")

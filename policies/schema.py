@@ -131,26 +131,30 @@ class Action(_Strict):
     """What a matching rule does to the candidate pool.
 
     ``forbid`` removes deployments everywhere (fallbacks too: it is the tool for residency or
-    compliance constraints). ``restrict`` and ``tier`` narrow what the selector chooses from.
+    compliance constraints). ``avoid`` takes deployments out of what the selector chooses from while
+    anything else is left there, and is ignored where nothing is: the tool for overflow (off a busy
+    local model), which must never turn a request away that the avoided deployment could still take.
+    ``restrict`` and ``tier`` narrow what the selector chooses from.
     ``pick`` fixes the choice in the given order and ends rule evaluation.
     """
 
     pick: list[str] | None = None
     restrict: list[str] | None = None
     forbid: list[str] | None = None
+    avoid: list[str] | None = None
     tier: str | None = None
     selector: SelectorSpec | None = None
     stop: bool = False
 
-    @field_validator("pick", "restrict", "forbid", mode="before")
+    @field_validator("pick", "restrict", "forbid", "avoid", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _does_something(self) -> Action:
-        if not (self.pick or self.restrict or self.forbid or self.tier or self.selector):
-            raise ValueError("a rule action needs at least one of pick, restrict, forbid, tier, selector")
+        if not (self.pick or self.restrict or self.forbid or self.avoid or self.tier or self.selector):
+            raise ValueError("a rule action needs at least one of pick, restrict, forbid, avoid, tier, selector")
         return self
 
 

@@ -1,7 +1,7 @@
 """A policy compiled against one deployment list: every target name turned into a bitmask.
 
 Why bitmasks: the decision is a sequence of set operations on at most a few dozen deployments
-(allow, deny, capabilities, restrict, forbid, tiers). With one int per set, each step is a
+(allow, deny, capabilities, restrict, forbid, avoid, tiers). With one int per set, each step is a
 single ``&``, which is what keeps `decide` well under its 1 ms budget in pure Python.
 """
 
@@ -23,6 +23,7 @@ class CompiledRule:
     pick: list[int] | None  # deployment indexes in pick order
     restrict: int | None
     forbid: int | None
+    avoid: int | None
     tier: str | None
     selector: SelectorSpec | None
     stop: bool
@@ -56,6 +57,7 @@ class CompiledPolicy:
                 pick=self.ordered(r.then.pick) if r.then.pick else None,
                 restrict=self.mask(r.then.restrict) if r.then.restrict else None,
                 forbid=self.mask(r.then.forbid) if r.then.forbid else None,
+                avoid=self.mask(r.then.avoid) if r.then.avoid else None,
                 tier=r.then.tier,
                 selector=r.then.selector,
                 stop=r.then.stop,

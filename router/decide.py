@@ -7,7 +7,7 @@ Two candidate sets flow through the pipeline, as bitmasks over the deployment li
 
 * ``eligible``: may serve this request at all (filters, ``forbid`` rules, breakers). Fallbacks
   come from here, so a ``forbid`` (say, data residency) also binds the fallback chain.
-* ``pool``: what the selector chooses among (eligible narrowed by ``restrict``/``tier``).
+* ``pool``: what the selector chooses among (eligible narrowed by ``avoid``/``restrict``/``tier``).
 """
 
 from __future__ import annotations
@@ -110,6 +110,13 @@ def decide(
             eligible &= ~rule.forbid
             pool &= ~rule.forbid
             did.append("forbid")
+        if rule.avoid is not None:
+            narrowed = pool & ~rule.avoid
+            if narrowed:
+                pool = narrowed
+                did.append("avoid")
+            else:
+                did.append("avoid (nothing else, ignored)")
         if rule.restrict is not None:
             narrowed = pool & rule.restrict
             if narrowed:

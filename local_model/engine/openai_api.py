@@ -16,8 +16,9 @@ Legacy completions with ``echo`` and ``logprobs: N`` return logprobs for the ech
 Streamed, the echoed prompt and its logprobs come in each choice's first chunk. With ``echo``,
 ``max_tokens`` may be 0: the prompt is scored and nothing is generated.
 
-Unsupported here (the model has no tool or JSON-mode training): ``tools``/``tool_choice`` other than
-"none", ``response_format`` other than text, ``suffix``, ``best_of > n``.
+Unsupported here (the model has no tool or JSON-mode training, and makes text only): ``tools``/``tool_choice``
+other than "none" (and the legacy ``functions``), ``response_format`` other than text, ``modalities``
+other than text and ``audio``, ``web_search_options``, ``suffix``, ``best_of > n``: each a 400 naming it.
 """
 
 from __future__ import annotations
@@ -207,12 +208,29 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
+def _refuse_what_it_cannot_give(body: dict[str, Any]) -> None:
+    """Chat fields asking for output this text-only model cannot make: refused naming the field, since an
+    answer without them (a text reply where audio, a function call or a web search was asked for) would
+    look like success. Fields that only tune how an answer is made (``prediction``, ``reasoning_effort``)
+    are not refused: the answer is the same without them."""
+    if body.get("functions") and body.get("function_call", "auto") != "none":
+        raise BadParam("the local model does not support function calling", "functions")
+    modalities = body.get("modalities")
+    if modalities is not None and (not isinstance(modalities, list) or any(m != "text" for m in modalities)):
+        raise BadParam("the local model answers with text only: 'modalities' may only be [\"text\"]", "modalities")
+    if body.get("audio") is not None:
+        raise BadParam("the local model does not produce audio", "audio")
+    if body.get("web_search_options") is not None:
+        raise BadParam("the local model cannot search the web", "web_search_options")
+
+
 def parse_chat(body: dict[str, Any], tokenizer: Any, max_model_len: int) -> ParsedRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadParam("'messages' must be a non-empty list", "messages")
     if body.get("tools") and body.get("tool_choice", "auto") != "none":
         raise BadParam("the local model does not support tools", "tools")
+    _refuse_what_it_cannot_give(body)
     fmt = body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type", "text") != "text":
         raise BadParam("the local model supports response_format 'text' only", "response_format")

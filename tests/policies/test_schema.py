@@ -109,7 +109,7 @@ def test_model_validator_errors_are_located_and_clean() -> None:
           on_exceeded: downgrade
         """
     )
-    assert ("rules[0].then", 4, "a rule action needs at least one of pick, restrict, forbid, tier, selector") in errs
+    assert ("rules[0].then", 4, "a rule action needs at least one of pick, restrict, forbid, avoid, tier, selector") in errs
     assert ("budget", 5, "on_exceeded: downgrade needs downgrade_tier") in errs
 
 

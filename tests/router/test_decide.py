@@ -189,6 +189,33 @@ def test_restrict_to_empty_is_ignored() -> None:
     assert names(d)[0] == "gpt-4o-openai"
 
 
+def test_avoid_overflows_while_anything_else_is_left_and_never_refuses() -> None:
+    p = pol("name: t\nrules:\n  - name: busy\n    then: {avoid: tag:local}\nselector: {type: fixed, order: [tag:local]}\n")
+    d = run(p)
+    assert names(d)[0] == "gpt-4o-openai" and "jamba-local" not in names(d)
+    assert steps(d, "rule")[0].endswith("avoid")
+    # every other deployment's breaker open: the avoided one still serves, unlike after a forbid
+    others = Signals(breakers={x.name: "open" for x in DEPS if x.name != "jamba-local"})
+    d = run(p, signals=others)
+    assert d.error is None and names(d) == ["jamba-local"]
+    assert "avoid (nothing else, ignored)" in steps(d, "rule")[0]
+
+
+def test_shipped_auto_policy_keeps_a_saturated_local_model_that_is_the_only_deployment() -> None:
+    """`make run` serves the local model alone: a burst that queues 16 requests there must queue the
+    next one too (the engine's own bounded queue pushes back), not answer 503 "no candidates"."""
+    auto = load_policy_dir(examples_dir().parent / "defaults")["auto"]
+    local = [x for x in DEPS if x.name == "jamba-local"]
+    busy = Signals(local_load={"jamba-local": LocalLoad(queue_depth=16, free_slots=0)})
+    req = RequestFeatures(prompt_tokens=10)
+    d = decide(req, auto, local, busy, random.Random(0), NOON)
+    assert d.error is None and names(d) == ["jamba-local"]
+    # with somewhere else to go, the overflow goes there
+    d = decide(req, auto, DEPS, busy, random.Random(0), NOON)
+    assert names(d)[0] != "jamba-local" and "jamba-local" not in names(d)
+    assert names(decide(req, auto, DEPS, Signals(), random.Random(0), NOON))[0] == "jamba-local"
+
+
 def test_selector_override_by_rule() -> None:
     p = pol("name: t\nrules:\n  - name: r\n    when: {teams: [ml]}\n    then: {selector: {type: cheapest}}\n")
     assert names(run(p, RequestFeatures(prompt_tokens=10, team="ml")))[0] == "jamba-local"

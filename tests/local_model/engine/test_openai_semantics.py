@@ -183,6 +183,30 @@ def test_developer_role_is_the_system_role(tiny_lm: local_model.LocalModel) -> N
     assert prompt_for("developer") == prompt_for("system")
 
 
+# ============================================================================ output it cannot make
+
+
+@pytest.mark.parametrize(("field", "extra"), [
+    ("modalities", {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}),
+    ("audio", {"audio": {"voice": "alloy", "format": "wav"}}),
+    ("functions", {"functions": [{"name": "f", "parameters": {"type": "object"}}]}),
+    ("web_search_options", {"web_search_options": {}}),
+])
+def test_output_the_text_model_cannot_make_is_refused_naming_the_field(tiny_lm: local_model.LocalModel,
+                                                                       field: str, extra: dict[str, Any]) -> None:
+    """A text reply where audio, a function call or a web search was asked for would pass for success."""
+    body = {"messages": [{"role": "user", "content": "hi"}], **extra}
+    with pytest.raises(InvalidRequest) as e:
+        oa.parse("chat", body, tiny_lm.tokenizer, 4096)
+    assert getattr(e.value, "param", None) == field
+
+
+def test_text_only_modalities_and_declined_functions_are_served(tiny_lm: local_model.LocalModel) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "modalities": ["text"],
+            "functions": [{"name": "f", "parameters": {"type": "object"}}], "function_call": "none"}
+    assert oa.parse("chat", body, tiny_lm.tokenizer, 4096).prompts[0]
+
+
 # ============================================================================ stop_reason
 
 

@@ -206,6 +206,11 @@ async def test_errors_models_health(server: ServerThread) -> None:
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
         r = await client.post("/v1/completions", json={"model": MODEL, "prompt": [5] * 20_000, "max_tokens": 1})
         assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+        assert r.json()["error"]["param"] == "prompt"  # where a completions request holds its prompt
+        r = await client.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 1,
+                                                              "messages": [{"role": "user", "content": "a " * 20_000}]})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+        assert r.json()["error"]["param"] == "messages"
         r = await client.post("/v1/completions", content=b"{not json")
         assert r.status_code == 400
 
