@@ -1,12 +1,18 @@
 """Cost in USD of an upstream call, and per-deployment defaults (prices, context window).
 
-Prices come from the deployment's `Pricing` when it sets them (field by field), else from
-litellm's cost map, else 0. The cost map is the JSON file that ships inside the litellm package
+Prices come from the deployment's `Pricing` when it sets them (field by field), else, for a
+``litellm`` deployment, from litellm's cost map, else 0; its context window and output limit likewise
+(else the config's default window, and no output limit). Only a litellm deployment names its model as
+the map does (a provider's model, ``openai/gpt-4o``): an ``openai_compatible`` one is a server of its own
+(vLLM, SGLang) whose model id may well be a map key (``gpt-4o`` behind a private proxy, a self-hosted model listed under a
+hosting provider's name), and it takes no one else's price or limits unless its config gives them.
+
+The cost map is the JSON file that ships inside the litellm package
 (``model_prices_and_context_window_backup.json``, the same data as ``litellm.model_cost``). It
 is read directly — located with `importlib.util.find_spec`, which does not import the package —
-because importing litellm costs seconds and 100+ MB, and a gateway without litellm deployments
-must not pay that just to price OpenAI-compatible calls. It is loaded lazily, once (~3 MB of
-JSON), and every lookup is cached, so `cost_usd` is cheap enough for the per-request path.
+because importing litellm costs seconds and 100+ MB, which the gateway would otherwise pay just to read
+prices. It is loaded lazily, once (~3 MB of JSON), and every lookup is cached, so `cost_usd` is cheap
+enough for the per-request path.
 
 `cost_usd(cfg, usage)` has the executor's `Pricer` signature; `with_cost_map_limits(cfg)` is the
 deployment as the gateway serves it, with the context window and output limit the config leaves unset.
@@ -31,6 +37,7 @@ __all__ = [
     "COST_MAP_FILENAME",
     "Prices",
     "context_window",
+    "cost_map_entry",
     "cost_map_path",
     "cost_usd",
     "load_cost_map",
@@ -95,6 +102,12 @@ def lookup_model(upstream_model: str) -> Mapping[str, Any] | None:
     return entry
 
 
+def cost_map_entry(cfg: DeploymentConfig) -> Mapping[str, Any] | None:
+    """The cost-map entry a deployment takes its defaults from: its upstream model's, for a ``litellm``
+    deployment only (see the module's docstring); None for any other."""
+    return lookup_model(cfg.upstream_model) if cfg.provider == "litellm" else None
+
+
 @functools.lru_cache(maxsize=4096)
 def _map_prices(upstream_model: str) -> tuple[float, float] | None:
     entry = lookup_model(upstream_model)
@@ -110,7 +123,8 @@ def _map_prices(upstream_model: str) -> tuple[float, float] | None:
 def resolve_prices(
     cfg: DeploymentConfig, overrides: Mapping[str, tuple[float, float]] | None = None
 ) -> Prices:
-    """Prices of a deployment: its config field by field, else `overrides[upstream_model]`, else the cost map.
+    """Prices of a deployment: its config field by field, else `overrides[upstream_model]`, else the cost map
+    (a litellm deployment only).
 
     `overrides` maps an upstream model string to (input, output) USD per million tokens: a site
     price list that should win over litellm's public one but not over a deployment's own config.
@@ -118,7 +132,8 @@ def resolve_prices(
     cfg_in, cfg_out = cfg.pricing.input_per_mtok, cfg.pricing.output_per_mtok
     if cfg_in is not None and cfg_out is not None:
         return Prices(cfg_in, cfg_out, "config")
-    fallback = (overrides or {}).get(cfg.upstream_model) or _map_prices(cfg.upstream_model)
+    fallback = (overrides or {}).get(cfg.upstream_model) or (
+        _map_prices(cfg.upstream_model) if cost_map_entry(cfg) is not None else None)
     if fallback is None:
         if cfg_in is None and cfg_out is None:
             return Prices(0.0, 0.0, "none")
@@ -147,10 +162,11 @@ def price_table(deployments: Iterable[DeploymentConfig]) -> dict[str, tuple[floa
 
 
 def context_window(cfg: DeploymentConfig) -> int:
-    """Context window: the config's when set explicitly, else the cost map's max input, else the config default."""
+    """Context window: the config's when set explicitly, else the cost map's max input (a litellm deployment
+    only), else the config default."""
     if "context_window" in cfg.model_fields_set:
         return cfg.context_window
-    entry = lookup_model(cfg.upstream_model)
+    entry = cost_map_entry(cfg)
     if entry is not None:
         for key in ("max_input_tokens", "max_tokens"):
             v = entry.get(key)
@@ -160,10 +176,10 @@ def context_window(cfg: DeploymentConfig) -> int:
 
 
 def max_output_tokens(cfg: DeploymentConfig) -> int | None:
-    """Max output tokens: the config's, else the cost map's, else None (unknown)."""
+    """Max output tokens: the config's, else the cost map's (a litellm deployment only), else None (unknown)."""
     if cfg.max_output_tokens is not None:
         return cfg.max_output_tokens
-    entry = lookup_model(cfg.upstream_model)
+    entry = cost_map_entry(cfg)
     if entry is not None:
         v = entry.get("max_output_tokens")
         if isinstance(v, int) and v > 0:
@@ -173,7 +189,8 @@ def max_output_tokens(cfg: DeploymentConfig) -> int | None:
 
 def with_cost_map_limits(cfg: DeploymentConfig) -> DeploymentConfig:
     """The deployment with its context window and output limit from the cost map where the config leaves them
-    unset (`context_window`, `max_output_tokens`); ``cfg`` itself when nothing changes.
+    unset (`context_window`, `max_output_tokens`; a litellm deployment only); ``cfg`` itself when nothing
+    changes.
 
     The output limit comes along with the window: without it, the budget's worst case of a request without
     ``max_tokens`` is the whole (now larger) window, and a direct request may ask for more than the model

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 
 class Pricing(BaseModel):
-    """USD per million tokens. None means: take it from litellm's cost map, else 0."""
+    """USD per million tokens. None means: take it from litellm's cost map (a ``litellm`` deployment only),
+    else 0."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -129,3 +130,6 @@ class RequestFeatures:
     endpoint: str = "chat"
     choices: int = 1  # completions one call generates (n, or best_of when larger), each up to max_tokens
     end_user: str | None = None  # the body's `user`: its budget applies on top of the key's (never instead)
+    # the fields the caller set the output limit and the prompt in: a refusal names what was sent
+    output_param: str = "max_tokens"
+    prompt_param: str = "messages"

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -103,14 +104,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         with _database_errors(s, "serve --migrate"):
             upgrade(s.database_url)
-    from gateway.preflight import check_serve
+    from gateway.preflight import check_serve, hand_to_workers
 
     try:
-        for warning in check_serve(s):
-            print(f"hybridgate: warning: {warning}", file=sys.stderr)
+        checks = check_serve(s)
     except ConfigError as exc:
         print(f"hybridgate: {exc}", file=sys.stderr)
         return 2
+    for warning in checks.warnings:
+        print(f"hybridgate: warning: {warning}", file=sys.stderr)
+    hand_to_workers(checks)  # the app's startup (in every worker) checks and warns no second time
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # workers > 1 re-import the app in each process: pass everything through the environment.
     if args.config:
@@ -142,6 +145,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
             return STARTUP_FAILURE  # a worker could not start (app_from_env said why); uvicorn stopped the rest
     else:
+        # uvicorn stops the same way on SIGINT (Ctrl-C) and SIGTERM, and then raises the signal again
+        # under the handler it found, for the process to end as that signal says. SIGTERM's is the
+        # default action: the process ends there. SIGINT's was Python's KeyboardInterrupt: a traceback,
+        # then the interpreter's whole teardown, in which native modules the local model loaded (triton's
+        # nanobind bindings) report dozens of leaked objects. With the default action for both, Ctrl-C
+        # ends `serve` as `kill` does, after the same orderly shutdown (the app's lifespan has ended).
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         server.run()
         if not server.started:
             return STARTUP_FAILURE

@@ -314,7 +314,8 @@ class ConfigError(Exception):
 _log = logging.getLogger("hybridgate.config")
 
 # HYBRIDGATE_* variables that other parts read; they are not settings.
-_NOT_SETTINGS = {"config", "local_model_dir", "pdl", "moe_fused", "pure_python_features", "routing_data"}
+_NOT_SETTINGS = {"config", "local_model_dir", "pdl", "moe_fused", "pure_python_features", "routing_data",
+                 "preflight"}
 
 
 class _YamlSource(PydanticBaseSettingsSource):
@@ -454,14 +455,17 @@ def _warn_unknown_env() -> None:
                         var, close[0].upper())
 
 
-def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
-    """Load settings; `config_file` wins over HYBRIDGATE_CONFIG. Raises ConfigError with field names."""
+def load_settings(config_file: str | None = None, *, warn_unknown_env: bool = True, **overrides: Any) -> Settings:
+    """Load settings; `config_file` wins over HYBRIDGATE_CONFIG. Raises ConfigError with field names.
+    ``warn_unknown_env``: warn of a misspelt HYBRIDGATE_ variable (off where the same environment was
+    read, and warned of, already: `serve`'s workers)."""
     old = os.environ.get("HYBRIDGATE_CONFIG")
     if config_file is not None:
         if not Path(config_file).exists():
             raise ConfigError(f"config file not found: {config_file}")
         os.environ["HYBRIDGATE_CONFIG"] = config_file
-    _warn_unknown_env()
+    if warn_unknown_env:
+        _warn_unknown_env()
     try:
         return Settings(**overrides)
     except ValidationError as exc:

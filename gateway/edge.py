@@ -5,6 +5,7 @@ Everything here fails fast with an OpenAI error before any routing or upstream w
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from collections.abc import Collection
 from typing import Any, TypeVar
@@ -232,6 +233,14 @@ def bearer(request: Request) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
+
+
+def bearer_is(request: Request, token: str | None) -> bool:
+    """Whether the request's Bearer token is ``token`` (a configured secret: the admin or metrics token),
+    compared in constant time; False when none is configured."""
+    given = bearer(request)
+    # bytes, not str: compare_digest refuses a str with non-ASCII characters (a header may hold any)
+    return bool(token and given and hmac.compare_digest(given.encode(), token.encode()))
 
 
 async def authenticate(request: Request, keys: KeyStore, required: bool) -> ApiKey | None:

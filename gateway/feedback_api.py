@@ -9,13 +9,11 @@ the judgement; text the database cannot hold (a NUL character) is the caller's 4
 
 from __future__ import annotations
 
-import hmac
-
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.edge import authenticate, bearer, validate
+from gateway.edge import authenticate, bearer_is, validate
 from gateway.errors import APIError, store_unavailable
 from gateway.schemas import FeedbackRequest
 from gateway.services import Services
@@ -28,13 +26,8 @@ class FeedbackHandler:
     def __init__(self, services: Services) -> None:
         self.s = services
 
-    def _is_admin(self, request: Request) -> bool:
-        token = self.s.settings.admin_token
-        given = bearer(request)
-        return bool(token and given and hmac.compare_digest(given.encode(), token.encode()))
-
     async def post(self, request: Request) -> Response:
-        if self._is_admin(request):
+        if bearer_is(request, self.s.settings.admin_token):
             judge = Judge(key_id=None, admin=True)
         else:
             key = await authenticate(request, self.s.keys, self.s.settings.keys_required)

@@ -1,6 +1,7 @@
 """What `hybridgate serve` checks before it starts the server (`check_serve`), what every app built
 with `gateway.app.create_app` checks as it starts (`check_app`: the same checks, for an embedded app
-that never went through `serve`), and how the command line words a database failure.
+that never went through `serve`; serve's own apps take its outcome instead, so each check runs and
+warns once per start), and how the command line words a database failure.
 
 Configuration mistakes that the settings' own validation cannot see (they need the file system or
 the database) would otherwise surface as a traceback in every worker, or as a gateway that starts
@@ -66,7 +67,13 @@ def db_failure(url: str, exc: BaseException) -> str:
     return f"the log database at {redact(url)}: {reason}{hint}"
 
 
-def check_serve(settings: Settings) -> list[str]:
+# `serve` runs the checks once, before the server starts, and hands the outcome to the apps of its workers
+# (`gateway.app.app_from_env`) in this variable, so that they neither check nor warn again.
+SERVE_CHECKED_ENV = "HYBRIDGATE_PREFLIGHT"
+_REACHABLE = {"database_reachable": True, "database_unreachable": False}
+
+
+def check_serve(settings: Settings) -> AppChecks:
     """Raise ConfigError for a configuration `serve` cannot work with; return warnings to print."""
     warnings: list[str] = []
     _spool_dir(settings)
@@ -74,7 +81,24 @@ def check_serve(settings: Settings) -> list[str]:
     seeded = _policy_files(settings, warnings)
     reachable, live = _log_database(settings, warnings)
     _default_model(settings, seeded | live, reachable, warnings)
-    return warnings
+    return AppChecks(warnings, reachable)
+
+
+def hand_to_workers(checks: AppChecks) -> None:
+    """Tell the apps `serve` is about to start (in this process, or in workers that inherit its
+    environment) that the checks ran and their warnings were printed (`checked_by_serve`). The value names
+    serve's process, so a variable set by hand or inherited by an unrelated child never skips the checks."""
+    outcome = "database_reachable" if checks.database_reachable else "database_unreachable"
+    os.environ[SERVE_CHECKED_ENV] = f"{os.getpid()}:{outcome}"
+
+
+def checked_by_serve() -> AppChecks | None:
+    """The outcome of `serve`'s checks in one of its workers (no warnings: serve printed them), else None."""
+    pid, _, outcome = os.environ.get(SERVE_CHECKED_ENV, "").partition(":")
+    reachable = _REACHABLE.get(outcome)
+    if reachable is None or pid not in (str(os.getpid()), str(os.getppid())):
+        return None
+    return AppChecks([], reachable)
 
 
 async def check_app(settings: Settings, engine: AsyncEngine) -> AppChecks:

@@ -406,6 +406,9 @@ def request_features(
         endpoint=endpoint,
         choices=output_choices(req),
         end_user=getattr(req, "user", None),
+        output_param="max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens",
+        prompt_param="prompt" if isinstance(req, CompletionRequest) else "input" if isinstance(req, EmbeddingRequest)
+        else "messages",
     )
 
 

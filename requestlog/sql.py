@@ -3,7 +3,9 @@
 `dialect_insert`: the INSERT construct of the engine's dialect, the one that offers ``ON CONFLICT``
 (idempotent log writes, once-per-source feedback, additive bandit totals, budget upserts).
 `DB_ERRORS`: the exceptions that mean "the database is away or refused", which callers turn into
-a 503 or a local fallback rather than a crash.
+a 503 or a local fallback rather than a crash. Besides the driver's errors, that is SQLAlchemy's pool
+timeout (`sqlalchemy.exc.TimeoutError`, no DBAPI error): every pooled connection is held, as under a
+database that hangs while requests keep arriving, and none came free within the pool's timeout.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-DB_ERRORS = (OSError, sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DBAPIError)
+DB_ERRORS = (OSError, sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DBAPIError, sa.exc.TimeoutError)
 
 
 def dialect_insert(table: sa.Table, dialect: str) -> Any:

@@ -25,6 +25,7 @@ from common.types import DeploymentConfig, RequestFeatures
 from policies.registry import PolicyRegistry
 from policies.schema import Policy
 from requestlog.rows import RequestRow
+from router.breaker import Admission
 from router.budget import BudgetExceeded, BudgetLimit, Reservation, worst_case_usd
 from router.calibrate import Calibration, calibrate_cost_weight, memoized
 from router.decide import (
@@ -256,21 +257,23 @@ class GatewayRouter:
 
     # ---- executor Outcomes -------------------------------------------------------------------
 
-    async def allow(self, deployment: str) -> bool:
+    async def allow(self, deployment: str) -> Admission:
         return await self.breakers.allow(deployment)
 
-    async def record(self, deployment: str, ok: bool, latency_s: float, error_kind: str | None) -> None:
+    async def record(
+        self, deployment: str, ok: bool, latency_s: float, error_kind: str | None, probe: str | None
+    ) -> None:
         self.latency.observe(deployment, latency_s * 1000)
         # Client-caused errors (bad request, unknown model, context window) say nothing about the
         # upstream's health: not counted, but a half-open probe slot the attempt took is given back.
         if error_kind in CLIENT_CAUSED:
-            await self.breakers.release(deployment)
+            await self.breakers.release(deployment, probe)
             return
-        state = await self.breakers.record(deployment, ok, latency_s * 1000)
+        state = await self.breakers.record(deployment, ok, latency_s * 1000, probe)
         self.metrics.breaker_open.labels(deployment).set(1 if state == "open" else 0)
 
-    async def release(self, deployment: str) -> None:
-        await self.breakers.release(deployment)
+    async def release(self, deployment: str, probe: str | None) -> None:
+        await self.breakers.release(deployment, probe)
 
     async def retry_after_s(self, deployments: list[str]) -> float:
         """Retry-After for a request refused because none of ``deployments`` admits traffic: the time
@@ -353,8 +356,9 @@ class GatewayRouter:
             # An answer longer than any deployment can give is refused here, not left to hang an upstream.
             most = max(d.max_output_tokens or d.context_window for d in usable)
             if features.max_tokens > most:
-                raise Refused("output_too_long", f"max_tokens is too large: {features.max_tokens}. The model "
-                                                 f"`{model}` supports at most {most} output tokens.", param="max_tokens")
+                field = features.output_param
+                raise Refused("output_too_long", f"{field} is too large: {features.max_tokens}. The model "
+                                                 f"`{model}` supports at most {most} output tokens.", param=field)
         # The caller named the model, so a deployment that does not declare a capability the request
         # needs (tools, response_format, logprobs, images) may still serve it (capabilities default to
         # chat and completion; the upstream decides); those that declare every one are tried first.
@@ -566,7 +570,7 @@ def _unsupported(policy: str, reason: str, features: RequestFeatures) -> Refused
     """The client's error for a request no deployment of ``policy`` can serve as sent (`decide`'s
     "unsupported": reason "capability:<cap>" or "context"): it names the parameter that asks too much."""
     if reason == "context":
-        param = "max_tokens" if features.max_tokens is not None else "messages"
+        param = features.output_param if features.max_tokens is not None else features.prompt_param
         return Refused(
             "unsupported_request",
             f"No deployment of `{policy}` has a context window for this request "

@@ -10,6 +10,7 @@ import pytest
 from backends.base import Usage
 from backends.openai_compatible import OpenAICompatibleBackend
 from backends.pricing import (
+    Prices,
     context_window,
     cost_map_path,
     cost_usd,
@@ -27,6 +28,10 @@ from common.types import DeploymentConfig, Pricing
 
 def dep(upstream: str, **kw) -> DeploymentConfig:
     return DeploymentConfig(name=kw.pop("name", "d"), model="m", upstream_model=upstream, **kw)
+
+
+def litellm_dep(upstream: str, **kw) -> DeploymentConfig:
+    return dep(upstream, provider="litellm", **kw)
 
 
 # -- pricing ----------------------------------------------------------------------------------------------
@@ -48,27 +53,27 @@ def test_prices_from_cost_map_and_config() -> None:
     entry = lookup_model("gpt-4o")
     assert entry is not None
     pin, pout = entry["input_cost_per_token"] * 1e6, entry["output_cost_per_token"] * 1e6
-    p = resolve_prices(dep("openai/gpt-4o"))
+    p = resolve_prices(litellm_dep("openai/gpt-4o"))
     assert (p.input_per_mtok, p.output_per_mtok, p.source) == (
         pytest.approx(pin),
         pytest.approx(pout),
         "cost_map",
     )
-    assert cost_usd(dep("gpt-4o"), Usage(1_000_000, 500_000)) == pytest.approx(pin + pout / 2)
-    own = dep("gpt-4o", pricing=Pricing(input_per_mtok=1.0, output_per_mtok=2.0))
+    assert cost_usd(litellm_dep("gpt-4o"), Usage(1_000_000, 500_000)) == pytest.approx(pin + pout / 2)
+    own = litellm_dep("gpt-4o", pricing=Pricing(input_per_mtok=1.0, output_per_mtok=2.0))
     assert resolve_prices(own).source == "config" and cost_usd(
         own, Usage(2_000_000, 1_000_000)
     ) == pytest.approx(4.0)
-    half = dep("gpt-4o", pricing=Pricing(input_per_mtok=1.0))
+    half = litellm_dep("gpt-4o", pricing=Pricing(input_per_mtok=1.0))
     assert resolve_prices(half).source == "mixed" and resolve_prices(half).output_per_mtok == pytest.approx(
         pout
     )
-    unknown = dep("my-own-llama")
+    unknown = litellm_dep("my-own-llama")
     assert resolve_prices(unknown).source == "none" and cost_usd(unknown, Usage(10**6, 10**6)) == 0.0
     assert resolve_prices(unknown, {"my-own-llama": (0.5, 1.0)}).output_per_mtok == 1.0
     # a provider prefix only matches the provider's own entry
     assert lookup_model("hosted_vllm/gpt-4o") is None
-    assert price_table([dep("gpt-4o", name="a"), unknown]) == {
+    assert price_table([litellm_dep("gpt-4o", name="a"), unknown]) == {
         "a": (pytest.approx(pin), pytest.approx(pout)),
         "d": (0.0, 0.0),
     }
@@ -77,25 +82,47 @@ def test_prices_from_cost_map_and_config() -> None:
 def test_context_window_and_max_output_defaults() -> None:
     entry = lookup_model("gpt-4o")
     assert entry is not None
-    assert context_window(dep("gpt-4o")) == entry["max_input_tokens"]
-    assert context_window(dep("gpt-4o", context_window=1000)) == 1000  # explicit config wins
-    assert context_window(dep("my-own-llama")) == 8192  # config default
-    assert max_output_tokens(dep("gpt-4o")) == entry["max_output_tokens"]
-    assert max_output_tokens(dep("gpt-4o", max_output_tokens=10)) == 10
-    assert max_output_tokens(dep("my-own-llama")) is None
+    assert context_window(litellm_dep("gpt-4o")) == entry["max_input_tokens"]
+    assert context_window(litellm_dep("gpt-4o", context_window=1000)) == 1000  # explicit config wins
+    assert context_window(litellm_dep("my-own-llama")) == 8192  # config default
+    assert max_output_tokens(litellm_dep("gpt-4o")) == entry["max_output_tokens"]
+    assert max_output_tokens(litellm_dep("gpt-4o", max_output_tokens=10)) == 10
+    assert max_output_tokens(litellm_dep("my-own-llama")) is None
 
 
 def test_a_served_deployment_takes_the_limits_its_config_leaves_unset_from_the_cost_map() -> None:
     entry = lookup_model("gpt-4o")
     assert entry is not None
-    served = with_cost_map_limits(dep("gpt-4o"))
+    served = with_cost_map_limits(litellm_dep("gpt-4o"))
     assert (served.context_window, served.max_output_tokens) == (entry["max_input_tokens"], entry["max_output_tokens"])
-    pinned = with_cost_map_limits(dep("gpt-4o", context_window=1000))  # explicit window wins; output fits in it
+    pinned = with_cost_map_limits(litellm_dep("gpt-4o", context_window=1000))  # explicit window wins; output fits in it
     assert (pinned.context_window, pinned.max_output_tokens) == (1000, 1000)
-    both = dep("gpt-4o", context_window=1000, max_output_tokens=10)
-    unknown = dep("my-own-llama")
+    both = litellm_dep("gpt-4o", context_window=1000, max_output_tokens=10)
+    unknown = litellm_dep("my-own-llama")
     assert with_cost_map_limits(both) is both and with_cost_map_limits(unknown) is unknown
     assert unknown.context_window == 8192 and unknown.max_output_tokens is None
+
+
+def test_a_self_hosted_server_takes_no_price_or_limits_from_the_cost_map() -> None:
+    """An openai_compatible deployment (vLLM, SGLang) whose model id is a cost-map key is a server of its own,
+    not that provider: no public price, window or output limit unless its config says so; a local one
+    neither. Its explicit config, as a litellm deployment's, is what it is served with."""
+    entry = lookup_model("gpt-4o")
+    assert entry is not None and entry["max_input_tokens"] != 8192
+    for provider in ("openai_compatible", "local"):
+        own = dep("gpt-4o", provider=provider, api_base="http://10.0.0.5:8000/v1")
+        assert resolve_prices(own) == Prices(0.0, 0.0, "none") and cost_usd(own, Usage(10**6, 10**6)) == 0.0
+        assert (context_window(own), max_output_tokens(own)) == (8192, None)
+        assert with_cost_map_limits(own) is own
+        assert price_table([own]) == {"d": (0.0, 0.0)}
+    half = dep("gpt-4o", pricing=Pricing(input_per_mtok=0.5))  # the unset half is 0, not the map's
+    assert resolve_prices(half) == Prices(0.5, 0.0, "config")
+    pinned = dep("gpt-4o", context_window=32768, max_output_tokens=4096,
+                 pricing=Pricing(input_per_mtok=0.1, output_per_mtok=0.2))
+    assert resolve_prices(pinned) == Prices(0.1, 0.2, "config")
+    assert with_cost_map_limits(pinned) is pinned and context_window(pinned) == 32768
+    site = resolve_prices(dep("gpt-4o"), {"gpt-4o": (0.3, 0.6)})  # a site's own price list is configuration
+    assert (site.input_per_mtok, site.output_per_mtok) == (0.3, 0.6)
 
 
 # -- registry ------------------------------------------------------------------------------------------------

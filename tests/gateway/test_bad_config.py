@@ -420,7 +420,7 @@ def test_a_deployment_whose_key_variable_is_unset_or_empty_is_one_warning_line_a
         "deployments[3].api_key_env: the environment variable 'HG_TEST_EMPTY_KEY' is empty; deployment 'd' fails "
         "every request (upstream auth error) until it is set",
     ]
-    assert [w for w in check_serve(settings) if "api_key_env" in w] == expected
+    assert [w for w in check_serve(settings).warnings if "api_key_env" in w] == expected
 
     async def embedded() -> list[str]:
         engine = gateway_engine(settings)
@@ -432,6 +432,35 @@ def test_a_deployment_whose_key_variable_is_unset_or_empty_is_one_warning_line_a
     warnings = asyncio.run(embedded())
     assert [w for w in warnings if "api_key_env" in w] == expected
     assert SECRET not in "".join(warnings)
+
+
+def test_serve_says_each_startup_warning_once(tmp_path: Path, sqlite_url: str) -> None:
+    """`serve` checks before it starts the server and its app's startup checks again only where serve did not
+    (an embedded app): a start prints each warning of the checks, and of the settings, once."""
+    port = free_port()
+    (tmp_path / "c.yaml").write_text(
+        f"database_url: {sqlite_url}\nlocal_model: {{enabled: false}}\n"
+        "deployments: [{name: a, model: m, upstream_model: u, api_base: 'http://127.0.0.1:9/v1', "
+        "api_key_env: HG_TEST_UNSET_KEY}]\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDGATE_") and k != "HG_TEST_UNSET_KEY"}
+    env["HYBRIDGATE_REQUIRE_KEY"] = "true"  # a misspelt setting: warned of, and ignored
+    with (tmp_path / "serve.log").open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "--config", str(tmp_path / "c.yaml"), "serve",
+                                 "--port", str(port)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    out = (tmp_path / "serve.log").read_text()
+    for warning in ("the environment variable 'HG_TEST_UNSET_KEY' is not set",
+                    "HYBRIDGATE_REQUIRE_KEY is not a setting and is ignored", "WITHOUT gateway API keys"):
+        assert out.count(warning) == 1, (warning, out)
 
 
 # ---------------------------------------------------------------------------------------------- create_app
@@ -484,3 +513,15 @@ def test_an_app_built_with_create_app_starts_degraded_when_the_log_database_is_d
     assert "the log database at postgresql+asyncpg://postgres:***@127.0.0.1:" in text and "starting anyway" in text
     assert "default_model: 'maybe-stored' is neither" in text and "(the log database is unreachable)" in text
     assert SECRET not in text
+
+
+def test_only_serves_own_preflight_hand_off_skips_an_apps_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import preflight
+
+    monkeypatch.setenv(preflight.SERVE_CHECKED_ENV, "database_reachable")  # set by hand: no process named
+    assert preflight.checked_by_serve() is None
+    monkeypatch.setenv(preflight.SERVE_CHECKED_ENV, "999999999:database_reachable")  # no such process
+    assert preflight.checked_by_serve() is None
+    preflight.hand_to_workers(preflight.AppChecks([], False))
+    got = preflight.checked_by_serve()
+    assert got is not None and got.database_reachable is False and got.warnings == []

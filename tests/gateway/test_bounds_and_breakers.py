@@ -28,6 +28,8 @@ OUT_OF_RANGE: list[tuple[str, dict[str, Any], str]] = [
     ("/v1/chat/completions", CHAT | {"max_tokens": 10**12}, "max_tokens"),
     ("/v1/chat/completions", CHAT | {"max_completion_tokens": 10**12}, "max_completion_tokens"),
     ("/v1/chat/completions", CHAT | {"max_tokens": 5000}, "max_tokens"),  # more than fake-a's 4096 window
+    ("/v1/chat/completions", CHAT | {"max_completion_tokens": 5000}, "max_completion_tokens"),
+    ("/v1/completions", {"model": "fake-model", "prompt": "x", "max_tokens": 5000}, "max_tokens"),
     ("/v1/chat/completions", CHAT | {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ("/v1/chat/completions", CHAT | {"logit_bias": {str(i): 1 for i in range(301)}}, "logit_bias"),
     ("/v1/chat/completions", CHAT | {"temperature": 2.5}, "temperature"),

@@ -138,3 +138,52 @@ def test_a_key_sent_to_a_keyless_gateway_from_a_foreign_host_while_the_database_
         r = httpx.post(gw.base_url + "/v1/chat/completions", json=CHAT, timeout=15,
                        headers={"authorization": "Bearer sk-anything", "host": "rebound.example"})
         assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable", r.text
+
+
+def test_a_pool_with_no_free_connection_is_a_503_to_retry_in_the_callers_shape(
+        fresh_pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests waiting on a database that hangs can hold every pooled connection; the next one waits out the
+    pool's timeout and gets SQLAlchemy's pool TimeoutError, no driver error. Feedback, an uncached key's lookup
+    (OpenAI's shape, and Anthropic's on /v1/messages) and a budget change are the same 503 to retry as for a
+    database that is down, a bandit sync round is skipped, and all of it works again once a connection is free."""
+    import functools
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    import gateway.app
+
+    upgrade(fresh_pg_url)
+    # the gateway's own engine, with a pool of one connection that a caller waits at most 1 s for
+    monkeypatch.setattr(gateway.app, "create_async_engine", functools.partial(
+        create_async_engine, pool_size=1, max_overflow=0, pool_timeout=1.0))
+    admin = {"authorization": "Bearer adm-secret"}
+    with FakeProviderThread() as fp:
+        settings = gateway_settings(fp.base_url, fresh_pg_url, tmp_path, policy_reload_s=0.2,
+                                    require_keys=True, admin_token="adm-secret")
+        with running_gateway(settings) as gw, httpx.Client(base_url=gw.base_url, timeout=15) as http:
+            used, fresh = (http.post("/admin/api/keys", json={"name": n}, headers=admin).json()["key"]
+                           for n in ("used", "fresh"))
+            rid = http.post("/v1/chat/completions", json=CHAT,
+                            headers={"authorization": f"Bearer {used}"}).headers["x-request-id"]
+            gw.call(gw.services.sink.flush())
+            held = gw.call(gw.services.engine.connect().start())  # the pool's only connection
+            try:
+                r = http.post("/v1/feedback", json={"request_id": rid, "score": 1.0}, headers=admin)
+                assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable", r.text
+                assert r.headers["retry-after"] == "5"
+                r = http.post("/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {fresh}"})
+                assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable", r.text
+                r = http.post("/v1/messages", headers={"x-api-key": fresh, "anthropic-version": "2023-06-01"},
+                              json={"model": "fake-model", "max_tokens": 5,
+                                    "messages": [{"role": "user", "content": "hi"}]})
+                assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+                assert r.json()["type"] == "error" and "unavailable, retry later" in r.json()["error"]["message"]
+                r = http.put("/admin/api/budgets/team:research", json={"limit_usd": 5}, headers=admin)
+                assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable", r.text
+                gw.call(gw.services.router.sync_bandits())  # skipped, not raised
+            finally:
+                gw.call(held.close())
+            r = http.post("/v1/feedback", json={"request_id": rid, "score": 1.0}, headers=admin)
+            assert r.status_code == 201, r.text
+            r = http.post("/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {fresh}"})
+            assert r.status_code == 200, r.text

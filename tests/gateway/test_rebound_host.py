@@ -79,6 +79,23 @@ def test_a_valid_key_is_served_whatever_name_it_uses(gateway: GatewayThread) -> 
         assert c.post("/v1/messages", headers={**evil, "x-api-key": key}, json=CHAT).status_code == 200
 
 
+def test_the_admin_token_is_served_whatever_name_it_uses(
+    fake_provider: FakeProviderThread, sqlite_url: str, tmp_path: Path
+) -> None:
+    """The admin token is a credential a page does not have, as a key is: on a keyless gateway it judges any
+    request on /v1/feedback under whatever name its caller (a script behind a proxy, say) uses; a wrong
+    token is no credential."""
+    s = gateway_settings(fake_provider.base_url, sqlite_url, tmp_path, admin_token="adm-secret")
+    with running_gateway(s) as gw, httpx.Client(base_url=gw.base_url, timeout=30) as c:
+        rid = c.post("/v1/chat/completions", json=CHAT).headers["x-request-id"]
+        evil = _rebound(gw)
+        judge = {"request_id": rid, "score": 1.0}
+        _refused(c.post("/v1/feedback", headers=evil, json=judge))
+        _refused(c.post("/v1/feedback", headers={**evil, "authorization": "Bearer adm-wrong"}, json=judge))
+        r = c.post("/v1/feedback", headers={**evil, "authorization": "Bearer adm-secret"}, json=judge)
+        assert r.status_code == 201 and r.json()["status"] == "recorded", r.text
+
+
 def test_a_cross_site_page_cannot_spend_through_a_keyless_gateway_it_cannot_read(
     gateway: GatewayThread, fake_provider: FakeProviderThread
 ) -> None:
