@@ -432,8 +432,9 @@ class AdminHandlers:
     async def list_breakers(self, request: Request) -> Response:
         self._check(request)
         names = [d.name for d in self.s.router.catalog.deployments]
-        states = await self.s.router.breakers.states(names)
-        return json_response({"data": [{"deployment": n, "state": states.get(n, "closed")} for n in names]})
+        statuses = await self.s.router.breakers.statuses(names)
+        return json_response({"data": [{"deployment": n, "state": statuses[n].state, "forced": statuses[n].forced}
+                                       for n in names]})
 
     async def force_breaker(self, request: Request) -> Response:
         """Manual override: {"mode": "open" | "closed" | null} (null returns to automatic)."""
@@ -443,9 +444,9 @@ class AdminHandlers:
             raise APIError(404, f"No deployment named {name!r}.", code="deployment_not_found")
         mode = validate(BreakerForce, await read_json(request, 4096)).mode
         await self.s.router.breakers.force(name, mode)
-        state = await self.s.router.breakers.state(name)
-        self.s.metrics.breaker_open.labels(name).set(1 if state == "open" else 0)
-        return json_response({"deployment": name, "state": state, "forced": mode})
+        status = (await self.s.router.breakers.statuses([name]))[name]
+        self.s.metrics.breaker_open.labels(name).set(1 if status.state == "open" else 0)
+        return json_response({"deployment": name, "state": status.state, "forced": status.forced})
 
     def routes(self) -> list[Route]:
         return [

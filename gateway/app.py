@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import functools
 import gc
-import hmac
 import json
 import logging
 import sys
@@ -21,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from backends.base import Backend
 from backends.registry import build_backend
@@ -37,14 +37,14 @@ from gateway.budget_admin import BudgetAdminHandlers
 from gateway.config import ConfigError, Settings
 from gateway.console.app import Console
 from gateway.console.auth import ADMIN_HEADERS, cross_site
-from gateway.edge import authenticate, bearer, host_allowed, host_not_allowed, loopback_peer
-from gateway.errors import APIError, internal_error
+from gateway.edge import authenticate, bearer_is, host_allowed, host_not_allowed, loopback_peer
+from gateway.errors import APIError, internal_error, store_unavailable
 from gateway.feedback_api import FeedbackHandler
 from gateway.keys import KeyStore
 from gateway.messages_api import anthropic_error, is_messages_path
 from gateway.openai_api import OpenAIHandlers
 from gateway.openapi import openapi_document
-from gateway.preflight import check_app
+from gateway.preflight import AppChecks, check_app, checked_by_serve
 from gateway.responses_api import StoredResponseHandlers
 from gateway.services import Services
 from local_model.device import DeviceUnavailableError
@@ -53,6 +53,7 @@ from policies.registry import PolicyRegistry
 from requestlog.retention import cutoff, prune
 from requestlog.sink import LogSink
 from requestlog.spend import LoggedSpend
+from requestlog.sql import DB_ERRORS
 from requestlog.urls import connect_timeout_args
 from router.breaker import BreakerConfig
 from router.plugins import LinUCBBandit, ScoredLinUCBBandit, ThompsonBandit
@@ -139,7 +140,7 @@ def check_observer(request: Request, settings: Settings) -> None:
     (`edge.host_allowed`: a web page whose DNS name was rebound to 127.0.0.1 comes from loopback too),
     keys required or not."""
     token = settings.metrics_token
-    given = bool(token) and hmac.compare_digest((bearer(request) or "").encode(), (token or "").encode())
+    given = bearer_is(request, token)
     if settings.keys_required:
         if token:
             if not given:
@@ -162,23 +163,55 @@ _CROSS_SITE = APIError(403, "Cross-site requests from a web browser are refused 
 
 def host_checked(endpoint: Endpoint, services: Services) -> Endpoint:
     """``endpoint`` (a /v1 route's) on a gateway that does not require keys, refusing what only a web page
-    sends without a valid key, in the error shape of the route's API: a caller on this machine that
-    addresses the gateway by a name neither loopback nor in `allowed_hosts` (`edge.host_allowed`: a page
-    whose DNS name was rebound to 127.0.0.1), and a browser's cross-site request (a page that posts a
-    "simple" text/plain request to http://127.0.0.1:8080 cannot read the answer, but would spend the
-    provider credit; the gateway sends no CORS headers, so no cross-site page can use it anyway). Where
-    keys are required the key already keeps pages out and the routes are not wrapped; here the check is a
-    few header reads unless one of them is a page's."""
+    sends without a valid credential (a gateway key, or the admin token, which e.g. judges any request on
+    /v1/feedback), in the error shape of the route's API: a caller on this machine that addresses the
+    gateway by a name neither loopback nor in `allowed_hosts` (`edge.host_allowed`: a page whose DNS name
+    was rebound to 127.0.0.1), and a browser's cross-site request (a page that posts a "simple" text/plain
+    request to http://127.0.0.1:8080 cannot read the answer, but would spend the provider credit; the
+    gateway sends no CORS headers, so no cross-site page can use it anyway). A page knows no credential,
+    so a request with one passes under any name. Where keys are required the key already keeps pages out
+    and the routes are not wrapped; here the check is a few header reads unless one of them is a page's."""
     allowed = frozenset(services.settings.allowed_hosts)
+    admin_token = services.settings.admin_token
 
     async def checked(request: Request) -> Response:
         host_ok = host_allowed(request, allowed)
-        if (not host_ok or cross_site(request)) and await authenticate(request, services.keys, False) is None:
+        if (not host_ok or cross_site(request)) and not bearer_is(request, admin_token) \
+                and await authenticate(request, services.keys, False) is None:
             err = _CROSS_SITE if host_ok else host_not_allowed(request)
             return anthropic_error(err) if is_messages_path(request.url.path) else err.response()
         return await endpoint(request)
 
     return checked
+
+
+# Driver errors that blame the statement (a constraint, a type, a bug), not a database that is away.
+STATEMENT_ERRORS = (sa_exc.IntegrityError, sa_exc.ProgrammingError, sa_exc.DataError, sa_exc.NotSupportedError)
+
+
+def database_guarded(routes: list[BaseRoute]) -> list[BaseRoute]:
+    """Admin routes (API and console) whose database is away, down or hung past the engine's timeouts,
+    answer 503 ``store_unavailable`` naming the log database, with Retry-After, as feedback does: the
+    console shows that on every page the operator opens during the outage, not an internal error (and a
+    traceback in the log per page)."""
+
+    def guarded(endpoint: Endpoint) -> Endpoint:
+        @functools.wraps(endpoint)
+        async def call(request: Request) -> Response:
+            try:
+                return await endpoint(request)
+            except DB_ERRORS as exc:
+                if isinstance(exc, STATEMENT_ERRORS):
+                    raise  # the statement's fault, not an outage: an internal error, logged with its traceback
+                # the first line only: a driver error goes on with the statement and its parameters
+                log.warning("%s %s: log database unavailable: %s", request.method, request.url.path,
+                            error_text(exc, with_type=True).splitlines()[0])
+                raise store_unavailable("Log database", exc) from None
+
+        return call
+
+    return [Route(r.path, guarded(r.endpoint), methods=list(r.methods or ()), name=r.name)
+            if isinstance(r, Route) else r for r in routes]
 
 
 def label_names(catalog: Catalog, registry: PolicyRegistry) -> LabelNames:
@@ -308,7 +341,8 @@ async def _close_backends(services: Services) -> None:
     await services.engine.dispose()
 
 
-def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -> Starlette:
+def create_app(settings: Settings, backends: dict[str, Backend] | None = None, *,
+               checked: AppChecks | None = None) -> Starlette:
     """The gateway as an ASGI app, for `hybridgate serve` (through `app_from_env`) or for embedding.
 
     Embedding it is as safe as `serve`: a deployment no backend can be built from (no api_base, a
@@ -318,7 +352,9 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
     policy, a log database that answers but is not migrated, a `default_model` that names nothing are
     a ConfigError that fails the startup; its warnings (an unreachable database: the app starts
     degraded) go to the ``hybridgate`` logger. Those checks read only what startup reads anyway (the
-    policy files, the log database), on the app's own engine."""
+    policy files, the log database), on the app's own engine. ``checked``: the outcome of those checks
+    where its caller already ran them and reported their warnings (`serve`, before it started the
+    server), so startup does not run them again."""
     services = build_services(settings, backends)
     oa = OpenAIHandlers(services)
     admin = AdminHandlers(services)
@@ -329,13 +365,16 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        try:
-            checks = await check_app(settings, services.engine)
-        except BaseException:
-            await _close_backends(services)  # nothing else is running yet
-            raise
-        for warning in checks.warnings:
-            log.warning("hybridgate: %s", warning)
+        if checked is None:
+            try:
+                checks = await check_app(settings, services.engine)
+            except BaseException:
+                await _close_backends(services)  # nothing else is running yet
+                raise
+            for warning in checks.warnings:
+                log.warning("hybridgate: %s", warning)
+        else:
+            checks = checked
         await services.sink.start()
         registry = services.router.registry
         router = services.router
@@ -373,9 +412,12 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
             ("artifact sync", artifacts.sync))))
         tasks.append(asyncio.create_task(_every(
             settings.budget_reconcile_s, stop, ("budget reconcile", router.budgets.reconcile))))
-        # Leases and holds of running requests stay alive; releases Redis missed are retried.
+        # Leases and holds of running requests stay alive; releases Redis missed are retried (and the
+        # give-backs of breaker probe slots, so a probe that ended during an outage does not keep its
+        # deployment un-probeable until the probe timeout).
         tasks.append(asyncio.create_task(_every(
-            0.5, stop, ("lease upkeep", router.ratelimits.maintain), ("budget hold upkeep", router.budgets.maintain))))
+            0.5, stop, ("lease upkeep", router.ratelimits.maintain), ("budget hold upkeep", router.budgets.maintain),
+            ("breaker probe upkeep", router.breakers.maintain))))
         tasks.append(asyncio.create_task(services.remote_load.run(settings.policy_reload_s, stop)))
         if settings.log.retention_days is not None:
             tasks.append(asyncio.create_task(_every(
@@ -454,9 +496,7 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
-        *admin.routes(),
-        *budget_admin.routes(),
-        *console.routes(),
+        *database_guarded([*admin.routes(), *budget_admin.routes(), *console.routes()]),
     ]
 
     def admin_headers(request: Request) -> dict[str, str] | None:
@@ -503,11 +543,14 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
 
 
 def app_from_env() -> Starlette:
-    """Uvicorn factory (`gateway.app:app_from_env`): settings from HYBRIDGATE_CONFIG and env."""
+    """Uvicorn factory (`gateway.app:app_from_env`): settings from HYBRIDGATE_CONFIG and env. Under
+    `serve`, which loaded the same settings and ran the checks before it started the server, neither
+    the checks nor the settings' warnings are repeated (`preflight.checked_by_serve`)."""
     from gateway.config import load_settings
 
+    checked = checked_by_serve()
     try:
-        return create_app(load_settings())
+        return create_app(load_settings(warn_unknown_env=checked is None), checked=checked)
     except ConfigError as exc:
         # uvicorn calls this factory in each worker: a configuration mistake is one line and
         # uvicorn's startup-failure status (which also stops a multi-worker parent), not a traceback.

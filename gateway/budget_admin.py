@@ -43,7 +43,8 @@ class BudgetAdminHandlers:
         check_admin(request, self.s.settings.admin_token)
         scope = request.path_params["scope"]
         if not SCOPE.match(scope):
-            raise APIError(400, "Budget scope must be 'user:<name>' or 'team:<name>'.", param="scope",
+            raise APIError(400, "Budget scope must be 'user:<name>' or 'team:<name>', the name 1 to 200 characters "
+                           "without spaces.", param="scope",
                            code="invalid_scope")
         return scope
 
@@ -77,6 +78,7 @@ class BudgetAdminHandlers:
     def routes(self) -> list[Route]:
         return [
             Route("/admin/api/budgets", self.list_budgets, methods=["GET"]),
-            Route("/admin/api/budgets/{scope}", self.put_budget, methods=["PUT"]),
-            Route("/admin/api/budgets/{scope}", self.delete_budget, methods=["DELETE"]),
+            # `path`: a team or user name may hold a "/" (team:ml/research), as a key's team may
+            Route("/admin/api/budgets/{scope:path}", self.put_budget, methods=["PUT"]),
+            Route("/admin/api/budgets/{scope:path}", self.delete_budget, methods=["DELETE"]),
         ]

@@ -454,9 +454,13 @@ class OpenAIHandlers:
         async def wire_body(w: WireAdapter) -> AsyncIterator[bytes]:
             """The same stream in another wire format: the adapter encodes chunks as its events."""
             status, error, cancelled = 200, None, False
+            last = b""
             try:
-                yield w.start(served, ctx.ex.prompt_estimate if ctx.ex is not None else 0) + b"".join(
+                opening = w.start(served, ctx.ex.prompt_estimate if ctx.ex is not None else 0) + b"".join(
                     map(w.feed, head))
+                if body_log is not None:
+                    body_log.append(opening)
+                yield opening
                 if rest is not None:
                     # aclosing: a chunk `feed` cannot translate stops the pump (and its pending read of
                     # `source`) here, so `source.aclose()` below does not meet a generator still running
@@ -484,7 +488,8 @@ class OpenAIHandlers:
             finally:
                 await source.aclose()
                 if body_log is not None:
-                    ctx.row.response_body = b"".join(body_log).decode()
+                    # the closing events as well (none when the client left): the log holds what was sent
+                    ctx.row.response_body = b"".join([*body_log, last]).decode()
                 self._finish(ctx, status, error, cancelled)
             # The stream's last event goes out once its row is logged (durably with `always`).
             await self.s.sink.durable()
@@ -516,7 +521,8 @@ class OpenAIHandlers:
                 await source.aclose()
                 last = sse.DONE if error is None else sse.error_event(error.message, error.type, error.code)
                 if body_log is not None:
-                    ctx.row.response_body = b"".join(body_log).decode()
+                    # with the closing event, unless the client left before it could be sent
+                    ctx.row.response_body = b"".join(body_log if cancelled else [*body_log, last]).decode()
                 self._finish(ctx, status, error, cancelled)
             # The stream's last event goes out once its row is logged (durably with `always`).
             await self.s.sink.durable()

@@ -304,7 +304,7 @@ def _rollup_latency(name: str) -> sa.Table:
 
 
 # Kept current by database triggers as rows are inserted (requestlog/rollups.py); the admin
-# dashboards read these, never the raw tables.
+# dashboards read these, and the raw tables only for the partial hours at either end of a range.
 rollup_requests_hour = _rollup_requests("rollup_requests_hour")
 rollup_requests_day = _rollup_requests("rollup_requests_day")
 rollup_attempts_hour = _rollup_attempts("rollup_attempts_hour")

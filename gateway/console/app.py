@@ -47,6 +47,7 @@ from policies.loader import PolicyValidationError
 from policies.registry import PolicyNotFound
 from requestlog import tables
 from requestlog.rollups import aggregate, quantile
+from requestlog.sql import DB_ERRORS
 from service import policy_eval
 from service.budgets import spend_window_start
 
@@ -185,10 +186,16 @@ class Console:
 
     async def logout(self, request: Request) -> Response:
         session = session_for(request)
+        if session is None:
+            # the session had ended (expired, or signed out in another tab) while the page stayed open:
+            # nothing to end, so the sign-in form says so rather than a JSON error about a CSRF token
+            resp = self.html("login.html", status=401, token_needed=bool(self.s.settings.admin_token),
+                             error="You were already signed out: the session had ended.")
+            resp.delete_cookie(COOKIE, path="/admin")
+            return resp
         form = parse_qs((await request.body())[:8192].decode("utf-8", "replace"))
         if (
-            session is None
-            or cross_site(request)
+            cross_site(request)
             or not csrf_ok(request, session, (form.get("csrf_token") or [""])[0])
         ):
             raise APIError(403, "Missing or invalid CSRF token.", type="permission_error", code="csrf_failed")
@@ -349,18 +356,26 @@ class Console:
         self._check(request)
         router = self.s.router
         deps = router.catalog.deployments
-        states = await router.breakers.states([d.name for d in deps])
+        statuses = await router.breakers.statuses([d.name for d in deps])
         now = datetime.now(UTC)
-        async with self.s.engine.connect() as conn:
-            att = await aggregate(
-                conn, "attempts", now - timedelta(hours=1), now, ["deployment", "status"], ("n",)
-            )
-            hist = await aggregate(
-                conn, "latency", now - timedelta(hours=1), now, ["deployment", "metric", "bin"], ("n",)
-            )
+        # Breaker states (and forcing them) need no database: during a log database outage, when they
+        # matter most, the page still lists them, with the last hour's figures left out and a warning.
+        warning = None
+        try:
+            async with self.s.engine.connect() as conn:
+                att = await aggregate(
+                    conn, "attempts", now - timedelta(hours=1), now, ["deployment", "status"], ("n",)
+                )
+                hist = await aggregate(
+                    conn, "latency", now - timedelta(hours=1), now, ["deployment", "metric", "bin"], ("n",)
+                )
+        except DB_ERRORS as exc:
+            att, hist = [], []
+            warning = (f"Log database unavailable, retry later ({type(exc).__name__}): the last hour's "
+                       "attempts, errors and latency are not shown.")
         data = []
         for d in deps:
-            n = sum(x["n"] for x in att if x["deployment"] == d.name)
+            n = sum(x["n"] for x in att if x["deployment"] == d.name) if warning is None else None
             err = sum(x["n"] for x in att if x["deployment"] == d.name and x["status"] != "ok")
             lat = {x["bin"]: x["n"] for x in hist if x["deployment"] == d.name and x["metric"] == "latency"}
             data.append(
@@ -368,36 +383,41 @@ class Console:
                     "deployment": d.name,
                     "model": d.model,
                     "provider": d.provider,
-                    "state": states.get(d.name),
+                    "state": statuses[d.name].state,
+                    "forced": statuses[d.name].forced,  # "open"/"closed" while an operator holds it there
                     "attempts_1h": n,
                     "error_rate_1h": err / n if n else None,
                     "latency_p50_ms_1h": quantile(lat, 0.5),
                     "latency_p95_ms_1h": quantile(lat, 0.95),
                 }
             )
-        return self.json({"data": data})
+        return self.json({"data": data, "warning": warning})
 
     async def keys(self, request: Request) -> Response:
         self._check(request)
         keys = await self.s.keys.list()
         now = datetime.now(UTC)
-        data = []
+        periods = {k.budget_period or "month" for k in keys}
+        # one query per budget period (at most four), grouped by key: not one per key, which made the
+        # page take seconds with a few thousand keys
+        spend: dict[tuple[str, str], dict[str, Any]] = {}
         async with self.s.engine.connect() as conn:
-            for k in keys:
-                period = k.budget_period or "month"
-                since = spend_window_start(period, now)
-                agg = await aggregate(
-                    conn, "requests", since, now, [], ("requests", "cost_usd"), {"api_key_id": k.id}
-                )
-                spent = agg[0]["cost_usd"] if agg else 0.0
-                data.append(
-                    k.public()
-                    | {
-                        "spent_usd": spent,
-                        "spend_period": period,
-                        "requests": agg[0]["requests"] if agg else 0,
-                    }
-                )
+            for period in sorted(periods):
+                for row in await aggregate(conn, "requests", spend_window_start(period, now), now,
+                                           ["api_key_id"], ("requests", "cost_usd")):
+                    spend[(period, row["api_key_id"])] = row
+        data = []
+        for k in keys:
+            period = k.budget_period or "month"
+            agg = spend.get((period, k.id))
+            data.append(
+                k.public()
+                | {
+                    "spent_usd": agg["cost_usd"] if agg else 0.0,
+                    "spend_period": period,
+                    "requests": agg["requests"] if agg else 0,
+                }
+            )
         return self.json({"data": data})
 
     # ---- policies -----------------------------------------------------------------------------

@@ -4,6 +4,10 @@ Every dashboard answers :class:`Query` (time range and filters) with a :class:`T
 names, the raw rows (numbers, for charts), the same rows as display strings (the HTML table and
 the CSV export print exactly these), and a chart spec for the page's Chart.js. Request dashboards
 filter by policy, key, user, team and model; deployment dashboards by model (its deployments).
+Requests nothing served (every attempt failed) are counted under "(none served)", never under the
+model or policy name the client asked for. Every figure covers exactly [since, until), as the request
+log does for the same range (`requestlog.rollups.spans`); hourly or daily rows at either end of a range
+that starts or ends mid-hour cover only its part of that hour.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from requestlog import tables
-from requestlog.rollups import Grain, aggregate, mean_ci, quantile
+from requestlog.rollups import UNSERVED, Grain, aggregate, mean_ci, quantile
 
 RANGES = {
     "1h": timedelta(hours=1),
@@ -106,8 +110,16 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
 
+NONE_SERVED = "(none served)"
+"""How the dashboards name the model of requests nothing served (every attempt failed)."""
+
+
 def _label(v: str) -> str:
     return v or "(none)"
+
+
+def _model_label(v: str) -> str:
+    return NONE_SERVED if v == UNSERVED else v
 
 
 # ---------------------------------------------------------------------------------------- requests
@@ -132,7 +144,7 @@ async def cost_quality(conn: AsyncConnection, q: Query) -> Table:
             mean, lo, hi = mean_ci(r["fb_n"], r["fb_sum"], r["fb_sumsq"])
             points[kind].append(
                 {
-                    "name": _label(r[kind]),
+                    "name": _model_label(r[kind]) if kind == "model" else _label(r[kind]),
                     "requests": r["requests"],
                     "cost": _ratio(r["cost_usd"], r["requests"]),
                     "quality": mean,
@@ -141,7 +153,12 @@ async def cost_quality(conn: AsyncConnection, q: Query) -> Table:
                     "n": r["fb_n"],
                 }
             )
-    scored = [p for p in points["model"] if p["quality"] is not None and p["cost"] is not None]
+    # requests nothing served are no model's cost or quality: listed, never charted or on the frontier
+    scored = [
+        p
+        for p in points["model"]
+        if p["quality"] is not None and p["cost"] is not None and p["name"] != NONE_SERVED
+    ]
     frontier = {
         p["name"]
         for p in scored
@@ -208,7 +225,8 @@ async def cost_quality(conn: AsyncConnection, q: Query) -> Table:
         rows,
         chart,
         "Quality is the mean feedback score with its 95% interval and the count behind it; the frontier "
-        "holds the models no other model beats on both cost and quality.",
+        "holds the models no other model beats on both cost and quality. Requests nothing served are "
+        f"listed as {NONE_SERVED}, off the chart.",
     )
 
 
@@ -270,7 +288,7 @@ async def routing_mix(conn: AsyncConnection, q: Query) -> Table:
         [
             r["bucket"],
             _label(r["policy"]),
-            _label(r["model"]),
+            _model_label(r["model"]),
             r["requests"],
             r["requests"] / per_policy[(r["bucket"], r["policy"])],
         ]
@@ -309,8 +327,9 @@ def _spend(dim: str, title: str) -> Callable[[AsyncConnection, Query], Awaitable
             ("requests", "cost_usd", "prompt_tokens", "completion_tokens"),
             q.request_filters,
         )
+        name = _model_label if dim == "model" else _label
         rows = [
-            [_label(r[dim]), r["requests"], r["cost_usd"], r["prompt_tokens"], r["completion_tokens"]]
+            [name(r[dim]), r["requests"], r["cost_usd"], r["prompt_tokens"], r["completion_tokens"]]
             for r in sorted(agg, key=lambda r: -r["cost_usd"])
         ]
         chart = {

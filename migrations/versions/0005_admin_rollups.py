@@ -47,7 +47,9 @@ def upgrade() -> None:
     for name, cols in _INDEXES:
         op.create_index(name, "requests", cols)
     dialect = bind.dialect.name
-    for stmt in rollups.backfill_sql(dialect) + rollups.create_triggers_sql(dialect):
+    # counting a request nothing served under the model asked for, as this revision did (0011 moves it)
+    unserved: rollups.UnservedAs = "requested"
+    for stmt in rollups.backfill_sql(dialect, unserved) + rollups.create_triggers_sql(dialect, unserved):
         op.execute(sa.text(stmt))
 
 

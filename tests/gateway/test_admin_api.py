@@ -74,6 +74,31 @@ def test_forcing_a_breaker_needs_its_mode(admin: tuple[GatewayThread, httpx.Clie
     assert c.post("/admin/api/breakers/fake-c", json={"mode": None}).json()["state"] == "closed"
 
 
+def test_a_forced_breaker_is_listed_as_forced(admin: tuple[GatewayThread, httpx.Client]) -> None:
+    """The breaker listing and the console's deployments page tell a breaker an operator forced (and which
+    way) from one the traffic opened or closed: both read the same otherwise."""
+    _, c = admin
+
+    def listed() -> dict[str, tuple[str, str | None]]:
+        breakers = {b["deployment"]: (b["state"], b["forced"]) for b in c.get("/admin/api/breakers").json()["data"]}
+        page = {d["deployment"]: (d["state"], d["forced"])
+                for d in c.get("/admin/api/console/deployments").json()["data"]}
+        assert breakers == page
+        return breakers
+
+    assert c.post("/admin/api/breakers/fake-a", json={"mode": "open"}).json() == {
+        "deployment": "fake-a", "state": "open", "forced": "open"}
+    assert c.post("/admin/api/breakers/fake-b", json={"mode": "closed"}).json()["forced"] == "closed"
+    try:
+        got = listed()
+        assert (got["fake-a"], got["fake-b"], got["fake-c"][1]) == (("open", "open"), ("closed", "closed"), None)
+    finally:
+        for name in ("fake-a", "fake-b"):
+            assert c.post(f"/admin/api/breakers/{name}", json={"mode": None}).json()["forced"] is None
+    got = listed()
+    assert (got["fake-a"], got["fake-b"]) == (("closed", None), ("closed", None))
+
+
 def test_artifact_activation_names_an_unknown_field(admin: tuple[GatewayThread, httpx.Client]) -> None:
     _, c = admin
     # "scorer_name" was ignored: a valid path would have replaced the default scorer
@@ -197,3 +222,15 @@ def test_a_large_policy_is_parsed_while_the_gateway_keeps_answering(
     waited = time.monotonic() - asked
     worker.join()
     assert "put" in done and waited < (done["put"] - t0) / 2, (waited, done["put"] - t0)
+
+
+def test_a_team_whose_name_holds_a_slash_gets_a_budget_set_and_removed(admin: tuple[GatewayThread, httpx.Client]) -> None:
+    """A key's team may be "ml/research"; its budget's scope, escaped in the URL, names it too."""
+    gw, c = admin
+    r = c.put("/admin/api/budgets/team:ml%2Fresearch", json={"limit_usd": 7, "period": "day"})
+    assert r.status_code == 200 and r.json()["scope"] == "team:ml/research", r.text
+    assert gw.services.router.scope_budgets["team:ml/research"].limit_usd == 7
+    assert [b["scope"] for b in c.get("/admin/api/budgets").json()["data"]] == ["team:ml/research"]
+    assert c.delete("/admin/api/budgets/team:ml%2Fresearch").json() == {"scope": "team:ml/research", "deleted": True}
+    assert c.get("/admin/api/budgets").json()["data"] == []
+    _error(c.put("/admin/api/budgets/team:" + "x" * 201, json={"limit_usd": 1}), 400, "scope")

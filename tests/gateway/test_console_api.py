@@ -12,23 +12,28 @@ import os
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
+from sqlalchemy import event
 from starlette.routing import Route
 
+from backends.fake_provider import FakeProviderThread
 from tests.support.console import (
     ADMIN_TOKEN,
     PROVIDER_KEY,
     PROVIDER_KEY_ENV,
     console_gateway,
+    console_settings,
     seed,
     sql,
     sync_dsn,
 )
-from tests.support.harness import GatewayThread
+from tests.support.harness import GatewayThread, running_gateway
+from tests.support.net import free_port
 
 
 class _Capture(logging.Handler):
@@ -153,7 +158,7 @@ def test_dashboard_numbers_equal_sql_on_the_raw_rows(env: dict[str, Any]) -> Non
     spend = _get(admin, "/admin/api/console/dashboards/spend-by-model")
     got = {row[0]: row[2] for row in spend["rows"]}
     want = dict(
-        sql(db, "SELECT served_model, sum(coalesce(cost_usd, 0)) FROM requests GROUP BY served_model")
+        sql(db, "SELECT coalesce(served_model, '(none served)'), sum(coalesce(cost_usd, 0)) FROM requests GROUP BY 1")
     )
     assert got.keys() == want.keys()
     for m, v in want.items():
@@ -363,3 +368,155 @@ def test_a_forged_session_cookie_with_non_ascii_bytes_is_refused_not_a_500(env: 
     with httpx.Client(base_url=gw.base_url, timeout=30) as c:
         assert c.get("/admin", headers=forged).status_code == 401
         assert c.get("/admin/api/keys", headers=forged).status_code == 401
+
+
+def test_the_console_key_listing_reads_spend_once_per_budget_period_not_once_per_key(env: dict[str, Any]) -> None:
+    """Each key's spend over its own budget period, as before, from at most a few rollup queries per
+    period: one query per key took seconds for a few thousand keys."""
+    gw, admin = env["gw"], env["admin"]
+    day = admin.post("/admin/api/keys", json={"name": "spend-day", "budget_usd": 5, "budget_period": "day"}).json()
+    total = admin.post("/admin/api/keys", json={"name": "spend-total", "budget_usd": 5, "budget_period": "total"}).json()
+    for k in (day, total, day):
+        r = httpx.post(f"{gw.base_url}/v1/chat/completions", headers={"authorization": f"Bearer {k['key']}"},
+                       json={"model": "fake-cheap", "messages": [{"role": "user", "content": "spend"}]}, timeout=30)
+        assert r.status_code == 200, r.text
+    for i in range(40):
+        assert admin.post("/admin/api/keys", json={"name": f"many-{i}"}).status_code == 201
+    gw.call(gw.services.sink.flush())
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "rollup_requests_" in statement:
+            statements.append(statement)
+
+    engine = gw.services.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        listed = {k["id"]: k for k in _get(admin, "/admin/api/console/keys")["data"]}
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert len(listed) > 40 and len(statements) <= 3 * 4, len(statements)  # a few spans x 4 periods at most
+    for k, n in ((day, 2), (total, 1)):
+        want = sql(env["db"], "SELECT count(*), sum(cost_usd) FROM requests WHERE api_key_id = %s", k["id"])[0]
+        got = listed[k["id"]]
+        assert (got["requests"], got["spend_period"]) == (n, k["budget_period"]) and want[0] == n
+        assert math.isclose(got["spent_usd"], want[1], rel_tol=1e-9) and got["spent_usd"] > 0
+    assert listed[day["id"]]["spent_usd"] != listed[total["id"]]["spent_usd"]
+
+
+def test_a_log_database_that_is_down_is_a_503_naming_it_and_deployments_still_list_breakers(
+    tmp_path: Path,
+) -> None:
+    """Every admin and console read or change that needs the database answers 503 `store_unavailable`
+    naming the log database (not a 500 internal error); the deployments listing needs it only for the last
+    hour's figures, so it still lists each breaker's state, with a warning instead of those figures."""
+    down = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/gone"
+    with (
+        FakeProviderThread() as fp,
+        running_gateway(console_settings(fp.base_url, down, tmp_path)) as gw,
+        httpx.Client(base_url=gw.base_url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30) as c,
+    ):
+        for method, path, body in (
+            ("GET", "/admin/api/console/dashboards/cost-quality", None),
+            ("GET", "/admin/api/console/requests", None),
+            ("GET", "/admin/api/console/requests/some-id", None),
+            ("GET", "/admin/api/console/keys", None),
+            ("GET", "/admin/api/keys", None),
+            ("POST", "/admin/api/keys", {"name": "while-down"}),
+            ("GET", "/admin/api/policies", None),
+        ):
+            r = c.request(method, path, json=body)
+            assert r.status_code == 503, (path, r.status_code, r.text)
+            err = r.json()["error"]
+            assert err["code"] == "store_unavailable" and r.headers["retry-after"] == "5", err
+            assert err["message"].startswith("Log database unavailable, retry later"), err
+        listing = c.get("/admin/api/console/deployments").json()
+        assert [(d["deployment"], d["state"], d["attempts_1h"]) for d in listing["data"]] == [
+            ("fake-a", "closed", None), ("fake-b", "closed", None), ("fake-c", "closed", None)]
+        assert listing["warning"].startswith("Log database unavailable, retry later"), listing
+
+
+def test_signing_out_of_a_session_that_had_ended_shows_the_sign_in_form(env: dict[str, Any]) -> None:
+    """A page left open past its session (or signed out in another tab): its Sign out button answers
+    with the sign-in form saying so, not a JSON error about a CSRF token; a live session still needs it."""
+    with httpx.Client(base_url=env["gw"].base_url, timeout=30) as c:
+        r = c.post("/admin/logout", data={"csrf_token": "from-the-old-page"})
+        assert r.status_code == 401 and r.headers["content-type"].startswith("text/html"), r.text
+        assert "You were already signed out" in r.text and 'id="token"' in r.text
+    c, csrf = _signed_in(env["gw"])
+    try:
+        assert c.post("/admin/logout", data={"csrf_token": "0" * 40}).status_code == 403
+        assert c.post("/admin/logout", data={"csrf_token": csrf}).status_code == 303
+    finally:
+        c.close()
+
+
+def test_a_request_nothing_served_is_counted_as_none_served_not_as_the_policy_asked_for(env: dict[str, Any]) -> None:
+    """A request every attempt of which failed was counted under the policy name the client asked for, as
+    if a model of that name had answered ("probe-pol -> probe-pol" in the routing mix). It is counted as
+    none served in every dashboard, consistently with the request log's rows (no served model)."""
+    gw, admin, db = env["gw"], env["admin"], env["db"]
+    spec = "name: probe-pol\nselector: {type: fixed, order: [fake-b]}\n"
+    assert admin.put("/admin/api/policies/probe-pol", json={"spec_yaml": spec}).status_code == 201
+    try:
+        with httpx.Client(base_url=gw.base_url, headers={"authorization": f"Bearer {env['key']}"}, timeout=30) as c:
+            failed = c.post("/v1/chat/completions",
+                            json={"model": "probe-pol", "messages": [{"role": "user", "content": "[[fault:500]] hi"}]})
+            served = c.post("/v1/chat/completions",
+                            json={"model": "probe-pol", "messages": [{"role": "user", "content": "hi"}]})
+        assert failed.status_code >= 500 and served.status_code == 200, (failed.text, served.text)
+    finally:
+        admin.post("/admin/api/breakers/fake-b", json={"mode": None})  # the failures may have opened it
+    gw.call(gw.services.sink.flush())
+    raw = dict(sql(db, "SELECT coalesce(served_model, '(none served)'), count(*) FROM requests "
+                       "WHERE policy = 'probe-pol' GROUP BY 1"))
+    assert raw == {"(none served)": 1, "fake-cheap": 1}
+
+    mix: dict[tuple[str, str], int] = {}
+    for _bucket, policy, model, n, _share in _get(admin, "/admin/api/console/dashboards/routing-mix",
+                                                  range="1h", policy="probe-pol")["rows"]:
+        mix[(policy, model)] = mix.get((policy, model), 0) + n
+    assert mix == {("probe-pol", m): n for m, n in raw.items()}
+    spend = _get(admin, "/admin/api/console/dashboards/spend-by-model", range="1h", policy="probe-pol")
+    assert {row[0]: row[1] for row in spend["rows"]} == raw
+    cq = _get(admin, "/admin/api/console/dashboards/cost-quality", range="1h", policy="probe-pol")
+    assert {row[1]: row[2] for row in cq["rows"] if row[0] == "model"} == raw
+    charted = {p["label"] for d in cq["chart"]["datasets"] if d["label"] != "policies" for p in d["points"]}
+    assert "(none served)" not in charted and "probe-pol" not in charted
+    # the request log agrees: one row served by fake-cheap, one by no model
+    log = _get(admin, "/admin/api/console/requests", range="1h", policy="probe-pol")["data"]
+    assert sorted((r["served_model"] or "(none served)", r["status"]) for r in log) == [
+        ("(none served)", "error"), ("fake-cheap", "ok")]
+    assert len(_get(admin, "/admin/api/console/requests", range="1h", policy="probe-pol", model="fake-cheap")["data"]) == 1
+
+
+def test_a_range_that_starts_mid_hour_counts_exactly_what_the_request_log_holds_for_it(env: dict[str, Any]) -> None:
+    """Rollups are hourly; a range starting and ending mid-hour was widened to whole hours, so "last 1h"
+    could cover almost two and the dashboards counted rows the request log (same range) did not show.
+    Every dashboard now counts exactly the rows of the range, as SQL on the raw rows and the log page do."""
+    admin, db, seeded = env["admin"], env["db"], env["seeded"]
+    hour = seeded.until.replace(minute=0, second=0, microsecond=0)
+    since = hour - timedelta(days=2) + timedelta(minutes=23, seconds=7.25)
+    until = hour - timedelta(hours=5) + timedelta(minutes=11, seconds=30)
+    rng = {"since": since.isoformat(), "until": until.isoformat()}
+    where = "WHERE created_at >= %s AND created_at < %s"
+    want = {m: (n, c) for m, n, c in sql(db, "SELECT coalesce(served_model, '(none served)'), count(*), "
+                                         f"sum(coalesce(cost_usd, 0)) FROM requests {where} GROUP BY 1", since, until)}
+    spend = _get(admin, "/admin/api/console/dashboards/spend-by-model", **rng)
+    assert (spend["since"], spend["until"]) == (since.isoformat(), until.isoformat())
+    got = {row[0]: (row[1], row[2]) for row in spend["rows"]}
+    assert got.keys() == want.keys()
+    for m, (n, cost) in want.items():
+        assert got[m][0] == n and got[m][1] == pytest.approx(cost, rel=1e-9, abs=1e-12), m
+    hourly = {b.astimezone(UTC): n for b, n in sql(
+        db, f"SELECT date_trunc('hour', created_at, 'UTC'), count(*) FROM requests {where} GROUP BY 1", since, until)}
+    over = _get(admin, "/admin/api/console/dashboards/over-time", **rng)
+    assert {datetime.fromisoformat(row[0]).astimezone(UTC): row[1] for row in over["rows"]} == hourly
+    # the request log's page for the same range holds exactly as many rows
+    log = _get(admin, "/admin/api/console/requests", limit="500", **rng)["data"]
+    total = sum(n for n, _ in want.values())
+    assert len(log) == total < 500 and all(since <= datetime.fromisoformat(r["created_at"]) < until for r in log)
+    lat = _get(admin, "/admin/api/console/dashboards/latency", **rng)
+    ok_tries = dict(sql(db, "SELECT deployment, count(*) FROM attempts WHERE status = 'ok' AND latency_ms IS NOT NULL"
+                            " AND started_at >= %s AND started_at < %s GROUP BY 1", since, until))
+    assert {row[0]: row[1] for row in lat["rows"]} == ok_tries

@@ -7,7 +7,7 @@ import csv
 import io
 import os
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +15,18 @@ import httpx
 import orjson
 import pytest
 
+from backends.fake_provider import FakeProviderThread
 from tests.support.console import (
     ADMIN_TOKEN,
     ARTIFACTS,
     PROVIDER_KEY,
     PROVIDER_KEY_ENV,
     console_gateway,
+    console_settings,
     seed,
 )
+from tests.support.harness import running_gateway
+from tests.support.net import free_port
 from tests.support.wait import wait_until
 
 CHROMIUM = "/usr/bin/chromium"
@@ -104,6 +108,11 @@ def test_sign_in_needs_the_admin_token(env: dict[str, Any], browser: Any) -> Non
 def test_every_dashboard_draws_its_chart_from_seeded_data_and_csv_matches_table(page: Any) -> None:
     page.goto("/admin")
     page.wait_for_selector("body[data-loaded='1']")
+    # the range the figures cover, to the second: a week back from now, not widened to whole hours
+    covered = page.locator("#dash-range").inner_text()
+    assert covered.startswith("Figures for ") and covered.endswith(" UTC."), covered
+    since, until = (datetime.fromisoformat(t).replace(tzinfo=UTC) for t in covered[12:-5].split(" to "))
+    assert until - since == timedelta(days=7) and abs(datetime.now(UTC) - until) < timedelta(minutes=5), covered
     sections = page.locator("section.dash")
     names = [sections.nth(i).get_attribute("data-dashboard") for i in range(sections.count())]
     assert len(names) >= 9
@@ -246,8 +255,12 @@ def test_tripped_breaker_shows_open_on_deployments_page(env: dict[str, Any], pag
     sync_api.expect(state).to_have_text("open", timeout=10_000)
     assert page.locator("tr[data-deployment='fake-b'] .state").inner_text() == "closed"
     _shot(page, "deployments")
+    assert page.locator("tr[data-deployment='fake-c'] .forced").count() == 0  # opened by the traffic
     page.click("tr[data-deployment='fake-c'] button[data-force='closed']")
     sync_api.expect(page.locator("tr[data-deployment='fake-c'] .state")).to_have_text("closed")
+    sync_api.expect(page.locator("tr[data-deployment='fake-c'] .forced")).to_have_text("forced")
+    page.click("tr[data-deployment='fake-c'] button[data-force='auto']")
+    sync_api.expect(page.locator("tr[data-deployment='fake-c'] .forced")).to_have_count(0)
 
 
 def test_request_log_filters_and_opens_a_request(page: Any) -> None:
@@ -465,3 +478,162 @@ def test_revoking_a_key_asks_first(env: dict[str, Any], fresh: dict[str, Any]) -
     pg.once("dialog", lambda d: d.accept())
     row.locator("button", has_text="Revoke").click()
     sync_api.expect(row.locator("td").nth(-2)).to_have_text("revoked")
+
+
+def test_a_request_shows_its_api_streaming_and_error_and_a_good_query_clears_an_old_error(
+    env: dict[str, Any], fresh: dict[str, Any]
+) -> None:
+    gw = env["gw"]
+    with httpx.Client(base_url=gw.base_url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+        key = admin.post("/admin/api/keys", json={"name": "wire-formats"}).json()
+    with httpx.Client(base_url=gw.base_url, headers={"authorization": f"Bearer {key['key']}"}, timeout=30) as c:
+        failed = c.post("/v1/messages", json={"model": "fake-model", "max_tokens": 16, "stream": True,
+                                              "messages": [{"role": "user", "content": "hi [[fault:500]]"}]})
+        answered = c.post("/v1/responses", json={"model": "fake-model", "input": "hello"})
+    assert (failed.status_code, answered.status_code) == (502, 200)
+    gw.call(gw.services.sink.flush())
+    pg = fresh["page"]
+    pg.goto("/admin/requests")
+    pg.fill("#log-filters input[name=since]", "2030-01-02T00:00")
+    pg.fill("#log-filters input[name=until]", "2020-01-02T00:00")
+    pg.click("#log-filters button")
+    sync_api.expect(pg.locator("#flash")).to_have_text("'since' must be before 'until'.")
+    pg.fill("#log-filters input[name=since]", "")
+    pg.fill("#log-filters input[name=until]", "")
+    pg.fill("#log-filters input[name=key]", key["id"])
+    pg.click("#log-filters button")
+    sync_api.expect(pg.locator("#log tbody tr")).to_have_count(2)
+    assert pg.locator("#flash").inner_text() == ""  # the error of the query before no longer holds
+
+    def detail(rid: str) -> dict[str, str]:
+        pg.locator("#log tbody tr", has_text=rid).click()
+        sync_api.expect(pg.locator("#request-detail h3")).to_have_text(f"Request {rid}")
+        return dict(tuple(tr.locator("td").all_inner_texts()) for tr in pg.locator("#detail tbody tr").all())
+
+    shown = detail(failed.headers["x-request-id"])
+    assert (shown["endpoint"], shown["streamed"], shown["status"]) == ("messages", "true", "error"), shown
+    assert "provider had an error" in shown["error_message"], shown
+    shown = detail(answered.headers["x-request-id"])
+    assert (shown["endpoint"], shown["streamed"], shown["status"]) == ("responses", "false", "ok"), shown
+
+    # "Older" pages on with the filters of the rows shown, not with a field edited but not applied
+    pg.fill("#log-filters input[name=key]", "")
+    pg.select_option("#log-filters select[name=range]", "7d")
+    pg.fill("#log-filters input[name=policy]", "bandit-demo")
+    pg.click("#log-filters button")
+    sync_api.expect(pg.locator("#log tbody tr")).to_have_count(50)
+    pg.fill("#log-filters input[name=policy]", "cheap-demo")
+    pg.click("#log-more")
+    sync_api.expect(pg.locator("#log tbody tr")).to_have_count(100)
+    policies = pg.eval_on_selector_all("#log tbody tr", "trs => trs.map((tr) => tr.children[5].textContent)")
+    assert set(policies) == {"bandit-demo"}, set(policies)
+    assert fresh["pageerror"] == []
+
+
+def test_a_policy_check_that_fails_for_another_reason_says_why_not_invalid(fresh: dict[str, Any]) -> None:
+    pg = fresh["page"]
+    pg.goto("/admin/policies")
+    pg.fill("#new-policy input[name=name]", "too-big")
+    pg.click("#new-policy button")
+    pg.evaluate("() => { const t = document.querySelector('#policy-yaml'); t.value += '# ' + 'x'.repeat(300000); }")
+    pg.click("#btn-validate")
+    sync_api.expect(pg.locator("#flash")).to_have_text("Request body too large: the limit is 262144 bytes.")
+    assert pg.locator("#policy-errors li").count() == 0  # nothing in the text is marked wrong
+    assert fresh["pageerror"] == []
+
+
+def test_a_long_name_leaves_its_chart_room_to_draw(env: dict[str, Any], fresh: dict[str, Any]) -> None:
+    """A 300-character user name is cut short as the chart's label (the table keeps it whole): drawn
+    whole, the label took the canvas and left the bars no room at all."""
+    gw, user = env["gw"], "ü-" + "long-user-name-" * 20
+    with httpx.Client(base_url=gw.base_url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+        key = admin.post("/admin/api/keys", json={"name": "long-user", "user": user}).json()
+    r = httpx.post(f"{gw.base_url}/v1/chat/completions", headers={"authorization": f"Bearer {key['key']}"},
+                   json={"model": "fake-cheap", "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+    assert r.status_code == 200, r.text
+    gw.call(gw.services.sink.flush())
+    pg = fresh["page"]
+    pg.fill("#filters input[name=user]", user)
+    pg.evaluate("() => document.body.removeAttribute('data-loaded')")
+    pg.click("#filters button")
+    pg.wait_for_selector("body[data-loaded='1']")
+    area = pg.evaluate("() => Chart.getChart(document.querySelector('#dash-spend-by-user canvas')).chartArea")
+    assert area["right"] - area["left"] > 200 and area["bottom"] - area["top"] > 80, area
+    assert pg.locator("#dash-spend-by-user tbody td").first.inner_text() == user
+    assert fresh["pageerror"] == []
+
+
+def test_a_log_database_outage_is_named_on_every_page_and_breakers_stay_listed(
+    browser: Any, tmp_path: Path
+) -> None:
+    """The log database is down: each page says so at the top; the dashboards ask once, not once per
+    dashboard (on a database that hangs, each would wait out the timeout in turn); the deployments page
+    still lists every breaker, which needs no database."""
+    down = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/gone"
+    with FakeProviderThread() as fp, running_gateway(console_settings(fp.base_url, down, tmp_path)) as gw:
+        ctx = browser.new_context(base_url=gw.base_url)
+        ctx.set_default_timeout(10_000)
+        pg = ctx.new_page()
+        errors: list[str] = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        asked: list[str] = []
+        pg.on("request", lambda r: asked.append(r.url) if "/console/dashboards/" in r.url else None)
+        pg.goto("/admin/login")
+        pg.fill("#token", ADMIN_TOKEN)
+        pg.click("button[type=submit]")
+        pg.wait_for_selector("body[data-loaded='1']")
+        sync_api.expect(pg.locator("#flash")).to_contain_text("Log database unavailable, retry later")
+        assert len(asked) == 1, asked
+        for sec in pg.locator("section.dash").all():
+            assert "Log database unavailable" in sec.inner_text()
+        pg.goto("/admin/deployments")
+        sync_api.expect(pg.locator("tr[data-deployment='fake-c'] .state")).to_have_text("closed")
+        sync_api.expect(pg.locator("#flash")).to_contain_text("latency are not shown")
+        for name in ("policies", "keys", "requests"):
+            pg.goto(f"/admin/{name}")
+            sync_api.expect(pg.locator("#flash")).to_contain_text("Log database unavailable, retry later")
+        assert errors == []
+        ctx.close()
+
+
+def test_a_key_that_fails_to_be_created_takes_the_last_keys_secret_off_screen(fresh: dict[str, Any]) -> None:
+    pg = fresh["page"]
+    pg.goto("/admin/keys")
+    pg.fill("#key-form input[name=name]", "first-secret")
+    pg.click("#key-form button")
+    sync_api.expect(pg.locator("#new-key-secret")).to_contain_text("hg-")
+    pg.fill("#key-form input[name=name]", "n" * 129)  # one character too long: refused
+    pg.click("#key-form button")
+    sync_api.expect(pg.locator("#flash")).to_contain_text("Invalid value for 'name'")
+    assert pg.locator("#new-key").is_hidden() and pg.locator("#new-key-secret").inner_text() == ""
+    assert fresh["pageerror"] == []
+
+
+def test_the_deployments_page_waits_for_one_refresh_before_it_asks_again(fresh: dict[str, Any]) -> None:
+    """On a database that hangs each refresh waits out the timeout: an open page asks again only once the
+    last answer came, instead of piling up requests that hold the connections traffic needs."""
+    pg = fresh["page"]
+    asked: list[str] = []
+    pg.on("request", lambda r: asked.append(r.url) if r.url.endswith("/api/console/deployments") else None)
+    held: list[Any] = []
+    pg.route("**/admin/api/console/deployments", lambda route: held.append(route))  # answered when released
+
+    def settle(count: int, tries: int = 100) -> None:  # the page's events arrive while the test calls in
+        for _ in range(tries):
+            if len(asked) >= count:
+                break
+            pg.wait_for_timeout(20)
+
+    pg.clock.install()
+    pg.goto("/admin/deployments")
+    settle(1)
+    pg.clock.run_for(10_000)  # three refresh ticks while the first refresh is unanswered
+    settle(2, tries=15)
+    assert len(asked) == 1, asked
+    held[0].continue_()
+    pg.unroute("**/admin/api/console/deployments")
+    pg.locator("tr[data-deployment='fake-a']").wait_for()
+    pg.clock.run_for(3_000)  # answered: the next tick asks again
+    settle(2)
+    assert len(asked) == 2, asked
+    assert fresh["pageerror"] == []

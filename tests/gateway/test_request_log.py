@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from backends.fake_provider import FakeProviderThread
 from requestlog.migrate import upgrade
+from requestlog.urls import to_sync_url
 from tests.support.gateway import gateway_settings
-from tests.support.harness import running_gateway
+from tests.support.harness import GatewayThread, running_gateway
 from tests.support.requestlog import ThreadedProxy
 from tests.support.wait import await_until
 
@@ -227,3 +229,37 @@ async def test_failed_log_writes_and_lost_rows_are_counters_in_metrics(fresh_pg_
     assert f"\nhybridgate_log_write_errors_total {float(stats['write_errors'])}\n" in text, text
     assert "\n# TYPE hybridgate_log_write_errors_total counter\n" in text
     assert "\nhybridgate_log_rejected_rows_total 0.0\n" in text and "\nhybridgate_log_dropped_rows_total 0.0\n" in text
+
+
+STREAMS = {
+    "chat": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "{}"}]}),
+    "messages": ("/v1/messages", {"max_tokens": 50, "messages": [{"role": "user", "content": "{}"}]}),
+    "responses": ("/v1/responses", {"input": "{}"}),
+}
+
+
+@pytest.mark.parametrize("text", ["one two three", "[[fault:cut:2]] one two three four five"])
+@pytest.mark.parametrize("api", list(STREAMS))
+def test_a_streamed_answer_is_logged_exactly_as_the_client_received_it(
+    gateway: GatewayThread, sqlite_url: str, api: str, text: str
+) -> None:
+    """The logged response body of a stream is the bytes sent, opening events (message_start;
+    response.created, response.in_progress), the first chunk's, and the closing ones ([DONE], message_stop,
+    response.completed, or the error events of a stream cut mid-way) included."""
+    path, fields = STREAMS[api]
+    body = orjson.loads(orjson.dumps(fields).replace(b"{}", text.encode())) | {"model": "fake-model", "stream": True}
+    with httpx.Client(base_url=gateway.base_url, timeout=20) as c, c.stream("POST", path, json=body) as r:
+        assert r.status_code == 200
+        received = b"".join(r.iter_bytes()).decode()
+        rid = r.headers["x-request-id"]
+    gateway.call(gateway.services.sink.flush())
+    engine = sa.create_engine(to_sync_url(sqlite_url), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            logged = conn.execute(sa.text("SELECT response_body FROM requests WHERE id = :id"), {"id": rid}).scalar()
+    finally:
+        engine.dispose()
+    first, closing = {"chat": ("data: {", "data: [DONE]"), "messages": ("event: message_start", "message_stop"),
+                      "responses": ("event: response.created", "response.completed")}[api]
+    assert received.startswith(first) and (closing in received) == ("cut" not in text)
+    assert logged == received

@@ -68,6 +68,13 @@ function table(columns, rows, opts = {}) {
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf"];
 
+// A long name (a user, a policy) as a tick or legend label would take the whole canvas and leave no room
+// to draw the chart: labels are cut to SHORT characters (tooltips and the table keep the full text).
+const SHORT = 32;
+const short = (text) => (typeof text === "string" && text.length > SHORT ? `${text.slice(0, SHORT - 1)}…` : text);
+const shortLegend = { labels: { generateLabels: (chart) =>
+  Chart.defaults.plugins.legend.labels.generateLabels(chart).map((item) => ({ ...item, text: short(item.text) })) } };
+
 function drawChart(canvas, spec) {
   const color = (i) => PALETTE[i % PALETTE.length];
   let cfg;
@@ -83,7 +90,8 @@ function drawChart(canvas, spec) {
         scales: { x: { type: "linear", title: { display: true, text: spec.x },
                        ticks: step ? { callback: (v) => new Date(v).toISOString().slice(5, 16) } : {} },
                   y: { title: { display: true, text: spec.y } } },
-        plugins: { tooltip: { callbacks: { label: (c) => `${c.raw.label || c.dataset.label}: (${fmt(c.raw.x)}, ${fmt(c.raw.y)})` } } } },
+        plugins: { legend: shortLegend,
+                   tooltip: { callbacks: { label: (c) => `${c.raw.label || c.dataset.label}: (${fmt(c.raw.x)}, ${fmt(c.raw.y)})` } } } },
     };
   } else {
     const axes = new Set(spec.datasets.map((d) => d.axis || "y"));
@@ -92,8 +100,10 @@ function drawChart(canvas, spec) {
       data: { labels: spec.labels, datasets: spec.datasets.map((d, i) => ({
         label: d.label, data: d.data, yAxisID: d.axis || "y", stack: d.stack, borderColor: color(i),
         backgroundColor: color(i) })) },
-      options: { animation: false, maintainAspectRatio: false,
-        scales: Object.assign({ x: { stacked: !!spec.stacked }, y: { stacked: !!spec.stacked, beginAtZero: true } },
+      options: { animation: false, maintainAspectRatio: false, plugins: { legend: shortLegend },
+        scales: Object.assign({ x: { stacked: !!spec.stacked,
+                                     ticks: { callback(value) { return short(this.getLabelForValue(value)); } } },
+                                y: { stacked: !!spec.stacked, beginAtZero: true } },
           axes.has("y2") ? { y2: { position: "right", beginAtZero: true, grid: { drawOnChartArea: false } } } : {}) },
     };
   }
@@ -113,17 +123,28 @@ async function loadDashboards() {
   if (!index.ok) { flash(errText(index)); return; }
   flash("");
   const root = $("#dashboards");
+  let away = null;  // the database (or the gateway) is away: the message every later dashboard would get
   for (const name of index.data.data) {
     let sec = document.getElementById(`dash-${name}`);
     if (!sec) {
       sec = el("section", { class: "dash", id: `dash-${name}`, "data-dashboard": name });
       root.append(sec);
     }
-    const res = await api("GET", `/admin/api/console/dashboards/${name}?${params}`);
+    // Once one dashboard found the database or the gateway away, the others are not asked: each would
+    // wait out the same timeout in turn (minutes in all on a database that hangs).
+    const res = away !== null ? null : await api("GET", `/admin/api/console/dashboards/${name}?${params}`);
     if (generation !== loadGeneration) return;
     sec.replaceChildren();
-    if (!res.ok) { sec.append(el("p", { text: `${name}: ${errText(res)}` })); continue; }
+    if (res === null) { sec.append(el("p", { text: `${name}: ${away}` })); continue; }
+    if (!res.ok) {
+      sec.append(el("p", { text: `${name}: ${errText(res)}` }));
+      if (res.status === 503 || res.status === 0) { away = errText(res); flash(away); }
+      continue;
+    }
     const d = res.data;
+    // the range every figure covers, exactly (not widened to whole hours): the request log's for the same range
+    $("#dash-range").textContent = `Figures for ${d.since.slice(0, 19).replace("T", " ")} to `
+      + `${d.until.slice(0, 19).replace("T", " ")} UTC.`;
     const canvas = el("canvas");
     const csv = el("a", { href: `/admin/api/console/dashboards/${name}?${params}&format=csv`, class: "csv",
                           download: `${name}.csv`, text: "CSV" });
@@ -218,6 +239,7 @@ async function validatePolicy() {
   const res = await api("POST", `/admin/api/policies/${encodeURIComponent(current.name)}/validate`,
                         { spec_yaml: $("#policy-yaml").value });
   if (res.ok) { showErrors([]); flash("Valid." + warningsText(res.data)); return true; }
+  if (res.status !== 422) { flash(errText(res)); return false; }  // the check failed, not the policy
   const err = res.data && res.data.error;
   showErrors((err && err.details) || [{ message: errText(res) }]);
   flash("Invalid policy.");
@@ -318,7 +340,8 @@ async function loadDeployments() {
   const res = await api("GET", "/admin/api/console/deployments");
   if (!res.ok) { pollError = errText(res); flash(pollError); return; }
   if (pollError !== null && $("#flash").textContent === pollError) flash("");
-  pollError = null;
+  pollError = res.data.warning || null;  // breakers listed, the last hour's figures not (database away)
+  if (pollError !== null) flash(pollError);
   const t = el("table", { id: "deployments" });
   t.append(el("thead", {}, el("tr", {}, ...["deployment", "model", "provider", "breaker", "attempts (1h)",
     "error rate (1h)", "p50 ms", "p95 ms", ""].map((c) => el("th", { text: c })))));
@@ -332,13 +355,25 @@ async function loadDeployments() {
       } });
     tb.append(el("tr", { "data-deployment": d.deployment },
       el("td", { text: d.deployment }), el("td", { text: d.model }), el("td", { text: d.provider }),
-      el("td", {}, el("span", { class: `state state-${d.state}`, text: d.state })),
+      // a forced breaker says so: it stays in that state, whatever the traffic, until set back to auto
+      el("td", {}, el("span", { class: `state state-${d.state}`, text: d.state }),
+        ...(d.forced ? [" ", el("span", { class: "forced", text: "forced",
+                                         title: `forced ${d.forced} by an operator: "auto" hands it back` })] : [])),
       el("td", { text: fmt(d.attempts_1h) }), el("td", { text: fmt(d.error_rate_1h) }),
       el("td", { text: fmt(d.latency_p50_ms_1h) }), el("td", { text: fmt(d.latency_p95_ms_1h) }),
       el("td", {}, force("open"), force("closed"), force(null))));
   }
   t.append(tb);
   $("#deployments-table").replaceChildren(t);
+}
+
+// One refresh at a time: on a database that hangs each one waits out the gateway's timeout (10 s by
+// default), and a page left open would otherwise pile up requests holding the connections traffic needs.
+let deploymentsPolling = false;
+async function pollDeployments() {
+  if (deploymentsPolling) return;
+  deploymentsPolling = true;
+  try { await loadDeployments(); } finally { deploymentsPolling = false; }
 }
 
 // ---- keys and budgets --------------------------------------------------------------------
@@ -376,6 +411,9 @@ function initKeys() {
   loadKeys();
   $("#key-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
+    // the last key's secret goes: left on screen, it would read as the secret of the key asked for now
+    $("#new-key").hidden = true;
+    $("#new-key-secret").textContent = "";
     const body = {};
     for (const [k, v] of new FormData(ev.target).entries()) {
       if (!v) continue;
@@ -436,15 +474,20 @@ function initBudgets() {
 
 let logBefore = null;  // the last row shown: (created_at, id), the next page's keyset cursor
 let logBeforeId = null;
+let logFilters = "";  // the filters of the rows shown: "Older" goes on with them, not with fields edited since
 let logGeneration = 0;
 
 async function loadLog(more) {
   const generation = ++logGeneration;  // only the latest query's answer is shown
-  const params = new URLSearchParams([...new FormData($("#log-filters")).entries()].filter(([, v]) => v));
+  const filters = more ? logFilters
+    : new URLSearchParams([...new FormData($("#log-filters")).entries()].filter(([, v]) => v)).toString();
+  const params = new URLSearchParams(filters);
   if (more && logBefore) { params.set("before", logBefore); params.set("before_id", logBeforeId); }
   const res = await api("GET", `/admin/api/console/requests?${params}`);
   if (generation !== logGeneration) return;
   if (!res.ok) { flash(errText(res)); return; }
+  flash("");  // an earlier query's error no longer holds
+  logFilters = filters;
   const cols = res.data.columns;
   const rows = res.data.data;
   logBefore = res.data.next_before;
@@ -465,9 +508,10 @@ async function openRequest(id) {
   if (!res.ok) { sec.replaceChildren(el("p", { text: errText(res) })); sec.scrollIntoView({ block: "start" }); return; }
   const r = res.data.request;
   sec.replaceChildren(el("h3", { text: `Request ${r.id}` }),
-    table(["field", "value"], ["route_reason", "policy", "policy_version", "chosen_model", "chosen_deployment", "propensity",
-      "served_model", "deployment",
-      "status", "error_type", "latency_ms", "ttft_ms", "cost_usd", "prompt_tokens", "completion_tokens"]
+    table(["field", "value"], ["endpoint", "streamed", "route_reason", "policy", "policy_version", "chosen_model",
+      "chosen_deployment", "propensity", "served_model", "deployment",
+      "status", "http_status", "error_type", "error_message", "latency_ms", "ttft_ms", "cost_usd", "prompt_tokens",
+      "completion_tokens"]
       .map((k) => [k, fmt(r[k])]), { id: "detail" }),
     el("h4", { text: "Attempts" }),
     table(["#", "deployment", "status", "http", "latency_ms", "error"],
@@ -487,7 +531,7 @@ async function openRequest(id) {
 const PAGES = {
   dashboards: () => { $("#filters").addEventListener("submit", (ev) => { ev.preventDefault(); loadDashboards(); }); loadDashboards(); },
   policies: initPolicies,
-  deployments: () => { loadDeployments(); setInterval(loadDeployments, 3000); },
+  deployments: () => { pollDeployments(); setInterval(pollDeployments, 3000); },
   keys: initKeys,
   budgets: initBudgets,
   requests: () => { $("#log-filters").addEventListener("submit", (ev) => { ev.preventDefault(); loadLog(false); });
