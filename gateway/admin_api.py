@@ -12,11 +12,20 @@ from __future__ import annotations
 import asyncio
 import hmac
 import re
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,6 +34,7 @@ from starlette.routing import Route
 from gateway.console.auth import ADMIN_HEADERS, SAFE_METHODS, cross_site, csrf_ok, session_for
 from gateway.edge import bearer, host_name, loopback_name, loopback_peer, read_body, read_json, validate
 from gateway.errors import APIError, store_unavailable
+from gateway.keys import ApiKey, KeyStore
 from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, request_features
 from gateway.services import Services
 from gateway.storable import read_storable_json, refuse_nul_in_url
@@ -37,6 +47,27 @@ from service.artifact_slots import ArtifactPathRefused, RegistryUnavailable, slo
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 _NAIVE = re.compile(r"\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?")
 MAX_KEY_LIFETIME_S = 100 * 366 * 86400  # expires_in_s bound: far beyond any key's use, far from datetime's end
+MAX_NAME_CHARS = 512  # a user or team name: as long as a request body's `user` may be (gateway/schemas.py)
+MAX_KEY_PAGE = 500  # keys one page of a key listing may ask for
+
+
+def control_character(text: str) -> str | None:
+    """The first control character (Unicode category Cc: C0, DEL, C1; a newline, a tab, NUL) in ``text``."""
+    return next((c for c in text if unicodedata.category(c) == "Cc"), None)
+
+
+def _scope_name(value: str) -> str:
+    """A user or team name, as a key binds it and a budget scope names it: any text (spaces, "/", any
+    script) but control characters, which no one types and a log line or a listing would show garbled."""
+    bad = control_character(value)
+    if bad is not None:
+        raise PydanticCustomError("control_character", "may not contain control characters (found {char})",
+                                  {"char": ascii(bad)})
+    return value
+
+
+ScopeName = Annotated[str, Field(max_length=MAX_NAME_CHARS), AfterValidator(_scope_name)]
+"""A key's ``user`` or ``team``: the names budgets can be set for (`gateway.budget_admin`)."""
 
 
 def _expiry(value: Any) -> datetime:
@@ -79,8 +110,8 @@ class KeyLimits(BaseModel):
     rpm_limit: Annotated[int, Field(ge=1)] | None = None
     tpm_limit: Annotated[int, Field(ge=1)] | None = None
     max_concurrency: Annotated[int, Field(ge=1)] | None = None
-    user: str | None = None
-    team: str | None = None
+    user: ScopeName | None = None
+    team: ScopeName | None = None
     metadata: dict[str, Any] | None = None
     expires_at: Annotated[datetime, BeforeValidator(_expiry)] | None = None
     expires_in_s: Annotated[int, Field(ge=1, le=MAX_KEY_LIFETIME_S)] | None = None
@@ -172,6 +203,33 @@ def check_admin(request: Request, token: str | None) -> None:
     refuse_nul_in_url(request)
 
 
+def key_page(request: Request) -> tuple[int | None, str | None]:
+    """A key listing's page, from its query: ``limit`` (1 to `MAX_KEY_PAGE`; absent: every key, oldest
+    first, as before pages existed) and ``before``, the id of the previous page's last key."""
+    p = request.query_params
+    raw, before = p.get("limit"), p.get("before") or None
+    if raw is None:
+        if before is not None:
+            raise APIError(400, "'before' pages a listing with a 'limit': give both.", param="limit")
+        return None, None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 6 or not 1 <= int(raw) <= MAX_KEY_PAGE:
+        raise APIError(400, f"'limit' must be a whole number from 1 to {MAX_KEY_PAGE}: {raw[:20]!r}.", param="limit")
+    return int(raw), before
+
+
+async def listed_keys(keys: KeyStore, request: Request) -> tuple[list[ApiKey], dict[str, Any]]:
+    """The keys of the request's page (`key_page`), and the listing's paging fields: ``next_before`` (the
+    cursor of the next page, null after the last) when paged, none otherwise."""
+    limit, before = key_page(request)
+    if limit is None:
+        return await keys.list(), {}
+    try:
+        page = await keys.list(limit=limit, before=before)
+    except KeyError:
+        raise APIError(400, f"'before' names no key: {before!r}.", param="before") from None
+    return page, {"next_before": page[-1].id if len(page) == limit else None}
+
+
 def json_response(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=ADMIN_HEADERS)
 
@@ -184,8 +242,10 @@ class AdminHandlers:
         check_admin(request, self.s.settings.admin_token)
 
     async def list_keys(self, request: Request) -> Response:
+        """Every key, oldest first; with ``limit``, a page of them, newest first (`key_page`)."""
         self._check(request)
-        return json_response({"data": [k.public() for k in await self.s.keys.list()]})
+        keys, paging = await listed_keys(self.s.keys, request)
+        return json_response({"data": [k.public() for k in keys], **paging})
 
     async def create_key(self, request: Request) -> Response:
         self._check(request)

@@ -3,12 +3,12 @@
 Budgets from the config file are listed (``source: config``) but changed only in the file; budgets
 set here (``source: admin``) live in the database, override a config budget of the same scope,
 apply at once in this process and within `policy_reload_s` in every other one. Changing a
-budget's period starts a fresh account (accounts are per calendar period).
+budget's period starts a fresh account (accounts are per calendar period). A scope names a user or a
+team as a key binds them (`admin_api.ScopeName`): spaces and "/" are fine, control characters are not.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,14 +16,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.admin_api import check_admin, json_response
+from gateway.admin_api import MAX_NAME_CHARS, check_admin, control_character, json_response
 from gateway.edge import validate
 from gateway.errors import APIError, store_unavailable
 from gateway.services import Services
 from gateway.storable import read_storable_json
 from requestlog.sql import DB_ERRORS
-
-SCOPE = re.compile(r"^(user|team):\S{1,200}$")
 
 
 class BudgetUpdate(BaseModel):
@@ -39,13 +37,29 @@ class BudgetAdminHandlers:
     def __init__(self, services: Services) -> None:
         self.s = services
 
-    def _scope(self, request: Request) -> str:
+    def _scope(self, request: Request, *, stored: bool = False) -> str:
+        """The path's scope, ``user:<name>`` or ``team:<name>``, the name as a key's user or team may be
+        (1 to `MAX_NAME_CHARS` characters, no control character). ``stored``: the scope of a budget to
+        remove, which only needs the prefix, so one stored before these rules can still go."""
         check_admin(request, self.s.settings.admin_token)
         scope = request.path_params["scope"]
-        if not SCOPE.match(scope):
-            raise APIError(400, "Budget scope must be 'user:<name>' or 'team:<name>', the name 1 to 200 characters "
-                           "without spaces.", param="scope",
+        if request.scope["path"].endswith("\n"):
+            # the route's pattern ends in `$`, which also matches before a final newline: the parameter
+            # lacks it then ("team:x%0A" read as "team:x"), so it is put back and refused below
+            scope += "\n"
+        kind, _, name = scope.partition(":")
+        if kind not in ("user", "team") or not name:
+            raise APIError(400, "Budget scope must be 'user:<name>' or 'team:<name>'.", param="scope",
                            code="invalid_scope")
+        if stored:
+            return scope
+        if len(name) > MAX_NAME_CHARS:
+            raise APIError(400, f"A budget scope's name is at most {MAX_NAME_CHARS} characters, as a key's user "
+                           "or team.", param="scope", code="invalid_scope")
+        bad = control_character(name)
+        if bad is not None:
+            raise APIError(400, f"A budget scope's name may not contain control characters (found {ascii(bad)}).",
+                           param="scope", code="invalid_scope")
         return scope
 
     async def list_budgets(self, request: Request) -> Response:
@@ -63,7 +77,7 @@ class BudgetAdminHandlers:
         return json_response({"scope": scope, "limit_usd": limit.limit_usd, "period": limit.period, "source": "admin"})
 
     async def delete_budget(self, request: Request) -> Response:
-        scope = self._scope(request)
+        scope = self._scope(request, stored=True)
         try:
             outcome = await self.s.router.scopes.delete(scope)
         except DB_ERRORS as exc:

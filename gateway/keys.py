@@ -156,9 +156,23 @@ class KeyStore:
             await conn.execute(api_keys.insert().values(**values))
         return secret, rec
 
-    async def list(self) -> list[ApiKey]:
+    async def list(self, limit: int | None = None, before: str | None = None) -> list[ApiKey]:
+        """Every key, oldest first; or, with ``limit``, at most that many, newest first, from the one
+        created after the key whose id is ``before`` (the previous page's last; keys are never deleted,
+        so a cursor stays valid). Raises KeyError for a ``before`` that names no key."""
+        t = api_keys
         async with self._engine.connect() as conn:
-            rows = (await conn.execute(sa.select(api_keys).order_by(api_keys.c.created_at))).all()
+            if limit is None:
+                rows = (await conn.execute(sa.select(t).order_by(t.c.created_at, t.c.id))).all()
+                return [_row_to_key(r) for r in rows]
+            stmt = sa.select(t).order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit)
+            if before is not None:
+                at = (await conn.execute(sa.select(t.c.created_at).where(t.c.id == before))).scalar_one_or_none()
+                if at is None:
+                    raise KeyError(before)
+                # (created_at, id) below the cursor's: keys created in the same instant are not skipped
+                stmt = stmt.where(sa.or_(t.c.created_at < at, sa.and_(t.c.created_at == at, t.c.id < before)))
+            rows = (await conn.execute(stmt)).all()
         return [_row_to_key(r) for r in rows]
 
     async def get(self, key_id: str) -> ApiKey | None:

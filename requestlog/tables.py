@@ -347,3 +347,12 @@ gateway_instances = sa.Table(
     sa.Column("last_seen", UtcDateTime(), nullable=False),
 )
 """One heartbeat row per running gateway process: tells a process it is not alone (state/instances.py)."""
+
+console_revocations = sa.Table(
+    "console_revocations",
+    metadata,
+    _str("sid", primary_key=True),  # the signed-out session's id (alone it opens nothing: the cookie is signed)
+    sa.Column("expires_at", UtcDateTime(), nullable=False),  # the session's own end: the row is pointless after it
+    sa.Column("revoked_at", UtcDateTime(), nullable=False),
+)
+"""Console sessions ended by signing out, until they would have expired anyway (state/console_sessions.py)."""

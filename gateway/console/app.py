@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import hmac
+import logging
 import os
 import re
 from datetime import UTC, datetime, timedelta
@@ -27,13 +28,16 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import BaseRoute, Route
 
 from backends.base import REDACTED, redact_text, secret_values
+from common.errors import error_text
 from common.types import RequestFeatures
-from gateway.admin_api import check_admin, is_loopback
+from gateway.admin_api import check_admin, is_loopback, listed_keys
 from gateway.console.auth import (
     ADMIN_HEADERS,
     COOKIE,
     PAGE_HEADERS,
+    RevocationStore,
     Sessions,
+    SignInThrottle,
     cross_site,
     csrf_ok,
     session_for,
@@ -51,6 +55,8 @@ from requestlog.sql import DB_ERRORS
 from service import policy_eval
 from service.budgets import spend_window_start
 
+log = logging.getLogger("hybridgate.console")
+
 HERE = Path(__file__).resolve().parent
 STATIC = {p.name: p for p in (HERE / "static").iterdir() if p.is_file()}
 PAGES = {
@@ -61,6 +67,11 @@ PAGES = {
     "budgets": "budgets",
     "requests": "requests",
 }
+# Where sign-in may return to: a console page of this gateway, as a path (with a query of URL-safe characters),
+# never a URL of its own (`https://…`, `//host`, `/\host`: a browser goes to another site for each).
+RETURN_TO = re.compile(
+    r"/admin(?:/(?:" + "|".join(re.escape(p) for p in PAGES if p) + r"))?(?:\?[A-Za-z0-9._~!$&'()*+,;=:@/?%-]*)?"
+)
 MAX_LOG_PAGE = 500  # rows a request-log page may ask for
 REQUEST_LOG_COLUMNS = (
     "created_at",
@@ -106,6 +117,11 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
+def return_to(value: str | None) -> str | None:
+    """``value`` when it is a console page to return to after sign-in (`RETURN_TO`), else None."""
+    return value if value and len(value) <= 2048 and RETURN_TO.fullmatch(value) else None
+
+
 def _time(param: str, value: str | None, default: datetime) -> datetime:
     """The query parameter ``param`` as an aware UTC time (naive = UTC), ``default`` when absent, or a
     400 naming it: not ISO 8601, or outside 1970..9000."""
@@ -127,9 +143,10 @@ def _time(param: str, value: str | None, default: datetime) -> datetime:
 
 
 class Console:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, revocations: RevocationStore | None = None) -> None:
         self.s = services
-        self.sessions = Sessions(services.settings.admin_token)
+        self.sessions = Sessions(services.settings.admin_token, store=revocations)
+        self.throttle = SignInThrottle()
         self.redact = Redactor(services)
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True
@@ -155,24 +172,39 @@ class Console:
     # ---- sign-in and pages --------------------------------------------------------------------
 
     async def login_page(self, request: Request) -> Response:
-        return self.html("login.html", token_needed=bool(self.s.settings.admin_token))
+        return self.html("login.html", token_needed=bool(self.s.settings.admin_token),
+                         next=return_to(request.query_params.get("next")))
 
     async def login(self, request: Request) -> Response:
         if cross_site(request):
             raise APIError(403, "Cross-site sign-in refused.", type="permission_error", code="cross_site")
         form = parse_qs((await request.body())[:8192].decode("utf-8", "replace"))
-        given = (form.get("token") or [""])[0]
         token = self.s.settings.admin_token
+        # From here to the count of a failure nothing awaits: guesses sent side by side are counted one by
+        # one, not all let through before the first is counted.
+        address = request.client.host if request.client else ""
+        wait = self.throttle.retry_after(address) if token else 0
+        if wait:  # asked before the token is compared: a guess made now tells nothing, right or wrong
+            raise APIError(429, f"Too many wrong admin tokens from this address: try again in {wait} s.",
+                           type="rate_limit_error", code="sign_in_throttled", headers={"retry-after": str(wait)})
+        given = (form.get("token") or [""])[0]
+        after = return_to((form.get("next") or [""])[0])
         ok = hmac.compare_digest(given.encode(), token.encode()) if token else is_loopback(request)
         if not ok:
+            if token and self.throttle.failed(address):
+                log.warning("console sign-in: %d wrong admin tokens from %s within %.0f s; refusing its sign-in "
+                            "attempts for up to %.0f s", self.throttle.limit, address or "an unknown address",
+                            self.throttle.window_s, self.throttle.window_s)
             return self.html(
                 "login.html",
                 status=401,
                 token_needed=bool(token),
+                next=after,
                 error="Wrong admin token." if token else "Sign-in without a token is loopback-only.",
             )
+        self.throttle.succeeded(address)
         cookie, _session = self.sessions.issue()
-        resp = RedirectResponse("/admin", status_code=303)
+        resp = RedirectResponse(after or "/admin", status_code=303)
         resp.set_cookie(
             COOKIE,
             cookie,
@@ -199,6 +231,12 @@ class Console:
             or not csrf_ok(request, session, (form.get("csrf_token") or [""])[0])
         ):
             raise APIError(403, "Missing or invalid CSRF token.", type="permission_error", code="csrf_failed")
+        try:
+            await self.sessions.revoke(session)  # a copy of the cookie must stop working too, in every process
+        except DB_ERRORS as exc:
+            # ended in this process now; the sync job records it for the others once the database answers
+            log.warning("console sign-out: log database unavailable (%s): other gateway processes refuse the "
+                        "session once it answers again", error_text(exc, with_type=True).splitlines()[0])
         resp = RedirectResponse("/admin/login", status_code=303)
         resp.delete_cookie(COOKIE, path="/admin")
         return resp
@@ -209,10 +247,12 @@ class Console:
             raise APIError(404, "No such console page.", code="not_found")
         session = session_for(request)
         if session is None:
+            here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return self.html(
                 "login.html",
                 status=401,
                 token_needed=bool(self.s.settings.admin_token),
+                next=return_to(here),  # signed in, the operator lands on the page asked for
                 error="Sign in to open the console.",
             )
         return self.html(f"{name}.html", page=name, csrf=session.csrf, ranges=list(RANGES))
@@ -394,8 +434,10 @@ class Console:
         return self.json({"data": data, "warning": warning})
 
     async def keys(self, request: Request) -> Response:
+        """Keys with what each spent in its budget period: every key, or a page of them (`key_page`: the
+        console asks a page at a time, as a few thousand rows take the browser seconds to draw)."""
         self._check(request)
-        keys = await self.s.keys.list()
+        keys, paging = await listed_keys(self.s.keys, request)
         now = datetime.now(UTC)
         periods = {k.budget_period or "month" for k in keys}
         # one query per budget period (at most four), grouped by key: not one per key, which made the
@@ -418,7 +460,7 @@ class Console:
                     "requests": agg["requests"] if agg else 0,
                 }
             )
-        return self.json({"data": data})
+        return self.json({"data": data, **paging})
 
     # ---- policies -----------------------------------------------------------------------------
 

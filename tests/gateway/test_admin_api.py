@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -233,4 +234,57 @@ def test_a_team_whose_name_holds_a_slash_gets_a_budget_set_and_removed(admin: tu
     assert [b["scope"] for b in c.get("/admin/api/budgets").json()["data"]] == ["team:ml/research"]
     assert c.delete("/admin/api/budgets/team:ml%2Fresearch").json() == {"scope": "team:ml/research", "deleted": True}
     assert c.get("/admin/api/budgets").json()["data"] == []
-    _error(c.put("/admin/api/budgets/team:" + "x" * 201, json={"limit_usd": 1}), 400, "scope")
+    _error(c.put("/admin/api/budgets/team:" + "x" * 513, json={"limit_usd": 1}), 400, "scope")
+
+
+def test_budget_scopes_take_the_names_keys_take_and_no_control_characters(
+    admin: tuple[GatewayThread, httpx.Client],
+) -> None:
+    """A key's team or user may hold spaces (and any script): a budget can be set for it. A control character
+    (a newline at the end, a tab, an escape sequence) is refused in both, and so is a name longer than a
+    request's `user` may be."""
+    _, c = admin
+    key = c.post("/admin/api/keys", json={"name": "spaced", "team": "research lab", "user": "Ana María"})
+    assert key.status_code == 201, key.text
+    scopes = ["team:research lab", "user:Ana María", "team:" + "t" * 512]
+    for scope in scopes:
+        r = c.put(f"/admin/api/budgets/{quote(scope)}", json={"limit_usd": 5})
+        assert r.status_code == 200 and r.json()["scope"] == scope, r.text
+    assert sorted(b["scope"] for b in c.get("/admin/api/budgets").json()["data"]) == sorted(scopes)
+    for raw in ("team:x%0A", "team:x%0D", "team:a%09b", "user:%1B%5B31m", "team:x%7F", "team:%C2%85x",
+                "team:" + "t" * 513, "team:", "org:x"):
+        assert _error(c.put(f"/admin/api/budgets/{raw}", json={"limit_usd": 5}), 400, "scope")["code"] == "invalid_scope"
+    for field, value in (("team", "a\nb"), ("team", "lab\n"), ("user", "x\x1b[0m"), ("team", "t" * 513)):
+        _error(c.post("/admin/api/keys", json={"name": "bad-name", field: value}), 400, field)
+        _error(c.patch(f"/admin/api/keys/{key.json()['id']}", json={field: value}), 400, field)
+    assert "bad-name" not in [k["name"] for k in c.get("/admin/api/keys").json()["data"]]
+    # a final newline was dropped from the path: removing "team:research lab\n" removed "team:research lab"
+    assert _error(c.delete("/admin/api/budgets/team:research%20lab%0A"), 404, "scope")["code"] == "budget_not_found"
+    for scope in scopes:
+        assert c.delete(f"/admin/api/budgets/{quote(scope)}").json() == {"scope": scope, "deleted": True}
+    assert c.get("/admin/api/budgets").json()["data"] == []
+
+
+def test_key_listings_page_newest_first_and_without_a_limit_list_every_key_as_before(
+    admin: tuple[GatewayThread, httpx.Client],
+) -> None:
+    _, c = admin
+    made = [c.post("/admin/api/keys", json={"name": f"paged-{i}"}).json()["id"] for i in range(5)]
+    everything = [k["id"] for k in c.get("/admin/api/keys").json()["data"]]
+    assert everything[-5:] == made  # no limit: every key, oldest first, and no paging field
+    assert "next_before" not in c.get("/admin/api/keys").json()
+    for path in ("/admin/api/keys", "/admin/api/console/keys"):
+        seen: list[str] = []
+        params = {"limit": "2"}
+        while True:
+            page = c.get(path, params=params).json()
+            assert len(page["data"]) <= 2
+            seen += [k["id"] for k in page["data"]]
+            if page["next_before"] is None:
+                break
+            params = {"limit": "2", "before": page["next_before"]}
+        assert seen == everything[::-1], path  # newest first, each key once
+        for bad, param in (({"limit": "0"}, "limit"), ({"limit": "501"}, "limit"), ({"limit": "two"}, "limit"),
+                           ({"limit": "-1"}, "limit"), ({"before": made[0]}, "limit"),
+                           ({"limit": "2", "before": "no-such-key"}, "before")):
+            _error(c.get(path, params=bad), 400, param)

@@ -40,7 +40,9 @@ def test_a_gateway_key_valid_revoked_or_expired_opens_no_admin_route(
                         url = re.sub(r"\{[^}]+\}", "fake-a", path.replace("{page}", "keys"))
                         r = c.request(method, url, headers={**auth, "content-type": "application/json"},
                                       content=b'{"token": "' + key["key"].encode() + b'"}')
-                        if r.status_code not in (401, 403):
+                        # the sign-in form, asked again and again with a wrong token, holds the address back
+                        refused = (401, 403, 429) if (method, path) == ("POST", "/admin/login") else (401, 403)
+                        if r.status_code not in refused:
                             opened.append((key["name"], method, path, r.status_code))
             assert opened == []
 

@@ -22,6 +22,7 @@ from sqlalchemy import event
 from starlette.routing import Route
 
 from backends.fake_provider import FakeProviderThread
+from gateway.console.auth import SignInThrottle
 from tests.support.console import (
     ADMIN_TOKEN,
     PROVIDER_KEY,
@@ -34,6 +35,7 @@ from tests.support.console import (
 )
 from tests.support.harness import GatewayThread, running_gateway
 from tests.support.net import free_port
+from tests.support.wait import wait_until
 
 
 class _Capture(logging.Handler):
@@ -520,3 +522,87 @@ def test_a_range_that_starts_mid_hour_counts_exactly_what_the_request_log_holds_
     ok_tries = dict(sql(db, "SELECT deployment, count(*) FROM attempts WHERE status = 'ok' AND latency_ms IS NOT NULL"
                             " AND started_at >= %s AND started_at < %s GROUP BY 1", since, until))
     assert {row[0]: row[1] for row in lat["rows"]} == ok_tries
+
+
+def test_signing_out_revokes_the_session_in_every_gateway_process(env: dict[str, Any], tmp_path: Path) -> None:
+    """A copy of the session cookie taken before sign-out (another browser, a stolen cookie) is refused after
+    it: at once by the process that took the sign-out, and within its sync interval by another process on
+    the same database. Another session goes on working."""
+    gw = env["gw"]
+    with running_gateway(console_settings(env["fp"].base_url, env["db"], tmp_path)) as other:
+        c, csrf = _signed_in(gw)
+        kept, _ = _signed_in(gw)
+        try:
+            copy = {"cookie": f"hg_console={c.cookies['hg_console']}"}
+
+            def status(base: str, path: str = "/admin/api/console/dashboards") -> int:
+                return httpx.get(base + path, headers=copy, timeout=30).status_code
+
+            assert (status(gw.base_url), status(other.base_url)) == (200, 200)
+            assert c.post("/admin/logout", data={"csrf_token": csrf}).status_code == 303
+            assert status(gw.base_url) == 401
+            assert status(gw.base_url, "/admin/keys") == 401  # a page: the sign-in form
+            changed = httpx.post(gw.base_url + "/admin/api/keys", json={"name": "after-sign-out"},
+                                 headers=copy | {"x-csrf-token": csrf}, timeout=30)
+            assert changed.status_code == 401, changed.text
+            wait_until(lambda: status(other.base_url) == 401, 5, what="the other process still took the cookie")
+            assert kept.get("/admin/api/console/dashboards").status_code == 200
+        finally:
+            c.close()
+            kept.close()
+
+
+def _from(gw: GatewayThread, address: str) -> httpx.Client:
+    """A client whose connections come from ``address`` (any 127.x is this machine's loopback)."""
+    return httpx.Client(base_url=gw.base_url, timeout=30, transport=httpx.HTTPTransport(local_address=address))
+
+
+def test_wrong_admin_tokens_are_throttled_per_address_and_logged_once(env: dict[str, Any]) -> None:
+    gw = env["gw"]
+    with _from(gw, "127.0.0.2") as c, _from(gw, "127.0.0.3") as elsewhere:
+        for _ in range(5):
+            assert c.post("/admin/login", data={"token": "guess"}).status_code == 401
+        for token in ("guess", ADMIN_TOKEN):  # not even compared while held back: a guess tells nothing
+            r = c.post("/admin/login", data={"token": token})
+            assert r.status_code == 429 and "hg_console" not in r.cookies, r.text
+            assert 1 <= int(r.headers["retry-after"]) <= 60 and r.headers["cache-control"] == "no-store"
+            err = r.json()["error"]
+            assert (err["type"], err["code"]) == ("rate_limit_error", "sign_in_throttled") and err["message"], err
+        assert elsewhere.post("/admin/login", data={"token": ADMIN_TOKEN}).status_code == 303
+    logged = [line for line in env["logs"].lines if "wrong admin tokens from 127.0.0.2" in line]
+    assert len(logged) == 1, logged
+
+
+def test_the_sign_in_throttle_holds_an_address_back_for_its_window_only_and_stays_bounded() -> None:
+    now = [1000.0]
+    throttle = SignInThrottle(limit=3, window_s=60.0, max_addresses=50, clock=lambda: now[0])
+    assert [throttle.failed("10.0.0.1") for _ in range(3)] == [False, False, True]  # the third: logged
+    assert (throttle.retry_after("10.0.0.1"), throttle.retry_after("10.0.0.2")) == (60, 0)
+    now[0] += 59.5
+    assert throttle.retry_after("10.0.0.1") == 1
+    now[0] += 0.5
+    assert throttle.retry_after("10.0.0.1") == 0  # a right token gets in a window after the last guess counted
+    throttle.failed("10.0.0.1")
+    throttle.succeeded("10.0.0.1")  # signed in: its count starts again
+    assert [throttle.failed("10.0.0.1") for _ in range(3)] == [False, False, True]
+    for i in range(1000):  # guesses from many addresses
+        throttle.failed(f"10.1.{i // 250}.{i % 250}")
+    assert len(throttle) <= 50 and throttle.retry_after("10.1.3.249") == 0
+
+
+def test_sign_in_returns_to_the_console_page_asked_for_and_nowhere_else(env: dict[str, Any]) -> None:
+    gw = env["gw"]
+    with httpx.Client(base_url=gw.base_url, timeout=30) as c:
+        asked = c.get("/admin/requests?range=24h")
+        assert asked.status_code == 401 and 'name="next" value="/admin/requests?range=24h"' in asked.text
+        r = c.post("/admin/login", data={"token": ADMIN_TOKEN, "next": "/admin/requests?range=24h"})
+        assert r.status_code == 303 and r.headers["location"] == "/admin/requests?range=24h"
+        assert 'name="next" value="/admin/keys"' in c.get("/admin/login", params={"next": "/admin/keys"}).text
+    for bad in ("https://evil.example/admin", "//evil.example/admin", "/\\evil.example/admin", "\\\\evil.example",
+                "/admin/../evil", "/admin/keys/../../evil", "/admin\\keys", "/admin/nope", "/adminx", "/admin/",
+                "admin/keys", "javascript:alert(1)", "/admin/keys\r\nset-cookie: x=1", "/admin/keys#frag",
+                "/admin/keys?x=<b>", "/admin/keys?x=\\y", "/admin/keys?x= y", "/admin@evil.example"):
+        with httpx.Client(base_url=gw.base_url, timeout=30) as c:
+            r = c.post("/admin/login", data={"token": ADMIN_TOKEN, "next": bad})
+            assert r.status_code == 303 and r.headers["location"] == "/admin", (bad, r.headers.get("location"))
+            assert 'name="next"' not in c.get("/admin/login", params={"next": bad}).text, bad

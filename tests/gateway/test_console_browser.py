@@ -99,7 +99,8 @@ def test_sign_in_needs_the_admin_token(env: dict[str, Any], browser: Any) -> Non
     assert pg.locator("#login-error").inner_text() == "Wrong admin token."
     pg.fill("#token", ADMIN_TOKEN)
     pg.click("button[type=submit]")
-    pg.wait_for_selector("body[data-loaded='1']")
+    pg.wait_for_url("**/admin/policies")  # the page asked for, through the wrong token and the right one
+    pg.locator("#policy-list a").first.wait_for()
     cookies = {c["name"]: c for c in ctx.cookies()}
     assert cookies["hg_console"]["httpOnly"] and cookies["hg_console"]["sameSite"] == "Strict"
     ctx.close()
@@ -637,3 +638,64 @@ def test_the_deployments_page_waits_for_one_refresh_before_it_asks_again(fresh: 
     settle(2)
     assert len(asked) == 2, asked
     assert fresh["pageerror"] == []
+
+
+def test_an_inverted_range_is_said_once_at_the_top_of_the_dashboards(fresh: dict[str, Any]) -> None:
+    """The filters' 400 is the same for every dashboard: asked once, shown once at the top, not in each panel."""
+    pg = fresh["page"]
+    asked: list[str] = []
+    pg.on("request", lambda r: asked.append(r.url) if "/console/dashboards/" in r.url else None)
+    pg.fill("#filters input[name=since]", "2026-05-02T00:00")
+    pg.fill("#filters input[name=until]", "2026-05-01T00:00")
+    pg.click("#filters button")
+    sync_api.expect(pg.locator("#flash")).to_contain_text("'since' must be before 'until'")
+    assert len(asked) == 1, asked
+    for sec in pg.locator("section.dash").all():
+        assert "must be before" not in sec.inner_text()
+    assert fresh["pageerror"] == []
+
+
+def test_removing_a_budget_asks_first(env: dict[str, Any], page: Any) -> None:
+    with httpx.Client(base_url=env["gw"].base_url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+        assert admin.put("/admin/api/budgets/team:confirm-me", json={"limit_usd": 3}).status_code == 200
+
+        def scopes() -> list[str]:
+            return [b["scope"] for b in admin.get("/admin/api/budgets").json()["data"]]
+
+        page.goto("/admin/budgets")
+        row = page.locator("tr[data-scope='team:confirm-me']")
+        asked: list[str] = []
+
+        def answer(accept: bool) -> Any:
+            def handle(dialog: Any) -> None:
+                asked.append(dialog.message)
+                dialog.accept() if accept else dialog.dismiss()
+            return handle
+
+        page.once("dialog", answer(False))  # cancelled: the budget stays
+        row.locator("button", has_text="Remove").click()
+        assert len(asked) == 1 and "team:confirm-me" in asked[0], asked
+        assert "team:confirm-me" in scopes() and row.is_visible()
+        page.once("dialog", answer(True))
+        row.locator("button", has_text="Remove").click()
+        row.wait_for(state="detached")
+        assert len(asked) == 2 and "team:confirm-me" not in scopes()
+
+
+def test_the_keys_page_draws_a_page_of_keys_at_a_time(env: dict[str, Any], page: Any) -> None:
+    """Newest first, 100 rows at a time ("More keys" for the next): a few thousand at once took seconds."""
+    with httpx.Client(base_url=env["gw"].base_url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+        total = len(admin.get("/admin/api/keys").json()["data"])
+        made = [admin.post("/admin/api/keys", json={"name": f"many-{i}"}).json()["id"] for i in range(max(5, 105 - total))]
+        total += len(made)
+    page.goto("/admin/keys")
+    rows = page.locator("#keys tbody tr")
+    sync_api.expect(rows).to_have_count(100)
+    assert rows.first.get_attribute("data-key") == made[-1] and page.locator("#keys-more").is_visible()
+    page.click("#keys-more")
+    sync_api.expect(rows).to_have_count(total)
+    assert page.locator("#keys-more").is_hidden()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator(f"tr[data-key='{made[0]}'] button", has_text="Revoke").click()  # redrawn in place
+    sync_api.expect(page.locator(f"tr[data-key='{made[0]}'] td").nth(11)).to_have_text("revoked")
+    assert rows.count() == total

@@ -31,6 +31,7 @@ EXPECTED_TABLES = {
     "bandit_totals",
     "scope_budgets",
     "gateway_instances",
+    "console_revocations",
     "alembic_version",
     # admin console rollups (requestlog/rollups.py) and breaker history
     "rollup_requests_hour",

@@ -124,19 +124,24 @@ async function loadDashboards() {
   flash("");
   const root = $("#dashboards");
   let away = null;  // the database (or the gateway) is away: the message every later dashboard would get
+  let refused = false;  // the filters were refused (400): every dashboard would be, for the same reason
   for (const name of index.data.data) {
     let sec = document.getElementById(`dash-${name}`);
     if (!sec) {
       sec = el("section", { class: "dash", id: `dash-${name}`, "data-dashboard": name });
       root.append(sec);
     }
-    // Once one dashboard found the database or the gateway away, the others are not asked: each would
-    // wait out the same timeout in turn (minutes in all on a database that hangs).
-    const res = away !== null ? null : await api("GET", `/admin/api/console/dashboards/${name}?${params}`);
+    // Once one dashboard found the database or the gateway away, or the filters refused, the others are
+    // not asked: each would wait out the same timeout in turn (minutes in all on a database that hangs),
+    // or get the same 400.
+    const res = away !== null || refused ? null
+      : await api("GET", `/admin/api/console/dashboards/${name}?${params}`);
     if (generation !== loadGeneration) return;
     sec.replaceChildren();
-    if (res === null) { sec.append(el("p", { text: `${name}: ${away}` })); continue; }
+    if (res === null) { if (away !== null) sec.append(el("p", { text: `${name}: ${away}` })); continue; }
     if (!res.ok) {
+      // the filters' fault (an inverted range, a time that is none): said once, at the top
+      if (res.status === 400) { refused = true; flash(errText(res)); $("#dash-range").textContent = ""; continue; }
       sec.append(el("p", { text: `${name}: ${errText(res)}` }));
       if (res.status === 503 || res.status === 0) { away = errText(res); flash(away); }
       continue;
@@ -378,37 +383,53 @@ async function pollDeployments() {
 
 // ---- keys and budgets --------------------------------------------------------------------
 
-async function loadKeys() {
-  const res = await api("GET", "/admin/api/console/keys");
+const KEY_PAGE = 100;  // rows drawn at a time: a few thousand at once took the browser seconds
+let keysBefore = null;  // the last key shown: the next page's cursor
+let keysGeneration = 0;
+
+function keyRow(k) {
+  const revoked = !!k.revoked_at;
+  // the server's status, or "expired" when the expiry passed while the page was open
+  const expired = !revoked && k.expires_at && Date.parse(k.expires_at) <= Date.now();
+  const tr = el("tr", { "data-key": k.id },
+    ...[k.id, k.name, k.key_prefix + "…", (k.allowed_models || ["all"]).join(","),
+        k.budget_usd != null ? `${fmt(k.budget_usd)} / ${k.spend_period}` : "",
+        `${fmt(k.spent_usd)} (${k.spend_period})`, fmt(k.rpm_limit), fmt(k.tpm_limit), k.user || "", k.team || "",
+        k.expires_at ? `${k.expires_at.slice(0, 19).replace("T", " ")} UTC` : "never",
+        expired ? "expired" : k.status].map((c) => el("td", { text: c })),
+    el("td", {}, revoked ? "" : el("button", { type: "button", text: "Revoke", onclick: async () => {
+      // irreversible, and every client holding the key starts failing: asked first, like Retire
+      if (!window.confirm(`Revoke key ${k.name} (${k.key_prefix}…)? Requests with it are refused from now on; ` +
+                          "this cannot be undone.")) return;
+      const res = await api("DELETE", `/admin/api/keys/${encodeURIComponent(k.id)}`);
+      if (!res.ok) { flash(errText(res)); return; }
+      // redrawn in place: reloading would drop the pages shown below the first
+      tr.replaceWith(keyRow({ ...k, revoked_at: new Date().toISOString(), status: "revoked" })); } })));
+  return tr;
+}
+
+// Newest first, a page at a time; "More keys" appends the next page.
+async function loadKeys(more) {
+  const generation = ++keysGeneration;  // only the latest listing's answer is shown
+  const params = new URLSearchParams({ limit: String(KEY_PAGE) });
+  if (more && keysBefore) params.set("before", keysBefore);
+  const res = await api("GET", `/admin/api/console/keys?${params}`);
+  if (generation !== keysGeneration) return;
   if (!res.ok) { flash(errText(res)); return; }
+  keysBefore = res.data.next_before;
+  $("#keys-more").hidden = !keysBefore;
+  const rows = res.data.data.map(keyRow);
+  if (more) { $("#keys tbody").append(...rows); return; }
   const t = el("table", { id: "keys" });
   t.append(el("thead", {}, el("tr", {}, ...["id", "name", "prefix", "models", "budget", "spent", "rpm", "tpm",
     "user", "team", "expires", "status", ""].map((c) => el("th", { text: c })))));
-  const tb = el("tbody");
-  for (const k of res.data.data) {
-    const revoked = !!k.revoked_at;
-    // the server's status, or "expired" when the expiry passed while the page was open
-    const expired = !revoked && k.expires_at && Date.parse(k.expires_at) <= Date.now();
-    tb.append(el("tr", { "data-key": k.id },
-      ...[k.id, k.name, k.key_prefix + "…", (k.allowed_models || ["all"]).join(","),
-          k.budget_usd != null ? `${fmt(k.budget_usd)} / ${k.spend_period}` : "",
-          `${fmt(k.spent_usd)} (${k.spend_period})`, fmt(k.rpm_limit), fmt(k.tpm_limit), k.user || "", k.team || "",
-          k.expires_at ? `${k.expires_at.slice(0, 19).replace("T", " ")} UTC` : "never",
-          expired ? "expired" : k.status].map((c) => el("td", { text: c })),
-      el("td", {}, revoked ? "" : el("button", { type: "button", text: "Revoke", onclick: async () => {
-        // irreversible, and every client holding the key starts failing: asked first, like Retire
-        if (!window.confirm(`Revoke key ${k.name} (${k.key_prefix}…)? Requests with it are refused from now on; ` +
-                            "this cannot be undone.")) return;
-        const res = await api("DELETE", `/admin/api/keys/${encodeURIComponent(k.id)}`);
-        if (!res.ok) { flash(errText(res)); return; }
-        loadKeys(); } }))));
-  }
-  t.append(tb);
+  t.append(el("tbody", {}, ...rows));
   $("#keys-table").replaceChildren(t);
 }
 
 function initKeys() {
-  loadKeys();
+  loadKeys(false);
+  $("#keys-more").addEventListener("click", () => loadKeys(true));
   $("#key-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     // the last key's secret goes: left on screen, it would read as the secret of the key asked for now
@@ -433,7 +454,7 @@ function initKeys() {
     $("#new-key-secret").textContent = res.data.key;
     $("#new-key").hidden = false;
     ev.target.reset();
-    loadKeys();
+    loadKeys(false);
   });
 }
 
@@ -449,6 +470,10 @@ async function loadBudgets() {
       ...[b.scope, fmt(b.limit_usd), b.period, fmt(b.spent_usd), fmt(b.reserved_usd), fmt(b.remaining_usd), b.source]
         .map((c) => el("td", { text: c })),
       el("td", {}, b.source === "admin" ? el("button", { type: "button", text: "Remove", onclick: async () => {
+        // the scope's spending is no longer capped (or falls back to the config file's budget): asked first,
+        // like Revoke and Retire
+        if (!window.confirm(`Remove the budget of ${b.scope}? Its spending is no longer capped by it, in every ` +
+                            "gateway process.")) return;
         const res = await api("DELETE", `/admin/api/budgets/${encodeURIComponent(b.scope)}`);
         if (!res.ok) { flash(errText(res)); return; }
         loadBudgets(); } }) : "")));
