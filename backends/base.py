@@ -68,12 +68,19 @@ class UpstreamResponse:
 # policy): they say nothing about the upstream's health, so they never count against its breaker.
 CLIENT_CAUSED = frozenset({"bad_request", "not_found", "context_window", "content_policy"})
 
+# A self-hosted engine whose queue is full ("overloaded") is busy, not broken: counted against its
+# breaker, a burst would shut the deployment off for the whole cooldown (every request a 503, even
+# once the queue has drained, and even where it is the only deployment). It never counts, as a
+# client-caused failure never does; unlike one, it is worth a retry later or a fallback elsewhere.
+HEALTH_NEUTRAL = CLIENT_CAUSED | {"overloaded"}
+
 
 class UpstreamError(Exception):
     """An upstream attempt failed. `kind` drives retries, fallbacks and the client's error.
 
-    kinds: "timeout", "rate_limit", "server_error", "connection", "context_window",
-    "content_policy", "bad_request", "auth", "not_found", "stream_cut", "malformed".
+    kinds: "timeout", "rate_limit", "overloaded", "server_error", "connection", "context_window",
+    "content_policy", "bad_request", "auth", "not_found", "stream_cut", "malformed". "rate_limit" is a
+    provider's 429; "overloaded" is the local model's full queue (busy, not broken: `HEALTH_NEUTRAL`).
 
     ``message`` is the whole story, for the request log (the attempt row's error_message): the URL, the
     HTTP library's own words. ``reason``, set for a transport failure, is what the client may see in
@@ -103,7 +110,8 @@ class UpstreamError(Exception):
 
     @property
     def retryable(self) -> bool:
-        return self.kind in {"timeout", "rate_limit", "server_error", "connection", "stream_cut", "malformed"}
+        return self.kind in {"timeout", "rate_limit", "overloaded", "server_error", "connection", "stream_cut",
+                             "malformed"}
 
     @property
     def client_caused(self) -> bool:

@@ -5,8 +5,9 @@ A deployment with ``provider: local`` names its checkpoint in ``upstream_model``
 by `local_model.engine.openai_api`, the same code the standalone server uses, so the gateway sees the
 exact shapes the local server would send. Streams always end with a usage chunk.
 
-Engine errors map to `UpstreamError` kinds the executor understands: a full queue is "rate_limit"
-(status 503, with ``retry_after_s``: retry later or fall back), a prompt that cannot fit is
+Engine errors map to `UpstreamError` kinds the executor understands: a full queue is "overloaded"
+(status 503, with ``retry_after_s``: retry later or fall back; busy, so it never counts against the
+deployment's breaker), a prompt that cannot fit is
 "context_window", a bad parameter "bad_request", a stopped engine "server_error"; an error after the
 first chunk is "stream_cut". Timeouts follow `UpstreamCall`: the whole call (non-streamed) or the
 first chunk, then ``stream_idle_timeout_s`` between chunks; on timeout the request is cancelled, which
@@ -44,7 +45,7 @@ def _upstream_error(exc: BaseException, kind: str) -> UpstreamError:
     if isinstance(exc, UpstreamError):
         return exc
     if isinstance(exc, EngineOverloaded):
-        return UpstreamError("rate_limit", str(exc), status=503, retry_after_s=exc.retry_after_s)
+        return UpstreamError("overloaded", str(exc), status=503, retry_after_s=exc.retry_after_s)
     if isinstance(exc, PromptTooLong):
         prompt = "messages" if kind == "chat" else "prompt"
         return UpstreamError("context_window", str(exc), status=400, body={"error": {"param": prompt}})

@@ -79,6 +79,11 @@ _CONTEXT_MARKERS = (
     "reduce the length",
     "exceeds the model's max",
 )
+# The code our local model server (`local_model/server.py`) gives a 503 when its engine's queue is full:
+# busy, not broken ("overloaded", which never counts against a breaker), whether the server is the
+# gateway's own child process or a `local-model serve` reached as any OpenAI-compatible upstream.
+LOCAL_OVERLOADED_CODE = "overloaded"
+
 _CONTENT_MARKERS = (
     "content_filter",
     "content_policy",
@@ -145,10 +150,15 @@ def error_from_status(
             "rate_limit", message, status=status, retry_after_s=parse_retry_after(headers), body=body
         )
     if status >= 500:
-        return UpstreamError(
-            "server_error", message, status=status, retry_after_s=parse_retry_after(headers), body=body
-        )
+        kind = "overloaded" if status == 503 and _error_code(body) == LOCAL_OVERLOADED_CODE else "server_error"
+        return UpstreamError(kind, message, status=status, retry_after_s=parse_retry_after(headers), body=body)
     return UpstreamError(classify_client_error(status, text), message, status=status, body=body)
+
+
+def _error_code(body: Any) -> str | None:
+    err = body.get("error") if isinstance(body, dict) else None
+    code = err.get("code") if isinstance(err, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def _error_message(body: Any) -> str | None:

@@ -44,7 +44,7 @@ from gateway.keys import KeyStore
 from gateway.messages_api import anthropic_error, is_messages_path
 from gateway.openai_api import OpenAIHandlers
 from gateway.openapi import openapi_document
-from gateway.preflight import AppChecks, check_app, checked_by_serve
+from gateway.preflight import AppChecks, check_app, checked_by_serve, start_warnings, unshared_workers_warning
 from gateway.responses_api import StoredResponseHandlers
 from gateway.services import Services
 from local_model.device import DeviceUnavailableError
@@ -71,7 +71,8 @@ from state.breaker_log import LoggedBreakerStore
 from state.breakers import BreakerStore, InProcessBreakerStore, RedisBreakerStore
 from state.budget_reconcile import SpendReconciler
 from state.budgets import BudgetStore, InProcessBudgetStore, RedisBudgetStore
-from state.instances import Heartbeat, warn_if_unshared_workers
+from state.console_sessions import SessionRevocationStore
+from state.instances import Heartbeat
 from state.policy_events import RedisPolicyEvents
 from state.ratelimits import InProcessRateLimitStore, RateLimitStore, RedisRateLimitStore
 from state.redis_util import make_redis
@@ -329,7 +330,9 @@ def build_services(settings: Settings, backends: dict[str, Backend] | None = Non
         feedback=FeedbackRecorder(engine, sink, router, max_sources=settings.feedback_max_sources),
         cascades=Cascades(executor, catalog, plugins, metrics),
         key_events=key_events,
-        heartbeat=Heartbeat(engine, shared_state=redis_client is not None),
+        # several workers without Redis: the start's warning said it once; siblings seen add nothing
+        heartbeat=Heartbeat(engine, shared_state=redis_client is not None,
+                            warned=unshared_workers_warning(settings) is not None),
     )
 
 
@@ -360,7 +363,7 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None, *
     admin = AdminHandlers(services)
     budget_admin = BudgetAdminHandlers(services)
     fb = FeedbackHandler(services)
-    console = Console(services)
+    console = Console(services, SessionRevocationStore(services.engine))
     stored = StoredResponseHandlers(oa.responses_store, services.keys, settings.keys_required)
 
     @contextlib.asynccontextmanager
@@ -400,16 +403,17 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None, *
         key_events = services.key_events
         if key_events is not None:
             tasks.append(asyncio.create_task(key_events.run(services.keys.invalidate, stop)))
-        warn_if_unshared_workers(settings.workers, settings.redis_url)
         heartbeat = services.heartbeat
         tasks.append(asyncio.create_task(_every(10.0, stop, ("heartbeat", heartbeat.beat))))
         tasks.append(asyncio.create_task(registry.run_reload_loop(
             settings.policy_reload_s, stop, pushed=(lambda: events.live) if events is not None else None)))
-        # Keep this process in step with every other one: what the bandits learned, and budgets.
+        # Keep this process in step with every other one: what the bandits learned, budgets, and the
+        # console sessions signed out of.
         tasks.append(asyncio.create_task(_every(
             settings.policy_reload_s, stop, ("bandit sync", router.sync_bandits),
             ("budget sync", router.scopes.sync),
-            ("artifact sync", artifacts.sync))))
+            ("artifact sync", artifacts.sync),
+            ("console sign-out sync", console.sessions.sync))))
         tasks.append(asyncio.create_task(_every(
             settings.budget_reconcile_s, stop, ("budget reconcile", router.budgets.reconcile))))
         # Leases and holds of running requests stay alive; releases Redis missed are retried (and the
@@ -426,10 +430,9 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None, *
         # which otherwise show up as latency spikes (p99) under load.
         gc.collect()
         gc.freeze()
-        if not settings.keys_required:
-            log.warning(
-                "hybridgate: accepting requests WITHOUT gateway API keys (bound to loopback %s). "
-                "Bind to another address or set require_keys: true to enforce keys.", settings.host)
+        if not checks.start_warned:
+            for warning in start_warnings(settings):
+                log.warning("hybridgate: %s", warning)
         try:
             yield
         finally:

@@ -104,7 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         with _database_errors(s, "serve --migrate"):
             upgrade(s.database_url)
-    from gateway.preflight import check_serve, hand_to_workers
+    from gateway.preflight import check_serve, hand_to_workers, start_warnings
 
     try:
         checks = check_serve(s)
@@ -114,6 +114,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for warning in checks.warnings:
         print(f"hybridgate: warning: {warning}", file=sys.stderr)
     hand_to_workers(checks)  # the app's startup (in every worker) checks and warns no second time
+    if s.workers > 1:  # said here once, not by each worker (one worker's app says them as it starts)
+        for warning in start_warnings(s):
+            print(f"hybridgate: warning: {warning}", file=sys.stderr)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # workers > 1 re-import the app in each process: pass everything through the environment.
     if args.config:

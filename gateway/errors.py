@@ -102,6 +102,9 @@ _UPSTREAM_MAP: dict[str, tuple[int, str, str | None, str]] = {
     "timeout": (504, "timeout", "upstream_timeout", "The model did not answer in time. Please retry."),
     "rate_limit": (429, "rate_limit_error", "rate_limit_exceeded",
                    "The model's provider is rate limiting requests. Please retry after a short wait."),
+    # the self-hosted model's queue is full: busy, as the local server itself answers (503, Retry-After)
+    "overloaded": (503, "server_error", "model_overloaded",
+                   "The model is busy with other requests. Please retry after a short wait."),
     "server_error": (502, "upstream_error", "upstream_server_error",
                      "The model's provider had an error while processing your request."),
     "connection": (502, "upstream_error", "upstream_connection_error",
@@ -124,7 +127,7 @@ _UPSTREAM_MAP: dict[str, tuple[int, str, str | None, str]] = {
                       "No deployment can serve this model right now. Please retry after a short wait."),
 }
 # failure kinds whose client error carries Retry-After (when the failure says how long)
-_RETRY_AFTER_KINDS = frozenset({"rate_limit", "no_deployment"})
+_RETRY_AFTER_KINDS = frozenset({"rate_limit", "overloaded", "no_deployment"})
 
 
 def retry_after_header(seconds: float) -> str:

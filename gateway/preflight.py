@@ -11,7 +11,9 @@ seeded, not even the shipped `auto`), a `default_model` that names nothing, a `l
 file or not writable (the request log cannot start). Each is one `ConfigError` line naming the key and
 what to do. A log database that cannot be reached is not a
 mistake here: the gateway degrades (rows spool to disk) as DESIGN.md says, with one warning line; so
-is a deployment whose ``api_key_env`` names an unset or empty variable (the others are served).
+is a deployment whose ``api_key_env`` names an unset or empty variable (the others are served). The
+start's own warnings (`start_warnings`: requests accepted without gateway keys, several workers without
+Redis) are said once per start too.
 """
 
 from __future__ import annotations
@@ -36,10 +38,13 @@ from requestlog.urls import connect_timeout_args, to_sync_url
 @dataclass(frozen=True, slots=True)
 class AppChecks:
     """What `check_app` found: warnings to log, and whether the log database answered (when it did not,
-    startup loads nothing more from it: the background jobs do once it answers)."""
+    startup loads nothing more from it: the background jobs do once it answers). ``start_warned``: the
+    start's own warnings (`start_warnings`) were said already (by `serve`, for its workers), so the
+    app's startup does not say them again."""
 
     warnings: list[str]
     database_reachable: bool
+    start_warned: bool = False
 
 
 def redact(url: str) -> str:
@@ -93,12 +98,14 @@ def hand_to_workers(checks: AppChecks) -> None:
 
 
 def checked_by_serve() -> AppChecks | None:
-    """The outcome of `serve`'s checks in one of its workers (no warnings: serve printed them), else None."""
+    """The outcome of `serve`'s checks in an app it starts (no warnings: serve printed them), else None.
+    In a worker process of serve's (several workers), serve also said the start's own warnings; in
+    serve's own process (one worker) the app says them as it finishes starting."""
     pid, _, outcome = os.environ.get(SERVE_CHECKED_ENV, "").partition(":")
     reachable = _REACHABLE.get(outcome)
     if reachable is None or pid not in (str(os.getpid()), str(os.getppid())):
         return None
-    return AppChecks([], reachable)
+    return AppChecks([], reachable, start_warned=pid == str(os.getppid()))
 
 
 async def check_app(settings: Settings, engine: AsyncEngine) -> AppChecks:
@@ -112,6 +119,33 @@ async def check_app(settings: Settings, engine: AsyncEngine) -> AppChecks:
     reachable, live = await _log_database_async(settings, engine, warnings)
     _default_model(settings, seeded | live, reachable, warnings)
     return AppChecks(warnings, reachable)
+
+
+def start_warnings(settings: Settings) -> list[str]:
+    """What the settings leave open or unshared, said once per start when the gateway has started (a start
+    refused for a configuration mistake says only the mistake): requests accepted without keys, several
+    workers without Redis to share limits. An app says them at the end of its startup; `serve` with
+    several workers says them itself, before the workers start, and its workers do not
+    (`checked_by_serve`)."""
+    warnings: list[str] = []
+    if not settings.keys_required:
+        warnings.append(f"accepting requests WITHOUT gateway API keys (bound to loopback {settings.host}). "
+                        "Bind to another address or set require_keys: true to enforce keys.")
+    unshared = unshared_workers_warning(settings)
+    if unshared is not None:
+        warnings.append(unshared)
+    return warnings
+
+
+def unshared_workers_warning(settings: Settings) -> str | None:
+    """The warning for several workers configured without Redis (None when there is nothing to say): one
+    of the start's warnings, so said once per start, not by each worker (whose heartbeat then keeps quiet
+    about the siblings it sees: `state.instances.Heartbeat`'s ``warned``)."""
+    if settings.workers > 1 and not settings.redis_url:
+        return (f"{settings.workers} worker processes are configured, but no redis_url is configured: rate "
+                "limits, concurrency caps and budget holds are kept per process, so every process enforces "
+                "them separately (N processes allow up to N times each limit). Set redis_url to share them.")
+    return None
 
 
 def _spool_dir(settings: Settings) -> None:

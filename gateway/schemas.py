@@ -369,10 +369,12 @@ def _input_chars(value: str | list[str] | list[int] | list[list[int]]) -> int:
 
 
 def needed_capabilities(req: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> frozenset[str]:
-    """What a deployment must support to serve this request (the router filters on it)."""
+    """What a deployment must support to serve this request (the router filters on it). Tools with
+    ``tool_choice: "none"`` are declined: the answer is text, which any chat deployment gives (the local
+    model answers it, ignoring the tools)."""
     caps: set[str] = set()
     if isinstance(req, ChatCompletionRequest):
-        if req.tools:
+        if req.tools and req.tool_choice != "none":
             caps.add("tools")
         if req.response_format is not None and req.response_format.type != "text":
             caps.add("json_mode")

@@ -57,6 +57,7 @@ def engine_error_response(exc: Exception, kind: oa.Kind = "chat") -> Response:
     """Map engine errors to OpenAI-shaped HTTP errors; a prompt too long for the context names the field
     that holds the prompt in a ``kind`` request (``messages``, or ``prompt`` for legacy completions)."""
     if isinstance(exc, EngineOverloaded):
+        # code "overloaded": the gateway reads it as busy, not broken (no breaker failure; its backends)
         retry = str(max(1, math.ceil(exc.retry_after_s)))
         return error_response(
             503, str(exc), type_="server_error", code="overloaded", headers={"Retry-After": retry}

@@ -24,6 +24,7 @@ Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 ErrorKind = Literal[
     "timeout",
     "rate_limit",
+    "overloaded",
     "server_error",
     "connection",
     "context_window",
@@ -45,6 +46,17 @@ TRIGGER_ALIASES: dict[str, str] = {
     "429": "rate_limit",
     "408": "timeout",
 }
+
+# Triggers that also cover a kind of their own family: a provider's 429 ("rate_limit") and a local
+# engine's full queue ("overloaded") both mean busy now, try elsewhere, so a policy that falls back on
+# one (every shipped policy names 429) falls back on the other. "overloaded" may be named alone.
+IMPLIED_TRIGGERS: dict[str, tuple[str, ...]] = {"rate_limit": ("overloaded",)}
+
+
+def trigger_kinds(triggers: list[str]) -> frozenset[str]:
+    """The error kinds a policy's fallback ``triggers`` fall back on (`IMPLIED_TRIGGERS` added)."""
+    return frozenset(triggers).union(*(IMPLIED_TRIGGERS.get(t, ()) for t in triggers))
+
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
@@ -265,9 +277,13 @@ class Filters(_Strict):
 
     allow: list[str] | None = Field(default=None, description="targets; None = every deployment")
     deny: list[str] = Field(default_factory=list)
-    context_fit: bool = Field(default=True, description="prompt tokens + max_tokens must fit the window")
+    context_fit: bool = Field(default=True, description="prompt tokens + max_tokens (or, with none, one "
+                              "token of answer) must fit the window")
     context_margin_tokens: int = Field(default=0, ge=0, description="slack for token-estimate error")
-    default_max_tokens: int = Field(default=0, ge=0, description="assumed output when the request has none")
+    default_max_tokens: int = Field(
+        default=0, ge=0,
+        description="output to keep room for when the request sets no limit: deployments with that room are "
+        "preferred, but one with less still serves it (with the room left) when no other can")
     capabilities: list[Capability] = Field(default_factory=list, description="needed in addition to the request's")
 
 

@@ -32,7 +32,8 @@ ForceMode = Literal["open", "closed"]
 
 # Upstream error kinds that say something about the deployment's health (auth and not_found too:
 # our configuration of that deployment is broken). Client-caused errors (bad_request,
-# context_window, content_policy) must not open a breaker: a healthy deployment fails them too.
+# context_window, content_policy) must not open a breaker: a healthy deployment fails them too; nor
+# must a local engine's full queue ("overloaded"): it is busy, and answers again once it drains.
 FAILURE_KINDS = frozenset({"timeout", "server_error", "connection", "rate_limit", "malformed", "stream_cut", "auth", "not_found"})
 
 

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from common.types import DeploymentConfig, RequestFeatures
-from policies.schema import Policy, SelectorSpec
+from policies.schema import Policy, SelectorSpec, trigger_kinds
 from router.compiled import CompiledPolicy, compiled_for
 from router.decision import Decision, EscalationPlan, TraceStep
 from router.protocols import NO_PLUGINS, Plugins
@@ -39,7 +39,8 @@ def decide(
 ) -> Decision:
     """Route one request. Never raises for routing reasons: an impossible request comes back as a
     Decision with ``error`` set and no candidates: "unsupported" (the policy's deployments lack a capability
-    the request needs, or none fits its context: the reason says which; a client error), "no_candidates"
+    the request needs, reason "capability:<cap>", or none has room for it, reason "context:prompt" when its
+    prompt alone leaves no room to answer, else "context:output"; a client error), "no_candidates"
     (none available now, e.g. every breaker open) or "budget_exceeded".
     """
     cp = compiled_for(policy, deployments)
@@ -63,7 +64,7 @@ def decide(
         had = eligible
         eligible = _context_fit(cp, eligible, request, policy, trace)
         if had and not eligible:
-            return _fail(policy, "unsupported", "context", trace)
+            return _fail(policy, "unsupported", f"context:{_too_long(cp, had, request, policy)}", trace)
 
     # 2. open breakers ---------------------------------------------------------------------------
     open_mask = 0
@@ -208,7 +209,7 @@ def decide(
         propensity=sel.propensity if order[0] == sel.ranking[0] else 1.0,
         trace=trace,
         retry=policy.retry,
-        fallback_triggers=frozenset(fb.triggers),
+        fallback_triggers=trigger_kinds(fb.triggers),
         escalation=escalation,
         selector=selector.type if picked is None else "pick",
         tier=tier,
@@ -218,23 +219,51 @@ def decide(
     )
 
 
+# What a request with no output limit must have room for beside its prompt: one token of answer.
+MIN_ANSWER_TOKENS = 1
+
+
 def _context_fit(
     cp: CompiledPolicy, eligible: int, request: RequestFeatures, policy: Policy, trace: list[TraceStep]
 ) -> int:
+    """``eligible`` without the deployments whose window cannot hold the request. With an output limit,
+    the prompt and that limit must fit. Without one, only what the request must have (the prompt and
+    `MIN_ANSWER_TOKENS`): the deployment answers in the room that is left (the upstream call carries no
+    limit). ``default_max_tokens`` then only prefers: while some deployment also has room for that much
+    output, those that have not are left out."""
     f = policy.filters
-    out = request.max_tokens if request.max_tokens is not None else f.default_max_tokens
-    need = request.prompt_tokens + out + f.context_margin_tokens
+    base = request.prompt_tokens + f.context_margin_tokens
+    asked = request.max_tokens
+    need = base + (MIN_ANSWER_TOKENS if asked is None else asked)
     dropped = 0
     for i in cp.members(eligible):
         d = cp.deps[i]
         if d.context_window < need or (
-            request.max_tokens is not None and d.max_output_tokens is not None and request.max_tokens > d.max_output_tokens
+            asked is not None and d.max_output_tokens is not None and asked > d.max_output_tokens
         ):
             dropped |= 1 << i
     if dropped:
         eligible &= ~dropped
         trace.append(TraceStep("filter", f"context {need} tokens", cp.names_of(eligible)))
+    if asked is None and f.default_max_tokens > MIN_ANSWER_TOKENS and eligible:
+        wanted = base + f.default_max_tokens
+        roomy = 0
+        for i in cp.members(eligible):
+            if cp.deps[i].context_window >= wanted:
+                roomy |= 1 << i
+        if roomy and roomy != eligible:
+            eligible = roomy
+            trace.append(TraceStep("filter", f"context {wanted} tokens (default_max_tokens)", cp.names_of(eligible)))
     return eligible
+
+
+def _too_long(cp: CompiledPolicy, had: int, request: RequestFeatures, policy: Policy) -> str:
+    """Which part of a request no deployment in ``had`` has room for: "prompt" when its prompt leaves no
+    room for any answer in every window, else "output" (its output limit asks too much)."""
+    least = request.prompt_tokens + policy.filters.context_margin_tokens
+    if request.max_tokens != 0:  # an echo-only scoring request (max_tokens 0) needs no room to answer
+        least += MIN_ANSWER_TOKENS
+    return "output" if any(cp.deps[i].context_window >= least for i in cp.members(had)) else "prompt"
 
 
 def _fail(
@@ -247,7 +276,7 @@ def _fail(
         propensity=1.0,
         trace=trace,
         retry=policy.retry,
-        fallback_triggers=frozenset(policy.fallbacks.triggers),
+        fallback_triggers=trigger_kinds(policy.fallbacks.triggers),
         error=error,
         open_breakers=open_breakers,
     )

@@ -21,7 +21,9 @@ from typing import Literal
 from common.types import RetrySettings
 
 # Kinds worth repeating on the same deployment: transient by nature.
-TRANSIENT = frozenset({"timeout", "rate_limit", "server_error", "connection", "stream_cut", "malformed"})
+TRANSIENT = frozenset({"timeout", "rate_limit", "overloaded", "server_error", "connection", "stream_cut", "malformed"})
+# Kinds that say "busy now": another deployment, if the policy falls back on them, beats waiting here.
+BUSY = frozenset({"rate_limit", "overloaded"})
 
 Outcome = Literal["retry_same", "fall_to_next", "fail"]
 
@@ -81,8 +83,8 @@ def on_error(
         return RetryAction("fail", reason=f"max attempts ({settings.max_attempts})")
 
     can_fall = kind in triggers and has_next
-    if kind == "rate_limit" and can_fall:
-        return RetryAction("fall_to_next", reason="rate limited")  # going elsewhere beats waiting here
+    if kind in BUSY and can_fall:
+        return RetryAction("fall_to_next", reason="rate limited" if kind == "rate_limit" else "overloaded")
     if kind in TRANSIENT and attempts_here < settings.max_attempts_per_deployment:
         delay = backoff_delay(attempts_here, settings, rng)
         if retry_after_s is not None and settings.honor_retry_after:

@@ -29,7 +29,7 @@ from requestlog.rows import AttemptRow
 from router.breaker import Admission
 from router.retry import attempt_timeout, on_error
 
-DEFAULT_TRIGGERS = frozenset({"timeout", "rate_limit", "server_error", "connection", "context_window",
+DEFAULT_TRIGGERS = frozenset({"timeout", "rate_limit", "overloaded", "server_error", "connection", "context_window",
                               "stream_cut", "malformed"})
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from backends.base import CLIENT_CAUSED, Backend, Usage
+from backends.base import HEALTH_NEUTRAL, Backend, Usage
 from backends.pricing import resolve_prices, with_cost_map_limits
 from common.types import DeploymentConfig, RequestFeatures
 from policies.registry import PolicyRegistry
@@ -263,10 +263,13 @@ class GatewayRouter:
     async def record(
         self, deployment: str, ok: bool, latency_s: float, error_kind: str | None, probe: str | None
     ) -> None:
-        self.latency.observe(deployment, latency_s * 1000)
+        # A full local queue answers at once: that time is no sample of how fast the deployment answers.
+        if error_kind != "overloaded":
+            self.latency.observe(deployment, latency_s * 1000)
         # Client-caused errors (bad request, unknown model, context window) say nothing about the
-        # upstream's health: not counted, but a half-open probe slot the attempt took is given back.
-        if error_kind in CLIENT_CAUSED:
+        # upstream's health, nor does a local engine's full queue (busy, not broken): not counted, but a
+        # half-open probe slot the attempt took is given back.
+        if error_kind in HEALTH_NEUTRAL:
             await self.breakers.release(deployment, probe)
             return
         state = await self.breakers.record(deployment, ok, latency_s * 1000, probe)
@@ -568,14 +571,21 @@ _CAPABILITY_PARAM: dict[str, tuple[str, str]] = {
 
 def _unsupported(policy: str, reason: str, features: RequestFeatures) -> Refused:
     """The client's error for a request no deployment of ``policy`` can serve as sent (`decide`'s
-    "unsupported": reason "capability:<cap>" or "context"): it names the parameter that asks too much."""
-    if reason == "context":
-        param = features.output_param if features.max_tokens is not None else features.prompt_param
+    "unsupported": reason "capability:<cap>", "context:prompt" or "context:output"): it names the parameter
+    that asks too much, in the caller's words (`RequestFeatures.prompt_param` / ``output_param``)."""
+    if reason == "context:prompt":
+        return Refused(
+            "unsupported_request",
+            f"No deployment of `{policy}` has a context window for this request's prompt "
+            f"(~{features.prompt_tokens} tokens).",
+            param=features.prompt_param,
+        )
+    if reason == "context:output":
         return Refused(
             "unsupported_request",
             f"No deployment of `{policy}` has a context window for this request "
-            f"(~{features.prompt_tokens} prompt tokens plus the output limit).",
-            param=param,
+            f"(~{features.prompt_tokens} prompt tokens plus an output limit of {features.max_tokens}).",
+            param=features.output_param,
         )
     cap = reason.partition(":")[2]
     what, param = _CAPABILITY_PARAM.get(cap, (f"serves {cap} requests", "model"))

@@ -30,19 +30,13 @@ UNSHARED_WARNING = (
 )
 
 
-def warn_if_unshared_workers(workers: int, redis_url: str | None) -> bool:
-    """Warn at start when several workers are configured without Redis; True when it warned."""
-    if workers > 1 and not redis_url:
-        log.warning(UNSHARED_WARNING, f"{workers} worker processes are configured")
-        return True
-    return False
-
-
 class Heartbeat:
     """This process's row in ``gateway_instances`` (see module docstring).
 
     ``beat()`` upserts the row and returns how many *other* processes beat within ``stale_after_s``;
-    the first time it sees one while this process has no shared state, it logs the warning. Rows
+    the first time it sees one while this process has no shared state, it logs the warning (unless
+    ``warned``: the start already said so, for several workers configured without Redis:
+    `gateway.preflight.unshared_workers_warning`). Rows
     of processes gone for ``forget_after_s`` are deleted by whoever beats next.
 
     Each call gives up after ``timeout_s`` (``TimeoutError``): a database that hangs (accepts, never
@@ -58,6 +52,7 @@ class Heartbeat:
         stale_after_s: float = 30.0,
         forget_after_s: float = 3600.0,
         timeout_s: float = 5.0,
+        warned: bool = False,
     ) -> None:
         self.engine = engine
         self.timeout_s = timeout_s
@@ -66,7 +61,9 @@ class Heartbeat:
         self.stale_after = timedelta(seconds=stale_after_s)
         self.forget_after = timedelta(seconds=forget_after_s)
         self.started_at = datetime.now(UTC)
-        self.warned = False
+        # True where the start already said this process is not alone without shared state (several
+        # workers configured): the other processes it sees are its siblings, and the advice is the same.
+        self.warned = warned
         self.others = 0
 
     async def beat(self) -> int:

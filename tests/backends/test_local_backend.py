@@ -79,7 +79,7 @@ async def test_errors_map_to_upstream_kinds(tiny_ckpt: Path) -> None:
         await anext(second)
         with pytest.raises(UpstreamError) as e:
             await anext(backend.stream(chat()))
-        assert e.value.kind == "rate_limit" and e.value.retryable and e.value.retry_after_s == 1.0
+        assert e.value.kind == "overloaded" and e.value.retryable and e.value.retry_after_s == 1.0
         await first.aclose()
         await second.aclose()
         with pytest.raises(UpstreamError) as e:
@@ -105,3 +105,36 @@ def test_shipped_resolves_through_env(tiny_ckpt: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setenv("HYBRIDGATE_LOCAL_MODEL_DIR", str(tiny_ckpt))
     assert resolve_checkpoint("shipped") == tiny_ckpt
+
+
+async def test_the_local_servers_full_queue_reads_as_overloaded_over_http(tiny_ckpt: Path) -> None:
+    """`local-model serve` (the gateway's child process, or a server of its own reached as an
+    OpenAI-compatible upstream) answers a full queue 503 with code "overloaded": the same busy, not broken
+    kind as in-process, never a server error that counts against the deployment's breaker."""
+    import httpx
+
+    from backends.openai_compatible import OpenAICompatibleBackend
+    from local_model.server import create_app
+    from tests.support.harness import ServerThread
+
+    engine = Engine.from_checkpoint(tiny_ckpt, EngineConfig(memory_budget_mb=8, max_num_seqs=1, max_queue=1,
+                                                            block_size=8, max_model_len=512), model_name="tiny")
+    long = chat({"model": "tiny", "max_tokens": 300, "ignore_eos": True, "stream": True}).body
+    with ServerThread(create_app(engine)) as srv:
+        backend = OpenAICompatibleBackend("l", srv.url + "/v1")
+        try:
+            async with (
+                httpx.AsyncClient(base_url=srv.url, timeout=60) as client,
+                client.stream("POST", "/v1/chat/completions", json=long) as first,
+            ):
+                assert first.status_code == 200
+                await await_until(lambda: engine.load_signals().running == 1, 10, what="the first admitted")
+                async with client.stream("POST", "/v1/chat/completions", json=long) as second:
+                    assert second.status_code == 200
+                    await await_until(lambda: engine.load_signals().queue_depth == 1, 10, what="one queued")
+                    with pytest.raises(UpstreamError) as e:
+                        await backend.complete(chat({"model": "tiny"}))
+                    assert e.value.kind == "overloaded" and e.value.retryable and e.value.status == 503
+                    assert e.value.retry_after_s == 1.0
+        finally:
+            await backend.aclose()

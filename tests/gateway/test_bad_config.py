@@ -434,9 +434,12 @@ def test_a_deployment_whose_key_variable_is_unset_or_empty_is_one_warning_line_a
     assert SECRET not in "".join(warnings)
 
 
-def test_serve_says_each_startup_warning_once(tmp_path: Path, sqlite_url: str) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_says_each_startup_warning_once(tmp_path: Path, sqlite_url: str, workers: int) -> None:
     """`serve` checks before it starts the server and its app's startup checks again only where serve did not
-    (an embedded app): a start prints each warning of the checks, and of the settings, once."""
+    (an embedded app): a start prints each warning of the checks, and of the settings, once, however many
+    workers it runs (no keys, several workers without Redis: said by serve, not by each worker; a worker
+    that sees its siblings' heartbeats adds nothing)."""
     port = free_port()
     (tmp_path / "c.yaml").write_text(
         f"database_url: {sqlite_url}\nlocal_model: {{enabled: false}}\n"
@@ -444,23 +447,40 @@ def test_serve_says_each_startup_warning_once(tmp_path: Path, sqlite_url: str) -
         "api_key_env: HG_TEST_UNSET_KEY}]\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDGATE_") and k != "HG_TEST_UNSET_KEY"}
     env["HYBRIDGATE_REQUIRE_KEY"] = "true"  # a misspelt setting: warned of, and ignored
-    with (tmp_path / "serve.log").open("w") as log:
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "--config", str(tmp_path / "c.yaml"), "serve",
-                                 "--port", str(port)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+                                 "--port", str(port), "--workers", str(workers)],
+                                cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while True:
             with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
                 break
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        # every worker started, and each has beaten once (the later ones seeing the earlier ones' rows)
+        while log_path.read_text().count("Application startup complete") < workers or _instances(sqlite_url) < workers:
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.1)
     finally:
         proc.terminate()
         proc.wait(30)
-    out = (tmp_path / "serve.log").read_text()
-    for warning in ("the environment variable 'HG_TEST_UNSET_KEY' is not set",
-                    "HYBRIDGATE_REQUIRE_KEY is not a setting and is ignored", "WITHOUT gateway API keys"):
+    out = log_path.read_text()
+    warnings = ["the environment variable 'HG_TEST_UNSET_KEY' is not set",
+                "HYBRIDGATE_REQUIRE_KEY is not a setting and is ignored", "WITHOUT gateway API keys"]
+    for warning in warnings:
         assert out.count(warning) == 1, (warning, out)
+    assert out.count("no redis_url is configured") == (1 if workers > 1 else 0), out
+    assert out.count("2 worker processes are configured") == (1 if workers > 1 else 0), out
+
+
+def _instances(sqlite_url: str) -> int:
+    """Heartbeat rows in the SQLite log behind ``sqlite_url``."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(sqlite_url.partition(":///")[2])) as db:
+        return int(db.execute("SELECT count(*) FROM gateway_instances").fetchone()[0])
 
 
 # ---------------------------------------------------------------------------------------------- create_app

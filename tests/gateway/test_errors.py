@@ -219,9 +219,25 @@ def test_a_request_no_deployment_of_the_policy_can_serve_is_400_naming_the_param
     huge = [{"role": "user", "content": "word " * 100_000}]
     r = httpx.post(gateway.base_url + "/v1/chat/completions", json={"model": "auto", "messages": huge, "max_tokens": 5})
     err = _assert_error_shape(r, 400)
-    assert err["param"] == "max_tokens" and "context window" in err["message"]
+    # the prompt alone is over every window: the prompt is named, not the small output limit sent with it
+    assert err["param"] == "messages" and "context window" in err["message"]
     with pytest.raises(openai.BadRequestError):
         sdk(gateway).chat.completions.create(model="auto", messages=image)  # type: ignore[arg-type]
+
+
+def test_auto_serves_a_prompt_near_the_window_when_the_caller_sets_no_limit(gateway: GatewayThread) -> None:
+    """`auto` keeps room for its `default_max_tokens` (256) only where it can: a prompt within that of the
+    only window (fake-a's 4096) and no max_tokens is served, as the model named directly serves it. An
+    output limit the caller did send is counted in full, and the refusal names the field it came in."""
+    url = gateway.base_url + "/v1/chat/completions"
+    near = [{"role": "user", "content": "word " * 3100}]  # ~3880 tokens by the gateway's estimate
+    for model in ("fake-model", "auto"):
+        r = httpx.post(url, json={"model": model, "messages": near})
+        assert r.status_code == 200, (model, r.text)
+    for field in ("max_tokens", "max_completion_tokens"):
+        r = httpx.post(url, json={"model": "auto", "messages": near, field: 1000})
+        err = _assert_error_shape(r, 400)
+        assert err["param"] == field and err["code"] == "unsupported_request", err
 
 
 @pytest.mark.parametrize(
@@ -323,6 +339,7 @@ def test_a_stream_cut_by_the_upstream_is_reported_without_the_http_librarys_word
     [("auth", "The gateway's credentials for the model's provider were refused (a gateway configuration problem, "
               "not your API key)."),
      ("rate_limit", "The model's provider is rate limiting requests. Please retry after a short wait."),
+     ("overloaded", "The model is busy with other requests. Please retry after a short wait."),
      ("server_error", "The model's provider had an error while processing your request."),
      ("malformed", "The model's provider sent an answer that could not be read."),
      ("stream_cut", "The model's answer was cut off."),

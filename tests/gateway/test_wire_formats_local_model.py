@@ -158,3 +158,24 @@ def test_responses_api_includes_the_local_models_logprobs(local_gateway: Gateway
     deltas = [e for e in events if e.type == "response.output_text.delta"]
     done = next(e for e in events if e.type == "response.output_text.done")
     assert sum(len(e.logprobs) for e in deltas) == len(done.logprobs) > 0
+
+
+def test_auto_serves_tools_the_caller_declines_from_the_local_model(local_gateway: GatewayThread) -> None:
+    """`tools` with `tool_choice: "none"` asks for a text answer: it needs no deployment that supports tools,
+    and the local model (which has none) answers it in text, as when the model is named directly. Tools
+    the caller lets the model use are still refused by `auto`, naming `tools`."""
+    import openai
+
+    oa = OpenAI(base_url=local_gateway.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                               "parameters": {"type": "object",
+                                                              "properties": {"city": {"type": "string"}}}}}]
+    ask = {"messages": [{"role": "user", "content": "Hello!"}], "tools": tools, "tool_choice": "none",
+           "max_tokens": 8, "temperature": 0}
+    for model in ("hybridgate-local", "auto"):
+        resp = oa.chat.completions.create(model=model, **ask)  # type: ignore[call-overload]
+        message = resp.choices[0].message
+        assert message.content and not message.tool_calls, (model, resp)
+    with pytest.raises(openai.BadRequestError) as refused:
+        oa.chat.completions.create(model="auto", **{**ask, "tool_choice": "auto"})  # type: ignore[call-overload]
+    assert refused.value.body["param"] == "tools"  # type: ignore[index]

@@ -88,14 +88,46 @@ def test_context_window_filter_counts_max_tokens_and_margin() -> None:
 def test_a_request_no_deployment_fits_is_unsupported_not_unavailable() -> None:
     p = pol("name: t\nfallbacks: {max_candidates: 8}\n")
     d = run(p, RequestFeatures(prompt_tokens=5_000_000, max_tokens=10))
-    assert d.error == "unsupported" and d.reason == "context" and d.candidates == []
+    # the prompt alone leaves no room to answer anywhere: the prompt is what asks too much
+    assert d.error == "unsupported" and d.reason == "context:prompt" and d.candidates == []
     assert steps(d, "filter")[-1] == "context 5000010 tokens"
+    d = run(p, RequestFeatures(prompt_tokens=5_000_000))
+    assert d.error == "unsupported" and d.reason == "context:prompt"
 
 
-def test_default_max_tokens_used_when_request_has_none() -> None:
+def test_an_output_limit_no_window_has_room_for_is_what_asks_too_much() -> None:
+    p = pol("name: t\nfallbacks: {max_candidates: 8}\n")
+    d = run(p, RequestFeatures(prompt_tokens=150_000, max_tokens=60_000))
+    assert d.error == "unsupported" and d.reason == "context:output"
+    # a window that holds the prompt only to its last token still leaves room for the one-token answer
+    d = run(p, RequestFeatures(prompt_tokens=199_999, max_tokens=2))
+    assert d.reason == "context:output"
+    assert run(p, RequestFeatures(prompt_tokens=200_000, max_tokens=2)).reason == "context:prompt"
+
+
+def test_default_max_tokens_prefers_room_for_it_when_request_has_none() -> None:
     p = pol("name: t\nfilters: {default_max_tokens: 500}\nfallbacks: {max_candidates: 8}\n")
-    assert "llama-3-70b" not in names(run(p, RequestFeatures(prompt_tokens=7800)))
+    d = run(p, RequestFeatures(prompt_tokens=7800))
+    assert "llama-3-70b" not in names(d)  # others have room for the default: they are preferred
+    assert steps(d, "filter") == ["context 8300 tokens (default_max_tokens)"]
     assert "llama-3-70b" in names(run(p, RequestFeatures(prompt_tokens=7600)))
+
+
+def test_default_max_tokens_never_refuses_a_prompt_that_fits() -> None:
+    """The default is not the caller's limit: a prompt within it of the only window is served (the
+    deployment answers in the room left, as the model named directly would), not refused."""
+    only = [x for x in DEPS if x.name == "llama-3-70b"]
+    p = pol("name: t\nfilters: {default_max_tokens: 500}\n")
+    d = decide(RequestFeatures(prompt_tokens=7800), p, only, Signals(), random.Random(0), NOON)
+    assert d.error is None and names(d) == ["llama-3-70b"]
+    assert steps(d, "filter") == []
+    d = decide(RequestFeatures(prompt_tokens=8191), p, only, Signals(), random.Random(0), NOON)
+    assert d.error is None and names(d) == ["llama-3-70b"]  # room for one token of answer
+    d = decide(RequestFeatures(prompt_tokens=8192), p, only, Signals(), random.Random(0), NOON)
+    assert d.error == "unsupported" and d.reason == "context:prompt"
+    # a limit the caller did send is counted in full
+    d = decide(RequestFeatures(prompt_tokens=7800, max_tokens=500), p, only, Signals(), random.Random(0), NOON)
+    assert d.error == "unsupported" and d.reason == "context:output"
 
 
 def test_allow_deny_with_models_and_tags() -> None:

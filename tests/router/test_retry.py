@@ -58,6 +58,22 @@ def test_rate_limit_prefers_fallback_and_honours_retry_after() -> None:
     assert act("rate_limit", has_next=False, retry_after_s=3.0, settings=no_honour).delay_s == 0.25
 
 
+def test_a_full_local_queue_falls_back_where_a_429_would_and_else_waits_its_retry_after() -> None:
+    """A policy that falls back on 429 (every shipped one names it) falls back on a local engine's full
+    queue too: both mean busy now, try elsewhere."""
+    from policies.schema import trigger_kinds
+
+    triggers = trigger_kinds(["server_error", "rate_limit"])
+    assert triggers == {"server_error", "rate_limit", "overloaded"}
+    a = act("overloaded", triggers=triggers)
+    assert a.outcome == "fall_to_next" and a.reason == "overloaded"
+    a = act("overloaded", triggers=triggers, has_next=False, retry_after_s=1.0)
+    assert a.outcome == "retry_same" and a.delay_s == 1.0
+    assert act("overloaded", triggers=trigger_kinds(["overloaded"])).outcome == "fall_to_next"
+    assert trigger_kinds(["server_error"]) == {"server_error"}  # not named, not implied: retried here first
+    assert act("overloaded", triggers=frozenset({"server_error"})).outcome == "retry_same"
+
+
 def test_non_transient_kinds() -> None:
     assert act("context_window").outcome == "fall_to_next"
     assert act("context_window", has_next=False).outcome == "fail"

@@ -10,16 +10,8 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from requestlog.migrate import upgrade
-from state.instances import Heartbeat, warn_if_unshared_workers
+from state.instances import Heartbeat
 from tests.support.requestlog import TcpProxy
-
-
-def test_several_workers_without_redis_warn(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="hybridgate.state"):
-        assert warn_if_unshared_workers(4, None)
-        assert not warn_if_unshared_workers(4, "redis://127.0.0.1:6379/0")
-        assert not warn_if_unshared_workers(1, None)
-    assert sum("4 worker processes" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_second_gateway_on_the_database_without_redis_warns_once(
@@ -38,6 +30,10 @@ def test_second_gateway_on_the_database_without_redis_warns_once(
             await shared.beat()
             seen_by_first = await first.beat()
             await first.beat()
+            # a worker whose start already warned (several workers, no Redis) says nothing more
+            sibling = Heartbeat(engine, shared_state=False, warned=True)
+            assert await sibling.beat() == 3
+            await sibling.leave()
             await second.leave()
             await shared.leave()
             return alone, seen_by_second, seen_by_first, shared.warned
