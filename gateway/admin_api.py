@@ -37,7 +37,7 @@ from gateway.errors import APIError, store_unavailable
 from gateway.keys import ApiKey, KeyStore
 from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, request_features
 from gateway.services import Services
-from gateway.storable import read_storable_json, refuse_nul_in_url
+from gateway.storable import read_storable_json, refuse_control_in_url
 from policies.loader import PolicyValidationError
 from policies.registry import PolicyNotFound, PolicyRetired, PolicyVersion, Retirement
 from service.artifact_slots import ArtifactPathRefused, RegistryUnavailable, slot_name
@@ -191,7 +191,7 @@ def check_admin(request: Request, token: str | None) -> None:
         if request.method not in SAFE_METHODS and not csrf_ok(request, session):
             raise APIError(403, "Missing or invalid CSRF token (X-CSRF-Token).", type="permission_error",
                            code="csrf_failed")
-        refuse_nul_in_url(request)
+        refuse_control_in_url(request)
         return
     if token:
         given = bearer(request) or ""
@@ -200,7 +200,7 @@ def check_admin(request: Request, token: str | None) -> None:
     elif not is_loopback(request):
         raise APIError(403, "Admin API is loopback-only unless admin_token is configured: call it from this "
                        "machine, addressed as localhost, 127.0.0.1 or [::1].", type="permission_error")
-    refuse_nul_in_url(request)
+    refuse_control_in_url(request)
 
 
 def key_page(request: Request) -> tuple[int | None, str | None]:

@@ -9,6 +9,7 @@ check runs whatever the database, and both behave alike.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from starlette.requests import Request
@@ -51,11 +52,19 @@ def refuse_nul(value: Any) -> None:
         raise nul_error(path)
 
 
-def refuse_nul_in_url(request: Request) -> None:
-    """400 for a NUL in a path parameter (``/keys/{key_id}``) or a query parameter (``?user=``)."""
+def refuse_control_in_url(request: Request) -> None:
+    """400 for a NUL in a query parameter (``?user=``), and for any control character in a path
+    parameter (``/keys/{key_id}``): no key id, policy name or scope holds one. A path that ends in a
+    newline is refused too: Starlette's route patterns end in ``$``, which also matches before a final
+    newline, so ``/keys/abc%0A`` would otherwise reach the handler as key ``abc``."""
+    if request.scope["path"].endswith("\n"):
+        name = next(iter(request.path_params), None)
+        raise APIError(400, f"Invalid value for '{name or 'path'}': a path may not end in a newline.",
+                       param=name, code="invalid_value")
     for name, value in request.path_params.items():
-        if isinstance(value, str) and NUL in value:
-            raise nul_error(name)
+        if isinstance(value, str) and any(unicodedata.category(ch) == "Cc" for ch in value):
+            raise APIError(400, f"Invalid value for '{name}': it may not contain control characters.",
+                           param=name, code="invalid_value")
     for name, value in request.query_params.multi_items():
         if NUL in name or NUL in value:
             raise nul_error(name.replace(NUL, "\\u0000"))

@@ -30,18 +30,6 @@ from typing import Literal
 BreakerStateName = Literal["closed", "open", "half_open"]
 ForceMode = Literal["open", "closed"]
 
-# Upstream error kinds that say something about the deployment's health (auth and not_found too:
-# our configuration of that deployment is broken). Client-caused errors (bad_request,
-# context_window, content_policy) must not open a breaker: a healthy deployment fails them too; nor
-# must a local engine's full queue ("overloaded"): it is busy, and answers again once it drains.
-FAILURE_KINDS = frozenset({"timeout", "server_error", "connection", "rate_limit", "malformed", "stream_cut", "auth", "not_found"})
-
-
-def counts_as_failure(kind: str) -> bool:
-    """Whether an UpstreamError of this kind should count against the deployment's breaker."""
-    return kind in FAILURE_KINDS
-
-
 @dataclass(frozen=True, slots=True)
 class BreakerConfig:
     window_s: float = 30.0

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ from gateway.app import create_app
 from gateway.config import ConfigError, Settings, load_settings
 from tests.support.gateway import gateway_settings
 from tests.support.net import free_port
+from tests.support.wait import wait_for_healthz
 
 SECRET = "hunter2-secret"
 FAKE_UPSTREAM = "deployments: [{name: a, model: m, upstream_model: u, api_base: 'http://127.0.0.1:9/v1'}]\n"
@@ -385,12 +385,7 @@ def test_serve_with_the_log_database_down_starts_degraded_and_says_why(tmp_path:
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "--config", str(tmp_path / "c.yaml"), "serve",
                                  "--port", str(port)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                break
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.1)
+        wait_for_healthz(proc, port, 60, (tmp_path / "serve.log").read_text)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -454,11 +449,7 @@ def test_serve_says_each_startup_warning_once(tmp_path: Path, sqlite_url: str, w
                                 cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90
-        while True:
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                break
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)
+        wait_for_healthz(proc, port, 90, log_path.read_text)
         # every worker started, and each has beaten once (the later ones seeing the earlier ones' rows)
         while log_path.read_text().count("Application startup complete") < workers or _instances(sqlite_url) < workers:
             assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()

@@ -5,13 +5,10 @@ modules the local model loaded, triton's nanobind bindings, list dozens of "leak
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import httpx
@@ -19,6 +16,7 @@ import pytest
 
 from local_model.engine.checkpoint import SHIPPED, resolve_checkpoint
 from tests.support.net import free_port
+from tests.support.wait import wait_for_healthz
 
 
 def _shipped() -> Path | None:
@@ -39,12 +37,7 @@ def test_serve_ends_by_the_signal_after_an_orderly_shutdown_and_says_nothing_mor
                              "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                break
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=30)
-            time.sleep(0.1)
+        wait_for_healthz(proc, port, 120, lambda: proc.communicate(timeout=30))
         r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120, json={
             "model": "hybridgate-local", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8})
         assert r.status_code == 200 and r.headers["x-hybridgate-model"] == "hybridgate-local", r.text

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.breaker import BreakerConfig, CircuitBreaker, counts_as_failure, quantile
+from router.breaker import BreakerConfig, CircuitBreaker, quantile
 
 CFG = BreakerConfig(
     window_s=10, buckets=5, min_requests=4, error_rate=0.5, consecutive_failures=3, cooldown_s=5,
@@ -160,12 +160,6 @@ def test_seconds_until_half_open_counts_down_the_cooldown() -> None:
     assert b.seconds_until_half_open(100) is None
     b.force("closed")
     assert b.seconds_until_half_open(100) == 0.0
-
-
-def test_failure_kinds() -> None:
-    assert counts_as_failure("server_error") and counts_as_failure("timeout") and counts_as_failure("auth")
-    assert not counts_as_failure("bad_request") and not counts_as_failure("context_window")
-    assert not counts_as_failure("content_policy")
 
 
 def test_quantile_nearest_rank() -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import subprocess
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -32,3 +35,14 @@ async def await_until(check: Callable[[], T | Awaitable[T]], timeout_s: float = 
             return value  # type: ignore[return-value]
         assert time.monotonic() < deadline, f"{what} (waited {timeout_s} s)"
         await asyncio.sleep(interval_s)
+
+
+def wait_for_healthz(proc: subprocess.Popen, port: int, timeout_s: float, output: Callable[[], object]) -> None:
+    """Poll ``http://127.0.0.1:<port>/healthz`` of a `serve` subprocess until it answers; fail with
+    ``output()`` (its log so far) if the process exits first or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+            return
+        assert proc.poll() is None and time.monotonic() < deadline, output()
+        time.sleep(0.1)
