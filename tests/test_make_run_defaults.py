@@ -11,22 +11,15 @@ import urllib.request
 from pathlib import Path
 
 import openai
-import pytest
 
-from local_model.engine.checkpoint import SHIPPED, resolve_checkpoint
 from tests.support.net import free_port
+from tests.support.shipped import needs_shipped
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _shipped() -> Path | None:
-    try:
-        return resolve_checkpoint(SHIPPED)
-    except FileNotFoundError:
-        return None
 
-
-@pytest.mark.skipif(_shipped() is None, reason="no shipped local-model checkpoint in the repo yet")
+@needs_shipped
 def test_default_gateway_answers_chat_and_stream_from_the_local_model(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDGATE_")}
     hg = str(Path(sys.executable).parent / "hybridgate")

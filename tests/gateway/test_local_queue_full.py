@@ -9,28 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from backends.local_backend import LocalBackend
 from local_model.engine import Engine, EngineConfig
-from local_model.engine.checkpoint import SHIPPED, resolve_checkpoint
 from tests.support.gateway import MSG, settings
 from tests.support.harness import running_gateway
+from tests.support.shipped import needs_shipped, shipped_checkpoint
 from tests.support.wait import wait_until
 
-
-def _shipped() -> Path | None:
-    try:
-        return resolve_checkpoint(SHIPPED)
-    except FileNotFoundError:
-        return None
-
-
-pytestmark = pytest.mark.skipif(_shipped() is None, reason="no shipped local-model checkpoint in the repo")
+pytestmark = needs_shipped
 
 
 def test_a_full_local_queue_answers_busy_and_leaves_the_breaker_closed(tmp_path: Path, sqlite_url: str) -> None:
-    ckpt = _shipped()
+    ckpt = shipped_checkpoint()
     assert ckpt is not None
     # one running sequence and one queued request fill the engine; the breaker would open on 2 failures
     engine = Engine.from_checkpoint(ckpt, EngineConfig(memory_budget_mb=32, max_num_seqs=1, max_queue=1,

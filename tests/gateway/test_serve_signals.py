@@ -14,19 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from local_model.engine.checkpoint import SHIPPED, resolve_checkpoint
 from tests.support.net import free_port
+from tests.support.shipped import needs_shipped
 from tests.support.wait import wait_for_healthz
 
 
-def _shipped() -> Path | None:
-    try:
-        return resolve_checkpoint(SHIPPED)
-    except FileNotFoundError:
-        return None
-
-
-@pytest.mark.skipif(_shipped() is None, reason="no shipped local-model checkpoint in the repo")
+@needs_shipped
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_serve_ends_by_the_signal_after_an_orderly_shutdown_and_says_nothing_more(
         tmp_path: Path, sqlite_url: str, sig: signal.Signals) -> None:

@@ -4,26 +4,17 @@ the same routing core as chat completions (policy headers, usage), translated bo
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from anthropic import Anthropic
 from openai import OpenAI
 
 from gateway.config import Settings
-from local_model.engine.checkpoint import SHIPPED, resolve_checkpoint
 from requestlog.migrate import upgrade
 from tests.support.harness import GatewayThread, running_gateway
+from tests.support.shipped import needs_shipped, shipped_checkpoint
 
-
-def _shipped() -> Path | None:
-    try:
-        return resolve_checkpoint(SHIPPED)
-    except FileNotFoundError:
-        return None
-
-
-pytestmark = pytest.mark.skipif(_shipped() is None, reason="no shipped local-model checkpoint in the repo")
+pytestmark = needs_shipped
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +92,7 @@ def test_completions_echo_the_prompt_with_its_logprobs(local_gateway: GatewayThr
 
     import local_model
 
-    path = _shipped()
+    path = shipped_checkpoint()
     assert path is not None
     lm = local_model.load(path)
     prompt = lm.tokenizer.encode("Alice was beginning to get very tired of sitting by her sister")
