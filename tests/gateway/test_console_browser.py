@@ -4,6 +4,7 @@ gateway on real Postgres with seeded traffic. Screenshots go to test-artifacts/c
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 from collections.abc import Iterator
@@ -87,6 +88,15 @@ def page(env: dict[str, Any], browser: Any) -> Iterator[Any]:
 def _shot(pg: Any, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def answer_dialog(asked: list[str], accept: bool) -> Any:
+    """A `page.once("dialog", ...)` handler that notes the dialog's message in ``asked`` and accepts or
+    dismisses it."""
+    def handle(dialog: Any) -> None:
+        asked.append(dialog.message)
+        dialog.accept() if accept else dialog.dismiss()
+    return handle
 
 
 def test_sign_in_needs_the_admin_token(env: dict[str, Any], browser: Any) -> None:
@@ -184,12 +194,7 @@ def test_policy_retire_asks_first_stops_routing_and_saving_brings_it_back(env: d
         page.click("a[data-policy='retire-me']")
         page.wait_for_selector("#policy-versions[data-active='1']")
         asked: list[str] = []
-
-        def answer(accept: bool) -> Any:
-            def handle(dialog: Any) -> None:
-                asked.append(dialog.message)
-                dialog.accept() if accept else dialog.dismiss()
-            return handle
+        answer = functools.partial(answer_dialog, asked)
 
         page.once("dialog", answer(False))  # cancelled: nothing changes
         page.click("#btn-retire")
@@ -665,12 +670,7 @@ def test_removing_a_budget_asks_first(env: dict[str, Any], page: Any) -> None:
         page.goto("/admin/budgets")
         row = page.locator("tr[data-scope='team:confirm-me']")
         asked: list[str] = []
-
-        def answer(accept: bool) -> Any:
-            def handle(dialog: Any) -> None:
-                asked.append(dialog.message)
-                dialog.accept() if accept else dialog.dismiss()
-            return handle
+        answer = functools.partial(answer_dialog, asked)
 
         page.once("dialog", answer(False))  # cancelled: the budget stays
         row.locator("button", has_text="Remove").click()
