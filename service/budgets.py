@@ -43,6 +43,9 @@ class ScopeBudgets:
         self.admin: dict[str, BudgetLimit] = {}
         self.limits: dict[str, BudgetLimit] = dict(self.config)
         self.store = store
+        # counts this process's own puts and deletes: a sync whose read overlapped one may have read the
+        # table before that write, so its result is dropped (the next sync reads it again)
+        self._writes = 0
 
     def set_admin(self, limits: Mapping[str, BudgetLimit]) -> None:
         self.admin = dict(limits)
@@ -51,7 +54,10 @@ class ScopeBudgets:
     async def sync(self) -> None:
         """Take the admin budgets any process has set (the last read is kept while the database is away)."""
         if self.store is not None:
-            self.set_admin(await self.store.load())
+            writes = self._writes
+            loaded = await self.store.load()
+            if writes == self._writes:
+                self.set_admin(loaded)
 
     async def put(self, scope: str, limit_usd: float, period: Period) -> BudgetLimit:
         """Set an admin budget: stored for every process, applied here at once. Raises the database's
@@ -59,12 +65,14 @@ class ScopeBudgets:
         limit = BudgetLimit(scope, limit_usd, period)
         if self.store is not None:
             await self.store.put(limit)
+        self._writes += 1
         self.set_admin(self.admin | {scope: limit})
         return limit
 
     async def delete(self, scope: str) -> Literal["deleted", "in_config", "absent"]:
         """Remove an admin budget; a config budget of the scope (if any) applies again."""
         removed = await self.store.delete(scope) if self.store is not None else scope in self.admin
+        self._writes += 1
         self.set_admin({k: v for k, v in self.admin.items() if k != scope})
         if removed:
             return "deleted"
