@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import re
-import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -37,7 +36,7 @@ from gateway.errors import APIError, store_unavailable
 from gateway.keys import ApiKey, KeyStore
 from gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, request_features
 from gateway.services import Services
-from gateway.storable import read_storable_json, refuse_control_in_url
+from gateway.storable import control_character, read_storable_json, refuse_control_in_url
 from policies.loader import PolicyValidationError
 from policies.registry import PolicyNotFound, PolicyRetired, PolicyVersion, Retirement
 from service.artifact_slots import ArtifactPathRefused, RegistryUnavailable, slot_name
@@ -49,11 +48,6 @@ _NAIVE = re.compile(r"\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?")
 MAX_KEY_LIFETIME_S = 100 * 366 * 86400  # expires_in_s bound: far beyond any key's use, far from datetime's end
 MAX_NAME_CHARS = 512  # a user or team name: as long as a request body's `user` may be (gateway/schemas.py)
 MAX_KEY_PAGE = 500  # keys one page of a key listing may ask for
-
-
-def control_character(text: str) -> str | None:
-    """The first control character (Unicode category Cc: C0, DEL, C1; a newline, a tab, NUL) in ``text``."""
-    return next((c for c in text if unicodedata.category(c) == "Cc"), None)
 
 
 def _scope_name(value: str) -> str:

@@ -20,6 +20,11 @@ from gateway.errors import APIError
 NUL = "\x00"
 
 
+def control_character(text: str) -> str | None:
+    """The first control character (Unicode category Cc: C0, DEL, C1; a newline, a tab, NUL) in ``text``."""
+    return next((c for c in text if unicodedata.category(c) == "Cc"), None)
+
+
 def nul_path(value: Any) -> str | None:
     """Where in ``value`` (JSON data) the first string, object key or string value, holding a NUL
     is: a parameter path such as ``metadata.team`` or ``allowed_models[1]`` ("" for ``value``
@@ -62,7 +67,7 @@ def refuse_control_in_url(request: Request) -> None:
         raise APIError(400, f"Invalid value for '{name or 'path'}': a path may not end in a newline.",
                        param=name, code="invalid_value")
     for name, value in request.path_params.items():
-        if isinstance(value, str) and any(unicodedata.category(ch) == "Cc" for ch in value):
+        if isinstance(value, str) and control_character(value) is not None:
             raise APIError(400, f"Invalid value for '{name}': it may not contain control characters.",
                            param=name, code="invalid_value")
     for name, value in request.query_params.multi_items():

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -33,6 +33,8 @@ from router.breaker import (
     seconds_until_half_open,
 )
 from state.redis_util import REDIS_ERRORS, RedisGuard
+
+_V = TypeVar("_V")
 
 
 class BreakerStore(Protocol):
@@ -124,29 +126,21 @@ class InProcessBreakerStore:
         b = self._breakers.get(deployment)
         return b.state_at(self._clock()) if b is not None else "closed"
 
-    async def states(self, deployments: Iterable[str]) -> dict[str, BreakerStateName]:
+    def _each(
+        self, deployments: Iterable[str], read: Callable[[CircuitBreaker, float], _V], untouched: _V
+    ) -> dict[str, _V]:
+        """Per deployment, ``read(breaker, now)``; ``untouched`` for one no attempt has reached yet (closed)."""
         now = self._clock()
-        out: dict[str, BreakerStateName] = {}
-        for d in deployments:
-            b = self._breakers.get(d)
-            out[d] = b.state_at(now) if b is not None else "closed"
-        return out
+        return {d: read(b, now) if (b := self._breakers.get(d)) is not None else untouched for d in deployments}
+
+    async def states(self, deployments: Iterable[str]) -> dict[str, BreakerStateName]:
+        return self._each(deployments, CircuitBreaker.state_at, "closed")
 
     async def statuses(self, deployments: Iterable[str]) -> dict[str, BreakerStatus]:
-        now = self._clock()
-        out: dict[str, BreakerStatus] = {}
-        for d in deployments:
-            b = self._breakers.get(d)
-            out[d] = b.status(now) if b is not None else BreakerStatus("closed")
-        return out
+        return self._each(deployments, CircuitBreaker.status, BreakerStatus("closed"))
 
     async def seconds_until_half_open(self, deployments: Iterable[str]) -> dict[str, float | None]:
-        now = self._clock()
-        out: dict[str, float | None] = {}
-        for d in deployments:
-            b = self._breakers.get(d)
-            out[d] = b.seconds_until_half_open(now) if b is not None else 0.0
-        return out
+        return self._each(deployments, CircuitBreaker.seconds_until_half_open, 0.0)
 
     async def force(self, deployment: str, mode: ForceMode | None) -> None:
         self.breaker(deployment).force(mode)
