@@ -47,8 +47,7 @@ def _upstream_error(exc: BaseException, kind: str) -> UpstreamError:
     if isinstance(exc, EngineOverloaded):
         return UpstreamError("overloaded", str(exc), status=503, retry_after_s=exc.retry_after_s)
     if isinstance(exc, PromptTooLong):
-        prompt = "messages" if kind == "chat" else "prompt"
-        return UpstreamError("context_window", str(exc), status=400, body={"error": {"param": prompt}})
+        return UpstreamError("context_window", str(exc), status=400, body={"error": {"param": oa.prompt_field(kind)}})
     if isinstance(exc, InvalidRequest):
         param = getattr(exc, "param", None)
         return UpstreamError("bad_request", str(exc), status=400, body={"error": {"param": param}})

@@ -67,8 +67,7 @@ def engine_error_response(exc: Exception, kind: oa.Kind = "chat") -> Response:
             503, str(exc), type_="server_error", code="unavailable", headers={"Retry-After": "5"}
         )
     if isinstance(exc, PromptTooLong):
-        prompt = "messages" if kind == "chat" else "prompt"
-        return error_response(400, str(exc), param=prompt, code="context_length_exceeded")
+        return error_response(400, str(exc), param=oa.prompt_field(kind), code="context_length_exceeded")
     if isinstance(exc, InvalidRequest):
         return error_response(400, str(exc), param=getattr(exc, "param", None))
     return error_response(500, f"internal error: {exc}", type_="server_error")

@@ -38,6 +38,11 @@ from .sequence import Delta, TokenizerLike, Usage
 
 Kind = Literal["chat", "completion"]
 
+
+def prompt_field(kind: Kind | str) -> str:
+    """The request field that holds the prompt of a ``kind`` call: what an error about it names."""
+    return "messages" if kind == "chat" else "prompt"
+
 # Used when a checkpoint's tokenizer has no chat template: plain role-tagged turns.
 FALLBACK_CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
